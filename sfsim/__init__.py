@@ -1,0 +1,30 @@
+"""sfsim: plan, simulate and run split fine-tuning (SplitFrozen and baselines) on edge fleets.
+
+Python API::
+
+    import sfsim
+    sc = sfsim.load_scenario("profiles/edge.yaml")
+    res = sfsim.simulate(sc, schedule="splitfrozen")      # or splits=3, or splits={"pi5-0": 2, ...}
+    plan = sfsim.plan(sc)                                  # heterogeneity-aware cuts and assignment
+"""
+
+from sfsim.errors import ConfigError, SfsimError
+from sfsim.planfile import Plan, load_plan
+from sfsim.scenario import Scenario, load_scenario, scenario_from_dict
+
+__all__ = ["ConfigError", "SfsimError", "Plan", "Scenario", "load_plan", "load_scenario",
+           "scenario_from_dict", "simulate", "plan"]
+
+
+def simulate(scenario, schedule: str = "splitfrozen", splits=None, **kwargs):
+    """Simulate ``schedule`` on ``scenario``; see :func:`sfsim.simulate.simulate`."""
+    from sfsim.simulate import simulate as _simulate
+
+    return _simulate(scenario, schedule=schedule, splits=splits, **kwargs)
+
+
+def plan(scenario, **constraints):
+    """Choose per-device cuts, LoRA start and server assignment; see :func:`sfsim.planner.plan`."""
+    from sfsim.planner import plan as _plan
+
+    return _plan(scenario, **constraints)

@@ -1,0 +1,236 @@
+"""Scenario files: the model, the training settings, the servers and the device fleet.
+
+A scenario YAML is only how these dataclasses are stored; :func:`load_scenario` validates it and
+expands device types (``count: N``) into individual :class:`Device` entries. The simulator, the
+planner and the trainer all read this one schema.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
+
+from sfsim.arch import Arch, resolve_arch
+from sfsim.errors import ConfigError
+from sfsim.schema import STRICT, Bandwidth, Bytes, Flops, Seconds, read_yaml, validate
+
+
+
+WIRE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+"""Bytes per element on the wire or in memory for each dtype name."""
+
+
+@dataclass(config=STRICT, kw_only=True)
+class ModelSpec:
+    """Which model is fine-tuned, on what sequence length and task."""
+
+    name: str = Field(description="built-in architecture (gpt2, llama-3.2-1b, ...) or path to a HF config.json")
+    seq_len: int = Field(gt=0, description="tokens per sample")
+    task: Literal["classification", "causal-lm"] = "classification"
+    num_labels: int | None = Field(default=None, ge=2, description="classes (classification only)")
+
+    @model_validator(mode="after")
+    def _labels_match_task(self):
+        if self.task == "classification" and self.num_labels is None:
+            raise ValueError("task 'classification' needs num_labels (e.g. num_labels: 2)")
+        if self.task == "causal-lm" and self.num_labels is not None:
+            raise ValueError("num_labels only applies to task 'classification'; remove it")
+        return self
+
+
+@dataclass(config=STRICT, kw_only=True)
+class LoraSpec:
+    """LoRA adapters on the server-side (trainable) blocks."""
+
+    rank: int = Field(default=8, gt=0)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    targets: list[str] | None = Field(default=None, description="module names; default: the family's q/v")
+
+
+@dataclass(config=STRICT, kw_only=True)
+class Training:
+    """How the job trains: batch sizes, epochs, LoRA, buffering and schedule knobs."""
+
+    micro_batch: int = Field(gt=0, description="samples per micro-batch")
+    epochs: int = Field(default=1, gt=0)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    accumulate: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
+    buffer: int = Field(default=4, gt=0, description="micro-batches in flight to or waiting at a server")
+    decompose_backward: bool = Field(default=True, description="defer W (weight grads) into idle time")
+    split: int | None = Field(default=None, ge=0, description="default cut for every device")
+    lora_start: int | None = Field(default=None, ge=0, description="first LoRA block; default max cut")
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    server_policy: str = Field(default="fifo", description="which waiting micro-batch a server takes next")
+    cache_activations: bool = Field(default=False, description="send frozen activations once, reuse later epochs")
+    local_steps: int = Field(default=10, gt=0, description="fedlora: local micro-batches per round")
+    fedavg_every: int = Field(default=100, gt=0, description="splitlora: client FedAvg period in steps")
+    splitlora_cut: int = Field(default=3, gt=0, description="splitlora: client blocks (reference code: 3)")
+
+
+@dataclass(config=STRICT, kw_only=True)
+class Link:
+    """One direction of a network link."""
+
+    bandwidth: Bandwidth
+    latency: Seconds = 0.0
+
+
+@dataclass(config=STRICT, kw_only=True)
+class Server:
+    """A server (or a node of identical accelerators) that trains the LoRA suffix."""
+
+    name: str
+    flops: Flops
+    memory: Bytes
+    count: int = Field(default=1, gt=0, description="accelerators working on micro-batches in parallel")
+
+
+@dataclass(config=STRICT, kw_only=True)
+class DeviceType:
+    """A kind of edge device; ``count`` of them join the job."""
+
+    name: str
+    memory: Bytes
+    samples: int = Field(gt=0, description="local training samples per device")
+    uplink: Link
+    downlink: Link
+    count: int = Field(default=1, gt=0)
+    flops: Flops | None = None
+    latency_profile: str | None = Field(default=None, description="path to a measured per-layer latency table")
+    server: str | None = None
+
+    @model_validator(mode="after")
+    def _one_speed(self):
+        if (self.flops is None) == (self.latency_profile is None):
+            raise ValueError("give exactly one of 'flops' (e.g. '1.3 TFLOPS') or 'latency_profile' (a file)")
+        return self
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device of the fleet, after expanding ``DeviceType.count``."""
+
+    name: str
+    type: str
+    memory: float
+    samples: int
+    uplink: Link
+    downlink: Link
+    server: str
+    flops: float | None
+    latency_profile: str | None
+
+
+@dataclass(config=STRICT, kw_only=True)
+class ScenarioFile:
+    """The top-level YAML layout (see ``profiles/edge.yaml``)."""
+
+    model: ModelSpec
+    training: Training
+    servers: list[Server] = Field(min_length=1)
+    devices: list[DeviceType] = Field(min_length=1)
+    description: str = ""
+
+
+class Scenario:
+    """A validated scenario with its device types expanded into devices.
+
+    Attributes:
+        model, training, servers, device_types: the validated sections.
+        devices: every device, in file order (``{name}-{i}`` when a type has count > 1).
+        arch: the model's :class:`~sfsim.arch.Arch`.
+        source: the file it was read from (or ``None``).
+    """
+
+    def __init__(self, spec: ScenarioFile, source: str | None = None):
+        self.spec = spec
+        self.source = source
+        self.model, self.training = spec.model, spec.training
+        self.servers, self.device_types = list(spec.servers), list(spec.devices)
+        base = Path(source).parent if source else None
+        self.arch: Arch = resolve_arch(spec.model.name, base_dir=base, file=source)
+        self.devices: list[Device] = _expand(spec, source)
+        self._check(source)
+
+    @cached_property
+    def server_by_name(self) -> dict[str, Server]:
+        """Servers keyed by name."""
+        return {s.name: s for s in self.servers}
+
+    def micro_batches(self, device: Device) -> int:
+        """Micro-batches one device contributes per epoch: ceil(samples / micro_batch)."""
+        return math.ceil(device.samples / self.training.micro_batch)
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the scenario, relative to the scenario file's folder when not found as given."""
+        p = Path(path)
+        if not p.is_absolute() and not p.exists() and self.source:
+            p = Path(self.source).parent / p
+        return p
+
+    def _check(self, file: str | None) -> None:
+        names = [s.name for s in self.servers]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(file, "servers", f"duplicate server name {sorted(dup)[0]!r}; names must be unique")
+        dev_names = [d.name for d in self.devices]
+        dup = {n for n in dev_names if dev_names.count(n) > 1}
+        if dup:
+            raise ConfigError(file, "devices", f"duplicate device name {sorted(dup)[0]!r}; rename a device type")
+        for i, t in enumerate(self.device_types):
+            if t.server is not None and t.server not in names:
+                raise ConfigError(file, f"devices[{i}].server",
+                                  f"no server named {t.server!r}; servers are: {', '.join(names)}")
+            if t.latency_profile is not None and not self.resolve_path(t.latency_profile).is_file():
+                raise ConfigError(file, f"devices[{i}].latency_profile",
+                                  f"no such file {t.latency_profile!r} (paths are relative to the scenario file)")
+        L, tr = self.arch.n_layers, self.training
+        for key, val in (("training.split", tr.split), ("training.lora_start", tr.lora_start)):
+            if val is not None and val >= L:
+                raise ConfigError(file, key, f"{val} is beyond the model's depth; {self.arch.name} has "
+                                  f"{L} blocks, so use 0..{L - 1}")
+        if tr.split is not None and tr.lora_start is not None and tr.lora_start < tr.split:
+            raise ConfigError(file, "training.lora_start", f"{tr.lora_start} is below the cut {tr.split}: "
+                              "LoRA must start at or above every device's cut")
+        if tr.splitlora_cut >= L:
+            raise ConfigError(file, "training.splitlora_cut", f"{tr.splitlora_cut} >= {L} blocks")
+
+
+def _expand(spec: ScenarioFile, file: str | None) -> list[Device]:
+    default_server = spec.servers[0].name
+    out = []
+    for t in spec.devices:
+        names = [t.name] if t.count == 1 else [f"{t.name}-{i}" for i in range(t.count)]
+        for name in names:
+            out.append(Device(name, t.name, t.memory, t.samples, t.uplink, t.downlink,
+                              t.server or default_server, t.flops, t.latency_profile))
+    return out
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario YAML file.
+
+    Raises:
+        ConfigError: one line naming the file, the key path and the problem.
+
+    Example:
+        >>> sc = load_scenario("profiles/edge.yaml")
+        >>> len(sc.devices) > 0
+        True
+    """
+    data = read_yaml(path)
+    spec = validate(ScenarioFile, data, file=str(path))
+    return Scenario(spec, source=str(path))
+
+
+def scenario_from_dict(data: dict, source: str | None = None) -> Scenario:
+    """Build a scenario from a plain dict (as YAML would give), e.g. in tests and notebooks."""
+    return Scenario(validate(ScenarioFile, data, file=source), source=source)

@@ -1,0 +1,80 @@
+"""Quantities with units: ``"50 Mbps"``, ``"20 ms"``, ``"4 GiB"``, ``"1.3 TFLOPS"`` or plain numbers in base units.
+
+Base units: bit/s for bandwidth, seconds for time, bytes for sizes, FLOP/s for compute rates.
+Each parser raises ``ValueError`` with a message that says what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUM = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
+_PATTERN = re.compile(rf"^\s*{_NUM}\s*([A-Za-zµ/]*)\s*$")
+
+_SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+_IEC = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+
+BANDWIDTH_UNITS = {f"{p}{u}": m for p, m in _SI.items() for u in ("bps", "bit/s", "b/s")}
+BANDWIDTH_UNITS.update({f"{p}{u}": 8 * m for p, m in _SI.items() for u in ("Bps", "B/s")})
+BANDWIDTH_UNITS.update({f"{p}{u}": m for p, m in _IEC.items() for u in ("bps", "bit/s")})
+BANDWIDTH_UNITS.update({f"{p}{u}": 8 * m for p, m in _IEC.items() for u in ("Bps", "B/s")})
+
+TIME_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
+
+SIZE_UNITS = {f"{p}B": m for p, m in _SI.items()}
+SIZE_UNITS.update({f"{p}B": m for p, m in _IEC.items()})
+SIZE_UNITS[""] = 1.0
+
+FLOPS_UNITS = {f"{p}{u}": m for p, m in _SI.items() for u in ("FLOPS", "FLOP/s", "flops")}
+FLOPS_UNITS[""] = 1.0
+
+_EXAMPLES = {"bandwidth": "'50 Mbps'", "time": "'20 ms'", "size": "'4 GiB'", "flops": "'1.3 TFLOPS'"}
+_BASE = {"bandwidth": "bit/s", "time": "seconds", "size": "bytes", "flops": "FLOP/s"}
+_TABLES = {"bandwidth": BANDWIDTH_UNITS, "time": TIME_UNITS, "size": SIZE_UNITS, "flops": FLOPS_UNITS}
+
+
+def parse_quantity(value: object, kind: str) -> float:
+    """Parse a number or a string with a unit of ``kind`` (bandwidth, time, size, flops) into base units.
+
+    Example:
+        >>> parse_quantity("50 Mbps", "bandwidth")
+        50000000.0
+        >>> parse_quantity("4 GiB", "size")
+        4294967296.0
+    """
+    table = _TABLES[kind]
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a {kind}; write e.g. {_EXAMPLES[kind]} or a number in {_BASE[kind]}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _PATTERN.match(value)
+        if m and m.group(2) in table:
+            return float(m.group(1)) * table[m.group(2)]
+    raise ValueError(f"{value!r} is not a {kind}; write e.g. {_EXAMPLES[kind]} or a number in {_BASE[kind]}")
+
+
+def format_quantity(value: float, kind: str) -> str:
+    """Render a base-unit value for people: ``format_quantity(5e7, "bandwidth") == "50 Mbps"``."""
+    if kind == "time":
+        for unit, scale in (("h", 3600.0), ("min", 60.0), ("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+            if abs(value) >= scale or unit == "us":
+                return f"{value / scale:.3g} {unit}"
+    if kind == "size":
+        for unit in ("TiB", "GiB", "MiB", "KiB"):
+            if abs(value) >= _IEC[unit[:2]]:
+                return f"{value / _IEC[unit[:2]]:.3g} {unit}"
+        return f"{value:.0f} B"
+    suffix = {"bandwidth": "bps", "flops": "FLOPS"}[kind]
+    for prefix in ("P", "T", "G", "M", "k"):
+        if abs(value) >= _SI[prefix]:
+            return f"{value / _SI[prefix]:.3g} {prefix}{suffix}"
+    return f"{value:.3g} {suffix}"
+
+
+def format_count(value: float) -> str:
+    """Render a large count (FLOPs, bytes as a count) with an SI prefix: ``1.2e12 -> '1.2 T'``."""
+    for prefix in ("E", "P", "T", "G", "M", "k"):
+        if abs(value) >= _SI[prefix]:
+            return f"{value / _SI[prefix]:.3g} {prefix}"
+    return f"{value:.3g}"
