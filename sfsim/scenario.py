@@ -105,7 +105,8 @@ class DeviceType:
     count: int = Field(default=1, gt=0)
     flops: Flops | None = None
     latency_profile: str | None = Field(default=None, description="path to a measured per-layer latency table")
-    server: str | None = None
+    server: str | None = Field(default=None, description="pin to this server; default: planner's choice "
+                               "(the first server when no plan is used)")
 
     @model_validator(mode="after")
     def _one_speed(self):
@@ -127,6 +128,7 @@ class Device:
     server: str
     flops: float | None
     latency_profile: str | None
+    server_pinned: bool = False  # True when the file names the server; the planner may not move it
 
 
 @dataclass(config=STRICT, kw_only=True)
@@ -211,7 +213,8 @@ def _expand(spec: ScenarioFile, file: str | None) -> list[Device]:
         names = [t.name] if t.count == 1 else [f"{t.name}-{i}" for i in range(t.count)]
         for name in names:
             out.append(Device(name, t.name, t.memory, t.samples, t.uplink, t.downlink,
-                              t.server or default_server, t.flops, t.latency_profile))
+                              t.server or default_server, t.flops, t.latency_profile,
+                              t.server is not None))
     return out
 
 
