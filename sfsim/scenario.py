@@ -20,8 +20,6 @@ from sfsim.arch import Arch, resolve_arch
 from sfsim.errors import ConfigError
 from sfsim.schema import STRICT, Bandwidth, Bytes, Flops, Seconds, read_yaml, validate
 
-
-
 WIRE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 """Bytes per element on the wire or in memory for each dtype name."""
 

@@ -1,0 +1,126 @@
+"""Scenario loading: expansion of device types, defaults, and one-line errors for bad input."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sfsim import load_scenario, scenario_from_dict
+from sfsim.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "model": {"name": "gpt2", "seq_len": 128, "task": "classification", "num_labels": 2},
+    "training": {"micro_batch": 8},
+    "servers": [{"name": "srv", "flops": "10 TFLOPS", "memory": "24 GiB"}],
+    "devices": [
+        {"name": "pi", "count": 2, "flops": "40 GFLOPS", "memory": "8 GiB", "samples": 100,
+         "uplink": {"bandwidth": "50 Mbps", "latency": "20 ms"}, "downlink": {"bandwidth": "100 Mbps"}},
+        {"name": "laptop", "flops": "200 GFLOPS", "memory": "16 GiB", "samples": 20,
+         "uplink": {"bandwidth": "1 Gbps"}, "downlink": {"bandwidth": "1 Gbps"}},
+    ],
+}
+
+
+def test_expands_device_types_in_order():
+    sc = scenario_from_dict(copy.deepcopy(BASE))
+    assert [d.name for d in sc.devices] == ["pi-0", "pi-1", "laptop"]
+    pi = sc.devices[0]
+    assert (pi.type, pi.flops, pi.memory, pi.samples) == ("pi", 40e9, 8 * 2**30, 100)
+    assert (pi.uplink.bandwidth, pi.uplink.latency, pi.downlink.latency) == (50e6, 0.02, 0.0)
+    assert pi.server == "srv" and not pi.server_pinned
+    assert sc.micro_batches(pi) == 13 and sc.micro_batches(sc.devices[2]) == 3
+    assert sc.arch.n_layers == 12 and sc.training.buffer == 4 and sc.training.decompose_backward
+
+
+def test_bundled_profiles_load():
+    edge = load_scenario(ROOT / "profiles/edge.yaml")
+    assert len(edge.devices) == 12 and [s.name for s in edge.servers] == ["edge-gpu"]
+    sixg = load_scenario(ROOT / "profiles/sixg.yaml")
+    assert len(sixg.servers) == 4 and len(sixg.devices) == 48
+    assert {d.server for d in sixg.devices if d.type == "xr"} == {"mec-b"}
+
+
+def _set(path, value):
+    def mutate(d):
+        *parents, last = path
+        for p in parents:
+            d = d[p]
+        if value is KeyError:
+            del d[last]
+        else:
+            d[last] = value
+    return mutate
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (_set(["devices", 0, "uplink", "bandwidth"], "50 Mbs"),
+     "s.yaml: devices[0].uplink.bandwidth: '50 Mbs' is not a bandwidth; write e.g. '50 Mbps' or a number in bit/s"),
+    (_set(["devices", 1, "colour"], "red"),
+     "s.yaml: devices[1].colour: unknown key; allowed here: name, memory, samples, uplink, downlink, count, "
+     "flops, latency_profile, server"),
+    (_set(["devices", 0, "samples"], KeyError), "s.yaml: devices[0].samples: required key is missing"),
+    (_set(["servers", 0, "flops"], -1), "s.yaml: servers[0].flops: Input should be greater than 0 (got -1)"),
+    (_set(["devices", 0, "uplink", "bandwidth"], 0),
+     "s.yaml: devices[0].uplink.bandwidth: Input should be greater than 0 (got 0)"),
+    (_set(["devices", 0, "server"], "cloud"), "s.yaml: devices[0].server: no server named 'cloud'; servers are: srv"),
+    (_set(["training", "split"], 12),
+     "s.yaml: training.split: 12 is beyond the model's depth; gpt2 has 12 blocks, so use 0..11"),
+    (_set(["model", "num_labels"], KeyError),
+     "s.yaml: model: task 'classification' needs num_labels (e.g. num_labels: 2)"),
+    (_set(["model", "name"], "gpt5"),
+     "s.yaml: model.name: 'gpt5' is neither a built-in model (gpt2, gpt2-medium, llama-3.2-1b, llama-3.2-3b, "
+     "smollm2-135m, minilm-l6) nor a path to a Hugging Face config.json"),
+    (_set(["devices", 1, "latency_profile"], "x.yaml"),
+     "s.yaml: devices[1]: give exactly one of 'flops' (e.g. '1.3 TFLOPS') or 'latency_profile' (a file)"),
+    (_set(["training", "micro_batch"], "eight"),
+     "s.yaml: training.micro_batch: Input should be a valid integer, unable to parse string as an integer "
+     "(got 'eight')"),
+])
+def test_bad_input_is_one_line(mutate, message):
+    data = copy.deepcopy(BASE)
+    mutate(data)
+    with pytest.raises(ConfigError) as exc:
+        scenario_from_dict(data, source="s.yaml")
+    assert str(exc.value) == message
+    assert "\n" not in str(exc.value)
+
+
+def test_duplicate_names_and_missing_profile(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["devices"][1]["name"] = "pi-0"
+    with pytest.raises(ConfigError, match="duplicate device name 'pi-0'"):
+        scenario_from_dict(data)
+    data = copy.deepcopy(BASE)
+    del data["devices"][1]["flops"]
+    data["devices"][1]["latency_profile"] = "missing.yaml"
+    with pytest.raises(ConfigError, match=r"devices\[1\].latency_profile: no such file 'missing.yaml'"):
+        scenario_from_dict(data, source=str(tmp_path / "s.yaml"))
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_scenario(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_scenario(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(BASE))
+    assert len(load_scenario(good).devices) == 3
+
+
+def test_hf_config_json(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 64, '
+                   '"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, '
+                   '"vocab_size": 1000}')
+    data = copy.deepcopy(BASE)
+    data["model"]["name"] = str(cfg)
+    sc = scenario_from_dict(data)
+    assert (sc.arch.family, sc.arch.n_layers, sc.arch.kv_heads, sc.arch.head_dim) == ("llama", 4, 2, 16)
+    cfg.write_text('{"model_type": "t5"}')
+    with pytest.raises(ConfigError, match="model type 't5' is not supported"):
+        scenario_from_dict(data)
