@@ -1,0 +1,108 @@
+"""Measurement of a real run: FLOPs per role, bytes per link, wall time per phase, memory, trace events.
+
+Everything here is measured, not computed from a formula:
+
+- FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` around each role's compute (matmuls, attention;
+  element-wise ops count zero, as in torch's counter).
+- Bytes: ``nbytes`` of the tensors that cross a link (activations, masks, labels, gradients, adapters).
+- Time: ``time.perf_counter`` around each phase; trace events carry these real starts and durations.
+- Memory: the process's peak resident set size (``resource.getrusage().ru_maxrss``). In the
+  in-process runtime all roles share one process, so this is the peak of the whole run, not per role.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sfsim.trace import TraceEvent
+
+
+def tensor_bytes(obj) -> int:
+    """Total ``nbytes`` of the tensors in ``obj`` (a tensor, or a mapping/sequence of them)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, Mapping):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process in bytes (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+class Meter:
+    """Collects the measurements of one run.
+
+    Attributes:
+        flops: role name (device name or ``"server"``) -> FLOPs counted.
+        uplink_bytes / downlink_bytes: device name -> bytes sent on that device's link.
+        phase_s: phase name (e.g. ``"device_forward"``, ``"server_B"``) -> seconds.
+        events: trace events (lanes and ops as in :mod:`sfsim.trace`), times from the meter's start.
+        count_flops: when False, compute is timed but FLOPs are not counted (faster).
+    """
+
+    def __init__(self, server_lane: str = "server", count_flops: bool = True):
+        self.server_lane = server_lane
+        self.count_flops = count_flops
+        self.flops: dict[str, int] = defaultdict(int)
+        self.uplink_bytes: dict[str, int] = defaultdict(int)
+        self.downlink_bytes: dict[str, int] = defaultdict(int)
+        self.phase_s: dict[str, float] = defaultdict(float)
+        self.events: list[TraceEvent] = []
+        self.t0 = time.perf_counter()
+
+    def now(self) -> float:
+        """Seconds since the meter started."""
+        return time.perf_counter() - self.t0
+
+    @contextmanager
+    def compute(self, role: str, op: str, phase: str, mb: int = -1, device: str = "",
+                lane: str | None = None) -> Iterator[None]:
+        """Count FLOPs and time of the enclosed compute; add a trace event on ``lane`` (default ``role``)."""
+        start = self.now()
+        if self.count_flops:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                yield
+            self.flops[role] += counter.get_total_flops()
+        else:
+            yield
+        dur = self.now() - start
+        self.phase_s[phase] += dur
+        self.events.append(TraceEvent(lane or role, op, start, dur, mb, device))
+
+    def transfer(self, device: str, nbytes: int, start: float, dur: float, mb: int = -1,
+                 down: bool = False) -> None:
+        """Record ``nbytes`` on ``device``'s uplink (or downlink) and its ``send`` trace event."""
+        (self.downlink_bytes if down else self.uplink_bytes)[device] += nbytes
+        lane = f"{'downlink' if down else 'link'}:{device}"
+        self.phase_s["downlink" if down else "uplink"] += dur
+        self.events.append(TraceEvent(lane, "send", start, dur, mb, device))
+
+    def summary(self, devices: list[str]) -> dict:
+        """The measurements as plain JSON-ready data (totals and per device)."""
+        dev_flops = {d: int(self.flops.get(d, 0)) for d in devices}
+        return {
+            "device_flops": int(sum(dev_flops.values())),
+            "device_flops_per_device": dev_flops,
+            "server_flops": int(self.flops.get(self.server_lane, 0)),
+            "uplink_bytes": int(sum(self.uplink_bytes.values())),
+            "downlink_bytes": int(sum(self.downlink_bytes.values())),
+            "uplink_bytes_per_device": {d: int(self.uplink_bytes.get(d, 0)) for d in devices},
+            "downlink_bytes_per_device": {d: int(self.downlink_bytes.get(d, 0)) for d in devices},
+            "phase_s": {k: round(v, 6) for k, v in sorted(self.phase_s.items())},
+            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_memory_note": "process peak RSS (ru_maxrss); all roles share one process in-process",
+        }
