@@ -1,0 +1,218 @@
+"""Matmul FLOPs, parameters and activation sizes of one transformer block, from its op graph.
+
+Each family's block (GPT-2, Llama, BERT) is written down once as a small static graph of named
+tensors and ops. A tiny forward pass over that graph decides which tensors require gradients (the
+block's input when something below is trainable, and everything downstream of a LoRA adapter), and
+the backward pass charges exactly the matmuls that torch autograd would run:
+
+* a frozen linear ``y = x W``: forward ``2 N fi fo``; backward ``2 N fi fo`` for ``dx`` when ``x``
+  requires grad, nothing for ``W`` (frozen);
+* a LoRA branch ``y += s (x A^T) B^T`` (rank r): forward ``2 N r (fi + fo)``; backward ``g = dy B``
+  (``2 N r fo``), ``dB`` (``2 N r fo``), ``dA`` (``2 N r fi``) and, when ``x`` requires grad,
+  ``dx = g A`` (``2 N r fi``);
+* an attention matmul (``Q K^T`` or ``P V``): forward ``2 B h T T hd``; backward the same again for
+  each operand that requires grad.
+
+Counting follows ``torch.utils.flop_counter.FlopCounterMode``: only matmul-like ops (mm, addmm,
+bmm, sdpa) count, at 2 FLOPs per multiply-add; elementwise ops (norms, activations, softmax,
+residual adds, RoPE, dropout, LoRA scaling, loss) count zero, and causal masking saves nothing.
+Attention is counted as the eager/"math" path that torch runs on CPU (backward = 2x forward); a
+fused flash kernel on GPU recomputes the scores in backward (2.5x), which this model ignores.
+
+Backward is split as in zero-bubble pipeline parallelism: **B** is every matmul that produces a
+gradient w.r.t. an activation needed further down, **W** is every matmul that produces a weight
+gradient (LoRA A and B, a trainable head), plus the LoRA ``g = dy B`` when it feeds only ``dA``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sfsim.arch import Arch
+
+# Max positions of learned position embeddings (parameter memory only): GPT-2 n_positions,
+# BERT max_position_embeddings (+ 2 token types). Llama uses RoPE (no table).
+_POSITIONS = {"gpt2": 1024, "bert": 512, "llama": 0}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of a block graph.
+
+    Attributes:
+        kind: ``linear`` (a weight matmul), ``attn`` (activation x activation matmul) or ``ew``
+            (elementwise: norm, activation, softmax, add; no FLOPs counted).
+        name: module leaf name for linears (LoRA targets match it), a label otherwise.
+        inputs: names of the tensors it reads.
+        output: name of the tensor it writes.
+        fan_in, fan_out: linear shape (``fan_in -> fan_out`` per token).
+        bias: whether a linear has a bias (parameter count only).
+    """
+
+    kind: str
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    fan_in: int = 0
+    fan_out: int = 0
+    bias: bool = False
+
+
+def _lin(name, src, dst, fi, fo, bias):
+    return Op("linear", name, (src,), dst, fi, fo, bias)
+
+
+def _ew(name, srcs, dst):
+    return Op("ew", name, tuple(srcs), dst)
+
+
+def block_graph(arch: Arch) -> tuple[list[Op], dict[str, int]]:
+    """Ops of one block in execution order, and each tensor's width per token.
+
+    Attention score tensors (``s``, ``p``) have width ``heads * T`` per token; they are marked with
+    width ``-1`` here and sized by the caller, who knows T.
+    """
+    d, i_, h, kv, hd = arch.hidden, arch.intermediate, arch.heads, arch.kv_heads, arch.head_dim
+    qd, kvd = h * hd, kv * hd
+    if arch.family == "gpt2":
+        ops = [_ew("ln_1", ["x"], "h1"), _lin("c_attn", "h1", "qkv", d, 3 * d, True),
+               Op("attn", "qk", ("qkv", "qkv"), "s"), _ew("softmax", ["s"], "p"),
+               Op("attn", "pv", ("p", "qkv"), "ctx"), _lin("c_proj", "ctx", "a", d, d, True),
+               _ew("add", ["x", "a"], "r1"), _ew("ln_2", ["r1"], "h2"),
+               _lin("c_fc", "h2", "u", d, i_, True), _ew("gelu", ["u"], "g"),
+               _lin("c_proj", "g", "m", i_, d, True), _ew("add", ["r1", "m"], "out")]
+        widths = {"x": d, "h1": d, "qkv": 3 * d, "ctx": d, "a": d, "r1": d, "h2": d, "u": i_, "g": i_,
+                  "m": d, "out": d}
+    elif arch.family == "llama":
+        ops = [_ew("input_layernorm", ["x"], "h1"), _lin("q_proj", "h1", "q", d, qd, False),
+               _lin("k_proj", "h1", "k", d, kvd, False), _lin("v_proj", "h1", "v", d, kvd, False),
+               _ew("rope_q", ["q"], "qr"), _ew("rope_k", ["k"], "kr"),
+               Op("attn", "qk", ("qr", "kr"), "s"), _ew("softmax", ["s"], "p"),
+               Op("attn", "pv", ("p", "v"), "ctx"), _lin("o_proj", "ctx", "a", qd, d, False),
+               _ew("add", ["x", "a"], "r1"), _ew("post_attention_layernorm", ["r1"], "h2"),
+               _lin("gate_proj", "h2", "gt", d, i_, False), _lin("up_proj", "h2", "up", d, i_, False),
+               _ew("silu_mul", ["gt", "up"], "g"), _lin("down_proj", "g", "m", i_, d, False),
+               _ew("add", ["r1", "m"], "out")]
+        widths = {"x": d, "h1": d, "q": qd, "k": kvd, "v": kvd, "qr": qd, "kr": kvd, "ctx": qd, "a": d,
+                  "r1": d, "h2": d, "gt": i_, "up": i_, "g": i_, "m": d, "out": d}
+    elif arch.family == "bert":
+        ops = [_lin("query", "x", "q", d, d, True), _lin("key", "x", "k", d, d, True),
+               _lin("value", "x", "v", d, d, True), Op("attn", "qk", ("q", "k"), "s"),
+               _ew("softmax", ["s"], "p"), Op("attn", "pv", ("p", "v"), "ctx"),
+               _lin("dense", "ctx", "a", d, d, True), _ew("add_ln", ["x", "a"], "r1"),
+               _lin("dense", "r1", "u", d, i_, True), _ew("gelu", ["u"], "g"),
+               _lin("dense", "g", "m", i_, d, True), _ew("add_ln", ["r1", "m"], "out")]
+        widths = {"x": d, "q": d, "k": d, "v": d, "ctx": d, "a": d, "r1": d, "u": i_, "g": i_, "m": d,
+                  "out": d}
+    else:  # Arch validation makes this unreachable for files; guards hand-built Arch objects
+        raise ValueError(f"unknown architecture family {arch.family!r}; use gpt2, llama or bert")
+    widths.update({"s": -1, "p": -1})
+    return ops, widths
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """FLOPs of one block for one micro-batch in one training state (see :func:`block_cost`)."""
+
+    F: float
+    B: float
+    W: float
+    saved_elems: float  # activation elements autograd keeps for backward (0 when nothing needs grad)
+
+
+def block_cost(arch: Arch, *, batch: int, seq: int, input_grad: bool, lora_targets: tuple[str, ...],
+               lora_rank: int) -> BlockCost:
+    """Forward, B and W FLOPs of one block on a ``(batch, seq)`` micro-batch.
+
+    Args:
+        arch: the architecture.
+        batch, seq: micro-batch shape B, T.
+        input_grad: whether a gradient w.r.t. the block's input is needed (something below trains).
+        lora_targets: module leaf names carrying a trainable LoRA adapter (empty: frozen block).
+        lora_rank: LoRA rank r.
+
+    Returns:
+        :class:`BlockCost` with matmul FLOPs as FlopCounterMode counts them.
+
+    Example:
+        >>> from sfsim.arch import BUILTIN
+        >>> c = block_cost(BUILTIN["gpt2"], batch=8, seq=128, input_grad=False, lora_targets=(), lora_rank=8)
+        >>> round(c.F / 1e9, 1), c.B, c.W
+        (14.9, 0.0, 0.0)
+    """
+    ops, widths = block_graph(arch)
+    n, r = batch * seq, lora_rank  # n tokens
+    attn_flops = 2.0 * batch * arch.heads * seq * seq * arch.head_dim  # one of QK^T / PV
+    rg = {"x": input_grad}
+    f = b = w = 0.0
+    saved: set[str] = set()
+    for op in ops:
+        lora = op.kind == "linear" and op.name in lora_targets
+        rg[op.output] = lora or any(rg[t] for t in op.inputs)
+        if op.kind == "linear":
+            f += 2.0 * n * op.fan_in * op.fan_out + (2.0 * n * r * (op.fan_in + op.fan_out) if lora else 0)
+        elif op.kind == "attn":
+            f += attn_flops
+        if not rg[op.output]:
+            continue
+        saved.update(op.inputs)
+        if op.kind == "attn":
+            b += attn_flops * sum(rg[t] for t in op.inputs)
+        elif op.kind == "linear":
+            x_grad = rg[op.inputs[0]]
+            if x_grad:
+                b += 2.0 * n * op.fan_in * op.fan_out  # dx through the frozen base weight
+            if lora:
+                # g = dy B (n, r): on the B path when it also feeds dx, else only dA needs it
+                g_cost = 2.0 * n * r * op.fan_out
+                if x_grad:
+                    b += g_cost + 2.0 * n * r * op.fan_in  # g, then dx = g A
+                else:
+                    w += g_cost
+                w += 2.0 * n * r * (op.fan_out + op.fan_in)  # dB, dA
+    if not input_grad:
+        saved.discard("x")
+    saved_elems = sum((batch * arch.heads * seq * seq) if widths[t] < 0 else n * widths[t] for t in saved)
+    return BlockCost(f, b, w, float(saved_elems))
+
+
+def block_params(arch: Arch) -> int:
+    """Frozen parameters of one block (weights, biases, norm scales)."""
+    ops, _ = block_graph(arch)
+    lin = sum(op.fan_in * op.fan_out + (op.fan_out if op.bias else 0) for op in ops if op.kind == "linear")
+    norms = 2 * arch.hidden * (2 if arch.family in ("gpt2", "bert") else 1)  # two norms (scale [+ bias])
+    return lin + norms
+
+
+def lora_params(arch: Arch, lora_targets: tuple[str, ...], lora_rank: int) -> int:
+    """LoRA parameters (A and B of every targeted linear) in one block: ``r (fan_in + fan_out)`` each."""
+    ops, _ = block_graph(arch)
+    return sum(lora_rank * (op.fan_in + op.fan_out) for op in ops
+               if op.kind == "linear" and op.name in lora_targets)
+
+
+def embedding_params(arch: Arch) -> int:
+    """Token (+ learned position, + BERT token-type and embedding-norm) parameters."""
+    extra = 2 * arch.hidden + 2 * arch.hidden if arch.family == "bert" else 0  # token types, LayerNorm
+    return (arch.vocab + _POSITIONS[arch.family]) * arch.hidden + extra
+
+
+def norm_params(arch: Arch) -> int:
+    """Parameters of the final norm (GPT-2 ln_f, Llama norm; BERT has none after the last layer)."""
+    return {"gpt2": 2 * arch.hidden, "llama": arch.hidden, "bert": 0}[arch.family]
+
+
+def forward_working_elems(arch: Arch, *, batch: int, seq: int) -> float:
+    """Peak live activation elements in one block's forward without autograd.
+
+    The input and residual streams, plus the widest op's inputs and output at once (scores and
+    their softmax for attention; both MLP branches and their product for Llama).
+    """
+    ops, widths = block_graph(arch)
+    n = batch * seq
+
+    def size(t):
+        return batch * arch.heads * seq * seq if widths[t] < 0 else n * widths[t]
+
+    widest = max(sum(size(t) for t in set(op.inputs)) + size(op.output) for op in ops)
+    return float(2 * n * arch.hidden + widest)
