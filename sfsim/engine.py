@@ -1,0 +1,515 @@
+"""The SimPy engine: recording, server credits and buffers, server workers and their policies.
+
+Schedules (``sfsim.schedules``) turn a scenario into plain per-device stage durations
+(:class:`DeviceTimes`, :class:`ServerTimes`) and run small SimPy processes on one :class:`Engine`.
+The engine only replays: it never calls the cost model, so tests give exact hand-made durations.
+
+Time is in seconds. To stay fast (about three SimPy events per micro-batch) a process computes
+times that follow from its own state arithmetically and yields only when it must wait for another
+process or for time to pass. Trace events are built only when a trace is asked for, so memory does
+not grow with the run otherwise.
+
+SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
+
+* **Credits**: a server has ``buffer`` credits, one per micro-batch in flight to it or waiting at
+  it. A device takes a credit when it starts sending; the credit comes back when a worker starts
+  processing that micro-batch and goes to the device that has waited longest (FIFO). Replayed
+  (cached) micro-batches hold no credit.
+* **Arrivals** are kept in a heap; a worker that becomes free at time ``t`` sees every micro-batch
+  with arrival ``<= t`` (an arrival at the instant a worker frees up is eligible). An idle worker is
+  woken at the next arrival.
+* **Policy** (:data:`POLICIES`): which eligible micro-batch a free worker takes: ``fifo`` (arrival
+  order), ``round-robin`` (devices in turn, in the order they first had work waiting) or
+  ``proportional`` (the device with the largest fraction of its micro-batches not yet started;
+  ties: lower device index). Within one device micro-batches always run in order.
+* **Worker** per accelerator (lane ``<server>`` when ``count == 1``, else ``<server>/<w>``): for a
+  micro-batch of device ``i`` it runs ``F`` then ``B`` back to back. With ``decompose`` its ``W``
+  is queued: the worker runs queued W's (oldest first, one at a time) only when no micro-batch is
+  eligible, and all of them right before an optimizer step. Without ``decompose`` it runs ``BW``
+  (B and W fused) right after ``F``. After every ``accumulate`` micro-batches a worker has processed
+  it runs its queued W's and a ``step``; when the server has no micro-batch left to hand out, each
+  worker runs its remaining W's and a final ``step`` for a partial window.
+* **Sequential** devices (the ``splitfrozen-sequential`` ablation) are released when the worker
+  ends the micro-batch's ``W`` (run right after ``B``, never deferred), before any ``step``.
+* Ops of zero duration are not recorded. Ties at equal times are resolved in SimPy event order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import simpy
+
+from sfsim.errors import SfsimError
+from sfsim.trace import TraceEvent
+
+
+@dataclass(frozen=True)
+class DeviceTimes:
+    """Per-device stage durations (s) and sizes (bytes) that a schedule hands to the engine.
+
+    Attributes:
+        name: device name (its lane).
+        server: index of its server in the schedule's server list.
+        n: micro-batches it contributes in total (all epochs).
+        sent: micro-batches it computes and sends itself (``n``, or one epoch with activation caching).
+        f, b, w: device forward, backward-B and backward-W seconds per micro-batch.
+        step: device optimizer step seconds (schedules that train on the device).
+        up_s, up_l: uplink serialisation and propagation seconds per micro-batch transfer.
+        down_s, down_l: downlink serialisation and propagation seconds per micro-batch transfer.
+        sync_up_s, sync_down_s: adapter upload and download serialisation seconds (FedAvg).
+        srv_f, srv_b, srv_w: server seconds per micro-batch of this device.
+        up_bytes, down_bytes, sync_bytes: bytes per micro-batch up, down, and per adapter transfer.
+    """
+
+    name: str
+    server: int = 0
+    n: int = 1
+    sent: int = -1
+    f: float = 0.0
+    b: float = 0.0
+    w: float = 0.0
+    step: float = 0.0
+    up_s: float = 0.0
+    up_l: float = 0.0
+    down_s: float = 0.0
+    down_l: float = 0.0
+    sync_up_s: float = 0.0
+    sync_down_s: float = 0.0
+    srv_f: float = 0.0
+    srv_b: float = 0.0
+    srv_w: float = 0.0
+    up_bytes: float = 0.0
+    down_bytes: float = 0.0
+    sync_bytes: float = 0.0
+
+    def __post_init__(self):
+        if self.n < 0:
+            raise SfsimError(f"device {self.name!r}: micro-batch count must be >= 0, got {self.n}")
+        if self.sent < 0:
+            object.__setattr__(self, "sent", self.n)
+        for key in ("f", "b", "w", "step", "up_s", "up_l", "down_s", "down_l", "sync_up_s",
+                    "sync_down_s", "srv_f", "srv_b", "srv_w"):
+            val = getattr(self, key)
+            if not (val >= 0 and math.isfinite(val)):
+                raise SfsimError(f"device {self.name!r}: stage time {key} must be finite and >= 0, got {val}")
+
+
+@dataclass(frozen=True)
+class ServerTimes:
+    """One server as the engine sees it.
+
+    Attributes:
+        name: server name (lane prefix).
+        count: parallel workers (accelerators).
+        step: optimizer step seconds on one worker.
+        aggregate: FedAvg seconds per participating device (fedlora, splitlora).
+    """
+
+    name: str
+    count: int = 1
+    step: float = 0.0
+    aggregate: float = 0.0
+
+    def lane(self, w: int = 0) -> str:
+        """Lane name of worker ``w``: the server name when it has one worker, else ``name/w``."""
+        return self.name if self.count == 1 else f"{self.name}/{w}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Server policies: which eligible micro-batch a free worker takes next.
+# ---------------------------------------------------------------------------------------------
+class FifoPolicy:
+    """Take micro-batches in arrival order."""
+
+    name = "fifo"
+
+    def __init__(self, totals: list[int]):
+        self._q: deque = deque()
+
+    def push(self, i: int, n: int) -> None:
+        """Make micro-batch ``n`` of device ``i`` eligible."""
+        self._q.append((i, n))
+
+    def pop(self) -> tuple[int, int]:
+        """Remove and return the next ``(device, micro-batch)``."""
+        return self._q.popleft()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
+class _PerDevicePolicy:
+    """Base for policies that choose a device first, then take its oldest eligible micro-batch."""
+
+    def __init__(self, totals: list[int]):
+        self.totals = totals
+        self.ready = [0] * len(totals)      # eligible micro-batches per device
+        self.next_mb = [-1] * len(totals)   # oldest eligible micro-batch per device
+        self.size = 0
+
+    def push(self, i: int, n: int) -> None:
+        """Make micro-batch ``n`` of device ``i`` eligible."""
+        self.size += 1
+        self.ready[i] += 1
+        if self.ready[i] == 1:
+            self.next_mb[i] = n
+            self._add(i)
+
+    def pop(self) -> tuple[int, int]:
+        """Remove and return the next ``(device, micro-batch)``."""
+        i = self._take()
+        n = self.next_mb[i]
+        self.next_mb[i] = n + 1
+        self.ready[i] -= 1
+        self.size -= 1
+        if self.ready[i]:
+            self._add(i)
+        return i, n
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class RoundRobinPolicy(_PerDevicePolicy):
+    """Serve devices in turn (in the order they first had work waiting), one micro-batch each."""
+
+    name = "round-robin"
+
+    def __init__(self, totals: list[int]):
+        super().__init__(totals)
+        self._turn: deque = deque()
+
+    def _add(self, i: int) -> None:
+        self._turn.append(i)
+
+    def _take(self) -> int:
+        return self._turn.popleft()
+
+
+class ProportionalPolicy(_PerDevicePolicy):
+    """Serve the device with the largest fraction of its micro-batches not yet started.
+
+    This paces devices so that they finish together, which keeps the server's stream mixed.
+    """
+
+    name = "proportional"
+
+    def __init__(self, totals: list[int]):
+        super().__init__(totals)
+        self._started = [0] * len(totals)
+        self._heap: list = []
+
+    def _add(self, i: int) -> None:
+        # Key changes only when device i is served, so a plain heap stays correct.
+        heapq.heappush(self._heap, (-(self.totals[i] - self._started[i]) / self.totals[i], i))
+
+    def _take(self) -> int:
+        i = heapq.heappop(self._heap)[1]
+        self._started[i] += 1
+        return i
+
+
+#: Server policies by name.
+POLICIES = {p.name: p for p in (FifoPolicy, RoundRobinPolicy, ProportionalPolicy)}
+
+
+def make_policy(name: str, totals: list[int]):
+    """A new policy object by name, or SfsimError naming the choices."""
+    try:
+        return POLICIES[name](totals)
+    except KeyError:
+        raise SfsimError(f"unknown server policy {name!r}; choose one of: {', '.join(POLICIES)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Stream mixing: how close each window of a server's stream is to its overall device shares.
+# ---------------------------------------------------------------------------------------------
+class StreamMixing:
+    """Online mean total-variation distance between window and overall device shares.
+
+    A server's stream (the micro-batches in the order its workers start them) is cut into
+    ``windows`` equal parts by count (10 by default: deciles); for each part the distance is
+    ``0.5 * sum_i |share_i(window) - share_i(all)|``. 0 means every tenth of the stream has the
+    fleet's overall mix; 1 means each tenth comes from devices absent overall (impossible).
+    Memory is O(devices), not O(micro-batches).
+    """
+
+    def __init__(self, totals: list[int], windows: int = 10):
+        total = sum(totals)
+        self.total = total
+        self.windows = max(1, min(windows, total))
+        self.share = [t / total if total else 0.0 for t in totals]
+        self.counts: dict[int, int] = {}
+        self.seen = 0
+        self.tv: list[float] = []
+        self._bound = self._boundary(1)
+
+    def _boundary(self, k: int) -> int:
+        return -(-k * self.total // self.windows)  # ceil(k * total / windows)
+
+    def add(self, i: int) -> None:
+        """Record that device ``i``'s micro-batch is next in the stream."""
+        self.counts[i] = self.counts.get(i, 0) + 1
+        self.seen += 1
+        if self.seen >= self._bound:
+            self._close()
+
+    def _close(self) -> None:
+        size = sum(self.counts.values())
+        dist = 1.0 - sum(self.share[i] for i in self.counts)  # devices absent from the window
+        dist += sum(abs(c / size - self.share[i]) for i, c in self.counts.items())
+        self.tv.append(0.5 * dist)
+        self.counts.clear()
+        self._bound = self._boundary(len(self.tv) + 1)
+
+    @property
+    def value(self) -> float | None:
+        """Mean distance over the closed windows (None before any micro-batch)."""
+        return sum(self.tv) / len(self.tv) if self.tv else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine
+# ---------------------------------------------------------------------------------------------
+class Engine:
+    """One SimPy environment plus what every schedule records: trace, busy time, bytes.
+
+    Attributes:
+        env: the SimPy environment.
+        events: list of :class:`~sfsim.trace.TraceEvent` when tracing, else ``None``.
+        device_busy, server_busy: seconds of compute per device / per server (all workers).
+        up_bytes, down_bytes: bytes per device on its uplink / downlink.
+        mixing: server name -> :class:`StreamMixing` for schedules with a server stream.
+    """
+
+    def __init__(self, trace: bool = False):
+        self.env = simpy.Environment()
+        self.events: list[TraceEvent] | None = [] if trace else None
+        self.device_busy: dict[str, float] = {}
+        self.server_busy: dict[str, float] = {}
+        self.up_bytes: dict[str, float] = {}
+        self.down_bytes: dict[str, float] = {}
+        self.mixing: dict[str, StreamMixing] = {}
+
+    def record(self, lane: str, op: str, start: float, dur: float, mb: int = -1, device: str = "") -> None:
+        """Append one trace event (only when tracing and ``dur > 0``)."""
+        if self.events is not None and dur > 0:
+            self.events.append(TraceEvent(lane, op, start, dur, mb, device))
+
+    def succeed_at(self, event: simpy.Event, t: float) -> None:
+        """Trigger ``event`` at absolute time ``t`` (>= now)."""
+        self.env.timeout(t - self.env.now).callbacks.append(lambda _e: event.succeed())
+
+    def run(self) -> float:
+        """Run until no event is left; returns the makespan (time of the last event)."""
+        self.env.run()
+        return self.env.now
+
+
+class FifoLane:
+    """A lane that serves jobs first come, first served (the caller arrives at its arrival time).
+
+    Since callers ask at their arrival instants in time order, ``start = max(now, free_at)`` is
+    exactly a FIFO single-server queue (Lindley's recursion) with no extra SimPy event.
+    """
+
+    def __init__(self, engine: Engine, lane: str):
+        self.engine, self.lane, self.free_at, self.busy = engine, lane, 0.0, 0.0
+
+    def serve(self, ops: list[tuple[str, float]], mb: int = -1, device: str = "") -> list[float]:
+        """Queue ``ops`` (op name, seconds) now; returns the end time of each op."""
+        t = max(self.engine.env.now, self.free_at)
+        ends = []
+        for op, dur in ops:
+            self.engine.record(self.lane, op, t, dur, mb, device)
+            t += dur
+            self.busy += dur
+            ends.append(t)
+        self.free_at = t
+        return ends
+
+
+class Barrier:
+    """A synchronous FedAvg round on one server: wait for every participant's upload, aggregate.
+
+    ``arrive()`` is called by each participant at its upload's arrival time and returns an event
+    that fires when the aggregate ends (``aggregate`` runs on ``lane`` at ``max(last arrival, lane
+    free)`` for ``per_device * participants`` seconds). The caller then downloads on its own link.
+    """
+
+    def __init__(self, engine: Engine, lane: FifoLane, per_device: float, participants: int):
+        self.engine, self.lane, self.per_device = engine, lane, per_device
+        self.left, self.n = participants, participants
+        self.done = engine.env.event()
+
+    def arrive(self) -> simpy.Event:
+        """Register one upload that arrived now; the returned event fires when aggregation ends."""
+        self.left -= 1
+        if self.left == 0:
+            (end,) = self.lane.serve([("aggregate", self.per_device * self.n)])
+            self.engine.succeed_at(self.done, end)
+        return self.done
+
+
+class ServerPool:
+    """A SplitFrozen server: credits, pending arrivals, a policy, and ``count`` worker processes.
+
+    Args:
+        engine: the engine.
+        server: the server's :class:`ServerTimes`.
+        devices: every device of the run (index = device id); only those with ``server == index``
+            of this pool send here.
+        index: this server's index.
+        buffer: credits (micro-batches in flight to or waiting here).
+        accumulate: micro-batches per optimizer step (per worker).
+        decompose: defer W into idle time (else fused ``BW``).
+        policy: policy name (:data:`POLICIES`).
+        sequential: release each device when its micro-batch's W ends (the ablation).
+    """
+
+    def __init__(self, engine: Engine, server: ServerTimes, devices: list[DeviceTimes], index: int,
+                 buffer: int, accumulate: int, decompose: bool, policy: str, sequential: bool = False):
+        if buffer < 1 or accumulate < 1:
+            raise SfsimError(f"server {server.name!r}: buffer and accumulate must be >= 1")
+        self.engine, self.env, self.server = engine, engine.env, server
+        self.devices = devices
+        totals = [d.n if d.server == index else 0 for d in devices]
+        self.policy = make_policy(policy, [max(t, 1) for t in totals])
+        self.mixing = engine.mixing[server.name] = StreamMixing(totals)
+        self.unclaimed = sum(totals)
+        self.credits = buffer
+        self.waiters: deque = deque()     # events of devices waiting for a credit, oldest first
+        self.pending: list = []           # heap of (arrival, seq, device, mb) not yet arrived
+        self.seq = 0
+        self.idle: list = []              # events of sleeping workers
+        self.alarm_at = math.inf
+        self.accumulate, self.decompose, self.sequential = accumulate, decompose, sequential
+        self.release: dict[int, simpy.Event] = {}  # sequential: device -> event to release it
+        self.busy = 0.0
+        self.workers = [self.env.process(self._worker(w)) for w in range(server.count)]
+
+    # -- device side ---------------------------------------------------------------------------
+    def take_credit(self) -> simpy.Event | None:
+        """Take a credit now; returns None on success, else an event that fires when one is granted."""
+        if self.credits:
+            self.credits -= 1
+            return None
+        ev = self.env.event()
+        self.waiters.append(ev)
+        return ev
+
+    def push(self, arrival: float, i: int, n: int) -> None:
+        """Announce micro-batch ``n`` of device ``i``, arriving at time ``arrival``."""
+        self.seq += 1
+        heapq.heappush(self.pending, (arrival, self.seq, i, n))
+        if self.idle and arrival < self.alarm_at:
+            self._arm(arrival)
+
+    # -- waking idle workers ---------------------------------------------------------------------
+    def _arm(self, t: float) -> None:
+        self.alarm_at = t
+        self.env.timeout(t - self.env.now).callbacks.append(self._ring)
+
+    def _ring(self, _ev) -> None:
+        if self.env.now != self.alarm_at:
+            return  # superseded by an earlier alarm that has already rung
+        self.alarm_at = math.inf
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        idle, self.idle = self.idle, []
+        for ev in idle:
+            ev.succeed()
+
+    def _claim(self, i: int, n: int) -> None:
+        """Bookkeeping when a worker starts micro-batch ``n`` of device ``i``."""
+        dev = self.devices[i]
+        self.unclaimed -= 1
+        self.mixing.add(i)
+        if n < dev.sent:  # a sent micro-batch frees its credit; a replayed one holds none
+            if self.waiters:
+                self.waiters.popleft().succeed()
+            else:
+                self.credits += 1
+        if n + 1 < dev.n and n + 1 >= dev.sent:
+            self.push(self.env.now, i, n + 1)  # the next cached micro-batch becomes eligible now
+        if self.unclaimed == 0:
+            self._wake_all()  # idle workers may now flush their W's and final step
+
+    # -- worker ------------------------------------------------------------------------------------
+    def _worker(self, w: int):
+        env, rec, devices = self.env, self.engine.record, self.devices
+        lane, step_s = self.server.lane(w), self.server.step
+        policy, pending = self.policy, self.pending
+        defer = self.decompose and not self.sequential
+        queued_w: deque = deque()  # (device, mb) whose W is deferred
+        done = 0                    # micro-batches processed since this worker's last step
+        busy = 0.0
+        while True:
+            now = env.now
+            while pending and pending[0][0] <= now:
+                _, _, i, n = heapq.heappop(pending)
+                policy.push(i, n)
+            if policy:
+                i, n = policy.pop()
+                self._claim(i, n)
+                t = self._run_mb(lane, i, n, now, defer, queued_w)
+                done += 1
+                if done == self.accumulate:
+                    t = self._step(lane, t, queued_w, step_s)
+                    done = 0
+                busy += t - now
+                yield env.timeout(t - now)
+            elif queued_w:
+                i, n = queued_w.popleft()
+                d = devices[i]
+                rec(lane, "W", now, d.srv_w, n, d.name)
+                busy += d.srv_w
+                yield env.timeout(d.srv_w)
+            elif self.unclaimed == 0:
+                if done:
+                    rec(lane, "step", now, step_s)
+                    busy += step_s
+                    yield env.timeout(step_s)
+                self.busy += busy
+                return
+            else:
+                ev = env.event()
+                self.idle.append(ev)
+                if pending and pending[0][0] < self.alarm_at:
+                    self._arm(pending[0][0])
+                yield ev
+
+    def _run_mb(self, lane: str, i: int, n: int, now: float, defer: bool, queued_w: deque) -> float:
+        """Record F and B (or BW) of one micro-batch starting at ``now``; returns when they end."""
+        rec, d = self.engine.record, self.devices[i]
+        rec(lane, "F", now, d.srv_f, n, d.name)
+        t = now + d.srv_f
+        if defer:
+            rec(lane, "B", t, d.srv_b, n, d.name)
+            queued_w.append((i, n))
+            return t + d.srv_b
+        if self.decompose:  # sequential ablation: W right after B
+            rec(lane, "B", t, d.srv_b, n, d.name)
+            rec(lane, "W", t + d.srv_b, d.srv_w, n, d.name)
+        else:
+            rec(lane, "BW", t, d.srv_b + d.srv_w, n, d.name)
+        t += d.srv_b + d.srv_w
+        if self.sequential:
+            self.engine.succeed_at(self.release.pop(i), t)
+        return t
+
+    def _step(self, lane: str, t: float, queued_w: deque, step_s: float) -> float:
+        """Run every queued W, then an optimizer step, from time ``t``; returns the end time."""
+        rec, devices = self.engine.record, self.devices
+        while queued_w:
+            i, n = queued_w.popleft()
+            d = devices[i]
+            rec(lane, "W", t, d.srv_w, n, d.name)
+            t += d.srv_w
+        rec(lane, "step", t, step_s)
+        return t + step_s

@@ -1,0 +1,111 @@
+"""Schedules: small policies that turn a scenario into stage durations and replay them on the engine.
+
+Each schedule module provides ``build(setup) -> Job`` (durations and FLOPs from the cost model, no
+SimPy) and ``run(engine, job, cfg)`` (SimPy processes on :class:`sfsim.engine.Engine`). Tests call
+``run`` with hand-made :class:`~sfsim.engine.DeviceTimes` to check exact timelines.
+
+Multi-server scenarios: each device talks to its assigned server; each server trains its own
+replica (and, for fedlora/splitlora, averages only its own devices' adapters). Synchronisation
+between servers is not modelled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sfsim.costmodel import CostModel
+from sfsim.engine import DeviceTimes, ServerTimes
+from sfsim.scenario import Scenario
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Schedule knobs the engine needs (from ``training`` and the caller)."""
+
+    buffer: int = 4
+    accumulate: int = 1
+    decompose: bool = True
+    policy: str = "fifo"
+    local_steps: int = 10
+    fedavg_every: int = 100
+
+    @classmethod
+    def from_training(cls, tr, policy: str | None = None) -> RunConfig:
+        """The knobs of a scenario's ``training`` section (``policy`` overrides its server_policy)."""
+        return cls(tr.buffer, tr.accumulate, tr.decompose_backward, policy or tr.server_policy,
+                   tr.local_steps, tr.fedavg_every)
+
+
+@dataclass
+class Setup:
+    """What a schedule builds from: the scenario, its cost model, the cuts and the assignment.
+
+    Attributes:
+        scenario, cm: the scenario and its :class:`~sfsim.costmodel.CostModel`.
+        splits: device -> cut (SplitFrozen prefix blocks; SplitLoRA client blocks).
+        lora_start: first server block with LoRA (SplitFrozen).
+        assignment: device -> server name.
+    """
+
+    scenario: Scenario
+    cm: CostModel
+    splits: dict[str, int]
+    lora_start: int
+    assignment: dict[str, str]
+
+    @property
+    def server_index(self) -> dict[str, int]:
+        """Server name -> index in ``scenario.servers``."""
+        return {s.name: k for k, s in enumerate(self.scenario.servers)}
+
+    def micro_batches(self, device) -> tuple[int, int]:
+        """(micro-batches per epoch, micro-batches over all epochs) of ``device``."""
+        per_epoch = self.scenario.micro_batches(device)
+        return per_epoch, per_epoch * self.scenario.training.epochs
+
+
+@dataclass
+class Job:
+    """A schedule's input to the engine plus the FLOPs it implies.
+
+    Attributes:
+        devices, servers: engine inputs (stage seconds and bytes).
+        device_flops: device -> FLOP over the run; server_flops: server -> FLOP.
+    """
+
+    devices: list[DeviceTimes]
+    servers: list[ServerTimes]
+    device_flops: dict[str, float] = field(default_factory=dict)
+    server_flops: dict[str, float] = field(default_factory=dict)
+
+
+def link_seconds(nbytes: float, link) -> float:
+    """Serialisation time of ``nbytes`` on a link of ``link.bandwidth`` bit/s."""
+    return nbytes * 8.0 / link.bandwidth
+
+
+def aggregate_seconds(params: int, server) -> float:
+    """FedAvg cost per participating device: one multiply-add (2 FLOP) per adapter parameter."""
+    return 2.0 * params / server.flops
+
+
+def groups(devices: list[DeviceTimes]) -> dict[int, list[int]]:
+    """Server index -> indices of the devices that talk to it (in device order)."""
+    out: dict[int, list[int]] = {}
+    for i, d in enumerate(devices):
+        out.setdefault(d.server, []).append(i)
+    return out
+
+
+def rounds(n: int, per_round: int) -> int:
+    """Rounds needed to process ``n`` micro-batches ``per_round`` at a time."""
+    return math.ceil(n / per_round)
+
+
+def get(name: str):
+    """The schedule module for a canonical method name."""
+    from sfsim.schedules import cenlora, fedlora, splitfrozen, splitlora
+
+    return {"splitfrozen": splitfrozen, "splitfrozen-sequential": splitfrozen, "splitlora": splitlora,
+            "fedlora": fedlora, "cenlora": cenlora}[name]
