@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import string
@@ -49,7 +50,7 @@ def family_of(model: nn.Module) -> str:
 
 def _wrap(model: nn.Module, tokenizer, name: str) -> LoadedModel:
     """Put a loaded model in eval mode, fp32, with a pad token, and describe it."""
-    model = model.float().eval()
+    model = model.eval()  # loaded with dtype=float32 (tiny models are fp32 already)
     family = family_of(model)
     if tokenizer.pad_token is None:
         # decoders often ship without a pad token; the attention mask makes its id irrelevant
@@ -88,7 +89,10 @@ def _cache_smollm2(target: Path) -> None:
     gguf = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the same weights
-    plain = AutoModelForCausalLM.from_config(gguf.config, dtype=torch.float32)
+    config = copy.deepcopy(gguf.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are plain fp32 now; keeping it marks the copy "quantized"
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf.state_dict())
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     plain.save_pretrained(tmp)

@@ -1,0 +1,81 @@
+"""CenLoRA: all data at the server, LoRA on every block, one shuffled stream: the accuracy ceiling.
+
+The devices upload their raw samples once (token ids, mask, labels: counted on their uplinks) and
+compute nothing; the server trains on the union of the shards, shuffled every epoch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.methods.common import (
+    Method,
+    Setup,
+    StepCallback,
+    adamw,
+    inject_lora,
+    task_loss,
+    trainable_params,
+)
+from trainer.runtime import Message, device_kwargs, trim
+from trainer.split import split_model
+
+
+class CenLoRA(Method):
+    """The centralised LoRA baseline."""
+
+    name = "cenlora"
+
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        s = setup
+        inject_lora(s, self.lora_block_indices())
+        self.emb, self.rest = split_model(s.lm.model, 0, head=s.head, frozen_device=False)
+        self.opt = adamw(trainable_params(self.rest), s)
+        self.data: dict[str, torch.Tensor] | None = None
+        self.owner: list[str] = []
+
+    def lora_block_indices(self) -> list[int]:
+        """Every block from ``--lora-start`` (default 0) on."""
+        return list(range(self.setup.lora_start, self.setup.lm.n_layers))
+
+    def _gather(self) -> None:
+        """Devices upload their shards once; the server concatenates them."""
+        s, shards = self.setup, []
+        for d in s.devices:
+            s.transport.send_up(Message(d.name, -1, dict(d.shard)))
+            shards.append(s.transport.recv_up(d.name).tensors)
+            self.owner += [d.name] * d.n_samples
+        self.data = {k: torch.cat([sh[k] for sh in shards]) for k in shards[0]}
+
+    def train_epoch(self, epoch: int, on_step: StepCallback) -> None:
+        """One shuffled pass over the union; an optimizer step every ``accumulate`` micro-batches."""
+        s, meter = self.setup, self.setup.meter
+        if self.data is None:
+            self._gather()
+        n = self.data["input_ids"].shape[0]
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(s.seed * 1000003 + epoch))
+        starts = list(range(0, n, s.micro_batch))
+        losses, samples = [], 0
+        for i, st in enumerate(starts):
+            idx = perm[st:st + s.micro_batch]
+            b = trim({k: v[idx] for k, v in self.data.items()})
+            self.rest.train()
+            with meter.compute(s.server, "F", "server_forward", mb=i):
+                loss = task_loss(self.rest(self.emb(b["input_ids"], b["attention_mask"], **device_kwargs(b)), b["attention_mask"]),
+                                 b["labels"], s.is_lm)
+            with meter.compute(s.server, "BW", "server_BW", mb=i):
+                (loss / s.accumulate).backward()
+            self.record(self.owner[int(idx[0])], b["labels"])
+            losses.append(loss.item())
+            samples += len(idx)
+            if (i + 1) % s.accumulate == 0 or i == len(starts) - 1:
+                with meter.compute(s.server, "step", "server_step"):
+                    self.opt.step()
+                    self.opt.zero_grad(set_to_none=True)
+                on_step(sum(losses) / len(losses), samples)
+                losses, samples = [], 0
+
+    def eval_cut(self) -> int:
+        """CenLoRA evaluates the whole model (cut 0)."""
+        return 0

@@ -1,0 +1,186 @@
+"""What every method shares: the run setup, the loss, evaluation, adapter swapping and the method base."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from trainer.lora import add_lora, load_lora_state_dict, lora_state_dict
+from trainer.measure import Meter
+from trainer.runtime import DeviceRole, Transport
+
+
+@dataclass
+class Setup:
+    """Everything a method needs, built once by the runner.
+
+    Attributes:
+        lm: the loaded model (``trainer.models.LoadedModel``); methods add LoRA to ``lm.model``.
+        head: the task head (``ClassificationHead``) or ``None`` for causal-LM tasks (GSM8K).
+        devices: one :class:`DeviceRole` per device (data shard; no model part yet).
+        cuts: device name -> cut k (blocks on the device).
+        lora_start: first block with LoRA on the server (splitfrozen; others use their own rule).
+        lora: dict with ``rank``, ``alpha``, ``dropout``, ``targets``.
+        micro_batch, accumulate: samples per micro-batch, micro-batches per optimizer step.
+        lr, weight_decay: AdamW settings.
+        server_order: pacing policy name (see ``trainer.runtime.SERVER_ORDERS``).
+        periods: device -> relative seconds between its micro-batches (for the ``fifo`` order).
+        decompose_backward: split backward into B and deferred W on the server.
+        local_steps: fedlora local micro-batches per round.
+        fedavg_every: splitlora client FedAvg period (server steps).
+        meter, transport: measurement and the role-to-role transport.
+        server: the server's name (its trace lane).
+        seed: run seed.
+    """
+
+    lm: object
+    head: nn.Module | None
+    devices: list[DeviceRole]
+    cuts: dict[str, int]
+    lora_start: int
+    lora: dict
+    micro_batch: int
+    accumulate: int
+    lr: float
+    meter: Meter
+    transport: Transport
+    server: str = "server"
+    weight_decay: float = 0.0
+    server_order: str = "proportional"
+    periods: dict[str, float] = field(default_factory=dict)
+    decompose_backward: bool = True
+    local_steps: int = 10
+    fedavg_every: int = 100
+    seed: int = 0
+
+    @property
+    def is_lm(self) -> bool:
+        """True for causal-LM tasks (no classification head)."""
+        return self.head is None
+
+
+def task_loss(output: torch.Tensor, labels: torch.Tensor, is_lm: bool) -> torch.Tensor:
+    """Cross-entropy: (B, C) logits vs (B,) labels, or (B, T, V) LM logits vs (B, T) next-token labels.
+
+    For causal LM, ``labels[:, t]`` is the target of position t (``-100`` ignored); logits at t predict
+    token t+1, hence the shift.
+    """
+    if not is_lm:
+        return nn.functional.cross_entropy(output, labels)
+    logits = output[:, :-1].reshape(-1, output.shape[-1])  # (B*(T-1), V)
+    return nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def inject_lora(setup: Setup, blocks) -> None:
+    """Freeze the model, add LoRA to ``blocks`` of ``setup.lm.model`` and make the head trainable."""
+    lo = setup.lora
+    add_lora(setup.lm.model, blocks=list(blocks), targets=lo["targets"], rank=lo["rank"],
+             alpha=lo["alpha"], dropout=lo["dropout"])
+    if setup.head is not None:
+        setup.head.requires_grad_(True)
+
+
+def trainable_params(*modules: nn.Module | None) -> list[nn.Parameter]:
+    """Parameters with ``requires_grad`` of the given modules, each once."""
+    seen, out = set(), []
+    for m in modules:
+        if m is None:
+            continue
+        for p in m.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def adamw(params: list[nn.Parameter], setup: Setup) -> torch.optim.AdamW:
+    """The optimizer every method uses."""
+    return torch.optim.AdamW(params, lr=setup.lr, weight_decay=setup.weight_decay)
+
+
+def lora_blocks(state: dict[str, torch.Tensor], blocks: set[int]) -> dict[str, torch.Tensor]:
+    """The LoRA entries of ``state`` that belong to the given block indices (name ``...layer.<i>....``)."""
+    return {k: v for k, v in state.items() if block_of(k) in blocks}
+
+
+def block_of(name: str) -> int:
+    """Block index in a parameter name (``encoder.layer.3.attention...`` -> 3); -1 if none."""
+    parts = name.split(".")
+    for a, b in zip(parts, parts[1:], strict=False):
+        if a in ("h", "layers", "layer", "blocks") and b.isdigit():
+            return int(b)
+    return -1
+
+
+def get_state(model: nn.Module, head: nn.Module | None, blocks: set[int] | None = None) -> dict[str, torch.Tensor]:
+    """Copies of the LoRA weights (of ``blocks``, or all) and of the head (keys ``head.*``)."""
+    sd = lora_state_dict(model)
+    if blocks is not None:
+        sd = lora_blocks(sd, blocks)
+    if head is not None:
+        sd.update({f"head.{k}": v.detach().clone() for k, v in head.state_dict().items()})
+    return sd
+
+
+@torch.no_grad()
+def set_state(model: nn.Module, head: nn.Module | None, sd: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`get_state` dict (possibly a subset of blocks) into the model and head, in place."""
+    params = dict(model.named_parameters())
+    for k, v in sd.items():
+        if k.startswith("head."):
+            continue
+        params[k].copy_(v)
+    if head is not None and any(k.startswith("head.") for k in sd):
+        head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")})
+
+
+def full_state(model: nn.Module, head: nn.Module | None) -> dict[str, torch.Tensor]:
+    """All LoRA weights and the head: what a run saves and ``sfsim eval`` reloads."""
+    return get_state(model, head)
+
+
+def load_full_state(model: nn.Module, head: nn.Module | None, sd: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`full_state` (LoRA key sets must match exactly)."""
+    load_lora_state_dict(model, {k: v for k, v in sd.items() if not k.startswith("head.")})
+    if head is not None:
+        head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")})
+
+
+StepCallback = Callable[[float, int], None]
+"""Called after each optimizer step with (loss, samples in the step)."""
+
+
+class Method:
+    """Base of the four methods: trains ``setup.lm.model`` (+ head) in place, one epoch at a time.
+
+    Subclasses set :attr:`name`, inject LoRA in ``__init__`` and implement :meth:`train_epoch`. After
+    every epoch the shared model holds the global adapters that evaluation and checkpoints use.
+    """
+
+    name = ""
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        self.server_stream: list[tuple[str, list[int]]] = []  # (device, labels) in server training order
+
+    def lora_block_indices(self) -> list[int]:
+        """Blocks that carry LoRA in this method."""
+        return list(range(self.setup.lm.n_layers))
+
+    def train_epoch(self, epoch: int, on_step: StepCallback) -> None:
+        """Train for one epoch over every device's data."""
+        raise NotImplementedError
+
+    def finish_epoch(self) -> None:
+        """Bring the shared model to the global state (e.g. a final FedAvg); default: nothing."""
+
+    def eval_cut(self) -> int:
+        """Cut used to evaluate the global model (any cut gives the same function)."""
+        return min(self.setup.cuts.values(), default=0)
+
+    def record(self, device: str, labels: torch.Tensor) -> None:
+        """Note that the server (or the global model) trained on one micro-batch of ``device``."""
+        self.server_stream.append((device, labels.flatten().tolist() if not self.setup.is_lm else []))

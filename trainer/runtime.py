@@ -1,0 +1,230 @@
+"""Device and server roles, the messages between them and the transport that carries (and counts) them.
+
+A :class:`DeviceRole` owns its data shard and its device-side model part and turns micro-batches into
+:class:`Message` objects; the server side consumes messages. Roles never call each other: every
+tensor crosses a :class:`Transport`, which counts its bytes on the device's uplink or downlink. Today
+:class:`InProcessTransport` copies tensors between queues in one process; a torch.distributed
+transport (one process per role) implements the same four methods.
+
+Link trace events in the in-process run: ``start`` is when the message was handed to the transport
+and ``dur`` the measured time of copying its tensors (the in-process "wire"), not a network time;
+the network time a real link would take is reported separately from the scenario's bandwidth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from sfsim.errors import SfsimError
+from trainer.measure import Meter, tensor_bytes
+
+#: Server pacing policies: which device's micro-batch the server trains on next.
+SERVER_ORDERS = {
+    "proportional": "devices paced in proportion to their remaining data (each spread over the epoch)",
+    "round-robin": "one micro-batch from each device in turn until a device runs out",
+    "fifo": "arrival order when every device streams back to back at its own rate",
+}
+
+
+def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the columns that are padding in every row (left or right padding), keeping (B, T') shapes."""
+    keep = batch["attention_mask"].bool().any(0)  # (T,)
+    if bool(keep.all()):
+        return batch
+    return {k: (v[:, keep] if v.dim() == 2 and v.shape[1] == keep.shape[0] else v) for k, v in batch.items()}
+
+
+def device_kwargs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Extra inputs of a device part besides ids and mask (BERT token types for sentence pairs)."""
+    return {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
+
+
+@dataclass
+class Message:
+    """Tensors sent from one role to another for one micro-batch.
+
+    Attributes:
+        device: the device the message belongs to.
+        mb: micro-batch index on that device (``-1`` for adapters).
+        tensors: name -> tensor (e.g. ``hidden`` (B, T, d), ``attention_mask`` (B, T), ``labels``).
+    """
+
+    device: str
+    mb: int
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all tensors in the message (what crosses the link)."""
+        return tensor_bytes(self.tensors)
+
+
+class Transport(Protocol):
+    """Carries messages between devices and the server and counts their bytes per link."""
+
+    def send_up(self, msg: Message) -> None:
+        """Device -> server."""
+
+    def recv_up(self, device: str) -> Message:
+        """The oldest message from ``device`` waiting at the server."""
+
+    def send_down(self, msg: Message) -> None:
+        """Server -> device ``msg.device``."""
+
+    def recv_down(self, device: str) -> Message:
+        """The oldest message waiting for ``device``."""
+
+
+class InProcessTransport:
+    """A transport between roles in one process: per-device queues, tensors copied on send.
+
+    Copying (``detach().clone()``) makes the receiver's tensors independent of the sender's graph and
+    of ``torch.inference_mode`` (inference tensors cannot be saved for backward), as a real wire would.
+    """
+
+    def __init__(self, meter: Meter):
+        self.meter = meter
+        self._up: dict[str, deque[Message]] = defaultdict(deque)
+        self._down: dict[str, deque[Message]] = defaultdict(deque)
+
+    def _send(self, msg: Message, down: bool) -> None:
+        start = self.meter.now()
+        wire = Message(msg.device, msg.mb, {k: v.detach().clone() for k, v in msg.tensors.items()})
+        self.meter.transfer(msg.device, wire.nbytes, start, self.meter.now() - start, msg.mb, down=down)
+        (self._down if down else self._up)[msg.device].append(wire)
+
+    def send_up(self, msg: Message) -> None:
+        """Device -> server: copy the tensors and count their bytes on the device's uplink."""
+        self._send(msg, down=False)
+
+    def send_down(self, msg: Message) -> None:
+        """Server -> device: copy the tensors and count their bytes on the device's downlink."""
+        self._send(msg, down=True)
+
+    def recv_up(self, device: str) -> Message:
+        """The oldest message from ``device``."""
+        return self._up[device].popleft()
+
+    def recv_down(self, device: str) -> Message:
+        """The oldest message for ``device``."""
+        return self._down[device].popleft()
+
+
+class DeviceRole:
+    """One device: its data shard, its device-side model part, and its micro-batch order.
+
+    Args:
+        name: device name (its trace lane).
+        shard: encoded samples of this device: ``input_ids`` (N, T), ``attention_mask`` (N, T), ``labels``.
+        micro_batch: samples per micro-batch.
+        seed: seed of the per-epoch shuffle.
+        part: the device-side model part (``DevicePart``), or ``None`` when the device computes nothing.
+    """
+
+    def __init__(self, name: str, shard: dict[str, torch.Tensor], micro_batch: int, seed: int, part=None):
+        if micro_batch <= 0:
+            raise SfsimError(f"device {name}: micro_batch must be > 0")
+        self.name, self.shard, self.micro_batch, self.seed, self.part = name, shard, micro_batch, seed, part
+
+    @property
+    def n_samples(self) -> int:
+        """Samples in the shard."""
+        return int(self.shard["input_ids"].shape[0])
+
+    @property
+    def n_batches(self) -> int:
+        """Micro-batches per epoch (the last one may be smaller)."""
+        return math.ceil(self.n_samples / self.micro_batch)
+
+    def batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
+        """The epoch's micro-batches, shuffled reproducibly (seed, epoch), all-padding columns dropped."""
+        gen = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+        perm = torch.randperm(self.n_samples, generator=gen)
+        return [trim({k: v[perm[i:i + self.micro_batch]] for k, v in self.shard.items()})
+                for i in range(0, self.n_samples, self.micro_batch)]
+
+    def forward_frozen(self, batch: dict[str, torch.Tensor], mb: int, meter: Meter) -> Message:
+        """Forward the frozen prefix under ``inference_mode``; the message holds hidden, mask and labels."""
+        with meter.compute(self.name, "F", "device_forward", mb=mb, device=self.name), torch.inference_mode():
+            hidden = self.part(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch))  # (B, T, d)
+        return Message(self.name, mb, {"hidden": hidden, "attention_mask": batch["attention_mask"],
+                                       "labels": batch["labels"]})
+
+
+def server_order(counts: dict[str, int], policy: str, periods: dict[str, float] | None = None) -> list[str]:
+    """The device sequence a server trains on in one epoch (each device appears ``counts[d]`` times).
+
+    Args:
+        counts: device -> micro-batches this epoch (dict order breaks ties).
+        policy: one of :data:`SERVER_ORDERS`.
+        periods: fifo only: device -> seconds between its micro-batches (relative values suffice).
+
+    Returns:
+        Device names in the order the server takes their micro-batches.
+
+    Example:
+        >>> server_order({"a": 2, "b": 4}, "proportional")
+        ['b', 'a', 'b', 'b', 'a', 'b']
+        >>> server_order({"a": 2, "b": 4}, "round-robin")
+        ['a', 'b', 'a', 'b', 'b', 'b']
+    """
+    names = list(counts)
+    if policy == "proportional":
+        # micro-batch j of device d sits at fraction (j + 0.5) / n_d of the epoch
+        keys = [((j + 0.5) / counts[d], i, d) for i, d in enumerate(names) for j in range(counts[d])]
+    elif policy == "round-robin":
+        keys = [(j, i, d) for i, d in enumerate(names) for j in range(counts[d])]
+    elif policy == "fifo":
+        periods = periods or {}
+        keys = [((j + 1) * periods.get(d, 1.0), i, d) for i, d in enumerate(names) for j in range(counts[d])]
+    else:
+        raise SfsimError(f"unknown server order {policy!r}; choose one of: {', '.join(SERVER_ORDERS)}")
+    return [d for *_, d in sorted(keys)]
+
+
+def _entropy(counter: Counter, k: int) -> float:
+    n = sum(counter.values())
+    if k <= 1 or n == 0:
+        return 1.0
+    p = np.array([c / n for c in counter.values() if c])
+    return float(-(p * np.log(p)).sum() / math.log(k))
+
+
+def stream_mixing(devices: list[str], labels: list[list[int]], window: int) -> dict:
+    """How mixed the server's training stream was over time.
+
+    Args:
+        devices: device of each micro-batch, in the order the server trained on them.
+        labels: the class labels of each micro-batch (same order).
+        window: micro-batches per window.
+
+    Returns:
+        ``window``; mean and min normalised entropy of devices and of labels over consecutive windows
+        (1 = perfectly mixed, 0 = one device / one class); ``longest_device_run`` (consecutive
+        micro-batches from one device); ``single_device_tail`` (fraction of the stream at its end
+        that comes from one device only).
+    """
+    n_dev = len(set(devices))
+    n_cls = len({c for mb in labels for c in mb})
+    dev_h, lab_h = [], []
+    for s in range(0, len(devices), window):
+        dev_h.append(_entropy(Counter(devices[s:s + window]), n_dev))
+        lab_h.append(_entropy(Counter(c for mb in labels[s:s + window] for c in mb), n_cls))
+    run = best = 0
+    for i, d in enumerate(devices):
+        run = run + 1 if i and devices[i - 1] == d else 1
+        best = max(best, run)
+    tail = 0
+    while tail < len(devices) and devices[-1 - tail] == devices[-1]:
+        tail += 1
+    r = lambda v: round(float(v), 4)  # noqa: E731
+    return {"window": window, "device_entropy_mean": r(np.mean(dev_h)) if dev_h else 1.0,
+            "device_entropy_min": r(min(dev_h, default=1.0)), "label_entropy_mean": r(np.mean(lab_h)) if lab_h else 1.0,
+            "label_entropy_min": r(min(lab_h, default=1.0)), "longest_device_run": best,
+            "single_device_tail": r(tail / len(devices)) if devices else 0.0}
