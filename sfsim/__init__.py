@@ -16,11 +16,9 @@ __all__ = ["ConfigError", "SfsimError", "Plan", "Scenario", "load_plan", "load_s
            "scenario_from_dict", "simulate", "plan"]
 
 
-def simulate(scenario, schedule: str = "splitfrozen", splits=None, **kwargs):
-    """Simulate ``schedule`` on ``scenario``; see :func:`sfsim.simulate.simulate`."""
-    from sfsim.simulate import simulate as _simulate
-
-    return _simulate(scenario, schedule=schedule, splits=splits, **kwargs)
+# Imported eagerly: a lazy wrapper named ``simulate`` would be replaced by the submodule
+# ``sfsim.simulate`` as soon as anything imports that module.
+from sfsim.simulate import simulate  # noqa: E402
 
 
 def plan(scenario, **constraints):

@@ -159,6 +159,16 @@ class _PerDevicePolicy:
             self.next_mb[i] = n
             self._add(i)
 
+    def push_many(self, i: int, first: int, count: int) -> None:
+        """Make ``count`` micro-batches of device ``i`` from ``first`` on eligible (O(1) memory)."""
+        if count <= 0:
+            return
+        self.size += count
+        self.ready[i] += count
+        if self.ready[i] == count:
+            self.next_mb[i] = first
+            self._add(i)
+
     def pop(self) -> tuple[int, int]:
         """Remove and return the next ``(device, micro-batch)``."""
         i = self._take()
@@ -294,6 +304,11 @@ class Engine:
         self.up_bytes: dict[str, float] = {}
         self.down_bytes: dict[str, float] = {}
         self.mixing: dict[str, StreamMixing] = {}
+        self._finishers: list = []
+
+    def on_finish(self, fn) -> None:
+        """Call ``fn()`` after the run ends (schedules copy their busy totals here)."""
+        self._finishers.append(fn)
 
     def record(self, lane: str, op: str, start: float, dur: float, mb: int = -1, device: str = "") -> None:
         """Append one trace event (only when tracing and ``dur > 0``)."""
@@ -307,6 +322,8 @@ class Engine:
     def run(self) -> float:
         """Run until no event is left; returns the makespan (time of the last event)."""
         self.env.run()
+        for fn in self._finishers:
+            fn()
         return self.env.now
 
 
@@ -390,6 +407,7 @@ class ServerPool:
         self.accumulate, self.decompose, self.sequential = accumulate, decompose, sequential
         self.release: dict[int, simpy.Event] = {}  # sequential: device -> event to release it
         self.busy = 0.0
+        engine.on_finish(lambda: engine.server_busy.__setitem__(server.name, self.busy))
         self.workers = [self.env.process(self._worker(w)) for w in range(server.count)]
 
     # -- device side ---------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""SimResult: what one simulated schedule produced (times, FLOPs, busy time, bytes, stream mixing)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sfsim.schema import write_atomic
+from sfsim.trace import TraceEvent, write_chrome_trace
+
+
+@dataclass
+class SimResult:
+    """The outcome of :func:`sfsim.simulate.simulate`.
+
+    Attributes:
+        schedule: canonical schedule name.
+        makespan_s: time of the last event (s): the end of the last op or the last arrival.
+        micro_batches: micro-batches processed in total (every device, every epoch).
+        device_flops: device -> FLOP computed on the device.
+        server_flops: server -> FLOP computed on the server (FedAvg not counted).
+        device_busy_s: device -> seconds of compute on the device.
+        server_busy_s: server -> seconds of compute over all its accelerators.
+        server_utilization: server -> busy / (accelerators * makespan).
+        uplink_bytes_by_device, downlink_bytes_by_device: device -> bytes on its uplink / downlink.
+        splits: device -> cut; lora_start: first LoRA block on the server (SplitFrozen only).
+        assignment: device -> server.
+        policy: server policy used (SplitFrozen only).
+        stream_mixing: mean total-variation distance between each tenth of a server's micro-batch
+            stream and the stream's overall device shares, weighted by server stream length
+            (0 = perfectly mixed; None where there is no server stream, i.e. fedlora).
+        stream_mixing_by_server: the same per server.
+        events: trace events when asked for (``trace=True``), else None.
+    """
+
+    schedule: str
+    makespan_s: float
+    micro_batches: int
+    device_flops: dict[str, float]
+    server_flops: dict[str, float]
+    device_busy_s: dict[str, float]
+    server_busy_s: dict[str, float]
+    server_utilization: dict[str, float]
+    uplink_bytes_by_device: dict[str, float]
+    downlink_bytes_by_device: dict[str, float]
+    splits: dict[str, int]
+    lora_start: int | None
+    assignment: dict[str, str]
+    policy: str | None = None
+    stream_mixing: float | None = None
+    stream_mixing_by_server: dict[str, float] = field(default_factory=dict)
+    events: list[TraceEvent] | None = None
+
+    @property
+    def uplink_bytes(self) -> float:
+        """Total bytes on all uplinks."""
+        return float(sum(self.uplink_bytes_by_device.values()))
+
+    @property
+    def downlink_bytes(self) -> float:
+        """Total bytes on all downlinks."""
+        return float(sum(self.downlink_bytes_by_device.values()))
+
+    @property
+    def device_flops_total(self) -> float:
+        """FLOP over all devices."""
+        return float(sum(self.device_flops.values()))
+
+    @property
+    def device_flops_max(self) -> float:
+        """FLOP of the busiest device (by FLOPs)."""
+        return float(max(self.device_flops.values(), default=0.0))
+
+    @property
+    def device_busy_total_s(self) -> float:
+        """Seconds of compute over all devices."""
+        return float(sum(self.device_busy_s.values()))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict (without the trace events)."""
+        keys = ("schedule", "makespan_s", "micro_batches", "device_flops", "server_flops", "device_busy_s",
+                "server_busy_s", "server_utilization", "uplink_bytes", "downlink_bytes",
+                "uplink_bytes_by_device", "downlink_bytes_by_device", "device_flops_total",
+                "device_flops_max", "splits", "lora_start", "assignment", "policy", "stream_mixing",
+                "stream_mixing_by_server")
+        return {k: getattr(self, k) for k in keys}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The :meth:`to_dict` JSON text; also written atomically to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            write_atomic(path, text + "\n")
+        return text
+
+    def _need_events(self) -> list[TraceEvent]:
+        if self.events is None:
+            from sfsim.errors import SfsimError
+
+            raise SfsimError("this result has no trace events; simulate with trace=True (CLI: --trace/--gantt)")
+        return self.events
+
+    def write_trace(self, path: str | Path) -> None:
+        """Write the Chrome/Perfetto trace of the run (needs ``trace=True``)."""
+        write_chrome_trace(self._need_events(), path, {"schedule": self.schedule, "makespan_s": self.makespan_s})
+
+    def write_gantt(self, path: str | Path, title: str | None = None) -> None:
+        """Write a Gantt chart PNG of the run (needs ``trace=True``)."""
+        from sfsim.gantt import write_gantt
+
+        write_gantt(self._need_events(), path, title=title or f"{self.schedule}: {self.makespan_s:.1f} s")

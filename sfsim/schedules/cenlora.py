@@ -1,0 +1,101 @@
+"""CenLoRA (alias ``centralized``): all data already at the server; no device work, no traffic.
+
+Each server trains on the micro-batches of the devices assigned to it: its ``count`` workers take
+them from one shared source (whole-model ``F`` then ``B`` or fused ``BW``); every ``accumulate``
+micro-batches a worker runs its queued W's and a ``step``, plus a final one for a partial window.
+The source is always ready, so deferred W's simply run before each step. Micro-batches are
+attributed to devices in proportional order (as a shuffled central dataset would mix them), which
+is what ``stream_mixing`` sees.
+"""
+
+from __future__ import annotations
+
+from sfsim.engine import DeviceTimes, Engine, ProportionalPolicy, ServerTimes, StreamMixing
+from sfsim.schedules import Job, RunConfig, Setup, groups
+
+
+def build(setup: Setup, cache: bool = False) -> Job:
+    """Stage durations and FLOPs for CenLoRA (whole model with LoRA in every block, on the server)."""
+    sc, cm, idx, L = setup.scenario, setup.cm, setup.server_index, setup.scenario.arch.n_layers
+    full = cm.full_model()
+    params = cm.trainable_params(range(L), head=True)
+    servers = [ServerTimes(s.name, s.count, cm.optimizer_seconds(params, s)) for s in sc.servers]
+    job = Job([], servers, server_flops={s.name: 0.0 for s in sc.servers})
+    for d in sc.devices:
+        srv = sc.server_by_name[setup.assignment[d.name]]
+        _, n = setup.micro_batches(d)
+        sf, sb, sw = cm.seconds(full, srv)
+        job.devices.append(DeviceTimes(d.name, idx[srv.name], n, sent=0, srv_f=sf, srv_b=sb, srv_w=sw))
+        job.device_flops[d.name] = 0.0
+        job.server_flops[srv.name] += n * full.total
+    return job
+
+
+class _Source:
+    """The server's local data: micro-batches handed out in proportional (well-mixed) order."""
+
+    def __init__(self, engine: Engine, srv: ServerTimes, job: Job, members: list[int]):
+        totals = [job.devices[i].n if i in set(members) else 0 for i in range(len(job.devices))]
+        self.policy = ProportionalPolicy([max(t, 1) for t in totals])
+        for i in members:
+            self.policy.push_many(i, 0, job.devices[i].n)
+        self.mixing = engine.mixing[srv.name] = StreamMixing(totals)
+
+    def take(self) -> tuple[int, int] | None:
+        """The next (device, micro-batch), or None when the data is used up."""
+        if not self.policy:
+            return None
+        i, n = self.policy.pop()
+        self.mixing.add(i)
+        return i, n
+
+
+def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
+    """Start ``count`` worker processes per server that holds data."""
+    for k, members in groups(job.devices).items():
+        srv = job.servers[k]
+        source = _Source(engine, srv, job, members)
+        busy = [0.0]
+        engine.on_finish(lambda busy=busy, name=srv.name: engine.server_busy.__setitem__(name, busy[0]))
+        for w in range(srv.count):
+            engine.env.process(_worker(engine, source, srv, w, job.devices, cfg, busy))
+    for d in job.devices:
+        engine.device_busy[d.name] = engine.up_bytes[d.name] = engine.down_bytes[d.name] = 0.0
+    for srv in job.servers:
+        engine.server_busy.setdefault(srv.name, 0.0)
+
+
+def _worker(engine: Engine, source: _Source, srv: ServerTimes, w: int, devices: list[DeviceTimes],
+            cfg: RunConfig, busy: list[float]):
+    env, rec, lane = engine.env, engine.record, srv.lane(w)
+    queued: list[tuple[int, int]] = []
+    done = 0
+    while True:
+        nxt = source.take()
+        t0 = t = env.now
+        if nxt is not None:
+            i, n = nxt
+            d = devices[i]
+            rec(lane, "F", t, d.srv_f, n, d.name)
+            t += d.srv_f
+            if cfg.decompose:
+                rec(lane, "B", t, d.srv_b, n, d.name)
+                t += d.srv_b
+                queued.append((i, n))
+            else:
+                rec(lane, "BW", t, d.srv_b + d.srv_w, n, d.name)
+                t += d.srv_b + d.srv_w
+            done += 1
+        if done and (done == cfg.accumulate or nxt is None):
+            for i, n in queued:
+                rec(lane, "W", t, devices[i].srv_w, n, devices[i].name)
+                t += devices[i].srv_w
+            queued.clear()
+            rec(lane, "step", t, srv.step)
+            t += srv.step
+            done = 0
+        busy[0] += t - t0
+        if t > t0:
+            yield env.timeout(t - t0)
+        if nxt is None:
+            return

@@ -1,0 +1,82 @@
+"""FedLoRA: every device trains LoRA on the whole model; synchronous FedAvg rounds.
+
+Round ``r``: each device of a server that still has data runs ``local_steps`` micro-batches (or
+what it has left) of ``F``, ``B``, ``W`` through the whole model with a ``step`` after every
+``accumulate`` micro-batches and one at the round's end for a partial window; it uploads its
+adapters (every block and the head); the server runs ``aggregate`` when all participants' uploads
+have arrived; each participant downloads the average and starts the next round. The first round
+starts at time 0 with the initial adapters already on the devices; the last round also downloads.
+FedAvg FLOPs are not counted.
+"""
+
+from __future__ import annotations
+
+from sfsim.engine import Barrier, DeviceTimes, Engine, FifoLane
+from sfsim.schedules import Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds, rounds
+from sfsim.schedules.splitlora import sync
+
+
+def build(setup: Setup, cache: bool = False) -> Job:
+    """Stage durations and FLOPs for FedLoRA (cuts are ignored: every device holds the whole model)."""
+    from sfsim.engine import ServerTimes
+
+    sc, cm, idx, L = setup.scenario, setup.cm, setup.server_index, setup.scenario.arch.n_layers
+    full = cm.full_model()
+    params = cm.trainable_params(range(L), head=True)
+    adapter = cm.adapter_bytes(range(L), head=True)
+    servers = [ServerTimes(s.name, s.count, 0.0, aggregate_seconds(params, s)) for s in sc.servers]
+    job = Job([], servers, server_flops={s.name: 0.0 for s in sc.servers})
+    for d in sc.devices:
+        srv = setup.assignment[d.name]
+        _, n = setup.micro_batches(d)
+        f, b, w = cm.seconds(full, d)
+        job.devices.append(DeviceTimes(
+            d.name, idx[srv], n, f=f, b=b, w=w, step=cm.optimizer_seconds(params, d),
+            up_l=d.uplink.latency, down_l=d.downlink.latency, sync_up_s=link_seconds(adapter, d.uplink),
+            sync_down_s=link_seconds(adapter, d.downlink), sync_bytes=adapter))
+        job.device_flops[d.name] = n * full.total
+    return job
+
+
+def steps_in_round(k: int, accumulate: int) -> int:
+    """Optimizer steps in a round of ``k`` micro-batches (one per window, the last may be partial)."""
+    return -(-k // accumulate)
+
+
+def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
+    """Start one aggregation lane per server and one process per device on ``engine``."""
+    per = cfg.local_steps
+    for k, members in groups(job.devices).items():
+        srv = job.servers[k]
+        lane = FifoLane(engine, srv.lane(0))
+        engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
+        n_rounds = max(rounds(job.devices[i].n, per) for i in members)
+        barriers = [Barrier(engine, lane, srv.aggregate,
+                            sum(1 for i in members if rounds(job.devices[i].n, per) > r))
+                    for r in range(n_rounds)]
+        for i in members:
+            d = job.devices[i]
+            n_steps = sum(steps_in_round(min(per, d.n - r * per), cfg.accumulate)
+                          for r in range(rounds(d.n, per)))
+            engine.device_busy[d.name] = d.n * (d.f + d.b + d.w) + n_steps * d.step
+            engine.up_bytes[d.name] = engine.down_bytes[d.name] = rounds(d.n, per) * d.sync_bytes
+            if d.n:
+                engine.env.process(_device(engine, barriers, d, per, cfg.accumulate))
+    for srv in job.servers:
+        engine.server_busy.setdefault(srv.name, 0.0)
+
+
+def _device(engine: Engine, barriers: list[Barrier], d: DeviceTimes, per: int, accumulate: int):
+    env, rec, name = engine.env, engine.record, d.name
+    for r in range(rounds(d.n, per)):
+        first, last = r * per, min(d.n, (r + 1) * per)
+        t = env.now
+        for n in range(first, last):
+            for op, dur in (("F", d.f), ("B", d.b), ("W", d.w)):
+                rec(name, op, t, dur, n, name)
+                t += dur
+            if (n - first + 1) % accumulate == 0 or n + 1 == last:
+                rec(name, "step", t, d.step, -1, name)
+                t += d.step
+        yield env.timeout(t - env.now)
+        yield from sync(engine, barriers[r], d)

@@ -1,0 +1,150 @@
+"""``simulate()``: resolve cuts and assignment, build a schedule's stage times, replay it, collect a SimResult.
+
+Cut resolution (``splits``): ``None`` -> the plan's cuts when a plan is given, else
+``training.split``, else cut 1 for every device; an int -> that cut for every device; a dict
+device -> cut (devices not named get the default). A cut ``k`` may be ``0..L-1``: ``k = 0`` means
+the device runs only the embeddings and sends them. SplitLoRA uses ``training.splitlora_cut`` as
+its client depth unless ``splits`` is given explicitly (a plan's cuts are for SplitFrozen).
+
+LoRA start: ``lora_start`` argument, else the plan's, else ``training.lora_start``, else the largest
+cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else each device's
+``server`` (the first server by default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sfsim.costmodel import CostModel
+from sfsim.engine import POLICIES, Engine
+from sfsim.errors import SfsimError
+from sfsim.methods import canonical
+from sfsim.planfile import Plan, load_plan
+from sfsim.result import SimResult
+from sfsim.scenario import Scenario
+from sfsim.schedules import RunConfig, Setup, get
+
+SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
+
+
+def resolve_splits(scenario: Scenario, splits=None, plan: Plan | None = None,
+                   default: int | None = None) -> dict[str, int]:
+    """Device -> cut from the ``splits`` argument, a plan or the scenario (see module docstring).
+
+    Args:
+        scenario: the scenario.
+        splits: None, an int (every device) or a dict device -> cut.
+        plan: a plan whose cuts apply when ``splits`` is None.
+        default: cut for devices not otherwise given (default: training.split, else 1).
+
+    Returns:
+        A dict with a cut for every device.
+
+    Example:
+        >>> resolve_splits(sc, {"pi5-0": 2})["pi5-0"]
+        2
+    """
+    L, names = scenario.arch.n_layers, [d.name for d in scenario.devices]
+    if default is None:
+        default = scenario.training.split if scenario.training.split is not None else 1
+    if splits is None and plan is not None:
+        splits = dict(plan.splits)
+    if splits is None:
+        out = dict.fromkeys(names, default)
+    elif isinstance(splits, bool) or not isinstance(splits, (int, dict)):
+        raise SfsimError(f"splits must be an int or a dict device -> cut, got {splits!r}")
+    elif isinstance(splits, int):
+        out = dict.fromkeys(names, splits)
+    else:
+        unknown = sorted(set(splits) - set(names))
+        if unknown:
+            raise SfsimError(f"split: no device named {unknown[0]!r}; devices are: {', '.join(names[:8])}"
+                             + (", ..." if len(names) > 8 else ""))
+        out = {n: splits.get(n, default) for n in names}
+    for dev, k in out.items():
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < L:
+            raise SfsimError(f"split for {dev}: cut {k!r} is outside 0..{L - 1} "
+                             f"({scenario.arch.name} has {L} blocks); pick a cut in that range")
+    return out
+
+
+def resolve_lora_start(scenario: Scenario, splits: dict[str, int], lora_start: int | None = None,
+                       plan: Plan | None = None) -> int:
+    """First LoRA block: argument, plan, ``training.lora_start``, else the largest cut; checked."""
+    L = scenario.arch.n_layers
+    for cand in (lora_start, plan.lora_start if plan is not None else None, scenario.training.lora_start):
+        if cand is not None:
+            ls = cand
+            break
+    else:
+        ls = max(splits.values())
+    top = max(splits.values())
+    if not top <= ls < L:
+        raise SfsimError(f"lora_start {ls} must be in {top}..{L - 1}: at or above every cut (largest {top}) "
+                         f"and below the model's {L} blocks")
+    return ls
+
+
+def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, plan: Plan | str | Path | None = None,
+             lora_start: int | None = None, trace: bool = False, policy: str | None = None) -> SimResult:
+    """Simulate one schedule on a scenario.
+
+    Args:
+        scenario: a loaded :class:`~sfsim.scenario.Scenario`.
+        schedule: a method name from :data:`sfsim.methods.METHODS` (or an alias).
+        splits: None, an int or a dict device -> cut (see the module docstring).
+        plan: a :class:`~sfsim.planfile.Plan` or a plan file path (cuts, LoRA start, assignment).
+        lora_start: first LoRA block on the server (SplitFrozen).
+        trace: keep every op as a :class:`~sfsim.trace.TraceEvent` (memory grows with the run).
+        policy: server policy (``fifo``, ``round-robin``, ``proportional``); default training.server_policy.
+
+    Returns:
+        A :class:`~sfsim.result.SimResult`.
+
+    Example:
+        >>> res = simulate(load_scenario("profiles/edge.yaml"), "splitfrozen", splits=3)
+        >>> res.makespan_s > 0
+        True
+    """
+    name = canonical(schedule)
+    if isinstance(plan, (str, Path)):
+        plan = load_plan(plan, scenario)
+    elif plan is not None:
+        plan.check(scenario)
+    tr = scenario.training
+    cfg = RunConfig.from_training(tr, policy)
+    if cfg.policy not in POLICIES:
+        raise SfsimError(f"unknown server policy {cfg.policy!r}; choose one of: {', '.join(POLICIES)}")
+    if name == "splitlora" and splits is None:
+        cuts = resolve_splits(scenario, None, None, default=tr.splitlora_cut)
+    else:
+        cuts = resolve_splits(scenario, splits, plan)
+    ls = resolve_lora_start(scenario, cuts, lora_start, plan) if name in SPLITFROZEN else None
+    assignment = {d.name: d.server for d in scenario.devices}
+    if plan is not None:
+        assignment.update(plan.assignment)
+    setup = Setup(scenario, CostModel(scenario), cuts, ls if ls is not None else max(cuts.values()), assignment)
+    module = get(name)
+    job = module.build(setup, cache=tr.cache_activations)
+    engine = Engine(trace=trace)
+    module.run(engine, job, cfg, sequential=name == "splitfrozen-sequential")
+    makespan = engine.run()
+    return _result(name, scenario, job, engine, makespan, setup, ls, cfg.policy if name in SPLITFROZEN else None)
+
+
+def _result(name, scenario, job, engine, makespan, setup, ls, policy) -> SimResult:
+    util = {s.name: (engine.server_busy.get(s.name, 0.0) / (s.count * makespan) if makespan > 0 else 0.0)
+            for s in scenario.servers}
+    mixing = {srv: m.value for srv, m in engine.mixing.items() if m.value is not None}
+    weights = {srv: engine.mixing[srv].total for srv in mixing}
+    total_w = sum(weights.values())
+    overall = sum(mixing[s] * weights[s] for s in mixing) / total_w if total_w else None
+    return SimResult(
+        schedule=name, makespan_s=makespan, micro_batches=sum(d.n for d in job.devices),
+        device_flops=dict(job.device_flops), server_flops=dict(job.server_flops),
+        device_busy_s=dict(engine.device_busy), server_busy_s={s.name: engine.server_busy.get(s.name, 0.0)
+                                                               for s in scenario.servers},
+        server_utilization=util, uplink_bytes_by_device=dict(engine.up_bytes),
+        downlink_bytes_by_device=dict(engine.down_bytes), splits=dict(setup.splits), lora_start=ls,
+        assignment=dict(setup.assignment), policy=policy, stream_mixing=overall,
+        stream_mixing_by_server=mixing, events=engine.events)
