@@ -46,6 +46,8 @@ import simpy
 from sfsim.errors import SfsimError
 from sfsim.trace import TraceEvent
 
+_NORMAL = simpy.events.NORMAL  # SimPy's priority for ordinary (non-urgent) events
+
 
 @dataclass(frozen=True)
 class DeviceTimes:
@@ -315,9 +317,22 @@ class Engine:
         if self.events is not None and dur > 0:
             self.events.append(TraceEvent(lane, op, start, dur, mb, device))
 
+    def at(self, t: float) -> simpy.Event:
+        """An event that fires at exactly the absolute time ``t`` (>= now).
+
+        ``env.timeout(t - now)`` would land on ``now + (t - now)``, which can differ from ``t`` in
+        the last bit and break the exact time comparisons the server relies on, so the event is
+        put on SimPy's queue at ``t`` itself.
+        """
+        env = self.env
+        ev = simpy.Event(env)
+        ev._ok, ev._value = True, None
+        heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
+        return ev
+
     def succeed_at(self, event: simpy.Event, t: float) -> None:
         """Trigger ``event`` at absolute time ``t`` (>= now)."""
-        self.env.timeout(t - self.env.now).callbacks.append(lambda _e: event.succeed())
+        self.at(t).callbacks.append(lambda _e: event.succeed())
 
     def run(self) -> float:
         """Run until no event is left; returns the makespan (time of the last event)."""
@@ -404,11 +419,17 @@ class ServerPool:
         self.seq = 0
         self.idle: list = []              # events of sleeping workers
         self.alarm_at = math.inf
+        self._alarm = None
         self.accumulate, self.decompose, self.sequential = accumulate, decompose, sequential
         self.release: dict[int, simpy.Event] = {}  # sequential: device -> event to release it
         self.busy = 0.0
-        engine.on_finish(lambda: engine.server_busy.__setitem__(server.name, self.busy))
+        engine.on_finish(self._finish)
         self.workers = [self.env.process(self._worker(w)) for w in range(server.count)]
+
+    def _finish(self) -> None:
+        if self.unclaimed:  # a lost wake-up would silently shorten the run: fail loudly instead
+            raise RuntimeError(f"server {self.server.name}: {self.unclaimed} micro-batches never processed")
+        self.engine.server_busy[self.server.name] = self.busy
 
     # -- device side ---------------------------------------------------------------------------
     def take_credit(self) -> simpy.Event | None:
@@ -430,11 +451,12 @@ class ServerPool:
     # -- waking idle workers ---------------------------------------------------------------------
     def _arm(self, t: float) -> None:
         self.alarm_at = t
-        self.env.timeout(t - self.env.now).callbacks.append(self._ring)
+        self._alarm = self.engine.at(t)
+        self._alarm.callbacks.append(self._ring)
 
-    def _ring(self, _ev) -> None:
-        if self.env.now != self.alarm_at:
-            return  # superseded by an earlier alarm that has already rung
+    def _ring(self, ev) -> None:
+        if ev is not self._alarm:
+            return  # superseded by an earlier alarm
         self.alarm_at = math.inf
         self._wake_all()
 
@@ -460,7 +482,7 @@ class ServerPool:
 
     # -- worker ------------------------------------------------------------------------------------
     def _worker(self, w: int):
-        env, rec, devices = self.env, self.engine.record, self.devices
+        env, rec, devices, at = self.env, self.engine.record, self.devices, self.engine.at
         lane, step_s = self.server.lane(w), self.server.step
         policy, pending = self.policy, self.pending
         defer = self.decompose and not self.sequential
@@ -481,18 +503,18 @@ class ServerPool:
                     t = self._step(lane, t, queued_w, step_s)
                     done = 0
                 busy += t - now
-                yield env.timeout(t - now)
+                yield at(t)
             elif queued_w:
                 i, n = queued_w.popleft()
                 d = devices[i]
                 rec(lane, "W", now, d.srv_w, n, d.name)
                 busy += d.srv_w
-                yield env.timeout(d.srv_w)
+                yield at(now + d.srv_w)
             elif self.unclaimed == 0:
                 if done:
                     rec(lane, "step", now, step_s)
                     busy += step_s
-                    yield env.timeout(step_s)
+                    yield at(now + step_s)
                 self.busy += busy
                 return
             else:

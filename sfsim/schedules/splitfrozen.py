@@ -70,7 +70,7 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
 
 def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
     """One device streaming micro-batches back to back (double buffering, credits)."""
-    env, rec, timeout = engine.env, engine.record, engine.env.timeout
+    env, rec, at = engine.env, engine.record, engine.at
     f, s, lat, name, lane = d.f, d.up_s, d.up_l, d.name, "link:" + d.name
     f_start = 0.0
     link_free = 0.0
@@ -78,7 +78,7 @@ def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
         f_end = f_start + f
         ready = f_end if f_end > link_free else link_free
         if ready > env.now:
-            yield timeout(ready - env.now)
+            yield at(ready)
         if pool.credits:  # inline take_credit(): the hot path
             pool.credits -= 1
         else:
@@ -100,7 +100,7 @@ def _sequential(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
     env, rec, name = engine.env, engine.record, d.name
     for n in range(d.sent):
         f_start = env.now
-        yield env.timeout(d.f)
+        yield engine.at(f_start + d.f)
         ev = pool.take_credit()
         if ev is not None:
             yield ev
