@@ -21,6 +21,16 @@ from trainer.runtime import Message, device_kwargs, trim
 from trainer.split import split_model
 
 
+def _pad_cat(parts: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:
+    """Concatenate (N_i,) or (N_i, T_i) tensors along rows, padding 2-D ones to the longest T."""
+    if parts[0].dim() == 1:
+        return torch.cat(parts)
+    T = max(p.shape[1] for p in parts)
+    padded = [torch.nn.functional.pad(p, (T - p.shape[1], 0) if left else (0, T - p.shape[1]), value=value)
+              for p in parts]
+    return torch.cat(padded)  # (sum N_i, T)
+
+
 class CenLoRA(Method):
     """The centralised LoRA baseline."""
 
@@ -46,7 +56,9 @@ class CenLoRA(Method):
             s.transport.send_up(Message(d.name, -1, dict(d.shard)))
             shards.append(s.transport.recv_up(d.name).tensors)
             self.owner += [d.name] * d.n_samples
-        self.data = {k: torch.cat([sh[k] for sh in shards]) for k in shards[0]}
+        left = getattr(s.lm.tokenizer, "padding_side", "right") == "left"
+        pad = {"input_ids": s.lm.tokenizer.pad_token_id or 0, "labels": -100}
+        self.data = {k: _pad_cat([sh[k] for sh in shards], pad.get(k, 0), left) for k in shards[0]}
 
     def train_epoch(self, epoch: int, on_step: StepCallback) -> None:
         """One shuffled pass over the union; an optimizer step every ``accumulate`` micro-batches."""

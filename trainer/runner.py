@@ -1,0 +1,309 @@
+"""Run one fine-tuning job end to end: config, data and partition, the method, eval, checkpoints, metrics.
+
+``run(RunConfig(...))`` is what ``sfsim run`` calls; ``evaluate_saved(out_dir)`` is ``sfsim eval``.
+Outputs in ``out``: ``metrics.json``, ``trace.json`` (Chrome/Perfetto), ``gantt.png`` (when
+``sfsim.gantt`` is available), ``adapter/`` (LoRA in peft's safetensors layout, the head, and
+``adapter_config.json``) and ``run_config.json`` (what ``sfsim eval`` needs to rebuild the model).
+All files are written atomically; the adapter is checkpointed at the end of every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfsim.errors import SfsimError
+from sfsim.methods import canonical
+from sfsim.planfile import load_plan
+from sfsim.scenario import load_scenario
+from sfsim.schema import write_atomic
+from sfsim.trace import write_chrome_trace
+from trainer import data as tdata
+from trainer.heads import ClassificationHead, default_pooling
+from trainer.lora import default_targets
+from trainer.measure import Meter
+from trainer.methods import Setup, build_method
+from trainer.methods.checkpoint import load_adapter, save_adapter
+from trainer.methods.evaluate import accuracy, exact_match
+from trainer.models import load_model
+from trainer.partition import parse_partition, partition, partition_table
+from trainer.runtime import SERVER_ORDERS, DeviceRole, InProcessTransport, stream_mixing
+from trainer.split import split_model
+
+
+@dataclass
+class RunConfig:
+    """Settings of one ``sfsim run`` (``None`` means: take it from the scenario or the default)."""
+
+    devices: str
+    model: str
+    task: str
+    method: str
+    partition: str
+    out: str
+    plan: str | None = None
+    split: int | None = None
+    lora_start: int | None = None
+    epochs: int | None = None
+    train_samples: int | None = None
+    eval_samples: int | None = None
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    max_len: int = 128
+    data_dir: str | None = None
+    server_order: str = "proportional"
+    micro_batch: int | None = None
+    local_steps: int | None = None
+    fedavg_every: int | None = None
+    gen_tokens: int = 128
+    count_flops: bool = True
+    progress: bool = True
+    model_cache: str | None = None
+
+    def __post_init__(self):
+        self.method = canonical(self.method)
+        parse_partition(self.partition)
+        if self.task not in tdata.TASKS:
+            raise SfsimError(f"unknown task {self.task!r}: use one of {', '.join(tdata.TASKS)}")
+        if self.server_order not in SERVER_ORDERS:
+            raise SfsimError(f"unknown server order {self.server_order!r}: use one of {', '.join(SERVER_ORDERS)}")
+        if self.plan is not None and self.split is not None:
+            raise SfsimError("give either --plan or --split, not both")
+        for key in ("epochs", "train_samples", "eval_samples", "micro_batch", "local_steps", "fedavg_every"):
+            val = getattr(self, key)
+            if val is not None and val < 1:
+                raise SfsimError(f"--{key.replace('_', '-')} must be >= 1 (got {val})")
+        if not self.lr > 0 or self.max_len < 2:
+            raise SfsimError(f"--lr must be > 0 and --max-len >= 2 (got {self.lr}, {self.max_len})")
+        self.data_dir = self.data_dir or tdata.default_data_dir()
+
+
+def budget(sizes: list[int], total: int | None, available: int) -> list[int]:
+    """Per-device sample counts: scenario sizes scaled to ``total`` (largest remainder), within ``available``.
+
+    Example:
+        >>> budget([1600, 800], 300, 10_000)
+        [200, 100]
+    """
+    cap = min(total if total is not None else sum(sizes), available)
+    if sum(sizes) <= cap and total is None:
+        return list(sizes)
+    raw = np.array(sizes, dtype=float) * cap / sum(sizes)
+    out = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - out), kind="stable")[: cap - out.sum()]:
+        out[i] += 1
+    return out.tolist()
+
+
+def _cuts(cfg: RunConfig, scenario, n_layers: int) -> tuple[dict[str, int], int | None]:
+    """Per-device cuts and the plan's lora_start (if any), checked against the model's depth."""
+    names = [d.name for d in scenario.devices]
+    if cfg.plan is not None:
+        plan = load_plan(cfg.plan)
+        missing = [n for n in names if n not in plan.splits]
+        if missing:
+            raise SfsimError(f"{cfg.plan}: splits: no cut for device {missing[0]!r}; re-run sfsim plan")
+        cuts, lora_start = {n: plan.splits[n] for n in names}, plan.lora_start
+    else:
+        k = cfg.split if cfg.split is not None else scenario.training.split
+        k = k if k is not None else min(scenario.training.splitlora_cut, n_layers - 1)
+        cuts, lora_start = dict.fromkeys(names, k), None
+    for n, k in cuts.items():
+        if not 0 <= k < n_layers:
+            raise SfsimError(f"cut {k} for device {n} is beyond the model's depth: {cfg.model} has {n_layers} "
+                             f"blocks, use a cut in 0..{n_layers - 1}")
+    return cuts, lora_start
+
+
+def _lora_start(cfg: RunConfig, scenario, cuts: dict[str, int], plan_start: int | None, n_layers: int) -> int:
+    """First LoRA block: --lora-start, the plan, the scenario, else the largest cut (cenlora: 0)."""
+    ls = next((v for v in (cfg.lora_start, plan_start, scenario.training.lora_start) if v is not None), None)
+    if ls is None:
+        ls = 0 if cfg.method == "cenlora" else max(cuts.values())
+    if not 0 <= ls < n_layers:
+        raise SfsimError(f"--lora-start {ls} is beyond the model's depth ({n_layers} blocks): use 0..{n_layers - 1}")
+    if cfg.method.startswith("splitfrozen") and ls < max(cuts.values()):
+        raise SfsimError(f"--lora-start {ls} is below the largest cut {max(cuts.values())}: LoRA must start at "
+                         "or above every device's cut")
+    return ls
+
+
+def _shards(cfg, scenario, train, lm, n_total: int | None):
+    """Partition the training set over the scenario's devices; encode each shard."""
+    names = [d.name for d in scenario.devices]
+    sizes = budget([d.samples for d in scenario.devices], n_total, len(train))
+    labels = train.labels if train.labels is not None else np.zeros(len(train), dtype=np.int64)
+    parts = partition(labels, len(names), cfg.partition, seed=cfg.seed, sizes=sizes)
+    shards = {n: tdata.encode(train, lm.tokenizer, cfg.max_len, indices=p) for n, p in zip(names, parts, strict=True)}
+    table = partition_table(parts, labels, names)
+    counts = {n: {str(int(c)): int(np.sum(labels[p] == c)) for c in np.unique(labels)}
+              for n, p in zip(names, parts, strict=True)}
+    return shards, table, counts
+
+
+def build(cfg: RunConfig):
+    """Load the scenario, model and data; return (scenario, loaded model, setup, method, eval data, info)."""
+    scenario = load_scenario(cfg.devices)
+    if not Path(cfg.data_dir).is_dir():
+        raise SfsimError(f"data folder {cfg.data_dir} does not exist: pass --data-dir or set SFSIM_DATA")
+    train = tdata.load_task(cfg.task, cfg.data_dir, "train")
+    dev = tdata.load_task(cfg.task, cfg.data_dir, "dev")
+    lm = load_model(cfg.model, cache_dir=cfg.model_cache)
+    if cfg.task == "gsm8k" and lm.family == "bert":
+        raise SfsimError("gsm8k is a generation task: use a decoder model (smollm2-135m or a GPT-2 folder)")
+    cuts, plan_start = _cuts(cfg, scenario, lm.n_layers)
+    lora_start = _lora_start(cfg, scenario, cuts, plan_start, lm.n_layers)
+    torch.manual_seed(cfg.seed)
+    head = None if dev.is_generation else ClassificationHead(lm.hidden, dev.num_labels, default_pooling(lm.family))
+    shards, table, counts = _shards(cfg, scenario, train, lm, cfg.train_samples)
+    tr, lo = scenario.training, scenario.training.lora
+    mb = cfg.micro_batch or tr.micro_batch
+    roles = [DeviceRole(n, shards[n], mb, cfg.seed + i) for i, n in enumerate(shards)]
+    meter = Meter(server_lane=scenario.devices[0].server, count_flops=cfg.count_flops)
+    setup = Setup(lm=lm, head=head, devices=roles, cuts=cuts, lora_start=lora_start,
+                  lora={"rank": lo.rank, "alpha": lo.alpha, "dropout": lo.dropout,
+                        "targets": list(lo.targets or default_targets(lm.family))},
+                  micro_batch=mb, accumulate=tr.accumulate, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                  meter=meter, transport=InProcessTransport(meter), server=scenario.devices[0].server,
+                  server_order=cfg.server_order, periods=_periods(scenario, cuts),
+                  decompose_backward=tr.decompose_backward, local_steps=cfg.local_steps or tr.local_steps,
+                  fedavg_every=cfg.fedavg_every or tr.fedavg_every, seed=cfg.seed)
+    method = build_method(cfg.method, setup)
+    n_eval = min(cfg.eval_samples or len(dev), len(dev))
+    info = {"partition_table": table, "partition_counts": counts, "epochs": cfg.epochs or tr.epochs,
+            "n_eval": n_eval}
+    return scenario, lm, setup, method, dev, info
+
+
+def _periods(scenario, cuts: dict[str, int]) -> dict[str, float]:
+    """Relative seconds between a device's micro-batches for the fifo order: cut / device FLOP rate."""
+    out = {}
+    for d in scenario.devices:
+        rate = d.flops or 1e11  # devices with a latency profile: an assumed 100 GFLOPS
+        out[d.name] = max(cuts[d.name], 1) / rate
+    return out
+
+
+def score(method, lm, head, dev, cfg: RunConfig, n_eval: int) -> float:
+    """Accuracy (classification) or exact match (GSM8K) of the global model on the first ``n_eval`` rows."""
+    lm.model.eval()
+    if head is not None:
+        head.eval()
+    device, server = split_model(lm.model, method.eval_cut(), head=head, frozen_device=False)
+    idx = list(range(n_eval))
+    if dev.is_generation:
+        prompts = tdata.encode_prompts(dev, lm.tokenizer, cfg.max_len, indices=idx)
+        return exact_match(device, server, prompts, [dev.finals[i] for i in idx], lm.tokenizer, cfg.gen_tokens)
+    return accuracy(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
+
+
+def _progress(cfg: RunConfig, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="sample", disable=not cfg.progress, dynamic_ncols=True, leave=False)
+
+
+def run(cfg: RunConfig) -> dict:
+    """Train with ``cfg.method``, evaluate after every epoch, write all outputs; return the metrics."""
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scenario, lm, setup, method, dev, info = build(cfg)
+    if cfg.progress:
+        print(info["partition_table"])
+    losses, evals = [], []
+    n_samples = sum(d.n_samples for d in setup.devices)
+    for epoch in range(info["epochs"]):
+        bar = _progress(cfg, n_samples)
+        t_ep = time.perf_counter()
+
+        def on_step(loss: float, n: int, bar=bar, t_ep=t_ep) -> None:
+            losses.append(round(loss, 6))
+            bar.update(n)
+            bar.set_postfix(step=len(losses), loss=f"{loss:.4f}",
+                            sps=f"{bar.n / max(time.perf_counter() - t_ep, 1e-9):.1f}")
+
+        method.train_epoch(epoch, on_step)
+        method.finish_epoch()
+        bar.close()
+        evals.append(round(score(method, lm, setup.head, dev, cfg, info["n_eval"]), 6))
+        save_adapter(out / "adapter", lm.model, setup.head, _adapter_config(cfg, lm, setup, method))
+        metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_atomic(out / "run_config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+    _write_trace(out, setup.meter.events, metrics)
+    return metrics
+
+
+def _adapter_config(cfg: RunConfig, lm, setup: Setup, method) -> dict:
+    """peft-style adapter_config.json plus what eval needs (blocks, head, eval cut)."""
+    lo = setup.lora
+    return {"peft_type": "LORA", "base_model_name_or_path": cfg.model, "r": lo["rank"], "lora_alpha": lo["alpha"],
+            "lora_dropout": lo["dropout"], "target_modules": lo["targets"], "bias": "none",
+            "layers_to_transform": method.lora_block_indices(), "task_type": None,
+            "sfsim": {"method": cfg.method, "family": lm.family, "eval_cut": method.eval_cut(),
+                      "num_labels": None if setup.head is None else setup.head.classifier.out_features,
+                      "pooling": None if setup.head is None else setup.head.pooling}}
+
+
+def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
+    m = setup.meter
+    devices = [d.name for d in setup.devices]
+    stream = method.server_stream
+    mixing = stream_mixing([d for d, _ in stream], [lab for _, lab in stream], window=max(4 * len(devices), 1))
+    summary = m.summary(devices)
+    link_s = {d.name: summary["uplink_bytes_per_device"][d.name] * 8 / d.uplink.bandwidth for d in scenario.devices}
+    return {"method": cfg.method, "task": cfg.task, "model": cfg.model, "eval_accuracy": evals[-1] if evals else None,
+            "eval_history": evals, "train_loss_history": losses, **summary, "wall_s": round(wall_s, 3),
+            "uplink_time_modelled_s": {k: round(v, 6) for k, v in link_s.items()},
+            "cuts": setup.cuts, "lora_start": setup.lora_start, "lora_blocks": method.lora_block_indices(),
+            "server_order": setup.server_order, "stream_mixing": mixing,
+            "partition": {"spec": cfg.partition, "counts": info["partition_counts"], "table": info["partition_table"]},
+            "train_samples": sum(d.n_samples for d in setup.devices), "eval_samples": info["n_eval"],
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress",)},
+            "notes": {"flops": "torch.utils.flop_counter.FlopCounterMode around each role's compute",
+                      "link_events": "in-process: a send's duration is the measured tensor copy, not a network "
+                                     "time; uplink_time_modelled_s uses the scenario's bandwidth"}}
+
+
+def _write_trace(out: Path, events, metrics: dict) -> None:
+    write_chrome_trace(events, out / "trace.json", {"method": metrics["method"], "task": metrics["task"]})
+    try:
+        from sfsim.gantt import plot_gantt  # noqa: PLC0415 -- optional until the simulator's module lands
+    except ImportError:
+        return
+    plot_gantt(events, out / "gantt.png", title=f"{metrics['method']} on {metrics['task']} (measured)")
+
+
+def evaluate_saved(out_dir: str, data_dir: str | None = None, eval_samples: int | None = None) -> dict:
+    """Reload the adapter and head saved in ``out_dir`` and score them (what ``sfsim eval`` runs)."""
+    path = Path(out_dir) / "run_config.json"
+    if not path.is_file():
+        raise SfsimError(f"{path} is missing: point --out at a folder written by sfsim run")
+    raw = json.loads(path.read_text())
+    raw.update(progress=False, **({"data_dir": data_dir} if data_dir else {}))
+    if eval_samples:
+        raw["eval_samples"] = eval_samples
+    cfg = RunConfig(**raw)
+    dev = tdata.load_task(cfg.task, cfg.data_dir, "dev")
+    lm = load_model(cfg.model, cache_dir=cfg.model_cache)
+    head, acfg = load_adapter(Path(out_dir) / "adapter", lm)
+
+    class _Saved:  # eval needs only the cut
+        def eval_cut(self):
+            return acfg["sfsim"]["eval_cut"]
+
+    n_eval = min(cfg.eval_samples or len(dev), len(dev))
+    acc = score(_Saved(), lm, head, dev, cfg, n_eval)
+    return {"method": cfg.method, "task": cfg.task, "eval_accuracy": round(acc, 6), "eval_samples": n_eval}
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
