@@ -130,7 +130,7 @@ def load_model(name_or_path: str, *, cache_dir: str | None = None) -> LoadedMode
 
 def tiny_tokenizer(family: str):
     """A self-contained character-level tokenizer over printable ASCII (no files needed)."""
-    from tokenizers import Regex, Tokenizer, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
@@ -139,6 +139,7 @@ def tiny_tokenizer(family: str):
     vocab = {tok: i for i, tok in enumerate(specials + chars)}
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
+    tok.decoder = decoders.Fuse()  # decode by concatenating characters, no spaces in between
     if family == "bert":
         cls, sep = vocab["[CLS]"], vocab["[SEP]"]
         tok.post_processor = processors.TemplateProcessing(
