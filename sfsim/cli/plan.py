@@ -1,0 +1,39 @@
+"""``sfsim plan``: choose per-device cuts, the LoRA start and server assignment; print the table."""
+
+from __future__ import annotations
+
+import click
+
+from sfsim.cli import main
+
+
+@main.command()
+@click.option("--devices", "devices", required=True, type=click.Path(dir_okay=False),
+              help="scenario YAML (model, training, servers, devices), e.g. profiles/edge.yaml")
+@click.option("--schedule", default="splitfrozen", show_default=True,
+              help="schedule to plan for: splitfrozen or splitfrozen-sequential")
+@click.option("--objective", default="time", show_default=True, help="what to minimise: time (total training time)")
+@click.option("--min-device-layers", default=1, show_default=True, type=int,
+              help="fewest blocks every device keeps (1: raw tokens never leave a device)")
+@click.option("--min-lora-layers", default=1, show_default=True, type=int,
+              help="fewest LoRA blocks on the servers")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="write the plan file here (for sfsim simulate --plan / sfsim run --plan)")
+def plan(devices, schedule, objective, min_device_layers, min_lora_layers, output) -> None:
+    """Plan cuts, LoRA start and server assignment for a fleet, and print what bounds the time.
+
+    Without -o nothing is written; the last line says how to save the plan.
+    """
+    from sfsim.planner import plan as make_plan
+    from sfsim.scenario import load_scenario
+
+    sc = load_scenario(devices)
+    res = make_plan(sc, schedule=schedule, objective=objective, min_device_layers=min_device_layers,
+                    min_lora_layers=min_lora_layers)
+    click.echo(res.table())
+    if output:
+        res.save(output)
+        click.echo(f"plan written to {output}; replay it with: sfsim simulate --devices {devices} --plan {output}")
+    else:
+        click.echo(f"plan not saved; add -o plan.yaml to write it for: sfsim simulate --devices {devices} "
+                   "--plan plan.yaml")

@@ -1,0 +1,279 @@
+"""The planner: heterogeneity-aware cuts, LoRA start and device-to-server assignment (``sfsim plan``).
+
+How it works, in three steps (each its own module):
+
+1. :mod:`~sfsim.planner.model` tabulates, for every device type, cut and server, the pipeline's
+   stage times from the cost model, and which entries memory and the minimum-layer rules allow.
+2. :mod:`~sfsim.planner.search` finds the cuts and assignment that minimise the analytic makespan
+   (exact threshold search with a small integer program per step) and a proven lower bound.
+3. The best few candidates are replayed with :func:`sfsim.simulate`; the plan is the one whose
+   *simulated* makespan is smallest, so ``makespan_s`` is what ``sfsim simulate --plan`` reports.
+
+LoRA start: with ``objective="time"`` the planner puts LoRA on the fewest blocks allowed
+(``lora_start = L - min_lora_layers``, or the scenario's ``training.lora_start`` when it fixes
+one). A higher LoRA start never slows a plan: every cut stays allowed, each block it turns frozen
+loses its B and W on the server, the optimizer steps over fewer parameters and the server keeps
+fewer activations. More LoRA layers may train better: ask for them with ``min_lora_layers``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from sfsim.errors import ConfigError, InfeasibleError
+from sfsim.methods import canonical
+from sfsim.planfile import Plan
+from sfsim.planner.fluid import Estimate, Group, estimate
+from sfsim.planner.model import (
+    PIPELINED,
+    SEQUENTIAL,
+    StageTable,
+    build_table,
+    check_layers,
+    explain_infeasible,
+)
+from sfsim.planner.refine import merge, refine
+from sfsim.planner.report import Comparison, Row, bottleneck_words, format_result, rows_for
+from sfsim.planner.search import candidates, fixed_cut, lower_bound
+
+__all__ = ["PlanResult", "Comparison", "Row", "plan", "OBJECTIVES", "SCHEDULES"]
+
+OBJECTIVES = ("time",)
+"""Objectives the planner optimises (total training time)."""
+
+SCHEDULES = PIPELINED + SEQUENTIAL
+"""Schedules the planner can plan for (those with a per-device cut and a LoRA start)."""
+
+SPLITLORA_CUT = 3
+"""The fixed cut of SplitLoRA's reference code (client = embeddings + 3 blocks)."""
+
+REFINE_MAX = 40
+"""Most simulator runs the local search spends on small fleets."""
+
+REFINE_MICRO_BATCHES = 50_000
+"""Simulated micro-batches the local search may spend in total (keeps large fleets fast)."""
+
+EXHAUSTIVE_LIMIT = 2000
+"""Type-level plans (one cut and server per type) below which all are also scored analytically."""
+
+
+@dataclass
+class PlanResult:
+    """A plan with its simulated makespan, bounds, per-group table and comparisons.
+
+    Attributes:
+        splits: device -> cut (blocks on the device).
+        lora_start: first LoRA block on the servers.
+        assignment: device -> server.
+        makespan_s: the simulated total time of this plan (``sfsim simulate --plan`` gives the same).
+        estimate_s: the planner's analytic (fluid) estimate of it.
+        bottleneck: what bounds the makespan, in words.
+        lower_bound_s: a lower bound on any plan's makespan under the same constraints.
+        gap: ``makespan_s / lower_bound_s - 1``.
+        rows: one :class:`Row` per (device type, cut, server) group, for the table.
+        comparisons: the best single global cut and SplitLoRA's fixed cut, simulated the same way.
+        schedule, scenario, model: what the plan was made for.
+        search_s: seconds spent planning (search + simulations).
+        simulated: how many candidate plans were replayed with the simulator.
+    """
+
+    splits: dict[str, int]
+    lora_start: int
+    assignment: dict[str, str]
+    makespan_s: float
+    estimate_s: float
+    bottleneck: str
+    lower_bound_s: float
+    gap: float
+    rows: list[Row] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    schedule: str = "splitfrozen"
+    scenario: str | None = None
+    model: str | None = None
+    search_s: float = 0.0
+    simulated: int = 0
+    min_lora_layers: int = 1
+
+    def to_plan(self) -> Plan:
+        """The plan file record (:class:`sfsim.planfile.Plan`)."""
+        return Plan(splits=dict(self.splits), lora_start=self.lora_start, assignment=dict(self.assignment),
+                    makespan_s=self.makespan_s, bottleneck=self.bottleneck,
+                    lower_bound_s=self.lower_bound_s, schedule=self.schedule, scenario=self.scenario,
+                    model=self.model)
+
+    def save(self, path) -> None:
+        """Write the plan file atomically (read it with ``sfsim simulate --plan``)."""
+        self.to_plan().save(path)
+
+    def table(self) -> str:
+        """The human-readable report ``sfsim plan`` prints."""
+        return format_result(self)
+
+
+def expand(table: StageTable, groups: list[Group]) -> tuple[dict[str, int], dict[str, str]]:
+    """Per-device cuts and servers from groups (a type's devices fill its groups in file order)."""
+    splits, assignment = {}, {}
+    for t, info in enumerate(table.types):
+        names = iter(info.devices)
+        for g in sorted((g for g in groups if g.t == t), key=lambda g: (g.j, g.k)):
+            for _ in range(g.n):
+                name = next(names)
+                splits[name], assignment[name] = g.k, table.servers[g.j].name
+    return splits, assignment
+
+
+class Replay:
+    """Replays grouped plans with :func:`sfsim.simulate`, remembering each plan's makespan."""
+
+    def __init__(self, scenario, schedule: str, table: StageTable):
+        self.scenario, self.schedule, self.table = scenario, schedule, table
+        self.cache: dict[tuple, float] = {}
+
+    def __call__(self, groups: list[Group]) -> float:
+        """The simulator's makespan for ``groups``."""
+        from sfsim import simulate
+
+        key = tuple(merge(groups))
+        if key not in self.cache:
+            splits, assignment = expand(self.table, groups)
+            p = Plan(splits=splits, lora_start=self.table.lora_start, assignment=assignment,
+                     schedule=self.schedule)
+            self.cache[key] = float(simulate(self.scenario, schedule=self.schedule, plan=p).makespan_s)
+        return self.cache[key]
+
+
+def _type_level(table: StageTable) -> list[list[Group]]:
+    """Every plan giving each type one (cut, server), when there are few enough of them."""
+    opts = []
+    for t, info in enumerate(table.types):
+        ks, js = table.allowed[t].nonzero()
+        opts.append([Group(t, int(table.cuts[k]), int(j), info.count) for k, j in zip(ks, js, strict=True)])
+    n = 1
+    for o in opts:
+        n *= len(o)
+    if n > EXHAUSTIVE_LIMIT:
+        return []
+    return [list(c) for c in itertools.product(*opts)]
+
+
+def _best_simulated(replay: Replay, plans: list[list[Group]], verify: int):
+    """Score plans analytically, replay the best ``verify`` distinct ones; (makespan, groups)."""
+    table = replay.table
+    scored = {tuple(merge(g)): None for g in plans}
+    ranked = sorted(scored, key=lambda g: estimate(table, list(g)).makespan_s)
+    best = None
+    for g in ranked[:verify]:
+        sim = replay(list(g))
+        if best is None or sim < best[0]:
+            best = (sim, list(g))
+    return best
+
+
+def _lora_start(scenario, min_device_layers: int, min_lora_layers: int) -> int:
+    L, fixed = scenario.arch.n_layers, scenario.training.lora_start
+    if fixed is None:
+        return L - min_lora_layers
+    if L - fixed < min_lora_layers or fixed < min_device_layers:
+        raise InfeasibleError(
+            f"training.lora_start {fixed} leaves {L - fixed} LoRA blocks and allows cuts up to {fixed}, "
+            f"but --min-lora-layers {min_lora_layers} and --min-device-layers {min_device_layers} ask "
+            "for more; change training.lora_start or the minimums")
+    return fixed
+
+
+def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_device_layers: int = 1,
+         min_lora_layers: int = 1, verify: int = 3, refine_budget: int | None = None,
+         cost_model=None) -> PlanResult:
+    """Choose every device's cut, the LoRA start and the server assignment that finish training soonest.
+
+    Args:
+        scenario: a loaded :class:`sfsim.scenario.Scenario`.
+        schedule: ``splitfrozen`` (pipelined) or ``splitfrozen-sequential``.
+        objective: ``time`` (total training time; the only objective so far).
+        min_device_layers: fewest blocks every device keeps (raw tokens never leave a device: 1).
+        min_lora_layers: fewest LoRA blocks on the servers.
+        verify: how many of the best analytic candidates to replay with the simulator.
+        refine_budget: most extra simulations for the local search (default: about
+            ``REFINE_MICRO_BATCHES`` simulated micro-batches, at most ``REFINE_MAX`` runs).
+        cost_model: a :class:`sfsim.costmodel.CostModel` to reuse (default: built from ``scenario``).
+
+    Returns:
+        A :class:`PlanResult`; its ``makespan_s`` is the simulated time of the chosen plan.
+
+    Raises:
+        InfeasibleError: no plan meets the memory and layer constraints (says which and by how much).
+        ConfigError: unknown schedule or objective.
+
+    Example:
+        >>> res = plan(load_scenario("profiles/edge.yaml"))
+        >>> res.splits["rpi5-0"], res.lora_start, res.bottleneck
+    """
+    t0 = time.perf_counter()
+    schedule, table, lb = _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers,
+                                   cost_model)
+    replay = Replay(scenario, schedule, table)
+    uniform = {int(k): g for k in table.cuts if (g := fixed_cut(table, int(k))) is not None}
+    pool = candidates(table) + _type_level(table) + list(uniform.values())
+    makespan, groups = _best_simulated(replay, pool, verify)
+    if refine_budget is None:
+        total = sum(t.count * t.sent for t in table.types)
+        refine_budget = min(REFINE_MAX, int(REFINE_MICRO_BATCHES // max(total, 1)))
+    groups, makespan, _ = refine(table, groups, makespan, replay, refine_budget)
+    comparisons = _comparisons(replay, uniform, makespan)
+    best_uniform = min((c.makespan_s for c in comparisons if c.makespan_s is not None), default=None)
+    if best_uniform is not None and best_uniform < makespan:  # never worse than a single global cut
+        k = min((c for c in comparisons if c.makespan_s is not None), key=lambda c: c.makespan_s).cut
+        groups, makespan = uniform[k], best_uniform
+        comparisons = _comparisons(replay, uniform, makespan)
+    est = estimate(table, groups)
+    splits, assignment = expand(table, groups)
+    lb = min(lb, makespan)
+    return PlanResult(
+        splits=splits, lora_start=table.lora_start, assignment=assignment, makespan_s=makespan,
+        estimate_s=est.makespan_s, bottleneck=bottleneck_words(table, est, makespan), lower_bound_s=lb,
+        gap=makespan / lb - 1 if lb > 0 else 0.0, rows=rows_for(table, groups),
+        comparisons=comparisons, schedule=schedule, scenario=scenario.source, model=scenario.arch.name,
+        search_s=time.perf_counter() - t0, simulated=len(replay.cache), min_lora_layers=min_lora_layers)
+
+
+def _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers, cost_model):
+    """Validate the request, build the stage table and its lower bound."""
+    from sfsim.costmodel import CostModel
+
+    schedule = canonical(schedule)  # one-line SfsimError for unknown names
+    if schedule not in SCHEDULES:
+        raise ConfigError(None, "--schedule", f"cannot plan for {schedule!r}; the planner plans "
+                          f"{', '.join(SCHEDULES)} (the schedules with per-device cuts)")
+    if objective not in OBJECTIVES:
+        raise ConfigError(None, "--objective", f"unknown objective {objective!r}; choose: {', '.join(OBJECTIVES)}")
+    check_layers(scenario.arch.n_layers, min_device_layers, min_lora_layers, scenario.arch.name)
+    lora_start = _lora_start(scenario, min_device_layers, min_lora_layers)
+    cm = cost_model or CostModel(scenario)
+    table = build_table(cm, scenario, lora_start, min_device_layers, schedule)
+    if not table.allowed.any(axis=(1, 2)).all():
+        raise InfeasibleError(explain_infeasible(table, min_device_layers))
+    return schedule, table, lower_bound(table)
+
+
+def _comparisons(replay: Replay, uniform: dict[int, list[Group]], makespan: float) -> list[Comparison]:
+    """The best single global cut and SplitLoRA's cut 3, with the planner's assignment rule."""
+    out = []
+    if uniform:
+        ranked = sorted(uniform, key=lambda k: estimate(replay.table, uniform[k]).makespan_s)[:2]
+        sim, k = min((replay(uniform[k]), k) for k in ranked)
+        out.append(Comparison(f"best single cut (k={k})", k, sim, 1 - makespan / sim))
+    else:
+        out.append(Comparison("best single cut", None, None, None, "no single cut fits every device"))
+    k = SPLITLORA_CUT
+    if k in uniform:
+        sim = replay(uniform[k])
+        out.append(Comparison(f"SplitLoRA's fixed cut (k={k})", k, sim, 1 - makespan / sim))
+    else:
+        out.append(Comparison(f"SplitLoRA's fixed cut (k={k})", k, None, None,
+                              "infeasible here (memory, depth or the minimum-layer rules)"))
+    return out
+
+
+__all__ += ["Estimate", "expand"]

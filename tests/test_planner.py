@@ -1,0 +1,278 @@
+"""Planner tests: optimal against exhaustive simulation, consistent with the simulator, bad input."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import sfsim
+from sfsim.cli import main
+from sfsim.costmodel import CostModel
+from sfsim.errors import ConfigError, InfeasibleError
+from sfsim.planfile import Plan, load_plan
+from sfsim.planner import expand, plan
+from sfsim.planner.fluid import Group, estimate
+from sfsim.planner.model import build_table
+from sfsim.planner.search import assign, best_cuts, lower_bound, thresholds
+
+MiB = 2**20
+
+
+def _dev(name, count, flops, memory_mib, bw, samples=4, server=None, latency="10 ms"):
+    d = {"name": name, "count": count, "flops": flops, "memory": memory_mib * MiB, "samples": samples,
+         "uplink": {"bandwidth": bw, "latency": latency}, "downlink": {"bandwidth": "10 Mbps"}}
+    if server:
+        d["server"] = server
+    return d
+
+
+def _scenario(devices, servers, **training):
+    """GPT-2 (12 blocks) on 16 tokens, one sample per micro-batch: each simulate call is cheap.
+
+    Device memory: 150.7 MiB + 27.0 MiB per block (a 205 MiB device holds at most 2 blocks).
+    """
+    tr = {"micro_batch": 1, "accumulate": 2, "buffer": 2}
+    tr.update(training)
+    return sfsim.scenario_from_dict({
+        "model": {"name": "gpt2", "seq_len": 16, "task": "classification", "num_labels": 2},
+        "training": tr, "servers": servers, "devices": devices})
+
+
+ONE_SERVER = dict(
+    devices=[_dev("slow", 2, "1 GFLOPS", 260, "4 Mbps"),        # cuts 1..3
+             _dev("fast", 1, "4 GFLOPS", 320, "2 Mbps", 6),     # cuts 1..6
+             _dev("thin", 1, "2 GFLOPS", 340, "1 Mbps", 3)],    # cuts 1..7; slow link
+    servers=[{"name": "gpu", "flops": "6 GFLOPS", "memory": "1 GiB"}])
+
+TWO_SERVERS = dict(
+    devices=[_dev("slow", 2, "1 GFLOPS", 235, "4 Mbps"),                 # cuts 1..3
+             _dev("fast", 1, "3 GFLOPS", 290, "8 Mbps", 6),              # cuts 1..5
+             _dev("pinned", 1, "2 GFLOPS", 290, "3 Mbps", 3, server="big")],  # cuts 1..5
+    servers=[{"name": "small", "flops": "3 GFLOPS", "memory": 250 * MiB},  # needs every cut >= 3
+             {"name": "big", "flops": "4 GFLOPS", "memory": "1 GiB", "count": 2}])
+
+SERVER_BOUND = dict(
+    devices=[_dev("a", 2, "3 GFLOPS", 340, "20 Mbps", 5), _dev("b", 1, "1 GFLOPS", 1000, "20 Mbps", 5)],
+    servers=[{"name": "gpu", "flops": "2 GFLOPS", "memory": "1 GiB"}])
+
+
+def _feasible(sc, cm, splits, lora_start, assignment, min_dev, min_lora):
+    """Every constraint, checked device by device (independently of the planner's table)."""
+    L = sc.arch.n_layers
+    if L - lora_start < min_lora or any(k < min_dev or k > lora_start for k in splits.values()):
+        return False
+    if any(cm.device_memory(splits[d.name]) > d.memory for d in sc.devices):
+        return False
+    for srv in sc.servers:
+        cuts = [splits[d] for d, s in assignment.items() if s == srv.name]
+        if cuts and cm.server_memory(min(cuts), lora_start, sc.training.buffer + srv.count) > srv.memory:
+            return False
+    return True
+
+
+def _exhaustive(sc, min_dev=1, min_lora=1, schedule="splitfrozen"):
+    """The best simulated makespan over every feasible cut vector, LoRA start and assignment.
+
+    Devices of one type are identical, so each type's devices take a multiset of (cut, server)
+    choices (swapping two identical devices' choices only renames them).
+    """
+    cm = CostModel(sc)
+    L = sc.arch.n_layers
+    by_type = {}
+    for d in sc.devices:
+        by_type.setdefault(d.type, []).append(d)
+    per_type = []
+    for devs in by_type.values():
+        d = devs[0]
+        servers = [d.server] if d.server_pinned else [s.name for s in sc.servers]
+        opts = [(k, s) for k in range(min_dev, L) for s in servers if cm.device_memory(k) <= d.memory]
+        per_type.append([list(zip([x.name for x in devs], combo, strict=True))
+                         for combo in itertools.combinations_with_replacement(opts, len(devs))])
+    best, count = np.inf, 0
+    for parts in itertools.product(*per_type):
+        pairs = [p for part in parts for p in part]
+        splits = {name: k for name, (k, _) in pairs}
+        assignment = {name: s for name, (_, s) in pairs}
+        for ls in range(max(splits.values()), L):
+            if not _feasible(sc, cm, splits, ls, assignment, min_dev, min_lora):
+                continue
+            p = Plan(splits=splits, lora_start=ls, assignment=assignment)
+            best = min(best, sfsim.simulate(sc, schedule=schedule, plan=p).makespan_s)
+            count += 1
+    return best, count
+
+
+@pytest.mark.parametrize("case,min_dev,min_lora,schedule", [
+    (ONE_SERVER, 1, 1, "splitfrozen"),
+    (ONE_SERVER, 2, 5, "splitfrozen"),
+    (TWO_SERVERS, 1, 1, "splitfrozen"),
+    (SERVER_BOUND, 1, 1, "splitfrozen"),
+    (ONE_SERVER, 1, 4, "splitfrozen-sequential"),
+])
+def test_plan_is_within_one_percent_of_exhaustive_search(case, min_dev, min_lora, schedule):
+    sc = _scenario(**copy.deepcopy(case))
+    res = plan(sc, schedule=schedule, min_device_layers=min_dev, min_lora_layers=min_lora)
+    best, count = _exhaustive(sc, min_dev, min_lora, schedule)
+    assert count > 50  # the search space is not trivial
+    assert res.makespan_s <= best * 1.01, (res.makespan_s, best)
+    assert res.lower_bound_s <= best * (1 + 1e-9)
+    cm = CostModel(sc)
+    assert _feasible(sc, cm, res.splits, res.lora_start, res.assignment, min_dev, min_lora)
+
+
+def test_plan_makespan_is_what_simulate_reports():
+    sc = _scenario(**copy.deepcopy(TWO_SERVERS))
+    res = plan(sc)
+    sim = sfsim.simulate(sc, plan=res.to_plan()).makespan_s
+    assert res.makespan_s == pytest.approx(sim, rel=1e-12)
+    assert res.estimate_s == pytest.approx(sim, rel=0.05)  # the fluid model is close on its own
+    assert res.gap == pytest.approx(res.makespan_s / res.lower_bound_s - 1)
+
+
+def test_pinned_devices_keep_their_server_and_plan_round_trips(tmp_path):
+    sc = _scenario(**copy.deepcopy(TWO_SERVERS))
+    res = plan(sc)
+    assert res.assignment["pinned"] == "big"
+    assert min(k for d, k in res.splits.items() if res.assignment[d] == "small") >= 3  # server memory
+    res.save(tmp_path / "plan.yaml")
+    back = load_plan(tmp_path / "plan.yaml", sc)
+    assert (back.splits, back.lora_start, back.assignment) == (res.splits, res.lora_start, res.assignment)
+    assert back.makespan_s == res.makespan_s and back.lower_bound_s == res.lower_bound_s
+
+
+def test_lora_start_is_the_highest_allowed_and_comparisons_are_simulated():
+    sc = _scenario(**copy.deepcopy(ONE_SERVER))
+    res = plan(sc, min_lora_layers=3)
+    assert res.lora_start == 9
+    single, fixed3 = res.comparisons
+    assert single.makespan_s >= res.makespan_s and fixed3.makespan_s >= res.makespan_s
+    p3 = Plan(splits={d.name: 3 for d in sc.devices}, lora_start=9,
+              assignment={d.name: "gpu" for d in sc.devices})
+    assert fixed3.makespan_s == pytest.approx(sfsim.simulate(sc, plan=p3).makespan_s, rel=1e-12)
+    assert fixed3.saved == pytest.approx(1 - res.makespan_s / fixed3.makespan_s)
+
+
+def test_table_thresholds_and_assignment_by_hand():
+    """One device type, one server: fin and the threshold choice follow the closed form."""
+    sc = _scenario([_dev("a", 2, "1 GFLOPS", 1000, "8 Mbps")],
+                   [{"name": "gpu", "flops": "4 GFLOPS", "memory": "1 GiB"}], accumulate=1)
+    cm = CostModel(sc)
+    t = build_table(cm, sc, 11, 1, "splitfrozen")
+    k = 4
+    ki = t.k_index(k)
+    f = cm.seconds(cm.device_prefix(k), sc.devices[0])[0]
+    s = cm.uplink_bytes(k) * 8 / 8e6
+    w = sum(cm.seconds(cm.server_suffix(k, 11), sc.servers[0]))
+    assert t.fin[0, ki, 0] == pytest.approx(f + s + 0.01 + 3 * max(f, s) + w)
+    kk = best_cuts(t, t.fin[0, ki, 0])
+    assert t.cuts[kk[0, 0]] == k  # the largest cut that finishes by T: least server work
+    load, n = assign(t, kk)
+    step = cm.optimizer_seconds(cm.trainable_params(range(11, 12), True), sc.servers[0])
+    assert load == pytest.approx(2 * 4 * (w + step))
+    assert n.tolist() == [[2.0]]
+    assert list(thresholds(t)) == sorted(thresholds(t))
+
+
+def test_assignment_balances_identical_servers():
+    sc = _scenario([_dev("a", 6, "4 GFLOPS", 1000, "100 Mbps")],
+                   [{"name": f"s{i}", "flops": "1 GFLOPS", "memory": "1 GiB"} for i in range(3)])
+    t = build_table(CostModel(sc), sc, 11, 1, "splitfrozen")
+    load, n = assign(t, best_cuts(t, np.inf))
+    assert n.tolist() == [[2.0, 2.0, 2.0]]
+    res = plan(sc)
+    assert sorted(res.assignment.values()) == ["s0", "s0", "s1", "s1", "s2", "s2"]
+    assert lower_bound(t) <= res.makespan_s
+
+
+def test_estimate_matches_closed_form_for_one_device():
+    sc = _scenario([_dev("a", 1, "1 GFLOPS", 1000, "0.5 Mbps", 5)],
+                   [{"name": "gpu", "flops": "100 GFLOPS", "memory": "1 GiB"}], accumulate=1)
+    t = build_table(CostModel(sc), sc, 11, 1, "splitfrozen")
+    ki = t.k_index(2)
+    assert t.s[0, ki] > t.f[0, ki] > t.w[ki, 0]
+    est = estimate(t, [Group(0, 2, 0, 1)])
+    # the uplink is the slowest stage: first arrival + 4 periods + the server's F, B, W and last step
+    closed = t.a[0, ki] + 4 * t.s[0, ki] + t.w[ki, 0] + t.step[0]
+    assert est.makespan_s == pytest.approx(closed, rel=1e-12)
+    p = Plan(splits={"a": 2}, lora_start=11, assignment={"a": "gpu"})
+    assert sfsim.simulate(sc, plan=p).makespan_s == pytest.approx(closed, rel=1e-12)
+    assert est.limiting == Group(0, 2, 0, 1)
+    assert expand(t, [Group(0, 2, 0, 1)]) == ({"a": 2}, {"a": "gpu"})
+
+
+# ------------------------------------------------------------------------------- bad input
+def test_infeasible_device_memory_says_by_how_much():
+    sc = _scenario([_dev("nano", 1, "1 GFLOPS", 170, "1 Mbps")],
+                   [{"name": "gpu", "flops": "4 GFLOPS", "memory": "1 GiB"}])
+    with pytest.raises(InfeasibleError) as err:
+        plan(sc)
+    msg = str(err.value)
+    assert "device nano needs 178 MiB for 1 block but has 170 MiB (short by 7.7" in msg
+    assert "\n" not in msg
+
+
+def test_infeasible_server_memory_names_the_server():
+    sc = _scenario([_dev("a", 1, "1 GFLOPS", 205, "1 Mbps")],  # at most 2 blocks
+                   [{"name": "gpu", "flops": "4 GFLOPS", "memory": 250 * MiB}])  # needs cuts >= 3
+    with pytest.raises(InfeasibleError) as err:
+        plan(sc)
+    assert str(err.value) == ("server gpu needs 274 MiB when device a runs 2 blocks (its memory allows no "
+                              "more) but has 250 MiB (short by 23.7 MiB); give the server more memory or "
+                              "lower the buffer or micro_batch")
+
+
+def test_layer_minimums_beyond_depth():
+    sc = _scenario(**copy.deepcopy(ONE_SERVER))
+    with pytest.raises(InfeasibleError, match="need 13 blocks but gpt2 has 12"):
+        plan(sc, min_device_layers=8, min_lora_layers=5)
+    with pytest.raises(ConfigError, match="cannot plan for 'fedlora'"):
+        plan(sc, schedule="fedlora")
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _data(case):
+    return {"model": {"name": "gpt2", "seq_len": 16, "task": "classification", "num_labels": 2},
+            "training": {"micro_batch": 1, "accumulate": 2, "buffer": 2}, **copy.deepcopy(case)}
+
+
+@pytest.mark.parametrize("edit,expect", [
+    (lambda d: d["devices"][0].update(memory=100 * MiB), "short by"),
+    (lambda d: d["devices"][0].update(server="nowhere"), "no server named 'nowhere'"),
+    (lambda d: d["training"].update(split=12), "beyond the model's depth"),
+    (None, "need 13 blocks but gpt2 has 12"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, edit, expect):
+    data = _data(ONE_SERVER)
+    args = ["plan", "--devices", None]
+    if edit is None:
+        args += ["--min-device-layers", "12"]
+    else:
+        edit(data)
+    args[2] = _write(tmp_path, data)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and expect in lines[0], r.output
+    assert "Traceback" not in r.output
+
+
+def test_cli_prints_table_and_writes_plan(tmp_path):
+    path = _write(tmp_path, _data(TWO_SERVERS))
+    out = tmp_path / "plan.yaml"
+    r = CliRunner().invoke(main, ["plan", "--devices", path, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    for word in ("cut", "server", "total time", "lower bound", "bounded by", "best single cut",
+                 "SplitLoRA's fixed cut", str(out)):
+        assert word in r.output
+    p = load_plan(out)
+    assert p.assignment["pinned"] == "big" and p.makespan_s > 0
