@@ -409,7 +409,7 @@ class ServerPool:
             raise SfsimError(f"server {server.name!r}: buffer and accumulate must be >= 1")
         self.engine, self.env, self.server = engine, engine.env, server
         self.devices = devices
-        totals = [d.n if d.server == index else 0 for d in devices]
+        self.totals = totals = [d.n if d.server == index else 0 for d in devices]
         self.policy = make_policy(policy, [max(t, 1) for t in totals])
         self.mixing = engine.mixing[server.name] = StreamMixing(totals)
         self.unclaimed = sum(totals)
@@ -481,23 +481,37 @@ class ServerPool:
             self._wake_all()  # idle workers may now flush their W's and final step
 
     # -- worker ------------------------------------------------------------------------------------
+    def _min_flight(self) -> float:
+        """A lower bound on (arrival - push time) of any future push: send + latency, 0 with replays."""
+        mine = [d for k, d in enumerate(self.devices) if d.n and self.totals[k]]
+        if any(d.sent < d.n for d in mine):
+            return 0.0  # replays are pushed at the claiming instant
+        return min((d.up_s + d.up_l for d in mine), default=0.0)
+
     def _worker(self, w: int):
         env, rec, devices, at = self.env, self.engine.record, self.devices, self.engine.at
         lane, step_s = self.server.lane(w), self.server.step
-        policy, pending = self.policy, self.pending
+        policy, pending, heappop = self.policy, self.pending, heapq.heappop
         defer = self.decompose and not self.sequential
+        fast = defer and self.engine.events is None
+        flight = self._min_flight()
         queued_w: deque = deque()  # (device, mb) whose W is deferred
         done = 0                    # micro-batches processed since this worker's last step
         busy = 0.0
         while True:
             now = env.now
             while pending and pending[0][0] <= now:
-                _, _, i, n = heapq.heappop(pending)
+                _, _, i, n = heappop(pending)
                 policy.push(i, n)
             if policy:
                 i, n = policy.pop()
                 self._claim(i, n)
-                t = self._run_mb(lane, i, n, now, defer, queued_w)
+                if fast:
+                    d = devices[i]
+                    queued_w.append((i, n))
+                    t = now + d.srv_f + d.srv_b
+                else:
+                    t = self._run_mb(lane, i, n, now, defer, queued_w)
                 done += 1
                 if done == self.accumulate:
                     t = self._step(lane, t, queued_w, step_s)
@@ -505,11 +519,17 @@ class ServerPool:
                 busy += t - now
                 yield at(t)
             elif queued_w:
-                i, n = queued_w.popleft()
-                d = devices[i]
-                rec(lane, "W", now, d.srv_w, n, d.name)
-                busy += d.srv_w
-                yield at(now + d.srv_w)
+                # Idle: run deferred W's one after another while no micro-batch can have arrived;
+                # no push made from now on arrives before now + flight, so batching them is exact.
+                bound = min(pending[0][0] if pending else math.inf, now + flight)
+                t = now
+                while queued_w and (t == now or t < bound):
+                    i, n = queued_w.popleft()
+                    d = devices[i]
+                    rec(lane, "W", t, d.srv_w, n, d.name)
+                    t += d.srv_w
+                busy += t - now
+                yield at(t)
             elif self.unclaimed == 0:
                 if done:
                     rec(lane, "step", now, step_s)
@@ -517,6 +537,8 @@ class ServerPool:
                     yield at(now + step_s)
                 self.busy += busy
                 return
+            elif pending and pending[0][0] <= now + flight:
+                yield at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
             else:
                 ev = env.event()
                 self.idle.append(ev)

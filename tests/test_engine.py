@@ -178,3 +178,16 @@ def test_no_trace_keeps_no_events():
     engine = Engine(trace=False)
     splitfrozen.run(engine, Job([DeviceTimes("d", n=50, f=1, srv_f=1)], [ServerTimes("s")]), RunConfig())
     assert engine.run() == 51 and engine.events is None
+
+
+@pytest.mark.parametrize("count,buffer,decompose", [(1, 2, True), (2, 3, True), (1, 50, False), (3, 1, True)])
+def test_fast_path_without_trace_matches_traced_run(count, buffer, decompose):
+    devs = [DeviceTimes(f"d{i}", n=4 + i, f=0.07 * (i + 1), up_s=0.05 + 0.03 * i, up_l=0.01 * (i % 2),
+                        srv_f=0.03, srv_b=0.02, srv_w=0.025) for i in range(5)]
+    out = []
+    for trace in (True, False):
+        engine = Engine(trace=trace)
+        splitfrozen.run(engine, Job(devs, [ServerTimes("s", count=count, step=0.01)]),
+                        RunConfig(buffer=buffer, accumulate=3, decompose=decompose))
+        out.append((engine.run(), engine.server_busy["s"], engine.mixing["s"].value))
+    assert out[0] == out[1]

@@ -1,0 +1,130 @@
+"""Benchmark: simulated micro-batches per second of the SplitFrozen engine, against a naive SimPy model.
+
+Run: ``.venv/bin/python bench/bench_engine.py [--devices 10000] [--mb 100]``. Prints the engine's
+rate (no trace), the naive model's rate on a smaller fleet and the ratio, and the peak resident
+memory of fresh processes at several sizes (memory must grow with devices, not micro-batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import simpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sfsim.engine import DeviceTimes, Engine, ServerTimes  # noqa: E402
+from sfsim.schedules import Job, RunConfig, splitfrozen  # noqa: E402
+
+
+def fleet(devices: int, mb: int, servers: int = 1) -> Job:
+    """A heterogeneous fleet: five device speeds, three link speeds; the server (2 ms per micro-batch) is the bottleneck."""
+    devs = []
+    for i in range(devices):
+        f = (0.05, 0.08, 0.13, 0.21, 0.34)[i % 5]        # device forward s per micro-batch
+        s = (0.02, 0.05, 0.11)[i % 3]                     # uplink serialisation s
+        devs.append(DeviceTimes(f"d{i}", server=i % servers, n=mb, f=f, up_s=s, up_l=0.005 * (i % 7),
+                                srv_f=0.0008, srv_b=0.0006, srv_w=0.0006))
+    return Job(devs, [ServerTimes(f"s{k}", count=1, step=0.0001) for k in range(servers)])
+
+
+def run_engine(devices: int, mb: int, trace: bool = False) -> tuple[float, float, int]:
+    """(wall seconds, makespan, micro-batches) of the SplitFrozen engine."""
+    job = fleet(devices, mb)
+    t0 = time.perf_counter()
+    engine = Engine(trace=trace)
+    splitfrozen.run(engine, job, RunConfig(buffer=64, accumulate=4, decompose=True))
+    makespan = engine.run()
+    return time.perf_counter() - t0, makespan, devices * mb
+
+
+def run_naive(devices: int, mb: int) -> tuple[float, float, int]:
+    """The same pipeline as a naive SimPy model: one process per stage, Stores between stages."""
+    job = fleet(devices, mb)
+    env = simpy.Environment()
+    credits = simpy.Container(env, capacity=64, init=64)
+    inbox = simpy.Store(env)
+    done = [0]
+
+    def forward(d, out):
+        for n in range(d.n):
+            yield env.timeout(d.f)
+            yield out.put(n)  # capacity 1: the device holds at most one finished activation
+
+    def link(d, inp):
+        wire = simpy.Store(env)
+        env.process(propagate(d, wire))
+        while True:
+            n = yield inp.get()
+            yield credits.get(1)
+            yield env.timeout(d.up_s)
+            yield wire.put((env.now, n))
+
+    def propagate(d, wire):
+        while True:
+            sent, n = yield wire.get()
+            yield env.timeout(max(0.0, sent + d.up_l - env.now))
+            yield inbox.put((d, n))
+
+    def server():
+        while done[0] < devices * mb:
+            d, n = yield inbox.get()
+            yield credits.put(1)
+            yield env.timeout(d.srv_f + d.srv_b + d.srv_w)
+            done[0] += 1
+
+    t0 = time.perf_counter()
+    for d in job.devices:
+        out = simpy.Store(env, capacity=1)
+        env.process(forward(d, out))
+        env.process(link(d, out))
+    srv = env.process(server())
+    env.run(until=srv)
+    return time.perf_counter() - t0, env.now, devices * mb
+
+
+def peak_rss_mib(devices: int, mb: int, trace: bool = False) -> float:
+    """Peak resident memory (MiB) of a fresh process that runs the engine at this size."""
+    code = (f"import sys, json, resource; sys.argv = ['x']; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import bench_engine as b; b.run_engine({devices}, {mb}, trace={trace}); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=10_000)
+    ap.add_argument("--mb", type=int, default=100)
+    ap.add_argument("--naive-devices", type=int, default=1_000, help="fleet for the naive model (it is slow)")
+    ap.add_argument("--no-memory", action="store_true")
+    args = ap.parse_args()
+
+    wall, makespan, n = run_engine(args.devices, args.mb)
+    rate = n / wall
+    print(f"engine: {args.devices} devices x {args.mb} micro-batches = {n:,} micro-batches in {wall:.2f} s "
+          f"-> {rate:,.0f} micro-batches/s (simulated makespan {makespan:.1f} s)")
+    nwall, nmakespan, nn = run_naive(args.naive_devices, args.mb)
+    ewall, emakespan, _ = run_engine(args.naive_devices, args.mb)
+    print(f"naive SimPy model: {args.naive_devices} devices x {args.mb} = {nn:,} micro-batches in {nwall:.2f} s "
+          f"-> {nn / nwall:,.0f} micro-batches/s; engine on the same fleet: {nn / ewall:,.0f}/s "
+          f"(ratio {nwall / ewall:.1f}x; makespans {nmakespan:.2f} s naive vs {emakespan:.2f} s engine)")
+    result = {"engine_mb_per_s": rate, "naive_mb_per_s": nn / nwall, "ratio": nwall / ewall}
+    if not args.no_memory:
+        mem = {f"{d} devices x {m} mb{' (trace)' if t else ''}": peak_rss_mib(d, m, t)
+               for d, m, t in ((100, 100, False), (100, 10_000, False), (10_000, 100, False), (100, 10_000, True))}
+        for k, v in mem.items():
+            print(f"peak RSS {k}: {v:.0f} MiB")
+        result["peak_rss_mib"] = mem
+    print(json.dumps(result))
+    _ = resource  # imported for the subprocess snippet's benefit when run as a module
+
+
+if __name__ == "__main__":
+    main()
