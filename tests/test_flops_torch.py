@@ -28,7 +28,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 
 from sfsim.arch import arch_from_hf_config  # noqa: E402
 from sfsim.costmodel import CostModel  # noqa: E402
-from sfsim.flops import block_cost  # noqa: E402
+from sfsim.flops import block_cost, block_params, lora_params  # noqa: E402
 from sfsim.scenario import scenario_from_dict  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -101,6 +101,7 @@ def test_block_forward(name, cfg):
         p.requires_grad_(False)
     x = torch.randn(B, T, arch.hidden)
     _report(f"{name} block F", _ours(arch, False, ()).F, _count(lambda: run(x)))
+    assert block_params(arch) == sum(p.numel() for p in mod.parameters())
 
 
 @pytest.mark.parametrize(("name", "cfg"), CONFIGS[:3])
@@ -128,6 +129,7 @@ def test_lora_block_forward_backward(name, cfg, targets, input_grad):
     _add_lora(mod, targets)
     x = torch.randn(B, T, arch.hidden, requires_grad=input_grad)
     ours = _ours(arch, input_grad, targets)
+    assert lora_params(arch, targets, RANK) == sum(p.numel() for p in mod.parameters() if p.requires_grad)
     _report(f"{name} LoRA block F ({input_grad=})", ours.F, _count(lambda: run(x)))
     _report(f"{name} LoRA block F+B+W ({input_grad=})", ours.F + ours.B + ours.W,
             _count(lambda: _out(run(x)).sum().backward()))
