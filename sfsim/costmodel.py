@@ -60,21 +60,23 @@ class Work:
     def __post_init__(self):
         if self.layers is None:
             object.__setattr__(self, "layers", (self.F + self.B + self.W) > 0)
+        # totals computed once: the engine asks for them per micro-batch
+        object.__setattr__(self, "_totals", (float(self.F.sum()), float(self.B.sum()), float(self.W.sum())))
 
     @property
     def f(self) -> float:
         """Total forward FLOPs."""
-        return float(self.F.sum())
+        return self._totals[0]
 
     @property
     def b(self) -> float:
         """Total activation-gradient (B) FLOPs."""
-        return float(self.B.sum())
+        return self._totals[1]
 
     @property
     def w(self) -> float:
         """Total weight-gradient (W) FLOPs."""
-        return float(self.W.sum())
+        return self._totals[2]
 
     @property
     def total(self) -> float:
@@ -280,7 +282,7 @@ class CostModel:
         """
         if getattr(node, "latency_profile", None):
             return self._profile(node.latency_profile).seconds(work)
-        rate = float(node.flops)
+        rate = node.flops
         return work.f / rate, work.b / rate, work.w / rate
 
     def effective_flops(self, node: Device | Server) -> float:
@@ -405,11 +407,13 @@ class _ProfileRates:
     """Seconds per FLOP of each layer from a measured latency profile, for one scenario.
 
     Forward: measured seconds / layer FLOPs at the profile's shape (and architecture). Backward:
-    the profile's ``backward`` seconds / (B + W FLOPs of a LoRA block with input gradient) at that
-    shape when given, else the forward rate (so backward seconds = forward seconds x backward FLOPs
+    the profile's ``backward`` seconds / (B + W FLOPs of a LoRA block with input gradient, LoRA on
+    the profile model's default targets at the scenario's rank) at that shape when given (as
+    ``bench/profile_device.py`` measures it), else (and for layers it leaves out) the forward rate (so backward seconds = forward seconds x backward FLOPs
     / forward FLOPs). Zero-FLOP layers (embeddings, final norm) scale their measured time by the
     token ratio when they take part. A profile with a different block count (another model) uses
-    its mean block time for every block.
+    its mean block time for every block. The profile's ``head`` time is read as the head of the
+    scenario's task (classification or LM head) at the profile's shape.
     """
 
     def __init__(self, prof: LatencyProfile, cm: CostModel, file: str):
@@ -429,9 +433,13 @@ class _ProfileRates:
         self.f_rate = np.divide(fwd, pf, out=np.zeros(L + 3), where=pf > 0)
         self.f_flat = np.where(pf > 0, 0.0, fwd * self.token_ratio)  # zero-FLOP layers
         if prof.backward is not None:
+            # reference: a LoRA block with input gradient, LoRA on the profile model's default targets
+            ref = _cached_layer_flops(arch, prof.seq_len, prof.micro_batch, cm.task, cm.num_labels,
+                                      cm.lora_rank, arch.default_lora_targets)
             bwd = _layer_seconds(prof.backward, L, arch.n_layers)
-            pb = _expand_ref(plf.B_lora + plf.W_lora, L, arch.n_layers)
-            self.b_rate = np.where(pb > 0, np.divide(bwd, pb, out=np.zeros(L + 3), where=pb > 0), self.f_rate)
+            pb = _expand_ref(ref.B_lora + ref.W_lora, L, arch.n_layers)
+            measured = (pb > 0) & (bwd > 0)  # layers without a backward time fall back to forward rates
+            self.b_rate = np.where(measured, np.divide(bwd, pb, out=np.zeros(L + 3), where=measured), self.f_rate)
         else:
             self.b_rate = self.f_rate
         blocks = slice(1, L + 1)

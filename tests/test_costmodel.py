@@ -208,6 +208,10 @@ def test_latency_profile_backward_table(tmp_path):
     rate = 0.300 / (plf.B_lora[1] + plf.W_lora[1])
     assert b == pytest.approx(work.B.sum() * rate, rel=1e-12)
     assert w == pytest.approx(work.W.sum() * rate, rel=1e-12)
+    full = cm.full_model()  # no backward time for the head: it falls back to the head's forward rate
+    _, b, _ = cm.seconds(full, cm.scenario.devices[0])
+    head_rate = 0.004 / (2 * 4 * D * 2)
+    assert b == pytest.approx(full.B[1:13].sum() * rate + full.B[14] * head_rate, rel=1e-12)
 
 
 def test_latency_profile_wrong_block_count(tmp_path):
