@@ -1,0 +1,87 @@
+"""``sfsim simulate``: run one schedule (or all) on a scenario and report; a thin layer over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sfsim.cli import main
+from sfsim.errors import SfsimError
+from sfsim.methods import METHODS, canonical
+
+
+def parse_split(text: str | None):
+    """``'3' -> 3``; ``'pi5-0=2,phone=3' -> {'pi5-0': 2, 'phone': 3}``; None stays None."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        dev, eq, k = part.partition("=")
+        if not eq or not k.strip().isdigit() or not dev.strip():
+            raise SfsimError(f"--split: cannot read {part!r}; write a cut (--split 3) or DEVICE=K pairs "
+                             "(--split pi5-0=2,phone-1=3)")
+        out[dev.strip()] = int(k)
+    if not out:
+        raise SfsimError("--split: empty; write a cut (--split 3) or DEVICE=K pairs")
+    return out
+
+
+def suffixed(path: str, name: str) -> Path:
+    """``out.png, 'fedlora' -> out.fedlora.png``: one file per schedule with ``--schedule all``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.{name}{p.suffix}")
+
+
+@main.command()
+@click.option("--devices", "scenario", required=True, type=click.Path(dir_okay=False),
+              help="scenario YAML (e.g. profiles/edge.yaml)")
+@click.option("--schedule", default="splitfrozen", show_default=True,
+              help=f"one of {', '.join(METHODS)} (or centralized), or 'all' for a comparison table")
+@click.option("--split", "split", default=None, help="cut for every device (3) or DEVICE=K,... pairs")
+@click.option("--plan", "plan", default=None, type=click.Path(dir_okay=False),
+              help="plan file from 'sfsim plan' (cuts, LoRA start, assignment)")
+@click.option("--lora-start", type=int, default=None, help="first server block with LoRA (default: largest cut)")
+@click.option("--policy", default=None, help="server policy: fifo, round-robin, proportional")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="write the result as JSON (with 'all': one file, schedule -> result)")
+@click.option("--trace", "trace_out", default=None, type=click.Path(dir_okay=False),
+              help="write a Chrome/Perfetto trace (with 'all': one file per schedule, OUT.<schedule>.json)")
+@click.option("--gantt", "gantt_out", default=None, type=click.Path(dir_okay=False),
+              help="write a Gantt chart PNG (with 'all': one file per schedule, OUT.<schedule>.png)")
+def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trace_out, gantt_out):
+    """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
+    import json
+
+    from sfsim.report import comparison_table, summary
+    from sfsim.scenario import load_scenario
+    from sfsim.schema import write_atomic
+    from sfsim.simulate import simulate as run
+
+    sc = load_scenario(scenario)
+    names = list(METHODS) if schedule == "all" else [canonical(schedule)]
+    splits = parse_split(split)
+    want_events = bool(trace_out or gantt_out)
+    results = {}
+    for name in names:
+        res = run(sc, name, splits=splits, plan=plan, lora_start=lora_start, trace=want_events, policy=policy)
+        results[name] = res
+        one = len(names) == 1
+        if trace_out:
+            res.write_trace(trace_out if one else suffixed(trace_out, name))
+        if gantt_out:
+            res.write_gantt(gantt_out if one else suffixed(gantt_out, name),
+                            title=f"{name} on {Path(scenario).name}: {res.makespan_s:.1f} s")
+        res.events = None  # free the trace before the next schedule
+    counts = {s.name: s.count for s in sc.servers}
+    if len(names) == 1:
+        click.echo(summary(results[names[0]], counts))
+    else:
+        click.echo(f"{Path(scenario).name}: {len(sc.devices)} devices, model {sc.arch.name}")
+        click.echo(comparison_table(results, counts))
+    if json_out:
+        data = results[names[0]].to_dict() if len(names) == 1 else {n: r.to_dict() for n, r in results.items()}
+        write_atomic(json_out, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,74 @@
+"""Plain-text reports of simulation results: one schedule's summary and the comparison table."""
+
+from __future__ import annotations
+
+from sfsim.result import SimResult
+
+BASELINES = ("fedlora", "splitlora")
+"""Schedules the comparison table computes savings against."""
+
+
+def si(value: float, unit: str) -> str:
+    """``1.5e12, 'FLOP' -> '1.50 TFLOP'``: three significant digits with an SI prefix."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def overall_utilization(res: SimResult, counts: dict[str, int] | None = None) -> float:
+    """Server busy time over all servers / (accelerators * makespan); ``counts`` = accelerators per server."""
+    counts = counts or {}
+    cap = sum(counts.get(s, 1) for s in res.server_busy_s) * res.makespan_s
+    return sum(res.server_busy_s.values()) / cap if cap > 0 else 0.0
+
+
+def saving(ours: float, theirs: float) -> float | None:
+    """Percent saved by ``ours`` against ``theirs`` (None when ``theirs`` is 0)."""
+    return 100.0 * (1.0 - ours / theirs) if theirs else None
+
+
+def summary(res: SimResult, counts: dict[str, int] | None = None) -> str:
+    """A few lines describing one result."""
+    lines = [f"{res.schedule}: {res.makespan_s:.2f} s for {res.micro_batches:,} micro-batches",
+             f"  device FLOPs {si(res.device_flops_total, 'FLOP')} (max per device {si(res.device_flops_max, 'FLOP')}),"
+             f" device busy {res.device_busy_total_s:.1f} s",
+             f"  uplink {si(res.uplink_bytes, 'B')}, downlink {si(res.downlink_bytes, 'B')}"]
+    util = ", ".join(f"{s} {u:.0%}" for s, u in res.server_utilization.items())
+    lines.append(f"  server utilisation: {util}")
+    if res.lora_start is not None:
+        cuts = sorted(set(res.splits.values()))
+        lines.append(f"  cuts {cuts}, LoRA from block {res.lora_start}, policy {res.policy}")
+    if res.stream_mixing is not None:
+        lines.append(f"  stream mixing (mean TV distance per tenth of the server stream, 0 = mixed): "
+                     f"{res.stream_mixing:.3f}")
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1f}%"
+
+
+def comparison_table(results: dict[str, SimResult], counts: dict[str, int] | None = None) -> str:
+    """One table, schedules as rows: time, device FLOPs (total, max), busy, bytes, utilisation, savings.
+
+    Savings are ``100 * (1 - schedule / baseline)`` in time and in total device FLOPs against
+    fedlora and splitlora (positive: the schedule needs less).
+    """
+    head = ["schedule", "time s", "dev FLOP", "max/dev", "dev busy s", "up", "down", "srv util"]
+    base = {b: results[b] for b in BASELINES if b in results}
+    for b in base:
+        head += [f"time vs {b}", f"FLOP vs {b}"]
+    rows = []
+    for name, r in results.items():
+        row = [name, f"{r.makespan_s:.1f}", si(r.device_flops_total, "FLOP"), si(r.device_flops_max, "FLOP"),
+               f"{r.device_busy_total_s:.1f}", si(r.uplink_bytes, "B"), si(r.downlink_bytes, "B"),
+               f"{overall_utilization(r, counts):.0%}"]
+        for b, br in base.items():
+            row += [_pct(saving(r.makespan_s, br.makespan_s)) if b != name else "-",
+                    _pct(saving(r.device_flops_total, br.device_flops_total)) if b != name else "-"]
+        rows.append(row)
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if k == 0 else c.rjust(w)  # noqa: E731
+                                  for k, (c, w) in enumerate(zip(cells, widths, strict=True)))
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
