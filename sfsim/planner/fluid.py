@@ -26,13 +26,17 @@ class Group:
     n: int
 
 
+CREDITS = Group(-1, -1, -1, 0)
+"""Marker for "this server's credits (``training.buffer``) bound the makespan"."""
+
+
 @dataclass(frozen=True)
 class Estimate:
     """The fluid makespan and the term that attains it."""
 
     makespan_s: float
     server: int  # index of the server whose completion is the makespan
-    limiting: Group | None  # the group whose last arrival sets it; None when the server is saturated
+    limiting: Group | None  # the group whose last arrival sets it; None: the server's work; CREDITS
     busy_s: tuple[float, ...]  # per-server busy seconds (work / workers)
 
 
@@ -61,6 +65,12 @@ def _server_completion(table: StageTable, gs: list[Group], j: int) -> tuple[floa
     busy = float((nmb * scale * n * (w + step_share)).sum() / c)
     first = float(a.min())
     limiting = None if tau[best] <= first + 1e-12 else gs[best % len(gs)]
+    # Credits: every sent micro-batch holds one of `buffer` credits for at least send + latency,
+    # starting no earlier than the first forward ends; the last one still needs the server after.
+    hold = table.hold[ti, ki]  # (G,)
+    credit = table.f[ti, ki].min() + float((nmb * n * hold).sum()) / table.buffer + w.min() + table.step[j]
+    if credit > val[best]:
+        return float(credit), CREDITS, busy
     return float(val[best]), limiting, busy
 
 

@@ -8,7 +8,8 @@ the numbers the SplitFrozen pipeline is made of (seconds per micro-batch):
 - ``a[t, k] = f + s + latency``: when the first micro-batch reaches the server;
 - ``p[t, k]``: the device's period (pipelined: ``max(f, s)``; sequential: the whole round trip);
 - ``w[k, j]``: the server's F + B + W for one micro-batch whose device cut is k;
-- ``fin[t, k, j] = a + (N - 1) p + w``: the earliest the device's last micro-batch can be done.
+- ``fin[t, k, j] = a + (N - 1) p + w``: the earliest the device's last micro-batch can be done;
+- ``hold = s + latency``: how long each micro-batch keeps one of its server's ``buffer`` credits.
 
 and the constraints that make an entry unusable (memory, minimum layers). Pure: it only calls the
 cost model; no SimPy, no I/O.
@@ -100,6 +101,16 @@ class StageTable:
     accumulate: int
     dev_mem: np.ndarray  # (cuts,) bytes a device needs at each cut
     srv_mem: np.ndarray  # (cuts, servers) bytes a server needs when its smallest cut is k
+    buffer: int  # credits per server (micro-batches in flight to or waiting at it)
+
+    @property
+    def hold(self) -> np.ndarray:
+        """Seconds a micro-batch holds a server credit at least (send + latency), shape (types, cuts).
+
+        A credit is taken when the transfer starts and returns when a worker starts the
+        micro-batch, so a server's ``buffer`` credits carry at most ``buffer / hold`` per second.
+        """
+        return self.a - self.f
 
     @property
     def n_mb(self) -> np.ndarray:
@@ -180,7 +191,7 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
     p3 = p if p.ndim == 3 else np.repeat(p[:, :, None], nJ, axis=2)
     return StageTable(lora_start, types, servers, cuts, f, s, a, p3, w, step, allowed, fin,
                       np.array([srv.count for srv in servers], dtype=float), scenario.training.accumulate,
-                      dev_mem, srv_mem)
+                      dev_mem, srv_mem, scenario.training.buffer)
 
 
 def explain_infeasible(table: StageTable, min_device_layers: int) -> str:

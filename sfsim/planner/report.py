@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sfsim.planner.fluid import Estimate, Group
+from sfsim.planner.fluid import CREDITS, Estimate, Group
 from sfsim.planner.model import StageTable, gib
 from sfsim.units import format_quantity
 
@@ -76,6 +76,9 @@ def bottleneck_words(table: StageTable, est: Estimate, makespan: float) -> str:
     busy = est.busy_s[est.server] / makespan if makespan > 0 else 0.0
     if est.limiting is None:
         return f"server {srv.name} (busy {busy:.0%} of the run: its work sets the pace)"
+    if est.limiting == CREDITS:
+        return (f"server {srv.name}'s buffer ({table.buffer} credits: uplink transfers to it queue for a "
+                f"credit; busy {busy:.0%}); raise training.buffer if it has the memory")
     g = est.limiting
     info, ki = table.types[g.t], table.k_index(g.k)
     f, s = table.f[g.t, ki], table.s[g.t, ki]

@@ -40,13 +40,22 @@ def best_cuts(table: StageTable, T: float) -> np.ndarray:
     return np.where(ok.any(axis=1), idx, -1)
 
 
-def per_device_load(table: StageTable, kk: np.ndarray) -> np.ndarray:
-    """Seconds one device of type t adds to server j with cut index ``kk[t, j]``: shape (types, servers)."""
+def per_device_load(table: StageTable, kk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds one device of type t adds to server j with cut index ``kk[t, j]``, per resource.
+
+    Returns:
+        ``(compute, credits)``, each (types, servers): worker seconds / workers, and credit
+        seconds (send + latency per micro-batch) / buffer; inf where ``kk`` is -1.
+    """
     nT, nJ = kk.shape
-    w = table.w[np.clip(kk, 0, None), np.arange(nJ)[None, :]]  # (types, servers)
+    k = np.clip(kk, 0, None)
+    w = table.w[k, np.arange(nJ)[None, :]]  # (types, servers)
     per_mb = w + table.step[None, :] / table.accumulate
-    load = table.n_mb[:, None] * per_mb / table.workers[None, :]
-    return np.where(kk >= 0, load, np.inf)
+    compute = table.n_mb[:, None] * per_mb / table.workers[None, :]
+    hold = table.hold[np.arange(nT)[:, None], k]  # (types, servers)
+    credits = table.n_sent[:, None] * hold / table.buffer
+    bad = kk < 0
+    return np.where(bad, np.inf, compute), np.where(bad, np.inf, credits)
 
 
 def assign(table: StageTable, kk: np.ndarray, integral: bool = True) -> tuple[float, np.ndarray] | None:
@@ -60,23 +69,25 @@ def assign(table: StageTable, kk: np.ndarray, integral: bool = True) -> tuple[fl
     Returns:
         ``(load, counts)`` with counts of shape (types, servers), or None when some type has no server.
     """
-    cost = per_device_load(table, kk)  # (types, servers)
+    cost, cred = per_device_load(table, kk)  # (types, servers) each
     counts = np.array([t.count for t in table.types], dtype=float)
     usable = np.isfinite(cost)
     if not usable.any(axis=1).all():
         return None
     if (usable.sum(axis=1) == 1).all():  # nothing to choose: every type has one server
         n = np.where(usable, counts[:, None], 0.0)
-        return float((np.where(usable, cost, 0) * n).sum(axis=0).max()), n
+        return _busiest(usable, cost, cred, n), n
     pairs = np.argwhere(usable)  # (P, 2) rows of (type, server)
     P, nT, nJ = len(pairs), len(table.types), len(table.servers)
     c_pair = cost[pairs[:, 0], pairs[:, 1]]
+    q_pair = cred[pairs[:, 0], pairs[:, 1]]
     # variables: counts for each pair, then z (the busiest load); tiny weight on total work breaks ties
     obj = np.concatenate([c_pair * 1e-7 / max(c_pair.sum(), 1e-300), [1.0]])
     a_type = np.zeros((nT, P + 1))
     a_type[pairs[:, 0], np.arange(P)] = 1.0
-    a_srv = np.zeros((nJ, P + 1))
+    a_srv = np.zeros((2 * nJ, P + 1))  # rows: each server's compute, then each server's credits
     a_srv[pairs[:, 1], np.arange(P)] = c_pair
+    a_srv[nJ + pairs[:, 1], np.arange(P)] = q_pair
     a_srv[:, P] = -1.0
     cons = [LinearConstraint(a_type, counts, counts), LinearConstraint(a_srv, -np.inf, 0.0)]
     ub = np.concatenate([counts[pairs[:, 0]], [np.inf]])
@@ -87,7 +98,14 @@ def assign(table: StageTable, kk: np.ndarray, integral: bool = True) -> tuple[fl
     x = np.round(res.x[:P]) if integral else res.x[:P]
     n = np.zeros((nT, nJ))
     n[pairs[:, 0], pairs[:, 1]] = x
-    return float((np.where(usable, cost, 0) * n).sum(axis=0).max()), n
+    return _busiest(usable, cost, cred, n), n
+
+
+def _busiest(usable: np.ndarray, cost: np.ndarray, cred: np.ndarray, n: np.ndarray) -> float:
+    """The largest per-server compute or credit load of counts ``n``."""
+    comp = (np.where(usable, cost, 0) * n).sum(axis=0)
+    hold = (np.where(usable, cred, 0) * n).sum(axis=0)
+    return float(max(comp.max(), hold.max()))
 
 
 def thresholds(table: StageTable) -> np.ndarray:
