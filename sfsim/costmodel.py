@@ -329,7 +329,27 @@ class CostModel:
         """Bytes of :meth:`trainable_params` in ``training.dtype`` (FedAvg upload/download)."""
         return float(self.trainable_params(blocks, head) * self.dtype_bytes)
 
+    def activation_bytes(self, cut: int) -> float:
+        """Hidden states (B, T, d) leaving the first ``cut`` blocks, in wire dtype (equal at every cut)."""
+        self._check_cut(cut)
+        return float(self._act_elems() * self.wire_bytes)
+
     # ---------------------------------------------------------------- memory
+    def layer_params(self) -> np.ndarray:
+        """Frozen parameter count of each layer, shape (L+3,): embeddings, blocks, final norm, head.
+
+        The tied LM head counts zero (it is the embedding matrix); a classification head counts
+        its weight and bias.
+        """
+        a, L = self.arch, self.n_layers
+        out = np.zeros(L + 3, dtype=np.int64)
+        out[0], out[1:L + 1], out[L + 1] = embedding_params(a), block_params(a), norm_params(a)
+        if self.task == "classification":
+            out[L + 2] = a.hidden * self.num_labels + self.num_labels
+        elif not a.tie_embeddings:
+            out[L + 2] = a.vocab * a.hidden
+        return out
+
     def _weight_bytes(self, first_block: int, last_block: int, embed: bool, tail: bool) -> float:
         """Frozen weights of blocks first..last-1, optionally embeddings and norm + head."""
         a = self.arch

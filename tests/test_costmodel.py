@@ -218,3 +218,12 @@ def test_latency_profile_wrong_block_count(tmp_path):
     cm = _profiled(tmp_path, PROFILE.replace("blocks: 100 ms", "blocks: [100 ms, 100 ms]"))
     with pytest.raises(ConfigError, match="forward.blocks: 2 times for 12 blocks"):
         cm.seconds(cm.device_prefix(1), cm.scenario.devices[0])
+
+
+def test_layer_params_and_activation_bytes(cm):
+    lp = cm.layer_params()
+    assert lp.shape == (15,) and lp[0] == (V + 1024) * D and (lp[1:13] == block_params(BUILTIN["gpt2"])).all()
+    assert lp[13] == 2 * D and lp[14] == 2 * D + 2
+    assert CostModel(scenario("causal-lm")).layer_params()[14] == 0  # tied LM head
+    assert cm.activation_bytes(0) == cm.activation_bytes(12) == BSZ * T * D * 4
+    assert not cm.device_prefix(2).F.flags.writeable  # cached work is shared: read-only
