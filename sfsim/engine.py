@@ -13,8 +13,8 @@ SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
 
 * **Credits**: a server has ``buffer`` credits, one per micro-batch in flight to it or waiting at
   it. A device takes a credit when it starts sending; the credit comes back when a worker starts
-  processing that micro-batch and goes to the device that has waited longest (FIFO). Replayed
-  (cached) micro-batches hold no credit.
+  processing that micro-batch and goes to the device that has waited longest (FIFO by the time
+  it became ready to send; ties in queueing order). Replayed (cached) micro-batches hold no credit.
 * **Arrivals** are kept in a heap; a worker that becomes free at time ``t`` sees every micro-batch
   with arrival ``<= t`` (an arrival at the instant a worker frees up is eligible). An idle worker is
   woken at the next arrival.
@@ -31,6 +31,9 @@ SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
   worker runs its remaining W's and a final ``step`` for a partial window.
 * **Sequential** devices (the ``splitfrozen-sequential`` ablation) are released when the worker
   ends the micro-batch's ``W`` (run right after ``B``, never deferred), before any ``step``.
+* **Activation cache**: a device sends only its first ``sent`` micro-batches; its micro-batch
+  ``n >= sent`` (a later epoch, replayed from the server's cache) becomes eligible at the instant a
+  worker starts its micro-batch ``n - 1``, so each device has at most one replay waiting.
 * Ops of zero duration are not recorded. Ties at equal times are resolved in SimPy event order.
 """
 
@@ -324,11 +327,15 @@ class Engine:
         the last bit and break the exact time comparisons the server relies on, so the event is
         put on SimPy's queue at ``t`` itself.
         """
-        env = self.env
-        ev = simpy.Event(env)
-        ev._ok, ev._value = True, None
-        heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
+        ev = simpy.Event(self.env)
+        self.trigger_at(ev, t)
         return ev
+
+    def trigger_at(self, ev: simpy.Event, t: float, value=None) -> None:
+        """Trigger the pending event ``ev`` with ``value`` at exactly the absolute time ``t`` (>= now)."""
+        env = self.env
+        ev._ok, ev._value = True, value
+        heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
 
     def succeed_at(self, event: simpy.Event, t: float) -> None:
         """Trigger ``event`` at absolute time ``t`` (>= now)."""
@@ -414,7 +421,7 @@ class ServerPool:
         self.mixing = engine.mixing[server.name] = StreamMixing(totals)
         self.unclaimed = sum(totals)
         self.credits = buffer
-        self.waiters: deque = deque()     # events of devices waiting for a credit, oldest first
+        self.waiting: list = []           # heap of (ready time, seq, event): devices waiting for a credit
         self.pending: list = []           # heap of (arrival, seq, device, mb) not yet arrived
         self.seq = 0
         self.idle: list = []              # events of sleeping workers
@@ -438,8 +445,30 @@ class ServerPool:
             self.credits -= 1
             return None
         ev = self.env.event()
-        self.waiters.append(ev)
+        self.wait_credit(self.env.now, ev)
         return ev
+
+    def wait_credit(self, ready: float, ev: simpy.Event) -> None:
+        """Queue a device that will want a credit at ``ready`` (>= now; call only when none is free).
+
+        ``ev`` fires with value True at the instant a credit is granted to it (>= ``ready``), or with
+        False at ``ready`` when a credit was returned before ``ready``: the device must then try
+        again (another device that became ready earlier may take that credit first). Waiters are
+        served by ready time, ties in the order they queued: exactly a FIFO queue of devices that
+        checked for a credit at their ready instants, without waking every device at that instant.
+        """
+        self.seq += 1
+        heapq.heappush(self.waiting, (ready, self.seq, ev))
+
+    def _return_credit(self) -> None:
+        waiting = self.waiting
+        if waiting and waiting[0][0] <= self.env.now:
+            heapq.heappop(waiting)[2].succeed(True)  # hand it straight to the longest-ready waiter
+        else:
+            self.credits += 1
+            if waiting:  # the earliest future waiter tries for it at its ready time
+                ready, _, ev = heapq.heappop(waiting)
+                self.engine.trigger_at(ev, ready, False)
 
     def push(self, arrival: float, i: int, n: int) -> None:
         """Announce micro-batch ``n`` of device ``i``, arriving at time ``arrival``."""
@@ -471,10 +500,7 @@ class ServerPool:
         self.unclaimed -= 1
         self.mixing.add(i)
         if n < dev.sent:  # a sent micro-batch frees its credit; a replayed one holds none
-            if self.waiters:
-                self.waiters.popleft().succeed()
-            else:
-                self.credits += 1
+            self._return_credit()
         if n + 1 < dev.n and n + 1 >= dev.sent:
             self.push(self.env.now, i, n + 1)  # the next cached micro-batch becomes eligible now
         if self.unclaimed == 0:

@@ -191,3 +191,59 @@ def test_fast_path_without_trace_matches_traced_run(count, buffer, decompose):
                         RunConfig(buffer=buffer, accumulate=3, decompose=decompose))
         out.append((engine.run(), engine.server_busy["s"], engine.mixing["s"].value))
     assert out[0] == out[1]
+
+
+def _reference(devs, buffer, srv):
+    """An obvious SimPy model of the same rules (devices wake at ready and queue FIFO for credits)."""
+    import simpy
+
+    env = simpy.Environment()
+    state = {"credits": buffer}
+    waiters, inbox, order = [], simpy.Store(env), []
+
+    def device(d):
+        f_start = link_free = 0.0
+        for n in range(d.n):
+            yield env.timeout(max(f_start + d.f, link_free) - env.now)
+            if state["credits"]:
+                state["credits"] -= 1
+            else:
+                ev = env.event()
+                waiters.append(ev)
+                yield ev
+            link_free = env.now + d.up_s
+            env.timeout(d.up_s + d.up_l).callbacks.append(lambda _e, d=d, n=n: inbox.put((d.name, n)))
+            f_start = env.now
+
+    def server():
+        for _ in range(sum(d.n for d in devs)):
+            name, n = yield inbox.get()
+            order.append((name, n, env.now))
+            if waiters:
+                waiters.pop(0).succeed()
+            else:
+                state["credits"] += 1
+            yield env.timeout(srv)
+
+    for d in devs:
+        env.process(device(d))
+    env.process(server())
+    env.run()
+    return env.now, order
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("buffer", [1, 2, 5])
+def test_credits_match_an_obvious_reference_model(seed, buffer):
+    import random
+
+    rnd = random.Random(seed)
+    srv = rnd.uniform(0.05, 0.4)
+    devs = [DeviceTimes(f"d{i}", n=rnd.randint(1, 9), f=rnd.uniform(0.05, 1.5), up_s=rnd.uniform(0.01, 0.6),
+                        up_l=rnd.uniform(0, 0.3), srv_f=srv) for i in range(rnd.randint(2, 7))]
+    makespan, events, _ = run(devs, buffer=buffer)
+    ref_makespan, ref_order = _reference(devs, buffer, srv)
+    assert makespan == pytest.approx(ref_makespan, rel=1e-12)
+    got = [(e.device, e.mb, e.start) for e in events if e.lane == "srv"]
+    assert [(a, b) for a, b, _ in got] == [(a, b) for a, b, _ in ref_order]
+    assert [c for *_, c in got] == pytest.approx([c for *_, c in ref_order], rel=1e-12)

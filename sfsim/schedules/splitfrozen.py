@@ -77,14 +77,23 @@ def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
     for n in range(d.sent):
         f_end = f_start + f
         ready = f_end if f_end > link_free else link_free
-        if ready > env.now:
-            yield at(ready)
-        if pool.credits:  # inline take_credit(): the hot path
-            pool.credits -= 1
-        else:
+        while True:  # get a credit at or after `ready` (see ServerPool.wait_credit)
+            if ready > env.now:
+                if pool.credits:
+                    yield at(ready)  # one is free now: check again when ready
+                    continue
+                ev = env.event()
+                pool.wait_credit(ready, ev)
+                if (yield ev):
+                    break  # granted
+                continue  # a credit came back before `ready`: try for it now
+            if pool.credits:
+                pool.credits -= 1
+                break
             ev = env.event()
-            pool.waiters.append(ev)
-            yield ev
+            pool.wait_credit(env.now, ev)
+            yield ev  # fires when granted
+            break
         t0 = env.now
         if engine.events is not None:
             rec(name, "F", f_start, f, n, name)
