@@ -36,7 +36,7 @@ from sfsim.planner.model import (
 )
 from sfsim.planner.refine import merge, refine
 from sfsim.planner.report import Comparison, Row, bottleneck_words, format_result, rows_for
-from sfsim.planner.search import candidates, fixed_cut, lower_bound
+from sfsim.planner.search import candidates, fixed_cut, lower_bound, rank_uniform_cuts
 
 __all__ = ["PlanResult", "Comparison", "Row", "plan", "OBJECTIVES", "SCHEDULES"]
 
@@ -49,11 +49,15 @@ SCHEDULES = PIPELINED + SEQUENTIAL
 SPLITLORA_CUT = 3
 """The fixed cut of SplitLoRA's reference code (client = embeddings + 3 blocks)."""
 
+UNIFORM_TRIES = 4
+"""Single global cuts (best by a cheap bound) whose assignment is solved exactly for the comparison."""
+
 REFINE_MAX = 40
 """Most simulator runs the local search spends on small fleets."""
 
-REFINE_MICRO_BATCHES = 50_000
-"""Simulated micro-batches the local search may spend in total (keeps large fleets fast)."""
+SIM_MICRO_BATCHES = 50_000
+"""Simulated micro-batches the planner may spend on replays in total (at least 3 runs: the plan and
+the two comparisons); keeps a 1,000-device fleet under 2 s and lets small fleets replay more."""
 
 EXHAUSTIVE_LIMIT = 2000
 """Type-level plans (one cut and server per type) below which all are also scored analytically."""
@@ -195,8 +199,8 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
         min_device_layers: fewest blocks every device keeps (raw tokens never leave a device: 1).
         min_lora_layers: fewest LoRA blocks on the servers.
         verify: how many of the best analytic candidates to replay with the simulator.
-        refine_budget: most extra simulations for the local search (default: about
-            ``REFINE_MICRO_BATCHES`` simulated micro-batches, at most ``REFINE_MAX`` runs).
+        refine_budget: most extra simulations for the local search (default: what is left of
+            ``SIM_MICRO_BATCHES`` simulated micro-batches, at most ``REFINE_MAX`` runs).
         cost_model: a :class:`sfsim.costmodel.CostModel` to reuse (default: built from ``scenario``).
 
     Returns:
@@ -214,22 +218,28 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     schedule, table, lb = _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers,
                                    cost_model)
     replay = Replay(scenario, schedule, table)
-    uniform = {int(k): g for k in table.cuts if (g := fixed_cut(table, int(k))) is not None}
+    total = sum(t.count * t.sent for t in table.types)
+    runs = max(3, SIM_MICRO_BATCHES // max(total, 1))  # simulator runs this fleet can afford
+    # single global cuts: the few most promising by a cheap bound, plus SplitLoRA's
+    ks = dict.fromkeys(rank_uniform_cuts(table)[:UNIFORM_TRIES] + [SPLITLORA_CUT])
+    uniform = {k: g for k in ks if (g := fixed_cut(table, k)) is not None}
+    refs = _references(replay, uniform, tops=2 if runs >= 8 else 1)
     pool = candidates(table) + _type_level(table) + list(uniform.values())
-    makespan, groups = _best_simulated(replay, pool, verify)
+    makespan, groups = _best_simulated(replay, pool, max(1, min(verify, runs - len(replay.cache))))
     if refine_budget is None:
-        total = sum(t.count * t.sent for t in table.types)
-        refine_budget = min(REFINE_MAX, int(REFINE_MICRO_BATCHES // max(total, 1)))
+        refine_budget = min(REFINE_MAX, max(0, runs - len(replay.cache)))
     groups, makespan, _ = refine(table, groups, makespan, replay, refine_budget)
-    comparisons = _comparisons(replay, uniform, makespan)
-    best_uniform = min((c.makespan_s for c in comparisons if c.makespan_s is not None), default=None)
-    if best_uniform is not None and best_uniform < makespan:  # never worse than a single global cut
-        k = min((c for c in comparisons if c.makespan_s is not None), key=lambda c: c.makespan_s).cut
-        groups, makespan = uniform[k], best_uniform
-        comparisons = _comparisons(replay, uniform, makespan)
+    sims = [(m, k) for _, k, m in refs if m is not None]
+    if sims and min(sims)[0] < makespan:  # never worse than the best single global cut
+        makespan, k = min(sims)
+        groups = uniform[k]
     est = estimate(table, groups)
     splits, assignment = expand(table, groups)
     lb = min(lb, makespan)
+    comparisons = [Comparison(label, k, m, None if m is None else 1 - makespan / m,
+                              "" if m is not None else note) for (label, k, m), note in
+                   zip(refs, ("no single cut fits every device",
+                              "infeasible here (memory, depth or the minimum-layer rules)"), strict=True)]
     return PlanResult(
         splits=splits, lora_start=table.lora_start, assignment=assignment, makespan_s=makespan,
         estimate_s=est.makespan_s, bottleneck=bottleneck_words(table, est, makespan), lower_bound_s=lb,
@@ -257,22 +267,22 @@ def _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers, 
     return schedule, table, lower_bound(table)
 
 
-def _comparisons(replay: Replay, uniform: dict[int, list[Group]], makespan: float) -> list[Comparison]:
-    """The best single global cut and SplitLoRA's cut 3, with the planner's assignment rule."""
+def _references(replay: Replay, uniform: dict[int, list[Group]], tops: int) -> list[tuple]:
+    """Simulated ``(label, cut, makespan)`` of the best single global cut and of SplitLoRA's cut 3.
+
+    Both use the planner's assignment rule (the same integer program), so the comparison isolates
+    the value of per-device cuts. The best single cut replays the ``tops`` best by the fluid model.
+    """
+    k3 = SPLITLORA_CUT
+    fixed = replay(uniform[k3]) if k3 in uniform else None
     out = []
     if uniform:
-        ranked = sorted(uniform, key=lambda k: estimate(replay.table, uniform[k]).makespan_s)[:2]
-        sim, k = min((replay(uniform[k]), k) for k in ranked)
-        out.append(Comparison(f"best single cut (k={k})", k, sim, 1 - makespan / sim))
+        ranked = sorted(uniform, key=lambda k: estimate(replay.table, uniform[k]).makespan_s)[:tops]
+        sim, k = min([(replay(uniform[k]), k) for k in ranked] + ([(fixed, k3)] if fixed is not None else []))
+        out.append((f"best single cut (k={k})", k, sim))
     else:
-        out.append(Comparison("best single cut", None, None, None, "no single cut fits every device"))
-    k = SPLITLORA_CUT
-    if k in uniform:
-        sim = replay(uniform[k])
-        out.append(Comparison(f"SplitLoRA's fixed cut (k={k})", k, sim, 1 - makespan / sim))
-    else:
-        out.append(Comparison(f"SplitLoRA's fixed cut (k={k})", k, None, None,
-                              "infeasible here (memory, depth or the minimum-layer rules)"))
+        out.append(("best single cut", None, None))
+    out.append((f"SplitLoRA's fixed cut (k={k3})", k3, fixed))
     return out
 
 

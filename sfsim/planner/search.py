@@ -24,6 +24,9 @@ from scipy.optimize import LinearConstraint, milp
 from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
 
+MIP_GAP = 1e-3
+"""Relative optimality gap the assignment integer program stops at."""
+
 
 def best_cuts(table: StageTable, T: float) -> np.ndarray:
     """For each (type, server), the cut index with the least server work among those with fin <= T.
@@ -92,7 +95,10 @@ def assign(table: StageTable, kk: np.ndarray, integral: bool = True) -> tuple[fl
     cons = [LinearConstraint(a_type, counts, counts), LinearConstraint(a_srv, -np.inf, 0.0)]
     ub = np.concatenate([counts[pairs[:, 0]], [np.inf]])
     integ = np.concatenate([np.full(P, 1 if integral else 0), [0]])
-    res = milp(obj, constraints=cons, integrality=integ, bounds=(np.zeros(P + 1), ub))
+    # A 0.1% optimality gap is far below what the fluid model can resolve and keeps HiGHS fast on
+    # min-max problems, whose many symmetric optima are slow to prove.
+    res = milp(obj, constraints=cons, integrality=integ, bounds=(np.zeros(P + 1), ub),
+               options={"mip_rel_gap": MIP_GAP})
     if res.x is None:
         return None
     x = np.round(res.x[:P]) if integral else res.x[:P]
@@ -193,6 +199,25 @@ def candidates(table: StageTable, spread: int = 2) -> list[list[Group]]:
             scored.append((max(Ts[m], r[0]), to_groups(table, r[2], r[1])))
     scored.sort(key=lambda x: x[0])
     return [g for _, g in scored]
+
+
+def rank_uniform_cuts(table: StageTable) -> list[int]:
+    """Cuts every device type can use, most promising first (a cheap bound, no integer program).
+
+    The key is the larger of the slowest type's pipeline on its best server and the fleet's
+    server work spread evenly over the servers.
+    """
+    out = []
+    for ki, k in enumerate(table.cuts):
+        kk = np.where(table.allowed[:, ki, :], ki, -1)
+        if not (kk >= 0).any(axis=1).all():
+            continue
+        comp, cred = per_device_load(table, kk)
+        counts = np.array([t.count for t in table.types], dtype=float)
+        spread = (counts * comp.min(axis=1)).sum() / len(table.servers)
+        device = table.fin[:, ki, :].min(axis=1).max()
+        out.append((max(device, spread), int(k)))
+    return [k for _, k in sorted(out)]
 
 
 def fixed_cut(table: StageTable, cut: int) -> list[Group] | None:
