@@ -9,6 +9,12 @@ times that follow from its own state arithmetically and yields only when it must
 process or for time to pass. Trace events are built only when a trace is asked for, so memory does
 not grow with the run otherwise.
 
+Links: every device has its own uplink and downlink (nothing is shared between devices), so a
+link is a FIFO lane whose state is its free-at time inside the device's process; a transfer takes
+``bytes * 8 / bandwidth`` seconds of the lane (op ``send``) and arrives ``latency`` later (a pure
+delay: the lane is free again after the serialisation). :class:`FifoLane` is the same idea for a
+server that serves jobs in arrival order (SplitLoRA, FedAvg).
+
 SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
 
 * **Credits**: a server has ``buffer`` credits, one per micro-batch in flight to it or waiting at

@@ -8,7 +8,8 @@ its client depth unless ``splits`` is given explicitly (a plan's cuts are for Sp
 
 LoRA start: ``lora_start`` argument, else the plan's, else ``training.lora_start``, else the largest
 cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else each device's
-``server`` (the first server by default).
+``server`` (the first server by default). Each server trains its own replica on its devices'
+micro-batches; synchronisation between servers is not modelled.
 """
 
 from __future__ import annotations
