@@ -276,3 +276,17 @@ def test_cli_prints_table_and_writes_plan(tmp_path):
         assert word in r.output
     p = load_plan(out)
     assert p.assignment["pinned"] == "big" and p.makespan_s > 0
+
+
+def test_server_credits_bound_a_fleet_of_slow_links():
+    """Six devices on 2 Mbps links share a buffer of 2: credits, not compute, set the pace."""
+    sc = _scenario([_dev("a", 6, "4 GFLOPS", 1000, "2 Mbps", 6, latency="20 ms")],
+                   [{"name": "gpu", "flops": "50 GFLOPS", "memory": "1 GiB"}], buffer=2)
+    res = plan(sc)
+    t = build_table(CostModel(sc), sc, 11, 1, "splitfrozen")
+    hold = t.hold[0, t.k_index(res.splits["a-0"])]
+    assert hold == pytest.approx(CostModel(sc).uplink_bytes(1) * 8 / 2e6 + 0.02)
+    assert res.makespan_s >= 6 * 6 * hold / 2  # every micro-batch holds one of 2 credits that long
+    assert res.estimate_s == pytest.approx(res.makespan_s, rel=0.03)
+    assert "buffer (2 credits" in res.bottleneck
+    assert res.lower_bound_s >= 6 * 6 * hold / 2 * (1 - 1e-12)

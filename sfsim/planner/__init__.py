@@ -162,11 +162,17 @@ def _type_level(table: StageTable) -> list[list[Group]]:
     return [list(c) for c in itertools.product(*opts)]
 
 
+def _rank_key(table: StageTable, groups: list[Group]) -> tuple[float, float]:
+    """Fluid makespan (to 6 digits), then the busiest server's work: among equals, keep headroom."""
+    est = estimate(table, groups)
+    return float(f"{est.makespan_s:.6g}"), max(est.busy_s)
+
+
 def _best_simulated(replay: Replay, plans: list[list[Group]], verify: int):
     """Score plans analytically, replay the best ``verify`` distinct ones; (makespan, groups)."""
     table = replay.table
     scored = {tuple(merge(g)): None for g in plans}
-    ranked = sorted(scored, key=lambda g: estimate(table, list(g)).makespan_s)
+    ranked = sorted(scored, key=lambda g: _rank_key(table, list(g)))
     best = None
     for g in ranked[:verify]:
         sim = replay(list(g))

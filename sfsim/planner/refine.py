@@ -69,7 +69,7 @@ def refine(table: StageTable, groups: list[Group], makespan: float,
     while improved and used < budget:
         improved = False
         cands = [c for c in neighbours(table, groups) if tuple(c) not in seen]
-        cands.sort(key=lambda c: estimate(table, c).makespan_s)
+        cands.sort(key=lambda c: estimate(table, c).makespan_s)  # most promising first
         for c in cands:
             if used >= budget:
                 break

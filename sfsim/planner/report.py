@@ -86,7 +86,8 @@ def bottleneck_words(table: StageTable, est: Estimate, makespan: float) -> str:
     n = info.micro_batches
     if s >= f:
         bw = format_quantity(info.bandwidth, "bandwidth")
-        return (f"uplink of {who} ({bw}: {format_quantity(s, 'time')} per micro-batch x {n}); "
+        return (f"uplink of {who} ({bw}: {format_quantity(s, 'time')} per micro-batch x {n}; activations "
+                f"are the same size at every cut, so only a smaller wire_dtype or fewer samples help); "
                 f"server {srv.name} busy {busy:.0%}")
     return (f"compute of {who} (cut {g.k}: {format_quantity(f, 'time')} per micro-batch x {n}); "
             f"server {srv.name} busy {busy:.0%}")
