@@ -227,3 +227,25 @@ def test_layer_params_and_activation_bytes(cm):
     assert CostModel(scenario("causal-lm")).layer_params()[14] == 0  # tied LM head
     assert cm.activation_bytes(0) == cm.activation_bytes(12) == BSZ * T * D * 4
     assert not cm.device_prefix(2).F.flags.writeable  # cached work is shared: read-only
+
+
+def test_committed_ci_profile_reproduces_its_own_times():
+    """At the profile's own shape the FLOP ratio is 1: prefix seconds = embed + measured block times."""
+    from pathlib import Path
+
+    from sfsim.latency import load_latency_profile
+
+    path = Path(__file__).resolve().parents[1] / "profiles/latency/ci-x86-2core-gpt2.yaml"
+    prof = load_latency_profile(path)
+    assert (prof.model, prof.micro_batch, prof.seq_len) == ("gpt2", BSZ, T)
+    cm = CostModel(scenario(device={"latency_profile": str(path)}))
+    blocks = prof.forward.block_times(12)
+    for k in (0, 3, 12):
+        f, _, _ = cm.seconds(cm.device_prefix(k), cm.scenario.devices[0])
+        assert f == pytest.approx(prof.forward.embed + sum(blocks[:k]), rel=1e-12)
+    _, b, _ = cm.seconds(cm.splitlora_client(3), cm.scenario.devices[0])
+    lf = cm.lf  # measured backward is per LoRA block with input grad; the lowest block does less
+    bt = prof.backward.block_times(12)
+    expected = bt[0] * lf.B_first[1] / (lf.B_lora[1] + lf.W_lora[1]) + bt[1] * lf.B_lora[2] / (
+        lf.B_lora[2] + lf.W_lora[2]) + bt[2] * lf.B_lora[3] / (lf.B_lora[3] + lf.W_lora[3])
+    assert b == pytest.approx(expected, rel=1e-12)
