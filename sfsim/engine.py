@@ -378,28 +378,6 @@ class FifoLane:
         return ends
 
 
-class Barrier:
-    """A synchronous FedAvg round on one server: wait for every participant's upload, aggregate.
-
-    ``arrive()`` is called by each participant at its upload's arrival time and returns an event
-    that fires when the aggregate ends (``aggregate`` runs on ``lane`` at ``max(last arrival, lane
-    free)`` for ``per_device * participants`` seconds). The caller then downloads on its own link.
-    """
-
-    def __init__(self, engine: Engine, lane: FifoLane, per_device: float, participants: int):
-        self.engine, self.lane, self.per_device = engine, lane, per_device
-        self.left, self.n = participants, participants
-        self.done = engine.env.event()
-
-    def arrive(self) -> simpy.Event:
-        """Register one upload that arrived now; the returned event fires when aggregation ends."""
-        self.left -= 1
-        if self.left == 0:
-            (end,) = self.lane.serve([("aggregate", self.per_device * self.n)])
-            self.engine.succeed_at(self.done, end)
-        return self.done
-
-
 class ServerPool:
     """A SplitFrozen server: credits, pending arrivals, a policy, and ``count`` worker processes.
 

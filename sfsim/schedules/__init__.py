@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import simpy
+
 from sfsim.costmodel import CostModel
-from sfsim.engine import DeviceTimes, ServerTimes
+from sfsim.engine import DeviceTimes, Engine, FifoLane, ServerTimes
 from sfsim.scenario import Scenario
 
 
@@ -101,6 +103,28 @@ def groups(devices: list[DeviceTimes]) -> dict[int, list[int]]:
 def rounds(n: int, per_round: int) -> int:
     """Rounds needed to process ``n`` micro-batches ``per_round`` at a time."""
     return math.ceil(n / per_round)
+
+
+class Barrier:
+    """A synchronous FedAvg round on one server: wait for every participant's upload, aggregate.
+
+    ``arrive()`` is called by each participant at its upload's arrival time and returns an event
+    that fires when the aggregate ends (``aggregate`` runs on ``lane`` at ``max(last arrival, lane
+    free)`` for ``per_device * participants`` seconds). The caller then downloads on its own link.
+    """
+
+    def __init__(self, engine: Engine, lane: FifoLane, per_device: float, participants: int):
+        self.engine, self.lane, self.per_device = engine, lane, per_device
+        self.left, self.n = participants, participants
+        self.done = engine.env.event()
+
+    def arrive(self) -> simpy.Event:
+        """Register one upload that arrived now; the returned event fires when aggregation ends."""
+        self.left -= 1
+        if self.left == 0:
+            (end,) = self.lane.serve([("aggregate", self.per_device * self.n)])
+            self.engine.succeed_at(self.done, end)
+        return self.done
 
 
 def get(name: str):

@@ -11,8 +11,8 @@ FedAvg FLOPs are not counted.
 
 from __future__ import annotations
 
-from sfsim.engine import Barrier, DeviceTimes, Engine, FifoLane
-from sfsim.schedules import Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds, rounds
+from sfsim.engine import DeviceTimes, Engine, FifoLane
+from sfsim.schedules import Barrier, Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds, rounds
 from sfsim.schedules.splitlora import sync
 
 

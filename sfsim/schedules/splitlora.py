@@ -15,8 +15,8 @@ rounds. FedAvg FLOPs are not counted (a few per adapter parameter).
 
 from __future__ import annotations
 
-from sfsim.engine import Barrier, DeviceTimes, Engine, FifoLane, ServerTimes, StreamMixing
-from sfsim.schedules import Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds, rounds
+from sfsim.engine import DeviceTimes, Engine, FifoLane, ServerTimes, StreamMixing
+from sfsim.schedules import Barrier, Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds, rounds
 
 
 def build(setup: Setup, cache: bool = False) -> Job:
