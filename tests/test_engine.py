@@ -247,3 +247,17 @@ def test_credits_match_an_obvious_reference_model(seed, buffer):
     got = [(e.device, e.mb, e.start) for e in events if e.lane == "srv"]
     assert [(a, b) for a, b, _ in got] == [(a, b) for a, b, _ in ref_order]
     assert [c for *_, c in got] == pytest.approx([c for *_, c in ref_order], rel=1e-12)
+
+
+@pytest.mark.parametrize("policy,order,mixing", [
+    ("fifo", "fsffsffsfffsfsfsfsfsfsfsff" + "f" * 24, 0.2),
+    ("round-robin", "fs" * 10 + "f" * 30, 0.24),
+    ("proportional", "f" + "sffff" * 9 + "sfff", 0.0),
+])
+def test_server_stream_order_and_mixing(policy, order, mixing):
+    """Server-bound, 40 vs 10 micro-batches: round-robin runs the small device dry, proportional paces it."""
+    devs = [DeviceTimes("fast", n=40, f=0.25, up_s=0.25, srv_f=1), DeviceTimes("slow", n=10, f=0.5, up_s=0.25, srv_f=1)]
+    makespan, events, engine = run(devs, buffer=8, policy=policy)
+    assert "".join(e.device[0] for e in events if e.lane == "srv") == order
+    assert engine.mixing["srv"].value == pytest.approx(mixing, abs=1e-12)
+    assert makespan == 50.5
