@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sfsim.costmodel import CostModel
 from sfsim.engine import POLICIES, Engine
-from sfsim.errors import SfsimError
+from sfsim.errors import ConfigError, SfsimError
 from sfsim.methods import canonical
 from sfsim.planfile import Plan, load_plan
 from sfsim.result import SimResult
@@ -115,7 +115,10 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     tr = scenario.training
     cfg = RunConfig.from_training(tr, policy)
     if cfg.policy not in POLICIES:
-        raise SfsimError(f"unknown server policy {cfg.policy!r}; choose one of: {', '.join(POLICIES)}")
+        problem = f"unknown server policy {cfg.policy!r}; choose one of: {', '.join(POLICIES)}"
+        if policy is None:  # it came from the scenario file: name the key
+            raise ConfigError(scenario.source, "training.server_policy", problem)
+        raise SfsimError(problem)
     if name == "splitlora" and splits is None:
         cuts = resolve_splits(scenario, None, None, default=tr.splitlora_cut)
     else:

@@ -177,6 +177,11 @@ def test_resolution_defaults_and_plan():
     assert sfsim.simulate(sc, "centralized").schedule == "cenlora"
 
 
+def test_bad_policy_in_scenario_names_the_key():
+    with pytest.raises(SfsimError, match="training.server_policy: unknown server policy 'lifo'"):
+        sfsim.simulate(tiny(server_policy="lifo"))
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"splits": 12}, "outside 0..11"),
     ({"splits": {"nope": 1}}, "no device named 'nope'"),
