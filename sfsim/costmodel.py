@@ -44,12 +44,13 @@ MASK_BYTES_PER_TOKEN = 1  # attention mask on the wire: one byte per token
 LABEL_BYTES = 8  # labels are int64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Work:
     """FLOPs of one micro-batch on a set of layers, per layer: forward F, activation-backward B, weight-backward W.
 
     ``layers`` marks which layers take part (embeddings and norms have zero FLOPs but still take
-    measured time on a latency-profile device); by default every layer with any FLOPs.
+    measured time on a latency-profile device); by default every layer with any FLOPs. Compared
+    and hashed by identity (the CostModel returns one cached object per query), so it can key a dict.
     """
 
     F: np.ndarray  # (L+3,)
