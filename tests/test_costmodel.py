@@ -249,3 +249,20 @@ def test_committed_ci_profile_reproduces_its_own_times():
     expected = bt[0] * lf.B_first[1] / (lf.B_lora[1] + lf.W_lora[1]) + bt[1] * lf.B_lora[2] / (
         lf.B_lora[2] + lf.W_lora[2]) + bt[2] * lf.B_lora[3] / (lf.B_lora[3] + lf.W_lora[3])
     assert b == pytest.approx(expected, rel=1e-12)
+
+
+def test_profile_of_another_model_scales_its_mean_block(tmp_path):
+    (tmp_path / "board.yaml").write_text(PROFILE.replace("blocks: 100 ms", "blocks: [" + ", ".join(
+        ["50 ms", "150 ms"] * 6) + "]"))
+    cm = CostModel(scenario(model="gpt2-medium", device={"latency_profile": str(tmp_path / "board.yaml")}))
+    d2 = 1024
+    medium_block = 24 * BSZ * T * d2**2 + 4 * BSZ * T**2 * d2
+    prof_block = 24 * 4 * 64 * D**2 + 4 * 4 * 64**2 * D
+    f, _, _ = cm.seconds(cm.device_prefix(2), cm.scenario.devices[0])
+    assert f == pytest.approx(0.002 * 4 + 2 * 0.100 * medium_block / prof_block, rel=1e-12)
+
+
+def test_profile_with_unknown_model_names_file_and_key(tmp_path):
+    cm = _profiled(tmp_path, PROFILE.replace("model: gpt2", "model: gpt5"))
+    with pytest.raises(ConfigError, match=r"board\.yaml: model: 'gpt5' is neither a built-in model"):
+        cm.seconds(cm.device_prefix(1), cm.scenario.devices[0])
