@@ -74,13 +74,12 @@ def build_layers(arch: Arch, batch: int, seq: int, task: str, num_labels: int):
     if task == "classification":
         lin = nn.Linear(arch.hidden, num_labels)
         head = lambda x: lin(x[:, -1])  # noqa: E731  pooled (B, d) -> (B, C)
-        head_params = list(lin.parameters())
     else:
         lin = nn.Linear(arch.hidden, arch.vocab, bias=False)
-        head, head_params = lin, []  # (B, T, d) -> (B, T, V); frozen (tied) LM head
+        head = lin  # (B, T, d) -> (B, T, V); frozen (tied) LM head
     for p in lin.parameters():
         p.requires_grad_(task == "classification")
-    return embed, blocks, norm, head, head_params, mods
+    return embed, blocks, norm, head, mods
 
 
 def _first(y):
@@ -102,7 +101,7 @@ def measure(arch: Arch, *, batch: int, seq: int, task: str, num_labels: int, rep
             backward: bool, lora_rank: int, max_blocks: int | None) -> dict:
     """Per-layer median seconds: {"forward": {...}, "backward": {...} or None}."""
     torch.manual_seed(0)
-    embed, blocks, norm, head, head_params, mods = build_layers(arch, batch, seq, task, num_labels)
+    embed, blocks, norm, head, mods = build_layers(arch, batch, seq, task, num_labels)
     n = len(blocks) if max_blocks is None else min(max_blocks, len(blocks))
     ids = torch.randint(0, arch.vocab, (batch, seq))
     fwd: dict = {}
@@ -120,9 +119,10 @@ def measure(arch: Arch, *, batch: int, seq: int, task: str, num_labels: int, rep
         peft.inject_adapter_in_model(peft.LoraConfig(r=lora_rank, target_modules=list(arch.default_lora_targets)), m)
         for name, p in m.named_parameters():
             p.requires_grad_("lora_" in name)
-    x = x.clone()
+    with torch.no_grad():  # normal tensors (inference-mode ones cannot be saved for backward)
+        x = embed(ids)  # (B, T, d); also recomputes Llama's RoPE tables
     bwd = {"blocks": [_backward_time(b, x, repeats, warmup) for b in blocks[:n]],
-           "head": _backward_time(head, x, repeats, warmup) if head_params or task != "classification" else 0.0}
+           "head": _backward_time(head, x, repeats, warmup)}  # B (+ W of a classification head)
     return {"forward": fwd, "backward": bwd}
 
 
