@@ -224,3 +224,21 @@ def test_gpt2_default_sdpa_on_cpu(tmp_path):
     model.eval()
     attn_fwd = cfg.n_layer * 4.0 * B * T * T * cfg.n_embd  # QK^T and PV per layer
     _report("gpt2 LM sdpa eval-mode F (minus attention)", full.f - attn_fwd, _count(lambda: model(ids)))
+
+
+def test_llama_default_sdpa_on_cpu_hides_attention():
+    """Llama's default sdpa in eval mode runs the fused CPU kernel: FlopCounterMode misses attention."""
+    from transformers import LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=2, vocab_size=1000)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    assert model.config._attn_implementation == "sdpa"
+    arch = arch_from_hf_config(cfg.to_dict())
+    ids = torch.randint(0, cfg.vocab_size, (B, T))
+    block = _ours(arch, False, ())
+    attn_fwd = 4.0 * B * T * T * arch.hidden
+    lm_head = 2.0 * B * T * arch.hidden * cfg.vocab_size
+    _report("llama sdpa eval-mode F (minus attention)", 2 * (block.F - attn_fwd) + lm_head,
+            _count(lambda: model(ids)))
