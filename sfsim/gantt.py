@@ -24,8 +24,7 @@ def write_gantt(events: Iterable[TraceEvent], path: str | Path, title: str = "")
     """Draw ``events`` as a Gantt chart PNG at ``path`` (written via a temporary file, then renamed).
 
     Lanes follow :func:`sfsim.trace.lane_order`; the figure grows with the number of lanes, and
-    each lane/op pair is one ``broken_barh`` call, so 100,000 events draw in seconds. Ops shorter
-    than about a pixel are drawn one pixel wide so that they stay visible.
+    each lane/op pair is one ``broken_barh`` call, so 100,000 events draw in seconds.
     """
     import matplotlib
 
@@ -36,27 +35,15 @@ def write_gantt(events: Iterable[TraceEvent], path: str | Path, title: str = "")
     events = list(events)
     lanes = lane_order(events)
     row = {lane: k for k, lane in enumerate(lanes)}
-    bars: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for ev in events:
-        bars.setdefault((ev.lane, ev.op), []).append((ev.start, ev.dur))
     end = max((ev.end for ev in events), default=1.0)
-    min_w = end * 0.0012  # ~1 px at this width: very short ops (a send of a few KB) stay visible
+    bars = _bars(events, min_w=end * 0.0012)  # ~1 px at this width
     height = max(2.5, 0.28 * len(lanes) + 1.4)
     fig, ax = plt.subplots(figsize=(13, height))
     ops = [op for op in OPS if any(k[1] == op for k in bars)] + sorted({k[1] for k in bars} - set(OPS))
-    # Two passes: ops widened to one pixel first, true-width ops on top, so that a widened short
-    # op (a W, a step) never hides the long forward next to it.
-    # Within the widened pass the op with the most time on a lane is drawn last (on top).
-    by_total = sorted(bars.items(), key=lambda kv: sum(d for _, d in kv[1]))
-    for widened in (True, False):
-        for (lane, op), spans in by_total:
-            part = [(s, min_w) for s, d in spans if d < min_w] if widened else \
-                   [(s, d) for s, d in spans if d >= min_w]
-            if not part:
-                continue
-            # links and waits drawn thinner so that compute stands out
-            h = 0.5 if lane.startswith(("link:", "downlink:")) or op == "wait" else 0.8
-            ax.broken_barh(part, (row[lane] - h / 2, h), facecolors=COLORS.get(op, "#999999"), linewidth=0)
+    for (lane, op), spans in bars.items():
+        # links and waits drawn thinner so that compute stands out
+        h = 0.5 if lane.startswith(("link:", "downlink:")) or op == "wait" else 0.8
+        ax.broken_barh(spans, (row[lane] - h / 2, h), facecolors=COLORS.get(op, "#999999"), linewidth=0)
     ax.set_yticks(range(len(lanes)))
     ax.set_yticklabels(lanes, fontsize=8 if len(lanes) <= 40 else 6)
     ax.set_ylim(len(lanes) - 0.5, -0.5)  # first lane on top
@@ -77,3 +64,20 @@ def write_gantt(events: Iterable[TraceEvent], path: str | Path, title: str = "")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _bars(events: list[TraceEvent], min_w: float) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(lane, op) -> [(start, width)]: an isolated op shorter than ``min_w`` (about a pixel) is widened
+    up to ``min_w`` so that it stays visible, but never over the lane's next op, so dense runs of
+    short ops keep their true widths (and blend their colours in proportion)."""
+    by_lane: dict[str, list[TraceEvent]] = {}
+    for ev in events:
+        by_lane.setdefault(ev.lane, []).append(ev)
+    bars: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for lane, evs in by_lane.items():
+        evs.sort(key=lambda e: e.start)
+        nxt = [e.start for e in evs[1:]] + [float("inf")]
+        for ev, next_start in zip(evs, nxt, strict=True):
+            width = max(ev.dur, min(min_w, next_start - ev.start))
+            bars.setdefault((lane, ev.op), []).append((ev.start, width))
+    return bars

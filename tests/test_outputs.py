@@ -110,3 +110,13 @@ def test_cli_bad_input_exit_2_one_line(scenario_file, args, match):
     assert out.exit_code == 2
     assert match in out.output and "Traceback" not in out.output
     assert len(out.output.strip().splitlines()) == 1
+
+
+def test_gantt_widens_only_isolated_short_ops():
+    from sfsim.gantt import _bars
+    from sfsim.trace import TraceEvent as E
+
+    bars = _bars([E("a", "send", 0, 0.01), E("a", "send", 5, 0.01), E("b", "F", 0, 0.01), E("b", "B", 0.01, 0.01),
+                  E("b", "F", 0.02, 2)], min_w=1.0)
+    assert bars[("a", "send")] == [(0, 1.0), (5, 1.0)]          # isolated: one pixel wide
+    assert bars[("b", "F")] == [(0, 0.01), (0.02, 2)] and bars[("b", "B")] == [(0.01, 0.01)]  # dense: true width
