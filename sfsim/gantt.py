@@ -67,9 +67,9 @@ def write_gantt(events: Iterable[TraceEvent], path: str | Path, title: str = "")
 
 
 def _bars(events: list[TraceEvent], min_w: float) -> dict[tuple[str, str], list[tuple[float, float]]]:
-    """(lane, op) -> [(start, width)]: an isolated op shorter than ``min_w`` (about a pixel) is widened
-    up to ``min_w`` so that it stays visible, but never over the lane's next op, so dense runs of
-    short ops keep their true widths (and blend their colours in proportion)."""
+    """(lane, op) -> [(start, width)]: an isolated op shorter than ``min_w`` (about a pixel) is drawn
+    ``min_w`` wide so that it stays visible; an op whose lane has another op starting within two
+    pixels keeps its true width, so dense runs of short ops blend their colours in proportion."""
     by_lane: dict[str, list[TraceEvent]] = {}
     for ev in events:
         by_lane.setdefault(ev.lane, []).append(ev)
@@ -78,6 +78,7 @@ def _bars(events: list[TraceEvent], min_w: float) -> dict[tuple[str, str], list[
         evs.sort(key=lambda e: e.start)
         nxt = [e.start for e in evs[1:]] + [float("inf")]
         for ev, next_start in zip(evs, nxt, strict=True):
-            width = max(ev.dur, min(min_w, next_start - ev.start))
+            isolated = next_start - ev.start >= 2 * min_w
+            width = max(ev.dur, min_w) if isolated else ev.dur
             bars.setdefault((lane, ev.op), []).append((ev.start, width))
     return bars

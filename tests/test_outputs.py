@@ -116,7 +116,7 @@ def test_gantt_widens_only_isolated_short_ops():
     from sfsim.gantt import _bars
     from sfsim.trace import TraceEvent as E
 
-    bars = _bars([E("a", "send", 0, 0.01), E("a", "send", 5, 0.01), E("b", "F", 0, 0.01), E("b", "B", 0.01, 0.01),
-                  E("b", "F", 0.02, 2)], min_w=1.0)
+    bars = _bars([E("a", "send", 0, 0.01), E("a", "send", 5, 0.01), E("b", "F", 0, 0.01), E("b", "B", 1.5, 0.01),
+                  E("b", "F", 1.9, 2)], min_w=1.0)
     assert bars[("a", "send")] == [(0, 1.0), (5, 1.0)]          # isolated: one pixel wide
-    assert bars[("b", "F")] == [(0, 0.01), (0.02, 2)] and bars[("b", "B")] == [(0.01, 0.01)]  # dense: true width
+    assert bars[("b", "F")] == [(0, 0.01), (1.9, 2)] and bars[("b", "B")] == [(1.5, 0.01)]  # dense: true width
