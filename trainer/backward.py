@@ -73,6 +73,10 @@ class DeferredGrads:
         """Number of stashed (layer, input, grad_output) W items not yet computed."""
         return len(self.stash)
 
+    def signature(self) -> tuple:
+        """Shapes of the pending W work (its FLOPs depend only on these)."""
+        return tuple((id(lin), tuple(x.shape), tuple(gy.shape)) for lin, x, gy in self.stash)
+
     @torch.no_grad()
     def flush(self) -> None:
         """Compute the deferred W: accumulate weight (and bias) gradients of every stashed item."""

@@ -3,7 +3,10 @@
 Everything here is measured, not computed from a formula:
 
 - FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` around each role's compute (matmuls, attention;
-  element-wise ops count zero, as in torch's counter).
+  element-wise ops count zero, as in torch's counter). The counter costs milliseconds per op on a
+  CPU, so work whose FLOPs depend only on shapes passes a ``key`` (e.g. ``(cut, B, T)``): the first
+  time a (role, op, key) is seen it is counted, later identical work adds that measured count.
+  Optimizer steps and FedAvg are not counted (element-wise only: zero FLOPs in torch's counter).
 - Bytes: ``nbytes`` of the tensors that cross a link (activations, masks, labels, gradients, adapters).
 - Time: ``time.perf_counter`` around each phase; trace events carry these real starts and durations.
 - Memory: the process's peak resident set size (``resource.getrusage().ru_maxrss``). In the
@@ -61,6 +64,7 @@ class Meter:
         self.downlink_bytes: dict[str, int] = defaultdict(int)
         self.phase_s: dict[str, float] = defaultdict(float)
         self.events: list[TraceEvent] = []
+        self._cache: dict[tuple, int] = {}
         self.t0 = time.perf_counter()
 
     def now(self) -> float:
@@ -69,14 +73,26 @@ class Meter:
 
     @contextmanager
     def compute(self, role: str, op: str, phase: str, mb: int = -1, device: str = "",
-                lane: str | None = None) -> Iterator[None]:
-        """Count FLOPs and time of the enclosed compute; add a trace event on ``lane`` (default ``role``)."""
+                lane: str | None = None, key: tuple | None = None, count: bool = True) -> Iterator[None]:
+        """Count FLOPs and time of the enclosed compute; add a trace event on ``lane`` (default ``role``).
+
+        Args:
+            key: shape signature of the work; identical (role, op, key) work reuses the measured count.
+            count: False for work torch's counter scores as zero (optimizer steps, averaging).
+        """
         start = self.now()
-        if self.count_flops:
+        cache_key = None if key is None else (role, op, *key)
+        if self.count_flops and count and cache_key in self._cache:
+            yield
+            self.flops[role] += self._cache[cache_key]
+        elif self.count_flops and count:
             counter = FlopCounterMode(display=False)
             with counter:
                 yield
-            self.flops[role] += counter.get_total_flops()
+            flops = counter.get_total_flops()
+            self.flops[role] += flops
+            if cache_key is not None:
+                self._cache[cache_key] = flops
         else:
             yield
         dur = self.now() - start

@@ -151,7 +151,8 @@ class DeviceRole:
 
     def forward_frozen(self, batch: dict[str, torch.Tensor], mb: int, meter: Meter) -> Message:
         """Forward the frozen prefix under ``inference_mode``; the message holds hidden, mask and labels."""
-        with meter.compute(self.name, "F", "device_forward", mb=mb, device=self.name), torch.inference_mode():
+        key = (self.part.cut, *batch["input_ids"].shape)
+        with meter.compute(self.name, "F", "device_forward", mb=mb, device=self.name, key=key), torch.inference_mode():
             hidden = self.part(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch))  # (B, T, d)
         return Message(self.name, mb, {"hidden": hidden, "attention_mask": batch["attention_mask"],
                                        "labels": batch["labels"]})

@@ -73,16 +73,16 @@ class CenLoRA(Method):
             idx = perm[st:st + s.micro_batch]
             b = trim({k: v[idx] for k, v in self.data.items()})
             self.rest.train()
-            with meter.compute(s.server, "F", "server_forward", mb=i):
+            with meter.compute(s.server, "F", "server_forward", mb=i, key=tuple(b["input_ids"].shape)):
                 loss = task_loss(self.rest(self.emb(b["input_ids"], b["attention_mask"], **device_kwargs(b)), b["attention_mask"]),
                                  b["labels"], s.is_lm)
-            with meter.compute(s.server, "BW", "server_BW", mb=i):
+            with meter.compute(s.server, "BW", "server_BW", mb=i, key=tuple(b["input_ids"].shape)):
                 (loss / s.accumulate).backward()
             self.record(self.owner[int(idx[0])], b["labels"])
             losses.append(loss.item())
             samples += len(idx)
             if (i + 1) % s.accumulate == 0 or i == len(starts) - 1:
-                with meter.compute(s.server, "step", "server_step"):
+                with meter.compute(s.server, "step", "server_step", count=False):
                     self.opt.step()
                     self.opt.zero_grad(set_to_none=True)
                 on_step(sum(losses) / len(losses), samples)

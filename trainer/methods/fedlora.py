@@ -57,7 +57,7 @@ class FedLoRA(Method):
                     on_step(loss, n)
                 s.transport.send_up(Message(d.name, -1, get_state(s.lm.model, s.head)))
                 states.append(s.transport.recv_up(d.name).tensors)
-            with s.meter.compute(s.server, "aggregate", "server_aggregate"):
+            with s.meter.compute(s.server, "aggregate", "server_aggregate", count=False):
                 self.global_state = fedavg(states, [d.n_samples for d in active])
             for d in s.devices:  # every device receives the new global adapters
                 s.transport.send_down(Message(d.name, -1, self.global_state))
@@ -67,12 +67,13 @@ class FedLoRA(Method):
     def _local_step(self, name: str, j: int, batch) -> tuple[float, int]:
         s, meter = self.setup, self.setup.meter
         self.rest.train()
-        with meter.compute(name, "F", "device_forward", mb=j, device=name):
+        key = tuple(batch["input_ids"].shape)
+        with meter.compute(name, "F", "device_forward", mb=j, device=name, key=key):
             out = self.rest(self.emb(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch)), batch["attention_mask"])
             loss = task_loss(out, batch["labels"], s.is_lm)
-        with meter.compute(name, "BW", "device_backward", mb=j, device=name):
+        with meter.compute(name, "BW", "device_backward", mb=j, device=name, key=key):
             loss.backward()
-        with meter.compute(name, "step", "device_step", mb=j, device=name):
+        with meter.compute(name, "step", "device_step", mb=j, device=name, count=False):
             self.opt[name].step()
             self.opt[name].zero_grad(set_to_none=True)
         self.record(name, batch["labels"])

@@ -62,10 +62,11 @@ class SplitFrozen(Method):
             t = msg.tensors
             _, server = self.parts[s.cuts[name]]
             server.train()
-            with meter.compute(s.server, "F", "server_forward", mb=j, device=name):
+            key = (s.cuts[name], *t["hidden"].shape)
+            with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
                 loss = task_loss(server(t["hidden"], t["attention_mask"]), t["labels"], s.is_lm)
             op = "B" if s.decompose_backward else "BW"
-            with meter.compute(s.server, op, f"server_{op}", mb=j, device=name):
+            with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
                 (loss / s.accumulate).backward()
             self.record(name, t["labels"])
             losses.append(loss.item())
@@ -78,9 +79,9 @@ class SplitFrozen(Method):
     def _step(self) -> None:
         s, meter = self.setup, self.setup.meter
         if s.decompose_backward:
-            with meter.compute(s.server, "W", "server_W"):
+            with meter.compute(s.server, "W", "server_W", key=self.deferred.signature()):
                 self.deferred.flush()  # W of every micro-batch since the last step, right before it
-        with meter.compute(s.server, "step", "server_step"):
+        with meter.compute(s.server, "step", "server_step", count=False):
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
 

@@ -72,29 +72,30 @@ class SplitLoRA(Method):
         set_state(s.lm.model, None, self.client_state[name])
         self.client.train()
         self.server.train()
-        with meter.compute(name, "F", "device_forward", mb=j, device=name):
+        key = tuple(batch["input_ids"].shape)
+        with meter.compute(name, "F", "device_forward", mb=j, device=name, key=key):
             hidden = self.client(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch))  # (B, T, d)
         tr.send_up(Message(name, j, {"hidden": hidden, "attention_mask": batch["attention_mask"],
                                      "labels": batch["labels"]}))
         t = tr.recv_up(name).tensors
         h = t["hidden"].requires_grad_(True)
-        with meter.compute(s.server, "F", "server_forward", mb=j, device=name):
+        with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
             loss = task_loss(self.server(h, t["attention_mask"]), t["labels"], s.is_lm)
         op = "B" if s.decompose_backward else "BW"
-        with meter.compute(s.server, op, f"server_{op}", mb=j, device=name):
+        with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
             loss.backward()
         tr.send_down(Message(name, j, {"grad": h.grad}))  # cut-layer gradient, before W (shorter wait)
         if s.decompose_backward:
-            with meter.compute(s.server, "W", "server_W", mb=j, device=name):
+            with meter.compute(s.server, "W", "server_W", mb=j, device=name, key=self.deferred.signature()):
                 self.deferred.flush()
-        with meter.compute(s.server, "step", "server_step", mb=j, device=name):
+        with meter.compute(s.server, "step", "server_step", mb=j, device=name, count=False):
             self.server_opt.step()
             self.server_opt.zero_grad(set_to_none=True)
         grad = tr.recv_down(name).tensors["grad"]
         opt = self.client_opt[name]
-        with meter.compute(name, "BW", "device_backward", mb=j, device=name):
+        with meter.compute(name, "BW", "device_backward", mb=j, device=name, key=key):
             hidden.backward(grad)
-        with meter.compute(name, "step", "device_step", mb=j, device=name):
+        with meter.compute(name, "step", "device_step", mb=j, device=name, count=False):
             opt.step()
             opt.zero_grad(set_to_none=True)
         self.client_state[name] = get_state(s.lm.model, None, self.client_blocks)
@@ -108,7 +109,7 @@ class SplitLoRA(Method):
         for n in names:
             tr.send_up(Message(n, -1, self.client_state[n]))
         states = [tr.recv_up(n).tensors for n in names]
-        with s.meter.compute(s.server, "aggregate", "server_aggregate"):
+        with s.meter.compute(s.server, "aggregate", "server_aggregate", count=False):
             avg = fedavg(states, [d.n_samples for d in s.devices])
         for n in names:
             tr.send_down(Message(n, -1, avg))
