@@ -276,11 +276,9 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
 
 def _write_trace(out: Path, events, metrics: dict) -> None:
     write_chrome_trace(events, out / "trace.json", {"method": metrics["method"], "task": metrics["task"]})
-    try:
-        from sfsim.gantt import plot_gantt  # noqa: PLC0415 -- optional until the simulator's module lands
-    except ImportError:
-        return
-    plot_gantt(events, out / "gantt.png", title=f"{metrics['method']} on {metrics['task']} (measured)")
+    from sfsim.gantt import write_gantt
+
+    write_gantt(events, out / "gantt.png", title=f"{metrics['method']} on {metrics['task']} (measured run)")
 
 
 def evaluate_saved(out_dir: str, data_dir: str | None = None, eval_samples: int | None = None) -> dict:

@@ -16,8 +16,11 @@ _ORDERS = ("proportional", "round-robin", "fifo")  # trainer.runtime.SERVER_ORDE
 
 
 def _threads(n: int | None) -> None:
+    """Set torch's CPU threads and silence transformers' weight-loading bars (our bar shows training)."""
     import torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     if n:
         torch.set_num_threads(n)
 
@@ -55,12 +58,12 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
     from trainer.runner import RunConfig
     from trainer.runner import run as run_job
 
+    _threads(threads)
     cfg = RunConfig(devices=devices, model=model, task=task, method=method, partition=partition_spec, out=out,
                     plan=plan, split=split, lora_start=lora_start, epochs=epochs, train_samples=train_samples,
                     eval_samples=eval_samples, lr=lr, seed=seed, max_len=max_len, data_dir=data_dir,
                     server_order=server_order, micro_batch=micro_batch, local_steps=local_steps,
                     fedavg_every=fedavg_every, count_flops=not no_flops, progress=not quiet)
-    _threads(threads)
     m = run_job(cfg)
     click.echo(f"{m['method']} on {m['task']}: eval accuracy {m['eval_accuracy']:.4f}, "
                f"device FLOPs {m['device_flops']:.3e}, server FLOPs {m['server_flops']:.3e}, "

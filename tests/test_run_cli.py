@@ -1,0 +1,87 @@
+"""End-to-end tests of ``sfsim run`` and ``sfsim eval`` on a tiny random model and fixture data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sfsim.cli import main
+from sfsim.trace import read_chrome_trace
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    """A tiny random GPT-2 saved as a local HF folder."""
+    from trainer.models import tiny_model
+
+    lm = tiny_model("gpt2", n_layers=4, hidden=32, seed=2)
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _args(model, out, **over):
+    opts = {"--devices": str(FIXTURES / "run_tiny.yaml"), "--model": model, "--task": "sst2",
+            "--method": "splitfrozen", "--partition": "label-skew:1", "--split": "1", "--epochs": "2",
+            "--train-samples": "24", "--eval-samples": "20", "--max-len": "48", "--lr": "0.01",
+            "--data-dir": str(FIXTURES / "data"), "--out": str(out)}
+    opts.update(over)
+    args = ["run", "--quiet"]
+    for k, v in opts.items():
+        if v is not None:
+            args += [k, v]
+    return args
+
+
+@pytest.mark.parametrize("method", ["splitfrozen", "splitlora"])
+def test_run_writes_outputs_and_eval_reproduces_accuracy(tiny_gpt2, tmp_path, method):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, _args(tiny_gpt2, out, **{"--method": method}))
+    assert res.exit_code == 0, res.output
+    for name in ("metrics.json", "trace.json", "gantt.png", "run_config.json", "adapter/adapter_model.safetensors",
+                 "adapter/head.safetensors", "adapter/adapter_config.json"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("method", "task", "eval_accuracy", "eval_history", "train_loss_history", "device_flops",
+                "server_flops", "uplink_bytes", "downlink_bytes", "wall_s", "partition", "stream_mixing",
+                "phase_s", "peak_rss_bytes", "config"):
+        assert key in m, key
+    assert m["method"] == method and len(m["eval_history"]) == 2
+    assert len(m["train_loss_history"]) == 2 * (3 + 2 + 2)  # 12, 6, 6 samples; micro-batch 4
+    assert m["partition"]["counts"] == {"big": {"0": 12, "1": 0}, "small-0": {"0": 0, "1": 6},
+                                        "small-1": {"0": 6, "1": 0}}
+    assert m["device_flops"] > 0 and m["server_flops"] > 0
+    assert (m["downlink_bytes"] == 0) == (method == "splitfrozen")
+    lanes = {e.lane for e in read_chrome_trace(out / "trace.json")}
+    assert {"big", "link:big", "srv"} <= lanes
+    res = CliRunner().invoke(main, ["eval", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["eval_accuracy"] == m["eval_accuracy"]
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"--model": "no-such-model"}, "unknown model 'no-such-model'"),
+    ({"--data-dir": "/nonexistent/data"}, "data folder /nonexistent/data does not exist"),
+    ({"--split": "9"}, "beyond the model's depth"),
+    ({"--partition": "label-skew:x"}, "partition 'label-skew:x' is not valid"),
+    ({"--method": "fedsgd"}, "unknown schedule/method 'fedsgd'"),
+    ({"--task": "squad"}, "unknown task 'squad'"),
+    ({"--server-order": "lifo"}, "unknown server order 'lifo'"),
+    ({"--devices": "/nonexistent.yaml"}, "nonexistent.yaml"),
+])
+def test_bad_input_is_one_line_exit_2(tiny_gpt2, tmp_path, over, message):
+    res = CliRunner().invoke(main, _args(tiny_gpt2, tmp_path / "o", **over))
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def test_eval_of_missing_run_is_one_line(tmp_path):
+    res = CliRunner().invoke(main, ["eval", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "run_config.json is missing" in res.stderr
