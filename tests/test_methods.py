@@ -252,3 +252,32 @@ def test_meter_reuses_measured_flops_for_identical_shapes():
     with meter.compute("srv", "step", "server_step", count=False):
         a @ b  # not counted
     assert meter.flops["srv"] == 3 * 240 and len(meter._cache) == 1
+
+
+# ---------------------------------------------------------------- causal LM (GSM8K) pieces
+
+from trainer.methods.common import task_loss  # noqa: E402
+from trainer.methods.evaluate import greedy_generate  # noqa: E402
+
+
+def test_lm_loss_matches_hf_and_is_zero_without_targets():
+    lm = tiny_model("gpt2", n_layers=2, hidden=32, seed=3)
+    ids = torch.randint(5, 60, (2, 7))
+    labels = ids.clone()
+    labels[:, :3] = -100  # prompt
+    with torch.no_grad():
+        out = lm.model(input_ids=ids, labels=labels)
+        ours = task_loss(out.logits, labels, is_lm=True)
+        torch.testing.assert_close(ours, out.loss, atol=1e-6, rtol=1e-6)
+        assert task_loss(out.logits, torch.full_like(labels, -100), is_lm=True).item() == 0.0
+
+
+def test_greedy_generate_through_split_equals_hf_generate():
+    lm = tiny_model("llama", n_layers=3, hidden=32, seed=4)
+    ids = torch.randint(5, 60, (1, 6))
+    mask = torch.ones_like(ids)
+    dev, srv = split_model(lm.model, 1, frozen_device=False)
+    ours = greedy_generate(dev, srv, ids, mask, max_new_tokens=5, eos_id=None)
+    ref = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                            min_new_tokens=5, eos_token_id=None, pad_token_id=0)
+    assert ours == [ref[0, 6:].tolist()]

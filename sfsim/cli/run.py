@@ -47,13 +47,14 @@ def _threads(n: int | None) -> None:
 @click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
 @click.option("--server-order", default="proportional", show_default=True,
               help=f"order in which the server trains on the devices' micro-batches: {', '.join(_ORDERS)}")
+@click.option("--gen-tokens", type=int, default=128, show_default=True, help="gsm8k: tokens generated at eval")
 @click.option("--threads", type=int, help="torch CPU threads")
 @click.option("--no-flops", is_flag=True, help="skip FLOP counting (faster)")
 @click.option("--quiet", is_flag=True, help="no partition table or progress bar")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
         eval_samples, lr, seed, max_len, micro_batch, local_steps, fedavg_every, data_dir, server_order,
-        threads, no_flops, quiet, out):
+        gen_tokens, threads, no_flops, quiet, out):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
     from trainer.runner import RunConfig
     from trainer.runner import run as run_job
@@ -63,7 +64,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
                     plan=plan, split=split, lora_start=lora_start, epochs=epochs, train_samples=train_samples,
                     eval_samples=eval_samples, lr=lr, seed=seed, max_len=max_len, data_dir=data_dir,
                     server_order=server_order, micro_batch=micro_batch, local_steps=local_steps,
-                    fedavg_every=fedavg_every, count_flops=not no_flops, progress=not quiet)
+                    fedavg_every=fedavg_every, gen_tokens=gen_tokens, count_flops=not no_flops, progress=not quiet)
     m = run_job(cfg)
     click.echo(f"{m['method']} on {m['task']}: eval accuracy {m['eval_accuracy']:.4f}, "
                f"device FLOPs {m['device_flops']:.3e}, server FLOPs {m['server_flops']:.3e}, "

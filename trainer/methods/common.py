@@ -71,7 +71,10 @@ def task_loss(output: torch.Tensor, labels: torch.Tensor, is_lm: bool) -> torch.
     if not is_lm:
         return nn.functional.cross_entropy(output, labels)
     logits = output[:, :-1].reshape(-1, output.shape[-1])  # (B*(T-1), V)
-    return nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    target = labels[:, 1:].reshape(-1)  # (B*(T-1),)
+    total = nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
+    # mean over answer tokens; a micro-batch whose answers were all truncated away gives 0, not NaN
+    return total / (target != -100).sum().clamp(min=1)
 
 
 def inject_lora(setup: Setup, blocks) -> None:
