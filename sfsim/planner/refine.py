@@ -48,6 +48,49 @@ def neighbours(table: StageTable, groups: list[Group]) -> Iterator[list[Group]]:
                         break
 
 
+def wide_neighbours(table: StageTable, groups: list[Group]) -> Iterator[list[Group]]:
+    """Plans that give one group, or one device of it, any other allowed (cut, server)."""
+    for idx, g in enumerate(groups):
+        rest = groups[:idx] + groups[idx + 1:]
+        ks, js = table.allowed[g.t].nonzero()
+        for ki, j in zip(ks, js, strict=True):
+            k = int(table.cuts[ki])
+            if (k, j) == (g.k, g.j) or (j != g.j and table.types[g.t].pinned is not None):
+                continue
+            yield merge(rest + [Group(g.t, k, int(j), g.n)])
+            if g.n > 1:
+                yield merge(rest + [Group(g.t, g.k, g.j, g.n - 1), Group(g.t, k, int(j), 1)])
+
+
+def polish(table: StageTable, groups: list[Group], max_evals: int) -> list[Group]:
+    """Hill-climb on the fluid estimate with :func:`wide_neighbours` (no simulation).
+
+    The threshold search ignores when each device's first micro-batch arrives; on small fleets
+    staggering cuts (one device early, one light on the server) can beat it, and this finds that.
+
+    Args:
+        table: the stage table.
+        groups: the starting plan.
+        max_evals: most fluid estimates to compute.
+
+    Returns:
+        The best plan found (``groups`` itself when nothing is better).
+    """
+    best = estimate(table, groups).makespan_s
+    evals, improved = 0, True
+    while improved and evals < max_evals:
+        improved = False
+        for c in wide_neighbours(table, groups):
+            evals += 1
+            m = estimate(table, c).makespan_s
+            if m < best * (1 - 1e-9):
+                groups, best, improved = c, m, True
+                break
+            if evals >= max_evals:
+                break
+    return groups
+
+
 def refine(table: StageTable, groups: list[Group], makespan: float,
            simulate: Callable[[list[Group]], float], budget: int) -> tuple[list[Group], float, int]:
     """Hill-climb on simulated makespan from ``groups``.
