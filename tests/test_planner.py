@@ -17,7 +17,7 @@ from sfsim.errors import ConfigError, InfeasibleError
 from sfsim.planfile import Plan, load_plan
 from sfsim.planner import expand, plan
 from sfsim.planner.fluid import Group, estimate
-from sfsim.planner.model import build_table
+from sfsim.planner.model import build_table, gib
 from sfsim.planner.search import assign, best_cuts, lower_bound, thresholds
 
 MiB = 2**20
@@ -218,12 +218,14 @@ def test_infeasible_device_memory_says_by_how_much():
 
 def test_infeasible_server_memory_names_the_server():
     sc = _scenario([_dev("a", 1, "1 GFLOPS", 205, "1 Mbps")],  # at most 2 blocks
-                   [{"name": "gpu", "flops": "4 GFLOPS", "memory": 250 * MiB}])  # needs cuts >= 3
+                   [{"name": "gpu", "flops": "4 GFLOPS", "memory": 180 * MiB}])
+    need = CostModel(sc).server_memory(2, 11, 2 + 1)  # smallest cut 2, LoRA on block 11, buffer + 1
+    assert need > 180 * MiB
     with pytest.raises(InfeasibleError) as err:
         plan(sc)
-    assert str(err.value) == ("server gpu needs 274 MiB when device a runs 2 blocks (its memory allows no "
-                              "more) but has 250 MiB (short by 23.7 MiB); give the server more memory or "
-                              "lower the buffer or micro_batch")
+    assert str(err.value) == (f"server gpu needs {gib(need)} when device a runs 2 blocks (its memory allows "
+                              f"no more) but has 180 MiB (short by {gib(need - 180 * MiB)}); give the "
+                              "server more memory or lower the buffer or micro_batch")
 
 
 def test_layer_minimums_beyond_depth():
