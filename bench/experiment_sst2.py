@@ -40,10 +40,15 @@ def main() -> None:
     ap.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="comma-separated labels of RUNS")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is as fast as 2 on a shared CPU)")
+    ap.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     wanted = args.runs.split(",")
     results = {}
+    old = Path(args.out) / "sst2_minilm.json"
+    if args.resume and old.is_file():
+        results = {k: v for k, v in json.loads(old.read_text())["results"].items() if k not in wanted}
     for label, method, order in RUNS:
         if label not in wanted:
             continue
@@ -69,7 +74,7 @@ def _write(args, results: dict) -> None:
             r["splitfrozen_device_flop_saving_pct"] = round(100 * (1 - sf / r["device_flops"]), 2)
     body = {"experiment": "MiniLM-L6 (minilm-l6) on SST-2, 4 devices, label-skew:1, 1 epoch",
             "command": "bench/experiment_sst2.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                             vars(args).items() if v is not None),
+                                                             vars(args).items() if v not in (None, False)),
             "settings": {"train_samples": args.train_samples, "max_len": 64, "micro_batch": 16, "lr": 2e-3,
                          "lora": "r=8 alpha=16 on query/value", "cut": 2, "splitfrozen_lora_blocks": "2-5",
                          "cenlora_fedlora_splitlora_lora_blocks": "0-5", "seed": args.seed},

@@ -95,3 +95,22 @@ def test_bad_input_is_one_line_exit_2(tiny_gpt2, tmp_path, over, message):
 def test_eval_of_missing_run_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["eval", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "run_config.json is missing" in res.stderr
+
+
+def test_run_with_plan_uses_per_device_cuts(tiny_gpt2, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("lora_start: 2\nsplits: {big: 1, small-0: 2, small-1: 2}\n"
+                    "assignment: {big: srv, small-0: srv, small-1: srv}\n")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, _args(tiny_gpt2, out, **{"--split": None, "--plan": str(plan), "--epochs": "1",
+                                                            "--partition": "iid"}))
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["cuts"] == {"big": 1, "small-0": 2, "small-1": 2} and m["lora_blocks"] == [2, 3]
+    assert m["downlink_bytes"] == 0 and set(m["device_flops_per_device"]) == {"big", "small-0", "small-1"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora_start: 1\nsplits: {big: 1, small-0: 2, small-1: 2}\nassignment: {}\n")
+    res = CliRunner().invoke(main, _args(tiny_gpt2, out, **{"--split": None, "--plan": str(bad)}))
+    assert res.exit_code == 2 and "below the largest cut 2" in res.stderr
+    res = CliRunner().invoke(main, _args(tiny_gpt2, out, **{"--plan": str(plan)}))
+    assert res.exit_code == 2 and "either --plan or --split" in res.stderr
