@@ -61,6 +61,7 @@ class RunConfig:
     data_dir: str | None = None
     server_order: str = "proportional"
     micro_batch: int | None = None
+    accumulate: int | None = None
     local_steps: int | None = None
     fedavg_every: int | None = None
     gen_tokens: int = 128
@@ -77,7 +78,8 @@ class RunConfig:
             raise SfsimError(f"unknown server order {self.server_order!r}: use one of {', '.join(SERVER_ORDERS)}")
         if self.plan is not None and self.split is not None:
             raise SfsimError("give either --plan or --split, not both")
-        for key in ("epochs", "train_samples", "eval_samples", "micro_batch", "local_steps", "fedavg_every"):
+        for key in ("epochs", "train_samples", "eval_samples", "micro_batch", "accumulate", "local_steps",
+                    "fedavg_every"):
             val = getattr(self, key)
             if val is not None and val < 1:
                 raise SfsimError(f"--{key.replace('_', '-')} must be >= 1 (got {val})")
@@ -171,7 +173,7 @@ def build(cfg: RunConfig):
     setup = Setup(lm=lm, head=head, devices=roles, cuts=cuts, lora_start=lora_start,
                   lora={"rank": lo.rank, "alpha": lo.alpha, "dropout": lo.dropout,
                         "targets": list(lo.targets or default_targets(lm.family))},
-                  micro_batch=mb, accumulate=tr.accumulate, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                  micro_batch=mb, accumulate=cfg.accumulate or tr.accumulate, lr=cfg.lr, weight_decay=cfg.weight_decay,
                   meter=meter, transport=InProcessTransport(meter), server=scenario.devices[0].server,
                   server_order=cfg.server_order, periods=_periods(scenario, cuts),
                   decompose_backward=tr.decompose_backward, local_steps=cfg.local_steps or tr.local_steps,

@@ -42,6 +42,7 @@ def _threads(n: int | None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-len", type=int, default=128, show_default=True, help="tokens per sample at most")
 @click.option("--micro-batch", type=int, help="samples per micro-batch (default: the scenario's)")
+@click.option("--accumulate", type=int, help="micro-batches per optimizer step (default: the scenario's)")
 @click.option("--local-steps", type=int, help="fedlora: local micro-batches per round")
 @click.option("--fedavg-every", type=int, help="splitlora: client FedAvg period in steps")
 @click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
@@ -53,7 +54,7 @@ def _threads(n: int | None) -> None:
 @click.option("--quiet", is_flag=True, help="no partition table or progress bar")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
-        eval_samples, lr, seed, max_len, micro_batch, local_steps, fedavg_every, data_dir, server_order,
+        eval_samples, lr, seed, max_len, micro_batch, accumulate, local_steps, fedavg_every, data_dir, server_order,
         gen_tokens, threads, no_flops, quiet, out):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
     from trainer.runner import RunConfig
@@ -63,7 +64,8 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
     cfg = RunConfig(devices=devices, model=model, task=task, method=method, partition=partition_spec, out=out,
                     plan=plan, split=split, lora_start=lora_start, epochs=epochs, train_samples=train_samples,
                     eval_samples=eval_samples, lr=lr, seed=seed, max_len=max_len, data_dir=data_dir,
-                    server_order=server_order, micro_batch=micro_batch, local_steps=local_steps,
+                    server_order=server_order, micro_batch=micro_batch, accumulate=accumulate,
+                    local_steps=local_steps,
                     fedavg_every=fedavg_every, gen_tokens=gen_tokens, count_flops=not no_flops, progress=not quiet)
     m = run_job(cfg)
     click.echo(f"{m['method']} on {m['task']}: eval accuracy {m['eval_accuracy']:.4f}, "
