@@ -18,14 +18,17 @@ fewer activations. More LoRA layers may train better: ask for them with ``min_lo
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from sfsim.errors import ConfigError, InfeasibleError
 from sfsim.methods import canonical
 from sfsim.planfile import Plan
-from sfsim.planner.fluid import Estimate, Group, estimate
+from sfsim.planner.fluid import Estimate, Group, estimate, server_completion
 from sfsim.planner.model import (
     PIPELINED,
     SEQUENTIAL,
@@ -61,7 +64,7 @@ UNIFORM_TRIES = 4
 REFINE_MAX = 40
 """Most simulator runs the local search spends on small fleets."""
 
-SIM_MICRO_BATCHES = 50_000
+SIM_MICRO_BATCHES = 80_000
 """Simulated micro-batches the planner may spend on replays in total (at least 3 runs: the plan and
 the two comparisons); keeps a 1,000-device fleet under 2 s and lets small fleets replay more."""
 
@@ -140,6 +143,7 @@ class Replay:
     def __init__(self, scenario, schedule: str, table: StageTable):
         self.scenario, self.schedule, self.table = scenario, schedule, table
         self.cache: dict[tuple, float] = {}
+        self.runs = 0  # simulator runs so far (traced ones included)
 
     def __call__(self, groups: list[Group]) -> float:
         """The simulator's makespan for ``groups``."""
@@ -151,7 +155,24 @@ class Replay:
             p = Plan(splits=splits, lora_start=self.table.lora_start, assignment=assignment,
                      schedule=self.schedule)
             self.cache[key] = float(simulate(self.scenario, schedule=self.schedule, plan=p).makespan_s)
+            self.runs += 1
         return self.cache[key]
+
+    def server_ends(self, groups: list[Group]) -> dict[str, float]:
+        """Server name -> when its last op ends, from one traced replay of ``groups``."""
+        from sfsim import simulate
+
+        splits, assignment = expand(self.table, groups)
+        p = Plan(splits=splits, lora_start=self.table.lora_start, assignment=assignment, schedule=self.schedule)
+        res = simulate(self.scenario, schedule=self.schedule, plan=p, trace=True)
+        self.runs += 1
+        names = {s.name for s in self.scenario.servers}
+        ends: dict[str, float] = {}
+        for ev in res.events:
+            lane = ev.lane.split("/")[0]
+            if lane in names:
+                ends[lane] = max(ends.get(lane, 0.0), ev.start + ev.dur)
+        return ends
 
 
 def _type_level(table: StageTable) -> list[list[Group]]:
@@ -185,6 +206,29 @@ def _best_simulated(replay: Replay, plans: list[list[Group]], verify: int):
         if best is None or sim < best[0]:
             best = (sim, list(g))
     return best
+
+
+def _calibrated(replay: Replay, groups: list[Group], makespan: float) -> tuple[list[Group], float]:
+    """Re-plan once with each server slowed by how much the simulator's queueing exceeds the fluid model.
+
+    One traced replay of the current plan gives every server's real completion; dividing by its
+    fluid completion gives a per-server slowdown (at least 1) that the search then respects. The
+    new plan is kept only if the simulator finds it faster.
+    """
+    table = replay.table
+    ends = replay.server_ends(groups)
+    slow = np.ones(len(table.servers))
+    for j, srv in enumerate(table.servers):
+        gs = [g for g in groups if g.j == j]
+        if gs and srv.name in ends:
+            slow[j] = max(1.0, ends[srv.name] / server_completion(table, gs, j)[0])
+    cal = dataclasses.replace(table, slow=slow)
+    pool = candidates(cal)
+    if not pool:
+        return groups, makespan
+    best = polish(cal, min(pool, key=lambda g: _rank_key(cal, g)), POLISH_EVALS // POLISH_STARTS)
+    m = replay(best)
+    return (best, m) if m < makespan else (groups, makespan)
 
 
 def _lora_start(scenario, min_device_layers: int, min_lora_layers: int) -> int:
@@ -239,9 +283,12 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     pool = candidates(table) + _type_level(table) + list(uniform.values())
     starts = sorted({tuple(merge(g)): g for g in pool}.values(), key=lambda g: _rank_key(table, g))
     pool = [polish(table, g, POLISH_EVALS // POLISH_STARTS) for g in starts[:POLISH_STARTS]] + pool
-    makespan, groups = _best_simulated(replay, pool, max(1, min(verify, runs - len(replay.cache))))
+    # half of what is left replays the best candidates, the rest goes to the local search
+    makespan, groups = _best_simulated(replay, pool, max(1, min(verify, (runs - replay.runs) // 2)))
+    if runs - replay.runs >= 2 and len(table.servers) > 1:
+        groups, makespan = _calibrated(replay, groups, makespan)
     if refine_budget is None:
-        refine_budget = min(REFINE_MAX, max(0, runs - len(replay.cache)))
+        refine_budget = min(REFINE_MAX, max(0, runs - replay.runs))
     groups, makespan, _ = refine(table, groups, makespan, replay, refine_budget)
     sims = [(m, k) for _, k, m in refs if m is not None]
     if sims and min(sims)[0] < makespan:  # never worse than the best single global cut

@@ -40,6 +40,11 @@ class Estimate:
     busy_s: tuple[float, ...]  # per-server busy seconds (work / workers)
 
 
+def server_completion(table: StageTable, gs: list[Group], j: int) -> tuple[float, Group | None, float]:
+    """Fluid completion time of server ``j`` serving groups ``gs``, its limiting term and busy seconds."""
+    return _server_completion(table, gs, j)
+
+
 def _server_completion(table: StageTable, gs: list[Group], j: int) -> tuple[float, Group | None, float]:
     ki = np.array([table.k_index(g.k) for g in gs])
     ti = np.array([g.t for g in gs])
@@ -94,6 +99,8 @@ def estimate(table: StageTable, groups: list[Group]) -> Estimate:
         if not gs:
             continue
         val, lim, busy[j] = _server_completion(table, gs, j)
+        if table.slow is not None:
+            val *= table.slow[j]
         if val > best[0]:
             best = (val, j, lim)
     return Estimate(best[0], best[1], best[2], tuple(busy))

@@ -102,6 +102,7 @@ class StageTable:
     dev_mem: np.ndarray  # (cuts,) bytes a device needs at each cut
     srv_mem: np.ndarray  # (cuts, servers) bytes a server needs when its smallest cut is k
     buffer: int  # credits per server (micro-batches in flight to or waiting at it)
+    slow: np.ndarray | None = None  # (servers,) calibration: simulated / fluid completion, or None
 
     @property
     def hold(self) -> np.ndarray:

@@ -57,6 +57,8 @@ def per_device_load(table: StageTable, kk: np.ndarray) -> tuple[np.ndarray, np.n
     compute = table.n_mb[:, None] * per_mb / table.workers[None, :]
     hold = table.hold[np.arange(nT)[:, None], k]  # (types, servers)
     credits = table.n_sent[:, None] * hold / table.buffer
+    if table.slow is not None:  # calibrated from a simulation: queueing the fluid model misses
+        compute, credits = compute * table.slow[None, :], credits * table.slow[None, :]
     bad = kk < 0
     return np.where(bad, np.inf, compute), np.where(bad, np.inf, credits)
 
