@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import sfsim  # noqa: E402
 from sfsim.costmodel import CostModel  # noqa: E402
+from sfsim.planner import expand  # noqa: E402
 from sfsim.planner.model import build_table  # noqa: E402
-from sfsim.planner.search import assign, best_cuts, candidates, thresholds  # noqa: E402
+from sfsim.planner.search import assign, best_cuts, candidates, fixed_cut, thresholds  # noqa: E402
 
 # 10 device kinds: sustained FLOP/s, memory, uplink, samples (micro_batch 4 -> 10-20 micro-batches).
 TYPES = [
@@ -75,11 +76,25 @@ def scan_all_thresholds(table) -> float:
     return best
 
 
+def _uniform_cuts(sc, res) -> list[int]:
+    """Cuts every device can hold (the planner's table decides memory and server rules)."""
+    table = build_table(CostModel(sc), sc, res.lora_start, 1, "splitfrozen")
+    return [int(k) for ki, k in enumerate(table.cuts) if table.allowed[:, ki, :].any(axis=1).all()]
+
+
+def _assignment_for(sc, res, k) -> dict[str, str]:
+    """The planner's assignment rule (integer program) for a single global cut ``k``."""
+    table = build_table(CostModel(sc), sc, res.lora_start, 1, "splitfrozen")
+    groups = fixed_cut(table, k)
+    return expand(table, groups)[1]
+
+
 def main() -> None:
     """Run the benchmark and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="skip replaying every single global cut")
     args = ap.parse_args()
     sc = fleet(args.devices)
     times = []
@@ -98,6 +113,13 @@ def main() -> None:
     for c in res.comparisons:
         if c.makespan_s is not None:
             print(f"vs {c.label}: {c.makespan_s:.3f} s (plan/reference = {res.makespan_s / c.makespan_s:.3f})")
+
+    if not args.quick:  # check the comparison: replay every single global cut the fleet allows
+        best_single = min((sfsim.simulate(sc, plan=sfsim.Plan(
+            splits=dict.fromkeys(res.splits, k), lora_start=res.lora_start,
+            assignment=_assignment_for(sc, res, k))).makespan_s, k) for k in _uniform_cuts(sc, res))
+        print(f"check: every single cut replayed, best k={best_single[1]}: {best_single[0]:.3f} s "
+              f"(plan/that = {res.makespan_s / best_single[0]:.3f})")
 
     cm = CostModel(sc)
     table = build_table(cm, sc, sc.arch.n_layers - 1, 1, "splitfrozen")

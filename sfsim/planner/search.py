@@ -204,21 +204,19 @@ def candidates(table: StageTable, spread: int = 2) -> list[list[Group]]:
 
 
 def rank_uniform_cuts(table: StageTable) -> list[int]:
-    """Cuts every device type can use, most promising first (a cheap bound, no integer program).
+    """Cuts every device type can use, most promising first (by the linear relaxation).
 
-    The key is the larger of the slowest type's pipeline on its best server and the fleet's
-    server work spread evenly over the servers.
+    The key is the larger of the slowest type's pipeline on its best server and the busiest
+    server's load when device counts may be fractional (a linear program: fast).
     """
     out = []
     for ki, k in enumerate(table.cuts):
         kk = np.where(table.allowed[:, ki, :], ki, -1)
-        if not (kk >= 0).any(axis=1).all():
+        r = assign(table, kk, integral=False)
+        if r is None:
             continue
-        comp, cred = per_device_load(table, kk)
-        counts = np.array([t.count for t in table.types], dtype=float)
-        spread = (counts * comp.min(axis=1)).sum() / len(table.servers)
         device = table.fin[:, ki, :].min(axis=1).max()
-        out.append((max(device, spread), int(k)))
+        out.append((max(device, r[0]), int(k)))
     return [k for _, k in sorted(out)]
 
 
