@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -278,6 +279,11 @@ def test_cli_prints_table_and_writes_plan(tmp_path):
         assert word in r.output
     p = load_plan(out)
     assert p.assignment["pinned"] == "big" and p.makespan_s > 0
+    # the consistency bar, end to end: sfsim simulate --plan reports the planner's total time
+    js = tmp_path / "sim.json"
+    r = CliRunner().invoke(main, ["simulate", "--devices", path, "--plan", str(out), "--json", str(js)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(js.read_text())["makespan_s"] == pytest.approx(p.makespan_s, rel=0.01)
 
 
 def test_server_credits_bound_a_fleet_of_slow_links():

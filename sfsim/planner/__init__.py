@@ -1,13 +1,19 @@
 """The planner: heterogeneity-aware cuts, LoRA start and device-to-server assignment (``sfsim plan``).
 
-How it works, in three steps (each its own module):
+How it works (each step its own module):
 
 1. :mod:`~sfsim.planner.model` tabulates, for every device type, cut and server, the pipeline's
    stage times from the cost model, and which entries memory and the minimum-layer rules allow.
 2. :mod:`~sfsim.planner.search` finds the cuts and assignment that minimise the analytic makespan
-   (exact threshold search with a small integer program per step) and a proven lower bound.
-3. The best few candidates are replayed with :func:`sfsim.simulate`; the plan is the one whose
-   *simulated* makespan is smallest, so ``makespan_s`` is what ``sfsim simulate --plan`` reports.
+   (exact threshold search with a small integer program per step) and a proven lower bound (its
+   linear relaxation); :mod:`~sfsim.planner.fluid` scores any plan with a fluid queue model
+   (server work, server credits, each device's pipeline).
+3. :mod:`~sfsim.planner.refine` improves the best candidates on the fluid score (any cut or server
+   for one group or device), then the best few are replayed with :func:`sfsim.simulate`; with
+   several servers one traced replay calibrates each server's queueing and the search runs again;
+   a local search on simulated time spends what is left of the replay budget. The plan is the one
+   with the smallest *simulated* makespan, so ``makespan_s`` is what ``sfsim simulate --plan``
+   reports, and it is never slower than the best single global cut the planner replayed.
 
 LoRA start: with ``objective="time"`` the planner puts LoRA on the fewest blocks allowed
 (``lora_start = L - min_lora_layers``, or the scenario's ``training.lora_start`` when it fixes
