@@ -114,6 +114,8 @@ class PlanResult:
     search_s: float = 0.0
     simulated: int = 0
     min_lora_layers: int = 1
+    lora_layers: int = 1  # blocks with LoRA on the servers
+    lora_fixed: bool = False  # the scenario's training.lora_start fixed it
 
     def to_plan(self) -> Plan:
         """The plan file record (:class:`sfsim.planfile.Plan`)."""
@@ -312,7 +314,9 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
         estimate_s=est.makespan_s, bottleneck=bottleneck_words(table, est, makespan), lower_bound_s=lb,
         gap=makespan / lb - 1 if lb > 0 else 0.0, rows=rows_for(table, groups),
         comparisons=comparisons, schedule=schedule, scenario=scenario.source, model=scenario.arch.name,
-        search_s=time.perf_counter() - t0, simulated=len(replay.cache), min_lora_layers=min_lora_layers)
+        search_s=time.perf_counter() - t0, simulated=len(replay.cache), min_lora_layers=min_lora_layers,
+        lora_layers=scenario.arch.n_layers - table.lora_start,
+        lora_fixed=scenario.training.lora_start is not None)
 
 
 def _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers, cost_model):

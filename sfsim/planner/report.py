@@ -97,6 +97,14 @@ def _fmt_t(x: float | None) -> str:
     return "-" if x is None else format_quantity(x, "time")
 
 
+def _lora_line(res) -> str:
+    last = res.lora_start + res.lora_layers - 1
+    why = ("fixed by training.lora_start" if res.lora_fixed else
+           f"the fewest allowed by --min-lora-layers {res.min_lora_layers}: more LoRA layers cost server "
+           "time but may train better")
+    return f"LoRA on blocks {res.lora_start}..{last} ({why})"
+
+
 def format_result(res) -> str:
     """The text ``sfsim plan`` prints for a :class:`~sfsim.planner.PlanResult`."""
     head = ("devices", "count", "cut", "server", "fwd/mb", "uplink/mb", "mb/dev", "server share",
@@ -111,8 +119,7 @@ def format_result(res) -> str:
         return line(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
     out = [f"plan for {res.scenario or 'scenario'}: {res.schedule}, model {res.model}",
-           f"LoRA on blocks {res.lora_start}.. (the fewest allowed: --min-lora-layers {res.min_lora_layers}; "
-           "more LoRA layers cost server time)", "",
+           _lora_line(res), "",
            fmt(head), fmt(["-" * w for w in widths])]
     out += [fmt(r) for r in body]
     out += ["",
