@@ -20,7 +20,8 @@ COLORS = {
 }
 
 
-def write_gantt(events: Iterable[TraceEvent], path: str | Path, title: str = "") -> None:
+def write_gantt(events: Iterable[TraceEvent], path: str | Path, title: str = "",
+                devices: Iterable[str] = ()) -> None:
     """Draw ``events`` as a Gantt chart PNG at ``path`` (written via a temporary file, then renamed).
 
     Lanes follow :func:`sfsim.trace.lane_order`; the figure grows with the number of lanes, and
@@ -33,7 +34,7 @@ def write_gantt(events: Iterable[TraceEvent], path: str | Path, title: str = "")
     from matplotlib.patches import Patch
 
     events = list(events)
-    lanes = lane_order(events)
+    lanes = lane_order(events, devices)
     row = {lane: k for k, lane in enumerate(lanes)}
     end = max((ev.end for ev in events), default=1.0)
     bars = _bars(events, min_w=end * 0.0012)  # ~1 px at this width

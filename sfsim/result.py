@@ -102,10 +102,12 @@ class SimResult:
 
     def write_trace(self, path: str | Path) -> None:
         """Write the Chrome/Perfetto trace of the run (needs ``trace=True``)."""
-        write_chrome_trace(self._need_events(), path, {"schedule": self.schedule, "makespan_s": self.makespan_s})
+        write_chrome_trace(self._need_events(), path, {"schedule": self.schedule, "makespan_s": self.makespan_s},
+                           devices=self.device_flops)
 
     def write_gantt(self, path: str | Path, title: str | None = None) -> None:
         """Write a Gantt chart PNG of the run (needs ``trace=True``)."""
         from sfsim.gantt import write_gantt
 
-        write_gantt(self._need_events(), path, title=title or f"{self.schedule}: {self.makespan_s:.1f} s")
+        write_gantt(self._need_events(), path, title=title or f"{self.schedule}: {self.makespan_s:.1f} s",
+                    devices=self.device_flops)

@@ -54,18 +54,23 @@ class TraceEvent(NamedTuple):
         return self.start + self.dur
 
 
-def lane_order(events: Iterable[TraceEvent]) -> list[str]:
-    """Lanes in display order: each device then its uplink and downlink (by first use), then servers."""
+def lane_order(events: Iterable[TraceEvent], devices: Iterable[str] = ()) -> list[str]:
+    """Lanes in display order: each device then its uplink and downlink, then servers.
+
+    Devices come in the order of ``devices`` (e.g. the scenario's), then any others by first use;
+    a lane counts as a device when it is named in ``devices`` or has a link lane.
+    """
     seen = dict.fromkeys(ev.lane for ev in events)
-    devices = dict.fromkeys(lane.split(":", 1)[1] if lane.startswith(("link:", "downlink:")) else lane
-                            for lane in seen)
-    devices = [d for d in devices if f"link:{d}" in seen or f"downlink:{d}" in seen]
-    out = [lane for d in devices for lane in (d, f"link:{d}", f"downlink:{d}") if lane in seen]
+    given = list(devices)
+    owner = [lane.split(":", 1)[1] if lane.startswith(("link:", "downlink:")) else lane for lane in seen]
+    is_device = set(given) | {o for o, lane in zip(owner, seen, strict=True) if lane != o}
+    order = [d for d in dict.fromkeys(given + owner) if d in is_device]
+    out = [lane for d in order for lane in (d, f"link:{d}", f"downlink:{d}") if lane in seen]
     placed = set(out)
     return out + [lane for lane in seen if lane not in placed]
 
 
-def to_chrome(events: Iterable[TraceEvent], metadata: dict | None = None) -> dict:
+def to_chrome(events: Iterable[TraceEvent], metadata: dict | None = None, devices: Iterable[str] = ()) -> dict:
     """Chrome Trace Event JSON (opens in Perfetto and chrome://tracing).
 
     Each lane becomes one process: Perfetto only accepts integer pids, so ``pid`` is the lane's
@@ -73,7 +78,7 @@ def to_chrome(events: Iterable[TraceEvent], metadata: dict | None = None) -> dic
     ``args.lane``). Times are microseconds.
     """
     events = list(events)
-    lanes = lane_order(events)
+    lanes = lane_order(events, devices)
     pid = {lane: i + 1 for i, lane in enumerate(lanes)}
     out: list[dict] = []
     for lane in lanes:
@@ -89,9 +94,10 @@ def to_chrome(events: Iterable[TraceEvent], metadata: dict | None = None) -> dic
     return {"traceEvents": out, "displayTimeUnit": "ms", "otherData": metadata or {}}
 
 
-def write_chrome_trace(events: Iterable[TraceEvent], path: str | Path, metadata: dict | None = None) -> None:
-    """Write :func:`to_chrome` output to ``path`` atomically."""
-    write_atomic(path, json.dumps(to_chrome(events, metadata)))
+def write_chrome_trace(events: Iterable[TraceEvent], path: str | Path, metadata: dict | None = None,
+                       devices: Iterable[str] = ()) -> None:
+    """Write :func:`to_chrome` output to ``path`` atomically (lanes ordered as in :func:`lane_order`)."""
+    write_atomic(path, json.dumps(to_chrome(events, metadata, devices)))
 
 
 def read_chrome_trace(path: str | Path) -> list[TraceEvent]:

@@ -35,3 +35,10 @@ def test_chrome_trace_round_trip(tmp_path):
 def test_step_has_no_micro_batch():
     ev = [e for e in to_chrome(EVENTS)["traceEvents"] if e["name"] == "step"][0]
     assert "mb" not in ev["args"] and ev["ts"] == 2e6
+
+
+def test_lane_order_follows_given_device_order():
+    assert lane_order(EVENTS, devices=["b", "a"]) == ["b", "link:b", "a", "link:a", "downlink:a", "srv"]
+    # A device named in the order but with no link lane still counts as a device.
+    events = [TraceEvent("srv", "F", 0, 1), TraceEvent("c", "F", 0, 1)]
+    assert lane_order(events, devices=["c"]) == ["c", "srv"]

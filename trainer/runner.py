@@ -277,10 +277,12 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
 
 
 def _write_trace(out: Path, events, metrics: dict) -> None:
-    write_chrome_trace(events, out / "trace.json", {"method": metrics["method"], "task": metrics["task"]})
+    write_chrome_trace(events, out / "trace.json", {"method": metrics["method"], "task": metrics["task"]},
+                       devices=metrics.get("device_flops_per_device", {}))
     from sfsim.gantt import write_gantt
 
-    write_gantt(events, out / "gantt.png", title=f"{metrics['method']} on {metrics['task']} (measured run)")
+    write_gantt(events, out / "gantt.png", title=f"{metrics['method']} on {metrics['task']} (measured run)",
+                devices=metrics.get("device_flops_per_device", {}))
 
 
 def evaluate_saved(out_dir: str, data_dir: str | None = None, eval_samples: int | None = None) -> dict:
