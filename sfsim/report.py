@@ -58,7 +58,7 @@ def comparison_table(results: dict[str, SimResult], counts: dict[str, int] | Non
     head = ["schedule", "time s", "dev FLOP", "max/dev", "dev busy s", "up", "down", "srv util"]
     base = {b: results[b] for b in BASELINES if b in results}
     for b in base:
-        head += [f"time vs {b}", f"FLOP vs {b}"]
+        head += [f"t-save {b}", f"F-save {b}"]
     rows = []
     for name, r in results.items():
         row = [name, f"{r.makespan_s:.1f}", si(r.device_flops_total, "FLOP"), si(r.device_flops_max, "FLOP"),
@@ -71,4 +71,6 @@ def comparison_table(results: dict[str, SimResult], counts: dict[str, int] | Non
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
     fmt = lambda cells: "  ".join(c.ljust(w) if k == 0 else c.rjust(w)  # noqa: E731
                                   for k, (c, w) in enumerate(zip(cells, widths, strict=True)))
-    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+    note = ("t-save / F-save: % of total time / device FLOPs saved against that baseline, "
+            "100 * (1 - schedule / baseline); negative = more")
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows] + [note])

@@ -67,7 +67,7 @@ def test_comparison_table_savings(scenario_file):
     sc = sfsim.load_scenario(scenario_file)
     res = {s: sfsim.simulate(sc, s) for s in ("splitfrozen", "splitlora", "fedlora")}
     table = comparison_table(res).splitlines()
-    assert table[0].split()[:2] == ["schedule", "time"] and len(table) == 2 + 3
+    assert table[0].split()[:2] == ["schedule", "time"] and len(table) == 2 + 3 + 1
     want = saving(res["splitfrozen"].makespan_s, res["fedlora"].makespan_s)
     assert f"{want:+.1f}%" in table[2]
     assert saving(1, 4) == 75.0 and saving(1, 0) is None

@@ -82,6 +82,10 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trac
     else:
         click.echo(f"{Path(scenario).name}: {len(sc.devices)} devices, model {sc.arch.name}")
         click.echo(comparison_table(results, counts))
+    if split is None and plan is None and sc.training.split is None and set(names) & {"splitfrozen",
+                                                                                    "splitfrozen-sequential"}:
+        click.echo("note: SplitFrozen used the default cut 1 on every device (no --split, --plan or "
+                   "training.split); 'sfsim plan' chooses per-device cuts")
     if json_out:
         data = results[names[0]].to_dict() if len(names) == 1 else {n: r.to_dict() for n, r in results.items()}
         write_atomic(json_out, json.dumps(data, indent=2) + "\n")
