@@ -290,3 +290,19 @@ def test_greedy_generate_through_split_equals_hf_generate():
     ref = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
                             min_new_tokens=5, eos_token_id=None, pad_token_id=0)
     assert ours == [ref[0, 6:].tolist()]
+
+
+def test_scenario_lora_targets_fall_back_to_the_model_family(capsys):
+    from types import SimpleNamespace
+
+    from trainer.runner import _lora_targets
+
+    def scenario(family, targets):
+        return SimpleNamespace(arch=SimpleNamespace(family=family),
+                               training=SimpleNamespace(lora=SimpleNamespace(targets=targets)))
+
+    bert = SimpleNamespace(family="bert")
+    assert _lora_targets(scenario("gpt2", ["c_attn"]), bert) == ["query", "value"]
+    assert "are for gpt2 models" in capsys.readouterr().out
+    assert _lora_targets(scenario("bert", ["query"]), bert) == ["query"]
+    assert _lora_targets(scenario("gpt2", None), bert) == ["query", "value"]

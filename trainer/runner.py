@@ -172,7 +172,7 @@ def build(cfg: RunConfig):
     meter = Meter(server_lane=scenario.devices[0].server, count_flops=cfg.count_flops)
     setup = Setup(lm=lm, head=head, devices=roles, cuts=cuts, lora_start=lora_start,
                   lora={"rank": lo.rank, "alpha": lo.alpha, "dropout": lo.dropout,
-                        "targets": list(lo.targets or default_targets(lm.family))},
+                        "targets": _lora_targets(scenario, lm)},
                   micro_batch=mb, accumulate=cfg.accumulate or tr.accumulate, lr=cfg.lr, weight_decay=cfg.weight_decay,
                   meter=meter, transport=InProcessTransport(meter), server=scenario.devices[0].server,
                   server_order=cfg.server_order, periods=_periods(scenario, cuts),
@@ -183,6 +183,20 @@ def build(cfg: RunConfig):
     info = {"partition_table": table, "partition_counts": counts, "epochs": cfg.epochs or tr.epochs,
             "n_eval": n_eval}
     return scenario, lm, setup, method, dev, info
+
+
+def _lora_targets(scenario, lm) -> list[str]:
+    """The scenario's LoRA targets when it describes this model's family, else the family's defaults.
+
+    A scenario written for GPT-2 (``c_attn``) can then drive a MiniLM or SmolLM2 run unchanged.
+    """
+    targets = scenario.training.lora.targets
+    if targets and scenario.arch.family == lm.family:
+        return list(targets)
+    if targets:
+        print(f"note: the scenario's LoRA targets {targets} are for {scenario.arch.family} models; "
+              f"using {default_targets(lm.family)} for this {lm.family} model")
+    return list(default_targets(lm.family))
 
 
 def _periods(scenario, cuts: dict[str, int]) -> dict[str, float]:
