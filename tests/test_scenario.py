@@ -41,6 +41,9 @@ def test_bundled_profiles_load():
     sixg = load_scenario(ROOT / "profiles/sixg.yaml")
     assert len(sixg.servers) == 4 and len(sixg.devices) == 48
     assert {d.server for d in sixg.devices if d.type == "xr"} == {"mec-b"}
+    measured = load_scenario(ROOT / "profiles/measured.yaml")
+    box = measured.devices[0]
+    assert box.flops is None and measured.resolve_path(box.latency_profile).is_file()
 
 
 def _set(path, value):
