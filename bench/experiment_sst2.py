@@ -171,6 +171,16 @@ def summarize(folder: Path) -> None:
                      f"{mx['label_entropy_mean']} | {mx['device_entropy_mean']} | {mx['longest_device_run']} | "
                      f"{mx['single_device_tail']} |")
     lines += ["", "FLOPs, bytes and stream mixing: lowest seed of the row (its `figures_seed` in the json)."]
+    counts = next((r["partition_counts"] for r in rows.values() if r.get("partition_counts")), None)
+    if counts:
+        lines += ["", "Partition (label-skew:1; samples per device and class): " +
+                  "; ".join(f"{d} " + ", ".join(f"class {c}: {n}" for c, n in cc.items() if n) for d, cc in counts.items())]
+    if "cenlora" in rows and "splitfrozen" in rows:
+        cen, sfz = rows["cenlora"]["accuracy_by_seed"], rows["splitfrozen"]["accuracy_by_seed"]
+        gaps = {s: round(100 * (cen[s] - sfz[s]), 2) for s in seeds if s in cen and s in sfz}
+        mean_gap = round(100 * (rows["cenlora"]["accuracy_mean"] - rows["splitfrozen"]["accuracy_mean"]), 2)
+        lines += ["", "CenLoRA minus SplitFrozen, points: " + ", ".join(f"seed {s}: {g:.2f}" for s, g in gaps.items())
+                  + f"; mean: {mean_gap:.2f} (bar: within 3 points)."]
     write_atomic(folder.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
