@@ -93,7 +93,7 @@ def test_meter_counts_matmul_flops_and_bytes():
     assert tensor_bytes({"x": a, "y": [b, torch.zeros(3, dtype=torch.int64)]}) == (20 + 30) * 4 + 24
     meter.transfer("dev", 100, 0.0, 0.5, mb=0)
     s = meter.summary(["dev"])
-    assert s["device_flops"] == 240 and s["uplink_bytes"] == 100 and s["downlink_bytes"] == 0
+    assert s["device_flops_total"] == 240 and s["uplink_bytes"] == 100 and s["downlink_bytes"] == 0
     assert [(e.lane, e.op) for e in meter.events] == [("dev", "F"), ("link:dev", "send")]
 
 

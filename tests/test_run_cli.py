@@ -66,7 +66,8 @@ def test_run_writes_outputs_and_eval_reproduces_accuracy(tiny_gpt2, tmp_path, me
     assert len(m["train_loss_history"]) == 2 * (3 + 2 + 2)  # 12, 6, 6 samples; micro-batch 4
     assert m["partition"]["counts"] == {"big": {"0": 12, "1": 0}, "small-0": {"0": 0, "1": 6},
                                         "small-1": {"0": 6, "1": 0}}
-    assert m["device_flops"] > 0 and m["server_flops"] > 0
+    assert m["device_flops_total"] > 0 and m["server_flops_total"] > 0
+    assert m["device_flops_total"] == sum(m["device_flops"].values())
     assert (m["downlink_bytes"] == 0) == (method == "splitfrozen")
     lanes = {e.lane for e in read_chrome_trace(out / "trace.json")}
     assert {"big", "link:big", "srv"} <= lanes
@@ -107,7 +108,7 @@ def test_run_with_plan_uses_per_device_cuts(tiny_gpt2, tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["cuts"] == {"big": 1, "small-0": 2, "small-1": 2} and m["lora_blocks"] == [2, 3]
-    assert m["downlink_bytes"] == 0 and set(m["device_flops_per_device"]) == {"big", "small-0", "small-1"}
+    assert m["downlink_bytes"] == 0 and set(m["device_flops"]) == {"big", "small-0", "small-1"}
     bad = tmp_path / "bad.yaml"
     bad.write_text("lora_start: 1\nsplits: {big: 1, small-0: 2, small-1: 2}\nassignment: {}\n")
     res = CliRunner().invoke(main, _args(tiny_gpt2, out, **{"--split": None, "--plan": str(bad)}))

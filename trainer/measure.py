@@ -108,16 +108,22 @@ class Meter:
         self.events.append(TraceEvent(lane, "send", start, dur, mb, device))
 
     def summary(self, devices: list[str]) -> dict:
-        """The measurements as plain JSON-ready data (totals and per device)."""
+        """The measurements as plain JSON-ready data, with the simulator's field names and shapes.
+
+        ``device_flops`` and ``server_flops`` map a lane to FLOP (as in ``SimResult.to_dict``);
+        ``*_total`` are their sums; bytes are totals plus ``*_by_device``.
+        """
         dev_flops = {d: int(self.flops.get(d, 0)) for d in devices}
+        srv_flops = int(self.flops.get(self.server_lane, 0))
         return {
-            "device_flops": int(sum(dev_flops.values())),
-            "device_flops_per_device": dev_flops,
-            "server_flops": int(self.flops.get(self.server_lane, 0)),
+            "device_flops": dev_flops,
+            "device_flops_total": int(sum(dev_flops.values())),
+            "server_flops": {self.server_lane: srv_flops},
+            "server_flops_total": srv_flops,
             "uplink_bytes": int(sum(self.uplink_bytes.values())),
             "downlink_bytes": int(sum(self.downlink_bytes.values())),
-            "uplink_bytes_per_device": {d: int(self.uplink_bytes.get(d, 0)) for d in devices},
-            "downlink_bytes_per_device": {d: int(self.downlink_bytes.get(d, 0)) for d in devices},
+            "uplink_bytes_by_device": {d: int(self.uplink_bytes.get(d, 0)) for d in devices},
+            "downlink_bytes_by_device": {d: int(self.downlink_bytes.get(d, 0)) for d in devices},
             "phase_s": {k: round(v, 6) for k, v in sorted(self.phase_s.items())},
             "peak_rss_bytes": peak_rss_bytes(),
             "peak_memory_note": "process peak RSS (ru_maxrss); all roles share one process in-process",

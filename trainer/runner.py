@@ -276,7 +276,7 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
     stream = method.server_stream
     mixing = stream_mixing([d for d, _ in stream], [lab for _, lab in stream], window=max(4 * len(devices), 1))
     summary = m.summary(devices)
-    link_s = {d.name: summary["uplink_bytes_per_device"][d.name] * 8 / d.uplink.bandwidth for d in scenario.devices}
+    link_s = {d.name: summary["uplink_bytes_by_device"][d.name] * 8 / d.uplink.bandwidth for d in scenario.devices}
     return {"method": cfg.method, "task": cfg.task, "model": cfg.model, "eval_accuracy": evals[-1] if evals else None,
             "eval_history": evals, "train_loss_history": losses, **summary, "wall_s": round(wall_s, 3),
             "uplink_time_modelled_s": {k: round(v, 6) for k, v in link_s.items()},
@@ -292,11 +292,11 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
 
 def _write_trace(out: Path, events, metrics: dict) -> None:
     write_chrome_trace(events, out / "trace.json", {"method": metrics["method"], "task": metrics["task"]},
-                       devices=metrics.get("device_flops_per_device", {}))
+                       devices=metrics.get("device_flops", {}))
     from sfsim.gantt import write_gantt
 
     write_gantt(events, out / "gantt.png", title=f"{metrics['method']} on {metrics['task']} (measured run)",
-                devices=metrics.get("device_flops_per_device", {}))
+                devices=metrics.get("device_flops", {}))
 
 
 def evaluate_saved(out_dir: str, data_dir: str | None = None, eval_samples: int | None = None) -> dict:

@@ -69,7 +69,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
                     fedavg_every=fedavg_every, gen_tokens=gen_tokens, count_flops=not no_flops, progress=not quiet)
     m = run_job(cfg)
     click.echo(f"{m['method']} on {m['task']}: eval accuracy {m['eval_accuracy']:.4f}, "
-               f"device FLOPs {m['device_flops']:.3e}, server FLOPs {m['server_flops']:.3e}, "
+               f"device FLOPs {m['device_flops_total']:.3e}, server FLOPs {m['server_flops_total']:.3e}, "
                f"uplink {m['uplink_bytes']} B, downlink {m['downlink_bytes']} B, {m['wall_s']:.1f} s -> {out}")
 
 
