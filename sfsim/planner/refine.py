@@ -9,6 +9,8 @@ and keeps the first that is faster, until no neighbour helps or the simulation b
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterator
 
 from sfsim.planner.fluid import Group, estimate
@@ -123,3 +125,55 @@ def refine(table: StageTable, groups: list[Group], makespan: float,
                 groups, makespan, improved = c, m, True
                 break
     return groups, makespan, used
+
+
+def _type_options(table: StageTable, groups: list[Group], radius: int) -> list[list[tuple[int, int]]]:
+    """Per type, the allowed (cut, server) pairs whose cut is within ``radius`` of the type's cuts."""
+    out = []
+    for t in range(len(table.types)):
+        cuts = [g.k for g in groups if g.t == t]
+        lo, hi = min(cuts) - radius, max(cuts) + radius
+        ks, js = table.allowed[t].nonzero()
+        out.append([(int(table.cuts[k]), int(j)) for k, j in zip(ks, js, strict=True)
+                    if lo <= table.cuts[k] <= hi])
+    return out
+
+
+def _space_size(table: StageTable, opts: list[list[tuple[int, int]]]) -> int:
+    """Distinct plans: each type's identical devices take a multiset of its options."""
+    n = 1
+    for t, o in enumerate(opts):
+        n *= math.comb(len(o) + table.types[t].count - 1, table.types[t].count)
+    return n
+
+
+def nearby_plans(table: StageTable, groups: list[Group], cap: int) -> list[list[Group]]:
+    """Every plan whose cuts lie near ``groups``, in the widest neighbourhood of at most ``cap`` plans.
+
+    Each device may take any allowed (cut, server) whose cut is within ``r`` blocks of its type's
+    cuts in ``groups``; ``r`` is the largest for which the plans, counted up to renaming identical
+    devices, number at most ``cap`` (on small fleets that is the whole space). Empty when even
+    ``r = 0`` (any server, same cuts) has more than ``cap`` plans, as on large fleets.
+
+    Args:
+        table: the stage table.
+        groups: the centre plan.
+        cap: most plans to return.
+
+    Returns:
+        The plans (merged group lists), ``groups`` among them.
+
+    Example:
+        >>> len(nearby_plans(table, best, cap=400))
+    """
+    depth = int(table.cuts[-1] - table.cuts[0])
+    for r in range(depth, -1, -1):
+        opts = _type_options(table, groups, r)
+        if _space_size(table, opts) <= cap:
+            break
+    else:
+        return []
+    per_type = [[[Group(t, k, j, 1) for k, j in combo]
+                 for combo in itertools.combinations_with_replacement(o, table.types[t].count)]
+                for t, o in enumerate(opts)]
+    return [merge([g for part in parts for g in part]) for parts in itertools.product(*per_type)]
