@@ -11,7 +11,10 @@ How it works (each step its own module):
 3. :mod:`~sfsim.planner.refine` improves the best candidates on the fluid score (any cut or server
    for one group or device), then the best few are replayed with :func:`sfsim.simulate`; with
    several servers one traced replay calibrates each server's queueing and the search runs again;
-   a local search on simulated time spends what is left of the replay budget. The plan is the one
+   on small fleets every plan near the best so far (each type's cuts within a few blocks, any
+   server; the whole space when it is a few hundred plans) is replayed, because with few
+   micro-batches and a small buffer the fluid model cannot rank plans to 1 %; a local search on
+   simulated time spends what is left of the replay budget. The plan is the one
    with the smallest *simulated* makespan, so ``makespan_s`` is what ``sfsim simulate --plan``
    reports, and it is never slower than the best single global cut the planner replayed.
 
@@ -76,6 +79,9 @@ the two comparisons); keeps a 1,000-device fleet under 2 s and lets small fleets
 
 NEARBY_MAX = 400
 """Most plans near the best candidate that small fleets replay all of (see :func:`refine.nearby_plans`)."""
+
+NEARBY_MICRO_BATCHES = 20_000
+"""Simulated micro-batches those replays may spend (about 0.2 s): bounds them on mid-sized fleets."""
 
 EXHAUSTIVE_LIMIT = 2000
 """Type-level plans (one cut and server per type) below which all are also scored analytically."""
@@ -313,7 +319,8 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     makespan, groups = _best_simulated(replay, pool, max(1, min(verify, (runs - replay.runs) // 2)))
     if runs - replay.runs >= 2 and len(table.servers) > 1:
         groups, makespan = _calibrated(replay, groups, makespan)
-    groups, makespan = _nearby(replay, groups, makespan, runs - replay.runs - REFINE_MAX)
+    nearby = min(runs - replay.runs - REFINE_MAX, NEARBY_MICRO_BATCHES // max(total, 1))
+    groups, makespan = _nearby(replay, groups, makespan, nearby)
     if refine_budget is None:
         refine_budget = min(REFINE_MAX, max(0, runs - replay.runs))
     groups, makespan, _ = refine(table, groups, makespan, replay, refine_budget)

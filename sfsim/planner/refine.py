@@ -5,6 +5,8 @@ so plans it scores as equal can differ by a few percent in the simulator. Starti
 simulated candidate, this moves one group's cut by one block, one device's cut by one block, or
 one device to another server, replays each neighbour (most promising by the fluid estimate first)
 and keeps the first that is faster, until no neighbour helps or the simulation budget is spent.
+:func:`nearby_plans` lists every plan within a few blocks of one (the whole space on small fleets),
+for the planner to replay all of them when there are few enough.
 """
 
 from __future__ import annotations
