@@ -127,6 +127,25 @@ class Barrier:
         return self.done
 
 
+def fedavg_groups(engine: Engine, job: Job, period: int):
+    """Per server: its FIFO lane and one FedAvg :class:`Barrier` per round of ``period`` micro-batches.
+
+    Yields ``(server times, device indices, lane, barriers)``; each lane reports its busy time as the
+    server's when the run ends, and servers without devices report 0.
+    """
+    for k, members in groups(job.devices).items():
+        srv = job.servers[k]
+        lane = FifoLane(engine, srv.lane(0))
+        engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
+        n_rounds = max(rounds(job.devices[i].n, period) for i in members)
+        barriers = [Barrier(engine, lane, srv.aggregate,
+                            sum(1 for i in members if rounds(job.devices[i].n, period) > r))
+                    for r in range(n_rounds)]
+        yield srv, members, lane, barriers
+    for srv in job.servers:
+        engine.server_busy.setdefault(srv.name, 0.0)
+
+
 def get(name: str):
     """The schedule module for a canonical method name."""
     from sfsim.schedules import cenlora, fedlora, splitfrozen, splitlora

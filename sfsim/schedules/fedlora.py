@@ -11,8 +11,17 @@ FedAvg FLOPs are not counted.
 
 from __future__ import annotations
 
-from sfsim.engine import DeviceTimes, Engine, FifoLane
-from sfsim.schedules import Barrier, Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds, rounds
+from sfsim.engine import DeviceTimes, Engine
+from sfsim.schedules import (
+    Barrier,
+    Job,
+    RunConfig,
+    Setup,
+    aggregate_seconds,
+    fedavg_groups,
+    link_seconds,
+    rounds,
+)
 from sfsim.schedules.splitlora import sync
 
 
@@ -46,14 +55,7 @@ def steps_in_round(k: int, accumulate: int) -> int:
 def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
     """Start one aggregation lane per server and one process per device on ``engine``."""
     per = cfg.local_steps
-    for k, members in groups(job.devices).items():
-        srv = job.servers[k]
-        lane = FifoLane(engine, srv.lane(0))
-        engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
-        n_rounds = max(rounds(job.devices[i].n, per) for i in members)
-        barriers = [Barrier(engine, lane, srv.aggregate,
-                            sum(1 for i in members if rounds(job.devices[i].n, per) > r))
-                    for r in range(n_rounds)]
+    for _srv, members, _lane, barriers in fedavg_groups(engine, job, per):
         for i in members:
             d = job.devices[i]
             n_steps = sum(steps_in_round(min(per, d.n - r * per), cfg.accumulate)
@@ -62,8 +64,6 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
             engine.up_bytes[d.name] = engine.down_bytes[d.name] = rounds(d.n, per) * d.sync_bytes
             if d.n:
                 engine.env.process(_device(engine, barriers, d, per, cfg.accumulate))
-    for srv in job.servers:
-        engine.server_busy.setdefault(srv.name, 0.0)
 
 
 def _device(engine: Engine, barriers: list[Barrier], d: DeviceTimes, per: int, accumulate: int):

@@ -16,7 +16,16 @@ rounds. FedAvg FLOPs are not counted (a few per adapter parameter).
 from __future__ import annotations
 
 from sfsim.engine import DeviceTimes, Engine, FifoLane, ServerTimes, StreamMixing
-from sfsim.schedules import Barrier, Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds, rounds
+from sfsim.schedules import (
+    Barrier,
+    Job,
+    RunConfig,
+    Setup,
+    aggregate_seconds,
+    fedavg_groups,
+    link_seconds,
+    rounds,
+)
 
 
 def build(setup: Setup, cache: bool = False) -> Job:
@@ -59,16 +68,9 @@ def build(setup: Setup, cache: bool = False) -> Job:
 def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
     """Start one FIFO server lane per server and one process per client on ``engine``."""
     every = cfg.fedavg_every
-    for k, members in groups(job.devices).items():
-        srv = job.servers[k]
-        lane = FifoLane(engine, srv.lane(0))
-        engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
-        n_rounds = max(rounds(job.devices[i].n, every) for i in members)
-        barriers = [Barrier(engine, lane, srv.aggregate,
-                            sum(1 for i in members if rounds(job.devices[i].n, every) > r))
-                    for r in range(n_rounds)]
-        mix = engine.mixing[srv.name] = StreamMixing(
-            [d.n if d.server == k else 0 for d in job.devices])
+    for srv, members, lane, barriers in fedavg_groups(engine, job, every):
+        k = job.devices[members[0]].server
+        mix = engine.mixing[srv.name] = StreamMixing([d.n if d.server == k else 0 for d in job.devices])
         for i in members:
             d = job.devices[i]
             engine.device_busy[d.name] = d.n * (d.f + d.b + d.w + d.step)
@@ -77,8 +79,6 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
             engine.down_bytes[d.name] = d.n * d.down_bytes + n_sync * d.sync_bytes
             if d.n:
                 engine.env.process(_client(engine, lane, barriers, srv, i, d, every, cfg.decompose, mix))
-    for srv in job.servers:
-        engine.server_busy.setdefault(srv.name, 0.0)
 
 
 def _client(engine: Engine, lane: FifoLane, barriers: list[Barrier], srv: ServerTimes, i: int,
