@@ -194,7 +194,7 @@ def _entropy(counter: Counter, k: int) -> float:
     if k <= 1 or n == 0:
         return 1.0
     p = np.array([c / n for c in counter.values() if c])
-    return float(-(p * np.log(p)).sum() / math.log(k))
+    return float(-(p * np.log(p)).sum() / math.log(k)) + 0.0  # + 0.0: a single class gives 0.0, not -0.0
 
 
 def stream_mixing(devices: list[str], labels: list[list[int]], window: int) -> dict:
