@@ -12,14 +12,7 @@ from torch import nn
 from trainer.backward import DeferredGrads
 from trainer.measure import Meter, tensor_bytes
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread avoids OpenMP spin-waiting on a shared, loaded CPU (10x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Net(nn.Module):
