@@ -32,6 +32,8 @@ class SimResult:
             (0 = perfectly mixed; None where there is no server stream, i.e. fedlora).
         stream_mixing_by_server: the same per server.
         events: trace events when asked for (``trace=True``), else None.
+        device_types: device -> its device type (groups big fleets in the Gantt chart).
+        server_workers: server -> accelerators (``count``), so idle workers show in the Gantt chart.
     """
 
     schedule: str
@@ -51,6 +53,8 @@ class SimResult:
     stream_mixing: float | None = None
     stream_mixing_by_server: dict[str, float] = field(default_factory=dict)
     events: list[TraceEvent] | None = None
+    device_types: dict[str, str] = field(default_factory=dict)
+    server_workers: dict[str, int] = field(default_factory=dict)
 
     @property
     def uplink_bytes(self) -> float:
@@ -105,9 +109,18 @@ class SimResult:
         write_chrome_trace(self._need_events(), path, {"schedule": self.schedule, "makespan_s": self.makespan_s},
                            devices=self.device_flops)
 
-    def write_gantt(self, path: str | Path, title: str | None = None) -> None:
-        """Write a Gantt chart PNG of the run (needs ``trace=True``)."""
-        from sfsim.gantt import write_gantt
+    def gantt_panel(self, title: str | None = None):
+        """This run as a :class:`sfsim.gantt.Panel` (needs ``trace=True``); device lanes carry their cut."""
+        from sfsim.gantt import Panel
 
-        write_gantt(self._need_events(), path, title=title or f"{self.schedule}: {self.makespan_s:.1f} s",
-                    devices=self.device_flops)
+        cut_schedules = ("splitfrozen", "splitfrozen-sequential", "splitlora")
+        labels = {d: f"cut {k}" for d, k in self.splits.items()} if self.schedule in cut_schedules else {}
+        servers = [s if n == 1 else f"{s}/{w}" for s, n in self.server_workers.items() for w in range(n)]
+        return Panel(self._need_events(), title or f"{self.schedule}: {self.makespan_s:.1f} s",
+                     list(self.device_flops), labels, dict(self.device_types), servers)
+
+    def write_gantt(self, path: str | Path, title: str | None = None) -> None:
+        """Write a Gantt chart of the run (``.png``, ``.pdf`` or ``.svg``; needs ``trace=True``)."""
+        from sfsim.gantt import write_panels
+
+        write_panels([self.gantt_panel(title)], path)

@@ -112,11 +112,74 @@ def test_cli_bad_input_exit_2_one_line(scenario_file, args, match):
     assert len(out.output.strip().splitlines()) == 1
 
 
-def test_gantt_widens_only_isolated_short_ops():
-    from sfsim.gantt import _bars
+def test_gantt_strip_is_the_exact_busy_fraction_of_each_column():
+    from sfsim.gantt import Row, strips
     from sfsim.trace import TraceEvent as E
 
-    bars = _bars([E("a", "send", 0, 0.01), E("a", "send", 5, 0.01), E("b", "F", 0, 0.01), E("b", "B", 1.5, 0.01),
-                  E("b", "F", 1.9, 2)], min_w=1.0)
-    assert bars[("a", "send")] == [(0, 1.0), (5, 1.0)]          # isolated: one pixel wide
-    assert bars[("b", "F")] == [(0, 0.01), (1.9, 2)] and bars[("b", "B")] == [(1.5, 0.01)]  # dense: true width
+    # a link sending 0.01 s every 0.1 s over 10 s: 1,000 sends, 10% busy in every one of 100 columns
+    sends = [E("link:a", "send", 0.1 * n, 0.01) for n in range(100)]
+    busy = strips(sends + [E("a", "F", 2.5, 0.001)], [Row("a", ["a"], "device"), Row("l", ["link:a"], "link")],
+                  end=10.0, bins=100)
+    assert busy[(1, "send")] == pytest.approx([0.1] * 100)          # no bursts: the same height everywhere
+    assert busy[(0, "F")][25] == pytest.approx(0.01)                 # a 1 ms op is in its column ...
+    assert (busy[(0, "F")] > 0).sum() == 1                           # ... and only there
+
+
+def test_gantt_strip_areas_equal_the_trace():
+    from sfsim.gantt import Row, strips
+
+    res = sfsim.simulate(sfsim.load_scenario("profiles/edge.yaml"), "splitfrozen", splits=3, trace=True)
+    rows = [Row(lane, [lane], "x") for lane in {e.lane for e in res.events}]
+    busy = strips(res.events, rows, res.makespan_s, bins=777)
+    width = res.makespan_s / 777
+    for r, row in enumerate(rows):
+        for op in {e.op for e in res.events if e.lane == row.label}:
+            exact = sum(e.dur for e in res.events if e.lane == row.label and e.op == op)
+            assert busy[(r, op)].sum() * width == pytest.approx(exact, rel=1e-9)
+
+
+def test_gantt_groups_big_fleets_and_shows_idle_servers_sorted():
+    from sfsim.gantt import Panel, rows_for
+    from sfsim.trace import TraceEvent as E
+
+    devs = [f"a-{i}" for i in range(30)] + [f"b-{i}" for i in range(20)]
+    events = [E(d, "F", 0, 1) for d in devs] + [E(f"link:{d}", "send", 1, 1) for d in devs]
+    events += [E("s/10", "F", 2, 1), E("s/2", "F", 2, 1)]
+    panel = Panel(events, devices=devs, labels={d: f"cut {1 + d.startswith('b')}" for d in devs},
+                  servers=["t", "s/10", "s/2"])
+    rows = rows_for(panel, lane_limit=40)
+    assert [r.label for r in rows] == ["a ×30 (cut 1)", "link:a ×30", "b ×20 (cut 2)", "link:b ×20",
+                                      "s/2", "s/10", "t"]
+    assert rows[0].lanes == devs[:30]
+    assert [r.label for r in rows_for(panel, lane_limit=6)][-2:] == ["s ×2 workers", "t"]
+    assert len(rows_for(panel, lane_limit=200)) == 100 + 3           # under the limit: every lane
+
+
+@pytest.mark.parametrize("name,magic", [("g.png", b"\x89PNG"), ("g.pdf", b"%PDF"), ("g.svg", b"<?xml")])
+def test_gantt_formats_are_real_files(scenario_file, tmp_path, name, magic):
+    res = sfsim.simulate(sfsim.load_scenario(scenario_file), "splitfrozen", splits=2, trace=True)
+    path = tmp_path / "missing" / "folder" / name
+    res.write_gantt(path)
+    assert path.read_bytes()[:len(magic)] == magic
+    assert sorted(p.name for p in path.parent.iterdir()) == [name]   # no temporary file left
+    if name.endswith(".svg"):
+        assert "pi-0 (cut 2)" in path.read_text() and "gpu" in path.read_text()
+
+
+def test_gantt_bad_suffix_one_line_before_simulating(scenario_file, tmp_path):
+    out = CliRunner().invoke(main, ["simulate", "--devices", str(scenario_file), "--gantt", str(tmp_path / "g.jpg")])
+    assert out.exit_code == 2 and out.output.count("\n") == 1
+    assert "name a .png, .pdf or .svg file" in out.output
+
+
+def test_gantt_schedule_all_is_one_file_of_small_multiples(scenario_file, tmp_path, monkeypatch):
+    import sfsim.gantt
+
+    drawn = []
+    monkeypatch.setattr(sfsim.gantt, "_draw", lambda ax, panel, rows, end: drawn.append((panel.title, end)) or set())
+    out = CliRunner().invoke(main, ["simulate", "--devices", str(scenario_file), "--schedule", "all",
+                                    "--split", "2", "--gantt", str(tmp_path / "all.pdf")])
+    assert out.exit_code == 0, out.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.pdf", "tiny.yaml"]
+    assert [t.split(" on ")[0] for t, _ in drawn] == list(sfsim.methods.METHODS)
+    assert len({end for _, end in drawn}) == 1                        # one shared time axis

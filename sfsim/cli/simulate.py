@@ -51,7 +51,8 @@ def suffixed(path: str, name: str) -> Path:
 @click.option("--trace", "trace_out", default=None, type=click.Path(dir_okay=False),
               help="write a Chrome/Perfetto trace (with 'all': one file per schedule, OUT.<schedule>.json)")
 @click.option("--gantt", "gantt_out", default=None, type=click.Path(dir_okay=False),
-              help="write a Gantt chart PNG (with 'all': one file per schedule, OUT.<schedule>.png)")
+              help="write a Gantt chart (.png, .pdf or .svg; with 'all': the schedules as small "
+                   "multiples on one time axis, in one file)")
 def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trace_out, gantt_out):
     """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
     import json
@@ -65,7 +66,11 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trac
     names = list(METHODS) if schedule == "all" else [canonical(schedule)]
     splits = parse_split(split)
     want_events = bool(trace_out or gantt_out)
-    results = {}
+    if gantt_out:
+        from sfsim.gantt import gantt_format
+
+        gantt_format(gantt_out)  # a bad suffix fails before the simulation, not after
+    results, panels = {}, []
     for name in names:
         res = run(sc, name, splits=splits, plan=plan, lora_start=lora_start, trace=want_events, policy=policy)
         results[name] = res
@@ -73,9 +78,12 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trac
         if trace_out:
             res.write_trace(trace_out if one else suffixed(trace_out, name))
         if gantt_out:
-            res.write_gantt(gantt_out if one else suffixed(gantt_out, name),
-                            title=f"{name} on {Path(scenario).name}: {res.makespan_s:.1f} s")
-        res.events = None  # free the trace before the next schedule
+            panels.append(res.gantt_panel(f"{name} on {Path(scenario).name}: {res.makespan_s:.1f} s"))
+        res.events = None  # free what the Gantt chart does not need before the next schedule
+    if gantt_out:
+        from sfsim.gantt import write_panels
+
+        write_panels(panels, gantt_out)
     counts = {s.name: s.count for s in sc.servers}
     if len(names) == 1:
         click.echo(summary(results[names[0]], counts))
