@@ -34,7 +34,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("simulate", "plan", "run"):
+    for name in ("simulate", "plan", "run", "sweep"):
         try:
             importlib.import_module(f"sfsim.cli.{name}")
         except ModuleNotFoundError as err:

@@ -1,0 +1,55 @@
+"""``sfsim sweep``: simulate a scenario over a grid of changed values; CSV rows and a plot."""
+
+from __future__ import annotations
+
+import click
+
+from sfsim.cli import main
+
+
+@main.command()
+@click.option("--devices", "scenario", required=True, type=click.Path(dir_okay=False),
+              help="scenario YAML (e.g. profiles/sixg.yaml)")
+@click.option("--vary", "varies", multiple=True, required=True, metavar="KEY=VALUES",
+              help="a key path and its values: devices[*].uplink.bandwidth=10,50,100 Mbps, "
+                   "servers[0].flops=10TFLOPS..1PFLOPS:log:8, servers.count=1..8; repeat for a grid")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="a fixed change for every point")
+@click.option("--schedule", default="splitfrozen", show_default=True,
+              help="schedules to run at each point: a name, a comma list, or 'all'")
+@click.option("--plan", "plan", is_flag=True, help="plan every point (cuts, LoRA start, assignment) first")
+@click.option("--split", type=int, default=None, help="one cut for every device (default: the scenario's)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="results CSV")
+@click.option("--plot", "plot_out", default=None, type=click.Path(dir_okay=False),
+              help="write a PNG: the metric against the first key, one line per schedule")
+@click.option("--metric", default="makespan_s", show_default=True, help="the plotted column")
+@click.option("--resume", is_flag=True, help="keep the rows already in the CSV; run only the missing ones")
+@click.option("--jobs", "-j", type=int, default=None, help="processes (default: all cores)")
+def sweep(scenario, varies, sets, schedule, plan, split, output, plot_out, metric, resume, jobs):
+    """Run every combination of the --vary values; one CSV row per point and schedule.
+
+    Rows are appended as points finish, so an interrupted sweep keeps what it did (--resume goes
+    on from there). A point whose values the scenario rejects becomes an error row.
+    """
+    from sfsim.errors import SfsimError
+    from sfsim.overrides import parse_value, split_assignment
+    from sfsim.sweep import METRICS, Settings, parse_schedules, parse_vary, run_sweep
+
+    parsed = [parse_vary(v) for v in varies]
+    fixed = tuple((k, parse_value(v)) for k, v in (split_assignment(s) for s in sets))
+    if plot_out and metric not in METRICS:
+        raise SfsimError(f"--metric: unknown column {metric!r}; choose one of: {', '.join(METRICS)}")
+    if plot_out and len(parsed) > 2:
+        raise SfsimError("--plot draws one or two varied keys (x axis, small multiples); drop --plot or a --vary")
+    if jobs is not None and jobs < 1:
+        raise SfsimError(f"--jobs must be >= 1, got {jobs}")
+    settings = Settings(parse_schedules(schedule), split, plan, fixed)
+    res = run_sweep(scenario, parsed, output, settings, resume=resume, jobs=jobs)
+    click.echo(f"{res.rows} rows written to {output} ({res.points} points x {len(settings.schedules)} "
+               f"schedules, {res.skipped} already there) in {res.seconds:.1f} s")
+    if res.errors:
+        click.echo(f"{res.errors} error rows; the first: {res.first_error}")
+    if plot_out:
+        from sfsim.sweepplot import plot_sweep
+
+        plot_sweep(output, plot_out, parsed, metric=metric)
+        click.echo(f"plot written to {plot_out}")
