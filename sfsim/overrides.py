@@ -78,6 +78,11 @@ def parse_value(text: str, option: str = "--set"):
                           "('100 Mbps') or a word") from None
 
 
+def parse_sets(texts: Iterable[str], option: str = "--set") -> list[tuple[str, object]]:
+    """``['servers[0].flops=200 TFLOPS'] -> [('servers[0].flops', '200 TFLOPS')]``, each checked."""
+    return [(k, parse_value(v, option)) for k, v in (split_assignment(t, option) for t in texts)]
+
+
 def load_scenario_with(path, overrides: Iterable[tuple[str, object]], option: str = "--set"):
     """Read a scenario file, apply ``overrides`` to its YAML and validate it like ``load_scenario``.
 

@@ -281,3 +281,41 @@ def test_readme_sweep_snippet_runs(tmp_path, monkeypatch):
     rows = read_rows(tmp_path / "sweep.csv")
     assert len(rows) == 24 and all(r["status"] == "ok" for r in rows)
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------ --set on simulate and plan
+def test_set_equals_editing_the_file(two_file, tmp_path):
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(TWO_SERVERS.replace("bandwidth: 50 Mbps", "bandwidth: 7 Mbps").replace(
+        "flops: 40 GFLOPS", "flops: 80 GFLOPS"))
+    runner = CliRunner()
+    a = runner.invoke(main, ["simulate", "--devices", two_file, "--set", "devices[phone].uplink.bandwidth=7 Mbps",
+                             "--set", "devices[pi].flops=80e9", "--json", str(tmp_path / "a.json")])
+    b = runner.invoke(main, ["simulate", "--devices", str(edited), "--json", str(tmp_path / "b.json")])
+    assert a.exit_code == b.exit_code == 0, a.output + b.output
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+    plain = runner.invoke(main, ["simulate", "--devices", two_file, "--json", str(tmp_path / "c.json")])
+    assert plain.exit_code == 0 and (tmp_path / "c.json").read_text() != (tmp_path / "a.json").read_text()
+
+
+@pytest.mark.parametrize("command", ["simulate", "plan"])
+@pytest.mark.parametrize("setting,message", [
+    ("devices[phone].uplink.bandwidth=5 Mbs", "{f}: devices[1].uplink.bandwidth: '5 Mbs' is not a bandwidth; "
+                                              "write e.g. '50 Mbps' or a number in bit/s (with --set applied)"),
+    ("training.micro_batch=0", "{f}: training.micro_batch: Input should be greater than 0 (got 0) (with --set applied)"),
+    ("training.nope=1", "{f}: training.nope: unknown key; allowed here: micro_batch, epochs, lora"),
+    ("devices[tablet].count=2", "{f}: devices[tablet]: no item named 'tablet'; names are: pi, phone"),
+    ("servers[0].flops", "--set: 'servers[0].flops' has no value; write KEY=VALUE"),
+])
+def test_set_bad_input_one_line_exit_2(two_file, command, setting, message):
+    r = CliRunner().invoke(main, [command, "--devices", two_file, "--set", setting])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: " + message.format(f=two_file)), r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_plan_with_set(two_file, tmp_path):
+    r = CliRunner().invoke(main, ["plan", "--devices", two_file, "--set", "servers.count=1", "-o", str(tmp_path / "p.yaml")])
+    assert r.exit_code == 0, r.output
+    plan = sfsim.load_plan(tmp_path / "p.yaml")
+    assert set(plan.assignment.values()) == {"a"}

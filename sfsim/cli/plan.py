@@ -19,15 +19,17 @@ from sfsim.cli import main
               help="fewest LoRA blocks on the servers")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="write the plan file here (for sfsim simulate --plan / sfsim run --plan)")
-def plan(devices, schedule, objective, min_device_layers, min_lora_layers, output) -> None:
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="change the scenario without editing it: servers[0].flops=200 TFLOPS (repeatable)")
+def plan(devices, schedule, objective, min_device_layers, min_lora_layers, output, sets) -> None:
     """Plan cuts, LoRA start and server assignment for a fleet, and print what bounds the time.
 
     Without -o nothing is written; the last line says how to save the plan.
     """
+    from sfsim.overrides import load_scenario_with, parse_sets
     from sfsim.planner import plan as make_plan
-    from sfsim.scenario import load_scenario
 
-    sc = load_scenario(devices)
+    sc = load_scenario_with(devices, parse_sets(sets))
     res = make_plan(sc, schedule=schedule, objective=objective, min_device_layers=min_device_layers,
                     min_lora_layers=min_lora_layers)
     click.echo(res.table())

@@ -53,16 +53,18 @@ def suffixed(path: str, name: str) -> Path:
 @click.option("--gantt", "gantt_out", default=None, type=click.Path(dir_okay=False),
               help="write a Gantt chart (.png, .pdf or .svg; with 'all': the schedules as small "
                    "multiples on one time axis, in one file)")
-def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trace_out, gantt_out):
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="change the scenario without editing it: devices[*].uplink.bandwidth=50 Mbps (repeatable)")
+def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trace_out, gantt_out, sets):
     """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
     import json
 
+    from sfsim.overrides import load_scenario_with, parse_sets
     from sfsim.report import comparison_table, summary
-    from sfsim.scenario import load_scenario
     from sfsim.schema import write_atomic
     from sfsim.simulate import simulate as run
 
-    sc = load_scenario(scenario)
+    sc = load_scenario_with(scenario, parse_sets(sets))
     names = list(METHODS) if schedule == "all" else [canonical(schedule)]
     splits = parse_split(split)
     want_events = bool(trace_out or gantt_out)

@@ -31,11 +31,11 @@ def sweep(scenario, varies, sets, schedule, plan, split, output, plot_out, metri
     on from there). A point whose values the scenario rejects becomes an error row.
     """
     from sfsim.errors import SfsimError
-    from sfsim.overrides import parse_value, split_assignment
+    from sfsim.overrides import parse_sets
     from sfsim.sweep import METRICS, Settings, parse_schedules, parse_vary, run_sweep
 
     parsed = [parse_vary(v) for v in varies]
-    fixed = tuple((k, parse_value(v)) for k, v in (split_assignment(s) for s in sets))
+    fixed = tuple(parse_sets(sets))
     if plot_out and metric not in METRICS:
         raise SfsimError(f"--metric: unknown column {metric!r}; choose one of: {', '.join(METRICS)}")
     if plot_out and len(parsed) > 2:
