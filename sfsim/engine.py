@@ -74,6 +74,10 @@ class DeviceTimes:
         sync_up_s, sync_down_s: adapter upload and download serialisation seconds (FedAvg).
         srv_f, srv_b, srv_w: server seconds per micro-batch of this device.
         up_bytes, down_bytes, sync_bytes: bytes per micro-batch up, down, and per adapter transfer.
+        per_epoch, last: micro-batches per epoch and the size of each epoch's last one relative to a
+            full one (``samples % micro_batch / micro_batch``, 1 when it divides). Every per-micro-batch
+            time and byte count above is for a full micro-batch; the last of each epoch takes ``last``
+            of it (FLOPs, bytes and so times are linear in the batch; latencies and steps are not).
     """
 
     name: str
@@ -96,10 +100,15 @@ class DeviceTimes:
     up_bytes: float = 0.0
     down_bytes: float = 0.0
     sync_bytes: float = 0.0
+    per_epoch: int = 0
+    last: float = 1.0
 
     def __post_init__(self):
         if self.n < 0:
             raise SfsimError(f"device {self.name!r}: micro-batch count must be >= 0, got {self.n}")
+        if not 0 < self.last <= 1 or (self.last < 1 and self.per_epoch < 1):
+            raise SfsimError(f"device {self.name!r}: last micro-batch size {self.last} must be in (0, 1] "
+                             "and needs per_epoch >= 1")
         if self.sent < 0:
             object.__setattr__(self, "sent", self.n)
         for key in ("f", "b", "w", "step", "up_s", "up_l", "down_s", "down_l", "sync_up_s",
@@ -107,6 +116,14 @@ class DeviceTimes:
             val = getattr(self, key)
             if not (val >= 0 and math.isfinite(val)):
                 raise SfsimError(f"device {self.name!r}: stage time {key} must be finite and >= 0, got {val}")
+
+    def size(self, n: int) -> float:
+        """Size of micro-batch ``n`` relative to a full one: ``last`` for each epoch's last, else 1."""
+        return self.last if self.last < 1.0 and (n + 1) % self.per_epoch == 0 else 1.0
+
+    def units(self, m: int) -> float:
+        """Full-micro-batch equivalents in the first ``m`` micro-batches (what FLOPs and bytes scale by)."""
+        return m - (m // self.per_epoch) * (1.0 - self.last) if self.last < 1.0 else float(m)
 
 
 @dataclass(frozen=True)
@@ -496,7 +513,7 @@ class ServerPool:
         mine = [d for k, d in enumerate(self.devices) if d.n and self.totals[k]]
         if any(d.sent < d.n for d in mine):
             return 0.0  # replays are pushed at the claiming instant
-        return min((d.up_s + d.up_l for d in mine), default=0.0)
+        return min((d.up_s * d.last + d.up_l for d in mine), default=0.0)  # a partial one sends sooner
 
     def _worker(self, w: int):
         env, rec, devices, at = self.env, self.engine.record, self.devices, self.engine.at
@@ -519,7 +536,8 @@ class ServerPool:
                 if fast:
                     d = devices[i]
                     queued_w.append((i, n))
-                    t = now + d.srv_f + d.srv_b
+                    x = d.size(n)
+                    t = now + d.srv_f * x + d.srv_b * x  # same rounding as _run_mb
                 else:
                     t = self._run_mb(lane, i, n, now, defer, queued_w)
                 done += 1
@@ -536,8 +554,9 @@ class ServerPool:
                 while queued_w and (t == now or t < bound):
                     i, n = queued_w.popleft()
                     d = devices[i]
-                    rec(lane, "W", t, d.srv_w, n, d.name)
-                    t += d.srv_w
+                    w_s = d.srv_w * d.size(n)
+                    rec(lane, "W", t, w_s, n, d.name)
+                    t += w_s
                 busy += t - now
                 yield at(t)
             elif self.unclaimed == 0:
@@ -559,18 +578,20 @@ class ServerPool:
     def _run_mb(self, lane: str, i: int, n: int, now: float, defer: bool, queued_w: deque) -> float:
         """Record F and B (or BW) of one micro-batch starting at ``now``; returns when they end."""
         rec, d = self.engine.record, self.devices[i]
-        rec(lane, "F", now, d.srv_f, n, d.name)
-        t = now + d.srv_f
+        x = d.size(n)
+        f_s, b_s, w_s = d.srv_f * x, d.srv_b * x, d.srv_w * x
+        rec(lane, "F", now, f_s, n, d.name)
+        t = now + f_s
         if defer:
-            rec(lane, "B", t, d.srv_b, n, d.name)
+            rec(lane, "B", t, b_s, n, d.name)
             queued_w.append((i, n))
-            return t + d.srv_b
+            return t + b_s
         if self.decompose:  # sequential ablation: W right after B
-            rec(lane, "B", t, d.srv_b, n, d.name)
-            rec(lane, "W", t + d.srv_b, d.srv_w, n, d.name)
+            rec(lane, "B", t, b_s, n, d.name)
+            rec(lane, "W", t + b_s, w_s, n, d.name)
         else:
-            rec(lane, "BW", t, d.srv_b + d.srv_w, n, d.name)
-        t += d.srv_b + d.srv_w
+            rec(lane, "BW", t, b_s + w_s, n, d.name)
+        t += b_s + w_s
         if self.sequential:
             self.engine.succeed_at(self.release.pop(i), t)
         return t
@@ -581,7 +602,8 @@ class ServerPool:
         while queued_w:
             i, n = queued_w.popleft()
             d = devices[i]
-            rec(lane, "W", t, d.srv_w, n, d.name)
-            t += d.srv_w
+            w_s = d.srv_w * d.size(n)
+            rec(lane, "W", t, w_s, n, d.name)
+            t += w_s
         rec(lane, "step", t, step_s)
         return t + step_s

@@ -360,3 +360,14 @@ def test_server_credits_bound_a_fleet_of_slow_links():
     assert res.estimate_s == pytest.approx(res.makespan_s, rel=0.03)
     assert "buffer (2 credits" in res.bottleneck
     assert res.lower_bound_s >= 6 * 6 * hold / 2 * (1 - 1e-12)
+
+
+def test_partial_last_micro_batch_costs_its_share_in_the_planner():
+    # 9 samples in micro-batches of 4, 2 epochs: 6 micro-batches, 4.5 micro-batches of work
+    sc = _scenario([_dev("a", 2, "1 GFLOPS", 1000, "8 Mbps", samples=9)],
+                   [{"name": "gpu", "flops": "4 GFLOPS", "memory": "1 GiB"}], micro_batch=4, epochs=2)
+    t = build_table(CostModel(sc), sc, 11, 1, "splitfrozen")
+    assert t.types[0].sent == 6 and t.n_sent.tolist() == t.n_mb.tolist() == [4.5]
+    res = plan(sc)
+    assert res.makespan_s == pytest.approx(sfsim.simulate(sc, plan=res.to_plan()).makespan_s, rel=1e-12)
+    assert res.estimate_s == pytest.approx(res.makespan_s, rel=0.1)

@@ -122,7 +122,8 @@ def test_simulate_matches_closed_form_one_device():
     dev, srv = sc.devices[2], sc.servers[0]
     res = sfsim.simulate(sc, "splitfrozen", splits={"pi-0": 2, "pi-1": 2, "phone": 4}, lora_start=6)
     assert res.splits == {"pi-0": 2, "pi-1": 2, "phone": 4} and res.lora_start == 6
-    one = sfsim.scenario_from_dict({**_as_dict(sc), "devices": [_as_dict(sc)["devices"][1]]})
+    phone = {**_as_dict(sc)["devices"][1], "samples": 12}  # 3 full micro-batches of 4
+    one = sfsim.scenario_from_dict({**_as_dict(sc), "devices": [phone]})
     res1 = sfsim.simulate(one, "splitfrozen", splits=4, lora_start=6)
     f = cm.seconds(cm.device_prefix(4), dev)[0]
     s = cm.uplink_bytes(4) * 8 / dev.uplink.bandwidth
@@ -134,6 +135,34 @@ def test_simulate_matches_closed_form_one_device():
     assert res1.device_flops["phone"] == pytest.approx(n * cm.device_prefix(4).f)
     assert res1.uplink_bytes == n * cm.uplink_bytes(4)
     assert res1.downlink_bytes == 0
+
+
+def test_partial_last_micro_batch_engine_timeline():
+    # 2 micro-batches per epoch, the last a quarter full: its F, send and server work take a quarter
+    d = DeviceTimes("d", n=2, per_epoch=2, last=0.25, f=1.0, up_s=2.0, up_l=0.5, srv_f=1.0, srv_b=1.0, srv_w=1.0)
+    engine = Engine(trace=True)
+    splitfrozen.run(engine, Job([d], [ServerTimes("s")]), RunConfig(buffer=8, accumulate=100, decompose=False))
+    assert engine.run() == 7.25
+    assert [(e.lane, e.op, e.start, e.dur) for e in engine.events if e.mb == 1] == [
+        ("d", "F", 1.0, 0.25), ("d", "wait", 1.25, 1.75), ("link:d", "send", 3.0, 0.5),
+        ("s", "F", 6.5, 0.25), ("s", "BW", 6.75, 0.5)]
+    assert engine.device_busy["d"] == 1.25 and engine.up_bytes["d"] == 0.0
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_one_sample_costs_one_sample(schedule):
+    # samples: 1 with micro_batch 8 costs 1/8 of a full micro-batch's FLOPs and bytes, in every schedule
+    base = _as_dict(None)
+    full, one = (sfsim.scenario_from_dict({**base, "training": {**base["training"], "micro_batch": 8},
+                                           "devices": [{**base["devices"][1], "samples": n}]})
+                 for n in (8, 1))
+    a, b = (sfsim.simulate(sc, schedule, splits=2) for sc in (full, one))
+    assert a.micro_batches == b.micro_batches == 1
+    assert b.device_flops_total == pytest.approx(a.device_flops_total / 8, rel=1e-12)
+    assert sum(b.server_flops.values()) == pytest.approx(sum(a.server_flops.values()) / 8, rel=1e-12)
+    act = CostModel(full).uplink_bytes(2) if schedule not in ("fedlora", "cenlora") else 0.0
+    assert a.uplink_bytes - b.uplink_bytes == pytest.approx(act * 7 / 8)  # adapters (FedAvg) do not shrink
+    assert b.makespan_s < a.makespan_s
 
 
 def _as_dict(sc):

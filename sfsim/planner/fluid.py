@@ -51,7 +51,8 @@ def _server_completion(table: StageTable, gs: list[Group], j: int) -> tuple[floa
     a = table.a[ti, ki]  # (G,) first arrival of each group's devices
     p = table.p[ti, ki, j]  # (G,) period between their arrivals
     nmb = table.n_sent[ti]  # (G,) micro-batches each device sends
-    scale = table.n_mb[ti] / nmb  # (G,) server micro-batches per sent one (cached epochs replay)
+    # (G,) server work per sent micro-batch, in full ones: cached epochs replay, a partial last one counts its share
+    scale = table.n_mb[ti] / nmb
     n = np.array([g.n for g in gs], dtype=float)
     w = table.w[ki, j]  # (G,) server seconds per micro-batch
     e = a + (nmb - 1) * p  # (G,) last arrival

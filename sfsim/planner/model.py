@@ -42,6 +42,8 @@ class TypeInfo:
     latency: float  # uplink latency (s)
     bandwidth: float  # uplink bit/s
     rep: object  # a representative sfsim.scenario.Device
+    units: float = 0.0  # micro_batches in full-micro-batch equivalents (each epoch's last may be partial)
+    sent_units: float = 0.0  # sent in full-micro-batch equivalents
 
     @property
     def count(self) -> int:
@@ -60,8 +62,11 @@ def fleet_types(scenario) -> list[TypeInfo]:
         per_epoch = scenario.micro_batches(d)
         n = per_epoch * scenario.training.epochs
         sent = per_epoch if scenario.training.cache_activations else n
+        epoch_units = d.samples / scenario.training.micro_batch  # a partial last micro-batch costs its share
+        units = epoch_units * scenario.training.epochs
         out.append(TypeInfo(name, tuple(x.name for x in devs), d.server if d.server_pinned else None,
-                            n, sent, float(d.memory), float(d.uplink.latency), float(d.uplink.bandwidth), d))
+                            n, sent, float(d.memory), float(d.uplink.latency), float(d.uplink.bandwidth), d,
+                            units, epoch_units if scenario.training.cache_activations else units))
     return out
 
 
@@ -115,13 +120,17 @@ class StageTable:
 
     @property
     def n_mb(self) -> np.ndarray:
-        """Micro-batches per device of each type, shape (types,)."""
-        return np.array([t.micro_batches for t in self.types], dtype=float)
+        """Server work per device of each type in full micro-batches (a partial one counts its share), (types,)."""
+        return np.array([t.units for t in self.types], dtype=float)
 
     @property
     def n_sent(self) -> np.ndarray:
-        """Micro-batches each device of a type computes and sends, shape (types,)."""
-        return np.array([t.sent for t in self.types], dtype=float)
+        """Micro-batches each device of a type computes and sends, shape (types,), in full ones (at least 1).
+
+        The fluid model sees a device as a stream of equal micro-batches: a partial last one of each
+        epoch counts its share, so the device's and the server's totals are right.
+        """
+        return np.array([max(t.sent_units, 1.0) for t in self.types], dtype=float)
 
     def k_index(self, cut: int) -> int:
         """Position of ``cut`` on the k axis."""
@@ -183,7 +192,7 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
     for ti, t in enumerate(types):
         if t.pinned is not None:
             allowed[ti, :, [j for j in range(nJ) if names[j] != t.pinned]] = False
-    nmb = np.array([t.sent for t in types], dtype=float)
+    nmb = np.array([max(t.sent_units, 1.0) for t in types], dtype=float)
     if p.ndim == 2:
         fin = (a + (nmb[:, None] - 1) * p)[:, :, None] + w[None, :, :]
     else:

@@ -52,7 +52,7 @@ def rows_for(table: StageTable, groups: list[Group]) -> list[Row]:
     load = {}
     for g in groups:
         ki = table.k_index(g.k)
-        load[g] = g.n * table.types[g.t].micro_batches * table.w[ki, g.j]
+        load[g] = g.n * table.types[g.t].units * table.w[ki, g.j]
     per_server = {}
     for g, x in load.items():
         per_server[g.j] = per_server.get(g.j, 0.0) + x

@@ -66,6 +66,12 @@ class Setup:
         per_epoch = self.scenario.micro_batches(device)
         return per_epoch, per_epoch * self.scenario.training.epochs
 
+    def partial(self, device) -> dict:
+        """``per_epoch`` and ``last`` (size of each epoch's last micro-batch, 1 when full) for DeviceTimes."""
+        mb = self.scenario.training.micro_batch
+        per_epoch = self.scenario.micro_batches(device)
+        return {"per_epoch": per_epoch, "last": (device.samples - (per_epoch - 1) * mb) / mb}
+
 
 @dataclass
 class Job:

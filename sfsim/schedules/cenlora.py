@@ -25,9 +25,10 @@ def build(setup: Setup, cache: bool = False) -> Job:
         srv = sc.server_by_name[setup.assignment[d.name]]
         _, n = setup.micro_batches(d)
         sf, sb, sw = cm.seconds(full, srv)
-        job.devices.append(DeviceTimes(d.name, idx[srv.name], n, sent=0, srv_f=sf, srv_b=sb, srv_w=sw))
+        dt = DeviceTimes(d.name, idx[srv.name], n, sent=0, srv_f=sf, srv_b=sb, srv_w=sw, **setup.partial(d))
+        job.devices.append(dt)
         job.device_flops[d.name] = 0.0
-        job.server_flops[srv.name] += n * full.total
+        job.server_flops[srv.name] += dt.units(n) * full.total
     return job
 
 
@@ -76,20 +77,22 @@ def _worker(engine: Engine, source: _Source, srv: ServerTimes, w: int, devices: 
         if nxt is not None:
             i, n = nxt
             d = devices[i]
-            rec(lane, "F", t, d.srv_f, n, d.name)
-            t += d.srv_f
+            x = d.size(n)  # the last micro-batch of an epoch may be partial
+            rec(lane, "F", t, d.srv_f * x, n, d.name)
+            t += d.srv_f * x
             if cfg.decompose:
-                rec(lane, "B", t, d.srv_b, n, d.name)
-                t += d.srv_b
+                rec(lane, "B", t, d.srv_b * x, n, d.name)
+                t += d.srv_b * x
                 queued.append((i, n))
             else:
-                rec(lane, "BW", t, d.srv_b + d.srv_w, n, d.name)
-                t += d.srv_b + d.srv_w
+                rec(lane, "BW", t, (d.srv_b + d.srv_w) * x, n, d.name)
+                t += (d.srv_b + d.srv_w) * x
             done += 1
         if done and (done == cfg.accumulate or nxt is None):
             for i, n in queued:
-                rec(lane, "W", t, devices[i].srv_w, n, devices[i].name)
-                t += devices[i].srv_w
+                w_s = devices[i].srv_w * devices[i].size(n)
+                rec(lane, "W", t, w_s, n, devices[i].name)
+                t += w_s
             queued.clear()
             rec(lane, "step", t, srv.step)
             t += srv.step

@@ -39,11 +39,12 @@ def build(setup: Setup, cache: bool = False) -> Job:
         srv = setup.assignment[d.name]
         _, n = setup.micro_batches(d)
         f, b, w = cm.seconds(full, d)
-        job.devices.append(DeviceTimes(
+        dt = DeviceTimes(
             d.name, idx[srv], n, f=f, b=b, w=w, step=cm.optimizer_seconds(params, d),
             up_l=d.uplink.latency, down_l=d.downlink.latency, sync_up_s=link_seconds(adapter, d.uplink),
-            sync_down_s=link_seconds(adapter, d.downlink), sync_bytes=adapter))
-        job.device_flops[d.name] = n * full.total
+            sync_down_s=link_seconds(adapter, d.downlink), sync_bytes=adapter, **setup.partial(d))
+        job.devices.append(dt)
+        job.device_flops[d.name] = dt.units(n) * full.total
     return job
 
 
@@ -60,7 +61,7 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
             d = job.devices[i]
             n_steps = sum(steps_in_round(min(per, d.n - r * per), cfg.accumulate)
                           for r in range(rounds(d.n, per)))
-            engine.device_busy[d.name] = d.n * (d.f + d.b + d.w) + n_steps * d.step
+            engine.device_busy[d.name] = d.units(d.n) * (d.f + d.b + d.w) + n_steps * d.step
             engine.up_bytes[d.name] = engine.down_bytes[d.name] = rounds(d.n, per) * d.sync_bytes
             if d.n:
                 engine.env.process(_device(engine, barriers, d, per, cfg.accumulate))
@@ -72,7 +73,8 @@ def _device(engine: Engine, barriers: list[Barrier], d: DeviceTimes, per: int, a
         first, last = r * per, min(d.n, (r + 1) * per)
         t = env.now
         for n in range(first, last):
-            for op, dur in (("F", d.f), ("B", d.b), ("W", d.w)):
+            x = d.size(n)  # the last micro-batch of an epoch may be partial
+            for op, dur in (("F", d.f * x), ("B", d.b * x), ("W", d.w * x)):
                 rec(name, op, t, dur, n, name)
                 t += dur
             if (n - first + 1) % accumulate == 0 or n + 1 == last:

@@ -47,11 +47,12 @@ def build(setup: Setup, cache: bool = False) -> Job:
         prefix, suffix = cm.device_prefix(k), cm.server_suffix(k, ls)
         sf, sb, sw = cm.seconds(suffix, srv)
         up = cm.uplink_bytes(k)
-        job.devices.append(DeviceTimes(
-            d.name, idx[srv.name], n, sent, f=cm.seconds(prefix, d)[0], up_s=link_seconds(up, d.uplink),
-            up_l=d.uplink.latency, srv_f=sf, srv_b=sb, srv_w=sw, up_bytes=up))
-        job.device_flops[d.name] = sent * prefix.f
-        job.server_flops[srv.name] += n * suffix.total
+        dt = DeviceTimes(d.name, idx[srv.name], n, sent, f=cm.seconds(prefix, d)[0],
+                         up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, srv_f=sf, srv_b=sb, srv_w=sw,
+                         up_bytes=up, **setup.partial(d))
+        job.devices.append(dt)
+        job.device_flops[d.name] = dt.units(sent) * prefix.f
+        job.server_flops[srv.name] += dt.units(n) * suffix.total
     return job
 
 
@@ -61,8 +62,8 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
                         cfg.policy, sequential) for k, s in enumerate(job.servers)]
     proc = _sequential if sequential else _pipelined
     for i, d in enumerate(job.devices):
-        engine.device_busy[d.name] = d.sent * d.f
-        engine.up_bytes[d.name] = d.sent * d.up_bytes
+        engine.device_busy[d.name] = d.units(d.sent) * d.f
+        engine.up_bytes[d.name] = d.units(d.sent) * d.up_bytes
         engine.down_bytes[d.name] = 0.0
         if d.sent:
             engine.env.process(proc(engine, pools[d.server], i, d))
@@ -75,7 +76,8 @@ def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
     f_start = 0.0
     link_free = 0.0
     for n in range(d.sent):
-        f_end = f_start + f
+        x = d.size(n)  # the last micro-batch of an epoch may be partial
+        f_end = f_start + f * x
         ready = f_end if f_end > link_free else link_free
         while True:  # get a credit at or after `ready` (see ServerPool.wait_credit)
             if ready > env.now:
@@ -96,10 +98,10 @@ def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
             break
         t0 = env.now
         if engine.events is not None:
-            rec(name, "F", f_start, f, n, name)
+            rec(name, "F", f_start, f * x, n, name)
             rec(name, "wait", f_end, t0 - f_end, n, name)
-            rec(lane, "send", t0, s, n, name)
-        link_free = t0 + s
+            rec(lane, "send", t0, s * x, n, name)
+        link_free = t0 + s * x
         pool.push(link_free + lat, i, n)
         f_start = t0
 
@@ -108,15 +110,16 @@ def _sequential(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
     """One device that waits for the server to finish each micro-batch before the next forward."""
     env, rec, name = engine.env, engine.record, d.name
     for n in range(d.sent):
+        x = d.size(n)
         f_start = env.now
-        yield engine.at(f_start + d.f)
+        yield engine.at(f_start + d.f * x)
         ev = pool.take_credit()
         if ev is not None:
             yield ev
         t0 = env.now
-        rec(name, "F", f_start, d.f, n, name)
-        rec(name, "wait", f_start + d.f, t0 - f_start - d.f, n, name)
-        rec("link:" + name, "send", t0, d.up_s, n, name)
+        rec(name, "F", f_start, d.f * x, n, name)
+        rec(name, "wait", f_start + d.f * x, t0 - f_start - d.f * x, n, name)
+        rec("link:" + name, "send", t0, d.up_s * x, n, name)
         release = pool.release[i] = env.event()
-        pool.push(t0 + d.up_s + d.up_l, i, n)
+        pool.push(t0 + d.up_s * x + d.up_l, i, n)
         yield release

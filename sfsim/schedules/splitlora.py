@@ -51,14 +51,15 @@ def build(setup: Setup, cache: bool = False) -> Job:
         up, down = cm.uplink_bytes(k), cm.gradient_bytes(k)
         adapter_params = cm.trainable_params(range(k), head=False)
         sync = cm.adapter_bytes(range(k), head=False)
-        job.devices.append(DeviceTimes(
+        dt = DeviceTimes(
             d.name, idx[srv.name], n, f=f, b=b, w=w, step=cm.optimizer_seconds(adapter_params, d),
             up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, down_s=link_seconds(down, d.downlink),
             down_l=d.downlink.latency, sync_up_s=link_seconds(sync, d.uplink),
             sync_down_s=link_seconds(sync, d.downlink), srv_f=sf, srv_b=sb, srv_w=sw,
-            up_bytes=up, down_bytes=down, sync_bytes=sync))
-        job.device_flops[d.name] = n * client.total
-        job.server_flops[srv.name] += n * server.total
+            up_bytes=up, down_bytes=down, sync_bytes=sync, **setup.partial(d))
+        job.devices.append(dt)
+        job.device_flops[d.name] = dt.units(n) * client.total
+        job.server_flops[srv.name] += dt.units(n) * server.total
         k_agg = servers[idx[srv.name]]
         servers[idx[srv.name]] = ServerTimes(k_agg.name, k_agg.count, k_agg.step,
                                              max(k_agg.aggregate, aggregate_seconds(adapter_params, srv)))
@@ -73,10 +74,10 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
         mix = engine.mixing[srv.name] = StreamMixing([d.n if d.server == k else 0 for d in job.devices])
         for i in members:
             d = job.devices[i]
-            engine.device_busy[d.name] = d.n * (d.f + d.b + d.w + d.step)
+            engine.device_busy[d.name] = d.units(d.n) * (d.f + d.b + d.w) + d.n * d.step
             n_sync = rounds(d.n, every)
-            engine.up_bytes[d.name] = d.n * d.up_bytes + n_sync * d.sync_bytes
-            engine.down_bytes[d.name] = d.n * d.down_bytes + n_sync * d.sync_bytes
+            engine.up_bytes[d.name] = d.units(d.n) * d.up_bytes + n_sync * d.sync_bytes
+            engine.down_bytes[d.name] = d.units(d.n) * d.down_bytes + n_sync * d.sync_bytes
             if d.n:
                 engine.env.process(_client(engine, lane, barriers, srv, i, d, every, cfg.decompose, mix))
 
@@ -85,22 +86,23 @@ def _client(engine: Engine, lane: FifoLane, barriers: list[Barrier], srv: Server
             d: DeviceTimes, every: int, decompose: bool, mix: StreamMixing):
     env, rec, name = engine.env, engine.record, d.name
     up, down = "link:" + name, "downlink:" + name
-    if decompose:
-        server_ops = [("F", d.srv_f), ("B", d.srv_b), ("W", d.srv_w), ("step", srv.step)]
-    else:
-        server_ops = [("F", d.srv_f), ("BW", d.srv_b + d.srv_w), ("step", srv.step)]
-    grad_after = 1 if decompose else len(server_ops) - 1  # index of the op after which the gradient leaves
+    grad_after = 1 if decompose else 2  # index of the op after which the gradient leaves
     for n in range(d.n):
+        x = d.size(n)  # the last micro-batch of an epoch may be partial
+        if decompose:
+            server_ops = [("F", d.srv_f * x), ("B", d.srv_b * x), ("W", d.srv_w * x), ("step", srv.step)]
+        else:
+            server_ops = [("F", d.srv_f * x), ("BW", (d.srv_b + d.srv_w) * x), ("step", srv.step)]
         t = env.now
-        rec(name, "F", t, d.f, n, name)
-        rec(up, "send", t + d.f, d.up_s, n, name)
-        yield env.timeout(d.f + d.up_s + d.up_l)
+        rec(name, "F", t, d.f * x, n, name)
+        rec(up, "send", t + d.f * x, d.up_s * x, n, name)
+        yield env.timeout((d.f + d.up_s) * x + d.up_l)
         t_grad = lane.serve(server_ops, n, name)[grad_after]
         mix.add(i)
-        rec(down, "send", t_grad, d.down_s, n, name)
-        yield env.timeout(t_grad + d.down_s + d.down_l - env.now)
+        rec(down, "send", t_grad, d.down_s * x, n, name)
+        yield env.timeout(t_grad + d.down_s * x + d.down_l - env.now)
         t = env.now
-        for op, dur in (("B", d.b), ("W", d.w), ("step", d.step)):
+        for op, dur in (("B", d.b * x), ("W", d.w * x), ("step", d.step)):
             rec(name, op, t, dur, n, name)
             t += dur
         yield env.timeout(t - env.now)
