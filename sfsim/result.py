@@ -31,6 +31,8 @@ class SimResult:
             stream and the stream's overall device shares, weighted by server stream length
             (0 = perfectly mixed; None where there is no server stream, i.e. fedlora).
         stream_mixing_by_server: the same per server.
+        assignment_source: where ``assignment`` came from: ``plan``, ``scenario`` (pins, or one
+            server) or ``least-loaded`` (see :mod:`sfsim.assign`).
         events: trace events when asked for (``trace=True``), else None.
         device_types: device -> its device type (groups big fleets in the Gantt chart).
         server_workers: server -> accelerators (``count``), so idle workers show in the Gantt chart.
@@ -52,6 +54,7 @@ class SimResult:
     policy: str | None = None
     stream_mixing: float | None = None
     stream_mixing_by_server: dict[str, float] = field(default_factory=dict)
+    assignment_source: str = "scenario"
     events: list[TraceEvent] | None = None
     device_types: dict[str, str] = field(default_factory=dict)
     server_workers: dict[str, int] = field(default_factory=dict)
@@ -87,7 +90,7 @@ class SimResult:
                 "server_busy_s", "server_utilization", "uplink_bytes", "downlink_bytes",
                 "uplink_bytes_by_device", "downlink_bytes_by_device", "device_flops_total",
                 "device_flops_max", "splits", "lora_start", "assignment", "policy", "stream_mixing",
-                "stream_mixing_by_server")
+                "stream_mixing_by_server", "assignment_source")
         return {k: getattr(self, k) for k in keys}
 
     def to_json(self, path: str | Path | None = None) -> str:

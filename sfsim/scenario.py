@@ -104,7 +104,7 @@ class DeviceType:
     flops: Flops | None = None
     latency_profile: str | None = Field(default=None, description="path to a measured per-layer latency table")
     server: str | None = Field(default=None, description="pin to this server; default: planner's choice "
-                               "(the first server when no plan is used)")
+                               "(without a plan: the least-loaded server, see sfsim.assign)")
 
     @model_validator(mode="after")
     def _one_speed(self):

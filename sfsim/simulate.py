@@ -8,14 +8,16 @@ its client depth unless ``splits`` is given explicitly (a plan's cuts are for Sp
 
 LoRA start: ``lora_start`` argument, else the plan's, else ``training.lora_start``, else the largest
 cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else each device's
-``server`` (the first server by default). Each server trains its own replica on its devices'
-micro-batches; synchronisation between servers is not modelled.
+``server`` pin, and the devices without one least-loaded over the servers
+(:func:`sfsim.assign.least_loaded`); ``SimResult.assignment_source`` says which. Each server
+trains its own replica on its devices' micro-batches; synchronisation between servers is not modelled.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from sfsim.assign import resolve_assignment
 from sfsim.costmodel import CostModel
 from sfsim.engine import POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
@@ -124,16 +126,17 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     else:
         cuts = resolve_splits(scenario, splits, plan)
     ls = resolve_lora_start(scenario, cuts, lora_start, plan) if name in SPLITFROZEN else None
-    assignment = {d.name: d.server for d in scenario.devices}
-    if plan is not None:
-        assignment.update(plan.assignment)
-    setup = Setup(scenario, CostModel(scenario), cuts, ls if ls is not None else max(cuts.values()), assignment)
+    cm, first_lora = CostModel(scenario), ls if ls is not None else max(cuts.values())
+    assignment, source = resolve_assignment(scenario, cm, name, cuts, first_lora, plan)
+    setup = Setup(scenario, cm, cuts, first_lora, assignment)
     module = get(name)
     job = module.build(setup, cache=tr.cache_activations)
     engine = Engine(trace=trace)
     module.run(engine, job, cfg, sequential=name == "splitfrozen-sequential")
     makespan = engine.run()
-    return _result(name, scenario, job, engine, makespan, setup, ls, cfg.policy if name in SPLITFROZEN else None)
+    res = _result(name, scenario, job, engine, makespan, setup, ls, cfg.policy if name in SPLITFROZEN else None)
+    res.assignment_source = source
+    return res
 
 
 def _result(name, scenario, job, engine, makespan, setup, ls, policy) -> SimResult:

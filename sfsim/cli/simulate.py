@@ -96,6 +96,10 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trac
                                                                                     "splitfrozen-sequential"}:
         click.echo("note: SplitFrozen used the default cut 1 on every device (no --split, --plan or "
                    "training.split); 'sfsim plan' chooses per-device cuts")
+    loose = sum(not d.server_pinned for d in sc.devices)
+    if any(r.assignment_source == "least-loaded" for r in results.values()):
+        click.echo(f"note: {loose} devices without a server pin went to the least-loaded of "
+                   f"{len(sc.servers)} servers (no --plan); 'sfsim plan' assigns servers with the cuts")
     if json_out:
         data = results[names[0]].to_dict() if len(names) == 1 else {n: r.to_dict() for n, r in results.items()}
         write_atomic(json_out, json.dumps(data, indent=2) + "\n")
