@@ -21,6 +21,7 @@ SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
   it. A device takes a credit when it starts sending; the credit comes back when a worker starts
   processing that micro-batch and goes to the device that has waited longest (FIFO by the time
   it became ready to send; ties in queueing order). Replayed (cached) micro-batches hold no credit.
+  The acknowledgement is instantaneous (no downlink latency): see ``Training.buffer`` for why.
 * **Arrivals** are kept in a heap; a worker that becomes free at time ``t`` sees every micro-batch
   with arrival ``<= t`` (an arrival at the instant a worker frees up is eligible). An idle worker is
   woken at the next arrival.
@@ -28,6 +29,12 @@ SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
   order), ``round-robin`` (devices in turn, in the order they first had work waiting) or
   ``proportional`` (the device with the largest fraction of its micro-batches not yet started;
   ties: lower device index). Within one device micro-batches always run in order.
+* **Several workers** (``count > 1``) are independent replicas of the server's model: each steps
+  its own accumulation window (below) and no gradient is exchanged between them. An eligible
+  micro-batch goes to the worker that has been free the longest: free workers wait in a FIFO
+  (those free from the start in index order) and a worker that becomes free at the instant work
+  is eligible queues behind the workers already waiting. No micro-batch waits while a worker is
+  free (work-conserving).
 * **Worker** per accelerator (lane ``<server>`` when ``count == 1``, else ``<server>/<w>``): for a
   micro-batch of device ``i`` it runs ``F`` then ``B`` back to back. With ``decompose`` its ``W``
   is queued: the worker runs queued W's (oldest first, one at a time) only when no micro-batch is
@@ -525,11 +532,21 @@ class ServerPool:
         queued_w: deque = deque()  # (device, mb) whose W is deferred
         done = 0                    # micro-batches processed since this worker's last step
         busy = 0.0
+        woken = False               # resumed from the idle FIFO: take work without deferring again
         while True:
             now = env.now
             while pending and pending[0][0] <= now:
                 _, _, i, n = heappop(pending)
                 policy.push(i, n)
+            if policy and self.idle and not woken:
+                # Workers idle longer choose first: wake them and queue behind them (same instant).
+                ev = env.event()
+                self._wake_all()
+                self.idle.append(ev)
+                yield ev
+                woken = True
+                continue
+            woken = False
             if policy:
                 i, n = policy.pop()
                 self._claim(i, n)
@@ -574,6 +591,7 @@ class ServerPool:
                 if pending and pending[0][0] < self.alarm_at:
                     self._arm(pending[0][0])
                 yield ev
+                woken = True
 
     def _run_mb(self, lane: str, i: int, n: int, now: float, defer: bool, queued_w: deque) -> float:
         """Record F and B (or BW) of one micro-batch starting at ``now``; returns when they end."""

@@ -60,7 +60,13 @@ class Training:
     epochs: int = Field(default=1, gt=0)
     lora: LoraSpec = field(default_factory=LoraSpec)
     accumulate: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
-    buffer: int = Field(default=4, gt=0, description="micro-batches in flight to or waiting at a server")
+    # A credit comes back the instant a server worker starts a micro-batch; the acknowledgement's
+    # downlink latency is not modelled. It would hold each credit one downlink latency longer, i.e.
+    # shrink the buffer by (credits returned per second x latency): on profiles/edge.yaml about 0.2 of
+    # 16 credits (9.5 micro-batches/s x 20 ms), and the makespan there is the same at buffer 14, 15
+    # or 16 (sixg.yaml: 30, 31 or 32). With a buffer of a few credits and long downlinks, lower it.
+    buffer: int = Field(default=4, gt=0, description="micro-batches in flight to or waiting at a server "
+                        "(credits; returned when a worker starts one, acknowledgement latency not modelled)")
     decompose_backward: bool = Field(default=True, description="defer W (weight grads) into idle time")
     split: int | None = Field(default=None, ge=0, description="default cut for every device")
     lora_start: int | None = Field(default=None, ge=0, description="first LoRA block; default max cut")

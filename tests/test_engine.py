@@ -136,6 +136,17 @@ def test_multi_worker_lanes_and_final_steps():
     assert engine.server_busy["srv"] == 5
 
 
+def test_multi_worker_rule_longest_free_worker_takes_the_arrival():
+    # a0, a1 arrive at 1 and 2; b0 arrives at 3.5, the instant srv/1 finishes a1. srv/0 has been free
+    # since 2.5, so it takes b0 (whatever SimPy's event order); each worker steps its own window.
+    devs = [DeviceTimes("a", n=2, f=1, srv_f=1.5), DeviceTimes("b", n=1, f=3.5, srv_f=1.5)]
+    makespan, events, _ = run(devs, ServerTimes("srv", count=2, step=0.5), accumulate=2)
+    assert [(e.lane, e.op, e.start, e.device) for e in events if e.lane.startswith("srv")] == [
+        ("srv/0", "F", 1, "a"), ("srv/1", "F", 2, "a"), ("srv/0", "F", 3.5, "b"),
+        ("srv/1", "step", 3.5, ""), ("srv/0", "step", 5, "")]
+    assert makespan == 5.5
+
+
 def test_every_micro_batch_once_and_no_lane_overlap_many_devices():
     devs = [DeviceTimes(f"d{i}", n=5 + i, f=0.3 + 0.1 * i, up_s=0.2 * (i % 3 + 1), up_l=0.05 * i,
                         srv_f=0.2, srv_b=0.1, srv_w=0.15) for i in range(6)]
