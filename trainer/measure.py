@@ -66,6 +66,9 @@ class Meter:
         self.events: list[TraceEvent] = []
         self._cache: dict[tuple, int] = {}
         self.t0 = time.perf_counter()
+        #: lane -> FLOP/s: compute on these lanes is stretched (by sleeping) to take FLOPs / rate seconds
+        self.stretch: dict[str, float] = {}
+        self.stretched_s = 0.0  # seconds slept to emulate slower devices
 
     def now(self) -> float:
         """Seconds since the meter started."""
@@ -82,19 +85,29 @@ class Meter:
         """
         start = self.now()
         cache_key = None if key is None else (role, op, *key)
-        if self.count_flops and count and cache_key in self._cache:
+        flops = 0
+        counting = count and (self.count_flops or (lane or role) in self.stretch)
+        if counting and cache_key in self._cache:
             yield
-            self.flops[role] += self._cache[cache_key]
-        elif self.count_flops and count:
+            flops = self._cache[cache_key]
+        elif counting:
             counter = FlopCounterMode(display=False)
             with counter:
                 yield
             flops = counter.get_total_flops()
-            self.flops[role] += flops
             if cache_key is not None:
                 self._cache[cache_key] = flops
         else:
             yield
+        if self.count_flops:
+            self.flops[role] += flops
+        rate = self.stretch.get(lane or role)
+        if rate and flops:
+            # emulate a slower device: sleep (never spin) until the work has taken FLOPs / rate seconds
+            extra = flops / rate - (self.now() - start)
+            if extra > 0:
+                time.sleep(extra)
+                self.stretched_s += extra
         dur = self.now() - start
         self.phase_s[phase] += dur
         self.events.append(TraceEvent(lane or role, op, start, dur, mb, device))

@@ -30,12 +30,22 @@ from trainer.heads import ClassificationHead, default_pooling
 from trainer.lora import default_targets
 from trainer.measure import Meter
 from trainer.methods import Setup, build_method
-from trainer.methods.checkpoint import load_adapter, save_adapter
+from trainer.methods.checkpoint import load_adapter, load_checkpoint, save_adapter, save_checkpoint
+from trainer.methods.common import full_state, load_full_state
 from trainer.methods.evaluate import accuracy, exact_match
 from trainer.models import load_model
 from trainer.partition import parse_partition, partition, partition_table
-from trainer.runtime import SERVER_ORDERS, DeviceRole, InProcessTransport, stream_mixing
+from trainer.runtime import SERVER_ORDERS, DeviceRole, InProcessTransport, RoleRNG, role_seed, stream_mixing
 from trainer.split import split_model
+
+#: How ``sfsim run`` places its roles.
+LAUNCHES = {
+    "local": "one OS process per device and one for the server on this machine (torch.distributed, gloo)",
+    "inprocess": "every role in this process, one after the other (debugging; the equivalence reference)",
+}
+#: What a distributed run emulates from the scenario.
+EMULATE = {"none": "nothing: real speed, real loopback", "compute": "device compute stretched to the scenario's FLOP/s",
+           "links": "links shaped to the scenario's bandwidth and latency", "all": "compute and links"}
 
 
 @dataclass
@@ -68,9 +78,26 @@ class RunConfig:
     count_flops: bool = True
     progress: bool = True
     model_cache: str | None = None
+    launch: str = "inprocess"
+    threads: int = 1
+    emulate: str = "none"
+    peer_timeout: float = 30.0
+    checkpoint_every: int = 0
+    buffer: int | None = None
 
     def __post_init__(self):
         self.method = canonical(self.method)
+        if self.launch not in LAUNCHES:
+            raise SfsimError(f"unknown --launch {self.launch!r}: use one of {', '.join(LAUNCHES)}")
+        if self.emulate not in EMULATE:
+            raise SfsimError(f"unknown --emulate {self.emulate!r}: use one of {', '.join(EMULATE)}")
+        if self.emulate != "none" and self.launch == "inprocess":
+            raise SfsimError("--emulate needs separate processes (--launch local, or --role with torchrun/by hand): "
+                             "in one process device and server work cannot overlap")
+        if self.threads < 1:
+            raise SfsimError(f"--threads must be >= 1 (got {self.threads})")
+        if not self.peer_timeout > 0 or self.checkpoint_every < 0 or (self.buffer is not None and self.buffer < 1):
+            raise SfsimError("--peer-timeout must be > 0, --checkpoint-every >= 0 and --buffer >= 1")
         parse_partition(self.partition)
         if self.task not in tdata.TASKS:
             raise SfsimError(f"unknown task {self.task!r}: use one of {', '.join(tdata.TASKS)}")
@@ -170,15 +197,20 @@ def build(cfg: RunConfig):
     mb = cfg.micro_batch or tr.micro_batch
     roles = [DeviceRole(n, shards[n], mb, cfg.seed + i) for i, n in enumerate(shards)]
     meter = Meter(server_lane=scenario.devices[0].server, count_flops=cfg.count_flops)
+    rng = RoleRNG(cfg.seed)
+    transport = InProcessTransport(meter, rng=rng)
     setup = Setup(lm=lm, head=head, devices=roles, cuts=cuts, lora_start=lora_start,
                   lora={"rank": lo.rank, "alpha": lo.alpha, "dropout": lo.dropout,
                         "targets": _lora_targets(scenario, lm)},
                   micro_batch=mb, accumulate=cfg.accumulate or tr.accumulate, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                  meter=meter, transport=InProcessTransport(meter), server=scenario.devices[0].server,
+                  meter=meter, transport=transport, server=scenario.devices[0].server,
                   server_order=cfg.server_order, periods=_periods(scenario, cuts),
                   decompose_backward=tr.decompose_backward, local_steps=cfg.local_steps or tr.local_steps,
-                  fedavg_every=cfg.fedavg_every or tr.fedavg_every, seed=cfg.seed)
+                  fedavg_every=cfg.fedavg_every or tr.fedavg_every, seed=cfg.seed, buffer=cfg.buffer or tr.buffer,
+                  samples={r.name: r.n_samples for r in roles})
     method = build_method(cfg.method, setup)
+    by_name = {r.name: r for r in roles}
+    transport.handler = lambda msg: method.device_handle(by_name[msg.device], msg)
     n_eval = min(cfg.eval_samples or len(dev), len(dev))
     info = {"partition_table": table, "partition_counts": counts, "epochs": cfg.epochs or tr.epochs,
             "n_eval": n_eval}
@@ -227,17 +259,50 @@ def _progress(cfg: RunConfig, total: int):
     return tqdm(total=total, unit="sample", disable=not cfg.progress, dynamic_ncols=True, leave=False)
 
 
-def run(cfg: RunConfig) -> dict:
-    """Train with ``cfg.method``, evaluate after every epoch, write all outputs; return the metrics."""
+def run(cfg: RunConfig, resume: bool = False) -> dict:
+    """Train with ``cfg.method``, evaluate after every epoch, write all outputs; return the metrics.
+
+    ``cfg.launch == "local"`` starts one process per role (``trainer.launch``); ``"inprocess"`` runs
+    every role here. ``resume``: continue from the checkpoint in ``cfg.out``.
+    """
+    if cfg.launch == "local":
+        from trainer.launch import launch_local
+
+        return launch_local(cfg, resume=resume)
     t0 = time.perf_counter()
+    out = prepare_out(cfg, resume)
+    built = build(cfg)
+    torch.manual_seed(role_seed(cfg.seed, "server"))  # the server's RNG, as in a process of its own
+    metrics = train_server(cfg, built, out, t0, resume)
+    _write_trace(out, built[2].meter.events, metrics)
+    return metrics
+
+
+def prepare_out(cfg: RunConfig, resume: bool) -> Path:
+    """Create the output folder and record the run's settings first (``--resume`` reads them)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    scenario, lm, setup, method, dev, info = build(cfg)
-    if cfg.progress:
-        print(info["partition_table"])
-    losses, evals = [], []
-    n_samples = sum(d.n_samples for d in setup.devices)
-    for epoch in range(info["epochs"]):
+    if not resume:
+        write_atomic(out / "run_config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+    return out
+
+
+def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = False) -> dict:
+    """The server's side of a run: every epoch, eval, adapter, checkpoints and metrics.json.
+
+    Used by the in-process run and by the server process of a distributed run (the transport in
+    ``setup`` decides where the devices are).
+    """
+    scenario, lm, setup, method, dev, info = built
+    losses, evals, first_epoch = [], [], 0
+    if resume:
+        first_epoch = _restore(out, setup, method, losses, evals)
+    if cfg.checkpoint_every:
+        method.on_step_done = lambda epoch: (len(losses) % cfg.checkpoint_every == 0 and
+                                             _checkpoint(out, setup, method, epoch, losses, evals))
+    n_samples = sum(setup.samples.values())
+    metrics = {}
+    for epoch in range(first_epoch, info["epochs"]):
         bar = _progress(cfg, n_samples)
         t_ep = time.perf_counter()
 
@@ -252,11 +317,35 @@ def run(cfg: RunConfig) -> dict:
         bar.close()
         evals.append(round(score(method, lm, setup.head, dev, cfg, info["n_eval"]), 6))
         save_adapter(out / "adapter", lm.model, setup.head, _adapter_config(cfg, lm, setup, method))
+        if method.resumable:
+            method.cursor = {}
+            _checkpoint(out, setup, method, epoch + 1, losses, evals)
         metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
-    write_atomic(out / "run_config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
-    _write_trace(out, setup.meter.events, metrics)
+    if not metrics:  # resumed after the last epoch: nothing left to train
+        metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
+
+
+def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list) -> None:
+    """A resumable checkpoint at an optimizer-step boundary (server-side state only)."""
+    progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals,
+                "lost": method.lost, "stream": method.server_stream}
+    save_checkpoint(out, full_state(setup.lm.model, setup.head), method.optimizers(), progress)
+
+
+def _restore(out: Path, setup: Setup, method, losses: list, evals: list) -> int:
+    """Load the checkpoint in ``out`` into the model, optimizers and RNG; return the epoch to start."""
+    if not method.resumable:
+        raise SfsimError(f"--resume is not supported for {method.name}: its devices hold training state "
+                         "(client adapters, optimizer moments); use splitfrozen, splitfrozen-sequential or cenlora")
+    weights, progress = load_checkpoint(out, method.optimizers())
+    load_full_state(setup.lm.model, setup.head, weights)
+    losses[:], evals[:] = progress["losses"], progress["evals"]
+    method.lost, method.server_stream = progress["lost"], [tuple(x) for x in progress["stream"]]
+    method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"]}
+    return progress["epoch"]
 
 
 def _adapter_config(cfg: RunConfig, lm, setup: Setup, method) -> dict:
@@ -281,7 +370,8 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
             "eval_history": evals, "train_loss_history": losses, **summary, "wall_s": round(wall_s, 3),
             "uplink_time_modelled_s": {k: round(v, 6) for k, v in link_s.items()},
             "cuts": setup.cuts, "lora_start": setup.lora_start, "lora_blocks": method.lora_block_indices(),
-            "server_order": setup.server_order, "stream_mixing": mixing,
+            "server_order": setup.server_order, "stream_mixing": mixing, "launch": cfg.launch,
+            "lost_devices": method.lost,
             "partition": {"spec": cfg.partition, "counts": info["partition_counts"], "table": info["partition_table"]},
             "train_samples": sum(d.n_samples for d in setup.devices), "eval_samples": info["n_eval"],
             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress",)},
@@ -297,6 +387,18 @@ def _write_trace(out: Path, events, metrics: dict) -> None:
 
     write_gantt(events, out / "gantt.png", title=f"{metrics['method']} on {metrics['task']} (measured run)",
                 devices=metrics.get("device_flops", {}))
+
+
+def load_run_config(out_dir: str) -> RunConfig:
+    """The settings a run recorded in ``out_dir/run_config.json`` (for ``--resume``)."""
+    path = Path(out_dir) / "run_config.json"
+    if not path.is_file():
+        raise SfsimError(f"{path} is missing: point --resume at a folder written by sfsim run")
+    try:
+        raw = json.loads(path.read_text())
+        return RunConfig(**raw)
+    except (ValueError, TypeError) as err:
+        raise SfsimError(f"{path}: not a valid run configuration ({err}); start a new run instead") from None
 
 
 def evaluate_saved(out_dir: str, data_dir: str | None = None, eval_samples: int | None = None) -> dict:

@@ -6,6 +6,11 @@ tensor crosses a :class:`Transport`, which counts its bytes on the device's upli
 :class:`InProcessTransport` copies tensors between queues in one process; a torch.distributed
 transport (one process per role) implements the same four methods.
 
+Devices are *reactive*: a method's device side is a handler called with each message the server sends
+down (start an epoch, a credit, a command, an adapter). :class:`InProcessTransport` calls it at once
+(under the device's own RNG state), ``trainer.distributed.DistTransport`` delivers it to the device's
+process. The server side is the same code for both transports.
+
 Link trace events in the in-process run: ``start`` is when the message was handed to the transport
 and ``dur`` the measured time of copying its tensors (the in-process "wire"), not a network time;
 the network time a real link would take is reported separately from the scenario's bandwidth.
@@ -14,7 +19,10 @@ the network time a real link would take is reported separately from the scenario
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,19 +53,33 @@ def device_kwargs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
 
 
+class PeerLost(Exception):
+    """A peer died, hung past the timeout, or broke the protocol (``device``: its name)."""
+
+    def __init__(self, device: str, reason: str = ""):
+        super().__init__(f"{device}: {reason}")
+        self.device, self.reason = device, reason
+
+
 @dataclass
 class Message:
-    """Tensors sent from one role to another for one micro-batch.
+    """One message between roles: a kind, header integers and named tensors.
 
     Attributes:
-        device: the device the message belongs to.
-        mb: micro-batch index on that device (``-1`` for adapters).
+        device: the device the message belongs to (sender up, receiver down).
+        mb: micro-batch index on that device (``-1`` when none).
         tensors: name -> tensor (e.g. ``hidden`` (B, T, d), ``attention_mask`` (B, T), ``labels``).
+        kind: a :class:`trainer.wire.Kind` name in lower case (``act``, ``credit``, ``adapter``...).
+        aux: a small integer whose meaning depends on the kind (see :mod:`trainer.wire`).
+        epoch: the epoch the message belongs to.
     """
 
     device: str
     mb: int
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    kind: str = "act"
+    aux: int = 0
+    epoch: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -66,13 +88,20 @@ class Message:
 
 
 class Transport(Protocol):
-    """Carries messages between devices and the server and counts their bytes per link."""
+    """Carries messages between devices and the server and counts their bytes per link.
+
+    ``arrival_order`` is True when ``recv_up(None)`` returns messages in real arrival order
+    (the ``fifo`` server order); ``lost`` maps devices that are gone to the reason.
+    """
+
+    arrival_order: bool
+    lost: dict[str, str]
 
     def send_up(self, msg: Message) -> None:
         """Device -> server."""
 
-    def recv_up(self, device: str) -> Message:
-        """The oldest message from ``device`` waiting at the server."""
+    def recv_up(self, device: str | None, kinds: set[str] | None = None) -> Message:
+        """The oldest message from ``device`` (``None``: any) waiting at the server; PeerLost if gone."""
 
     def send_down(self, msg: Message) -> None:
         """Server -> device ``msg.device``."""
@@ -81,35 +110,84 @@ class Transport(Protocol):
         """The oldest message waiting for ``device``."""
 
 
+def role_seed(seed: int, role: str) -> int:
+    """The RNG seed of one role (device name or ``"server"``) in a run seeded with ``seed``."""
+    return (seed * 1000003 + zlib.crc32(role.encode())) % (2**63)
+
+
+class RoleRNG:
+    """Per-role torch RNG states in one process, so that every role draws what its own process would."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.states: dict[str, torch.Tensor] = {}
+
+    @contextmanager
+    def role(self, name: str) -> Iterator[None]:
+        """Run the enclosed code under ``name``'s RNG state (seeded from :func:`role_seed` at first use)."""
+        outer = torch.get_rng_state()
+        if name in self.states:
+            torch.set_rng_state(self.states[name])
+        else:
+            torch.manual_seed(role_seed(self.seed, name))
+        try:
+            yield
+        finally:
+            self.states[name] = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+
 class InProcessTransport:
     """A transport between roles in one process: per-device queues, tensors copied on send.
 
     Copying (``detach().clone()``) makes the receiver's tensors independent of the sender's graph and
     of ``torch.inference_mode`` (inference tensors cannot be saved for backward), as a real wire would.
+    A message sent down is handed at once to ``handler`` (the method's device side), under the
+    device's own RNG state (``rng``). Messages without tensors (credits, commands) are not counted on
+    a link, as in the simulator.
     """
 
-    def __init__(self, meter: Meter):
-        self.meter = meter
+    arrival_order = False
+
+    def __init__(self, meter: Meter, handler: Callable[[Message], None] | None = None, rng: RoleRNG | None = None):
+        self.meter, self.handler, self.rng = meter, handler, rng
+        self.lost: dict[str, str] = {}
         self._up: dict[str, deque[Message]] = defaultdict(deque)
         self._down: dict[str, deque[Message]] = defaultdict(deque)
 
-    def _send(self, msg: Message, down: bool) -> None:
+    def _send(self, msg: Message, down: bool) -> Message:
         start = self.meter.now()
-        wire = Message(msg.device, msg.mb, {k: v.detach().clone() for k, v in msg.tensors.items()})
-        self.meter.transfer(msg.device, wire.nbytes, start, self.meter.now() - start, msg.mb, down=down)
-        (self._down if down else self._up)[msg.device].append(wire)
+        wire = Message(msg.device, msg.mb, {k: v.detach().clone() for k, v in msg.tensors.items()},
+                       kind=msg.kind, aux=msg.aux, epoch=msg.epoch)
+        if wire.tensors:
+            self.meter.transfer(msg.device, wire.nbytes, start, self.meter.now() - start, msg.mb, down=down)
+        return wire
 
     def send_up(self, msg: Message) -> None:
         """Device -> server: copy the tensors and count their bytes on the device's uplink."""
-        self._send(msg, down=False)
+        self._up[msg.device].append(self._send(msg, down=False))
 
     def send_down(self, msg: Message) -> None:
-        """Server -> device: copy the tensors and count their bytes on the device's downlink."""
-        self._send(msg, down=True)
+        """Server -> device: copy, count, and run the device's handler on it (or queue it)."""
+        wire = self._send(msg, down=True)
+        if self.handler is None:
+            self._down[msg.device].append(wire)
+        elif self.rng is None:
+            self.handler(wire)
+        else:
+            with self.rng.role(msg.device):
+                self.handler(wire)
 
-    def recv_up(self, device: str) -> Message:
-        """The oldest message from ``device``."""
-        return self._up[device].popleft()
+    def recv_up(self, device: str | None, kinds: set[str] | None = None) -> Message:
+        """The oldest message from ``device`` (in-process the server always names the device)."""
+        if device is None:
+            raise SfsimError("the in-process transport has no arrival order: name the device")
+        q = self._up[device]
+        for msg in q:
+            if kinds is None or msg.kind in kinds:
+                q.remove(msg)
+                return msg
+        raise SfsimError(f"in-process: no {sorted(kinds or ['any'])} message from {device} is waiting")
 
     def recv_down(self, device: str) -> Message:
         """The oldest message for ``device``."""

@@ -10,6 +10,7 @@ import json
 import click
 
 from sfsim.cli import main
+from sfsim.errors import SfsimError
 from sfsim.methods import METHODS
 
 _ORDERS = ("proportional", "round-robin", "fifo")  # trainer.runtime.SERVER_ORDERS, without importing torch
@@ -25,13 +26,18 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+_LAUNCH_HELP = ("local: one process per device and one for the server on this machine (default: device and "
+                "server work overlap, so measured times mean something); inprocess: every role in this process, "
+                "one after the other (debugging, and the reference a distributed run must equal)")
+
+
 @main.command()
-@click.option("--devices", "devices", required=True, type=click.Path(dir_okay=False),
+@click.option("--devices", "devices", type=click.Path(dir_okay=False),
               help="scenario YAML: devices, their relative sample counts, training settings")
-@click.option("--model", required=True, help="smollm2-135m, minilm-l6, gpt2 (local) or a local HF folder")
-@click.option("--task", required=True, help="sst2, mrpc, mnli or gsm8k")
-@click.option("--method", required=True, help=f"one of {', '.join(METHODS)} (alias centralized)")
-@click.option("--partition", "partition_spec", required=True, help="iid, dirichlet:ALPHA or label-skew:C")
+@click.option("--model", help="smollm2-135m, minilm-l6, gpt2 (local) or a local HF folder")
+@click.option("--task", help="sst2, mrpc, mnli or gsm8k")
+@click.option("--method", help=f"one of {', '.join(METHODS)} (alias centralized)")
+@click.option("--partition", "partition_spec", help="iid, dirichlet:ALPHA or label-skew:C")
 @click.option("--plan", type=click.Path(dir_okay=False), help="plan file with per-device cuts (sfsim plan)")
 @click.option("--split", type=int, help="cut for every device (blocks on the device)")
 @click.option("--lora-start", type=int, help="first block with LoRA (default: the largest cut; cenlora: 0)")
@@ -43,34 +49,81 @@ def _threads(n: int | None) -> None:
 @click.option("--max-len", type=int, default=128, show_default=True, help="tokens per sample at most")
 @click.option("--micro-batch", type=int, help="samples per micro-batch (default: the scenario's)")
 @click.option("--accumulate", type=int, help="micro-batches per optimizer step (default: the scenario's)")
+@click.option("--buffer", type=int, help="splitfrozen: micro-batches in flight per device (default: the scenario's)")
 @click.option("--local-steps", type=int, help="fedlora: local micro-batches per round")
 @click.option("--fedavg-every", type=int, help="splitlora: client FedAvg period in steps")
 @click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
 @click.option("--server-order", default="proportional", show_default=True,
               help=f"order in which the server trains on the devices' micro-batches: {', '.join(_ORDERS)}")
 @click.option("--gen-tokens", type=int, default=128, show_default=True, help="gsm8k: tokens generated at eval")
-@click.option("--threads", type=int, help="torch CPU threads")
+@click.option("--launch", default="local", show_default=True, type=click.Choice(["local", "inprocess"]),
+              help=_LAUNCH_HELP)
+@click.option("--emulate", default="none", show_default=True, type=click.Choice(["none", "compute", "links", "all"]),
+              help="distributed runs: stretch device compute to the scenario's FLOP/s (sleeping), shape links to "
+                   "its bandwidth and latency, or both")
+@click.option("--role", type=click.Choice(["server", "device"]),
+              help="run one role of a distributed run (with --rank, --world-size, --master); see the README")
+@click.option("--rank", type=int, help="with --role: 0 for the server, i+1 for the scenario's device i")
+@click.option("--world-size", type=int, help="with --role: 1 + the number of devices")
+@click.option("--master", help="with --role: HOST:PORT of the server (rank 0)")
+@click.option("--peer-timeout", type=float, default=30.0, show_default=True,
+              help="seconds without a message or heartbeat after which a peer counts as lost")
+@click.option("--checkpoint-every", type=int, default=0, show_default=True,
+              help="checkpoint every N optimizer steps (0: at the end of each epoch only)")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="continue the run in this folder from its last checkpoint (other options come from it)")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads per process")
 @click.option("--no-flops", is_flag=True, help="skip FLOP counting (faster)")
 @click.option("--quiet", is_flag=True, help="no partition table or progress bar")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
+@click.option("--out", type=click.Path(file_okay=False), help="output folder")
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
-        eval_samples, lr, seed, max_len, micro_batch, accumulate, local_steps, fedavg_every, data_dir, server_order,
-        gen_tokens, threads, no_flops, quiet, out):
+        eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, data_dir,
+        server_order, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
+        resume_dir, threads, no_flops, quiet, out):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
-    from trainer.runner import RunConfig
+    from trainer.runner import RunConfig, load_run_config
     from trainer.runner import run as run_job
 
+    if threads is not None and threads < 1:
+        raise SfsimError(f"--threads must be >= 1 (got {threads})")
     _threads(threads)
-    cfg = RunConfig(devices=devices, model=model, task=task, method=method, partition=partition_spec, out=out,
-                    plan=plan, split=split, lora_start=lora_start, epochs=epochs, train_samples=train_samples,
-                    eval_samples=eval_samples, lr=lr, seed=seed, max_len=max_len, data_dir=data_dir,
-                    server_order=server_order, micro_batch=micro_batch, accumulate=accumulate,
-                    local_steps=local_steps,
-                    fedavg_every=fedavg_every, gen_tokens=gen_tokens, count_flops=not no_flops, progress=not quiet)
-    m = run_job(cfg)
-    click.echo(f"{m['method']} on {m['task']}: eval accuracy {m['eval_accuracy']:.4f}, "
+    if resume_dir is not None:
+        cfg = load_run_config(resume_dir)
+    else:
+        need = {"--devices": devices, "--model": model, "--task": task, "--method": method,
+                "--partition": partition_spec, "--out": out}
+        missing = [k for k, v in need.items() if v is None]
+        if missing:
+            raise SfsimError(f"missing option {missing[0]} (and {len(missing) - 1} more)" if len(missing) > 1
+                             else f"missing option {missing[0]}")
+        cfg = RunConfig(devices=devices, model=model, task=task, method=method, partition=partition_spec, out=out,
+                        plan=plan, split=split, lora_start=lora_start, epochs=epochs, train_samples=train_samples,
+                        eval_samples=eval_samples, lr=lr, seed=seed, max_len=max_len, data_dir=data_dir,
+                        server_order=server_order, micro_batch=micro_batch, accumulate=accumulate,
+                        local_steps=local_steps, fedavg_every=fedavg_every, gen_tokens=gen_tokens,
+                        count_flops=not no_flops, progress=not quiet, launch=launch, threads=threads,
+                        emulate=emulate, peer_timeout=peer_timeout, checkpoint_every=checkpoint_every,
+                        buffer=buffer)
+    if role is not None:
+        _one_role(cfg, role, rank, world_size, master, resume_dir is not None)
+    m = run_job(cfg, resume=resume_dir is not None)
+    lost = f", lost {', '.join(m['lost_devices'])}" if m.get("lost_devices") else ""
+    click.echo(f"{m['method']} on {m['task']} ({cfg.launch}): eval accuracy {m['eval_accuracy']:.4f}, "
                f"device FLOPs {m['device_flops_total']:.3e}, server FLOPs {m['server_flops_total']:.3e}, "
-               f"uplink {m['uplink_bytes']} B, downlink {m['downlink_bytes']} B, {m['wall_s']:.1f} s -> {out}")
+               f"uplink {m['uplink_bytes']} B, downlink {m['downlink_bytes']} B, {m['wall_s']:.1f} s{lost} -> "
+               f"{cfg.out}")
+
+
+def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: str | None, resume: bool) -> None:
+    """``--role``: play one role of a distributed run, then leave the process at once."""
+    from trainer.launch import exit_now, run_role
+
+    missing = [k for k, v in {"--rank": rank, "--world-size": world_size, "--master": master}.items() if v is None]
+    if missing:
+        raise SfsimError(f"--role needs {', '.join(missing)} (e.g. --rank 0 --world-size 5 --master 10.0.0.2:29500)")
+    cfg.launch = "local" if cfg.launch == "inprocess" else cfg.launch
+    code = run_role(cfg, role, rank, world_size, master, resume=resume)
+    exit_now(code)
 
 
 @main.command(name="eval")

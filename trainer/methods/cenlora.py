@@ -17,7 +17,7 @@ from trainer.methods.common import (
     task_loss,
     trainable_params,
 )
-from trainer.runtime import Message, device_kwargs, trim
+from trainer.runtime import DeviceRole, Message, PeerLost, device_kwargs, trim
 from trainer.split import split_model
 
 
@@ -35,6 +35,7 @@ class CenLoRA(Method):
     """The centralised LoRA baseline."""
 
     name = "cenlora"
+    resumable = True
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -49,27 +50,40 @@ class CenLoRA(Method):
         """Every block from ``--lora-start`` (default 0) on."""
         return list(range(self.setup.lora_start, self.setup.lm.n_layers))
 
+    def device_handle(self, role: DeviceRole, msg: Message) -> None:
+        """``start``: upload the raw shard (once)."""
+        if msg.kind == "start":
+            self.setup.transport.send_up(Message(role.name, -1, dict(role.shard), kind="shard", epoch=msg.epoch))
+
     def _gather(self) -> None:
         """Devices upload their shards once; the server concatenates them."""
         s, shards = self.setup, []
-        for d in s.devices:
-            s.transport.send_up(Message(d.name, -1, dict(d.shard)))
-            shards.append(s.transport.recv_up(d.name).tensors)
-            self.owner += [d.name] * d.n_samples
+        for n in self.live():
+            s.transport.send_down(Message(n, -1, kind="start"))
+        for n in self.live():
+            try:
+                shards.append(s.transport.recv_up(n, {"shard"}).tensors)
+            except PeerLost as err:
+                self.lose(err.device, err.reason)
+                continue
+            self.owner += [n] * int(shards[-1]["input_ids"].shape[0])
         left = getattr(s.lm.tokenizer, "padding_side", "right") == "left"
         pad = {"input_ids": s.lm.tokenizer.pad_token_id or 0, "labels": -100}
         self.data = {k: _pad_cat([sh[k] for sh in shards], pad.get(k, 0), left) for k in shards[0]}
 
-    def train_epoch(self, epoch: int, on_step: StepCallback) -> None:
+    def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
         """One shuffled pass over the union; an optimizer step every ``accumulate`` micro-batches."""
         s, meter = self.setup, self.setup.meter
         if self.data is None:
             self._gather()
+        done = self.resume_cursor(epoch).get("server", 0)
         n = self.data["input_ids"].shape[0]
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(s.seed * 1000003 + epoch))
         starts = list(range(0, n, s.micro_batch))
         losses, samples = [], 0
         for i, st in enumerate(starts):
+            if i < done:
+                continue
             idx = perm[st:st + s.micro_batch]
             b = trim({k: v[idx] for k, v in self.data.items()})
             self.rest.train()
@@ -87,6 +101,12 @@ class CenLoRA(Method):
                     self.opt.zero_grad(set_to_none=True)
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
+                self.cursor["server"] = i + 1
+                self.step_done(epoch)
+
+    def optimizers(self) -> dict:
+        """The server's optimizer."""
+        return {"server": self.opt}
 
     def eval_cut(self) -> int:
         """CenLoRA evaluates the whole model (cut 0)."""

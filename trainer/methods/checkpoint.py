@@ -73,3 +73,59 @@ def load_adapter(folder: str | Path, lm) -> tuple[torch.nn.Module | None, dict]:
         head = ClassificationHead(lm.hidden, extra["num_labels"], extra["pooling"])
         head.load_state_dict(load_file(str(folder / "head.safetensors")))
     return head, cfg
+
+
+# -- resumable training checkpoints -------------------------------------------------------------------
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimizers: dict, progress: dict) -> Path:
+    """Write one resumable checkpoint file atomically: weights, optimizer state, RNG and progress.
+
+    Args:
+        folder: the run's output folder (the file is ``folder/checkpoint.safetensors``).
+        tensors: trainable weights (``full_state``) and anything else to restore by name.
+        optimizers: name -> ``torch.optim.Optimizer``; each parameter's state is saved as
+            ``opt.<name>.<index>.<key>`` (index in the optimizer's parameter order).
+        progress: JSON-able dict (epoch, cursors, histories); stored as the file's metadata.
+
+    Returns:
+        The checkpoint's path.
+    """
+    out = {f"w.{k}": v.detach().contiguous() for k, v in tensors.items()}
+    for name, opt in optimizers.items():
+        params = [p for g in opt.param_groups for p in g["params"]]
+        for i, p in enumerate(params):
+            for k, v in opt.state.get(p, {}).items():
+                t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+                out[f"opt.{name}.{i}.{k}"] = t.detach().contiguous()
+    out["rng.torch"] = torch.get_rng_state()
+    path = Path(folder) / CHECKPOINT
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(out, str(tmp), metadata={"progress": json.dumps(progress)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(folder: str | Path, optimizers: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read :func:`save_checkpoint`'s file: restore optimizers and the RNG; return (weights, progress)."""
+    from safetensors import safe_open
+
+    path = Path(folder) / CHECKPOINT
+    if not path.is_file():
+        raise SfsimError(f"{path} is missing: nothing to resume (runs write it with --checkpoint-every N "
+                         "and at the end of every epoch)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            progress = json.loads(f.metadata()["progress"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except Exception as err:  # a torn or foreign file: one line, not a traceback
+        raise SfsimError(f"{path}: not a readable sfsim checkpoint ({err})") from None
+    for name, opt in optimizers.items():
+        params = [p for g in opt.param_groups for p in g["params"]]
+        for i, p in enumerate(params):
+            st = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{name}.{i}.")}
+            if st:
+                opt.state[p] = st
+    torch.set_rng_state(tensors["rng.torch"])
+    return {k[2:]: v for k, v in tensors.items() if k.startswith("w.")}, progress

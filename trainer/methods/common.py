@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -10,7 +12,7 @@ from torch import nn
 
 from trainer.lora import add_lora, load_lora_state_dict, lora_state_dict
 from trainer.measure import Meter
-from trainer.runtime import DeviceRole, Transport
+from trainer.runtime import DeviceRole, Message, Transport
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Setup:
         meter, transport: measurement and the role-to-role transport.
         server: the server's name (its trace lane).
         seed: run seed.
+        buffer: splitfrozen credits per device (micro-batches sent but not yet started by the server).
+        samples: device -> training samples (what each device reported when it joined).
     """
 
     lm: object
@@ -55,6 +59,8 @@ class Setup:
     local_steps: int = 10
     fedavg_every: int = 100
     seed: int = 0
+    buffer: int = 4
+    samples: dict[str, int] = field(default_factory=dict)
 
     @property
     def is_lm(self) -> bool:
@@ -159,23 +165,82 @@ StepCallback = Callable[[float, int], None]
 class Method:
     """Base of the four methods: trains ``setup.lm.model`` (+ head) in place, one epoch at a time.
 
-    Subclasses set :attr:`name`, inject LoRA in ``__init__`` and implement :meth:`train_epoch`. After
-    every epoch the shared model holds the global adapters that evaluation and checkpoints use.
+    A method has two sides that talk only through ``setup.transport``: :meth:`server_epoch` (the
+    server's loop for one epoch) and :meth:`device_handle` (what a device does with each message
+    the server sends down). Subclasses set :attr:`name`, inject LoRA in ``__init__`` and implement
+    both. After every epoch the server's model holds the global adapters that evaluation and
+    checkpoints use.
     """
 
     name = ""
+    resumable = False  # True when all training state lives on the server (checkpoint + --resume)
 
     def __init__(self, setup: Setup):
         self.setup = setup
         self.server_stream: list[tuple[str, list[int]]] = []  # (device, labels) in server training order
+        self.lost: dict[str, dict] = {}  # device -> {"reason", "untrained_samples"}
+        self.cursor: dict[str, int] = {}  # device -> micro-batches trained this epoch
+        self.resume_from: dict | None = None  # {"epoch", "cursor"} of a checkpoint to continue from
+        self.on_step_done: Callable[[int], None] | None = None  # called with the epoch after each step
+
+    def train_epoch(self, epoch: int, on_step: StepCallback) -> None:
+        """Train for one epoch over every device's data (the server's side)."""
+        self.server_epoch(epoch, on_step)
+
+    def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
+        """The server's loop for one epoch."""
+        raise NotImplementedError
+
+    def device_handle(self, role: DeviceRole, msg: Message) -> None:
+        """What device ``role`` does with a message from the server."""
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The server-side optimizers a checkpoint saves (name -> optimizer)."""
+        return {}
+
+    # -- bookkeeping shared by the server loops -----------------------------------------------------
+    def batch_counts(self) -> dict[str, int]:
+        """Micro-batches per epoch of every device, from the sample counts the devices reported."""
+        mb = self.setup.micro_batch
+        return {n: math.ceil(k / mb) for n, k in self.setup.samples.items()}
+
+    def resume_cursor(self, epoch: int) -> dict[str, int]:
+        """Micro-batches per device already trained in ``epoch`` (from a checkpoint), and reset the cursor."""
+        done = {}
+        if self.resume_from is not None and self.resume_from["epoch"] == epoch:
+            done = {k: int(v) for k, v in self.resume_from["cursor"].items()}
+            self.resume_from = None
+        self.cursor = dict(done)
+        return done
+
+    def advance(self, name: str) -> None:
+        """One more micro-batch of ``name`` trained this epoch."""
+        self.cursor[name] = self.cursor.get(name, 0) + 1
+
+    def step_done(self, epoch: int) -> None:
+        """An optimizer step ended (a consistent point: checkpoints are taken here)."""
+        if self.on_step_done is not None:
+            self.on_step_done(epoch)
+
+    def lose(self, name: str, reason: str, left: dict[str, int] | None = None) -> None:
+        """Go on without device ``name``: note why and how many of its samples were not trained."""
+        if left is not None:
+            left.pop(name, None)
+        if name in self.lost:
+            return
+        trained = min(self.cursor.get(name, 0) * self.setup.micro_batch, self.setup.samples.get(name, 0))
+        self.lost[name] = {"reason": reason, "untrained_samples": self.setup.samples.get(name, 0) - trained}
+        print(f"warning: lost device {name} ({reason}); going on without it, "
+              f"{self.lost[name]['untrained_samples']} of its samples untrained", file=sys.stderr, flush=True)
+
+    def live(self) -> list[str]:
+        """Devices not lost, in scenario order."""
+        return [d.name for d in self.setup.devices if d.name not in self.lost]
 
     def lora_block_indices(self) -> list[int]:
         """Blocks that carry LoRA in this method."""
         return list(range(self.setup.lm.n_layers))
-
-    def train_epoch(self, epoch: int, on_step: StepCallback) -> None:
-        """Train for one epoch over every device's data."""
-        raise NotImplementedError
 
     def finish_epoch(self) -> None:
         """Bring the shared model to the global state (e.g. a final FedAvg); default: nothing."""

@@ -1,12 +1,16 @@
 """FedLoRA: the whole model with LoRA on every device, local steps, FedAvg of adapters + head per round.
 
-Each round every device that still has data this epoch trains ``local_steps`` micro-batches through
-all L blocks (forward and backward), uploads its adapters and head, the server averages them
-(weighted by the devices' sample counts) and sends the average back. Devices keep their own AdamW
-moments across rounds. In-process all devices share one model: a device's weights are swapped in.
+Each round the server sends the global adapters and head to every device that still has data this
+epoch (``round``); each trains ``local_steps`` micro-batches through all L blocks (forward and
+backward) from there and uploads its adapters, head and per-step losses (``adapter``); the server
+averages them (weighted by the devices' sample counts). Devices keep their own AdamW moments across
+rounds. In-process all devices share one model and a device's weights are swapped in; in a
+distributed run every device trains in its own process, all at once.
 """
 
 from __future__ import annotations
+
+import torch
 
 from trainer.lora import fedavg
 from trainer.methods.common import (
@@ -20,8 +24,9 @@ from trainer.methods.common import (
     task_loss,
     trainable_params,
 )
-from trainer.runtime import Message, device_kwargs
+from trainer.runtime import DeviceRole, Message, PeerLost, device_kwargs
 from trainer.split import split_model
+from trainer.wire import pack_state, unpack_state
 
 
 class FedLoRA(Method):
@@ -35,37 +40,40 @@ class FedLoRA(Method):
         inject_lora(s, self.lora_block_indices())
         # cut 0: the "device part" is only the embeddings; in FedLoRA the device runs both parts
         self.emb, self.rest = split_model(s.lm.model, 0, head=s.head, frozen_device=False)
-        params = trainable_params(self.rest)
-        self.opt = {d.name: adamw(params, s) for d in s.devices}
+        self.params = trainable_params(self.rest)
+        self.opt: dict[str, torch.optim.Optimizer] = {}  # device -> its optimizer (device side)
         self.global_state = get_state(s.lm.model, s.head)
+        self.keys = sorted(self.global_state)
+        self.like = {k: v.clone() for k, v in self.global_state.items()}
+        self.round = 0
+        self._dev: dict[str, dict] = {}
 
-    def train_epoch(self, epoch: int, on_step: StepCallback) -> None:
-        """Rounds of local training and FedAvg until every device has used its epoch's data."""
+    # -- device side --------------------------------------------------------------------------------
+    def device_handle(self, role: DeviceRole, msg: Message) -> None:
+        """``start``: the epoch's batches; ``round``: local steps from the global state, then upload."""
         s = self.setup
-        batches = {d.name: d.batches(epoch) for d in s.devices}
-        pos = dict.fromkeys(batches, 0)
-        while any(pos[n] < len(b) for n, b in batches.items()):
-            active = [d for d in s.devices if pos[d.name] < len(batches[d.name])]
-            states = []
-            for d in active:
-                set_state(s.lm.model, s.head, self.global_state)
-                for _ in range(s.local_steps):
-                    if pos[d.name] >= len(batches[d.name]):
-                        break
-                    loss, n = self._local_step(d.name, pos[d.name], batches[d.name][pos[d.name]])
-                    pos[d.name] += 1
-                    on_step(loss, n)
-                s.transport.send_up(Message(d.name, -1, get_state(s.lm.model, s.head)))
-                states.append(s.transport.recv_up(d.name).tensors)
-            with s.meter.compute(s.server, "aggregate", "server_aggregate", count=False):
-                self.global_state = fedavg(states, [d.n_samples for d in active])
-            for d in s.devices:  # every device receives the new global adapters
-                s.transport.send_down(Message(d.name, -1, self.global_state))
-                s.transport.recv_down(d.name)
-        set_state(s.lm.model, s.head, self.global_state)
+        if msg.kind == "start":
+            self._dev[role.name] = {"batches": role.batches(msg.epoch), "pos": 0, "epoch": msg.epoch}
+            return
+        if msg.kind != "round":
+            return
+        st = self._dev[role.name]
+        set_state(s.lm.model, s.head, unpack_state(msg.tensors["state"], self.like, self.keys))
+        losses = []
+        for _ in range(s.local_steps):
+            if st["pos"] >= len(st["batches"]):
+                break
+            loss, n = self._local_step(role.name, st["pos"], st["batches"][st["pos"]])
+            st["pos"] += 1
+            losses += [loss, float(n)]
+        state = pack_state(get_state(s.lm.model, s.head), self.keys)
+        s.transport.send_up(Message(role.name, -1, {"state": state, "losses": torch.tensor(losses, dtype=torch.float32)},
+                                    kind="adapter", aux=msg.aux, epoch=st["epoch"]))
 
     def _local_step(self, name: str, j: int, batch) -> tuple[float, int]:
         s, meter = self.setup, self.setup.meter
+        if name not in self.opt:
+            self.opt[name] = adamw(self.params, s)
         self.rest.train()
         key = tuple(batch["input_ids"].shape)
         with meter.compute(name, "F", "device_forward", mb=j, device=name, key=key):
@@ -78,6 +86,41 @@ class FedLoRA(Method):
             self.opt[name].zero_grad(set_to_none=True)
         self.record(name, batch["labels"])
         return loss.item(), int(batch["labels"].shape[0])
+
+    # -- server side --------------------------------------------------------------------------------
+    def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
+        """Rounds of local training and FedAvg until every device has used its epoch's data."""
+        s, tr = self.setup, self.setup.transport
+        counts = self.batch_counts()
+        self.resume_cursor(epoch)
+        for n in self.live():
+            tr.send_down(Message(n, -1, kind="start", epoch=epoch))
+        left = {n: counts[n] for n in self.live()}
+        while sum(left.values()) > 0:
+            self.round += 1
+            active = [n for n in self.live() if left.get(n, 0) > 0]
+            flat = pack_state(self.global_state, self.keys)
+            for n in active:
+                tr.send_down(Message(n, -1, {"state": flat}, kind="round", aux=self.round, epoch=epoch))
+            states, weights = [], []
+            for n in active:
+                try:
+                    msg = tr.recv_up(n, {"adapter"})
+                except PeerLost as err:
+                    self.lose(err.device, err.reason, left)
+                    continue
+                steps = msg.tensors["losses"].view(-1, 2).tolist()
+                for loss, k in steps:
+                    on_step(loss, int(k))
+                left[n] = max(left[n] - len(steps), 0) if steps else 0
+                self.cursor[n] = self.cursor.get(n, 0) + len(steps)
+                states.append(unpack_state(msg.tensors["state"], self.like, self.keys))
+                weights.append(s.samples[n])
+            if states:
+                with s.meter.compute(s.server, "aggregate", "server_aggregate", count=False):
+                    self.global_state = fedavg(states, weights)
+            self.step_done(epoch)
+        set_state(s.lm.model, s.head, self.global_state)
 
     def eval_cut(self) -> int:
         """FedLoRA evaluates the whole model (cut 0)."""

@@ -2,9 +2,15 @@
 
 Device i runs embeddings + blocks 0..k_i-1 under ``torch.inference_mode`` and sends (hidden, mask,
 labels); the server runs blocks k_i..lora_start-1 frozen, blocks lora_start..L-1 with LoRA, and the
-head. The server takes micro-batches in the order of a pacing policy (``server_order``); its backward
-is split into B (now) and W (deferred until the optimizer step, see ``trainer.backward``). Nothing
-is sent back to the devices.
+head. Nothing but credits is sent back to the devices.
+
+Flow control is the simulator's: a device may have at most ``buffer`` micro-batches sent but not yet
+started by the server (its credits); the server returns a credit when it starts a micro-batch (the
+sequential ablation: when it has finished its backward, with one credit). The server takes
+micro-batches in the order of a pacing policy (``server_order``): a deterministic order waits for the
+named device while others' micro-batches queue; ``fifo`` over a real transport takes true arrival
+order. Backward is split into B (now) and W (deferred until the optimizer step, see
+``trainer.backward``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from trainer.methods.common import (
     task_loss,
     trainable_params,
 )
-from trainer.runtime import server_order
+from trainer.runtime import DeviceRole, Message, PeerLost, server_order
 from trainer.split import split_model
 
 
@@ -27,6 +33,8 @@ class SplitFrozen(Method):
     """The SplitFrozen method (``decompose_backward=False`` gives the fused-BW ablation)."""
 
     name = "splitfrozen"
+    resumable = True
+    sequential = False  # release a device's next micro-batch only after the server's backward
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -40,41 +48,97 @@ class SplitFrozen(Method):
         widest = self.parts[min(self.parts)][1]  # holds every server block and the head
         self.deferred = DeferredGrads(widest, enabled=s.decompose_backward)
         self.opt = adamw(trainable_params(widest), s)
+        self._dev: dict[str, dict] = {}  # device side: name -> {batches, next, credits, epoch}
 
     def lora_block_indices(self) -> list[int]:
         """Blocks lora_start..L-1."""
         return list(range(self.setup.lora_start, self.setup.lm.n_layers))
 
-    def train_epoch(self, epoch: int, on_step: StepCallback) -> None:
-        """Devices stream activations; the server trains on them in the pacing order."""
-        s, meter = self.setup, self.setup.meter
-        batches = {d.name: d.batches(epoch) for d in s.devices}
-        roles = {d.name: d for d in s.devices}
-        order = server_order({n: len(b) for n, b in batches.items()}, s.server_order, s.periods)
-        nxt = dict.fromkeys(batches, 0)
-        losses, samples = [], 0
-        for i, name in enumerate(order):
-            j = nxt[name]
-            nxt[name] += 1
-            # in-process the device produces micro-batch j just before the server needs it
-            s.transport.send_up(roles[name].forward_frozen(batches[name][j], j, meter))
-            msg = s.transport.recv_up(name)
-            t = msg.tensors
-            _, server = self.parts[s.cuts[name]]
-            server.train()
-            key = (s.cuts[name], *t["hidden"].shape)
-            with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
-                loss = task_loss(server(t["hidden"], t["attention_mask"]), t["labels"], s.is_lm)
-            op = "B" if s.decompose_backward else "BW"
-            with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
-                (loss / s.accumulate).backward()
-            self.record(name, t["labels"])
-            losses.append(loss.item())
-            samples += t["labels"].shape[0]
-            if (i + 1) % s.accumulate == 0 or i == len(order) - 1:
+    # -- device side --------------------------------------------------------------------------------
+    def device_handle(self, role: DeviceRole, msg: Message) -> None:
+        """``start``: take the epoch's batches from ``msg.mb`` on with ``aux`` credits; ``credit``: one more."""
+        if msg.kind == "start":
+            self._dev[role.name] = {"batches": role.batches(msg.epoch), "next": msg.mb, "credits": msg.aux,
+                                    "epoch": msg.epoch}
+        elif msg.kind == "credit":
+            self._dev[role.name]["credits"] += 1
+        else:
+            return
+        st = self._dev[role.name]
+        while st["credits"] > 0 and st["next"] < len(st["batches"]):
+            j = st["next"]
+            out = role.forward_frozen(st["batches"][j], j, self.setup.meter)
+            out.epoch = st["epoch"]
+            self.setup.transport.send_up(out)
+            st["next"], st["credits"] = j + 1, st["credits"] - 1
+
+    # -- server side --------------------------------------------------------------------------------
+    def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
+        """Start every device, then train on their micro-batches in the pacing order as they arrive."""
+        s, tr = self.setup, self.setup.transport
+        counts = self.batch_counts()
+        done = self.resume_cursor(epoch)  # device -> micro-batches already trained this epoch
+        live = [n for n in counts if n not in self.lost]
+        credits = 1 if self.sequential else s.buffer
+        for n in live:
+            tr.send_down(Message(n, done.get(n, 0), kind="start", aux=credits, epoch=epoch))
+        arrival = s.server_order == "fifo" and tr.arrival_order
+        order = None if arrival else self._order(counts, done)
+        left = {n: counts[n] - done.get(n, 0) for n in live}
+        losses, samples, i = [], 0, 0
+        while sum(left.values()) > 0:
+            if order is not None:
+                name = order[i]
+                i += 1
+                if left.get(name, 0) == 0:  # a lost device's slot
+                    continue
+            else:
+                name = None
+            try:
+                msg = tr.recv_up(name, {"act"})
+            except PeerLost as err:
+                self.lose(err.device, err.reason, left)
+                continue
+            name = msg.device
+            left[name] -= 1
+            if not self.sequential:
+                tr.send_down(Message(name, msg.mb, kind="credit", epoch=epoch))
+            loss, n = self._train(msg)
+            if self.sequential:
+                tr.send_down(Message(name, msg.mb, kind="credit", epoch=epoch))
+            self.advance(name)
+            losses.append(loss)
+            samples += n
+            if len(losses) == s.accumulate or sum(left.values()) == 0:
                 self._step()
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
+                self.step_done(epoch)
+
+    def _order(self, counts: dict[str, int], done: dict[str, int]) -> list[str]:
+        """The epoch's pacing order with the micro-batches already trained (resume) left out."""
+        skip = dict(done)
+        out = []
+        for n in server_order(counts, self.setup.server_order, self.setup.periods):
+            if skip.get(n, 0) > 0:
+                skip[n] -= 1
+            else:
+                out.append(n)
+        return out
+
+    def _train(self, msg: Message) -> tuple[float, int]:
+        """Server F and B (W deferred) of one micro-batch."""
+        s, meter, t, name, j = self.setup, self.setup.meter, msg.tensors, msg.device, msg.mb
+        _, server = self.parts[s.cuts[name]]
+        server.train()
+        key = (s.cuts[name], *t["hidden"].shape)
+        with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
+            loss = task_loss(server(t["hidden"], t["attention_mask"]), t["labels"], s.is_lm)
+        op = "B" if s.decompose_backward else "BW"
+        with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
+            (loss / s.accumulate).backward()
+        self.record(name, t["labels"])
+        return loss.item(), int(t["labels"].shape[0])
 
     def _step(self) -> None:
         s, meter = self.setup, self.setup.meter
@@ -85,11 +149,16 @@ class SplitFrozen(Method):
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
 
+    def optimizers(self) -> dict:
+        """The server's optimizer (checkpointed)."""
+        return {"server": self.opt}
+
 
 class SplitFrozenSequential(SplitFrozen):
-    """SplitFrozen without the B/W split (fused backward): the ablation ``splitfrozen-sequential``."""
+    """SplitFrozen without pipelining: one micro-batch per device at a time, fused backward (ablation)."""
 
     name = "splitfrozen-sequential"
+    sequential = True
 
     def __init__(self, setup: Setup):
         setup.decompose_backward = False
