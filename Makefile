@@ -26,3 +26,4 @@ lint: setup
 bench: setup
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_planner.py
+	$(PY) bench/bench_sweep.py
