@@ -21,6 +21,7 @@ from sfsim.assign import resolve_assignment
 from sfsim.costmodel import CostModel
 from sfsim.engine import POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
+from sfsim.memory import check_memory
 from sfsim.methods import canonical
 from sfsim.planfile import Plan, load_plan
 from sfsim.result import SimResult
@@ -28,6 +29,42 @@ from sfsim.scenario import Scenario
 from sfsim.schedules import RunConfig, Setup, get
 
 SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
+
+TAKES = {"splitfrozen": ("splits", "plan", "lora_start", "policy"),
+         "splitfrozen-sequential": ("splits", "plan", "lora_start", "policy"),
+         "splitlora": ("splits", "plan"), "fedlora": (), "cenlora": ()}
+"""The options each schedule takes (``plan`` for splitlora: its assignment; the client cut stays
+``training.splitlora_cut``). :func:`simulate` ignores the others, so that one loop can run every
+schedule; the CLI refuses them for a single schedule (:func:`check_options`) and passes each
+schedule only its own with ``--schedule all`` (:func:`applicable`)."""
+
+_WHY_NOT = {
+    "splits": {"fedlora": "fedlora trains the whole model on every device, so it has no cut",
+               "cenlora": "cenlora trains at the server, so it has no cut"},
+    "plan": {"fedlora": "a plan holds SplitFrozen cuts and servers; fedlora has no cut",
+             "cenlora": "a plan holds SplitFrozen cuts and servers; cenlora has no cut"},
+    "lora_start": "only SplitFrozen has a frozen server part below its LoRA blocks",
+    "policy": "only SplitFrozen's server chooses among waiting micro-batches (the others serve in order)",
+}
+_BOTH = "give cuts or a plan, not both: the plan fixes every cut (CLI: --split or --plan)"
+_FLAGS = {"splits": "--split", "plan": "--plan", "lora_start": "--lora-start", "policy": "--policy"}
+
+
+def applicable(schedule: str, **options) -> dict:
+    """The ``options`` (given ones, i.e. not None) that ``schedule`` takes; for ``--schedule all``."""
+    return {k: v for k, v in options.items() if v is not None and k in TAKES[canonical(schedule)]}
+
+
+def check_options(schedule: str, **options) -> None:
+    """Refuse options that ``schedule`` would ignore, or that contradict each other (one line)."""
+    name = canonical(schedule)
+    given = [k for k, v in options.items() if v is not None]
+    if "splits" in given and "plan" in given:
+        raise SfsimError(_BOTH)
+    for key in given:
+        if key not in TAKES[name]:
+            why = _WHY_NOT[key] if isinstance(_WHY_NOT[key], str) else _WHY_NOT[key].get(name, "")
+            raise SfsimError(f"{name} takes no {key} ({_FLAGS[key]}): {why}; drop it")
 
 
 def resolve_splits(scenario: Scenario, splits=None, plan: Plan | None = None,
@@ -96,7 +133,8 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
         scenario: a loaded :class:`~sfsim.scenario.Scenario`.
         schedule: a method name from :data:`sfsim.methods.METHODS` (or an alias).
         splits: None, an int or a dict device -> cut (see the module docstring).
-        plan: a :class:`~sfsim.planfile.Plan` or a plan file path (cuts, LoRA start, assignment).
+        plan: a :class:`~sfsim.planfile.Plan`, a :class:`~sfsim.planner.PlanResult` (what
+            :func:`sfsim.plan` returns) or a plan file path (cuts, LoRA start, assignment).
         lora_start: first LoRA block on the server (SplitFrozen).
         trace: keep every op as a :class:`~sfsim.trace.TraceEvent` (memory grows with the run).
         policy: server policy (``fifo``, ``round-robin``, ``proportional``); default training.server_policy.
@@ -110,9 +148,13 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
         True
     """
     name = canonical(schedule)
+    if splits is not None and plan is not None:
+        raise SfsimError(_BOTH)
     if isinstance(plan, (str, Path)):
         plan = load_plan(plan, scenario)
-    elif plan is not None:
+    elif hasattr(plan, "to_plan"):  # a PlanResult from sfsim.plan()
+        plan = plan.to_plan()
+    if plan is not None:
         plan.check(scenario)
     tr = scenario.training
     cfg = RunConfig.from_training(tr, policy)
@@ -125,9 +167,14 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
         cuts = resolve_splits(scenario, None, None, default=tr.splitlora_cut)
     else:
         cuts = resolve_splits(scenario, splits, plan)
+    if name == "splitlora" and 0 in cuts.values():
+        dev = next(d for d, k in cuts.items() if k == 0)
+        raise SfsimError(f"splitlora: device {dev} has cut 0, so its client has no block to train and the "
+                         "cut-layer gradient would go nowhere; give it a cut of 1 or more")
     ls = resolve_lora_start(scenario, cuts, lora_start, plan) if name in SPLITFROZEN else None
     cm, first_lora = CostModel(scenario), ls if ls is not None else max(cuts.values())
     assignment, source = resolve_assignment(scenario, cm, name, cuts, first_lora, plan)
+    check_memory(scenario, cm, name, cuts, first_lora, assignment)
     setup = Setup(scenario, cm, cuts, first_lora, assignment)
     module = get(name)
     job = module.build(setup, cache=tr.cache_activations)

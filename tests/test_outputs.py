@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 import sfsim
@@ -183,3 +184,45 @@ def test_gantt_schedule_all_is_one_file_of_small_multiples(scenario_file, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.pdf", "tiny.yaml"]
     assert [t.split(" on ")[0] for t, _ in drawn] == list(sfsim.methods.METHODS)
     assert len({end for _, end in drawn}) == 1                        # one shared time axis
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--split", "2", "--plan", "p.yaml"], "give cuts or a plan, not both"),
+    (["--schedule", "fedlora", "--split", "2"], "fedlora takes no splits (--split): fedlora trains the whole model"),
+    (["--schedule", "cenlora", "--split", "2"], "cenlora takes no splits (--split): cenlora trains at the server"),
+    (["--schedule", "fedlora", "--plan", "p.yaml"], "fedlora takes no plan (--plan)"),
+    (["--schedule", "splitlora", "--lora-start", "5"], "splitlora takes no lora_start (--lora-start)"),
+    (["--schedule", "fedlora", "--policy", "fifo"], "fedlora takes no policy (--policy)"),
+    (["--schedule", "splitlora", "--split", "0"], "splitlora: device pi-0 has cut 0"),
+    (["--set", "devices[0].memory=1 MiB"], "device pi-0 needs 181 MiB for its 1-block prefix but has 1 MiB"),
+])
+def test_cli_conflicting_options_one_line(scenario_file, tmp_path, args, match):
+    sc = sfsim.load_scenario(scenario_file)
+    sfsim.Plan(splits={d.name: 2 for d in sc.devices}, lora_start=5,
+               assignment={d.name: "gpu" for d in sc.devices}).save(tmp_path / "p.yaml")
+    args = [str(tmp_path / a) if a == "p.yaml" else a for a in args]
+    out = CliRunner().invoke(main, ["simulate", "--devices", str(scenario_file), *args])
+    assert out.exit_code == 2, out.output
+    assert out.output.startswith("error: ") and match in out.output and out.output.count("\n") == 1
+
+
+def test_schedule_all_gives_each_schedule_its_own_options(scenario_file):
+    out = CliRunner().invoke(main, ["simulate", "--devices", str(scenario_file), "--schedule", "all",
+                                    "--split", "2", "--lora-start", "5", "--policy", "round-robin"])
+    assert out.exit_code == 0, out.output
+    assert all(name in out.output for name in sfsim.methods.METHODS)
+
+
+def test_simulate_takes_a_plan_result_and_checks_memory_as_plan_does(scenario_file):
+    sc = sfsim.load_scenario(scenario_file)
+    p = sfsim.plan(sc)
+    assert sfsim.simulate(sc, plan=p).makespan_s == p.makespan_s
+    data = yaml.safe_load(TINY)
+    data["devices"][0]["memory"] = "1 MiB"
+    small = sfsim.scenario_from_dict(data)
+    from sfsim.errors import InfeasibleError
+
+    with pytest.raises(InfeasibleError, match=r"^device pi-0 needs 181 MiB for its 1-block prefix but has 1 MiB"):
+        sfsim.simulate(small)
+    with pytest.raises(InfeasibleError, match=r"^device pi-0 needs 181 MiB for its 1-block prefix but has 1 MiB"):
+        sfsim.plan(small)

@@ -275,7 +275,7 @@ def test_infeasible_device_memory_says_by_how_much():
     with pytest.raises(InfeasibleError) as err:
         plan(sc)
     msg = str(err.value)
-    assert "device nano needs 178 MiB for 1 block but has 170 MiB (short by 7.7" in msg
+    assert "device nano needs 178 MiB for its 1-block prefix but has 170 MiB (short by 7.7" in msg
     assert "\n" not in msg
 
 

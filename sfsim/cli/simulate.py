@@ -40,7 +40,8 @@ def suffixed(path: str, name: str) -> Path:
 @click.option("--devices", "scenario", required=True, type=click.Path(dir_okay=False),
               help="scenario YAML (e.g. profiles/edge.yaml)")
 @click.option("--schedule", default="splitfrozen", show_default=True,
-              help=f"one of {', '.join(METHODS)} (or centralized), or 'all' for a comparison table")
+              help=f"one of {', '.join(METHODS)} (or centralized), or 'all' for a comparison table "
+                   "(each schedule then takes only the options it has: fedlora and cenlora no cut)")
 @click.option("--split", "split", default=None, help="cut for every device (3) or DEVICE=K,... pairs")
 @click.option("--plan", "plan", default=None, type=click.Path(dir_okay=False),
               help="plan file from 'sfsim plan' (cuts, LoRA start, assignment)")
@@ -62,6 +63,7 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trac
     from sfsim.overrides import load_scenario_with, parse_sets
     from sfsim.report import comparison_table, summary
     from sfsim.schema import write_atomic
+    from sfsim.simulate import applicable, check_options
     from sfsim.simulate import simulate as run
 
     sc = load_scenario_with(scenario, parse_sets(sets))
@@ -73,8 +75,13 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trac
 
         gantt_format(gantt_out)  # a bad suffix fails before the simulation, not after
     results, panels = {}, []
+    given = dict(splits=splits, plan=plan, lora_start=lora_start, policy=policy)
+    if len(names) == 1:
+        check_options(names[0], **given)  # an option the schedule would ignore is an error
+    else:
+        check_options("splitfrozen", **given)  # 'all': each schedule takes the options it has
     for name in names:
-        res = run(sc, name, splits=splits, plan=plan, lora_start=lora_start, trace=want_events, policy=policy)
+        res = run(sc, name, trace=want_events, **applicable(name, **given))
         results[name] = res
         one = len(names) == 1
         if trace_out:

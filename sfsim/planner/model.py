@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sfsim.errors import InfeasibleError
+from sfsim.memory import shortfall
 from sfsim.units import format_quantity
 
 PIPELINED = ("splitfrozen",)
@@ -211,18 +212,16 @@ def explain_infeasible(table: StageTable, min_device_layers: int) -> str:
             continue
         need = table.dev_mem[0]
         if need > t.memory:
-            layers = f"{min_device_layers} block" + ("s" if min_device_layers != 1 else "")
-            return (f"device {t.devices[0]} needs {gib(need)} for {layers} but has {gib(t.memory)} "
-                    f"(short by {gib(need - t.memory)}); lower --min-device-layers, seq_len or micro_batch")
+            return shortfall(f"device {t.devices[0]}", need, t.memory, f"for its {min_device_layers}-block prefix",
+                             "lower --min-device-layers, seq_len or micro_batch, or give it more memory")
         kmax = int(table.cuts[table.dev_mem <= t.memory].max())
         ki = table.k_index(kmax)
         js = [j for j, srv in enumerate(table.servers) if t.pinned in (None, srv.name)]
         j = min(js, key=lambda j: table.srv_mem[ki, j] - table.servers[j].memory)
         srv = table.servers[j]
-        short = table.srv_mem[ki, j] - srv.memory
-        return (f"server {srv.name} needs {gib(table.srv_mem[ki, j])} when device {t.devices[0]} runs "
-                f"{kmax} blocks (its memory allows no more) but has {gib(srv.memory)} (short by "
-                f"{gib(short)}); give the server more memory or lower the buffer or micro_batch")
+        return shortfall(f"server {srv.name}", table.srv_mem[ki, j], srv.memory,
+                         f"when device {t.devices[0]} runs {kmax} blocks (its memory allows no more)",
+                         "give the server more memory or lower the buffer or micro_batch")
     raise AssertionError("explain_infeasible called on a feasible table")
 
 
