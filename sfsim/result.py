@@ -33,6 +33,8 @@ class SimResult:
         stream_mixing_by_server: the same per server.
         assignment_source: where ``assignment`` came from: ``plan``, ``scenario`` (pins, or one
             server) or ``least-loaded`` (see :mod:`sfsim.assign`).
+        energy: joules per device and server where the scenario gives ``power`` (see
+            :func:`sfsim.energy.run_energy`), else None.
         events: trace events when asked for (``trace=True``), else None.
         device_types: device -> its device type (groups big fleets in the Gantt chart).
         server_workers: server -> accelerators (``count``), so idle workers show in the Gantt chart.
@@ -55,6 +57,7 @@ class SimResult:
     stream_mixing: float | None = None
     stream_mixing_by_server: dict[str, float] = field(default_factory=dict)
     assignment_source: str = "scenario"
+    energy: dict | None = None
     events: list[TraceEvent] | None = None
     device_types: dict[str, str] = field(default_factory=dict)
     server_workers: dict[str, int] = field(default_factory=dict)
@@ -90,7 +93,7 @@ class SimResult:
                 "server_busy_s", "server_utilization", "uplink_bytes", "downlink_bytes",
                 "uplink_bytes_by_device", "downlink_bytes_by_device", "device_flops_total",
                 "device_flops_max", "splits", "lora_start", "assignment", "policy", "stream_mixing",
-                "stream_mixing_by_server", "assignment_source")
+                "stream_mixing_by_server", "assignment_source", "energy")
         return {k: getattr(self, k) for k in keys}
 
     def to_json(self, path: str | Path | None = None) -> str:

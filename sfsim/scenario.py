@@ -17,8 +17,19 @@ from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
 from sfsim.arch import Arch, resolve_arch
+from sfsim.energy import Power
 from sfsim.errors import ConfigError
+from sfsim.flops import lora_target_names
 from sfsim.schema import STRICT, Bandwidth, Bytes, Flops, Seconds, read_yaml, validate
+
+# Bounds on what a scenario may ask for, so that no file can exhaust the machine (memory or time):
+MAX_DEVICES = 100_000  # devices in the fleet (the planner bench runs 1,000; the engine bench 10,000)
+MAX_MICRO_BATCHES = 10_000_000  # micro-batches in a run, all devices and epochs (~1 min to simulate)
+MAX_WORKERS = 1024  # accelerators per server (one SimPy process each)
+MAX_SEQ_LEN = 2**20  # tokens per sample
+MAX_MICRO_BATCH = 2**20  # samples per micro-batch
+MAX_RANK = 2**16  # LoRA rank
+MAX_LABELS = 2**20  # classes
 
 WIRE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 """Bytes per element on the wire or in memory for each dtype name."""
@@ -29,9 +40,9 @@ class ModelSpec:
     """Which model is fine-tuned, on what sequence length and task."""
 
     name: str = Field(description="built-in architecture (gpt2, llama-3.2-1b, ...) or path to a HF config.json")
-    seq_len: int = Field(gt=0, description="tokens per sample")
+    seq_len: int = Field(gt=0, le=MAX_SEQ_LEN, description="tokens per sample")
     task: Literal["classification", "causal-lm"] = "classification"
-    num_labels: int | None = Field(default=None, ge=2, description="classes (classification only)")
+    num_labels: int | None = Field(default=None, ge=2, le=MAX_LABELS, description="classes (classification only)")
 
     @model_validator(mode="after")
     def _labels_match_task(self):
@@ -46,7 +57,7 @@ class ModelSpec:
 class LoraSpec:
     """LoRA adapters on the server-side (trainable) blocks."""
 
-    rank: int = Field(default=8, gt=0)
+    rank: int = Field(default=8, gt=0, le=MAX_RANK)
     alpha: float = Field(default=16.0, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     targets: list[str] | None = Field(default=None, description="module names; default: the family's q/v")
@@ -56,7 +67,7 @@ class LoraSpec:
 class Training:
     """How the job trains: batch sizes, epochs, LoRA, buffering and schedule knobs."""
 
-    micro_batch: int = Field(gt=0, description="samples per micro-batch")
+    micro_batch: int = Field(gt=0, le=MAX_MICRO_BATCH, description="samples per micro-batch")
     epochs: int = Field(default=1, gt=0)
     lora: LoraSpec = field(default_factory=LoraSpec)
     accumulate: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
@@ -94,7 +105,9 @@ class Server:
     name: str
     flops: Flops
     memory: Bytes
-    count: int = Field(default=1, gt=0, description="accelerators working on micro-batches in parallel")
+    count: int = Field(default=1, gt=0, le=MAX_WORKERS,
+                       description="accelerators working on micro-batches in parallel")
+    power: Power | None = Field(default=None, description="watts per accelerator (see sfsim.energy)")
 
 
 @dataclass(config=STRICT, kw_only=True)
@@ -106,11 +119,12 @@ class DeviceType:
     samples: int = Field(gt=0, description="local training samples per device")
     uplink: Link
     downlink: Link
-    count: int = Field(default=1, gt=0)
+    count: int = Field(default=1, gt=0, le=MAX_DEVICES)
     flops: Flops | None = None
     latency_profile: str | None = Field(default=None, description="path to a measured per-layer latency table")
     server: str | None = Field(default=None, description="pin to this server; default: planner's choice "
                                "(without a plan: the least-loaded server, see sfsim.assign)")
+    power: Power | None = Field(default=None, description="watts computing, idle, on the radio (sfsim.energy)")
 
     @model_validator(mode="after")
     def _one_speed(self):
@@ -133,6 +147,7 @@ class Device:
     flops: float | None
     latency_profile: str | None
     server_pinned: bool = False  # True when the file names the server; the planner may not move it
+    power: Power | None = None
 
 
 @dataclass(config=STRICT, kw_only=True)
@@ -163,6 +178,7 @@ class Scenario:
         self.servers, self.device_types = list(spec.servers), list(spec.devices)
         base = Path(source).parent if source else None
         self.arch: Arch = resolve_arch(spec.model.name, base_dir=base, file=source)
+        _check_size(spec, source)
         self.devices: list[Device] = _expand(spec, source)
         self._check(source)
 
@@ -206,8 +222,29 @@ class Scenario:
         if tr.split is not None and tr.lora_start is not None and tr.lora_start < tr.split:
             raise ConfigError(file, "training.lora_start", f"{tr.lora_start} is below the cut {tr.split}: "
                               "LoRA must start at or above every device's cut")
+        targets = tr.lora.targets
+        if targets is not None:
+            names = lora_target_names(self.arch)
+            bad = [t for t in targets if t not in names]
+            if bad or not targets:
+                what = f"{bad[0]!r} is not a linear module of {self.arch.name}'s blocks" if bad else "empty"
+                raise ConfigError(file, "training.lora.targets", f"{what}; choose from {', '.join(names)} "
+                                  f"(or leave targets out for {', '.join(self.arch.default_lora_targets)})")
         if tr.splitlora_cut >= L:
             raise ConfigError(file, "training.splitlora_cut", f"{tr.splitlora_cut} >= {L} blocks")
+
+
+def _check_size(spec: ScenarioFile, file: str | None) -> None:
+    """Refuse fleets and runs past :data:`MAX_DEVICES` devices or :data:`MAX_MICRO_BATCHES` micro-batches."""
+    total = sum(t.count for t in spec.devices)
+    if total > MAX_DEVICES:
+        raise ConfigError(file, "devices", f"{total:,} devices in all; sfsim handles at most {MAX_DEVICES:,}, "
+                          "so lower the counts")
+    mb, epochs = spec.training.micro_batch, spec.training.epochs
+    run = sum(t.count * -(-t.samples // mb) for t in spec.devices) * epochs
+    if run > MAX_MICRO_BATCHES:
+        raise ConfigError(file, "devices", f"{run:,} micro-batches over {epochs} epoch(s); sfsim simulates at "
+                          f"most {MAX_MICRO_BATCHES:,}, so lower samples or epochs or raise training.micro_batch")
 
 
 def _expand(spec: ScenarioFile, file: str | None) -> list[Device]:
@@ -218,7 +255,7 @@ def _expand(spec: ScenarioFile, file: str | None) -> list[Device]:
         for name in names:
             out.append(Device(name, t.name, t.memory, t.samples, t.uplink, t.downlink,
                               t.server or default_server, t.flops, t.latency_profile,
-                              t.server is not None))
+                              t.server is not None, t.power))
     return out
 
 

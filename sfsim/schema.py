@@ -37,6 +37,10 @@ Bytes = Annotated[float, _unit("size"), Field(gt=0)]
 """A size in bytes (``"4 GiB"``); must be > 0."""
 Flops = Annotated[float, _unit("flops"), Field(gt=0)]
 """A sustained compute rate in FLOP/s (``"1.3 TFLOPS"``); must be > 0."""
+Watts = Annotated[float, _unit("power"), Field(ge=0)]
+"""A power in watts (``"2.5 W"``); must be >= 0."""
+JoulesPerBit = Annotated[float, _unit("bit energy"), Field(ge=0)]
+"""Radio energy in joules per bit (``"50 nJ/bit"``); must be >= 0."""
 
 
 def key_path(loc: tuple) -> str:

@@ -39,10 +39,11 @@ _QUANTITY = r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-zµ/]*
 
 FIGURES = ("makespan_s", "micro_batches", "device_flops_total", "device_flops_max", "server_flops_total",
            "device_busy_total_s", "uplink_bytes", "downlink_bytes", "server_utilization", "bottleneck",
-           "bottleneck_utilization", "cuts", "lora_start", "servers_used", "assignment")
+           "bottleneck_utilization", "cuts", "lora_start", "servers_used", "assignment", "assignment_source",
+           "device_energy_j", "server_energy_j")
 """Result columns of a sweep row, from the simulation's JSON result (see :func:`figures`)."""
 
-METRICS = tuple(f for f in FIGURES if f not in ("bottleneck", "cuts", "assignment"))
+METRICS = tuple(f for f in FIGURES if f not in ("bottleneck", "cuts", "assignment", "assignment_source"))
 """Columns that are numbers (what ``--metric`` may plot)."""
 
 
@@ -240,8 +241,10 @@ def figures(res, sc) -> dict:
 
     ``bottleneck`` is the busiest resource over the run: a server (busy / (accelerators x time)), a
     device (compute / time) or a device's uplink or downlink (serialisation / time); ties go to the
-    first of that order. ``assignment`` counts devices per server (``mec-a:24 regional:24``).
+    first of that order. ``assignment`` counts devices per server (``mec-a:24 regional:24``). The
+    energy columns sum the joules of the devices / servers that declare ``power`` (empty if none).
     """
+    from sfsim.energy import run_energy
     from sfsim.report import overall_utilization
 
     d = res.to_dict()
@@ -250,6 +253,7 @@ def figures(res, sc) -> dict:
     for srv in res.assignment.values():
         used[srv] = used.get(srv, 0) + 1
     what, util = _bottleneck(res, sc)
+    energy = res.energy if res.energy is not None else run_energy(res, sc)
     return {**{k: d[k] for k in ("makespan_s", "micro_batches", "device_flops_total", "device_flops_max",
                                  "uplink_bytes", "downlink_bytes", "lora_start")},
             "server_flops_total": float(sum(res.server_flops.values())),
@@ -258,7 +262,10 @@ def figures(res, sc) -> dict:
             "bottleneck": what, "bottleneck_utilization": util,
             "cuts": " ".join(map(str, sorted(set(res.splits.values())))),
             "servers_used": len(used),
-            "assignment": " ".join(f"{s}:{used[s]}" for s in counts if s in used)}
+            "assignment": " ".join(f"{s}:{used[s]}" for s in counts if s in used),
+            "assignment_source": res.assignment_source,
+            "device_energy_j": energy["device_total_j"] if energy and energy["devices"] else None,
+            "server_energy_j": energy["server_total_j"] if energy and energy["servers"] else None}
 
 
 def _bottleneck(res, sc) -> tuple[str, float]:

@@ -1,6 +1,7 @@
-"""Quantities with units: ``"50 Mbps"``, ``"20 ms"``, ``"4 GiB"``, ``"1.3 TFLOPS"`` or plain numbers in base units.
+"""Quantities with units: ``"50 Mbps"``, ``"20 ms"``, ``"4 GiB"``, ``"1.3 TFLOPS"``, ``"2.5 W"`` or plain numbers.
 
-Base units: bit/s for bandwidth, seconds for time, bytes for sizes, FLOP/s for compute rates.
+Base units: bit/s for bandwidth, seconds for time, bytes for sizes, FLOP/s for compute rates,
+watts for power, joules per bit for radio energy.
 Each parser raises ``ValueError`` with a message that says what was expected.
 """
 
@@ -28,9 +29,17 @@ SIZE_UNITS[""] = 1.0
 FLOPS_UNITS = {f"{p}{u}": m for p, m in _SI.items() for u in ("FLOPS", "FLOP/s", "flops")}
 FLOPS_UNITS[""] = 1.0
 
-_EXAMPLES = {"bandwidth": "'50 Mbps'", "time": "'20 ms'", "size": "'4 GiB'", "flops": "'1.3 TFLOPS'"}
-_BASE = {"bandwidth": "bit/s", "time": "seconds", "size": "bytes", "flops": "FLOP/s"}
-_TABLES = {"bandwidth": BANDWIDTH_UNITS, "time": TIME_UNITS, "size": SIZE_UNITS, "flops": FLOPS_UNITS}
+POWER_UNITS = {"": 1.0, "W": 1.0, "mW": 1e-3, "kW": 1e3}
+
+ENERGY_PER_BIT_UNITS = {"": 1.0, "J/bit": 1.0, "mJ/bit": 1e-3, "uJ/bit": 1e-6, "µJ/bit": 1e-6, "nJ/bit": 1e-9,
+                        "pJ/bit": 1e-12}
+
+_EXAMPLES = {"bandwidth": "'50 Mbps'", "time": "'20 ms'", "size": "'4 GiB'", "flops": "'1.3 TFLOPS'",
+             "power": "'2.5 W'", "bit energy": "'50 nJ/bit'"}
+_BASE = {"bandwidth": "bit/s", "time": "seconds", "size": "bytes", "flops": "FLOP/s", "power": "watts",
+         "bit energy": "J/bit"}
+_TABLES = {"bandwidth": BANDWIDTH_UNITS, "time": TIME_UNITS, "size": SIZE_UNITS, "flops": FLOPS_UNITS,
+           "power": POWER_UNITS, "bit energy": ENERGY_PER_BIT_UNITS}
 
 
 def parse_quantity(value: object, kind: str) -> float:
@@ -65,7 +74,7 @@ def format_quantity(value: float, kind: str) -> str:
             if abs(value) >= _IEC[unit[:2]]:
                 return f"{value / _IEC[unit[:2]]:.3g} {unit}"
         return f"{value:.0f} B"
-    suffix = {"bandwidth": "bps", "flops": "FLOPS"}[kind]
+    suffix = {"bandwidth": "bps", "flops": "FLOPS", "power": "W"}[kind]
     for prefix in ("P", "T", "G", "M", "k"):
         if abs(value) >= _SI[prefix]:
             return f"{value / _SI[prefix]:.3g} {prefix}{suffix}"
