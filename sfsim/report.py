@@ -42,6 +42,15 @@ def summary(res: SimResult, counts: dict[str, int] | None = None) -> str:
     if res.stream_mixing is not None:
         lines.append(f"  stream mixing (mean TV distance per tenth of the server stream, 0 = mixed): "
                      f"{res.stream_mixing:.3f}")
+    if res.energy is not None:
+        e, said = res.energy, []
+        if e["devices"]:
+            parts = ", ".join(f"{p} {si(sum(d[p] for d in e['devices'].values()), 'J')}"
+                              for p in ("compute", "radio", "idle"))
+            said.append(f"{len(e['devices'])} devices {si(e['device_total_j'], 'J')} ({parts})")
+        if e["servers"]:
+            said.append(f"{len(e['servers'])} servers {si(e['server_total_j'], 'J')}")
+        lines.append(f"  energy: {'; '.join(said)}")
     return "\n".join(lines)
 
 

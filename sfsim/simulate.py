@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sfsim.assign import resolve_assignment
 from sfsim.costmodel import CostModel
+from sfsim.energy import run_energy
 from sfsim.engine import POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.memory import check_memory
@@ -183,6 +184,7 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     makespan = engine.run()
     res = _result(name, scenario, job, engine, makespan, setup, ls, cfg.policy if name in SPLITFROZEN else None)
     res.assignment_source = source
+    res.energy = run_energy(res, scenario)
     return res
 
 

@@ -110,3 +110,27 @@ def test_sweep_rows_carry_energy(tmp_path):
     _, up, _ = by_hand(sc)
     assert float(high["device_energy_j"]) - float(low["device_energy_j"]) == pytest.approx(2 * up, rel=1e-9)
     assert float(low["server_energy_j"]) == float(high["server_energy_j"]) > 0
+
+
+def test_simulate_json_and_summary_carry_energy(tmp_path):
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    sc = scenario()
+    res = sfsim.simulate(sc, "splitfrozen", splits=4)
+    assert res.energy == run_energy(res, sc) and res.to_dict()["energy"] == res.energy
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    r = CliRunner().invoke(main, ["simulate", "--devices", str(path), "--split", "4", "--json", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    e = res.energy
+    assert json.loads((tmp_path / "r.json").read_text())["energy"] == e
+    from sfsim.report import si
+
+    d = e["devices"]["phone"]
+    assert (f"  energy: 1 devices {si(d['total'], 'J')} (compute {si(d['compute'], 'J')}, radio {si(d['radio'], 'J')}, "
+            f"idle {si(d['idle'], 'J')}); 1 servers {si(e['server_total_j'], 'J')}") in r.output.splitlines()
