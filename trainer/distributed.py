@@ -250,6 +250,10 @@ class DistTransport:
                 msg, start, due = self._wire[p].get(timeout=self.heartbeat_s)
             except queue.Empty:
                 msg = None
+            if self._peer_name(p) in self.inbox.lost:  # nothing more goes to a lost peer
+                if msg is not None:
+                    self._wire[p].task_done()
+                continue
             try:
                 if msg is None:
                     self._send(p, Packet(Kind.HEARTBEAT, dev_index if dev_index is not None else p - 1))
@@ -301,7 +305,8 @@ class DistTransport:
                 self.inbox.put(Message(device, pkt.mb, tensors, kind=pkt.kind.name.lower(), aux=pkt.aux,
                                        epoch=pkt.epoch))
             except WireError as err:
-                self.log(f"error: rank {p} ({'server' if p == 0 else name}): bad message: {err}; dropping {name}")
+                who = "the server" if p == 0 else name
+                self.log(f"bad message from rank {p} ({who}): {err}; dropping {who}")
                 self.inbox.lose(name, f"bad message: {err}")
                 return
             except RuntimeError as err:

@@ -23,7 +23,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -171,22 +170,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(threads: int) -> dict:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[k] = str(threads)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    return env
+_CTX = None
 
 
-def launch_local(cfg, resume: bool = False, grace_s: float = 10.0) -> dict:
+def _context():
+    """A forkserver that imported torch, transformers and peft once: roles start in well under a second.
+
+    Spawning a fresh interpreter per role costs about 8 s of imports each (2 cores, 4 roles: 16 s);
+    forking this parent instead is unsafe once it has run torch (OpenMP pools do not survive fork).
+    The forkserver is a clean process that only imported, so forking it is safe, and it lives for
+    the whole session (later runs start at once).
+    """
+    global _CTX
+    if _CTX is None:
+        import multiprocessing as mp
+
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # the forkserver's pool size; roles set their own
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        _CTX = mp.get_context("forkserver")
+        _CTX.set_forkserver_preload(["torch", "transformers", "peft", "trainer.runner", "trainer.launch"])
+    return _CTX
+
+
+def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, resume: bool, log: str) -> None:
+    """Entry of a forked role: output to ``log``, one role, then leave at once."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    os.setsid()  # its own process group: the launcher can stop it and anything it started
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())  # tqdm's default lock is a multiprocessing semaphore that os._exit would leak
+    exit_now(role_main(["--config-json", cfg_json, "--role", role, "--rank", str(rank), "--world-size", str(world),
+                        "--master", master] + (["--resume"] if resume else [])))
+
+
+def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict | None = None) -> dict:
     """Start the server and one process per device on this machine; wait; return the metrics.
 
-    The server's output is passed through (its ``error:`` line becomes this call's error); device
-    logs go to ``OUT/logs/<device>.log``. When the server ends, devices get ``grace_s`` seconds to
-    exit and are then killed, so no process outlives the run.
+    The server's output is passed through (its ``error:`` line becomes this call's error); every
+    role logs to ``OUT/logs/<role>.log`` and their pids are in ``OUT/logs/pids.json``. When the server
+    ends, devices get ``grace_s`` seconds to exit and are then killed, so no process outlives the run.
+    ``targets`` (fault injection in tests): rank -> a function run instead of that role, called with
+    ``(master, world, rank, log)``.
     """
     from sfsim.scenario import load_scenario
     from trainer.runner import prepare_out
@@ -195,96 +225,101 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0) -> dict:
     out = prepare_out(cfg, resume)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    cfg_path = logs / "launch_config.json"
-    write_atomic(cfg_path, json.dumps(dataclasses.asdict(cfg), indent=1))
+    cfg_json = json.dumps(dataclasses.asdict(cfg))
     world, master = len(names) + 1, f"127.0.0.1:{_free_port()}"
-    base = [sys.executable, "-m", "trainer.launch", "--config", str(cfg_path), "--world-size", str(world),
-            "--master", master] + (["--resume"] if resume else [])
-    env = _env(cfg.threads)
-    procs, files = [], []
+    ctx = _context()
+    roles = [("server", 0, "server")] + [("device", i, n) for i, n in enumerate(names, start=1)]
+    procs = []
     try:
-        server = subprocess.Popen(base + ["--role", "server", "--rank", "0"], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(server)
-        for i, n in enumerate(names, start=1):
-            f = open(logs / f"{n}.log", "wb")  # noqa: SIM115 (closed in finally)
-            files.append(f)
-            procs.append(subprocess.Popen(base + ["--role", "device", "--rank", str(i)], env=env, stdout=f,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
-        last_error = _forward(server)
-        server.wait()
+        for role, rank, name in roles:
+            log = str(logs / f"{name}.log")
+            if targets and rank in targets:
+                p = ctx.Process(target=targets[rank], args=(master, world, rank, log), daemon=False)
+            else:
+                p = ctx.Process(target=_role_process, args=(cfg_json, role, rank, world, master, resume, log),
+                                daemon=False)
+            p.start()
+            procs.append(p)
+        write_atomic(logs / "pids.json", json.dumps({name: p.pid for (_, _, name), p in zip(roles, procs, strict=True)}))
+        last_error = _follow(procs[0], logs / "server.log")
         end = time.monotonic() + grace_s
-        while time.monotonic() < end and any(p.poll() is None for p in procs[1:]):
+        while time.monotonic() < end and any(p.is_alive() for p in procs[1:]):
             time.sleep(0.1)
     finally:
         for p in procs:
-            if p.poll() is None:
+            if p.is_alive():
                 _kill(p)
-        for f in files:
-            f.close()
-    if server.returncode != 0:
+    code = procs[0].exitcode
+    if code != 0:
         if last_error:
             raise SfsimError(last_error.removeprefix("error: "))
-        raise SfsimError(f"the server process exited with status {server.returncode}; logs in {logs}")
+        raise SfsimError(f"the server process exited with status {code}; logs in {logs}")
     return json.loads((out / "metrics.json").read_text())
 
 
-def _forward(proc: subprocess.Popen) -> str | None:
-    """Copy the process's output to ours as it comes, except ``error:`` lines; return the last of those."""
-    last = None
-    buf = b""
+def _follow(proc, log: Path) -> str | None:
+    """Copy the server's log to our stderr as it grows, except ``error:`` lines; return the last of those."""
+    last, pos, buf = None, 0, b""
     while True:
-        chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
-        if not chunk:
-            break
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for raw in lines:
-            line = raw.decode(errors="replace")
-            if line.startswith("error: "):
-                last = line
-            else:
-                sys.stderr.write(line + "\n")
-        if b"\r" in buf:  # a progress bar redraws its line: pass it on now
-            cut = buf.rindex(b"\r") + 1
-            sys.stderr.write(buf[:cut].decode(errors="replace"))
-            buf = buf[cut:]
-        sys.stderr.flush()
-    return last
+        alive = proc.is_alive()
+        if log.is_file():
+            with open(log, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+            pos += len(chunk)
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                if line.startswith("error: "):
+                    last = line
+                else:
+                    sys.stderr.write(line + "\n")
+            if b"\r" in buf:  # a progress bar redraws its line: pass it on now
+                cut = buf.rindex(b"\r") + 1
+                sys.stderr.write(buf[:cut].decode(errors="replace"))
+                buf = buf[cut:]
+            sys.stderr.flush()
+        if not alive:
+            proc.join()
+            tail = buf.decode(errors="replace")
+            if tail.startswith("error: "):
+                last = tail.strip()
+            return last
+        time.sleep(0.1)
 
 
-def _kill(p: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL; reap it (no zombies)."""
+def _kill(p) -> None:
+    """SIGTERM the role's process group, then SIGKILL; reap it (no zombies)."""
     for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            p.wait(wait)
+        except (ProcessLookupError, PermissionError):
+            p.kill()
+        p.join(wait)
+        if not p.is_alive():
             return
-        except subprocess.TimeoutExpired:
-            continue
-    p.wait(5)
 
 
 def role_main(argv: list[str] | None = None) -> int:
     """``python -m trainer.launch``: one role of a distributed run from a saved run configuration."""
     ap = argparse.ArgumentParser(prog="python -m trainer.launch")
-    ap.add_argument("--config", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="run_config.json-style file")
+    src.add_argument("--config-json", help="the same, inline")
     ap.add_argument("--role", required=True, choices=ROLES)
     ap.add_argument("--rank", type=int, required=True)
     ap.add_argument("--world-size", type=int, required=True)
     ap.add_argument("--master", required=True)
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
-    from trainer.runner import RunConfig
-
     from transformers.utils import logging as hf_logging
+
+    from trainer.runner import RunConfig
 
     hf_logging.disable_progress_bar()
     try:
-        cfg = RunConfig(**json.loads(Path(a.config).read_text()))
+        cfg = RunConfig(**json.loads(a.config_json if a.config_json else Path(a.config).read_text()))
         torch.set_num_threads(cfg.threads)
         return run_role(cfg, a.role, a.rank, a.world_size, a.master, resume=a.resume)
     except SfsimError as err:

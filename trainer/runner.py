@@ -294,7 +294,7 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
     ``setup`` decides where the devices are).
     """
     scenario, lm, setup, method, dev, info = built
-    losses, evals, first_epoch = [], [], 0
+    losses, evals, first_epoch, train_s = [], [], 0, []
     if resume:
         first_epoch = _restore(out, setup, method, losses, evals)
     if cfg.checkpoint_every:
@@ -312,8 +312,10 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
             bar.set_postfix(step=len(losses), loss=f"{loss:.4f}",
                             sps=f"{bar.n / max(time.perf_counter() - t_ep, 1e-9):.1f}")
 
+        t_train = time.perf_counter()
         method.train_epoch(epoch, on_step)
         method.finish_epoch()
+        train_s.append(round(time.perf_counter() - t_train, 6))
         bar.close()
         evals.append(round(score(method, lm, setup.head, dev, cfg, info["n_eval"]), 6))
         save_adapter(out / "adapter", lm.model, setup.head, _adapter_config(cfg, lm, setup, method))
@@ -321,6 +323,7 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
             method.cursor = {}
             _checkpoint(out, setup, method, epoch + 1, losses, evals)
         metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
+        metrics["train_s_by_epoch"] = train_s
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
     if not metrics:  # resumed after the last epoch: nothing left to train
         metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)

@@ -1,0 +1,294 @@
+"""The distributed runtime: wire format, local launch equal to in-process, pipelining, faults, resume.
+
+Every distributed test runs 1 server + 3 device processes on loopback (gloo) with a tiny random
+GPT-2. Processes fork from one forkserver that imported torch once, so each run starts in about a
+second after the first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sfsim.errors import SfsimError
+from trainer import wire
+from trainer.wire import HEADER_LEN, Kind, Limits, Packet, WireError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+METHODS = ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# -- wire format ----------------------------------------------------------------------------------------
+def _act(B=4, T=8, d=32, **over) -> Packet:
+    t = {"hidden": torch.randn(B, T, d), "attention_mask": torch.ones(B, T, dtype=torch.int64),
+         "labels": torch.zeros(B, dtype=torch.int64)}
+    t.update(over)
+    return Packet(Kind.ACT, 2, 5, 1, 0, t)
+
+
+def test_header_round_trip():
+    p = _act()
+    h = wire.encode_header(p)
+    assert h.shape == (HEADER_LEN,) and h.dtype == torch.int64
+    q, specs = wire.decode_header(h, wire.UP)
+    assert (q.kind, q.device, q.mb, q.epoch, q.aux) == (Kind.ACT, 2, 5, 1, 0)
+    assert specs == [("hidden", torch.float32, (4, 8, 32)), ("attention_mask", torch.int64, (4, 8)),
+                     ("labels", torch.int64, (4,))]
+    wire.check_specs(q, specs, Limits(hidden=32, max_batch=4, max_len=8))
+
+
+def _bad(h: torch.Tensor, i: int, v: int) -> torch.Tensor:
+    h = h.clone()
+    h[i] = v
+    return h
+
+
+@pytest.mark.parametrize("slot, value, message", [
+    (0, 1234, "bad magic"),
+    (1, 99, "wire version 99"),
+    (2, 77, "unknown message kind 77"),
+    (2, int(Kind.CREDIT), "CREDIT is not allowed in this direction"),
+    (7, 9, "9 tensors in one message"),
+    (8, 42, "unknown name, dtype or rank"),
+    (10, 9, "unknown name, dtype or rank"),
+    (12, -3, "bad shape"),
+    (11, 1 << 40, "exceeds the"),
+])
+def test_bad_headers_are_rejected(slot, value, message):
+    with pytest.raises(WireError, match=message):
+        wire.decode_header(_bad(wire.encode_header(_act()), slot, value), wire.UP)
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"hidden": torch.randn(4, 8, 31)}, r"hidden must be \(B, T, 32\)"),
+    ({"hidden": torch.randn(9, 8, 32)}, "batch must be 1..4"),
+    ({"hidden": torch.randn(4, 8, 32).to(torch.int64)}, "floating point"),
+    ({"labels": torch.zeros(3, dtype=torch.int64)}, "labels must be"),
+    ({"attention_mask": torch.ones(4, 9, dtype=torch.int64)}, "attention_mask must be"),
+])
+def test_bad_shapes_are_rejected(over, message):
+    p, specs = wire.decode_header(wire.encode_header(_act(**over)), wire.UP)
+    with pytest.raises(WireError, match=message):
+        wire.check_specs(p, specs, Limits(hidden=32, max_batch=4, max_len=8))
+
+
+def test_missing_tensor_for_kind_is_rejected():
+    p = _act()
+    del p.tensors["labels"]
+    with pytest.raises(WireError, match="ACT must carry"):
+        wire.decode_header(wire.encode_header(p), wire.UP)
+
+
+def test_pack_unpack_state():
+    sd = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([7.0])}
+    flat = wire.pack_state(sd, ["b", "a"])
+    assert flat.tolist() == [7.0, 0, 1, 2, 3, 4, 5]
+    back = wire.unpack_state(flat, sd, ["b", "a"])
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+    with pytest.raises(WireError, match="7 elements, expected 6"):
+        wire.unpack_state(flat, sd, ["a"])
+
+
+# -- runs -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    from trainer.models import tiny_model
+
+    lm = tiny_model("gpt2", n_layers=4, hidden=32, seed=2)
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _cfg(model: str, out, **over):
+    from trainer.runner import RunConfig
+
+    kw = dict(devices=str(FIXTURES / "runtime_tiny.yaml"), model=model, task="sst2", method="splitfrozen",
+              partition="label-skew:1", split=1, epochs=2, train_samples=24, eval_samples=20, max_len=48, lr=0.01,
+              data_dir=str(FIXTURES / "data"), out=str(out), progress=False, launch="local", peer_timeout=20.0)
+    kw.update(over)
+    return RunConfig(**kw)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_local_launch_equals_inprocess(tiny_gpt2, tmp_path, method):
+    from trainer.runner import run
+
+    a = run(_cfg(tiny_gpt2, tmp_path / "inproc", method=method, launch="inprocess", fedavg_every=2))
+    b = run(_cfg(tiny_gpt2, tmp_path / "local", method=method, fedavg_every=2))
+    assert len(a["train_loss_history"]) == len(b["train_loss_history"]) > 0
+    assert max(abs(x - y) for x, y in zip(a["train_loss_history"], b["train_loss_history"], strict=True)) <= 1e-5
+    assert a["eval_history"] == b["eval_history"]
+    for key in ("device_flops", "server_flops_total", "uplink_bytes_by_device", "downlink_bytes_by_device"):
+        assert a[key] == b[key], key
+    assert b["launch"] == "local" and b["lost_devices"] == {} and b["missing_reports"] == []
+    assert set(b["peak_rss_bytes_by_role"]) == {"srv", "big", "small-0", "small-1"}
+    lanes = {e["args"]["lane"] for e in json.loads((tmp_path / "local" / "trace.json").read_text())["traceEvents"]
+             if e.get("ph") == "X"}
+    assert "srv" in lanes or method == "fedlora"
+    assert {"big", "small-0", "small-1"} <= lanes or method == "cenlora"
+
+
+def test_fifo_takes_true_arrival_order(tiny_gpt2, tmp_path):
+    from trainer.runner import run
+
+    m = run(_cfg(tiny_gpt2, tmp_path / "fifo", server_order="fifo", epochs=1))
+    assert len(m["train_loss_history"]) == 3 + 2 + 2  # every micro-batch once, whatever the order
+    assert m["lost_devices"] == {}
+
+
+def test_pipelined_is_faster_than_sequential_under_emulation(tiny_gpt2, tmp_path):
+    from trainer.runner import run
+
+    kw = dict(epochs=1, train_samples=40, partition="iid", emulate="all", count_flops=False)
+    pipe = run(_cfg(tiny_gpt2, tmp_path / "pipe", **kw))
+    seq = run(_cfg(tiny_gpt2, tmp_path / "seq", method="splitfrozen-sequential", **kw))
+    t_pipe, t_seq = pipe["train_s_by_epoch"][0], seq["train_s_by_epoch"][0]
+    # 5 micro-batches on "big": ~0.12 s forward and ~0.1 s on the wire each; overlapped vs one after the other
+    assert t_seq > 1.3 * t_pipe, (t_pipe, t_seq)
+    assert sum(pipe["emulated_sleep_s"].values()) > 0
+
+
+def _wait_for(path: Path, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _in_thread(fn, *args, **kw):
+    box = {}
+
+    def body():
+        try:
+            box["result"] = fn(*args, **kw)
+        except BaseException as err:  # noqa: BLE001 (handed to the test)
+            box["error"] = err
+
+    t = threading.Thread(target=body)
+    t.start()
+    return t, box
+
+
+def test_device_killed_mid_run(tiny_gpt2, tmp_path):
+    from trainer.runner import run
+
+    out = tmp_path / "kill"
+    cfg = _cfg(tiny_gpt2, out, epochs=1, train_samples=40, partition="iid", emulate="compute", checkpoint_every=1,
+               peer_timeout=5.0)
+    t, box = _in_thread(run, cfg)
+    _wait_for(out / "checkpoint.safetensors")
+    pids = json.loads((out / "logs" / "pids.json").read_text())
+    os.kill(pids["small-0"], signal.SIGKILL)
+    t.join(120)
+    assert not t.is_alive() and "error" not in box, box
+    m = box["result"]
+    assert set(m["lost_devices"]) == {"small-0"}
+    untrained = m["lost_devices"]["small-0"]["untrained_samples"]  # its 10 samples: micro-batches of 4, 4, 2
+    assert untrained in (2, 6, 10)
+    assert len(m["train_loss_history"]) == 5 + 3 + (10 - untrained + 3) // 4  # big and small-1 in full
+    assert m["missing_reports"] == ["small-0"]
+    assert not any(_alive(p) for p in pids.values())
+
+
+def test_malformed_message_drops_the_sender(tiny_gpt2, tmp_path):
+    from trainer.launch import launch_local
+
+    out = tmp_path / "rogue"
+    m = launch_local(_cfg(tiny_gpt2, out, epochs=1), targets={3: _rogue})
+    assert set(m["lost_devices"]) == {"small-1"}
+    assert "bad message" in m["lost_devices"]["small-1"]["reason"]
+    assert m["lost_devices"]["small-1"]["untrained_samples"] == 6
+    assert len(m["train_loss_history"]) == 3 + 2  # big and small-0 trained in full
+    log = (out / "logs" / "server.log").read_text().splitlines()
+    bad = [line for line in log if line.startswith("bad message from rank 3")]
+    assert len(bad) == 1 and "hidden must be (B, T, 32)" in bad[0], log
+
+
+def _rogue(master: str, world: int, rank: int, log: str) -> None:
+    """A device that joins properly, then sends activations of the wrong width."""
+    import torch.distributed as dist
+
+    from trainer.distributed import init, sync_clock
+    from trainer.measure import Meter
+
+    init(rank, world, master)
+    sync_clock(Meter())
+    hello = Packet(Kind.HELLO, rank - 1, aux=6)
+    dist.send(wire.encode_header(hello), 0, tag=0)
+    bad = _act(B=4, T=8, d=99)
+    bad.device = rank - 1
+    dist.send(wire.encode_header(bad), 0, tag=0)
+    try:  # read (and ignore) what the server sends until it goes away at the end of the run
+        while True:
+            dist.recv(torch.empty(HEADER_LEN, dtype=torch.int64), src=0, tag=0)
+    finally:
+        os._exit(0)
+
+
+def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path):
+    from trainer.runner import run
+
+    kw = dict(epochs=2, train_samples=24, emulate="compute", checkpoint_every=2)
+    ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))
+    out = tmp_path / "cut"
+    t, box = _in_thread(run, _cfg(tiny_gpt2, out, **kw))
+    _wait_for(out / "checkpoint.safetensors")
+    time.sleep(0.3)
+    for pid in json.loads((out / "logs" / "pids.json").read_text()).values():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    t.join(60)
+    assert isinstance(box.get("error"), SfsimError)
+    assert not (out / "metrics.json").exists() or json.loads((out / "metrics.json").read_text())["eval_history"] \
+        != ref["eval_history"]
+    from trainer.runner import load_run_config
+
+    m = run(load_run_config(str(out)), resume=True)
+    assert len(m["train_loss_history"]) == len(ref["train_loss_history"])
+    assert max(abs(x - y) for x, y in zip(m["train_loss_history"], ref["train_loss_history"], strict=True)) <= 1e-5
+    assert m["eval_history"] == ref["eval_history"]
+
+
+def test_resume_refuses_methods_with_device_state(tiny_gpt2, tmp_path):
+    from trainer.runner import run
+
+    run(_cfg(tiny_gpt2, tmp_path / "sl", method="splitlora", epochs=1, launch="inprocess"))
+    with pytest.raises(SfsimError, match="--resume is not supported for splitlora"):
+        run(_cfg(tiny_gpt2, tmp_path / "sl", method="splitlora", epochs=1, launch="inprocess"), resume=True)
+
+
+def test_role_options_are_checked(tiny_gpt2, tmp_path):
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    args = ["run", "--quiet", "--devices", str(FIXTURES / "runtime_tiny.yaml"), "--model", tiny_gpt2, "--task", "sst2",
+            "--method", "splitfrozen", "--partition", "iid", "--split", "1", "--data-dir", str(FIXTURES / "data"),
+            "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(main, args + ["--role", "device"])
+    assert res.exit_code == 2 and "--role needs --rank, --world-size, --master" in res.stderr
+    res = CliRunner().invoke(main, args + ["--launch", "inprocess", "--emulate", "links"])
+    assert res.exit_code == 2 and "--emulate needs separate processes" in res.stderr
+    res = CliRunner().invoke(main, args + ["--threads", "0"])
+    assert res.exit_code == 2 and "--threads must be >= 1" in res.stderr
