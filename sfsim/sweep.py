@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -314,21 +313,10 @@ class SweepSummary:
     varies: list[Vary] = field(default_factory=list)
 
 
-_WORKER: dict = {}
-
-
-def _init_worker(base: dict, file: str | None, settings: Settings) -> None:
-    _WORKER.update(base=base, file=file, settings=settings)
-
-
-def _work(index: int, point, schedules) -> tuple[int, list[dict]]:
-    w = _WORKER
-    return index, run_point(w["base"], w["file"], point, w["settings"], schedules)
-
-
 def run_sweep(file: str | Path, varies: Sequence[Vary], output: str | Path, settings: Settings = Settings(),
               resume: bool = False, jobs: int | None = None, progress: bool = True,
-              on_rows: Callable[[list[dict]], None] | None = None) -> SweepSummary:
+              on_rows: Callable[[list[dict]], None] | None = None, executor: str = "process",
+              address: str | None = None) -> SweepSummary:
     """Run every point of the grid of ``varies`` on the scenario ``file``; write rows to ``output`` (CSV).
 
     Args:
@@ -339,9 +327,12 @@ def run_sweep(file: str | Path, varies: Sequence[Vary], output: str | Path, sett
         settings: schedules, cut or planning, fixed overrides.
         resume: keep the rows already in ``output`` and run only the missing (point, schedule)s;
             otherwise ``output`` is started afresh.
-        jobs: processes (default: all cores; 1 runs in this process).
+        jobs: processes (default: all cores; 1 runs in this process); with Dask and no address,
+            the local cluster's workers.
         progress: show a progress bar (tqdm, on stderr when it is a terminal).
         on_rows: called with each finished point's rows (e.g. for a notebook).
+        executor: ``process`` (local processes) or ``dask`` (see :mod:`sfsim.executors`).
+        address: a Dask scheduler's address (``tcp://host:8786``); None starts a local cluster.
 
     Returns:
         A :class:`SweepSummary`.
@@ -351,6 +342,7 @@ def run_sweep(file: str | Path, varies: Sequence[Vary], output: str | Path, sett
     """
     from tqdm import tqdm
 
+    from sfsim.executors import execute
     from sfsim.schema import read_yaml
 
     file = str(file)
@@ -367,6 +359,7 @@ def run_sweep(file: str | Path, varies: Sequence[Vary], output: str | Path, sett
     summary = SweepSummary(points=len(points), skipped=len(points) * len(settings.schedules)
                            - sum(len(t[2]) for t in todo), output=str(output), varies=list(varies))
     t0 = time.perf_counter()
+    finished = execute(base, file, settings, todo, jobs, executor, address)
     mode = "a" if resume and Path(output).is_file() else "w"
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     with open(output, mode, newline="") as fh, tqdm(total=len(todo), unit="point", disable=not progress or None,
@@ -375,7 +368,7 @@ def run_sweep(file: str | Path, varies: Sequence[Vary], output: str | Path, sett
         if mode == "w":
             writer.writeheader()
             fh.flush()
-        for i, rows in _execute(base, file, settings, todo, jobs):
+        for i, rows in finished:
             point = points[i]
             for row in rows:
                 writer.writerow({k: cell(v) for k, v in
@@ -390,27 +383,6 @@ def run_sweep(file: str | Path, varies: Sequence[Vary], output: str | Path, sett
                 on_rows(rows)
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _execute(base, file, settings, todo, jobs):
-    """Yield ``(point index, rows)`` as points finish: in this process or a process pool."""
-    jobs = jobs or os.cpu_count() or 1
-    if jobs == 1 or len(todo) <= 1:
-        for i, point, left in todo:
-            yield i, run_point(base, file, point, settings, left)
-        return
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_init_worker,
-                             initargs=(base, file, settings)) as pool:
-        futures = [pool.submit(_work, i, point, left) for i, point, left in todo]
-        try:
-            for fut in as_completed(futures):
-                yield fut.result()
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
 
 
 def _check_paths(base: dict, file: str, overrides: Iterable[tuple[str, object]]) -> None:

@@ -319,3 +319,27 @@ def test_plan_with_set(two_file, tmp_path):
     assert r.exit_code == 0, r.output
     plan = sfsim.load_plan(tmp_path / "p.yaml")
     assert set(plan.assignment.values()) == {"a"}
+
+
+# ------------------------------------------------------------------ Dask (optional extra)
+def test_dask_cluster_gives_the_same_rows(two_file, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    vary = [parse_vary("devices[pi].uplink.bandwidth=10,20,40 Mbps")]
+    run_sweep(two_file, vary, tmp_path / "1.csv", jobs=1, progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as c:
+        res = run_sweep(two_file, vary, tmp_path / "d.csv", executor="dask", address=c.scheduler_address,
+                        progress=False)
+    assert (res.rows, res.errors) == (3, 0)
+    key = lambda r: int(r["point"])  # noqa: E731
+    assert sorted(read_rows(tmp_path / "1.csv"), key=key) == sorted(read_rows(tmp_path / "d.csv"), key=key)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--executor", "ray"], "--executor: unknown 'ray'; choose one of: process, dask"),
+    (["--address", "tcp://127.0.0.1:1"], "--address names a Dask scheduler; add --executor dask"),
+])
+def test_cli_executor_errors(two_file, tmp_path, args, match):
+    r = CliRunner().invoke(main, ["sweep", "--devices", two_file, "--vary", "servers.count=1,2",
+                                  "-o", str(tmp_path / "o.csv"), *args])
+    assert r.exit_code == 2 and r.output == f"error: {match}\n"
+    assert not (tmp_path / "o.csv").exists()

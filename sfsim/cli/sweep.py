@@ -24,7 +24,12 @@ from sfsim.cli import main
 @click.option("--metric", default="makespan_s", show_default=True, help="the plotted column")
 @click.option("--resume", is_flag=True, help="keep the rows already in the CSV; run only the missing ones")
 @click.option("--jobs", "-j", type=int, default=None, help="processes (default: all cores)")
-def sweep(scenario, varies, sets, schedule, plan, split, output, plot_out, metric, resume, jobs):
+@click.option("--executor", default="process", show_default=True,
+              help="where points run: process (local processes) or dask (needs dask[distributed])")
+@click.option("--address", default=None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: "
+              "a local cluster)")
+def sweep(scenario, varies, sets, schedule, plan, split, output, plot_out, metric, resume, jobs, executor,
+          address):
     """Run every combination of the --vary values; one CSV row per point and schedule.
 
     Rows are appended as points finish, so an interrupted sweep keeps what it did (--resume goes
@@ -43,7 +48,8 @@ def sweep(scenario, varies, sets, schedule, plan, split, output, plot_out, metri
     if jobs is not None and jobs < 1:
         raise SfsimError(f"--jobs must be >= 1, got {jobs}")
     settings = Settings(parse_schedules(schedule), split, plan, fixed)
-    res = run_sweep(scenario, parsed, output, settings, resume=resume, jobs=jobs)
+    res = run_sweep(scenario, parsed, output, settings, resume=resume, jobs=jobs, executor=executor,
+                    address=address)
     click.echo(f"{res.rows} rows written to {output} ({res.points} points x {len(settings.schedules)} "
                f"schedules, {res.skipped} already there) in {res.seconds:.1f} s")
     if res.errors:
