@@ -25,6 +25,7 @@ from sfsim.planfile import load_plan
 from sfsim.scenario import load_scenario
 from sfsim.schema import write_atomic
 from sfsim.trace import write_chrome_trace
+from sfsim.units import parse_quantity
 from trainer import data as tdata
 from trainer.heads import ClassificationHead, default_pooling
 from trainer.lora import default_targets
@@ -84,6 +85,7 @@ class RunConfig:
     peer_timeout: float = 30.0
     checkpoint_every: int = 0
     buffer: int | None = None
+    pool_memory: str | None = None
 
     def __post_init__(self):
         self.method = canonical(self.method)
@@ -94,6 +96,19 @@ class RunConfig:
         if self.emulate != "none" and self.launch == "inprocess":
             raise SfsimError("--emulate needs separate processes (--launch local, or --role with torchrun/by hand): "
                              "in one process device and server work cannot overlap")
+        if self.server_order == "pool" and not self.method.startswith("splitfrozen"):
+            raise SfsimError(f"--server-order pool is SplitFrozen's mixing buffer; {self.method} has no activation "
+                             "stream to pool: use proportional, round-robin or fifo")
+        if self.pool_memory is not None:
+            if self.server_order != "pool":
+                raise SfsimError("--pool-memory sizes the mixing pool: it needs --server-order pool")
+            from sfsim.units import parse_quantity
+
+            try:
+                if parse_quantity(self.pool_memory, "size") <= 0:
+                    raise ValueError(f"{self.pool_memory!r} must be > 0")
+            except ValueError as err:
+                raise SfsimError(f"--pool-memory: {err}") from None
         if self.threads < 1:
             raise SfsimError(f"--threads must be >= 1 (got {self.threads})")
         if not self.peer_timeout > 0 or self.checkpoint_every < 0 or (self.buffer is not None and self.buffer < 1):
@@ -207,7 +222,8 @@ def build(cfg: RunConfig):
                   server_order=cfg.server_order, periods=_periods(scenario, cuts),
                   decompose_backward=tr.decompose_backward, local_steps=cfg.local_steps or tr.local_steps,
                   fedavg_every=cfg.fedavg_every or tr.fedavg_every, seed=cfg.seed, buffer=cfg.buffer or tr.buffer,
-                  samples={r.name: r.n_samples for r in roles})
+                  samples={r.name: r.n_samples for r in roles}, max_len=cfg.max_len,
+                  pool_memory=None if cfg.pool_memory is None else parse_quantity(cfg.pool_memory, "size"))
     method = build_method(cfg.method, setup)
     by_name = {r.name: r for r in roles}
     transport.handler = lambda msg: method.device_handle(by_name[msg.device], msg)
@@ -375,6 +391,7 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
             "cuts": setup.cuts, "lora_start": setup.lora_start, "lora_blocks": method.lora_block_indices(),
             "server_order": setup.server_order, "stream_mixing": mixing, "launch": cfg.launch,
             "lost_devices": method.lost,
+            **({"pool_peak_microbatches": method.pool_peak} if cfg.server_order == "pool" else {}),
             "partition": {"spec": cfg.partition, "counts": info["partition_counts"], "table": info["partition_table"]},
             "train_samples": sum(d.n_samples for d in setup.devices), "eval_samples": info["n_eval"],
             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress",)},

@@ -30,14 +30,8 @@ import numpy as np
 import torch
 
 from sfsim.errors import SfsimError
+from sfsim.pacing import SERVER_ORDERS, server_order  # noqa: F401 (re-exported: one source of truth)
 from trainer.measure import Meter, tensor_bytes
-
-#: Server pacing policies: which device's micro-batch the server trains on next.
-SERVER_ORDERS = {
-    "proportional": "devices paced in proportion to their remaining data (each spread over the epoch)",
-    "round-robin": "one micro-batch from each device in turn until a device runs out",
-    "fifo": "arrival order when every device streams back to back at its own rate",
-}
 
 
 def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -234,37 +228,6 @@ class DeviceRole:
             hidden = self.part(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch))  # (B, T, d)
         return Message(self.name, mb, {"hidden": hidden, "attention_mask": batch["attention_mask"],
                                        "labels": batch["labels"]})
-
-
-def server_order(counts: dict[str, int], policy: str, periods: dict[str, float] | None = None) -> list[str]:
-    """The device sequence a server trains on in one epoch (each device appears ``counts[d]`` times).
-
-    Args:
-        counts: device -> micro-batches this epoch (dict order breaks ties).
-        policy: one of :data:`SERVER_ORDERS`.
-        periods: fifo only: device -> seconds between its micro-batches (relative values suffice).
-
-    Returns:
-        Device names in the order the server takes their micro-batches.
-
-    Example:
-        >>> server_order({"a": 2, "b": 4}, "proportional")
-        ['b', 'a', 'b', 'b', 'a', 'b']
-        >>> server_order({"a": 2, "b": 4}, "round-robin")
-        ['a', 'b', 'a', 'b', 'b', 'b']
-    """
-    names = list(counts)
-    if policy == "proportional":
-        # micro-batch j of device d sits at fraction (j + 0.5) / n_d of the epoch
-        keys = [((j + 0.5) / counts[d], i, d) for i, d in enumerate(names) for j in range(counts[d])]
-    elif policy == "round-robin":
-        keys = [(j, i, d) for i, d in enumerate(names) for j in range(counts[d])]
-    elif policy == "fifo":
-        periods = periods or {}
-        keys = [((j + 1) * periods.get(d, 1.0), i, d) for i, d in enumerate(names) for j in range(counts[d])]
-    else:
-        raise SfsimError(f"unknown server order {policy!r}; choose one of: {', '.join(SERVER_ORDERS)}")
-    return [d for *_, d in sorted(keys)]
 
 
 def _entropy(counter: Counter, k: int) -> float:

@@ -13,7 +13,7 @@ from sfsim.cli import main
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS
 
-_ORDERS = ("proportional", "round-robin", "fifo")  # trainer.runtime.SERVER_ORDERS, without importing torch
+_ORDERS = ("proportional", "round-robin", "fifo", "pool")  # sfsim.pacing.SERVER_ORDERS
 
 
 def _threads(n: int | None) -> None:
@@ -55,6 +55,8 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
 @click.option("--server-order", default="proportional", show_default=True,
               help=f"order in which the server trains on the devices' micro-batches: {', '.join(_ORDERS)}")
+@click.option("--pool-memory", help="server-order pool: memory of the mixing pool, e.g. '64 MiB' "
+              "(default: every device's credits)")
 @click.option("--gen-tokens", type=int, default=128, show_default=True, help="gsm8k: tokens generated at eval")
 @click.option("--launch", default="local", show_default=True, type=click.Choice(["local", "inprocess"]),
               help=_LAUNCH_HELP)
@@ -78,7 +80,7 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--out", type=click.Path(file_okay=False), help="output folder")
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
         eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, data_dir,
-        server_order, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
+        server_order, pool_memory, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
         resume_dir, threads, no_flops, quiet, out):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
     from trainer.runner import RunConfig, load_run_config
@@ -103,7 +105,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
                         local_steps=local_steps, fedavg_every=fedavg_every, gen_tokens=gen_tokens,
                         count_flops=not no_flops, progress=not quiet, launch=launch, threads=threads,
                         emulate=emulate, peer_timeout=peer_timeout, checkpoint_every=checkpoint_every,
-                        buffer=buffer)
+                        buffer=buffer, pool_memory=pool_memory)
     if role is not None:
         _one_role(cfg, role, rank, world_size, master, resume_dir is not None)
     m = run_job(cfg, resume=resume_dir is not None)

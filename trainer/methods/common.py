@@ -38,6 +38,8 @@ class Setup:
         seed: run seed.
         buffer: splitfrozen credits per device (micro-batches sent but not yet started by the server).
         samples: device -> training samples (what each device reported when it joined).
+        pool_memory: bytes of the server's mixing pool (``server_order="pool"``; ``None``: all credits).
+        max_len: tokens per sample at most (sizes the pool).
     """
 
     lm: object
@@ -61,6 +63,8 @@ class Setup:
     seed: int = 0
     buffer: int = 4
     samples: dict[str, int] = field(default_factory=dict)
+    pool_memory: float | None = None
+    max_len: int = 128
 
     @property
     def is_lm(self) -> bool:

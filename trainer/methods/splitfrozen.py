@@ -15,6 +15,7 @@ order. Backward is split into B (now) and W (deferred until the optimizer step, 
 
 from __future__ import annotations
 
+from sfsim.pacing import MixingPool, pool_capacity
 from trainer.backward import DeferredGrads
 from trainer.methods.common import (
     Method,
@@ -25,7 +26,7 @@ from trainer.methods.common import (
     task_loss,
     trainable_params,
 )
-from trainer.runtime import DeviceRole, Message, PeerLost, server_order
+from trainer.runtime import DeviceRole, Message, PeerLost, role_seed, server_order
 from trainer.split import split_model
 
 
@@ -49,6 +50,7 @@ class SplitFrozen(Method):
         self.deferred = DeferredGrads(widest, enabled=s.decompose_backward)
         self.opt = adamw(trainable_params(widest), s)
         self._dev: dict[str, dict] = {}  # device side: name -> {batches, next, credits, epoch}
+        self.pool_peak = 0  # most micro-batches the mixing pool held (server_order "pool")
 
     def lora_block_indices(self) -> list[int]:
         """Blocks lora_start..L-1."""
@@ -82,23 +84,47 @@ class SplitFrozen(Method):
         credits = 1 if self.sequential else s.buffer
         for n in live:
             tr.send_down(Message(n, done.get(n, 0), kind="start", aux=credits, epoch=epoch))
-        arrival = s.server_order == "fifo" and tr.arrival_order
+        arrival = s.server_order in ("fifo", "pool") and tr.arrival_order
         order = None if arrival else self._order(counts, done)
         left = {n: counts[n] - done.get(n, 0) for n in live}
+        pool = None
+        if s.server_order == "pool":
+            pool = MixingPool(self.pool_size(credits, len(live)), role_seed(s.seed, f"pool-{epoch}"))
+            in_pool = dict.fromkeys(left, 0)
         losses, samples, i = [], 0, 0
         while sum(left.values()) > 0:
-            if order is not None:
-                name = order[i]
-                i += 1
-                if left.get(name, 0) == 0:  # a lost device's slot
+            if pool is not None:  # take arrivals into the pool until it is ready, then draw
+                more = any(in_pool[n] < min(credits, left[n]) for n in left)
+                if not pool.ready(more):
+                    name = None
+                    if order is not None:  # in one process: the next estimated arrival that can come
+                        name = next(n for n in order[i:] if n in left and in_pool[n] < min(credits, left[n]))
+                        order.remove(name)
+                    try:
+                        msg = tr.recv_up(name, {"act"})
+                    except PeerLost as err:
+                        self.lose(err.device, err.reason, left)
+                        pool.items = [m for m in pool.items if m.device != err.device]
+                        continue
+                    pool.add(msg)
+                    in_pool[msg.device] += 1
+                    self.pool_peak = max(self.pool_peak, pool.peak)
                     continue
+                msg = pool.draw()
+                in_pool[msg.device] -= 1
             else:
-                name = None
-            try:
-                msg = tr.recv_up(name, {"act"})
-            except PeerLost as err:
-                self.lose(err.device, err.reason, left)
-                continue
+                if order is not None:
+                    name = order[i]
+                    i += 1
+                    if left.get(name, 0) == 0:  # a lost device's slot
+                        continue
+                else:
+                    name = None
+                try:
+                    msg = tr.recv_up(name, {"act"})
+                except PeerLost as err:
+                    self.lose(err.device, err.reason, left)
+                    continue
             name = msg.device
             left[name] -= 1
             if not self.sequential:
@@ -114,6 +140,14 @@ class SplitFrozen(Method):
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
                 self.step_done(epoch)
+
+    def pool_size(self, credits: int, n_devices: int) -> int:
+        """Micro-batches the mixing pool holds: ``setup.pool_memory`` over one full micro-batch's activation
+        bytes (micro_batch x max_len x width x 4), or every device's credits when no bound is set."""
+        s = self.setup
+        if s.pool_memory is None:
+            return max(1, credits * n_devices)
+        return pool_capacity(s.pool_memory, s.micro_batch * s.max_len * s.lm.hidden * 4)
 
     def _order(self, counts: dict[str, int], done: dict[str, int]) -> list[str]:
         """The epoch's pacing order with the micro-batches already trained (resume) left out."""
