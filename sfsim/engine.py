@@ -47,6 +47,8 @@ SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
 * **Activation cache**: a device sends only its first ``sent`` micro-batches; its micro-batch
   ``n >= sent`` (a later epoch, replayed from the server's cache) becomes eligible at the instant a
   worker starts its micro-batch ``n - 1``, so each device has at most one replay waiting.
+* **Backhaul sync** (``Engine.sync``, optional; :mod:`sfsim.backhaul`): after each optimizer step a
+  worker tells the backhaul; in ``sync`` mode it waits there until the servers' average has arrived.
 * Ops of zero duration are not recorded. Ties at equal times are resolved in SimPy event order.
 """
 
@@ -339,6 +341,7 @@ class Engine:
         self.up_bytes: dict[str, float] = {}
         self.down_bytes: dict[str, float] = {}
         self.mixing: dict[str, StreamMixing] = {}
+        self.sync = None  # a sfsim.backhaul.Backhaul when SplitFrozen servers synchronise
         self._finishers: list = []
 
     def on_finish(self, fn) -> None:
@@ -438,6 +441,7 @@ class ServerPool:
         self.accumulate, self.decompose, self.sequential = accumulate, decompose, sequential
         self.release: dict[int, simpy.Event] = {}  # sequential: device -> event to release it
         self.busy = 0.0
+        self.index, self.sync, self.running = index, engine.sync, server.count
         engine.on_finish(self._finish)
         self.workers = [self.env.process(self._worker(w)) for w in range(server.count)]
 
@@ -558,11 +562,14 @@ class ServerPool:
                 else:
                     t = self._run_mb(lane, i, n, now, defer, queued_w)
                 done += 1
-                if done == self.accumulate:
+                stepped = done == self.accumulate
+                if stepped:
                     t = self._step(lane, t, queued_w, step_s)
                     done = 0
                 busy += t - now
                 yield at(t)
+                if stepped and self.sync is not None:
+                    yield from self._synced()
             elif queued_w:
                 # Idle: run deferred W's one after another while no micro-batch can have arrived;
                 # no push made from now on arrives before now + flight, so batching them is exact.
@@ -581,7 +588,12 @@ class ServerPool:
                     rec(lane, "step", now, step_s)
                     busy += step_s
                     yield at(now + step_s)
+                    if self.sync is not None:
+                        yield from self._synced()
                 self.busy += busy
+                self.running -= 1
+                if self.running == 0 and self.sync is not None:
+                    self.sync.leave(self.index)
                 return
             elif pending and pending[0][0] <= now + flight:
                 yield at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
@@ -592,6 +604,12 @@ class ServerPool:
                     self._arm(pending[0][0])
                 yield ev
                 woken = True
+
+    def _synced(self):
+        """After a step: tell the backhaul; in sync mode wait until the servers' average has arrived."""
+        ev = self.sync.step_done(self.index)
+        if ev is not None:
+            yield ev
 
     def _run_mb(self, lane: str, i: int, n: int, now: float, defer: bool, queued_w: deque) -> float:
         """Record F and B (or BW) of one micro-batch starting at ``now``; returns when they end."""

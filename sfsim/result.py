@@ -35,6 +35,8 @@ class SimResult:
             server) or ``least-loaded`` (see :mod:`sfsim.assign`).
         energy: joules per device and server where the scenario gives ``power`` (see
             :func:`sfsim.energy.run_energy`), else None.
+        backhaul_bytes_by_server: server -> bytes on its backhaul (sent + received) for
+            ``training.sync``; sync_rounds: averaging rounds completed (see :mod:`sfsim.backhaul`).
         events: trace events when asked for (``trace=True``), else None.
         device_types: device -> its device type (groups big fleets in the Gantt chart).
         server_workers: server -> accelerators (``count``), so idle workers show in the Gantt chart.
@@ -58,6 +60,8 @@ class SimResult:
     stream_mixing_by_server: dict[str, float] = field(default_factory=dict)
     assignment_source: str = "scenario"
     energy: dict | None = None
+    backhaul_bytes_by_server: dict[str, float] = field(default_factory=dict)
+    sync_rounds: int = 0
     events: list[TraceEvent] | None = None
     device_types: dict[str, str] = field(default_factory=dict)
     server_workers: dict[str, int] = field(default_factory=dict)
@@ -93,7 +97,8 @@ class SimResult:
                 "server_busy_s", "server_utilization", "uplink_bytes", "downlink_bytes",
                 "uplink_bytes_by_device", "downlink_bytes_by_device", "device_flops_total",
                 "device_flops_max", "splits", "lora_start", "assignment", "policy", "stream_mixing",
-                "stream_mixing_by_server", "assignment_source", "energy")
+                "stream_mixing_by_server", "assignment_source", "energy",
+                "backhaul_bytes_by_server", "sync_rounds")
         return {k: getattr(self, k) for k in keys}
 
     def to_json(self, path: str | Path | None = None) -> str:

@@ -64,6 +64,15 @@ class LoraSpec:
 
 
 @dataclass(config=STRICT, kw_only=True)
+class Sync:
+    """How several SplitFrozen servers average their adapters over the backhaul (see sfsim.backhaul)."""
+
+    every: int = Field(gt=0, description="optimizer steps of a server between averages")
+    mode: Literal["sync", "async"] = Field(default="sync", description="sync: wait for the average; "
+                                           "async: keep training while it travels")
+
+
+@dataclass(config=STRICT, kw_only=True)
 class Training:
     """How the job trains: batch sizes, epochs, LoRA, buffering and schedule knobs."""
 
@@ -88,6 +97,7 @@ class Training:
     local_steps: int = Field(default=10, gt=0, description="fedlora: local micro-batches per round")
     fedavg_every: int = Field(default=100, gt=0, description="splitlora: client FedAvg period in steps")
     splitlora_cut: int = Field(default=3, gt=0, description="splitlora: client blocks (reference code: 3)")
+    sync: Sync | None = Field(default=None, description="average the servers' adapters over the backhaul")
 
 
 @dataclass(config=STRICT, kw_only=True)
@@ -108,6 +118,7 @@ class Server:
     count: int = Field(default=1, gt=0, le=MAX_WORKERS,
                        description="accelerators working on micro-batches in parallel")
     power: Power | None = Field(default=None, description="watts per accelerator (see sfsim.energy)")
+    backhaul: Link | None = Field(default=None, description="the server's link to the others (training.sync)")
 
 
 @dataclass(config=STRICT, kw_only=True)
@@ -203,6 +214,11 @@ class Scenario:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError(file, "servers", f"duplicate server name {sorted(dup)[0]!r}; names must be unique")
+        if self.training.sync is not None and len(self.servers) > 1:
+            for i, srv in enumerate(self.servers):
+                if srv.backhaul is None:
+                    raise ConfigError(file, f"servers[{i}].backhaul", "training.sync averages the servers over "
+                                      "their backhaul links; add e.g. backhaul: {bandwidth: 10 Gbps, latency: 2 ms}")
         dev_names = [d.name for d in self.devices]
         dup = {n for n in dev_names if dev_names.count(n) > 1}
         if dup:

@@ -10,7 +10,8 @@ LoRA start: ``lora_start`` argument, else the plan's, else ``training.lora_start
 cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else each device's
 ``server`` pin, and the devices without one least-loaded over the servers
 (:func:`sfsim.assign.least_loaded`); ``SimResult.assignment_source`` says which. Each server
-trains its own replica on its devices' micro-batches; synchronisation between servers is not modelled.
+trains its own replica on its devices' micro-batches; with ``training.sync`` the SplitFrozen servers
+average their adapters over their backhaul links (:mod:`sfsim.backhaul`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sfsim.assign import resolve_assignment
+from sfsim.backhaul import backhaul_for
 from sfsim.costmodel import CostModel
 from sfsim.energy import run_energy
 from sfsim.engine import POLICIES, Engine
@@ -180,11 +182,15 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     module = get(name)
     job = module.build(setup, cache=tr.cache_activations)
     engine = Engine(trace=trace)
+    if name in SPLITFROZEN and tr.sync is not None and len(scenario.servers) > 1:
+        engine.sync = backhaul_for(engine, scenario, cm, first_lora, job)
     module.run(engine, job, cfg, sequential=name == "splitfrozen-sequential")
     makespan = engine.run()
     res = _result(name, scenario, job, engine, makespan, setup, ls, cfg.policy if name in SPLITFROZEN else None)
     res.assignment_source = source
     res.energy = run_energy(res, scenario)
+    if engine.sync is not None:
+        res.backhaul_bytes_by_server, res.sync_rounds = dict(engine.sync.bytes), engine.sync.rounds
     return res
 
 
