@@ -13,7 +13,9 @@ _LABELS = {"makespan_s": "total time (s)", "device_flops_total": "device FLOP (a
            "device_flops_max": "device FLOP (busiest device)", "server_flops_total": "server FLOP",
            "device_busy_total_s": "device compute (s, all devices)", "uplink_bytes": "uplink bytes",
            "downlink_bytes": "downlink bytes", "server_utilization": "server utilisation",
-           "bottleneck_utilization": "busiest resource's utilisation", "servers_used": "servers used"}
+           "bottleneck_utilization": "busiest resource's utilisation", "servers_used": "servers used",
+           "device_energy_j": "device energy (J)", "server_energy_j": "server energy (J)",
+           "backhaul_bytes": "backhaul bytes", "sync_rounds": "sync rounds"}
 
 
 def _value_text(value, kind: str | None) -> str:
