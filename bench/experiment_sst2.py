@@ -72,7 +72,7 @@ def main() -> None:
                         out=f"/tmp/sfsim-bench/{args.name}-seed{args.seed}-{label.replace(' ', '-')}",
                         epochs=1, train_samples=args.train_samples, eval_samples=args.eval_samples, lr=2e-3,
                         seed=args.seed, max_len=64, data_dir=args.data_dir, server_order=order, progress=False,
-                        **extra)
+                        launch="inprocess", **extra)
         t = time.perf_counter()
         m = _run(cfg, t)
         results[label] = {"overrides": extra, **{k: m[k] for k in ("method", "server_order", "eval_accuracy",

@@ -55,12 +55,16 @@ class LinkShape:
         return nbytes * 8 / self.bandwidth
 
 
-def init(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
-    """Join the gloo process group at ``master`` (``host:port``)."""
-    host, _, port = master.rpartition(":")
-    if not host or not port.isdigit():
-        raise SfsimError(f"--master {master!r} is not HOST:PORT (e.g. 10.0.0.2:29500)")
-    dist.init_process_group("gloo", init_method=f"tcp://{host}:{port}", rank=rank, world_size=world,
+def init(rank: int, world: int, master: str | None, timeout_s: float = 600.0) -> None:
+    """Join the gloo process group at ``master`` (``host:port``; ``None``: torchrun's environment)."""
+    if master is None:
+        method = "env://"  # torchrun: MASTER_ADDR/MASTER_PORT (and its agent's store)
+    else:
+        host, _, port = master.rpartition(":")
+        if not host or not port.isdigit():
+            raise SfsimError(f"--master {master!r} is not HOST:PORT (e.g. 10.0.0.2:29500)")
+        method = f"tcp://{host}:{port}"
+    dist.init_process_group("gloo", init_method=method, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
 
 

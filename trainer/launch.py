@@ -33,19 +33,41 @@ from sfsim.errors import SfsimError
 from sfsim.schema import write_atomic
 from sfsim.trace import TraceEvent
 from trainer.distributed import DistTransport, LinkShape, init, parse_report, report_blob, sync_clock
-from trainer.measure import peak_rss_bytes
+from trainer.measure import cpu_seconds, peak_rss_bytes
 from trainer.runtime import Message, PeerLost, role_seed
 from trainer.wire import Limits
 
-ROLES = ("server", "device")
+ROLES = ("server", "device", "auto")
 
 
-def run_role(cfg, role: str, rank: int, world: int, master: str, resume: bool = False) -> int:
+def from_env(role: str, rank: int | None, world: int | None, master: str | None) -> tuple[str, int, int, str | None]:
+    """Fill rank, world size and master from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
+
+    ``role="auto"``: the server on rank 0, a device elsewhere (what one torchrun command line needs).
+    ``master`` stays ``None`` under torchrun: the process group then joins through ``env://``.
+    """
+    env = os.environ
+    if rank is None and "RANK" in env:
+        rank = int(env["RANK"])
+    if world is None and "WORLD_SIZE" in env:
+        world = int(env["WORLD_SIZE"])
+    missing = [k for k, v in {"--rank": rank, "--world-size": world}.items() if v is None]
+    if master is None and "MASTER_ADDR" not in env:
+        missing.append("--master")
+    if missing:
+        raise SfsimError(f"--role needs {', '.join(missing)} (e.g. --rank 0 --world-size 5 --master 10.0.0.2:29500), "
+                         "or run it under torchrun")
+    if role == "auto":
+        role = "server" if rank == 0 else "device"
+    return role, rank, world, master
+
+
+def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: bool = False) -> int:
     """Play one role of a distributed run; return the process's exit status (0: done)."""
     from trainer.runner import build, prepare_out
 
-    if role not in ROLES:
-        raise SfsimError(f"--role {role!r}: use server or device")
+    if role not in ROLES[:2]:
+        raise SfsimError(f"--role {role!r}: use server, device or auto")
     if (role == "server") != (rank == 0):
         raise SfsimError(f"--role {role} with --rank {rank}: the server is rank 0, devices are ranks 1..N")
     t0 = time.perf_counter()
@@ -95,7 +117,7 @@ def _device(cfg, built, tr: DistTransport, name: str, offset: float) -> int:
         return 3
     m = setup.meter
     report = {"device": name, "flops": int(m.flops.get(name, 0)), "uplink_bytes": int(m.uplink_bytes.get(name, 0)),
-              "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "clock_offset_s": offset,
+              "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds(), "clock_offset_s": offset,
               "stretched_s": m.stretched_s, "header_bytes": tr.header_bytes,
               "events": [list(e) for e in m.events]}
     tr.send_up(Message(name, -1, {"blob": report_blob(report)}, kind="report"))
@@ -153,6 +175,9 @@ def merge_reports(metrics: dict, reports: dict[str, dict], setup, tr: DistTransp
     m["peak_rss_bytes_by_role"] = {setup.server: peak_rss_bytes(),
                                    **{n: int(r["peak_rss_bytes"]) for n, r in reports.items()}}
     m["peak_rss_bytes"] = max(m["peak_rss_bytes_by_role"].values())
+    m["cpu_s_by_role"] = {setup.server: round(cpu_seconds(), 3),
+                          **{n: round(float(r.get("cpu_s", 0.0)), 3) for n, r in reports.items()}}
+    m["cpu_s"] = round(sum(m["cpu_s_by_role"].values()), 3)
     m["peak_memory_note"] = "peak RSS (ru_maxrss) of each role's own process"
     m["header_bytes"] = tr.header_bytes + sum(int(r["header_bytes"]) for r in reports.values())
     m["clock_offset_s"] = {n: r["clock_offset_s"] for n, r in reports.items()}

@@ -39,6 +39,12 @@ def tensor_bytes(obj) -> int:
     return 0
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds this process has used (all its threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process in bytes (ru_maxrss: KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -139,5 +145,6 @@ class Meter:
             "downlink_bytes_by_device": {d: int(self.downlink_bytes.get(d, 0)) for d in devices},
             "phase_s": {k: round(v, 6) for k, v in sorted(self.phase_s.items())},
             "peak_rss_bytes": peak_rss_bytes(),
+            "cpu_s": round(cpu_seconds(), 3),
             "peak_memory_note": "process peak RSS (ru_maxrss); all roles share one process in-process",
         }

@@ -63,8 +63,9 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--emulate", default="none", show_default=True, type=click.Choice(["none", "compute", "links", "all"]),
               help="distributed runs: stretch device compute to the scenario's FLOP/s (sleeping), shape links to "
                    "its bandwidth and latency, or both")
-@click.option("--role", type=click.Choice(["server", "device"]),
-              help="run one role of a distributed run (with --rank, --world-size, --master); see the README")
+@click.option("--role", type=click.Choice(["server", "device", "auto"]),
+              help="run one role of a distributed run (with --rank, --world-size, --master, or under torchrun; "
+                   "auto: server on rank 0, device elsewhere); see the README")
 @click.option("--rank", type=int, help="with --role: 0 for the server, i+1 for the scenario's device i")
 @click.option("--world-size", type=int, help="with --role: 1 + the number of devices")
 @click.option("--master", help="with --role: HOST:PORT of the server (rank 0)")
@@ -118,11 +119,9 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
 
 def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: str | None, resume: bool) -> None:
     """``--role``: play one role of a distributed run, then leave the process at once."""
-    from trainer.launch import exit_now, run_role
+    from trainer.launch import exit_now, from_env, run_role
 
-    missing = [k for k, v in {"--rank": rank, "--world-size": world_size, "--master": master}.items() if v is None]
-    if missing:
-        raise SfsimError(f"--role needs {', '.join(missing)} (e.g. --rank 0 --world-size 5 --master 10.0.0.2:29500)")
+    role, rank, world_size, master = from_env(role, rank, world_size, master)
     cfg.launch = "local" if cfg.launch == "inprocess" else cfg.launch
     code = run_role(cfg, role, rank, world_size, master, resume=resume)
     exit_now(code)
