@@ -204,6 +204,17 @@ def block_params(arch: Arch) -> int:
     return lin + norms
 
 
+def lora_target_names(arch: Arch) -> tuple[str, ...]:
+    """Names LoRA can target in ``arch``'s blocks: its linear modules' leaf names (as in Hugging Face).
+
+    Example:
+        >>> lora_target_names(BUILTIN["gpt2"])
+        ('c_attn', 'c_proj', 'c_fc')
+    """
+    ops, _ = block_graph(arch)
+    return tuple(dict.fromkeys(op.name for op in ops if op.kind == "linear"))
+
+
 def lora_params(arch: Arch, lora_targets: tuple[str, ...], lora_rank: int) -> int:
     """LoRA parameters (A and B of every targeted linear) in one block: ``r (fan_in + fan_out)`` each."""
     ops, _ = block_graph(arch)

@@ -127,3 +127,50 @@ def test_hf_config_json(tmp_path):
     cfg.write_text('{"model_type": "t5"}')
     with pytest.raises(ConfigError, match="model type 't5' is not supported"):
         scenario_from_dict(data)
+
+
+@pytest.mark.parametrize("model,targets,message", [
+    ("gpt2", ["q", "v"], "s.yaml: training.lora.targets: 'q' is not a linear module of gpt2's blocks; choose from "
+                         "c_attn, c_proj, c_fc (or leave targets out for c_attn)"),
+    ("minilm-l6", ["q_proj"], "s.yaml: training.lora.targets: 'q_proj' is not a linear module of minilm-l6's "
+                              "blocks; choose from query, key, value, dense (or leave targets out for query, value)"),
+    ("gpt2", [], "s.yaml: training.lora.targets: empty; choose from c_attn, c_proj, c_fc "
+                 "(or leave targets out for c_attn)"),
+])
+def test_lora_targets_checked_against_the_architecture(model, targets, message):
+    data = copy.deepcopy(BASE)
+    data["model"]["name"] = model
+    data["training"]["lora"] = {"targets": targets}
+    with pytest.raises(ConfigError) as exc:
+        scenario_from_dict(data, source="s.yaml")
+    assert str(exc.value) == message
+
+
+def test_lora_targets_of_the_family_load_and_cost_flops():
+    data = copy.deepcopy(BASE)
+    data["training"]["lora"] = {"targets": ["c_attn", "c_fc"]}
+    from sfsim.costmodel import CostModel
+
+    assert CostModel(scenario_from_dict(data)).trainable_params(range(1), head=False) == 8 * (768 + 3 * 768) + \
+        8 * (768 + 3072)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (_set(("devices", 0, "count"), 9223372036854775808),
+     "s.yaml: devices[0].count: Input should be less than or equal to 100000 (got 9223372036854775808)"),
+    (_set(("devices", 0, "count"), 100_000),
+     "s.yaml: devices: 100,001 devices in all; sfsim handles at most 100,000, so lower the counts"),
+    (_set(("devices", 0, "samples"), 10**12),
+     "s.yaml: devices: 250,000,000,003 micro-batches over 1 epoch(s); sfsim simulates at most 10,000,000, so "
+     "lower samples or epochs or raise training.micro_batch"),
+    (_set(("servers", 0, "count"), 10**6),
+     "s.yaml: servers[0].count: Input should be less than or equal to 1024 (got 1000000)"),
+    (_set(("model", "seq_len"), 2**40),
+     "s.yaml: model.seq_len: Input should be less than or equal to 1048576 (got 1099511627776)"),
+])
+def test_sizes_are_bounded(mutate, message):
+    data = copy.deepcopy(BASE)
+    mutate(data)
+    with pytest.raises(ConfigError) as exc:
+        scenario_from_dict(data, source="s.yaml")
+    assert str(exc.value) == message
