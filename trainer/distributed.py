@@ -229,21 +229,21 @@ class DistTransport:
         return up if p == 0 else down
 
     def _enqueue(self, p: int, msg: Message) -> None:
-        (self._out[p] if self.shaping is not None else self._wire[p]).put((msg, self.meter.now(), 0.0))
+        (self._out[p] if self.shaping is not None else self._wire[p]).put((msg, self.meter.now(), 0.0, None))
 
     def _serialiser(self, p: int) -> None:
         """Hold each message for its serialisation time on the link, then pass it on with its due time."""
         link, busy_until = self._link(p), 0.0
         while not self._closing.is_set():
             try:
-                msg, t_q, _ = self._out[p].get(timeout=0.1)
+                msg, t_q, _, _ = self._out[p].get(timeout=0.1)
             except queue.Empty:
                 continue
             start = max(self.meter.now(), busy_until)
             ser = link.serialise_s(msg.nbytes)
             _sleep_until(self.meter, start + ser)
             busy_until = start + ser
-            self._wire[p].put((msg, start, start + ser + link.latency))
+            self._wire[p].put((msg, start, start + ser + link.latency, ser))
             self._out[p].task_done()
 
     def _deliverer(self, p: int) -> None:
@@ -251,7 +251,7 @@ class DistTransport:
         dev_index = (self.rank - 1) if not self.is_server else None
         while not self._closing.is_set():
             try:
-                msg, start, due = self._wire[p].get(timeout=self.heartbeat_s)
+                msg, start, due, ser = self._wire[p].get(timeout=self.heartbeat_s)
             except queue.Empty:
                 msg = None
             if self._peer_name(p) in self.inbox.lost:  # nothing more goes to a lost peer
@@ -267,9 +267,9 @@ class DistTransport:
                 pkt = Packet(_KIND[msg.kind], idx, msg.mb, msg.epoch, msg.aux,
                              {k: v.detach().contiguous() for k, v in msg.tensors.items()})
                 self._send(p, pkt)
-                if pkt.tensors:
-                    self.meter.transfer(msg.device, pkt.nbytes, start, self.meter.now() - start, msg.mb,
-                                        down=self.is_server)
+                if pkt.tensors:  # shaped: the link is busy for the serialisation (the latency is a delay)
+                    dur = ser if ser is not None else self.meter.now() - start
+                    self.meter.transfer(msg.device, pkt.nbytes, start, dur, msg.mb, down=self.is_server)
             except (RuntimeError, WireError) as err:
                 self.inbox.lose(self._peer_name(p), f"send failed: {_first_line(err)}")
             finally:

@@ -183,8 +183,9 @@ def merge_reports(metrics: dict, reports: dict[str, dict], setup, tr: DistTransp
     m["clock_offset_s"] = {n: r["clock_offset_s"] for n, r in reports.items()}
     m["emulated_sleep_s"] = {n: round(r["stretched_s"], 6) for n, r in reports.items()}
     m["missing_reports"] = [n for n in names if n not in reports]
-    m["notes"] = dict(m["notes"], link_events="distributed: a send lasts from the start of its serialisation "
-                      "(shaped: bytes / bandwidth, then latency) until gloo handed it to the peer")
+    m["notes"] = dict(m["notes"], link_events="distributed: shaped links: a send occupies the link for bytes / "
+                      "bandwidth (the latency follows as a delay, as in the simulator); unshaped: from the queue "
+                      "to gloo handing it to the peer")
     return m
 
 

@@ -34,7 +34,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("simulate", "plan", "run", "sweep"):
+    for name in ("simulate", "plan", "run", "sweep", "validate"):
         try:
             importlib.import_module(f"sfsim.cli.{name}")
         except ModuleNotFoundError as err:

@@ -1,0 +1,43 @@
+"""``sfsim validate``: the measured prediction error of the simulator on one scenario (thin CLI)."""
+
+from __future__ import annotations
+
+import click
+
+from sfsim.cli import main
+
+
+@main.command()
+@click.option("--devices", required=True, type=click.Path(dir_okay=False), help="scenario YAML")
+@click.option("--model", required=True, help="minilm-l6, smollm2-135m, gpt2 (local) or a local HF folder")
+@click.option("--method", required=True, help="splitfrozen, splitfrozen-sequential, splitlora, fedlora or cenlora")
+@click.option("--task", default="sst2", show_default=True, help="sst2, mrpc, mnli or gsm8k")
+@click.option("--partition", "partition_spec", default="iid", show_default=True)
+@click.option("--emulate", default="all", show_default=True, type=click.Choice(["none", "compute", "links", "all"]),
+              help="what the real run emulates from the scenario (see sfsim run)")
+@click.option("--server-order", default="proportional", show_default=True)
+@click.option("--split", type=int, help="cut for every device (default: the scenario's)")
+@click.option("--train-samples", type=int, help="cap on the training samples")
+@click.option("--micro-batch", type=int, help="samples per micro-batch (default: the scenario's)")
+@click.option("--max-len", type=int, default=64, show_default=True)
+@click.option("--server-profile", type=click.Path(dir_okay=False), help="latency table of this machine as a server "
+              "(sfsim profile --role server); without it the server's nominal flops are used")
+@click.option("--device-profile", type=click.Path(dir_okay=False), help="latency table of this machine as a device "
+              "(needed unless --emulate compute/all)")
+@click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for report.json, overlay.png, "
+              "trace.json and the run")
+def validate(devices, model, method, task, partition_spec, emulate, server_order, split, train_samples, micro_batch,
+             max_len, server_profile, device_profile, data_dir, seed, threads, out):
+    """Run the scenario for real and in the simulator; print and write the error, stage by stage."""
+    from trainer.validate import ValidateConfig, format_report, run_validation
+
+    vc = ValidateConfig(devices=devices, model=model, method=method, out=out, task=task, partition=partition_spec,
+                        emulate=emulate, data_dir=data_dir, train_samples=train_samples, split=split,
+                        server_order=server_order, seed=seed, max_len=max_len, micro_batch=micro_batch,
+                        threads=threads, server_profile=server_profile, device_profile=device_profile)
+    report = run_validation(vc)
+    click.echo(format_report(report))
+    click.echo(f"-> {out}/report.json, overlay.png, trace.json")

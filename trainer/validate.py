@@ -1,0 +1,262 @@
+"""``sfsim validate``: run a scenario for real and in the simulator, and report the prediction error.
+
+1. The real run: the distributed trainer (one process per role, ``--launch local``) on the scenario,
+   one epoch, with the chosen emulation; its merged trace is the *measured* timeline.
+2. The prediction: the simulator on the same scenario, made to describe what really ran: the run's
+   model, micro-batch, per-device sample counts, cuts, LoRA blocks and targets, the mean trimmed
+   sequence length of its micro-batches, per-device credits and the same server order (a paced
+   order for ``proportional``/``round-robin``); the server's and (without ``--emulate compute``) the
+   devices' speeds from measured latency profiles (``sfsim profile``); without ``--emulate links``
+   the links are loopback (10 Gbit/s, no latency).
+3. The comparison, for the total time and every stage: predicted, measured and
+   ``error = (predicted - measured) / measured``.
+
+Stages (sums of op durations over lanes, in seconds; ``waiting`` is the server's idle time inside
+the run's span): ``device_forward`` (F on device lanes), ``device_backward`` (B/W/BW on device lanes),
+``device_step``, ``uplink``, ``downlink`` (``send`` on ``link:``/``downlink:`` lanes), ``server_F``,
+``server_B``, ``server_W``, ``server_BW``, ``server_step``, ``aggregate``, ``waiting``. The total is
+the span from the first to the last event of each timeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sfsim.errors import SfsimError
+from sfsim.schema import write_atomic
+from sfsim.trace import TraceEvent, read_chrome_trace, write_chrome_trace
+
+#: simulator policy that replays each trainer server order
+POLICY_OF_ORDER = {"proportional": "paced-proportional", "round-robin": "paced-round-robin", "fifo": "fifo",
+                   "pool": "pool"}
+LOOPBACK = "10 Gbps"
+
+
+@dataclass
+class ValidateConfig:
+    """Settings of one ``sfsim validate`` (a subset of ``sfsim run``'s plus the profiles)."""
+
+    devices: str
+    model: str
+    method: str
+    out: str
+    task: str = "sst2"
+    partition: str = "iid"
+    emulate: str = "all"
+    data_dir: str | None = None
+    train_samples: int | None = None
+    split: int | None = None
+    server_order: str = "proportional"
+    seed: int = 0
+    max_len: int = 64
+    micro_batch: int | None = None
+    buffer: int | None = None
+    threads: int = 1
+    server_profile: str | None = None
+    device_profile: str | None = None
+
+    def __post_init__(self):
+        if self.emulate not in ("none", "compute", "links", "all"):
+            raise SfsimError(f"unknown --emulate {self.emulate!r}: use none, compute, links or all")
+        if self.emulate in ("none", "links") and self.device_profile is None:
+            raise SfsimError("without --emulate compute the devices run at this machine's speed: give "
+                             "--device-profile (made by sfsim profile --role device) or use --emulate compute/all")
+        for name in ("server_profile", "device_profile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise SfsimError(f"--{name.replace('_', '-')} {path}: no such file (make one with sfsim profile)")
+
+
+def run_validation(vc: ValidateConfig) -> dict:
+    """Run for real, simulate, compare; write report.json, overlay.png and trace.json into ``vc.out``."""
+    from trainer.runner import RunConfig, run
+
+    out = Path(vc.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rc = RunConfig(devices=vc.devices, model=vc.model, task=vc.task, method=vc.method, partition=vc.partition,
+                   out=str(out / "run"), split=vc.split, epochs=1, train_samples=vc.train_samples, eval_samples=8,
+                   seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
+                   micro_batch=vc.micro_batch, buffer=vc.buffer, progress=False, launch="local", emulate=vc.emulate,
+                   threads=vc.threads, count_flops=False)
+    metrics = run(rc)
+    measured = read_chrome_trace(out / "run" / "trace.json")
+    sim = predict(vc, metrics)
+    predicted = sim.events
+    server = next(iter(metrics["server_flops"]))
+    report = compare(predicted, measured, [server])
+    report.update(method=metrics["method"], server_order=vc.server_order, emulate=vc.emulate,
+                  simulator_policy=POLICY_OF_ORDER[vc.server_order], config=dataclasses.asdict(vc),
+                  seq_len=_mean_tokens(metrics), devices=list(metrics["device_flops"]))
+    write_atomic(out / "report.json", json.dumps(report, indent=1))
+    both = [e._replace(lane=f"predicted {e.lane}") for e in predicted] + \
+           [e._replace(lane=f"measured {e.lane}") for e in measured]
+    write_chrome_trace(both, out / "trace.json", {"method": metrics["method"], "kind": "predicted vs measured"})
+    _overlay(predicted, measured, out / "overlay.png", metrics, report)
+    return report
+
+
+def _mean_tokens(metrics: dict) -> int:
+    """Tokens per sample, averaged over samples (micro-batches are trimmed to their longest row)."""
+    shapes = [s for ss in metrics["microbatch_shapes"].values() for s in ss]
+    samples = sum(b for b, _ in shapes)
+    return max(1, round(sum(b * t for b, t in shapes) / samples)) if samples else 1
+
+
+def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool) -> list[tuple[str, object]]:
+    """Scenario changes that make the simulator describe the run that happened (see the module docstring)."""
+    sets: list[tuple[str, object]] = [
+        ("model.name", _sim_model(vc.model)), ("model.seq_len", _mean_tokens(metrics)),
+        ("training.micro_batch", metrics["micro_batch"]), ("training.epochs", 1),
+        ("training.accumulate", metrics["accumulate"]), ("training.buffer", metrics["buffer"]),
+        ("training.lora.targets", list(metrics["lora_targets"])),
+        ("training.server_policy", POLICY_OF_ORDER[vc.server_order]),
+    ]
+    if credits_key:
+        sets.append(("training.credits", "device"))
+    for name, n in metrics["samples_by_device"].items():
+        sets.append((f"devices[{name}].samples", n))
+        if vc.emulate in ("none", "links"):
+            sets += [(f"devices[{name}].latency_profile", str(Path(vc.device_profile).resolve())),
+                     (f"devices[{name}].flops", None)]
+        if vc.emulate in ("none", "compute"):
+            for link in ("uplink", "downlink"):
+                sets += [(f"devices[{name}].{link}.bandwidth", LOOPBACK), (f"devices[{name}].{link}.latency", 0)]
+    if vc.server_profile is not None:
+        sets += [("servers[0].latency_profile", str(Path(vc.server_profile).resolve())), ("servers[0].flops", None)]
+    return sets
+
+
+def _sim_model(model: str) -> str:
+    """The simulator's name for the run's model: a built-in name, or a local folder's config.json."""
+    path = Path(model)
+    if path.is_dir() and (path / "config.json").is_file():
+        return str((path / "config.json").resolve())
+    return model
+
+
+def predict(vc: ValidateConfig, metrics: dict):
+    """The simulator's timeline (``trace=True``) for the run described by ``metrics``."""
+    import sfsim
+
+    sc = sim_scenario(vc, metrics)
+    kw = {"splits": dict(metrics["cuts"]), "trace": True}
+    if metrics["method"].startswith("splitfrozen"):
+        kw["lora_start"] = metrics["lora_start"]
+        kw["policy"] = POLICY_OF_ORDER[vc.server_order]
+    return sfsim.simulate(sc, metrics["method"], **kw)
+
+
+def sim_scenario(vc: ValidateConfig, metrics: dict):
+    """The scenario file with :func:`sim_overrides` applied (devices expanded, so each can differ)."""
+    from sfsim.overrides import apply
+    from sfsim.scenario import Training, scenario_from_dict
+    from sfsim.schema import read_yaml
+
+    data = read_yaml(vc.devices)
+    _expand_counts(data)
+    credits_key = "credits" in getattr(Training, "__pydantic_fields__", {}) or any(
+        f.name == "credits" for f in dataclasses.fields(Training))
+    sets = sim_overrides(vc, metrics, credits_key)
+    data = apply(data, [(k, v) for k, v in sets if v is not None], file=vc.devices)
+    for key, v in sets:  # None: drop the key (a device's flops when a latency profile replaces it)
+        if v is None:
+            section, name, field = re.fullmatch(r"(devices|servers)\[([^\]]+)\]\.(\w+)", key).groups()
+            for i, item in enumerate(data[section]):
+                if str(i) == name or item.get("name") == name:
+                    item.pop(field, None)
+    return scenario_from_dict(data, source=vc.devices)
+
+
+def _expand_counts(data: dict) -> list[dict]:
+    """The device list with ``count`` expanded into named devices (``name-0``...), in place."""
+    out = []
+    for d in data["devices"]:
+        n = d.get("count", 1)
+        if n == 1 and "count" not in d:
+            out.append(d)
+            continue
+        for i in range(n):
+            e = {k: v for k, v in d.items() if k != "count"}
+            e["name"] = f"{d['name']}-{i}"
+            out.append(e)
+    data["devices"] = out
+    return out
+
+
+def stage_of(e: TraceEvent, servers: list[str]) -> str | None:
+    """The stage an event counts toward (see the module docstring)."""
+    lane = e.lane
+    if lane.startswith("link:"):
+        return "uplink"
+    if lane.startswith("downlink:"):
+        return "downlink"
+    if lane.split("/")[0] in servers:
+        return "aggregate" if e.op == "aggregate" else f"server_{e.op}" if e.op != "wait" else None
+    if e.op == "F":
+        return "device_forward"
+    if e.op in ("B", "W", "BW"):
+        return "device_backward"
+    if e.op == "step":
+        return "device_step"
+    return None
+
+
+def stages(events: list[TraceEvent], servers: list[str]) -> tuple[float, dict[str, float]]:
+    """(span, stage -> seconds) of a timeline."""
+    if not events:
+        return 0.0, {}
+    t0, t1 = min(e.start for e in events), max(e.end for e in events)
+    out: dict[str, float] = {}
+    busy: dict[str, float] = {}
+    for e in events:
+        st = stage_of(e, servers)
+        if st is not None:
+            out[st] = out.get(st, 0.0) + e.dur
+        if e.lane.split("/")[0] in servers and e.op != "wait":
+            busy[e.lane] = busy.get(e.lane, 0.0) + e.dur
+    out["waiting"] = sum(max(0.0, (t1 - t0) - b) for b in busy.values())
+    return t1 - t0, out
+
+
+def _row(pred: float, meas: float) -> dict:
+    return {"predicted_s": round(pred, 6), "measured_s": round(meas, 6),
+            "error": round((pred - meas) / meas, 6) if meas > 0 else None}
+
+
+def compare(predicted: list[TraceEvent], measured: list[TraceEvent], servers: list[str]) -> dict:
+    """The report: total and per-stage predicted, measured, error."""
+    tp, sp = stages(predicted, servers)
+    tm, sm = stages(measured, servers)
+    names = [n for n in ("device_forward", "device_backward", "device_step", "uplink", "downlink", "server_F",
+                         "server_B", "server_W", "server_BW", "server_step", "aggregate", "waiting")
+             if sp.get(n, 0) > 0 or sm.get(n, 0) > 0]
+    return {"total": _row(tp, tm), "stages": {n: _row(sp.get(n, 0.0), sm.get(n, 0.0)) for n in names}}
+
+
+def _overlay(predicted, measured, path: Path, metrics: dict, report: dict) -> None:
+    """Predicted lanes above measured ones, one shared time axis (each timeline from its own start)."""
+    from sfsim.gantt import Panel, write_panels
+
+    def shift(evs):
+        t0 = min((e.start for e in evs), default=0.0)
+        return [e._replace(start=e.start - t0) for e in evs]
+
+    devices = list(metrics["device_flops"])
+    servers = list(metrics["server_flops"])
+    err = report["total"]["error"]
+    write_panels([Panel(shift(predicted), "predicted (simulator)", devices, servers=servers),
+                  Panel(shift(measured), "measured (distributed run)", devices, servers=servers)], path,
+                 title=f"{metrics['method']}: total error {100 * err:+.1f}%" if err is not None else metrics["method"])
+
+
+def format_report(report: dict) -> str:
+    """The report as a table for the terminal."""
+    lines = [f"{'stage':16} {'predicted s':>12} {'measured s':>11} {'error':>8}"]
+    for name, row in [("total", report["total"]), *report["stages"].items()]:
+        e = "" if row["error"] is None else f"{100 * row['error']:+7.1f}%"
+        lines.append(f"{name:16} {row['predicted_s']:12.3f} {row['measured_s']:11.3f} {e:>8}")
+    return "\n".join(lines)
