@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from sfsim.result import SimResult
+from sfsim.units import format_count, format_quantity
 
 BASELINES = ("fedlora", "splitlora")
 """Schedules the comparison table computes savings against."""
 
 
 def si(value: float, unit: str) -> str:
-    """``1.5e12, 'FLOP' -> '1.50 TFLOP'``: three significant digits with an SI prefix."""
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
+    """``1.5e12, 'FLOP' -> '1.5 TFLOP'``: three significant digits with an SI prefix; bytes (``'B'``)
+    in IEC units like every size sfsim prints (:func:`sfsim.units.format_quantity`: ``'7.03 GiB'``)."""
+    if unit == "B":
+        return format_quantity(value, "size")
+    return f"{format_count(value)}{unit}" if abs(value) >= 1e3 else f"{value:.3g} {unit}"
 
 
 def overall_utilization(res: SimResult, counts: dict[str, int] | None = None) -> float:

@@ -13,6 +13,7 @@ from sfsim.cli import main
 from sfsim.cli.simulate import parse_split
 from sfsim.errors import SfsimError
 from sfsim.report import comparison_table, saving, si
+from sfsim.units import format_quantity
 
 TINY = """
 model: {name: gpt2, seq_len: 32, task: classification, num_labels: 2}
@@ -73,6 +74,7 @@ def test_comparison_table_savings(scenario_file):
     assert f"{want:+.1f}%" in table[2]
     assert saving(1, 4) == 75.0 and saving(1, 0) is None
     assert si(1.5e12, "FLOP") == "1.5 TFLOP" and si(0, "B") == "0 B"
+    assert si(7.55e9, "B") == "7.03 GiB" == format_quantity(7.55e9, "size")  # one formatter for sizes
 
 
 def test_parse_split():

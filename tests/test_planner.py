@@ -337,7 +337,7 @@ def test_cli_prints_table_and_writes_plan(tmp_path):
     r = CliRunner().invoke(main, ["plan", "--devices", path, "-o", str(out)])
     assert r.exit_code == 0, r.output
     for word in ("cut", "server", "total time", "lower bound", "bounded by", "best single cut",
-                 "SplitLoRA's fixed cut", str(out)):
+                 "SplitFrozen at SplitLoRA's cut (k=3)", str(out)):
         assert word in r.output
     p = load_plan(out)
     assert p.assignment["pinned"] == "big" and p.makespan_s > 0

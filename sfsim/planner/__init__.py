@@ -101,7 +101,8 @@ class PlanResult:
         lower_bound_s: a lower bound on any plan's makespan under the same constraints.
         gap: ``makespan_s / lower_bound_s - 1``.
         rows: one :class:`Row` per (device type, cut, server) group, for the table.
-        comparisons: the best single global cut and SplitLoRA's fixed cut, simulated the same way.
+        comparisons: SplitFrozen at the best single global cut and at SplitLoRA's cut 3 (not SplitLoRA
+            itself: ``sfsim simulate --schedule splitlora`` compares methods), simulated the same way.
         schedule, scenario, model: what the plan was made for.
         search_s: seconds spent planning (search + simulations).
         simulated: how many candidate plans were replayed with the simulator.
@@ -365,7 +366,7 @@ def _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers, 
 
 
 def _references(replay: Replay, uniform: dict[int, list[Group]], tops: int) -> list[tuple]:
-    """Simulated ``(label, cut, makespan)`` of the best single global cut and of SplitLoRA's cut 3.
+    """Simulated ``(label, cut, makespan)`` of SplitFrozen at the best single global cut and at SplitLoRA's cut 3.
 
     Both use the planner's assignment rule (the same integer program), so the comparison isolates
     the value of per-device cuts. The best single cut replays the ``tops`` best by the fluid model.
@@ -376,10 +377,10 @@ def _references(replay: Replay, uniform: dict[int, list[Group]], tops: int) -> l
     if uniform:
         ranked = sorted(uniform, key=lambda k: estimate(replay.table, uniform[k]).makespan_s)[:tops]
         sim, k = min([(replay(uniform[k]), k) for k in ranked] + ([(fixed, k3)] if fixed is not None else []))
-        out.append((f"best single cut (k={k})", k, sim))
+        out.append((f"SplitFrozen at the best single cut (k={k})", k, sim))
     else:
         out.append(("best single cut", None, None))
-    out.append((f"SplitLoRA's fixed cut (k={k3})", k3, fixed))
+    out.append((f"SplitFrozen at SplitLoRA's cut (k={k3})", k3, fixed))
     return out
 
 
