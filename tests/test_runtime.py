@@ -209,6 +209,37 @@ def test_device_killed_mid_run(tiny_gpt2, tmp_path):
     assert not any(_alive(p) for p in pids.values())
 
 
+def test_hung_device_is_dropped_after_the_peer_timeout(tiny_gpt2, tmp_path):
+    from trainer.runner import run
+
+    out = tmp_path / "hang"
+    cfg = _cfg(tiny_gpt2, out, epochs=1, train_samples=40, partition="iid", emulate="compute", checkpoint_every=1,
+               peer_timeout=2.0)
+    t, box = _in_thread(run, cfg)
+    _wait_for(out / "checkpoint.safetensors")
+    pids = json.loads((out / "logs" / "pids.json").read_text())
+    os.kill(pids["small-1"], signal.SIGSTOP)  # alive but silent: no heartbeats
+    t.join(120)
+    assert not t.is_alive() and "error" not in box, box
+    m = box["result"]
+    assert set(m["lost_devices"]) == {"small-1"} and "silent for more than 2 s" in m["lost_devices"]["small-1"]["reason"]
+    assert not any(_alive(p) for p in pids.values())
+
+
+def test_pool_order_trains_every_micro_batch_once(tiny_gpt2, tmp_path):
+    from trainer.runner import run
+
+    kw = dict(epochs=1, server_order="pool", pool_memory="50KiB", launch="inprocess")  # 2 micro-batches of (4, 48, 32)
+    a = run(_cfg(tiny_gpt2, tmp_path / "a", **kw))
+    b = run(_cfg(tiny_gpt2, tmp_path / "b", **kw))
+    assert a["pool_peak_microbatches"] == 2 and len(a["train_loss_history"]) == 3 + 2 + 2
+    assert a["train_loss_history"] == b["train_loss_history"]  # seeded draws
+    m = run(_cfg(tiny_gpt2, tmp_path / "c", epochs=1, server_order="pool", pool_memory="50KiB"))
+    assert m["pool_peak_microbatches"] <= 2 and len(m["train_loss_history"]) == 3 + 2 + 2
+    with pytest.raises(SfsimError, match="pool is SplitFrozen's mixing buffer"):
+        _cfg(tiny_gpt2, tmp_path / "d", method="splitlora", server_order="pool")
+
+
 def test_malformed_message_drops_the_sender(tiny_gpt2, tmp_path):
     from trainer.launch import launch_local
 

@@ -16,6 +16,7 @@ order. Backward is split into B (now) and W (deferred until the optimizer step, 
 from __future__ import annotations
 
 from sfsim.pacing import MixingPool, pool_capacity
+from sfsim.trace import TraceEvent
 from trainer.backward import DeferredGrads
 from trainer.methods.common import (
     Method,
@@ -63,7 +64,12 @@ class SplitFrozen(Method):
             self._dev[role.name] = {"batches": role.batches(msg.epoch), "next": msg.mb, "credits": msg.aux,
                                     "epoch": msg.epoch}
         elif msg.kind == "credit":
-            self._dev[role.name]["credits"] += 1
+            st = self._dev[role.name]
+            if st["credits"] == 0 and st.get("blocked_at") is not None:  # it waited for this credit
+                now = self.setup.meter.now()
+                self.setup.meter.events.append(TraceEvent(role.name, "wait", st["blocked_at"], now - st["blocked_at"],
+                                                          st["next"], role.name))
+            st["credits"] += 1
         else:
             return
         st = self._dev[role.name]
@@ -73,6 +79,7 @@ class SplitFrozen(Method):
             out.epoch = st["epoch"]
             self.setup.transport.send_up(out)
             st["next"], st["credits"] = j + 1, st["credits"] - 1
+        st["blocked_at"] = self.setup.meter.now() if st["next"] < len(st["batches"]) else None
 
     # -- server side --------------------------------------------------------------------------------
     def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
