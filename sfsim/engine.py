@@ -628,7 +628,7 @@ class ServerPool:
         else:
             rec(lane, "BW", t, b_s + w_s, n, d.name)
         t += b_s + w_s
-        if self.sequential:
+        if self.sequential and n < d.sent:  # a replayed (cached) micro-batch has no device waiting
             self.engine.succeed_at(self.release.pop(i), t)
         return t
 

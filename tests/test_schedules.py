@@ -223,3 +223,11 @@ def test_bad_input_one_line(kwargs, match):
     with pytest.raises(SfsimError, match=match) as err:
         sfsim.simulate(tiny(), **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_sequential_with_cached_activations_replays_later_epochs():
+    sc = tiny(cache_activations=True, epochs=2, buffer=1)
+    res = sfsim.simulate(sc, "splitfrozen-sequential", trace=True)
+    assert res.micro_batches == 2 * (4 + 4 + 3)
+    assert sorted((e.device, e.mb) for e in res.events if e.lane == "gpu" and e.op == "F") == sorted(
+        (d.name, n) for d in sc.devices for n in range(2 * sc.micro_batches(d)))
