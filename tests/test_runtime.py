@@ -323,3 +323,22 @@ def test_role_options_are_checked(tiny_gpt2, tmp_path):
     assert res.exit_code == 2 and "--emulate needs separate processes" in res.stderr
     res = CliRunner().invoke(main, args + ["--threads", "0"])
     assert res.exit_code == 2 and "--threads must be >= 1" in res.stderr
+
+
+def test_meter_counts_fused_cpu_attention_as_the_cost_model_does(tiny_gpt2):
+    """torch's counter scores the fused CPU attention kernel as 0; the meter adds torch's own SDPA formula."""
+    from sfsim.costmodel import CostModel
+    from sfsim.overrides import load_scenario_with
+    from trainer.measure import Meter
+    from trainer.models import load_model
+    from trainer.split import split_model
+
+    lm = load_model(tiny_gpt2)
+    device, _ = split_model(lm.model, 1, frozen_device=True)
+    ids, mask = torch.randint(0, 100, (4, 48)), torch.ones(4, 48, dtype=torch.int64)
+    meter = Meter()
+    with meter.compute("d", "F", "device_forward"), torch.inference_mode():
+        device(ids, mask)
+    sc = load_scenario_with(str(FIXTURES / "runtime_tiny.yaml"), [("model.name", f"{tiny_gpt2}/config.json"),
+                                                                   ("model.seq_len", 48)])
+    assert meter.flops["d"] == CostModel(sc).device_prefix(1).F.sum() == 5_898_240

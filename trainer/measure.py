@@ -2,7 +2,8 @@
 
 Everything here is measured, not computed from a formula:
 
-- FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` around each role's compute (matmuls, attention;
+- FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` around each role's compute (matmuls, attention
+  including the fused CPU kernel torch's counter would score as zero;
   element-wise ops count zero, as in torch's counter). The counter costs milliseconds per op on a
   CPU, so work whose FLOPs depend only on shapes passes a ``key`` (e.g. ``(cut, B, T)``): the first
   time a (role, op, key) is seen it is counted, later identical work adds that measured count.
@@ -23,9 +24,28 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from sfsim.trace import TraceEvent
+
+
+def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+#: torch's counter has no formula for the fused CPU attention kernel (it counts it as zero); these are
+#: torch's own formulas for the other fused attention kernels, so attention counts the same everywhere.
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
+
+
+def flop_counter() -> FlopCounterMode:
+    """A FlopCounterMode that also counts the fused CPU attention kernel."""
+    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
 
 
 def tensor_bytes(obj) -> int:
@@ -97,7 +117,7 @@ class Meter:
             yield
             flops = self._cache[cache_key]
         elif counting:
-            counter = FlopCounterMode(display=False)
+            counter = flop_counter()
             with counter:
                 yield
             flops = counter.get_total_flops()
