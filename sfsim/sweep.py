@@ -346,6 +346,10 @@ def run_sweep(file: str | Path, varies: Sequence[Vary], output: str | Path, sett
     from sfsim.executors import execute
     from sfsim.schema import read_yaml
 
+    keys = [v.key for v in varies]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(None, "--vary", f"{twice[0]} is varied twice; give its values in one --vary")
     file = str(file)
     base = read_yaml(file)
     points = grid(varies)

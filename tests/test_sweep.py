@@ -254,6 +254,7 @@ def test_cli_sweep_writes_csv_and_plot(two_file, tmp_path):
     (["--vary", "devices[pi.count=1,2"], "--vary: 'devices[pi.count' is not a key path"),
     (["--vary", "devices[pi].count"], "has no value; write KEY=VALUE"),
     (["--vary", "servers.count=1.5..3"], "say how many values"),
+    (["--vary", "servers.count=1,2", "--vary", "servers.count=3"], "--vary: servers.count is varied twice"),
     (["--vary", "servers.count=1,2", "--schedule", "nope"], "unknown schedule"),
     (["--vary", "servers.count=1,2", "--plan", "--split", "2"], "--plan and --split exclude each other"),
     (["--vary", "servers.count=1,2", "--plot", "x.png", "--metric", "speed"], "--metric: unknown column 'speed'"),
