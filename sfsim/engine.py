@@ -17,18 +17,32 @@ server that serves jobs in arrival order (SplitLoRA, FedAvg).
 
 SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
 
-* **Credits**: a server has ``buffer`` credits, one per micro-batch in flight to it or waiting at
-  it. A device takes a credit when it starts sending; the credit comes back when a worker starts
-  processing that micro-batch and goes to the device that has waited longest (FIFO by the time
-  it became ready to send; ties in queueing order). Replayed (cached) micro-batches hold no credit.
-  The acknowledgement is instantaneous (no downlink latency): see ``Training.buffer`` for why.
+* **Credits** (``credits="server"``, the default): a server has ``buffer`` credits, one per
+  micro-batch in flight to it or waiting at it. A device takes a credit when it starts sending; the
+  credit comes back when a worker starts processing that micro-batch and goes to the device that
+  has waited longest (FIFO by the time it became ready to send; ties in queueing order). Replayed
+  (cached) micro-batches hold no credit. The acknowledgement is instantaneous (no downlink
+  latency): see ``Training.buffer`` for why. With ``credits="device"`` (the trainer's flow control)
+  each device has ``buffer`` credits of its own, by the same rules, and waits only for its own;
+  sequential devices have one, returned when the device is released (so it never binds).
 * **Arrivals** are kept in a heap; a worker that becomes free at time ``t`` sees every micro-batch
   with arrival ``<= t`` (an arrival at the instant a worker frees up is eligible). An idle worker is
   woken at the next arrival.
-* **Policy** (:data:`POLICIES`): which eligible micro-batch a free worker takes: ``fifo`` (arrival
-  order), ``round-robin`` (devices in turn, in the order they first had work waiting) or
-  ``proportional`` (the device with the largest fraction of its micro-batches not yet started;
-  ties: lower device index). Within one device micro-batches always run in order.
+* **Policy** (:data:`POLICIES`, :mod:`sfsim.policies`): which arrived micro-batch a free worker
+  takes: ``fifo`` (arrival order), ``round-robin`` (devices in turn, in the order they first had
+  work waiting) or ``proportional`` (the device with the largest fraction of its micro-batches not
+  yet started; ties: lower device index). These take any arrived micro-batch. ``paced-proportional``
+  and ``paced-round-robin`` follow :func:`sfsim.pacing.server_order` over the server's devices (one
+  order per epoch of ``per_epoch`` micro-batches each) and wait for the named device's next
+  micro-batch even when others have arrived; they need ``credits="device"`` (with one server-wide
+  pool the held-back micro-batches can take every credit). ``pool`` puts arrivals in a
+  :class:`sfsim.pacing.MixingPool` (capacity: the memory bound ``pool_bytes`` over the widest
+  ``act_bytes``, else the sum of the credits; arrivals that find it full wait behind it in arrival
+  order) and draws uniformly at random (seeded) only when it is full or nothing more can arrive
+  before a draw: nothing in flight and no device able to send (micro-batches left to send and a
+  credit it could hold; sequential: released). Within one device micro-batches run in order,
+  except under ``pool``. A worker idle while the policy holds an arrived micro-batch back records
+  op ``wait`` on its lane (device and micro-batch waited for, paced) and adds to ``server_wait``.
 * **Several workers** (``count > 1``) are independent replicas of the server's model: each steps
   its own accumulation window (below) and no gradient is exchanged between them. An eligible
   micro-batch goes to the worker that has been free the longest: free workers wait in a FIFO
@@ -62,6 +76,19 @@ from dataclasses import dataclass
 import simpy
 
 from sfsim.errors import SfsimError
+from sfsim.pacing import pool_capacity
+from sfsim.policies import (  # noqa: F401 (re-exported: the engine's policies)
+    PACED,
+    PACED_NEEDS_DEVICE_CREDITS,
+    POLICIES,
+    FifoPolicy,
+    PacedPolicy,
+    PoolPolicy,
+    ProportionalPolicy,
+    RoundRobinPolicy,
+    make_policy,
+    paced_order,
+)
 from sfsim.trace import TraceEvent
 
 _NORMAL = simpy.events.NORMAL  # SimPy's priority for ordinary (non-urgent) events
@@ -83,6 +110,7 @@ class DeviceTimes:
         sync_up_s, sync_down_s: adapter upload and download serialisation seconds (FedAvg).
         srv_f, srv_b, srv_w: server seconds per micro-batch of this device.
         up_bytes, down_bytes, sync_bytes: bytes per micro-batch up, down, and per adapter transfer.
+        act_bytes: bytes of one micro-batch's activations at the device's cut (the mixing pool's memory).
         per_epoch, last: micro-batches per epoch and the size of each epoch's last one relative to a
             full one (``samples % micro_batch / micro_batch``, 1 when it divides). Every per-micro-batch
             time and byte count above is for a full micro-batch; the last of each epoch takes ``last``
@@ -109,6 +137,7 @@ class DeviceTimes:
     up_bytes: float = 0.0
     down_bytes: float = 0.0
     sync_bytes: float = 0.0
+    act_bytes: float = 0.0
     per_epoch: int = 0
     last: float = 1.0
 
@@ -154,122 +183,6 @@ class ServerTimes:
     def lane(self, w: int = 0) -> str:
         """Lane name of worker ``w``: the server name when it has one worker, else ``name/w``."""
         return self.name if self.count == 1 else f"{self.name}/{w}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Server policies: which eligible micro-batch a free worker takes next.
-# ---------------------------------------------------------------------------------------------
-class FifoPolicy:
-    """Take micro-batches in arrival order."""
-
-    name = "fifo"
-
-    def __init__(self, totals: list[int]):
-        self._q: deque = deque()
-
-    def push(self, i: int, n: int) -> None:
-        """Make micro-batch ``n`` of device ``i`` eligible."""
-        self._q.append((i, n))
-
-    def pop(self) -> tuple[int, int]:
-        """Remove and return the next ``(device, micro-batch)``."""
-        return self._q.popleft()
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-
-class _PerDevicePolicy:
-    """Base for policies that choose a device first, then take its oldest eligible micro-batch."""
-
-    def __init__(self, totals: list[int]):
-        self.totals = totals
-        self.ready = [0] * len(totals)      # eligible micro-batches per device
-        self.next_mb = [-1] * len(totals)   # oldest eligible micro-batch per device
-        self.size = 0
-
-    def push(self, i: int, n: int) -> None:
-        """Make micro-batch ``n`` of device ``i`` eligible."""
-        self.size += 1
-        self.ready[i] += 1
-        if self.ready[i] == 1:
-            self.next_mb[i] = n
-            self._add(i)
-
-    def push_many(self, i: int, first: int, count: int) -> None:
-        """Make ``count`` micro-batches of device ``i`` from ``first`` on eligible (O(1) memory)."""
-        if count <= 0:
-            return
-        self.size += count
-        self.ready[i] += count
-        if self.ready[i] == count:
-            self.next_mb[i] = first
-            self._add(i)
-
-    def pop(self) -> tuple[int, int]:
-        """Remove and return the next ``(device, micro-batch)``."""
-        i = self._take()
-        n = self.next_mb[i]
-        self.next_mb[i] = n + 1
-        self.ready[i] -= 1
-        self.size -= 1
-        if self.ready[i]:
-            self._add(i)
-        return i, n
-
-    def __len__(self) -> int:
-        return self.size
-
-
-class RoundRobinPolicy(_PerDevicePolicy):
-    """Serve devices in turn (in the order they first had work waiting), one micro-batch each."""
-
-    name = "round-robin"
-
-    def __init__(self, totals: list[int]):
-        super().__init__(totals)
-        self._turn: deque = deque()
-
-    def _add(self, i: int) -> None:
-        self._turn.append(i)
-
-    def _take(self) -> int:
-        return self._turn.popleft()
-
-
-class ProportionalPolicy(_PerDevicePolicy):
-    """Serve the device with the largest fraction of its micro-batches not yet started.
-
-    This paces devices so that they finish together, which keeps the server's stream mixed.
-    """
-
-    name = "proportional"
-
-    def __init__(self, totals: list[int]):
-        super().__init__(totals)
-        self._started = [0] * len(totals)
-        self._heap: list = []
-
-    def _add(self, i: int) -> None:
-        # Key changes only when device i is served, so a plain heap stays correct.
-        heapq.heappush(self._heap, (-(self.totals[i] - self._started[i]) / self.totals[i], i))
-
-    def _take(self) -> int:
-        i = heapq.heappop(self._heap)[1]
-        self._started[i] += 1
-        return i
-
-
-#: Server policies by name.
-POLICIES = {p.name: p for p in (FifoPolicy, RoundRobinPolicy, ProportionalPolicy)}
-
-
-def make_policy(name: str, totals: list[int]):
-    """A new policy object by name, or SfsimError naming the choices."""
-    try:
-        return POLICIES[name](totals)
-    except KeyError:
-        raise SfsimError(f"unknown server policy {name!r}; choose one of: {', '.join(POLICIES)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +244,8 @@ class Engine:
         device_busy, server_busy: seconds of compute per device / per server (all workers).
         up_bytes, down_bytes: bytes per device on its uplink / downlink.
         mixing: server name -> :class:`StreamMixing` for schedules with a server stream.
+        server_wait: SplitFrozen server -> worker-seconds idle while its policy held micro-batches back.
+        pool_peak_bytes: server -> the most its mixing pool held (policy ``pool``).
     """
 
     def __init__(self, trace: bool = False):
@@ -341,6 +256,8 @@ class Engine:
         self.up_bytes: dict[str, float] = {}
         self.down_bytes: dict[str, float] = {}
         self.mixing: dict[str, StreamMixing] = {}
+        self.server_wait: dict[str, float] = {}
+        self.pool_peak_bytes: dict[str, float] = {}
         self.sync = None  # a sfsim.backhaul.Backhaul when SplitFrozen servers synchronise
         self._finishers: list = []
 
@@ -405,6 +322,81 @@ class FifoLane:
         return ends
 
 
+class Credits:
+    """Credits of one holder (a server, or one device with ``training.credits: device``) and its waiters.
+
+    Args:
+        engine: the engine.
+        n: credits to start with.
+    """
+
+    def __init__(self, engine: Engine, n: int):
+        self.engine, self.env, self.credits = engine, engine.env, n
+        self.waiting: list = []  # heap of (ready time, seq, event): devices waiting for a credit
+        self.seq = 0
+
+    def take(self) -> simpy.Event | None:
+        """Take a credit now; returns None on success, else an event that fires when one is granted."""
+        if self.credits:
+            self.credits -= 1
+            return None
+        ev = self.env.event()
+        self.wait(self.env.now, ev)
+        return ev
+
+    def wait(self, ready: float, ev: simpy.Event) -> None:
+        """Queue a device that will want a credit at ``ready`` (>= now; call only when none is free).
+
+        ``ev`` fires with value True at the instant a credit is granted to it (>= ``ready``), or with
+        False at ``ready`` when a credit was returned before ``ready``: the device must then try
+        again (another device that became ready earlier may take that credit first). Waiters are
+        served by ready time, ties in the order they queued: exactly a FIFO queue of devices that
+        checked for a credit at their ready instants, without waking every device at that instant.
+        """
+        self.seq += 1
+        heapq.heappush(self.waiting, (ready, self.seq, ev))
+
+    def give_back(self) -> None:
+        """Return one credit: to the longest-ready waiter, else to the holder."""
+        waiting = self.waiting
+        if waiting and waiting[0][0] <= self.env.now:
+            heapq.heappop(waiting)[2].succeed(True)  # hand it straight to the longest-ready waiter
+        else:
+            self.credits += 1
+            if waiting:  # the earliest future waiter tries for it at its ready time
+                ready, _, ev = heapq.heappop(waiting)
+                self.engine.trigger_at(ev, ready, False)
+
+
+class Senders:
+    """Which devices could still send to a server before its next draw (the mixing pool's ``more``).
+
+    Device ``i`` could send while it has micro-batches left to send (``unsent``) and fewer than
+    ``limit`` outstanding (``out``: sent and still holding its own credit, or, sequential, not yet
+    released). With one server-wide pool of credits, ``holding`` counts the sent micro-batches
+    that hold one of its ``buffer`` credits.
+    """
+
+    def __init__(self, sent: list[int], limit: float, buffer: float):
+        self.unsent, self.out, self.limit = list(sent), [0] * len(sent), limit
+        self.free = [u > 0 for u in sent]
+        self.count = sum(self.free)  # devices that could send
+        self.holding, self.buffer = 0, buffer
+
+    def change(self, i: int, unsent: int = 0, out: int = 0) -> None:
+        """Device ``i`` sent (``unsent=-1``), took or released an outstanding slot (``out=+-1``)."""
+        self.unsent[i] += unsent
+        self.out[i] += out
+        free = self.unsent[i] > 0 and self.out[i] < self.limit
+        if free != self.free[i]:
+            self.free[i] = free
+            self.count += 1 if free else -1
+
+    def any(self) -> bool:
+        """True when some device could still send (and, with server credits, a credit is left)."""
+        return self.count > 0 and self.holding < self.buffer
+
+
 class ServerPool:
     """A SplitFrozen server: credits, pending arrivals, a policy, and ``count`` worker processes.
 
@@ -419,20 +411,30 @@ class ServerPool:
         decompose: defer W into idle time (else fused ``BW``).
         policy: policy name (:data:`POLICIES`).
         sequential: release each device when its micro-batch's W ends (the ablation).
+        credits: ``server`` (one pool of ``buffer`` credits) or ``device`` (``buffer`` per device).
+        pool_bytes: memory bound of the ``pool`` policy (None: the sum of the credits).
+        seed: seed of the ``pool`` policy's draws.
     """
 
     def __init__(self, engine: Engine, server: ServerTimes, devices: list[DeviceTimes], index: int,
-                 buffer: int, accumulate: int, decompose: bool, policy: str, sequential: bool = False):
+                 buffer: int, accumulate: int, decompose: bool, policy: str, sequential: bool = False,
+                 credits: str = "server", pool_bytes: float | None = None, seed: int = 0):
         if buffer < 1 or accumulate < 1:
             raise SfsimError(f"server {server.name!r}: buffer and accumulate must be >= 1")
+        if credits not in ("server", "device"):
+            raise SfsimError(f"unknown credits {credits!r}; choose server or device")
+        if policy in PACED and credits == "server":
+            raise SfsimError(f"server policy {policy!r} {PACED_NEEDS_DEVICE_CREDITS}")
         self.engine, self.env, self.server = engine, engine.env, server
         self.devices = devices
         self.totals = totals = [d.n if d.server == index else 0 for d in devices]
-        self.policy = make_policy(policy, [max(t, 1) for t in totals])
+        self.per_device = credits == "device"
+        self._accounts(buffer, sequential)
+        self.wait_s = 0.0                 # worker-seconds idle while a micro-batch waited (paced, pool)
+        self.senders = None
+        self.policy = self._policy(policy, buffer, sequential, pool_bytes, seed)
         self.mixing = engine.mixing[server.name] = StreamMixing(totals)
         self.unclaimed = sum(totals)
-        self.credits = buffer
-        self.waiting: list = []           # heap of (ready time, seq, event): devices waiting for a credit
         self.pending: list = []           # heap of (arrival, seq, device, mb) not yet arrived
         self.seq = 0
         self.idle: list = []              # events of sleeping workers
@@ -445,42 +447,60 @@ class ServerPool:
         engine.on_finish(self._finish)
         self.workers = [self.env.process(self._worker(w)) for w in range(server.count)]
 
+    def _accounts(self, buffer: int, sequential: bool) -> None:
+        """``account[i]``: the :class:`Credits` device ``i`` draws from (shared, or its own)."""
+        if self.per_device:  # sequential: one micro-batch at a time, its credit back at the release
+            self.account = [Credits(self.engine, 1 if sequential else buffer) if t else None for t in self.totals]
+        else:
+            self.account = [Credits(self.engine, buffer)] * len(self.devices)
+        self.claim_returns = not (sequential and self.per_device)  # else the release returns it
+
+    def _policy(self, name: str, buffer: int, sequential: bool, pool_bytes: float | None, seed: int):
+        """The policy object; ``pool`` also sets up :class:`Senders` and its capacity."""
+        totals, devices = self.totals, self.devices
+        if name in PACED:
+            order = paced_order([d.name for d in devices], totals, [d.per_epoch for d in devices], PACED[name])
+            return make_policy(name, totals, order=order)
+        if name != "pool":
+            return make_policy(name, [max(t, 1) for t in totals])
+        sent = [d.sent if t else 0 for d, t in zip(devices, totals, strict=True)]
+        if self.per_device:
+            limit, total = (1 if sequential else buffer), math.inf
+            credits = max(1, limit * sum(1 for x in sent if x))
+        else:
+            limit, total, credits = (1 if sequential else math.inf), buffer, buffer
+        self.senders = Senders(sent, limit, total)
+        if pool_bytes is None:
+            capacity = credits
+        else:  # the widest activation decides how many fit
+            capacity = pool_capacity(pool_bytes, max(d.act_bytes for d, t in zip(devices, totals, strict=True) if t))
+        return make_policy(name, totals, capacity=capacity, seed=seed, more=self._more_can_arrive,
+                           nbytes=lambda i, n: devices[i].act_bytes * devices[i].size(n))
+
+    def _more_can_arrive(self) -> bool:
+        """Pool: can another micro-batch arrive before the next draw (one in flight, or a device free to send)?"""
+        return bool(self.pending) or self.senders.any()
+
     def _finish(self) -> None:
         if self.unclaimed:  # a lost wake-up would silently shorten the run: fail loudly instead
             raise RuntimeError(f"server {self.server.name}: {self.unclaimed} micro-batches never processed")
-        self.engine.server_busy[self.server.name] = self.busy
+        name = self.server.name
+        self.engine.server_busy[name] = self.busy
+        self.engine.server_wait[name] = self.wait_s
+        if self.senders is not None:
+            self.engine.pool_peak_bytes[name] = self.policy.peak_bytes
 
     # -- device side ---------------------------------------------------------------------------
-    def take_credit(self) -> simpy.Event | None:
-        """Take a credit now; returns None on success, else an event that fires when one is granted."""
-        if self.credits:
-            self.credits -= 1
-            return None
-        ev = self.env.event()
-        self.wait_credit(self.env.now, ev)
-        return ev
+    def send(self, arrival: float, i: int, n: int) -> None:
+        """Device ``i`` sends its micro-batch ``n`` now (it holds a credit), arriving at ``arrival``.
 
-    def wait_credit(self, ready: float, ev: simpy.Event) -> None:
-        """Queue a device that will want a credit at ``ready`` (>= now; call only when none is free).
-
-        ``ev`` fires with value True at the instant a credit is granted to it (>= ``ready``), or with
-        False at ``ready`` when a credit was returned before ``ready``: the device must then try
-        again (another device that became ready earlier may take that credit first). Waiters are
-        served by ready time, ties in the order they queued: exactly a FIFO queue of devices that
-        checked for a credit at their ready instants, without waking every device at that instant.
+        The same as :meth:`push` but for the pool's bookkeeping of who could still send.
         """
-        self.seq += 1
-        heapq.heappush(self.waiting, (ready, self.seq, ev))
-
-    def _return_credit(self) -> None:
-        waiting = self.waiting
-        if waiting and waiting[0][0] <= self.env.now:
-            heapq.heappop(waiting)[2].succeed(True)  # hand it straight to the longest-ready waiter
-        else:
-            self.credits += 1
-            if waiting:  # the earliest future waiter tries for it at its ready time
-                ready, _, ev = heapq.heappop(waiting)
-                self.engine.trigger_at(ev, ready, False)
+        senders = self.senders
+        if senders is not None:
+            senders.holding += 1
+            senders.change(i, unsent=-1, out=1)
+        self.push(arrival, i, n)
 
     def push(self, arrival: float, i: int, n: int) -> None:
         """Announce micro-batch ``n`` of device ``i``, arriving at time ``arrival``."""
@@ -511,8 +531,12 @@ class ServerPool:
         dev = self.devices[i]
         self.unclaimed -= 1
         self.mixing.add(i)
-        if n < dev.sent:  # a sent micro-batch frees its credit; a replayed one holds none
-            self._return_credit()
+        if n < dev.sent and self.claim_returns:  # a sent micro-batch frees its credit; a replay holds none
+            self.account[i].give_back()
+            if self.senders is not None:
+                self.senders.holding -= 1
+                if not self.sequential:
+                    self.senders.change(i, out=-1)
         if n + 1 < dev.n and n + 1 >= dev.sent:
             self.push(self.env.now, i, n + 1)  # the next cached micro-batch becomes eligible now
         if self.unclaimed == 0:
@@ -596,14 +620,27 @@ class ServerPool:
                     self.sync.leave(self.index)
                 return
             elif pending and pending[0][0] <= now + flight:
+                held = policy.held  # arrived micro-batches the policy holds back (paced, pool)
                 yield at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
+                if held:
+                    self._waited(lane, now)
             else:
+                held = policy.held
                 ev = env.event()
                 self.idle.append(ev)
                 if pending and pending[0][0] < self.alarm_at:
                     self._arm(pending[0][0])
                 yield ev
                 woken = True
+                if held:
+                    self._waited(lane, now)
+
+    def _waited(self, lane: str, start: float) -> None:
+        """A worker sat idle from ``start`` to now while the policy held micro-batches back: op ``wait``."""
+        dur = self.env.now - start
+        self.wait_s += dur
+        i, n = self.policy.waiting_for()
+        self.engine.record(lane, "wait", start, dur, n, self.devices[i].name if i >= 0 else "")
 
     def _synced(self):
         """After a step: tell the backhaul; in sync mode wait until the servers' average has arrived."""
@@ -629,8 +666,19 @@ class ServerPool:
             rec(lane, "BW", t, b_s + w_s, n, d.name)
         t += b_s + w_s
         if self.sequential and n < d.sent:  # a replayed (cached) micro-batch has no device waiting
-            self.engine.succeed_at(self.release.pop(i), t)
+            ev = self.release.pop(i)
+            self.engine.at(t).callbacks.append(lambda _e: self._released(i, ev))
         return t
+
+    def _released(self, i: int, ev: simpy.Event) -> None:
+        """Sequential: device ``i``'s micro-batch is done (its W ended); let the device go on."""
+        if not self.claim_returns:
+            self.account[i].give_back()
+        if self.senders is not None:
+            if not self.claim_returns:
+                self.senders.holding -= 1
+            self.senders.change(i, out=-1)
+        ev.succeed()
 
     def _step(self, lane: str, t: float, queued_w: deque, step_s: float) -> float:
         """Run every queued W, then an optimizer step, from time ``t``; returns the end time."""

@@ -31,6 +31,9 @@ class SimResult:
             stream and the stream's overall device shares, weighted by server stream length
             (0 = perfectly mixed; None where there is no server stream, i.e. fedlora).
         stream_mixing_by_server: the same per server.
+        server_wait_s: SplitFrozen server -> worker-seconds its workers sat idle while micro-batches had
+            arrived that its policy held back (the paced orders and the mixing pool; 0 otherwise).
+        pool_peak_bytes: server -> the most activation bytes its mixing pool held (policy ``pool``).
         assignment_source: where ``assignment`` came from: ``plan``, ``scenario`` (pins, or one
             server) or ``least-loaded`` (see :mod:`sfsim.assign`).
         energy: joules per device and server where the scenario gives ``power`` (see
@@ -58,6 +61,8 @@ class SimResult:
     policy: str | None = None
     stream_mixing: float | None = None
     stream_mixing_by_server: dict[str, float] = field(default_factory=dict)
+    server_wait_s: dict[str, float] = field(default_factory=dict)
+    pool_peak_bytes: dict[str, float] = field(default_factory=dict)
     assignment_source: str = "scenario"
     energy: dict | None = None
     backhaul_bytes_by_server: dict[str, float] = field(default_factory=dict)
@@ -97,7 +102,7 @@ class SimResult:
                 "server_busy_s", "server_utilization", "uplink_bytes", "downlink_bytes",
                 "uplink_bytes_by_device", "downlink_bytes_by_device", "device_flops_total",
                 "device_flops_max", "splits", "lora_start", "assignment", "policy", "stream_mixing",
-                "stream_mixing_by_server", "assignment_source", "energy",
+                "stream_mixing_by_server", "server_wait_s", "pool_peak_bytes", "assignment_source", "energy",
                 "backhaul_bytes_by_server", "sync_rounds")
         return {k: getattr(self, k) for k in keys}
 

@@ -85,14 +85,21 @@ class Training:
     # shrink the buffer by (credits returned per second x latency): on profiles/edge.yaml about 0.2 of
     # 16 credits (9.5 micro-batches/s x 20 ms), and the makespan there is the same at buffer 14, 15
     # or 16 (sixg.yaml: 30, 31 or 32). With a buffer of a few credits and long downlinks, lower it.
-    buffer: int = Field(default=4, gt=0, description="micro-batches in flight to or waiting at a server "
-                        "(credits; returned when a worker starts one, acknowledgement latency not modelled)")
+    buffer: int = Field(default=4, gt=0, description="micro-batches in flight to or waiting at a server, or "
+                        "per device with credits: device (credits; returned when a worker starts one, "
+                        "acknowledgement latency not modelled)")
     decompose_backward: bool = Field(default=True, description="defer W (weight grads) into idle time")
     split: int | None = Field(default=None, ge=0, description="default cut for every device")
     lora_start: int | None = Field(default=None, ge=0, description="first LoRA block; default max cut")
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    server_policy: str = Field(default="fifo", description="which waiting micro-batch a server takes next")
+    server_policy: str = Field(default="fifo", description="which waiting micro-batch a server takes next: "
+                               "fifo, round-robin, proportional, paced-proportional, paced-round-robin, pool")
+    credits: Literal["server", "device"] = Field(default="server", description="whose the buffer's credits are: "
+                                                 "one pool per server, or buffer credits per device (the trainer's)")
+    pool_memory: Bytes | None = Field(default=None, description="server_policy pool: memory of the mixing pool "
+                                      "(default: room for every credit)")
+    seed: int = Field(default=0, ge=0, description="seed of the simulator's random draws (server_policy pool)")
     cache_activations: bool = Field(default=False, description="send frozen activations once, reuse later epochs")
     local_steps: int = Field(default=10, gt=0, description="fedlora: local micro-batches per round")
     fedavg_every: int = Field(default=100, gt=0, description="splitlora: client FedAvg period in steps")

@@ -22,7 +22,7 @@ from sfsim.assign import resolve_assignment
 from sfsim.backhaul import backhaul_for
 from sfsim.costmodel import CostModel
 from sfsim.energy import run_energy
-from sfsim.engine import POLICIES, Engine
+from sfsim.engine import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.memory import check_memory
 from sfsim.methods import canonical
@@ -140,7 +140,7 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
             :func:`sfsim.plan` returns) or a plan file path (cuts, LoRA start, assignment).
         lora_start: first LoRA block on the server (SplitFrozen).
         trace: keep every op as a :class:`~sfsim.trace.TraceEvent` (memory grows with the run).
-        policy: server policy (``fifo``, ``round-robin``, ``proportional``); default training.server_policy.
+        policy: server policy (:data:`sfsim.engine.POLICIES`); default training.server_policy.
 
     Returns:
         A :class:`~sfsim.result.SimResult`.
@@ -166,6 +166,9 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
         if policy is None:  # it came from the scenario file: name the key
             raise ConfigError(scenario.source, "training.server_policy", problem)
         raise SfsimError(problem)
+    if name in SPLITFROZEN and cfg.policy in PACED and cfg.credits == "server":
+        raise ConfigError(scenario.source, "training.credits", f"server policy {cfg.policy!r} "
+                          f"{PACED_NEEDS_DEVICE_CREDITS}")
     if name == "splitlora" and splits is None:
         cuts = resolve_splits(scenario, None, None, default=tr.splitlora_cut)
     else:
@@ -209,6 +212,7 @@ def _result(name, scenario, job, engine, makespan, setup, ls, policy) -> SimResu
         server_utilization=util, uplink_bytes_by_device=dict(engine.up_bytes),
         downlink_bytes_by_device=dict(engine.down_bytes), splits=dict(setup.splits), lora_start=ls,
         assignment=dict(setup.assignment), policy=policy, stream_mixing=overall,
-        stream_mixing_by_server=mixing, events=engine.events,
+        stream_mixing_by_server=mixing, server_wait_s=dict(engine.server_wait),
+        pool_peak_bytes=dict(engine.pool_peak_bytes), events=engine.events,
         device_types={d.name: d.type for d in scenario.devices},
         server_workers={s.name: s.count for s in scenario.servers})

@@ -25,7 +25,7 @@ OPS = {
     "send": "transfer on a link",
     "step": "optimizer step",
     "aggregate": "FedAvg of adapters",
-    "wait": "blocked (backpressure)",
+    "wait": "blocked (backpressure), or a server idle while its policy holds work back",
 }
 
 

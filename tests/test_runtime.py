@@ -342,3 +342,34 @@ def test_meter_counts_fused_cpu_attention_as_the_cost_model_does(tiny_gpt2):
     sc = load_scenario_with(str(FIXTURES / "runtime_tiny.yaml"), [("model.name", f"{tiny_gpt2}/config.json"),
                                                                    ("model.seq_len", 48)])
     assert meter.flops["d"] == CostModel(sc).device_prefix(1).F.sum() == 5_898_240
+
+
+def test_validate_writes_report_overlay_and_both_timelines(tiny_gpt2, tmp_path):
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+    from sfsim.trace import read_chrome_trace
+
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(FIXTURES / "runtime_tiny.yaml"), "--model", tiny_gpt2,
+                                    "--method", "splitfrozen", "--split", "1", "--max-len", "48", "--train-samples", "40",
+                                    "--data-dir", str(FIXTURES / "data"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["total"]) == {"predicted_s", "measured_s", "error"}
+    assert {"device_forward", "uplink", "server_F", "server_B", "waiting"} <= set(rep["stages"])
+    for name in ("device_forward", "uplink"):  # emulated exactly as the simulator models them
+        row = rep["stages"][name]
+        assert abs(row["error"]) < 0.1, (name, row)
+        assert row["error"] == round((row["predicted_s"] - row["measured_s"]) / row["measured_s"], 6)
+    lanes = {e.lane.split(" ")[0] for e in read_chrome_trace(out / "trace.json")}
+    assert lanes == {"predicted", "measured"}
+    assert (out / "overlay.png").stat().st_size > 10_000
+    assert "total" in res.output and "device_forward" in res.output
+
+
+def test_validate_needs_a_device_profile_without_compute_emulation(tmp_path):
+    from trainer.validate import ValidateConfig
+
+    with pytest.raises(SfsimError, match="give --device-profile"):
+        ValidateConfig(devices="x.yaml", model="m", method="splitfrozen", out=str(tmp_path), emulate="links")

@@ -46,7 +46,8 @@ def suffixed(path: str, name: str) -> Path:
 @click.option("--plan", "plan", default=None, type=click.Path(dir_okay=False),
               help="plan file from 'sfsim plan' (cuts, LoRA start, assignment)")
 @click.option("--lora-start", type=int, default=None, help="first server block with LoRA (default: largest cut)")
-@click.option("--policy", default=None, help="server policy: fifo, round-robin, proportional")
+@click.option("--policy", default=None, help="server policy: fifo, round-robin, proportional, paced-proportional, "
+              "paced-round-robin (need training.credits: device), pool")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="write the result as JSON (with 'all': one file, schedule -> result)")
 @click.option("--trace", "trace_out", default=None, type=click.Path(dir_okay=False),

@@ -31,12 +31,15 @@ class RunConfig:
     policy: str = "fifo"
     local_steps: int = 10
     fedavg_every: int = 100
+    credits: str = "server"
+    pool_memory: float | None = None
+    seed: int = 0
 
     @classmethod
     def from_training(cls, tr, policy: str | None = None) -> RunConfig:
         """The knobs of a scenario's ``training`` section (``policy`` overrides its server_policy)."""
         return cls(tr.buffer, tr.accumulate, tr.decompose_backward, policy or tr.server_policy,
-                   tr.local_steps, tr.fedavg_every)
+                   tr.local_steps, tr.fedavg_every, tr.credits, tr.pool_memory, tr.seed)
 
 
 @dataclass

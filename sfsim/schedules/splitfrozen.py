@@ -49,7 +49,7 @@ def build(setup: Setup, cache: bool = False) -> Job:
         up = cm.uplink_bytes(k)
         dt = DeviceTimes(d.name, idx[srv.name], n, sent, f=cm.seconds(prefix, d)[0],
                          up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, srv_f=sf, srv_b=sb, srv_w=sw,
-                         up_bytes=up, **setup.partial(d))
+                         up_bytes=up, act_bytes=cm.activation_bytes(k), **setup.partial(d))
         job.devices.append(dt)
         job.device_flops[d.name] = dt.units(sent) * prefix.f
         job.server_flops[srv.name] += dt.units(n) * suffix.total
@@ -58,8 +58,8 @@ def build(setup: Setup, cache: bool = False) -> Job:
 
 def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
     """Start the server pools and one process per device on ``engine`` (call ``engine.run()`` after)."""
-    pools = [ServerPool(engine, s, job.devices, k, cfg.buffer, cfg.accumulate, cfg.decompose,
-                        cfg.policy, sequential) for k, s in enumerate(job.servers)]
+    pools = [ServerPool(engine, s, job.devices, k, cfg.buffer, cfg.accumulate, cfg.decompose, cfg.policy,
+                        sequential, cfg.credits, cfg.pool_memory, cfg.seed) for k, s in enumerate(job.servers)]
     proc = _sequential if sequential else _pipelined
     for i, d in enumerate(job.devices):
         engine.device_busy[d.name] = d.units(d.sent) * d.f
@@ -73,27 +73,28 @@ def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
     """One device streaming micro-batches back to back (double buffering, credits)."""
     env, rec, at = engine.env, engine.record, engine.at
     f, s, lat, name, lane = d.f, d.up_s, d.up_l, d.name, "link:" + d.name
+    acct, send = pool.account[i], pool.send if pool.senders is not None else pool.push
     f_start = 0.0
     link_free = 0.0
     for n in range(d.sent):
         x = d.size(n)  # the last micro-batch of an epoch may be partial
         f_end = f_start + f * x
         ready = f_end if f_end > link_free else link_free
-        while True:  # get a credit at or after `ready` (see ServerPool.wait_credit)
+        while True:  # get a credit at or after `ready` (see engine.Credits.wait)
             if ready > env.now:
-                if pool.credits:
+                if acct.credits:
                     yield at(ready)  # one is free now: check again when ready
                     continue
                 ev = env.event()
-                pool.wait_credit(ready, ev)
+                acct.wait(ready, ev)
                 if (yield ev):
                     break  # granted
                 continue  # a credit came back before `ready`: try for it now
-            if pool.credits:
-                pool.credits -= 1
+            if acct.credits:
+                acct.credits -= 1
                 break
             ev = env.event()
-            pool.wait_credit(env.now, ev)
+            acct.wait(env.now, ev)
             yield ev  # fires when granted
             break
         t0 = env.now
@@ -102,7 +103,7 @@ def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
             rec(name, "wait", f_end, t0 - f_end, n, name)
             rec(lane, "send", t0, s * x, n, name)
         link_free = t0 + s * x
-        pool.push(link_free + lat, i, n)
+        send(link_free + lat, i, n)
         f_start = t0
 
 
@@ -113,7 +114,7 @@ def _sequential(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
         x = d.size(n)
         f_start = env.now
         yield engine.at(f_start + d.f * x)
-        ev = pool.take_credit()
+        ev = pool.account[i].take()
         if ev is not None:
             yield ev
         t0 = env.now
@@ -121,5 +122,5 @@ def _sequential(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
         rec(name, "wait", f_start + d.f * x, t0 - f_start - d.f * x, n, name)
         rec("link:" + name, "send", t0, d.up_s * x, n, name)
         release = pool.release[i] = env.event()
-        pool.push(t0 + d.up_s * x + d.up_l, i, n)
+        pool.send(t0 + d.up_s * x + d.up_l, i, n)
         yield release
