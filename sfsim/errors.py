@@ -19,6 +19,7 @@ class ConfigError(SfsimError):
     """
 
     def __init__(self, file: str | None, key: str, problem: str):
+        key = "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)  # a key with a newline stays one line
         self.file, self.key, self.problem = file, key, problem
         where = ": ".join(p for p in (str(file) if file else "", key) if p)
         super().__init__(f"{where}: {problem}" if where else problem)

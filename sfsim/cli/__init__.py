@@ -20,6 +20,11 @@ class _Group(click.Group):
         except SfsimError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except click.UsageError as err:  # a bad option or value: one line too, not click's usage block
+            where = err.ctx.command_path if err.ctx is not None else "sfsim"
+            msg = " ".join(err.format_message().split()).rstrip(".")
+            click.echo(f"error: {msg}; see '{where} --help'", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
