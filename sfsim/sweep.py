@@ -39,7 +39,8 @@ _QUANTITY = r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-zµ/]*
 FIGURES = ("makespan_s", "micro_batches", "device_flops_total", "device_flops_max", "server_flops_total",
            "device_busy_total_s", "uplink_bytes", "downlink_bytes", "server_utilization", "bottleneck",
            "bottleneck_utilization", "cuts", "lora_start", "servers_used", "assignment", "assignment_source",
-           "device_energy_j", "server_energy_j", "backhaul_bytes", "sync_rounds")
+           "device_energy_j", "server_energy_j", "backhaul_bytes", "sync_rounds", "stream_mixing",
+           "server_wait_s", "pool_peak_bytes")
 """Result columns of a sweep row, from the simulation's JSON result (see :func:`figures`)."""
 
 METRICS = tuple(f for f in FIGURES if f not in ("bottleneck", "cuts", "assignment", "assignment_source"))
@@ -265,7 +266,9 @@ def figures(res, sc) -> dict:
             "assignment_source": res.assignment_source,
             "device_energy_j": energy["device_total_j"] if energy and energy["devices"] else None,
             "server_energy_j": energy["server_total_j"] if energy and energy["servers"] else None,
-            "backhaul_bytes": float(sum(res.backhaul_bytes_by_server.values())), "sync_rounds": res.sync_rounds}
+            "backhaul_bytes": float(sum(res.backhaul_bytes_by_server.values())), "sync_rounds": res.sync_rounds,
+            "stream_mixing": res.stream_mixing, "server_wait_s": float(sum(res.server_wait_s.values())),
+            "pool_peak_bytes": float(max(res.pool_peak_bytes.values(), default=0.0))}
 
 
 def _bottleneck(res, sc) -> tuple[str, float]:

@@ -15,7 +15,9 @@ _LABELS = {"makespan_s": "total time (s)", "device_flops_total": "device FLOP (a
            "downlink_bytes": "downlink bytes", "server_utilization": "server utilisation",
            "bottleneck_utilization": "busiest resource's utilisation", "servers_used": "servers used",
            "device_energy_j": "device energy (J)", "server_energy_j": "server energy (J)",
-           "backhaul_bytes": "backhaul bytes", "sync_rounds": "sync rounds"}
+           "backhaul_bytes": "backhaul bytes", "sync_rounds": "sync rounds",
+           "stream_mixing": "stream mixing (TV distance, 0 = mixed)", "server_wait_s": "server wait (worker-s)",
+           "pool_peak_bytes": "mixing pool peak bytes"}
 
 
 def _value_text(value, kind: str | None) -> str:

@@ -295,3 +295,15 @@ def test_scenario_file_policy_and_credits(tmp_path):
     path.write_text(TINY.replace("split: 2}", "split: 2, server_policy: paced-round-robin}"))
     with pytest.raises(SfsimError, match="s.yaml: training.credits: server policy 'paced-round-robin' waits"):
         sfsim.simulate(sfsim.load_scenario(path))
+
+
+def test_sweep_rows_carry_the_wait_the_mixing_and_the_pool(tiny_file):
+    from sfsim.sweep import FIGURES, figures
+
+    sc = sfsim.load_scenario(tiny_file)
+    sc.training.server_policy, sc.training.credits = "pool", "device"
+    res = sfsim.simulate(sc, "splitfrozen")
+    row = figures(res, sc)
+    assert {"stream_mixing", "server_wait_s", "pool_peak_bytes"} <= set(FIGURES) <= set(row)
+    assert row["server_wait_s"] == res.server_wait_s["gpu"] and row["pool_peak_bytes"] == res.pool_peak_bytes["gpu"]
+    assert row["stream_mixing"] == res.stream_mixing
