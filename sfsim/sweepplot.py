@@ -37,10 +37,7 @@ def plot_sweep(csv_path: str | Path, png: str | Path, varies: Sequence[Vary], me
     Raises:
         SfsimError: an unknown metric, or more than two varied keys.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay as they were
     from matplotlib.ticker import FuncFormatter
 
     if metric not in METRICS:
@@ -51,8 +48,8 @@ def plot_sweep(csv_path: str | Path, png: str | Path, varies: Sequence[Vary], me
     xv, panel = varies[0], (varies[1] if len(varies) == 2 else None)
     panels = list(panel.values) if panel else [None]
     schedules = list(dict.fromkeys(r["schedule"] for r in read_rows(csv_path)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(min(4.2 * len(panels), 16), 3.6), sharey=True,
-                             squeeze=False)
+    fig = Figure(figsize=(min(4.2 * len(panels), 16), 3.6))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)
     ys_all = [as_number(r[metric]) for r in rows]
     ys_all = [y for y in ys_all if y > 0]
     logy = bool(ys_all) and max(ys_all) / min(ys_all) > 30
@@ -78,7 +75,6 @@ def plot_sweep(csv_path: str | Path, png: str | Path, varies: Sequence[Vary], me
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=150)
-    plt.close(fig)
 
 
 def _x(text: str):
