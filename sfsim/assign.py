@@ -79,5 +79,5 @@ def _seconds(cm, schedule: str, cut: int, lora_start: int, server) -> float:
     elif schedule == "cenlora":
         work = cm.full_model()
     else:  # fedlora: the server only averages adapters; spread devices by server speed
-        return 1.0 / server.flops
+        return 1.0 / cm.effective_flops(server)
     return sum(cm.seconds(work, server))

@@ -1,7 +1,7 @@
 """Cost model: FLOPs, seconds, bytes and memory of every piece of work the schedules replay.
 
-Pure functions and a cached per-scenario facade; no SimPy, no I/O beyond reading a device's
-latency profile once. Layer indexing used everywhere: ``j = 0`` embeddings, ``j = 1..L`` blocks
+Pure functions and a cached per-scenario facade; no SimPy, no I/O beyond reading a device's or
+server's latency profile once. Layer indexing used everywhere: ``j = 0`` embeddings, ``j = 1..L`` blocks
 ``0..L-1`` (block ``i`` is ``j = i + 1``), ``j = L + 1`` final norm, ``j = L + 2`` head (LM head for
 ``causal-lm``, classification head for ``classification``).
 
@@ -20,8 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from sfsim.arch import Arch, resolve_arch
-from sfsim.errors import ConfigError
+from sfsim.arch import Arch
 from sfsim.flops import (
     block_cost,
     block_params,
@@ -30,7 +29,8 @@ from sfsim.flops import (
     lora_params,
     norm_params,
 )
-from sfsim.latency import LatencyProfile, load_latency_profile
+from sfsim.latency import load_latency_profile
+from sfsim.profilerates import ProfileRates
 from sfsim.scenario import WIRE_BYTES, Device, Scenario, Server
 
 ADAMW_FLOPS_PER_PARAM = 16.0
@@ -203,12 +203,18 @@ class CostModel:
         self.dtype_bytes = WIRE_BYTES[tr.dtype]
         self.wire_bytes = WIRE_BYTES[tr.wire_dtype]
         self.lf: LayerFlops = self._layer_flops(self.arch, self.seq_len, self.micro_batch)
-        self._profiles: dict[str, _ProfileRates] = {}
+        self._profiles: dict[str, ProfileRates] = {}
         self._memo: dict[tuple, Work] = {}
 
     def _layer_flops(self, arch: Arch, seq_len: int, micro_batch: int) -> LayerFlops:
         return _cached_layer_flops(arch, seq_len, micro_batch, self.task, self.num_labels,
                                    self.lora_rank, self.lora_targets)
+
+    @staticmethod
+    def flops_at(arch: Arch, seq_len: int, micro_batch: int, task: str, num_labels: int | None, lora_rank: int,
+                 lora_targets: tuple[str, ...]) -> LayerFlops:
+        """Cached :func:`layer_flops` of any shape and settings (a latency profile's grid points)."""
+        return _cached_layer_flops(arch, seq_len, micro_batch, task, num_labels, lora_rank, tuple(lora_targets))
 
     # ---------------------------------------------------------------- work per micro-batch
     def _check_cut(self, cut: int, name: str = "cut", lo: int = 0) -> None:
@@ -278,8 +284,9 @@ class CostModel:
         """(F, B, W) seconds of ``work`` on ``node`` (a Device or Server).
 
         Nominal rate: FLOPs / node.flops (a Server with ``count > 1`` is one accelerator; the engine
-        runs ``count`` workers). A device with a latency profile: per-layer measured seconds per FLOP
-        at the profile's shape times this work's FLOPs (see :class:`_ProfileRates`).
+        runs ``count`` workers). A device or server with a latency profile: per-layer measured
+        seconds per FLOP, interpolated in the profile's grid, times this work's FLOPs (see
+        :mod:`sfsim.profilerates`).
         """
         if getattr(node, "latency_profile", None):
             return self._profile(node.latency_profile).seconds(work)
@@ -293,13 +300,21 @@ class CostModel:
         return float(node.flops)
 
     def optimizer_seconds(self, trainable_params: int, node: Device | Server) -> float:
-        """Seconds of one AdamW step over ``trainable_params`` (ADAMW_FLOPS_PER_PARAM each) on ``node``."""
+        """Seconds of one AdamW step over ``trainable_params`` on ``node``.
+
+        A profile with measured steps: :meth:`ProfileRates.step_seconds`; otherwise
+        ADAMW_FLOPS_PER_PARAM FLOPs per parameter at the node's effective FLOP/s.
+        """
+        if getattr(node, "latency_profile", None):
+            measured = self._profile(node.latency_profile).step_seconds(trainable_params)
+            if measured is not None:
+                return measured
         return ADAMW_FLOPS_PER_PARAM * trainable_params / self.effective_flops(node)
 
-    def _profile(self, path: str) -> _ProfileRates:
+    def _profile(self, path: str) -> ProfileRates:
         if path not in self._profiles:
             file = self.scenario.resolve_path(path)
-            self._profiles[path] = _ProfileRates(load_latency_profile(file), self, str(file))
+            self._profiles[path] = ProfileRates(load_latency_profile(file), self, str(file))
         return self._profiles[path]
 
     # ---------------------------------------------------------------- bytes
@@ -422,66 +437,3 @@ class CostModel:
 def _cached_layer_flops(arch, seq_len, micro_batch, task, num_labels, rank, targets) -> LayerFlops:
     return layer_flops(arch, seq_len=seq_len, micro_batch=micro_batch, task=task, num_labels=num_labels,
                        lora_rank=rank, lora_targets=targets)
-
-
-class _ProfileRates:
-    """Seconds per FLOP of each layer from a measured latency profile, for one scenario.
-
-    Forward: measured seconds / layer FLOPs at the profile's shape (and architecture). Backward:
-    the profile's ``backward`` seconds / (B + W FLOPs of a LoRA block with input gradient, LoRA on
-    the profile model's default targets at the scenario's rank) at that shape when given (as
-    ``bench/profile_device.py`` measures it), else (and for layers it leaves out) the forward rate (so backward seconds = forward seconds x backward FLOPs
-    / forward FLOPs). Zero-FLOP layers (embeddings, final norm) scale their measured time by the
-    token ratio when they take part. A profile with a different block count (another model) uses
-    its mean block time for every block. The profile's ``head`` time is read as the head of the
-    scenario's task (classification or LM head) at the profile's shape.
-    """
-
-    def __init__(self, prof: LatencyProfile, cm: CostModel, file: str):
-        L = cm.n_layers
-        try:
-            arch = resolve_arch(prof.model)
-        except ConfigError as err:
-            raise ConfigError(file, "model", err.problem) from None
-        for key, lt in (("forward", prof.forward), ("backward", prof.backward)):
-            if lt is not None and isinstance(lt.blocks, list) and len(lt.blocks) != arch.n_layers:
-                raise ConfigError(file, f"{key}.blocks", f"{len(lt.blocks)} times for {arch.n_layers} blocks of "
-                                  f"{prof.model}; give one per block or a single value")
-        plf = cm._layer_flops(arch, prof.seq_len, prof.micro_batch)
-        self.token_ratio = (cm.micro_batch * cm.seq_len) / (prof.micro_batch * prof.seq_len)
-        fwd = _layer_seconds(prof.forward, L, arch.n_layers)
-        pf = _expand_ref(plf.F, L, arch.n_layers)
-        self.f_rate = np.divide(fwd, pf, out=np.zeros(L + 3), where=pf > 0)
-        self.f_flat = np.where(pf > 0, 0.0, fwd * self.token_ratio)  # zero-FLOP layers
-        if prof.backward is not None:
-            # reference: a LoRA block with input gradient, LoRA on the profile model's default targets
-            ref = _cached_layer_flops(arch, prof.seq_len, prof.micro_batch, cm.task, cm.num_labels,
-                                      cm.lora_rank, arch.default_lora_targets)
-            bwd = _layer_seconds(prof.backward, L, arch.n_layers)
-            pb = _expand_ref(ref.B_lora + ref.W_lora, L, arch.n_layers)
-            measured = (pb > 0) & (bwd > 0)  # layers without a backward time fall back to forward rates
-            self.b_rate = np.where(measured, np.divide(bwd, pb, out=np.zeros(L + 3), where=measured), self.f_rate)
-        else:
-            self.b_rate = self.f_rate
-        blocks = slice(1, L + 1)
-        self.block_rate = float(pf[blocks].sum() / fwd[blocks].sum()) if fwd[blocks].sum() > 0 else float("inf")
-
-    def seconds(self, work: Work) -> tuple[float, float, float]:
-        """(F, B, W) seconds of ``work`` with this profile's per-layer rates."""
-        f = float(work.F @ self.f_rate + self.f_flat[work.layers].sum())
-        return f, float(work.B @ self.b_rate), float(work.W @ self.b_rate)
-
-
-def _layer_seconds(lt, L: int, prof_L: int) -> np.ndarray:
-    """Per-layer seconds (L+3,) from a LayerTimes; another depth's list collapses to its mean."""
-    blocks = lt.block_times(prof_L)
-    if len(blocks) != L:
-        blocks = [float(np.mean(blocks))] * L
-    return np.array([lt.embed, *blocks, lt.norm, lt.head], dtype=float)
-
-
-def _expand_ref(arr: np.ndarray, L: int, prof_L: int) -> np.ndarray:
-    """Reference FLOPs at the profile's depth, laid out on the scenario's L blocks (blocks are identical)."""
-    if prof_L == L:
-        return arr
-    return np.array([arr[0], *([arr[1]] * L), arr[prof_L + 1], arr[prof_L + 2]])

@@ -120,12 +120,20 @@ class Server:
     """A server (or a node of identical accelerators) that trains the LoRA suffix."""
 
     name: str
-    flops: Flops
+    flops: Flops | None = None
     memory: Bytes
     count: int = Field(default=1, gt=0, le=MAX_WORKERS,
                        description="accelerators working on micro-batches in parallel")
     power: Power | None = Field(default=None, description="watts per accelerator (see sfsim.energy)")
     backhaul: Link | None = Field(default=None, description="the server's link to the others (training.sync)")
+    latency_profile: str | None = Field(default=None, description="path to a measured per-layer latency table "
+                                        "(one accelerator; sfsim profile --role server)")
+
+    @model_validator(mode="after")
+    def _one_speed(self):
+        if (self.flops is None) == (self.latency_profile is None):
+            raise ValueError("give exactly one of 'flops' (e.g. '12 TFLOPS') or 'latency_profile' (a file)")
+        return self
 
 
 @dataclass(config=STRICT, kw_only=True)
@@ -226,6 +234,10 @@ class Scenario:
                 if srv.backhaul is None:
                     raise ConfigError(file, f"servers[{i}].backhaul", "training.sync averages the servers over "
                                       "their backhaul links; add e.g. backhaul: {bandwidth: 10 Gbps, latency: 2 ms}")
+        for i, srv in enumerate(self.servers):
+            if srv.latency_profile is not None and not self.resolve_path(srv.latency_profile).is_file():
+                raise ConfigError(file, f"servers[{i}].latency_profile",
+                                  f"no such file {srv.latency_profile!r} (paths are relative to the scenario file)")
         dev_names = [d.name for d in self.devices]
         dup = {n for n in dev_names if dev_names.count(n) > 1}
         if dup:

@@ -96,9 +96,13 @@ def link_seconds(nbytes: float, link) -> float:
     return nbytes * 8.0 / link.bandwidth
 
 
-def aggregate_seconds(params: int, server) -> float:
-    """FedAvg cost per participating device: one multiply-add (2 FLOP) per adapter parameter."""
-    return 2.0 * params / server.flops
+def aggregate_seconds(params: int, server, cm=None) -> float:
+    """FedAvg cost per participating device: one multiply-add (2 FLOP) per adapter parameter.
+
+    With the cost model ``cm`` the rate is the server's effective FLOP/s (a server with a latency
+    profile has no nominal ``flops``).
+    """
+    return 2.0 * params / (cm.effective_flops(server) if cm is not None else server.flops)
 
 
 def groups(devices: list[DeviceTimes]) -> dict[int, list[int]]:

@@ -33,7 +33,7 @@ def build(setup: Setup, cache: bool = False) -> Job:
     full = cm.full_model()
     params = cm.trainable_params(range(L), head=True)
     adapter = cm.adapter_bytes(range(L), head=True)
-    servers = [ServerTimes(s.name, s.count, 0.0, aggregate_seconds(params, s)) for s in sc.servers]
+    servers = [ServerTimes(s.name, s.count, 0.0, aggregate_seconds(params, s, cm)) for s in sc.servers]
     job = Job([], servers, server_flops={s.name: 0.0 for s in sc.servers})
     for d in sc.devices:
         srv = setup.assignment[d.name]

@@ -62,7 +62,7 @@ def build(setup: Setup, cache: bool = False) -> Job:
         job.server_flops[srv.name] += dt.units(n) * server.total
         k_agg = servers[idx[srv.name]]
         servers[idx[srv.name]] = ServerTimes(k_agg.name, k_agg.count, k_agg.step,
-                                             max(k_agg.aggregate, aggregate_seconds(adapter_params, srv)))
+                                             max(k_agg.aggregate, aggregate_seconds(adapter_params, srv, cm)))
     return job
 
 
