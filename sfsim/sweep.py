@@ -43,6 +43,9 @@ FIGURES = ("makespan_s", "micro_batches", "device_flops_total", "device_flops_ma
            "server_wait_s", "pool_peak_bytes")
 """Result columns of a sweep row, from the simulation's JSON result (see :func:`figures`)."""
 
+NO_CUT = ("fedlora", "cenlora")
+"""Schedules without a device/server cut (their rows leave ``cuts`` empty)."""
+
 METRICS = tuple(f for f in FIGURES if f not in ("bottleneck", "cuts", "assignment", "assignment_source"))
 """Columns that are numbers (what ``--metric`` may plot)."""
 
@@ -260,7 +263,7 @@ def figures(res, sc) -> dict:
             "device_busy_total_s": res.device_busy_total_s,
             "server_utilization": overall_utilization(res, counts),
             "bottleneck": what, "bottleneck_utilization": util,
-            "cuts": " ".join(map(str, sorted(set(res.splits.values())))),
+            "cuts": "" if res.schedule in NO_CUT else " ".join(map(str, sorted(set(res.splits.values())))),
             "servers_used": len(used),
             "assignment": " ".join(f"{s}:{used[s]}" for s in counts if s in used),
             "assignment_source": res.assignment_source,
