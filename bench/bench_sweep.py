@@ -1,7 +1,7 @@
 """Benchmark ``sfsim sweep``: a 200-point grid on a 1,000-device fleet, one process against all cores.
 
 The fleet is ``bench/bench_planner.py``'s (10 device kinds, SmolLM2-135M, 4 servers, two kinds
-pinned); the grid is every device's uplink bandwidth (20 values, 10 Mbps..1 Gbps, log) x the
+pinned) with a buffer of 16 credits (128 would not fit the 24 GiB edge servers' memory at cut 2); the grid is every device's uplink bandwidth (20 values, 10 Mbps..1 Gbps, log) x the
 first edge server's FLOP/s (10 values, 4..40 TFLOPS), SplitFrozen at cut 2, unpinned devices
 least-loaded. Prints points per second with 1 process and with all cores, their ratio, and checks
 that both runs wrote the same rows.
