@@ -371,3 +371,21 @@ def test_partial_last_micro_batch_costs_its_share_in_the_planner():
     res = plan(sc)
     assert res.makespan_s == pytest.approx(sfsim.simulate(sc, plan=res.to_plan()).makespan_s, rel=1e-12)
     assert res.estimate_s == pytest.approx(res.makespan_s, rel=0.1)
+
+
+def test_long_runs_estimate_the_comparisons_instead_of_replaying_them(monkeypatch):
+    import sfsim.planner as planner
+
+    sc = _scenario(**copy.deepcopy(ONE_SERVER))
+    full = plan(sc)
+    monkeypatch.setattr(planner, "COMPARE_MICRO_BATCHES", 5)  # this fleet's 15 micro-batches count as long
+    monkeypatch.setattr(planner, "SIM_MICRO_BATCHES", 15)      # and the budget affords one replay
+    quick = plan(sc)
+    assert quick.simulated == 1 and full.simulated > 3
+    assert [c.label for c in quick.comparisons] == [
+        f"SplitFrozen at the best single cut (k={quick.comparisons[0].cut}, fluid estimate)",
+        "SplitFrozen at SplitLoRA's cut (k=3, fluid estimate)"]
+    est = estimate(build_table(CostModel(sc), sc, quick.lora_start, 1, "splitfrozen"),
+                   planner.fixed_cut(build_table(CostModel(sc), sc, quick.lora_start, 1, "splitfrozen"), 3))
+    assert quick.comparisons[1].makespan_s == est.makespan_s
+    assert quick.makespan_s == pytest.approx(sfsim.simulate(sc, plan=quick).makespan_s, rel=1e-12)

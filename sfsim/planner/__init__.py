@@ -77,6 +77,10 @@ SIM_MICRO_BATCHES = 80_000
 """Simulated micro-batches the planner may spend on replays in total (at least 3 runs: the plan and
 the two comparisons); keeps a 1,000-device fleet under 2 s and lets small fleets replay more."""
 
+COMPARE_MICRO_BATCHES = 20_000
+"""Runs of at most this many micro-batches simulate the two comparison lines; longer runs show the
+fluid model's estimate for them (labelled), so that planning time stays flat in the run's length."""
+
 NEARBY_MAX = 400
 """Most plans near the best candidate that small fleets replay all of (see :func:`refine.nearby_plans`)."""
 
@@ -308,11 +312,13 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
                                    cost_model)
     replay = Replay(scenario, schedule, table)
     total = sum(t.count * t.sent for t in table.types)
-    runs = max(3, SIM_MICRO_BATCHES // max(total, 1))  # simulator runs this fleet can afford
+    # long runs: the comparison lines come from the fluid model and only the plan itself is replayed
+    simulate_refs = total <= COMPARE_MICRO_BATCHES
+    runs = max(3 if simulate_refs else 1, SIM_MICRO_BATCHES // max(total, 1))  # simulator runs affordable
     # single global cuts: the few most promising by a cheap bound, plus SplitLoRA's
     ks = dict.fromkeys(rank_uniform_cuts(table)[:UNIFORM_TRIES] + [SPLITLORA_CUT])
     uniform = {k: g for k in ks if (g := fixed_cut(table, k)) is not None}
-    refs = _references(replay, uniform, tops=2 if runs >= 8 else 1)
+    refs = _references(replay, uniform, tops=2 if runs >= 8 else 1, simulate=simulate_refs)
     pool = candidates(table) + _type_level(table) + list(uniform.values())
     starts = sorted({tuple(merge(g)): g for g in pool}.values(), key=lambda g: _rank_key(table, g))
     pool = [polish(table, g, POLISH_EVALS // POLISH_STARTS) for g in starts[:POLISH_STARTS]] + pool
@@ -325,7 +331,7 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     if refine_budget is None:
         refine_budget = min(REFINE_MAX, max(0, runs - replay.runs))
     groups, makespan, _ = refine(table, groups, makespan, replay, refine_budget)
-    sims = [(m, k) for _, k, m in refs if m is not None]
+    sims = [(m, k) for _, k, m in refs if m is not None] if simulate_refs else []
     if sims and min(sims)[0] < makespan:  # never worse than the best single global cut
         makespan, k = min(sims)
         groups = uniform[k]
@@ -365,22 +371,25 @@ def _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers, 
     return schedule, table, lower_bound(table)
 
 
-def _references(replay: Replay, uniform: dict[int, list[Group]], tops: int) -> list[tuple]:
-    """Simulated ``(label, cut, makespan)`` of SplitFrozen at the best single global cut and at SplitLoRA's cut 3.
+def _references(replay: Replay, uniform: dict[int, list[Group]], tops: int, simulate: bool = True) -> list[tuple]:
+    """``(label, cut, makespan)`` of SplitFrozen at the best single global cut and at SplitLoRA's cut 3.
 
     Both use the planner's assignment rule (the same integer program), so the comparison isolates
-    the value of per-device cuts. The best single cut replays the ``tops`` best by the fluid model.
+    the value of per-device cuts. Simulated (the best single cut replays the ``tops`` best by the
+    fluid model), or with ``simulate=False`` the fluid estimates, labelled so.
     """
-    k3 = SPLITLORA_CUT
-    fixed = replay(uniform[k3]) if k3 in uniform else None
+    k3, table = SPLITLORA_CUT, replay.table
+    score = replay if simulate else (lambda g: estimate(table, g).makespan_s)
+    how = "" if simulate else ", fluid estimate"
+    fixed = score(uniform[k3]) if k3 in uniform else None
     out = []
     if uniform:
-        ranked = sorted(uniform, key=lambda k: estimate(replay.table, uniform[k]).makespan_s)[:tops]
-        sim, k = min([(replay(uniform[k]), k) for k in ranked] + ([(fixed, k3)] if fixed is not None else []))
-        out.append((f"SplitFrozen at the best single cut (k={k})", k, sim))
+        ranked = sorted(uniform, key=lambda k: estimate(table, uniform[k]).makespan_s)[:tops]
+        sim, k = min([(score(uniform[k]), k) for k in ranked] + ([(fixed, k3)] if fixed is not None else []))
+        out.append((f"SplitFrozen at the best single cut (k={k}{how})", k, sim))
     else:
         out.append(("best single cut", None, None))
-    out.append((f"SplitFrozen at SplitLoRA's cut (k={k3})", k3, fixed))
+    out.append((f"SplitFrozen at SplitLoRA's cut (k={k3}{how})", k3, fixed))
     return out
 
 
