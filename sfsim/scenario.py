@@ -123,7 +123,9 @@ class Server:
     flops: Flops | None = None
     memory: Bytes
     count: int = Field(default=1, gt=0, le=MAX_WORKERS,
-                       description="accelerators working on micro-batches in parallel")
+                       description="accelerators working on micro-batches in parallel: independent "
+                       "replicas, each stepping its own accumulation window; the one free longest takes "
+                       "the next micro-batch (sfsim.engine)")
     power: Power | None = Field(default=None, description="watts per accelerator (see sfsim.energy)")
     backhaul: Link | None = Field(default=None, description="the server's link to the others (training.sync)")
     latency_profile: str | None = Field(default=None, description="path to a measured per-layer latency table "
