@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # -- wire format ----------------------------------------------------------------------------------------
 def _act(B=4, T=8, d=32, **over) -> Packet:
-    t = {"hidden": torch.randn(B, T, d), "attention_mask": torch.ones(B, T, dtype=torch.int64),
+    t = {"hidden": torch.randn(B, T, d), "attention_mask": torch.ones(B, T, dtype=torch.uint8),
          "labels": torch.zeros(B, dtype=torch.int64)}
     t.update(over)
     return Packet(Kind.ACT, 2, 5, 1, 0, t)
@@ -41,7 +41,7 @@ def test_header_round_trip():
     assert h.shape == (HEADER_LEN,) and h.dtype == torch.int64
     q, specs = wire.decode_header(h, wire.UP)
     assert (q.kind, q.device, q.mb, q.epoch, q.aux) == (Kind.ACT, 2, 5, 1, 0)
-    assert specs == [("hidden", torch.float32, (4, 8, 32)), ("attention_mask", torch.int64, (4, 8)),
+    assert specs == [("hidden", torch.float32, (4, 8, 32)), ("attention_mask", torch.uint8, (4, 8)),
                      ("labels", torch.int64, (4,))]
     wire.check_specs(q, specs, Limits(hidden=32, max_batch=4, max_len=8))
 
@@ -73,7 +73,8 @@ def test_bad_headers_are_rejected(slot, value, message):
     ({"hidden": torch.randn(9, 8, 32)}, "batch must be 1..4"),
     ({"hidden": torch.randn(4, 8, 32).to(torch.int64)}, "floating point"),
     ({"labels": torch.zeros(3, dtype=torch.int64)}, "labels must be"),
-    ({"attention_mask": torch.ones(4, 9, dtype=torch.int64)}, "attention_mask must be"),
+    ({"attention_mask": torch.ones(4, 9, dtype=torch.uint8)}, "attention_mask must be"),
+    ({"attention_mask": torch.ones(4, 8, dtype=torch.int64)}, "attention_mask must be uint8"),
 ])
 def test_bad_shapes_are_rejected(over, message):
     p, specs = wire.decode_header(wire.encode_header(_act(**over)), wire.UP)

@@ -42,6 +42,11 @@ def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v[:, keep] if v.dim() == 2 and v.shape[1] == keep.shape[0] else v) for k, v in batch.items()}
 
 
+def wire_mask(mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask as it travels: one byte per token (uint8) instead of int64's eight."""
+    return mask.to(torch.uint8)
+
+
 def device_kwargs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Extra inputs of a device part besides ids and mask (BERT token types for sentence pairs)."""
     return {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
@@ -226,7 +231,7 @@ class DeviceRole:
         key = (self.part.cut, *batch["input_ids"].shape)
         with meter.compute(self.name, "F", "device_forward", mb=mb, device=self.name, key=key), torch.inference_mode():
             hidden = self.part(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch))  # (B, T, d)
-        return Message(self.name, mb, {"hidden": hidden, "attention_mask": batch["attention_mask"],
+        return Message(self.name, mb, {"hidden": hidden, "attention_mask": wire_mask(batch["attention_mask"]),
                                        "labels": batch["labels"]})
 
 

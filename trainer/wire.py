@@ -189,8 +189,8 @@ def check_specs(p: Packet, specs: list[tuple[str, torch.dtype, tuple]], lim: Lim
         B, T = shape[0], shape[1]
         if not (1 <= B <= lim.max_batch and 1 <= T <= lim.max_len):
             raise WireError(f"hidden {shape}: batch must be 1..{lim.max_batch}, length 1..{lim.max_len}")
-        if s["attention_mask"] != (torch.int64, (B, T)):
-            raise WireError(f"attention_mask must be int64 {(B, T)}, got {s['attention_mask']}")
+        if s["attention_mask"] != (torch.uint8, (B, T)):
+            raise WireError(f"attention_mask must be uint8 {(B, T)}, got {s['attention_mask']}")
         lab = (torch.int64, (B, T) if lim.lm else (B,))
         if s["labels"] != lab:
             raise WireError(f"labels must be {lab[0]} {lab[1]}, got {s['labels']}")

@@ -174,7 +174,7 @@ class SplitFrozen(Method):
         server.train()
         key = (s.cuts[name], *t["hidden"].shape)
         with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
-            loss = task_loss(server(t["hidden"], t["attention_mask"]), t["labels"], s.is_lm)
+            loss = task_loss(server(t["hidden"], t["attention_mask"].long()), t["labels"], s.is_lm)
         op = "B" if s.decompose_backward else "BW"
         with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
             (loss / s.accumulate).backward()

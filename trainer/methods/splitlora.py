@@ -35,7 +35,7 @@ from trainer.methods.common import (
     task_loss,
     trainable_params,
 )
-from trainer.runtime import DeviceRole, Message, PeerLost, device_kwargs, server_order
+from trainer.runtime import DeviceRole, Message, PeerLost, device_kwargs, server_order, wire_mask
 from trainer.split import split_model
 from trainer.wire import pack_state, unpack_state
 
@@ -105,7 +105,7 @@ class SplitLoRA(Method):
             with meter.compute(role.name, "F", "device_forward", mb=msg.mb, device=role.name, key=key):
                 hidden = c.part(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch))  # (B, T, d)
             c.pending = (msg.mb, hidden, key)
-            s.transport.send_up(Message(role.name, msg.mb, {"hidden": hidden, "attention_mask": batch["attention_mask"],
+            s.transport.send_up(Message(role.name, msg.mb, {"hidden": hidden, "attention_mask": wire_mask(batch["attention_mask"]),
                                                             "labels": batch["labels"]}, epoch=c.epoch))
         elif msg.kind == "grad":
             j, hidden, key = c.pending
@@ -212,7 +212,7 @@ class SplitLoRA(Method):
         h = t["hidden"].requires_grad_(True)
         key = tuple(t["hidden"].shape[:2])
         with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
-            loss = task_loss(self.server(h, t["attention_mask"]), t["labels"], s.is_lm)
+            loss = task_loss(self.server(h, t["attention_mask"].long()), t["labels"], s.is_lm)
         op = "B" if s.decompose_backward else "BW"
         with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
             loss.backward()
