@@ -22,14 +22,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def measured(request, tmp_path_factory):
     """A profile of a tiny model over a 2 x 2 grid, written to YAML and read back."""
     from trainer.models import tiny_model
-    from trainer.profile import ProfileSpec, profile_model
+    from trainer.profile import ProfileSpec, profile_model, write_profile
 
     family, task = request.param
     lm = tiny_model(family, n_layers=3, hidden=32)
     spec = ProfileSpec([2, 4], [8, 16], task=task, warmup=1, repeats=3, name="test-box")
     prof = profile_model(lm, spec, model=f"tiny-{family}", source="test")
     path = tmp_path_factory.mktemp("prof") / f"{family}.yaml"
-    path.write_text(yaml.safe_dump(prof, sort_keys=False))
+    write_profile(prof, path)
     return prof, path, lm
 
 

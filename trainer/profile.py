@@ -12,6 +12,10 @@ round times, one layer at a time and on the real activations of the previous lay
   server separates them (B in ``backward()``, W in ``flush()``);
 - ``step``: one AdamW step over the LoRA parameters of one block, of the head, and of all blocks + head.
 
+The attention-mask (and Llama rotary) set-up, done once per micro-batch by whichever part runs
+blocks, is timed with the embeddings in ``forward`` (where a SplitFrozen device does it) and with
+the final norm in ``forward_train`` (where the server does it).
+
 Medians and interquartile ranges go into a dict in the :mod:`sfsim.latency` format, with the peak
 resident memory while measuring each entry, the activation bytes at every cut and the machine.
 """
@@ -339,3 +343,12 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
                  "dtype": "fp32", "warmup": spec.warmup, "repeats": spec.repeats, "machine": info, "grid": grid,
                  "source": source})
     return {k: v for k, v in prof.items() if v is not None}
+
+
+def write_profile(prof: dict, path: str | os.PathLike) -> None:
+    """Write a profile from :func:`profile_model` as YAML (atomically: a crash leaves no half file)."""
+    import yaml
+
+    from sfsim.schema import write_atomic
+
+    write_atomic(path, yaml.safe_dump(prof, sort_keys=False, width=200))

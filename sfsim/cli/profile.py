@@ -48,12 +48,10 @@ def profile(model, seq_lens, micro_batches, threads, role, task, num_labels, lor
                        num_labels=num_labels, lora_rank=lora_rank, warmup=warmup, repeats=repeats, role=role,
                        name=name)
     import torch
-    import yaml
     from transformers.utils import logging as hf_logging
 
-    from sfsim.schema import write_atomic
     from trainer.models import load_model
-    from trainer.profile import profile_model
+    from trainer.profile import profile_model, write_profile
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(threads)
@@ -67,7 +65,7 @@ def profile(model, seq_lens, micro_batches, threads, role, task, num_labels, lor
             click.echo(f"measuring micro_batch {mb} x seq_len {seq}", err=True)
 
     prof = profile_model(lm, spec, model=model, source=command, progress=progress)
-    write_atomic(out, yaml.safe_dump(prof, sort_keys=False, width=200))
+    write_profile(prof, out)
     load = prof["machine"]["load_average"]
     click.echo(f"wrote {output}: {len(prof['grid'])} shapes x {lm.n_layers} blocks of {model}, {threads} thread(s), "
                f"1-min load average {load[0]} before, {load[1]} after")
