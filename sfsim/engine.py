@@ -433,6 +433,7 @@ class ServerPool:
         self.wait_s = 0.0                 # worker-seconds idle while a micro-batch waited (paced, pool)
         self.senders = None
         self.policy = self._policy(policy, buffer, sequential, pool_bytes, seed)
+        self.give = self._givers()
         self.mixing = engine.mixing[server.name] = StreamMixing(totals)
         self.unclaimed = sum(totals)
         self.pending: list = []           # heap of (arrival, seq, device, mb) not yet arrived
@@ -454,6 +455,20 @@ class ServerPool:
         else:
             self.account = [Credits(self.engine, buffer)] * len(self.devices)
         self.claim_returns = not (sequential and self.per_device)  # else the release returns it
+
+    def _givers(self) -> list:
+        """``give[i]()``: what starting a sent micro-batch of device ``i`` returns (None: its release does)."""
+        if not self.claim_returns:
+            return [None] * len(self.devices)
+        if self.senders is None:
+            return [a.give_back if a is not None else None for a in self.account]
+        return [lambda i=i: self._give_pool(i) for i in range(len(self.devices))]
+
+    def _give_pool(self, i: int) -> None:
+        self.account[i].give_back()
+        self.senders.holding -= 1
+        if not self.sequential:
+            self.senders.change(i, out=-1)
 
     def _policy(self, name: str, buffer: int, sequential: bool, pool_bytes: float | None, seed: int):
         """The policy object; ``pool`` also sets up :class:`Senders` and its capacity."""
@@ -531,12 +546,10 @@ class ServerPool:
         dev = self.devices[i]
         self.unclaimed -= 1
         self.mixing.add(i)
-        if n < dev.sent and self.claim_returns:  # a sent micro-batch frees its credit; a replay holds none
-            self.account[i].give_back()
-            if self.senders is not None:
-                self.senders.holding -= 1
-                if not self.sequential:
-                    self.senders.change(i, out=-1)
+        if n < dev.sent:  # a sent micro-batch frees its credit; a replay holds none
+            give = self.give[i]
+            if give is not None:
+                give()
         if n + 1 < dev.n and n + 1 >= dev.sent:
             self.push(self.env.now, i, n + 1)  # the next cached micro-batch becomes eligible now
         if self.unclaimed == 0:

@@ -307,3 +307,16 @@ def test_sweep_rows_carry_the_wait_the_mixing_and_the_pool(tiny_file):
     assert {"stream_mixing", "server_wait_s", "pool_peak_bytes"} <= set(FIGURES) <= set(row)
     assert row["server_wait_s"] == res.server_wait_s["gpu"] and row["pool_peak_bytes"] == res.pool_peak_bytes["gpu"]
     assert row["stream_mixing"] == res.stream_mixing
+
+
+def test_device_credits_count_every_devices_buffer_in_server_memory(tiny_file):
+    from sfsim.costmodel import CostModel
+
+    sc = sfsim.load_scenario(tiny_file)
+    cm = CostModel(sc)
+    sc.servers[0].memory = cm.server_memory(2, 2, 3 + 1)  # the suffix and 3 micro-batches (+ one trained)
+    sfsim.simulate(sc, "splitfrozen", lora_start=2)  # one pool of 2 credits
+    sc.training.credits = "device"  # 3 devices x 2 credits
+    with pytest.raises(SfsimError, match="server gpu needs .* for blocks 2..11 and 6 buffered micro-batches"):
+        sfsim.simulate(sc, "splitfrozen", lora_start=2)
+    sfsim.simulate(sc, "splitfrozen-sequential", lora_start=2)  # one credit each: 3
