@@ -7,8 +7,9 @@ schedule                    device                                              
 ==========================  ==================================================  ======================================
 splitfrozen(-sequential)    prefix weights + one forward working set            suffix from its smallest cut, LoRA
                                                                                 state, ``buffer + count`` micro-batches
-                                                                                (``credits: device``: ``buffer`` per
-                                                                                device, 1 sequential)
+                                                                                (``credits: device``: the credits of
+                                                                                all its devices beyond ``buffer``
+                                                                                add their uplink bytes each)
 splitlora                   client blocks with LoRA, trained                    suffix from its smallest cut, all LoRA,
                                                                                 one micro-batch in flight
 fedlora                     the whole model with LoRA, trained                  (adapters only: not checked)
@@ -58,10 +59,11 @@ def check_memory(scenario, cm, schedule: str, cuts: dict[str, int], lora_start: 
         low = lowest[srv.name]
         if schedule.startswith("splitfrozen"):
             buffered = tr.buffer
-            if tr.credits == "device":  # every device may have its own credits' worth here
+            need = cm.server_memory(low, lora_start, tr.buffer + srv.count)
+            if tr.credits == "device":  # every device may have its own credits' worth waiting here
                 mine = sum(1 for s in assignment.values() if s == srv.name)
                 buffered = mine * (1 if schedule == "splitfrozen-sequential" else tr.buffer)
-            need = cm.server_memory(low, lora_start, buffered + srv.count)
+                need += max(0, buffered - tr.buffer) * cm.uplink_bytes(low)  # as received, not yet started
             purpose = f"for blocks {low}..{L - 1} and {buffered} buffered micro-batches"
             fix = "raise the smallest cut on it, lower the buffer or micro_batch, or give it more memory"
         elif schedule == "splitlora":

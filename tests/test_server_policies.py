@@ -314,9 +314,12 @@ def test_device_credits_count_every_devices_buffer_in_server_memory(tiny_file):
 
     sc = sfsim.load_scenario(tiny_file)
     cm = CostModel(sc)
-    sc.servers[0].memory = cm.server_memory(2, 2, 3 + 1)  # the suffix and 3 micro-batches (+ one trained)
+    base = cm.server_memory(2, 2, 2 + 1)  # the suffix and buffer 2 (+ one being trained)
+    sc.servers[0].memory = base + 4 * cm.uplink_bytes(2) - 1
     sfsim.simulate(sc, "splitfrozen", lora_start=2)  # one pool of 2 credits
-    sc.training.credits = "device"  # 3 devices x 2 credits
+    sc.training.credits = "device"  # 3 devices x 2 credits: 4 more micro-batches wait as received
     with pytest.raises(SfsimError, match="server gpu needs .* for blocks 2..11 and 6 buffered micro-batches"):
         sfsim.simulate(sc, "splitfrozen", lora_start=2)
-    sfsim.simulate(sc, "splitfrozen-sequential", lora_start=2)  # one credit each: 3
+    sfsim.simulate(sc, "splitfrozen-sequential", lora_start=2)  # one credit each: 1 more
+    sc.servers[0].memory += 1
+    sfsim.simulate(sc, "splitfrozen", lora_start=2)
