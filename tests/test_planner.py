@@ -78,7 +78,7 @@ def _feasible(sc, cm, splits, lora_start, assignment, min_dev, min_lora):
     return True
 
 
-def _exhaustive(sc, min_dev=1, min_lora=1, schedule="splitfrozen"):
+def _exhaustive(sc, min_dev=1, min_lora=1, schedule="splitfrozen", top_lora_only=False):
     """The best simulated makespan over every feasible cut vector, LoRA start and assignment.
 
     Devices of one type are identical, so each type's devices take a multiset of (cut, server)
@@ -101,7 +101,7 @@ def _exhaustive(sc, min_dev=1, min_lora=1, schedule="splitfrozen"):
         pairs = [p for part in parts for p in part]
         splits = {name: k for name, (k, _) in pairs}
         assignment = {name: s for name, (_, s) in pairs}
-        for ls in range(max(splits.values()), L):
+        for ls in ([L - min_lora] if top_lora_only else range(max(splits.values()), L)):
             if not _feasible(sc, cm, splits, ls, assignment, min_dev, min_lora):
                 continue
             p = Plan(splits=splits, lora_start=ls, assignment=assignment)
@@ -159,6 +159,55 @@ def _random_fleet(seed: int, max_sims: int = 20_000) -> sfsim.Scenario:
                           for d, k in zip(devices, blocks, strict=True))
         if plans * (L - 1) <= max_sims:
             return sfsim.scenario_from_dict(data)
+
+
+def _mid_fleet(seed: int, max_plans: int = 3000) -> sfsim.Scenario:
+    """A random mid-sized fleet: 5-8 GPT-2 devices of 3-4 types (each holding 2-4 blocks) on 2 servers
+    of 1-2 workers, buffer 1-8, accumulate 1-4, 2-6 micro-batches per device; at most ``max_plans``
+    (cut, server) plans up to renaming identical devices."""
+    rng = random.Random(seed)
+    while True:
+        n_types = rng.randint(3, 4)
+        counts = [1] * n_types
+        for _ in range(rng.randint(max(n_types, 5), 8) - n_types):
+            counts[rng.randrange(n_types)] += 1
+        servers = [{"name": f"s{j}", "flops": f"{rng.uniform(2, 12):.2f} GFLOPS", "memory": "2 GiB",
+                    "count": rng.choice([1, 1, 2])} for j in range(2)]
+        devices = [_dev(f"d{i}", c, f"{rng.uniform(0.5, 6):.2f} GFLOPS", 8192, f"{rng.uniform(0.5, 20):.2f} Mbps",
+                        rng.randint(2, 6), None, f"{rng.uniform(1, 50):.1f} ms") for i, c in enumerate(counts)]
+        training = {"micro_batch": 1, "accumulate": rng.choice([1, 2, 4]), "buffer": rng.randint(1, 8)}
+        data = {"model": {"name": "gpt2", "seq_len": 16, "task": "classification", "num_labels": 2},
+                "training": training, "servers": servers, "devices": devices}
+        cm = CostModel(sfsim.scenario_from_dict(copy.deepcopy(data)))
+        blocks = [rng.randint(2, 4) for _ in devices]
+        for d, k in zip(devices, blocks, strict=True):
+            d["memory"] = int(cm.device_memory(k)) + 1  # holds exactly k blocks
+        if math.prod(math.comb(2 * k + d["count"] - 1, d["count"]) for d, k in zip(devices, blocks, strict=True)) \
+                <= max_plans:
+            return sfsim.scenario_from_dict(data)
+
+
+def test_mid_sized_fleet_re_centres_the_nearby_replays():
+    """5 devices, 3 types, 2 servers, 840 plans: a single neighbourhood of the best candidate missed the
+    optimum by 1.56 %; re-centring on each better plan finds it (2.71803 s, the exhaustive optimum
+    that test_mid_sized_fleets_are_within_one_percent_of_exhaustive_search computes)."""
+    sc = _mid_fleet(0)
+    assert (len(sc.devices), len({d.type for d in sc.devices}), len(sc.servers)) == (5, 3, 2)
+    assert plan(sc).makespan_s == pytest.approx(2.7180265305787064, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_mid_sized_fleets_are_within_one_percent_of_exhaustive_search():
+    """12 seeded random fleets of 5-8 devices, 3-4 types, 2 servers against every feasible cut and
+    assignment at the planner's LoRA start (a higher LoRA start never slows a plan), each simulated."""
+    misses = []
+    for seed in range(12):
+        sc = _mid_fleet(seed)
+        best, _ = _exhaustive(sc, top_lora_only=True)
+        res = plan(sc)
+        if res.makespan_s > best * 1.01:
+            misses.append((seed, res.makespan_s / best - 1))
+    assert not misses, misses
 
 
 @pytest.mark.parametrize("seed", [35, 63])

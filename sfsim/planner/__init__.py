@@ -258,13 +258,18 @@ def _nearby(replay: Replay, groups: list[Group], makespan: float, budget: int) -
 
     With few devices, micro-batches and credits the fluid model's ranking is too coarse (plans it
     puts tens of places apart differ by 1-2 % in the simulator), and the space is small: on fleets
-    of a few devices this replays all of it at the chosen LoRA start.
+    of a few devices this replays all of it at the chosen LoRA start. On mid-sized fleets the
+    neighbourhood is re-centred on each better plan found, until none is or the budget is spent.
     """
-    plans = nearby_plans(replay.table, groups, min(NEARBY_MAX, budget)) if budget > 0 else []
-    for g in plans:
-        m = replay(g)
-        if m < makespan * (1 - 1e-9):
-            groups, makespan = g, m
+    start = replay.runs
+    while (left := budget - (replay.runs - start)) > 0:
+        improved = False
+        for g in nearby_plans(replay.table, groups, min(NEARBY_MAX, left)):
+            m = replay(g)  # cached: re-centring replays only the new neighbours
+            if m < makespan * (1 - 1e-9):
+                groups, makespan, improved = g, m, True
+        if not improved:  # the best is the best of its own neighbourhood
+            break
     return groups, makespan
 
 
