@@ -43,6 +43,11 @@ def summary(res: SimResult, counts: dict[str, int] | None = None) -> str:
     if res.stream_mixing is not None:
         lines.append(f"  stream mixing (mean TV distance per tenth of the server stream, 0 = mixed): "
                      f"{res.stream_mixing:.3f}")
+    if any(res.server_wait_s.values()) or res.pool_peak_bytes:
+        waits = ", ".join(f"{s} {w:.1f} s" for s, w in res.server_wait_s.items())
+        pool = ", ".join(f"{s} {si(b, 'B')}" for s, b in res.pool_peak_bytes.items())
+        lines.append(f"  server wait (idle while the policy held arrived micro-batches back): {waits}"
+                     + (f"; mixing pool peak {pool}" if pool else ""))
     if res.energy is not None:
         e, said = res.energy, []
         if e["devices"]:

@@ -271,6 +271,9 @@ def test_cli_accepts_the_new_policies_and_reports_the_wait(tiny_file, tmp_path):
         assert out.exit_code == 0, out.output
         data = json.loads((tmp_path / "r.json").read_text())
         assert data["policy"] == policy and "gpu" in data["server_wait_s"] and "pool_peak_bytes" in data
+        if policy == "pool":
+            assert "server wait (idle while the policy held arrived micro-batches back): gpu " in out.output
+            assert "mixing pool peak gpu" in out.output
 
 
 @pytest.mark.parametrize("args,match", [
