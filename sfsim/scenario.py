@@ -95,8 +95,8 @@ class Training:
     wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     server_policy: str = Field(default="fifo", description="which waiting micro-batch a server takes next: "
                                "fifo, round-robin, proportional, paced-proportional, paced-round-robin, pool")
-    credits: Literal["server", "device"] = Field(default="server", description="whose the buffer's credits are: "
-                                                 "one pool per server, or buffer credits per device (the trainer's)")
+    credits: Literal["server", "device"] = Field(default="server", description="who holds the buffer's credits: "
+                                                 "server (one pool each) or device (buffer each, as the trainer)")
     pool_memory: Bytes | None = Field(default=None, description="server_policy pool: memory of the mixing pool "
                                       "(default: room for every credit)")
     seed: int = Field(default=0, ge=0, description="seed of the simulator's random draws (server_policy pool)")
