@@ -151,12 +151,14 @@ def test_fifo_takes_true_arrival_order(tiny_gpt2, tmp_path):
 def test_pipelined_is_faster_than_sequential_under_emulation(tiny_gpt2, tmp_path):
     from trainer.runner import run
 
-    kw = dict(epochs=1, train_samples=40, partition="iid", emulate="all", count_flops=False)
+    kw = dict(epochs=1, train_samples=40, partition="iid", emulate="all", count_flops=False,
+              devices=str(FIXTURES / "runtime_slow.yaml"))
     pipe = run(_cfg(tiny_gpt2, tmp_path / "pipe", **kw))
     seq = run(_cfg(tiny_gpt2, tmp_path / "seq", method="splitfrozen-sequential", **kw))
     t_pipe, t_seq = pipe["train_s_by_epoch"][0], seq["train_s_by_epoch"][0]
-    # 5 micro-batches on "big": ~0.12 s forward and ~0.1 s on the wire each; overlapped vs one after the other
-    assert t_seq > 1.3 * t_pipe, (t_pipe, t_seq)
+    # 5 micro-batches on "big": ~0.6 s forward and ~0.4 s on the wire each, overlapped (~5 x 0.6 + 0.4 s)
+    # or one after the other (~5 x 1.0 s); the server's real work is milliseconds
+    assert t_seq > 1.25 * t_pipe, (t_pipe, t_seq)
     assert sum(pipe["emulated_sleep_s"].values()) > 0
 
 
