@@ -220,7 +220,7 @@ def _type_of(name: str, panel: Panel) -> str:
 
 
 def _natural(name: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+    return [int(p) if p.isdecimal() else p for p in re.split(r"(\d+)", name)]
 
 
 def rows_for(panel: Panel, lane_limit: int = LANE_LIMIT) -> list[Row]:

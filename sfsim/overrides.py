@@ -29,6 +29,8 @@ from sfsim.errors import ConfigError
 _PART = r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\[\]]+\])?"
 _KEY = re.compile(rf"{_PART}(?:\.{_PART})*")
 _STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[([^\[\]]+)\])?")
+MAX_ITEMS = 10_000
+"""Most entries a ``servers.count``/``devices.count``-style resize may ask for (each is a copy)."""
 _EXAMPLE = "write e.g. devices[phone].uplink.bandwidth, servers[0].flops or training.micro_batch"
 
 
@@ -173,10 +175,12 @@ def _resized(items: list, value, where: str, file: str | None) -> list:
     n = value
     if isinstance(n, float) and n.is_integer():
         n = int(n)
-    if isinstance(n, str) and n.strip().isdigit():
+    if isinstance(n, str) and n.strip().isdecimal():  # not isdigit: '¹' is a digit that int() refuses
         n = int(n)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(file, where, f"{value!r} is not a whole number >= 1; write e.g. {where}=2")
+    if n > MAX_ITEMS:  # copies are made before the scenario's own bounds are checked
+        raise ConfigError(file, where, f"{n:,} entries; at most {MAX_ITEMS:,}")
     out = [copy.deepcopy(it) for it in items[:n]]
     last = items[-1]
     names = {it.get("name") for it in out if isinstance(it, dict)}

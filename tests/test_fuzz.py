@@ -156,7 +156,8 @@ def test_any_text_as_a_scenario_file(tmp_path, text):
 # ------------------------------------------------------------------------ CLI option values
 OPTION = st.one_of(
     st.tuples(st.just("--split"), st.one_of(st.text(max_size=10), st.integers(-3, 20).map(str),
-                                            st.sampled_from(["pi-0=2", "pi-0=2,phone=x", "=", "pi-9=1", "99"]))),
+                                            st.sampled_from(["pi-0=2", "pi-0=2,phone=x", "=", "pi-9=1", "99",
+                                                             "¹", "pi-0=²"]))),
     st.tuples(st.just("--lora-start"), st.one_of(st.integers(-3, 30).map(str), st.text(max_size=4))),
     st.tuples(st.just("--policy"), st.one_of(st.sampled_from(["fifo", "round-robin", "proportional"]),
                                              st.text(max_size=8))),
@@ -164,8 +165,8 @@ OPTION = st.one_of(
                                                st.text(max_size=8))),
     st.tuples(st.just("--set"), st.builds(lambda k, v: f"{k}={v}", st.sampled_from(
         ["training.micro_batch", "devices[pi].count", "devices[*].uplink.bandwidth", "servers[0].count",
-         "model.seq_len", "training.lora.targets", "nope.key", "devices[9].samples"]),
-        st.one_of(st.integers(-2, 2**64).map(str), st.text(max_size=8), st.just("1 Mbps")))),
+         "model.seq_len", "training.lora.targets", "nope.key", "devices[9].samples", "servers.count"]),
+        st.one_of(st.integers(-2, 2**64).map(str), st.text(max_size=8), st.sampled_from(["1 Mbps", "¹", "3"])))),
     st.tuples(st.just("--gantt"), st.sampled_from(["g.png", "g.svg", "g.jpg", "g", "sub/g.pdf"])),
 )
 

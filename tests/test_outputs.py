@@ -80,7 +80,7 @@ def test_comparison_table_savings(scenario_file):
 def test_parse_split():
     assert parse_split("3") == 3 and parse_split(None) is None
     assert parse_split("pi-0=2, phone=4") == {"pi-0": 2, "phone": 4}
-    for bad in ("pi-0", "=3", "a=b", ","):
+    for bad in ("pi-0", "=3", "a=b", ",", "¹", "pi-0=²"):  # '¹'.isdigit() but int('¹') fails: found by fuzzing
         with pytest.raises(SfsimError, match="--split"):
             parse_split(bad)
 
@@ -197,6 +197,8 @@ def test_gantt_schedule_all_is_one_file_of_small_multiples(scenario_file, tmp_pa
     (["--schedule", "fedlora", "--policy", "fifo"], "fedlora takes no policy (--policy)"),
     (["--schedule", "splitlora", "--split", "0"], "splitlora: device pi-0 has cut 0"),
     (["--set", "devices[0].memory=1 MiB"], "device pi-0 needs 181 MiB for its 1-block prefix but has 1 MiB"),
+    (["--set", "servers.count=100000000"], "servers.count: 100,000,000 entries; at most 10,000"),
+    (["--set", "servers.count=¹"], "servers.count: '¹' is not a whole number >= 1"),
 ])
 def test_cli_conflicting_options_one_line(scenario_file, tmp_path, args, match):
     sc = sfsim.load_scenario(scenario_file)

@@ -16,12 +16,12 @@ def parse_split(text: str | None):
     if text is None:
         return None
     text = text.strip()
-    if text.isdigit():
+    if text.isdecimal():  # not isdigit: '¹' is a digit that int() refuses
         return int(text)
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         dev, eq, k = part.partition("=")
-        if not eq or not k.strip().isdigit() or not dev.strip():
+        if not eq or not k.strip().isdecimal() or not dev.strip():
             raise SfsimError(f"--split: cannot read {part!r}; write a cut (--split 3) or DEVICE=K pairs "
                              "(--split pi5-0=2,phone-1=3)")
         out[dev.strip()] = int(k)
