@@ -278,10 +278,12 @@ def _rogue(master: str, world: int, rank: int, log: str) -> None:
         os._exit(0)
 
 
-def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path):
+@pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora"])
+def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path, method):
+    from sfsim.trace import read_chrome_trace
     from trainer.runner import run
 
-    kw = dict(epochs=2, train_samples=24, emulate="compute", checkpoint_every=2)
+    kw = dict(epochs=2, train_samples=24, emulate="compute", checkpoint_every=2, method=method)
     ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))
     out = tmp_path / "cut"
     t, box = _in_thread(run, _cfg(tiny_gpt2, out, **kw))
@@ -299,17 +301,32 @@ def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path):
     from trainer.runner import load_run_config
 
     m = run(load_run_config(str(out)), resume=True)
+
+    def forwards(folder):
+        return sum(1 for e in read_chrome_trace(folder / "trace.json") if e.op == "F")
+
+    assert 0 < forwards(out) < forwards(tmp_path / "ref")  # it went on from the checkpoint, not from the start
     assert len(m["train_loss_history"]) == len(ref["train_loss_history"])
     assert max(abs(x - y) for x, y in zip(m["train_loss_history"], ref["train_loss_history"], strict=True)) <= 1e-5
     assert m["eval_history"] == ref["eval_history"]
 
 
-def test_resume_refuses_methods_with_device_state(tiny_gpt2, tmp_path):
+def test_inprocess_resume_restores_device_state(tiny_gpt2, tmp_path):
+    """In one process too, a resumed splitlora run (clients' adapters and optimizers saved) ends as an
+    uninterrupted one; the checkpoint taken mid-run is replayed by resuming from a copy of it."""
+    import shutil
+
     from trainer.runner import run
 
-    run(_cfg(tiny_gpt2, tmp_path / "sl", method="splitlora", epochs=1, launch="inprocess"))
-    with pytest.raises(SfsimError, match="--resume is not supported for splitlora"):
-        run(_cfg(tiny_gpt2, tmp_path / "sl", method="splitlora", epochs=1, launch="inprocess"), resume=True)
+    kw = dict(method="splitlora", epochs=2, launch="inprocess", checkpoint_every=3)
+    ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))
+    assert (tmp_path / "ref" / "state" / "big.safetensors").is_file()
+    # the end-of-run checkpoint resumes to the same metrics with nothing left to train
+    again = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw), resume=True)
+    assert again["train_loss_history"] == ref["train_loss_history"] and again["eval_history"] == ref["eval_history"]
+    shutil.rmtree(tmp_path / "ref" / "state")
+    with pytest.raises(SfsimError, match="big.safetensors is missing"):
+        run(_cfg(tiny_gpt2, tmp_path / "ref", **kw), resume=True)
 
 
 def test_role_options_are_checked(tiny_gpt2, tmp_path):

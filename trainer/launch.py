@@ -97,21 +97,22 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     tr = DistTransport(rank, names, meter, limits, shaping, peer_timeout=cfg.peer_timeout)
     setup.transport = tr
     if role == "device":
-        return _device(cfg, built, tr, names[rank - 1], offset)
+        return _device(cfg, built, tr, names[rank - 1], offset, resume)
     return _server(cfg, built, tr, out, t0, resume)
 
 
-def _device(cfg, built, tr: DistTransport, name: str, offset: float) -> int:
+def _device(cfg, built, tr: DistTransport, name: str, offset: float, resume: bool) -> int:
     _, _, setup, method, _, _ = built
     role = next(d for d in setup.devices if d.name == name)
     torch.manual_seed(role_seed(cfg.seed, name))  # this device's RNG, as the in-process run gives it
-    tr.send_up(Message(name, -1, kind="hello", aux=role.n_samples))
+    ckpt = method.load_device_state(role) if resume else -1
+    tr.send_up(Message(name, ckpt, kind="hello", aux=role.n_samples))
     try:
         while True:
             msg = tr.recv_down(name)
             if msg.kind == "end":
                 break
-            method.device_handle(role, msg)
+            method.handle(role, msg)
     except PeerLost as err:
         print(f"error: device {name}: lost the server ({err.reason}); stopping", file=sys.stderr, flush=True)
         return 3
@@ -126,19 +127,21 @@ def _device(cfg, built, tr: DistTransport, name: str, offset: float) -> int:
 
 
 def _server(cfg, built, tr: DistTransport, out: Path, t0: float, resume: bool) -> int:
-    from trainer.runner import _write_trace, train_server
+    from trainer.runner import _write_trace, check_device_checkpoint, train_server
 
     _, _, setup, method, _, _ = built
     names = [d.name for d in setup.devices]
-    samples = {}
+    samples, ckpts = {}, {}
     for n in names:
         try:
-            samples[n] = tr.recv_up(n, {"hello"}).aux
+            msg = tr.recv_up(n, {"hello"})
+            samples[n], ckpts[n] = msg.aux, msg.mb
         except PeerLost as err:
             method.lose(n, f"never joined: {err.reason}")
     setup.samples = samples
     torch.manual_seed(role_seed(cfg.seed, "server"))
-    metrics = train_server(cfg, built, out, t0, resume)
+    metrics = train_server(cfg, built, out, t0, resume,
+                           check=lambda want: [check_device_checkpoint(n, c, want) for n, c in ckpts.items()])
     for n in names:
         tr.send_down(Message(n, -1, kind="end"))
     reports = {}

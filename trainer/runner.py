@@ -222,11 +222,11 @@ def build(cfg: RunConfig):
                   server_order=cfg.server_order, periods=_periods(scenario, cuts),
                   decompose_backward=tr.decompose_backward, local_steps=cfg.local_steps or tr.local_steps,
                   fedavg_every=cfg.fedavg_every or tr.fedavg_every, seed=cfg.seed, buffer=cfg.buffer or tr.buffer,
-                  samples={r.name: r.n_samples for r in roles}, max_len=cfg.max_len,
+                  samples={r.name: r.n_samples for r in roles}, max_len=cfg.max_len, out=cfg.out,
                   pool_memory=None if cfg.pool_memory is None else parse_quantity(cfg.pool_memory, "size"))
     method = build_method(cfg.method, setup)
     by_name = {r.name: r for r in roles}
-    transport.handler = lambda msg: method.device_handle(by_name[msg.device], msg)
+    transport.handler = lambda msg: method.handle(by_name[msg.device], msg)
     n_eval = min(cfg.eval_samples or len(dev), len(dev))
     info = {"partition_table": table, "partition_counts": counts, "epochs": cfg.epochs or tr.epochs,
             "n_eval": n_eval}
@@ -303,7 +303,7 @@ def prepare_out(cfg: RunConfig, resume: bool) -> Path:
     return out
 
 
-def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = False) -> dict:
+def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = False, check=None) -> dict:
     """The server's side of a run: every epoch, eval, adapter, checkpoints and metrics.json.
 
     Used by the in-process run and by the server process of a distributed run (the transport in
@@ -313,9 +313,19 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
     losses, evals, first_epoch, train_s = [], [], 0, []
     if resume:
         first_epoch = _restore(out, setup, method, losses, evals)
+        if isinstance(setup.transport, InProcessTransport):
+            restore_devices_inprocess(setup, method)
+        elif check is not None and method.device_stateful:
+            check(method.resume_from["device_checkpoint"])
     if cfg.checkpoint_every:
-        method.on_step_done = lambda epoch: (len(losses) % cfg.checkpoint_every == 0 and
-                                             _checkpoint(out, setup, method, epoch, losses, evals))
+        last = [len(losses)]
+
+        def hook(epoch: int) -> None:  # at the first consistent point N or more steps after the last checkpoint
+            if len(losses) - last[0] >= cfg.checkpoint_every:
+                last[0] = len(losses)
+                _checkpoint(out, setup, method, epoch, losses, evals)
+
+        method.on_step_done = hook
     n_samples = sum(setup.samples.values())
     metrics = {}
     for epoch in range(first_epoch, info["epochs"]):
@@ -348,23 +358,47 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
 
 
 def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list) -> None:
-    """A resumable checkpoint at an optimizer-step boundary (server-side state only)."""
-    progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals,
-                "lost": method.lost, "stream": method.server_stream}
-    save_checkpoint(out, full_state(setup.lm.model, setup.head), method.optimizers(), progress)
+    """A resumable checkpoint at a consistent point: devices that hold training state save theirs first."""
+    ckpt = len(losses)
+    method.save_devices(ckpt)
+    extra, meta = method.server_extra()
+    tensors = {**full_state(setup.lm.model, setup.head), **{f"x.{k}": v for k, v in extra.items()}}
+    progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "lost": method.lost,
+                "stream": method.server_stream, "extra": meta,
+                "device_checkpoint": ckpt if method.device_stateful else None}
+    save_checkpoint(out, tensors, method.optimizers(), progress)
 
 
 def _restore(out: Path, setup: Setup, method, losses: list, evals: list) -> int:
     """Load the checkpoint in ``out`` into the model, optimizers and RNG; return the epoch to start."""
     if not method.resumable:
-        raise SfsimError(f"--resume is not supported for {method.name}: its devices hold training state "
-                         "(client adapters, optimizer moments); use splitfrozen, splitfrozen-sequential or cenlora")
+        raise SfsimError(f"--resume is not supported for {method.name}")
     weights, progress = load_checkpoint(out, method.optimizers())
-    load_full_state(setup.lm.model, setup.head, weights)
+    load_full_state(setup.lm.model, setup.head, {k: v for k, v in weights.items() if not k.startswith("x.")})
+    method.load_server_extra({k[2:]: v for k, v in weights.items() if k.startswith("x.")}, progress["extra"])
     losses[:], evals[:] = progress["losses"], progress["evals"]
     method.lost, method.server_stream = progress["lost"], [tuple(x) for x in progress["stream"]]
-    method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"]}
+    method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"],
+                          "device_checkpoint": progress["device_checkpoint"]}
     return progress["epoch"]
+
+
+def restore_devices_inprocess(setup: Setup, method) -> None:
+    """In-process ``--resume``: every device loads the state it saved (under its own RNG)."""
+    if not method.device_stateful:
+        return
+    want = method.resume_from["device_checkpoint"]
+    for role in setup.devices:
+        with setup.transport.rng.role(role.name):
+            got = method.load_device_state(role)
+        check_device_checkpoint(role.name, got, want)
+
+
+def check_device_checkpoint(device: str, got: int, want: int | None) -> None:
+    """A device must resume from the same checkpoint as the server."""
+    if want is not None and got != want:
+        raise SfsimError(f"device {device}'s saved state is from checkpoint {got}, the server's from {want}: "
+                         "the run was killed between the two writes; start it again")
 
 
 def _adapter_config(cfg: RunConfig, lm, setup: Setup, method) -> dict:

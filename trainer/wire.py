@@ -44,7 +44,7 @@ MAX_MESSAGE_BYTES = 2 << 30  # 2 GiB: no single message may ask the receiver for
 class Kind(enum.IntEnum):
     """Message kinds. ``UP`` kinds travel device -> server, ``DOWN`` kinds server -> device."""
 
-    HELLO = 1  # up: a device joins; aux = its sample count
+    HELLO = 1  # up: a device joins; aux = its sample count, mb = the checkpoint its saved state is from (-1)
     ACT = 2  # up: activations of one micro-batch (hidden, attention_mask, labels)
     ADAPTER = 3  # both: a flat adapter (+ head) state; aux = round
     SHARD = 4  # up: a device's raw samples (cenlora)
@@ -58,11 +58,12 @@ class Kind(enum.IntEnum):
     SYNC = 12  # down: send your adapter for fedavg round ``aux``
     ROUND = 13  # down: fedlora round ``aux``: train on the enclosed global state
     REPORT = 14  # up: the device's measurements as UTF-8 JSON bytes (parsed with ``json``, never unpickled)
+    SAVE = 15  # down: write your training state for checkpoint ``aux``, then answer DONE with the same aux
 
 
 UP = {Kind.HELLO, Kind.ACT, Kind.ADAPTER, Kind.SHARD, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT}
 DOWN = {Kind.START, Kind.CREDIT, Kind.GRAD, Kind.FWD, Kind.END, Kind.SYNC, Kind.ROUND, Kind.ADAPTER,
-        Kind.HEARTBEAT}
+        Kind.HEARTBEAT, Kind.SAVE}
 
 #: Tensor names that may appear in a message (code = position + 1).
 NAMES = ("hidden", "attention_mask", "labels", "grad", "state", "input_ids", "token_type_ids", "losses", "blob")

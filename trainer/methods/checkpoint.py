@@ -93,12 +93,7 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimi
         The checkpoint's path.
     """
     out = {f"w.{k}": v.detach().contiguous() for k, v in tensors.items()}
-    for name, opt in optimizers.items():
-        params = [p for g in opt.param_groups for p in g["params"]]
-        for i, p in enumerate(params):
-            for k, v in opt.state.get(p, {}).items():
-                t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
-                out[f"opt.{name}.{i}.{k}"] = t.detach().contiguous()
+    out.update(_optimizer_tensors(optimizers))
     out["rng.torch"] = torch.get_rng_state()
     path = Path(folder) / CHECKPOINT
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -121,11 +116,55 @@ def load_checkpoint(folder: str | Path, optimizers: dict) -> tuple[dict[str, tor
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
     except Exception as err:  # a torn or foreign file: one line, not a traceback
         raise SfsimError(f"{path}: not a readable sfsim checkpoint ({err})") from None
+    _load_optimizers(optimizers, tensors)
+    torch.set_rng_state(tensors["rng.torch"])
+    return {k[2:]: v for k, v in tensors.items() if k.startswith("w.")}, progress
+
+
+def _optimizer_tensors(optimizers: dict) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, opt in optimizers.items():
+        params = [p for g in opt.param_groups for p in g["params"]]
+        for i, p in enumerate(params):
+            for k, v in opt.state.get(p, {}).items():
+                t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+                out[f"opt.{name}.{i}.{k}"] = t.detach().contiguous()
+    return out
+
+
+def _load_optimizers(optimizers: dict, tensors: dict[str, torch.Tensor]) -> None:
     for name, opt in optimizers.items():
         params = [p for g in opt.param_groups for p in g["params"]]
         for i, p in enumerate(params):
             st = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{name}.{i}.")}
             if st:
                 opt.state[p] = st
+
+
+def save_device_state(out: str | Path, device: str, tensors: dict[str, torch.Tensor], optimizers: dict,
+                      ckpt: int) -> None:
+    """A device's training state for checkpoint ``ckpt``: ``out/state/<device>.safetensors``, atomically."""
+    folder = Path(out) / "state"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {f"w.{k}": v.detach().contiguous().clone() for k, v in tensors.items()}
+    data.update(_optimizer_tensors(optimizers))
+    data["rng.torch"] = torch.get_rng_state()
+    path = folder / f"{device}.safetensors"
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(data, str(tmp), metadata={"checkpoint": str(ckpt)})
+    os.replace(tmp, path)
+
+
+def load_device_state(out: str | Path, device: str, optimizers: dict) -> tuple[int, dict[str, torch.Tensor]]:
+    """Read :func:`save_device_state`'s file: restore optimizers and RNG; return (checkpoint id, weights)."""
+    from safetensors import safe_open
+
+    path = Path(out) / "state" / f"{device}.safetensors"
+    if not path.is_file():
+        raise SfsimError(f"{path} is missing: device {device} has no saved state to resume from")
+    with safe_open(str(path), framework="pt") as f:
+        ckpt = int(f.metadata()["checkpoint"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    _load_optimizers(optimizers, tensors)
     torch.set_rng_state(tensors["rng.torch"])
-    return {k[2:]: v for k, v in tensors.items() if k.startswith("w.")}, progress
+    return ckpt, {k[2:]: v for k, v in tensors.items() if k.startswith("w.")}

@@ -12,7 +12,7 @@ from torch import nn
 
 from trainer.lora import add_lora, load_lora_state_dict, lora_state_dict
 from trainer.measure import Meter
-from trainer.runtime import DeviceRole, Message, Transport
+from trainer.runtime import DeviceRole, Message, PeerLost, Transport
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Setup:
         samples: device -> training samples (what each device reported when it joined).
         pool_memory: bytes of the server's mixing pool (``server_order="pool"``; ``None``: all credits).
         max_len: tokens per sample at most (sizes the pool).
+        out: the run's output folder (devices write their checkpoint state under ``out/state``).
     """
 
     lm: object
@@ -65,6 +66,7 @@ class Setup:
     samples: dict[str, int] = field(default_factory=dict)
     pool_memory: float | None = None
     max_len: int = 128
+    out: str = "."
 
     @property
     def is_lm(self) -> bool:
@@ -202,6 +204,58 @@ class Method:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The server-side optimizers a checkpoint saves (name -> optimizer)."""
         return {}
+
+    # -- checkpoints of training state that lives on the devices (splitlora, fedlora) -------------------
+    device_stateful = False  # devices hold training state: a checkpoint asks each to save its own
+
+    def handle(self, role: DeviceRole, msg: Message) -> None:
+        """A device's entry for every message: ``save`` is handled here, the rest by :meth:`device_handle`."""
+        if msg.kind == "save":
+            from trainer.methods.checkpoint import save_device_state
+
+            tensors, opts = self.device_state(role)
+            save_device_state(self.setup.out, role.name, tensors, opts, msg.aux)
+            self.setup.transport.send_up(Message(role.name, -1, kind="done", aux=msg.aux))
+        else:
+            self.device_handle(role, msg)
+
+    def device_state(self, role: DeviceRole) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, optimizers) of ``role``'s training state."""
+        return {}, {}
+
+    def load_device_state(self, role: DeviceRole) -> int:
+        """Load ``role``'s saved state (``--resume``); return the checkpoint id it is from (-1: none)."""
+        from trainer.methods.checkpoint import load_device_state
+
+        if not self.device_stateful:
+            return -1
+        like, opts = self.device_state(role)
+        ckpt, tensors = load_device_state(self.setup.out, role.name, opts)
+        with torch.no_grad():
+            for k, v in tensors.items():
+                like[k].copy_(v)
+        return ckpt
+
+    def server_extra(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Server-side state beyond the model and optimizers: (tensors, JSON-able counters)."""
+        return {}, {}
+
+    def load_server_extra(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Inverse of :meth:`server_extra`."""
+
+    def save_devices(self, ckpt: int) -> None:
+        """Ask every live device to save its state for checkpoint ``ckpt`` and wait for all of them."""
+        if not self.device_stateful:
+            return
+        tr = self.setup.transport
+        names = self.live()
+        for n in names:
+            tr.send_down(Message(n, -1, kind="save", aux=ckpt))
+        for n in names:
+            try:
+                tr.recv_up(n, {"done"})
+            except PeerLost as err:
+                self.lose(err.device, err.reason)
 
     # -- bookkeeping shared by the server loops -----------------------------------------------------
     def batch_counts(self) -> dict[str, int]:

@@ -33,6 +33,8 @@ class FedLoRA(Method):
     """The FedLoRA baseline."""
 
     name = "fedlora"
+    resumable = True
+    device_stateful = True  # each device keeps its own AdamW moments across rounds
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -52,8 +54,8 @@ class FedLoRA(Method):
     def device_handle(self, role: DeviceRole, msg: Message) -> None:
         """``start``: the epoch's batches; ``round``: local steps from the global state, then upload."""
         s = self.setup
-        if msg.kind == "start":
-            self._dev[role.name] = {"batches": role.batches(msg.epoch), "pos": 0, "epoch": msg.epoch}
+        if msg.kind == "start":  # mb: micro-batches already trained this epoch (resume)
+            self._dev[role.name] = {"batches": role.batches(msg.epoch), "pos": max(msg.mb, 0), "epoch": msg.epoch}
             return
         if msg.kind != "round":
             return
@@ -70,10 +72,27 @@ class FedLoRA(Method):
         s.transport.send_up(Message(role.name, -1, {"state": state, "losses": torch.tensor(losses, dtype=torch.float32)},
                                     kind="adapter", aux=msg.aux, epoch=st["epoch"]))
 
+    def _optimizer(self, name: str) -> torch.optim.Optimizer:
+        if name not in self.opt:
+            self.opt[name] = adamw(self.params, self.setup)
+        return self.opt[name]
+
+    def device_state(self, role: DeviceRole) -> tuple[dict, dict]:
+        """A device's state between rounds: its optimizer (its weights come with the next round)."""
+        return {}, {"device": self._optimizer(role.name)}
+
+    def server_extra(self) -> tuple[dict, dict]:
+        """The global adapters and the round counter."""
+        return dict(self.global_state), {"round": self.round}
+
+    def load_server_extra(self, tensors: dict, meta: dict) -> None:
+        """Inverse of :meth:`server_extra`."""
+        self.global_state = {k: tensors[k].clone() for k in self.keys}
+        self.round = meta["round"]
+
     def _local_step(self, name: str, j: int, batch) -> tuple[float, int]:
         s, meter = self.setup, self.setup.meter
-        if name not in self.opt:
-            self.opt[name] = adamw(self.params, s)
+        self._optimizer(name)
         self.rest.train()
         key = tuple(batch["input_ids"].shape)
         with meter.compute(name, "F", "device_forward", mb=j, device=name, key=key):
@@ -92,10 +111,10 @@ class FedLoRA(Method):
         """Rounds of local training and FedAvg until every device has used its epoch's data."""
         s, tr = self.setup, self.setup.transport
         counts = self.batch_counts()
-        self.resume_cursor(epoch)
+        done = self.resume_cursor(epoch)
         for n in self.live():
-            tr.send_down(Message(n, -1, kind="start", epoch=epoch))
-        left = {n: counts[n] for n in self.live()}
+            tr.send_down(Message(n, done.get(n, 0), kind="start", epoch=epoch))
+        left = {n: counts[n] - done.get(n, 0) for n in self.live()}
         while sum(left.values()) > 0:
             self.round += 1
             active = [n for n in self.live() if left.get(n, 0) > 0]

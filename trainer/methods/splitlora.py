@@ -67,6 +67,8 @@ class SplitLoRA(Method):
     """The SplitLoRA baseline (clients in the pacing order of ``setup.server_order``)."""
 
     name = "splitlora"
+    resumable = True
+    device_stateful = True  # each client keeps its adapters and optimizer
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -126,13 +128,20 @@ class SplitLoRA(Method):
         """Every client micro-batch once, in segments between FedAvg rounds; FedAvg at the end."""
         s, tr = self.setup, self.setup.transport
         counts = self.batch_counts()
-        self.resume_cursor(epoch)
+        done = self.resume_cursor(epoch)
         for n in self.live():
             tr.send_down(Message(n, -1, kind="start", epoch=epoch))
         arrival = s.server_order == "fifo" and tr.arrival_order
-        order = None if arrival else server_order(counts, s.server_order, s.periods)
-        left = {n: counts[n] for n in self.live()}
-        nxt = dict.fromkeys(left, 0)
+        order = None
+        if not arrival:
+            skip, order = dict(done), []
+            for n in server_order(counts, s.server_order, s.periods):  # minus what a checkpoint already trained
+                if skip.get(n, 0) > 0:
+                    skip[n] -= 1
+                else:
+                    order.append(n)
+        left = {n: counts[n] - done.get(n, 0) for n in self.live() if counts[n] > done.get(n, 0)}
+        nxt = {n: done.get(n, 0) for n in left}
         while sum(left.values()) > 0:
             quota = s.fedavg_every - self.steps % s.fedavg_every
             if order is not None:
@@ -143,6 +152,7 @@ class SplitLoRA(Method):
                 self._segment(epoch, None, quota, left, nxt, on_step)
             if self.steps % s.fedavg_every == 0 and sum(left.values()) > 0:
                 self._fedavg(epoch)
+                self.step_done(epoch)  # between segments no client has work in flight: a checkpoint point
         self._fedavg(epoch)
 
     def _segment(self, epoch: int, seg: list[str] | None, quota: int, left: dict[str, int], nxt: dict[str, int],
@@ -194,7 +204,6 @@ class SplitLoRA(Method):
             self.advance(n)
             self.steps += 1
             on_step(loss, k)
-            self.step_done(epoch)
             if left[n] == 0:
                 del left[n]
             for m in [n] + [m for m in left if m != n]:
@@ -259,6 +268,20 @@ class SplitLoRA(Method):
     def optimizers(self) -> dict:
         """The server's optimizer."""
         return {"server": self.server_opt}
+
+    def device_state(self, role: DeviceRole) -> tuple[dict, dict]:
+        """A client's adapters and optimizer."""
+        c = self._client(role.name)
+        return c.params, {"client": c.opt}
+
+    def server_extra(self) -> tuple[dict, dict]:
+        """The last client average and the step and round counters."""
+        return dict(self.global_client or {}), {"steps": self.steps, "rounds": self.rounds}
+
+    def load_server_extra(self, tensors: dict, meta: dict) -> None:
+        """Inverse of :meth:`server_extra`."""
+        self.global_client = {k: v.clone() for k, v in tensors.items()} or None
+        self.steps, self.rounds = meta["steps"], meta["rounds"]
 
     def eval_cut(self) -> int:
         """The SplitLoRA cut."""
