@@ -286,6 +286,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
 
         return launch_local(cfg, resume=resume)
     t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)  # as every process of a distributed run does
     out = prepare_out(cfg, resume)
     built = build(cfg)
     torch.manual_seed(role_seed(cfg.seed, "server"))  # the server's RNG, as in a process of its own
