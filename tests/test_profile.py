@@ -205,6 +205,22 @@ def test_server_latency_profile_gives_the_server_its_measured_times(tmp_path):
     assert res.makespan_s == pytest.approx(dev_f + up + f + b + w + step, rel=1e-9)
 
 
+def test_a_single_shape_file_drives_a_server_as_it_drives_a_device(tmp_path):
+    """The committed older-format table: a server running the device's prefix costs what the device does."""
+    from pathlib import Path
+
+    table = Path(__file__).resolve().parents[1] / "profiles/latency/ci-x86-2core-gpt2.yaml"
+    sc = scenario_from_dict({
+        "model": {"name": "gpt2", "seq_len": 64, "num_labels": 2}, "training": {"micro_batch": 4},
+        "servers": [{"name": "s", "latency_profile": str(table), "memory": "16 GiB"}],
+        "devices": [{"name": "d", "latency_profile": str(table), "memory": "1 GiB", "samples": 4,
+                     "uplink": {"bandwidth": "10 Mbps"}, "downlink": {"bandwidth": "10 Mbps"}}]})
+    cm = CostModel(sc)
+    for work in (cm.device_prefix(4), cm.server_suffix(4, 6), cm.full_model()):
+        assert cm.seconds(work, sc.servers[0]) == cm.seconds(work, sc.devices[0])
+    assert simulate(sc, schedule="splitfrozen", splits=4).makespan_s > 0
+
+
 @pytest.mark.parametrize("server, message", [
     ({"flops": "1 TFLOPS"}, "servers[0]: give exactly one of 'flops' (e.g. '12 TFLOPS') or 'latency_profile'"),
     ({"latency_profile": "missing.yaml"}, "servers[0].latency_profile: no such file 'missing.yaml'"),

@@ -35,7 +35,7 @@ def profile(model, seq_lens, micro_batches, threads, role, task, num_labels, lor
             output, quiet):
     """Measure forward, B, W and optimizer-step times per block of a real model over a micro-batch x seq-len grid.
 
-    Writes the latency-table format a device's or a server's ``latency_profile`` takes in a scenario.
+    Writes the latency table that a device's or a server's latency_profile takes in a scenario.
     """
     out = Path(output)
     if not out.parent.is_dir():
