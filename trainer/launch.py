@@ -118,7 +118,7 @@ def _device(cfg, built, tr: DistTransport, name: str, offset: float, resume: boo
         return 3
     m = setup.meter
     report = {"device": name, "flops": int(m.flops.get(name, 0)), "uplink_bytes": int(m.uplink_bytes.get(name, 0)),
-              "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds(), "clock_offset_s": offset,
+              "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds() - m.cpu0, "clock_offset_s": offset,
               "stretched_s": m.stretched_s, "header_bytes": tr.header_bytes,
               "events": [list(e) for e in m.events]}
     tr.send_up(Message(name, -1, {"blob": report_blob(report)}, kind="report"))
@@ -178,7 +178,7 @@ def merge_reports(metrics: dict, reports: dict[str, dict], setup, tr: DistTransp
     m["peak_rss_bytes_by_role"] = {setup.server: peak_rss_bytes(),
                                    **{n: int(r["peak_rss_bytes"]) for n, r in reports.items()}}
     m["peak_rss_bytes"] = max(m["peak_rss_bytes_by_role"].values())
-    m["cpu_s_by_role"] = {setup.server: round(cpu_seconds(), 3),
+    m["cpu_s_by_role"] = {setup.server: round(cpu_seconds() - setup.meter.cpu0, 3),
                           **{n: round(float(r.get("cpu_s", 0.0)), 3) for n, r in reports.items()}}
     m["cpu_s"] = round(sum(m["cpu_s_by_role"].values()), 3)
     m["peak_memory_note"] = "peak RSS (ru_maxrss) of each role's own process"

@@ -95,6 +95,7 @@ class Meter:
         #: lane -> FLOP/s: compute on these lanes is stretched (by sleeping) to take FLOPs / rate seconds
         self.stretch: dict[str, float] = {}
         self.stretched_s = 0.0  # seconds slept to emulate slower devices
+        self.cpu0 = cpu_seconds()  # this role's CPU is counted from here (not what the process did before)
 
     def now(self) -> float:
         """Seconds since the meter started."""
@@ -165,6 +166,6 @@ class Meter:
             "downlink_bytes_by_device": {d: int(self.downlink_bytes.get(d, 0)) for d in devices},
             "phase_s": {k: round(v, 6) for k, v in sorted(self.phase_s.items())},
             "peak_rss_bytes": peak_rss_bytes(),
-            "cpu_s": round(cpu_seconds(), 3),
+            "cpu_s": round(cpu_seconds() - self.cpu0, 3),
             "peak_memory_note": "process peak RSS (ru_maxrss); all roles share one process in-process",
         }
