@@ -118,7 +118,8 @@ def write_panels(panels: list[Panel], path: str | Path, title: str = "", lane_li
     from matplotlib.patches import Patch
 
     end = max((ev.end for p in panels for ev in p.events), default=1.0) or 1.0
-    rows = [rows_for(p, lane_limit) for p in panels]
+    level = max((_fold_level(p, lane_limit) for p in panels), default=0)
+    rows = [rows_for(p, lane_limit, level) for p in panels]  # every panel folds alike
     heights = [max(len(r), 1) + 1.2 for r in rows]
     fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
                              figsize=(13, max(2.5, 0.28 * sum(heights) + 0.8)),
@@ -223,11 +224,12 @@ def _natural(name: str) -> list:
     return [int(p) if p.isdecimal() else p for p in re.split(r"(\d+)", name)]
 
 
-def rows_for(panel: Panel, lane_limit: int = LANE_LIMIT) -> list[Row]:
+def rows_for(panel: Panel, lane_limit: int = LANE_LIMIT, fold: int = 0) -> list[Row]:
     """The rows to draw: devices (each followed by its link lanes) in order, then servers by name.
 
     Above ``lane_limit`` rows, devices are grouped by type; then, if still above, each server's
-    workers fold into one row.
+    workers fold into one row. ``fold`` forces at least that much folding (1: group devices, 2: and
+    fold workers), so that small multiples fold alike.
     """
     lanes = lane_order(panel.events, panel.devices)
     present = set(lanes)
@@ -245,15 +247,23 @@ def rows_for(panel: Panel, lane_limit: int = LANE_LIMIT) -> list[Row]:
         rows.append(Row(label(d), [d], "device"))
         rows += [Row(f"{p}:{d}", [f"{p}:{d}"], "link") for p in ("link", "downlink") if f"{p}:{d}" in present]
     server_rows = [Row(s, [s], "server") for s in servers]
-    if len(rows) + len(server_rows) > lane_limit:
+    if fold >= 1 or len(rows) + len(server_rows) > lane_limit:
         rows = _grouped(devs, present, panel)
-    if len(rows) + len(server_rows) > lane_limit:
+    if fold >= 2 or len(rows) + len(server_rows) > lane_limit:
         by_server: dict[str, list[str]] = {}
         for s in servers:
             by_server.setdefault(s.split("/")[0], []).append(s)
         server_rows = [Row(name if len(ws) == 1 else f"{name} ×{len(ws)} workers", ws, "server")
                        for name, ws in by_server.items()]
     return rows + server_rows
+
+
+def _fold_level(panel: Panel, lane_limit: int) -> int:
+    """0: every lane drawn; 1: devices grouped by type; 2: server workers folded too."""
+    full, grouped = rows_for(panel, 10**9), rows_for(panel, lane_limit)
+    if len(grouped) == len(full):
+        return 0
+    return 2 if any(r.kind == "server" and len(r.lanes) > 1 for r in grouped) else 1
 
 
 def _grouped(devs: list[str], present: set[str], panel: Panel) -> list[Row]:

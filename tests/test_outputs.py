@@ -230,3 +230,17 @@ def test_simulate_takes_a_plan_result_and_checks_memory_as_plan_does(scenario_fi
         sfsim.simulate(small)
     with pytest.raises(InfeasibleError, match=r"^device pi-0 needs 181 MiB for its 1-block prefix but has 1 MiB"):
         sfsim.plan(small)
+
+
+def test_small_multiples_fold_alike(tmp_path, monkeypatch):
+    import sfsim.gantt as g
+    from sfsim.trace import TraceEvent as E
+
+    devs = [f"a-{i}" for i in range(8)]
+    busy = g.Panel([E(d, "F", 0, 1) for d in devs] + [E(f"link:{d}", "send", 1, 1) for d in devs], "busy", devs)
+    quiet = g.Panel([E("a-0", "F", 0, 1)], "quiet", devs)  # alone it would draw 8 rows, under the limit
+    drawn = {}
+    monkeypatch.setattr(g, "_draw", lambda ax, panel, rows, end: drawn.setdefault(panel.title, rows) and set())
+    g.write_panels([busy, quiet], tmp_path / "m.png", lane_limit=24)  # 12 rows per panel
+    assert [r.label for r in drawn["busy"]] == ["a ×8", "link:a ×8"]
+    assert [r.label for r in drawn["quiet"]] == ["a ×8"]
