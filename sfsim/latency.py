@@ -11,7 +11,8 @@ micro-batch x sequence-length grid; times are unit strings or seconds, medians o
     lora: {rank: 8, alpha: 16, targets: [query, value]}
     warmup: 2
     repeats: 5
-    machine: {cpu: AMD EPYC, cores: 2, threads: 1, torch: 2.13.0+cpu, date: ..., load_average: [0.4, 0.6]}
+    machine: {cpu: AMD EPYC, cores: 2, threads: 1, torch: 2.13.0+cpu, date: ..., wall_s: 250,
+              load_average: {before: 0.4, after: 0.6, after_5min: 0.5}}
     grid:
       - micro_batch: 4
         seq_len: 32

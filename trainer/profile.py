@@ -318,7 +318,7 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     limit = max_positions(lm)
     if limit is not None and spec.seq_lens[-1] > limit:
         raise SfsimError(f"--seq-len {spec.seq_lens[-1]} is longer than {lm.name}'s {limit} positions")
-    load0 = os.getloadavg()[0]
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
     torch.manual_seed(0)
     parts = _Parts(lm, spec)
     grid = []
@@ -328,7 +328,10 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
                 progress(mb, seq)
             grid.append(_measure_entry(parts, lm, spec, mb, seq))
     info = machine_info()
-    info["load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]  # 1-minute, before and after
+    after = os.getloadavg()
+    # 1-minute load before and after, and the 5-minute load after (which spans a few minutes of measuring)
+    info["load_average"] = {"before": round(load0, 2), "after": round(after[0], 2), "after_5min": round(after[1], 2)}
+    info["wall_s"] = round(time.perf_counter() - t0, 1)
     prof = {"device": spec.name, "role": spec.role, "model": model}
     if model not in BUILTIN:
         cfg = lm.model.config

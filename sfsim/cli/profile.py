@@ -66,6 +66,7 @@ def profile(model, seq_lens, micro_batches, threads, role, task, num_labels, lor
 
     prof = profile_model(lm, spec, model=model, source=command, progress=progress)
     write_profile(prof, out)
-    load = prof["machine"]["load_average"]
-    click.echo(f"wrote {output}: {len(prof['grid'])} shapes x {lm.n_layers} blocks of {model}, {threads} thread(s), "
-               f"1-min load average {load[0]} before, {load[1]} after")
+    m = prof["machine"]
+    load = m["load_average"]
+    click.echo(f"wrote {output}: {len(prof['grid'])} shapes x {lm.n_layers} blocks of {model} in {m['wall_s']} s, "
+               f"{threads} thread(s), 1-min load average {load['before']} before, {load['after']} after")
