@@ -7,7 +7,7 @@
 3. Random valid fleets, every schedule: every micro-batch is processed exactly once, no lane runs two
    ops at once, the reported time is the simulated one, and a faster uplink never slows the run.
 
-The default run tries about 200 inputs in a few seconds; ``-m slow`` tries about 8,000.
+The default run tries about 200 inputs in a few seconds; ``-m slow`` tries about 7,000.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def test_cli_option_values_exit_0_or_one_line(tmp_path, monkeypatch, options):
 
 
 @pytest.mark.slow
-@settings(max_examples=1500, **FILES)
+@settings(max_examples=500, **FILES)
 @given(st.lists(OPTION, min_size=1, max_size=4))
 def test_cli_option_values_many(tmp_path, monkeypatch, options):
     _check_cli(tmp_path, monkeypatch, options)
