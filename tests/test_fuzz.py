@@ -5,7 +5,8 @@
    small simulate through the CLI with exit 0, or exit 2 and one ``error:`` line.
 2. Random CLI option values on a valid scenario: exit 0, or exit 2 and one ``error:`` line.
 3. Random valid fleets, every schedule: every micro-batch is processed exactly once, no lane runs two
-   ops at once, the reported time is the simulated one, and a faster uplink never slows the run.
+   ops at once, the reported time is the simulated one, and a faster uplink never slows a one-device
+   run or a FedAvg one (shared FIFO servers are not monotone: test_fifo_server_anomaly).
 
 The default run tries about 200 inputs in a few seconds; ``-m slow`` tries about 7,000.
 """
@@ -253,14 +254,36 @@ def _check_fleet(f):
 
 
 def _check_monotone(f):
-    """A faster uplink for one device type never slows the run (any schedule, any fleet drawn)."""
+    """A faster uplink for one device type never slows the run: with one device (any schedule) and
+    for fedlora and cenlora (any fleet). Devices that share a first-come-first-served server can
+    take longer when one of them gets faster (see test_fifo_server_anomaly)."""
     schedule = f["schedule"]
+    if schedule not in ("fedlora", "cenlora"):
+        f = copy.deepcopy(f)
+        f["devices"] = [{**f["devices"][0], "count": 1}]
     kw = {"splits": f["cut"]} if schedule not in ("fedlora", "cenlora") else {}
     before = sfsim.simulate(_fleet(f), schedule, **kw).makespan_s
     faster = copy.deepcopy(f)
     faster["devices"][0]["uplink"] = {**faster["devices"][0]["uplink"], "bandwidth": "1 Gbps"}
     after = sfsim.simulate(_fleet(faster), schedule, **kw).makespan_s
     assert after <= before * (1 + 1e-12) or math.isclose(after, before), (before, after)
+
+
+def test_fifo_server_anomaly():
+    """Found by the fuzzer: with SplitLoRA's first-come-first-served server, a faster uplink for the
+    device with less work lets it reach the server first, and the other device, which sets the
+    makespan, waits: 0.2376 s -> 0.2458 s (+3.5 %). A greedy FIFO schedule is not monotone (Graham's
+    scheduling anomalies), so the property above leaves shared-server fleets out."""
+    dev = {"flops": "20 GFLOPS", "downlink": {"bandwidth": "10 Mbps", "latency": "0 ms"}}
+    f = {"devices": [{**dev, "count": 1, "samples": 2, "uplink": {"bandwidth": "40 Mbps", "latency": "0 ms"}},
+                     {**dev, "count": 1, "samples": 3, "uplink": {"bandwidth": "300 Mbps", "latency": "0 ms"}}],
+         "servers": [{"flops": "1 TFLOPS", "count": 1}],
+         "training": {"micro_batch": 2, "epochs": 1, "accumulate": 1, "buffer": 1, "decompose_backward": False,
+                      "server_policy": "fifo", "cache_activations": False}}
+    before = sfsim.simulate(_fleet(f), "splitlora", splits=1).makespan_s
+    f["devices"][0]["uplink"]["bandwidth"] = "1 Gbps"
+    after = sfsim.simulate(_fleet(f), "splitlora", splits=1).makespan_s
+    assert (round(before, 6), round(after, 6)) == (0.237591, 0.245801)
 
 
 @settings(max_examples=25, deadline=None)
