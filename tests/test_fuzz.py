@@ -8,7 +8,8 @@
    ops at once, the reported time is the simulated one, and a faster uplink never slows a one-device
    run or a FedAvg one (shared FIFO servers are not monotone: test_fifo_server_anomaly).
 
-The default run tries about 200 inputs in a few seconds; ``-m slow`` tries about 7,000.
+The default run tries about 200 inputs in a few seconds, the same ones every time (``derandomize``:
+CI does not flake); ``-m slow`` tries about 7,000 new ones each run.
 """
 
 from __future__ import annotations
@@ -121,13 +122,13 @@ def _check_file(tmp_path, mutations, simulate: bool):
 FILES = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-@settings(max_examples=150, **FILES)
+@settings(max_examples=150, derandomize=True, **FILES)
 @given(st.lists(MUTATION, min_size=1, max_size=3))
 def test_malformed_scenarios_load_or_fail_in_one_line(tmp_path, mutations):
     _check_file(tmp_path, mutations, simulate=False)
 
 
-@settings(max_examples=15, **FILES)
+@settings(max_examples=15, derandomize=True, **FILES)
 @given(st.lists(MUTATION, min_size=1, max_size=2))
 def test_malformed_scenarios_through_the_cli(tmp_path, mutations):
     _check_file(tmp_path, mutations, simulate=True)
@@ -182,7 +183,7 @@ def _check_cli(tmp_path, monkeypatch, options):
     assert out.exception is None or isinstance(out.exception, SystemExit), (args, out.exception)
 
 
-@settings(max_examples=25, **FILES)
+@settings(max_examples=25, derandomize=True, **FILES)
 @given(st.lists(OPTION, min_size=1, max_size=3))
 def test_cli_option_values_exit_0_or_one_line(tmp_path, monkeypatch, options):
     _check_cli(tmp_path, monkeypatch, options)
@@ -286,7 +287,7 @@ def test_fifo_server_anomaly():
     assert (round(before, 6), round(after, 6)) == (0.237591, 0.245801)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(FLEET)
 def test_random_fleets_keep_the_invariants(f):
     _check_fleet(f)
