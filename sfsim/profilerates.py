@@ -118,10 +118,12 @@ class ProfileRates:
     def step_seconds(self, trainable_params: int) -> float | None:
         """Seconds of one AdamW step over ``trainable_params`` LoRA (+ head) parameters; None if not measured.
 
-        The count is read as whole LoRA blocks plus the classification head when it fits exactly (the
-        parameters a schedule trains always do): n x (one block's step, scaled by the scenario's
-        target count over the profile's) + the head's step + the per-step overhead the profile's
-        ``all`` step shows beyond its blocks and head (never negative).
+        The count is read as n whole LoRA blocks plus the classification head when it fits exactly
+        (the parameters a schedule trains always do). One ``step()`` call costs a fixed part ``a``
+        plus ``b`` per block and ``h`` for the head, solved from the three measured steps: one
+        block (a + b), the head (a + h) and every block + head (a + L b + h), with ``a`` clamped to
+        [0, one block's step] against noise; so the ``all`` step is reproduced exactly. ``b`` scales
+        by the scenario's LoRA target count over the profile's.
         """
         if self.steps is None:
             return None
@@ -130,13 +132,12 @@ class ProfileRates:
         head = cm.arch.hidden * cm.num_labels + cm.num_labels if cm.task == "classification" else 0
         has_head = 0 < head <= trainable_params and (trainable_params - head) % per_block == 0
         blocks = (trainable_params - (head if has_head else 0)) / per_block
+        one, head_s = self.steps.get("block", 0.0), self.steps.get("head", 0.0)
+        per = (self.steps["all"] - head_s) / arch.n_layers if "all" in self.steps else one
+        fixed = min(max(one - per, 0.0), one)
         n_targets = len(prof.lora.targets) if prof.lora else len(arch.default_lora_targets)
-        block = self.steps.get("block", 0.0) * len(cm.lora_targets) / n_targets
-        head_s = self.steps.get("head", 0.0)
-        overhead = 0.0
-        if "all" in self.steps:
-            overhead = max(0.0, self.steps["all"] - arch.n_layers * self.steps.get("block", 0.0) - head_s)
-        return overhead + blocks * block + (head_s if has_head else 0.0)
+        per *= len(cm.lora_targets) / n_targets
+        return fixed + blocks * per + (max(head_s - fixed, 0.0) if has_head else 0.0)
 
 
 def _profile_arch(prof: LatencyProfile, file: str) -> Arch:
