@@ -132,6 +132,27 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool) -> list[
     return sets
 
 
+def _per_device_tokens(data: dict, vc: ValidateConfig, metrics: dict) -> None:
+    """Give each device its own token load: the scenario has one ``seq_len``, but a device whose samples
+    are longer than the mean computes and sends more. Its FLOP rate and link bandwidths are divided by
+    ``r = its tokens per sample / the mean``, so that at the shared ``seq_len`` its forward and transfer
+    times are those of its real sequence lengths (linear in tokens; attention's T^2 share is small)."""
+    from sfsim.units import parse_quantity
+
+    mean = _mean_tokens(metrics)
+    for d in data["devices"]:
+        shapes = metrics["microbatch_shapes"].get(d["name"])
+        if not shapes:
+            continue
+        r = sum(b * t for b, t in shapes) / sum(b for b, _ in shapes) / mean
+        if vc.emulate in ("compute", "all") and d.get("flops") is not None:
+            d["flops"] = parse_quantity(d["flops"], "flops") / r
+        if vc.emulate in ("links", "all"):
+            for link in ("uplink", "downlink"):
+                if isinstance(d.get(link), dict) and "bandwidth" in d[link]:
+                    d[link]["bandwidth"] = parse_quantity(d[link]["bandwidth"], "bandwidth") / r
+
+
 def _sim_model(model: str) -> str:
     """The simulator's name for the run's model: a built-in name, or a local folder's config.json."""
     path = Path(model)
@@ -165,6 +186,7 @@ def sim_scenario(vc: ValidateConfig, metrics: dict):
     sets = sim_overrides(vc, metrics, credits_key)
     data = apply(data, [(k, v) for k, v in sets if v is not None], file=vc.devices)
     data["training"].setdefault("lora", {})["targets"] = list(metrics["lora_targets"])  # a list: set directly
+    _per_device_tokens(data, vc, metrics)
     for key, v in sets:  # None: drop the key (a device's flops when a latency profile replaces it)
         if v is None:
             section, name, field = re.fullmatch(r"(devices|servers)\[([^\]]+)\]\.(\w+)", key).groups()
