@@ -393,3 +393,25 @@ def test_validate_needs_a_device_profile_without_compute_emulation(tmp_path):
 
     with pytest.raises(SfsimError, match="give --device-profile"):
         ValidateConfig(devices="x.yaml", model="m", method="splitfrozen", out=str(tmp_path), emulate="links")
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_readme_real_run_snippet(tmp_path, monkeypatch):
+    """The README's distributed-run command, as written (MiniLM, shared data; minutes)."""
+    import re
+    import shlex
+
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    block = re.search(r"## Real runs.*?```bash\n(.*?)```", (root / "README.md").read_text(), re.S).group(1)
+    cmd = block.replace("\\\n", " ").strip()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bench").symlink_to(root / "bench")
+    res = CliRunner().invoke(main, shlex.split(cmd)[1:])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "runs" / "sf-dist" / "metrics.json").read_text())
+    assert m["launch"] == "local" and m["lost_devices"] == {} and m["eval_accuracy"] > 0.5
