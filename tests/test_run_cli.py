@@ -89,6 +89,31 @@ def test_bad_input_is_one_line_exit_2(tiny_gpt2, tmp_path, over, message):
 def test_eval_of_missing_run_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["eval", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "run_config.json is missing" in res.stderr
+    (tmp_path / "run_config.json").write_text("{not json")
+    res = CliRunner().invoke(main, ["eval", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "not a valid run configuration" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_eval_works_from_another_folder(tiny_gpt2, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.chdir(FIXTURES.parent.parent)  # relative --data-dir, as a user in the checkout types it
+    args = _args(tiny_gpt2, out, **{"--data-dir": "tests/fixtures/data", "--epochs": "1", "--launch": "inprocess"})
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["eval", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["eval_accuracy"] == \
+        json.loads((out / "metrics.json").read_text())["eval_accuracy"]
+
+
+def test_options_that_do_not_apply(tiny_gpt2, tmp_path):
+    res = CliRunner().invoke(main, _args(tiny_gpt2, tmp_path / "g", **{"--task": "gsm8k"}))
+    assert res.exit_code == 2 and "gsm8k has no class labels to skew; use iid" in res.stderr
+    res = CliRunner().invoke(main, _args(tiny_gpt2, tmp_path / "f", **{"--method": "fedlora", "--epochs": "1",
+                                                                       "--launch": "inprocess"}))
+    assert res.exit_code == 0 and "note: fedlora trains the whole model on every device" in res.stderr
 
 
 def test_run_with_plan_uses_per_device_cuts(tiny_gpt2, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,9 @@ class RunConfig:
                 raise SfsimError(f"--{key.replace('_', '-')} must be >= 1 (got {val})")
         if not self.lr > 0 or self.max_len < 2:
             raise SfsimError(f"--lr must be > 0 and --max-len >= 2 (got {self.lr}, {self.max_len})")
-        self.data_dir = self.data_dir or tdata.default_data_dir()
+        self.data_dir = str(Path(self.data_dir or tdata.default_data_dir()).resolve())  # eval works from anywhere
+        if self.task == "gsm8k" and self.partition.split(":")[0] != "iid":
+            raise SfsimError(f"--partition {self.partition}: gsm8k has no class labels to skew; use iid")
 
 
 def budget(sizes: list[int], total: int | None, available: int) -> list[int]:
@@ -203,6 +206,10 @@ def build(cfg: RunConfig):
     lm = load_model(cfg.model, cache_dir=cfg.model_cache)
     if cfg.task == "gsm8k" and lm.family == "bert":
         raise SfsimError("gsm8k is a generation task: use a decoder model (smollm2-135m or a GPT-2 folder)")
+    if cfg.method in ("fedlora", "cenlora") and (cfg.split is not None or cfg.plan is not None):
+        where = "on every device" if cfg.method == "fedlora" else "at the server"
+        print(f"note: {cfg.method} trains the whole model {where}: --split/--plan do not apply and are ignored",
+              file=sys.stderr)
     cuts, plan_start = _cuts(cfg, scenario, lm.n_layers)
     lora_start = _lora_start(cfg, scenario, cuts, plan_start, lm.n_layers)
     torch.manual_seed(cfg.seed)
@@ -456,7 +463,7 @@ def load_run_config(out_dir: str) -> RunConfig:
         raw = json.loads(path.read_text())
         return RunConfig(**raw)
     except (ValueError, TypeError) as err:
-        raise SfsimError(f"{path}: not a valid run configuration ({err}); start a new run instead") from None
+        raise SfsimError(f"{path}: not a valid run configuration ({err}); point at a folder written by sfsim run") from None
 
 
 def evaluate_saved(out_dir: str, data_dir: str | None = None, eval_samples: int | None = None) -> dict:
@@ -464,11 +471,12 @@ def evaluate_saved(out_dir: str, data_dir: str | None = None, eval_samples: int 
     path = Path(out_dir) / "run_config.json"
     if not path.is_file():
         raise SfsimError(f"{path} is missing: point --out at a folder written by sfsim run")
-    raw = json.loads(path.read_text())
-    raw.update(progress=False, **({"data_dir": data_dir} if data_dir else {}))
+    cfg = load_run_config(out_dir)
+    cfg.progress = False
+    if data_dir:
+        cfg.data_dir = str(Path(data_dir).resolve())
     if eval_samples:
-        raw["eval_samples"] = eval_samples
-    cfg = RunConfig(**raw)
+        cfg.eval_samples = eval_samples
     dev = tdata.load_task(cfg.task, cfg.data_dir, "dev")
     lm = load_model(cfg.model, cache_dir=cfg.model_cache)
     head, acfg = load_adapter(Path(out_dir) / "adapter", lm)
