@@ -6,6 +6,7 @@ torch and transformers are imported inside the commands so that ``sfsim simulate
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -124,6 +125,10 @@ def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: 
     role, rank, world_size, master = from_env(role, rank, world_size, master)
     cfg.launch = "local" if cfg.launch == "inprocess" else cfg.launch
     code = run_role(cfg, role, rank, world_size, master, resume=resume)
+    if code == 0 and role == "server":
+        m = json.loads((Path(cfg.out) / "metrics.json").read_text())
+        click.echo(f"{m['method']} on {m['task']} (server of {world_size - 1} devices): eval accuracy "
+                   f"{m['eval_accuracy']:.4f}, {m['wall_s']:.1f} s -> {cfg.out}")
     exit_now(code)
 
 
