@@ -17,18 +17,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory):
-    """A tiny random GPT-2 saved as a local HF folder."""
-    from trainer.models import tiny_model
-
-    lm = tiny_model("gpt2", n_layers=4, hidden=32, seed=2)
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _args(model, out, **over):
     opts = {"--devices": str(FIXTURES / "run_tiny.yaml"), "--model": model, "--task": "sst2",
             "--method": "splitfrozen", "--partition": "label-skew:1", "--split": "1", "--epochs": "2",

@@ -99,17 +99,7 @@ def test_pack_unpack_state():
         wire.unpack_state(flat, sd, ["a"])
 
 
-# -- runs -----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory):
-    from trainer.models import tiny_model
-
-    lm = tiny_model("gpt2", n_layers=4, hidden=32, seed=2)
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
-
+# -- runs (tiny_gpt2: a tiny random GPT-2 folder, from conftest) -------------------------------------------
 
 def _cfg(model: str, out, **over):
     from trainer.runner import RunConfig
@@ -191,19 +181,23 @@ def _in_thread(fn, *args, **kw):
     return t, box
 
 
-def test_device_killed_mid_run(tiny_gpt2, tmp_path):
+def _signal_mid_run(tiny_gpt2, out: Path, device: str, sig: int, peer_timeout: float) -> tuple[dict, dict]:
+    """Start a run, send ``sig`` to ``device``'s process after the first step; return (metrics, pids)."""
     from trainer.runner import run
 
-    out = tmp_path / "kill"
     cfg = _cfg(tiny_gpt2, out, epochs=1, train_samples=40, partition="iid", emulate="compute", checkpoint_every=1,
-               peer_timeout=5.0)
+               peer_timeout=peer_timeout)
     t, box = _in_thread(run, cfg)
     _wait_for(out / "checkpoint.safetensors")
     pids = json.loads((out / "logs" / "pids.json").read_text())
-    os.kill(pids["small-0"], signal.SIGKILL)
+    os.kill(pids[device], sig)
     t.join(120)
     assert not t.is_alive() and "error" not in box, box
-    m = box["result"]
+    return box["result"], pids
+
+
+def test_device_killed_mid_run(tiny_gpt2, tmp_path):
+    m, pids = _signal_mid_run(tiny_gpt2, tmp_path / "kill", "small-0", signal.SIGKILL, 5.0)
     assert set(m["lost_devices"]) == {"small-0"}
     untrained = m["lost_devices"]["small-0"]["untrained_samples"]  # its 10 samples: micro-batches of 4, 4, 2
     assert untrained in (2, 6, 10)
@@ -213,18 +207,8 @@ def test_device_killed_mid_run(tiny_gpt2, tmp_path):
 
 
 def test_hung_device_is_dropped_after_the_peer_timeout(tiny_gpt2, tmp_path):
-    from trainer.runner import run
-
-    out = tmp_path / "hang"
-    cfg = _cfg(tiny_gpt2, out, epochs=1, train_samples=40, partition="iid", emulate="compute", checkpoint_every=1,
-               peer_timeout=2.0)
-    t, box = _in_thread(run, cfg)
-    _wait_for(out / "checkpoint.safetensors")
-    pids = json.loads((out / "logs" / "pids.json").read_text())
-    os.kill(pids["small-1"], signal.SIGSTOP)  # alive but silent: no heartbeats
-    t.join(120)
-    assert not t.is_alive() and "error" not in box, box
-    m = box["result"]
+    # SIGSTOP: alive but silent, no heartbeats
+    m, pids = _signal_mid_run(tiny_gpt2, tmp_path / "hang", "small-1", signal.SIGSTOP, 2.0)
     assert set(m["lost_devices"]) == {"small-1"} and "silent for more than 2 s" in m["lost_devices"]["small-1"]["reason"]
     assert not any(_alive(p) for p in pids.values())
 
