@@ -54,6 +54,7 @@ def main() -> None:
     """Run every (method, fleet) cell; print and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--server-profile", required=True)
+    ap.add_argument("--model", default="minilm-l6", help="model (name or local folder) of every run")
     ap.add_argument("--methods", default="splitfrozen,splitfrozen-sequential,splitlora,fedlora")
     ap.add_argument("--fleets", default="1-equal,4-equal,4-unequal")
     ap.add_argument("--samples", type=int, default=160, help="training samples per run (all devices)")
@@ -73,7 +74,7 @@ def main() -> None:
             key = f"{method}/{kind}"
             if key in rows:
                 continue
-            rep = run_validation(ValidateConfig(devices=scenario, model="minilm-l6", method=method,
+            rep = run_validation(ValidateConfig(devices=scenario, model=args.model, method=method,
                                                 out=f"/tmp/sfsim-bench/validate-{method}-{kind}", partition="iid",
                                                 emulate="all", data_dir=args.data_dir, split=2,
                                                 train_samples=args.samples, server_profile=args.server_profile))
