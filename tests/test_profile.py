@@ -233,6 +233,32 @@ def test_server_latency_profile_errors(tmp_path, server, message):
         _server_scenario(tmp_path, **server)
 
 
+# ------------------------------------------------------------------ the profiles shipped in profiles/latency
+SHIPPED = [f"{m}-{r}.yaml" for m in ("minilm-l6", "smollm2-135m") for r in ("device", "server")]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_profiles_reproduce_their_measured_times(name):
+    """Each shipped table says how it was made, and at each of its grid points a device prefix costs what it measured."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "profiles/latency" / name
+    prof = load_latency_profile(path)
+    assert prof.source.startswith(f"sfsim profile --model {prof.model} ") and f"--role {prof.role}" in prof.source
+    assert name == f"{prof.model}-{prof.role}.yaml" and prof.machine["threads"] == 1
+    assert set(prof.machine["load_average"]) == {"before", "after", "after_5min"} and prof.task == "classification"
+    for p in prof.points():
+        sc = scenario_from_dict({
+            "model": {"name": prof.model, "seq_len": p.seq_len, "num_labels": 2},
+            "training": {"micro_batch": p.micro_batch},
+            "servers": [{"name": "s", "latency_profile": str(path), "memory": "16 GiB"}],
+            "devices": [{"name": "d", "latency_profile": str(path), "memory": "1 GiB", "samples": 4,
+                         "uplink": {"bandwidth": "10 Mbps"}, "downlink": {"bandwidth": "10 Mbps"}}]})
+        cm = CostModel(sc)
+        f, _, _ = cm.seconds(cm.device_prefix(2), sc.devices[0])
+        assert f == pytest.approx(p.forward.embed + sum(p.forward.blocks[:2]), rel=1e-12)
+
+
 # ------------------------------------------------------------------ the command line
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
