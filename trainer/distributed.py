@@ -236,7 +236,7 @@ class DistTransport:
         link, busy_until = self._link(p), 0.0
         while not self._closing.is_set():
             try:
-                msg, t_q, _, _ = self._out[p].get(timeout=0.1)
+                msg, _, _, _ = self._out[p].get(timeout=0.1)
             except queue.Empty:
                 continue
             start = max(self.meter.now(), busy_until)
