@@ -399,3 +399,12 @@ def test_readme_real_run_snippet(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "runs" / "sf-dist" / "metrics.json").read_text())
     assert m["launch"] == "local" and m["lost_devices"] == {} and m["eval_accuracy"] > 0.5
+
+
+def test_report_row_error_re_derives_from_its_rounded_figures():
+    """CI once saw -0.003015 beside figures that give -0.003016: the error must use the figures printed."""
+    from trainer.validate import _row
+
+    row = _row(1.4500614, 1.4544474)
+    assert row == {"predicted_s": 1.450061, "measured_s": 1.454447, "error": -0.003016}
+    assert _row(1.0, 0.0)["error"] is None

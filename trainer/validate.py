@@ -248,7 +248,9 @@ def stages(events: list[TraceEvent], servers: list[str]) -> tuple[float, dict[st
 
 
 def _row(pred: float, meas: float) -> dict:
-    return {"predicted_s": round(pred, 6), "measured_s": round(meas, 6),
+    """One report row; the error is computed from the rounded figures it sits beside, so it re-derives exactly."""
+    pred, meas = round(pred, 6), round(meas, 6)
+    return {"predicted_s": pred, "measured_s": meas,
             "error": round((pred - meas) / meas, 6) if meas > 0 else None}
 
 
