@@ -72,6 +72,7 @@ def test_bad_input_is_one_line_exit_2(tiny_gpt2, tmp_path, over, message):
     assert res.exit_code == 2, res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert not (tmp_path / "o").exists()  # a run that failed before producing anything leaves no folder
 
 
 def test_eval_of_missing_run_is_one_line(tmp_path):
@@ -117,7 +118,7 @@ def test_run_with_plan_uses_per_device_cuts(tiny_gpt2, tmp_path):
     assert m["downlink_bytes"] == 0 and set(m["device_flops"]) == {"big", "small-0", "small-1"}
     bad = tmp_path / "bad.yaml"
     bad.write_text("lora_start: 1\nsplits: {big: 1, small-0: 2, small-1: 2}\nassignment: {}\n")
-    res = CliRunner().invoke(main, _args(tiny_gpt2, out, **{"--split": None, "--plan": str(bad)}))
+    res = CliRunner().invoke(main, _args(tiny_gpt2, tmp_path / "b", **{"--split": None, "--plan": str(bad)}))
     assert res.exit_code == 2 and "below the largest cut 2" in res.stderr
-    res = CliRunner().invoke(main, _args(tiny_gpt2, out, **{"--plan": str(plan)}))
+    res = CliRunner().invoke(main, _args(tiny_gpt2, tmp_path / "c", **{"--plan": str(plan)}))
     assert res.exit_code == 2 and "either --plan or --split" in res.stderr

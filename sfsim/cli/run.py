@@ -13,6 +13,7 @@ import click
 from sfsim.cli import main
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS
+from sfsim.outdir import output_folder
 
 _ORDERS = ("proportional", "round-robin", "fifo", "pool")  # sfsim.pacing.SERVER_ORDERS
 
@@ -79,11 +80,12 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads per process")
 @click.option("--no-flops", is_flag=True, help="skip FLOP counting (faster)")
 @click.option("--quiet", is_flag=True, help="no partition table or progress bar")
-@click.option("--out", type=click.Path(file_okay=False), help="output folder")
+@click.option("--out", type=click.Path(file_okay=False), help="output folder (new or empty)")
+@click.option("--overwrite", is_flag=True, help="replace an earlier run in --out")
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
         eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, data_dir,
         server_order, pool_memory, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
-        resume_dir, threads, no_flops, quiet, out):
+        resume_dir, threads, no_flops, quiet, out, overwrite):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
     from trainer.runner import RunConfig, load_run_config
     from trainer.runner import run as run_job
@@ -108,9 +110,13 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
                         count_flops=not no_flops, progress=not quiet, launch=launch, threads=threads,
                         emulate=emulate, peer_timeout=peer_timeout, checkpoint_every=checkpoint_every,
                         buffer=buffer, pool_memory=pool_memory)
-    if role is not None:
-        _one_role(cfg, role, rank, world_size, master, resume_dir is not None)
-    m = run_job(cfg, resume=resume_dir is not None)
+    resume = resume_dir is not None
+    if role is not None and role != "server":  # devices (and torchrun's auto) may share the server's --out
+        _one_role(cfg, role, rank, world_size, master, resume)
+    with output_folder(cfg.out, overwrite=overwrite, resume=resume):
+        if role == "server":
+            _one_role(cfg, role, rank, world_size, master, resume)
+        m = run_job(cfg, resume=resume)
     lost = f", lost {', '.join(m['lost_devices'])}" if m.get("lost_devices") else ""
     click.echo(f"{m['method']} on {m['task']} ({cfg.launch}): eval accuracy {m['eval_accuracy']:.4f}, "
                f"device FLOPs {m['device_flops_total']:.3e}, server FLOPs {m['server_flops_total']:.3e}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from sfsim.cli import main
+from sfsim.outdir import output_folder
 
 
 @main.command()
@@ -27,10 +28,11 @@ from sfsim.cli import main
 @click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for report.json, overlay.png, "
-              "trace.json and the run")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder (new or empty) for report.json, "
+              "overlay.png, trace.json and the run")
+@click.option("--overwrite", is_flag=True, help="replace an earlier validation in --out")
 def validate(devices, model, method, task, partition_spec, emulate, server_order, split, train_samples, micro_batch,
-             max_len, server_profile, device_profile, data_dir, seed, threads, out):
+             max_len, server_profile, device_profile, data_dir, seed, threads, out, overwrite):
     """Run the scenario for real and in the simulator; print and write the error, stage by stage."""
     from trainer.validate import ValidateConfig, format_report, run_validation
 
@@ -38,6 +40,7 @@ def validate(devices, model, method, task, partition_spec, emulate, server_order
                         emulate=emulate, data_dir=data_dir, train_samples=train_samples, split=split,
                         server_order=server_order, seed=seed, max_len=max_len, micro_batch=micro_batch,
                         threads=threads, server_profile=server_profile, device_profile=device_profile)
-    report = run_validation(vc)
+    with output_folder(out, overwrite=overwrite, resume_hint=False):
+        report = run_validation(vc)
     click.echo(format_report(report))
     click.echo(f"-> {out}/report.json, overlay.png, trace.json")
