@@ -7,6 +7,7 @@ import pytest
 
 from sfsim.errors import SfsimError
 from trainer import PartitionSpec, parse_partition, partition, partition_table
+from trainer.partition import dirichlet_counts, missing_classes
 
 LABELS = np.array([0] * 10 + [1] * 10 + [2] * 6)  # 26 samples, 3 classes
 SPECS = ["iid", "dirichlet:0.1", "dirichlet:10", "label-skew:1", "label-skew:2"]
@@ -72,16 +73,61 @@ def test_sizes_are_honoured():
         partition(LABELS, 4, "iid", seed=1, sizes=[1, 2])
 
 
-def test_dirichlet_large_alpha_is_near_uniform_small_alpha_is_skewed():
+def _mix(parts, labels, k=3):
+    return [np.bincount(labels[p], minlength=k).tolist() for p in parts]
+
+
+def test_dirichlet_exact_counts_on_the_fixture():
+    # budgets [3, 5, 2, 4] of 26: class totals are the mix 10:10:6 scaled to 14 (5.38, 5.38, 3.23 -> 6, 5, 3)
+    parts = partition(LABELS, 4, "dirichlet:0.5", seed=5, sizes=[3, 5, 2, 4])
+    assert _mix(parts, LABELS) == [[3, 0, 0], [1, 3, 1], [0, 2, 0], [2, 0, 2]]
+    # no budgets: every sample, each class split by its own draw; device totals follow the draw
+    parts = partition(LABELS, 4, "dirichlet:0.5", seed=5)
+    assert _mix(parts, LABELS) == [[8, 0, 0], [2, 5, 3], [0, 5, 2], [0, 0, 1]]
+
+
+def test_dirichlet_forced_cases():
+    labels = np.repeat([0, 1], 4)
+    assert _mix(partition(labels, 2, "dirichlet:0.1", seed=0, sizes=[8, 0]), labels, 2) == [[4, 4], [0, 0]]
+    assert _mix(partition(labels, 2, "dirichlet:0.1", seed=0, sizes=[2, 2]), labels, 2) in ([[1, 1], [1, 1]],
+                                                                                             [[2, 0], [0, 2]],
+                                                                                             [[0, 2], [2, 0]])
+    # an enormous alpha splits every class in proportion to the budgets, exactly
+    big = np.repeat([0, 1, 2], [300, 200, 100])
+    assert _mix(partition(big, 3, "dirichlet:1e9", seed=4, sizes=[300, 200, 100]), big) == [
+        [150, 100, 50], [100, 67, 33], [50, 33, 17]]
+    assert dirichlet_counts([6, 4], 2, 0.5, np.random.default_rng(0), sizes=[3, 2]).tolist() == [[3, 0], [0, 2]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("alpha", ["0.05", "0.1", "0.5", "100"])
+def test_dirichlet_keeps_the_global_label_mix(seed, alpha):
+    labels = np.repeat([0, 1], [1194, 2473])  # MRPC's training mix
+    sizes = [100, 50, 50, 100]  # 300 of 3667: class totals 300 * 1194/3667 = 97.7 -> 98 and 202
+    parts = partition(labels, 4, f"dirichlet:{alpha}", seed=seed, sizes=sizes)
+    every = np.concatenate(parts)
+    assert len(every) == len(set(every.tolist())) == 300  # each sample at most once
+    assert [len(p) for p in parts] == sizes
+    assert np.bincount(labels[every]).tolist() == [98, 202]
+    full = partition(labels, 4, f"dirichlet:{alpha}", seed=seed)  # all samples: the mix is the whole set's
+    assert np.bincount(labels[np.concatenate(full)]).tolist() == [1194, 2473]
+
+
+def test_dirichlet_small_alpha_is_skewed_large_alpha_is_not():
     labels = np.repeat([0, 1], 1000)
-    flat = partition(labels, 4, "dirichlet:1000", seed=0)
-    counts = np.array([np.bincount(labels[p], minlength=2) for p in flat])  # (devices, classes)
-    assert counts.sum(1).tolist() == [500] * 4
-    assert np.abs(counts - 250).max() <= 50
+    flat = _mix(partition(labels, 4, "dirichlet:1000", seed=0, sizes=[200] * 4), labels, 2)
+    assert max(abs(c - 100) for row in flat for c in row) <= 10
     skewed = partition(labels, 4, "dirichlet:0.05", seed=0, sizes=[200] * 4)
     major = [np.bincount(labels[p], minlength=2).max() / len(p) for p in skewed]
     assert np.mean(major) >= 0.85  # mostly one class per device
-    assert counts.max() / 500 <= 0.56
+
+
+def test_missing_classes():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    assert missing_classes([np.array([0, 2]), np.array([3])], labels, 3) == [2]
+    assert missing_classes([np.array([0, 2, 4])], labels, 4) == [3]  # a class the training set lacks entirely
+    assert missing_classes([], labels, 2) == [0, 1]
+    assert missing_classes(partition(labels, 2, "label-skew:1", seed=0), labels, 3) == [2]
 
 
 def test_partition_table():

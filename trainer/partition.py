@@ -1,4 +1,10 @@
-"""Seeded non-IID partitions of a labelled dataset over devices: iid, dirichlet:ALPHA, label-skew:C."""
+"""Seeded non-IID partitions of a labelled dataset over devices: iid, dirichlet:ALPHA, label-skew:C.
+
+``dirichlet:ALPHA`` is the per-class split common in federated-learning work (Hsu et al. 2019,
+NIID-Bench): each class's samples are divided among the devices by Dir(alpha) proportions, so the
+union of the devices' data has the training set's label mix (with per-device budgets: exactly, up
+to rounding, see :func:`dirichlet_counts`). :func:`missing_classes` names classes no device holds.
+"""
 
 from __future__ import annotations
 
@@ -81,41 +87,103 @@ def _iid(n: int, sizes: list[int], rng: np.random.Generator) -> list[np.ndarray]
     return [perm[e - s:e] for s, e in zip(sizes, ends, strict=True)]
 
 
-def _draw_counts(rng: np.random.Generator, n: int, p: np.ndarray, room: np.ndarray) -> np.ndarray:
-    """Class counts summing to ``n``, drawn from proportions ``p`` but never above ``room`` per class."""
-    counts = np.zeros(len(p), dtype=np.int64)
-    while counts.sum() < n:
-        open_ = room - counts > 0
-        q = np.where(open_, p, 0.0)
-        q = q / q.sum() if q.sum() > 0 else open_ / open_.sum()  # a drained favourite: spread over the rest
-        counts = np.minimum(counts + rng.multinomial(n - counts.sum(), q), room)
-    return counts
+def _largest_remainder(raw: np.ndarray, total: int) -> np.ndarray:
+    """Integers summing to ``total``, each the floor of ``raw`` or one more (largest fractions first)."""
+    out = np.floor(raw).astype(np.int64)
+    for i in np.argsort(-(raw - out), kind="stable")[: total - int(out.sum())]:
+        out[i] += 1
+    return out
 
 
-def _dirichlet(labels: np.ndarray, sizes: list[int], alpha: float, rng) -> list[np.ndarray]:
-    """Each device draws class proportions from Dir(alpha) and takes that mix of samples (Hsu et al. 2019).
+def _fit_marginals(target: np.ndarray, rows: np.ndarray, cols: np.ndarray, iters: int = 2000) -> np.ndarray:
+    """Iterative proportional fitting: rescale rows and columns of ``target`` (D, K) to the given sums.
 
-    Devices take their samples in about 20 interleaved rounds, so when a popular class runs out every
-    device feels it alike (not just the last one served).
+    The result is the matrix closest to ``target`` in KL divergence with these margins (it keeps
+    every cross-ratio of ``target``: which device favours which class survives, only scales change).
     """
+    x = target + 1e-12 * max(float(cols.sum()), 1.0)  # strictly positive: the fit exists for any margins
+    for _ in range(iters):
+        x *= np.divide(rows, x.sum(1), out=np.zeros(len(rows)), where=rows > 0)[:, None]
+        x *= np.divide(cols, x.sum(0), out=np.zeros(len(cols)), where=cols > 0)[None, :]
+        if np.abs(x.sum(1) - rows).max() <= 1e-9 * max(float(rows.max(initial=0)), 1.0):
+            break
+    return x
+
+
+def _round_matrix(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Integer (D, K) counts with exactly the given row and column sums, each cell near ``x``.
+
+    Floors first, then one more sample to the cells with the largest fractions while their row and
+    column still lack samples, then whatever is left by the north-west corner rule (always completes,
+    since the missing row and column totals are equal).
+    """
+    out = np.floor(x).astype(np.int64)
+    need_r, need_c = rows - out.sum(1), cols - out.sum(0)
+    frac = (x - out).ravel()
+    for cell in np.argsort(-frac, kind="stable"):
+        d, k = divmod(int(cell), x.shape[1])
+        if need_r[d] > 0 and need_c[k] > 0:
+            out[d, k] += 1
+            need_r[d] -= 1
+            need_c[k] -= 1
+    for d in range(x.shape[0]):
+        for k in range(x.shape[1]):
+            take = min(need_r[d], need_c[k])
+            if take > 0:
+                out[d, k] += take
+                need_r[d] -= take
+                need_c[k] -= take
+    return out
+
+
+def dirichlet_counts(class_sizes: Sequence[int], n_devices: int, alpha: float, rng: np.random.Generator,
+                     sizes: Sequence[int] | None = None) -> np.ndarray:
+    """Samples of each class per device for ``dirichlet:ALPHA``: a (n_devices, K) integer matrix.
+
+    Per-class split (Hsu et al. 2019; Li et al., NIID-Bench 2022): for every class k, proportions
+    q_k ~ Dir(alpha, ..., alpha) over the devices divide that class's samples among them.
+
+    * Without ``sizes``: all samples are used; class k's samples go to the devices in proportions
+      q_k (largest remainder), so device totals follow the draw (quantity skew comes with label skew).
+    * With ``sizes`` (per-device budgets): the class totals are the training set's label mix scaled
+      to ``sum(sizes)`` (a stratified subsample, largest remainder), and the Dirichlet matrix is
+      fitted to both margins by iterative proportional fitting, then rounded: every device gets
+      exactly its budget, every class exactly its share, and the skew is the draw's.
+
+    Args:
+        class_sizes: samples available per class (K,).
+        n_devices: number of devices D.
+        alpha: Dirichlet concentration (> 0; small: each class on few devices).
+        rng: the seeded generator (one ``dirichlet`` draw of shape (K, D)).
+        sizes: optional budget per device (D,), summing to at most ``sum(class_sizes)``.
+
+    Returns:
+        (D, K) int64 counts; column k sums to the class total, row d to ``sizes[d]`` when given.
+
+    Example:
+        >>> c = dirichlet_counts([6, 4], 2, 0.5, np.random.default_rng(0), sizes=[3, 2])
+        >>> c.sum(1).tolist(), c.sum(0).tolist()
+        ([3, 2], [3, 2])
+    """
+    avail = np.asarray(class_sizes, dtype=np.int64)
+    n = int(avail.sum())
+    props = rng.dirichlet(np.full(n_devices, alpha), size=len(avail))  # (K, D): class k over devices
+    bad = ~np.all(np.isfinite(props), axis=1)  # tiny alpha can underflow: the class goes to one random device
+    props[bad] = np.eye(n_devices)[rng.integers(n_devices, size=int(bad.sum()))]
+    if sizes is None:
+        return np.stack([_largest_remainder(props[k] * avail[k], int(avail[k])) for k in range(len(avail))], 1)
+    rows = np.asarray(sizes, dtype=np.int64)
+    total = int(rows.sum())
+    cols = _largest_remainder(avail * total / max(n, 1), total)  # the global label mix, scaled to the budget
+    fitted = _fit_marginals(props.T * cols[None, :], rows.astype(float), cols.astype(float))
+    return _round_matrix(fitted, rows, cols)
+
+
+def _dirichlet(labels: np.ndarray, n_devices: int, sizes: list[int] | None, alpha: float, rng) -> list[np.ndarray]:
+    """Sample indices per device from :func:`dirichlet_counts` (each class's shuffled pool cut in device order)."""
     classes, pools = _class_pools(labels, rng)
-    K = len(classes)
-    props = rng.dirichlet(np.full(K, alpha), size=len(sizes))  # (n_devices, K)
-    bad = ~np.all(np.isfinite(props), axis=1)  # tiny alpha can underflow: fall back to one random class
-    props[bad] = np.eye(K)[rng.integers(K, size=int(bad.sum()))]
-    counts = np.zeros((len(sizes), K), dtype=np.int64)
-    room = np.array([len(p) for p in pools])
-    need = np.array(sizes, dtype=np.int64)
-    steps = [max(1, -(-s // 20)) for s in sizes]  # ceil(size / 20) samples per round
-    while need.sum() > 0:
-        for d in range(len(sizes)):
-            step = int(min(need[d], steps[d]))
-            if step:
-                c = _draw_counts(rng, step, props[d], room)
-                counts[d] += c
-                room -= c
-                need[d] -= step
-    starts = np.zeros(K, dtype=np.int64)
+    counts = dirichlet_counts([len(p) for p in pools], n_devices, alpha, rng, sizes)  # (D, K)
+    starts = np.zeros(len(classes), dtype=np.int64)
     parts = []
     for row in counts:
         parts.append(np.concatenate([pools[k][starts[k]:starts[k] + c] for k, c in enumerate(row)]))
@@ -161,11 +229,14 @@ def partition(labels: np.ndarray, n_devices: int, spec: str, *, seed: int,
     Args:
         labels: (N,) integer class per sample.
         n_devices: number of devices.
-        spec: "iid", "dirichlet:ALPHA" or "label-skew:C" (label-skew:1: one class per device,
-            classes spread over devices round-robin).
+        spec: "iid", "dirichlet:ALPHA" (the per-class split of :func:`dirichlet_counts`: each class's
+            samples divided among devices by Dir(alpha) proportions, so the partition keeps the
+            training set's label mix) or "label-skew:C" (label-skew:1: one class per device, classes
+            spread over devices round-robin).
         seed: random seed; the same seed gives the same partition.
-        sizes: optional samples per device (e.g. from the scenario profile); default: all samples,
-            equal counts (label-skew without sizes: each class split equally among its holders).
+        sizes: optional samples per device (e.g. from the scenario profile); every kind gives each
+            device exactly this many. Default: all samples; iid in equal counts, dirichlet with
+            device totals from the draw, label-skew with each class split equally among its holders.
 
     Returns:
         One int64 index array per device.
@@ -184,7 +255,7 @@ def partition(labels: np.ndarray, n_devices: int, spec: str, *, seed: int,
     if parsed.kind == "iid":
         parts = _iid(n, full, rng)
     elif parsed.kind == "dirichlet":
-        parts = _dirichlet(labels, full, parsed.alpha, rng)
+        parts = _dirichlet(labels, n_devices, None if sizes is None else full, parsed.alpha, rng)
     else:
         parts = _label_skew(labels, n_devices, parsed.classes, None if sizes is None else full, rng)
     return [np.sort(p).astype(np.int64) for p in parts]
@@ -207,3 +278,16 @@ def partition_table(parts: Sequence[np.ndarray], labels: np.ndarray,
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
              for r in cells]
     return "\n".join(lines)
+
+
+
+def missing_classes(parts: Sequence[np.ndarray], labels: np.ndarray, n_classes: int) -> list[int]:
+    """Class ids in ``0..n_classes-1`` that no device holds: a model trained on these parts never sees them.
+
+    Example:
+        >>> missing_classes([np.array([0]), np.array([1])], np.array([1, 1, 0]), 2)
+        [0]
+    """
+    labels = np.asarray(labels)
+    held = set() if not parts else set(labels[np.concatenate(list(parts)).astype(np.int64)].tolist())
+    return [c for c in range(n_classes) if c not in held]
