@@ -1,19 +1,20 @@
-"""Where sweep points run: this process, a pool of local processes, or a Dask cluster.
+"""Where sweep points run: this process, a pool of local processes, or a Dask or Ray cluster.
 
 Each executor takes the same work list, ``(point index, point overrides, schedules)``, and yields
-``(point index, rows)`` as points finish; :func:`sfsim.sweep.run_sweep` writes the rows. Dask is
-an optional extra (``pip install "dask[distributed]"``): with an address the points run on that
-cluster's workers (which need sfsim installed and the scenario file at the same path), without
-one on a local cluster started for the sweep.
+``(point index, rows)`` as points finish; :func:`sfsim.sweep.run_sweep` writes the rows. Dask and
+Ray are optional extras (``pip install "sfsim[dask]"`` or ``"sfsim[ray]"``): with an address the
+points run on that cluster's workers (which need sfsim installed and the scenario file at the same
+path), without one on a local cluster started for the sweep and stopped after it.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 
 from sfsim.errors import SfsimError
 
-EXECUTORS = ("process", "dask")
+EXECUTORS = ("process", "dask", "ray")
 """Executor names :func:`execute` accepts."""
 
 _WORKER: dict = {}
@@ -29,17 +30,20 @@ def execute(base: dict, file: str | None, settings, todo: list, jobs: int | None
         base: the scenario's raw YAML dict; file: its path.
         settings: a :class:`sfsim.sweep.Settings`.
         todo: ``(index, point, schedules)`` per point.
-        jobs: local processes (default: all cores; 1: in this process) or local Dask workers.
-        executor: ``process`` or ``dask``.
-        address: the Dask scheduler to use (None: start a local cluster).
+        jobs: local processes (default: all cores; 1: in this process), local Dask workers or the
+            CPUs of a local Ray cluster.
+        executor: ``process``, ``dask`` or ``ray``.
+        address: the Dask scheduler or Ray cluster to use (None: start a local cluster).
     """
     if executor not in EXECUTORS:
         raise SfsimError(f"--executor: unknown {executor!r}; choose one of: {', '.join(EXECUTORS)}")
-    if address and executor != "dask":
-        raise SfsimError("--address names a Dask scheduler; add --executor dask")
+    if address and executor == "process":
+        raise SfsimError("--address names a Dask scheduler or a Ray cluster; add --executor dask or --executor ray")
     jobs = jobs or os.cpu_count() or 1
     if executor == "dask":
         return _dask(base, file, settings, todo, jobs, address)
+    if executor == "ray":
+        return _ray(base, file, settings, todo, jobs, address)
     if jobs == 1 or len(todo) <= 1:
         return _here(base, file, settings, todo)
     return _processes(base, file, settings, todo, jobs)
@@ -115,3 +119,60 @@ def _dask(base, file, settings, todo, jobs, address):
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _reachable(address: str) -> None:
+    """Refuse a ``host:port`` Ray address nobody listens on (Ray itself retries for minutes)."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as err:
+        raise SfsimError(f"--address: cannot reach a Ray cluster at {address} ({err}); start one with "
+                         "'ray start --head', or leave out --address") from None
+
+
+def _ray_point(index: int, base: dict, file, point, settings, schedules) -> tuple[int, list[dict]]:
+    from sfsim.sweep import run_point
+
+    return index, run_point(base, file, point, settings, schedules)
+
+
+def _ray(base, file, settings, todo, jobs, address):
+    """Check that Ray imports and the address answers (before the CSV is opened); then run."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SfsimError("--executor ray needs Ray: pip install 'sfsim[ray]' (or use the default local "
+                         "processes)") from None
+    if address:
+        _reachable(address)
+    return _ray_run(base, file, settings, todo, jobs, address)
+
+
+def _ray_run(base, file, settings, todo, jobs, address):
+    import logging
+
+    import ray
+
+    started = not ray.is_initialized()  # a notebook may have connected already: keep its session
+    if started:
+        local = address in (None, "local")
+        ray.init(address=address, num_cpus=jobs if local else None, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        shared = ray.put(base)  # the scenario travels once per node, not once per point
+        task = ray.remote(num_cpus=1)(_ray_point)
+        pending = [task.remote(i, shared, file, point, settings, left) for i, point, left in todo]
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(done[0])
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref)
+            raise
+    finally:
+        if started:
+            ray.shutdown()

@@ -334,12 +334,13 @@ def run_sweep(file: str | Path, varies: Sequence[Vary], output: str | Path, sett
         settings: schedules, cut or planning, fixed overrides.
         resume: keep the rows already in ``output`` and run only the missing (point, schedule)s;
             otherwise ``output`` is started afresh.
-        jobs: processes (default: all cores; 1 runs in this process); with Dask and no address,
-            the local cluster's workers.
+        jobs: processes (default: all cores; 1 runs in this process); with Dask or Ray and no
+            address, the local cluster's workers.
         progress: show a progress bar (tqdm, on stderr when it is a terminal).
         on_rows: called with each finished point's rows (e.g. for a notebook).
-        executor: ``process`` (local processes) or ``dask`` (see :mod:`sfsim.executors`).
-        address: a Dask scheduler's address (``tcp://host:8786``); None starts a local cluster.
+        executor: ``process`` (local processes), ``dask`` or ``ray`` (see :mod:`sfsim.executors`).
+        address: a Dask scheduler's (``tcp://host:8786``) or Ray cluster's (``host:6379``,
+            ``ray://host:10001``, ``auto``) address; None starts a local cluster.
 
     Returns:
         A :class:`SweepSummary`.

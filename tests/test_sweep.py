@@ -335,12 +335,37 @@ def test_dask_cluster_gives_the_same_rows(two_file, tmp_path):
     assert sorted(read_rows(tmp_path / "1.csv"), key=key) == sorted(read_rows(tmp_path / "d.csv"), key=key)
 
 
+def test_ray_cluster_gives_the_same_rows(two_file, tmp_path):
+    pytest.importorskip("ray")
+    vary = [parse_vary("devices[pi].uplink.bandwidth=10,20,40 Mbps")]
+    run_sweep(two_file, vary, tmp_path / "1.csv", jobs=1, progress=False)
+    # no address: a local one-CPU Ray cluster started for the sweep and shut down after it
+    res = run_sweep(two_file, vary, tmp_path / "r.csv", executor="ray", jobs=1, progress=False)
+    assert (res.rows, res.errors) == (3, 0)
+    key = lambda r: int(r["point"])  # noqa: E731
+    assert sorted(read_rows(tmp_path / "1.csv"), key=key) == sorted(read_rows(tmp_path / "r.csv"), key=key)
+    import ray
+
+    assert not ray.is_initialized()
+
+
 @pytest.mark.parametrize("args,match", [
-    (["--executor", "ray"], "--executor: unknown 'ray'; choose one of: process, dask"),
-    (["--address", "tcp://127.0.0.1:1"], "--address names a Dask scheduler; add --executor dask"),
+    (["--executor", "spark"], "--executor: unknown 'spark'; choose one of: process, dask, ray"),
+    (["--address", "tcp://127.0.0.1:1"],
+     "--address names a Dask scheduler or a Ray cluster; add --executor dask or --executor ray"),
 ])
 def test_cli_executor_errors(two_file, tmp_path, args, match):
     r = CliRunner().invoke(main, ["sweep", "--devices", two_file, "--vary", "servers.count=1,2",
                                   "-o", str(tmp_path / "o.csv"), *args])
     assert r.exit_code == 2 and r.output == f"error: {match}\n"
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_ray_unreachable_address_is_one_line(two_file, tmp_path):
+    pytest.importorskip("ray")
+    r = CliRunner().invoke(main, ["sweep", "--devices", two_file, "--vary", "servers.count=1,2",
+                                  "-o", str(tmp_path / "o.csv"), "--executor", "ray", "--address", "127.0.0.1:1"])
+    assert r.exit_code == 2 and r.output == (
+        "error: --address: cannot reach a Ray cluster at 127.0.0.1:1 ([Errno 111] Connection refused); "
+        "start one with 'ray start --head', or leave out --address\n")
     assert not (tmp_path / "o.csv").exists()

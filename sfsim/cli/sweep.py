@@ -25,9 +25,10 @@ from sfsim.cli import main
 @click.option("--resume", is_flag=True, help="keep the rows already in the CSV; run only the missing ones")
 @click.option("--jobs", "-j", type=int, default=None, help="processes (default: all cores)")
 @click.option("--executor", default="process", show_default=True,
-              help="where points run: process (local processes) or dask (needs dask[distributed])")
-@click.option("--address", default=None, help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: "
-              "a local cluster)")
+              help="where points run: process (local processes), dask (needs sfsim[dask]) or ray "
+                   "(needs sfsim[ray])")
+@click.option("--address", default=None, help="Dask scheduler (tcp://10.0.0.5:8786) or Ray cluster (10.0.0.5:6379, "
+              "ray://10.0.0.5:10001, auto) to run on (default: a local cluster)")
 def sweep(scenario, varies, sets, schedule, plan, split, output, plot_out, metric, resume, jobs, executor,
           address):
     """Run every combination of the --vary values; one CSV row per point and schedule.
