@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sfsim.errors import SfsimError
+from sfsim.loratargets import resolve_for_family
 from sfsim.methods import canonical
 from sfsim.planfile import load_plan
 from sfsim.scenario import load_scenario
@@ -34,9 +35,9 @@ from trainer.measure import Meter
 from trainer.methods import Setup, build_method
 from trainer.methods.checkpoint import load_adapter, load_checkpoint, save_adapter, save_checkpoint
 from trainer.methods.common import full_state, load_full_state
-from trainer.methods.evaluate import accuracy, exact_match
+from trainer.methods.evaluate import classification_scores, exact_match, majority_baseline, predict
 from trainer.models import load_model
-from trainer.partition import parse_partition, partition, partition_table
+from trainer.partition import missing_classes, parse_partition, partition, partition_table
 from trainer.runtime import SERVER_ORDERS, DeviceRole, InProcessTransport, RoleRNG, role_seed, stream_mixing
 from trainer.split import split_model
 
@@ -193,7 +194,14 @@ def _shards(cfg, scenario, train, lm, n_total: int | None):
     table = partition_table(parts, labels, names)
     counts = {n: {str(int(c)): int(np.sum(labels[p] == c)) for c in np.unique(labels)}
               for n, p in zip(names, parts, strict=True)}
-    return shards, table, counts
+    absent = missing_classes(parts, labels, train.num_labels) if train.labels is not None else []
+    warnings = []
+    if absent:
+        which = ", ".join(f"{c} ({train.label_names[c]})" if c < len(train.label_names) else str(c) for c in absent)
+        warnings.append(f"no training sample of class {which} on any device (partition {cfg.partition}, seed "
+                        f"{cfg.seed}, {sum(sizes)} samples): the model cannot learn it")
+        print(f"warning: {warnings[-1]}", file=sys.stderr, flush=True)
+    return shards, table, counts, {"absent_classes": absent, "warnings": warnings}
 
 
 def build(cfg: RunConfig):
@@ -214,7 +222,7 @@ def build(cfg: RunConfig):
     lora_start = _lora_start(cfg, scenario, cuts, plan_start, lm.n_layers)
     torch.manual_seed(cfg.seed)
     head = None if dev.is_generation else ClassificationHead(lm.hidden, dev.num_labels, default_pooling(lm.family))
-    shards, table, counts = _shards(cfg, scenario, train, lm, cfg.train_samples)
+    shards, table, counts, checks = _shards(cfg, scenario, train, lm, cfg.train_samples)
     tr, lo = scenario.training, scenario.training.lora
     mb = cfg.micro_batch or tr.micro_batch
     roles = [DeviceRole(n, shards[n], mb, cfg.seed + i) for i, n in enumerate(shards)]
@@ -236,22 +244,27 @@ def build(cfg: RunConfig):
     transport.handler = lambda msg: method.handle(by_name[msg.device], msg)
     n_eval = min(cfg.eval_samples or len(dev), len(dev))
     info = {"partition_table": table, "partition_counts": counts, "epochs": cfg.epochs or tr.epochs,
-            "n_eval": n_eval}
+            "n_eval": n_eval, **checks, "scores": [],
+            "majority": None if dev.is_generation else majority_baseline(dev.labels[:n_eval], dev.num_labels)}
     return scenario, lm, setup, method, dev, info
 
 
 def _lora_targets(scenario, lm) -> list[str]:
-    """The scenario's LoRA targets when it describes this model's family, else the family's defaults.
+    """The scenario's LoRA targets resolved for this model's family (``sfsim.loratargets``).
 
-    A scenario written for GPT-2 (``c_attn``) can then drive a MiniLM or SmolLM2 run unchanged.
+    Aliases (``q``, ``v``, ``attn``, ``mlp``, ...) mean the same modules in every family; module names
+    of another family fall back to this family's defaults with a note, so a scenario written for GPT-2
+    (``c_attn``) can drive a MiniLM or SmolLM2 run unchanged.
     """
     targets = scenario.training.lora.targets
-    if targets and scenario.arch.family == lm.family:
-        return list(targets)
-    if targets:
-        print(f"note: the scenario's LoRA targets {targets} are for {scenario.arch.family} models; "
-              f"using {default_targets(lm.family)} for this {lm.family} model")
-    return list(default_targets(lm.family))
+    try:
+        return list(resolve_for_family(lm.family, targets))
+    except ValueError as err:
+        if not targets or scenario.arch.family == lm.family:
+            raise SfsimError(f"training.lora.targets: {err}") from None
+    print(f"note: the scenario's LoRA targets {targets} are for {scenario.arch.family} models; "
+          f"using {default_targets(lm.family)} for this {lm.family} model")
+    return list(resolve_for_family(lm.family, None))
 
 
 def _periods(scenario, cuts: dict[str, int]) -> dict[str, float]:
@@ -263,8 +276,9 @@ def _periods(scenario, cuts: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def score(method, lm, head, dev, cfg: RunConfig, n_eval: int) -> float:
-    """Accuracy (classification) or exact match (GSM8K) of the global model on the first ``n_eval`` rows."""
+def score(method, lm, head, dev, cfg: RunConfig, n_eval: int) -> dict:
+    """Scores of the global model on the first ``n_eval`` dev rows: ``accuracy`` (GSM8K: exact match) and,
+    for classification, ``macro_f1``, ``f1`` (class 1 of two) and ``per_class_f1``."""
     lm.model.eval()
     if head is not None:
         head.eval()
@@ -272,8 +286,10 @@ def score(method, lm, head, dev, cfg: RunConfig, n_eval: int) -> float:
     idx = list(range(n_eval))
     if dev.is_generation:
         prompts = tdata.encode_prompts(dev, lm.tokenizer, cfg.max_len, indices=idx)
-        return exact_match(device, server, prompts, [dev.finals[i] for i in idx], lm.tokenizer, cfg.gen_tokens)
-    return accuracy(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
+        return {"accuracy": exact_match(device, server, prompts, [dev.finals[i] for i in idx], lm.tokenizer,
+                                        cfg.gen_tokens)}
+    preds = predict(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
+    return classification_scores(preds.numpy(), dev.labels[:n_eval], dev.num_labels)
 
 
 def _progress(cfg: RunConfig, total: int):
@@ -320,7 +336,7 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
     scenario, lm, setup, method, dev, info = built
     losses, evals, first_epoch, train_s = [], [], 0, []
     if resume:
-        first_epoch = _restore(out, setup, method, losses, evals)
+        first_epoch = _restore(out, setup, method, losses, evals, info["scores"])
         if isinstance(setup.transport, InProcessTransport):
             restore_devices_inprocess(setup, method)
         elif check is not None and method.device_stateful:
@@ -331,7 +347,7 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
         def hook(epoch: int) -> None:  # at the first consistent point N or more steps after the last checkpoint
             if len(losses) - last[0] >= cfg.checkpoint_every:
                 last[0] = len(losses)
-                _checkpoint(out, setup, method, epoch, losses, evals)
+                _checkpoint(out, setup, method, epoch, losses, evals, info["scores"])
 
         method.on_step_done = hook
     n_samples = sum(setup.samples.values())
@@ -351,11 +367,13 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
         method.finish_epoch()
         train_s.append(round(time.perf_counter() - t_train, 6))
         bar.close()
-        evals.append(round(score(method, lm, setup.head, dev, cfg, info["n_eval"]), 6))
+        scores = score(method, lm, setup.head, dev, cfg, info["n_eval"])
+        evals.append(round(scores["accuracy"], 6))
+        info["scores"].append(scores)
         save_adapter(out / "adapter", lm.model, setup.head, _adapter_config(cfg, lm, setup, method))
         if method.resumable:
             method.cursor = {}
-            _checkpoint(out, setup, method, epoch + 1, losses, evals)
+            _checkpoint(out, setup, method, epoch + 1, losses, evals, info["scores"])
         metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
         metrics["train_s_by_epoch"] = train_s
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
@@ -365,26 +383,26 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
     return metrics
 
 
-def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list) -> None:
+def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list, scores: list) -> None:
     """A resumable checkpoint at a consistent point: devices that hold training state save theirs first."""
     ckpt = len(losses)
     method.save_devices(ckpt)
     extra, meta = method.server_extra()
     tensors = {**full_state(setup.lm.model, setup.head), **{f"x.{k}": v for k, v in extra.items()}}
-    progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "lost": method.lost,
-                "stream": method.server_stream, "extra": meta,
+    progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": scores,
+                "lost": method.lost, "stream": method.server_stream, "extra": meta,
                 "device_checkpoint": ckpt if method.device_stateful else None}
     save_checkpoint(out, tensors, method.optimizers(), progress)
 
 
-def _restore(out: Path, setup: Setup, method, losses: list, evals: list) -> int:
+def _restore(out: Path, setup: Setup, method, losses: list, evals: list, scores: list) -> int:
     """Load the checkpoint in ``out`` into the model, optimizers and RNG; return the epoch to start."""
     if not method.resumable:
         raise SfsimError(f"--resume is not supported for {method.name}")
     weights, progress = load_checkpoint(out, method.optimizers())
     load_full_state(setup.lm.model, setup.head, {k: v for k, v in weights.items() if not k.startswith("x.")})
     method.load_server_extra({k[2:]: v for k, v in weights.items() if k.startswith("x.")}, progress["extra"])
-    losses[:], evals[:] = progress["losses"], progress["evals"]
+    losses[:], evals[:], scores[:] = progress["losses"], progress["evals"], progress.get("scores", [])
     method.lost, method.server_stream = progress["lost"], [tuple(x) for x in progress["stream"]]
     method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"],
                           "device_checkpoint": progress["device_checkpoint"]}
@@ -427,7 +445,12 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
     mixing = stream_mixing([d for d, _ in stream], [lab for _, lab in stream], window=max(4 * len(devices), 1))
     summary = m.summary(devices)
     link_s = {d.name: summary["uplink_bytes_by_device"][d.name] * 8 / d.uplink.bandwidth for d in scenario.devices}
+    last, major = (info["scores"] or [{}])[-1], info["majority"] or {}
     return {"method": cfg.method, "task": cfg.task, "model": cfg.model, "eval_accuracy": evals[-1] if evals else None,
+            "eval_f1": last.get("f1"), "eval_macro_f1": last.get("macro_f1"), "eval_metrics": last,
+            "eval_metrics_history": info["scores"], "majority_baseline": info["majority"],
+            "majority_accuracy": major.get("accuracy"), "majority_macro_f1": major.get("macro_f1"),
+            "absent_classes": info["absent_classes"], "warnings": info["warnings"],
             "eval_history": evals, "train_loss_history": losses, **summary, "wall_s": round(wall_s, 3),
             "uplink_time_modelled_s": {k: round(v, 6) for k, v in link_s.items()},
             "cuts": setup.cuts, "lora_start": setup.lora_start, "lora_blocks": method.lora_block_indices(),
@@ -486,8 +509,11 @@ def evaluate_saved(out_dir: str, data_dir: str | None = None, eval_samples: int 
             return acfg["sfsim"]["eval_cut"]
 
     n_eval = min(cfg.eval_samples or len(dev), len(dev))
-    acc = score(_Saved(), lm, head, dev, cfg, n_eval)
-    return {"method": cfg.method, "task": cfg.task, "eval_accuracy": round(acc, 6), "eval_samples": n_eval}
+    scores = score(_Saved(), lm, head, dev, cfg, n_eval)
+    out = {"method": cfg.method, "task": cfg.task, "eval_accuracy": round(scores["accuracy"], 6), "eval_samples": n_eval}
+    if "macro_f1" in scores:
+        out.update(eval_f1=scores["f1"], eval_macro_f1=scores["macro_f1"])
+    return out
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

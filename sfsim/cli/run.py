@@ -118,10 +118,24 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
             _one_role(cfg, role, rank, world_size, master, resume)
         m = run_job(cfg, resume=resume)
     lost = f", lost {', '.join(m['lost_devices'])}" if m.get("lost_devices") else ""
-    click.echo(f"{m['method']} on {m['task']} ({cfg.launch}): eval accuracy {m['eval_accuracy']:.4f}, "
+    click.echo(f"{m['method']} on {m['task']} ({cfg.launch}): {_scores(m)}, "
                f"device FLOPs {m['device_flops_total']:.3e}, server FLOPs {m['server_flops_total']:.3e}, "
                f"uplink {m['uplink_bytes']} B, downlink {m['downlink_bytes']} B, {m['wall_s']:.1f} s{lost} -> "
                f"{cfg.out}")
+
+
+def _scores(m: dict) -> str:
+    """Eval accuracy, F1 (two classes) and macro-F1 beside the dev set's majority-class baseline."""
+    text = f"eval accuracy {m['eval_accuracy']:.4f}"
+    if m.get("eval_f1") is not None:
+        text += f", F1 {m['eval_f1']:.4f}"
+    if m.get("eval_macro_f1") is not None:
+        text += f", macro-F1 {m['eval_macro_f1']:.4f}"
+    base = m.get("majority_baseline")
+    if base:
+        text += (f" (majority class {base['class']}: accuracy {base['accuracy']:.4f}, "
+                 f"macro-F1 {base['macro_f1']:.4f})")
+    return text
 
 
 def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: str | None, resume: bool) -> None:
@@ -133,8 +147,8 @@ def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: 
     code = run_role(cfg, role, rank, world_size, master, resume=resume)
     if code == 0 and role == "server":
         m = json.loads((Path(cfg.out) / "metrics.json").read_text())
-        click.echo(f"{m['method']} on {m['task']} (server of {world_size - 1} devices): eval accuracy "
-                   f"{m['eval_accuracy']:.4f}, {m['wall_s']:.1f} s -> {cfg.out}")
+        click.echo(f"{m['method']} on {m['task']} (server of {world_size - 1} devices): {_scores(m)}, "
+                   f"{m['wall_s']:.1f} s -> {cfg.out}")
     exit_now(code)
 
 

@@ -1,7 +1,9 @@
-"""Scoring a (split) model: classification accuracy, and GSM8K exact match by greedy decoding."""
+"""Scoring a (split) model: classification accuracy, F1 and macro-F1 (and the majority-class baseline's),
+and GSM8K exact match by greedy decoding."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from trainer.data import gsm8k_final_number
@@ -9,15 +11,58 @@ from trainer.runtime import device_kwargs, trim
 
 
 @torch.no_grad()
-def accuracy(device, server, data: dict[str, torch.Tensor], batch_size: int = 64) -> float:
-    """Share of rows whose argmax logit equals the label (``server(device(ids, mask), mask)`` gives (B, C))."""
-    n, correct = data["input_ids"].shape[0], 0
-    for s in range(0, n, batch_size):
+def predict(device, server, data: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+    """Argmax class of every row (``server(device(ids, mask), mask)`` gives (B, C) logits): (N,) int64."""
+    out = []
+    for s in range(0, data["input_ids"].shape[0], batch_size):
         b = trim({k: v[s:s + batch_size] for k, v in data.items()})
         h = device(b["input_ids"], b["attention_mask"], **device_kwargs(b))  # (B, T, d)
-        logits = server(h, b["attention_mask"])  # (B, C)
-        correct += int((logits.argmax(-1) == b["labels"]).sum())
-    return correct / max(n, 1)
+        out.append(server(h, b["attention_mask"]).argmax(-1))  # (B,)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+
+
+def accuracy(device, server, data: dict[str, torch.Tensor], batch_size: int = 64) -> float:
+    """Share of rows whose argmax logit equals the label."""
+    preds = predict(device, server, data, batch_size)
+    return int((preds == data["labels"]).sum()) / max(len(preds), 1)
+
+
+def classification_scores(preds, labels, num_labels: int) -> dict:
+    """Accuracy, macro-F1 over all ``num_labels`` classes and, for two classes, F1 of class 1.
+
+    A class's F1 is 2·TP / (2·TP + FP + FN), and 0 when the class is never predicted nor present
+    (so a model that never answers a class scores 0 on it, as in scikit-learn's ``zero_division=0``).
+    Macro-F1 is the plain mean over classes; ``f1`` (binary tasks: MRPC's "paraphrase", SST-2's
+    "positive") is ``None`` for more classes.
+
+    Example:
+        >>> classification_scores([1, 1, 1, 1], [1, 1, 1, 0], 2)
+        {'accuracy': 0.75, 'macro_f1': 0.428571, 'f1': 0.857143, 'per_class_f1': [0.0, 0.857143]}
+    """
+    p = np.asarray(preds, dtype=np.int64).ravel()
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    if p.shape != y.shape:
+        raise ValueError(f"{len(p)} predictions for {len(y)} labels")
+    per = []
+    for c in range(num_labels):
+        tp = int(np.sum((p == c) & (y == c)))
+        wrong = int(np.sum((p == c) != (y == c)))  # FP + FN
+        per.append(2 * tp / (2 * tp + wrong) if tp + wrong else 0.0)
+    r = lambda v: round(float(v), 6)  # noqa: E731
+    return {"accuracy": r(np.mean(p == y)) if len(y) else 0.0, "macro_f1": r(np.mean(per)),
+            "f1": r(per[1]) if num_labels == 2 else None, "per_class_f1": [r(v) for v in per]}
+
+
+def majority_baseline(labels, num_labels: int) -> dict:
+    """Scores of always answering the most frequent class of ``labels`` (ties: the lower id).
+
+    Example:
+        >>> majority_baseline([1, 1, 0], 2)["class"], majority_baseline([1, 1, 0], 2)["accuracy"]
+        (1, 0.666667)
+    """
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    top = int(np.argmax(np.bincount(y, minlength=num_labels))) if len(y) else 0
+    return {"class": top, **classification_scores(np.full(len(y), top), y, num_labels)}
 
 
 @torch.no_grad()
