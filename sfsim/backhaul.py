@@ -101,5 +101,7 @@ def backhaul_for(engine: Engine, scenario, cm, lora_start: int, job) -> Backhaul
     L = scenario.arch.n_layers
     servers = [(s.name, s.backhaul.bandwidth, s.backhaul.latency) for s in scenario.servers]
     active = {d.server for d in job.devices if d.n}
+    if getattr(job, "network", None) is not None:  # servers that devices hand over to train too
+        active |= {leg.server for m in job.network.moving.values() for leg in m.legs}
     sync = scenario.training.sync
     return Backhaul(engine, servers, cm.adapter_bytes(range(lora_start, L), head=True), sync.every, sync.mode, active)

@@ -71,7 +71,6 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import dataclass
 
 import simpy
 
@@ -91,100 +90,10 @@ from sfsim.policies import (  # noqa: F401 (re-exported: the engine's policies)
     make_policy,
     paced_order,
 )
+from sfsim.stagetimes import DeviceTimes, ServerTimes  # noqa: F401 (re-exported)
 from sfsim.trace import TraceEvent
 
 _NORMAL = simpy.events.NORMAL  # SimPy's priority for ordinary (non-urgent) events
-
-
-@dataclass(frozen=True)
-class DeviceTimes:
-    """Per-device stage durations (s) and sizes (bytes) that a schedule hands to the engine.
-
-    Attributes:
-        name: device name (its lane).
-        server: index of its server in the schedule's server list.
-        n: micro-batches it contributes in total (all epochs).
-        sent: micro-batches it computes and sends itself (``n``, or one epoch with activation caching).
-        f, b, w: device forward, backward-B and backward-W seconds per micro-batch.
-        step: device optimizer step seconds (schedules that train on the device).
-        up_s, up_l: uplink serialisation and propagation seconds per micro-batch transfer.
-        down_s, down_l: downlink serialisation and propagation seconds per micro-batch transfer.
-        sync_up_s, sync_down_s: adapter upload and download serialisation seconds (FedAvg).
-        srv_f, srv_b, srv_w: server seconds per micro-batch of this device.
-        up_bytes, down_bytes, sync_bytes: bytes per micro-batch up, down, and per adapter transfer.
-        act_bytes: bytes of one micro-batch's activations at the device's cut (the mixing pool's memory).
-        per_epoch, last: micro-batches per epoch and the size of each epoch's last one relative to a
-            full one (``samples % micro_batch / micro_batch``, 1 when it divides). Every per-micro-batch
-            time and byte count above is for a full micro-batch; the last of each epoch takes ``last``
-            of it (FLOPs, bytes and so times are linear in the batch; latencies and steps are not).
-    """
-
-    name: str
-    server: int = 0
-    n: int = 1
-    sent: int = -1
-    f: float = 0.0
-    b: float = 0.0
-    w: float = 0.0
-    step: float = 0.0
-    up_s: float = 0.0
-    up_l: float = 0.0
-    down_s: float = 0.0
-    down_l: float = 0.0
-    sync_up_s: float = 0.0
-    sync_down_s: float = 0.0
-    srv_f: float = 0.0
-    srv_b: float = 0.0
-    srv_w: float = 0.0
-    up_bytes: float = 0.0
-    down_bytes: float = 0.0
-    sync_bytes: float = 0.0
-    act_bytes: float = 0.0
-    per_epoch: int = 0
-    last: float = 1.0
-
-    def __post_init__(self):
-        if self.n < 0:
-            raise SfsimError(f"device {self.name!r}: micro-batch count must be >= 0, got {self.n}")
-        if not 0 < self.last <= 1 or (self.last < 1 and self.per_epoch < 1):
-            raise SfsimError(f"device {self.name!r}: last micro-batch size {self.last} must be in (0, 1] "
-                             "and needs per_epoch >= 1")
-        if self.sent < 0:
-            object.__setattr__(self, "sent", self.n)
-        for key in ("f", "b", "w", "step", "up_s", "up_l", "down_s", "down_l", "sync_up_s",
-                    "sync_down_s", "srv_f", "srv_b", "srv_w"):
-            val = getattr(self, key)
-            if not (val >= 0 and math.isfinite(val)):
-                raise SfsimError(f"device {self.name!r}: stage time {key} must be finite and >= 0, got {val}")
-
-    def size(self, n: int) -> float:
-        """Size of micro-batch ``n`` relative to a full one: ``last`` for each epoch's last, else 1."""
-        return self.last if self.last < 1.0 and (n + 1) % self.per_epoch == 0 else 1.0
-
-    def units(self, m: int) -> float:
-        """Full-micro-batch equivalents in the first ``m`` micro-batches (what FLOPs and bytes scale by)."""
-        return m - (m // self.per_epoch) * (1.0 - self.last) if self.last < 1.0 else float(m)
-
-
-@dataclass(frozen=True)
-class ServerTimes:
-    """One server as the engine sees it.
-
-    Attributes:
-        name: server name (lane prefix).
-        count: parallel workers (accelerators).
-        step: optimizer step seconds on one worker.
-        aggregate: FedAvg seconds per participating device (fedlora, splitlora).
-    """
-
-    name: str
-    count: int = 1
-    step: float = 0.0
-    aggregate: float = 0.0
-
-    def lane(self, w: int = 0) -> str:
-        """Lane name of worker ``w``: the server name when it has one worker, else ``name/w``."""
-        return self.name if self.count == 1 else f"{self.name}/{w}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +124,8 @@ class Engine:
         self.pool_peak_bytes: dict[str, float] = {}
         self.sync = None  # a sfsim.backhaul.Backhaul when SplitFrozen servers synchronise
         self._finishers: list = []
+        self._soft = 0  # pending timers that do not keep the run going (see soft_at)
+        self._soft_used = False
 
     def on_finish(self, fn) -> None:
         """Call ``fn()`` after the run ends (schedules copy their busy totals here)."""
@@ -246,9 +157,28 @@ class Engine:
         """Trigger ``event`` at absolute time ``t`` (>= now)."""
         self.at(t).callbacks.append(lambda _e: event.succeed())
 
+    def soft_at(self, t: float, fn) -> None:
+        """Call ``fn()`` at time ``t`` unless the run has ended by then (a timeout that does not extend it).
+
+        The dynamic network's deadlines (:mod:`sfsim.dynamic`) use it: a handover at 120 s must wake a
+        device waiting for a credit, but must not make a run that ended at 50 s last until 120 s.
+        """
+        self._soft += 1
+        self._soft_used = True
+
+        def fire(_e):
+            self._soft -= 1
+            fn()
+        self.at(t).callbacks.append(fire)
+
     def run(self) -> float:
-        """Run until no event is left; returns the makespan (time of the last event)."""
-        self.env.run()
+        """Run until no event is left (but soft timers); returns the makespan (time of the last event)."""
+        if not self._soft_used:
+            self.env.run()
+        else:
+            env = self.env
+            while len(env._queue) > self._soft:
+                env.step()
         for fn in self._finishers:
             fn()
         return self.env.now
@@ -325,6 +255,7 @@ class ServerPool:
         self.release: dict[int, simpy.Event] = {}  # sequential: device -> event to release it
         self.busy = 0.0
         self.index, self.sync, self.running = index, engine.sync, server.count
+        self.flight_bound: float | None = None  # set by sfsim.dynamic: devices may arrive at any latency
         engine.on_finish(self._finish)
         self.workers = [self.env.process(self._worker(w)) for w in range(server.count)]
 
@@ -439,6 +370,8 @@ class ServerPool:
     def _min_flight(self) -> float:
         """A lower bound on (arrival - push time) of any future push: send + latency, 0 with replays."""
         mine = [d for k, d in enumerate(self.devices) if d.n and self.totals[k]]
+        if self.flight_bound is not None:
+            return self.flight_bound
         if any(d.sent < d.n for d in mine):
             return 0.0  # replays are pushed at the claiming instant
         return min((d.up_s * d.last + d.up_l for d in mine), default=0.0)  # a partial one sends sooner

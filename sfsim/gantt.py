@@ -41,6 +41,8 @@ COLORS = {
     "step": "#000000",       # black
     "aggregate": "#56B4E9",  # sky blue
     "wait": "#D9D9D9",       # light grey
+    "offline": "#8C8C8C",    # dark grey
+    "handover": "#E69F00",   # orange (a marker: the op is an instant)
 }
 
 BINS = 1000
@@ -176,6 +178,11 @@ def _draw(ax, panel: Panel, rows: list[Row], end: float) -> set[str]:
             x, lo, hi = _steps(edges, base - bottom * lane_h, base - top * lane_h)
             ax.fill_between(x, lo, hi, step="post", facecolor=COLORS.get(op, "#999999"), linewidth=0)
             bottom = top
+    instants = [(r, ev.start) for ev in panel.events if ev.op == "handover"
+                for r, row in enumerate(rows) if ev.lane in row.lanes]
+    if instants:  # instants have no width: a marker on the lane
+        ax.plot([t for _, t in instants], [r for r, _ in instants], linestyle="none", marker="v",
+                markersize=6, color=COLORS["handover"], markeredgecolor="black", markeredgewidth=0.5)
     labels = []
     for row in rows:
         frac = sum(total.get(lane, 0.0) for lane in row.lanes) / (len(row.lanes) * span)
@@ -190,7 +197,7 @@ def _draw(ax, panel: Panel, rows: list[Row], end: float) -> set[str]:
             ax.axhline(r - 0.5, color="#e8e8e8", linewidth=0.6)
     if panel.title:
         ax.set_title(panel.title, fontsize=10, loc="left")
-    return {op for (_, op) in busy}
+    return {op for (_, op) in busy} | ({"handover"} if instants else set())
 
 
 def _percent(frac: float) -> str:
@@ -211,7 +218,7 @@ def _steps(edges: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarra
 def _busy_totals(events: Iterable[TraceEvent]) -> dict[str, float]:
     out: dict[str, float] = {}
     for ev in events:
-        if ev.op != "wait":  # waiting is not work
+        if ev.op not in ("wait", "offline"):  # waiting and being offline are not work
             out[ev.lane] = out.get(ev.lane, 0.0) + ev.dur
     return out
 

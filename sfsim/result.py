@@ -43,6 +43,13 @@ class SimResult:
         events: trace events when asked for (``trace=True``), else None.
         device_types: device -> its device type (groups big fleets in the Gantt chart).
         server_workers: server -> accelerators (``count``), so idle workers show in the Gantt chart.
+        handovers: one dict per handover of the scenario (:mod:`sfsim.mobility`): ``device``, ``at_s``,
+            ``from``, ``to``, ``sent_before`` and ``sent_after`` (micro-batches whose send started
+            before / at or after ``at_s``; the latter went to ``to`` or a later server).
+        samples_not_trained: device -> samples (summed over epochs) it never trained, for devices
+            with ``availability`` (:mod:`sfsim.availability`); 0 when all were trained.
+        uplink_send_s: device -> seconds its uplink spent sending, for devices of the dynamic network
+            (the radio's energy uses it instead of bytes over the nominal bandwidth).
     """
 
     schedule: str
@@ -70,6 +77,9 @@ class SimResult:
     events: list[TraceEvent] | None = None
     device_types: dict[str, str] = field(default_factory=dict)
     server_workers: dict[str, int] = field(default_factory=dict)
+    handovers: list[dict] = field(default_factory=list)
+    samples_not_trained: dict[str, int] = field(default_factory=dict)
+    uplink_send_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def uplink_bytes(self) -> float:
@@ -103,7 +113,7 @@ class SimResult:
                 "uplink_bytes_by_device", "downlink_bytes_by_device", "device_flops_total",
                 "device_flops_max", "splits", "lora_start", "assignment", "policy", "stream_mixing",
                 "stream_mixing_by_server", "server_wait_s", "pool_peak_bytes", "assignment_source", "energy",
-                "backhaul_bytes_by_server", "sync_rounds")
+                "backhaul_bytes_by_server", "sync_rounds", "handovers", "samples_not_trained")
         return {k: getattr(self, k) for k in keys}
 
     def to_json(self, path: str | Path | None = None) -> str:

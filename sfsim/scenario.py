@@ -17,10 +17,13 @@ from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
 from sfsim.arch import Arch, resolve_arch
+from sfsim.availability import Availability, availability_for
 from sfsim.energy import Power
 from sfsim.errors import ConfigError
-from sfsim.flops import lora_target_names
-from sfsim.schema import STRICT, Bandwidth, Bytes, Flops, Seconds, read_yaml, validate
+from sfsim.linkrate import Link, read_trace, trace_mean
+from sfsim.loratargets import resolve_targets
+from sfsim.mobility import Handover, check_handovers
+from sfsim.schema import STRICT, Bytes, Flops, read_yaml, validate
 
 # Bounds on what a scenario may ask for, so that no file can exhaust the machine (memory or time):
 MAX_DEVICES = 100_000  # devices in the fleet (the planner bench runs 1,000; the engine bench 10,000)
@@ -60,7 +63,8 @@ class LoraSpec:
     rank: int = Field(default=8, gt=0, le=MAX_RANK)
     alpha: float = Field(default=16.0, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    targets: list[str] | None = Field(default=None, description="module names; default: the family's q/v")
+    targets: list[str] | None = Field(default=None, description="module names, in-block paths or aliases (q, k, v, "
+                                      "o, qkv, attn, mlp, all-linear; sfsim/loratargets.py); default: the family's q/v")
 
 
 @dataclass(config=STRICT, kw_only=True)
@@ -108,14 +112,6 @@ class Training:
 
 
 @dataclass(config=STRICT, kw_only=True)
-class Link:
-    """One direction of a network link."""
-
-    bandwidth: Bandwidth
-    latency: Seconds = 0.0
-
-
-@dataclass(config=STRICT, kw_only=True)
 class Server:
     """A server (or a node of identical accelerators) that trains the LoRA suffix."""
 
@@ -153,6 +149,10 @@ class DeviceType:
     server: str | None = Field(default=None, description="pin to this server; default: planner's choice "
                                "(without a plan: the least-loaded server, see sfsim.assign)")
     power: Power | None = Field(default=None, description="watts computing, idle, on the radio (sfsim.energy)")
+    handover: list[Handover] = Field(default_factory=list, description="moves to other servers during the run "
+                                     "(sfsim.mobility)")
+    availability: Availability | None = Field(default=None, description="online windows or an on/off process, "
+                                              "and churn: pause or drop (sfsim.availability)")
 
     @model_validator(mode="after")
     def _one_speed(self):
@@ -176,6 +176,8 @@ class Device:
     latency_profile: str | None
     server_pinned: bool = False  # True when the file names the server; the planner may not move it
     power: Power | None = None
+    handover: tuple[Handover, ...] = ()
+    availability: Availability | None = None
 
 
 @dataclass(config=STRICT, kw_only=True)
@@ -259,16 +261,46 @@ class Scenario:
         if tr.split is not None and tr.lora_start is not None and tr.lora_start < tr.split:
             raise ConfigError(file, "training.lora_start", f"{tr.lora_start} is below the cut {tr.split}: "
                               "LoRA must start at or above every device's cut")
-        targets = tr.lora.targets
-        if targets is not None:
-            names = lora_target_names(self.arch)
-            bad = [t for t in targets if t not in names]
-            if bad or not targets:
-                what = f"{bad[0]!r} is not a linear module of {self.arch.name}'s blocks" if bad else "empty"
-                raise ConfigError(file, "training.lora.targets", f"{what}; choose from {', '.join(names)} "
-                                  f"(or leave targets out for {', '.join(self.arch.default_lora_targets)})")
+        if tr.lora.targets is not None:
+            try:
+                resolve_targets(self.arch, tr.lora.targets)
+            except ValueError as err:
+                raise ConfigError(file, "training.lora.targets", str(err)) from None
         if tr.splitlora_cut >= L:
             raise ConfigError(file, "training.splitlora_cut", f"{tr.splitlora_cut} >= {L} blocks")
+        self._check_dynamics(file)
+
+    def _check_dynamics(self, file: str | None) -> None:
+        """Handovers, time-varying links and availability: check them and fill nominal bandwidths."""
+        names = [s.name for s in self.servers]
+        for i, srv in enumerate(self.servers):
+            if srv.backhaul is not None and srv.backhaul.varies:
+                raise ConfigError(file, f"servers[{i}].backhaul", "a time-varying backhaul is not simulated; "
+                                  "give a constant bandwidth")
+        for i, t in enumerate(self.device_types):
+            key = f"devices[{i}]"
+            check_handovers(t.handover, names, file, f"{key}.handover")
+            links = [(f"{key}.uplink", t.uplink), (f"{key}.downlink", t.downlink)]
+            links += [(f"{key}.handover[{j}].uplink", h.uplink) for j, h in enumerate(t.handover) if h.uplink]
+            for where, link in links:
+                _fill_bandwidth(link, self.resolve_path, file, where)
+            if t.availability is not None:  # read the windows now, so a bad file fails at load
+                for d in self.devices:
+                    if d.type == t.name:
+                        availability_for(t.availability, d.name, t.name, self.resolve_path, self.training.seed,
+                                         file, f"{key}.availability")
+
+
+def _fill_bandwidth(link: Link, resolve, file: str | None, key: str) -> None:
+    """Read a link's trace (a bad one fails at load); a link given without bandwidth gets its time-average."""
+    if link.trace is not None:
+        mean = trace_mean(read_trace(resolve(link.trace), file, f"{key}.trace"))
+    elif link.gilbert_elliott is not None:
+        mean = link.gilbert_elliott.mean_rate
+    else:
+        return
+    if link.bandwidth is None:
+        link.bandwidth = mean
 
 
 def _check_size(spec: ScenarioFile, file: str | None) -> None:
@@ -292,7 +324,7 @@ def _expand(spec: ScenarioFile, file: str | None) -> list[Device]:
         for name in names:
             out.append(Device(name, t.name, t.memory, t.samples, t.uplink, t.downlink,
                               t.server or default_server, t.flops, t.latency_profile,
-                              t.server is not None, t.power))
+                              t.server is not None, t.power, tuple(t.handover), t.availability))
     return out
 
 

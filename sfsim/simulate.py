@@ -11,7 +11,8 @@ cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else 
 ``server`` pin, and the devices without one least-loaded over the servers
 (:func:`sfsim.assign.least_loaded`); ``SimResult.assignment_source`` says which. Each server
 trains its own replica on its devices' micro-batches; with ``training.sync`` the SplitFrozen servers
-average their adapters over their backhaul links (:mod:`sfsim.backhaul`).
+average their adapters over their backhaul links (:mod:`sfsim.backhaul`). Handovers, time-varying
+uplinks and device availability are simulated for SplitFrozen (:mod:`sfsim.dynamic`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from sfsim.assign import resolve_assignment
 from sfsim.backhaul import backhaul_for
 from sfsim.costmodel import CostModel
+from sfsim.dynamic import check_supported, report
 from sfsim.energy import run_energy
 from sfsim.engine import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
@@ -181,6 +183,7 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     cm, first_lora = CostModel(scenario), ls if ls is not None else max(cuts.values())
     assignment, source = resolve_assignment(scenario, cm, name, cuts, first_lora, plan)
     check_memory(scenario, cm, name, cuts, first_lora, assignment)
+    check_supported(scenario, name, cfg, tr.cache_activations)
     setup = Setup(scenario, cm, cuts, first_lora, assignment)
     module = get(name)
     job = module.build(setup, cache=tr.cache_activations)
@@ -191,6 +194,8 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     makespan = engine.run()
     res = _result(name, scenario, job, engine, makespan, setup, ls, cfg.policy if name in SPLITFROZEN else None)
     res.assignment_source = source
+    if getattr(job, "network", None) is not None:
+        report(res, setup, job, job.network.moving)
     res.energy = run_energy(res, scenario)
     if engine.sync is not None:
         res.backhaul_bytes_by_server, res.sync_rounds = dict(engine.sync.bytes), engine.sync.rounds

@@ -4,7 +4,8 @@ A lane is one resource that does one thing at a time: a device (``pi5-0``), its 
 (``link:pi5-0``), its downlink (``downlink:pi5-0``) or a server (``edge-gpu``; ``edge-gpu/1`` for
 its second accelerator). Ops are short names: ``F`` (forward), ``B`` (backward w.r.t. activations),
 ``W`` (backward w.r.t. trainable weights), ``BW`` (B and W fused), ``send``, ``step``
-(optimizer), ``aggregate`` (FedAvg), ``wait``.
+(optimizer), ``aggregate`` (FedAvg), ``wait``, ``offline`` (a device unavailable) and ``handover``
+(an instant: ``dur`` 0).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ OPS = {
     "step": "optimizer step",
     "aggregate": "FedAvg of adapters",
     "wait": "blocked (backpressure), or a server idle while its policy holds work back",
+    "offline": "device unavailable (availability, sfsim.availability)",
+    "handover": "device moves to another server (an instant, sfsim.mobility)",
 }
 
 

@@ -63,7 +63,7 @@ def _set(path, value):
      "s.yaml: devices[0].uplink.bandwidth: '50 Mbs' is not a bandwidth; write e.g. '50 Mbps' or a number in bit/s"),
     (_set(["devices", 1, "colour"], "red"),
      "s.yaml: devices[1].colour: unknown key; allowed here: name, memory, samples, uplink, downlink, count, "
-     "flops, latency_profile, server, power"),
+     "flops, latency_profile, server, power, handover, availability"),
     (_set(["devices", 0, "samples"], KeyError), "s.yaml: devices[0].samples: required key is missing"),
     (_set(["servers", 0, "flops"], -1), "s.yaml: servers[0].flops: Input should be greater than 0 (got -1)"),
     (_set(["devices", 0, "uplink", "bandwidth"], 0),
@@ -129,13 +129,20 @@ def test_hf_config_json(tmp_path):
         scenario_from_dict(data)
 
 
+_GPT2_NAMES = ("module names c_attn, c_proj, c_fc, attn.c_proj, mlp.c_proj or aliases q, k, v, o, qkv, attn, "
+               "attention, mlp, ffn, all-linear")
+
+
 @pytest.mark.parametrize("model,targets,message", [
-    ("gpt2", ["q", "v"], "s.yaml: training.lora.targets: 'q' is not a linear module of gpt2's blocks; choose from "
-                         "c_attn, c_proj, c_fc (or leave targets out for c_attn)"),
-    ("minilm-l6", ["q_proj"], "s.yaml: training.lora.targets: 'q_proj' is not a linear module of minilm-l6's "
-                              "blocks; choose from query, key, value, dense (or leave targets out for query, value)"),
-    ("gpt2", [], "s.yaml: training.lora.targets: empty; choose from c_attn, c_proj, c_fc "
-                 "(or leave targets out for c_attn)"),
+    ("gpt2", ["q", "v"], "s.yaml: training.lora.targets: 'q' has no module of its own in gpt2-family models: GPT-2 "
+                         "computes q, k and v in one fused c_attn, so write qkv (or c_attn) to adapt all three"),
+    ("minilm-l6", ["q_proj"], "s.yaml: training.lora.targets: 'q_proj' is not a LoRA target of bert-family models; "
+                              "use module names query, key, value, dense, attention.output.dense, intermediate.dense, "
+                              "output.dense or aliases q, k, v, o, qkv, attn, attention, mlp, ffn, all-linear"),
+    ("gpt2", ["c_attn", "mlpp"], f"s.yaml: training.lora.targets: 'mlpp' is not a LoRA target of gpt2-family models; "
+                                 f"use {_GPT2_NAMES}"),
+    ("gpt2", [], f"s.yaml: training.lora.targets: no LoRA target given; use {_GPT2_NAMES} (or leave targets out "
+                 "for c_attn)"),
 ])
 def test_lora_targets_checked_against_the_architecture(model, targets, message):
     data = copy.deepcopy(BASE)
@@ -144,6 +151,26 @@ def test_lora_targets_checked_against_the_architecture(model, targets, message):
     with pytest.raises(ConfigError) as exc:
         scenario_from_dict(data, source="s.yaml")
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("model,targets,modules", [
+    ("minilm-l6", ["q", "v"], ("query", "value")),
+    ("minilm-l6", ["attention"], ("query", "key", "value", "attention.output.dense")),
+    ("minilm-l6", ["ffn", "self.key"], ("key", "intermediate.dense", "output.dense")),
+    ("minilm-l6", ["dense"], ("attention.output.dense", "intermediate.dense", "output.dense")),
+    ("gpt2", ["qkv", "o"], ("c_attn", "attn.c_proj")),
+    ("gpt2", ["c_proj"], ("attn.c_proj", "mlp.c_proj")),
+    ("gpt2", ["mlp.c_proj", "attn.c_attn"], ("c_attn", "mlp.c_proj")),
+    ("smollm2-135m", ["all-linear"], ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    ("llama-3.2-1b", ["qkv", "mlp"], ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")),
+])
+def test_lora_target_aliases_resolve_to_the_family_modules(model, targets, modules):
+    from sfsim.costmodel import CostModel
+
+    data = copy.deepcopy(BASE)
+    data["model"]["name"] = model
+    data["training"]["lora"] = {"targets": targets}
+    assert CostModel(scenario_from_dict(data)).lora_targets == modules
 
 
 def test_lora_targets_of_the_family_load_and_cost_flops():

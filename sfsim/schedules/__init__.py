@@ -83,12 +83,14 @@ class Job:
     Attributes:
         devices, servers: engine inputs (stage seconds and bytes).
         device_flops: device -> FLOP over the run; server_flops: server -> FLOP.
+        network: the dynamic network (:class:`sfsim.dynamic.Network`) when the scenario has one.
     """
 
     devices: list[DeviceTimes]
     servers: list[ServerTimes]
     device_flops: dict[str, float] = field(default_factory=dict)
     server_flops: dict[str, float] = field(default_factory=dict)
+    network: object | None = None  # SplitFrozen: a sfsim.dynamic.Network (handover, varying links, churn)
 
 
 def link_seconds(nbytes: float, link) -> float:

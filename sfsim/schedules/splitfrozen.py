@@ -21,6 +21,8 @@ sequential, with ``srv`` = server F + B + W seconds.
 
 from __future__ import annotations
 
+from sfsim import dynamic
+from sfsim.dynamic import network
 from sfsim.engine import DeviceTimes, Engine, ServerPool, ServerTimes
 from sfsim.schedules import Job, RunConfig, Setup, link_seconds
 
@@ -53,19 +55,30 @@ def build(setup: Setup, cache: bool = False) -> Job:
         job.devices.append(dt)
         job.device_flops[d.name] = dt.units(sent) * prefix.f
         job.server_flops[srv.name] += dt.units(n) * suffix.total
+    job.network = network(setup, job)
     return job
 
 
 def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
-    """Start the server pools and one process per device on ``engine`` (call ``engine.run()`` after)."""
-    pools = [ServerPool(engine, s, job.devices, k, cfg.buffer, cfg.accumulate, cfg.decompose, cfg.policy,
-                        sequential, cfg.credits, cfg.pool_memory, cfg.seed) for k, s in enumerate(job.servers)]
+    """Start the server pools and one process per device on ``engine`` (call ``engine.run()`` after).
+
+    Devices of the job's dynamic network (handover, varying uplink, availability) run
+    :func:`sfsim.dynamic.device_process` instead (checked by :func:`sfsim.dynamic.check_supported`).
+    """
+    net = job.network
+    pools = [ServerPool(engine, s, net.views[k] if net else job.devices, k, cfg.buffer, cfg.accumulate,
+                        cfg.decompose, cfg.policy, sequential, cfg.credits, cfg.pool_memory, cfg.seed)
+             for k, s in enumerate(job.servers)]
     proc = _sequential if sequential else _pipelined
+    moving = net.moving if net else {}
+    if moving:
+        dynamic.prepare(engine, pools, cfg.buffer, moving)
+        dynamic.start(engine, pools, job, moving)
     for i, d in enumerate(job.devices):
         engine.device_busy[d.name] = d.units(d.sent) * d.f
         engine.up_bytes[d.name] = d.units(d.sent) * d.up_bytes
         engine.down_bytes[d.name] = 0.0
-        if d.sent:
+        if d.sent and i not in moving:
             engine.env.process(proc(engine, pools[d.server], i, d))
 
 
