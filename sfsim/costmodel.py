@@ -30,6 +30,7 @@ from sfsim.flops import (
     norm_params,
 )
 from sfsim.latency import load_latency_profile
+from sfsim.loratargets import resolve_targets
 from sfsim.profilerates import ProfileRates
 from sfsim.scenario import WIRE_BYTES, Device, Scenario, Server
 
@@ -199,7 +200,7 @@ class CostModel:
         self.micro_batch, self.seq_len, self.task = tr.micro_batch, m.seq_len, m.task
         self.num_labels = m.num_labels
         self.lora_rank = tr.lora.rank
-        self.lora_targets: tuple[str, ...] = tuple(tr.lora.targets or self.arch.default_lora_targets)
+        self.lora_targets: tuple[str, ...] = resolve_targets(self.arch, tr.lora.targets)  # aliases -> modules
         self.dtype_bytes = WIRE_BYTES[tr.dtype]
         self.wire_bytes = WIRE_BYTES[tr.wire_dtype]
         self.lf: LayerFlops = self._layer_flops(self.arch, self.seq_len, self.micro_batch)

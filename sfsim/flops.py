@@ -48,7 +48,7 @@ class Op:
     Attributes:
         kind: ``linear`` (a weight matmul), ``attn`` (activation x activation matmul) or ``ew``
             (elementwise: norm, activation, softmax, add; no FLOPs counted).
-        name: module leaf name for linears (LoRA targets match it), a label otherwise.
+        name: module leaf name for linears, a label otherwise.
         inputs: names of the tensors it reads.
         output: name of the tensor it writes.
         fan_in, fan_out: linear shape (``fan_in -> fan_out`` per token).
@@ -56,6 +56,8 @@ class Op:
         saves: what autograd keeps when the output requires grad, as ``(key, width tensor, copies)``;
             for ``attn`` ops entry ``i`` is kept only when input ``i`` requires grad (the other
             operand). Keys deduplicate tensors that torch saves once.
+        path: a linear's module path inside the block, as in Hugging Face (``attn.c_proj``); LoRA
+            targets match it (:func:`target_matches`).
     """
 
     kind: str
@@ -66,10 +68,24 @@ class Op:
     fan_out: int = 0
     bias: bool = False
     saves: tuple[tuple[str, str, int], ...] = ()
+    path: str = ""
 
 
-def _lin(name, src, dst, fi, fo, bias):
-    return Op("linear", name, (src,), dst, fi, fo, bias)
+def _lin(path, src, dst, fi, fo, bias):
+    return Op("linear", path.rsplit(".", 1)[-1], (src,), dst, fi, fo, bias, path=path)
+
+
+def target_matches(path: str, target: str) -> bool:
+    """Whether LoRA ``target`` names the linear at ``path`` inside a block (the trainer's rule too).
+
+    A dotted target is a path from the block (``attn.c_proj``); a bare one a module name anywhere in
+    it (``c_proj``: both of GPT-2's).
+
+    Example:
+        >>> target_matches("mlp.c_proj", "c_proj"), target_matches("mlp.c_proj", "attn.c_proj")
+        (True, False)
+    """
+    return path == target if "." in target else path.rsplit(".", 1)[-1] == target
 
 
 def _ew(name, srcs, dst, *saves):
@@ -91,34 +107,34 @@ def block_graph(arch: Arch) -> tuple[list[Op], dict[str, int]]:
     qd, kvd = h * hd, kv * hd
     q_, k_, v_, p_ = ("att_q", "qd", 1), ("att_k", "qd", 1), ("att_v", "qd", 1), ("p", "p", 1)
     if arch.family == "gpt2":
-        ops = [_ew("ln_1", ["x"], "h1", ("x", "x", 1)), _lin("c_attn", "h1", "qkv", d, 3 * d, True),
+        ops = [_ew("ln_1", ["x"], "h1", ("x", "x", 1)), _lin("attn.c_attn", "h1", "qkv", d, 3 * d, True),
                _attn("qk", "qkv", "qkv", "s", k_, q_), _ew("softmax", ["s"], "p", p_),
-               _attn("pv", "p", "qkv", "ctx", v_, p_), _lin("c_proj", "ctx", "a", d, d, True),
+               _attn("pv", "p", "qkv", "ctx", v_, p_), _lin("attn.c_proj", "ctx", "a", d, d, True),
                _ew("add", ["x", "a"], "r1"), _ew("ln_2", ["r1"], "h2", ("r1", "r1", 1)),
-               _lin("c_fc", "h2", "u", d, i_, True),
+               _lin("mlp.c_fc", "h2", "u", d, i_, True),
                _ew("gelu", ["u"], "g", ("u", "u", 4)),  # NewGELU (tanh form) keeps 4 tensors of (B, T, I)
-               _lin("c_proj", "g", "m", i_, d, True), _ew("add", ["r1", "m"], "out")]
+               _lin("mlp.c_proj", "g", "m", i_, d, True), _ew("add", ["r1", "m"], "out")]
         widths = {"x": d, "h1": d, "qkv": 3 * d, "ctx": d, "a": d, "r1": d, "h2": d, "u": i_, "g": i_,
                   "m": d, "out": d}
     elif arch.family == "llama":
-        ops = [_ew("input_layernorm", ["x"], "h1", ("x", "x", 1)), _lin("q_proj", "h1", "q", d, qd, False),
-               _lin("k_proj", "h1", "k", d, kvd, False), _lin("v_proj", "h1", "v", d, kvd, False),
+        ops = [_ew("input_layernorm", ["x"], "h1", ("x", "x", 1)), _lin("self_attn.q_proj", "h1", "q", d, qd, False),
+               _lin("self_attn.k_proj", "h1", "k", d, kvd, False), _lin("self_attn.v_proj", "h1", "v", d, kvd, False),
                _ew("rope_q", ["q"], "qr"), _ew("rope_k", ["k"], "kr"),
                _attn("qk", "qr", "kr", "s", k_, q_), _ew("softmax", ["s"], "p", p_),
-               _attn("pv", "p", "v", "ctx", v_, p_), _lin("o_proj", "ctx", "a", qd, d, False),
+               _attn("pv", "p", "v", "ctx", v_, p_), _lin("self_attn.o_proj", "ctx", "a", qd, d, False),
                _ew("add", ["x", "a"], "r1"), _ew("post_attention_layernorm", ["r1"], "h2", ("r1", "r1", 1)),
-               _lin("gate_proj", "h2", "gt", d, i_, False), _lin("up_proj", "h2", "up", d, i_, False),
+               _lin("mlp.gate_proj", "h2", "gt", d, i_, False), _lin("mlp.up_proj", "h2", "up", d, i_, False),
                _ew("silu_mul", ["gt", "up"], "g", ("gt", "gt", 2), ("up", "up", 1)),  # gate, silu(gate), up
-               _lin("down_proj", "g", "m", i_, d, False), _ew("add", ["r1", "m"], "out")]
+               _lin("mlp.down_proj", "g", "m", i_, d, False), _ew("add", ["r1", "m"], "out")]
         widths = {"x": d, "h1": d, "q": qd, "k": kvd, "v": kvd, "qr": qd, "kr": kvd, "ctx": qd, "a": d,
                   "r1": d, "h2": d, "gt": i_, "up": i_, "g": i_, "m": d, "out": d}
     elif arch.family == "bert":
-        ops = [_lin("query", "x", "q", d, d, True), _lin("key", "x", "k", d, d, True),
-               _lin("value", "x", "v", d, d, True), _attn("qk", "q", "k", "s", k_, q_),
+        ops = [_lin("attention.self.query", "x", "q", d, d, True), _lin("attention.self.key", "x", "k", d, d, True),
+               _lin("attention.self.value", "x", "v", d, d, True), _attn("qk", "q", "k", "s", k_, q_),
                _ew("softmax", ["s"], "p", p_), _attn("pv", "p", "v", "ctx", v_, p_),
-               _lin("dense", "ctx", "a", d, d, True), _ew("add_ln", ["x", "a"], "r1", ("ln1_in", "r1", 1)),
-               _lin("dense", "r1", "u", d, i_, True), _ew("gelu", ["u"], "g", ("u", "u", 1)),
-               _lin("dense", "g", "m", i_, d, True), _ew("add_ln", ["r1", "m"], "out", ("ln2_in", "out", 1))]
+               _lin("attention.output.dense", "ctx", "a", d, d, True), _ew("add_ln", ["x", "a"], "r1", ("ln1_in", "r1", 1)),
+               _lin("intermediate.dense", "r1", "u", d, i_, True), _ew("gelu", ["u"], "g", ("u", "u", 1)),
+               _lin("output.dense", "g", "m", i_, d, True), _ew("add_ln", ["r1", "m"], "out", ("ln2_in", "out", 1))]
         widths = {"x": d, "q": d, "k": d, "v": d, "ctx": d, "a": d, "r1": d, "u": i_, "g": i_, "m": d,
                   "out": d}
     widths.update({"s": -1, "p": -1, "qd": qd})
@@ -143,7 +159,7 @@ def block_cost(arch: Arch, *, batch: int, seq: int, input_grad: bool, lora_targe
         arch: the architecture.
         batch, seq: micro-batch shape B, T.
         input_grad: whether a gradient w.r.t. the block's input is needed (something below trains).
-        lora_targets: module leaf names carrying a trainable LoRA adapter (empty: frozen block).
+        lora_targets: LoRA targets (module names or in-block paths, :func:`target_matches`; empty: frozen).
         lora_rank: LoRA rank r.
 
     Returns:
@@ -166,7 +182,7 @@ def block_cost(arch: Arch, *, batch: int, seq: int, input_grad: bool, lora_targe
         return batch * arch.heads * seq * seq if widths[t] < 0 else n * widths[t]
 
     for op in ops:
-        lora = op.kind == "linear" and op.name in lora_targets
+        lora = op.kind == "linear" and any(target_matches(op.path, t) for t in lora_targets)
         rg[op.output] = lora or any(rg[t] for t in op.inputs)
         if op.kind == "linear":
             f += 2.0 * n * op.fan_in * op.fan_out + (2.0 * n * r * (op.fan_in + op.fan_out) if lora else 0)
@@ -204,22 +220,11 @@ def block_params(arch: Arch) -> int:
     return lin + norms
 
 
-def lora_target_names(arch: Arch) -> tuple[str, ...]:
-    """Names LoRA can target in ``arch``'s blocks: its linear modules' leaf names (as in Hugging Face).
-
-    Example:
-        >>> lora_target_names(BUILTIN["gpt2"])
-        ('c_attn', 'c_proj', 'c_fc')
-    """
-    ops, _ = block_graph(arch)
-    return tuple(dict.fromkeys(op.name for op in ops if op.kind == "linear"))
-
-
 def lora_params(arch: Arch, lora_targets: tuple[str, ...], lora_rank: int) -> int:
     """LoRA parameters (A and B of every targeted linear) in one block: ``r (fan_in + fan_out)`` each."""
     ops, _ = block_graph(arch)
     return sum(lora_rank * (op.fan_in + op.fan_out) for op in ops
-               if op.kind == "linear" and op.name in lora_targets)
+               if op.kind == "linear" and any(target_matches(op.path, t) for t in lora_targets))
 
 
 def embedding_params(arch: Arch) -> int:

@@ -242,3 +242,27 @@ def test_llama_default_sdpa_on_cpu_hides_attention():
     lm_head = 2.0 * B * T * arch.hidden * cfg.vocab_size
     _report("llama sdpa eval-mode F (minus attention)", 2 * (block.F - attn_fwd) + lm_head,
             _count(lambda: model(ids)))
+
+
+@pytest.mark.parametrize(("name", "cfg", "alias"), [
+    ("gpt2", GPT2, "attn"), ("gpt2", GPT2, "mlp"), ("minilm", MINILM, "o"), ("minilm", MINILM, "mlp"),
+    ("minilm", MINILM, "all-linear"), ("smollm2", SMOLLM, "qkv"),
+])
+def test_lora_aliases_adapt_the_modules_the_cost_model_costs(name, cfg, alias):
+    """An alias resolved once (sfsim.loratargets) and injected by the trainer's add_lora: the same
+    trainable parameters and FLOPs as the cost model gives the same resolved names."""
+    from torch import nn
+
+    from sfsim.loratargets import resolve_targets
+    from trainer.lora import add_lora
+
+    mod, run, arch = _block(cfg)
+    holder = nn.Module()
+    holder.layers = nn.ModuleList([mod])  # names "layers.0.<path in the block>", as in a split part
+    targets = resolve_targets(arch, [alias])
+    add_lora(holder, blocks=[0], targets=list(targets), rank=RANK, alpha=16)
+    assert lora_params(arch, targets, RANK) == sum(p.numel() for p in mod.parameters() if p.requires_grad)
+    x = torch.randn(B, T, arch.hidden, requires_grad=True)
+    ours = _ours(arch, True, targets)
+    _report(f"{name} LoRA on {alias} ({', '.join(targets)}) F+B+W", ours.F + ours.B + ours.W,
+            _count(lambda: _out(run(x)).sum().backward()))

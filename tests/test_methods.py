@@ -299,3 +299,6 @@ def test_scenario_lora_targets_fall_back_to_the_model_family(capsys):
     assert "are for gpt2 models" in capsys.readouterr().out
     assert _lora_targets(scenario("bert", ["query"]), bert) == ["query"]
     assert _lora_targets(scenario("gpt2", None), bert) == ["query", "value"]
+    assert _lora_targets(scenario("gpt2", ["qkv", "o"]), bert) == ["query", "key", "value", "attention.output.dense"]
+    assert _lora_targets(scenario("bert", ["mlp"]), SimpleNamespace(family="llama")) == ["gate_proj", "up_proj",
+                                                                                        "down_proj"]

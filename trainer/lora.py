@@ -25,14 +25,18 @@ def default_targets(family: str) -> list[str]:
 def target_regex(blocks: Iterable[int], targets: Sequence[str]) -> str:
     """Regex over full module names matching ``targets`` inside the given block indices.
 
+    A bare target is a module name anywhere in the block, a dotted one a path from the block
+    (``attn.c_proj``): the rule of :func:`sfsim.flops.target_matches`. ``sfsim.loratargets`` turns
+    aliases (``qkv``, ``mlp``, ...) into such names.
+
     Example:
-        >>> target_regex([2, 3], ["q_proj"])
-        '(?:.*\\\\.)?(?:blocks|h|layers|layer)\\\\.(?:2|3)\\\\.(?:.*\\\\.)?(?:q_proj)'
+        >>> target_regex([2, 3], ["q_proj", "mlp.c_proj"])
+        '(?:.*\\\\.)?(?:blocks|h|layers|layer)\\\\.(?:2|3)\\\\.(?:(?:.*\\\\.)?q_proj|mlp\\\\.c_proj)'
     """
     idx = "|".join(str(i) for i in sorted(set(blocks)))
-    names = "|".join(re.escape(t) for t in targets)
+    names = "|".join(re.escape(t) if "." in t else rf"(?:.*\.)?{re.escape(t)}" for t in targets)
     lists = "|".join(_BLOCK_LISTS)
-    return rf"(?:.*\.)?(?:{lists})\.(?:{idx})\.(?:.*\.)?(?:{names})"
+    return rf"(?:.*\.)?(?:{lists})\.(?:{idx})\.(?:{names})"
 
 
 def add_lora(module: nn.Module, *, blocks: Iterable[int], targets: list[str], rank: int, alpha: float,
@@ -45,7 +49,8 @@ def add_lora(module: nn.Module, *, blocks: Iterable[int], targets: list[str], ra
     Args:
         module: a split part (blocks named ``blocks.<i>``) or an unsplit HF model.
         blocks: model block indices that get adapters (e.g. ``range(lora_start, n_layers)``).
-        targets: module names inside a block, e.g. ``default_targets(family)``.
+        targets: module names or in-block paths, e.g. ``default_targets(family)`` or what
+            ``sfsim.loratargets.resolve_for_family`` returns for aliases.
         rank, alpha, dropout: LoRA rank r, scaling numerator alpha, dropout on the LoRA input.
 
     Returns:
