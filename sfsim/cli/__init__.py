@@ -39,7 +39,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("simulate", "plan", "run", "sweep", "validate", "profile"):
+    for name in ("simulate", "plan", "run", "sweep", "validate", "profile", "report"):
         try:
             importlib.import_module(f"sfsim.cli.{name}")
         except ModuleNotFoundError as err:

@@ -1,0 +1,266 @@
+"""The claims report's grid: which real runs ("cells") it needs, how each is run, and where it is kept.
+
+A cell is one ``sfsim run`` (accuracy, GSM8K) or one ``sfsim validate`` (measured and predicted
+training time) with fixed settings. Each finished cell is one small JSON file under the results
+folder (written atomically), keyed by its settings, holding the figures the report needs and the
+exact command that produced them. :func:`run_cells` runs the cells that are missing, in priority
+order (seed 0 of every cell before any second seed), and stops starting new ones when the budget
+would be exceeded: a report can be filled over several sessions and never runs a cell twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sfsim.schema import write_atomic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TASKS = ("sst2", "mrpc", "mnli")
+PARTITIONS = ("iid", "dirichlet:0.5", "dirichlet:0.1", "label-skew:1")
+#: Method variants of the accuracy grid -> (``sfsim run --method``, extra options).
+METHODS = {
+    "splitfrozen": ("splitfrozen", ()),
+    "splitlora-interleaved": ("splitlora", ("--client-order", "interleaved")),
+    "splitlora-sequential": ("splitlora", ("--client-order", "sequential")),
+    "fedlora": ("fedlora", ()),
+    "cenlora": ("cenlora", ()),
+}
+SEEDS = (0, 1, 2)
+#: Methods whose training time the runtime measures (``sfsim validate``).
+TIME_METHODS = ("splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora")
+#: GSM8K cells: the model before fine-tuning ("base") and after, per method.
+GSM8K_METHODS = ("base", "cenlora", "splitfrozen")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run settings shared by the cells of one model (what the report states beside its tables)."""
+
+    fleet: str
+    train_samples: int
+    eval_samples: int | None
+    max_len: int
+    split: int
+    extra: tuple[str, ...] = ()
+
+
+#: Per-model settings. MiniLM-L6: 6 blocks, cut 2 (LoRA on blocks 2-5 for SplitFrozen); SmolLM2-135M:
+#: 30 blocks, cut 10. Sample counts are what this 2-core CPU trains in about a minute (MiniLM) or a
+#: few minutes (SmolLM2); every figure in the report names them.
+SETTINGS = {
+    "minilm-l6": Settings("bench/sst2_minilm_4dev.yaml", 1000, None, 64, 2),
+    "smollm2-135m": Settings("bench/sst2_minilm_4dev.yaml", 200, 200, 64, 10),
+}
+GSM8K = Settings("bench/sst2_minilm_4dev.yaml", 64, 40, 256, 10, ("--gen-tokens", "160"))
+TIME = Settings("bench/runtime_4dev.yaml", 320, None, 64, 2)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One real run of the report: what it is (kind, model, task, partition, method, seed)."""
+
+    kind: str  # "accuracy", "time" or "gsm8k"
+    model: str
+    task: str
+    method: str
+    partition: str = "iid"
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe identity, e.g. ``accuracy/minilm-l6/sst2/label-skew-1/splitfrozen/s0``."""
+        part = self.partition.replace(":", "-")
+        return f"{self.kind}/{self.model}/{self.task}/{part}/{self.method}/s{self.seed}"
+
+    @property
+    def settings(self) -> Settings:
+        return {"time": TIME, "gsm8k": GSM8K}.get(self.kind) or SETTINGS[self.model]
+
+    def command(self, out: str, data_dir: str) -> list[str]:
+        """The ``sfsim`` command line that runs this cell into ``out``."""
+        s = self.settings
+        common = ["--devices", s.fleet, "--model", self.model, "--task", self.task, "--partition", self.partition,
+                  "--seed", str(self.seed), "--train-samples", str(s.train_samples), "--max-len", str(s.max_len),
+                  "--data-dir", data_dir, "--out", out, *s.extra]
+        if self.kind == "time":
+            return ["sfsim", "validate", "--method", self.method, "--split", str(s.split), "--emulate", "all", *common]
+        method, extra = METHODS.get(self.method, (self.method, ()))
+        if self.kind == "gsm8k" and self.method == "base":  # no training: the pretrained model's score
+            method, extra = "cenlora", ("--epochs", "0")
+        cut = () if method in ("cenlora", "fedlora") else ("--split", str(s.split))
+        evals = () if s.eval_samples is None else ("--eval-samples", str(s.eval_samples))
+        return ["sfsim", "run", "--method", method, *cut, *extra, *evals, "--launch", "inprocess", "--quiet",
+                *common]
+
+
+def accuracy_cells(models: Iterable[str] = ("minilm-l6",), tasks: Iterable[str] = TASKS,
+                   partitions: Iterable[str] = PARTITIONS, methods: Iterable[str] = tuple(METHODS),
+                   seeds: Iterable[int] = SEEDS) -> list[Cell]:
+    """Every accuracy cell of a grid, in priority order: all of seed 0 first, then seed 1, ..."""
+    return [Cell("accuracy", m, t, meth, p, s) for s in seeds for m in models for t in tasks for p in partitions
+            for meth in methods]
+
+
+def default_grid() -> list[Cell]:
+    """The whole report, most informative cells first.
+
+    1. MiniLM, seed 0: every task x partition x method (the accuracy table's first pass);
+    2. the measured training times of each method on the shaped 4-device fleet;
+    3. MiniLM seeds 1 and 2 (error bars);
+    4. SmolLM2-135M on SST-2, iid and label-skew:1, seeds 0-2; GSM8K before and after fine-tuning.
+    """
+    cells = accuracy_cells(seeds=(0,))
+    cells += [Cell("time", "minilm-l6", "sst2", m) for m in TIME_METHODS]
+    cells += accuracy_cells(seeds=(1, 2))
+    cells += accuracy_cells(models=("smollm2-135m",), tasks=("sst2",), partitions=("iid", "label-skew:1"))
+    cells += [Cell("gsm8k", "smollm2-135m", "gsm8k", m) for m in GSM8K_METHODS]
+    return cells
+
+
+def select(cells: list[Cell], only: dict[str, set[str]]) -> list[Cell]:
+    """The cells whose fields match every filter (``{"task": {"sst2"}, "seed": {"0"}}``)."""
+    return [c for c in cells if all(str(getattr(c, k)) in v for k, v in only.items())]
+
+
+def cell_path(results: Path, cell: Cell) -> Path:
+    return results / "cells" / f"{cell.key}.json"
+
+
+def load_cells(results: Path) -> dict[str, dict]:
+    """Every recorded cell under ``results/cells``, by key."""
+    out = {}
+    for f in sorted((results / "cells").rglob("*.json")):
+        rec = json.loads(f.read_text())
+        out[rec["key"]] = rec
+    return out
+
+
+@dataclass
+class Outcome:
+    """What :func:`run_cells` did: cells run, skipped (already recorded), failed, and left for lack of budget."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    left: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+#: Seconds a cell is assumed to take before any of its kind has run (the budget check's first guess).
+FIRST_GUESS_S = {"accuracy": 60.0, "time": 90.0, "gsm8k": 600.0}
+
+
+def run_cells(cells: list[Cell], results: Path, data_dir: str, budget_s: float,
+              runner: Callable[[Cell, str, str], dict] | None = None, log=print) -> Outcome:
+    """Run the cells not yet recorded, within ``budget_s`` seconds of wall time.
+
+    Before each cell the expected time (the median of this kind's cells run so far, else
+    :data:`FIRST_GUESS_S`) must fit in what is left of the budget; a cell is also killed at the
+    budget's end. A failing cell is reported and skipped; the next ones still run.
+    """
+    runner = runner or run_cell
+    done, outcome, t0 = load_cells(results), Outcome(), time.perf_counter()
+    took: dict[str, list[float]] = {}
+    for cell in cells:
+        if cell.key in done:
+            outcome.skipped.append(cell.key)
+            continue
+        left = budget_s - (time.perf_counter() - t0)
+        past = sorted(took.get(cell.kind, []))
+        guess = past[len(past) // 2] if past else FIRST_GUESS_S[cell.kind]
+        if guess > left:
+            outcome.left.append(cell.key)
+            continue
+        t = time.perf_counter()
+        try:
+            rec = runner(cell, data_dir, str(left))
+        except CellError as err:
+            outcome.failed[cell.key] = str(err)
+            log(f"  failed {cell.key}: {err}")
+            continue
+        took.setdefault(cell.kind, []).append(time.perf_counter() - t)
+        path = cell_path(results, cell)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(rec, indent=1))
+        outcome.ran.append(cell.key)
+        log(f"  {cell.key}: {_brief(rec)} ({time.perf_counter() - t:.0f} s)")
+    outcome.wall_s = time.perf_counter() - t0
+    return outcome
+
+
+class CellError(RuntimeError):
+    """A cell's command failed or ran out of time (its message is the command's last error line)."""
+
+
+def _brief(rec: dict) -> str:
+    f = rec["figures"]
+    if "accuracy" in f:
+        return f"accuracy {f['accuracy']:.4f}" if f["accuracy"] is not None else "no accuracy"
+    if "measured_s" in f:
+        return f"measured {f['measured_s']:.1f} s, predicted {f['predicted_s']:.1f} s"
+    return json.dumps(f)[:80]
+
+
+def run_cell(cell: Cell, data_dir: str, timeout: str) -> dict:
+    """Run one cell's command in a fresh process and keep the figures the report uses."""
+    tmp = Path(tempfile.mkdtemp(prefix="sfsim-claims-"))
+    out = tmp / "out"
+    cmd = cell.command(str(out), data_dir)
+    exe = [str(Path(sys.executable).with_name("sfsim")), *cmd[1:]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(exe, cwd=ROOT, env=env, capture_output=True, text=True, timeout=float(timeout))
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+            raise CellError(lines[-1] if lines else f"exit status {proc.returncode}")
+        wall = time.perf_counter() - t
+        figures = (time_figures if cell.kind == "time" else run_figures)(out)
+    except subprocess.TimeoutExpired:
+        raise CellError(f"out of budget after {float(timeout):.0f} s") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"key": cell.key, "cell": asdict(cell), "command": " ".join(cmd).replace(str(out), "OUT"),
+            "settings": asdict(cell.settings), "wall_s": round(wall, 1), "commit": _commit(),
+            "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "figures": figures}
+
+
+#: Figures a run's ``metrics.json`` gives the report (those present are kept).
+RUN_FIGURES = ("eval_accuracy", "eval_f1", "eval_macro_f1", "majority_accuracy", "majority_macro_f1",
+               "eval_metrics", "majority_baseline", "device_flops_total", "server_flops_total", "uplink_bytes",
+               "downlink_bytes", "train_samples", "eval_samples", "wall_s", "train_s_by_epoch", "absent_classes",
+               "eval_loss", "eval_answer_loss", "eval_exact_match")
+
+
+def run_figures(out: Path) -> dict:
+    """The report's figures from a run's ``metrics.json`` (accuracy under its own name)."""
+    m = json.loads((out / "metrics.json").read_text())
+    figs = {k: m[k] for k in RUN_FIGURES if k in m}
+    figs["accuracy"] = figs.pop("eval_accuracy", None)
+    figs["partition_counts"] = m.get("partition", {}).get("counts")
+    figs["cuts"] = m.get("cuts")
+    return figs
+
+
+def time_figures(out: Path) -> dict:
+    """Measured and predicted total time, and each stage's, from ``sfsim validate``'s ``report.json``."""
+    rep = json.loads((out / "report.json").read_text())
+    return {**rep["total"], "stages": rep["stages"]}
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

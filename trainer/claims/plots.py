@@ -1,0 +1,100 @@
+"""The claims report's figures (matplotlib, written as PNG): accuracy per partition, savings against cut and bandwidth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainer.claims.compute import PAPER
+from trainer.claims.grid import METHODS, PARTITIONS
+from trainer.claims.render import figure, majority, mean_sd
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def accuracy_figure(groups: dict, model: str, task: str, title: str, path: Path) -> bool:
+    """Grouped bars: one group per partition, one bar per method, error bars = sd over seeds; majority dashed.
+
+    Returns False (and writes nothing) when no cell of this model and task is recorded.
+    """
+    if not any(k[0] == model and k[1] == task for k in groups):
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / len(METHODS)
+    base = None
+    for i, meth in enumerate(METHODS):
+        xs, ys, es = [], [], []
+        for j, part in enumerate(PARTITIONS):
+            runs = groups.get((model, task, part, meth), {})
+            vals = [100 * v for v in (figure(f, "accuracy") for f in runs.values()) if v is not None]
+            base = base or next((majority(f) for f in runs.values() if majority(f)), None)
+            if vals:
+                m, sd = mean_sd(vals)
+                xs.append(j + (i - (len(METHODS) - 1) / 2) * width)
+                ys.append(m)
+                es.append(sd or 0.0)
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=meth)
+    if base:
+        ax.axhline(100 * base, color="black", ls="--", lw=1, label="majority class")
+    ax.set_xticks(range(len(PARTITIONS)), PARTITIONS)
+    ax.set_ylabel("dev accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=3, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def cut_figure(rows: list[dict], measured: dict | None, path: Path, model: str) -> None:
+    """SplitFrozen's device-FLOP saving against FedLoRA and SplitLoRA for every cut; the paper's 86.8%."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    cuts = [r["cut"] for r in rows]
+    ax.plot(cuts, [100 * r["saving_vs_fedlora"] for r in rows], "o-", label="vs FedLoRA (cost model)")
+    ax.plot(cuts, [100 * r["saving_vs_splitlora"] for r in rows], "s-", label="vs SplitLoRA, same cut (cost model)")
+    if measured:
+        ax.plot([measured["cut"]], [100 * measured["saving_vs_fedlora"]], "k*", ms=11,
+                label=f"vs FedLoRA, FlopCounterMode ({100 * measured['saving_vs_fedlora']:.1f}%)")
+    ax.axhline(PAPER["device_compute_saving"], color="gray", ls="--", lw=1, label="paper: 86.8%")
+    ax.set_xlabel("cut k (blocks on the device)")
+    ax.set_ylabel("device compute saved (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{model}: SplitFrozen's device compute saving against the cut", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def bandwidth_figure(rows: list[dict], baselines: tuple[str, ...], xlabels: list[str], path: Path) -> None:
+    """SplitFrozen's simulated time saving against each baseline as every link is scaled; 50.2% and 0 lines."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    xs = [r["factor"] for r in rows]
+    for b in baselines:
+        ax.plot(xs, [100 * r[f"saving_vs_{b}"] for r in rows], "o-", ms=3, label=f"vs {b}")
+    ax.axhline(PAPER["time_saving"], color="gray", ls="--", lw=1, label="paper: 50.2%")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    low = min(100 * r[f"saving_vs_{b}"] for r in rows for b in baselines)
+    if low < -100:  # keep the interesting band readable; say what is cut off
+        ax.set_ylim(-100, 100)
+        ax.text(0.02, 0.04, f"clipped at -100% (lowest: {low:.0f}%)", transform=ax.transAxes, fontsize=7)
+    ax.set_xlabel("every device link's bandwidth x factor (profiles/edge.yaml = 1)")
+    ax.set_ylabel("training time saved (%)")
+    ax.set_title("SplitFrozen's simulated time saving against link bandwidth", fontsize=10)
+    ticks = [r["factor"] for r in rows][:: max(1, len(rows) // 6)]
+    ax.set_xticks(ticks, [f"{t:.3g}x\n{lab}" for t, lab in zip(ticks, xlabels[:: max(1, len(rows) // 6)], strict=True)], fontsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,193 @@
+"""Render the claims report: ``docs/results.md`` and its figures from recorded cells and the analytic parts.
+
+Pure functions from data to text (:func:`accuracy_table`, :func:`claim_rows`, ...) and one function
+per figure. Nothing here runs a model: :mod:`trainer.claims.grid` records the runs, and
+:mod:`trainer.claims.compute` gives the simulated and analytic figures.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from trainer.claims.compute import PAPER
+from trainer.claims.grid import METHODS, PARTITIONS, SETTINGS, TIME, TIME_METHODS
+
+TASK_NAMES = {"sst2": "SST-2", "mrpc": "MRPC", "mnli": "MNLI (balanced 9k subset)", "gsm8k": "GSM8K"}
+BASELINES = ("fedlora", "splitlora-interleaved", "splitlora-sequential")
+
+
+def seeds_of(cells: dict[str, dict], kind: str = "accuracy") -> dict[tuple, dict[int, dict]]:
+    """Recorded cells of one kind grouped by (model, task, partition, method) -> seed -> figures."""
+    out: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for rec in cells.values():
+        c = rec["cell"]
+        if c["kind"] == kind:
+            out[(c["model"], c["task"], c["partition"], c["method"])][c["seed"]] = rec["figures"]
+    return out
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def fmt_pct(values: list[float]) -> str:
+    """``'80.5 ± 1.6 (3)'`` in percent; one value has no ± ; none is ``'not run'``."""
+    if not values:
+        return "not run"
+    m, sd = mean_sd([100 * v for v in values])
+    return f"{m:.1f}" + (f" ± {sd:.1f}" if sd is not None else "") + f" ({len(values)})"
+
+
+def figure(figs: dict, name: str) -> float | None:
+    """A metric from a cell's figures, wherever the trainer put it (top level or ``eval_metrics``)."""
+    if figs.get(name) is not None:
+        return figs[name]
+    return (figs.get("eval_metrics") or {}).get(name.removeprefix("eval_"))
+
+
+def majority(figs: dict) -> float | None:
+    """The dev set's majority-class accuracy recorded with a run, if the trainer reported it."""
+    for key in ("majority_accuracy",):
+        if figs.get(key) is not None:
+            return figs[key]
+    base = figs.get("majority_baseline") or {}
+    return base.get("accuracy")
+
+
+def accuracy_table(groups: dict[tuple, dict[int, dict]], model: str, task: str, metric: str = "accuracy") -> list[str]:
+    """Markdown rows: one per partition, one column per method, mean ± sd over seeds (count)."""
+    head = "| partition | " + " | ".join(METHODS) + " | majority class |"
+    rows = [head, "|" + "---|" * (len(METHODS) + 2)]
+    for part in PARTITIONS:
+        cols, base = [], None
+        for meth in METHODS:
+            runs = groups.get((model, task, part, meth), {})
+            vals = [v for v in (figure(f, metric) for f in runs.values()) if v is not None]
+            cols.append(fmt_pct(vals))
+            base = base if base is not None else next((majority(f) for f in runs.values() if majority(f)), None)
+        rows.append(f"| {part} | " + " | ".join(cols) + f" | {'-' if base is None else f'{100 * base:.1f}'} |")
+    return rows
+
+
+def claim_rows(groups: dict[tuple, dict[int, dict]], model: str, partition: str = "label-skew:1") -> list[dict]:
+    """SplitFrozen's accuracy gain over each baseline per task: absolute points and relative, seed means."""
+    rows = []
+    for (m, task, part, meth), runs in sorted(groups.items()):
+        if m != model or part != partition or meth not in BASELINES:
+            continue
+        sf = groups.get((m, task, part, "splitfrozen"), {})
+        pairs = [(sf[s]["accuracy"], runs[s]["accuracy"]) for s in sorted(set(sf) & set(runs))
+                 if sf[s].get("accuracy") is not None and runs[s].get("accuracy") is not None]
+        if not pairs:
+            continue
+        a_sf = statistics.fmean(p[0] for p in pairs)
+        a_b = statistics.fmean(p[1] for p in pairs)
+        rows.append({"task": task, "baseline": meth, "seeds": len(pairs), "splitfrozen": a_sf, "baseline_acc": a_b,
+                     "points": 100 * (a_sf - a_b), "relative": 100 * (a_sf / a_b - 1)})
+    return rows
+
+
+def claim_lines(rows: list[dict]) -> list[str]:
+    lines = ["| task | baseline | seeds | SplitFrozen | baseline | gain (points) | gain (relative) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {TASK_NAMES[r['task']]} | {r['baseline']} | {r['seeds']} | {100 * r['splitfrozen']:.1f}% | "
+                     f"{100 * r['baseline_acc']:.1f}% | {r['points']:+.1f} | {r['relative']:+.1f}% |")
+    return lines
+
+
+def compute_lines(groups: dict[tuple, dict[int, dict]], model: str = "minilm-l6") -> list[str]:
+    """Measured device FLOPs per training sample of each method (seed 0, every task and partition pooled)."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for (m, _task, _part, meth), runs in groups.items():
+        f = runs.get(0)
+        if m == model and f and f.get("device_flops_total") is not None and f.get("train_samples"):
+            per[meth].append(f["device_flops_total"] / f["train_samples"])
+    if not per:
+        return ["No accuracy cell recorded yet."]
+    sf = statistics.fmean(per["splitfrozen"]) if per.get("splitfrozen") else None
+    lines = ["| method | runs | device FLOP per training sample (mean) | SplitFrozen's saving |", "|---|---|---|---|"]
+    for meth in METHODS:
+        if meth not in per:
+            continue
+        v = statistics.fmean(per[meth])
+        save = "-" if sf is None or meth == "splitfrozen" or v == 0 else f"{100 * (1 - sf / v):.1f}%"
+        lines.append(f"| {meth} | {len(per[meth])} | {v:.3e} | {save} |")
+    return lines
+
+
+def time_lines(cells: dict[str, dict]) -> list[str]:
+    """Measured (distributed runtime, emulated fleet) and predicted training time per method."""
+    rec = {r["cell"]["method"]: r for r in cells.values() if r["cell"]["kind"] == "time"}
+    if not rec:
+        return ["No time cell recorded yet."]
+    lines = ["| method | measured (s) | predicted (s) | prediction error | SplitFrozen's saving, measured | "
+             "SplitFrozen's saving, predicted |", "|---|---|---|---|---|---|"]
+    sf = rec.get("splitfrozen", {}).get("figures")
+    for meth in TIME_METHODS:
+        if meth not in rec:
+            lines.append(f"| {meth} | not run | | | | |")
+            continue
+        f = rec[meth]["figures"]
+        sm = sp = "-"
+        if sf and meth != "splitfrozen":
+            sm = f"{100 * (1 - sf['measured_s'] / f['measured_s']):.1f}%"
+            sp = f"{100 * (1 - sf['predicted_s'] / f['predicted_s']):.1f}%"
+        err = f["error"]
+        lines.append(f"| {meth} | {f['measured_s']:.1f} | {f['predicted_s']:.1f} | "
+                     f"{'-' if err is None else f'{100 * err:+.1f}%'} | {sm} | {sp} |")
+    return lines
+
+
+def gsm8k_lines(cells: dict[str, dict]) -> list[str]:
+    rec = {r["cell"]["method"]: r["figures"] for r in cells.values() if r["cell"]["kind"] == "gsm8k"}
+    if not rec:
+        return ["No GSM8K cell recorded yet."]
+    lines = ["| model state | exact match | answer-only loss (held-out) | train samples | eval questions |",
+             "|---|---|---|---|---|"]
+    for meth in ("base", "cenlora", "splitfrozen"):
+        f = rec.get(meth)
+        if f is None:
+            lines.append(f"| {meth} | not run | | | |")
+            continue
+        em = f.get("accuracy") if f.get("accuracy") is not None else figure(f, "eval_exact_match")
+        loss = figure(f, "eval_answer_loss")
+        label = "before fine-tuning" if meth == "base" else f"after {meth}"
+        lines.append(f"| {label} | {'-' if em is None else f'{100 * em:.1f}%'} | "
+                     f"{'-' if loss is None else f'{loss:.3f}'} | {f.get('train_samples', 0) if meth != 'base' else 0} "
+                     f"| {f.get('eval_samples', '-')} |")
+    return lines
+
+
+def stream_order_lines(path: Path) -> list[str]:
+    """The recorded stream-order experiment (its own command), as a table."""
+    if not path.is_file():
+        return [f"Not recorded ({path.name} missing)."]
+    data = json.loads(path.read_text())
+    lines = ["| server order | accuracy | training time (s) | label entropy (mean) | longest one-device run |",
+             "|---|---|---|---|---|"]
+    for r in data.values():
+        mix = r.get("stream_mixing") or {}
+        lines.append(f"| {r['order']} (seed {r['seed']}) | {100 * r['eval_accuracy']:.2f}% | {r['train_s']:.1f} | "
+                     f"{mix.get('label_entropy_mean', '-')} | {mix.get('longest_device_run', '-')} |")
+    return lines
+
+
+def settings_line(model: str) -> str:
+    s = SETTINGS[model]
+    return (f"{model}: fleet `{s.fleet}` (4 devices, equal budgets), {s.train_samples} training samples, 1 epoch, "
+            f"max length {s.max_len}, cut {s.split} for the split methods, eval on "
+            f"{'the whole dev set' if s.eval_samples is None else f'the first {s.eval_samples} dev rows'}")
+
+
+def time_settings_line() -> str:
+    return (f"fleet `{TIME.fleet}` (2 devices at 4 GFLOPS on 20 Mbps, 2 at 2 GFLOPS on 10 Mbps, emulated by "
+            f"sleeping), MiniLM-L6, SST-2, {TIME.train_samples} samples, cut {TIME.split}, `sfsim validate --emulate all`")
+
+
+def paper_line(name: str) -> str:
+    return f"{PAPER[name]}%"
