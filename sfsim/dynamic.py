@@ -176,6 +176,7 @@ class Recorder:
 
 def prepare(engine, pools, buffer: int, moving: dict[int, Motion]) -> None:
     """Placeholders for pending handovers, credits for visiting devices, and recorded streams."""
+    engine.soft_timers = True  # handover and drop deadlines must not extend the run
     touched = set()
     for i, m in moving.items():
         if len(m.legs) > 1 or m.avail is not None:

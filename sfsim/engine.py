@@ -124,8 +124,8 @@ class Engine:
         self.pool_peak_bytes: dict[str, float] = {}
         self.sync = None  # a sfsim.backhaul.Backhaul when SplitFrozen servers synchronise
         self._finishers: list = []
-        self._soft = 0  # pending timers that do not keep the run going (see soft_at)
-        self._soft_used = False
+        self.soft_timers = False  # set before run() by schedules that call soft_at
+        self._soft = 0  # pending soft timers
 
     def on_finish(self, fn) -> None:
         """Call ``fn()`` after the run ends (schedules copy their busy totals here)."""
@@ -163,8 +163,9 @@ class Engine:
         The dynamic network's deadlines (:mod:`sfsim.dynamic`) use it: a handover at 120 s must wake a
         device waiting for a credit, but must not make a run that ended at 50 s last until 120 s.
         """
+        if not self.soft_timers:
+            raise RuntimeError("set Engine.soft_timers before run() to use soft_at")
         self._soft += 1
-        self._soft_used = True
 
         def fire(_e):
             self._soft -= 1
@@ -173,7 +174,7 @@ class Engine:
 
     def run(self) -> float:
         """Run until no event is left (but soft timers); returns the makespan (time of the last event)."""
-        if not self._soft_used:
+        if not self.soft_timers:
             self.env.run()
         else:
             env = self.env
