@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from sfsim.result import SimResult
-from sfsim.units import format_count, format_quantity
+from sfsim.units import format_amount
 
 BASELINES = ("fedlora", "splitlora")
 """Schedules the comparison table computes savings against."""
 
 
-def si(value: float, unit: str) -> str:
-    """``1.5e12, 'FLOP' -> '1.5 TFLOP'``: three significant digits with an SI prefix; bytes (``'B'``)
-    in IEC units like every size sfsim prints (:func:`sfsim.units.format_quantity`: ``'7.03 GiB'``)."""
-    if unit == "B":
-        return format_quantity(value, "size")
-    return f"{format_count(value)}{unit}" if abs(value) >= 1e3 else f"{value:.3g} {unit}"
+si = format_amount
+"""``si(1.5e12, "FLOP") == "1.5 TFLOP"``: :func:`sfsim.units.format_amount`, the one formatter of amounts."""
 
 
 def overall_utilization(res: SimResult, counts: dict[str, int] | None = None) -> float:

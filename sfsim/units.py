@@ -87,3 +87,18 @@ def format_count(value: float) -> str:
         if abs(value) >= _SI[prefix]:
             return f"{value / _SI[prefix]:.3g} {prefix}"
     return f"{value:.3g}"
+
+
+def format_amount(value: float, unit: str) -> str:
+    """An amount for people, the one way sfsim prints it everywhere (CLI, run summary, notebooks).
+
+    Bytes (``"B"``) in IEC units like every size (:func:`format_quantity`: ``'7.03 GiB'``); anything
+    else (``"FLOP"``, ``"J"``) with three significant digits and an SI prefix.
+
+    Example:
+        >>> format_amount(1.5e12, "FLOP"), format_amount(7.55e9, "B"), format_amount(18_100, "J")
+        ('1.5 TFLOP', '7.03 GiB', '18.1 kJ')
+    """
+    if unit == "B":
+        return format_quantity(value, "size")
+    return f"{format_count(value)}{unit}" if abs(value) >= 1e3 else f"{value:.3g} {unit}"

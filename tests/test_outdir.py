@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from sfsim.cli import main
 from sfsim.errors import SfsimError
 from sfsim.outdir import check_out, output_folder
+from sfsim.units import format_amount
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -86,8 +87,14 @@ def test_run_into_an_earlier_run(tiny_gpt2, tmp_path):
             "--method", "splitfrozen", "--partition", "iid", "--split", "1", "--epochs", "1", "--train-samples", "12",
             "--eval-samples", "8", "--max-len", "32", "--launch", "inprocess", "--data-dir", str(FIXTURES / "data"),
             "--out", str(out)]
-    assert CliRunner().invoke(main, args).exit_code == 0
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
     first = (out / "metrics.json").read_text()
+    m = json.loads(first)  # the summary prints FLOPs and bytes as sfsim simulate does
+    assert (f"device FLOPs {format_amount(m['device_flops_total'], 'FLOP')}, server FLOPs "
+            f"{format_amount(m['server_flops_total'], 'FLOP')}, uplink {format_amount(m['uplink_bytes'], 'B')}, "
+            f"downlink 0 B, {m['wall_s']:.1f} s -> {out}") in res.stdout
+    assert m["uplink_bytes"] > 2**10 and format_amount(m["uplink_bytes"], "B").endswith("KiB")
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and res.stderr == (f"error: --out {out} already holds an earlier run; pass --resume {out} "
                                                  "to continue it from its checkpoint, --overwrite to replace it, or "

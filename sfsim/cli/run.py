@@ -14,6 +14,7 @@ from sfsim.cli import main
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS
 from sfsim.outdir import output_folder
+from sfsim.units import format_amount
 
 _ORDERS = ("proportional", "round-robin", "fifo", "pool")  # sfsim.pacing.SERVER_ORDERS
 
@@ -119,9 +120,14 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
         m = run_job(cfg, resume=resume)
     lost = f", lost {', '.join(m['lost_devices'])}" if m.get("lost_devices") else ""
     click.echo(f"{m['method']} on {m['task']} ({cfg.launch}): {_scores(m)}, "
-               f"device FLOPs {m['device_flops_total']:.3e}, server FLOPs {m['server_flops_total']:.3e}, "
-               f"uplink {m['uplink_bytes']} B, downlink {m['downlink_bytes']} B, {m['wall_s']:.1f} s{lost} -> "
-               f"{cfg.out}")
+               f"{_amounts(m)}, {m['wall_s']:.1f} s{lost} -> {cfg.out}")
+
+
+def _amounts(m: dict) -> str:
+    """FLOPs and bytes of a run, printed as ``sfsim simulate`` prints them (:func:`sfsim.units.format_amount`)."""
+    return (f"device FLOPs {format_amount(m['device_flops_total'], 'FLOP')}, server FLOPs "
+            f"{format_amount(m['server_flops_total'], 'FLOP')}, uplink {format_amount(m['uplink_bytes'], 'B')}, "
+            f"downlink {format_amount(m['downlink_bytes'], 'B')}")
 
 
 def _scores(m: dict) -> str:
