@@ -174,3 +174,24 @@ def test_report_cli_errors_are_one_line(tmp_path):
         assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
     res = CliRunner().invoke(main, ["report", "--results", str(tmp_path), "--list", "--only", "kind=gsm8k"])
     assert res.exit_code == 0 and res.output.splitlines()[-1] == "0 of 3 recorded"
+
+
+def test_readme_report_commands_run_or_list(tmp_path, monkeypatch):
+    """The README's ``sfsim report`` lines: ``--list`` ones run here; the others parse (they train for hours)."""
+    import re
+    import shlex
+
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    cmds = [ln.split("  #")[0].strip() for ln in re.findall(r"^sfsim report.*$", readme, re.M)]
+    assert len(cmds) == 2
+    for cmd in cmds:
+        args = shlex.split(cmd)[1:] + ["--results", str(tmp_path)]
+        if "--list" in args:
+            res = CliRunner().invoke(main, args)
+            assert res.exit_code == 0 and res.output.splitlines()[-1] == "0 of 20 recorded", res.output
+        else:
+            assert main.get_command(None, "report").make_context("report", args[1:]).params["budget"] == "2 h"
