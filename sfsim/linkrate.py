@@ -9,8 +9,9 @@ serves compute under availability (:mod:`sfsim.availability`): a rate of 1 while
 Sources of a link's rate (keys of a scenario's ``uplink``, see :class:`sfsim.scenario.Link`):
 
 * ``trace``: a CSV file ``time_s,bandwidth`` (a header line, then rows such as ``0,25 Mbps``; a
-  bare number is bit/s). Row ``k``'s bandwidth holds on ``[time_k, time_{k+1})``; the first time is
-  0, and the trace repeats with period ``last time + last step`` (a trace sampled every second at
+  bare number is bit/s; lines starting with ``#`` are comments, e.g. the trace's source). Row
+  ``k``'s bandwidth holds on ``[time_k, time_{k+1})`` (0 is an outage); the first time is 0, and the
+  trace repeats with period ``last time + last step`` (a trace sampled every second at
   ``t = 0..299`` repeats every 300 s).
 * ``gilbert_elliott``: a two-state (good/bad) Markov channel (Gilbert 1960, Elliott 1963), either in
   continuous time with exponential sojourns of means ``mean_good``/``mean_bad``, or in steps of
@@ -262,7 +263,8 @@ def read_trace(path: Path, file: str | None = None, key: str = "trace") -> Steps
     if not path.is_file():
         raise ConfigError(file, key, f"no such file {str(path)!r} (paths are relative to the scenario file)")
     with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        lines = [ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+        rows = list(csv.reader(lines))
     if not rows or [c.strip() for c in rows[0]] != ["time_s", "bandwidth"]:
         raise ConfigError(file, key, f"{path.name}: the first line must be the header 'time_s,bandwidth'")
     times, rates = [], []
@@ -271,8 +273,8 @@ def read_trace(path: Path, file: str | None = None, key: str = "trace") -> Steps
             if len(row) != 2:
                 raise ValueError("expected two columns")
             t, bw = float(row[0]), parse_quantity(row[1].strip(), "bandwidth")
-            if not (math.isfinite(t) and t >= 0 and bw > 0 and math.isfinite(bw)):
-                raise ValueError("times must be >= 0 and bandwidths > 0")
+            if not (math.isfinite(t) and t >= 0 and bw >= 0 and math.isfinite(bw)):
+                raise ValueError("times and bandwidths must be >= 0")
         except ValueError as err:
             raise ConfigError(file, key, f"{path.name} row {line}: {err}") from None
         if times and t <= times[-1]:
@@ -282,7 +284,10 @@ def read_trace(path: Path, file: str | None = None, key: str = "trace") -> Steps
     if not times or times[0] != 0:
         raise ConfigError(file, key, f"{path.name}: the first row must be at time 0")
     step = times[-1] - times[-2] if len(times) > 1 else 1.0
-    return Steps(times, rates, period=times[-1] + step)
+    steps = Steps(times, rates, period=times[-1] + step)
+    if trace_mean(steps) <= 0:
+        raise ConfigError(file, key, f"{path.name}: every bandwidth is 0; a transfer would never end")
+    return steps
 
 
 def trace_mean(steps: Steps) -> float:

@@ -44,6 +44,13 @@ def summary(res: SimResult, counts: dict[str, int] | None = None) -> str:
         pool = ", ".join(f"{s} {si(b, 'B')}" for s, b in res.pool_peak_bytes.items())
         lines.append(f"  server wait (idle while the policy held arrived micro-batches back): {waits}"
                      + (f"; mixing pool peak {pool}" if pool else ""))
+    if res.handovers:
+        moved = sum(h["sent_after"] for h in res.handovers)
+        lines.append(f"  handovers: {len(res.handovers)}, moving {moved:,} micro-batches sent after them")
+    if res.samples_not_trained:
+        lost = {d: n for d, n in res.samples_not_trained.items() if n}
+        lines.append(f"  samples not trained (availability): {sum(lost.values()):,} on {len(lost)} of "
+                     f"{len(res.samples_not_trained)} devices with availability")
     if res.energy is not None:
         e, said = res.energy, []
         if e["devices"]:

@@ -40,7 +40,7 @@ FIGURES = ("makespan_s", "micro_batches", "device_flops_total", "device_flops_ma
            "device_busy_total_s", "uplink_bytes", "downlink_bytes", "server_utilization", "bottleneck",
            "bottleneck_utilization", "cuts", "lora_start", "servers_used", "assignment", "assignment_source",
            "device_energy_j", "server_energy_j", "backhaul_bytes", "sync_rounds", "stream_mixing",
-           "server_wait_s", "pool_peak_bytes")
+           "server_wait_s", "pool_peak_bytes", "handover_moved", "samples_not_trained")
 """Result columns of a sweep row, from the simulation's JSON result (see :func:`figures`)."""
 
 NO_CUT = ("fedlora", "cenlora")
@@ -271,7 +271,9 @@ def figures(res, sc) -> dict:
             "server_energy_j": energy["server_total_j"] if energy and energy["servers"] else None,
             "backhaul_bytes": float(sum(res.backhaul_bytes_by_server.values())), "sync_rounds": res.sync_rounds,
             "stream_mixing": res.stream_mixing, "server_wait_s": float(sum(res.server_wait_s.values())),
-            "pool_peak_bytes": float(max(res.pool_peak_bytes.values(), default=0.0))}
+            "pool_peak_bytes": float(max(res.pool_peak_bytes.values(), default=0.0)),
+            "handover_moved": sum(h["sent_after"] for h in res.handovers),
+            "samples_not_trained": sum(res.samples_not_trained.values())}
 
 
 def _bottleneck(res, sc) -> tuple[str, float]:
