@@ -272,7 +272,8 @@ def read_trace(path: Path, file: str | None = None, key: str = "trace") -> Steps
         try:
             if len(row) != 2:
                 raise ValueError("expected two columns")
-            t, bw = float(row[0]), parse_quantity(row[1].strip(), "bandwidth")
+            cell = row[1].strip()
+            t, bw = float(row[0]), parse_quantity(_number(cell), "bandwidth")
             if not (math.isfinite(t) and t >= 0 and bw >= 0 and math.isfinite(bw)):
                 raise ValueError("times and bandwidths must be >= 0")
         except ValueError as err:
@@ -288,6 +289,14 @@ def read_trace(path: Path, file: str | None = None, key: str = "trace") -> Steps
     if trace_mean(steps) <= 0:
         raise ConfigError(file, key, f"{path.name}: every bandwidth is 0; a transfer would never end")
     return steps
+
+
+def _number(cell: str) -> float | str:
+    """A bare number as a float (bit/s), else the text for :func:`parse_quantity`."""
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
 
 
 def trace_mean(steps: Steps) -> float:
