@@ -86,9 +86,10 @@ class Training:
     accumulate: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
     # A credit comes back the instant a server worker starts a micro-batch; the acknowledgement's
     # downlink latency is not modelled. It would hold each credit one downlink latency longer, i.e.
-    # shrink the buffer by (credits returned per second x latency): on profiles/edge.yaml about 0.2 of
-    # 16 credits (9.5 micro-batches/s x 20 ms), and the makespan there is the same at buffer 14, 15
-    # or 16 (sixg.yaml: 30, 31 or 32). With a buffer of a few credits and long downlinks, lower it.
+    # shrink the buffer by (credits returned per second x latency): on profiles/edge.yaml about 0.1 of
+    # 16 credits (each device's micro-batches / 378 s x its downlink latency, summed), and the makespan
+    # there is the same at buffer 14, 15 or 16 (sixg.yaml at cut 2: 22, 23 or 24). With a buffer of a
+    # few credits and long downlinks, lower it.
     buffer: int = Field(default=4, gt=0, description="micro-batches in flight to or waiting at a server, or "
                         "per device with credits: device (credits; returned when a worker starts one, "
                         "acknowledgement latency not modelled)")
