@@ -130,6 +130,22 @@ def test_local_launch_equals_inprocess(tiny_gpt2, tmp_path, method):
     assert {"big", "small-0", "small-1"} <= lanes or method == "cenlora"
 
 
+@pytest.mark.parametrize("method, order", [("splitlora", "interleaved"), ("splitlora", "sequential"),
+                                           ("fedlora", None)])
+def test_local_launch_equals_inprocess_with_accumulate_and_client_order(tiny_gpt2, tmp_path, method, order):
+    from trainer.runner import run
+
+    kw = dict(method=method, client_order=order, accumulate=2, partition="iid", train_samples=32,
+              **({"fedavg_every": 3} if order == "interleaved" else {}))
+    a = run(_cfg(tiny_gpt2, tmp_path / "inproc", launch="inprocess", **kw))
+    b = run(_cfg(tiny_gpt2, tmp_path / "local", **kw))
+    assert len(a["train_loss_history"]) == 2 * 32 // (4 * 2)  # 2 epochs of samples / (micro_batch x accumulate)
+    assert max(abs(x - y) for x, y in zip(a["train_loss_history"], b["train_loss_history"], strict=True)) <= 1e-5
+    assert a["eval_history"] == b["eval_history"] and b["client_order"] == order
+    for key in ("uplink_bytes_by_device", "downlink_bytes_by_device"):
+        assert a[key] == b[key], key
+
+
 def test_fifo_takes_true_arrival_order(tiny_gpt2, tmp_path):
     from trainer.runner import run
 

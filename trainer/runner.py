@@ -29,6 +29,7 @@ from sfsim.schema import write_atomic
 from sfsim.trace import write_chrome_trace
 from sfsim.units import parse_quantity
 from trainer import data as tdata
+from trainer.estimate import for_run as estimate_run
 from trainer.heads import ClassificationHead, default_pooling
 from trainer.lora import default_targets
 from trainer.measure import Meter
@@ -36,6 +37,7 @@ from trainer.methods import Setup, build_method
 from trainer.methods.checkpoint import load_adapter, load_checkpoint, save_adapter, save_checkpoint
 from trainer.methods.common import full_state, load_full_state
 from trainer.methods.evaluate import classification_scores, exact_match, majority_baseline, predict
+from trainer.methods.splitlora import CLIENT_ORDERS
 from trainer.models import load_model
 from trainer.partition import missing_classes, parse_partition, partition, partition_table
 from trainer.runtime import SERVER_ORDERS, DeviceRole, InProcessTransport, RoleRNG, role_seed, stream_mixing
@@ -88,9 +90,11 @@ class RunConfig:
     checkpoint_every: int = 0
     buffer: int | None = None
     pool_memory: str | None = None
+    client_order: str | None = None
 
     def __post_init__(self):
         self.method = canonical(self.method)
+        self._check_client_order()
         if self.launch not in LAUNCHES:
             raise SfsimError(f"unknown --launch {self.launch!r}: use one of {', '.join(LAUNCHES)}")
         if self.emulate not in EMULATE:
@@ -132,6 +136,24 @@ class RunConfig:
         self.data_dir = str(Path(self.data_dir or tdata.default_data_dir()).resolve())  # eval works from anywhere
         if self.task == "gsm8k" and self.partition.split(":")[0] != "iid":
             raise SfsimError(f"--partition {self.partition}: gsm8k has no class labels to skew; use iid")
+
+
+    def _check_client_order(self) -> None:
+        """SplitLoRA's client order: default interleaved; refused for other methods and with options it ignores."""
+        if self.client_order is None:
+            self.client_order = "interleaved" if self.method == "splitlora" else None
+            return
+        if self.client_order not in CLIENT_ORDERS:
+            raise SfsimError(f"unknown --client-order {self.client_order!r}: use one of {', '.join(CLIENT_ORDERS)}")
+        if self.method != "splitlora":
+            raise SfsimError(f"--client-order orders SplitLoRA's clients; {self.method} has no such order: leave it out")
+        if self.client_order == "sequential":
+            if self.server_order != "proportional":
+                raise SfsimError(f"--server-order {self.server_order} interleaves clients; --client-order sequential "
+                                 "serves each client's whole epoch in turn: leave --server-order out")
+            if self.fedavg_every is not None:
+                raise SfsimError("--fedavg-every sets the FedAvg period of interleaved clients; --client-order "
+                                 "sequential hands the adapters from client to client instead: leave it out")
 
 
 def budget(sizes: list[int], total: int | None, available: int) -> list[int]:
@@ -236,7 +258,8 @@ def build(cfg: RunConfig):
                   meter=meter, transport=transport, server=scenario.devices[0].server,
                   server_order=cfg.server_order, periods=_periods(scenario, cuts),
                   decompose_backward=tr.decompose_backward, local_steps=cfg.local_steps or tr.local_steps,
-                  fedavg_every=cfg.fedavg_every or tr.fedavg_every, seed=cfg.seed, buffer=cfg.buffer or tr.buffer,
+                  fedavg_every=cfg.fedavg_every or tr.fedavg_every, client_order=cfg.client_order or "interleaved",
+                  seed=cfg.seed, buffer=cfg.buffer or tr.buffer,
                   samples={r.name: r.n_samples for r in roles}, max_len=cfg.max_len, out=cfg.out,
                   pool_memory=None if cfg.pool_memory is None else parse_quantity(cfg.pool_memory, "size"))
     method = build_method(cfg.method, setup)
@@ -351,6 +374,8 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
 
         method.on_step_done = hook
     n_samples = sum(setup.samples.values())
+    # an early estimate of the whole run's duration, printed after its first steps (not with --quiet)
+    est = estimate_run(cfg, setup, dev, info["n_eval"], info["epochs"] - first_epoch, t0) if cfg.progress else None
     metrics = {}
     for epoch in range(first_epoch, info["epochs"]):
         bar = _progress(cfg, n_samples)
@@ -361,6 +386,8 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
             bar.update(n)
             bar.set_postfix(step=len(losses), loss=f"{loss:.4f}",
                             sps=f"{bar.n / max(time.perf_counter() - t_ep, 1e-9):.1f}")
+            if est is not None:
+                est.step(n)
 
         t_train = time.perf_counter()
         method.train_epoch(epoch, on_step)
@@ -454,7 +481,8 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
             "eval_history": evals, "train_loss_history": losses, **summary, "wall_s": round(wall_s, 3),
             "uplink_time_modelled_s": {k: round(v, 6) for k, v in link_s.items()},
             "cuts": setup.cuts, "lora_start": setup.lora_start, "lora_blocks": method.lora_block_indices(),
-            "server_order": setup.server_order, "stream_mixing": mixing, "launch": cfg.launch,
+            "server_order": setup.server_order, "client_order": cfg.client_order, "stream_mixing": mixing,
+            "launch": cfg.launch,
             "lost_devices": method.lost, "lora_targets": setup.lora["targets"], "micro_batch": setup.micro_batch,
             "buffer": setup.buffer, "accumulate": setup.accumulate,
             "samples_by_device": {d.name: d.n_samples for d in setup.devices},

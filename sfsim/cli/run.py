@@ -29,6 +29,15 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _quiet(quiet: bool):
+    """``--quiet``: the run's output is swallowed except sfsim's error and warning lines (:mod:`trainer.quiet`)."""
+    import contextlib
+
+    from trainer.quiet import quiet_output
+
+    return quiet_output() if quiet else contextlib.nullcontext()
+
+
 _LAUNCH_HELP = ("local: one process per device and one for the server on this machine (default: device and "
                 "server work overlap, so measured times mean something); inprocess: every role in this process, "
                 "one after the other (debugging, and the reference a distributed run must equal)")
@@ -53,8 +62,12 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--micro-batch", type=int, help="samples per micro-batch (default: the scenario's)")
 @click.option("--accumulate", type=int, help="micro-batches per optimizer step (default: the scenario's)")
 @click.option("--buffer", type=int, help="splitfrozen: micro-batches in flight per device (default: the scenario's)")
-@click.option("--local-steps", type=int, help="fedlora: local micro-batches per round")
+@click.option("--local-steps", type=int, help="fedlora: local micro-batches per round (a step every --accumulate)")
 @click.option("--fedavg-every", type=int, help="splitlora: client FedAvg period in steps")
+@click.option("--client-order", type=click.Choice(["interleaved", "sequential"]),
+              help="splitlora only: interleaved (default; the clients' micro-batches mixed in the server order, "
+                   "FedAvg every --fedavg-every steps, as SplitLoRA's code) or sequential (client after client, "
+                   "adapters handed on to the next: classic split learning)")
 @click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
 @click.option("--server-order", default="proportional", show_default=True,
               help=f"order in which the server trains on the devices' micro-batches: {', '.join(_ORDERS)}")
@@ -80,11 +93,12 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
               help="continue the run in this folder from its last checkpoint (other options come from it)")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads per process")
 @click.option("--no-flops", is_flag=True, help="skip FLOP counting (faster)")
-@click.option("--quiet", is_flag=True, help="no partition table or progress bar")
+@click.option("--quiet", is_flag=True, help="no output but errors and warnings (no progress bar, estimate, notes or library logs)")
 @click.option("--out", type=click.Path(file_okay=False), help="output folder (new or empty)")
 @click.option("--overwrite", is_flag=True, help="replace an earlier run in --out")
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
-        eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, data_dir,
+        eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, client_order,
+        data_dir,
         server_order, pool_memory, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
         resume_dir, threads, no_flops, quiet, out, overwrite):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
@@ -96,6 +110,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
     _threads(threads)
     if resume_dir is not None:
         cfg = load_run_config(resume_dir)
+        cfg.progress = not quiet  # this invocation's --quiet, not the first run's
     else:
         need = {"--devices": devices, "--model": model, "--task": task, "--method": method,
                 "--partition": partition_spec, "--out": out}
@@ -107,7 +122,8 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
                         plan=plan, split=split, lora_start=lora_start, epochs=epochs, train_samples=train_samples,
                         eval_samples=eval_samples, lr=lr, seed=seed, max_len=max_len, data_dir=data_dir,
                         server_order=server_order, micro_batch=micro_batch, accumulate=accumulate,
-                        local_steps=local_steps, fedavg_every=fedavg_every, gen_tokens=gen_tokens,
+                        local_steps=local_steps, fedavg_every=fedavg_every, client_order=client_order,
+                        gen_tokens=gen_tokens,
                         count_flops=not no_flops, progress=not quiet, launch=launch, threads=threads,
                         emulate=emulate, peer_timeout=peer_timeout, checkpoint_every=checkpoint_every,
                         buffer=buffer, pool_memory=pool_memory)
@@ -117,7 +133,10 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
     with output_folder(cfg.out, overwrite=overwrite, resume=resume):
         if role == "server":
             _one_role(cfg, role, rank, world_size, master, resume)
-        m = run_job(cfg, resume=resume)
+        with _quiet(quiet):
+            m = run_job(cfg, resume=resume)
+    if quiet:  # metrics.json holds the summary
+        return
     lost = f", lost {', '.join(m['lost_devices'])}" if m.get("lost_devices") else ""
     click.echo(f"{m['method']} on {m['task']} ({cfg.launch}): {_scores(m)}, "
                f"{_amounts(m)}, {m['wall_s']:.1f} s{lost} -> {cfg.out}")

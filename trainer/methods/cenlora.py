@@ -16,6 +16,7 @@ from trainer.methods.common import (
     inject_lora,
     task_loss,
     trainable_params,
+    training_mode,
 )
 from trainer.runtime import DeviceRole, Message, PeerLost, device_kwargs, trim
 from trainer.split import split_model
@@ -86,7 +87,7 @@ class CenLoRA(Method):
                 continue
             idx = perm[st:st + s.micro_batch]
             b = trim({k: v[idx] for k, v in self.data.items()})
-            self.rest.train()
+            training_mode(self.emb, self.rest)
             with meter.compute(s.server, "F", "server_forward", mb=i, key=tuple(b["input_ids"].shape)):
                 loss = task_loss(self.rest(self.emb(b["input_ids"], b["attention_mask"], **device_kwargs(b)), b["attention_mask"]),
                                  b["labels"], s.is_lm)

@@ -26,13 +26,17 @@ class Setup:
         cuts: device name -> cut k (blocks on the device).
         lora_start: first block with LoRA on the server (splitfrozen; others use their own rule).
         lora: dict with ``rank``, ``alpha``, ``dropout``, ``targets``.
-        micro_batch, accumulate: samples per micro-batch, micro-batches per optimizer step.
+        micro_batch, accumulate: samples per micro-batch, micro-batches per optimizer step (every
+            method: the server's steps, SplitLoRA's client steps and FedLoRA's local steps).
         lr, weight_decay: AdamW settings.
         server_order: pacing policy name (see ``trainer.runtime.SERVER_ORDERS``).
         periods: device -> relative seconds between its micro-batches (for the ``fifo`` order).
         decompose_backward: split backward into B and deferred W on the server.
         local_steps: fedlora local micro-batches per round.
-        fedavg_every: splitlora client FedAvg period (server steps).
+        fedavg_every: splitlora client FedAvg period (server optimizer steps; interleaved order).
+        client_order: splitlora: ``interleaved`` (micro-batches of all clients mixed in the server
+            order, FedAvg every ``fedavg_every`` steps) or ``sequential`` (client after client, the
+            client adapters handed from each client to the next).
         meter, transport: measurement and the role-to-role transport.
         server: the server's name (its trace lane).
         seed: run seed.
@@ -61,6 +65,7 @@ class Setup:
     decompose_backward: bool = True
     local_steps: int = 10
     fedavg_every: int = 100
+    client_order: str = "interleaved"
     seed: int = 0
     buffer: int = 4
     samples: dict[str, int] = field(default_factory=dict)
@@ -96,6 +101,26 @@ def inject_lora(setup: Setup, blocks) -> None:
              alpha=lo["alpha"], dropout=lo["dropout"])
     if setup.head is not None:
         setup.head.requires_grad_(True)
+
+
+def training_mode(*modules: nn.Module | None) -> None:
+    """Put model parts in the one training mode every method uses: the pretrained network's own dropout off,
+    dropout only on the LoRA inputs (the scenario's ``lora.dropout``).
+
+    Every block then computes the same function whichever side runs it and whichever method trains:
+    SplitFrozen's frozen device prefix must run without dropout (its activations are then fixed and
+    cacheable), so SplitLoRA's client part, FedLoRA's and CenLoRA's whole models and every server part
+    run their frozen weights the same way. Attention and hidden-state dropout read their module's
+    ``training`` flag, so the whole part goes to eval mode and only peft's ``lora_dropout`` modules
+    back to training mode.
+    """
+    for m in modules:
+        if m is None:
+            continue
+        m.eval()
+        for name, sub in m.named_modules():
+            if name.rpartition(".")[2] == "lora_dropout":
+                sub.train()
 
 
 def trainable_params(*modules: nn.Module | None) -> list[nn.Parameter]:

@@ -2,8 +2,10 @@
 
 Each round the server sends the global adapters and head to every device that still has data this
 epoch (``round``); each trains ``local_steps`` micro-batches through all L blocks (forward and
-backward) from there and uploads its adapters, head and per-step losses (``adapter``); the server
-averages them (weighted by the devices' sample counts). Devices keep their own AdamW moments across
+backward) from there, with an optimizer step after every ``accumulate`` micro-batches and one on a
+partial window at the round's end (as the simulator's FedLoRA schedule), and uploads its adapters,
+head and per-step (loss, samples, micro-batches) (``adapter``); the server averages them (weighted
+by the devices' sample counts). Devices keep their own AdamW moments across
 rounds. In-process all devices share one model and a device's weights are swapped in; in a
 distributed run every device trains in its own process, all at once.
 """
@@ -23,6 +25,7 @@ from trainer.methods.common import (
     set_state,
     task_loss,
     trainable_params,
+    training_mode,
 )
 from trainer.runtime import DeviceRole, Message, PeerLost, device_kwargs
 from trainer.split import split_model
@@ -61,13 +64,22 @@ class FedLoRA(Method):
             return
         st = self._dev[role.name]
         set_state(s.lm.model, s.head, unpack_state(msg.tensors["state"], self.like, self.keys))
-        losses = []
+        losses, window = [], []  # per optimizer step: mean loss, samples, micro-batches
+
+        def step() -> None:
+            self._local_step(role.name, st["pos"] - 1)
+            losses.extend([sum(x for x, _ in window) / len(window), float(sum(k for _, k in window)), len(window)])
+            window.clear()
+
         for _ in range(s.local_steps):
             if st["pos"] >= len(st["batches"]):
                 break
-            loss, n = self._local_step(role.name, st["pos"], st["batches"][st["pos"]])
+            window.append(self._local_pass(role.name, st["pos"], st["batches"][st["pos"]]))
             st["pos"] += 1
-            losses += [loss, float(n)]
+            if len(window) == s.accumulate:
+                step()
+        if window:  # a partial window at the round's end
+            step()
         state = pack_state(get_state(s.lm.model, s.head), self.keys)
         s.transport.send_up(Message(role.name, -1, {"state": state, "losses": torch.tensor(losses, dtype=torch.float32)},
                                     kind="adapter", aux=msg.aux, epoch=st["epoch"]))
@@ -90,21 +102,24 @@ class FedLoRA(Method):
         self.global_state = {k: tensors[k].clone() for k in self.keys}
         self.round = meta["round"]
 
-    def _local_step(self, name: str, j: int, batch) -> tuple[float, int]:
+    def _local_pass(self, name: str, j: int, batch) -> tuple[float, int]:
+        """Forward and backward of one micro-batch (gradients of loss / A accumulate); (loss, samples)."""
         s, meter = self.setup, self.setup.meter
         self._optimizer(name)
-        self.rest.train()
+        training_mode(self.emb, self.rest)
         key = tuple(batch["input_ids"].shape)
         with meter.compute(name, "F", "device_forward", mb=j, device=name, key=key):
             out = self.rest(self.emb(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch)), batch["attention_mask"])
             loss = task_loss(out, batch["labels"], s.is_lm)
         with meter.compute(name, "BW", "device_backward", mb=j, device=name, key=key):
-            loss.backward()
-        with meter.compute(name, "step", "device_step", mb=j, device=name, count=False):
-            self.opt[name].step()
-            self.opt[name].zero_grad(set_to_none=True)
+            (loss / s.accumulate).backward()
         self.record(name, batch["labels"])
         return loss.item(), int(batch["labels"].shape[0])
+
+    def _local_step(self, name: str, j: int) -> None:
+        with self.setup.meter.compute(name, "step", "device_step", mb=j, device=name, count=False):
+            self.opt[name].step()
+            self.opt[name].zero_grad(set_to_none=True)
 
     # -- server side --------------------------------------------------------------------------------
     def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
@@ -128,11 +143,12 @@ class FedLoRA(Method):
                 except PeerLost as err:
                     self.lose(err.device, err.reason, left)
                     continue
-                steps = msg.tensors["losses"].view(-1, 2).tolist()
-                for loss, k in steps:
+                steps = msg.tensors["losses"].view(-1, 3).tolist()
+                for loss, k, _mbs in steps:
                     on_step(loss, int(k))
-                left[n] = max(left[n] - len(steps), 0) if steps else 0
-                self.cursor[n] = self.cursor.get(n, 0) + len(steps)
+                trained = int(sum(mbs for *_, mbs in steps))  # micro-batches this round
+                left[n] = max(left[n] - trained, 0) if trained else 0
+                self.cursor[n] = self.cursor.get(n, 0) + trained
                 states.append(unpack_state(msg.tensors["state"], self.like, self.keys))
                 weights.append(s.samples[n])
             if states:

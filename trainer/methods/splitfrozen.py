@@ -26,6 +26,7 @@ from trainer.methods.common import (
     inject_lora,
     task_loss,
     trainable_params,
+    training_mode,
 )
 from trainer.runtime import DeviceRole, Message, PeerLost, role_seed, server_order
 from trainer.split import split_model
@@ -171,7 +172,7 @@ class SplitFrozen(Method):
         """Server F and B (W deferred) of one micro-batch."""
         s, meter, t, name, j = self.setup, self.setup.meter, msg.tensors, msg.device, msg.mb
         _, server = self.parts[s.cuts[name]]
-        server.train()
+        training_mode(server)
         key = (s.cuts[name], *t["hidden"].shape)
         with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
             loss = task_loss(server(t["hidden"], t["attention_mask"].long()), t["labels"], s.is_lm)

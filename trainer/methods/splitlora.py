@@ -1,19 +1,31 @@
 """SplitLoRA (Lin et al., arXiv 2407.00952): LoRA on both sides, cut-layer gradient back to the client.
 
 Each client holds its own LoRA adapters on blocks 0..k-1 (k: the run's cut, the same for every client)
-and its own optimizer; the server holds one shared model (LoRA on blocks k..L-1 + head) updated once
-per client micro-batch. Per micro-batch: client forward -> activations up -> server forward, B,
-cut-layer gradient down, W, server step -> client backward and client step. Every ``fedavg_every``
-server steps (and at the end of each epoch) the clients' adapters are averaged (weighted by
-samples): adapters up, the average down.
+and its own optimizer; the server holds one shared model (LoRA on blocks k..L-1 + head). Per
+micro-batch: client forward -> activations up -> server forward, B, cut-layer gradient down, W ->
+client backward. Optimizer steps honour ``accumulate`` (A) as every method does: the server steps
+after every A micro-batches it trains on, a client after every A of its own backward passes, so a
+step covers A x micro_batch samples on both sides (A = 1: a step per client batch, as the reference
+code); both step on what they hold at a FedAvg round and at the end of the epoch.
+
+Client orders (``setup.client_order``, :data:`CLIENT_ORDERS`):
+
+* ``interleaved`` (default; SplitLoRA's reference code): the clients' micro-batches are mixed in the
+  server order (``setup.server_order``: proportional, round-robin, or fifo arrivals); every
+  ``fedavg_every`` server steps (and at the end of each epoch) the clients' adapters are averaged
+  (weighted by samples): adapters up, the average down.
+* ``sequential`` (classic split learning): one client after another (scenario order) trains on its
+  whole epoch while the others wait; the next client starts from the adapters the previous one ended
+  with (up to the server, down to the next client); no FedAvg. The server's stream is then one
+  client's data at a time, which under label skew is one class at a time.
 
 The server drives the clients with commands: ``fwd`` (compute micro-batch ``mb`` and send it),
 ``grad`` (the cut-layer gradient: backward and step), ``sync`` (send your adapters for a FedAvg
 round) and ``adapter`` (load the average). Between two FedAvg rounds (a *segment*) the server asks a
 client for its next micro-batch as soon as it has sent the gradient of the previous one, so clients
 compute while the server serves the others. With a deterministic server order a segment is the next
-``fedavg_every`` slots of the order, which makes a distributed run step for step equal to an
-in-process one; with ``fifo`` over a real transport it is the next ``fedavg_every`` arrivals.
+``fedavg_every`` x A slots of the order, which makes a distributed run step for step equal to an
+in-process one; with ``fifo`` over a real transport it is the next ``fedavg_every`` x A arrivals.
 """
 
 from __future__ import annotations
@@ -34,10 +46,19 @@ from trainer.methods.common import (
     set_state,
     task_loss,
     trainable_params,
+    training_mode,
 )
 from trainer.runtime import DeviceRole, Message, PeerLost, device_kwargs, server_order, wire_mask
 from trainer.split import split_model
 from trainer.wire import pack_state, unpack_state
+
+#: SplitLoRA's client orders (``--client-order``).
+CLIENT_ORDERS = {
+    "interleaved": "clients' micro-batches mixed in the server order, FedAvg every fedavg_every steps "
+                   "(SplitLoRA's reference code)",
+    "sequential": "client after client, each over its whole epoch, adapters handed on to the next "
+                  "(classic split learning)",
+}
 
 
 class _Client:
@@ -51,6 +72,7 @@ class _Client:
         self.batches: list = []
         self.epoch = 0
         self.pending: tuple[int, torch.Tensor, tuple] | None = None  # (mb, hidden with graph, key)
+        self.since_step = 0  # backward passes accumulated since the client's last optimizer step
 
     def state(self) -> dict[str, torch.Tensor]:
         """Copies of the client's LoRA weights, keyed by the model's parameter names."""
@@ -64,7 +86,7 @@ class _Client:
 
 
 class SplitLoRA(Method):
-    """The SplitLoRA baseline (clients in the pacing order of ``setup.server_order``)."""
+    """The SplitLoRA baseline (clients interleaved in ``setup.server_order``, or one after another)."""
 
     name = "splitlora"
     resumable = True
@@ -88,6 +110,7 @@ class SplitLoRA(Method):
         self.steps = 0
         self.rounds = 0
         self.global_client: dict[str, torch.Tensor] | None = None
+        self.window: tuple[list[float], int] = ([], 0)
 
     # -- device side --------------------------------------------------------------------------------
     def _client(self, name: str) -> _Client:
@@ -102,7 +125,7 @@ class SplitLoRA(Method):
             c.batches, c.epoch = role.batches(msg.epoch), msg.epoch
         elif msg.kind == "fwd":
             batch = c.batches[msg.mb]
-            c.part.train()
+            training_mode(c.part)
             key = tuple(batch["input_ids"].shape)
             with meter.compute(role.name, "F", "device_forward", mb=msg.mb, device=role.name, key=key):
                 hidden = c.part(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch))  # (B, T, d)
@@ -112,25 +135,36 @@ class SplitLoRA(Method):
         elif msg.kind == "grad":
             j, hidden, key = c.pending
             with meter.compute(role.name, "BW", "device_backward", mb=j, device=role.name, key=key):
-                hidden.backward(msg.tensors["grad"])
-            with meter.compute(role.name, "step", "device_step", mb=j, device=role.name, count=False):
-                c.opt.step()
-                c.opt.zero_grad(set_to_none=True)
-            c.pending = None
+                hidden.backward(msg.tensors["grad"])  # the gradient of loss / A: the step sees the mean
+            c.pending, c.since_step = None, c.since_step + 1
+            if c.since_step == s.accumulate:
+                self._client_step(role.name, c, j)
         elif msg.kind == "sync":
+            if c.since_step:  # a partial window: step on it before the adapters leave
+                self._client_step(role.name, c, -1)
             s.transport.send_up(Message(role.name, -1, {"state": pack_state(c.state(), self.keys)}, kind="adapter",
                                         aux=msg.aux, epoch=c.epoch))
         elif msg.kind == "adapter":
             c.load(unpack_state(msg.tensors["state"], self.like, self.keys))
 
+    def _client_step(self, name: str, c: _Client, mb: int) -> None:
+        with self.setup.meter.compute(name, "step", "device_step", mb=mb, device=name, count=False):
+            c.opt.step()
+            c.opt.zero_grad(set_to_none=True)
+        c.since_step = 0
+
     # -- server side --------------------------------------------------------------------------------
     def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
-        """Every client micro-batch once, in segments between FedAvg rounds; FedAvg at the end."""
+        """Every client micro-batch once, interleaved in segments between FedAvg rounds or client after client."""
         s, tr = self.setup, self.setup.transport
         counts = self.batch_counts()
         done = self.resume_cursor(epoch)
+        self.window = ([], 0)  # losses and samples the server has accumulated since its last step
         for n in self.live():
             tr.send_down(Message(n, -1, kind="start", epoch=epoch))
+        if s.client_order == "sequential":
+            self._sequential(epoch, counts, done, on_step)
+            return
         arrival = s.server_order == "fifo" and tr.arrival_order
         order = None
         if not arrival:
@@ -143,17 +177,41 @@ class SplitLoRA(Method):
         left = {n: counts[n] - done.get(n, 0) for n in self.live() if counts[n] > done.get(n, 0)}
         nxt = {n: done.get(n, 0) for n in left}
         while sum(left.values()) > 0:
-            quota = s.fedavg_every - self.steps % s.fedavg_every
+            quota = (s.fedavg_every - self.steps % s.fedavg_every) * s.accumulate  # micro-batches to the round
             if order is not None:
                 order = [n for n in order if n in left]
                 seg, order = order[:quota], order[quota:]
                 self._segment(epoch, seg, len(seg), left, nxt, on_step)
             else:
                 self._segment(epoch, None, quota, left, nxt, on_step)
+            self._server_step(on_step)  # a partial window (epoch end, a lost client): step on it
             if self.steps % s.fedavg_every == 0 and sum(left.values()) > 0:
                 self._fedavg(epoch)
                 self.step_done(epoch)  # between segments no client has work in flight: a checkpoint point
         self._fedavg(epoch)
+
+    def _sequential(self, epoch: int, counts: dict[str, int], done: dict[str, int], on_step: StepCallback) -> None:
+        """Client after client: each trains on the rest of its epoch from the adapters the last one ended with."""
+        tr = self.setup.transport
+        for n in self.live():
+            todo = counts[n] - done.get(n, 0)
+            if todo <= 0 or n in self.lost:
+                continue
+            if self.global_client is not None:  # hand over the relay's adapters
+                tr.send_down(Message(n, -1, {"state": pack_state(self.global_client, self.keys)}, kind="adapter",
+                                     aux=self.rounds, epoch=epoch))
+            left, nxt = {n: todo}, {n: done.get(n, 0)}
+            self._segment(epoch, [n] * todo, todo, left, nxt, on_step)
+            self._server_step(on_step)
+            if n not in self.lost:
+                self.rounds += 1
+                tr.send_down(Message(n, -1, kind="sync", aux=self.rounds, epoch=epoch))
+                try:
+                    msg = tr.recv_up(n, {"adapter"})
+                    self.global_client = unpack_state(msg.tensors["state"], self.like, self.keys)
+                except PeerLost as err:
+                    self.lose(err.device, err.reason)
+            self.step_done(epoch)  # between clients nothing is in flight: a checkpoint point
 
     def _segment(self, epoch: int, seg: list[str] | None, quota: int, left: dict[str, int], nxt: dict[str, int],
                  on_step: StepCallback) -> None:
@@ -197,13 +255,11 @@ class SplitLoRA(Method):
                 continue
             n = msg.device
             busy.discard(n)
-            loss, k = self._serve(msg, epoch)
+            self._serve(msg, epoch, on_step)
             served += 1
             left[n] -= 1
             todo[n] -= 1
             self.advance(n)
-            self.steps += 1
-            on_step(loss, k)
             if left[n] == 0:
                 del left[n]
             for m in [n] + [m for m in left if m != n]:
@@ -213,27 +269,41 @@ class SplitLoRA(Method):
     def _count(self, name: str) -> int:
         return self.batch_counts()[name]
 
-    def _serve(self, msg: Message, epoch: int) -> tuple[float, int]:
-        """Server F and B, the cut-layer gradient down, then W and the server step."""
+    def _serve(self, msg: Message, epoch: int, on_step: StepCallback) -> None:
+        """Server F and B, the cut-layer gradient down, then W; the server step after every A micro-batches."""
         s, meter, tr = self.setup, self.setup.meter, self.setup.transport
         t, name, j = msg.tensors, msg.device, msg.mb
-        self.server.train()
+        training_mode(self.server)
         h = t["hidden"].requires_grad_(True)
         key = tuple(t["hidden"].shape[:2])
         with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
             loss = task_loss(self.server(h, t["attention_mask"].long()), t["labels"], s.is_lm)
         op = "B" if s.decompose_backward else "BW"
         with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
-            loss.backward()
+            (loss / s.accumulate).backward()
         tr.send_down(Message(name, j, {"grad": h.grad}, kind="grad", epoch=epoch))  # before W: shorter wait
         if s.decompose_backward:
             with meter.compute(s.server, "W", "server_W", mb=j, device=name, key=self.deferred.signature()):
                 self.deferred.flush()
-        with meter.compute(s.server, "step", "server_step", mb=j, device=name, count=False):
+        self.record(name, t["labels"])
+        losses, samples = self.window
+        losses.append(loss.item())
+        self.window = (losses, samples + int(t["labels"].shape[0]))
+        if len(losses) == s.accumulate:
+            self._server_step(on_step)
+
+    def _server_step(self, on_step: StepCallback) -> None:
+        """The server's optimizer step on the micro-batches accumulated since the last one (none: nothing)."""
+        losses, samples = self.window
+        if not losses:
+            return
+        s = self.setup
+        with s.meter.compute(s.server, "step", "server_step", count=False):
             self.server_opt.step()
             self.server_opt.zero_grad(set_to_none=True)
-        self.record(name, t["labels"])
-        return loss.item(), int(t["labels"].shape[0])
+        self.steps += 1
+        self.window = ([], 0)
+        on_step(sum(losses) / len(losses), samples)
 
     def _fedavg(self, epoch: int) -> None:
         """Average the live clients' adapters (weighted by samples); adapters cross both links."""
