@@ -301,7 +301,7 @@ def device_process(engine, pools, i: int, d, m: Motion):
         m.up_bytes += d.up_bytes * x
         m.send_s += end - t0 if pause is None else _online(pause, t0, end)
         link_free = end
-        pool.push(end + leg.up_l, i, n)
+        (pool.send if pool.senders is not None else pool.push)(end + leg.up_l, i, n)  # send: the mixing pool's count
         f_start, n = t0, n + 1
     m.sent = n
     if n < d.sent:

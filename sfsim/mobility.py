@@ -40,3 +40,16 @@ def check_handovers(handovers: list[Handover], servers: list[str], file: str | N
         if j and h.at <= handovers[j - 1].at:
             raise ConfigError(file, f"{key}[{j}].at", f"{h.at:g} s is not after the previous handover at "
                               f"{handovers[j - 1].at:g} s; list handovers in time order")
+
+
+def stages(devices, assignment: dict[str, str]) -> list[dict[str, str]]:
+    """The assignment after each device's first, second, ... handover (a device out of handovers stays put).
+
+    The simulator checks memory on each, as the planner does on the starting assignment.
+    """
+    rounds = max((len(d.handover) for d in devices), default=0)
+    out = []
+    for k in range(1, rounds + 1):
+        out.append({d.name: (d.handover[min(k, len(d.handover)) - 1].to if d.handover else assignment[d.name])
+                    for d in devices})
+    return out

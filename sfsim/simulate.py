@@ -28,6 +28,7 @@ from sfsim.engine import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.memory import check_memory
 from sfsim.methods import canonical
+from sfsim.mobility import stages
 from sfsim.planfile import Plan, load_plan
 from sfsim.result import SimResult
 from sfsim.scenario import Scenario
@@ -183,6 +184,8 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     cm, first_lora = CostModel(scenario), ls if ls is not None else max(cuts.values())
     assignment, source = resolve_assignment(scenario, cm, name, cuts, first_lora, plan)
     check_memory(scenario, cm, name, cuts, first_lora, assignment)
+    for after_handovers in stages(scenario.devices, assignment):  # the servers devices move to hold them too
+        check_memory(scenario, cm, name, cuts, first_lora, after_handovers)
     check_supported(scenario, name, cfg, tr.cache_activations)
     setup = Setup(scenario, cm, cuts, first_lora, assignment)
     module = get(name)

@@ -236,3 +236,11 @@ def test_dynamic_keys_take_set_and_vary_like_any_other():
     res = sfsim.simulate(sc)
     assert set(res.samples_not_trained.values()) == {0}  # pausing phones train everything in the end
     assert parse_vary("devices[phone].availability.mean_on=30s,2min").values == (30.0, 120.0)
+
+
+def test_the_server_a_device_hands_over_to_must_hold_it():
+    data = copy.deepcopy(BASE)
+    data["servers"][1]["memory"] = "100 MiB"  # too small for GPT-2's blocks 2..11 and 4 buffered
+    data["devices"][0]["handover"] = [{"at": "1 s", "to": "b"}]
+    with pytest.raises(SfsimError, match=r"^server b needs .* but has 100 MiB"):
+        sfsim.simulate(scenario_from_dict(data, source="s.yaml"))
