@@ -72,6 +72,14 @@ def needs_dynamics(scenario) -> bool:
     return any(d.handover or d.availability is not None or d.uplink.varies for d in scenario.devices)
 
 
+def refuse_dynamics(scenario, what: str) -> None:
+    """Refuse (one line) a scenario with handovers, time-varying links or availability where only constant
+    links are modelled (the trainer's link emulation)."""
+    if needs_dynamics(scenario) or any(d.downlink.varies for d in scenario.devices):
+        raise SfsimError(f"{what} shapes constant links; this scenario has handovers, time-varying links or "
+                         "availability, which only sfsim simulate models")
+
+
 def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
     """Refuse, in one line, a combination the dynamic network is not simulated for."""
     if any(d.downlink.varies for d in scenario.devices):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from sfsim.dynamic import refuse_dynamics
 from sfsim.errors import SfsimError
 from sfsim.schema import write_atomic
 from sfsim.trace import TraceEvent
@@ -91,6 +92,7 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     offset = sync_clock(meter)
     shaping = None
     if cfg.emulate in ("links", "all"):
+        refuse_dynamics(scenario, f"{cfg.devices}: --emulate {cfg.emulate}")
         shaping = {d.name: (LinkShape(d.uplink.bandwidth, d.uplink.latency),
                             LinkShape(d.downlink.bandwidth, d.downlink.latency)) for d in scenario.devices}
     limits = Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm)
