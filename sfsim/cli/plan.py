@@ -12,7 +12,13 @@ from sfsim.cli import main
               help="scenario YAML (model, training, servers, devices), e.g. profiles/edge.yaml")
 @click.option("--schedule", default="splitfrozen", show_default=True,
               help="schedule to plan for: splitfrozen or splitfrozen-sequential")
-@click.option("--objective", default="time", show_default=True, help="what to minimise: time (total training time)")
+@click.option("--objective", default="time", show_default=True,
+              help="what to minimise: time (total training time; ties within --tie-tolerance go to the plan with "
+                   "the least device compute) or energy (device joules; needs --deadline and power figures)")
+@click.option("--deadline", default=None, metavar="TIME",
+              help="with --objective energy: the most time the plan may take, e.g. 10min or 600 (seconds)")
+@click.option("--tie-tolerance", default=0.005, show_default=True, type=float,
+              help="with --objective time: plans within this fraction of the fastest tie (0: fastest only)")
 @click.option("--min-device-layers", default=1, show_default=True, type=int,
               help="fewest blocks every device keeps (1: raw tokens never leave a device)")
 @click.option("--min-lora-layers", default=1, show_default=True, type=int,
@@ -21,17 +27,25 @@ from sfsim.cli import main
               help="write the plan file here (for sfsim simulate --plan / sfsim run --plan)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="change the scenario without editing it: servers[0].flops=200 TFLOPS (repeatable)")
-def plan(devices, schedule, objective, min_device_layers, min_lora_layers, output, sets) -> None:
+def plan(devices, schedule, objective, deadline, tie_tolerance, min_device_layers, min_lora_layers, output,
+         sets) -> None:
     """Plan cuts, LoRA start and server assignment for a fleet, and print what bounds the time.
 
     Without -o nothing is written; the last line says how to save the plan.
     """
+    from sfsim.errors import ConfigError
     from sfsim.overrides import load_scenario_with, parse_sets
     from sfsim.planner import plan as make_plan
+    from sfsim.units import parse_quantity
 
+    if deadline is not None:
+        try:
+            deadline = parse_quantity(deadline, "time")
+        except ValueError as err:
+            raise ConfigError(None, "--deadline", str(err)) from None
     sc = load_scenario_with(devices, parse_sets(sets))
     res = make_plan(sc, schedule=schedule, objective=objective, min_device_layers=min_device_layers,
-                    min_lora_layers=min_lora_layers)
+                    min_lora_layers=min_lora_layers, deadline=deadline, tie_tolerance=tie_tolerance)
     click.echo(res.table())
     if output:
         res.save(output)

@@ -14,11 +14,18 @@ How it works (each step its own module):
    on small fleets every plan near the best so far (each type's cuts within a few blocks, any
    server; the whole space when it is a few hundred plans) is replayed, because with few
    micro-batches and a small buffer the fluid model cannot rank plans to 1 %; a local search on
-   simulated time spends what is left of the replay budget. The plan is the one
-   with the smallest *simulated* makespan, so ``makespan_s`` is what ``sfsim simulate --plan``
-   reports, and it is never slower than the best single global cut the planner replayed.
+   simulated time spends what is left of the replay budget. The fastest plan is the one
+   with the smallest *simulated* makespan, never slower than the best single global cut the
+   planner replayed; ``makespan_s`` is what ``sfsim simulate --plan`` reports for the chosen plan.
 
-LoRA start: with ``objective="time"`` the planner puts LoRA on the fewest blocks allowed
+Objectives: ``time`` (the default) takes the fastest plan, then lets time ties go to the devices'
+batteries: among plans within ``tie_tolerance`` (0.5 %) of the fastest makespan it takes the one
+with the fewest device FLOPs (a bandwidth-bound fleet gains nothing from heavy device prefixes).
+``energy`` minimises the devices' total energy (joules from their ``power`` figures; the servers
+are on mains power and are not counted) subject to a simulated makespan within ``deadline``; it
+needs the deadline and power figures on every device. Both use :mod:`~sfsim.planner.deadline`.
+
+LoRA start: the planner puts LoRA on the fewest blocks allowed
 (``lora_start = L - min_lora_layers``, or the scenario's ``training.lora_start`` when it fixes
 one). A higher LoRA start never slows a plan: every cut stays allowed, each block it turns frozen
 loses its B and W on the server, the optimizer steps over fewer parameters and the server keeps
@@ -37,6 +44,7 @@ import numpy as np
 from sfsim.errors import ConfigError, InfeasibleError
 from sfsim.methods import canonical
 from sfsim.planfile import Plan
+from sfsim.planner.deadline import TIE_TOLERANCE, Score, cheapest, energy_cost, flop_cost
 from sfsim.planner.fluid import Estimate, Group, estimate, server_completion
 from sfsim.planner.model import (
     PIPELINED,
@@ -49,11 +57,13 @@ from sfsim.planner.model import (
 from sfsim.planner.refine import merge, nearby_plans, polish, refine
 from sfsim.planner.report import Comparison, Row, bottleneck_words, format_result, rows_for
 from sfsim.planner.search import candidates, fixed_cut, lower_bound, rank_uniform_cuts
+from sfsim.units import format_quantity
 
 __all__ = ["PlanResult", "Comparison", "Row", "plan", "OBJECTIVES", "SCHEDULES"]
 
-OBJECTIVES = ("time",)
-"""Objectives the planner optimises (total training time)."""
+OBJECTIVES = ("time", "energy")
+"""Objectives the planner optimises: total training time (ties to less device compute), or device
+energy under a deadline."""
 
 SCHEDULES = PIPELINED + SEQUENTIAL
 """Schedules the planner can plan for (those with a per-device cut and a LoRA start)."""
@@ -87,6 +97,13 @@ NEARBY_MAX = 400
 NEARBY_MICRO_BATCHES = 20_000
 """Simulated micro-batches those replays may spend (about 0.2 s): bounds them on mid-sized fleets."""
 
+CHEAPER_RUNS = 12
+"""Most simulator runs the cheaper-plan search (time ties, energy) spends besides the nearby sweep."""
+
+CHEAPER_MICRO_BATCHES = 20_000
+"""Simulated micro-batches that search may spend (at least one run for time ties, three for energy):
+on a 1,000-device fleet one replay, so the default objective stays under 2 s."""
+
 EXHAUSTIVE_LIMIT = 2000
 """Type-level plans (one cut and server per type) below which all are also scored analytically."""
 
@@ -110,6 +127,9 @@ class PlanResult:
         schedule, scenario, model: what the plan was made for.
         search_s: seconds spent planning (search + simulations).
         simulated: how many candidate plans were replayed with the simulator.
+        objective, deadline_s, tie_tolerance: what the plan minimises (see the module docstring).
+        device_flop, device_j: the plan's device FLOPs and device joules (simulated).
+        fastest: makespan, device FLOPs and joules of the fastest plan found.
     """
 
     splits: dict[str, int]
@@ -130,6 +150,12 @@ class PlanResult:
     min_lora_layers: int = 1
     lora_layers: int = 1  # blocks with LoRA on the servers
     lora_fixed: bool = False  # the scenario's training.lora_start fixed it
+    objective: str = "time"
+    deadline_s: float | None = None  # objective energy: the most time the plan may take
+    tie_tolerance: float = TIE_TOLERANCE  # objective time: plans this close to the fastest tie
+    device_flop: float = 0.0  # FLOPs summed over the devices (simulated)
+    device_j: float | None = None  # joules summed over the devices (None: no power figures)
+    fastest: Score | None = None  # the fastest plan found, before ties or energy traded time away
 
     def to_plan(self) -> Plan:
         """The plan file record (:class:`sfsim.planfile.Plan`)."""
@@ -164,11 +190,15 @@ class Replay:
 
     def __init__(self, scenario, schedule: str, table: StageTable):
         self.scenario, self.schedule, self.table = scenario, schedule, table
-        self.cache: dict[tuple, float] = {}
+        self.cache: dict[tuple, Score] = {}
         self.runs = 0  # simulator runs so far (traced ones included)
 
     def __call__(self, groups: list[Group]) -> float:
         """The simulator's makespan for ``groups``."""
+        return self.score(groups).makespan_s
+
+    def score(self, groups: list[Group]) -> Score:
+        """The simulator's makespan, device FLOPs and device joules for ``groups`` (cached)."""
         from sfsim import simulate
 
         key = tuple(merge(groups))
@@ -176,7 +206,9 @@ class Replay:
             splits, assignment = expand(self.table, groups)
             p = Plan(splits=splits, lora_start=self.table.lora_start, assignment=assignment,
                      schedule=self.schedule)
-            self.cache[key] = float(simulate(self.scenario, schedule=self.schedule, plan=p).makespan_s)
+            res = simulate(self.scenario, schedule=self.schedule, plan=p)
+            self.cache[key] = Score(float(res.makespan_s), res.device_flops_total,
+                                    None if res.energy is None else float(res.energy["device_total_j"]))
             self.runs += 1
         return self.cache[key]
 
@@ -287,34 +319,40 @@ def _lora_start(scenario, min_device_layers: int, min_lora_layers: int) -> int:
 
 def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_device_layers: int = 1,
          min_lora_layers: int = 1, verify: int = 3, refine_budget: int | None = None,
-         cost_model=None) -> PlanResult:
+         cost_model=None, deadline: float | None = None, tie_tolerance: float = TIE_TOLERANCE) -> PlanResult:
     """Choose every device's cut, the LoRA start and the server assignment that finish training soonest.
 
     Args:
         scenario: a loaded :class:`sfsim.scenario.Scenario`.
         schedule: ``splitfrozen`` (pipelined) or ``splitfrozen-sequential``.
-        objective: ``time`` (total training time; the only objective so far).
+        objective: ``time`` (total training time; ties go to less device compute) or ``energy``
+            (least device joules with the makespan at most ``deadline``).
         min_device_layers: fewest blocks every device keeps (raw tokens never leave a device: 1).
         min_lora_layers: fewest LoRA blocks on the servers.
         verify: how many of the best analytic candidates to replay with the simulator.
         refine_budget: most extra simulations for the local search (default: what is left of
             ``SIM_MICRO_BATCHES`` simulated micro-batches, at most ``REFINE_MAX`` runs).
         cost_model: a :class:`sfsim.costmodel.CostModel` to reuse (default: built from ``scenario``).
+        deadline: seconds; required with ``objective="energy"``, refused with ``time``.
+        tie_tolerance: with ``objective="time"``, plans within this fraction of the fastest
+            makespan tie and the one with the fewest device FLOPs wins (0: the fastest, full stop).
 
     Returns:
         A :class:`PlanResult`; its ``makespan_s`` is the simulated time of the chosen plan.
 
     Raises:
-        InfeasibleError: no plan meets the memory and layer constraints (says which and by how much).
-        ConfigError: unknown schedule or objective.
+        InfeasibleError: no plan meets the memory and layer constraints, or the deadline (says
+            which and by how much).
+        ConfigError: unknown schedule or objective, a missing or needless deadline, devices
+            without power figures under ``objective="energy"``.
 
     Example:
         >>> res = plan(load_scenario("profiles/edge.yaml"))
         >>> res.splits["rpi5-0"], res.lora_start, res.bottleneck
     """
     t0 = time.perf_counter()
-    schedule, table, lb = _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers,
-                                   cost_model)
+    schedule, table, lb, cm = _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers,
+                                       cost_model, deadline, tie_tolerance)
     replay = Replay(scenario, schedule, table)
     total = sum(t.count * t.sent for t in table.types)
     # long runs: the comparison lines come from the fluid model and only the plan itself is replayed
@@ -340,9 +378,24 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     if sims and min(sims)[0] < makespan:  # never worse than the best single global cut
         makespan, k = min(sims)
         groups = uniform[k]
+    lb = min(lb, makespan)
+    fastest = replay.score(groups)
+    nearby_cap = max(0, min(NEARBY_MAX, NEARBY_MICRO_BATCHES // max(total, 1)))
+    cheaper_runs = min(CHEAPER_RUNS, CHEAPER_MICRO_BATCHES // max(total, 1))
+    if objective == "energy":
+        if deadline < makespan:
+            raise InfeasibleError(_deadline_words(deadline, makespan, lb))
+        cost = energy_cost(table, np.array([cm.uplink_bytes(int(k)) for k in table.cuts], dtype=float))
+        groups, chosen = cheapest(table, replay.score, cost, groups, deadline, max(3, cheaper_runs), nearby_cap)
+    elif tie_tolerance > 0:
+        cost = flop_cost(table, np.array([cm.device_prefix(int(k)).total for k in table.cuts], dtype=float))
+        groups, chosen = cheapest(table, replay.score, cost, groups, makespan * (1 + tie_tolerance),
+                                  max(1, cheaper_runs), nearby_cap)
+    else:
+        chosen = fastest
+    makespan = chosen.makespan_s
     est = estimate(table, groups)
     splits, assignment = expand(table, groups)
-    lb = min(lb, makespan)
     comparisons = [Comparison(label, k, m, None if m is None else 1 - makespan / m,
                               "" if m is not None else note) for (label, k, m), note in
                    zip(refs, ("no single cut fits every device",
@@ -354,26 +407,60 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
         comparisons=comparisons, schedule=schedule, scenario=scenario.source, model=scenario.arch.name,
         search_s=time.perf_counter() - t0, simulated=len(replay.cache), min_lora_layers=min_lora_layers,
         lora_layers=scenario.arch.n_layers - table.lora_start,
-        lora_fixed=scenario.training.lora_start is not None)
+        lora_fixed=scenario.training.lora_start is not None, objective=objective, deadline_s=deadline,
+        tie_tolerance=tie_tolerance, device_flop=chosen.device_flop, device_j=chosen.device_j, fastest=fastest)
 
 
-def _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers, cost_model):
-    """Validate the request, build the stage table and its lower bound."""
+def _deadline_words(deadline: float, fastest: float, lb: float) -> str:
+    """One line: the deadline is shorter than the fastest plan found, by how much, and the proven bound."""
+    t = lambda x: format_quantity(x, "time")  # noqa: E731
+    bound = (f"no plan can finish in under {t(lb)}" if deadline < lb else
+             f"the proven lower bound is {t(lb)}, but no plan found beats {t(fastest)}")
+    return (f"--deadline {t(deadline)} is shorter than the fastest plan found, {t(fastest)} (short by "
+            f"{t(fastest - deadline)}, {fastest / deadline - 1:.1%}; {bound}); raise --deadline to at least "
+            f"{t(fastest)}")
+
+
+def _check_objective(scenario, objective: str, deadline: float | None, tie_tolerance: float) -> None:
+    """Refuse an unknown objective, a missing or needless deadline, and energy without power figures."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(None, "--objective", f"unknown objective {objective!r}; choose: {', '.join(OBJECTIVES)}")
+    if not tie_tolerance >= 0:
+        raise ConfigError(None, "--tie-tolerance", f"must be >= 0 (a fraction of the fastest time), got {tie_tolerance}")
+    if objective == "time":
+        if deadline is not None:
+            raise ConfigError(None, "--deadline", "goes with --objective energy (the time objective takes the "
+                              "fastest plan); add --objective energy or drop --deadline")
+        return
+    if deadline is None:
+        raise ConfigError(None, "--deadline", "--objective energy needs a deadline, the most time the plan "
+                          "may take (e.g. --deadline 10min); sfsim plan without --objective shows the fastest")
+    if not deadline > 0:
+        raise ConfigError(None, "--deadline", f"must be > 0, got {deadline}")
+    bare = list(dict.fromkeys(d.type for d in scenario.devices if getattr(d, "power", None) is None))
+    if bare:
+        raise ConfigError(scenario.source, "devices", f"--objective energy needs power figures on every device; "
+                          f"{', '.join(bare)} {'has' if len(bare) == 1 else 'have'} none: add e.g. "
+                          "power: {compute: 6 W, idle: 1.5 W, transmit: 2.5 W}")
+
+
+def _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers, cost_model, deadline=None,
+             tie_tolerance=TIE_TOLERANCE):
+    """Validate the request, build the stage table, its lower bound and the cost model."""
     from sfsim.costmodel import CostModel
 
     schedule = canonical(schedule)  # one-line SfsimError for unknown names
     if schedule not in SCHEDULES:
         raise ConfigError(None, "--schedule", f"cannot plan for {schedule!r}; the planner plans "
                           f"{', '.join(SCHEDULES)} (the schedules with per-device cuts)")
-    if objective not in OBJECTIVES:
-        raise ConfigError(None, "--objective", f"unknown objective {objective!r}; choose: {', '.join(OBJECTIVES)}")
+    _check_objective(scenario, objective, deadline, tie_tolerance)
     check_layers(scenario.arch.n_layers, min_device_layers, min_lora_layers, scenario.arch.name)
     lora_start = _lora_start(scenario, min_device_layers, min_lora_layers)
     cm = cost_model or CostModel(scenario)
     table = build_table(cm, scenario, lora_start, min_device_layers, schedule)
     if not table.allowed.any(axis=(1, 2)).all():
         raise InfeasibleError(explain_infeasible(table, min_device_layers))
-    return schedule, table, lower_bound(table)
+    return schedule, table, lower_bound(table), cm
 
 
 def _references(replay: Replay, uniform: dict[int, list[Group]], tops: int, simulate: bool = True) -> list[tuple]:

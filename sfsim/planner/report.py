@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sfsim.planner.fluid import CREDITS, Estimate, Group
 from sfsim.planner.model import StageTable, gib
-from sfsim.units import format_quantity
+from sfsim.units import format_count, format_quantity
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,36 @@ def _lora_line(res) -> str:
     return f"LoRA on blocks {res.lora_start}..{last} ({why})"
 
 
+def _joules(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x / 1e3:.3g} kJ" if abs(x) >= 1e3 else f"{x:.3g} J"
+
+
+def objective_lines(res) -> list[str]:
+    """What the objective traded: time ties for device compute, or time for device energy."""
+    fast = res.fastest
+    if fast is None:
+        return []
+    dt = res.makespan_s / fast.makespan_s - 1 if fast.makespan_s > 0 else 0.0
+    if res.objective == "energy":
+        saved = 1 - res.device_j / fast.device_j if fast.device_j else 0.0
+        return [f"objective: least device energy within --deadline {_fmt_t(res.deadline_s)}: {_joules(res.device_j)} "
+                f"on the devices (servers not counted), {format_count(res.device_flop)}FLOP",
+                f"  vs the fastest plan found, ties unbroken ({_fmt_t(fast.makespan_s)}, {_joules(fast.device_j)}): "
+                f"{saved:.1%} less device energy for {dt:+.1%} time"]
+    tol = f"{res.tie_tolerance:.2g}" if res.tie_tolerance < 0.001 else f"{res.tie_tolerance:.1%}"
+    if res.tie_tolerance <= 0:
+        return []
+    if res.device_flop < fast.device_flop:
+        return [f"time ties (plans within {tol} of the fastest, {_fmt_t(fast.makespan_s)}) go to less device "
+                f"compute: {format_count(res.device_flop)}FLOP on the devices instead of "
+                f"{format_count(fast.device_flop)}FLOP ({1 - res.device_flop / fast.device_flop:.1%} less) "
+                f"for {dt:+.1%} time"]
+    return [f"time ties (plans within {tol} of the fastest): none computes less on the devices "
+            f"({format_count(res.device_flop)}FLOP)"]
+
+
 def format_result(res) -> str:
     """The text ``sfsim plan`` prints for a :class:`~sfsim.planner.PlanResult`."""
     head = ("devices", "count", "cut", "server", "fwd/mb", "uplink/mb", "mb/dev", "server share",
@@ -125,10 +155,14 @@ def format_result(res) -> str:
     out += ["",
             f"total time (simulated): {_fmt_t(res.makespan_s)}   (analytic estimate {_fmt_t(res.estimate_s)})",
             f"lower bound: {_fmt_t(res.lower_bound_s)}   gap: {res.gap:.1%}",
-            f"bounded by: {res.bottleneck}", ""]
+            f"bounded by: {res.bottleneck}"]
+    out += objective_lines(res)
+    out.append("")
     for c in res.comparisons:
         if c.makespan_s is None:
             out.append(f"vs {c.label}: {c.note}")
+        elif c.saved < 0:
+            out.append(f"vs {c.label}: {_fmt_t(c.makespan_s)} -> this plan takes {-c.saved:.1%} longer")
         else:
             out.append(f"vs {c.label}: {_fmt_t(c.makespan_s)} -> this plan saves {c.saved:.1%}")
     out.append(f"(planned in {res.search_s:.2f} s; {res.simulated} plans simulated)")
