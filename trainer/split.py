@@ -23,6 +23,11 @@ def _layers(model: nn.Module, family: str) -> nn.ModuleList:
     return model.encoder.layer
 
 
+def past_length(cache, layer: int | None) -> int:
+    """Positions already in a KV ``cache`` for model block ``layer`` (0 without a cache or block)."""
+    return 0 if cache is None or layer is None else cache.get_seq_length(layer)
+
+
 class _Blocks(nn.Module):
     """Blocks of one part, named by their model index, plus what each family needs to call them."""
 
@@ -32,26 +37,36 @@ class _Blocks(nn.Module):
         self.blocks = nn.ModuleDict({str(i): b for i, b in blocks.items()})
         self.rotary = rotary  # Llama rotary embedding (buffers only); None for GPT-2 and BERT
 
-    def context(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> dict:
-        """Keyword arguments every block needs: the 4-D mask (causal or bidirectional) and, for Llama, rotary."""
+    def context(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache=None) -> dict:
+        """Keyword arguments every block needs: the 4-D mask (causal or bidirectional) and, for Llama, rotary.
+
+        With a KV ``cache`` (decoders, generation) ``hidden`` holds only the new positions and
+        ``attention_mask`` (B, past + T) covers the cached ones too.
+        """
         from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
         if self.family == "bert":
             mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
             return {"attention_mask": mask}
+        first = self.indices[0] if self.blocks else None
+        past = past_length(cache, first)
         # the unsplit models use positions 0..T-1 whatever the padding; do the same so logits match
-        pos = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)  # (1, T)
+        pos = torch.arange(past, past + hidden.shape[1], device=hidden.device).unsqueeze(0)  # (1, T)
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                  cache=None, position_ids=pos)
+                                  cache=cache, position_ids=pos, **({} if cache is None else {"layer_idx": first}))
         ctx = {"attention_mask": mask}
+        if cache is not None:
+            ctx.update(cache=cache, use_cache=True)
         if self.family == "llama":
             ctx["position_embeddings"] = self.rotary(hidden, position_ids=pos)  # (cos, sin), each (1, T, d_head)
             ctx["position_ids"] = pos
         return ctx
 
-    def run(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Run the blocks in order on ``hidden`` (B, T, d)."""
-        ctx = self.context(hidden, attention_mask)
+    def run(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache=None) -> torch.Tensor:
+        """Run the blocks in order on ``hidden`` (B, T, d) (appending their keys and values to ``cache``)."""
+        if cache is not None and not self.blocks:
+            return hidden
+        ctx = self.context(hidden, attention_mask, cache)
         for block in self.blocks.values():
             hidden = block(hidden, **ctx)
         return hidden  # (B, T, d)
@@ -86,27 +101,32 @@ class DevicePart(nn.Module):
         """Switch train/eval mode; a frozen part always stays in eval mode (no dropout)."""
         return super().train(mode and not self.frozen)
 
-    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Token (+ position, + token type) embeddings: (B, T) ids -> (B, T, d)."""
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, past: int = 0) -> torch.Tensor:
+        """Token (+ position, + token type) embeddings: (B, T) ids at positions past.. -> (B, T, d)."""
         e = self.embeddings
         if self.family == "gpt2":
-            pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # (1, T)
+            pos = torch.arange(past, past + input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # (1, T)
             return e["drop"](e["wte"](input_ids) + e["wpe"](pos))
         if self.family == "llama":
             return e["embed_tokens"](input_ids)
         return e["bert"](input_ids=input_ids, token_type_ids=token_type_ids)
 
-    def _forward(self, input_ids, attention_mask, token_type_ids):
-        return self.body.run(self.embed(input_ids, token_type_ids), attention_mask)
+    def _forward(self, input_ids, attention_mask, token_type_ids, cache=None):
+        hidden = self.embed(input_ids, token_type_ids, past_length(cache, 0))
+        return self.body.run(hidden, attention_mask, cache)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, T, d) activation at the cut."""
+                token_type_ids: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, d) activation at the cut.
+
+        ``cache``: a KV cache (``transformers.DynamicCache``) for decoding: ``input_ids`` are then the new
+        tokens only and ``attention_mask`` covers cached and new positions (see ``trainer.methods.evaluate``).
+        """
         if not self.frozen:
-            return self._forward(input_ids, attention_mask, token_type_ids)
+            return self._forward(input_ids, attention_mask, token_type_ids, cache)
         super().train(False)  # even if someone called .train() on the whole model: no dropout on the device
         with torch.inference_mode():
-            out = self._forward(input_ids, attention_mask, token_type_ids)
+            out = self._forward(input_ids, attention_mask, token_type_ids, cache)
         return out.clone()  # leave inference mode: a normal tensor the server may save for backward
 
 
@@ -130,13 +150,14 @@ class ServerPart(nn.Module):
         """Model index of the first block run on the server."""
         return self.body.indices[0] if self.body.blocks else -1
 
-    def hidden_states(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      cache=None) -> torch.Tensor:
         """Server blocks + final norm: (B, T, d) -> (B, T, d)."""
-        return self.final_norm(self.body.run(hidden, attention_mask))
+        return self.final_norm(self.body.run(hidden, attention_mask, cache))
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, d) activation at the cut -> the model's (or the head's) output."""
-        h = self.hidden_states(hidden, attention_mask)
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """(B, T, d) activation at the cut -> the model's (or the head's) output (``cache``: as the device's)."""
+        h = self.hidden_states(hidden, attention_mask, cache)
         if self.head is not None:
             return self.head(h, attention_mask)
         return self.lm_head(h) if self.lm_head is not None else h  # (B, T, V) or (B, T, d)
