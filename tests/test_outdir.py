@@ -83,7 +83,7 @@ def test_failure_keeps_finished_work_and_logs_the_error_names(tmp_path):
 @pytest.mark.usefixtures("one_torch_thread")
 def test_run_into_an_earlier_run(tiny_gpt2, tmp_path):
     out = tmp_path / "run"
-    args = ["run", "--quiet", "--devices", str(FIXTURES / "run_tiny.yaml"), "--model", tiny_gpt2, "--task", "sst2",
+    args = ["run", "--devices", str(FIXTURES / "run_tiny.yaml"), "--model", tiny_gpt2, "--task", "sst2",
             "--method", "splitfrozen", "--partition", "iid", "--split", "1", "--epochs", "1", "--train-samples", "12",
             "--eval-samples", "8", "--max-len", "32", "--launch", "inprocess", "--data-dir", str(FIXTURES / "data"),
             "--out", str(out)]
