@@ -3,15 +3,17 @@
 The fleet is ``bench/bench_planner.py``'s (10 device kinds, SmolLM2-135M, 4 servers, two kinds
 pinned) with a buffer of 16 credits (128 would not fit the 24 GiB edge servers' memory at cut 2); the grid is every device's uplink bandwidth (20 values, 10 Mbps..1 Gbps, log) x the
 first edge server's FLOP/s (10 values, 4..40 TFLOPS), SplitFrozen at cut 2, unpinned devices
-least-loaded. Prints points per second with 1 process and with all cores, their ratio, and checks
-that both runs wrote the same rows.
+least-loaded. Prints points per second with 1 process, with all cores (local processes) and on a
+local Dask and a local Ray cluster of as many workers (each where installed: the ``dask`` and
+``ray`` extras), each run's ratio to one process, and checks that every run wrote the same rows.
 
-Run: ``.venv/bin/python bench/bench_sweep.py [--devices 1000] [--jobs N]``
+Run: ``.venv/bin/python bench/bench_sweep.py [--devices 1000] [--jobs N] [--clusters dask,ray]``
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
@@ -46,27 +48,36 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for the parallel run")
+    ap.add_argument("--clusters", default="dask,ray", help="local clusters to run on too (comma list; '' for none)")
     args = ap.parse_args()
+    runs_on = [("1 process", "process", 1), (f"{args.jobs} processes", "process", args.jobs)]
+    for name in filter(None, args.clusters.split(",")):
+        if importlib.util.find_spec({"dask": "distributed", "ray": "ray"}[name]) is None:
+            print(f"({name} is not installed: pip install 'sfsim[{name}]' to time it)")
+        else:
+            runs_on.append((f"local {name} x{args.jobs}", name, args.jobs))
     varies = [parse_vary("devices[*].uplink.bandwidth=10Mbps..1Gbps:log:20"),
               parse_vary("servers[edge-a].flops=4TFLOPS..40TFLOPS:lin:10")]
     settings = Settings(schedules=("splitfrozen",), split=2)
+    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     with tempfile.TemporaryDirectory() as tmp:
         scenario = Path(tmp) / "fleet.yaml"
         scenario.write_text(yaml.safe_dump(fleet_yaml(args.devices)))
-        runs = {}
-        for jobs in (1, args.jobs):
-            out = Path(tmp) / f"jobs{jobs}.csv"
-            res = run_sweep(scenario, varies, out, settings, jobs=jobs, progress=False)
+        runs = []
+        for i, (label, executor, jobs) in enumerate(runs_on):
+            out = Path(tmp) / f"run{i}.csv"
+            res = run_sweep(scenario, varies, out, settings, jobs=jobs, progress=False, executor=executor)
             assert res.errors == 0, res.first_error
-            runs[jobs] = (res, sorted(read_rows(out), key=lambda r: int(r["point"])))
-        (one, rows1), (many, rows_n) = runs[1], runs[args.jobs]
-    same = rows1 == rows_n
+            runs.append((label, res, sorted(read_rows(out), key=lambda r: int(r["point"]))))
+    one, rows1 = runs[0][1], runs[0][2]
+    same = all(rows == rows1 for _, _, rows in runs)
     ms = [float(r["makespan_s"]) for r in rows1]
-    print(f"sweep: {one.points} points, {args.devices} devices, SplitFrozen cut 2 (cpu_count {os.cpu_count()})")
-    print(f"  1 process:      {one.seconds:6.1f} s  {one.points / one.seconds:6.2f} points/s")
-    print(f"  {args.jobs} processes:    {many.seconds:6.1f} s  {many.points / many.seconds:6.2f} points/s  "
-          f"(x{one.seconds / many.seconds:.2f})")
-    print(f"  same rows in both runs: {same}; makespan {min(ms):.1f}..{max(ms):.1f} s over the grid")
+    print(f"sweep: {one.points} points, {args.devices} devices, SplitFrozen cut 2 (cpu_count {os.cpu_count()}, "
+          f"1-min load before: {load:.2f})")
+    for label, res, _ in runs:
+        print(f"  {label + ':':22s} {res.seconds:6.1f} s  {res.points / res.seconds:6.2f} points/s  "
+              f"(x{one.seconds / res.seconds:.2f})")
+    print(f"  same rows in every run: {same}; makespan {min(ms):.1f}..{max(ms):.1f} s over the grid")
     if not same:
         sys.exit(1)
 
