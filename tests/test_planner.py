@@ -431,6 +431,8 @@ def test_long_runs_estimate_the_comparisons_instead_of_replaying_them(monkeypatc
     monkeypatch.setattr(planner, "SIM_MICRO_BATCHES", 15)      # and the budget affords one replay
     quick = plan(sc)
     assert quick.simulated == 1 and full.simulated > 3
+    assert full.ties_searched and not quick.ties_searched  # no replay left for time ties: said, not skipped silently
+    assert "time ties (within 0.5%): not searched" in quick.table()
     assert [c.label for c in quick.comparisons] == [
         f"SplitFrozen at the best single cut (k={quick.comparisons[0].cut}, fluid estimate)",
         "SplitFrozen at SplitLoRA's cut (k=3, fluid estimate)"]

@@ -101,8 +101,8 @@ CHEAPER_RUNS = 12
 """Most simulator runs the cheaper-plan search (time ties, energy) spends besides the nearby sweep."""
 
 CHEAPER_MICRO_BATCHES = 20_000
-"""Simulated micro-batches that search may spend (at least one run for time ties, three for energy):
-on a 1,000-device fleet one replay, so the default objective stays under 2 s."""
+"""Simulated micro-batches that search may spend, within what is left of ``SIM_MICRO_BATCHES``
+(energy: at least one run); on the 1,000-device benchmark one replay."""
 
 EXHAUSTIVE_LIMIT = 2000
 """Type-level plans (one cut and server per type) below which all are also scored analytically."""
@@ -128,6 +128,8 @@ class PlanResult:
         search_s: seconds spent planning (search + simulations).
         simulated: how many candidate plans were replayed with the simulator.
         objective, deadline_s, tie_tolerance: what the plan minimises (see the module docstring).
+        ties_searched: whether the time objective searched its ties (runs too long for the replay
+            budget skip it, and the report says so).
         device_flop, device_j: the plan's device FLOPs and device joules (simulated).
         fastest: makespan, device FLOPs and joules of the fastest plan found.
     """
@@ -153,6 +155,7 @@ class PlanResult:
     objective: str = "time"
     deadline_s: float | None = None  # objective energy: the most time the plan may take
     tie_tolerance: float = TIE_TOLERANCE  # objective time: plans this close to the fastest tie
+    ties_searched: bool = False  # objective time: the replay budget allowed the tie search
     device_flop: float = 0.0  # FLOPs summed over the devices (simulated)
     device_j: float | None = None  # joules summed over the devices (None: no power figures)
     fastest: Score | None = None  # the fastest plan found, before ties or energy traded time away
@@ -380,17 +383,19 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
         groups = uniform[k]
     lb = min(lb, makespan)
     fastest = replay.score(groups)
-    nearby_cap = max(0, min(NEARBY_MAX, NEARBY_MICRO_BATCHES // max(total, 1)))
-    cheaper_runs = min(CHEAPER_RUNS, CHEAPER_MICRO_BATCHES // max(total, 1))
-    if objective == "energy":
+    # what is left of the replay budget, at most CHEAPER_MICRO_BATCHES: long runs replay no candidates
+    left = max(0, runs - replay.runs)
+    cheaper_runs = min(CHEAPER_RUNS, CHEAPER_MICRO_BATCHES // max(total, 1), left)
+    nearby_cap = min(NEARBY_MAX, NEARBY_MICRO_BATCHES // max(total, 1), left)
+    if objective == "energy":  # asked for: at least one candidate is replayed
         if deadline < makespan:
             raise InfeasibleError(_deadline_words(deadline, makespan, lb))
         cost = energy_cost(table, np.array([cm.uplink_bytes(int(k)) for k in table.cuts], dtype=float))
-        groups, chosen = cheapest(table, replay.score, cost, groups, deadline, max(3, cheaper_runs), nearby_cap)
-    elif tie_tolerance > 0:
+        groups, chosen = cheapest(table, replay.score, cost, groups, deadline, max(1, cheaper_runs), nearby_cap)
+    elif tie_tolerance > 0 and cheaper_runs > 0:
         cost = flop_cost(table, np.array([cm.device_prefix(int(k)).total for k in table.cuts], dtype=float))
         groups, chosen = cheapest(table, replay.score, cost, groups, makespan * (1 + tie_tolerance),
-                                  max(1, cheaper_runs), nearby_cap)
+                                  cheaper_runs, nearby_cap)
     else:
         chosen = fastest
     makespan = chosen.makespan_s
@@ -408,7 +413,8 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
         search_s=time.perf_counter() - t0, simulated=len(replay.cache), min_lora_layers=min_lora_layers,
         lora_layers=scenario.arch.n_layers - table.lora_start,
         lora_fixed=scenario.training.lora_start is not None, objective=objective, deadline_s=deadline,
-        tie_tolerance=tie_tolerance, device_flop=chosen.device_flop, device_j=chosen.device_j, fastest=fastest)
+        tie_tolerance=tie_tolerance, ties_searched=objective == "time" and tie_tolerance > 0 and cheaper_runs > 0,
+        device_flop=chosen.device_flop, device_j=chosen.device_j, fastest=fastest)
 
 
 def _deadline_words(deadline: float, fastest: float, lb: float) -> str:

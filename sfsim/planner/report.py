@@ -126,6 +126,9 @@ def objective_lines(res) -> list[str]:
     tol = f"{res.tie_tolerance:.2g}" if res.tie_tolerance < 0.001 else f"{res.tie_tolerance:.1%}"
     if res.tie_tolerance <= 0:
         return []
+    if not res.ties_searched:
+        return [f"time ties (within {tol}): not searched (a run this long leaves no replays in the planning "
+                "budget; --objective energy searches anyway)"]
     if res.device_flop < fast.device_flop:
         return [f"time ties (plans within {tol} of the fastest, {_fmt_t(fast.makespan_s)}) go to less device "
                 f"compute: {format_count(res.device_flop)}FLOP on the devices instead of "
