@@ -100,6 +100,9 @@ def test_run_into_an_earlier_run(tiny_gpt2, tmp_path):
                                                  "to continue it from its checkpoint, --overwrite to replace it, or "
                                                  "choose another --out\n")
     assert (out / "metrics.json").read_text() == first
+    res = CliRunner().invoke(main, ["run", "--resume", str(out)])  # --resume is not refused: nothing left to train
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metrics.json").read_text())["eval_history"] == m["eval_history"]
     res = CliRunner().invoke(main, args + ["--overwrite"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "metrics.json").read_text())["eval_history"] == json.loads(first)["eval_history"]
