@@ -141,6 +141,9 @@ def _set(node, steps: tuple[Step, ...], value, path: str, file: str | None) -> N
             _set(item, rest, value, f"{here}[{step.select}]", file)
         return
     if isinstance(child, list):
+        if not rest and isinstance(value, list) and not any(isinstance(it, dict) for it in child):
+            node[step.key] = value  # a list of plain values (lora.targets) is replaced whole: [qkv, mlp]
+            return
         if [s.key for s in rest] == ["count"] and rest[0].select is None:
             node[step.key] = _resized(child, value, f"{here}.count", file)
             return

@@ -63,7 +63,7 @@ def _set(path, value):
      "s.yaml: devices[0].uplink.bandwidth: '50 Mbs' is not a bandwidth; write e.g. '50 Mbps' or a number in bit/s"),
     (_set(["devices", 1, "colour"], "red"),
      "s.yaml: devices[1].colour: unknown key; allowed here: name, memory, samples, uplink, downlink, count, "
-     "flops, latency_profile, server, power, handover, availability"),
+     "flops, latency_profile, warmup, server, power, handover, availability"),
     (_set(["devices", 0, "samples"], KeyError), "s.yaml: devices[0].samples: required key is missing"),
     (_set(["servers", 0, "flops"], -1), "s.yaml: servers[0].flops: Input should be greater than 0 (got -1)"),
     (_set(["devices", 0, "uplink", "bandwidth"], 0),
@@ -171,6 +171,17 @@ def test_lora_target_aliases_resolve_to_the_family_modules(model, targets, modul
     data["model"]["name"] = model
     data["training"]["lora"] = {"targets": targets}
     assert CostModel(scenario_from_dict(data)).lora_targets == modules
+
+
+def test_lora_targets_set_from_the_command_line():
+    from sfsim.costmodel import CostModel
+    from sfsim.overrides import load_scenario_with, parse_sets
+
+    sc = load_scenario_with(ROOT / "profiles/edge.yaml", parse_sets(["training.lora.targets=[qkv, mlp]"]))
+    assert CostModel(sc).lora_targets == ("c_attn", "c_fc", "mlp.c_proj")
+    with pytest.raises(ConfigError, match=r"training.lora.targets: 'q' has no module of its own in gpt2-family "
+                                          r"models: .* \(with --set applied\)$"):
+        load_scenario_with(ROOT / "profiles/edge.yaml", parse_sets(["training.lora.targets=[q, v]"]))
 
 
 def test_lora_targets_of_the_family_load_and_cost_flops():
