@@ -286,7 +286,8 @@ def _lora_targets(scenario, lm) -> list[str]:
         if not targets or scenario.arch.family == lm.family:
             raise SfsimError(f"training.lora.targets: {err}") from None
     print(f"note: the scenario's LoRA targets {targets} are for {scenario.arch.family} models; "
-          f"using {default_targets(lm.family)} for this {lm.family} model")
+          f"using {default_targets(lm.family)} for this {lm.family} model (aliases such as qkv, attn or mlp "
+          "name the same modules in every family)")
     return list(resolve_for_family(lm.family, None))
 
 
