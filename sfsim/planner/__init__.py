@@ -383,21 +383,8 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
         groups = uniform[k]
     lb = min(lb, makespan)
     fastest = replay.score(groups)
-    # what is left of the replay budget, at most CHEAPER_MICRO_BATCHES: long runs replay no candidates
-    left = max(0, runs - replay.runs)
-    cheaper_runs = min(CHEAPER_RUNS, CHEAPER_MICRO_BATCHES // max(total, 1), left)
-    nearby_cap = min(NEARBY_MAX, NEARBY_MICRO_BATCHES // max(total, 1), left)
-    if objective == "energy":  # asked for: at least one candidate is replayed
-        if deadline < makespan:
-            raise InfeasibleError(_deadline_words(deadline, makespan, lb))
-        cost = energy_cost(table, np.array([cm.uplink_bytes(int(k)) for k in table.cuts], dtype=float))
-        groups, chosen = cheapest(table, replay.score, cost, groups, deadline, max(1, cheaper_runs), nearby_cap)
-    elif tie_tolerance > 0 and cheaper_runs > 0:
-        cost = flop_cost(table, np.array([cm.device_prefix(int(k)).total for k in table.cuts], dtype=float))
-        groups, chosen = cheapest(table, replay.score, cost, groups, makespan * (1 + tie_tolerance),
-                                  cheaper_runs, nearby_cap)
-    else:
-        chosen = fastest
+    groups, chosen, searched = _trade(replay, cm, groups, objective, deadline, tie_tolerance, lb,
+                                      max(0, runs - replay.runs), total)
     makespan = chosen.makespan_s
     est = estimate(table, groups)
     splits, assignment = expand(table, groups)
@@ -413,8 +400,33 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
         search_s=time.perf_counter() - t0, simulated=len(replay.cache), min_lora_layers=min_lora_layers,
         lora_layers=scenario.arch.n_layers - table.lora_start,
         lora_fixed=scenario.training.lora_start is not None, objective=objective, deadline_s=deadline,
-        tie_tolerance=tie_tolerance, ties_searched=objective == "time" and tie_tolerance > 0 and cheaper_runs > 0,
+        tie_tolerance=tie_tolerance, ties_searched=searched,
         device_flop=chosen.device_flop, device_j=chosen.device_j, fastest=fastest)
+
+
+def _trade(replay: Replay, cm, fastest: list[Group], objective: str, deadline: float | None,
+           tie_tolerance: float, lb: float, left: int, total: int) -> tuple[list[Group], Score, bool]:
+    """Trade the fastest plan's time for device compute (ties) or energy (deadline).
+
+    ``left`` is what remains of the replay budget (at most ``CHEAPER_MICRO_BATCHES`` of it is
+    spent: long runs replay no candidates for ties; energy, asked for, replays at least one).
+
+    Returns:
+        ``(groups, score, ties_searched)`` of the chosen plan.
+    """
+    table, best = replay.table, replay.score(fastest)
+    runs = min(CHEAPER_RUNS, CHEAPER_MICRO_BATCHES // max(total, 1), left)
+    nearby_cap = min(NEARBY_MAX, NEARBY_MICRO_BATCHES // max(total, 1), left)
+    if objective == "energy":
+        if deadline < best.makespan_s:
+            raise InfeasibleError(_deadline_words(deadline, best.makespan_s, lb))
+        cost = energy_cost(table, np.array([cm.uplink_bytes(int(k)) for k in table.cuts], dtype=float))
+        return (*cheapest(table, replay.score, cost, fastest, deadline, max(1, runs), nearby_cap), False)
+    if tie_tolerance > 0 and runs > 0:
+        cost = flop_cost(table, np.array([cm.device_prefix(int(k)).total for k in table.cuts], dtype=float))
+        return (*cheapest(table, replay.score, cost, fastest, best.makespan_s * (1 + tie_tolerance), runs,
+                          nearby_cap), True)
+    return fastest, best, False
 
 
 def _deadline_words(deadline: float, fastest: float, lb: float) -> str:
