@@ -156,9 +156,9 @@ def _targets(table, cost, fastest, fastest_sim, deadline) -> list[float]:
     return sorted({float(x) for x in np.geomspace(max(low, 1e-9), max(top, low), 4)}, reverse=True)
 
 
-def _fit(table, cost, target, fd=None):
+def _fit(table: StageTable, cost: Cost, target: float) -> list[Group] | None:
     """The integer program's plan, its fluid deadline shrunk until the fluid model says it meets ``target``."""
-    fd = target if fd is None else fd
+    fd = target
     for _ in range(3):
         g = cheapest_at(table, cost, fd)
         if g is None:
