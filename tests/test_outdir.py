@@ -50,7 +50,20 @@ def test_overwrite_replaces_an_earlier_run(tmp_path):
         assert not o.exists()
         o.mkdir()
         (o / "metrics.json").write_text("{}")
-    assert [p.name for p in out.iterdir()] == ["metrics.json"]
+    assert [p.name for p in out.iterdir()] == ["metrics.json"] and [p.name for p in tmp_path.iterdir()] == ["o"]
+
+
+def test_overwrite_that_fails_before_any_output_keeps_the_earlier_run(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "run_config.json").write_text("old")
+    (out / "metrics.json").write_text("old")
+    with pytest.raises(SfsimError, match="boom"), output_folder(out, overwrite=True):
+        out.mkdir()
+        (out / "run_config.json").write_text("new")
+        raise SfsimError("boom")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"run_config.json": "old", "metrics.json": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
 
 
 @pytest.mark.parametrize("existed", [False, True])
