@@ -274,8 +274,8 @@ def device_process(engine, pools, i: int, d, m: Motion):
     f_start, link_free = start, 0.0
     tracing = engine.events is not None
     while n < d.sent and start < INF:
-        x = d.size(n)
-        f_end = finish(pause, f_start, d.f * x) if pause is not None else f_start + d.f * x
+        x, fx = d.size(n), d.fwd(n)
+        f_end = finish(pause, f_start, fx) if pause is not None else f_start + fx
         ready = max(f_end, link_free)
         if pause is not None and ready < INF:
             ready = next_online(pause, ready)
@@ -305,7 +305,7 @@ def device_process(engine, pools, i: int, d, m: Motion):
             _record_online(engine, d.name, "F", f_start, f_end, n, d.name, pause)
             _record_online(engine, d.name, "wait", f_end, t0, n, d.name, pause)
             _record_online(engine, "link:" + d.name, "send", t0, end, n, d.name, pause)
-        m.busy += d.f * x
+        m.busy += fx
         m.up_bytes += d.up_bytes * x
         m.send_s += end - t0 if pause is None else _online(pause, t0, end)
         link_free = end

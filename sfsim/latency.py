@@ -81,6 +81,21 @@ class Spread:
 
 
 @dataclass(config=STRICT, kw_only=True)
+class FirstCall:
+    """A fresh process's first forward (embeddings + every block, frozen) against a steady one, at one shape.
+
+    ``extra_s = cold_s - steady_s`` is the first-call overhead (lazy initialisation, allocator growth,
+    kernel selection) that a device's first micro-batch pays: a scenario device's ``warmup``.
+    """
+
+    micro_batch: int = Field(gt=0)
+    seq_len: int = Field(gt=0)
+    cold_s: Seconds
+    steady_s: Seconds
+    extra_s: Seconds
+
+
+@dataclass(config=STRICT, kw_only=True)
 class GridPoint:
     """Measured tables at one (micro_batch, seq_len)."""
 
@@ -148,6 +163,7 @@ class LatencyProfile:
     warmup: int | None = None
     repeats: int | None = None
     machine: dict | None = None
+    first_call: FirstCall | None = None
     source: str = ""
 
     @model_validator(mode="after")

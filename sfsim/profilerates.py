@@ -134,6 +134,7 @@ class ProfileRates:
         blocks = (trainable_params - (head if has_head else 0)) / per_block
         one, head_s = self.steps.get("block", 0.0), self.steps.get("head", 0.0)
         per = (self.steps["all"] - head_s) / arch.n_layers if "all" in self.steps else one
+        per = max(per, 0.0)  # noise: on a tiny model the head's step alone can time above every block's + head
         fixed = min(max(one - per, 0.0), one)
         n_targets = len(prof.lora.targets) if prof.lora else len(arch.default_lora_targets)
         per *= len(cm.lora_targets) / n_targets

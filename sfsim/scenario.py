@@ -23,7 +23,7 @@ from sfsim.errors import ConfigError
 from sfsim.linkrate import Link, read_trace, trace_mean
 from sfsim.loratargets import resolve_targets
 from sfsim.mobility import Handover, check_handovers
-from sfsim.schema import STRICT, Bytes, Flops, read_yaml, validate
+from sfsim.schema import STRICT, Bytes, Flops, Seconds, read_yaml, validate
 
 # Bounds on what a scenario may ask for, so that no file can exhaust the machine (memory or time):
 MAX_DEVICES = 100_000  # devices in the fleet (the planner bench runs 1,000; the engine bench 10,000)
@@ -147,6 +147,9 @@ class DeviceType:
     count: int = Field(default=1, gt=0, le=MAX_DEVICES)
     flops: Flops | None = None
     latency_profile: str | None = Field(default=None, description="path to a measured per-layer latency table")
+    warmup: Seconds = Field(default=0.0, description="extra seconds on the device's first forward of a run "
+                            "(first-call overhead: lazy initialisation, allocator, kernel selection); "
+                            "sfsim profile measures it (warmup_s)")
     server: str | None = Field(default=None, description="pin to this server; default: planner's choice "
                                "(without a plan: the least-loaded server, see sfsim.assign)")
     power: Power | None = Field(default=None, description="watts computing, idle, on the radio (sfsim.energy)")
@@ -179,6 +182,7 @@ class Device:
     power: Power | None = None
     handover: tuple[Handover, ...] = ()
     availability: Availability | None = None
+    warmup: float = 0.0
 
 
 @dataclass(config=STRICT, kw_only=True)
@@ -325,7 +329,7 @@ def _expand(spec: ScenarioFile, file: str | None) -> list[Device]:
         for name in names:
             out.append(Device(name, t.name, t.memory, t.samples, t.uplink, t.downlink,
                               t.server or default_server, t.flops, t.latency_profile,
-                              t.server is not None, t.power, tuple(t.handover), t.availability))
+                              t.server is not None, t.power, tuple(t.handover), t.availability, t.warmup))
     return out
 
 

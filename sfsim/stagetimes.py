@@ -29,6 +29,7 @@ class DeviceTimes:
             full one (``samples % micro_batch / micro_batch``, 1 when it divides). Every per-micro-batch
             time and byte count above is for a full micro-batch; the last of each epoch takes ``last``
             of it (FLOPs, bytes and so times are linear in the batch; latencies and steps are not).
+        warmup: extra seconds on the device's first forward (micro-batch 0): first-call overhead.
     """
 
     name: str
@@ -54,6 +55,7 @@ class DeviceTimes:
     act_bytes: float = 0.0
     per_epoch: int = 0
     last: float = 1.0
+    warmup: float = 0.0
 
     def __post_init__(self):
         if self.n < 0:
@@ -64,7 +66,7 @@ class DeviceTimes:
         if self.sent < 0:
             object.__setattr__(self, "sent", self.n)
         for key in ("f", "b", "w", "step", "up_s", "up_l", "down_s", "down_l", "sync_up_s",
-                    "sync_down_s", "srv_f", "srv_b", "srv_w"):
+                    "sync_down_s", "srv_f", "srv_b", "srv_w", "warmup"):
             val = getattr(self, key)
             if not (val >= 0 and math.isfinite(val)):
                 raise SfsimError(f"device {self.name!r}: stage time {key} must be finite and >= 0, got {val}")
@@ -72,6 +74,14 @@ class DeviceTimes:
     def size(self, n: int) -> float:
         """Size of micro-batch ``n`` relative to a full one: ``last`` for each epoch's last, else 1."""
         return self.last if self.last < 1.0 and (n + 1) % self.per_epoch == 0 else 1.0
+
+    def fwd(self, n: int) -> float:
+        """Seconds of the device forward of micro-batch ``n``: its size's share of ``f``, plus ``warmup`` on the first."""
+        return self.f * self.size(n) + (self.warmup if n == 0 else 0.0)
+
+    def first_extra(self, m: int) -> float:
+        """Warm-up seconds among the first ``m`` forwards (what busy time adds to ``units(m) * f``)."""
+        return self.warmup if m > 0 else 0.0
 
     def units(self, m: int) -> float:
         """Full-micro-batch equivalents in the first ``m`` micro-batches (what FLOPs and bytes scale by)."""

@@ -297,3 +297,37 @@ def test_cli_bad_input_is_one_line_exit_2(tiny_folder, tmp_path, over, message):
     res = CliRunner().invoke(main, ["profile", *[x for kv in opts.items() for x in kv]])
     assert res.exit_code == 2, res.output
     assert res.output.startswith(message) and res.output.count("\n") == 1, res.output
+
+
+# ------------------------------------------------------------------ first-call warm-up (issue 9)
+def test_profile_records_the_first_calls_overhead(measured):
+    raw, path, _ = measured
+    fc = load_latency_profile(path).first_call
+    assert (fc.micro_batch, fc.seq_len) == (2, 8) and fc.cold_s > 0 and fc.steady_s > 0
+    assert fc.extra_s == pytest.approx(max(0.0, fc.cold_s - fc.steady_s), abs=2e-6)
+    assert raw["first_call"]["extra_s"] == round(max(0.0, raw["first_call"]["cold_s"] - raw["first_call"]["steady_s"]), 6)
+
+
+@pytest.mark.parametrize(("flops", "want"), [("1 TFLOPS", None), ("1 GFLOPS", 0.0)])
+def test_validate_warmup_is_the_first_calls_overrun_of_the_emulated_forward(tmp_path, flops, want):
+    """warmup = max(0, t_real + extra - t_target): a fast emulated device overruns, a slow one absorbs it."""
+    from trainer.validate import warmups
+
+    prof = _grid_profile({(4, 64): 100.0, (4, 128): 230.0, (8, 64): 190.0, (8, 128): 420.0},
+                         first_call={"micro_batch": 4, "seq_len": 64, "cold_s": "350 ms", "steady_s": "100 ms",
+                                     "extra_s": "250 ms"})
+    (tmp_path / "dev.yaml").write_text(yaml.safe_dump(prof))
+    sc = scenario_from_dict({
+        "model": {"name": "gpt2", "seq_len": 64, "num_labels": 2}, "training": {"micro_batch": 4},
+        "servers": [{"name": "s", "flops": "1 TFLOPS", "memory": "16 GiB"}],
+        "devices": [{"name": "d", "flops": flops, "memory": "1 GiB", "samples": 8,
+                     "uplink": {"bandwidth": "10 Mbps"}, "downlink": {"bandwidth": "10 Mbps"}}]})
+    cm = CostModel(sc)
+    t_target = cm.seconds(cm.device_prefix(2), sc.devices[0])[0]
+    t_real = 4 * 64 / 256 * 1e-3 + 2 * 0.1  # the grid point: embeddings + two blocks
+    got = warmups(sc, str(tmp_path / "dev.yaml"), {"d": 2})
+    assert got == {"d": round(max(0.0, t_real + 0.25 - t_target), 6)}
+    if want is not None:
+        assert got["d"] == want  # a 1-GFLOPS device's 2.8 s forward hides a 0.25 s first-call overhead
+    else:
+        assert got["d"] == pytest.approx(t_real + 0.25 - t_target, abs=1e-6) and got["d"] > 0.25

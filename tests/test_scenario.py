@@ -63,7 +63,7 @@ def _set(path, value):
      "s.yaml: devices[0].uplink.bandwidth: '50 Mbs' is not a bandwidth; write e.g. '50 Mbps' or a number in bit/s"),
     (_set(["devices", 1, "colour"], "red"),
      "s.yaml: devices[1].colour: unknown key; allowed here: name, memory, samples, uplink, downlink, count, "
-     "flops, latency_profile, server, power, handover, availability"),
+     "flops, latency_profile, warmup, server, power, handover, availability"),
     (_set(["devices", 0, "samples"], KeyError), "s.yaml: devices[0].samples: required key is missing"),
     (_set(["servers", 0, "flops"], -1), "s.yaml: servers[0].flops: Input should be greater than 0 (got -1)"),
     (_set(["devices", 0, "uplink", "bandwidth"], 0),

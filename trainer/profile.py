@@ -228,6 +228,33 @@ def _measure_entry(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, mb: int, s
     return {k: v for k, v in entry.items() if v is not None}
 
 
+def first_call(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, repeats: int = 5) -> dict:
+    """Time the first frozen forward (embeddings + every block) of this process, then ``repeats`` more.
+
+    Run before anything else touches the model, so the first call pays what a device's first
+    micro-batch pays in a fresh process; ``extra_s`` (cold minus the steady median) is what a
+    scenario device's ``warmup`` takes. At the grid's first shape.
+    """
+    mb, seq = spec.micro_batches[0], spec.seq_lens[0]
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, lm.model.config.vocab_size, (mb, seq), generator=g)  # (B, T)
+    mask = torch.ones(mb, seq, dtype=torch.long)  # (B, T)
+
+    def forward() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            x = parts.dev.embed(ids)  # (B, T, d)
+            ctx = parts.fsrv.body.context(x, mask)
+            for blk in parts.blocks_f:
+                x = blk(x, **ctx)
+        return time.perf_counter() - t0
+
+    cold = round(forward(), 6)
+    steady = round(statistics.median(forward() for _ in range(repeats)), 6)
+    return {"micro_batch": mb, "seq_len": seq, "cold_s": cold, "steady_s": steady,
+            "extra_s": round(max(0.0, cold - steady), 6)}  # from the rounded figures: it re-derives exactly
+
+
 def _iqr(xs: list[float]) -> float:
     if len(xs) < 2:
         return 0.0
@@ -321,6 +348,7 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     torch.manual_seed(0)
     parts = _Parts(lm, spec)
+    first = first_call(parts, lm, spec)
     grid = []
     for mb in spec.micro_batches:
         for seq in spec.seq_lens:
@@ -343,8 +371,8 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
                         "tie_embeddings": bool(getattr(cfg, "tie_word_embeddings", lm.family != "bert"))}
     prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
                  "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
-                 "dtype": "fp32", "warmup": spec.warmup, "repeats": spec.repeats, "machine": info, "grid": grid,
-                 "source": source})
+                 "dtype": "fp32", "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
+                 "first_call": first, "grid": grid, "source": source})
     return {k: v for k, v in prof.items() if v is not None}
 
 

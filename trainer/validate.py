@@ -193,7 +193,41 @@ def sim_scenario(vc: ValidateConfig, metrics: dict):
             for i, item in enumerate(data[section]):
                 if str(i) == name or item.get("name") == name:
                     item.pop(field, None)
+    if vc.device_profile is not None:
+        for d in data["devices"]:
+            d["warmup"] = 0.0
+        for name, w in warmups(scenario_from_dict(data, source=vc.devices), vc.device_profile,
+                               dict(metrics["cuts"])).items():
+            next(d for d in data["devices"] if d["name"] == name)["warmup"] = w
     return scenario_from_dict(data, source=vc.devices)
+
+
+def warmups(sc, device_profile: str, cuts: dict[str, int]) -> dict[str, float]:
+    """Each device's first-forward warm-up, from the device profile's first-call measurement.
+
+    A fresh process's first forward takes the profile's ``first_call.extra_s`` longer than a steady
+    one. Emulated, a forward is stretched (by sleeping) to the scenario's time ``t_target``, so the
+    first one overruns only by what its real time ``t_real + extra`` exceeds it:
+    ``warmup = max(0, t_real + extra - t_target)``; at real speed (no compute emulation)
+    ``t_target = t_real`` and the warm-up is ``extra``. ``t_real`` is the profile's steady forward of
+    the device's blocks at the run's shape.
+    """
+    from dataclasses import replace
+
+    from sfsim.costmodel import CostModel
+    from sfsim.latency import load_latency_profile
+
+    first = load_latency_profile(device_profile).first_call
+    if first is None:
+        return {}
+    cm = CostModel(sc)
+    out = {}
+    for d in sc.devices:
+        work = cm.device_prefix(cuts.get(d.name, 0))
+        t_target = cm.seconds(work, d)[0]
+        t_real = cm.seconds(work, replace(d, latency_profile=str(Path(device_profile).resolve()), flops=None))[0]
+        out[d.name] = round(max(0.0, t_real + first.extra_s - t_target), 6)
+    return out
 
 
 def _expand_counts(data: dict) -> list[dict]:

@@ -70,10 +70,12 @@ class Setup:
         return per_epoch, per_epoch * self.scenario.training.epochs
 
     def partial(self, device) -> dict:
-        """``per_epoch`` and ``last`` (size of each epoch's last micro-batch, 1 when full) for DeviceTimes."""
+        """``per_epoch``, ``last`` (size of each epoch's last micro-batch, 1 when full) and the device's
+        first-forward ``warmup`` for DeviceTimes."""
         mb = self.scenario.training.micro_batch
         per_epoch = self.scenario.micro_batches(device)
-        return {"per_epoch": per_epoch, "last": (device.samples - (per_epoch - 1) * mb) / mb}
+        return {"per_epoch": per_epoch, "last": (device.samples - (per_epoch - 1) * mb) / mb,
+                "warmup": device.warmup}
 
 
 @dataclass

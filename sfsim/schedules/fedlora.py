@@ -61,7 +61,7 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
             d = job.devices[i]
             n_steps = sum(steps_in_round(min(per, d.n - r * per), cfg.accumulate)
                           for r in range(rounds(d.n, per)))
-            engine.device_busy[d.name] = d.units(d.n) * (d.f + d.b + d.w) + n_steps * d.step
+            engine.device_busy[d.name] = d.units(d.n) * (d.f + d.b + d.w) + n_steps * d.step + d.first_extra(d.n)
             engine.up_bytes[d.name] = engine.down_bytes[d.name] = rounds(d.n, per) * d.sync_bytes
             if d.n:
                 engine.env.process(_device(engine, barriers, d, per, cfg.accumulate))
@@ -74,7 +74,7 @@ def _device(engine: Engine, barriers: list[Barrier], d: DeviceTimes, per: int, a
         t = env.now
         for n in range(first, last):
             x = d.size(n)  # the last micro-batch of an epoch may be partial
-            for op, dur in (("F", d.f * x), ("B", d.b * x), ("W", d.w * x)):
+            for op, dur in (("F", d.fwd(n)), ("B", d.b * x), ("W", d.w * x)):
                 rec(name, op, t, dur, n, name)
                 t += dur
             if (n - first + 1) % accumulate == 0 or n + 1 == last:

@@ -75,7 +75,7 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
         dynamic.prepare(engine, pools, cfg.buffer, moving)
         dynamic.start(engine, pools, job, moving)
     for i, d in enumerate(job.devices):
-        engine.device_busy[d.name] = d.units(d.sent) * d.f
+        engine.device_busy[d.name] = d.units(d.sent) * d.f + d.first_extra(d.sent)
         engine.up_bytes[d.name] = d.units(d.sent) * d.up_bytes
         engine.down_bytes[d.name] = 0.0
         if d.sent and i not in moving:
@@ -91,7 +91,8 @@ def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
     link_free = 0.0
     for n in range(d.sent):
         x = d.size(n)  # the last micro-batch of an epoch may be partial
-        f_end = f_start + f * x
+        fx = f * x + (d.warmup if n == 0 else 0.0)  # d.fwd(n), inlined on the hot path
+        f_end = f_start + fx
         ready = f_end if f_end > link_free else link_free
         while True:  # get a credit at or after `ready` (see engine.Credits.wait)
             if ready > env.now:
@@ -112,7 +113,7 @@ def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
             break
         t0 = env.now
         if engine.events is not None:
-            rec(name, "F", f_start, f * x, n, name)
+            rec(name, "F", f_start, fx, n, name)
             rec(name, "wait", f_end, t0 - f_end, n, name)
             rec(lane, "send", t0, s * x, n, name)
         link_free = t0 + s * x
@@ -124,15 +125,15 @@ def _sequential(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
     """One device that waits for the server to finish each micro-batch before the next forward."""
     env, rec, name = engine.env, engine.record, d.name
     for n in range(d.sent):
-        x = d.size(n)
+        x, fx = d.size(n), d.fwd(n)
         f_start = env.now
-        yield engine.at(f_start + d.f * x)
+        yield engine.at(f_start + fx)
         ev = pool.account[i].take()
         if ev is not None:
             yield ev
         t0 = env.now
-        rec(name, "F", f_start, d.f * x, n, name)
-        rec(name, "wait", f_start + d.f * x, t0 - f_start - d.f * x, n, name)
+        rec(name, "F", f_start, fx, n, name)
+        rec(name, "wait", f_start + fx, t0 - f_start - fx, n, name)
         rec("link:" + name, "send", t0, d.up_s * x, n, name)
         release = pool.release[i] = env.event()
         pool.send(t0 + d.up_s * x + d.up_l, i, n)

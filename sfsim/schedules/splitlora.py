@@ -74,7 +74,7 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
         mix = engine.mixing[srv.name] = StreamMixing([d.n if d.server == k else 0 for d in job.devices])
         for i in members:
             d = job.devices[i]
-            engine.device_busy[d.name] = d.units(d.n) * (d.f + d.b + d.w) + d.n * d.step
+            engine.device_busy[d.name] = d.units(d.n) * (d.f + d.b + d.w) + d.n * d.step + d.first_extra(d.n)
             n_sync = rounds(d.n, every)
             engine.up_bytes[d.name] = d.units(d.n) * d.up_bytes + n_sync * d.sync_bytes
             engine.down_bytes[d.name] = d.units(d.n) * d.down_bytes + n_sync * d.sync_bytes
@@ -94,9 +94,10 @@ def _client(engine: Engine, lane: FifoLane, barriers: list[Barrier], srv: Server
         else:
             server_ops = [("F", d.srv_f * x), ("BW", (d.srv_b + d.srv_w) * x), ("step", srv.step)]
         t = env.now
-        rec(name, "F", t, d.f * x, n, name)
-        rec(up, "send", t + d.f * x, d.up_s * x, n, name)
-        yield env.timeout((d.f + d.up_s) * x + d.up_l)
+        fx = d.fwd(n)
+        rec(name, "F", t, fx, n, name)
+        rec(up, "send", t + fx, d.up_s * x, n, name)
+        yield env.timeout(fx + d.up_s * x + d.up_l)
         t_grad = lane.serve(server_ops, n, name)[grad_after]
         mix.add(i)
         rec(down, "send", t_grad, d.down_s * x, n, name)
