@@ -218,7 +218,7 @@ def run_cell(cell: Cell, data_dir: str, timeout: str) -> dict:
     cmd = cell.command(str(out), data_dir)
     exe = [str(Path(sys.executable).with_name("sfsim")), *cmd[1:]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    t = time.perf_counter()
+    t, commit = time.perf_counter(), _commit()  # the code the command imports: HEAD as it starts
     try:
         proc = subprocess.run(exe, cwd=ROOT, env=env, capture_output=True, text=True, timeout=float(timeout))
         if proc.returncode != 0:
@@ -231,7 +231,7 @@ def run_cell(cell: Cell, data_dir: str, timeout: str) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"key": cell.key, "cell": asdict(cell), "command": " ".join(cmd).replace(str(out), "OUT"),
-            "settings": asdict(cell.settings), "wall_s": round(wall, 1), "commit": _commit(),
+            "settings": asdict(cell.settings), "wall_s": round(wall, 1), "commit": commit,
             "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "figures": figures}
 
 
@@ -259,8 +259,12 @@ def time_figures(out: Path) -> dict:
 
 
 def _commit() -> str | None:
+    """HEAD's short hash, with ``+dirty`` when sfsim/ or trainer/ differ from it; None outside git."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sfsim", "trainer"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+    return (head + ("+dirty" if dirty else "")) or None
