@@ -7,6 +7,9 @@ Everything here is measured, not computed from a formula:
   element-wise ops count zero, as in torch's counter). The counter costs milliseconds per op on a
   CPU, so work whose FLOPs depend only on shapes passes a ``key`` (e.g. ``(cut, B, T)``): the first
   time a (role, op, key) is seen it is counted, later identical work adds that measured count.
+  Micro-batches are trimmed to their longest row, so T changes almost every step; :class:`ShapeFit`
+  then gives the count of a new T exactly from counted ones (a transformer's FLOPs are a quadratic in
+  T: linear layers B·T·in·out, attention B·H·T²·d), after checking the fit against one more count.
   Optimizer steps and FedAvg are not counted (element-wise only: zero FLOPs in torch's counter).
 - Bytes: ``nbytes`` of the tensors that cross a link (activations, masks, labels, gradients, adapters).
 - Time: ``time.perf_counter`` around each phase; trace events carry these real starts and durations.
@@ -22,6 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from fractions import Fraction
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -46,6 +50,57 @@ CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cp
 def flop_counter() -> FlopCounterMode:
     """A FlopCounterMode that also counts the fused CPU attention kernel."""
     return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
+
+
+def _flat(key) -> tuple:
+    """A key with its nested tuples flattened: ``(2, (16, 40))`` -> ``(2, 16, 40)``."""
+    out = []
+    for k in key:
+        out.extend(_flat(k) if isinstance(k, tuple) else [k])
+    return tuple(out)
+
+
+class ShapeFit:
+    """Exact FLOP counts of unseen shapes from counted ones, for work whose count is a quadratic in one size.
+
+    A *family* of keys agrees everywhere except at some positions that all hold one value (the
+    sequence length T: it appears once in ``(cut, B, T, d)``, several times in a deferred-W
+    signature). Three counted members determine the quadratic; a fourth is counted anyway and must
+    equal the fit's value, else the family is counted for ever (so a count is never a guess: every
+    value this returns was fitted on counts and checked against one more count).
+    """
+
+    def __init__(self):
+        self.counted: dict[tuple, int] = {}  # flat key -> FLOPs counted
+        self.trusted: dict[tuple, bool] = {}  # family -> the check passed (True) or failed (False)
+
+    def add(self, flat: tuple, flops: int) -> None:
+        """Record a counted key."""
+        self.counted[flat] = flops
+
+    def estimate(self, flat: tuple) -> tuple[tuple, int] | None:
+        """(family, fitted FLOPs) of ``flat`` from three counted members of its family, or None."""
+        families: dict[tuple, dict[int, int]] = {}
+        for g, f in self.counted.items():
+            if len(g) != len(flat):
+                continue
+            diff = tuple(i for i, (a, b) in enumerate(zip(g, flat, strict=True)) if a != b)
+            xs, ys = {flat[i] for i in diff}, {g[i] for i in diff}
+            if diff and len(xs) == len(ys) == 1 and all(type(v) is int for v in xs | ys):
+                fam = (diff, tuple(v for i, v in enumerate(flat) if i not in diff))
+                families.setdefault(fam, {})[next(iter(ys))] = f
+        x = None
+        for fam, pts in families.items():
+            if len(pts) < 3 or self.trusted.get(fam) is False:
+                continue
+            x = flat[fam[0][0]]
+            (x0, f0), (x1, f1), (x2, f2) = sorted(pts.items())[-3:]
+            val = (Fraction(f0 * (x - x1) * (x - x2), (x0 - x1) * (x0 - x2))  # Lagrange, in exact rationals
+                   + Fraction(f1 * (x - x0) * (x - x2), (x1 - x0) * (x1 - x2))
+                   + Fraction(f2 * (x - x0) * (x - x1), (x2 - x0) * (x2 - x1)))
+            if val.denominator == 1 and val >= 0:
+                return fam, int(val)
+        return None
 
 
 def tensor_bytes(obj) -> int:
@@ -80,7 +135,10 @@ class Meter:
         phase_s: phase name (e.g. ``"device_forward"``, ``"server_B"``) -> seconds.
         events: trace events (lanes and ops as in :mod:`sfsim.trace`), times from the meter's start.
         count_flops: when False, compute is timed but FLOPs are not counted (faster).
+        fit_shapes: give new sequence lengths their exact count from counted ones (:class:`ShapeFit`).
     """
+
+    fit_shapes = True
 
     def __init__(self, server_lane: str = "server", count_flops: bool = True):
         self.server_lane = server_lane
@@ -91,6 +149,8 @@ class Meter:
         self.phase_s: dict[str, float] = defaultdict(float)
         self.events: list[TraceEvent] = []
         self._cache: dict[tuple, int] = {}
+        self._fit = ShapeFit()
+        self.n_counted = 0  # compute blocks run under the FLOP counter (the rest reused or fitted counts)
         self.t0 = time.perf_counter()
         #: lane -> FLOP/s: compute on these lanes is stretched (by sleeping) to take FLOPs / rate seconds
         self.stretch: dict[str, float] = {}
@@ -114,16 +174,26 @@ class Meter:
         cache_key = None if key is None else (role, op, *key)
         flops = 0
         counting = count and (self.count_flops or (lane or role) in self.stretch)
+        fit = None
+        if counting and cache_key is not None and cache_key not in self._cache and self.fit_shapes:
+            fit = self._fit.estimate(_flat(cache_key))
         if counting and cache_key in self._cache:
             yield
             flops = self._cache[cache_key]
+        elif counting and fit is not None and self._fit.trusted.get(fit[0]):
+            yield
+            flops = self._cache[cache_key] = fit[1]
         elif counting:
             counter = flop_counter()
             with counter:
                 yield
             flops = counter.get_total_flops()
+            self.n_counted += 1
             if cache_key is not None:
                 self._cache[cache_key] = flops
+                self._fit.add(_flat(cache_key), flops)
+                if fit is not None:  # the family's check: the fit must give exactly what was counted
+                    self._fit.trusted[fit[0]] = fit[1] == flops
         else:
             yield
         if self.count_flops:
