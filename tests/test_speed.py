@@ -94,3 +94,52 @@ def test_bench_trainer_smoke(tmp_path):
         assert rec["inprocess"]["ratio"] == pytest.approx(rec["plain_samples_per_s"] / rec["inprocess"]["samples_per_s"],
                                                           abs=1e-3)
         assert rec["lora_blocks"] == ([2, 3] if method == "splitfrozen" else [0, 1, 2, 3])
+
+
+# ---------------------------------------------------------------- length bucketing (opt-in)
+
+def _gsm8k_role(bucket: int):
+    from trainer.data import encode, load_task
+    from trainer.models import tiny_model
+    from trainer.runtime import DeviceRole
+
+    lm = tiny_model("llama", n_layers=2)
+    shard = encode(load_task("gsm8k", str(FIXTURES / "data"), "train"), lm.tokenizer, 4096)  # characters: no row is cut
+    return DeviceRole("d", shard, 4, seed=7, bucket=bucket)
+
+
+def test_bucketing_off_keeps_the_shuffled_micro_batches():
+    import torch
+
+    role = _gsm8k_role(0)
+    perm = torch.randperm(role.n_samples, generator=torch.Generator().manual_seed(7 * 1000003 + 1))
+    for got, start in zip(role.batches(1), range(0, role.n_samples, 4), strict=True):
+        rows = perm[start:start + 4]
+        assert torch.equal(got["labels"], role.shard["labels"][rows][:, :got["labels"].shape[1]])
+
+
+def test_bucketing_trains_every_row_once_with_less_padding_and_one_order_per_seed():
+    import torch
+
+    plain, bucketed = _gsm8k_role(0).batches(0), _gsm8k_role(5).batches(0)
+    again = _gsm8k_role(5).batches(0)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(bucketed, again, strict=True))
+    assert sorted(len(b["input_ids"]) for b in bucketed) == sorted(len(b["input_ids"]) for b in plain)
+    ids = sorted(tuple(r.tolist()) for b in bucketed for r in b["input_ids"])
+    full = _gsm8k_role(0).shard
+    assert len(ids) == len(full["input_ids"])  # 40 rows, each once (rows differ: ids identify them)
+    tokens = lambda bs: sum(b["input_ids"].numel() for b in bs)  # noqa: E731
+    real = int(full["attention_mask"].sum())
+    assert real < tokens(bucketed) < tokens(plain)  # the padded tokens a micro-batch computes on
+
+
+def test_a_bucketed_run_is_deterministic(tiny_gpt2, tmp_path):
+    from trainer.runner import RunConfig, run
+
+    hist = []
+    for k in range(2):
+        cfg = RunConfig(devices=str(FIXTURES / "run_tiny.yaml"), model=tiny_gpt2, task="sst2", method="cenlora",
+                        partition="iid", out=str(tmp_path / str(k)), epochs=1, train_samples=32, eval_samples=4,
+                        data_dir=str(FIXTURES / "data"), progress=False, max_len=48, bucket=2, micro_batch=2)
+        hist.append(run(cfg)["train_loss_history"])
+    assert hist[0] == hist[1] and len(hist[0]) == 16

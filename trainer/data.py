@@ -245,3 +245,32 @@ def encode_prompts(task_data: TaskData, tokenizer, max_len: int, indices=None) -
     ids = [tokenizer(GSM8K_PROMPT.format(question=task_data.questions[i]))["input_ids"][-max_len:] for i in idx]
     return {"input_ids": _pad(ids, tokenizer.pad_token_id, left=True),
             "attention_mask": _pad([[1] * len(r) for r in ids], 0, left=True)}
+
+
+def micro_batches(perm: torch.Tensor, micro_batch: int, lengths: torch.Tensor | None = None, window: int = 0,
+                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Cut a shuffled order of rows into micro-batches of row indices; optionally length-bucketed.
+
+    ``window`` = 0: consecutive rows of ``perm``. ``window`` = W > 0 (with ``lengths``, tokens per row):
+    each run of W micro-batches' rows is sorted by length (stable) before it is cut, and those W
+    micro-batches are then put in a random order (``generator``), so rows of like length share a
+    micro-batch and little of it is padding. Bucketing changes which samples train together; the
+    micro-batch count and sizes stay the same, and a seed still gives one order.
+
+    Example:
+        >>> [b.tolist() for b in micro_batches(torch.tensor([3, 0, 2, 1]), 2)]
+        [[3, 0], [2, 1]]
+        >>> g = torch.Generator().manual_seed(0)
+        >>> sorted(b.tolist() for b in micro_batches(torch.tensor([3, 0, 2, 1]), 2, torch.tensor([5, 1, 4, 2]), 2, g))
+        [[1, 3], [2, 0]]
+    """
+    if window <= 0 or lengths is None:
+        return [perm[i:i + micro_batch] for i in range(0, len(perm), micro_batch)]
+    out = []
+    span = micro_batch * window
+    for s in range(0, len(perm), span):
+        chunk = perm[s:s + span]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        mbs = [chunk[i:i + micro_batch] for i in range(0, len(chunk), micro_batch)]
+        out += [mbs[int(j)] for j in torch.randperm(len(mbs), generator=generator)]
+    return out

@@ -91,6 +91,7 @@ class RunConfig:
     buffer: int | None = None
     pool_memory: str | None = None
     client_order: str | None = None
+    bucket: int = 0  # length bucketing over windows of this many micro-batches (0: off)
 
     def __post_init__(self):
         self.method = canonical(self.method)
@@ -126,6 +127,8 @@ class RunConfig:
             raise SfsimError(f"unknown server order {self.server_order!r}: use one of {', '.join(SERVER_ORDERS)}")
         if self.plan is not None and self.split is not None:
             raise SfsimError("give either --plan or --split, not both")
+        if self.bucket < 0:
+            raise SfsimError(f"--bucket must be >= 0 micro-batches (0: off; got {self.bucket})")
         for key in ("epochs", "train_samples", "eval_samples", "micro_batch", "accumulate", "local_steps",
                     "fedavg_every"):
             val = getattr(self, key)
@@ -247,7 +250,7 @@ def build(cfg: RunConfig):
     shards, table, counts, checks = _shards(cfg, scenario, train, lm, cfg.train_samples)
     tr, lo = scenario.training, scenario.training.lora
     mb = cfg.micro_batch or tr.micro_batch
-    roles = [DeviceRole(n, shards[n], mb, cfg.seed + i) for i, n in enumerate(shards)]
+    roles = [DeviceRole(n, shards[n], mb, cfg.seed + i, bucket=cfg.bucket) for i, n in enumerate(shards)]
     meter = Meter(server_lane=scenario.devices[0].server, count_flops=cfg.count_flops)
     rng = RoleRNG(cfg.seed)
     transport = InProcessTransport(meter, rng=rng)
@@ -261,7 +264,8 @@ def build(cfg: RunConfig):
                   fedavg_every=cfg.fedavg_every or tr.fedavg_every, client_order=cfg.client_order or "interleaved",
                   seed=cfg.seed, buffer=cfg.buffer or tr.buffer,
                   samples={r.name: r.n_samples for r in roles}, max_len=cfg.max_len, out=cfg.out,
-                  pool_memory=None if cfg.pool_memory is None else parse_quantity(cfg.pool_memory, "size"))
+                  pool_memory=None if cfg.pool_memory is None else parse_quantity(cfg.pool_memory, "size"),
+                  bucket=cfg.bucket)
     method = build_method(cfg.method, setup)
     by_name = {r.name: r for r in roles}
     transport.handler = lambda msg: method.handle(by_name[msg.device], msg)

@@ -31,6 +31,7 @@ import torch
 
 from sfsim.errors import SfsimError
 from sfsim.pacing import SERVER_ORDERS, server_order  # noqa: F401 (re-exported: one source of truth)
+from trainer.data import micro_batches
 from trainer.measure import Meter, tensor_bytes
 
 
@@ -202,12 +203,15 @@ class DeviceRole:
         micro_batch: samples per micro-batch.
         seed: seed of the per-epoch shuffle.
         part: the device-side model part (``DevicePart``), or ``None`` when the device computes nothing.
+        bucket: length bucketing over windows of this many micro-batches (0: off; see ``trainer.data.micro_batches``).
     """
 
-    def __init__(self, name: str, shard: dict[str, torch.Tensor], micro_batch: int, seed: int, part=None):
+    def __init__(self, name: str, shard: dict[str, torch.Tensor], micro_batch: int, seed: int, part=None,
+                 bucket: int = 0):
         if micro_batch <= 0:
             raise SfsimError(f"device {name}: micro_batch must be > 0")
         self.name, self.shard, self.micro_batch, self.seed, self.part = name, shard, micro_batch, seed, part
+        self.bucket = bucket
 
     @property
     def n_samples(self) -> int:
@@ -223,8 +227,8 @@ class DeviceRole:
         """The epoch's micro-batches, shuffled reproducibly (seed, epoch), all-padding columns dropped."""
         gen = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
         perm = torch.randperm(self.n_samples, generator=gen)
-        return [trim({k: v[perm[i:i + self.micro_batch]] for k, v in self.shard.items()})
-                for i in range(0, self.n_samples, self.micro_batch)]
+        rows = micro_batches(perm, self.micro_batch, self.shard["attention_mask"].sum(1), self.bucket, gen)
+        return [trim({k: v[r] for k, v in self.shard.items()}) for r in rows]
 
     def forward_frozen(self, batch: dict[str, torch.Tensor], mb: int, meter: Meter) -> Message:
         """Forward the frozen prefix under ``inference_mode``; the message holds hidden, mask and labels."""

@@ -73,6 +73,9 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
               help=f"order in which the server trains on the devices' micro-batches: {', '.join(_ORDERS)}")
 @click.option("--pool-memory", help="server-order pool: memory of the mixing pool, e.g. '64 MiB' "
               "(default: every device's credits)")
+@click.option("--bucket", type=int, default=0, show_default=True,
+              help="length bucketing: sort each window of N micro-batches by length, so little of a micro-batch is "
+                   "padding (faster on long, uneven rows such as GSM8K; changes which samples train together); 0: off")
 @click.option("--gen-tokens", type=int, default=128, show_default=True, help="gsm8k: tokens generated at eval")
 @click.option("--launch", default="local", show_default=True, type=click.Choice(["local", "inprocess"]),
               help=_LAUNCH_HELP)
@@ -99,7 +102,7 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
         eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, client_order,
         data_dir,
-        server_order, pool_memory, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
+        server_order, pool_memory, bucket, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
         resume_dir, threads, no_flops, quiet, out, overwrite):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
     from trainer.runner import RunConfig, load_run_config
@@ -123,7 +126,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
                         eval_samples=eval_samples, lr=lr, seed=seed, max_len=max_len, data_dir=data_dir,
                         server_order=server_order, micro_batch=micro_batch, accumulate=accumulate,
                         local_steps=local_steps, fedavg_every=fedavg_every, client_order=client_order,
-                        gen_tokens=gen_tokens,
+                        gen_tokens=gen_tokens, bucket=bucket,
                         count_flops=not no_flops, progress=not quiet, launch=launch, threads=threads,
                         emulate=emulate, peer_timeout=peer_timeout, checkpoint_every=checkpoint_every,
                         buffer=buffer, pool_memory=pool_memory)

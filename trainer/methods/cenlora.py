@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from trainer.data import micro_batches
 from trainer.methods.common import (
     Method,
     Setup,
@@ -79,13 +80,13 @@ class CenLoRA(Method):
             self._gather()
         done = self.resume_cursor(epoch).get("server", 0)
         n = self.data["input_ids"].shape[0]
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(s.seed * 1000003 + epoch))
-        starts = list(range(0, n, s.micro_batch))
+        gen = torch.Generator().manual_seed(s.seed * 1000003 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        starts = micro_batches(perm, s.micro_batch, self.data["attention_mask"].sum(1), s.bucket, gen)
         losses, samples = [], 0
-        for i, st in enumerate(starts):
+        for i, idx in enumerate(starts):
             if i < done:
                 continue
-            idx = perm[st:st + s.micro_batch]
             b = trim({k: v[idx] for k, v in self.data.items()})
             training_mode(self.emb, self.rest)
             with meter.compute(s.server, "F", "server_forward", mb=i, key=tuple(b["input_ids"].shape)):

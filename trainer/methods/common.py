@@ -45,6 +45,7 @@ class Setup:
         pool_memory: bytes of the server's mixing pool (``server_order="pool"``; ``None``: all credits).
         max_len: tokens per sample at most (sizes the pool).
         out: the run's output folder (devices write their checkpoint state under ``out/state``).
+        bucket: length bucketing over windows of this many micro-batches (0: off; ``trainer.data.micro_batches``).
     """
 
     lm: object
@@ -72,6 +73,7 @@ class Setup:
     pool_memory: float | None = None
     max_len: int = 128
     out: str = "."
+    bucket: int = 0
 
     @property
     def is_lm(self) -> bool:
