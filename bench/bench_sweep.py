@@ -59,24 +59,23 @@ def main() -> None:
     varies = [parse_vary("devices[*].uplink.bandwidth=10Mbps..1Gbps:log:20"),
               parse_vary("servers[edge-a].flops=4TFLOPS..40TFLOPS:lin:10")]
     settings = Settings(schedules=("splitfrozen",), split=2)
-    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     with tempfile.TemporaryDirectory() as tmp:
         scenario = Path(tmp) / "fleet.yaml"
         scenario.write_text(yaml.safe_dump(fleet_yaml(args.devices)))
         runs = []
         for i, (label, executor, jobs) in enumerate(runs_on):
             out = Path(tmp) / f"run{i}.csv"
+            before = os.getloadavg()[0]  # a shared machine: other users' load skews each run differently
             res = run_sweep(scenario, varies, out, settings, jobs=jobs, progress=False, executor=executor)
             assert res.errors == 0, res.first_error
-            runs.append((label, res, sorted(read_rows(out), key=lambda r: int(r["point"]))))
+            runs.append((label, res, sorted(read_rows(out), key=lambda r: int(r["point"])), before))
     one, rows1 = runs[0][1], runs[0][2]
-    same = all(rows == rows1 for _, _, rows in runs)
+    same = all(rows == rows1 for _, _, rows, _ in runs)
     ms = [float(r["makespan_s"]) for r in rows1]
-    print(f"sweep: {one.points} points, {args.devices} devices, SplitFrozen cut 2 (cpu_count {os.cpu_count()}, "
-          f"1-min load before: {load:.2f})")
-    for label, res, _ in runs:
+    print(f"sweep: {one.points} points, {args.devices} devices, SplitFrozen cut 2 (cpu_count {os.cpu_count()})")
+    for label, res, _, before in runs:
         print(f"  {label + ':':22s} {res.seconds:6.1f} s  {res.points / res.seconds:6.2f} points/s  "
-              f"(x{one.seconds / res.seconds:.2f})")
+              f"(x{one.seconds / res.seconds:.2f}; 1-min load before it {before:.2f})")
     print(f"  same rows in every run: {same}; makespan {min(ms):.1f}..{max(ms):.1f} s over the grid")
     if not same:
         sys.exit(1)
