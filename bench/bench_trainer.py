@@ -4,9 +4,10 @@ For every method, on the same model, training samples, micro-batch, sequence len
 torch threads, this measures in one process, one after the other:
 
 1. a plain loop: ``from_pretrained`` model, ``peft.get_peft_model`` (LoRA on the method's blocks:
-   SplitFrozen's from the cut on, the others' on every block; same rank, alpha, targets), a
-   linear head on the pooled hidden state (BERT: masked mean, decoders: last token; or the causal-LM loss for GSM8K), AdamW, one step
-   per micro-batch; each micro-batch padded to its own longest row, as ``sfsim run`` pads;
+   SplitFrozen's from the cut on, the others' on every block; same rank, alpha, targets), a linear
+   head on the pooled hidden state (BERT: masked mean, decoders: last token; GSM8K: the causal-LM
+   loss), AdamW, one step per micro-batch; each micro-batch padded to its own longest row, as
+   ``sfsim run`` pads; dropout as ``sfsim run`` trains (the pretrained network's off, LoRA's on);
 2. ``sfsim run --launch inprocess`` (``trainer.runner.run``, FLOP counting on, as by default);
 3. ``sfsim run --launch local`` (one process per role, one torch thread each: on a 2-core machine the
    roles' processes overlap, so local can beat the single-threaded plain loop);
@@ -31,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,7 +90,11 @@ def plain_loop(model: str, task: str, data_dir: str, rows: np.ndarray, micro_bat
     enc = tdata.encode(train, lm.tokenizer, max_len, indices=rows)  # padded to the longest; trimmed per batch
     params = [p for p in net.parameters() if p.requires_grad] + ([] if head is None else list(head.parameters()))
     opt = torch.optim.AdamW(params, lr=lr)
-    net.train()
+    # the dropout rule sfsim trains with: the pretrained network's dropout off, only LoRA's on
+    net.eval()
+    for name, mod in net.named_modules():
+        if name.rpartition(".")[2] == "lora_dropout":
+            mod.train()
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
     t0 = time.perf_counter()
     for s in range(0, len(rows), micro_batch):
@@ -206,6 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default=str(HERE / "results" / "bench_trainer.json"))
     args = ap.parse_args(argv)
     args.methods, args.launch = args.methods.split(","), args.launch.split(",")
+    from trainer.quiet import silence_libraries
+
+    silence_libraries()  # no weight-loading bars in the table
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes
     with tempfile.TemporaryDirectory(prefix="sfsim-bench-trainer-") as work:
         args.work = work
         if args.smoke:
