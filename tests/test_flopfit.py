@@ -61,10 +61,11 @@ def tiny_llama(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora", "cenlora"])
-def test_a_run_counts_the_same_flops_with_and_without_the_fit(tiny_llama, tmp_path, monkeypatch, method):
+def test_a_run_counts_the_same_flops_with_and_without_the_fit_and_sharing(tiny_llama, tmp_path, monkeypatch, method):
     flops, counted = [], []
     for fit in (False, True):
         monkeypatch.setattr(Meter, "fit_shapes", fit)
+        monkeypatch.setattr(Meter, "share_devices", fit)
         cfg = RunConfig(devices=str(FIXTURES / "run_tiny.yaml"), model=tiny_llama, task="sst2", method=method,
                         partition="iid", out=str(tmp_path / f"{method}-{fit}"), split=1 if "split" in method else None,
                         epochs=1, train_samples=40, eval_samples=4, data_dir=str(FIXTURES / "data"), progress=False,
@@ -75,4 +76,4 @@ def test_a_run_counts_the_same_flops_with_and_without_the_fit(tiny_llama, tmp_pa
         flops.append(dict(setup.meter.flops))
         counted.append(setup.meter.n_counted)
     assert flops[0] == flops[1] and sum(flops[0].values()) > 0
-    assert counted[1] < counted[0]  # the fit was used, and gave exactly the counted figures
+    assert counted[1] < counted[0]  # fit and sharing were used, and gave exactly the counted figures

@@ -136,9 +136,12 @@ class Meter:
         events: trace events (lanes and ops as in :mod:`sfsim.trace`), times from the meter's start.
         count_flops: when False, compute is timed but FLOPs are not counted (faster).
         fit_shapes: give new sequence lengths their exact count from counted ones (:class:`ShapeFit`).
+        share_devices: a count one device measured serves every device with the same (op, key) (in
+            one process: FedLoRA's devices run the same model, SplitLoRA's clients the same cut).
     """
 
     fit_shapes = True
+    share_devices = True
 
     def __init__(self, server_lane: str = "server", count_flops: bool = True):
         self.server_lane = server_lane
@@ -168,10 +171,13 @@ class Meter:
 
         Args:
             key: shape signature of the work; identical (role, op, key) work reuses the measured count.
+                Devices share counts (:attr:`share_devices`): a device's key must describe its work
+                fully (its cut, when devices differ in it).
             count: False for work torch's counter scores as zero (optimizer steps, averaging).
         """
         start = self.now()
-        cache_key = None if key is None else (role, op, *key)
+        scope = role if role == self.server_lane or not self.share_devices else "device"
+        cache_key = None if key is None else (scope, op, *key)
         flops = 0
         counting = count and (self.count_flops or (lane or role) in self.stretch)
         fit = None
