@@ -31,13 +31,13 @@ def test_a_cell_is_the_command_a_user_would_type():
     assert "--split" not in fed and fed[:4] == ["sfsim", "run", "--method", "fedlora"]
     timed = Cell("time", "minilm-l6", "sst2", "splitfrozen-sequential").command("O", "D")
     assert timed[:8] == ["sfsim", "validate", "--method", "splitfrozen-sequential", "--split", "2", "--emulate", "all"]
-    base = Cell("gsm8k", "smollm2-135m", "gsm8k", "base").command("O", "D")
-    assert base[2:4] == ["--method", "cenlora"] and "--epochs" in base and base[base.index("--epochs") + 1] == "0"
+    cen = Cell("gsm8k", "smollm2-135m", "gsm8k", "cenlora").command("O", "D")
+    assert cen[2:5] == ["--method", "cenlora", "--eval-before"] and "--split" not in cen
 
 
 def test_the_grid_runs_seed_zero_of_everything_before_any_second_seed():
     cells = grid.default_grid()
-    assert len(cells) == len({c.key for c in cells}) == 3 * 4 * 5 * 3 + 4 + 2 * 5 * 3 + 3
+    assert len(cells) == len({c.key for c in cells}) == 3 * 4 * 5 * 3 + 4 + 2 * 5 * 3 + 2
     first_seed1 = next(i for i, c in enumerate(cells) if c.seed == 1)
     assert all(c.seed == 0 for c in cells[:first_seed1])
     assert sum(c.kind == "accuracy" and c.model == "minilm-l6" and c.seed == 0 for c in cells[:first_seed1]) == 60
@@ -173,7 +173,7 @@ def test_report_cli_errors_are_one_line(tmp_path):
         res = CliRunner().invoke(main, ["report", "--results", str(tmp_path), *args])
         assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
     res = CliRunner().invoke(main, ["report", "--results", str(tmp_path), "--list", "--only", "kind=gsm8k"])
-    assert res.exit_code == 0 and res.output.splitlines()[-1] == "0 of 3 recorded"
+    assert res.exit_code == 0 and res.output.splitlines()[-1] == "0 of 2 recorded"
 
 
 def test_readme_report_commands_run_or_list(tmp_path, monkeypatch):
@@ -195,3 +195,13 @@ def test_readme_report_commands_run_or_list(tmp_path, monkeypatch):
             assert res.exit_code == 0 and res.output.splitlines()[-1] == "0 of 20 recorded", res.output
         else:
             assert main.get_command(None, "report").make_context("report", args[1:]).params["budget"] == "2 h"
+
+
+def test_gsm8k_table_reads_before_from_cenlora_and_after_from_each_method():
+    cen = Cell("gsm8k", "smollm2-135m", "gsm8k", "cenlora")
+    rec = _rec(cen, accuracy=0.05, train_samples=64, eval_samples=40, eval_metrics={"accuracy": 0.05,
+                                                                                     "answer_loss": 1.234567},
+               eval_before={"accuracy": 0.025, "answer_loss": 2.5})
+    lines = render.gsm8k_lines({cen.key: rec})
+    assert lines[2:] == ["| before fine-tuning | 2.5% | 2.500 | 0 | 40 |", "| after cenlora | 5.0% | 1.235 | 64 | 40 |",
+                         "| after splitfrozen | not run | | | |"]

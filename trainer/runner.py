@@ -36,7 +36,7 @@ from trainer.measure import Meter
 from trainer.methods import Setup, build_method
 from trainer.methods.checkpoint import load_adapter, load_checkpoint, save_adapter, save_checkpoint
 from trainer.methods.common import full_state, load_full_state
-from trainer.methods.evaluate import classification_scores, exact_match, majority_baseline, predict
+from trainer.methods.evaluate import answer_loss, classification_scores, exact_match, majority_baseline, predict
 from trainer.methods.splitlora import CLIENT_ORDERS
 from trainer.models import load_model
 from trainer.partition import missing_classes, parse_partition, partition, partition_table
@@ -92,6 +92,7 @@ class RunConfig:
     pool_memory: str | None = None
     client_order: str | None = None
     bucket: int = 0  # length bucketing over windows of this many micro-batches (0: off)
+    eval_before: bool = False  # also score the pretrained (untrained) model, as metrics' eval_before
 
     def __post_init__(self):
         self.method = canonical(self.method)
@@ -315,7 +316,8 @@ def score(method, lm, head, dev, cfg: RunConfig, n_eval: int) -> dict:
     if dev.is_generation:
         prompts = tdata.encode_prompts(dev, lm.tokenizer, cfg.max_len, indices=idx)
         return {"accuracy": exact_match(device, server, prompts, [dev.finals[i] for i in idx], lm.tokenizer,
-                                        cfg.gen_tokens)}
+                                        cfg.gen_tokens),
+                "answer_loss": answer_loss(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))}
     preds = predict(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
     return classification_scores(preds.numpy(), dev.labels[:n_eval], dev.num_labels)
 
@@ -355,6 +357,16 @@ def prepare_out(cfg: RunConfig, resume: bool) -> Path:
     return out
 
 
+def _score_before(cfg: RunConfig, out: Path, method, lm, setup, dev, info) -> dict:
+    """The untrained model's scores (``--eval-before``), kept in ``eval_before.json`` so a resumed run has them."""
+    path = out / "eval_before.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    scores = score(method, lm, setup.head, dev, cfg, info["n_eval"])
+    write_atomic(path, json.dumps(scores))
+    return scores
+
+
 def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = False, check=None) -> dict:
     """The server's side of a run: every epoch, eval, adapter, checkpoints and metrics.json.
 
@@ -382,6 +394,7 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
     # an early estimate of the whole run's duration, printed after its first steps (not with --quiet)
     est = estimate_run(cfg, setup, dev, info["n_eval"], info["epochs"] - first_epoch, t0) if cfg.progress else None
     metrics = {}
+    info["before"] = _score_before(cfg, out, method, lm, setup, dev, info) if cfg.eval_before else None
     for epoch in range(first_epoch, info["epochs"]):
         bar = _progress(cfg, n_samples)
         t_ep = time.perf_counter()
@@ -481,6 +494,7 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
     return {"method": cfg.method, "task": cfg.task, "model": cfg.model, "eval_accuracy": evals[-1] if evals else None,
             "eval_f1": last.get("f1"), "eval_macro_f1": last.get("macro_f1"), "eval_metrics": last,
             "eval_metrics_history": info["scores"], "majority_baseline": info["majority"],
+            "eval_before": info.get("before"),
             "majority_accuracy": major.get("accuracy"), "majority_macro_f1": major.get("macro_f1"),
             "absent_classes": info["absent_classes"], "warnings": info["warnings"],
             "eval_history": evals, "train_loss_history": losses, **summary, "wall_s": round(wall_s, 3),

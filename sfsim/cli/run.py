@@ -95,6 +95,7 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="continue the run in this folder from its last checkpoint (other options come from it)")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads per process")
+@click.option("--eval-before", is_flag=True, help="also score the model before training (metrics.json eval_before)")
 @click.option("--no-flops", is_flag=True, help="skip FLOP counting (faster)")
 @click.option("--quiet", is_flag=True, help="no output but errors and warnings (no progress bar, estimate, notes or library logs)")
 @click.option("--out", type=click.Path(file_okay=False), help="output folder (new or empty)")
@@ -103,7 +104,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
         eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, client_order,
         data_dir,
         server_order, pool_memory, bucket, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
-        resume_dir, threads, no_flops, quiet, out, overwrite):
+        resume_dir, threads, eval_before, no_flops, quiet, out, overwrite):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
     from trainer.runner import RunConfig, load_run_config
     from trainer.runner import run as run_job
@@ -126,7 +127,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
                         eval_samples=eval_samples, lr=lr, seed=seed, max_len=max_len, data_dir=data_dir,
                         server_order=server_order, micro_batch=micro_batch, accumulate=accumulate,
                         local_steps=local_steps, fedavg_every=fedavg_every, client_order=client_order,
-                        gen_tokens=gen_tokens, bucket=bucket,
+                        gen_tokens=gen_tokens, bucket=bucket, eval_before=eval_before,
                         count_flops=not no_flops, progress=not quiet, launch=launch, threads=threads,
                         emulate=emulate, peer_timeout=peer_timeout, checkpoint_every=checkpoint_every,
                         buffer=buffer, pool_memory=pool_memory)

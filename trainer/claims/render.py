@@ -149,17 +149,20 @@ def gsm8k_lines(cells: dict[str, dict]) -> list[str]:
         return ["No GSM8K cell recorded yet."]
     lines = ["| model state | exact match | answer-only loss (held-out) | train samples | eval questions |",
              "|---|---|---|---|---|"]
-    for meth in ("base", "cenlora", "splitfrozen"):
+    cen = rec.get("cenlora") or {}
+    rows = [("before fine-tuning", cen.get("eval_before"), 0, cen.get("eval_samples"))]
+    for meth in ("cenlora", "splitfrozen"):
         f = rec.get(meth)
-        if f is None:
-            lines.append(f"| {meth} | not run | | | |")
+        rows.append((f"after {meth}", None if f is None else {"accuracy": f.get("accuracy"),
+                                                             "answer_loss": figure(f, "answer_loss")},
+                     None if f is None else f.get("train_samples"), None if f is None else f.get("eval_samples")))
+    for label, s, n_train, n_eval in rows:
+        if s is None:
+            lines.append(f"| {label} | not run | | | |")
             continue
-        em = f.get("accuracy") if f.get("accuracy") is not None else figure(f, "eval_exact_match")
-        loss = figure(f, "eval_answer_loss")
-        label = "before fine-tuning" if meth == "base" else f"after {meth}"
+        em, loss = s.get("accuracy"), s.get("answer_loss")
         lines.append(f"| {label} | {'-' if em is None else f'{100 * em:.1f}%'} | "
-                     f"{'-' if loss is None else f'{loss:.3f}'} | {f.get('train_samples', 0) if meth != 'base' else 0} "
-                     f"| {f.get('eval_samples', '-')} |")
+                     f"{'-' if loss is None else f'{loss:.3f}'} | {n_train} | {n_eval} |")
     return lines
 
 

@@ -22,6 +22,25 @@ def predict(device, server, data: dict[str, torch.Tensor], batch_size: int = 64)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
+def answer_loss(device, server, data: dict[str, torch.Tensor], batch_size: int = 16) -> float | None:
+    """Teacher-forced cross-entropy per answer token, prompt and padding ignored (labels ``-100``).
+
+    ``data`` is :func:`trainer.data.encode` of a generation task: input_ids, attention_mask (N, T) and
+    labels (N, T) with the answer's ids; the mean is over every answer token of every row (not per row).
+    """
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, data["input_ids"].shape[0], batch_size):
+            b = trim({k: v[s:s + batch_size] for k, v in data.items()})
+            h = device(b["input_ids"], b["attention_mask"], **device_kwargs(b))  # (B, T, d)
+            logits = server(h, b["attention_mask"])  # (B, T, V)
+            target = b["labels"][:, 1:]  # (B, T-1): logits at t predict token t+1
+            total += float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                             target.reshape(-1), ignore_index=-100, reduction="sum"))
+            count += int((target != -100).sum())
+    return round(total / count, 6) if count else None  # every answer cut off by max_len: no figure
+
+
 def accuracy(device, server, data: dict[str, torch.Tensor], batch_size: int = 64) -> float:
     """Share of rows whose argmax logit equals the label."""
     preds = predict(device, server, data, batch_size)
