@@ -114,7 +114,8 @@ def main() -> None:
     print(f"makespan (simulated) {res.makespan_s:.3f} s, analytic {res.estimate_s:.3f} s, "
           f"lower bound {res.lower_bound_s:.3f} s, gap {res.gap:.2%}")
     print(f"bounded by: {res.bottleneck}")
-    print(f"time ties: device compute {res.device_flop / 1e12:.1f} TFLOP (fastest plan found: "
+    print(f"time ties {'searched' if res.ties_searched else 'not searched (no replays left in the budget)'}: "
+          f"device compute {res.device_flop / 1e12:.1f} TFLOP (fastest plan found: "
           f"{res.fastest.device_flop / 1e12:.1f} TFLOP, {res.fastest.makespan_s:.3f} s)")
     for c in res.comparisons:
         if c.makespan_s is not None:
