@@ -11,14 +11,19 @@ Two uses in :func:`sfsim.planner.plan`:
 Cost and makespan always come from the simulator (:class:`Score`); the analytic model only
 proposes. A device's compute and radio energy depend on its cut alone, so apart from idle power x
 makespan the cost is a sum over devices, and at a fixed fluid deadline ``D'`` the cheapest plan is
-a small integer program: one integer count per allowed (type, cut, server) with ``fin <= D'``,
-each type's devices all placed, and every server's compute and credit loads (the two server terms
-of :func:`sfsim.planner.search.assign`) at most ``D'``. The search solves it at a few ``D'``
-(the deadline scaled by how far the simulator's makespan exceeds the fluid one; for energy also
-points between the fastest plan and the deadline, since idle power rewards finishing sooner),
-replays each candidate, shrinks ``D'`` when a replay misses the deadline, then descends on
+a small integer program (:func:`cheapest_at`): one integer count per allowed (type, cut, server)
+with ``fin <= D'``, each type's devices all placed, and every server's compute and credit loads
+(the two server terms of :func:`sfsim.planner.search.assign`) at most ``D'``. Those terms are
+looser than the fluid estimate, so ``D'`` shrinks until the estimate meets the target (small
+tables only: up to ``MILP_MAX_VARS`` entries). A greedy on the fluid estimate (:func:`greedy`)
+then cheapens that plan or the fastest one. The fluid target is the deadline scaled by how far the
+simulator's makespan exceeds the fluid one on the fastest plan; for energy also a few targets
+between the fastest plan and the deadline, since idle power rewards finishing sooner. Each
+candidate is replayed (a late one shrinks its target once), then the search descends on
 simulated cost over one-move neighbours and, on small fleets, replays every nearby plan (the
-whole space when it is a few hundred plans), so that tiny fleets get the exact optimum.
+whole space when it is a few hundred plans), so that tiny fleets get the exact optimum. On large
+fleets the fluid model can be far off for cheaper plans (on the 1,000-device benchmark a plan it
+put at 9.97 s simulated to 12.9 s), so there the search may find nothing cheaper in its budget.
 """
 
 from __future__ import annotations
