@@ -77,3 +77,26 @@ def test_a_run_counts_the_same_flops_with_and_without_the_fit_and_sharing(tiny_l
         counted.append(setup.meter.n_counted)
     assert flops[0] == flops[1] and sum(flops[0].values()) > 0
     assert counted[1] < counted[0]  # fit and sharing were used, and gave exactly the counted figures
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("train", [True, False])
+def test_total_counter_equals_flop_counter_mode(family, train):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainer.lora import add_lora, default_targets
+    from trainer.measure import CPU_ATTENTION, TotalFlopCounter
+
+    lm = tiny_model(family, n_layers=2, hidden=32, seed=4)
+    add_lora(lm.model, blocks=[1], targets=default_targets(family), rank=4, alpha=8)
+    lm.model.train(train)
+    ids = torch.randint(5, 60, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    counts = []
+    for counter in (FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION), TotalFlopCounter()):
+        with counter:
+            out = lm.model(input_ids=ids, attention_mask=mask)
+            (out.last_hidden_state if family == "bert" else out.logits).float().pow(2).mean().backward()
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
