@@ -36,7 +36,13 @@ from trainer.measure import Meter
 from trainer.methods import Setup, build_method
 from trainer.methods.checkpoint import load_adapter, load_checkpoint, save_adapter, save_checkpoint
 from trainer.methods.common import full_state, load_full_state
-from trainer.methods.evaluate import answer_loss, classification_scores, exact_match, majority_baseline, predict
+from trainer.methods.evaluate import (
+    answer_loss,
+    classification_scores,
+    exact_match,
+    majority_baseline,
+    predict,
+)
 from trainer.methods.splitlora import CLIENT_ORDERS
 from trainer.models import load_model
 from trainer.partition import missing_classes, parse_partition, partition, partition_table
