@@ -62,7 +62,8 @@ SETTINGS = {
     "smollm2-135m": Settings("bench/sst2_minilm_4dev.yaml", 200, 200, 64, 10),
 }
 GSM8K = Settings("bench/sst2_minilm_4dev.yaml", 64, 40, 256, 10, ("--gen-tokens", "160"))
-TIME = Settings("bench/runtime_4dev.yaml", 320, None, 64, 2)
+TIME = Settings("bench/runtime_4dev.yaml", 320, None, 64, 2,
+                ("--server-profile", "profiles/latency/minilm-l6-server.yaml"))  # the server: this CPU, measured
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,8 @@ def settings_line(model: str) -> str:
 
 def time_settings_line() -> str:
     return (f"fleet `{TIME.fleet}` (2 devices at 4 GFLOPS on 20 Mbps, 2 at 2 GFLOPS on 10 Mbps, emulated by "
-            f"sleeping), MiniLM-L6, SST-2, {TIME.train_samples} samples, cut {TIME.split}, `sfsim validate --emulate all`")
+            f"sleeping), MiniLM-L6, SST-2, {TIME.train_samples} samples, cut {TIME.split}, `sfsim validate --emulate all` "
+            "with the server at this machine's measured speed (`profiles/latency/minilm-l6-server.yaml`)")
 
 
 def paper_line(name: str) -> str:
