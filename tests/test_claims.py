@@ -205,3 +205,12 @@ def test_gsm8k_table_reads_before_from_cenlora_and_after_from_each_method():
     lines = render.gsm8k_lines({cen.key: rec})
     assert lines[2:] == ["| before fine-tuning | 2.5% | 2.500 | 0 | 40 |", "| after cenlora | 5.0% | 1.235 | 64 | 40 |",
                          "| after splitfrozen | not run | | | |"]
+
+
+def test_the_majority_column_matches_the_metric():
+    figs = {"accuracy": 0.7, "macro_f1": 0.5, "majority_accuracy": 0.684, "majority_macro_f1": 0.406,
+            "majority_baseline": {"accuracy": 0.684, "macro_f1": 0.406, "f1": 0.812}}
+    groups = {("minilm-l6", "mrpc", "iid", "splitfrozen"): {0: figs}}
+    assert render.accuracy_table(groups, "minilm-l6", "mrpc")[2].endswith("| 68.4 |")
+    assert render.accuracy_table(groups, "minilm-l6", "mrpc", "macro_f1")[2].endswith("| 40.6 |")
+    assert render.accuracy_table(groups, "minilm-l6", "mrpc", "f1")[2].endswith("| 81.2 |")

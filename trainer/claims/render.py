@@ -49,13 +49,12 @@ def figure(figs: dict, name: str) -> float | None:
     return (figs.get("eval_metrics") or {}).get(name.removeprefix("eval_"))
 
 
-def majority(figs: dict) -> float | None:
-    """The dev set's majority-class accuracy recorded with a run, if the trainer reported it."""
-    for key in ("majority_accuracy",):
-        if figs.get(key) is not None:
-            return figs[key]
+def majority(figs: dict, metric: str = "accuracy") -> float | None:
+    """The dev set's majority-class score (``accuracy``, ``macro_f1`` or ``f1``) recorded with a run, if any."""
+    if figs.get(f"majority_{metric}") is not None:
+        return figs[f"majority_{metric}"]
     base = figs.get("majority_baseline") or {}
-    return base.get("accuracy")
+    return base.get(metric)
 
 
 def accuracy_table(groups: dict[tuple, dict[int, dict]], model: str, task: str, metric: str = "accuracy") -> list[str]:
@@ -68,7 +67,8 @@ def accuracy_table(groups: dict[tuple, dict[int, dict]], model: str, task: str, 
             runs = groups.get((model, task, part, meth), {})
             vals = [v for v in (figure(f, metric) for f in runs.values()) if v is not None]
             cols.append(fmt_pct(vals))
-            base = base if base is not None else next((majority(f) for f in runs.values() if majority(f)), None)
+            base = base if base is not None else next(
+                (majority(f, metric) for f in runs.values() if majority(f, metric) is not None), None)
         rows.append(f"| {part} | " + " | ".join(cols) + f" | {'-' if base is None else f'{100 * base:.1f}'} |")
     return rows
 
