@@ -35,10 +35,12 @@ def make_report(results: Path, docs: Path, data_dir: str, budget_s: float, cells
     groups = render.seeds_of(recorded)
     lines = _header(outcome, recorded, cells, time.perf_counter() - t0)
     lines += _accuracy(groups, figs)
+    order_file = stream_order or results.parent / "sst2_stream_order.json"
     lines += ["", "## 2. The server's stream order under skew (distributed runtime)", ""]
-    lines += [f"Recorded by `bench/experiment_stream_order.py` ({(stream_order or Path('-')).name}); MiniLM-L6, "
-              "SST-2, 4 devices with one label each, one process per role.", ""]
-    lines += render.stream_order_lines(stream_order or results.parent / "sst2_stream_order.json")
+    lines += [f"Recorded by `bench/experiment_stream_order.py` in `{order_file.name}` beside the cells (250, 500, "
+              "750 and 1,000 samples on 4 devices with one label each, MiniLM-L6, SST-2, one process per role; "
+              "training times follow the shared machine's load, see its .md).", ""]
+    lines += render.stream_order_lines(order_file)
     lines += _compute(groups, figs, edge, measure_gpt2)
     lines += _time(recorded, figs, edge, FACTORS if factors is None else factors)
     lines += ["", "## 5. GSM8K on SmolLM2-135M (Llama family)", ""]
