@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sfsim.result import SimResult
-from sfsim.units import format_amount
+from sfsim.units import format_amount, format_quantity
 
 BASELINES = ("fedlora", "splitlora")
 """Schedules the comparison table computes savings against."""
@@ -27,7 +27,8 @@ def saving(ours: float, theirs: float) -> float | None:
 
 def summary(res: SimResult, counts: dict[str, int] | None = None) -> str:
     """A few lines describing one result."""
-    lines = [f"{res.schedule}: {res.makespan_s:.2f} s for {res.micro_batches:,} micro-batches",
+    lines = [f"{res.schedule}: {format_quantity(res.makespan_s, 'time')} ({res.makespan_s:.2f} s) for "
+             f"{res.micro_batches:,} micro-batches",
              f"  device FLOPs {si(res.device_flops_total, 'FLOP')} (max per device {si(res.device_flops_max, 'FLOP')}),"
              f" device busy {res.device_busy_total_s:.1f} s",
              f"  uplink {si(res.uplink_bytes, 'B')}, downlink {si(res.downlink_bytes, 'B')}"]
