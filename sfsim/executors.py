@@ -83,7 +83,8 @@ def _processes(base, file, settings, todo, jobs):
             raise
 
 
-def _dask_point(index: int, base: dict, file, point, settings, schedules) -> tuple[int, list[dict]]:
+def _cluster_point(index: int, base: dict, file, point, settings, schedules) -> tuple[int, list[dict]]:
+    """One point on a Dask or Ray worker, tagged with its index (results arrive out of order)."""
     from sfsim.sweep import run_point
 
     return index, run_point(base, file, point, settings, schedules)
@@ -107,7 +108,7 @@ def _dask(base, file, settings, todo, jobs, address):
                          "'dask scheduler' and 'dask worker ADDRESS', or leave out --address") from None
     try:
         shared = client.scatter(base, broadcast=True)  # the scenario travels once per worker
-        futures = [client.submit(_dask_point, i, shared, file, point, settings, left, pure=False)
+        futures = [client.submit(_cluster_point, i, shared, file, point, settings, left, pure=False)
                    for i, point, left in todo]
         try:
             for fut in as_completed(futures):
@@ -131,12 +132,6 @@ def _reachable(address: str) -> None:
     except (OSError, ValueError) as err:
         raise SfsimError(f"--address: cannot reach a Ray cluster at {address} ({err}); start one with "
                          "'ray start --head', or leave out --address") from None
-
-
-def _ray_point(index: int, base: dict, file, point, settings, schedules) -> tuple[int, list[dict]]:
-    from sfsim.sweep import run_point
-
-    return index, run_point(base, file, point, settings, schedules)
 
 
 def _ray(base, file, settings, todo, jobs, address):
@@ -163,7 +158,7 @@ def _ray_run(base, file, settings, todo, jobs, address):
                  log_to_driver=False, logging_level=logging.ERROR)
     try:
         shared = ray.put(base)  # the scenario travels once per node, not once per point
-        task = ray.remote(num_cpus=1)(_ray_point)
+        task = ray.remote(num_cpus=1)(_cluster_point)
         pending = [task.remote(i, shared, file, point, settings, left) for i, point, left in todo]
         try:
             while pending:

@@ -19,6 +19,19 @@ def _rec(cell: Cell, **figures) -> dict:
             "command": "sfsim run ...", "figures": figures}
 
 
+def _gpt2(seq_len: int, micro_batch: int):
+    """A one-device GPT-2 classification scenario, LoRA r=8 on c_attn (the cut arithmetic's setting)."""
+    from sfsim.scenario import scenario_from_dict
+
+    return scenario_from_dict({
+        "model": {"name": "gpt2", "seq_len": seq_len, "task": "classification", "num_labels": 2},
+        "training": {"micro_batch": micro_batch, "lora": {"rank": 8, "alpha": 32, "targets": ["c_attn"]}},
+        "servers": [{"name": "s", "flops": "1 TFLOPS", "memory": "16 GiB"}],
+        "devices": [{"name": "d", "flops": "1 GFLOPS", "memory": "4 GiB", "samples": micro_batch,
+                     "uplink": {"bandwidth": "10 Mbps", "latency": "5 ms"},
+                     "downlink": {"bandwidth": "10 Mbps", "latency": "5 ms"}}]})
+
+
 def test_a_cell_is_the_command_a_user_would_type():
     cell = Cell("accuracy", "minilm-l6", "mrpc", "splitlora-sequential", "dirichlet:0.1", 2)
     assert cell.key == "accuracy/minilm-l6/mrpc/dirichlet-0.1/splitlora-sequential/s2"
@@ -86,17 +99,9 @@ def test_claim_rows_compare_seed_by_seed_in_points_and_relative():
 
 
 def test_cut_savings_reproduce_the_gpt2_arithmetic():
-    from sfsim.scenario import scenario_from_dict
     from trainer.claims.compute import cut_savings
 
-    sc = scenario_from_dict({
-        "model": {"name": "gpt2", "seq_len": 128, "task": "classification", "num_labels": 2},
-        "training": {"micro_batch": 8, "lora": {"rank": 8, "alpha": 32, "targets": ["c_attn"]}},
-        "servers": [{"name": "s", "flops": "1 TFLOPS", "memory": "16 GiB"}],
-        "devices": [{"name": "d", "flops": "1 GFLOPS", "memory": "4 GiB", "samples": 8,
-                     "uplink": {"bandwidth": "10 Mbps", "latency": "5 ms"},
-                     "downlink": {"bandwidth": "10 Mbps", "latency": "5 ms"}}]})
-    rows = cut_savings(sc)
+    rows = cut_savings(_gpt2(128, 8))
     assert [r["cut"] for r in rows] == list(range(1, 12))
     k3 = rows[2]
     assert round(100 * k3["saving_vs_fedlora"], 1) == 87.6  # the figure the paper's 86.8% is set against
@@ -105,18 +110,10 @@ def test_cut_savings_reproduce_the_gpt2_arithmetic():
 
 
 def test_flop_counter_measures_the_same_saving_as_the_cost_model(one_torch_thread):
-    from sfsim.scenario import scenario_from_dict
     from trainer.claims.compute import cut_savings, measured_gpt2_saving
 
     got = measured_gpt2_saving(cut=3, seq_len=16)
-    sc = scenario_from_dict({
-        "model": {"name": "gpt2", "seq_len": 16, "task": "classification", "num_labels": 2},
-        "training": {"micro_batch": 1, "lora": {"rank": 8, "alpha": 32, "targets": ["c_attn"]}},
-        "servers": [{"name": "s", "flops": "1 TFLOPS", "memory": "16 GiB"}],
-        "devices": [{"name": "d", "flops": "1 GFLOPS", "memory": "4 GiB", "samples": 1,
-                     "uplink": {"bandwidth": "10 Mbps", "latency": "5 ms"},
-                     "downlink": {"bandwidth": "10 Mbps", "latency": "5 ms"}}]})
-    model = cut_savings(sc)[2]
+    model = cut_savings(_gpt2(16, 1))[2]
     # the prefix is the same computation in both (forward only): exact; the whole-model count differs by
     # the head's pooling only (mean here, last token in the cost model)
     assert got["splitfrozen_flops"] == model["splitfrozen_flops"]
