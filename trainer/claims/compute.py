@@ -67,13 +67,14 @@ def measured_gpt2_saving(cut: int = 3, seq_len: int = 128, num_labels: int = 2) 
             out = block(h)
             h = out[0] if isinstance(out, tuple) else out
     device_sf = fc.get_total_flops()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=["c_attn"],
-                                                  fan_in_fan_out=True))
     head = torch.nn.Linear(model.config.n_embd, num_labels)
-    with flop_counter() as fc:
-        logits = head(peft_model(input_ids=ids).last_hidden_state.mean(1))
-        torch.nn.functional.cross_entropy(logits, torch.tensor([1])).backward()
+    with warnings.catch_warnings():  # transformers' deprecation notice inside peft: not the user's business
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=["c_attn"],
+                                                      fan_in_fan_out=True))
+        with flop_counter() as fc:
+            logits = head(peft_model(input_ids=ids).last_hidden_state.mean(1))
+            torch.nn.functional.cross_entropy(logits, torch.tensor([1])).backward()
     device_fed = fc.get_total_flops()
     return {"cut": cut, "seq_len": seq_len, "splitfrozen_flops": device_sf, "fedlora_flops": device_fed,
             "saving_vs_fedlora": 1 - device_sf / device_fed}
