@@ -92,9 +92,10 @@ class Link:
     """One direction of a network link: a constant ``bandwidth``, or one varying over time.
 
     With ``trace`` or ``gilbert_elliott`` the simulator's transfers follow that rate; ``bandwidth``
-    may then be left out, and the planner and cost model use the time-average (filled in when the
-    scenario loads); a ``bandwidth`` given beside them is what the planner assumes. ``fading``
-    multiplies whichever rate the link has.
+    may then be left out, and the cost model's static figures use the time-average (filled in when
+    the scenario loads; a ``bandwidth`` given beside them is used instead). The planner plans on the
+    rate the device really gets over its run (:mod:`sfsim.planner.dynamics`). ``fading`` multiplies
+    whichever rate the link has.
     """
 
     bandwidth: Bandwidth | None = None

@@ -119,8 +119,10 @@ class PlanResult:
         makespan_s: the simulated total time of this plan (``sfsim simulate --plan`` gives the same).
         estimate_s: the planner's analytic (fluid) estimate of it.
         bottleneck: what bounds the makespan, in words.
-        lower_bound_s: a lower bound on any plan's makespan under the same constraints.
-        gap: ``makespan_s / lower_bound_s - 1``.
+        lower_bound_s: a lower bound on any plan's makespan under the same constraints (None with a
+            dynamic network: the analytic model then uses effective rates, see
+            :mod:`sfsim.planner.dynamics`, and proves nothing).
+        gap: ``makespan_s / lower_bound_s - 1`` (None without a bound).
         rows: one :class:`Row` per (device type, cut, server) group, for the table.
         comparisons: SplitFrozen at the best single global cut and at SplitLoRA's cut 3 (not SplitLoRA
             itself: ``sfsim simulate --schedule splitlora`` compares methods), simulated the same way.
@@ -140,8 +142,8 @@ class PlanResult:
     makespan_s: float
     estimate_s: float
     bottleneck: str
-    lower_bound_s: float
-    gap: float
+    lower_bound_s: float | None
+    gap: float | None
     rows: list[Row] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
     schedule: str = "splitfrozen"
@@ -159,6 +161,7 @@ class PlanResult:
     device_flop: float = 0.0  # FLOPs summed over the devices (simulated)
     device_j: float | None = None  # joules summed over the devices (None: no power figures)
     fastest: Score | None = None  # the fastest plan found, before ties or energy traded time away
+    dynamic: str = ""  # the scenario's handovers, varying links and availability in words ("": none)
 
     def to_plan(self) -> Plan:
         """The plan file record (:class:`sfsim.planfile.Plan`)."""
@@ -388,20 +391,21 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     makespan = chosen.makespan_s
     est = estimate(table, groups)
     splits, assignment = expand(table, groups)
+    bound = None if table.dynamic else lb
     comparisons = [Comparison(label, k, m, None if m is None else 1 - makespan / m,
                               "" if m is not None else note) for (label, k, m), note in
                    zip(refs, ("no single cut fits every device",
                               "infeasible here (memory, depth or the minimum-layer rules)"), strict=True)]
     return PlanResult(
         splits=splits, lora_start=table.lora_start, assignment=assignment, makespan_s=makespan,
-        estimate_s=est.makespan_s, bottleneck=bottleneck_words(table, est, makespan), lower_bound_s=lb,
-        gap=makespan / lb - 1 if lb > 0 else 0.0, rows=rows_for(table, groups),
+        estimate_s=est.makespan_s, bottleneck=bottleneck_words(table, est, makespan), lower_bound_s=bound,
+        gap=None if bound is None else makespan / bound - 1 if bound > 0 else 0.0, rows=rows_for(table, groups),
         comparisons=comparisons, schedule=schedule, scenario=scenario.source, model=scenario.arch.name,
         search_s=time.perf_counter() - t0, simulated=len(replay.cache), min_lora_layers=min_lora_layers,
         lora_layers=scenario.arch.n_layers - table.lora_start,
         lora_fixed=scenario.training.lora_start is not None, objective=objective, deadline_s=deadline,
         tie_tolerance=tie_tolerance, ties_searched=searched,
-        device_flop=chosen.device_flop, device_j=chosen.device_j, fastest=fastest)
+        device_flop=chosen.device_flop, device_j=chosen.device_j, fastest=fastest, dynamic=table.dynamic)
 
 
 def _trade(replay: Replay, cm, fastest: list[Group], objective: str, deadline: float | None,

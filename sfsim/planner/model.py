@@ -5,6 +5,8 @@ the numbers the SplitFrozen pipeline is made of (seconds per micro-batch):
 
 - ``f[t, k]``: the device's frozen prefix forward;
 - ``s[t, k]``: the uplink transfer of the cut activations (bytes * 8 / bandwidth);
+  (with handovers, time-varying uplinks or availability, ``f`` and ``s`` are the effective times of
+  :mod:`sfsim.planner.dynamics`)
 - ``a[t, k] = f + s + latency``: when the first micro-batch reaches the server;
 - ``p[t, k]``: the device's period (pipelined: ``max(f, s)``; sequential: the whole round trip);
 - ``w[k, j]``: the server's F + B + W for one micro-batch whose device cut is k;
@@ -24,6 +26,7 @@ import numpy as np
 
 from sfsim.errors import InfeasibleError
 from sfsim.memory import shortfall
+from sfsim.planner.dynamics import describe, effective_stages
 from sfsim.units import format_quantity
 
 PIPELINED = ("splitfrozen",)
@@ -109,6 +112,8 @@ class StageTable:
     srv_mem: np.ndarray  # (cuts, servers) bytes a server needs when its smallest cut is k
     buffer: int  # credits per server (micro-batches in flight to or waiting at it)
     slow: np.ndarray | None = None  # (servers,) calibration: simulated / fluid completion, or None
+    dynamic: str = ""  # the scenario's dynamic network in words ("": none; then f and s are effective)
+    bits: np.ndarray | None = None  # (cuts,) uplink bits per full micro-batch
 
     @property
     def hold(self) -> np.ndarray:
@@ -173,6 +178,9 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
         for ki, k in enumerate(cuts):
             f[ti, ki] = cm.seconds(cm.device_prefix(int(k)), t.rep)[0]
         s[ti] = up * 8.0 / t.bandwidth
+    eff = effective_stages(scenario, types, f, up)  # handover, varying links, pause: effective times
+    if eff is not None:
+        f, s = eff
     for ki, k in enumerate(cuts):
         work = cm.server_suffix(int(k), lora_start)
         for j, srv in enumerate(servers):
@@ -202,7 +210,7 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
     p3 = p if p.ndim == 3 else np.repeat(p[:, :, None], nJ, axis=2)
     return StageTable(lora_start, types, servers, cuts, f, s, a, p3, w, step, allowed, fin,
                       np.array([srv.count for srv in servers], dtype=float), scenario.training.accumulate,
-                      dev_mem, srv_mem, scenario.training.buffer)
+                      dev_mem, srv_mem, scenario.training.buffer, dynamic=describe(scenario) if eff else "", bits=up * 8.0)
 
 
 def explain_infeasible(table: StageTable, min_device_layers: int) -> str:

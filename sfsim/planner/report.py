@@ -86,6 +86,9 @@ def bottleneck_words(table: StageTable, est: Estimate, makespan: float) -> str:
     n = info.micro_batches
     if s >= f:
         bw = format_quantity(info.bandwidth, "bandwidth")
+        if table.dynamic and table.bits is not None and s > 0:
+            bw = (f"effective {format_quantity(table.bits[ki] / s, 'bandwidth')} over its run, nominal "
+                  f"{bw}")
         return (f"uplink of {who} ({bw}: {format_quantity(s, 'time')} per micro-batch x {n}; activations "
                 f"are the same size at every cut, so only a smaller wire_dtype or fewer samples help); "
                 f"server {srv.name} busy {busy:.0%}")
@@ -138,6 +141,14 @@ def objective_lines(res) -> list[str]:
             f"({format_count(res.device_flop)}FLOP)"]
 
 
+def _bound_line(res) -> str:
+    """The lower bound and gap, or why a dynamic network has none."""
+    if res.lower_bound_s is None:
+        return (f"dynamic network ({res.dynamic}): the analytic estimate uses each device's effective rates "
+                "over its own run, and proves no lower bound; the total time above is simulated with it")
+    return f"lower bound: {_fmt_t(res.lower_bound_s)}   gap: {res.gap:.1%}"
+
+
 def format_result(res) -> str:
     """The text ``sfsim plan`` prints for a :class:`~sfsim.planner.PlanResult`."""
     head = ("devices", "count", "cut", "server", "fwd/mb", "uplink/mb", "mb/dev", "server share",
@@ -157,7 +168,7 @@ def format_result(res) -> str:
     out += [fmt(r) for r in body]
     out += ["",
             f"total time (simulated): {_fmt_t(res.makespan_s)}   (analytic estimate {_fmt_t(res.estimate_s)})",
-            f"lower bound: {_fmt_t(res.lower_bound_s)}   gap: {res.gap:.1%}",
+            _bound_line(res),
             f"bounded by: {res.bottleneck}"]
     out += objective_lines(res)
     out.append("")

@@ -1,0 +1,132 @@
+"""Effective stage times for the planner when the network is dynamic (handover, varying links, churn).
+
+The planner's analytic model (:mod:`sfsim.planner.model`) sees each device as a stream of equal
+micro-batches with a constant forward time ``f`` and uplink time ``s``. When a device's uplink
+varies (a trace, a Gilbert-Elliott channel, fading), hands over to another link, or pauses while
+offline, those constants are replaced by **effective** ones, computed from the very rate processes
+the simulator draws (same seeds, same files)::
+
+    bits_total = N * uplink_bits(k)
+    s_eff(k)   = uplink_bits(k) / (bits_total / T_link)     T_link = when the device's link, sending
+                                                             back to back from t = 0 (across its
+                                                             handover legs, times its availability
+                                                             with churn: pause), has carried bits_total
+    f_eff(k)   = f(k) * T_comp / (N * f(k))                 T_comp = when N * f(k) seconds of compute,
+                                                             run only while online (pause), are done
+
+So a link whose first minutes are slower than its long-run mean is planned at what the device will
+really get over its own run, not at the trace's average. A type's devices draw different channels:
+the type takes its slowest (largest ``f_eff`` and ``s_eff``) over at most :data:`SAMPLE` of them.
+
+Not modelled here (the simulated time of each candidate, which the planner reports, includes them):
+a handover moves the device's later micro-batches to another server, but the plan's server shares
+follow the starting assignment; ``churn: drop`` devices are planned as if they stayed (they leave at
+their first outage, which can only shorten their part of the run); a device that is never online
+long enough to finish keeps its static times. With any of these, the analytic figures are estimates,
+not bounds, and ``sfsim plan`` prints no lower bound.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+import numpy as np
+
+from sfsim.availability import availability_for
+from sfsim.linkrate import Constant, Product, Rate, finish, link_rate
+
+INF = math.inf
+
+SAMPLE = 8
+"""Devices per type whose rate processes are drawn (the slowest of them stands for the type)."""
+
+
+class Legs(Rate):
+    """A device's uplink across its handovers: leg ``j``'s rate holds on ``[starts[j], starts[j+1])``."""
+
+    def __init__(self, starts: list[float], rates: list[Rate]):
+        self.starts, self.rates = starts, rates
+
+    def segment(self, t: float) -> tuple[float, float]:
+        """The holding leg's rate at ``t``, until its own change or the next handover."""
+        j = bisect.bisect_right(self.starts, t) - 1
+        r, until = self.rates[j].segment(t)
+        nxt = self.starts[j + 1] if j + 1 < len(self.starts) else INF
+        return r, min(until, nxt)
+
+
+def is_dynamic(device) -> bool:
+    """True when a scenario device hands over, has a time-varying uplink or declares availability."""
+    return bool(device.handover) or device.availability is not None or device.uplink.varies
+
+
+def describe(scenario) -> str:
+    """The dynamic parts of a scenario in a few words ("" when none), for the plan's printout."""
+    parts = {"handover": [], "varying uplink": [], "availability": []}
+    for d in scenario.devices:
+        if d.handover:
+            parts["handover"].append(d.type)
+        if d.uplink.varies or any(h.uplink is not None and h.uplink.varies for h in d.handover):
+            parts["varying uplink"].append(d.type)
+        if d.availability is not None:
+            parts["availability"].append(f"{d.type} ({d.availability.churn})")
+    return "; ".join(f"{k}: {', '.join(dict.fromkeys(v))}" for k, v in parts.items() if v)
+
+
+def uplink_rate(scenario, device, key: str) -> Rate:
+    """The device's uplink rate over time, across its handover legs, as the simulator draws it."""
+    seed, link = scenario.training.seed, device.uplink
+    starts, rates = [], []
+    for j, (at, new) in enumerate([(0.0, None)] + [(h.at, h.uplink) for h in device.handover]):
+        link = new or link
+        rate = link_rate(link, scenario.resolve_path, f"{seed}:{device.name}:uplink:{j}", scenario.source,
+                         f"{key}.uplink")
+        starts.append(float(at))
+        rates.append(rate if rate is not None else Constant(float(link.bandwidth)))
+    return rates[0] if len(rates) == 1 else Legs(starts, rates)
+
+
+def effective_stages(scenario, types, f: np.ndarray, up_bytes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Effective forward and uplink seconds per micro-batch, shape (types, cuts) each; None if all static.
+
+    Args:
+        scenario: the scenario (its devices' links, handovers and availability).
+        types: the planner's :class:`~sfsim.planner.model.TypeInfo` list.
+        f: static forward seconds per micro-batch, (types, cuts).
+        up_bytes: uplink bytes per micro-batch at each cut, (cuts,).
+    """
+    if not any(is_dynamic(d) for d in scenario.devices):
+        return None
+    names = [t.name for t in scenario.device_types]
+    by_name = {d.name: d for d in scenario.devices}
+    f_eff = f.copy()
+    s_eff = np.array([up_bytes * 8.0 / t.bandwidth for t in types])
+    for ti, t in enumerate(types):
+        devs = [by_name[x] for x in t.devices[:SAMPLE]]
+        if not any(is_dynamic(d) for d in devs):
+            continue
+        n = max(t.sent_units, 1.0)
+        key = f"devices[{names.index(t.name)}]" if t.name in names else "devices"
+        s_row = np.zeros(f.shape[1])
+        for d in devs:
+            avail = None
+            if d.availability is not None and d.availability.churn == "pause":
+                avail = availability_for(d.availability, d.name, d.type, scenario.resolve_path,
+                                         scenario.training.seed, scenario.source, f"{key}.availability")
+            link = uplink_rate(scenario, d, key)
+            if avail is not None:
+                link = Product(link, avail)
+            done: dict[float, float] = {}  # bits per micro-batch -> effective seconds (cuts often share it)
+            for ki in range(f.shape[1]):
+                if avail is not None and f[ti, ki] > 0:
+                    end = finish(avail, 0.0, n * f[ti, ki])
+                    if end < INF:
+                        f_eff[ti, ki] = max(f_eff[ti, ki], end / n)
+                bits = float(up_bytes[ki]) * 8.0
+                if bits not in done:
+                    end = finish(link, 0.0, n * bits) if bits > 0 else 0.0
+                    done[bits] = end / n if end < INF else bits / t.bandwidth
+                s_row[ki] = max(s_row[ki], done[bits])
+        s_eff[ti] = s_row
+    return f_eff, s_eff
