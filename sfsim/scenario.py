@@ -107,7 +107,11 @@ class Training:
     seed: int = Field(default=0, ge=0, description="seed of the simulator's random draws (server_policy pool)")
     cache_activations: bool = Field(default=False, description="send frozen activations once, reuse later epochs")
     local_steps: int = Field(default=10, gt=0, description="fedlora: local micro-batches per round")
-    fedavg_every: int = Field(default=100, gt=0, description="splitlora: client FedAvg period in steps")
+    fedavg_every: int = Field(default=100, gt=0, description="splitlora: client FedAvg period in server steps")
+    client_order: Literal["interleaved", "sequential"] = Field(
+        default="interleaved", description="splitlora: interleaved (clients' micro-batches in the server order, "
+        "FedAvg every fedavg_every steps: its reference code) or sequential (client after client, adapters handed "
+        "on: classic split learning); the other schedules have no clients taking turns and ignore it")
     splitlora_cut: int = Field(default=3, gt=0, description="splitlora: client blocks (reference code: 3)")
     sync: Sync | None = Field(default=None, description="average the servers' adapters over the backhaul")
 

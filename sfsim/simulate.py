@@ -17,6 +17,7 @@ uplinks and device availability are simulated for SplitFrozen (:mod:`sfsim.dynam
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from sfsim.assign import resolve_assignment
@@ -33,16 +34,18 @@ from sfsim.planfile import Plan, load_plan
 from sfsim.result import SimResult
 from sfsim.scenario import Scenario
 from sfsim.schedules import RunConfig, Setup, get
+from sfsim.schedules.splitlora import CLIENT_ORDERS, FIXED_ORDERS
 
 SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
 
 TAKES = {"splitfrozen": ("splits", "plan", "lora_start", "policy"),
          "splitfrozen-sequential": ("splits", "plan", "lora_start", "policy"),
-         "splitlora": ("splits", "plan"), "fedlora": (), "cenlora": ()}
+         "splitlora": ("splits", "plan", "client_order"), "fedlora": (), "cenlora": ()}
 """The options each schedule takes (``plan`` for splitlora: its assignment; the client cut stays
-``training.splitlora_cut``). :func:`simulate` ignores the others, so that one loop can run every
-schedule; the CLI refuses them for a single schedule (:func:`check_options`) and passes each
-schedule only its own with ``--schedule all`` (:func:`applicable`)."""
+``training.splitlora_cut``; ``client_order`` overrides ``training.client_order``). :func:`simulate`
+ignores the others, so that one loop can run every schedule; the CLI refuses them for a single
+schedule (:func:`check_options`) and passes each schedule only its own with ``--schedule all``
+(:func:`applicable`)."""
 
 _WHY_NOT = {
     "splits": {"fedlora": "fedlora trains the whole model on every device, so it has no cut",
@@ -51,9 +54,11 @@ _WHY_NOT = {
              "cenlora": "a plan holds SplitFrozen cuts and servers; cenlora has no cut"},
     "lora_start": "only SplitFrozen has a frozen server part below its LoRA blocks",
     "policy": "only SplitFrozen's server chooses among waiting micro-batches (the others serve in order)",
+    "client_order": "only SplitLoRA has clients that take turns (training.client_order is ignored elsewhere)",
 }
 _BOTH = "give cuts or a plan, not both: the plan fixes every cut (CLI: --split or --plan)"
-_FLAGS = {"splits": "--split", "plan": "--plan", "lora_start": "--lora-start", "policy": "--policy"}
+_FLAGS = {"splits": "--split", "plan": "--plan", "lora_start": "--lora-start", "policy": "--policy",
+          "client_order": "--client-order"}
 
 
 def applicable(schedule: str, **options) -> dict:
@@ -132,7 +137,8 @@ def resolve_lora_start(scenario: Scenario, splits: dict[str, int], lora_start: i
 
 
 def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, plan: Plan | str | Path | None = None,
-             lora_start: int | None = None, trace: bool = False, policy: str | None = None) -> SimResult:
+             lora_start: int | None = None, trace: bool = False, policy: str | None = None,
+             client_order: str | None = None) -> SimResult:
     """Simulate one schedule on a scenario.
 
     Args:
@@ -144,6 +150,8 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
         lora_start: first LoRA block on the server (SplitFrozen).
         trace: keep every op as a :class:`~sfsim.trace.TraceEvent` (memory grows with the run).
         policy: server policy (:data:`sfsim.engine.POLICIES`); default training.server_policy.
+        client_order: SplitLoRA's client order (``interleaved`` or ``sequential``, see
+            :mod:`sfsim.schedules.splitlora`); default training.client_order; other schedules ignore it.
 
     Returns:
         A :class:`~sfsim.result.SimResult`.
@@ -164,6 +172,10 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
         plan.check(scenario)
     tr = scenario.training
     cfg = RunConfig.from_training(tr, policy)
+    if client_order is not None:
+        if client_order not in CLIENT_ORDERS:
+            raise SfsimError(f"unknown client order {client_order!r}; choose one of: {', '.join(CLIENT_ORDERS)}")
+        cfg = replace(cfg, client_order=client_order)
     if cfg.policy not in POLICIES:
         problem = f"unknown server policy {cfg.policy!r}; choose one of: {', '.join(POLICIES)}"
         if policy is None:  # it came from the scenario file: name the key
@@ -195,7 +207,7 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
         engine.sync = backhaul_for(engine, scenario, cm, first_lora, job)
     module.run(engine, job, cfg, sequential=name == "splitfrozen-sequential")
     makespan = engine.run()
-    res = _result(name, scenario, job, engine, makespan, setup, ls, cfg.policy if name in SPLITFROZEN else None)
+    res = _result(name, scenario, job, engine, makespan, setup, ls, _policy_used(name, cfg))
     res.assignment_source = source
     if getattr(job, "network", None) is not None:
         report(res, setup, job, job.network.moving)
@@ -203,6 +215,15 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     if engine.sync is not None:
         res.backhaul_bytes_by_server, res.sync_rounds = dict(engine.sync.bytes), engine.sync.rounds
     return res
+
+
+def _policy_used(name: str, cfg: RunConfig) -> str | None:
+    """The server policy a schedule followed: SplitFrozen's, or the order of SplitLoRA's interleaved clients."""
+    if name in SPLITFROZEN:
+        return cfg.policy
+    if name == "splitlora" and cfg.client_order == "interleaved":
+        return f"paced-{FIXED_ORDERS[cfg.policy]}" if cfg.policy in FIXED_ORDERS else "fifo"
+    return None
 
 
 def _result(name, scenario, job, engine, makespan, setup, ls, policy) -> SimResult:

@@ -271,20 +271,28 @@ def _check_monotone(f):
 
 
 def test_fifo_server_anomaly():
-    """Found by the fuzzer: with SplitLoRA's first-come-first-served server, a faster uplink for the
-    device with less work lets it reach the server first, and the other device, which sets the
-    makespan, waits: 0.2376 s -> 0.2458 s (+3.5 %). A greedy FIFO schedule is not monotone (Graham's
-    scheduling anomalies), so the property above leaves shared-server fleets out."""
-    dev = {"flops": "20 GFLOPS", "downlink": {"bandwidth": "10 Mbps", "latency": "0 ms"}}
-    f = {"devices": [{**dev, "count": 1, "samples": 2, "uplink": {"bandwidth": "40 Mbps", "latency": "0 ms"}},
-                     {**dev, "count": 1, "samples": 3, "uplink": {"bandwidth": "300 Mbps", "latency": "0 ms"}}],
-         "servers": [{"flops": "1 TFLOPS", "count": 1}],
-         "training": {"micro_batch": 2, "epochs": 1, "accumulate": 1, "buffer": 1, "decompose_backward": False,
-                      "server_policy": "fifo", "cache_activations": False}}
-    before = sfsim.simulate(_fleet(f), "splitlora", splits=1).makespan_s
+    """With SplitLoRA's server taking micro-batches in arrival order, a faster uplink for one client lets
+    it reach the server first, and the other client, whose gradient then crawls down its slow downlink
+    last instead of overlapping the first one's service, sets a later makespan: 0.1921 s -> 0.2405 s
+    (+25 %). A greedy FIFO schedule is not monotone (Graham's scheduling anomalies), so the property
+    above leaves shared-server fleets out. (Found by a random search over two- and three-client fleets
+    when the schedule was remodelled on the trainer; the old model's example no longer is one.)"""
+    f = {"devices": [{"flops": "80 GFLOPS", "count": 1, "samples": 2, "uplink": {"bandwidth": "40 Mbps", "latency": "5 ms"},
+                      "downlink": {"bandwidth": "100 Mbps", "latency": "0 ms"}},
+                     {"flops": "80 GFLOPS", "count": 1, "samples": 2, "uplink": {"bandwidth": "300 Mbps", "latency": "5 ms"},
+                      "downlink": {"bandwidth": "10 Mbps", "latency": "0 ms"}}],
+         "servers": [{"flops": "0.2 TFLOPS", "count": 1}],
+         "training": {"micro_batch": 2, "epochs": 1, "accumulate": 2, "buffer": 1, "decompose_backward": True,
+                      "fedavg_every": 100, "server_policy": "fifo", "cache_activations": False}}
+    before = sfsim.simulate(_fleet(f), "splitlora", splits=1, trace=True)
     f["devices"][0]["uplink"]["bandwidth"] = "1 Gbps"
-    after = sfsim.simulate(_fleet(f), "splitlora", splits=1).makespan_s
-    assert (round(before, 6), round(after, 6)) == (0.237591, 0.245801)
+    after = sfsim.simulate(_fleet(f), "splitlora", splits=1, trace=True)
+    assert (round(before.makespan_s, 6), round(after.makespan_s, 6)) == (0.19207, 0.240452)
+
+    def served(res):
+        return [e.device for e in res.events if e.lane == "s0" and e.op == "F"]
+
+    assert served(before) == ["t1", "t0"] and served(after) == ["t0", "t1"]
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)

@@ -26,24 +26,41 @@ def _clients():
 
 
 def test_splitlora_by_hand():
+    """Interleaved clients, arrival order (policy fifo), FedAvg every 2 server steps, as the trainer runs them.
+
+    x (2 micro-batches, f=1) and y (1, f=2) get ``fwd`` at 0 (latency 0.5): F at 0.5, arrivals 3 and 4.
+    x: server F 3, B 4 (gradient down 5..5.5, at x 6: B 6, W 7, step 7.5), W 5, step 6; y: F 6.5 .. step
+    9.5 (y's B 9.5 .. step 11). Two steps: FedAvg. ``sync`` reaches both at 10.5; x uploads 10.5..11.5
+    (at 12), y when free 11.5..12.5 (at 13); aggregate 13 (2 x 0.25); the average goes down 13.5..14.5.
+    x's next ``fwd`` (sent at 13.5) queues behind it: arrives 15, F 15, up 16..17, server F 17.5 .. step
+    20.5 (x's B 20.5 .. step 22). The epoch ends: FedAvg again (x uploads 22.5, y 21.5; aggregate 24),
+    downloads 24.5..25.5 arrive at 26.
+    """
     makespan, events, engine = replay(splitlora, _clients(), ServerTimes("srv", step=0.5, aggregate=0.25),
                                       fedavg_every=2, decompose=True)
     server = [(e.op, e.start, e.device) for e in events if e.lane == "srv"]
-    assert server == [("F", 2.5, "x"), ("B", 3.5, "x"), ("W", 4.5, "x"), ("step", 5.5, "x"),
-                      ("F", 6, "y"), ("B", 7, "y"), ("W", 8, "y"), ("step", 9, "y"),
-                      ("F", 10, "x"), ("B", 11, "x"), ("W", 12, "x"), ("step", 13, "x"),
-                      ("aggregate", 16.5, "")]
-    down_x = [(e.start, e.dur) for e in events if e.lane == "downlink:x"]
-    assert down_x == [(4.5, 0.5), (12, 0.5), (17, 1)]  # gradient after B, then the FedAvg download
-    assert [(e.op, e.start) for e in events if e.lane == "y"] == [("F", 0), ("B", 9), ("W", 10), ("step", 10.5)]
-    assert makespan == 18.5
-    assert engine.server_busy["srv"] == 3 * 3.5 + 0.5
+    assert server == [("F", 3, "x"), ("B", 4, "x"), ("W", 5, "x"), ("step", 6, ""),
+                      ("F", 6.5, "y"), ("B", 7.5, "y"), ("W", 8.5, "y"), ("step", 9.5, ""),
+                      ("aggregate", 13, ""),
+                      ("F", 17.5, "x"), ("B", 18.5, "x"), ("W", 19.5, "x"), ("step", 20.5, ""),
+                      ("aggregate", 24, "")]
+    assert [(e.start, e.dur) for e in events if e.lane == "downlink:x"] == [(5, 0.5), (13.5, 1), (19.5, 0.5),
+                                                                             (24.5, 1)]
+    assert [(e.start, e.dur) for e in events if e.lane == "link:y"] == [(2.5, 1), (11.5, 1), (21.5, 1)]
+    assert [(e.op, e.start) for e in events if e.lane == "x"] == [
+        ("F", 0.5), ("B", 6), ("W", 7), ("step", 7.5), ("F", 15), ("B", 20.5), ("W", 21.5), ("step", 22)]
+    assert [(e.op, e.start) for e in events if e.lane == "y"] == [("F", 0.5), ("B", 9.5), ("W", 10.5), ("step", 11)]
+    assert makespan == 26
+    assert engine.server_busy["srv"] == 3 * 3 + 3 * 0.5 + 2 * 0.5
+    assert engine.device_busy == {"x": 2 * (1 + 1 + 0.5) + 2 * 0.5, "y": (2 + 1 + 0.5) + 0.5}  # F B W, steps
 
 
-def test_splitlora_fused_sends_gradient_after_step():
+def test_splitlora_fused_sends_gradient_before_step():
+    """Fused backward: the trainer sends the gradient right after ``BW``, before its optimizer step."""
     makespan, events, _ = replay(splitlora, _clients()[:1], ServerTimes("srv", step=0.5), fedavg_every=5,
                                  decompose=False)
-    assert [e.start for e in events if e.lane == "downlink:x"][0] == 2.5 + 1 + 2 + 0.5
+    assert [e.start for e in events if e.lane == "downlink:x"][0] == (0.5 + 1 + 1 + 0.5) + 1 + 2
+    assert [(e.op, e.start) for e in events if e.lane == "srv"][:3] == [("F", 3), ("BW", 4), ("step", 6)]
 
 
 def test_fedlora_by_hand_two_rounds():

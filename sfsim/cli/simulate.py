@@ -48,6 +48,9 @@ def suffixed(path: str, name: str) -> Path:
 @click.option("--lora-start", type=int, default=None, help="first server block with LoRA (default: largest cut)")
 @click.option("--policy", default=None, help="server policy: fifo, round-robin, proportional, paced-proportional, "
               "paced-round-robin (need training.credits: device), pool")
+@click.option("--client-order", type=click.Choice(["interleaved", "sequential"]), default=None,
+              help="splitlora: interleaved (clients' micro-batches in the server order, FedAvg every "
+                   "training.fedavg_every steps) or sequential (client after client); default training.client_order")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="write the result as JSON (with 'all': one file, schedule -> result)")
 @click.option("--trace", "trace_out", default=None, type=click.Path(dir_okay=False),
@@ -57,7 +60,8 @@ def suffixed(path: str, name: str) -> Path:
                    "multiples on one time axis, in one file)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="change the scenario without editing it: devices[*].uplink.bandwidth=50 Mbps (repeatable)")
-def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trace_out, gantt_out, sets):
+def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, json_out, trace_out, gantt_out,
+             sets):
     """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
     import json
 
@@ -76,11 +80,11 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, json_out, trac
 
         gantt_format(gantt_out)  # a bad suffix fails before the simulation, not after
     results, panels = {}, []
-    given = dict(splits=splits, plan=plan, lora_start=lora_start, policy=policy)
+    given = dict(splits=splits, plan=plan, lora_start=lora_start, policy=policy, client_order=client_order)
     if len(names) == 1:
         check_options(names[0], **given)  # an option the schedule would ignore is an error
-    else:
-        check_options("splitfrozen", **given)  # 'all': each schedule takes the options it has
+    else:  # 'all': each schedule takes the options it has (--client-order: splitlora's)
+        check_options("splitfrozen", **{k: v for k, v in given.items() if k != "client_order"})
     for name in names:
         res = run(sc, name, trace=want_events, **applicable(name, **given))
         results[name] = res

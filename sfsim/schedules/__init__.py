@@ -34,12 +34,13 @@ class RunConfig:
     credits: str = "server"
     pool_memory: float | None = None
     seed: int = 0
+    client_order: str = "interleaved"
 
     @classmethod
     def from_training(cls, tr, policy: str | None = None) -> RunConfig:
         """The knobs of a scenario's ``training`` section (``policy`` overrides its server_policy)."""
         return cls(tr.buffer, tr.accumulate, tr.decompose_backward, policy or tr.server_policy,
-                   tr.local_steps, tr.fedavg_every, tr.credits, tr.pool_memory, tr.seed)
+                   tr.local_steps, tr.fedavg_every, tr.credits, tr.pool_memory, tr.seed, tr.client_order)
 
 
 @dataclass
