@@ -153,3 +153,30 @@ def test_client_order_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(main, ["simulate", "--devices", _scenario(tmp_path), "--schedule", "all",
                                     "--client-order", "sequential"])
     assert res.exit_code == 0, res.output  # 'all': only splitlora takes it
+
+
+@pytest.mark.parametrize("order, accumulate", [("interleaved", 1), ("sequential", 2)])
+def test_validate_simulates_the_order_and_accumulate_that_ran(tmp_path, order, accumulate):
+    """``sfsim validate``'s prediction takes the run's client order and accumulate (from its metrics)."""
+    from pathlib import Path
+
+    from trainer.validate import ValidateConfig, predict
+
+    fleet = str(Path(__file__).parent / "fixtures" / "runtime_tiny.yaml")
+    names = ["big", "small-0", "small-1"]
+    metrics = {"method": "splitlora", "client_order": order, "accumulate": accumulate, "micro_batch": 4, "buffer": 2,
+               "cuts": dict.fromkeys(names, 1), "lora_targets": ["c_attn"],
+               "samples_by_device": {"big": 16, "small-0": 8, "small-1": 8},
+               "microbatch_shapes": {"big": [[4, 32]] * 4, "small-0": [[4, 32]] * 2, "small-1": [[4, 32]] * 2}}
+    vc = ValidateConfig(devices=fleet, model="gpt2", method="splitlora", out=str(tmp_path), emulate="all",
+                        accumulate=accumulate, client_order=order)
+    res = predict(vc, metrics)
+    assert res.policy == ("paced-proportional" if order == "interleaved" else None)
+    server_steps = [e for e in res.events if e.lane == "srv" and e.op == "step"]
+    # 8 micro-batches; sequential: big 4 -> 2 steps, each small 2 -> 1
+    assert len(server_steps) == (8 if order == "interleaved" else 4)
+    served = [e.device for e in res.events if e.lane == "srv" and e.op == "F"]
+    if order == "sequential":
+        assert served == ["big"] * 4 + ["small-0"] * 2 + ["small-1"] * 2
+    else:  # the trainer's proportional order (tests/test_baselines.py: big s0 s1 big big s0 s1 big)
+        assert served == ["big", "small-0", "small-1", "big", "big", "small-0", "small-1", "big"]

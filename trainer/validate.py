@@ -3,8 +3,9 @@
 1. The real run: the distributed trainer (one process per role, ``--launch local``) on the scenario,
    one epoch, with the chosen emulation; its merged trace is the *measured* timeline.
 2. The prediction: the simulator on the same scenario, made to describe what really ran: the run's
-   model, micro-batch, per-device sample counts, cuts, LoRA blocks and targets, the mean trimmed
-   sequence length of its micro-batches, per-device credits and the same server order (a paced
+   model, micro-batch, accumulate, per-device sample counts, cuts, LoRA blocks and targets, the mean
+   trimmed sequence length of its micro-batches, per-device credits, SplitLoRA's client order
+   (``--client-order``: ``training.client_order``) and the same server order (a paced
    order for ``proportional``/``round-robin``); the server's and (without ``--emulate compute``) the
    devices' speeds from measured latency profiles (``sfsim profile``); without ``--emulate links``
    the links are loopback (10 Gbit/s, no latency).
@@ -61,6 +62,8 @@ class ValidateConfig:
     threads: int = 1
     server_profile: str | None = None
     device_profile: str | None = None
+    accumulate: int | None = None  # micro-batches per optimizer step (None: the scenario's)
+    client_order: str | None = None  # splitlora: interleaved (None: the trainer's default) or sequential
 
     def __post_init__(self):
         if self.emulate not in ("none", "compute", "links", "all"):
@@ -84,14 +87,15 @@ def run_validation(vc: ValidateConfig) -> dict:
                    out=str(out / "run"), split=vc.split, epochs=1, train_samples=vc.train_samples, eval_samples=8,
                    seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
                    micro_batch=vc.micro_batch, buffer=vc.buffer, progress=False, launch="local", emulate=vc.emulate,
-                   threads=vc.threads, count_flops=False)
+                   threads=vc.threads, count_flops=False, accumulate=vc.accumulate, client_order=vc.client_order)
     metrics = run(rc)
     measured = read_chrome_trace(out / "run" / "trace.json")
     sim = predict(vc, metrics)
     predicted = sim.events
     server = next(iter(metrics["server_flops"]))
     report = compare(predicted, measured, [server])
-    report.update(method=metrics["method"], server_order=vc.server_order, emulate=vc.emulate,
+    report.update(method=metrics["method"], server_order=vc.server_order, client_order=metrics.get("client_order"),
+                  accumulate=metrics["accumulate"], emulate=vc.emulate,
                   simulator_policy=POLICY_OF_ORDER[vc.server_order], config=dataclasses.asdict(vc),
                   seq_len=_mean_tokens(metrics), devices=list(metrics["device_flops"]))
     write_atomic(out / "report.json", json.dumps(report, indent=1))
@@ -119,6 +123,8 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool) -> list[
     ]
     if credits_key:
         sets.append(("training.credits", "device"))
+    if metrics.get("client_order"):  # splitlora: the order its clients ran in
+        sets.append(("training.client_order", metrics["client_order"]))
     for name, n in metrics["samples_by_device"].items():
         sets.append((f"devices[{name}].samples", n))
         if vc.emulate in ("none", "links"):

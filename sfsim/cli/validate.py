@@ -17,6 +17,9 @@ from sfsim.outdir import output_folder
 @click.option("--emulate", default="all", show_default=True, type=click.Choice(["none", "compute", "links", "all"]),
               help="what the real run emulates from the scenario (see sfsim run)")
 @click.option("--server-order", default="proportional", show_default=True)
+@click.option("--client-order", type=click.Choice(["interleaved", "sequential"]),
+              help="splitlora only: its clients' order, run and simulated (default interleaved; see sfsim run)")
+@click.option("--accumulate", type=int, help="micro-batches per optimizer step (default: the scenario's)")
 @click.option("--split", type=int, help="cut for every device (default: the scenario's)")
 @click.option("--train-samples", type=int, help="cap on the training samples")
 @click.option("--micro-batch", type=int, help="samples per micro-batch (default: the scenario's)")
@@ -31,15 +34,17 @@ from sfsim.outdir import output_folder
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder (new or empty) for report.json, "
               "overlay.png, trace.json and the run")
 @click.option("--overwrite", is_flag=True, help="replace an earlier validation in --out")
-def validate(devices, model, method, task, partition_spec, emulate, server_order, split, train_samples, micro_batch,
-             max_len, server_profile, device_profile, data_dir, seed, threads, out, overwrite):
+def validate(devices, model, method, task, partition_spec, emulate, server_order, client_order, accumulate, split,
+             train_samples, micro_batch, max_len, server_profile, device_profile, data_dir, seed, threads, out,
+             overwrite):
     """Run the scenario for real and in the simulator; print and write the error, stage by stage."""
     from trainer.validate import ValidateConfig, format_report, run_validation
 
     vc = ValidateConfig(devices=devices, model=model, method=method, out=out, task=task, partition=partition_spec,
                         emulate=emulate, data_dir=data_dir, train_samples=train_samples, split=split,
                         server_order=server_order, seed=seed, max_len=max_len, micro_batch=micro_batch,
-                        threads=threads, server_profile=server_profile, device_profile=device_profile)
+                        threads=threads, server_profile=server_profile, device_profile=device_profile,
+                        accumulate=accumulate, client_order=client_order)
     with output_folder(out, overwrite=overwrite, resume_hint=False):
         report = run_validation(vc)
     click.echo(format_report(report))
