@@ -1,8 +1,20 @@
-"""The dynamic network of a SplitFrozen run: handovers, time-varying uplinks and device churn.
+"""The dynamic network: handovers, time-varying links and churn, for every schedule; SplitFrozen's process.
 
-A device with a handover (:mod:`sfsim.mobility`), a time-varying uplink (:mod:`sfsim.linkrate`) or
-availability (:mod:`sfsim.availability`) runs :func:`device_process` instead of the static
-pipelined process of :mod:`sfsim.schedules.splitfrozen`; the timing rules are the same::
+This module is the dynamic network's face: which scenario has one (:func:`needs_dynamics`), what
+is refused (:func:`check_supported`) and how the outcome goes into a result (:func:`report`). The
+shared rules (legs, transfers that integrate the rate, pause and drop) are in
+:mod:`sfsim.dynamic_legs`; the processes per schedule family:
+
+* ``splitfrozen`` and ``splitfrozen-sequential``: :func:`device_process` below;
+* ``splitlora``: :mod:`sfsim.dynamic_split` (time-varying links and ``churn: pause``);
+* ``fedlora``: :mod:`sfsim.dynamic_fed` (everything, with FedAvg rounds whose membership follows
+  handovers and drops);
+* ``cenlora`` has no device links (its data is at the server from the start): the dynamic network
+  does not apply, and the result says so (``SimResult.dynamic_network``, :func:`applies`).
+
+A SplitFrozen device with a handover (:mod:`sfsim.mobility`), a time-varying uplink
+(:mod:`sfsim.linkrate`) or availability (:mod:`sfsim.availability`) runs :func:`device_process`
+instead of the static process of :mod:`sfsim.schedules.splitfrozen`; the timing rules are the same::
 
     F_end[n] = when F_start[n] plus f of compute is done (compute progresses only online: pause)
     ready[n] = first online instant >= max(F_end[n], link free)
@@ -10,12 +22,19 @@ pipelined process of :mod:`sfsim.schedules.splitfrozen`; the timing rules are th
     send_end[n] = where the integral of the link's rate (times online, pause) from send_start
                   reaches the micro-batch's bits;  arrival[n] = send_end[n] + latency
 
-A device is on one *leg* at a time: a server and an uplink, from its start or a handover's ``at``.
+Sequential ablation: F_start[n+1] is the release of micro-batch n (its W ended on the server).
+SplitFrozen sends nothing down, so a time-varying downlink changes nothing there.
+
 The leg holding at ``send_start`` takes the micro-batch. The server pools learn of moves as they
 happen: each pending handover into a pool holds one placeholder in its ``unclaimed`` count, so that
 the pool does not end while a device may still come; moved and lost micro-batches are taken off
 the pool they no longer go to. Servers touched by a handover or churn measure stream mixing over
 the stream they actually received.
+
+Refused (one line each, :func:`check_supported`): SplitFrozen's handovers and availability with the
+``proportional``, paced and ``pool`` server policies (their orders are fixed over the starting
+devices) and with ``cache_activations`` (the cache lives on the device's first server); SplitLoRA's
+handovers and ``churn: drop`` (see :mod:`sfsim.dynamic_split`).
 
 Not modelled: a forward cut off by a drop or by the end of the windows counts neither as busy
 time nor as FLOPs; the planner plans for the starting assignment and the nominal bandwidths.
@@ -26,77 +45,89 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sfsim.availability import availability_for, next_online, offline_periods, online_until
+from sfsim.availability import next_online, offline_periods, online_until
 from sfsim.credits import Credits
+from sfsim.dynamic_legs import Leg, Motion, motion_of, needs_motion, online, record_online, span
 from sfsim.errors import SfsimError
-from sfsim.linkrate import Constant, Product, Rate, finish, link_rate
 from sfsim.mixing import StreamMixing
 from sfsim.trace import TraceEvent
+
+__all__ = ["Leg", "Motion", "Network", "check_supported", "needs_dynamics", "refuse_dynamics", "report"]
 
 INF = math.inf
 POLICIES_WITH_MOVES = ("fifo", "round-robin")
 """Server policies that take devices joining and leaving a server mid-run (handover, churn)."""
+SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
+NOT_FOR_CENLORA = ("not applicable: cenlora has its data at the server from the start and no device links, "
+                   "so handovers, time-varying links and availability do not change it")
+NOTHING_DOWN = ("not applicable: only the downlink varies, and SplitFrozen sends nothing down")
 
 
-@dataclass
-class Leg:
-    """A device's server and uplink from time ``at`` on (nominal bit/s, seconds per full micro-batch, ``rate`` if varying)."""
-
-    at: float
-    server: int
-    bandwidth: float
-    up_s: float
-    up_l: float
-    rate: Rate | None = None
+class Unsupported(SfsimError):
+    """A schedule or setting the dynamic network is not simulated for (``--schedule all`` skips it, saying so)."""
 
 
-@dataclass
-class Motion:
-    """How one device moves and when it is online, and what happened to it (filled during the run)."""
-
-    legs: list[Leg]
-    avail: Rate | None = None
-    churn: str = "pause"
-    srv_flops: float = 0.0                 # server FLOP per full micro-batch (same blocks on every server)
-    sent: int = 0                           # micro-batches it sent
-    switched_at: list[int] = field(default_factory=list)  # micro-batches sent before each handover
-    busy: float = 0.0
-    up_bytes: float = 0.0
-    send_s: float = 0.0                     # seconds its uplink spent sending (for the radio's energy)
+def needs_dynamics(scenario, downlink: bool = False) -> bool:
+    """True when some device hands over, has a time-varying uplink (or ``downlink``) or declares availability."""
+    return any(needs_motion(d, downlink) for d in scenario.devices)
 
 
-def needs_dynamics(scenario) -> bool:
-    """True when some device hands over, has a time-varying uplink or declares availability."""
-    return any(d.handover or d.availability is not None or d.uplink.varies for d in scenario.devices)
+def applies(scenario, schedule: str) -> str | None:
+    """What becomes of the scenario's dynamic network under ``schedule`` (``SimResult.dynamic_network``).
+
+    Returns:
+        None when the scenario has none; ``"simulated"``; or ``"not applicable: <why>"`` (cenlora,
+        or SplitFrozen with only a varying downlink).
+    """
+    if not needs_dynamics(scenario, downlink=True):
+        return None
+    if schedule == "cenlora":
+        return NOT_FOR_CENLORA
+    if schedule in SPLITFROZEN and not needs_dynamics(scenario):
+        return NOTHING_DOWN
+    return "simulated"
 
 
 def refuse_dynamics(scenario, what: str) -> None:
     """Refuse (one line) a scenario with handovers, time-varying links or availability where only constant
     links are modelled (the trainer's link emulation)."""
-    if needs_dynamics(scenario) or any(d.downlink.varies for d in scenario.devices):
+    if needs_dynamics(scenario, downlink=True):
         raise SfsimError(f"{what} shapes constant links; this scenario has handovers, time-varying links or "
                          "availability, which only sfsim simulate models")
 
 
 def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
-    """Refuse, in one line, a combination the dynamic network is not simulated for."""
-    if any(d.downlink.varies for d in scenario.devices):
-        raise SfsimError("a time-varying downlink is not simulated (SplitFrozen sends nothing down); "
-                         "give the downlink a constant bandwidth")
-    if not needs_dynamics(scenario):
-        return
-    if schedule != "splitfrozen":
-        raise SfsimError(f"{schedule}: handovers, time-varying uplinks and availability are simulated for "
-                         "splitfrozen only; simulate --schedule splitfrozen or remove them")
+    """Refuse, in one line, a combination the dynamic network is not simulated for (see the module docstring)."""
+    if schedule == "splitlora":
+        for d in scenario.devices:
+            if d.handover or (d.availability is not None and d.availability.churn == "drop"):
+                what = "hands over" if d.handover else "drops out (churn: drop)"
+                raise Unsupported(f"splitlora: {d.name} {what}, which SplitLoRA's server loop does not simulate "
+                                 "(clients cannot leave a server's loop mid-run); simulate splitfrozen, "
+                                 "splitfrozen-sequential or fedlora, or use churn: pause")
+    if schedule not in SPLITFROZEN:
+        return  # fedlora takes every combination; cenlora has no device links
     moves = any(d.handover or d.availability is not None for d in scenario.devices)
     if moves and cfg.policy not in POLICIES_WITH_MOVES:
-        raise SfsimError(f"server policy {cfg.policy!r} cannot take devices that join or leave a server "
+        raise Unsupported(f"server policy {cfg.policy!r} cannot take devices that join or leave a server "
                          f"(handover, availability); use {' or '.join(POLICIES_WITH_MOVES)}")
     if moves and cache:
-        raise SfsimError("cache_activations keeps a device's activations on its first server; it cannot be "
+        raise Unsupported("cache_activations keeps a device's activations on its first server; it cannot be "
                          "combined with handover or availability")
+
+
+@dataclass
+class Untouched:
+    """The dynamic network of a job it does not apply to (cenlora): nothing moves; the result says why."""
+
+    moving: dict[int, Motion]
+
+
+def not_applicable(scenario) -> Untouched | None:
+    """An :class:`Untouched` network when the scenario has a dynamic network, else None."""
+    return Untouched({}) if needs_dynamics(scenario, downlink=True) else None
 
 
 @dataclass
@@ -107,34 +138,24 @@ class Network:
     views: list[list]
 
 
-def network(setup, job) -> Network | None:
-    """The job's :class:`Network`, or None when no device moves, churns or has a varying uplink."""
+def network(setup, job) -> Network | Untouched | None:
+    """The job's :class:`Network`, or None when no device moves, churns or has a varying link.
+
+    Only a varying downlink: :class:`Untouched` (SplitFrozen sends nothing down).
+    """
     if not needs_dynamics(setup.scenario):
-        return None
+        return not_applicable(setup.scenario)
     moving = motions(setup, job)
     return Network(moving, pool_views(setup, job, moving))
 
 
 def motions(setup, job) -> dict[int, Motion]:
     """Device index -> :class:`Motion` for every device of ``job`` that needs the dynamic process."""
-    sc, cm, idx = setup.scenario, setup.cm, setup.server_index
-    seed, out = sc.training.seed, {}
+    sc, cm, out = setup.scenario, setup.cm, {}
     for i, (d, dt) in enumerate(zip(sc.devices, job.devices, strict=True)):
-        if not (d.handover or d.availability is not None or d.uplink.varies):
-            continue
-        key = f"devices[{[t.name for t in sc.device_types].index(d.type)}]"
-        legs, link = [], d.uplink
-        stops = [(0.0, setup.assignment[d.name], None)] + [(h.at, h.to, h.uplink) for h in d.handover]
-        for j, (at, srv, new_link) in enumerate(stops):
-            link = new_link or link
-            rate = link_rate(link, sc.resolve_path, f"{seed}:{d.name}:uplink:{j}", sc.source, f"{key}.uplink")
-            legs.append(Leg(at, idx[srv], link.bandwidth, dt.up_bytes * 8.0 / link.bandwidth, link.latency, rate))
-        avail = None
-        if d.availability is not None:
-            avail = availability_for(d.availability, d.name, d.type, sc.resolve_path, seed, sc.source,
-                                     f"{key}.availability")
-        suffix = cm.server_suffix(setup.splits[d.name], setup.lora_start)
-        out[i] = Motion(legs, avail, d.availability.churn if d.availability else "pause", suffix.total)
+        if needs_motion(d, downlink=False):  # nothing goes down in SplitFrozen
+            suffix = cm.server_suffix(setup.splits[d.name], setup.lora_start)
+            out[i] = motion_of(setup, d, dt.up_bytes, suffix.total)
     return out
 
 
@@ -182,7 +203,7 @@ class Recorder:
         self.stream.append(i)
 
 
-def prepare(engine, pools, buffer: int, moving: dict[int, Motion]) -> None:
+def prepare(engine, pools, buffer: int, moving: dict[int, Motion], sequential: bool = False) -> None:
     """Placeholders for pending handovers, credits for visiting devices, and recorded streams."""
     engine.soft_timers = True  # handover and drop deadlines must not extend the run
     touched = set()
@@ -192,9 +213,9 @@ def prepare(engine, pools, buffer: int, moving: dict[int, Motion]) -> None:
         for leg in m.legs[1:]:
             pool = pools[leg.server]
             pool.unclaimed += 1
-            if pool.per_device and pool.account[i] is None:
-                pool.account[i] = Credits(engine, buffer)
-                pool.give[i] = pool.account[i].give_back
+            if pool.per_device and pool.account[i] is None:  # sequential: one, returned at the release
+                pool.account[i] = Credits(engine, 1 if sequential else buffer)
+                pool.give[i] = pool.account[i].give_back if pool.claim_returns else None
     for pool in pools:
         pool.flight_bound = 0.0  # devices may arrive at any latency: keep every wake-up exact
     for k in touched:
@@ -248,34 +269,17 @@ def _acquire(engine, acct: Credits, ready: float, deadline: float):
             return True
 
 
-def _record_online(engine, lane: str, op: str, a: float, b: float, n: int, name: str, avail: Rate | None) -> None:
-    """Record ``op`` over the online parts of ``[a, b)`` (all of it without availability)."""
-    if avail is None:
-        engine.record(lane, op, a, b - a, n, name)
-        return
-    t = a
-    while t < b:
-        r, until = avail.segment(t)
-        end = min(until, b)
-        if r > 0:
-            engine.record(lane, op, t, end - t, n, name)
-        t = end
-
-
-def device_process(engine, pools, i: int, d, m: Motion):
+def device_process(engine, pools, i: int, d, m: Motion, sequential: bool = False):
     """One device of the dynamic network (see the module docstring); fills ``m``'s outcome."""
-    env, legs, avail = engine.env, m.legs, m.avail
-    drop = avail is not None and m.churn == "drop"
-    pause = avail if avail is not None and not drop else None
-    start = next_online(avail, 0.0) if avail is not None else 0.0
-    stop = online_until(avail, start) if drop else INF
+    env, legs, pause = engine.env, m.legs, m.pause
+    start, stop = m.start, m.stop
     j, n = 0, 0
     pool = pools[legs[0].server]
     f_start, link_free = start, 0.0
     tracing = engine.events is not None
     while n < d.sent and start < INF:
         x, fx = d.size(n), d.fwd(n)
-        f_end = finish(pause, f_start, fx) if pause is not None else f_start + fx
+        f_end = f_start + span(pause, f_start, fx)
         ready = max(f_end, link_free)
         if pause is not None and ready < INF:
             ready = next_online(pause, ready)
@@ -291,10 +295,8 @@ def device_process(engine, pools, i: int, d, m: Motion):
         if acct is None:
             break  # dropped, or never online again: the rest is lost
         t0, leg = env.now, legs[j]
-        rate = leg.rate
-        if pause is not None:
-            rate = Product(rate or Constant(leg.bandwidth), pause)
-        end = finish(rate, t0, d.up_bytes * 8.0 * x) if rate is not None else t0 + leg.up_s * x
+        s = span(leg.up_rate(pause), t0, d.up_bytes * 8.0, x)  # (bits per full micro-batch) x size
+        end = t0 + s
         if end > stop or end == INF:  # cut off mid-send: the credit comes back when the device leaves
             if end == INF:
                 acct.give_back()
@@ -302,32 +304,28 @@ def device_process(engine, pools, i: int, d, m: Motion):
                 engine.soft_at(stop, acct.give_back)
             break
         if tracing:
-            _record_online(engine, d.name, "F", f_start, f_end, n, d.name, pause)
-            _record_online(engine, d.name, "wait", f_end, t0, n, d.name, pause)
-            _record_online(engine, "link:" + d.name, "send", t0, end, n, d.name, pause)
-        m.busy += fx
-        m.up_bytes += d.up_bytes * x
-        m.send_s += end - t0 if pause is None else _online(pause, t0, end)
+            record_online(engine, d.name, "F", f_start, f_end, n, d.name, pause, fx)
+            record_online(engine, d.name, "wait", f_end, t0, n, d.name, pause)
+            record_online(engine, "link:" + d.name, "send", t0, end, n, d.name, pause, s)
+        m.send_s += end - t0 if pause is None else online(pause, t0, end)
         link_free = end
-        (pool.send if pool.senders is not None else pool.push)(end + leg.up_l, i, n)  # send: the mixing pool's count
-        f_start, n = t0, n + 1
+        if sequential:  # the worker releases the device when this micro-batch's W ends
+            released = pool.release[i] = env.event()
+        pool.send(end + leg.up_l, i, n)
+        n += 1
+        if sequential:
+            yield released
+            f_start = env.now
+        else:
+            f_start = t0
     m.sent = n
+    m.busy = d.units(n) * d.f + d.first_extra(n)  # as the static process counts it: forwards of sent ones
+    m.up_bytes = d.units(n) * d.up_bytes
     if n < d.sent:
         _move(pool, i, -(d.sent - n))
     for k in range(j + 1, len(legs)):  # handovers never reached: nothing goes there
         m.switched_at.append(n)
         _move(pools[legs[k].server], i, 0, placeholder=True)
-
-
-def _online(avail: Rate, a: float, b: float) -> float:
-    """Online seconds within ``[a, b)``."""
-    t, total = a, 0.0
-    while t < b:
-        r, until = avail.segment(t)
-        end = min(until, b)
-        total += (end - t) if r > 0 else 0.0
-        t = end
-    return total
 
 
 def _switch(pools, i: int, d, m: Motion, j: int, n: int):
@@ -340,22 +338,22 @@ def _switch(pools, i: int, d, m: Motion, j: int, n: int):
     return new
 
 
-def start(engine, pools, job, moving: dict[int, Motion]) -> None:
+def start(engine, pools, job, moving: dict[int, Motion], sequential: bool = False) -> None:
     """Start the dynamic devices' processes; their busy time and bytes are set when the run ends."""
     for i, m in moving.items():
         d = job.devices[i]
         if d.sent:
-            engine.env.process(device_process(engine, pools, i, d, m))
+            engine.env.process(device_process(engine, pools, i, d, m, sequential))
 
         def done(d=d, m=m):
             engine.device_busy[d.name] = m.busy
             engine.up_bytes[d.name] = m.up_bytes
             if engine.events is not None:
-                _trace_moves(engine, d, m)
+                trace_moves(engine, d, m)
         engine.on_finish(done)
 
 
-def _trace_moves(engine, d, m: Motion) -> None:
+def trace_moves(engine, d, m: Motion) -> None:
     """Instant ``handover`` ops on the device lane, and its ``offline`` periods up to the end of the run."""
     end = engine.env.now
     for leg in m.legs[1:]:
@@ -374,9 +372,18 @@ def _trace_moves(engine, d, m: Motion) -> None:
 
 
 def report(res, setup, job, moving: dict[int, Motion]) -> None:
-    """Put the dynamic network's outcome into a SimResult: handovers, samples not trained, real FLOPs."""
+    """Put the dynamic network's outcome into a SimResult: handovers, samples not trained, real FLOPs.
+
+    Every schedule's motions mean the same here: ``sent`` micro-batches reached training (sent to a
+    server, or inside a sent adapter upload), ``switched_at`` counts them before each handover,
+    ``done`` (default ``sent``) those whose device work ended, which the device FLOPs scale with.
+    """
     sc, names = setup.scenario, [s.name for s in setup.scenario.servers]
     mb = sc.training.micro_batch
+    res.dynamic_network = applies(sc, res.schedule)
+    if res.dynamic_network != "simulated":  # nothing moved: every sample trains
+        res.samples_not_trained = {d.name: 0 for d in sc.devices if d.availability is not None}
+        return
     for i, m in moving.items():
         d, dev = job.devices[i], sc.devices[i]
         for j, leg in enumerate(m.legs[1:], start=1):
@@ -386,9 +393,13 @@ def report(res, setup, job, moving: dict[int, Motion]) -> None:
         if dev.availability is not None:
             res.samples_not_trained[d.name] = round((d.units(d.sent) - d.units(m.sent)) * mb)
         res.uplink_send_s[d.name] = m.send_s
-        res.device_flops[d.name] = job.device_flops[d.name] * (d.units(m.sent) / d.units(d.sent) if d.sent else 0.0)
-        if len(m.legs) == 1 and m.avail is None:
-            continue  # a varying link only: every micro-batch trains where the schedule put it
+        if m.recv_s:
+            res.downlink_recv_s[d.name] = m.recv_s
+        done = m.sent if m.done is None else m.done
+        if done != d.sent:  # all done: the static count stays exact
+            res.device_flops[d.name] = job.device_flops[d.name] * (d.units(done) / d.units(d.sent) if d.sent else 0.0)
+        if (len(m.legs) == 1 and m.avail is None) or not m.srv_flops:
+            continue  # a varying link only, or no server FLOPs: every micro-batch trains where the schedule put it
         # Server FLOPs: each leg's share of the micro-batches, on the server that trained them.
         cuts = [0] + m.switched_at + [m.sent]
         first = names[m.legs[0].server]

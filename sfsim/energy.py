@@ -6,7 +6,7 @@ A device type or server may declare ``power: {compute: 6 W, idle: 1.5 W, transmi
 * ``idle``: drawn the rest of the run, until the job ends (waiting, sending, or done);
 * ``transmit`` / ``receive``: the radio's draw while it sends on the uplink / receives on the
   downlink (serialisation seconds, ``bytes x 8 / bandwidth``; on a time-varying uplink or with
-  handovers, the seconds it actually spent sending), on top of compute or idle;
+  handovers, the seconds it actually spent sending or receiving), on top of compute or idle;
 * or ``energy_per_bit`` for the radio instead: joules per bit sent or received (``50 nJ/bit``).
 
 So for a device, with ``T`` the makespan, ``busy`` its compute seconds and ``up``/``down`` its
@@ -81,6 +81,12 @@ def _uplink_rate(res, d) -> float:
     return nbytes * 8.0 / secs if secs and nbytes else d.uplink.bandwidth
 
 
+def _downlink_rate(res, d) -> float:
+    """The same for the downlink: nominal, or bytes over the seconds it spent receiving (sfsim.dynamic)."""
+    secs, nbytes = getattr(res, "downlink_recv_s", {}).get(d.name), res.downlink_bytes_by_device.get(d.name, 0.0)
+    return nbytes * 8.0 / secs if secs and nbytes else d.downlink.bandwidth
+
+
 def run_energy(res, scenario) -> dict | None:
     """Joules per device and per server of a :class:`~sfsim.result.SimResult`, where power is given.
 
@@ -92,7 +98,7 @@ def run_energy(res, scenario) -> dict | None:
     devices = {d.name: device_joules(d.power, T, res.device_busy_s.get(d.name, 0.0),
                                      res.uplink_bytes_by_device.get(d.name, 0.0),
                                      res.downlink_bytes_by_device.get(d.name, 0.0),
-                                     _uplink_rate(res, d), d.downlink.bandwidth)
+                                     _uplink_rate(res, d), _downlink_rate(res, d))
                for d in scenario.devices if getattr(d, "power", None) is not None}
     servers = {}
     for s in scenario.servers:

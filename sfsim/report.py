@@ -52,6 +52,8 @@ def summary(res: SimResult, counts: dict[str, int] | None = None) -> str:
         lost = {d: n for d, n in res.samples_not_trained.items() if n}
         lines.append(f"  samples not trained (availability): {sum(lost.values()):,} on {len(lost)} of "
                      f"{len(res.samples_not_trained)} devices with availability")
+    if res.dynamic_network is not None and res.dynamic_network != "simulated":
+        lines.append(f"  dynamic network: {res.dynamic_network}")
     if res.energy is not None:
         e, said = res.energy, []
         if e["devices"]:

@@ -50,6 +50,10 @@ class SimResult:
             with ``availability`` (:mod:`sfsim.availability`); 0 when all were trained.
         uplink_send_s: device -> seconds its uplink spent sending, for devices of the dynamic network
             (the radio's energy uses it instead of bytes over the nominal bandwidth).
+        downlink_recv_s: the same for the downlink (SplitLoRA gradients, FedAvg downloads).
+        dynamic_network: what became of the scenario's handovers, time-varying links and availability:
+            None (it has none), ``"simulated"``, or ``"not applicable: <why>"`` (cenlora, which has no
+            device links; see :func:`sfsim.dynamic.applies`).
     """
 
     schedule: str
@@ -80,6 +84,8 @@ class SimResult:
     handovers: list[dict] = field(default_factory=list)
     samples_not_trained: dict[str, int] = field(default_factory=dict)
     uplink_send_s: dict[str, float] = field(default_factory=dict)
+    downlink_recv_s: dict[str, float] = field(default_factory=dict)
+    dynamic_network: str | None = None
 
     @property
     def uplink_bytes(self) -> float:
@@ -113,7 +119,8 @@ class SimResult:
                 "uplink_bytes_by_device", "downlink_bytes_by_device", "device_flops_total",
                 "device_flops_max", "splits", "lora_start", "assignment", "policy", "stream_mixing",
                 "stream_mixing_by_server", "server_wait_s", "pool_peak_bytes", "assignment_source", "energy",
-                "backhaul_bytes_by_server", "sync_rounds", "handovers", "samples_not_trained")
+                "backhaul_bytes_by_server", "sync_rounds", "handovers", "samples_not_trained",
+                "dynamic_network")
         return {k: getattr(self, k) for k in keys}
 
     def to_json(self, path: str | Path | None = None) -> str:

@@ -203,10 +203,9 @@ def test_a_time_varying_link_costs_the_radio_its_real_send_seconds(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "problem"), [
-    ({"schedule": "fedlora"}, "fedlora: handovers, time-varying uplinks and availability are simulated for "
-     "splitfrozen only"),
-    ({"schedule": "splitfrozen-sequential"}, "splitfrozen-sequential: handovers"),
+    ({"schedule": "splitlora"}, "splitlora: car hands over, which SplitLoRA's server loop does not simulate"),
     ({"policy": "proportional"}, "server policy 'proportional' cannot take devices that join or leave"),
+    ({"schedule": "splitfrozen-sequential", "policy": "pool"}, "server policy 'pool' cannot take devices"),
 ])
 def test_what_the_dynamic_network_is_not_simulated_for_is_refused(kwargs, problem):
     sc = scenario(d0_handover=[{"at": 1, "to": "b"}])

@@ -5,11 +5,14 @@ them from one shared source (whole-model ``F`` then ``B`` or fused ``BW``); ever
 micro-batches a worker runs its queued W's and a ``step``, plus a final one for a partial window.
 The source is always ready, so deferred W's simply run before each step. Micro-batches are
 attributed to devices in proportional order (as a shuffled central dataset would mix them), which
-is what ``stream_mixing`` sees.
+is what ``stream_mixing`` sees. With no device links and the data at the server from the start,
+handovers, time-varying links and availability do not apply: the result says so
+(``SimResult.dynamic_network``, :func:`sfsim.dynamic.applies`).
 """
 
 from __future__ import annotations
 
+from sfsim.dynamic import not_applicable
 from sfsim.engine import DeviceTimes, Engine, ProportionalPolicy, ServerTimes, StreamMixing
 from sfsim.schedules import Job, RunConfig, Setup, groups
 
@@ -29,6 +32,7 @@ def build(setup: Setup, cache: bool = False) -> Job:
         job.devices.append(dt)
         job.device_flops[d.name] = 0.0
         job.server_flops[srv.name] += dt.units(n) * full.total
+    job.network = not_applicable(setup.scenario)
     return job
 
 

@@ -6,11 +6,13 @@ what it has left) of ``F``, ``B``, ``W`` through the whole model with a ``step``
 adapters (every block and the head); the server runs ``aggregate`` when all participants' uploads
 have arrived; each participant downloads the average and starts the next round. The first round
 starts at time 0 with the initial adapters already on the devices; the last round also downloads.
-FedAvg FLOPs are not counted.
+FedAvg FLOPs are not counted. With handovers, time-varying links or availability every device runs
+the process of :mod:`sfsim.dynamic_fed` instead (FedAvg groups that follow moves and drops).
 """
 
 from __future__ import annotations
 
+from sfsim import dynamic_fed
 from sfsim.engine import DeviceTimes, Engine
 from sfsim.schedules import (
     Barrier,
@@ -45,6 +47,7 @@ def build(setup: Setup, cache: bool = False) -> Job:
             sync_down_s=link_seconds(adapter, d.downlink), sync_bytes=adapter, **setup.partial(d))
         job.devices.append(dt)
         job.device_flops[d.name] = dt.units(n) * full.total
+    job.network = dynamic_fed.network(setup, job)
     return job
 
 
@@ -55,6 +58,8 @@ def steps_in_round(k: int, accumulate: int) -> int:
 
 def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
     """Start one aggregation lane per server and one process per device on ``engine``."""
+    if job.network is not None:
+        return dynamic_fed.run(engine, job, cfg)
     per = cfg.local_steps
     for _srv, members, _lane, barriers in fedavg_groups(engine, job, per):
         for i in members:

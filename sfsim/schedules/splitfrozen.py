@@ -63,17 +63,19 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
     """Start the server pools and one process per device on ``engine`` (call ``engine.run()`` after).
 
     Devices of the job's dynamic network (handover, varying uplink, availability) run
-    :func:`sfsim.dynamic.device_process` instead (checked by :func:`sfsim.dynamic.check_supported`).
+    :func:`sfsim.dynamic.device_process` instead, pipelined or ``sequential`` (checked by
+    :func:`sfsim.dynamic.check_supported`).
     """
     net = job.network
-    pools = [ServerPool(engine, s, net.views[k] if net else job.devices, k, cfg.buffer, cfg.accumulate,
+    views = getattr(net, "views", None)  # None: no network, or one that does not touch SplitFrozen
+    pools = [ServerPool(engine, s, views[k] if views else job.devices, k, cfg.buffer, cfg.accumulate,
                         cfg.decompose, cfg.policy, sequential, cfg.credits, cfg.pool_memory, cfg.seed)
              for k, s in enumerate(job.servers)]
     proc = _sequential if sequential else _pipelined
     moving = net.moving if net else {}
     if moving:
-        dynamic.prepare(engine, pools, cfg.buffer, moving)
-        dynamic.start(engine, pools, job, moving)
+        dynamic.prepare(engine, pools, cfg.buffer, moving, sequential)
+        dynamic.start(engine, pools, job, moving, sequential)
     for i, d in enumerate(job.devices):
         engine.device_busy[d.name] = d.units(d.sent) * d.f + d.first_extra(d.sent)
         engine.up_bytes[d.name] = d.units(d.sent) * d.up_bytes
