@@ -65,6 +65,7 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
     """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
     import json
 
+    from sfsim.dynamic import Unsupported
     from sfsim.overrides import load_scenario_with, parse_sets
     from sfsim.report import comparison_table, summary
     from sfsim.schema import write_atomic
@@ -85,8 +86,15 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
         check_options(names[0], **given)  # an option the schedule would ignore is an error
     else:  # 'all': each schedule takes the options it has (--client-order: splitlora's)
         check_options("splitfrozen", **{k: v for k, v in given.items() if k != "client_order"})
+    refused = {}  # 'all': schedules the dynamic network is not simulated for, skipped with a note
     for name in names:
-        res = run(sc, name, trace=want_events, **applicable(name, **given))
+        try:
+            res = run(sc, name, trace=want_events, **applicable(name, **given))
+        except Unsupported as err:
+            if len(names) == 1:
+                raise
+            refused[name] = str(err)
+            continue
         results[name] = res
         one = len(names) == 1
         if trace_out:
@@ -104,6 +112,8 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
     else:
         click.echo(f"{Path(scenario).name}: {len(sc.devices)} devices, model {sc.arch.name}")
         click.echo(comparison_table(results, counts))
+        for why in refused.values():
+            click.echo(f"note: skipped {why}")
     if split is None and plan is None and sc.training.split is None and set(names) & {"splitfrozen",
                                                                                     "splitfrozen-sequential"}:
         click.echo("note: SplitFrozen used the default cut 1 on every device (no --split, --plan or "
@@ -113,5 +123,6 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
         click.echo(f"note: {loose} devices without a server pin went to the least-loaded of "
                    f"{len(sc.servers)} servers (no --plan); 'sfsim plan' assigns servers with the cuts")
     if json_out:
-        data = results[names[0]].to_dict() if len(names) == 1 else {n: r.to_dict() for n, r in results.items()}
+        data = (results[names[0]].to_dict() if len(names) == 1
+                else {n: r.to_dict() for n, r in results.items()} | {n: {"refused": w} for n, w in refused.items()})
         write_atomic(json_out, json.dumps(data, indent=2) + "\n")

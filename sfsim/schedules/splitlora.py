@@ -94,11 +94,18 @@ def build(setup: Setup, cache: bool = False) -> Job:
         k_agg = servers[idx[srv.name]]
         servers[idx[srv.name]] = ServerTimes(k_agg.name, k_agg.count, k_agg.step,
                                              max(k_agg.aggregate, aggregate_seconds(adapter_params, srv, cm)))
+    from sfsim import dynamic_split  # varying links, pause: sfsim/dynamic_split.py
+
+    job.network = dynamic_split.network(setup, job)
     return job
 
 
 def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
     """Start one process per server that replays the trainer's server loop over its clients."""
+    if job.network is not None:  # the dynamic network: the same loop over its compute and links
+        from sfsim import dynamic_split
+
+        return dynamic_split.run(engine, job, cfg)
     for k, members in groups(job.devices).items():
         srv = job.servers[k]
         engine.mixing[srv.name] = StreamMixing([d.n if d.server == k else 0 for d in job.devices])

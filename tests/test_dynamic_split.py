@@ -1,0 +1,77 @@
+"""SplitLoRA on the dynamic network (varying links, pause), and ``--schedule all`` on the mobile profile.
+
+Engine-level tests hand-make one client's stage times and replay SplitLoRA's server loop with the
+dynamic network's compute and links (:mod:`sfsim.dynamic_split`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import sfsim
+from sfsim.availability import Windows
+from sfsim.cli import main
+from sfsim.dynamic import Leg, Motion, Unsupported
+from sfsim.dynamic_fed import FedNetwork
+from sfsim.engine import DeviceTimes, Engine, ServerTimes
+from sfsim.linkrate import Steps
+from sfsim.schedules import Job, RunConfig, splitlora
+from tests.test_dynamic_baselines import ops, scenario
+
+
+# -- SplitLoRA -------------------------------------------------------------------------------------
+def split(dev: DeviceTimes, m: Motion, **cfg):
+    """Replay SplitLoRA (one client on server ``s``) on the dynamic network; returns (engine, makespan)."""
+    engine = Engine(trace=True)
+    job = Job([dev], [ServerTimes("s")], network=FedNetwork({0: m}, {0: m}))
+    m.sent = dev.n
+    splitlora.run(engine, job, RunConfig(**cfg))
+    return engine, engine.run()
+
+
+def test_a_splitlora_upload_across_a_rate_change_takes_exactly_the_integral():
+    # F 0..1, then 8 bits on 2 bit/s until 2 and 1 bit/s after: 2 bits by 2, 6 more by 8. Server F 8..9;
+    # the gradient (8 bits, nominal 4 bit/s) on 4 bit/s until 10, then 1 bit/s: 4 by 10, 4 more by 14.
+    dev = DeviceTimes("d", n=1, f=1, up_s=4.0, down_s=2.0, srv_f=1)
+    m = Motion([Leg(0.0, 0, 2.0, 4.0, 0.0, Steps([0.0, 2.0], [2.0, 1.0]), 4.0, 0.0, Steps([0.0, 10.0], [4.0, 1.0]))])
+    engine, makespan = split(dev, m)
+    assert ops(engine, "link:d", "send") == [(1.0, 7.0, 0)]
+    assert ops(engine, "s", "F") == [(8.0, 1.0, 0)]
+    assert ops(engine, "downlink:d", "send") == [(9.0, 5.0, 0)]
+    assert makespan == 14.0 and m.send_s == 7.0 and m.recv_s == 5.0
+
+
+def test_a_splitlora_client_pauses_exactly_the_offline_time():
+    # F (2 s) from 0 is cut by the outage [1, 4): it ends at 5, the upload (1 s) at 6, the server's F at 7
+    dev = DeviceTimes("d", n=1, f=2, up_s=1.0, srv_f=1)
+    m = Motion([Leg(0.0, 0, 8.0, 1.0, 0.0, None, 8.0, 0.0)], Windows([(0.0, 1.0), (4.0, 100.0)]), "pause")
+    engine, makespan = split(dev, m)
+    assert ops(engine, "d", "F") == [(0.0, 1.0, 0), (4.0, 1.0, 0)]
+    assert ops(engine, "s", "F") == [(6.0, 1.0, 0)] and makespan == 7.0
+
+
+@pytest.mark.parametrize(("change", "what"), [
+    ({"d0_handover": [{"at": "1 s", "to": "b"}]}, "car hands over"),
+    ({"d1_availability": {"mean_on": "1 s", "mean_off": "1 s", "churn": "drop"}}, r"pi-0 drops out \(churn: drop\)"),
+])
+def test_splitlora_refuses_handover_and_drop_in_one_line(tmp_path, change, what):
+    with pytest.raises(Unsupported, match=f"^splitlora: {what}, which SplitLoRA's server loop does not simulate"):
+        sfsim.simulate(scenario(tmp_path, **change), "splitlora")
+
+
+# -- the whole fleet -------------------------------------------------------------------------------
+def test_schedule_all_on_the_mobile_profile_runs_and_says_what_it_skipped(tmp_path):
+    out = tmp_path / "all.json"
+    result = CliRunner().invoke(main, ["simulate", "--devices", "profiles/mobile.yaml", "--schedule", "all",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note: skipped splitlora: car-0 hands over" in result.output
+    data = json.loads(out.read_text())
+    assert data["splitlora"]["refused"].startswith("splitlora: car-0 hands over")
+    for name in ("splitfrozen", "splitfrozen-sequential", "fedlora"):
+        assert data[name]["dynamic_network"] == "simulated" and len(data[name]["handovers"]) == 2
+        assert set(data[name]["samples_not_trained"]) == {"phone-0", "phone-1", "phone-2", "rpi5-0", "rpi5-1"}
+    assert data["cenlora"]["dynamic_network"].startswith("not applicable")
