@@ -8,7 +8,7 @@ for the old server's credit at ``at`` stops waiting and asks the new server. So 
 ``t`` moves exactly the micro-batches whose send starts at or after ``t``.
 
 Times must increase along the list and each ``to`` must name a server. The planner plans the
-starting assignment; handovers are simulated for SplitFrozen (:mod:`sfsim.dynamic`). Each
+starting assignment; handovers are simulated for SplitFrozen and FedLoRA (:mod:`sfsim.dynamic`). Each
 handover shows in the trace as an instant op ``handover`` on the device's lane and in the result's
 ``handovers`` list.
 """

@@ -12,7 +12,8 @@ cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else 
 (:func:`sfsim.assign.least_loaded`); ``SimResult.assignment_source`` says which. Each server
 trains its own replica on its devices' micro-batches; with ``training.sync`` the SplitFrozen servers
 average their adapters over their backhaul links (:mod:`sfsim.backhaul`). Handovers, time-varying
-uplinks and device availability are simulated for SplitFrozen (:mod:`sfsim.dynamic`).
+links and device availability are simulated for every schedule but cenlora, which has no device
+links (:mod:`sfsim.dynamic`).
 """
 
 from __future__ import annotations
