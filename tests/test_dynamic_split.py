@@ -53,6 +53,28 @@ def test_a_splitlora_client_pauses_exactly_the_offline_time():
     assert ops(engine, "s", "F") == [(6.0, 1.0, 0)] and makespan == 7.0
 
 
+@pytest.mark.parametrize("order", ["interleaved", "sequential"])
+def test_a_constant_trace_reproduces_both_client_orders_exactly(tmp_path, order):
+    (tmp_path / "flat.csv").write_text("time_s,bandwidth\n0,100 Mbps\n")
+    flat = {"trace": "flat.csv", "latency": "5 ms"}
+    static = sfsim.simulate(scenario(tmp_path), "splitlora", client_order=order)
+    res = sfsim.simulate(scenario(tmp_path, d0_uplink=flat, d0_downlink=flat, d1_downlink=flat), "splitlora",
+                         client_order=order)
+    assert res.dynamic_network == "simulated"
+    assert {**res.to_dict(), "dynamic_network": None} == static.to_dict()
+
+
+def test_splitlora_with_pausing_clients_trains_every_sample_later(tmp_path):
+    (tmp_path / "w.yaml").write_text("pi: [[0, 0.05], [10, 1000]]\n")
+    static = sfsim.simulate(scenario(tmp_path), "splitlora")
+    res = sfsim.simulate(scenario(tmp_path, d1_availability={"file": "w.yaml"}), "splitlora", trace=True)
+    assert res.samples_not_trained == {"pi-0": 0, "pi-1": 0} and res.micro_batches == static.micro_batches
+    assert res.device_flops == static.device_flops and res.makespan_s > 10.0 > static.makespan_s
+    # nothing of pi-0's (its compute, its links, the server's work on it) runs while it is offline
+    assert not [e for e in res.events if e.device == "pi-0" and e.op != "offline"
+                and e.start < 10 and e.start + e.dur > 0.05 + 1e-12]
+
+
 @pytest.mark.parametrize(("change", "what"), [
     ({"d0_handover": [{"at": "1 s", "to": "b"}]}, "car hands over"),
     ({"d1_availability": {"mean_on": "1 s", "mean_off": "1 s", "churn": "drop"}}, r"pi-0 drops out \(churn: drop\)"),
