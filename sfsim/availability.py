@@ -8,6 +8,8 @@ A device type may declare ``availability``:
   interval a device stays offline.
 * ``mean_on`` / ``mean_off``: a seeded on/off process with exponential online and offline periods
   of those means, starting online (seed: ``training.seed`` and the device name).
+* ``fedscale`` (and optionally ``client``): FedScale's ``client_behave_trace`` pickle; how devices
+  map to its clients is in :mod:`sfsim.fedscale`.
 
 ``churn`` says what an outage does:
 
@@ -33,6 +35,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
+from sfsim import fedscale
 from sfsim.errors import ConfigError
 from sfsim.linkrate import Rate, _Lazy
 from sfsim.schema import STRICT, PositiveSeconds, read_yaml
@@ -48,12 +51,21 @@ class Availability:
     file: str | None = Field(default=None, description="YAML/JSON: device name -> [[start, end], ...] online")
     mean_on: PositiveSeconds | None = Field(default=None, description="mean online period (exponential)")
     mean_off: PositiveSeconds | None = Field(default=None, description="mean offline period (exponential)")
+    fedscale: str | None = Field(default=None, description="FedScale client_behave_trace pickle (sfsim.fedscale)")
+    client: int | str | None = Field(default=None, description="fedscale: the trace client of the type's first "
+                                     "device (default: a seeded draw)")
     churn: str = Field(default="pause", pattern="^(pause|drop)$",
                        description="pause: resume when back online; drop: leave at the first outage")
 
     @model_validator(mode="after")
     def _one_source(self):
         process = self.mean_on is not None or self.mean_off is not None
+        if self.client is not None and self.fedscale is None:
+            raise ValueError("client picks a client of a FedScale trace: give fedscale (the trace file) or drop client")
+        if self.fedscale is not None:
+            if self.file is not None or process:
+                raise ValueError("give one source of availability: file, mean_on and mean_off, or fedscale")
+            return self
         if (self.file is not None) == process or (process and (self.mean_on is None or self.mean_off is None)):
             raise ValueError("give either file (online windows) or both mean_on and mean_off (e.g. 10 min, 2 min)")
         return self
@@ -63,7 +75,7 @@ class Windows(Rate):
     """1 inside the online intervals ``[start, end)``, else 0 (0 after the last one)."""
 
     def __init__(self, intervals: list[tuple[float, float]]):
-        for (a, b), (c, _) in zip(intervals, intervals[1:] + [(INF, INF)], strict=True):
+        for (a, b), (c, _) in zip(intervals, intervals[1:] + [(INF, INF)], strict=False):  # none: never online
             if not (0 <= a < b <= c):
                 raise ValueError("intervals must satisfy 0 <= start < end <= next start")
         self.edges = [x for iv in intervals for x in iv]  # even index: a start, odd: an end
@@ -144,7 +156,9 @@ def _read_windows(path: Path, stamp: int, file: str | None, key: str) -> dict[st
 
 def availability_for(spec: Availability, device: str, dtype: str, resolve, seed: int,
                      file: str | None, key: str) -> Rate:
-    """The 0/1 availability of one device (its windows, else its type's, or its seeded process)."""
+    """The 0/1 availability of one device (its windows, else its type's, its FedScale client, or its seeded process)."""
+    if spec.fedscale is not None:
+        return fedscale.availability(resolve(spec.fedscale), spec.client, device, dtype, seed, file, key)
     if spec.file is None:
         return OnOff(spec.mean_on, spec.mean_off, random.Random(f"{seed}:{device}:availability"))
     windows = read_windows(resolve(spec.file), file, f"{key}.file")
