@@ -10,7 +10,9 @@ micro-batch while the previous one is on the wire, and the server takes micro-ba
 Link shaping (``--emulate links``): a message occupies the link for ``bytes * 8 / bandwidth`` seconds
 (a serialiser thread sleeps that long; the next message waits for the link) and arrives ``latency``
 later (a delivery thread holds it until then), as the simulator's link model does. Control messages
-(credits, commands) carry no payload and take the latency only.
+(credits, commands) carry no payload and take the latency only. A time-varying link (trace,
+Gilbert-Elliott, fading) holds a message until the integral of its rate covers the bits
+(:mod:`trainer.dynamics`).
 
 Liveness: an idle sender sends a heartbeat every ``heartbeat_s``; a peer not heard from for
 ``peer_timeout`` seconds, whose connection closes, or that sends a message breaking the protocol is
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import queue
 import sys
 import threading
@@ -35,9 +38,10 @@ import torch
 import torch.distributed as dist
 
 from sfsim.errors import SfsimError
+from sfsim.linkrate import Rate, finish
 from trainer import wire
 from trainer.measure import Meter
-from trainer.runtime import Message, PeerLost
+from trainer.runtime import DeviceLeft, Message, PeerLost
 from trainer.wire import HEADER_LEN, Kind, Limits, Packet, WireError
 
 _KIND = {k.name.lower(): k for k in Kind}
@@ -45,14 +49,22 @@ _KIND = {k.name.lower(): k for k in Kind}
 
 @dataclass(frozen=True)
 class LinkShape:
-    """A link as the scenario describes it: bit/s and one-way seconds."""
+    """A link as the scenario describes it: bit/s and one-way seconds; ``rate`` when it varies over time
+    (an :class:`sfsim.linkrate.Rate` on the run's clock, see :mod:`trainer.dynamics`)."""
 
     bandwidth: float
     latency: float = 0.0
+    rate: Rate | None = None
 
     def serialise_s(self, nbytes: int) -> float:
-        """Seconds the link is busy with ``nbytes``."""
+        """Seconds the constant-rate link is busy with ``nbytes``."""
         return nbytes * 8 / self.bandwidth
+
+    def end(self, start: float, nbytes: int) -> float:
+        """When ``nbytes`` handed to the free link at ``start`` have left it (``inf``: never)."""
+        if self.rate is None or nbytes == 0:
+            return start + self.serialise_s(nbytes)
+        return finish(self.rate, start, nbytes * 8.0)
 
 
 def init(rank: int, world: int, master: str | None, timeout_s: float = 600.0) -> None:
@@ -144,14 +156,17 @@ class DistTransport:
         peer_timeout: seconds of silence after which a peer is lost.
         heartbeat_s: an idle sender sends a heartbeat this often.
         log: where one-line protocol errors go.
+        presence: on a device with availability, its ``trainer.dynamics.Presence``: a micro-batch whose
+            send would end after the device is gone is refused with :class:`DeviceLeft`.
     """
 
     arrival_order = True  # the server may take micro-batches in true arrival order
 
     def __init__(self, rank: int, names: list[str], meter: Meter, limits: Limits,
                  shaping: dict[str, tuple[LinkShape, LinkShape]] | None = None, peer_timeout: float = 30.0,
-                 heartbeat_s: float = 0.5, log=None):
+                 heartbeat_s: float = 0.5, log=None, presence=None):
         self.rank, self.names, self.meter, self.limits = rank, list(names), meter, limits
+        self.presence = presence
         self.shaping, self.peer_timeout, self.heartbeat_s = shaping, peer_timeout, heartbeat_s
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.is_server = rank == 0
@@ -162,6 +177,7 @@ class DistTransport:
         self._last_seen = {p: time.monotonic() for p in peers}
         self._out: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
         self._wire: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
+        self._free = dict.fromkeys(peers, 0.0)  # when the shaped link to each peer is free again
         self._threads = []
         for p in peers:
             self._start(self._receiver, p)
@@ -229,21 +245,30 @@ class DistTransport:
         return up if p == 0 else down
 
     def _enqueue(self, p: int, msg: Message) -> None:
-        (self._out[p] if self.shaping is not None else self._wire[p]).put((msg, self.meter.now(), 0.0, None))
+        """Queue ``msg``; shaped, its time on the link is fixed now (the link is first come, first served)."""
+        now, link = self.meter.now(), self._link(p)
+        start = end = now
+        if link is not None:
+            start = max(now, self._free[p])
+            end = link.end(start, msg.nbytes)
+        if self.presence is not None and msg.kind == "act" and (end == math.inf or end > self.presence.leave):
+            raise DeviceLeft(self.names[self.rank - 1], "gone before its send would end")
+        if link is None:
+            self._wire[p].put((msg, now, 0.0, None))
+            return
+        self._free[p] = end
+        self._out[p].put((msg, start, end, None))
 
     def _serialiser(self, p: int) -> None:
-        """Hold each message for its serialisation time on the link, then pass it on with its due time."""
-        link, busy_until = self._link(p), 0.0
+        """Hold each message until it has left the link, then pass it on with its due time (+ latency)."""
+        latency = self._link(p).latency
         while not self._closing.is_set():
             try:
-                msg, _, _, _ = self._out[p].get(timeout=0.1)
+                msg, start, end, _ = self._out[p].get(timeout=0.1)
             except queue.Empty:
                 continue
-            start = max(self.meter.now(), busy_until)
-            ser = link.serialise_s(msg.nbytes)
-            _sleep_until(self.meter, start + ser)
-            busy_until = start + ser
-            self._wire[p].put((msg, start, start + ser + link.latency, ser))
+            _sleep_until(self.meter, end)
+            self._wire[p].put((msg, start, end + latency, end - start))
             self._out[p].task_done()
 
     def _deliverer(self, p: int) -> None:
@@ -269,7 +294,10 @@ class DistTransport:
                 self._send(p, pkt)
                 if pkt.tensors:  # shaped: the link is busy for the serialisation (the latency is a delay)
                     dur = ser if ser is not None else self.meter.now() - start
-                    self.meter.transfer(msg.device, pkt.nbytes, start, dur, msg.mb, down=self.is_server)
+                    parts = None  # a pausing device's uplink carries only online: the send in its online parts
+                    if self.presence is not None and ser is not None:
+                        parts = self.presence.online_parts(start, start + dur)
+                    self.meter.transfer(msg.device, pkt.nbytes, start, dur, msg.mb, down=self.is_server, parts=parts)
             except (RuntimeError, WireError) as err:
                 self.inbox.lose(self._peer_name(p), f"send failed: {_first_line(err)}")
             finally:

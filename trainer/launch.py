@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from sfsim.dynamic import refuse_dynamics
 from sfsim.errors import SfsimError
 from sfsim.schema import write_atomic
 from sfsim.trace import TraceEvent
+from trainer import dynamics
 from trainer.distributed import DistTransport, LinkShape, init, parse_report, report_blob, sync_clock
 from trainer.measure import cpu_seconds, peak_rss_bytes
 from trainer.runtime import Message, PeerLost, role_seed
@@ -88,19 +88,33 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
             raise SfsimError(f"{cfg.devices}: device {d.name} has a latency profile; --emulate compute needs a "
                              "'flops' rate for every device")
         meter.stretch[d.name] = d.flops
+    dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}")
     init(rank, world, master, timeout_s=max(600.0, 4 * cfg.peer_timeout))
-    offset = sync_clock(meter)
-    shaping = None
-    if cfg.emulate in ("links", "all"):
-        refuse_dynamics(scenario, f"{cfg.devices}: --emulate {cfg.emulate}")
-        shaping = {d.name: (LinkShape(d.uplink.bandwidth, d.uplink.latency),
-                            LinkShape(d.downlink.bandwidth, d.downlink.latency)) for d in scenario.devices}
+    offset = sync_clock(meter)  # from here on meter.now() is the run's shared clock (trainer.dynamics)
+    presence = None
+    if role == "device" and cfg.emulate != "none":
+        presence = dynamics.presence(scenario, names[rank - 1], meter.now)
+        if presence is not None:
+            meter.presence[names[rank - 1]] = presence
     limits = Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm)
-    tr = DistTransport(rank, names, meter, limits, shaping, peer_timeout=cfg.peer_timeout)
+    tr = DistTransport(rank, names, meter, limits, _shaping(cfg, scenario), peer_timeout=cfg.peer_timeout,
+                       presence=presence)
     setup.transport = tr
     if role == "device":
         return _device(cfg, built, tr, names[rank - 1], offset, resume)
     return _server(cfg, built, tr, out, t0, resume)
+
+
+def _shaping(cfg, scenario) -> dict[str, tuple[LinkShape, LinkShape]] | None:
+    """Each device's (uplink, downlink) as shaped under ``--emulate links|all`` (rates from ``trainer.dynamics``)."""
+    if cfg.emulate not in ("links", "all"):
+        return None
+    out = {}
+    for d in scenario.devices:
+        up, down = dynamics.link_rates(scenario, d)
+        out[d.name] = (LinkShape(d.uplink.bandwidth, d.uplink.latency, up),
+                       LinkShape(d.downlink.bandwidth, d.downlink.latency, down))
+    return out
 
 
 def _device(cfg, built, tr: DistTransport, name: str, offset: float, resume: bool) -> int:

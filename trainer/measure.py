@@ -207,6 +207,8 @@ class Meter:
         #: lane -> FLOP/s: compute on these lanes is stretched (by sleeping) to take FLOPs / rate seconds
         self.stretch: dict[str, float] = {}
         self.stretched_s = 0.0  # seconds slept to emulate slower devices
+        #: lane -> its device's presence (``trainer.dynamics.Presence``): compute there waits for it to be online
+        self.presence: dict[str, object] = {}
         self.cpu0 = cpu_seconds()  # this role's CPU is counted from here (not what the process did before)
 
     def now(self) -> float:
@@ -224,6 +226,9 @@ class Meter:
                 fully (its cut, when devices differ in it).
             count: False for work torch's counter scores as zero (optimizer steps, averaging).
         """
+        presence = self.presence.get(lane or role)
+        if presence is not None:
+            presence.wait(lane or role)  # offline: sleep until online (raises DeviceLeft if it never is again)
         start = self.now()
         scope = role if role == self.server_lane or not self.share_devices else "device"
         cache_key = None if key is None else (scope, op, *key)
@@ -261,16 +266,24 @@ class Meter:
                 time.sleep(extra)
                 self.stretched_s += extra
         dur = self.now() - start
+        if presence is not None:  # the work progressed only online: it ends later, in online parts
+            end = presence.finish(lane or role, start, dur)
+            for a, b in presence.online_parts(start, end):
+                self.phase_s[phase] += b - a
+                self.events.append(TraceEvent(lane or role, op, a, b - a, mb, device))
+            return
         self.phase_s[phase] += dur
         self.events.append(TraceEvent(lane or role, op, start, dur, mb, device))
 
     def transfer(self, device: str, nbytes: int, start: float, dur: float, mb: int = -1,
-                 down: bool = False) -> None:
-        """Record ``nbytes`` on ``device``'s uplink (or downlink) and its ``send`` trace event."""
+                 down: bool = False, parts: list[tuple[float, float]] | None = None) -> None:
+        """Record ``nbytes`` on ``device``'s uplink (or downlink) and its ``send`` trace event (one per
+        part ``(start, end)`` when given: the link carried only then)."""
         (self.downlink_bytes if down else self.uplink_bytes)[device] += nbytes
         lane = f"{'downlink' if down else 'link'}:{device}"
-        self.phase_s["downlink" if down else "uplink"] += dur
-        self.events.append(TraceEvent(lane, "send", start, dur, mb, device))
+        for a, d in [(a, b - a) for a, b in parts] if parts is not None else [(start, dur)]:
+            self.phase_s["downlink" if down else "uplink"] += d
+            self.events.append(TraceEvent(lane, "send", a, d, mb, device))
 
     def summary(self, devices: list[str]) -> dict:
         """The measurements as plain JSON-ready data, with the simulator's field names and shapes.

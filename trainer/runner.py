@@ -55,8 +55,10 @@ LAUNCHES = {
     "inprocess": "every role in this process, one after the other (debugging; the equivalence reference)",
 }
 #: What a distributed run emulates from the scenario.
+#: Every mode but ``none`` also emulates availability (trainer.dynamics); ``none`` keeps every device online.
 EMULATE = {"none": "nothing: real speed, real loopback", "compute": "device compute stretched to the scenario's FLOP/s",
-           "links": "links shaped to the scenario's bandwidth and latency", "all": "compute and links"}
+           "links": "links shaped to the scenario's bandwidth (or time-varying rate) and latency",
+           "all": "compute and links"}
 
 
 @dataclass
@@ -508,7 +510,8 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
             "cuts": setup.cuts, "lora_start": setup.lora_start, "lora_blocks": method.lora_block_indices(),
             "server_order": setup.server_order, "client_order": cfg.client_order, "stream_mixing": mixing,
             "launch": cfg.launch,
-            "lost_devices": method.lost, "lora_targets": setup.lora["targets"], "micro_batch": setup.micro_batch,
+            "lost_devices": method.lost, "samples_not_trained": _not_trained(cfg, scenario, method),
+            "lora_targets": setup.lora["targets"], "micro_batch": setup.micro_batch,
             "buffer": setup.buffer, "accumulate": setup.accumulate,
             "samples_by_device": {d.name: d.n_samples for d in setup.devices},
             "microbatch_shapes": {d.name: [list(b["input_ids"].shape) for b in d.batches(0)] for d in setup.devices},
@@ -519,6 +522,14 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
             "notes": {"flops": "torch.utils.flop_counter.FlopCounterMode around each role's compute",
                       "link_events": "in-process: a send's duration is the measured tensor copy, not a network "
                                      "time; uplink_time_modelled_s uses the scenario's bandwidth"}}
+
+
+def _not_trained(cfg, scenario, method) -> dict[str, int]:
+    """Samples (over epochs) each device with availability did not train, as the simulator reports them;
+    empty when availability was not emulated (``--emulate none``: every device stays online)."""
+    if cfg.emulate == "none":
+        return {}
+    return {d.name: method.not_trained.get(d.name, 0) for d in scenario.devices if d.availability is not None}
 
 
 def _write_trace(out: Path, events, metrics: dict) -> None:

@@ -61,6 +61,14 @@ class PeerLost(Exception):
         self.device, self.reason = device, reason
 
 
+class DeviceLeft(Exception):
+    """This device is gone (churn ``drop``, or never online again): its method tells the server (``leave``)."""
+
+    def __init__(self, device: str, reason: str = ""):
+        super().__init__(f"{device}: {reason}")
+        self.device, self.reason = device, reason
+
+
 @dataclass
 class Message:
     """One message between roles: a kind, header integers and named tensors.

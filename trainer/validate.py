@@ -8,7 +8,9 @@
    (``--client-order``: ``training.client_order``) and the same server order (a paced
    order for ``proportional``/``round-robin``); the server's and (without ``--emulate compute``) the
    devices' speeds from measured latency profiles (``sfsim profile``); without ``--emulate links``
-   the links are loopback (10 Gbit/s, no latency).
+   the links are loopback (10 Gbit/s, no latency), and with ``--emulate none`` every device is always
+   online. Time-varying links and availability are emulated as the simulator models them
+   (:mod:`trainer.dynamics`; a trace link's rate is not rescaled to a device's own token load).
 3. The comparison, for the total time and every stage: predicted, measured and
    ``error = (predicted - measured) / measured``.
 
@@ -130,9 +132,10 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool) -> list[
         if vc.emulate in ("none", "links"):
             sets += [(f"devices[{name}].latency_profile", str(Path(vc.device_profile).resolve())),
                      (f"devices[{name}].flops", None)]
-        if vc.emulate in ("none", "compute"):
-            for link in ("uplink", "downlink"):
-                sets += [(f"devices[{name}].{link}.bandwidth", LOOPBACK), (f"devices[{name}].{link}.latency", 0)]
+        if vc.emulate in ("none", "compute"):  # the whole link: a trace or a channel model goes too
+            sets += [(f"devices[{name}].{link}", {"bandwidth": LOOPBACK, "latency": 0}) for link in ("uplink", "downlink")]
+        if vc.emulate == "none":  # nothing emulated: every device stays online (trainer.dynamics)
+            sets.append((f"devices[{name}].availability", None))
     if vc.server_profile is not None:
         sets += [("servers[0].latency_profile", str(Path(vc.server_profile).resolve())), ("servers[0].flops", None)]
     return sets

@@ -59,9 +59,10 @@ class Kind(enum.IntEnum):
     ROUND = 13  # down: fedlora round ``aux``: train on the enclosed global state
     REPORT = 14  # up: the device's measurements as UTF-8 JSON bytes (parsed with ``json``, never unpickled)
     SAVE = 15  # down: write your training state for checkpoint ``aux``, then answer DONE with the same aux
+    LEAVE = 16  # up: the device has left (availability); aux = samples of this epoch it will not send
 
 
-UP = {Kind.HELLO, Kind.ACT, Kind.ADAPTER, Kind.SHARD, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT}
+UP = {Kind.HELLO, Kind.ACT, Kind.ADAPTER, Kind.SHARD, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE}
 DOWN = {Kind.START, Kind.CREDIT, Kind.GRAD, Kind.FWD, Kind.END, Kind.SYNC, Kind.ROUND, Kind.ADAPTER,
         Kind.HEARTBEAT, Kind.SAVE}
 

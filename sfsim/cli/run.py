@@ -81,7 +81,8 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
               help=_LAUNCH_HELP)
 @click.option("--emulate", default="none", show_default=True, type=click.Choice(["none", "compute", "links", "all"]),
               help="distributed runs: stretch device compute to the scenario's FLOP/s (sleeping), shape links to "
-                   "its bandwidth and latency, or both")
+                   "its bandwidth (or time-varying rate) and latency, or both; any but none also pauses or drops "
+                   "devices by their availability")
 @click.option("--role", type=click.Choice(["server", "device", "auto"]),
               help="run one role of a distributed run (with --rank, --world-size, --master, or under torchrun; "
                    "auto: server on rank 0, device elsewhere); see the README")

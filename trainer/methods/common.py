@@ -212,6 +212,7 @@ class Method:
         self.setup = setup
         self.server_stream: list[tuple[str, list[int]]] = []  # (device, labels) in server training order
         self.lost: dict[str, dict] = {}  # device -> {"reason", "untrained_samples"}
+        self.not_trained: dict[str, int] = {}  # device -> samples it left untrained (availability), over epochs
         self.cursor: dict[str, int] = {}  # device -> micro-batches trained this epoch
         self.resume_from: dict | None = None  # {"epoch", "cursor"} of a checkpoint to continue from
         self.on_step_done: Callable[[int], None] | None = None  # called with the epoch after each step

@@ -28,7 +28,7 @@ from trainer.methods.common import (
     trainable_params,
     training_mode,
 )
-from trainer.runtime import DeviceRole, Message, PeerLost, role_seed, server_order
+from trainer.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
 from trainer.split import split_model
 
 
@@ -74,12 +74,17 @@ class SplitFrozen(Method):
         else:
             return
         st = self._dev[role.name]
-        while st["credits"] > 0 and st["next"] < len(st["batches"]):
-            j = st["next"]
-            out = role.forward_frozen(st["batches"][j], j, self.setup.meter)
-            out.epoch = st["epoch"]
-            self.setup.transport.send_up(out)
-            st["next"], st["credits"] = j + 1, st["credits"] - 1
+        try:
+            while st["credits"] > 0 and st["next"] < len(st["batches"]):
+                j = st["next"]
+                out = role.forward_frozen(st["batches"][j], j, self.setup.meter)
+                out.epoch = st["epoch"]
+                self.setup.transport.send_up(out)
+                st["next"], st["credits"] = j + 1, st["credits"] - 1
+        except DeviceLeft:  # offline for good (trainer.dynamics): the rest of the epoch is not sent
+            rest = sum(int(b["labels"].shape[0]) for b in st["batches"][st["next"]:])
+            self.setup.transport.send_up(Message(role.name, st["next"], kind="leave", aux=rest, epoch=st["epoch"]))
+            st["next"] = len(st["batches"])
         st["blocked_at"] = self.setup.meter.now() if st["next"] < len(st["batches"]) else None
 
     # -- server side --------------------------------------------------------------------------------
@@ -109,10 +114,13 @@ class SplitFrozen(Method):
                         name = next(n for n in order[i:] if n in left and in_pool[n] < min(credits, left[n]))
                         order.remove(name)
                     try:
-                        msg = tr.recv_up(name, {"act"})
+                        msg = tr.recv_up(name, {"act", "leave"})
                     except PeerLost as err:
                         self.lose(err.device, err.reason, left)
                         pool.items = [m for m in pool.items if m.device != err.device]
+                        continue
+                    if msg.kind == "leave":  # what it sent still trains: only what is in the pool is left
+                        self._left(msg, left, in_pool[msg.device])
                         continue
                     pool.add(msg)
                     in_pool[msg.device] += 1
@@ -129,9 +137,12 @@ class SplitFrozen(Method):
                 else:
                     name = None
                 try:
-                    msg = tr.recv_up(name, {"act"})
+                    msg = tr.recv_up(name, {"act", "leave"})
                 except PeerLost as err:
                     self.lose(err.device, err.reason, left)
+                    continue
+                if msg.kind == "leave":  # after its last micro-batch (one link, in order): nothing is left
+                    self._left(msg, left, 0)
                     continue
             name = msg.device
             left[name] -= 1
@@ -148,6 +159,16 @@ class SplitFrozen(Method):
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
                 self.step_done(epoch)
+        if losses:  # the last device left (or was lost) with a step's gradients pending
+            self._step()
+            on_step(sum(losses) / len(losses), samples)
+            self.step_done(epoch)
+
+    def _left(self, msg: Message, left: dict[str, int], keep: int) -> None:
+        """Device ``msg.device`` has left (``leave``): ``keep`` of its micro-batches still come; note the untrained."""
+        self.not_trained[msg.device] = self.not_trained.get(msg.device, 0) + msg.aux
+        if msg.device in left:
+            left[msg.device] = keep
 
     def pool_size(self, credits: int, n_devices: int) -> int:
         """Micro-batches the mixing pool holds: ``setup.pool_memory`` over one full micro-batch's activation
