@@ -37,6 +37,9 @@ def summary(res: SimResult, counts: dict[str, int] | None = None) -> str:
     if res.lora_start is not None:
         cuts = sorted(set(res.splits.values()))
         lines.append(f"  cuts {cuts}, LoRA from block {res.lora_start}, policy {res.policy}")
+    if res.client_order is not None:
+        lines.append(f"  clients {res.client_order}" + (f", server order {res.policy}" if res.policy else
+                                                        " (one after another, each over its whole epoch)"))
     if res.stream_mixing is not None:
         lines.append(f"  stream mixing (mean TV distance per tenth of the server stream, 0 = mixed): "
                      f"{res.stream_mixing:.3f}")

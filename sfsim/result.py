@@ -26,7 +26,9 @@ class SimResult:
         uplink_bytes_by_device, downlink_bytes_by_device: device -> bytes on its uplink / downlink.
         splits: device -> cut; lora_start: first LoRA block on the server (SplitFrozen only).
         assignment: device -> server.
-        policy: server policy used (SplitFrozen only).
+        policy: server policy used (SplitFrozen; SplitLoRA with interleaved clients: the order its server
+            follows, ``paced-proportional``, ``paced-round-robin`` or ``fifo``).
+        client_order: SplitLoRA's client order (``interleaved`` or ``sequential``; None elsewhere).
         stream_mixing: mean total-variation distance between each tenth of a server's micro-batch
             stream and the stream's overall device shares, weighted by server stream length
             (0 = perfectly mixed; None where there is no server stream, i.e. fedlora).
@@ -86,6 +88,7 @@ class SimResult:
     uplink_send_s: dict[str, float] = field(default_factory=dict)
     downlink_recv_s: dict[str, float] = field(default_factory=dict)
     dynamic_network: str | None = None
+    client_order: str | None = None
 
     @property
     def uplink_bytes(self) -> float:
@@ -120,7 +123,7 @@ class SimResult:
                 "device_flops_max", "splits", "lora_start", "assignment", "policy", "stream_mixing",
                 "stream_mixing_by_server", "server_wait_s", "pool_peak_bytes", "assignment_source", "energy",
                 "backhaul_bytes_by_server", "sync_rounds", "handovers", "samples_not_trained",
-                "dynamic_network")
+                "dynamic_network", "client_order")
         return {k: getattr(self, k) for k in keys}
 
     def to_json(self, path: str | Path | None = None) -> str:

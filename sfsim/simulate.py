@@ -210,6 +210,7 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     makespan = engine.run()
     res = _result(name, scenario, job, engine, makespan, setup, ls, _policy_used(name, cfg))
     res.assignment_source = source
+    res.client_order = cfg.client_order if name == "splitlora" else None
     if getattr(job, "network", None) is not None:
         report(res, setup, job, job.network.moving)
     res.energy = run_energy(res, scenario)

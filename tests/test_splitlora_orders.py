@@ -129,11 +129,13 @@ def test_cli_sequential_trace_counts_steps_per_client_window(tmp_path):
     # per epoch each client steps after 2 of its micro-batches and on the rest: pi 4 -> 2, phone 3 -> 2
     assert steps == {"pi-0": 4, "pi-1": 4, "phone": 4, "gpu": 12}
     seq = json.loads(out.read_text())
-    assert seq["policy"] is None  # no server order: one client at a time
+    assert seq["policy"] is None and seq["client_order"] == "sequential"  # no server order: one client at a time
+    assert "clients sequential (one after another, each over its whole epoch)" in res.output
     sc = sfsim.load_scenario(path)
     assert sfsim.simulate(sc, "splitlora", client_order="sequential").makespan_s == seq["makespan_s"]
     inter = sfsim.simulate(sc, "splitlora")
-    assert inter.policy == "fifo" and inter.makespan_s < seq["makespan_s"]
+    assert inter.policy == "fifo" and inter.client_order == "interleaved" and inter.makespan_s < seq["makespan_s"]
+    assert sfsim.simulate(sc, "fedlora").client_order is None
     key = sfsim.load_scenario(_scenario(tmp_path, client_order="sequential"))
     assert sfsim.simulate(key, "splitlora").makespan_s == seq["makespan_s"]
 
