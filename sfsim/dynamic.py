@@ -6,7 +6,7 @@ shared rules (legs, transfers that integrate the rate, pause and drop) are in
 :mod:`sfsim.dynamic_legs`; the processes per schedule family:
 
 * ``splitfrozen`` and ``splitfrozen-sequential``: :func:`device_process` below;
-* ``splitlora``: :mod:`sfsim.dynamic_split` (time-varying links and ``churn: pause``);
+* ``splitlora``: :mod:`sfsim.dynamic_split` (time-varying links, pause and drop; no handover);
 * ``fedlora``: :mod:`sfsim.dynamic_fed` (everything, with FedAvg rounds whose membership follows
   handovers and drops);
 * ``cenlora`` has no device links (its data is at the server from the start): the dynamic network
@@ -34,7 +34,7 @@ the stream they actually received.
 Refused (one line each, :func:`check_supported`): SplitFrozen's handovers and availability with the
 ``proportional``, paced and ``pool`` server policies (their orders are fixed over the starting
 devices) and with ``cache_activations`` (the cache lives on the device's first server); SplitLoRA's
-handovers and ``churn: drop`` (see :mod:`sfsim.dynamic_split`).
+handovers (see :mod:`sfsim.dynamic_split`).
 
 Not modelled: a forward cut off by a drop or by the end of the windows counts neither as busy
 time nor as FLOPs; the planner plans for the starting assignment and the nominal bandwidths.
@@ -102,11 +102,10 @@ def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
     """Refuse, in one line, a combination the dynamic network is not simulated for (see the module docstring)."""
     if schedule == "splitlora":
         for d in scenario.devices:
-            if d.handover or (d.availability is not None and d.availability.churn == "drop"):
-                what = "hands over" if d.handover else "drops out (churn: drop)"
-                raise Unsupported(f"splitlora: {d.name} {what}, which SplitLoRA's server loop does not simulate "
-                                 "(clients cannot leave a server's loop mid-run); simulate splitfrozen, "
-                                 "splitfrozen-sequential or fedlora, or use churn: pause")
+            if d.handover:
+                raise Unsupported(f"splitlora: {d.name} hands over, which SplitLoRA's server loop does not simulate "
+                                  "(a client cannot move to another server's loop mid-run); simulate splitfrozen, "
+                                  "splitfrozen-sequential or fedlora, or remove the handover")
     if schedule not in SPLITFROZEN:
         return  # fedlora takes every combination; cenlora has no device links
     moves = any(d.handover or d.availability is not None for d in scenario.devices)

@@ -1,8 +1,8 @@
-"""SplitLoRA on the dynamic network: time-varying uplinks and downlinks, and availability that pauses.
+"""SplitLoRA on the dynamic network: time-varying uplinks and downlinks, and availability (pause, drop).
 
 SplitLoRA's server loop (:mod:`sfsim.schedules.splitlora`) computes a server's run by arithmetic
 over three primitives: a client's compute, a message on its uplink, a message on its downlink. On a
-dynamic network :class:`DynamicServer` replaces just those, under the shared rules of
+dynamic network :class:`DynamicServer` replaces those, under the shared rules of
 :mod:`sfsim.dynamic_legs`:
 
 * a message (activations, adapters up; a gradient, a FedAvg average, a command down) queued at
@@ -11,19 +11,24 @@ dynamic network :class:`DynamicServer` replaces just those, under the shared rul
   rate's integral from the start reaches ``dur x bandwidth`` (exactly ``dur`` on a constant rate);
 * under ``churn: pause`` compute and transfers progress only while the client is online (a command,
   zero bits, reaches it when it is back online); the server waits for it as it would for a slow
-  client, so every micro-batch still trains.
+  client, so every micro-batch still trains;
+* a client that drops (``churn: drop``: at its first outage; it joins at its first online instant)
+  or whose windows end with work left is *gone* from the first op or message that would outlast it:
+  the server skips its later turns (in arrival order they do not count toward the segment's
+  ``fedavg_every`` steps; in a fixed order its slots are skipped), FedAvg averages the uploads that
+  arrive, and messages to it go nowhere. A micro-batch trains when its activations were sent (the
+  server still runs it when its gradient can no longer reach the client); the others are the
+  client's ``samples_not_trained``. Device FLOPs count the micro-batches whose client W ended.
 
-The result's ``uplink_send_s`` / ``downlink_recv_s`` are the seconds the links really spent (for
-the radio's energy). Refused in one line (:func:`sfsim.dynamic.check_supported`): handovers and
-``churn: drop``, and a client whose availability windows end with work left. The server loop plays
-each server's whole run ahead by arithmetic, so a client cannot leave one server's loop mid-run and
-join another's (or leave without a trace) there; that needs the loops to interleave.
+The result's ``uplink_send_s`` / ``downlink_recv_s`` are the seconds the links really spent (for the
+radio's energy). Refused in one line (:func:`sfsim.dynamic.check_supported`): handovers. The loop
+plays each server's whole run ahead by arithmetic, so a client cannot leave one server's loop
+mid-run and join another's; that needs the loops to interleave.
 """
 
 from __future__ import annotations
 
-from sfsim.dynamic_legs import INF, online, record_online, steady
-from sfsim.errors import SfsimError
+from sfsim.dynamic_legs import INF, gone_at, online, record_online, span, steady
 from sfsim.linkrate import finish
 from sfsim.schedules.splitlora import _Server
 
@@ -34,8 +39,9 @@ def network(setup, job):
 
     net = fed_network(setup, job)
     if net is not None:
-        for i, m in net.motions.items():
-            m.sent = job.devices[i].n  # pause only: every micro-batch trains in the end
+        for d, m in zip(setup.scenario.devices, net.motions.values(), strict=True):
+            m.done = 0  # counted as the clients' W's end; m.sent as their uploads end
+            m.srv_flops = setup.cm.splitlora_server(setup.splits[d.name]).total
     return net
 
 
@@ -58,53 +64,117 @@ def span_at(rate, t: float, dur: float, bandwidth: float) -> float:
 
 
 class DynamicServer(_Server):
-    """SplitLoRA's server loop whose clients' compute and links follow the dynamic network."""
+    """SplitLoRA's server loop whose clients' compute and links follow the dynamic network (see module)."""
 
     def __init__(self, engine, srv, devices, members, cfg, motions):
         super().__init__(engine, srv, devices, members, cfg)
         self.motions = motions
+        self.lost: set[int] = set()  # clients gone for good (drop, or windows over)
 
-    def _never(self, c, what: str) -> SfsimError:
-        return SfsimError(f"splitlora: {c.d.name} goes offline for good with {what} left; SplitLoRA cannot drop a "
-                          "client yet: give it availability that lasts, or simulate splitfrozen or fedlora")
+    # -- primitives: a gone client's are no-ops; an upload that never arrives arrives at -inf ----------
+    def _begin(self, c, t: float) -> float:
+        """A drop-churn client starts nothing before its first online instant (it joins then)."""
+        m = self.motions[c.i]
+        return max(t, m.start) if m.churn == "drop" and m.avail is not None else t
+
+    def _outlasts(self, c, t: float, end: float) -> bool:
+        """True, and the client is gone from then on, when what runs from ``t`` to ``end`` outlasts it."""
+        m = self.motions[c.i]
+        if end <= m.stop and end < INF:
+            return False
+        self.lost.add(c.i)
+        m.gone = m.stop if m.stop < INF else gone_at(m.avail, t)
+        return True
 
     def _device(self, c, op: str, t: float, dur: float, mb: int) -> float:
-        pause = self.motions[c.i].pause
-        end = t + (dur if pause is None else span_at(pause, t, dur, 1.0))
-        if end == INF:
-            raise self._never(c, "compute")
-        record_online(self.engine, c.d.name, op, t, end, mb, c.d.name, pause, dur)
+        if c.i in self.lost:
+            return t
+        m = self.motions[c.i]
+        t = self._begin(c, t)
+        end = t + (dur if m.pause is None else span(m.pause, t, dur))
+        if self._outlasts(c, t, end):
+            return t
+        record_online(self.engine, c.d.name, op, t, end, mb, c.d.name, m.pause, dur)
         self.engine.device_busy[c.d.name] += dur
+        if op == "W" and mb >= 0:
+            m.done += 1
         self.end = max(self.end, end)
         return end
 
     def _up(self, c, t: float, dur: float, mb: int, nbytes: float) -> float:
+        if c.i in self.lost:
+            return -INF
         m = self.motions[c.i]
         leg = m.legs[0]
-        start = max(t, c.up_free)
+        start = self._begin(c, max(t, c.up_free))
         secs = span_at(leg.up_rate(m.pause), start, dur, leg.bandwidth)
-        if secs == INF:
-            raise self._never(c, "an upload")
+        if self._outlasts(c, start, start + secs):
+            return -INF
         c.up_free = start + secs
         record_online(self.engine, "link:" + c.d.name, "send", start, start + secs, mb, c.d.name, m.pause, secs)
         m.send_s += online(m.pause, start, start + secs)
+        m.sent += mb >= 0
         self.engine.up_bytes[c.d.name] += nbytes
         self.end = max(self.end, start + secs + c.d.up_l)
         return start + secs + c.d.up_l
 
     def _down(self, c, t: float, dur: float, mb: int, nbytes: float = 0.0) -> float:
+        if c.i in self.lost:
+            return t
         m = self.motions[c.i]
         leg = m.legs[0]
-        start = max(t, c.down_free)
+        start = self._begin(c, max(t, c.down_free))
         secs = span_at(leg.down_rate(m.pause), start, dur, leg.down_bw)
-        if secs == INF:
-            raise self._never(c, "a download")
+        if self._outlasts(c, start, start + secs):
+            return t
         c.down_free = start + secs
         record_online(self.engine, "downlink:" + c.d.name, "send", start, start + secs, mb, c.d.name, m.pause, secs)
         m.recv_s += online(m.pause, start, start + secs)
         self.engine.down_bytes[c.d.name] += nbytes
         self.end = max(self.end, start + secs + c.d.down_l)
         return start + secs + c.d.down_l
+
+    # -- where a client's absence changes the loop (else as sfsim.schedules.splitlora) -----------------
+    def _serve(self, c) -> None:
+        if c.arrival == -INF:  # never arrived: the turn is skipped
+            c.arrival = None
+            return
+        super()._serve(c)
+
+    def _arrival_segment(self, quota: int, left: dict) -> None:
+        """Serve ``quota`` micro-batches in arrival order; skipped turns of gone clients do not count."""
+        unissued, issued = dict(left), 0
+        for c in left:
+            if issued < quota:
+                self._issue(c, self.free)
+                unissued[c] -= 1
+                issued += 1
+        out = [c for c in left if c.arrival is not None]
+        served = 0
+        while served < quota and out:
+            c = min(out, key=lambda c: (c.arrival, c.i))
+            out.remove(c)
+            skipped = c.arrival == -INF
+            self._serve(c)
+            self._count_down(left, c)
+            served, issued = served + (not skipped), issued - skipped
+            if issued < quota and unissued[c]:
+                self._issue(c, self.free)
+                unissued[c] -= 1
+                issued += 1
+                out.append(c)
+
+    def _fedavg(self) -> None:
+        """Every client still there uploads; the server averages the uploads that arrive, sends the average down."""
+        for c in self.clients:
+            self._upload_adapters(c)
+        came = [c for c in self.clients if c.arrival != -INF]
+        t = max([self.free] + [c.arrival for c in came])
+        for c in self.clients:
+            c.arrival = None
+        self.free = self._op("aggregate", t, self.srv.aggregate * len(came), -1, "")
+        for c in came:
+            self._down(c, self.free, c.d.sync_down_s, -1, c.d.sync_bytes)
 
 
 def run(engine, job, cfg) -> None:

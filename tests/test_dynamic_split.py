@@ -27,7 +27,7 @@ def split(dev: DeviceTimes, m: Motion, **cfg):
     """Replay SplitLoRA (one client on server ``s``) on the dynamic network; returns (engine, makespan)."""
     engine = Engine(trace=True)
     job = Job([dev], [ServerTimes("s")], network=FedNetwork({0: m}, {0: m}))
-    m.sent = dev.n
+    m.done = 0
     splitlora.run(engine, job, RunConfig(**cfg))
     return engine, engine.run()
 
@@ -75,13 +75,39 @@ def test_splitlora_with_pausing_clients_trains_every_sample_later(tmp_path):
                 and e.start < 10 and e.start + e.dur > 0.05 + 1e-12]
 
 
-@pytest.mark.parametrize(("change", "what"), [
-    ({"d0_handover": [{"at": "1 s", "to": "b"}]}, "car hands over"),
-    ({"d1_availability": {"mean_on": "1 s", "mean_off": "1 s", "churn": "drop"}}, r"pi-0 drops out \(churn: drop\)"),
-])
-def test_splitlora_refuses_handover_and_drop_in_one_line(tmp_path, change, what):
-    with pytest.raises(Unsupported, match=f"^splitlora: {what}, which SplitLoRA's server loop does not simulate"):
-        sfsim.simulate(scenario(tmp_path, **change), "splitlora")
+def test_a_dropped_splitlora_client_loses_exactly_what_it_had_not_sent():
+    # f = 1, 1 s uploads, server F 1 s, nothing else: micro-batch n is sent over [3n+1, 3n+2] and served
+    # over [3n+2, 3n+3]. Online [0, 5.5): micro-batch 1 is sent by 5, but its gradient (at 6) finds the
+    # client gone; micro-batch 2 is never computed and its turn is skipped; FedAvg has no upload.
+    dev = DeviceTimes("d", n=3, f=1, up_s=1.0, srv_f=1)
+    m = Motion([Leg(0.0, 0, 8.0, 1.0, 0.0, None, 8.0, 0.0)], Windows([(0.0, 5.5)]), "drop")
+    engine, makespan = split(dev, m)
+    assert ops(engine, "link:d", "send") == [(1.0, 1.0, 0), (4.0, 1.0, 1)]
+    assert ops(engine, "s", "F") == [(2.0, 1.0, 0), (5.0, 1.0, 1)]
+    assert makespan == 6.0 and m.sent == 2 and m.done == 1 and m.gone == 5.5
+    engine, makespan = split(dev, Motion([Leg(0.0, 0, 8.0, 1.0, 0.0, None, 8.0, 0.0)]))
+    assert makespan == 9.0  # the same client online throughout
+
+
+def test_splitlora_drop_on_a_scenario_reports_the_samples_it_lost(tmp_path):
+    (tmp_path / "w.yaml").write_text("pi: [[0, 0.5]]\n")
+    static = sfsim.simulate(scenario(tmp_path), "splitlora")
+    res = sfsim.simulate(scenario(tmp_path, d1_availability={"file": "w.yaml", "churn": "drop"}), "splitlora",
+                         trace=True)
+    sent = {d: len([e for e in res.events if e.lane == f"link:{d}" and e.op == "send" and e.mb >= 0])
+            for d in ("pi-0", "pi-1")}
+    assert 0 < sent["pi-0"] < 15 and res.samples_not_trained == {d: 4 * (15 - n) for d, n in sent.items()}
+    assert res.micro_batches == static.micro_batches - sum(15 - n for n in sent.values())
+    served = [e for e in res.events if e.lane == "b" and e.op == "F"]
+    assert len(served) == sum(sent.values())
+    per_mb = static.server_flops["b"] / 30
+    assert res.server_flops["b"] == pytest.approx(len(served) * per_mb, rel=1e-12)
+
+
+def test_splitlora_refuses_a_handover_in_one_line(tmp_path):
+    with pytest.raises(Unsupported, match="^splitlora: car hands over, which SplitLoRA's server loop does not "
+                       "simulate"):
+        sfsim.simulate(scenario(tmp_path, d0_handover=[{"at": "1 s", "to": "b"}]), "splitlora")
 
 
 # -- the whole fleet -------------------------------------------------------------------------------
