@@ -21,7 +21,9 @@ A device type may declare ``availability``:
   (in flight or waiting at the server) still train.
 
 The result reports ``samples_not_trained`` per device (summed over epochs: a sample missing from two
-epochs counts twice). Availability is simulated for SplitFrozen (:mod:`sfsim.dynamic`).
+epochs counts twice). Availability is simulated for every schedule with device links
+(:mod:`sfsim.dynamic`; FedLoRA's and SplitLoRA's rules are in :mod:`sfsim.dynamic_fed` and
+:mod:`sfsim.dynamic_split`).
 """
 
 from __future__ import annotations
