@@ -42,7 +42,6 @@ class Leg:
         bandwidth, up_s, up_l: uplink nominal bit/s, seconds per full micro-batch, latency.
         rate: the uplink's time-varying rate (None: constant ``bandwidth``).
         down_bw, down_l, down: downlink nominal bit/s, latency and varying rate (None: constant).
-        srv: server (F, B, W) seconds per full micro-batch on this leg's server (SplitLoRA), or None.
     """
 
     at: float
@@ -54,7 +53,6 @@ class Leg:
     down_bw: float = 0.0
     down_l: float = 0.0
     down: Rate | None = None
-    srv: tuple[float, float, float] | None = None
 
     def up_rate(self, pause: Rate | None) -> Rate:
         """The uplink's rate (bit/s) as a transfer sees it: varying or constant, times availability."""
@@ -123,33 +121,31 @@ def needs_motion(d, downlink: bool) -> bool:
     return bool(d.handover) or d.availability is not None or d.uplink.varies or (downlink and d.downlink.varies)
 
 
-def legs_of(setup, d, up_bytes: float, srv_work=None) -> list[Leg]:
+def legs_of(setup, d, up_bytes: float) -> list[Leg]:
     """The legs of scenario device ``d``: its assigned server and links, then one per handover.
+
+    A handover may change the uplink (its ``uplink`` key); the downlink stays the device's.
 
     Args:
         setup: the schedule's :class:`~sfsim.schedules.Setup`.
         d: a scenario device.
         up_bytes: bytes of one full micro-batch on its uplink (for ``up_s``).
-        srv_work: the server :class:`~sfsim.costmodel.Work` of one micro-batch (SplitLoRA), whose
-            seconds on each leg's server fill ``Leg.srv``; None: not needed.
     """
     sc, idx = setup.scenario, setup.server_index
     seed, key = sc.training.seed, f"devices[{[t.name for t in sc.device_types].index(d.type)}]"
     legs, up, down = [], d.uplink, d.downlink
-    stops = [(0.0, setup.assignment[d.name], None, None)]
-    stops += [(h.at, h.to, h.uplink, getattr(h, "downlink", None)) for h in d.handover]
-    for j, (at, srv, new_up, new_down) in enumerate(stops):
-        up, down = new_up or up, new_down or down
+    drate = link_rate(down, sc.resolve_path, f"{seed}:{d.name}:downlink:0", sc.source, f"{key}.downlink")
+    stops = [(0.0, setup.assignment[d.name], None)] + [(h.at, h.to, h.uplink) for h in d.handover]
+    for j, (at, srv, new_up) in enumerate(stops):
+        up = new_up or up
         where = f"{key}.handover[{j - 1}]" if j else key
         rate = link_rate(up, sc.resolve_path, f"{seed}:{d.name}:uplink:{j}", sc.source, f"{where}.uplink")
-        drate = link_rate(down, sc.resolve_path, f"{seed}:{d.name}:downlink:{j}", sc.source, f"{where}.downlink")
-        secs = setup.cm.seconds(srv_work, sc.server_by_name[srv]) if srv_work is not None else None
         legs.append(Leg(at, idx[srv], up.bandwidth, up_bytes * 8.0 / up.bandwidth, up.latency, rate,
-                        down.bandwidth, down.latency, drate, secs))
+                        down.bandwidth, down.latency, drate))
     return legs
 
 
-def motion_of(setup, d, up_bytes: float, srv_flops: float = 0.0, srv_work=None) -> Motion:
+def motion_of(setup, d, up_bytes: float, srv_flops: float = 0.0) -> Motion:
     """The :class:`Motion` of scenario device ``d`` (legs, availability, churn)."""
     sc = setup.scenario
     avail = None
@@ -157,7 +153,7 @@ def motion_of(setup, d, up_bytes: float, srv_flops: float = 0.0, srv_work=None) 
         key = f"devices[{[t.name for t in sc.device_types].index(d.type)}].availability"
         avail = availability_for(d.availability, d.name, d.type, sc.resolve_path, sc.training.seed, sc.source, key)
     churn = d.availability.churn if d.availability is not None else "pause"
-    return Motion(legs_of(setup, d, up_bytes, srv_work), avail, churn, srv_flops)
+    return Motion(legs_of(setup, d, up_bytes), avail, churn, srv_flops)
 
 
 def span(rate: Rate | None, t: float, amount: float, x: float = 1.0) -> float:
