@@ -15,7 +15,7 @@ import pytest
 
 from sfsim.availability import Windows
 from sfsim.errors import SfsimError
-from sfsim.linkrate import Steps, finish
+from sfsim.linkrate import Steps, finish, read_trace
 from sfsim.overrides import load_scenario_with
 from trainer import dynamics
 from trainer.distributed import LinkShape
@@ -108,8 +108,8 @@ def test_a_pausing_devices_uplink_carries_only_online():
      "x.yaml: --emulate all: device phone-0 hands over to another server; the distributed runtime has one server "
      "process, so only sfsim simulate models handovers: remove 'handover'"),
     ([("devices[phone].availability", {"mean_on": "1 s", "mean_off": "1 s"})], "splitlora",
-     "x.yaml: --emulate all: device phone-0 has availability, which is emulated for splitfrozen only (as simulated); "
-     "use --method splitfrozen or remove 'availability'"),
+     "x.yaml: --emulate all: device phone-0 has availability, which the distributed runtime emulates for "
+     "splitfrozen only; use --method splitfrozen, --emulate none or remove 'availability'"),
 ])
 def test_what_the_runtime_cannot_emulate_is_one_line(over, method, message):
     sc = load_scenario_with(str(FIXTURES / "runtime_trace.yaml"), over)
@@ -163,3 +163,19 @@ def test_availability_pauses_one_device_and_drops_the_other(tiny_gpt2, tmp_path)
     assert all(e.end <= 0.5 + 1e-6 or e.start >= 1.5 - 1e-6 for e in busy if e.op in ("F", "send")), busy
     gone = _events(tmp_path / "val", "phone-1") + _events(tmp_path / "val", "link:phone-1")
     assert max(e.end for e in gone if e.op == "send") <= 1.3 + 1e-6
+
+
+def test_validate_scales_each_devices_trace_by_its_own_token_load(tmp_path):
+    from trainer.validate import ValidateConfig, _expand_counts, _scale_link
+
+    data = {"devices": [{"name": "phone", "count": 2, "uplink": {"trace": "uplink_halves.csv"},
+                         "downlink": {"gilbert_elliott": {"good": "4 Mbps", "bad": "1 Mbps"}}}]}
+    _expand_counts(data)
+    vc = ValidateConfig(devices=str(FIXTURES / "runtime_trace.yaml"), model="m", method="splitfrozen",
+                        out=str(tmp_path))
+    for d, r in zip(data["devices"], (0.5, 2.0), strict=True):  # each device its own copy of the links
+        _scale_link(d["uplink"], r, vc, f"{d['name']}-uplink")
+        _scale_link(d["downlink"], r, vc, f"{d['name']}-downlink")
+    fast, slow = (read_trace(Path(d["uplink"]["trace"])) for d in data["devices"])
+    assert (fast.rates, slow.rates, fast.period) == ([1e6, 0.5e6, 0.5e6], [0.25e6, 0.125e6, 0.125e6], 1999.0)
+    assert [d["downlink"]["gilbert_elliott"]["good"] for d in data["devices"]] == [8e6, 2e6]

@@ -9,9 +9,9 @@ clock afresh.
 Links (``--emulate links|all``): a message of ``b`` bits handed to the link at ``s`` (or when the
 link frees) leaves it where the integral of the rate from ``s`` reaches ``b``
 (:func:`sfsim.linkrate.finish`) and reaches the peer ``latency`` later. The rate is the simulator's
-own object (:func:`sfsim.linkrate.link_rate`, seeded with :func:`sfsim.dynamic.motions`' string
-``{seed}:{device}:uplink:0``; the downlink, which the simulator keeps constant, ``...:downlink:0``),
-so a trace, a Gilbert-Elliott channel or fading gives both the same rate at the same time.
+own object (:func:`sfsim.linkrate.link_rate`, seeded with the simulator's strings
+``{seed}:{device}:uplink:0`` and ``{seed}:{device}:downlink:0``, see ``sfsim.dynamic_legs``), so a
+trace, a Gilbert-Elliott channel or fading gives both the same rate at the same time.
 
 Availability (``--emulate`` other than ``none``; :class:`Presence`), as :mod:`sfsim.availability`:
 
@@ -28,8 +28,8 @@ with the samples it will not send) so that the server stops waiting for it; ``me
 foresees it, a device waiting for a credit learns that it has left when the credit comes.
 
 Handover is refused: the runtime has one server process (rank 0), so there is no second server to
-move to. Availability is emulated for SplitFrozen only (as the simulator simulates it); time-varying
-links for every method.
+move to. Availability is emulated for SplitFrozen only (its server loop is the one that takes a
+device's ``leave``); time-varying links for every method.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def check(scenario, method: str, emulate: str, what: str) -> None:
                          "server process, so only sfsim simulate models handovers: remove 'handover'")
     churning = [d.name for d in scenario.devices if d.availability is not None]
     if churning and not method.startswith("splitfrozen"):
-        raise SfsimError(f"{what}: device {churning[0]} has availability, which is emulated for splitfrozen only "
-                         f"(as simulated); use --method splitfrozen or remove 'availability'")
+        raise SfsimError(f"{what}: device {churning[0]} has availability, which the distributed runtime emulates "
+                         "for splitfrozen only; use --method splitfrozen, --emulate none or remove 'availability'")
 
 
 def _key(scenario, d) -> str:

@@ -10,7 +10,7 @@
    devices' speeds from measured latency profiles (``sfsim profile``); without ``--emulate links``
    the links are loopback (10 Gbit/s, no latency), and with ``--emulate none`` every device is always
    online. Time-varying links and availability are emulated as the simulator models them
-   (:mod:`trainer.dynamics`; a trace link's rate is not rescaled to a device's own token load).
+   (:mod:`trainer.dynamics`).
 3. The comparison, for the total time and every stage: predicted, measured and
    ``error = (predicted - measured) / measured``.
 
@@ -25,6 +25,7 @@ flagged ``minor``: its relative error says little.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -143,7 +144,7 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool) -> list[
 
 def _per_device_tokens(data: dict, vc: ValidateConfig, metrics: dict) -> None:
     """Give each device its own token load: the scenario has one ``seq_len``, but a device whose samples
-    are longer than the mean computes and sends more. Its FLOP rate and link bandwidths are divided by
+    are longer than the mean computes and sends more. Its FLOP rate and link rates are divided by
     ``r = its tokens per sample / the mean``, so that at the shared ``seq_len`` its forward and transfer
     times are those of its real sequence lengths (linear in tokens; attention's T^2 share is small)."""
     from sfsim.units import parse_quantity
@@ -158,8 +159,30 @@ def _per_device_tokens(data: dict, vc: ValidateConfig, metrics: dict) -> None:
             d["flops"] = parse_quantity(d["flops"], "flops") / r
         if vc.emulate in ("links", "all"):
             for link in ("uplink", "downlink"):
-                if isinstance(d.get(link), dict) and "bandwidth" in d[link]:
-                    d[link]["bandwidth"] = parse_quantity(d[link]["bandwidth"], "bandwidth") / r
+                if isinstance(d.get(link), dict):
+                    _scale_link(d[link], r, vc, f"{d['name']}-{link}")
+
+
+def _scale_link(link: dict, r: float, vc: ValidateConfig, name: str) -> None:
+    """Divide a link's rate by ``r``: its bandwidth, a Gilbert-Elliott channel's two rates, or a trace
+    (a scaled copy written to ``OUT/traces/NAME.csv``)."""
+    from sfsim.linkrate import read_trace
+    from sfsim.units import parse_quantity
+
+    if "bandwidth" in link:
+        link["bandwidth"] = parse_quantity(link["bandwidth"], "bandwidth") / r
+    ge = link.get("gilbert_elliott")
+    if isinstance(ge, dict):
+        for key in ("good", "bad"):
+            ge[key] = parse_quantity(ge[key], "bandwidth") / r
+    if "trace" in link:
+        steps = read_trace(Path(vc.devices).parent / link["trace"], vc.devices, f"{name}.trace")
+        rows = "".join(f"{t!r},{bw / r!r}\n" for t, bw in zip(steps.times, steps.rates, strict=True))
+        path = Path(vc.out) / "traces" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, f"# {link['trace']}, bandwidths / {r:.6f} (this device's tokens per sample / the mean)\n"
+                           f"time_s,bandwidth\n{rows}")
+        link["trace"] = str(path.resolve())
 
 
 def _sim_model(model: str) -> str:
@@ -248,7 +271,7 @@ def _expand_counts(data: dict) -> list[dict]:
             out.append(d)
             continue
         for i in range(n):
-            e = {k: v for k, v in d.items() if k != "count"}
+            e = {k: copy.deepcopy(v) for k, v in d.items() if k != "count"}  # own links: each is scaled alone
             e["name"] = f"{d['name']}-{i}"
             out.append(e)
     data["devices"] = out
