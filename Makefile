@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup test lint bench slow
+.PHONY: setup test lint bench slow notebooks
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,3 +27,6 @@ bench: setup
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_planner.py
 	$(PY) bench/bench_sweep.py
+
+notebooks: setup
+	$(PY) notebooks/execute.py
