@@ -17,7 +17,16 @@ _LABELS = {"makespan_s": "total time (s)", "device_flops_total": "device FLOP (a
            "device_energy_j": "device energy (J)", "server_energy_j": "server energy (J)",
            "backhaul_bytes": "backhaul bytes", "sync_rounds": "sync rounds",
            "stream_mixing": "stream mixing (TV distance, 0 = mixed)", "server_wait_s": "server wait (worker-s)",
-           "pool_peak_bytes": "mixing pool peak bytes"}
+           "pool_peak_bytes": "mixing pool peak bytes", "samples_not_trained": "samples not trained (all devices)"}
+
+
+MAX_VALUE_TICKS = 9
+"""Up to this many swept values, the x ticks sit at the values themselves."""
+
+
+def _tick(value: float, kind: str) -> str:
+    """A tick label in the key's units ("30 s", "1 Gbps"); zero is plain 0."""
+    return "0" if value == 0 else format_quantity(float(value), kind)
 
 
 def _value_text(value, kind: str | None) -> str:
@@ -31,14 +40,15 @@ def plot_sweep(csv_path: str | Path, png: str | Path, varies: Sequence[Vary], me
     """Draw ``metric`` against the first key of ``varies`` from a sweep CSV and write a PNG.
 
     One line per schedule (error rows are left out, so a line has a gap there); the x axis is
-    logarithmic when the key's values came from a log range, the y axis when the metric spans more
-    than a factor of 30. A second key gives one panel per value (shared y axis).
+    logarithmic when the key's values came from a log range or span more than a factor of 30, the y
+    axis when the metric does; up to :data:`MAX_VALUE_TICKS` swept values get a tick each, labelled in
+    the key's units. A second key gives one panel per value (shared y axis).
 
     Raises:
         SfsimError: an unknown metric, or more than two varied keys.
     """
     from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay as they were
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     if metric not in METRICS:
         raise SfsimError(f"--metric: unknown column {metric!r}; choose one of: {', '.join(METRICS)}")
@@ -53,18 +63,23 @@ def plot_sweep(csv_path: str | Path, png: str | Path, varies: Sequence[Vary], me
     ys_all = [as_number(r[metric]) for r in rows]
     ys_all = [y for y in ys_all if y > 0]
     logy = bool(ys_all) and max(ys_all) / min(ys_all) > 30
+    xs = sorted({x for r in rows if not isinstance(x := _x(r[xv.key]), str)})
+    logx = xv.log or (len(xs) > 2 and xs[0] > 0 and xs[-1] / xs[0] > 30)  # a list spanning decades, too
     for ax, pv in zip(axes[0], panels, strict=True):
         for s in schedules:
             pts = sorted((_x(r[xv.key]), as_number(r[metric])) for r in rows if r["schedule"] == s
                          and (panel is None or r[panel.key] == _cell_of(pv)))
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.4, label=s)
-        if xv.log:
+        if logx:
             ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
-        if xv.kind:
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p, k=xv.kind: format_quantity(v, k)))
+        if xv.kind and 1 < len(xs) <= MAX_VALUE_TICKS:  # ticks at the swept values, in their units
+            ax.set_xticks(xs, labels=[_tick(v, xv.kind) for v in xs], fontsize=8)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        elif xv.kind:
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p, k=xv.kind: _tick(v, k)))
         ax.set_xlabel(xv.key)
         if panel is not None:
             ax.set_title(f"{panel.key} = {_value_text(pv, panel.kind)}", fontsize=9)

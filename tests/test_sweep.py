@@ -249,6 +249,29 @@ def test_cli_sweep_writes_csv_and_plot(two_file, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_ticks_sit_at_the_swept_values_in_their_units(two_file, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from sfsim.sweepplot import plot_sweep
+
+    out, png = tmp_path / "s.csv", tmp_path / "s.png"
+    vary = parse_vary("devices[*].uplink.latency=0,30ms,2s")  # a list (not a log range) spanning decades
+    run_sweep(two_file, [vary], out, Settings(schedules=("splitfrozen",), split=2), jobs=1, progress=False)
+    axes = []
+    real = Figure.subplots
+    monkeypatch.setattr(Figure, "subplots", lambda self, *a, **k: axes.append(real(self, *a, **k)) or axes[-1])
+    plot_sweep(out, png, [vary])
+    ax = axes[0][0][0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "30 ms", "2 s"]  # not "0 us" and odd steps
+    assert ax.get_xscale() == "linear"  # a zero on the axis: no log scale
+    vary = parse_vary("devices[*].uplink.latency=1ms,30ms,2s")
+    run_sweep(two_file, [vary], tmp_path / "t.csv", Settings(schedules=("splitfrozen",), split=2), jobs=1,
+              progress=False)
+    plot_sweep(tmp_path / "t.csv", png, [vary])
+    assert axes[-1][0][0].get_xscale() == "log"
+    assert [t.get_text() for t in axes[-1][0][0].get_xticklabels()] == ["1 ms", "30 ms", "2 s"]
+
+
 @pytest.mark.parametrize("args,match", [
     (["--vary", "devices[tablet].count=1,2"], "devices[tablet]: no item named 'tablet'"),
     (["--vary", "devices[pi.count=1,2"], "--vary: 'devices[pi.count' is not a key path"),
