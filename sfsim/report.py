@@ -80,6 +80,9 @@ def comparison_table(results: dict[str, SimResult], counts: dict[str, int] | Non
     fedlora and splitlora (positive: the schedule needs less).
     """
     head = ["schedule", "time s", "dev FLOP", "max/dev", "dev busy s", "up", "down", "srv util"]
+    churn = any(r.samples_not_trained for r in results.values())  # runs that may train different amounts
+    if churn:
+        head.insert(2, "untrained")
     base = {b: results[b] for b in BASELINES if b in results}
     for b in base:
         head += [f"t-save {b}", f"F-save {b}"]
@@ -88,6 +91,8 @@ def comparison_table(results: dict[str, SimResult], counts: dict[str, int] | Non
         row = [name, f"{r.makespan_s:.1f}", si(r.device_flops_total, "FLOP"), si(r.device_flops_max, "FLOP"),
                f"{r.device_busy_total_s:.1f}", si(r.uplink_bytes, "B"), si(r.downlink_bytes, "B"),
                f"{overall_utilization(r, counts):.0%}"]
+        if churn:
+            row.insert(2, f"{sum(r.samples_not_trained.values()):,}")
         for b, br in base.items():
             row += [_pct(saving(r.makespan_s, br.makespan_s)) if b != name else "-",
                     _pct(saving(r.device_flops_total, br.device_flops_total)) if b != name else "-"]
@@ -97,4 +102,7 @@ def comparison_table(results: dict[str, SimResult], counts: dict[str, int] | Non
                                   for k, (c, w) in enumerate(zip(cells, widths, strict=True)))
     note = ("t-save / F-save: % of total time / device FLOPs saved against that baseline, "
             "100 * (1 - schedule / baseline); negative = more")
+    if churn:
+        note += ("\nuntrained: samples lost to devices leaving (availability, churn: drop); schedules that "
+                 "lose different amounts are not doing the same work, so compare their times with care")
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows] + [note])

@@ -77,6 +77,20 @@ def test_comparison_table_savings(scenario_file):
     assert si(7.55e9, "B") == "7.03 GiB" == format_quantity(7.55e9, "size")  # one formatter for sizes
 
 
+
+def test_comparison_table_shows_untrained_samples_only_when_devices_leave(scenario_file):
+    import dataclasses
+
+    sc = sfsim.load_scenario(scenario_file)
+    res = {s: sfsim.simulate(sc, s) for s in ("splitfrozen", "fedlora")}
+    assert "untrained" not in comparison_table(res)
+    res["fedlora"] = dataclasses.replace(res["fedlora"], samples_not_trained={"a": 8, "b": 1200})
+    table = comparison_table(res).splitlines()
+    assert table[0].split()[:3] == ["schedule", "time", "s"] and table[0].split()[3] == "untrained"
+    assert table[2].split()[:1] == ["splitfrozen"] and table[2].split()[2] == "0"
+    assert table[3].split()[2] == "1,208"
+    assert table[-1].startswith("untrained: samples lost to devices leaving")
+
 def test_parse_split():
     assert parse_split("3") == 3 and parse_split(None) is None
     assert parse_split("pi-0=2, phone=4") == {"pi-0": 2, "phone": 4}
