@@ -1,7 +1,7 @@
 """Prediction error of the simulator against the distributed runtime (issue 9): a table over methods and fleets.
 
-For each method (splitfrozen, splitfrozen-sequential, splitlora, fedlora) and each fleet (1 or 4
-devices, equal or unequal device speeds and links) this runs ``sfsim validate`` (the real run with one
+For each method (splitfrozen, splitfrozen-sequential, splitlora in both client orders, fedlora) and each
+fleet (1 or 4 devices, equal or unequal device speeds and links) this runs ``sfsim validate`` (the real run with one
 process per role and ``--emulate all``, and the simulator on the same scenario with this machine's
 measured server profile), then prints total and per-stage errors and the medians.
 
@@ -36,6 +36,10 @@ SLOW = {"flops": "2 GFLOPS", "uplink": {"bandwidth": "10 Mbps", "latency": "20 m
         "downlink": {"bandwidth": "50 Mbps", "latency": "20 ms"}}
 
 
+#: Method variants of the table -> (``sfsim validate --method``, ``--client-order``).
+VARIANTS = {"splitlora": ("splitlora", "interleaved"), "splitlora-sequential": ("splitlora", "sequential")}
+
+
 def fleet(kind: str, folder: Path) -> str:
     """Write the scenario of fleet ``kind`` (``<n>-equal`` or ``<n>-unequal``) from bench/runtime_4dev.yaml."""
     n, speeds = kind.split("-")
@@ -55,7 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--server-profile", required=True)
     ap.add_argument("--model", default="minilm-l6", help="model (name or local folder) of every run")
-    ap.add_argument("--methods", default="splitfrozen,splitfrozen-sequential,splitlora,fedlora")
+    ap.add_argument("--methods", default="splitfrozen,splitfrozen-sequential,splitlora,splitlora-sequential,fedlora",
+                    help="methods; splitlora-sequential is splitlora with --client-order sequential")
     ap.add_argument("--fleets", default="1-equal,4-equal,4-unequal")
     ap.add_argument("--samples", type=int, default=160, help="training samples per run (all devices)")
     ap.add_argument("--data-dir", default=os.environ.get("SFSIM_DATA", str(HERE.parent.parent / "shared" / "data")))
@@ -74,7 +79,8 @@ def main() -> None:
             key = f"{method}/{kind}"
             if key in rows:
                 continue
-            rep = run_validation(ValidateConfig(devices=scenario, model=args.model, method=method,
+            name, order = VARIANTS.get(method, (method, None))
+            rep = run_validation(ValidateConfig(devices=scenario, model=args.model, method=name, client_order=order,
                                                 out=f"/tmp/sfsim-bench/validate-{method}-{kind}", partition="iid",
                                                 emulate="all", data_dir=args.data_dir, split=2,
                                                 train_samples=args.samples, server_profile=args.server_profile))
