@@ -96,6 +96,17 @@ def test_claim_rows_compare_seed_by_seed_in_points_and_relative():
     (row,) = render.claim_rows(g, "minilm-l6")
     assert row["seeds"] == 2 and row["points"] == pytest.approx(26.0) and row["relative"] == pytest.approx(
         100 * (0.81 / 0.55 - 1))
+    assert row["f1_points"] is None and render.claim_lines([row])[2].endswith("| - | - | - |")
+
+
+def test_claim_rows_put_macro_f1_beside_accuracy():
+    # a baseline that always answers the majority class: higher accuracy, far lower macro-F1
+    g = {("minilm-l6", "mrpc", "label-skew:1", "splitfrozen"): {0: {"accuracy": 0.63, "eval_metrics": {"macro_f1": 0.604}}},
+         ("minilm-l6", "mrpc", "label-skew:1", "fedlora"): {0: {"accuracy": 0.684, "eval_metrics": {"macro_f1": 0.406}}}}
+    (row,) = render.claim_rows(g, "minilm-l6")
+    assert row["points"] == pytest.approx(-5.4) and row["f1_points"] == pytest.approx(19.8)
+    assert render.claim_lines([row])[2] == ("| MRPC | fedlora | 1 | 63.0% | 68.4% | -5.4 | -7.9% | 60.4 | 40.6 | "
+                                            "+19.8 |")
 
 
 def test_cut_savings_reproduce_the_gpt2_arithmetic():
