@@ -6,7 +6,8 @@ shared rules (legs, transfers that integrate the rate, pause and drop) are in
 :mod:`sfsim.dynamic_legs`; the processes per schedule family:
 
 * ``splitfrozen`` and ``splitfrozen-sequential``: :func:`device_process` below;
-* ``splitlora``: :mod:`sfsim.dynamic_split` (time-varying links, pause and drop; no handover);
+* ``splitlora``: :mod:`sfsim.dynamic_split` (time-varying links, pause and drop) and, with
+  handovers, :mod:`sfsim.dynamic_split_moves` (the servers' loops run jointly in time);
 * ``fedlora``: :mod:`sfsim.dynamic_fed` (everything, with FedAvg rounds whose membership follows
   handovers and drops);
 * ``cenlora`` has no device links (its data is at the server from the start): the dynamic network
@@ -31,10 +32,27 @@ the pool does not end while a device may still come; moved and lost micro-batche
 the pool they no longer go to. Servers touched by a handover or churn measure stream mixing over
 the stream they actually received.
 
-Refused (one line each, :func:`check_supported`): SplitFrozen's handovers and availability with the
-``proportional``, paced and ``pool`` server policies (their orders are fixed over the starting
-devices) and with ``cache_activations`` (the cache lives on the device's first server); SplitLoRA's
-handovers (see :mod:`sfsim.dynamic_split`).
+Refused (one line each, :func:`check_supported`), and why:
+
+* SplitFrozen's handovers and availability with the ``proportional`` and paced policies: their
+  server order is a schedule of turns computed before the run from every starting device's
+  micro-batch count (:mod:`sfsim.pacing`), and the pacing credits follow that schedule. Skipping the
+  turns of a device that has dropped or moved away is clear, but a device that *joins* a server has
+  no turns in its schedule, and re-drawing the schedule mid-run (over what counts, from which turn
+  on) is a policy the trainer does not have; the result would be a made-up policy, not the trainer's.
+* With the ``pool`` policy (:class:`sfsim.pacing.MixingPool`): its capacity is fixed before the run
+  from the widest activations among the devices planned to send there, and it draws early only when
+  "every device has all the micro-batches its credits allow already in the pool". A visitor's wider
+  activations would break the memory bound, and "every device" has no meaning while devices may
+  still join (wait for a device that may never come, or draw without it): the rule needs a choice
+  the trainer has not made.
+* With ``cache_activations``: the second and later epochs replay activations cached on the
+  device's *first* server; after a handover those activations are on another machine (moving them
+  is a backhaul transfer the scenario does not describe), and a device that drops leaves a cache
+  nobody reads. Either choice (resend, or move over a backhaul) is a modelling decision the scenario
+  would have to state.
+* SplitLoRA's handovers with the ``sequential`` client order or a fixed server order (see
+  :mod:`sfsim.dynamic_split_moves`).
 
 Not modelled: a forward cut off by a drop or by the end of the windows counts neither as busy
 time nor as FLOPs; the planner plans for the starting assignment and the nominal bandwidths.
@@ -101,11 +119,17 @@ def refuse_dynamics(scenario, what: str) -> None:
 def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
     """Refuse, in one line, a combination the dynamic network is not simulated for (see the module docstring)."""
     if schedule == "splitlora":
-        for d in scenario.devices:
-            if d.handover:
-                raise Unsupported(f"splitlora: {d.name} hands over, which SplitLoRA's server loop does not simulate "
-                                  "(a client cannot move to another server's loop mid-run); simulate splitfrozen, "
-                                  "splitfrozen-sequential or fedlora, or remove the handover")
+        from sfsim.schedules.splitlora import FIXED_ORDERS
+
+        mover = next((d.name for d in scenario.devices if d.handover), None)
+        if mover is not None and cfg.client_order == "sequential":
+            raise Unsupported(f"splitlora: {mover} hands over, and the sequential client order (client after "
+                              "client, each over its whole epoch) has no place for a client arriving mid-run; "
+                              "use client_order interleaved")
+        if mover is not None and cfg.policy in FIXED_ORDERS:
+            raise Unsupported(f"splitlora: {mover} hands over, and server policy {cfg.policy!r} is a fixed order "
+                              "drawn per epoch over the starting clients, with no turn for a client that joins; "
+                              "use fifo or pool")
     if schedule not in SPLITFROZEN:
         return  # fedlora takes every combination; cenlora has no device links
     moves = any(d.handover or d.availability is not None for d in scenario.devices)

@@ -124,7 +124,10 @@ def needs_motion(d, downlink: bool) -> bool:
 def legs_of(setup, d, up_bytes: float) -> list[Leg]:
     """The legs of scenario device ``d``: its assigned server and links, then one per handover.
 
-    A handover may change the uplink (its ``uplink`` key); the downlink stays the device's.
+    A handover may change the uplink and the downlink (its ``uplink`` / ``downlink`` keys); a link
+    it does not name keeps the previous leg's, and with it its channel realisation (the same rate
+    object: a fading or Gilbert-Elliott channel does not restart at a handover that leaves it alone).
+    A new link's rate is seeded ``{seed}:{device}:uplink:{j}`` / ``...:downlink:{j}`` for handover ``j + 1``.
 
     Args:
         setup: the schedule's :class:`~sfsim.schedules.Setup`.
@@ -133,13 +136,16 @@ def legs_of(setup, d, up_bytes: float) -> list[Leg]:
     """
     sc, idx = setup.scenario, setup.server_index
     seed, key = sc.training.seed, f"devices[{[t.name for t in sc.device_types].index(d.type)}]"
-    legs, up, down = [], d.uplink, d.downlink
-    drate = link_rate(down, sc.resolve_path, f"{seed}:{d.name}:downlink:0", sc.source, f"{key}.downlink")
-    stops = [(0.0, setup.assignment[d.name], None)] + [(h.at, h.to, h.uplink) for h in d.handover]
-    for j, (at, srv, new_up) in enumerate(stops):
+    legs, up, down, drate = [], d.uplink, d.downlink, None
+    stops = [(0.0, setup.assignment[d.name], None, None)]
+    stops += [(h.at, h.to, h.uplink, h.downlink) for h in d.handover]
+    for j, (at, srv, new_up, new_down) in enumerate(stops):
         up = new_up or up
         where = f"{key}.handover[{j - 1}]" if j else key
         rate = link_rate(up, sc.resolve_path, f"{seed}:{d.name}:uplink:{j}", sc.source, f"{where}.uplink")
+        if j == 0 or new_down is not None:
+            down = new_down or down
+            drate = link_rate(down, sc.resolve_path, f"{seed}:{d.name}:downlink:{j}", sc.source, f"{where}.downlink")
         legs.append(Leg(at, idx[srv], up.bandwidth, up_bytes * 8.0 / up.bandwidth, up.latency, rate,
                         down.bandwidth, down.latency, drate))
     return legs

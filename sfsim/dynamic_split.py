@@ -21,9 +21,10 @@ dynamic network :class:`DynamicServer` replaces those, under the shared rules of
   client's ``samples_not_trained``. Device FLOPs count the micro-batches whose client W ended.
 
 The result's ``uplink_send_s`` / ``downlink_recv_s`` are the seconds the links really spent (for the
-radio's energy). Refused in one line (:func:`sfsim.dynamic.check_supported`): handovers. The loop
-plays each server's whole run ahead by arithmetic, so a client cannot leave one server's loop
-mid-run and join another's; that needs the loops to interleave.
+radio's energy). A transfer uses the leg holding when it starts: after a handover, its ``uplink``
+and ``downlink`` (when given). Without handovers each server's loop plays its whole run ahead by
+arithmetic; with them the loops run jointly in time, a client moving from one to another
+(:mod:`sfsim.dynamic_split_moves`, which states the handover rules).
 """
 
 from __future__ import annotations
@@ -105,34 +106,34 @@ class DynamicServer(_Server):
         if c.i in self.lost:
             return -INF
         m = self.motions[c.i]
-        leg = m.legs[0]
         start = self._begin(c, max(t, c.up_free))
-        secs = span_at(leg.up_rate(m.pause), start, dur, leg.bandwidth)
+        leg = m.legs[m.leg_at(start)]  # the leg holding when it starts; dur is at the first leg's bandwidth
+        secs = span_at(leg.up_rate(m.pause), start, dur, m.legs[0].bandwidth)
         if self._outlasts(c, start, start + secs):
             return -INF
-        c.up_free = start + secs
+        c.up_free, c.sent_at = start + secs, start
         record_online(self.engine, "link:" + c.d.name, "send", start, start + secs, mb, c.d.name, m.pause, secs)
         m.send_s += online(m.pause, start, start + secs)
         m.sent += mb >= 0
         self.engine.up_bytes[c.d.name] += nbytes
-        self.end = max(self.end, start + secs + c.d.up_l)
-        return start + secs + c.d.up_l
+        self.end = max(self.end, start + secs + leg.up_l)
+        return start + secs + leg.up_l
 
     def _down(self, c, t: float, dur: float, mb: int, nbytes: float = 0.0) -> float:
         if c.i in self.lost:
             return t
         m = self.motions[c.i]
-        leg = m.legs[0]
         start = self._begin(c, max(t, c.down_free))
-        secs = span_at(leg.down_rate(m.pause), start, dur, leg.down_bw)
+        leg = m.legs[m.leg_at(start)]  # a handover's downlink carries what starts after it
+        secs = span_at(leg.down_rate(m.pause), start, dur, m.legs[0].down_bw)
         if self._outlasts(c, start, start + secs):
             return t
         c.down_free = start + secs
         record_online(self.engine, "downlink:" + c.d.name, "send", start, start + secs, mb, c.d.name, m.pause, secs)
         m.recv_s += online(m.pause, start, start + secs)
         self.engine.down_bytes[c.d.name] += nbytes
-        self.end = max(self.end, start + secs + c.d.down_l)
-        return start + secs + c.d.down_l
+        self.end = max(self.end, start + secs + leg.down_l)
+        return start + secs + leg.down_l
 
     # -- where a client's absence changes the loop (else as sfsim.schedules.splitlora) -----------------
     def _serve(self, c) -> None:
@@ -178,12 +179,28 @@ class DynamicServer(_Server):
 
 
 def run(engine, job, cfg) -> None:
-    """:func:`sfsim.schedules.splitlora.run` with :class:`DynamicServer` as every server's loop."""
+    """:func:`sfsim.schedules.splitlora.run` with :class:`DynamicServer` as every server's loop.
+
+    With handovers the loops run jointly in time (:mod:`sfsim.dynamic_split_moves`).
+    """
+    from sfsim import dynamic_split_moves
     from sfsim.dynamic import trace_moves
+
+    net = job.network
+    if dynamic_split_moves.hands_over(net.motions):  # the loops must run in step: sfsim/dynamic_split_moves.py
+        dynamic_split_moves.run(engine, job, cfg, net)
+    else:
+        _run_apart(engine, job, cfg, net)
+    if engine.events is not None:
+        for i, m in net.moving.items():
+            engine.on_finish(lambda d=job.devices[i], m=m: trace_moves(engine, d, m))
+
+
+def _run_apart(engine, job, cfg, net) -> None:
+    """Each server's loop on its own (nobody moves between servers): computed ahead by arithmetic."""
     from sfsim.engine import StreamMixing
     from sfsim.schedules import groups
 
-    net = job.network
     for k, members in groups(job.devices).items():
         srv = job.servers[k]
         engine.mixing[srv.name] = StreamMixing([d.n if d.server == k else 0 for d in job.devices])
@@ -193,6 +210,3 @@ def run(engine, job, cfg) -> None:
         engine.env.process(DynamicServer(engine, srv, job.devices, members, cfg, net.motions).run())
     for srv in job.servers:
         engine.server_busy.setdefault(srv.name, 0.0)
-    if engine.events is not None:
-        for i, m in net.moving.items():
-            engine.on_finish(lambda d=job.devices[i], m=m: trace_moves(engine, d, m))

@@ -1,14 +1,16 @@
-"""Mobility: a device hands over from one server to another during a run, its uplink possibly changing.
+"""Mobility: a device hands over from one server to another during a run, its links possibly changing.
 
 A device type may list ``handover: [{at: 120 s, to: mec-b, uplink: {bandwidth: 20 Mbps}}]``. At
 ``at`` the device attaches to server ``to``: every micro-batch whose send starts at or after
 ``at`` goes to ``to`` over the new ``uplink`` (when given; else the link stays as it was), while the
-micro-batches already sent (in flight or waiting at the old server) finish there. A device waiting
+micro-batches already sent (in flight or waiting at the old server) finish there. A ``downlink``
+given with the handover carries every transfer down that starts at or after ``at`` (SplitLoRA's
+gradients and averages, FedLoRA's downloads; SplitFrozen sends nothing down). A device waiting
 for the old server's credit at ``at`` stops waiting and asks the new server. So a handover at time
 ``t`` moves exactly the micro-batches whose send starts at or after ``t``.
 
 Times must increase along the list and each ``to`` must name a server. The planner plans the
-starting assignment; handovers are simulated for SplitFrozen and FedLoRA (:mod:`sfsim.dynamic`). Each
+starting assignment; handovers are simulated for every schedule with device links (:mod:`sfsim.dynamic`). Each
 handover shows in the trace as an instant op ``handover`` on the device's lane and in the result's
 ``handovers`` list.
 """
@@ -25,11 +27,12 @@ from sfsim.schema import STRICT, PositiveSeconds
 
 @dataclass(config=STRICT, kw_only=True)
 class Handover:
-    """At time ``at`` the device moves to server ``to``, optionally over a new ``uplink``."""
+    """At time ``at`` the device moves to server ``to``, optionally over a new ``uplink`` and ``downlink``."""
 
     at: PositiveSeconds = Field(description="when the device attaches to the new server (e.g. 120 s)")
     to: str = Field(description="name of the server it moves to")
     uplink: Link | None = Field(default=None, description="its uplink from then on (default: unchanged)")
+    downlink: Link | None = Field(default=None, description="its downlink from then on (default: unchanged)")
 
 
 def check_handovers(handovers: list[Handover], servers: list[str], file: str | None, key: str) -> None:

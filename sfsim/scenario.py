@@ -291,7 +291,8 @@ class Scenario:
             key = f"devices[{i}]"
             check_handovers(t.handover, names, file, f"{key}.handover")
             links = [(f"{key}.uplink", t.uplink), (f"{key}.downlink", t.downlink)]
-            links += [(f"{key}.handover[{j}].uplink", h.uplink) for j, h in enumerate(t.handover) if h.uplink]
+            links += [(f"{key}.handover[{j}].{side}", link) for j, h in enumerate(t.handover)
+                      for side, link in (("uplink", h.uplink), ("downlink", h.downlink)) if link]
             for where, link in links:
                 _fill_bandwidth(link, self.resolve_path, file, where)
             if t.availability is not None:  # read the windows now, so a bad file fails at load

@@ -203,7 +203,7 @@ def test_a_time_varying_link_costs_the_radio_its_real_send_seconds(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "problem"), [
-    ({"schedule": "splitlora"}, "splitlora: car hands over, which SplitLoRA's server loop does not simulate"),
+    ({"schedule": "splitlora", "client_order": "sequential"}, "splitlora: car hands over, and the sequential client"),
     ({"policy": "proportional"}, "server policy 'proportional' cannot take devices that join or leave"),
     ({"schedule": "splitfrozen-sequential", "policy": "pool"}, "server policy 'pool' cannot take devices"),
 ])

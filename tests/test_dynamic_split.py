@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import sfsim
 from sfsim.availability import Windows
 from sfsim.cli import main
-from sfsim.dynamic import Leg, Motion, Unsupported
+from sfsim.dynamic import Leg, Motion
 from sfsim.dynamic_fed import FedNetwork
 from sfsim.engine import DeviceTimes, Engine, ServerTimes
 from sfsim.linkrate import Steps
@@ -104,22 +104,15 @@ def test_splitlora_drop_on_a_scenario_reports_the_samples_it_lost(tmp_path):
     assert res.server_flops["b"] == pytest.approx(len(served) * per_mb, rel=1e-12)
 
 
-def test_splitlora_refuses_a_handover_in_one_line(tmp_path):
-    with pytest.raises(Unsupported, match="^splitlora: car hands over, which SplitLoRA's server loop does not "
-                       "simulate"):
-        sfsim.simulate(scenario(tmp_path, d0_handover=[{"at": "1 s", "to": "b"}]), "splitlora")
-
-
 # -- the whole fleet -------------------------------------------------------------------------------
-def test_schedule_all_on_the_mobile_profile_runs_and_says_what_it_skipped(tmp_path):
+def test_schedule_all_on_the_mobile_profile_runs_every_schedule(tmp_path):
     out = tmp_path / "all.json"
     result = CliRunner().invoke(main, ["simulate", "--devices", "profiles/mobile.yaml", "--schedule", "all",
                                        "--json", str(out)])
     assert result.exit_code == 0, result.output
-    assert "note: skipped splitlora: car-0 hands over" in result.output
+    assert "note: skipped" not in result.output
     data = json.loads(out.read_text())
-    assert data["splitlora"]["refused"].startswith("splitlora: car-0 hands over")
-    for name in ("splitfrozen", "splitfrozen-sequential", "fedlora"):
+    for name in ("splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora"):
         assert data[name]["dynamic_network"] == "simulated" and len(data[name]["handovers"]) == 2
         assert set(data[name]["samples_not_trained"]) == {"phone-0", "phone-1", "phone-2", "rpi5-0", "rpi5-1"}
     assert data["cenlora"]["dynamic_network"].startswith("not applicable")
