@@ -72,7 +72,7 @@ from sfsim.errors import SfsimError
 from sfsim.mixing import StreamMixing
 from sfsim.trace import TraceEvent
 
-__all__ = ["Leg", "Motion", "Network", "check_supported", "needs_dynamics", "refuse_dynamics", "report"]
+__all__ = ["Leg", "Motion", "Network", "check_supported", "needs_dynamics", "report"]
 
 INF = math.inf
 POLICIES_WITH_MOVES = ("fifo", "round-robin")
@@ -106,14 +106,6 @@ def applies(scenario, schedule: str) -> str | None:
     if schedule in SPLITFROZEN and not needs_dynamics(scenario):
         return NOTHING_DOWN
     return "simulated"
-
-
-def refuse_dynamics(scenario, what: str) -> None:
-    """Refuse (one line) a scenario with handovers, time-varying links or availability where only constant
-    links are modelled (the trainer's link emulation)."""
-    if needs_dynamics(scenario, downlink=True):
-        raise SfsimError(f"{what} shapes constant links; this scenario has handovers, time-varying links or "
-                         "availability, which only sfsim simulate models")
 
 
 def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:

@@ -243,11 +243,3 @@ def test_the_server_a_device_hands_over_to_must_hold_it():
     data["devices"][0]["handover"] = [{"at": "1 s", "to": "b"}]
     with pytest.raises(SfsimError, match=r"^server b needs .* but has 100 MiB"):
         sfsim.simulate(scenario_from_dict(data, source="s.yaml"))
-
-
-def test_link_emulation_refuses_what_it_cannot_shape():
-    from sfsim.dynamic import refuse_dynamics
-
-    refuse_dynamics(scenario(), "x")  # constant links: fine
-    with pytest.raises(SfsimError, match=r"^s\.yaml: --emulate links shapes constant links; this scenario has "):
-        refuse_dynamics(scenario(d1_availability={"mean_on": 10, "mean_off": 5}), "s.yaml: --emulate links")
