@@ -44,17 +44,19 @@ def test_a_cell_is_the_command_a_user_would_type():
     assert "--split" not in fed and fed[:4] == ["sfsim", "run", "--method", "fedlora"]
     timed = Cell("time", "minilm-l6", "sst2", "splitfrozen-sequential").command("O", "D")
     assert timed[:8] == ["sfsim", "validate", "--method", "splitfrozen-sequential", "--split", "2", "--emulate", "all"]
+    seq = Cell("time", "minilm-l6", "sst2", "splitlora-sequential").command("O", "D")
+    assert seq[:6] == ["sfsim", "validate", "--method", "splitlora", "--client-order", "sequential"]
     cen = Cell("gsm8k", "smollm2-135m", "gsm8k", "cenlora").command("O", "D")
     assert cen[2:5] == ["--method", "cenlora", "--eval-before"] and "--split" not in cen
 
 
 def test_the_grid_runs_seed_zero_of_everything_before_any_second_seed():
     cells = grid.default_grid()
-    assert len(cells) == len({c.key for c in cells}) == 3 * 4 * 5 * 3 + 4 + 2 * 5 * 3 + 2
+    assert len(cells) == len({c.key for c in cells}) == 3 * 4 * 5 * 3 + 5 + 2 * 5 * 3 + 2
     first_seed1 = next(i for i, c in enumerate(cells) if c.seed == 1)
     assert all(c.seed == 0 for c in cells[:first_seed1])
     assert sum(c.kind == "accuracy" and c.model == "minilm-l6" and c.seed == 0 for c in cells[:first_seed1]) == 60
-    assert [c.method for c in cells[60:64]] == list(grid.TIME_METHODS)
+    assert [c.method for c in cells[60:65]] == list(grid.TIME_METHODS)
     assert grid.select(cells, {"task": {"mrpc"}, "seed": {"1"}, "method": {"fedlora"}}) == [
         Cell("accuracy", "minilm-l6", "mrpc", "fedlora", p, 1) for p in grid.PARTITIONS]
 

@@ -37,7 +37,9 @@ METHODS = {
 }
 SEEDS = (0, 1, 2)
 #: Methods whose training time the runtime measures (``sfsim validate``).
-TIME_METHODS = ("splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora")
+TIME_METHODS = ("splitfrozen", "splitfrozen-sequential", "splitlora", "splitlora-sequential", "fedlora")
+#: Time-grid names that are a method with options (``splitlora`` alone is the default, interleaved, order).
+TIME_VARIANTS = {"splitlora-sequential": ("splitlora", ("--client-order", "sequential"))}
 #: GSM8K cells; CenLoRA's also scores the model before fine-tuning (``--eval-before``).
 GSM8K_METHODS = ("cenlora", "splitfrozen")
 
@@ -94,7 +96,9 @@ class Cell:
                   "--seed", str(self.seed), "--train-samples", str(s.train_samples), "--max-len", str(s.max_len),
                   "--data-dir", data_dir, "--out", out, *s.extra]
         if self.kind == "time":
-            return ["sfsim", "validate", "--method", self.method, "--split", str(s.split), "--emulate", "all", *common]
+            method, extra = TIME_VARIANTS.get(self.method, (self.method, ()))
+            return ["sfsim", "validate", "--method", method, *extra, "--split", str(s.split), "--emulate", "all",
+                    *common]
         method, extra = METHODS.get(self.method, (self.method, ()))
         if self.kind == "gsm8k" and self.method == "cenlora":  # and the pretrained model's scores
             extra = ("--eval-before",)
