@@ -111,8 +111,8 @@ class Training:
     client_order: Literal["interleaved", "sequential"] = Field(
         default="interleaved", description="splitlora: interleaved (clients' micro-batches in the server order, "
         "FedAvg every fedavg_every steps: its reference code) or sequential (client after client, adapters handed "
-        "on: classic split learning); the other schedules have no clients taking turns and ignore it. The simulator's "
-        "key: sfsim run takes --client-order (validate passes the order that ran to the simulator)")
+        "on: classic split learning); the other schedules have no clients taking turns and ignore it. sfsim run "
+        "--method splitlora uses it unless --client-order is given")
     splitlora_cut: int = Field(default=3, gt=0, description="splitlora: client blocks (reference code: 3)")
     sync: Sync | None = Field(default=None, description="average the servers' adapters over the backhaul")
 

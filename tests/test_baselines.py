@@ -92,8 +92,29 @@ def test_splitlora_client_orders(tiny_gpt2, tmp_path):
 def test_client_order_is_refused_where_it_does_not_apply(tmp_path, over, message):
     with pytest.raises(SfsimError, match=message):
         _cfg("unused", tmp_path, **over)
-    assert _cfg("unused", tmp_path, method="splitlora").client_order == "interleaved"  # the stated default
+    assert _cfg("unused", tmp_path, method="splitlora").client_order is None  # the scenario's, at build
     assert _cfg("unused", tmp_path, method="fedlora").client_order is None
+
+
+def test_splitlora_takes_the_scenarios_client_order_unless_given(tiny_gpt2, tmp_path):
+    import yaml
+
+    from trainer.runner import build
+
+    data = yaml.safe_load((FIXTURES / "runtime_tiny.yaml").read_text())
+    data.setdefault("training", {})["client_order"] = "sequential"
+    seq = tmp_path / "seq.yaml"
+    seq.write_text(yaml.safe_dump(data))
+    default = build(_cfg(tiny_gpt2, tmp_path / "a", method="splitlora", accumulate=1))[2]
+    assert default.client_order == "interleaved"  # the scenario's default
+    built = build(_cfg(tiny_gpt2, tmp_path / "b", method="splitlora", accumulate=1, devices=str(seq)))[2]
+    assert built.client_order == "sequential"
+    given = build(_cfg(tiny_gpt2, tmp_path / "c", method="splitlora", accumulate=1, devices=str(seq),
+                       client_order="interleaved"))[2]
+    assert given.client_order == "interleaved"  # --client-order wins
+    with pytest.raises(SfsimError, match=r"seq\.yaml: training\.client_order sequential \(no --client-order given\): "
+                                         r"--server-order fifo interleaves clients"):
+        build(_cfg(tiny_gpt2, tmp_path / "d", method="splitlora", devices=str(seq), server_order="fifo"))
 
 
 def test_client_order_on_the_command_line(tmp_path):

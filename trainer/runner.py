@@ -152,8 +152,7 @@ class RunConfig:
 
     def _check_client_order(self) -> None:
         """SplitLoRA's client order: default interleaved; refused for other methods and with options it ignores."""
-        if self.client_order is None:
-            self.client_order = "interleaved" if self.method == "splitlora" else None
+        if self.client_order is None:  # splitlora: the scenario's training.client_order, resolved in build()
             return
         if self.client_order not in CLIENT_ORDERS:
             raise SfsimError(f"unknown --client-order {self.client_order!r}: use one of {', '.join(CLIENT_ORDERS)}")
@@ -241,6 +240,13 @@ def _shards(cfg, scenario, train, lm, n_total: int | None):
 def build(cfg: RunConfig):
     """Load the scenario, model and data; return (scenario, loaded model, setup, method, eval data, info)."""
     scenario = load_scenario(cfg.devices)
+    if cfg.method == "splitlora" and cfg.client_order is None:  # no --client-order: the scenario's order
+        cfg.client_order = scenario.training.client_order
+        try:
+            cfg._check_client_order()
+        except SfsimError as err:
+            raise SfsimError(f"{cfg.devices}: training.client_order {cfg.client_order} (no --client-order given): "
+                             f"{err}") from None
     if not Path(cfg.data_dir).is_dir():
         raise SfsimError(f"data folder {cfg.data_dir} does not exist: pass --data-dir or set SFSIM_DATA")
     train = tdata.load_task(cfg.task, cfg.data_dir, "train")
