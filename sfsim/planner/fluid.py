@@ -45,35 +45,46 @@ def server_completion(table: StageTable, gs: list[Group], j: int) -> tuple[float
     return _server_completion(table, gs, j)
 
 
+def _per_type(table: StageTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n_sent, n_mb / n_sent, hold)`` of ``table``, computed once (each is a fresh array per access)."""
+    got = table.memo.get("per_type")
+    if got is None:
+        nmb = table.n_sent
+        got = table.memo["per_type"] = (nmb, table.n_mb / nmb, table.hold)
+    return got
+
+
 def _server_completion(table: StageTable, gs: list[Group], j: int) -> tuple[float, Group | None, float]:
-    ki = np.array([table.k_index(g.k) for g in gs])
+    n_sent, per_sent, hold_tk = _per_type(table)
+    k0 = int(table.cuts[0])
     ti = np.array([g.t for g in gs])
+    ki = np.array([g.k - k0 for g in gs])
     a = table.a[ti, ki]  # (G,) first arrival of each group's devices
     p = table.p[ti, ki, j]  # (G,) period between their arrivals
-    nmb = table.n_sent[ti]  # (G,) micro-batches each device sends
+    nmb = n_sent[ti]  # (G,) micro-batches each device sends
     # (G,) server work per sent micro-batch, in full ones: cached epochs replay, a partial last one counts its share
-    scale = table.n_mb[ti] / nmb
+    scale = per_sent[ti]
     n = np.array([g.n for g in gs], dtype=float)
     w = table.w[ki, j]  # (G,) server seconds per micro-batch
     e = a + (nmb - 1) * p  # (G,) last arrival
     tau = np.concatenate([a, e])  # (2G,) candidate instants
     # micro-batches of group g arriving at or after tau: N - ceil((tau - a) / p), clipped to [0, N]
-    done = np.ceil((tau[:, None] - a[None, :]) / p[None, :] - 1e-9)  # (2G, G)
-    remaining = np.clip(nmb[None, :] - np.maximum(done, 0), 0, nmb[None, :])  # (2G, G)
-    mb_left = remaining @ (n * scale)  # (2G,)
+    done = np.ceil((tau[:, None] - a) / p - 1e-9)  # (2G, G)
+    remaining = np.maximum(nmb - np.maximum(done, 0), 0)  # (2G, G); never above N
+    ns = n * scale
+    mb_left = remaining @ ns  # (2G,)
     step_share = table.step[j] / table.accumulate
-    work = remaining @ (n * scale * w) + mb_left * step_share  # (2G,) seconds of one accelerator
+    work = remaining @ (ns * w) + mb_left * step_share  # (2G,) seconds of one accelerator
     c = table.workers[j]
     # With several workers the last micro-batch still runs on one of them: at least its own w.
-    longest = np.where(remaining > 0, w[None, :], 0).max(axis=1)  # (2G,)
+    longest = np.where(remaining > 0, w, 0).max(axis=1)  # (2G,)
     val = tau + np.maximum(work / c, longest + table.step[j])
-    best = int(np.argmax(val))
+    best = int(val.argmax())
     busy = float((nmb * scale * n * (w + step_share)).sum() / c)
-    first = float(a.min())
-    limiting = None if tau[best] <= first + 1e-12 else gs[best % len(gs)]
+    limiting = None if tau[best] <= float(a.min()) + 1e-12 else gs[best % len(gs)]
     # Credits: every sent micro-batch holds one of `buffer` credits for at least send + latency,
     # starting no earlier than the first forward ends; the last one still needs the server after.
-    hold = table.hold[ti, ki]  # (G,)
+    hold = hold_tk[ti, ki]  # (G,)
     credit = table.f[ti, ki].min() + float((nmb * n * hold).sum()) / table.buffer + w.min() + table.step[j]
     if credit > val[best]:
         return float(credit), CREDITS, busy
@@ -95,13 +106,47 @@ def estimate(table: StageTable, groups: list[Group]) -> Estimate:
     """
     best = (-1.0, 0, None)
     busy = [0.0] * len(table.servers)
-    for j in range(len(table.servers)):
-        gs = [g for g in groups if g.j == j and g.n > 0]
+    for j, gs in enumerate(_by_server(table, groups)):
         if not gs:
             continue
-        val, lim, busy[j] = _server_completion(table, gs, j)
+        val, lim, busy[j] = _completion(table, j, gs)
         if table.slow is not None:
             val *= table.slow[j]
         if val > best[0]:
             best = (val, j, lim)
     return Estimate(best[0], best[1], best[2], tuple(busy))
+
+
+def makespan_below(table: StageTable, groups: list[Group], bound: float) -> float | None:
+    """``estimate(table, groups).makespan_s`` when it is below ``bound``, else None.
+
+    Servers whose groups were scored before are checked first, so a plan that leaves a server at or
+    above ``bound`` as it was (a local search move elsewhere) costs no new completion.
+    """
+    slow, top = table.slow, -1.0
+    servers = [(j, gs) for j, gs in enumerate(_by_server(table, groups)) if gs]
+    for j, gs in sorted(servers, key=lambda x: x not in table.memo):  # scored ones first (stable)
+        val = _completion(table, j, gs)[0]
+        if slow is not None:
+            val *= slow[j]
+        if val >= bound:
+            return None
+        top = max(top, val)
+    return top
+
+
+def _by_server(table: StageTable, groups: list[Group]) -> list[tuple[Group, ...]]:
+    """Each server's non-empty groups, in plan order."""
+    out: list[list[Group]] = [[] for _ in table.servers]
+    for g in groups:
+        if g.n > 0:
+            out[g.j].append(g)
+    return [tuple(gs) for gs in out]
+
+
+def _completion(table: StageTable, j: int, gs: tuple[Group, ...]) -> tuple[float, Group | None, float]:
+    """:func:`server_completion`, remembered in ``table.memo`` (it depends only on the server's own groups)."""
+    done = table.memo.get((j, gs))
+    if done is None:
+        done = table.memo[(j, gs)] = _server_completion(table, list(gs), j)
+    return done

@@ -20,7 +20,7 @@ cost model; no SimPy, no I/O.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -114,6 +114,9 @@ class StageTable:
     slow: np.ndarray | None = None  # (servers,) calibration: simulated / fluid completion, or None
     dynamic: str = ""  # the scenario's dynamic network in words ("": none; then f and s are effective)
     bits: np.ndarray | None = None  # (cuts,) uplink bits per full micro-batch
+    # (server, its groups) -> fluid completion (the local searches score the same server loads often),
+    # and other derived arrays; nothing in it depends on ``slow``, so calibrated copies share it
+    memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def hold(self) -> np.ndarray:

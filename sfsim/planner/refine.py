@@ -15,7 +15,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 
-from sfsim.planner.fluid import Group, estimate
+from sfsim.planner.fluid import Group, estimate, makespan_below
 from sfsim.planner.model import StageTable
 
 
@@ -86,8 +86,8 @@ def polish(table: StageTable, groups: list[Group], max_evals: int) -> list[Group
         improved = False
         for c in wide_neighbours(table, groups):
             evals += 1
-            m = estimate(table, c).makespan_s
-            if m < best * (1 - 1e-9):
+            m = makespan_below(table, c, best * (1 - 1e-9))  # None: not better
+            if m is not None:
                 groups, best, improved = c, m, True
                 break
             if evals >= max_evals:
