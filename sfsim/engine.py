@@ -109,6 +109,7 @@ class Engine:
         up_bytes, down_bytes: bytes per device on its uplink / downlink.
         mixing: server name -> :class:`StreamMixing` for schedules with a server stream.
         server_wait: SplitFrozen server -> worker-seconds idle while its policy held micro-batches back.
+        server_end: SplitFrozen server -> when its last op (F, B, W, step or ``wait``) ends (0: none ran).
         pool_peak_bytes: server -> the most its mixing pool held (policy ``pool``).
     """
 
@@ -121,6 +122,7 @@ class Engine:
         self.down_bytes: dict[str, float] = {}
         self.mixing: dict[str, StreamMixing] = {}
         self.server_wait: dict[str, float] = {}
+        self.server_end: dict[str, float] = {}
         self.pool_peak_bytes: dict[str, float] = {}
         self.sync = None  # a sfsim.backhaul.Backhaul when SplitFrozen servers synchronise
         self._finishers: list = []
@@ -143,8 +145,10 @@ class Engine:
         the last bit and break the exact time comparisons the server relies on, so the event is
         put on SimPy's queue at ``t`` itself.
         """
-        ev = simpy.Event(self.env)
-        self.trigger_at(ev, t)
+        env = self.env
+        ev = simpy.Event(env)
+        ev._ok, ev._value = True, None  # trigger_at, inlined: one of these per micro-batch and process
+        heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
         return ev
 
     def trigger_at(self, ev: simpy.Event, t: float, value=None) -> None:
@@ -255,6 +259,7 @@ class ServerPool:
         self.accumulate, self.decompose, self.sequential = accumulate, decompose, sequential
         self.release: dict[int, simpy.Event] = {}  # sequential: device -> event to release it
         self.busy = 0.0
+        self.end = 0.0                    # when the last op of any worker ends (what a trace would show)
         self.index, self.sync, self.running = index, engine.sync, server.count
         self.flight_bound: float | None = None  # set by sfsim.dynamic: devices may arrive at any latency
         engine.on_finish(self._finish)
@@ -314,6 +319,7 @@ class ServerPool:
         name = self.server.name
         self.engine.server_busy[name] = self.busy
         self.engine.server_wait[name] = self.wait_s
+        self.engine.server_end[name] = self.end
         if self.senders is not None:
             self.engine.pool_peak_bytes[name] = self.policy.peak_bytes
 
@@ -387,13 +393,14 @@ class ServerPool:
         queued_w: deque = deque()  # (device, mb) whose W is deferred
         done = 0                    # micro-batches processed since this worker's last step
         busy = 0.0
+        last = 0.0                  # when this worker's last op ends (the trace's last event on its lane)
         woken = False               # resumed from the idle FIFO: take work without deferring again
         while True:
-            now = env.now
+            now = env._now  # env.now without the property call (hot loop)
             while pending and pending[0][0] <= now:
                 _, _, i, n = heappop(pending)
                 policy.push(i, n)
-            if policy and self.idle and not woken:
+            if self.idle and not woken and policy:
                 # Workers idle longer choose first: wake them and queue behind them (same instant).
                 ev = env.event()
                 self._wake_all()
@@ -418,6 +425,8 @@ class ServerPool:
                     t = self._step(lane, t, queued_w, step_s)
                     done = 0
                 busy += t - now
+                if t > now:
+                    last = t
                 yield at(t)
                 if stepped and self.sync is not None:
                     yield from self._synced()
@@ -433,15 +442,20 @@ class ServerPool:
                     rec(lane, "W", t, w_s, n, d.name)
                     t += w_s
                 busy += t - now
+                if t > now:
+                    last = t
                 yield at(t)
             elif self.unclaimed == 0:
                 if done:
                     rec(lane, "step", now, step_s)
                     busy += step_s
+                    if step_s > 0:
+                        last = now + step_s
                     yield at(now + step_s)
                     if self.sync is not None:
                         yield from self._synced()
                 self.busy += busy
+                self.end = max(self.end, last)
                 self.running -= 1
                 if self.running == 0 and self.sync is not None:
                     self.sync.leave(self.index)
@@ -449,8 +463,8 @@ class ServerPool:
             elif pending and pending[0][0] <= now + flight:
                 held = policy.held  # arrived micro-batches the policy holds back (paced, pool)
                 yield at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
-                if held:
-                    self._waited(lane, now)
+                if held and self._waited(lane, now):
+                    last = env.now
             else:
                 held = policy.held
                 ev = env.event()
@@ -459,15 +473,19 @@ class ServerPool:
                     self._arm(pending[0][0])
                 yield ev
                 woken = True
-                if held:
-                    self._waited(lane, now)
+                if held and self._waited(lane, now):
+                    last = env.now
 
-    def _waited(self, lane: str, start: float) -> None:
-        """A worker sat idle from ``start`` to now while the policy held micro-batches back: op ``wait``."""
+    def _waited(self, lane: str, start: float) -> bool:
+        """A worker sat idle from ``start`` to now while the policy held micro-batches back: op ``wait``.
+
+        Returns whether the wait took any time (a trace records it then).
+        """
         dur = self.env.now - start
         self.wait_s += dur
         i, n = self.policy.waiting_for()
         self.engine.record(lane, "wait", start, dur, n, self.devices[i].name if i >= 0 else "")
+        return dur > 0
 
     def _synced(self):
         """After a step: tell the backhaul; in sync mode wait until the servers' average has arrived."""

@@ -36,6 +36,8 @@ class SimResult:
         server_wait_s: SplitFrozen server -> worker-seconds its workers sat idle while micro-batches had
             arrived that its policy held back (the paced orders and the mixing pool; 0 otherwise).
         pool_peak_bytes: server -> the most activation bytes its mixing pool held (policy ``pool``).
+        server_end_s: SplitFrozen server -> when its last op ends (the end of its last trace event on
+            any worker's lane, without keeping a trace; 0 when it ran nothing).
         assignment_source: where ``assignment`` came from: ``plan``, ``scenario`` (pins, or one
             server) or ``least-loaded`` (see :mod:`sfsim.assign`).
         energy: joules per device and server where the scenario gives ``power`` (see
@@ -76,6 +78,7 @@ class SimResult:
     stream_mixing_by_server: dict[str, float] = field(default_factory=dict)
     server_wait_s: dict[str, float] = field(default_factory=dict)
     pool_peak_bytes: dict[str, float] = field(default_factory=dict)
+    server_end_s: dict[str, float] = field(default_factory=dict)
     assignment_source: str = "scenario"
     energy: dict | None = None
     backhaul_bytes_by_server: dict[str, float] = field(default_factory=dict)

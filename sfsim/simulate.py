@@ -243,7 +243,7 @@ def _result(name, scenario, job, engine, makespan, setup, ls, policy) -> SimResu
         server_utilization=util, uplink_bytes_by_device=dict(engine.up_bytes),
         downlink_bytes_by_device=dict(engine.down_bytes), splits=dict(setup.splits), lora_start=ls,
         assignment=dict(setup.assignment), policy=policy, stream_mixing=overall,
-        stream_mixing_by_server=mixing, server_wait_s=dict(engine.server_wait),
+        stream_mixing_by_server=mixing, server_wait_s=dict(engine.server_wait), server_end_s=dict(engine.server_end),
         pool_peak_bytes=dict(engine.pool_peak_bytes), events=engine.events,
         device_types={d.name: d.type for d in scenario.devices},
         server_workers={s.name: s.count for s in scenario.servers})

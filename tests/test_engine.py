@@ -204,6 +204,32 @@ def test_fast_path_without_trace_matches_traced_run(count, buffer, decompose):
     assert out[0] == out[1]
 
 
+@pytest.mark.parametrize("policy,credits,sequential", [
+    ("fifo", "server", False), ("round-robin", "server", True), ("paced-round-robin", "device", False),
+    ("paced-proportional", "device", True), ("pool", "server", False), ("pool", "device", True)])
+@pytest.mark.parametrize("decompose", [True, False])
+def test_server_end_is_the_end_of_its_last_traced_op(policy, credits, sequential, decompose):
+    devs = [DeviceTimes(f"d{i}", server=i % 2, n=5 + i, sent=5 + i - (i == 3), f=0.05 * (i + 1),
+                        up_s=0.04 + 0.03 * i, up_l=0.02 * (i % 3), srv_f=0.03, srv_b=0.02, srv_w=0.025,
+                        act_bytes=1.0) for i in range(6)]
+    servers = [ServerTimes("a", count=2, step=0.01), ServerTimes("b", step=0.02)]
+    ends = []
+    for trace in (True, False):
+        engine = Engine(trace=trace)
+        splitfrozen.run(engine, Job(devs, servers), RunConfig(buffer=2, accumulate=3, decompose=decompose,
+                                                               policy=policy, credits=credits),
+                        sequential=sequential)
+        engine.run()
+        ends.append(engine.server_end)
+        if trace:
+            last = {s.name: max(e.start + e.dur for e in engine.events if e.lane.split("/")[0] == s.name)
+                    for s in servers}
+            assert engine.server_end == last
+            if policy.startswith("paced"):  # the case that needs the workers' wait ops
+                assert any(e.op == "wait" for e in engine.events)
+    assert ends[0] == ends[1]
+
+
 def _reference(devs, buffer, srv):
     """An obvious SimPy model of the same rules (devices wake at ready and queue FIFO for credits)."""
     import simpy

@@ -10,11 +10,11 @@ How it works (each step its own module):
    (server work, server credits, each device's pipeline).
 3. :mod:`~sfsim.planner.refine` improves the best candidates on the fluid score (any cut or server
    for one group or device), then the best few are replayed with :func:`sfsim.simulate`; with
-   several servers one traced replay calibrates each server's queueing and the search runs again;
-   on small fleets every plan near the best so far (each type's cuts within a few blocks, any
-   server; the whole space when it is a few hundred plans) is replayed, because with few
-   micro-batches and a small buffer the fluid model cannot rank plans to 1 %; a local search on
-   simulated time spends what is left of the replay budget. The fastest plan is the one
+   several servers the best replay's server end times calibrate each server's queueing and the
+   search runs again; on small fleets every plan near the best so far (each type's cuts within a
+   few blocks, any server; the whole space when it is a few hundred plans) is replayed, because
+   with few micro-batches and a small buffer the fluid model cannot rank plans to 1 %; a local
+   search on simulated time spends what is left of the replay budget. The fastest plan is the one
    with the smallest *simulated* makespan, never slower than the best single global cut the
    planner replayed; ``makespan_s`` is what ``sfsim simulate --plan`` reports for the chosen plan.
 
@@ -193,12 +193,13 @@ def expand(table: StageTable, groups: list[Group]) -> tuple[dict[str, int], dict
 
 
 class Replay:
-    """Replays grouped plans with :func:`sfsim.simulate`, remembering each plan's makespan."""
+    """Replays grouped plans with :func:`sfsim.simulate`, remembering each plan's makespan and server ends."""
 
     def __init__(self, scenario, schedule: str, table: StageTable):
         self.scenario, self.schedule, self.table = scenario, schedule, table
         self.cache: dict[tuple, Score] = {}
-        self.runs = 0  # simulator runs so far (traced ones included)
+        self.ends: dict[tuple, dict[str, float]] = {}  # plan -> server -> when its last op ends
+        self.runs = 0  # simulator runs so far, or budgeted as such (see server_ends)
 
     def __call__(self, groups: list[Group]) -> float:
         """The simulator's makespan for ``groups``."""
@@ -206,34 +207,35 @@ class Replay:
 
     def score(self, groups: list[Group]) -> Score:
         """The simulator's makespan, device FLOPs and device joules for ``groups`` (cached)."""
-        from sfsim import simulate
-
         key = tuple(merge(groups))
         if key not in self.cache:
-            splits, assignment = expand(self.table, groups)
-            p = Plan(splits=splits, lora_start=self.table.lora_start, assignment=assignment,
-                     schedule=self.schedule)
-            res = simulate(self.scenario, schedule=self.schedule, plan=p)
+            res = self._simulate(key, groups)
             self.cache[key] = Score(float(res.makespan_s), res.device_flops_total,
                                     None if res.energy is None else float(res.energy["device_total_j"]))
-            self.runs += 1
         return self.cache[key]
 
     def server_ends(self, groups: list[Group]) -> dict[str, float]:
-        """Server name -> when its last op ends, from one traced replay of ``groups``."""
+        """Server name -> when its last op ends (0: it ran nothing), from a replay of ``groups``.
+
+        Counted as one run even when ``groups`` was replayed already (the usual case: the best
+        replayed plan), so the planner's replay budget, and with it the plan, does not depend on it.
+        """
+        key = tuple(merge(groups))
+        if key not in self.ends:
+            self._simulate(key, groups)
+        else:
+            self.runs += 1
+        return self.ends[key]
+
+    def _simulate(self, key: tuple, groups: list[Group]):
         from sfsim import simulate
 
         splits, assignment = expand(self.table, groups)
         p = Plan(splits=splits, lora_start=self.table.lora_start, assignment=assignment, schedule=self.schedule)
-        res = simulate(self.scenario, schedule=self.schedule, plan=p, trace=True)
+        res = simulate(self.scenario, schedule=self.schedule, plan=p)
         self.runs += 1
-        names = {s.name for s in self.scenario.servers}
-        ends: dict[str, float] = {}
-        for ev in res.events:
-            lane = ev.lane.split("/")[0]
-            if lane in names:
-                ends[lane] = max(ends.get(lane, 0.0), ev.start + ev.dur)
-        return ends
+        self.ends[key] = res.server_end_s
+        return res
 
 
 def _type_level(table: StageTable) -> list[list[Group]]:
@@ -272,7 +274,7 @@ def _best_simulated(replay: Replay, plans: list[list[Group]], verify: int):
 def _calibrated(replay: Replay, groups: list[Group], makespan: float) -> tuple[list[Group], float]:
     """Re-plan once with each server slowed by how much the simulator's queueing exceeds the fluid model.
 
-    One traced replay of the current plan gives every server's real completion; dividing by its
+    A replay of the current plan (the one already made) gives every server's real completion; dividing by its
     fluid completion gives a per-server slowdown (at least 1) that the search then respects. The
     new plan is kept only if the simulator finds it faster.
     """
@@ -281,9 +283,10 @@ def _calibrated(replay: Replay, groups: list[Group], makespan: float) -> tuple[l
     slow = np.ones(len(table.servers))
     for j, srv in enumerate(table.servers):
         gs = [g for g in groups if g.j == j]
-        if gs and srv.name in ends:
+        if gs and ends.get(srv.name, 0.0) > 0:
             slow[j] = max(1.0, ends[srv.name] / server_completion(table, gs, j)[0])
     cal = dataclasses.replace(table, slow=slow)
+    cal.memo = table.memo  # its entries do not depend on ``slow``
     pool = candidates(cal)
     if not pool:
         return groups, makespan
