@@ -18,10 +18,11 @@ from sfsim.cli import main
 from sfsim.costmodel import CostModel
 from sfsim.errors import ConfigError, InfeasibleError
 from sfsim.planfile import Plan, load_plan
-from sfsim.planner import expand, plan
-from sfsim.planner.fluid import Group, estimate
+from sfsim.planner import expand, plan, search
+from sfsim.planner.fluid import Group, estimate, makespan_below
 from sfsim.planner.model import build_table, gib
-from sfsim.planner.search import assign, best_cuts, lower_bound, thresholds
+from sfsim.planner.refine import wide_neighbours
+from sfsim.planner.search import assign, best_cuts, candidates, lower_bound, rounded_load, thresholds
 
 MiB = 2**20
 
@@ -315,6 +316,47 @@ def test_estimate_matches_closed_form_for_one_device():
     assert sfsim.simulate(sc, plan=p).makespan_s == pytest.approx(closed, rel=1e-12)
     assert est.limiting == Group(0, 2, 0, 1)
     assert expand(t, [Group(0, 2, 0, 1)]) == ({"a": 2}, {"a": "gpu"})
+
+
+def _fleet_of_types(server_gflops=2.0):
+    """21 devices of 5 types on 3 servers: enough groups per server to exercise the fluid model."""
+    rng = random.Random(3)
+    devices = [_dev(f"t{i}", rng.randint(2, 8), f"{rng.uniform(0.5, 6):.2f} GFLOPS", rng.choice([260, 320, 1000]),
+                    f"{rng.uniform(1, 20):.2f} Mbps", rng.randint(2, 6)) for i in range(5)]
+    servers = [{"name": f"s{j}", "flops": f"{server_gflops * (1 + j)} GFLOPS", "memory": "1 GiB",
+                "count": 1 + j % 2} for j in range(3)]
+    return _scenario(devices, servers, buffer=4)
+
+
+def test_remembered_and_bounded_fluid_estimates_equal_a_fresh_one():
+    sc = _fleet_of_types()
+    cm = CostModel(sc)
+    table = build_table(cm, sc, 11, 1, "splitfrozen")
+    fresh = build_table(cm, sc, 11, 1, "splitfrozen")
+    plans = [g for start in candidates(table) for g in itertools.islice(wide_neighbours(table, start), 100)]
+    for g in plans:
+        m = estimate(table, g).makespan_s
+        fresh.memo.clear()
+        assert estimate(fresh, g) == estimate(table, g)  # remembered: the same
+        assert makespan_below(table, g, m * (1 + 1e-12)) == m
+        assert makespan_below(table, g, m) is None
+
+
+def test_threshold_search_skips_only_integer_programs_it_can_decide(monkeypatch):
+    """A rounded relaxation clearing a threshold decides the binary search step exactly as the program."""
+    sc = _fleet_of_types(server_gflops=20.0)  # fast servers: the devices' pipelines bound most thresholds
+    table = build_table(CostModel(sc), sc, 11, 1, "splitfrozen")
+    for T in thresholds(table)[::7]:
+        kk = best_cuts(table, T)
+        exact, relaxed = assign(table, kk), assign(table, kk, integral=False)
+        if exact is not None:
+            assert relaxed[0] * (1 - 1e-9) <= exact[0] <= rounded_load(table, kk) * (1 + search.MIP_GAP) + 1e-9
+    calls, real = [], search.assign
+    monkeypatch.setattr(search, "assign", lambda t, kk, integral=True: calls.append(integral) or real(t, kk, integral))
+    skipped, programs = candidates(table), calls.count(True)
+    calls.clear()
+    monkeypatch.setattr(search, "SURE_BELOW", math.inf)  # never skip
+    assert candidates(table) == skipped and programs < calls.count(True)
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -27,6 +27,11 @@ from sfsim.planner.model import StageTable
 MIP_GAP = 1e-3
 """Relative optimality gap the assignment integer program stops at."""
 
+SURE_BELOW = 1e-2
+"""Margin by which a rounded relaxation's load must clear a threshold for the binary search to
+take "at most the threshold" without solving the integer program there (the program could return
+no more than that load times ``1 + MIP_GAP``, plus solver tolerances far below this margin)."""
+
 
 def best_cuts(table: StageTable, T: float) -> np.ndarray:
     """For each (type, server), the cut index with the least server work among those with fin <= T.
@@ -109,6 +114,32 @@ def assign(table: StageTable, kk: np.ndarray, integral: bool = True) -> tuple[fl
     return _busiest(usable, cost, cred, n), n
 
 
+def rounded_load(table: StageTable, kk: np.ndarray) -> float:
+    """An upper bound on the integer program's optimum: the busiest load of the relaxation rounded.
+
+    Each type's fractional counts are floored and its remaining devices go to its largest
+    fractional parts (servers it may use), so the rounded counts are a feasible assignment.
+
+    Returns:
+        The busiest server's load of that assignment; inf when there is none (no relaxation, or a
+        solution too far off to round).
+    """
+    r = assign(table, kk, integral=False)
+    if r is None:
+        return float("inf")
+    cost, cred = per_device_load(table, kk)
+    usable = np.isfinite(cost)
+    x = np.where(usable, np.clip(r[1], 0, None), 0.0)  # (types, servers)
+    n = np.floor(x + 1e-9)
+    for t, info in enumerate(table.types):
+        left = info.count - int(n[t].sum())
+        frac = np.where(usable[t], x[t] - n[t], -np.inf)
+        if left < 0 or left > usable[t].sum():
+            return float("inf")
+        n[t, np.argsort(-frac, kind="stable")[:left]] += 1
+    return _busiest(usable, cost, cred, n)
+
+
 def _busiest(usable: np.ndarray, cost: np.ndarray, cred: np.ndarray, n: np.ndarray) -> float:
     """The largest per-server compute or credit load of counts ``n``."""
     comp = (np.where(usable, cost, 0) * n).sum(axis=0)
@@ -136,6 +167,9 @@ def _crossing(table: StageTable, Ts: np.ndarray, integral: bool) -> tuple[int, d
     lo, hi = 0, len(Ts) - 1
     while lo < hi:  # invariant: the answer lies in [lo, hi]; infeasible thresholds count as "load too high"
         mid = (lo + hi) // 2
+        if integral and rounded_load(table, best_cuts(table, Ts[mid])) * (1 + SURE_BELOW) <= Ts[mid]:
+            hi = mid  # the integer program would say so too: skip it (it is the slow step)
+            continue
         r = at(mid)
         if r is not None and r[0] <= Ts[mid]:
             hi = mid
