@@ -123,9 +123,18 @@ def makespan_below(table: StageTable, groups: list[Group], bound: float) -> floa
     Servers whose groups were scored before are checked first, so a plan that leaves a server at or
     above ``bound`` as it was (a local search move elsewhere) costs no new completion.
     """
-    slow, top = table.slow, -1.0
-    servers = [(j, gs) for j, gs in enumerate(_by_server(table, groups)) if gs]
-    for j, gs in sorted(servers, key=lambda x: x not in table.memo):  # scored ones first (stable)
+    memo, slow, top, todo = table.memo, table.slow, -1.0, []
+    for j, gs in enumerate(_by_server(table, groups)):
+        done = memo.get((j, gs)) if gs else None
+        if done is None:
+            if gs:
+                todo.append((j, gs))  # not scored yet: only if no scored server reaches the bound
+            continue
+        val = done[0] if slow is None else done[0] * slow[j]
+        if val >= bound:
+            return None
+        top = max(top, val)
+    for j, gs in todo:
         val = _completion(table, j, gs)[0]
         if slow is not None:
             val *= slow[j]

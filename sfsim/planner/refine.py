@@ -21,11 +21,13 @@ from sfsim.planner.model import StageTable
 
 def merge(groups: list[Group]) -> list[Group]:
     """Combine groups with the same (type, cut, server) and drop empty ones."""
-    acc: dict[tuple[int, int, int], int] = {}
+    acc: dict[tuple[int, int, int], Group] = {}
     for g in groups:
         if g.n > 0:
-            acc[(g.t, g.k, g.j)] = acc.get((g.t, g.k, g.j), 0) + g.n
-    return [Group(t, k, j, n) for (t, k, j), n in sorted(acc.items())]
+            key = (g.t, g.k, g.j)
+            had = acc.get(key)
+            acc[key] = g if had is None else Group(g.t, g.k, g.j, had.n + g.n)  # a lone group is kept as is
+    return [acc[key] for key in sorted(acc)]
 
 
 def _ok(table: StageTable, t: int, k: int, j: int) -> bool:
