@@ -94,6 +94,7 @@ from sfsim.stagetimes import DeviceTimes, ServerTimes  # noqa: F401 (re-exported
 from sfsim.trace import TraceEvent
 
 _NORMAL = simpy.events.NORMAL  # SimPy's priority for ordinary (non-urgent) events
+_new_event = object.__new__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,8 +147,8 @@ class Engine:
         put on SimPy's queue at ``t`` itself.
         """
         env = self.env
-        ev = simpy.Event(env)
-        ev._ok, ev._value = True, None  # trigger_at, inlined: one of these per micro-batch and process
+        ev = _new_event(simpy.Event)  # simpy.Event(env) and trigger_at, inlined: the hottest call of a run
+        ev.env, ev.callbacks, ev._ok, ev._value = env, [], True, None
         heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
         return ev
 
@@ -415,7 +416,7 @@ class ServerPool:
                 if fast:
                     d = devices[i]
                     queued_w.append((i, n))
-                    x = d.size(n)
+                    x = 1.0 if d.last == 1.0 else d.size(n)
                     t = now + d.srv_f * x + d.srv_b * x  # same rounding as _run_mb
                 else:
                     t = self._run_mb(lane, i, n, now, defer, queued_w)

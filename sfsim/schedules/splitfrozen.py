@@ -92,12 +92,12 @@ def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
     f_start = 0.0
     link_free = 0.0
     for n in range(d.sent):
-        x = d.size(n)  # the last micro-batch of an epoch may be partial
+        x = 1.0 if d.last == 1.0 else d.size(n)  # the last micro-batch of an epoch may be partial
         fx = f * x + (d.warmup if n == 0 else 0.0)  # d.fwd(n), inlined on the hot path
         f_end = f_start + fx
         ready = f_end if f_end > link_free else link_free
         while True:  # get a credit at or after `ready` (see engine.Credits.wait)
-            if ready > env.now:
+            if ready > env._now:
                 if acct.credits:
                     yield at(ready)  # one is free now: check again when ready
                     continue
@@ -113,7 +113,7 @@ def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
             acct.wait(env.now, ev)
             yield ev  # fires when granted
             break
-        t0 = env.now
+        t0 = env._now
         if engine.events is not None:
             rec(name, "F", f_start, fx, n, name)
             rec(name, "wait", f_end, t0 - f_end, n, name)
