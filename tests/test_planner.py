@@ -22,7 +22,15 @@ from sfsim.planner import expand, plan, search
 from sfsim.planner.fluid import Group, estimate, makespan_below
 from sfsim.planner.model import build_table, gib
 from sfsim.planner.refine import wide_neighbours
-from sfsim.planner.search import assign, best_cuts, candidates, lower_bound, rounded_load, thresholds
+from sfsim.planner.search import (
+    assign,
+    best_cuts,
+    candidates,
+    lower_bound,
+    rank_uniform_cuts,
+    rounded_load,
+    thresholds,
+)
 
 MiB = 2**20
 
@@ -357,6 +365,14 @@ def test_threshold_search_skips_only_integer_programs_it_can_decide(monkeypatch)
     calls.clear()
     monkeypatch.setattr(search, "SURE_BELOW", math.inf)  # never skip
     assert candidates(table) == skipped and programs < calls.count(True)
+
+
+@pytest.mark.parametrize("server_gflops", [2.0, 20.0])
+def test_the_top_single_cuts_are_those_of_the_full_ranking(server_gflops):
+    sc = _fleet_of_types(server_gflops)
+    table = build_table(CostModel(sc), sc, 11, 1, "splitfrozen")
+    full = rank_uniform_cuts(table)
+    assert len(full) >= 4 and all(rank_uniform_cuts(table, top) == full[:top] for top in (1, 2, 3, len(full)))
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -129,6 +129,7 @@ class PlanResult:
             itself: ``sfsim simulate --schedule splitlora`` compares methods), simulated the same way.
         schedule, scenario, model: what the plan was made for.
         search_s: seconds spent planning (search + simulations).
+        replay_s: of ``search_s``, the seconds spent in simulator replays.
         simulated: how many candidate plans were replayed with the simulator.
         objective, deadline_s, tie_tolerance: what the plan minimises (see the module docstring).
         ties_searched: whether the time objective searched its ties (runs too long for the replay
@@ -151,6 +152,7 @@ class PlanResult:
     scenario: str | None = None
     model: str | None = None
     search_s: float = 0.0
+    replay_s: float = 0.0
     simulated: int = 0
     min_lora_layers: int = 1
     lora_layers: int = 1  # blocks with LoRA on the servers
@@ -200,6 +202,7 @@ class Replay:
         self.cache: dict[tuple, Score] = {}
         self.ends: dict[tuple, dict[str, float]] = {}  # plan -> server -> when its last op ends
         self.runs = 0  # simulator runs so far, or budgeted as such (see server_ends)
+        self.seconds = 0.0  # spent in them
 
     def __call__(self, groups: list[Group]) -> float:
         """The simulator's makespan for ``groups``."""
@@ -232,7 +235,9 @@ class Replay:
 
         splits, assignment = expand(self.table, groups)
         p = Plan(splits=splits, lora_start=self.table.lora_start, assignment=assignment, schedule=self.schedule)
+        t0 = time.perf_counter()
         res = simulate(self.scenario, schedule=self.schedule, plan=p)
+        self.seconds += time.perf_counter() - t0
         self.runs += 1
         self.ends[key] = res.server_end_s
         return res
@@ -369,7 +374,7 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     simulate_refs = total <= COMPARE_MICRO_BATCHES
     runs = max(3 if simulate_refs else 1, SIM_MICRO_BATCHES // max(total, 1))  # simulator runs affordable
     # single global cuts: the few most promising by a cheap bound, plus SplitLoRA's
-    ks = dict.fromkeys(rank_uniform_cuts(table)[:UNIFORM_TRIES] + [SPLITLORA_CUT])
+    ks = dict.fromkeys(rank_uniform_cuts(table, UNIFORM_TRIES) + [SPLITLORA_CUT])
     uniform = {k: g for k in ks if (g := fixed_cut(table, k)) is not None}
     refs = _references(replay, uniform, tops=2 if runs >= 8 else 1, simulate=simulate_refs)
     pool = candidates(table) + _type_level(table) + list(uniform.values())
@@ -405,7 +410,7 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
         estimate_s=est.makespan_s, bottleneck=bottleneck_words(table, est, makespan), lower_bound_s=bound,
         gap=None if bound is None else makespan / bound - 1 if bound > 0 else 0.0, rows=rows_for(table, groups),
         comparisons=comparisons, schedule=schedule, scenario=scenario.source, model=scenario.arch.name,
-        search_s=time.perf_counter() - t0, simulated=len(replay.cache), min_lora_layers=min_lora_layers,
+        search_s=time.perf_counter() - t0, replay_s=replay.seconds, simulated=len(replay.cache), min_lora_layers=min_lora_layers,
         lora_layers=scenario.arch.n_layers - table.lora_start,
         lora_fixed=scenario.training.lora_start is not None, objective=objective, deadline_s=deadline,
         tie_tolerance=tie_tolerance, ties_searched=searched,

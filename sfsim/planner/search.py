@@ -10,7 +10,8 @@ servers so that the busiest server's load is smallest: an integer program with o
 per (type, server) pair (``scipy.optimize.milp``, tiny: types x servers variables). The load at T
 can only fall as T grows (more cuts become usable), so ``max(T, load(T))`` is minimised where the
 two cross: a binary search over the sorted distinct ``fin`` values finds it with O(log(types x cuts
-x servers)) integer programs. The same search with the integer program relaxed to a linear program
+x servers)) integer programs (a step whose rounded linear relaxation already clears its threshold
+by ``SURE_BELOW`` needs none: the program would decide the same). The same search with the integer program relaxed to a linear program
 gives a proven lower bound. A joint MILP with big-M links between cut choice and device finish
 would be exact too, but it has types x cuts x servers binaries and is far slower on the 1,000-device
 benchmark than a dozen tiny programs.
@@ -237,21 +238,25 @@ def candidates(table: StageTable, spread: int = 2) -> list[list[Group]]:
     return [g for _, g in scored]
 
 
-def rank_uniform_cuts(table: StageTable) -> list[int]:
+def rank_uniform_cuts(table: StageTable, top: int | None = None) -> list[int]:
     """Cuts every device type can use, most promising first (by the linear relaxation).
 
     The key is the larger of the slowest type's pipeline on its best server and the busiest
-    server's load when device counts may be fractional (a linear program: fast).
+    server's load when device counts may be fractional (a linear program: fast). With ``top``, only
+    the ``top`` first (the same as the full ranking's): cuts are tried by their pipeline term, which
+    bounds their key from below, and the rest are dropped once it exceeds the ``top``-th key found.
     """
-    out = []
-    for ki, k in enumerate(table.cuts):
+    device = {int(k): float(table.fin[:, ki, :].min(axis=1).max()) for ki, k in enumerate(table.cuts)}
+    out: list[tuple[float, int]] = []
+    for k in sorted(device, key=lambda k: (device[k], k)):
+        if top is not None and len(out) >= top and device[k] > sorted(out)[top - 1][0]:
+            break  # its key, and every later one's, is at least its pipeline term
+        ki = table.k_index(k)
         kk = np.where(table.allowed[:, ki, :], ki, -1)
         r = assign(table, kk, integral=False)
-        if r is None:
-            continue
-        device = table.fin[:, ki, :].min(axis=1).max()
-        out.append((max(device, r[0]), int(k)))
-    return [k for _, k in sorted(out)]
+        if r is not None:
+            out.append((max(device[k], r[0]), k))
+    return [k for _, k in sorted(out)][:top]
 
 
 def fixed_cut(table: StageTable, cut: int) -> list[Group] | None:
