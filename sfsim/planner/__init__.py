@@ -102,8 +102,9 @@ CHEAPER_RUNS = 12
 
 CHEAPER_MICRO_BATCHES = 20_000
 """Simulated micro-batches that search may spend, within what is left of ``SIM_MICRO_BATCHES``
-(but at least one run when one run fits: energy always, ties too); on the 1,000-device benchmark one
-replay."""
+(energy: at least one run). On the 1,000-device benchmark nothing is left for time ties: one more
+replay would cost a quarter of the planning time (it found no cheaper tie there), and the report
+says the ties were not searched."""
 
 EXHAUSTIVE_LIMIT = 2000
 """Type-level plans (one cut and server per type) below which all are also scored analytically."""
@@ -421,15 +422,15 @@ def _trade(replay: Replay, cm, fastest: list[Group], objective: str, deadline: f
            tie_tolerance: float, lb: float, left: int, total: int) -> tuple[list[Group], Score, bool]:
     """Trade the fastest plan's time for device compute (ties) or energy (deadline).
 
-    ``left`` is what remains of the replay budget; the search spends at most that, but at least one
-    replay when a run fits in ``CHEAPER_MICRO_BATCHES`` (longer runs replay no candidates for ties,
-    and the report says so; energy, asked for, replays at least one).
+    ``left`` is what remains of the replay budget (at most ``CHEAPER_MICRO_BATCHES`` of it is
+    spent: long runs replay no candidates for ties, and the report says so; energy, asked for,
+    replays at least one).
 
     Returns:
         ``(groups, score, ties_searched)`` of the chosen plan.
     """
     table, best = replay.table, replay.score(fastest)
-    runs = min(CHEAPER_RUNS, CHEAPER_MICRO_BATCHES // max(total, 1), max(left, 1))  # ties: one replay at least
+    runs = min(CHEAPER_RUNS, CHEAPER_MICRO_BATCHES // max(total, 1), left)
     nearby_cap = min(NEARBY_MAX, NEARBY_MICRO_BATCHES // max(total, 1), left)
     if objective == "energy":
         if deadline < best.makespan_s:
