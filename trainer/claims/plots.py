@@ -19,7 +19,7 @@ def _plt():
 
 
 def accuracy_figure(groups: dict, model: str, task: str, title: str, path: Path) -> bool:
-    """Grouped bars: one group per partition, one bar per method, error bars = sd over seeds; majority dashed.
+    """Grouped bars: one group per partition, one bar per method, error bars = sd over seeds (none for one seed); majority dashed.
 
     Returns False (and writes nothing) when no cell of this model and task is recorded.
     """
@@ -39,14 +39,14 @@ def accuracy_figure(groups: dict, model: str, task: str, title: str, path: Path)
                 m, sd = mean_sd(vals)
                 xs.append(j + (i - (len(METHODS) - 1) / 2) * width)
                 ys.append(m)
-                es.append(sd or 0.0)
+                es.append(float("nan") if sd is None else sd)  # one seed: no error bar (not a zero one)
         ax.bar(xs, ys, width, yerr=es, capsize=2, label=meth)
     if base:
         ax.axhline(100 * base, color="black", ls="--", lw=1, label="majority class")
     ax.set_xticks(range(len(PARTITIONS)), PARTITIONS)
     ax.set_ylabel("dev accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(f"{title} (error bars: sd over seeds; none: one seed)", fontsize=10)
     ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
