@@ -142,29 +142,6 @@ class DynamicServer(_Server):
             return
         super()._serve(c)
 
-    def _arrival_segment(self, quota: int, left: dict) -> None:
-        """Serve ``quota`` micro-batches in arrival order; skipped turns of gone clients do not count."""
-        unissued, issued = dict(left), 0
-        for c in left:
-            if issued < quota:
-                self._issue(c, self.free)
-                unissued[c] -= 1
-                issued += 1
-        out = [c for c in left if c.arrival is not None]
-        served = 0
-        while served < quota and out:
-            c = min(out, key=lambda c: (c.arrival, c.i))
-            out.remove(c)
-            skipped = c.arrival == -INF
-            self._serve(c)
-            self._count_down(left, c)
-            served, issued = served + (not skipped), issued - skipped
-            if issued < quota and unissued[c]:
-                self._issue(c, self.free)
-                unissued[c] -= 1
-                issued += 1
-                out.append(c)
-
     def _fedavg(self) -> None:
         """Every client still there uploads; the server averages the uploads that arrive, sends the average down."""
         for c in self.clients:

@@ -38,6 +38,7 @@ trainer does none of that (see ``tests/test_schedules.py`` for the hand-derived 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sfsim.engine import DeviceTimes, Engine, ServerTimes, StreamMixing
@@ -207,7 +208,11 @@ class _Server:
                 self._issue(c, self.free)
 
     def _arrival_segment(self, quota: int, left: dict[_Client, int]) -> None:
-        """Serve ``quota`` micro-batches in arrival order (ties: device order)."""
+        """Serve ``quota`` micro-batches in arrival order (ties: device order).
+
+        A turn of a client that is gone (arrival ``-inf``, set by :mod:`sfsim.dynamic_split` on the
+        dynamic network) is skipped and does not count toward ``quota``.
+        """
         unissued, issued = dict(left), 0
         for c in left:
             if issued < quota:
@@ -215,13 +220,14 @@ class _Server:
                 unissued[c] -= 1
                 issued += 1
         out = [c for c in left if c.arrival is not None]
-        for _ in range(quota):
-            if not out:
-                break
+        served = 0
+        while served < quota and out:
             c = min(out, key=lambda c: (c.arrival, c.i))
             out.remove(c)
+            skipped = c.arrival == -math.inf
             self._serve(c)
             self._count_down(left, c)
+            served, issued = served + (not skipped), issued - skipped
             if issued < quota and unissued[c]:
                 self._issue(c, self.free)
                 unissued[c] -= 1
