@@ -121,24 +121,18 @@ def needs_motion(d, downlink: bool) -> bool:
     return bool(d.handover) or d.availability is not None or d.uplink.varies or (downlink and d.downlink.varies)
 
 
-def legs_of(setup, d, up_bytes: float) -> list[Leg]:
-    """The legs of scenario device ``d``: its assigned server and links, then one per handover.
+def leg_links(sc, d) -> list[tuple]:
+    """``(at, server name, uplink, its rate, downlink, its rate)`` per leg of scenario device ``d``.
 
     A handover may change the uplink and the downlink (its ``uplink`` / ``downlink`` keys); a link
     it does not name keeps the previous leg's, and with it its channel realisation (the same rate
     object: a fading or Gilbert-Elliott channel does not restart at a handover that leaves it alone).
     A new link's rate is seeded ``{seed}:{device}:uplink:{j}`` / ``...:downlink:{j}`` for handover ``j + 1``.
-
-    Args:
-        setup: the schedule's :class:`~sfsim.schedules.Setup`.
-        d: a scenario device.
-        up_bytes: bytes of one full micro-batch on its uplink (for ``up_s``).
+    Rates are None for constant links. The planner draws the same channels from here.
     """
-    sc, idx = setup.scenario, setup.server_index
     seed, key = sc.training.seed, f"devices[{[t.name for t in sc.device_types].index(d.type)}]"
-    legs, up, down, drate = [], d.uplink, d.downlink, None
-    stops = [(0.0, setup.assignment[d.name], None, None)]
-    stops += [(h.at, h.to, h.uplink, h.downlink) for h in d.handover]
+    out, up, down, drate = [], d.uplink, d.downlink, None
+    stops = [(0.0, d.server, None, None)] + [(h.at, h.to, h.uplink, h.downlink) for h in d.handover]
     for j, (at, srv, new_up, new_down) in enumerate(stops):
         up = new_up or up
         where = f"{key}.handover[{j - 1}]" if j else key
@@ -146,6 +140,21 @@ def legs_of(setup, d, up_bytes: float) -> list[Leg]:
         if j == 0 or new_down is not None:
             down = new_down or down
             drate = link_rate(down, sc.resolve_path, f"{seed}:{d.name}:downlink:{j}", sc.source, f"{where}.downlink")
+        out.append((at, srv, up, rate, down, drate))
+    return out
+
+
+def legs_of(setup, d, up_bytes: float) -> list[Leg]:
+    """The legs of scenario device ``d``: its assigned server and links, then one per handover (:func:`leg_links`).
+
+    Args:
+        setup: the schedule's :class:`~sfsim.schedules.Setup`.
+        d: a scenario device.
+        up_bytes: bytes of one full micro-batch on its uplink (for ``up_s``).
+    """
+    idx, legs = setup.server_index, []
+    for j, (at, srv, up, rate, down, drate) in enumerate(leg_links(setup.scenario, d)):
+        srv = setup.assignment[d.name] if j == 0 else srv
         legs.append(Leg(at, idx[srv], up.bandwidth, up_bytes * 8.0 / up.bandwidth, up.latency, rate,
                         down.bandwidth, down.latency, drate))
     return legs

@@ -39,8 +39,9 @@ import time
 from collections.abc import Callable
 
 from sfsim.availability import availability_for, next_online, online_until
+from sfsim.dynamic_legs import leg_links
 from sfsim.errors import SfsimError
-from sfsim.linkrate import Constant, Product, Rate, finish, link_rate
+from sfsim.linkrate import Constant, Product, Rate, finish
 from trainer.runtime import DeviceLeft
 
 INF = math.inf
@@ -76,10 +77,7 @@ def availability(scenario, d) -> Rate | None:
 def link_rates(scenario, d, with_availability: bool = True) -> tuple[Rate | None, Rate | None]:
     """(uplink, downlink) rates of device ``d`` (None: constant bandwidth); a pausing device's uplink
     carries only while it is online."""
-    seed, key = scenario.training.seed, _key(scenario, d)
-    up = link_rate(d.uplink, scenario.resolve_path, f"{seed}:{d.name}:uplink:0", scenario.source, f"{key}.uplink")
-    down = link_rate(d.downlink, scenario.resolve_path, f"{seed}:{d.name}:downlink:0", scenario.source,
-                     f"{key}.downlink")
+    _, _, _, up, _, down = leg_links(scenario, d)[0]  # the simulator's channels (handovers are refused here)
     avail = availability(scenario, d) if with_availability else None
     if avail is not None and d.availability.churn == "pause":
         up = Product(up or Constant(d.uplink.bandwidth), avail)

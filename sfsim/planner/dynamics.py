@@ -34,7 +34,8 @@ import math
 import numpy as np
 
 from sfsim.availability import availability_for
-from sfsim.linkrate import Constant, Product, Rate, finish, link_rate
+from sfsim.dynamic_legs import leg_links, needs_motion
+from sfsim.linkrate import Constant, Product, Rate, finish
 
 INF = math.inf
 
@@ -58,7 +59,7 @@ class Legs(Rate):
 
 def is_dynamic(device) -> bool:
     """True when a scenario device hands over, has a time-varying uplink or declares availability."""
-    return bool(device.handover) or device.availability is not None or device.uplink.varies
+    return needs_motion(device, downlink=False)
 
 
 def describe(scenario) -> str:
@@ -74,17 +75,11 @@ def describe(scenario) -> str:
     return "; ".join(f"{k}: {', '.join(dict.fromkeys(v))}" for k, v in parts.items() if v)
 
 
-def uplink_rate(scenario, device, key: str) -> Rate:
-    """The device's uplink rate over time, across its handover legs, as the simulator draws it."""
-    seed, link = scenario.training.seed, device.uplink
-    starts, rates = [], []
-    for j, (at, new) in enumerate([(0.0, None)] + [(h.at, h.uplink) for h in device.handover]):
-        link = new or link
-        rate = link_rate(link, scenario.resolve_path, f"{seed}:{device.name}:uplink:{j}", scenario.source,
-                         f"{key}.uplink")
-        starts.append(float(at))
-        rates.append(rate if rate is not None else Constant(float(link.bandwidth)))
-    return rates[0] if len(rates) == 1 else Legs(starts, rates)
+def uplink_rate(scenario, device) -> Rate:
+    """The device's uplink rate over time, across its handover legs: the simulator's own channels."""
+    legs = leg_links(scenario, device)
+    rates = [rate if rate is not None else Constant(float(up.bandwidth)) for _, _, up, rate, _, _ in legs]
+    return rates[0] if len(rates) == 1 else Legs([float(at) for at, *_ in legs], rates)
 
 
 def effective_stages(scenario, types, f: np.ndarray, up_bytes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -114,7 +109,7 @@ def effective_stages(scenario, types, f: np.ndarray, up_bytes: np.ndarray) -> tu
             if d.availability is not None and d.availability.churn == "pause":
                 avail = availability_for(d.availability, d.name, d.type, scenario.resolve_path,
                                          scenario.training.seed, scenario.source, f"{key}.availability")
-            link = uplink_rate(scenario, d, key)
+            link = uplink_rate(scenario, d)
             if avail is not None:
                 link = Product(link, avail)
             done: dict[float, float] = {}  # bits per micro-batch -> effective seconds (cuts often share it)
