@@ -91,6 +91,19 @@ def test_accuracy_table_is_mean_and_sample_sd_over_seeds():
     assert rows[5] == "| label-skew:1 | not run | not run | not run | not run | not run | - |"
 
 
+def test_accuracy_rows_are_the_grids_partitions_so_not_run_means_still_to_run():
+    cells = grid.default_grid()
+    groups = {("smollm2-135m", "sst2", "iid", "cenlora"): {0: {"accuracy": 0.86}}}
+    parts = render.grid_partitions(cells, groups, "smollm2-135m", "sst2")
+    assert parts == ("iid", "label-skew:1")  # SmolLM2's grid has no Dirichlet rows
+    rows = render.accuracy_table(groups, "smollm2-135m", "sst2", partitions=parts)
+    assert [r.split(" | ")[0] for r in rows[2:]] == ["| iid", "| label-skew:1"]
+    assert render.grid_partitions(cells, {}, "minilm-l6", "mnli") == grid.PARTITIONS
+    # a recorded run outside the grid is still shown, after the grid's rows
+    extra = {("smollm2-135m", "sst2", "dirichlet:0.3", "splitfrozen"): {0: {"accuracy": 0.7}}}
+    assert render.grid_partitions(cells, extra, "smollm2-135m", "sst2") == ("iid", "label-skew:1", "dirichlet:0.3")
+
+
 def test_claim_rows_compare_seed_by_seed_in_points_and_relative():
     g = {("minilm-l6", "sst2", "label-skew:1", "splitfrozen"): {0: {"accuracy": 0.8}, 1: {"accuracy": 0.82}},
          ("minilm-l6", "sst2", "label-skew:1", "fedlora"): {0: {"accuracy": 0.5}, 1: {"accuracy": 0.6},

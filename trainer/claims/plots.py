@@ -18,7 +18,8 @@ def _plt():
     return plt
 
 
-def accuracy_figure(groups: dict, model: str, task: str, title: str, path: Path) -> bool:
+def accuracy_figure(groups: dict, model: str, task: str, title: str, path: Path,
+                    partitions: tuple[str, ...] = PARTITIONS) -> bool:
     """Grouped bars: one group per partition, one bar per method, error bars = sd over seeds (none for one seed); majority dashed.
 
     Returns False (and writes nothing) when no cell of this model and task is recorded.
@@ -31,7 +32,7 @@ def accuracy_figure(groups: dict, model: str, task: str, title: str, path: Path)
     base = None
     for i, meth in enumerate(METHODS):
         xs, ys, es = [], [], []
-        for j, part in enumerate(PARTITIONS):
+        for j, part in enumerate(partitions):
             runs = groups.get((model, task, part, meth), {})
             vals = [100 * v for v in (figure(f, "accuracy") for f in runs.values()) if v is not None]
             base = base or next((majority(f) for f in runs.values() if majority(f)), None)
@@ -43,7 +44,7 @@ def accuracy_figure(groups: dict, model: str, task: str, title: str, path: Path)
         ax.bar(xs, ys, width, yerr=es, capsize=2, label=meth)
     if base:
         ax.axhline(100 * base, color="black", ls="--", lw=1, label="majority class")
-    ax.set_xticks(range(len(PARTITIONS)), PARTITIONS)
+    ax.set_xticks(range(len(partitions)), partitions)
     ax.set_ylabel("dev accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"{title} (error bars: sd over seeds; none: one seed)", fontsize=10)

@@ -49,6 +49,14 @@ def figure(figs: dict, name: str) -> float | None:
     return (figs.get("eval_metrics") or {}).get(name.removeprefix("eval_"))
 
 
+def grid_partitions(cells, groups: dict[tuple, dict[int, dict]], model: str, task: str) -> tuple[str, ...]:
+    """The partitions the report shows for ``model`` and ``task``: the grid's, then any other recorded one, in order."""
+    seen = [c.partition for c in cells if c.kind == "accuracy" and (c.model, c.task) == (model, task)]
+    seen += [k[2] for k in groups if k[:2] == (model, task)]
+    ordered = [p for p in PARTITIONS if p in seen] + [p for p in dict.fromkeys(seen) if p not in PARTITIONS]
+    return tuple(ordered)
+
+
 def majority(figs: dict, metric: str = "accuracy") -> float | None:
     """The dev set's majority-class score (``accuracy``, ``macro_f1`` or ``f1``) recorded with a run, if any."""
     if figs.get(f"majority_{metric}") is not None:
@@ -57,11 +65,16 @@ def majority(figs: dict, metric: str = "accuracy") -> float | None:
     return base.get(metric)
 
 
-def accuracy_table(groups: dict[tuple, dict[int, dict]], model: str, task: str, metric: str = "accuracy") -> list[str]:
-    """Markdown rows: one per partition, one column per method, mean ± sd over seeds (count)."""
+def accuracy_table(groups: dict[tuple, dict[int, dict]], model: str, task: str, metric: str = "accuracy",
+                   partitions: tuple[str, ...] = PARTITIONS) -> list[str]:
+    """Markdown rows: one per partition, one column per method, mean ± sd over seeds (count).
+
+    ``partitions`` are the rows: the grid's partitions for this model and task, so that ``not run``
+    always means a run the grid still needs (SmolLM2's grid has no Dirichlet rows at all).
+    """
     head = "| partition | " + " | ".join(METHODS) + " | majority class |"
     rows = [head, "|" + "---|" * (len(METHODS) + 2)]
-    for part in PARTITIONS:
+    for part in partitions:
         cols, base = [], None
         for meth in METHODS:
             runs = groups.get((model, task, part, meth), {})

@@ -34,7 +34,7 @@ def make_report(results: Path, docs: Path, data_dir: str, budget_s: float, cells
     recorded = load_cells(results)
     groups = render.seeds_of(recorded)
     lines = _header(outcome, recorded, cells, time.perf_counter() - t0)
-    lines += _accuracy(groups, figs)
+    lines += _accuracy(groups, figs, cells)
     order_file = stream_order or results.parent / "sst2_stream_order.json"
     lines += ["", "## 2. The server's stream order under skew (distributed runtime)", ""]
     lines += [f"Recorded by `bench/experiment_stream_order.py` in `{order_file.name}` beside the cells (250, 500, "
@@ -100,7 +100,7 @@ def _header(outcome: Outcome, recorded: dict, cells: list[Cell], wall: float) ->
             "30 blocks); compute and time use GPT-2 small's exact shape.", ""]
 
 
-def _accuracy(groups: dict, figs: Path) -> list[str]:
+def _accuracy(groups: dict, figs: Path, cells: list[Cell]) -> list[str]:
     lines = ["## 1. Accuracy under non-IID partitions", "",
              "Partitions: `iid`; `dirichlet:ALPHA` (each class's samples split among the devices by Dir(alpha)); "
              "`label-skew:1` (each device holds one class: the paper's extreme case). Methods: SplitFrozen, "
@@ -115,15 +115,19 @@ def _accuracy(groups: dict, figs: Path) -> list[str]:
         for task in ("sst2", "mrpc", "mnli"):
             if not any(k[0] == model and k[1] == task for k in groups):
                 continue
-            lines += [f"### {model}, {TASK_NAMES[task]}", ""] + render.accuracy_table(groups, model, task)
+            parts = render.grid_partitions(cells, groups, model, task)
+            lines += [f"### {model}, {TASK_NAMES[task]}", ""] + render.accuracy_table(groups, model, task,
+                                                                                     partitions=parts)
             if any(render.figure(f, "macro_f1") is not None for k, r in groups.items()
                    if k[:2] == (model, task) for f in r.values()):
-                lines += ["", "Macro-F1 (%):", ""] + render.accuracy_table(groups, model, task, "macro_f1")
+                lines += ["", "Macro-F1 (%):", ""] + render.accuracy_table(groups, model, task, "macro_f1",
+                                                                                     partitions=parts)
             if task == "mrpc" and any(render.figure(f, "f1") is not None for k, r in groups.items()
                                       if k[:2] == (model, task) for f in r.values()):
-                lines += ["", "F1 of the paraphrase class (%):", ""] + render.accuracy_table(groups, model, task, "f1")
+                lines += ["", "F1 of the paraphrase class (%):", ""] + render.accuracy_table(
+                    groups, model, task, "f1", partitions=parts)
             name = f"accuracy_{model}_{task}.png"
-            if plots.accuracy_figure(groups, model, task, f"{model}, {TASK_NAMES[task]}", figs / name):
+            if plots.accuracy_figure(groups, model, task, f"{model}, {TASK_NAMES[task]}", figs / name, parts):
                 lines += ["", f"![accuracy {model} {task}](figures/{name})"]
             lines.append("")
     for model in SETTINGS:
@@ -188,9 +192,9 @@ def _time(recorded: dict, figs: Path, edge: str, factors: list[float]) -> list[s
     lines += ["", "![time saving against bandwidth](figures/savings_vs_bandwidth.png)", ""]
     for b in baselines:
         c = compute.crossings(rows, b, compute.PAPER["time_saving"] / 100)
-        up = ", ".join(f"{f:.3g}x" for f in c["at_or_above"]) or "none"
-        neg = ", ".join(f"{f:.3g}x" for f in c["negative"]) or "none"
-        lines.append(f"- vs {b}: saving >= 50.2% at factors {up}; SplitFrozen slower at {neg}.")
+        up = ", ".join(f"{f:.3g}x" for f in c["at_or_above"]) or "no swept factor"
+        neg = ", ".join(f"{f:.3g}x" for f in c["negative"]) or "no swept factor"
+        lines.append(f"- vs {b}: saving >= 50.2% at {up}; SplitFrozen slower at {neg}.")
     return lines
 
 
