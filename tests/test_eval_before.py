@@ -54,3 +54,12 @@ def test_eval_before_scores_the_untrained_model_and_changes_nothing_else(tiny_gp
     assert set(before) == {"accuracy", "answer_loss"} and before["answer_loss"] > 0
     assert before["answer_loss"] != plain["eval_metrics"]["answer_loss"]  # training moved the held-out loss
     assert json.loads((tmp_path / "with" / "eval_before.json").read_text()) == before
+    # every scored generation is kept, in dev order, and re-derives the exact match it was scored with
+    for name, em in (("generations_before.jsonl", before["accuracy"]),
+                     ("generations.jsonl", with_before["eval_metrics"]["accuracy"])):
+        gens = [json.loads(line) for line in (tmp_path / "with" / name).read_text().splitlines()]
+        assert [g["row"] for g in gens] == [0, 1, 2, 3]
+        assert [g["reference"] for g in gens] == ["5", "6", "7", "8"]  # test rows 12..15: 4+1 .. 4+4
+        assert sum(g["correct"] for g in gens) / 4 == em and all(g["tokens"] <= 4 for g in gens)
+        assert all(g["hit_limit"] == (g["tokens"] == 4) for g in gens)
+    assert not (tmp_path / "plain" / "generations_before.jsonl").exists()

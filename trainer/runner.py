@@ -42,6 +42,7 @@ from trainer.methods.evaluate import (
     exact_match,
     majority_baseline,
     predict,
+    write_generations,
 )
 from trainer.methods.splitlora import CLIENT_ORDERS
 from trainer.models import load_model
@@ -319,19 +320,22 @@ def _periods(scenario, cuts: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def score(method, lm, head, dev, cfg: RunConfig, n_eval: int) -> dict:
+def score(method, lm, head, dev, cfg: RunConfig, n_eval: int, generations: Path | None = None) -> dict:
     """Scores of the global model on the first ``n_eval`` dev rows: ``accuracy`` (GSM8K: exact match) and,
-    for classification, ``macro_f1``, ``f1`` (class 1 of two) and ``per_class_f1``."""
+    for classification, ``macro_f1``, ``f1`` (class 1 of two) and ``per_class_f1``. GSM8K's scored
+    generations go to ``generations`` (JSON lines) when given."""
     lm.model.eval()
     if head is not None:
         head.eval()
     device, server = split_model(lm.model, method.eval_cut(), head=head, frozen_device=False)
     idx = list(range(n_eval))
     if dev.is_generation:
-        prompts = tdata.encode_prompts(dev, lm.tokenizer, cfg.max_len, indices=idx)
-        return {"accuracy": exact_match(device, server, prompts, [dev.finals[i] for i in idx], lm.tokenizer,
-                                        cfg.gen_tokens),
-                "answer_loss": answer_loss(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))}
+        prompts, rows = tdata.encode_prompts(dev, lm.tokenizer, cfg.max_len, indices=idx), []
+        em = exact_match(device, server, prompts, [dev.finals[i] for i in idx], lm.tokenizer, cfg.gen_tokens,
+                         record=rows)
+        if generations is not None:
+            write_generations(generations, rows)
+        return {"accuracy": em, "answer_loss": answer_loss(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))}
     preds = predict(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
     return classification_scores(preds.numpy(), dev.labels[:n_eval], dev.num_labels)
 
@@ -376,7 +380,7 @@ def _score_before(cfg: RunConfig, out: Path, method, lm, setup, dev, info) -> di
     path = out / "eval_before.json"
     if path.is_file():
         return json.loads(path.read_text())
-    scores = score(method, lm, setup.head, dev, cfg, info["n_eval"])
+    scores = score(method, lm, setup.head, dev, cfg, info["n_eval"], out / "generations_before.jsonl")
     write_atomic(path, json.dumps(scores))
     return scores
 
@@ -426,7 +430,7 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
         method.finish_epoch()
         train_s.append(round(time.perf_counter() - t_train, 6))
         bar.close()
-        scores = score(method, lm, setup.head, dev, cfg, info["n_eval"])
+        scores = score(method, lm, setup.head, dev, cfg, info["n_eval"], out / "generations.jsonl")
         evals.append(round(scores["accuracy"], 6))
         info["scores"].append(scores)
         save_adapter(out / "adapter", lm.model, setup.head, _adapter_config(cfg, lm, setup, method))

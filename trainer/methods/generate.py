@@ -14,6 +14,8 @@ float rounding in the attention sums).
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from trainer.data import gsm8k_final_number
@@ -64,12 +66,14 @@ def greedy_generate(device, server, input_ids: torch.Tensor, attention_mask: tor
 
 
 def exact_match(device, server, prompts: dict[str, torch.Tensor], finals: list[str | None], tokenizer,
-                max_new_tokens: int = 128, batch_size: int = 8) -> float:
+                max_new_tokens: int = 128, batch_size: int = 8, record: list | None = None) -> float:
     """GSM8K: share of prompts whose generated final number equals the reference final number.
 
     Prompts are decoded in batches of ``batch_size`` in order of length (so a batch pads little), each
-    batch with its all-padding columns dropped.
+    batch with its all-padding columns dropped. ``record``, when given, receives one dict per prompt
+    in row order (see :func:`generation_row`): what was generated and how it was scored.
     """
+    rows_out: dict[int, dict] = {}
     n, correct = prompts["input_ids"].shape[0], 0
     lengths = prompts["attention_mask"].sum(1)  # (N,)
     order = sorted(range(n), key=lambda i: (int(lengths[i]), i))
@@ -79,6 +83,33 @@ def exact_match(device, server, prompts: dict[str, torch.Tensor], finals: list[s
         gen = greedy_generate(device, server, b["input_ids"], b["attention_mask"], max_new_tokens,
                               tokenizer.eos_token_id)
         for i, toks in zip(rows, gen, strict=True):
-            pred = gsm8k_final_number(tokenizer.decode(toks, skip_special_tokens=True))
+            text = tokenizer.decode(toks, skip_special_tokens=True)
+            pred = gsm8k_final_number(text)
             correct += int(pred is not None and pred == finals[i])
+            rows_out[i] = generation_row(i, text, pred, finals[i], len(toks), max_new_tokens)
+    if record is not None:
+        record.extend(rows_out[i] for i in range(n))
     return correct / max(n, 1)
+
+
+def generation_row(row: int, text: str, predicted: str | None, reference: str | None, n_tokens: int,
+                   max_new_tokens: int) -> dict:
+    """One scored generation: the dev row, the text, the final numbers, and why it may have failed.
+
+    ``marked``: the text holds GSM8K's ``#### N`` answer mark (else the last number was taken);
+    ``hit_limit``: decoding stopped at ``max_new_tokens`` rather than at EOS (the answer may be cut off).
+
+    Example:
+        >>> generation_row(3, "6 * 7 = 42\\n#### 42", "42", "42", 9, 160)["correct"]
+        True
+    """
+    return {"row": row, "correct": predicted is not None and predicted == reference, "predicted": predicted,
+            "reference": reference, "marked": "####" in text, "hit_limit": n_tokens >= max_new_tokens,
+            "tokens": n_tokens, "output": text}
+
+
+def write_generations(path, rows: list[dict]) -> None:
+    """``generations.jsonl``: one scored generation per line, written atomically."""
+    from sfsim.schema import write_atomic
+
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
