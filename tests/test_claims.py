@@ -237,3 +237,30 @@ def test_the_majority_column_matches_the_metric():
     assert render.accuracy_table(groups, "minilm-l6", "mrpc")[2].endswith("| 68.4 |")
     assert render.accuracy_table(groups, "minilm-l6", "mrpc", "macro_f1")[2].endswith("| 40.6 |")
     assert render.accuracy_table(groups, "minilm-l6", "mrpc", "f1")[2].endswith("| 81.2 |")
+
+
+def test_summary_puts_each_paper_figure_beside_ours_and_ranges_only_consecutive_factors():
+    facts = {"compute": {"cut": 3, "cost_model": 0.876, "flop_counter": 0.877,
+                         "measured": {"splitlora-interleaved": 0.483, "fedlora": 0.835}},
+             "time": {"edge": "profiles/edge.yaml", "factors": [0.1, 1.0, 10.0, 100.0],
+                      "measured": {"splitlora": 0.542, "fedlora": 0.773},
+                      "simulated": {"splitlora": 0.362, "splitlora-sequential": 0.926, "fedlora": 0.847},
+                      "crossings": {"splitlora": {"at_or_above": [10.0, 100.0], "negative": []},
+                                    "splitlora-sequential": {"at_or_above": [0.1, 1.0, 10.0, 100.0], "negative": []},
+                                    "fedlora": {"at_or_above": [1.0, 100.0], "negative": [0.1]}}},
+             "accuracy": {("minilm-l6", "fedlora"): {"task": "sst2", "points": 18.2, "relative": 29.8, "seeds": 3,
+                                                     "f1_points": 20.2}}}
+    rows = render.summary_lines(facts)
+    assert rows[2] == ("| device compute: up to 86.8% less than FedLoRA | 87.6% (cost model), 87.7% "
+                       "(`FlopCounterMode`) | GPT-2 small, cut 3 | 3 |")
+    assert rows[3] == ("| (the same, measured in the real runs) | 48.3% vs splitlora-interleaved, 83.5% vs fedlora | "
+                       "MiniLM-L6, cut 2 of 6 | 3 |")
+    assert rows[4] == ("| training time: up to 50.2% less than SplitLoRA (interleaved) | 54.2% measured; 36.2% "
+                       "simulated | measured on the 4-device emulated fleet; simulated on `profiles/edge.yaml`; 50.2% "
+                       "or more with its links at x10-x100, slower at none | 4 |")
+    assert "not run (measured); 92.6% simulated" in rows[5] and "links at x0.1-x100," in rows[5]
+    assert "links at x1, x100, slower at x0.1 |" in rows[6]  # x10 is not >= 50.2%: no range over it
+    assert rows[7] == ("| accuracy under extreme skew: up to +69.4% over fedlora | +18.2 points (+29.8% relative; "
+                       "macro-F1 +20.2 points), SST-2, 3 seeds | minilm-l6, label-skew:1 | 1 |")
+    empty = render.summary_lines({})  # nothing recorded: the time rows say so, no other row is invented
+    assert len(empty) == 5 and all("not run (measured) | measured on" in r for r in empty[2:])

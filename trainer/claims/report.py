@@ -33,19 +33,22 @@ def make_report(results: Path, docs: Path, data_dir: str, budget_s: float, cells
     figs.mkdir(parents=True, exist_ok=True)
     recorded = load_cells(results)
     groups = render.seeds_of(recorded)
-    lines = _header(outcome, recorded, cells, time.perf_counter() - t0)
-    lines += _accuracy(groups, figs, cells)
+    facts: dict = {}  # the figures each section computes, for the summary at the top
+    lines = _accuracy(groups, figs, cells, facts)
     order_file = stream_order or results.parent / "sst2_stream_order.json"
     lines += ["", "## 2. The server's stream order under skew (distributed runtime)", ""]
     lines += [f"Recorded by `bench/experiment_stream_order.py` in `{order_file.name}` beside the cells (250, 500, "
               "750 and 1,000 samples on 4 devices with one label each, MiniLM-L6, SST-2, one process per role; "
               "training times follow the shared machine's load, see its .md).", ""]
     lines += render.stream_order_lines(order_file)
-    lines += _compute(groups, figs, edge, measure_gpt2)
-    lines += _time(recorded, figs, edge, FACTORS if factors is None else factors)
+    lines += _compute(groups, figs, edge, measure_gpt2, facts)
+    lines += _time(recorded, figs, edge, FACTORS if factors is None else factors, facts)
     lines += ["", "## 5. GSM8K on SmolLM2-135M (Llama family)", ""]
     lines += render.gsm8k_lines(recorded)
     lines += ["", f"_Report written in {time.perf_counter() - t0:.0f} s of wall time._", ""]
+    lines = (_header(outcome, recorded, cells, time.perf_counter() - t0)
+             + ["## At a glance: the paper's figures beside ours", ""] + render.summary_lines(facts)
+             + ["", "Each row's figures and their caveats are in the section it names.", ""] + lines)
     write_atomic(docs / "results.md", "\n".join(lines) + "\n")
     return outcome
 
@@ -55,7 +58,7 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-def _claim(groups: dict, model: str) -> list[str]:
+def _claim(groups: dict, model: str, facts: dict) -> list[str]:
     """The +69.4% section of one model: SplitFrozen against each baseline under label-skew:1."""
     rows = render.claim_rows(groups, model)
     if not rows and model != "minilm-l6":
@@ -70,6 +73,7 @@ def _claim(groups: dict, model: str) -> list[str]:
             for b in BASELINES}
     for b, r in best.items():
         if r is not None:
+            facts.setdefault("accuracy", {})[(model, b)] = r
             f1 = "" if r.get("f1_points") is None else f", macro-F1 {r['f1_points']:+.1f} points"
             lines.append(f"- Against {b}: up to {r['points']:+.1f} points ({r['relative']:+.1f}% relative{f1}) on "
                          f"{TASK_NAMES[r['task']]}; the paper says +69.4%.")
@@ -100,7 +104,7 @@ def _header(outcome: Outcome, recorded: dict, cells: list[Cell], wall: float) ->
             "30 blocks); compute and time use GPT-2 small's exact shape.", ""]
 
 
-def _accuracy(groups: dict, figs: Path, cells: list[Cell]) -> list[str]:
+def _accuracy(groups: dict, figs: Path, cells: list[Cell], facts: dict) -> list[str]:
     lines = ["## 1. Accuracy under non-IID partitions", "",
              "Partitions: `iid`; `dirichlet:ALPHA` (each class's samples split among the devices by Dir(alpha)); "
              "`label-skew:1` (each device holds one class: the paper's extreme case). Methods: SplitFrozen, "
@@ -131,16 +135,19 @@ def _accuracy(groups: dict, figs: Path, cells: list[Cell]) -> list[str]:
                 lines += ["", f"![accuracy {model} {task}](figures/{name})"]
             lines.append("")
     for model in SETTINGS:
-        lines += _claim(groups, model)
+        lines += _claim(groups, model, facts)
     return lines
 
 
-def _compute(groups: dict, figs: Path, edge: str, measure_gpt2: bool) -> list[str]:
+def _compute(groups: dict, figs: Path, edge: str, measure_gpt2: bool, facts: dict) -> list[str]:
     sc = load_scenario(edge)
     rows = compute.cut_savings(sc)
     measured = compute.measured_gpt2_saving(3, sc.model.seq_len) if measure_gpt2 else None
     plots.cut_figure(rows, measured, figs / "savings_vs_cut.png", sc.arch.name)
     k3 = next(r for r in rows if r["cut"] == 3)
+    facts["compute"] = {"cut": 3, "cost_model": k3["saving_vs_fedlora"],
+                        "flop_counter": measured["saving_vs_fedlora"] if measured else None,
+                        "measured": render.measured_compute_savings(groups)}
     lines = ["", "## 3. Device compute", "",
              f"GPT-2 small ({edge}: {sc.model.seq_len} tokens, micro-batch {sc.training.micro_batch}, LoRA on "
              f"{', '.join(sc.training.lora.targets or ['the defaults'])}), cut 3: SplitFrozen's device runs "
@@ -161,9 +168,11 @@ def _compute(groups: dict, figs: Path, edge: str, measure_gpt2: bool) -> list[st
     return lines
 
 
-def _time(recorded: dict, figs: Path, edge: str, factors: list[float]) -> list[str]:
+def _time(recorded: dict, figs: Path, edge: str, factors: list[float], facts: dict) -> list[str]:
     sc = load_scenario(edge)
     times = compute.edge_times(sc)
+    facts["time"] = {"edge": edge, "factors": list(factors), "measured": render.measured_time_savings(recorded), "crossings": {},
+                     "simulated": {n: t["splitfrozen_time_saving"] for n, t in times.items() if n != "splitfrozen"}}
     lines = ["", "## 4. Training time", "", "### Measured on the distributed runtime", "",
              f"One OS process per role over torch.distributed; {render.time_settings_line()}. The predicted "
              "column is the simulator on the same scenario (see `sfsim validate`).", ""]
@@ -192,6 +201,7 @@ def _time(recorded: dict, figs: Path, edge: str, factors: list[float]) -> list[s
     lines += ["", "![time saving against bandwidth](figures/savings_vs_bandwidth.png)", ""]
     for b in baselines:
         c = compute.crossings(rows, b, compute.PAPER["time_saving"] / 100)
+        facts["time"]["crossings"][b] = c
         up = ", ".join(f"{f:.3g}x" for f in c["at_or_above"]) or "no swept factor"
         neg = ", ".join(f"{f:.3g}x" for f in c["negative"]) or "no swept factor"
         lines.append(f"- vs {b}: saving >= 50.2% at {up}; SplitFrozen slower at {neg}.")
