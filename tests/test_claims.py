@@ -222,12 +222,13 @@ def test_readme_report_commands_run_or_list(tmp_path, monkeypatch):
 
 def test_gsm8k_table_reads_before_from_cenlora_and_after_from_each_method():
     cen = Cell("gsm8k", "smollm2-135m", "gsm8k", "cenlora")
-    rec = _rec(cen, accuracy=0.05, train_samples=64, eval_samples=40, eval_metrics={"accuracy": 0.05,
-                                                                                     "answer_loss": 1.234567},
-               eval_before={"accuracy": 0.025, "answer_loss": 2.5})
+    rec = _rec(cen, accuracy=0.05, train_samples=64, eval_samples=40,
+               eval_metrics={"accuracy": 0.05, "answer_loss": 1.234567, "marked": 0.9, "hit_limit": 0.125},
+               eval_before={"accuracy": 0.025, "answer_loss": 2.5})  # recorded before the shares existed
     lines = render.gsm8k_lines({cen.key: rec})
-    assert lines[2:] == ["| before fine-tuning | 2.5% | 2.500 | 0 | 40 |", "| after cenlora | 5.0% | 1.235 | 64 | 40 |",
-                         "| after splitfrozen | not run | | | |"]
+    assert lines[2:] == ["| before fine-tuning | 2.5% | 2.500 | - | - | 0 | 40 |",
+                         "| after cenlora | 5.0% | 1.235 | 90.0% | 12.5% | 64 | 40 |",
+                         "| after splitfrozen | not run | | | | | |"]
 
 
 def test_the_majority_column_matches_the_metric():

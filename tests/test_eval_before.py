@@ -51,7 +51,7 @@ def test_eval_before_scores_the_untrained_model_and_changes_nothing_else(tiny_gp
     assert with_before["train_loss_history"] == plain["train_loss_history"]
     assert with_before["eval_metrics"] == plain["eval_metrics"] and plain["eval_before"] is None
     before = with_before["eval_before"]
-    assert set(before) == {"accuracy", "answer_loss"} and before["answer_loss"] > 0
+    assert set(before) == {"accuracy", "answer_loss", "marked", "hit_limit"} and before["answer_loss"] > 0
     assert before["answer_loss"] != plain["eval_metrics"]["answer_loss"]  # training moved the held-out loss
     assert json.loads((tmp_path / "with" / "eval_before.json").read_text()) == before
     # every scored generation is kept, in dev order, and re-derives the exact match it was scored with
@@ -62,4 +62,7 @@ def test_eval_before_scores_the_untrained_model_and_changes_nothing_else(tiny_gp
         assert [g["reference"] for g in gens] == ["5", "6", "7", "8"]  # test rows 12..15: 4+1 .. 4+4
         assert sum(g["correct"] for g in gens) / 4 == em and all(g["tokens"] <= 4 for g in gens)
         assert all(g["hit_limit"] == (g["tokens"] == 4) for g in gens)
+        scores = before if name == "generations_before.jsonl" else with_before["eval_metrics"]
+        assert scores["hit_limit"] == sum(g["hit_limit"] for g in gens) / 4
+        assert scores["marked"] == sum(g["marked"] for g in gens) / 4
     assert not (tmp_path / "plain" / "generations_before.jsonl").exists()

@@ -44,6 +44,7 @@ from trainer.methods.evaluate import (
     predict,
     write_generations,
 )
+from trainer.methods.generate import generation_shares
 from trainer.methods.splitlora import CLIENT_ORDERS
 from trainer.models import load_model
 from trainer.partition import missing_classes, parse_partition, partition, partition_table
@@ -335,7 +336,8 @@ def score(method, lm, head, dev, cfg: RunConfig, n_eval: int, generations: Path 
                          record=rows)
         if generations is not None:
             write_generations(generations, rows)
-        return {"accuracy": em, "answer_loss": answer_loss(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))}
+        loss = answer_loss(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
+        return {"accuracy": em, "answer_loss": loss, **generation_shares(rows)}
     preds = predict(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
     return classification_scores(preds.numpy(), dev.labels[:n_eval], dev.num_labels)
 

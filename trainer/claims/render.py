@@ -251,25 +251,36 @@ def time_lines(cells: dict[str, dict]) -> list[str]:
 
 
 def gsm8k_lines(cells: dict[str, dict]) -> list[str]:
+    """GSM8K before and after fine-tuning: exact match, answer-only loss, and how the answers ended.
+
+    ``#### N`` mark: share of generated answers that hold GSM8K's final-answer mark (else the last
+    number is scored); at the limit: share whose decoding stopped at ``--gen-tokens`` rather than at
+    EOS (the answer may have been cut before its end). Cells run before these were recorded show ``-``.
+    """
     rec = {r["cell"]["method"]: r["figures"] for r in cells.values() if r["cell"]["kind"] == "gsm8k"}
     if not rec:
         return ["No GSM8K cell recorded yet."]
-    lines = ["| model state | exact match | answer-only loss (held-out) | train samples | eval questions |",
-             "|---|---|---|---|---|"]
+    lines = ["| model state | exact match | answer-only loss (held-out) | `#### N` mark | stopped at the token limit | "
+             "train samples | eval questions |", "|---|---|---|---|---|---|---|"]
     cen = rec.get("cenlora") or {}
     rows = [("before fine-tuning", cen.get("eval_before"), 0, cen.get("eval_samples"))]
     for meth in ("cenlora", "splitfrozen"):
         f = rec.get(meth)
-        rows.append((f"after {meth}", None if f is None else {"accuracy": f.get("accuracy"),
+        rows.append((f"after {meth}", None if f is None else {**(f.get("eval_metrics") or {}),
+                                                             "accuracy": f.get("accuracy"),
                                                              "answer_loss": figure(f, "answer_loss")},
                      None if f is None else f.get("train_samples"), None if f is None else f.get("eval_samples")))
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
     for label, s, n_train, n_eval in rows:
         if s is None:
-            lines.append(f"| {label} | not run | | | |")
+            lines.append(f"| {label} | not run | | | | | |")
             continue
-        em, loss = s.get("accuracy"), s.get("answer_loss")
-        lines.append(f"| {label} | {'-' if em is None else f'{100 * em:.1f}%'} | "
-                     f"{'-' if loss is None else f'{loss:.3f}'} | {n_train} | {n_eval} |")
+        loss = s.get("answer_loss")
+        lines.append(f"| {label} | {pct(s.get('accuracy'))} | {'-' if loss is None else f'{loss:.3f}'} | "
+                     f"{pct(s.get('marked'))} | {pct(s.get('hit_limit'))} | {n_train} | {n_eval} |")
     return lines
 
 

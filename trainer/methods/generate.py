@@ -108,6 +108,18 @@ def generation_row(row: int, text: str, predicted: str | None, reference: str | 
             "tokens": n_tokens, "output": text}
 
 
+def generation_shares(rows: list[dict]) -> dict[str, float]:
+    """Shares of scored generations that hold the ``#### N`` mark and that stopped at the token limit.
+
+    Example:
+        >>> generation_shares([{"marked": True, "hit_limit": False}, {"marked": False, "hit_limit": True}])
+        {'marked': 0.5, 'hit_limit': 0.5}
+    """
+    n = max(len(rows), 1)
+    return {"marked": round(sum(r["marked"] for r in rows) / n, 6),
+            "hit_limit": round(sum(r["hit_limit"] for r in rows) / n, 6)}
+
+
 def write_generations(path, rows: list[dict]) -> None:
     """``generations.jsonl``: one scored generation per line, written atomically."""
     from sfsim.schema import write_atomic
