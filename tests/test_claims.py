@@ -265,3 +265,11 @@ def test_summary_puts_each_paper_figure_beside_ours_and_ranges_only_consecutive_
                        "macro-F1 +20.2 points), SST-2, 3 seeds | minilm-l6, label-skew:1 | 1 |")
     empty = render.summary_lines({})  # nothing recorded: the time rows say so, no other row is invented
     assert len(empty) == 5 and all("not run (measured) | measured on" in r for r in empty[2:])
+
+
+def test_a_generation_cell_keeps_its_scored_answers(tmp_path):
+    (tmp_path / "generations.jsonl").write_text('{"row": 0, "correct": true}\n{"row": 1, "correct": false}\n')
+    assert grid.run_generations(tmp_path) == {"after": [{"row": 0, "correct": True}, {"row": 1, "correct": False}]}
+    (tmp_path / "generations_before.jsonl").write_text('{"row": 0, "correct": false}\n')
+    assert grid.run_generations(tmp_path)["before"] == [{"row": 0, "correct": False}]
+    assert grid.run_generations(tmp_path / "none") == {}

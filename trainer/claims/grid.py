@@ -233,13 +233,15 @@ def run_cell(cell: Cell, data_dir: str, timeout: str) -> dict:
             raise CellError(lines[-1] if lines else f"exit status {proc.returncode}")
         wall = time.perf_counter() - t
         figures = (time_figures if cell.kind == "time" else run_figures)(out)
+        kept = run_generations(out)
     except subprocess.TimeoutExpired:
         raise CellError(f"out of budget after {float(timeout):.0f} s") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"key": cell.key, "cell": asdict(cell), "command": " ".join(cmd).replace(str(out), "OUT"),
             "settings": asdict(cell.settings), "wall_s": round(wall, 1), "commit": commit,
-            "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "figures": figures}
+            "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "figures": figures,
+            **({"generations": kept} if kept else {})}
 
 
 #: Figures a run's ``metrics.json`` gives the report (those present are kept).
@@ -257,6 +259,16 @@ def run_figures(out: Path) -> dict:
     figs["partition_counts"] = m.get("partition", {}).get("counts")
     figs["cuts"] = m.get("cuts")
     return figs
+
+
+def run_generations(out: Path) -> dict[str, list[dict]]:
+    """A generation run's scored answers (``generations.jsonl``, ``generations_before.jsonl``), kept with its cell."""
+    kept = {}
+    for name, key in (("generations.jsonl", "after"), ("generations_before.jsonl", "before")):
+        path = out / name
+        if path.is_file():
+            kept[key] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return kept
 
 
 def time_figures(out: Path) -> dict:
