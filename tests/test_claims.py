@@ -273,3 +273,25 @@ def test_a_generation_cell_keeps_its_scored_answers(tmp_path):
     (tmp_path / "generations_before.jsonl").write_text('{"row": 0, "correct": false}\n')
     assert grid.run_generations(tmp_path)["before"] == [{"row": 0, "correct": False}]
     assert grid.run_generations(tmp_path / "none") == {}
+
+
+def test_accuracy_bars_keep_each_methods_colour_and_each_partitions_slot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from trainer.claims import plots
+
+    groups = {("smollm2-135m", "sst2", "iid", "cenlora"): {0: {"accuracy": 0.86}},
+              ("smollm2-135m", "sst2", "label-skew:1", "splitlora-sequential"): {0: {"accuracy": 0.5},
+                                                                                 1: {"accuracy": 0.6}}}
+    fig, ax = plt.subplots()
+    plots.accuracy_axes(ax, groups, "smollm2-135m", "sst2", ("iid", "label-skew:1"))
+    bars = [(round(p.get_x() + p.get_width() / 2, 6), round(p.get_height(), 6), to_hex(p.get_facecolor()))
+            for p in ax.patches]
+    plt.close(fig)
+    # cenlora is the 5th method (C4), splitlora-sequential the 3rd (C2); bars centred at slot + offset
+    assert bars == [(1.0, 55.0, to_hex("C2")), (0.32, 86.0, to_hex("C4"))]
+    assert ax.get_xlim() == (-0.5, 1.5)

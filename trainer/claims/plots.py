@@ -28,6 +28,18 @@ def accuracy_figure(groups: dict, model: str, task: str, title: str, path: Path,
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.6))
+    accuracy_axes(ax, groups, model, task, partitions)
+    ax.set_title(f"{title} (error bars: sd over seeds; none: one seed)", fontsize=10)
+    ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def accuracy_axes(ax, groups: dict, model: str, task: str, partitions: tuple[str, ...]) -> None:
+    """Draw :func:`accuracy_figure`'s bars on ``ax``: method ``i`` always in colour ``C{i}``, every partition
+    in its own slot (so a figure with few runs keeps the layout of a full one)."""
     width = 0.8 / len(METHODS)
     base = None
     for i, meth in enumerate(METHODS):
@@ -41,18 +53,13 @@ def accuracy_figure(groups: dict, model: str, task: str, title: str, path: Path,
                 xs.append(j + (i - (len(METHODS) - 1) / 2) * width)
                 ys.append(m)
                 es.append(float("nan") if sd is None else sd)  # one seed: no error bar (not a zero one)
-        ax.bar(xs, ys, width, yerr=es, capsize=2, label=meth)
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=meth, color=f"C{i}")
     if base:
         ax.axhline(100 * base, color="black", ls="--", lw=1, label="majority class")
     ax.set_xticks(range(len(partitions)), partitions)
+    ax.set_xlim(-0.5, len(partitions) - 0.5)
     ax.set_ylabel("dev accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{title} (error bars: sd over seeds; none: one seed)", fontsize=10)
-    ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
 
 
 def cut_figure(rows: list[dict], measured: dict | None, path: Path, model: str) -> None:
