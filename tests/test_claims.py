@@ -228,7 +228,12 @@ def test_gsm8k_table_reads_before_from_cenlora_and_after_from_each_method():
     lines = render.gsm8k_lines({cen.key: rec})
     assert lines[2:] == ["| before fine-tuning | 2.5% | 2.500 | - | - | 0 | 40 |",
                          "| after cenlora | 5.0% | 1.235 | 90.0% | 12.5% | 64 | 40 |",
-                         "| after splitfrozen | not run | | | | | |"]
+                         "| after splitfrozen | not run | | | | | |", "",
+                         "- Exact match 1/40 before against 2/40 after cenlora: two-sided Fisher exact p = 1.00 "
+                         "(no evidence of a difference on this many questions)."]
+    # 0/40 against 12/40 is no accident (p = 0.0002)
+    assert render.exact_match_tests([("before", {"accuracy": 0.0}, 0, 40), ("after x", {"accuracy": 0.3}, 8, 40)]) == [
+        "- Exact match 0/40 before against 12/40 after x: two-sided Fisher exact p = 0.00."]
 
 
 def test_the_majority_column_matches_the_metric():

@@ -281,7 +281,30 @@ def gsm8k_lines(cells: dict[str, dict]) -> list[str]:
         loss = s.get("answer_loss")
         lines.append(f"| {label} | {pct(s.get('accuracy'))} | {'-' if loss is None else f'{loss:.3f}'} | "
                      f"{pct(s.get('marked'))} | {pct(s.get('hit_limit'))} | {n_train} | {n_eval} |")
-    return lines
+    return lines + [""] + exact_match_tests(rows)
+
+
+def exact_match_tests(rows: list[tuple]) -> list[str]:
+    """Whether each fine-tuned exact match differs from the pretrained one by more than chance.
+
+    Two-sided Fisher exact test on correct/incorrect counts over the same questions (rows of
+    :func:`gsm8k_lines`: ``(label, scores, train samples, eval questions)``, the first the pretrained model).
+    """
+    from scipy.stats import fisher_exact
+
+    _, before, _, n = rows[0]
+    if before is None or not n or before.get("accuracy") is None:
+        return []
+    a = round(before["accuracy"] * n)
+    out = []
+    for label, s, _, m in rows[1:]:
+        if s is None or s.get("accuracy") is None or m != n:
+            continue
+        b = round(s["accuracy"] * n)
+        p = fisher_exact([[a, n - a], [b, n - b]]).pvalue
+        out.append(f"- Exact match {a}/{n} before against {b}/{n} {label}: two-sided Fisher exact p = {p:.2f}"
+                   + (" (no evidence of a difference on this many questions)." if p >= 0.05 else "."))
+    return out
 
 
 def stream_order_lines(path: Path) -> list[str]:

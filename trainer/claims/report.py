@@ -43,7 +43,12 @@ def make_report(results: Path, docs: Path, data_dir: str, budget_s: float, cells
     lines += render.stream_order_lines(order_file)
     lines += _compute(groups, figs, edge, measure_gpt2, facts)
     lines += _time(recorded, figs, edge, FACTORS if factors is None else factors, facts)
-    lines += ["", "## 5. GSM8K on SmolLM2-135M (Llama family)", ""]
+    lines += ["", "## 5. GSM8K on SmolLM2-135M (Llama family)", "",
+              "Greedy decoding of at most `--gen-tokens` tokens after `Question: ...\\nAnswer:`; exact match "
+              "compares the number after `#### ` (else the last number) with the reference's. `#### N` mark: share "
+              "of answers holding GSM8K's final-answer mark; stopped at the token limit: share that ran to the "
+              "limit without ending (cut off, or repeating itself). Every scored answer is kept in the cell's "
+              "record (`generations`, before and after).", ""]
     lines += render.gsm8k_lines(recorded)
     lines += ["", f"_Report written in {time.perf_counter() - t0:.0f} s of wall time._", ""]
     lines = (_header(outcome, recorded, cells, time.perf_counter() - t0)
