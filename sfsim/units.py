@@ -11,6 +11,9 @@ import re
 
 _NUM = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
 _PATTERN = re.compile(rf"^\s*{_NUM}\s*([A-Za-zµ/]*)\s*$")
+_UNSIGNED = r"((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
+_PART = re.compile(rf"{_UNSIGNED}\s*([A-Za-zµ]+)")
+_COMPOUND = re.compile(rf"^\s*(?:{_UNSIGNED}\s*[A-Za-zµ]+\s*){{2,}}$")  # durations only: "2 h 15 min"
 
 _SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 _IEC = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
@@ -50,6 +53,8 @@ def parse_quantity(value: object, kind: str) -> float:
         50000000.0
         >>> parse_quantity("4 GiB", "size")
         4294967296.0
+        >>> parse_quantity("2 h 15 min", "time")
+        8100.0
     """
     table = _TABLES[kind]
     if isinstance(value, bool):
@@ -60,6 +65,10 @@ def parse_quantity(value: object, kind: str) -> float:
         m = _PATTERN.match(value)
         if m and m.group(2) in table:
             return float(m.group(1)) * table[m.group(2)]
+        if kind == "time" and _COMPOUND.match(value):  # "2 h 15 min", "1min30s": each part with its unit
+            parts = _PART.findall(value)
+            if all(u in table and u for _, u in parts):
+                return sum(float(n) * table[u] for n, u in parts)
     raise ValueError(f"{value!r} is not a {kind}; write e.g. {_EXAMPLES[kind]} or a number in {_BASE[kind]}")
 
 

@@ -15,6 +15,9 @@ from sfsim.units import format_quantity, parse_quantity
     ("0.5ms", "time", 0.0005),
     ("3 us", "time", 3e-6),
     ("2 min", "time", 120.0),
+    ("2 h 15 min", "time", 8100.0),
+    ("1min30s", "time", 90.0),
+    ("1 h 0.5 h", "time", 5400.0),
     ("4 GiB", "size", 4 * 2**30),
     ("1.5 GB", "size", 1.5e9),
     ("512", "size", 512.0),
@@ -27,7 +30,9 @@ def test_parse_quantity(text, kind, expected):
 
 
 @pytest.mark.parametrize("text, kind", [("50 Mbs", "bandwidth"), ("fast", "time"), (True, "size"),
-                                        ("4 GiB", "bandwidth"), ("", "flops"), (None, "time")])
+                                        ("4 GiB", "bandwidth"), ("", "flops"), (None, "time"),
+                                        ("2 h 15", "time"), ("2 h -15 min", "time"), ("2 h 15 parsecs", "time"),
+                                        ("1 Mbps 2 Mbps", "bandwidth")])
 def test_parse_quantity_rejects(text, kind):
     with pytest.raises(ValueError, match="is not a"):
         parse_quantity(text, kind)
