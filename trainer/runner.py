@@ -40,11 +40,11 @@ from trainer.methods.evaluate import (
     answer_loss,
     classification_scores,
     exact_match,
+    generation_shares,
     majority_baseline,
     predict,
     write_generations,
 )
-from trainer.methods.generate import generation_shares
 from trainer.methods.splitlora import CLIENT_ORDERS
 from trainer.models import load_model
 from trainer.partition import missing_classes, parse_partition, partition, partition_table

@@ -7,7 +7,12 @@ import numpy as np
 import torch
 
 # GSM8K decoding (KV cache, length-sorted batches) lives in trainer.methods.generate
-from trainer.methods.generate import exact_match, greedy_generate, write_generations  # noqa: F401 (re-exported)
+from trainer.methods.generate import (  # noqa: F401 (re-exported)
+    exact_match,
+    generation_shares,
+    greedy_generate,
+    write_generations,
+)
 from trainer.runtime import device_kwargs, trim
 
 
