@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +84,50 @@ def test_run_cells_skips_what_is_recorded_keeps_going_after_a_failure_and_stops_
     assert calls == [("b", "DATA"), ("c", "DATA"), ("d", "DATA")]
     assert out.ran == [cells[2].key, cells[3].key] and out.failed == {cells[1].key: "error: boom"}
     assert set(grid.load_cells(tmp_path)) == {cells[0].key, cells[2].key, cells[3].key}
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_claim_is_exclusive_released_after_the_run_and_a_dead_process_claim_is_taken_over(tmp_path):
+    path = tmp_path / "cells" / "accuracy/m/sst2/iid/a/s0.json"
+    assert not grid.claimed(path) and grid.claim(path)
+    assert grid.claimed(path) and not grid.claim(path)  # held by a live process (this one)
+    grid.release(path)
+    assert not grid.claimed(path)
+    lock = path.with_name("s0.json.running")
+    lock.write_text(f"{socket.gethostname()} {_dead_pid()}")  # killed while running
+    assert not grid.claimed(path) and grid.claim(path)
+    assert lock.read_text() == f"{socket.gethostname()} {os.getpid()}"
+    lock.write_text("another-host 1")  # its process cannot be checked from here: respected
+    assert grid.claimed(path) and not grid.claim(path)
+
+
+def test_two_report_runs_share_a_grid_a_cell_claimed_or_recorded_elsewhere_is_not_run_again(tmp_path):
+    cells = [Cell("accuracy", "m", "sst2", meth) for meth in ("a", "b", "c", "d")]
+    held = grid.cell_path(tmp_path, cells[1])
+    held.parent.mkdir(parents=True)
+    held.with_name("s0.json.running").write_text(f"{socket.gethostname()} {os.getppid()}")  # a live process
+    calls = []
+
+    def runner(cell, data_dir, timeout):
+        calls.append(cell.method)
+        assert grid.claimed(grid.cell_path(tmp_path, cell))
+        if cell.method == "a":  # meanwhile another process records c
+            path = grid.cell_path(tmp_path, cells[2])
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(_rec(cells[2], accuracy=0.5)))
+        if cell.method == "d":
+            raise CellError("error: boom")
+        return _rec(cell, accuracy=0.75)
+
+    out = run_cells(cells, tmp_path, "DATA", budget_s=3600.0, runner=runner, log=lambda s: None)
+    assert calls == ["a", "d"] and out.ran == [cells[0].key] and out.elsewhere == [cells[1].key]
+    assert out.skipped == [cells[2].key] and list(out.failed) == [cells[3].key]
+    assert sorted(p.name for p in (tmp_path / "cells").rglob("*.running")) == ["s0.json.running"]  # b's, not ours
 
 
 def test_accuracy_table_is_mean_and_sample_sd_over_seeds():
@@ -197,6 +245,10 @@ def test_report_cli_errors_are_one_line(tmp_path):
         assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
     res = CliRunner().invoke(main, ["report", "--results", str(tmp_path), "--list", "--only", "kind=gsm8k"])
     assert res.exit_code == 0 and res.output.splitlines()[-1] == "0 of 2 recorded"
+    assert grid.claim(grid.cell_path(tmp_path, Cell("gsm8k", "smollm2-135m", "gsm8k", "cenlora")))
+    res = CliRunner().invoke(main, ["report", "--results", str(tmp_path), "--list", "--only", "kind=gsm8k"])
+    assert res.output.splitlines() == ["running   gsm8k/smollm2-135m/gsm8k/iid/cenlora/s0",
+                                       "missing   gsm8k/smollm2-135m/gsm8k/iid/splitfrozen/s0", "0 of 2 recorded"]
 
 
 def test_readme_report_commands_run_or_list(tmp_path, monkeypatch):

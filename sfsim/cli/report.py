@@ -40,7 +40,7 @@ def parse_only(texts: tuple[str, ...]) -> dict[str, set[str]]:
 def report(budget, only, list_cells, results, docs, data_dir, edge):
     """Run the claims report's missing real runs within --budget, then rewrite docs/results.md and its figures."""
     from sfsim.units import parse_quantity
-    from trainer.claims.grid import default_grid, load_cells, select
+    from trainer.claims.grid import cell_path, claimed, default_grid, load_cells, select
     from trainer.claims.report import make_report
 
     try:
@@ -58,7 +58,8 @@ def report(budget, only, list_cells, results, docs, data_dir, edge):
     recorded = load_cells(Path(results))
     if list_cells:
         for c in cells:
-            click.echo(f"{'recorded' if c.key in recorded else 'missing ':8s}  {c.key}")
+            state = "recorded" if c.key in recorded else "running" if claimed(cell_path(Path(results), c)) else "missing"
+            click.echo(f"{state:8s}  {c.key}")
         click.echo(f"{sum(c.key in recorded for c in cells)} of {len(cells)} recorded")
         return
     if budget_s > 0 and not Path(data_dir).is_dir():
@@ -66,4 +67,6 @@ def report(budget, only, list_cells, results, docs, data_dir, edge):
     outcome = make_report(Path(results), Path(docs), data_dir, budget_s, cells=cells, edge=edge,
                           log=lambda s: click.echo(s))
     click.echo(f"ran {len(outcome.ran)}, skipped {len(outcome.skipped)} recorded, failed {len(outcome.failed)}, "
-               f"left {len(outcome.left)} for lack of budget -> {docs}/results.md")
+               f"left {len(outcome.left)} for lack of budget"
+               + (f", {len(outcome.elsewhere)} running in another sfsim report" if outcome.elsewhere else "")
+               + f" -> {docs}/results.md")

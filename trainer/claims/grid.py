@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -154,17 +155,72 @@ def load_cells(results: Path) -> dict[str, dict]:
 
 @dataclass
 class Outcome:
-    """What :func:`run_cells` did: cells run, skipped (already recorded), failed, and left for lack of budget."""
+    """What :func:`run_cells` did: cells run, skipped (already recorded), failed, left for lack of budget, and
+    left to another ``sfsim report`` that was running them (``elsewhere``)."""
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     left: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
 
 #: Seconds a cell is assumed to take before any of its kind has run (the budget check's first guess).
 FIRST_GUESS_S = {"accuracy": 60.0, "time": 90.0, "gsm8k": 600.0}
+
+
+def _claim_path(path: Path) -> Path:
+    return path.with_name(path.name + ".running")
+
+
+def claim(path: Path) -> bool:
+    """Claim the cell recorded at ``path`` for this process; False while another live process holds it.
+
+    The claim is a ``<cell>.json.running`` file created exclusively, holding ``host pid``, so two
+    ``sfsim report`` runs (one per core) share a grid without running a cell twice. A claim left by
+    a process of this host that is gone (killed, crashed) is stale and taken over; a claim from another
+    host is respected, since its process cannot be checked from here.
+    """
+    lock = _claim_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if claimed(path):
+                return False
+            lock.unlink(missing_ok=True)  # stale (its process is gone), or released meanwhile: try again
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def claimed(path: Path) -> bool:
+    """Whether a live process (or one on another host) holds the cell recorded at ``path``."""
+    try:
+        host, _, pid = _claim_path(path).read_text().partition(" ")
+    except FileNotFoundError:
+        return False
+    return not (host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)))
+
+
+def release(path: Path) -> None:
+    """Drop this process's claim on the cell recorded at ``path``."""
+    _claim_path(path).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def run_cells(cells: list[Cell], results: Path, data_dir: str, budget_s: float,
@@ -179,7 +235,8 @@ def run_cells(cells: list[Cell], results: Path, data_dir: str, budget_s: float,
     done, outcome, t0 = load_cells(results), Outcome(), time.perf_counter()
     took: dict[str, list[float]] = {}
     for cell in cells:
-        if cell.key in done:
+        path = cell_path(results, cell)
+        if cell.key in done or path.is_file():  # recorded before this call, or since by another process
             outcome.skipped.append(cell.key)
             continue
         left = budget_s - (time.perf_counter() - t0)
@@ -188,17 +245,24 @@ def run_cells(cells: list[Cell], results: Path, data_dir: str, budget_s: float,
         if guess > left:
             outcome.left.append(cell.key)
             continue
+        if not claim(path):
+            outcome.elsewhere.append(cell.key)
+            log(f"  {cell.key}: running in another process, skipped")
+            continue
         t = time.perf_counter()
         try:
+            if path.is_file():  # recorded between the check above and the claim
+                outcome.skipped.append(cell.key)
+                continue
             rec = runner(cell, data_dir, str(left))
+            took.setdefault(cell.kind, []).append(time.perf_counter() - t)
+            write_atomic(path, json.dumps(rec, indent=1))
         except CellError as err:
             outcome.failed[cell.key] = str(err)
             log(f"  failed {cell.key}: {err}")
             continue
-        took.setdefault(cell.kind, []).append(time.perf_counter() - t)
-        path = cell_path(results, cell)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(rec, indent=1))
+        finally:
+            release(path)
         outcome.ran.append(cell.key)
         log(f"  {cell.key}: {_brief(rec)} ({time.perf_counter() - t:.0f} s)")
     outcome.wall_s = time.perf_counter() - t0
