@@ -130,6 +130,16 @@ def test_two_report_runs_share_a_grid_a_cell_claimed_or_recorded_elsewhere_is_no
     assert sorted(p.name for p in (tmp_path / "cells").rglob("*.running")) == ["s0.json.running"]  # b's, not ours
 
 
+def test_majority_note_quotes_the_recorded_majority_figures_of_the_tasks_shown():
+    groups = {("m", "mnli", "iid", "fedlora"): {0: {"majority_accuracy": 0.347, "majority_macro_f1": 0.172}},
+              ("m", "mrpc", "iid", "fedlora"): {1: {"majority_baseline": {"accuracy": 0.684, "macro_f1": 0.406}}},
+              ("m", "sst2", "iid", "fedlora"): {0: {"accuracy": 0.9}},
+              ("other", "sst2", "iid", "fedlora"): {0: {"majority_accuracy": 0.5, "majority_macro_f1": 0.3}}}
+    note = render.majority_note(groups, "m", ["mrpc", "mnli", "sst2", "mrpc"])
+    assert note.endswith("only its macro-F1 (MRPC: 68.4% and 40.6; MNLI: 34.7% and 17.2), hence the macro-F1 columns.")
+    assert render.majority_note(groups, "m", ["sst2"]).endswith("only its macro-F1, hence the macro-F1 columns.")
+
+
 def test_accuracy_table_is_mean_and_sample_sd_over_seeds():
     groups = {("minilm-l6", "sst2", "iid", "splitfrozen"): {0: {"accuracy": 0.8}, 1: {"accuracy": 0.9},
                                                            2: {"accuracy": 0.85}},
