@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,18 @@ def test_two_report_runs_share_a_grid_a_cell_claimed_or_recorded_elsewhere_is_no
     assert sorted(p.name for p in (tmp_path / "cells").rglob("*.running")) == ["s0.json.running"]  # b's, not ours
 
 
+def test_seed_table_lists_every_run_by_partition_and_seed():
+    groups = {("m", "sst2", "iid", "splitfrozen"): {0: {"accuracy": 0.735}, 2: {"accuracy": 0.6}},
+              ("m", "sst2", "iid", "fedlora"): {2: {"accuracy": 0.59}},
+              ("m", "mrpc", "iid", "fedlora"): {1: {"accuracy": 0.7}}}
+    rows = render.seed_table(groups, "m", "sst2", ("iid",))
+    assert rows[0].startswith("<details>") and rows[-1] == "</details>"
+    assert rows[2] == "| partition | seed | " + " | ".join(render.METHODS) + " |"
+    assert rows[4:6] == ["| iid | 0 | 73.5 | not run | not run | not run | not run |",
+                         "| iid | 2 | 60.0 | not run | not run | 59.0 | not run |"]
+    assert render.seed_table(groups, "m", "mnli") == []
+
+
 def test_majority_note_quotes_the_recorded_majority_figures_of_the_tasks_shown():
     groups = {("m", "mnli", "iid", "fedlora"): {0: {"majority_accuracy": 0.347, "majority_macro_f1": 0.172}},
               ("m", "mrpc", "iid", "fedlora"): {1: {"majority_baseline": {"accuracy": 0.684, "macro_f1": 0.406}}},
@@ -169,7 +182,22 @@ def test_claim_rows_compare_seed_by_seed_in_points_and_relative():
     (row,) = render.claim_rows(g, "minilm-l6")
     assert row["seeds"] == 2 and row["points"] == pytest.approx(26.0) and row["relative"] == pytest.approx(
         100 * (0.81 / 0.55 - 1))
-    assert row["f1_points"] is None and render.claim_lines([row])[2].endswith("| - | - | - |")
+    assert row["points_sd"] == pytest.approx(statistics.stdev([30.0, 22.0]))  # paired: seed 2 has no SplitFrozen
+    assert row["f1_points"] is None and render.claim_lines([row])[2] == (
+        "| SST-2 | fedlora | 2 | 81.0% | 55.0% | +26.0 ± 5.7 | +47.3% | - | - | - |")
+
+
+def test_claim_bullets_say_up_to_for_a_gain_and_behind_for_a_loss_with_the_seed_sd():
+    from trainer.claims.report import _claim
+    g = {("m", "sst2", "label-skew:1", "splitfrozen"): {0: {"accuracy": 0.80}, 1: {"accuracy": 0.81}},
+         ("m", "sst2", "label-skew:1", "fedlora"): {0: {"accuracy": 0.50}, 1: {"accuracy": 0.49}},
+         ("m", "sst2", "label-skew:1", "splitlora-interleaved"): {0: {"accuracy": 0.82}, 1: {"accuracy": 0.82}}}
+    facts: dict = {}
+    lines = _claim(g, "m", facts)
+    assert "- Against fedlora: up to +31.0 ± 1.4 points (+62.6% relative) on SST-2; the paper says +69.4%." in lines
+    assert ("- Against splitlora-interleaved: behind on every task; at best -1.5 ± 0.7 points (-1.8% relative) on "
+            "SST-2; the paper says +69.4%.") in lines
+    assert set(facts["accuracy"]) == {("m", "fedlora"), ("m", "splitlora-interleaved")}
 
 
 def test_claim_rows_put_macro_f1_beside_accuracy():
@@ -317,7 +345,7 @@ def test_summary_puts_each_paper_figure_beside_ours_and_ranges_only_consecutive_
                                     "splitlora-sequential": {"at_or_above": [0.1, 1.0, 10.0, 100.0], "negative": []},
                                     "fedlora": {"at_or_above": [1.0, 100.0], "negative": [0.1]}}},
              "accuracy": {("minilm-l6", "fedlora"): {"task": "sst2", "points": 18.2, "relative": 29.8, "seeds": 3,
-                                                     "f1_points": 20.2}}}
+                                                     "f1_points": 20.2, "points_sd": 3.04}}}
     rows = render.summary_lines(facts)
     assert rows[2] == ("| device compute: up to 86.8% less than FedLoRA | 87.6% (cost model), 87.7% "
                        "(`FlopCounterMode`) | GPT-2 small, cut 3 | 3 |")
@@ -328,7 +356,7 @@ def test_summary_puts_each_paper_figure_beside_ours_and_ranges_only_consecutive_
                        "or more with its links at x10-x100, slower at none | 4 |")
     assert "not run (measured); 92.6% simulated" in rows[5] and "links at x0.1-x100," in rows[5]
     assert "links at x1, x100, slower at x0.1 |" in rows[6]  # x10 is not >= 50.2%: no range over it
-    assert rows[7] == ("| accuracy under extreme skew: up to +69.4% over fedlora | +18.2 points (+29.8% relative; "
+    assert rows[7] == ("| accuracy under extreme skew: up to +69.4% over fedlora | +18.2 ± 3.0 points (+29.8% relative; "
                        "macro-F1 +20.2 points), SST-2, 3 seeds | minilm-l6, label-skew:1 | 1 |")
     empty = render.summary_lines({})  # nothing recorded: the time rows say so, no other row is invented
     assert len(empty) == 5 and all("not run (measured) | measured on" in r for r in empty[2:])

@@ -78,8 +78,10 @@ def _claim(groups: dict, model: str, facts: dict) -> list[str]:
         if r is not None:
             facts.setdefault("accuracy", {})[(model, b)] = r
             f1 = "" if r.get("f1_points") is None else f", macro-F1 {r['f1_points']:+.1f} points"
-            lines.append(f"- Against {b}: up to {r['points']:+.1f} points ({r['relative']:+.1f}% relative{f1}) on "
-                         f"{TASK_NAMES[r['task']]}; the paper says +69.4%.")
+            sd = "" if r.get("points_sd") is None else f" ± {r['points_sd']:.1f}"
+            lead = "up to" if r["points"] >= 0 else "behind on every task; at best"
+            lines.append(f"- Against {b}: {lead} {r['points']:+.1f}{sd} points ({r['relative']:+.1f}% relative{f1}) "
+                         f"on {TASK_NAMES[r['task']]}; the paper says +69.4%.")
     sl = [best[b] for b in ("splitlora-interleaved", "splitlora-sequential") if best[b] is not None]
     if len(sl) == 2:
         near = min(sl, key=lambda r: min(abs(r["points"] - 69.4), abs(r["relative"] - 69.4)))
@@ -133,6 +135,7 @@ def _accuracy(groups: dict, figs: Path, cells: list[Cell], facts: dict) -> list[
                                       if k[:2] == (model, task) for f in r.values()):
                 lines += ["", "F1 of the paraphrase class (%):", ""] + render.accuracy_table(
                     groups, model, task, "f1", partitions=parts)
+            lines += [""] + render.seed_table(groups, model, task, parts)
             name = f"accuracy_{model}_{task}.png"
             if plots.accuracy_figure(groups, model, task, f"{model}, {TASK_NAMES[task]}", figs / name, parts):
                 lines += ["", f"![accuracy {model} {task}](figures/{name})"]
