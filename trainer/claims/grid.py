@@ -232,11 +232,11 @@ def run_cells(cells: list[Cell], results: Path, data_dir: str, budget_s: float,
     budget's end. A failing cell is reported and skipped; the next ones still run.
     """
     runner = runner or run_cell
-    done, outcome, t0 = load_cells(results), Outcome(), time.perf_counter()
+    outcome, t0 = Outcome(), time.perf_counter()
     took: dict[str, list[float]] = {}
     for cell in cells:
         path = cell_path(results, cell)
-        if cell.key in done or path.is_file():  # recorded before this call, or since by another process
+        if path.is_file():  # recorded before this call, or since by another process
             outcome.skipped.append(cell.key)
             continue
         left = budget_s - (time.perf_counter() - t0)

@@ -78,9 +78,8 @@ def _claim(groups: dict, model: str, facts: dict) -> list[str]:
         if r is not None:
             facts.setdefault("accuracy", {})[(model, b)] = r
             f1 = "" if r.get("f1_points") is None else f", macro-F1 {r['f1_points']:+.1f} points"
-            sd = "" if r.get("points_sd") is None else f" ± {r['points_sd']:.1f}"
             lead = "up to" if r["points"] >= 0 else "behind on every task; at best"
-            lines.append(f"- Against {b}: {lead} {r['points']:+.1f}{sd} points ({r['relative']:+.1f}% relative{f1}) "
+            lines.append(f"- Against {b}: {lead} {render.gain_points(r)} points ({r['relative']:+.1f}% relative{f1}) "
                          f"on {TASK_NAMES[r['task']]}; the paper says +69.4%.")
     sl = [best[b] for b in ("splitlora-interleaved", "splitlora-sequential") if best[b] is not None]
     if len(sl) == 2:
