@@ -20,7 +20,7 @@ import simpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sfsim.engine import DeviceTimes, Engine, ServerTimes  # noqa: E402
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes  # noqa: E402
 from sfsim.schedules import Job, RunConfig, splitfrozen  # noqa: E402
 
 

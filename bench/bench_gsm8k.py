@@ -1,6 +1,6 @@
 """SmolLM2-135M on GSM8K: training samples/s and evaluation prompts/s of one in-process ``sfsim run``.
 
-Times the training epoch (``train_s_by_epoch``) and the evaluation (``trainer.runner.score``, wrapped
+Times the training epoch (``train_s_by_epoch``) and the evaluation (``trainer.run.runner.score``, wrapped
 with a timer) of one SplitFrozen run, and prints one JSON line (also written to ``--json``): seconds,
 samples/s, prompts/s, wall seconds per training sample, the loss history and the micro-batch shapes.
 Run it on two versions of the trainer (e.g. a ``git archive`` of an older commit first on
@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import trainer.runner as runner  # noqa: E402
+import trainer.run.runner as runner  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

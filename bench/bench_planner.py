@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import sfsim  # noqa: E402
-from sfsim.costmodel import CostModel  # noqa: E402
+from sfsim.cost.model import CostModel  # noqa: E402
 from sfsim.planner import expand  # noqa: E402
 from sfsim.planner.model import build_table  # noqa: E402
 from sfsim.planner.search import assign, best_cuts, candidates, fixed_cut, thresholds  # noqa: E402

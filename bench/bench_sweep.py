@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_planner import PINNED, SERVERS, TYPES  # noqa: E402
 
-from sfsim.sweep import Settings, parse_vary, read_rows, run_sweep  # noqa: E402
+from sfsim.sweeps.sweep import Settings, parse_vary, read_rows, run_sweep  # noqa: E402
 
 
 def fleet_yaml(n_devices: int) -> dict:

@@ -8,7 +8,7 @@ torch threads, this measures in one process, one after the other:
    head on the pooled hidden state (BERT: masked mean, decoders: last token; GSM8K: the causal-LM
    loss), AdamW, one step per micro-batch; each micro-batch padded to its own longest row, as
    ``sfsim run`` pads; dropout as ``sfsim run`` trains (the pretrained network's off, LoRA's on);
-2. ``sfsim run --launch inprocess`` (``trainer.runner.run``, FLOP counting on, as by default);
+2. ``sfsim run --launch inprocess`` (``trainer.run.runner.run``, FLOP counting on, as by default);
 3. ``sfsim run --launch local`` (one process per role, one torch thread each: on a 2-core machine the
    roles' processes overlap, so local can beat the single-threaded plain loop);
 4. the plain loop again.
@@ -41,13 +41,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from sfsim.scenario import load_scenario  # noqa: E402
-from trainer import data as tdata  # noqa: E402
-from trainer.heads import default_pooling, pool  # noqa: E402
+from sfsim.scenario.config import load_scenario  # noqa: E402
+from trainer.data import tasks as tdata  # noqa: E402
+from trainer.data.partition import partition  # noqa: E402
 from trainer.methods.common import task_loss  # noqa: E402
-from trainer.partition import partition  # noqa: E402
-from trainer.runner import RunConfig, budget, run  # noqa: E402
-from trainer.runtime import trim  # noqa: E402
+from trainer.model.heads import default_pooling, pool  # noqa: E402
+from trainer.run.runner import RunConfig, budget, run  # noqa: E402
+from trainer.transport.runtime import trim  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "tests" / "fixtures"
@@ -67,7 +67,7 @@ def _plain_model(model: str, family_targets: list[str], blocks: list[int], lora:
     """A plain HF model with peft LoRA on ``blocks`` and (classification) a linear head."""
     from peft import LoraConfig, get_peft_model
 
-    from trainer.models import load_model  # only resolves built-in names to their local folders
+    from trainer.model.loading import load_model  # only resolves built-in names to their local folders
 
     lm = load_model(model)
     # classification runs the transformer without its LM head, as sfsim's split parts do
@@ -134,7 +134,7 @@ def _sfsim(args, method: str, launch: str) -> dict:
 
 def lora_plan(method: str, split: int, n_layers: int, family: str, scenario) -> tuple[list[int], list[str]]:
     """LoRA blocks and targets of ``method`` as ``sfsim run`` places them (checked against its metrics)."""
-    from trainer.lora import default_targets
+    from trainer.model.lora import default_targets
 
     first = split if method.startswith("splitfrozen") else 0  # lora_start: the cut (splitfrozen), else 0
     lo = scenario.training.lora
@@ -144,7 +144,7 @@ def lora_plan(method: str, split: int, n_layers: int, family: str, scenario) -> 
 
 def bench(args) -> dict:
     """Every method against the plain loop; return the figures (also printed as a table)."""
-    from trainer.models import load_model
+    from trainer.model.loading import load_model
 
     torch.set_num_threads(args.threads)
     sc = load_scenario(args.scenario)
@@ -185,7 +185,7 @@ def bench(args) -> dict:
 
 def _smoke_model(folder: Path) -> str:
     """A tiny random GPT-2 saved as a local HF folder (what the tests use)."""
-    from trainer.models import tiny_model
+    from trainer.model.loading import tiny_model
 
     lm = tiny_model("gpt2", n_layers=4, hidden=32, seed=2)
     lm.model.save_pretrained(folder)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default=str(HERE / "results" / "bench_trainer.json"))
     args = ap.parse_args(argv)
     args.methods, args.launch = args.methods.split(","), args.launch.split(",")
-    from trainer.quiet import silence_libraries
+    from trainer.run.quiet import silence_libraries
 
     silence_libraries()  # no weight-loading bars in the table
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes

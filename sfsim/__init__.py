@@ -9,8 +9,8 @@ Python API::
 """
 
 from sfsim.errors import ConfigError, SfsimError
-from sfsim.planfile import Plan, load_plan
-from sfsim.scenario import Scenario, load_scenario, scenario_from_dict
+from sfsim.scenario.config import Scenario, load_scenario, scenario_from_dict
+from sfsim.scenario.planfile import Plan, load_plan
 
 __all__ = ["ConfigError", "SfsimError", "Plan", "Scenario", "load_plan", "load_scenario",
            "scenario_from_dict", "simulate", "plan"]

@@ -9,11 +9,11 @@ its client depth unless ``splits`` is given explicitly (a plan's cuts are for Sp
 LoRA start: ``lora_start`` argument, else the plan's, else ``training.lora_start``, else the largest
 cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else each device's
 ``server`` pin, and the devices without one least-loaded over the servers
-(:func:`sfsim.assign.least_loaded`); ``SimResult.assignment_source`` says which. Each server
+(:func:`sfsim.scenario.assign.least_loaded`); ``SimResult.assignment_source`` says which. Each server
 trains its own replica on its devices' micro-batches; with ``training.sync`` the SplitFrozen servers
-average their adapters over their backhaul links (:mod:`sfsim.backhaul`). Handovers, time-varying
+average their adapters over their backhaul links (:mod:`sfsim.network.backhaul`). Handovers, time-varying
 links and device availability are simulated for every schedule but cenlora, which has no device
-links (:mod:`sfsim.dynamic`).
+links (:mod:`sfsim.engine.dynamic`).
 """
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from sfsim.assign import resolve_assignment
-from sfsim.backhaul import backhaul_for
-from sfsim.costmodel import CostModel
-from sfsim.dynamic import check_supported, report
-from sfsim.energy import run_energy
-from sfsim.engine import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
+from sfsim.cost.energy import run_energy
+from sfsim.cost.memory import check_memory
+from sfsim.cost.model import CostModel
+from sfsim.engine.dynamic import check_supported, report
+from sfsim.engine.pool import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
-from sfsim.memory import check_memory
 from sfsim.methods import canonical
-from sfsim.mobility import stages
-from sfsim.planfile import Plan, load_plan
-from sfsim.result import SimResult
-from sfsim.scenario import Scenario
+from sfsim.network.backhaul import backhaul_for
+from sfsim.network.mobility import stages
+from sfsim.outputs.result import SimResult
+from sfsim.scenario.assign import resolve_assignment
+from sfsim.scenario.config import Scenario
+from sfsim.scenario.planfile import Plan, load_plan
 from sfsim.schedules import RunConfig, Setup, get
 from sfsim.schedules.splitlora import CLIENT_ORDERS, FIXED_ORDERS
 
@@ -143,19 +143,19 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     """Simulate one schedule on a scenario.
 
     Args:
-        scenario: a loaded :class:`~sfsim.scenario.Scenario`.
+        scenario: a loaded :class:`~sfsim.scenario.config.Scenario`.
         schedule: a method name from :data:`sfsim.methods.METHODS` (or an alias).
         splits: None, an int or a dict device -> cut (see the module docstring).
-        plan: a :class:`~sfsim.planfile.Plan`, a :class:`~sfsim.planner.PlanResult` (what
+        plan: a :class:`~sfsim.scenario.planfile.Plan`, a :class:`~sfsim.planner.PlanResult` (what
             :func:`sfsim.plan` returns) or a plan file path (cuts, LoRA start, assignment).
         lora_start: first LoRA block on the server (SplitFrozen).
-        trace: keep every op as a :class:`~sfsim.trace.TraceEvent` (memory grows with the run).
-        policy: server policy (:data:`sfsim.engine.POLICIES`); default training.server_policy.
+        trace: keep every op as a :class:`~sfsim.outputs.trace.TraceEvent` (memory grows with the run).
+        policy: server policy (:data:`sfsim.engine.pool.POLICIES`); default training.server_policy.
         client_order: SplitLoRA's client order (``interleaved`` or ``sequential``, see
             :mod:`sfsim.schedules.splitlora`); default training.client_order; other schedules ignore it.
 
     Returns:
-        A :class:`~sfsim.result.SimResult`.
+        A :class:`~sfsim.outputs.result.SimResult`.
 
     Example:
         >>> res = simulate(load_scenario("profiles/edge.yaml"), "splitfrozen", splits=3)

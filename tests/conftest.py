@@ -23,7 +23,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
     """A tiny random GPT-2 (4 blocks, width 32) saved as a local HF folder; its path."""
-    from trainer.models import tiny_model
+    from trainer.model.loading import tiny_model
 
     lm = tiny_model("gpt2", n_layers=4, hidden=32, seed=2)
     path = tmp_path_factory.mktemp("tiny-gpt2")

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 import sfsim
-from sfsim.assign import least_loaded
 from sfsim.cli import main
-from sfsim.costmodel import CostModel
-from sfsim.overrides import load_scenario_with
+from sfsim.cost.model import CostModel
+from sfsim.scenario.assign import least_loaded
+from sfsim.scenario.overrides import load_scenario_with
 
 SIXG = str(Path(__file__).resolve().parents[1] / "profiles" / "sixg.yaml")
 LINK = {"uplink": {"bandwidth": "1 Gbps", "latency": "1 ms"}, "downlink": {"bandwidth": "1 Gbps", "latency": "1 ms"}}

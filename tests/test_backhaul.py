@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import sfsim
-from sfsim.costmodel import CostModel
+from sfsim.cost.model import CostModel
 from sfsim.errors import ConfigError
 
 LINK = {"uplink": {"bandwidth": "10 Gbps", "latency": "1 ms"}, "downlink": {"bandwidth": "10 Gbps", "latency": "1 ms"}}

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(model: str, out, **over):
-    from trainer.runner import RunConfig
+    from trainer.run.runner import RunConfig
 
     # 32 samples on 3 devices (16, 8, 8): 4 + 2 + 2 micro-batches of 4
     kw = dict(devices=str(FIXTURES / "runtime_tiny.yaml"), model=model, task="sst2", method="splitfrozen",
@@ -40,7 +40,7 @@ def _steps_by_lane(out: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("method, order", ALL)
 def test_optimizer_steps_follow_accumulate(tiny_gpt2, tmp_path, method, order):
-    from trainer.runner import run
+    from trainer.run.runner import run
 
     over = {"fedavg_every": 4} if order == "interleaved" else {}  # one FedAvg, at the end: no partial windows
     m = run(_cfg(tiny_gpt2, tmp_path, method=method, client_order=order, **over))
@@ -54,7 +54,7 @@ def test_optimizer_steps_follow_accumulate(tiny_gpt2, tmp_path, method, order):
 
 
 def test_splitlora_partial_windows_step_at_fedavg(tiny_gpt2, tmp_path):
-    from trainer.runner import run
+    from trainer.run.runner import run
 
     # FedAvg every 3 server steps = 6 micro-batches in the proportional order big s0 s1 big | big s0 s1 big:
     # at the round big has stepped once and has 1 more, s0 and s1 hold 2 and 1: big 1 + 1, s0 1 (+0), s1 1 + 1
@@ -64,7 +64,7 @@ def test_splitlora_partial_windows_step_at_fedavg(tiny_gpt2, tmp_path):
 
 
 def test_splitlora_client_orders(tiny_gpt2, tmp_path):
-    from trainer.runner import build, run
+    from trainer.run.runner import build, run
 
     seq = run(_cfg(tiny_gpt2, tmp_path / "seq", method="splitlora", client_order="sequential", accumulate=1))
     inter = run(_cfg(tiny_gpt2, tmp_path / "int", method="splitlora", client_order="interleaved", accumulate=1,
@@ -99,7 +99,7 @@ def test_client_order_is_refused_where_it_does_not_apply(tmp_path, over, message
 def test_splitlora_takes_the_scenarios_client_order_unless_given(tiny_gpt2, tmp_path):
     import yaml
 
-    from trainer.runner import build
+    from trainer.run.runner import build
 
     data = yaml.safe_load((FIXTURES / "runtime_tiny.yaml").read_text())
     data.setdefault("training", {})["client_order"] = "sequential"
@@ -134,7 +134,7 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
     dropout of the pretrained network) runs as in eval, in every method and on both sides of the cut."""
     import torch
 
-    from trainer.runner import build
+    from trainer.run.runner import build
 
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text((FIXTURES / "runtime_tiny.yaml").read_text().replace("{rank: 4, alpha: 8}",

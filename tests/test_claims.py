@@ -26,7 +26,7 @@ def _rec(cell: Cell, **figures) -> dict:
 
 def _gpt2(seq_len: int, micro_batch: int):
     """A one-device GPT-2 classification scenario, LoRA r=8 on c_attn (the cut arithmetic's setting)."""
-    from sfsim.scenario import scenario_from_dict
+    from sfsim.scenario.config import scenario_from_dict
 
     return scenario_from_dict({
         "model": {"name": "gpt2", "seq_len": seq_len, "task": "classification", "num_labels": 2},

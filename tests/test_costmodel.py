@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sfsim.arch import BUILTIN
-from sfsim.costmodel import ADAMW_FLOPS_PER_PARAM, CostModel, Work, layer_flops
+from sfsim.cost.model import ADAMW_FLOPS_PER_PARAM, CostModel, Work, layer_flops
 from sfsim.errors import ConfigError
-from sfsim.flops import block_params, embedding_params, norm_params
-from sfsim.scenario import scenario_from_dict
+from sfsim.model.arch import BUILTIN
+from sfsim.model.flops import block_params, embedding_params, norm_params
+from sfsim.scenario.config import scenario_from_dict
 
 D, BSZ, T, V = 768, 8, 128, 50257  # GPT-2 small at the paper's micro-batch
 BLOCK_F = 24 * BSZ * T * D**2 + 4 * BSZ * T**2 * D  # linears 24 B T d^2 + attention 4 B T^2 d
@@ -233,7 +233,7 @@ def test_committed_ci_profile_reproduces_its_own_times():
     """At the profile's own shape the FLOP ratio is 1: prefix seconds = embed + measured block times."""
     from pathlib import Path
 
-    from sfsim.latency import load_latency_profile
+    from sfsim.cost.latency import load_latency_profile
 
     path = Path(__file__).resolve().parents[1] / "profiles/latency/ci-x86-2core-gpt2.yaml"
     prof = load_latency_profile(path)

@@ -9,7 +9,7 @@ import pytest
 
 from sfsim.errors import SfsimError
 from trainer import encode, encode_prompts, gsm8k_final_number, load_task, tiny_model
-from trainer.data import IGNORE
+from trainer.data.tasks import IGNORE
 
 DATA = str(Path(__file__).parent / "fixtures" / "data")
 

@@ -10,10 +10,10 @@ import dataclasses
 
 import pytest
 
-from sfsim.availability import Windows
-from sfsim.dynamic import Leg, Motion, Network
-from sfsim.engine import DeviceTimes, Engine, ServerTimes
-from sfsim.linkrate import Constant, Product, Steps, finish
+from sfsim.engine.dynamic import Leg, Motion, Network
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
+from sfsim.network.availability import Windows
+from sfsim.network.linkrate import Constant, Product, Steps, finish
 from sfsim.schedules import Job, RunConfig, splitfrozen
 
 INF = float("inf")

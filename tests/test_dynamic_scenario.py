@@ -9,10 +9,10 @@ import random
 import pytest
 
 import sfsim
-from sfsim.availability import OnOff
 from sfsim.errors import ConfigError, SfsimError
-from sfsim.linkrate import FadingRate, GilbertElliott, GilbertElliottRate, read_trace
-from sfsim.scenario import load_scenario, scenario_from_dict
+from sfsim.network.availability import OnOff
+from sfsim.network.linkrate import FadingRate, GilbertElliott, GilbertElliottRate, read_trace
+from sfsim.scenario.config import load_scenario, scenario_from_dict
 
 LINK = {"bandwidth": "100 Mbps", "latency": "5 ms"}
 BASE = {
@@ -132,7 +132,7 @@ def test_discrete_gilbert_elliott_sojourns_are_whole_steps():
 
 
 def test_fading_changes_at_every_coherence_time_with_median_one():
-    from sfsim.linkrate import Fading
+    from sfsim.network.linkrate import Fading
 
     rate = FadingRate(Fading(sigma_db=4, coherence=0.5), random.Random(3))
     assert rate.segment(0.7)[1] == 1.0 and rate.segment(1.0)[1] == 1.5
@@ -223,8 +223,8 @@ def test_the_shipped_mobile_profile_runs_and_its_trace_is_the_stated_one():
 
 
 def test_dynamic_keys_take_set_and_vary_like_any_other():
-    from sfsim.overrides import load_scenario_with, parse_sets
-    from sfsim.sweep import parse_vary
+    from sfsim.scenario.overrides import load_scenario_with, parse_sets
+    from sfsim.sweeps.sweep import parse_vary
 
     sets = parse_sets(["devices[car].handover[0].at=30 s", "devices[rpi5].uplink.trace=traces/5g-driving-raca2020.csv",
                        "devices[phone].availability.churn=pause"])

@@ -1,7 +1,7 @@
 """SplitLoRA on the dynamic network (varying links, pause), and ``--schedule all`` on the mobile profile.
 
 Engine-level tests hand-make one client's stage times and replay SplitLoRA's server loop with the
-dynamic network's compute and links (:mod:`sfsim.dynamic_split`).
+dynamic network's compute and links (:mod:`sfsim.schedules.dynamic_split`).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 import sfsim
-from sfsim.availability import Windows
 from sfsim.cli import main
-from sfsim.dynamic import Leg, Motion
-from sfsim.dynamic_fed import FedNetwork
-from sfsim.engine import DeviceTimes, Engine, ServerTimes
-from sfsim.linkrate import Steps
+from sfsim.engine.dynamic import Leg, Motion
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
+from sfsim.network.availability import Windows
+from sfsim.network.linkrate import Steps
 from sfsim.schedules import Job, RunConfig, splitlora
+from sfsim.schedules.dynamic_fed import FedNetwork
 from tests.test_dynamic_baselines import ops, scenario
 
 

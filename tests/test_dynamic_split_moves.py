@@ -1,4 +1,4 @@
-"""SplitLoRA handovers (:mod:`sfsim.dynamic_split_moves`) and a handover's downlink, by hand.
+"""SplitLoRA handovers (:mod:`sfsim.schedules.dynamic_split_moves`) and a handover's downlink, by hand.
 
 Scenario-level tests use ``tests.test_dynamic_baselines``'s two-server fleet (``car`` on ``a``, two
 ``pi`` on ``b``); engine-level ones hand-make one client on links of a few bit/s.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import sfsim
-from sfsim.dynamic import Leg, Motion, Unsupported
+from sfsim.engine.dynamic import Leg, Motion, Unsupported
 from sfsim.errors import ConfigError
 from tests.test_dynamic_baselines import scenario
 from tests.test_dynamic_split import ops, split
@@ -78,7 +78,7 @@ def test_splitlora_handovers_refuse_orders_without_a_turn_for_a_joiner(tmp_path,
 def test_a_handover_downlink_carries_the_gradients_that_start_after_it(at, end):
     # F 0..1, 8 bits up at 2 bit/s until 5, server F 5..6; the gradient (8 bits, nominal 4 bit/s: 2 s)
     # starts at 6: over the handover's 1 bit/s downlink (8 s, to 14) when it holds by then, else as before
-    from sfsim.engine import DeviceTimes
+    from sfsim.engine.pool import DeviceTimes
 
     dev = DeviceTimes("d", n=1, f=1, up_s=4.0, down_s=2.0, srv_f=1)
     m = Motion([Leg(0.0, 0, 2.0, 4.0, 0.0, None, 4.0, 0.0), Leg(at, 0, 2.0, 4.0, 0.0, None, 1.0, 0.0)])

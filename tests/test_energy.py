@@ -7,8 +7,8 @@ import copy
 import pytest
 
 import sfsim
-from sfsim.costmodel import CostModel
-from sfsim.energy import run_energy
+from sfsim.cost.energy import run_energy
+from sfsim.cost.model import CostModel
 from sfsim.errors import ConfigError
 
 BASE = {
@@ -99,7 +99,7 @@ def test_bad_power_one_line(power, message):
 def test_sweep_rows_carry_energy(tmp_path):
     import yaml
 
-    from sfsim.sweep import Settings, parse_vary, read_rows, run_sweep
+    from sfsim.sweeps.sweep import Settings, parse_vary, read_rows, run_sweep
 
     path = tmp_path / "e.yaml"
     path.write_text(yaml.safe_dump(BASE))
@@ -129,7 +129,7 @@ def test_simulate_json_and_summary_carry_energy(tmp_path):
     assert r.exit_code == 0, r.output
     e = res.energy
     assert json.loads((tmp_path / "r.json").read_text())["energy"] == e
-    from sfsim.report import si
+    from sfsim.outputs.report import si
 
     d = e["devices"]["phone"]
     assert (f"  energy: 1 devices {si(d['total'], 'J')} (compute {si(d['compute'], 'J')}, radio {si(d['radio'], 'J')}, "

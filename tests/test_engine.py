@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sfsim.engine import DeviceTimes, Engine, ServerTimes, StreamMixing, make_policy
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing, make_policy
 from sfsim.errors import SfsimError
+from sfsim.outputs.trace import TraceEvent as E
 from sfsim.schedules import Job, RunConfig, splitfrozen
-from sfsim.trace import TraceEvent as E
 
 
 def run(devices, server=None, sequential=False, **cfg):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainer.methods.evaluate import answer_loss
-from trainer.runner import RunConfig, run
+from trainer.run.runner import RunConfig, run
 
 FIXTURES = Path(__file__).parent / "fixtures"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -41,12 +41,12 @@ def test_majority_baseline_on_mrpc_dev_mix():
 
 
 def test_run_reports_scores_baseline_and_warns_of_an_absent_class(tiny_gpt2, tmp_path, capsys):
-    from trainer.runner import run
+    from trainer.run.runner import run
 
     fleet = tmp_path / "two.yaml"  # two devices, label-skew:1: classes 0 and 1 only, never 2
     fleet.write_text((FIXTURES / "run_tiny.yaml").read_text().replace(
         "num_labels: 2", "num_labels: 3").replace("count: 2", "count: 1"))
-    from trainer.runner import RunConfig
+    from trainer.run.runner import RunConfig
 
     m = run(RunConfig(devices=str(fleet), model=tiny_gpt2, task="mnli", method="splitfrozen",
                       partition="label-skew:1", split=1, epochs=1, train_samples=12, eval_samples=30, max_len=48,
@@ -59,7 +59,7 @@ def test_run_reports_scores_baseline_and_warns_of_an_absent_class(tiny_gpt2, tmp
     assert saved["eval_f1"] is None and saved["eval_macro_f1"] == saved["eval_metrics"]["macro_f1"]
     assert saved["eval_metrics"]["accuracy"] == saved["eval_accuracy"] == m["eval_accuracy"]
     assert len(saved["eval_metrics_history"]) == 1
-    from trainer.data import load_task
+    from trainer.data.tasks import load_task
 
     dev = load_task("mnli", str(FIXTURES / "data"), "dev")
     assert saved["majority_baseline"] == majority_baseline(dev.labels[:30], 3)

@@ -1,4 +1,4 @@
-"""FedScale client_behave_trace pickles as availability (sfsim.fedscale): format, mapping, refusal, results.
+"""FedScale client_behave_trace pickles as availability (sfsim.network.fedscale): format, mapping, refusal, results.
 
 The trace is written by :func:`write_trace` in the test (FedScale's format: a pickled dict client id
 -> {'active', 'inactive', 'finish_time', 'duration', 'model'}), never downloaded.
@@ -14,8 +14,8 @@ import pytest
 
 import sfsim
 from sfsim.errors import ConfigError
-from sfsim.fedscale import availability, client_rate
-from sfsim.scenario import scenario_from_dict
+from sfsim.network.fedscale import availability, client_rate
+from sfsim.scenario.config import scenario_from_dict
 
 LINK = {"bandwidth": "100 Mbps", "latency": "5 ms"}
 BASE = {

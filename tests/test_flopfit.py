@@ -1,4 +1,4 @@
-"""Exact FLOP counts of new sequence lengths from counted ones (trainer.measure.ShapeFit) and runs using them."""
+"""Exact FLOP counts of new sequence lengths from counted ones (trainer.run.measure.ShapeFit) and runs using them."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.measure import Meter
-from trainer.models import tiny_model
-from trainer.runner import RunConfig, build
+from trainer.model.loading import tiny_model
+from trainer.run.measure import Meter
+from trainer.run.runner import RunConfig, build
 
 FIXTURES = Path(__file__).parent / "fixtures"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,8 +84,8 @@ def test_a_run_counts_the_same_flops_with_and_without_the_fit_and_sharing(tiny_l
 def test_total_counter_equals_flop_counter_mode(family, train):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from trainer.lora import add_lora, default_targets
-    from trainer.measure import CPU_ATTENTION, TotalFlopCounter
+    from trainer.model.lora import add_lora, default_targets
+    from trainer.run.measure import CPU_ATTENTION, TotalFlopCounter
 
     lm = tiny_model(family, n_layers=2, hidden=32, seed=4)
     add_lora(lm.model, blocks=[1], targets=default_targets(family), rank=4, alpha=8)

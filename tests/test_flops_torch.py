@@ -26,10 +26,10 @@ from transformers.models.bert.modeling_bert import BertLayer  # noqa: E402
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding  # noqa: E402
 
-from sfsim.arch import arch_from_hf_config  # noqa: E402
-from sfsim.costmodel import CostModel  # noqa: E402
-from sfsim.flops import block_cost, block_params, lora_params  # noqa: E402
-from sfsim.scenario import scenario_from_dict  # noqa: E402
+from sfsim.cost.model import CostModel  # noqa: E402
+from sfsim.model.arch import arch_from_hf_config  # noqa: E402
+from sfsim.model.flops import block_cost, block_params, lora_params  # noqa: E402
+from sfsim.scenario.config import scenario_from_dict  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 B, T, RANK = 2, 32, 8
@@ -249,12 +249,12 @@ def test_llama_default_sdpa_on_cpu_hides_attention():
     ("minilm", MINILM, "all-linear"), ("smollm2", SMOLLM, "qkv"),
 ])
 def test_lora_aliases_adapt_the_modules_the_cost_model_costs(name, cfg, alias):
-    """An alias resolved once (sfsim.loratargets) and injected by the trainer's add_lora: the same
+    """An alias resolved once (sfsim.model.loratargets) and injected by the trainer's add_lora: the same
     trainable parameters and FLOPs as the cost model gives the same resolved names."""
     from torch import nn
 
-    from sfsim.loratargets import resolve_targets
-    from trainer.lora import add_lora
+    from sfsim.model.loratargets import resolve_targets
+    from trainer.model.lora import add_lora
 
     mod, run, arch = _block(cfg)
     holder = nn.Module()

@@ -9,8 +9,8 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
-from trainer.backward import DeferredGrads
-from trainer.measure import Meter, tensor_bytes
+from trainer.model.backward import DeferredGrads
+from trainer.run.measure import Meter, tensor_bytes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,7 +92,7 @@ def test_meter_counts_matmul_flops_and_bytes():
 
 # ---------------------------------------------------------------- pacing, mixing, device roles
 
-from trainer.runtime import DeviceRole, server_order, stream_mixing  # noqa: E402
+from trainer.transport.runtime import DeviceRole, server_order, stream_mixing  # noqa: E402
 
 
 def test_server_orders_exact():
@@ -137,9 +137,9 @@ import hashlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from trainer.methods.checkpoint import load_adapter, save_adapter  # noqa: E402
-from trainer.models import load_model, tiny_model  # noqa: E402
-from trainer.runner import RunConfig, _adapter_config, build, run  # noqa: E402
-from trainer.split import split_model  # noqa: E402
+from trainer.model.loading import load_model, tiny_model  # noqa: E402
+from trainer.model.split import split_model  # noqa: E402
+from trainer.run.runner import RunConfig, _adapter_config, build, run  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ALL_METHODS = ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora"]
@@ -288,7 +288,7 @@ def test_greedy_generate_through_split_equals_hf_generate():
 def test_scenario_lora_targets_fall_back_to_the_model_family(capsys):
     from types import SimpleNamespace
 
-    from trainer.runner import _lora_targets
+    from trainer.run.runner import _lora_targets
 
     def scenario(family, targets):
         return SimpleNamespace(arch=SimpleNamespace(family=family),

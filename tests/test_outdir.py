@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from sfsim.cli import main
 from sfsim.errors import SfsimError
-from sfsim.outdir import check_out, output_folder
+from sfsim.outputs.outdir import check_out, output_folder
 from sfsim.units import format_amount
 
 FIXTURES = Path(__file__).parent / "fixtures"

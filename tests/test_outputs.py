@@ -12,7 +12,7 @@ import sfsim
 from sfsim.cli import main
 from sfsim.cli.simulate import parse_split
 from sfsim.errors import SfsimError
-from sfsim.report import comparison_table, saving, si
+from sfsim.outputs.report import comparison_table, saving, si
 from sfsim.units import format_quantity
 
 TINY = """
@@ -130,8 +130,8 @@ def test_cli_bad_input_exit_2_one_line(scenario_file, args, match):
 
 
 def test_gantt_strip_is_the_exact_busy_fraction_of_each_column():
-    from sfsim.gantt import Row, strips
-    from sfsim.trace import TraceEvent as E
+    from sfsim.outputs.gantt import Row, strips
+    from sfsim.outputs.trace import TraceEvent as E
 
     # a link sending 0.01 s every 0.1 s over 10 s: 1,000 sends, 10% busy in every one of 100 columns
     sends = [E("link:a", "send", 0.1 * n, 0.01) for n in range(100)]
@@ -143,7 +143,7 @@ def test_gantt_strip_is_the_exact_busy_fraction_of_each_column():
 
 
 def test_gantt_strip_areas_equal_the_trace():
-    from sfsim.gantt import Row, strips
+    from sfsim.outputs.gantt import Row, strips
 
     res = sfsim.simulate(sfsim.load_scenario("profiles/edge.yaml"), "splitfrozen", splits=3, trace=True)
     rows = [Row(lane, [lane], "x") for lane in {e.lane for e in res.events}]
@@ -156,8 +156,8 @@ def test_gantt_strip_areas_equal_the_trace():
 
 
 def test_gantt_groups_big_fleets_and_shows_idle_servers_sorted():
-    from sfsim.gantt import Panel, rows_for
-    from sfsim.trace import TraceEvent as E
+    from sfsim.outputs.gantt import Panel, rows_for
+    from sfsim.outputs.trace import TraceEvent as E
 
     devs = [f"a-{i}" for i in range(30)] + [f"b-{i}" for i in range(20)]
     events = [E(d, "F", 0, 1) for d in devs] + [E(f"link:{d}", "send", 1, 1) for d in devs]
@@ -190,10 +190,10 @@ def test_gantt_bad_suffix_one_line_before_simulating(scenario_file, tmp_path):
 
 
 def test_gantt_schedule_all_is_one_file_of_small_multiples(scenario_file, tmp_path, monkeypatch):
-    import sfsim.gantt
+    import sfsim.outputs.gantt
 
     drawn = []
-    monkeypatch.setattr(sfsim.gantt, "_draw", lambda ax, panel, rows, end: drawn.append((panel.title, end)) or set())
+    monkeypatch.setattr(sfsim.outputs.gantt, "_draw", lambda ax, panel, rows, end: drawn.append((panel.title, end)) or set())
     out = CliRunner().invoke(main, ["simulate", "--devices", str(scenario_file), "--schedule", "all",
                                     "--split", "2", "--gantt", str(tmp_path / "all.pdf")])
     assert out.exit_code == 0, out.output
@@ -247,8 +247,8 @@ def test_simulate_takes_a_plan_result_and_checks_memory_as_plan_does(scenario_fi
 
 
 def test_small_multiples_fold_alike(tmp_path, monkeypatch):
-    import sfsim.gantt as g
-    from sfsim.trace import TraceEvent as E
+    import sfsim.outputs.gantt as g
+    from sfsim.outputs.trace import TraceEvent as E
 
     devs = [f"a-{i}" for i in range(8)]
     busy = g.Panel([E(d, "F", 0, 1) for d in devs] + [E(f"link:{d}", "send", 1, 1) for d in devs], "busy", devs)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sfsim.errors import SfsimError
-from trainer import PartitionSpec, parse_partition, partition, partition_table
-from trainer.partition import dirichlet_counts, missing_classes
+from trainer import PartitionSpec, parse_partition, partition_table
+from trainer.data.partition import dirichlet_counts, missing_classes, partition
 
 LABELS = np.array([0] * 10 + [1] * 10 + [2] * 6)  # 26 samples, 3 classes
 SPECS = ["iid", "dirichlet:0.1", "dirichlet:10", "label-skew:1", "label-skew:2"]

@@ -15,9 +15,8 @@ from click.testing import CliRunner
 
 import sfsim
 from sfsim.cli import main
-from sfsim.costmodel import CostModel
+from sfsim.cost.model import CostModel
 from sfsim.errors import ConfigError, InfeasibleError
-from sfsim.planfile import Plan, load_plan
 from sfsim.planner import expand, plan, search
 from sfsim.planner.fluid import Group, estimate, makespan_below
 from sfsim.planner.model import build_table, gib
@@ -31,6 +30,7 @@ from sfsim.planner.search import (
     rounded_load,
     thresholds,
 )
+from sfsim.scenario.planfile import Plan, load_plan
 
 MiB = 2**20
 
@@ -481,7 +481,7 @@ def test_partial_last_micro_batch_costs_its_share_in_the_planner():
 
 
 def test_long_runs_estimate_the_comparisons_instead_of_replaying_them(monkeypatch):
-    import sfsim.planner as planner
+    import sfsim.planner.flow as planner
 
     sc = _scenario(**copy.deepcopy(ONE_SERVER))
     full = plan(sc)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import sfsim
-from sfsim.costmodel import CostModel
-from sfsim.linkrate import Constant, Steps
+from sfsim.cost.model import CostModel
+from sfsim.network.linkrate import Constant, Steps
 from sfsim.planner.dynamics import Legs, describe, effective_stages
 from sfsim.planner.model import build_table, fleet_types
-from sfsim.scenario import scenario_from_dict
+from sfsim.scenario.config import scenario_from_dict
 
 LINK = {"bandwidth": "100 Mbps", "latency": "5 ms"}
 BASE = {

@@ -2,7 +2,7 @@
 
 Exact against exhaustive simulation on tiny fleets: every cut vector at the planner's LoRA start
 (a higher LoRA start never slows a plan and leaves device costs unchanged) is simulated, and its
-makespan, device FLOPs and device joules (:func:`sfsim.energy.run_energy`) are what the planner
+makespan, device FLOPs and device joules (:func:`sfsim.cost.energy.run_energy`) are what the planner
 must match.
 """
 
@@ -16,8 +16,8 @@ from click.testing import CliRunner
 import sfsim
 from sfsim.cli import main
 from sfsim.errors import ConfigError, InfeasibleError
-from sfsim.planfile import Plan
 from sfsim.planner import plan
+from sfsim.scenario.planfile import Plan
 from sfsim.units import format_quantity
 from tests.test_planner import _dev, _scenario, _write
 

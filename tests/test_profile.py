@@ -8,10 +8,10 @@ import yaml
 from click.testing import CliRunner
 
 from sfsim.cli import main
-from sfsim.costmodel import CostModel
+from sfsim.cost.latency import load_latency_profile
+from sfsim.cost.model import CostModel
 from sfsim.errors import ConfigError
-from sfsim.latency import load_latency_profile
-from sfsim.scenario import scenario_from_dict
+from sfsim.scenario.config import scenario_from_dict
 from sfsim.simulate import simulate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module", params=[("bert", "classification"), ("llama", "causal-lm")], ids=["bert", "llama"])
 def measured(request, tmp_path_factory):
     """A profile of a tiny model over a 2 x 2 grid, written to YAML and read back."""
-    from trainer.models import tiny_model
-    from trainer.profile import ProfileSpec, profile_model, write_profile
+    from trainer.model.loading import tiny_model
+    from trainer.validate.profile import ProfileSpec, profile_model, write_profile
 
     family, task = request.param
     lm = tiny_model(family, n_layers=3, hidden=32)
@@ -182,7 +182,7 @@ def _server_scenario(tmp_path, **server):
             "devices": [{"name": "d", "flops": "1 GFLOPS", "memory": "1 GiB", "samples": 4,
                          "uplink": {"bandwidth": "10 Mbps", "latency": "5 ms"}, "downlink": {"bandwidth": "10 Mbps"}}]}
     (tmp_path / "sc.yaml").write_text(yaml.safe_dump(data))
-    from sfsim.scenario import load_scenario
+    from sfsim.scenario.config import load_scenario
 
     return load_scenario(tmp_path / "sc.yaml")
 
@@ -262,7 +262,7 @@ def test_shipped_profiles_reproduce_their_measured_times(name):
 # ------------------------------------------------------------------ the command line
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from trainer.models import tiny_model
+    from trainer.model.loading import tiny_model
 
     lm = tiny_model("gpt2", n_layers=2, hidden=32)
     path = tmp_path_factory.mktemp("tiny-gpt2")
@@ -311,7 +311,7 @@ def test_profile_records_the_first_calls_overhead(measured):
 @pytest.mark.parametrize(("flops", "want"), [("1 TFLOPS", None), ("1 GFLOPS", 0.0)])
 def test_validate_warmup_is_the_first_calls_overrun_of_the_emulated_forward(tmp_path, flops, want):
     """warmup = max(0, t_real + extra - t_target): a fast emulated device overruns, a slow one absorbs it."""
-    from trainer.validate import warmups
+    from trainer.validate.compare import warmups
 
     prof = _grid_profile({(4, 64): 100.0, (4, 128): 230.0, (8, 64): 190.0, (8, 128): 420.0},
                          first_call={"micro_batch": 4, "seq_len": 64, "cold_s": "350 ms", "steady_s": "100 ms",

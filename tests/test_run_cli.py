@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from sfsim.cli import main
-from sfsim.trace import read_chrome_trace
+from sfsim.outputs.trace import read_chrome_trace
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

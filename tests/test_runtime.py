@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from sfsim.errors import SfsimError
-from trainer import wire
-from trainer.wire import HEADER_LEN, Kind, Limits, Packet, WireError
+from trainer.transport import wire
+from trainer.transport.wire import HEADER_LEN, Kind, Limits, Packet, WireError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 METHODS = ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora"]
@@ -102,7 +102,7 @@ def test_pack_unpack_state():
 # -- runs (tiny_gpt2: a tiny random GPT-2 folder, from conftest) -------------------------------------------
 
 def _cfg(model: str, out, **over):
-    from trainer.runner import RunConfig
+    from trainer.run.runner import RunConfig
 
     kw = dict(devices=str(FIXTURES / "runtime_tiny.yaml"), model=model, task="sst2", method="splitfrozen",
               partition="label-skew:1", split=1, epochs=2, train_samples=24, eval_samples=20, max_len=48, lr=0.01,
@@ -113,7 +113,7 @@ def _cfg(model: str, out, **over):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_local_launch_equals_inprocess(tiny_gpt2, tmp_path, method):
-    from trainer.runner import run
+    from trainer.run.runner import run
 
     a = run(_cfg(tiny_gpt2, tmp_path / "inproc", method=method, launch="inprocess", fedavg_every=2))
     b = run(_cfg(tiny_gpt2, tmp_path / "local", method=method, fedavg_every=2))
@@ -133,7 +133,7 @@ def test_local_launch_equals_inprocess(tiny_gpt2, tmp_path, method):
 @pytest.mark.parametrize("method, order", [("splitlora", "interleaved"), ("splitlora", "sequential"),
                                            ("fedlora", None)])
 def test_local_launch_equals_inprocess_with_accumulate_and_client_order(tiny_gpt2, tmp_path, method, order):
-    from trainer.runner import run
+    from trainer.run.runner import run
 
     kw = dict(method=method, client_order=order, accumulate=2, partition="iid", train_samples=32,
               **({"fedavg_every": 3} if order == "interleaved" else {}))
@@ -147,7 +147,7 @@ def test_local_launch_equals_inprocess_with_accumulate_and_client_order(tiny_gpt
 
 
 def test_fifo_takes_true_arrival_order(tiny_gpt2, tmp_path):
-    from trainer.runner import run
+    from trainer.run.runner import run
 
     m = run(_cfg(tiny_gpt2, tmp_path / "fifo", server_order="fifo", epochs=1))
     assert len(m["train_loss_history"]) == 3 + 2 + 2  # every micro-batch once, whatever the order
@@ -155,7 +155,7 @@ def test_fifo_takes_true_arrival_order(tiny_gpt2, tmp_path):
 
 
 def test_pipelined_is_faster_than_sequential_under_emulation(tiny_gpt2, tmp_path):
-    from trainer.runner import run
+    from trainer.run.runner import run
 
     kw = dict(epochs=1, train_samples=40, partition="iid", emulate="all", count_flops=False,
               devices=str(FIXTURES / "runtime_slow.yaml"))
@@ -199,7 +199,7 @@ def _in_thread(fn, *args, **kw):
 
 def _signal_mid_run(tiny_gpt2, out: Path, device: str, sig: int, peer_timeout: float) -> tuple[dict, dict]:
     """Start a run, send ``sig`` to ``device``'s process after the first step; return (metrics, pids)."""
-    from trainer.runner import run
+    from trainer.run.runner import run
 
     cfg = _cfg(tiny_gpt2, out, epochs=1, train_samples=40, partition="iid", emulate="compute", checkpoint_every=1,
                peer_timeout=peer_timeout)
@@ -230,7 +230,7 @@ def test_hung_device_is_dropped_after_the_peer_timeout(tiny_gpt2, tmp_path):
 
 
 def test_pool_order_trains_every_micro_batch_once(tiny_gpt2, tmp_path):
-    from trainer.runner import run
+    from trainer.run.runner import run
 
     kw = dict(epochs=1, server_order="pool", pool_memory="50KiB", launch="inprocess")  # 2 micro-batches of (4, 48, 32)
     a = run(_cfg(tiny_gpt2, tmp_path / "a", **kw))
@@ -244,7 +244,7 @@ def test_pool_order_trains_every_micro_batch_once(tiny_gpt2, tmp_path):
 
 
 def test_malformed_message_drops_the_sender(tiny_gpt2, tmp_path):
-    from trainer.launch import launch_local
+    from trainer.run.launch import launch_local
 
     out = tmp_path / "rogue"
     m = launch_local(_cfg(tiny_gpt2, out, epochs=1), targets={3: _rogue})
@@ -261,8 +261,8 @@ def _rogue(master: str, world: int, rank: int, log: str) -> None:
     """A device that joins properly, then sends activations of the wrong width."""
     import torch.distributed as dist
 
-    from trainer.distributed import init, sync_clock
-    from trainer.measure import Meter
+    from trainer.run.measure import Meter
+    from trainer.transport.distributed import init, sync_clock
 
     init(rank, world, master)
     sync_clock(Meter())
@@ -280,8 +280,8 @@ def _rogue(master: str, world: int, rank: int, log: str) -> None:
 
 @pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora"])
 def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path, method):
-    from sfsim.trace import read_chrome_trace
-    from trainer.runner import run
+    from sfsim.outputs.trace import read_chrome_trace
+    from trainer.run.runner import run
 
     kw = dict(epochs=2, train_samples=24, emulate="compute", checkpoint_every=2, method=method)
     ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))
@@ -298,7 +298,7 @@ def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path, method):
     assert isinstance(box.get("error"), SfsimError)
     assert not (out / "metrics.json").exists() or json.loads((out / "metrics.json").read_text())["eval_history"] \
         != ref["eval_history"]
-    from trainer.runner import load_run_config
+    from trainer.run.runner import load_run_config
 
     m = run(load_run_config(str(out)), resume=True)
 
@@ -316,7 +316,7 @@ def test_inprocess_resume_restores_device_state(tiny_gpt2, tmp_path):
     uninterrupted one; the checkpoint taken mid-run is replayed by resuming from a copy of it."""
     import shutil
 
-    from trainer.runner import run
+    from trainer.run.runner import run
 
     kw = dict(method="splitlora", epochs=2, launch="inprocess", checkpoint_every=3)
     ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))
@@ -347,11 +347,11 @@ def test_role_options_are_checked(tiny_gpt2, tmp_path):
 
 def test_meter_counts_fused_cpu_attention_as_the_cost_model_does(tiny_gpt2):
     """torch's counter scores the fused CPU attention kernel as 0; the meter adds torch's own SDPA formula."""
-    from sfsim.costmodel import CostModel
-    from sfsim.overrides import load_scenario_with
-    from trainer.measure import Meter
-    from trainer.models import load_model
-    from trainer.split import split_model
+    from sfsim.cost.model import CostModel
+    from sfsim.scenario.overrides import load_scenario_with
+    from trainer.model.loading import load_model
+    from trainer.model.split import split_model
+    from trainer.run.measure import Meter
 
     lm = load_model(tiny_gpt2)
     device, _ = split_model(lm.model, 1, frozen_device=True)
@@ -368,7 +368,7 @@ def test_validate_writes_report_overlay_and_both_timelines(tiny_gpt2, tmp_path):
     from click.testing import CliRunner
 
     from sfsim.cli import main
-    from sfsim.trace import read_chrome_trace
+    from sfsim.outputs.trace import read_chrome_trace
 
     out = tmp_path / "val"
     res = CliRunner().invoke(main, ["validate", "--devices", str(FIXTURES / "runtime_tiny.yaml"), "--model", tiny_gpt2,
@@ -389,7 +389,7 @@ def test_validate_writes_report_overlay_and_both_timelines(tiny_gpt2, tmp_path):
 
 
 def test_validate_needs_a_device_profile_without_compute_emulation(tmp_path):
-    from trainer.validate import ValidateConfig
+    from trainer.validate.compare import ValidateConfig
 
     with pytest.raises(SfsimError, match="give --device-profile"):
         ValidateConfig(devices="x.yaml", model="m", method="splitfrozen", out=str(tmp_path), emulate="links")
@@ -419,7 +419,7 @@ def test_readme_real_run_snippet(tmp_path, monkeypatch):
 
 def test_report_row_error_re_derives_from_its_rounded_figures():
     """CI once saw -0.003015 beside figures that give -0.003016: the error must use the figures printed."""
-    from trainer.validate import _row
+    from trainer.validate.compare import _row
 
     row = _row(1.4500614, 1.4544474)
     assert row == {"predicted_s": 1.450061, "measured_s": 1.454447, "error": -0.003016}

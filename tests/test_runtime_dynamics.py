@@ -1,6 +1,6 @@
-"""The distributed runtime under the dynamic network: time-varying uplinks and availability (trainer.dynamics).
+"""The distributed runtime under the dynamic network: time-varying uplinks and availability (trainer.transport.dynamics).
 
-The unit tests drive :class:`trainer.dynamics.Presence` on a fake clock; the runs launch 1 server + 2
+The unit tests drive :class:`trainer.transport.dynamics.Presence` on a fake clock; the runs launch 1 server + 2
 device processes on loopback with a tiny random GPT-2 and compare ``sfsim validate``'s measured
 timeline with the simulator's.
 """
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from sfsim.availability import Windows
 from sfsim.errors import SfsimError
-from sfsim.linkrate import Steps, finish, read_trace
-from sfsim.overrides import load_scenario_with
-from trainer import dynamics
-from trainer.distributed import LinkShape
-from trainer.runtime import DeviceLeft
+from sfsim.network.availability import Windows
+from sfsim.network.linkrate import Steps, finish, read_trace
+from sfsim.scenario.overrides import load_scenario_with
+from trainer.transport import dynamics
+from trainer.transport.distributed import LinkShape
+from trainer.transport.runtime import DeviceLeft
 
 FIXTURES = Path(__file__).parent / "fixtures"
 INF = math.inf
@@ -133,7 +133,7 @@ def _validate(tiny_gpt2, out: Path, devices: str, *extra: str) -> dict:
 
 
 def _events(out: Path, lane: str) -> list:
-    from sfsim.trace import read_chrome_trace
+    from sfsim.outputs.trace import read_chrome_trace
 
     return sorted((e for e in read_chrome_trace(out / "run" / "trace.json") if e.lane == lane), key=lambda e: e.start)
 
@@ -166,7 +166,7 @@ def test_availability_pauses_one_device_and_drops_the_other(tiny_gpt2, tmp_path)
 
 
 def test_validate_scales_each_devices_trace_by_its_own_token_load(tmp_path):
-    from trainer.validate import ValidateConfig, _expand_counts, _scale_link
+    from trainer.validate.compare import ValidateConfig, _expand_counts, _scale_link
 
     data = {"devices": [{"name": "phone", "count": 2, "uplink": {"trace": "uplink_halves.csv"},
                          "downlink": {"gilbert_elliott": {"good": "4 Mbps", "bad": "1 Mbps"}}}]}

@@ -165,7 +165,7 @@ def test_lora_targets_checked_against_the_architecture(model, targets, message):
     ("llama-3.2-1b", ["qkv", "mlp"], ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")),
 ])
 def test_lora_target_aliases_resolve_to_the_family_modules(model, targets, modules):
-    from sfsim.costmodel import CostModel
+    from sfsim.cost.model import CostModel
 
     data = copy.deepcopy(BASE)
     data["model"]["name"] = model
@@ -174,8 +174,8 @@ def test_lora_target_aliases_resolve_to_the_family_modules(model, targets, modul
 
 
 def test_lora_targets_set_from_the_command_line():
-    from sfsim.costmodel import CostModel
-    from sfsim.overrides import load_scenario_with, parse_sets
+    from sfsim.cost.model import CostModel
+    from sfsim.scenario.overrides import load_scenario_with, parse_sets
 
     sc = load_scenario_with(ROOT / "profiles/edge.yaml", parse_sets(["training.lora.targets=[qkv, mlp]"]))
     assert CostModel(sc).lora_targets == ("c_attn", "c_fc", "mlp.c_proj")
@@ -187,7 +187,7 @@ def test_lora_targets_set_from_the_command_line():
 def test_lora_targets_of_the_family_load_and_cost_flops():
     data = copy.deepcopy(BASE)
     data["training"]["lora"] = {"targets": ["c_attn", "c_fc"]}
-    from sfsim.costmodel import CostModel
+    from sfsim.cost.model import CostModel
 
     assert CostModel(scenario_from_dict(data)).trainable_params(range(1), head=False) == 8 * (768 + 3 * 768) + \
         8 * (768 + 3072)

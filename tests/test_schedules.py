@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 import sfsim
-from sfsim.costmodel import CostModel
-from sfsim.engine import DeviceTimes, Engine, ServerTimes
+from sfsim.cost.model import CostModel
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.errors import SfsimError
-from sfsim.planfile import Plan
+from sfsim.scenario.planfile import Plan
 from sfsim.schedules import Job, RunConfig, cenlora, fedlora, splitfrozen, splitlora
 
 

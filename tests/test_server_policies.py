@@ -10,11 +10,11 @@ from click.testing import CliRunner
 
 import sfsim
 from sfsim.cli import main
-from sfsim.engine import DeviceTimes, Engine, ServerTimes, paced_order
+from sfsim.engine.pacing import server_order
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, paced_order
 from sfsim.errors import SfsimError
-from sfsim.pacing import server_order
+from sfsim.outputs.trace import TraceEvent as E
 from sfsim.schedules import Job, RunConfig, splitfrozen
-from sfsim.trace import TraceEvent as E
 
 
 def run(devices, server=None, sequential=False, **cfg):
@@ -301,7 +301,7 @@ def test_scenario_file_policy_and_credits(tmp_path):
 
 
 def test_sweep_rows_carry_the_wait_the_mixing_and_the_pool(tiny_file):
-    from sfsim.sweep import FIGURES, figures
+    from sfsim.sweeps.sweep import FIGURES, figures
 
     sc = sfsim.load_scenario(tiny_file)
     sc.training.server_policy, sc.training.credits = "pool", "device"
@@ -313,7 +313,7 @@ def test_sweep_rows_carry_the_wait_the_mixing_and_the_pool(tiny_file):
 
 
 def test_device_credits_count_every_devices_buffer_in_server_memory(tiny_file):
-    from sfsim.costmodel import CostModel
+    from sfsim.cost.model import CostModel
 
     sc = sfsim.load_scenario(tiny_file)
     cm = CostModel(sc)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from sfsim.cli import main
-from trainer.estimate import DurationEstimate, eval_cost
+from trainer.run.estimate import DurationEstimate, eval_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -99,9 +99,9 @@ def test_bench_trainer_smoke(tmp_path):
 # ---------------------------------------------------------------- length bucketing (opt-in)
 
 def _gsm8k_role(bucket: int):
-    from trainer.data import encode, load_task
-    from trainer.models import tiny_model
-    from trainer.runtime import DeviceRole
+    from trainer.data.tasks import encode, load_task
+    from trainer.model.loading import tiny_model
+    from trainer.transport.runtime import DeviceRole
 
     lm = tiny_model("llama", n_layers=2)
     shard = encode(load_task("gsm8k", str(FIXTURES / "data"), "train"), lm.tokenizer, 4096)  # characters: no row is cut
@@ -134,7 +134,7 @@ def test_bucketing_trains_every_row_once_with_less_padding_and_one_order_per_see
 
 
 def test_a_bucketed_run_is_deterministic(tiny_gpt2, tmp_path):
-    from trainer.runner import RunConfig, run
+    from trainer.run.runner import RunConfig, run
 
     hist = []
     for k in range(2):

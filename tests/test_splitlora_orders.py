@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 import sfsim
-from sfsim.engine import DeviceTimes, Engine, ServerTimes
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.schedules import Job, RunConfig, splitlora
 
@@ -162,7 +162,7 @@ def test_validate_simulates_the_order_and_accumulate_that_ran(tmp_path, order, a
     """``sfsim validate``'s prediction takes the run's client order and accumulate (from its metrics)."""
     from pathlib import Path
 
-    from trainer.validate import ValidateConfig, predict
+    from trainer.validate.compare import ValidateConfig, predict
 
     fleet = str(Path(__file__).parent / "fixtures" / "runtime_tiny.yaml")
     names = ["big", "small-0", "small-1"]

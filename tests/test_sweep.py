@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 import sfsim
 from sfsim.cli import main
-from sfsim.costmodel import CostModel
+from sfsim.cost.model import CostModel
 from sfsim.errors import ConfigError
-from sfsim.overrides import apply, load_scenario_with, parse_key, set_value
-from sfsim.sweep import Settings, Vary, grid, parse_values, parse_vary, read_rows, run_sweep
+from sfsim.scenario.overrides import apply, load_scenario_with, parse_key, set_value
+from sfsim.sweeps.sweep import Settings, Vary, grid, parse_values, parse_vary, read_rows, run_sweep
 
 # one phone, cut 4, LoRA from block 6, fused backward, one optimizer step at the end: the closed form
 # of tests/test_schedules.py holds, makespan = f + s + l + srv + (n - 1) max(f, s, srv) + step
@@ -252,7 +252,7 @@ def test_cli_sweep_writes_csv_and_plot(two_file, tmp_path):
 def test_plot_ticks_sit_at_the_swept_values_in_their_units(two_file, tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from sfsim.sweepplot import plot_sweep
+    from sfsim.sweeps.plot import plot_sweep
 
     out, png = tmp_path / "s.csv", tmp_path / "s.png"
     vary = parse_vary("devices[*].uplink.latency=0,30ms,2s")  # a list (not a log range) spanning decades

@@ -2,7 +2,7 @@
 
 import json
 
-from sfsim.trace import TraceEvent, lane_order, read_chrome_trace, to_chrome, write_chrome_trace
+from sfsim.outputs.trace import TraceEvent, lane_order, read_chrome_trace, to_chrome, write_chrome_trace
 
 EVENTS = [
     TraceEvent("a", "F", 0.0, 1.0, 0, "a"),

@@ -1,11 +1,11 @@
 """Real split fine-tuning: model loading and splitting, LoRA, task data and non-IID partitions."""
 
-from trainer.data import TaskData, encode, encode_prompts, gsm8k_final_number, load_task
-from trainer.heads import ClassificationHead, default_pooling
-from trainer.lora import add_lora, default_targets, fedavg, load_lora_state_dict, lora_state_dict
-from trainer.models import LoadedModel, load_model, tiny_model
-from trainer.partition import PartitionSpec, parse_partition, partition, partition_table
-from trainer.split import DevicePart, ServerPart, split_model
+from trainer.data.partition import PartitionSpec, parse_partition, partition, partition_table
+from trainer.data.tasks import TaskData, encode, encode_prompts, gsm8k_final_number, load_task
+from trainer.model.heads import ClassificationHead, default_pooling
+from trainer.model.loading import LoadedModel, load_model, tiny_model
+from trainer.model.lora import add_lora, default_targets, fedavg, load_lora_state_dict, lora_state_dict
+from trainer.model.split import DevicePart, ServerPart, split_model
 
 __all__ = [
     "ClassificationHead",

@@ -34,8 +34,8 @@ def plan(devices, schedule, objective, deadline, tie_tolerance, min_device_layer
     Without -o nothing is written; the last line says how to save the plan.
     """
     from sfsim.errors import ConfigError
-    from sfsim.overrides import load_scenario_with, parse_sets
     from sfsim.planner import plan as make_plan
+    from sfsim.scenario.overrides import load_scenario_with, parse_sets
     from sfsim.units import parse_quantity
 
     if deadline is not None:

@@ -42,7 +42,7 @@ def profile(model, seq_lens, micro_batches, threads, role, task, num_labels, lor
         raise SfsimError(f"-o {output}: folder '{out.parent}' does not exist; create it first")
     if threads < 1:
         raise SfsimError(f"--threads must be >= 1 (got {threads})")
-    from trainer.profile import ProfileSpec, parse_sizes
+    from trainer.validate.profile import ProfileSpec, parse_sizes
 
     spec = ProfileSpec(parse_sizes(micro_batches, "--micro-batch"), parse_sizes(seq_lens, "--seq-len"), task=task,
                        num_labels=num_labels, lora_rank=lora_rank, warmup=warmup, repeats=repeats, role=role,
@@ -50,8 +50,8 @@ def profile(model, seq_lens, micro_batches, threads, role, task, num_labels, lor
     import torch
     from transformers.utils import logging as hf_logging
 
-    from trainer.models import load_model
-    from trainer.profile import profile_model, write_profile
+    from trainer.model.loading import load_model
+    from trainer.validate.profile import profile_model, write_profile
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(threads)

@@ -13,10 +13,10 @@ import click
 from sfsim.cli import main
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS
-from sfsim.outdir import output_folder
+from sfsim.outputs.outdir import output_folder
 from sfsim.units import format_amount
 
-_ORDERS = ("proportional", "round-robin", "fifo", "pool")  # sfsim.pacing.SERVER_ORDERS
+_ORDERS = ("proportional", "round-robin", "fifo", "pool")  # sfsim.engine.pacing.SERVER_ORDERS
 
 
 def _threads(n: int | None) -> None:
@@ -30,10 +30,10 @@ def _threads(n: int | None) -> None:
 
 
 def _quiet(quiet: bool):
-    """``--quiet``: the run's output is swallowed except sfsim's error and warning lines (:mod:`trainer.quiet`)."""
+    """``--quiet``: the run's output is swallowed except sfsim's error and warning lines (:mod:`trainer.run.quiet`)."""
     import contextlib
 
-    from trainer.quiet import quiet_output
+    from trainer.run.quiet import quiet_output
 
     return quiet_output() if quiet else contextlib.nullcontext()
 
@@ -107,8 +107,8 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
         server_order, pool_memory, bucket, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
         resume_dir, threads, eval_before, no_flops, quiet, out, overwrite):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
-    from trainer.runner import RunConfig, load_run_config
-    from trainer.runner import run as run_job
+    from trainer.run.runner import RunConfig, load_run_config
+    from trainer.run.runner import run as run_job
 
     if threads is not None and threads < 1:
         raise SfsimError(f"--threads must be >= 1 (got {threads})")
@@ -170,7 +170,7 @@ def _scores(m: dict) -> str:
 
 def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: str | None, resume: bool) -> None:
     """``--role``: play one role of a distributed run, then leave the process at once."""
-    from trainer.launch import exit_now, from_env, run_role
+    from trainer.run.launch import exit_now, from_env, run_role
 
     role, rank, world_size, master = from_env(role, rank, world_size, master)
     cfg.launch = "local" if cfg.launch == "inprocess" else cfg.launch
@@ -189,7 +189,7 @@ def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: 
 @click.option("--threads", type=int, help="torch CPU threads")
 def eval_cmd(out, data_dir, eval_samples, threads):
     """Reload the adapter and head saved by ``sfsim run --out OUT`` and score them on the dev set."""
-    from trainer.runner import evaluate_saved
+    from trainer.run.runner import evaluate_saved
 
     _threads(threads)
     click.echo(json.dumps(evaluate_saved(out, data_dir=data_dir, eval_samples=eval_samples)))

@@ -65,10 +65,10 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
     """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
     import json
 
-    from sfsim.dynamic import Unsupported
-    from sfsim.overrides import load_scenario_with, parse_sets
-    from sfsim.report import comparison_table, summary
-    from sfsim.schema import write_atomic
+    from sfsim.engine.dynamic import Unsupported
+    from sfsim.outputs.report import comparison_table, summary
+    from sfsim.scenario.overrides import load_scenario_with, parse_sets
+    from sfsim.scenario.schema import write_atomic
     from sfsim.simulate import applicable, check_options
     from sfsim.simulate import simulate as run
 
@@ -77,7 +77,7 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
     splits = parse_split(split)
     want_events = bool(trace_out or gantt_out)
     if gantt_out:
-        from sfsim.gantt import gantt_format
+        from sfsim.outputs.gantt import gantt_format
 
         gantt_format(gantt_out)  # a bad suffix fails before the simulation, not after
     results, panels = {}, []
@@ -103,7 +103,7 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
             panels.append(res.gantt_panel(f"{name} on {Path(scenario).name}: {res.makespan_s:.1f} s"))
         res.events = None  # free what the Gantt chart does not need before the next schedule
     if gantt_out:
-        from sfsim.gantt import write_panels
+        from sfsim.outputs.gantt import write_panels
 
         write_panels(panels, gantt_out)
     counts = {s.name: s.count for s in sc.servers}

@@ -37,8 +37,8 @@ def sweep(scenario, varies, sets, schedule, plan, split, output, plot_out, metri
     on from there). A point whose values the scenario rejects becomes an error row.
     """
     from sfsim.errors import SfsimError
-    from sfsim.overrides import parse_sets
-    from sfsim.sweep import METRICS, Settings, parse_schedules, parse_vary, run_sweep
+    from sfsim.scenario.overrides import parse_sets
+    from sfsim.sweeps.sweep import METRICS, Settings, parse_schedules, parse_vary, run_sweep
 
     parsed = [parse_vary(v) for v in varies]
     fixed = tuple(parse_sets(sets))
@@ -56,7 +56,7 @@ def sweep(scenario, varies, sets, schedule, plan, split, output, plot_out, metri
     if res.errors:
         click.echo(f"{res.errors} error rows; the first: {res.first_error}")
     if plot_out:
-        from sfsim.sweepplot import plot_sweep
+        from sfsim.sweeps.plot import plot_sweep
 
         plot_sweep(output, plot_out, parsed, metric=metric)
         click.echo(f"plot written to {plot_out}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from sfsim.cli import main
-from sfsim.outdir import output_folder
+from sfsim.outputs.outdir import output_folder
 
 
 @main.command()
@@ -38,7 +38,7 @@ def validate(devices, model, method, task, partition_spec, emulate, server_order
              train_samples, micro_batch, max_len, server_profile, device_profile, data_dir, seed, threads, out,
              overwrite):
     """Run the scenario for real and in the simulator; print and write the error, stage by stage."""
-    from trainer.validate import ValidateConfig, format_report, run_validation
+    from trainer.validate.compare import ValidateConfig, format_report, run_validation
 
     vc = ValidateConfig(devices=devices, model=model, method=method, out=out, task=task, partition=partition_spec,
                         emulate=emulate, data_dir=data_dir, train_samples=train_samples, split=split,

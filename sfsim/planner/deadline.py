@@ -3,7 +3,7 @@
 Two uses in :func:`sfsim.planner.plan`:
 
 - ``objective="energy"``: the cost is the devices' total energy (joules, from each device type's
-  ``power`` figures, as :func:`sfsim.energy.run_energy` counts it) and the deadline is ``--deadline``.
+  ``power`` figures, as :func:`sfsim.cost.energy.run_energy` counts it) and the deadline is ``--deadline``.
 - ``objective="time"``: once the fastest plan is found, plans within ``tie_tolerance`` of its
   makespan count as ties; the cost is the devices' total FLOPs, so ties go to the plan that
   computes least on the devices (the server does the rest).
@@ -92,7 +92,7 @@ def flop_cost(table: StageTable, prefix_flop: np.ndarray) -> Cost:
 
 
 def energy_cost(table: StageTable, uplink_bytes: np.ndarray) -> Cost:
-    """Device joules (see :mod:`sfsim.energy`) as compute above idle + radio per device, + idle W x makespan.
+    """Device joules (see :mod:`sfsim.cost.energy`) as compute above idle + radio per device, + idle W x makespan.
 
     ``uplink_bytes``: (cuts,) bytes per micro-batch at each cut. Every device must have ``power``.
     """

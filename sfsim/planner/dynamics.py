@@ -33,9 +33,9 @@ import math
 
 import numpy as np
 
-from sfsim.availability import availability_for
-from sfsim.dynamic_legs import leg_links, needs_motion
-from sfsim.linkrate import Constant, Product, Rate, finish
+from sfsim.network.availability import availability_for
+from sfsim.network.legs import leg_links, needs_motion
+from sfsim.network.linkrate import Constant, Product, Rate, finish
 
 INF = math.inf
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sfsim.cost.memory import shortfall
 from sfsim.errors import InfeasibleError
-from sfsim.memory import shortfall
 from sfsim.planner.dynamics import describe, effective_stages
 from sfsim.units import format_quantity
 
@@ -45,7 +45,7 @@ class TypeInfo:
     memory: float  # bytes available on one device
     latency: float  # uplink latency (s)
     bandwidth: float  # uplink bit/s
-    rep: object  # a representative sfsim.scenario.Device
+    rep: object  # a representative sfsim.scenario.config.Device
     units: float = 0.0  # micro_batches in full-micro-batch equivalents (each epoch's last may be partial)
     sent_units: float = 0.0  # sent in full-micro-batch equivalents
 
@@ -151,7 +151,7 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
     """Tabulate stage times for cuts ``min_device_layers..lora_start`` on every server.
 
     Args:
-        cm: a :class:`sfsim.costmodel.CostModel` for ``scenario``.
+        cm: a :class:`sfsim.cost.model.CostModel` for ``scenario``.
         scenario: the scenario.
         lora_start: first LoRA block; every cut must be at or below it.
         min_device_layers: smallest cut allowed.

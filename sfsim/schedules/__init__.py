@@ -1,8 +1,8 @@
 """Schedules: small policies that turn a scenario into stage durations and replay them on the engine.
 
 Each schedule module provides ``build(setup) -> Job`` (durations and FLOPs from the cost model, no
-SimPy) and ``run(engine, job, cfg)`` (SimPy processes on :class:`sfsim.engine.Engine`). Tests call
-``run`` with hand-made :class:`~sfsim.engine.DeviceTimes` to check exact timelines.
+SimPy) and ``run(engine, job, cfg)`` (SimPy processes on :class:`sfsim.engine.pool.Engine`). Tests call
+``run`` with hand-made :class:`~sfsim.engine.pool.DeviceTimes` to check exact timelines.
 
 Multi-server scenarios: each device talks to its assigned server; each server trains its own
 replica (and, for fedlora/splitlora, averages only its own devices' adapters). Synchronisation
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from sfsim.costmodel import CostModel
-from sfsim.engine import DeviceTimes, Engine, FifoLane, ServerTimes
-from sfsim.scenario import Scenario
+from sfsim.cost.model import CostModel
+from sfsim.engine.pool import DeviceTimes, Engine, FifoLane, ServerTimes
+from sfsim.scenario.config import Scenario
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Setup:
     """What a schedule builds from: the scenario, its cost model, the cuts and the assignment.
 
     Attributes:
-        scenario, cm: the scenario and its :class:`~sfsim.costmodel.CostModel`.
+        scenario, cm: the scenario and its :class:`~sfsim.cost.model.CostModel`.
         splits: device -> cut (SplitFrozen prefix blocks; SplitLoRA client blocks).
         lora_start: first server block with LoRA (SplitFrozen).
         assignment: device -> server name.
@@ -86,14 +86,14 @@ class Job:
     Attributes:
         devices, servers: engine inputs (stage seconds and bytes).
         device_flops: device -> FLOP over the run; server_flops: server -> FLOP.
-        network: the dynamic network (:class:`sfsim.dynamic.Network`) when the scenario has one.
+        network: the dynamic network (:class:`sfsim.engine.dynamic.Network`) when the scenario has one.
     """
 
     devices: list[DeviceTimes]
     servers: list[ServerTimes]
     device_flops: dict[str, float] = field(default_factory=dict)
     server_flops: dict[str, float] = field(default_factory=dict)
-    network: object | None = None  # SplitFrozen: a sfsim.dynamic.Network (handover, varying links, churn)
+    network: object | None = None  # SplitFrozen: a sfsim.engine.dynamic.Network (handover, varying links, churn)
 
 
 def link_seconds(nbytes: float, link) -> float:

@@ -7,13 +7,13 @@ The source is always ready, so deferred W's simply run before each step. Micro-b
 attributed to devices in proportional order (as a shuffled central dataset would mix them), which
 is what ``stream_mixing`` sees. With no device links and the data at the server from the start,
 handovers, time-varying links and availability do not apply: the result says so
-(``SimResult.dynamic_network``, :func:`sfsim.dynamic.applies`).
+(``SimResult.dynamic_network``, :func:`sfsim.engine.dynamic.applies`).
 """
 
 from __future__ import annotations
 
-from sfsim.dynamic import not_applicable
-from sfsim.engine import DeviceTimes, Engine, ProportionalPolicy, ServerTimes, StreamMixing
+from sfsim.engine.dynamic import not_applicable
+from sfsim.engine.pool import DeviceTimes, Engine, ProportionalPolicy, ServerTimes, StreamMixing
 from sfsim.schedules import Job, RunConfig, Setup, groups
 
 

@@ -7,19 +7,19 @@ adapters (every block and the head); the server runs ``aggregate`` when all part
 have arrived; each participant downloads the average and starts the next round. The first round
 starts at time 0 with the initial adapters already on the devices; the last round also downloads.
 FedAvg FLOPs are not counted. With handovers, time-varying links or availability every device runs
-the process of :mod:`sfsim.dynamic_fed` instead (FedAvg groups that follow moves and drops).
+the process of :mod:`sfsim.schedules.dynamic_fed` instead (FedAvg groups that follow moves and drops).
 """
 
 from __future__ import annotations
 
-from sfsim import dynamic_fed
-from sfsim.engine import DeviceTimes, Engine
+from sfsim.engine.pool import DeviceTimes, Engine
 from sfsim.schedules import (
     Barrier,
     Job,
     RunConfig,
     Setup,
     aggregate_seconds,
+    dynamic_fed,
     fedavg_groups,
     link_seconds,
     rounds,
@@ -29,7 +29,7 @@ from sfsim.schedules.splitlora import sync
 
 def build(setup: Setup, cache: bool = False) -> Job:
     """Stage durations and FLOPs for FedLoRA (cuts are ignored: every device holds the whole model)."""
-    from sfsim.engine import ServerTimes
+    from sfsim.engine.pool import ServerTimes
 
     sc, cm, idx, L = setup.scenario, setup.cm, setup.server_index, setup.scenario.arch.n_layers
     full = cm.full_model()

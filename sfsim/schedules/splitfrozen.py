@@ -12,7 +12,7 @@ the next transfer after ``s``). Pipelined timing, micro-batch ``n``::
 so the forward of ``n+1`` overlaps the transfer of ``n`` and the device holds at most one finished
 activation. A positive gap ``send_start[n] - F_end[n]`` (link busy or no credit) is recorded as op
 ``wait`` on the device lane. Sequential ablation: the device starts ``F`` of ``n+1`` only when the
-server has finished ``B`` and ``W`` of ``n`` (see :mod:`sfsim.engine` for the server side).
+server has finished ``B`` and ``W`` of ``n`` (see :mod:`sfsim.engine.pool` for the server side).
 
 With one device, ``n`` micro-batches, a big buffer, fused backward and no step cost the makespan is
 ``(f + s + l + srv) + (n - 1) * max(f, s, srv)`` pipelined and ``n * (f + s + l + srv)``
@@ -21,9 +21,9 @@ sequential, with ``srv`` = server F + B + W seconds.
 
 from __future__ import annotations
 
-from sfsim import dynamic
-from sfsim.dynamic import network
-from sfsim.engine import DeviceTimes, Engine, ServerPool, ServerTimes
+from sfsim.engine import dynamic
+from sfsim.engine.dynamic import network
+from sfsim.engine.pool import DeviceTimes, Engine, ServerPool, ServerTimes
 from sfsim.schedules import Job, RunConfig, Setup, link_seconds
 
 
@@ -63,8 +63,8 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
     """Start the server pools and one process per device on ``engine`` (call ``engine.run()`` after).
 
     Devices of the job's dynamic network (handover, varying uplink, availability) run
-    :func:`sfsim.dynamic.device_process` instead, pipelined or ``sequential`` (checked by
-    :func:`sfsim.dynamic.check_supported`).
+    :func:`sfsim.engine.dynamic.device_process` instead, pipelined or ``sequential`` (checked by
+    :func:`sfsim.engine.dynamic.check_supported`).
     """
     net = job.network
     views = getattr(net, "views", None)  # None: no network, or one that does not touch SplitFrozen

@@ -16,7 +16,7 @@ This follows :mod:`trainer.methods.splitlora` on the distributed runtime step fo
   - ``interleaved`` (SplitLoRA's reference code): the clients' micro-batches in the server's order.
     ``training.server_policy`` ``paced-proportional`` or ``proportional`` (the trainer's default
     ``--server-order proportional``) and ``paced-round-robin`` or ``round-robin`` are the trainer's
-    fixed orders (:func:`sfsim.pacing.server_order`, one per epoch): the server waits for the named
+    fixed orders (:func:`sfsim.engine.pacing.server_order`, one per epoch): the server waits for the named
     client even when others have arrived. ``fifo`` (the scenario default) and ``pool`` take arrivals in
     order, as ``--server-order fifo`` on the distributed runtime (the trainer has no pool for
     SplitLoRA). Training goes in *segments* of ``fedavg_every`` server steps (``fedavg_every`` x A
@@ -41,8 +41,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sfsim.engine import DeviceTimes, Engine, ServerTimes, StreamMixing
-from sfsim.pacing import server_order
+from sfsim.engine.pacing import server_order
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing
 from sfsim.schedules import (
     Barrier,
     Job,
@@ -95,7 +95,7 @@ def build(setup: Setup, cache: bool = False) -> Job:
         k_agg = servers[idx[srv.name]]
         servers[idx[srv.name]] = ServerTimes(k_agg.name, k_agg.count, k_agg.step,
                                              max(k_agg.aggregate, aggregate_seconds(adapter_params, srv, cm)))
-    from sfsim import dynamic_split  # varying links, pause: sfsim/dynamic_split.py
+    from sfsim.schedules import dynamic_split  # varying links, pause: sfsim/schedules/dynamic_split.py
 
     job.network = dynamic_split.network(setup, job)
     return job
@@ -104,7 +104,7 @@ def build(setup: Setup, cache: bool = False) -> Job:
 def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
     """Start one process per server that replays the trainer's server loop over its clients."""
     if job.network is not None:  # the dynamic network: the same loop over its compute and links
-        from sfsim import dynamic_split
+        from sfsim.schedules import dynamic_split
 
         return dynamic_split.run(engine, job, cfg)
     for k, members in groups(job.devices).items():
@@ -210,7 +210,7 @@ class _Server:
     def _arrival_segment(self, quota: int, left: dict[_Client, int]) -> None:
         """Serve ``quota`` micro-batches in arrival order (ties: device order).
 
-        A turn of a client that is gone (arrival ``-inf``, set by :mod:`sfsim.dynamic_split` on the
+        A turn of a client that is gone (arrival ``-inf``, set by :mod:`sfsim.schedules.dynamic_split` on the
         dynamic network) is skipped and does not count toward ``quota``.
         """
         unissued, issued = dict(left), 0

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from sfsim.costmodel import CostModel
-from sfsim.scenario import Scenario, scenario_from_dict
+from sfsim.cost.model import CostModel
+from sfsim.scenario.config import Scenario, scenario_from_dict
 from sfsim.units import format_quantity, parse_quantity
 
 #: Simulated rows of the time comparison, SplitFrozen first (``splitlora``: clients interleaved).
@@ -58,7 +58,7 @@ def measured_gpt2_saving(cut: int = 3, seq_len: int = 128, num_labels: int = 2) 
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2Model
 
-    from trainer.measure import flop_counter
+    from trainer.run.measure import flop_counter
 
     torch.manual_seed(0)
     model = GPT2Model(GPT2Config()).eval()

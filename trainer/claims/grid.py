@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sfsim.schema import write_atomic
+from sfsim.scenario.schema import write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sfsim.scenario import load_scenario
-from sfsim.schema import write_atomic
+from sfsim.scenario.config import load_scenario
+from sfsim.scenario.schema import write_atomic
 from trainer.claims import compute, plots, render
 from trainer.claims.grid import METHODS, SETTINGS, Cell, Outcome, default_grid, load_cells, run_cells
 from trainer.claims.render import BASELINES, TASK_NAMES

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.data import micro_batches
+from trainer.data.tasks import micro_batches
 from trainer.methods.common import (
     Method,
     Setup,
@@ -19,8 +19,8 @@ from trainer.methods.common import (
     trainable_params,
     training_mode,
 )
-from trainer.runtime import DeviceRole, Message, PeerLost, device_kwargs, trim
-from trainer.split import split_model
+from trainer.model.split import split_model
+from trainer.transport.runtime import DeviceRole, Message, PeerLost, device_kwargs, trim
 
 
 def _pad_cat(parts: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sfsim.errors import SfsimError
-from sfsim.schema import write_atomic
-from trainer.heads import ClassificationHead
-from trainer.lora import add_lora, load_lora_state_dict, lora_state_dict
+from sfsim.scenario.schema import write_atomic
+from trainer.model.heads import ClassificationHead
+from trainer.model.lora import add_lora, load_lora_state_dict, lora_state_dict
 
 _PREFIX = "base_model.model."
 _ADAPTER = ".default"  # peft's default adapter name, dropped from saved keys as save_pretrained does

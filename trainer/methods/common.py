@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainer.lora import add_lora, load_lora_state_dict, lora_state_dict
-from trainer.measure import Meter
-from trainer.runtime import DeviceRole, Message, PeerLost, Transport
+from trainer.model.lora import add_lora, load_lora_state_dict, lora_state_dict
+from trainer.run.measure import Meter
+from trainer.transport.runtime import DeviceRole, Message, PeerLost, Transport
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Setup:
     """Everything a method needs, built once by the runner.
 
     Attributes:
-        lm: the loaded model (``trainer.models.LoadedModel``); methods add LoRA to ``lm.model``.
+        lm: the loaded model (``trainer.model.loading.LoadedModel``); methods add LoRA to ``lm.model``.
         head: the task head (``ClassificationHead``) or ``None`` for causal-LM tasks (GSM8K).
         devices: one :class:`DeviceRole` per device (data shard; no model part yet).
         cuts: device name -> cut k (blocks on the device).
@@ -29,7 +29,7 @@ class Setup:
         micro_batch, accumulate: samples per micro-batch, micro-batches per optimizer step (every
             method: the server's steps, SplitLoRA's client steps and FedLoRA's local steps).
         lr, weight_decay: AdamW settings.
-        server_order: pacing policy name (see ``trainer.runtime.SERVER_ORDERS``).
+        server_order: pacing policy name (see ``trainer.transport.runtime.SERVER_ORDERS``).
         periods: device -> relative seconds between its micro-batches (for the ``fifo`` order).
         decompose_backward: split backward into B and deferred W on the server.
         local_steps: fedlora local micro-batches per round.
@@ -45,7 +45,7 @@ class Setup:
         pool_memory: bytes of the server's mixing pool (``server_order="pool"``; ``None``: all credits).
         max_len: tokens per sample at most (sizes the pool).
         out: the run's output folder (devices write their checkpoint state under ``out/state``).
-        bucket: length bucketing over windows of this many micro-batches (0: off; ``trainer.data.micro_batches``).
+        bucket: length bucketing over windows of this many micro-batches (0: off; ``trainer.data.tasks.micro_batches``).
     """
 
     lm: object

@@ -13,7 +13,7 @@ from trainer.methods.generate import (  # noqa: F401 (re-exported)
     greedy_generate,
     write_generations,
 )
-from trainer.runtime import device_kwargs, trim
+from trainer.transport.runtime import device_kwargs, trim
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def predict(device, server, data: dict[str, torch.Tensor], batch_size: int = 64)
 def answer_loss(device, server, data: dict[str, torch.Tensor], batch_size: int = 16) -> float | None:
     """Teacher-forced cross-entropy per answer token, prompt and padding ignored (labels ``-100``).
 
-    ``data`` is :func:`trainer.data.encode` of a generation task: input_ids, attention_mask (N, T) and
+    ``data`` is :func:`trainer.data.tasks.encode` of a generation task: input_ids, attention_mask (N, T) and
     labels (N, T) with the answer's ids; the mean is over every answer token of every row (not per row).
     """
     total, count = 0.0, 0

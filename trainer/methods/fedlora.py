@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from trainer.lora import fedavg
 from trainer.methods.common import (
     Method,
     Setup,
@@ -27,9 +26,10 @@ from trainer.methods.common import (
     trainable_params,
     training_mode,
 )
-from trainer.runtime import DeviceRole, Message, PeerLost, device_kwargs
-from trainer.split import split_model
-from trainer.wire import pack_state, unpack_state
+from trainer.model.lora import fedavg
+from trainer.model.split import split_model
+from trainer.transport.runtime import DeviceRole, Message, PeerLost, device_kwargs
+from trainer.transport.wire import pack_state, unpack_state
 
 
 class FedLoRA(Method):

@@ -18,8 +18,8 @@ import json
 
 import torch
 
-from trainer.data import gsm8k_final_number
-from trainer.runtime import trim
+from trainer.data.tasks import gsm8k_final_number
+from trainer.transport.runtime import trim
 
 
 def _logits(server, hidden: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
@@ -122,6 +122,6 @@ def generation_shares(rows: list[dict]) -> dict[str, float]:
 
 def write_generations(path, rows: list[dict]) -> None:
     """``generations.jsonl``: one scored generation per line, written atomically."""
-    from sfsim.schema import write_atomic
+    from sfsim.scenario.schema import write_atomic
 
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -10,14 +10,13 @@ sequential ablation: when it has finished its backward, with one credit). The se
 micro-batches in the order of a pacing policy (``server_order``): a deterministic order waits for the
 named device while others' micro-batches queue; ``fifo`` over a real transport takes true arrival
 order. Backward is split into B (now) and W (deferred until the optimizer step, see
-``trainer.backward``).
+``trainer.model.backward``).
 """
 
 from __future__ import annotations
 
-from sfsim.pacing import MixingPool, pool_capacity
-from sfsim.trace import TraceEvent
-from trainer.backward import DeferredGrads
+from sfsim.engine.pacing import MixingPool, pool_capacity
+from sfsim.outputs.trace import TraceEvent
 from trainer.methods.common import (
     Method,
     Setup,
@@ -28,8 +27,9 @@ from trainer.methods.common import (
     trainable_params,
     training_mode,
 )
-from trainer.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
-from trainer.split import split_model
+from trainer.model.backward import DeferredGrads
+from trainer.model.split import split_model
+from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
 
 
 class SplitFrozen(Method):
@@ -81,7 +81,7 @@ class SplitFrozen(Method):
                 out.epoch = st["epoch"]
                 self.setup.transport.send_up(out)
                 st["next"], st["credits"] = j + 1, st["credits"] - 1
-        except DeviceLeft:  # offline for good (trainer.dynamics): the rest of the epoch is not sent
+        except DeviceLeft:  # offline for good (trainer.transport.dynamics): the rest of the epoch is not sent
             rest = sum(int(b["labels"].shape[0]) for b in st["batches"][st["next"]:])
             self.setup.transport.send_up(Message(role.name, st["next"], kind="leave", aux=rest, epoch=st["epoch"]))
             st["next"] = len(st["batches"])

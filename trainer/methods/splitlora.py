@@ -34,8 +34,6 @@ import copy
 
 import torch
 
-from trainer.backward import DeferredGrads
-from trainer.lora import fedavg
 from trainer.methods.common import (
     Method,
     Setup,
@@ -48,9 +46,11 @@ from trainer.methods.common import (
     trainable_params,
     training_mode,
 )
-from trainer.runtime import DeviceRole, Message, PeerLost, device_kwargs, server_order, wire_mask
-from trainer.split import split_model
-from trainer.wire import pack_state, unpack_state
+from trainer.model.backward import DeferredGrads
+from trainer.model.lora import fedavg
+from trainer.model.split import split_model
+from trainer.transport.runtime import DeviceRole, Message, PeerLost, device_kwargs, server_order, wire_mask
+from trainer.transport.wire import pack_state, unpack_state
 
 #: SplitLoRA's client orders (``--client-order``).
 CLIENT_ORDERS = {

@@ -1,0 +1,1 @@
+"""The pure cost model: FLOPs, seconds, bytes, memory and energy of every piece of work."""

@@ -1,0 +1,1 @@
+"""The SimPy engine: recording, server pools, credits, policies and pacing."""

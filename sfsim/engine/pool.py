@@ -1,0 +1,539 @@
+"""The SimPy engine: recording, server credits and buffers, server workers and their policies.
+
+Schedules (``sfsim.schedules``) turn a scenario into plain per-device stage durations
+(:class:`DeviceTimes`, :class:`ServerTimes`) and run small SimPy processes on one :class:`Engine`.
+The engine only replays: it never calls the cost model, so tests give exact hand-made durations.
+
+Time is in seconds. To stay fast (about three SimPy events per micro-batch) a process computes
+times that follow from its own state arithmetically and yields only when it must wait for another
+process or for time to pass. Trace events are built only when a trace is asked for, so memory does
+not grow with the run otherwise.
+
+Links: every device has its own uplink and downlink (nothing is shared between devices), so a
+link is a FIFO lane whose state is its free-at time inside the device's process; a transfer takes
+``bytes * 8 / bandwidth`` seconds of the lane (op ``send``) and arrives ``latency`` later (a pure
+delay: the lane is free again after the serialisation). :class:`FifoLane` is the same idea for a
+server that serves jobs in arrival order (SplitLoRA, FedAvg).
+
+SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
+
+* **Credits** (``credits="server"``, the default): a server has ``buffer`` credits, one per
+  micro-batch in flight to it or waiting at it. A device takes a credit when it starts sending; the
+  credit comes back when a worker starts processing that micro-batch and goes to the device that
+  has waited longest (FIFO by the time it became ready to send; ties in queueing order). Replayed
+  (cached) micro-batches hold no credit. The acknowledgement is instantaneous (no downlink
+  latency): see ``Training.buffer`` for why. With ``credits="device"`` (the trainer's flow control)
+  each device has ``buffer`` credits of its own, by the same rules, and waits only for its own;
+  sequential devices have one, returned when the device is released (so it never binds).
+* **Arrivals** are kept in a heap; a worker that becomes free at time ``t`` sees every micro-batch
+  with arrival ``<= t`` (an arrival at the instant a worker frees up is eligible). An idle worker is
+  woken at the next arrival.
+* **Policy** (:data:`POLICIES`, :mod:`sfsim.engine.policies`): which arrived micro-batch a free worker
+  takes: ``fifo`` (arrival order), ``round-robin`` (devices in turn, in the order they first had
+  work waiting) or ``proportional`` (the device with the largest fraction of its micro-batches not
+  yet started; ties: lower device index). These take any arrived micro-batch. ``paced-proportional``
+  and ``paced-round-robin`` follow :func:`sfsim.engine.pacing.server_order` over the server's devices (one
+  order per epoch of ``per_epoch`` micro-batches each) and wait for the named device's next
+  micro-batch even when others have arrived; they need ``credits="device"`` (with one server-wide
+  pool the held-back micro-batches can take every credit). ``pool`` puts arrivals in a
+  :class:`sfsim.engine.pacing.MixingPool` (capacity: the memory bound ``pool_bytes`` over the widest
+  ``act_bytes``, else the sum of the credits; arrivals that find it full wait behind it in arrival
+  order) and draws uniformly at random (seeded) only when it is full or nothing more can arrive
+  before a draw: nothing in flight and no device able to send (micro-batches left to send and a
+  credit it could hold; sequential: released). Within one device micro-batches run in order,
+  except under ``pool``. A worker idle while the policy holds an arrived micro-batch back records
+  op ``wait`` on its lane (device and micro-batch waited for, paced) and adds to ``server_wait``.
+* **Several workers** (``count > 1``) are independent replicas of the server's model: each steps
+  its own accumulation window (below) and no gradient is exchanged between them. An eligible
+  micro-batch goes to the worker that has been free the longest: free workers wait in a FIFO
+  (those free from the start in index order) and a worker that becomes free at the instant work
+  is eligible queues behind the workers already waiting. No micro-batch waits while a worker is
+  free (work-conserving).
+* **Worker** per accelerator (lane ``<server>`` when ``count == 1``, else ``<server>/<w>``): for a
+  micro-batch of device ``i`` it runs ``F`` then ``B`` back to back. With ``decompose`` its ``W``
+  is queued: the worker runs queued W's (oldest first, one at a time) only when no micro-batch is
+  eligible, and all of them right before an optimizer step. Without ``decompose`` it runs ``BW``
+  (B and W fused) right after ``F``. After every ``accumulate`` micro-batches a worker has processed
+  it runs its queued W's and a ``step``; when the server has no micro-batch left to hand out, each
+  worker runs its remaining W's and a final ``step`` for a partial window.
+* **Sequential** devices (the ``splitfrozen-sequential`` ablation) are released when the worker
+  ends the micro-batch's ``W`` (run right after ``B``, never deferred), before any ``step``.
+* **Activation cache**: a device sends only its first ``sent`` micro-batches; its micro-batch
+  ``n >= sent`` (a later epoch, replayed from the server's cache) becomes eligible at the instant a
+  worker starts its micro-batch ``n - 1``, so each device has at most one replay waiting.
+* **Backhaul sync** (``Engine.sync``, optional; :mod:`sfsim.network.backhaul`): after each optimizer step a
+  worker tells the backhaul; in ``sync`` mode it waits there until the servers' average has arrived.
+* Ops of zero duration are not recorded. Ties at equal times are resolved in SimPy event order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+
+import simpy
+
+from sfsim.cost.stagetimes import DeviceTimes, ServerTimes  # noqa: F401 (re-exported)
+from sfsim.engine.credits import Credits, Senders  # noqa: F401 (re-exported)
+from sfsim.engine.pacing import pool_capacity
+from sfsim.engine.policies import (  # noqa: F401 (re-exported: the engine's policies)
+    PACED,
+    PACED_NEEDS_DEVICE_CREDITS,
+    POLICIES,
+    FifoPolicy,
+    PacedPolicy,
+    PoolPolicy,
+    ProportionalPolicy,
+    RoundRobinPolicy,
+    make_policy,
+    paced_order,
+)
+from sfsim.errors import SfsimError
+from sfsim.outputs.mixing import StreamMixing  # noqa: F401 (re-exported)
+from sfsim.outputs.trace import TraceEvent
+
+_NORMAL = simpy.events.NORMAL  # SimPy's priority for ordinary (non-urgent) events
+_new_event = object.__new__
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine
+# ---------------------------------------------------------------------------------------------
+class Engine:
+    """One SimPy environment plus what every schedule records: trace, busy time, bytes.
+
+    Attributes:
+        env: the SimPy environment.
+        events: list of :class:`~sfsim.outputs.trace.TraceEvent` when tracing, else ``None``.
+        device_busy, server_busy: seconds of compute per device / per server (all workers).
+        up_bytes, down_bytes: bytes per device on its uplink / downlink.
+        mixing: server name -> :class:`StreamMixing` for schedules with a server stream.
+        server_wait: SplitFrozen server -> worker-seconds idle while its policy held micro-batches back.
+        server_end: SplitFrozen server -> when its last op (F, B, W, step or ``wait``) ends (0: none ran).
+        pool_peak_bytes: server -> the most its mixing pool held (policy ``pool``).
+    """
+
+    def __init__(self, trace: bool = False):
+        self.env = simpy.Environment()
+        self.events: list[TraceEvent] | None = [] if trace else None
+        self.device_busy: dict[str, float] = {}
+        self.server_busy: dict[str, float] = {}
+        self.up_bytes: dict[str, float] = {}
+        self.down_bytes: dict[str, float] = {}
+        self.mixing: dict[str, StreamMixing] = {}
+        self.server_wait: dict[str, float] = {}
+        self.server_end: dict[str, float] = {}
+        self.pool_peak_bytes: dict[str, float] = {}
+        self.sync = None  # a sfsim.network.backhaul.Backhaul when SplitFrozen servers synchronise
+        self._finishers: list = []
+        self.soft_timers = False  # set before run() by schedules that call soft_at
+        self._soft = 0  # pending soft timers
+
+    def on_finish(self, fn) -> None:
+        """Call ``fn()`` after the run ends (schedules copy their busy totals here)."""
+        self._finishers.append(fn)
+
+    def record(self, lane: str, op: str, start: float, dur: float, mb: int = -1, device: str = "") -> None:
+        """Append one trace event (only when tracing and ``dur > 0``)."""
+        if self.events is not None and dur > 0:
+            self.events.append(TraceEvent(lane, op, start, dur, mb, device))
+
+    def at(self, t: float) -> simpy.Event:
+        """An event that fires at exactly the absolute time ``t`` (>= now).
+
+        ``env.timeout(t - now)`` would land on ``now + (t - now)``, which can differ from ``t`` in
+        the last bit and break the exact time comparisons the server relies on, so the event is
+        put on SimPy's queue at ``t`` itself.
+        """
+        env = self.env
+        ev = _new_event(simpy.Event)  # simpy.Event(env) and trigger_at, inlined: the hottest call of a run
+        ev.env, ev.callbacks, ev._ok, ev._value = env, [], True, None
+        heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
+        return ev
+
+    def trigger_at(self, ev: simpy.Event, t: float, value=None) -> None:
+        """Trigger the pending event ``ev`` with ``value`` at exactly the absolute time ``t`` (>= now)."""
+        env = self.env
+        ev._ok, ev._value = True, value
+        heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
+
+    def succeed_at(self, event: simpy.Event, t: float) -> None:
+        """Trigger ``event`` at absolute time ``t`` (>= now)."""
+        self.at(t).callbacks.append(lambda _e: event.succeed())
+
+    def soft_at(self, t: float, fn) -> None:
+        """Call ``fn()`` at time ``t`` unless the run has ended by then (a timeout that does not extend it).
+
+        The dynamic network's deadlines (:mod:`sfsim.engine.dynamic`) use it: a handover at 120 s must wake a
+        device waiting for a credit, but must not make a run that ended at 50 s last until 120 s.
+        """
+        if not self.soft_timers:
+            raise RuntimeError("set Engine.soft_timers before run() to use soft_at")
+        self._soft += 1
+
+        def fire(_e):
+            self._soft -= 1
+            fn()
+        self.at(t).callbacks.append(fire)
+
+    def run(self) -> float:
+        """Run until no event is left (but soft timers); returns the makespan (time of the last event)."""
+        if not self.soft_timers:
+            self.env.run()
+        else:
+            env = self.env
+            while len(env._queue) > self._soft:
+                env.step()
+        for fn in self._finishers:
+            fn()
+        return self.env.now
+
+
+class FifoLane:
+    """A lane that serves jobs first come, first served (the caller arrives at its arrival time).
+
+    Since callers ask at their arrival instants in time order, ``start = max(now, free_at)`` is
+    exactly a FIFO single-server queue (Lindley's recursion) with no extra SimPy event.
+    """
+
+    def __init__(self, engine: Engine, lane: str):
+        self.engine, self.lane, self.free_at, self.busy = engine, lane, 0.0, 0.0
+
+    def serve(self, ops: list[tuple[str, float]], mb: int = -1, device: str = "") -> list[float]:
+        """Queue ``ops`` (op name, seconds) now; returns the end time of each op."""
+        t = max(self.engine.env.now, self.free_at)
+        ends = []
+        for op, dur in ops:
+            self.engine.record(self.lane, op, t, dur, mb, device)
+            t += dur
+            self.busy += dur
+            ends.append(t)
+        self.free_at = t
+        return ends
+
+
+class ServerPool:
+    """A SplitFrozen server: credits, pending arrivals, a policy, and ``count`` worker processes.
+
+    Args:
+        engine: the engine.
+        server: the server's :class:`ServerTimes`.
+        devices: every device of the run (index = device id); only those with ``server == index``
+            of this pool send here.
+        index: this server's index.
+        buffer: credits (micro-batches in flight to or waiting here).
+        accumulate: micro-batches per optimizer step (per worker).
+        decompose: defer W into idle time (else fused ``BW``).
+        policy: policy name (:data:`POLICIES`).
+        sequential: release each device when its micro-batch's W ends (the ablation).
+        credits: ``server`` (one pool of ``buffer`` credits) or ``device`` (``buffer`` per device).
+        pool_bytes: memory bound of the ``pool`` policy (None: the sum of the credits).
+        seed: seed of the ``pool`` policy's draws.
+    """
+
+    def __init__(self, engine: Engine, server: ServerTimes, devices: list[DeviceTimes], index: int,
+                 buffer: int, accumulate: int, decompose: bool, policy: str, sequential: bool = False,
+                 credits: str = "server", pool_bytes: float | None = None, seed: int = 0):
+        if buffer < 1 or accumulate < 1:
+            raise SfsimError(f"server {server.name!r}: buffer and accumulate must be >= 1")
+        if credits not in ("server", "device"):
+            raise SfsimError(f"unknown credits {credits!r}; choose server or device")
+        if policy in PACED and credits == "server":
+            raise SfsimError(f"server policy {policy!r} {PACED_NEEDS_DEVICE_CREDITS}")
+        self.engine, self.env, self.server = engine, engine.env, server
+        self.devices = devices
+        self.totals = totals = [d.n if d.server == index else 0 for d in devices]
+        self.per_device = credits == "device"
+        self._accounts(buffer, sequential)
+        self.wait_s = 0.0                 # worker-seconds idle while a micro-batch waited (paced, pool)
+        self.senders = None
+        self.policy = self._policy(policy, buffer, sequential, pool_bytes, seed)
+        self.give = self._givers()
+        self.mixing = engine.mixing[server.name] = StreamMixing(totals)
+        self.unclaimed = sum(totals)
+        self.pending: list = []           # heap of (arrival, seq, device, mb) not yet arrived
+        self.seq = 0
+        self.idle: list = []              # events of sleeping workers
+        self.alarm_at = math.inf
+        self._alarm = None
+        self.accumulate, self.decompose, self.sequential = accumulate, decompose, sequential
+        self.release: dict[int, simpy.Event] = {}  # sequential: device -> event to release it
+        self.busy = 0.0
+        self.end = 0.0                    # when the last op of any worker ends (what a trace would show)
+        self.index, self.sync, self.running = index, engine.sync, server.count
+        self.flight_bound: float | None = None  # set by sfsim.engine.dynamic: devices may arrive at any latency
+        engine.on_finish(self._finish)
+        self.workers = [self.env.process(self._worker(w)) for w in range(server.count)]
+
+    def _accounts(self, buffer: int, sequential: bool) -> None:
+        """``account[i]``: the :class:`Credits` device ``i`` draws from (shared, or its own)."""
+        if self.per_device:  # sequential: one micro-batch at a time, its credit back at the release
+            self.account = [Credits(self.engine, 1 if sequential else buffer) if t else None for t in self.totals]
+        else:
+            self.account = [Credits(self.engine, buffer)] * len(self.devices)
+        self.claim_returns = not (sequential and self.per_device)  # else the release returns it
+
+    def _givers(self) -> list:
+        """``give[i]()``: what starting a sent micro-batch of device ``i`` returns (None: its release does)."""
+        if not self.claim_returns:
+            return [None] * len(self.devices)
+        if self.senders is None:
+            return [a.give_back if a is not None else None for a in self.account]
+        return [lambda i=i: self._give_pool(i) for i in range(len(self.devices))]
+
+    def _give_pool(self, i: int) -> None:
+        self.account[i].give_back()
+        self.senders.holding -= 1
+        if not self.sequential:
+            self.senders.change(i, out=-1)
+
+    def _policy(self, name: str, buffer: int, sequential: bool, pool_bytes: float | None, seed: int):
+        """The policy object; ``pool`` also sets up :class:`Senders` and its capacity."""
+        totals, devices = self.totals, self.devices
+        if name in PACED:
+            order = paced_order([d.name for d in devices], totals, [d.per_epoch for d in devices], PACED[name])
+            return make_policy(name, totals, order=order)
+        if name != "pool":
+            return make_policy(name, [max(t, 1) for t in totals])
+        sent = [d.sent if t else 0 for d, t in zip(devices, totals, strict=True)]
+        if self.per_device:
+            limit, total = (1 if sequential else buffer), math.inf
+            credits = max(1, limit * sum(1 for x in sent if x))
+        else:
+            limit, total, credits = (1 if sequential else math.inf), buffer, buffer
+        self.senders = Senders(sent, limit, total)
+        if pool_bytes is None:
+            capacity = credits
+        else:  # the widest activation decides how many fit
+            capacity = pool_capacity(pool_bytes, max(d.act_bytes for d, t in zip(devices, totals, strict=True) if t))
+        return make_policy(name, totals, capacity=capacity, seed=seed, more=self._more_can_arrive,
+                           nbytes=lambda i, n: devices[i].act_bytes * devices[i].size(n))
+
+    def _more_can_arrive(self) -> bool:
+        """Pool: can another micro-batch arrive before the next draw (one in flight, or a device free to send)?"""
+        return bool(self.pending) or self.senders.any()
+
+    def _finish(self) -> None:
+        if self.unclaimed:  # a lost wake-up would silently shorten the run: fail loudly instead
+            raise RuntimeError(f"server {self.server.name}: {self.unclaimed} micro-batches never processed")
+        name = self.server.name
+        self.engine.server_busy[name] = self.busy
+        self.engine.server_wait[name] = self.wait_s
+        self.engine.server_end[name] = self.end
+        if self.senders is not None:
+            self.engine.pool_peak_bytes[name] = self.policy.peak_bytes
+
+    # -- device side ---------------------------------------------------------------------------
+    def send(self, arrival: float, i: int, n: int) -> None:
+        """Device ``i`` sends its micro-batch ``n`` now (it holds a credit), arriving at ``arrival``.
+
+        The same as :meth:`push` but for the pool's bookkeeping of who could still send.
+        """
+        senders = self.senders
+        if senders is not None:
+            senders.holding += 1
+            senders.change(i, unsent=-1, out=1)
+        self.push(arrival, i, n)
+
+    def push(self, arrival: float, i: int, n: int) -> None:
+        """Announce micro-batch ``n`` of device ``i``, arriving at time ``arrival``."""
+        self.seq += 1
+        heapq.heappush(self.pending, (arrival, self.seq, i, n))
+        if self.idle and arrival < self.alarm_at:
+            self._arm(arrival)
+
+    # -- waking idle workers ---------------------------------------------------------------------
+    def _arm(self, t: float) -> None:
+        self.alarm_at = t
+        self._alarm = self.engine.at(t)
+        self._alarm.callbacks.append(self._ring)
+
+    def _ring(self, ev) -> None:
+        if ev is not self._alarm:
+            return  # superseded by an earlier alarm
+        self.alarm_at = math.inf
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        idle, self.idle = self.idle, []
+        for ev in idle:
+            ev.succeed()
+
+    def _claim(self, i: int, n: int) -> None:
+        """Bookkeeping when a worker starts micro-batch ``n`` of device ``i``."""
+        dev = self.devices[i]
+        self.unclaimed -= 1
+        self.mixing.add(i)
+        if n < dev.sent:  # a sent micro-batch frees its credit; a replay holds none
+            give = self.give[i]
+            if give is not None:
+                give()
+        if n + 1 < dev.n and n + 1 >= dev.sent:
+            self.push(self.env.now, i, n + 1)  # the next cached micro-batch becomes eligible now
+        if self.unclaimed == 0:
+            self._wake_all()  # idle workers may now flush their W's and final step
+
+    # -- worker ------------------------------------------------------------------------------------
+    def _min_flight(self) -> float:
+        """A lower bound on (arrival - push time) of any future push: send + latency, 0 with replays."""
+        mine = [d for k, d in enumerate(self.devices) if d.n and self.totals[k]]
+        if self.flight_bound is not None:
+            return self.flight_bound
+        if any(d.sent < d.n for d in mine):
+            return 0.0  # replays are pushed at the claiming instant
+        return min((d.up_s * d.last + d.up_l for d in mine), default=0.0)  # a partial one sends sooner
+
+    def _worker(self, w: int):
+        env, rec, devices, at = self.env, self.engine.record, self.devices, self.engine.at
+        lane, step_s = self.server.lane(w), self.server.step
+        policy, pending, heappop = self.policy, self.pending, heapq.heappop
+        defer = self.decompose and not self.sequential
+        fast = defer and self.engine.events is None
+        flight = self._min_flight()
+        queued_w: deque = deque()  # (device, mb) whose W is deferred
+        done = 0                    # micro-batches processed since this worker's last step
+        busy = 0.0
+        last = 0.0                  # when this worker's last op ends (the trace's last event on its lane)
+        woken = False               # resumed from the idle FIFO: take work without deferring again
+        while True:
+            now = env._now  # env.now without the property call (hot loop)
+            while pending and pending[0][0] <= now:
+                _, _, i, n = heappop(pending)
+                policy.push(i, n)
+            if self.idle and not woken and policy:
+                # Workers idle longer choose first: wake them and queue behind them (same instant).
+                ev = env.event()
+                self._wake_all()
+                self.idle.append(ev)
+                yield ev
+                woken = True
+                continue
+            woken = False
+            if policy:
+                i, n = policy.pop()
+                self._claim(i, n)
+                if fast:
+                    d = devices[i]
+                    queued_w.append((i, n))
+                    x = 1.0 if d.last == 1.0 else d.size(n)
+                    t = now + d.srv_f * x + d.srv_b * x  # same rounding as _run_mb
+                else:
+                    t = self._run_mb(lane, i, n, now, defer, queued_w)
+                done += 1
+                stepped = done == self.accumulate
+                if stepped:
+                    t = self._step(lane, t, queued_w, step_s)
+                    done = 0
+                busy += t - now
+                if t > now:
+                    last = t
+                yield at(t)
+                if stepped and self.sync is not None:
+                    yield from self._synced()
+            elif queued_w:
+                # Idle: run deferred W's one after another while no micro-batch can have arrived;
+                # no push made from now on arrives before now + flight, so batching them is exact.
+                bound = min(pending[0][0] if pending else math.inf, now + flight)
+                t = now
+                while queued_w and (t == now or t < bound):
+                    i, n = queued_w.popleft()
+                    d = devices[i]
+                    w_s = d.srv_w * d.size(n)
+                    rec(lane, "W", t, w_s, n, d.name)
+                    t += w_s
+                busy += t - now
+                if t > now:
+                    last = t
+                yield at(t)
+            elif self.unclaimed == 0:
+                if done:
+                    rec(lane, "step", now, step_s)
+                    busy += step_s
+                    if step_s > 0:
+                        last = now + step_s
+                    yield at(now + step_s)
+                    if self.sync is not None:
+                        yield from self._synced()
+                self.busy += busy
+                self.end = max(self.end, last)
+                self.running -= 1
+                if self.running == 0 and self.sync is not None:
+                    self.sync.leave(self.index)
+                return
+            elif pending and pending[0][0] <= now + flight:
+                held = policy.held  # arrived micro-batches the policy holds back (paced, pool)
+                yield at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
+                if held and self._waited(lane, now):
+                    last = env.now
+            else:
+                held = policy.held
+                ev = env.event()
+                self.idle.append(ev)
+                if pending and pending[0][0] < self.alarm_at:
+                    self._arm(pending[0][0])
+                yield ev
+                woken = True
+                if held and self._waited(lane, now):
+                    last = env.now
+
+    def _waited(self, lane: str, start: float) -> bool:
+        """A worker sat idle from ``start`` to now while the policy held micro-batches back: op ``wait``.
+
+        Returns whether the wait took any time (a trace records it then).
+        """
+        dur = self.env.now - start
+        self.wait_s += dur
+        i, n = self.policy.waiting_for()
+        self.engine.record(lane, "wait", start, dur, n, self.devices[i].name if i >= 0 else "")
+        return dur > 0
+
+    def _synced(self):
+        """After a step: tell the backhaul; in sync mode wait until the servers' average has arrived."""
+        ev = self.sync.step_done(self.index)
+        if ev is not None:
+            yield ev
+
+    def _run_mb(self, lane: str, i: int, n: int, now: float, defer: bool, queued_w: deque) -> float:
+        """Record F and B (or BW) of one micro-batch starting at ``now``; returns when they end."""
+        rec, d = self.engine.record, self.devices[i]
+        x = d.size(n)
+        f_s, b_s, w_s = d.srv_f * x, d.srv_b * x, d.srv_w * x
+        rec(lane, "F", now, f_s, n, d.name)
+        t = now + f_s
+        if defer:
+            rec(lane, "B", t, b_s, n, d.name)
+            queued_w.append((i, n))
+            return t + b_s
+        if self.decompose:  # sequential ablation: W right after B
+            rec(lane, "B", t, b_s, n, d.name)
+            rec(lane, "W", t + b_s, w_s, n, d.name)
+        else:
+            rec(lane, "BW", t, b_s + w_s, n, d.name)
+        t += b_s + w_s
+        if self.sequential and n < d.sent:  # a replayed (cached) micro-batch has no device waiting
+            ev = self.release.pop(i)
+            self.engine.at(t).callbacks.append(lambda _e: self._released(i, ev))
+        return t
+
+    def _released(self, i: int, ev: simpy.Event) -> None:
+        """Sequential: device ``i``'s micro-batch is done (its W ended); let the device go on."""
+        if not self.claim_returns:
+            self.account[i].give_back()
+        if self.senders is not None:
+            if not self.claim_returns:
+                self.senders.holding -= 1
+            self.senders.change(i, out=-1)
+        ev.succeed()
+
+    def _step(self, lane: str, t: float, queued_w: deque, step_s: float) -> float:
+        """Run every queued W, then an optimizer step, from time ``t``; returns the end time."""
+        rec, devices = self.engine.record, self.devices
+        while queued_w:
+            i, n = queued_w.popleft()
+            d = devices[i]
+            w_s = d.srv_w * d.size(n)
+            rec(lane, "W", t, w_s, n, d.name)
+            t += w_s
+        rec(lane, "step", t, step_s)
+        return t + step_s

@@ -1,0 +1,1 @@
+"""The transformer's arithmetic: architectures, per-block FLOPs and sizes, LoRA targets."""

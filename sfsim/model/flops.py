@@ -1,0 +1,254 @@
+"""Matmul FLOPs, parameters and activation sizes of one transformer block, from its op graph.
+
+Each family's block (GPT-2, Llama, BERT) is written down once as a small static graph of named
+tensors and ops. A tiny forward pass over that graph decides which tensors require gradients (the
+block's input when something below is trainable, and everything downstream of a LoRA adapter), and
+the backward pass charges exactly the matmuls that torch autograd would run:
+
+* a frozen linear ``y = x W``: forward ``2 N fi fo``; backward ``2 N fi fo`` for ``dx`` when ``x``
+  requires grad, nothing for ``W`` (frozen);
+* a LoRA branch ``y += s (x A^T) B^T`` (rank r): forward ``2 N r (fi + fo)``; backward ``g = dy B``
+  (``2 N r fo``), ``dB`` (``2 N r fo``), ``dA`` (``2 N r fi``) and, when ``x`` requires grad,
+  ``dx = g A`` (``2 N r fi``);
+* an attention matmul (``Q K^T`` or ``P V``): forward ``2 B h T T hd``; backward the same again for
+  each operand that requires grad.
+
+Counting follows ``torch.utils.flop_counter.FlopCounterMode``: only matmul-like ops (mm, addmm,
+bmm, sdpa) count, at 2 FLOPs per multiply-add; elementwise ops (norms, activations, softmax,
+residual adds, RoPE, dropout, LoRA scaling, loss) count zero, and causal masking saves nothing.
+Attention is counted as the eager/"math" path that torch runs on CPU (backward = 2x forward); a
+fused flash kernel on GPU recomputes the scores in backward (2.5x), which this model ignores.
+
+Activation memory follows the same graph: an op whose output requires grad keeps what its
+backward needs (a frozen linear keeps only its weight; a LoRA linear its input; attention q, k, v
+and the softmax output; norms and activations their inputs), deduplicated as torch stores them.
+This matches ``torch.autograd.graph.saved_tensors_hooks`` on the eager modules within 2% (norm
+statistics and RoPE tables are left out); fused sdpa kernels keep less (no softmax output).
+
+Backward is split as in zero-bubble pipeline parallelism: **B** is every matmul that produces a
+gradient w.r.t. an activation needed further down, **W** is every matmul that produces a weight
+gradient (LoRA A and B, a trainable head), plus the LoRA ``g = dy B`` when it feeds only ``dA``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sfsim.model.arch import Arch
+
+# Max positions of learned position embeddings (parameter memory only): GPT-2 n_positions,
+# BERT max_position_embeddings (+ 2 token types). Llama uses RoPE (no table).
+_POSITIONS = {"gpt2": 1024, "bert": 512, "llama": 0}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of a block graph.
+
+    Attributes:
+        kind: ``linear`` (a weight matmul), ``attn`` (activation x activation matmul) or ``ew``
+            (elementwise: norm, activation, softmax, add; no FLOPs counted).
+        name: module leaf name for linears, a label otherwise.
+        inputs: names of the tensors it reads.
+        output: name of the tensor it writes.
+        fan_in, fan_out: linear shape (``fan_in -> fan_out`` per token).
+        bias: whether a linear has a bias (parameter count only).
+        saves: what autograd keeps when the output requires grad, as ``(key, width tensor, copies)``;
+            for ``attn`` ops entry ``i`` is kept only when input ``i`` requires grad (the other
+            operand). Keys deduplicate tensors that torch saves once.
+        path: a linear's module path inside the block, as in Hugging Face (``attn.c_proj``); LoRA
+            targets match it (:func:`target_matches`).
+    """
+
+    kind: str
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    fan_in: int = 0
+    fan_out: int = 0
+    bias: bool = False
+    saves: tuple[tuple[str, str, int], ...] = ()
+    path: str = ""
+
+
+def _lin(path, src, dst, fi, fo, bias):
+    return Op("linear", path.rsplit(".", 1)[-1], (src,), dst, fi, fo, bias, path=path)
+
+
+def target_matches(path: str, target: str) -> bool:
+    """Whether LoRA ``target`` names the linear at ``path`` inside a block (the trainer's rule too).
+
+    A dotted target is a path from the block (``attn.c_proj``); a bare one a module name anywhere in
+    it (``c_proj``: both of GPT-2's).
+
+    Example:
+        >>> target_matches("mlp.c_proj", "c_proj"), target_matches("mlp.c_proj", "attn.c_proj")
+        (True, False)
+    """
+    return path == target if "." in target else path.rsplit(".", 1)[-1] == target
+
+
+def _ew(name, srcs, dst, *saves):
+    return Op("ew", name, tuple(srcs), dst, saves=tuple(saves))
+
+
+def _attn(name, a, b, dst, save_for_a, save_for_b):
+    # eager attention saves q, k, v (repeat_kv-expanded to all query heads) and the softmax output
+    return Op("attn", name, (a, b), dst, saves=(save_for_a, save_for_b))
+
+
+def block_graph(arch: Arch) -> tuple[list[Op], dict[str, int]]:
+    """Ops of one block in execution order, and each tensor's width per token.
+
+    Attention score tensors (``s``, ``p``) have width ``heads * T`` per token; they are marked with
+    width ``-1`` here and sized by the caller, who knows T.
+    """
+    d, i_, h, kv, hd = arch.hidden, arch.intermediate, arch.heads, arch.kv_heads, arch.head_dim
+    qd, kvd = h * hd, kv * hd
+    q_, k_, v_, p_ = ("att_q", "qd", 1), ("att_k", "qd", 1), ("att_v", "qd", 1), ("p", "p", 1)
+    if arch.family == "gpt2":
+        ops = [_ew("ln_1", ["x"], "h1", ("x", "x", 1)), _lin("attn.c_attn", "h1", "qkv", d, 3 * d, True),
+               _attn("qk", "qkv", "qkv", "s", k_, q_), _ew("softmax", ["s"], "p", p_),
+               _attn("pv", "p", "qkv", "ctx", v_, p_), _lin("attn.c_proj", "ctx", "a", d, d, True),
+               _ew("add", ["x", "a"], "r1"), _ew("ln_2", ["r1"], "h2", ("r1", "r1", 1)),
+               _lin("mlp.c_fc", "h2", "u", d, i_, True),
+               _ew("gelu", ["u"], "g", ("u", "u", 4)),  # NewGELU (tanh form) keeps 4 tensors of (B, T, I)
+               _lin("mlp.c_proj", "g", "m", i_, d, True), _ew("add", ["r1", "m"], "out")]
+        widths = {"x": d, "h1": d, "qkv": 3 * d, "ctx": d, "a": d, "r1": d, "h2": d, "u": i_, "g": i_,
+                  "m": d, "out": d}
+    elif arch.family == "llama":
+        ops = [_ew("input_layernorm", ["x"], "h1", ("x", "x", 1)), _lin("self_attn.q_proj", "h1", "q", d, qd, False),
+               _lin("self_attn.k_proj", "h1", "k", d, kvd, False), _lin("self_attn.v_proj", "h1", "v", d, kvd, False),
+               _ew("rope_q", ["q"], "qr"), _ew("rope_k", ["k"], "kr"),
+               _attn("qk", "qr", "kr", "s", k_, q_), _ew("softmax", ["s"], "p", p_),
+               _attn("pv", "p", "v", "ctx", v_, p_), _lin("self_attn.o_proj", "ctx", "a", qd, d, False),
+               _ew("add", ["x", "a"], "r1"), _ew("post_attention_layernorm", ["r1"], "h2", ("r1", "r1", 1)),
+               _lin("mlp.gate_proj", "h2", "gt", d, i_, False), _lin("mlp.up_proj", "h2", "up", d, i_, False),
+               _ew("silu_mul", ["gt", "up"], "g", ("gt", "gt", 2), ("up", "up", 1)),  # gate, silu(gate), up
+               _lin("mlp.down_proj", "g", "m", i_, d, False), _ew("add", ["r1", "m"], "out")]
+        widths = {"x": d, "h1": d, "q": qd, "k": kvd, "v": kvd, "qr": qd, "kr": kvd, "ctx": qd, "a": d,
+                  "r1": d, "h2": d, "gt": i_, "up": i_, "g": i_, "m": d, "out": d}
+    elif arch.family == "bert":
+        ops = [_lin("attention.self.query", "x", "q", d, d, True), _lin("attention.self.key", "x", "k", d, d, True),
+               _lin("attention.self.value", "x", "v", d, d, True), _attn("qk", "q", "k", "s", k_, q_),
+               _ew("softmax", ["s"], "p", p_), _attn("pv", "p", "v", "ctx", v_, p_),
+               _lin("attention.output.dense", "ctx", "a", d, d, True), _ew("add_ln", ["x", "a"], "r1", ("ln1_in", "r1", 1)),
+               _lin("intermediate.dense", "r1", "u", d, i_, True), _ew("gelu", ["u"], "g", ("u", "u", 1)),
+               _lin("output.dense", "g", "m", i_, d, True), _ew("add_ln", ["r1", "m"], "out", ("ln2_in", "out", 1))]
+        widths = {"x": d, "q": d, "k": d, "v": d, "ctx": d, "a": d, "r1": d, "u": i_, "g": i_, "m": d,
+                  "out": d}
+    widths.update({"s": -1, "p": -1, "qd": qd})
+    return ops, widths
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """FLOPs of one block for one micro-batch in one training state (see :func:`block_cost`)."""
+
+    F: float
+    B: float
+    W: float
+    saved_elems: float  # activation elements autograd keeps for backward (0 when nothing needs grad)
+
+
+def block_cost(arch: Arch, *, batch: int, seq: int, input_grad: bool, lora_targets: tuple[str, ...],
+               lora_rank: int) -> BlockCost:
+    """Forward, B and W FLOPs of one block on a ``(batch, seq)`` micro-batch.
+
+    Args:
+        arch: the architecture.
+        batch, seq: micro-batch shape B, T.
+        input_grad: whether a gradient w.r.t. the block's input is needed (something below trains).
+        lora_targets: LoRA targets (module names or in-block paths, :func:`target_matches`; empty: frozen).
+        lora_rank: LoRA rank r.
+
+    Returns:
+        :class:`BlockCost` with matmul FLOPs as FlopCounterMode counts them.
+
+    Example:
+        >>> from sfsim.model.arch import BUILTIN
+        >>> c = block_cost(BUILTIN["gpt2"], batch=8, seq=128, input_grad=False, lora_targets=(), lora_rank=8)
+        >>> round(c.F / 1e9, 1), c.B, c.W
+        (14.9, 0.0, 0.0)
+    """
+    ops, widths = block_graph(arch)
+    n, r = batch * seq, lora_rank  # n tokens
+    attn_flops = 2.0 * batch * arch.heads * seq * seq * arch.head_dim  # one of QK^T / PV
+    rg = {"x": input_grad}
+    f = b = w = 0.0
+    saved: dict[str, float] = {}  # key -> elements kept for backward
+
+    def size(t):
+        return batch * arch.heads * seq * seq if widths[t] < 0 else n * widths[t]
+
+    for op in ops:
+        lora = op.kind == "linear" and any(target_matches(op.path, t) for t in lora_targets)
+        rg[op.output] = lora or any(rg[t] for t in op.inputs)
+        if op.kind == "linear":
+            f += 2.0 * n * op.fan_in * op.fan_out + (2.0 * n * r * (op.fan_in + op.fan_out) if lora else 0)
+        elif op.kind == "attn":
+            f += attn_flops
+        if not rg[op.output]:
+            continue
+        for i, (key, wt, copies) in enumerate(op.saves):
+            if op.kind == "ew" or rg[op.inputs[i]]:
+                saved[key] = copies * size(wt)
+        if op.kind == "attn":
+            b += attn_flops * sum(rg[t] for t in op.inputs)
+        elif op.kind == "linear":
+            x_grad = rg[op.inputs[0]]
+            if x_grad:
+                b += 2.0 * n * op.fan_in * op.fan_out  # dx through the frozen base weight
+            if lora:
+                saved[op.inputs[0]] = size(op.inputs[0])  # x for dA (a frozen base keeps only its weight)
+                saved[f"{op.name}:{op.output}:lora"] = n * r  # x A^T for dB
+                # g = dy B (n, r): on the B path when it also feeds dx, else only dA needs it
+                g_cost = 2.0 * n * r * op.fan_out
+                if x_grad:
+                    b += g_cost + 2.0 * n * r * op.fan_in  # g, then dx = g A
+                else:
+                    w += g_cost
+                w += 2.0 * n * r * (op.fan_out + op.fan_in)  # dB, dA
+    return BlockCost(f, b, w, float(sum(saved.values())))
+
+
+def block_params(arch: Arch) -> int:
+    """Frozen parameters of one block (weights, biases, norm scales)."""
+    ops, _ = block_graph(arch)
+    lin = sum(op.fan_in * op.fan_out + (op.fan_out if op.bias else 0) for op in ops if op.kind == "linear")
+    norms = 2 * arch.hidden * (2 if arch.family in ("gpt2", "bert") else 1)  # two norms (scale [+ bias])
+    return lin + norms
+
+
+def lora_params(arch: Arch, lora_targets: tuple[str, ...], lora_rank: int) -> int:
+    """LoRA parameters (A and B of every targeted linear) in one block: ``r (fan_in + fan_out)`` each."""
+    ops, _ = block_graph(arch)
+    return sum(lora_rank * (op.fan_in + op.fan_out) for op in ops
+               if op.kind == "linear" and any(target_matches(op.path, t) for t in lora_targets))
+
+
+def embedding_params(arch: Arch) -> int:
+    """Token (+ learned position, + BERT token-type and embedding-norm) parameters."""
+    extra = 2 * arch.hidden + 2 * arch.hidden if arch.family == "bert" else 0  # token types, LayerNorm
+    return (arch.vocab + _POSITIONS[arch.family]) * arch.hidden + extra
+
+
+def norm_params(arch: Arch) -> int:
+    """Parameters of the final norm (GPT-2 ln_f, Llama norm; BERT has none after the last layer)."""
+    return {"gpt2": 2 * arch.hidden, "llama": arch.hidden, "bert": 0}[arch.family]
+
+
+def forward_working_elems(arch: Arch, *, batch: int, seq: int) -> float:
+    """Peak live activation elements in one block's forward without autograd.
+
+    The input and residual streams, plus the widest op's inputs and output at once (scores and
+    their softmax for attention; both MLP branches and their product for Llama).
+    """
+    ops, widths = block_graph(arch)
+    n = batch * seq
+
+    def size(t):
+        return batch * arch.heads * seq * seq if widths[t] < 0 else n * widths[t]
+
+    widest = max(sum(size(t) for t in set(op.inputs)) + size(op.output) for op in ops)
+    return float(2 * n * arch.hidden + widest)

@@ -1,0 +1,1 @@
+"""Outputs: the simulation result, reports, traces, Gantt charts and output folders."""

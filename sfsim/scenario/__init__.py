@@ -1,0 +1,1 @@
+"""The scenario: typed, validated configuration, overrides, plan files and default resolvers."""

@@ -1,0 +1,266 @@
+"""FedLoRA on the dynamic network: local rounds, adapter uploads and FedAvg rounds as devices move and churn.
+
+When a FedLoRA scenario has a dynamic network (:mod:`sfsim.engine.dynamic`), every device runs
+:func:`device_process`, the static :mod:`sfsim.schedules.fedlora` device under the shared rules of
+:mod:`sfsim.network.legs` (a transfer uses the leg holding when it starts and integrates its rate;
+compute and transfers pause while offline; a drop ends the device at its first outage). Round
+``r`` of a device: ``local_steps`` micro-batches of F, B, W (steps as in the static schedule), the
+adapter upload, the FedAvg barrier of its server, the download of the average.
+
+FedAvg membership (:class:`FedGroup`, one per server) follows the devices:
+
+* Round ``r`` of a device is averaged by the server its round-``r`` upload goes to (the leg
+  holding when that upload starts). A server's round ``r`` waits for every device *expected* there:
+  one attached to it that still has round ``r`` to upload.
+* A handover at ``at`` moves the device's rounds from the first upload that starts at or after
+  ``at`` to the new server's FedAvg group (at ``at``: the old server's barrier stops waiting for it
+  then). If the new server has already averaged that round, the device is averaged on its own (an
+  ``aggregate`` of one) and downloads at once.
+* A device that drops (or goes offline for good, ``pause``) leaves every barrier it has not
+  uploaded to at the instant it leaves, so no barrier waits for it; a round whose upload was cut
+  off is lost. Its micro-batches count as trained once their round's upload has been sent; the
+  others are its ``samples_not_trained``. A download cut off loses nothing already trained.
+
+``handovers`` in the result count micro-batches by their round's upload (``sent_before`` /
+``sent_after``); busy time and FLOPs count the micro-batches and steps whose compute ended.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from sfsim.engine.pool import FifoLane
+from sfsim.network.legs import INF, Motion, gone_at, motion_of, needs_motion, online, record_online, span
+from sfsim.schedules import rounds
+
+
+@dataclass
+class FedNetwork:
+    """A FedLoRA or SplitLoRA job's dynamic network: every device's motion, and the ones the result reports."""
+
+    motions: dict[int, Motion]
+    moving: dict[int, Motion]
+
+
+def network(setup, job) -> FedNetwork | None:
+    """The job's :class:`FedNetwork` (a motion for every device), or None when nothing moves or varies."""
+    devices = setup.scenario.devices
+    if not any(needs_motion(d, downlink=True) for d in devices):
+        return None
+    motions = {i: motion_of(setup, d, dt.up_bytes) for i, (d, dt) in enumerate(zip(devices, job.devices, strict=True))}
+    return FedNetwork(motions, {i: m for i, m in motions.items() if needs_motion(devices[i], downlink=True)})
+
+
+class FedGroup:
+    """One server's FedAvg rounds while devices join and leave (see the module docstring).
+
+    ``need[r]`` counts the devices expected at round ``r``; a round closes (``aggregate`` on the
+    server's lane for each arrival, then its event fires) when as many have arrived.
+    """
+
+    def __init__(self, engine, lane: FifoLane, per_device: float, n_rounds: int):
+        self.engine, self.lane, self.per_device = engine, lane, per_device
+        self.need, self.arrived = [0] * n_rounds, [0] * n_rounds
+        self.closed = [False] * n_rounds
+        self.done = [engine.env.event() for _ in range(n_rounds)]
+        self.expect: dict[int, list[int]] = {}  # device -> [lo, hi): the rounds it is expected for here
+        self.on_wait = None  # called with r when an arrival has to wait (Membership keeps the run alive)
+
+    def join(self, i: int, lo: int, hi: int) -> None:
+        """Device ``i`` is expected here for rounds ``lo..hi-1``."""
+        self.expect[i] = [lo, hi]
+        for r in range(lo, hi):
+            self.need[r] += 1
+
+    def cut(self, i: int, hi: int) -> None:
+        """Device ``i`` is expected here only before round ``hi`` (it left); rounds may close now."""
+        span_i = self.expect.get(i)
+        if span_i is None or hi >= span_i[1]:
+            return
+        lo, old = span_i
+        span_i[1] = max(lo, hi)
+        for r in range(span_i[1], old):
+            self.need[r] -= 1
+            self._close(r)
+
+    def arrive(self, r: int):
+        """An upload for round ``r`` arrived now; the returned event fires when the round's aggregate ends."""
+        if self.closed[r]:  # the group averaged this round before the device joined: on its own
+            ev = self.engine.env.event()
+            (end,) = self.lane.serve([("aggregate", self.per_device)])
+            self.engine.succeed_at(ev, end)
+            return ev
+        self.arrived[r] += 1
+        self._close(r)
+        if not self.closed[r] and self.on_wait is not None:
+            self.on_wait(self, r)
+        return self.done[r]
+
+    def _close(self, r: int) -> None:
+        if not self.closed[r] and self.arrived[r] and self.arrived[r] >= self.need[r]:
+            self.closed[r] = True
+            (end,) = self.lane.serve([("aggregate", self.per_device * self.arrived[r])])
+            self.engine.succeed_at(self.done[r], end)
+
+
+class Membership:
+    """Which server's :class:`FedGroup` expects each round of each device: handovers and leaving."""
+
+    def __init__(self, engine, groups: list[FedGroup], motions: dict[int, Motion], n_rounds: dict[int, int]):
+        self.engine, self.groups, self.motions, self.n_rounds = engine, groups, motions, n_rounds
+        self.applied = dict.fromkeys(motions, 0)  # legs switched to so far
+        self.leaving: dict[int, float] = {}  # device -> when it will leave (a soft timer is set)
+        self.kept: set[int] = set()  # leaving devices a barrier waits for: the run lasts until they leave
+        for g in groups:
+            g.on_wait = self._keep_alive
+        self.moved_at: dict[int, list[int]] = {i: [] for i in motions}  # uploads started before each handover
+        for i, m in motions.items():
+            if n_rounds[i]:
+                groups[m.legs[0].server].join(i, 0, n_rounds[i])
+            for j in range(1, len(m.legs)):
+                engine.soft_at(m.legs[j].at, lambda i=i: self.switch(i, engine.env.now))
+
+    def switch(self, i: int, t: float) -> int:
+        """Apply device ``i``'s handovers up to time ``t``; returns the leg holding at ``t``."""
+        m = self.motions[i]
+        j = m.leg_at(t)
+        while self.applied[i] < j:
+            k = self.applied[i] = self.applied[i] + 1
+            u = bisect.bisect_left(m.uploads, m.legs[k].at)  # uploads started before the handover stay
+            self.moved_at[i].append(u)
+            old, new = self.groups[m.legs[k - 1].server], self.groups[m.legs[k].server]
+            if old is new or m.gone < INF:
+                continue
+            hi = old.expect[i][1] if i in old.expect else self.n_rounds[i]
+            old.cut(i, u)
+            if u < hi:
+                new.join(i, u, hi)
+        return j
+
+    def leave_at(self, i: int, t: float, uploaded: int) -> None:
+        """Device ``i`` leaves for good at ``t`` (now or later) with ``uploaded`` uploads sent.
+
+        A later leave is a soft timer (it must not extend a run nobody waits in); a barrier that
+        waits for the device makes it a hard one (:meth:`_keep_alive`).
+        """
+        if t <= self.engine.env.now:
+            self.leave(i, uploaded)
+            return
+        self.leaving[i] = t
+        self.engine.soft_at(t, lambda: self.leave(i, uploaded))
+
+    def _keep_alive(self, group: FedGroup, r: int) -> None:
+        """Round ``r`` of ``group`` waits: let the run last until its expected devices that will leave have left."""
+        for i, t in self.leaving.items():
+            lo, hi = group.expect.get(i, (0, 0))
+            if i not in self.kept and lo <= r < hi and t > self.engine.env.now:
+                self.kept.add(i)
+                self.engine.at(t)  # a hard event at t; the soft leave at t was queued first, so it runs
+
+    def leave(self, i: int, uploaded: int) -> None:
+        """Device ``i`` leaves for good now, having sent ``uploaded`` uploads."""
+        m = self.motions[i]
+        self.switch(i, self.engine.env.now)
+        m.gone = self.engine.env.now
+        for g in self.groups:
+            g.cut(i, uploaded)
+
+
+def run(engine, job, cfg) -> None:
+    """Start FedLoRA on the dynamic network: one lane and :class:`FedGroup` per server, one process per device."""
+    per, net = cfg.local_steps, job.network
+    engine.soft_timers = True  # handover and leave deadlines must not extend the run
+    n_rounds = {i: rounds(d.n, per) for i, d in enumerate(job.devices)}
+    most = max(n_rounds.values(), default=0)
+    groups = []
+    for srv in job.servers:
+        lane = FifoLane(engine, srv.lane(0))
+        engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
+        groups.append(FedGroup(engine, lane, srv.aggregate, most))
+    members = Membership(engine, groups, net.motions, n_rounds)
+    for i, d in enumerate(job.devices):
+        m = net.motions[i]
+        m.done = 0
+        if d.n:
+            engine.env.process(device_process(engine, members, i, d, m, per, cfg.accumulate))
+
+        def finish(d=d, m=m, i=i):  # the static formulas over what was done
+            engine.device_busy[d.name] = d.units(m.done) * (d.f + d.b + d.w) + m.steps * d.step + d.first_extra(m.done)
+            engine.up_bytes[d.name] = m.syncs_sent * d.sync_bytes
+            engine.down_bytes[d.name] = m.down_bytes
+            moved = members.moved_at[i] + [len(m.uploads)] * (len(m.legs) - 1 - len(members.moved_at[i]))
+            m.switched_at = [min(u * per, m.sent) for u in moved]
+            if engine.events is not None and i in net.moving:
+                from sfsim.engine.dynamic import trace_moves
+
+                trace_moves(engine, d, m)
+        engine.on_finish(finish)
+
+
+def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, accumulate: int):
+    """One FedLoRA device on the dynamic network (see the module docstring); fills ``m``'s outcome."""
+    env, name, pause = engine.env, d.name, m.pause
+    stop = m.stop
+    if m.start == INF:
+        members.leave_at(i, 0.0, 0)
+        return
+    if m.churn == "drop" and m.start > 0:
+        yield engine.at(m.start)  # it joins at its first online instant
+    bits = d.sync_bytes * 8.0
+    for r in range(rounds(d.n, per)):
+        first, last = r * per, min(d.n, (r + 1) * per)
+        t = env.now
+        for n in range(first, last):  # local training, by arithmetic (as the static schedule)
+            x = d.size(n)  # the last micro-batch of an epoch may be partial
+            for op, dur in (("F", d.fwd(n)), ("B", d.b * x), ("W", d.w * x)):
+                t = _compute(engine, members, i, m, op, t, dur, n, name, stop)
+                if t is None:
+                    return
+            m.done += 1
+            if (n - first + 1) % accumulate == 0 or n + 1 == last:
+                t = _compute(engine, members, i, m, "step", t, d.step, -1, name, stop)
+                if t is None:
+                    return
+                m.steps += 1
+        yield env.timeout(t - env.now)
+        # the adapter upload, on the leg holding when it starts
+        t0 = env.now
+        leg = m.legs[members.switch(i, t0)]
+        m.uploads.append(t0)
+        up = span(leg.up_rate(pause), t0, bits)
+        if t0 + up > stop or up == INF:
+            members.leave_at(i, _gone(m, t0, stop), m.syncs_sent)
+            return
+        record_online(engine, "link:" + name, "send", t0, t0 + up, -1, name, pause, up)
+        m.send_s += online(pause, t0, t0 + up)
+        m.syncs_sent += 1
+        m.sent = last
+        yield env.timeout(up + leg.up_l)
+        yield members.groups[leg.server].arrive(r)
+        t1 = env.now
+        leg = m.legs[m.leg_at(t1)]
+        down = span(leg.down_rate(pause), t1, bits)
+        if t1 + down > stop or down == INF:
+            members.leave_at(i, _gone(m, t1, stop), m.syncs_sent)
+            return
+        record_online(engine, "downlink:" + name, "send", t1, t1 + down, -1, name, pause, down)
+        m.recv_s += online(pause, t1, t1 + down)
+        m.down_bytes += d.sync_bytes
+        yield env.timeout(down + leg.down_l)
+
+
+def _compute(engine, members: Membership, i: int, m: Motion, op: str, t: float, dur: float, n: int,
+             name: str, stop: float) -> float | None:
+    """Record ``op`` from ``t`` (paused offline); its end, or None when the device leaves before it ends."""
+    end = t + span(m.pause, t, dur)
+    if end > stop or end == INF:
+        members.leave_at(i, _gone(m, t, stop), m.syncs_sent)
+        return None
+    record_online(engine, name, op, t, end, n, name, m.pause, dur)
+    return end
+
+
+def _gone(m: Motion, t: float, stop: float) -> float:
+    """When a device whose work from ``t`` never ends leaves: its drop, or when it goes offline for good."""
+    return stop if stop < INF else gone_at(m.avail, t)

@@ -1,0 +1,1 @@
+"""Sweeps: grids of overridden scenarios, where their points run, and their plot."""

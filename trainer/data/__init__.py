@@ -1,0 +1,1 @@
+"""Data: task datasets, their tokenisation, and non-IID partitions over devices."""

@@ -1,0 +1,602 @@
+"""Run one fine-tuning job end to end: config, data and partition, the method, eval, checkpoints, metrics.
+
+``run(RunConfig(...))`` is what ``sfsim run`` calls; ``evaluate_saved(out_dir)`` is ``sfsim eval``.
+Outputs in ``out``: ``metrics.json``, ``trace.json`` (Chrome/Perfetto), ``gantt.png`` (when
+``sfsim.outputs.gantt`` is available), ``adapter/`` (LoRA in peft's safetensors layout, the head, and
+``adapter_config.json``) and ``run_config.json`` (what ``sfsim eval`` needs to rebuild the model).
+All files are written atomically; the adapter is checkpointed at the end of every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfsim.errors import SfsimError
+from sfsim.methods import canonical
+from sfsim.model.loratargets import resolve_for_family
+from sfsim.outputs.trace import write_chrome_trace
+from sfsim.scenario.config import load_scenario
+from sfsim.scenario.planfile import load_plan
+from sfsim.scenario.schema import write_atomic
+from sfsim.units import parse_quantity
+from trainer.data import tasks as tdata
+from trainer.data.partition import missing_classes, parse_partition, partition, partition_table
+from trainer.methods import Setup, build_method
+from trainer.methods.checkpoint import load_adapter, load_checkpoint, save_adapter, save_checkpoint
+from trainer.methods.common import full_state, load_full_state
+from trainer.methods.evaluate import (
+    answer_loss,
+    classification_scores,
+    exact_match,
+    generation_shares,
+    majority_baseline,
+    predict,
+    write_generations,
+)
+from trainer.methods.splitlora import CLIENT_ORDERS
+from trainer.model.heads import ClassificationHead, default_pooling
+from trainer.model.loading import load_model
+from trainer.model.lora import default_targets
+from trainer.model.split import split_model
+from trainer.run.estimate import for_run as estimate_run
+from trainer.run.measure import Meter
+from trainer.transport.runtime import (
+    SERVER_ORDERS,
+    DeviceRole,
+    InProcessTransport,
+    RoleRNG,
+    role_seed,
+    stream_mixing,
+)
+
+#: How ``sfsim run`` places its roles.
+LAUNCHES = {
+    "local": "one OS process per device and one for the server on this machine (torch.distributed, gloo)",
+    "inprocess": "every role in this process, one after the other (debugging; the equivalence reference)",
+}
+#: What a distributed run emulates from the scenario.
+#: Every mode but ``none`` also emulates availability (trainer.transport.dynamics); ``none`` keeps every device online.
+EMULATE = {"none": "nothing: real speed, real loopback", "compute": "device compute stretched to the scenario's FLOP/s",
+           "links": "links shaped to the scenario's bandwidth (or time-varying rate) and latency",
+           "all": "compute and links"}
+
+
+@dataclass
+class RunConfig:
+    """Settings of one ``sfsim run`` (``None`` means: take it from the scenario or the default)."""
+
+    devices: str
+    model: str
+    task: str
+    method: str
+    partition: str
+    out: str
+    plan: str | None = None
+    split: int | None = None
+    lora_start: int | None = None
+    epochs: int | None = None
+    train_samples: int | None = None
+    eval_samples: int | None = None
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    max_len: int = 128
+    data_dir: str | None = None
+    server_order: str = "proportional"
+    micro_batch: int | None = None
+    accumulate: int | None = None
+    local_steps: int | None = None
+    fedavg_every: int | None = None
+    gen_tokens: int = 128
+    count_flops: bool = True
+    progress: bool = True
+    model_cache: str | None = None
+    launch: str = "inprocess"
+    threads: int = 1
+    emulate: str = "none"
+    peer_timeout: float = 30.0
+    checkpoint_every: int = 0
+    buffer: int | None = None
+    pool_memory: str | None = None
+    client_order: str | None = None
+    bucket: int = 0  # length bucketing over windows of this many micro-batches (0: off)
+    eval_before: bool = False  # also score the pretrained (untrained) model, as metrics' eval_before
+
+    def __post_init__(self):
+        self.method = canonical(self.method)
+        self._check_client_order()
+        if self.launch not in LAUNCHES:
+            raise SfsimError(f"unknown --launch {self.launch!r}: use one of {', '.join(LAUNCHES)}")
+        if self.emulate not in EMULATE:
+            raise SfsimError(f"unknown --emulate {self.emulate!r}: use one of {', '.join(EMULATE)}")
+        if self.emulate != "none" and self.launch == "inprocess":
+            raise SfsimError("--emulate needs separate processes (--launch local, or --role with torchrun/by hand): "
+                             "in one process device and server work cannot overlap")
+        if self.server_order == "pool" and not self.method.startswith("splitfrozen"):
+            raise SfsimError(f"--server-order pool is SplitFrozen's mixing buffer; {self.method} has no activation "
+                             "stream to pool: use proportional, round-robin or fifo")
+        if self.pool_memory is not None:
+            if self.server_order != "pool":
+                raise SfsimError("--pool-memory sizes the mixing pool: it needs --server-order pool")
+            from sfsim.units import parse_quantity
+
+            try:
+                if parse_quantity(self.pool_memory, "size") <= 0:
+                    raise ValueError(f"{self.pool_memory!r} must be > 0")
+            except ValueError as err:
+                raise SfsimError(f"--pool-memory: {err}") from None
+        if self.threads < 1:
+            raise SfsimError(f"--threads must be >= 1 (got {self.threads})")
+        if not self.peer_timeout > 0 or self.checkpoint_every < 0 or (self.buffer is not None and self.buffer < 1):
+            raise SfsimError("--peer-timeout must be > 0, --checkpoint-every >= 0 and --buffer >= 1")
+        parse_partition(self.partition)
+        if self.task not in tdata.TASKS:
+            raise SfsimError(f"unknown task {self.task!r}: use one of {', '.join(tdata.TASKS)}")
+        if self.server_order not in SERVER_ORDERS:
+            raise SfsimError(f"unknown server order {self.server_order!r}: use one of {', '.join(SERVER_ORDERS)}")
+        if self.plan is not None and self.split is not None:
+            raise SfsimError("give either --plan or --split, not both")
+        if self.bucket < 0:
+            raise SfsimError(f"--bucket must be >= 0 micro-batches (0: off; got {self.bucket})")
+        for key in ("epochs", "train_samples", "eval_samples", "micro_batch", "accumulate", "local_steps",
+                    "fedavg_every"):
+            val = getattr(self, key)
+            if val is not None and val < 1:
+                raise SfsimError(f"--{key.replace('_', '-')} must be >= 1 (got {val})")
+        if not self.lr > 0 or self.max_len < 2:
+            raise SfsimError(f"--lr must be > 0 and --max-len >= 2 (got {self.lr}, {self.max_len})")
+        self.data_dir = str(Path(self.data_dir or tdata.default_data_dir()).resolve())  # eval works from anywhere
+        if self.task == "gsm8k" and self.partition.split(":")[0] != "iid":
+            raise SfsimError(f"--partition {self.partition}: gsm8k has no class labels to skew; use iid")
+
+
+    def _check_client_order(self) -> None:
+        """SplitLoRA's client order: default interleaved; refused for other methods and with options it ignores."""
+        if self.client_order is None:  # splitlora: the scenario's training.client_order, resolved in build()
+            return
+        if self.client_order not in CLIENT_ORDERS:
+            raise SfsimError(f"unknown --client-order {self.client_order!r}: use one of {', '.join(CLIENT_ORDERS)}")
+        if self.method != "splitlora":
+            raise SfsimError(f"--client-order orders SplitLoRA's clients; {self.method} has no such order: leave it out")
+        if self.client_order == "sequential":
+            if self.server_order != "proportional":
+                raise SfsimError(f"--server-order {self.server_order} interleaves clients; --client-order sequential "
+                                 "serves each client's whole epoch in turn: leave --server-order out")
+            if self.fedavg_every is not None:
+                raise SfsimError("--fedavg-every sets the FedAvg period of interleaved clients; --client-order "
+                                 "sequential hands the adapters from client to client instead: leave it out")
+
+
+def budget(sizes: list[int], total: int | None, available: int) -> list[int]:
+    """Per-device sample counts: scenario sizes scaled to ``total`` (largest remainder), within ``available``.
+
+    Example:
+        >>> budget([1600, 800], 300, 10_000)
+        [200, 100]
+    """
+    cap = min(total if total is not None else sum(sizes), available)
+    if sum(sizes) <= cap and total is None:
+        return list(sizes)
+    raw = np.array(sizes, dtype=float) * cap / sum(sizes)
+    out = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - out), kind="stable")[: cap - out.sum()]:
+        out[i] += 1
+    return out.tolist()
+
+
+def _cuts(cfg: RunConfig, scenario, n_layers: int) -> tuple[dict[str, int], int | None]:
+    """Per-device cuts and the plan's lora_start (if any), checked against the model's depth."""
+    names = [d.name for d in scenario.devices]
+    if cfg.plan is not None:
+        plan = load_plan(cfg.plan)
+        missing = [n for n in names if n not in plan.splits]
+        if missing:
+            raise SfsimError(f"{cfg.plan}: splits: no cut for device {missing[0]!r}; re-run sfsim plan")
+        cuts, lora_start = {n: plan.splits[n] for n in names}, plan.lora_start
+    else:
+        k = cfg.split if cfg.split is not None else scenario.training.split
+        k = k if k is not None else min(scenario.training.splitlora_cut, n_layers - 1)
+        cuts, lora_start = dict.fromkeys(names, k), None
+    for n, k in cuts.items():
+        if not 0 <= k < n_layers:
+            raise SfsimError(f"cut {k} for device {n} is beyond the model's depth: {cfg.model} has {n_layers} "
+                             f"blocks, use a cut in 0..{n_layers - 1}")
+    return cuts, lora_start
+
+
+def _lora_start(cfg: RunConfig, scenario, cuts: dict[str, int], plan_start: int | None, n_layers: int) -> int:
+    """First LoRA block: --lora-start, the plan, the scenario, else the largest cut (cenlora: 0)."""
+    ls = next((v for v in (cfg.lora_start, plan_start, scenario.training.lora_start) if v is not None), None)
+    if ls is None:
+        ls = 0 if cfg.method == "cenlora" else max(cuts.values())
+    if not 0 <= ls < n_layers:
+        raise SfsimError(f"--lora-start {ls} is beyond the model's depth ({n_layers} blocks): use 0..{n_layers - 1}")
+    if cfg.method.startswith("splitfrozen") and ls < max(cuts.values()):
+        raise SfsimError(f"--lora-start {ls} is below the largest cut {max(cuts.values())}: LoRA must start at "
+                         "or above every device's cut")
+    return ls
+
+
+def _shards(cfg, scenario, train, lm, n_total: int | None):
+    """Partition the training set over the scenario's devices; encode each shard."""
+    names = [d.name for d in scenario.devices]
+    sizes = budget([d.samples for d in scenario.devices], n_total, len(train))
+    labels = train.labels if train.labels is not None else np.zeros(len(train), dtype=np.int64)
+    parts = partition(labels, len(names), cfg.partition, seed=cfg.seed, sizes=sizes)
+    shards = {n: tdata.encode(train, lm.tokenizer, cfg.max_len, indices=p) for n, p in zip(names, parts, strict=True)}
+    table = partition_table(parts, labels, names)
+    counts = {n: {str(int(c)): int(np.sum(labels[p] == c)) for c in np.unique(labels)}
+              for n, p in zip(names, parts, strict=True)}
+    absent = missing_classes(parts, labels, train.num_labels) if train.labels is not None else []
+    warnings = []
+    if absent:
+        which = ", ".join(f"{c} ({train.label_names[c]})" if c < len(train.label_names) else str(c) for c in absent)
+        warnings.append(f"no training sample of class {which} on any device (partition {cfg.partition}, seed "
+                        f"{cfg.seed}, {sum(sizes)} samples): the model cannot learn it")
+        print(f"warning: {warnings[-1]}", file=sys.stderr, flush=True)
+    return shards, table, counts, {"absent_classes": absent, "warnings": warnings}
+
+
+def build(cfg: RunConfig):
+    """Load the scenario, model and data; return (scenario, loaded model, setup, method, eval data, info)."""
+    scenario = load_scenario(cfg.devices)
+    if cfg.method == "splitlora" and cfg.client_order is None:  # no --client-order: the scenario's order
+        cfg.client_order = scenario.training.client_order
+        try:
+            cfg._check_client_order()
+        except SfsimError as err:
+            raise SfsimError(f"{cfg.devices}: training.client_order {cfg.client_order} (no --client-order given): "
+                             f"{err}") from None
+    if not Path(cfg.data_dir).is_dir():
+        raise SfsimError(f"data folder {cfg.data_dir} does not exist: pass --data-dir or set SFSIM_DATA")
+    train = tdata.load_task(cfg.task, cfg.data_dir, "train")
+    dev = tdata.load_task(cfg.task, cfg.data_dir, "dev")
+    lm = load_model(cfg.model, cache_dir=cfg.model_cache)
+    if cfg.task == "gsm8k" and lm.family == "bert":
+        raise SfsimError("gsm8k is a generation task: use a decoder model (smollm2-135m or a GPT-2 folder)")
+    if cfg.method in ("fedlora", "cenlora") and (cfg.split is not None or cfg.plan is not None):
+        where = "on every device" if cfg.method == "fedlora" else "at the server"
+        print(f"note: {cfg.method} trains the whole model {where}: --split/--plan do not apply and are ignored",
+              file=sys.stderr)
+    cuts, plan_start = _cuts(cfg, scenario, lm.n_layers)
+    lora_start = _lora_start(cfg, scenario, cuts, plan_start, lm.n_layers)
+    torch.manual_seed(cfg.seed)
+    head = None if dev.is_generation else ClassificationHead(lm.hidden, dev.num_labels, default_pooling(lm.family))
+    shards, table, counts, checks = _shards(cfg, scenario, train, lm, cfg.train_samples)
+    tr, lo = scenario.training, scenario.training.lora
+    mb = cfg.micro_batch or tr.micro_batch
+    roles = [DeviceRole(n, shards[n], mb, cfg.seed + i, bucket=cfg.bucket) for i, n in enumerate(shards)]
+    meter = Meter(server_lane=scenario.devices[0].server, count_flops=cfg.count_flops)
+    rng = RoleRNG(cfg.seed)
+    transport = InProcessTransport(meter, rng=rng)
+    setup = Setup(lm=lm, head=head, devices=roles, cuts=cuts, lora_start=lora_start,
+                  lora={"rank": lo.rank, "alpha": lo.alpha, "dropout": lo.dropout,
+                        "targets": _lora_targets(scenario, lm)},
+                  micro_batch=mb, accumulate=cfg.accumulate or tr.accumulate, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                  meter=meter, transport=transport, server=scenario.devices[0].server,
+                  server_order=cfg.server_order, periods=_periods(scenario, cuts),
+                  decompose_backward=tr.decompose_backward, local_steps=cfg.local_steps or tr.local_steps,
+                  fedavg_every=cfg.fedavg_every or tr.fedavg_every, client_order=cfg.client_order or "interleaved",
+                  seed=cfg.seed, buffer=cfg.buffer or tr.buffer,
+                  samples={r.name: r.n_samples for r in roles}, max_len=cfg.max_len, out=cfg.out,
+                  pool_memory=None if cfg.pool_memory is None else parse_quantity(cfg.pool_memory, "size"),
+                  bucket=cfg.bucket)
+    method = build_method(cfg.method, setup)
+    by_name = {r.name: r for r in roles}
+    transport.handler = lambda msg: method.handle(by_name[msg.device], msg)
+    n_eval = min(cfg.eval_samples or len(dev), len(dev))
+    info = {"partition_table": table, "partition_counts": counts, "epochs": cfg.epochs or tr.epochs,
+            "n_eval": n_eval, **checks, "scores": [],
+            "majority": None if dev.is_generation else majority_baseline(dev.labels[:n_eval], dev.num_labels)}
+    return scenario, lm, setup, method, dev, info
+
+
+def _lora_targets(scenario, lm) -> list[str]:
+    """The scenario's LoRA targets resolved for this model's family (``sfsim.model.loratargets``).
+
+    Aliases (``q``, ``v``, ``attn``, ``mlp``, ...) mean the same modules in every family; module names
+    of another family fall back to this family's defaults with a note, so a scenario written for GPT-2
+    (``c_attn``) can drive a MiniLM or SmolLM2 run unchanged.
+    """
+    targets = scenario.training.lora.targets
+    try:
+        return list(resolve_for_family(lm.family, targets))
+    except ValueError as err:
+        if not targets or scenario.arch.family == lm.family:
+            raise SfsimError(f"training.lora.targets: {err}") from None
+    print(f"note: the scenario's LoRA targets {targets} are for {scenario.arch.family} models; "
+          f"using {default_targets(lm.family)} for this {lm.family} model (aliases such as qkv, attn or mlp "
+          "name the same modules in every family)")
+    return list(resolve_for_family(lm.family, None))
+
+
+def _periods(scenario, cuts: dict[str, int]) -> dict[str, float]:
+    """Relative seconds between a device's micro-batches for the fifo order: cut / device FLOP rate."""
+    out = {}
+    for d in scenario.devices:
+        rate = d.flops or 1e11  # devices with a latency profile: an assumed 100 GFLOPS
+        out[d.name] = max(cuts[d.name], 1) / rate
+    return out
+
+
+def score(method, lm, head, dev, cfg: RunConfig, n_eval: int, generations: Path | None = None) -> dict:
+    """Scores of the global model on the first ``n_eval`` dev rows: ``accuracy`` (GSM8K: exact match) and,
+    for classification, ``macro_f1``, ``f1`` (class 1 of two) and ``per_class_f1``. GSM8K's scored
+    generations go to ``generations`` (JSON lines) when given."""
+    lm.model.eval()
+    if head is not None:
+        head.eval()
+    device, server = split_model(lm.model, method.eval_cut(), head=head, frozen_device=False)
+    idx = list(range(n_eval))
+    if dev.is_generation:
+        prompts, rows = tdata.encode_prompts(dev, lm.tokenizer, cfg.max_len, indices=idx), []
+        em = exact_match(device, server, prompts, [dev.finals[i] for i in idx], lm.tokenizer, cfg.gen_tokens,
+                         record=rows)
+        if generations is not None:
+            write_generations(generations, rows)
+        loss = answer_loss(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
+        return {"accuracy": em, "answer_loss": loss, **generation_shares(rows)}
+    preds = predict(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
+    return classification_scores(preds.numpy(), dev.labels[:n_eval], dev.num_labels)
+
+
+def _progress(cfg: RunConfig, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="sample", disable=not cfg.progress, dynamic_ncols=True, leave=False)
+
+
+def run(cfg: RunConfig, resume: bool = False) -> dict:
+    """Train with ``cfg.method``, evaluate after every epoch, write all outputs; return the metrics.
+
+    ``cfg.launch == "local"`` starts one process per role (``trainer.run.launch``); ``"inprocess"`` runs
+    every role here. ``resume``: continue from the checkpoint in ``cfg.out``.
+    """
+    if cfg.launch == "local":
+        from trainer.run.launch import launch_local
+
+        return launch_local(cfg, resume=resume)
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)  # as every process of a distributed run does
+    out = prepare_out(cfg, resume)
+    built = build(cfg)
+    torch.manual_seed(role_seed(cfg.seed, "server"))  # the server's RNG, as in a process of its own
+    metrics = train_server(cfg, built, out, t0, resume)
+    _write_trace(out, built[2].meter.events, metrics)
+    return metrics
+
+
+def prepare_out(cfg: RunConfig, resume: bool) -> Path:
+    """Create the output folder and record the run's settings first (``--resume`` reads them)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_atomic(out / "run_config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+    return out
+
+
+def _score_before(cfg: RunConfig, out: Path, method, lm, setup, dev, info) -> dict:
+    """The untrained model's scores (``--eval-before``), kept in ``eval_before.json`` so a resumed run has them."""
+    path = out / "eval_before.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    scores = score(method, lm, setup.head, dev, cfg, info["n_eval"], out / "generations_before.jsonl")
+    write_atomic(path, json.dumps(scores))
+    return scores
+
+
+def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = False, check=None) -> dict:
+    """The server's side of a run: every epoch, eval, adapter, checkpoints and metrics.json.
+
+    Used by the in-process run and by the server process of a distributed run (the transport in
+    ``setup`` decides where the devices are).
+    """
+    scenario, lm, setup, method, dev, info = built
+    losses, evals, first_epoch, train_s = [], [], 0, []
+    if resume:
+        first_epoch = _restore(out, setup, method, losses, evals, info["scores"])
+        if isinstance(setup.transport, InProcessTransport):
+            restore_devices_inprocess(setup, method)
+        elif check is not None and method.device_stateful:
+            check(method.resume_from["device_checkpoint"])
+    if cfg.checkpoint_every:
+        last = [len(losses)]
+
+        def hook(epoch: int) -> None:  # at the first consistent point N or more steps after the last checkpoint
+            if len(losses) - last[0] >= cfg.checkpoint_every:
+                last[0] = len(losses)
+                _checkpoint(out, setup, method, epoch, losses, evals, info["scores"])
+
+        method.on_step_done = hook
+    n_samples = sum(setup.samples.values())
+    # an early estimate of the whole run's duration, printed after its first steps (not with --quiet)
+    est = estimate_run(cfg, setup, dev, info["n_eval"], info["epochs"] - first_epoch, t0) if cfg.progress else None
+    metrics = {}
+    info["before"] = _score_before(cfg, out, method, lm, setup, dev, info) if cfg.eval_before else None
+    for epoch in range(first_epoch, info["epochs"]):
+        bar = _progress(cfg, n_samples)
+        t_ep = time.perf_counter()
+
+        def on_step(loss: float, n: int, bar=bar, t_ep=t_ep) -> None:
+            losses.append(round(loss, 6))
+            bar.update(n)
+            bar.set_postfix(step=len(losses), loss=f"{loss:.4f}",
+                            sps=f"{bar.n / max(time.perf_counter() - t_ep, 1e-9):.1f}")
+            if est is not None:
+                est.step(n)
+
+        t_train = time.perf_counter()
+        method.train_epoch(epoch, on_step)
+        method.finish_epoch()
+        train_s.append(round(time.perf_counter() - t_train, 6))
+        bar.close()
+        scores = score(method, lm, setup.head, dev, cfg, info["n_eval"], out / "generations.jsonl")
+        evals.append(round(scores["accuracy"], 6))
+        info["scores"].append(scores)
+        save_adapter(out / "adapter", lm.model, setup.head, _adapter_config(cfg, lm, setup, method))
+        if method.resumable:
+            method.cursor = {}
+            _checkpoint(out, setup, method, epoch + 1, losses, evals, info["scores"])
+        metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
+        metrics["train_s_by_epoch"] = train_s
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    if not metrics:  # resumed after the last epoch: nothing left to train
+        metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list, scores: list) -> None:
+    """A resumable checkpoint at a consistent point: devices that hold training state save theirs first."""
+    ckpt = len(losses)
+    method.save_devices(ckpt)
+    extra, meta = method.server_extra()
+    tensors = {**full_state(setup.lm.model, setup.head), **{f"x.{k}": v for k, v in extra.items()}}
+    progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": scores,
+                "lost": method.lost, "stream": method.server_stream, "extra": meta,
+                "device_checkpoint": ckpt if method.device_stateful else None}
+    save_checkpoint(out, tensors, method.optimizers(), progress)
+
+
+def _restore(out: Path, setup: Setup, method, losses: list, evals: list, scores: list) -> int:
+    """Load the checkpoint in ``out`` into the model, optimizers and RNG; return the epoch to start."""
+    if not method.resumable:
+        raise SfsimError(f"--resume is not supported for {method.name}")
+    weights, progress = load_checkpoint(out, method.optimizers())
+    load_full_state(setup.lm.model, setup.head, {k: v for k, v in weights.items() if not k.startswith("x.")})
+    method.load_server_extra({k[2:]: v for k, v in weights.items() if k.startswith("x.")}, progress["extra"])
+    losses[:], evals[:], scores[:] = progress["losses"], progress["evals"], progress.get("scores", [])
+    method.lost, method.server_stream = progress["lost"], [tuple(x) for x in progress["stream"]]
+    method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"],
+                          "device_checkpoint": progress["device_checkpoint"]}
+    return progress["epoch"]
+
+
+def restore_devices_inprocess(setup: Setup, method) -> None:
+    """In-process ``--resume``: every device loads the state it saved (under its own RNG)."""
+    if not method.device_stateful:
+        return
+    want = method.resume_from["device_checkpoint"]
+    for role in setup.devices:
+        with setup.transport.rng.role(role.name):
+            got = method.load_device_state(role)
+        check_device_checkpoint(role.name, got, want)
+
+
+def check_device_checkpoint(device: str, got: int, want: int | None) -> None:
+    """A device must resume from the same checkpoint as the server."""
+    if want is not None and got != want:
+        raise SfsimError(f"device {device}'s saved state is from checkpoint {got}, the server's from {want}: "
+                         "the run was killed between the two writes; start it again")
+
+
+def _adapter_config(cfg: RunConfig, lm, setup: Setup, method) -> dict:
+    """peft-style adapter_config.json plus what eval needs (blocks, head, eval cut)."""
+    lo = setup.lora
+    return {"peft_type": "LORA", "base_model_name_or_path": cfg.model, "r": lo["rank"], "lora_alpha": lo["alpha"],
+            "lora_dropout": lo["dropout"], "target_modules": lo["targets"], "bias": "none",
+            "layers_to_transform": method.lora_block_indices(), "task_type": None,
+            "sfsim": {"method": cfg.method, "family": lm.family, "eval_cut": method.eval_cut(),
+                      "num_labels": None if setup.head is None else setup.head.classifier.out_features,
+                      "pooling": None if setup.head is None else setup.head.pooling}}
+
+
+def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
+    m = setup.meter
+    devices = [d.name for d in setup.devices]
+    stream = method.server_stream
+    mixing = stream_mixing([d for d, _ in stream], [lab for _, lab in stream], window=max(4 * len(devices), 1))
+    summary = m.summary(devices)
+    link_s = {d.name: summary["uplink_bytes_by_device"][d.name] * 8 / d.uplink.bandwidth for d in scenario.devices}
+    last, major = (info["scores"] or [{}])[-1], info["majority"] or {}
+    return {"method": cfg.method, "task": cfg.task, "model": cfg.model, "eval_accuracy": evals[-1] if evals else None,
+            "eval_f1": last.get("f1"), "eval_macro_f1": last.get("macro_f1"), "eval_metrics": last,
+            "eval_metrics_history": info["scores"], "majority_baseline": info["majority"],
+            "eval_before": info.get("before"),
+            "majority_accuracy": major.get("accuracy"), "majority_macro_f1": major.get("macro_f1"),
+            "absent_classes": info["absent_classes"], "warnings": info["warnings"],
+            "eval_history": evals, "train_loss_history": losses, **summary, "wall_s": round(wall_s, 3),
+            "uplink_time_modelled_s": {k: round(v, 6) for k, v in link_s.items()},
+            "cuts": setup.cuts, "lora_start": setup.lora_start, "lora_blocks": method.lora_block_indices(),
+            "server_order": setup.server_order, "client_order": cfg.client_order, "stream_mixing": mixing,
+            "launch": cfg.launch,
+            "lost_devices": method.lost, "samples_not_trained": _not_trained(cfg, scenario, method),
+            "lora_targets": setup.lora["targets"], "micro_batch": setup.micro_batch,
+            "buffer": setup.buffer, "accumulate": setup.accumulate,
+            "samples_by_device": {d.name: d.n_samples for d in setup.devices},
+            "microbatch_shapes": {d.name: [list(b["input_ids"].shape) for b in d.batches(0)] for d in setup.devices},
+            **({"pool_peak_microbatches": method.pool_peak} if cfg.server_order == "pool" else {}),
+            "partition": {"spec": cfg.partition, "counts": info["partition_counts"], "table": info["partition_table"]},
+            "train_samples": sum(d.n_samples for d in setup.devices), "eval_samples": info["n_eval"],
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress",)},
+            "notes": {"flops": "torch.utils.flop_counter.FlopCounterMode around each role's compute",
+                      "link_events": "in-process: a send's duration is the measured tensor copy, not a network "
+                                     "time; uplink_time_modelled_s uses the scenario's bandwidth"}}
+
+
+def _not_trained(cfg, scenario, method) -> dict[str, int]:
+    """Samples (over epochs) each device with availability did not train, as the simulator reports them;
+    empty when availability was not emulated (``--emulate none``: every device stays online)."""
+    if cfg.emulate == "none":
+        return {}
+    return {d.name: method.not_trained.get(d.name, 0) for d in scenario.devices if d.availability is not None}
+
+
+def _write_trace(out: Path, events, metrics: dict) -> None:
+    write_chrome_trace(events, out / "trace.json", {"method": metrics["method"], "task": metrics["task"]},
+                       devices=metrics.get("device_flops", {}))
+    from sfsim.outputs.gantt import write_gantt
+
+    write_gantt(events, out / "gantt.png", title=f"{metrics['method']} on {metrics['task']} (measured run)",
+                devices=metrics.get("device_flops", {}))
+
+
+def load_run_config(out_dir: str) -> RunConfig:
+    """The settings a run recorded in ``out_dir/run_config.json`` (for ``--resume``)."""
+    path = Path(out_dir) / "run_config.json"
+    if not path.is_file():
+        raise SfsimError(f"{path} is missing: point --resume at a folder written by sfsim run")
+    try:
+        raw = json.loads(path.read_text())
+        return RunConfig(**raw)
+    except (ValueError, TypeError) as err:
+        raise SfsimError(f"{path}: not a valid run configuration ({err}); point at a folder written by sfsim run") from None
+
+
+def evaluate_saved(out_dir: str, data_dir: str | None = None, eval_samples: int | None = None) -> dict:
+    """Reload the adapter and head saved in ``out_dir`` and score them (what ``sfsim eval`` runs)."""
+    path = Path(out_dir) / "run_config.json"
+    if not path.is_file():
+        raise SfsimError(f"{path} is missing: point --out at a folder written by sfsim run")
+    cfg = load_run_config(out_dir)
+    cfg.progress = False
+    if data_dir:
+        cfg.data_dir = str(Path(data_dir).resolve())
+    if eval_samples:
+        cfg.eval_samples = eval_samples
+    dev = tdata.load_task(cfg.task, cfg.data_dir, "dev")
+    lm = load_model(cfg.model, cache_dir=cfg.model_cache)
+    head, acfg = load_adapter(Path(out_dir) / "adapter", lm)
+
+    class _Saved:  # eval needs only the cut
+        def eval_cut(self):
+            return acfg["sfsim"]["eval_cut"]
+
+    n_eval = min(cfg.eval_samples or len(dev), len(dev))
+    scores = score(_Saved(), lm, head, dev, cfg, n_eval)
+    out = {"method": cfg.method, "task": cfg.task, "eval_accuracy": round(scores["accuracy"], 6), "eval_samples": n_eval}
+    if "macro_f1" in scores:
+        out.update(eval_f1=scores["f1"], eval_macro_f1=scores["macro_f1"])
+    return out
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,1 @@
+"""Transport: roles, messages and the wire between processes, and the emulated network."""

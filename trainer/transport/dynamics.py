@@ -1,0 +1,154 @@
+"""The scenario's dynamic network in a distributed run: time-varying links and availability, by sleeping.
+
+Clock: every rate and availability is a function of the seconds since the run's common start, the
+origin all processes share after :func:`trainer.transport.distributed.sync_clock` (``Meter.now()``). Training
+begins right after it (the hellos and the first ``start``: milliseconds), as the simulator's starts
+at 0, so a rate change at ``t`` in the scenario falls at ``t`` in both. A resumed run starts its
+clock afresh.
+
+Links (``--emulate links|all``): a message of ``b`` bits handed to the link at ``s`` (or when the
+link frees) leaves it where the integral of the rate from ``s`` reaches ``b``
+(:func:`sfsim.network.linkrate.finish`) and reaches the peer ``latency`` later. The rate is the simulator's
+own object (:func:`sfsim.network.linkrate.link_rate`, seeded with the simulator's strings
+``{seed}:{device}:uplink:0`` and ``{seed}:{device}:downlink:0``, see ``sfsim.network.legs``), so a
+trace, a Gilbert-Elliott channel or fading gives both the same rate at the same time.
+
+Availability (``--emulate`` other than ``none``; :class:`Presence`), as :mod:`sfsim.network.availability`:
+
+* ``pause``: compute (:class:`trainer.run.measure.Meter`) and the uplink progress only online: a forward
+  waits for the next online instant, one cut by an outage ends where its online time reaches its
+  length (sleeping through the outage), and the uplink's rate is multiplied by the availability.
+* ``drop``: the device waits for its first online instant and is gone from the first outage after it.
+
+A device *leaves* (:class:`~trainer.transport.runtime.DeviceLeft`) when a micro-batch cannot be sent in full
+while it is present: with ``drop`` its forward or its send would end after the outage, with ``pause``
+it would never end (the windows are over). Its method then tells the server (a ``leave`` message
+with the samples it will not send) so that the server stops waiting for it; ``metrics.json`` reports
+``samples_not_trained`` per device, as the simulator's JSON does. Unlike the simulator, which
+foresees it, a device waiting for a credit learns that it has left when the credit comes.
+
+Handover is refused: the runtime has one server process (rank 0), so there is no second server to
+move to. Availability is emulated for SplitFrozen only (its server loop is the one that takes a
+device's ``leave``); time-varying links for every method.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from sfsim.errors import SfsimError
+from sfsim.network.availability import availability_for, next_online, online_until
+from sfsim.network.legs import leg_links
+from sfsim.network.linkrate import Constant, Product, Rate, finish
+from trainer.transport.runtime import DeviceLeft
+
+INF = math.inf
+
+
+def check(scenario, method: str, emulate: str, what: str) -> None:
+    """Refuse, in one line, what the runtime cannot emulate: handovers; availability for other methods."""
+    if emulate == "none":
+        return
+    moving = [d.name for d in scenario.devices if d.handover]
+    if moving:
+        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; the distributed runtime has one "
+                         "server process, so only sfsim simulate models handovers: remove 'handover'")
+    churning = [d.name for d in scenario.devices if d.availability is not None]
+    if churning and not method.startswith("splitfrozen"):
+        raise SfsimError(f"{what}: device {churning[0]} has availability, which the distributed runtime emulates "
+                         "for splitfrozen only; use --method splitfrozen, --emulate none or remove 'availability'")
+
+
+def _key(scenario, d) -> str:
+    """The scenario key of a device's type (``devices[2]``), for error messages."""
+    return f"devices[{[t.name for t in scenario.device_types].index(d.type)}]"
+
+
+def availability(scenario, d) -> Rate | None:
+    """Device ``d``'s 0/1 availability, the simulator's (same file, same seed), or None."""
+    if d.availability is None:
+        return None
+    return availability_for(d.availability, d.name, d.type, scenario.resolve_path, scenario.training.seed,
+                            scenario.source, f"{_key(scenario, d)}.availability")
+
+
+def link_rates(scenario, d, with_availability: bool = True) -> tuple[Rate | None, Rate | None]:
+    """(uplink, downlink) rates of device ``d`` (None: constant bandwidth); a pausing device's uplink
+    carries only while it is online."""
+    _, _, _, up, _, down = leg_links(scenario, d)[0]  # the simulator's channels (handovers are refused here)
+    avail = availability(scenario, d) if with_availability else None
+    if avail is not None and d.availability.churn == "pause":
+        up = Product(up or Constant(d.uplink.bandwidth), avail)
+    return up, down
+
+
+class Presence:
+    """When one device is present, on the run's clock, and the sleeps that emulate it (module docstring).
+
+    Args:
+        avail: its 0/1 availability (:mod:`sfsim.network.availability`).
+        churn: ``pause`` or ``drop``.
+        now: the run's clock (``Meter.now``).
+    """
+
+    def __init__(self, avail: Rate, churn: str, now: Callable[[], float]):
+        if churn not in ("pause", "drop"):
+            raise ValueError(f'"churn" must be pause or drop, got {churn!r}')
+        self.avail, self.churn, self.now = avail, churn, now
+        self.join = next_online(avail, 0.0)
+        #: the instant the device is gone (drop: its first outage after joining; pause: never, by this rule)
+        self.leave = online_until(avail, self.join) if churn == "drop" and self.join < INF else INF
+        if churn == "drop" and self.join == INF:
+            self.leave = 0.0
+
+    def wait(self, lane: str) -> None:
+        """Sleep until the device is online; raise :class:`DeviceLeft` if it never is again."""
+        t = self.now()
+        at = next_online(self.avail, t) if self.churn == "pause" else max(t, self.join)
+        if at == INF or at >= self.leave:
+            raise DeviceLeft(lane, "never online again" if self.churn == "pause" else "dropped out")
+        _sleep(at - t)
+
+    def finish(self, lane: str, start: float, work_s: float) -> float:
+        """Sleep until ``work_s`` seconds of compute begun at ``start`` are done online; return that instant.
+
+        Raises:
+            DeviceLeft: the work cannot end while the device is present (after sleeping up to its departure).
+        """
+        end = finish(self.avail, start, work_s) if self.churn == "pause" else start + work_s
+        if end == INF or end >= self.leave:
+            if self.leave < INF:
+                _sleep(self.leave - self.now())
+            raise DeviceLeft(lane, "dropped out" if self.churn == "drop" else "never online again")
+        _sleep(end - self.now())
+        return end
+
+    def online_parts(self, a: float, b: float) -> list[tuple[float, float]]:
+        """The online intervals within ``[a, b)`` (where compute really progressed)."""
+        if self.churn == "drop":
+            return [(a, b)]
+        out, t = [], a
+        while t < b:
+            r, until = self.avail.segment(t)
+            end = min(until, b)
+            if r > 0:
+                out.append((t, end))
+            t = end
+        return out
+
+
+def presence(scenario, name: str, now: Callable[[], float]) -> Presence | None:
+    """Device ``name``'s :class:`Presence`, or None when it is always online."""
+    d = next(d for d in scenario.devices if d.name == name)
+    avail = availability(scenario, d)
+    return None if avail is None else Presence(avail, d.availability.churn, now)
+
+
+def _sleep(dt: float) -> None:
+    if dt > 0:
+        time.sleep(dt)
+
+
+__all__ = ["Presence", "check", "availability", "link_rates", "presence"]

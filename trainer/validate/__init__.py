@@ -1,0 +1,1 @@
+"""Validation: profiling this machine and comparing real runs with the simulator."""

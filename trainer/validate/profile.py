@@ -1,0 +1,385 @@
+"""Measure a real model's per-layer latencies on this machine: the tables of a grid latency profile.
+
+For every (micro_batch, seq_len) of the grid, ``warmup`` untimed then ``repeats`` timed rounds; each
+round times, one layer at a time and on the real activations of the previous layer:
+
+- ``forward``: embeddings (+ the attention mask / rotary set-up), each block, the final norm and the
+  head, frozen and under ``torch.inference_mode`` (what a SplitFrozen device runs);
+- ``forward_train``: the same with LoRA on every block (the family's default targets), train mode
+  and autograd recording, the head followed by its loss (what the server runs before backward);
+- ``input_grad`` (B) and ``weight_grad`` (W) of each LoRA block with an input gradient, of the final
+  norm and of the head, separated by :class:`trainer.model.backward.DeferredGrads` exactly as the trainer's
+  server separates them (B in ``backward()``, W in ``flush()``);
+- ``step``: one AdamW step over the LoRA parameters of one block, of the head, and of all blocks + head.
+
+The attention-mask (and Llama rotary) set-up, done once per micro-batch by whichever part runs
+blocks, is timed with the embeddings in ``forward`` (where a SplitFrozen device does it) and with
+the final norm in ``forward_train`` (where the server does it).
+
+Medians and interquartile ranges go into a dict in the :mod:`sfsim.cost.latency` format, with the peak
+resident memory while measuring each entry, the activation bytes at every cut and the machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import torch
+from torch import nn
+
+from sfsim.errors import SfsimError
+from sfsim.model.arch import BUILTIN
+from trainer.methods.common import task_loss
+from trainer.model.backward import DeferredGrads
+from trainer.model.heads import ClassificationHead, default_pooling
+from trainer.model.loading import LoadedModel
+from trainer.model.lora import add_lora, default_targets
+from trainer.model.split import split_model
+
+MAX_GRID_VALUE = 1 << 16  # micro-batch sizes and sequence lengths above this are typos, not plans
+TASKS = ("classification", "causal-lm")
+ROLES = ("device", "server")
+
+
+@dataclass
+class ProfileSpec:
+    """What to measure.
+
+    Attributes:
+        micro_batches, seq_lens: the grid (every pair is measured).
+        task: ``classification`` (pooled linear head + cross-entropy) or ``causal-lm`` (LM head + loss).
+        num_labels: classes of the classification head.
+        lora_rank, lora_alpha: LoRA on the family's default targets of every block.
+        warmup, repeats: untimed and timed rounds per grid entry.
+        role: ``device`` or ``server`` (recorded; both roles measure the same tables).
+        name: what was measured (the profile's ``device`` field).
+    """
+
+    micro_batches: list[int]
+    seq_lens: list[int]
+    task: str = "classification"
+    num_labels: int = 2
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    warmup: int = 2
+    repeats: int = 5
+    role: str = "device"
+    name: str = field(default_factory=lambda: f"{platform.machine()}-{os.cpu_count()}core")
+
+    def __post_init__(self):
+        for what, values in (("--micro-batch", self.micro_batches), ("--seq-len", self.seq_lens)):
+            if not values or any(not 0 < v <= MAX_GRID_VALUE for v in values) or len(set(values)) != len(values):
+                raise SfsimError(f"{what} {','.join(map(str, values))}: give distinct sizes in 1..{MAX_GRID_VALUE}, "
+                                 "e.g. 4,8,16")
+        self.micro_batches, self.seq_lens = sorted(self.micro_batches), sorted(self.seq_lens)
+        if self.task not in TASKS:
+            raise SfsimError(f"task {self.task!r} is unknown: use {' or '.join(TASKS)}")
+        if self.role not in ROLES:
+            raise SfsimError(f"role {self.role!r} is unknown: use {' or '.join(ROLES)}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise SfsimError(f"need --repeats >= 1 and --warmup >= 0 (got {self.repeats}, {self.warmup})")
+        if self.task == "classification" and self.num_labels < 2:
+            raise SfsimError(f"a classification head needs --num-labels >= 2 (got {self.num_labels})")
+        if self.lora_rank < 1:
+            raise SfsimError(f"--lora-rank must be >= 1 (got {self.lora_rank})")
+
+
+def parse_sizes(text: str, what: str) -> list[int]:
+    """``"4,8,16" -> [4, 8, 16]``; a one-line ``SfsimError`` naming ``what`` otherwise."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SfsimError(f"{what} {text!r}: give whole numbers separated by commas, e.g. 4,8,16") from None
+
+
+def max_positions(lm: LoadedModel) -> int | None:
+    """Longest sequence the model's position embeddings allow (None: no limit, e.g. rotary)."""
+    cfg = lm.model.config
+    if lm.family == "llama":
+        return None
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+
+
+class _Parts:
+    """The two copies of the model a profile times: frozen (no LoRA) and training (LoRA, head, DeferredGrads)."""
+
+    def __init__(self, lm: LoadedModel, spec: ProfileSpec):
+        if spec.task == "causal-lm" and lm.family == "bert":
+            raise SfsimError(f"{lm.name} is an encoder: causal-lm needs a decoder (GPT-2 or Llama); "
+                             "use --task classification")
+        self.is_lm = spec.task == "causal-lm"
+        head = None if self.is_lm else ClassificationHead(lm.hidden, spec.num_labels, default_pooling(lm.family))
+        frozen = lm.model.eval().requires_grad_(False)
+        self.dev, self.fsrv = split_model(frozen, 0, head=copy.deepcopy(head))
+        self.fsrv.eval()
+        train = copy.deepcopy(lm.model)
+        self.targets = default_targets(lm.family)
+        add_lora(train, blocks=range(lm.n_layers), targets=self.targets, rank=spec.lora_rank, alpha=spec.lora_alpha)
+        if head is not None:
+            head.requires_grad_(True)
+        _, self.tsrv = split_model(train, 0, head=head)
+        self.tsrv.train()  # as the trainer's server: dropout on
+        self.deferred = DeferredGrads(self.tsrv)
+        self.blocks_f = list(self.fsrv.body.blocks.values())
+        self.blocks_t = list(self.tsrv.body.blocks.values())
+        self.opt_block = [_adamw(b) for b in self.blocks_t]
+        self.opt_head = _adamw(head) if head is not None else None
+        self.opt_all = _adamw(self.tsrv)
+        self.n_block_params = sum(p.numel() for p in self.blocks_t[0].parameters() if p.requires_grad)
+
+    def head_out(self, srv, h, mask):
+        return srv.head(h, mask) if srv.head is not None else srv.lm_head(h)
+
+
+def _adamw(module: nn.Module) -> torch.optim.AdamW:
+    return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=2e-3)
+
+
+class _Clock:
+    """Seconds per key over the timed rounds."""
+
+    def __init__(self):
+        self.times: dict[tuple, list[float]] = defaultdict(list)
+        self.on = False
+
+    def run(self, key: tuple, fn: Callable):
+        t0 = time.perf_counter()
+        out = fn()
+        if self.on:
+            self.times[key].append(time.perf_counter() - t0)
+        return out
+
+
+def _round(parts: _Parts, clock: _Clock, ids, mask, labels, grads) -> list[torch.Tensor]:
+    """One round over every layer (see the module docstring); returns the activations at cuts 0..L."""
+    dev, fs, ts = parts.dev, parts.fsrv, parts.tsrv
+    with torch.inference_mode():
+        def embed():
+            x = dev.embed(ids)
+            return x, fs.body.context(x, mask)
+
+        x, ctx = clock.run(("forward", "embed"), embed)  # (B, T, d)
+        for i, blk in enumerate(parts.blocks_f):
+            x = clock.run(("forward", "blocks", i), lambda blk=blk, x=x: blk(x, **ctx))
+        h = clock.run(("forward", "norm"), lambda: fs.final_norm(x))
+        clock.run(("forward", "head"), lambda: parts.head_out(fs, h, mask))
+    # training state: a fresh, normal (non-inference) copy of each block's input, with an input gradient
+    acts = [clock.run(("forward_train", "embed"), lambda: dev.embed(ids)).clone()]
+    ctx = ts.body.context(acts[0], mask)
+    for i, blk in enumerate(parts.blocks_t):
+        xin = acts[i].detach().requires_grad_(True)
+        y = clock.run(("forward_train", "blocks", i), lambda blk=blk, xin=xin: blk(xin, **ctx))  # (B, T, d)
+        clock.run(("input_grad", "blocks", i), lambda y=y: y.backward(grads))
+        clock.run(("weight_grad", "blocks", i), parts.deferred.flush)
+        clock.run(("step", "block", i), parts.opt_block[i].step)
+        parts.opt_block[i].zero_grad(set_to_none=True)
+        acts.append(y.detach())
+
+    def norm_fwd():  # the server's per-micro-batch mask / rotary set-up is counted with its final norm
+        ts.body.context(acts[-1], mask)
+        return ts.final_norm(hin)
+
+    hin = acts[-1].requires_grad_(True)
+    h = clock.run(("forward_train", "norm"), norm_fwd)
+    hh = h.detach().requires_grad_(True)
+    loss = clock.run(("forward_train", "head"), lambda: task_loss(parts.head_out(ts, hh, mask), labels, parts.is_lm))
+    clock.run(("input_grad", "head"), loss.backward)
+    clock.run(("weight_grad", "head"), parts.deferred.flush)
+    if parts.opt_head is not None:
+        clock.run(("step", "head"), parts.opt_head.step)
+        parts.opt_head.zero_grad(set_to_none=True)
+    if not isinstance(ts.final_norm, nn.Identity):  # BERT has no final norm: nothing to differentiate
+        clock.run(("input_grad", "norm"), lambda: h.backward(hh.grad))
+    trainable = [p for p in ts.parameters() if p.requires_grad]
+    for p in trainable:
+        p.grad = torch.full_like(p, 1e-3)
+    clock.run(("step", "all"), parts.opt_all.step)
+    parts.opt_all.zero_grad(set_to_none=True)
+    return acts
+
+
+def _measure_entry(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, mb: int, seq: int) -> dict:
+    """Medians, IQRs, peak memory and activation bytes at one grid shape."""
+    g = torch.Generator().manual_seed(mb * 100003 + seq)
+    vocab = lm.model.config.vocab_size
+    ids = torch.randint(0, vocab, (mb, seq), generator=g)  # (B, T)
+    mask = torch.ones(mb, seq, dtype=torch.long)  # (B, T): no padding
+    labels = ids.clone() if parts.is_lm else torch.randint(0, spec.num_labels, (mb,), generator=g)
+    grads = torch.randn(mb, seq, lm.hidden, generator=g)  # (B, T, d) upstream gradient of each block
+    clock = _Clock()
+    reset = _reset_peak_rss()
+    for r in range(spec.warmup + spec.repeats):
+        clock.on = r >= spec.warmup
+        acts = _round(parts, clock, ids, mask, labels, grads)
+    entry = {"micro_batch": mb, "seq_len": seq}
+    med, iqr = _summaries(clock.times, lm.n_layers, statistics.median), _summaries(clock.times, lm.n_layers, _iqr)
+    entry.update(med)
+    entry["iqr"] = iqr
+    entry["peak_memory"] = f"{_peak_rss() / 2**20:.1f} MiB" if reset else None
+    entry["activation_bytes"] = [int(a.numel() * a.element_size()) for a in acts]  # (B, T, d) at cut 0..L
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+def first_call(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, repeats: int = 5) -> dict:
+    """Time the first frozen forward (embeddings + every block) of this process, then ``repeats`` more.
+
+    Run before anything else touches the model, so the first call pays what a device's first
+    micro-batch pays in a fresh process; ``extra_s`` (cold minus the steady median) is what a
+    scenario device's ``warmup`` takes. At the grid's first shape.
+    """
+    mb, seq = spec.micro_batches[0], spec.seq_lens[0]
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, lm.model.config.vocab_size, (mb, seq), generator=g)  # (B, T)
+    mask = torch.ones(mb, seq, dtype=torch.long)  # (B, T)
+
+    def forward() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            x = parts.dev.embed(ids)  # (B, T, d)
+            ctx = parts.fsrv.body.context(x, mask)
+            for blk in parts.blocks_f:
+                x = blk(x, **ctx)
+        return time.perf_counter() - t0
+
+    cold = round(forward(), 6)
+    steady = round(statistics.median(forward() for _ in range(repeats)), 6)
+    return {"micro_batch": mb, "seq_len": seq, "cold_s": cold, "steady_s": steady,
+            "extra_s": round(max(0.0, cold - steady), 6)}  # from the rounded figures: it re-derives exactly
+
+
+def _iqr(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[2] - q[0]
+
+
+def _summaries(times: dict[tuple, list[float]], n_layers: int, stat) -> dict:
+    """Layer tables (``forward``, ``forward_train``, ``input_grad``, ``weight_grad``, ``step``) of one statistic."""
+    out: dict = {}
+    for table in ("forward", "forward_train", "input_grad", "weight_grad"):
+        lt = {"embed": None, "blocks": [], "norm": None, "head": None}
+        for kind in ("embed", "norm", "head"):
+            if (table, kind) in times:
+                lt[kind] = _ms(stat(times[(table, kind)]))
+        lt["blocks"] = [_ms(stat(times[(table, "blocks", i)])) for i in range(n_layers)]
+        out[table] = {k: v for k, v in lt.items() if v is not None}
+    pooled = [t for i in range(n_layers) for t in times[("step", "block", i)]]  # every block's step alike
+    steps = {"block": _ms(stat(pooled))}
+    if ("step", "head") in times:
+        steps["head"] = _ms(stat(times[("step", "head")]))
+    steps["all"] = _ms(stat(times[("step", "all")]))
+    out["step"] = steps
+    return out
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.4g} ms"
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size (Linux ``clear_refs`` 5); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    """Peak resident bytes since the last reset (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def machine_info() -> dict:
+    """CPU model, cores, torch threads and versions, date and 1-minute load average of this machine."""
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str = "",
+                  progress: Callable[[int, int], None] | None = None) -> dict:
+    """Measure ``lm`` over ``spec``'s grid on this machine; return the profile (the :mod:`sfsim.cost.latency` format).
+
+    Args:
+        lm: the loaded model (:func:`trainer.model.loading.load_model` or :func:`~trainer.model.loading.tiny_model`).
+        spec: grid, task, LoRA, repeats.
+        model: what the profile's ``model`` field says: a built-in name (its shape is known to the
+            simulator) or anything else (the shape is then written inline under ``arch``).
+        source: free text, e.g. the command that made it.
+        progress: called with (micro_batch, seq_len) before each grid entry.
+
+    Returns:
+        A plain dict ready for ``yaml.safe_dump``.
+
+    Example:
+        >>> from trainer.model.loading import tiny_model
+        >>> prof = profile_model(tiny_model("bert", n_layers=2), ProfileSpec([2], [8], repeats=1, warmup=0),
+        ...                      model="tiny")
+        >>> len(prof["grid"]), len(prof["grid"][0]["forward"]["blocks"])
+        (1, 2)
+    """
+    limit = max_positions(lm)
+    if limit is not None and spec.seq_lens[-1] > limit:
+        raise SfsimError(f"--seq-len {spec.seq_lens[-1]} is longer than {lm.name}'s {limit} positions")
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    torch.manual_seed(0)
+    parts = _Parts(lm, spec)
+    first = first_call(parts, lm, spec)
+    grid = []
+    for mb in spec.micro_batches:
+        for seq in spec.seq_lens:
+            if progress:
+                progress(mb, seq)
+            grid.append(_measure_entry(parts, lm, spec, mb, seq))
+    info = machine_info()
+    after = os.getloadavg()
+    # 1-minute load before and after, and the 5-minute load after (which spans a few minutes of measuring)
+    info["load_average"] = {"before": round(load0, 2), "after": round(after[0], 2), "after_5min": round(after[1], 2)}
+    info["wall_s"] = round(time.perf_counter() - t0, 1)
+    prof = {"device": spec.name, "role": spec.role, "model": model}
+    if model not in BUILTIN:
+        cfg = lm.model.config
+        prof["arch"] = {"family": lm.family, "n_layers": lm.n_layers, "hidden": lm.hidden,
+                        "heads": cfg.num_attention_heads,
+                        "kv_heads": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+                        "intermediate": getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None)
+                        or 4 * lm.hidden, "vocab": cfg.vocab_size,
+                        "tie_embeddings": bool(getattr(cfg, "tie_word_embeddings", lm.family != "bert"))}
+    prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
+                 "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
+                 "dtype": "fp32", "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
+                 "first_call": first, "grid": grid, "source": source})
+    return {k: v for k, v in prof.items() if v is not None}
+
+
+def write_profile(prof: dict, path: str | os.PathLike) -> None:
+    """Write a profile from :func:`profile_model` as YAML (atomically: a crash leaves no half file)."""
+    import yaml
+
+    from sfsim.scenario.schema import write_atomic
+
+    write_atomic(path, yaml.safe_dump(prof, sort_keys=False, width=200))
