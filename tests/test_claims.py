@@ -290,7 +290,7 @@ def test_report_cli_errors_are_one_line(tmp_path):
 
 
 def test_readme_report_commands_run_or_list(tmp_path, monkeypatch):
-    """The README's ``sfsim report`` lines: ``--list`` ones run here; the others parse (they train for hours)."""
+    """The report guide's ``sfsim report`` lines: ``--list`` ones run here; the others parse (they train for hours)."""
     import re
     import shlex
 
@@ -298,7 +298,7 @@ def test_readme_report_commands_run_or_list(tmp_path, monkeypatch):
 
     from sfsim.cli import main
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "report.md").read_text()
     cmds = [ln.split("  #")[0].strip() for ln in re.findall(r"^sfsim report.*$", readme, re.M)]
     assert len(cmds) == 2
     for cmd in cmds:

@@ -407,7 +407,7 @@ def test_readme_real_run_snippet(tmp_path, monkeypatch):
     from sfsim.cli import main
 
     root = Path(__file__).resolve().parents[1]
-    block = re.search(r"## Real runs.*?```bash\n(.*?)```", (root / "README.md").read_text(), re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", (root / "docs" / "guide" / "runs.md").read_text(), re.S).group(1)
     cmd = block.replace("\\\n", " ").strip()
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bench").symlink_to(root / "bench")

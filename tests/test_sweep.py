@@ -294,7 +294,7 @@ def test_readme_sweep_snippet_runs(tmp_path, monkeypatch):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    text = (root / "README.md").read_text()
+    text = (root / "docs" / "guide" / "sweeps.md").read_text()
     block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "sfsim sweep" in b)
     args = shlex.split(block.replace("\\\n", " "), comments=True)
     assert args[:2] == ["sfsim", "sweep"]

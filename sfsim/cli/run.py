@@ -85,7 +85,7 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
                    "devices by their availability")
 @click.option("--role", type=click.Choice(["server", "device", "auto"]),
               help="run one role of a distributed run (with --rank, --world-size, --master, or under torchrun; "
-                   "auto: server on rank 0, device elsewhere); see the README")
+                   "auto: server on rank 0, device elsewhere); see docs/guide/runs.md")
 @click.option("--rank", type=int, help="with --role: 0 for the server, i+1 for the scenario's device i")
 @click.option("--world-size", type=int, help="with --role: 1 + the number of devices")
 @click.option("--master", help="with --role: HOST:PORT of the server (rank 0)")

@@ -1,8 +1,9 @@
-"""Every README snippet that runs in seconds does run: the Python blocks and the simulate/plan commands.
+"""Every README and docs/ snippet that runs in seconds does run: the Python blocks and the simulate/plan commands.
 
-They run in a temporary folder that sees the repository's ``profiles/``, in README order (the quick
-tour's plan file feeds the next command), so nothing lands in the repository. ``sfsim run``/``eval``
-(minutes of training) and ``sfsim sweep`` (its own test in test_sweep.py) are left out.
+They run in a temporary folder that sees the repository's ``profiles/``, in page order (README first,
+then the documentation pages; the quick tour's plan file feeds the next command), so nothing lands in
+the repository. ``sfsim run``/``eval`` (minutes of training) and ``sfsim sweep`` (its own test in
+test_sweep.py) are left out. Relative links in the README and the pages must point at files that exist.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from click.testing import CliRunner
 from sfsim.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+README = "\n".join(p.read_text() for p in PAGES)
 CHEAP = ("simulate", "plan")
 
 
@@ -41,7 +43,7 @@ def sandbox(tmp_path, monkeypatch):
 
 def test_readme_has_commands_and_python():
     cmds = _commands()
-    assert len(cmds) >= 6 and any(c.startswith("sfsim plan") for c in cmds)
+    assert len(cmds) >= 12 and any(c.startswith("sfsim plan") for c in cmds)
     assert re.findall(r"```python\n(.*?)```", README, re.S)
 
 
@@ -59,3 +61,14 @@ def test_readme_python_runs(sandbox):
     for block in re.findall(r"```python\n(.*?)```", README, re.S):
         exec(compile(block, "README.md", "exec"), {})  # noqa: S102
     assert (sandbox / "runs" / "trace.json").is_file() and (sandbox / "runs" / "gantt.svg").is_file()
+
+
+def test_relative_links_resolve():
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target:
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
