@@ -99,7 +99,7 @@ def _rooms() -> set[str]:
 def test_every_module_lives_in_a_mapped_room():
     rooms = _rooms()
     lost = []
-    for name, path in _modules().items():
+    for path in _modules().values():
         rel = path.relative_to(ROOT).as_posix()
         folder = rel.rsplit("/", 1)[0] + "/"
         if rel not in rooms and folder not in rooms:
