@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from sfsim.cli import main
+from sfsim.cli.group import main
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS
 from sfsim.outputs.outdir import output_folder
