@@ -9,7 +9,9 @@ consistent point: weights, optimizer, data cursors and the totals so far) and, o
 - refuses an option given with it that contradicts the recorded run (:func:`contradictions`);
 - reports cumulative totals: the checkpoint carries FLOPs, bytes and wall seconds up to it, and
   :func:`add_totals` adds them to what the resumed part measured. Work done after the checkpoint by
-  the interrupted attempt is redone and counted once. In a distributed run the devices' FLOPs and
+  the interrupted attempt is lost and not counted; device forwards already in flight at the
+  checkpoint (up to ``buffer`` per device) are counted there and again when the resumed part redoes
+  them, as they were spent twice. In a distributed run the devices' FLOPs and
   uplink bytes are known to the server only from their end-of-run reports, so before a checkpoint
   only the server's side is carried: ``metrics.json`` says so (``resumed.note``).
 

@@ -463,14 +463,15 @@ def _train_epoch(cfg: RunConfig, method, epoch: int, n_samples: int, losses: lis
     """One epoch of training with its progress bar (rate, ETA), the estimate and the step log fed per step."""
     bar = _progress(cfg, n_samples)
     bar.set_description(f"epoch {epoch + 1}")
-    t_ep = time.perf_counter()
+    t_ep, done = time.perf_counter(), [0]  # samples this epoch (the bar counts nothing with --quiet)
 
     def on_step(loss: float, n: int) -> None:
         losses.append(round(loss, 6))
+        done[0] += n
         bar.update(n)
-        rate = bar.n / max(time.perf_counter() - t_ep, 1e-9)
+        rate = done[0] / max(time.perf_counter() - t_ep, 1e-9)
         bar.set_postfix(step=len(losses), loss=f"{loss:.4f}", sps=f"{rate:.1f}")
-        log.step(len(losses), epoch + 1, bar.n, loss, rate, time.perf_counter() - t0)
+        log.step(len(losses), epoch + 1, done[0], loss, rate, time.perf_counter() - t0)
         if est is not None:
             est.step(n)
 
