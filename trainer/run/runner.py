@@ -38,7 +38,7 @@ from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import load_model
 from trainer.model.lora import default_targets
 from trainer.run.estimate import for_run as estimate_run
-from trainer.run.estimate import say
+from trainer.run.estimate import launch_started, record_start, say
 from trainer.run.measure import Meter
 from trainer.run.resume import (  # noqa: F401 (check_device_checkpoint: the launcher's server uses it)
     CHECKPOINT_S,
@@ -360,6 +360,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
 
         if cfg.progress:
             say(f"starting the server and {_device_count(cfg)} device processes; each loads the model and data")
+        prepare_out(cfg, resume)
+        record_start(cfg.out)  # the server's estimate counts the processes' start-up from here
         metrics = launch_local(cfg, resume=resume)
     else:
         t0 = time.perf_counter()
@@ -429,7 +431,8 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
     if method.resumable and clock.active:
         method.on_step_done = lambda epoch: save(epoch) if clock.due(len(losses)) else None
     # an early estimate of the whole run's duration, printed after its first steps (not with --quiet)
-    est = estimate_run(cfg, setup, dev, info["n_eval"], info["epochs"] - first_epoch, t0) if cfg.progress else None
+    est = (estimate_run(cfg, setup, dev, info["n_eval"], info["epochs"] - first_epoch, launch_started(out, t0))
+           if cfg.progress else None)
     metrics, log = {}, StepLog(out, cfg.log_to)
     info["before"] = _score_before(cfg, out, method, lm, setup, dev, info) if cfg.eval_before else None
     try:
