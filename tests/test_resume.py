@@ -170,3 +170,22 @@ def test_add_totals_adds_the_checkpoints_to_the_attempts():
     assert (got["device_flops_total"], got["server_flops_total"], got["uplink_bytes"], got["downlink_bytes"],
             got["wall_s"]) == (11, 120, 12, 0, 5.5)
     assert add_totals(m, None, distributed=False) is m
+
+
+def test_a_resume_keeps_the_recorded_settings_it_is_not_given(finished, tmp_path, monkeypatch):
+    out, _ = finished
+    copy = tmp_path / "k"
+    shutil.copytree(out, copy)
+    (copy / "metrics.json").unlink()
+    cfg = json.loads((copy / "run_config.json").read_text())
+    cfg.update(count_flops=False, checkpoint_s=5.0, checkpoint_every=3)
+    (copy / "run_config.json").write_text(json.dumps(cfg))
+    seen = {}
+    monkeypatch.setattr("trainer.run.runner.run", lambda c, resume=False: seen.update(cfg=c, resume=resume) or
+                        {"method": "splitfrozen", "task": "sst2", "eval_accuracy": 0.5, "train_loss_history": [0.1],
+                         "samples_by_device": {"a": 1}, "lost_devices": {}})
+    res = CliRunner().invoke(main, ["run", "--quiet", "--resume", str(copy), "--threads", "1", "--log-to", "none"])
+    assert res.exit_code == 0, res.output
+    c = seen["cfg"]
+    assert seen["resume"] and c.out == str(copy) and not c.progress
+    assert (c.count_flops, c.checkpoint_s, c.checkpoint_every, c.log_to, c.lr) == (False, 5.0, 3, "none", 0.01)

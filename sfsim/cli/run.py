@@ -131,15 +131,14 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
     if threads is not None and threads < 1:
         raise SfsimError(f"--threads must be >= 1 (got {threads})")
     ctx = click.get_current_context()
-    given = {_FIELDS.get(k, k): v for k, v in ctx.params.items()
+    typed = {k for k in ctx.params
              if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
-    given["checkpoint_s"] = _seconds(checkpoint_interval, "--checkpoint-interval")
-    given["count_flops"], given["progress"] = not no_flops, not quiet
+    given = _settings(ctx.params, typed)
     if resume_dir is not None and is_finished(resume_dir):
         m = recorded_metrics(resume_dir)
         click.echo(f"{resume_dir}: the run finished ({_scores(m)}); nothing to resume, nothing changed")
         return
-    cfg = _resumed(resume_dir, given) if resume_dir is not None else _new_config(ctx.params, given)
+    cfg = _resumed(resume_dir, given) if resume_dir is not None else _new_config(_settings(ctx.params, set(ctx.params)))
     _threads(threads)
     resume = resume_dir is not None
     with _one_line_os_errors(cfg.out):
@@ -155,9 +154,22 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
         click.echo(summary_line(m, cfg.launch, cfg.out))
 
 
-_FIELDS = {"partition_spec": "partition", "resume_dir": "resume", "no_flops": "count_flops", "quiet": "progress"}
-"""CLI parameter -> RunConfig field where the names differ."""
+_FIELDS = {"partition_spec": "partition", "resume_dir": "resume"}
+"""CLI parameter -> RunConfig field where the names differ (--no-flops, --quiet and --checkpoint-interval:
+see :func:`_settings`)."""
 _NOT_CONFIG = ("role", "rank", "world_size", "master", "resume", "overwrite", "checkpoint_interval")
+
+
+def _settings(params: dict, names: set[str]) -> dict:
+    """RunConfig fields from the CLI parameters in ``names`` (all, or only those the user typed)."""
+    out = {_FIELDS.get(k, k): v for k, v in params.items()
+           if k in names and k not in ("no_flops", "quiet", "checkpoint_interval")}
+    if "checkpoint_interval" in names:
+        out["checkpoint_s"] = _seconds(params["checkpoint_interval"], "--checkpoint-interval")
+    if "no_flops" in names:
+        out["count_flops"] = not params["no_flops"]
+    out["progress"] = not params["quiet"]  # this invocation's choice, resumed or not
+    return out
 
 
 def _seconds(text: str, option: str) -> float:
@@ -167,11 +179,10 @@ def _seconds(text: str, option: str) -> float:
         raise SfsimError(f"{option}: {err}") from None
 
 
-def _new_config(params: dict, given: dict):
-    """The RunConfig of a new run: every option (defaults included); the six that say what to run are required."""
+def _new_config(values: dict):
+    """The RunConfig of a new run from every option (defaults included); the six that say what to run are required."""
     from trainer.run.runner import RunConfig  # torch, as above
 
-    values = {_FIELDS.get(k, k): v for k, v in params.items()} | given
     need = {"--devices": "devices", "--model": "model", "--task": "task", "--method": "method",
             "--partition": "partition", "--out": "out"}
     missing = [k for k, f in need.items() if values.get(f) is None]
