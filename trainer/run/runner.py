@@ -358,13 +358,15 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     if cfg.launch == "local":
         from trainer.run.launch import launch_local
 
+        n = _device_count(cfg)
         if cfg.progress:
-            say(f"starting the server and {_device_count(cfg)} device processes; each loads the model and data")
+            say(f"starting the server and {n} device processes; each loads the model and data")
         prepare_out(cfg, resume)
         record_start(cfg.out)  # the server's estimate counts the processes' start-up from here
         metrics = launch_local(cfg, resume=resume)
     else:
         t0 = time.perf_counter()
+        _device_count(cfg)  # its warnings
         torch.set_num_threads(cfg.threads)  # as every process of a distributed run does
         out = prepare_out(cfg, resume)
         built = _timed(cfg, "loading the scenario, data and model", lambda: build(cfg))
@@ -375,7 +377,11 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
 
 
 def _device_count(cfg: RunConfig) -> int:
-    return len(load_scenario(cfg.devices).devices)
+    """Devices of the run's scenario; its plausibility warnings (a unit left out) are printed here, once."""
+    scenario = load_scenario(cfg.devices)
+    for line in scenario.warnings:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    return len(scenario.devices)
 
 
 def _timed(cfg: RunConfig, what: str, work):
