@@ -471,3 +471,11 @@ def test_no_import_circle_between_the_sweep_and_its_executors():
         tree = ast.parse((root / f"{name}.py").read_text())
         found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert "sfsim.sweeps.sweep" not in found, name
+
+
+def test_a_resumed_sweep_with_failed_rows_kept_still_exits_2(one_file, tmp_path):
+    out = tmp_path / "r.csv"
+    args = ["sweep", "--devices", one_file, "--vary", "training.micro_batch=0,4", "-o", str(out), "--jobs", "1"]
+    assert CliRunner().invoke(main, args).exit_code == 2
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 2 and "0 rows written" in r.output and "1 rows kept from before have status error" in r.output

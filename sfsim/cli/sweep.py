@@ -10,7 +10,7 @@ from sfsim.scenario.overrides import apply, parse_sets
 from sfsim.scenario.plausible import warnings_for
 from sfsim.scenario.schema import read_yaml
 from sfsim.sweeps.plot import plot_sweep
-from sfsim.sweeps.sweep import METRICS, Settings, grid, parse_schedules, parse_vary, run_sweep
+from sfsim.sweeps.sweep import METRICS, Settings, grid, parse_schedules, parse_vary, read_rows, run_sweep
 
 MAX_WARNINGS = 5
 """Plausibility warnings a sweep prints at most (its points repeat them)."""
@@ -69,6 +69,10 @@ def sweep(scenario, varies, sets, schedule, plan, split, output, plot_out, metri
     if res.errors:
         what = "every row" if res.errors == res.rows else f"{res.errors} of {res.rows} rows"
         raise SfsimError(f"{what} failed (status error in {output}); the first: {res.first_error}")
+    kept = [r for r in read_rows(output) if r["status"] != "ok"] if res.skipped else []
+    if kept:  # --resume keeps failed rows (their values fail again): the sweep is still not whole
+        raise SfsimError(f"{len(kept)} rows kept from before have status error in {output}; the first: "
+                         f"{kept[0]['error']}")
 
 
 def _warnings(scenario: str, fixed: tuple, varies) -> list[str]:
