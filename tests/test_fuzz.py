@@ -1,5 +1,10 @@
 """Property-based tests (hypothesis): bad input never gives a traceback, small fleets keep the invariants.
 
+0. Hostile inputs (see "inputs that cannot hang"): mutated scenario texts (alias bombs, deep
+   nesting, huge numbers, names that are paths, torn or binary files) through ``simulate``, ``plan``
+   and ``sweep``, and mutated ``--vary`` strings through ``sweep``: each exits 0 or 2 within 30 s,
+   with no traceback. ``bench/fuzz_inputs.py`` runs the full count (300 files, 100 --vary strings)
+   as separate processes.
 1. Malformed or extreme scenario files (a valid file with 1-3 keys set to random values, deleted or
    added) either load or fail with one ``ConfigError`` line naming the file; those that load and are
    small simulate through the CLI with exit 0, or exit 2 and one ``error:`` line.
@@ -91,7 +96,9 @@ def _mutate(data, op, path, value, new_key):
 
 
 def _one_error_line(out) -> bool:
-    return out.exit_code == 2 and out.output.startswith("error: ") and out.output.count("\n") == 1
+    """Exit 2 with one ``error:`` line (plausibility ``warning:`` lines may come before it)."""
+    lines = [x for x in out.output.splitlines() if not x.startswith("warning: ")]
+    return out.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
 
 
 def _small(sc) -> bool:
@@ -314,3 +321,109 @@ def test_random_fleets_keep_the_invariants_many(f):
 def test_report_how_many_inputs_were_tried():
     """Run last with ``-m slow -s``: prints how many inputs this session tried."""
     print(f"\nfuzz inputs tried: {TRIED}")
+
+
+# ------------------------------------------------------------------------ hostile inputs: no hang, no traceback
+BOMB = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9 if p else ['lol'] * 9)}]\n"
+               for p, c in zip(["", *"abcdefgh"], "abcdefghi", strict=True))
+TEXT_MUTATION = st.one_of(
+    st.tuples(st.just("append"), st.sampled_from([BOMB + "description: *i\n", "x: " + "[" * 5000 + "]" * 5000 + "\n",
+                                                  "description: &d [*d]\n", "model: {name: gpt2, seq_len: 1e999}\n",
+                                                  "training: {micro_batch: 99999999999999999999999}\n",
+                                                  "\x00\xff\n", "devices: *nope\n"])),
+    st.tuples(st.just("replace"), st.sampled_from(["pi", "gpu", "100 Mbps", "10 ms", "5 TFLOPS", "count: 2", "10",
+                                                   "16", "4 GiB"]),
+              st.sampled_from(["../../escaped", "/etc/x", ".h", "20", "5", "1e9", "-1", "1..1e9", "NaN", "inf",
+                               "0.000001 bps", "1e30 FLOPS", "100000", "*a", "&a x", "'", "{", "\t"])),
+    st.tuples(st.just("cut"), st.integers(0, 2000)),
+    st.tuples(st.just("bytes"), st.integers(0, 2000), st.binary(min_size=1, max_size=8)),
+)
+VARY_KEY = st.sampled_from(["training.micro_batch", "devices[*].uplink.bandwidth", "servers[0].flops", "servers.count",
+                            "devices[pi].count", "training.server_policy", "devices[*].uplink.latency", "nope",
+                            "devices[9].samples", "devices[phone].name", "training.lora.targets"])
+VARY_VALUE = st.one_of(
+    st.sampled_from(["10,abc Mbps", "1..1e9", "1..1000000000", "1..8:lin:99999999999", "1e999,2", "10,50 Mbsp",
+                     "fifo,proportional", "1..3", "2,4", "10Mbps..1Gbps:log:3", "0,1", "../x,y", "20,30",
+                     "1,2,3 s", "1ms..1s:log:4", ",", "1..2:log:0", "-5..-1", "true,false", "1e308..1e309:lin:3"]),
+    st.text(max_size=12),
+    st.builds(lambda a, b, u, n: f"{a}..{b}{u}:{n}", st.integers(-10, 10**12), st.integers(-10, 10**12),
+              st.sampled_from(["", " Mbps", " ms", "TFLOPS"]), st.sampled_from(["lin:3", "log:2", "lin:10000001"])),
+    st.lists(st.one_of(st.integers(-3, 10**6).map(str), st.sampled_from(["1 Mbps", "x", "1e9", "nan"])),
+             min_size=1, max_size=4).map(",".join),
+)
+
+
+def _mutated_text(mutations) -> bytes:
+    text = yaml.safe_dump(BASE).encode()
+    for m in mutations:
+        if m[0] == "append":
+            text += m[1].encode("utf-8", "surrogateescape")
+        elif m[0] == "replace":
+            text = text.replace(m[1].encode(), m[2].encode(), 1)
+        elif m[0] == "cut":
+            text = text[: m[1]]
+        else:
+            text = text[: m[1]] + m[2] + text[m[1]:]
+    return text
+
+
+class _Hang(Exception):
+    pass
+
+
+def _within(seconds: int, fn):
+    """Run ``fn()`` and fail if it takes longer than ``seconds`` (SIGALRM: a hang becomes a failure, not a stall)."""
+    import signal
+
+    def alarm(*_):
+        raise _Hang(f"no answer within {seconds} s")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def hostile_commands(path: str, out: str) -> list[list[str]]:
+    """The commands each mutated scenario goes through: simulate, plan and a two-point sweep."""
+    return [["simulate", "--devices", path], ["plan", "--devices", path],
+            ["sweep", "--devices", path, "--vary", "training.accumulate=1,2", "--jobs", "1", "-o", out, "--overwrite"]]
+
+
+def _exit_0_or_2(args):
+    """Exit 0, or 2 with exactly one ``error:`` line, the last (a sweep reports its rows before it)."""
+    res = _within(30, lambda: CliRunner().invoke(main, args))
+    errors = [x for x in res.output.splitlines() if x.startswith("error: ")]
+    ok2 = res.exit_code == 2 and len(errors) == 1 and res.output.rstrip("\n").endswith(errors[0])
+    assert res.exit_code == 0 or ok2, (args, res.output, res.exception)
+    assert res.exception is None or isinstance(res.exception, SystemExit), (args, res.exception)
+    assert "Traceback" not in res.output
+
+
+@settings(max_examples=20, derandomize=True, **FILES)
+@given(st.lists(TEXT_MUTATION, min_size=1, max_size=2))
+def test_hostile_scenario_files_exit_0_or_2_within_30_s(tmp_path, mutations):
+    path = tmp_path / "h.yaml"
+    path.write_bytes(_mutated_text(mutations))
+    TRIED["files"] += 1
+    try:
+        sc = _within(30, lambda: sfsim.load_scenario(path))
+    except ConfigError as err:
+        assert "\n" not in str(err) and len(str(err)) < 1000, str(err)
+        _exit_0_or_2(["simulate", "--devices", str(path)])
+        return
+    if _small(sc):
+        for args in hostile_commands(str(path), str(tmp_path / "s.csv")):
+            _exit_0_or_2(args)
+
+
+@settings(max_examples=25, derandomize=True, **FILES)
+@given(VARY_KEY, VARY_VALUE)
+def test_hostile_vary_strings_exit_0_or_2_within_30_s(tmp_path, key, value):
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    TRIED["cli"] += 1
+    _exit_0_or_2(["sweep", "--devices", str(path), "--vary", f"{key}={value}", "--jobs", "1",
+                  "-o", str(tmp_path / "v.csv"), "--overwrite"])

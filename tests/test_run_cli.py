@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from sfsim.cli import main
+from sfsim.cli.run import summary_line
 from sfsim.outputs.trace import read_chrome_trace
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -52,9 +53,12 @@ def test_run_writes_outputs_and_eval_reproduces_accuracy(tiny_gpt2, tmp_path, me
     assert (m["downlink_bytes"] == 0) == (method == "splitfrozen")
     lanes = {e.lane for e in read_chrome_trace(out / "trace.json")}
     assert {"big", "link:big", "srv"} <= lanes
-    res = CliRunner().invoke(main, ["eval", "--out", str(out)])
+    res = CliRunner().invoke(main, ["eval", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["eval_accuracy"] == m["eval_accuracy"]
+    res = CliRunner().invoke(main, ["eval", "--out", str(out), "--quiet"])  # the same summary as sfsim run's
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == summary_line(m, "eval of 20 dev rows", str(out))
 
 
 @pytest.mark.parametrize("over, message", [
@@ -91,7 +95,7 @@ def test_eval_works_from_another_folder(tiny_gpt2, tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(main, ["eval", "--out", str(out)])
+    res = CliRunner().invoke(main, ["eval", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["eval_accuracy"] == \
         json.loads((out / "metrics.json").read_text())["eval_accuracy"]
@@ -123,3 +127,48 @@ def test_run_with_plan_uses_per_device_cuts(tiny_gpt2, tmp_path):
     assert res.exit_code == 2 and "below the largest cut 2" in res.stderr
     res = CliRunner().invoke(main, _args(tiny_gpt2, tmp_path / "c", **{"--plan": str(plan)}))
     assert res.exit_code == 2 and "either --plan or --split" in res.stderr
+
+
+def test_a_malformed_data_file_is_one_line_and_leaves_no_folder(tiny_gpt2, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES / "data", data)
+    (data / "sst2" / "train.tsv").write_bytes(b"sentence\tlabel\nfine\t1\n\xff\xfe broken\t\x00\n")
+    res = CliRunner().invoke(main, _args(tiny_gpt2, tmp_path / "o", **{"--data-dir": str(data),
+                                                                      "--launch": "inprocess"}))
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.tsv: cannot read it as sst2 data" in lines[0], res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unwritable_out_is_one_line(tiny_gpt2, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(main, _args(tiny_gpt2, blocker / "out", **{"--launch": "inprocess"}))
+    assert res.exit_code == 2, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and "cannot write" in res.stderr, res.stderr
+
+
+def test_a_port_in_use_is_one_line(tiny_gpt2, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = CliRunner().invoke(main, _args(tiny_gpt2, tmp_path / "o", **{"--launch": "local"}) + [
+            "--role", "server", "--rank", "0", "--world-size", "4", "--master", f"127.0.0.1:{port}"])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "port is in use" in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "eval", "simulate", "plan", "sweep", "validate", "profile", "report"])
+def test_every_help_has_an_example_and_marks_required_options(command):
+    res = CliRunner().invoke(main, [command, "--help"])
+    assert res.exit_code == 0
+    assert "Example:" in res.output and f"sfsim {command} " in res.output.split("Example:")[1]
+    if command in ("run", "simulate", "plan", "sweep", "eval"):
+        assert "required" in res.output

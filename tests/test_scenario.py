@@ -212,3 +212,87 @@ def test_sizes_are_bounded(mutate, message):
     with pytest.raises(ConfigError) as exc:
         scenario_from_dict(data, source="s.yaml")
     assert str(exc.value) == message
+
+
+# ------------------------------------------------------------------ names, bounded YAML, plausibility
+@pytest.mark.parametrize("where", ["devices", "servers"])
+@pytest.mark.parametrize("name", ["../../escaped", "/etc/passwd", ".hidden", "a b", "", "x" * 65, "tab\there"])
+def test_names_that_could_be_paths_are_refused_in_one_line(where, name):
+    data = copy.deepcopy(BASE)
+    data[where][0]["name"] = name
+    if where == "servers":
+        data["devices"][0]["server"] = None
+    with pytest.raises(ConfigError, match=rf"^{where}\[0\]\.name: ") as err:
+        scenario_from_dict(data)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 200
+
+
+def test_safe_names_load():
+    data = copy.deepcopy(BASE)
+    data["devices"][0]["name"], data["servers"][0]["name"] = "jetson_nano.v2-a", "Edge-GPU.1"
+    data["devices"][0]["server"] = "Edge-GPU.1"
+    sc = scenario_from_dict(data)
+    assert [d.name for d in sc.devices] == ["jetson_nano.v2-a-0", "jetson_nano.v2-a-1", "laptop"]
+
+
+BOMB = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9 if p else ['lol'] * 9)}]\n"
+               for p, c in zip(["", *"abcdefgh"], "abcdefghi", strict=True))
+
+
+def test_alias_bomb_fails_fast_with_a_short_line(tmp_path):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(yaml.safe_dump(BASE) + BOMB + "description: *i\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="aliases .* expand to over 2,000,000 values through 73 references"):
+        load_scenario(path)
+    assert time.perf_counter() - t0 < 2
+
+
+def test_a_few_aliases_still_load(tmp_path):
+    text = yaml.safe_dump(BASE).replace("uplink:\n    bandwidth: 50 Mbps\n    latency: 20 ms",
+                                        "uplink: &link\n    bandwidth: 50 Mbps\n    latency: 20 ms")
+    text = text.replace("uplink:\n    bandwidth: 1 Gbps", "uplink: *link\n  uplinkx:\n    bandwidth: 1 Gbps")
+    text = text.replace("  uplinkx:\n    bandwidth: 1 Gbps\n", "")
+    path = tmp_path / "alias.yaml"
+    path.write_text(text)
+    sc = load_scenario(path)
+    assert [d.uplink.bandwidth for d in sc.devices] == [50e6, 50e6, 50e6]
+
+
+def test_long_bad_values_are_cut_in_the_message():
+    data = copy.deepcopy(BASE)
+    data["training"]["micro_batch"] = "x" * 10_000
+    with pytest.raises(ConfigError) as err:
+        scenario_from_dict(data)
+    assert len(str(err.value)) < 400 and "..." in str(err.value)
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    (("devices", 0, "uplink", "bandwidth"), 20, "devices[0].uplink.bandwidth: 20 reads as 20 bit/s (a number "
+     "without a unit is in bit/s), under 1 kbit/s; if you meant 20 Mbps, write '20 Mbps'"),
+    (("devices", 1, "downlink", "bandwidth"), "500 bps", "devices[1].downlink.bandwidth: '500 bps' is 500 bps, "
+     "under 1 kbit/s: check the unit"),
+    (("devices", 0, "uplink", "latency"), 5, "devices[0].uplink.latency: 5 reads as 5 seconds (a number without a "
+     "unit is in seconds), a latency of seconds; if you meant 5 ms, write '5 ms'"),
+    (("devices", 0, "uplink", "latency"), "12 s", "devices[0].uplink.latency: '12 s' is 12 s, over 10 s: check "
+     "the unit"),
+    (("servers", 0, "flops"), "100 PFLOPS", "servers[0].flops: '100 PFLOPS' is 100 PFLOPS, outside 1 MFLOPS .. "
+     "10 PFLOPS: check the unit"),
+    (("devices", 1, "flops"), 900, "devices[1].flops: 900 reads as 900 FLOP/s (a number without a unit is in "
+     "FLOP/s), outside 1 MFLOPS .. 10 PFLOPS; if you meant 900 GFLOPS, write '900 GFLOPS'"),
+])
+def test_implausible_values_warn_with_the_unit_they_were_read_in(key, value, expect):
+    data = copy.deepcopy(BASE)
+    node = data
+    for k in key[:-1]:
+        node = node[k]
+    node[key[-1]] = value
+    assert scenario_from_dict(data, source="s.yaml").warnings == [f"s.yaml: {expect}"]
+
+
+def test_bundled_profiles_are_plausible():
+    for path in sorted((ROOT / "profiles").glob("*.yaml")):
+        if "latency" not in path.name:
+            assert load_scenario(path).warnings == [], path

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import sfsim
 from sfsim.cli import main
 from sfsim.cost.model import CostModel
-from sfsim.errors import ConfigError
+from sfsim.errors import ConfigError, SfsimError
 from sfsim.scenario.overrides import apply, load_scenario_with, parse_key, set_value
 from sfsim.sweeps.sweep import Settings, Vary, grid, parse_values, parse_vary, read_rows, run_sweep
 
@@ -392,3 +392,90 @@ def test_ray_unreachable_address_is_one_line(two_file, tmp_path):
         "error: --address: cannot reach a Ray cluster at 127.0.0.1:1 ([Errno 111] Connection refused); "
         "start one with 'ray start --head', or leave out --address\n")
     assert not (tmp_path / "o.csv").exists()
+
+
+# ------------------------------------------------------------------ results kept, bad lists, failed points
+def test_an_existing_csv_is_never_replaced_without_overwrite(one_file, tmp_path):
+    out = tmp_path / "k.csv"
+    vary = [parse_vary("training.micro_batch=2,4")]
+    run_sweep(one_file, vary, out, jobs=1, progress=False)
+    before = out.read_text()
+    with pytest.raises(SfsimError, match=r"already exists; pass --resume .* --overwrite to replace it"):
+        run_sweep(one_file, [parse_vary("training.micro_batch=3")], out, jobs=1, progress=False)
+    assert out.read_text() == before
+    res = run_sweep(one_file, [parse_vary("training.micro_batch=3")], out, jobs=1, progress=False, overwrite=True)
+    assert res.rows == 1 and len(read_rows(out)) == 1
+    with pytest.raises(SfsimError, match="give one"):
+        run_sweep(one_file, vary, out, jobs=1, progress=False, overwrite=True, resume=True)
+    r = CliRunner().invoke(main, ["sweep", "--devices", one_file, "--vary", "training.micro_batch=2", "-o", str(out)])
+    assert r.exit_code == 2 and "already exists" in r.output and len(read_rows(out)) == 1
+
+
+@pytest.mark.parametrize("text,match", [
+    ("10,abc Mbps", "'abc Mbps' in '10,abc Mbps' is a word among numbers"),
+    ("10,50 Mbsp", "'50 Mbsp' in '10,50 Mbsp' is not a number with a known unit"),
+    ("fifo,8", "'fifo' in 'fifo,8' is a word among numbers"),
+    ("1e999,2", "'1e999' in '1e999,2' is not a number with a known unit"),
+    ("1..1000000000", "holds 1,000,000,000 whole numbers; a --vary takes at most 10,000"),
+    ("1..1e9", "say how many values"),
+    ("1..8:lin:99999999999999", "at most 10,000"),
+    ("1e999..2:lin:3", "cannot read the range"),
+])
+def test_bad_lists_and_ranges_are_one_line(text, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        parse_values(text, "--vary k")
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_power_and_compound_durations_still_parse():
+    assert parse_values("1,3 W") == ([1.0, 3.0], False, "power")
+    assert parse_values("2 h 15 min,30 min") == ([8100.0, 1800.0], False, "time")
+
+
+def test_a_grid_past_the_bound_is_one_line():
+    big = [Vary(f"k{i}", tuple(range(100))) for i in range(3)]
+    with pytest.raises(ConfigError, match="1,000,000 points in the grid; a sweep runs at most 100,000"):
+        grid(big)
+
+
+def test_failed_points_exit_2_after_writing_the_others(one_file, tmp_path):
+    out, png = tmp_path / "f.csv", tmp_path / "f.png"
+    r = CliRunner().invoke(main, ["sweep", "--devices", one_file, "--vary", "training.micro_batch=0,4",
+                                  "-o", str(out), "--plot", str(png), "--jobs", "1"])
+    assert r.exit_code == 2, r.output
+    assert "error: 1 of 2 rows failed" in r.output and png.is_file()
+    assert [x["status"] for x in sorted(read_rows(out), key=lambda x: x["point"])] == ["error", "ok"]
+
+
+def test_a_sweep_where_every_point_failed_draws_no_plot(one_file, tmp_path):
+    out, png = tmp_path / "a.csv", tmp_path / "a.png"
+    r = CliRunner().invoke(main, ["sweep", "--devices", one_file, "--vary", "training.micro_batch=0,-1",
+                                  "-o", str(out), "--plot", str(png), "--jobs", "1"])
+    assert r.exit_code == 2 and "error: every row failed" in r.output
+    assert not png.exists() and len(read_rows(out)) == 2
+
+
+def test_sweep_warns_about_a_bandwidth_read_in_bit_per_s(one_file, tmp_path):
+    r = CliRunner().invoke(main, ["sweep", "--devices", one_file, "--vary", "devices[*].uplink.bandwidth=10,20",
+                                  "-o", str(tmp_path / "w.csv"), "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    assert "warning: " + one_file + ": devices[0].uplink.bandwidth: 10 reads as 10 bit/s" in r.output
+
+
+def test_no_import_circle_between_the_sweep_and_its_executors():
+    import ast
+    from pathlib import Path
+
+    root = Path(sfsim.__file__).parent / "sweeps"
+    for name in ("executors", "point", "grid"):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "sfsim.sweeps.sweep" not in found, name
+
+
+def test_a_resumed_sweep_with_failed_rows_kept_still_exits_2(one_file, tmp_path):
+    out = tmp_path / "r.csv"
+    args = ["sweep", "--devices", one_file, "--vary", "training.micro_batch=0,4", "-o", str(out), "--jobs", "1"]
+    assert CliRunner().invoke(main, args).exit_code == 2
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 2 and "0 rows written" in r.output and "1 rows kept from before have status error" in r.output

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import click
 
-from sfsim.cli import main
+from sfsim.cli.group import example, main, warn
+from sfsim.errors import ConfigError
+from sfsim.scenario.overrides import load_scenario_with, parse_sets
+from sfsim.units import parse_quantity
 
 
-@main.command()
+@main.command(epilog=example("sfsim plan --devices profiles/edge.yaml -o plan.yaml",
+                             "sfsim plan --devices profiles/sixg.yaml --set 'devices[*].server=null'"))
 @click.option("--devices", "devices", required=True, type=click.Path(dir_okay=False),
               help="scenario YAML (model, training, servers, devices), e.g. profiles/edge.yaml")
 @click.option("--schedule", default="splitfrozen", show_default=True,
@@ -33,10 +37,8 @@ def plan(devices, schedule, objective, deadline, tie_tolerance, min_device_layer
 
     Without -o nothing is written; the last line says how to save the plan.
     """
-    from sfsim.errors import ConfigError
+    # the planner pulls in scipy.optimize (~0.9 s): only this command pays for it
     from sfsim.planner import plan as make_plan
-    from sfsim.scenario.overrides import load_scenario_with, parse_sets
-    from sfsim.units import parse_quantity
 
     if deadline is not None:
         try:
@@ -44,6 +46,7 @@ def plan(devices, schedule, objective, deadline, tie_tolerance, min_device_layer
         except ValueError as err:
             raise ConfigError(None, "--deadline", str(err)) from None
     sc = load_scenario_with(devices, parse_sets(sets))
+    warn(sc.warnings)
     res = make_plan(sc, schedule=schedule, objective=objective, min_device_layers=min_device_layers,
                     min_lora_layers=min_lora_layers, deadline=deadline, tie_tolerance=tie_tolerance)
     click.echo(res.table())

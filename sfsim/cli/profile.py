@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from sfsim.cli import main
+from sfsim.cli.group import main
 from sfsim.errors import SfsimError
 
 

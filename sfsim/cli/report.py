@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from sfsim.cli import main
+from sfsim.cli.group import example, main
 from sfsim.errors import SfsimError
+from sfsim.units import parse_quantity
 
 FIELDS = ("kind", "model", "task", "partition", "method", "seed")
 
@@ -24,7 +25,7 @@ def parse_only(texts: tuple[str, ...]) -> dict[str, set[str]]:
     return out
 
 
-@main.command()
+@main.command(epilog=example("sfsim report --list", "sfsim report --budget 30min --only task=sst2"))
 @click.option("--budget", default="0 s", show_default=True,
               help="wall time for running missing cells, e.g. '2 h' or '30 min' (0: only re-render)")
 @click.option("--only", multiple=True, metavar="FIELD=V1,V2",
@@ -39,7 +40,7 @@ def parse_only(texts: tuple[str, ...]) -> dict[str, set[str]]:
               help="scenario of the simulated time and compute sections")
 def report(budget, only, list_cells, results, docs, data_dir, edge):
     """Run the claims report's missing real runs within --budget, then rewrite docs/results.md and its figures."""
-    from sfsim.units import parse_quantity
+    # the trainer package imports torch (~3.5 s): only this command and run/eval pay for it
     from trainer.claims.grid import cell_path, claimed, default_grid, load_cells, select
     from trainer.claims.report import make_report
 

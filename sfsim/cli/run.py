@@ -5,23 +5,27 @@ torch and transformers are imported inside the commands so that ``sfsim simulate
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from sfsim.cli import main
+from sfsim.cli.group import example, main
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS
 from sfsim.outputs.outdir import output_folder
-from sfsim.units import format_amount
+from sfsim.units import format_amount, parse_quantity
 
 _ORDERS = ("proportional", "round-robin", "fifo", "pool")  # sfsim.engine.pacing.SERVER_ORDERS
 
 
 def _threads(n: int | None) -> None:
     """Set torch's CPU threads and silence transformers' weight-loading bars (our bar shows training)."""
-    import torch
+    import torch  # ~3.5 s with transformers: only run and eval load them
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -31,8 +35,7 @@ def _threads(n: int | None) -> None:
 
 def _quiet(quiet: bool):
     """``--quiet``: the run's output is swallowed except sfsim's error and warning lines (:mod:`trainer.run.quiet`)."""
-    import contextlib
-
+    # the trainer package imports torch (~3.5 s): only run and eval pay for it
     from trainer.run.quiet import quiet_output
 
     return quiet_output() if quiet else contextlib.nullcontext()
@@ -43,13 +46,16 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
                 "one after the other (debugging, and the reference a distributed run must equal)")
 
 
-@main.command()
+@main.command(epilog=example(
+    "sfsim run --devices profiles/edge.yaml --model minilm-l6 --task sst2 --method splitfrozen --partition iid "
+    "--split 2 --train-samples 400 --out runs/sf",
+    "sfsim run --resume runs/sf"))
 @click.option("--devices", "devices", type=click.Path(dir_okay=False),
-              help="scenario YAML: devices, their relative sample counts, training settings")
-@click.option("--model", help="smollm2-135m, minilm-l6, gpt2 (local) or a local HF folder")
-@click.option("--task", help="sst2, mrpc, mnli or gsm8k")
-@click.option("--method", help=f"one of {', '.join(METHODS)} (alias centralized)")
-@click.option("--partition", "partition_spec", help="iid, dirichlet:ALPHA or label-skew:C")
+              help="scenario YAML: devices, their relative sample counts, training settings [required unless --resume]")
+@click.option("--model", help="smollm2-135m, minilm-l6, gpt2 (local) or a local HF folder [required unless --resume]")
+@click.option("--task", help="sst2, mrpc, mnli or gsm8k [required unless --resume]")
+@click.option("--method", help=f"one of {', '.join(METHODS)} (alias centralized) [required unless --resume]")
+@click.option("--partition", "partition_spec", help="iid, dirichlet:ALPHA or label-skew:C [required unless --resume]")
 @click.option("--plan", type=click.Path(dir_okay=False), help="plan file with per-device cuts (sfsim plan)")
 @click.option("--split", type=int, help="cut for every device (blocks on the device)")
 @click.option("--lora-start", type=int, help="first block with LoRA (default: the largest cut; cenlora: 0)")
@@ -92,59 +98,147 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--peer-timeout", type=float, default=30.0, show_default=True,
               help="seconds without a message or heartbeat after which a peer counts as lost")
 @click.option("--checkpoint-every", type=int, default=0, show_default=True,
-              help="checkpoint every N optimizer steps (0: at the end of each epoch only)")
+              help="also checkpoint every N optimizer steps (0: by time and at the end of each epoch only)")
+@click.option("--checkpoint-interval", default="2min", show_default=True, metavar="TIME",
+              help="checkpoint at least this often (at the next optimizer step), so a stopped run can be resumed; "
+                   "0: off")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
-              help="continue the run in this folder from its last checkpoint (other options come from it)")
+              help="continue the run in this folder from its last checkpoint; its other settings come from the "
+                   "folder (an option that contradicts them is an error); a finished run has nothing to do")
+@click.option("--log-to", default="csv", show_default=True,
+              help="per-step metrics: csv (OUT/steps.csv), tensorboard (OUT/tensorboard, needs the tensorboard "
+                   "package), a comma list, or none")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads per process")
 @click.option("--eval-before", is_flag=True, help="also score the model before training (metrics.json eval_before)")
 @click.option("--no-flops", is_flag=True, help="skip FLOP counting (faster)")
 @click.option("--quiet", is_flag=True, help="no output but errors and warnings (no progress bar, estimate, notes or library logs)")
-@click.option("--out", type=click.Path(file_okay=False), help="output folder (new or empty)")
+@click.option("--out", type=click.Path(file_okay=False), help="output folder (new or empty) [required unless --resume]")
 @click.option("--overwrite", is_flag=True, help="replace an earlier run in --out")
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
         eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, client_order,
-        data_dir,
-        server_order, pool_memory, bucket, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
-        resume_dir, threads, eval_before, no_flops, quiet, out, overwrite):
-    """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
-    from trainer.run.runner import RunConfig, load_run_config
+        data_dir, server_order, pool_memory, bucket, gen_tokens, launch, emulate, role, rank, world_size, master,
+        peer_timeout, checkpoint_every, checkpoint_interval, resume_dir, log_to, threads, eval_before, no_flops, quiet,
+        out, overwrite):
+    """Fine-tune for real with a method; write metrics.json, steps.csv, trace.json, gantt.png and the adapter to OUT.
+
+    Exit status: 0 done (or a finished run given to --resume: nothing to do), 2 bad input, 1 a run that
+    trained nothing (every device lost, or no sample trained).
+    """
+    # the trainer imports torch and transformers (~3.5 s): only run and eval load it, not simulate or plan
+    from trainer.run.resume import check_trained, is_finished, recorded_metrics
     from trainer.run.runner import run as run_job
 
     if threads is not None and threads < 1:
         raise SfsimError(f"--threads must be >= 1 (got {threads})")
-    _threads(threads)
-    if resume_dir is not None:
-        cfg = load_run_config(resume_dir)
-        cfg.progress = not quiet  # this invocation's --quiet, not the first run's
-    else:
-        need = {"--devices": devices, "--model": model, "--task": task, "--method": method,
-                "--partition": partition_spec, "--out": out}
-        missing = [k for k, v in need.items() if v is None]
-        if missing:
-            raise SfsimError(f"missing option {missing[0]} (and {len(missing) - 1} more)" if len(missing) > 1
-                             else f"missing option {missing[0]}")
-        cfg = RunConfig(devices=devices, model=model, task=task, method=method, partition=partition_spec, out=out,
-                        plan=plan, split=split, lora_start=lora_start, epochs=epochs, train_samples=train_samples,
-                        eval_samples=eval_samples, lr=lr, seed=seed, max_len=max_len, data_dir=data_dir,
-                        server_order=server_order, micro_batch=micro_batch, accumulate=accumulate,
-                        local_steps=local_steps, fedavg_every=fedavg_every, client_order=client_order,
-                        gen_tokens=gen_tokens, bucket=bucket, eval_before=eval_before,
-                        count_flops=not no_flops, progress=not quiet, launch=launch, threads=threads,
-                        emulate=emulate, peer_timeout=peer_timeout, checkpoint_every=checkpoint_every,
-                        buffer=buffer, pool_memory=pool_memory)
-    resume = resume_dir is not None
-    if role is not None and role != "server":  # devices (and torchrun's auto) may share the server's --out
-        _one_role(cfg, role, rank, world_size, master, resume)
-    with output_folder(cfg.out, overwrite=overwrite, resume=resume):
-        if role == "server":
-            _one_role(cfg, role, rank, world_size, master, resume)
-        with _quiet(quiet):
-            m = run_job(cfg, resume=resume)
-    if quiet:  # metrics.json holds the summary
+    ctx = click.get_current_context()
+    typed = {k for k in ctx.params
+             if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    given = _settings(ctx.params, typed)
+    if resume_dir is not None and is_finished(resume_dir):
+        m = recorded_metrics(resume_dir)
+        click.echo(f"{resume_dir}: the run finished ({_scores(m)}); nothing to resume, nothing changed")
         return
+    cfg = _resumed(resume_dir, given) if resume_dir is not None else _new_config(_settings(ctx.params, set(ctx.params)))
+    _threads(threads)
+    resume = resume_dir is not None
+    with _one_line_os_errors(cfg.out):
+        if role is not None and role != "server":  # devices (and torchrun's auto) may share the server's --out
+            _one_role(cfg, role, rank, world_size, master, resume)
+        with output_folder(cfg.out, overwrite=overwrite, resume=resume):
+            if role == "server":
+                _one_role(cfg, role, rank, world_size, master, resume)
+            with _quiet(quiet):
+                m = run_job(cfg, resume=resume)
+    check_trained(m, cfg.out)
+    if not quiet:  # with --quiet, metrics.json holds the summary
+        click.echo(summary_line(m, cfg.launch, cfg.out))
+
+
+_FIELDS = {"partition_spec": "partition", "resume_dir": "resume"}
+"""CLI parameter -> RunConfig field where the names differ (--no-flops, --quiet and --checkpoint-interval:
+see :func:`_settings`)."""
+_NOT_CONFIG = ("role", "rank", "world_size", "master", "resume", "overwrite", "checkpoint_interval")
+
+
+def _settings(params: dict, names: set[str]) -> dict:
+    """RunConfig fields from the CLI parameters in ``names`` (all, or only those the user typed)."""
+    out = {_FIELDS.get(k, k): v for k, v in params.items()
+           if k in names and k not in ("no_flops", "quiet", "checkpoint_interval")}
+    if "checkpoint_interval" in names:
+        out["checkpoint_s"] = _seconds(params["checkpoint_interval"], "--checkpoint-interval")
+    if "no_flops" in names:
+        out["count_flops"] = not params["no_flops"]
+    out["progress"] = not params["quiet"]  # this invocation's choice, resumed or not
+    return out
+
+
+def _seconds(text: str, option: str) -> float:
+    try:
+        return parse_quantity(text, "time")
+    except ValueError as err:
+        raise SfsimError(f"{option}: {err}") from None
+
+
+def _new_config(values: dict):
+    """The RunConfig of a new run from every option (defaults included); the six that say what to run are required."""
+    from trainer.run.runner import RunConfig  # torch, as above
+
+    need = {"--devices": "devices", "--model": "model", "--task": "task", "--method": "method",
+            "--partition": "partition", "--out": "out"}
+    missing = [k for k, f in need.items() if values.get(f) is None]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SfsimError(f"missing option {missing[0]}{more}; or give --resume OUT")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{k: v for k, v in values.items() if k in fields and k not in _NOT_CONFIG})
+
+
+def _resumed(folder: str, given: dict):
+    """The recorded RunConfig of ``folder``, writing to ``folder`` itself; options that contradict it are refused."""
+    from trainer.run.resume import contradictions  # torch, as above
+    from trainer.run.runner import load_run_config
+
+    cfg = load_run_config(folder)
+    if given.get("out") is not None and Path(given["out"]).resolve() != Path(folder).resolve():
+        raise SfsimError(f"--resume {folder} continues that folder; --out {given['out']} names another: leave it out")
+    bad = contradictions(dataclasses.asdict(cfg), {k: v for k, v in given.items() if k not in _NOT_CONFIG})
+    if bad:
+        raise SfsimError(f"--resume {folder}: {bad[0]} contradicts the recorded run; leave it out to resume, "
+                         "or start a new run with another --out")
+    for key in ("threads", "peer_timeout", "checkpoint_every", "checkpoint_s", "log_to", "data_dir", "count_flops",
+                "progress"):
+        if given.get(key) is not None:
+            setattr(cfg, key, given[key])
+    cfg.out = str(folder)  # the folder given, not the one recorded: resuming a copy leaves the original alone
+    cfg.__post_init__()  # the changed settings are checked like new ones
+    return cfg
+
+
+@contextlib.contextmanager
+def _one_line_os_errors(out: str):
+    """A folder that cannot be written or a port in use: one line (exit 2), not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EEXIST, errno.EPERM):
+            raise SfsimError(f"--out {out}: cannot write {err.filename or out} ({err.strerror}); choose a writable "
+                             "folder") from None
+        if err.errno == errno.EADDRINUSE:
+            raise SfsimError(f"a port is in use ({err.strerror}); choose another --master port") from None
+        raise
+    except RuntimeError as err:  # torch.distributed's DistNetworkError is a RuntimeError, not an OSError
+        if "EADDRINUSE" in str(err) or "address already in use" in str(err):
+            raise SfsimError("the --master port is in use (address already in use); choose another port or stop "
+                             "the process that holds it") from None
+        raise
+
+
+def summary_line(m: dict, launch: str, out: str) -> str:
+    """The one-line summary ``sfsim run`` and ``sfsim eval`` print: scores, amounts, time, lost devices."""
     lost = f", lost {', '.join(m['lost_devices'])}" if m.get("lost_devices") else ""
-    click.echo(f"{m['method']} on {m['task']} ({cfg.launch}): {_scores(m)}, "
-               f"{_amounts(m)}, {m['wall_s']:.1f} s{lost} -> {cfg.out}")
+    amounts = f", {_amounts(m)}" if "device_flops_total" in m else ""
+    wall = f", {m['wall_s']:.1f} s" if m.get("wall_s") is not None else ""
+    return f"{m['method']} on {m['task']} ({launch}): {_scores(m)}{amounts}{wall}{lost} -> {out}"
 
 
 def _amounts(m: dict) -> str:
@@ -170,26 +264,36 @@ def _scores(m: dict) -> str:
 
 def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: str | None, resume: bool) -> None:
     """``--role``: play one role of a distributed run, then leave the process at once."""
-    from trainer.run.launch import exit_now, from_env, run_role
+    from trainer.run.launch import exit_now, from_env, run_role  # torch, as above
+    from trainer.run.resume import add_totals, checkpoint_totals, mark_finished, trained_nothing
 
     role, rank, world_size, master = from_env(role, rank, world_size, master)
     cfg.launch = "local" if cfg.launch == "inprocess" else cfg.launch
+    base = checkpoint_totals(cfg.out) if resume and role == "server" else None  # before it is overwritten
     code = run_role(cfg, role, rank, world_size, master, resume=resume)
     if code == 0 and role == "server":
-        m = json.loads((Path(cfg.out) / "metrics.json").read_text())
-        click.echo(f"{m['method']} on {m['task']} (server of {world_size - 1} devices): {_scores(m)}, "
-                   f"{m['wall_s']:.1f} s -> {cfg.out}")
+        m = mark_finished(cfg.out, add_totals(json.loads((Path(cfg.out) / "metrics.json").read_text()), base, True))
+        click.echo(summary_line(m, f"server of {world_size - 1} devices", cfg.out))
+        code = 1 if trained_nothing(m) else 0
     exit_now(code)
 
 
-@main.command(name="eval")
+@main.command(name="eval", epilog=example("sfsim eval --out runs/sf", "sfsim eval --out runs/sf --json"))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder written by sfsim run")
 @click.option("--data-dir", help="data folder (default: the one the run used)")
 @click.option("--eval-samples", type=int, help="evaluate on the first M dev rows (default: as in the run)")
 @click.option("--threads", type=int, help="torch CPU threads")
-def eval_cmd(out, data_dir, eval_samples, threads):
-    """Reload the adapter and head saved by ``sfsim run --out OUT`` and score them on the dev set."""
-    from trainer.run.runner import evaluate_saved
+@click.option("--json", "as_json", is_flag=True, help="print the scores as one JSON object instead of the summary")
+@click.option("--quiet", is_flag=True, help="no progress lines")
+def eval_cmd(out, data_dir, eval_samples, threads, as_json, quiet):
+    """Reload the adapter and head saved by ``sfsim run --out OUT``, score them on the dev set, print the summary."""
+    # torch and transformers (~3.5 s): only run and eval load them
+    from trainer.run.saved import evaluate_saved
 
     _threads(threads)
-    click.echo(json.dumps(evaluate_saved(out, data_dir=data_dir, eval_samples=eval_samples)))
+    with _quiet(quiet):
+        m = evaluate_saved(out, data_dir=data_dir, eval_samples=eval_samples, progress=not quiet and not as_json)
+    if as_json:
+        click.echo(json.dumps(m))
+    else:
+        click.echo(summary_line(m, f"eval of {m['eval_samples']} dev rows", out))

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from sfsim.cli import main
+from sfsim.cli.group import example, main, warn
+from sfsim.engine.dynamic import Unsupported
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS, canonical
+from sfsim.outputs.gantt import gantt_format, write_panels
+from sfsim.outputs.report import comparison_table, summary
+from sfsim.scenario.overrides import load_scenario_with, parse_sets
+from sfsim.scenario.schema import write_atomic
+from sfsim.simulate import applicable, check_options
+from sfsim.simulate import simulate as run_schedule
 
 
 def parse_split(text: str | None):
@@ -36,7 +44,8 @@ def suffixed(path: str, name: str) -> Path:
     return p.with_name(f"{p.stem}.{name}{p.suffix}")
 
 
-@main.command()
+@main.command(epilog=example("sfsim simulate --devices profiles/edge.yaml --split 2",
+                             "sfsim simulate --devices profiles/sixg.yaml --schedule all --gantt all.png"))
 @click.option("--devices", "scenario", required=True, type=click.Path(dir_okay=False),
               help="scenario YAML (e.g. profiles/edge.yaml)")
 @click.option("--schedule", default="splitfrozen", show_default=True,
@@ -63,57 +72,20 @@ def suffixed(path: str, name: str) -> Path:
 def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, json_out, trace_out, gantt_out,
              sets):
     """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
-    import json
-
-    from sfsim.engine.dynamic import Unsupported
-    from sfsim.outputs.report import comparison_table, summary
-    from sfsim.scenario.overrides import load_scenario_with, parse_sets
-    from sfsim.scenario.schema import write_atomic
-    from sfsim.simulate import applicable, check_options
-    from sfsim.simulate import simulate as run
-
     sc = load_scenario_with(scenario, parse_sets(sets))
+    warn(sc.warnings)
     names = list(METHODS) if schedule == "all" else [canonical(schedule)]
-    splits = parse_split(split)
-    want_events = bool(trace_out or gantt_out)
     if gantt_out:
-        from sfsim.outputs.gantt import gantt_format
-
         gantt_format(gantt_out)  # a bad suffix fails before the simulation, not after
-    results, panels = {}, []
-    given = dict(splits=splits, plan=plan, lora_start=lora_start, policy=policy, client_order=client_order)
+    given = dict(splits=parse_split(split), plan=plan, lora_start=lora_start, policy=policy, client_order=client_order)
     if len(names) == 1:
         check_options(names[0], **given)  # an option the schedule would ignore is an error
     else:  # 'all': each schedule takes the options it has (--client-order: splitlora's)
         check_options("splitfrozen", **{k: v for k, v in given.items() if k != "client_order"})
-    refused = {}  # 'all': schedules the dynamic network is not simulated for, skipped with a note
-    for name in names:
-        try:
-            res = run(sc, name, trace=want_events, **applicable(name, **given))
-        except Unsupported as err:
-            if len(names) == 1:
-                raise
-            refused[name] = str(err)
-            continue
-        results[name] = res
-        one = len(names) == 1
-        if trace_out:
-            res.write_trace(trace_out if one else suffixed(trace_out, name))
-        if gantt_out:
-            panels.append(res.gantt_panel(f"{name} on {Path(scenario).name}: {res.makespan_s:.1f} s"))
-        res.events = None  # free what the Gantt chart does not need before the next schedule
+    results, refused, panels = _run_all(sc, names, given, scenario, trace_out, gantt_out)
     if gantt_out:
-        from sfsim.outputs.gantt import write_panels
-
         write_panels(panels, gantt_out)
-    counts = {s.name: s.count for s in sc.servers}
-    if len(names) == 1:
-        click.echo(summary(results[names[0]], counts))
-    else:
-        click.echo(f"{Path(scenario).name}: {len(sc.devices)} devices, model {sc.arch.name}")
-        click.echo(comparison_table(results, counts))
-        for why in refused.values():
-            click.echo(f"note: skipped {why}")
+    _report(sc, names, results, refused, scenario)
     if split is None and plan is None and sc.training.split is None and set(names) & {"splitfrozen",
                                                                                     "splitfrozen-sequential"}:
         click.echo("note: SplitFrozen used the default cut 1 on every device (no --split, --plan or "
@@ -126,3 +98,37 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
         data = (results[names[0]].to_dict() if len(names) == 1
                 else {n: r.to_dict() for n, r in results.items()} | {n: {"refused": w} for n, w in refused.items()})
         write_atomic(json_out, json.dumps(data, indent=2) + "\n")
+
+
+def _run_all(sc, names: list[str], given: dict, scenario: str, trace_out, gantt_out):
+    """Simulate each schedule; write its trace; keep its Gantt panel. With 'all', a schedule the dynamic
+    network is not simulated for is skipped with a note. Returns (results, refused, panels)."""
+    results, refused, panels = {}, {}, []
+    one = len(names) == 1
+    for name in names:
+        try:
+            res = run_schedule(sc, name, trace=bool(trace_out or gantt_out), **applicable(name, **given))
+        except Unsupported as err:
+            if one:
+                raise
+            refused[name] = str(err)
+            continue
+        results[name] = res
+        if trace_out:
+            res.write_trace(trace_out if one else suffixed(trace_out, name))
+        if gantt_out:
+            panels.append(res.gantt_panel(f"{name} on {Path(scenario).name}: {res.makespan_s:.1f} s"))
+        res.events = None  # free what the Gantt chart does not need before the next schedule
+    return results, refused, panels
+
+
+def _report(sc, names: list[str], results: dict, refused: dict, scenario: str) -> None:
+    """The summary of one schedule, or the comparison table of several with the skipped ones noted."""
+    counts = {s.name: s.count for s in sc.servers}
+    if len(names) == 1:
+        click.echo(summary(results[names[0]], counts))
+        return
+    click.echo(f"{Path(scenario).name}: {len(sc.devices)} devices, model {sc.arch.name}")
+    click.echo(comparison_table(results, counts))
+    for why in refused.values():
+        click.echo(f"note: skipped {why}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sfsim.cli import main
+from sfsim.cli.group import main
 from sfsim.outputs.outdir import output_folder
 
 

@@ -23,7 +23,8 @@ from sfsim.model.loratargets import resolve_targets
 from sfsim.network.availability import Availability, availability_for
 from sfsim.network.linkrate import Link, read_trace, trace_mean
 from sfsim.network.mobility import Handover, check_handovers
-from sfsim.scenario.schema import STRICT, Bytes, Flops, Seconds, read_yaml, validate
+from sfsim.scenario.plausible import warnings_for
+from sfsim.scenario.schema import STRICT, Bytes, Flops, Name, Seconds, read_yaml, validate
 
 # Bounds on what a scenario may ask for, so that no file can exhaust the machine (memory or time):
 MAX_DEVICES = 100_000  # devices in the fleet (the planner bench runs 1,000; the engine bench 10,000)
@@ -121,7 +122,7 @@ class Training:
 class Server:
     """A server (or a node of identical accelerators) that trains the LoRA suffix."""
 
-    name: str
+    name: Name = Field(description="letters, digits, '.', '_', '-' (it names files)")
     flops: Flops | None = None
     memory: Bytes
     count: int = Field(default=1, gt=0, le=MAX_WORKERS,
@@ -144,7 +145,7 @@ class Server:
 class DeviceType:
     """A kind of edge device; ``count`` of them join the job."""
 
-    name: str
+    name: Name = Field(description="letters, digits, '.', '_', '-' (it names files: logs, device state)")
     memory: Bytes
     samples: int = Field(gt=0, description="local training samples per device")
     uplink: Link
@@ -209,11 +210,13 @@ class Scenario:
         devices: every device, in file order (``{name}-{i}`` when a type has count > 1).
         arch: the model's :class:`~sfsim.model.arch.Arch`.
         source: the file it was read from (or ``None``).
+        warnings: values that loaded but look off by orders of magnitude (:mod:`sfsim.scenario.plausible`).
     """
 
     def __init__(self, spec: ScenarioFile, source: str | None = None):
         self.spec = spec
         self.source = source
+        self.warnings: list[str] = []
         self.model, self.training = spec.model, spec.training
         self.servers, self.device_types = list(spec.servers), list(spec.devices)
         base = Path(source).parent if source else None
@@ -350,11 +353,14 @@ def load_scenario(path: str | Path) -> Scenario:
         >>> len(sc.devices) > 0
         True
     """
-    data = read_yaml(path)
-    spec = validate(ScenarioFile, data, file=str(path))
-    return Scenario(spec, source=str(path))
+    return scenario_from_dict(read_yaml(path), source=str(path))
 
 
 def scenario_from_dict(data: dict, source: str | None = None) -> Scenario:
-    """Build a scenario from a plain dict (as YAML would give), e.g. in tests and notebooks."""
-    return Scenario(validate(ScenarioFile, data, file=source), source=source)
+    """Build a scenario from a plain dict (as YAML would give), e.g. in tests and notebooks.
+
+    Its ``warnings`` list the values that look off by orders of magnitude (a unit left out).
+    """
+    sc = Scenario(validate(ScenarioFile, data, file=source), source=source)
+    sc.warnings = warnings_for(data, source)
+    return sc

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import yaml
 
 from sfsim.errors import ConfigError
+from sfsim.scenario.config import scenario_from_dict
+from sfsim.scenario.schema import read_yaml, shorten
 
 _PART = r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\[\]]+\])?"
 _KEY = re.compile(rf"{_PART}(?:\.{_PART})*")
@@ -57,7 +59,7 @@ def parse_key(text: str, option: str = "--set") -> tuple[Step, ...]:
     """
     text = text.strip()
     if not _KEY.fullmatch(text):
-        raise ConfigError(None, option, f"{text!r} is not a key path; {_EXAMPLE}")
+        raise ConfigError(None, option, f"{shorten(repr(text))} is not a key path; {_EXAMPLE}")
     return tuple(Step(m.group(1), m.group(2).strip() if m.group(2) else None) for m in _STEP.finditer(text))
 
 
@@ -65,7 +67,7 @@ def split_assignment(text: str, option: str = "--set") -> tuple[str, str]:
     """``'servers[0].flops=200 TFLOPS' -> ('servers[0].flops', '200 TFLOPS')``, the key checked."""
     key, eq, value = text.partition("=")
     if not eq or not value.strip():
-        raise ConfigError(None, option, f"{text!r} has no value; write KEY=VALUE, e.g. "
+        raise ConfigError(None, option, f"{shorten(repr(text))} has no value; write KEY=VALUE, e.g. "
                           "devices[*].uplink.bandwidth=100 Mbps")
     parse_key(key, option)
     return key.strip(), value.strip()
@@ -76,7 +78,7 @@ def parse_value(text: str, option: str = "--set"):
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
-        raise ConfigError(None, option, f"cannot read the value {text!r}; write a number, a quantity "
+        raise ConfigError(None, option, f"cannot read the value {shorten(repr(text))}; write a number, a quantity "
                           "('100 Mbps') or a word") from None
 
 
@@ -90,9 +92,6 @@ def load_scenario_with(path, overrides: Iterable[tuple[str, object]], option: st
 
     A bad overriding value gets the loader's one-line error, which then says the override applied.
     """
-    from sfsim.scenario.config import scenario_from_dict
-    from sfsim.scenario.schema import read_yaml
-
     overrides = list(overrides)
     data = apply(read_yaml(path), overrides, file=str(path))
     try:
@@ -169,7 +168,8 @@ def _pick(items: list, select: str, here: str, file: str | None) -> list:
     found = [it for it in items if isinstance(it, dict) and it.get("name") == select]
     if not found:
         names = [str(it.get("name")) for it in items if isinstance(it, dict)]
-        raise ConfigError(file, f"{here}[{select}]", f"no item named {select!r}; names are: {', '.join(names)}")
+        raise ConfigError(file, f"{here}[{select}]", f"no item named {shorten(repr(select))}; names are: "
+                          f"{shorten(', '.join(names), 200)}")
     return found
 
 
@@ -181,7 +181,7 @@ def _resized(items: list, value, where: str, file: str | None) -> list:
     if isinstance(n, str) and n.strip().isdecimal():  # not isdigit: '¹' is a digit that int() refuses
         n = int(n)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(file, where, f"{value!r} is not a whole number >= 1; write e.g. {where}=2")
+        raise ConfigError(file, where, f"{shorten(repr(value))} is not a whole number >= 1; write e.g. {where}=2")
     if n > MAX_ITEMS:  # copies are made before the scenario's own bounds are checked
         raise ConfigError(file, where, f"{n:,} entries; at most {MAX_ITEMS:,}")
     out = [copy.deepcopy(it) for it in items[:n]]

@@ -9,10 +9,13 @@ path), without one on a local cluster started for the sweep and stopped after it
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from sfsim.errors import SfsimError
+from sfsim.sweeps.point import run_point
 
 EXECUTORS = ("process", "dask", "ray")
 """Executor names :func:`execute` accepts."""
@@ -22,13 +25,13 @@ _WORKER: dict = {}
 
 def execute(base: dict, file: str | None, settings, todo: list, jobs: int | None = None,
             executor: str = "process", address: str | None = None):
-    """Run ``todo`` with :func:`sfsim.sweeps.sweep.run_point`: an iterator of ``(point index, rows)`` as points finish.
+    """Run ``todo`` with :func:`sfsim.sweeps.point.run_point`: an iterator of ``(point index, rows)`` as points finish.
 
     The executor and address are checked here, before anything runs.
 
     Args:
         base: the scenario's raw YAML dict; file: its path.
-        settings: a :class:`sfsim.sweeps.sweep.Settings`.
+        settings: a :class:`sfsim.sweeps.point.Settings`.
         todo: ``(index, point, schedules)`` per point.
         jobs: local processes (default: all cores; 1: in this process), local Dask workers or the
             CPUs of a local Ray cluster.
@@ -50,8 +53,6 @@ def execute(base: dict, file: str | None, settings, todo: list, jobs: int | None
 
 
 def _here(base, file, settings, todo):
-    from sfsim.sweeps.sweep import run_point
-
     for i, point, left in todo:
         yield i, run_point(base, file, point, settings, left)
 
@@ -61,15 +62,11 @@ def _init_worker(base: dict, file: str | None, settings) -> None:
 
 
 def _work(index: int, point, schedules) -> tuple[int, list[dict]]:
-    from sfsim.sweeps.sweep import run_point
-
     w = _WORKER
     return index, run_point(w["base"], w["file"], point, w["settings"], schedules)
 
 
 def _processes(base, file, settings, todo, jobs):
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     # the scenario travels once per process (initializer), not once per point
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_init_worker,
                              initargs=(base, file, settings)) as pool:
@@ -85,14 +82,13 @@ def _processes(base, file, settings, todo, jobs):
 
 def _cluster_point(index: int, base: dict, file, point, settings, schedules) -> tuple[int, list[dict]]:
     """One point on a Dask or Ray worker, tagged with its index (results arrive out of order)."""
-    from sfsim.sweeps.sweep import run_point
-
     return index, run_point(base, file, point, settings, schedules)
 
 
 def _dask(base, file, settings, todo, jobs, address):
-    try:
-        from dask.distributed import Client, LocalCluster, as_completed
+    try:  # Dask is an optional extra (sfsim[dask]): imported only when asked for
+        from dask.distributed import Client, LocalCluster
+        from dask.distributed import as_completed as dask_completed
     except ImportError:
         raise SfsimError("--executor dask needs Dask: pip install 'dask[distributed]' (or use the default "
                          "local processes)") from None
@@ -111,7 +107,7 @@ def _dask(base, file, settings, todo, jobs, address):
         futures = [client.submit(_cluster_point, i, shared, file, point, settings, left, pure=False)
                    for i, point, left in todo]
         try:
-            for fut in as_completed(futures):
+            for fut in dask_completed(futures):
                 yield fut.result()
         except BaseException:
             client.cancel(futures)
@@ -136,7 +132,7 @@ def _reachable(address: str) -> None:
 
 def _ray(base, file, settings, todo, jobs, address):
     """Check that Ray imports and the address answers (before the CSV is opened); then run."""
-    try:
+    try:  # Ray is an optional extra (sfsim[ray], a 79 MB wheel): imported only when asked for
         import ray  # noqa: F401
     except ImportError:
         raise SfsimError("--executor ray needs Ray: pip install 'sfsim[ray]' (or use the default local "
@@ -147,9 +143,7 @@ def _ray(base, file, settings, todo, jobs, address):
 
 
 def _ray_run(base, file, settings, todo, jobs, address):
-    import logging
-
-    import ray
+    import ray  # optional extra, checked by _ray
 
     started = not ray.is_initialized()  # a notebook may have connected already: keep its session
     if started:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sfsim.errors import SfsimError
-from sfsim.sweeps.sweep import METRICS, Vary, as_number, read_rows
+from sfsim.sweeps.sweep import METRICS, Vary, as_number, cell, read_rows
 from sfsim.units import format_quantity
 
 _LABELS = {"makespan_s": "total time (s)", "device_flops_total": "device FLOP (all devices)",
@@ -26,12 +26,14 @@ MAX_VALUE_TICKS = 9
 
 def _tick(value: float, kind: str) -> str:
     """A tick label in the key's units ("30 s", "1 Gbps"); zero is plain 0."""
-    return "0" if value == 0 else format_quantity(float(value), kind)
+    if value == 0:
+        return "0"
+    return f"{value:g} J/bit" if kind == "bit energy" else format_quantity(float(value), kind)
 
 
 def _value_text(value, kind: str | None) -> str:
     if kind is not None:
-        return format_quantity(float(value), kind)
+        return _tick(value, kind)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -45,9 +47,10 @@ def plot_sweep(csv_path: str | Path, png: str | Path, varies: Sequence[Vary], me
     the key's units. A second key gives one panel per value (shared y axis).
 
     Raises:
-        SfsimError: an unknown metric, or more than two varied keys.
+        SfsimError: an unknown metric, more than two varied keys, or no successful row (no empty plot).
     """
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay as they were
+    # matplotlib (~0.5 s) loads only when a plot is asked for; no pyplot: the caller's backend stays as it was
+    from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     if metric not in METRICS:
@@ -55,6 +58,8 @@ def plot_sweep(csv_path: str | Path, png: str | Path, varies: Sequence[Vary], me
     if not 1 <= len(varies) <= 2:
         raise SfsimError("the sweep plot draws one or two varied keys (x axis, small multiples)")
     rows = [r for r in read_rows(csv_path) if r["status"] == "ok"]
+    if not rows:
+        raise SfsimError(f"{csv_path}: no point succeeded, so there is nothing to plot; see the error column")
     xv, panel = varies[0], (varies[1] if len(varies) == 2 else None)
     panels = list(panel.values) if panel else [None]
     schedules = list(dict.fromkeys(r["schedule"] for r in read_rows(csv_path)))
@@ -98,6 +103,4 @@ def _x(text: str):
 
 
 def _cell_of(value) -> str:
-    from sfsim.sweeps.sweep import cell
-
     return cell(value)

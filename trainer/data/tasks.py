@@ -138,6 +138,13 @@ def load_task(task: str, data_dir: str, split: str) -> TaskData:
         (40, 2)
     """
     path = _file(data_dir, task, split)
+    try:
+        return _read_task(task, path, split)
+    except (UnicodeDecodeError, csv.Error, OSError) as err:  # a binary, torn or unreadable file: one line
+        raise SfsimError(f"{path}: cannot read it as {task} data ({str(err)[:120]}); is this the right file?") from None
+
+
+def _read_task(task: str, path: Path, split: str) -> TaskData:
     if task == "gsm8k":
         return _load_gsm8k(path, split)
     if task == "mnli":

@@ -3,8 +3,12 @@ and GSM8K exact match by greedy decoding."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from trainer.data import tasks as tdata
 
 # GSM8K decoding (KV cache, length-sorted batches) lives in trainer.methods.generate
 from trainer.methods.generate import (  # noqa: F401 (re-exported)
@@ -13,6 +17,7 @@ from trainer.methods.generate import (  # noqa: F401 (re-exported)
     greedy_generate,
     write_generations,
 )
+from trainer.model.split import split_model
 from trainer.transport.runtime import device_kwargs, trim
 
 
@@ -88,3 +93,25 @@ def majority_baseline(labels, num_labels: int) -> dict:
     y = np.asarray(labels, dtype=np.int64).ravel()
     top = int(np.argmax(np.bincount(y, minlength=num_labels))) if len(y) else 0
     return {"class": top, **classification_scores(np.full(len(y), top), y, num_labels)}
+
+
+def score(method, lm, head, dev, cfg, n_eval: int, generations: Path | None = None) -> dict:
+    """Scores of the global model on the first ``n_eval`` dev rows: ``accuracy`` (GSM8K: exact match) and,
+    for classification, ``macro_f1``, ``f1`` (class 1 of two) and ``per_class_f1``. GSM8K's scored
+    generations go to ``generations`` (JSON lines) when given. ``method`` gives the eval cut
+    (``eval_cut()``); ``cfg`` the run's ``max_len`` and ``gen_tokens``; ``dev`` is the task's dev data."""
+    lm.model.eval()
+    if head is not None:
+        head.eval()
+    device, server = split_model(lm.model, method.eval_cut(), head=head, frozen_device=False)
+    idx = list(range(n_eval))
+    if dev.is_generation:
+        prompts, rows = tdata.encode_prompts(dev, lm.tokenizer, cfg.max_len, indices=idx), []
+        em = exact_match(device, server, prompts, [dev.finals[i] for i in idx], lm.tokenizer, cfg.gen_tokens,
+                         record=rows)
+        if generations is not None:
+            write_generations(generations, rows)
+        loss = answer_loss(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
+        return {"accuracy": em, "answer_loss": loss, **generation_shares(rows)}
+    preds = predict(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
+    return classification_scores(preds.numpy(), dev.labels[:n_eval], dev.num_labels)

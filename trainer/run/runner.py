@@ -31,24 +31,30 @@ from sfsim.units import parse_quantity
 from trainer.data import tasks as tdata
 from trainer.data.partition import missing_classes, parse_partition, partition, partition_table
 from trainer.methods import Setup, build_method
-from trainer.methods.checkpoint import load_adapter, load_checkpoint, save_adapter, save_checkpoint
-from trainer.methods.common import full_state, load_full_state
-from trainer.methods.evaluate import (
-    answer_loss,
-    classification_scores,
-    exact_match,
-    generation_shares,
-    majority_baseline,
-    predict,
-    write_generations,
-)
+from trainer.methods.checkpoint import save_adapter
+from trainer.methods.evaluate import majority_baseline, score
 from trainer.methods.splitlora import CLIENT_ORDERS
 from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import load_model
 from trainer.model.lora import default_targets
-from trainer.model.split import split_model
 from trainer.run.estimate import for_run as estimate_run
+from trainer.run.estimate import launch_started, record_start, say
 from trainer.run.measure import Meter
+from trainer.run.resume import (  # noqa: F401 (check_device_checkpoint: the launcher's server uses it)
+    CHECKPOINT_S,
+    CheckpointClock,
+    _checkpoint,
+    _restore,
+    add_totals,
+    carried,
+    check_device_checkpoint,
+    checkpoint_totals,
+    is_finished,
+    mark_finished,
+    recorded_metrics,
+    restore_devices_inprocess,
+)
+from trainer.run.steplog import StepLog, parse_log_to
 from trainer.transport.runtime import (
     SERVER_ORDERS,
     DeviceRole,
@@ -105,11 +111,13 @@ class RunConfig:
     emulate: str = "none"
     peer_timeout: float = 30.0
     checkpoint_every: int = 0
+    checkpoint_s: float = CHECKPOINT_S  # also checkpoint at least this often (0: only by steps and epochs)
     buffer: int | None = None
     pool_memory: str | None = None
     client_order: str | None = None
     bucket: int = 0  # length bucketing over windows of this many micro-batches (0: off)
     eval_before: bool = False  # also score the pretrained (untrained) model, as metrics' eval_before
+    log_to: str = "csv"  # per-step metrics: csv (OUT/steps.csv), tensorboard, or none (trainer.run.steplog)
 
     def __post_init__(self):
         self.method = canonical(self.method)
@@ -138,6 +146,9 @@ class RunConfig:
             raise SfsimError(f"--threads must be >= 1 (got {self.threads})")
         if not self.peer_timeout > 0 or self.checkpoint_every < 0 or (self.buffer is not None and self.buffer < 1):
             raise SfsimError("--peer-timeout must be > 0, --checkpoint-every >= 0 and --buffer >= 1")
+        if not self.checkpoint_s >= 0:
+            raise SfsimError(f"--checkpoint-interval must be >= 0 seconds (0: off), got {self.checkpoint_s}")
+        parse_log_to(self.log_to)
         parse_partition(self.partition)
         if self.task not in tdata.TASKS:
             raise SfsimError(f"unknown task {self.task!r}: use one of {', '.join(tdata.TASKS)}")
@@ -328,27 +339,6 @@ def _periods(scenario, cuts: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def score(method, lm, head, dev, cfg: RunConfig, n_eval: int, generations: Path | None = None) -> dict:
-    """Scores of the global model on the first ``n_eval`` dev rows: ``accuracy`` (GSM8K: exact match) and,
-    for classification, ``macro_f1``, ``f1`` (class 1 of two) and ``per_class_f1``. GSM8K's scored
-    generations go to ``generations`` (JSON lines) when given."""
-    lm.model.eval()
-    if head is not None:
-        head.eval()
-    device, server = split_model(lm.model, method.eval_cut(), head=head, frozen_device=False)
-    idx = list(range(n_eval))
-    if dev.is_generation:
-        prompts, rows = tdata.encode_prompts(dev, lm.tokenizer, cfg.max_len, indices=idx), []
-        em = exact_match(device, server, prompts, [dev.finals[i] for i in idx], lm.tokenizer, cfg.gen_tokens,
-                         record=rows)
-        if generations is not None:
-            write_generations(generations, rows)
-        loss = answer_loss(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
-        return {"accuracy": em, "answer_loss": loss, **generation_shares(rows)}
-    preds = predict(device, server, tdata.encode(dev, lm.tokenizer, cfg.max_len, indices=idx))
-    return classification_scores(preds.numpy(), dev.labels[:n_eval], dev.num_labels)
-
-
 def _progress(cfg: RunConfig, total: int):
     from tqdm import tqdm
 
@@ -361,18 +351,48 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     ``cfg.launch == "local"`` starts one process per role (``trainer.run.launch``); ``"inprocess"`` runs
     every role here. ``resume``: continue from the checkpoint in ``cfg.out``.
     """
+    if resume and is_finished(cfg.out):  # nothing to do, and nothing is touched
+        print(f"note: the run in {cfg.out} finished; nothing to resume", file=sys.stderr)
+        return recorded_metrics(cfg.out)
+    base = checkpoint_totals(cfg.out) if resume else None  # read before this attempt overwrites the checkpoint
     if cfg.launch == "local":
         from trainer.run.launch import launch_local
 
-        return launch_local(cfg, resume=resume)
-    t0 = time.perf_counter()
-    torch.set_num_threads(cfg.threads)  # as every process of a distributed run does
-    out = prepare_out(cfg, resume)
-    built = build(cfg)
-    torch.manual_seed(role_seed(cfg.seed, "server"))  # the server's RNG, as in a process of its own
-    metrics = train_server(cfg, built, out, t0, resume)
-    _write_trace(out, built[2].meter.events, metrics)
-    return metrics
+        n = _device_count(cfg)
+        if cfg.progress:
+            say(f"starting the server and {n} device processes; each loads the model and data")
+        prepare_out(cfg, resume)
+        record_start(cfg.out)  # the server's estimate counts the processes' start-up from here
+        metrics = launch_local(cfg, resume=resume)
+    else:
+        t0 = time.perf_counter()
+        _device_count(cfg)  # its warnings
+        torch.set_num_threads(cfg.threads)  # as every process of a distributed run does
+        out = prepare_out(cfg, resume)
+        built = _timed(cfg, "loading the scenario, data and model", lambda: build(cfg))
+        torch.manual_seed(role_seed(cfg.seed, "server"))  # the server's RNG, as in a process of its own
+        metrics = train_server(cfg, built, out, t0, resume)
+        _write_trace(out, built[2].meter.events, metrics)
+    return mark_finished(cfg.out, add_totals(metrics, base, distributed=cfg.launch != "inprocess"))
+
+
+def _device_count(cfg: RunConfig) -> int:
+    """Devices of the run's scenario; its plausibility warnings (a unit left out) are printed here, once."""
+    scenario = load_scenario(cfg.devices)
+    for line in scenario.warnings:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    return len(scenario.devices)
+
+
+def _timed(cfg: RunConfig, what: str, work):
+    """Run ``work()`` with a line before and after it (not with --quiet): no phase is silent."""
+    t = time.perf_counter()
+    if cfg.progress:
+        say(f"{what} ...")
+    result = work()
+    if cfg.progress:
+        say(f"{what}: done in {time.perf_counter() - t:.1f} s")
+    return result
 
 
 def prepare_out(cfg: RunConfig, resume: bool) -> Path:
@@ -398,105 +418,76 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
     """The server's side of a run: every epoch, eval, adapter, checkpoints and metrics.json.
 
     Used by the in-process run and by the server process of a distributed run (the transport in
-    ``setup`` decides where the devices are).
+    ``setup`` decides where the devices are). Checkpoints come every ``cfg.checkpoint_every`` steps and
+    at least every ``cfg.checkpoint_s`` seconds (:class:`~trainer.run.resume.CheckpointClock`) and at
+    the end of every epoch; each carries the totals so far (:func:`~trainer.run.resume.carried`).
     """
     scenario, lm, setup, method, dev, info = built
     losses, evals, first_epoch, train_s = [], [], 0, []
+    info["base_totals"] = None
     if resume:
-        first_epoch = _restore(out, setup, method, losses, evals, info["scores"])
+        first_epoch = _restore(out, setup, method, losses, evals, info)
         if isinstance(setup.transport, InProcessTransport):
             restore_devices_inprocess(setup, method)
         elif check is not None and method.device_stateful:
             check(method.resume_from["device_checkpoint"])
-    if cfg.checkpoint_every:
-        last = [len(losses)]
-
-        def hook(epoch: int) -> None:  # at the first consistent point N or more steps after the last checkpoint
-            if len(losses) - last[0] >= cfg.checkpoint_every:
-                last[0] = len(losses)
-                _checkpoint(out, setup, method, epoch, losses, evals, info["scores"])
-
-        method.on_step_done = hook
-    n_samples = sum(setup.samples.values())
+    save = lambda epoch: _checkpoint(out, setup, method, epoch, losses, evals, info,  # noqa: E731
+                                     carried(info["base_totals"], setup.meter, time.perf_counter() - t0))
+    clock = CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_s)
+    if method.resumable and clock.active:
+        method.on_step_done = lambda epoch: save(epoch) if clock.due(len(losses)) else None
     # an early estimate of the whole run's duration, printed after its first steps (not with --quiet)
-    est = estimate_run(cfg, setup, dev, info["n_eval"], info["epochs"] - first_epoch, t0) if cfg.progress else None
-    metrics = {}
+    est = (estimate_run(cfg, setup, dev, info["n_eval"], info["epochs"] - first_epoch, launch_started(out, t0))
+           if cfg.progress else None)
+    metrics, log = {}, StepLog(out, cfg.log_to)
     info["before"] = _score_before(cfg, out, method, lm, setup, dev, info) if cfg.eval_before else None
-    for epoch in range(first_epoch, info["epochs"]):
-        bar = _progress(cfg, n_samples)
-        t_ep = time.perf_counter()
-
-        def on_step(loss: float, n: int, bar=bar, t_ep=t_ep) -> None:
-            losses.append(round(loss, 6))
-            bar.update(n)
-            bar.set_postfix(step=len(losses), loss=f"{loss:.4f}",
-                            sps=f"{bar.n / max(time.perf_counter() - t_ep, 1e-9):.1f}")
-            if est is not None:
-                est.step(n)
-
-        t_train = time.perf_counter()
-        method.train_epoch(epoch, on_step)
-        method.finish_epoch()
-        train_s.append(round(time.perf_counter() - t_train, 6))
-        bar.close()
-        scores = score(method, lm, setup.head, dev, cfg, info["n_eval"], out / "generations.jsonl")
-        evals.append(round(scores["accuracy"], 6))
-        info["scores"].append(scores)
-        save_adapter(out / "adapter", lm.model, setup.head, _adapter_config(cfg, lm, setup, method))
-        if method.resumable:
-            method.cursor = {}
-            _checkpoint(out, setup, method, epoch + 1, losses, evals, info["scores"])
-        metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
-        metrics["train_s_by_epoch"] = train_s
-        write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    try:
+        for epoch in range(first_epoch, info["epochs"]):
+            t_train = time.perf_counter()
+            _train_epoch(cfg, method, epoch, sum(setup.samples.values()), losses, est, log, t0)
+            method.finish_epoch()
+            train_s.append(round(time.perf_counter() - t_train, 6))
+            scores = _timed(cfg, f"epoch {epoch + 1}: evaluating on {info['n_eval']} dev rows",
+                            lambda: score(method, lm, setup.head, dev, cfg, info["n_eval"], out / "generations.jsonl"))
+            evals.append(round(scores["accuracy"], 6))
+            info["scores"].append(scores)
+            log.evaluation(len(losses), epoch + 1, sum(setup.samples.values()), evals[-1], time.perf_counter() - t0)
+            save_adapter(out / "adapter", lm.model, setup.head, _adapter_config(cfg, lm, setup, method))
+            if method.resumable:
+                method.cursor = {}
+                save(epoch + 1)
+            metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
+            metrics["train_s_by_epoch"] = train_s
+            write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    finally:
+        log.close()
     if not metrics:  # resumed after the last epoch: nothing left to train
         metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
 
 
-def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list, scores: list) -> None:
-    """A resumable checkpoint at a consistent point: devices that hold training state save theirs first."""
-    ckpt = len(losses)
-    method.save_devices(ckpt)
-    extra, meta = method.server_extra()
-    tensors = {**full_state(setup.lm.model, setup.head), **{f"x.{k}": v for k, v in extra.items()}}
-    progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": scores,
-                "lost": method.lost, "stream": method.server_stream, "extra": meta,
-                "device_checkpoint": ckpt if method.device_stateful else None}
-    save_checkpoint(out, tensors, method.optimizers(), progress)
+def _train_epoch(cfg: RunConfig, method, epoch: int, n_samples: int, losses: list, est, log: StepLog,
+                 t0: float) -> None:
+    """One epoch of training with its progress bar (rate, ETA), the estimate and the step log fed per step."""
+    bar = _progress(cfg, n_samples)
+    bar.set_description(f"epoch {epoch + 1}")
+    t_ep, done = time.perf_counter(), [0]  # samples this epoch (the bar counts nothing with --quiet)
 
+    def on_step(loss: float, n: int) -> None:
+        losses.append(round(loss, 6))
+        done[0] += n
+        bar.update(n)
+        rate = done[0] / max(time.perf_counter() - t_ep, 1e-9)
+        bar.set_postfix(step=len(losses), loss=f"{loss:.4f}", sps=f"{rate:.1f}")
+        log.step(len(losses), epoch + 1, done[0], loss, rate, time.perf_counter() - t0)
+        if est is not None:
+            est.step(n)
 
-def _restore(out: Path, setup: Setup, method, losses: list, evals: list, scores: list) -> int:
-    """Load the checkpoint in ``out`` into the model, optimizers and RNG; return the epoch to start."""
-    if not method.resumable:
-        raise SfsimError(f"--resume is not supported for {method.name}")
-    weights, progress = load_checkpoint(out, method.optimizers())
-    load_full_state(setup.lm.model, setup.head, {k: v for k, v in weights.items() if not k.startswith("x.")})
-    method.load_server_extra({k[2:]: v for k, v in weights.items() if k.startswith("x.")}, progress["extra"])
-    losses[:], evals[:], scores[:] = progress["losses"], progress["evals"], progress.get("scores", [])
-    method.lost, method.server_stream = progress["lost"], [tuple(x) for x in progress["stream"]]
-    method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"],
-                          "device_checkpoint": progress["device_checkpoint"]}
-    return progress["epoch"]
-
-
-def restore_devices_inprocess(setup: Setup, method) -> None:
-    """In-process ``--resume``: every device loads the state it saved (under its own RNG)."""
-    if not method.device_stateful:
-        return
-    want = method.resume_from["device_checkpoint"]
-    for role in setup.devices:
-        with setup.transport.rng.role(role.name):
-            got = method.load_device_state(role)
-        check_device_checkpoint(role.name, got, want)
-
-
-def check_device_checkpoint(device: str, got: int, want: int | None) -> None:
-    """A device must resume from the same checkpoint as the server."""
-    if want is not None and got != want:
-        raise SfsimError(f"device {device}'s saved state is from checkpoint {got}, the server's from {want}: "
-                         "the run was killed between the two writes; start it again")
+    try:
+        method.train_epoch(epoch, on_step)
+    finally:
+        bar.close()
 
 
 def _adapter_config(cfg: RunConfig, lm, setup: Setup, method) -> dict:
@@ -570,33 +561,6 @@ def load_run_config(out_dir: str) -> RunConfig:
         return RunConfig(**raw)
     except (ValueError, TypeError) as err:
         raise SfsimError(f"{path}: not a valid run configuration ({err}); point at a folder written by sfsim run") from None
-
-
-def evaluate_saved(out_dir: str, data_dir: str | None = None, eval_samples: int | None = None) -> dict:
-    """Reload the adapter and head saved in ``out_dir`` and score them (what ``sfsim eval`` runs)."""
-    path = Path(out_dir) / "run_config.json"
-    if not path.is_file():
-        raise SfsimError(f"{path} is missing: point --out at a folder written by sfsim run")
-    cfg = load_run_config(out_dir)
-    cfg.progress = False
-    if data_dir:
-        cfg.data_dir = str(Path(data_dir).resolve())
-    if eval_samples:
-        cfg.eval_samples = eval_samples
-    dev = tdata.load_task(cfg.task, cfg.data_dir, "dev")
-    lm = load_model(cfg.model, cache_dir=cfg.model_cache)
-    head, acfg = load_adapter(Path(out_dir) / "adapter", lm)
-
-    class _Saved:  # eval needs only the cut
-        def eval_cut(self):
-            return acfg["sfsim"]["eval_cut"]
-
-    n_eval = min(cfg.eval_samples or len(dev), len(dev))
-    scores = score(_Saved(), lm, head, dev, cfg, n_eval)
-    out = {"method": cfg.method, "task": cfg.task, "eval_accuracy": round(scores["accuracy"], 6), "eval_samples": n_eval}
-    if "macro_f1" in scores:
-        out.update(eval_f1=scores["f1"], eval_macro_f1=scores["macro_f1"])
-    return out
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,245 @@
+"""Resuming a run: what it recorded, what is already done, what a resumed run adds, when to checkpoint.
+
+A run folder holds ``run_config.json`` (the settings), ``checkpoint.safetensors`` (the latest
+consistent point: weights, optimizer, data cursors and the totals so far) and, once it ends,
+``metrics.json`` with ``"finished": true``. ``sfsim run --resume OUT``:
+
+- says there is nothing to do, and touches nothing, when the run finished (exit 0);
+- resumes OUT itself, whatever folder ``run_config.json`` recorded (a copy resumes the copy);
+- refuses an option given with it that contradicts the recorded run (:func:`contradictions`);
+- reports cumulative totals: the checkpoint carries FLOPs, bytes and wall seconds up to it, and
+  :func:`add_totals` adds them to what the resumed part measured. Work done after the checkpoint by
+  the interrupted attempt is lost and not counted; device forwards already in flight at the
+  checkpoint (up to ``buffer`` per device) are counted there and again when the resumed part redoes
+  them, as they were spent twice. In a distributed run the devices' FLOPs and
+  uplink bytes are known to the server only from their end-of-run reports, so before a checkpoint
+  only the server's side is carried: ``metrics.json`` says so (``resumed.note``).
+
+Checkpoints are taken at consistent points (after an optimizer step) every ``--checkpoint-every``
+steps and, by default, at least every :data:`CHECKPOINT_S` seconds (:class:`CheckpointClock`), so a
+stopped run of more than a few minutes always has something to resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import safe_open
+
+from sfsim.errors import SfsimError
+from sfsim.scenario.schema import write_atomic
+from trainer.methods import Setup
+from trainer.methods.checkpoint import load_checkpoint, save_checkpoint
+from trainer.methods.common import full_state, load_full_state
+
+CHECKPOINT_S = 120.0
+"""Default seconds between time-based checkpoints (``--checkpoint-interval``)."""
+
+FREE_ON_RESUME = ("out", "progress", "threads", "data_dir", "model_cache", "peer_timeout", "checkpoint_every",
+                  "checkpoint_s", "log_to", "count_flops")
+"""Settings a resumed run may change (where it writes, how it reports, how often it checkpoints);
+every other one must equal the recorded run's."""
+
+_COUNTERS = ("flops", "uplink_bytes", "downlink_bytes")
+
+
+# -- the checkpoint: a consistent point of the server and the stateful devices ------------------------------
+def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list, info: dict,
+                totals: dict) -> None:
+    """A resumable checkpoint at a consistent point: devices that hold training state save theirs first."""
+    ckpt = len(losses)
+    method.save_devices(ckpt)
+    extra, meta = method.server_extra()
+    tensors = {**full_state(setup.lm.model, setup.head), **{f"x.{k}": v for k, v in extra.items()}}
+    progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": info["scores"],
+                "lost": method.lost, "stream": method.server_stream, "extra": meta,
+                "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals}
+    save_checkpoint(out, tensors, method.optimizers(), progress)
+
+
+def _restore(out: Path, setup: Setup, method, losses: list, evals: list, info: dict) -> int:
+    """Load the checkpoint in ``out`` into the model, optimizers and RNG; return the epoch to start.
+
+    ``info`` gets the checkpoint's scores and the totals before it (``base_totals``)."""
+    if not method.resumable:
+        raise SfsimError(f"--resume is not supported for {method.name}")
+    weights, progress = load_checkpoint(out, method.optimizers())
+    load_full_state(setup.lm.model, setup.head, {k: v for k, v in weights.items() if not k.startswith("x.")})
+    method.load_server_extra({k[2:]: v for k, v in weights.items() if k.startswith("x.")}, progress["extra"])
+    losses[:], evals[:], info["scores"][:] = progress["losses"], progress["evals"], progress.get("scores", [])
+    info["base_totals"] = progress.get("totals")
+    method.lost, method.server_stream = progress["lost"], [tuple(x) for x in progress["stream"]]
+    method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"],
+                          "device_checkpoint": progress["device_checkpoint"]}
+    return progress["epoch"]
+
+
+def restore_devices_inprocess(setup: Setup, method) -> None:
+    """In-process ``--resume``: every device loads the state it saved (under its own RNG)."""
+    if not method.device_stateful:
+        return
+    want = method.resume_from["device_checkpoint"]
+    for role in setup.devices:
+        with setup.transport.rng.role(role.name):
+            got = method.load_device_state(role)
+        check_device_checkpoint(role.name, got, want)
+
+
+def check_device_checkpoint(device: str, got: int, want: int | None) -> None:
+    """A device must resume from the same checkpoint as the server."""
+    if want is not None and got != want:
+        raise SfsimError(f"device {device}'s saved state is from checkpoint {got}, the server's from {want}: "
+                         "the run was killed between the two writes; start it again")
+
+
+# -- what a run recorded --------------------------------------------------------------------------------
+def recorded_metrics(out: str | Path) -> dict | None:
+    """``OUT/metrics.json`` as a dict, or None when absent or unreadable."""
+    path = Path(out) / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(out: str | Path) -> bool:
+    """True when the run in ``out`` ended and wrote its final metrics (nothing is left to resume)."""
+    m = recorded_metrics(out)
+    return bool(m and m.get("finished"))
+
+
+def contradictions(recorded: dict, given: dict) -> list[str]:
+    """``--option value (recorded: other)`` for each given setting that differs from the recorded run.
+
+    Args:
+        recorded: the recorded run's settings (``run_config.json``).
+        given: settings given with ``--resume`` (RunConfig field -> value), only those typed by the user.
+
+    Example:
+        >>> contradictions({"lr": 0.002, "threads": 1}, {"lr": 0.1, "threads": 4})
+        ['--lr 0.1 (recorded: 0.002)']
+    """
+    out = []
+    for key, value in given.items():
+        if key in FREE_ON_RESUME or key not in recorded or value is None:
+            continue
+        if value != recorded[key]:
+            out.append(f"--{key.replace('_', '-')} {value} (recorded: {recorded[key]})")
+    return out
+
+
+def checkpoint_totals(out: str | Path) -> dict | None:
+    """The totals carried by ``OUT/checkpoint.safetensors`` (None: no checkpoint or none recorded).
+
+    Read before a resumed run overwrites the checkpoint with its own.
+    """
+    path = Path(out) / "checkpoint.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["progress"]).get("totals")
+    except Exception:  # noqa: BLE001 - a torn checkpoint is reported by the restore itself, in one line
+        return None
+
+
+def carried(base: dict | None, meter, elapsed_s: float) -> dict:
+    """The totals to store in a checkpoint: ``base`` (earlier attempts) plus this attempt's meter so far."""
+    base = base or {}
+    out = {"wall_s": round(float(base.get("wall_s", 0.0)) + elapsed_s, 3)}
+    for key in _COUNTERS:
+        mine = getattr(meter, key)
+        names = set(mine) | set(base.get(key, {}))
+        out[key] = {n: int(base.get(key, {}).get(n, 0)) + int(mine.get(n, 0)) for n in sorted(names)}
+    return out
+
+
+def add_totals(metrics: dict, base: dict | None, distributed: bool) -> dict:
+    """``metrics`` of a resumed attempt with the totals before its checkpoint added (see the module)."""
+    if not base:
+        return metrics
+    m = dict(metrics)
+    flops = base.get("flops", {})
+    for lane in m.get("device_flops", {}):
+        m["device_flops"][lane] = int(m["device_flops"][lane]) + int(flops.get(lane, 0))
+    m["device_flops_total"] = sum(m.get("device_flops", {}).values())
+    for lane in m.get("server_flops", {}):
+        m["server_flops"][lane] = int(m["server_flops"][lane]) + int(flops.get(lane, 0))
+    m["server_flops_total"] = sum(m.get("server_flops", {}).values())
+    for side in ("uplink", "downlink"):
+        by = m.get(f"{side}_bytes_by_device", {})
+        for dev in by:
+            by[dev] = int(by[dev]) + int(base.get(f"{side}_bytes", {}).get(dev, 0))
+        m[f"{side}_bytes"] = sum(by.values())
+    attempt = float(m.get("wall_s", 0.0))
+    m["wall_s"] = round(attempt + float(base.get("wall_s", 0.0)), 3)
+    m["resumed"] = {"totals_before": base, "attempt_wall_s": attempt,
+                    "note": "FLOPs, bytes and wall_s add the totals recorded at the checkpoint to this attempt's"
+                    + ("; distributed: the devices' FLOPs and uplink bytes before it are not known to the server"
+                       if distributed else "")}
+    return m
+
+
+def mark_finished(out: str | Path, metrics: dict) -> dict:
+    """Write ``metrics`` as the run's final ``metrics.json``, marked finished (``--resume`` has nothing to do)."""
+    m = dict(metrics, finished=True)
+    write_atomic(Path(out) / "metrics.json", json.dumps(m, indent=1))
+    return m
+
+
+def trained_nothing(metrics: dict) -> str | None:
+    """Why a run trained nothing (no optimizer step, or every device lost), or None."""
+    devices = list(metrics.get("samples_by_device", {}))
+    lost = metrics.get("lost_devices") or {}
+    if devices and all(d in lost for d in devices):
+        return f"every device was lost ({', '.join(devices)})"
+    if not metrics.get("train_loss_history"):
+        return "no training sample reached the server (0 optimizer steps)"
+    return None
+
+
+def check_trained(metrics: dict, out: str | Path) -> None:
+    """Raise (exit 1) when the run trained nothing; its outputs stay in ``out`` for a look."""
+    why = trained_nothing(metrics)
+    if why:
+        raise NothingTrained(f"the run trained nothing: {why}; see {out}/metrics.json and {out}/logs")
+
+
+class NothingTrained(SfsimError):
+    """A run that ended without training anything: exit status 1 (it ran, but there is no model)."""
+
+    exit_code = 1
+
+
+@dataclass
+class CheckpointClock:
+    """When to checkpoint: every ``every`` optimizer steps (0: off) and at least every ``seconds`` (0: off).
+
+    Example:
+        >>> c = CheckpointClock(every=0, seconds=60.0, last_time=0.0)
+        >>> c.due(steps=3, now=30.0), c.due(steps=5, now=61.0)
+        (False, True)
+    """
+
+    every: int = 0
+    seconds: float = CHECKPOINT_S
+    last_steps: int = 0
+    last_time: float = field(default_factory=time.perf_counter)
+
+    def due(self, steps: int, now: float | None = None) -> bool:
+        """True (and the clock restarts) when a checkpoint is due after ``steps`` optimizer steps in all."""
+        now = time.perf_counter() if now is None else now
+        by_steps = self.every > 0 and steps - self.last_steps >= self.every
+        by_time = self.seconds > 0 and now - self.last_time >= self.seconds and steps > self.last_steps
+        if by_steps or by_time:
+            self.last_steps, self.last_time = steps, now
+            return True
+        return False
+
+    @property
+    def active(self) -> bool:
+        """True when some cadence is set."""
+        return self.every > 0 or self.seconds > 0
