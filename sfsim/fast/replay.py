@@ -57,10 +57,6 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     net = getattr(job, "network", None)
     if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
         return "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
-    busy = {d.server for d in job.devices if d.n}
-    multi = next((s.name for k, s in enumerate(job.servers) if k in busy and s.count > 1), None)
-    if multi is not None:
-        return f"server {multi} has several workers (count > 1), replayed by the SimPy engine only"
     return None
 
 
@@ -74,7 +70,7 @@ def replay(job, cfg, sequential: bool = False) -> tuple[Replayed, float]:
     makespan = 0.0
     for k, srv in enumerate(job.servers):
         mine = [d for d in job.devices if d.server == k]
-        out = splitfrozen.replay(mine, srv.step, cfg, sequential)
+        out = splitfrozen.replay(mine, srv, cfg, sequential)
         makespan = max(makespan, out["makespan"])
         rec.server_busy[srv.name] = out["busy"]
         rec.server_wait[srv.name] = out["wait"]

@@ -7,6 +7,9 @@ import numpy as np
 from sfsim.engine.pacing import server_order
 from sfsim.engine.policies import PACED
 from sfsim.fast.kernel import (
+    _DECOMPOSE,
+    _PER_DEVICE,
+    _SEQUENTIAL,
     FIFO,
     OUT_BUSY,
     OUT_END,
@@ -28,15 +31,15 @@ POLICY_CODES = {"fifo": FIFO, "round-robin": ROUND_ROBIN, "proportional": PROPOR
                 "paced-proportional": PACED_CODE, "paced-round-robin": PACED_CODE}
 """Server policies the fast path replays (``pool`` draws at random: the SimPy engine replays it)."""
 
-_FLOATS = ("f", "warmup", "up_s", "up_l", "srv_f", "srv_b", "srv_w", "last")
-_INTS = ("n", "sent", "per_epoch")
+_FLOATS = ("f", "warmup", "up_s", "up_l", "srv_f", "srv_b", "srv_w", "last")  # the kernel's D rows
+_INTS = ("n", "sent", "per_epoch")  # its N rows
 
 
-def _arrays(devices: list) -> dict[str, np.ndarray]:
-    """Column arrays of the devices' stage times (one entry per device)."""
-    cols = {k: np.fromiter((getattr(d, k) for d in devices), np.float64, len(devices)) for k in _FLOATS}
-    cols.update({k: np.fromiter((getattr(d, k) for d in devices), np.int64, len(devices)) for k in _INTS})
-    return cols
+def _arrays(devices: list) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's per-device rows: D (8 x devices, seconds and sizes) and N (3 x devices, counts)."""
+    D = np.array([[getattr(d, k) for d in devices] for k in _FLOATS], np.float64).reshape(len(_FLOATS), -1)
+    N = np.array([[getattr(d, k) for d in devices] for k in _INTS], np.int64).reshape(len(_INTS), -1)
+    return D, N
 
 
 def min_flight(devices: list) -> float:
@@ -71,22 +74,22 @@ def paced_segments(devices: list, kind: str) -> tuple[np.ndarray, ...]:
     return order, starts, lens, np.array([r for _, r in segs], np.int64)
 
 
-def replay(devices: list, step_s: float, cfg, sequential: bool) -> dict[str, float]:
-    """Replay one single-worker SplitFrozen server and its ``devices`` (all of them send to it).
+def replay(devices: list, server, cfg, sequential: bool) -> dict[str, float]:
+    """Replay one SplitFrozen server (a :class:`ServerTimes`) and its ``devices`` (all of them send to it).
 
     Returns:
         ``makespan``, ``busy``, ``wait``, ``end``, ``mixing`` (None without micro-batches) and
         ``total`` (micro-batches: the stream's weight).
     """
-    c = _arrays(devices)
+    D, N = _arrays(devices)
     if cfg.policy in PACED:
-        order, starts, lens, reps = paced_segments(devices, PACED[cfg.policy])
+        paced = paced_segments(devices, PACED[cfg.policy])
     else:
-        order = starts = lens = reps = np.zeros(0, np.int64)
-    out = replay_server(c["f"], c["warmup"], c["up_s"], c["up_l"], c["srv_f"], c["srv_b"], c["srv_w"],
-                        c["n"], c["sent"], c["per_epoch"], c["last"], float(step_s), int(cfg.buffer),
-                        int(cfg.accumulate), bool(cfg.decompose), bool(sequential), cfg.credits == "device",
-                        POLICY_CODES[cfg.policy], float(min_flight(devices)), order, starts, lens, reps)
+        paced = (np.zeros(0, np.int64),) * 4
+    flags = (_SEQUENTIAL * bool(sequential) | _PER_DEVICE * (cfg.credits == "device")
+             | _DECOMPOSE * bool(cfg.decompose))
+    out = replay_server(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate), flags,
+                        POLICY_CODES[cfg.policy], float(min_flight(devices)), paced)
     if out[OUT_UNCLAIMED]:  # the SimPy engine fails the same way (a lost wake-up, or a deadlock)
         raise RuntimeError(f"fast path: {int(out[OUT_UNCLAIMED])} micro-batches never processed")
     count = int(out[OUT_TV_COUNT])
