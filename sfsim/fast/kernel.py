@@ -33,6 +33,15 @@ _N, _SENT, _PER_EPOCH = range(3)
 # event kinds (code & 7); code >> 3 is the device, worker or alarm number
 _WORKER, _ALARM, _START, _RETRY, _GRANT, _AFTER_F, _RELEASE, _RESUMED = range(8)
 _URGENT, _NORMAL = 0, 1  # SimPy's priorities: process starts come before ordinary events at one instant
+# Heap entries are (time, key) pairs, the cheapest tuples to compare. Events: key = id << 22 | code; SimPy
+# orders by (time, priority, id), and since every process start (the only urgent events) is queued before
+# any other event, ids alone give the same order. Pending arrivals and credit waiters: key = seq << 20 |
+# device; a device's micro-batches leave the pending heap in order, so ``PK`` (next micro-batch per
+# device) names them. Hence at most 2**19 devices per server (:data:`MAX_DEVICES`).
+_CODE_BITS, _DEV_BITS = 22, 20
+_CODE_MASK, _DEV_MASK = (1 << _CODE_BITS) - 1, (1 << _DEV_BITS) - 1
+MAX_DEVICES = 1 << (_CODE_BITS - 3)
+"""Most devices one server may have on the fast path (the event code holds device * 8 + kind)."""
 # int scalars S
 (_EID, _WSEQ, _PSEQ, _UNCLAIMED, _IDLE_N, _ALARM_ID, _QHEAD, _QLEN, _PSIZE, _HELD, _SEG, _SEG_POS, _SEG_DONE,
  _TURN, _NTOUCHED, _SEEN, _BOUND, _TV_COUNT, _TOTAL, _BUFFER, _ACCUMULATE, _POLICY, _FLAGS, _CAP) = range(24)
@@ -43,7 +52,7 @@ _ALARM_AT, _TV_SUM, _WAIT_S, _BUSY, _END, _STEP, _FLIGHT = range(7)
 _DONE, _WQ_HEAD, _WQ_LEN, _WOKEN, _FINAL, _CHECK, _WHELD = range(7)
 _WBUSY, _WLAST, _WSTART = range(3)
 
-OUT_MAKESPAN, OUT_BUSY, OUT_WAIT, OUT_END, OUT_TV_SUM, OUT_TV_COUNT, OUT_UNCLAIMED, OUT_TOTAL = range(8)
+OUT_MAKESPAN, OUT_BUSY, OUT_WAIT, OUT_END, OUT_TV_SUM, OUT_TV_COUNT, OUT_UNCLAIMED, OUT_TOTAL, OUT_EVENTS = range(9)
 """Slots of :func:`replay_server`'s result."""
 
 
@@ -65,7 +74,7 @@ def _fwd_ready(D, N, j, k, f_start, link_free):
 @njit
 def _schedule(events, S, t, prio, code):
     """Queue an event at ``t`` (SimPy's queue order: time, priority, creation)."""
-    heapq.heappush(events, (t, prio, S[_EID], code))
+    heapq.heappush(events, (t, (S[_EID] << _CODE_BITS) | code))
     S[_EID] += 1
 
 
@@ -81,15 +90,15 @@ def _wake(events, S, idle, now):
 def _arm(events, S, F, t):
     """A new alarm at ``t``: wakes the idle workers then (earlier alarms are superseded)."""
     F[_ALARM_AT] = t
-    S[_ALARM_ID] += 1
-    _schedule(events, S, t, _NORMAL, S[_ALARM_ID] * 8 + _ALARM)
+    S[_ALARM_ID] = S[_EID]  # the id this alarm's event gets
+    _schedule(events, S, t, _NORMAL, _ALARM)
 
 
 @njit
 def _push(events, pending, S, F, arrival, j, k):
     """Announce micro-batch ``k`` of device ``j`` arriving at ``arrival`` (ServerPool.push)."""
     S[_PSEQ] += 1
-    heapq.heappush(pending, (arrival, S[_PSEQ], j, k))
+    heapq.heappush(pending, (arrival, (S[_PSEQ] << _DEV_BITS) | j))
     if S[_IDLE_N] > 0 and arrival < F[_ALARM_AT]:
         _arm(events, S, F, arrival)
 
@@ -102,7 +111,7 @@ def _wait_credit(waiters, S, dev_wait, dev_ready, j, ready):
         dev_ready[j] = ready
     else:
         S[_WSEQ] += 1
-        heapq.heappush(waiters, (ready, S[_WSEQ], j))
+        heapq.heappush(waiters, (ready, (S[_WSEQ] << _DEV_BITS) | j))
 
 
 @njit
@@ -119,12 +128,13 @@ def _give_back(events, waiters, S, credits, dev_wait, dev_ready, j, now):
             _schedule(events, S, dev_ready[j], _NORMAL, j * 8 + _RETRY)
         return
     if len(waiters) > 0 and waiters[0][0] <= now:
-        w = heapq.heappop(waiters)[2]
+        w = heapq.heappop(waiters)[1] & _DEV_MASK
         _schedule(events, S, now, _NORMAL, w * 8 + _GRANT)
         return
     credits[0] += 1
     if len(waiters) > 0:
-        wr, _ws, w = heapq.heappop(waiters)
+        wr, key = heapq.heappop(waiters)
+        w = key & _DEV_MASK
         _schedule(events, S, wr, _NORMAL, w * 8 + _RETRY)
 
 
@@ -395,13 +405,15 @@ def _resumed(F, W, WF, w, now):
 
 @njit
 def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready, share,
-            counts, touched, idle, ring_a, ring_b, paced, w, now):
+            counts, touched, idle, ring_a, ring_b, paced, PK, w, now):
     """One pass of ServerPool._worker's loop for worker ``w`` at ``now``, up to its next yield."""
     if not _resumed(F, W, WF, w, now):
         _exit(S, F, W, WF, w)
         return
     while len(pending) > 0 and pending[0][0] <= now:
-        _a, _s, i, k = heapq.heappop(pending)
+        i = heapq.heappop(pending)[1] & _DEV_MASK
+        k = PK[i]
+        PK[i] = k + 1
         _policy_add(S, N, P, prop, ring_a, ring_b, i, k)
     avail = _policy_ready(S, P)
     if S[_IDLE_N] > 0 and not W[_WOKEN, w] and avail:  # workers idle longer choose first
@@ -440,20 +452,21 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
 
 @njit
 def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready, share,
-          counts, touched, idle, ring_a, ring_b, paced, nn, f_start, link_free, ready):
+          counts, touched, idle, ring_a, ring_b, paced, PK, nn, f_start, link_free, ready):
     """Process events until none is left; returns the clock then (the makespan)."""
     now = 0.0
     sequential = S[_FLAGS] & _SEQUENTIAL
     claim_returns = not (sequential and (S[_FLAGS] & _PER_DEVICE))
     while len(events) > 0:
-        now, _prio, _e, code = heapq.heappop(events)
+        now, key = heapq.heappop(events)
+        code = key & _CODE_MASK
         kind = code & 7
         j = code >> 3
         if kind == _WORKER:
             _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready,
-                    share, counts, touched, idle, ring_a, ring_b, paced, j, now)
+                    share, counts, touched, idle, ring_a, ring_b, paced, PK, j, now)
         elif kind == _ALARM:
-            if j == S[_ALARM_ID]:  # else superseded by an earlier alarm
+            if key >> _CODE_BITS == S[_ALARM_ID]:  # else superseded by an earlier alarm
                 F[_ALARM_AT] = np.inf
                 _wake(events, S, idle, now)
         elif kind == _RELEASE:  # sequential: the micro-batch's W ended; the device goes on
@@ -483,8 +496,9 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
     F = np.zeros(7)
     total = N[_N].sum()
     S[_UNCLAIMED], S[_TOTAL], S[_BUFFER], S[_ACCUMULATE] = total, total, buffer, accumulate
-    S[_POLICY], S[_FLAGS], S[_TURN] = policy, flags, -1
-    S[_CAP] = m * (buffer + 2) + 2
+    S[_POLICY], S[_FLAGS], S[_TURN], S[_ALARM_ID] = policy, flags, -1, -1
+    flight_max = (m * buffer if flags & _PER_DEVICE else buffer) + m  # sent and holding a credit, plus replays
+    S[_CAP] = min(total, flight_max) + 2  # most micro-batches ever waiting at the server
     S[_BOUND] = -(-total // max(1, min(10, total)))
     F[_ALARM_AT], F[_STEP], F[_FLIGHT] = np.inf, step_s, flight
     credits = np.zeros(m, np.int64)
@@ -500,9 +514,9 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
         P[1, :] = -1
     share = N[_N] / total if total else np.zeros(m)
     wcap = min(accumulate, total) + 2  # queued W's: never more than one window's
-    events = [(0.0, 0, 0, 0)]
-    pending = [(0.0, 0, 0, 0)]
-    waiters = [(0.0, 0, 0)]
+    events = [(0.0, 0)]
+    pending = [(0.0, 0)]
+    waiters = [(0.0, 0)]
     prop = [(0.0, 0)]
     events.pop()
     pending.pop()
@@ -519,8 +533,10 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
                      np.zeros((count, wcap), np.int64), credits, np.zeros(m, np.bool_), np.zeros(m), share,
                      np.zeros(m, np.int64), np.zeros(m, np.int64), np.zeros(count, np.int64),
                      np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), paced, np.zeros(m, np.int64),
+                     np.zeros(m, np.int64),
                      np.zeros(m), np.zeros(m), np.zeros(m))
-    out = np.zeros(8)
+    out = np.zeros(9)
+    out[OUT_EVENTS] = S[_EID]
     out[OUT_MAKESPAN], out[OUT_BUSY], out[OUT_WAIT], out[OUT_END] = makespan, F[_BUSY], F[_WAIT_S], F[_END]
     out[OUT_TV_SUM], out[OUT_TV_COUNT], out[OUT_UNCLAIMED], out[OUT_TOTAL] = (F[_TV_SUM], S[_TV_COUNT],
                                                                              S[_UNCLAIMED], total)

@@ -7,10 +7,12 @@ holds after its run, so ``simulate()`` builds the same :class:`~sfsim.outputs.re
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
 from sfsim.fast import splitfrozen
+from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.fast.splitfrozen import POLICY_CODES
 
 ENGINES = ("auto", "fast", "simpy")
@@ -57,6 +59,10 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     net = getattr(job, "network", None)
     if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
         return "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
+    per_server = Counter(d.server for d in job.devices)
+    crowded = next((job.servers[k].name for k, c in per_server.items() if c >= MAX_DEVICES), None)
+    if crowded is not None:
+        return f"server {crowded} has {per_server.most_common(1)[0][1]:,} devices; the fast path takes < {MAX_DEVICES:,}"
     return None
 
 
