@@ -147,5 +147,52 @@ def test_uncovered_cases_say_why():
     assert uncovered(Sc, "splitfrozen", cfg, job) is None
     assert "trace" in uncovered(Sc, "splitfrozen", cfg, job, trace=True)
     assert "pool" in uncovered(Sc, "splitfrozen", RunConfig(policy="pool"), Job([], [ServerTimes("s")]))
-    assert "fedlora" in uncovered(Sc, "fedlora", cfg, job)
+    assert uncovered(Sc, "fedlora", cfg, job) == "the fast path covers splitfrozen and splitfrozen-sequential only"
     assert math.isfinite(replay(Job([], [ServerTimes("s")]), cfg)[1])
+
+
+FIGURES = ("makespan_s", "device_busy_s", "server_busy_s", "server_utilization", "uplink_bytes_by_device",
+           "downlink_bytes_by_device", "stream_mixing", "stream_mixing_by_server", "server_wait_s", "server_end_s",
+           "device_flops", "server_flops", "samples_not_trained", "sync_rounds", "energy")
+
+
+@pytest.mark.parametrize("schedule", ["splitfrozen", "splitfrozen-sequential"])
+@pytest.mark.parametrize("policy", ["fifo", "proportional"])
+def test_simulate_engines_agree(schedule, policy):
+    import sfsim
+
+    sc = sfsim.load_scenario("profiles/edge.yaml")
+    fast = sfsim.simulate(sc, schedule, splits=2, policy=policy, engine="fast")
+    ref = sfsim.simulate(sc, schedule, splits=2, policy=policy, engine="simpy")
+    assert (fast.engine, fast.engine_note, ref.engine) == ("fast", None, "simpy")
+    for key in FIGURES:
+        assert_same(getattr(ref, key), getattr(fast, key), key)
+
+
+def test_simulate_engine_choice_is_said():
+    import sfsim
+
+    sc = sfsim.load_scenario("profiles/edge.yaml")
+    auto = sfsim.simulate(sc, "fedlora")
+    assert (auto.engine, auto.engine_note) == ("simpy", "the fast path covers splitfrozen and "
+                                                         "splitfrozen-sequential only")
+    with pytest.raises(SfsimError, match="^engine fast: the fast path covers"):
+        sfsim.simulate(sc, "fedlora", engine="fast")
+    with pytest.raises(SfsimError, match="unknown engine 'quick'"):
+        sfsim.simulate(sc, engine="quick")
+    assert sfsim.simulate(sc, trace=True).engine == "simpy"  # traces come from the SimPy engine
+    assert sfsim.simulate(sc).engine == "fast"
+
+
+def test_cli_engine_flag():
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    out = CliRunner().invoke(main, ["simulate", "--devices", "profiles/edge.yaml", "--engine", "fast",
+                                    "--schedule", "fedlora"])
+    assert out.exit_code == 2 and "engine fast: the fast path covers" in out.output
+    out = CliRunner().invoke(main, ["simulate", "--devices", "profiles/edge.yaml", "--schedule", "all"])
+    assert out.exit_code == 0
+    assert ("note: splitlora, fedlora, cenlora ran on the SimPy engine, not the fast path: the fast path covers "
+            "splitfrozen and splitfrozen-sequential only") in out.output

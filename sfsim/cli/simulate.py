@@ -58,10 +58,12 @@ def suffixed(path: str, name: str) -> Path:
 @click.option("--gantt", "gantt_out", default=None, type=click.Path(dir_okay=False),
               help="write a Gantt chart (.png, .pdf or .svg; with 'all': the schedules as small "
                    "multiples on one time axis, in one file)")
+@click.option("--engine", type=click.Choice(["auto", "fast", "simpy"]), default="auto", show_default=True,
+              help="auto: the exact fast path where it covers the run, else the SimPy engine (a note says why)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="change the scenario without editing it: devices[*].uplink.bandwidth=50 Mbps (repeatable)")
 def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, json_out, trace_out, gantt_out,
-             sets):
+             sets, engine):
     """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
     import json
 
@@ -89,7 +91,7 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
     refused = {}  # 'all': schedules the dynamic network is not simulated for, skipped with a note
     for name in names:
         try:
-            res = run(sc, name, trace=want_events, **applicable(name, **given))
+            res = run(sc, name, trace=want_events, engine=engine, **applicable(name, **given))
         except Unsupported as err:
             if len(names) == 1:
                 raise
@@ -118,6 +120,9 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
                                                                                     "splitfrozen-sequential"}:
         click.echo("note: SplitFrozen used the default cut 1 on every device (no --split, --plan or "
                    "training.split); 'sfsim plan' chooses per-device cuts")
+    slow = [n for n, r in results.items() if r.engine_note and not want_events]
+    if slow:
+        click.echo(f"note: {', '.join(slow)} ran on the SimPy engine, not the fast path: {results[slow[0]].engine_note}")
     loose = sum(not d.server_pinned for d in sc.devices)
     if any(r.assignment_source == "least-loaded" for r in results.values()):
         click.echo(f"note: {loose} devices without a server pin went to the least-loaded of "

@@ -51,7 +51,7 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if trace:
         return "a trace (and the Gantt chart) comes from the SimPy engine"
     if name not in COVERED:
-        return f"the fast path covers {' and '.join(COVERED)}, not {name}"
+        return f"the fast path covers {' and '.join(COVERED)} only"
     if cfg.policy not in POLICY_CODES:
         return f"server policy {cfg.policy!r} is replayed by the SimPy engine only"
     if scenario.training.sync is not None and len(scenario.servers) > 1:
