@@ -35,11 +35,17 @@ _FLOATS = ("f", "warmup", "up_s", "up_l", "srv_f", "srv_b", "srv_w", "last")  # 
 _INTS = ("n", "sent", "per_epoch")  # its N rows
 
 
-def _arrays(devices: list) -> tuple[np.ndarray, np.ndarray]:
+def layout(devices: list) -> tuple[np.ndarray, np.ndarray]:
     """The kernel's per-device rows: D (8 x devices, seconds and sizes) and N (3 x devices, counts)."""
     D = np.array([[getattr(d, k) for d in devices] for k in _FLOATS], np.float64).reshape(len(_FLOATS), -1)
     N = np.array([[getattr(d, k) for d in devices] for k in _INTS], np.int64).reshape(len(_INTS), -1)
     return D, N
+
+
+def flags_for(cfg, sequential: bool) -> int:
+    """The kernel's flag bits for run knobs ``cfg`` (sequential ablation, device credits, decomposed B/W)."""
+    return (_SEQUENTIAL * bool(sequential) | _PER_DEVICE * (cfg.credits == "device")
+            | _DECOMPOSE * bool(cfg.decompose))
 
 
 def min_flight(devices: list) -> float:
@@ -81,14 +87,13 @@ def replay(devices: list, server, cfg, sequential: bool) -> dict[str, float]:
         ``makespan``, ``busy``, ``wait``, ``end``, ``mixing`` (None without micro-batches) and
         ``total`` (micro-batches: the stream's weight).
     """
-    D, N = _arrays(devices)
+    D, N = layout(devices)
     if cfg.policy in PACED:
         paced = paced_segments(devices, PACED[cfg.policy])
     else:
         paced = (np.zeros(0, np.int64),) * 4
-    flags = (_SEQUENTIAL * bool(sequential) | _PER_DEVICE * (cfg.credits == "device")
-             | _DECOMPOSE * bool(cfg.decompose))
-    out = replay_server(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate), flags,
+    out = replay_server(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate),
+                        flags_for(cfg, sequential),
                         POLICY_CODES[cfg.policy], float(min_flight(devices)), paced)
     if out[OUT_UNCLAIMED]:  # the SimPy engine fails the same way (a lost wake-up, or a deadlock)
         raise RuntimeError(f"fast path: {int(out[OUT_UNCLAIMED])} micro-batches never processed")
