@@ -196,3 +196,32 @@ def test_cli_engine_flag():
     assert out.exit_code == 0
     assert ("note: splitlora, fedlora, cenlora ran on the SimPy engine, not the fast path: the fast path covers "
             "splitfrozen and splitfrozen-sequential only") in out.output
+
+
+_PEAK = """
+import resource, sys
+from sfsim.engine.pool import DeviceTimes, ServerTimes
+from sfsim.fast import replay
+from sfsim.schedules import Job, RunConfig
+mb = int(sys.argv[1])
+devices = [DeviceTimes(f"d{i}", n=mb, f=0.05 + 0.01 * (i % 5), up_s=0.02, up_l=0.005, srv_f=1e-4, srv_b=1e-4,
+                       srv_w=1e-4) for i in range(100)]
+replay(Job(devices, [ServerTimes("s", count=2, step=1e-5)]), RunConfig(buffer=8, accumulate=4))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_memory_grows_with_devices_not_micro_batches():
+    """Peak resident memory of whole processes: 100 devices x 10 and x 5,000 micro-batches (500,000)."""
+    import os
+    import subprocess
+    import sys
+
+    def peak_kib(mb: int) -> int:
+        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        out = subprocess.run([sys.executable, "-c", _PEAK, str(mb)], capture_output=True, text=True, env=env,
+                             check=True)
+        return int(out.stdout.split()[-1])
+
+    small, big = peak_kib(10), peak_kib(5_000)
+    assert big < small + 8 * 1024  # 8 MiB: a trace event a micro-batch would take tens of MB
