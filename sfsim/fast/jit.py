@@ -19,3 +19,10 @@ def njit(fn):
     if numba is None:  # pragma: no cover
         return fn
     return numba.njit(cache=True, nogil=True)(fn)
+
+
+def inline(fn):
+    """A small helper of a kernel: compiled into its callers (numba's ``inline="always"``), else ``fn``."""
+    if numba is None:  # pragma: no cover
+        return fn
+    return numba.njit(cache=True, nogil=True, inline="always")(fn)

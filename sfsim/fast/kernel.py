@@ -23,7 +23,7 @@ import heapq
 
 import numpy as np
 
-from sfsim.fast.jit import njit
+from sfsim.fast.jit import inline, njit
 
 FIFO, ROUND_ROBIN, PROPORTIONAL, PACED = 0, 1, 2, 3
 
@@ -56,7 +56,7 @@ OUT_MAKESPAN, OUT_BUSY, OUT_WAIT, OUT_END, OUT_TV_SUM, OUT_TV_COUNT, OUT_UNCLAIM
 """Slots of :func:`replay_server`'s result."""
 
 
-@njit
+@inline
 def _size(D, N, j, k):
     """Size of micro-batch ``k`` of device ``j`` relative to a full one (DeviceTimes.size)."""
     if D[_LAST, j] < 1.0 and (k + 1) % N[_PER_EPOCH, j] == 0:
@@ -64,21 +64,21 @@ def _size(D, N, j, k):
     return 1.0
 
 
-@njit
+@inline
 def _fwd_ready(D, N, j, k, f_start, link_free):
     """When device ``j`` can send micro-batch ``k``: its forward ends and its link is free."""
     fe = f_start + D[_F, j] * _size(D, N, j, k) + (D[_WARM, j] if k == 0 else 0.0)
     return fe if fe > link_free else link_free
 
 
-@njit
+@inline
 def _schedule(events, S, t, prio, code):
     """Queue an event at ``t`` (SimPy's queue order: time, priority, creation)."""
     heapq.heappush(events, (t, (S[_EID] << _CODE_BITS) | code))
     S[_EID] += 1
 
 
-@njit
+@inline
 def _wake(events, S, idle, now):
     """Every idle worker resumes at ``now``, in the order it went idle (ServerPool._wake_all)."""
     for q in range(S[_IDLE_N]):
@@ -86,7 +86,7 @@ def _wake(events, S, idle, now):
     S[_IDLE_N] = 0
 
 
-@njit
+@inline
 def _arm(events, S, F, t):
     """A new alarm at ``t``: wakes the idle workers then (earlier alarms are superseded)."""
     F[_ALARM_AT] = t
@@ -94,7 +94,7 @@ def _arm(events, S, F, t):
     _schedule(events, S, t, _NORMAL, _ALARM)
 
 
-@njit
+@inline
 def _push(events, pending, S, F, arrival, j, k):
     """Announce micro-batch ``k`` of device ``j`` arriving at ``arrival`` (ServerPool.push)."""
     S[_PSEQ] += 1
@@ -103,7 +103,7 @@ def _push(events, pending, S, F, arrival, j, k):
         _arm(events, S, F, arrival)
 
 
-@njit
+@inline
 def _wait_credit(waiters, S, dev_wait, dev_ready, j, ready):
     """Queue device ``j`` for a credit from ``ready`` on (Credits.wait)."""
     if S[_FLAGS] & _PER_DEVICE:
@@ -114,7 +114,7 @@ def _wait_credit(waiters, S, dev_wait, dev_ready, j, ready):
         heapq.heappush(waiters, (ready, (S[_WSEQ] << _DEV_BITS) | j))
 
 
-@njit
+@inline
 def _give_back(events, waiters, S, credits, dev_wait, dev_ready, j, now):
     """Return one credit of device ``j``'s account (Credits.give_back)."""
     if S[_FLAGS] & _PER_DEVICE:
@@ -138,7 +138,7 @@ def _give_back(events, waiters, S, credits, dev_wait, dev_ready, j, now):
         _schedule(events, S, wr, _NORMAL, w * 8 + _RETRY)
 
 
-@njit
+@inline
 def _pipelined(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, nn, f_start, link_free,
                ready, j, kind, now):
     """Device ``j`` of schedules.splitfrozen._pipelined resumes (start, retry or granted)."""
@@ -170,7 +170,7 @@ def _pipelined(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_read
         ready[j] = _fwd_ready(D, N, j, nn[j], f_start[j], link_free[j])
 
 
-@njit
+@inline
 def _sequential(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, nn, j, kind, now):
     """Device ``j`` of schedules.splitfrozen._sequential resumes."""
     if kind == _START or kind == _RESUMED:
@@ -192,7 +192,7 @@ def _sequential(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_rea
     _push(events, pending, S, F, now + D[_UP_S, j] * _size(D, N, j, k) + D[_UP_L, j], j, k)
 
 
-@njit
+@inline
 def _policy_add(S, N, P, prop, ring_a, ring_b, i, k):
     """Micro-batch ``k`` of device ``i`` is eligible (policy.push). ``P``: ready, next, started rows."""
     pol = S[_POLICY]
@@ -212,7 +212,7 @@ def _policy_add(S, N, P, prop, ring_a, ring_b, i, k):
         _policy_turn(S, N, P, prop, ring_a, i)
 
 
-@njit
+@inline
 def _policy_turn(S, N, P, prop, ring_a, i):
     """Device ``i`` has work waiting again: round-robin queues it, proportional ranks it."""
     if S[_POLICY] == ROUND_ROBIN:
@@ -223,7 +223,7 @@ def _policy_turn(S, N, P, prop, ring_a, i):
         heapq.heappush(prop, (-(t - P[2, i]) / t, i))
 
 
-@njit
+@inline
 def _policy_ready(S, P):
     """Whether a micro-batch may start now (``len(policy)``)."""
     pol = S[_POLICY]
@@ -234,7 +234,7 @@ def _policy_ready(S, P):
     return S[_PSIZE] > 0
 
 
-@njit
+@inline
 def _paced_next(S, order, seg_start, seg_len, seg_rep):
     """Advance the paced order by one; ``S[_TURN]`` becomes the next device (-1: done)."""
     S[_SEG_POS] += 1
@@ -249,7 +249,7 @@ def _paced_next(S, order, seg_start, seg_len, seg_rep):
     S[_TURN] = order[seg_start[S[_SEG]] + S[_SEG_POS]] if S[_SEG] < seg_start.shape[0] else -1
 
 
-@njit
+@inline
 def _policy_take(S, N, P, prop, ring_a, ring_b, paced):
     """Remove the next ``(device, micro-batch)`` (policy.pop); ``paced`` = (order, start, length, repeats)."""
     pol = S[_POLICY]
@@ -282,7 +282,7 @@ def _policy_take(S, N, P, prop, ring_a, ring_b, paced):
     return i, k
 
 
-@njit
+@inline
 def _mix_add(S, F, share, counts, touched, i):
     """Device ``i``'s micro-batch is next in the stream (StreamMixing.add, same summation order)."""
     if counts[i] == 0:
@@ -310,7 +310,7 @@ def _mix_add(S, F, share, counts, touched, i):
     S[_BOUND] = -(-(S[_TV_COUNT] + 1) * S[_TOTAL] // windows)
 
 
-@njit
+@inline
 def _flush_ws(D, N, W, QD, QK, w, t, until):
     """Run worker ``w``'s queued W's from ``t`` while the clock stands at ``t`` or is before ``until``."""
     cap, start = QD.shape[1], t
@@ -323,7 +323,7 @@ def _flush_ws(D, N, W, QD, QK, w, t, until):
     return t
 
 
-@njit
+@inline
 def _claim(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, share, counts, touched, idle,
            i, k, now):
     """Bookkeeping when a worker starts micro-batch ``k`` of device ``i`` (ServerPool._claim)."""
@@ -338,7 +338,7 @@ def _claim(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, s
         _wake(events, S, idle, now)
 
 
-@njit
+@inline
 def _run_mb(events, S, F, D, N, W, WF, QD, QK, w, i, k, now):
     """Worker ``w`` runs F and B (or BW) of micro-batch ``k`` of device ``i``, a step when due; yields."""
     x = _size(D, N, i, k)
@@ -364,7 +364,7 @@ def _run_mb(events, S, F, D, N, W, WF, QD, QK, w, i, k, now):
     _schedule(events, S, t, _NORMAL, w * 8 + _WORKER)
 
 
-@njit
+@inline
 def _exit(S, F, W, WF, w):
     """Worker ``w`` is done: its busy time and last op join the server's."""
     F[_BUSY] += WF[_WBUSY, w]
@@ -372,7 +372,7 @@ def _exit(S, F, W, WF, w):
     W[_FINAL, w] = 2
 
 
-@njit
+@inline
 def _sleep(events, pending, S, F, W, WF, idle, w, now):
     """Worker ``w`` waits: until the next arrival when nothing can come sooner, else idle with an alarm."""
     W[_WHELD, w] = S[_HELD]
@@ -388,7 +388,7 @@ def _sleep(events, pending, S, F, W, WF, idle, w, now):
         _arm(events, S, F, pending[0][0])
 
 
-@njit
+@inline
 def _resumed(F, W, WF, w, now):
     """Worker ``w`` resumes: the end of a final step, or of a sleep while the policy held work back."""
     if W[_FINAL, w] == 1:
@@ -403,7 +403,7 @@ def _resumed(F, W, WF, w, now):
     return True
 
 
-@njit
+@inline
 def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready, share,
             counts, touched, idle, ring_a, ring_b, paced, PK, w, now):
     """One pass of ServerPool._worker's loop for worker ``w`` at ``now``, up to its next yield."""
@@ -543,7 +543,7 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
     return out
 
 
-@njit
+@inline
 def _paced_start(S, seg_start, seg_len, seg_rep):
     """Skip empty segments at the start of a paced order."""
     while S[_SEG] < seg_start.shape[0] and (seg_len[S[_SEG]] == 0 or seg_rep[S[_SEG]] == 0):

@@ -341,10 +341,7 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     ks = dict.fromkeys(rank_uniform_cuts(table, UNIFORM_TRIES) + [SPLITLORA_CUT])
     uniform = {k: g for k in ks if (g := fixed_cut(table, k)) is not None}
     refs = _references(replay, uniform, tops=2 if runs >= 8 else 1, simulate=simulate_refs)
-    groups, makespan = _search(replay, uniform, runs, verify, refine_budget, total)
-    exact = None if table.dynamic else exhaustive.fastest(scenario, cm, table, schedule)
-    if exact is not None and exact[0] < makespan:  # small fleets: the fastest of all plans
-        makespan, groups = replay(exact[1]), exact[1]
+    groups, makespan = _exact(replay, cm, *_search(replay, uniform, runs, verify, refine_budget, total))
     sims = [(m, k) for _, k, m in refs if m is not None] if simulate_refs else []
     if sims and min(sims)[0] < makespan:  # never worse than the best single global cut
         makespan, k = min(sims)
@@ -364,6 +361,15 @@ def _budget(table: StageTable) -> int:
     if table.dynamic:
         return SIM_MICRO_BATCHES
     return SIM_MICRO_BATCHES * FAST_BUDGET_FACTOR
+
+
+def _exact(replay: Replay, cm, groups: list[Group], makespan: float) -> tuple[list[Group], float]:
+    """On fleets with few enough plans, the fastest of all of them (:mod:`sfsim.planner.exhaustive`)."""
+    table = replay.table
+    exact = None if table.dynamic else exhaustive.fastest(replay.scenario, cm, table, replay.schedule)
+    if exact is not None and exact[0] < makespan:
+        return exact[1], replay(exact[1])
+    return groups, makespan
 
 
 def _search(replay: Replay, uniform: dict, runs: int, verify: int, refine_budget: int | None,
