@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sfsim.errors import ConfigError, InfeasibleError
+from sfsim.fast.splitfrozen import POLICY_CODES
 from sfsim.methods import canonical
 from sfsim.planner import exhaustive
 from sfsim.planner.deadline import TIE_TOLERANCE, Score, cheapest, energy_cost, flop_cost
@@ -57,10 +58,14 @@ SIM_MICRO_BATCHES = 80_000
 """Simulated micro-batches the planner may spend on replays in total (at least 3 runs: the plan and
 the two comparisons); keeps a 1,000-device fleet under 2 s and lets small fleets replay more."""
 
-FAST_BUDGET_FACTOR = 4
-"""How many times ``SIM_MICRO_BATCHES`` the replays may spend when the fast path (:mod:`sfsim.fast`)
-replays them (it is tens of times faster than the SimPy engine; the rest of a replay, building stage
-times for every device, is not)."""
+FAST_REPLAY_BUDGET = 1_200_000
+"""What the replays may spend when the fast path (:mod:`sfsim.fast`) replays them, in micro-batch
+equivalents: a replay costs its micro-batches plus ``FAST_DEVICE_COST`` per device. About 7 replays
+of a 1,000-device fleet, 3 at 200,000 micro-batches, 1 at 10,000 devices: flat in the run's length."""
+
+FAST_DEVICE_COST = 150
+"""A fast replay's cost per device in micro-batch equivalents: building a device's stage times takes
+about as long as the compiled replay of 150 micro-batches."""
 
 COMPARE_MICRO_BATCHES = 20_000
 """Runs of at most this many micro-batches simulate the two comparison lines; longer runs show the
@@ -336,7 +341,7 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     total = sum(t.count * t.sent for t in table.types)
     # long runs: the comparison lines come from the fluid model and only the plan itself is replayed
     simulate_refs = total <= COMPARE_MICRO_BATCHES
-    runs = max(3 if simulate_refs else 1, _budget(table) // max(total, 1))  # simulator runs affordable
+    runs = max(3 if simulate_refs else 1, _runs(scenario, table, total))  # simulator runs affordable
     # single global cuts: the few most promising by a cheap bound, plus SplitLoRA's
     ks = dict.fromkeys(rank_uniform_cuts(table, UNIFORM_TRIES) + [SPLITLORA_CUT])
     uniform = {k: g for k in ks if (g := fixed_cut(table, k)) is not None}
@@ -356,11 +361,14 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
                                tie_tolerance=tie_tolerance, ties_searched=searched, fastest=fastest)
 
 
-def _budget(table: StageTable) -> int:
-    """Simulated micro-batches the replays may spend: more on the fast path, which replays far faster."""
-    if table.dynamic:
-        return SIM_MICRO_BATCHES
-    return SIM_MICRO_BATCHES * FAST_BUDGET_FACTOR
+def _runs(scenario, table: StageTable, total: int) -> int:
+    """How many replays the budget affords: by micro-batches on the SimPy engine, by the fast path's cost there."""
+    tr = scenario.training
+    fast = (not table.dynamic and tr.server_policy in POLICY_CODES
+            and (tr.sync is None or len(scenario.servers) == 1))
+    if not fast:
+        return SIM_MICRO_BATCHES // max(total, 1)
+    return FAST_REPLAY_BUDGET // (total + FAST_DEVICE_COST * sum(t.count for t in table.types))
 
 
 def _exact(replay: Replay, cm, groups: list[Group], makespan: float) -> tuple[list[Group], float]:
