@@ -501,7 +501,7 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
     S[_CAP] = min(total, flight_max) + 2  # most micro-batches ever waiting at the server
     S[_BOUND] = -(-total // max(1, min(10, total)))
     F[_ALARM_AT], F[_STEP], F[_FLIGHT] = np.inf, step_s, flight
-    credits = np.zeros(m, np.int64)
+    credits = np.zeros(max(m, 1), np.int64)  # the shared account is slot 0, even with no device
     credits[0] = buffer
     if flags & _PER_DEVICE:
         credits[:] = 1 if flags & _SEQUENTIAL else buffer
