@@ -27,6 +27,7 @@ from sfsim.cost.model import CostModel
 from sfsim.engine.dynamic import check_supported, report
 from sfsim.engine.pool import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
+from sfsim.fast.replay import choose_engine, replay
 from sfsim.methods import canonical
 from sfsim.network.backhaul import backhaul_for
 from sfsim.network.mobility import stages
@@ -139,7 +140,7 @@ def resolve_lora_start(scenario: Scenario, splits: dict[str, int], lora_start: i
 
 def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, plan: Plan | str | Path | None = None,
              lora_start: int | None = None, trace: bool = False, policy: str | None = None,
-             client_order: str | None = None) -> SimResult:
+             client_order: str | None = None, engine: str = "auto") -> SimResult:
     """Simulate one schedule on a scenario.
 
     Args:
@@ -153,6 +154,8 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
         policy: server policy (:data:`sfsim.engine.pool.POLICIES`); default training.server_policy.
         client_order: SplitLoRA's client order (``interleaved`` or ``sequential``, see
             :mod:`sfsim.schedules.splitlora`); default training.client_order; other schedules ignore it.
+        engine: ``auto`` (the exact fast path :mod:`sfsim.fast` where it covers the run, else SimPy;
+            ``SimResult.engine_note`` says why), ``fast`` (an error where it does not) or ``simpy``.
 
     Returns:
         A :class:`~sfsim.outputs.result.SimResult`.
@@ -203,12 +206,17 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     setup = Setup(scenario, cm, cuts, first_lora, assignment)
     module = get(name)
     job = module.build(setup, cache=tr.cache_activations)
-    engine = Engine(trace=trace)
-    if name in SPLITFROZEN and tr.sync is not None and len(scenario.servers) > 1:
-        engine.sync = backhaul_for(engine, scenario, cm, first_lora, job)
-    module.run(engine, job, cfg, sequential=name == "splitfrozen-sequential")
-    makespan = engine.run()
+    why = choose_engine(engine, scenario, name, cfg, job, trace)
+    if why is None:
+        engine, makespan = replay(job, cfg, sequential=name == "splitfrozen-sequential")
+    else:
+        engine = Engine(trace=trace)
+        if name in SPLITFROZEN and tr.sync is not None and len(scenario.servers) > 1:
+            engine.sync = backhaul_for(engine, scenario, cm, first_lora, job)
+        module.run(engine, job, cfg, sequential=name == "splitfrozen-sequential")
+        makespan = engine.run()
     res = _result(name, scenario, job, engine, makespan, setup, ls, _policy_used(name, cfg))
+    res.engine, res.engine_note = ("fast", None) if why is None else ("simpy", why or None)
     res.assignment_source = source
     res.client_order = cfg.client_order if name == "splitlora" else None
     if getattr(job, "network", None) is not None:

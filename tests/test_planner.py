@@ -487,6 +487,8 @@ def test_long_runs_estimate_the_comparisons_instead_of_replaying_them(monkeypatc
     full = plan(sc)
     monkeypatch.setattr(planner, "COMPARE_MICRO_BATCHES", 5)  # this fleet's 15 micro-batches count as long
     monkeypatch.setattr(planner, "SIM_MICRO_BATCHES", 15)      # and the budget affords one replay
+    monkeypatch.setattr(planner, "FAST_REPLAY_BUDGET", 1)       # on the fast path too
+    monkeypatch.setattr(planner.exhaustive, "EXHAUSTIVE_PLANS", 0)  # and no exhaustive search
     quick = plan(sc)
     assert quick.simulated == 1 and full.simulated > 3
     assert full.ties_searched and not quick.ties_searched  # no replay left for time ties: said, not skipped silently

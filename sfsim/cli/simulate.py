@@ -67,10 +67,12 @@ def suffixed(path: str, name: str) -> Path:
 @click.option("--gantt", "gantt_out", default=None, type=click.Path(dir_okay=False),
               help="write a Gantt chart (.png, .pdf or .svg; with 'all': the schedules as small "
                    "multiples on one time axis, in one file)")
+@click.option("--engine", type=click.Choice(["auto", "fast", "simpy"]), default="auto", show_default=True,
+              help="auto: the exact fast path where it covers the run, else the SimPy engine (a note says why)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="change the scenario without editing it: devices[*].uplink.bandwidth=50 Mbps (repeatable)")
 def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, json_out, trace_out, gantt_out,
-             sets):
+             sets, engine):
     """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
     sc = load_scenario_with(scenario, parse_sets(sets))
     warn(sc.warnings)
@@ -82,7 +84,7 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
         check_options(names[0], **given)  # an option the schedule would ignore is an error
     else:  # 'all': each schedule takes the options it has (--client-order: splitlora's)
         check_options("splitfrozen", **{k: v for k, v in given.items() if k != "client_order"})
-    results, refused, panels = _run_all(sc, names, given, scenario, trace_out, gantt_out)
+    results, refused, panels = _run_all(sc, names, given, scenario, trace_out, gantt_out, engine)
     if gantt_out:
         write_panels(panels, gantt_out)
     _report(sc, names, results, refused, scenario)
@@ -90,6 +92,9 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
                                                                                     "splitfrozen-sequential"}:
         click.echo("note: SplitFrozen used the default cut 1 on every device (no --split, --plan or "
                    "training.split); 'sfsim plan' chooses per-device cuts")
+    slow = [n for n, r in results.items() if r.engine_note and not (trace_out or gantt_out)]
+    if slow:
+        click.echo(f"note: {', '.join(slow)} ran on the SimPy engine, not the fast path: {results[slow[0]].engine_note}")
     loose = sum(not d.server_pinned for d in sc.devices)
     if any(r.assignment_source == "least-loaded" for r in results.values()):
         click.echo(f"note: {loose} devices without a server pin went to the least-loaded of "
@@ -100,14 +105,14 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
         write_atomic(json_out, json.dumps(data, indent=2) + "\n")
 
 
-def _run_all(sc, names: list[str], given: dict, scenario: str, trace_out, gantt_out):
+def _run_all(sc, names: list[str], given: dict, scenario: str, trace_out, gantt_out, engine: str = "auto"):
     """Simulate each schedule; write its trace; keep its Gantt panel. With 'all', a schedule the dynamic
     network is not simulated for is skipped with a note. Returns (results, refused, panels)."""
     results, refused, panels = {}, {}, []
     one = len(names) == 1
     for name in names:
         try:
-            res = run_schedule(sc, name, trace=bool(trace_out or gantt_out), **applicable(name, **given))
+            res = run_schedule(sc, name, trace=bool(trace_out or gantt_out), engine=engine, **applicable(name, **given))
         except Unsupported as err:
             if one:
                 raise

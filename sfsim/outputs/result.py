@@ -58,6 +58,8 @@ class SimResult:
         dynamic_network: what became of the scenario's handovers, time-varying links and availability:
             None (it has none), ``"simulated"``, or ``"not applicable: <why>"`` (cenlora, which has no
             device links; see :func:`sfsim.engine.dynamic.applies`).
+        engine: what replayed the run: ``fast`` (:mod:`sfsim.fast`) or ``simpy``; engine_note: why the
+            fast path did not (``engine="auto"`` on a run it does not cover), else None.
     """
 
     schedule: str
@@ -92,6 +94,8 @@ class SimResult:
     downlink_recv_s: dict[str, float] = field(default_factory=dict)
     dynamic_network: str | None = None
     client_order: str | None = None
+    engine: str = "simpy"
+    engine_note: str | None = None
 
     @property
     def uplink_bytes(self) -> float:

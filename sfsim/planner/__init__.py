@@ -17,6 +17,9 @@ How it works (each step its own module):
    search on simulated time spends what is left of the replay budget. The fastest plan is the one
    with the smallest *simulated* makespan, never slower than the best single global cut the
    planner replayed; ``makespan_s`` is what ``sfsim simulate --plan`` reports for the chosen plan.
+4. Replays run on the exact fast path (:mod:`sfsim.fast`) where it covers the run, so the replay
+   budget is larger there; fleets with few enough plans (:mod:`~sfsim.planner.exhaustive`, up to
+   ``EXHAUSTIVE_PLANS``) have every plan replayed, and the fastest of all is taken.
 
 Objectives: ``time`` (the default) takes the fastest plan, then lets time ties go to the devices'
 batteries: among plans within ``tie_tolerance`` (0.5 %) of the fastest makespan it takes the one

@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sfsim.errors import ConfigError, InfeasibleError
+from sfsim.fast.splitfrozen import POLICY_CODES
 from sfsim.methods import canonical
+from sfsim.planner import exhaustive
 from sfsim.planner.deadline import TIE_TOLERANCE, Score, cheapest, energy_cost, flop_cost
+from sfsim.planner.exhaustive import expand
 from sfsim.planner.fluid import Estimate, Group, estimate, server_completion
 from sfsim.planner.model import (
     PIPELINED,
@@ -54,6 +57,15 @@ REFINE_MAX = 40
 SIM_MICRO_BATCHES = 80_000
 """Simulated micro-batches the planner may spend on replays in total (at least 3 runs: the plan and
 the two comparisons); keeps a 1,000-device fleet under 2 s and lets small fleets replay more."""
+
+FAST_REPLAY_BUDGET = 1_200_000
+"""What the replays may spend when the fast path (:mod:`sfsim.fast`) replays them, in micro-batch
+equivalents: a replay costs its micro-batches plus ``FAST_DEVICE_COST`` per device. About 7 replays
+of a 1,000-device fleet, 3 at 200,000 micro-batches, 1 at 10,000 devices: flat in the run's length."""
+
+FAST_DEVICE_COST = 150
+"""A fast replay's cost per device in micro-batch equivalents: building a device's stage times takes
+about as long as the compiled replay of 150 micro-batches."""
 
 COMPARE_MICRO_BATCHES = 20_000
 """Runs of at most this many micro-batches simulate the two comparison lines; longer runs show the
@@ -149,18 +161,6 @@ class PlanResult:
     def table(self) -> str:
         """The human-readable report ``sfsim plan`` prints."""
         return format_result(self)
-
-
-def expand(table: StageTable, groups: list[Group]) -> tuple[dict[str, int], dict[str, str]]:
-    """Per-device cuts and servers from groups (a type's devices fill its groups in file order)."""
-    splits, assignment = {}, {}
-    for t, info in enumerate(table.types):
-        names = iter(info.devices)
-        for g in sorted((g for g in groups if g.t == t), key=lambda g: (g.j, g.k)):
-            for _ in range(g.n):
-                name = next(names)
-                splits[name], assignment[name] = g.k, table.servers[g.j].name
-    return splits, assignment
 
 
 class Replay:
@@ -341,11 +341,49 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     total = sum(t.count * t.sent for t in table.types)
     # long runs: the comparison lines come from the fluid model and only the plan itself is replayed
     simulate_refs = total <= COMPARE_MICRO_BATCHES
-    runs = max(3 if simulate_refs else 1, SIM_MICRO_BATCHES // max(total, 1))  # simulator runs affordable
+    runs = max(3 if simulate_refs else 1, _runs(scenario, table, total))  # simulator runs affordable
     # single global cuts: the few most promising by a cheap bound, plus SplitLoRA's
     ks = dict.fromkeys(rank_uniform_cuts(table, UNIFORM_TRIES) + [SPLITLORA_CUT])
     uniform = {k: g for k in ks if (g := fixed_cut(table, k)) is not None}
     refs = _references(replay, uniform, tops=2 if runs >= 8 else 1, simulate=simulate_refs)
+    groups, makespan = _exact(replay, cm, *_search(replay, uniform, runs, verify, refine_budget, total))
+    sims = [(m, k) for _, k, m in refs if m is not None] if simulate_refs else []
+    if sims and min(sims)[0] < makespan:  # never worse than the best single global cut
+        makespan, k = min(sims)
+        groups = uniform[k]
+    lb = min(lb, makespan)
+    fastest = replay.score(groups)
+    groups, chosen, searched = _trade(replay, cm, groups, objective, deadline, tie_tolerance, lb,
+                                      max(0, runs - replay.runs), total)
+    res = _result(scenario, table, replay, groups, chosen, None if table.dynamic else lb, refs)
+    return dataclasses.replace(res, schedule=schedule, search_s=time.perf_counter() - t0,
+                               min_lora_layers=min_lora_layers, objective=objective, deadline_s=deadline,
+                               tie_tolerance=tie_tolerance, ties_searched=searched, fastest=fastest)
+
+
+def _runs(scenario, table: StageTable, total: int) -> int:
+    """How many replays the budget affords: by micro-batches on the SimPy engine, by the fast path's cost there."""
+    tr = scenario.training
+    fast = (not table.dynamic and tr.server_policy in POLICY_CODES
+            and (tr.sync is None or len(scenario.servers) == 1))
+    if not fast:
+        return SIM_MICRO_BATCHES // max(total, 1)
+    return FAST_REPLAY_BUDGET // (total + FAST_DEVICE_COST * sum(t.count for t in table.types))
+
+
+def _exact(replay: Replay, cm, groups: list[Group], makespan: float) -> tuple[list[Group], float]:
+    """On fleets with few enough plans, the fastest of all of them (:mod:`sfsim.planner.exhaustive`)."""
+    table = replay.table
+    exact = None if table.dynamic else exhaustive.fastest(replay.scenario, cm, table, replay.schedule)
+    if exact is not None and exact[0] < makespan:
+        return exact[1], replay(exact[1])
+    return groups, makespan
+
+
+def _search(replay: Replay, uniform: dict, runs: int, verify: int, refine_budget: int | None,
+            total: int) -> tuple[list[Group], float]:
+    """Analytic candidates, the best replayed, calibrated, the nearby plans and a local search."""
+    table = replay.table
     pool = candidates(table) + _type_level(table) + list(uniform.values())
     starts = sorted({tuple(merge(g)): g for g in pool}.values(), key=lambda g: _rank_key(table, g))
     pool = [polish(table, g, POLISH_EVALS // POLISH_STARTS) for g in starts[:POLISH_STARTS]] + pool
@@ -358,18 +396,15 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     if refine_budget is None:
         refine_budget = min(REFINE_MAX, max(0, runs - replay.runs))
     groups, makespan, _ = refine(table, groups, makespan, replay, refine_budget)
-    sims = [(m, k) for _, k, m in refs if m is not None] if simulate_refs else []
-    if sims and min(sims)[0] < makespan:  # never worse than the best single global cut
-        makespan, k = min(sims)
-        groups = uniform[k]
-    lb = min(lb, makespan)
-    fastest = replay.score(groups)
-    groups, chosen, searched = _trade(replay, cm, groups, objective, deadline, tie_tolerance, lb,
-                                      max(0, runs - replay.runs), total)
+    return groups, makespan
+
+
+def _result(scenario, table: StageTable, replay: Replay, groups: list[Group], chosen: Score, bound: float | None,
+            refs: list[tuple]) -> PlanResult:
+    """The :class:`PlanResult` of the chosen plan (the caller fills in what the request asked for)."""
     makespan = chosen.makespan_s
     est = estimate(table, groups)
     splits, assignment = expand(table, groups)
-    bound = None if table.dynamic else lb
     comparisons = [Comparison(label, k, m, None if m is None else 1 - makespan / m,
                               "" if m is not None else note) for (label, k, m), note in
                    zip(refs, ("no single cut fits every device",
@@ -378,12 +413,10 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
         splits=splits, lora_start=table.lora_start, assignment=assignment, makespan_s=makespan,
         estimate_s=est.makespan_s, bottleneck=bottleneck_words(table, est, makespan), lower_bound_s=bound,
         gap=None if bound is None else makespan / bound - 1 if bound > 0 else 0.0, rows=rows_for(table, groups),
-        comparisons=comparisons, schedule=schedule, scenario=scenario.source, model=scenario.arch.name,
-        search_s=time.perf_counter() - t0, replay_s=replay.seconds, simulated=len(replay.cache), min_lora_layers=min_lora_layers,
-        lora_layers=scenario.arch.n_layers - table.lora_start,
-        lora_fixed=scenario.training.lora_start is not None, objective=objective, deadline_s=deadline,
-        tie_tolerance=tie_tolerance, ties_searched=searched,
-        device_flop=chosen.device_flop, device_j=chosen.device_j, fastest=fastest, dynamic=table.dynamic)
+        comparisons=comparisons, scenario=scenario.source, model=scenario.arch.name,
+        replay_s=replay.seconds, simulated=len(replay.cache), lora_layers=scenario.arch.n_layers - table.lora_start,
+        lora_fixed=scenario.training.lora_start is not None, device_flop=chosen.device_flop,
+        device_j=chosen.device_j, dynamic=table.dynamic)
 
 
 def _trade(replay: Replay, cm, fastest: list[Group], objective: str, deadline: float | None,

@@ -168,42 +168,26 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
     types = types if types is not None else fleet_types(scenario)
     servers = list(scenario.servers)
     cuts = np.arange(min_device_layers, lora_start + 1)
-    nT, nK, nJ = len(types), len(cuts), len(servers)
-    f = np.zeros((nT, nK))
-    s = np.zeros((nT, nK))
-    w = np.zeros((nK, nJ))
+    nJ = len(servers)
     up = np.array([cm.uplink_bytes(int(k)) for k in cuts], dtype=float)
     dev_mem = np.array([cm.device_memory(int(k)) for k in cuts], dtype=float)
     in_flight = scenario.training.buffer
     srv_mem = np.array([[cm.server_memory(int(k), lora_start, in_flight + srv.count) for srv in servers]
                         for k in cuts], dtype=float)
-    for ti, t in enumerate(types):
-        for ki, k in enumerate(cuts):
-            f[ti, ki] = cm.seconds(cm.device_prefix(int(k)), t.rep)[0]
-        s[ti] = up * 8.0 / t.bandwidth
+    f, s = _device_stages(cm, types, cuts, up)
     eff = effective_stages(scenario, types, f, up)  # handover, varying links, pause: effective times
     if eff is not None:
         f, s = eff
-    for ki, k in enumerate(cuts):
-        work = cm.server_suffix(int(k), lora_start)
-        for j, srv in enumerate(servers):
-            w[ki, j] = sum(cm.seconds(work, srv))
-    L = scenario.arch.n_layers
-    params = cm.trainable_params(range(lora_start, L), True)
+    w = np.array([[sum(cm.seconds(cm.server_suffix(int(k), lora_start), srv)) for srv in servers] for k in cuts],
+                 dtype=float).reshape(len(cuts), nJ)
+    params = cm.trainable_params(range(lora_start, scenario.arch.n_layers), True)
     step = np.array([cm.optimizer_seconds(params, srv) for srv in servers], dtype=float)
     lat = np.array([t.latency for t in types])[:, None]
     a = f + s + lat
     # Pipelined: the device forwards micro-batch n+1 while n is on the wire, so it emits one every
     # max(f, s). Sequential: it waits for the server to finish (F + B) before the next forward.
     p = np.maximum(f, s) if schedule in PIPELINED else a[:, :, None] + w[None, :, :]
-    allowed = np.ones((nT, nK, nJ), dtype=bool)
-    allowed &= (dev_mem[None, :, None] <= np.array([t.memory for t in types])[:, None, None])
-    srv_cap = np.array([srv.memory for srv in servers], dtype=float)
-    allowed &= (srv_mem <= srv_cap[None, :])[None, :, :]
-    names = [srv.name for srv in servers]
-    for ti, t in enumerate(types):
-        if t.pinned is not None:
-            allowed[ti, :, [j for j in range(nJ) if names[j] != t.pinned]] = False
+    allowed = _allowed(types, servers, dev_mem, srv_mem)
     nmb = np.array([max(t.sent_units, 1.0) for t in types], dtype=float)
     if p.ndim == 2:
         fin = (a + (nmb[:, None] - 1) * p)[:, :, None] + w[None, :, :]
@@ -214,6 +198,31 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
     return StageTable(lora_start, types, servers, cuts, f, s, a, p3, w, step, allowed, fin,
                       np.array([srv.count for srv in servers], dtype=float), scenario.training.accumulate,
                       dev_mem, srv_mem, scenario.training.buffer, dynamic=describe(scenario) if eff else "", bits=up * 8.0)
+
+
+def _device_stages(cm, types: list[TypeInfo], cuts: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nominal device forward ``f`` and uplink ``s`` seconds per micro-batch, shape (types, cuts) each."""
+    f = np.zeros((len(types), len(cuts)))
+    s = np.zeros((len(types), len(cuts)))
+    for ti, t in enumerate(types):
+        for ki, k in enumerate(cuts):
+            f[ti, ki] = cm.seconds(cm.device_prefix(int(k)), t.rep)[0]
+        s[ti] = up * 8.0 / t.bandwidth
+    return f, s
+
+
+def _allowed(types: list[TypeInfo], servers: list, dev_mem: np.ndarray, srv_mem: np.ndarray) -> np.ndarray:
+    """(types, cuts, servers): the device and the server hold their parts, and pinned types stay on their server."""
+    nJ = len(servers)
+    allowed = np.ones((len(types), len(dev_mem), nJ), dtype=bool)
+    allowed &= (dev_mem[None, :, None] <= np.array([t.memory for t in types])[:, None, None])
+    srv_cap = np.array([srv.memory for srv in servers], dtype=float)
+    allowed &= (srv_mem <= srv_cap[None, :])[None, :, :]
+    names = [srv.name for srv in servers]
+    for ti, t in enumerate(types):
+        if t.pinned is not None:
+            allowed[ti, :, [j for j in range(nJ) if names[j] != t.pinned]] = False
+    return allowed
 
 
 def explain_infeasible(table: StageTable, min_device_layers: int) -> str:

@@ -8,6 +8,7 @@ planner and the trainer all read this one schema.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import field
 from functools import cached_property
 from pathlib import Path
@@ -256,7 +257,7 @@ class Scenario:
                 raise ConfigError(file, f"servers[{i}].latency_profile",
                                   f"no such file {srv.latency_profile!r} (paths are relative to the scenario file)")
         dev_names = [d.name for d in self.devices]
-        dup = {n for n in dev_names if dev_names.count(n) > 1}
+        dup = {n for n, c in Counter(dev_names).items() if c > 1}  # O(devices): fleets of 100,000
         if dup:
             raise ConfigError(file, "devices", f"duplicate device name {sorted(dup)[0]!r}; rename a device type")
         for i, t in enumerate(self.device_types):

@@ -1,0 +1,141 @@
+"""Benchmark: the fast path (sfsim.fast) against the SimPy engine and a naive SimPy model, at fleet scale.
+
+Prints, in one run:
+
+1. micro-batches per second of the fast path, the SimPy engine and the naive SimPy model of
+   ``bench_engine.py`` on the same fleets (the SimPy ones on the smaller fleets only), and whether
+   the fast path's makespan equals the engine's;
+2. ``python -m sfsim simulate`` of 100,000 devices x 100 micro-batches of SplitFrozen (20 device
+   types, 4 servers) as a whole process: wall and CPU seconds, peak memory (ru_maxrss of the child);
+3. ``python -m sfsim plan`` whole-process seconds at 1,000 devices x 4 servers (run lengths up to
+   200,000 micro-batches) and 10,000 devices x 16 servers;
+4. a sweep of a 1,000-device fleet: seconds per point through ``simulate()``'s auto default,
+   measured on ``--sweep-points`` points and extrapolated to 10,000 (said so).
+
+Run: ``.venv/bin/python bench/bench_scale.py [--quick]`` (``--quick``: smaller sizes, for a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_engine import fleet, run_naive  # noqa: E402
+
+from sfsim.engine.pool import Engine  # noqa: E402
+from sfsim.fast import replay  # noqa: E402
+from sfsim.schedules import RunConfig, splitfrozen  # noqa: E402
+
+CFG = RunConfig(buffer=64, accumulate=4, decompose=True)  # bench_engine.py's knobs
+
+
+def scenario(devices: int, mb: int, servers: int, types: int = 20, counts: int = 1) -> dict:
+    """A fleet of ``devices`` over ``types`` device kinds (unequal FLOP/s, links, memory), ``mb``
+    micro-batches each (``micro_batch`` 4), ``servers`` edge servers of ``counts`` accelerators."""
+    kinds = []
+    for t in range(types):
+        n = devices // types + (1 if t < devices % types else 0)
+        kinds.append({"name": f"kind{t}", "count": n, "flops": f"{20 + 37 * t} GFLOPS",
+                      "memory": f"{2 + t % 7} GiB", "samples": 4 * mb,
+                      "uplink": {"bandwidth": f"{10 + 23 * (t % 9)} Mbps", "latency": f"{1 + 3 * (t % 5)} ms"},
+                      "downlink": {"bandwidth": "200 Mbps", "latency": "5 ms"}})
+    srv = [{"name": f"edge{k}", "flops": f"{12 + 6 * (k % 4)} TFLOPS", "memory": "80 GiB", "count": counts}
+           for k in range(servers)]
+    return {"model": {"name": "smollm2-135m", "seq_len": 128, "task": "classification", "num_labels": 2},
+            "training": {"micro_batch": 4, "accumulate": 8, "buffer": 64, "split": 2},
+            "servers": srv, "devices": [k for k in kinds if k["count"]]}
+
+
+def whole_process(args: list[str]) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, peak resident GiB, first output line) of ``python -m sfsim ARGS`` in a fresh process.
+
+    CPU seconds (user + system) are given beside wall seconds because the machine is shared: on a
+    busy machine the wall time is several times the CPU time the process needed.
+    """
+    t0 = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([sys.executable, "-m", "sfsim", *args], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # ru_maxrss: KiB, the largest child so far
+    if out.returncode:
+        raise SystemExit(f"sfsim {' '.join(args)} failed: {out.stderr.strip().splitlines()[-1:]}")
+    lines = out.stdout.strip().splitlines()
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    return wall, cpu, max(r1.ru_maxrss, r0.ru_maxrss) / 2**20, lines[0] if lines else ""
+
+
+def rates(sizes: list[tuple[int, int]], simpy_upto: int) -> None:
+    """Micro-batches per second of the three on the same fleets; fast == engine checked."""
+    replay(fleet(10, 2), CFG)  # load the compiled kernel once (not timed)
+    for devices, mb in sizes:
+        job = fleet(devices, mb, servers=4)
+        t0 = time.perf_counter()
+        _, fast_ms = replay(job, CFG)
+        t_fast = time.perf_counter() - t0
+        line = f"  {devices:>7} devices x {mb} mb: fast {devices * mb / t_fast:>12,.0f} mb/s"
+        if devices <= simpy_upto:
+            t0 = time.perf_counter()
+            engine = Engine()
+            splitfrozen.run(engine, job, CFG)
+            eng_ms = engine.run()
+            t_eng = time.perf_counter() - t0
+            t_naive, _, n = run_naive(devices, mb)
+            line += (f", SimPy engine {devices * mb / t_eng:>10,.0f} mb/s, naive SimPy {n / t_naive:>10,.0f} mb/s; "
+                     f"fast/engine {t_eng / t_fast:,.0f}x; makespans equal: {fast_ms == eng_ms}")
+        print(line, flush=True)
+
+
+def main() -> None:
+    """Run the benchmark and print the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    ap.add_argument("--sweep-points", type=int, default=1000)
+    args = ap.parse_args()
+    big, plan_big = (2000, 1000) if args.quick else (100_000, 10_000)
+    print("1. micro-batches/s on the bench_engine.py fleets (4 single-worker servers, buffer 64, accumulate 4)")
+    rates([(1000, 100), (10_000, 100), (big, 100)], simpy_upto=10_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fleet.yaml"
+        path.write_text(yaml.safe_dump(scenario(big, 100, 4)))
+        wall, cpu, peak, first = whole_process(["simulate", "--devices", str(path)])
+        print(f"2. python -m sfsim simulate, {big:,} devices x 100 micro-batches, SplitFrozen, 4 servers: "
+              f"{wall:.2f} s whole process ({cpu:.2f} s CPU; {big * 100 / wall:,.0f} mb/s), peak memory {peak:.2f} GiB")
+        print(f"   ({first})")
+        print("3. python -m sfsim plan, whole process")
+        for devices, servers, mb in [(1000, 4, 20), (1000, 4, 200), (plan_big, 16, 20)]:
+            path.write_text(yaml.safe_dump(scenario(devices, mb, servers, types=12)))
+            wall, cpu, _, _ = whole_process(["plan", "--devices", str(path)])
+            print(f"   {devices:,} devices x {servers} servers, {devices * mb:,} micro-batches: {wall:.2f} s "
+                  f"({cpu:.2f} s CPU)")
+    sweep(args.sweep_points)
+
+
+def sweep(points: int) -> None:
+    """Seconds per sweep point of a 1,000-device fleet through simulate() (auto: the fast path)."""
+    import sfsim
+
+    sc = sfsim.scenario_from_dict(scenario(1000, 20, 4))
+    sfsim.simulate(sc)  # warm: compiled kernel loaded
+    t0 = time.perf_counter()
+    for p in range(points):
+        sfsim.simulate(sc, splits=1 + p % 3)
+    per = (time.perf_counter() - t0) / points
+    print(f"4. sweep of a 1,000-device fleet (20,000 micro-batches a point) through simulate(): {points} points "
+          f"in {per * points:.1f} s ({per * 1e3:.1f} ms a point); 10,000 points extrapolated: {per * 1e4 / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The fast path: an exact replay of SplitFrozen beside the SimPy engine, compiled with numba.
+
+Same inputs as the engine (a schedule's job and run knobs), same figures (to the last bits, event
+for event), memory in devices not micro-batches; on bench/bench_scale.py's fleets 12-18x the SimPy
+engine's micro-batches per second and about 100x a naive SimPy model. ``simulate(engine=...)``
+chooses it (:data:`ENGINES`); where it does not cover a run, :func:`uncovered` says why in one line.
+
+Covered: SplitFrozen pipelined and sequential, server or device credits and any buffer,
+accumulation, fused or decomposed B/W, several servers of one or more workers, the fifo,
+round-robin, proportional and paced policies, activation caching, partial last micro-batches and
+warm-up. Not covered (the SimPy engine replays them): traces and Gantt charts, the ``pool`` policy,
+backhaul sync between servers, the dynamic network (handover, time-varying links, availability),
+SplitLoRA, FedLoRA and CenLoRA.
+"""
+
+from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered
+
+__all__ = ["COVERED", "ENGINES", "Replayed", "replay", "uncovered"]
