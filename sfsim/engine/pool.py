@@ -97,6 +97,15 @@ _NORMAL = simpy.events.NORMAL  # SimPy's priority for ordinary (non-urgent) even
 _new_event = object.__new__
 
 
+class DeviceEvent(simpy.Event):
+    """An event whose only callback resumes a device process (its timer, or a credit it waits for).
+
+    A device process never resumes a worker in the same step (it only schedules events), so a worker
+    may process such an event inline, in queue order, instead of handing control back to SimPy
+    (:meth:`Engine.advance`): the same events run in the same order, with less machinery.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # Engine
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +160,58 @@ class Engine:
         ev.env, ev.callbacks, ev._ok, ev._value = env, [], True, None
         heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
         return ev
+
+    def device_at(self, t: float) -> DeviceEvent:
+        """:meth:`at` for a device process's own timer (see :class:`DeviceEvent`)."""
+        env = self.env
+        ev = _new_event(DeviceEvent)
+        ev.env, ev.callbacks, ev._ok, ev._value = env, [], True, None
+        heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
+        return ev
+
+    def start(self, fn) -> None:
+        """Call ``fn(event)`` now, as SimPy starts a process (urgent, in start order): a callback process's start."""
+        env = self.env
+        ev = _new_event(DeviceEvent)
+        ev.env, ev.callbacks, ev._ok, ev._value = env, [fn], True, None
+        heapq.heappush(env._queue, (env._now, simpy.events.URGENT, next(env._eid), ev))
+
+    def device_event(self) -> DeviceEvent:
+        """A pending :class:`DeviceEvent` (a device waits on it for a credit)."""
+        ev = _new_event(DeviceEvent)
+        ev.env, ev.callbacks, ev._value = self.env, [], simpy.events.PENDING
+        return ev
+
+    def until(self, t: float, eid: int = -1) -> simpy.Event | None:
+        """Move the caller's process to time ``t`` (>= now): None when done at once, else an event to yield.
+
+        The caller's timer takes its place in SimPy's queue as :meth:`at` would; the
+        :class:`DeviceEvent` s ahead of it run inline, in queue order, and when nothing else comes
+        before it the clock moves to ``t`` without a SimPy step. Exactly what ``env.run()`` would do,
+        in the same order, with less machinery (the hot path of a SplitFrozen worker). ``eid``: an
+        event id reserved for the timer earlier (-1: take the next one now).
+        """
+        env = self.env
+        queue = env._queue
+        if eid < 0:
+            eid = next(env._eid)
+        while queue:
+            top = queue[0]
+            at = top[0]
+            if at > t or (at == t and (top[1] > _NORMAL or (top[1] == _NORMAL and top[2] > eid))):
+                break  # the caller's timer is next
+            ev = top[3]
+            if ev.__class__ is not DeviceEvent:  # another process may run first: a real SimPy step
+                ev = _new_event(simpy.Event)
+                ev.env, ev.callbacks, ev._ok, ev._value = env, [], True, None
+                heapq.heappush(queue, (t, _NORMAL, eid, ev))
+                return ev
+            env._now = heapq.heappop(queue)[0]
+            callbacks, ev.callbacks = ev.callbacks, None
+            for callback in callbacks:
+                callback(ev)
+        env._now = t
+        return None
 
     def trigger_at(self, ev: simpy.Event, t: float, value=None) -> None:
         """Trigger the pending event ``ev`` with ``value`` at exactly the absolute time ``t`` (>= now)."""
@@ -213,6 +274,19 @@ class FifoLane:
         return ends
 
 
+class _WorkerState:
+    """One worker's running state: its lane, deferred W's, window count, busy seconds and last op end."""
+
+    __slots__ = ("lane", "flight", "queued_w", "done", "busy", "last")
+
+    def __init__(self, lane: str, flight: float):
+        self.lane, self.flight = lane, flight
+        self.queued_w: deque = deque()  # (device, mb) whose W is deferred
+        self.done = 0                   # micro-batches processed since this worker's last step
+        self.busy = 0.0
+        self.last = 0.0                 # when this worker's last op ends (the trace's last event on its lane)
+
+
 class ServerPool:
     """A SplitFrozen server: credits, pending arrivals, a policy, and ``count`` worker processes.
 
@@ -250,6 +324,7 @@ class ServerPool:
         self.senders = None
         self.policy = self._policy(policy, buffer, sequential, pool_bytes, seed)
         self.give = self._givers()
+        self._direct: list | None = None  # built at the first claim, after every give is set
         self.mixing = engine.mixing[server.name] = StreamMixing(totals)
         self.unclaimed = sum(totals)
         self.pending: list = []           # heap of (arrival, seq, device, mb) not yet arrived
@@ -360,19 +435,49 @@ class ServerPool:
         for ev in idle:
             ev.succeed()
 
-    def _claim(self, i: int, n: int) -> None:
-        """Bookkeeping when a worker starts micro-batch ``n`` of device ``i``."""
+    def _claim(self, i: int, n: int, eid: int = -1) -> int:
+        """Bookkeeping when a worker starts micro-batch ``n`` of device ``i``.
+
+        ``eid``: a SimPy event id the worker reserved for its next timer, when nothing else happens in
+        its step after this call (the fast path). A device granted the returned credit then goes on
+        at once (it would be the next to run) when nothing else is queued for now; else its grant takes
+        the reserved id, which it would have had. Returns the id left for the worker's timer (-1: none).
+        """
         dev = self.devices[i]
         self.unclaimed -= 1
         self.mixing.add(i)
+        replay = n + 1 < dev.n and n + 1 >= dev.sent
         if n < dev.sent:  # a sent micro-batch frees its credit; a replay holds none
-            give = self.give[i]
-            if give is not None:
-                give()
-        if n + 1 < dev.n and n + 1 >= dev.sent:
-            self.push(self.env.now, i, n + 1)  # the next cached micro-batch becomes eligible now
+            acct = (self._direct or self._directs())[i]
+            if acct is None:
+                give = self.give[i]
+                if give is not None:
+                    give()
+            elif (waiting := acct.waiting) and waiting[0][0] <= self.env._now:  # Credits.give_back, inlined
+                env, ev = self.env, heapq.heappop(waiting)[2]  # to the longest-ready waiter
+                ev._ok, ev._value = True, True
+                queue = env._queue
+                if eid >= 0 and not replay and self.unclaimed and ev.__class__ is DeviceEvent and (
+                        not queue or queue[0][0] > env._now):
+                    callbacks, ev.callbacks = ev.callbacks, None  # nothing else runs before it: go on now
+                    for callback in callbacks:
+                        callback(ev)
+                else:
+                    heapq.heappush(queue, (env._now, _NORMAL, next(env._eid) if eid < 0 else eid, ev))
+                    eid = -1
+            else:
+                acct.give_back()
+        if replay:
+            self.push(self.env._now, i, n + 1)  # the next cached micro-batch becomes eligible now
         if self.unclaimed == 0:
             self._wake_all()  # idle workers may now flush their W's and final step
+        return eid
+
+    def _directs(self) -> list:
+        """``[i]``: the :class:`Credits` whose plain ``give_back`` starting a micro-batch of ``i`` calls, else None."""
+        self._direct = [a if a is not None and g == a.give_back else None
+                        for a, g in zip(self.account, self.give, strict=True)]
+        return self._direct
 
     # -- worker ------------------------------------------------------------------------------------
     def _min_flight(self) -> float:
@@ -385,23 +490,26 @@ class ServerPool:
         return min((d.up_s * d.last + d.up_l for d in mine), default=0.0)  # a partial one sends sooner
 
     def _worker(self, w: int):
-        env, rec, devices, at = self.env, self.engine.record, self.devices, self.engine.at
-        lane, step_s = self.server.lane(w), self.server.step
-        policy, pending, heappop = self.policy, self.pending, heapq.heappop
+        """One worker's process: take an eligible micro-batch and run it, else :meth:`_idle`."""
+        env, engine = self.env, self.engine
+        wk = _WorkerState(self.server.lane(w), self._min_flight())
+        policy, pending, step_s, acc = self.policy, self.pending, self.server.step, self.accumulate
         defer = self.decompose and not self.sequential
-        fast = defer and self.engine.events is None
-        flight = self._min_flight()
-        queued_w: deque = deque()  # (device, mb) whose W is deferred
-        done = 0                    # micro-batches processed since this worker's last step
-        busy = 0.0
-        last = 0.0                  # when this worker's last op ends (the trace's last event on its lane)
+        stream = defer and engine.events is None and self.sync is None
         woken = False               # resumed from the idle FIFO: take work without deferring again
         while True:
+            if stream:
+                woken = yield from self._stream(wk, woken)
             now = env._now  # env.now without the property call (hot loop)
             while pending and pending[0][0] <= now:
-                _, _, i, n = heappop(pending)
+                _, _, i, n = heapq.heappop(pending)
                 policy.push(i, n)
-            if self.idle and not woken and policy:
+            if not policy:
+                woken = yield from self._idle(wk, now)
+                if woken is None:
+                    return
+                continue
+            if self.idle and not woken:
                 # Workers idle longer choose first: wake them and queue behind them (same instant).
                 ev = env.event()
                 self._wake_all()
@@ -410,72 +518,127 @@ class ServerPool:
                 woken = True
                 continue
             woken = False
-            if policy:
-                i, n = policy.pop()
-                self._claim(i, n)
-                if fast:
-                    d = devices[i]
-                    queued_w.append((i, n))
-                    x = 1.0 if d.last == 1.0 else d.size(n)
-                    t = now + d.srv_f * x + d.srv_b * x  # same rounding as _run_mb
-                else:
-                    t = self._run_mb(lane, i, n, now, defer, queued_w)
-                done += 1
-                stepped = done == self.accumulate
-                if stepped:
-                    t = self._step(lane, t, queued_w, step_s)
-                    done = 0
-                busy += t - now
-                if t > now:
-                    last = t
-                yield at(t)
-                if stepped and self.sync is not None:
-                    yield from self._synced()
-            elif queued_w:
-                # Idle: run deferred W's one after another while no micro-batch can have arrived;
-                # no push made from now on arrives before now + flight, so batching them is exact.
-                bound = min(pending[0][0] if pending else math.inf, now + flight)
-                t = now
-                while queued_w and (t == now or t < bound):
-                    i, n = queued_w.popleft()
-                    d = devices[i]
-                    w_s = d.srv_w * d.size(n)
-                    rec(lane, "W", t, w_s, n, d.name)
-                    t += w_s
-                busy += t - now
-                if t > now:
-                    last = t
-                yield at(t)
-            elif self.unclaimed == 0:
-                if done:
-                    rec(lane, "step", now, step_s)
-                    busy += step_s
-                    if step_s > 0:
-                        last = now + step_s
-                    yield at(now + step_s)
-                    if self.sync is not None:
-                        yield from self._synced()
-                self.busy += busy
-                self.end = max(self.end, last)
-                self.running -= 1
-                if self.running == 0 and self.sync is not None:
-                    self.sync.leave(self.index)
-                return
-            elif pending and pending[0][0] <= now + flight:
-                held = policy.held  # arrived micro-batches the policy holds back (paced, pool)
-                yield at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
-                if held and self._waited(lane, now):
-                    last = env.now
+            i, n = policy.pop()
+            self._claim(i, n)
+            t = self._run_mb(wk.lane, i, n, now, defer, wk.queued_w)
+            wk.done += 1
+            stepped = wk.done == acc
+            if stepped:
+                t = self._step(wk.lane, t, wk.queued_w, step_s)
+                wk.done = 0
+            wk.busy += t - now
+            if t > now:
+                wk.last = t
+            yield engine.at(t)
+            if stepped and self.sync is not None:
+                yield from self._synced()
+
+    def _stream(self, wk: _WorkerState, woken: bool):
+        """The hot path (no trace, deferred W's, no backhaul): take and run micro-batches while any is eligible.
+
+        Returns (as a generator) ``woken`` for :meth:`_worker` when no micro-batch may start now or
+        idle workers must choose first; the timings are :meth:`_run_mb`'s, by the same arithmetic.
+        """
+        env, devices, until, claim, heappop = self.env, self.devices, self.engine.until, self._claim, heapq.heappop
+        policy, pending, step_s, acc, eids = self.policy, self.pending, self.server.step, self.accumulate, env._eid
+        queued_w, push, pop = wk.queued_w, policy.push, policy.pop
+        fifo, queue = policy.__class__ is FifoPolicy, env._queue  # fifo: arrival order is the heap's order
+        arrived = policy.queue if fifo else None
+        done, busy, last = wk.done, wk.busy, wk.last
+        while True:
+            now = env._now
+            if fifo and not arrived and pending and pending[0][0] <= now and not (self.idle and not woken):
+                _, _, i, n = heappop(pending)  # what the policy would hand out next, without the round trip
             else:
-                held = policy.held
-                ev = env.event()
-                self.idle.append(ev)
-                if pending and pending[0][0] < self.alarm_at:
-                    self._arm(pending[0][0])
+                while pending and pending[0][0] <= now:
+                    _, _, i, n = heappop(pending)
+                    push(i, n)
+                if not policy or (self.idle and not woken):
+                    break
+                i, n = pop()
+            woken = False
+            eid = claim(i, n, next(eids))
+            d = devices[i]
+            queued_w.append((i, n))
+            x = 1.0 if d.last == 1.0 else d.size(n)
+            t = now + d.srv_f * x + d.srv_b * x  # same rounding as _run_mb
+            done += 1
+            if done == acc:  # _step without a trace: every queued W, then the optimizer step
+                while queued_w:
+                    j, m = queued_w.popleft()
+                    d = devices[j]
+                    t += d.srv_w * (1.0 if d.last == 1.0 else d.size(m))
+                t += step_s
+                done = 0
+            busy += t - now
+            if t > now:
+                last = t
+            if not queue or queue[0][0] > t:
+                env._now = t  # nothing else happens before: what until() would do, without the call
+                continue
+            ev = until(t, eid)
+            if ev is not None:
                 yield ev
-                woken = True
-                if held and self._waited(lane, now):
-                    last = env.now
+        wk.done, wk.busy, wk.last = done, busy, last
+        return woken
+
+    def _idle(self, wk: _WorkerState, now: float):
+        """No micro-batch may start now: run deferred W's, end the worker, or sleep until work may come.
+
+        Returns (as a generator) True when woken from the idle FIFO, False otherwise, None when the
+        worker has ended.
+        """
+        env, pending, queued_w = self.env, self.pending, wk.queued_w
+        if queued_w:
+            # Run deferred W's one after another while no micro-batch can have arrived;
+            # no push made from now on arrives before now + flight, so batching them is exact.
+            bound = min(pending[0][0] if pending else math.inf, now + wk.flight)
+            t = now
+            while queued_w and (t == now or t < bound):
+                i, n = queued_w.popleft()
+                d = self.devices[i]
+                w_s = d.srv_w * d.size(n)
+                self.engine.record(wk.lane, "W", t, w_s, n, d.name)
+                t += w_s
+            wk.busy += t - now
+            if t > now:
+                wk.last = t
+            yield self.engine.at(t)
+            return False
+        if self.unclaimed == 0:
+            yield from self._final(wk, now)
+            return None
+        held = self.policy.held  # arrived micro-batches the policy holds back (paced, pool)
+        if pending and pending[0][0] <= now + wk.flight:
+            yield self.engine.at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
+            woken = False
+        else:
+            ev = env.event()
+            self.idle.append(ev)
+            if pending and pending[0][0] < self.alarm_at:
+                self._arm(pending[0][0])
+            yield ev
+            woken = True
+        if held and self._waited(wk.lane, now):
+            wk.last = env.now
+        return woken
+
+    def _final(self, wk: _WorkerState, now: float):
+        """Nothing left to hand out: a final step on a partial window, then the worker ends."""
+        step_s = self.server.step
+        if wk.done:
+            self.engine.record(wk.lane, "step", now, step_s)
+            wk.busy += step_s
+            if step_s > 0:
+                wk.last = now + step_s
+            yield self.engine.at(now + step_s)
+            if self.sync is not None:
+                yield from self._synced()
+        self.busy += wk.busy
+        self.end = max(self.end, wk.last)
+        self.running -= 1
+        if self.running == 0 and self.sync is not None:
+            self.sync.leave(self.index)
 
     def _waited(self, lane: str, start: float) -> bool:
         """A worker sat idle from ``start`` to now while the policy held micro-batches back: op ``wait``.

@@ -21,6 +21,8 @@ sequential, with ``srv`` = server F + B + W seconds.
 
 from __future__ import annotations
 
+from simpy.events import PENDING
+
 from sfsim.engine import dynamic
 from sfsim.engine.dynamic import network
 from sfsim.engine.pool import DeviceTimes, Engine, ServerPool, ServerTimes
@@ -71,7 +73,6 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
     pools = [ServerPool(engine, s, views[k] if views else job.devices, k, cfg.buffer, cfg.accumulate,
                         cfg.decompose, cfg.policy, sequential, cfg.credits, cfg.pool_memory, cfg.seed)
              for k, s in enumerate(job.servers)]
-    proc = _sequential if sequential else _pipelined
     moving = net.moving if net else {}
     if moving:
         dynamic.prepare(engine, pools, cfg.buffer, moving, sequential)
@@ -81,46 +82,92 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
         engine.up_bytes[d.name] = d.units(d.sent) * d.up_bytes
         engine.down_bytes[d.name] = 0.0
         if d.sent and i not in moving:
-            engine.env.process(proc(engine, pools[d.server], i, d))
+            if sequential:
+                engine.env.process(_sequential(engine, pools[d.server], i, d))
+            else:
+                _Pipelined(engine, pools[d.server], i, d)
 
 
-def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
-    """One device streaming micro-batches back to back (double buffering, credits)."""
-    env, rec, at = engine.env, engine.record, engine.at
-    f, s, lat, name, lane = d.f, d.up_s, d.up_l, d.name, "link:" + d.name
-    acct, send = pool.account[i], pool.send if pool.senders is not None else pool.push
-    f_start = 0.0
-    link_free = 0.0
-    for n in range(d.sent):
+class _Pipelined:
+    """One device streaming micro-batches back to back (double buffering, credits), as callbacks.
+
+    The same steps as a SimPy process (see the module docstring for the timing), written as a small
+    state machine whose callbacks are :class:`~sfsim.engine.pool.DeviceEvent` s: a server worker may
+    run them inline (:meth:`~sfsim.engine.pool.Engine.until`), which keeps the hot path short.
+    """
+
+    __slots__ = ("engine", "env", "d", "i", "acct", "send", "n", "x", "fx", "f_start", "f_end", "ready",
+                 "link_free", "event")
+
+    def __init__(self, engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
+        self.engine, self.env, self.d, self.i = engine, engine.env, d, i
+        self.acct, self.send = pool.account[i], pool.send if pool.senders is not None else pool.push
+        self.n, self.x, self.fx = 0, 1.0, 0.0
+        self.f_start = self.f_end = self.ready = self.link_free = 0.0
+        self.event = engine.device_event()  # reused for every credit wait: one is pending at a time
+        engine.start(self._next)
+
+    def _next(self, _ev=None) -> None:
+        """Forward micro-batch ``n`` from ``f_start``; when it and the link are done, get a credit and send."""
+        d, n = self.d, self.n
+        if n == d.sent:
+            return
         x = 1.0 if d.last == 1.0 else d.size(n)  # the last micro-batch of an epoch may be partial
-        fx = f * x + (d.warmup if n == 0 else 0.0)  # d.fwd(n), inlined on the hot path
-        f_end = f_start + fx
-        ready = f_end if f_end > link_free else link_free
-        while True:  # get a credit at or after `ready` (see engine.Credits.wait)
-            if ready > env._now:
-                if acct.credits:
-                    yield at(ready)  # one is free now: check again when ready
-                    continue
-                ev = env.event()
-                acct.wait(ready, ev)
-                if (yield ev):
-                    break  # granted
-                continue  # a credit came back before `ready`: try for it now
-            if acct.credits:
-                acct.credits -= 1
-                break
-            ev = env.event()
-            acct.wait(env.now, ev)
-            yield ev  # fires when granted
-            break
-        t0 = env._now
-        if engine.events is not None:
-            rec(name, "F", f_start, fx, n, name)
-            rec(name, "wait", f_end, t0 - f_end, n, name)
-            rec(lane, "send", t0, s * x, n, name)
-        link_free = t0 + s * x
-        send(link_free + lat, i, n)
-        f_start = t0
+        fx = d.f * x + (d.warmup if n == 0 else 0.0)  # d.fwd(n), inlined on the hot path
+        f_end = self.f_start + fx
+        self.x, self.fx, self.f_end = x, fx, f_end
+        self.ready = f_end if f_end > self.link_free else self.link_free
+        self._try()
+
+    def _try(self, _ev=None) -> None:
+        """Get a credit at or after ``ready`` (see engine.Credits.wait), then send."""
+        acct, ready, engine = self.acct, self.ready, self.engine
+        if ready > self.env._now:
+            if acct.credits:  # one is free now: check again when ready
+                engine.device_at(ready).callbacks.append(self._try)
+                return
+            acct.wait(ready, self._pending(self._send))  # True: granted; False: try again now
+        elif acct.credits:
+            acct.credits -= 1
+            self._send()
+        else:
+            acct.wait(self.env._now, self._pending(self._send))  # fires when granted
+
+    def _pending(self, callback):
+        """The device's credit event, pending again, with ``callback``."""
+        ev = self.event
+        ev.callbacks, ev._value = [callback], PENDING
+        return ev
+
+    def _send(self, ev=None) -> None:
+        """Send micro-batch ``n`` now (a credit is held), then forward the next one (``ev`` False: no credit yet)."""
+        if ev is not None and ev._value is False:
+            self._try()  # a credit came back before `ready`: try for it now
+            return
+        d, n, x, t0 = self.d, self.n, self.x, self.env._now
+        if self.engine.events is not None:
+            rec, name = self.engine.record, d.name
+            rec(name, "F", self.f_start, self.fx, n, name)
+            rec(name, "wait", self.f_end, t0 - self.f_end, n, name)
+            rec("link:" + name, "send", t0, d.up_s * x, n, name)
+        link_free = self.link_free = t0 + d.up_s * x
+        self.send(link_free + d.up_l, self.i, n)
+        self.f_start = t0
+        self.n = n = n + 1
+        if n == d.sent:
+            return
+        x = 1.0 if d.last == 1.0 else d.size(n)  # _next, inlined on the hot path (n > 0: no warm-up)
+        fx = d.f * x
+        f_end = t0 + fx
+        self.x, self.fx, self.f_end = x, fx, f_end
+        ready = self.ready = f_end if f_end > link_free else link_free
+        acct = self.acct
+        if ready > t0 and not acct.credits:  # _try's usual case, inlined: wait for a credit
+            ev = self.event
+            ev.callbacks, ev._value = [self._send], PENDING
+            acct.wait(ready, ev)
+        else:
+            self._try()
 
 
 def _sequential(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
