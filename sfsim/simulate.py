@@ -13,7 +13,7 @@ cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else 
 trains its own replica on its devices' micro-batches; with ``training.sync`` the SplitFrozen servers
 average their adapters over their backhaul links (:mod:`sfsim.network.backhaul`). Handovers, time-varying
 links and device availability are simulated for every schedule but cenlora, which has no device
-links (:mod:`sfsim.engine.dynamic`).
+links (:mod:`sfsim.schedules.network`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from sfsim.cost.energy import run_energy
 from sfsim.cost.memory import check_memory
 from sfsim.cost.model import CostModel
-from sfsim.engine.dynamic import check_supported, report
+from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.engine.pool import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.methods import canonical
@@ -35,7 +35,8 @@ from sfsim.scenario.assign import resolve_assignment
 from sfsim.scenario.config import Scenario
 from sfsim.scenario.planfile import Plan, load_plan
 from sfsim.schedules import RunConfig, Setup, get
-from sfsim.schedules.splitlora import CLIENT_ORDERS, FIXED_ORDERS
+from sfsim.schedules.network import check_supported, report
+from sfsim.schedules.splitlora import CLIENT_ORDERS
 
 SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
 

@@ -65,10 +65,10 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
     """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
     import json
 
-    from sfsim.engine.dynamic import Unsupported
     from sfsim.outputs.report import comparison_table, summary
     from sfsim.scenario.overrides import load_scenario_with, parse_sets
     from sfsim.scenario.schema import write_atomic
+    from sfsim.schedules.network import Unsupported
     from sfsim.simulate import applicable, check_options
     from sfsim.simulate import simulate as run
 

@@ -18,6 +18,11 @@ SERVER_ORDERS = {
     "pool": "a mixing buffer: arrivals pooled up to a memory bound, drawn uniformly at random (seeded)",
 }
 
+#: ``training.server_policy`` -> the fixed order (:func:`server_order`) a SplitLoRA server follows for it
+#: (the trainer's ``--server-order``; absent: arrival order).
+FIXED_ORDERS = {"paced-proportional": "proportional", "proportional": "proportional",
+                "paced-round-robin": "round-robin", "round-robin": "round-robin"}
+
 
 def server_order(counts: dict[str, int], policy: str, periods: dict[str, float] | None = None) -> list[str]:
     """The device sequence a server trains on in one epoch (each device appears ``counts[d]`` times).

@@ -226,7 +226,7 @@ class Engine:
     def soft_at(self, t: float, fn) -> None:
         """Call ``fn()`` at time ``t`` unless the run has ended by then (a timeout that does not extend it).
 
-        The dynamic network's deadlines (:mod:`sfsim.engine.dynamic`) use it: a handover at 120 s must wake a
+        The dynamic network's deadlines (:mod:`sfsim.schedules.splitfrozen`) use it: a handover at 120 s must wake a
         device waiting for a credit, but must not make a run that ended at 50 s last until 120 s.
         """
         if not self.soft_timers:
@@ -272,6 +272,17 @@ class FifoLane:
             ends.append(t)
         self.free_at = t
         return ends
+
+
+class _Stream:
+    """The device order of a server's stream, kept until the run's totals are known (:meth:`ServerPool.mix_received`)."""
+
+    def __init__(self, stream: list[int]):
+        self.stream = stream
+
+    def add(self, i: int) -> None:
+        """Record that device ``i``'s micro-batch is next in the stream."""
+        self.stream.append(i)
 
 
 class _WorkerState:
@@ -337,7 +348,7 @@ class ServerPool:
         self.busy = 0.0
         self.end = 0.0                    # when the last op of any worker ends (what a trace would show)
         self.index, self.sync, self.running = index, engine.sync, server.count
-        self.flight_bound: float | None = None  # set by sfsim.engine.dynamic: devices may arrive at any latency
+        self.flight_bound: float | None = None  # 0 once devices may arrive at any latency (open_arrivals)
         engine.on_finish(self._finish)
         self.workers = [self.env.process(self._worker(w)) for w in range(server.count)]
 
@@ -417,6 +428,50 @@ class ServerPool:
         heapq.heappush(self.pending, (arrival, self.seq, i, n))
         if self.idle and arrival < self.alarm_at:
             self._arm(arrival)
+
+    # -- devices that move and leave (the dynamic network) ----------------------------------------
+    def expect(self, i: int, credits: int) -> None:
+        """A handover may bring device ``i`` here: hold a place for it (the pool does not end while it
+        may come) and, with per-device credits, open its account of ``credits``."""
+        self.unclaimed += 1
+        if self.per_device and self.account[i] is None:
+            self.account[i] = Credits(self.engine, credits)
+            self.give[i] = self.account[i].give_back if self.claim_returns else None
+            self._direct = None
+
+    def hand_over(self, i: int, k: int) -> None:
+        """Device ``i`` arrives by a handover with ``k`` micro-batches left to send here (the place held for it goes)."""
+        self._change(i, k, 1)
+
+    def withdraw(self, i: int, k: int) -> None:
+        """``k`` micro-batches of device ``i`` will not come here (it moved away, dropped or ran out of time)."""
+        self._change(i, -k, 0)
+
+    def not_coming(self, i: int) -> None:
+        """A handover that was expected here never happens: give up the place held for device ``i``."""
+        self._change(i, 0, 1)
+
+    def _change(self, i: int, k: int, place: int) -> None:
+        self.totals[i] += k
+        self.unclaimed += k - place
+        if self.unclaimed == 0:
+            self._wake_all()  # its workers may now run their last W's and step
+
+    def open_arrivals(self) -> None:
+        """Devices may arrive at any latency (they move): keep every idle worker's wake-up exact."""
+        self.flight_bound = 0.0
+
+    def mix_received(self) -> None:
+        """Measure stream mixing over the stream this server actually receives (devices join and leave)."""
+        stream: list[int] = []
+        self.mixing = _Stream(stream)
+
+        def mixed():
+            mix = StreamMixing(self.totals)
+            for i in stream:
+                mix.add(i)
+            self.engine.mixing[self.server.name] = mix
+        self.engine.on_finish(mixed)
 
     # -- waking idle workers ---------------------------------------------------------------------
     def _arm(self, t: float) -> None:

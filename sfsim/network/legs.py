@@ -1,7 +1,7 @@
 """Legs and motions: which server and links a device of the dynamic network has when, and what it did.
 
-Every schedule's dynamic process (:mod:`sfsim.engine.dynamic` for SplitFrozen, :mod:`sfsim.schedules.dynamic_split`
-for SplitLoRA, :mod:`sfsim.schedules.dynamic_fed` for FedLoRA) shares these rules:
+Every schedule's one device process and server loop (:mod:`sfsim.schedules.splitfrozen`, :mod:`sfsim.schedules.splitlora`,
+:mod:`sfsim.schedules.fedlora`) share these rules; a static device is one leg with constant rates:
 
 * A device is on one *leg* at a time: a server, an uplink and a downlink, from its start or from a
   handover's ``at`` on (:mod:`sfsim.network.mobility`). **A transfer uses the leg holding when it starts**,
@@ -83,7 +83,7 @@ class Motion:
     busy: float = 0.0
     up_bytes: float = 0.0
     send_s: float = 0.0                     # seconds its uplink spent sending (for the radio's energy)
-    down_bytes: float = 0.0
+    downloads: int = 0                      # FedAvg averages fully received
     recv_s: float = 0.0                     # seconds its downlink spent receiving
     done: int | None = None
     steps: int = 0

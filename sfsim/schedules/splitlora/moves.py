@@ -1,12 +1,12 @@
 """SplitLoRA handovers: the servers' loops run jointly in time, and a client moves from one to another.
 
 Without handovers each SplitLoRA server computes its whole run ahead by arithmetic
-(:mod:`sfsim.schedules.splitlora`, :mod:`sfsim.schedules.dynamic_split`). With them, :class:`MovingServer`
+(:mod:`sfsim.schedules.splitlora.server`, :mod:`sfsim.schedules.splitlora.links`). With them, :class:`MovingServer`
 runs the same loop (arrival order, ``fwd`` commands, a server step every ``accumulate``
 micro-batches, FedAvg every ``fedavg_every`` server steps and at each epoch's end) as a SimPy
 process that waits until each decision's instant before taking it (which client to serve, who is in
 a FedAvg round), so that a client that joins from another server by then is taken into account. The
-primitives (compute, uplink, downlink) are :class:`~sfsim.schedules.dynamic_split.DynamicServer`'s: a transfer
+primitives (compute, uplink, downlink) are :class:`~sfsim.schedules.splitlora.links.LinkServer`'s: a transfer
 uses the leg holding when it starts (a handover's ``uplink`` / ``downlink`` from its ``at`` on).
 
 Rules, for a client whose handover at ``at`` moves it from server A to server B:
@@ -29,10 +29,10 @@ Rules, for a client whose handover at ``at`` moves it from server A to server B:
   goes to the round's server over the leg holding when the upload starts. Nothing is sent at the
   handover itself (the client brings its adapters; B's next round averages them).
 
-Availability (pause, drop) keeps :mod:`sfsim.schedules.dynamic_split`'s rules; a gone client never moves.
+Availability (pause, drop) keeps :mod:`sfsim.schedules.splitlora.links`'s rules; a gone client never moves.
 The result's ``handovers`` count micro-batches by their upload's start (``sent_before``); server
 FLOPs follow the server that trained each micro-batch; a server's stream mixing is measured over the
-micro-batches it actually served. Refused in one line (:func:`sfsim.engine.dynamic.check_supported`):
+micro-batches it actually served. Refused in one line (:func:`sfsim.schedules.network.check_supported`):
 handovers with the ``sequential`` client order (a client-after-client order over whole epochs has no
 place for a client arriving mid-run) and with the fixed orders (``proportional``, ``round-robin``,
 paced): their order is drawn per epoch over the starting clients, and a joining client has no turn
@@ -45,8 +45,8 @@ import bisect
 
 from sfsim.network.legs import INF
 from sfsim.outputs.mixing import StreamMixing
-from sfsim.schedules.dynamic_split import DynamicServer
-from sfsim.schedules.splitlora import _Client
+from sfsim.schedules.splitlora.links import LinkServer
+from sfsim.schedules.splitlora.server import Client
 
 
 def hands_over(motions) -> bool:
@@ -59,13 +59,13 @@ class Moves:
 
     def __init__(self, engine, devices, motions):
         self.engine, self.motions = engine, motions
-        self.clients = [_Client(i, d) for i, d in enumerate(devices) if d.n]
+        self.clients = [Client(i, d) for i, d in enumerate(devices) if d.n]
         self.servers: list[MovingServer] = []
         self.lost: set[int] = set()
         for c in self.clients:
             m = motions[c.i]
-            c.home, c.hold, c.since, c.starts = m.legs[0].server, 0, 0.0, []
-            c.history = [(0.0, m.legs[0].server)]  # (since, server), in time order
+            c.home = m.legs[0].server
+            c.history.append((0.0, m.legs[0].server))
             for j in range(1, len(m.legs)):
                 if m.legs[j].server != m.legs[j - 1].server:
                     engine.soft_at(m.legs[j].at, lambda c=c: self.tick(c))
@@ -98,17 +98,13 @@ class Moves:
             s.poke()
 
 
-class MovingServer(DynamicServer):
+class MovingServer(LinkServer):
     """SplitLoRA's arrival-order server loop as a process in time, taking clients that move (see module)."""
 
     def __init__(self, engine, k: int, srv, cfg, moves: Moves):
-        self.engine, self.srv, self.cfg, self.lane, self.k = engine, srv, cfg, srv.lane(0), k
-        self.moves, self.motions, self.lost = moves, moves.motions, moves.lost
+        super().__init__(engine, srv, [], cfg, self, moves.motions, moves.lost)  # its stream: self.add
+        self.k, self.moves = k, moves
         self.mix_stream: list[int] = []
-        self.mix = self  # _serve calls self.mix.add
-        self.free = self.end = self.busy = 0.0
-        self.steps = self.window = 0
-        self.relay = False
         self.left: dict = {}  # micro-batches each client has still to train this epoch
         self.out: list = []  # clients with a micro-batch out to this server
         self.unissued: dict = {}
@@ -295,7 +291,7 @@ class MovingServer(DynamicServer):
         return gone
 
 
-def run(engine, job, cfg, net) -> None:
+def run_jointly(engine, job, cfg, net) -> None:
     """Run SplitLoRA with handovers: one :class:`MovingServer` process per server."""
     engine.soft_timers = True  # handover instants must not extend the run
     moves = Moves(engine, job.devices, net.motions)

@@ -1,8 +1,8 @@
 """SplitLoRA on the dynamic network: time-varying uplinks and downlinks, and availability (pause, drop).
 
-SplitLoRA's server loop (:mod:`sfsim.schedules.splitlora`) computes a server's run by arithmetic
+SplitLoRA's server loop (:mod:`sfsim.schedules.splitlora.server`) computes a server's run by arithmetic
 over three primitives: a client's compute, a message on its uplink, a message on its downlink. On a
-dynamic network :class:`DynamicServer` replaces those, under the shared rules of
+dynamic network :class:`LinkServer` replaces those, under the shared rules of
 :mod:`sfsim.network.legs`:
 
 * a message (activations, adapters up; a gradient, a FedAvg average, a command down) queued at
@@ -24,26 +24,14 @@ The result's ``uplink_send_s`` / ``downlink_recv_s`` are the seconds the links r
 radio's energy). A transfer uses the leg holding when it starts: after a handover, its ``uplink``
 and ``downlink`` (when given). Without handovers each server's loop plays its whole run ahead by
 arithmetic; with them the loops run jointly in time, a client moving from one to another
-(:mod:`sfsim.schedules.dynamic_split_moves`, which states the handover rules).
+(:mod:`sfsim.schedules.splitlora.moves`, which states the handover rules).
 """
 
 from __future__ import annotations
 
 from sfsim.network.legs import INF, gone_at, online, record_online, span, steady
 from sfsim.network.linkrate import finish
-from sfsim.schedules.splitlora import _Server
-
-
-def network(setup, job):
-    """The job's :class:`sfsim.schedules.dynamic_fed.FedNetwork`, or None when nothing moves or varies."""
-    from sfsim.schedules.dynamic_fed import network as fed_network
-
-    net = fed_network(setup, job)
-    if net is not None:
-        for d, m in zip(setup.scenario.devices, net.motions.values(), strict=True):
-            m.done = 0  # counted as the clients' W's end; m.sent as their uploads end
-            m.srv_flops = setup.cm.splitlora_server(setup.splits[d.name]).total
-    return net
+from sfsim.schedules.splitlora.server import Server
 
 
 def span_at(rate, t: float, dur: float, bandwidth: float) -> float:
@@ -64,13 +52,13 @@ def span_at(rate, t: float, dur: float, bandwidth: float) -> float:
     return end - t if end < INF else INF
 
 
-class DynamicServer(_Server):
+class LinkServer(Server):
     """SplitLoRA's server loop whose clients' compute and links follow the dynamic network (see module)."""
 
-    def __init__(self, engine, srv, devices, members, cfg, motions):
-        super().__init__(engine, srv, devices, members, cfg)
+    def __init__(self, engine, srv, clients, cfg, mix, motions, lost: set[int]):
+        super().__init__(engine, srv, clients, cfg, mix)
         self.motions = motions
-        self.lost: set[int] = set()  # clients gone for good (drop, or windows over)
+        self.lost = lost  # clients gone for good (drop, or windows over)
 
     # -- primitives: a gone client's are no-ops; an upload that never arrives arrives at -inf ----------
     def _begin(self, c, t: float) -> float:
@@ -135,7 +123,7 @@ class DynamicServer(_Server):
         self.end = max(self.end, start + secs + leg.down_l)
         return start + secs + leg.down_l
 
-    # -- where a client's absence changes the loop (else as sfsim.schedules.splitlora) -----------------
+    # -- where a client's absence changes the loop (else as sfsim.schedules.splitlora.server) -----------------
     def _serve(self, c) -> None:
         if c.arrival == -INF:  # never arrived: the turn is skipped
             c.arrival = None
@@ -153,37 +141,3 @@ class DynamicServer(_Server):
         self.free = self._op("aggregate", t, self.srv.aggregate * len(came), -1, "")
         for c in came:
             self._down(c, self.free, c.d.sync_down_s, -1, c.d.sync_bytes)
-
-
-def run(engine, job, cfg) -> None:
-    """:func:`sfsim.schedules.splitlora.run` with :class:`DynamicServer` as every server's loop.
-
-    With handovers the loops run jointly in time (:mod:`sfsim.schedules.dynamic_split_moves`).
-    """
-    from sfsim.engine.dynamic import trace_moves
-    from sfsim.schedules import dynamic_split_moves
-
-    net = job.network
-    if dynamic_split_moves.hands_over(net.motions):  # the loops must run in step: sfsim/schedules/dynamic_split_moves.py
-        dynamic_split_moves.run(engine, job, cfg, net)
-    else:
-        _run_apart(engine, job, cfg, net)
-    if engine.events is not None:
-        for i, m in net.moving.items():
-            engine.on_finish(lambda d=job.devices[i], m=m: trace_moves(engine, d, m))
-
-
-def _run_apart(engine, job, cfg, net) -> None:
-    """Each server's loop on its own (nobody moves between servers): computed ahead by arithmetic."""
-    from sfsim.engine.pool import StreamMixing
-    from sfsim.schedules import groups
-
-    for k, members in groups(job.devices).items():
-        srv = job.servers[k]
-        engine.mixing[srv.name] = StreamMixing([d.n if d.server == k else 0 for d in job.devices])
-        for i in members:
-            name = job.devices[i].name
-            engine.device_busy[name] = engine.up_bytes[name] = engine.down_bytes[name] = 0.0
-        engine.env.process(DynamicServer(engine, srv, job.devices, members, cfg, net.motions).run())
-    for srv in job.servers:
-        engine.server_busy.setdefault(srv.name, 0.0)

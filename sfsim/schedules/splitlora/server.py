@@ -1,125 +1,23 @@
-"""SplitLoRA: split federated learning with LoRA on both sides, replayed as the trainer runs it.
+"""SplitLoRA's server loop: one server's clients driven as the trainer drives them (see :mod:`sfsim.schedules.splitlora`).
 
-This follows :mod:`trainer.methods.splitlora` on the distributed runtime step for step, per server
-(the shared server model runs on one accelerator, worker 0; FedAvg FLOPs are not counted):
-
-* **A micro-batch**: the server sends the client a ``fwd`` command; the client runs ``F`` once it has
-  the command and is free, and sends activations and labels up; the server runs ``F``, ``B`` (the
-  cut-layer gradient goes down on lane ``downlink:<dev>`` now), ``W`` (fused: ``BW``, then the
-  gradient), and a ``step`` after every ``accumulate`` (A) micro-batches it trained on; only then does
-  it send that client its next ``fwd``. The client runs ``B`` and ``W`` when the gradient arrives and a
-  ``step`` after every A of its own backward passes. A client never has two micro-batches out, and
-  computes while the server serves the others. Commands (``fwd``, ``sync``) carry no payload: one
-  downlink latency, queued behind what is already on that downlink (a gradient, an average).
-* **Client order** (``training.client_order``, :data:`CLIENT_ORDERS`):
-
-  - ``interleaved`` (SplitLoRA's reference code): the clients' micro-batches in the server's order.
-    ``training.server_policy`` ``paced-proportional`` or ``proportional`` (the trainer's default
-    ``--server-order proportional``) and ``paced-round-robin`` or ``round-robin`` are the trainer's
-    fixed orders (:func:`sfsim.engine.pacing.server_order`, one per epoch): the server waits for the named
-    client even when others have arrived. ``fifo`` (the scenario default) and ``pool`` take arrivals in
-    order, as ``--server-order fifo`` on the distributed runtime (the trainer has no pool for
-    SplitLoRA). Training goes in *segments* of ``fedavg_every`` server steps (``fedavg_every`` x A
-    micro-batches; the count runs on across epochs): the server sends ``fwd`` only for its segment's
-    micro-batches, steps on a partial window at its end, then FedAvg: every client gets ``sync``, steps
-    on a partial window, uploads its adapters; once all have arrived the server runs ``aggregate``
-    (``aggregate`` seconds per client) and sends the average down to every client. Each epoch ends
-    with a segment end and a FedAvg.
-  - ``sequential`` (classic split learning): client after client in device order, each over its whole
-    epoch; after a client's last micro-batch the server steps on a partial window and sends ``sync``,
-    the client steps on its own and uploads its adapters, and the server hands them down to the next
-    client before its first ``fwd`` (the very first client of the run starts from the initial
-    adapters). No FedAvg and no aggregate; ``fedavg_every`` and ``server_policy`` do not apply.
-
-Until this model the simulator let clients run concurrently on a FIFO server lane with a FedAvg
-barrier every ``fedavg_every`` micro-batches of each client and a step after every micro-batch; the
-trainer does none of that (see ``tests/test_schedules.py`` for the hand-derived timelines).
+:class:`Server` computes a server's whole run by arithmetic over three primitives (a client's
+compute, a message on its uplink, one on its downlink), then waits once. On the dynamic network
+:class:`~sfsim.schedules.splitlora.links.LinkServer` replaces the primitives and
+:class:`~sfsim.schedules.splitlora.moves.MovingServer` runs the same loop in time.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sfsim.engine.pacing import server_order
-from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing
-from sfsim.schedules import (
-    Barrier,
-    Job,
-    RunConfig,
-    Setup,
-    aggregate_seconds,
-    groups,
-    link_seconds,
-)
-
-#: SplitLoRA's client orders (``training.client_order``; the trainer's ``--client-order``).
-CLIENT_ORDERS = ("interleaved", "sequential")
-#: ``training.server_policy`` -> the trainer's fixed order it stands for (absent: arrival order).
-FIXED_ORDERS = {"paced-proportional": "proportional", "proportional": "proportional",
-                "paced-round-robin": "round-robin", "round-robin": "round-robin"}
-
-
-def build(setup: Setup, cache: bool = False) -> Job:
-    """Stage durations and FLOPs for SplitLoRA (``setup.splits`` = client blocks per device).
-
-    Returns:
-        A :class:`~sfsim.schedules.Job`; ``cache`` is ignored (the client trains: nothing to reuse).
-    """
-    sc, cm, idx, L = setup.scenario, setup.cm, setup.server_index, setup.scenario.arch.n_layers
-    servers = []
-    for s in sc.servers:
-        cuts = [setup.splits[d.name] for d in sc.devices if setup.assignment[d.name] == s.name] or [0]
-        # one shared server model: LoRA on blocks min(cut)..L-1 and the head
-        params = cm.trainable_params(range(min(cuts), L), head=True)
-        servers.append(ServerTimes(s.name, s.count, cm.optimizer_seconds(params, s), 0.0))
-    job = Job([], servers, server_flops={s.name: 0.0 for s in sc.servers})
-    for d in sc.devices:
-        k, srv = setup.splits[d.name], sc.server_by_name[setup.assignment[d.name]]
-        _, n = setup.micro_batches(d)
-        client, server = cm.splitlora_client(k), cm.splitlora_server(k)
-        f, b, w = cm.seconds(client, d)
-        sf, sb, sw = cm.seconds(server, srv)
-        up, down = cm.uplink_bytes(k), cm.gradient_bytes(k)
-        adapter_params = cm.trainable_params(range(k), head=False)
-        sync = cm.adapter_bytes(range(k), head=False)
-        dt = DeviceTimes(
-            d.name, idx[srv.name], n, f=f, b=b, w=w, step=cm.optimizer_seconds(adapter_params, d),
-            up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, down_s=link_seconds(down, d.downlink),
-            down_l=d.downlink.latency, sync_up_s=link_seconds(sync, d.uplink),
-            sync_down_s=link_seconds(sync, d.downlink), srv_f=sf, srv_b=sb, srv_w=sw,
-            up_bytes=up, down_bytes=down, sync_bytes=sync, **setup.partial(d))
-        job.devices.append(dt)
-        job.device_flops[d.name] = dt.units(n) * client.total
-        job.server_flops[srv.name] += dt.units(n) * server.total
-        k_agg = servers[idx[srv.name]]
-        servers[idx[srv.name]] = ServerTimes(k_agg.name, k_agg.count, k_agg.step,
-                                             max(k_agg.aggregate, aggregate_seconds(adapter_params, srv, cm)))
-    from sfsim.schedules import dynamic_split  # varying links, pause: sfsim/schedules/dynamic_split.py
-
-    job.network = dynamic_split.network(setup, job)
-    return job
-
-
-def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
-    """Start one process per server that replays the trainer's server loop over its clients."""
-    if job.network is not None:  # the dynamic network: the same loop over its compute and links
-        from sfsim.schedules import dynamic_split
-
-        return dynamic_split.run(engine, job, cfg)
-    for k, members in groups(job.devices).items():
-        srv = job.servers[k]
-        engine.mixing[srv.name] = StreamMixing([d.n if d.server == k else 0 for d in job.devices])
-        for i in members:
-            name = job.devices[i].name
-            engine.device_busy[name] = engine.up_bytes[name] = engine.down_bytes[name] = 0.0
-        engine.env.process(_Server(engine, srv, job.devices, members, cfg).run())
-    for srv in job.servers:
-        engine.server_busy.setdefault(srv.name, 0.0)
+from sfsim.engine.pacing import FIXED_ORDERS, server_order
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
+from sfsim.schedules.common import RunConfig
 
 
 @dataclass(eq=False)
-class _Client:
+class Client:
     """One client as its server drives it: stage times, and when its device and links are next free."""
 
     i: int
@@ -131,16 +29,22 @@ class _Client:
     mb: int = -1  # the micro-batch it has out
     arrival: float | None = None  # when that micro-batch reaches the server (None: nothing out)
     since_step: int = 0  # backward passes since its last optimizer step
+    sent_at: float = 0.0  # when its last activation upload started (the dynamic network's legs)
+    # with handovers (sfsim.schedules.splitlora.moves): who holds it since when, and its upload starts
+    home: int = -1  # the server holding it
+    hold: int = 0  # index of the leg it was last handed over on
+    since: float = 0.0  # when its current server took it
+    starts: list[float] = field(default_factory=list)  # start times of its activation uploads
+    history: list[tuple[float, int]] = field(default_factory=list)  # (since, server), in time order
 
 
-class _Server:
+class Server:
     """The trainer's SplitLoRA server loop for one server's clients: times by arithmetic, then one wait."""
 
-    def __init__(self, engine: Engine, srv: ServerTimes, devices: list[DeviceTimes], members: list[int],
-                 cfg: RunConfig):
+    def __init__(self, engine: Engine, srv: ServerTimes, clients: list[Client], cfg: RunConfig, mix):
         self.engine, self.srv, self.cfg, self.lane = engine, srv, cfg, srv.lane(0)
-        self.clients = [_Client(i, devices[i]) for i in members if devices[i].n]
-        self.mix = engine.mixing[srv.name]
+        self.clients = clients
+        self.mix = mix  # what records the server's stream (a StreamMixing)
         self.free = self.end = self.busy = 0.0  # server free at; last instant of the run; busy seconds
         self.steps = self.window = 0  # server steps so far; micro-batches since its last step
         self.relay = False  # sequential: some client has handed its adapters on
@@ -159,7 +63,7 @@ class _Server:
         yield self.engine.at(self.end)
 
     # -- the two client orders (trainer.methods.splitlora: server_epoch, _sequential) -------------------
-    def _interleaved(self, counts: dict[_Client, int]) -> None:
+    def _interleaved(self, counts: dict[Client, int]) -> None:
         every, acc = self.cfg.fedavg_every, self.cfg.accumulate
         kind = FIXED_ORDERS.get(self.cfg.policy)
         by_name = {c.d.name: c for c in counts}
@@ -177,7 +81,7 @@ class _Server:
                 self._fedavg()
         self._fedavg()
 
-    def _sequential(self, counts: dict[_Client, int]) -> None:
+    def _sequential(self, counts: dict[Client, int]) -> None:
         for c, k in counts.items():
             if self.relay:  # the previous client's adapters, down before the first fwd
                 self._down(c, self.free, c.d.sync_down_s, -1, c.d.sync_bytes)
@@ -192,7 +96,7 @@ class _Server:
             self.relay = True
 
     # -- segments between FedAvg rounds (trainer: _segment) ----------------------------------------------
-    def _fixed_segment(self, seg: list[_Client], left: dict[_Client, int]) -> None:
+    def _fixed_segment(self, seg: list[Client], left: dict[Client, int]) -> None:
         """Serve ``seg`` in its order, waiting for each named client's micro-batch."""
         todo = {c: 0 for c in left}
         for c in seg:
@@ -207,11 +111,11 @@ class _Server:
             if todo[c]:
                 self._issue(c, self.free)
 
-    def _arrival_segment(self, quota: int, left: dict[_Client, int]) -> None:
+    def _arrival_segment(self, quota: int, left: dict[Client, int]) -> None:
         """Serve ``quota`` micro-batches in arrival order (ties: device order).
 
-        A turn of a client that is gone (arrival ``-inf``, set by :mod:`sfsim.schedules.dynamic_split` on the
-        dynamic network) is skipped and does not count toward ``quota``.
+        A turn of a client that is gone (arrival ``-inf``, set by :mod:`sfsim.schedules.splitlora.links` on the
+        dynamic network, :mod:`sfsim.schedules.splitlora.links`) is skipped and does not count toward ``quota``.
         """
         unissued, issued = dict(left), 0
         for c in left:
@@ -235,13 +139,13 @@ class _Server:
                 out.append(c)
 
     @staticmethod
-    def _count_down(left: dict[_Client, int], c: _Client) -> None:
+    def _count_down(left: dict[Client, int], c: Client) -> None:
         left[c] -= 1
         if not left[c]:
             del left[c]
 
     # -- one micro-batch ---------------------------------------------------------------------------------
-    def _issue(self, c: _Client, t: float) -> None:
+    def _issue(self, c: Client, t: float) -> None:
         """``fwd`` sent at ``t``: the client's forward and upload of its next micro-batch."""
         d, n = c.d, c.next
         c.next, c.mb, x = n + 1, n, d.size(n)  # the last micro-batch of an epoch may be partial
@@ -249,7 +153,7 @@ class _Server:
         c.free = self._device(c, "F", start, d.fwd(n), n)
         c.arrival = self._up(c, c.free, d.up_s * x, n, d.up_bytes * x)
 
-    def _serve(self, c: _Client) -> None:
+    def _serve(self, c: Client) -> None:
         """Server F, B (gradient down), W, maybe its step; the client's B, W, maybe its step."""
         d, n, acc = c.d, c.mb, self.cfg.accumulate
         x = d.size(n)
@@ -277,12 +181,12 @@ class _Server:
             self.free = self._op("step", self.free, self.srv.step, -1, "")
             self.steps, self.window = self.steps + 1, 0
 
-    def _client_step(self, c: _Client, mb: int) -> None:
+    def _client_step(self, c: Client, mb: int) -> None:
         c.free = self._device(c, "step", c.free, c.d.step, mb)
         c.since_step = 0
 
     # -- adapters ----------------------------------------------------------------------------------------
-    def _upload_adapters(self, c: _Client) -> None:
+    def _upload_adapters(self, c: Client) -> None:
         """``sync`` sent now: the client steps on a partial window and uploads (``c.arrival``: at the server)."""
         c.free = max(c.free, self._down(c, self.free, 0.0, -1))
         if c.since_step:
@@ -307,13 +211,13 @@ class _Server:
         self.end = max(self.end, t + dur)
         return t + dur
 
-    def _device(self, c: _Client, op: str, t: float, dur: float, mb: int) -> float:
+    def _device(self, c: Client, op: str, t: float, dur: float, mb: int) -> float:
         self.engine.record(c.d.name, op, t, dur, mb, c.d.name)
         self.engine.device_busy[c.d.name] += dur
         self.end = max(self.end, t + dur)
         return t + dur
 
-    def _up(self, c: _Client, t: float, dur: float, mb: int, nbytes: float) -> float:
+    def _up(self, c: Client, t: float, dur: float, mb: int, nbytes: float) -> float:
         """A message queued on the uplink at ``t``; returns its arrival at the server."""
         start = max(t, c.up_free)
         c.up_free = start + dur
@@ -322,7 +226,7 @@ class _Server:
         self.end = max(self.end, start + dur + c.d.up_l)
         return start + dur + c.d.up_l
 
-    def _down(self, c: _Client, t: float, dur: float, mb: int, nbytes: float = 0.0) -> float:
+    def _down(self, c: Client, t: float, dur: float, mb: int, nbytes: float = 0.0) -> float:
         """A message queued on the downlink at ``t`` (a command: ``dur`` 0); returns its arrival."""
         start = max(t, c.down_free)
         c.down_free = start + dur
@@ -330,13 +234,3 @@ class _Server:
         self.engine.down_bytes[c.d.name] += nbytes
         self.end = max(self.end, start + dur + c.d.down_l)
         return start + dur + c.d.down_l
-
-
-def sync(engine: Engine, barrier: Barrier, d: DeviceTimes):
-    """Upload adapters, wait for the barrier's aggregate, download the average (a process step)."""
-    env, rec = engine.env, engine.record
-    rec("link:" + d.name, "send", env.now, d.sync_up_s, -1, d.name)
-    yield env.timeout(d.sync_up_s + d.up_l)
-    yield barrier.arrive()
-    rec("downlink:" + d.name, "send", env.now, d.sync_down_s, -1, d.name)
-    yield env.timeout(d.sync_down_s + d.down_l)
