@@ -8,6 +8,8 @@ in every run, and the simulator can replay it (``policy: paced-...``) to predict
 
 from __future__ import annotations
 
+import random
+
 from sfsim.errors import SfsimError
 
 #: Server pacing policies: which device's micro-batch the server trains on next.
@@ -80,7 +82,6 @@ class MixingPool:
     def __init__(self, capacity: int, seed: int):
         if capacity < 1:
             raise SfsimError(f"the mixing pool must hold at least one micro-batch (capacity {capacity})")
-        import random
 
         self.capacity = capacity
         self.items: list = []

@@ -23,6 +23,7 @@ Units: seconds, bits for amounts on links, bit/s for rates; server seconds per *
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -160,15 +161,45 @@ def legs_of(setup, d, up_bytes: float) -> list[Leg]:
     return legs
 
 
+def availability_of(sc, d) -> Rate | None:
+    """Scenario device ``d``'s 0/1 availability (its file or model, seeded as everywhere), or None."""
+    if d.availability is None:
+        return None
+    key = f"devices[{[t.name for t in sc.device_types].index(d.type)}].availability"
+    return availability_for(d.availability, d.name, d.type, sc.resolve_path, sc.training.seed, sc.source, key)
+
+
 def motion_of(setup, d, up_bytes: float, srv_flops: float = 0.0) -> Motion:
     """The :class:`Motion` of scenario device ``d`` (legs, availability, churn)."""
-    sc = setup.scenario
-    avail = None
-    if d.availability is not None:
-        key = f"devices[{[t.name for t in sc.device_types].index(d.type)}].availability"
-        avail = availability_for(d.availability, d.name, d.type, sc.resolve_path, sc.training.seed, sc.source, key)
     churn = d.availability.churn if d.availability is not None else "pause"
-    return Motion(legs_of(setup, d, up_bytes), avail, churn, srv_flops)
+    return Motion(legs_of(setup, d, up_bytes), availability_of(setup.scenario, d), churn, srv_flops)
+
+
+class Legs(Rate):
+    """A device's link across its handovers: leg ``j``'s rate holds on ``[starts[j], starts[j+1])``."""
+
+    def __init__(self, starts: list[float], rates: list[Rate]):
+        self.starts, self.rates = starts, rates
+
+    def segment(self, t: float) -> tuple[float, float]:
+        """The holding leg's rate at ``t``, until its own change or the next handover."""
+        j = bisect.bisect_right(self.starts, t) - 1
+        r, until = self.rates[j].segment(t)
+        nxt = self.starts[j + 1] if j + 1 < len(self.starts) else INF
+        return r, min(until, nxt)
+
+
+def uplink_rate(sc, d) -> Rate:
+    """Scenario device ``d``'s uplink rate over time across its handover legs (constant legs included)."""
+    legs = leg_links(sc, d)
+    rates = [rate if rate is not None else Constant(float(up.bandwidth)) for _, _, up, rate, _, _ in legs]
+    return rates[0] if len(rates) == 1 else Legs([float(at) for at, *_ in legs], rates)
+
+
+def first_leg_rates(sc, d) -> tuple[Rate | None, Rate | None]:
+    """(uplink, downlink) rates of scenario device ``d``'s first leg (None: constant bandwidth)."""
+    _, _, _, up, _, down = leg_links(sc, d)[0]
+    return up, down
 
 
 def span(rate: Rate | None, t: float, amount: float, x: float = 1.0) -> float:

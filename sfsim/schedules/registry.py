@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sfsim.schedules import cenlora, fedlora, splitfrozen, splitlora
+import sfsim.schedules.cenlora as cenlora
+import sfsim.schedules.fedlora as fedlora
+import sfsim.schedules.splitfrozen as splitfrozen
+import sfsim.schedules.splitlora as splitlora
 
 SCHEDULES = {"splitfrozen": splitfrozen, "splitfrozen-sequential": splitfrozen, "splitlora": splitlora,
              "fedlora": fedlora, "cenlora": cenlora}
