@@ -305,18 +305,19 @@ class ServerPool:
         for ev in idle:
             ev.succeed()
 
-    def _claim(self, i: int, n: int, eid: int = -1) -> int:
+    def _claim(self, i: int, n: int, inline: bool = False) -> int:
         """Bookkeeping when a worker starts micro-batch ``n`` of device ``i``.
 
-        ``eid``: a SimPy event id the worker reserved for its next timer, when nothing else happens in
-        its step after this call (the fast path). A device granted the returned credit then goes on
-        at once (it would be the next to run) when nothing else is queued for now; else its grant takes
-        the reserved id, which it would have had. Returns the id left for the worker's timer (-1: none).
+        ``inline``: nothing else happens in the worker's step after this call but its timer (the fast
+        path). A device granted the returned credit then goes on at once when nothing else is queued
+        for now (its grant would be the next event), and the worker's timer takes the event id reserved
+        just before it, the place it would have had. Returns that id, or -1 (the timer takes a fresh one).
         """
         dev = self.devices[i]
         self.unclaimed -= 1
         self.mixing.add(i)
         replay = n + 1 < dev.n and n + 1 >= dev.sent
+        eid = -1
         if n < dev.sent:  # a sent micro-batch frees its credit; a replay holds none
             acct = (self._direct or self._directs())[i]
             if acct is None:
@@ -327,14 +328,14 @@ class ServerPool:
                 env, ev = self.env, heapq.heappop(waiting)[2]  # to the longest-ready waiter
                 ev._ok, ev._value = True, True
                 queue = env._queue
-                if eid >= 0 and not replay and self.unclaimed and ev.__class__ is DeviceEvent and (
+                if inline and not replay and self.unclaimed and ev.__class__ is DeviceEvent and (
                         not queue or queue[0][0] > env._now):
+                    eid = next(env._eid)  # the worker's timer, scheduled before what the device does
                     callbacks, ev.callbacks = ev.callbacks, None  # nothing else runs before it: go on now
                     for callback in callbacks:
                         callback(ev)
                 else:
-                    heapq.heappush(queue, (env._now, _NORMAL, next(env._eid) if eid < 0 else eid, ev))
-                    eid = -1
+                    heapq.heappush(queue, (env._now, _NORMAL, next(env._eid), ev))
             else:
                 acct.give_back()
         if replay:
@@ -410,7 +411,7 @@ class ServerPool:
         idle workers must choose first; the timings are :meth:`_run_mb`'s, by the same arithmetic.
         """
         env, devices, until, claim, heappop = self.env, self.devices, self.engine.until, self._claim, heapq.heappop
-        policy, pending, step_s, acc, eids = self.policy, self.pending, self.server.step, self.accumulate, env._eid
+        policy, pending, step_s, acc = self.policy, self.pending, self.server.step, self.accumulate
         queued_w, push, pop = wk.queued_w, policy.push, policy.pop
         fifo, queue = policy.__class__ is FifoPolicy, env._queue  # fifo: arrival order is the heap's order
         arrived = policy.queue if fifo else None
@@ -427,7 +428,7 @@ class ServerPool:
                     break
                 i, n = pop()
             woken = False
-            eid = claim(i, n, next(eids))
+            eid = claim(i, n, True)
             d = devices[i]
             queued_w.append((i, n))
             x = 1.0 if d.last == 1.0 else d.size(n)
