@@ -1,7 +1,7 @@
 """SplitLoRA on the dynamic network (varying links, pause), and ``--schedule all`` on the mobile profile.
 
 Engine-level tests hand-make one client's stage times and replay SplitLoRA's server loop with the
-dynamic network's compute and links (:mod:`sfsim.schedules.splitlora.links`).
+dynamic network's compute and links (:mod:`sfsim.schedules.splitlora.server`).
 """
 
 from __future__ import annotations

@@ -226,6 +226,24 @@ def span(rate: Rate | None, t: float, amount: float, x: float = 1.0) -> float:
     return end - t if end < INF else INF
 
 
+def span_at(rate, t: float, dur: float, bandwidth: float) -> float:
+    """Seconds from ``t`` for what takes ``dur`` seconds at ``bandwidth`` (bit/s), at ``rate``; ``inf`` if never.
+
+    ``dur x bandwidth / r`` when one rate ``r`` holds throughout (``dur`` itself when ``r`` is the
+    nominal bandwidth: a constant rate reproduces the static schedule exactly).
+    """
+    r, until = rate.segment(t)
+    if r > 0:
+        d = dur * (bandwidth / r)
+        if t + d > until:
+            r, until = steady(rate, t, t + d)
+            d = dur * (bandwidth / r)
+        if t + d <= until:
+            return d
+    end = finish(rate, t, dur * bandwidth)
+    return end - t if end < INF else INF
+
+
 def steady(rate: Rate, t: float, horizon: float = INF) -> tuple[float, float]:
     """``(rate at t, until when it stays that rate)``, joining equal steps (a flat trace repeats every period).
 

@@ -31,8 +31,7 @@ This follows :mod:`trainer.methods.splitlora` on the distributed runtime step fo
     client before its first ``fwd`` (the very first client of the run starts from the initial
     adapters). No FedAvg and no aggregate; ``fedavg_every`` and ``server_policy`` do not apply.
 
-Layout: :mod:`.schedule` (build, run), :mod:`.server` (the loop), :mod:`.links` (its primitives on
-the dynamic network), :mod:`.moves` (handovers: the loops in time).
+Layout: :mod:`.schedule` (build, run), :mod:`.server` (the loop), :mod:`.moves` (handovers: the loops in time).
 
 Until this model the simulator let clients run concurrently on a FIFO server lane with a FedAvg
 barrier every ``fedavg_every`` micro-batches of each client and a step after every micro-batch; the
@@ -42,10 +41,9 @@ trainer does none of that (see ``tests/test_schedules.py`` for the hand-derived 
 from __future__ import annotations
 
 from sfsim.engine.pacing import FIXED_ORDERS
-from sfsim.schedules.splitlora.links import LinkServer
 from sfsim.schedules.splitlora.moves import MovingServer
 from sfsim.schedules.splitlora.schedule import CLIENT_ORDERS, build, network, run
 from sfsim.schedules.splitlora.server import Client, Server
 
-__all__ = ["CLIENT_ORDERS", "FIXED_ORDERS", "Client", "LinkServer", "MovingServer", "Server", "build", "network",
+__all__ = ["CLIENT_ORDERS", "FIXED_ORDERS", "Client", "MovingServer", "Server", "build", "network",
            "run"]

@@ -1,12 +1,12 @@
 """SplitLoRA handovers: the servers' loops run jointly in time, and a client moves from one to another.
 
 Without handovers each SplitLoRA server computes its whole run ahead by arithmetic
-(:mod:`sfsim.schedules.splitlora.server`, :mod:`sfsim.schedules.splitlora.links`). With them, :class:`MovingServer`
+(:mod:`sfsim.schedules.splitlora.server`, :mod:`sfsim.schedules.splitlora.server`). With them, :class:`MovingServer`
 runs the same loop (arrival order, ``fwd`` commands, a server step every ``accumulate``
 micro-batches, FedAvg every ``fedavg_every`` server steps and at each epoch's end) as a SimPy
 process that waits until each decision's instant before taking it (which client to serve, who is in
 a FedAvg round), so that a client that joins from another server by then is taken into account. The
-primitives (compute, uplink, downlink) are :class:`~sfsim.schedules.splitlora.links.LinkServer`'s: a transfer
+primitives (compute, uplink, downlink) are :class:`~sfsim.schedules.splitlora.server.Server`'s: a transfer
 uses the leg holding when it starts (a handover's ``uplink`` / ``downlink`` from its ``at`` on).
 
 Rules, for a client whose handover at ``at`` moves it from server A to server B:
@@ -29,7 +29,7 @@ Rules, for a client whose handover at ``at`` moves it from server A to server B:
   goes to the round's server over the leg holding when the upload starts. Nothing is sent at the
   handover itself (the client brings its adapters; B's next round averages them).
 
-Availability (pause, drop) keeps :mod:`sfsim.schedules.splitlora.links`'s rules; a gone client never moves.
+Availability (pause, drop) keeps :mod:`sfsim.schedules.splitlora.server`'s rules; a gone client never moves.
 The result's ``handovers`` count micro-batches by their upload's start (``sent_before``); server
 FLOPs follow the server that trained each micro-batch; a server's stream mixing is measured over the
 micro-batches it actually served. Refused in one line (:func:`sfsim.schedules.network.check_supported`):
@@ -45,8 +45,7 @@ import bisect
 
 from sfsim.network.legs import INF
 from sfsim.outputs.mixing import StreamMixing
-from sfsim.schedules.splitlora.links import LinkServer
-from sfsim.schedules.splitlora.server import Client
+from sfsim.schedules.splitlora.server import Client, Server
 
 
 def hands_over(motions) -> bool:
@@ -98,7 +97,7 @@ class Moves:
             s.poke()
 
 
-class MovingServer(LinkServer):
+class MovingServer(Server):
     """SplitLoRA's arrival-order server loop as a process in time, taking clients that move (see module)."""
 
     def __init__(self, engine, k: int, srv, cfg, moves: Moves):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing
 from sfsim.schedules.common import Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds
 from sfsim.schedules.network import every_device, trace_moves
-from sfsim.schedules.splitlora.links import LinkServer
 from sfsim.schedules.splitlora.moves import hands_over, run_jointly
 from sfsim.schedules.splitlora.server import Client, Server
 
@@ -65,9 +64,9 @@ def network(setup, job):
 def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
     """Start one process per server that replays the trainer's server loop over its clients.
 
-    A static job computes each server's run ahead by arithmetic (:class:`Server`); on the dynamic
-    network the same loop follows the clients' links and presence (:class:`LinkServer`), and with
-    handovers the servers' loops run jointly in time (:mod:`sfsim.schedules.splitlora.moves`).
+    Each server's loop (:class:`Server`) computes its run ahead by arithmetic, over constant links or
+    following the clients' links and presence on the dynamic network; with handovers the servers'
+    loops run jointly in time (:mod:`sfsim.schedules.splitlora.moves`).
     """
     net = job.network
     if net is not None and hands_over(net.motions):
@@ -81,8 +80,7 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
                 name = job.devices[i].name
                 engine.device_busy[name] = engine.up_bytes[name] = engine.down_bytes[name] = 0.0
             clients = [Client(i, job.devices[i]) for i in members if job.devices[i].n]
-            loop = Server(engine, srv, clients, cfg, mix) if net is None else \
-                LinkServer(engine, srv, clients, cfg, mix, net.motions, lost)
+            loop = Server(engine, srv, clients, cfg, mix, net.motions if net is not None else None, lost)
             engine.env.process(loop.run())
         for srv in job.servers:
             engine.server_busy.setdefault(srv.name, 0.0)

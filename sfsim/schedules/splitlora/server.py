@@ -1,9 +1,30 @@
 """SplitLoRA's server loop: one server's clients driven as the trainer drives them (see :mod:`sfsim.schedules.splitlora`).
 
 :class:`Server` computes a server's whole run by arithmetic over three primitives (a client's
-compute, a message on its uplink, one on its downlink), then waits once. On the dynamic network
-:class:`~sfsim.schedules.splitlora.links.LinkServer` replaces the primitives and
-:class:`~sfsim.schedules.splitlora.moves.MovingServer` runs the same loop in time.
+compute, a message on its uplink, one on its downlink), then waits once. With constant links (no
+dynamic network) the primitives are plain sums; on the dynamic network (``motions``) they follow
+the shared rules of :mod:`sfsim.network.legs`:
+
+* a message (activations, adapters up; a gradient, a FedAvg average, a command down) queued at
+  ``t`` starts when its link is free and takes the integral of the link's rate: ``bits`` at the
+  link's nominal ``bandwidth`` take ``dur`` seconds in the static schedule, so they end where the
+  rate's integral from the start reaches ``dur x bandwidth`` (exactly ``dur`` on a constant rate);
+* under ``churn: pause`` compute and transfers progress only while the client is online (a command,
+  zero bits, reaches it when it is back online); the server waits for it as it would for a slow
+  client, so every micro-batch still trains;
+* a client that drops (``churn: drop``: at its first outage; it joins at its first online instant)
+  or whose windows end with work left is *gone* from the first op or message that would outlast it:
+  the server skips its later turns (in arrival order they do not count toward the segment's
+  ``fedavg_every`` steps; in a fixed order its slots are skipped), FedAvg averages the uploads that
+  arrive, and messages to it go nowhere. A micro-batch trains when its activations were sent (the
+  server still runs it when its gradient can no longer reach the client); the others are the
+  client's ``samples_not_trained``. Device FLOPs count the micro-batches whose client W ended.
+
+The result's ``uplink_send_s`` / ``downlink_recv_s`` are the seconds the links really spent (for the
+radio's energy). A transfer uses the leg holding when it starts: after a handover, its ``uplink``
+and ``downlink`` (when given). Without handovers each server's loop plays its whole run ahead by
+arithmetic; with them the loops run jointly in time, a client moving from one to another
+(:mod:`sfsim.schedules.splitlora.moves`, which states the handover rules).
 """
 
 from __future__ import annotations
@@ -13,6 +34,7 @@ from dataclasses import dataclass, field
 
 from sfsim.engine.pacing import FIXED_ORDERS, server_order
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
+from sfsim.network.legs import INF, Motion, gone_at, online, record_online, span, span_at
 from sfsim.schedules.common import RunConfig
 
 
@@ -41,10 +63,13 @@ class Client:
 class Server:
     """The trainer's SplitLoRA server loop for one server's clients: times by arithmetic, then one wait."""
 
-    def __init__(self, engine: Engine, srv: ServerTimes, clients: list[Client], cfg: RunConfig, mix):
+    def __init__(self, engine: Engine, srv: ServerTimes, clients: list[Client], cfg: RunConfig, mix,
+                 motions: dict[int, Motion] | None = None, lost: set[int] | None = None):
         self.engine, self.srv, self.cfg, self.lane = engine, srv, cfg, srv.lane(0)
         self.clients = clients
         self.mix = mix  # what records the server's stream (a StreamMixing)
+        self.motions = motions  # the dynamic network: every client's legs and presence (None: constant links)
+        self.lost = lost if lost is not None else set()  # clients gone for good (drop, or windows over)
         self.free = self.end = self.busy = 0.0  # server free at; last instant of the run; busy seconds
         self.steps = self.window = 0  # server steps so far; micro-batches since its last step
         self.relay = False  # sequential: some client has handed its adapters on
@@ -114,8 +139,8 @@ class Server:
     def _arrival_segment(self, quota: int, left: dict[Client, int]) -> None:
         """Serve ``quota`` micro-batches in arrival order (ties: device order).
 
-        A turn of a client that is gone (arrival ``-inf``, set by :mod:`sfsim.schedules.splitlora.links` on the
-        dynamic network, :mod:`sfsim.schedules.splitlora.links`) is skipped and does not count toward ``quota``.
+        A turn of a client that is gone (arrival ``-inf``: its upload never arrives on the dynamic network)
+        is skipped and does not count toward ``quota``.
         """
         unissued, issued = dict(left), 0
         for c in left:
@@ -155,6 +180,9 @@ class Server:
 
     def _serve(self, c: Client) -> None:
         """Server F, B (gradient down), W, maybe its step; the client's B, W, maybe its step."""
+        if c.arrival == -math.inf:  # its upload never arrived (the client is gone): the turn is skipped
+            c.arrival = None
+            return
         d, n, acc = c.d, c.mb, self.cfg.accumulate
         x = d.size(n)
         t = self._op("F", max(self.free, c.arrival), d.srv_f * x, n, d.name)
@@ -194,14 +222,15 @@ class Server:
         c.arrival = self._up(c, c.free, c.d.sync_up_s, -1, c.d.sync_bytes)
 
     def _fedavg(self) -> None:
-        """Every client uploads; the server averages once all have arrived and sends the average down."""
+        """Every client still there uploads; the server averages the uploads that arrive and sends the average down."""
         for c in self.clients:
             self._upload_adapters(c)
-        t = max([self.free] + [c.arrival for c in self.clients])
+        came = [c for c in self.clients if c.arrival != -math.inf]
+        t = max([self.free] + [c.arrival for c in came])
         for c in self.clients:
             c.arrival = None
-        self.free = self._op("aggregate", t, self.srv.aggregate * len(self.clients), -1, "")
-        for c in self.clients:
+        self.free = self._op("aggregate", t, self.srv.aggregate * len(came), -1, "")
+        for c in came:
             self._down(c, self.free, c.d.sync_down_s, -1, c.d.sync_bytes)
 
     # -- lanes -------------------------------------------------------------------------------------------
@@ -212,6 +241,8 @@ class Server:
         return t + dur
 
     def _device(self, c: Client, op: str, t: float, dur: float, mb: int) -> float:
+        if self.motions is not None:
+            return self._device_net(c, op, t, dur, mb)
         self.engine.record(c.d.name, op, t, dur, mb, c.d.name)
         self.engine.device_busy[c.d.name] += dur
         self.end = max(self.end, t + dur)
@@ -219,6 +250,8 @@ class Server:
 
     def _up(self, c: Client, t: float, dur: float, mb: int, nbytes: float) -> float:
         """A message queued on the uplink at ``t``; returns its arrival at the server."""
+        if self.motions is not None:
+            return self._up_net(c, t, dur, mb, nbytes)
         start = max(t, c.up_free)
         c.up_free = start + dur
         self.engine.record("link:" + c.d.name, "send", start, dur, mb, c.d.name)
@@ -228,9 +261,74 @@ class Server:
 
     def _down(self, c: Client, t: float, dur: float, mb: int, nbytes: float = 0.0) -> float:
         """A message queued on the downlink at ``t`` (a command: ``dur`` 0); returns its arrival."""
+        if self.motions is not None:
+            return self._down_net(c, t, dur, mb, nbytes)
         start = max(t, c.down_free)
         c.down_free = start + dur
         self.engine.record("downlink:" + c.d.name, "send", start, dur, mb, c.d.name)
         self.engine.down_bytes[c.d.name] += nbytes
         self.end = max(self.end, start + dur + c.d.down_l)
         return start + dur + c.d.down_l
+
+    # -- primitives: a gone client's are no-ops; an upload that never arrives arrives at -inf ----------
+    def _begin(self, c, t: float) -> float:
+        """A drop-churn client starts nothing before its first online instant (it joins then)."""
+        m = self.motions[c.i]
+        return max(t, m.start) if m.churn == "drop" and m.avail is not None else t
+
+    def _outlasts(self, c, t: float, end: float) -> bool:
+        """True, and the client is gone from then on, when what runs from ``t`` to ``end`` outlasts it."""
+        m = self.motions[c.i]
+        if end <= m.stop and end < INF:
+            return False
+        self.lost.add(c.i)
+        m.gone = m.stop if m.stop < INF else gone_at(m.avail, t)
+        return True
+
+    def _device_net(self, c, op: str, t: float, dur: float, mb: int) -> float:
+        if c.i in self.lost:
+            return t
+        m = self.motions[c.i]
+        t = self._begin(c, t)
+        end = t + (dur if m.pause is None else span(m.pause, t, dur))
+        if self._outlasts(c, t, end):
+            return t
+        record_online(self.engine, c.d.name, op, t, end, mb, c.d.name, m.pause, dur)
+        self.engine.device_busy[c.d.name] += dur
+        if op == "W" and mb >= 0:
+            m.done += 1
+        self.end = max(self.end, end)
+        return end
+
+    def _up_net(self, c, t: float, dur: float, mb: int, nbytes: float) -> float:
+        if c.i in self.lost:
+            return -math.inf
+        m = self.motions[c.i]
+        start = self._begin(c, max(t, c.up_free))
+        leg = m.legs[m.leg_at(start)]  # the leg holding when it starts; dur is at the first leg's bandwidth
+        secs = span_at(leg.up_rate(m.pause), start, dur, m.legs[0].bandwidth)
+        if self._outlasts(c, start, start + secs):
+            return -math.inf
+        c.up_free, c.sent_at = start + secs, start
+        record_online(self.engine, "link:" + c.d.name, "send", start, start + secs, mb, c.d.name, m.pause, secs)
+        m.send_s += online(m.pause, start, start + secs)
+        m.sent += mb >= 0
+        self.engine.up_bytes[c.d.name] += nbytes
+        self.end = max(self.end, start + secs + leg.up_l)
+        return start + secs + leg.up_l
+
+    def _down_net(self, c, t: float, dur: float, mb: int, nbytes: float = 0.0) -> float:
+        if c.i in self.lost:
+            return t
+        m = self.motions[c.i]
+        start = self._begin(c, max(t, c.down_free))
+        leg = m.legs[m.leg_at(start)]  # a handover's downlink carries what starts after it
+        secs = span_at(leg.down_rate(m.pause), start, dur, m.legs[0].down_bw)
+        if self._outlasts(c, start, start + secs):
+            return t
+        c.down_free = start + secs
+        record_online(self.engine, "downlink:" + c.d.name, "send", start, start + secs, mb, c.d.name, m.pause, secs)
+        m.recv_s += online(m.pause, start, start + secs)
+        self.engine.down_bytes[c.d.name] += nbytes
+        self.end = max(self.end, start + secs + leg.down_l)
+        return start + secs + leg.down_l
