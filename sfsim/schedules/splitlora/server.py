@@ -60,16 +60,36 @@ class Client:
     history: list[tuple[float, int]] = field(default_factory=list)  # (since, server), in time order
 
 
+class Received:
+    """The device order of a server's stream, for a :class:`StreamMixing` once the run's totals are known."""
+
+    def __init__(self):
+        self.stream: list[int] = []
+
+    def add(self, i: int) -> None:
+        """Record that device ``i``'s micro-batch is next in the stream."""
+        self.stream.append(i)
+
+
 class Server:
     """The trainer's SplitLoRA server loop for one server's clients: times by arithmetic, then one wait."""
 
     def __init__(self, engine: Engine, srv: ServerTimes, clients: list[Client], cfg: RunConfig, mix,
-                 motions: dict[int, Motion] | None = None, lost: set[int] | None = None):
+                 motions: dict[int, Motion] | None = None, lost: set[int] | None = None, k: int = -1, moves=None):
         self.engine, self.srv, self.cfg, self.lane = engine, srv, cfg, srv.lane(0)
         self.clients = clients
         self.mix = mix  # what records the server's stream (a StreamMixing)
         self.motions = motions  # the dynamic network: every client's legs and presence (None: constant links)
         self.lost = lost if lost is not None else set()  # clients gone for good (drop, or windows over)
+        # with handovers (run_in_time): this server's index, every server's Moves, and the loop's state
+        self.k, self.moves = k, moves
+        self.left: dict = {}  # micro-batches each client has still to train this epoch
+        self.out: list = []  # clients with a micro-batch out to this server
+        self.unissued: dict = {}
+        self.pending: list = []  # clients that joined mid-segment, waiting for a fwd
+        self.issued = self.quota = 0
+        self.wake = None
+        self.finished = False
         self.free = self.end = self.busy = 0.0  # server free at; last instant of the run; busy seconds
         self.steps = self.window = 0  # server steps so far; micro-batches since its last step
         self.relay = False  # sequential: some client has handed its adapters on
@@ -283,6 +303,8 @@ class Server:
             return False
         self.lost.add(c.i)
         m.gone = m.stop if m.stop < INF else gone_at(m.avail, t)
+        if self.moves is not None:
+            self.moves.changed()  # servers waiting for it may go on
         return True
 
     def _device_net(self, c, op: str, t: float, dur: float, mb: int) -> float:
@@ -332,3 +354,171 @@ class Server:
         self.engine.down_bytes[c.d.name] += nbytes
         self.end = max(self.end, start + secs + leg.down_l)
         return start + secs + leg.down_l
+
+    # -- with handovers: the same loop as a process in time (sfsim.schedules.splitlora.moves) ---------
+    # -- time ----------------------------------------------------------------------------------------
+    def poke(self) -> None:
+        """Wake the process if it waits (a client joined, left, finished or was lost)."""
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+
+    def until(self, t: float):
+        """Wait until time ``t``; True when woken earlier (the state changed: decide again)."""
+        env = self.engine.env
+        if t <= env.now:
+            return False
+        self.wake = env.event()
+        timer = self.engine.at(t)  # <= some server's end: it does not lengthen the run
+        yield env.any_of([timer, self.wake])
+        self.wake, woke = None, env.now < t
+        return woke
+
+    # -- holding -------------------------------------------------------------------------------------
+    def leave(self, c) -> float:
+        """When ``c`` leaves this server: its next handover to another server (``inf``: never)."""
+        legs = self.motions[c.i].legs
+        for j in range(c.hold + 1, len(legs)):
+            if legs[j].server != self.k:
+                return legs[j].at
+        return math.inf
+
+    def hand_over(self, c, since: float, outstanding: bool = False) -> None:
+        """``c`` leaves this loop; from ``since`` on it is held by the server of the leg holding then."""
+        m = self.motions[c.i]
+        j = m.leg_at(since)
+        dest = m.legs[j].server
+        c.hold, c.since = j, since
+        if dest == self.k and not outstanding:  # back here already (A -> B -> A): nothing moves
+            return
+        self._drop(c)
+        c.home = dest
+        c.history.append((since, dest))
+        self.moves.servers[dest].join(c, outstanding)
+        self.moves.changed()
+
+    def _drop(self, c) -> None:
+        self.left.pop(c, None)
+        self.unissued.pop(c, None)
+        if c in self.pending:
+            self.pending.remove(c)
+
+    def join(self, c, outstanding: bool) -> None:
+        """Client ``c`` joins this loop (with a micro-batch on its way here when ``outstanding``)."""
+        if outstanding:
+            self.out.append(c)
+            self.issued += 1
+        if self.left:  # mid-epoch: the rest of its own epoch joins this one
+            self.left[c] = self.rest(c) + outstanding
+            self.unissued[c] = self.rest(c)
+            if self.unissued[c] and not outstanding:
+                self.pending.append(c)
+            if not self.left[c]:
+                del self.left[c]
+        self.poke()
+
+    def rest(self, c) -> int:
+        """Micro-batches of ``c``'s current epoch not yet issued."""
+        per = c.d.per_epoch or c.d.n
+        base = c.mb if c in self.out else c.next
+        return min((base // per + 1) * per, c.d.n) - c.next
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run_in_time(self):
+        """With handovers, the SimPy process: epochs over the clients it holds, waiting for joiners while they may come."""
+        env = self.engine.env
+        while True:
+            counts = {}
+            for c in self.moves.clients:
+                if c.home == self.k and (c in self.out or max(self.free, c.since) < self.leave(c)):
+                    if (k := self.rest(c) + (c in self.out)) > 0:
+                        counts[c] = k
+            if counts:
+                yield from self._interleaved_in_time(counts)
+                continue
+            if not self.moves.may_join(self.k):
+                break
+            self.wake = env.event()
+            yield self.wake
+            self.wake = None
+        self.engine.server_busy[self.srv.name] = self.busy
+        self.finished = True
+        yield self.engine.at(max(self.end, env.now))
+
+    def _interleaved_in_time(self, counts):
+        every, acc = self.cfg.fedavg_every, self.cfg.accumulate
+        self.left = dict(counts)
+        while self.left:
+            yield from self._segment_in_time((every - self.steps % every) * acc)
+            self._server_step()  # a partial window at the segment's end
+            if self.steps % every == 0 and self.left:
+                yield from self._round()
+        yield from self._round()
+
+    def _segment_in_time(self, quota: int):
+        """Serve ``quota`` micro-batches in arrival order (skipped turns of gone clients do not count)."""
+        self.quota, self.issued, self.pending = quota, len(self.out), []
+        self.unissued = {c: k - (c in self.out) for c, k in self.left.items()}
+        for c in list(self.left):
+            if self.issued < quota and self.unissued.get(c) and c not in self.out:
+                self._give(c)
+        served = 0
+        while served < quota and self.out:
+            c = min(self.out, key=lambda c: (c.arrival, c.i))
+            if (yield from self.until(max(self.free, c.arrival))):
+                self._fill()
+                continue
+            self.out.remove(c)
+            skipped = c.arrival == -math.inf
+            self._serve(c)
+            self._count_down(self.left, c)
+            served, self.issued = served + (not skipped), self.issued - skipped
+            now = self.engine.env.now
+            if c.next >= c.d.n:
+                self.moves.changed()  # no more work of it: servers waiting for it may end
+            elif c.i not in self.lost and self.leave(c) <= now:
+                self.hand_over(c, now)  # its handover passed while a micro-batch was out here
+            elif self.issued < quota and self.unissued.get(c):
+                self._give(c)
+            self._fill()
+
+    def _fill(self) -> None:
+        """Send ``fwd`` to clients that joined mid-segment, while the segment has room."""
+        for c in list(self.pending):
+            if self.issued >= self.quota:
+                break
+            self.pending.remove(c)
+            if self.unissued.get(c):
+                self._give(c)
+
+    def _give(self, c) -> None:
+        """Send ``c`` its next ``fwd`` if this server still holds it then; route its upload."""
+        t = max(self.free, c.since)
+        if t >= self.leave(c):  # gone by then: out of this loop (the handover's instant moves it)
+            self._drop(c)
+            if self.engine.env.now >= self.leave(c):
+                self.hand_over(c, self.engine.env.now)
+            return
+        self.unissued[c] -= 1
+        self.issued += 1
+        self._issue(c, t)
+        if c.arrival != -math.inf:
+            m = self.motions[c.i]
+            j = m.leg_at(c.sent_at)
+            c.starts.append(c.sent_at)
+            if m.legs[j].server != self.k:  # uploaded after the handover: it goes to the new server
+                self.issued -= 1
+                self.hand_over(c, max(self.engine.env.now, m.legs[j].at), outstanding=True)
+                return
+        self.out.append(c)
+
+    def _round(self):
+        """FedAvg over the clients held when ``sync`` goes out (see module)."""
+        while (yield from self.until(self.free)):
+            pass
+        self.clients = [c for c in self.moves.clients if self.moves.holder(c, self.free) == self.k]
+        if self.clients:
+            # a member may have a micro-batch on its way to its next server already: keep its arrival
+            flying = {c: c.arrival for c in self.clients if c.arrival is not None}
+            self._fedavg()
+            for c, t in flying.items():
+                c.arrival = t
