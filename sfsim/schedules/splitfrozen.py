@@ -121,7 +121,7 @@ class _Pipelined:
     """
 
     __slots__ = ("engine", "env", "d", "i", "acct", "send", "n", "x", "fx", "f_start", "f_end", "ready",
-                 "link_free", "event")
+                 "link_free", "event", "tracing", "on_credit")
 
     def __init__(self, engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
         self.engine, self.env, self.d, self.i = engine, engine.env, d, i
@@ -129,6 +129,8 @@ class _Pipelined:
         self.n, self.x, self.fx = 0, 1.0, 0.0
         self.f_start = self.f_end = self.ready = self.link_free = 0.0
         self.event = engine.device_event()  # reused for every credit wait: one is pending at a time
+        self.on_credit = [self._send]  # its callbacks, reused likewise (SimPy drops the list when it fires)
+        self.tracing = engine.events is not None
         engine.start(self._next)
 
     def _next(self, _ev=None) -> None:
@@ -169,7 +171,7 @@ class _Pipelined:
             self._try()  # a credit came back before `ready`: try for it now
             return
         d, n, x, t0 = self.d, self.n, self.x, self.env._now
-        if self.engine.events is not None:
+        if self.tracing:
             rec, name = self.engine.record, d.name
             rec(name, "F", self.f_start, self.fx, n, name)
             rec(name, "wait", self.f_end, t0 - self.f_end, n, name)
@@ -188,7 +190,7 @@ class _Pipelined:
         acct = self.acct
         if ready > t0 and not acct.credits:  # _try's usual case, inlined: wait for a credit
             ev = self.event
-            ev.callbacks, ev._value = [self._send], PENDING
+            ev.callbacks, ev._value = self.on_credit, PENDING
             acct.wait(ready, ev)
         else:
             self._try()
