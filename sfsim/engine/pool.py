@@ -244,6 +244,12 @@ class ServerPool:
         if self.idle and arrival < self.alarm_at:
             self._arm(arrival)
 
+    def released(self, i: int) -> simpy.Event:
+        """Sequential: the event that lets device ``i`` go on, fired when a worker ends the W of the
+        micro-batch it is about to send (call before :meth:`send`)."""
+        ev = self.release[i] = self.env.event()
+        return ev
+
     # -- devices that move and leave (the dynamic network) ----------------------------------------
     def expect(self, i: int, credits: int) -> None:
         """A handover may bring device ``i`` here: hold a place for it (the pool does not end while it

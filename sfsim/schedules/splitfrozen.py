@@ -210,7 +210,7 @@ def _sequential(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
         rec(name, "F", f_start, fx, n, name)
         rec(name, "wait", f_start + fx, t0 - f_start - fx, n, name)
         rec("link:" + name, "send", t0, d.up_s * x, n, name)
-        release = pool.release[i] = env.event()
+        release = pool.released(i)
         pool.send(t0 + d.up_s * x + d.up_l, i, n)
         yield release
 
@@ -356,7 +356,7 @@ def _moving(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: 
         m.send_s += end - t0 if pause is None else online(pause, t0, end)
         link_free = end
         if sequential:  # the worker releases the device when this micro-batch's W ends
-            released = pool.release[i] = env.event()
+            released = pool.released(i)
         pool.send(end + leg.up_l, i, n)
         n += 1
         if sequential:
