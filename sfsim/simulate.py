@@ -13,7 +13,7 @@ cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else 
 trains its own replica on its devices' micro-batches; with ``training.sync`` the SplitFrozen servers
 average their adapters over their backhaul links (:mod:`sfsim.network.backhaul`). Handovers, time-varying
 links and device availability are simulated for every schedule but cenlora, which has no device
-links (:mod:`sfsim.engine.dynamic`).
+links (:mod:`sfsim.schedules.network`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from sfsim.cost.energy import run_energy
 from sfsim.cost.memory import check_memory
 from sfsim.cost.model import CostModel
-from sfsim.engine.dynamic import check_supported, report
+from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.engine.pool import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.fast.replay import choose_engine, replay
@@ -36,7 +36,8 @@ from sfsim.scenario.assign import resolve_assignment
 from sfsim.scenario.config import Scenario
 from sfsim.scenario.planfile import Plan, load_plan
 from sfsim.schedules import RunConfig, Setup, get
-from sfsim.schedules.splitlora import CLIENT_ORDERS, FIXED_ORDERS
+from sfsim.schedules.network import check_supported, report
+from sfsim.schedules.splitlora import CLIENT_ORDERS
 
 SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
 
@@ -166,6 +167,18 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
         True
     """
     name = canonical(schedule)
+    plan = _plan_of(scenario, splits, plan)
+    cfg = run_config(scenario, name, policy, client_order)
+    setup, ls, source = _setup(scenario, name, splits, plan, lora_start)
+    check_supported(scenario, name, cfg, scenario.training.cache_activations)
+    res = _replay(name, setup, cfg, ls, trace, engine)
+    res.assignment_source = source
+    res.client_order = cfg.client_order if name == "splitlora" else None
+    return res
+
+
+def _plan_of(scenario: Scenario, splits, plan) -> Plan | None:
+    """The plan argument as a checked :class:`~sfsim.scenario.planfile.Plan` (loaded from a file, or a PlanResult's)."""
     if splits is not None and plan is not None:
         raise SfsimError(_BOTH)
     if isinstance(plan, (str, Path)):
@@ -174,22 +187,33 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
         plan = plan.to_plan()
     if plan is not None:
         plan.check(scenario)
-    tr = scenario.training
-    cfg = RunConfig.from_training(tr, policy)
+    return plan
+
+
+def run_config(scenario: Scenario, name: str, policy: str | None = None, client_order: str | None = None) -> RunConfig:
+    """The schedule knobs of ``scenario``'s training with the caller's ``policy`` and ``client_order``, checked.
+
+    The scenario's own values are checked when it loads (:class:`~sfsim.scenario.config.Training`);
+    here, what the arguments change, and the one rule that depends on the schedule (a paced
+    SplitFrozen server needs per-device credits).
+    """
+    if policy is not None and policy not in POLICIES:
+        raise SfsimError(f"unknown server policy {policy!r}; choose one of: {', '.join(POLICIES)}")
+    if client_order is not None and client_order not in CLIENT_ORDERS:
+        raise SfsimError(f"unknown client order {client_order!r}; choose one of: {', '.join(CLIENT_ORDERS)}")
+    cfg = RunConfig.from_training(scenario.training, policy)
     if client_order is not None:
-        if client_order not in CLIENT_ORDERS:
-            raise SfsimError(f"unknown client order {client_order!r}; choose one of: {', '.join(CLIENT_ORDERS)}")
         cfg = replace(cfg, client_order=client_order)
-    if cfg.policy not in POLICIES:
-        problem = f"unknown server policy {cfg.policy!r}; choose one of: {', '.join(POLICIES)}"
-        if policy is None:  # it came from the scenario file: name the key
-            raise ConfigError(scenario.source, "training.server_policy", problem)
-        raise SfsimError(problem)
     if name in SPLITFROZEN and cfg.policy in PACED and cfg.credits == "server":
         raise ConfigError(scenario.source, "training.credits", f"server policy {cfg.policy!r} "
                           f"{PACED_NEEDS_DEVICE_CREDITS}")
+    return cfg
+
+
+def _setup(scenario: Scenario, name: str, splits, plan: Plan | None, lora_start: int | None):
+    """(:class:`Setup`, LoRA start or None, assignment source): cuts, LoRA start and servers resolved, memory checked."""
     if name == "splitlora" and splits is None:
-        cuts = resolve_splits(scenario, None, None, default=tr.splitlora_cut)
+        cuts = resolve_splits(scenario, None, None, default=scenario.training.splitlora_cut)
     else:
         cuts = resolve_splits(scenario, splits, plan)
     if name == "splitlora" and 0 in cuts.values():
@@ -202,28 +226,30 @@ def simulate(scenario: Scenario, schedule: str = "splitfrozen", splits=None, pla
     check_memory(scenario, cm, name, cuts, first_lora, assignment)
     for after_handovers in stages(scenario.devices, assignment):  # the servers devices move to hold them too
         check_memory(scenario, cm, name, cuts, first_lora, after_handovers)
-    check_supported(scenario, name, cfg, tr.cache_activations)
-    setup = Setup(scenario, cm, cuts, first_lora, assignment)
+    return Setup(scenario, cm, cuts, first_lora, assignment), ls, source
+
+
+def _replay(name: str, setup: Setup, cfg: RunConfig, ls: int | None, trace: bool, engine: str = "auto") -> SimResult:
+    """Build the schedule's job, replay it on a fresh engine and collect the result."""
+    scenario, tr = setup.scenario, setup.scenario.training
     module = get(name)
     job = module.build(setup, cache=tr.cache_activations)
     why = choose_engine(engine, scenario, name, cfg, job, trace)
     if why is None:
-        engine, makespan = replay(job, cfg, sequential=name == "splitfrozen-sequential")
+        sim, makespan = replay(job, cfg, sequential=name == "splitfrozen-sequential")
     else:
-        engine = Engine(trace=trace)
+        sim = Engine(trace=trace)
         if name in SPLITFROZEN and tr.sync is not None and len(scenario.servers) > 1:
-            engine.sync = backhaul_for(engine, scenario, cm, first_lora, job)
-        module.run(engine, job, cfg, sequential=name == "splitfrozen-sequential")
-        makespan = engine.run()
-    res = _result(name, scenario, job, engine, makespan, setup, ls, _policy_used(name, cfg))
+            sim.sync = backhaul_for(sim, scenario, setup.cm, setup.lora_start, job)
+        module.run(sim, job, cfg, sequential=name == "splitfrozen-sequential")
+        makespan = sim.run()
+    res = _result(name, scenario, job, sim, makespan, setup, ls, _policy_used(name, cfg))
     res.engine, res.engine_note = ("fast", None) if why is None else ("simpy", why or None)
-    res.assignment_source = source
-    res.client_order = cfg.client_order if name == "splitlora" else None
-    if getattr(job, "network", None) is not None:
+    if job.network is not None:
         report(res, setup, job, job.network.moving)
     res.energy = run_energy(res, scenario)
-    if engine.sync is not None:
-        res.backhaul_bytes_by_server, res.sync_rounds = dict(engine.sync.bytes), engine.sync.rounds
+    if sim.sync is not None:
+        res.backhaul_bytes_by_server, res.sync_rounds = dict(sim.sync.bytes), sim.sync.rounds
     return res
 
 

@@ -10,11 +10,12 @@ import dataclasses
 
 import pytest
 
-from sfsim.engine.dynamic import Leg, Motion, Network
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.network.availability import Windows
+from sfsim.network.legs import Leg, Motion
 from sfsim.network.linkrate import Constant, Product, Steps, finish
 from sfsim.schedules import Job, RunConfig, splitfrozen
+from sfsim.schedules.splitfrozen import Network
 
 INF = float("inf")
 

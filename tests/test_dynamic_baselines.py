@@ -13,14 +13,15 @@ import dataclasses
 import pytest
 
 import sfsim
-from sfsim.engine.dynamic import Leg, Motion, Network
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.network.availability import Windows
+from sfsim.network.legs import Leg, Motion
 from sfsim.network.linkrate import Steps
 from sfsim.outputs.report import summary
 from sfsim.scenario.config import scenario_from_dict
 from sfsim.schedules import Job, RunConfig, fedlora, splitfrozen
-from sfsim.schedules.dynamic_fed import FedNetwork
+from sfsim.schedules.network import FedNetwork
+from sfsim.schedules.splitfrozen import Network
 
 LINK = {"bandwidth": "100 Mbps", "latency": "5 ms"}
 BASE = {

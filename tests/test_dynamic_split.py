@@ -1,7 +1,7 @@
 """SplitLoRA on the dynamic network (varying links, pause), and ``--schedule all`` on the mobile profile.
 
 Engine-level tests hand-make one client's stage times and replay SplitLoRA's server loop with the
-dynamic network's compute and links (:mod:`sfsim.schedules.dynamic_split`).
+dynamic network's compute and links (:mod:`sfsim.schedules.splitlora.server`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from click.testing import CliRunner
 
 import sfsim
 from sfsim.cli import main
-from sfsim.engine.dynamic import Leg, Motion
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.network.availability import Windows
+from sfsim.network.legs import Leg, Motion
 from sfsim.network.linkrate import Steps
 from sfsim.schedules import Job, RunConfig, splitlora
-from sfsim.schedules.dynamic_fed import FedNetwork
+from sfsim.schedules.network import FedNetwork
 from tests.test_dynamic_baselines import ops, scenario
 
 

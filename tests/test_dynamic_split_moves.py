@@ -1,4 +1,4 @@
-"""SplitLoRA handovers (:mod:`sfsim.schedules.dynamic_split_moves`) and a handover's downlink, by hand.
+"""SplitLoRA handovers (:mod:`sfsim.schedules.splitlora.moves`) and a handover's downlink, by hand.
 
 Scenario-level tests use ``tests.test_dynamic_baselines``'s two-server fleet (``car`` on ``a``, two
 ``pi`` on ``b``); engine-level ones hand-make one client on links of a few bit/s.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 import sfsim
-from sfsim.engine.dynamic import Leg, Motion, Unsupported
 from sfsim.errors import ConfigError
+from sfsim.network.legs import Leg, Motion
+from sfsim.schedules.network import Unsupported
 from tests.test_dynamic_baselines import scenario
 from tests.test_dynamic_split import ops, split
 

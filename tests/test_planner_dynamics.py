@@ -9,8 +9,9 @@ import pytest
 
 import sfsim
 from sfsim.cost.model import CostModel
+from sfsim.network.legs import Legs
 from sfsim.network.linkrate import Constant, Steps
-from sfsim.planner.dynamics import Legs, describe, effective_stages
+from sfsim.planner.dynamics import describe, effective_stages
 from sfsim.planner.model import build_table, fleet_types
 from sfsim.scenario.config import scenario_from_dict
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 
 from sfsim.cli.group import example, main, warn
-from sfsim.engine.dynamic import Unsupported
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS, canonical
 from sfsim.outputs.gantt import gantt_format, write_panels
 from sfsim.outputs.report import comparison_table, summary
 from sfsim.scenario.overrides import load_scenario_with, parse_sets
 from sfsim.scenario.schema import write_atomic
+from sfsim.schedules.network import Unsupported
 from sfsim.simulate import applicable, check_options
 from sfsim.simulate import simulate as run_schedule
 

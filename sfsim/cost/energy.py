@@ -76,13 +76,13 @@ def device_joules(power: Power, makespan: float, busy: float, up_bytes: float, d
 
 
 def _uplink_rate(res, d) -> float:
-    """The bit/s that turns a device's uplink bytes into its send seconds: nominal, or as sent (sfsim.engine.dynamic)."""
+    """The bit/s that turns a device's uplink bytes into its send seconds: nominal, or as sent (the dynamic network)."""
     secs, nbytes = getattr(res, "uplink_send_s", {}).get(d.name), res.uplink_bytes_by_device.get(d.name, 0.0)
     return nbytes * 8.0 / secs if secs and nbytes else d.uplink.bandwidth
 
 
 def _downlink_rate(res, d) -> float:
-    """The same for the downlink: nominal, or bytes over the seconds it spent receiving (sfsim.engine.dynamic)."""
+    """The same for the downlink: nominal, or bytes over the seconds it spent receiving (the dynamic network)."""
     secs, nbytes = getattr(res, "downlink_recv_s", {}).get(d.name), res.downlink_bytes_by_device.get(d.name, 0.0)
     return nbytes * 8.0 / secs if secs and nbytes else d.downlink.bandwidth
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from sfsim.cost.latency import load_latency_profile
 from sfsim.cost.profilerates import ProfileRates
+from sfsim.cost.work import Work
 from sfsim.model.arch import Arch
 from sfsim.model.flops import (
     block_cost,
@@ -43,50 +44,6 @@ ADAM_STATE_BYTES = 8
 
 MASK_BYTES_PER_TOKEN = 1  # attention mask on the wire: one byte per token
 LABEL_BYTES = 8  # labels are int64
-
-
-@dataclass(frozen=True, eq=False)
-class Work:
-    """FLOPs of one micro-batch on a set of layers, per layer: forward F, activation-backward B, weight-backward W.
-
-    ``layers`` marks which layers take part (embeddings and norms have zero FLOPs but still take
-    measured time on a latency-profile device); by default every layer with any FLOPs. Compared
-    and hashed by identity (the CostModel returns one cached object per query), so it can key a dict.
-    """
-
-    F: np.ndarray  # (L+3,)
-    B: np.ndarray  # (L+3,)
-    W: np.ndarray  # (L+3,)
-    layers: np.ndarray = field(default=None)  # (L+3,) bool
-
-    def __post_init__(self):
-        if self.layers is None:
-            object.__setattr__(self, "layers", (self.F + self.B + self.W) > 0)
-        # totals computed once: the engine asks for them per micro-batch
-        object.__setattr__(self, "_totals", (float(self.F.sum()), float(self.B.sum()), float(self.W.sum())))
-
-    @property
-    def f(self) -> float:
-        """Total forward FLOPs."""
-        return self._totals[0]
-
-    @property
-    def b(self) -> float:
-        """Total activation-gradient (B) FLOPs."""
-        return self._totals[1]
-
-    @property
-    def w(self) -> float:
-        """Total weight-gradient (W) FLOPs."""
-        return self._totals[2]
-
-    @property
-    def total(self) -> float:
-        """F + B + W FLOPs."""
-        return self.f + self.b + self.w
-
-    def __add__(self, other: Work) -> Work:
-        return Work(self.F + other.F, self.B + other.B, self.W + other.W, self.layers | other.layers)
 
 
 @dataclass(frozen=True)

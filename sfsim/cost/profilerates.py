@@ -22,17 +22,13 @@ a model with another depth uses its mean block rate for every block.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from sfsim.cost.latency import GridPoint, LatencyProfile
+from sfsim.cost.work import Shape, Work
 from sfsim.errors import ConfigError
 from sfsim.model.arch import Arch, resolve_arch
 from sfsim.model.flops import lora_params
-
-if TYPE_CHECKING:
-    from sfsim.cost.model import CostModel, Work
 
 
 class ProfileRates:
@@ -45,7 +41,7 @@ class ProfileRates:
         block_rate: sustained block forward FLOP/s (what :meth:`CostModel.effective_flops` reports).
     """
 
-    def __init__(self, prof: LatencyProfile, cm: CostModel, file: str):
+    def __init__(self, prof: LatencyProfile, cm: Shape, file: str):
         arch = _profile_arch(prof, file)
         if prof.task is not None and prof.task != cm.task:
             raise ConfigError(file, "task", f"measured with the {prof.task} head but the scenario's task is "

@@ -41,6 +41,14 @@ class Credits:
         self.seq += 1
         heapq.heappush(self.waiting, (ready, self.seq, ev))
 
+    def cancel(self, ev: simpy.Event) -> None:
+        """A waiter leaves the queue (its device hands over or drops): ``ev`` fires now with None."""
+        if ev.triggered:
+            return
+        self.waiting = [w for w in self.waiting if w[2] is not ev]
+        heapq.heapify(self.waiting)
+        ev.succeed(None)
+
     def give_back(self) -> None:
         """Return one credit: to the longest-ready waiter, else to the holder."""
         waiting = self.waiting

@@ -8,6 +8,8 @@ in every run, and the simulator can replay it (``policy: paced-...``) to predict
 
 from __future__ import annotations
 
+import random
+
 from sfsim.errors import SfsimError
 
 #: Server pacing policies: which device's micro-batch the server trains on next.
@@ -17,6 +19,11 @@ SERVER_ORDERS = {
     "fifo": "arrival order when every device streams back to back at its own rate",
     "pool": "a mixing buffer: arrivals pooled up to a memory bound, drawn uniformly at random (seeded)",
 }
+
+#: ``training.server_policy`` -> the fixed order (:func:`server_order`) a SplitLoRA server follows for it
+#: (the trainer's ``--server-order``; absent: arrival order).
+FIXED_ORDERS = {"paced-proportional": "proportional", "proportional": "proportional",
+                "paced-round-robin": "round-robin", "round-robin": "round-robin"}
 
 
 def server_order(counts: dict[str, int], policy: str, periods: dict[str, float] | None = None) -> list[str]:
@@ -75,7 +82,6 @@ class MixingPool:
     def __init__(self, capacity: int, seed: int):
         if capacity < 1:
             raise SfsimError(f"the mixing pool must hold at least one micro-batch (capacity {capacity})")
-        import random
 
         self.capacity = capacity
         self.items: list = []

@@ -25,18 +25,18 @@ class FifoPolicy:
     held = 0  # arrived micro-batches that may not start yet: never, for a work-conserving policy
 
     def __init__(self, totals: list[int]):
-        self._q: deque = deque()
+        self.queue: deque = deque()  # (device, micro-batch) in arrival order
 
     def push(self, i: int, n: int) -> None:
         """Make micro-batch ``n`` of device ``i`` eligible."""
-        self._q.append((i, n))
+        self.queue.append((i, n))
 
     def pop(self) -> tuple[int, int]:
         """Remove and return the next ``(device, micro-batch)``."""
-        return self._q.popleft()
+        return self.queue.popleft()
 
     def __len__(self) -> int:
-        return len(self._q)
+        return len(self.queue)
 
 
 class _PerDevicePolicy:

@@ -1,19 +1,12 @@
-"""The SimPy engine: recording, server credits and buffers, server workers and their policies.
+"""The SplitFrozen server pool: credits and buffers, server workers and their policies (and the engine's re-exports).
 
 Schedules (``sfsim.schedules``) turn a scenario into plain per-device stage durations
 (:class:`DeviceTimes`, :class:`ServerTimes`) and run small SimPy processes on one :class:`Engine`.
 The engine only replays: it never calls the cost model, so tests give exact hand-made durations.
 
-Time is in seconds. To stay fast (about three SimPy events per micro-batch) a process computes
-times that follow from its own state arithmetically and yields only when it must wait for another
-process or for time to pass. Trace events are built only when a trace is asked for, so memory does
-not grow with the run otherwise.
-
-Links: every device has its own uplink and downlink (nothing is shared between devices), so a
-link is a FIFO lane whose state is its free-at time inside the device's process; a transfer takes
-``bytes * 8 / bandwidth`` seconds of the lane (op ``send``) and arrives ``latency`` later (a pure
-delay: the lane is free again after the serialisation). :class:`FifoLane` is the same idea for a
-server that serves jobs in arrival order (SplitLoRA, FedAvg).
+The engine's core (environment, recording, exact timers, :class:`FifoLane`) is
+:mod:`sfsim.engine.core`; credits are :mod:`sfsim.engine.credits`; the policies
+:mod:`sfsim.engine.policies`.
 
 SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
 
@@ -75,6 +68,7 @@ from collections import deque
 import simpy
 
 from sfsim.cost.stagetimes import DeviceTimes, ServerTimes  # noqa: F401 (re-exported)
+from sfsim.engine.core import DeviceEvent, Engine, FifoLane  # noqa: F401 (re-exported)
 from sfsim.engine.credits import Credits, Senders  # noqa: F401 (re-exported)
 from sfsim.engine.pacing import pool_capacity
 from sfsim.engine.policies import (  # noqa: F401 (re-exported: the engine's policies)
@@ -91,126 +85,32 @@ from sfsim.engine.policies import (  # noqa: F401 (re-exported: the engine's pol
 )
 from sfsim.errors import SfsimError
 from sfsim.outputs.mixing import StreamMixing  # noqa: F401 (re-exported)
-from sfsim.outputs.trace import TraceEvent
 
 _NORMAL = simpy.events.NORMAL  # SimPy's priority for ordinary (non-urgent) events
-_new_event = object.__new__
 
 
-# ---------------------------------------------------------------------------------------------
-# Engine
-# ---------------------------------------------------------------------------------------------
-class Engine:
-    """One SimPy environment plus what every schedule records: trace, busy time, bytes.
+class _Stream:
+    """The device order of a server's stream, kept until the run's totals are known (:meth:`ServerPool.mix_received`)."""
 
-    Attributes:
-        env: the SimPy environment.
-        events: list of :class:`~sfsim.outputs.trace.TraceEvent` when tracing, else ``None``.
-        device_busy, server_busy: seconds of compute per device / per server (all workers).
-        up_bytes, down_bytes: bytes per device on its uplink / downlink.
-        mixing: server name -> :class:`StreamMixing` for schedules with a server stream.
-        server_wait: SplitFrozen server -> worker-seconds idle while its policy held micro-batches back.
-        server_end: SplitFrozen server -> when its last op (F, B, W, step or ``wait``) ends (0: none ran).
-        pool_peak_bytes: server -> the most its mixing pool held (policy ``pool``).
-    """
+    def __init__(self, stream: list[int]):
+        self.stream = stream
 
-    def __init__(self, trace: bool = False):
-        self.env = simpy.Environment()
-        self.events: list[TraceEvent] | None = [] if trace else None
-        self.device_busy: dict[str, float] = {}
-        self.server_busy: dict[str, float] = {}
-        self.up_bytes: dict[str, float] = {}
-        self.down_bytes: dict[str, float] = {}
-        self.mixing: dict[str, StreamMixing] = {}
-        self.server_wait: dict[str, float] = {}
-        self.server_end: dict[str, float] = {}
-        self.pool_peak_bytes: dict[str, float] = {}
-        self.sync = None  # a sfsim.network.backhaul.Backhaul when SplitFrozen servers synchronise
-        self._finishers: list = []
-        self.soft_timers = False  # set before run() by schedules that call soft_at
-        self._soft = 0  # pending soft timers
-
-    def on_finish(self, fn) -> None:
-        """Call ``fn()`` after the run ends (schedules copy their busy totals here)."""
-        self._finishers.append(fn)
-
-    def record(self, lane: str, op: str, start: float, dur: float, mb: int = -1, device: str = "") -> None:
-        """Append one trace event (only when tracing and ``dur > 0``)."""
-        if self.events is not None and dur > 0:
-            self.events.append(TraceEvent(lane, op, start, dur, mb, device))
-
-    def at(self, t: float) -> simpy.Event:
-        """An event that fires at exactly the absolute time ``t`` (>= now).
-
-        ``env.timeout(t - now)`` would land on ``now + (t - now)``, which can differ from ``t`` in
-        the last bit and break the exact time comparisons the server relies on, so the event is
-        put on SimPy's queue at ``t`` itself.
-        """
-        env = self.env
-        ev = _new_event(simpy.Event)  # simpy.Event(env) and trigger_at, inlined: the hottest call of a run
-        ev.env, ev.callbacks, ev._ok, ev._value = env, [], True, None
-        heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
-        return ev
-
-    def trigger_at(self, ev: simpy.Event, t: float, value=None) -> None:
-        """Trigger the pending event ``ev`` with ``value`` at exactly the absolute time ``t`` (>= now)."""
-        env = self.env
-        ev._ok, ev._value = True, value
-        heapq.heappush(env._queue, (t, _NORMAL, next(env._eid), ev))
-
-    def succeed_at(self, event: simpy.Event, t: float) -> None:
-        """Trigger ``event`` at absolute time ``t`` (>= now)."""
-        self.at(t).callbacks.append(lambda _e: event.succeed())
-
-    def soft_at(self, t: float, fn) -> None:
-        """Call ``fn()`` at time ``t`` unless the run has ended by then (a timeout that does not extend it).
-
-        The dynamic network's deadlines (:mod:`sfsim.engine.dynamic`) use it: a handover at 120 s must wake a
-        device waiting for a credit, but must not make a run that ended at 50 s last until 120 s.
-        """
-        if not self.soft_timers:
-            raise RuntimeError("set Engine.soft_timers before run() to use soft_at")
-        self._soft += 1
-
-        def fire(_e):
-            self._soft -= 1
-            fn()
-        self.at(t).callbacks.append(fire)
-
-    def run(self) -> float:
-        """Run until no event is left (but soft timers); returns the makespan (time of the last event)."""
-        if not self.soft_timers:
-            self.env.run()
-        else:
-            env = self.env
-            while len(env._queue) > self._soft:
-                env.step()
-        for fn in self._finishers:
-            fn()
-        return self.env.now
+    def add(self, i: int) -> None:
+        """Record that device ``i``'s micro-batch is next in the stream."""
+        self.stream.append(i)
 
 
-class FifoLane:
-    """A lane that serves jobs first come, first served (the caller arrives at its arrival time).
+class _WorkerState:
+    """One worker's running state: its lane, deferred W's, window count, busy seconds and last op end."""
 
-    Since callers ask at their arrival instants in time order, ``start = max(now, free_at)`` is
-    exactly a FIFO single-server queue (Lindley's recursion) with no extra SimPy event.
-    """
+    __slots__ = ("lane", "flight", "queued_w", "done", "busy", "last")
 
-    def __init__(self, engine: Engine, lane: str):
-        self.engine, self.lane, self.free_at, self.busy = engine, lane, 0.0, 0.0
-
-    def serve(self, ops: list[tuple[str, float]], mb: int = -1, device: str = "") -> list[float]:
-        """Queue ``ops`` (op name, seconds) now; returns the end time of each op."""
-        t = max(self.engine.env.now, self.free_at)
-        ends = []
-        for op, dur in ops:
-            self.engine.record(self.lane, op, t, dur, mb, device)
-            t += dur
-            self.busy += dur
-            ends.append(t)
-        self.free_at = t
-        return ends
+    def __init__(self, lane: str, flight: float):
+        self.lane, self.flight = lane, flight
+        self.queued_w: deque = deque()  # (device, mb) whose W is deferred
+        self.done = 0                   # micro-batches processed since this worker's last step
+        self.busy = 0.0
+        self.last = 0.0                 # when this worker's last op ends (the trace's last event on its lane)
 
 
 class ServerPool:
@@ -250,6 +150,7 @@ class ServerPool:
         self.senders = None
         self.policy = self._policy(policy, buffer, sequential, pool_bytes, seed)
         self.give = self._givers()
+        self._direct: list | None = None  # built at the first claim, after every give is set
         self.mixing = engine.mixing[server.name] = StreamMixing(totals)
         self.unclaimed = sum(totals)
         self.pending: list = []           # heap of (arrival, seq, device, mb) not yet arrived
@@ -262,7 +163,7 @@ class ServerPool:
         self.busy = 0.0
         self.end = 0.0                    # when the last op of any worker ends (what a trace would show)
         self.index, self.sync, self.running = index, engine.sync, server.count
-        self.flight_bound: float | None = None  # set by sfsim.engine.dynamic: devices may arrive at any latency
+        self.flight_bound: float | None = None  # 0 once devices may arrive at any latency (open_arrivals)
         engine.on_finish(self._finish)
         self.workers = [self.env.process(self._worker(w)) for w in range(server.count)]
 
@@ -343,6 +244,56 @@ class ServerPool:
         if self.idle and arrival < self.alarm_at:
             self._arm(arrival)
 
+    def released(self, i: int) -> simpy.Event:
+        """Sequential: the event that lets device ``i`` go on, fired when a worker ends the W of the
+        micro-batch it is about to send (call before :meth:`send`)."""
+        ev = self.release[i] = self.env.event()
+        return ev
+
+    # -- devices that move and leave (the dynamic network) ----------------------------------------
+    def expect(self, i: int, credits: int) -> None:
+        """A handover may bring device ``i`` here: hold a place for it (the pool does not end while it
+        may come) and, with per-device credits, open its account of ``credits``."""
+        self.unclaimed += 1
+        if self.per_device and self.account[i] is None:
+            self.account[i] = Credits(self.engine, credits)
+            self.give[i] = self.account[i].give_back if self.claim_returns else None
+            self._direct = None
+
+    def hand_over(self, i: int, k: int) -> None:
+        """Device ``i`` arrives by a handover with ``k`` micro-batches left to send here (the place held for it goes)."""
+        self._change(i, k, 1)
+
+    def withdraw(self, i: int, k: int) -> None:
+        """``k`` micro-batches of device ``i`` will not come here (it moved away, dropped or ran out of time)."""
+        self._change(i, -k, 0)
+
+    def not_coming(self, i: int) -> None:
+        """A handover that was expected here never happens: give up the place held for device ``i``."""
+        self._change(i, 0, 1)
+
+    def _change(self, i: int, k: int, place: int) -> None:
+        self.totals[i] += k
+        self.unclaimed += k - place
+        if self.unclaimed == 0:
+            self._wake_all()  # its workers may now run their last W's and step
+
+    def open_arrivals(self) -> None:
+        """Devices may arrive at any latency (they move): keep every idle worker's wake-up exact."""
+        self.flight_bound = 0.0
+
+    def mix_received(self) -> None:
+        """Measure stream mixing over the stream this server actually receives (devices join and leave)."""
+        stream: list[int] = []
+        self.mixing = _Stream(stream)
+
+        def mixed():
+            mix = StreamMixing(self.totals)
+            for i in stream:
+                mix.add(i)
+            self.engine.mixing[self.server.name] = mix
+        self.engine.on_finish(mixed)
+
     # -- waking idle workers ---------------------------------------------------------------------
     def _arm(self, t: float) -> None:
         self.alarm_at = t
@@ -360,19 +311,50 @@ class ServerPool:
         for ev in idle:
             ev.succeed()
 
-    def _claim(self, i: int, n: int) -> None:
-        """Bookkeeping when a worker starts micro-batch ``n`` of device ``i``."""
+    def _claim(self, i: int, n: int, inline: bool = False) -> int:
+        """Bookkeeping when a worker starts micro-batch ``n`` of device ``i``.
+
+        ``inline``: nothing else happens in the worker's step after this call but its timer (the fast
+        path). A device granted the returned credit then goes on at once when nothing else is queued
+        for now (its grant would be the next event), and the worker's timer takes the event id reserved
+        just before it, the place it would have had. Returns that id, or -1 (the timer takes a fresh one).
+        """
         dev = self.devices[i]
         self.unclaimed -= 1
         self.mixing.add(i)
+        replay = n + 1 < dev.n and n + 1 >= dev.sent
+        eid = -1
         if n < dev.sent:  # a sent micro-batch frees its credit; a replay holds none
-            give = self.give[i]
-            if give is not None:
-                give()
-        if n + 1 < dev.n and n + 1 >= dev.sent:
-            self.push(self.env.now, i, n + 1)  # the next cached micro-batch becomes eligible now
+            acct = (self._direct or self._directs())[i]
+            if acct is None:
+                give = self.give[i]
+                if give is not None:
+                    give()
+            elif (waiting := acct.waiting) and waiting[0][0] <= self.env._now:  # Credits.give_back, inlined
+                env, ev = self.env, heapq.heappop(waiting)[2]  # to the longest-ready waiter
+                ev._ok, ev._value = True, True
+                queue = env._queue
+                if inline and not replay and self.unclaimed and ev.__class__ is DeviceEvent and (
+                        not queue or queue[0][0] > env._now):
+                    eid = next(env._eid)  # the worker's timer, scheduled before what the device does
+                    callbacks, ev.callbacks = ev.callbacks, None  # nothing else runs before it: go on now
+                    for callback in callbacks:
+                        callback(ev)
+                else:
+                    heapq.heappush(queue, (env._now, _NORMAL, next(env._eid), ev))
+            else:
+                acct.give_back()
+        if replay:
+            self.push(self.env._now, i, n + 1)  # the next cached micro-batch becomes eligible now
         if self.unclaimed == 0:
             self._wake_all()  # idle workers may now flush their W's and final step
+        return eid
+
+    def _directs(self) -> list:
+        """``[i]``: the :class:`Credits` whose plain ``give_back`` starting a micro-batch of ``i`` calls, else None."""
+        self._direct = [a if a is not None and g == a.give_back else None
+                        for a, g in zip(self.account, self.give, strict=True)]
+        return self._direct
 
     # -- worker ------------------------------------------------------------------------------------
     def _min_flight(self) -> float:
@@ -385,23 +367,26 @@ class ServerPool:
         return min((d.up_s * d.last + d.up_l for d in mine), default=0.0)  # a partial one sends sooner
 
     def _worker(self, w: int):
-        env, rec, devices, at = self.env, self.engine.record, self.devices, self.engine.at
-        lane, step_s = self.server.lane(w), self.server.step
-        policy, pending, heappop = self.policy, self.pending, heapq.heappop
+        """One worker's process: take an eligible micro-batch and run it, else :meth:`_idle`."""
+        env, engine = self.env, self.engine
+        wk = _WorkerState(self.server.lane(w), self._min_flight())
+        policy, pending, step_s, acc = self.policy, self.pending, self.server.step, self.accumulate
         defer = self.decompose and not self.sequential
-        fast = defer and self.engine.events is None
-        flight = self._min_flight()
-        queued_w: deque = deque()  # (device, mb) whose W is deferred
-        done = 0                    # micro-batches processed since this worker's last step
-        busy = 0.0
-        last = 0.0                  # when this worker's last op ends (the trace's last event on its lane)
+        stream = defer and engine.events is None and self.sync is None
         woken = False               # resumed from the idle FIFO: take work without deferring again
         while True:
+            if stream:
+                woken = yield from self._stream(wk, woken)
             now = env._now  # env.now without the property call (hot loop)
             while pending and pending[0][0] <= now:
-                _, _, i, n = heappop(pending)
+                _, _, i, n = heapq.heappop(pending)
                 policy.push(i, n)
-            if self.idle and not woken and policy:
+            if not policy:
+                woken = yield from self._idle(wk, now)
+                if woken is None:
+                    return
+                continue
+            if self.idle and not woken:
                 # Workers idle longer choose first: wake them and queue behind them (same instant).
                 ev = env.event()
                 self._wake_all()
@@ -410,72 +395,127 @@ class ServerPool:
                 woken = True
                 continue
             woken = False
-            if policy:
-                i, n = policy.pop()
-                self._claim(i, n)
-                if fast:
-                    d = devices[i]
-                    queued_w.append((i, n))
-                    x = 1.0 if d.last == 1.0 else d.size(n)
-                    t = now + d.srv_f * x + d.srv_b * x  # same rounding as _run_mb
-                else:
-                    t = self._run_mb(lane, i, n, now, defer, queued_w)
-                done += 1
-                stepped = done == self.accumulate
-                if stepped:
-                    t = self._step(lane, t, queued_w, step_s)
-                    done = 0
-                busy += t - now
-                if t > now:
-                    last = t
-                yield at(t)
-                if stepped and self.sync is not None:
-                    yield from self._synced()
-            elif queued_w:
-                # Idle: run deferred W's one after another while no micro-batch can have arrived;
-                # no push made from now on arrives before now + flight, so batching them is exact.
-                bound = min(pending[0][0] if pending else math.inf, now + flight)
-                t = now
-                while queued_w and (t == now or t < bound):
-                    i, n = queued_w.popleft()
-                    d = devices[i]
-                    w_s = d.srv_w * d.size(n)
-                    rec(lane, "W", t, w_s, n, d.name)
-                    t += w_s
-                busy += t - now
-                if t > now:
-                    last = t
-                yield at(t)
-            elif self.unclaimed == 0:
-                if done:
-                    rec(lane, "step", now, step_s)
-                    busy += step_s
-                    if step_s > 0:
-                        last = now + step_s
-                    yield at(now + step_s)
-                    if self.sync is not None:
-                        yield from self._synced()
-                self.busy += busy
-                self.end = max(self.end, last)
-                self.running -= 1
-                if self.running == 0 and self.sync is not None:
-                    self.sync.leave(self.index)
-                return
-            elif pending and pending[0][0] <= now + flight:
-                held = policy.held  # arrived micro-batches the policy holds back (paced, pool)
-                yield at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
-                if held and self._waited(lane, now):
-                    last = env.now
+            i, n = policy.pop()
+            self._claim(i, n)
+            t = self._run_mb(wk.lane, i, n, now, defer, wk.queued_w)
+            wk.done += 1
+            stepped = wk.done == acc
+            if stepped:
+                t = self._step(wk.lane, t, wk.queued_w, step_s)
+                wk.done = 0
+            wk.busy += t - now
+            if t > now:
+                wk.last = t
+            yield engine.at(t)
+            if stepped and self.sync is not None:
+                yield from self._synced()
+
+    def _stream(self, wk: _WorkerState, woken: bool):
+        """The hot path (no trace, deferred W's, no backhaul): take and run micro-batches while any is eligible.
+
+        Returns (as a generator) ``woken`` for :meth:`_worker` when no micro-batch may start now or
+        idle workers must choose first; the timings are :meth:`_run_mb`'s, by the same arithmetic.
+        """
+        env, devices, until, claim, heappop = self.env, self.devices, self.engine.until, self._claim, heapq.heappop
+        policy, pending, step_s, acc = self.policy, self.pending, self.server.step, self.accumulate
+        queued_w, push, pop = wk.queued_w, policy.push, policy.pop
+        fifo, queue = policy.__class__ is FifoPolicy, env._queue  # fifo: arrival order is the heap's order
+        arrived = policy.queue if fifo else None
+        done, busy, last = wk.done, wk.busy, wk.last
+        while True:
+            now = env._now
+            if fifo and not arrived and pending and pending[0][0] <= now and not (self.idle and not woken):
+                _, _, i, n = heappop(pending)  # what the policy would hand out next, without the round trip
             else:
-                held = policy.held
-                ev = env.event()
-                self.idle.append(ev)
-                if pending and pending[0][0] < self.alarm_at:
-                    self._arm(pending[0][0])
+                while pending and pending[0][0] <= now:
+                    _, _, i, n = heappop(pending)
+                    push(i, n)
+                if not policy or (self.idle and not woken):
+                    break
+                i, n = pop()
+            woken = False
+            eid = claim(i, n, True)
+            d = devices[i]
+            queued_w.append((i, n))
+            x = 1.0 if d.last == 1.0 else d.size(n)
+            t = now + d.srv_f * x + d.srv_b * x  # same rounding as _run_mb
+            done += 1
+            if done == acc:  # _step without a trace: every queued W, then the optimizer step
+                while queued_w:
+                    j, m = queued_w.popleft()
+                    d = devices[j]
+                    t += d.srv_w * (1.0 if d.last == 1.0 else d.size(m))
+                t += step_s
+                done = 0
+            busy += t - now
+            if t > now:
+                last = t
+            if not queue or queue[0][0] > t:
+                env._now = t  # nothing else happens before: what until() would do, without the call
+                continue
+            ev = until(t, eid)
+            if ev is not None:
                 yield ev
-                woken = True
-                if held and self._waited(lane, now):
-                    last = env.now
+        wk.done, wk.busy, wk.last = done, busy, last
+        return woken
+
+    def _idle(self, wk: _WorkerState, now: float):
+        """No micro-batch may start now: run deferred W's, end the worker, or sleep until work may come.
+
+        Returns (as a generator) True when woken from the idle FIFO, False otherwise, None when the
+        worker has ended.
+        """
+        env, pending, queued_w = self.env, self.pending, wk.queued_w
+        if queued_w:
+            # Run deferred W's one after another while no micro-batch can have arrived;
+            # no push made from now on arrives before now + flight, so batching them is exact.
+            bound = min(pending[0][0] if pending else math.inf, now + wk.flight)
+            t = now
+            while queued_w and (t == now or t < bound):
+                i, n = queued_w.popleft()
+                d = self.devices[i]
+                w_s = d.srv_w * d.size(n)
+                self.engine.record(wk.lane, "W", t, w_s, n, d.name)
+                t += w_s
+            wk.busy += t - now
+            if t > now:
+                wk.last = t
+            yield self.engine.at(t)
+            return False
+        if self.unclaimed == 0:
+            yield from self._final(wk, now)
+            return None
+        held = self.policy.held  # arrived micro-batches the policy holds back (paced, pool)
+        if pending and pending[0][0] <= now + wk.flight:
+            yield self.engine.at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
+            woken = False
+        else:
+            ev = env.event()
+            self.idle.append(ev)
+            if pending and pending[0][0] < self.alarm_at:
+                self._arm(pending[0][0])
+            yield ev
+            woken = True
+        if held and self._waited(wk.lane, now):
+            wk.last = env.now
+        return woken
+
+    def _final(self, wk: _WorkerState, now: float):
+        """Nothing left to hand out: a final step on a partial window, then the worker ends."""
+        step_s = self.server.step
+        if wk.done:
+            self.engine.record(wk.lane, "step", now, step_s)
+            wk.busy += step_s
+            if step_s > 0:
+                wk.last = now + step_s
+            yield self.engine.at(now + step_s)
+            if self.sync is not None:
+                yield from self._synced()
+        self.busy += wk.busy
+        self.end = max(self.end, wk.last)
+        self.running -= 1
+        if self.running == 0 and self.sync is not None:
+            self.sync.leave(self.index)
 
     def _waited(self, lane: str, start: float) -> bool:
         """A worker sat idle from ``start`` to now while the policy held micro-batches back: op ``wait``.

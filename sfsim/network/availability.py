@@ -22,8 +22,8 @@ A device type may declare ``availability``:
 
 The result reports ``samples_not_trained`` per device (summed over epochs: a sample missing from two
 epochs counts twice). Availability is simulated for every schedule with device links
-(:mod:`sfsim.engine.dynamic`; FedLoRA's and SplitLoRA's rules are in :mod:`sfsim.schedules.dynamic_fed` and
-:mod:`sfsim.schedules.dynamic_split`).
+(:mod:`sfsim.schedules.splitfrozen`; FedLoRA's and SplitLoRA's rules are in :mod:`sfsim.schedules.fedlora` and
+:mod:`sfsim.schedules.splitlora.server`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Legs and motions: which server and links a device of the dynamic network has when, and what it did.
 
-Every schedule's dynamic process (:mod:`sfsim.engine.dynamic` for SplitFrozen, :mod:`sfsim.schedules.dynamic_split`
-for SplitLoRA, :mod:`sfsim.schedules.dynamic_fed` for FedLoRA) shares these rules:
+Every schedule's one device process and server loop (:mod:`sfsim.schedules.splitfrozen`, :mod:`sfsim.schedules.splitlora`,
+:mod:`sfsim.schedules.fedlora`) share these rules; a static device is one leg with constant rates:
 
 * A device is on one *leg* at a time: a server, an uplink and a downlink, from its start or from a
   handover's ``at`` on (:mod:`sfsim.network.mobility`). **A transfer uses the leg holding when it starts**,
@@ -23,6 +23,7 @@ Units: seconds, bits for amounts on links, bit/s for rates; server seconds per *
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -83,7 +84,7 @@ class Motion:
     busy: float = 0.0
     up_bytes: float = 0.0
     send_s: float = 0.0                     # seconds its uplink spent sending (for the radio's energy)
-    down_bytes: float = 0.0
+    downloads: int = 0                      # FedAvg averages fully received
     recv_s: float = 0.0                     # seconds its downlink spent receiving
     done: int | None = None
     steps: int = 0
@@ -160,15 +161,45 @@ def legs_of(setup, d, up_bytes: float) -> list[Leg]:
     return legs
 
 
+def availability_of(sc, d) -> Rate | None:
+    """Scenario device ``d``'s 0/1 availability (its file or model, seeded as everywhere), or None."""
+    if d.availability is None:
+        return None
+    key = f"devices[{[t.name for t in sc.device_types].index(d.type)}].availability"
+    return availability_for(d.availability, d.name, d.type, sc.resolve_path, sc.training.seed, sc.source, key)
+
+
 def motion_of(setup, d, up_bytes: float, srv_flops: float = 0.0) -> Motion:
     """The :class:`Motion` of scenario device ``d`` (legs, availability, churn)."""
-    sc = setup.scenario
-    avail = None
-    if d.availability is not None:
-        key = f"devices[{[t.name for t in sc.device_types].index(d.type)}].availability"
-        avail = availability_for(d.availability, d.name, d.type, sc.resolve_path, sc.training.seed, sc.source, key)
     churn = d.availability.churn if d.availability is not None else "pause"
-    return Motion(legs_of(setup, d, up_bytes), avail, churn, srv_flops)
+    return Motion(legs_of(setup, d, up_bytes), availability_of(setup.scenario, d), churn, srv_flops)
+
+
+class Legs(Rate):
+    """A device's link across its handovers: leg ``j``'s rate holds on ``[starts[j], starts[j+1])``."""
+
+    def __init__(self, starts: list[float], rates: list[Rate]):
+        self.starts, self.rates = starts, rates
+
+    def segment(self, t: float) -> tuple[float, float]:
+        """The holding leg's rate at ``t``, until its own change or the next handover."""
+        j = bisect.bisect_right(self.starts, t) - 1
+        r, until = self.rates[j].segment(t)
+        nxt = self.starts[j + 1] if j + 1 < len(self.starts) else INF
+        return r, min(until, nxt)
+
+
+def uplink_rate(sc, d) -> Rate:
+    """Scenario device ``d``'s uplink rate over time across its handover legs (constant legs included)."""
+    legs = leg_links(sc, d)
+    rates = [rate if rate is not None else Constant(float(up.bandwidth)) for _, _, up, rate, _, _ in legs]
+    return rates[0] if len(rates) == 1 else Legs([float(at) for at, *_ in legs], rates)
+
+
+def first_leg_rates(sc, d) -> tuple[Rate | None, Rate | None]:
+    """(uplink, downlink) rates of scenario device ``d``'s first leg (None: constant bandwidth)."""
+    _, _, _, up, _, down = leg_links(sc, d)[0]
+    return up, down
 
 
 def span(rate: Rate | None, t: float, amount: float, x: float = 1.0) -> float:
@@ -192,6 +223,24 @@ def span(rate: Rate | None, t: float, amount: float, x: float = 1.0) -> float:
         if t + d <= until:
             return d
     end = finish(rate, t, amount * x)
+    return end - t if end < INF else INF
+
+
+def span_at(rate, t: float, dur: float, bandwidth: float) -> float:
+    """Seconds from ``t`` for what takes ``dur`` seconds at ``bandwidth`` (bit/s), at ``rate``; ``inf`` if never.
+
+    ``dur x bandwidth / r`` when one rate ``r`` holds throughout (``dur`` itself when ``r`` is the
+    nominal bandwidth: a constant rate reproduces the static schedule exactly).
+    """
+    r, until = rate.segment(t)
+    if r > 0:
+        d = dur * (bandwidth / r)
+        if t + d > until:
+            r, until = steady(rate, t, t + d)
+            d = dur * (bandwidth / r)
+        if t + d <= until:
+            return d
+    end = finish(rate, t, dur * bandwidth)
     return end - t if end < INF else INF
 
 

@@ -10,7 +10,7 @@ for the old server's credit at ``at`` stops waiting and asks the new server. So 
 ``t`` moves exactly the micro-batches whose send starts at or after ``t``.
 
 Times must increase along the list and each ``to`` must name a server. The planner plans the
-starting assignment; handovers are simulated for every schedule with device links (:mod:`sfsim.engine.dynamic`). Each
+starting assignment; handovers are simulated for every schedule with device links (:mod:`sfsim.schedules.network`). Each
 handover shows in the trace as an instant op ``handover`` on the device's lane and in the result's
 ``handovers`` list.
 """

@@ -57,7 +57,7 @@ class SimResult:
         downlink_recv_s: the same for the downlink (SplitLoRA gradients, FedAvg downloads).
         dynamic_network: what became of the scenario's handovers, time-varying links and availability:
             None (it has none), ``"simulated"``, or ``"not applicable: <why>"`` (cenlora, which has no
-            device links; see :func:`sfsim.engine.dynamic.applies`).
+            device links; see :func:`sfsim.schedules.network.applies`).
         engine: what replayed the run: ``fast`` (:mod:`sfsim.fast`) or ``simpy``; engine_note: why the
             fast path did not (``engine="auto"`` on a run it does not cover), else None.
     """

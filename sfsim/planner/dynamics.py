@@ -28,33 +28,17 @@ not bounds, and ``sfsim plan`` prints no lower bound.
 
 from __future__ import annotations
 
-import bisect
 import math
 
 import numpy as np
 
-from sfsim.network.availability import availability_for
-from sfsim.network.legs import leg_links, needs_motion
-from sfsim.network.linkrate import Constant, Product, Rate, finish
+from sfsim.network.legs import availability_of, needs_motion, uplink_rate
+from sfsim.network.linkrate import Product, finish
 
 INF = math.inf
 
 SAMPLE = 8
 """Devices per type whose rate processes are drawn (the slowest of them stands for the type)."""
-
-
-class Legs(Rate):
-    """A device's uplink across its handovers: leg ``j``'s rate holds on ``[starts[j], starts[j+1])``."""
-
-    def __init__(self, starts: list[float], rates: list[Rate]):
-        self.starts, self.rates = starts, rates
-
-    def segment(self, t: float) -> tuple[float, float]:
-        """The holding leg's rate at ``t``, until its own change or the next handover."""
-        j = bisect.bisect_right(self.starts, t) - 1
-        r, until = self.rates[j].segment(t)
-        nxt = self.starts[j + 1] if j + 1 < len(self.starts) else INF
-        return r, min(until, nxt)
 
 
 def is_dynamic(device) -> bool:
@@ -75,13 +59,6 @@ def describe(scenario) -> str:
     return "; ".join(f"{k}: {', '.join(dict.fromkeys(v))}" for k, v in parts.items() if v)
 
 
-def uplink_rate(scenario, device) -> Rate:
-    """The device's uplink rate over time, across its handover legs: the simulator's own channels."""
-    legs = leg_links(scenario, device)
-    rates = [rate if rate is not None else Constant(float(up.bandwidth)) for _, _, up, rate, _, _ in legs]
-    return rates[0] if len(rates) == 1 else Legs([float(at) for at, *_ in legs], rates)
-
-
 def effective_stages(scenario, types, f: np.ndarray, up_bytes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Effective forward and uplink seconds per micro-batch, shape (types, cuts) each; None if all static.
 
@@ -93,7 +70,6 @@ def effective_stages(scenario, types, f: np.ndarray, up_bytes: np.ndarray) -> tu
     """
     if not any(is_dynamic(d) for d in scenario.devices):
         return None
-    names = [t.name for t in scenario.device_types]
     by_name = {d.name: d for d in scenario.devices}
     f_eff = f.copy()
     s_eff = np.array([up_bytes * 8.0 / t.bandwidth for t in types])
@@ -102,13 +78,10 @@ def effective_stages(scenario, types, f: np.ndarray, up_bytes: np.ndarray) -> tu
         if not any(is_dynamic(d) for d in devs):
             continue
         n = max(t.sent_units, 1.0)
-        key = f"devices[{names.index(t.name)}]" if t.name in names else "devices"
         s_row = np.zeros(f.shape[1])
         for d in devs:
-            avail = None
-            if d.availability is not None and d.availability.churn == "pause":
-                avail = availability_for(d.availability, d.name, d.type, scenario.resolve_path,
-                                         scenario.training.seed, scenario.source, f"{key}.availability")
+            avail = availability_of(scenario, d) if d.availability is not None and d.availability.churn == "pause" \
+                else None
             link = uplink_rate(scenario, d)
             if avail is not None:
                 link = Product(link, avail)

@@ -14,10 +14,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from sfsim.cost.energy import Power
+from sfsim.engine.policies import POLICIES
 from sfsim.errors import ConfigError
 from sfsim.model.arch import Arch, resolve_arch
 from sfsim.model.loratargets import resolve_targets
@@ -117,6 +118,13 @@ class Training:
         "--method splitlora uses it unless --client-order is given")
     splitlora_cut: int = Field(default=3, gt=0, description="splitlora: client blocks (reference code: 3)")
     sync: Sync | None = Field(default=None, description="average the servers' adapters over the backhaul")
+
+    @field_validator("server_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value not in POLICIES:
+            raise ValueError(f"unknown server policy {value!r}; choose one of: {', '.join(POLICIES)}")
+        return value
 
 
 @dataclass(config=STRICT, kw_only=True)

@@ -7,14 +7,14 @@ The source is always ready, so deferred W's simply run before each step. Micro-b
 attributed to devices in proportional order (as a shuffled central dataset would mix them), which
 is what ``stream_mixing`` sees. With no device links and the data at the server from the start,
 handovers, time-varying links and availability do not apply: the result says so
-(``SimResult.dynamic_network``, :func:`sfsim.engine.dynamic.applies`).
+(``SimResult.dynamic_network``, :func:`sfsim.schedules.network.applies`).
 """
 
 from __future__ import annotations
 
-from sfsim.engine.dynamic import not_applicable
 from sfsim.engine.pool import DeviceTimes, Engine, ProportionalPolicy, ServerTimes, StreamMixing
-from sfsim.schedules import Job, RunConfig, Setup, groups
+from sfsim.schedules.common import Job, RunConfig, Setup, groups
+from sfsim.schedules.network import not_applicable
 
 
 def build(setup: Setup, cache: bool = False) -> Job:

@@ -1,36 +1,48 @@
-"""FedLoRA: every device trains LoRA on the whole model; synchronous FedAvg rounds.
+"""FedLoRA: every device trains LoRA on the whole model; FedAvg rounds whose membership follows the network.
 
-Round ``r``: each device of a server that still has data runs ``local_steps`` micro-batches (or
-what it has left) of ``F``, ``B``, ``W`` through the whole model with a ``step`` after every
-``accumulate`` micro-batches and one at the round's end for a partial window; it uploads its
-adapters (every block and the head); the server runs ``aggregate`` when all participants' uploads
-have arrived; each participant downloads the average and starts the next round. The first round
-starts at time 0 with the initial adapters already on the devices; the last round also downloads.
-FedAvg FLOPs are not counted. With handovers, time-varying links or availability every device runs
-the process of :mod:`sfsim.schedules.dynamic_fed` instead (FedAvg groups that follow moves and drops).
+Round ``r`` of a device: ``local_steps`` micro-batches (or what it has left) of ``F``, ``B``, ``W``
+through the whole model with a ``step`` after every ``accumulate`` micro-batches and one at the
+round's end for a partial window; the adapter upload (every block and the head); the FedAvg of its
+server (``aggregate`` once every expected upload has arrived); the download of the average. The first
+round starts at time 0 with the initial adapters already on the devices; the last round also
+downloads. FedAvg FLOPs are not counted.
+
+One device process (:func:`device_process`) for every device, under the rules of
+:mod:`sfsim.network.legs`: a transfer uses the leg holding when it starts and integrates its rate;
+compute and transfers pause while offline; a drop ends the device at its first outage. A static
+device is one leg with constant rates: its branch is the plain arithmetic (``sync_up_s``,
+``sync_down_s``), the very figures of the static schedule.
+
+FedAvg membership (:class:`FedGroup`, one per server) follows the devices:
+
+* Round ``r`` of a device is averaged by the server its round-``r`` upload goes to (the leg
+  holding when that upload starts). A server's round ``r`` waits for every device *expected* there:
+  one attached to it that still has round ``r`` to upload.
+* A handover at ``at`` moves the device's rounds from the first upload that starts at or after
+  ``at`` to the new server's FedAvg group (at ``at``: the old server's barrier stops waiting for it
+  then). If the new server has already averaged that round, the device is averaged on its own (an
+  ``aggregate`` of one) and downloads at once.
+* A device that drops (or goes offline for good, ``pause``) leaves every barrier it has not
+  uploaded to at the instant it leaves, so no barrier waits for it; a round whose upload was cut
+  off is lost. Its micro-batches count as trained once their round's upload has been sent; the
+  others are its ``samples_not_trained``. A download cut off loses nothing already trained.
+
+``handovers`` in the result count micro-batches by their round's upload (``sent_before`` /
+``sent_after``); busy time and FLOPs count the micro-batches and steps whose compute ended.
 """
 
 from __future__ import annotations
 
-from sfsim.engine.pool import DeviceTimes, Engine
-from sfsim.schedules import (
-    Barrier,
-    Job,
-    RunConfig,
-    Setup,
-    aggregate_seconds,
-    dynamic_fed,
-    fedavg_groups,
-    link_seconds,
-    rounds,
-)
-from sfsim.schedules.splitlora import sync
+import bisect
+
+from sfsim.engine.pool import DeviceTimes, Engine, FifoLane, ServerTimes
+from sfsim.network.legs import INF, Leg, Motion, gone_at, online, record_online, span
+from sfsim.schedules.common import Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds, rounds
+from sfsim.schedules.network import every_device, trace_moves
 
 
 def build(setup: Setup, cache: bool = False) -> Job:
     """Stage durations and FLOPs for FedLoRA (cuts are ignored: every device holds the whole model)."""
-    from sfsim.engine.pool import ServerTimes
-
     sc, cm, idx, L = setup.scenario, setup.cm, setup.server_index, setup.scenario.arch.n_layers
     full = cm.full_model()
     params = cm.trainable_params(range(L), head=True)
@@ -47,7 +59,7 @@ def build(setup: Setup, cache: bool = False) -> Job:
             sync_down_s=link_seconds(adapter, d.downlink), sync_bytes=adapter, **setup.partial(d))
         job.devices.append(dt)
         job.device_flops[d.name] = dt.units(n) * full.total
-    job.network = dynamic_fed.network(setup, job)
+    job.network = every_device(setup, job)
     return job
 
 
@@ -56,34 +68,232 @@ def steps_in_round(k: int, accumulate: int) -> int:
     return -(-k // accumulate)
 
 
+def still(d: DeviceTimes) -> Motion:
+    """A device that neither moves nor churns: one leg with constant rates (its stage times)."""
+    return Motion([Leg(0.0, d.server, 0.0, d.up_s, d.up_l, None, 0.0, d.down_l, None)])
+
+
 def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
-    """Start one aggregation lane per server and one process per device on ``engine``."""
-    if job.network is not None:
-        return dynamic_fed.run(engine, job, cfg)
-    per = cfg.local_steps
-    for _srv, members, _lane, barriers in fedavg_groups(engine, job, per):
-        for i in members:
-            d = job.devices[i]
-            n_steps = sum(steps_in_round(min(per, d.n - r * per), cfg.accumulate)
-                          for r in range(rounds(d.n, per)))
-            engine.device_busy[d.name] = d.units(d.n) * (d.f + d.b + d.w) + n_steps * d.step + d.first_extra(d.n)
-            engine.up_bytes[d.name] = engine.down_bytes[d.name] = rounds(d.n, per) * d.sync_bytes
-            if d.n:
-                engine.env.process(_device(engine, barriers, d, per, cfg.accumulate))
+    """Start one aggregation lane and :class:`FedGroup` per server and one process per device on ``engine``."""
+    per, net = cfg.local_steps, job.network
+    motions = net.motions if net is not None else {i: still(d) for i, d in enumerate(job.devices)}
+    engine.soft_timers = any(len(m.legs) > 1 or m.avail is not None for m in motions.values())
+    n_rounds = {i: rounds(d.n, per) for i, d in enumerate(job.devices)}
+    most = max(n_rounds.values(), default=0)
+    fed_groups = []
+    for srv in job.servers:
+        lane = FifoLane(engine, srv.lane(0))
+        engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
+        fed_groups.append(FedGroup(engine, lane, srv.aggregate, most))
+    members = Membership(engine, fed_groups, motions, n_rounds)
+    for i in [i for _, ids in groups(job.devices).items() for i in ids]:  # the results' order: by server
+        d, m = job.devices[i], motions[i]
+        engine.device_busy[d.name] = engine.up_bytes[d.name] = engine.down_bytes[d.name] = 0.0
+        m.done = 0
+        if d.n:
+            engine.env.process(device_process(engine, members, i, d, m, per, cfg.accumulate, net is None))
+        engine.on_finish(lambda d=d, m=m, i=i: _finish(engine, members, net, i, d, m, per))
 
 
-def _device(engine: Engine, barriers: list[Barrier], d: DeviceTimes, per: int, accumulate: int):
-    env, rec, name = engine.env, engine.record, d.name
+def _finish(engine: Engine, members: Membership, net, i: int, d: DeviceTimes, m: Motion, per: int) -> None:
+    """A device's figures from what it did: the static formulas over its micro-batches, steps and rounds."""
+    engine.device_busy[d.name] = d.units(m.done) * (d.f + d.b + d.w) + m.steps * d.step + d.first_extra(m.done)
+    engine.up_bytes[d.name] = m.syncs_sent * d.sync_bytes
+    engine.down_bytes[d.name] = m.downloads * d.sync_bytes
+    moved = members.moved_at[i] + [len(m.uploads)] * (len(m.legs) - 1 - len(members.moved_at[i]))
+    m.switched_at = [min(u * per, m.sent) for u in moved]
+    if engine.events is not None and net is not None and i in net.moving:
+        trace_moves(engine, d, m)
+
+
+class FedGroup:
+    """One server's FedAvg rounds while devices join and leave (see the module docstring).
+
+    ``need[r]`` counts the devices expected at round ``r``; a round closes (``aggregate`` on the
+    server's lane for each arrival, then its event fires) when as many have arrived.
+    """
+
+    def __init__(self, engine, lane: FifoLane, per_device: float, n_rounds: int):
+        self.engine, self.lane, self.per_device = engine, lane, per_device
+        self.need, self.arrived = [0] * n_rounds, [0] * n_rounds
+        self.closed = [False] * n_rounds
+        self.done = [engine.env.event() for _ in range(n_rounds)]
+        self.expect: dict[int, list[int]] = {}  # device -> [lo, hi): the rounds it is expected for here
+        self.on_wait = None  # called with r when an arrival has to wait (Membership keeps the run alive)
+
+    def join(self, i: int, lo: int, hi: int) -> None:
+        """Device ``i`` is expected here for rounds ``lo..hi-1``."""
+        self.expect[i] = [lo, hi]
+        for r in range(lo, hi):
+            self.need[r] += 1
+
+    def cut(self, i: int, hi: int) -> None:
+        """Device ``i`` is expected here only before round ``hi`` (it left); rounds may close now."""
+        span_i = self.expect.get(i)
+        if span_i is None or hi >= span_i[1]:
+            return
+        lo, old = span_i
+        span_i[1] = max(lo, hi)
+        for r in range(span_i[1], old):
+            self.need[r] -= 1
+            self._close(r)
+
+    def arrive(self, r: int):
+        """An upload for round ``r`` arrived now; the returned event fires when the round's aggregate ends."""
+        if self.closed[r]:  # the group averaged this round before the device joined: on its own
+            ev = self.engine.env.event()
+            (end,) = self.lane.serve([("aggregate", self.per_device)])
+            self.engine.succeed_at(ev, end)
+            return ev
+        self.arrived[r] += 1
+        self._close(r)
+        if not self.closed[r] and self.on_wait is not None:
+            self.on_wait(self, r)
+        return self.done[r]
+
+    def _close(self, r: int) -> None:
+        if not self.closed[r] and self.arrived[r] and self.arrived[r] >= self.need[r]:
+            self.closed[r] = True
+            (end,) = self.lane.serve([("aggregate", self.per_device * self.arrived[r])])
+            self.engine.succeed_at(self.done[r], end)
+
+
+class Membership:
+    """Which server's :class:`FedGroup` expects each round of each device: handovers and leaving."""
+
+    def __init__(self, engine, groups: list[FedGroup], motions: dict[int, Motion], n_rounds: dict[int, int]):
+        self.engine, self.groups, self.motions, self.n_rounds = engine, groups, motions, n_rounds
+        self.applied = dict.fromkeys(motions, 0)  # legs switched to so far
+        self.leaving: dict[int, float] = {}  # device -> when it will leave (a soft timer is set)
+        self.kept: set[int] = set()  # leaving devices a barrier waits for: the run lasts until they leave
+        for g in groups:
+            g.on_wait = self._keep_alive
+        self.moved_at: dict[int, list[int]] = {i: [] for i in motions}  # uploads started before each handover
+        for i, m in motions.items():
+            if n_rounds[i]:
+                groups[m.legs[0].server].join(i, 0, n_rounds[i])
+            for j in range(1, len(m.legs)):
+                engine.soft_at(m.legs[j].at, lambda i=i: self.switch(i, engine.env.now))
+
+    def switch(self, i: int, t: float) -> int:
+        """Apply device ``i``'s handovers up to time ``t``; returns the leg holding at ``t``."""
+        m = self.motions[i]
+        j = m.leg_at(t)
+        while self.applied[i] < j:
+            k = self.applied[i] = self.applied[i] + 1
+            u = bisect.bisect_left(m.uploads, m.legs[k].at)  # uploads started before the handover stay
+            self.moved_at[i].append(u)
+            old, new = self.groups[m.legs[k - 1].server], self.groups[m.legs[k].server]
+            if old is new or m.gone < INF:
+                continue
+            hi = old.expect[i][1] if i in old.expect else self.n_rounds[i]
+            old.cut(i, u)
+            if u < hi:
+                new.join(i, u, hi)
+        return j
+
+    def leave_at(self, i: int, t: float, uploaded: int) -> None:
+        """Device ``i`` leaves for good at ``t`` (now or later) with ``uploaded`` uploads sent.
+
+        A later leave is a soft timer (it must not extend a run nobody waits in); a barrier that
+        waits for the device makes it a hard one (:meth:`_keep_alive`).
+        """
+        if t <= self.engine.env.now:
+            self.leave(i, uploaded)
+            return
+        self.leaving[i] = t
+        self.engine.soft_at(t, lambda: self.leave(i, uploaded))
+
+    def _keep_alive(self, group: FedGroup, r: int) -> None:
+        """Round ``r`` of ``group`` waits: let the run last until its expected devices that will leave have left."""
+        for i, t in self.leaving.items():
+            lo, hi = group.expect.get(i, (0, 0))
+            if i not in self.kept and lo <= r < hi and t > self.engine.env.now:
+                self.kept.add(i)
+                self.engine.at(t)  # a hard event at t; the soft leave at t was queued first, so it runs
+
+    def leave(self, i: int, uploaded: int) -> None:
+        """Device ``i`` leaves for good now, having sent ``uploaded`` uploads."""
+        m = self.motions[i]
+        self.switch(i, self.engine.env.now)
+        m.gone = self.engine.env.now
+        for g in self.groups:
+            g.cut(i, uploaded)
+
+
+def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, accumulate: int,
+                   constant: bool = False):
+    """One FedLoRA device (see the module docstring); fills ``m``'s outcome.
+
+    ``constant``: one leg with constant rates given by the stage times (``sync_up_s``, ``sync_down_s``),
+    the static schedule's arithmetic; else each transfer integrates its leg's rate.
+    """
+    env, name, pause = engine.env, d.name, m.pause
+    stop = m.stop
+    if m.start == INF:
+        members.leave_at(i, 0.0, 0)
+        return
+    if m.churn == "drop" and m.start > 0:
+        yield engine.at(m.start)  # it joins at its first online instant
+    bits = d.sync_bytes * 8.0
     for r in range(rounds(d.n, per)):
         first, last = r * per, min(d.n, (r + 1) * per)
         t = env.now
-        for n in range(first, last):
+        for n in range(first, last):  # local training, by arithmetic (as the static schedule)
             x = d.size(n)  # the last micro-batch of an epoch may be partial
             for op, dur in (("F", d.fwd(n)), ("B", d.b * x), ("W", d.w * x)):
-                rec(name, op, t, dur, n, name)
-                t += dur
+                t = _compute(engine, members, i, m, op, t, dur, n, name, stop)
+                if t is None:
+                    return
+            m.done += 1
             if (n - first + 1) % accumulate == 0 or n + 1 == last:
-                rec(name, "step", t, d.step, -1, name)
-                t += d.step
+                t = _compute(engine, members, i, m, "step", t, d.step, -1, name, stop)
+                if t is None:
+                    return
+                m.steps += 1
         yield env.timeout(t - env.now)
-        yield from sync(engine, barriers[r], d)
+        # the adapter upload, on the leg holding when it starts
+        t0 = env.now
+        j = members.switch(i, t0)
+        leg = m.legs[j]
+        m.uploads.append(t0)
+        up = d.sync_up_s if constant else span(leg.up_rate(pause), t0, bits)
+        if t0 + up > stop or up == INF:
+            members.leave_at(i, _gone(m, t0, stop), m.syncs_sent)
+            return
+        record_online(engine, "link:" + name, "send", t0, t0 + up, -1, name, pause, up)
+        m.send_s += online(pause, t0, t0 + up)
+        m.syncs_sent += 1
+        m.sent = last
+        yield env.timeout(up + leg.up_l)
+        yield members.groups[leg.server].arrive(r)
+        t1 = env.now
+        j = m.leg_at(t1)
+        leg = m.legs[j]
+        down = d.sync_down_s if constant else span(leg.down_rate(pause), t1, bits)
+        if t1 + down > stop or down == INF:
+            members.leave_at(i, _gone(m, t1, stop), m.syncs_sent)
+            return
+        record_online(engine, "downlink:" + name, "send", t1, t1 + down, -1, name, pause, down)
+        m.recv_s += online(pause, t1, t1 + down)
+        m.downloads += 1
+        yield env.timeout(down + leg.down_l)
+
+
+def _compute(engine, members: Membership, i: int, m: Motion, op: str, t: float, dur: float, n: int,
+             name: str, stop: float) -> float | None:
+    """Record ``op`` from ``t`` (paused offline); its end, or None when the device leaves before it ends."""
+    if m.pause is None and stop == INF:  # always online: plain arithmetic
+        engine.record(name, op, t, dur, n, name)
+        return t + dur
+    end = t + span(m.pause, t, dur)
+    if end > stop or end == INF:
+        members.leave_at(i, _gone(m, t, stop), m.syncs_sent)
+        return None
+    record_online(engine, name, op, t, end, n, name, m.pause, dur)
+    return end
+
+
+def _gone(m: Motion, t: float, stop: float) -> float:
+    """When a device whose work from ``t`` never ends leaves: its drop, or when it goes offline for good."""
+    return stop if stop < INF else gone_at(m.avail, t)

@@ -17,14 +17,40 @@ server has finished ``B`` and ``W`` of ``n`` (see :mod:`sfsim.engine.pool` for t
 With one device, ``n`` micro-batches, a big buffer, fused backward and no step cost the makespan is
 ``(f + s + l + srv) + (n - 1) * max(f, s, srv)`` pipelined and ``n * (f + s + l + srv)``
 sequential, with ``srv`` = server F + B + W seconds.
+
+Devices that move, churn or have a varying uplink (the dynamic network, :mod:`sfsim.network.legs`)
+take the general branch of the device process, :func:`_moving`; the timing rules are the same::
+
+    F_end[n] = when F_start[n] plus f of compute is done (compute progresses only online: pause)
+    ready[n] = first online instant >= max(F_end[n], link free)
+    send_start[n] = ready[n], or later when a credit is granted;  F_start[n+1] = send_start[n]
+    send_end[n] = where the integral of the link's rate (times online, pause) from send_start
+                  reaches the micro-batch's bits;  arrival[n] = send_end[n] + latency
+
+Sequential ablation: F_start[n+1] is the release of micro-batch n (its W ended on the server).
+SplitFrozen sends nothing down, so a time-varying downlink changes nothing there. The leg holding
+at ``send_start`` takes the micro-batch. The server pools learn of moves as they happen through
+their public operations (:meth:`~sfsim.engine.pool.ServerPool.expect`, ``hand_over``,
+``withdraw``, ``not_coming``): each pending handover into a pool holds a place in it, so that the
+pool does not end while a device may still come. Servers touched by a handover or churn measure
+stream mixing over the stream they actually received. A device on one leg with constant rates
+takes the constant-rate branch (:class:`_Pipelined`, :func:`_sequential`): the same rules by plain
+arithmetic, the hot path.
 """
 
 from __future__ import annotations
 
-from sfsim.engine import dynamic
-from sfsim.engine.dynamic import network
+import dataclasses
+from dataclasses import dataclass
+
+from simpy.events import PENDING
+
+from sfsim.engine.credits import Credits
 from sfsim.engine.pool import DeviceTimes, Engine, ServerPool, ServerTimes
-from sfsim.schedules import Job, RunConfig, Setup, link_seconds
+from sfsim.network.availability import next_online
+from sfsim.network.legs import INF, Motion, motion_of, needs_motion, online, record_online, span
+from sfsim.schedules.common import Job, RunConfig, Setup, link_seconds
+from sfsim.schedules.network import Untouched, needs_dynamics, not_applicable, trace_moves
 
 
 def build(setup: Setup, cache: bool = False) -> Job:
@@ -62,65 +88,112 @@ def build(setup: Setup, cache: bool = False) -> Job:
 def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
     """Start the server pools and one process per device on ``engine`` (call ``engine.run()`` after).
 
-    Devices of the job's dynamic network (handover, varying uplink, availability) run
-    :func:`sfsim.engine.dynamic.device_process` instead, pipelined or ``sequential`` (checked by
-    :func:`sfsim.engine.dynamic.check_supported`).
+    Devices of the job's dynamic network (handover, varying uplink, availability) take the general
+    branch, :func:`_moving`, pipelined or ``sequential`` (checked by
+    :func:`sfsim.schedules.network.check_supported`).
     """
     net = job.network
     views = getattr(net, "views", None)  # None: no network, or one that does not touch SplitFrozen
     pools = [ServerPool(engine, s, views[k] if views else job.devices, k, cfg.buffer, cfg.accumulate,
                         cfg.decompose, cfg.policy, sequential, cfg.credits, cfg.pool_memory, cfg.seed)
              for k, s in enumerate(job.servers)]
-    proc = _sequential if sequential else _pipelined
     moving = net.moving if net else {}
     if moving:
-        dynamic.prepare(engine, pools, cfg.buffer, moving, sequential)
-        dynamic.start(engine, pools, job, moving, sequential)
+        prepare(engine, pools, cfg.buffer, moving, sequential)
+        _start_moving(engine, pools, job, moving, sequential)
     for i, d in enumerate(job.devices):
         engine.device_busy[d.name] = d.units(d.sent) * d.f + d.first_extra(d.sent)
         engine.up_bytes[d.name] = d.units(d.sent) * d.up_bytes
         engine.down_bytes[d.name] = 0.0
         if d.sent and i not in moving:
-            engine.env.process(proc(engine, pools[d.server], i, d))
+            if sequential:
+                engine.env.process(_sequential(engine, pools[d.server], i, d))
+            else:
+                _Pipelined(engine, pools[d.server], i, d)
 
 
-def _pipelined(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
-    """One device streaming micro-batches back to back (double buffering, credits)."""
-    env, rec, at = engine.env, engine.record, engine.at
-    f, s, lat, name, lane = d.f, d.up_s, d.up_l, d.name, "link:" + d.name
-    acct, send = pool.account[i], pool.send if pool.senders is not None else pool.push
-    f_start = 0.0
-    link_free = 0.0
-    for n in range(d.sent):
+class _Pipelined:
+    """One device streaming micro-batches back to back (double buffering, credits), as callbacks.
+
+    The same steps as a SimPy process (see the module docstring for the timing), written as a small
+    state machine whose callbacks are :class:`~sfsim.engine.pool.DeviceEvent` s: a server worker may
+    run them inline (:meth:`~sfsim.engine.pool.Engine.until`), which keeps the hot path short.
+    """
+
+    __slots__ = ("engine", "env", "d", "i", "acct", "send", "n", "x", "fx", "f_start", "f_end", "ready",
+                 "link_free", "event", "tracing", "on_credit")
+
+    def __init__(self, engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
+        self.engine, self.env, self.d, self.i = engine, engine.env, d, i
+        self.acct, self.send = pool.account[i], pool.send if pool.senders is not None else pool.push
+        self.n, self.x, self.fx = 0, 1.0, 0.0
+        self.f_start = self.f_end = self.ready = self.link_free = 0.0
+        self.event = engine.device_event()  # reused for every credit wait: one is pending at a time
+        self.on_credit = [self._send]  # its callbacks, reused likewise (SimPy drops the list when it fires)
+        self.tracing = engine.events is not None
+        engine.start(self._next)
+
+    def _next(self, _ev=None) -> None:
+        """Forward micro-batch ``n`` from ``f_start``; when it and the link are done, get a credit and send."""
+        d, n = self.d, self.n
+        if n == d.sent:
+            return
         x = 1.0 if d.last == 1.0 else d.size(n)  # the last micro-batch of an epoch may be partial
-        fx = f * x + (d.warmup if n == 0 else 0.0)  # d.fwd(n), inlined on the hot path
-        f_end = f_start + fx
-        ready = f_end if f_end > link_free else link_free
-        while True:  # get a credit at or after `ready` (see engine.Credits.wait)
-            if ready > env._now:
-                if acct.credits:
-                    yield at(ready)  # one is free now: check again when ready
-                    continue
-                ev = env.event()
-                acct.wait(ready, ev)
-                if (yield ev):
-                    break  # granted
-                continue  # a credit came back before `ready`: try for it now
-            if acct.credits:
-                acct.credits -= 1
-                break
-            ev = env.event()
-            acct.wait(env.now, ev)
-            yield ev  # fires when granted
-            break
-        t0 = env._now
-        if engine.events is not None:
-            rec(name, "F", f_start, fx, n, name)
-            rec(name, "wait", f_end, t0 - f_end, n, name)
-            rec(lane, "send", t0, s * x, n, name)
-        link_free = t0 + s * x
-        send(link_free + lat, i, n)
-        f_start = t0
+        fx = d.f * x + (d.warmup if n == 0 else 0.0)  # d.fwd(n), inlined on the hot path
+        f_end = self.f_start + fx
+        self.x, self.fx, self.f_end = x, fx, f_end
+        self.ready = f_end if f_end > self.link_free else self.link_free
+        self._try()
+
+    def _try(self, _ev=None) -> None:
+        """Get a credit at or after ``ready`` (see engine.Credits.wait), then send."""
+        acct, ready, engine = self.acct, self.ready, self.engine
+        if ready > self.env._now:
+            if acct.credits:  # one is free now: check again when ready
+                engine.device_at(ready).callbacks.append(self._try)
+                return
+            acct.wait(ready, self._pending(self._send))  # True: granted; False: try again now
+        elif acct.credits:
+            acct.credits -= 1
+            self._send()
+        else:
+            acct.wait(self.env._now, self._pending(self._send))  # fires when granted
+
+    def _pending(self, callback):
+        """The device's credit event, pending again, with ``callback``."""
+        ev = self.event
+        ev.callbacks, ev._value = [callback], PENDING
+        return ev
+
+    def _send(self, ev=None) -> None:
+        """Send micro-batch ``n`` now (a credit is held), then forward the next one (``ev`` False: no credit yet)."""
+        if ev is not None and ev._value is False:
+            self._try()  # a credit came back before `ready`: try for it now
+            return
+        d, n, x, t0 = self.d, self.n, self.x, self.env._now
+        if self.tracing:
+            rec, name = self.engine.record, d.name
+            rec(name, "F", self.f_start, self.fx, n, name)
+            rec(name, "wait", self.f_end, t0 - self.f_end, n, name)
+            rec("link:" + name, "send", t0, d.up_s * x, n, name)
+        link_free = self.link_free = t0 + d.up_s * x
+        self.send(link_free + d.up_l, self.i, n)
+        self.f_start = t0
+        self.n = n = n + 1
+        if n == d.sent:
+            return
+        x = 1.0 if d.last == 1.0 else d.size(n)  # _next, inlined on the hot path (n > 0: no warm-up)
+        fx = d.f * x
+        f_end = t0 + fx
+        self.x, self.fx, self.f_end = x, fx, f_end
+        ready = self.ready = f_end if f_end > link_free else link_free
+        acct = self.acct
+        if ready > t0 and not acct.credits:  # _try's usual case, inlined: wait for a credit
+            ev = self.event
+            ev.callbacks, ev._value = self.on_credit, PENDING
+            acct.wait(ready, ev)
+        else:
+            self._try()
 
 
 def _sequential(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
@@ -137,6 +210,191 @@ def _sequential(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
         rec(name, "F", f_start, fx, n, name)
         rec(name, "wait", f_start + fx, t0 - f_start - fx, n, name)
         rec("link:" + name, "send", t0, d.up_s * x, n, name)
-        release = pool.release[i] = env.event()
+        release = pool.released(i)
         pool.send(t0 + d.up_s * x + d.up_l, i, n)
         yield release
+
+
+@dataclass
+class Network:
+    """A SplitFrozen job's dynamic devices (index -> :class:`Motion`) and each server's view of the devices."""
+
+    moving: dict[int, Motion]
+    views: list[list]
+
+
+def network(setup, job) -> Network | Untouched | None:
+    """The job's :class:`Network`, or None when no device moves, churns or has a varying uplink.
+
+    Only a varying downlink: :class:`~sfsim.schedules.network.Untouched` (SplitFrozen sends nothing down).
+    """
+    if not needs_dynamics(setup.scenario):
+        return not_applicable(setup.scenario)
+    moving = motions(setup, job)
+    return Network(moving, pool_views(setup, job, moving))
+
+
+def motions(setup, job) -> dict[int, Motion]:
+    """Device index -> :class:`Motion` for every device of ``job`` that needs the dynamic process."""
+    sc, cm, out = setup.scenario, setup.cm, {}
+    for i, (d, dt) in enumerate(zip(sc.devices, job.devices, strict=True)):
+        if needs_motion(d, downlink=False):  # nothing goes down in SplitFrozen
+            suffix = cm.server_suffix(setup.splits[d.name], setup.lora_start)
+            out[i] = motion_of(setup, d, dt.up_bytes, suffix.total)
+    return out
+
+
+def pool_views(setup, job, moving: dict[int, Motion]) -> list[list]:
+    """Per server: the devices as that server sees them (its own F/B/W seconds for visitors).
+
+    A moving device's uplink time is set to 0 and its latency to its smallest, so that the pool's
+    bound on how soon a micro-batch can arrive stays a lower bound.
+    """
+    sc, cm = setup.scenario, setup.cm
+    views = []
+    for k, srv in enumerate(sc.servers):
+        row = []
+        for i, d in enumerate(job.devices):
+            m = moving.get(i)
+            if m is None:
+                row.append(d)
+                continue
+            lat = min(leg.up_l for leg in m.legs)
+            if any(leg.server == k for leg in m.legs):
+                suffix = cm.server_suffix(setup.splits[d.name], setup.lora_start)
+                f, b, w = cm.seconds(suffix, srv)
+                d = dataclasses.replace(d, srv_f=f, srv_b=b, srv_w=w)
+            row.append(dataclasses.replace(d, up_s=0.0, up_l=lat))
+        views.append(row)
+    return views
+
+
+def prepare(engine: Engine, pools: list[ServerPool], buffer: int, moving: dict[int, Motion],
+            sequential: bool = False) -> None:
+    """Places for pending handovers, credits for visiting devices, and the streams servers really receive."""
+    engine.soft_timers = True  # handover and drop deadlines must not extend the run
+    touched = set()
+    for i, m in moving.items():
+        if len(m.legs) > 1 or m.avail is not None:
+            touched |= {leg.server for leg in m.legs}
+        for leg in m.legs[1:]:
+            pools[leg.server].expect(i, 1 if sequential else buffer)  # sequential: one, back at the release
+    for pool in pools:
+        pool.open_arrivals()
+    for k in touched:
+        pools[k].mix_received()
+
+
+def _acquire(engine, acct: Credits, ready: float, deadline: float):
+    """Take a credit at or after ``ready`` and before ``deadline`` (rules of engine.Credits.wait); True if taken."""
+    env = engine.env
+    while True:
+        if max(ready, env.now) >= deadline:
+            return False
+        if ready > env.now:
+            if acct.credits:
+                yield engine.at(ready)
+                continue
+            ev = env.event()
+            acct.wait(ready, ev)
+        elif acct.credits:
+            acct.credits -= 1
+            return True
+        else:
+            ev = env.event()
+            acct.wait(env.now, ev)
+        if deadline < INF:
+            engine.soft_at(deadline, lambda ev=ev: acct.cancel(ev))
+        got = yield ev
+        if got is None:
+            return False
+        if got and env.now >= deadline:  # granted at the deadline: the send would start after it
+            acct.give_back()
+            return False
+        if got:
+            return True
+
+
+def _moving(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, sequential: bool = False):
+    """A device that moves, churns or has a varying uplink (see the module docstring); fills ``m``'s outcome."""
+    env, legs, pause = engine.env, m.legs, m.pause
+    start, stop = m.start, m.stop
+    j, n = 0, 0
+    pool = pools[legs[0].server]
+    f_start, link_free = start, 0.0
+    tracing = engine.events is not None
+    while n < d.sent and start < INF:
+        x, fx = d.size(n), d.fwd(n)
+        f_end = f_start + span(pause, f_start, fx)
+        ready = max(f_end, link_free)
+        if pause is not None and ready < INF:
+            ready = next_online(pause, ready)
+        acct = None
+        while ready < min(stop, INF):
+            while j + 1 < len(legs) and legs[j + 1].at <= max(ready, env.now):
+                j, pool = j + 1, _switch(pools, i, d, m, j + 1, n)
+            acct = pool.account[i]
+            deadline = min(stop, legs[j + 1].at if j + 1 < len(legs) else INF)
+            if (yield from _acquire(engine, acct, ready, deadline)):
+                break
+            acct, ready = None, env.now
+        if acct is None:
+            break  # dropped, or never online again: the rest is lost
+        t0, leg = env.now, legs[j]
+        s = span(leg.up_rate(pause), t0, d.up_bytes * 8.0, x)  # (bits per full micro-batch) x size
+        end = t0 + s
+        if end > stop or end == INF:  # cut off mid-send: the credit comes back when the device leaves
+            if end == INF:
+                acct.give_back()
+            else:
+                engine.soft_at(stop, acct.give_back)
+            break
+        if tracing:
+            record_online(engine, d.name, "F", f_start, f_end, n, d.name, pause, fx)
+            record_online(engine, d.name, "wait", f_end, t0, n, d.name, pause)
+            record_online(engine, "link:" + d.name, "send", t0, end, n, d.name, pause, s)
+        m.send_s += end - t0 if pause is None else online(pause, t0, end)
+        link_free = end
+        if sequential:  # the worker releases the device when this micro-batch's W ends
+            released = pool.released(i)
+        pool.send(end + leg.up_l, i, n)
+        n += 1
+        if sequential:
+            yield released
+            f_start = env.now
+        else:
+            f_start = t0
+    m.sent = n
+    m.busy = d.units(n) * d.f + d.first_extra(n)  # as the static process counts it: forwards of sent ones
+    m.up_bytes = d.units(n) * d.up_bytes
+    if n < d.sent:
+        pool.withdraw(i, d.sent - n)
+    for k in range(j + 1, len(legs)):  # handovers never reached: nothing goes there
+        m.switched_at.append(n)
+        pools[legs[k].server].not_coming(i)
+
+
+def _switch(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, n: int) -> ServerPool:
+    """Device ``i`` takes leg ``j`` having sent ``n``: its unsent micro-batches move; returns the new pool."""
+    old, new = pools[m.legs[j - 1].server], pools[m.legs[j].server]
+    left = d.sent - n
+    m.switched_at.append(n)
+    new.hand_over(i, left)
+    old.withdraw(i, left)
+    return new
+
+
+def _start_moving(engine: Engine, pools: list[ServerPool], job: Job, moving: dict[int, Motion],
+                  sequential: bool = False) -> None:
+    """Start the moving devices' processes; their busy time and bytes are set when the run ends."""
+    for i, m in moving.items():
+        d = job.devices[i]
+        if d.sent:
+            engine.env.process(_moving(engine, pools, i, d, m, sequential))
+
+        def done(d=d, m=m):
+            engine.device_busy[d.name] = m.busy
+            engine.up_bytes[d.name] = m.up_bytes
+            if engine.events is not None:
+                trace_moves(engine, d, m)
+        engine.on_finish(done)

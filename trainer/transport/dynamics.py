@@ -39,8 +39,8 @@ import time
 from collections.abc import Callable
 
 from sfsim.errors import SfsimError
-from sfsim.network.availability import availability_for, next_online, online_until
-from sfsim.network.legs import leg_links
+from sfsim.network.availability import next_online, online_until
+from sfsim.network.legs import availability_of, first_leg_rates
 from sfsim.network.linkrate import Constant, Product, Rate, finish
 from trainer.transport.runtime import DeviceLeft
 
@@ -61,23 +61,15 @@ def check(scenario, method: str, emulate: str, what: str) -> None:
                          "for splitfrozen only; use --method splitfrozen, --emulate none or remove 'availability'")
 
 
-def _key(scenario, d) -> str:
-    """The scenario key of a device's type (``devices[2]``), for error messages."""
-    return f"devices[{[t.name for t in scenario.device_types].index(d.type)}]"
-
-
 def availability(scenario, d) -> Rate | None:
     """Device ``d``'s 0/1 availability, the simulator's (same file, same seed), or None."""
-    if d.availability is None:
-        return None
-    return availability_for(d.availability, d.name, d.type, scenario.resolve_path, scenario.training.seed,
-                            scenario.source, f"{_key(scenario, d)}.availability")
+    return availability_of(scenario, d)
 
 
 def link_rates(scenario, d, with_availability: bool = True) -> tuple[Rate | None, Rate | None]:
     """(uplink, downlink) rates of device ``d`` (None: constant bandwidth); a pausing device's uplink
     carries only while it is online."""
-    _, _, _, up, _, down = leg_links(scenario, d)[0]  # the simulator's channels (handovers are refused here)
+    up, down = first_leg_rates(scenario, d)  # the simulator's channels (handovers are refused here)
     avail = availability(scenario, d) if with_availability else None
     if avail is not None and d.availability.churn == "pause":
         up = Product(up or Constant(d.uplink.bandwidth), avail)

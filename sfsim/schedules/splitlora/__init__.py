@@ -1,0 +1,48 @@
+"""SplitLoRA: split federated learning with LoRA on both sides, replayed as the trainer runs it.
+
+This follows :mod:`trainer.methods.splitlora` on the distributed runtime step for step, per server
+(the shared server model runs on one accelerator, worker 0; FedAvg FLOPs are not counted):
+
+* **A micro-batch**: the server sends the client a ``fwd`` command; the client runs ``F`` once it has
+  the command and is free, and sends activations and labels up; the server runs ``F``, ``B`` (the
+  cut-layer gradient goes down on lane ``downlink:<dev>`` now), ``W`` (fused: ``BW``, then the
+  gradient), and a ``step`` after every ``accumulate`` (A) micro-batches it trained on; only then does
+  it send that client its next ``fwd``. The client runs ``B`` and ``W`` when the gradient arrives and a
+  ``step`` after every A of its own backward passes. A client never has two micro-batches out, and
+  computes while the server serves the others. Commands (``fwd``, ``sync``) carry no payload: one
+  downlink latency, queued behind what is already on that downlink (a gradient, an average).
+* **Client order** (``training.client_order``, :data:`CLIENT_ORDERS`):
+
+  - ``interleaved`` (SplitLoRA's reference code): the clients' micro-batches in the server's order.
+    ``training.server_policy`` ``paced-proportional`` or ``proportional`` (the trainer's default
+    ``--server-order proportional``) and ``paced-round-robin`` or ``round-robin`` are the trainer's
+    fixed orders (:func:`sfsim.engine.pacing.server_order`, one per epoch): the server waits for the named
+    client even when others have arrived. ``fifo`` (the scenario default) and ``pool`` take arrivals in
+    order, as ``--server-order fifo`` on the distributed runtime (the trainer has no pool for
+    SplitLoRA). Training goes in *segments* of ``fedavg_every`` server steps (``fedavg_every`` x A
+    micro-batches; the count runs on across epochs): the server sends ``fwd`` only for its segment's
+    micro-batches, steps on a partial window at its end, then FedAvg: every client gets ``sync``, steps
+    on a partial window, uploads its adapters; once all have arrived the server runs ``aggregate``
+    (``aggregate`` seconds per client) and sends the average down to every client. Each epoch ends
+    with a segment end and a FedAvg.
+  - ``sequential`` (classic split learning): client after client in device order, each over its whole
+    epoch; after a client's last micro-batch the server steps on a partial window and sends ``sync``,
+    the client steps on its own and uploads its adapters, and the server hands them down to the next
+    client before its first ``fwd`` (the very first client of the run starts from the initial
+    adapters). No FedAvg and no aggregate; ``fedavg_every`` and ``server_policy`` do not apply.
+
+Layout: :mod:`.schedule` (build, run), :mod:`.server` (the loop), :mod:`.moves` (handovers: the loops in time).
+
+Until this model the simulator let clients run concurrently on a FIFO server lane with a FedAvg
+barrier every ``fedavg_every`` micro-batches of each client and a step after every micro-batch; the
+trainer does none of that (see ``tests/test_schedules.py`` for the hand-derived timelines).
+"""
+
+from __future__ import annotations
+
+from sfsim.engine.pacing import FIXED_ORDERS
+from sfsim.schedules.splitlora.schedule import CLIENT_ORDERS, build, network, run
+from sfsim.schedules.splitlora.server import Client, Server
+
+__all__ = ["CLIENT_ORDERS", "FIXED_ORDERS", "Client", "Server", "build", "network",
+           "run"]

@@ -1,0 +1,89 @@
+"""SplitLoRA's schedule: stage times from the cost model (:func:`build`) and the server loops' processes (:func:`run`)."""
+
+from __future__ import annotations
+
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing
+from sfsim.schedules.common import Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds
+from sfsim.schedules.network import every_device, trace_moves
+from sfsim.schedules.splitlora.moves import hands_over, run_jointly
+from sfsim.schedules.splitlora.server import Client, Server
+
+#: SplitLoRA's client orders (``training.client_order``; the trainer's ``--client-order``).
+CLIENT_ORDERS = ("interleaved", "sequential")
+
+
+def build(setup: Setup, cache: bool = False) -> Job:
+    """Stage durations and FLOPs for SplitLoRA (``setup.splits`` = client blocks per device).
+
+    Returns:
+        A :class:`~sfsim.schedules.Job`; ``cache`` is ignored (the client trains: nothing to reuse).
+    """
+    sc, cm, idx, L = setup.scenario, setup.cm, setup.server_index, setup.scenario.arch.n_layers
+    servers = []
+    for s in sc.servers:
+        cuts = [setup.splits[d.name] for d in sc.devices if setup.assignment[d.name] == s.name] or [0]
+        # one shared server model: LoRA on blocks min(cut)..L-1 and the head
+        params = cm.trainable_params(range(min(cuts), L), head=True)
+        servers.append(ServerTimes(s.name, s.count, cm.optimizer_seconds(params, s), 0.0))
+    job = Job([], servers, server_flops={s.name: 0.0 for s in sc.servers})
+    for d in sc.devices:
+        k, srv = setup.splits[d.name], sc.server_by_name[setup.assignment[d.name]]
+        _, n = setup.micro_batches(d)
+        client, server = cm.splitlora_client(k), cm.splitlora_server(k)
+        f, b, w = cm.seconds(client, d)
+        sf, sb, sw = cm.seconds(server, srv)
+        up, down = cm.uplink_bytes(k), cm.gradient_bytes(k)
+        adapter_params = cm.trainable_params(range(k), head=False)
+        sync = cm.adapter_bytes(range(k), head=False)
+        dt = DeviceTimes(
+            d.name, idx[srv.name], n, f=f, b=b, w=w, step=cm.optimizer_seconds(adapter_params, d),
+            up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, down_s=link_seconds(down, d.downlink),
+            down_l=d.downlink.latency, sync_up_s=link_seconds(sync, d.uplink),
+            sync_down_s=link_seconds(sync, d.downlink), srv_f=sf, srv_b=sb, srv_w=sw,
+            up_bytes=up, down_bytes=down, sync_bytes=sync, **setup.partial(d))
+        job.devices.append(dt)
+        job.device_flops[d.name] = dt.units(n) * client.total
+        job.server_flops[srv.name] += dt.units(n) * server.total
+        k_agg = servers[idx[srv.name]]
+        servers[idx[srv.name]] = ServerTimes(k_agg.name, k_agg.count, k_agg.step,
+                                             max(k_agg.aggregate, aggregate_seconds(adapter_params, srv, cm)))
+    job.network = network(setup, job)
+    return job
+
+
+def network(setup, job):
+    """The job's :class:`sfsim.schedules.network.FedNetwork`, or None when nothing moves or varies."""
+    net = every_device(setup, job)
+    if net is not None:
+        for d, m in zip(setup.scenario.devices, net.motions.values(), strict=True):
+            m.done = 0  # counted as the clients' W's end; m.sent as their uploads end
+            m.srv_flops = setup.cm.splitlora_server(setup.splits[d.name]).total
+    return net
+
+
+def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
+    """Start one process per server that replays the trainer's server loop over its clients.
+
+    Each server's loop (:class:`Server`) computes its run ahead by arithmetic, over constant links or
+    following the clients' links and presence on the dynamic network; with handovers the servers'
+    loops run jointly in time (:mod:`sfsim.schedules.splitlora.moves`).
+    """
+    net = job.network
+    if net is not None and hands_over(net.motions):
+        run_jointly(engine, job, cfg, net)
+    else:
+        lost: set[int] = set()
+        for k, members in groups(job.devices).items():
+            srv = job.servers[k]
+            mix = engine.mixing[srv.name] = StreamMixing([d.n if d.server == k else 0 for d in job.devices])
+            for i in members:
+                name = job.devices[i].name
+                engine.device_busy[name] = engine.up_bytes[name] = engine.down_bytes[name] = 0.0
+            clients = [Client(i, job.devices[i]) for i in members if job.devices[i].n]
+            loop = Server(engine, srv, clients, cfg, mix, net.motions if net is not None else None, lost)
+            engine.env.process(loop.run())
+        for srv in job.servers:
+            engine.server_busy.setdefault(srv.name, 0.0)
+    if net is not None and engine.events is not None:
+        for i, m in net.moving.items():
+            engine.on_finish(lambda d=job.devices[i], m=m: trace_moves(engine, d, m))
