@@ -72,3 +72,13 @@ def test_relative_links_resolve():
             if not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+def test_repository_paths_in_code_spans_exist():
+    """A path such as `sfsim/cost/model.py` named in a page is a file or folder of the repository."""
+    stale = []
+    for page in PAGES:
+        for path in re.findall(r"`((?:sfsim|trainer|bench|profiles|tests|notebooks)/[\w./-]+)`", page.read_text()):
+            if not (ROOT / path).exists():
+                stale.append(f"{page.relative_to(ROOT)}: {path}")
+    assert not stale, stale
