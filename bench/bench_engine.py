@@ -22,7 +22,7 @@ import simpy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes  # noqa: E402
-from sfsim.schedules import Job, RunConfig, splitfrozen  # noqa: E402
+from sfsim.schedules import Job, ReplayConfig, splitfrozen  # noqa: E402
 
 
 def fleet(devices: int, mb: int, servers: int = 1) -> Job:
@@ -41,7 +41,7 @@ def run_engine(devices: int, mb: int, trace: bool = False) -> tuple[float, float
     job = fleet(devices, mb)
     t0 = time.perf_counter()
     engine = Engine(trace=trace)
-    splitfrozen.run(engine, job, RunConfig(buffer=64, accumulate=4, decompose=True))
+    splitfrozen.run(engine, job, ReplayConfig(buffer=64, accumulate=4, decompose=True))
     makespan = engine.run()
     return time.perf_counter() - t0, makespan, devices * mb
 

@@ -36,9 +36,9 @@ from bench_engine import fleet, run_naive  # noqa: E402
 
 from sfsim.engine.pool import Engine  # noqa: E402
 from sfsim.fast import replay  # noqa: E402
-from sfsim.schedules import RunConfig, splitfrozen  # noqa: E402
+from sfsim.schedules import ReplayConfig, splitfrozen  # noqa: E402
 
-CFG = RunConfig(buffer=64, accumulate=4, decompose=True)  # bench_engine.py's knobs
+CFG = ReplayConfig(buffer=64, accumulate=4, decompose=True)  # bench_engine.py's knobs
 
 
 def scenario(devices: int, mb: int, servers: int, types: int = 20, counts: int = 1) -> dict:

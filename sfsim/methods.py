@@ -13,6 +13,17 @@ METHODS = {
     "cenlora": "CenLoRA: all data at the server (centralised LoRA)",
 }
 
+#: The SplitFrozen family: the pipelined method and its sequential ablation (same device work).
+SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
+
+#: SplitLoRA's client orders with what each means, for the simulator and the trainer alike.
+CLIENT_ORDERS = {
+    "interleaved": "clients' micro-batches mixed in the server order, FedAvg every fedavg_every steps "
+                   "(SplitLoRA's reference code)",
+    "sequential": "client after client, each over its whole epoch, adapters handed on to the next "
+                  "(classic split learning)",
+}
+
 ALIASES = {"centralized": "cenlora", "centralised": "cenlora", "sequential": "splitfrozen-sequential"}
 
 

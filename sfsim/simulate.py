@@ -28,18 +28,15 @@ from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.engine.pool import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.fast.replay import choose_engine, replay
-from sfsim.methods import canonical
+from sfsim.methods import CLIENT_ORDERS, SPLITFROZEN, canonical
 from sfsim.network.backhaul import backhaul_for
 from sfsim.network.mobility import stages
 from sfsim.outputs.result import SimResult
 from sfsim.scenario.assign import resolve_assignment
 from sfsim.scenario.config import Scenario
 from sfsim.scenario.planfile import Plan, load_plan
-from sfsim.schedules import RunConfig, Setup, get
+from sfsim.schedules import ReplayConfig, ReplaySetup, get
 from sfsim.schedules.network import check_supported, report
-from sfsim.schedules.splitlora import CLIENT_ORDERS
-
-SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
 
 TAKES = {"splitfrozen": ("splits", "plan", "lora_start", "policy"),
          "splitfrozen-sequential": ("splits", "plan", "lora_start", "policy"),
@@ -190,7 +187,7 @@ def _plan_of(scenario: Scenario, splits, plan) -> Plan | None:
     return plan
 
 
-def run_config(scenario: Scenario, name: str, policy: str | None = None, client_order: str | None = None) -> RunConfig:
+def run_config(scenario: Scenario, name: str, policy: str | None = None, client_order: str | None = None) -> ReplayConfig:
     """The schedule knobs of ``scenario``'s training with the caller's ``policy`` and ``client_order``, checked.
 
     The scenario's own values are checked when it loads (:class:`~sfsim.scenario.config.Training`);
@@ -201,7 +198,7 @@ def run_config(scenario: Scenario, name: str, policy: str | None = None, client_
         raise SfsimError(f"unknown server policy {policy!r}; choose one of: {', '.join(POLICIES)}")
     if client_order is not None and client_order not in CLIENT_ORDERS:
         raise SfsimError(f"unknown client order {client_order!r}; choose one of: {', '.join(CLIENT_ORDERS)}")
-    cfg = RunConfig.from_training(scenario.training, policy)
+    cfg = ReplayConfig.from_training(scenario.training, policy)
     if client_order is not None:
         cfg = replace(cfg, client_order=client_order)
     if name in SPLITFROZEN and cfg.policy in PACED and cfg.credits == "server":
@@ -211,7 +208,7 @@ def run_config(scenario: Scenario, name: str, policy: str | None = None, client_
 
 
 def _setup(scenario: Scenario, name: str, splits, plan: Plan | None, lora_start: int | None):
-    """(:class:`Setup`, LoRA start or None, assignment source): cuts, LoRA start and servers resolved, memory checked."""
+    """(:class:`ReplaySetup`, LoRA start or None, assignment source): cuts, LoRA start and servers resolved, memory checked."""
     if name == "splitlora" and splits is None:
         cuts = resolve_splits(scenario, None, None, default=scenario.training.splitlora_cut)
     else:
@@ -226,10 +223,10 @@ def _setup(scenario: Scenario, name: str, splits, plan: Plan | None, lora_start:
     check_memory(scenario, cm, name, cuts, first_lora, assignment)
     for after_handovers in stages(scenario.devices, assignment):  # the servers devices move to hold them too
         check_memory(scenario, cm, name, cuts, first_lora, after_handovers)
-    return Setup(scenario, cm, cuts, first_lora, assignment), ls, source
+    return ReplaySetup(scenario, cm, cuts, first_lora, assignment), ls, source
 
 
-def _replay(name: str, setup: Setup, cfg: RunConfig, ls: int | None, trace: bool, engine: str = "auto") -> SimResult:
+def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, trace: bool, engine: str = "auto") -> SimResult:
     """Build the schedule's job, replay it on a fresh engine and collect the result."""
     scenario, tr = setup.scenario, setup.scenario.training
     module = get(name)
@@ -253,7 +250,7 @@ def _replay(name: str, setup: Setup, cfg: RunConfig, ls: int | None, trace: bool
     return res
 
 
-def _policy_used(name: str, cfg: RunConfig) -> str | None:
+def _policy_used(name: str, cfg: ReplayConfig) -> str | None:
     """The server policy a schedule followed: SplitFrozen's, or the order of SplitLoRA's interleaved clients."""
     if name in SPLITFROZEN:
         return cfg.policy

@@ -14,7 +14,7 @@ from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.network.availability import Windows
 from sfsim.network.legs import Leg, Motion
 from sfsim.network.linkrate import Constant, Product, Steps, finish
-from sfsim.schedules import Job, RunConfig, splitfrozen
+from sfsim.schedules import Job, ReplayConfig, splitfrozen
 from sfsim.schedules.splitfrozen import Network
 
 INF = float("inf")
@@ -27,7 +27,7 @@ def run(device: DeviceTimes, motion: Motion, srv=(1.0, 1.0), buffer: int = 16):
     views = [[dataclasses.replace(device, server=motion.legs[0].server, srv_f=s, up_s=0.0, up_l=lat)] for s in srv]
     engine = Engine(trace=True)
     job = Job([device], servers, network=Network({0: motion}, views))
-    splitfrozen.run(engine, job, RunConfig(buffer=buffer, decompose=False))
+    splitfrozen.run(engine, job, ReplayConfig(buffer=buffer, decompose=False))
     return engine, engine.run()
 
 

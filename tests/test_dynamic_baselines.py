@@ -19,7 +19,7 @@ from sfsim.network.legs import Leg, Motion
 from sfsim.network.linkrate import Steps
 from sfsim.outputs.report import summary
 from sfsim.scenario.config import scenario_from_dict
-from sfsim.schedules import Job, RunConfig, fedlora, splitfrozen
+from sfsim.schedules import Job, ReplayConfig, fedlora, splitfrozen
 from sfsim.schedules.network import FedNetwork
 from sfsim.schedules.splitfrozen import Network
 
@@ -87,7 +87,7 @@ def fed(devices, motions, servers=None, **cfg):
     """Replay FedLoRA on the dynamic network (default: one server ``s``); returns (engine, makespan)."""
     engine = Engine(trace=True)
     job = Job(list(devices), servers or [ServerTimes("s")], network=FedNetwork(dict(motions), dict(motions)))
-    fedlora.run(engine, job, RunConfig(**cfg))
+    fedlora.run(engine, job, ReplayConfig(**cfg))
     return engine, engine.run()
 
 
@@ -175,7 +175,7 @@ def test_a_sequential_handover_at_t_moves_exactly_the_micro_batches_sent_after_t
     views = [[dataclasses.replace(dev, srv_f=1.0)] for _ in range(2)]
     engine = Engine(trace=True)
     splitfrozen.run(engine, Job([dev], [ServerTimes("a"), ServerTimes("b")], network=Network({0: m}, views)),
-                    RunConfig(buffer=4, decompose=False), sequential=True)
+                    ReplayConfig(buffer=4, decompose=False), sequential=True)
     assert engine.run() == 8.0
     assert ops(engine, "a", "F") == [(1.0, 1.0, 0), (3.0, 1.0, 1)]
     assert ops(engine, "b", "F") == [(5.0, 1.0, 2), (7.0, 1.0, 3)]

@@ -17,7 +17,7 @@ from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.network.availability import Windows
 from sfsim.network.legs import Leg, Motion
 from sfsim.network.linkrate import Steps
-from sfsim.schedules import Job, RunConfig, splitlora
+from sfsim.schedules import Job, ReplayConfig, splitlora
 from sfsim.schedules.network import FedNetwork
 from tests.test_dynamic_baselines import ops, scenario
 
@@ -28,7 +28,7 @@ def split(dev: DeviceTimes, m: Motion, **cfg):
     engine = Engine(trace=True)
     job = Job([dev], [ServerTimes("s")], network=FedNetwork({0: m}, {0: m}))
     m.done = 0
-    splitlora.run(engine, job, RunConfig(**cfg))
+    splitlora.run(engine, job, ReplayConfig(**cfg))
     return engine, engine.run()
 
 

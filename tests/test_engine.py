@@ -7,14 +7,14 @@ import pytest
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing, make_policy
 from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent as E
-from sfsim.schedules import Job, RunConfig, splitfrozen
+from sfsim.schedules import Job, ReplayConfig, splitfrozen
 
 
 def run(devices, server=None, sequential=False, **cfg):
     """Run SplitFrozen on hand-given stage times; returns (makespan, events sorted by start, lane)."""
     engine = Engine(trace=True)
     job = Job(list(devices), [server or ServerTimes("srv")])
-    splitfrozen.run(engine, job, RunConfig(**{"buffer": 100, "accumulate": 1000, "decompose": False, **cfg}),
+    splitfrozen.run(engine, job, ReplayConfig(**{"buffer": 100, "accumulate": 1000, "decompose": False, **cfg}),
                     sequential=sequential)
     makespan = engine.run()
     return makespan, sorted(engine.events, key=lambda e: (e.start, e.lane, e.op)), engine
@@ -187,7 +187,7 @@ def test_bad_inputs():
 
 def test_no_trace_keeps_no_events():
     engine = Engine(trace=False)
-    splitfrozen.run(engine, Job([DeviceTimes("d", n=50, f=1, srv_f=1)], [ServerTimes("s")]), RunConfig())
+    splitfrozen.run(engine, Job([DeviceTimes("d", n=50, f=1, srv_f=1)], [ServerTimes("s")]), ReplayConfig())
     assert engine.run() == 51 and engine.events is None
 
 
@@ -199,7 +199,7 @@ def test_fast_path_without_trace_matches_traced_run(count, buffer, decompose):
     for trace in (True, False):
         engine = Engine(trace=trace)
         splitfrozen.run(engine, Job(devs, [ServerTimes("s", count=count, step=0.01)]),
-                        RunConfig(buffer=buffer, accumulate=3, decompose=decompose))
+                        ReplayConfig(buffer=buffer, accumulate=3, decompose=decompose))
         out.append((engine.run(), engine.server_busy["s"], engine.mixing["s"].value))
     assert out[0] == out[1]
 
@@ -216,7 +216,7 @@ def test_server_end_is_the_end_of_its_last_traced_op(policy, credits, sequential
     ends = []
     for trace in (True, False):
         engine = Engine(trace=trace)
-        splitfrozen.run(engine, Job(devs, servers), RunConfig(buffer=2, accumulate=3, decompose=decompose,
+        splitfrozen.run(engine, Job(devs, servers), ReplayConfig(buffer=2, accumulate=3, decompose=decompose,
                                                                policy=policy, credits=credits),
                         sequential=sequential)
         engine.run()

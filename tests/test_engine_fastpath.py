@@ -14,10 +14,10 @@ import simpy
 
 from sfsim.engine.core import DeviceEvent, Engine
 from sfsim.engine.pool import DeviceTimes, ServerPool, ServerTimes
-from sfsim.schedules import Job, RunConfig, splitfrozen
+from sfsim.schedules import Job, ReplayConfig, splitfrozen
 
 
-def _fleet(rng: random.Random) -> tuple[Job, RunConfig]:
+def _fleet(rng: random.Random) -> tuple[Job, ReplayConfig]:
     servers = [ServerTimes(f"s{k}", count=rng.choice([1, 1, 2]), step=rng.choice([0.0, 0.1, 0.25]))
                for k in range(rng.choice([1, 2]))]
     kinds = [dict(f=rng.choice([0.0, 0.5, 1.0, 2.0]), up_s=rng.choice([0.0, 0.25, 1.0]), up_l=rng.choice([0.0, 0.5]),
@@ -32,12 +32,12 @@ def _fleet(rng: random.Random) -> tuple[Job, RunConfig]:
                                    **rng.choice(kinds)))
     policy = rng.choice(["fifo", "fifo", "round-robin", "proportional", "pool", "paced-proportional"])
     credits = "device" if policy.startswith("paced") else rng.choice(["server", "device"])
-    cfg = RunConfig(buffer=rng.randint(1, 5), accumulate=rng.randint(1, 4), decompose=rng.random() < 0.8,
+    cfg = ReplayConfig(buffer=rng.randint(1, 5), accumulate=rng.randint(1, 4), decompose=rng.random() < 0.8,
                     policy=policy, credits=credits, seed=rng.randrange(100))
     return Job(devices, servers), cfg
 
 
-def _figures(job: Job, cfg: RunConfig, trace: bool) -> tuple:
+def _figures(job: Job, cfg: ReplayConfig, trace: bool) -> tuple:
     engine = Engine(trace=trace)
     splitfrozen.run(engine, job, cfg)
     makespan = engine.run()

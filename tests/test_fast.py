@@ -10,7 +10,7 @@ import pytest
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.errors import SfsimError
 from sfsim.fast import replay, uncovered
-from sfsim.schedules import Job, RunConfig
+from sfsim.schedules import Job, ReplayConfig
 from sfsim.schedules import splitfrozen as sf
 
 POLICIES = ("fifo", "round-robin", "proportional", "paced-proportional", "paced-round-robin")
@@ -46,16 +46,16 @@ def random_job(rng: random.Random, ties: bool = False) -> Job:
     return Job(devices, servers)
 
 
-def random_cfg(rng: random.Random) -> tuple[RunConfig, bool]:
+def random_cfg(rng: random.Random) -> tuple[ReplayConfig, bool]:
     """Random run knobs (paced policies take device credits, as the engine requires)."""
     policy = rng.choice(POLICIES)
     credits = "device" if policy.startswith("paced") else rng.choice(("server", "device"))
-    cfg = RunConfig(buffer=rng.randint(1, 5), accumulate=rng.randint(1, 4), decompose=rng.random() < 0.7,
+    cfg = ReplayConfig(buffer=rng.randint(1, 5), accumulate=rng.randint(1, 4), decompose=rng.random() < 0.7,
                     policy=policy, credits=credits)
     return cfg, rng.random() < 0.3
 
 
-def simpy_figures(job: Job, cfg: RunConfig, sequential: bool) -> dict:
+def simpy_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
     """The SimPy engine's figures of a job."""
     engine = Engine()
     sf.run(engine, job, cfg, sequential=sequential)
@@ -65,7 +65,7 @@ def simpy_figures(job: Job, cfg: RunConfig, sequential: bool) -> dict:
             "device_busy": engine.device_busy, "up": engine.up_bytes}
 
 
-def fast_figures(job: Job, cfg: RunConfig, sequential: bool) -> dict:
+def fast_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
     """The fast path's figures of a job."""
     rec, makespan = replay(job, cfg, sequential)
     return {"makespan": makespan, "busy": rec.server_busy, "wait": rec.server_wait, "end": rec.server_end,
@@ -115,7 +115,7 @@ def test_each_policy_equal(policy, sequential):
         rng = random.Random(1000 + seed)
         job = random_job(rng, ties=seed % 2 == 0)
         credits = "device" if policy.startswith("paced") else ("server", "device")[seed % 2]
-        cfg = RunConfig(buffer=1 + seed % 4, accumulate=1 + seed % 3, decompose=seed % 3 != 0, policy=policy,
+        cfg = ReplayConfig(buffer=1 + seed % 4, accumulate=1 + seed % 3, decompose=seed % 3 != 0, policy=policy,
                         credits=credits)
         assert_same(simpy_figures(job, cfg, sequential), fast_figures(job, cfg, sequential))
 
@@ -129,14 +129,14 @@ def test_many_random_fleets_equal():
 def test_one_device_closed_form():
     """One device, a big buffer, fused backward, no step: (f + s + l + srv) + (n - 1) * max(f, s, srv)."""
     d = DeviceTimes("a", n=7, f=1.0, up_s=0.5, up_l=0.25, srv_f=0.5, srv_b=0.75, srv_w=0.5)
-    rec, makespan = replay(Job([d], [ServerTimes("s")]), RunConfig(buffer=100, decompose=False), False)
+    rec, makespan = replay(Job([d], [ServerTimes("s")]), ReplayConfig(buffer=100, decompose=False), False)
     assert makespan == (1.0 + 0.5 + 0.25 + 1.75) + 6 * 1.75
     assert rec.server_busy["s"] == 7 * 1.75
 
 
 def test_uncovered_cases_say_why():
     job = Job([DeviceTimes("a", n=2, f=1.0)], [ServerTimes("s", count=2)])
-    cfg = RunConfig()
+    cfg = ReplayConfig()
 
     class Sc:  # the scenario fields uncovered() reads
         class training:
@@ -146,7 +146,7 @@ def test_uncovered_cases_say_why():
     Sc.training.sync = None
     assert uncovered(Sc, "splitfrozen", cfg, job) is None
     assert "trace" in uncovered(Sc, "splitfrozen", cfg, job, trace=True)
-    assert "pool" in uncovered(Sc, "splitfrozen", RunConfig(policy="pool"), Job([], [ServerTimes("s")]))
+    assert "pool" in uncovered(Sc, "splitfrozen", ReplayConfig(policy="pool"), Job([], [ServerTimes("s")]))
     assert uncovered(Sc, "fedlora", cfg, job) == "the fast path covers splitfrozen and splitfrozen-sequential only"
     assert math.isfinite(replay(Job([], [ServerTimes("s")]), cfg)[1])
 
@@ -202,11 +202,11 @@ _PEAK = """
 import resource, sys
 from sfsim.engine.pool import DeviceTimes, ServerTimes
 from sfsim.fast import replay
-from sfsim.schedules import Job, RunConfig
+from sfsim.schedules import Job, ReplayConfig
 mb = int(sys.argv[1])
 devices = [DeviceTimes(f"d{i}", n=mb, f=0.05 + 0.01 * (i % 5), up_s=0.02, up_l=0.005, srv_f=1e-4, srv_b=1e-4,
                        srv_w=1e-4) for i in range(100)]
-replay(Job(devices, [ServerTimes("s", count=2, step=1e-5)]), RunConfig(buffer=8, accumulate=4))
+replay(Job(devices, [ServerTimes("s", count=2, step=1e-5)]), ReplayConfig(buffer=8, accumulate=4))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 

@@ -9,12 +9,12 @@ from sfsim.cost.model import CostModel
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.errors import SfsimError
 from sfsim.scenario.planfile import Plan
-from sfsim.schedules import Job, RunConfig, cenlora, fedlora, splitfrozen, splitlora
+from sfsim.schedules import Job, ReplayConfig, cenlora, fedlora, splitfrozen, splitlora
 
 
 def replay(module, devices, server, **cfg):
     engine = Engine(trace=True)
-    module.run(engine, Job(list(devices), [server]), RunConfig(**cfg))
+    module.run(engine, Job(list(devices), [server]), ReplayConfig(**cfg))
     makespan = engine.run()
     return makespan, sorted(engine.events, key=lambda e: (e.start, e.lane, e.op)), engine
 
@@ -158,7 +158,7 @@ def test_partial_last_micro_batch_engine_timeline():
     # 2 micro-batches per epoch, the last a quarter full: its F, send and server work take a quarter
     d = DeviceTimes("d", n=2, per_epoch=2, last=0.25, f=1.0, up_s=2.0, up_l=0.5, srv_f=1.0, srv_b=1.0, srv_w=1.0)
     engine = Engine(trace=True)
-    splitfrozen.run(engine, Job([d], [ServerTimes("s")]), RunConfig(buffer=8, accumulate=100, decompose=False))
+    splitfrozen.run(engine, Job([d], [ServerTimes("s")]), ReplayConfig(buffer=8, accumulate=100, decompose=False))
     assert engine.run() == 7.25
     assert [(e.lane, e.op, e.start, e.dur) for e in engine.events if e.mb == 1] == [
         ("d", "F", 1.0, 0.25), ("d", "wait", 1.25, 1.75), ("link:d", "send", 3.0, 0.5),

@@ -14,14 +14,14 @@ from sfsim.engine.pacing import server_order
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, paced_order
 from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent as E
-from sfsim.schedules import Job, RunConfig, splitfrozen
+from sfsim.schedules import Job, ReplayConfig, splitfrozen
 
 
 def run(devices, server=None, sequential=False, **cfg):
     """SplitFrozen on hand-given stage times (fused backward, no steps); (makespan, sorted events, engine)."""
     engine = Engine(trace=True)
     job = Job(list(devices), [server or ServerTimes("srv")])
-    splitfrozen.run(engine, job, RunConfig(**{"buffer": 100, "accumulate": 1000, "decompose": False, **cfg}),
+    splitfrozen.run(engine, job, ReplayConfig(**{"buffer": 100, "accumulate": 1000, "decompose": False, **cfg}),
                     sequential=sequential)
     makespan = engine.run()
     return makespan, ordered(engine.events), engine

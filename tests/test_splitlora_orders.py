@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import sfsim
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.errors import ConfigError, SfsimError
-from sfsim.schedules import Job, RunConfig, splitlora
+from sfsim.schedules import Job, ReplayConfig, splitlora
 
 # b + w + step = 2 on the client; server F, B, W 1 each; up 1 + 0.5; down 0.5 + 0.5; adapters 1 each way
 COMMON = dict(b=1, w=0.5, step=0.5, up_s=1, up_l=0.5, down_s=0.5, down_l=0.5, sync_up_s=1, sync_down_s=1,
@@ -21,7 +21,7 @@ SERVER = ServerTimes("srv", step=0.25, aggregate=0.25)
 
 def replay(devices, **cfg):
     engine = Engine(trace=True)
-    splitlora.run(engine, Job(list(devices), [SERVER]), RunConfig(**cfg))
+    splitlora.run(engine, Job(list(devices), [SERVER]), ReplayConfig(**cfg))
     makespan = engine.run()
     return makespan, sorted(engine.events, key=lambda e: (e.start, e.lane, e.op)), engine
 

@@ -43,8 +43,6 @@ from sfsim.network.linkrate import Rate, _Lazy
 from sfsim.scenario.schema import STRICT, PositiveSeconds, read_yaml
 from sfsim.units import parse_quantity
 
-INF = math.inf
-
 
 @dataclass(config=STRICT, kw_only=True)
 class Availability:
@@ -77,7 +75,7 @@ class Windows(Rate):
     """1 inside the online intervals ``[start, end)``, else 0 (0 after the last one)."""
 
     def __init__(self, intervals: list[tuple[float, float]]):
-        for (a, b), (c, _) in zip(intervals, intervals[1:] + [(INF, INF)], strict=False):  # none: never online
+        for (a, b), (c, _) in zip(intervals, intervals[1:] + [(math.inf, math.inf)], strict=False):  # none: never online
             if not (0 <= a < b <= c):
                 raise ValueError("intervals must satisfy 0 <= start < end <= next start")
         self.edges = [x for iv in intervals for x in iv]  # even index: a start, odd: an end
@@ -85,7 +83,7 @@ class Windows(Rate):
     def segment(self, t: float) -> tuple[float, float]:
         """``(1 or 0, next edge)``."""
         k = bisect.bisect_right(self.edges, t)
-        return (1.0 if k % 2 else 0.0), (self.edges[k] if k < len(self.edges) else INF)
+        return (1.0 if k % 2 else 0.0), (self.edges[k] if k < len(self.edges) else math.inf)
 
 
 class OnOff(_Lazy):
@@ -106,8 +104,8 @@ def next_online(avail: Rate, t: float) -> float:
     """The first instant ``>= t`` at which ``avail`` is online (``inf`` if never)."""
     while True:
         r, until = avail.segment(t)
-        if r > 0 or until == INF:
-            return t if r > 0 else INF
+        if r > 0 or until == math.inf:
+            return t if r > 0 else math.inf
         t = until
 
 
@@ -115,8 +113,8 @@ def online_until(avail: Rate, t: float) -> float:
     """The end of the online period holding at ``t`` (``t`` itself when offline at ``t``)."""
     while True:
         r, until = avail.segment(t)
-        if r <= 0 or until == INF:
-            return t if r <= 0 else INF
+        if r <= 0 or until == math.inf:
+            return t if r <= 0 else math.inf
         t = until
 
 

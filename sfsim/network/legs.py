@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from sfsim.network.availability import availability_for, next_online, online_until
 from sfsim.network.linkrate import Constant, Product, Rate, finish, link_rate
 
-INF = math.inf
-
 
 @dataclass
 class Leg:
@@ -90,7 +88,7 @@ class Motion:
     steps: int = 0
     uploads: list[float] = field(default_factory=list)  # start times of its FedAvg uploads
     syncs_sent: int = 0                     # FedAvg uploads fully sent
-    gone: float = INF                       # when it left for good (drop, or windows over)
+    gone: float = math.inf                       # when it left for good (drop, or windows over)
 
     @property
     def pause(self) -> Rate | None:
@@ -106,7 +104,7 @@ class Motion:
     def stop(self) -> float:
         """Drop: the end of its first online period (it leaves then); else ``inf``."""
         if self.avail is None or self.churn != "drop":
-            return INF
+            return math.inf
         return online_until(self.avail, self.start)
 
     def leg_at(self, t: float) -> int:
@@ -149,7 +147,7 @@ def legs_of(setup, d, up_bytes: float) -> list[Leg]:
     """The legs of scenario device ``d``: its assigned server and links, then one per handover (:func:`leg_links`).
 
     Args:
-        setup: the schedule's :class:`~sfsim.schedules.Setup`.
+        setup: the schedule's :class:`~sfsim.schedules.ReplaySetup`.
         d: a scenario device.
         up_bytes: bytes of one full micro-batch on its uplink (for ``up_s``).
     """
@@ -185,7 +183,7 @@ class Legs(Rate):
         """The holding leg's rate at ``t``, until its own change or the next handover."""
         j = bisect.bisect_right(self.starts, t) - 1
         r, until = self.rates[j].segment(t)
-        nxt = self.starts[j + 1] if j + 1 < len(self.starts) else INF
+        nxt = self.starts[j + 1] if j + 1 < len(self.starts) else math.inf
         return r, min(until, nxt)
 
 
@@ -223,7 +221,7 @@ def span(rate: Rate | None, t: float, amount: float, x: float = 1.0) -> float:
         if t + d <= until:
             return d
     end = finish(rate, t, amount * x)
-    return end - t if end < INF else INF
+    return end - t if end < math.inf else math.inf
 
 
 def span_at(rate, t: float, dur: float, bandwidth: float) -> float:
@@ -241,16 +239,16 @@ def span_at(rate, t: float, dur: float, bandwidth: float) -> float:
         if t + d <= until:
             return d
     end = finish(rate, t, dur * bandwidth)
-    return end - t if end < INF else INF
+    return end - t if end < math.inf else math.inf
 
 
-def steady(rate: Rate, t: float, horizon: float = INF) -> tuple[float, float]:
+def steady(rate: Rate, t: float, horizon: float = math.inf) -> tuple[float, float]:
     """``(rate at t, until when it stays that rate)``, joining equal steps (a flat trace repeats every period).
 
     Stops looking once the end passes ``horizon``.
     """
     r, until = rate.segment(t)
-    while until < min(horizon, INF):
+    while until < min(horizon, math.inf):
         r2, nxt = rate.segment(until)
         if r2 != r:
             break
@@ -275,8 +273,8 @@ def gone_at(avail: Rate, t: float) -> float:
     """From when on (at or after ``t``) ``avail`` is offline for good; ``inf`` if it comes back."""
     while True:
         r, until = avail.segment(t)
-        if until == INF:
-            return t if r <= 0 else INF
+        if until == math.inf:
+            return t if r <= 0 else math.inf
         t = until
 
 

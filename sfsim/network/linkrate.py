@@ -40,8 +40,6 @@ from sfsim.errors import ConfigError
 from sfsim.scenario.schema import STRICT, Bandwidth, PositiveSeconds, Seconds
 from sfsim.units import parse_quantity
 
-INF = math.inf
-
 
 @dataclass(config=STRICT, kw_only=True)
 class GilbertElliott:
@@ -134,7 +132,7 @@ class Constant(Rate):
 
     def segment(self, t: float) -> tuple[float, float]:
         """``(rate, inf)``."""
-        return self.rate, INF
+        return self.rate, math.inf
 
 
 class Steps(Rate):
@@ -165,7 +163,7 @@ class Steps(Rate):
         if k + 1 < len(self.times):
             end = self.times[k + 1]
         else:
-            end = self.period if self.period is not None else INF
+            end = self.period if self.period is not None else math.inf
         return self.rates[k], base + end
 
 
@@ -250,8 +248,8 @@ def finish(rate: Rate, t: float, amount: float) -> float:
             if end <= until:
                 return end
             amount -= r * (until - t)
-        if until == INF:
-            return INF
+        if until == math.inf:
+            return math.inf
         t = until
 
 

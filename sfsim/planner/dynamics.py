@@ -35,8 +35,6 @@ import numpy as np
 from sfsim.network.legs import availability_of, needs_motion, uplink_rate
 from sfsim.network.linkrate import Product, finish
 
-INF = math.inf
-
 SAMPLE = 8
 """Devices per type whose rate processes are drawn (the slowest of them stands for the type)."""
 
@@ -89,12 +87,12 @@ def effective_stages(scenario, types, f: np.ndarray, up_bytes: np.ndarray) -> tu
             for ki in range(f.shape[1]):
                 if avail is not None and f[ti, ki] > 0:
                     end = finish(avail, 0.0, n * f[ti, ki])
-                    if end < INF:
+                    if end < math.inf:
                         f_eff[ti, ki] = max(f_eff[ti, ki], end / n)
                 bits = float(up_bytes[ki]) * 8.0
                 if bits not in done:
                     end = finish(link, 0.0, n * bits) if bits > 0 else 0.0
-                    done[bits] = end / n if end < INF else bits / t.bandwidth
+                    done[bits] = end / n if end < math.inf else bits / t.bandwidth
                 s_row[ki] = max(s_row[ki], done[bits])
         s_eff[ti] = s_row
     return f_eff, s_eff

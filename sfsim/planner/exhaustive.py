@@ -22,7 +22,7 @@ from sfsim.fast.replay import uncovered
 from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout
 from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
-from sfsim.schedules import RunConfig, Setup, get
+from sfsim.schedules import ReplayConfig, ReplaySetup, get
 
 EXHAUSTIVE_PLANS = 20_000
 """Most plans the planner replays all of (about a second on a few devices): beyond, it searches."""
@@ -69,7 +69,7 @@ class Catalogue:
 
     def __init__(self, scenario, cm, table: StageTable, schedule: str):
         self.table, self.schedule = table, schedule
-        self.cfg = RunConfig.from_training(scenario.training)
+        self.cfg = ReplayConfig.from_training(scenario.training)
         self.index = {d.name: i for i, d in enumerate(scenario.devices)}
         names = [d.name for d in scenario.devices]
         rows, self.why = [], None
@@ -77,7 +77,7 @@ class Catalogue:
         for k in table.cuts:
             row = []
             for srv in table.servers:
-                setup = Setup(scenario, cm, dict.fromkeys(names, int(k)), table.lora_start,
+                setup = ReplaySetup(scenario, cm, dict.fromkeys(names, int(k)), table.lora_start,
                               dict.fromkeys(names, srv.name))
                 job = module.build(setup, cache=cache)
                 self.why = self.why or uncovered(scenario, schedule, self.cfg, job)

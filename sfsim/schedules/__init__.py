@@ -12,8 +12,8 @@ between servers is not modelled.
 from sfsim.schedules.common import (
     Barrier,
     Job,
-    RunConfig,
-    Setup,
+    ReplayConfig,
+    ReplaySetup,
     aggregate_seconds,
     fedavg_groups,
     groups,
@@ -22,5 +22,5 @@ from sfsim.schedules.common import (
 )
 from sfsim.schedules.registry import SCHEDULES, cenlora, fedlora, get, splitfrozen, splitlora
 
-__all__ = ["SCHEDULES", "Barrier", "Job", "RunConfig", "Setup", "aggregate_seconds", "cenlora", "fedavg_groups",
+__all__ = ["SCHEDULES", "Barrier", "Job", "ReplayConfig", "ReplaySetup", "aggregate_seconds", "cenlora", "fedavg_groups",
            "fedlora", "get", "groups", "link_seconds", "rounds", "splitfrozen", "splitlora"]

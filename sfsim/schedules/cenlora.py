@@ -13,11 +13,11 @@ handovers, time-varying links and availability do not apply: the result says so
 from __future__ import annotations
 
 from sfsim.engine.pool import DeviceTimes, Engine, ProportionalPolicy, ServerTimes, StreamMixing
-from sfsim.schedules.common import Job, RunConfig, Setup, groups
+from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, groups
 from sfsim.schedules.network import not_applicable
 
 
-def build(setup: Setup, cache: bool = False) -> Job:
+def build(setup: ReplaySetup, cache: bool = False) -> Job:
     """Stage durations and FLOPs for CenLoRA (whole model with LoRA in every block, on the server)."""
     sc, cm, idx, L = setup.scenario, setup.cm, setup.server_index, setup.scenario.arch.n_layers
     full = cm.full_model()
@@ -55,7 +55,7 @@ class _Source:
         return i, n
 
 
-def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
+def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -> None:
     """Start ``count`` worker processes per server that holds data."""
     for k, members in groups(job.devices).items():
         srv = job.servers[k]
@@ -71,7 +71,7 @@ def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> N
 
 
 def _worker(engine: Engine, source: _Source, srv: ServerTimes, w: int, devices: list[DeviceTimes],
-            cfg: RunConfig, busy: list[float]):
+            cfg: ReplayConfig, busy: list[float]):
     env, rec, lane = engine.env, engine.record, srv.lane(w)
     queued: list[tuple[int, int]] = []
     done = 0

@@ -1,4 +1,4 @@
-"""What every schedule shares: its knobs (:class:`RunConfig`), inputs (:class:`Setup`), output (:class:`Job`),
+"""What every schedule shares: its knobs (:class:`ReplayConfig`), inputs (:class:`ReplaySetup`), output (:class:`Job`),
 link and FedAvg arithmetic, and the synchronous FedAvg :class:`Barrier`."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sfsim.scenario.config import Scenario
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class ReplayConfig:
     """Schedule knobs the engine needs (from ``training`` and the caller)."""
 
     buffer: int = 4
@@ -29,14 +29,14 @@ class RunConfig:
     client_order: str = "interleaved"
 
     @classmethod
-    def from_training(cls, tr, policy: str | None = None) -> RunConfig:
+    def from_training(cls, tr, policy: str | None = None) -> ReplayConfig:
         """The knobs of a scenario's ``training`` section (``policy`` overrides its server_policy)."""
         return cls(tr.buffer, tr.accumulate, tr.decompose_backward, policy or tr.server_policy,
                    tr.local_steps, tr.fedavg_every, tr.credits, tr.pool_memory, tr.seed, tr.client_order)
 
 
 @dataclass
-class Setup:
+class ReplaySetup:
     """What a schedule builds from: the scenario, its cost model, the cuts and the assignment.
 
     Attributes:

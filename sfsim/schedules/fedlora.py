@@ -34,14 +34,23 @@ FedAvg membership (:class:`FedGroup`, one per server) follows the devices:
 from __future__ import annotations
 
 import bisect
+import math
 
 from sfsim.engine.pool import DeviceTimes, Engine, FifoLane, ServerTimes
-from sfsim.network.legs import INF, Leg, Motion, gone_at, online, record_online, span
-from sfsim.schedules.common import Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds, rounds
+from sfsim.network.legs import Leg, Motion, gone_at, online, record_online, span
+from sfsim.schedules.common import (
+    Job,
+    ReplayConfig,
+    ReplaySetup,
+    aggregate_seconds,
+    groups,
+    link_seconds,
+    rounds,
+)
 from sfsim.schedules.network import every_device, trace_moves
 
 
-def build(setup: Setup, cache: bool = False) -> Job:
+def build(setup: ReplaySetup, cache: bool = False) -> Job:
     """Stage durations and FLOPs for FedLoRA (cuts are ignored: every device holds the whole model)."""
     sc, cm, idx, L = setup.scenario, setup.cm, setup.server_index, setup.scenario.arch.n_layers
     full = cm.full_model()
@@ -73,7 +82,7 @@ def still(d: DeviceTimes) -> Motion:
     return Motion([Leg(0.0, d.server, 0.0, d.up_s, d.up_l, None, 0.0, d.down_l, None)])
 
 
-def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
+def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -> None:
     """Start one aggregation lane and :class:`FedGroup` per server and one process per device on ``engine``."""
     per, net = cfg.local_steps, job.network
     motions = net.motions if net is not None else {i: still(d) for i, d in enumerate(job.devices)}
@@ -184,7 +193,7 @@ class Membership:
             u = bisect.bisect_left(m.uploads, m.legs[k].at)  # uploads started before the handover stay
             self.moved_at[i].append(u)
             old, new = self.groups[m.legs[k - 1].server], self.groups[m.legs[k].server]
-            if old is new or m.gone < INF:
+            if old is new or m.gone < math.inf:
                 continue
             hi = old.expect[i][1] if i in old.expect else self.n_rounds[i]
             old.cut(i, u)
@@ -230,7 +239,7 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, 
     """
     env, name, pause = engine.env, d.name, m.pause
     stop = m.stop
-    if m.start == INF:
+    if m.start == math.inf:
         members.leave_at(i, 0.0, 0)
         return
     if m.churn == "drop" and m.start > 0:
@@ -258,7 +267,7 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, 
         leg = m.legs[j]
         m.uploads.append(t0)
         up = d.sync_up_s if constant else span(leg.up_rate(pause), t0, bits)
-        if t0 + up > stop or up == INF:
+        if t0 + up > stop or up == math.inf:
             members.leave_at(i, _gone(m, t0, stop), m.syncs_sent)
             return
         record_online(engine, "link:" + name, "send", t0, t0 + up, -1, name, pause, up)
@@ -271,7 +280,7 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, 
         j = m.leg_at(t1)
         leg = m.legs[j]
         down = d.sync_down_s if constant else span(leg.down_rate(pause), t1, bits)
-        if t1 + down > stop or down == INF:
+        if t1 + down > stop or down == math.inf:
             members.leave_at(i, _gone(m, t1, stop), m.syncs_sent)
             return
         record_online(engine, "downlink:" + name, "send", t1, t1 + down, -1, name, pause, down)
@@ -283,11 +292,11 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, 
 def _compute(engine, members: Membership, i: int, m: Motion, op: str, t: float, dur: float, n: int,
              name: str, stop: float) -> float | None:
     """Record ``op`` from ``t`` (paused offline); its end, or None when the device leaves before it ends."""
-    if m.pause is None and stop == INF:  # always online: plain arithmetic
+    if m.pause is None and stop == math.inf:  # always online: plain arithmetic
         engine.record(name, op, t, dur, n, name)
         return t + dur
     end = t + span(m.pause, t, dur)
-    if end > stop or end == INF:
+    if end > stop or end == math.inf:
         members.leave_at(i, _gone(m, t, stop), m.syncs_sent)
         return None
     record_online(engine, name, op, t, end, n, name, m.pause, dur)
@@ -296,4 +305,4 @@ def _compute(engine, members: Membership, i: int, m: Motion, op: str, t: float, 
 
 def _gone(m: Motion, t: float, stop: float) -> float:
     """When a device whose work from ``t`` never ends leaves: its drop, or when it goes offline for good."""
-    return stop if stop < INF else gone_at(m.avail, t)
+    return stop if stop < math.inf else gone_at(m.avail, t)

@@ -44,14 +44,13 @@ from dataclasses import dataclass
 
 from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.errors import SfsimError
+from sfsim.methods import SPLITFROZEN
 from sfsim.network.availability import next_online, offline_periods, online_until
 from sfsim.network.legs import Motion, motion_of, needs_motion
 from sfsim.outputs.trace import TraceEvent
 
-INF = math.inf
 POLICIES_WITH_MOVES = ("fifo", "round-robin")
 """Server policies that take devices joining and leaving a server mid-run (handover, churn)."""
-SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
 NOT_FOR_CENLORA = ("not applicable: cenlora has its data at the server from the start and no device links, "
                    "so handovers, time-varying links and availability do not change it")
 NOTHING_DOWN = ("not applicable: only the downlink varies, and SplitFrozen sends nothing down")
@@ -144,7 +143,7 @@ def trace_moves(engine, d, m: Motion) -> None:
         return
     if m.churn == "drop":
         join = next_online(m.avail, 0.0)
-        leave = online_until(m.avail, join) if join < INF else INF
+        leave = online_until(m.avail, join) if join < math.inf else math.inf
         periods = [(0.0, min(join, end)), (min(leave, end), end)]
     else:
         periods = offline_periods(m.avail, end)

@@ -41,6 +41,7 @@ arithmetic, the hot path.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from simpy.events import PENDING
@@ -48,12 +49,12 @@ from simpy.events import PENDING
 from sfsim.engine.credits import Credits
 from sfsim.engine.pool import DeviceTimes, Engine, ServerPool, ServerTimes
 from sfsim.network.availability import next_online
-from sfsim.network.legs import INF, Motion, motion_of, needs_motion, online, record_online, span
-from sfsim.schedules.common import Job, RunConfig, Setup, link_seconds
+from sfsim.network.legs import Motion, motion_of, needs_motion, online, record_online, span
+from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, link_seconds
 from sfsim.schedules.network import Untouched, needs_dynamics, not_applicable, trace_moves
 
 
-def build(setup: Setup, cache: bool = False) -> Job:
+def build(setup: ReplaySetup, cache: bool = False) -> Job:
     """Stage durations and FLOPs for SplitFrozen from the cost model.
 
     Args:
@@ -85,7 +86,7 @@ def build(setup: Setup, cache: bool = False) -> Job:
     return job
 
 
-def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
+def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -> None:
     """Start the server pools and one process per device on ``engine`` (call ``engine.run()`` after).
 
     Devices of the job's dynamic network (handover, varying uplink, availability) take the general
@@ -303,7 +304,7 @@ def _acquire(engine, acct: Credits, ready: float, deadline: float):
         else:
             ev = env.event()
             acct.wait(env.now, ev)
-        if deadline < INF:
+        if deadline < math.inf:
             engine.soft_at(deadline, lambda ev=ev: acct.cancel(ev))
         got = yield ev
         if got is None:
@@ -323,18 +324,18 @@ def _moving(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: 
     pool = pools[legs[0].server]
     f_start, link_free = start, 0.0
     tracing = engine.events is not None
-    while n < d.sent and start < INF:
+    while n < d.sent and start < math.inf:
         x, fx = d.size(n), d.fwd(n)
         f_end = f_start + span(pause, f_start, fx)
         ready = max(f_end, link_free)
-        if pause is not None and ready < INF:
+        if pause is not None and ready < math.inf:
             ready = next_online(pause, ready)
         acct = None
-        while ready < min(stop, INF):
+        while ready < min(stop, math.inf):
             while j + 1 < len(legs) and legs[j + 1].at <= max(ready, env.now):
                 j, pool = j + 1, _switch(pools, i, d, m, j + 1, n)
             acct = pool.account[i]
-            deadline = min(stop, legs[j + 1].at if j + 1 < len(legs) else INF)
+            deadline = min(stop, legs[j + 1].at if j + 1 < len(legs) else math.inf)
             if (yield from _acquire(engine, acct, ready, deadline)):
                 break
             acct, ready = None, env.now
@@ -343,8 +344,8 @@ def _moving(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: 
         t0, leg = env.now, legs[j]
         s = span(leg.up_rate(pause), t0, d.up_bytes * 8.0, x)  # (bits per full micro-batch) x size
         end = t0 + s
-        if end > stop or end == INF:  # cut off mid-send: the credit comes back when the device leaves
-            if end == INF:
+        if end > stop or end == math.inf:  # cut off mid-send: the credit comes back when the device leaves
+            if end == math.inf:
                 acct.give_back()
             else:
                 engine.soft_at(stop, acct.give_back)

@@ -41,7 +41,8 @@ trainer does none of that (see ``tests/test_schedules.py`` for the hand-derived 
 from __future__ import annotations
 
 from sfsim.engine.pacing import FIXED_ORDERS
-from sfsim.schedules.splitlora.schedule import CLIENT_ORDERS, build, network, run
+from sfsim.methods import CLIENT_ORDERS
+from sfsim.schedules.splitlora.schedule import build, network, run
 from sfsim.schedules.splitlora.server import Client, Server
 
 __all__ = ["CLIENT_ORDERS", "FIXED_ORDERS", "Client", "Server", "build", "network",

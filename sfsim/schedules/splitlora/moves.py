@@ -42,8 +42,8 @@ in it. Without handovers none of this runs: those runs stay the arithmetic loop,
 from __future__ import annotations
 
 import bisect
+import math
 
-from sfsim.network.legs import INF
 from sfsim.outputs.mixing import StreamMixing
 from sfsim.schedules.splitlora.server import Client, Received, Server
 
@@ -71,7 +71,7 @@ class Moves:
 
     def holder(self, c, t: float) -> int:
         """The server holding client ``c`` at ``t`` (a join at exactly ``t`` holds)."""
-        k = bisect.bisect_right(c.history, (t, INF)) - 1
+        k = bisect.bisect_right(c.history, (t, math.inf)) - 1
         return c.history[k][1]
 
     def tick(self, c) -> None:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing
-from sfsim.schedules.common import Job, RunConfig, Setup, aggregate_seconds, groups, link_seconds
+from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, aggregate_seconds, groups, link_seconds
 from sfsim.schedules.network import every_device, trace_moves
 from sfsim.schedules.splitlora.moves import hands_over, run_jointly
 from sfsim.schedules.splitlora.server import Client, Server
 
 #: SplitLoRA's client orders (``training.client_order``; the trainer's ``--client-order``).
-CLIENT_ORDERS = ("interleaved", "sequential")
 
 
-def build(setup: Setup, cache: bool = False) -> Job:
+def build(setup: ReplaySetup, cache: bool = False) -> Job:
     """Stage durations and FLOPs for SplitLoRA (``setup.splits`` = client blocks per device).
 
     Returns:
@@ -61,7 +60,7 @@ def network(setup, job):
     return net
 
 
-def run(engine: Engine, job: Job, cfg: RunConfig, sequential: bool = False) -> None:
+def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -> None:
     """Start one process per server that replays the trainer's server loop over its clients.
 
     Each server's loop (:class:`Server`) computes its run ahead by arithmetic, over constant links or

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 from sfsim.engine.pacing import FIXED_ORDERS, server_order
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
-from sfsim.network.legs import INF, Motion, gone_at, online, record_online, span, span_at
-from sfsim.schedules.common import RunConfig
+from sfsim.network.legs import Motion, gone_at, online, record_online, span, span_at
+from sfsim.schedules.common import ReplayConfig
 
 
 @dataclass(eq=False)
@@ -74,7 +74,7 @@ class Received:
 class Server:
     """The trainer's SplitLoRA server loop for one server's clients: times by arithmetic, then one wait."""
 
-    def __init__(self, engine: Engine, srv: ServerTimes, clients: list[Client], cfg: RunConfig, mix,
+    def __init__(self, engine: Engine, srv: ServerTimes, clients: list[Client], cfg: ReplayConfig, mix,
                  motions: dict[int, Motion] | None = None, lost: set[int] | None = None, k: int = -1, moves=None):
         self.engine, self.srv, self.cfg, self.lane = engine, srv, cfg, srv.lane(0)
         self.clients = clients
@@ -299,10 +299,10 @@ class Server:
     def _outlasts(self, c, t: float, end: float) -> bool:
         """True, and the client is gone from then on, when what runs from ``t`` to ``end`` outlasts it."""
         m = self.motions[c.i]
-        if end <= m.stop and end < INF:
+        if end <= m.stop and end < math.inf:
             return False
         self.lost.add(c.i)
-        m.gone = m.stop if m.stop < INF else gone_at(m.avail, t)
+        m.gone = m.stop if m.stop < math.inf else gone_at(m.avail, t)
         if self.moves is not None:
             self.moves.changed()  # servers waiting for it may go on
         return True
