@@ -11,10 +11,11 @@ import click
 
 from sfsim.cli import main
 from sfsim.errors import SfsimError
+from sfsim.model.arch import MODEL_HELP
 
 
 @main.command()
-@click.option("--model", required=True, help="minilm-l6, smollm2-135m or a local Hugging Face model folder")
+@click.option("--model", required=True, help=MODEL_HELP)
 @click.option("--seq-len", "seq_lens", default="32,64,128", show_default=True, help="sequence lengths of the grid")
 @click.option("--micro-batch", "micro_batches", default="4,8,16", show_default=True,
               help="micro-batch sizes of the grid")

@@ -13,6 +13,7 @@ import click
 from sfsim.cli import main
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS
+from sfsim.model.arch import MODEL_HELP
 from sfsim.outputs.outdir import output_folder
 from sfsim.units import format_amount
 
@@ -46,7 +47,7 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @main.command()
 @click.option("--devices", "devices", type=click.Path(dir_okay=False),
               help="scenario YAML: devices, their relative sample counts, training settings")
-@click.option("--model", help="smollm2-135m, minilm-l6, gpt2 (local) or a local HF folder")
+@click.option("--model", help=MODEL_HELP)
 @click.option("--task", help="sst2, mrpc, mnli or gsm8k")
 @click.option("--method", help=f"one of {', '.join(METHODS)} (alias centralized)")
 @click.option("--partition", "partition_spec", help="iid, dirichlet:ALPHA or label-skew:C")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from sfsim.cli import main
+from sfsim.model.arch import MODEL_HELP
 from sfsim.outputs.outdir import output_folder
 
 
 @main.command()
 @click.option("--devices", required=True, type=click.Path(dir_okay=False), help="scenario YAML")
-@click.option("--model", required=True, help="minilm-l6, smollm2-135m, gpt2 (local) or a local HF folder")
+@click.option("--model", required=True, help=MODEL_HELP)
 @click.option("--method", required=True, help="splitfrozen, splitfrozen-sequential, splitlora, fedlora or cenlora")
 @click.option("--task", default="sst2", show_default=True, help="sst2, mrpc, mnli or gsm8k")
 @click.option("--partition", "partition_spec", default="iid", show_default=True)

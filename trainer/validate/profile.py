@@ -103,7 +103,7 @@ def parse_sizes(text: str, what: str) -> list[int]:
 def max_positions(lm: LoadedModel) -> int | None:
     """Longest sequence the model's position embeddings allow (None: no limit, e.g. rotary)."""
     cfg = lm.model.config
-    if lm.family == "llama":
+    if lm.family not in ("gpt2", "bert"):  # rotary decoders
         return None
     return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
@@ -113,7 +113,7 @@ class _Parts:
 
     def __init__(self, lm: LoadedModel, spec: ProfileSpec):
         if spec.task == "causal-lm" and lm.family == "bert":
-            raise SfsimError(f"{lm.name} is an encoder: causal-lm needs a decoder (GPT-2 or Llama); "
+            raise SfsimError(f"{lm.name} is an encoder: causal-lm needs a decoder (GPT-2, Llama, Qwen, Gemma...); "
                              "use --task classification")
         self.is_lm = spec.task == "causal-lm"
         head = None if self.is_lm else ClassificationHead(lm.hidden, spec.num_labels, default_pooling(lm.family))
@@ -168,15 +168,16 @@ def _round(parts: _Parts, clock: _Clock, ids, mask, labels, grads) -> list[torch
 
         x, ctx = clock.run(("forward", "embed"), embed)  # (B, T, d)
         for i, blk in enumerate(parts.blocks_f):
-            x = clock.run(("forward", "blocks", i), lambda blk=blk, x=x: blk(x, **ctx))
+            kw = fs.body.kwargs(ctx, i)
+            x = clock.run(("forward", "blocks", i), lambda blk=blk, x=x, kw=kw: blk(x, **kw))
         h = clock.run(("forward", "norm"), lambda: fs.final_norm(x))
         clock.run(("forward", "head"), lambda: parts.head_out(fs, h, mask))
     # training state: a fresh, normal (non-inference) copy of each block's input, with an input gradient
     acts = [clock.run(("forward_train", "embed"), lambda: dev.embed(ids)).clone()]
     ctx = ts.body.context(acts[0], mask)
     for i, blk in enumerate(parts.blocks_t):
-        xin = acts[i].detach().requires_grad_(True)
-        y = clock.run(("forward_train", "blocks", i), lambda blk=blk, xin=xin: blk(xin, **ctx))  # (B, T, d)
+        xin, kw = acts[i].detach().requires_grad_(True), ts.body.kwargs(ctx, i)
+        y = clock.run(("forward_train", "blocks", i), lambda blk=blk, xin=xin, kw=kw: blk(xin, **kw))  # (B, T, d)
         clock.run(("input_grad", "blocks", i), lambda y=y: y.backward(grads))
         clock.run(("weight_grad", "blocks", i), parts.deferred.flush)
         clock.run(("step", "block", i), parts.opt_block[i].step)
@@ -245,8 +246,8 @@ def first_call(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, repeats: int =
         with torch.inference_mode():
             x = parts.dev.embed(ids)  # (B, T, d)
             ctx = parts.fsrv.body.context(x, mask)
-            for blk in parts.blocks_f:
-                x = blk(x, **ctx)
+            for i, blk in enumerate(parts.blocks_f):
+                x = blk(x, **parts.fsrv.body.kwargs(ctx, i))
         return time.perf_counter() - t0
 
     cold = round(forward(), 6)
@@ -369,6 +370,9 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
                         "intermediate": getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None)
                         or 4 * lm.hidden, "vocab": cfg.vocab_size,
                         "tie_embeddings": bool(getattr(cfg, "tie_word_embeddings", lm.family != "bert"))}
+        head_dim = getattr(cfg, "head_dim", None)
+        if head_dim and head_dim != lm.hidden // cfg.num_attention_heads:
+            prof["arch"]["head_dim"] = int(head_dim)
     prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
                  "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
                  "dtype": "fp32", "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
