@@ -101,3 +101,25 @@ def test_cuda_split_matches_cpu_and_the_wire_is_pinned():
     assert torch.allclose(out.cpu(), ref, atol=1e-4)
     back = to_wire(out)
     assert back.device.type == "cpu" and back.is_pinned()
+
+
+@gpu
+@pytest.mark.gpu
+def test_profile_measures_a_gpu_server_like_a_cpu(tmp_path):
+    from sfsim.cost.latency import load_latency_profile
+    from trainer.validate.profile import ProfileSpec, profile_model, write_profile
+
+    prof = profile_model(tiny_model("gemma3", n_layers=2), ProfileSpec([2], [8], repeats=2, warmup=1, role="server",
+                                                                        device="cuda"), model="tiny")
+    assert prof["machine"]["accelerator"] and len(prof["grid"][0]["forward_train"]["blocks"]) == 2
+    write_profile(prof, tmp_path / "gpu.yaml")
+    assert load_latency_profile(tmp_path / "gpu.yaml").role == "server"  # the simulator takes it unchanged
+
+
+def test_profile_on_a_missing_device_is_one_line():
+    from trainer.validate.profile import ProfileSpec
+
+    if CUDA:
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SfsimError, match=r"^--device cuda: this machine has no CUDA device"):
+        ProfileSpec([2], [8], device="cuda")
