@@ -11,7 +11,15 @@ import torch
 
 from sfsim.errors import SfsimError
 from trainer import split_model, tiny_model
-from trainer.methods.common import Placement, ServerMath, best_device, from_wire, resolve_device, task_loss, to_wire
+from trainer.methods.common import (
+    Placement,
+    ServerMath,
+    best_device,
+    from_wire,
+    resolve_device,
+    task_loss,
+    to_wire,
+)
 from trainer.model.lora import add_lora
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
