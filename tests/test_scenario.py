@@ -75,7 +75,7 @@ def _set(path, value):
      "s.yaml: model: task 'classification' needs num_labels (e.g. num_labels: 2)"),
     (_set(["model", "name"], "gpt5"),
      "s.yaml: model.name: 'gpt5' is neither a built-in model (gpt2, gpt2-medium, llama-3.2-1b, llama-3.2-3b, "
-     "smollm2-135m, minilm-l6) nor a path to a Hugging Face config.json"),
+     "smollm2-135m, minilm-l6, qwen2.5-0.5b, qwen3-0.6b, gemma3-270m, gemma3-1b, phi-4-mini, mistral-7b) nor a path to a Hugging Face config.json"),
     (_set(["devices", 1, "latency_profile"], "x.yaml"),
      "s.yaml: devices[1]: give exactly one of 'flops' (e.g. '1.3 TFLOPS') or 'latency_profile' (a file)"),
     (_set(["training", "micro_batch"], "eight"),

@@ -128,7 +128,7 @@ def test_unfrozen_device_part_gets_gradients():
 
 
 def test_load_model_errors_and_local_folder(tmp_path):
-    with pytest.raises(SfsimError, match="unknown model 'nope'.*smollm2-135m, minilm-l6, gpt2"):
+    with pytest.raises(SfsimError, match="unknown model 'nope'.*smollm2-135m, minilm-l6, gemma3-270m, gpt2"):
         load_model("nope")
     with pytest.raises(SfsimError, match="no GPT-2 weights are available offline"):
         load_model("gpt2")

@@ -11,10 +11,11 @@ import click
 
 from sfsim.cli.group import main
 from sfsim.errors import SfsimError
+from sfsim.model.arch import MODEL_HELP
 
 
 @main.command()
-@click.option("--model", required=True, help="minilm-l6, smollm2-135m or a local Hugging Face model folder")
+@click.option("--model", required=True, help=MODEL_HELP)
 @click.option("--seq-len", "seq_lens", default="32,64,128", show_default=True, help="sequence lengths of the grid")
 @click.option("--micro-batch", "micro_batches", default="4,8,16", show_default=True,
               help="micro-batch sizes of the grid")
@@ -22,6 +23,9 @@ from sfsim.errors import SfsimError
               help="torch CPU threads (sfsim run gives every role 1 unless told otherwise)")
 @click.option("--role", type=click.Choice(["device", "server"]), default="device", show_default=True,
               help="which side of the split this machine plays (recorded in the file)")
+@click.option("--device", "torch_device", default="cpu", show_default=True,
+              help="cpu, cuda, cuda:N, mps or auto (cuda where present, else mps, else cpu); GPU timings are "
+                   "synchronised")
 @click.option("--task", type=click.Choice(["classification", "causal-lm"]), default="classification",
               show_default=True, help="head measured: pooled linear + cross-entropy, or LM head + loss")
 @click.option("--num-labels", type=int, default=2, show_default=True, help="classes of the classification head")
@@ -31,7 +35,7 @@ from sfsim.errors import SfsimError
 @click.option("--name", required=True, help="what was measured, e.g. ci-x86-2core (the profile's 'device')")
 @click.option("-o", "--output", required=True, help="profile YAML to write (its folder must exist)")
 @click.option("--quiet", is_flag=True, help="no progress lines")
-def profile(model, seq_lens, micro_batches, threads, role, task, num_labels, lora_rank, warmup, repeats, name,
+def profile(model, seq_lens, micro_batches, threads, role, torch_device, task, num_labels, lora_rank, warmup, repeats, name,
             output, quiet):
     """Measure forward, B, W and optimizer-step times per block of a real model over a micro-batch x seq-len grid.
 
@@ -46,7 +50,7 @@ def profile(model, seq_lens, micro_batches, threads, role, task, num_labels, lor
 
     spec = ProfileSpec(parse_sizes(micro_batches, "--micro-batch"), parse_sizes(seq_lens, "--seq-len"), task=task,
                        num_labels=num_labels, lora_rank=lora_rank, warmup=warmup, repeats=repeats, role=role,
-                       name=name)
+                       name=name, device=torch_device)
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -57,7 +61,7 @@ def profile(model, seq_lens, micro_batches, threads, role, task, num_labels, lor
     torch.set_num_threads(threads)
     lm = load_model(model)
     command = (f"sfsim profile --model {model} --seq-len {seq_lens} --micro-batch {micro_batches} --threads {threads} "
-               f"--role {role} --task {task}" + (f" --num-labels {num_labels}" if task == "classification" else "")
+               f"--role {role}" + (f" --device {torch_device}" if torch_device != "cpu" else "") + f" --task {task}" + (f" --num-labels {num_labels}" if task == "classification" else "")
                + f" --lora-rank {lora_rank} --warmup {warmup} --repeats {repeats} --name {name} -o {output}")
 
     def progress(mb, seq):

@@ -17,6 +17,7 @@ from click.core import ParameterSource
 from sfsim.cli.group import example, main
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS
+from sfsim.model.arch import MODEL_HELP
 from sfsim.outputs.outdir import output_folder
 from sfsim.units import format_amount, parse_quantity
 
@@ -52,7 +53,7 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
     "sfsim run --resume runs/sf"))
 @click.option("--devices", "devices", type=click.Path(dir_okay=False),
               help="scenario YAML: devices, their relative sample counts, training settings [required unless --resume]")
-@click.option("--model", help="smollm2-135m, minilm-l6, gpt2 (local) or a local HF folder [required unless --resume]")
+@click.option("--model", help=MODEL_HELP + " [required unless --resume]")
 @click.option("--task", help="sst2, mrpc, mnli or gsm8k [required unless --resume]")
 @click.option("--method", help=f"one of {', '.join(METHODS)} (alias centralized) [required unless --resume]")
 @click.option("--partition", "partition_spec", help="iid, dirichlet:ALPHA or label-skew:C [required unless --resume]")

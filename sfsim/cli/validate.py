@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from sfsim.cli.group import main
+from sfsim.model.arch import MODEL_HELP
 from sfsim.outputs.outdir import output_folder
 
 
 @main.command()
 @click.option("--devices", required=True, type=click.Path(dir_okay=False), help="scenario YAML")
-@click.option("--model", required=True, help="minilm-l6, smollm2-135m, gpt2 (local) or a local HF folder")
+@click.option("--model", required=True, help=MODEL_HELP)
 @click.option("--method", required=True, help="splitfrozen, splitfrozen-sequential, splitlora, fedlora or cenlora")
 @click.option("--task", default="sst2", show_default=True, help="sst2, mrpc, mnli or gsm8k")
 @click.option("--partition", "partition_spec", default="iid", show_default=True)
@@ -25,7 +26,12 @@ from sfsim.outputs.outdir import output_folder
 @click.option("--micro-batch", type=int, help="samples per micro-batch (default: the scenario's)")
 @click.option("--max-len", type=int, default=64, show_default=True)
 @click.option("--server-profile", type=click.Path(dir_okay=False), help="latency table of this machine as a server "
-              "(sfsim profile --role server); without it the server's nominal flops are used")
+              "(sfsim profile --role server); without it this machine's server role is profiled first (seconds; "
+              "cached per machine, re-measured when stale)")
+@click.option("--allow-native", is_flag=True, help="run devices rated faster than this machine can emulate at its "
+              "native speed, flagged in the report (default: refuse them before the run)")
+@click.option("--no-host-sharing", is_flag=True, help="do not model the CPU sharing of the run's co-located "
+              "processes (server and devices on this machine's cores)")
 @click.option("--device-profile", type=click.Path(dir_okay=False), help="latency table of this machine as a device "
               "(needed unless --emulate compute/all)")
 @click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
@@ -35,8 +41,8 @@ from sfsim.outputs.outdir import output_folder
               "overlay.png, trace.json and the run")
 @click.option("--overwrite", is_flag=True, help="replace an earlier validation in --out")
 def validate(devices, model, method, task, partition_spec, emulate, server_order, client_order, accumulate, split,
-             train_samples, micro_batch, max_len, server_profile, device_profile, data_dir, seed, threads, out,
-             overwrite):
+             train_samples, micro_batch, max_len, server_profile, allow_native, no_host_sharing, device_profile, data_dir,
+             seed, threads, out, overwrite):
     """Run the scenario for real and in the simulator; print and write the error, stage by stage."""
     from trainer.validate.compare import ValidateConfig, format_report, run_validation
 
@@ -44,8 +50,9 @@ def validate(devices, model, method, task, partition_spec, emulate, server_order
                         emulate=emulate, data_dir=data_dir, train_samples=train_samples, split=split,
                         server_order=server_order, seed=seed, max_len=max_len, micro_batch=micro_batch,
                         threads=threads, server_profile=server_profile, device_profile=device_profile,
-                        accumulate=accumulate, client_order=client_order)
+                        accumulate=accumulate, client_order=client_order, allow_native=allow_native,
+                        host_sharing=not no_host_sharing)
     with output_folder(out, overwrite=overwrite, resume_hint=False):
-        report = run_validation(vc)
+        report = run_validation(vc, say=lambda line: click.echo(line, err=True))
     click.echo(format_report(report))
     click.echo(f"-> {out}/report.json, overlay.png, trace.json")

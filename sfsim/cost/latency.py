@@ -132,6 +132,7 @@ class ArchSpec:
     intermediate: int = Field(gt=0)
     vocab: int = Field(gt=0)
     tie_embeddings: bool = True
+    head_dim: int | None = Field(default=None, gt=0)  # where it is not hidden / heads (Qwen3, Gemma 3)
 
 
 @dataclass(config=STRICT, kw_only=True)

@@ -141,7 +141,8 @@ def _profile_arch(prof: LatencyProfile, file: str) -> Arch:
     if prof.arch is not None:
         a = prof.arch
         return Arch(prof.model, a.family, a.n_layers, a.hidden, a.heads, a.kv_heads, a.intermediate, a.vocab,
-                    a.tie_embeddings, tuple(prof.lora.targets) if prof.lora else ())
+                    a.tie_embeddings, tuple(prof.lora.targets) if prof.lora else (),
+                    attn_head_dim=a.head_dim or 0, qkv_bias=a.family == "qwen2")
     try:
         return resolve_arch(prof.model)
     except ConfigError as err:

@@ -1,7 +1,7 @@
 """Matmul FLOPs, parameters and activation sizes of one transformer block, from its op graph.
 
-Each family's block (GPT-2, Llama, BERT) is written down once as a small static graph of named
-tensors and ops. A tiny forward pass over that graph decides which tensors require gradients (the
+Each family's block (GPT-2, BERT and the ``model.layers`` decoders: Llama, Qwen2, Qwen3, Mistral,
+Gemma 3, Phi-3) is written down once as a small static graph of named tensors and ops. A tiny forward pass over that graph decides which tensors require gradients (the
 block's input when something below is trainable, and everything downstream of a LoRA adapter), and
 the backward pass charges exactly the matmuls that torch autograd would run:
 
@@ -34,11 +34,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sfsim.model.arch import Arch
+from sfsim.model.arch import DECODERS, Arch
 
 # Max positions of learned position embeddings (parameter memory only): GPT-2 n_positions,
-# BERT max_position_embeddings (+ 2 token types). Llama uses RoPE (no table).
-_POSITIONS = {"gpt2": 1024, "bert": 512, "llama": 0}
+# BERT max_position_embeddings (+ 2 token types). The decoders use RoPE (no table).
+_POSITIONS = {"gpt2": 1024, "bert": 512, **{f: 0 for f in DECODERS}}
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,7 @@ def block_graph(arch: Arch) -> tuple[list[Op], dict[str, int]]:
     Attention score tensors (``s``, ``p``) have width ``heads * T`` per token; they are marked with
     width ``-1`` here and sized by the caller, who knows T.
     """
-    d, i_, h, kv, hd = arch.hidden, arch.intermediate, arch.heads, arch.kv_heads, arch.head_dim
-    qd, kvd = h * hd, kv * hd
+    d, i_, qd = arch.hidden, arch.intermediate, arch.heads * arch.head_dim
     q_, k_, v_, p_ = ("att_q", "qd", 1), ("att_k", "qd", 1), ("att_v", "qd", 1), ("p", "p", 1)
     if arch.family == "gpt2":
         ops = [_ew("ln_1", ["x"], "h1", ("x", "x", 1)), _lin("attn.c_attn", "h1", "qkv", d, 3 * d, True),
@@ -116,18 +115,8 @@ def block_graph(arch: Arch) -> tuple[list[Op], dict[str, int]]:
                _lin("mlp.c_proj", "g", "m", i_, d, True), _ew("add", ["r1", "m"], "out")]
         widths = {"x": d, "h1": d, "qkv": 3 * d, "ctx": d, "a": d, "r1": d, "h2": d, "u": i_, "g": i_,
                   "m": d, "out": d}
-    elif arch.family == "llama":
-        ops = [_ew("input_layernorm", ["x"], "h1", ("x", "x", 1)), _lin("self_attn.q_proj", "h1", "q", d, qd, False),
-               _lin("self_attn.k_proj", "h1", "k", d, kvd, False), _lin("self_attn.v_proj", "h1", "v", d, kvd, False),
-               _ew("rope_q", ["q"], "qr"), _ew("rope_k", ["k"], "kr"),
-               _attn("qk", "qr", "kr", "s", k_, q_), _ew("softmax", ["s"], "p", p_),
-               _attn("pv", "p", "v", "ctx", v_, p_), _lin("self_attn.o_proj", "ctx", "a", qd, d, False),
-               _ew("add", ["x", "a"], "r1"), _ew("post_attention_layernorm", ["r1"], "h2", ("r1", "r1", 1)),
-               _lin("mlp.gate_proj", "h2", "gt", d, i_, False), _lin("mlp.up_proj", "h2", "up", d, i_, False),
-               _ew("silu_mul", ["gt", "up"], "g", ("gt", "gt", 2), ("up", "up", 1)),  # gate, silu(gate), up
-               _lin("mlp.down_proj", "g", "m", i_, d, False), _ew("add", ["r1", "m"], "out")]
-        widths = {"x": d, "h1": d, "q": qd, "k": kvd, "v": kvd, "qr": qd, "kr": kvd, "ctx": qd, "a": d,
-                  "r1": d, "h2": d, "gt": i_, "up": i_, "g": i_, "m": d, "out": d}
+    elif arch.family in DECODERS:
+        ops, widths = _decoder_graph(arch)
     elif arch.family == "bert":
         ops = [_lin("attention.self.query", "x", "q", d, d, True), _lin("attention.self.key", "x", "k", d, d, True),
                _lin("attention.self.value", "x", "v", d, d, True), _attn("qk", "q", "k", "s", k_, q_),
@@ -138,6 +127,57 @@ def block_graph(arch: Arch) -> tuple[list[Op], dict[str, int]]:
         widths = {"x": d, "q": d, "k": d, "v": d, "ctx": d, "a": d, "r1": d, "u": i_, "g": i_, "m": d,
                   "out": d}
     widths.update({"s": -1, "p": -1, "qd": qd})
+    return ops, widths
+
+
+def _decoder_graph(arch: Arch) -> tuple[list[Op], dict[str, int]]:
+    """Block graph of the ``model.layers`` decoders: Llama (and Mistral, Qwen2) with what differs.
+
+    Qwen2 adds q/k/v biases; Qwen3 and Gemma 3 normalise q and k per head (RMSNorm, before RoPE);
+    Gemma 3 also normalises the attention and MLP outputs before their residual adds (four norms)
+    and gates with GELU-tanh instead of SiLU (the same saved tensors); Phi-3 fuses q, k, v into one
+    ``qkv_proj`` and gate and up into one ``gate_up_proj``, whose outputs are sliced (views).
+    """
+    f, d, i_ = arch.family, arch.hidden, arch.intermediate
+    qd, kvd = arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
+    q_, k_, v_, p_ = ("att_q", "qd", 1), ("att_k", "qd", 1), ("att_v", "qd", 1), ("p", "p", 1)
+    ops = [_ew("input_layernorm", ["x"], "h1", ("x", "x", 1))]
+    widths = {"x": d, "h1": d, "q": qd, "k": kvd, "v": kvd, "qr": qd, "kr": kvd, "ctx": qd, "a": d, "r1": d,
+              "h2": d, "gt": i_, "up": i_, "g": i_, "m": d, "out": d}
+    if f == "phi3":  # q, k, v: slices (views) of one fused output
+        ops.append(_lin("self_attn.qkv_proj", "h1", "qkv", d, qd + 2 * kvd, False))
+        widths["qkv"] = qd + 2 * kvd
+        q, k, v = "qkv", "qkv", "qkv"
+    else:
+        ops += [_lin(f"self_attn.{n}_proj", "h1", n, d, w, arch.qkv_bias) for n, w in (("q", qd), ("k", kvd), ("v", kvd))]
+        q, k, v = "q", "k", "v"
+    if f in ("qwen3", "gemma3"):  # per-head RMSNorm of q and k, each keeping its input
+        ops += [_ew("q_norm", ["q"], "qn", ("q", "q", 1)), _ew("k_norm", ["k"], "kn", ("k", "k", 1))]
+        widths.update(qn=qd, kn=kvd)
+        q, k = "qn", "kn"
+    ops += [_ew("rope_q", [q], "qr"), _ew("rope_k", [k], "kr"), _attn("qk", "qr", "kr", "s", k_, q_),
+            _ew("softmax", ["s"], "p", p_), _attn("pv", "p", v, "ctx", v_, p_),
+            _lin("self_attn.o_proj", "ctx", "a", qd, d, False)]
+    a, m = "a", "m"
+    if f == "gemma3":
+        ops.append(_ew("post_attention_layernorm", ["a"], "an", ("a", "a", 1)))
+        widths.update(an=d, mn=d)
+        a, m = "an", "mn"
+    norm2 = "pre_feedforward_layernorm" if f == "gemma3" else "post_attention_layernorm"
+    ops += [_ew("add", ["x", a], "r1"), _ew(norm2, ["r1"], "h2", ("r1", "r1", 1))]
+    if f == "phi3":
+        ops.append(_lin("mlp.gate_up_proj", "h2", "gu", d, 2 * i_, False))
+        widths["gu"] = 2 * i_
+        gate_in = up_in = "gu"
+    else:
+        ops += [_lin("mlp.gate_proj", "h2", "gt", d, i_, False), _lin("mlp.up_proj", "h2", "up", d, i_, False)]
+        gate_in, up_in = "gt", "up"
+    # act(gate) keeps gate; the product keeps act(gate) and up (Phi-3: both halves of one storage)
+    ops += [_ew("act_mul", [gate_in, up_in], "g", ("gt", "gt", 2), ("up", "up", 1)),
+            _lin("mlp.down_proj", "g", "m", i_, d, False)]
+    if f == "gemma3":
+        ops.append(_ew("post_feedforward_layernorm", ["m"], "mn", ("m", "m", 1)))
+    ops.append(_ew("add", ["r1", m], "out"))
     return ops, widths
 
 
@@ -216,8 +256,15 @@ def block_params(arch: Arch) -> int:
     """Frozen parameters of one block (weights, biases, norm scales)."""
     ops, _ = block_graph(arch)
     lin = sum(op.fan_in * op.fan_out + (op.fan_out if op.bias else 0) for op in ops if op.kind == "linear")
-    norms = 2 * arch.hidden * (2 if arch.family in ("gpt2", "bert") else 1)  # two norms (scale [+ bias])
-    return lin + norms
+    return lin + _norm_scales(arch)
+
+
+def _norm_scales(arch: Arch) -> int:
+    """Norm parameters of one block: two LayerNorms (scale + bias) or RMSNorms (scale), Gemma 3 four,
+    plus the per-head q and k norms of Qwen3 and Gemma 3."""
+    d = arch.hidden
+    norms = {"gpt2": 4 * d, "bert": 4 * d, "gemma3": 4 * d}.get(arch.family, 2 * d)
+    return norms + (2 * arch.head_dim if arch.family in ("qwen3", "gemma3") else 0)
 
 
 def lora_params(arch: Arch, lora_targets: tuple[str, ...], lora_rank: int) -> int:
@@ -234,8 +281,8 @@ def embedding_params(arch: Arch) -> int:
 
 
 def norm_params(arch: Arch) -> int:
-    """Parameters of the final norm (GPT-2 ln_f, Llama norm; BERT has none after the last layer)."""
-    return {"gpt2": 2 * arch.hidden, "llama": arch.hidden, "bert": 0}[arch.family]
+    """Parameters of the final norm (GPT-2 ln_f, the decoders' RMSNorm; BERT has none after the last layer)."""
+    return {"gpt2": 2 * arch.hidden, "bert": 0}.get(arch.family, arch.hidden)
 
 
 def forward_working_elems(arch: Arch, *, batch: int, seq: int) -> float:

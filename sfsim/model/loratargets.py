@@ -9,8 +9,9 @@ A scenario's ``training.lora.targets`` (and so ``sfsim run``'s) may name, per mo
 - a family-independent alias (:data:`ALIASES`): ``q``, ``k``, ``v``, ``o`` (attention projections),
   ``qkv``, ``attn`` (or ``attention``: q, k, v and o), ``mlp`` (or ``ffn``), ``all-linear``.
 
-GPT-2 computes q, k and v in one fused ``c_attn`` matrix, which LoRA can only adapt as a whole, so
-``q``, ``k`` or ``v`` alone are refused on GPT-2 with that fix (``qkv`` or ``c_attn``) rather than
+GPT-2 computes q, k and v in one fused ``c_attn`` matrix, and Phi-3 in one ``qkv_proj`` (and gate
+and up in one ``gate_up_proj``), which LoRA can only adapt as a whole, so ``q``, ``k`` or ``v`` alone
+are refused on those families with that fix (``qkv``, ``c_attn`` or ``qkv_proj``) rather than
 silently widened to all three. :func:`resolve_targets` turns any of these into canonical names
 (a module's bare name where it is unique in the block, else its path), which the cost model
 (:func:`sfsim.model.flops.target_matches`) and the trainer (``trainer.model.lora.target_regex``) match alike.
@@ -20,25 +21,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sfsim.model.arch import BUILTIN, Arch
+from sfsim.model.arch import BUILTIN, DECODERS, Arch
 from sfsim.model.flops import block_graph, target_matches
 
 _FUSED = "fused"
+_LLAMA: dict[str, tuple[str, ...] | str] = {
+    "q": ("self_attn.q_proj",), "k": ("self_attn.k_proj",), "v": ("self_attn.v_proj",), "o": ("self_attn.o_proj",),
+    "mlp": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
 _ROLES: dict[str, dict[str, tuple[str, ...] | str]] = {
     "gpt2": {"q": _FUSED, "k": _FUSED, "v": _FUSED, "o": ("attn.c_proj",), "qkv": ("attn.c_attn",),
              "mlp": ("mlp.c_fc", "mlp.c_proj")},
-    "llama": {"q": ("self_attn.q_proj",), "k": ("self_attn.k_proj",), "v": ("self_attn.v_proj",),
-              "o": ("self_attn.o_proj",), "mlp": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")},
+    **{f: _LLAMA for f in DECODERS if f != "phi3"},
+    "phi3": {"q": _FUSED, "k": _FUSED, "v": _FUSED, "o": ("self_attn.o_proj",), "qkv": ("self_attn.qkv_proj",),
+             "mlp": ("mlp.gate_up_proj", "mlp.down_proj")},
     "bert": {"q": ("attention.self.query",), "k": ("attention.self.key",), "v": ("attention.self.value",),
              "o": ("attention.output.dense",), "mlp": ("intermediate.dense", "output.dense")},
 }
 """Per family: the block's modules behind each attention projection and the MLP (the rest derive)."""
 
 ALIASES = ("q", "k", "v", "o", "qkv", "attn", "attention", "mlp", "ffn", "all-linear")
-"""Family-independent target names, accepted for every model family (``q``/``k``/``v`` not on GPT-2)."""
+"""Family-independent target names, accepted for every model family (``q``/``k``/``v`` not on GPT-2, Phi-3)."""
 
 _SYNONYMS = {"attention": "attn", "ffn": "mlp"}
-_OF_FAMILY = {"gpt2": BUILTIN["gpt2"], "llama": BUILTIN["smollm2-135m"], "bert": BUILTIN["minilm-l6"]}
+_OF_FAMILY = {"gpt2": BUILTIN["gpt2"], "llama": BUILTIN["smollm2-135m"], "bert": BUILTIN["minilm-l6"],
+              "qwen2": BUILTIN["qwen2.5-0.5b"], "qwen3": BUILTIN["qwen3-0.6b"], "mistral": BUILTIN["mistral-7b"],
+              "gemma3": BUILTIN["gemma3-270m"], "phi3": BUILTIN["phi-4-mini"]}
 
 
 def module_paths(arch: Arch) -> tuple[str, ...]:
@@ -118,8 +125,10 @@ def resolve_targets(arch: Arch, targets: Sequence[str] | None) -> tuple[str, ...
         else:
             hit = tuple(p for p in paths if target_matches(p, t)) or tuple(p for p in paths if p.endswith("." + t))
         if hit == _FUSED:
-            raise ValueError(f"{t!r} has no module of its own in gpt2-family models: GPT-2 computes q, k and v in "
-                             "one fused c_attn, so write qkv (or c_attn) to adapt all three")
+            fused = canonical(alias_paths(arch.family, "qkv"), paths)[0]
+            who = {"gpt2": "GPT-2", "phi3": "Phi-3"}[arch.family]
+            raise ValueError(f"{t!r} has no module of its own in {arch.family}-family models: {who} computes q, k "
+                             f"and v in one fused {fused}, so write qkv (or {fused}) to adapt all three")
         if not hit:
             raise ValueError(f"{t!r} is not a LoRA target of {arch.family}-family models; use {vocabulary(arch)}")
         chosen.update(hit)

@@ -339,11 +339,16 @@ def _check_size(spec: ScenarioFile, file: str | None) -> None:
                           f"most {MAX_MICRO_BATCHES:,}, so lower samples or epochs or raise training.micro_batch")
 
 
+def expanded_names(name: str, count: int) -> list[str]:
+    """Names of the devices of one type: the type's name alone for ``count: 1``, else ``{name}-{i}``."""
+    return [name] if count == 1 else [f"{name}-{i}" for i in range(count)]
+
+
 def _expand(spec: ScenarioFile, file: str | None) -> list[Device]:
     default_server = spec.servers[0].name
     out = []
     for t in spec.devices:
-        names = [t.name] if t.count == 1 else [f"{t.name}-{i}" for i in range(t.count)]
+        names = expanded_names(t.name, t.count)
         for name in names:
             out.append(Device(name, t.name, t.memory, t.samples, t.uplink, t.downlink,
                               t.server or default_server, t.flops, t.latency_profile,

@@ -11,9 +11,11 @@ import torch
 from trainer.data.tasks import micro_batches
 from trainer.methods.common import (
     Method,
+    ServerMath,
     Setup,
     StepCallback,
     adamw,
+    from_wire,
     inject_lora,
     task_loss,
     trainable_params,
@@ -44,6 +46,10 @@ class CenLoRA(Method):
         s = setup
         inject_lora(s, self.lora_block_indices())
         self.emb, self.rest = split_model(s.lm.model, 0, head=s.head, frozen_device=False)
+        if s.placement.server.type != "cpu":  # the whole model trains at the server
+            self.emb.to(s.placement.server)
+            self.rest.to(s.placement.server)
+        self.math = ServerMath(s.placement)  # autocast / grad scaler (no-ops in the default fp32)
         self.opt = adamw(trainable_params(self.rest), s)
         self.data: dict[str, torch.Tensor] | None = None
         self.owner: list[str] = []
@@ -87,20 +93,20 @@ class CenLoRA(Method):
         for i, idx in enumerate(starts):
             if i < done:
                 continue
-            b = trim({k: v[idx] for k, v in self.data.items()})
+            b = from_wire(trim({k: v[idx] for k, v in self.data.items()}), s.placement.server)
             training_mode(self.emb, self.rest)
-            with meter.compute(s.server, "F", "server_forward", mb=i, key=tuple(b["input_ids"].shape)):
+            with meter.compute(s.server, "F", "server_forward", mb=i, key=tuple(b["input_ids"].shape)), \
+                    self.math.autocast():
                 loss = task_loss(self.rest(self.emb(b["input_ids"], b["attention_mask"], **device_kwargs(b)), b["attention_mask"]),
                                  b["labels"], s.is_lm)
             with meter.compute(s.server, "BW", "server_BW", mb=i, key=tuple(b["input_ids"].shape)):
-                (loss / s.accumulate).backward()
+                self.math.backward(loss / s.accumulate)
             self.record(self.owner[int(idx[0])], b["labels"])
             losses.append(loss.item())
             samples += len(idx)
             if (i + 1) % s.accumulate == 0 or i == len(starts) - 1:
                 with meter.compute(s.server, "step", "server_step", count=False):
-                    self.opt.step()
-                    self.opt.zero_grad(set_to_none=True)
+                    self.math.step(self.opt)
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
                 self.cursor["server"] = i + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections.abc import Callable
@@ -10,9 +11,121 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from sfsim.errors import SfsimError
 from trainer.model.lora import add_lora, load_lora_state_dict, lora_state_dict
 from trainer.run.measure import Meter
 from trainer.transport.runtime import DeviceRole, Message, PeerLost, Transport
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Server precisions: autocast dtype (None: plain fp32)."""
+
+
+def best_device() -> str:
+    """The default for a role whose device is ``auto``: ``cuda`` where CUDA is present, else ``mps`` on Apple
+    silicon, else ``cpu``."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def resolve_device(spec: str | None, what: str = "--server-device") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``/None (:func:`best_device`) as a torch device.
+
+    Raises:
+        SfsimError: one line when the value is unknown or this machine cannot honour it.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    spec = best_device() if spec in (None, "auto") else spec
+    kind, _, index = spec.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise SfsimError(f"{what} {spec!r}: use cpu, cuda, cuda:N, mps or auto")
+    if kind == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise SfsimError(f"{what} {spec}: this machine has no CUDA device (torch {torch.__version__}); "
+                             "use cpu or auto")
+        if index and int(index) >= n:
+            raise SfsimError(f"{what} {spec}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    if kind == "mps" and best_device() != "mps":
+        raise SfsimError(f"{what} mps: this machine has no Apple MPS device; use cpu or auto")
+    return torch.device(spec)
+
+
+@dataclass
+class Placement:
+    """Where each role computes and in which precision the server trains.
+
+    Attributes:
+        server, device: torch devices of the server and of the devices (default: cpu, fp32).
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast and a gradient scaler; CUDA only).
+    """
+
+    server: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise SfsimError(f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}")
+        if self.precision == "fp16" and self.server.type != "cuda":
+            raise SfsimError(f"--precision fp16 needs a CUDA server (--server-device is {self.server}); "
+                             "use bf16 or fp32")
+
+    @classmethod
+    def of(cls, server: str | None = None, device: str | None = "cpu", precision: str = "fp32") -> Placement:
+        """From CLI values (``auto``/None: :func:`best_device`)."""
+        return cls(resolve_device(server, "--server-device"), resolve_device(device, "--device-device"), precision)
+
+
+class ServerMath:
+    """The server's mixed precision: autocast around forwards, a GradScaler for fp16, plain fp32 otherwise."""
+
+    def __init__(self, placement: Placement):
+        self.placement = placement
+        self.dtype = PRECISIONS[placement.precision]
+        self.scaler = torch.amp.GradScaler(placement.server.type) if placement.precision == "fp16" else None
+
+    def autocast(self):
+        """Context for a server forward (and its loss)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.placement.server.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, scaled under fp16."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, opt: torch.optim.Optimizer) -> None:
+        """``opt.step()`` (unscaled, skipped on inf/nan, under fp16) then zero the gradients."""
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def to_wire(t: torch.Tensor) -> torch.Tensor:
+    """A tensor ready for the wire: on the host (gloo carries CPU tensors), in pinned memory when it comes
+    from a GPU so the copy back there is asynchronous."""
+    if t.device.type == "cpu":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
+    host.copy_(t, non_blocking=False)
+    return host
+
+
+def from_wire(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Received (host) tensors on ``device``: pinned first, then copied without blocking, on CUDA."""
+    if device.type == "cpu":
+        return tensors
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin and not v.is_pinned() else v).to(device, non_blocking=pin)
+            for k, v in tensors.items()}
 
 
 @dataclass
@@ -46,6 +159,7 @@ class Setup:
         max_len: tokens per sample at most (sizes the pool).
         out: the run's output folder (devices write their checkpoint state under ``out/state``).
         bucket: length bucketing over windows of this many micro-batches (0: off; ``trainer.data.tasks.micro_batches``).
+        placement: the roles' torch devices and the server's precision (:class:`Placement`; default cpu, fp32).
     """
 
     lm: object
@@ -74,6 +188,7 @@ class Setup:
     max_len: int = 128
     out: str = "."
     bucket: int = 0
+    placement: Placement = field(default_factory=Placement)
 
     @property
     def is_lm(self) -> bool:

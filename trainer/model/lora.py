@@ -9,14 +9,15 @@ import torch
 from torch import nn
 
 from sfsim.errors import SfsimError
+from sfsim.model.arch import DEFAULT_LORA_TARGETS
 
-DEFAULT_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "bert": ["query", "value"]}
+DEFAULT_TARGETS = {f: list(ts) for f, ts in DEFAULT_LORA_TARGETS.items()}  # the simulator's defaults, per family
 # names a block list goes by: ours (split parts) and the unsplit HF models' (transformer.h, model.layers, encoder.layer)
 _BLOCK_LISTS = ("blocks", "h", "layers", "layer")
 
 
 def default_targets(family: str) -> list[str]:
-    """LoRA target modules of a model family: gpt2 c_attn, llama q_proj/v_proj, bert query/value."""
+    """LoRA target modules of a model family: gpt2 c_attn, phi3 qkv_proj, bert query/value, other decoders q_proj/v_proj."""
     if family not in DEFAULT_TARGETS:
         raise SfsimError(f"unknown model family {family!r}: use one of {', '.join(DEFAULT_TARGETS)}")
     return list(DEFAULT_TARGETS[family])

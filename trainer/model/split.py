@@ -1,4 +1,6 @@
-"""Split a GPT-2, Llama or BERT model at a cut into a frozen device part and a server part.
+"""Split a model (GPT-2, BERT or a ``model.layers`` decoder) at a cut into a device part and a server part.
+
+Where each family keeps its pieces and what its blocks are handed is in ``trainer.model.families``.
 
 The two parts share modules with the original model (no copy): inject LoRA into a deep copy if the
 unsplit model must stay untouched. Blocks keep their model index as their name (``blocks.7.attn.c_attn``)
@@ -11,16 +13,7 @@ import torch
 from torch import nn
 
 from sfsim.errors import SfsimError
-from trainer.model.loading import family_of
-
-
-def _layers(model: nn.Module, family: str) -> nn.ModuleList:
-    """The model's transformer blocks in order."""
-    if family == "gpt2":
-        return model.transformer.h
-    if family == "llama":
-        return model.model.layers
-    return model.encoder.layer
+from trainer.model.families import DECODERS, decoder_contexts, embed, family_of, layer_type, layers, pieces
 
 
 def past_length(cache, layer: int | None) -> int:
@@ -35,10 +28,12 @@ class _Blocks(nn.Module):
         super().__init__()
         self.family, self.config = family, config
         self.blocks = nn.ModuleDict({str(i): b for i, b in blocks.items()})
-        self.rotary = rotary  # Llama rotary embedding (buffers only); None for GPT-2 and BERT
+        self.rotary = rotary  # decoders' rotary embedding (buffers only); None for GPT-2 and BERT
 
     def context(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache=None) -> dict:
-        """Keyword arguments every block needs: the 4-D mask (causal or bidirectional) and, for Llama, rotary.
+        """Keyword arguments of the blocks, per layer type (``full_attention``, ``sliding_attention``; BERT
+        and GPT-2: ``full_attention`` only): the 4-D mask (causal, sliding-window or bidirectional) and, for
+        the ``model.layers`` decoders, rotary embeddings. :meth:`kwargs` picks one block's.
 
         With a KV ``cache`` (decoders, generation) ``hidden`` holds only the new positions and
         ``attention_mask`` (B, past + T) covers the cached ones too.
@@ -47,28 +42,32 @@ class _Blocks(nn.Module):
 
         if self.family == "bert":
             mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
-            return {"attention_mask": mask}
+            return {"full_attention": {"attention_mask": mask}}
         first = self.indices[0] if self.blocks else None
         past = past_length(cache, first)
         # the unsplit models use positions 0..T-1 whatever the padding; do the same so logits match
         pos = torch.arange(past, past + hidden.shape[1], device=hidden.device).unsqueeze(0)  # (1, T)
+        if self.family in DECODERS:
+            return decoder_contexts(self.config, self.family, self.rotary, self.indices, hidden, attention_mask,
+                                    cache, pos)
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
                                   cache=cache, position_ids=pos, **({} if cache is None else {"layer_idx": first}))
         ctx = {"attention_mask": mask}
         if cache is not None:
             ctx.update(cache=cache, use_cache=True)
-        if self.family == "llama":
-            ctx["position_embeddings"] = self.rotary(hidden, position_ids=pos)  # (cos, sin), each (1, T, d_head)
-            ctx["position_ids"] = pos
-        return ctx
+        return {"full_attention": ctx}
+
+    def kwargs(self, ctx: dict, index: int) -> dict:
+        """The keyword arguments of model block ``index`` out of :meth:`context`'s."""
+        return ctx[layer_type(self.config, self.family, index)]
 
     def run(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache=None) -> torch.Tensor:
         """Run the blocks in order on ``hidden`` (B, T, d) (appending their keys and values to ``cache``)."""
         if cache is not None and not self.blocks:
             return hidden
         ctx = self.context(hidden, attention_mask, cache)
-        for block in self.blocks.values():
-            hidden = block(hidden, **ctx)
+        for i, block in self.blocks.items():
+            hidden = block(hidden, **self.kwargs(ctx, int(i)))
         return hidden  # (B, T, d)
 
     @property
@@ -103,13 +102,7 @@ class DevicePart(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, past: int = 0) -> torch.Tensor:
         """Token (+ position, + token type) embeddings: (B, T) ids at positions past.. -> (B, T, d)."""
-        e = self.embeddings
-        if self.family == "gpt2":
-            pos = torch.arange(past, past + input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # (1, T)
-            return e["drop"](e["wte"](input_ids) + e["wpe"](pos))
-        if self.family == "llama":
-            return e["embed_tokens"](input_ids)
-        return e["bert"](input_ids=input_ids, token_type_ids=token_type_ids)
+        return embed(self.family, self.embeddings, input_ids, token_type_ids, past)
 
     def _forward(self, input_ids, attention_mask, token_type_ids, cache=None):
         hidden = self.embed(input_ids, token_type_ids, past_length(cache, 0))
@@ -133,7 +126,7 @@ class DevicePart(nn.Module):
 class ServerPart(nn.Module):
     """Blocks cut..L-1 + final norm + output layer; maps (hidden, attention_mask) to the model's output.
 
-    Output: LM logits (B, T, V) for GPT-2/Llama, last_hidden_state (B, T, d) for BERT, or, when a
+    Output: LM logits (B, T, V) for decoders, last_hidden_state (B, T, d) for BERT, or, when a
     ``head`` is given, the head's output on the final hidden states (e.g. (B, C) for a classifier).
     """
 
@@ -144,6 +137,7 @@ class ServerPart(nn.Module):
         self.final_norm = final_norm if final_norm is not None else nn.Identity()
         self.lm_head = lm_head if head is None else None  # a task head replaces the LM head
         self.head = head
+        self.logit_cap = getattr(body.config, "final_logit_softcapping", None)  # Gemma: cap * tanh(z / cap)
 
     @property
     def first_block(self) -> int:
@@ -160,18 +154,14 @@ class ServerPart(nn.Module):
         h = self.hidden_states(hidden, attention_mask, cache)
         if self.head is not None:
             return self.head(h, attention_mask)
-        return self.lm_head(h) if self.lm_head is not None else h  # (B, T, V) or (B, T, d)
+        return self.logits(h) if self.lm_head is not None else h  # (B, T, V) or (B, T, d)
 
-
-def _pieces(model: nn.Module, family: str):
-    """(embedding modules, final norm, lm head, rotary) of a supported model."""
-    if family == "gpt2":
-        t = model.transformer
-        return nn.ModuleDict({"wte": t.wte, "wpe": t.wpe, "drop": t.drop}), t.ln_f, model.lm_head, None
-    if family == "llama":
-        m = model.model
-        return nn.ModuleDict({"embed_tokens": m.embed_tokens}), m.norm, model.lm_head, m.rotary_emb
-    return nn.ModuleDict({"bert": model.embeddings}), None, None, None
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """LM head on final hidden states (B, T, d) -> (B, T, V), soft-capped where the model caps them."""
+        z = self.lm_head(h)
+        if self.logit_cap is None:
+            return z
+        return torch.tanh(z / self.logit_cap) * self.logit_cap
 
 
 def split_model(model: nn.Module, cut: int, *, head: nn.Module | None = None,
@@ -179,7 +169,8 @@ def split_model(model: nn.Module, cut: int, *, head: nn.Module | None = None,
     """Split ``model`` after ``cut`` blocks into (device part, server part).
 
     Args:
-        model: a GPT2LMHeadModel, LlamaForCausalLM or BertModel.
+        model: a GPT2LMHeadModel, BertModel or a causal LM of a ``model.layers`` family
+            (``trainer.model.families.DECODERS``: Llama, Qwen2, Qwen3, Mistral, Gemma 3, Phi-3).
         cut: blocks on the device, 0..L-1 (0 keeps only the embeddings on the device).
         head: optional task head run by the server on the final hidden states instead of the LM head.
         frozen_device: freeze the device part (inference mode, no grad); False for methods that train it.
@@ -195,14 +186,14 @@ def split_model(model: nn.Module, cut: int, *, head: nn.Module | None = None,
         (1, 1)
     """
     family = family_of(model)
-    layers = _layers(model, family)
-    n = len(layers)
+    blocks = layers(model, family)
+    n = len(blocks)
     if not isinstance(cut, int) or isinstance(cut, bool) or not 0 <= cut < n:
         raise SfsimError(f"cut {cut} is beyond the model's depth: {type(model).__name__} has {n} blocks, "
                          f"use a cut in 0..{n - 1}")
-    emb, norm, lm_head, rotary = _pieces(model, family)
+    emb, norm, lm_head, rotary = pieces(model, family)
     cfg = model.config
-    dev_body = _Blocks(family, cfg, {i: layers[i] for i in range(cut)}, rotary)
-    srv_body = _Blocks(family, cfg, {i: layers[i] for i in range(cut, n)}, rotary)
+    dev_body = _Blocks(family, cfg, {i: blocks[i] for i in range(cut)}, rotary)
+    srv_body = _Blocks(family, cfg, {i: blocks[i] for i in range(cut, n)}, rotary)
     device = DevicePart(family, emb, dev_body, frozen=frozen_device)
     return device, ServerPart(family, srv_body, norm, lm_head, head)

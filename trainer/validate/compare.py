@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,8 @@ class ValidateConfig:
     device_profile: str | None = None
     accumulate: int | None = None  # micro-batches per optimizer step (None: the scenario's)
     client_order: str | None = None  # splitlora: interleaved (None: the trainer's default) or sequential
+    allow_native: bool = False  # run devices this machine cannot emulate at native speed (flagged) instead of refusing
+    host_sharing: bool = True  # model the CPU sharing of the run's co-located processes (sfsim.cost.hostshare)
 
     def __post_init__(self):
         if self.emulate not in ("none", "compute", "links", "all"):
@@ -80,23 +83,35 @@ class ValidateConfig:
                 raise SfsimError(f"--{name.replace('_', '-')} {path}: no such file (make one with sfsim profile)")
 
 
-def run_validation(vc: ValidateConfig) -> dict:
-    """Run for real, simulate, compare; write report.json, overlay.png and trace.json into ``vc.out``."""
+def run_validation(vc: ValidateConfig, say=print) -> dict:
+    """Run for real, simulate, compare; write report.json, overlay.png and trace.json into ``vc.out``.
+
+    Without ``vc.server_profile`` this machine's server role is profiled first (or its cached profile
+    loaded, :func:`trainer.validate.machine.server_profile`); devices rated faster than this machine can
+    run them are refused before the run unless ``vc.allow_native`` (then simulated at native speed).
+    """
     from trainer.run.runner import RunConfig, run
 
     out = Path(vc.out)
     out.mkdir(parents=True, exist_ok=True)
+    source = "given" if vc.server_profile is not None else None
+    if source is None:
+        vc, source = _own_server_profile(vc, say)
+    native = _check_emulation(vc)
     rc = RunConfig(devices=vc.devices, model=vc.model, task=vc.task, method=vc.method, partition=vc.partition,
                    out=str(out / "run"), split=vc.split, epochs=1, train_samples=vc.train_samples, eval_samples=8,
                    seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
                    micro_batch=vc.micro_batch, buffer=vc.buffer, progress=False, launch="local", emulate=vc.emulate,
                    threads=vc.threads, count_flops=False, accumulate=vc.accumulate, client_order=vc.client_order)
+    load = [round(os.getloadavg()[0], 2)]
     metrics = run(rc)
+    load.append(round(os.getloadavg()[0], 2))
     measured = read_chrome_trace(out / "run" / "trace.json")
-    sim = predict(vc, metrics)
+    sim, host = predict_shared(vc, metrics, native)
     predicted = sim.events
     server = next(iter(metrics["server_flops"]))
     report = compare(predicted, measured, [server])
+    report["header"] = header(vc, source, native, host, load, list(metrics["device_flops"]))
     report.update(method=metrics["method"], server_order=vc.server_order, client_order=metrics.get("client_order"),
                   accumulate=metrics["accumulate"], emulate=vc.emulate,
                   simulator_policy=POLICY_OF_ORDER[vc.server_order], config=dataclasses.asdict(vc),
@@ -109,6 +124,46 @@ def run_validation(vc: ValidateConfig) -> dict:
     return report
 
 
+def _task_head(task: str) -> tuple[str, int]:
+    """(profile task, labels) of a trainer task."""
+    return ("causal-lm", 2) if task == "gsm8k" else ("classification", 3 if task == "mnli" else 2)
+
+
+def _own_server_profile(vc: ValidateConfig, say) -> tuple[ValidateConfig, str]:
+    """``vc`` with this machine's server profile (cached or measured now), and how it was obtained."""
+    from sfsim.scenario.schema import read_yaml
+    from trainer.validate.machine import server_profile
+
+    data = read_yaml(vc.devices)
+    mb = vc.micro_batch or data.get("training", {}).get("micro_batch", 8)
+    task, labels = _task_head(vc.task)
+    sp = server_profile(vc.model, _sim_model(vc.model), task=task, num_labels=labels, micro_batch=mb,
+                        max_len=vc.max_len, threads=vc.threads, say=say)
+    how = f"measured now ({sp.wall_s} s)" if sp.measured else f"cached {sp.age_s / 60:.0f} min ago"
+    return dataclasses.replace(vc, server_profile=str(sp.path)), f"this machine's, {how}"
+
+
+def _check_emulation(vc: ValidateConfig) -> tuple:
+    """Devices this machine cannot emulate (compute emulation only): refused unless ``vc.allow_native``."""
+    from sfsim.scenario.config import scenario_from_dict
+    from sfsim.scenario.overrides import apply
+    from sfsim.scenario.schema import read_yaml
+    from trainer.validate.machine import refusal, too_fast
+
+    if vc.emulate not in ("compute", "all"):
+        return ()
+    data = read_yaml(vc.devices)
+    sets = [("model.name", _sim_model(vc.model)),
+            ("model.seq_len", min(vc.max_len, data.get("model", {}).get("seq_len", vc.max_len)))]
+    if vc.micro_batch:
+        sets.append(("training.micro_batch", vc.micro_batch))
+    sc = scenario_from_dict(apply(data, sets, file=vc.devices), source=vc.devices)
+    native = tuple(too_fast(sc, vc.server_profile, vc.split or sc.training.split or 1))
+    if native and not vc.allow_native:
+        raise refusal(list(native), vc.devices)
+    return native
+
+
 def _mean_tokens(metrics: dict) -> int:
     """Tokens per sample, averaged over samples (micro-batches are trimmed to their longest row)."""
     shapes = [s for ss in metrics["microbatch_shapes"].values() for s in ss]
@@ -116,8 +171,14 @@ def _mean_tokens(metrics: dict) -> int:
     return max(1, round(sum(b * t for b, t in shapes) / samples)) if samples else 1
 
 
-def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool) -> list[tuple[str, object]]:
-    """Scenario changes that make the simulator describe the run that happened (see the module docstring)."""
+def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
+                  profiles: dict[str, str] | None = None) -> list[tuple[str, object]]:
+    """Scenario changes that make the simulator describe the run that happened (see the module docstring).
+
+    ``profiles``: latency profiles replacing FLOP rates, by device name (devices run at native speed) and
+    ``"server"`` (default: ``vc.server_profile``).
+    """
+    profiles = dict(profiles or {})
     sets: list[tuple[str, object]] = [
         ("model.name", _sim_model(vc.model)), ("model.seq_len", _mean_tokens(metrics)),
         ("training.micro_batch", metrics["micro_batch"]), ("training.epochs", 1),
@@ -137,9 +198,91 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool) -> list[
             sets += [(f"devices[{name}].{link}", {"bandwidth": LOOPBACK, "latency": 0}) for link in ("uplink", "downlink")]
         if vc.emulate == "none":  # nothing emulated: every device stays online (trainer.transport.dynamics)
             sets.append((f"devices[{name}].availability", None))
-    if vc.server_profile is not None:
-        sets += [("servers[0].latency_profile", str(Path(vc.server_profile).resolve())), ("servers[0].flops", None)]
+        if name in profiles:  # a device this machine could not emulate: it ran at native speed
+            sets += [(f"devices[{name}].latency_profile", str(Path(profiles[name]).resolve())),
+                     (f"devices[{name}].flops", None)]
+    server = profiles.get("server", vc.server_profile)
+    if server is not None:
+        sets += [("servers[0].latency_profile", str(Path(server).resolve())), ("servers[0].flops", None)]
     return sets
+
+
+def predict_shared(vc: ValidateConfig, metrics: dict, native=()) -> tuple:
+    """:func:`predict` with the run's co-located processes sharing this machine's cores.
+
+    Every process of the run (the server and each device) is on this machine. Each device burns CPU
+    for its compute at this machine's speed (then sleeps, when emulated, up to its scenario time): its
+    runnable share is those CPU-seconds over the predicted span. The server's tables are stretched by
+    :func:`sfsim.cost.hostshare.slowdown` of those shares (two fixed-point rounds, as the span moves with
+    the stretch); devices at native speed get the same stretch.
+
+    Returns:
+        (the simulation, the host figures for the report header).
+    """
+    from sfsim.cost.hostshare import runnable_shares, slowdown
+
+    profiles = {d.name: vc.server_profile for d in native}
+    sim = predict(vc, metrics, profiles)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    names = list(metrics["samples_by_device"])
+    host = {"cores": cores, "processes": 1 + len(names), "threads": vc.threads, "server_slowdown": 1.0}
+    if not vc.host_sharing or vc.server_profile is None:
+        return sim, host
+    own = vc.device_profile if vc.emulate in ("none", "links") else vc.server_profile
+    cpu = _device_cpu_seconds(predict(vc, metrics, {n: own for n in names}).events, names)
+    for _ in range(2):
+        shares = runnable_shares(cpu, _span(sim.events))
+        factor = slowdown(cores, [(p, vc.threads) for p in shares.values()], vc.threads)
+        path = _stretched(vc, factor)
+        sim = predict(vc, metrics, {**{d.name: path for d in native}, "server": path})
+    host.update(server_slowdown=round(factor, 4), device_cpu_shares={k: round(v, 4) for k, v in shares.items()})
+    return sim, host
+
+
+def _span(events) -> float:
+    return max(e.end for e in events) - min(e.start for e in events) if events else 0.0
+
+
+def _device_cpu_seconds(events, names: list[str]) -> dict[str, float]:
+    """Seconds each device computes (F, B, W, BW, step on its own lane) in a timeline."""
+    out = dict.fromkeys(names, 0.0)
+    for e in events:
+        if e.lane in out and e.op in ("F", "B", "W", "BW", "step"):
+            out[e.lane] += e.dur
+    return out
+
+
+def _stretched(vc: ValidateConfig, factor: float) -> str:
+    """The server profile with every time times ``factor``, written into the validation folder."""
+    import yaml
+
+    from sfsim.cost.hostshare import scale_profile
+    from sfsim.scenario.schema import read_yaml
+
+    path = Path(vc.out) / "server-profile-shared.yaml"
+    prof = scale_profile(read_yaml(vc.server_profile), factor)
+    prof["source"] = f"{prof.get('source', '')} | times x {factor:.4f} for CPU sharing (sfsim.cost.hostshare)"
+    write_atomic(path, yaml.safe_dump(prof, sort_keys=False, width=200))
+    return str(path)
+
+
+def header(vc: ValidateConfig, source: str, native, host: dict, load: list[float], devices: list[str]) -> dict:
+    """What the validation emulated and what ran at native speed, for the top of the report."""
+    slow = {d.name for d in native}
+    if vc.emulate in ("compute", "all"):
+        emulated = [n for n in devices if n not in slow]
+    else:
+        emulated = []
+    return {
+        "server": f"native speed of this machine; profile: {source} ({vc.server_profile})",
+        "devices_emulated": emulated,
+        "devices_native": [{"name": d.name, "scenario_flops": d.scenario_flops,
+                            "achievable_flops": round(d.achievable_flops)} for d in native]
+        + [{"name": n} for n in devices if vc.emulate in ("none", "links") and n not in slow],
+        "links": "emulated (scenario bandwidth, latency, traces)" if vc.emulate in ("links", "all")
+        else f"loopback ({LOOPBACK}, no latency)",
+        "host": host, "load_average_1min": {"before": load[0], "after": load[-1]},
+    }
 
 
 def _per_device_tokens(data: dict, vc: ValidateConfig, metrics: dict) -> None:
@@ -193,11 +336,12 @@ def _sim_model(model: str) -> str:
     return model
 
 
-def predict(vc: ValidateConfig, metrics: dict):
-    """The simulator's timeline (``trace=True``) for the run described by ``metrics``."""
+def predict(vc: ValidateConfig, metrics: dict, profiles: dict[str, str] | None = None):
+    """The simulator's timeline (``trace=True``) for the run described by ``metrics`` (``profiles``: as
+    :func:`sim_overrides`)."""
     import sfsim
 
-    sc = sim_scenario(vc, metrics)
+    sc = sim_scenario(vc, metrics, profiles)
     kw = {"splits": dict(metrics["cuts"]), "trace": True}
     if metrics["method"].startswith("splitfrozen"):
         kw["lora_start"] = metrics["lora_start"]
@@ -205,7 +349,7 @@ def predict(vc: ValidateConfig, metrics: dict):
     return sfsim.simulate(sc, metrics["method"], **kw)
 
 
-def sim_scenario(vc: ValidateConfig, metrics: dict):
+def sim_scenario(vc: ValidateConfig, metrics: dict, profiles: dict[str, str] | None = None):
     """The scenario file with :func:`sim_overrides` applied (devices expanded, so each can differ)."""
     from sfsim.scenario.config import Training, scenario_from_dict
     from sfsim.scenario.overrides import apply
@@ -215,7 +359,7 @@ def sim_scenario(vc: ValidateConfig, metrics: dict):
     _expand_counts(data)
     credits_key = "credits" in getattr(Training, "__pydantic_fields__", {}) or any(
         f.name == "credits" for f in dataclasses.fields(Training))
-    sets = sim_overrides(vc, metrics, credits_key)
+    sets = sim_overrides(vc, metrics, credits_key, profiles)
     data = apply(data, [(k, v) for k, v in sets if v is not None], file=vc.devices)
     data["training"].setdefault("lora", {})["targets"] = list(metrics["lora_targets"])  # a list: set directly
     _per_device_tokens(data, vc, metrics)
@@ -263,16 +407,15 @@ def warmups(sc, device_profile: str, cuts: dict[str, int]) -> dict[str, float]:
 
 
 def _expand_counts(data: dict) -> list[dict]:
-    """The device list with ``count`` expanded into named devices (``name-0``...), in place."""
+    """The device list with ``count`` expanded into named devices, in place, named as the simulator and
+    the trainer name them (:func:`sfsim.scenario.config.expanded_names`: ``slow`` for ``count: 1``)."""
+    from sfsim.scenario.config import expanded_names
+
     out = []
     for d in data["devices"]:
-        n = d.get("count", 1)
-        if n == 1 and "count" not in d:
-            out.append(d)
-            continue
-        for i in range(n):
+        for name in expanded_names(d["name"], d.get("count", 1)):
             e = {k: copy.deepcopy(v) for k, v in d.items() if k != "count"}  # own links: each is scaled alone
-            e["name"] = f"{d['name']}-{i}"
+            e["name"] = name
             out.append(e)
     data["devices"] = out
     return out
@@ -342,6 +485,31 @@ def compare(predicted: list[TraceEvent], measured: list[TraceEvent], servers: li
     return {"total": _row(tp, tm), "stages": rows}
 
 
+def rank_agreement(rows: dict[str, dict]) -> dict:
+    """Does the simulator order configurations as the real runs do? Kendall's tau over a validate table.
+
+    Args:
+        rows: configuration -> a report (or its ``total`` row: ``predicted_s`` and ``measured_s``).
+
+    Returns:
+        ``{"tau": ..., "p_value": ..., "n": ...}`` (``scipy.stats.kendalltau``, tau-b: ties allowed);
+        tau is None with fewer than two configurations.
+
+    Example:
+        >>> rank_agreement({"a": {"total": {"predicted_s": 1.0, "measured_s": 2.0}},
+        ...                 "b": {"total": {"predicted_s": 3.0, "measured_s": 5.0}},
+        ...                 "c": {"total": {"predicted_s": 2.0, "measured_s": 1.0}}})["tau"]
+        0.333333
+    """
+    from scipy.stats import kendalltau
+
+    totals = [r.get("total", r) for r in rows.values()]
+    if len(totals) < 2:
+        return {"tau": None, "p_value": None, "n": len(totals)}
+    res = kendalltau([t["predicted_s"] for t in totals], [t["measured_s"] for t in totals])
+    return {"tau": round(float(res.statistic), 6), "p_value": round(float(res.pvalue), 6), "n": len(totals)}
+
+
 def _overlay(predicted, measured, path: Path, metrics: dict, report: dict) -> None:
     """Predicted lanes above measured ones, one shared time axis (each timeline from its own start)."""
     from sfsim.outputs.gantt import Panel, write_panels
@@ -358,9 +526,28 @@ def _overlay(predicted, measured, path: Path, metrics: dict, report: dict) -> No
                  title=f"{metrics['method']}: total error {100 * err:+.1f}%" if err is not None else metrics["method"])
 
 
+def format_header(h: dict) -> list[str]:
+    """The report header's lines: what was emulated, what ran at native speed, the host's sharing."""
+    from sfsim.units import format_amount
+
+    lines = [f"server: {h['server']}", f"links: {h['links']}"]
+    if h["devices_emulated"]:
+        lines.append(f"devices emulated (compute slowed to the scenario's speed): {', '.join(h['devices_emulated'])}")
+    for d in h["devices_native"]:
+        why = (f" (scenario {format_amount(d['scenario_flops'], 'FLOPS')}, this machine reaches only "
+               f"{format_amount(d['achievable_flops'], 'FLOPS')})" if "achievable_flops" in d else "")
+        lines.append(f"device at NATIVE speed: {d['name']}{why}")
+    host, load = h["host"], h["load_average_1min"]
+    lines.append(f"host: {host['processes']} processes x {host['threads']} thread(s) on {host['cores']} cores; "
+                 f"server stretched x{host['server_slowdown']:.3f} for CPU sharing; 1-min load "
+                 f"{load['before']} before, {load['after']} after the run")
+    return lines
+
+
 def format_report(report: dict) -> str:
-    """The report as a table for the terminal."""
-    lines = [f"{'stage':16} {'predicted s':>12} {'measured s':>11} {'error':>8}"]
+    """The report as a table for the terminal (its header first, when it has one)."""
+    lines = format_header(report["header"]) if "header" in report else []
+    lines.append(f"{'stage':16} {'predicted s':>12} {'measured s':>11} {'error':>8}")
     for name, row in [("total", report["total"]), *report["stages"].items()]:
         e = "" if row["error"] is None else f"{100 * row['error']:+7.1f}%"
         lines.append(f"{name:16} {row['predicted_s']:12.3f} {row['measured_s']:11.3f} {e:>8}")

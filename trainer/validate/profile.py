@@ -37,7 +37,7 @@ from torch import nn
 
 from sfsim.errors import SfsimError
 from sfsim.model.arch import BUILTIN
-from trainer.methods.common import task_loss
+from trainer.methods.common import resolve_device, task_loss
 from trainer.model.backward import DeferredGrads
 from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import LoadedModel
@@ -61,6 +61,8 @@ class ProfileSpec:
         warmup, repeats: untimed and timed rounds per grid entry.
         role: ``device`` or ``server`` (recorded; both roles measure the same tables).
         name: what was measured (the profile's ``device`` field).
+        device: torch device measured on: ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``; on a GPU every timed
+            call is bracketed by ``torch.cuda.synchronize`` (kernels run asynchronously).
     """
 
     micro_batches: list[int]
@@ -73,6 +75,7 @@ class ProfileSpec:
     repeats: int = 5
     role: str = "device"
     name: str = field(default_factory=lambda: f"{platform.machine()}-{os.cpu_count()}core")
+    device: str = "cpu"
 
     def __post_init__(self):
         for what, values in (("--micro-batch", self.micro_batches), ("--seq-len", self.seq_lens)):
@@ -90,6 +93,7 @@ class ProfileSpec:
             raise SfsimError(f"a classification head needs --num-labels >= 2 (got {self.num_labels})")
         if self.lora_rank < 1:
             raise SfsimError(f"--lora-rank must be >= 1 (got {self.lora_rank})")
+        resolve_device(self.device, "--device")  # a device this machine lacks: one line, before any loading
 
 
 def parse_sizes(text: str, what: str) -> list[int]:
@@ -103,7 +107,7 @@ def parse_sizes(text: str, what: str) -> list[int]:
 def max_positions(lm: LoadedModel) -> int | None:
     """Longest sequence the model's position embeddings allow (None: no limit, e.g. rotary)."""
     cfg = lm.model.config
-    if lm.family == "llama":
+    if lm.family not in ("gpt2", "bert"):  # rotary decoders
         return None
     return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
@@ -111,9 +115,9 @@ def max_positions(lm: LoadedModel) -> int | None:
 class _Parts:
     """The two copies of the model a profile times: frozen (no LoRA) and training (LoRA, head, DeferredGrads)."""
 
-    def __init__(self, lm: LoadedModel, spec: ProfileSpec):
+    def __init__(self, lm: LoadedModel, spec: ProfileSpec, device: torch.device):
         if spec.task == "causal-lm" and lm.family == "bert":
-            raise SfsimError(f"{lm.name} is an encoder: causal-lm needs a decoder (GPT-2 or Llama); "
+            raise SfsimError(f"{lm.name} is an encoder: causal-lm needs a decoder (GPT-2, Llama, Qwen, Gemma...); "
                              "use --task classification")
         self.is_lm = spec.task == "causal-lm"
         head = None if self.is_lm else ClassificationHead(lm.hidden, spec.num_labels, default_pooling(lm.family))
@@ -126,6 +130,8 @@ class _Parts:
         if head is not None:
             head.requires_grad_(True)
         _, self.tsrv = split_model(train, 0, head=head)
+        for part in (self.dev, self.fsrv, self.tsrv):
+            part.to(device)  # before the optimizers are made: they hold the parameters
         self.tsrv.train()  # as the trainer's server: dropout on
         self.deferred = DeferredGrads(self.tsrv)
         self.blocks_f = list(self.fsrv.body.blocks.values())
@@ -134,6 +140,7 @@ class _Parts:
         self.opt_head = _adamw(head) if head is not None else None
         self.opt_all = _adamw(self.tsrv)
         self.n_block_params = sum(p.numel() for p in self.blocks_t[0].parameters() if p.requires_grad)
+        self.device = device
 
     def head_out(self, srv, h, mask):
         return srv.head(h, mask) if srv.head is not None else srv.lm_head(h)
@@ -143,16 +150,28 @@ def _adamw(module: nn.Module) -> torch.optim.AdamW:
     return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=2e-3)
 
 
-class _Clock:
-    """Seconds per key over the timed rounds."""
+def _sync(device: torch.device) -> Callable[[], None]:
+    """Wait for the device's queued kernels (CUDA, MPS run asynchronously); nothing on CPU."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
 
-    def __init__(self):
+
+class _Clock:
+    """Seconds per key over the timed rounds (synchronised with the device before and after each call)."""
+
+    def __init__(self, device: torch.device):
         self.times: dict[tuple, list[float]] = defaultdict(list)
         self.on = False
+        self.sync = _sync(device)
 
     def run(self, key: tuple, fn: Callable):
+        self.sync()
         t0 = time.perf_counter()
         out = fn()
+        self.sync()
         if self.on:
             self.times[key].append(time.perf_counter() - t0)
         return out
@@ -168,15 +187,16 @@ def _round(parts: _Parts, clock: _Clock, ids, mask, labels, grads) -> list[torch
 
         x, ctx = clock.run(("forward", "embed"), embed)  # (B, T, d)
         for i, blk in enumerate(parts.blocks_f):
-            x = clock.run(("forward", "blocks", i), lambda blk=blk, x=x: blk(x, **ctx))
+            kw = fs.body.kwargs(ctx, i)
+            x = clock.run(("forward", "blocks", i), lambda blk=blk, x=x, kw=kw: blk(x, **kw))
         h = clock.run(("forward", "norm"), lambda: fs.final_norm(x))
         clock.run(("forward", "head"), lambda: parts.head_out(fs, h, mask))
     # training state: a fresh, normal (non-inference) copy of each block's input, with an input gradient
     acts = [clock.run(("forward_train", "embed"), lambda: dev.embed(ids)).clone()]
     ctx = ts.body.context(acts[0], mask)
     for i, blk in enumerate(parts.blocks_t):
-        xin = acts[i].detach().requires_grad_(True)
-        y = clock.run(("forward_train", "blocks", i), lambda blk=blk, xin=xin: blk(xin, **ctx))  # (B, T, d)
+        xin, kw = acts[i].detach().requires_grad_(True), ts.body.kwargs(ctx, i)
+        y = clock.run(("forward_train", "blocks", i), lambda blk=blk, xin=xin, kw=kw: blk(xin, **kw))  # (B, T, d)
         clock.run(("input_grad", "blocks", i), lambda y=y: y.backward(grads))
         clock.run(("weight_grad", "blocks", i), parts.deferred.flush)
         clock.run(("step", "block", i), parts.opt_block[i].step)
@@ -214,7 +234,8 @@ def _measure_entry(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, mb: int, s
     mask = torch.ones(mb, seq, dtype=torch.long)  # (B, T): no padding
     labels = ids.clone() if parts.is_lm else torch.randint(0, spec.num_labels, (mb,), generator=g)
     grads = torch.randn(mb, seq, lm.hidden, generator=g)  # (B, T, d) upstream gradient of each block
-    clock = _Clock()
+    ids, mask, labels, grads = (t.to(parts.device) for t in (ids, mask, labels, grads))
+    clock = _Clock(parts.device)
     reset = _reset_peak_rss()
     for r in range(spec.warmup + spec.repeats):
         clock.on = r >= spec.warmup
@@ -237,16 +258,19 @@ def first_call(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, repeats: int =
     """
     mb, seq = spec.micro_batches[0], spec.seq_lens[0]
     g = torch.Generator().manual_seed(7)
-    ids = torch.randint(0, lm.model.config.vocab_size, (mb, seq), generator=g)  # (B, T)
-    mask = torch.ones(mb, seq, dtype=torch.long)  # (B, T)
+    ids = torch.randint(0, lm.model.config.vocab_size, (mb, seq), generator=g).to(parts.device)  # (B, T)
+    mask = torch.ones(mb, seq, dtype=torch.long, device=parts.device)  # (B, T)
+    sync = _sync(parts.device)
 
     def forward() -> float:
+        sync()
         t0 = time.perf_counter()
         with torch.inference_mode():
             x = parts.dev.embed(ids)  # (B, T, d)
             ctx = parts.fsrv.body.context(x, mask)
-            for blk in parts.blocks_f:
-                x = blk(x, **ctx)
+            for i, blk in enumerate(parts.blocks_f):
+                x = blk(x, **parts.fsrv.body.kwargs(ctx, i))
+        sync()
         return time.perf_counter() - t0
 
     cold = round(forward(), 6)
@@ -347,7 +371,8 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
         raise SfsimError(f"--seq-len {spec.seq_lens[-1]} is longer than {lm.name}'s {limit} positions")
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     torch.manual_seed(0)
-    parts = _Parts(lm, spec)
+    device = resolve_device(spec.device, "--device")
+    parts = _Parts(lm, spec, device)
     first = first_call(parts, lm, spec)
     grid = []
     for mb in spec.micro_batches:
@@ -356,6 +381,8 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
                 progress(mb, seq)
             grid.append(_measure_entry(parts, lm, spec, mb, seq))
     info = machine_info()
+    if device.type != "cpu":
+        info["accelerator"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     after = os.getloadavg()
     # 1-minute load before and after, and the 5-minute load after (which spans a few minutes of measuring)
     info["load_average"] = {"before": round(load0, 2), "after": round(after[0], 2), "after_5min": round(after[1], 2)}
@@ -369,6 +396,9 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
                         "intermediate": getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None)
                         or 4 * lm.hidden, "vocab": cfg.vocab_size,
                         "tie_embeddings": bool(getattr(cfg, "tie_word_embeddings", lm.family != "bert"))}
+        head_dim = getattr(cfg, "head_dim", None)
+        if head_dim and head_dim != lm.hidden // cfg.num_attention_heads:
+            prof["arch"]["head_dim"] = int(head_dim)
     prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
                  "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
                  "dtype": "fp32", "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
