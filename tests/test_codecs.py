@@ -208,3 +208,52 @@ def _rogue(master: str, world: int, rank: int, log: str) -> None:
             dist.recv(torch.empty(wire.HEADER_LEN, dtype=torch.int64), src=0, tag=0)
     finally:
         os._exit(0)
+
+
+def _profiled(tmp_path, codec: str, timed: bool):
+    """One device and one server on a hand-made GPT-2 latency profile (4 x 64 and 4 x 128), with or without codec times."""
+    import yaml
+
+    grid = []
+    for t in (64, 128):
+        p = {"micro_batch": 4, "seq_len": t, "forward": {"embed": "1 ms", "blocks": "10 ms", "norm": "0 ms", "head": "1 ms"}}
+        if timed:  # 2 us per token to encode int8, 1 us to decode; int4 twice that
+            p["codec"] = {c: {"encode": f"{k * 2e-3 * 4 * t} ms", "decode": f"{k * 1e-3 * 4 * t} ms"}
+                          for c, k in (("int8", 1), ("int4", 2))}
+        grid.append(p)
+    path = tmp_path / f"prof-{timed}.yaml"
+    path.write_text(yaml.safe_dump({"device": "hand", "model": "gpt2", "task": "classification", "num_labels": 2,
+                                    "grid": grid}))
+    return scenario_from_dict({
+        "model": {"name": "gpt2", "seq_len": 96, "num_labels": 2},
+        "training": {"micro_batch": 4, "wire_dtype": codec, "split": 2, "epochs": 1},
+        "servers": [{"name": "s", "latency_profile": str(path), "memory": "16 GiB"}],
+        "devices": [{"name": "d", "latency_profile": str(path), "memory": "1 GiB", "samples": 4,
+                     "uplink": {"bandwidth": "10 Mbps"}, "downlink": {"bandwidth": "10 Mbps"}}]})
+
+
+@pytest.mark.parametrize("codec, enc_us, dec_us", [("int8", 2, 1), ("int4", 4, 2), ("fp16", 0, 0), ("fp32", 0, 0)])
+def test_profiled_codec_time_is_costed_and_simulated(tmp_path, codec, enc_us, dec_us):
+    from sfsim.simulate import simulate
+
+    sc = _profiled(tmp_path, codec, timed=True)
+    cm = CostModel(sc)
+    tokens = 4 * 96  # between the grid's 64 and 128: linear in tokens
+    assert cm.codec_seconds(sc.devices[0], "encode") == pytest.approx(enc_us * 1e-6 * tokens, rel=1e-9)
+    assert cm.codec_seconds(sc.servers[0], "decode") == pytest.approx(dec_us * 1e-6 * tokens, rel=1e-9)
+    plain = simulate(_profiled(tmp_path, codec, timed=False), schedule="splitfrozen").makespan_s
+    # one micro-batch: the makespan is forward + encode + link + decode + server, one after the other
+    assert simulate(sc, schedule="splitfrozen").makespan_s - plain == pytest.approx((enc_us + dec_us) * 1e-6 * tokens)
+
+
+def test_measured_profile_has_codec_times(tmp_path):
+    from sfsim.cost.latency import load_latency_profile
+    from trainer.model.loading import tiny_model
+    from trainer.validate.profile import ProfileSpec, profile_model, write_profile
+
+    prof = profile_model(tiny_model("bert", n_layers=2, hidden=32), ProfileSpec([2], [8], repeats=2, warmup=1),
+                         model="tiny")
+    write_profile(prof, tmp_path / "p.yaml")
+    point = load_latency_profile(tmp_path / "p.yaml").points()[0]
+    assert sorted(point.codec) == sorted(c for c in CODECS if c != "fp32")
+    assert all(t.encode > 0 and t.decode > 0 for t in point.codec.values())

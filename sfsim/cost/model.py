@@ -336,6 +336,19 @@ class CostModel:
         self._check_cut(cut)
         return float(self._act_bytes())
 
+    def codec_seconds(self, node: Device | Server, op: str) -> float:
+        """Seconds to ``encode`` (device) or ``decode`` (server) one full micro-batch in the wire codec.
+
+        Measured by a latency profile with codec timings (``sfsim profile``), interpolated in its grid
+        and linear in tokens. Zero for ``fp32`` (sent as computed), for a nominal ``flops`` rate (the
+        codecs are elementwise, and FLOPs count matmuls only) and for a profile without codec timings.
+        """
+        if op not in ("encode", "decode"):
+            raise ValueError(f"codec op {op!r}: use encode or decode")
+        if self.wire_codec == "fp32" or not getattr(node, "latency_profile", None):
+            return 0.0
+        return self._profile(node.latency_profile).codec.get((self.wire_codec, op), 0.0)
+
     def trainable_params(self, blocks: Iterable[int], head: bool) -> int:
         """LoRA parameters in those blocks (0-based block indices), plus the classification head's."""
         per_block = lora_params(self.arch, self.lora_targets, self.lora_rank)
