@@ -257,3 +257,25 @@ def test_measured_profile_has_codec_times(tmp_path):
     point = load_latency_profile(tmp_path / "p.yaml").points()[0]
     assert sorted(point.codec) == sorted(c for c in CODECS if c != "fp32")
     assert all(t.encode > 0 and t.decode > 0 for t in point.codec.values())
+
+
+def test_planner_picks_the_fastest_codec_within_the_accuracy_budget(monkeypatch):
+    from sfsim.cost import wire as cost_wire
+    from sfsim.planner import codecs as pcodecs
+    from sfsim.scenario.overrides import load_scenario_with
+
+    table = {"fp32": 0.0, "fp16": 0.0, "int8": 0.4, "int4": 2.0}
+    monkeypatch.setattr(cost_wire, "ACCURACY_COST_POINTS", table)
+    monkeypatch.setattr(pcodecs, "ACCURACY_COST_POINTS", table)
+    edge = str(Path(__file__).parents[1] / "profiles" / "edge.yaml")  # uplink-bound: smaller is faster
+
+    def load(codec):
+        return load_scenario_with(edge, [("training.wire_dtype", codec)])
+
+    got = pcodecs.choose_codec(load, ["fp16", "int8", "int4"], 1.0)
+    assert got.codec == "int8" and set(got.costs) == {"fp16", "int8"} and got.refused == {"int4": 2.0}
+    assert got.costs["int8"] < got.costs["fp16"] and got.result.makespan_s == got.costs["int8"]
+    assert got.line().startswith("wire codec: int8 (accuracy budget 1 points; ")
+    assert "over budget: int4 (-2 points)" in got.line()
+    with pytest.raises(SfsimError, match="no codec of int4 costs at most 1 points"):
+        pcodecs.choose_codec(load, ["int4"], 1.0)
