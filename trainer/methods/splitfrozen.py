@@ -99,11 +99,8 @@ class SplitFrozen(Method):
         counts = self.batch_counts()
         done = self.resume_cursor(epoch)  # device -> micro-batches already trained this epoch
         live = [n for n in counts if n not in self.lost]
-        if self.cache is not None:
-            if live and all(self.cache.count(n) == counts[n] for n in live):
-                return self._replay(epoch, on_step, {n: counts[n] for n in live}, done)
-            for n in counts:  # (re)filled from what the devices send this epoch
-                self.cache.clear(n)
+        if self._from_cache(epoch, on_step, counts, done, live):
+            return
         credits = 1 if self.sequential else s.buffer
         for n in live:
             tr.send_down(Message(n, done.get(n, 0), kind="start", aux=credits, epoch=epoch))
@@ -175,6 +172,19 @@ class SplitFrozen(Method):
             self._step()
             on_step(sum(losses) / len(losses), samples)
             self.step_done(epoch)
+
+    def _from_cache(self, epoch: int, on_step: StepCallback, counts: dict[str, int], done: dict[str, int],
+                    live: list[str]) -> bool:
+        """Train the epoch from the activation cache when it holds every live device's epoch (True); else
+        empty it, to be refilled from what the devices send this epoch (False)."""
+        if self.cache is None:
+            return False
+        if live and all(self.cache.count(n) == counts[n] for n in live):
+            self._replay(epoch, on_step, {n: counts[n] for n in live}, done)
+            return True
+        for n in counts:
+            self.cache.clear(n)
+        return False
 
     def _replay(self, epoch: int, on_step: StepCallback, counts: dict[str, int], done: dict[str, int]) -> None:
         """An epoch from the activation cache: no device computes or sends anything.
