@@ -144,17 +144,17 @@ def test_run_sends_the_scenarios_codec_and_refuses_what_it_cannot_honour(tiny_gp
     from trainer.run.runner import RunConfig, run
 
     kw = dict(devices=str(FIXTURES / "runtime_tiny.yaml"), model=tiny_gpt2, task="sst2", method="splitfrozen",
-              partition="iid", split=1, epochs=1, train_samples=16, eval_samples=8, max_len=48,
+              partition="iid", split=1, epochs=1, train_samples=16, eval_samples=4, max_len=48,
               data_dir=str(FIXTURES / "data"), progress=False, launch="inprocess", count_flops=False)
     sizes = {}
-    for codec in CODECS:
+    for codec in ("fp32", "int8", "int4"):  # fp16 and bf16: per message above
         m = run(RunConfig(out=str(tmp_path / codec), wire_dtype=codec, **kw))
         shapes = [s for shp in m["microbatch_shapes"].values() for s in shp]
         # hidden in the codec + uint8 mask + int64 labels, per micro-batch as trimmed
         assert m["uplink_bytes"] == sum(wire_bytes(codec, b * t, 32) + b * t + 8 * b for b, t in shapes)
         sizes[codec] = m["uplink_bytes"]
         assert (m["phase_s"].get("codec_encode", 0) > 0) == (codec != "fp32")
-    assert sizes["fp32"] > sizes["fp16"] == sizes["bf16"] > sizes["int8"] > sizes["int4"]
+    assert sizes["fp32"] > sizes["int8"] > sizes["int4"]
     bf16 = tmp_path / "bf16.yaml"
     bf16.write_text((FIXTURES / "runtime_tiny.yaml").read_text().replace("  micro_batch: 4", "  micro_batch: 4\n  dtype: bf16"))
     with pytest.raises(SfsimError, match="training.dtype: bf16: the runtime trains in fp32"):
