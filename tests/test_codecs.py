@@ -138,6 +138,12 @@ def test_each_sent_message_has_the_simulators_bytes(codec):
         assert got.tensors["hidden"].dtype == torch.float32 and got.aux == 0
         if codec == "fp32":
             assert torch.equal(got.tensors["hidden"], hidden)
+        down = meter.downlink_bytes["d"]  # SplitLoRA's cut-layer gradient comes back in the same codec
+        grad = torch.randn(B, T, 768)
+        tr.send_down(Message("d", 0, {"grad": grad}, kind="grad", aux=3))
+        assert meter.downlink_bytes["d"] - down == CostModel(_scenario(codec, B, T)).gradient_bytes(2)
+        back = tr.recv_down("d")
+        assert back.aux == 3 and back.tensors["grad"].shape == (B, T, 768)  # aux (fedavg rounds) untouched
 
 
 def test_run_sends_the_scenarios_codec_and_refuses_what_it_cannot_honour(tiny_gpt2, tmp_path):
