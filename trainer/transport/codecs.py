@@ -154,12 +154,15 @@ def encode_message(msg, codec: str, meter=None, lane: str = ""):
     return dataclasses.replace(msg, tensors=tensors, aux=layout(codec).code if msg.kind == "act" else msg.aux)
 
 
-def decode_message(msg, codec: str, hidden: int, meter=None, lane: str = ""):
+def decode_message(msg, codec: str, hidden: int | None, meter=None, lane: str = ""):
     """Inverse of :func:`encode_message` on the receiver (timed as phase ``codec_decode``); raises
-    :class:`CodecError` for a payload its encoder never produces or an ``act`` in another codec."""
+    :class:`CodecError` for a payload its encoder never produces or an ``act`` in another codec.
+    ``hidden`` ``None``: the width the payload implies (an even width for int4)."""
     name = CODED.get(msg.kind)
     if name is None or name not in msg.tensors:
         return msg
+    if hidden is None:
+        hidden = msg.tensors[name].shape[-1] * (2 if codec == "int4" else 1)
     if msg.kind == "act" and msg.aux != layout(codec).code:
         raise CodecError(f"activations in codec number {msg.aux}; this run sends {codec}")
     timer = nullcontext() if meter is None or codec == "fp32" else \

@@ -159,7 +159,7 @@ class InProcessTransport:
     arrival_order = False
 
     def __init__(self, meter: Meter, handler: Callable[[Message], None] | None = None, rng: RoleRNG | None = None,
-                 codec: str = "fp32", hidden: int = 0):
+                 codec: str = "fp32", hidden: int | None = None):
         self.meter, self.handler, self.rng = meter, handler, rng
         self.codec, self.hidden = codec, hidden  # activations up and gradients down (trainer.transport.codecs)
         self.lost: dict[str, str] = {}
