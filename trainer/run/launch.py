@@ -103,7 +103,8 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
         presence = dynamics.presence(scenario, names[rank - 1], meter.now)
         if presence is not None:
             meter.presence[names[rank - 1]] = presence
-    limits = Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm)
+    limits = Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm,
+                    codec=setup.codec)
     tr = DistTransport(rank, names, meter, limits, _shaping(cfg, scenario), peer_timeout=cfg.peer_timeout,
                        presence=presence)
     setup.transport = tr

@@ -39,6 +39,7 @@ from trainer.model.loading import load_model
 from trainer.model.lora import default_targets
 from trainer.run.estimate import for_run as estimate_run
 from trainer.run.estimate import launch_started, record_start, say
+from trainer.run.honour import wire_settings
 from trainer.run.measure import Meter
 from trainer.run.resume import (  # noqa: F401 (check_device_checkpoint: the launcher's server uses it)
     CHECKPOINT_S,
@@ -118,6 +119,8 @@ class RunConfig:
     bucket: int = 0  # length bucketing over windows of this many micro-batches (0: off)
     eval_before: bool = False  # also score the pretrained (untrained) model, as metrics' eval_before
     log_to: str = "csv"  # per-step metrics: csv (OUT/steps.csv), tensorboard, or none (trainer.run.steplog)
+    wire_dtype: str | None = None  # activation codec (trainer.transport.codecs); None: the scenario's
+    cache_memory: str = "1 GiB"  # training.cache_activations: activations kept in memory, the rest memory-mapped
 
     def __post_init__(self):
         self.method = canonical(self.method)
@@ -284,11 +287,12 @@ def build(cfg: RunConfig):
     head = None if dev.is_generation else ClassificationHead(lm.hidden, dev.num_labels, default_pooling(lm.family))
     shards, table, counts, checks = _shards(cfg, scenario, train, lm, cfg.train_samples)
     tr, lo = scenario.training, scenario.training.lora
+    codec, cache = wire_settings(cfg, scenario)
     mb = cfg.micro_batch or tr.micro_batch
     roles = [DeviceRole(n, shards[n], mb, cfg.seed + i, bucket=cfg.bucket) for i, n in enumerate(shards)]
     meter = Meter(server_lane=scenario.devices[0].server, count_flops=cfg.count_flops)
     rng = RoleRNG(cfg.seed)
-    transport = InProcessTransport(meter, rng=rng)
+    transport = InProcessTransport(meter, rng=rng, codec=codec, hidden=lm.hidden)
     setup = Setup(lm=lm, head=head, devices=roles, cuts=cuts, lora_start=lora_start,
                   lora={"rank": lo.rank, "alpha": lo.alpha, "dropout": lo.dropout,
                         "targets": _lora_targets(scenario, lm)},
@@ -300,7 +304,7 @@ def build(cfg: RunConfig):
                   seed=cfg.seed, buffer=cfg.buffer or tr.buffer,
                   samples={r.name: r.n_samples for r in roles}, max_len=cfg.max_len, out=cfg.out,
                   pool_memory=None if cfg.pool_memory is None else parse_quantity(cfg.pool_memory, "size"),
-                  bucket=cfg.bucket)
+                  bucket=cfg.bucket, codec=codec, cache_memory=cache)
     method = build_method(cfg.method, setup)
     by_name = {r.name: r for r in roles}
     transport.handler = lambda msg: method.handle(by_name[msg.device], msg)

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from sfsim.errors import SfsimError
 from sfsim.network.linkrate import Rate, finish
 from trainer.run.measure import Meter
-from trainer.transport import wire
+from trainer.transport import codecs, wire
 from trainer.transport.runtime import DeviceLeft, Message, PeerLost
 from trainer.transport.wire import HEADER_LEN, Kind, Limits, Packet, WireError
 
@@ -187,22 +187,35 @@ class DistTransport:
 
     # -- what the roles call ------------------------------------------------------------------
     def send_up(self, msg: Message) -> None:
-        """Device -> server (queued; returns at once)."""
-        self._enqueue(0, msg)
+        """Device -> server (encoded in the run's codec here, then queued; returns at once)."""
+        self._enqueue(0, codecs.encode_message(msg, self.limits.codec, self.meter, msg.device))
 
     def send_down(self, msg: Message) -> None:
         """Server -> device ``msg.device`` (queued; a lost device's messages are dropped)."""
         if msg.device in self.inbox.lost:
             return
+        msg = codecs.encode_message(msg, self.limits.codec, self.meter, self.meter.server_lane)
         self._enqueue(self.names.index(msg.device) + 1, msg)
 
     def recv_up(self, device: str | None, kinds: set[str] | None = None) -> Message:
-        """The oldest message from ``device`` (``None``: from any device), optionally of ``kinds``."""
-        return self.inbox.take(device, kinds, self._check_stale)
+        """The oldest message from ``device`` (``None``: from any device), optionally of ``kinds``, decoded."""
+        return self._decode(self.inbox.take(device, kinds, self._check_stale), self.meter.server_lane, "")
 
     def recv_down(self, device: str) -> Message:
-        """The oldest message from the server (PeerLost(device) when the server is gone)."""
-        return self.inbox.take(device, None, self._check_stale)
+        """The oldest message from the server (PeerLost(device) when the server is gone), decoded."""
+        return self._decode(self.inbox.take(device, None, self._check_stale), device, " (the server)")
+
+    def _decode(self, msg: Message, lane: str, who: str) -> Message:
+        """Decode a codec payload; one the codec never produces loses its sender like any bad message."""
+        try:
+            return codecs.decode_message(msg, self.limits.codec, self.limits.hidden, self.meter, lane)
+        except codecs.CodecError as err:
+            rank = 0 if who else self.names.index(msg.device) + 1
+            self.log(f"bad message from rank {rank} ({msg.device}{who}): {err}; dropping {msg.device}{who}")
+            self.inbox.lose(msg.device, f"bad message: {err}")
+            with self.inbox.cv:
+                self.inbox.reported.add(msg.device)  # this PeerLost is the one report of it
+            raise PeerLost(msg.device, f"bad message: {err}") from None
 
     @property
     def lost(self) -> dict[str, str]:

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trainer.transport import codecs
+
 MAGIC = 0x5F51  # "SFSIM" wire
 VERSION = 1
 MAX_TENSORS = 4
@@ -67,16 +69,18 @@ DOWN = {Kind.START, Kind.CREDIT, Kind.GRAD, Kind.FWD, Kind.END, Kind.SYNC, Kind.
         Kind.HEARTBEAT, Kind.SAVE}
 
 #: Tensor names that may appear in a message (code = position + 1).
-NAMES = ("hidden", "attention_mask", "labels", "grad", "state", "input_ids", "token_type_ids", "losses", "blob")
+NAMES = ("hidden", "attention_mask", "labels", "grad", "state", "input_ids", "token_type_ids", "losses", "blob",
+         "scales")
 #: Dtypes that may appear in a message (code = position + 1).
-DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool, torch.uint8, torch.float64)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool, torch.uint8, torch.float64,
+          torch.int8)
 
 #: Which tensors each kind carries: (required, optional); kinds not listed carry none.
 KIND_TENSORS: dict[Kind, tuple[frozenset[str], frozenset[str]]] = {
-    Kind.ACT: (frozenset({"hidden", "attention_mask", "labels"}), frozenset()),
+    Kind.ACT: (frozenset({"hidden", "attention_mask", "labels"}), frozenset({"scales"})),  # scales: int8/int4 codecs
     Kind.ADAPTER: (frozenset({"state"}), frozenset({"losses"})),
     Kind.ROUND: (frozenset({"state"}), frozenset()),
-    Kind.GRAD: (frozenset({"grad"}), frozenset()),
+    Kind.GRAD: (frozenset({"grad"}), frozenset({"scales"})),
     Kind.SHARD: (frozenset({"input_ids", "attention_mask", "labels"}), frozenset({"token_type_ids"})),
     Kind.REPORT: (frozenset({"blob"}), frozenset()),
 }
@@ -172,6 +176,8 @@ class Limits:
         max_len: tokens per sample at most.
         state_numel: elements of a flat adapter state (``ADAPTER``/``ROUND``); ``-1``: any.
         lm: causal-LM task (labels are (B, T)) instead of classification (labels (B,)).
+        codec: how ``hidden`` (ACT) and ``grad`` (GRAD) travel (``trainer.transport.codecs``); an ACT
+            header names its codec's number in its aux slot.
     """
 
     hidden: int
@@ -179,16 +185,28 @@ class Limits:
     max_len: int
     state_numel: int = -1
     lm: bool = False
+    codec: str = "fp32"
+
+
+def _coded(s: dict, name: str, lim: Limits) -> tuple[int, int]:
+    """(B, T) of the codec-encoded tensor ``name`` (+ ``scales``) announced in ``s``; raise WireError."""
+    got = {"values": s[name], **({"scales": s["scales"]} if "scales" in s else {})}
+    try:
+        return codecs.check_spec(lim.codec, got, lim.hidden)
+    except codecs.CodecError as err:
+        what = "floating point" if lim.codec in ("fp32", "fp16", "bf16") else f"{lim.codec}-encoded"
+        raise WireError(f"{name} must be (B, T, {lim.hidden}) {what}: {err}") from None
 
 
 def check_specs(p: Packet, specs: list[tuple[str, torch.dtype, tuple]], lim: Limits) -> None:
     """Check the tensors a header announces against the model's shapes; raise :class:`WireError`."""
     s = {name: (dtype, shape) for name, dtype, shape in specs}
     if p.kind == Kind.ACT:
-        dtype, shape = s["hidden"]
-        if not dtype.is_floating_point or len(shape) != 3 or shape[2] != lim.hidden:
-            raise WireError(f"hidden must be (B, T, {lim.hidden}) floating point, got {dtype} {shape}")
-        B, T = shape[0], shape[1]
+        if p.aux != codecs.layout(lim.codec).code:
+            raise WireError(f"activations in codec number {p.aux}; this run sends {lim.codec} "
+                            f"(number {codecs.layout(lim.codec).code})")
+        B, T = _coded(s, "hidden", lim)
+        shape = s["hidden"][1]
         if not (1 <= B <= lim.max_batch and 1 <= T <= lim.max_len):
             raise WireError(f"hidden {shape}: batch must be 1..{lim.max_batch}, length 1..{lim.max_len}")
         if s["attention_mask"] != (torch.uint8, (B, T)):
@@ -203,9 +221,9 @@ def check_specs(p: Packet, specs: list[tuple[str, torch.dtype, tuple]], lim: Lim
         if "losses" in s and (s["losses"][0] != torch.float32 or len(s["losses"][1]) != 1):
             raise WireError(f"losses must be float32 (N,), got {s['losses']}")
     elif p.kind == Kind.GRAD:
-        dtype, shape = s["grad"]
-        if not dtype.is_floating_point or len(shape) != 3 or shape[2] != lim.hidden or not 1 <= shape[0] <= lim.max_batch:
-            raise WireError(f"grad must be (B, T, {lim.hidden}) floating point, got {dtype} {shape}")
+        B, T = _coded(s, "grad", lim)
+        if not (1 <= B <= lim.max_batch and 1 <= T <= lim.max_len):
+            raise WireError(f"grad {s['grad'][1]}: batch must be 1..{lim.max_batch}, length 1..{lim.max_len}")
     elif p.kind == Kind.REPORT:
         dtype, shape = s["blob"]
         if dtype != torch.uint8 or len(shape) != 1 or shape[0] > 256 << 20:
