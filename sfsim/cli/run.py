@@ -87,6 +87,11 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--wire-dtype", type=click.Choice(list(CODECS)),
               help="how activations travel (default: the scenario's training.wire_dtype): fp32, fp16, bf16, int8 "
                    "or int4 with per-token absmax scales (docs/codecs.md)")
+@click.option("--server-device", help="where the server trains: cpu, cuda, cuda:N, mps or auto (default auto: CUDA, "
+              "else MPS, else cpu, for a method that can use it; the run prints what it chose)")
+@click.option("--device-device", default="cpu", show_default=True, help="where device roles compute (cpu in this version)")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="the server's training precision: bf16 autocast, fp16 autocast with a gradient scaler (CUDA only)")
 @click.option("--cache-memory", default="1 GiB", show_default=True,
               help="training.cache_activations: activations the server keeps in memory; the rest go to a memory-mapped file")
 @click.option("--gen-tokens", type=int, default=128, show_default=True, help="gsm8k: tokens generated at eval")
@@ -123,7 +128,8 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--overwrite", is_flag=True, help="replace an earlier run in --out")
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
         eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, client_order,
-        data_dir, server_order, pool_memory, bucket, wire_dtype, cache_memory, gen_tokens, launch, emulate, role, rank, world_size, master,
+        data_dir, server_order, pool_memory, bucket, wire_dtype, server_device, device_device, precision, cache_memory,
+        gen_tokens, launch, emulate, role, rank, world_size, master,
         peer_timeout, checkpoint_every, checkpoint_interval, resume_dir, log_to, threads, eval_before, no_flops, quiet,
         out, overwrite):
     """Fine-tune for real with a method; write metrics.json, steps.csv, trace.json, gantt.png and the adapter to OUT.

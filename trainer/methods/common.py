@@ -81,6 +81,34 @@ class Placement:
         return cls(resolve_device(server, "--server-device"), resolve_device(device, "--device-device"), precision)
 
 
+#: Methods whose server moves its model onto ``--server-device`` (the others train on the CPU here).
+GPU_SERVER_METHODS = ("cenlora",)
+
+
+def placement_for(method: str, server: str | None, device: str | None, precision: str) -> tuple[Placement, str]:
+    """The roles' placement for ``method`` from the CLI values, and the one line that states it.
+
+    ``auto`` (or None) for the server picks :func:`best_device` where the method can train there, else
+    the CPU; an explicit GPU for a method that cannot use it, or a device role off the CPU, is refused.
+
+    Raises:
+        SfsimError: one line naming the value and what this version supports.
+    """
+    if device not in (None, "auto", "cpu"):
+        raise SfsimError(f"--device-device {device}: device roles compute on the CPU in this version "
+                         "(emulate slower devices with --emulate compute)")
+    if server in (None, "auto"):
+        server = best_device() if method in GPU_SERVER_METHODS else "cpu"
+        how = "auto"
+    else:
+        how = "--server-device"
+    placement = Placement.of(server, "cpu", precision)
+    if placement.server.type != "cpu" and method not in GPU_SERVER_METHODS:
+        raise SfsimError(f"--server-device {server}: only {', '.join(GPU_SERVER_METHODS)} moves its server model "
+                         f"off the CPU in this version; {method}'s server trains on cpu (use --server-device cpu)")
+    return placement, f"server on {placement.server} ({how}), {precision}; devices on cpu"
+
+
 class ServerMath:
     """The server's mixed precision: autocast around forwards, a GradScaler for fp16, plain fp32 otherwise."""
 

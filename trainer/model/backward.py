@@ -27,7 +27,9 @@ class _DeferredLinear(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         ctx.stash.append((ctx.linear, x, grad_out))  # W work, done later by DeferredGrads.flush
-        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None  # (..., in)
+        # under autocast (bf16/fp16 server) dy is in the low dtype while W and x kept theirs; the casts are
+        # no-ops in fp32
+        grad_x = (grad_out @ weight.to(grad_out.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None  # (..., in)
         return grad_x, None, None, None, None
 
 
@@ -81,8 +83,8 @@ class DeferredGrads:
     def flush(self) -> None:
         """Compute the deferred W: accumulate weight (and bias) gradients of every stashed item."""
         for lin, x, gy in self.stash:
-            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-            gy2 = gy.reshape(-1, gy.shape[-1])  # (N, out)
+            x2 = x.reshape(-1, x.shape[-1]).to(lin.weight.dtype)  # (N, in); a no-op unless under autocast
+            gy2 = gy.reshape(-1, gy.shape[-1]).to(lin.weight.dtype)  # (N, out)
             gw = gy2.t() @ x2  # (out, in)
             lin.weight.grad = gw if lin.weight.grad is None else lin.weight.grad + gw
             if lin.bias is not None and lin.bias.requires_grad:

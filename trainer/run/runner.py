@@ -32,6 +32,7 @@ from trainer.data import tasks as tdata
 from trainer.data.partition import missing_classes, parse_partition, partition, partition_table
 from trainer.methods import Setup, build_method
 from trainer.methods.checkpoint import save_adapter
+from trainer.methods.common import placement_for
 from trainer.methods.evaluate import majority_baseline, score
 from trainer.methods.splitlora import CLIENT_ORDERS
 from trainer.model.heads import ClassificationHead, default_pooling
@@ -121,6 +122,9 @@ class RunConfig:
     log_to: str = "csv"  # per-step metrics: csv (OUT/steps.csv), tensorboard, or none (trainer.run.steplog)
     wire_dtype: str | None = None  # activation codec (trainer.transport.codecs); None: the scenario's
     cache_memory: str = "1 GiB"  # training.cache_activations: activations kept in memory, the rest memory-mapped
+    server_device: str | None = None  # cpu, cuda[:N], mps or auto/None (trainer.methods.common.placement_for)
+    device_device: str = "cpu"  # device roles compute on the CPU in this version
+    precision: str = "fp32"  # the server's training precision: fp32, bf16 (autocast) or fp16 (CUDA, grad scaler)
 
     def __post_init__(self):
         self.method = canonical(self.method)
@@ -305,6 +309,9 @@ def build(cfg: RunConfig):
                   samples={r.name: r.n_samples for r in roles}, max_len=cfg.max_len, out=cfg.out,
                   pool_memory=None if cfg.pool_memory is None else parse_quantity(cfg.pool_memory, "size"),
                   bucket=cfg.bucket, codec=codec, cache_memory=cache)
+    setup.placement, where = placement_for(cfg.method, cfg.server_device, cfg.device_device, cfg.precision)
+    if cfg.progress:
+        say(f"placement: {where}")
     method = build_method(cfg.method, setup)
     by_name = {r.name: r for r in roles}
     transport.handler = lambda msg: method.handle(by_name[msg.device], msg)
