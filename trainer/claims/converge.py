@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from sfsim.errors import SfsimError
 from sfsim.scenario.schema import write_atomic
 from trainer.data import tasks as tdata
@@ -115,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one convergence cell and write its figures to ``--out`` (JSON); one-line errors, exit 2."""
     a = parser().parse_args(argv)
+    torch.set_num_threads(1)  # one core per run: the machine is shared
     try:
         cfg = RunConfig(devices=a.devices, model=a.model, task=a.task, method=a.method, partition=a.partition,
                         out=tempfile.mkdtemp(prefix="sfsim-converge-"), split=a.split, train_samples=a.train_samples,

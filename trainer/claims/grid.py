@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sfsim.scenario.schema import write_atomic
@@ -69,6 +69,9 @@ SETTINGS = {
 GSM8K = Settings("bench/sst2_minilm_4dev.yaml", 64, 40, 256, 10, ("--gen-tokens", "160"))
 TIME = Settings("bench/runtime_4dev.yaml", 320, None, 64, 2,
                 ("--server-profile", "profiles/latency/minilm-l6-server.yaml"))  # the server: this CPU, measured
+#: Emulated fleets of the measured times (a time cell's ``setting``); its ``seed`` is the repeat.
+TIME_FLEETS = {"mixed-links": "bench/runtime_4dev.yaml", "fast-links": "bench/sst2_runtime_4dev_fastlink.yaml"}
+TIME_REPEATS = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class Cell:
 
     @property
     def settings(self) -> Settings:
+        """The run settings of this cell (a time cell's fleet is its setting, when it names one)."""
+        if self.kind == "time" and self.setting:
+            return replace(TIME, fleet=TIME_FLEETS[self.setting])
         return {"time": TIME, "gsm8k": GSM8K}.get(self.kind) or SETTINGS[self.model]
 
     def command(self, out: str, data_dir: str) -> list[str]:
@@ -136,6 +142,12 @@ def default_grid() -> list[Cell]:
     cells += accuracy_cells(models=("smollm2-135m",), tasks=("sst2",), partitions=("iid", "label-skew:1"))
     cells += [Cell("gsm8k", "smollm2-135m", "gsm8k", m) for m in GSM8K_METHODS]
     return cells
+
+
+def time_cells() -> list[Cell]:
+    """Measured training time: every timed method on every fleet of :data:`TIME_FLEETS`, repeat by repeat."""
+    return [Cell("time", "minilm-l6", "sst2", m, "iid", r, fleet) for r in TIME_REPEATS for fleet in TIME_FLEETS
+            for m in TIME_METHODS]
 
 
 def select(cells: list[Cell], only: dict[str, set[str]]) -> list[Cell]:

@@ -17,9 +17,26 @@ claim run first and estimates each from measured samples per second (:mod:`train
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from trainer.claims.grid import METHODS, PARTITIONS, Cell
+from trainer.claims.grid import (
+    METHODS,
+    PARTITIONS,
+    Cell,
+    CellWaiting,
+    data_files,
+    load_cells,
+    portable,
+    provenance,
+    run_cell,
+    run_command,
+)
 
 #: The grid's fleet: 4 devices with equal budgets (only the count and the relative sizes matter to a run).
 FLEET = "bench/sst2_minilm_4dev.yaml"
@@ -165,16 +182,6 @@ def run_decisive(results, allow_dirty: bool = False):
     A converge cell reads the chosen setting from the recorded tuning cells when it starts, and waits
     (:class:`~trainer.claims.grid.CellWaiting`) while any trial of its method is missing.
     """
-    import json
-    import shutil
-    import sys
-    import tempfile
-    import time
-    from dataclasses import asdict
-    from pathlib import Path
-
-    from trainer.claims.grid import CellWaiting, data_files, load_cells, portable, provenance, run_cell, run_command
-
     def run(cell: Cell, data_dir: str, timeout: str) -> dict:
         if cell.kind not in ("tune", "converge"):
             return run_cell(cell, data_dir, timeout, allow_dirty)
