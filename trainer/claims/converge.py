@@ -44,12 +44,14 @@ def subset(data: tdata.TaskData, idx) -> tdata.TaskData:
     return dataclasses.replace(data, texts=[data.texts[i] for i in idx], labels=data.labels[idx])
 
 
-def converge(cfg: RunConfig, proto: Protocol, log=print) -> dict:
+def converge(cfg: RunConfig, proto: Protocol, log=print, on_epoch=None) -> dict:
     """Train ``cfg`` epoch after epoch until :class:`EarlyStop` says stop; return the cell's figures.
 
     ``figures``: the dev scores at the best validation epoch, the epoch, whether patience (not the
     epoch limit) stopped it, and ``curve``: one row per epoch (samples seen, optimizer steps, FedAvg
-    rounds, mean training loss, validation and dev scores, measured training seconds).
+    rounds, mean training loss, validation and dev scores, measured training seconds). ``on_epoch``
+    (optional) is called with the curve and losses so far after every epoch (a run stopped by its budget
+    keeps them as a partial record).
     """
     full = tdata.load_task(cfg.task, cfg.data_dir, "train")
     if full.is_generation:
@@ -72,6 +74,9 @@ def converge(cfg: RunConfig, proto: Protocol, log=print) -> dict:
         curve.append({"epoch": epoch + 1, "samples_seen": seen, "optimizer_steps": len(losses),
                       "fedavg_rounds": _rounds(method), "train_loss": round(statistics.fmean(losses[n0:]), 6),
                       "val": _brief(v), "dev": _brief(d), "train_s": round(train_s, 3)})
+        if on_epoch is not None:
+            on_epoch({"curve": curve, "loss_curve": [round(x, 5) for x in losses], "train_samples": seen // len(curve),
+                      "val_samples": len(val), "eval_samples": n_dev, "stopped": stop.stopped})
         log(f"epoch {epoch + 1}: loss {curve[-1]['train_loss']:.4f} val {v[proto.metric]:.4f} "
             f"dev {d[proto.metric]:.4f} ({train_s:.0f} s)")
     best = curve[stop.best_epoch]
@@ -110,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
                        ("--fedavg-every", int), ("--patience", int), ("--max-epochs", int)):
         p.add_argument(name, type=kind)
     p.add_argument("--client-order")
+    p.add_argument("--partial", help="file that receives the curves after every epoch (kept if the run is stopped)")
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "macro_f1"))
     return p
 
@@ -125,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                         data_dir=a.data_dir, local_steps=a.local_steps, fedavg_every=a.fedavg_every,
                         client_order=a.client_order, count_flops=False, progress=False)
         proto = Protocol(a.val_samples, a.patience or 2, a.max_epochs or 12, a.metric)
-        figures = converge(cfg, proto, log=lambda s: print(s, file=sys.stderr, flush=True))
+        keep = None if a.partial is None else (lambda d: write_atomic(Path(a.partial), json.dumps(d, indent=1)))
+        figures = converge(cfg, proto, log=lambda s: print(s, file=sys.stderr, flush=True), on_epoch=keep)
     except (SfsimError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

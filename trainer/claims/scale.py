@@ -25,10 +25,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sfsim.scenario.schema import write_atomic
 from trainer.claims.grid import (
     METHODS,
     PARTITIONS,
     Cell,
+    CellError,
     CellWaiting,
     data_files,
     load_cells,
@@ -157,6 +159,30 @@ def chosen(recorded: dict[str, dict], model: str, task: str, partition: str, met
     return max(trials, key=lambda r: r["figures"]["val_best"])  # max keeps the first of equals
 
 
+def keep_partial(path: Path, meta: dict, wall_s: float) -> None:
+    """Give a stopped cell's curves (if it finished an epoch) its command and commit: a pilot, never a result."""
+    if path.is_file():
+        curves = json.loads(path.read_text())
+        write_atomic(path, json.dumps({**meta, "wall_s": round(wall_s, 1), "stopped_by_budget": True,
+                                       "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                                       "figures": curves}, indent=1))
+
+
+def load_partials(results) -> dict[str, dict]:
+    """Curves of cells stopped by a budget (``results/partial``), by key; each holds its command and commit."""
+    out = {}
+    for f in sorted((Path(results) / "partial").rglob("*.json")):
+        rec = json.loads(f.read_text())
+        if "key" in rec:  # a run still writing its first epochs has no key yet
+            out[rec["key"]] = rec
+    return out
+
+
+def partial_path(results, cell: Cell) -> Path:
+    """Where a tune/converge cell's curves so far are kept while it runs (and if its budget stops it)."""
+    return Path(results) / "partial" / f"{cell.key}.json"
+
+
 def converge_command(cell: Cell, setting: str, data_dir: str, out: str) -> list[str]:
     """The command that runs one tune/converge cell at ``setting``."""
     sc, opts = SCALE[(cell.model, cell.task)], parse_setting(setting)
@@ -195,16 +221,23 @@ def run_decisive(results, allow_dirty: bool = False):
         tmp = Path(tempfile.mkdtemp(prefix="sfsim-claims-"))
         out = str(tmp / "cell.json")
         cmd = converge_command(cell, setting, data_dir, out)
-        try:
-            wall = run_command([sys.executable, *cmd[1:]], timeout)
-            figures = json.loads(Path(out).read_text())
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return {"key": cell.key, "cell": asdict(cell), "setting": setting,
+        partial = partial_path(results, cell)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"key": cell.key, "cell": asdict(cell), "setting": setting,
                 "command": portable(cmd, {out: "OUT", data_dir: "DATA"}),
                 "settings": {**asdict(SCALE[(cell.model, cell.task)]), "fleet": FLEET, "patience": PATIENCE,
-                             "max_epochs": MAX_EPOCHS},
-                "wall_s": round(wall, 1), **prov, "data": data_files(cell.task, data_dir),
-                "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "figures": figures}
+                             "max_epochs": MAX_EPOCHS}, **prov, "data": data_files(cell.task, data_dir)}
+        t0 = time.perf_counter()
+        try:
+            wall = run_command([sys.executable, *cmd[1:], "--partial", str(partial)], timeout)
+            figures = json.loads(Path(out).read_text())
+        except CellError:
+            keep_partial(partial, meta, time.perf_counter() - t0)
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        partial.unlink(missing_ok=True)  # the whole record replaces it
+        return {**meta, "wall_s": round(wall, 1), "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                "figures": figures}
 
     return run
