@@ -110,7 +110,8 @@ def test_verdict_table_pairs_seeds_at_the_chosen_settings():
 def test_budget_estimates_from_measured_samples_per_second():
     c = Cell("tune", "minilm-l6", "sst2", "splitfrozen", "iid", 0, "lr=0.001")
     rec = {"x": {"cell": {"kind": "tune", "model": "minilm-l6", "task": "sst2", "method": "splitfrozen"},
-                 "figures": {"train_s": 800.0, "epochs_run": 4, "curve": [{"samples_seen": 32_000}]}}}
+                 "figures": {"train_s": 800.0, "epochs_run": 4,
+                             "curve": [{"samples_seen": 8_000 * (e + 1), "train_s": 200.0} for e in range(4)]}}}
     p = budget.plan([c], rec, 10_000)
     # 40 samples/s; 4 epochs x (8000/40 + (800 + 872)/(3 x 40)) + 20 s of start
     assert p["rows"][0][1] == pytest.approx(4 * (200 + 1672 / 120) + 20) and p["rows"][0][2]

@@ -24,12 +24,12 @@ def parse_only(texts: tuple[str, ...]) -> dict[str, set[str]]:
     return out
 
 
-def plan_lines(cells, recorded: dict, budget_s: float) -> list[str]:
+def plan_lines(cells, recorded: dict, budget_s: float, partials: dict | None = None) -> list[str]:
     """``sfsim report --plan``: each missing decisive cell with its estimate, whether it fits, and the totals."""
     from trainer.claims.budget import plan
     from trainer.claims.report import budget_sentence
 
-    p = plan(cells, recorded, budget_s)
+    p = plan(cells, recorded, budget_s, partials)
     out = [f"{'fits' if fits else 'later':5s}  {'?' if s is None else f'{s / 60:6.0f} min'}  {c.key}"
            for c, s, fits in p["rows"]]
     return out + [f"{p['fit']} of {len(p['rows'])} missing decisive cells fit in {budget_s / 3600:.2f} h.",
@@ -79,7 +79,9 @@ def report(budget, only, list_cells, plan_only, allow_dirty, results, docs, data
         click.echo(f"{sum(c.key in recorded for c in cells)} of {len(cells)} recorded")
         return
     if plan_only:
-        for line in plan_lines(cells, recorded, budget_s):
+        from trainer.claims.scale import load_partials
+
+        for line in plan_lines(cells, recorded, budget_s, load_partials(results)):
             click.echo(line)
         return
     if budget_s > 0 and not Path(data_dir).is_dir():

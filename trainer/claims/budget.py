@@ -23,20 +23,22 @@ LOAD_S, EVAL_SPEEDUP = 20.0, 3.0
 EARLIER_LEN = 64
 
 
-def measured_sps(recorded: dict[str, dict]) -> dict[tuple[str, str, str], tuple[float, str]]:
-    """Training samples per second by (model, task, method), with where it was measured."""
+def measured_sps(recorded: dict[str, dict], partials: dict[str, dict] | None = None
+                 ) -> dict[tuple[str, str, str], tuple[float, str]]:
+    """Training samples per second by (model, task, method), with where it was measured: decisive cells
+    (whole or stopped by a budget: every finished epoch counts), else the earlier grid."""
     seen: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
     early: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for rec in recorded.values():
+    for rec in [*recorded.values(), *(partials or {}).values()]:
         c, f = rec["cell"], rec["figures"]
         key = (c["model"], c["task"], c["method"])
-        if c["kind"] in ("tune", "converge") and f.get("train_s"):
-            seen[key][0] += sum(r["samples_seen"] for r in f["curve"][-1:])
-            seen[key][1] += f["train_s"]
+        if c["kind"] in ("tune", "converge") and f.get("curve"):
+            seen[key][0] += f["curve"][-1]["samples_seen"]
+            seen[key][1] += sum(r["train_s"] for r in f["curve"])
         elif c["kind"] == "accuracy" and f.get("train_s_by_epoch") and f.get("train_samples"):
             early[key][0] += f["train_samples"] * len(f["train_s_by_epoch"])
             early[key][1] += sum(f["train_s_by_epoch"])
-    out = {k: (n / s, "decisive cells") for k, (n, s) in seen.items() if s > 0}
+    out = {k: (n / s, "decisive cells (a pilot's finished epochs included)") for k, (n, s) in seen.items() if s > 0}
     for (model, task, meth), (n, s) in early.items():
         sc = SCALE.get((model, task))
         if (model, task, meth) not in out and s > 0 and sc is not None:
@@ -61,13 +63,14 @@ def cell_seconds(cell: Cell, sps: dict, epochs: float) -> float | None:
     return epochs * per_epoch + LOAD_S
 
 
-def plan(cells: list[Cell], recorded: dict[str, dict], budget_s: float) -> dict:
+def plan(cells: list[Cell], recorded: dict[str, dict], budget_s: float, partials: dict[str, dict] | None = None
+         ) -> dict:
     """The missing decisive cells in run order, each with its estimate; which fit in ``budget_s``; totals.
 
     Returns ``{"rows": [(cell, seconds or None, fits)], "total_s", "unknown", "fit", "by_group": {(model,
     task, partition): seconds}, "sources": {(model, task, method): where its speed was measured}}``.
     """
-    sps, epochs = measured_sps(recorded), expected_epochs(recorded)
+    sps, epochs = measured_sps(recorded, partials), expected_epochs(recorded)
     rows, used, total, unknown = [], 0.0, 0.0, 0
     by_group: dict[tuple, float] = defaultdict(float)
     for c in cells:

@@ -109,6 +109,27 @@ def trial_lines(recorded: dict, model: str, task: str, part: str) -> list[str]:
     return lines
 
 
+def partial_lines(partials: dict, model: str, task: str, part: str) -> list[str]:
+    """Cells stopped by a session's budget: each finished epoch's scores, as a pilot (never a result)."""
+    metric = SCALE[(model, task)].metric
+    recs = [r for r in partials.values() if (r["cell"]["model"], r["cell"]["task"], r["cell"]["partition"])
+            == (model, task, part)]
+    if not recs:
+        return []
+    lines = ["Pilot: cells stopped by a session's budget before their stopping rule was met. Their epochs are "
+             "real and kept (with command and commit), but they are **not results**: the cell runs again in full.", "",
+             f"| cell | epoch | samples seen | optimizer steps | FedAvg rounds | train loss | validation {metric} (%) | "
+             f"dev {metric} (%) | train s | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        for e in r["figures"]["curve"]:
+            lines.append(f"| {r['cell']['method']} {r['cell']['setting']} s{r['cell']['seed']} | {e['epoch']} | "
+                         f"{e['samples_seen']:,} | {e['optimizer_steps']:,} | "
+                         f"{'-' if e['fedavg_rounds'] is None else e['fedavg_rounds']} | {e['train_loss']:.4f} | "
+                         f"{100 * e['val'][metric]:.1f} | {100 * e['dev'][metric]:.1f} | {e['train_s']:.0f} | "
+                         f"{r.get('commit')} |")
+    return lines
+
+
 def _ms(vals: list[float]) -> str:
     if not vals:
         return "-"
@@ -147,10 +168,13 @@ def verdict_lines(recorded: dict) -> list[str]:
     return lines
 
 
-def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path) -> bool:
+def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path, partials: dict | None = None) -> bool:
     """Dev score per epoch against samples seen and against measured training seconds, one line per
-    recorded trial (the chosen ones solid); False (nothing written) when no trial is recorded."""
+    recorded trial (the chosen ones solid, the others dashed, a pilot stopped by its budget dotted);
+    False (nothing written) when there is nothing to draw."""
     recs = [(m, r) for m in METHODS for r in trials(recorded, model, task, part, m)]
+    recs += [(r["cell"]["method"], r) for r in (partials or {}).values()
+             if (r["cell"]["model"], r["cell"]["task"], r["cell"]["partition"]) == (model, task, part)]
     if not recs:
         return False
     import matplotlib
@@ -165,13 +189,15 @@ def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path) 
         curve, colour = rec["figures"]["curve"], f"C{list(METHODS).index(meth)}"
         ys = [100 * r["dev"][metric] for r in curve]
         secs = [sum(r["train_s"] for r in curve[: i + 1]) for i in range(len(curve))]
-        style = "-" if win is not None and win["key"] == rec["key"] else "--"
-        label = f"{meth} {rec['cell']['setting']}"
+        pilot = rec.get("stopped_by_budget", False)
+        style = ":" if pilot else "-" if win is not None and win["key"] == rec["key"] else "--"
+        label = f"{meth} {rec['cell']['setting']}" + (" (pilot, stopped by budget)" if pilot else "")
         axes[0].plot([r["samples_seen"] for r in curve], ys, style, marker="o", ms=3, color=colour, label=label)
         axes[1].plot(secs, ys, style, marker="o", ms=3, color=colour)
-        best = rec["figures"]["best_epoch"] - 1
-        axes[0].plot([curve[best]["samples_seen"]], [ys[best]], "k*", ms=8)
-    major = recs[0][1]["figures"].get(f"majority_{metric}")
+        if not pilot:
+            best = rec["figures"]["best_epoch"] - 1
+            axes[0].plot([curve[best]["samples_seen"]], [ys[best]], "k*", ms=8)
+    major = next((r["figures"].get(f"majority_{metric}") for _, r in recs if not r.get("stopped_by_budget")), None)
     for ax in axes:
         if major is not None:
             ax.axhline(100 * major, color="black", ls=":", lw=1)

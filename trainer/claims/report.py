@@ -24,7 +24,7 @@ from trainer.claims.grid import (
 )
 from trainer.claims.paper import pct
 from trainer.claims.render import TASK_NAMES
-from trainer.claims.scale import decisive_grid, run_decisive
+from trainer.claims.scale import decisive_grid, load_partials, run_decisive
 from trainer.claims.scale import groups as scale_groups
 from trainer.claims.verdict import judge
 
@@ -47,7 +47,7 @@ def make_report(results: Path, docs: Path, data_dir: str, budget_s: float, cells
     recorded = load_cells(results)
     groups = render.seeds_of(recorded)
     facts: dict = {}
-    lines = _decisive(recorded, figs, cells)
+    lines = _decisive(recorded, load_partials(results), figs, cells)
     lines += sections.compute_section(groups, figs, edge, measure_gpt2, facts)
     lines += sections.time_section(recorded, figs, edge, FACTORS if factors is None else factors, facts)
     lines += ["", "## 6. The earlier grid (untuned baselines, one epoch, toy scale)", "",
@@ -167,10 +167,10 @@ def _accuracy(groups: dict, figs: Path, cells: list[Cell], facts: dict) -> list[
     return lines
 
 
-def _decisive(recorded: dict, figs: Path, cells: list[Cell]) -> list[str]:
+def _decisive(recorded: dict, partials: dict, figs: Path, cells: list[Cell]) -> list[str]:
     """Sections 1-2: the decisive grid's protocol, budget, per-group results and curves, and its verdicts."""
     lines = ["## 1. The decisive grid: tuned baselines, trained to convergence", ""] + decisive.protocol_lines()
-    p = budget.plan(cells, recorded, 0.0)
+    p = budget.plan(cells, recorded, 0.0, partials)
     lines += ["", "### Budget: what is left, estimated on this CPU", "", budget_sentence(p), "",
               "| model | task | partition | cells left | estimated hours |", "|---|---|---|---|---|"]
     left: dict[tuple, int] = {}
@@ -179,7 +179,7 @@ def _decisive(recorded: dict, figs: Path, cells: list[Cell]) -> list[str]:
     for g, n in left.items():
         lines.append(f"| {' | '.join(g)} | {n} | {p['by_group'][g] / 3600:.1f} |")
     for model, task, part in scale_groups():
-        have = [k for k, r in recorded.items() if r["cell"]["kind"] in ("tune", "converge")
+        have = [r for r in [*recorded.values(), *partials.values()] if r["cell"]["kind"] in ("tune", "converge")
                 and (r["cell"]["model"], r["cell"]["task"], r["cell"]["partition"]) == (model, task, part)]
         if not have:
             continue
@@ -188,7 +188,8 @@ def _decisive(recorded: dict, figs: Path, cells: list[Cell]) -> list[str]:
         lines += decisive.results_lines(recorded, model, task, part)
         lines += ["", "Every tuning trial recorded so far (validation selects; dev is what is reported):", ""]
         lines += decisive.trial_lines(recorded, model, task, part)
-        if decisive.curves_figure(recorded, model, task, part, figs / name):
+        lines += [""] + decisive.partial_lines(partials, model, task, part)
+        if decisive.curves_figure(recorded, model, task, part, figs / name, partials):
             lines += ["", f"![learning curves {model} {task} {part}](figures/{name})"]
     lines += ["", "## 2. Verdicts of the decisive grid", "",
               "Paired over seeds (the same seed gives both methods the same partition and stream): the per-seed "
