@@ -10,9 +10,11 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from trainer.claims.compute import epoch_seconds
 from trainer.claims.grid import METHODS, Cell
 from trainer.claims.render import TASK_NAMES, mean_sd
 from trainer.claims.scale import (
+    FLEET,
     MAX_EPOCHS,
     PATIENCE,
     SCALE,
@@ -21,6 +23,7 @@ from trainer.claims.scale import (
     TUNING,
     chosen,
     groups,
+    parse_setting,
     seeds_for,
     settings_of,
 )
@@ -41,7 +44,17 @@ def protocol_lines() -> list[str]:
         lines.append(f"| {model} | {TASK_NAMES[task]} | {sc.train_samples:,} | {sc.val_samples:,} | "
                      f"{sc.eval_samples or DEV_ROWS[task]:,} | {sc.max_len} | {cut} | {sc.metric} | "
                      f"{len(seeds_for('label-skew:1'))} / {len(seeds_for('iid'))} |")
-    lines += ["", f"Stopping rule, the same for every method: after each epoch the global model is scored on the "
+    lines += ["", "What each task can show. SST-2: a binary task whose centralised ceiling sat far above its "
+              "majority class in the earlier grid, so it can rank methods; it is where the accuracy claim is decided. MNLI: the "
+              f"offline file is a balanced {TRUNCATION[('minilm-l6', 'mnli')]['rows'][0]:,}-row subset of MultiNLI, not "
+              "GLUE's MNLI-matched, so 10,000 training samples cannot be drawn: the grid trains on every row left "
+              f"after validation. MRPC: {TRUNCATION[('minilm-l6', 'mrpc')]['rows'][0]:,} training rows in all, and "
+              "about two thirds of its dev pairs are paraphrases; accuracy rewards a model that always says "
+              "\"paraphrase\", so macro-F1 is its primary figure. It can show whether a method learns both classes "
+              "under skew; it cannot rank methods whose ceiling sits at its majority class, and label-skew:1 "
+              "rebalances its training classes (68/32 to 50/50, one class per device), which the dev set does not "
+              "share. SmolLM2-135M is scored on the whole SST-2 dev set (872 rows).", "",
+              f"Stopping rule, the same for every method: after each epoch the global model is scored on the "
               f"validation rows; training stops when that score has not improved for {PATIENCE} epochs in a row "
               f"(or after {MAX_EPOCHS} epochs), and the reported dev score is the one at the best validation "
               "epoch. The dev set is scored every epoch for the learning curves only; it selects nothing.", "",
@@ -169,7 +182,8 @@ def verdict_lines(recorded: dict) -> list[str]:
 
 
 def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path, partials: dict | None = None) -> bool:
-    """Dev score per epoch against samples seen and against measured training seconds, one line per
+    """Dev score per epoch against samples seen, measured training seconds and simulated seconds on the
+    grid's fleet (:func:`trainer.claims.compute.epoch_seconds` at the trial's knobs), one line per
     recorded trial (the chosen ones solid, the others dashed, a pilot stopped by its budget dotted);
     False (nothing written) when there is nothing to draw."""
     recs = [(m, r) for m in METHODS for r in trials(recorded, model, task, part, m)]
@@ -183,7 +197,8 @@ def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path, 
     import matplotlib.pyplot as plt
 
     metric = SCALE[(model, task)].metric
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    sc = SCALE[(model, task)]
     for meth, rec in recs:
         win = chosen(recorded, model, task, part, meth)
         curve, colour = rec["figures"]["curve"], f"C{list(METHODS).index(meth)}"
@@ -194,6 +209,9 @@ def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path, 
         label = f"{meth} {rec['cell']['setting']}" + (" (pilot, stopped by budget)" if pilot else "")
         axes[0].plot([r["samples_seen"] for r in curve], ys, style, marker="o", ms=3, color=colour, label=label)
         axes[1].plot(secs, ys, style, marker="o", ms=3, color=colour)
+        sim = epoch_seconds(FLEET, meth, sc.train_samples, sc.max_len, sc.split, parse_setting(rec["cell"]["setting"]))
+        if sim is not None:
+            axes[2].plot([sim * r["epoch"] for r in curve], ys, style, marker="o", ms=3, color=colour)
         if not pilot:
             best = rec["figures"]["best_epoch"] - 1
             axes[0].plot([curve[best]["samples_seen"]], [ys[best]], "k*", ms=8)
@@ -203,6 +221,7 @@ def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path, 
             ax.axhline(100 * major, color="black", ls=":", lw=1)
     axes[0].set_xlabel("training samples seen")
     axes[1].set_xlabel("measured training seconds (in-process, this shared CPU)")
+    axes[2].set_xlabel(f"simulated seconds on {FLEET} (CenLoRA: no fleet)")
     axes[0].set_ylabel(f"dev {metric} (%)")
     fig.suptitle(f"{model}, {TASK_NAMES[task]}, {part}: dev score per epoch (star: best validation epoch; "
                  "dotted: majority class)", fontsize=9)
