@@ -32,7 +32,7 @@ def plan_lines(cells, recorded: dict, budget_s: float, partials: dict | None = N
     p = plan(cells, recorded, budget_s, partials)
     out = [f"{'fits' if fits else 'later':5s}  {'?' if s is None else f'{s / 60:6.0f} min'}  {c.key}"
            for c, s, fits in p["rows"]]
-    return out + [f"{p['fit']} of {len(p['rows'])} missing decisive cells fit in {budget_s / 3600:.2f} h.",
+    return out + [f"{p['fit']} of {len(p['rows'])} missing cells fit in {budget_s / 3600:.2f} h.",
                   budget_sentence(p)]
 
 
@@ -43,7 +43,7 @@ def plan_lines(cells, recorded: dict, budget_s: float, partials: dict | None = N
               help=f"run only cells whose field matches ({', '.join(FIELDS)}); repeatable")
 @click.option("--list", "list_cells", is_flag=True, help="list the grid's cells, recorded or not, and exit")
 @click.option("--plan", "plan_only", is_flag=True,
-              help="print which missing decisive cells fit in --budget, each with its estimate on this CPU, and exit")
+              help="print which missing cells fit in --budget, each with its estimate on this CPU, and exit")
 @click.option("--allow-dirty", is_flag=True,
               help="run cells from a tree that differs from HEAD, storing the diff by its hash (default: refuse)")
 @click.option("--results", default="bench/results/claims", show_default=True, type=click.Path(file_okay=False),

@@ -65,7 +65,8 @@ def cell_seconds(cell: Cell, sps: dict, epochs: float) -> float | None:
 
 def plan(cells: list[Cell], recorded: dict[str, dict], budget_s: float, partials: dict[str, dict] | None = None
          ) -> dict:
-    """The missing decisive cells in run order, each with its estimate; which fit in ``budget_s``; totals.
+    """The missing decisive and measured-time cells in run order, each with its estimate (a time cell: the
+    median wall time of the recorded runs of its method); which fit in ``budget_s``; totals.
 
     Returns ``{"rows": [(cell, seconds or None, fits)], "total_s", "unknown", "fit", "by_group": {(model,
     task, partition): seconds}, "sources": {(model, task, method): where its speed was measured}}``.
@@ -73,15 +74,23 @@ def plan(cells: list[Cell], recorded: dict[str, dict], budget_s: float, partials
     sps, epochs = measured_sps(recorded, partials), expected_epochs(recorded)
     rows, used, total, unknown = [], 0.0, 0.0, 0
     by_group: dict[tuple, float] = defaultdict(float)
+    walls: dict[str, list[float]] = defaultdict(list)  # measured-time cells: the recorded runs' wall seconds
+    for rec in recorded.values():
+        if rec["cell"]["kind"] == "time" and rec.get("wall_s"):
+            walls[rec["cell"]["method"]].append(rec["wall_s"])
     for c in cells:
-        if c.key in recorded or c.kind not in ("tune", "converge"):
+        if c.key in recorded or c.kind not in ("tune", "converge", "time"):
             continue
-        s = cell_seconds(c, sps, epochs)
+        if c.kind == "time":
+            s = statistics.median(walls[c.method]) if walls.get(c.method) else None
+            group = (c.model, c.task, f"time, {c.setting or 'earlier fleet'}")
+        else:
+            s, group = cell_seconds(c, sps, epochs), (c.model, c.task, c.partition)
         fits = s is not None and used + s <= budget_s
         used += s if fits else 0.0
         total += s or 0.0
         unknown += s is None
-        by_group[(c.model, c.task, c.partition)] += s or 0.0
+        by_group[group] += s or 0.0
         rows.append((c, s, fits))
     return {"rows": rows, "total_s": total, "unknown": unknown, "fit": sum(f for *_, f in rows),
             "by_group": dict(by_group), "epochs": epochs, "sources": {k: v[1] for k, v in sps.items()},

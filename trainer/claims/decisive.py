@@ -150,6 +150,18 @@ def _ms(vals: list[float]) -> str:
     return f"{m:.1f}" + ("" if sd is None else f" ± {sd:.1f}") + f" ({len(vals)})"
 
 
+def seed_groups(recorded: dict) -> dict[tuple, dict[int, dict]]:
+    """The decisive grid's results in the earlier grid's shape, (model, task, partition, method) -> seed -> figures,
+    each method at its chosen setting (for :func:`trainer.claims.plots.accuracy_figure`)."""
+    out = {}
+    for model, task, part in groups():
+        for meth in METHODS:
+            _, runs = method_runs(recorded, model, task, part, meth)
+            if runs:
+                out[(model, task, part, meth)] = runs
+    return out
+
+
 def verdicts(recorded: dict, model: str, task: str, part: str = "label-skew:1") -> dict[str, object]:
     """SplitFrozen against each baseline on one task and partition: a :class:`~trainer.claims.verdict.Verdict` each."""
     metric = SCALE[(model, task)].metric

@@ -175,7 +175,8 @@ def _decisive(recorded: dict, partials: dict, figs: Path, cells: list[Cell]) -> 
               "| model | task | partition | cells left | estimated hours |", "|---|---|---|---|---|"]
     left: dict[tuple, int] = {}
     for c, _, _ in p["rows"]:
-        left[(c.model, c.task, c.partition)] = left.get((c.model, c.task, c.partition), 0) + 1
+        g = (c.model, c.task, f"time, {c.setting or 'earlier fleet'}" if c.kind == "time" else c.partition)
+        left[g] = left.get(g, 0) + 1
     for g, n in left.items():
         lines.append(f"| {' | '.join(g)} | {n} | {p['by_group'][g] / 3600:.1f} |")
     for model, task, part in scale_groups():
@@ -191,6 +192,13 @@ def _decisive(recorded: dict, partials: dict, figs: Path, cells: list[Cell]) -> 
         lines += [""] + decisive.partial_lines(partials, model, task, part)
         if decisive.curves_figure(recorded, model, task, part, figs / name, partials):
             lines += ["", f"![learning curves {model} {task} {part}](figures/{name})"]
+    tuned = decisive.seed_groups(recorded)
+    for model, task in sorted({k[:2] for k in tuned}):
+        name = f"decisive_accuracy_{model}_{task}.png"
+        parts = tuple(dict.fromkeys(k[2] for k in tuned if k[:2] == (model, task)))
+        if plots.accuracy_figure(tuned, model, task, f"{model}, {TASK_NAMES[task]}, tuned, to convergence",
+                                 figs / name, parts):
+            lines += ["", f"![tuned accuracy {model} {task}](figures/{name})"]
     lines += ["", "## 2. Verdicts of the decisive grid", "",
               "Paired over seeds (the same seed gives both methods the same partition and stream): the per-seed "
               "difference of the task's primary metric, its mean and 95% Student-t interval. **Holds**: the whole "
@@ -203,7 +211,7 @@ def _decisive(recorded: dict, partials: dict, figs: Path, cells: list[Cell]) -> 
 def budget_sentence(p: dict) -> str:
     """What the rest of the decisive grid costs, and how the estimate is made."""
     src = sorted(set(p["sources"].values()))
-    return (f"{len(p['rows'])} decisive cells are missing: about **{p['total_s'] / 3600:,.0f} hours** of one core "
+    return (f"{len(p['rows'])} cells of the decisive grid and the measured times are missing: about **{p['total_s'] / 3600:,.0f} hours** of one core "
             f"of this shared 2-core CPU ({p['unknown']} without a measured speed), at {p['epochs']:g} epochs a cell "
             f"(the median of the recorded cells, else a first guess) and the training samples per second measured "
             f"in {' and '.join(src) or 'no run yet'}. A GPU server shortens this by orders of magnitude; the report "
