@@ -143,3 +143,30 @@ def test_a_dirty_tree_is_refused_or_its_diff_stored_by_hash(tmp_path, monkeypatc
     assert dirty["commit"] == clean["commit"] + "+dirty"
     stored = tmp_path / "bench" / "results" / "claims" / "diffs" / f"{dirty['diff_sha256']}.diff"
     assert "+x = 2" in stored.read_text()
+
+
+def test_simulated_epoch_time_follows_the_cells_samples_and_knobs():
+    from trainer.claims.compute import epoch_seconds
+
+    fleet = "bench/sst2_minilm_4dev.yaml"
+    small, big = (epoch_seconds(fleet, "splitfrozen", n, 72, 2) for n in (800, 8000))
+    assert 0 < small < big
+    assert epoch_seconds(fleet, "cenlora", 800, 72, 2) is None
+    once, often = (epoch_seconds(fleet, "fedlora", 800, 72, 2, {"local_steps": k}) for k in (10, 1))
+    assert often > once  # a round per step: ten times the adapter traffic
+
+
+def test_learning_curves_draw_trials_and_pilots(tmp_path):
+    curve = [{"epoch": e, "samples_seen": 8000 * e, "optimizer_steps": 500 * e, "fedavg_rounds": None,
+              "train_loss": 0.4, "val": {"accuracy": 0.8}, "dev": {"accuracy": 0.78 + 0.01 * e}, "train_s": 700.0}
+             for e in (1, 2, 3)]
+    key, rec = _tune("minilm-l6", "sst2", "label-skew:1", "splitfrozen", "lr=0.002", 0.8, curve=curve, best_epoch=1,
+                     majority_accuracy=0.509)
+    pilot = {**rec, "stopped_by_budget": True, "cell": {**rec["cell"], "method": "fedlora",
+                                                        "setting": "lr=0.002,local_steps=1"}}
+    path = tmp_path / "c.png"
+    assert decisive.curves_figure({key: rec}, "minilm-l6", "sst2", "label-skew:1", path, {"p": pilot})
+    assert path.stat().st_size > 20_000
+    assert not decisive.curves_figure({}, "minilm-l6", "sst2", "iid", tmp_path / "none.png")
+    lines = decisive.partial_lines({"p": pilot}, "minilm-l6", "sst2", "label-skew:1")
+    assert lines[-1] == "| fedlora lr=0.002,local_steps=1 s0 | 3 | 24,000 | 1,500 | - | 0.4000 | 80.0 | 81.0 | 700 | None |"
