@@ -41,7 +41,7 @@ def accuracy_rows(recorded: dict, groups: dict) -> list[str]:
             continue
         for b, v in decisive.verdicts(recorded, model, task).items():
             rows.append(f"| accuracy under extreme skew: {pct('accuracy_gain')} | {NAMES[b]} | **{v.word}** | "
-                        f"{v.text()} | {model}, {render.TASK_NAMES[task]}, label-skew:1, tuned, to convergence, "
+                        f"{v.detail()} | {model}, {render.TASK_NAMES[task]}, label-skew:1, tuned, to convergence, "
                         f"{sc.metric} | 1 |")
     for model in ("minilm-l6", "smollm2-135m"):
         if ceiling_at_majority(recorded, groups, model, "sst2"):
@@ -54,7 +54,7 @@ def accuracy_rows(recorded: dict, groups: dict) -> list[str]:
             pairs = [(sf[s]["accuracy"], base[s]["accuracy"]) for s in sorted(set(sf) & set(base))]
             v = judge(pairs, 5, None, None, decisive=False)
             rows.append(f"| (earlier grid) accuracy: {pct('accuracy_gain')} | {NAMES[r['baseline']]} | **{v.word}** | "
-                        f"{v.text()}; {r['relative']:+.1f}% relative | {model}, SST-2, label-skew:1, untuned, "
+                        f"{v.detail()}; {r['relative']:+.1f}% relative | {model}, SST-2, label-skew:1, untuned, "
                         "one epoch | 6 |")
     return rows
 

@@ -32,11 +32,15 @@ class Verdict:
     relative: float | None = None  # mean per-seed relative gain, %
 
     def text(self) -> str:
-        """``'holds: +12.1 points (95% CI +8.0 to +16.2, 5 seeds)'``."""
+        """``'holds: +12.1 points, 95% CI +8.0 to +16.2, 5 seeds (the whole interval is above 0)'``."""
+        return f"{self.word} ({self.reason})" if self.mean is None else f"{self.word}: {self.detail()}"
+
+    def detail(self) -> str:
+        """The figures without the word: ``'+12.1 points, 95% CI +8.0 to +16.2, 5 seeds (why)'``."""
         if self.mean is None:
-            return f"{self.word} ({self.reason})"
+            return self.reason
         ci = "" if self.ci is None else f", 95% CI {self.ci[0]:+.1f} to {self.ci[1]:+.1f}"
-        return f"{self.word}: {self.mean:+.1f} points{ci}, {self.seeds} seeds ({self.reason})"
+        return f"{self.mean:+.1f} points{ci}, {self.seeds} seeds ({self.reason})"
 
 
 def t_quantile(df: int) -> float:
