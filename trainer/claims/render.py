@@ -321,10 +321,26 @@ def settings_line(model: str) -> str:
             f"{'the whole dev set' if s.eval_samples is None else f'the first {s.eval_samples} dev rows'}")
 
 
+def fleet_line(path: str) -> str:
+    """A fleet file's devices in words, read from the file: ``'2 x 4 GFLOPS on a 20 Mbps uplink, ...'``."""
+    from sfsim.scenario.config import load_scenario
+    from sfsim.units import format_quantity
+
+    groups: dict[tuple, int] = {}
+    for d in load_scenario(path).devices:
+        key = (format_quantity(d.flops, "flops") if d.flops else "profiled", format_quantity(d.uplink.bandwidth, "bandwidth"))
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{n} x {f} on a {bw} uplink" for (f, bw), n in groups.items())
+
+
 def time_settings_line() -> str:
-    return (f"fleet `{TIME.fleet}` (2 devices at 4 GFLOPS on 20 Mbps, 2 at 2 GFLOPS on 10 Mbps, emulated by "
-            f"sleeping), MiniLM-L6, SST-2, {TIME.train_samples} samples, cut {TIME.split}, `sfsim validate --emulate all` "
-            "with the server at this machine's measured speed (`profiles/latency/minilm-l6-server.yaml`)")
+    """The measured-time settings, from the grid's constants and the fleet files."""
+    from trainer.claims.grid import TIME_FLEETS
+
+    fleets = "; ".join(f"`{path}` ({name}: {fleet_line(path)})" for name, path in TIME_FLEETS.items())
+    return (f"fleets {fleets}, device compute and links emulated (sleeping to the fleet's rates); "
+            f"MiniLM-L6, SST-2, {TIME.train_samples} samples, cut {TIME.split}, `sfsim validate --emulate all` with "
+            f"the server at this machine's measured speed (`{TIME.extra[1]}`)")
 
 
 def paper_line(name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sfsim.scenario.config import load_scenario
 from trainer.claims import compute, plots, render
-from trainer.claims.grid import TIME_FLEETS, TIME_METHODS
+from trainer.claims.grid import TIME, TIME_FLEETS, TIME_METHODS
 from trainer.claims.paper import PAPER, pct
 
 
@@ -128,7 +128,7 @@ def measured_time_lines(recorded: dict, facts: dict) -> list[str]:
                 sm, sp = _stat(saving_stats(tg, fleet, meth, "measured_s")), _stat(saving_stats(tg, fleet, meth,
                                                                                                   "predicted_s"))
                 facts.setdefault("time_measured", {})[(fleet, meth)] = saving_stats(tg, fleet, meth, "measured_s")
-            name = f"`{TIME_FLEETS[fleet]}`" if fleet else "earlier grid: `bench/runtime_4dev.yaml`, one run"
+            name = f"`{TIME_FLEETS[fleet]}`" if fleet else f"earlier grid: `{TIME.fleet}`, one run"
             lines.append(f"| {name} | {meth} | {len(runs)} | {ms} | {ps} | {sm} | {sp} |")
     return lines
 
