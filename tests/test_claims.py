@@ -261,6 +261,7 @@ def test_report_renders_tables_figures_and_what_is_missing(tmp_path):
 
 def test_a_real_cell_runs_the_trainer_and_records_its_command(tiny_gpt2, tmp_path, monkeypatch):
     monkeypatch.setitem(grid.SETTINGS, tiny_gpt2, Settings(str(FIXTURES / "runtime_tiny.yaml"), 16, 8, 32, 1))
+    monkeypatch.setattr(grid, "provenance", lambda allow_dirty=False: {"commit": "abc1234"})  # whatever the tree
     cell = Cell("accuracy", tiny_gpt2, "sst2", "splitfrozen", "label-skew:1")
     out = run_cells([cell], tmp_path, str(FIXTURES / "data"), budget_s=600, log=lambda s: None)
     assert out.ran == [cell.key], out.failed
@@ -269,6 +270,8 @@ def test_a_real_cell_runs_the_trainer_and_records_its_command(tiny_gpt2, tmp_pat
     assert f["train_samples"] == 16 and f["eval_samples"] == 8 and 0 <= f["accuracy"] <= 1
     assert f["device_flops_total"] > 0 and set(f["cuts"].values()) == {1} and len(f["cuts"]) == 3
     assert rec["command"].startswith("sfsim run --method splitfrozen --split 1 ") and "--out OUT" in rec["command"]
+    assert "--data-dir DATA " in rec["command"] and rec["data"] == {"train": "sst2/train.tsv", "dev": "sst2/dev.tsv"}
+    assert rec["commit"] == "abc1234"
 
 
 def test_report_cli_errors_are_one_line(tmp_path):
