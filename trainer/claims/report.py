@@ -38,6 +38,9 @@ def make_report(results: Path, docs: Path, data_dir: str, budget_s: float, cells
     """Run what is missing (within ``budget_s``), then write ``docs/results.md`` and ``docs/figures/``."""
     cells = full_grid() if cells is None else cells
     if budget_s > 0:
+        p = budget.plan(cells, load_cells(results), budget_s, load_partials(results))
+        log(f"plan: {p['fit']} of {len(p['rows'])} missing cells expected to fit in {budget_s / 3600:.2f} h; the rest "
+            f"needs about {p['total_s'] / 3600:,.0f} h on this CPU (sfsim report --plan lists them)")
         outcome = run_cells(cells, results, data_dir, budget_s, runner=run_decisive(results, allow_dirty), log=log)
     else:
         have = load_cells(results)
