@@ -61,9 +61,9 @@ def compute_section(groups: dict, figs: Path, edge: str, measure_gpt2: bool, fac
              + f"); every cut up to {where['deepest_at_or_above']} saves at least as much. The cut is computed "
              "(the cut whose saving is nearest the paper's figure), not chosen. Why it is the comparable one: "
              "the paper gives its figure as an upper bound (\"up to\") and states no cut in its abstract; "
-             "a shallow cut, where the device keeps the embeddings and a quarter of the blocks or fewer, is "
-             "the setting SplitFrozen targets (weak devices), so the figure is reproduced for cuts of "
-             f"{where['deepest_at_or_above']} or fewer and not beyond. Against SplitLoRA at the same cut the "
+             f"a shallow cut, where the device keeps the embeddings and {where['deepest_at_or_above']} of "
+             f"{len(rows) + 1} blocks or fewer, is the setting SplitFrozen targets (weak devices keep little of "
+             "the model), so the figure is reproduced for those cuts and not beyond; a deeper cut saves less. Against SplitLoRA at the same cut the "
              f"saving is {100 * at['saving_vs_splitlora']:.1f}% at cut {k}: a SplitLoRA client also runs the "
              "backward of its blocks.", "",
              "| cut | saving vs FedLoRA | saving vs SplitLoRA (same cut) |", "|---|---|---|"]
