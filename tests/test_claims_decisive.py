@@ -33,8 +33,8 @@ def test_early_stop_waits_patience_epochs_after_the_best_and_keeps_the_best_epoc
 
 def test_every_method_gets_the_same_number_of_tuning_trials():
     assert {m: len(scale.settings_of(m)) for m in scale.TUNING} == dict.fromkeys(scale.TUNING, scale.TRIALS)
-    assert scale.settings_of("fedlora")[:2] == ["lr=0.0005,local_steps=1", "lr=0.0005,local_steps=10"]
-    assert scale.parse_setting("lr=0.002,fedavg_every=10") == {"lr": 0.002, "fedavg_every": 10}
+    assert scale.settings_of("fedlora")[:2] == ["lr=0.0005+local_steps=1", "lr=0.0005+local_steps=10"]
+    assert scale.parse_setting("lr=0.002+fedavg_every=10") == {"lr": 0.002, "fedavg_every": 10}
 
 
 def test_the_grid_tunes_first_then_runs_seeds_and_five_seeds_decide_a_claim():
@@ -56,7 +56,7 @@ def test_the_chosen_setting_is_the_best_validation_score_once_every_trial_is_in(
     rec = dict(_tune("minilm-l6", "sst2", "iid", "fedlora", s, v)
                for s, v in zip(scale.settings_of("fedlora"), (0.7, 0.8, 0.8, 0.6, 0.5, 0.1), strict=True))
     win = scale.chosen(rec, "minilm-l6", "sst2", "iid", "fedlora")
-    assert win["cell"]["setting"] == "lr=0.0005,local_steps=10"  # ties go to the earlier setting
+    assert win["cell"]["setting"] == "lr=0.0005+local_steps=10"  # ties go to the earlier setting
     rec.pop(next(iter(rec)))
     assert scale.chosen(rec, "minilm-l6", "sst2", "iid", "fedlora") is None
 
@@ -69,7 +69,7 @@ def test_a_seed_waits_for_its_methods_tuning(tmp_path):
 
 def test_a_cells_command_carries_its_setting_and_the_grids_scale():
     cmd = scale.converge_command(Cell("tune", "minilm-l6", "mnli", "splitlora-interleaved", "label-skew:1", 0),
-                                 "lr=0.008,fedavg_every=1", "DATA", "OUT")
+                                 "lr=0.008+fedavg_every=1", "DATA", "OUT")
     text = " ".join(cmd)
     assert text.startswith("python -m trainer.claims.converge --devices bench/sst2_minilm_4dev.yaml --model minilm-l6 "
                            "--task mnli --method splitlora --client-order interleaved --partition label-skew:1 ")
@@ -163,10 +163,10 @@ def test_learning_curves_draw_trials_and_pilots(tmp_path):
     key, rec = _tune("minilm-l6", "sst2", "label-skew:1", "splitfrozen", "lr=0.002", 0.8, curve=curve, best_epoch=1,
                      majority_accuracy=0.509)
     pilot = {**rec, "stopped_by_budget": True, "cell": {**rec["cell"], "method": "fedlora",
-                                                        "setting": "lr=0.002,local_steps=1"}}
+                                                        "setting": "lr=0.002+local_steps=1"}}
     path = tmp_path / "c.png"
     assert decisive.curves_figure({key: rec}, "minilm-l6", "sst2", "label-skew:1", path, {"p": pilot})
     assert path.stat().st_size > 20_000
     assert not decisive.curves_figure({}, "minilm-l6", "sst2", "iid", tmp_path / "none.png")
     lines = decisive.partial_lines({"p": pilot}, "minilm-l6", "sst2", "label-skew:1")
-    assert lines[-1] == "| fedlora lr=0.002,local_steps=1 s0 | 3 | 24,000 | 1,500 | - | 0.4000 | 80.0 | 81.0 | 700 | None |"
+    assert lines[-1] == "| fedlora lr=0.002+local_steps=1 s0 | 3 | 24,000 | 1,500 | - | 0.4000 | 80.0 | 81.0 | 700 | None |"

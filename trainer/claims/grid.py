@@ -84,7 +84,7 @@ class Cell:
     method: str
     partition: str = "iid"
     seed: int = 0
-    setting: str = ""  # tune: the trial's setting ("lr=0.002,local_steps=1"); time: the fleet's name
+    setting: str = ""  # tune: the trial's setting ("lr=0.002+local_steps=1"); time: the fleet's name
 
     @property
     def key(self) -> str:

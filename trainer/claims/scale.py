@@ -105,16 +105,17 @@ TRIALS = 6
 
 
 def settings_of(method: str) -> list[str]:
-    """Every setting of ``method``'s tuning grid as text, ``'lr=0.002,local_steps=1'``, in grid order."""
+    """Every setting of ``method``'s tuning grid as text, ``'lr=0.002+local_steps=1'``, in grid order (``+``, not a
+    comma, joins knobs, so ``sfsim report --only setting=A,B`` can list settings)."""
     grid = TUNING[method]
-    return [",".join(f"{k}={v:g}" for k, v in zip(grid, combo, strict=True))
+    return ["+".join(f"{k}={v:g}" for k, v in zip(grid, combo, strict=True))
             for combo in itertools.product(*grid.values())]
 
 
 def parse_setting(text: str) -> dict[str, float | int]:
-    """``'lr=0.002,local_steps=1'`` -> ``{'lr': 0.002, 'local_steps': 1}`` (integers stay integers)."""
+    """``'lr=0.002+local_steps=1'`` -> ``{'lr': 0.002, 'local_steps': 1}`` (integers stay integers)."""
     out: dict[str, float | int] = {}
-    for part in filter(None, text.split(",")):
+    for part in filter(None, text.split("+")):
         key, _, val = part.partition("=")
         out[key] = int(val) if key in ("local_steps", "fedavg_every") else float(val)
     return out
