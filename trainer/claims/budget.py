@@ -93,5 +93,6 @@ def plan(cells: list[Cell], recorded: dict[str, dict], budget_s: float, partials
         by_group[group] += s or 0.0
         rows.append((c, s, fits))
     return {"rows": rows, "total_s": total, "unknown": unknown, "fit": sum(f for *_, f in rows),
-            "by_group": dict(by_group), "epochs": epochs, "sources": {k: v[1] for k, v in sps.items()},
+            "by_group": dict(by_group), "epochs": epochs,
+            "epoch_cells": sum(r["cell"]["kind"] in ("tune", "converge") for r in recorded.values()), "sources": {k: v[1] for k, v in sps.items()},
             "sps": {k: v[0] for k, v in sps.items()}}

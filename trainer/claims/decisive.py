@@ -232,8 +232,8 @@ def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path, 
         if major is not None:
             ax.axhline(100 * major, color="black", ls=":", lw=1)
     axes[0].set_xlabel("training samples seen")
-    axes[1].set_xlabel("measured training seconds (in-process, this shared CPU)")
-    axes[2].set_xlabel(f"simulated seconds on {FLEET} (CenLoRA: no fleet)")
+    axes[1].set_xlabel("measured training s (in-process, shared CPU)", fontsize=8)
+    axes[2].set_xlabel(f"simulated s on {Path(FLEET).name} (no CenLoRA)", fontsize=8)
     axes[0].set_ylabel(f"dev {metric} (%)")
     fig.suptitle(f"{model}, {TASK_NAMES[task]}, {part}: dev score per epoch (star: best validation epoch; "
                  "dotted: majority class)", fontsize=9)

@@ -216,7 +216,7 @@ def budget_sentence(p: dict) -> str:
     src = sorted(set(p["sources"].values()))
     return (f"{len(p['rows'])} cells of the decisive grid and the measured times are missing: about **{p['total_s'] / 3600:,.0f} hours** of one core "
             f"of this shared 2-core CPU ({p['unknown']} without a measured speed), at {p['epochs']:g} epochs a cell "
-            f"(the median of the recorded cells, else a first guess) and the training samples per second measured "
+            f"(the median of {p['epoch_cells']} recorded decisive cells; with none, a first guess) and the training samples per second measured "
             f"in {' and '.join(src) or 'no run yet'}. A GPU server shortens this by orders of magnitude; the report "
             "stays completable on CPU over budgeted sittings (`sfsim report --budget 2h`), group by group in the "
             "order of the table (the claim's own setting first).")
