@@ -187,17 +187,15 @@ def test_claim_rows_compare_seed_by_seed_in_points_and_relative():
         "| SST-2 | fedlora | 2 | 81.0% | 55.0% | +26.0 ± 5.7 | +47.3% | - | - | - |")
 
 
-def test_claim_bullets_say_up_to_for_a_gain_and_behind_for_a_loss_with_the_seed_sd():
+def test_the_earlier_grids_claim_bullets_give_the_paired_interval_and_call_it_inconclusive():
     from trainer.claims.report import _claim
     g = {("m", "sst2", "label-skew:1", "splitfrozen"): {0: {"accuracy": 0.80}, 1: {"accuracy": 0.81}},
-         ("m", "sst2", "label-skew:1", "fedlora"): {0: {"accuracy": 0.50}, 1: {"accuracy": 0.49}},
-         ("m", "sst2", "label-skew:1", "splitlora-interleaved"): {0: {"accuracy": 0.82}, 1: {"accuracy": 0.82}}}
-    facts: dict = {}
-    lines = _claim(g, "m", facts)
-    assert "- Against fedlora: up to +31.0 ± 1.4 points (+62.6% relative) on SST-2; the paper says +69.4%." in lines
-    assert ("- Against splitlora-interleaved: behind on every task; at best -1.5 ± 0.7 points (-1.8% relative) on "
-            "SST-2; the paper says +69.4%.") in lines
-    assert set(facts["accuracy"]) == {("m", "fedlora"), ("m", "splitlora-interleaved")}
+         ("m", "sst2", "label-skew:1", "fedlora"): {0: {"accuracy": 0.50}, 1: {"accuracy": 0.49}}}
+    lines = _claim(g, "m")
+    assert lines[0] == "#### The +69.4% claim in the earlier grid (m, label-skew:1)"
+    # per-seed gains 30 and 32 points: mean 31, sd 1.414, t(0.975, 1) = 12.706 -> half-width 12.706
+    assert ("- SST-2, against fedlora: inconclusive at this scale: +31.0 points, 95% CI +18.3 to +43.7, 2 seeds "
+            "(earlier grid: untuned baselines, one epoch, toy scale).") in lines
 
 
 def test_claim_rows_put_macro_f1_beside_accuracy():
@@ -252,8 +250,10 @@ def test_report_renders_tables_figures_and_what_is_missing(tmp_path):
     assert "Runs recorded: **3 of 4**" in md
     assert "| label-skew:1 | 80.0 (1) | not run | not run | 50.0 (1) | not run | - |" in md
     assert "| SST-2 | fedlora | 1 | 80.0% | 50.0% | +30.0 | +60.0% |" in md
+    assert "- SST-2, against fedlora: inconclusive at this scale: +30.0 points, 1 seeds (earlier grid" in md
     assert "| splitfrozen | 1 | 1.000e+08 | - |" in md and "| fedlora | 1 | 4.000e+08 | 75.0% |" in md
-    assert "| splitfrozen | 10.0 | 9.0 | -10.0% | - | - |" in md and "| fedlora | not run | | | | |" in md
+    assert "| earlier grid: `bench/runtime_4dev.yaml`, one run | splitfrozen | 1 | 10.0 | 9.0 | - | - |" in md
+    assert "| earlier grid: `bench/runtime_4dev.yaml`, one run | fedlora | 0 | not run | - | not run | not run |" in md
     for name in ("accuracy_minilm-l6_sst2.png", "savings_vs_cut.png", "savings_vs_bandwidth.png"):
         assert (docs / "figures" / name).stat().st_size > 10_000
     assert "![accuracy minilm-l6 sst2](figures/accuracy_minilm-l6_sst2.png)" in md
@@ -261,6 +261,7 @@ def test_report_renders_tables_figures_and_what_is_missing(tmp_path):
 
 def test_a_real_cell_runs_the_trainer_and_records_its_command(tiny_gpt2, tmp_path, monkeypatch):
     monkeypatch.setitem(grid.SETTINGS, tiny_gpt2, Settings(str(FIXTURES / "runtime_tiny.yaml"), 16, 8, 32, 1))
+    monkeypatch.setattr(grid, "provenance", lambda allow_dirty=False: {"commit": "abc1234"})  # whatever the tree
     cell = Cell("accuracy", tiny_gpt2, "sst2", "splitfrozen", "label-skew:1")
     out = run_cells([cell], tmp_path, str(FIXTURES / "data"), budget_s=600, log=lambda s: None)
     assert out.ran == [cell.key], out.failed
@@ -269,6 +270,8 @@ def test_a_real_cell_runs_the_trainer_and_records_its_command(tiny_gpt2, tmp_pat
     assert f["train_samples"] == 16 and f["eval_samples"] == 8 and 0 <= f["accuracy"] <= 1
     assert f["device_flops_total"] > 0 and set(f["cuts"].values()) == {1} and len(f["cuts"]) == 3
     assert rec["command"].startswith("sfsim run --method splitfrozen --split 1 ") and "--out OUT" in rec["command"]
+    assert "--data-dir DATA " in rec["command"] and rec["data"] == {"train": "sst2/train.tsv", "dev": "sst2/dev.tsv"}
+    assert rec["commit"] == "abc1234"
 
 
 def test_report_cli_errors_are_one_line(tmp_path):
@@ -305,7 +308,7 @@ def test_readme_report_commands_run_or_list(tmp_path, monkeypatch):
         args = shlex.split(cmd)[1:] + ["--results", str(tmp_path)]
         if "--list" in args:
             res = CliRunner().invoke(main, args)
-            assert res.exit_code == 0 and res.output.splitlines()[-1] == "0 of 20 recorded", res.output
+            assert res.exit_code == 0 and res.output.splitlines()[-1] == "0 of 140 recorded", res.output  # 20 earlier + 120 tuning
         else:
             assert main.get_command(None, "report").make_context("report", args[1:]).params["budget"] == "2 h"
 
@@ -333,33 +336,6 @@ def test_the_majority_column_matches_the_metric():
     assert render.accuracy_table(groups, "minilm-l6", "mrpc")[2].endswith("| 68.4 |")
     assert render.accuracy_table(groups, "minilm-l6", "mrpc", "macro_f1")[2].endswith("| 40.6 |")
     assert render.accuracy_table(groups, "minilm-l6", "mrpc", "f1")[2].endswith("| 81.2 |")
-
-
-def test_summary_puts_each_paper_figure_beside_ours_and_ranges_only_consecutive_factors():
-    facts = {"compute": {"cut": 3, "cost_model": 0.876, "flop_counter": 0.877,
-                         "measured": {"splitlora-interleaved": 0.483, "fedlora": 0.835}},
-             "time": {"edge": "profiles/edge.yaml", "factors": [0.1, 1.0, 10.0, 100.0],
-                      "measured": {"splitlora": 0.542, "fedlora": 0.773},
-                      "simulated": {"splitlora": 0.362, "splitlora-sequential": 0.926, "fedlora": 0.847},
-                      "crossings": {"splitlora": {"at_or_above": [10.0, 100.0], "negative": []},
-                                    "splitlora-sequential": {"at_or_above": [0.1, 1.0, 10.0, 100.0], "negative": []},
-                                    "fedlora": {"at_or_above": [1.0, 100.0], "negative": [0.1]}}},
-             "accuracy": {("minilm-l6", "fedlora"): {"task": "sst2", "points": 18.2, "relative": 29.8, "seeds": 3,
-                                                     "f1_points": 20.2, "points_sd": 3.04}}}
-    rows = render.summary_lines(facts)
-    assert rows[2] == ("| device compute: up to 86.8% less than FedLoRA | 87.6% (cost model), 87.7% "
-                       "(`FlopCounterMode`) | GPT-2 small, cut 3 | 3 |")
-    assert rows[3] == ("| (the same, measured in the real runs) | 48.3% vs splitlora-interleaved, 83.5% vs fedlora | "
-                       "MiniLM-L6, cut 2 of 6 | 3 |")
-    assert rows[4] == ("| training time: up to 50.2% less than SplitLoRA (interleaved) | 54.2% measured; 36.2% "
-                       "simulated | measured on the 4-device emulated fleet; simulated on `profiles/edge.yaml`; 50.2% "
-                       "or more with its links at x10-x100, slower at none | 4 |")
-    assert "not run (measured); 92.6% simulated" in rows[5] and "links at x0.1-x100," in rows[5]
-    assert "links at x1, x100, slower at x0.1 |" in rows[6]  # x10 is not >= 50.2%: no range over it
-    assert rows[7] == ("| accuracy under extreme skew: up to +69.4% over fedlora | +18.2 ± 3.0 points (+29.8% relative; "
-                       "macro-F1 +20.2 points), SST-2, 3 seeds | minilm-l6, label-skew:1 | 1 |")
-    empty = render.summary_lines({})  # nothing recorded: the time rows say so, no other row is invented
-    assert len(empty) == 5 and all("not run (measured) | measured on" in r for r in empty[2:])
 
 
 def test_a_generation_cell_keeps_its_scored_answers(tmp_path):

@@ -11,7 +11,7 @@ from sfsim.cli.group import example, main
 from sfsim.errors import SfsimError
 from sfsim.units import parse_quantity
 
-FIELDS = ("kind", "model", "task", "partition", "method", "seed")
+FIELDS = ("kind", "model", "task", "partition", "method", "seed", "setting")
 
 
 def parse_only(texts: tuple[str, ...]) -> dict[str, set[str]]:
@@ -25,12 +25,28 @@ def parse_only(texts: tuple[str, ...]) -> dict[str, set[str]]:
     return out
 
 
+def plan_lines(cells, recorded: dict, budget_s: float, partials: dict | None = None) -> list[str]:
+    """``sfsim report --plan``: each missing decisive cell with its estimate, whether it fits, and the totals."""
+    from trainer.claims.budget import plan
+    from trainer.claims.report import budget_sentence
+
+    p = plan(cells, recorded, budget_s, partials)
+    out = [f"{'fits' if fits else 'later':5s}  {'?' if s is None else f'{s / 60:6.0f} min'}  {c.key}"
+           for c, s, fits in p["rows"]]
+    return out + [f"{p['fit']} of {len(p['rows'])} missing cells fit in {budget_s / 3600:.2f} h.",
+                  budget_sentence(p)]
+
+
 @main.command(epilog=example("sfsim report --list", "sfsim report --budget 30min --only task=sst2"))
 @click.option("--budget", default="0 s", show_default=True,
               help="wall time for running missing cells, e.g. '2 h' or '30 min' (0: only re-render)")
 @click.option("--only", multiple=True, metavar="FIELD=V1,V2",
               help=f"run only cells whose field matches ({', '.join(FIELDS)}); repeatable")
 @click.option("--list", "list_cells", is_flag=True, help="list the grid's cells, recorded or not, and exit")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="print which missing cells fit in --budget, each with its estimate on this CPU, and exit")
+@click.option("--allow-dirty", is_flag=True,
+              help="run cells from a tree that differs from HEAD, storing the diff by its hash (default: refuse)")
 @click.option("--results", default="bench/results/claims", show_default=True, type=click.Path(file_okay=False),
               help="folder of recorded cells (cells/*.json)")
 @click.option("--docs", default="docs", show_default=True, type=click.Path(file_okay=False),
@@ -38,11 +54,11 @@ def parse_only(texts: tuple[str, ...]) -> dict[str, set[str]]:
 @click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
 @click.option("--edge", default="profiles/edge.yaml", show_default=True, type=click.Path(dir_okay=False),
               help="scenario of the simulated time and compute sections")
-def report(budget, only, list_cells, results, docs, data_dir, edge):
+def report(budget, only, list_cells, plan_only, allow_dirty, results, docs, data_dir, edge):
     """Run the claims report's missing real runs within --budget, then rewrite docs/results.md and its figures."""
     # the trainer package imports torch (~3.5 s): only this command and run/eval pay for it
-    from trainer.claims.grid import cell_path, claimed, default_grid, load_cells, select
-    from trainer.claims.report import make_report
+    from trainer.claims.grid import cell_path, claimed, load_cells, select
+    from trainer.claims.report import full_grid, make_report
 
     try:
         budget_s = parse_quantity(budget, "time")
@@ -53,7 +69,7 @@ def report(budget, only, list_cells, results, docs, data_dir, edge):
     if not Path(edge).is_file():
         raise SfsimError(f"--edge {edge}: no such file")
     data_dir = data_dir or os.environ.get("SFSIM_DATA") or str(Path.cwd().parent / "shared" / "data")
-    cells = select(default_grid(), parse_only(only))
+    cells = select(full_grid(), parse_only(only))
     if not cells:
         raise SfsimError("--only matches no cell of the grid; see sfsim report --list")
     recorded = load_cells(Path(results))
@@ -63,10 +79,16 @@ def report(budget, only, list_cells, results, docs, data_dir, edge):
             click.echo(f"{state:8s}  {c.key}")
         click.echo(f"{sum(c.key in recorded for c in cells)} of {len(cells)} recorded")
         return
+    if plan_only:
+        from trainer.claims.scale import load_partials
+
+        for line in plan_lines(cells, recorded, budget_s, load_partials(results)):
+            click.echo(line)
+        return
     if budget_s > 0 and not Path(data_dir).is_dir():
         raise SfsimError(f"data folder {data_dir} not found: pass --data-dir or set SFSIM_DATA")
     outcome = make_report(Path(results), Path(docs), data_dir, budget_s, cells=cells, edge=edge,
-                          log=lambda s: click.echo(s))
+                          allow_dirty=allow_dirty, log=lambda s: click.echo(s))
     click.echo(f"ran {len(outcome.ran)}, skipped {len(outcome.skipped)} recorded, failed {len(outcome.failed)}, "
                f"left {len(outcome.left)} for lack of budget"
                + (f", {len(outcome.elsewhere)} running in another sfsim report" if outcome.elsewhere else "")

@@ -8,7 +8,7 @@ These need no data and run in seconds, so the report recomputes them every time:
   built from ``GPT2Config()`` (random weights: FLOPs do not depend on them);
 - :func:`edge_times`: simulated training time of every method on a scenario (``profiles/edge.yaml``);
 - :func:`bandwidth_sweep`: the same with every device link scaled by a factor, and where SplitFrozen's
-  time saving reaches the paper's 50.2% or turns negative.
+  time saving reaches the paper's figure (:data:`trainer.claims.paper.PAPER`) or turns negative.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from sfsim.units import format_quantity, parse_quantity
 SCHEDULES = ("splitfrozen", "splitfrozen-sequential", "splitlora", "splitlora-sequential", "fedlora")
 #: Rows that are a schedule with options: label -> (schedule, :func:`sfsim.simulate` options).
 VARIANTS = {"splitlora-sequential": ("splitlora", {"client_order": "sequential"})}
-PAPER = {"accuracy_gain": 69.4, "device_compute_saving": 86.8, "time_saving": 50.2}
 
 
 def cut_savings(scenario: Scenario) -> list[dict]:
@@ -142,3 +141,29 @@ def bandwidth_label(raw: dict, factor: float) -> str:
     """The scaled first device's uplink, for axis labels: ``'8 Mbit/s'``."""
     dev = raw["devices"][0]
     return format_quantity(parse_quantity(dev["uplink"]["bandwidth"], "bandwidth") * factor, "bandwidth")
+
+
+#: Simulator schedule of each accuracy-grid method (CenLoRA trains at the server alone: no fleet time).
+GRID_SCHEDULES = {"splitfrozen": ("splitfrozen", {}), "splitlora-interleaved": ("splitlora", {"client_order": "interleaved"}),
+                  "splitlora-sequential": ("splitlora", {"client_order": "sequential"}), "fedlora": ("fedlora", {})}
+
+
+def epoch_seconds(fleet: str | Path, method: str, train_samples: int, max_len: int, cut: int,
+                  knobs: dict | None = None) -> float | None:
+    """Simulated seconds of one epoch of ``method`` on ``fleet`` with ``train_samples`` split as its devices'
+    samples, ``max_len`` tokens, the cut and the tuned knobs (``local_steps``, ``fedavg_every``); None for
+    CenLoRA (no fleet)."""
+    import sfsim
+
+    if method not in GRID_SCHEDULES:
+        return None
+    raw = copy.deepcopy(load_raw(fleet))
+    total = sum(d.get("count", 1) * d["samples"] for d in raw["devices"])
+    for d in raw["devices"]:
+        d["samples"] = max(1, round(d["samples"] * train_samples / total))
+    raw["model"]["seq_len"] = max_len
+    raw["training"].update({k: v for k, v in (knobs or {}).items() if k in ("local_steps", "fedavg_every")})
+    schedule, options = GRID_SCHEDULES[method]
+    sc = scenario_from_dict(raw, source=str(fleet))
+    split = None if schedule == "fedlora" else cut
+    return sfsim.simulate(sc, schedule, splits=split, **options).makespan_s

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sfsim.scenario.schema import write_atomic
@@ -69,27 +69,36 @@ SETTINGS = {
 GSM8K = Settings("bench/sst2_minilm_4dev.yaml", 64, 40, 256, 10, ("--gen-tokens", "160"))
 TIME = Settings("bench/runtime_4dev.yaml", 320, None, 64, 2,
                 ("--server-profile", "profiles/latency/minilm-l6-server.yaml"))  # the server: this CPU, measured
+#: Emulated fleets of the measured times (a time cell's ``setting``); its ``seed`` is the repeat.
+TIME_FLEETS = {"mixed-links": "bench/runtime_4dev.yaml", "fast-links": "bench/sst2_runtime_4dev_fastlink.yaml"}
+TIME_REPEATS = (0, 1, 2)
 
 
 @dataclass(frozen=True)
 class Cell:
     """One real run of the report: what it is (kind, model, task, partition, method, seed)."""
 
-    kind: str  # "accuracy", "time" or "gsm8k"
+    kind: str  # "accuracy", "time" or "gsm8k" (the earlier grid); "tune" or "converge" (trainer.claims.scale)
     model: str
     task: str
     method: str
     partition: str = "iid"
     seed: int = 0
+    setting: str = ""  # tune: the trial's setting ("lr=0.002+local_steps=1"); time: the fleet's name
 
     @property
     def key(self) -> str:
-        """A file-name-safe identity, e.g. ``accuracy/minilm-l6/sst2/label-skew-1/splitfrozen/s0``."""
+        """A file-name-safe identity, e.g. ``accuracy/minilm-l6/sst2/label-skew-1/splitfrozen/s0``
+        (a setting adds a last part: ``.../s0/lr=0.002``)."""
         part = self.partition.replace(":", "-")
-        return f"{self.kind}/{self.model}/{self.task}/{part}/{self.method}/s{self.seed}"
+        key = f"{self.kind}/{self.model}/{self.task}/{part}/{self.method}/s{self.seed}"
+        return f"{key}/{self.setting}" if self.setting else key
 
     @property
     def settings(self) -> Settings:
+        """The run settings of this cell (a time cell's fleet is its setting, when it names one)."""
+        if self.kind == "time" and self.setting:
+            return replace(TIME, fleet=TIME_FLEETS[self.setting])
         return {"time": TIME, "gsm8k": GSM8K}.get(self.kind) or SETTINGS[self.model]
 
     def command(self, out: str, data_dir: str) -> list[str]:
@@ -135,6 +144,12 @@ def default_grid() -> list[Cell]:
     return cells
 
 
+def time_cells() -> list[Cell]:
+    """Measured training time: every timed method on every fleet of :data:`TIME_FLEETS`, repeat by repeat."""
+    return [Cell("time", "minilm-l6", "sst2", m, "iid", r, fleet) for r in TIME_REPEATS for fleet in TIME_FLEETS
+            for m in TIME_METHODS]
+
+
 def select(cells: list[Cell], only: dict[str, set[str]]) -> list[Cell]:
     """The cells whose fields match every filter (``{"task": {"sst2"}, "seed": {"0"}}``)."""
     return [c for c in cells if all(str(getattr(c, k)) in v for k, v in only.items())]
@@ -163,11 +178,12 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)
     left: list[str] = field(default_factory=list)
     elsewhere: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
 
 #: Seconds a cell is assumed to take before any of its kind has run (the budget check's first guess).
-FIRST_GUESS_S = {"accuracy": 60.0, "time": 90.0, "gsm8k": 600.0}
+FIRST_GUESS_S = {"accuracy": 60.0, "time": 90.0, "gsm8k": 600.0, "tune": 1800.0, "converge": 1800.0}
 
 
 def _claim_path(path: Path) -> Path:
@@ -257,6 +273,10 @@ def run_cells(cells: list[Cell], results: Path, data_dir: str, budget_s: float,
             rec = runner(cell, data_dir, str(left))
             took.setdefault(cell.kind, []).append(time.perf_counter() - t)
             write_atomic(path, json.dumps(rec, indent=1))
+        except CellWaiting as err:
+            outcome.waiting.append(cell.key)
+            log(f"  {cell.key}: {err}")
+            continue
         except CellError as err:
             outcome.failed[cell.key] = str(err)
             log(f"  failed {cell.key}: {err}")
@@ -273,6 +293,10 @@ class CellError(RuntimeError):
     """A cell's command failed or ran out of time (its message is the command's last error line)."""
 
 
+class CellWaiting(CellError):
+    """A cell that cannot run yet: it needs other cells first (a seed waits for its method's tuning)."""
+
+
 def _brief(rec: dict) -> str:
     f = rec["figures"]
     if "accuracy" in f:
@@ -282,30 +306,50 @@ def _brief(rec: dict) -> str:
     return json.dumps(f)[:80]
 
 
-def run_cell(cell: Cell, data_dir: str, timeout: str) -> dict:
+def run_cell(cell: Cell, data_dir: str, timeout: str, allow_dirty: bool = False) -> dict:
     """Run one cell's command in a fresh process and keep the figures the report uses."""
+    prov = provenance(allow_dirty)  # before the run: the code the command imports is HEAD as it starts
     tmp = Path(tempfile.mkdtemp(prefix="sfsim-claims-"))
     out = tmp / "out"
     cmd = cell.command(str(out), data_dir)
     exe = [str(Path(sys.executable).with_name("sfsim")), *cmd[1:]]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    t, commit = time.perf_counter(), _commit()  # the code the command imports: HEAD as it starts
     try:
-        proc = subprocess.run(exe, cwd=ROOT, env=env, capture_output=True, text=True, timeout=float(timeout))
-        if proc.returncode != 0:
-            lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-            raise CellError(lines[-1] if lines else f"exit status {proc.returncode}")
-        wall = time.perf_counter() - t
+        wall = run_command(exe, timeout)
         figures = (time_figures if cell.kind == "time" else run_figures)(out)
         kept = run_generations(out)
-    except subprocess.TimeoutExpired:
-        raise CellError(f"out of budget after {float(timeout):.0f} s") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"key": cell.key, "cell": asdict(cell), "command": " ".join(cmd).replace(str(out), "OUT"),
-            "settings": asdict(cell.settings), "wall_s": round(wall, 1), "commit": commit,
+    return {"key": cell.key, "cell": asdict(cell), "command": portable(cmd, {str(out): "OUT", data_dir: "DATA"}),
+            "settings": asdict(cell.settings), "wall_s": round(wall, 1), **prov, "data": data_files(cell.task, data_dir),
             "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "figures": figures,
             **({"generations": kept} if kept else {})}
+
+
+def run_command(exe: list[str], timeout: str) -> float:
+    """Run a cell's command from the project root (offline, no display); its wall seconds, or :class:`CellError`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg",
+           "PYTHONPATH": str(ROOT)}
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(exe, cwd=ROOT, env=env, capture_output=True, text=True, timeout=float(timeout))
+    except subprocess.TimeoutExpired:
+        raise CellError(f"out of budget after {float(timeout):.0f} s") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise CellError(lines[-1] if lines else f"exit status {proc.returncode}")
+    return time.perf_counter() - t
+
+
+def portable(cmd: list[str], names: dict[str, str]) -> str:
+    """A command as text with machine-specific paths (output folder, data folder) replaced by names."""
+    return " ".join(names.get(part, part) for part in cmd)
+
+
+def data_files(task: str, data_dir: str) -> dict[str, str]:
+    """The task's train and dev files relative to the data folder (``sst2/train.tsv``)."""
+    from trainer.data.tasks import _file
+
+    return {split: _file(data_dir, task, split).relative_to(data_dir).as_posix() for split in ("train", "dev")}
 
 
 #: Figures a run's ``metrics.json`` gives the report (those present are kept).
@@ -341,13 +385,31 @@ def time_figures(out: Path) -> dict:
     return {**rep["total"], "stages": rep["stages"]}
 
 
-def _commit() -> str | None:
-    """HEAD's short hash, with ``+dirty`` when sfsim/ or trainer/ differ from it; None outside git."""
+def provenance(allow_dirty: bool = False) -> dict:
+    """The commit a cell runs: ``{"commit": short hash}`` from a clean tree.
+
+    A tree whose ``sfsim/``, ``trainer/`` or ``bench/*.yaml`` differ from HEAD is refused (:class:`CellError`)
+    unless ``allow_dirty``: then the diff is kept under ``bench/results/claims/diffs/<sha256>.diff`` and
+    its hash recorded, so the code of every figure can be rebuilt.
+    """
+    import hashlib
+
+    paths = ["sfsim", "trainer", "bench"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sfsim", "trainer"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (head + ("+dirty" if dirty else "")) or None
+        diff = subprocess.run(["git", "diff", "HEAD", "--", *paths], cwd=ROOT, capture_output=True, text=True,
+                              timeout=30).stdout
+        new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", "sfsim", "trainer"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        raise CellError(f"git not usable for the cell's provenance ({err})") from None
+    if not diff and not new:
+        return {"commit": head}
+    if not allow_dirty:
+        raise CellError("the working tree differs from HEAD in sfsim/, trainer/ or bench/: commit first "
+                        "(or pass --allow-dirty to store the diff with the cell)")
+    text = diff + "".join(f"\nnew file {p}\n" + (ROOT / p).read_text() for p in new.splitlines())
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    write_atomic(ROOT / "bench" / "results" / "claims" / "diffs" / f"{sha}.diff", text)
+    return {"commit": f"{head}+dirty", "diff_sha256": sha}

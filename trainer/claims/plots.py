@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.claims.compute import PAPER
 from trainer.claims.grid import METHODS, PARTITIONS
+from trainer.claims.paper import PAPER, pct
 from trainer.claims.render import figure, majority, mean_sd
 
 
@@ -63,7 +63,7 @@ def accuracy_axes(ax, groups: dict, model: str, task: str, partitions: tuple[str
 
 
 def cut_figure(rows: list[dict], measured: dict | None, path: Path, model: str) -> None:
-    """SplitFrozen's device-FLOP saving against FedLoRA and SplitLoRA for every cut; the paper's 86.8%."""
+    """SplitFrozen's device-FLOP saving against FedLoRA and SplitLoRA for every cut; the paper's figure."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     cuts = [r["cut"] for r in rows]
@@ -72,7 +72,7 @@ def cut_figure(rows: list[dict], measured: dict | None, path: Path, model: str) 
     if measured:
         ax.plot([measured["cut"]], [100 * measured["saving_vs_fedlora"]], "k*", ms=11,
                 label=f"vs FedLoRA, FlopCounterMode ({100 * measured['saving_vs_fedlora']:.1f}%)")
-    ax.axhline(PAPER["device_compute_saving"], color="gray", ls="--", lw=1, label="paper: 86.8%")
+    ax.axhline(PAPER["device_compute_saving"], color="gray", ls="--", lw=1, label=f"paper: {pct('device_compute_saving')}")
     ax.set_xlabel("cut k (blocks on the device)")
     ax.set_ylabel("device compute saved (%)")
     ax.set_ylim(0, 100)
@@ -84,13 +84,13 @@ def cut_figure(rows: list[dict], measured: dict | None, path: Path, model: str) 
 
 
 def bandwidth_figure(rows: list[dict], baselines: tuple[str, ...], xlabels: list[str], path: Path) -> None:
-    """SplitFrozen's simulated time saving against each baseline as every link is scaled; 50.2% and 0 lines."""
+    """SplitFrozen's simulated time saving against each baseline as every link is scaled; the paper's figure and 0."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     xs = [r["factor"] for r in rows]
     for b in baselines:
         ax.plot(xs, [100 * r[f"saving_vs_{b}"] for r in rows], "o-", ms=3, label=f"vs {b}")
-    ax.axhline(PAPER["time_saving"], color="gray", ls="--", lw=1, label="paper: 50.2%")
+    ax.axhline(PAPER["time_saving"], color="gray", ls="--", lw=1, label=f"paper: {pct('time_saving')}")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
     low = min(100 * r[f"saving_vs_{b}"] for r in rows for b in baselines)

@@ -12,8 +12,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from trainer.claims.compute import PAPER
 from trainer.claims.grid import METHODS, PARTITIONS, SETTINGS, TIME, TIME_METHODS
+from trainer.claims.paper import pct
 
 TASK_NAMES = {"sst2": "SST-2", "mrpc": "MRPC", "mnli": "MNLI (balanced 9k subset)", "gsm8k": "GSM8K"}
 BASELINES = ("fedlora", "splitlora-interleaved", "splitlora-sequential")
@@ -220,62 +220,6 @@ def measured_time_savings(cells: dict[str, dict]) -> dict[str, float]:
     return {m: 1 - sf["measured_s"] / f["measured_s"] for m, f in rec.items() if m != "splitfrozen"}
 
 
-def _factors(fs: list[float], swept: list[float]) -> str:
-    """Swept link factors as text: ``'none'``, a range ``'x1.78-x100'`` when they are consecutive sweep
-    points, else each one (``'x0.1, x10'``), so a range never covers a point that is not in it."""
-    if not fs:
-        return "none"
-    pos = [swept.index(f) for f in fs]
-    if len(fs) > 1 and pos == list(range(pos[0], pos[0] + len(fs))):
-        return f"x{fs[0]:.3g}-x{fs[-1]:.3g}"
-    return ", ".join(f"x{f:.3g}" for f in fs)
-
-
-def summary_lines(facts: dict) -> list[str]:
-    """The report's first table: each paper figure beside ours, with where it comes from.
-
-    ``facts`` holds what the sections computed: ``compute`` (cost-model and FlopCounterMode savings at
-    GPT-2 small's cut 3, and the measured savings of the real runs), ``time`` (measured savings, the
-    simulated ones on the edge scenario, and the swept link factors that reach 50.2% or lose) and
-    ``accuracy`` (the best claim row per model and baseline). A missing part reads ``not run``.
-    """
-    lines = ["| claim (paper) | ours | setting | section |", "|---|---|---|---|"]
-    c = facts.get("compute") or {}
-    if c:
-        gpt2 = f"{100 * c['cost_model']:.1f}% (cost model)" + (
-            f", {100 * c['flop_counter']:.1f}% (`FlopCounterMode`)" if c.get("flop_counter") is not None else "")
-        lines.append(f"| device compute: up to {PAPER['device_compute_saving']}% less than FedLoRA | {gpt2} | "
-                     f"GPT-2 small, cut {c['cut']} | 3 |")
-        real = c.get("measured") or {}
-        if real:
-            parts = ", ".join(f"{100 * v:.1f}% vs {m}" for m, v in real.items())
-            lines.append(f"| (the same, measured in the real runs) | {parts} | MiniLM-L6, cut 2 of 6 | 3 |")
-    t = facts.get("time") or {}
-    names = {"splitlora": "SplitLoRA (interleaved)", "splitlora-sequential": "SplitLoRA (client after client)",
-             "fedlora": "FedLoRA"}
-    for base, name in names.items():
-        meas = (t.get("measured") or {}).get(base)
-        simulated = (t.get("simulated") or {}).get(base)
-        cross = (t.get("crossings") or {}).get(base)
-        ours = [f"{100 * meas:.1f}% measured" if meas is not None else "not run (measured)"]
-        if simulated is not None:
-            ours.append(f"{100 * simulated:.1f}% simulated")
-        where = [f"measured on the 4-device emulated fleet; simulated on `{t.get('edge', 'edge')}`"]
-        if cross:
-            sweep = t.get("factors") or sorted(set(cross["at_or_above"]) | set(cross["negative"]))
-            where.append(f"50.2% or more with its links at {_factors(cross['at_or_above'], sweep)}, slower at "
-                         f"{_factors(cross['negative'], sweep)}")
-        lines.append(f"| training time: up to {PAPER['time_saving']}% less than {name} | {'; '.join(ours)} | "
-                     f"{'; '.join(where)} | 4 |")
-    for (model, base), r in sorted((facts.get("accuracy") or {}).items()):
-        lines.append(f"| accuracy under extreme skew: up to +{PAPER['accuracy_gain']}% over {base} | "
-                     f"{gain_points(r)} points ({r['relative']:+.1f}% relative"
-                     + ("" if r.get("f1_points") is None else f"; macro-F1 {r['f1_points']:+.1f} points")
-                     + f"), {TASK_NAMES[r['task']]}, "
-                     f"{r['seeds']} seed{'s' if r['seeds'] != 1 else ''} | {model}, label-skew:1 | 1 |")
-    return lines
-
-
 def time_lines(cells: dict[str, dict]) -> list[str]:
     """Measured (distributed runtime, emulated fleet) and predicted training time per method."""
     rec = {r["cell"]["method"]: r for r in cells.values() if r["cell"]["kind"] == "time"}
@@ -377,11 +321,28 @@ def settings_line(model: str) -> str:
             f"{'the whole dev set' if s.eval_samples is None else f'the first {s.eval_samples} dev rows'}")
 
 
+def fleet_line(path: str) -> str:
+    """A fleet file's devices in words, read from the file: ``'2 x 4 GFLOPS on a 20 Mbps uplink, ...'``."""
+    from sfsim.scenario.config import load_scenario
+    from sfsim.units import format_quantity
+
+    groups: dict[tuple, int] = {}
+    for d in load_scenario(path).devices:
+        key = (format_quantity(d.flops, "flops") if d.flops else "profiled", format_quantity(d.uplink.bandwidth, "bandwidth"))
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{n} x {f} on a {bw} uplink" for (f, bw), n in groups.items())
+
+
 def time_settings_line() -> str:
-    return (f"fleet `{TIME.fleet}` (2 devices at 4 GFLOPS on 20 Mbps, 2 at 2 GFLOPS on 10 Mbps, emulated by "
-            f"sleeping), MiniLM-L6, SST-2, {TIME.train_samples} samples, cut {TIME.split}, `sfsim validate --emulate all` "
-            "with the server at this machine's measured speed (`profiles/latency/minilm-l6-server.yaml`)")
+    """The measured-time settings, from the grid's constants and the fleet files."""
+    from trainer.claims.grid import TIME_FLEETS
+
+    fleets = "; ".join(f"`{path}` ({name}: {fleet_line(path)})" for name, path in TIME_FLEETS.items())
+    return (f"fleets {fleets}, device compute and links emulated (sleeping to the fleet's rates); "
+            f"MiniLM-L6, SST-2, {TIME.train_samples} samples, cut {TIME.split}, `sfsim validate --emulate all` with "
+            f"the server at this machine's measured speed (`{TIME.extra[1]}`)")
 
 
 def paper_line(name: str) -> str:
-    return f"{PAPER[name]}%"
+    """A paper figure as text (:func:`trainer.claims.paper.pct`)."""
+    return pct(name)

@@ -264,8 +264,12 @@ def _shards(cfg, scenario, train, lm, n_total: int | None):
     return shards, table, counts, {"absent_classes": absent, "warnings": warnings}
 
 
-def build(cfg: RunConfig):
-    """Load the scenario, model and data; return (scenario, loaded model, setup, method, eval data, info)."""
+def build(cfg: RunConfig, train=None, dev=None):
+    """Load the scenario, model and data; return (scenario, loaded model, setup, method, eval data, info).
+
+    ``train``/``dev``: task data to use instead of the data folder's files (``trainer.methods.convergence``
+    passes the training set less its held-out validation rows, and the validation rows as ``dev``).
+    """
     scenario = load_scenario(cfg.devices)
     if cfg.method == "splitlora" and cfg.client_order is None:  # no --client-order: the scenario's order
         cfg.client_order = scenario.training.client_order
@@ -276,8 +280,8 @@ def build(cfg: RunConfig):
                              f"{err}") from None
     if not Path(cfg.data_dir).is_dir():
         raise SfsimError(f"data folder {cfg.data_dir} does not exist: pass --data-dir or set SFSIM_DATA")
-    train = tdata.load_task(cfg.task, cfg.data_dir, "train")
-    dev = tdata.load_task(cfg.task, cfg.data_dir, "dev")
+    train = train if train is not None else tdata.load_task(cfg.task, cfg.data_dir, "train")
+    dev = dev if dev is not None else tdata.load_task(cfg.task, cfg.data_dir, "dev")
     lm = load_model(cfg.model, cache_dir=cfg.model_cache)
     if cfg.task == "gsm8k" and lm.family == "bert":
         raise SfsimError("gsm8k is a generation task: use a decoder model (smollm2-135m or a GPT-2 folder)")

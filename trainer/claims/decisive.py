@@ -1,0 +1,244 @@
+"""Render the decisive grid: its protocol, tuned settings, results, verdicts and learning curves.
+
+Pure functions from recorded cells to markdown rows (and one figure function). A method's seed-0
+result is its winning tuning trial (:func:`trainer.claims.scale.chosen`); until every trial of a
+method is recorded, its trials so far are shown as such and it has no result.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from trainer.claims.compute import epoch_seconds
+from trainer.claims.grid import METHODS, Cell
+from trainer.claims.render import TASK_NAMES, mean_sd
+from trainer.claims.scale import (
+    FLEET,
+    MAX_EPOCHS,
+    PATIENCE,
+    SCALE,
+    TRIALS,
+    TRUNCATION,
+    TUNING,
+    chosen,
+    groups,
+    parse_setting,
+    seeds_for,
+    settings_of,
+)
+from trainer.claims.verdict import judge
+
+BASELINES = ("fedlora", "splitlora-interleaved", "splitlora-sequential")
+DEV_ROWS = {"sst2": 872, "mrpc": 408, "mnli": 1000}
+
+
+def protocol_lines() -> list[str]:
+    """The grid's scale, stopping rule and tuning grids, from :mod:`trainer.claims.scale` (never by hand)."""
+    lines = ["| model | task | train samples | validation rows (held out of train) | dev rows (reported) | max length | "
+             "rows truncated at it (train / dev) | primary metric | seeds (label-skew:1 / other) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (model, task), sc in SCALE.items():
+        tr = TRUNCATION.get((model, task), {}).get("over", {}).get(sc.max_len)
+        cut = "not measured" if tr is None else f"{100 * tr[0]:.2f}% / {100 * tr[1]:.2f}%"
+        lines.append(f"| {model} | {TASK_NAMES[task]} | {sc.train_samples:,} | {sc.val_samples:,} | "
+                     f"{sc.eval_samples or DEV_ROWS[task]:,} | {sc.max_len} | {cut} | {sc.metric} | "
+                     f"{len(seeds_for('label-skew:1'))} / {len(seeds_for('iid'))} |")
+    lines += ["", "What each task can show. SST-2: a binary task whose centralised ceiling sat far above its "
+              "majority class in the earlier grid, so it can rank methods; it is where the accuracy claim is decided. MNLI: the "
+              f"offline file is a balanced {TRUNCATION[('minilm-l6', 'mnli')]['rows'][0]:,}-row subset of MultiNLI, not "
+              "GLUE's MNLI-matched, so 10,000 training samples cannot be drawn: the grid trains on every row left "
+              f"after validation. MRPC: {TRUNCATION[('minilm-l6', 'mrpc')]['rows'][0]:,} training rows in all, and "
+              "about two thirds of its dev pairs are paraphrases; accuracy rewards a model that always says "
+              "\"paraphrase\", so macro-F1 is its primary figure. It can show whether a method learns both classes "
+              "under skew; it cannot rank methods whose ceiling sits at its majority class, and label-skew:1 "
+              "rebalances its training classes (68/32 to 50/50, one class per device), which the dev set does not "
+              "share. SmolLM2-135M is scored on the whole SST-2 dev set (872 rows).", "",
+              f"Stopping rule, the same for every method: after each epoch the global model is scored on the "
+              f"validation rows; training stops when that score has not improved for {PATIENCE} epochs in a row "
+              f"(or after {MAX_EPOCHS} epochs), and the reported dev score is the one at the best validation "
+              "epoch. The dev set is scored every epoch for the learning curves only; it selects nothing.", "",
+              f"Tuning, the same budget for every method ({TRIALS} trials each, seed 0 of each task and partition, "
+              "selected on the validation score):", "", "| method | grid searched |", "|---|---|"]
+    for meth, grid in TUNING.items():
+        lines.append(f"| {meth} | " + " x ".join(f"{k} in {{{', '.join(f'{v:g}' for v in vals)}}}"
+                                                 for k, vals in grid.items()) + " |")
+    return lines
+
+
+def method_runs(recorded: dict, model: str, task: str, part: str, meth: str) -> tuple[dict | None, dict[int, dict]]:
+    """The winning tuning record (None until every trial is in) and the figures by seed at its setting."""
+    win = chosen(recorded, model, task, part, meth)
+    if win is None:
+        return None, {}
+    runs = {0: win["figures"]}
+    for seed in seeds_for(part)[1:]:
+        rec = recorded.get(Cell("converge", model, task, meth, part, seed).key)
+        if rec is not None and rec.get("setting") == win["cell"]["setting"]:
+            runs[seed] = rec["figures"]
+    return win, runs
+
+
+def trials(recorded: dict, model: str, task: str, part: str, meth: str) -> list[dict]:
+    """The recorded tuning trials of one method, in grid order."""
+    keys = [Cell("tune", model, task, meth, part, 0, s).key for s in settings_of(meth)]
+    return [recorded[k] for k in keys if k in recorded]
+
+
+def results_lines(recorded: dict, model: str, task: str, part: str) -> list[str]:
+    """One row per method: chosen setting, trials, seeds, dev score, epochs, steps, rounds, samples seen."""
+    metric = SCALE[(model, task)].metric
+    lines = [f"| method | chosen setting (trials recorded) | seeds | dev {metric} (%), mean ± sd | dev accuracy (%) | "
+             "best epoch / epochs run | optimizer steps | FedAvg rounds | samples seen |", "|---|---|---|---|---|---|---|---|---|"]
+    for meth in METHODS:
+        win, runs = method_runs(recorded, model, task, part, meth)
+        done = trials(recorded, model, task, part, meth)
+        if win is None:
+            lines.append(f"| {meth} | not chosen yet ({len(done)} of {TRIALS}) | - | - | - | - | - | - | - |")
+            continue
+        f0 = win["figures"]
+        vals = [100 * f[metric] for f in runs.values()]
+        acc = [100 * f["accuracy"] for f in runs.values()]
+        lines.append(f"| {meth} | {win['cell']['setting']} ({len(done)} of {TRIALS}) | {len(runs)} | {_ms(vals)} | "
+                     f"{_ms(acc)} | {f0['best_epoch']} / {f0['epochs_run']} | {f0['optimizer_steps']:,} | "
+                     f"{'-' if f0['fedavg_rounds'] is None else f0['fedavg_rounds']} | {f0['samples_seen']:,} |")
+    return lines + ["", "Steps, rounds, samples seen and epochs are seed 0's, up to its best validation epoch."]
+
+
+def trial_lines(recorded: dict, model: str, task: str, part: str) -> list[str]:
+    """Every recorded tuning trial: its validation score (what selects) and its dev score at that epoch."""
+    metric = SCALE[(model, task)].metric
+    lines = [f"| method | setting | validation {metric} (%) | dev {metric} (%) | dev accuracy (%) | best epoch / "
+             "epochs run | stopped by | optimizer steps | FedAvg rounds | samples seen | train s | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for meth in METHODS:
+        for rec in trials(recorded, model, task, part, meth):
+            f = rec["figures"]
+            lines.append(f"| {meth} | {rec['cell']['setting']} | {100 * f['val_best']:.1f} | {100 * f[metric]:.1f} | "
+                         f"{100 * f['accuracy']:.1f} | {f['best_epoch']} / {f['epochs_run']} | "
+                         f"{'patience' if f['converged'] else 'epoch limit'} | {f['optimizer_steps']:,} | "
+                         f"{'-' if f['fedavg_rounds'] is None else f['fedavg_rounds']} | {f['samples_seen']:,} | "
+                         f"{f['train_s']:.0f} | {rec.get('commit')} |")
+    return lines
+
+
+def partial_lines(partials: dict, model: str, task: str, part: str) -> list[str]:
+    """Cells stopped by a session's budget: each finished epoch's scores, as a pilot (never a result)."""
+    metric = SCALE[(model, task)].metric
+    recs = [r for r in partials.values() if (r["cell"]["model"], r["cell"]["task"], r["cell"]["partition"])
+            == (model, task, part)]
+    if not recs:
+        return []
+    lines = ["Pilot: cells stopped by a session's budget before their stopping rule was met. Their epochs are "
+             "real and kept (with command and commit), but they are **not results**: the cell runs again in full.", "",
+             f"| cell | epoch | samples seen | optimizer steps | FedAvg rounds | train loss | validation {metric} (%) | "
+             f"dev {metric} (%) | train s | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        for e in r["figures"]["curve"]:
+            lines.append(f"| {r['cell']['method']} {r['cell']['setting']} s{r['cell']['seed']} | {e['epoch']} | "
+                         f"{e['samples_seen']:,} | {e['optimizer_steps']:,} | "
+                         f"{'-' if e['fedavg_rounds'] is None else e['fedavg_rounds']} | {e['train_loss']:.4f} | "
+                         f"{100 * e['val'][metric]:.1f} | {100 * e['dev'][metric]:.1f} | {e['train_s']:.0f} | "
+                         f"{r.get('commit')} |")
+    return lines
+
+
+def _ms(vals: list[float]) -> str:
+    if not vals:
+        return "-"
+    m, sd = mean_sd(vals)
+    return f"{m:.1f}" + ("" if sd is None else f" ± {sd:.1f}") + f" ({len(vals)})"
+
+
+def seed_groups(recorded: dict) -> dict[tuple, dict[int, dict]]:
+    """The decisive grid's results in the earlier grid's shape, (model, task, partition, method) -> seed -> figures,
+    each method at its chosen setting (for :func:`trainer.claims.plots.accuracy_figure`)."""
+    out = {}
+    for model, task, part in groups():
+        for meth in METHODS:
+            _, runs = method_runs(recorded, model, task, part, meth)
+            if runs:
+                out[(model, task, part, meth)] = runs
+    return out
+
+
+def verdicts(recorded: dict, model: str, task: str, part: str = "label-skew:1") -> dict[str, object]:
+    """SplitFrozen against each baseline on one task and partition: a :class:`~trainer.claims.verdict.Verdict` each."""
+    metric = SCALE[(model, task)].metric
+    _, sf = method_runs(recorded, model, task, part, "splitfrozen")
+    _, cen = method_runs(recorded, model, task, part, "cenlora")
+    ceiling = statistics.fmean(f["accuracy"] for f in cen.values()) if cen else None
+    major = next((f["majority_accuracy"] for f in sf.values()), None)
+    out = {}
+    for b in BASELINES:
+        _, base = method_runs(recorded, model, task, part, b)
+        pairs = [(sf[s][metric], base[s][metric]) for s in sorted(set(sf) & set(base))]
+        out[b] = judge(pairs, len(seeds_for(part)), ceiling, major)
+    return out
+
+
+def verdict_lines(recorded: dict) -> list[str]:
+    """The verdict table of the decisive grid: every model, task and baseline under label-skew:1 and iid."""
+    lines = ["| model | task | partition | baseline | verdict | gain, points of the primary metric (95% CI) | "
+             "relative | seeds |", "|---|---|---|---|---|---|---|---|"]
+    for model, task, part in groups():
+        if part not in ("label-skew:1", "iid"):
+            continue
+        for b, v in verdicts(recorded, model, task, part).items():
+            gain = "-" if v.mean is None else f"{v.mean:+.1f}" + (
+                "" if v.ci is None else f" ({v.ci[0]:+.1f} to {v.ci[1]:+.1f})")
+            rel = "-" if v.relative is None else f"{v.relative:+.1f}%"
+            lines.append(f"| {model} | {TASK_NAMES[task]} | {part} | {b} | **{v.word}** ({v.reason}) | {gain} | "
+                         f"{rel} | {v.seeds} |")
+    return lines
+
+
+def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path, partials: dict | None = None) -> bool:
+    """Dev score per epoch against samples seen, measured training seconds and simulated seconds on the
+    grid's fleet (:func:`trainer.claims.compute.epoch_seconds` at the trial's knobs), one line per
+    recorded trial (the chosen ones solid, the others dashed, a pilot stopped by its budget dotted);
+    False (nothing written) when there is nothing to draw."""
+    recs = [(m, r) for m in METHODS for r in trials(recorded, model, task, part, m)]
+    recs += [(r["cell"]["method"], r) for r in (partials or {}).values()
+             if (r["cell"]["model"], r["cell"]["task"], r["cell"]["partition"]) == (model, task, part)]
+    if not recs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = SCALE[(model, task)].metric
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    sc = SCALE[(model, task)]
+    for meth, rec in recs:
+        win = chosen(recorded, model, task, part, meth)
+        curve, colour = rec["figures"]["curve"], f"C{list(METHODS).index(meth)}"
+        ys = [100 * r["dev"][metric] for r in curve]
+        secs = [sum(r["train_s"] for r in curve[: i + 1]) for i in range(len(curve))]
+        pilot = rec.get("stopped_by_budget", False)
+        style = ":" if pilot else "-" if win is not None and win["key"] == rec["key"] else "--"
+        label = f"{meth} {rec['cell']['setting']}" + (" (pilot, stopped by budget)" if pilot else "")
+        axes[0].plot([r["samples_seen"] for r in curve], ys, style, marker="o", ms=3, color=colour, label=label)
+        axes[1].plot(secs, ys, style, marker="o", ms=3, color=colour)
+        sim = epoch_seconds(FLEET, meth, sc.train_samples, sc.max_len, sc.split, parse_setting(rec["cell"]["setting"]))
+        if sim is not None:
+            axes[2].plot([sim * r["epoch"] for r in curve], ys, style, marker="o", ms=3, color=colour)
+        if not pilot:
+            best = rec["figures"]["best_epoch"] - 1
+            axes[0].plot([curve[best]["samples_seen"]], [ys[best]], "k*", ms=8)
+    major = next((r["figures"].get(f"majority_{metric}") for _, r in recs if not r.get("stopped_by_budget")), None)
+    for ax in axes:
+        if major is not None:
+            ax.axhline(100 * major, color="black", ls=":", lw=1)
+    axes[0].set_xlabel("training samples seen")
+    axes[1].set_xlabel("measured training s (in-process, shared CPU)", fontsize=8)
+    axes[2].set_xlabel(f"simulated s on {Path(FLEET).name} (no CenLoRA)", fontsize=8)
+    axes[0].set_ylabel(f"dev {metric} (%)")
+    fig.suptitle(f"{model}, {TASK_NAMES[task]}, {part}: dev score per epoch (star: best validation epoch; "
+                 "dotted: majority class)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
