@@ -22,7 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trainer.run.runner import RunConfig, run  # noqa: E402
+from trainer.run.launch import run  # noqa: E402
+from trainer.run.runner import RunConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 METHODS = ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora"]

@@ -105,12 +105,12 @@ def test_splitlora_takes_the_scenarios_client_order_unless_given(tiny_gpt2, tmp_
     data.setdefault("training", {})["client_order"] = "sequential"
     seq = tmp_path / "seq.yaml"
     seq.write_text(yaml.safe_dump(data))
-    default = build(_cfg(tiny_gpt2, tmp_path / "a", method="splitlora", accumulate=1))[2]
+    default = build(_cfg(tiny_gpt2, tmp_path / "a", method="splitlora", accumulate=1)).setup
     assert default.client_order == "interleaved"  # the scenario's default
-    built = build(_cfg(tiny_gpt2, tmp_path / "b", method="splitlora", accumulate=1, devices=str(seq)))[2]
+    built = build(_cfg(tiny_gpt2, tmp_path / "b", method="splitlora", accumulate=1, devices=str(seq))).setup
     assert built.client_order == "sequential"
     given = build(_cfg(tiny_gpt2, tmp_path / "c", method="splitlora", accumulate=1, devices=str(seq),
-                       client_order="interleaved"))[2]
+                       client_order="interleaved")).setup
     assert given.client_order == "interleaved"  # --client-order wins
     with pytest.raises(SfsimError, match=r"seq\.yaml: training\.client_order sequential \(no --client-order given\): "
                                          r"--server-order fifo interleaves clients"):

@@ -113,7 +113,7 @@ def _cfg(model: str, out, **over):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_local_launch_equals_inprocess(tiny_gpt2, tmp_path, method):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     a = run(_cfg(tiny_gpt2, tmp_path / "inproc", method=method, launch="inprocess", fedavg_every=2))
     b = run(_cfg(tiny_gpt2, tmp_path / "local", method=method, fedavg_every=2))
@@ -133,7 +133,7 @@ def test_local_launch_equals_inprocess(tiny_gpt2, tmp_path, method):
 @pytest.mark.parametrize("method, order", [("splitlora", "interleaved"), ("splitlora", "sequential"),
                                            ("fedlora", None)])
 def test_local_launch_equals_inprocess_with_accumulate_and_client_order(tiny_gpt2, tmp_path, method, order):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     kw = dict(method=method, client_order=order, accumulate=2, partition="iid", train_samples=32,
               **({"fedavg_every": 3} if order == "interleaved" else {}))
@@ -147,7 +147,7 @@ def test_local_launch_equals_inprocess_with_accumulate_and_client_order(tiny_gpt
 
 
 def test_fifo_takes_true_arrival_order(tiny_gpt2, tmp_path):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     m = run(_cfg(tiny_gpt2, tmp_path / "fifo", server_order="fifo", epochs=1))
     assert len(m["train_loss_history"]) == 3 + 2 + 2  # every micro-batch once, whatever the order
@@ -155,7 +155,7 @@ def test_fifo_takes_true_arrival_order(tiny_gpt2, tmp_path):
 
 
 def test_pipelined_is_faster_than_sequential_under_emulation(tiny_gpt2, tmp_path):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     kw = dict(epochs=1, train_samples=40, partition="iid", emulate="all", count_flops=False,
               devices=str(FIXTURES / "runtime_slow.yaml"))
@@ -199,7 +199,7 @@ def _in_thread(fn, *args, **kw):
 
 def _signal_mid_run(tiny_gpt2, out: Path, device: str, sig: int, peer_timeout: float) -> tuple[dict, dict]:
     """Start a run, send ``sig`` to ``device``'s process after the first step; return (metrics, pids)."""
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     cfg = _cfg(tiny_gpt2, out, epochs=1, train_samples=40, partition="iid", emulate="compute", checkpoint_every=1,
                peer_timeout=peer_timeout)
@@ -230,7 +230,7 @@ def test_hung_device_is_dropped_after_the_peer_timeout(tiny_gpt2, tmp_path):
 
 
 def test_pool_order_trains_every_micro_batch_once(tiny_gpt2, tmp_path):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     kw = dict(epochs=1, server_order="pool", pool_memory="50KiB", launch="inprocess")  # 2 micro-batches of (4, 48, 32)
     a = run(_cfg(tiny_gpt2, tmp_path / "a", **kw))
@@ -281,7 +281,7 @@ def _rogue(master: str, world: int, rank: int, log: str) -> None:
 @pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora"])
 def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path, method):
     from sfsim.outputs.trace import read_chrome_trace
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     kw = dict(epochs=2, train_samples=24, emulate="compute", checkpoint_every=2, method=method)
     ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))
@@ -316,7 +316,7 @@ def test_inprocess_resume_restores_device_state(tiny_gpt2, tmp_path):
     uninterrupted one; the checkpoint taken mid-run is replayed by resuming from a copy of it."""
     import shutil
 
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     kw = dict(method="splitlora", epochs=2, launch="inprocess", checkpoint_every=3)
     ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))

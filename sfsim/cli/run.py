@@ -107,8 +107,8 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
         server_order, pool_memory, bucket, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
         resume_dir, threads, eval_before, no_flops, quiet, out, overwrite):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
+    from trainer.run.launch import run as run_job
     from trainer.run.runner import RunConfig, load_run_config
-    from trainer.run.runner import run as run_job
 
     if threads is not None and threads < 1:
         raise SfsimError(f"--threads must be >= 1 (got {threads})")

@@ -98,9 +98,7 @@ class CenLoRA(Method):
             losses.append(loss.item())
             samples += len(idx)
             if (i + 1) % s.accumulate == 0 or i == len(starts) - 1:
-                with meter.compute(s.server, "step", "server_step", count=False):
-                    self.opt.step()
-                    self.opt.zero_grad(set_to_none=True)
+                self.optimizer_step(self.opt)
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
                 self.cursor["server"] = i + 1

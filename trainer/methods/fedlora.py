@@ -154,8 +154,15 @@ class FedLoRA(Method):
             if states:
                 with s.meter.compute(s.server, "aggregate", "server_aggregate", count=False):
                     self.global_state = fedavg(states, weights)
+            if self.sync is not None:  # several servers: this group's average, then across servers
+                self.sync.fed_round([self.global_state[k] for k in self.keys], float(sum(weights)))
             self.step_done(epoch)
         set_state(s.lm.model, s.head, self.global_state)
+
+    def finish_sync(self) -> None:
+        """Rounds of the other servers until none trains, then the last one (weighted by this group's samples)."""
+        self.sync.fed_finish([self.global_state[k] for k in self.keys], self.sync.weight)
+        set_state(self.setup.lm.model, self.setup.head, self.global_state)
 
     def eval_cut(self) -> int:
         """FedLoRA evaluates the whole model (cut 0)."""

@@ -204,13 +204,11 @@ class SplitFrozen(Method):
         return loss.item(), int(t["labels"].shape[0])
 
     def _step(self) -> None:
-        s, meter = self.setup, self.setup.meter
+        s, meter = self.setup, self.setup.meter  # several servers: the step is inside the backhaul sync
         if s.decompose_backward:
             with meter.compute(s.server, "W", "server_W", key=self.deferred.signature()):
                 self.deferred.flush()  # W of every micro-batch since the last step, right before it
-        with meter.compute(s.server, "step", "server_step", count=False):
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+        self.optimizer_step(self.opt)
 
     def optimizers(self) -> dict:
         """The server's optimizer (checkpointed)."""

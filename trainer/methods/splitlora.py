@@ -162,6 +162,9 @@ class SplitLoRA(Method):
         self.window = ([], 0)  # losses and samples the server has accumulated since its last step
         for n in self.live():
             tr.send_down(Message(n, -1, kind="start", epoch=epoch))
+            if self.sync is not None and self.global_client is not None:  # the servers' average of last epoch
+                tr.send_down(Message(n, -1, {"state": pack_state(self.global_client, self.keys)}, kind="adapter",
+                                     aux=self.rounds, epoch=epoch))
         if s.client_order == "sequential":
             self._sequential(epoch, counts, done, on_step)
             return
@@ -297,10 +300,7 @@ class SplitLoRA(Method):
         losses, samples = self.window
         if not losses:
             return
-        s = self.setup
-        with s.meter.compute(s.server, "step", "server_step", count=False):
-            self.server_opt.step()
-            self.server_opt.zero_grad(set_to_none=True)
+        self.optimizer_step(self.server_opt)
         self.steps += 1
         self.window = ([], 0)
         on_step(sum(losses) / len(losses), samples)
@@ -338,6 +338,12 @@ class SplitLoRA(Method):
     def optimizers(self) -> dict:
         """The server's optimizer."""
         return {"server": self.server_opt}
+
+    def sync_state(self) -> list[torch.Tensor]:
+        """The server part and the clients' average (a server without clients contributes with weight 0)."""
+        if self.global_client is None:
+            self.global_client = {k: v.clone() for k, v in self.like.items()}
+        return super().sync_state() + [self.global_client[k] for k in self.keys]
 
     def device_state(self, role: DeviceRole) -> tuple[dict, dict]:
         """A client's adapters and optimizer."""

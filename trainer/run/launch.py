@@ -25,15 +25,21 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent
+from sfsim.scenario.config import load_scenario
 from sfsim.scenario.schema import write_atomic
+from trainer.run import runner
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
+from trainer.run.runner import RunConfig
 from trainer.transport import dynamics
+from trainer.transport.backhaul import ServerSync, gather_json
 from trainer.transport.distributed import (
     DistTransport,
     LinkShape,
@@ -51,8 +57,9 @@ ROLES = ("server", "device", "auto")
 def from_env(role: str, rank: int | None, world: int | None, master: str | None) -> tuple[str, int, int, str | None]:
     """Fill rank, world size and master from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
 
-    ``role="auto"``: the server on rank 0, a device elsewhere (what one torchrun command line needs).
-    ``master`` stays ``None`` under torchrun: the process group then joins through ``env://``.
+    ``role="auto"`` stays: :func:`run_role` makes ranks ``0..S-1`` the scenario's S servers and the rest devices
+    (what one torchrun command line needs). ``master`` stays ``None`` under torchrun: the process group then
+    joins through ``env://``.
     """
     env = os.environ
     if rank is None and "RANK" in env:
@@ -65,51 +72,122 @@ def from_env(role: str, rank: int | None, world: int | None, master: str | None)
     if missing:
         raise SfsimError(f"--role needs {', '.join(missing)} (e.g. --rank 0 --world-size 5 --master 10.0.0.2:29500), "
                          "or run it under torchrun")
-    if role == "auto":
-        role = "server" if rank == 0 else "device"
     return role, rank, world, master
+
+
+def run(cfg: RunConfig, resume: bool = False) -> dict:
+    """Train with ``cfg.method`` as ``cfg.launch`` says; write every output; return the metrics (``sfsim run``).
+
+    ``local``: one process per server and per device on this machine (:func:`launch_local`);
+    ``inprocess``: every role in this process (:func:`trainer.run.runner.run`), which has one server, so a
+    scenario whose devices are assigned to several servers is refused there rather than silently run on one.
+    """
+    if cfg.launch == "local":
+        return launch_local(cfg, resume=resume)
+    return runner.run(cfg, resume=resume)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Who is who in a distributed run: servers on ranks ``0..S-1``, device ``i`` on rank ``S + i``."""
+
+    servers: list[str]
+    devices: list[str]
+    home: dict[str, int]  # device -> the rank (index) of its server
+
+    @property
+    def world(self) -> int:
+        """Processes in the run."""
+        return len(self.servers) + len(self.devices)
+
+    def rank_of(self, name: str) -> int:
+        """The rank of a server or device."""
+        return self.servers.index(name) if name in self.servers else len(self.servers) + self.devices.index(name)
+
+
+def fleet(built: runner.Built) -> Fleet:
+    """The run's ranks from its scenario and the resolved assignment (plan, pin, or least-loaded)."""
+    servers = [s.name for s in built.scenario.servers]
+    names = [d.name for d in built.setup.devices]
+    return Fleet(servers, names, {n: servers.index(built.split.assignment[n]) for n in names})
 
 
 def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: bool = False) -> int:
     """Play one role of a distributed run; return the process's exit status (0: done)."""
-    from trainer.run.runner import build, prepare_out
-
-    if role not in ROLES[:2]:
+    if role not in ROLES:
         raise SfsimError(f"--role {role!r}: use server, device or auto")
-    if (role == "server") != (rank == 0):
-        raise SfsimError(f"--role {role} with --rank {rank}: the server is rank 0, devices are ranks 1..N")
     t0 = time.perf_counter()
-    out = prepare_out(cfg, resume) if role == "server" else Path(cfg.out)
-    built = build(cfg)
-    scenario, lm, setup, method, dev, info = built
-    names = [d.name for d in setup.devices]
-    if world != len(names) + 1:
-        raise SfsimError(f"--world-size {world}: {cfg.devices} has {len(names)} devices, so the world is "
-                         f"{len(names) + 1} (1 server + {len(names)} devices)")
+    built = runner.build(cfg)
+    scenario, setup, fl = built.scenario, built.setup, fleet(built)
+    n_srv = len(fl.servers)
+    role = role if role != "auto" else "server" if rank < n_srv else "device"
+    if world != fl.world:
+        raise SfsimError(f"--world-size {world}: {cfg.devices} has {n_srv} server(s) and {len(fl.devices)} devices, "
+                         f"so the world is {fl.world} (servers on ranks 0..{n_srv - 1}, then the devices)")
     if not 0 <= rank < world:
         raise SfsimError(f"--rank {rank} is outside 0..{world - 1}")
+    if (role == "server") != (rank < n_srv):
+        raise SfsimError(f"--role {role} with --rank {rank}: the servers are ranks 0..{n_srv - 1}, devices "
+                         f"{n_srv}..{world - 1}")
+    if resume and n_srv > 1:
+        raise SfsimError(f"--resume: {cfg.devices} has {n_srv} servers; resuming a several-server run is not "
+                         "supported: start it again")
+    out = _out(cfg, fl, rank, resume) if role == "server" else Path(cfg.out)
     meter = setup.meter
     if role == "device" and cfg.emulate in ("compute", "all"):
-        d = scenario.devices[rank - 1]
+        d = scenario.devices[rank - n_srv]
         if d.flops is None:
             raise SfsimError(f"{cfg.devices}: device {d.name} has a latency profile; --emulate compute needs a "
                              "'flops' rate for every device")
         meter.stretch[d.name] = d.flops
     dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}")
     init(rank, world, master, timeout_s=max(600.0, 4 * cfg.peer_timeout))
+    group = dist.new_group(list(range(n_srv))) if n_srv > 1 else None  # every rank creates it, in order
     offset = sync_clock(meter)  # from here on meter.now() is the run's shared clock (trainer.transport.dynamics)
     presence = None
     if role == "device" and cfg.emulate != "none":
-        presence = dynamics.presence(scenario, names[rank - 1], meter.now)
+        presence = dynamics.presence(scenario, fl.devices[rank - n_srv], meter.now)
         if presence is not None:
-            meter.presence[names[rank - 1]] = presence
-    limits = Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm)
-    tr = DistTransport(rank, names, meter, limits, _shaping(cfg, scenario), peer_timeout=cfg.peer_timeout,
-                       presence=presence)
+            meter.presence[fl.devices[rank - n_srv]] = presence
+    limits = Limits(hidden=built.lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm)
+    tr = DistTransport(rank, fl.devices, meter, limits, _shaping(cfg, scenario), peer_timeout=cfg.peer_timeout,
+                       presence=presence, servers=n_srv, home=fl.home)
     setup.transport = tr
     if role == "device":
-        return _device(cfg, built, tr, names[rank - 1], offset, resume)
-    return _server(cfg, built, tr, out, t0, resume)
+        return _device(cfg, built, tr, fl.devices[rank - n_srv], offset, resume)
+    _own_devices(built, fl, rank)
+    if group is not None:
+        built.method.sync = _server_sync(cfg, built, fl, rank, group)
+    return _server(cfg, built, tr, out, t0, resume, fl, group)
+
+
+def _out(cfg, fl: Fleet, rank: int, resume: bool) -> Path:
+    """A server's output folder: the run's for server 0; ``OUT/servers/<name>`` for the others (their own
+    eval, adapter and metrics, which the test of one logical model compares with server 0's)."""
+    if rank == 0:
+        return runner.prepare_out(cfg, resume)
+    out = Path(cfg.out) / "servers" / fl.servers[rank]
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _own_devices(built: runner.Built, fl: Fleet, rank: int) -> None:
+    """Make server ``rank``'s setup hold only the devices assigned to it, on its own trace lane."""
+    setup = built.setup
+    setup.devices = [r for r in setup.devices if fl.home[r.name] == rank]
+    setup.server = setup.meter.server_lane = fl.servers[rank]
+
+
+def _server_sync(cfg, built: runner.Built, fl: Fleet, rank: int, group) -> ServerSync:
+    """Server ``rank``'s backhaul sync (``training.sync``; none: one last round per epoch, so that the servers
+    still end each epoch as one model), shaped to its ``backhaul`` link under ``--emulate links|all``."""
+    sync, srv = built.scenario.training.sync, built.scenario.servers[rank]
+    link = None
+    if cfg.emulate in ("links", "all") and srv.backhaul is not None:
+        link = (srv.backhaul.bandwidth, srv.backhaul.latency)
+    samples = sum(r.n_samples for r in built.setup.devices)
+    every, mode = (sync.every, sync.mode) if sync is not None else (2**62, "sync")
+    return ServerSync(group, rank, len(fl.servers), every, mode, samples, built.setup.meter, fl.servers[rank], link)
 
 
 def _shaping(cfg, scenario) -> dict[str, tuple[LinkShape, LinkShape]] | None:
@@ -124,8 +202,8 @@ def _shaping(cfg, scenario) -> dict[str, tuple[LinkShape, LinkShape]] | None:
     return out
 
 
-def _device(cfg, built, tr: DistTransport, name: str, offset: float, resume: bool) -> int:
-    _, _, setup, method, _, _ = built
+def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: float, resume: bool) -> int:
+    setup, method = built.setup, built.method
     role = next(d for d in setup.devices if d.name == name)
     torch.manual_seed(role_seed(cfg.seed, name))  # this device's RNG, as the in-process run gives it
     ckpt = method.load_device_state(role) if resume else -1
@@ -149,11 +227,10 @@ def _device(cfg, built, tr: DistTransport, name: str, offset: float, resume: boo
     return 0
 
 
-def _server(cfg, built, tr: DistTransport, out: Path, t0: float, resume: bool) -> int:
-    from trainer.run.runner import _write_trace, check_device_checkpoint, train_server
-
-    _, _, setup, method, _, _ = built
-    names = [d.name for d in setup.devices]
+def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, resume: bool, fl: Fleet,
+            group) -> int:
+    setup, method = built.setup, built.method
+    names = [d.name for d in setup.devices]  # this server's devices
     samples, ckpts = {}, {}
     for n in names:
         try:
@@ -163,8 +240,9 @@ def _server(cfg, built, tr: DistTransport, out: Path, t0: float, resume: bool) -
             method.lose(n, f"never joined: {err.reason}")
     setup.samples = samples
     torch.manual_seed(role_seed(cfg.seed, "server"))
-    metrics = train_server(cfg, built, out, t0, resume,
-                           check=lambda want: [check_device_checkpoint(n, c, want) for n, c in ckpts.items()])
+    metrics = runner.train_server(cfg, built, out, t0, resume,
+                                  check=lambda want: [runner.check_device_checkpoint(n, c, want)
+                                                      for n, c in ckpts.items()])
     for n in names:
         tr.send_down(Message(n, -1, kind="end"))
     reports = {}
@@ -174,21 +252,30 @@ def _server(cfg, built, tr: DistTransport, out: Path, t0: float, resume: bool) -
             reports[n] = parse_report(msg.tensors["blob"])
         except (PeerLost, ValueError) as err:
             print(f"warning: no report from {n} ({err}); its measurements are missing", file=sys.stderr)
-    metrics = merge_reports(metrics, reports, setup, tr)
-    metrics["wall_s"] = round(time.perf_counter() - t0, 3)
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    metrics = merge_reports(metrics, reports, names, setup.server, setup.meter, tr.header_bytes)
     events = list(setup.meter.events)
     for r in reports.values():
         events += [TraceEvent(*e) for e in r["events"]]
-    _write_trace(out, sorted(events, key=lambda e: e.start), metrics)
+    if group is not None:
+        parts = gather_json({"metrics": metrics, "events": [list(e) for e in events],
+                             "sync": method.sync.summary()}, group)
+        if dist.get_rank() != 0:  # server 0 writes the run's outputs; the others keep their own in OUT/servers
+            write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+            tr.close()
+            return 0
+        metrics = merge_servers(parts, fl)
+        events = [TraceEvent(*e) for p in parts for e in p["events"]]
+    metrics["wall_s"] = round(time.perf_counter() - t0, 3)
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    runner._write_trace(out, sorted(events, key=lambda e: e.start), metrics)
     tr.close()
     return 0
 
 
-def merge_reports(metrics: dict, reports: dict[str, dict], setup, tr: DistTransport) -> dict:
-    """Fold the devices' own measurements into the server's metrics (same field shapes as in-process)."""
+def merge_reports(metrics: dict, reports: dict[str, dict], names: list[str], server: str, meter,
+                  header_bytes: int) -> dict:
+    """Fold the devices' own measurements into one server's metrics (same field shapes as in-process)."""
     m = dict(metrics)
-    names = [d.name for d in setup.devices]
     m["device_flops"] = {n: int(reports.get(n, {}).get("flops", 0)) for n in names}
     m["device_flops_total"] = sum(m["device_flops"].values())
     m["uplink_bytes_by_device"] = {n: int(reports.get(n, {}).get("uplink_bytes", 0)) for n in names}
@@ -198,20 +285,59 @@ def merge_reports(metrics: dict, reports: dict[str, dict], setup, tr: DistTransp
         for k, v in r["phase_s"].items():
             phases[k] = round(phases.get(k, 0.0) + v, 6)
     m["phase_s"] = dict(sorted(phases.items()))
-    m["peak_rss_bytes_by_role"] = {setup.server: peak_rss_bytes(),
+    m["peak_rss_bytes_by_role"] = {server: peak_rss_bytes(),
                                    **{n: int(r["peak_rss_bytes"]) for n, r in reports.items()}}
     m["peak_rss_bytes"] = max(m["peak_rss_bytes_by_role"].values())
-    m["cpu_s_by_role"] = {setup.server: round(cpu_seconds() - setup.meter.cpu0, 3),
+    m["cpu_s_by_role"] = {server: round(cpu_seconds() - meter.cpu0, 3),
                           **{n: round(float(r.get("cpu_s", 0.0)), 3) for n, r in reports.items()}}
     m["cpu_s"] = round(sum(m["cpu_s_by_role"].values()), 3)
     m["peak_memory_note"] = "peak RSS (ru_maxrss) of each role's own process"
-    m["header_bytes"] = tr.header_bytes + sum(int(r["header_bytes"]) for r in reports.values())
+    m["header_bytes"] = header_bytes + sum(int(r["header_bytes"]) for r in reports.values())
     m["clock_offset_s"] = {n: r["clock_offset_s"] for n, r in reports.items()}
     m["emulated_sleep_s"] = {n: round(r["stretched_s"], 6) for n, r in reports.items()}
     m["missing_reports"] = [n for n in names if n not in reports]
     m["notes"] = dict(m["notes"], link_events="distributed: shaped links: a send occupies the link for bytes / "
                       "bandwidth (the latency follows as a delay, as in the simulator); unshaped: from the queue "
                       "to gloo handing it to the peer")
+    return m
+
+
+#: Per-device fields of metrics.json that each server fills for its own devices.
+_BY_DEVICE = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device", "samples_by_device",
+              "microbatch_shapes", "samples_not_trained", "clock_offset_s", "emulated_sleep_s", "cpu_s_by_role",
+              "peak_rss_bytes_by_role", "lost_devices", "server_flops")
+
+
+def merge_servers(parts: list[dict], fl: Fleet) -> dict:
+    """One run's metrics from every server's (server 0's losses and scores: after each epoch's last sync round
+    every server holds the same model); per-device fields over all devices, totals summed, ``servers`` added."""
+    ms = [p["metrics"] for p in parts]
+    m = dict(ms[0])
+    for key in _BY_DEVICE:
+        if isinstance(m.get(key), dict):
+            m[key] = {k: v for x in ms for k, v in x.get(key, {}).items()}
+    order = {n: i for i, n in enumerate(fl.devices)}
+    for key in ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device", "samples_by_device"):
+        m[key] = dict(sorted(m[key].items(), key=lambda kv: order.get(kv[0], -1)))
+    for key in ("device_flops_total", "server_flops_total", "uplink_bytes", "downlink_bytes", "header_bytes",
+                "train_samples", "cpu_s"):
+        m[key] = sum(x.get(key, 0) for x in ms)
+    m["missing_reports"] = [n for x in ms for n in x["missing_reports"]]
+    m["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in ms)
+    m["servers"] = {fl.servers[j]: {"devices": [n for n in fl.devices if fl.home[n] == j],
+                                    "server_flops": sum(p["metrics"]["server_flops"].values()),
+                                    "train_loss_history": p["metrics"]["train_loss_history"],
+                                    "eval_accuracy": p["metrics"]["eval_accuracy"], **p["sync"]}
+                    for j, p in enumerate(parts)}
+    if parts[0]["sync"]["joint"]:  # one model stepping on every server's micro-batches: a step's loss is their mean
+        hist = [p["metrics"]["train_loss_history"] for p in parts]
+        m["train_loss_history"] = [round(sum(h[k] for h in hist if k < len(h)) / sum(k < len(h) for h in hist), 6)
+                                   for k in range(max(map(len, hist)))]
+    m["backhaul_bytes_by_server"] = {k: v["backhaul_bytes"] for k, v in m["servers"].items()}
+    m["sync_rounds"] = parts[0]["sync"]["sync_rounds"]
+    m["notes"] = dict(m["notes"], servers="one process per server; train_loss_history is server 0's steps, "
+                      "or with sync every step the mean over the servers (each server's in servers.<name>); after each epoch's last sync round every server holds "
+                      "the same adapters, which server 0 scores and saves")
     return m
 
 
@@ -270,17 +396,16 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     ``targets`` (fault injection in tests): rank -> a function run instead of that role, called with
     ``(master, world, rank, log)``.
     """
-    from sfsim.scenario.config import load_scenario
-    from trainer.run.runner import prepare_out
-
-    names = [d.name for d in load_scenario(cfg.devices).devices]
-    out = prepare_out(cfg, resume)
+    scenario = load_scenario(cfg.devices)
+    servers, names = [s.name for s in scenario.servers], [d.name for d in scenario.devices]
+    out = runner.prepare_out(cfg, resume)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     cfg_json = json.dumps(dataclasses.asdict(cfg))
-    world, master = len(names) + 1, f"127.0.0.1:{_free_port()}"
+    world, master = len(servers) + len(names), f"127.0.0.1:{_free_port()}"
     ctx = _context()
-    roles = [("server", 0, "server")] + [("device", i, n) for i, n in enumerate(names, start=1)]
+    roles = [("server", j, "server" if j == 0 else f"server-{n}") for j, n in enumerate(servers)]
+    roles += [("device", i, n) for i, n in enumerate(names, start=len(servers))]
     procs = []
     try:
         for role, rank, name in roles:
@@ -367,8 +492,6 @@ def role_main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
-    from trainer.run.runner import RunConfig
-
     hf_logging.disable_progress_bar()
     try:
         cfg = RunConfig(**json.loads(a.config_json if a.config_json else Path(a.config).read_text()))
@@ -390,4 +513,4 @@ if __name__ == "__main__":
     exit_now(role_main())
 
 
-__all__ = ["run_role", "launch_local", "merge_reports", "role_main"]
+__all__ = ["Fleet", "fleet", "run", "run_role", "launch_local", "merge_reports", "merge_servers", "role_main"]

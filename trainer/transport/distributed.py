@@ -1,6 +1,7 @@
 """A transport over ``torch.distributed`` (gloo, TCP): one process per device and one for the server.
 
-Rank 0 is the server, rank ``i + 1`` is device ``i`` of the scenario. Every message crosses the wire
+Ranks ``0..S-1`` are the scenario's S servers, rank ``S + i`` is device ``i``; each device talks to the
+server it is assigned to (``home``). Every message crosses the wire
 as a fixed integer header plus raw tensor payloads (:mod:`trainer.transport.wire`); nothing from a peer is
 unpickled. Per peer, one *sender* thread owns every ``dist.send`` to that peer (so a header and its
 payloads are never interleaved with another message) and one *receiver* thread owns every
@@ -148,8 +149,8 @@ class DistTransport:
     """The :class:`~trainer.transport.runtime.Transport` of one process of a distributed run.
 
     Args:
-        rank: 0 for the server, ``i + 1`` for device ``i``.
-        names: device names in scenario order (device ``i`` is rank ``i + 1``).
+        rank: ``j`` for server ``j``, ``servers + i`` for device ``i``.
+        names: device names in scenario order.
         meter: this process's meter (bytes, link events).
         limits: what an activation/adapter message may look like (checked before allocating).
         shaping: device name -> (uplink, downlink) :class:`LinkShape`; ``None``: no shaping.
@@ -158,22 +159,27 @@ class DistTransport:
         log: where one-line protocol errors go.
         presence: on a device with availability, its ``trainer.transport.dynamics.Presence``: a micro-batch whose
             send would end after the device is gone is refused with :class:`DeviceLeft`.
+        servers: server processes (ranks ``0..servers-1``; device ``i`` is then rank ``servers + i``).
+        home: device name -> the rank of its server (default: every device on rank 0).
     """
 
     arrival_order = True  # the server may take micro-batches in true arrival order
 
     def __init__(self, rank: int, names: list[str], meter: Meter, limits: Limits,
                  shaping: dict[str, tuple[LinkShape, LinkShape]] | None = None, peer_timeout: float = 30.0,
-                 heartbeat_s: float = 0.5, log=None, presence=None):
+                 heartbeat_s: float = 0.5, log=None, presence=None, servers: int = 1,
+                 home: dict[str, int] | None = None):
         self.rank, self.names, self.meter, self.limits = rank, list(names), meter, limits
+        self.servers, self.home = servers, home or dict.fromkeys(names, 0)
         self.presence = presence
         self.shaping, self.peer_timeout, self.heartbeat_s = shaping, peer_timeout, heartbeat_s
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.is_server = rank == 0
+        self.is_server = rank < servers
         self.inbox = _Inbox()
         self.header_bytes = 0
         self._closing = threading.Event()
-        peers = range(1, len(names) + 1) if self.is_server else [0]
+        peers = ([servers + i for i, n in enumerate(self.names) if self.home[n] == rank] if self.is_server
+                 else [self.home[self.names[rank - servers]]])
         self._last_seen = {p: time.monotonic() for p in peers}
         self._out: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
         self._wire: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
@@ -188,13 +194,13 @@ class DistTransport:
     # -- what the roles call ------------------------------------------------------------------
     def send_up(self, msg: Message) -> None:
         """Device -> server (queued; returns at once)."""
-        self._enqueue(0, msg)
+        self._enqueue(self.home[msg.device], msg)
 
     def send_down(self, msg: Message) -> None:
         """Server -> device ``msg.device`` (queued; a lost device's messages are dropped)."""
         if msg.device in self.inbox.lost:
             return
-        self._enqueue(self.names.index(msg.device) + 1, msg)
+        self._enqueue(self.names.index(msg.device) + self.servers, msg)
 
     def recv_up(self, device: str | None, kinds: set[str] | None = None) -> Message:
         """The oldest message from ``device`` (``None``: from any device), optionally of ``kinds``."""
@@ -234,15 +240,15 @@ class DistTransport:
 
     def _peer_name(self, p: int) -> str:
         """The inbox key of peer ``p``: a device's name; on a device, its own name stands for the server."""
-        return self.names[p - 1] if p else self.names[self.rank - 1]
+        return self.names[p - self.servers] if p >= self.servers else self.names[self.rank - self.servers]
 
     def _link(self, p: int) -> LinkShape | None:
         """The shaped link this process sends on towards peer ``p``."""
         if self.shaping is None:
             return None
-        dev = self.names[self.rank - 1] if p == 0 else self.names[p - 1]
+        dev = self._peer_name(p)
         up, down = self.shaping[dev]
-        return up if p == 0 else down
+        return up if p < self.servers else down
 
     def _enqueue(self, p: int, msg: Message) -> None:
         """Queue ``msg``; shaped, its time on the link is fixed now (the link is first come, first served)."""
@@ -252,7 +258,7 @@ class DistTransport:
             start = max(now, self._free[p])
             end = link.end(start, msg.nbytes)
         if self.presence is not None and msg.kind == "act" and (end == math.inf or end > self.presence.leave):
-            raise DeviceLeft(self.names[self.rank - 1], "gone before its send would end")
+            raise DeviceLeft(self.names[self.rank - self.servers], "gone before its send would end")
         if link is None:
             self._wire[p].put((msg, now, 0.0, None))
             return
@@ -273,7 +279,7 @@ class DistTransport:
 
     def _deliverer(self, p: int) -> None:
         """The only thread that sends to peer ``p``: messages at their due time, heartbeats when idle."""
-        dev_index = (self.rank - 1) if not self.is_server else None
+        dev_index = (self.rank - self.servers) if not self.is_server else None
         while not self._closing.is_set():
             try:
                 msg, start, due, ser = self._wire[p].get(timeout=self.heartbeat_s)
@@ -285,7 +291,7 @@ class DistTransport:
                 continue
             try:
                 if msg is None:
-                    self._send(p, Packet(Kind.HEARTBEAT, dev_index if dev_index is not None else p - 1))
+                    self._send(p, Packet(Kind.HEARTBEAT, dev_index if dev_index is not None else p - self.servers))
                     continue
                 _sleep_until(self.meter, due)
                 idx = self.names.index(msg.device) if msg.device in self.names else (dev_index or 0)
@@ -320,7 +326,7 @@ class DistTransport:
                 dist.recv(h, src=p, tag=0)
                 self._last_seen[p] = time.monotonic()
                 pkt, specs = wire.decode_header(h, allowed)
-                if self.is_server and pkt.device != p - 1:
+                if self.is_server and pkt.device != p - self.servers:
                     raise WireError(f"device index {pkt.device} does not match the sender's rank {p}")
                 wire.check_specs(pkt, specs, self.limits)
                 tensors = {}
@@ -331,7 +337,7 @@ class DistTransport:
                 self._last_seen[p] = time.monotonic()
                 if pkt.kind == Kind.HEARTBEAT:
                     continue
-                if not self.is_server and pkt.device != self.rank - 1:
+                if not self.is_server and pkt.device != self.rank - self.servers:
                     raise WireError(f"message for device index {pkt.device} reached rank {self.rank}")
                 device = self.names[pkt.device]
                 self.inbox.put(Message(device, pkt.mb, tensors, kind=pkt.kind.name.lower(), aux=pkt.aux,

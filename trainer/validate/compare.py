@@ -82,7 +82,8 @@ class ValidateConfig:
 
 def run_validation(vc: ValidateConfig) -> dict:
     """Run for real, simulate, compare; write report.json, overlay.png and trace.json into ``vc.out``."""
-    from trainer.run.runner import RunConfig, run
+    from trainer.run.launch import run
+    from trainer.run.runner import RunConfig
 
     out = Path(vc.out)
     out.mkdir(parents=True, exist_ok=True)

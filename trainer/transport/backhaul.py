@@ -1,0 +1,211 @@
+"""Backhaul synchronisation between server processes: the real counterpart of :mod:`sfsim.network.backhaul`.
+
+With several servers each server process trains its own replica on its own devices; ``training.sync``
+(``every`` optimizer steps, ``mode`` sync or async) makes them one logical model. A round is one
+``all_reduce`` over the process group of the server ranks (gloo) of a flat fp32 vector: each server's
+tensors times its weight, then its weight and whether it still trains. Shaped (``--emulate links|all``)
+as the simulator costs it: the server's upload occupies its ``backhaul`` link for ``bytes x 8 /
+bandwidth`` and arrives a latency later (``sync-send`` on lane ``backhaul:<server>``), the average is
+ready when every server's upload is (the collective is that barrier), and comes back the same way
+(``sync-recv``).
+
+What a round averages:
+
+* ``mode: sync`` with ``every: 1`` is data-parallel training: before each optimizer step the servers
+  average the step's gradients (each server's sum over its micro-batches, divided by the number of
+  servers) and all take the same step from the same state, so they hold one model throughout and a
+  run on N servers equals a one-server run whose steps hold the same micro-batches (a test).
+* otherwise (``every`` > 1, or ``mode: async``) each server steps alone and every ``every``-th step the
+  adapters and head are averaged, weighted by the servers' training samples. ``async`` does not wait:
+  the round runs in a thread on a snapshot, and at the next round the server adds the average's change
+  (``average - snapshot``) to what it trained meanwhile.
+
+A server that has trained its epoch keeps answering rounds with weight 0 (it no longer holds the others
+back, as in the simulator) until none trains; then a last round averages everything (adapters, head
+and a method's extra state such as SplitLoRA's client average), so that after it every server holds
+bit-identical adapters and the one saved adapter is the logical model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+from sfsim.outputs.trace import TraceEvent
+from trainer.run.measure import Meter
+
+
+class ServerSync:
+    """One server process's side of the backhaul sync.
+
+    Args:
+        group: the process group of the server ranks.
+        index: this server's index (its rank in ``group``).
+        n_servers: servers in the group.
+        every: optimizer steps (FedLoRA: rounds) between sync rounds.
+        mode: ``sync`` or ``async``.
+        weight: this server's weight in averages (its devices' training samples).
+        meter: this process's meter (trace events on ``backhaul:<lane>``).
+        lane: this server's name.
+        link: ``(bandwidth bit/s, latency s)`` of its backhaul when links are shaped, else None.
+    """
+
+    def __init__(self, group, index: int, n_servers: int, every: int, mode: str, weight: float, meter: Meter,
+                 lane: str, link: tuple[float, float] | None = None):
+        if every < 1 or mode not in ("sync", "async"):
+            raise ValueError(f'"every" must be >= 1 and "mode" sync or async (got {every}, {mode!r})')
+        self.group, self.index, self.n = group, index, n_servers
+        self.every, self.mode, self.weight = every, mode, float(weight)
+        self.meter, self.lane, self.link = meter, lane, link
+        self.joint = mode == "sync" and every == 1  # gradients averaged before every step
+        self.steps = 0
+        self.rounds = 0
+        self.bytes = 0  # up + down on this server's backhaul
+        self._pending: tuple[threading.Thread, list[torch.Tensor], list[torch.Tensor], dict] | None = None
+
+    # -- what a method calls around its optimizer step -----------------------------------------------------
+    def before_step(self, params: list[torch.nn.Parameter]) -> None:
+        """Joint mode: replace every gradient by the servers' mean (a drained server contributes zeros)."""
+        if not self.joint:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        self._round(grads, 1.0, True, adopt=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+
+    def after_step(self, state: list[torch.Tensor]) -> None:
+        """One optimizer step ended; every ``every``-th, average ``state`` (the adapters and head) with the others."""
+        self.steps += 1
+        if self.joint or self.steps % self.every:
+            return
+        self._average(state, self.weight, True)
+
+    def finish(self, state: list[torch.Tensor], params: list[torch.nn.Parameter] | None = None,
+               step=None) -> None:
+        """This server's epoch is trained: answer rounds until no server trains, then the last round over ``state``.
+
+        Args:
+            state: every tensor the servers must agree on (adapters, head, a method's extra state).
+            params, step: joint mode: the trainable parameters and a function taking the optimizer step,
+                which a drained server takes with the others' mean gradient (so it stays identical).
+        """
+        self._wait()
+        while True:
+            if self.joint and params is not None:
+                for p in params:
+                    p.grad = None
+                grads = [torch.zeros_like(p) for p in params]
+                active = self._round(grads, 1.0, False, adopt=True)
+                if active == 0:
+                    break
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+                step()
+            elif self._round([torch.zeros_like(t) for t in state], 0.0, False, adopt=False) == 0:
+                break
+        self._round(state, self.weight, False, adopt=True)
+
+    def fed_round(self, state: list[torch.Tensor], weight: float) -> None:
+        """FedLoRA: the server's FedAvg round ended with ``state`` (weight: samples averaged into it)."""
+        self.steps += 1
+        if self.joint:
+            self._round(state, weight, True, adopt=True)
+        elif self.steps % self.every == 0:
+            self._average(state, weight, True)
+
+    def fed_finish(self, state: list[torch.Tensor], weight: float) -> None:
+        """FedLoRA's drain: joint rounds adopt the others' average until none trains, then the last round."""
+        self._wait()
+        while self._round([torch.zeros_like(t) for t in state], 0.0, False, adopt=self.joint, into=state) != 0:
+            pass
+        self._round(state, weight, False, adopt=True)
+
+    # -- rounds -----------------------------------------------------------------------------------------
+    def _average(self, state: list[torch.Tensor], weight: float, active: bool) -> None:
+        """A weight round: blocking in sync mode; in async mode a thread on a snapshot, merged at the next."""
+        if self.mode == "sync":
+            self._round(state, weight, active, adopt=True)
+            return
+        self._wait()
+        snap = [t.detach().clone() for t in state]
+        out = [t.clone() for t in snap]
+        box: dict = {}
+        th = threading.Thread(target=lambda: box.update(active=self._round(out, weight, active, adopt=True)),
+                              daemon=True, name="backhaul-async")
+        th.start()
+        self._pending = (th, state, snap, {"out": out})
+
+    def _wait(self) -> None:
+        """Async: wait for the round in flight and add its average's change to the live state."""
+        if self._pending is None:
+            return
+        th, state, snap, box = self._pending
+        th.join()
+        self._pending = None
+        with torch.no_grad():
+            for t, s, avg in zip(state, snap, box["out"], strict=True):
+                t.add_(avg - s)
+
+    def _round(self, tensors: list[torch.Tensor], weight: float, active: bool, adopt: bool,
+               into: list[torch.Tensor] | None = None) -> int:
+        """One collective round; returns how many servers still train. ``adopt``: write the average into
+        ``into`` (default ``tensors``) when any weight was given."""
+        flat = torch.cat([t.detach().reshape(-1).float() * weight for t in tensors]
+                         + [torch.tensor([weight, float(active)])])  # (sum of numels + 2,)
+        nbytes = (flat.numel() - 2) * 4
+        self._transfer("sync-send", nbytes)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        self._transfer("sync-recv", nbytes)
+        self.rounds += 1
+        total, still = float(flat[-2]), int(round(float(flat[-1])))
+        if adopt and total > 0:
+            pos = 0
+            with torch.no_grad():
+                for t in (into if into is not None else tensors):
+                    k = t.numel()
+                    t.copy_((flat[pos:pos + k] / total).view_as(t).to(t.dtype))
+                    pos += k
+        return still
+
+    def _transfer(self, op: str, nbytes: int) -> None:
+        """Count ``nbytes`` on the backhaul; shaped, hold the link for them and the latency (a trace event)."""
+        self.bytes += nbytes
+        if self.link is None:
+            return
+        bandwidth, latency = self.link
+        start = self.meter.now()
+        busy = nbytes * 8 / bandwidth
+        _sleep(busy + latency)
+        self.meter.events.append(TraceEvent(f"backhaul:{self.lane}", op, start, busy, -1, ""))
+
+    def summary(self) -> dict:
+        """What this server's backhaul did (metrics.json ``servers``)."""
+        return {"sync_rounds": self.rounds, "backhaul_bytes": self.bytes, "steps": self.steps,
+                "every": self.every, "mode": self.mode, "joint": self.joint}
+
+
+def gather_json(obj: dict, group) -> list[dict]:
+    """Every server's JSON-able ``obj``, in server order (a length all-gather, then the padded UTF-8 bytes;
+    nothing is unpickled)."""
+    blob = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)  # (n,)
+    n = dist.get_world_size(group)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(n)]
+    dist.all_gather(sizes, torch.tensor([blob.numel()]), group=group)
+    width = int(max(sizes))
+    padded = torch.zeros(width, dtype=torch.uint8)
+    padded[:blob.numel()] = blob
+    got = [torch.zeros(width, dtype=torch.uint8) for _ in range(n)]
+    dist.all_gather(got, padded, group=group)
+    return [json.loads(bytes(g[:int(k)].tolist()).decode()) for g, k in zip(got, sizes, strict=True)]
+
+
+def _sleep(dt: float) -> None:
+    if dt > 0:
+        time.sleep(dt)
+
+
+__all__ = ["ServerSync", "gather_json"]
