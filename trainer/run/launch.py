@@ -145,7 +145,7 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     group = dist.new_group(list(range(n_srv))) if n_srv > 1 else None  # every rank creates it, in order
     offset = sync_clock(meter)  # from here on meter.now() is the run's shared clock (trainer.transport.dynamics)
     presence = None
-    if role == "device" and cfg.emulate != "none":
+    if role == "device" and cfg.emulate != "none" and dynamics.emulates_availability(cfg.method):
         presence = dynamics.presence(scenario, fl.devices[rank - n_srv], meter.now)
         if presence is not None:
             meter.presence[fl.devices[rank - n_srv]] = presence

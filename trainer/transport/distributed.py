@@ -257,7 +257,7 @@ class DistTransport:
         if link is not None:
             start = max(now, self._free[p])
             end = link.end(start, msg.nbytes)
-        if self.presence is not None and msg.kind == "act" and (end == math.inf or end > self.presence.leave):
+        if self.presence is not None and msg.kind in ("act", "adapter") and (end == math.inf or end > self.presence.leave):
             raise DeviceLeft(self.names[self.rank - self.servers], "gone before its send would end")
         if link is None:
             self._wire[p].put((msg, now, 0.0, None))

@@ -27,9 +27,12 @@ with the samples it will not send) so that the server stops waiting for it; ``me
 ``samples_not_trained`` per device, as the simulator's JSON does. Unlike the simulator, which
 foresees it, a device waiting for a credit learns that it has left when the credit comes.
 
-Handover is refused: the runtime has one server process (rank 0), so there is no second server to
-move to. Availability is emulated for SplitFrozen only (its server loop is the one that takes a
-device's ``leave``); time-varying links for every method.
+Availability is emulated for every method whose devices have links (as in the simulator, CenLoRA's
+devices upload their data once and the dynamic network does not apply to it): SplitFrozen's device
+leaves when a micro-batch cannot be sent; SplitLoRA's when a commanded forward or its send cannot end
+(the samples from that micro-batch on are not trained); FedLoRA's when a round's local steps or its
+adapter upload cannot end (that round is lost, as the simulator's rule "a round whose upload was cut
+off is lost"). Handover is refused here (see :func:`check`); time-varying links apply to every method.
 """
 
 from __future__ import annotations
@@ -48,17 +51,18 @@ INF = math.inf
 
 
 def check(scenario, method: str, emulate: str, what: str) -> None:
-    """Refuse, in one line, what the runtime cannot emulate: handovers; availability for other methods."""
+    """Refuse, in one line, what the runtime cannot emulate: handovers (a device keeps its first server)."""
     if emulate == "none":
         return
     moving = [d.name for d in scenario.devices if d.handover]
     if moving:
-        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; the distributed runtime has one "
-                         "server process, so only sfsim simulate models handovers: remove 'handover'")
-    churning = [d.name for d in scenario.devices if d.availability is not None]
-    if churning and not method.startswith("splitfrozen"):
-        raise SfsimError(f"{what}: device {churning[0]} has availability, which the distributed runtime emulates "
-                         "for splitfrozen only; use --method splitfrozen, --emulate none or remove 'availability'")
+        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; the distributed runtime keeps "
+                         "each device on its first server, so only sfsim simulate models handovers: remove 'handover'")
+
+
+def emulates_availability(method: str) -> bool:
+    """Whether a device's availability applies to ``method`` (CenLoRA's data is at the server from the start)."""
+    return method != "cenlora"
 
 
 def _key(scenario, d) -> str:
@@ -151,4 +155,4 @@ def _sleep(dt: float) -> None:
         time.sleep(dt)
 
 
-__all__ = ["Presence", "check", "availability", "link_rates", "presence"]
+__all__ = ["Presence", "check", "emulates_availability", "availability", "link_rates", "presence"]

@@ -96,12 +96,12 @@ def run_validation(vc: ValidateConfig) -> dict:
     measured = read_chrome_trace(out / "run" / "trace.json")
     sim = predict(vc, metrics)
     predicted = sim.events
-    server = next(iter(metrics["server_flops"]))
-    report = compare(predicted, measured, [server])
+    report = compare(predicted, measured, list(metrics["server_flops"]))  # every server's lane
     report.update(method=metrics["method"], server_order=vc.server_order, client_order=metrics.get("client_order"),
                   accumulate=metrics["accumulate"], emulate=vc.emulate,
                   simulator_policy=POLICY_OF_ORDER[vc.server_order], config=dataclasses.asdict(vc),
-                  seq_len=_mean_tokens(metrics), devices=list(metrics["device_flops"]))
+                  seq_len=_mean_tokens(metrics), devices=list(metrics["device_flops"]),
+                  samples_not_trained={"predicted": sim.samples_not_trained, "measured": metrics["samples_not_trained"]})
     write_atomic(out / "report.json", json.dumps(report, indent=1))
     both = [e._replace(lane=f"predicted {e.lane}") for e in predicted] + \
            [e._replace(lane=f"measured {e.lane}") for e in measured]
