@@ -105,11 +105,8 @@ def test_a_pausing_devices_uplink_carries_only_online():
 
 @pytest.mark.parametrize(("over", "method", "message"), [
     ([("servers.count", 2), ("devices[phone].handover", [{"at": "1 s", "to": "srv-2"}])], "splitfrozen",
-     "x.yaml: --emulate all: device phone-0 hands over to another server; the distributed runtime has one server "
-     "process, so only sfsim simulate models handovers: remove 'handover'"),
-    ([("devices[phone].availability", {"mean_on": "1 s", "mean_off": "1 s"})], "splitlora",
-     "x.yaml: --emulate all: device phone-0 has availability, which the distributed runtime emulates for "
-     "splitfrozen only; use --method splitfrozen, --emulate none or remove 'availability'"),
+     "x.yaml: --emulate all: device phone-0 hands over to another server; the distributed runtime keeps each "
+     "device on its first server, so only sfsim simulate models handovers: remove 'handover'"),
 ])
 def test_what_the_runtime_cannot_emulate_is_one_line(over, method, message):
     sc = load_scenario_with(str(FIXTURES / "runtime_trace.yaml"), over)
@@ -117,6 +114,14 @@ def test_what_the_runtime_cannot_emulate_is_one_line(over, method, message):
         dynamics.check(sc, method, "all", "x.yaml: --emulate all")
     assert str(exc.value) == message
     dynamics.check(sc, method, "none", "x.yaml")  # nothing emulated: nothing refused
+
+
+@pytest.mark.parametrize("method", ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora"])
+def test_availability_is_emulated_for_every_method_with_device_links(method):
+    sc = load_scenario_with(str(FIXTURES / "runtime_trace.yaml"),
+                            [("devices[phone].availability", {"mean_on": "1 s", "mean_off": "1 s"})])
+    dynamics.check(sc, method, "all", "x.yaml: --emulate all")  # nothing refused
+    assert dynamics.emulates_availability(method) == (method != "cenlora")  # CenLoRA: data at the server
 
 
 # -- runs -------------------------------------------------------------------------------------------------
@@ -163,6 +168,28 @@ def test_availability_pauses_one_device_and_drops_the_other(tiny_gpt2, tmp_path)
     assert all(e.end <= 0.5 + 1e-6 or e.start >= 1.5 - 1e-6 for e in busy if e.op in ("F", "send")), busy
     gone = _events(tmp_path / "val", "phone-1") + _events(tmp_path / "val", "link:phone-1")
     assert max(e.end for e in gone if e.op == "send") <= 1.3 + 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "extra", "untrained"), [
+    # FedLoRA: phone-1's only round (its 4 micro-batches) ends after it is gone at 1.3 s: the round is lost
+    ("fedlora", (), {"phone-0": 0, "phone-1": 16}),
+    # SplitLoRA (cut 1): phone-1 sends its first micro-batch before 1.3 s, not the other three
+    ("splitlora", ("--split", "1"), {"phone-0": 0, "phone-1": 12}),
+])
+def test_availability_leaves_what_the_simulator_says_untrained(tiny_gpt2, tmp_path, method, extra, untrained):
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(FIXTURES / "runtime_churn.yaml"), "--model",
+                                    tiny_gpt2, "--method", method, "--max-len", "48", "--train-samples", "32",
+                                    "--data-dir", str(FIXTURES / "data"), "--out", str(out), *extra])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["samples_not_trained"] == {"predicted": untrained, "measured": untrained}
+    assert abs(rep["total"]["error"]) < 0.15, rep
 
 
 def test_validate_scales_each_devices_trace_by_its_own_token_load(tmp_path):

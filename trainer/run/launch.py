@@ -329,14 +329,15 @@ def merge_servers(parts: list[dict], fl: Fleet) -> dict:
                                     "train_loss_history": p["metrics"]["train_loss_history"],
                                     "eval_accuracy": p["metrics"]["eval_accuracy"], **p["sync"]}
                     for j, p in enumerate(parts)}
-    if parts[0]["sync"]["joint"]:  # one model stepping on every server's micro-batches: a step's loss is their mean
+    if parts[0]["sync"]["joint"] and m["method"] != "fedlora":  # one model stepping on every server's micro-batches
         hist = [p["metrics"]["train_loss_history"] for p in parts]
         m["train_loss_history"] = [round(sum(h[k] for h in hist if k < len(h)) / sum(k < len(h) for h in hist), 6)
                                    for k in range(max(map(len, hist)))]
     m["backhaul_bytes_by_server"] = {k: v["backhaul_bytes"] for k, v in m["servers"].items()}
     m["sync_rounds"] = parts[0]["sync"]["sync_rounds"]
-    m["notes"] = dict(m["notes"], servers="one process per server; train_loss_history is server 0's steps, "
-                      "or with sync every step the mean over the servers (each server's in servers.<name>); after each epoch's last sync round every server holds "
+    m["notes"] = dict(m["notes"], servers="one process per server; train_loss_history is server 0's steps "
+                      "(FedLoRA: its devices' steps), or with sync every step the mean over the servers, a step's "
+                      "loss (each server's in servers.<name>); after each epoch's last sync round every server holds "
                       "the same adapters, which server 0 scores and saves")
     return m
 

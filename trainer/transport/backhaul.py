@@ -90,8 +90,9 @@ class ServerSync:
 
         Args:
             state: every tensor the servers must agree on (adapters, head, a method's extra state).
-            params, step: joint mode: the trainable parameters and a function taking the optimizer step,
-                which a drained server takes with the others' mean gradient (so it stays identical).
+            params: the parameters the servers' rounds carry (:meth:`before_step`, :meth:`after_step`).
+            step: joint mode: a function taking the optimizer step, which a drained server takes with the
+                others' mean gradient (so that it stays identical).
         """
         self._wait()
         while True:
@@ -105,7 +106,8 @@ class ServerSync:
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g
                 step()
-            elif self._round([torch.zeros_like(t) for t in state], 0.0, False, adopt=False) == 0:
+            elif self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, False,
+                             adopt=False) == 0:  # shaped as the others' rounds (after_step's parameters)
                 break
         self._round(state, self.weight, False, adopt=True)
 
