@@ -75,8 +75,8 @@ def test_splitlora_client_orders(tiny_gpt2, tmp_path):
     # (epoch 0); interleaved: one FedAvg at the end, up and down for every client
     assert seq["uplink_bytes"] == inter["uplink_bytes"]
     assert seq["downlink_bytes"] < inter["downlink_bytes"]
-    _, _, setup, method, _, _ = build(_cfg(tiny_gpt2, tmp_path / "b", method="splitlora", client_order="sequential",
-                                           accumulate=1))
+    method = build(_cfg(tiny_gpt2, tmp_path / "b", method="splitlora", client_order="sequential",
+                         accumulate=1)).method
     method.train_epoch(0, lambda loss, n: None)
     assert [d for d, _ in method.server_stream] == ["big"] * 4 + ["small-0"] * 2 + ["small-1"] * 2
 
@@ -139,7 +139,8 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text((FIXTURES / "runtime_tiny.yaml").read_text().replace("{rank: 4, alpha: 8}",
                                                                            "{rank: 4, alpha: 8, dropout: 0.1}"))
-    _, lm, setup, m, _, _ = build(_cfg(tiny_gpt2, tmp_path / "o", devices=str(fleet), method=method))
+    b = build(_cfg(tiny_gpt2, tmp_path / "o", devices=str(fleet), method=method))
+    lm, m = b.lm, b.method
     seen: dict[str, set[bool]] = {}
 
     def hook(name):
