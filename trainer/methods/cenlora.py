@@ -98,7 +98,7 @@ class CenLoRA(Method):
             losses.append(loss.item())
             samples += len(idx)
             if (i + 1) % s.accumulate == 0 or i == len(starts) - 1:
-                self.optimizer_step(self.opt)
+                self.optimizer_step(self.opt, last=i == len(starts) - 1)
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
                 self.cursor["server"] = i + 1

@@ -225,17 +225,18 @@ class Method:
             self.finish_sync()
 
     # -- several servers (trainer.transport.backhaul) ---------------------------------------------------
-    def optimizer_step(self, opt: torch.optim.Optimizer, phase: str = "server_step") -> None:
-        """The server's optimizer step, inside the backhaul sync when there are several servers."""
+    def optimizer_step(self, opt: torch.optim.Optimizer, phase: str = "server_step", last: bool = False) -> None:
+        """The server's optimizer step, inside the backhaul sync when there are several servers (``last``: the
+        server's last step of the epoch, which lets the servers skip a closing round when all end together)."""
         s = self.setup
         params = [p for g in opt.param_groups for p in g["params"]]
         if self.sync is not None:
-            self.sync.before_step(params)
+            self.sync.before_step(params, last)
         with s.meter.compute(s.server, "step", phase, count=False):
             opt.step()
             opt.zero_grad(set_to_none=True)
         if self.sync is not None:
-            self.sync.after_step(params)
+            self.sync.after_step(params, last)
 
     def sync_state(self) -> list[torch.Tensor]:
         """Every tensor the servers must agree on at the end of an epoch: the server optimizer's parameters."""

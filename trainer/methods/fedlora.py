@@ -170,7 +170,8 @@ class FedLoRA(Method):
                 with s.meter.compute(s.server, "aggregate", "server_aggregate", count=False):
                     self.global_state = fedavg(states, weights)
             if self.sync is not None:  # several servers: this group's average, then across servers
-                self.sync.fed_round([self.global_state[k] for k in self.keys], float(sum(weights)))
+                self.sync.fed_round([self.global_state[k] for k in self.keys], float(sum(weights)),
+                                    last=sum(left.values()) == 0)
             self.step_done(epoch)
         set_state(s.lm.model, s.head, self.global_state)
 

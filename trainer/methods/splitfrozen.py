@@ -155,12 +155,12 @@ class SplitFrozen(Method):
             losses.append(loss)
             samples += n
             if len(losses) == s.accumulate or sum(left.values()) == 0:
-                self._step()
+                self._step(last=sum(left.values()) == 0)
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
                 self.step_done(epoch)
         if losses:  # the last device left (or was lost) with a step's gradients pending
-            self._step()
+            self._step(last=True)
             on_step(sum(losses) / len(losses), samples)
             self.step_done(epoch)
 
@@ -203,12 +203,12 @@ class SplitFrozen(Method):
         self.record(name, t["labels"])
         return loss.item(), int(t["labels"].shape[0])
 
-    def _step(self) -> None:
+    def _step(self, last: bool = False) -> None:
         s, meter = self.setup, self.setup.meter  # several servers: the step is inside the backhaul sync
         if s.decompose_backward:
             with meter.compute(s.server, "W", "server_W", key=self.deferred.signature()):
                 self.deferred.flush()  # W of every micro-batch since the last step, right before it
-        self.optimizer_step(self.opt)
+        self.optimizer_step(self.opt, last=last)
 
     def optimizers(self) -> dict:
         """The server's optimizer (checkpointed)."""

@@ -372,6 +372,17 @@ class SplitLoRA(Method):
         """The server's optimizer."""
         return {"server": self.server_opt}
 
+    def finish_sync(self) -> None:
+        """As every method, always with a last round: the clients' averages differ from server to server."""
+        opt = self.server_opt
+        params = [p for g in opt.param_groups for p in g["params"]]
+
+        def step() -> None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        self.sync.finish(self.sync_state(), params, step, last_round=True)
+
     def sync_state(self) -> list[torch.Tensor]:
         """The server part and the clients' average (a server without clients contributes with weight 0)."""
         if self.global_client is None:

@@ -65,66 +65,71 @@ class ServerSync:
         self.steps = 0
         self.rounds = 0
         self.bytes = 0  # up + down on this server's backhaul
-        self._pending: tuple[threading.Thread, list[torch.Tensor], list[torch.Tensor], dict] | None = None
+        self.ended: bool | None = None  # every server ended in one round: whether a last round is still due
+        self._pending: tuple | None = None  # async: (thread, live state, snapshot, average, steps at the snapshot)
 
     # -- what a method calls around its optimizer step -----------------------------------------------------
-    def before_step(self, params: list[torch.nn.Parameter]) -> None:
-        """Joint mode: replace every gradient by the servers' mean (a drained server contributes zeros)."""
+    def before_step(self, params: list[torch.nn.Parameter], last: bool = False) -> None:
+        """Joint mode: replace every gradient by the servers' mean (a drained server contributes zeros).
+        ``last``: this server's last step of the epoch."""
         if not self.joint:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        self._round(grads, 1.0, True, adopt=True)
+        self._round(grads, 1.0, not last, adopt=True)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
 
-    def after_step(self, state: list[torch.Tensor]) -> None:
+    def after_step(self, state: list[torch.Tensor], last: bool = False) -> None:
         """One optimizer step ended; every ``every``-th, average ``state`` (the adapters and head) with the others."""
         self.steps += 1
-        if self.joint or self.steps % self.every:
-            return
-        self._average(state, self.weight, True)
+        if not self.joint and self.steps % self.every == 0:
+            self._average(state, self.weight, not last)
 
     def finish(self, state: list[torch.Tensor], params: list[torch.nn.Parameter] | None = None,
-               step=None) -> None:
-        """This server's epoch is trained: answer rounds until no server trains, then the last round over ``state``.
+               step=None, last_round: bool = False) -> None:
+        """This server's epoch is trained: answer rounds until no server trains, then a last round over
+        ``state`` unless every server already holds the same one.
 
         Args:
             state: every tensor the servers must agree on (adapters, head, a method's extra state).
             params: the parameters the servers' rounds carry (:meth:`before_step`, :meth:`after_step`).
             step: joint mode: a function taking the optimizer step, which a drained server takes with the
                 others' mean gradient (so that it stays identical).
+            last_round: always end with the last round (``state`` holds more than the rounds carry).
         """
         self._wait()
-        while True:
+        while self.ended is None:
             if self.joint and params is not None:
                 for p in params:
                     p.grad = None
                 grads = [torch.zeros_like(p) for p in params]
-                active = self._round(grads, 1.0, False, adopt=True)
-                if active == 0:
-                    break
-                for p, g in zip(params, grads, strict=True):
-                    p.grad = g
-                step()
-            elif self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, False,
-                             adopt=False) == 0:  # shaped as the others' rounds (after_step's parameters)
-                break
-        self._round(state, self.weight, False, adopt=True)
+                if self._round(grads, 1.0, False, adopt=True):
+                    for p, g in zip(params, grads, strict=True):
+                        p.grad = g
+                    step()
+            else:  # shaped as the others' rounds (after_step's parameters); a drained server does not adopt
+                self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, False,
+                            adopt=False)
+        if self.ended or last_round:
+            self._round(state, self.weight, False, adopt=True)
+        self.ended = None
 
-    def fed_round(self, state: list[torch.Tensor], weight: float) -> None:
+    def fed_round(self, state: list[torch.Tensor], weight: float, last: bool = False) -> None:
         """FedLoRA: the server's FedAvg round ended with ``state`` (weight: samples averaged into it)."""
         self.steps += 1
         if self.joint:
-            self._round(state, weight, True, adopt=True)
+            self._round(state, weight, not last, adopt=True)
         elif self.steps % self.every == 0:
-            self._average(state, weight, True)
+            self._average(state, weight, not last)
 
     def fed_finish(self, state: list[torch.Tensor], weight: float) -> None:
         """FedLoRA's drain: joint rounds adopt the others' average until none trains, then the last round."""
         self._wait()
-        while self._round([torch.zeros_like(t) for t in state], 0.0, False, adopt=self.joint, into=state) != 0:
-            pass
-        self._round(state, weight, False, adopt=True)
+        while self.ended is None:
+            self._round([torch.zeros_like(t) for t in state], 0.0, False, adopt=self.joint, into=state)
+        if self.ended:
+            self._round(state, weight, False, adopt=True)
+        self.ended = None
 
     # -- rounds -----------------------------------------------------------------------------------------
     def _average(self, state: list[torch.Tensor], weight: float, active: bool) -> None:
@@ -135,35 +140,44 @@ class ServerSync:
         self._wait()
         snap = [t.detach().clone() for t in state]
         out = [t.clone() for t in snap]
-        box: dict = {}
-        th = threading.Thread(target=lambda: box.update(active=self._round(out, weight, active, adopt=True)),
-                              daemon=True, name="backhaul-async")
+        th = threading.Thread(target=self._round, args=(out, weight, active, True), daemon=True,
+                              name="backhaul-async")
         th.start()
-        self._pending = (th, state, snap, {"out": out})
+        self._pending = (th, state, snap, out, self.steps)
 
     def _wait(self) -> None:
         """Async: wait for the round in flight and add its average's change to the live state."""
         if self._pending is None:
             return
-        th, state, snap, box = self._pending
+        th, state, snap, out, steps = self._pending
         th.join()
         self._pending = None
         with torch.no_grad():
-            for t, s, avg in zip(state, snap, box["out"], strict=True):
-                t.add_(avg - s)
+            for t, s, avg in zip(state, snap, out, strict=True):
+                if self.steps == steps:  # nothing trained meanwhile: the average itself (bit-equal everywhere)
+                    t.copy_(avg)
+                else:
+                    t.add_(avg - s)
 
     def _round(self, tensors: list[torch.Tensor], weight: float, active: bool, adopt: bool,
                into: list[torch.Tensor] | None = None) -> int:
         """One collective round; returns how many servers still train. ``adopt``: write the average into
-        ``into`` (default ``tensors``) when any weight was given."""
+        ``into`` (default ``tensors``) when any weight was given.
+
+        The vector's tail: the weights' sum, the servers that still train and the servers that do not take
+        this round's average. When none trains any more, each took its last step before this round, so
+        :attr:`ended` says whether a last round is due (some server did not take the average); every
+        server reads the same sums, so all decide alike.
+        """
+        moved = not adopt
         flat = torch.cat([t.detach().reshape(-1).float() * weight for t in tensors]
-                         + [torch.tensor([weight, float(active)])])  # (sum of numels + 2,)
-        nbytes = (flat.numel() - 2) * 4
+                         + [torch.tensor([weight, float(active), float(moved)])])  # (sum of numels + 3,)
+        nbytes = (flat.numel() - 3) * 4
         self._transfer("sync-send", nbytes)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
         self._transfer("sync-recv", nbytes)
         self.rounds += 1
-        total, still = float(flat[-2]), int(round(float(flat[-1])))
+        total, still, differ = float(flat[-3]), int(round(float(flat[-2]))), float(flat[-1]) > 0.5
         if adopt and total > 0:
             pos = 0
             with torch.no_grad():
@@ -171,6 +185,8 @@ class ServerSync:
                     k = t.numel()
                     t.copy_((flat[pos:pos + k] / total).view_as(t).to(t.dtype))
                     pos += k
+        if still == 0:
+            self.ended = differ
         return still
 
     def _transfer(self, op: str, nbytes: int) -> None:
