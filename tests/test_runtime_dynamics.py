@@ -192,6 +192,17 @@ def test_availability_leaves_what_the_simulator_says_untrained(tiny_gpt2, tmp_pa
     assert abs(rep["total"]["error"]) < 0.15, rep
 
 
+def test_validate_agrees_on_two_servers_with_backhaul_sync_and_a_pausing_device(tiny_gpt2, tmp_path):
+    rep = _validate(tiny_gpt2, tmp_path / "val", "runtime_two_servers_churn.yaml", "--server-order", "fifo")
+    m = json.loads((tmp_path / "val" / "run" / "metrics.json").read_text())
+    # each server: 4 steps, rounds after steps 2 and 4 (~0.15 s each on the 1 Mbps backhaul), as the simulator
+    assert [(s["steps"], s["sync_rounds"]) for s in m["servers"].values()] == [(4, 2), (4, 2)]
+    assert rep["samples_not_trained"] == {"predicted": {"phone-0": 0}, "measured": {"phone-0": 0}}
+    assert abs(rep["total"]["error"]) < 0.1, rep
+    for srv in ("mec-a", "mec-b"):
+        assert [e.op for e in _events(tmp_path / "val", f"backhaul:{srv}")] == ["sync-send", "sync-recv"] * 2
+
+
 def test_validate_scales_each_devices_trace_by_its_own_token_load(tmp_path):
     from trainer.validate.compare import ValidateConfig, _expand_counts, _scale_link
 
