@@ -104,14 +104,18 @@ def test_a_pausing_devices_uplink_carries_only_online():
 
 
 @pytest.mark.parametrize(("over", "method", "message"), [
+    ([("servers.count", 2), ("devices[phone].handover", [{"at": "1 s", "to": "srv-2"}])], "splitlora",
+     "x.yaml: --emulate all: device phone-0 hands over to another server; the distributed runtime moves "
+     "SplitFrozen's devices only (splitlora: only sfsim simulate): use --method splitfrozen or remove 'handover'"),
     ([("servers.count", 2), ("devices[phone].handover", [{"at": "1 s", "to": "srv-2"}])], "splitfrozen",
-     "x.yaml: --emulate all: device phone-0 hands over to another server; the distributed runtime keeps each "
-     "device on its first server, so only sfsim simulate models handovers: remove 'handover'"),
+     "x.yaml: --emulate all: device phone-0 hands over to another server; a server takes a visiting device's "
+     "micro-batches in arrival order only (--server-order proportional is a schedule of turns fixed before the "
+     "run): use --server-order fifo"),
 ])
 def test_what_the_runtime_cannot_emulate_is_one_line(over, method, message):
     sc = load_scenario_with(str(FIXTURES / "runtime_trace.yaml"), over)
     with pytest.raises(SfsimError) as exc:
-        dynamics.check(sc, method, "all", "x.yaml: --emulate all")
+        dynamics.check(sc, method, "all", "x.yaml: --emulate all", "proportional")
     assert str(exc.value) == message
     dynamics.check(sc, method, "none", "x.yaml")  # nothing emulated: nothing refused
 
@@ -201,6 +205,22 @@ def test_validate_agrees_on_two_servers_with_backhaul_sync_and_a_pausing_device(
     assert abs(rep["total"]["error"]) < 0.1, rep
     for srv in ("mec-a", "mec-b"):
         assert [e.op for e in _events(tmp_path / "val", f"backhaul:{srv}")] == ["sync-send", "sync-recv"] * 2
+
+
+def test_a_device_hands_over_between_server_processes_as_the_simulator_says(tiny_gpt2, tmp_path):
+    rep = _validate(tiny_gpt2, tmp_path / "val", "runtime_handover.yaml", "--server-order", "fifo")
+    m = json.loads((tmp_path / "val" / "run" / "metrics.json").read_text())
+    # mover sends 2 micro-batches to mec-a before 0.8 s and its other 2 to mec-b, which trains them
+    (pred,), (meas,) = rep["handovers"]["predicted"], rep["handovers"]["measured"]
+    assert (meas["device"], meas["from"], meas["to"], meas["at_s"], meas["sent_before"]) == \
+        (pred["device"], pred["from"], pred["to"], pred["at_s"], pred["sent_before"]) == ("mover", "mec-a", "mec-b", 0.8, 2)
+    assert [(s["steps"], s["sync_rounds"]) for s in m["servers"].values()] == [(4, 2), (4, 2)]
+    assert abs(rep["total"]["error"]) < 0.1, rep
+    srv_b = [e for e in _events(tmp_path / "val", "mec-b") if e.op == "F"]
+    assert sorted(e.device for e in srv_b) == ["mover", "mover", "stay-b", "stay-b"]
+    assert [e.op for e in _events(tmp_path / "val", "mover") if e.op == "handover"] == ["handover"]
+    sends = [e for e in _events(tmp_path / "val", "link:mover") if e.op == "send"]
+    assert sends[-1].dur < 0.75 * sends[0].dur  # the new leg's uplink is twice as fast
 
 
 def test_validate_scales_each_devices_trace_by_its_own_token_load(tmp_path):

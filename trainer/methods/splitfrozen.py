@@ -52,6 +52,13 @@ class SplitFrozen(Method):
         self.deferred = DeferredGrads(widest, enabled=s.decompose_backward)
         self.opt = adamw(trainable_params(widest), s)
         self._dev: dict[str, dict] = {}  # device side: name -> {batches, next, credits, epoch}
+        # handovers (trainer.run.launch sets them with several servers): every device's legs (at s, server rank,
+        # server name); a device's current leg and the moves it made; a server's possible visitors (the devices
+        # with a leg on it, name -> DeviceRole), each of which tells it once per epoch whether it comes
+        self.legs: dict[str, list[tuple[float, int, str]]] = {}
+        self.leg: dict[str, int] = {}
+        self.moves: list[dict] = []
+        self.visitors: dict[str, DeviceRole] = {}
         self.pool_peak = 0  # most micro-batches the mixing pool held (server_order "pool")
 
     def lora_block_indices(self) -> list[int]:
@@ -79,6 +86,7 @@ class SplitFrozen(Method):
                 j = st["next"]
                 out = role.forward_frozen(st["batches"][j], j, self.setup.meter)
                 out.epoch = st["epoch"]
+                self._hand_over(role.name, st)  # the leg holding when the send starts takes the micro-batch
                 self.setup.transport.send_up(out)
                 st["next"], st["credits"] = j + 1, st["credits"] - 1
         except DeviceLeft:  # offline for good (trainer.transport.dynamics): the rest of the epoch is not sent
@@ -86,6 +94,37 @@ class SplitFrozen(Method):
             self.setup.transport.send_up(Message(role.name, st["next"], kind="leave", aux=rest, epoch=st["epoch"]))
             st["next"] = len(st["batches"])
         st["blocked_at"] = self.setup.meter.now() if st["next"] < len(st["batches"]) else None
+        if st["next"] >= len(st["batches"]):
+            self._close_epoch(role.name, st)
+
+    def _hand_over(self, name: str, st: dict) -> None:
+        """Take every handover due by now: ``moved`` to the old server (after all this device sent it), then
+        ``join`` with the epoch's micro-batches left to the new one, whose links apply from here on. Credits
+        move with the device: those the old server returns for micro-batches in flight count at the new one."""
+        legs, tr = self.legs.get(name), self.setup.transport
+        k = self.leg.get(name, 0)
+        while legs and k + 1 < len(legs) and legs[k + 1][0] <= self.setup.meter.now():
+            j, (at, new, to) = st["next"], legs[k + 1]
+            tr.send_up(Message(name, j, kind="moved", epoch=st["epoch"]))
+            tr.move(name, new)
+            tr.send_up(Message(name, j, kind="join", aux=len(st["batches"]) - j, epoch=st["epoch"]))
+            st.setdefault("told", set()).update({legs[k][1], new})
+            self.setup.meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
+            self.moves.append({"device": name, "at_s": at, "from": legs[k][2], "to": to, "epoch": st["epoch"],
+                               "sent_before": j})
+            k += 1
+        self.leg[name] = k
+
+    def _close_epoch(self, name: str, st: dict) -> None:
+        """This device's epoch is sent (or it left): every other server of its legs that it has not told this
+        epoch (``moved``, ``join``) stops waiting for it (``join`` of 0)."""
+        legs = self.legs.get(name)
+        if not legs or len({r for _, r, _ in legs}) < 2 or st.get("closed"):
+            return
+        home = legs[self.leg.get(name, 0)][1]
+        for rank in sorted({r for _, r, _ in legs} - {home} - st.get("told", set())):
+            self.setup.transport.send_to(rank, Message(name, -1, kind="join", aux=0, epoch=st["epoch"]))
+        st["closed"] = True
 
     # -- server side --------------------------------------------------------------------------------
     def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
@@ -100,6 +139,7 @@ class SplitFrozen(Method):
         arrival = s.server_order in ("fifo", "pool") and tr.arrival_order
         order = None if arrival else self._order(counts, done)
         left = {n: counts[n] - done.get(n, 0) for n in live}
+        left.update({v: 1 for v in self.visitors if v not in left and v not in self.lost})  # until it says whether it comes (fifo only)
         pool = None
         if s.server_order == "pool":
             pool = MixingPool(self.pool_size(credits, len(live)), role_seed(s.seed, f"pool-{epoch}"))
@@ -137,12 +177,15 @@ class SplitFrozen(Method):
                 else:
                     name = None
                 try:
-                    msg = tr.recv_up(name, {"act", "leave"})
+                    msg = tr.recv_up(name, {"act", "leave", "moved", "join"})
                 except PeerLost as err:
                     self.lose(err.device, err.reason, left)
                     continue
                 if msg.kind == "leave":  # after its last micro-batch (one link, in order): nothing is left
                     self._left(msg, left, 0)
+                    continue
+                if msg.kind in ("moved", "join"):
+                    self._visit(msg, left)
                     continue
             name = msg.device
             left[name] -= 1
@@ -163,6 +206,18 @@ class SplitFrozen(Method):
             self._step(last=True)
             on_step(sum(losses) / len(losses), samples)
             self.step_done(epoch)
+
+    def _visit(self, msg: Message, left: dict[str, int]) -> None:
+        """A handover: ``moved`` (all it sent here has arrived: nothing more comes) or ``join`` (``aux`` more)."""
+        s, n = self.setup, msg.device
+        if msg.kind == "moved":
+            left[n] = 0
+            s.devices = [r for r in s.devices if r.name != n]  # its next epochs start at its new server
+            return
+        left[n] = msg.aux
+        if msg.aux and n in self.visitors and all(r.name != n for r in s.devices):
+            s.devices.append(self.visitors[n])
+            s.samples[n] = self.visitors[n].n_samples
 
     def _left(self, msg: Message, left: dict[str, int], keep: int) -> None:
         """Device ``msg.device`` has left (``leave``): ``keep`` of its micro-batches still come; note the untrained."""

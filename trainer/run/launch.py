@@ -140,7 +140,8 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
             raise SfsimError(f"{cfg.devices}: device {d.name} has a latency profile; --emulate compute needs a "
                              "'flops' rate for every device")
         meter.stretch[d.name] = d.flops
-    dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}")
+    dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}", cfg.server_order)
+    legs = _legs(cfg, built, fl)
     init(rank, world, master, timeout_s=max(600.0, 4 * cfg.peer_timeout))
     group = dist.new_group(list(range(n_srv))) if n_srv > 1 else None  # every rank creates it, in order
     offset = sync_clock(meter)  # from here on meter.now() is the run's shared clock (trainer.transport.dynamics)
@@ -150,8 +151,13 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
         if presence is not None:
             meter.presence[fl.devices[rank - n_srv]] = presence
     limits = Limits(hidden=built.lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm)
-    tr = DistTransport(rank, fl.devices, meter, limits, _shaping(cfg, scenario), peer_timeout=cfg.peer_timeout,
-                       presence=presence, servers=n_srv, home=fl.home)
+    tr = DistTransport(rank, fl.devices, meter, limits, _shaping(cfg, legs), peer_timeout=cfg.peer_timeout,
+                       presence=presence, servers=n_srv, home=fl.home,
+                       visits={n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()})
+    if any(len(lg) > 1 for lg in legs.values()):  # handovers (SplitFrozen only: dynamics.check)
+        built.method.legs = {n: [(at, r, fl.servers[r]) for at, r, *_ in lg] for n, lg in legs.items()}
+        if role == "server":
+            built.method.visitors = {d.name: d for d in setup.devices if any(r == rank for _, r, *_ in legs[d.name])}
     setup.transport = tr
     if role == "device":
         return _device(cfg, built, tr, fl.devices[rank - n_srv], offset, resume)
@@ -190,15 +196,28 @@ def _server_sync(cfg, built: runner.Built, fl: Fleet, rank: int, group) -> Serve
     return ServerSync(group, rank, len(fl.servers), every, mode, samples, built.setup.meter, fl.servers[rank], link)
 
 
-def _shaping(cfg, scenario) -> dict[str, tuple[LinkShape, LinkShape]] | None:
-    """Each device's (uplink, downlink) as shaped under ``--emulate links|all`` (rates from ``trainer.transport.dynamics``)."""
+def _legs(cfg, built: runner.Built, fl: Fleet) -> dict[str, list[tuple]]:
+    """Each device's legs as server ranks: ``(at s, rank, uplink rate, downlink rate, (uplink, downlink))``
+    (:func:`trainer.transport.dynamics.legs`); handovers only when the network is emulated."""
+    out = {}
+    for d in built.scenario.devices:
+        lg = dynamics.legs(built.scenario, d, fl.servers[fl.home[d.name]])
+        if cfg.emulate == "none":
+            lg = lg[:1]
+        out[d.name] = [(at, fl.servers.index(srv), *rest) for at, srv, *rest in lg]
+    return out
+
+
+def _shaping(cfg, legs: dict[str, list[tuple]]) -> dict | None:
+    """Each device's (uplink, downlink) as shaped under ``--emulate links|all``, per server rank for a device
+    that hands over (rates from ``trainer.transport.dynamics``)."""
     if cfg.emulate not in ("links", "all"):
         return None
     out = {}
-    for d in scenario.devices:
-        up, down = dynamics.link_rates(scenario, d)
-        out[d.name] = (LinkShape(d.uplink.bandwidth, d.uplink.latency, up),
-                       LinkShape(d.downlink.bandwidth, d.downlink.latency, down))
+    for name, lg in legs.items():
+        shapes = {r: (LinkShape(up.bandwidth, up.latency, up_rate), LinkShape(down.bandwidth, down.latency, down_rate))
+                  for _, r, up_rate, down_rate, (up, down) in lg}
+        out[name] = shapes if len(shapes) > 1 else next(iter(shapes.values()))
     return out
 
 
@@ -221,7 +240,7 @@ def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: floa
     report = {"device": name, "flops": int(m.flops.get(name, 0)), "uplink_bytes": int(m.uplink_bytes.get(name, 0)),
               "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds() - m.cpu0, "clock_offset_s": offset,
               "stretched_s": m.stretched_s, "header_bytes": tr.header_bytes,
-              "events": [list(e) for e in m.events]}
+              "events": [list(e) for e in m.events], "handovers": list(getattr(method, "moves", []))}
     tr.send_up(Message(name, -1, {"blob": report_blob(report)}, kind="report"))
     tr.close()
     return 0
@@ -243,6 +262,7 @@ def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, r
     metrics = runner.train_server(cfg, built, out, t0, resume,
                                   check=lambda want: [runner.check_device_checkpoint(n, c, want)
                                                       for n, c in ckpts.items()])
+    names = [d.name for d in setup.devices]  # the devices here now (handovers move them)
     for n in names:
         tr.send_down(Message(n, -1, kind="end"))
     reports = {}
@@ -296,6 +316,7 @@ def merge_reports(metrics: dict, reports: dict[str, dict], names: list[str], ser
     m["clock_offset_s"] = {n: r["clock_offset_s"] for n, r in reports.items()}
     m["emulated_sleep_s"] = {n: round(r["stretched_s"], 6) for n, r in reports.items()}
     m["missing_reports"] = [n for n in names if n not in reports]
+    m["handovers"] = [h for r in reports.values() for h in r.get("handovers", [])]
     m["notes"] = dict(m["notes"], link_events="distributed: shaped links: a send occupies the link for bytes / "
                       "bandwidth (the latency follows as a delay, as in the simulator); unshaped: from the queue "
                       "to gloo handing it to the peer")
@@ -323,6 +344,7 @@ def merge_servers(parts: list[dict], fl: Fleet) -> dict:
                 "train_samples", "cpu_s"):
         m[key] = sum(x.get(key, 0) for x in ms)
     m["missing_reports"] = [n for x in ms for n in x["missing_reports"]]
+    m["handovers"] = sorted((h for x in ms for h in x["handovers"]), key=lambda h: (h["at_s"], h["device"]))
     m["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in ms)
     m["servers"] = {fl.servers[j]: {"devices": [n for n in fl.devices if fl.home[n] == j],
                                     "server_flops": sum(p["metrics"]["server_flops"].values()),

@@ -160,7 +160,9 @@ class DistTransport:
         presence: on a device with availability, its ``trainer.transport.dynamics.Presence``: a micro-batch whose
             send would end after the device is gone is refused with :class:`DeviceLeft`.
         servers: server processes (ranks ``0..servers-1``; device ``i`` is then rank ``servers + i``).
-        home: device name -> the rank of its server (default: every device on rank 0).
+        home: device name -> the rank of its server (default: every device on rank 0); :meth:`move` changes it.
+        visits: device name -> every server rank it talks to in the run (its handovers'; default: its home).
+            ``shaping`` may then give a device's links per server rank: name -> {rank: (uplink, downlink)}.
     """
 
     arrival_order = True  # the server may take micro-batches in true arrival order
@@ -168,9 +170,10 @@ class DistTransport:
     def __init__(self, rank: int, names: list[str], meter: Meter, limits: Limits,
                  shaping: dict[str, tuple[LinkShape, LinkShape]] | None = None, peer_timeout: float = 30.0,
                  heartbeat_s: float = 0.5, log=None, presence=None, servers: int = 1,
-                 home: dict[str, int] | None = None):
+                 home: dict[str, int] | None = None, visits: dict[str, list[int]] | None = None):
         self.rank, self.names, self.meter, self.limits = rank, list(names), meter, limits
-        self.servers, self.home = servers, home or dict.fromkeys(names, 0)
+        self.servers, self.home = servers, dict(home or dict.fromkeys(names, 0))
+        self.visits = visits or {n: [h] for n, h in self.home.items()}
         self.presence = presence
         self.shaping, self.peer_timeout, self.heartbeat_s = shaping, peer_timeout, heartbeat_s
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -178,8 +181,8 @@ class DistTransport:
         self.inbox = _Inbox()
         self.header_bytes = 0
         self._closing = threading.Event()
-        peers = ([servers + i for i, n in enumerate(self.names) if self.home[n] == rank] if self.is_server
-                 else [self.home[self.names[rank - servers]]])
+        peers = ([servers + i for i, n in enumerate(self.names) if rank in self.visits[n]] if self.is_server
+                 else list(self.visits[self.names[rank - servers]]))
         self._last_seen = {p: time.monotonic() for p in peers}
         self._out: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
         self._wire: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
@@ -209,6 +212,14 @@ class DistTransport:
     def recv_down(self, device: str) -> Message:
         """The oldest message from the server (PeerLost(device) when the server is gone)."""
         return self.inbox.take(device, None, self._check_stale)
+
+    def send_to(self, rank: int, msg: Message) -> None:
+        """Device -> server ``rank``, which need not be its own (a handover's ``join``)."""
+        self._enqueue(rank, msg)
+
+    def move(self, device: str, rank: int) -> None:
+        """Device ``device`` hands over: what it sends from now on goes to server ``rank``, on that leg's links."""
+        self.home[device] = rank
 
     @property
     def lost(self) -> dict[str, str]:
@@ -247,7 +258,10 @@ class DistTransport:
         if self.shaping is None:
             return None
         dev = self._peer_name(p)
-        up, down = self.shaping[dev]
+        shape = self.shaping[dev]
+        if isinstance(shape, dict):  # per server: the links of the leg to that server
+            shape = shape[p if p < self.servers else self.rank]
+        up, down = shape
         return up if p < self.servers else down
 
     def _enqueue(self, p: int, msg: Message) -> None:

@@ -32,7 +32,11 @@ devices upload their data once and the dynamic network does not apply to it): Sp
 leaves when a micro-batch cannot be sent; SplitLoRA's when a commanded forward or its send cannot end
 (the samples from that micro-batch on are not trained); FedLoRA's when a round's local steps or its
 adapter upload cannot end (that round is lost, as the simulator's rule "a round whose upload was cut
-off is lost"). Handover is refused here (see :func:`check`); time-varying links apply to every method.
+off is lost"). Time-varying links apply to every method.
+
+Handover (``--emulate`` other than ``none``; SplitFrozen in arrival order, :func:`check`): the leg
+holding when a micro-batch's send starts takes it (:func:`legs`), as in the simulator; see
+``trainer.methods.splitfrozen`` for the messages that move a device between server processes.
 """
 
 from __future__ import annotations
@@ -50,14 +54,32 @@ from trainer.transport.runtime import DeviceLeft
 INF = math.inf
 
 
-def check(scenario, method: str, emulate: str, what: str) -> None:
-    """Refuse, in one line, what the runtime cannot emulate: handovers (a device keeps its first server)."""
+def check(scenario, method: str, emulate: str, what: str, server_order: str = "fifo") -> None:
+    """Refuse, in one line, what the runtime cannot emulate: handovers but SplitFrozen's in arrival order."""
     if emulate == "none":
         return
     moving = [d.name for d in scenario.devices if d.handover]
-    if moving:
-        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; the distributed runtime keeps "
-                         "each device on its first server, so only sfsim simulate models handovers: remove 'handover'")
+    if moving and not method.startswith("splitfrozen"):
+        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; the distributed runtime moves "
+                         f"SplitFrozen's devices only ({method}: only sfsim simulate): use --method splitfrozen or "
+                         "remove 'handover'")
+    if moving and server_order != "fifo":
+        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; a server takes a visiting "
+                         f"device's micro-batches in arrival order only (--server-order {server_order} is a "
+                         "schedule of turns fixed before the run): use --server-order fifo")
+
+
+def legs(scenario, d, first: str) -> list[tuple[float, str, Rate | None, Rate | None, tuple]]:
+    """Device ``d``'s legs: ``(at s, server, uplink rate, downlink rate, (uplink, downlink))`` from ``first``
+    (its resolved server), then one per handover (the simulator's :func:`sfsim.network.legs.leg_links`);
+    a pausing device's uplinks carry only while it is online."""
+    avail = availability(scenario, d)
+    out = []
+    for j, (at, srv, up, up_rate, down, down_rate) in enumerate(leg_links(scenario, d)):
+        if avail is not None and d.availability.churn == "pause":
+            up_rate = Product(up_rate or Constant(up.bandwidth), avail)
+        out.append((at, first if j == 0 else srv, up_rate, down_rate, (up, down)))
+    return out
 
 
 def emulates_availability(method: str) -> bool:
@@ -155,4 +177,4 @@ def _sleep(dt: float) -> None:
         time.sleep(dt)
 
 
-__all__ = ["Presence", "check", "emulates_availability", "availability", "link_rates", "presence"]
+__all__ = ["Presence", "check", "emulates_availability", "availability", "legs", "link_rates", "presence"]

@@ -60,9 +60,12 @@ class Kind(enum.IntEnum):
     REPORT = 14  # up: the device's measurements as UTF-8 JSON bytes (parsed with ``json``, never unpickled)
     SAVE = 15  # down: write your training state for checkpoint ``aux``, then answer DONE with the same aux
     LEAVE = 16  # up: the device has left (availability); aux = samples of this epoch it will not send
+    MOVED = 17  # up, to the old server: the device hands over; mb = micro-batches it sent there this epoch
+    JOIN = 18  # up, to the new server: aux = micro-batches of this epoch it will send there (0: not this epoch)
 
 
-UP = {Kind.HELLO, Kind.ACT, Kind.ADAPTER, Kind.SHARD, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE}
+UP = {Kind.HELLO, Kind.ACT, Kind.ADAPTER, Kind.SHARD, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE,
+      Kind.MOVED, Kind.JOIN}
 DOWN = {Kind.START, Kind.CREDIT, Kind.GRAD, Kind.FWD, Kind.END, Kind.SYNC, Kind.ROUND, Kind.ADAPTER,
         Kind.HEARTBEAT, Kind.SAVE}
 

@@ -101,7 +101,8 @@ def run_validation(vc: ValidateConfig) -> dict:
                   accumulate=metrics["accumulate"], emulate=vc.emulate,
                   simulator_policy=POLICY_OF_ORDER[vc.server_order], config=dataclasses.asdict(vc),
                   seq_len=_mean_tokens(metrics), devices=list(metrics["device_flops"]),
-                  samples_not_trained={"predicted": sim.samples_not_trained, "measured": metrics["samples_not_trained"]})
+                  samples_not_trained={"predicted": sim.samples_not_trained, "measured": metrics["samples_not_trained"]},
+                  handovers={"predicted": sim.handovers, "measured": metrics.get("handovers", [])})
     write_atomic(out / "report.json", json.dumps(report, indent=1))
     both = [e._replace(lane=f"predicted {e.lane}") for e in predicted] + \
            [e._replace(lane=f"measured {e.lane}") for e in measured]
