@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -33,19 +34,26 @@ from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent
 from sfsim.scenario.schema import write_atomic
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
-from trainer.transport import dynamics
+from trainer.transport import dynamics, secure
 from trainer.transport.distributed import (
     DistTransport,
     LinkShape,
-    init,
+    connect,
     parse_report,
     report_blob,
     sync_clock,
 )
 from trainer.transport.runtime import Message, PeerLost, role_seed
-from trainer.transport.wire import Limits
+from trainer.transport.wire import Kind, Limits
 
 ROLES = ("server", "device", "auto")
+RENDEZVOUS_MIN_S = 10.0  # start-up: roles load the model at different speeds, so at least this long to join
+#: The messages each method's devices send up (a server refuses any other kind: no 2 GiB adapter to
+#: a SplitFrozen server that never reads one).
+_BASE_UP = {Kind.HELLO, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE}
+UP_KINDS = {"splitfrozen": frozenset(_BASE_UP | {Kind.ACT}), "splitfrozen-sequential": frozenset(_BASE_UP | {Kind.ACT}),
+            "splitlora": frozenset(_BASE_UP | {Kind.ACT, Kind.ADAPTER}), "fedlora": frozenset(_BASE_UP | {Kind.ADAPTER}),
+            "cenlora": frozenset(_BASE_UP | {Kind.SHARD})}
 
 
 def from_env(role: str, rank: int | None, world: int | None, master: str | None) -> tuple[str, int, int, str | None]:
@@ -96,20 +104,31 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
                              "'flops' rate for every device")
         meter.stretch[d.name] = d.flops
     dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}")
-    init(rank, world, master, timeout_s=max(600.0, 4 * cfg.peer_timeout))
+    channels = connect(rank, world, master, names, secure.need_secret(), secure.encrypt_default(cfg.launch != "local"),
+                       rendezvous_s=max(cfg.peer_timeout, RENDEZVOUS_MIN_S), timeout_s=max(600.0, 4 * cfg.peer_timeout))
     offset = sync_clock(meter)  # from here on meter.now() is the run's shared clock (trainer.transport.dynamics)
     presence = None
     if role == "device" and cfg.emulate != "none":
         presence = dynamics.presence(scenario, names[rank - 1], meter.now)
         if presence is not None:
             meter.presence[names[rank - 1]] = presence
-    limits = Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm)
-    tr = DistTransport(rank, names, meter, limits, _shaping(cfg, scenario), peer_timeout=cfg.peer_timeout,
-                       presence=presence)
+    tr = DistTransport(rank, names, channels, meter, _limits(cfg, built, role == "server"), _shaping(cfg, scenario),
+                       peer_timeout=cfg.peer_timeout, presence=presence)
     setup.transport = tr
     if role == "device":
         return _device(cfg, built, tr, names[rank - 1], offset, resume)
     return _server(cfg, built, tr, out, t0, resume)
+
+
+def _limits(cfg, built, server: bool) -> Limits:
+    """What this run's peers may send: the model's shapes, the task's classes and vocabulary, each device's
+    share of the samples, and the kinds the method's devices send."""
+    _, lm, setup, _, _, _ = built
+    head = setup.head
+    return Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm,
+                  num_classes=0 if head is None else head.classifier.out_features,
+                  vocab=lm.model.get_input_embeddings().num_embeddings,
+                  budget=tuple(d.n_samples for d in setup.devices), kinds=UP_KINDS.get(cfg.method) if server else None)
 
 
 def _shaping(cfg, scenario) -> dict[str, tuple[LinkShape, LinkShape]] | None:
@@ -171,12 +190,16 @@ def _server(cfg, built, tr: DistTransport, out: Path, t0: float, resume: bool) -
     for n in method.live():
         try:
             msg = tr.recv_up(n, {"report"})
-            reports[n] = parse_report(msg.tensors["blob"])
+            reports[n] = parse_report(msg.tensors["blob"], n)
         except (PeerLost, ValueError) as err:
             print(f"warning: no report from {n} ({err}); its measurements are missing", file=sys.stderr)
+            if isinstance(err, ValueError):
+                tr.dropped[n] = f"bad report: {err}"
     metrics = merge_reports(metrics, reports, setup, tr)
     metrics["wall_s"] = round(time.perf_counter() - t0, 3)
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    metrics["dropped_peers"] = dict(tr.dropped)
+    metrics["encrypted"] = any(ch.encrypted for ch in tr.channels.values())
+    write_atomic(out / "metrics.json", json.dumps(finite(metrics), indent=1, allow_nan=False))
     events = list(setup.meter.events)
     for r in reports.values():
         events += [TraceEvent(*e) for e in r["events"]]
@@ -215,6 +238,17 @@ def merge_reports(metrics: dict, reports: dict[str, dict], setup, tr: DistTransp
     return m
 
 
+def finite(obj):
+    """``obj`` with every NaN or infinity replaced by ``None`` (JSON has no NaN: ``null`` says "no value")."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 # -- the local launcher ---------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -244,14 +278,47 @@ def _context():
     return _CTX
 
 
-def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, resume: bool, log: str) -> None:
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent ends (``PR_SET_PDEATHSIG``); exit now if it already has.
+
+    A role's parent is the launcher's forkserver, which exits as soon as the launcher does (its
+    liveness pipe closes): killing the launcher, even with SIGKILL, takes every role with it.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent or parent == 1:  # the parent went before the signal was armed
+        os._exit(1)
+
+
+def _beat(path: Path, every_s: float = 1.0) -> None:
+    """Touch ``path`` every ``every_s`` from a daemon thread (the launcher's sign that the server is not hung)."""
+    import threading
+
+    def loop() -> None:
+        while True:
+            path.touch()
+            time.sleep(every_s)
+
+    threading.Thread(target=loop, daemon=True, name="heartbeat").start()
+
+
+def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, resume: bool, log: str,
+                  secret_file: str = "", encrypt: str = "auto") -> None:
     """Entry of a forked role: output to ``log``, one role, then leave at once."""
+    die_with_parent()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     os.setsid()  # its own process group: the launcher can stop it and anything it started
+    os.environ[secure.SECRET_FILE_ENV], os.environ[secure.ENCRYPT_ENV] = secret_file, encrypt
+    if role == "server":
+        _beat(Path(log).with_suffix(".alive"))
     import threading
 
     from tqdm import tqdm
@@ -261,15 +328,28 @@ def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, 
                         "--master", master] + (["--resume"] if resume else [])))
 
 
+def _target_process(fn, secret_file: str, master: str, world: int, rank: int, log: str) -> None:
+    """Entry of a fault-injection role: the run's secret in its environment, as a real role has it."""
+    die_with_parent()
+    os.environ[secure.SECRET_FILE_ENV] = secret_file
+    os.environ.pop(secure.ENCRYPT_ENV, None)  # a device follows the server's choice
+    fn(master, world, rank, log)
+
+
 def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict | None = None) -> dict:
     """Start the server and one process per device on this machine; wait; return the metrics.
 
     The server's output is passed through (its ``error:`` line becomes this call's error); every
     role logs to ``OUT/logs/<role>.log`` and their pids are in ``OUT/logs/pids.json``. When the server
-    ends, devices get ``grace_s`` seconds to exit and are then killed, so no process outlives the run.
-    ``targets`` (fault injection in tests): rank -> a function run instead of that role, called with
-    ``(master, world, rank, log)``.
+    ends, devices get ``grace_s`` seconds to exit and are then killed, so no process outlives the run;
+    a server whose heartbeat stops for ``max(2 x --peer-timeout, 10 s)`` is killed as hung. Every role
+    dies with the launcher. The run's secret is fresh, in a 0600 file in a private folder, removed at
+    the end. ``targets`` (fault injection in tests): rank -> a function run instead of that role, called
+    with ``(master, world, rank, log)`` and ``SFSIM_SECRET_FILE`` set.
     """
+    import shutil
+    import tempfile
+
     from sfsim.scenario.config import load_scenario
     from trainer.run.runner import prepare_out
 
@@ -281,19 +361,23 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     world, master = len(names) + 1, f"127.0.0.1:{_free_port()}"
     ctx = _context()
     roles = [("server", 0, "server")] + [("device", i, n) for i, n in enumerate(names, start=1)]
-    procs = []
+    procs, private = [], Path(tempfile.mkdtemp(prefix="sfsim-run-"))  # mode 0700
+    secret_file = str(secure.new_secret_file(private))
+    encrypt = os.environ.get(secure.ENCRYPT_ENV, "auto")  # roles fork from a forkserver with its own environment
+    (logs / "server.alive").unlink(missing_ok=True)
     try:
         for role, rank, name in roles:
             log = str(logs / f"{name}.log")
             if targets and rank in targets:
-                p = ctx.Process(target=targets[rank], args=(master, world, rank, log), daemon=False)
-            else:
-                p = ctx.Process(target=_role_process, args=(cfg_json, role, rank, world, master, resume, log),
+                p = ctx.Process(target=_target_process, args=(targets[rank], secret_file, master, world, rank, log),
                                 daemon=False)
+            else:
+                p = ctx.Process(target=_role_process, args=(cfg_json, role, rank, world, master, resume, log,
+                                                            secret_file, encrypt), daemon=False)
             p.start()
             procs.append(p)
         write_atomic(logs / "pids.json", json.dumps({name: p.pid for (_, _, name), p in zip(roles, procs, strict=True)}))
-        last_error = _follow(procs[0], logs / "server.log")
+        last_error = _follow(procs[0], logs / "server.log", hang_s=max(2 * cfg.peer_timeout, 10.0))
         end = time.monotonic() + grace_s
         while time.monotonic() < end and any(p.is_alive() for p in procs[1:]):
             time.sleep(0.1)
@@ -301,6 +385,7 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
         for p in procs:
             if p.is_alive():
                 _kill(p)
+        shutil.rmtree(private, ignore_errors=True)
     code = procs[0].exitcode
     if code != 0:
         if last_error:
@@ -309,11 +394,20 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     return json.loads((out / "metrics.json").read_text())
 
 
-def _follow(proc, log: Path) -> str | None:
-    """Copy the server's log to our stderr as it grows, except ``error:`` lines; return the last of those."""
+def _follow(proc, log: Path, hang_s: float = math.inf) -> str | None:
+    """Copy the server's log to our stderr as it grows, except ``error:`` lines; return the last of those.
+
+    A server whose heartbeat file (``server.alive``, touched every second) is older than ``hang_s`` is
+    killed: its error names the hang.
+    """
     last, pos, buf = None, 0, b""
+    beat, started = log.with_suffix(".alive"), time.time()
     while True:
         alive = proc.is_alive()
+        seen = beat.stat().st_mtime if beat.exists() else started
+        if alive and time.time() - seen > hang_s:
+            _kill(proc)
+            return f"error: the server did not respond for {hang_s:g} s (hung); it was stopped. Logs in {log.parent}"
         if log.is_file():
             with open(log, "rb") as f:
                 f.seek(pos)

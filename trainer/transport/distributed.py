@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import queue
 import sys
 import threading
@@ -39,8 +40,9 @@ import torch.distributed as dist
 
 from sfsim.errors import SfsimError
 from sfsim.network.linkrate import Rate, finish
+from sfsim.outputs.trace import OPS, TraceEvent
 from trainer.run.measure import Meter
-from trainer.transport import wire
+from trainer.transport import secure, wire
 from trainer.transport.runtime import DeviceLeft, Message, PeerLost
 from trainer.transport.wire import HEADER_LEN, Kind, Limits, Packet, WireError
 
@@ -67,17 +69,58 @@ class LinkShape:
         return finish(self.rate, start, nbytes * 8.0)
 
 
-def init(rank: int, world: int, master: str | None, timeout_s: float = 600.0) -> None:
-    """Join the gloo process group at ``master`` (``host:port``; ``None``: torchrun's environment)."""
-    if master is None:
-        method = "env://"  # torchrun: MASTER_ADDR/MASTER_PORT (and its agent's store)
+def _address(master: str | None) -> tuple[str, int, str | None]:
+    """(host, admission port, gloo init method) of ``master`` (``None``: torchrun's MASTER_ADDR/PORT)."""
+    if master is None:  # torchrun: its agent's store is on MASTER_PORT; admission listens on the port after it
+        return os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]) + 1, "env://"
+    host, _, port = master.rpartition(":")
+    if not host or not port.isdigit():
+        raise SfsimError(f"--master {master!r} is not HOST:PORT (e.g. 10.0.0.2:29500)")
+    return host.strip("[]"), int(port), None
+
+
+_KEEP: list = []  # the store's listening socket and the store itself live as long as the process group
+
+
+def connect(rank: int, world: int, master: str | None, names: list[str], secret: bytes, encrypt: bool,
+            rendezvous_s: float, timeout_s: float = 600.0, log=None) -> dict[int, secure.Channel]:
+    """Admit every device (the server) or join (a device), then form the gloo group; return the channels.
+
+    The server listens on the master address only: a process gets its rank after proving it holds
+    ``secret`` (:func:`trainer.transport.secure.admit`); the rendezvous store then binds a fresh port on
+    the same address, which only admitted processes learn. The server gives up after ``rendezvous_s``
+    with a one-line error naming the ranks that did not join.
+
+    Returns:
+        peer rank -> :class:`~trainer.transport.secure.Channel` (the server: every device; a device: ``{0: ...}``).
+    """
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    host, port, method = _address(master)
+    if host in ("127.0.0.1", "localhost", "::1"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's own listener stays on loopback too
+    td = datetime.timedelta(seconds=timeout_s)
+    if rank == 0:
+        lsock = secure.listen(host, port)
+        ssock = secure.listen(host, 0) if method is None else None
+        store_port = ssock.getsockname()[1] if ssock is not None else 0
+        try:
+            channels = secure.admit(lsock, secret, {r: names[r - 1] for r in range(1, world)}, rendezvous_s,
+                                    store_port, encrypt, log)
+        finally:
+            lsock.close()
+        store = None if ssock is None else dist.TCPStore(host, store_port, world, True, td, wait_for_workers=False,
+                                                         master_listen_fd=ssock.fileno())
+        _KEEP.extend([ssock, store])
     else:
-        host, _, port = master.rpartition(":")
-        if not host or not port.isdigit():
-            raise SfsimError(f"--master {master!r} is not HOST:PORT (e.g. 10.0.0.2:29500)")
-        method = f"tcp://{host}:{port}"
-    dist.init_process_group("gloo", init_method=method, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+        ch, store_port = secure.join(host, port, rank, secret, timeout_s)
+        channels = {0: ch}
+        store = None if method is not None else dist.TCPStore(host, store_port, world, False, td)
+        _KEEP.append(store)
+    if store is None:
+        dist.init_process_group("gloo", init_method=method, rank=rank, world_size=world, timeout=td)
+    else:
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=td)
+    return channels
 
 
 def sync_clock(meter: Meter, rounds: int = 5) -> float:
@@ -150,6 +193,7 @@ class DistTransport:
     Args:
         rank: 0 for the server, ``i + 1`` for device ``i``.
         names: device names in scenario order (device ``i`` is rank ``i + 1``).
+        channels: peer rank -> admitted :class:`~trainer.transport.secure.Channel` (from :func:`connect`).
         meter: this process's meter (bytes, link events).
         limits: what an activation/adapter message may look like (checked before allocating).
         shaping: device name -> (uplink, downlink) :class:`LinkShape`; ``None``: no shaping.
@@ -162,7 +206,7 @@ class DistTransport:
 
     arrival_order = True  # the server may take micro-batches in true arrival order
 
-    def __init__(self, rank: int, names: list[str], meter: Meter, limits: Limits,
+    def __init__(self, rank: int, names: list[str], channels: dict[int, secure.Channel], meter: Meter, limits: Limits,
                  shaping: dict[str, tuple[LinkShape, LinkShape]] | None = None, peer_timeout: float = 30.0,
                  heartbeat_s: float = 0.5, log=None, presence=None):
         self.rank, self.names, self.meter, self.limits = rank, list(names), meter, limits
@@ -171,7 +215,12 @@ class DistTransport:
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.is_server = rank == 0
         self.inbox = _Inbox()
-        self.header_bytes = 0
+        self.channels = channels
+        self.header_bytes = 0  # everything but tensor bytes: headers, frame lengths, counters and tags
+        self.dropped: dict[str, str] = {}  # peers dropped for a bad, forged or replayed message -> why
+        self._permits: dict[str, int] = {}  # device -> activation messages it may still send (credits, fwd)
+        self._plock = threading.Lock()
+        self._ended = {p: threading.Event() for p in channels}
         self._closing = threading.Event()
         peers = range(1, len(names) + 1) if self.is_server else [0]
         self._last_seen = {p: time.monotonic() for p in peers}
@@ -194,6 +243,11 @@ class DistTransport:
         """Server -> device ``msg.device`` (queued; a lost device's messages are dropped)."""
         if msg.device in self.inbox.lost:
             return
+        with self._plock:  # counted before it leaves: the device can only use a permit it was sent
+            if msg.kind == "start":
+                self._permits[msg.device] = msg.aux
+            elif msg.kind in ("credit", "fwd"):
+                self._permits[msg.device] = self._permits.get(msg.device, 0) + 1
         self._enqueue(self.names.index(msg.device) + 1, msg)
 
     def recv_up(self, device: str | None, kinds: set[str] | None = None) -> Message:
@@ -221,10 +275,15 @@ class DistTransport:
                     (self._out[p].unfinished_tasks or self._wire[p].unfinished_tasks):
                 time.sleep(0.01)
 
-    def close(self) -> None:
-        """Flush, then stop the sender threads (receivers stay blocked in gloo; they are daemons)."""
+    def close(self, wait_s: float = 2.0) -> None:
+        """Flush, stop the sender threads, end each stream and wait (briefly) for the peers to end theirs."""
         self.flush()
         self._closing.set()
+        for ch in self.channels.values():
+            ch.shutdown()
+        end = time.monotonic() + wait_s
+        for ev in self._ended.values():
+            ev.wait(max(0.0, end - time.monotonic()))
 
     # -- threads ------------------------------------------------------------------------------
     def _start(self, fn, p: int) -> None:
@@ -298,53 +357,64 @@ class DistTransport:
                     if self.presence is not None and ser is not None:
                         parts = self.presence.online_parts(start, start + dur)
                     self.meter.transfer(msg.device, pkt.nbytes, start, dur, msg.mb, down=self.is_server, parts=parts)
-            except (RuntimeError, WireError) as err:
+            except (OSError, RuntimeError, WireError) as err:
                 self.inbox.lose(self._peer_name(p), f"send failed: {_first_line(err)}")
             finally:
                 if msg is not None:
                     self._wire[p].task_done()
 
     def _send(self, p: int, pkt: Packet) -> None:
-        dist.send(wire.encode_header(pkt), p, tag=0)
-        self.header_bytes += HEADER_LEN * 8
-        for t in pkt.tensors.values():
-            dist.send(t, p, tag=1)
+        """One message as two frames: the header, then (when it has tensors) every payload back to back."""
+        ch = self.channels[p]
+        self.header_bytes += ch.send(wire.encode_header(pkt).numpy().tobytes())
+        if pkt.tensors:
+            self.header_bytes += ch.send(*wire.tensor_views(pkt.tensors)) - pkt.nbytes
 
     def _receiver(self, p: int) -> None:
-        """The only thread that receives from peer ``p``: check each header before allocating payloads."""
+        """The only thread that reads from peer ``p``: every field is checked before it is used."""
         name = self._peer_name(p)
-        allowed = wire.UP if self.is_server else wire.DOWN
-        while not self._closing.is_set() and name not in self.inbox.lost:
-            try:
-                h = torch.empty(HEADER_LEN, dtype=torch.int64)
-                dist.recv(h, src=p, tag=0)
-                self._last_seen[p] = time.monotonic()
-                pkt, specs = wire.decode_header(h, allowed)
-                if self.is_server and pkt.device != p - 1:
-                    raise WireError(f"device index {pkt.device} does not match the sender's rank {p}")
-                wire.check_specs(pkt, specs, self.limits)
-                tensors = {}
-                for tname, dtype, shape in specs:
-                    t = torch.empty(shape, dtype=dtype)
-                    dist.recv(t, src=p, tag=1)
-                    tensors[tname] = t
-                self._last_seen[p] = time.monotonic()
-                if pkt.kind == Kind.HEARTBEAT:
-                    continue
-                if not self.is_server and pkt.device != self.rank - 1:
-                    raise WireError(f"message for device index {pkt.device} reached rank {self.rank}")
-                device = self.names[pkt.device]
-                self.inbox.put(Message(device, pkt.mb, tensors, kind=pkt.kind.name.lower(), aux=pkt.aux,
-                                       epoch=pkt.epoch))
-            except WireError as err:
-                who = "the server" if p == 0 else name
-                self.log(f"bad message from rank {p} ({who}): {err}; dropping {who}")
-                self.inbox.lose(name, f"bad message: {err}")
-                return
-            except RuntimeError as err:
-                if not self._closing.is_set():
-                    self.inbox.lose(name, f"connection: {_first_line(err)}")
-                return
+        try:
+            while not self._closing.is_set() and name not in self.inbox.lost:
+                try:
+                    pkt, tensors = self._read(p)
+                except WireError as err:
+                    who = "the server" if p == 0 else name
+                    self.log(f"bad message from rank {p} ({who}): {err}; dropping {who}")
+                    self.dropped[name] = f"bad message: {err}"
+                    self.inbox.lose(name, f"bad message: {err}")
+                    self.channels[p].close()
+                    return
+                except (OSError, RuntimeError) as err:
+                    if not self._closing.is_set():
+                        self.inbox.lose(name, f"connection: {_first_line(err)}")
+                    return
+                if pkt is not None:
+                    self.inbox.put(Message(self.names[pkt.device], pkt.mb, tensors, kind=pkt.kind.name.lower(),
+                                           aux=pkt.aux, epoch=pkt.epoch))
+        finally:
+            self._ended[p].set()
+
+    def _read(self, p: int) -> tuple[Packet | None, dict]:
+        """The next message from ``p`` (``None`` for a heartbeat); raise WireError on anything off-protocol."""
+        ch = self.channels[p]
+        raw = ch.recv(HEADER_LEN * 8)
+        self._last_seen[p] = time.monotonic()
+        pkt, specs = wire.decode_header(torch.frombuffer(raw, dtype=torch.int64), wire.UP if self.is_server else wire.DOWN)
+        if self.is_server and pkt.device != p - 1:
+            raise WireError(f"device index {pkt.device} does not match the sender's rank {p}")
+        if not self.is_server and pkt.device != self.rank - 1 and pkt.kind != Kind.HEARTBEAT:
+            raise WireError(f"message for device index {pkt.device} reached rank {self.rank}")
+        wire.check_specs(pkt, specs, self.limits)
+        if self.is_server and pkt.kind == Kind.ACT:
+            name = self.names[p - 1]
+            with self._plock:
+                if self._permits.get(name, 0) <= 0:
+                    raise WireError("activations sent without a credit")
+                self._permits[name] -= 1
+        tensors = wire.from_bytes(ch.recv(wire.payload_bytes(specs)), specs) if specs else {}
+        self._last_seen[p] = time.monotonic()
+        wire.check_content(pkt, tensors, self.limits)
+        return (None, {}) if pkt.kind == Kind.HEARTBEAT else (pkt, tensors)
 
     def _check_stale(self) -> None:
         now = time.monotonic()
@@ -372,12 +442,47 @@ def report_blob(obj: dict) -> torch.Tensor:
     return torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8).clone()
 
 
-def parse_report(blob: torch.Tensor) -> dict:
-    """Inverse of :func:`report_blob` (plain JSON; raises ``ValueError`` on anything else)."""
-    obj = json.loads(bytes(blob.tolist()).decode())
-    if not isinstance(obj, dict):
-        raise ValueError("a report must be a JSON object")
+#: What a device's end-of-run report holds: key -> JSON type (numbers finite and >= 0 except the clock offset).
+REPORT_KEYS = {"device": str, "flops": int, "uplink_bytes": int, "phase_s": dict, "peak_rss_bytes": int,
+               "cpu_s": float, "clock_offset_s": float, "stretched_s": float, "header_bytes": int, "events": list}
+
+
+def parse_report(blob: torch.Tensor, device: str | None = None) -> dict:
+    """Inverse of :func:`report_blob`, checked against :data:`REPORT_KEYS`; raise ``ValueError`` on anything else.
+
+    Plain JSON only: no NaN or infinity, no nesting beyond the schema (a deeply nested document is
+    refused by the parser's recursion limit and reported as a ``ValueError``), trace events of
+    :class:`~sfsim.outputs.trace.TraceEvent`'s six fields with a known op.
+    """
+    try:
+        obj = json.loads(bytes(blob.numpy()).decode(), parse_constant=_no_constant)
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"a report must be plain JSON ({type(err).__name__})") from None
+    if not isinstance(obj, dict) or set(obj) != set(REPORT_KEYS):
+        raise ValueError(f"a report must be a JSON object with the keys {sorted(REPORT_KEYS)}")
+    for key, typ in REPORT_KEYS.items():
+        v = obj[key]
+        ok = isinstance(v, typ) or (typ is float and isinstance(v, int))
+        if not ok or isinstance(v, bool) or (typ in (int, float) and key != "clock_offset_s" and v < 0):
+            raise ValueError(f"report field {key!r} must be a{' non-negative' if typ in (int, float) else ''} "
+                             f"{typ.__name__}, got {str(v)[:40]!r}")
+    if device is not None and obj["device"] != device:
+        raise ValueError(f"a report for {obj['device'][:40]!r} came from {device}")
+    if not all(isinstance(k, str) and _number(v) and v >= 0 for k, v in obj["phase_s"].items()):
+        raise ValueError("report field 'phase_s' must map names to non-negative seconds")
+    for e in obj["events"]:
+        if not (isinstance(e, list) and len(e) == len(TraceEvent._fields) and isinstance(e[0], str) and e[1] in OPS
+                and _number(e[2]) and _number(e[3]) and e[3] >= 0 and isinstance(e[4], int) and isinstance(e[5], str)):
+            raise ValueError(f"report event {str(e)[:80]} is not (lane, op, start, dur, mb, device)")
     return obj
 
 
-__all__ = ["DistTransport", "LinkShape", "init", "sync_clock", "report_blob", "parse_report"]
+def _no_constant(name: str):
+    raise ValueError(f"a report may not hold {name}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+__all__ = ["DistTransport", "LinkShape", "connect", "sync_clock", "report_blob", "parse_report"]
