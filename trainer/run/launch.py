@@ -278,20 +278,41 @@ def _context():
     return _CTX
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent ends (``PR_SET_PDEATHSIG``); exit now if it already has.
+def die_with(launcher: int) -> None:
+    """End this process (SIGKILL) as soon as process ``launcher`` ends, however it ends.
 
-    A role's parent is the launcher's forkserver, which exits as soon as the launcher does (its
-    liveness pipe closes): killing the launcher, even with SIGKILL, takes every role with it.
+    A role's parent is the launcher's forkserver, which outlives the launcher while any role holds its
+    liveness pipe, so a parent-death signal alone would not fire: a daemon thread waits on a pidfd of
+    the launcher (polls, where there is none) and kills this process when it goes.
+    ``PR_SET_PDEATHSIG`` is armed too, for a forkserver that ends first.
     """
-    parent = os.getppid()
     if sys.platform.startswith("linux"):
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent or parent == 1:  # the parent went before the signal was armed
-        os._exit(1)
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    import select
+    import threading
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(launcher)
+            select.select([fd], [], [])  # readable once the launcher has ended
+        except (AttributeError, OSError):  # no pidfd here (or the launcher is already gone): poll
+            while _running(launcher):
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-launcher").start()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _beat(path: Path, every_s: float = 1.0) -> None:
@@ -307,9 +328,10 @@ def _beat(path: Path, every_s: float = 1.0) -> None:
 
 
 def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, resume: bool, log: str,
-                  secret_file: str = "", encrypt: str = "auto") -> None:
-    """Entry of a forked role: output to ``log``, one role, then leave at once."""
-    die_with_parent()
+                  secret_file: str = "", encrypt: str = "auto", launcher: int = 0) -> None:
+    """Entry of a forked role: output to ``log``, one role, then leave at once (or with the launcher)."""
+    if launcher:
+        die_with(launcher)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -328,9 +350,9 @@ def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, 
                         "--master", master] + (["--resume"] if resume else [])))
 
 
-def _target_process(fn, secret_file: str, master: str, world: int, rank: int, log: str) -> None:
+def _target_process(fn, secret_file: str, launcher: int, master: str, world: int, rank: int, log: str) -> None:
     """Entry of a fault-injection role: the run's secret in its environment, as a real role has it."""
-    die_with_parent()
+    die_with(launcher)
     os.environ[secure.SECRET_FILE_ENV] = secret_file
     os.environ.pop(secure.ENCRYPT_ENV, None)  # a device follows the server's choice
     fn(master, world, rank, log)
@@ -369,11 +391,11 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
         for role, rank, name in roles:
             log = str(logs / f"{name}.log")
             if targets and rank in targets:
-                p = ctx.Process(target=_target_process, args=(targets[rank], secret_file, master, world, rank, log),
+                p = ctx.Process(target=_target_process, args=(targets[rank], secret_file, os.getpid(), master, world, rank, log),
                                 daemon=False)
             else:
                 p = ctx.Process(target=_role_process, args=(cfg_json, role, rank, world, master, resume, log,
-                                                            secret_file, encrypt), daemon=False)
+                                                            secret_file, encrypt, os.getpid()), daemon=False)
             p.start()
             procs.append(p)
         write_atomic(logs / "pids.json", json.dumps({name: p.pid for (_, _, name), p in zip(roles, procs, strict=True)}))
