@@ -273,3 +273,110 @@ def test_killing_the_launcher_leaves_no_role(tiny_gpt2, tmp_path):
     while any(_alive(p) for p in pids.values()) and time.monotonic() < end:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids.values()), {n: p for n, p in pids.items() if _alive(p)}
+
+
+@pytest.mark.slow
+def test_a_hung_server_is_stopped(tiny_gpt2, tmp_path):
+    """SIGSTOP the server mid-run: the launcher stops it after its heartbeat is 10 s old and says so."""
+    import threading
+
+    from trainer.run.launch import launch_local
+
+    out, box = tmp_path / "hung", {}
+    cfg = _cfg(tiny_gpt2, out, devices=str(FIXTURES / "runtime_tiny.yaml"), train_samples=40, epochs=3,
+               emulate="compute", peer_timeout=2.0)
+
+    def body():
+        try:
+            launch_local(cfg)
+        except SfsimError as err:
+            box["error"] = str(err)
+
+    t = threading.Thread(target=body)
+    t.start()
+    end = time.monotonic() + 120
+    while not (out / "logs" / "server.alive").exists():
+        assert time.monotonic() < end
+        time.sleep(0.1)
+    pids = json.loads((out / "logs" / "pids.json").read_text())
+    os.kill(pids["server"], signal.SIGSTOP)
+    t.join(60)
+    assert not t.is_alive() and box["error"].startswith("the server did not respond for 10 s (hung)"), box
+    assert not any(_alive(p) for p in pids.values())
+
+
+# -- the secure channel and admission, without processes -------------------------------------------------------
+def _pair(encrypt: bool = True):
+    import socket
+
+    a, b = socket.socketpair()
+    k1, k2 = os.urandom(32), os.urandom(32)
+    return secure.Channel(a, (k1, k2) if encrypt else None), secure.Channel(b, (k2, k1) if encrypt else None)
+
+
+def test_channel_round_trip_and_refusals():
+    tx, rx = _pair()
+    assert tx.send(b"hello") == 4 + 8 + 5 + 16  # length, counter, content, tag
+    assert rx.recv(5) == b"hello"
+    tx.send(b"abc")
+    with pytest.raises(wire.WireError, match="frame of 27 bytes where 28 were announced"):
+        rx.recv(4)
+    tx, rx = _pair()
+    real = tx.sock
+    tx.send(b"first")
+    tx.sock = _Tap(real, forward=False)
+    tx.send(b"again")
+    length, body = tx.sock.sent
+    real.sendall(length + body[:-1] + bytes([body[-1] ^ 1]))  # one bit of the tag flipped
+    assert rx.recv(5) == b"first"
+    with pytest.raises(wire.WireError, match="forged or tampered"):
+        rx.recv(5)
+    tx, rx = _pair()
+    real = tx.sock
+    tx.sock = _Tap(real)
+    tx.send(b"once")
+    real.sendall(b"".join(tx.sock.sent))
+    assert rx.recv(4) == b"once"
+    with pytest.raises(wire.WireError, match=r"replayed message \(counter 0, expected 1\)"):
+        rx.recv(4)
+    tx, rx = _pair(encrypt=False)
+    assert tx.send(b"ab") == 6 and rx.recv(2) == b"ab"
+
+
+def test_secret_file_must_be_private(tmp_path, monkeypatch):
+    f = tmp_path / "s"
+    f.write_text("0123456789abcdef0123")
+    f.chmod(0o644)
+    monkeypatch.setenv(secure.SECRET_FILE_ENV, str(f))
+    with pytest.raises(SfsimError, match="readable by group or others .* chmod 600"):
+        secure.load_secret()
+    f.chmod(0o600)
+    assert secure.load_secret() == b"0123456789abcdef0123"
+    assert (secure.new_secret_file(tmp_path).stat().st_mode & 0o777) == 0o600
+    monkeypatch.delenv(secure.SECRET_FILE_ENV)
+    monkeypatch.delenv(secure.SECRET_ENV, raising=False)
+    with pytest.raises(SfsimError, match="needs its secret on every role"):
+        secure.need_secret()
+
+
+def test_admission_refuses_a_wrong_secret_and_a_taken_rank():
+    import threading
+
+    lsock = secure.listen("127.0.0.1", 0)
+    port, lines, box = lsock.getsockname()[1], [], {}
+    t = threading.Thread(target=lambda: box.update(ch=secure.admit(lsock, b"s" * 32, {1: "a", 2: "b"}, 20.0, 4321,
+                                                                   True, lines.append)))
+    t.start()
+    with pytest.raises(SfsimError, match="refused rank 1"):
+        secure.join("127.0.0.1", port, 1, b"x" * 32, 5.0)
+    ch1, store = secure.join("127.0.0.1", port, 1, b"s" * 32, 5.0)
+    with pytest.raises(SfsimError, match="refused rank 1"):
+        secure.join("127.0.0.1", port, 1, b"s" * 32, 5.0)
+    ch2, _ = secure.join("127.0.0.1", port, 2, b"s" * 32, 5.0)
+    t.join(10)
+    assert store == 4321 and ch1.encrypted and sorted(box["ch"]) == [1, 2]
+    assert [line.split(": ", 1)[1] for line in lines] == ["wrong secret (claimed rank 1)", "rank 1 is taken"]
+    ch1.send(b"up")
+    assert box["ch"][1].recv(2) == b"up"
+    with pytest.raises(SfsimError, match=r"^rendezvous: rank 1 \(a\) did not join within 0.5 s"):
+        secure.admit(lsock, b"s" * 32, {1: "a"}, 0.5, 1, False, lines.append)

@@ -130,6 +130,20 @@ def test_local_launch_equals_inprocess(tiny_gpt2, tmp_path, method):
     assert {"big", "small-0", "small-1"} <= lanes or method == "cenlora"
 
 
+def test_encrypted_local_launch_equals_inprocess(tiny_gpt2, tmp_path, monkeypatch):
+    """AES-GCM channels (the multi-host default) change no figure: SplitLoRA sends every kind of tensor."""
+    from trainer.run.runner import run
+
+    monkeypatch.setenv("SFSIM_ENCRYPT", "on")
+    a = run(_cfg(tiny_gpt2, tmp_path / "inproc", method="splitlora", launch="inprocess", fedavg_every=2))
+    b = run(_cfg(tiny_gpt2, tmp_path / "local", method="splitlora", fedavg_every=2))
+    assert b["encrypted"] is True and b["dropped_peers"] == {} and b["lost_devices"] == {}
+    assert max(abs(x - y) for x, y in zip(a["train_loss_history"], b["train_loss_history"], strict=True)) <= 1e-5
+    assert a["eval_history"] == b["eval_history"]
+    for key in ("uplink_bytes_by_device", "downlink_bytes_by_device"):
+        assert a[key] == b[key], key
+
+
 @pytest.mark.parametrize("method, order", [("splitlora", "interleaved"), ("splitlora", "sequential"),
                                            ("fedlora", None)])
 def test_local_launch_equals_inprocess_with_accumulate_and_client_order(tiny_gpt2, tmp_path, method, order):

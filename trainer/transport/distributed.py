@@ -1,11 +1,19 @@
-"""A transport over ``torch.distributed`` (gloo, TCP): one process per device and one for the server.
+"""A transport over TCP channels between admitted processes: one process per device and one for the server.
 
-Rank 0 is the server, rank ``i + 1`` is device ``i`` of the scenario. Every message crosses the wire
-as a fixed integer header plus raw tensor payloads (:mod:`trainer.transport.wire`); nothing from a peer is
-unpickled. Per peer, one *sender* thread owns every ``dist.send`` to that peer (so a header and its
-payloads are never interleaved with another message) and one *receiver* thread owns every
-``dist.recv`` from it; the role's main thread only touches queues, so a device computes its next
-micro-batch while the previous one is on the wire, and the server takes micro-batches as they arrive.
+Rank 0 is the server, rank ``i + 1`` is device ``i`` of the scenario. :func:`connect` admits every
+process by a challenge-response on the run's secret before it gets a rank
+(:mod:`trainer.transport.secure`), keeps that connection as the peer's channel, and forms the gloo
+group (used only for the clock sync). Every message is a checked header frame plus, when it carries
+tensors, one payload frame (:mod:`trainer.transport.wire`); nothing from a peer is unpickled, and a
+frame is read only after its header passed every check, so no message can make the receiver allocate
+more than the header promised. (gloo point-to-point cannot be used for this: a peer that sends more
+bytes than the receiver posted aborts the receiving process inside gloo.)
+
+Per peer, one *sender* thread owns every write to that peer (so a header and its payloads are never
+interleaved with another message) and one *receiver* thread owns every read; the role's main thread
+only touches queues, so a device computes its next micro-batch while the previous one is on the wire,
+and the server takes micro-batches as they arrive. The server counts the activation messages each
+device may send (credits and ``fwd`` commands it sent down) and drops a device that sends more.
 
 Link shaping (``--emulate links``): a message occupies the link for ``bytes * 8 / bandwidth`` seconds
 (a serialiser thread sleeps that long; the next message waits for the link) and arrives ``latency``
@@ -15,8 +23,9 @@ Gilbert-Elliott, fading) holds a message until the integral of its rate covers t
 (:mod:`trainer.transport.dynamics`).
 
 Liveness: an idle sender sends a heartbeat every ``heartbeat_s``; a peer not heard from for
-``peer_timeout`` seconds, whose connection closes, or that sends a message breaking the protocol is
-*lost*: the receiver logs one line, and the role's next wait on it raises :class:`PeerLost`.
+``peer_timeout`` seconds, whose connection closes, or that sends a message breaking the protocol
+(a bad, forged or replayed one: it is also listed in :attr:`DistTransport.dropped`) is *lost*: the
+receiver logs one line, and the role's next wait on it raises :class:`PeerLost`.
 
 Clock: at start-up every process measures its wall-clock offset to the server's (median of a few
 barrier + all-gather rounds), so all trace events share the server's time origin.

@@ -127,7 +127,8 @@ class Channel:
     def __init__(self, sock: socket.socket, keys: tuple[bytes, bytes] | None = None):
         self.sock = sock
         self.sock.settimeout(None)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a header frame goes at once
         self.encrypted = keys is not None
         self._tx = AESGCM(keys[0]) if keys else None
         self._rx = AESGCM(keys[1]) if keys else None

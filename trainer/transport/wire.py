@@ -1,9 +1,13 @@
 """The wire format of the distributed runtime: a fixed-size integer header, then raw tensor payloads.
 
-Nothing received from a peer is unpickled. A message is one ``int64`` header tensor of
-:data:`HEADER_LEN` entries followed by one payload send per tensor. The header says everything the
-receiver needs to allocate the payloads before receiving them, and is checked against hard limits
-before anything is allocated:
+Nothing received from a peer is unpickled. A message is one ``int64`` header of :data:`HEADER_LEN`
+entries (one frame) followed, when it carries tensors, by their bytes back to back (a second frame;
+framing and encryption: :mod:`trainer.transport.secure`). The header says everything the receiver
+needs to allocate the payloads before receiving them, and is checked before anything is allocated:
+first its structure (:func:`decode_header`), then per kind its integers and announced tensors against
+the run (:func:`check_specs`: :data:`HEADER_CHECKS`, :data:`SPEC_CHECKS`), and after the payload the
+values (:func:`check_content`: :data:`CONTENT_CHECKS`: finite numbers, labels within the classes).
+A new kind or field adds its entry to these tables:
 
 ====  ==========================================================================================
 slot  meaning
