@@ -51,6 +51,7 @@ TAG = 16  # AES-GCM tag
 COUNTER = 8
 LEN = struct.Struct(">I")  # frame length prefix
 MAX_FRAME = (2 << 30) + 64  # the largest message wire.py allows, plus the counter and tag
+AAD = b"sfsim"  # associated data of every frame
 HANDSHAKE_S = 5.0  # a joining process has this long to answer the challenge
 
 
@@ -142,8 +143,10 @@ class Channel:
     def send(self, *parts) -> int:
         """Send ``parts`` (bytes-like) as one frame; return the bytes put on the wire."""
         if self._tx is not None:
-            n = self.sent
-            body = struct.pack(">Q", n) + self._tx.encrypt(_nonce(n), b"".join(parts), b"sfsim")
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            body = bytearray(COUNTER + len(data) + TAG)
+            body[:COUNTER] = struct.pack(">Q", self.sent)
+            _seal(self._tx, _nonce(self.sent), data, memoryview(body)[COUNTER:])
             parts = (body,)
         size = sum(memoryview(p).nbytes for p in parts)
         self.sock.sendall(LEN.pack(size))
@@ -167,11 +170,11 @@ class Channel:
             what = "replayed" if n < self.received else "out-of-order"
             raise WireError(f"{what} message (counter {n}, expected {self.received})")
         try:
-            plain = self._rx.decrypt(_nonce(n), bytes(body[COUNTER:]), b"sfsim")
+            plain = _open(self._rx, _nonce(n), memoryview(body)[COUNTER:], expect)
         except InvalidTag:
             raise WireError("forged or tampered message (authentication failed)") from None
         self.received += 1
-        return bytearray(plain)
+        return plain
 
     def _read(self, n: int) -> bytearray:
         buf = bytearray(n)
@@ -197,6 +200,23 @@ class Channel:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _seal(aead: AESGCM, nonce: bytes, data, out: memoryview) -> None:
+    """Encrypt ``data`` into ``out`` (ciphertext + tag), without a copy where this cryptography can."""
+    if hasattr(aead, "encrypt_into"):
+        aead.encrypt_into(nonce, data, AAD, out)
+    else:
+        out[:] = aead.encrypt(nonce, bytes(data), AAD)
+
+
+def _open(aead: AESGCM, nonce: bytes, body: memoryview, n: int) -> bytearray:
+    """Decrypt and authenticate ``body`` (ciphertext + tag) into a new ``n``-byte buffer; raise InvalidTag."""
+    if hasattr(aead, "decrypt_into"):
+        plain = bytearray(n)
+        aead.decrypt_into(nonce, body, AAD, plain)
+        return plain
+    return bytearray(aead.decrypt(nonce, bytes(body), AAD))
 
 
 def _nonce(n: int) -> bytes:
