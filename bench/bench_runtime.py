@@ -72,22 +72,25 @@ def security(args) -> dict:
     """Encrypted against plaintext channels: the same run alternated, and one channel alone."""
     import statistics
 
-    times = {"off": [], "on": []}
+    times, cpu = {"off": [], "on": []}, {"off": [], "on": []}
     for _ in range(args.repeats):
         for mode in ("off", "on"):
             os.environ["SFSIM_ENCRYPT"] = mode
             m = run(_cfg(args, "splitfrozen", "local", "none", f"secure-{mode}"))
             assert m["encrypted"] == (mode == "on"), m["encrypted"]
             times[mode].append(m["train_s_by_epoch"][0])
+            cpu[mode].append(m["cpu_s"])
     os.environ.pop("SFSIM_ENCRYPT")
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
     print(f"\nencryption, splitfrozen local unshaped, {args.samples} samples, {args.repeats} runs each "
           f"(training s, median): plaintext {off:.2f}  encrypted {on:.2f}  ratio {on / off:.3f}")
     print(f"  every run: plaintext {times['off']}  encrypted {times['on']}")
+    c_off, c_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    print(f"  CPU s of all processes (median): plaintext {c_off:.1f}  encrypted {c_on:.1f}  ratio {c_on / c_off:.3f}")
     chan = {mode: _channel_s(mode == "on") for mode in ("off", "on")}
     print(f"one channel, (16, 64, 384) float32 message: plaintext {1e3 * chan['off']:.2f} ms  encrypted "
           f"{1e3 * chan['on']:.2f} ms  ratio {chan['on'] / chan['off']:.2f}")
-    return {"train_s": times, "ratio": on / off, "channel_s": chan, "channel_ratio": chan["on"] / chan["off"]}
+    return {"train_s": times, "ratio": on / off, "cpu_s": cpu, "cpu_ratio": c_on / c_off, "channel_s": chan, "channel_ratio": chan["on"] / chan["off"]}
 
 
 def _channel_s(encrypt: bool, n: int = 200) -> float:

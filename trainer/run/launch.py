@@ -104,7 +104,7 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
                              "'flops' rate for every device")
         meter.stretch[d.name] = d.flops
     dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}")
-    channels = connect(rank, world, master, names, secure.need_secret(), secure.encrypt_default(cfg.launch != "local"),
+    channels = connect(rank, world, master, names, secure.need_secret(), secure.encrypt_default(multi_host=True),
                        rendezvous_s=max(cfg.peer_timeout, RENDEZVOUS_MIN_S), timeout_s=max(600.0, 4 * cfg.peer_timeout))
     offset = sync_clock(meter)  # from here on meter.now() is the run's shared clock (trainer.transport.dynamics)
     presence = None
@@ -121,11 +121,13 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
 
 
 def _limits(cfg, built, server: bool) -> Limits:
-    """What this run's peers may send: the model's shapes, the task's classes and vocabulary, each device's
-    share of the samples, and the kinds the method's devices send."""
-    _, lm, setup, _, _, _ = built
+    """What this run's peers may send: the model's shapes (activations, the flat adapter state), the task's
+    classes and vocabulary, each device's share of the samples, and the kinds the method's devices send."""
+    _, lm, setup, method, _, _ = built
     head = setup.head
-    return Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm,
+    keys, like = getattr(method, "keys", None), getattr(method, "like", None)  # methods that exchange adapters
+    numel = sum(like[k].numel() for k in keys) if keys is not None and like is not None else -1
+    return Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm, state_numel=numel,
                   num_classes=0 if head is None else head.classifier.out_features,
                   vocab=lm.model.get_input_embeddings().num_embeddings,
                   budget=tuple(d.n_samples for d in setup.devices), kinds=UP_KINDS.get(cfg.method) if server else None)
@@ -385,7 +387,9 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     roles = [("server", 0, "server")] + [("device", i, n) for i, n in enumerate(names, start=1)]
     procs, private = [], Path(tempfile.mkdtemp(prefix="sfsim-run-"))  # mode 0700
     secret_file = str(secure.new_secret_file(private))
-    encrypt = os.environ.get(secure.ENCRYPT_ENV, "auto")  # roles fork from a forkserver with its own environment
+    # one machine, loopback: plaintext unless SFSIM_ENCRYPT=on (roles fork from a forkserver with its own
+    # environment, so the choice travels with them; a role started any other way counts as multi-host)
+    encrypt = "off" if secure.encrypt_default(multi_host=False) is False else "on"
     (logs / "server.alive").unlink(missing_ok=True)
     try:
         for role, rank, name in roles:

@@ -396,6 +396,7 @@ class DistTransport:
                 except (OSError, RuntimeError) as err:
                     if not self._closing.is_set():
                         self.inbox.lose(name, f"connection: {_first_line(err)}")
+                    self.channels[p].close()  # the peer's own reader sees the end at once
                     return
                 if pkt is not None:
                     self.inbox.put(Message(self.names[pkt.device], pkt.mb, tensors, kind=pkt.kind.name.lower(),

@@ -43,7 +43,7 @@ from trainer.transport.wire import WireError
 
 SECRET_FILE_ENV = "SFSIM_SECRET_FILE"
 SECRET_ENV = "SFSIM_SECRET"
-ENCRYPT_ENV = "SFSIM_ENCRYPT"  # on | off | auto (auto: on for multi-host runs, off for --launch local)
+ENCRYPT_ENV = "SFSIM_ENCRYPT"  # on | off | auto (auto: off for --launch local's roles, on for any other role)
 HELLO = b"SFSIM-JOIN-1"
 NONCE = 32  # bytes of each side's challenge
 MAC = 32  # HMAC-SHA256
