@@ -295,7 +295,7 @@ def test_a_hung_server_is_stopped(tiny_gpt2, tmp_path):
     t = threading.Thread(target=body)
     t.start()
     end = time.monotonic() + 120
-    while not (out / "logs" / "server.alive").exists():
+    while not ((out / "logs" / "server.alive").exists() and (out / "logs" / "pids.json").exists()):
         assert time.monotonic() < end
         time.sleep(0.1)
     pids = json.loads((out / "logs" / "pids.json").read_text())
