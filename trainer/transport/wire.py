@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -261,9 +262,9 @@ def _header_leave(p: Packet, lim: Limits) -> None:
 
 
 #: Per kind: checks of the header's integers (before the payloads are read).
-HEADER_CHECKS: dict[Kind, callable] = {Kind.HELLO: _header_hello, Kind.LEAVE: _header_leave}
+HEADER_CHECKS: dict[Kind, Callable[[Packet, Limits], None]] = {Kind.HELLO: _header_hello, Kind.LEAVE: _header_leave}
 #: Per kind: checks of the announced tensors against the model's shapes (before anything is allocated).
-SPEC_CHECKS: dict[Kind, callable] = {Kind.ACT: _spec_act, Kind.ADAPTER: _spec_state, Kind.ROUND: _spec_state,
+SPEC_CHECKS: dict[Kind, Callable[[Packet, dict, Limits], None]] = {Kind.ACT: _spec_act, Kind.ADAPTER: _spec_state, Kind.ROUND: _spec_state,
                                      Kind.GRAD: _spec_grad, Kind.REPORT: _spec_report, Kind.SHARD: _spec_shard}
 
 
@@ -316,7 +317,7 @@ def _content_shard(p: Packet, t: dict, lim: Limits) -> None:
 
 
 #: Per kind: checks of the received values (non-finite numbers, labels, ids) before a role sees them.
-CONTENT_CHECKS: dict[Kind, callable] = {
+CONTENT_CHECKS: dict[Kind, Callable[[Packet, dict, Limits], None]] = {
     Kind.ACT: _content_act, Kind.SHARD: _content_shard,
     Kind.GRAD: lambda p, t, lim: _finite("grad", t["grad"]),
     Kind.ADAPTER: lambda p, t, lim: [_finite(k, v) for k, v in t.items()],
