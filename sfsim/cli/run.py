@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from sfsim.cli import main
+from sfsim.cost.wire import CODECS
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS
 from sfsim.outputs.outdir import output_folder
@@ -76,6 +77,11 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--bucket", type=int, default=0, show_default=True,
               help="length bucketing: sort each window of N micro-batches by length, so little of a micro-batch is "
                    "padding (faster on long, uneven rows such as GSM8K; changes which samples train together); 0: off")
+@click.option("--wire-dtype", type=click.Choice(list(CODECS)),
+              help="how activations travel (default: the scenario's training.wire_dtype): fp32, fp16, bf16, int8 "
+                   "or int4 with per-token absmax scales (docs/codecs.md)")
+@click.option("--cache-memory", default="1 GiB", show_default=True,
+              help="training.cache_activations: activations the server keeps in memory; the rest go to a memory-mapped file")
 @click.option("--gen-tokens", type=int, default=128, show_default=True, help="gsm8k: tokens generated at eval")
 @click.option("--launch", default="local", show_default=True, type=click.Choice(["local", "inprocess"]),
               help=_LAUNCH_HELP)
@@ -104,7 +110,7 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
         eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, client_order,
         data_dir,
-        server_order, pool_memory, bucket, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
+        server_order, pool_memory, bucket, wire_dtype, cache_memory, gen_tokens, launch, emulate, role, rank, world_size, master, peer_timeout, checkpoint_every,
         resume_dir, threads, eval_before, no_flops, quiet, out, overwrite):
     """Fine-tune for real with a method; write metrics.json, trace.json, gantt.png and the adapter to OUT."""
     from trainer.run.launch import run as run_job
@@ -131,7 +137,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
                         gen_tokens=gen_tokens, bucket=bucket, eval_before=eval_before,
                         count_flops=not no_flops, progress=not quiet, launch=launch, threads=threads,
                         emulate=emulate, peer_timeout=peer_timeout, checkpoint_every=checkpoint_every,
-                        buffer=buffer, pool_memory=pool_memory)
+                        buffer=buffer, pool_memory=pool_memory, wire_dtype=wire_dtype, cache_memory=cache_memory)
     resume = resume_dir is not None
     if role is not None and role != "server":  # devices (and torchrun's auto) may share the server's --out
         _one_role(cfg, role, rank, world_size, master, resume)

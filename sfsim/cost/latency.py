@@ -24,6 +24,7 @@ micro-batch x sequence-length grid; times are unit strings or seconds, medians o
         iqr: {forward: {...}, forward_train: ..., input_grad: ..., weight_grad: ..., step: ...}
         peak_memory: 412 MiB        # process peak RSS while measuring this entry
         activation_bytes: [...]     # hidden states (B, T, d) leaving the device at cut 0..L
+        codec: {int8: {encode: 0.2 ms, decode: 0.1 ms}, ...}  # wire codecs on those activations
     source: "sfsim profile --model minilm-l6 ..."
 
 The older single-shape file (``bench/profile_device.py``) still loads: top-level ``micro_batch``,
@@ -38,6 +39,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
+from sfsim.cost.wire import CODECS
 from sfsim.scenario.schema import STRICT, Bytes, Seconds, read_yaml, validate
 
 _TIMES = ("forward", "forward_train", "input_grad", "weight_grad", "backward")
@@ -81,6 +83,14 @@ class Spread:
 
 
 @dataclass(config=STRICT, kw_only=True)
+class CodecTimes:
+    """Seconds to encode one micro-batch's (B, T, d) activations in a wire codec (device) and decode them (server)."""
+
+    encode: Seconds
+    decode: Seconds
+
+
+@dataclass(config=STRICT, kw_only=True)
 class FirstCall:
     """A fresh process's first forward (embeddings + every block, frozen) against a steady one, at one shape.
 
@@ -110,9 +120,14 @@ class GridPoint:
     iqr: Spread | None = None
     peak_memory: Bytes | None = None
     activation_bytes: list[float] | None = None
+    codec: dict[str, CodecTimes] | None = Field(default=None, description="wire codec -> encode/decode seconds "
+                                                 "of this shape's activations (sfsim.cost.wire)")
 
     @model_validator(mode="after")
     def _non_empty(self):
+        unknown = sorted(set(self.codec or {}) - set(CODECS))
+        if unknown:
+            raise ValueError(f"codec: unknown codec {unknown[0]!r}; use {', '.join(CODECS)}")
         for key in _TIMES:
             lt = getattr(self, key)
             if lt is not None and isinstance(lt.blocks, list) and not lt.blocks:
@@ -215,7 +230,8 @@ def _check_full_grid(grid: list[GridPoint]) -> None:
             if (mb, t) not in seen:
                 raise ValueError(f"no entry for micro_batch {mb}, seq_len {t}; "
                                  "measure every micro_batch x seq_len pair (sfsim profile does)")
-    tables = [tuple(getattr(p, k) is not None for k in (*_TIMES, "step")) for p in grid]
+    tables = [tuple(getattr(p, k) is not None for k in (*_TIMES, "step")) + (tuple(sorted(p.codec or ())),)
+              for p in grid]
     if len(set(tables)) > 1:
         raise ValueError("the entries measure different tables; give every entry the same keys")
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from sfsim.cost.latency import load_latency_profile
 from sfsim.cost.profilerates import ProfileRates
+from sfsim.cost.wire import wire_bytes
 from sfsim.model.arch import Arch
 from sfsim.model.flops import (
     block_cost,
@@ -202,7 +203,7 @@ class CostModel:
         self.lora_rank = tr.lora.rank
         self.lora_targets: tuple[str, ...] = resolve_targets(self.arch, tr.lora.targets)  # aliases -> modules
         self.dtype_bytes = WIRE_BYTES[tr.dtype]
-        self.wire_bytes = WIRE_BYTES[tr.wire_dtype]
+        self.wire_codec = tr.wire_dtype  # activations and SplitLoRA's gradients (sfsim.cost.wire)
         self.lf: LayerFlops = self._layer_flops(self.arch, self.seq_len, self.micro_batch)
         self._profiles: dict[str, ProfileRates] = {}
         self._memo: dict[tuple, Work] = {}
@@ -319,20 +320,34 @@ class CostModel:
         return self._profiles[path]
 
     # ---------------------------------------------------------------- bytes
-    def _act_elems(self) -> int:
-        return self.micro_batch * self.seq_len * self.arch.hidden  # (B, T, d)
+    def _act_bytes(self) -> int:
+        """(B, T, d) activations in the wire codec, scales included: exactly what the runtime sends."""
+        return wire_bytes(self.wire_codec, self.micro_batch * self.seq_len, self.arch.hidden)
 
     def uplink_bytes(self, cut: int) -> float:
-        """Per micro-batch: hidden states (B, T, d) in wire dtype + mask (1 B/token) + int64 labels."""
+        """Per micro-batch: hidden states (B, T, d) in the wire codec + mask (1 B/token) + int64 labels."""
         self._check_cut(cut)
         bsz, T = self.micro_batch, self.seq_len
         labels = bsz if self.task == "classification" else bsz * T
-        return float(self._act_elems() * self.wire_bytes + bsz * T * MASK_BYTES_PER_TOKEN + labels * LABEL_BYTES)
+        return float(self._act_bytes() + bsz * T * MASK_BYTES_PER_TOKEN + labels * LABEL_BYTES)
 
     def gradient_bytes(self, cut: int) -> float:
-        """Cut-layer activation gradient (B, T, d) in wire dtype (the SplitLoRA downlink)."""
+        """Cut-layer activation gradient (B, T, d) in the wire codec (the SplitLoRA downlink)."""
         self._check_cut(cut)
-        return float(self._act_elems() * self.wire_bytes)
+        return float(self._act_bytes())
+
+    def codec_seconds(self, node: Device | Server, op: str) -> float:
+        """Seconds to ``encode`` (device) or ``decode`` (server) one full micro-batch in the wire codec.
+
+        Measured by a latency profile with codec timings (``sfsim profile``), interpolated in its grid
+        and linear in tokens. Zero for ``fp32`` (sent as computed), for a nominal ``flops`` rate (the
+        codecs are elementwise, and FLOPs count matmuls only) and for a profile without codec timings.
+        """
+        if op not in ("encode", "decode"):
+            raise ValueError(f"codec op {op!r}: use encode or decode")
+        if self.wire_codec == "fp32" or not getattr(node, "latency_profile", None):
+            return 0.0
+        return self._profile(node.latency_profile).codec.get((self.wire_codec, op), 0.0)
 
     def trainable_params(self, blocks: Iterable[int], head: bool) -> int:
         """LoRA parameters in those blocks (0-based block indices), plus the classification head's."""
@@ -347,9 +362,9 @@ class CostModel:
         return float(self.trainable_params(blocks, head) * self.dtype_bytes)
 
     def activation_bytes(self, cut: int) -> float:
-        """Hidden states (B, T, d) leaving the first ``cut`` blocks, in wire dtype (equal at every cut)."""
+        """Hidden states (B, T, d) leaving the first ``cut`` blocks, in the wire codec (equal at every cut)."""
         self._check_cut(cut)
-        return float(self._act_elems() * self.wire_bytes)
+        return float(self._act_bytes())
 
     # ---------------------------------------------------------------- memory
     def layer_params(self) -> np.ndarray:

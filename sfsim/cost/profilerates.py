@@ -57,7 +57,11 @@ class ProfileRates:
         L, tokens = cm.n_layers, cm.micro_batch * cm.seq_len
         acc: dict[str, np.ndarray] = {}
         steps: dict[str, float] = {}
+        codec: dict[tuple[str, str], float] = {}  # (codec, encode|decode) -> seconds per token
         for point, wgt in weights:
+            for c, ct in (point.codec or {}).items():
+                for op in ("encode", "decode"):
+                    codec[(c, op)] = codec.get((c, op), 0.0) + wgt * getattr(ct, op) / (point.micro_batch * point.seq_len)
             for key, arr in self._point_rates(point).items():
                 acc[key] = acc.get(key, 0.0) + wgt * _to_layout(arr, L, arch.n_layers)
             if point.step is not None:
@@ -69,6 +73,7 @@ class ProfileRates:
         self.f_flat, self.ft_flat = acc["f_tok"] * tokens, acc["ft_tok"] * tokens
         self.b_norm = float(acc["b_tok"][L + 1] * tokens)
         self.steps = steps or None
+        self.codec = {k: v * tokens for k, v in codec.items()}  # (codec, op) -> seconds per micro-batch
         blocks = slice(1, L + 1)
         t = float(cm.lf.F[blocks] @ self.f_rate[blocks])
         self.block_rate = float(cm.lf.F[blocks].sum() / t) if t > 0 else float("inf")

@@ -179,7 +179,7 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
                         for k in cuts], dtype=float)
     for ti, t in enumerate(types):
         for ki, k in enumerate(cuts):
-            f[ti, ki] = cm.seconds(cm.device_prefix(int(k)), t.rep)[0]
+            f[ti, ki] = cm.seconds(cm.device_prefix(int(k)), t.rep)[0] + cm.codec_seconds(t.rep, "encode")
         s[ti] = up * 8.0 / t.bandwidth
     eff = effective_stages(scenario, types, f, up)  # handover, varying links, pause: effective times
     if eff is not None:
@@ -187,7 +187,7 @@ def build_table(cm, scenario, lora_start: int, min_device_layers: int, schedule:
     for ki, k in enumerate(cuts):
         work = cm.server_suffix(int(k), lora_start)
         for j, srv in enumerate(servers):
-            w[ki, j] = sum(cm.seconds(work, srv))
+            w[ki, j] = sum(cm.seconds(work, srv)) + cm.codec_seconds(srv, "decode")
     L = scenario.arch.n_layers
     params = cm.trainable_params(range(lora_start, L), True)
     step = np.array([cm.optimizer_seconds(params, srv) for srv in servers], dtype=float)

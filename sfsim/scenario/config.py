@@ -97,7 +97,9 @@ class Training:
     split: int | None = Field(default=None, ge=0, description="default cut for every device")
     lora_start: int | None = Field(default=None, ge=0, description="first LoRA block; default max cut")
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
-    wire_dtype: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    wire_dtype: Literal["fp32", "fp16", "bf16", "int8", "int4"] = Field(
+        default="fp32", description="how activations travel: fp32, fp16, bf16, int8 or int4 with per-token absmax "
+        "scales (sfsim.cost.wire; docs/codecs.md)")
     server_policy: str = Field(default="fifo", description="which waiting micro-batch a server takes next: "
                                "fifo, round-robin, proportional, paced-proportional, paced-round-robin, pool")
     credits: Literal["server", "device"] = Field(default="server", description="who holds the buffer's credits: "

@@ -49,8 +49,9 @@ def build(setup: Setup, cache: bool = False) -> Job:
         prefix, suffix = cm.device_prefix(k), cm.server_suffix(k, ls)
         sf, sb, sw = cm.seconds(suffix, srv)
         up = cm.uplink_bytes(k)
-        dt = DeviceTimes(d.name, idx[srv.name], n, sent, f=cm.seconds(prefix, d)[0],
-                         up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, srv_f=sf, srv_b=sb, srv_w=sw,
+        enc, dec = cm.codec_seconds(d, "encode"), cm.codec_seconds(srv, "decode")  # wire codec (0 for fp32)
+        dt = DeviceTimes(d.name, idx[srv.name], n, sent, f=cm.seconds(prefix, d)[0] + enc,
+                         up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, srv_f=sf + dec, srv_b=sb, srv_w=sw,
                          up_bytes=up, act_bytes=cm.activation_bytes(k), **setup.partial(d))
         job.devices.append(dt)
         job.device_flops[d.name] = dt.units(sent) * prefix.f

@@ -46,6 +46,9 @@ class Setup:
         max_len: tokens per sample at most (sizes the pool).
         out: the run's output folder (devices write their checkpoint state under ``out/state``).
         bucket: length bucketing over windows of this many micro-batches (0: off; ``trainer.data.tasks.micro_batches``).
+        codec: how activations (and SplitLoRA's gradients) travel (``trainer.transport.codecs``).
+        cache_memory: splitfrozen activation cache: bytes kept in memory before it spills to a memory-mapped
+            file (``None``: no cache; ``training.cache_activations``).
     """
 
     lm: object
@@ -74,6 +77,8 @@ class Setup:
     max_len: int = 128
     out: str = "."
     bucket: int = 0
+    codec: str = "fp32"
+    cache_memory: float | None = None
 
     @property
     def is_lm(self) -> bool:

@@ -15,6 +15,8 @@ order. Backward is split into B (now) and W (deferred until the optimizer step, 
 
 from __future__ import annotations
 
+import torch
+
 from sfsim.engine.pacing import MixingPool, pool_capacity
 from sfsim.outputs.trace import TraceEvent
 from trainer.methods.common import (
@@ -29,6 +31,7 @@ from trainer.methods.common import (
 )
 from trainer.model.backward import DeferredGrads
 from trainer.model.split import split_model
+from trainer.transport.cache import ActivationCache
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
 
 
@@ -60,6 +63,8 @@ class SplitFrozen(Method):
         self.moves: list[dict] = []
         self.visitors: dict[str, DeviceRole] = {}
         self.pool_peak = 0  # most micro-batches the mixing pool held (server_order "pool")
+        # training.cache_activations: what the devices sent in one epoch, replayed in later ones
+        self.cache = None if s.cache_memory is None else ActivationCache(s.cache_memory, s.out)
 
     def lora_block_indices(self) -> list[int]:
         """Blocks lora_start..L-1."""
@@ -133,6 +138,8 @@ class SplitFrozen(Method):
         counts = self.batch_counts()
         done = self.resume_cursor(epoch)  # device -> micro-batches already trained this epoch
         live = [n for n in counts if n not in self.lost]
+        if self._from_cache(epoch, on_step, counts, done, live):
+            return
         credits = 1 if self.sequential else s.buffer
         for n in live:
             tr.send_down(Message(n, done.get(n, 0), kind="start", aux=credits, epoch=epoch))
@@ -189,6 +196,8 @@ class SplitFrozen(Method):
                     continue
             name = msg.device
             left[name] -= 1
+            if self.cache is not None:
+                self.cache.put(name, msg.tensors)
             if not self.sequential:
                 tr.send_down(Message(name, msg.mb, kind="credit", epoch=epoch))
             loss, n = self._train(msg)
@@ -218,6 +227,44 @@ class SplitFrozen(Method):
         if msg.aux and n in self.visitors and all(r.name != n for r in s.devices):
             s.devices.append(self.visitors[n])
             s.samples[n] = self.visitors[n].n_samples
+
+    def _from_cache(self, epoch: int, on_step: StepCallback, counts: dict[str, int], done: dict[str, int],
+                    live: list[str]) -> bool:
+        """Train the epoch from the activation cache when it holds every live device's epoch (True); else
+        empty it, to be refilled from what the devices send this epoch (False)."""
+        if self.cache is None:
+            return False
+        if live and all(self.cache.count(n) == counts[n] for n in live):
+            self._replay(epoch, on_step, {n: counts[n] for n in live}, done)
+            return True
+        for n in counts:
+            self.cache.clear(n)
+        return False
+
+    def _replay(self, epoch: int, on_step: StepCallback, counts: dict[str, int], done: dict[str, int]) -> None:
+        """An epoch from the activation cache: no device computes or sends anything.
+
+        Each device's cached micro-batches are taken in a fresh order per epoch (seeded), interleaved
+        across devices in the pacing order; steps every ``accumulate`` micro-batches as on the wire.
+        """
+        s = self.setup
+        order = self._order(counts, done)
+        perm = {n: torch.randperm(counts[n], generator=torch.Generator().manual_seed(
+            role_seed(s.seed, f"cache-{n}-{epoch}"))).tolist() for n in counts}
+        nxt = {n: done.get(n, 0) for n in counts}
+        losses, samples = [], 0
+        for i, name in enumerate(order):
+            j = nxt[name]
+            nxt[name] += 1
+            loss, n = self._train(Message(name, j, self.cache.get(name, perm[name][j]), epoch=epoch))
+            self.advance(name)
+            losses.append(loss)
+            samples += n
+            if len(losses) == s.accumulate or i == len(order) - 1:
+                self._step()
+                on_step(sum(losses) / len(losses), samples)
+                losses, samples = [], 0
+                self.step_done(epoch)
 
     def _left(self, msg: Message, left: dict[str, int], keep: int) -> None:
         """Device ``msg.device`` has left (``leave``): ``keep`` of its micro-batches still come; note the untrained."""

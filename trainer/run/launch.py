@@ -197,7 +197,7 @@ def _limits(cfg, built: runner.Built, server: bool) -> Limits:
                   num_classes=0 if head is None else head.classifier.out_features,
                   vocab=lm.model.get_input_embeddings().num_embeddings,
                   budget=tuple(d.n_samples for d in setup.devices), kinds=UP_KINDS.get(cfg.method) if server else None,
-                  epochs=cfg.epochs)
+                  epochs=cfg.epochs, codec=setup.codec)
 
 
 def _out(cfg, fl: Fleet, rank: int, resume: bool) -> Path:

@@ -45,6 +45,7 @@ from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import load_model
 from trainer.model.split import split_model
 from trainer.run.estimate import for_run as estimate_run
+from trainer.run.honour import wire_settings
 from trainer.run.measure import Meter
 from trainer.run.resolve import Split, periods, resolve_split
 from trainer.run.resolve import lora_targets as _lora_targets
@@ -109,6 +110,8 @@ class RunConfig:
     client_order: str | None = None
     bucket: int = 0  # length bucketing over windows of this many micro-batches (0: off)
     eval_before: bool = False  # also score the pretrained (untrained) model, as metrics' eval_before
+    wire_dtype: str | None = None  # activation codec (trainer.transport.codecs); None: the scenario's
+    cache_memory: str = "1 GiB"  # training.cache_activations: activations kept in memory, the rest memory-mapped
 
     def __post_init__(self):
         self.method = canonical(self.method)
@@ -263,11 +266,12 @@ def build(cfg: RunConfig) -> Built:
     head = None if dev.is_generation else ClassificationHead(lm.hidden, dev.num_labels, default_pooling(lm.family))
     shards, table, counts, checks = _shards(cfg, scenario, train, lm, cfg.train_samples)
     tr, lo = scenario.training, scenario.training.lora
+    codec, cache = wire_settings(cfg, scenario)
     mb = cfg.micro_batch or tr.micro_batch
     roles = [DeviceRole(n, shards[n], mb, cfg.seed + i, bucket=cfg.bucket) for i, n in enumerate(shards)]
     meter = Meter(server_lane=scenario.devices[0].server, count_flops=cfg.count_flops)
     rng = RoleRNG(cfg.seed)
-    transport = InProcessTransport(meter, rng=rng)
+    transport = InProcessTransport(meter, rng=rng, codec=codec, hidden=lm.hidden)
     setup = Setup(lm=lm, head=head, devices=roles, cuts=cuts, lora_start=lora_start,
                   lora={"rank": lo.rank, "alpha": lo.alpha, "dropout": lo.dropout,
                         "targets": _lora_targets(scenario, lm)},
@@ -279,7 +283,7 @@ def build(cfg: RunConfig) -> Built:
                   seed=cfg.seed, buffer=cfg.buffer or tr.buffer,
                   samples={r.name: r.n_samples for r in roles}, max_len=cfg.max_len, out=cfg.out,
                   pool_memory=None if cfg.pool_memory is None else parse_quantity(cfg.pool_memory, "size"),
-                  bucket=cfg.bucket)
+                  bucket=cfg.bucket, codec=codec, cache_memory=cache)
     method = build_method(cfg.method, setup)
     by_name = {r.name: r for r in roles}
     transport.handler = lambda msg: method.handle(by_name[msg.device], msg)

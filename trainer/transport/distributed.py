@@ -50,7 +50,7 @@ import torch
 from sfsim.network.linkrate import Rate, finish
 from sfsim.outputs.trace import OPS, TraceEvent
 from trainer.run.measure import Meter
-from trainer.transport import secure, wire
+from trainer.transport import codecs, secure, wire
 from trainer.transport.rendezvous import connect, sync_clock
 from trainer.transport.runtime import DeviceLeft, Message, PeerLost
 from trainer.transport.wire import HEADER_LEN, Kind, Limits, Packet, WireError
@@ -179,8 +179,8 @@ class DistTransport:
 
     # -- what the roles call ------------------------------------------------------------------
     def send_up(self, msg: Message) -> None:
-        """Device -> its server (queued; returns at once)."""
-        self._enqueue(self.home[msg.device], msg)
+        """Device -> its server (encoded in the run's codec here, then queued; returns at once)."""
+        self._enqueue(self.home[msg.device], codecs.encode_message(msg, self.limits.codec, self.meter, msg.device))
 
     def send_down(self, msg: Message) -> None:
         """Server -> device ``msg.device`` (queued; a lost device's messages are dropped)."""
@@ -191,15 +191,29 @@ class DistTransport:
                 self._permits[msg.device] = msg.aux
             elif msg.kind in ("credit", "fwd"):
                 self._permits[msg.device] = self._permits.get(msg.device, 0) + 1
+        msg = codecs.encode_message(msg, self.limits.codec, self.meter, self.meter.server_lane)
         self._enqueue(self.names.index(msg.device) + self.servers, msg)
 
     def recv_up(self, device: str | None, kinds: set[str] | None = None) -> Message:
-        """The oldest message from ``device`` (``None``: from any device), optionally of ``kinds``."""
-        return self.inbox.take(device, kinds, self._check_stale)
+        """The oldest message from ``device`` (``None``: from any device), optionally of ``kinds``, decoded."""
+        return self._decode(self.inbox.take(device, kinds, self._check_stale), self.meter.server_lane, "")
 
     def recv_down(self, device: str) -> Message:
-        """The oldest message from a server (PeerLost(device) when its server is gone)."""
-        return self.inbox.take(device, None, self._check_stale)
+        """The oldest message from a server (PeerLost(device) when its server is gone), decoded."""
+        return self._decode(self.inbox.take(device, None, self._check_stale), device, " (its server)")
+
+    def _decode(self, msg: Message, lane: str, who: str) -> Message:
+        """Decode a codec payload (its values were checked on receipt: ``wire.CONTENT_CHECKS``); should one
+        still fail, its sender is lost like any bad message."""
+        try:
+            return codecs.decode_message(msg, self.limits.codec, self.limits.hidden, self.meter, lane)
+        except codecs.CodecError as err:
+            self.log(f"bad message from {msg.device}{who}: {err}; dropping {msg.device}{who}")
+            self.dropped[msg.device] = f"bad message: {err}"
+            self.inbox.lose(msg.device, f"bad message: {err}")
+            with self.inbox.cv:
+                self.inbox.reported.add(msg.device)  # this PeerLost is the one report of it
+            raise PeerLost(msg.device, f"bad message: {err}") from None
 
     def send_to(self, rank: int, msg: Message) -> None:
         """Device -> server ``rank``, which need not be its own (a handover's ``join``)."""

@@ -33,6 +33,7 @@ from sfsim.engine.pacing import SERVER_ORDERS, server_order  # noqa: F401 (re-ex
 from sfsim.errors import SfsimError
 from trainer.data.tasks import micro_batches
 from trainer.run.measure import Meter, tensor_bytes
+from trainer.transport import codecs
 
 
 def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -157,8 +158,10 @@ class InProcessTransport:
 
     arrival_order = False
 
-    def __init__(self, meter: Meter, handler: Callable[[Message], None] | None = None, rng: RoleRNG | None = None):
+    def __init__(self, meter: Meter, handler: Callable[[Message], None] | None = None, rng: RoleRNG | None = None,
+                 codec: str = "fp32", hidden: int | None = None):
         self.meter, self.handler, self.rng = meter, handler, rng
+        self.codec, self.hidden = codec, hidden  # activations up and gradients down (trainer.transport.codecs)
         self.lost: dict[str, str] = {}
         self._up: dict[str, deque[Message]] = defaultdict(deque)
         self._down: dict[str, deque[Message]] = defaultdict(deque)
@@ -172,12 +175,14 @@ class InProcessTransport:
         return wire
 
     def send_up(self, msg: Message) -> None:
-        """Device -> server: copy the tensors and count their bytes on the device's uplink."""
+        """Device -> server: encode (the run's codec), copy the tensors and count their bytes on the device's uplink."""
+        msg = codecs.encode_message(msg, self.codec, self.meter, msg.device)
         self._up[msg.device].append(self._send(msg, down=False))
 
     def send_down(self, msg: Message) -> None:
-        """Server -> device: copy, count, and run the device's handler on it (or queue it)."""
-        wire = self._send(msg, down=True)
+        """Server -> device: encode, copy, count, decode, and run the device's handler on it (or queue it)."""
+        wire = self._send(codecs.encode_message(msg, self.codec, self.meter, self.meter.server_lane), down=True)
+        wire = codecs.decode_message(wire, self.codec, self.hidden, self.meter, msg.device)
         if self.handler is None:
             self._down[msg.device].append(wire)
         elif self.rng is None:
@@ -194,7 +199,7 @@ class InProcessTransport:
         for msg in q:
             if kinds is None or msg.kind in kinds:
                 q.remove(msg)
-                return msg
+                return codecs.decode_message(msg, self.codec, self.hidden, self.meter, self.meter.server_lane)
         raise SfsimError(f"in-process: no {sorted(kinds or ['any'])} message from {device} is waiting")
 
     def recv_down(self, device: str) -> Message:

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trainer.transport import codecs
+
 MAGIC = 0x5F51  # "SFSIM" wire
 VERSION = 1
 MAX_TENSORS = 4
@@ -75,16 +77,18 @@ DOWN = {Kind.START, Kind.CREDIT, Kind.GRAD, Kind.FWD, Kind.END, Kind.SYNC, Kind.
         Kind.HEARTBEAT, Kind.SAVE}
 
 #: Tensor names that may appear in a message (code = position + 1).
-NAMES = ("hidden", "attention_mask", "labels", "grad", "state", "input_ids", "token_type_ids", "losses", "blob")
+NAMES = ("hidden", "attention_mask", "labels", "grad", "state", "input_ids", "token_type_ids", "losses", "blob",
+         "scales")
 #: Dtypes that may appear in a message (code = position + 1).
-DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool, torch.uint8, torch.float64)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool, torch.uint8, torch.float64,
+          torch.int8)
 
 #: Which tensors each kind carries: (required, optional); kinds not listed carry none.
 KIND_TENSORS: dict[Kind, tuple[frozenset[str], frozenset[str]]] = {
-    Kind.ACT: (frozenset({"hidden", "attention_mask", "labels"}), frozenset()),
+    Kind.ACT: (frozenset({"hidden", "attention_mask", "labels"}), frozenset({"scales"})),  # scales: int8/int4 codecs
     Kind.ADAPTER: (frozenset({"state"}), frozenset({"losses"})),
     Kind.ROUND: (frozenset({"state"}), frozenset()),
-    Kind.GRAD: (frozenset({"grad"}), frozenset()),
+    Kind.GRAD: (frozenset({"grad"}), frozenset({"scales"})),
     Kind.SHARD: (frozenset({"input_ids", "attention_mask", "labels"}), frozenset({"token_type_ids"})),
     Kind.REPORT: (frozenset({"blob"}), frozenset()),
 }
@@ -188,6 +192,8 @@ class Limits:
             ``None``: every kind of the direction.
         report_bytes: size of a device's end-of-run report at most.
         epochs: epochs of the run (a handover's ``join`` names one of them); 0: unchecked.
+        codec: how ``hidden`` (ACT) and ``grad`` (GRAD) travel (``trainer.transport.codecs``); an ACT
+            header names its codec's number in its aux slot.
     """
 
     hidden: int
@@ -201,6 +207,7 @@ class Limits:
     kinds: frozenset[Kind] | None = None
     report_bytes: int = 64 << 20
     epochs: int = 0
+    codec: str = "fp32"
 
 
 Specs = list[tuple[str, torch.dtype, tuple]]
@@ -213,13 +220,21 @@ def _samples(p: Packet, lim: Limits, what: str) -> None:
         raise WireError(f"{what} of {p.aux} samples; this device holds 0..{cap if cap is not None else 'N'}")
 
 
-def _spec_act(p: Packet, s: dict, lim: Limits) -> None:
-    dtype, shape = s["hidden"]
-    if not dtype.is_floating_point or len(shape) != 3 or shape[2] != lim.hidden:
-        raise WireError(f"hidden must be (B, T, {lim.hidden}) floating point, got {dtype} {shape}")
-    B, T = shape[0], shape[1]
+def _coded(s: dict, name: str, lim: Limits) -> tuple[int, int]:
+    """(B, T) of the codec-encoded tensor ``name`` (+ ``scales``) announced in ``s``; raise WireError."""
+    got = {"values": s[name], **({"scales": s["scales"]} if "scales" in s else {})}
+    try:
+        B, T = codecs.check_spec(lim.codec, got, lim.hidden)
+    except codecs.CodecError as err:
+        what = "floating point" if lim.codec in ("fp32", "fp16", "bf16") else f"{lim.codec}-encoded"
+        raise WireError(f"{name} must be (B, T, {lim.hidden}) {what}: {err}") from None
     if not (1 <= B <= lim.max_batch and 1 <= T <= lim.max_len):
-        raise WireError(f"hidden {shape}: batch must be 1..{lim.max_batch}, length 1..{lim.max_len}")
+        raise WireError(f"{name} {s[name][1]}: batch must be 1..{lim.max_batch}, length 1..{lim.max_len}")
+    return B, T
+
+
+def _spec_act(p: Packet, s: dict, lim: Limits) -> None:
+    B, T = _coded(s, "hidden", lim)
     if s["attention_mask"] != (torch.uint8, (B, T)):
         raise WireError(f"attention_mask must be uint8 {(B, T)}, got {s['attention_mask']}")
     lab = (torch.int64, (B, T) if lim.lm else (B,))
@@ -237,9 +252,7 @@ def _spec_state(p: Packet, s: dict, lim: Limits) -> None:
 
 
 def _spec_grad(p: Packet, s: dict, lim: Limits) -> None:
-    dtype, shape = s["grad"]
-    if not dtype.is_floating_point or len(shape) != 3 or shape[2] != lim.hidden or not 1 <= shape[0] <= lim.max_batch:
-        raise WireError(f"grad must be (B, T, {lim.hidden}) floating point, got {dtype} {shape}")
+    _coded(s, "grad", lim)
 
 
 def _spec_report(p: Packet, s: dict, lim: Limits) -> None:
@@ -266,6 +279,13 @@ def _header_leave(p: Packet, lim: Limits) -> None:
     _samples(p, lim, "a leave")
 
 
+def _header_act(p: Packet, lim: Limits) -> None:
+    """Activations name the run's codec in aux (trainer.transport.codecs)."""
+    want = codecs.layout(lim.codec).code
+    if p.aux != want:
+        raise WireError(f"activations in codec number {p.aux}; this run sends {lim.codec} (number {want})")
+
+
 def _header_join(p: Packet, lim: Limits) -> None:
     """A handover's ``join``: aux micro-batches still to come (at most one per sample), in an epoch of the run."""
     _samples(p, lim, "a join announcing micro-batches")
@@ -282,7 +302,8 @@ def _header_moved(p: Packet, lim: Limits) -> None:
 
 #: Per kind: checks of the header's integers (before the payloads are read).
 HEADER_CHECKS: dict[Kind, Callable[[Packet, Limits], None]] = {Kind.HELLO: _header_hello, Kind.LEAVE: _header_leave,
-                                                               Kind.JOIN: _header_join, Kind.MOVED: _header_moved}
+                                                               Kind.JOIN: _header_join, Kind.MOVED: _header_moved,
+                                                               Kind.ACT: _header_act}
 #: Per kind: checks of the announced tensors against the model's shapes (before anything is allocated).
 SPEC_CHECKS: dict[Kind, Callable[[Packet, dict, Limits], None]] = {Kind.ACT: _spec_act, Kind.ADAPTER: _spec_state, Kind.ROUND: _spec_state,
                                      Kind.GRAD: _spec_grad, Kind.REPORT: _spec_report, Kind.SHARD: _spec_shard}
@@ -324,8 +345,18 @@ def _labels(t: torch.Tensor, lim: Limits) -> None:
         _ids("labels", t, lim.num_classes)
 
 
+def _coded_values(name: str, t: dict, lim: Limits) -> None:
+    """The values of a codec-encoded ``name`` are ones its encoder produces (finite floats, scales >= 0, ...)."""
+    enc = {"values": t[name], **({"scales": t["scales"]} if "scales" in t else {})}
+    try:
+        codecs.check_values(enc, lim.codec, lim.hidden)
+    except codecs.CodecError as err:
+        raise WireError(f"malformed {lim.codec} {name}: {err}") from None
+
+
 def _content_act(p: Packet, t: dict, lim: Limits) -> None:
     _finite("hidden", t["hidden"])
+    _coded_values("hidden", t, lim)
     _labels(t["labels"], lim)
     if bool((t["attention_mask"] > 1).any()):
         raise WireError("attention_mask holds values other than 0 and 1")
@@ -339,7 +370,7 @@ def _content_shard(p: Packet, t: dict, lim: Limits) -> None:
 #: Per kind: checks of the received values (non-finite numbers, labels, ids) before a role sees them.
 CONTENT_CHECKS: dict[Kind, Callable[[Packet, dict, Limits], None]] = {
     Kind.ACT: _content_act, Kind.SHARD: _content_shard,
-    Kind.GRAD: lambda p, t, lim: _finite("grad", t["grad"]),
+    Kind.GRAD: lambda p, t, lim: (_finite("grad", t["grad"]), _coded_values("grad", t, lim)),
     Kind.ADAPTER: lambda p, t, lim: [_finite(k, v) for k, v in t.items()],
     Kind.ROUND: lambda p, t, lim: _finite("state", t["state"]),
 }

@@ -17,7 +17,8 @@ blocks, is timed with the embeddings in ``forward`` (where a SplitFrozen device 
 the final norm in ``forward_train`` (where the server does it).
 
 Medians and interquartile ranges go into a dict in the :mod:`sfsim.cost.latency` format, with the peak
-resident memory while measuring each entry, the activation bytes at every cut and the machine.
+resident memory while measuring each entry, the activation bytes at every cut, the seconds to encode
+and decode those activations in each wire codec (``codec``) and the machine.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from datetime import datetime, timezone
 import torch
 from torch import nn
 
+from sfsim.cost.wire import CODECS
 from sfsim.errors import SfsimError
 from sfsim.model.arch import BUILTIN
 from trainer.methods.common import task_loss
@@ -43,6 +45,7 @@ from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import LoadedModel
 from trainer.model.lora import add_lora, default_targets
 from trainer.model.split import split_model
+from trainer.transport import codecs
 
 MAX_GRID_VALUE = 1 << 16  # micro-batch sizes and sequence lengths above this are typos, not plans
 TASKS = ("classification", "causal-lm")
@@ -225,7 +228,29 @@ def _measure_entry(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, mb: int, s
     entry["iqr"] = iqr
     entry["peak_memory"] = f"{_peak_rss() / 2**20:.1f} MiB" if reset else None
     entry["activation_bytes"] = [int(a.numel() * a.element_size()) for a in acts]  # (B, T, d) at cut 0..L
+    entry["codec"] = codec_times(acts[len(acts) // 2], spec.warmup, spec.repeats)
     return {k: v for k, v in entry.items() if v is not None}
+
+
+def codec_times(x: torch.Tensor, warmup: int, repeats: int) -> dict:
+    """Median seconds to encode the (B, T, d) activations ``x`` in each wire codec but fp32 (sent as computed)
+    and to decode them back (``trainer.transport.codecs``, what the transports run)."""
+    out = {}
+    for c in CODECS:
+        if c == "fp32":
+            continue
+        times: dict[str, list[float]] = {"encode": [], "decode": []}
+        for r in range(warmup + repeats):
+            t0 = time.perf_counter()
+            enc = codecs.encode(x, c)
+            t1 = time.perf_counter()
+            codecs.decode(enc, c, x.shape[-1])
+            t2 = time.perf_counter()
+            if r >= warmup:
+                times["encode"].append(t1 - t0)
+                times["decode"].append(t2 - t1)
+        out[c] = {op: _ms(statistics.median(v)) for op, v in times.items()}
+    return out
 
 
 def first_call(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, repeats: int = 5) -> dict:

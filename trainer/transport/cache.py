@@ -1,0 +1,105 @@
+"""The SplitFrozen server's activation cache: what the uplink carried in one epoch, replayed in later ones.
+
+SplitFrozen's device prefix is frozen, forward-only and runs without dropout, so a micro-batch's
+activations are the same every epoch. With ``training.cache_activations`` the server keeps every
+micro-batch it received (the decoded ``hidden``, ``attention_mask`` and ``labels``) and later epochs
+train on them with no device compute and no uplink. Entries live in memory up to ``memory`` bytes;
+the rest are appended to one file per device in a temporary folder under the run's output and read
+back through a memory map (``numpy.memmap``), so the cache is bounded by disk, not RAM.
+
+Micro-batches are kept whole (their composition is the first epoch's; later epochs replay them in a
+fresh order, see ``trainer.methods.splitfrozen``): a sample's activations depend on its batch's
+padding for left-padded decoders, whose positions count from the first column, so re-batching
+samples would train on inputs no device computes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: The tensors of a cached micro-batch, in the order they are stored.
+FIELDS = ("hidden", "attention_mask", "labels")
+
+
+class ActivationCache:
+    """Micro-batches per device, in memory up to ``memory`` bytes, then in memory-mapped files.
+
+    Args:
+        memory: bytes of tensors kept in memory (>= 0).
+        folder: where the spill folder is created (the run's output folder).
+    """
+
+    def __init__(self, memory: float, folder: str | Path = "."):
+        if not memory >= 0:
+            raise ValueError(f"cache memory must be >= 0 bytes, got {memory}")
+        self.memory, self.folder = float(memory), Path(folder)
+        self.in_memory_bytes = 0
+        self.file_bytes = 0
+        self._entries: dict[str, list] = {}  # device -> [dict of tensors | list of (offset, dtype, shape)]
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._maps: dict[str, np.memmap] = {}
+
+    def count(self, device: str) -> int:
+        """Micro-batches of ``device`` held."""
+        return len(self._entries.get(device, ()))
+
+    def clear(self, device: str) -> None:
+        """Forget ``device``'s micro-batches (its file's space is not reused)."""
+        for e in self._entries.pop(device, []):
+            if isinstance(e, dict):
+                self.in_memory_bytes -= sum(t.nbytes for t in e.values())
+        self._maps.pop(device, None)
+
+    def put(self, device: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Keep one micro-batch of ``device`` (its :data:`FIELDS`), in memory while there is room, else on file."""
+        parts = {k: tensors[k].detach().contiguous() for k in FIELDS}
+        nbytes = sum(t.nbytes for t in parts.values())
+        if self.in_memory_bytes + nbytes <= self.memory:
+            self._entries.setdefault(device, []).append(parts)  # received tensors: nobody else writes to them
+            self.in_memory_bytes += nbytes
+            return
+        path = self._path(device)
+        offset = path.stat().st_size if path.exists() else 0
+        meta = []
+        with open(path, "ab") as f:
+            for k in FIELDS:
+                t = parts[k]
+                f.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                meta.append((offset, t.dtype, tuple(t.shape)))
+                offset += t.nbytes
+        self.file_bytes += nbytes
+        self._maps.pop(device, None)  # the file grew: map it again on the next read
+        self._entries.setdefault(device, []).append(meta)
+
+    def get(self, device: str, j: int) -> dict[str, torch.Tensor]:
+        """Micro-batch ``j`` of ``device`` as it was put (bit for bit)."""
+        e = self._entries[device][j]
+        if isinstance(e, dict):
+            return dict(e)
+        if device not in self._maps:
+            self._maps[device] = np.memmap(self._path(device), dtype=np.uint8, mode="r")
+        mm, out = self._maps[device], {}
+        for k, (offset, dtype, shape) in zip(FIELDS, e, strict=True):
+            n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            raw = torch.from_numpy(np.array(mm[offset:offset + n]))  # a copy: (n,) uint8
+            out[k] = raw.view(dtype).reshape(shape)
+        return out
+
+    def _path(self, device: str) -> Path:
+        if self._tmp is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._tmp = tempfile.TemporaryDirectory(prefix="activation-cache-", dir=self.folder)
+        return Path(self._tmp.name) / f"{len(device)}-{device.encode().hex()}.bin"  # any device name is a safe file name
+
+    def close(self) -> None:
+        """Drop every entry and delete the spill folder."""
+        self._entries.clear()
+        self._maps.clear()
+        self.in_memory_bytes = 0
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
