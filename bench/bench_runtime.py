@@ -35,8 +35,8 @@ METHODS = ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora"]
 
 def _cfg(args, method: str, launch: str, emulate: str, tag: str, devices: str = "runtime_4dev.yaml") -> RunConfig:
     return RunConfig(devices=str(HERE / devices), model="minilm-l6", task="sst2", method=method,
-                     partition="iid", split=2, out=f"/tmp/sfsim-bench/runtime-{tag}-{method}-{launch}", epochs=1,
-                     train_samples=args.samples, eval_samples=64, lr=2e-3, seed=0, max_len=64, data_dir=args.data_dir,
+                     partition=args.partition, split=2, out=f"/tmp/sfsim-bench/runtime-{tag}-{method}-{launch}",
+                     epochs=1, train_samples=args.samples, eval_samples=args.eval_samples, lr=2e-3, seed=0, max_len=64, data_dir=args.data_dir,
                      progress=False, launch=launch, emulate=emulate, count_flops=False)
 
 
@@ -100,6 +100,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=640)
     ap.add_argument("--part", default="overhead,shaped")
+    ap.add_argument("--partition", default="iid", help="e.g. label-skew:1 (what sparser sync costs in accuracy)")
+    ap.add_argument("--eval-samples", type=int, default=64)
     ap.add_argument("--data-dir", default=os.environ.get("SFSIM_DATA", str(HERE.parent.parent / "shared" / "data")))
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
