@@ -193,3 +193,17 @@ def test_a_device_that_drops_leaves_what_the_simulator_says_untrained(tiny_gpt2,
     assert m["samples_not_trained"] == want == {"b-1": 0 if method == "cenlora" else 8}
     assert m["lost_devices"] == {} and m["missing_reports"] == []
     assert m["servers"]["mec-b"]["train_loss_history"]  # b-0 still trained on mec-b
+
+
+@pytest.mark.parametrize("method", ["splitfrozen", "cenlora"])
+def test_a_server_without_devices_steps_with_the_others_and_ends_identical(tiny_gpt2, tmp_path, method):
+    from trainer.run.launch import run
+
+    def all_on_a(data: dict) -> None:
+        for d in data["devices"]:
+            d["server"] = "mec-a"
+
+    m = run(_cfg(tiny_gpt2, tmp_path / "run", method=method, train_samples=16, devices=_with(tmp_path, TWO, all_on_a)))
+    assert m["servers"]["mec-b"]["devices"] == [] and m["servers"]["mec-b"]["train_loss_history"] == []
+    a, b = _adapter(tmp_path / "run"), _adapter(tmp_path / "run" / "servers" / "mec-b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
