@@ -45,8 +45,9 @@ METHODS = ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora"]
 
 def _cfg(args, method: str, launch: str, emulate: str, tag: str, devices: str = "runtime_4dev.yaml", **kw) -> RunConfig:
     return RunConfig(devices=str(HERE / devices), model="minilm-l6", task="sst2", method=method, **kw,
-                     partition="iid", split=2, out=f"/tmp/sfsim-bench/runtime-{tag}-{method}-{launch}", epochs=1,
-                     train_samples=args.samples, eval_samples=64, lr=2e-3, seed=0, max_len=64, data_dir=args.data_dir,
+                     partition=args.partition, split=2, out=f"/tmp/sfsim-bench/runtime-{tag}-{method}-{launch}",
+                     epochs=1, train_samples=args.samples, eval_samples=args.eval_samples, lr=2e-3, seed=0, max_len=64,
+                     data_dir=args.data_dir,
                      progress=False, launch=launch, emulate=emulate, count_flops=False)
 
 
@@ -192,6 +193,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=640)
     ap.add_argument("--part", default="overhead,shaped,codecs")
     ap.add_argument("--codecs", default="fp32,fp16,int8,int4", help="codecs of the codec part")
+    ap.add_argument("--partition", default="iid", help="e.g. label-skew:1 (what sparser sync costs in accuracy)")
+    ap.add_argument("--eval-samples", type=int, default=64)
     ap.add_argument("--data-dir", default=os.environ.get("SFSIM_DATA", str(HERE.parent.parent / "shared" / "data")))
     ap.add_argument("--repeats", type=int, default=3, help="runs per mode in the security part")
     ap.add_argument("--json", help="also write the figures here")

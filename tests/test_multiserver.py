@@ -241,3 +241,17 @@ def test_backhaul_rounds_sum_over_the_servers_channels_and_refuse_bad_vectors():
     ch1.close()
     with pytest.raises(SfsimError, match="backhaul: the link with server 1 failed"):
         s0.all_reduce(torch.zeros(3))
+
+
+@pytest.mark.parametrize("method", ["splitfrozen", "cenlora"])
+def test_a_server_without_devices_steps_with_the_others_and_ends_identical(tiny_gpt2, tmp_path, method):
+    from trainer.run.launch import run
+
+    def all_on_a(data: dict) -> None:
+        for d in data["devices"]:
+            d["server"] = "mec-a"
+
+    m = run(_cfg(tiny_gpt2, tmp_path / "run", method=method, train_samples=16, devices=_with(tmp_path, TWO, all_on_a)))
+    assert m["servers"]["mec-b"]["devices"] == [] and m["servers"]["mec-b"]["train_loss_history"] == []
+    a, b = _adapter(tmp_path / "run"), _adapter(tmp_path / "run" / "servers" / "mec-b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -214,7 +214,11 @@ def test_a_device_hands_over_between_server_processes_as_the_simulator_says(tiny
     (pred,), (meas,) = rep["handovers"]["predicted"], rep["handovers"]["measured"]
     assert (meas["device"], meas["from"], meas["to"], meas["at_s"], meas["sent_before"]) == \
         (pred["device"], pred["from"], pred["to"], pred["at_s"], pred["sent_before"]) == ("mover", "mec-a", "mec-b", 0.8, 2)
-    assert [(s["steps"], s["sync_rounds"]) for s in m["servers"].values()] == [(4, 2), (4, 2)]
+    # 4 steps each; mec-a learns that mover is gone only from its 'moved': its last step may not know it
+    # is the last, and then a drain and a closing round follow (2 or 4 rounds, as the timing falls)
+    assert [s["steps"] for s in m["servers"].values()] == [4, 4]
+    rounds = {s["sync_rounds"] for s in m["servers"].values()}
+    assert len(rounds) == 1 and rounds <= {2, 4}, rounds
     assert abs(rep["total"]["error"]) < 0.1, rep
     srv_b = [e for e in _events(tmp_path / "val", "mec-b") if e.op == "F"]
     assert sorted(e.device for e in srv_b) == ["mover", "mover", "stay-b", "stay-b"]

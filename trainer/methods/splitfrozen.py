@@ -15,6 +15,8 @@ order. Backward is split into B (now) and W (deferred until the optimizer step, 
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 
 from sfsim.engine.pacing import MixingPool, pool_capacity
@@ -144,56 +146,18 @@ class SplitFrozen(Method):
         for n in live:
             tr.send_down(Message(n, done.get(n, 0), kind="start", aux=credits, epoch=epoch))
         arrival = s.server_order in ("fifo", "pool") and tr.arrival_order
-        order = None if arrival else self._order(counts, done)
+        order = None if arrival else deque(self._order(counts, done))
         left = {n: counts[n] - done.get(n, 0) for n in live}
-        left.update({v: 1 for v in self.visitors if v not in left and v not in self.lost})  # until it says whether it comes (fifo only)
-        pool = None
+        # a device that may hand over to here: one placeholder until it says whether it comes (fifo only)
+        left.update({v: 1 for v in self.visitors if v not in left and v not in self.lost})
+        pool, held = None, dict.fromkeys(left, 0)  # held: device -> its micro-batches in the pool
         if s.server_order == "pool":
             pool = MixingPool(self.pool_size(credits, len(live)), role_seed(s.seed, f"pool-{epoch}"))
-            in_pool = dict.fromkeys(left, 0)
-        losses, samples, i = [], 0, 0
+        losses, samples = [], 0
         while sum(left.values()) > 0:
-            if pool is not None:  # take arrivals into the pool until it is ready, then draw
-                more = any(in_pool[n] < min(credits, left[n]) for n in left)
-                if not pool.ready(more):
-                    name = None
-                    if order is not None:  # in one process: the next estimated arrival that can come
-                        name = next(n for n in order[i:] if n in left and in_pool[n] < min(credits, left[n]))
-                        order.remove(name)
-                    try:
-                        msg = tr.recv_up(name, {"act", "leave"})
-                    except PeerLost as err:
-                        self.lose(err.device, err.reason, left)
-                        pool.items = [m for m in pool.items if m.device != err.device]
-                        continue
-                    if msg.kind == "leave":  # what it sent still trains: only what is in the pool is left
-                        self._left(msg, left, in_pool[msg.device])
-                        continue
-                    pool.add(msg)
-                    in_pool[msg.device] += 1
-                    self.pool_peak = max(self.pool_peak, pool.peak)
-                    continue
-                msg = pool.draw()
-                in_pool[msg.device] -= 1
-            else:
-                if order is not None:
-                    name = order[i]
-                    i += 1
-                    if left.get(name, 0) == 0:  # a lost device's slot
-                        continue
-                else:
-                    name = None
-                try:
-                    msg = tr.recv_up(name, {"act", "leave", "moved", "join"})
-                except PeerLost as err:
-                    self.lose(err.device, err.reason, left)
-                    continue
-                if msg.kind == "leave":  # after its last micro-batch (one link, in order): nothing is left
-                    self._left(msg, left, 0)
-                    continue
-                if msg.kind in ("moved", "join"):
-                    self._visit(msg, left)
-                    continue
+            msg = self._take(order, left) if pool is None else self._take_pooled(order, left, pool, held, credits)
+            if msg is None:  # a message that was not a micro-batch to train: look again
+                continue
             name = msg.device
             left[name] -= 1
             if self.cache is not None:
@@ -215,6 +179,49 @@ class SplitFrozen(Method):
             self._step(last=True)
             on_step(sum(losses) / len(losses), samples)
             self.step_done(epoch)
+
+    def _take(self, order: deque | None, left: dict[str, int]) -> Message | None:
+        """The next micro-batch in the pacing order (``None``: arrival order), or None after another message."""
+        name = None
+        if order is not None:
+            name = order.popleft()
+            if left.get(name, 0) == 0:  # a lost device's slot
+                return None
+        try:
+            msg = self.setup.transport.recv_up(name, {"act", "leave", "moved", "join"})
+        except PeerLost as err:
+            self.lose(err.device, err.reason, left)
+            return None
+        if msg.kind == "leave":  # after its last micro-batch (one link, in order): nothing is left
+            self._left(msg, left, 0)
+        elif msg.kind in ("moved", "join"):
+            self._visit(msg, left)
+        return msg if msg.kind == "act" else None
+
+    def _take_pooled(self, order: deque | None, left: dict[str, int], pool: MixingPool, held: dict[str, int],
+                     credits: int) -> Message | None:
+        """Take arrivals into the mixing pool until it is ready (None), then draw one micro-batch from it."""
+        if pool.ready(any(held[n] < min(credits, left[n]) for n in left)):
+            msg = pool.draw()
+            held[msg.device] -= 1
+            return msg
+        name = None
+        if order is not None:  # in one process: the next estimated arrival that can come
+            name = next(n for n in order if n in left and held[n] < min(credits, left[n]))
+            order.remove(name)
+        try:
+            msg = self.setup.transport.recv_up(name, {"act", "leave"})
+        except PeerLost as err:
+            self.lose(err.device, err.reason, left)
+            pool.items = [m for m in pool.items if m.device != err.device]
+            return None
+        if msg.kind == "leave":  # what it sent still trains: only what is in the pool is left
+            self._left(msg, left, held[msg.device])
+            return None
+        pool.add(msg)
+        held[msg.device] += 1
+        self.pool_peak = max(self.pool_peak, pool.peak)
+        return None
 
     def _visit(self, msg: Message, left: dict[str, int]) -> None:
         """A handover: ``moved`` (all it sent here has arrived: nothing more comes) or ``join`` (``aux`` more)."""

@@ -1,17 +1,23 @@
 """Distributed runs: one process per role over admitted TCP channels, and the local launcher.
 
-Ranks ``0..S-1`` are the scenario's servers, rank ``S + i`` device ``i``. Every process proves it holds
-the run's secret before it gets a rank, and talks over one channel per device-server pair
-(:mod:`trainer.transport.rendezvous`); the servers' backhaul sync runs over their own channels
-(:mod:`trainer.transport.backhaul`). Every process builds the same model (same seed, so the same
-initial LoRA and head) and the same partition, then plays one role:
+Ranks ``0..S-1`` are the scenario's S servers, rank ``S + i`` device ``i``; each device talks to the
+server the run's split assigns it (``trainer.run.resolve``: plan, pin or the simulator's least-loaded
+rule) and to each handover target. Every process proves it holds the run's secret before it gets a
+rank and talks over one admitted channel per device-server pair (:mod:`trainer.transport.rendezvous`);
+the servers' backhaul sync runs over their own channels (:mod:`trainer.transport.backhaul`). Every
+process builds the same model (same seed, so the same initial LoRA and head) and the same partition,
+then plays one role:
 
-* a device says hello (its sample count), then does what the server's messages ask (the method's
-  ``device_handle``) until ``end``, and sends its measurements (FLOPs, bytes, phases, peak memory,
-  trace events) as a JSON report;
-* the server waits for every hello, runs the same server loop as the in-process run
-  (``trainer.run.runner.train_server``: epochs, eval, checkpoints), ends the devices, merges their
-  reports into ``metrics.json``, ``trace.json`` and ``gantt.png``.
+* a device says hello (its sample count) to its server, then does what the servers' messages ask (the
+  method's ``device_handle``) until ``end``, and sends its measurements (FLOPs, bytes, phases, peak
+  memory, trace events, handovers) as a JSON report;
+* a server waits for its devices' hellos, runs the same server loop as the in-process run
+  (``trainer.run.runner.train_server``: epochs, eval, checkpoints) on them, with several servers inside
+  the backhaul sync (``trainer.transport.backhaul``), ends its devices and merges their reports. Server 0
+  gathers every server's metrics and events and writes the run's ``metrics.json``, ``trace.json`` and
+  ``gantt.png``; the others keep their own (eval, adapter, metrics) in ``OUT/servers/<name>``.
+
+:func:`run` is the front door (``sfsim run``): it calls :func:`launch_local` or the in-process run.
 
 :func:`launch_local` starts the whole fleet on this machine (``sfsim run --launch local``);
 ``sfsim run --role ... --rank R --world-size W --master HOST:PORT`` (or ``python -m trainer.run.launch``)

@@ -60,7 +60,7 @@ from trainer.transport.runtime import (
 
 #: How ``sfsim run`` places its roles.
 LAUNCHES = {
-    "local": "one OS process per device and one for the server on this machine (torch.distributed, gloo)",
+    "local": "one OS process per device and one per server on this machine (torch.distributed, gloo)",
     "inprocess": "every role in this process, one after the other (debugging; the equivalence reference)",
 }
 #: What a distributed run emulates from the scenario.

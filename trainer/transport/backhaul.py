@@ -151,6 +151,7 @@ class ServerSync:
         self.rounds = 0
         self.bytes = 0  # up + down on this server's backhaul
         self.ended: bool | None = None  # every server ended in one round: whether a last round is still due
+        self.stepping = False  # joint mode: some server stepped on the last round's mean gradient
         self._pending: tuple | None = None  # async: (thread, live state, snapshot, average, steps at the snapshot)
 
     # -- what a method calls around its optimizer step -----------------------------------------------------
@@ -160,7 +161,7 @@ class ServerSync:
         if not self.joint:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        self._round(grads, 1.0, not last, adopt=True)
+        self._round(grads, 1.0, not last, adopt=True, stepping=True)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
 
@@ -188,11 +189,11 @@ class ServerSync:
                 for p in params:
                     p.grad = None
                 grads = [torch.zeros_like(p) for p in params]
-                # every drain round is some server's step (the last one's too, after which none trains): take it
                 self._round(grads, 1.0, False, adopt=True)
-                for p, g in zip(params, grads, strict=True):
-                    p.grad = g
-                step()
+                if self.stepping:  # another server stepped on this round's mean gradient: so does this one
+                    for p, g in zip(params, grads, strict=True):
+                        p.grad = g
+                    step()
             else:  # shaped as the others' rounds (after_step's parameters); a drained server does not adopt
                 self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, False,
                             adopt=False)
@@ -246,24 +247,24 @@ class ServerSync:
                     t.add_(avg - s)
 
     def _round(self, tensors: list[torch.Tensor], weight: float, active: bool, adopt: bool,
-               into: list[torch.Tensor] | None = None) -> int:
+               into: list[torch.Tensor] | None = None, stepping: bool = False) -> int:
         """One collective round; returns how many servers still train. ``adopt``: write the average into
         ``into`` (default ``tensors``) when any weight was given.
 
-        The vector's tail: the weights' sum, the servers that still train and the servers that do not take
-        this round's average. When none trains any more, each took its last step before this round, so
+        The vector's tail: the weights' sum, the servers that still train, the servers that do not take
+        this round's average and (joint mode) the servers that step on it (:attr:`stepping`). When none trains any more, each took its last step before this round, so
         :attr:`ended` says whether a last round is due (some server did not take the average); every
         server reads the same sums, so all decide alike.
         """
-        moved = not adopt
         flat = torch.cat([t.detach().reshape(-1).float() * weight for t in tensors]
-                         + [torch.tensor([weight, float(active), float(moved)])])  # (sum of numels + 3,)
-        nbytes = (flat.numel() - 3) * 4
+                         + [torch.tensor([weight, float(active), float(not adopt), float(stepping)])])  # (numels + 4,)
+        nbytes = (flat.numel() - 4) * 4
         self._transfer("sync-send", nbytes)
         self.group.all_reduce(flat)
         self._transfer("sync-recv", nbytes)
         self.rounds += 1
-        total, still, differ = float(flat[-3]), int(round(float(flat[-2]))), float(flat[-1]) > 0.5
+        total, still, differ = float(flat[-4]), int(round(float(flat[-3]))), float(flat[-2]) > 0.5
+        self.stepping = float(flat[-1]) > 0.5
         if adopt and total > 0:
             pos = 0
             with torch.no_grad():
