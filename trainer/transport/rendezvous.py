@@ -82,7 +82,11 @@ def connect(rank: int, world: int, master: str | None, names: list[str], secret:
             channels = secure.admit(lsock, secret, roles, rendezvous_s, store_port, encrypt, log)
         finally:
             lsock.close()
-        _send_directory(channels, n_srv, world)
+        try:
+            _send_directory(channels, n_srv, world)
+        except (OSError, WireError) as err:
+            raise SfsimError(f"rendezvous: a server or device broke off while server 0 shared where the servers "
+                             f"admit devices ({err})") from None
         store = None if ssock is None else dist.TCPStore(host, store_port, world, True, td, wait_for_workers=False,
                                                          master_listen_fd=ssock.fileno())
         _KEEP.extend([ssock, store])
@@ -92,7 +96,10 @@ def connect(rank: int, world: int, master: str | None, names: list[str], secret:
         if rank < n_srv:
             channels |= _admit_visitors(ch, rank, secret, names, n_srv, visits, 2 * rendezvous_s, log)
         elif n_srv > 1:
-            channels |= _join_servers(ch, rank, secret, names, n_srv, visits, timeout_s)
+            try:
+                channels |= _join_servers(ch, rank, secret, names, n_srv, visits, timeout_s)
+            except (OSError, WireError) as err:
+                raise SfsimError(f"rendezvous: rank {rank} did not get server 0's directory of servers ({err})") from None
         store = None if method is not None else dist.TCPStore(host, store_port, world, False, td)
         _KEEP.append(store)
     if store is None:
