@@ -255,3 +255,40 @@ def test_a_server_without_devices_steps_with_the_others_and_ends_identical(tiny_
     assert m["servers"]["mec-b"]["devices"] == [] and m["servers"]["mec-b"]["train_loss_history"] == []
     a, b = _adapter(tmp_path / "run"), _adapter(tmp_path / "run" / "servers" / "mec-b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_handover_brings_at_most_the_credit_window_once_per_epoch():
+    """Credits on receipt with handovers: a JOIN gives the new server at most the window (the credits in hand and
+    those returned for micro-batches in flight), once per epoch, within the device's budget and the run's epochs."""
+    from trainer.run.measure import Meter
+    from trainer.transport import wire
+    from trainer.transport.distributed import DistTransport
+    from trainer.transport.wire import Kind, Limits, Packet, WireError
+
+    lim = Limits(hidden=32, max_batch=4, max_len=8, budget=(8,), epochs=2)
+    tr = DistTransport(0, [], {}, Meter(count_flops=False), lim, window=2)
+
+    def join(epoch: int, aux: int) -> None:
+        p = Packet(Kind.JOIN, 0, 3, epoch, aux)
+        wire.check_specs(p, [], lim)
+        tr._permit("d", p)
+
+    def act() -> None:
+        tr._permit("d", Packet(Kind.ACT, 0, 0, 0, 0))
+
+    join(0, 5)
+    act()
+    act()
+    with pytest.raises(WireError, match="without a credit"):
+        act()
+    join(0, 5)  # the same epoch again: nothing more
+    with pytest.raises(WireError, match="without a credit"):
+        act()
+    join(1, 1)  # one micro-batch left: one permit
+    act()
+    with pytest.raises(WireError, match="without a credit"):
+        act()
+    with pytest.raises(WireError, match="a join for epoch 2; the run has epochs 0..1"):
+        join(2, 1)
+    with pytest.raises(WireError, match="this device holds 0..8"):
+        join(1, 9)
