@@ -46,7 +46,8 @@ from trainer.data import tasks as tdata  # noqa: E402
 from trainer.data.partition import partition  # noqa: E402
 from trainer.methods.common import task_loss  # noqa: E402
 from trainer.model.heads import default_pooling, pool  # noqa: E402
-from trainer.run.runner import RunConfig, budget, run  # noqa: E402
+from trainer.run.launch import run  # noqa: E402
+from trainer.run.runner import RunConfig, budget  # noqa: E402
 from trainer.transport.runtime import trim  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

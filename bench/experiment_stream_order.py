@@ -29,7 +29,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sfsim.scenario.schema import write_atomic  # noqa: E402
-from trainer.run.runner import RunConfig, run  # noqa: E402
+from trainer.run.launch import run  # noqa: E402
+from trainer.run.runner import RunConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NOTE = ("\nOne process per role on a 2-core machine shared with other jobs: the server (real MiniLM compute) "

@@ -75,8 +75,8 @@ def test_splitlora_client_orders(tiny_gpt2, tmp_path):
     # (epoch 0); interleaved: one FedAvg at the end, up and down for every client
     assert seq["uplink_bytes"] == inter["uplink_bytes"]
     assert seq["downlink_bytes"] < inter["downlink_bytes"]
-    _, _, setup, method, _, _ = build(_cfg(tiny_gpt2, tmp_path / "b", method="splitlora", client_order="sequential",
-                                           accumulate=1))
+    method = build(_cfg(tiny_gpt2, tmp_path / "b", method="splitlora", client_order="sequential",
+                         accumulate=1)).method
     method.train_epoch(0, lambda loss, n: None)
     assert [d for d, _ in method.server_stream] == ["big"] * 4 + ["small-0"] * 2 + ["small-1"] * 2
 
@@ -105,12 +105,12 @@ def test_splitlora_takes_the_scenarios_client_order_unless_given(tiny_gpt2, tmp_
     data.setdefault("training", {})["client_order"] = "sequential"
     seq = tmp_path / "seq.yaml"
     seq.write_text(yaml.safe_dump(data))
-    default = build(_cfg(tiny_gpt2, tmp_path / "a", method="splitlora", accumulate=1))[2]
+    default = build(_cfg(tiny_gpt2, tmp_path / "a", method="splitlora", accumulate=1)).setup
     assert default.client_order == "interleaved"  # the scenario's default
-    built = build(_cfg(tiny_gpt2, tmp_path / "b", method="splitlora", accumulate=1, devices=str(seq)))[2]
+    built = build(_cfg(tiny_gpt2, tmp_path / "b", method="splitlora", accumulate=1, devices=str(seq))).setup
     assert built.client_order == "sequential"
     given = build(_cfg(tiny_gpt2, tmp_path / "c", method="splitlora", accumulate=1, devices=str(seq),
-                       client_order="interleaved"))[2]
+                       client_order="interleaved")).setup
     assert given.client_order == "interleaved"  # --client-order wins
     with pytest.raises(SfsimError, match=r"seq\.yaml: training\.client_order sequential \(no --client-order given\): "
                                          r"--server-order fifo interleaves clients"):
@@ -139,7 +139,8 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text((FIXTURES / "runtime_tiny.yaml").read_text().replace("{rank: 4, alpha: 8}",
                                                                            "{rank: 4, alpha: 8, dropout: 0.1}"))
-    _, lm, setup, m, _, _ = build(_cfg(tiny_gpt2, tmp_path / "o", devices=str(fleet), method=method))
+    b = build(_cfg(tiny_gpt2, tmp_path / "o", devices=str(fleet), method=method))
+    lm, m = b.lm, b.method
     seen: dict[str, set[bool]] = {}
 
     def hook(name):

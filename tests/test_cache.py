@@ -56,7 +56,7 @@ def _cached(tmp_path, name: str) -> Path:
 
 
 def test_second_epoch_sends_nothing_and_trains_on_bit_identical_inputs(tiny_gpt2, tmp_path, monkeypatch):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     seen: list[tuple[int, str, dict]] = []
     train = SplitFrozen._train
@@ -86,7 +86,7 @@ def test_second_epoch_sends_nothing_and_trains_on_bit_identical_inputs(tiny_gpt2
 
 @pytest.mark.slow  # two processes per role set: about 40 s on the loaded 2-core CI machine
 def test_cache_over_the_real_wire_with_int8_equals_in_process(tiny_gpt2, tmp_path):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     scen = str(_cached(tmp_path, "cached"))
     a = run(_cfg(tiny_gpt2, tmp_path / "inproc", devices=scen, wire_dtype="int8"))
@@ -98,7 +98,7 @@ def test_cache_over_the_real_wire_with_int8_equals_in_process(tiny_gpt2, tmp_pat
 
 
 def test_cache_is_refused_where_activations_change(tiny_gpt2, tmp_path):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     scen = str(_cached(tmp_path, "cached"))
     with pytest.raises(SfsimError, match="only splitfrozen can cache them"):

@@ -147,7 +147,8 @@ def test_each_sent_message_has_the_simulators_bytes(codec):
 
 
 def test_run_sends_the_scenarios_codec_and_refuses_what_it_cannot_honour(tiny_gpt2, tmp_path):
-    from trainer.run.runner import RunConfig, run
+    from trainer.run.launch import run
+    from trainer.run.runner import RunConfig
 
     kw = dict(devices=str(FIXTURES / "runtime_tiny.yaml"), model=tiny_gpt2, task="sst2", method="splitfrozen",
               partition="iid", split=1, epochs=1, train_samples=16, eval_samples=4, max_len=48,
@@ -188,30 +189,39 @@ def test_malformed_codec_payload_over_the_wire_drops_the_sender(tiny_gpt2, tmp_p
     assert set(m["lost_devices"]) == {"small-1"} and "int8 values must lie" in m["lost_devices"]["small-1"]["reason"]
     assert len(m["train_loss_history"]) == 3 + 2  # big and small-0 trained in full, in int8
     bad = [line for line in (out / "logs" / "server.log").read_text().splitlines() if line.startswith("bad message")]
-    assert bad == ["bad message from rank 3 (small-1): int8 values must lie in -127..127; dropping small-1"]
+    assert bad == ["bad message from rank 3 (small-1): malformed int8 hidden: int8 values must lie in -127..127; "
+                   "dropping small-1"]
+    assert "int8 values must lie" in m["dropped_peers"]["small-1"]  # dropped on receipt, as every bad message
 
 
 def _rogue(master: str, world: int, rank: int, log: str) -> None:
-    """A device that joins, then sends a well-formed int8 header whose payload holds -128 (no encoder makes it)."""
+    """A device that joins with the run's secret, waits for its credits, then sends a well-formed int8 header
+    whose payload holds -128 (no encoder makes it)."""
     import os
 
-    import torch.distributed as dist
+    from trainer.transport import secure
+    from trainer.transport.distributed import connect, sync_clock
 
-    from trainer.transport.distributed import init, sync_clock
-
-    init(rank, world, master)
+    ch = connect(rank, world, master, [], secure.need_secret(), False, 10.0)[0]
     sync_clock(Meter())
-    dist.send(wire.encode_header(Packet(Kind.HELLO, rank - 1, aux=6)), 0, tag=0)
-    t = codecs.pack({"hidden": _x(B=4, T=8), "attention_mask": torch.ones(4, 8, dtype=torch.uint8),
-                     "labels": torch.zeros(4, dtype=torch.int64)}, "hidden", "int8")
-    t["hidden"].view(-1)[0] = -128
-    bad = Packet(Kind.ACT, rank - 1, 0, 0, CODECS["int8"].code, t)
-    dist.send(wire.encode_header(bad), 0, tag=0)
-    for v in bad.tensors.values():
-        dist.send(v, 0, tag=1)
-    try:  # read (and ignore) what the server sends until it goes away at the end of the run
-        while True:
-            dist.recv(torch.empty(wire.HEADER_LEN, dtype=torch.int64), src=0, tag=0)
+    ch.send(wire.encode_header(Packet(Kind.HELLO, rank - 1, aux=6)).numpy().tobytes())
+    try:
+        while True:  # credits come with START (activations without one would be refused for that first)
+            p, specs = wire.decode_header(torch.frombuffer(ch.recv(wire.HEADER_LEN * 8), dtype=torch.int64), wire.DOWN)
+            if specs:
+                ch.recv(wire.payload_bytes(specs))
+            if p.kind == Kind.START:
+                break
+        t = codecs.pack({"hidden": _x(B=4, T=8), "attention_mask": torch.ones(4, 8, dtype=torch.uint8),
+                         "labels": torch.zeros(4, dtype=torch.int64)}, "hidden", "int8")
+        t["hidden"].view(-1)[0] = -128
+        bad = Packet(Kind.ACT, rank - 1, 0, 0, CODECS["int8"].code, t)
+        ch.send(wire.encode_header(bad).numpy().tobytes())
+        ch.send(*wire.tensor_views(bad.tensors))
+        while True:  # read (and ignore) what the server sends until it drops us
+            ch.recv(wire.HEADER_LEN * 8)
+    except Exception:  # noqa: BLE001 (the server closed the connection)
+        pass
     finally:
         os._exit(0)
 

@@ -70,7 +70,8 @@ def test_a_run_counts_the_same_flops_with_and_without_the_fit_and_sharing(tiny_l
                         partition="iid", out=str(tmp_path / f"{method}-{fit}"), split=1 if "split" in method else None,
                         epochs=1, train_samples=40, eval_samples=4, data_dir=str(FIXTURES / "data"), progress=False,
                         micro_batch=2, max_len=48)
-        _, _, setup, m, _, _ = build(cfg)
+        b = build(cfg)
+        setup, m = b.setup, b.method
         for epoch in range(2):
             m.train_epoch(epoch, lambda loss, n: None)
         flops.append(dict(setup.meter.flops))

@@ -170,7 +170,8 @@ def _cfg(tmp_path, model, method, **kw):
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_method_loss_falls(tiny_dirs, tmp_path, method):
     cfg = _cfg(tmp_path, tiny_dirs["gpt2"], method, epochs=5, train_samples=12, lr=3e-2)
-    _, _, setup, m, _, _ = build(cfg)
+    b = build(cfg)
+    m = b.method
     epoch_loss = []
     for epoch in range(5):
         losses = []
@@ -190,7 +191,8 @@ def _digest(module) -> str:
 
 def test_splitfrozen_device_weights_unchanged_and_bytes(tiny_dirs, tmp_path):
     cfg = _cfg(tmp_path, tiny_dirs["gpt2"], "splitfrozen", partition="label-skew:1", epochs=2)
-    _, lm, setup, m, _, _ = build(cfg)
+    b = build(cfg)
+    lm, setup, m = b.lm, b.setup, b.method
     dev_part = setup.devices[0].part
     before = _digest(dev_part)
     server_before = {n: p.detach().clone() for n, p in lm.model.named_parameters() if "lora_B" in n}
@@ -224,7 +226,8 @@ def test_deferred_w_run_equals_fused_run(tiny_dirs, tmp_path):
 @pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora", "cenlora"])
 def test_save_reload_gives_same_outputs(tiny_dirs, tmp_path, method):
     cfg = _cfg(tmp_path, tiny_dirs["gpt2"], method)
-    _, lm, setup, m, _, _ = build(cfg)
+    b = build(cfg)
+    lm, setup, m = b.lm, b.setup, b.method
     m.train_epoch(0, lambda loss, n: None)
     m.finish_epoch()
     save_adapter(tmp_path / "adapter", lm.model, setup.head, _adapter_config(cfg, lm, setup, m))

@@ -113,7 +113,7 @@ def _cfg(model: str, out, **over):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_local_launch_equals_inprocess(tiny_gpt2, tmp_path, method):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     a = run(_cfg(tiny_gpt2, tmp_path / "inproc", method=method, launch="inprocess", fedavg_every=2))
     b = run(_cfg(tiny_gpt2, tmp_path / "local", method=method, fedavg_every=2))
@@ -130,10 +130,24 @@ def test_local_launch_equals_inprocess(tiny_gpt2, tmp_path, method):
     assert {"big", "small-0", "small-1"} <= lanes or method == "cenlora"
 
 
+def test_encrypted_local_launch_equals_inprocess(tiny_gpt2, tmp_path, monkeypatch):
+    """AES-GCM channels (the multi-host default) change no figure: SplitLoRA sends every kind of tensor."""
+    from trainer.run.launch import run
+
+    monkeypatch.setenv("SFSIM_ENCRYPT", "on")
+    a = run(_cfg(tiny_gpt2, tmp_path / "inproc", method="splitlora", launch="inprocess", fedavg_every=2))
+    b = run(_cfg(tiny_gpt2, tmp_path / "local", method="splitlora", fedavg_every=2))
+    assert b["encrypted"] is True and b["dropped_peers"] == {} and b["lost_devices"] == {}
+    assert max(abs(x - y) for x, y in zip(a["train_loss_history"], b["train_loss_history"], strict=True)) <= 1e-5
+    assert a["eval_history"] == b["eval_history"]
+    for key in ("uplink_bytes_by_device", "downlink_bytes_by_device"):
+        assert a[key] == b[key], key
+
+
 @pytest.mark.parametrize("method, order", [("splitlora", "interleaved"), ("splitlora", "sequential"),
                                            ("fedlora", None)])
 def test_local_launch_equals_inprocess_with_accumulate_and_client_order(tiny_gpt2, tmp_path, method, order):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     kw = dict(method=method, client_order=order, accumulate=2, partition="iid", train_samples=32,
               **({"fedavg_every": 3} if order == "interleaved" else {}))
@@ -147,7 +161,7 @@ def test_local_launch_equals_inprocess_with_accumulate_and_client_order(tiny_gpt
 
 
 def test_fifo_takes_true_arrival_order(tiny_gpt2, tmp_path):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     m = run(_cfg(tiny_gpt2, tmp_path / "fifo", server_order="fifo", epochs=1))
     assert len(m["train_loss_history"]) == 3 + 2 + 2  # every micro-batch once, whatever the order
@@ -155,7 +169,7 @@ def test_fifo_takes_true_arrival_order(tiny_gpt2, tmp_path):
 
 
 def test_pipelined_is_faster_than_sequential_under_emulation(tiny_gpt2, tmp_path):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     kw = dict(epochs=1, train_samples=40, partition="iid", emulate="all", count_flops=False,
               devices=str(FIXTURES / "runtime_slow.yaml"))
@@ -199,7 +213,7 @@ def _in_thread(fn, *args, **kw):
 
 def _signal_mid_run(tiny_gpt2, out: Path, device: str, sig: int, peer_timeout: float) -> tuple[dict, dict]:
     """Start a run, send ``sig`` to ``device``'s process after the first step; return (metrics, pids)."""
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     cfg = _cfg(tiny_gpt2, out, epochs=1, train_samples=40, partition="iid", emulate="compute", checkpoint_every=1,
                peer_timeout=peer_timeout)
@@ -230,7 +244,7 @@ def test_hung_device_is_dropped_after_the_peer_timeout(tiny_gpt2, tmp_path):
 
 
 def test_pool_order_trains_every_micro_batch_once(tiny_gpt2, tmp_path):
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     kw = dict(epochs=1, server_order="pool", pool_memory="50KiB", launch="inprocess")  # 2 micro-batches of (4, 48, 32)
     a = run(_cfg(tiny_gpt2, tmp_path / "a", **kw))
@@ -259,21 +273,21 @@ def test_malformed_message_drops_the_sender(tiny_gpt2, tmp_path):
 
 def _rogue(master: str, world: int, rank: int, log: str) -> None:
     """A device that joins properly, then sends activations of the wrong width."""
-    import torch.distributed as dist
-
     from trainer.run.measure import Meter
-    from trainer.transport.distributed import init, sync_clock
+    from trainer.transport import secure
+    from trainer.transport.distributed import connect, sync_clock
 
-    init(rank, world, master)
+    ch = connect(rank, world, master, [], secure.need_secret(), False, 10.0)[0]
     sync_clock(Meter())
-    hello = Packet(Kind.HELLO, rank - 1, aux=6)
-    dist.send(wire.encode_header(hello), 0, tag=0)
+    ch.send(wire.encode_header(Packet(Kind.HELLO, rank - 1, aux=6)).numpy().tobytes())
     bad = _act(B=4, T=8, d=99)
     bad.device = rank - 1
-    dist.send(wire.encode_header(bad), 0, tag=0)
+    ch.send(wire.encode_header(bad).numpy().tobytes())
     try:  # read (and ignore) what the server sends until it goes away at the end of the run
         while True:
-            dist.recv(torch.empty(HEADER_LEN, dtype=torch.int64), src=0, tag=0)
+            ch.recv(HEADER_LEN * 8)
+    except Exception:  # noqa: BLE001 (the server closed the connection)
+        pass
     finally:
         os._exit(0)
 
@@ -281,7 +295,7 @@ def _rogue(master: str, world: int, rank: int, log: str) -> None:
 @pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora"])
 def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path, method):
     from sfsim.outputs.trace import read_chrome_trace
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     kw = dict(epochs=2, train_samples=24, emulate="compute", checkpoint_every=2, method=method)
     ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))
@@ -316,7 +330,7 @@ def test_inprocess_resume_restores_device_state(tiny_gpt2, tmp_path):
     uninterrupted one; the checkpoint taken mid-run is replayed by resuming from a copy of it."""
     import shutil
 
-    from trainer.run.runner import run
+    from trainer.run.launch import run
 
     kw = dict(method="splitlora", epochs=2, launch="inprocess", checkpoint_every=3)
     ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))

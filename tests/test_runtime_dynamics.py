@@ -104,19 +104,28 @@ def test_a_pausing_devices_uplink_carries_only_online():
 
 
 @pytest.mark.parametrize(("over", "method", "message"), [
+    ([("servers.count", 2), ("devices[phone].handover", [{"at": "1 s", "to": "srv-2"}])], "splitlora",
+     "x.yaml: --emulate all: device phone-0 hands over to another server; the distributed runtime moves "
+     "SplitFrozen's devices only (splitlora: only sfsim simulate): use --method splitfrozen or remove 'handover'"),
     ([("servers.count", 2), ("devices[phone].handover", [{"at": "1 s", "to": "srv-2"}])], "splitfrozen",
-     "x.yaml: --emulate all: device phone-0 hands over to another server; the distributed runtime has one server "
-     "process, so only sfsim simulate models handovers: remove 'handover'"),
-    ([("devices[phone].availability", {"mean_on": "1 s", "mean_off": "1 s"})], "splitlora",
-     "x.yaml: --emulate all: device phone-0 has availability, which the distributed runtime emulates for "
-     "splitfrozen only; use --method splitfrozen, --emulate none or remove 'availability'"),
+     "x.yaml: --emulate all: device phone-0 hands over to another server; a server takes a visiting device's "
+     "micro-batches in arrival order only (--server-order proportional is a schedule of turns fixed before the "
+     "run): use --server-order fifo"),
 ])
 def test_what_the_runtime_cannot_emulate_is_one_line(over, method, message):
     sc = load_scenario_with(str(FIXTURES / "runtime_trace.yaml"), over)
     with pytest.raises(SfsimError) as exc:
-        dynamics.check(sc, method, "all", "x.yaml: --emulate all")
+        dynamics.check(sc, method, "all", "x.yaml: --emulate all", "proportional")
     assert str(exc.value) == message
     dynamics.check(sc, method, "none", "x.yaml")  # nothing emulated: nothing refused
+
+
+@pytest.mark.parametrize("method", ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora"])
+def test_availability_is_emulated_for_every_method_with_device_links(method):
+    sc = load_scenario_with(str(FIXTURES / "runtime_trace.yaml"),
+                            [("devices[phone].availability", {"mean_on": "1 s", "mean_off": "1 s"})])
+    dynamics.check(sc, method, "all", "x.yaml: --emulate all")  # nothing refused
+    assert dynamics.emulates_availability(method) == (method != "cenlora")  # CenLoRA: data at the server
 
 
 # -- runs -------------------------------------------------------------------------------------------------
@@ -163,6 +172,59 @@ def test_availability_pauses_one_device_and_drops_the_other(tiny_gpt2, tmp_path)
     assert all(e.end <= 0.5 + 1e-6 or e.start >= 1.5 - 1e-6 for e in busy if e.op in ("F", "send")), busy
     gone = _events(tmp_path / "val", "phone-1") + _events(tmp_path / "val", "link:phone-1")
     assert max(e.end for e in gone if e.op == "send") <= 1.3 + 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "extra", "untrained"), [
+    # FedLoRA: phone-1's only round (its 4 micro-batches) ends after it is gone at 1.3 s: the round is lost
+    ("fedlora", (), {"phone-0": 0, "phone-1": 16}),
+    # SplitLoRA (cut 1): phone-1 sends its first micro-batch before 1.3 s, not the other three
+    ("splitlora", ("--split", "1"), {"phone-0": 0, "phone-1": 12}),
+])
+def test_availability_leaves_what_the_simulator_says_untrained(tiny_gpt2, tmp_path, method, extra, untrained):
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(FIXTURES / "runtime_churn.yaml"), "--model",
+                                    tiny_gpt2, "--method", method, "--max-len", "48", "--train-samples", "32",
+                                    "--data-dir", str(FIXTURES / "data"), "--out", str(out), *extra])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["samples_not_trained"] == {"predicted": untrained, "measured": untrained}
+    assert abs(rep["total"]["error"]) < 0.15, rep
+
+
+def test_validate_agrees_on_two_servers_with_backhaul_sync_and_a_pausing_device(tiny_gpt2, tmp_path):
+    rep = _validate(tiny_gpt2, tmp_path / "val", "runtime_two_servers_churn.yaml", "--server-order", "fifo")
+    m = json.loads((tmp_path / "val" / "run" / "metrics.json").read_text())
+    # each server: 4 steps, rounds after steps 2 and 4 (~0.15 s each on the 1 Mbps backhaul), as the simulator
+    assert [(s["steps"], s["sync_rounds"]) for s in m["servers"].values()] == [(4, 2), (4, 2)]
+    assert rep["samples_not_trained"] == {"predicted": {"phone-0": 0}, "measured": {"phone-0": 0}}
+    assert abs(rep["total"]["error"]) < 0.1, rep
+    for srv in ("mec-a", "mec-b"):
+        assert [e.op for e in _events(tmp_path / "val", f"backhaul:{srv}")] == ["sync-send", "sync-recv"] * 2
+
+
+def test_a_device_hands_over_between_server_processes_as_the_simulator_says(tiny_gpt2, tmp_path):
+    rep = _validate(tiny_gpt2, tmp_path / "val", "runtime_handover.yaml", "--server-order", "fifo")
+    m = json.loads((tmp_path / "val" / "run" / "metrics.json").read_text())
+    # mover sends 2 micro-batches to mec-a before 0.8 s and its other 2 to mec-b, which trains them
+    (pred,), (meas,) = rep["handovers"]["predicted"], rep["handovers"]["measured"]
+    assert (meas["device"], meas["from"], meas["to"], meas["at_s"], meas["sent_before"]) == \
+        (pred["device"], pred["from"], pred["to"], pred["at_s"], pred["sent_before"]) == ("mover", "mec-a", "mec-b", 0.8, 2)
+    # 4 steps each; mec-a learns that mover is gone only from its 'moved': its last step may not know it
+    # is the last, and then a drain and a closing round follow (2 or 4 rounds, as the timing falls)
+    assert [s["steps"] for s in m["servers"].values()] == [4, 4]
+    rounds = {s["sync_rounds"] for s in m["servers"].values()}
+    assert len(rounds) == 1 and rounds <= {2, 4}, rounds
+    assert abs(rep["total"]["error"]) < 0.1, rep
+    srv_b = [e for e in _events(tmp_path / "val", "mec-b") if e.op == "F"]
+    assert sorted(e.device for e in srv_b) == ["mover", "mover", "stay-b", "stay-b"]
+    assert [e.op for e in _events(tmp_path / "val", "mover") if e.op == "handover"] == ["handover"]
+    sends = [e for e in _events(tmp_path / "val", "link:mover") if e.op == "send"]
+    assert sends[-1].dur < 0.75 * sends[0].dur  # the new leg's uplink is twice as fast
 
 
 def test_validate_scales_each_devices_trace_by_its_own_token_load(tmp_path):

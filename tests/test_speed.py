@@ -134,7 +134,8 @@ def test_bucketing_trains_every_row_once_with_less_padding_and_one_order_per_see
 
 
 def test_a_bucketed_run_is_deterministic(tiny_gpt2, tmp_path):
-    from trainer.run.runner import RunConfig, run
+    from trainer.run.launch import run
+    from trainer.run.runner import RunConfig
 
     hist = []
     for k in range(2):

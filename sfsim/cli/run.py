@@ -138,8 +138,8 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
     trained nothing (every device lost, or no sample trained).
     """
     # the trainer imports torch and transformers (~3.5 s): only run and eval load it, not simulate or plan
+    from trainer.run.launch import run as run_job
     from trainer.run.resume import check_trained, is_finished, recorded_metrics
-    from trainer.run.runner import run as run_job
 
     if threads is not None and threads < 1:
         raise SfsimError(f"--threads must be >= 1 (got {threads})")

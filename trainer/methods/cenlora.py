@@ -75,6 +75,9 @@ class CenLoRA(Method):
                 self.lose(err.device, err.reason)
                 continue
             self.owner += [n] * int(shards[-1]["input_ids"].shape[0])
+        if not shards:  # a server without devices (several servers): nothing to train here
+            self.data = {}
+            return
         left = getattr(s.lm.tokenizer, "padding_side", "right") == "left"
         pad = {"input_ids": s.lm.tokenizer.pad_token_id or 0, "labels": -100}
         self.data = {k: _pad_cat([sh[k] for sh in shards], pad.get(k, 0), left) for k in shards[0]}
@@ -85,6 +88,8 @@ class CenLoRA(Method):
         if self.data is None:
             self._gather()
         done = self.resume_cursor(epoch).get("server", 0)
+        if not self.data:
+            return
         n = self.data["input_ids"].shape[0]
         gen = torch.Generator().manual_seed(s.seed * 1000003 + epoch)
         perm = torch.randperm(n, generator=gen)
@@ -105,8 +110,7 @@ class CenLoRA(Method):
             losses.append(loss.item())
             samples += len(idx)
             if (i + 1) % s.accumulate == 0 or i == len(starts) - 1:
-                with meter.compute(s.server, "step", "server_step", count=False):
-                    self.math.step(self.opt)
+                self.optimizer_step(self.opt, last=i == len(starts) - 1)
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
                 self.cursor["server"] = i + 1

@@ -364,10 +364,46 @@ class Method:
         self.cursor: dict[str, int] = {}  # device -> micro-batches trained this epoch
         self.resume_from: dict | None = None  # {"epoch", "cursor"} of a checkpoint to continue from
         self.on_step_done: Callable[[int], None] | None = None  # called with the epoch after each step
+        self.sync = None  # several servers: this server's trainer.transport.backhaul.ServerSync
 
     def train_epoch(self, epoch: int, on_step: StepCallback) -> None:
-        """Train for one epoch over every device's data (the server's side)."""
+        """Train for one epoch over this server's devices; with several servers, end with the last sync round."""
         self.server_epoch(epoch, on_step)
+        if self.sync is not None:
+            self.finish_sync()
+
+    # -- several servers (trainer.transport.backhaul) ---------------------------------------------------
+    def optimizer_step(self, opt: torch.optim.Optimizer, phase: str = "server_step", last: bool = False) -> None:
+        """The server's optimizer step, inside the backhaul sync when there are several servers (``last``: the
+        server's last step of the epoch, which lets the servers skip a closing round when all end together)."""
+        s = self.setup
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if self.sync is not None:
+            self.sync.before_step(params, last)
+        with s.meter.compute(s.server, "step", phase, count=False):
+            math = getattr(self, "math", None)  # ServerMath where the method has one (fp16: the grad scaler)
+            if math is not None:
+                math.step(opt)
+            else:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        if self.sync is not None:
+            self.sync.after_step(params, last)
+
+    def sync_state(self) -> list[torch.Tensor]:
+        """Every tensor the servers must agree on at the end of an epoch: the server optimizer's parameters."""
+        return [p for opt in self.optimizers().values() for g in opt.param_groups for p in g["params"]]
+
+    def finish_sync(self) -> None:
+        """Answer the other servers' rounds until none trains, then the last round (all servers identical)."""
+        opt = self.optimizers().get("server")
+        params = [p for g in opt.param_groups for p in g["params"]] if opt is not None else None
+
+        def step() -> None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        self.sync.finish(self.sync_state(), params, step)
 
     def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
         """The server's loop for one epoch."""

@@ -28,7 +28,7 @@ from trainer.methods.common import (
 )
 from trainer.model.lora import fedavg
 from trainer.model.split import split_model
-from trainer.transport.runtime import DeviceRole, Message, PeerLost, device_kwargs
+from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, device_kwargs
 from trainer.transport.wire import pack_state, unpack_state
 
 
@@ -63,6 +63,17 @@ class FedLoRA(Method):
         if msg.kind != "round":
             return
         st = self._dev[role.name]
+        start = st["pos"]
+        try:
+            self._round(role, msg, st)
+        except DeviceLeft:  # gone (trainer.transport.dynamics): this round's upload never leaves, as in the simulator
+            rest = sum(int(b["labels"].shape[0]) for b in st["batches"][start:])
+            st["pos"] = len(st["batches"])
+            s.transport.send_up(Message(role.name, start, kind="leave", aux=rest, epoch=st["epoch"]))
+
+    def _round(self, role: DeviceRole, msg: Message, st: dict) -> None:
+        """Local steps from the global state in ``msg``, then the upload (``adapter``)."""
+        s = self.setup
         set_state(s.lm.model, s.head, unpack_state(msg.tensors["state"], self.like, self.keys))
         losses, window = [], []  # per optimizer step: mean loss, samples, micro-batches
 
@@ -139,9 +150,13 @@ class FedLoRA(Method):
             states, weights = [], []
             for n in active:
                 try:
-                    msg = tr.recv_up(n, {"adapter"})
+                    msg = tr.recv_up(n, {"adapter", "leave"})
                 except PeerLost as err:
                     self.lose(err.device, err.reason, left)
+                    continue
+                if msg.kind == "leave":  # gone mid-round: that round and the rest of its epoch are not trained
+                    self.not_trained[n] = self.not_trained.get(n, 0) + msg.aux
+                    left[n] = 0
                     continue
                 steps = msg.tensors["losses"].view(-1, 3).tolist()
                 for loss, k, _mbs in steps:
@@ -154,8 +169,16 @@ class FedLoRA(Method):
             if states:
                 with s.meter.compute(s.server, "aggregate", "server_aggregate", count=False):
                     self.global_state = fedavg(states, weights)
+            if self.sync is not None:  # several servers: this group's average, then across servers
+                self.sync.fed_round([self.global_state[k] for k in self.keys], float(sum(weights)),
+                                    last=sum(left.values()) == 0)
             self.step_done(epoch)
         set_state(s.lm.model, s.head, self.global_state)
+
+    def finish_sync(self) -> None:
+        """Rounds of the other servers until none trains, then the last one (weighted by this group's samples)."""
+        self.sync.fed_finish([self.global_state[k] for k in self.keys], self.sync.weight)
+        set_state(self.setup.lm.model, self.setup.head, self.global_state)
 
     def eval_cut(self) -> int:
         """FedLoRA evaluates the whole model (cut 0)."""

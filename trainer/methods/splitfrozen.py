@@ -15,6 +15,8 @@ order. Backward is split into B (now) and W (deferred until the optimizer step, 
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 
 from sfsim.engine.pacing import MixingPool, pool_capacity
@@ -58,6 +60,13 @@ class SplitFrozen(Method):
         self.opt = adamw(trainable_params(widest), s)
         self.math = ServerMath(s.placement)  # autocast / grad scaler (no-ops in the default fp32)
         self._dev: dict[str, dict] = {}  # device side: name -> {batches, next, credits, epoch}
+        # handovers (trainer.run.launch sets them with several servers): every device's legs (at s, server rank,
+        # server name); a device's current leg and the moves it made; a server's possible visitors (the devices
+        # with a leg on it, name -> DeviceRole), each of which tells it once per epoch whether it comes
+        self.legs: dict[str, list[tuple[float, int, str]]] = {}
+        self.leg: dict[str, int] = {}
+        self.moves: list[dict] = []
+        self.visitors: dict[str, DeviceRole] = {}
         self.pool_peak = 0  # most micro-batches the mixing pool held (server_order "pool")
         # training.cache_activations: what the devices sent in one epoch, replayed in later ones
         self.cache = None if s.cache_memory is None else ActivationCache(s.cache_memory, s.out)
@@ -87,6 +96,7 @@ class SplitFrozen(Method):
                 j = st["next"]
                 out = role.forward_frozen(st["batches"][j], j, self.setup.meter)
                 out.epoch = st["epoch"]
+                self._hand_over(role.name, st)  # the leg holding when the send starts takes the micro-batch
                 self.setup.transport.send_up(out)
                 st["next"], st["credits"] = j + 1, st["credits"] - 1
         except DeviceLeft:  # offline for good (trainer.transport.dynamics): the rest of the epoch is not sent
@@ -94,6 +104,37 @@ class SplitFrozen(Method):
             self.setup.transport.send_up(Message(role.name, st["next"], kind="leave", aux=rest, epoch=st["epoch"]))
             st["next"] = len(st["batches"])
         st["blocked_at"] = self.setup.meter.now() if st["next"] < len(st["batches"]) else None
+        if st["next"] >= len(st["batches"]):
+            self._close_epoch(role.name, st)
+
+    def _hand_over(self, name: str, st: dict) -> None:
+        """Take every handover due by now: ``moved`` to the old server (after all this device sent it), then
+        ``join`` with the epoch's micro-batches left to the new one, whose links apply from here on. Credits
+        move with the device: those the old server returns for micro-batches in flight count at the new one."""
+        legs, tr = self.legs.get(name), self.setup.transport
+        k = self.leg.get(name, 0)
+        while legs and k + 1 < len(legs) and legs[k + 1][0] <= self.setup.meter.now():
+            j, (at, new, to) = st["next"], legs[k + 1]
+            tr.send_up(Message(name, j, kind="moved", epoch=st["epoch"]))
+            tr.move(name, new)
+            tr.send_up(Message(name, j, kind="join", aux=len(st["batches"]) - j, epoch=st["epoch"]))
+            st.setdefault("told", set()).update({legs[k][1], new})
+            self.setup.meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
+            self.moves.append({"device": name, "at_s": at, "from": legs[k][2], "to": to, "epoch": st["epoch"],
+                               "sent_before": j})
+            k += 1
+        self.leg[name] = k
+
+    def _close_epoch(self, name: str, st: dict) -> None:
+        """This device's epoch is sent (or it left): every other server of its legs that it has not told this
+        epoch (``moved``, ``join``) stops waiting for it (``join`` of 0)."""
+        legs = self.legs.get(name)
+        if not legs or len({r for _, r, _ in legs}) < 2 or st.get("closed"):
+            return
+        home = legs[self.leg.get(name, 0)][1]
+        for rank in sorted({r for _, r, _ in legs} - {home} - st.get("told", set())):
+            self.setup.transport.send_to(rank, Message(name, -1, kind="join", aux=0, epoch=st["epoch"]))
+        st["closed"] = True
 
     # -- server side --------------------------------------------------------------------------------
     def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
@@ -108,52 +149,18 @@ class SplitFrozen(Method):
         for n in live:
             tr.send_down(Message(n, done.get(n, 0), kind="start", aux=credits, epoch=epoch))
         arrival = s.server_order in ("fifo", "pool") and tr.arrival_order
-        order = None if arrival else self._order(counts, done)
+        order = None if arrival else deque(self._order(counts, done))
         left = {n: counts[n] - done.get(n, 0) for n in live}
-        pool = None
+        # a device that may hand over to here: one placeholder until it says whether it comes (fifo only)
+        left.update({v: 1 for v in self.visitors if v not in left and v not in self.lost})
+        pool, held = None, dict.fromkeys(left, 0)  # held: device -> its micro-batches in the pool
         if s.server_order == "pool":
             pool = MixingPool(self.pool_size(credits, len(live)), role_seed(s.seed, f"pool-{epoch}"))
-            in_pool = dict.fromkeys(left, 0)
-        losses, samples, i = [], 0, 0
+        losses, samples = [], 0
         while sum(left.values()) > 0:
-            if pool is not None:  # take arrivals into the pool until it is ready, then draw
-                more = any(in_pool[n] < min(credits, left[n]) for n in left)
-                if not pool.ready(more):
-                    name = None
-                    if order is not None:  # in one process: the next estimated arrival that can come
-                        name = next(n for n in order[i:] if n in left and in_pool[n] < min(credits, left[n]))
-                        order.remove(name)
-                    try:
-                        msg = tr.recv_up(name, {"act", "leave"})
-                    except PeerLost as err:
-                        self.lose(err.device, err.reason, left)
-                        pool.items = [m for m in pool.items if m.device != err.device]
-                        continue
-                    if msg.kind == "leave":  # what it sent still trains: only what is in the pool is left
-                        self._left(msg, left, in_pool[msg.device])
-                        continue
-                    pool.add(msg)
-                    in_pool[msg.device] += 1
-                    self.pool_peak = max(self.pool_peak, pool.peak)
-                    continue
-                msg = pool.draw()
-                in_pool[msg.device] -= 1
-            else:
-                if order is not None:
-                    name = order[i]
-                    i += 1
-                    if left.get(name, 0) == 0:  # a lost device's slot
-                        continue
-                else:
-                    name = None
-                try:
-                    msg = tr.recv_up(name, {"act", "leave"})
-                except PeerLost as err:
-                    self.lose(err.device, err.reason, left)
-                    continue
-                if msg.kind == "leave":  # after its last micro-batch (one link, in order): nothing is left
-                    self._left(msg, left, 0)
-                    continue
+            msg = self._take(order, left) if pool is None else self._take_pooled(order, left, pool, held, credits)
+            if msg is None:  # a message that was not a micro-batch to train: look again
+                continue
             name = msg.device
             left[name] -= 1
             if self.cache is not None:
@@ -167,14 +174,69 @@ class SplitFrozen(Method):
             losses.append(loss)
             samples += n
             if len(losses) == s.accumulate or sum(left.values()) == 0:
-                self._step()
+                self._step(last=sum(left.values()) == 0)
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
                 self.step_done(epoch)
         if losses:  # the last device left (or was lost) with a step's gradients pending
-            self._step()
+            self._step(last=True)
             on_step(sum(losses) / len(losses), samples)
             self.step_done(epoch)
+
+    def _take(self, order: deque | None, left: dict[str, int]) -> Message | None:
+        """The next micro-batch in the pacing order (``None``: arrival order), or None after another message."""
+        name = None
+        if order is not None:
+            name = order.popleft()
+            if left.get(name, 0) == 0:  # a lost device's slot
+                return None
+        try:
+            msg = self.setup.transport.recv_up(name, {"act", "leave", "moved", "join"})
+        except PeerLost as err:
+            self.lose(err.device, err.reason, left)
+            return None
+        if msg.kind == "leave":  # after its last micro-batch (one link, in order): nothing is left
+            self._left(msg, left, 0)
+        elif msg.kind in ("moved", "join"):
+            self._visit(msg, left)
+        return msg if msg.kind == "act" else None
+
+    def _take_pooled(self, order: deque | None, left: dict[str, int], pool: MixingPool, held: dict[str, int],
+                     credits: int) -> Message | None:
+        """Take arrivals into the mixing pool until it is ready (None), then draw one micro-batch from it."""
+        if pool.ready(any(held[n] < min(credits, left[n]) for n in left)):
+            msg = pool.draw()
+            held[msg.device] -= 1
+            return msg
+        name = None
+        if order is not None:  # in one process: the next estimated arrival that can come
+            name = next(n for n in order if n in left and held[n] < min(credits, left[n]))
+            order.remove(name)
+        try:
+            msg = self.setup.transport.recv_up(name, {"act", "leave"})
+        except PeerLost as err:
+            self.lose(err.device, err.reason, left)
+            pool.items = [m for m in pool.items if m.device != err.device]
+            return None
+        if msg.kind == "leave":  # what it sent still trains: only what is in the pool is left
+            self._left(msg, left, held[msg.device])
+            return None
+        pool.add(msg)
+        held[msg.device] += 1
+        self.pool_peak = max(self.pool_peak, pool.peak)
+        return None
+
+    def _visit(self, msg: Message, left: dict[str, int]) -> None:
+        """A handover: ``moved`` (all it sent here has arrived: nothing more comes) or ``join`` (``aux`` more)."""
+        s, n = self.setup, msg.device
+        if msg.kind == "moved":
+            left[n] = 0
+            s.devices = [r for r in s.devices if r.name != n]  # its next epochs start at its new server
+            return
+        left[n] = msg.aux
+        if msg.aux and n in self.visitors and all(r.name != n for r in s.devices):
+            s.devices.append(self.visitors[n])
+            s.samples[n] = self.visitors[n].n_samples
 
     def _from_cache(self, epoch: int, on_step: StepCallback, counts: dict[str, int], done: dict[str, int],
                     live: list[str]) -> bool:
@@ -254,13 +316,12 @@ class SplitFrozen(Method):
         self.record(name, t["labels"])
         return loss.item(), int(t["labels"].shape[0])
 
-    def _step(self) -> None:
-        s, meter = self.setup, self.setup.meter
+    def _step(self, last: bool = False) -> None:
+        s, meter = self.setup, self.setup.meter  # several servers: the step is inside the backhaul sync
         if s.decompose_backward:
             with meter.compute(s.server, "W", "server_W", key=self.deferred.signature()):
                 self.deferred.flush()  # W of every micro-batch since the last step, right before it
-        with meter.compute(s.server, "step", "server_step", count=False):
-            self.math.step(self.opt)
+        self.optimizer_step(self.opt, last=last)
 
     def optimizers(self) -> dict:
         """The server's optimizer (checkpointed)."""

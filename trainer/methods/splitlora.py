@@ -49,7 +49,15 @@ from trainer.methods.common import (
 from trainer.model.backward import DeferredGrads
 from trainer.model.lora import fedavg
 from trainer.model.split import split_model
-from trainer.transport.runtime import DeviceRole, Message, PeerLost, device_kwargs, server_order, wire_mask
+from trainer.transport.runtime import (
+    DeviceLeft,
+    DeviceRole,
+    Message,
+    PeerLost,
+    device_kwargs,
+    server_order,
+    wire_mask,
+)
 from trainer.transport.wire import pack_state, unpack_state
 
 #: SplitLoRA's client orders (``--client-order``).
@@ -73,6 +81,7 @@ class _Client:
         self.epoch = 0
         self.pending: tuple[int, torch.Tensor, tuple] | None = None  # (mb, hidden with graph, key)
         self.since_step = 0  # backward passes accumulated since the client's last optimizer step
+        self.gone = False  # the device has left for good (availability): it only answers ``leave``
 
     def state(self) -> dict[str, torch.Tensor]:
         """Copies of the client's LoRA weights, keyed by the model's parameter names."""
@@ -119,8 +128,25 @@ class SplitLoRA(Method):
         return self.clients[name]
 
     def device_handle(self, role: DeviceRole, msg: Message) -> None:
-        """Run the server's command on this client."""
-        s, meter, c = self.setup, self.setup.meter, self._client(role.name)
+        """Run the server's command on this client; once it is gone (trainer.transport.dynamics), answer every
+        command that wants a reply with ``leave`` (``fwd``: the samples from ``mb`` on are not trained)."""
+        c = self._client(role.name)
+        if c.gone and msg.kind in ("fwd", "sync"):
+            self._leave(role.name, c, msg)
+            return
+        try:
+            self._command(role, c, msg)
+        except DeviceLeft:
+            c.gone = True
+            if msg.kind in ("fwd", "sync"):
+                self._leave(role.name, c, msg)
+
+    def _leave(self, name: str, c: _Client, msg: Message) -> None:
+        rest = sum(int(b["labels"].shape[0]) for b in c.batches[msg.mb:]) if msg.kind == "fwd" else 0
+        self.setup.transport.send_up(Message(name, msg.mb, kind="leave", aux=rest, epoch=c.epoch))
+
+    def _command(self, role: DeviceRole, c: _Client, msg: Message) -> None:
+        s, meter = self.setup, self.setup.meter
         if msg.kind == "start":
             c.batches, c.epoch = role.batches(msg.epoch), msg.epoch
         elif msg.kind == "fwd":
@@ -162,6 +188,9 @@ class SplitLoRA(Method):
         self.window = ([], 0)  # losses and samples the server has accumulated since its last step
         for n in self.live():
             tr.send_down(Message(n, -1, kind="start", epoch=epoch))
+            if self.sync is not None and self.global_client is not None:  # the servers' average of last epoch
+                tr.send_down(Message(n, -1, {"state": pack_state(self.global_client, self.keys)}, kind="adapter",
+                                     aux=self.rounds, epoch=epoch))
         if s.client_order == "sequential":
             self._sequential(epoch, counts, done, on_step)
             return
@@ -207,8 +236,9 @@ class SplitLoRA(Method):
                 self.rounds += 1
                 tr.send_down(Message(n, -1, kind="sync", aux=self.rounds, epoch=epoch))
                 try:
-                    msg = tr.recv_up(n, {"adapter"})
-                    self.global_client = unpack_state(msg.tensors["state"], self.like, self.keys)
+                    msg = tr.recv_up(n, {"adapter", "leave"})
+                    if msg.kind == "adapter":
+                        self.global_client = unpack_state(msg.tensors["state"], self.like, self.keys)
                 except PeerLost as err:
                     self.lose(err.device, err.reason)
             self.step_done(epoch)  # between clients nothing is in flight: a checkpoint point
@@ -248,13 +278,17 @@ class SplitLoRA(Method):
                 if want is None:
                     break
             try:
-                msg = tr.recv_up(want, {"act"})
+                msg = tr.recv_up(want, {"act", "leave"})
             except PeerLost as err:
                 busy.discard(err.device)
                 self.lose(err.device, err.reason, left)
                 continue
             n = msg.device
             busy.discard(n)
+            if msg.kind == "leave":  # gone: the rest of its epoch is not trained
+                self.not_trained[n] = self.not_trained.get(n, 0) + msg.aux
+                left.pop(n, None)
+                continue
             self._serve(msg, epoch, on_step)
             served += 1
             left[n] -= 1
@@ -297,10 +331,7 @@ class SplitLoRA(Method):
         losses, samples = self.window
         if not losses:
             return
-        s = self.setup
-        with s.meter.compute(s.server, "step", "server_step", count=False):
-            self.server_opt.step()
-            self.server_opt.zero_grad(set_to_none=True)
+        self.optimizer_step(self.server_opt)
         self.steps += 1
         self.window = ([], 0)
         on_step(sum(losses) / len(losses), samples)
@@ -315,9 +346,11 @@ class SplitLoRA(Method):
         states, weights = [], []
         for n in names:
             try:
-                msg = tr.recv_up(n, {"adapter"})
+                msg = tr.recv_up(n, {"adapter", "leave"})
             except PeerLost as err:
                 self.lose(err.device, err.reason)
+                continue
+            if msg.kind == "leave":  # gone: nothing to average
                 continue
             states.append(unpack_state(msg.tensors["state"], self.like, self.keys))
             weights.append(s.samples[n])
@@ -338,6 +371,23 @@ class SplitLoRA(Method):
     def optimizers(self) -> dict:
         """The server's optimizer."""
         return {"server": self.server_opt}
+
+    def finish_sync(self) -> None:
+        """As every method, always with a last round: the clients' averages differ from server to server."""
+        opt = self.server_opt
+        params = [p for g in opt.param_groups for p in g["params"]]
+
+        def step() -> None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        self.sync.finish(self.sync_state(), params, step, last_round=True)
+
+    def sync_state(self) -> list[torch.Tensor]:
+        """The server part and the clients' average (a server without clients contributes with weight 0)."""
+        if self.global_client is None:
+            self.global_client = {k: v.clone() for k, v in self.like.items()}
+        return super().sync_state() + [self.global_client[k] for k in self.keys]
 
     def device_state(self, role: DeviceRole) -> tuple[dict, dict]:
         """A client's adapters and optimizer."""

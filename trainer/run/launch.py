@@ -1,14 +1,23 @@
-"""Distributed runs: one process per role over ``torch.distributed`` (gloo), and the local launcher.
+"""Distributed runs: one process per role over admitted TCP channels, and the local launcher.
 
-Rank 0 is the server, rank ``i + 1`` device ``i`` of the scenario. Every process builds the same
-model (same seed, so the same initial LoRA and head) and the same partition, then plays one role:
+Ranks ``0..S-1`` are the scenario's S servers, rank ``S + i`` device ``i``; each device talks to the
+server the run's split assigns it (``trainer.run.resolve``: plan, pin or the simulator's least-loaded
+rule) and to each handover target. Every process proves it holds the run's secret before it gets a
+rank and talks over one admitted channel per device-server pair (:mod:`trainer.transport.rendezvous`);
+the servers' backhaul sync runs over their own channels (:mod:`trainer.transport.backhaul`). Every
+process builds the same model (same seed, so the same initial LoRA and head) and the same partition,
+then plays one role:
 
-* a device says hello (its sample count), then does what the server's messages ask (the method's
-  ``device_handle``) until ``end``, and sends its measurements (FLOPs, bytes, phases, peak memory,
-  trace events) as a JSON report;
-* the server waits for every hello, runs the same server loop as the in-process run
-  (``trainer.run.runner.train_server``: epochs, eval, checkpoints), ends the devices, merges their
-  reports into ``metrics.json``, ``trace.json`` and ``gantt.png``.
+* a device says hello (its sample count) to its server, then does what the servers' messages ask (the
+  method's ``device_handle``) until ``end``, and sends its measurements (FLOPs, bytes, phases, peak
+  memory, trace events, handovers) as a JSON report;
+* a server waits for its devices' hellos, runs the same server loop as the in-process run
+  (``trainer.run.runner.train_server``: epochs, eval, checkpoints) on them, with several servers inside
+  the backhaul sync (``trainer.transport.backhaul``), ends its devices and merges their reports. Server 0
+  gathers every server's metrics and events and writes the run's ``metrics.json``, ``trace.json`` and
+  ``gantt.png``; the others keep their own (eval, adapter, metrics) in ``OUT/servers/<name>``.
+
+:func:`run` is the front door (``sfsim run``): it calls :func:`launch_local` or the in-process run.
 
 :func:`launch_local` starts the whole fleet on this machine (``sfsim run --launch local``);
 ``sfsim run --role ... --rank R --world-size W --master HOST:PORT`` (or ``python -m trainer.run.launch``)
@@ -20,39 +29,57 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent
+from sfsim.scenario.config import load_scenario
 from sfsim.scenario.schema import write_atomic
+from trainer.run import runner
+from trainer.run.estimate import record_start, say
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
-from trainer.transport import dynamics
+from trainer.run.merge import finite, merge_reports, merge_servers
+from trainer.run.resume import add_totals, checkpoint_totals, is_finished, mark_finished, recorded_metrics
+from trainer.run.runner import RunConfig
+from trainer.transport import dynamics, secure
+from trainer.transport.backhaul import ServerLinks, ServerSync
 from trainer.transport.distributed import (
     DistTransport,
     LinkShape,
-    init,
+    connect,
     parse_report,
     report_blob,
     sync_clock,
 )
 from trainer.transport.runtime import Message, PeerLost, role_seed
-from trainer.transport.wire import Limits
+from trainer.transport.wire import Kind, Limits
 
 ROLES = ("server", "device", "auto")
+RENDEZVOUS_MIN_S = 10.0  # start-up: roles load the model at different speeds, so at least this long to join
+#: The messages each method's devices send up (a server refuses any other kind: no 2 GiB adapter to
+#: a SplitFrozen server that never reads one).
+_BASE_UP = {Kind.HELLO, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE}
+_MOVING = {Kind.ACT, Kind.MOVED, Kind.JOIN}  # SplitFrozen's devices hand over (trainer.methods.splitfrozen)
+UP_KINDS = {"splitfrozen": frozenset(_BASE_UP | _MOVING), "splitfrozen-sequential": frozenset(_BASE_UP | _MOVING),
+            "splitlora": frozenset(_BASE_UP | {Kind.ACT, Kind.ADAPTER}), "fedlora": frozenset(_BASE_UP | {Kind.ADAPTER}),
+            "cenlora": frozenset(_BASE_UP | {Kind.SHARD})}
 
 
 def from_env(role: str, rank: int | None, world: int | None, master: str | None) -> tuple[str, int, int, str | None]:
     """Fill rank, world size and master from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
 
-    ``role="auto"``: the server on rank 0, a device elsewhere (what one torchrun command line needs).
-    ``master`` stays ``None`` under torchrun: the process group then joins through ``env://``.
+    ``role="auto"`` stays: :func:`run_role` makes ranks ``0..S-1`` the scenario's S servers and the rest devices
+    (what one torchrun command line needs). ``master`` stays ``None`` under torchrun: the process group then
+    joins through ``env://``.
     """
     env = os.environ
     if rank is None and "RANK" in env:
@@ -65,68 +92,189 @@ def from_env(role: str, rank: int | None, world: int | None, master: str | None)
     if missing:
         raise SfsimError(f"--role needs {', '.join(missing)} (e.g. --rank 0 --world-size 5 --master 10.0.0.2:29500), "
                          "or run it under torchrun")
-    if role == "auto":
-        role = "server" if rank == 0 else "device"
     return role, rank, world, master
+
+
+def run(cfg: RunConfig, resume: bool = False) -> dict:
+    """Train with ``cfg.method`` as ``cfg.launch`` says; write every output; return the metrics (``sfsim run``).
+
+    ``local``: one process per server and per device on this machine (:func:`launch_local`);
+    ``inprocess``: every role in this process (:func:`trainer.run.runner.run`), which has one server, so a
+    scenario whose devices are assigned to several servers is refused there rather than silently run on one.
+    """
+    if resume and is_finished(cfg.out):  # nothing to do, and nothing is touched
+        print(f"note: the run in {cfg.out} finished; nothing to resume", file=sys.stderr)
+        return recorded_metrics(cfg.out)
+    base = checkpoint_totals(cfg.out) if resume else None  # read before this attempt overwrites the checkpoint
+    if cfg.launch == "local":
+        n = runner.device_count(cfg)
+        if cfg.progress:
+            say(f"starting the servers and {n} device processes; each loads the model and data")
+        runner.prepare_out(cfg, resume)
+        record_start(cfg.out)  # the server's estimate counts the processes' start-up from here
+        metrics = launch_local(cfg, resume=resume)
+    else:
+        metrics = runner.run(cfg, resume=resume)
+    return mark_finished(cfg.out, add_totals(metrics, base, distributed=cfg.launch != "inprocess"))
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Who is who in a distributed run: servers on ranks ``0..S-1``, device ``i`` on rank ``S + i``."""
+
+    servers: list[str]
+    devices: list[str]
+    home: dict[str, int]  # device -> the rank (index) of its server
+
+    @property
+    def world(self) -> int:
+        """Processes in the run."""
+        return len(self.servers) + len(self.devices)
+
+    def rank_of(self, name: str) -> int:
+        """The rank of a server or device."""
+        return self.servers.index(name) if name in self.servers else len(self.servers) + self.devices.index(name)
+
+
+def fleet(built: runner.Built) -> Fleet:
+    """The run's ranks from its scenario and the resolved assignment (plan, pin, or least-loaded)."""
+    servers = [s.name for s in built.scenario.servers]
+    names = [d.name for d in built.setup.devices]
+    return Fleet(servers, names, {n: servers.index(built.split.assignment[n]) for n in names})
 
 
 def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: bool = False) -> int:
     """Play one role of a distributed run; return the process's exit status (0: done)."""
-    from trainer.run.runner import build, prepare_out
-
-    if role not in ROLES[:2]:
+    if role not in ROLES:
         raise SfsimError(f"--role {role!r}: use server, device or auto")
-    if (role == "server") != (rank == 0):
-        raise SfsimError(f"--role {role} with --rank {rank}: the server is rank 0, devices are ranks 1..N")
     t0 = time.perf_counter()
-    out = prepare_out(cfg, resume) if role == "server" else Path(cfg.out)
-    built = build(cfg)
-    scenario, lm, setup, method, dev, info = built
-    names = [d.name for d in setup.devices]
-    if world != len(names) + 1:
-        raise SfsimError(f"--world-size {world}: {cfg.devices} has {len(names)} devices, so the world is "
-                         f"{len(names) + 1} (1 server + {len(names)} devices)")
+    built = runner.build(cfg)
+    scenario, setup, fl = built.scenario, built.setup, fleet(built)
+    n_srv = len(fl.servers)
+    role = role if role != "auto" else "server" if rank < n_srv else "device"
+    if world != fl.world:
+        raise SfsimError(f"--world-size {world}: {cfg.devices} has {n_srv} server(s) and {len(fl.devices)} devices, "
+                         f"so the world is {fl.world} (servers on ranks 0..{n_srv - 1}, then the devices)")
     if not 0 <= rank < world:
         raise SfsimError(f"--rank {rank} is outside 0..{world - 1}")
+    if (role == "server") != (rank < n_srv):
+        raise SfsimError(f"--role {role} with --rank {rank}: the servers are ranks 0..{n_srv - 1}, devices "
+                         f"{n_srv}..{world - 1}")
+    if resume and n_srv > 1:
+        raise SfsimError(f"--resume: {cfg.devices} has {n_srv} servers; resuming a several-server run is not "
+                         "supported: start it again")
+    out = _out(cfg, fl, rank, resume) if role == "server" else Path(cfg.out)
     meter = setup.meter
     if role == "device" and cfg.emulate in ("compute", "all"):
-        d = scenario.devices[rank - 1]
+        d = scenario.devices[rank - n_srv]
         if d.flops is None:
             raise SfsimError(f"{cfg.devices}: device {d.name} has a latency profile; --emulate compute needs a "
                              "'flops' rate for every device")
         meter.stretch[d.name] = d.flops
-    dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}")
-    init(rank, world, master, timeout_s=max(600.0, 4 * cfg.peer_timeout))
+    dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}", cfg.server_order)
+    legs = _legs(cfg, built, fl)
+    visits = {n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()}
+    limits = _limits(cfg, built, role == "server")  # before a server keeps only its own devices
+    timeout_s = max(600.0, 4 * cfg.peer_timeout)
+    channels = connect(rank, world, master, fl.devices, secure.need_secret(), secure.encrypt_default(multi_host=True),
+                       rendezvous_s=max(cfg.peer_timeout, RENDEZVOUS_MIN_S), timeout_s=timeout_s,
+                       servers=fl.servers, visits=visits)
+    links = None  # a server's backhaul: its channels to the other servers (trainer.transport.backhaul)
+    if role == "server" and n_srv > 1:
+        links = ServerLinks(rank, n_srv, {p: ch for p, ch in channels.items() if p < n_srv}, timeout_s)
+        channels = {p: ch for p, ch in channels.items() if p >= n_srv}
     offset = sync_clock(meter)  # from here on meter.now() is the run's shared clock (trainer.transport.dynamics)
     presence = None
-    if role == "device" and cfg.emulate != "none":
-        presence = dynamics.presence(scenario, names[rank - 1], meter.now)
+    if role == "device" and cfg.emulate != "none" and dynamics.emulates_availability(cfg.method):
+        presence = dynamics.presence(scenario, fl.devices[rank - n_srv], meter.now)
         if presence is not None:
-            meter.presence[names[rank - 1]] = presence
-    limits = Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm,
-                    codec=setup.codec)
-    tr = DistTransport(rank, names, meter, limits, _shaping(cfg, scenario), peer_timeout=cfg.peer_timeout,
-                       presence=presence)
+            meter.presence[fl.devices[rank - n_srv]] = presence
+    tr = DistTransport(rank, fl.devices, channels, meter, limits, _shaping(cfg, legs), peer_timeout=cfg.peer_timeout,
+                       presence=presence, servers=n_srv, home=fl.home, visits=visits,
+                       window=1 if cfg.method == "splitfrozen-sequential" else setup.buffer)
+    if any(len(lg) > 1 for lg in legs.values()):  # handovers (SplitFrozen only: dynamics.check)
+        built.method.legs = {n: [(at, r, fl.servers[r]) for at, r, *_ in lg] for n, lg in legs.items()}
+        if role == "server":
+            built.method.visitors = {d.name: d for d in setup.devices if any(r == rank for _, r, *_ in legs[d.name])}
     setup.transport = tr
     if role == "device":
-        return _device(cfg, built, tr, names[rank - 1], offset, resume)
-    return _server(cfg, built, tr, out, t0, resume)
+        return _device(cfg, built, tr, fl.devices[rank - n_srv], offset, resume)
+    _own_devices(built, fl, rank)
+    if links is not None:
+        built.method.sync = _server_sync(cfg, built, fl, rank, links)
+    return _server(cfg, built, tr, out, t0, resume, fl, links)
 
 
-def _shaping(cfg, scenario) -> dict[str, tuple[LinkShape, LinkShape]] | None:
-    """Each device's (uplink, downlink) as shaped under ``--emulate links|all`` (rates from ``trainer.transport.dynamics``)."""
-    if cfg.emulate not in ("links", "all"):
-        return None
-    out = {}
-    for d in scenario.devices:
-        up, down = dynamics.link_rates(scenario, d)
-        out[d.name] = (LinkShape(d.uplink.bandwidth, d.uplink.latency, up),
-                       LinkShape(d.downlink.bandwidth, d.downlink.latency, down))
+def _limits(cfg, built: runner.Built, server: bool) -> Limits:
+    """What this run's peers may send: the model's shapes (activations, the flat adapter state), the task's
+    classes and vocabulary, each device's share of the samples, the kinds the method's devices send, the epochs."""
+    lm, setup, method = built.lm, built.setup, built.method
+    head = setup.head
+    keys, like = getattr(method, "keys", None), getattr(method, "like", None)  # methods that exchange adapters
+    numel = sum(like[k].numel() for k in keys) if keys is not None and like is not None else -1
+    return Limits(hidden=lm.hidden, max_batch=setup.micro_batch, max_len=cfg.max_len, lm=setup.is_lm, state_numel=numel,
+                  num_classes=0 if head is None else head.classifier.out_features,
+                  vocab=lm.model.get_input_embeddings().num_embeddings,
+                  budget=tuple(d.n_samples for d in setup.devices), kinds=UP_KINDS.get(cfg.method) if server else None,
+                  epochs=cfg.epochs, codec=setup.codec)
+
+
+def _out(cfg, fl: Fleet, rank: int, resume: bool) -> Path:
+    """A server's output folder: the run's for server 0; ``OUT/servers/<name>`` for the others (their own
+    eval, adapter and metrics, which the test of one logical model compares with server 0's)."""
+    if rank == 0:
+        return runner.prepare_out(cfg, resume)
+    out = Path(cfg.out) / "servers" / fl.servers[rank]
+    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def _device(cfg, built, tr: DistTransport, name: str, offset: float, resume: bool) -> int:
-    _, _, setup, method, _, _ = built
+def _own_devices(built: runner.Built, fl: Fleet, rank: int) -> None:
+    """Make server ``rank``'s setup hold only the devices assigned to it, on its own trace lane."""
+    setup = built.setup
+    setup.devices = [r for r in setup.devices if fl.home[r.name] == rank]
+    setup.server = setup.meter.server_lane = fl.servers[rank]
+
+
+def _server_sync(cfg, built: runner.Built, fl: Fleet, rank: int, links: ServerLinks) -> ServerSync:
+    """Server ``rank``'s backhaul sync (``training.sync``; none: one last round per epoch, so that the servers
+    still end each epoch as one model), shaped to its ``backhaul`` link under ``--emulate links|all``."""
+    sync, srv = built.scenario.training.sync, built.scenario.servers[rank]
+    link = None
+    if cfg.emulate in ("links", "all") and srv.backhaul is not None:
+        link = (srv.backhaul.bandwidth, srv.backhaul.latency)
+    samples = sum(r.n_samples for r in built.setup.devices)
+    every, mode = (sync.every, sync.mode) if sync is not None else (2**62, "sync")
+    return ServerSync(links, rank, len(fl.servers), every, mode, samples, built.setup.meter, fl.servers[rank], link)
+
+
+def _legs(cfg, built: runner.Built, fl: Fleet) -> dict[str, list[tuple]]:
+    """Each device's legs as server ranks: ``(at s, rank, uplink rate, downlink rate, (uplink, downlink))``
+    (:func:`trainer.transport.dynamics.legs`); handovers only when the network is emulated."""
+    out = {}
+    for d in built.scenario.devices:
+        lg = dynamics.legs(built.scenario, d, fl.servers[fl.home[d.name]])
+        if cfg.emulate == "none":
+            lg = lg[:1]
+        out[d.name] = [(at, fl.servers.index(srv), *rest) for at, srv, *rest in lg]
+    return out
+
+
+def _shaping(cfg, legs: dict[str, list[tuple]]) -> dict | None:
+    """Each device's (uplink, downlink) as shaped under ``--emulate links|all``, per server rank for a device
+    that hands over (rates from ``trainer.transport.dynamics``)."""
+    if cfg.emulate not in ("links", "all"):
+        return None
+    out = {}
+    for name, lg in legs.items():
+        shapes = {r: (LinkShape(up.bandwidth, up.latency, up_rate), LinkShape(down.bandwidth, down.latency, down_rate))
+                  for _, r, up_rate, down_rate, (up, down) in lg}
+        out[name] = shapes if len(shapes) > 1 else next(iter(shapes.values()))
+    return out
+
+
+def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: float, resume: bool) -> int:
+    setup, method = built.setup, built.method
     role = next(d for d in setup.devices if d.name == name)
     torch.manual_seed(role_seed(cfg.seed, name))  # this device's RNG, as the in-process run gives it
     ckpt = method.load_device_state(role) if resume else -1
@@ -144,17 +292,16 @@ def _device(cfg, built, tr: DistTransport, name: str, offset: float, resume: boo
     report = {"device": name, "flops": int(m.flops.get(name, 0)), "uplink_bytes": int(m.uplink_bytes.get(name, 0)),
               "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds() - m.cpu0, "clock_offset_s": offset,
               "stretched_s": m.stretched_s, "header_bytes": tr.header_bytes,
-              "events": [list(e) for e in m.events]}
+              "events": [list(e) for e in m.events], "handovers": list(getattr(method, "moves", []))}
     tr.send_up(Message(name, -1, {"blob": report_blob(report)}, kind="report"))
     tr.close()
     return 0
 
 
-def _server(cfg, built, tr: DistTransport, out: Path, t0: float, resume: bool) -> int:
-    from trainer.run.runner import _write_trace, check_device_checkpoint, train_server
-
-    _, _, setup, method, _, _ = built
-    names = [d.name for d in setup.devices]
+def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, resume: bool, fl: Fleet,
+            links: ServerLinks | None) -> int:
+    setup, method = built.setup, built.method
+    names = [d.name for d in setup.devices]  # this server's devices
     samples, ckpts = {}, {}
     for n in names:
         try:
@@ -164,56 +311,42 @@ def _server(cfg, built, tr: DistTransport, out: Path, t0: float, resume: bool) -
             method.lose(n, f"never joined: {err.reason}")
     setup.samples = samples
     torch.manual_seed(role_seed(cfg.seed, "server"))
-    metrics = train_server(cfg, built, out, t0, resume,
-                           check=lambda want: [check_device_checkpoint(n, c, want) for n, c in ckpts.items()])
+    metrics = runner.train_server(cfg, built, out, t0, resume,
+                                  check=lambda want: [runner.check_device_checkpoint(n, c, want)
+                                                      for n, c in ckpts.items()])
+    names = [d.name for d in setup.devices]  # the devices here now (handovers move them)
     for n in names:
         tr.send_down(Message(n, -1, kind="end"))
     reports = {}
     for n in method.live():
         try:
             msg = tr.recv_up(n, {"report"})
-            reports[n] = parse_report(msg.tensors["blob"])
+            reports[n] = parse_report(msg.tensors["blob"], n)
         except (PeerLost, ValueError) as err:
             print(f"warning: no report from {n} ({err}); its measurements are missing", file=sys.stderr)
-    metrics = merge_reports(metrics, reports, setup, tr)
-    metrics["wall_s"] = round(time.perf_counter() - t0, 3)
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+            if isinstance(err, ValueError):
+                tr.dropped[n] = f"bad report: {err}"
+    metrics = merge_reports(metrics, reports, names, setup.server, setup.meter, tr.header_bytes)
+    metrics["dropped_peers"] = dict(tr.dropped)
+    metrics["encrypted"] = any(ch.encrypted for ch in tr.channels.values())
     events = list(setup.meter.events)
     for r in reports.values():
         events += [TraceEvent(*e) for e in r["events"]]
-    _write_trace(out, sorted(events, key=lambda e: e.start), metrics)
+    metrics = finite(metrics)
+    if links is not None:
+        parts = links.gather_json({"metrics": metrics, "events": [list(e) for e in events],
+                                   "sync": method.sync.summary()})
+        if parts is None:  # server 0 writes the run's outputs; the others keep their own in OUT/servers
+            write_atomic(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False))
+            tr.close()
+            return 0
+        metrics = merge_servers(parts, fl)
+        events = [TraceEvent(*e) for p in parts for e in p["events"]]
+    metrics["wall_s"] = round(time.perf_counter() - t0, 3)
+    write_atomic(out / "metrics.json", json.dumps(finite(metrics), indent=1, allow_nan=False))
+    runner._write_trace(out, sorted(events, key=lambda e: e.start), metrics)
     tr.close()
     return 0
-
-
-def merge_reports(metrics: dict, reports: dict[str, dict], setup, tr: DistTransport) -> dict:
-    """Fold the devices' own measurements into the server's metrics (same field shapes as in-process)."""
-    m = dict(metrics)
-    names = [d.name for d in setup.devices]
-    m["device_flops"] = {n: int(reports.get(n, {}).get("flops", 0)) for n in names}
-    m["device_flops_total"] = sum(m["device_flops"].values())
-    m["uplink_bytes_by_device"] = {n: int(reports.get(n, {}).get("uplink_bytes", 0)) for n in names}
-    m["uplink_bytes"] = sum(m["uplink_bytes_by_device"].values())
-    phases = dict(m["phase_s"])
-    for r in reports.values():
-        for k, v in r["phase_s"].items():
-            phases[k] = round(phases.get(k, 0.0) + v, 6)
-    m["phase_s"] = dict(sorted(phases.items()))
-    m["peak_rss_bytes_by_role"] = {setup.server: peak_rss_bytes(),
-                                   **{n: int(r["peak_rss_bytes"]) for n, r in reports.items()}}
-    m["peak_rss_bytes"] = max(m["peak_rss_bytes_by_role"].values())
-    m["cpu_s_by_role"] = {setup.server: round(cpu_seconds() - setup.meter.cpu0, 3),
-                          **{n: round(float(r.get("cpu_s", 0.0)), 3) for n, r in reports.items()}}
-    m["cpu_s"] = round(sum(m["cpu_s_by_role"].values()), 3)
-    m["peak_memory_note"] = "peak RSS (ru_maxrss) of each role's own process"
-    m["header_bytes"] = tr.header_bytes + sum(int(r["header_bytes"]) for r in reports.values())
-    m["clock_offset_s"] = {n: r["clock_offset_s"] for n, r in reports.items()}
-    m["emulated_sleep_s"] = {n: round(r["stretched_s"], 6) for n, r in reports.items()}
-    m["missing_reports"] = [n for n in names if n not in reports]
-    m["notes"] = dict(m["notes"], link_events="distributed: shaped links: a send occupies the link for bytes / "
-                      "bandwidth (the latency follows as a delay, as in the simulator); unshaped: from the queue "
-                      "to gloo handing it to the peer")
-    return m
 
 
 # -- the local launcher ---------------------------------------------------------------------------------
@@ -245,14 +378,69 @@ def _context():
     return _CTX
 
 
-def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, resume: bool, log: str) -> None:
-    """Entry of a forked role: output to ``log``, one role, then leave at once."""
+def die_with(launcher: int) -> None:
+    """End this process (SIGKILL) as soon as process ``launcher`` ends, however it ends.
+
+    A role's parent is the launcher's forkserver, which outlives the launcher while any role holds its
+    liveness pipe, so a parent-death signal alone would not fire: a daemon thread waits on a pidfd of
+    the launcher (polls, where there is none) and kills this process when it goes.
+    ``PR_SET_PDEATHSIG`` is armed too, for a forkserver that ends first.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    import select
+    import threading
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(launcher)
+            select.select([fd], [], [])  # readable once the launcher has ended
+        except (AttributeError, OSError):  # no pidfd here (or the launcher is already gone): poll
+            while _running(launcher):
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-launcher").start()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _beat(path: Path, every_s: float = 1.0) -> None:
+    """Touch ``path`` every ``every_s`` from a daemon thread (the launcher's sign that the server is not hung)."""
+    import threading
+
+    def loop() -> None:
+        while True:
+            path.touch()
+            time.sleep(every_s)
+
+    threading.Thread(target=loop, daemon=True, name="heartbeat").start()
+
+
+def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, resume: bool, log: str,
+                  secret_file: str = "", encrypt: str = "auto", launcher: int = 0) -> None:
+    """Entry of a forked role: output to ``log``, one role, then leave at once (or with the launcher)."""
+    if launcher:
+        die_with(launcher)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     os.setsid()  # its own process group: the launcher can stop it and anything it started
+    os.environ[secure.SECRET_FILE_ENV], os.environ[secure.ENCRYPT_ENV] = secret_file, encrypt
+    if role == "server":
+        _beat(Path(log).with_suffix(".alive"))
     import threading
 
     from tqdm import tqdm
@@ -262,39 +450,57 @@ def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, 
                         "--master", master] + (["--resume"] if resume else [])))
 
 
+def _target_process(fn, secret_file: str, launcher: int, master: str, world: int, rank: int, log: str) -> None:
+    """Entry of a fault-injection role: the run's secret in its environment, as a real role has it."""
+    die_with(launcher)
+    os.environ[secure.SECRET_FILE_ENV] = secret_file
+    os.environ.pop(secure.ENCRYPT_ENV, None)  # a device follows the server's choice
+    fn(master, world, rank, log)
+
+
 def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict | None = None) -> dict:
     """Start the server and one process per device on this machine; wait; return the metrics.
 
     The server's output is passed through (its ``error:`` line becomes this call's error); every
     role logs to ``OUT/logs/<role>.log`` and their pids are in ``OUT/logs/pids.json``. When the server
-    ends, devices get ``grace_s`` seconds to exit and are then killed, so no process outlives the run.
-    ``targets`` (fault injection in tests): rank -> a function run instead of that role, called with
-    ``(master, world, rank, log)``.
+    ends, devices get ``grace_s`` seconds to exit and are then killed, so no process outlives the run;
+    a server whose heartbeat stops for ``max(2 x --peer-timeout, 10 s)`` is killed as hung. Every role
+    dies with the launcher. The run's secret is fresh, in a 0600 file in a private folder, removed at
+    the end. ``targets`` (fault injection in tests): rank -> a function run instead of that role, called
+    with ``(master, world, rank, log)`` and ``SFSIM_SECRET_FILE`` set.
     """
-    from sfsim.scenario.config import load_scenario
-    from trainer.run.runner import prepare_out
+    import shutil
+    import tempfile
 
-    names = [d.name for d in load_scenario(cfg.devices).devices]
-    out = prepare_out(cfg, resume)
+    scenario = load_scenario(cfg.devices)
+    servers, names = [s.name for s in scenario.servers], [d.name for d in scenario.devices]
+    out = runner.prepare_out(cfg, resume)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     cfg_json = json.dumps(dataclasses.asdict(cfg))
-    world, master = len(names) + 1, f"127.0.0.1:{_free_port()}"
+    world, master = len(servers) + len(names), f"127.0.0.1:{_free_port()}"
     ctx = _context()
-    roles = [("server", 0, "server")] + [("device", i, n) for i, n in enumerate(names, start=1)]
-    procs = []
+    roles = [("server", j, "server" if j == 0 else f"server-{n}") for j, n in enumerate(servers)]
+    roles += [("device", i, n) for i, n in enumerate(names, start=len(servers))]
+    procs, private = [], Path(tempfile.mkdtemp(prefix="sfsim-run-"))  # mode 0700
+    secret_file = str(secure.new_secret_file(private))
+    # one machine, loopback: plaintext unless SFSIM_ENCRYPT=on (roles fork from a forkserver with its own
+    # environment, so the choice travels with them; a role started any other way counts as multi-host)
+    encrypt = "off" if secure.encrypt_default(multi_host=False) is False else "on"
+    (logs / "server.alive").unlink(missing_ok=True)
     try:
         for role, rank, name in roles:
             log = str(logs / f"{name}.log")
             if targets and rank in targets:
-                p = ctx.Process(target=targets[rank], args=(master, world, rank, log), daemon=False)
-            else:
-                p = ctx.Process(target=_role_process, args=(cfg_json, role, rank, world, master, resume, log),
+                p = ctx.Process(target=_target_process, args=(targets[rank], secret_file, os.getpid(), master, world, rank, log),
                                 daemon=False)
+            else:
+                p = ctx.Process(target=_role_process, args=(cfg_json, role, rank, world, master, resume, log,
+                                                            secret_file, encrypt, os.getpid()), daemon=False)
             p.start()
             procs.append(p)
         write_atomic(logs / "pids.json", json.dumps({name: p.pid for (_, _, name), p in zip(roles, procs, strict=True)}))
-        last_error = _follow(procs[0], logs / "server.log")
+        last_error = _follow(procs[0], logs / "server.log", hang_s=max(2 * cfg.peer_timeout, 10.0))
         end = time.monotonic() + grace_s
         while time.monotonic() < end and any(p.is_alive() for p in procs[1:]):
             time.sleep(0.1)
@@ -302,6 +508,7 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
         for p in procs:
             if p.is_alive():
                 _kill(p)
+        shutil.rmtree(private, ignore_errors=True)
     code = procs[0].exitcode
     if code != 0:
         if last_error:
@@ -310,11 +517,20 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     return json.loads((out / "metrics.json").read_text())
 
 
-def _follow(proc, log: Path) -> str | None:
-    """Copy the server's log to our stderr as it grows, except ``error:`` lines; return the last of those."""
+def _follow(proc, log: Path, hang_s: float = math.inf) -> str | None:
+    """Copy the server's log to our stderr as it grows, except ``error:`` lines; return the last of those.
+
+    A server whose heartbeat file (``server.alive``, touched every second) is older than ``hang_s`` is
+    killed: its error names the hang.
+    """
     last, pos, buf = None, 0, b""
+    beat, started = log.with_suffix(".alive"), time.time()
     while True:
         alive = proc.is_alive()
+        seen = beat.stat().st_mtime if beat.exists() else started
+        if alive and time.time() - seen > hang_s:
+            _kill(proc)
+            return f"error: the server did not respond for {hang_s:g} s (hung); it was stopped. Logs in {log.parent}"
         if log.is_file():
             with open(log, "rb") as f:
                 f.seek(pos)
@@ -368,8 +584,6 @@ def role_main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
-    from trainer.run.runner import RunConfig
-
     hf_logging.disable_progress_bar()
     try:
         cfg = RunConfig(**json.loads(a.config_json if a.config_json else Path(a.config).read_text()))
@@ -391,4 +605,4 @@ if __name__ == "__main__":
     exit_now(role_main())
 
 
-__all__ = ["run_role", "launch_local", "merge_reports", "role_main"]
+__all__ = ["Fleet", "fleet", "run", "run_role", "launch_local", "merge_reports", "merge_servers", "finite", "role_main"]

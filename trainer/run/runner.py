@@ -22,10 +22,8 @@ import torch
 
 from sfsim.errors import SfsimError
 from sfsim.methods import canonical
-from sfsim.model.loratargets import resolve_for_family
 from sfsim.outputs.trace import write_chrome_trace
 from sfsim.scenario.config import load_scenario
-from sfsim.scenario.planfile import load_plan
 from sfsim.scenario.schema import write_atomic
 from sfsim.units import parse_quantity
 from trainer.data import tasks as tdata
@@ -37,11 +35,12 @@ from trainer.methods.evaluate import majority_baseline, score
 from trainer.methods.splitlora import CLIENT_ORDERS
 from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import load_model
-from trainer.model.lora import default_targets
 from trainer.run.estimate import for_run as estimate_run
-from trainer.run.estimate import launch_started, record_start, say
+from trainer.run.estimate import launch_started, say
 from trainer.run.honour import wire_settings
 from trainer.run.measure import Meter
+from trainer.run.resolve import Split, periods, resolve_split
+from trainer.run.resolve import lora_targets as _lora_targets
 from trainer.run.resume import (  # noqa: F401 (check_device_checkpoint: the launcher's server uses it)
     CHECKPOINT_S,
     CheckpointClock,
@@ -68,7 +67,7 @@ from trainer.transport.runtime import (
 
 #: How ``sfsim run`` places its roles.
 LAUNCHES = {
-    "local": "one OS process per device and one for the server on this machine (torch.distributed, gloo)",
+    "local": "one OS process per device and one per server on this machine (torch.distributed, gloo)",
     "inprocess": "every role in this process, one after the other (debugging; the equivalence reference)",
 }
 #: What a distributed run emulates from the scenario.
@@ -211,39 +210,6 @@ def budget(sizes: list[int], total: int | None, available: int) -> list[int]:
     return out.tolist()
 
 
-def _cuts(cfg: RunConfig, scenario, n_layers: int) -> tuple[dict[str, int], int | None]:
-    """Per-device cuts and the plan's lora_start (if any), checked against the model's depth."""
-    names = [d.name for d in scenario.devices]
-    if cfg.plan is not None:
-        plan = load_plan(cfg.plan)
-        missing = [n for n in names if n not in plan.splits]
-        if missing:
-            raise SfsimError(f"{cfg.plan}: splits: no cut for device {missing[0]!r}; re-run sfsim plan")
-        cuts, lora_start = {n: plan.splits[n] for n in names}, plan.lora_start
-    else:
-        k = cfg.split if cfg.split is not None else scenario.training.split
-        k = k if k is not None else min(scenario.training.splitlora_cut, n_layers - 1)
-        cuts, lora_start = dict.fromkeys(names, k), None
-    for n, k in cuts.items():
-        if not 0 <= k < n_layers:
-            raise SfsimError(f"cut {k} for device {n} is beyond the model's depth: {cfg.model} has {n_layers} "
-                             f"blocks, use a cut in 0..{n_layers - 1}")
-    return cuts, lora_start
-
-
-def _lora_start(cfg: RunConfig, scenario, cuts: dict[str, int], plan_start: int | None, n_layers: int) -> int:
-    """First LoRA block: --lora-start, the plan, the scenario, else the largest cut (cenlora: 0)."""
-    ls = next((v for v in (cfg.lora_start, plan_start, scenario.training.lora_start) if v is not None), None)
-    if ls is None:
-        ls = 0 if cfg.method == "cenlora" else max(cuts.values())
-    if not 0 <= ls < n_layers:
-        raise SfsimError(f"--lora-start {ls} is beyond the model's depth ({n_layers} blocks): use 0..{n_layers - 1}")
-    if cfg.method.startswith("splitfrozen") and ls < max(cuts.values()):
-        raise SfsimError(f"--lora-start {ls} is below the largest cut {max(cuts.values())}: LoRA must start at "
-                         "or above every device's cut")
-    return ls
-
-
 def _shards(cfg, scenario, train, lm, n_total: int | None):
     """Partition the training set over the scenario's devices; encode each shard."""
     names = [d.name for d in scenario.devices]
@@ -264,8 +230,31 @@ def _shards(cfg, scenario, train, lm, n_total: int | None):
     return shards, table, counts, {"absent_classes": absent, "warnings": warnings}
 
 
-def build(cfg: RunConfig, train=None, dev=None):
-    """Load the scenario, model and data; return (scenario, loaded model, setup, method, eval data, info).
+@dataclass
+class Built:
+    """What :func:`build` makes for a run (every role of it builds the same).
+
+    Attributes:
+        scenario: the loaded scenario.
+        lm: the loaded model (``trainer.model.loading.LoadedModel``).
+        setup: the methods' :class:`~trainer.methods.Setup`.
+        method: the method object.
+        dev: the evaluation split (``trainer.data.tasks``).
+        info: partition table and counts, epochs, eval size, warnings, scores so far, majority baseline.
+        split: cuts, LoRA start, assignment and where each came from (:class:`trainer.run.resolve.Split`).
+    """
+
+    scenario: object
+    lm: object
+    setup: Setup
+    method: object
+    dev: object
+    info: dict
+    split: Split
+
+
+def build(cfg: RunConfig, train=None, dev=None) -> Built:
+    """Load the scenario, model and data; resolve the split; set up the method (a :class:`Built`).
 
     ``train``/``dev``: task data to use instead of the data folder's files (``trainer.methods.convergence``
     passes the training set less its held-out validation rows, and the validation rows as ``dev``).
@@ -289,8 +278,9 @@ def build(cfg: RunConfig, train=None, dev=None):
         where = "on every device" if cfg.method == "fedlora" else "at the server"
         print(f"note: {cfg.method} trains the whole model {where}: --split/--plan do not apply and are ignored",
               file=sys.stderr)
-    cuts, plan_start = _cuts(cfg, scenario, lm.n_layers)
-    lora_start = _lora_start(cfg, scenario, cuts, plan_start, lm.n_layers)
+    split = resolve_split(scenario, cfg.method, lm.n_layers, cfg.split, cfg.plan, cfg.lora_start, f"{cfg.devices}: ")
+    cuts, lora_start = split.cuts, split.lora_start
+    _say_split(cfg, split)
     torch.manual_seed(cfg.seed)
     head = None if dev.is_generation else ClassificationHead(lm.hidden, dev.num_labels, default_pooling(lm.family))
     shards, table, counts, checks = _shards(cfg, scenario, train, lm, cfg.train_samples)
@@ -306,7 +296,7 @@ def build(cfg: RunConfig, train=None, dev=None):
                         "targets": _lora_targets(scenario, lm)},
                   micro_batch=mb, accumulate=cfg.accumulate or tr.accumulate, lr=cfg.lr, weight_decay=cfg.weight_decay,
                   meter=meter, transport=transport, server=scenario.devices[0].server,
-                  server_order=cfg.server_order, periods=_periods(scenario, cuts),
+                  server_order=cfg.server_order, periods=periods(scenario, cuts),
                   decompose_backward=tr.decompose_backward, local_steps=cfg.local_steps or tr.local_steps,
                   fedavg_every=cfg.fedavg_every or tr.fedavg_every, client_order=cfg.client_order or "interleaved",
                   seed=cfg.seed, buffer=cfg.buffer or tr.buffer,
@@ -321,37 +311,20 @@ def build(cfg: RunConfig, train=None, dev=None):
     transport.handler = lambda msg: method.handle(by_name[msg.device], msg)
     n_eval = min(cfg.eval_samples or len(dev), len(dev))
     info = {"partition_table": table, "partition_counts": counts, "epochs": cfg.epochs or tr.epochs,
-            "n_eval": n_eval, **checks, "scores": [],
+            "n_eval": n_eval, **checks, "scores": [], "split_sources": split.sources, "assignment": split.assignment,
             "majority": None if dev.is_generation else majority_baseline(dev.labels[:n_eval], dev.num_labels)}
-    return scenario, lm, setup, method, dev, info
+    return Built(scenario, lm, setup, method, dev, info, split)
 
 
-def _lora_targets(scenario, lm) -> list[str]:
-    """The scenario's LoRA targets resolved for this model's family (``sfsim.model.loratargets``).
-
-    Aliases (``q``, ``v``, ``attn``, ``mlp``, ...) mean the same modules in every family; module names
-    of another family fall back to this family's defaults with a note, so a scenario written for GPT-2
-    (``c_attn``) can drive a MiniLM or SmolLM2 run unchanged.
-    """
-    targets = scenario.training.lora.targets
-    try:
-        return list(resolve_for_family(lm.family, targets))
-    except ValueError as err:
-        if not targets or scenario.arch.family == lm.family:
-            raise SfsimError(f"training.lora.targets: {err}") from None
-    print(f"note: the scenario's LoRA targets {targets} are for {scenario.arch.family} models; "
-          f"using {default_targets(lm.family)} for this {lm.family} model (aliases such as qkv, attn or mlp "
-          "name the same modules in every family)")
-    return list(resolve_for_family(lm.family, None))
-
-
-def _periods(scenario, cuts: dict[str, int]) -> dict[str, float]:
-    """Relative seconds between a device's micro-batches for the fifo order: cut / device FLOP rate."""
-    out = {}
-    for d in scenario.devices:
-        rate = d.flops or 1e11  # devices with a latency profile: an assumed 100 GFLOPS
-        out[d.name] = max(cuts[d.name], 1) / rate
-    return out
+def _say_split(cfg: RunConfig, split: Split) -> None:
+    """One line on stderr: the split this run trains and where each part came from (as ``sfsim simulate``)."""
+    ks = sorted(set(split.cuts.values()))
+    cut = f"cut {ks[0]}" if len(ks) == 1 else f"cuts {split.cuts}"
+    servers = sorted(set(split.assignment.values()))
+    src = split.sources
+    what = {"fedlora": "", "cenlora": ""}.get(cfg.method, f"{cut} ({src['cuts']}), ")
+    print(f"note: {cfg.method}: {what}LoRA from block {split.lora_start} ({src['lora_start']}), "
+          f"{len(servers)} server{'s' if len(servers) > 1 else ''} ({src['assignment']})", file=sys.stderr, flush=True)
 
 
 def _progress(cfg: RunConfig, total: int):
@@ -361,37 +334,29 @@ def _progress(cfg: RunConfig, total: int):
 
 
 def run(cfg: RunConfig, resume: bool = False) -> dict:
-    """Train with ``cfg.method``, evaluate after every epoch, write all outputs; return the metrics.
+    """Train with ``cfg.method`` with every role in this process (``--launch inprocess``), evaluate after
+    every epoch, write all outputs; return the metrics. ``resume``: continue from the checkpoint in ``cfg.out``.
 
-    ``cfg.launch == "local"`` starts one process per role (``trainer.run.launch``); ``"inprocess"`` runs
-    every role here. ``resume``: continue from the checkpoint in ``cfg.out``.
+    :func:`trainer.run.launch.run` is the front door for every launch (it calls this one in process).
     """
-    if resume and is_finished(cfg.out):  # nothing to do, and nothing is touched
-        print(f"note: the run in {cfg.out} finished; nothing to resume", file=sys.stderr)
-        return recorded_metrics(cfg.out)
-    base = checkpoint_totals(cfg.out) if resume else None  # read before this attempt overwrites the checkpoint
-    if cfg.launch == "local":
-        from trainer.run.launch import launch_local
-
-        n = _device_count(cfg)
-        if cfg.progress:
-            say(f"starting the server and {n} device processes; each loads the model and data")
-        prepare_out(cfg, resume)
-        record_start(cfg.out)  # the server's estimate counts the processes' start-up from here
-        metrics = launch_local(cfg, resume=resume)
-    else:
-        t0 = time.perf_counter()
-        _device_count(cfg)  # its warnings
-        torch.set_num_threads(cfg.threads)  # as every process of a distributed run does
-        out = prepare_out(cfg, resume)
-        built = _timed(cfg, "loading the scenario, data and model", lambda: build(cfg))
-        torch.manual_seed(role_seed(cfg.seed, "server"))  # the server's RNG, as in a process of its own
-        metrics = train_server(cfg, built, out, t0, resume)
-        _write_trace(out, built[2].meter.events, metrics)
-    return mark_finished(cfg.out, add_totals(metrics, base, distributed=cfg.launch != "inprocess"))
+    if cfg.launch != "inprocess":
+        raise SfsimError(f"--launch {cfg.launch} starts processes: call trainer.run.launch.run (sfsim run does)")
+    t0 = time.perf_counter()
+    device_count(cfg)  # its warnings
+    torch.set_num_threads(cfg.threads)  # as every process of a distributed run does
+    out = prepare_out(cfg, resume)
+    built = _timed(cfg, "loading the scenario, data and model", lambda: build(cfg))
+    used = sorted(set(built.split.assignment.values()))
+    if len(used) > 1:  # one server here: refuse rather than train every device on the first one
+        raise SfsimError(f"{cfg.devices}: devices are assigned to {len(used)} servers ({', '.join(used)}, "
+                         f"{built.split.sources['assignment']}); the in-process run has one server: use --launch local")
+    torch.manual_seed(role_seed(cfg.seed, "server"))  # the server's RNG, as in a process of its own
+    metrics = train_server(cfg, built, out, t0, resume)
+    _write_trace(out, built.setup.meter.events, metrics)
+    return metrics
 
 
-def _device_count(cfg: RunConfig) -> int:
+def device_count(cfg: RunConfig) -> int:
     """Devices of the run's scenario; its plausibility warnings (a unit left out) are printed here, once."""
     scenario = load_scenario(cfg.devices)
     for line in scenario.warnings:
@@ -437,7 +402,7 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
     at least every ``cfg.checkpoint_s`` seconds (:class:`~trainer.run.resume.CheckpointClock`) and at
     the end of every epoch; each carries the totals so far (:func:`~trainer.run.resume.carried`).
     """
-    scenario, lm, setup, method, dev, info = built
+    scenario, lm, setup, method, dev, info = built.scenario, built.lm, built.setup, built.method, built.dev, built.info
     losses, evals, first_epoch, train_s = [], [], 0, []
     info["base_totals"] = None
     if resume:
@@ -522,7 +487,8 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
     stream = method.server_stream
     mixing = stream_mixing([d for d, _ in stream], [lab for _, lab in stream], window=max(4 * len(devices), 1))
     summary = m.summary(devices)
-    link_s = {d.name: summary["uplink_bytes_by_device"][d.name] * 8 / d.uplink.bandwidth for d in scenario.devices}
+    link_s = {d.name: summary["uplink_bytes_by_device"][d.name] * 8 / d.uplink.bandwidth for d in scenario.devices
+              if d.name in summary["uplink_bytes_by_device"]}  # this server's devices
     last, major = (info["scores"] or [{}])[-1], info["majority"] or {}
     return {"method": cfg.method, "task": cfg.task, "model": cfg.model, "eval_accuracy": evals[-1] if evals else None,
             "eval_f1": last.get("f1"), "eval_macro_f1": last.get("macro_f1"), "eval_metrics": last,
@@ -532,7 +498,8 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
             "absent_classes": info["absent_classes"], "warnings": info["warnings"],
             "eval_history": evals, "train_loss_history": losses, **summary, "wall_s": round(wall_s, 3),
             "uplink_time_modelled_s": {k: round(v, 6) for k, v in link_s.items()},
-            "cuts": setup.cuts, "lora_start": setup.lora_start, "lora_blocks": method.lora_block_indices(),
+            "cuts": setup.cuts, "lora_start": setup.lora_start, "split_sources": info["split_sources"],
+            "assignment": info["assignment"], "lora_blocks": method.lora_block_indices(),
             "server_order": setup.server_order, "client_order": cfg.client_order, "stream_mixing": mixing,
             "launch": cfg.launch,
             "lost_devices": method.lost, "samples_not_trained": _not_trained(cfg, scenario, method),
@@ -554,7 +521,9 @@ def _not_trained(cfg, scenario, method) -> dict[str, int]:
     empty when availability was not emulated (``--emulate none``: every device stays online)."""
     if cfg.emulate == "none":
         return {}
-    return {d.name: method.not_trained.get(d.name, 0) for d in scenario.devices if d.availability is not None}
+    mine = {r.name for r in method.setup.devices}  # with several servers, each reports its own devices
+    return {d.name: method.not_trained.get(d.name, 0) for d in scenario.devices
+            if d.availability is not None and d.name in mine}
 
 
 def _write_trace(out: Path, events, metrics: dict) -> None:

@@ -100,23 +100,42 @@ def decode(enc: dict[str, torch.Tensor], codec: str, hidden: int) -> torch.Tenso
             its encoder never produces.
     """
     check_spec(codec, {k: (v.dtype, tuple(v.shape)) for k, v in enc.items()}, hidden)
+    check_values(enc, codec, hidden)
     v = enc["values"]
     if codec in ("fp32", "fp16", "bf16"):
         return v.float()
+    s = enc["scales"]
+    if codec == "int8":
+        return v.float() * s.unsqueeze(-1)
+    q = torch.stack([v & 0x0F, v >> 4], dim=-1).flatten(-2)[..., :hidden]  # (B, T, d)
+    return (q.float() - 8) * s.unsqueeze(-1)
+
+
+def check_values(enc: dict[str, torch.Tensor], codec: str, hidden: int) -> None:
+    """Refuse values the encoder of ``codec`` never produces (shapes already checked by :func:`check_spec`):
+    non-finite floats, a negative or non-finite scale, -128 in int8, a zero nibble or a non-zero padding
+    nibble in int4.
+
+    Raises:
+        CodecError: the first such value found.
+    """
+    v = enc["values"]
+    if codec in ("fp32", "fp16", "bf16"):
+        if not bool(torch.isfinite(v).all()):
+            raise CodecError(f"non-finite values (NaN or inf) in {codec} values")
+        return
     s = enc["scales"]
     if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
         raise CodecError(f"{codec} scales must be finite and >= 0")
     if codec == "int8":
         if v.numel() and int(v.min()) < -127:
             raise CodecError("int8 values must lie in -127..127")
-        return v.float() * s.unsqueeze(-1)
+        return
     lo, hi = v & 0x0F, v >> 4
     if v.numel() and (int(lo.min()) == 0 or int(hi.min()) == 0):
         raise CodecError("int4 nibbles must lie in 1..15 (value + 8)")
-    q = torch.stack([lo, hi], dim=-1).flatten(-2)[..., :hidden]  # (B, T, d)
     if hidden % 2 and bool((hi[..., -1] != 8).any()):
         raise CodecError("int4 padding nibble must encode zero (8)")
-    return (q.float() - 8) * s.unsqueeze(-1)
 
 
 def pack(tensors: dict[str, torch.Tensor], name: str, codec: str) -> dict[str, torch.Tensor]:

@@ -1,11 +1,21 @@
-"""A transport over ``torch.distributed`` (gloo, TCP): one process per device and one for the server.
+"""A transport over TCP channels between admitted processes: one process per server and one per device.
 
-Rank 0 is the server, rank ``i + 1`` is device ``i`` of the scenario. Every message crosses the wire
-as a fixed integer header plus raw tensor payloads (:mod:`trainer.transport.wire`); nothing from a peer is
-unpickled. Per peer, one *sender* thread owns every ``dist.send`` to that peer (so a header and its
-payloads are never interleaved with another message) and one *receiver* thread owns every
-``dist.recv`` from it; the role's main thread only touches queues, so a device computes its next
-micro-batch while the previous one is on the wire, and the server takes micro-batches as they arrive.
+Ranks ``0..S-1`` are the scenario's S servers, rank ``S + i`` is device ``i``; each device talks to the
+server it is assigned to (``home``) and, when it hands over, to the next one. Admission and the
+channels (one per device-server pair that talks) come from :func:`trainer.transport.rendezvous.connect`:
+every process proves it holds the run's secret before it gets a rank, and gloo only forms the group
+and syncs the clocks. Every message is a checked header frame plus, when it carries tensors, one
+payload frame (:mod:`trainer.transport.wire`); nothing from a peer is unpickled, and a frame is read
+only after its header passed every check, so no message can make the receiver allocate more than the
+header promised. (gloo point-to-point cannot be used for this: a peer that sends more bytes than the
+receiver posted aborts the receiving process inside gloo.)
+
+Per peer, one *sender* thread owns every write to that peer (so a header and its payloads are never
+interleaved with another message) and one *receiver* thread owns every read; the role's main thread
+only touches queues, so a device computes its next micro-batch while the previous one is on the wire,
+and the server takes micro-batches as they arrive. The server counts the activation messages each
+device may send (credits and ``fwd`` commands it sent down; a device that hands over brings at most its
+credit window, once per epoch) and drops a device that sends more.
 
 Link shaping (``--emulate links``): a message occupies the link for ``bytes * 8 / bandwidth`` seconds
 (a serialiser thread sleeps that long; the next message waits for the link) and arrives ``latency``
@@ -15,8 +25,10 @@ Gilbert-Elliott, fading) holds a message until the integral of its rate covers t
 (:mod:`trainer.transport.dynamics`).
 
 Liveness: an idle sender sends a heartbeat every ``heartbeat_s``; a peer not heard from for
-``peer_timeout`` seconds, whose connection closes, or that sends a message breaking the protocol is
-*lost*: the receiver logs one line, and the role's next wait on it raises :class:`PeerLost`.
+``peer_timeout`` seconds, whose connection closes, or that sends a message breaking the protocol
+(a bad, forged or replayed one: it is also listed in :attr:`DistTransport.dropped`) is *lost*: the
+receiver logs one line, and the role's next wait on it raises :class:`PeerLost`. On a device, a server
+it has left (handover) may end its stream when its part of the run is over: that is not a loss.
 
 Clock: at start-up every process measures its wall-clock offset to the server's (median of a few
 barrier + all-gather rounds), so all trace events share the server's time origin.
@@ -24,7 +36,6 @@ barrier + all-gather rounds), so all trace events share the server's time origin
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import queue
@@ -35,12 +46,12 @@ from collections import deque
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
-from sfsim.errors import SfsimError
 from sfsim.network.linkrate import Rate, finish
+from sfsim.outputs.trace import OPS, TraceEvent
 from trainer.run.measure import Meter
-from trainer.transport import codecs, wire
+from trainer.transport import codecs, secure, wire
+from trainer.transport.rendezvous import connect, sync_clock
 from trainer.transport.runtime import DeviceLeft, Message, PeerLost
 from trainer.transport.wire import HEADER_LEN, Kind, Limits, Packet, WireError
 
@@ -65,42 +76,6 @@ class LinkShape:
         if self.rate is None or nbytes == 0:
             return start + self.serialise_s(nbytes)
         return finish(self.rate, start, nbytes * 8.0)
-
-
-def init(rank: int, world: int, master: str | None, timeout_s: float = 600.0) -> None:
-    """Join the gloo process group at ``master`` (``host:port``; ``None``: torchrun's environment)."""
-    if master is None:
-        method = "env://"  # torchrun: MASTER_ADDR/MASTER_PORT (and its agent's store)
-    else:
-        host, _, port = master.rpartition(":")
-        if not host or not port.isdigit():
-            raise SfsimError(f"--master {master!r} is not HOST:PORT (e.g. 10.0.0.2:29500)")
-        method = f"tcp://{host}:{port}"
-    dist.init_process_group("gloo", init_method=method, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout_s))
-
-
-def sync_clock(meter: Meter, rounds: int = 5) -> float:
-    """Put ``meter`` on the server's clock; return this process's wall-clock offset to rank 0 (s).
-
-    Each round: a barrier, then every rank samples ``time.time()`` and all ranks all-gather the
-    samples; the offset is the median over rounds of (own sample - rank 0's sample). The shared time
-    origin is rank 0's sample of the last round.
-    """
-    rank, world = dist.get_rank(), dist.get_world_size()
-    offsets, origin = [], 0.0
-    for _ in range(rounds):
-        dist.barrier()
-        mine = torch.tensor([time.time()], dtype=torch.float64)
-        perf = time.perf_counter()
-        got = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
-        dist.all_gather(got, mine)
-        offsets.append(float(got[rank] - got[0]))
-        origin, my_wall, my_perf = float(got[0]), float(mine), perf
-    offset = sorted(offsets)[len(offsets) // 2]
-    # meter.now() = perf_counter() - t0 = seconds since the origin, on the server's clock
-    meter.t0 = my_perf - ((my_wall - offset) - origin)
-    return offset
 
 
 class _Inbox:
@@ -148,8 +123,10 @@ class DistTransport:
     """The :class:`~trainer.transport.runtime.Transport` of one process of a distributed run.
 
     Args:
-        rank: 0 for the server, ``i + 1`` for device ``i``.
-        names: device names in scenario order (device ``i`` is rank ``i + 1``).
+        rank: ``j`` for server ``j``, ``servers + i`` for device ``i``.
+        names: device names in scenario order.
+        channels: peer rank -> admitted :class:`~trainer.transport.secure.Channel` (from :func:`connect`;
+            a server's channels to other servers are the backhaul's, not this transport's).
         meter: this process's meter (bytes, link events).
         limits: what an activation/adapter message may look like (checked before allocating).
         shaping: device name -> (uplink, downlink) :class:`LinkShape`; ``None``: no shaping.
@@ -158,22 +135,37 @@ class DistTransport:
         log: where one-line protocol errors go.
         presence: on a device with availability, its ``trainer.transport.dynamics.Presence``: a micro-batch whose
             send would end after the device is gone is refused with :class:`DeviceLeft`.
+        servers: server processes (ranks ``0..servers-1``; device ``i`` is then rank ``servers + i``).
+        home: device name -> the rank of its server (default: every device on rank 0); :meth:`move` changes it.
+        visits: device name -> every server rank it talks to in the run (its handovers'; default: its home).
+            ``shaping`` may then give a device's links per server rank: name -> {rank: (uplink, downlink)}.
+        window: credits a device holds at most (a device that hands over may bring that many to this server).
     """
 
     arrival_order = True  # the server may take micro-batches in true arrival order
 
-    def __init__(self, rank: int, names: list[str], meter: Meter, limits: Limits,
+    def __init__(self, rank: int, names: list[str], channels: dict[int, secure.Channel], meter: Meter, limits: Limits,
                  shaping: dict[str, tuple[LinkShape, LinkShape]] | None = None, peer_timeout: float = 30.0,
-                 heartbeat_s: float = 0.5, log=None, presence=None):
+                 heartbeat_s: float = 0.5, log=None, presence=None, servers: int = 1,
+                 home: dict[str, int] | None = None, visits: dict[str, list[int]] | None = None, window: int = 0):
         self.rank, self.names, self.meter, self.limits = rank, list(names), meter, limits
-        self.presence = presence
+        self.servers, self.home = servers, dict(home or dict.fromkeys(names, 0))
+        self.visits = visits or {n: [h] for n, h in self.home.items()}
+        self.presence, self.window = presence, window
         self.shaping, self.peer_timeout, self.heartbeat_s = shaping, peer_timeout, heartbeat_s
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.is_server = rank == 0
+        self.is_server = rank < servers
         self.inbox = _Inbox()
-        self.header_bytes = 0
+        self.channels = channels
+        self.header_bytes = 0  # everything but tensor bytes: headers, frame lengths, counters and tags
+        self.dropped: dict[str, str] = {}  # peers dropped for a bad, forged or replayed message -> why
+        self._permits: dict[str, int] = {}  # device -> activation messages it may still send (credits, fwd)
+        self._joined: dict[str, int] = {}  # device -> the last epoch whose handover brought it credits here
+        self._plock = threading.Lock()
         self._closing = threading.Event()
-        peers = range(1, len(names) + 1) if self.is_server else [0]
+        peers = ([servers + i for i, n in enumerate(self.names) if rank in self.visits[n]] if self.is_server
+                 else list(self.visits[self.names[rank - servers]]))
+        self._ended = {p: threading.Event() for p in peers}
         self._last_seen = {p: time.monotonic() for p in peers}
         self._out: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
         self._wire: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
@@ -187,35 +179,49 @@ class DistTransport:
 
     # -- what the roles call ------------------------------------------------------------------
     def send_up(self, msg: Message) -> None:
-        """Device -> server (encoded in the run's codec here, then queued; returns at once)."""
-        self._enqueue(0, codecs.encode_message(msg, self.limits.codec, self.meter, msg.device))
+        """Device -> its server (encoded in the run's codec here, then queued; returns at once)."""
+        self._enqueue(self.home[msg.device], codecs.encode_message(msg, self.limits.codec, self.meter, msg.device))
 
     def send_down(self, msg: Message) -> None:
         """Server -> device ``msg.device`` (queued; a lost device's messages are dropped)."""
         if msg.device in self.inbox.lost:
             return
+        with self._plock:  # counted before it leaves: the device can only use a permit it was sent
+            if msg.kind == "start":
+                self._permits[msg.device] = msg.aux
+            elif msg.kind in ("credit", "fwd"):
+                self._permits[msg.device] = self._permits.get(msg.device, 0) + 1
         msg = codecs.encode_message(msg, self.limits.codec, self.meter, self.meter.server_lane)
-        self._enqueue(self.names.index(msg.device) + 1, msg)
+        self._enqueue(self.names.index(msg.device) + self.servers, msg)
 
     def recv_up(self, device: str | None, kinds: set[str] | None = None) -> Message:
         """The oldest message from ``device`` (``None``: from any device), optionally of ``kinds``, decoded."""
         return self._decode(self.inbox.take(device, kinds, self._check_stale), self.meter.server_lane, "")
 
     def recv_down(self, device: str) -> Message:
-        """The oldest message from the server (PeerLost(device) when the server is gone), decoded."""
-        return self._decode(self.inbox.take(device, None, self._check_stale), device, " (the server)")
+        """The oldest message from a server (PeerLost(device) when its server is gone), decoded."""
+        return self._decode(self.inbox.take(device, None, self._check_stale), device, " (its server)")
 
     def _decode(self, msg: Message, lane: str, who: str) -> Message:
-        """Decode a codec payload; one the codec never produces loses its sender like any bad message."""
+        """Decode a codec payload (its values were checked on receipt: ``wire.CONTENT_CHECKS``); should one
+        still fail, its sender is lost like any bad message."""
         try:
             return codecs.decode_message(msg, self.limits.codec, self.limits.hidden, self.meter, lane)
         except codecs.CodecError as err:
-            rank = 0 if who else self.names.index(msg.device) + 1
-            self.log(f"bad message from rank {rank} ({msg.device}{who}): {err}; dropping {msg.device}{who}")
+            self.log(f"bad message from {msg.device}{who}: {err}; dropping {msg.device}{who}")
+            self.dropped[msg.device] = f"bad message: {err}"
             self.inbox.lose(msg.device, f"bad message: {err}")
             with self.inbox.cv:
                 self.inbox.reported.add(msg.device)  # this PeerLost is the one report of it
             raise PeerLost(msg.device, f"bad message: {err}") from None
+
+    def send_to(self, rank: int, msg: Message) -> None:
+        """Device -> server ``rank``, which need not be its own (a handover's ``join``)."""
+        self._enqueue(rank, msg)
+
+    def move(self, device: str, rank: int) -> None:
+        """Device ``device`` hands over: what it sends from now on goes to server ``rank``, on that leg's links."""
+        self.home[device] = rank
 
     @property
     def lost(self) -> dict[str, str]:
@@ -234,10 +240,15 @@ class DistTransport:
                     (self._out[p].unfinished_tasks or self._wire[p].unfinished_tasks):
                 time.sleep(0.01)
 
-    def close(self) -> None:
-        """Flush, then stop the sender threads (receivers stay blocked in gloo; they are daemons)."""
+    def close(self, wait_s: float = 2.0) -> None:
+        """Flush, stop the sender threads, end each stream and wait (briefly) for the peers to end theirs."""
         self.flush()
         self._closing.set()
+        for ch in self.channels.values():
+            ch.shutdown()
+        end = time.monotonic() + wait_s
+        for ev in self._ended.values():
+            ev.wait(max(0.0, end - time.monotonic()))
 
     # -- threads ------------------------------------------------------------------------------
     def _start(self, fn, p: int) -> None:
@@ -246,16 +257,22 @@ class DistTransport:
         self._threads.append(t)
 
     def _peer_name(self, p: int) -> str:
-        """The inbox key of peer ``p``: a device's name; on a device, its own name stands for the server."""
-        return self.names[p - 1] if p else self.names[self.rank - 1]
+        """The inbox key of peer ``p``: a device's name; on a device, its own name stands for its servers."""
+        return self.names[p - self.servers] if p >= self.servers else self.names[self.rank - self.servers]
+
+    def _left_behind(self, p: int) -> bool:
+        """On a device: whether server ``p`` is no longer its server (a handover left it)."""
+        return not self.is_server and self.home[self._peer_name(p)] != p
 
     def _link(self, p: int) -> LinkShape | None:
         """The shaped link this process sends on towards peer ``p``."""
         if self.shaping is None:
             return None
-        dev = self.names[self.rank - 1] if p == 0 else self.names[p - 1]
-        up, down = self.shaping[dev]
-        return up if p == 0 else down
+        shape = self.shaping[self._peer_name(p)]
+        if isinstance(shape, dict):  # per server: the links of the leg to that server
+            shape = shape[p if p < self.servers else self.rank]
+        up, down = shape
+        return up if p < self.servers else down
 
     def _enqueue(self, p: int, msg: Message) -> None:
         """Queue ``msg``; shaped, its time on the link is fixed now (the link is first come, first served)."""
@@ -264,8 +281,8 @@ class DistTransport:
         if link is not None:
             start = max(now, self._free[p])
             end = link.end(start, msg.nbytes)
-        if self.presence is not None and msg.kind == "act" and (end == math.inf or end > self.presence.leave):
-            raise DeviceLeft(self.names[self.rank - 1], "gone before its send would end")
+        if self.presence is not None and msg.kind in ("act", "adapter") and (end == math.inf or end > self.presence.leave):
+            raise DeviceLeft(self.names[self.rank - self.servers], "gone before its send would end")
         if link is None:
             self._wire[p].put((msg, now, 0.0, None))
             return
@@ -286,19 +303,19 @@ class DistTransport:
 
     def _deliverer(self, p: int) -> None:
         """The only thread that sends to peer ``p``: messages at their due time, heartbeats when idle."""
-        dev_index = (self.rank - 1) if not self.is_server else None
+        dev_index = (self.rank - self.servers) if not self.is_server else None
         while not self._closing.is_set():
             try:
                 msg, start, due, ser = self._wire[p].get(timeout=self.heartbeat_s)
             except queue.Empty:
                 msg = None
-            if self._peer_name(p) in self.inbox.lost:  # nothing more goes to a lost peer
+            if self._peer_name(p) in self.inbox.lost or self._ended[p].is_set():  # nothing more goes there
                 if msg is not None:
                     self._wire[p].task_done()
                 continue
             try:
                 if msg is None:
-                    self._send(p, Packet(Kind.HEARTBEAT, dev_index if dev_index is not None else p - 1))
+                    self._send(p, Packet(Kind.HEARTBEAT, dev_index if dev_index is not None else p - self.servers))
                     continue
                 _sleep_until(self.meter, due)
                 idx = self.names.index(msg.device) if msg.device in self.names else (dev_index or 0)
@@ -311,58 +328,83 @@ class DistTransport:
                     if self.presence is not None and ser is not None:
                         parts = self.presence.online_parts(start, start + dur)
                     self.meter.transfer(msg.device, pkt.nbytes, start, dur, msg.mb, down=self.is_server, parts=parts)
-            except (RuntimeError, WireError) as err:
-                self.inbox.lose(self._peer_name(p), f"send failed: {_first_line(err)}")
+            except (OSError, RuntimeError, WireError) as err:
+                if self._left_behind(p):  # a server this device left has ended its part of the run
+                    self._ended[p].set()
+                else:
+                    self.inbox.lose(self._peer_name(p), f"send failed: {_first_line(err)}")
             finally:
                 if msg is not None:
                     self._wire[p].task_done()
 
     def _send(self, p: int, pkt: Packet) -> None:
-        dist.send(wire.encode_header(pkt), p, tag=0)
-        self.header_bytes += HEADER_LEN * 8
-        for t in pkt.tensors.values():
-            dist.send(t, p, tag=1)
+        """One message as two frames: the header, then (when it has tensors) every payload back to back."""
+        ch = self.channels[p]
+        self.header_bytes += ch.send(wire.encode_header(pkt).numpy().tobytes())
+        if pkt.tensors:
+            self.header_bytes += ch.send(*wire.tensor_views(pkt.tensors)) - pkt.nbytes
 
     def _receiver(self, p: int) -> None:
-        """The only thread that receives from peer ``p``: check each header before allocating payloads."""
+        """The only thread that reads from peer ``p``: every field is checked before it is used."""
         name = self._peer_name(p)
-        allowed = wire.UP if self.is_server else wire.DOWN
-        while not self._closing.is_set() and name not in self.inbox.lost:
-            try:
-                h = torch.empty(HEADER_LEN, dtype=torch.int64)
-                dist.recv(h, src=p, tag=0)
-                self._last_seen[p] = time.monotonic()
-                pkt, specs = wire.decode_header(h, allowed)
-                if self.is_server and pkt.device != p - 1:
-                    raise WireError(f"device index {pkt.device} does not match the sender's rank {p}")
-                wire.check_specs(pkt, specs, self.limits)
-                tensors = {}
-                for tname, dtype, shape in specs:
-                    t = torch.empty(shape, dtype=dtype)
-                    dist.recv(t, src=p, tag=1)
-                    tensors[tname] = t
-                self._last_seen[p] = time.monotonic()
-                if pkt.kind == Kind.HEARTBEAT:
-                    continue
-                if not self.is_server and pkt.device != self.rank - 1:
-                    raise WireError(f"message for device index {pkt.device} reached rank {self.rank}")
-                device = self.names[pkt.device]
-                self.inbox.put(Message(device, pkt.mb, tensors, kind=pkt.kind.name.lower(), aux=pkt.aux,
-                                       epoch=pkt.epoch))
-            except WireError as err:
-                who = "the server" if p == 0 else name
-                self.log(f"bad message from rank {p} ({who}): {err}; dropping {who}")
-                self.inbox.lose(name, f"bad message: {err}")
-                return
-            except RuntimeError as err:
-                if not self._closing.is_set():
-                    self.inbox.lose(name, f"connection: {_first_line(err)}")
-                return
+        try:
+            while not self._closing.is_set() and name not in self.inbox.lost:
+                try:
+                    pkt, tensors = self._read(p)
+                except WireError as err:
+                    who = f"server {p}" if p < self.servers else name
+                    self.log(f"bad message from rank {p} ({who}): {err}; dropping {who}")
+                    self.dropped[name] = f"bad message: {err}"
+                    self.inbox.lose(name, f"bad message: {err}")
+                    self.channels[p].close()
+                    return
+                except (OSError, RuntimeError) as err:
+                    if not self._closing.is_set() and not self._left_behind(p):
+                        self.inbox.lose(name, f"connection: {_first_line(err)}")
+                    self.channels[p].close()  # the peer's own reader sees the end at once
+                    return
+                if pkt is not None:
+                    self.inbox.put(Message(self.names[pkt.device], pkt.mb, tensors, kind=pkt.kind.name.lower(),
+                                           aux=pkt.aux, epoch=pkt.epoch))
+        finally:
+            self._ended[p].set()
+
+    def _read(self, p: int) -> tuple[Packet | None, dict]:
+        """The next message from ``p`` (``None`` for a heartbeat); raise WireError on anything off-protocol."""
+        ch = self.channels[p]
+        raw = ch.recv(HEADER_LEN * 8)
+        self._last_seen[p] = time.monotonic()
+        pkt, specs = wire.decode_header(torch.frombuffer(raw, dtype=torch.int64), wire.UP if self.is_server else wire.DOWN)
+        if self.is_server and pkt.device != p - self.servers:
+            raise WireError(f"device index {pkt.device} does not match the sender's rank {p}")
+        if not self.is_server and pkt.device != self.rank - self.servers and pkt.kind != Kind.HEARTBEAT:
+            raise WireError(f"message for device index {pkt.device} reached rank {self.rank}")
+        wire.check_specs(pkt, specs, self.limits)
+        if self.is_server:
+            self._permit(self.names[p - self.servers], pkt)
+        tensors = wire.from_bytes(ch.recv(wire.payload_bytes(specs)), specs) if specs else {}
+        self._last_seen[p] = time.monotonic()
+        wire.check_content(pkt, tensors, self.limits)
+        return (None, {}) if pkt.kind == Kind.HEARTBEAT else (pkt, tensors)
+
+    def _permit(self, name: str, pkt: Packet) -> None:
+        """Credits on receipt: an activation message spends a permit; a handover's ``join`` brings at most the
+        credit window (once per epoch: the credits in hand and those returned for micro-batches in flight)."""
+        with self._plock:
+            if pkt.kind == Kind.ACT:
+                if self._permits.get(name, 0) <= 0:
+                    raise WireError("activations sent without a credit")
+                self._permits[name] -= 1
+            elif pkt.kind == Kind.JOIN and pkt.aux > 0 and self._joined.get(name, -1) < pkt.epoch:
+                self._joined[name] = pkt.epoch
+                self._permits[name] = self._permits.get(name, 0) + min(pkt.aux, self.window)
 
     def _check_stale(self) -> None:
         now = time.monotonic()
-        for p, seen in self._last_seen.items():
+        for p, seen in list(self._last_seen.items()):
             name = self._peer_name(p)
+            if self._left_behind(p):  # a server this device left: its silence is not this device's concern
+                continue
             if now - seen > self.peer_timeout and name not in self.inbox.lost:
                 self.log(f"warning: {name} silent for {now - seen:.1f} s (peer timeout {self.peer_timeout:g} s); "
                          f"treating it as lost")
@@ -385,12 +427,56 @@ def report_blob(obj: dict) -> torch.Tensor:
     return torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8).clone()
 
 
-def parse_report(blob: torch.Tensor) -> dict:
-    """Inverse of :func:`report_blob` (plain JSON; raises ``ValueError`` on anything else)."""
-    obj = json.loads(bytes(blob.tolist()).decode())
-    if not isinstance(obj, dict):
-        raise ValueError("a report must be a JSON object")
+#: What a device's end-of-run report holds: key -> JSON type (numbers finite and >= 0 except the clock offset).
+REPORT_KEYS = {"device": str, "flops": int, "uplink_bytes": int, "phase_s": dict, "peak_rss_bytes": int,
+               "cpu_s": float, "clock_offset_s": float, "stretched_s": float, "header_bytes": int, "events": list,
+               "handovers": list}
+#: What each handover a device reports holds (trainer.methods.splitfrozen): key -> JSON type.
+HANDOVER_KEYS = {"device": str, "at_s": float, "from": str, "to": str, "epoch": int, "sent_before": int}
+
+
+def parse_report(blob: torch.Tensor, device: str | None = None) -> dict:
+    """Inverse of :func:`report_blob`, checked against :data:`REPORT_KEYS`; raise ``ValueError`` on anything else.
+
+    Plain JSON only: no NaN or infinity, no nesting beyond the schema (a deeply nested document is
+    refused by the parser's recursion limit and reported as a ``ValueError``), trace events of
+    :class:`~sfsim.outputs.trace.TraceEvent`'s six fields with a known op.
+    """
+    try:
+        obj = json.loads(bytes(blob.numpy()).decode(), parse_constant=_no_constant)
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"a report must be plain JSON ({type(err).__name__})") from None
+    if not isinstance(obj, dict) or set(obj) != set(REPORT_KEYS):
+        raise ValueError(f"a report must be a JSON object with the keys {sorted(REPORT_KEYS)}")
+    for key, typ in REPORT_KEYS.items():
+        v = obj[key]
+        ok = isinstance(v, typ) or (typ is float and isinstance(v, int))
+        if not ok or isinstance(v, bool) or (typ in (int, float) and key != "clock_offset_s" and v < 0):
+            raise ValueError(f"report field {key!r} must be a{' non-negative' if typ in (int, float) else ''} "
+                             f"{typ.__name__}, got {str(v)[:40]!r}")
+    if device is not None and obj["device"] != device:
+        raise ValueError(f"a report for {obj['device'][:40]!r} came from {device}")
+    if not all(isinstance(k, str) and _number(v) and v >= 0 for k, v in obj["phase_s"].items()):
+        raise ValueError("report field 'phase_s' must map names to non-negative seconds")
+    for e in obj["events"]:
+        if not (isinstance(e, list) and len(e) == len(TraceEvent._fields) and isinstance(e[0], str) and e[1] in OPS
+                and _number(e[2]) and _number(e[3]) and e[3] >= 0 and isinstance(e[4], int) and isinstance(e[5], str)):
+            raise ValueError(f"report event {str(e)[:80]} is not (lane, op, start, dur, mb, device)")
+    for h in obj["handovers"]:
+        if not (isinstance(h, dict) and set(h) == set(HANDOVER_KEYS) and h["device"] == obj["device"]
+                and all(_number(h[k]) and h[k] >= 0 if t is not str else isinstance(h[k], str)
+                        for k, t in HANDOVER_KEYS.items()) and isinstance(h["epoch"], int)
+                and isinstance(h["sent_before"], int)):
+            raise ValueError(f"report handover {str(h)[:80]} is not {sorted(HANDOVER_KEYS)} of this device")
     return obj
 
 
-__all__ = ["DistTransport", "LinkShape", "init", "sync_clock", "report_blob", "parse_report"]
+def _no_constant(name: str):
+    raise ValueError(f"a report may not hold {name}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+__all__ = ["DistTransport", "LinkShape", "connect", "sync_clock", "report_blob", "parse_report"]  # connect, sync_clock: rendezvous

@@ -27,9 +27,16 @@ with the samples it will not send) so that the server stops waiting for it; ``me
 ``samples_not_trained`` per device, as the simulator's JSON does. Unlike the simulator, which
 foresees it, a device waiting for a credit learns that it has left when the credit comes.
 
-Handover is refused: the runtime has one server process (rank 0), so there is no second server to
-move to. Availability is emulated for SplitFrozen only (its server loop is the one that takes a
-device's ``leave``); time-varying links for every method.
+Availability is emulated for every method whose devices have links (as in the simulator, CenLoRA's
+devices upload their data once and the dynamic network does not apply to it): SplitFrozen's device
+leaves when a micro-batch cannot be sent; SplitLoRA's when a commanded forward or its send cannot end
+(the samples from that micro-batch on are not trained); FedLoRA's when a round's local steps or its
+adapter upload cannot end (that round is lost, as the simulator's rule "a round whose upload was cut
+off is lost"). Time-varying links apply to every method.
+
+Handover (``--emulate`` other than ``none``; SplitFrozen in arrival order, :func:`check`): the leg
+holding when a micro-batch's send starts takes it (:func:`legs`), as in the simulator; see
+``trainer.methods.splitfrozen`` for the messages that move a device between server processes.
 """
 
 from __future__ import annotations
@@ -40,25 +47,44 @@ from collections.abc import Callable
 
 from sfsim.errors import SfsimError
 from sfsim.network.availability import next_online, online_until
-from sfsim.network.legs import availability_of, first_leg_rates
+from sfsim.network.legs import availability_of, first_leg_rates, leg_links
 from sfsim.network.linkrate import Constant, Product, Rate, finish
 from trainer.transport.runtime import DeviceLeft
 
 INF = math.inf
 
 
-def check(scenario, method: str, emulate: str, what: str) -> None:
-    """Refuse, in one line, what the runtime cannot emulate: handovers; availability for other methods."""
+def check(scenario, method: str, emulate: str, what: str, server_order: str = "fifo") -> None:
+    """Refuse, in one line, what the runtime cannot emulate: handovers but SplitFrozen's in arrival order."""
     if emulate == "none":
         return
     moving = [d.name for d in scenario.devices if d.handover]
-    if moving:
-        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; the distributed runtime has one "
-                         "server process, so only sfsim simulate models handovers: remove 'handover'")
-    churning = [d.name for d in scenario.devices if d.availability is not None]
-    if churning and not method.startswith("splitfrozen"):
-        raise SfsimError(f"{what}: device {churning[0]} has availability, which the distributed runtime emulates "
-                         "for splitfrozen only; use --method splitfrozen, --emulate none or remove 'availability'")
+    if moving and not method.startswith("splitfrozen"):
+        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; the distributed runtime moves "
+                         f"SplitFrozen's devices only ({method}: only sfsim simulate): use --method splitfrozen or "
+                         "remove 'handover'")
+    if moving and server_order != "fifo":
+        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; a server takes a visiting "
+                         f"device's micro-batches in arrival order only (--server-order {server_order} is a "
+                         "schedule of turns fixed before the run): use --server-order fifo")
+
+
+def legs(scenario, d, first: str) -> list[tuple[float, str, Rate | None, Rate | None, tuple]]:
+    """Device ``d``'s legs: ``(at s, server, uplink rate, downlink rate, (uplink, downlink))`` from ``first``
+    (its resolved server), then one per handover (the simulator's :func:`sfsim.network.legs.leg_links`);
+    a pausing device's uplinks carry only while it is online."""
+    avail = availability(scenario, d)
+    out = []
+    for j, (at, srv, up, up_rate, down, down_rate) in enumerate(leg_links(scenario, d)):
+        if avail is not None and d.availability.churn == "pause":
+            up_rate = Product(up_rate or Constant(up.bandwidth), avail)
+        out.append((at, first if j == 0 else srv, up_rate, down_rate, (up, down)))
+    return out
+
+
+def emulates_availability(method: str) -> bool:
+    """Whether a device's availability applies to ``method`` (CenLoRA's data is at the server from the start)."""
+    return method != "cenlora"
 
 
 def availability(scenario, d) -> Rate | None:
@@ -143,4 +169,4 @@ def _sleep(dt: float) -> None:
         time.sleep(dt)
 
 
-__all__ = ["Presence", "check", "availability", "link_rates", "presence"]
+__all__ = ["Presence", "check", "emulates_availability", "availability", "legs", "link_rates", "presence"]

@@ -1,9 +1,13 @@
 """The wire format of the distributed runtime: a fixed-size integer header, then raw tensor payloads.
 
-Nothing received from a peer is unpickled. A message is one ``int64`` header tensor of
-:data:`HEADER_LEN` entries followed by one payload send per tensor. The header says everything the
-receiver needs to allocate the payloads before receiving them, and is checked against hard limits
-before anything is allocated:
+Nothing received from a peer is unpickled. A message is one ``int64`` header of :data:`HEADER_LEN`
+entries (one frame) followed, when it carries tensors, by their bytes back to back (a second frame;
+framing and encryption: :mod:`trainer.transport.secure`). The header says everything the receiver
+needs to allocate the payloads before receiving them, and is checked before anything is allocated:
+first its structure (:func:`decode_header`), then per kind its integers and announced tensors against
+the run (:func:`check_specs`: :data:`HEADER_CHECKS`, :data:`SPEC_CHECKS`), and after the payload the
+values (:func:`check_content`: :data:`CONTENT_CHECKS`: finite numbers, labels within the classes).
+A new kind or field adds its entry to these tables:
 
 ====  ==========================================================================================
 slot  meaning
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -62,9 +67,12 @@ class Kind(enum.IntEnum):
     REPORT = 14  # up: the device's measurements as UTF-8 JSON bytes (parsed with ``json``, never unpickled)
     SAVE = 15  # down: write your training state for checkpoint ``aux``, then answer DONE with the same aux
     LEAVE = 16  # up: the device has left (availability); aux = samples of this epoch it will not send
+    MOVED = 17  # up, to the old server: the device hands over; mb = micro-batches it sent there this epoch
+    JOIN = 18  # up, to the new server: aux = micro-batches of this epoch it will send there (0: not this epoch)
 
 
-UP = {Kind.HELLO, Kind.ACT, Kind.ADAPTER, Kind.SHARD, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE}
+UP = {Kind.HELLO, Kind.ACT, Kind.ADAPTER, Kind.SHARD, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE,
+      Kind.MOVED, Kind.JOIN}
 DOWN = {Kind.START, Kind.CREDIT, Kind.GRAD, Kind.FWD, Kind.END, Kind.SYNC, Kind.ROUND, Kind.ADAPTER,
         Kind.HEARTBEAT, Kind.SAVE}
 
@@ -168,7 +176,7 @@ def decode_header(h: torch.Tensor, allowed: set[Kind]) -> tuple[Packet, list[tup
 
 @dataclass(frozen=True)
 class Limits:
-    """What the receiver accepts in an activation message (checked after the header, before payloads).
+    """What a receiver accepts from its peers (checked after the header, before and after the payloads).
 
     Attributes:
         hidden: model width d.
@@ -176,6 +184,14 @@ class Limits:
         max_len: tokens per sample at most.
         state_numel: elements of a flat adapter state (``ADAPTER``/``ROUND``); ``-1``: any.
         lm: causal-LM task (labels are (B, T)) instead of classification (labels (B,)).
+        num_classes: classes of a classification task (labels in 0..C-1); 0: unchecked.
+        vocab: token ids in 0..vocab-1 (shards; LM labels, ``-100`` also allowed); 0: unchecked.
+        budget: samples each device index may hold at most (its share of the scenario's budget);
+            empty: unchecked.
+        kinds: the kinds this role accepts (e.g. a SplitFrozen server takes no adapters or shards);
+            ``None``: every kind of the direction.
+        report_bytes: size of a device's end-of-run report at most.
+        epochs: epochs of the run (a handover's ``join`` names one of them); 0: unchecked.
         codec: how ``hidden`` (ACT) and ``grad`` (GRAD) travel (``trainer.transport.codecs``); an ACT
             header names its codec's number in its aux slot.
     """
@@ -185,53 +201,209 @@ class Limits:
     max_len: int
     state_numel: int = -1
     lm: bool = False
+    num_classes: int = 0
+    vocab: int = 0
+    budget: tuple[int, ...] = ()
+    kinds: frozenset[Kind] | None = None
+    report_bytes: int = 64 << 20
+    epochs: int = 0
     codec: str = "fp32"
+
+
+Specs = list[tuple[str, torch.dtype, tuple]]
+
+
+def _samples(p: Packet, lim: Limits, what: str) -> None:
+    """``p.aux`` is a sample count within the sender's budget."""
+    cap = lim.budget[p.device] if 0 <= p.device < len(lim.budget) else None
+    if p.aux < 0 or (cap is not None and p.aux > cap):
+        raise WireError(f"{what} of {p.aux} samples; this device holds 0..{cap if cap is not None else 'N'}")
 
 
 def _coded(s: dict, name: str, lim: Limits) -> tuple[int, int]:
     """(B, T) of the codec-encoded tensor ``name`` (+ ``scales``) announced in ``s``; raise WireError."""
     got = {"values": s[name], **({"scales": s["scales"]} if "scales" in s else {})}
     try:
-        return codecs.check_spec(lim.codec, got, lim.hidden)
+        B, T = codecs.check_spec(lim.codec, got, lim.hidden)
     except codecs.CodecError as err:
         what = "floating point" if lim.codec in ("fp32", "fp16", "bf16") else f"{lim.codec}-encoded"
         raise WireError(f"{name} must be (B, T, {lim.hidden}) {what}: {err}") from None
+    if not (1 <= B <= lim.max_batch and 1 <= T <= lim.max_len):
+        raise WireError(f"{name} {s[name][1]}: batch must be 1..{lim.max_batch}, length 1..{lim.max_len}")
+    return B, T
 
 
-def check_specs(p: Packet, specs: list[tuple[str, torch.dtype, tuple]], lim: Limits) -> None:
-    """Check the tensors a header announces against the model's shapes; raise :class:`WireError`."""
-    s = {name: (dtype, shape) for name, dtype, shape in specs}
-    if p.kind == Kind.ACT:
-        if p.aux != codecs.layout(lim.codec).code:
-            raise WireError(f"activations in codec number {p.aux}; this run sends {lim.codec} "
-                            f"(number {codecs.layout(lim.codec).code})")
-        B, T = _coded(s, "hidden", lim)
-        shape = s["hidden"][1]
-        if not (1 <= B <= lim.max_batch and 1 <= T <= lim.max_len):
-            raise WireError(f"hidden {shape}: batch must be 1..{lim.max_batch}, length 1..{lim.max_len}")
-        if s["attention_mask"] != (torch.uint8, (B, T)):
-            raise WireError(f"attention_mask must be uint8 {(B, T)}, got {s['attention_mask']}")
-        lab = (torch.int64, (B, T) if lim.lm else (B,))
-        if s["labels"] != lab:
-            raise WireError(f"labels must be {lab[0]} {lab[1]}, got {s['labels']}")
-    elif p.kind in (Kind.ADAPTER, Kind.ROUND):
-        dtype, shape = s["state"]
-        if dtype != torch.float32 or len(shape) != 1 or (lim.state_numel >= 0 and shape[0] != lim.state_numel):
-            raise WireError(f"state must be float32 ({lim.state_numel},), got {dtype} {shape}")
-        if "losses" in s and (s["losses"][0] != torch.float32 or len(s["losses"][1]) != 1):
-            raise WireError(f"losses must be float32 (N,), got {s['losses']}")
-    elif p.kind == Kind.GRAD:
-        B, T = _coded(s, "grad", lim)
-        if not (1 <= B <= lim.max_batch and 1 <= T <= lim.max_len):
-            raise WireError(f"grad {s['grad'][1]}: batch must be 1..{lim.max_batch}, length 1..{lim.max_len}")
-    elif p.kind == Kind.REPORT:
-        dtype, shape = s["blob"]
-        if dtype != torch.uint8 or len(shape) != 1 or shape[0] > 256 << 20:
-            raise WireError(f"report must be uint8 (N,) with N <= 256 MiB, got {dtype} {shape}")
-    elif p.kind == Kind.SHARD:
-        for name, (dtype, shape) in s.items():
-            if dtype != torch.int64 or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] > lim.max_len):
-                raise WireError(f"shard tensor {name} must be int64 (N,) or (N, <= {lim.max_len}), got {dtype} {shape}")
+def _spec_act(p: Packet, s: dict, lim: Limits) -> None:
+    B, T = _coded(s, "hidden", lim)
+    if s["attention_mask"] != (torch.uint8, (B, T)):
+        raise WireError(f"attention_mask must be uint8 {(B, T)}, got {s['attention_mask']}")
+    lab = (torch.int64, (B, T) if lim.lm else (B,))
+    if s["labels"] != lab:
+        raise WireError(f"labels must be {lab[0]} {lab[1]}, got {s['labels']}")
+
+
+def _spec_state(p: Packet, s: dict, lim: Limits) -> None:
+    dtype, shape = s["state"]
+    if dtype != torch.float32 or len(shape) != 1 or (lim.state_numel >= 0 and shape[0] != lim.state_numel):
+        raise WireError(f"state must be float32 ({lim.state_numel},), got {dtype} {shape}")
+    if "losses" in s and (s["losses"][0] != torch.float32 or len(s["losses"][1]) != 1
+                          or s["losses"][1][0] > (1 << 20)):
+        raise WireError(f"losses must be float32 (N,) with N <= 2**20, got {s['losses']}")
+
+
+def _spec_grad(p: Packet, s: dict, lim: Limits) -> None:
+    _coded(s, "grad", lim)
+
+
+def _spec_report(p: Packet, s: dict, lim: Limits) -> None:
+    dtype, shape = s["blob"]
+    if dtype != torch.uint8 or len(shape) != 1 or shape[0] > lim.report_bytes:
+        raise WireError(f"report must be uint8 (N,) with N <= {lim.report_bytes} bytes, got {dtype} {shape}")
+
+
+def _spec_shard(p: Packet, s: dict, lim: Limits) -> None:
+    rows = {shape[0] if shape else -1 for _, shape in s.values()}
+    cap = lim.budget[p.device] if 0 <= p.device < len(lim.budget) else None
+    for name, (dtype, shape) in s.items():
+        if dtype != torch.int64 or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] > lim.max_len):
+            raise WireError(f"shard tensor {name} must be int64 (N,) or (N, <= {lim.max_len}), got {dtype} {shape}")
+    if len(rows) != 1 or (cap is not None and rows.pop() > cap):
+        raise WireError(f"shard tensors must share N rows, at most {cap} (this device's samples)")
+
+
+def _header_hello(p: Packet, lim: Limits) -> None:
+    _samples(p, lim, "a hello")
+
+
+def _header_leave(p: Packet, lim: Limits) -> None:
+    _samples(p, lim, "a leave")
+
+
+def _header_act(p: Packet, lim: Limits) -> None:
+    """Activations name the run's codec in aux (trainer.transport.codecs)."""
+    want = codecs.layout(lim.codec).code
+    if p.aux != want:
+        raise WireError(f"activations in codec number {p.aux}; this run sends {lim.codec} (number {want})")
+
+
+def _header_join(p: Packet, lim: Limits) -> None:
+    """A handover's ``join``: aux micro-batches still to come (at most one per sample), in an epoch of the run."""
+    _samples(p, lim, "a join announcing micro-batches")
+    if lim.epochs and p.epoch >= lim.epochs:
+        raise WireError(f"a join for epoch {p.epoch}; the run has epochs 0..{lim.epochs - 1}")
+
+
+def _header_moved(p: Packet, lim: Limits) -> None:
+    """A handover's ``moved``: mb = micro-batches sent to the old server this epoch (at most one per sample)."""
+    cap = lim.budget[p.device] if 0 <= p.device < len(lim.budget) else None
+    if p.mb < 0 or (cap is not None and p.mb > cap):
+        raise WireError(f"a moved after {p.mb} micro-batches; this device holds 0..{cap if cap is not None else 'N'}")
+
+
+#: Per kind: checks of the header's integers (before the payloads are read).
+HEADER_CHECKS: dict[Kind, Callable[[Packet, Limits], None]] = {Kind.HELLO: _header_hello, Kind.LEAVE: _header_leave,
+                                                               Kind.JOIN: _header_join, Kind.MOVED: _header_moved,
+                                                               Kind.ACT: _header_act}
+#: Per kind: checks of the announced tensors against the model's shapes (before anything is allocated).
+SPEC_CHECKS: dict[Kind, Callable[[Packet, dict, Limits], None]] = {Kind.ACT: _spec_act, Kind.ADAPTER: _spec_state, Kind.ROUND: _spec_state,
+                                     Kind.GRAD: _spec_grad, Kind.REPORT: _spec_report, Kind.SHARD: _spec_shard}
+
+
+def check_specs(p: Packet, specs: Specs, lim: Limits) -> None:
+    """Check a header's integers and the tensors it announces against ``lim``; raise :class:`WireError`."""
+    if lim.kinds is not None and p.kind not in lim.kinds:
+        raise WireError(f"this role does not accept {p.kind.name} messages")
+    if p.epoch < 0 or p.mb < -1:
+        raise WireError(f"epoch {p.epoch} / micro-batch {p.mb} out of range")
+    if p.kind in HEADER_CHECKS:
+        HEADER_CHECKS[p.kind](p, lim)
+    if p.kind in SPEC_CHECKS:
+        SPEC_CHECKS[p.kind](p, {name: (dtype, shape) for name, dtype, shape in specs}, lim)
+
+
+def _finite(name: str, t: torch.Tensor) -> None:
+    if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+        raise WireError(f"non-finite values (NaN or inf) in {name}")
+
+
+def _ids(name: str, t: torch.Tensor, hi: int, allow: int | None = None) -> None:
+    """Every entry of ``t`` in 0..hi-1 (or equal to ``allow``)."""
+    if hi <= 0 or t.numel() == 0:
+        return
+    bad = (t < 0) | (t >= hi)
+    if allow is not None:
+        bad &= t != allow
+    if bool(bad.any()):
+        v = int(t[bad][0])
+        raise WireError(f"{name} holds {v}, outside 0..{hi - 1}" + (f" (or {allow})" if allow is not None else ""))
+
+
+def _labels(t: torch.Tensor, lim: Limits) -> None:
+    if lim.lm:
+        _ids("labels", t, lim.vocab, allow=-100)
+    else:
+        _ids("labels", t, lim.num_classes)
+
+
+def _coded_values(name: str, t: dict, lim: Limits) -> None:
+    """The values of a codec-encoded ``name`` are ones its encoder produces (finite floats, scales >= 0, ...)."""
+    enc = {"values": t[name], **({"scales": t["scales"]} if "scales" in t else {})}
+    try:
+        codecs.check_values(enc, lim.codec, lim.hidden)
+    except codecs.CodecError as err:
+        raise WireError(f"malformed {lim.codec} {name}: {err}") from None
+
+
+def _content_act(p: Packet, t: dict, lim: Limits) -> None:
+    _finite("hidden", t["hidden"])
+    _coded_values("hidden", t, lim)
+    _labels(t["labels"], lim)
+    if bool((t["attention_mask"] > 1).any()):
+        raise WireError("attention_mask holds values other than 0 and 1")
+
+
+def _content_shard(p: Packet, t: dict, lim: Limits) -> None:
+    _ids("input_ids", t["input_ids"], lim.vocab)
+    _labels(t["labels"], lim)
+
+
+#: Per kind: checks of the received values (non-finite numbers, labels, ids) before a role sees them.
+CONTENT_CHECKS: dict[Kind, Callable[[Packet, dict, Limits], None]] = {
+    Kind.ACT: _content_act, Kind.SHARD: _content_shard,
+    Kind.GRAD: lambda p, t, lim: (_finite("grad", t["grad"]), _coded_values("grad", t, lim)),
+    Kind.ADAPTER: lambda p, t, lim: [_finite(k, v) for k, v in t.items()],
+    Kind.ROUND: lambda p, t, lim: _finite("state", t["state"]),
+}
+
+
+def check_content(p: Packet, tensors: dict[str, torch.Tensor], lim: Limits) -> None:
+    """Check received tensors' values (finite, labels within the classes, ids within the vocabulary)."""
+    if p.kind in CONTENT_CHECKS:
+        CONTENT_CHECKS[p.kind](p, tensors, lim)
+
+
+def payload_bytes(specs: Specs) -> int:
+    """Bytes of the payloads a checked header announces."""
+    return sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in specs)
+
+
+def tensor_views(tensors: dict[str, torch.Tensor]) -> list[memoryview]:
+    """The raw bytes of each tensor, in order, without copying (tensors must be contiguous CPU tensors)."""
+    return [memoryview(t.detach().reshape(-1).view(torch.uint8).numpy()) for t in tensors.values() if t.numel()]
+
+
+def from_bytes(buf: bytearray, specs: Specs) -> dict[str, torch.Tensor]:
+    """Tensors of ``specs`` from their concatenated bytes (``len(buf) == payload_bytes(specs)``)."""
+    out, o = {}, 0
+    for name, dtype, shape in specs:
+        n = math.prod(shape) * dtype.itemsize
+        if n == 0:
+            out[name] = torch.empty(shape, dtype=dtype)
+            continue
+        raw = torch.frombuffer(buf, dtype=torch.uint8, count=n, offset=o).clone()  # aligned, owned
+        out[name] = raw.view(dtype).reshape(shape)
+        o += n
+    return out
 
 
 def pack_state(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:

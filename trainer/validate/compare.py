@@ -90,7 +90,8 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
     loaded, :func:`trainer.validate.machine.server_profile`); devices rated faster than this machine can
     run them are refused before the run unless ``vc.allow_native`` (then simulated at native speed).
     """
-    from trainer.run.runner import RunConfig, run
+    from trainer.run.launch import run
+    from trainer.run.runner import RunConfig
 
     out = Path(vc.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,13 +110,14 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
     measured = read_chrome_trace(out / "run" / "trace.json")
     sim, host = predict_shared(vc, metrics, native)
     predicted = sim.events
-    server = next(iter(metrics["server_flops"]))
-    report = compare(predicted, measured, [server])
+    report = compare(predicted, measured, list(metrics["server_flops"]))  # every server's lane
     report["header"] = header(vc, source, native, host, load, list(metrics["device_flops"]))
     report.update(method=metrics["method"], server_order=vc.server_order, client_order=metrics.get("client_order"),
                   accumulate=metrics["accumulate"], emulate=vc.emulate,
                   simulator_policy=POLICY_OF_ORDER[vc.server_order], config=dataclasses.asdict(vc),
-                  seq_len=_mean_tokens(metrics), devices=list(metrics["device_flops"]))
+                  seq_len=_mean_tokens(metrics), devices=list(metrics["device_flops"]),
+                  samples_not_trained={"predicted": sim.samples_not_trained, "measured": metrics["samples_not_trained"]},
+                  handovers={"predicted": sim.handovers, "measured": metrics.get("handovers", [])})
     write_atomic(out / "report.json", json.dumps(report, indent=1))
     both = [e._replace(lane=f"predicted {e.lane}") for e in predicted] + \
            [e._replace(lane=f"measured {e.lane}") for e in measured]

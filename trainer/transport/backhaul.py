@@ -1,0 +1,301 @@
+"""Backhaul synchronisation between server processes: the real counterpart of :mod:`sfsim.network.backhaul`.
+
+With several servers each server process trains its own replica on its own devices; ``training.sync``
+(``every`` optimizer steps, ``mode`` sync or async) makes them one logical model. A round is one sum
+over the servers (:class:`ServerLinks`) of a flat fp32 vector: each server's tensors times its weight,
+then its weight and whether it still trains. Shaped (``--emulate links|all``)
+as the simulator costs it: the server's upload occupies its ``backhaul`` link for ``bytes x 8 /
+bandwidth`` and arrives a latency later (``sync-send`` on lane ``backhaul:<server>``), the average is
+ready when every server's upload is (the collective is that barrier), and comes back the same way
+(``sync-recv``).
+
+What a round averages:
+
+* ``mode: sync`` with ``every: 1`` is data-parallel training: before each optimizer step the servers
+  average the step's gradients (each server's sum over its micro-batches, divided by the number of
+  servers) and all take the same step from the same state, so they hold one model throughout and a
+  run on N servers equals a one-server run whose steps hold the same micro-batches (a test).
+* otherwise (``every`` > 1, or ``mode: async``) each server steps alone and every ``every``-th step the
+  adapters and head are averaged, weighted by the servers' training samples. ``async`` does not wait:
+  the round runs in a thread on a snapshot, and at the next round the server adds the average's change
+  (``average - snapshot``) to what it trained meanwhile.
+
+A server that has trained its epoch keeps answering rounds with weight 0 (it no longer holds the others
+back, as in the simulator) until none trains; then a last round averages everything (adapters, head
+and a method's extra state such as SplitLoRA's client average), so that after it every server holds
+bit-identical adapters and the one saved adapter is the logical model.
+
+The rounds travel over the servers' admitted channels (:mod:`trainer.transport.rendezvous`: server ``j``
+<-> server 0, authenticated and, when the run encrypts, encrypted), not over gloo collectives: every
+admitted process, devices included, can reach the gloo store and the servers' gloo listeners, and gloo
+aborts a receiver that is sent more than it expects, so a hostile device could forge or kill a round.
+Server 0 sums the servers' vectors in server order and sends the sum back, so every server adopts
+bit-identical averages; a vector of the wrong size (refused before it is read), a forged or replayed
+frame, or non-finite values end the run with one line naming the server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import torch
+
+from sfsim.errors import SfsimError
+from sfsim.outputs.trace import TraceEvent
+from trainer.run.measure import Meter
+from trainer.transport import wire
+from trainer.transport.secure import Channel
+from trainer.transport.wire import WireError
+
+_LEN = 8  # bytes of a JSON part's length prefix
+MAX_JSON = 1 << 30  # a server's end-of-run part (metrics and trace events) at most
+
+
+class ServerLinks:
+    """The backhaul between server processes: a star of admitted channels around server 0.
+
+    Args:
+        index: this server's index.
+        n_servers: servers in the run.
+        channels: server 0: server index -> its channel; server ``j``: ``{0: channel to server 0}``.
+        timeout_s: a server waits this long for the others' part of a round (a server that has died ends
+            the round at once: its connection closes).
+    """
+
+    def __init__(self, index: int, n_servers: int, channels: dict[int, Channel], timeout_s: float = 600.0):
+        self.index, self.n, self.channels = index, n_servers, channels
+        for ch in channels.values():
+            ch.sock.settimeout(timeout_s)
+
+    def all_reduce(self, flat: torch.Tensor) -> None:
+        """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere)."""
+        nbytes = flat.numel() * 4
+        if self.index == 0:
+            total = flat.clone()
+            for j in range(1, self.n):
+                total += self._recv(j, nbytes)
+            flat.copy_(total)
+            for j in range(1, self.n):
+                self._send(j, flat)
+        else:
+            self._send(0, flat)
+            flat.copy_(self._recv(0, nbytes))
+
+    def gather_json(self, obj: dict) -> list[dict] | None:
+        """Server 0: every server's JSON-able ``obj`` in server order; the others send theirs and get ``None``.
+        Plain JSON only (nothing is unpickled)."""
+        blob = json.dumps(obj).encode()
+        if self.index != 0:
+            self._call(0, lambda ch: (ch.send(len(blob).to_bytes(_LEN, "big")), ch.send(blob)))  # two frames
+            return None
+        parts = [obj]
+        for j in range(1, self.n):
+            size = int.from_bytes(self._call(j, lambda ch: ch.recv(_LEN)), "big")
+            if size > MAX_JSON:
+                raise SfsimError(f"backhaul: server {j} sent an end-of-run part of {size} bytes (at most {MAX_JSON})")
+            raw = self._call(j, lambda ch, size=size: ch.recv(size))
+            try:
+                part = json.loads(bytes(raw).decode())
+            except (ValueError, RecursionError) as err:
+                raise SfsimError(f"backhaul: server {j}'s end-of-run part is not plain JSON ({err})") from None
+            if not isinstance(part, dict):
+                raise SfsimError(f"backhaul: server {j}'s end-of-run part is not a JSON object")
+            parts.append(part)
+        return parts
+
+    def _send(self, j: int, flat: torch.Tensor) -> None:
+        self._call(j, lambda ch: ch.send(*wire.tensor_views({"state": flat.contiguous()})))
+
+    def _recv(self, j: int, nbytes: int) -> torch.Tensor:
+        got = wire.from_bytes(self._call(j, lambda ch: ch.recv(nbytes)), [("state", torch.float32, (nbytes // 4,))])
+        if not bool(torch.isfinite(got["state"]).all()):
+            raise SfsimError(f"backhaul: server {j} sent non-finite values (NaN or inf) in a sync round")
+        return got["state"]
+
+    def _call(self, j: int, fn):
+        """``fn(channel to j)``, with a broken, forged or silent link as one line naming the server."""
+        try:
+            return fn(self.channels[j])
+        except (OSError, WireError) as err:
+            what = "timed out" if isinstance(err, TimeoutError) else str(err) or type(err).__name__
+            raise SfsimError(f"backhaul: the link with server {j} failed ({what}); the servers can no longer "
+                             "agree on one model") from None
+
+
+class ServerSync:
+    """One server process's side of the backhaul sync.
+
+    Args:
+        group: the backhaul between the servers (:class:`ServerLinks`).
+        index: this server's index.
+        n_servers: servers in the group.
+        every: optimizer steps (FedLoRA: rounds) between sync rounds.
+        mode: ``sync`` or ``async``.
+        weight: this server's weight in averages (its devices' training samples).
+        meter: this process's meter (trace events on ``backhaul:<lane>``).
+        lane: this server's name.
+        link: ``(bandwidth bit/s, latency s)`` of its backhaul when links are shaped, else None.
+    """
+
+    def __init__(self, group, index: int, n_servers: int, every: int, mode: str, weight: float, meter: Meter,
+                 lane: str, link: tuple[float, float] | None = None):
+        if every < 1 or mode not in ("sync", "async"):
+            raise ValueError(f'"every" must be >= 1 and "mode" sync or async (got {every}, {mode!r})')
+        self.group, self.index, self.n = group, index, n_servers
+        self.every, self.mode, self.weight = every, mode, float(weight)
+        self.meter, self.lane, self.link = meter, lane, link
+        self.joint = mode == "sync" and every == 1  # gradients averaged before every step
+        self.steps = 0
+        self.rounds = 0
+        self.bytes = 0  # up + down on this server's backhaul
+        self.ended: bool | None = None  # every server ended in one round: whether a last round is still due
+        self.stepping = False  # joint mode: some server stepped on the last round's mean gradient
+        self._pending: tuple | None = None  # async: (thread, live state, snapshot, average, steps at the snapshot)
+
+    # -- what a method calls around its optimizer step -----------------------------------------------------
+    def before_step(self, params: list[torch.nn.Parameter], last: bool = False) -> None:
+        """Joint mode: replace every gradient by the servers' mean (a drained server contributes zeros).
+        ``last``: this server's last step of the epoch."""
+        if not self.joint:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        self._round(grads, 1.0, not last, adopt=True, stepping=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+
+    def after_step(self, state: list[torch.Tensor], last: bool = False) -> None:
+        """One optimizer step ended; every ``every``-th, average ``state`` (the adapters and head) with the others."""
+        self.steps += 1
+        if not self.joint and self.steps % self.every == 0:
+            self._average(state, self.weight, not last)
+
+    def finish(self, state: list[torch.Tensor], params: list[torch.nn.Parameter] | None = None,
+               step=None, last_round: bool = False) -> None:
+        """This server's epoch is trained: answer rounds until no server trains, then a last round over
+        ``state`` unless every server already holds the same one.
+
+        Args:
+            state: every tensor the servers must agree on (adapters, head, a method's extra state).
+            params: the parameters the servers' rounds carry (:meth:`before_step`, :meth:`after_step`).
+            step: joint mode: a function taking the optimizer step, which a drained server takes with the
+                others' mean gradient (so that it stays identical).
+            last_round: always end with the last round (``state`` holds more than the rounds carry).
+        """
+        self._wait()
+        while self.ended is None:
+            if self.joint and params is not None:
+                for p in params:
+                    p.grad = None
+                grads = [torch.zeros_like(p) for p in params]
+                self._round(grads, 1.0, False, adopt=True)
+                if self.stepping:  # another server stepped on this round's mean gradient: so does this one
+                    for p, g in zip(params, grads, strict=True):
+                        p.grad = g
+                    step()
+            else:  # shaped as the others' rounds (after_step's parameters); a drained server does not adopt
+                self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, False,
+                            adopt=False)
+        if self.ended or last_round:
+            self._round(state, self.weight, False, adopt=True)
+        self.ended = None
+
+    def fed_round(self, state: list[torch.Tensor], weight: float, last: bool = False) -> None:
+        """FedLoRA: the server's FedAvg round ended with ``state`` (weight: samples averaged into it)."""
+        self.steps += 1
+        if self.joint:
+            self._round(state, weight, not last, adopt=True)
+        elif self.steps % self.every == 0:
+            self._average(state, weight, not last)
+
+    def fed_finish(self, state: list[torch.Tensor], weight: float) -> None:
+        """FedLoRA's drain: joint rounds adopt the others' average until none trains, then the last round."""
+        self._wait()
+        while self.ended is None:
+            self._round([torch.zeros_like(t) for t in state], 0.0, False, adopt=self.joint, into=state)
+        if self.ended:
+            self._round(state, weight, False, adopt=True)
+        self.ended = None
+
+    # -- rounds -----------------------------------------------------------------------------------------
+    def _average(self, state: list[torch.Tensor], weight: float, active: bool) -> None:
+        """A weight round: blocking in sync mode; in async mode a thread on a snapshot, merged at the next."""
+        if self.mode == "sync":
+            self._round(state, weight, active, adopt=True)
+            return
+        self._wait()
+        snap = [t.detach().clone() for t in state]
+        out = [t.clone() for t in snap]
+        th = threading.Thread(target=self._round, args=(out, weight, active, True), daemon=True,
+                              name="backhaul-async")
+        th.start()
+        self._pending = (th, state, snap, out, self.steps)
+
+    def _wait(self) -> None:
+        """Async: wait for the round in flight and add its average's change to the live state."""
+        if self._pending is None:
+            return
+        th, state, snap, out, steps = self._pending
+        th.join()
+        self._pending = None
+        with torch.no_grad():
+            for t, s, avg in zip(state, snap, out, strict=True):
+                if self.steps == steps:  # nothing trained meanwhile: the average itself (bit-equal everywhere)
+                    t.copy_(avg)
+                else:
+                    t.add_(avg - s)
+
+    def _round(self, tensors: list[torch.Tensor], weight: float, active: bool, adopt: bool,
+               into: list[torch.Tensor] | None = None, stepping: bool = False) -> int:
+        """One collective round; returns how many servers still train. ``adopt``: write the average into
+        ``into`` (default ``tensors``) when any weight was given.
+
+        The vector's tail: the weights' sum, the servers that still train, the servers that do not take
+        this round's average and (joint mode) the servers that step on it (:attr:`stepping`). When none trains any more, each took its last step before this round, so
+        :attr:`ended` says whether a last round is due (some server did not take the average); every
+        server reads the same sums, so all decide alike.
+        """
+        flat = torch.cat([t.detach().reshape(-1).float() * weight for t in tensors]
+                         + [torch.tensor([weight, float(active), float(not adopt), float(stepping)])])  # (numels + 4,)
+        nbytes = (flat.numel() - 4) * 4
+        self._transfer("sync-send", nbytes)
+        self.group.all_reduce(flat)
+        self._transfer("sync-recv", nbytes)
+        self.rounds += 1
+        total, still, differ = float(flat[-4]), int(round(float(flat[-3]))), float(flat[-2]) > 0.5
+        self.stepping = float(flat[-1]) > 0.5
+        if adopt and total > 0:
+            pos = 0
+            with torch.no_grad():
+                for t in (into if into is not None else tensors):
+                    k = t.numel()
+                    t.copy_((flat[pos:pos + k] / total).view_as(t).to(t.dtype))
+                    pos += k
+        if still == 0:
+            self.ended = differ
+        return still
+
+    def _transfer(self, op: str, nbytes: int) -> None:
+        """Count ``nbytes`` on the backhaul; shaped, hold the link for them and the latency (a trace event)."""
+        self.bytes += nbytes
+        if self.link is None:
+            return
+        bandwidth, latency = self.link
+        start = self.meter.now()
+        busy = nbytes * 8 / bandwidth
+        _sleep(busy + latency)
+        self.meter.events.append(TraceEvent(f"backhaul:{self.lane}", op, start, busy, -1, ""))
+
+    def summary(self) -> dict:
+        """What this server's backhaul did (metrics.json ``servers``)."""
+        return {"sync_rounds": self.rounds, "backhaul_bytes": self.bytes, "steps": self.steps,
+                "every": self.every, "mode": self.mode, "joint": self.joint}
+
+
+def _sleep(dt: float) -> None:
+    if dt > 0:
+        time.sleep(dt)
+
+
+__all__ = ["ServerLinks", "ServerSync"]
