@@ -33,9 +33,21 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import sfsim
+from sfsim.cost.hostshare import runnable_shares, scale_profile, slowdown
+from sfsim.cost.latency import load_latency_profile
+from sfsim.cost.model import CostModel
 from sfsim.errors import SfsimError
+from sfsim.network.linkrate import read_trace
+from sfsim.outputs.gantt import Panel, write_panels
 from sfsim.outputs.trace import TraceEvent, read_chrome_trace, write_chrome_trace
-from sfsim.scenario.schema import write_atomic
+from sfsim.scenario.config import Training, expanded_names, scenario_from_dict
+from sfsim.scenario.overrides import apply
+from sfsim.scenario.schema import read_yaml, write_atomic
+from sfsim.units import format_amount, parse_quantity
+from trainer.run.launch import run
+from trainer.run.runner import RunConfig
+from trainer.validate.machine import refusal, server_profile, too_fast
 
 #: simulator policy that replays each trainer server order
 POLICY_OF_ORDER = {"proportional": "paced-proportional", "round-robin": "paced-round-robin", "fifo": "fifo",
@@ -90,8 +102,6 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
     loaded, :func:`trainer.validate.machine.server_profile`); devices rated faster than this machine can
     run them are refused before the run unless ``vc.allow_native`` (then simulated at native speed).
     """
-    from trainer.run.launch import run
-    from trainer.run.runner import RunConfig
 
     out = Path(vc.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,8 +143,6 @@ def _task_head(task: str) -> tuple[str, int]:
 
 def _own_server_profile(vc: ValidateConfig, say) -> tuple[ValidateConfig, str]:
     """``vc`` with this machine's server profile (cached or measured now), and how it was obtained."""
-    from sfsim.scenario.schema import read_yaml
-    from trainer.validate.machine import server_profile
 
     data = read_yaml(vc.devices)
     mb = vc.micro_batch or data.get("training", {}).get("micro_batch", 8)
@@ -147,10 +155,6 @@ def _own_server_profile(vc: ValidateConfig, say) -> tuple[ValidateConfig, str]:
 
 def _check_emulation(vc: ValidateConfig) -> tuple:
     """Devices this machine cannot emulate (compute emulation only): refused unless ``vc.allow_native``."""
-    from sfsim.scenario.config import scenario_from_dict
-    from sfsim.scenario.overrides import apply
-    from sfsim.scenario.schema import read_yaml
-    from trainer.validate.machine import refusal, too_fast
 
     if vc.emulate not in ("compute", "all"):
         return ()
@@ -221,7 +225,6 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=()) -> tuple:
     Returns:
         (the simulation, the host figures for the report header).
     """
-    from sfsim.cost.hostshare import runnable_shares, slowdown
 
     profiles = {d.name: vc.server_profile for d in native}
     sim = predict(vc, metrics, profiles)
@@ -258,8 +261,6 @@ def _stretched(vc: ValidateConfig, factor: float) -> str:
     """The server profile with every time times ``factor``, written into the validation folder."""
     import yaml
 
-    from sfsim.cost.hostshare import scale_profile
-    from sfsim.scenario.schema import read_yaml
 
     path = Path(vc.out) / "server-profile-shared.yaml"
     prof = scale_profile(read_yaml(vc.server_profile), factor)
@@ -292,7 +293,6 @@ def _per_device_tokens(data: dict, vc: ValidateConfig, metrics: dict) -> None:
     are longer than the mean computes and sends more. Its FLOP rate and link rates are divided by
     ``r = its tokens per sample / the mean``, so that at the shared ``seq_len`` its forward and transfer
     times are those of its real sequence lengths (linear in tokens; attention's T^2 share is small)."""
-    from sfsim.units import parse_quantity
 
     mean = _mean_tokens(metrics)
     for d in data["devices"]:
@@ -311,8 +311,6 @@ def _per_device_tokens(data: dict, vc: ValidateConfig, metrics: dict) -> None:
 def _scale_link(link: dict, r: float, vc: ValidateConfig, name: str) -> None:
     """Divide a link's rate by ``r``: its bandwidth, a Gilbert-Elliott channel's two rates, or a trace
     (a scaled copy written to ``OUT/traces/NAME.csv``)."""
-    from sfsim.network.linkrate import read_trace
-    from sfsim.units import parse_quantity
 
     if "bandwidth" in link:
         link["bandwidth"] = parse_quantity(link["bandwidth"], "bandwidth") / r
@@ -341,7 +339,6 @@ def _sim_model(model: str) -> str:
 def predict(vc: ValidateConfig, metrics: dict, profiles: dict[str, str] | None = None):
     """The simulator's timeline (``trace=True``) for the run described by ``metrics`` (``profiles``: as
     :func:`sim_overrides`)."""
-    import sfsim
 
     sc = sim_scenario(vc, metrics, profiles)
     kw = {"splits": dict(metrics["cuts"]), "trace": True}
@@ -353,9 +350,6 @@ def predict(vc: ValidateConfig, metrics: dict, profiles: dict[str, str] | None =
 
 def sim_scenario(vc: ValidateConfig, metrics: dict, profiles: dict[str, str] | None = None):
     """The scenario file with :func:`sim_overrides` applied (devices expanded, so each can differ)."""
-    from sfsim.scenario.config import Training, scenario_from_dict
-    from sfsim.scenario.overrides import apply
-    from sfsim.scenario.schema import read_yaml
 
     data = read_yaml(vc.devices)
     _expand_counts(data)
@@ -392,8 +386,6 @@ def warmups(sc, device_profile: str, cuts: dict[str, int]) -> dict[str, float]:
     """
     from dataclasses import replace
 
-    from sfsim.cost.latency import load_latency_profile
-    from sfsim.cost.model import CostModel
 
     first = load_latency_profile(device_profile).first_call
     if first is None:
@@ -411,7 +403,6 @@ def warmups(sc, device_profile: str, cuts: dict[str, int]) -> dict[str, float]:
 def _expand_counts(data: dict) -> list[dict]:
     """The device list with ``count`` expanded into named devices, in place, named as the simulator and
     the trainer name them (:func:`sfsim.scenario.config.expanded_names`: ``slow`` for ``count: 1``)."""
-    from sfsim.scenario.config import expanded_names
 
     out = []
     for d in data["devices"]:
@@ -514,7 +505,6 @@ def rank_agreement(rows: dict[str, dict]) -> dict:
 
 def _overlay(predicted, measured, path: Path, metrics: dict, report: dict) -> None:
     """Predicted lanes above measured ones, one shared time axis (each timeline from its own start)."""
-    from sfsim.outputs.gantt import Panel, write_panels
 
     def shift(evs):
         t0 = min((e.start for e in evs), default=0.0)
@@ -530,7 +520,6 @@ def _overlay(predicted, measured, path: Path, metrics: dict, report: dict) -> No
 
 def format_header(h: dict) -> list[str]:
     """The report header's lines: what was emulated, what ran at native speed, the host's sharing."""
-    from sfsim.units import format_amount
 
     lines = [f"server: {h['server']}", f"links: {h['links']}"]
     if h["devices_emulated"]:

@@ -17,7 +17,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sfsim.cost.model import CostModel
 from sfsim.errors import SfsimError
+from sfsim.units import format_amount
+from trainer.model.loading import load_model
+from trainer.validate.profile import ProfileSpec, machine_info, profile_model, write_profile
 
 MAX_AGE_S = 6 * 3600.0  # a profile older than this is re-measured (machine load and clocks drift over a day)
 TOLERANCE = 0.05  # a device whose real time exceeds its scenario time by more than this runs at native speed
@@ -31,7 +35,6 @@ def cache_dir() -> Path:
 
 def fingerprint() -> dict:
     """What a cached profile must share with this machine to be reused: CPU, cores and library versions."""
-    from trainer.validate.profile import machine_info
 
     info = machine_info()
     return {k: info[k] for k in ("cpu", "cores", "torch", "transformers")}
@@ -94,8 +97,6 @@ def server_profile(model: str, sim_model: str, *, task: str, num_labels: int, mi
     """
     import torch
 
-    from trainer.model.loading import load_model
-    from trainer.validate.profile import ProfileSpec, profile_model, write_profile
 
     seqs = seq_grid(max_len)
     path = cache_dir() / profile_key(model, task, micro_batch, seqs, threads)
@@ -131,7 +132,6 @@ class NativeDevice:
 def too_fast(sc, profile_path: str | Path, cut: int) -> list[NativeDevice]:
     """The devices of ``sc`` whose forward of ``cut`` blocks this machine (``profile_path``) cannot run in
     their scenario time; each with the FLOP rate it can achieve here (``flops * t_scenario / t_real``)."""
-    from sfsim.cost.model import CostModel
 
     cm = CostModel(sc)
     out = []
@@ -148,7 +148,6 @@ def too_fast(sc, profile_path: str | Path, cut: int) -> list[NativeDevice]:
 
 def refusal(native: list[NativeDevice], file: str) -> SfsimError:
     """The one-line error for devices this machine cannot emulate."""
-    from sfsim.units import format_amount
 
     d = native[0]
     more = f" (and {len(native) - 1} more)" if len(native) > 1 else ""
