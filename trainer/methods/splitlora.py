@@ -8,7 +8,7 @@ after every A micro-batches it trains on, a client after every A of its own back
 step covers A x micro_batch samples on both sides (A = 1: a step per client batch, as the reference
 code); both step on what they hold at a FedAvg round and at the end of the epoch.
 
-Client orders (``setup.client_order``, :data:`CLIENT_ORDERS`):
+Client orders (``setup.client_order``, :data:`sfsim.methods.CLIENT_ORDERS`):
 
 * ``interleaved`` (default; SplitLoRA's reference code): the clients' micro-batches are mixed in the
   server order (``setup.server_order``: proportional, round-robin, or fifo arrivals); every
@@ -60,16 +60,8 @@ from trainer.transport.runtime import (
 )
 from trainer.transport.wire import pack_state, unpack_state
 
-#: SplitLoRA's client orders (``--client-order``).
-CLIENT_ORDERS = {
-    "interleaved": "clients' micro-batches mixed in the server order, FedAvg every fedavg_every steps "
-                   "(SplitLoRA's reference code)",
-    "sequential": "client after client, each over its whole epoch, adapters handed on to the next "
-                  "(classic split learning)",
-}
 
-
-class _Client:
+class ClientReplica:
     """One client's own copy of the device part, its LoRA parameters (by model name) and optimizer."""
 
     def __init__(self, part: torch.nn.Module, names: dict[int, str], setup: Setup):
@@ -113,7 +105,7 @@ class SplitLoRA(Method):
                       if p.requires_grad and block_of(n) in self.client_blocks}
         self.keys = sorted(self.names.values())
         self.like = {n: p.detach().clone() for n, p in s.lm.model.named_parameters() if n in set(self.keys)}
-        self.clients: dict[str, _Client] = {}  # device side: one per device this process plays
+        self.clients: dict[str, ClientReplica] = {}  # device side: one per device this process plays
         self.deferred = DeferredGrads(self.server, enabled=s.decompose_backward)
         self.server_opt = adamw(trainable_params(self.server), s)
         self.steps = 0
@@ -122,9 +114,9 @@ class SplitLoRA(Method):
         self.window: tuple[list[float], int] = ([], 0)
 
     # -- device side --------------------------------------------------------------------------------
-    def _client(self, name: str) -> _Client:
+    def _client(self, name: str) -> ClientReplica:
         if name not in self.clients:
-            self.clients[name] = _Client(self.client_part, self.names, self.setup)
+            self.clients[name] = ClientReplica(self.client_part, self.names, self.setup)
         return self.clients[name]
 
     def device_handle(self, role: DeviceRole, msg: Message) -> None:
@@ -141,11 +133,11 @@ class SplitLoRA(Method):
             if msg.kind in ("fwd", "sync"):
                 self._leave(role.name, c, msg)
 
-    def _leave(self, name: str, c: _Client, msg: Message) -> None:
+    def _leave(self, name: str, c: ClientReplica, msg: Message) -> None:
         rest = sum(int(b["labels"].shape[0]) for b in c.batches[msg.mb:]) if msg.kind == "fwd" else 0
         self.setup.transport.send_up(Message(name, msg.mb, kind="leave", aux=rest, epoch=c.epoch))
 
-    def _command(self, role: DeviceRole, c: _Client, msg: Message) -> None:
+    def _command(self, role: DeviceRole, c: ClientReplica, msg: Message) -> None:
         s, meter = self.setup, self.setup.meter
         if msg.kind == "start":
             c.batches, c.epoch = role.batches(msg.epoch), msg.epoch
@@ -173,7 +165,7 @@ class SplitLoRA(Method):
         elif msg.kind == "adapter":
             c.load(unpack_state(msg.tensors["state"], self.like, self.keys))
 
-    def _client_step(self, name: str, c: _Client, mb: int) -> None:
+    def _client_step(self, name: str, c: ClientReplica, mb: int) -> None:
         with self.setup.meter.compute(name, "step", "device_step", mb=mb, device=name, count=False):
             c.opt.step()
             c.opt.zero_grad(set_to_none=True)

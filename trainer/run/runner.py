@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sfsim.errors import SfsimError
-from sfsim.methods import canonical
+from sfsim.methods import CLIENT_ORDERS, canonical
 from sfsim.outputs.trace import write_chrome_trace
 from sfsim.scenario.config import load_scenario
 from sfsim.scenario.schema import write_atomic
@@ -32,7 +32,6 @@ from trainer.methods import Setup, build_method
 from trainer.methods.checkpoint import save_adapter
 from trainer.methods.common import placement_for
 from trainer.methods.evaluate import majority_baseline, score
-from trainer.methods.splitlora import CLIENT_ORDERS
 from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import load_model
 from trainer.run.estimate import for_run as estimate_run

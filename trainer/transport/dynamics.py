@@ -51,8 +51,6 @@ from sfsim.network.legs import availability_of, first_leg_rates, leg_links
 from sfsim.network.linkrate import Constant, Product, Rate, finish
 from trainer.transport.runtime import DeviceLeft
 
-INF = math.inf
-
 
 def check(scenario, method: str, emulate: str, what: str, server_order: str = "fifo") -> None:
     """Refuse, in one line, what the runtime cannot emulate: handovers but SplitFrozen's in arrival order."""
@@ -117,15 +115,15 @@ class Presence:
         self.avail, self.churn, self.now = avail, churn, now
         self.join = next_online(avail, 0.0)
         #: the instant the device is gone (drop: its first outage after joining; pause: never, by this rule)
-        self.leave = online_until(avail, self.join) if churn == "drop" and self.join < INF else INF
-        if churn == "drop" and self.join == INF:
+        self.leave = online_until(avail, self.join) if churn == "drop" and self.join < math.inf else math.inf
+        if churn == "drop" and self.join == math.inf:
             self.leave = 0.0
 
     def wait(self, lane: str) -> None:
         """Sleep until the device is online; raise :class:`DeviceLeft` if it never is again."""
         t = self.now()
         at = next_online(self.avail, t) if self.churn == "pause" else max(t, self.join)
-        if at == INF or at >= self.leave:
+        if at == math.inf or at >= self.leave:
             raise DeviceLeft(lane, "never online again" if self.churn == "pause" else "dropped out")
         _sleep(at - t)
 
@@ -136,8 +134,8 @@ class Presence:
             DeviceLeft: the work cannot end while the device is present (after sleeping up to its departure).
         """
         end = finish(self.avail, start, work_s) if self.churn == "pause" else start + work_s
-        if end == INF or end >= self.leave:
-            if self.leave < INF:
+        if end == math.inf or end >= self.leave:
+            if self.leave < math.inf:
                 _sleep(self.leave - self.now())
             raise DeviceLeft(lane, "dropped out" if self.churn == "drop" else "never online again")
         _sleep(end - self.now())
