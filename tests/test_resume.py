@@ -189,3 +189,20 @@ def test_a_resume_keeps_the_recorded_settings_it_is_not_given(finished, tmp_path
     c = seen["cfg"]
     assert seen["resume"] and c.out == str(copy) and not c.progress
     assert (c.count_flops, c.checkpoint_s, c.checkpoint_every, c.log_to, c.lr) == (False, 5.0, 3, "none", 0.01)
+
+
+def test_tensorboard_writes_the_steps_csv_holds(tiny_gpt2, tmp_path):
+    """With the package installed (the dev extra), the event file holds one train/loss point per step."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    res = CliRunner().invoke(main, _args(tiny_gpt2, out, "--epochs", "1", "--log-to", "csv,tensorboard"))
+    assert res.exit_code == 0, res.output
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    rows = [r.split(",") for r in (out / "steps.csv").read_text().strip().splitlines()[1:]]
+    steps = [r for r in rows if r[3]]  # evaluation rows have no loss
+    assert [e.step for e in acc.Scalars("train/loss")] == [int(r[0]) for r in steps] and steps
+    assert [round(e.value, 4) for e in acc.Scalars("train/loss")] == [round(float(r[3]), 4) for r in steps]
+    assert len(acc.Scalars("eval/accuracy")) == len(rows) - len(steps) == 1
