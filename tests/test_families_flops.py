@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 from sfsim.model.arch import arch_from_hf_config  # noqa: E402
 from sfsim.model.flops import block_cost, block_params, embedding_params, lora_params, norm_params  # noqa: E402
 from sfsim.model.loratargets import resolve_targets  # noqa: E402
+from tests.test_flops_torch import _saved_elems as _saved  # noqa: E402 (one way to count saved activations)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 B, T, RANK = 2, 32, 4
@@ -70,21 +71,6 @@ def _count(fn) -> int:
 
 def _out(y):
     return y[0] if isinstance(y, tuple) else y
-
-
-def _saved(mod, run, x) -> int:
-    params = {p.untyped_storage().data_ptr() for p in mod.parameters()}
-    kept: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            kept[st.data_ptr()] = st.nbytes() // t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run(x)
-    return sum(kept.values())
 
 
 def _left_out(arch) -> int:
