@@ -35,7 +35,6 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,6 +45,7 @@ from sfsim.scenario.config import load_scenario
 from sfsim.scenario.schema import write_atomic
 from trainer.run import runner
 from trainer.run.estimate import record_start, say
+from trainer.run.fleet import Fleet, fleet
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
 from trainer.run.merge import finite, merge_reports, merge_servers
 from trainer.run.resume import add_totals, checkpoint_totals, is_finished, mark_finished, recorded_metrics
@@ -116,31 +116,6 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     else:
         metrics = runner.run(cfg, resume=resume)
     return mark_finished(cfg.out, add_totals(metrics, base, distributed=cfg.launch != "inprocess"))
-
-
-@dataclass(frozen=True)
-class Fleet:
-    """Who is who in a distributed run: servers on ranks ``0..S-1``, device ``i`` on rank ``S + i``."""
-
-    servers: list[str]
-    devices: list[str]
-    home: dict[str, int]  # device -> the rank (index) of its server
-
-    @property
-    def world(self) -> int:
-        """Processes in the run."""
-        return len(self.servers) + len(self.devices)
-
-    def rank_of(self, name: str) -> int:
-        """The rank of a server or device."""
-        return self.servers.index(name) if name in self.servers else len(self.servers) + self.devices.index(name)
-
-
-def fleet(built: runner.Built) -> Fleet:
-    """The run's ranks from its scenario and the resolved assignment (plan, pin, or least-loaded)."""
-    servers = [s.name for s in built.scenario.servers]
-    names = [d.name for d in built.setup.devices]
-    return Fleet(servers, names, {n: servers.index(built.split.assignment[n]) for n in names})
 
 
 def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: bool = False) -> int:

@@ -252,6 +252,17 @@ class Built:
     split: Split
 
 
+def _scenario_client_order(cfg: RunConfig, scenario) -> None:
+    """SplitLoRA without ``--client-order`` takes the scenario's order, checked against the run's options."""
+    if cfg.method == "splitlora" and cfg.client_order is None:
+        cfg.client_order = scenario.training.client_order
+        try:
+            cfg._check_client_order()
+        except SfsimError as err:
+            raise SfsimError(f"{cfg.devices}: training.client_order {cfg.client_order} (no --client-order given): "
+                             f"{err}") from None
+
+
 def build(cfg: RunConfig, train=None, dev=None) -> Built:
     """Load the scenario, model and data; resolve the split; set up the method (a :class:`Built`).
 
@@ -259,13 +270,7 @@ def build(cfg: RunConfig, train=None, dev=None) -> Built:
     passes the training set less its held-out validation rows, and the validation rows as ``dev``).
     """
     scenario = load_scenario(cfg.devices)
-    if cfg.method == "splitlora" and cfg.client_order is None:  # no --client-order: the scenario's order
-        cfg.client_order = scenario.training.client_order
-        try:
-            cfg._check_client_order()
-        except SfsimError as err:
-            raise SfsimError(f"{cfg.devices}: training.client_order {cfg.client_order} (no --client-order given): "
-                             f"{err}") from None
+    _scenario_client_order(cfg, scenario)
     if not Path(cfg.data_dir).is_dir():
         raise SfsimError(f"data folder {cfg.data_dir} does not exist: pass --data-dir or set SFSIM_DATA")
     train = train if train is not None else tdata.load_task(cfg.task, cfg.data_dir, "train")
