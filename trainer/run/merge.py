@@ -48,7 +48,7 @@ _BY_DEVICE = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_devic
 def merge_servers(parts: list[dict], fl) -> dict:
     """One run's metrics from every server's (server 0's losses and scores: after each epoch's last sync round
     every server holds the same model); per-device fields over all devices, totals summed, ``servers`` added.
-    ``fl``: the run's :class:`trainer.run.launch.Fleet`."""
+    ``fl``: the run's :class:`trainer.run.fleet.Fleet`."""
     ms = [p["metrics"] for p in parts]
     m = dict(ms[0])
     for key in _BY_DEVICE:
