@@ -69,7 +69,8 @@ def _cases(files: int, varies: int, folder: Path) -> list[list[str]]:
     @settings(max_examples=varies, deadline=None, database=None, suppress_health_check=hc)
     @given(VARY_KEY, VARY_VALUE)
     def vary_cases(key, value):
-        cases.append(["sweep", "--devices", str(plain), "--vary", f"{key}={value}", "--jobs", "1",
+        vary = f"{key}={value}".replace("\0", "")  # argv cannot hold a NUL (C strings end there): no user types one
+        cases.append(["sweep", "--devices", str(plain), "--vary", vary, "--jobs", "1",
                       "-o", str(folder / f"v{len(cases)}.csv"), "--overwrite"])
 
     file_cases()
