@@ -141,3 +141,19 @@ def test_a_send_cut_off_for_good_is_lost_and_its_credit_comes_back(churn):
     m = Motion([Leg(0.0, 0, 8.0, 1.0, 0.0)], Windows([(0.0, 2.5)]), churn)
     engine, makespan = run(dev, m, srv=(0.5, 0.5), buffer=1)
     assert ops(engine, "a", "F") == [(2.0, 0.5, 0)] and m.sent == 1 and makespan == 2.5
+
+
+def test_periodic_steps_at_a_rounded_period_boundary_move_on():
+    """t / period can round just below a whole number: the step returned must still end after t.
+
+    Before the fix ``segment`` returned an end equal to t here, and a transfer's ``finish`` looped
+    forever (found by the fast path's random fleets).
+    """
+    from sfsim.network.linkrate import Steps
+
+    steps = Steps([0.0, 1.0], [1e6, 2e6], period=71.09373711634781)
+    t = 1421.874742326956
+    rate, end = steps.segment(t)
+    assert (rate, end) == (1e6, 20 * 71.09373711634781 + 1.0) or end > t
+    assert end > t and rate == 1e6
+    assert steps.segment(1.5) == (2e6, 71.09373711634781)

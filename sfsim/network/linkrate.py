@@ -155,7 +155,7 @@ class Steps(Rate):
 
     def segment(self, t: float) -> tuple[float, float]:
         """The step holding at ``t``."""
-        base = 0.0
+        base, at = 0.0, t
         if self.period is not None:
             base = math.floor(t / self.period) * self.period
             t -= base
@@ -164,6 +164,9 @@ class Steps(Rate):
             end = self.times[k + 1]
         else:
             end = self.period if self.period is not None else math.inf
+        if base + end <= at:  # t / period rounded just below a whole period: the next period's first step
+            base, k = base + self.period, bisect.bisect_right(self.times, 0.0) - 1
+            end = self.times[k + 1] if k + 1 < len(self.times) else self.period
         return self.rates[k], base + end
 
 
