@@ -11,15 +11,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import splitfrozen
+from sfsim.fast import cenlora, fedlora, splitfrozen
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.fast.splitfrozen import POLICY_CODES
 
 ENGINES = ("auto", "fast", "simpy")
 """``simulate(engine=...)``: ``auto`` takes the fast path where it covers the run, else the SimPy engine."""
 
-COVERED = ("splitfrozen", "splitfrozen-sequential")
+COVERED = ("splitfrozen", "splitfrozen-sequential", "fedlora", "cenlora")
 """Schedules the fast path replays."""
+SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
 
 
 @dataclass
@@ -51,14 +52,18 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if trace:
         return "a trace (and the Gantt chart) comes from the SimPy engine"
     if name not in COVERED:
-        return f"the fast path covers {' and '.join(COVERED)} only"
+        return f"the fast path covers {', '.join(COVERED)} only"
+    net = getattr(job, "network", None)
+    if name == "cenlora":
+        return None  # no device links: the dynamic network does not apply, and it has no server policy
+    if name not in SPLITFROZEN:
+        return None if net is None else _DYNAMIC
     if cfg.policy not in POLICY_CODES:
         return f"server policy {cfg.policy!r} is replayed by the SimPy engine only"
     if scenario.training.sync is not None and len(scenario.servers) > 1:
         return "backhaul sync between servers is replayed by the SimPy engine only"
-    net = getattr(job, "network", None)
     if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
-        return "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
+        return _DYNAMIC
     per_server = Counter(d.server for d in job.devices)
     crowded = next((job.servers[k].name for k, c in per_server.items() if c >= MAX_DEVICES), None)
     if crowded is not None:
@@ -66,8 +71,24 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     return None
 
 
-def replay(job, cfg, sequential: bool = False) -> tuple[Replayed, float]:
-    """Replay a covered SplitFrozen job (see :func:`uncovered`); returns the totals and the makespan."""
+_DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
+
+
+def replay(job, cfg, sequential: bool = False, schedule: str | None = None) -> tuple[Replayed, float]:
+    """Replay a covered job (see :func:`uncovered`); returns the totals and the makespan.
+
+    ``schedule``: the job's schedule name (None: SplitFrozen, ``sequential`` for its ablation).
+    """
+    if schedule == "cenlora":
+        return _cenlora(job, cfg)
+    if schedule == "fedlora":
+        return _fedlora(job, cfg)
+    if schedule not in (None, *SPLITFROZEN):
+        raise SfsimError(f"the fast path does not replay schedule {schedule!r}")
+    return _splitfrozen(job, cfg, sequential or schedule == "splitfrozen-sequential")
+
+
+def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
     rec = Replayed()
     for d in job.devices:  # what sfsim.schedules.splitfrozen.run sets before the run
         rec.device_busy[d.name] = d.units(d.sent) * d.f + d.first_extra(d.sent)
@@ -82,6 +103,29 @@ def replay(job, cfg, sequential: bool = False) -> tuple[Replayed, float]:
         rec.server_wait[srv.name] = out["wait"]
         rec.server_end[srv.name] = out["end"]
         rec.mixing[srv.name] = Mixed(out["mixing"], out["total"])
+    return rec, makespan
+
+
+def _cenlora(job, cfg) -> tuple[Replayed, float]:
+    """What sfsim.schedules.cenlora.run leaves: no device work or traffic, server busy and mixing."""
+    rec = Replayed()
+    out, makespan = cenlora.replay(job, cfg)
+    for d in job.devices:
+        rec.device_busy[d.name] = rec.up_bytes[d.name] = rec.down_bytes[d.name] = 0.0
+    for srv in job.servers:
+        rec.server_busy[srv.name] = out[srv.name]["busy"] if srv.name in out else 0.0
+    rec.mixing = {name: Mixed(o["mixing"], o["total"]) for name, o in out.items()}
+    return rec, makespan
+
+
+def _fedlora(job, cfg) -> tuple[Replayed, float]:
+    """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy."""
+    rec = Replayed()
+    devices, busy, makespan = fedlora.replay(job, cfg)
+    for name, fig in devices.items():
+        rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
+    for srv in job.servers:
+        rec.server_busy[srv.name] = busy.get(srv.name, 0.0)
     return rec, makespan
 
 

@@ -1,0 +1,143 @@
+"""The fast path of the LoRA baselines (CenLoRA, FedLoRA) against the SimPy engine: random fleets, every figure equal."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
+from sfsim.fast import replay, uncovered
+from sfsim.schedules import Job, ReplayConfig, get
+
+
+def stage(rng: random.Random, ties: bool, scale: float) -> float:
+    """A stage time: from a small grid (so that events tie) or a continuous draw."""
+    return rng.choice((0.0, 0.5, 1.0, 2.0)) * scale if ties else rng.uniform(0.05, 2.0) * scale
+
+
+def random_job(rng: random.Random, ties: bool = False, most: int = 8) -> Job:
+    """A random job for any schedule: 1-``most`` devices, 1-3 servers of 1-3 workers, unequal times and samples.
+
+    Devices differ in every stage time, link, sample count (partial last micro-batches, epochs) and
+    warm-up; some have no micro-batch; with ``ties`` times come from a small grid so that events tie.
+    """
+    n_srv = rng.randint(1, 3)
+    servers = [ServerTimes(f"s{k}", rng.choice((1, 1, 2, 3)), stage(rng, ties, 0.3) if rng.random() < 0.7 else 0.0,
+                           stage(rng, ties, 0.2)) for k in range(n_srv)]
+    devices = []
+    for i in range(rng.randint(1, most)):
+        per_epoch, epochs = rng.randint(1, 6), rng.randint(1, 3)
+        up = rng.uniform(1e3, 1e6)
+        devices.append(DeviceTimes(
+            f"d{i}", server=rng.randrange(n_srv), n=per_epoch * epochs if rng.random() < 0.9 else 0,
+            per_epoch=per_epoch, f=stage(rng, ties, 1.0), b=stage(rng, ties, 1.0), w=stage(rng, ties, 1.0),
+            step=stage(rng, ties, 0.2), up_s=stage(rng, ties, 1.0), up_l=stage(rng, ties, 0.3),
+            down_s=stage(rng, ties, 0.5), down_l=stage(rng, ties, 0.3), sync_up_s=stage(rng, ties, 1.0),
+            sync_down_s=stage(rng, ties, 1.0), srv_f=stage(rng, ties, 0.3), srv_b=stage(rng, ties, 0.3),
+            srv_w=stage(rng, ties, 0.3), up_bytes=up, down_bytes=up / 2, sync_bytes=rng.uniform(1e3, 1e7),
+            last=rng.choice((1.0, 1.0, 0.5, 0.3)), warmup=rng.choice((0.0, 0.0, 0.7))))
+    return Job(devices, servers)
+
+
+def random_cfg(rng: random.Random, **kw) -> ReplayConfig:
+    """Random run knobs (accumulation, decomposed B/W, FedAvg period, local steps)."""
+    return ReplayConfig(accumulate=rng.randint(1, 4), decompose=rng.random() < 0.7, local_steps=rng.randint(1, 6),
+                        fedavg_every=rng.randint(1, 4), **kw)
+
+
+def figures(rec, makespan: float) -> dict:
+    """Every figure a run leaves (an Engine after its run, or the fast path's Replayed)."""
+    return {"makespan": makespan, "server_busy": rec.server_busy, "device_busy": rec.device_busy,
+            "up": rec.up_bytes, "down": rec.down_bytes, "wait": rec.server_wait, "end": rec.server_end,
+            "mixing": {k: (m.value, m.total) for k, m in rec.mixing.items()}, "pool": rec.pool_peak_bytes}
+
+
+def simpy_figures(job: Job, cfg: ReplayConfig, schedule: str) -> dict:
+    """The SimPy engine's figures of a job."""
+    engine = Engine()
+    get(schedule).run(engine, job, cfg)
+    return figures(engine, engine.run())
+
+
+def fast_figures(job: Job, cfg: ReplayConfig, schedule: str) -> dict:
+    """The fast path's figures of a job."""
+    rec, makespan = replay(job, cfg, schedule=schedule)
+    return figures(rec, makespan)
+
+
+def check_seeds(schedule: str, seeds, **kw) -> int:
+    """Fast against SimPy on one random job per seed (ties on even seeds), every figure ``==``; returns the count."""
+    for seed in seeds:
+        rng = random.Random(seed)
+        job = random_job(rng, ties=seed % 2 == 0)
+        cfg = random_cfg(rng, **kw)
+        want, got = simpy_figures(job, cfg, schedule), fast_figures(job, cfg, schedule)
+        assert want == got, f"{schedule} seed {seed} cfg={cfg}:\n{want}\n{got}"
+    return len(seeds)
+
+
+@pytest.mark.parametrize("schedule", ["cenlora", "fedlora"])
+def test_random_fleets_equal(schedule):
+    assert check_seeds(schedule, range(400)) == 400
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["cenlora", "fedlora"])
+def test_many_random_fleets_equal(schedule):
+    assert check_seeds(schedule, range(400, 5400)) == 5000
+
+
+def test_cenlora_closed_form():
+    """One worker, fused backward, accumulate 2: every micro-batch F + BW, a step per window and a last partial one."""
+    d = DeviceTimes("a", n=5, srv_f=1.0, srv_b=0.5, srv_w=0.25)
+    rec, makespan = replay(Job([d], [ServerTimes("s", step=0.125)]), ReplayConfig(accumulate=2, decompose=False),
+                           schedule="cenlora")
+    assert makespan == 5 * 1.75 + 3 * 0.125
+    assert rec.server_busy == {"s": makespan} and rec.device_busy == {"a": 0.0}
+
+
+def test_fedlora_closed_form():
+    """Two devices, one round each of 2 micro-batches: the round closes at the later upload's arrival."""
+    fast = DeviceTimes("a", n=2, f=1.0, b=1.0, w=1.0, step=0.5, sync_up_s=1.0, up_l=0.5, sync_down_s=2.0, down_l=0.25,
+                       sync_bytes=100.0)
+    slow = DeviceTimes("b", n=2, f=2.0, b=2.0, w=2.0, step=0.5, sync_up_s=1.0, up_l=0.5, sync_down_s=2.0, down_l=0.25,
+                       sync_bytes=100.0)
+    job = Job([fast, slow], [ServerTimes("s", aggregate=0.75)])
+    rec, makespan = replay(job, ReplayConfig(local_steps=2, accumulate=1), schedule="fedlora")
+    close = 2 * 6.0 + 2 * 0.5 + 1.5  # the slow device's two micro-batches, two steps, its upload
+    assert makespan == close + 2 * 0.75 + 2.25
+    assert rec.server_busy == {"s": 1.5} and rec.up_bytes == rec.down_bytes == {"a": 100.0, "b": 100.0}
+    assert rec.device_busy == {"a": 7.0, "b": 13.0}
+
+
+FIGURES = ("makespan_s", "device_busy_s", "server_busy_s", "server_utilization", "uplink_bytes_by_device",
+           "downlink_bytes_by_device", "stream_mixing", "stream_mixing_by_server", "server_wait_s", "server_end_s",
+           "device_flops", "server_flops", "samples_not_trained", "sync_rounds", "energy")
+
+
+@pytest.mark.parametrize("schedule", ["cenlora", "fedlora"])
+def test_simulate_engines_agree(schedule):
+    import sfsim
+
+    sc = sfsim.load_scenario("profiles/edge.yaml")
+    fast = sfsim.simulate(sc, schedule, engine="fast")
+    ref = sfsim.simulate(sc, schedule, engine="simpy")
+    assert (fast.engine, fast.engine_note, ref.engine) == ("fast", None, "simpy")
+    for key in FIGURES:
+        assert getattr(ref, key) == getattr(fast, key), key
+
+
+def test_uncovered_lora_cases():
+    job = Job([DeviceTimes("a", n=2, f=1.0)], [ServerTimes("s")])
+
+    class Sc:  # the scenario fields uncovered() reads
+        class training:
+            sync = "sync"
+        servers = [object(), object()]
+    pool = ReplayConfig(policy="pool")
+    assert uncovered(Sc, "fedlora", pool, job) is None  # no server policy, no backhaul sync
+    assert uncovered(Sc, "cenlora", pool, job) is None
+    job.network = object()  # a dynamic network: every FedLoRA transfer integrates its leg's rate
+    assert "dynamic network" in uncovered(Sc, "fedlora", pool, job)
+    assert uncovered(Sc, "cenlora", pool, job) is None  # cenlora has no device links
