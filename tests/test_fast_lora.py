@@ -1,4 +1,4 @@
-"""The fast path of the LoRA baselines (CenLoRA, FedLoRA) against the SimPy engine: random fleets, every figure equal."""
+"""The fast path of the LoRA baselines (CenLoRA, FedLoRA, SplitLoRA) against the SimPy engine: random fleets, every figure equal."""
 
 from __future__ import annotations
 
@@ -82,10 +82,26 @@ def test_random_fleets_equal(schedule):
     assert check_seeds(schedule, range(400)) == 400
 
 
+SPLITLORA = [(order, policy) for order in ("interleaved", "sequential")
+             for policy in ("fifo", "pool", "proportional", "paced-proportional", "round-robin", "paced-round-robin")]
+
+
+@pytest.mark.parametrize(("order", "policy"), SPLITLORA)
+def test_splitlora_random_fleets_equal(order, policy):
+    """Both client orders, arrival order (fifo, pool) and the fixed orders: 12 x 100 fleets."""
+    assert check_seeds("splitlora", range(100), client_order=order, policy=policy) == 100
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["cenlora", "fedlora"])
 def test_many_random_fleets_equal(schedule):
     assert check_seeds(schedule, range(400, 5400)) == 5000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("order", "policy"), SPLITLORA)
+def test_splitlora_many_random_fleets_equal(order, policy):
+    assert check_seeds("splitlora", range(100, 1100), client_order=order, policy=policy) == 1000
 
 
 def test_cenlora_closed_form():
@@ -111,18 +127,35 @@ def test_fedlora_closed_form():
     assert rec.device_busy == {"a": 7.0, "b": 13.0}
 
 
+def test_splitlora_sequential_closed_form():
+    """One client, two micro-batches, fused backward, a step after each: the timeline worked out by hand."""
+    d = DeviceTimes("a", n=2, f=1.0, b=1.0, w=1.0, step=0.5, up_s=1.0, up_l=0.5, down_s=1.0, down_l=0.25,
+                    sync_up_s=2.0, sync_down_s=2.0, srv_f=1.0, srv_b=0.5, srv_w=0.5, up_bytes=10.0, down_bytes=5.0,
+                    sync_bytes=100.0)
+    cfg = ReplayConfig(accumulate=1, decompose=False, client_order="sequential")
+    rec, makespan = replay(Job([d], [ServerTimes("s", step=0.25)]), cfg, schedule="splitlora")
+    # fwd command 0.25, F to 1.25, up to 2.75; server F+BW to 4.75, step to 5.0; gradient down at 6.0,
+    # B, W, step to 8.5; command at 6.0, F to 9.5, up to 11.0; server to 13.0, step 13.25; gradient at 14.25,
+    # client to 16.75; sync command, adapter upload 16.75 + 2.0 + 0.5
+    assert makespan == 19.25
+    assert (rec.server_busy, rec.device_busy) == ({"s": 4.5}, {"a": 7.0})
+    assert (rec.up_bytes, rec.down_bytes, rec.mixing["s"].total) == ({"a": 120.0}, {"a": 10.0}, 2)
+
+
 FIGURES = ("makespan_s", "device_busy_s", "server_busy_s", "server_utilization", "uplink_bytes_by_device",
            "downlink_bytes_by_device", "stream_mixing", "stream_mixing_by_server", "server_wait_s", "server_end_s",
            "device_flops", "server_flops", "samples_not_trained", "sync_rounds", "energy")
 
 
-@pytest.mark.parametrize("schedule", ["cenlora", "fedlora"])
-def test_simulate_engines_agree(schedule):
+@pytest.mark.parametrize(("schedule", "kw"), [("cenlora", {}), ("fedlora", {}),
+                                             ("splitlora", {"client_order": "interleaved"}),
+                                             ("splitlora", {"client_order": "sequential"})])
+def test_simulate_engines_agree(schedule, kw):
     import sfsim
 
     sc = sfsim.load_scenario("profiles/edge.yaml")
-    fast = sfsim.simulate(sc, schedule, engine="fast")
-    ref = sfsim.simulate(sc, schedule, engine="simpy")
+    fast = sfsim.simulate(sc, schedule, engine="fast", **kw)
+    ref = sfsim.simulate(sc, schedule, engine="simpy", **kw)
     assert (fast.engine, fast.engine_note, ref.engine) == ("fast", None, "simpy")
     for key in FIGURES:
         assert getattr(ref, key) == getattr(fast, key), key
@@ -138,6 +171,8 @@ def test_uncovered_lora_cases():
     pool = ReplayConfig(policy="pool")
     assert uncovered(Sc, "fedlora", pool, job) is None  # no server policy, no backhaul sync
     assert uncovered(Sc, "cenlora", pool, job) is None
-    job.network = object()  # a dynamic network: every FedLoRA transfer integrates its leg's rate
+    assert uncovered(Sc, "splitlora", pool, job) is None  # pool: arrival order, as fifo
+    job.network = object()  # a dynamic network: every transfer integrates its leg's rate
     assert "dynamic network" in uncovered(Sc, "fedlora", pool, job)
+    assert "dynamic network" in uncovered(Sc, "splitlora", pool, job)
     assert uncovered(Sc, "cenlora", pool, job) is None  # cenlora has no device links

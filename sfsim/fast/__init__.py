@@ -8,11 +8,14 @@ chooses it (:data:`ENGINES`); where it does not cover a run, :func:`uncovered` s
 Covered: SplitFrozen pipelined and sequential, server or device credits and any buffer,
 accumulation, fused or decomposed B/W, several servers of one or more workers, the fifo,
 round-robin, proportional and paced policies, activation caching, partial last micro-batches and
-warm-up; CenLoRA (:mod:`sfsim.fast.cenlora`: several workers, accumulation, fused or decomposed B/W,
-the proportional source and its mixing) and FedLoRA on constant links (:mod:`sfsim.fast.fedlora`:
-rounds of local steps, adapter uploads and downloads, each server's FedAvg). Not covered (the SimPy
-engine replays them): traces and Gantt charts, SplitFrozen's ``pool`` policy, backhaul sync between
-SplitFrozen servers, the dynamic network (handover, time-varying links, availability) and SplitLoRA.
+warm-up; SplitLoRA on constant links (:mod:`sfsim.fast.splitlora`: both client orders, arrival or
+fixed server orders, FedAvg segments, accumulation, fused or decomposed B/W); CenLoRA
+(:mod:`sfsim.fast.cenlora`: several workers, accumulation, the proportional source and its mixing);
+FedLoRA on constant links (:mod:`sfsim.fast.fedlora`: rounds of local steps, adapter uploads and
+downloads, each server's FedAvg). Not covered (the SimPy engine replays them): traces and Gantt
+charts, SplitFrozen's ``pool`` policy, backhaul sync between SplitFrozen servers, and the dynamic
+network (handover, time-varying links, availability) for every schedule but CenLoRA, which has no
+device links.
 """
 
 from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered

@@ -11,14 +11,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import cenlora, fedlora, splitfrozen
+from sfsim.fast import cenlora, fedlora, splitfrozen, splitlora
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.fast.splitfrozen import POLICY_CODES
 
 ENGINES = ("auto", "fast", "simpy")
 """``simulate(engine=...)``: ``auto`` takes the fast path where it covers the run, else the SimPy engine."""
 
-COVERED = ("splitfrozen", "splitfrozen-sequential", "fedlora", "cenlora")
+COVERED = ("splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora")
 """Schedules the fast path replays."""
 SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
 
@@ -83,6 +83,8 @@ def replay(job, cfg, sequential: bool = False, schedule: str | None = None) -> t
         return _cenlora(job, cfg)
     if schedule == "fedlora":
         return _fedlora(job, cfg)
+    if schedule == "splitlora":
+        return _splitlora(job, cfg)
     if schedule not in (None, *SPLITFROZEN):
         raise SfsimError(f"the fast path does not replay schedule {schedule!r}")
     return _splitfrozen(job, cfg, sequential or schedule == "splitfrozen-sequential")
@@ -126,6 +128,18 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:
         rec.server_busy[srv.name] = busy.get(srv.name, 0.0)
+    return rec, makespan
+
+
+def _splitlora(job, cfg) -> tuple[Replayed, float]:
+    """What sfsim.schedules.splitlora.run leaves on constant links: every lane's busy time and bytes, mixing."""
+    rec = Replayed()
+    devices, servers, makespan = splitlora.replay(job, cfg)
+    for name, fig in devices.items():
+        rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
+    for srv in job.servers:
+        rec.server_busy[srv.name] = servers[srv.name]["busy"] if srv.name in servers else 0.0
+    rec.mixing = {name: Mixed(o["mixing"], o["total"]) for name, o in servers.items()}
     return rec, makespan
 
 
