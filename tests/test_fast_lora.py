@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
@@ -142,6 +143,19 @@ def test_splitlora_sequential_closed_form():
     assert (rec.up_bytes, rec.down_bytes, rec.mixing["s"].total) == ({"a": 120.0}, {"a": 10.0}, 2)
 
 
+def test_fixed_orders_are_server_order():
+    """The numpy fixed orders equal sfsim.engine.pacing.server_order on random counts (zeros too)."""
+    from sfsim.engine.pacing import server_order
+    from sfsim.fast.splitlora import epoch_order
+
+    for seed in range(500):
+        rng = random.Random(seed)
+        counts = np.array([rng.choice((0, 1, 2, 3, 5, 7, 12)) for _ in range(rng.randint(1, 10))], np.int64)
+        for kind in ("proportional", "round-robin"):
+            want = server_order({str(i): int(c) for i, c in enumerate(counts) if c}, kind)
+            assert epoch_order(counts, kind).tolist() == [int(i) for i in want]
+
+
 FIGURES = ("makespan_s", "device_busy_s", "server_busy_s", "server_utilization", "uplink_bytes_by_device",
            "downlink_bytes_by_device", "stream_mixing", "stream_mixing_by_server", "server_wait_s", "server_end_s",
            "device_flops", "server_flops", "samples_not_trained", "sync_rounds", "energy")
@@ -176,3 +190,33 @@ def test_uncovered_lora_cases():
     assert "dynamic network" in uncovered(Sc, "fedlora", pool, job)
     assert "dynamic network" in uncovered(Sc, "splitlora", pool, job)
     assert uncovered(Sc, "cenlora", pool, job) is None  # cenlora has no device links
+
+
+_PEAK = """
+import resource, sys
+from dataclasses import replace
+from sfsim.fast import replay
+from sfsim.fast.replay import baseline_fleet
+job, cfg = baseline_fleet(100, int(sys.argv[1]))
+job.devices[:] = [replace(d, per_epoch=10) for d in job.devices]  # many epochs: one fixed order each run of them
+for schedule, knobs in [("cenlora", {}), ("fedlora", {}), ("splitlora", {}), ("splitlora", {"policy": "proportional"}),
+                        ("splitlora", {"client_order": "sequential"})]:
+    replay(job, replace(cfg, **knobs), schedule=schedule)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_memory_grows_with_devices_not_micro_batches():
+    """Peak resident memory of whole processes: 100 devices x 10 and x 5,000 micro-batches, every baseline."""
+    import os
+    import subprocess
+    import sys
+
+    def peak_kib(mb: int) -> int:
+        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        out = subprocess.run([sys.executable, "-c", _PEAK, str(mb)], capture_output=True, text=True, env=env,
+                             check=True)
+        return int(out.stdout.split()[-1])
+
+    small, big = peak_kib(10), peak_kib(5_000)
+    assert big < small + 8 * 1024  # 8 MiB: 500,000 micro-batches of 16 bytes would take 8 MB

@@ -7,6 +7,7 @@ holds after its run, so ``simulate()`` builds the same :class:`~sfsim.outputs.re
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -156,3 +157,45 @@ def choose_engine(engine: str, scenario, name: str, cfg, job, trace: bool) -> st
     if why is not None and engine == "fast":
         raise SfsimError(f"engine fast: {why}; use engine auto or simpy")
     return why
+
+
+def baseline_fleet(devices: int, mb: int, servers: int = 4) -> tuple:
+    """A heterogeneous fleet for the baselines' rates: five device speeds, three link speeds, ``mb`` micro-batches each.
+
+    Returns ``(job, cfg)``: stage times for every schedule (device and server compute, activations,
+    gradients and adapters on the links) and bench_engine.py's knobs, 10 local steps, FedAvg every 100 server steps.
+    """
+    from sfsim.engine.pool import DeviceTimes, ServerTimes
+    from sfsim.schedules.common import Job, ReplayConfig
+
+    devs = [DeviceTimes(f"d{i}", server=i % servers, n=mb, per_epoch=mb, f=(0.05, 0.08, 0.13, 0.21, 0.34)[i % 5],
+                        b=0.1, w=0.05, step=0.01, up_s=(0.02, 0.05, 0.11)[i % 3], up_l=0.005 * (i % 7),
+                        down_s=0.01, down_l=0.005, sync_up_s=0.4, sync_down_s=0.2, srv_f=0.0008, srv_b=0.0006,
+                        srv_w=0.0006, up_bytes=1e5, down_bytes=1e5, sync_bytes=1e6) for i in range(devices)]
+    job = Job(devs, [ServerTimes(f"s{k}", count=1, step=0.0001, aggregate=1e-4) for k in range(servers)])
+    return job, ReplayConfig(buffer=64, accumulate=4, decompose=True, local_steps=10, fedavg_every=100)
+
+
+def rates(schedule: str, devices: int, mb: int, simpy: bool = True, **knobs) -> dict:
+    """Micro-batches per second of the fast path (and the SimPy engine) on :func:`baseline_fleet`.
+
+    ``schedule``: splitlora, fedlora or cenlora; ``knobs`` override the run knobs (``client_order``...).
+    Returns ``fast`` and, with ``simpy``, ``simpy`` (micro-batches/s) and ``equal`` (makespans ==).
+    """
+    from dataclasses import replace
+
+    from sfsim.engine.pool import Engine
+    from sfsim.schedules.registry import get
+
+    job, cfg = baseline_fleet(devices, mb)
+    cfg = replace(cfg, **knobs)
+    t0 = time.perf_counter()
+    _, fast_ms = replay(job, cfg, schedule=schedule)
+    out = {"fast": devices * mb / (time.perf_counter() - t0)}
+    if simpy:
+        t0 = time.perf_counter()
+        engine = Engine()
+        get(schedule).run(engine, job, cfg)
+        eng_ms = engine.run()
+        out.update(simpy=devices * mb / (time.perf_counter() - t0), equal=fast_ms == eng_ms)
+    return out

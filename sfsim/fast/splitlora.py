@@ -24,7 +24,6 @@ import numpy as np
 from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.fast import mixing
 from sfsim.fast.jit import njit
-from sfsim.fast.splitfrozen import paced_segments
 
 _ROWS = ("f", "b", "w", "step", "warmup", "last", "up_s", "up_l", "down_s", "down_l", "sync_up_s", "sync_down_s",
          "srv_f", "srv_b", "srv_w", "up_bytes", "down_bytes", "sync_bytes")
@@ -247,7 +246,7 @@ def _sequential(SF, SI, C, CI, D, N, M, T, share, counts, touched):
 def replay_server(D, N, SF, SI, sequential, order, starts, lens, reps, M, T, share, counts, touched):
     """Replay one server's clients (every one has micro-batches); returns C (their float state: busy, bytes).
 
-    ``order``/``starts``/``lens``/``reps``: a fixed order's epochs (:func:`sfsim.fast.splitfrozen.paced_segments`),
+    ``order``/``starts``/``lens``/``reps``: a fixed order's epochs (:func:`fixed_orders`),
     or empty for arrival order. The server's end and busy time are left in ``SF``.
     """
     m = D.shape[1]
@@ -277,6 +276,36 @@ def replay_server(D, N, SF, SI, sequential, order, starts, lens, reps, M, T, sha
     return C
 
 
+def epoch_order(counts: np.ndarray, kind: str) -> np.ndarray:
+    """:func:`sfsim.engine.pacing.server_order` over client indices with ``counts`` micro-batches, in numpy.
+
+    The same sort keys (``(j + 0.5) / count`` or ``j``, then the client index), so the same order.
+    """
+    idx = np.repeat(np.arange(len(counts)), counts)  # client of each micro-batch, j-th of its client
+    j = np.arange(len(idx)) - np.repeat(np.cumsum(counts) - counts, counts)
+    key = (j + 0.5) / counts[idx] if kind == "proportional" else j.astype(np.float64)
+    return idx[np.lexsort((idx, key))].astype(np.int64)
+
+
+def fixed_orders(clients: list, kind: str) -> tuple[np.ndarray, ...]:
+    """Each epoch's fixed order as (order, start, length, repeats): one order per run of equal epochs."""
+    n = np.array([d.n for d in clients], np.int64)
+    per = np.array([d.per_epoch or d.n for d in clients], np.int64)
+    epochs = int((-(-n // per)).max()) if len(n) else 0
+    orders, reps, last = [], [], None
+    for e in range(epochs):
+        counts = np.clip(np.minimum(per, n - e * per), 0, None)
+        if last is None or not np.array_equal(counts, last):
+            orders.append(epoch_order(counts, kind))
+            reps.append(0)
+            last = counts
+        reps[-1] += 1
+    lens = np.array([len(o) for o in orders], np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if orders else np.zeros(0, np.int64)
+    order = np.concatenate(orders).astype(np.int64) if orders else np.zeros(0, np.int64)
+    return order, starts, lens, np.array(reps, np.int64)
+
+
 def layout(clients: list) -> tuple[np.ndarray, np.ndarray]:
     """The kernel's rows for a server's clients: D (18 x clients, seconds and bytes) and N (n, per_epoch)."""
     D = np.array([[getattr(d, k) for d in clients] for k in _ROWS], np.float64).reshape(len(_ROWS), -1)
@@ -303,7 +332,7 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
         clients = [d for d in mine if d.n]
         D, N = layout(clients)
         M, T, share, counts, touched = mixing.start(N[_N])
-        paced = paced_segments(clients, kind) if kind and not sequential else (np.zeros(0, np.int64),) * 4
+        paced = fixed_orders(clients, kind) if kind and not sequential else (np.zeros(0, np.int64),) * 4
         SF = np.array([0.0, 0.0, 0.0, srv.step, srv.aggregate])
         SI = np.array([0, 0, cfg.accumulate, cfg.fedavg_every, bool(cfg.decompose), 0], np.int64)
         C = replay_server(D, N, SF, SI, sequential, *paced, M, T, share, counts, touched)
