@@ -189,6 +189,7 @@ def rates(schedule: str, devices: int, mb: int, simpy: bool = True, **knobs) -> 
 
     job, cfg = baseline_fleet(devices, mb)
     cfg = replace(cfg, **knobs)
+    replay(baseline_fleet(4, 2)[0], cfg, schedule=schedule)  # load the compiled kernels (not timed)
     t0 = time.perf_counter()
     _, fast_ms = replay(job, cfg, schedule=schedule)
     out = {"fast": devices * mb / (time.perf_counter() - t0)}
@@ -199,3 +200,20 @@ def rates(schedule: str, devices: int, mb: int, simpy: bool = True, **knobs) -> 
         eng_ms = engine.run()
         out.update(simpy=devices * mb / (time.perf_counter() - t0), equal=fast_ms == eng_ms)
     return out
+
+
+def rates_lines(schedule: str, sizes=((1000, 100), (10_000, 100)), simpy_upto: int = 1000) -> list[str]:
+    """One line per fleet size ``(devices, micro-batches)``: :func:`rates` of ``schedule``, fast vs SimPy.
+
+    The SimPy engine runs on fleets of at most ``simpy_upto`` devices (SplitLoRA's FedAvg over 10,000
+    clients takes it minutes). bench/bench_scale.py prints these with ``--schedule``.
+    """
+    lines = []
+    for devices, mb in sizes:
+        r = rates(schedule, devices, mb, devices <= simpy_upto)
+        line = f"{schedule}, {devices:,} devices x {mb} micro-batches: fast path {r['fast']:,.0f} mb/s"
+        if "simpy" in r:
+            line += (f", SimPy engine {r['simpy']:,.0f} mb/s (fast is {r['fast'] / r['simpy']:,.0f}x); "
+                     f"makespans equal: {r['equal']}")
+        lines.append(line)
+    return lines
