@@ -2,7 +2,10 @@
 
 :func:`uncovered` says in one line why a run needs the SimPy engine (None: the fast path covers it);
 :func:`replay` returns a :class:`Replayed` with the same totals an :class:`sfsim.engine.pool.Engine`
-holds after its run, so ``simulate()`` builds the same :class:`~sfsim.outputs.result.SimResult`.
+holds after its run, so ``simulate()`` builds the same :class:`~sfsim.outputs.result.SimResult`; it
+dispatches on the schedule (:data:`COVERED`) to :mod:`sfsim.fast.splitfrozen`, :mod:`sfsim.fast.splitlora`,
+:mod:`sfsim.fast.fedlora` or :mod:`sfsim.fast.cenlora`. :func:`rates` and :func:`rates_lines` time the
+baselines' fast path against the SimPy engine (``bench/bench_scale.py --schedule``).
 """
 
 from __future__ import annotations
