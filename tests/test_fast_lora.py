@@ -225,3 +225,33 @@ def test_memory_grows_with_devices_not_micro_batches():
 
     small, big = peak_kib(10), peak_kib(5_000)
     assert big < small + 8 * 1024  # 8 MiB: 500,000 micro-batches of 16 bytes would take 8 MB
+
+
+def random_scenario(rng: random.Random) -> dict:
+    """A random heterogeneous scenario: 1-4 device kinds (unequal FLOP/s, links, samples), 1-3 servers, knobs."""
+    kinds = [{"name": f"k{t}", "count": rng.randint(1, 3), "flops": f"{rng.randint(5, 400)} GFLOPS",
+              "memory": "8 GiB", "samples": rng.randint(1, 120),
+              "uplink": {"bandwidth": f"{rng.randint(5, 500)} Mbps", "latency": f"{rng.randint(0, 30)} ms"},
+              "downlink": {"bandwidth": f"{rng.randint(20, 900)} Mbps", "latency": f"{rng.randint(0, 30)} ms"}}
+             for t in range(rng.randint(1, 4))]
+    servers = [{"name": f"e{k}", "flops": f"{rng.randint(2, 40)} TFLOPS", "memory": "80 GiB",
+                "count": rng.randint(1, 3)} for k in range(rng.randint(1, 3))]
+    training = {"micro_batch": rng.choice((2, 4, 8)), "epochs": rng.randint(1, 2), "accumulate": rng.randint(1, 4),
+                "decompose_backward": rng.random() < 0.7, "local_steps": rng.randint(1, 5),
+                "fedavg_every": rng.randint(1, 6), "client_order": rng.choice(("interleaved", "sequential")),
+                "server_policy": rng.choice(("fifo", "pool", "proportional", "paced-round-robin")),
+                "splitlora_cut": rng.randint(1, 3)}
+    return {"model": {"name": "smollm2-135m", "seq_len": 64, "task": "classification", "num_labels": 2},
+            "training": training, "servers": servers, "devices": kinds}
+
+
+@pytest.mark.parametrize("schedule", ["cenlora", "fedlora", "splitlora"])
+def test_random_scenarios_through_simulate(schedule):
+    """simulate() on random scenarios (real cost model, least-loaded assignment): every SimResult figure equal."""
+    import sfsim
+
+    for seed in range(40):
+        sc = sfsim.scenario_from_dict(random_scenario(random.Random(seed)))
+        fast, ref = sfsim.simulate(sc, schedule, engine="fast"), sfsim.simulate(sc, schedule, engine="simpy")
+        for key in FIGURES:
+            assert getattr(ref, key) == getattr(fast, key), f"seed {seed}: {key}"
