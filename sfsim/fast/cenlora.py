@@ -106,10 +106,8 @@ def replay(job, cfg) -> tuple[dict, float]:
     """Replay a CenLoRA job; returns the per-server figures (``busy``, ``mixing``, ``total``) and the makespan."""
     out: dict[str, dict] = {}
     makespan = 0.0
-    for k, srv in enumerate(job.servers):
-        mine = [d for d in job.devices if d.server == k]
-        if not mine:
-            continue
+    for k in dict.fromkeys(d.server for d in job.devices):  # the SimPy schedule's order (groups())
+        srv, mine = job.servers[k], [d for d in job.devices if d.server == k]
         D, N = layout(mine)
         M, T, share, counts, touched = mixing.start(N[_N])
         end, busy = replay_server(D, N, int(srv.count), float(srv.step), int(cfg.accumulate),

@@ -86,10 +86,8 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
     devices: dict[str, dict] = {}
     busy: dict[str, float] = {}
     makespan = 0.0
-    for k, srv in enumerate(job.servers):
-        mine = [d for d in job.devices if d.server == k]
-        if not mine:
-            continue
+    for k in dict.fromkeys(d.server for d in job.devices):  # the SimPy schedule's order (groups())
+        srv, mine = job.servers[k], [d for d in job.devices if d.server == k]
         D, N = layout(mine)
         end, busy[srv.name], steps = replay_server(D, N, int(cfg.local_steps), int(cfg.accumulate),
                                                    float(srv.aggregate))

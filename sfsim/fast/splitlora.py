@@ -325,10 +325,8 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
     sequential = cfg.client_order == "sequential"
     kind = FIXED_ORDERS.get(cfg.policy)
     makespan = 0.0
-    for k, srv in enumerate(job.servers):
-        mine = [d for d in job.devices if d.server == k]
-        if not mine:
-            continue
+    for k in dict.fromkeys(d.server for d in job.devices):  # the SimPy schedule's order (groups())
+        srv, mine = job.servers[k], [d for d in job.devices if d.server == k]
         clients = [d for d in mine if d.n]
         D, N = layout(clients)
         M, T, share, counts, touched = mixing.start(N[_N])
