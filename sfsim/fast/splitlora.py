@@ -4,10 +4,11 @@ The SimPy schedule computes each server's whole run by arithmetic over three pri
 client's compute, a message on its uplink, one on its downlink) and waits once, so the fast path
 is the same arithmetic in numba, step for step and in the same order (every float is summed as the
 schedule sums it): interleaved clients in arrival order (a heap by arrival, then device) or in a
-fixed order per epoch (:func:`sfsim.engine.pacing.server_order`), segments of ``fedavg_every``
-server steps closed by a FedAvg, or sequential clients relaying their adapters. Servers share
-nothing. Memory: a few numbers per client, plus one epoch's order for the fixed orders (as the
-SimPy schedule holds it).
+fixed order per epoch (:func:`sfsim.engine.pacing.server_order`, drawn lazily from a heap of the
+clients' keys), segments of ``fedavg_every`` server steps closed by a FedAvg, or sequential
+clients relaying their adapters. Servers share nothing. Memory: a few numbers per client and one
+segment's order (``fedavg_every`` x ``accumulate`` at most), never one per micro-batch (the SimPy
+schedule holds each epoch's order).
 
 State in arrays (numba passes them to helpers): ``D`` (float per client, :data:`_ROWS`), ``N``
 (n, per_epoch), ``C`` (float client state: free, up_free, down_free, arrival, busy, up and down
@@ -33,6 +34,9 @@ _N, _PER_EPOCH = range(2)
 _FREE, _UP_FREE, _DOWN_FREE, _ARRIVAL, _BUSY, _UP, _DOWN = range(7)  # rows of C
 _NEXT, _MB, _SINCE, _LEFT, _UNISSUED, _TODO = range(6)  # rows of CI
 _SFREE, _END, _SBUSY, _SSTEP, _AGG = range(5)  # SF
+ARRIVAL, PROPORTIONAL, ROUND_ROBIN = range(3)
+"""Interleaved clients' server order: arrival order (fifo, pool) or a fixed order (:data:`FIXED_ORDERS`)."""
+_KINDS = {None: ARRIVAL, "proportional": PROPORTIONAL, "round-robin": ROUND_ROBIN}
 _STEPS, _WINDOW, _ACC, _EVERY, _DECOMPOSE, _RELAY = range(6)  # SI
 
 
@@ -203,16 +207,40 @@ def _arrival_segment(SF, SI, C, CI, D, N, quota, M, T, share, counts, touched):
 
 
 @njit
-def _interleaved(SF, SI, C, CI, D, N, left, order, M, T, share, counts, touched):
-    """One epoch of interleaved clients (``left`` of them have micro-batches; ``order``: a fixed order, or empty)."""
+def _order_key(kind, j, k):
+    """:func:`sfsim.engine.pacing.server_order`'s sort key of a client's ``j``-th of ``k`` micro-batches."""
+    return (j + 0.5) / k if kind == PROPORTIONAL else float(j)
+
+
+@njit
+def _interleaved(SF, SI, C, CI, D, N, left, kind, seg, M, T, share, counts, touched):
+    """One epoch of interleaved clients (``left`` of them have micro-batches) in arrival or ``kind``'s fixed order.
+
+    A fixed order is drawn lazily, one segment at a time into ``seg``, by merging the clients' sorted
+    keys on a heap of (key, client): the order of ``sorted()`` in server_order, in memory per client.
+    """
     every, acc = SI[_EVERY], SI[_ACC]
-    pos = 0
+    m = D.shape[1]
+    order = [(0.0, 0)]
+    order.pop()
+    epoch = CI[_LEFT].copy()  # each client's micro-batches this epoch
+    taken = np.zeros(m, np.int64)
+    if kind != ARRIVAL:
+        for c in range(m):
+            if epoch[c] > 0:
+                heapq.heappush(order, (_order_key(kind, 0, epoch[c]), c))
     while left:
         quota = (every - SI[_STEPS] % every) * acc
-        if order.shape[0]:
-            hi = min(pos + quota, order.shape[0])
-            left -= _fixed_segment(SF, SI, C, CI, D, N, order, pos, hi, M, T, share, counts, touched)
-            pos = hi
+        if kind != ARRIVAL:
+            hi = 0
+            while hi < quota and len(order):
+                c = heapq.heappop(order)[1]
+                seg[hi] = c
+                hi += 1
+                taken[c] += 1
+                if taken[c] < epoch[c]:
+                    heapq.heappush(order, (_order_key(kind, taken[c], epoch[c]), c))
+            left -= _fixed_segment(SF, SI, C, CI, D, N, seg, 0, hi, M, T, share, counts, touched)
         else:
             left -= _arrival_segment(SF, SI, C, CI, D, N, quota, M, T, share, counts, touched)
         _server_step(SF, SI)
@@ -243,20 +271,20 @@ def _sequential(SF, SI, C, CI, D, N, M, T, share, counts, touched):
 
 
 @njit
-def replay_server(D, N, SF, SI, sequential, order, starts, lens, reps, M, T, share, counts, touched):
+def replay_server(D, N, SF, SI, sequential, kind, M, T, share, counts, touched):
     """Replay one server's clients (every one has micro-batches); returns C (their float state: busy, bytes).
 
-    ``order``/``starts``/``lens``/``reps``: a fixed order's epochs (:func:`fixed_orders`),
-    or empty for arrival order. The server's end and busy time are left in ``SF``.
+    ``kind``: :data:`ARRIVAL`, :data:`PROPORTIONAL` or :data:`ROUND_ROBIN` (interleaved clients' server
+    order). The server's end and busy time are left in ``SF``.
     """
     m = D.shape[1]
     C = np.zeros((7, m))
     CI = np.zeros((6, m), np.int64)
+    seg = np.zeros(max(1, min(SI[_EVERY] * SI[_ACC], N[_N].sum())), np.int64)  # one segment of a fixed order
     epochs = 0
     for c in range(m):
         per = N[_PER_EPOCH, c] if N[_PER_EPOCH, c] else N[_N, c]
         epochs = max(epochs, -(-N[_N, c] // per))
-    seg = rep = 0
     for e in range(epochs):
         left = 0
         for c in range(m):
@@ -265,45 +293,9 @@ def replay_server(D, N, SF, SI, sequential, order, starts, lens, reps, M, T, sha
             left += CI[_LEFT, c] > 0
         if sequential:
             _sequential(SF, SI, C, CI, D, N, M, T, share, counts, touched)
-        elif order.shape[0]:
-            epoch = order[starts[seg]:starts[seg] + lens[seg]]
-            rep += 1
-            if rep == reps[seg]:
-                seg, rep = seg + 1, 0
-            _interleaved(SF, SI, C, CI, D, N, left, epoch, M, T, share, counts, touched)
         else:
-            _interleaved(SF, SI, C, CI, D, N, left, order, M, T, share, counts, touched)
+            _interleaved(SF, SI, C, CI, D, N, left, kind, seg, M, T, share, counts, touched)
     return C
-
-
-def epoch_order(counts: np.ndarray, kind: str) -> np.ndarray:
-    """:func:`sfsim.engine.pacing.server_order` over client indices with ``counts`` micro-batches, in numpy.
-
-    The same sort keys (``(j + 0.5) / count`` or ``j``, then the client index), so the same order.
-    """
-    idx = np.repeat(np.arange(len(counts)), counts)  # client of each micro-batch, j-th of its client
-    j = np.arange(len(idx)) - np.repeat(np.cumsum(counts) - counts, counts)
-    key = (j + 0.5) / counts[idx] if kind == "proportional" else j.astype(np.float64)
-    return idx[np.lexsort((idx, key))].astype(np.int64)
-
-
-def fixed_orders(clients: list, kind: str) -> tuple[np.ndarray, ...]:
-    """Each epoch's fixed order as (order, start, length, repeats): one order per run of equal epochs."""
-    n = np.array([d.n for d in clients], np.int64)
-    per = np.array([d.per_epoch or d.n for d in clients], np.int64)
-    epochs = int((-(-n // per)).max()) if len(n) else 0
-    orders, reps, last = [], [], None
-    for e in range(epochs):
-        counts = np.clip(np.minimum(per, n - e * per), 0, None)
-        if last is None or not np.array_equal(counts, last):
-            orders.append(epoch_order(counts, kind))
-            reps.append(0)
-            last = counts
-        reps[-1] += 1
-    lens = np.array([len(o) for o in orders], np.int64)
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if orders else np.zeros(0, np.int64)
-    order = np.concatenate(orders).astype(np.int64) if orders else np.zeros(0, np.int64)
-    return order, starts, lens, np.array(reps, np.int64)
 
 
 def layout(clients: list) -> tuple[np.ndarray, np.ndarray]:
@@ -330,10 +322,9 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
         clients = [d for d in mine if d.n]
         D, N = layout(clients)
         M, T, share, counts, touched = mixing.start(N[_N])
-        paced = fixed_orders(clients, kind) if kind and not sequential else (np.zeros(0, np.int64),) * 4
         SF = np.array([0.0, 0.0, 0.0, srv.step, srv.aggregate])
         SI = np.array([0, 0, cfg.accumulate, cfg.fedavg_every, bool(cfg.decompose), 0], np.int64)
-        C = replay_server(D, N, SF, SI, sequential, *paced, M, T, share, counts, touched)
+        C = replay_server(D, N, SF, SI, sequential, _KINDS[kind], M, T, share, counts, touched)
         for d in mine:
             devices[d.name] = {"busy": 0.0, "up": 0.0, "down": 0.0}
         for c, d in enumerate(clients):
