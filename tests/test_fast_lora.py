@@ -240,3 +240,43 @@ def test_random_scenarios_through_simulate(schedule):
         fast, ref = sfsim.simulate(sc, schedule, engine="fast"), sfsim.simulate(sc, schedule, engine="simpy")
         for key in FIGURES:
             assert getattr(ref, key) == getattr(fast, key), f"seed {seed}: {key}"
+
+
+def varying_network(rng: random.Random, job: Job):
+    """A FedLoRA network whose links vary (piecewise-constant traces, some repeating) and nothing else."""
+    from sfsim.network.legs import Leg, Motion
+    from sfsim.network.linkrate import Steps
+    from sfsim.schedules.network import FedNetwork
+
+    def trace():
+        if rng.random() < 0.3:
+            return None  # a constant link among varying ones
+        times = [0.0] + sorted(rng.sample(range(1, 60), rng.randint(1, 6)))
+        rates = [rng.choice((2e6, 8e6, 3e7)) * rng.uniform(0.5, 1.5) for _ in times]
+        return Steps([float(t) for t in times], rates, rng.choice((None, 64.0, 90.0)))  # see the report: Steps
+        # with a period that is not a whole number can loop for ever at a period boundary
+
+    motions = {i: Motion([Leg(0.0, d.server, rng.choice((1e6, 1e7)), d.up_s, d.up_l, trace(), rng.choice((1e6, 5e7)),
+                              d.down_l, trace())]) for i, d in enumerate(job.devices)}
+    return FedNetwork(motions, {i: m for i, m in motions.items() if m.legs[0].rate or m.legs[0].down})
+
+
+def _motions(job: Job) -> dict:
+    return {i: (m.done, m.steps, m.sent, m.send_s, m.recv_s, m.syncs_sent, m.downloads, m.uploads, m.switched_at)
+            for i, m in job.network.motions.items()}
+
+
+@pytest.mark.parametrize("seeds", [range(300), pytest.param(range(300, 3300), marks=pytest.mark.slow)])
+def test_fedlora_varying_links_equal(seeds):
+    """FedLoRA on time-varying links: every figure and what the motions hold (the result's network report) equal."""
+    for seed in seeds:
+        jobs = []
+        for _ in range(2):  # the same job twice: each run fills its own motions
+            rng = random.Random(seed)
+            job = random_job(rng, ties=seed % 2 == 0)
+            job.network = varying_network(rng, job)
+            jobs.append((job, random_cfg(rng)))
+        (a, cfg), (b, _) = jobs
+        assert uncovered(None, "fedlora", cfg, b) is None
+        want, got = simpy_figures(a, cfg, "fedlora"), fast_figures(b, cfg, "fedlora")
+        assert (want, _motions(a)) == (got, _motions(b)), f"seed {seed}"

@@ -11,11 +11,11 @@ round-robin, proportional and paced policies, activation caching, partial last m
 warm-up; SplitLoRA on constant links (:mod:`sfsim.fast.splitlora`: both client orders, arrival or
 fixed server orders, FedAvg segments, accumulation, fused or decomposed B/W); CenLoRA
 (:mod:`sfsim.fast.cenlora`: several workers, accumulation, the proportional source and its mixing);
-FedLoRA on constant links (:mod:`sfsim.fast.fedlora`: rounds of local steps, adapter uploads and
-downloads, each server's FedAvg). Not covered (the SimPy engine replays them): traces and Gantt
-charts, SplitFrozen's ``pool`` policy, backhaul sync between SplitFrozen servers, and the dynamic
-network (handover, time-varying links, availability) for every schedule but CenLoRA, which has no
-device links.
+FedLoRA (:mod:`sfsim.fast.fedlora`: rounds of local steps, adapter uploads and downloads, each
+server's FedAvg) on constant or time-varying links. Not covered (the SimPy engine replays them):
+traces and Gantt charts, SplitFrozen's ``pool`` policy, backhaul sync between SplitFrozen servers,
+and the dynamic network (handover, availability; for SplitFrozen and SplitLoRA also time-varying
+links).
 """
 
 from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered

@@ -7,13 +7,23 @@ free and lasts ``aggregate`` seconds per participant. So a round closes at the l
 (a max-plus step) whatever the order of arrivals, and each float is computed as the SimPy processes
 compute it (``now + (t - now)`` for a timeout to ``t``). Device busy time, bytes and steps follow
 the static schedule's formulas. Memory: a few floats per device.
+
+On the dynamic network with time-varying links only (no handover, no availability: every device
+one leg, :func:`varying_only`) the rounds are the same; each adapter transfer integrates its leg's
+rate (:func:`sfsim.network.legs.span`, in Python), the local work stays compiled, and the devices'
+:class:`~sfsim.network.legs.Motion` get what the SimPy processes leave on them (what
+:func:`sfsim.schedules.network.report` reads).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from sfsim.fast.jit import njit
+from sfsim.network.legs import span
+from sfsim.network.linkrate import Constant, Product, Rate, Steps
 
 # float rows of D
 _F, _B, _W, _STEP, _WARM, _LAST, _UP, _UP_L, _DOWN, _DOWN_L = range(10)
@@ -97,3 +107,79 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
             devices[d.name] = {"busy": d.units(d.n) * (d.f + d.b + d.w) + int(s) * d.step + d.first_extra(d.n),
                                "up": n_rounds * d.sync_bytes, "down": n_rounds * d.sync_bytes}
     return devices, busy, makespan
+
+
+def _may_stall(rate: Rate | None) -> bool:
+    """True when a transfer at ``rate`` might never end (a trace that ends at, or is all, zero)."""
+    if isinstance(rate, Product):
+        return _may_stall(rate.a) or _may_stall(rate.b)
+    if isinstance(rate, Steps):
+        return rate.rates[-1] <= 0 if rate.period is None else max(rate.rates) <= 0
+    return isinstance(rate, Constant) and rate.rate <= 0
+
+
+def varying_only(net, job) -> bool:
+    """True when a FedLoRA network only varies link rates: one leg per device (on its server), no availability,
+    and no link that may stall for good."""
+    motions = getattr(net, "motions", None)
+    if motions is None:
+        return False
+    return all(len(m.legs) == 1 and m.avail is None and m.legs[0].server == job.devices[i].server
+               and not _may_stall(m.legs[0].rate) and not _may_stall(m.legs[0].down) for i, m in motions.items())
+
+
+def replay_varying(job, cfg) -> tuple[dict, dict, float]:
+    """:func:`replay` on time-varying links (:func:`varying_only`); fills the motions as the SimPy run does."""
+    per, motions = int(cfg.local_steps), job.network.motions
+    devices: dict[str, dict] = {}
+    busy: dict[str, float] = {}
+    makespan = 0.0
+    for k in dict.fromkeys(d.server for d in job.devices):
+        members = [i for i, d in enumerate(job.devices) if d.server == k]
+        D, N = layout([job.devices[i] for i in members])
+        for i in members:
+            motions[i].done = 0
+        end, busy[job.servers[k].name] = _rounds(job, cfg, members, D, N, per, float(job.servers[k].aggregate))
+        makespan = max(makespan, end)
+        for i in members:
+            d, m = job.devices[i], motions[i]
+            devices[d.name] = {"busy": d.units(m.done) * (d.f + d.b + d.w) + m.steps * d.step + d.first_extra(m.done),
+                               "up": m.syncs_sent * d.sync_bytes, "down": m.downloads * d.sync_bytes}
+            m.switched_at = []
+    return devices, busy, makespan
+
+
+def _rounds(job, cfg, members: list[int], D, N, per: int, aggregate: float) -> tuple[float, float]:
+    """One server's FedAvg rounds on varying links; returns (time of its last event, busy seconds)."""
+    motions, acc = job.network.motions, int(cfg.accumulate)
+    rounds = [-(-job.devices[i].n // per) for i in members]
+    start = [0.0] * len(members)
+    free = busy = last = 0.0
+    for r in range(max(rounds, default=0)):
+        close, need = -math.inf, 0
+        for c, i in enumerate(members):
+            if rounds[c] <= r:
+                continue
+            d, m, s = job.devices[i], motions[i], start[c]
+            first, stop = r * per, min(d.n, (r + 1) * per)
+            t, steps = _local(D, N, c, first, stop, acc, s)
+            m.done, m.steps = m.done + (stop - first), m.steps + int(steps)
+            t0 = s + (t - s)  # the timeout to the local work's end
+            m.uploads.append(t0)
+            leg = m.legs[0]
+            up = span(leg.up_rate(None), t0, d.sync_bytes * 8.0)
+            m.send_s += (t0 + up) - t0
+            m.syncs_sent, m.sent = m.syncs_sent + 1, stop
+            close, need = max(close, t0 + (up + leg.up_l)), need + 1
+        end = max(close, free) + aggregate * need
+        busy, free = busy + aggregate * need, end
+        for c, i in enumerate(members):
+            if rounds[c] > r:
+                d, m = job.devices[i], motions[i]
+                leg = m.legs[0]
+                down = span(leg.down_rate(None), end, d.sync_bytes * 8.0)
+                m.recv_s += (end + down) - end
+                m.downloads += 1
+                start[c] = end + (down + leg.down_l)
+                last = max(last, start[c])
+    return last, busy

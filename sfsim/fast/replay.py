@@ -60,6 +60,8 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     net = getattr(job, "network", None)
     if name == "cenlora":
         return None  # no device links: the dynamic network does not apply, and it has no server policy
+    if name == "fedlora" and net is not None and fedlora.varying_only(net, job):
+        return None  # time-varying links only: each transfer integrates its rate
     if name not in SPLITFROZEN:
         return None if net is None else _DYNAMIC
     if cfg.policy not in POLICY_CODES:
@@ -127,7 +129,8 @@ def _cenlora(job, cfg) -> tuple[Replayed, float]:
 def _fedlora(job, cfg) -> tuple[Replayed, float]:
     """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy."""
     rec = Replayed()
-    devices, busy, makespan = fedlora.replay(job, cfg)
+    net = getattr(job, "network", None)
+    devices, busy, makespan = fedlora.replay(job, cfg) if net is None else fedlora.replay_varying(job, cfg)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:
