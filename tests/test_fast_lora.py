@@ -280,3 +280,22 @@ def test_fedlora_varying_links_equal(seeds):
         assert uncovered(None, "fedlora", cfg, b) is None
         want, got = simpy_figures(a, cfg, "fedlora"), fast_figures(b, cfg, "fedlora")
         assert (want, _motions(a)) == (got, _motions(b)), f"seed {seed}"
+
+
+def test_fedlora_varying_links_through_simulate():
+    """simulate() on Gilbert-Elliott and fading links (no handover): the fast path runs, every figure equal."""
+    import sfsim
+
+    for seed in range(6):
+        data = random_scenario(random.Random(seed))
+        for k, kind in enumerate(data["devices"]):
+            if k % 2 == 0:
+                kind["uplink"] = {"gilbert_elliott": {"good": "80 Mbps", "bad": "4 Mbps", "mean_good": "5 s",
+                                                      "mean_bad": "1 s"}, "latency": "10 ms"}
+            else:
+                kind["downlink"] = {**kind["downlink"], "fading": {"sigma_db": 4.0, "coherence": "2 s"}}
+        sc = sfsim.scenario_from_dict(data)
+        fast, ref = sfsim.simulate(sc, "fedlora", engine="fast"), sfsim.simulate(sc, "fedlora", engine="simpy")
+        assert fast.dynamic_network == "simulated"
+        for key in (*FIGURES, "uplink_send_s", "downlink_recv_s", "handovers"):
+            assert getattr(ref, key) == getattr(fast, key), f"seed {seed}: {key}"
