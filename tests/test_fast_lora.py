@@ -299,3 +299,25 @@ def test_fedlora_varying_links_through_simulate():
         assert fast.dynamic_network == "simulated"
         for key in (*FIGURES, "uplink_send_s", "downlink_recv_s", "handovers"):
             assert getattr(ref, key) == getattr(fast, key), f"seed {seed}: {key}"
+
+
+def test_cli_notes_each_reason(tmp_path):
+    """--schedule all where schedules fall back for different reasons: one true note line per reason."""
+    import yaml
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    data = random_scenario(random.Random(3))
+    data["devices"][0]["downlink"] = {"gilbert_elliott": {"good": "80 Mbps", "bad": "4 Mbps", "mean_good": "5 s",
+                                                          "mean_bad": "1 s"}, "latency": "10 ms"}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = CliRunner().invoke(main, ["simulate", "--devices", str(path), "--schedule", "all", "--policy", "pool"])
+    assert out.exit_code == 0, out.output
+    notes = [line for line in out.output.splitlines() if "ran on the SimPy engine" in line]
+    # SplitFrozen sends nothing down (its varying downlink does not apply): it falls back for pool only
+    assert notes == ["note: splitfrozen, splitfrozen-sequential ran on the SimPy engine, not the fast path: server "
+                     "policy 'pool' is replayed by the SimPy engine only",
+                     "note: splitlora ran on the SimPy engine, not the fast path: the dynamic network (handover, "
+                     "varying links, availability) is replayed by the SimPy engine only"]

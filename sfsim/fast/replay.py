@@ -64,12 +64,12 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return None  # time-varying links only: each transfer integrates its rate
     if name not in SPLITFROZEN:
         return None if net is None else _DYNAMIC
+    if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
+        return _DYNAMIC  # first, as for the other schedules: --schedule all then says one reason for all
     if cfg.policy not in POLICY_CODES:
         return f"server policy {cfg.policy!r} is replayed by the SimPy engine only"
     if scenario.training.sync is not None and len(scenario.servers) > 1:
         return "backhaul sync between servers is replayed by the SimPy engine only"
-    if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
-        return _DYNAMIC
     per_server = Counter(d.server for d in job.devices)
     crowded = next((job.servers[k].name for k, c in per_server.items() if c >= MAX_DEVICES), None)
     if crowded is not None:
