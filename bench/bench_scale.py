@@ -36,6 +36,7 @@ from bench_engine import fleet, run_naive  # noqa: E402
 
 from sfsim.engine.pool import Engine  # noqa: E402
 from sfsim.fast import replay  # noqa: E402
+from sfsim.fast.replay import rates_lines  # noqa: E402
 from sfsim.schedules import ReplayConfig, splitfrozen  # noqa: E402
 
 CFG = ReplayConfig(buffer=64, accumulate=4, decompose=True)  # bench_engine.py's knobs
@@ -103,7 +104,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     ap.add_argument("--sweep-points", type=int, default=1000)
+    ap.add_argument("--schedule", choices=["splitlora", "fedlora", "cenlora"],
+                    help="only the micro-batches/s of this baseline, fast vs SimPy (sfsim.fast.replay.rates)")
     args = ap.parse_args()
+    if args.schedule:
+        print("\n".join(rates_lines(args.schedule)))
+        return
     big, plan_big = (2000, 1000) if args.quick else (100_000, 10_000)
     print("1. micro-batches/s on the bench_engine.py fleets (4 single-worker servers, buffer 64, accumulate 4)")
     rates([(1000, 100), (10_000, 100), (big, 100)], simpy_upto=10_000)

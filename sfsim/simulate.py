@@ -233,7 +233,7 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
     job = module.build(setup, cache=tr.cache_activations)
     why = choose_engine(engine, scenario, name, cfg, job, trace)
     if why is None:
-        sim, makespan = replay(job, cfg, sequential=name == "splitfrozen-sequential")
+        sim, makespan = replay(job, cfg, schedule=name)
     else:
         sim = Engine(trace=trace)
         if name in SPLITFROZEN and tr.sync is not None and len(scenario.servers) > 1:

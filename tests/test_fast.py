@@ -147,7 +147,9 @@ def test_uncovered_cases_say_why():
     assert uncovered(Sc, "splitfrozen", cfg, job) is None
     assert "trace" in uncovered(Sc, "splitfrozen", cfg, job, trace=True)
     assert "pool" in uncovered(Sc, "splitfrozen", ReplayConfig(policy="pool"), Job([], [ServerTimes("s")]))
-    assert uncovered(Sc, "fedlora", cfg, job) == "the fast path covers splitfrozen and splitfrozen-sequential only"
+    assert uncovered(Sc, "splitlora", cfg, job) is None  # tests/test_fast_lora.py: the baselines
+    assert uncovered(Sc, "sfl", cfg, job) == ("the fast path covers splitfrozen, splitfrozen-sequential, splitlora, "
+                                              "fedlora, cenlora only")
     assert math.isfinite(replay(Job([], [ServerTimes("s")]), cfg)[1])
 
 
@@ -173,11 +175,10 @@ def test_simulate_engine_choice_is_said():
     import sfsim
 
     sc = sfsim.load_scenario("profiles/edge.yaml")
-    auto = sfsim.simulate(sc, "fedlora")
-    assert (auto.engine, auto.engine_note) == ("simpy", "the fast path covers splitfrozen and "
-                                                         "splitfrozen-sequential only")
-    with pytest.raises(SfsimError, match="^engine fast: the fast path covers"):
-        sfsim.simulate(sc, "fedlora", engine="fast")
+    auto = sfsim.simulate(sc, policy="pool")
+    assert (auto.engine, auto.engine_note) == ("simpy", "server policy 'pool' is replayed by the SimPy engine only")
+    with pytest.raises(SfsimError, match="^engine fast: server policy 'pool'"):
+        sfsim.simulate(sc, policy="pool", engine="fast")
     with pytest.raises(SfsimError, match="unknown engine 'quick'"):
         sfsim.simulate(sc, engine="quick")
     assert sfsim.simulate(sc, trace=True).engine == "simpy"  # traces come from the SimPy engine
@@ -190,12 +191,15 @@ def test_cli_engine_flag():
     from sfsim.cli import main
 
     out = CliRunner().invoke(main, ["simulate", "--devices", "profiles/edge.yaml", "--engine", "fast",
-                                    "--schedule", "fedlora"])
-    assert out.exit_code == 2 and "engine fast: the fast path covers" in out.output
+                                    "--policy", "pool"])
+    assert out.exit_code == 2 and "engine fast: server policy 'pool'" in out.output
     out = CliRunner().invoke(main, ["simulate", "--devices", "profiles/edge.yaml", "--schedule", "all"])
+    assert out.exit_code == 0 and "SimPy engine" not in out.output  # every schedule on the fast path
+    out = CliRunner().invoke(main, ["simulate", "--devices", "profiles/edge.yaml", "--schedule", "all", "--policy",
+                                    "pool"])
     assert out.exit_code == 0
-    assert ("note: splitlora, fedlora, cenlora ran on the SimPy engine, not the fast path: the fast path covers "
-            "splitfrozen and splitfrozen-sequential only") in out.output
+    assert ("note: splitfrozen, splitfrozen-sequential ran on the SimPy engine, not the fast path: server policy "
+            "'pool' is replayed by the SimPy engine only") in out.output
 
 
 _PEAK = """

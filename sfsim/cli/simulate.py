@@ -92,9 +92,12 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
                                                                                     "splitfrozen-sequential"}:
         click.echo("note: SplitFrozen used the default cut 1 on every device (no --split, --plan or "
                    "training.split); 'sfsim plan' chooses per-device cuts")
-    slow = [n for n, r in results.items() if r.engine_note and not (trace_out or gantt_out)]
-    if slow:
-        click.echo(f"note: {', '.join(slow)} ran on the SimPy engine, not the fast path: {results[slow[0]].engine_note}")
+    slow: dict[str, list[str]] = {}  # why -> the schedules that fell back for it (one line each)
+    for n, r in results.items():
+        if r.engine_note and not (trace_out or gantt_out):
+            slow.setdefault(r.engine_note, []).append(n)
+    for why, which in slow.items():
+        click.echo(f"note: {', '.join(which)} ran on the SimPy engine, not the fast path: {why}")
     loose = sum(not d.server_pinned for d in sc.devices)
     if any(r.assignment_source == "least-loaded" for r in results.values()):
         click.echo(f"note: {loose} devices without a server pin went to the least-loaded of "

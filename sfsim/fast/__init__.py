@@ -1,4 +1,4 @@
-"""The fast path: an exact replay of SplitFrozen beside the SimPy engine, compiled with numba.
+"""The fast path: an exact replay of SplitFrozen and its baselines beside the SimPy engine, compiled with numba.
 
 Same inputs as the engine (a schedule's job and run knobs), same figures (to the last bits, event
 for event), memory in devices not micro-batches; on bench/bench_scale.py's fleets 12-18x the SimPy
@@ -8,9 +8,14 @@ chooses it (:data:`ENGINES`); where it does not cover a run, :func:`uncovered` s
 Covered: SplitFrozen pipelined and sequential, server or device credits and any buffer,
 accumulation, fused or decomposed B/W, several servers of one or more workers, the fifo,
 round-robin, proportional and paced policies, activation caching, partial last micro-batches and
-warm-up. Not covered (the SimPy engine replays them): traces and Gantt charts, the ``pool`` policy,
-backhaul sync between servers, the dynamic network (handover, time-varying links, availability),
-SplitLoRA, FedLoRA and CenLoRA.
+warm-up; SplitLoRA on constant links (:mod:`sfsim.fast.splitlora`: both client orders, arrival or
+fixed server orders, FedAvg segments, accumulation, fused or decomposed B/W); CenLoRA
+(:mod:`sfsim.fast.cenlora`: several workers, accumulation, the proportional source and its mixing);
+FedLoRA (:mod:`sfsim.fast.fedlora`: rounds of local steps, adapter uploads and downloads, each
+server's FedAvg) on constant or time-varying links. Not covered (the SimPy engine replays them):
+traces and Gantt charts, SplitFrozen's ``pool`` policy, backhaul sync between SplitFrozen servers,
+and the dynamic network (handover, availability; for SplitFrozen and SplitLoRA also time-varying
+links).
 """
 
 from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered

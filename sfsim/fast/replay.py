@@ -2,24 +2,29 @@
 
 :func:`uncovered` says in one line why a run needs the SimPy engine (None: the fast path covers it);
 :func:`replay` returns a :class:`Replayed` with the same totals an :class:`sfsim.engine.pool.Engine`
-holds after its run, so ``simulate()`` builds the same :class:`~sfsim.outputs.result.SimResult`.
+holds after its run, so ``simulate()`` builds the same :class:`~sfsim.outputs.result.SimResult`; it
+dispatches on the schedule (:data:`COVERED`) to :mod:`sfsim.fast.splitfrozen`, :mod:`sfsim.fast.splitlora`,
+:mod:`sfsim.fast.fedlora` or :mod:`sfsim.fast.cenlora`. :func:`rates` and :func:`rates_lines` time the
+baselines' fast path against the SimPy engine (``bench/bench_scale.py --schedule``).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import splitfrozen
+from sfsim.fast import cenlora, fedlora, splitfrozen, splitlora
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.fast.splitfrozen import POLICY_CODES
 
 ENGINES = ("auto", "fast", "simpy")
 """``simulate(engine=...)``: ``auto`` takes the fast path where it covers the run, else the SimPy engine."""
 
-COVERED = ("splitfrozen", "splitfrozen-sequential")
+COVERED = ("splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora")
 """Schedules the fast path replays."""
+SPLITFROZEN = ("splitfrozen", "splitfrozen-sequential")
 
 
 @dataclass
@@ -51,14 +56,20 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if trace:
         return "a trace (and the Gantt chart) comes from the SimPy engine"
     if name not in COVERED:
-        return f"the fast path covers {' and '.join(COVERED)} only"
+        return f"the fast path covers {', '.join(COVERED)} only"
+    net = getattr(job, "network", None)
+    if name == "cenlora":
+        return None  # no device links: the dynamic network does not apply, and it has no server policy
+    if name == "fedlora" and net is not None and fedlora.varying_only(net, job):
+        return None  # time-varying links only: each transfer integrates its rate
+    if name not in SPLITFROZEN:
+        return None if net is None else _DYNAMIC
+    if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
+        return _DYNAMIC  # first, as for the other schedules: --schedule all then says one reason for all
     if cfg.policy not in POLICY_CODES:
         return f"server policy {cfg.policy!r} is replayed by the SimPy engine only"
     if scenario.training.sync is not None and len(scenario.servers) > 1:
         return "backhaul sync between servers is replayed by the SimPy engine only"
-    net = getattr(job, "network", None)
-    if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
-        return "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
     per_server = Counter(d.server for d in job.devices)
     crowded = next((job.servers[k].name for k, c in per_server.items() if c >= MAX_DEVICES), None)
     if crowded is not None:
@@ -66,8 +77,26 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     return None
 
 
-def replay(job, cfg, sequential: bool = False) -> tuple[Replayed, float]:
-    """Replay a covered SplitFrozen job (see :func:`uncovered`); returns the totals and the makespan."""
+_DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
+
+
+def replay(job, cfg, sequential: bool = False, schedule: str | None = None) -> tuple[Replayed, float]:
+    """Replay a covered job (see :func:`uncovered`); returns the totals and the makespan.
+
+    ``schedule``: the job's schedule name (None: SplitFrozen, ``sequential`` for its ablation).
+    """
+    if schedule == "cenlora":
+        return _cenlora(job, cfg)
+    if schedule == "fedlora":
+        return _fedlora(job, cfg)
+    if schedule == "splitlora":
+        return _splitlora(job, cfg)
+    if schedule not in (None, *SPLITFROZEN):
+        raise SfsimError(f"the fast path does not replay schedule {schedule!r}")
+    return _splitfrozen(job, cfg, sequential or schedule == "splitfrozen-sequential")
+
+
+def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
     rec = Replayed()
     for d in job.devices:  # what sfsim.schedules.splitfrozen.run sets before the run
         rec.device_busy[d.name] = d.units(d.sent) * d.f + d.first_extra(d.sent)
@@ -85,6 +114,42 @@ def replay(job, cfg, sequential: bool = False) -> tuple[Replayed, float]:
     return rec, makespan
 
 
+def _cenlora(job, cfg) -> tuple[Replayed, float]:
+    """What sfsim.schedules.cenlora.run leaves: no device work or traffic, server busy and mixing."""
+    rec = Replayed()
+    out, makespan = cenlora.replay(job, cfg)
+    for d in job.devices:
+        rec.device_busy[d.name] = rec.up_bytes[d.name] = rec.down_bytes[d.name] = 0.0
+    for srv in job.servers:
+        rec.server_busy[srv.name] = out[srv.name]["busy"] if srv.name in out else 0.0
+    rec.mixing = {name: Mixed(o["mixing"], o["total"]) for name, o in out.items()}
+    return rec, makespan
+
+
+def _fedlora(job, cfg) -> tuple[Replayed, float]:
+    """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy."""
+    rec = Replayed()
+    net = getattr(job, "network", None)
+    devices, busy, makespan = fedlora.replay(job, cfg) if net is None else fedlora.replay_varying(job, cfg)
+    for name, fig in devices.items():
+        rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
+    for srv in job.servers:
+        rec.server_busy[srv.name] = busy.get(srv.name, 0.0)
+    return rec, makespan
+
+
+def _splitlora(job, cfg) -> tuple[Replayed, float]:
+    """What sfsim.schedules.splitlora.run leaves on constant links: every lane's busy time and bytes, mixing."""
+    rec = Replayed()
+    devices, servers, makespan = splitlora.replay(job, cfg)
+    for name, fig in devices.items():
+        rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
+    for srv in job.servers:
+        rec.server_busy[srv.name] = servers[srv.name]["busy"] if srv.name in servers else 0.0
+    rec.mixing = {name: Mixed(o["mixing"], o["total"]) for name, o in servers.items()}
+    return rec, makespan
+
+
 def choose_engine(engine: str, scenario, name: str, cfg, job, trace: bool) -> str | None:
     """None when the fast path replays the run; else why not ('' for ``engine="simpy"``).
 
@@ -98,3 +163,63 @@ def choose_engine(engine: str, scenario, name: str, cfg, job, trace: bool) -> st
     if why is not None and engine == "fast":
         raise SfsimError(f"engine fast: {why}; use engine auto or simpy")
     return why
+
+
+def baseline_fleet(devices: int, mb: int, servers: int = 4) -> tuple:
+    """A heterogeneous fleet for the baselines' rates: five device speeds, three link speeds, ``mb`` micro-batches each.
+
+    Returns ``(job, cfg)``: stage times for every schedule (device and server compute, activations,
+    gradients and adapters on the links) and bench_engine.py's knobs, 10 local steps, FedAvg every 100 server steps.
+    """
+    from sfsim.engine.pool import DeviceTimes, ServerTimes
+    from sfsim.schedules.common import Job, ReplayConfig
+
+    devs = [DeviceTimes(f"d{i}", server=i % servers, n=mb, per_epoch=mb, f=(0.05, 0.08, 0.13, 0.21, 0.34)[i % 5],
+                        b=0.1, w=0.05, step=0.01, up_s=(0.02, 0.05, 0.11)[i % 3], up_l=0.005 * (i % 7),
+                        down_s=0.01, down_l=0.005, sync_up_s=0.4, sync_down_s=0.2, srv_f=0.0008, srv_b=0.0006,
+                        srv_w=0.0006, up_bytes=1e5, down_bytes=1e5, sync_bytes=1e6) for i in range(devices)]
+    job = Job(devs, [ServerTimes(f"s{k}", count=1, step=0.0001, aggregate=1e-4) for k in range(servers)])
+    return job, ReplayConfig(buffer=64, accumulate=4, decompose=True, local_steps=10, fedavg_every=100)
+
+
+def rates(schedule: str, devices: int, mb: int, simpy: bool = True, **knobs) -> dict:
+    """Micro-batches per second of the fast path (and the SimPy engine) on :func:`baseline_fleet`.
+
+    ``schedule``: splitlora, fedlora or cenlora; ``knobs`` override the run knobs (``client_order``...).
+    Returns ``fast`` and, with ``simpy``, ``simpy`` (micro-batches/s) and ``equal`` (makespans ==).
+    """
+    from dataclasses import replace
+
+    from sfsim.engine.pool import Engine
+    from sfsim.schedules.registry import get
+
+    job, cfg = baseline_fleet(devices, mb)
+    cfg = replace(cfg, **knobs)
+    replay(baseline_fleet(4, 2)[0], cfg, schedule=schedule)  # load the compiled kernels (not timed)
+    t0 = time.perf_counter()
+    _, fast_ms = replay(job, cfg, schedule=schedule)
+    out = {"fast": devices * mb / (time.perf_counter() - t0)}
+    if simpy:
+        t0 = time.perf_counter()
+        engine = Engine()
+        get(schedule).run(engine, job, cfg)
+        eng_ms = engine.run()
+        out.update(simpy=devices * mb / (time.perf_counter() - t0), equal=fast_ms == eng_ms)
+    return out
+
+
+def rates_lines(schedule: str, sizes=((1000, 100), (10_000, 100)), simpy_upto: int = 1000) -> list[str]:
+    """One line per fleet size ``(devices, micro-batches)``: :func:`rates` of ``schedule``, fast vs SimPy.
+
+    The SimPy engine runs on fleets of at most ``simpy_upto`` devices (SplitLoRA's FedAvg over 10,000
+    clients takes it minutes). bench/bench_scale.py prints these with ``--schedule``.
+    """
+    lines = []
+    for devices, mb in sizes:
+        r = rates(schedule, devices, mb, devices <= simpy_upto)
+        line = f"{schedule}, {devices:,} devices x {mb} micro-batches: fast path {r['fast']:,.0f} mb/s"
+        if "simpy" in r:
+            line += (f", SimPy engine {r['simpy']:,.0f} mb/s (fast is {r['fast'] / r['simpy']:,.0f}x); "
+                     f"makespans equal: {r['equal']}")
+        lines.append(line)
+    return lines

@@ -1,0 +1,185 @@
+"""FedLoRA on the fast path: the static schedule of :mod:`sfsim.schedules.fedlora`, round by round, compiled.
+
+With constant links every device of a server runs round ``r`` from the end of its download of round
+``r - 1`` (time 0 for the first): its micro-batches by arithmetic, its adapter upload, then the
+server's FedAvg, which starts when the last expected upload has arrived and the server's lane is
+free and lasts ``aggregate`` seconds per participant. So a round closes at the latest arrival
+(a max-plus step) whatever the order of arrivals, and each float is computed as the SimPy processes
+compute it (``now + (t - now)`` for a timeout to ``t``). Device busy time, bytes and steps follow
+the static schedule's formulas. Memory: a few floats per device.
+
+On the dynamic network with time-varying links only (no handover, no availability: every device
+one leg, :func:`varying_only`) the rounds are the same; each adapter transfer integrates its leg's
+rate (:func:`sfsim.network.legs.span`, in Python), the local work stays compiled, and the devices'
+:class:`~sfsim.network.legs.Motion` get what the SimPy processes leave on them (what
+:func:`sfsim.schedules.network.report` reads).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sfsim.fast.jit import njit
+from sfsim.network.legs import span
+from sfsim.network.linkrate import Constant, Product, Rate, Steps
+
+# float rows of D
+_F, _B, _W, _STEP, _WARM, _LAST, _UP, _UP_L, _DOWN, _DOWN_L = range(10)
+_ROWS = ("f", "b", "w", "step", "warmup", "last", "sync_up_s", "up_l", "sync_down_s", "down_l")
+_N, _PER_EPOCH = range(2)  # int rows of N
+
+
+def layout(devices: list) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's rows for a server's devices: D (10 x devices, seconds) and N (n, per_epoch)."""
+    D = np.array([[getattr(d, k) for d in devices] for k in _ROWS], np.float64).reshape(len(_ROWS), -1)
+    N = np.array([[d.n for d in devices], [d.per_epoch for d in devices]], np.int64).reshape(2, -1)
+    return D, N
+
+
+@njit
+def _local(D, N, i, first, last, accumulate, t):
+    """Device ``i``'s micro-batches ``first..last-1`` from ``t``; returns (end, optimizer steps)."""
+    steps = 0
+    lst = D[_LAST, i]
+    for n in range(first, last):
+        x = lst if lst < 1.0 and (n + 1) % N[_PER_EPOCH, i] == 0 else 1.0
+        t = t + (D[_F, i] * x + (D[_WARM, i] if n == 0 else 0.0))
+        t = t + D[_B, i] * x
+        t = t + D[_W, i] * x
+        if (n - first + 1) % accumulate == 0 or n + 1 == last:
+            t = t + D[_STEP, i]
+            steps += 1
+    return t, steps
+
+
+@njit
+def replay_server(D, N, per, accumulate, aggregate):
+    """Replay one server's FedAvg rounds; returns (time of its last event, busy seconds, steps per device)."""
+    m = N.shape[1]
+    rounds = np.zeros(m, np.int64)
+    for i in range(m):
+        rounds[i] = -(-N[_N, i] // per)
+    most = rounds.max() if m else 0
+    start = np.zeros(m)  # when each device's next round starts
+    steps = np.zeros(m, np.int64)
+    free = 0.0  # the server's lane free at
+    busy = 0.0
+    last = 0.0
+    for r in range(most):
+        close = -np.inf
+        need = 0
+        for i in range(m):
+            if rounds[i] <= r:
+                continue
+            s = start[i]
+            t, k = _local(D, N, i, r * per, min(N[_N, i], (r + 1) * per), accumulate, s)
+            steps[i] += k
+            sent = s + (t - s)  # the timeout to the local work's end
+            arrival = sent + (D[_UP, i] + D[_UP_L, i])
+            close = max(close, arrival)
+            need += 1
+        dur = aggregate * need
+        end = max(close, free) + dur
+        busy += dur
+        free = end
+        for i in range(m):
+            if rounds[i] > r:
+                start[i] = end + (D[_DOWN, i] + D[_DOWN_L, i])
+                last = max(last, start[i])
+    return last, busy, steps
+
+
+def replay(job, cfg) -> tuple[dict, dict, float]:
+    """Replay a static FedLoRA job: per-device figures (``busy``, ``up``, ``down``), server busy, makespan."""
+    devices: dict[str, dict] = {}
+    busy: dict[str, float] = {}
+    makespan = 0.0
+    for k in dict.fromkeys(d.server for d in job.devices):  # the SimPy schedule's order (groups())
+        srv, mine = job.servers[k], [d for d in job.devices if d.server == k]
+        D, N = layout(mine)
+        end, busy[srv.name], steps = replay_server(D, N, int(cfg.local_steps), int(cfg.accumulate),
+                                                   float(srv.aggregate))
+        makespan = max(makespan, end)
+        for d, s in zip(mine, steps, strict=True):
+            n_rounds = -(-d.n // cfg.local_steps)  # uploads and downloads: one each per round
+            devices[d.name] = {"busy": d.units(d.n) * (d.f + d.b + d.w) + int(s) * d.step + d.first_extra(d.n),
+                               "up": n_rounds * d.sync_bytes, "down": n_rounds * d.sync_bytes}
+    return devices, busy, makespan
+
+
+def _may_stall(rate: Rate | None) -> bool:
+    """True when a transfer at ``rate`` might never end (a trace that ends at, or is all, zero)."""
+    if isinstance(rate, Product):
+        return _may_stall(rate.a) or _may_stall(rate.b)
+    if isinstance(rate, Steps):
+        return rate.rates[-1] <= 0 if rate.period is None else max(rate.rates) <= 0
+    return isinstance(rate, Constant) and rate.rate <= 0
+
+
+def varying_only(net, job) -> bool:
+    """True when a FedLoRA network only varies link rates: one leg per device (on its server), no availability,
+    and no link that may stall for good."""
+    motions = getattr(net, "motions", None)
+    if motions is None:
+        return False
+    return all(len(m.legs) == 1 and m.avail is None and m.legs[0].server == job.devices[i].server
+               and not _may_stall(m.legs[0].rate) and not _may_stall(m.legs[0].down) for i, m in motions.items())
+
+
+def replay_varying(job, cfg) -> tuple[dict, dict, float]:
+    """:func:`replay` on time-varying links (:func:`varying_only`); fills the motions as the SimPy run does."""
+    per, motions = int(cfg.local_steps), job.network.motions
+    devices: dict[str, dict] = {}
+    busy: dict[str, float] = {}
+    makespan = 0.0
+    for k in dict.fromkeys(d.server for d in job.devices):
+        members = [i for i, d in enumerate(job.devices) if d.server == k]
+        D, N = layout([job.devices[i] for i in members])
+        for i in members:
+            motions[i].done = 0
+        end, busy[job.servers[k].name] = _rounds(job, cfg, members, D, N, per, float(job.servers[k].aggregate))
+        makespan = max(makespan, end)
+        for i in members:
+            d, m = job.devices[i], motions[i]
+            devices[d.name] = {"busy": d.units(m.done) * (d.f + d.b + d.w) + m.steps * d.step + d.first_extra(m.done),
+                               "up": m.syncs_sent * d.sync_bytes, "down": m.downloads * d.sync_bytes}
+            m.switched_at = []
+    return devices, busy, makespan
+
+
+def _rounds(job, cfg, members: list[int], D, N, per: int, aggregate: float) -> tuple[float, float]:
+    """One server's FedAvg rounds on varying links; returns (time of its last event, busy seconds)."""
+    motions, acc = job.network.motions, int(cfg.accumulate)
+    rounds = [-(-job.devices[i].n // per) for i in members]
+    start = [0.0] * len(members)
+    free = busy = last = 0.0
+    for r in range(max(rounds, default=0)):
+        close, need = -math.inf, 0
+        for c, i in enumerate(members):
+            if rounds[c] <= r:
+                continue
+            d, m, s = job.devices[i], motions[i], start[c]
+            first, stop = r * per, min(d.n, (r + 1) * per)
+            t, steps = _local(D, N, c, first, stop, acc, s)
+            m.done, m.steps = m.done + (stop - first), m.steps + int(steps)
+            t0 = s + (t - s)  # the timeout to the local work's end
+            m.uploads.append(t0)
+            leg = m.legs[0]
+            up = span(leg.up_rate(None), t0, d.sync_bytes * 8.0)
+            m.send_s += (t0 + up) - t0
+            m.syncs_sent, m.sent = m.syncs_sent + 1, stop
+            close, need = max(close, t0 + (up + leg.up_l)), need + 1
+        end = max(close, free) + aggregate * need
+        busy, free = busy + aggregate * need, end
+        for c, i in enumerate(members):
+            if rounds[c] > r:
+                d, m = job.devices[i], motions[i]
+                leg = m.legs[0]
+                down = span(leg.down_rate(None), end, d.sync_bytes * 8.0)
+                m.recv_s += (end + down) - end
+                m.downloads += 1
+                start[c] = end + (down + leg.down_l)
+                last = max(last, start[c])
+    return last, busy

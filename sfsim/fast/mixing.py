@@ -1,0 +1,59 @@
+"""Stream mixing inside a compiled kernel: :class:`sfsim.outputs.mixing.StreamMixing`, same summation order.
+
+State is two small arrays so that kernels can pass it around: ``M`` (ints, :data:`M_SLOTS`) and
+``T`` (one float: the sum of the closed windows' distances), plus per-device ``counts`` and
+``touched`` (the devices of the open window in the order they first appeared, which is the order
+``StreamMixing`` sums them in). Memory: O(devices).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sfsim.fast.jit import inline
+
+_NTOUCHED, _SEEN, _BOUND, _COUNT, _TOTAL, _WINDOWS = range(6)
+M_SLOTS = 6
+"""Length of the int state ``M``."""
+
+
+def start(totals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A fresh stream over devices with ``totals`` micro-batches: (M, T, share, counts, touched)."""
+    total = int(totals.sum())
+    windows = max(1, min(10, total))
+    M = np.zeros(M_SLOTS, np.int64)
+    M[_TOTAL], M[_WINDOWS], M[_BOUND] = total, windows, -(-total // windows)
+    share = totals / total if total else np.zeros(len(totals))
+    return M, np.zeros(1), share, np.zeros(len(totals), np.int64), np.zeros(len(totals), np.int64)
+
+
+def value(M: np.ndarray, T: np.ndarray) -> float | None:
+    """The mean distance over the closed windows (None before any micro-batch), as ``StreamMixing.value``."""
+    return float(T[0]) / int(M[_COUNT]) if M[_COUNT] else None
+
+
+@inline
+def add(M, T, share, counts, touched, i):
+    """Device ``i``'s micro-batch is next in the stream (``StreamMixing.add``)."""
+    if counts[i] == 0:
+        touched[M[_NTOUCHED]] = i
+        M[_NTOUCHED] += 1
+    counts[i] += 1
+    M[_SEEN] += 1
+    if M[_SEEN] < M[_BOUND]:
+        return
+    size = 0
+    s1 = 0.0
+    for q in range(M[_NTOUCHED]):
+        size += counts[touched[q]]
+        s1 += share[touched[q]]
+    s2 = 0.0
+    for q in range(M[_NTOUCHED]):
+        s2 += abs(counts[touched[q]] / size - share[touched[q]])
+        counts[touched[q]] = 0
+    dist = 1.0 - s1
+    dist += s2
+    T[0] += 0.5 * dist
+    M[_COUNT] += 1
+    M[_NTOUCHED] = 0
+    M[_BOUND] = -(-(M[_COUNT] + 1) * M[_TOTAL] // M[_WINDOWS])
