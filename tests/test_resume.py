@@ -13,12 +13,18 @@ import pytest
 from click.testing import CliRunner
 
 from sfsim.cli import main
+from sfsim.outputs.trace import read_chrome_trace
 from trainer.run import resume as resume_mod
 from trainer.run.resume import CheckpointClock, add_totals, contradictions, trained_nothing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def read_chrome_trace_ref(out: Path) -> list:
+    """The optimizer steps of an uninterrupted run's trace."""
+    return [e for e in read_chrome_trace(out / "trace.json") if e.op == "step"]
 
 
 def _args(model, out, *extra):
@@ -75,6 +81,13 @@ def test_an_interrupted_copy_resumes_itself_with_cumulative_totals(tiny_gpt2, fi
     before = m["resumed"]["totals_before"]
     assert m["wall_s"] == pytest.approx(before["wall_s"] + m["resumed"]["attempt_wall_s"], abs=2e-3)
     assert 0 < sum(before["flops"].values()) < ref["device_flops_total"] + ref["server_flops_total"]
+    # trace.json is the whole run: the 3 steps saved with the checkpoint, the restart, the 11 steps after it
+    events = read_chrome_trace(copy / "trace.json")
+    (mark,) = [e for e in events if e.op == "resume"]
+    steps = [e.start for e in events if e.op == "step"]
+    assert len(steps) == len(read_chrome_trace_ref(ref_out)) == 14
+    assert sum(t < mark.start for t in steps) == 3 and all(e.end <= mark.start for e in events if e.start < mark.start)
+    assert json.loads((cut / "checkpoint_trace.json").read_text())["steps"] == 3
 
 
 def test_options_that_contradict_the_recorded_run_are_refused(finished, tmp_path):

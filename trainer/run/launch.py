@@ -48,7 +48,14 @@ from trainer.run.estimate import record_start, say
 from trainer.run.fleet import Fleet, fleet
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
 from trainer.run.merge import finite, merge_reports, merge_servers
-from trainer.run.resume import add_totals, checkpoint_totals, is_finished, mark_finished, recorded_metrics
+from trainer.run.resume import (
+    add_totals,
+    checkpoint_totals,
+    is_finished,
+    mark_finished,
+    recorded_metrics,
+    whole_trace,
+)
 from trainer.run.runner import RunConfig
 from trainer.transport import dynamics, secure
 from trainer.transport.backhaul import ServerLinks, ServerSync
@@ -253,6 +260,7 @@ def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: floa
     role = next(d for d in setup.devices if d.name == name)
     torch.manual_seed(role_seed(cfg.seed, name))  # this device's RNG, as the in-process run gives it
     ckpt = method.load_device_state(role) if resume else -1
+    method.checkpoint_report = lambda: report_blob(_report(name, setup.meter, tr, offset, method))
     tr.send_up(Message(name, ckpt, kind="hello", aux=role.n_samples))
     try:
         while True:
@@ -263,14 +271,17 @@ def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: floa
     except PeerLost as err:
         print(f"error: device {name}: lost the server ({err.reason}); stopping", file=sys.stderr, flush=True)
         return 3
-    m = setup.meter
-    report = {"device": name, "flops": int(m.flops.get(name, 0)), "uplink_bytes": int(m.uplink_bytes.get(name, 0)),
-              "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds() - m.cpu0, "clock_offset_s": offset,
-              "stretched_s": m.stretched_s, "header_bytes": tr.header_bytes,
-              "events": [list(e) for e in m.events], "handovers": list(getattr(method, "moves", []))}
-    tr.send_up(Message(name, -1, {"blob": report_blob(report)}, kind="report"))
+    tr.send_up(Message(name, -1, {"blob": report_blob(_report(name, setup.meter, tr, offset, method))}, kind="report"))
     tr.close()
     return 0
+
+
+def _report(name: str, m, tr: DistTransport, offset: float, method) -> dict:
+    """Device ``name``'s measurements so far (its end-of-run report, and its answer to a checkpoint's ``save``)."""
+    return {"device": name, "flops": int(m.flops.get(name, 0)), "uplink_bytes": int(m.uplink_bytes.get(name, 0)),
+            "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds() - m.cpu0,
+            "clock_offset_s": offset, "stretched_s": m.stretched_s, "header_bytes": tr.header_bytes,
+            "events": [list(e) for e in m.events], "handovers": list(getattr(method, "moves", []))}
 
 
 def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, resume: bool, fl: Fleet,
@@ -307,6 +318,7 @@ def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, r
     events = list(setup.meter.events)
     for r in reports.values():
         events += [TraceEvent(*e) for e in r["events"]]
+    events = whole_trace(built.info, events, setup.server)  # a resumed run: the events before its checkpoint first
     metrics = finite(metrics)
     if links is not None:
         parts = links.gather_json({"metrics": metrics, "events": [list(e) for e in events],

@@ -11,9 +11,13 @@ consistent point: weights, optimizer, data cursors and the totals so far) and, o
   :func:`add_totals` adds them to what the resumed part measured. Work done after the checkpoint by
   the interrupted attempt is lost and not counted; device forwards already in flight at the
   checkpoint (up to ``buffer`` per device) are counted there and again when the resumed part redoes
-  them, as they were spent twice. In a distributed run the devices' FLOPs and
-  uplink bytes are known to the server only from their end-of-run reports, so before a checkpoint
-  only the server's side is carried: ``metrics.json`` says so (``resumed.note``).
+  them, as they were spent twice. In a distributed run a device's FLOPs and uplink bytes are counted
+  on the device: at each checkpoint the server asks every live device to report them
+  (:func:`device_reports`), and the checkpoint carries every role's counters as last reported;
+- keeps the whole timeline: each checkpoint saves the run's trace events up to it beside it
+  (:data:`TRACE_FILE`; a distributed run's device events come with the reports), and the resumed
+  run's ``trace.json`` and Gantt show them, a ``resume`` marker, then the resumed part shifted to
+  follow (:func:`whole_trace`). The time between the checkpoint and the stop is not on it.
 
 Checkpoints are taken at consistent points (after an optimizer step) every ``--checkpoint-every``
 steps and, by default, at least every :data:`CHECKPOINT_S` seconds (:class:`CheckpointClock`), so a
@@ -23,6 +27,7 @@ stopped run of more than a few minutes always has something to resume from.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +35,13 @@ from pathlib import Path
 from safetensors import safe_open
 
 from sfsim.errors import SfsimError
+from sfsim.outputs.trace import TraceEvent, merge_attempts
 from sfsim.scenario.schema import write_atomic
 from trainer.methods import Setup
 from trainer.methods.checkpoint import load_checkpoint, save_checkpoint
 from trainer.methods.common import full_state, load_full_state
+from trainer.transport.distributed import DistTransport, parse_report
+from trainer.transport.runtime import Message, PeerLost
 
 CHECKPOINT_S = 120.0
 """Default seconds between time-based checkpoints (``--checkpoint-interval``)."""
@@ -45,19 +53,97 @@ every other one must equal the recorded run's."""
 
 _COUNTERS = ("flops", "uplink_bytes", "downlink_bytes")
 
+TRACE_FILE = "checkpoint_trace.json"
+"""Beside the checkpoint: the run's trace events up to it, which a resumed run's ``trace.json`` starts with."""
+
 
 # -- the checkpoint: a consistent point of the server and the stateful devices ------------------------------
 def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list, info: dict,
-                totals: dict) -> None:
-    """A resumable checkpoint at a consistent point: devices that hold training state save theirs first."""
+                elapsed_s: float) -> None:
+    """A resumable checkpoint at a consistent point: devices that hold training state save theirs first.
+
+    In a distributed run every live device answers with its report so far (:func:`device_reports`), so
+    the totals carried (:func:`carried`) hold every role's FLOPs and bytes as last reported."""
     ckpt = len(losses)
-    method.save_devices(ckpt)
+    if isinstance(setup.transport, DistTransport):
+        info.setdefault("device_reports", {}).update(device_reports(setup, method, ckpt))
+    else:
+        method.save_devices(ckpt)
+    totals = carried(info["base_totals"], setup.meter, elapsed_s, info.get("device_reports"))
+    _save_trace(out, setup, info, epoch, ckpt)
     extra, meta = method.server_extra()
     tensors = {**full_state(setup.lm.model, setup.head), **{f"x.{k}": v for k, v in extra.items()}}
     progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": info["scores"],
                 "lost": method.lost, "stream": method.server_stream, "extra": meta,
                 "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals}
     save_checkpoint(out, tensors, method.optimizers(), progress)
+
+
+def device_reports(setup: Setup, method, ckpt: int) -> dict[str, dict]:
+    """Distributed checkpoint ``ckpt``: every live device saves its state (when it holds any) and answers
+    with its report so far (FLOPs, uplink bytes, events: :func:`trainer.transport.distributed.parse_report`).
+
+    A bad report drops its sender. A device lost meanwhile has no report here: a method whose devices
+    hold state loses it now (as :meth:`~trainer.methods.common.Method.save_devices` does); for the others
+    the server loop learns of the loss as it would have without the checkpoint (the transport reports it
+    again), so micro-batches already received are trained and counted as usual."""
+    tr, names, reports = setup.transport, method.live(), {}
+    for n in names:
+        tr.send_down(Message(n, -1, kind="save", aux=ckpt))
+    for n in names:
+        try:
+            reports[n] = parse_report(tr.recv_up(n, {"report"}).tensors["blob"], n)
+            continue
+        except PeerLost as err:
+            why = err.reason
+        except ValueError as err:
+            why = f"bad report: {err}"
+            tr.dropped[n] = why
+            tr.drop(n, why)
+        if method.device_stateful:
+            method.lose(n, why)
+        else:
+            with tr.inbox.cv:
+                tr.inbox.reported.discard(n)  # the server loop's next receive reports the loss once more
+    return reports
+
+
+def _attempt_events(setup: Setup, info: dict) -> list[TraceEvent]:
+    """This attempt's events so far: the server's, and in a distributed run its devices' as last reported."""
+    reports = (info.get("device_reports") or {}).values()
+    return [*setup.meter.events, *(TraceEvent(*e) for r in reports for e in r["events"])]
+
+
+def whole_trace(info: dict, events: list[TraceEvent], lane: str) -> list[TraceEvent]:
+    """The run's events on one timeline: those saved with the checkpoint this attempt resumed from (earlier
+    attempts'), a ``resume`` marker, then ``events`` (this attempt's) shifted to follow them."""
+    before = info.get("trace_before")
+    if before is None:
+        return list(events)
+    return merge_attempts(before["events"], events, before["until_s"], lane)
+
+
+def _save_trace(out: Path, setup: Setup, info: dict, epoch: int, ckpt: int) -> None:
+    """Write the run's events up to this checkpoint beside it (:data:`TRACE_FILE`), for a resumed run's trace."""
+    events = whole_trace(info, _attempt_events(setup, info), setup.server)
+    before = info.get("trace_before")
+    until = max([setup.meter.now() + (before["until_s"] if before else 0.0)] + [e.end for e in events])
+    write_atomic(Path(out) / TRACE_FILE, json.dumps({"epoch": epoch, "steps": ckpt, "until_s": until,
+                                                     "events": [list(e) for e in events]}))
+
+
+def _load_trace(out: Path, progress: dict) -> dict | None:
+    """The events saved with the checkpoint in ``out`` (None, with a warning, when absent or from another one)."""
+    path = Path(out) / TRACE_FILE
+    try:
+        saved = json.loads(path.read_text())
+        if (saved["epoch"], saved["steps"]) == (progress["epoch"], len(progress["losses"])):
+            return {"until_s": float(saved["until_s"]), "events": [TraceEvent(*e) for e in saved["events"]]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    print(f"warning: {path} is missing or not from the checkpoint: trace.json shows only the resumed part",
+          file=sys.stderr, flush=True)
+    return None
 
 
 def _restore(out: Path, setup: Setup, method, losses: list, evals: list, info: dict) -> int:
@@ -71,6 +157,7 @@ def _restore(out: Path, setup: Setup, method, losses: list, evals: list, info: d
     method.load_server_extra({k[2:]: v for k, v in weights.items() if k.startswith("x.")}, progress["extra"])
     losses[:], evals[:], info["scores"][:] = progress["losses"], progress["evals"], progress.get("scores", [])
     info["base_totals"] = progress.get("totals")
+    info["trace_before"] = _load_trace(out, progress)
     method.lost, method.server_stream = progress["lost"], [tuple(x) for x in progress["stream"]]
     method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"],
                           "device_checkpoint": progress["device_checkpoint"]}
@@ -146,12 +233,18 @@ def checkpoint_totals(out: str | Path) -> dict | None:
         return None
 
 
-def carried(base: dict | None, meter, elapsed_s: float) -> dict:
-    """The totals to store in a checkpoint: ``base`` (earlier attempts) plus this attempt's meter so far."""
+def carried(base: dict | None, meter, elapsed_s: float, reports: dict[str, dict] | None = None) -> dict:
+    """The totals to store in a checkpoint: ``base`` (earlier attempts) plus this attempt's so far.
+
+    This attempt's are ``meter``'s and, in a distributed run, each device's last ``reports`` (its own
+    FLOPs and uplink bytes, which its server does not see)."""
     base = base or {}
     out = {"wall_s": round(float(base.get("wall_s", 0.0)) + elapsed_s, 3)}
     for key in _COUNTERS:
-        mine = getattr(meter, key)
+        mine = {n: int(v) for n, v in getattr(meter, key).items()}
+        for n, r in (reports or {}).items():
+            if key in r:
+                mine[n] = mine.get(n, 0) + int(r[key])
         names = set(mine) | set(base.get(key, {}))
         out[key] = {n: int(base.get(key, {}).get(n, 0)) + int(mine.get(n, 0)) for n in sorted(names)}
     return out
@@ -178,8 +271,8 @@ def add_totals(metrics: dict, base: dict | None, distributed: bool) -> dict:
     m["wall_s"] = round(attempt + float(base.get("wall_s", 0.0)), 3)
     m["resumed"] = {"totals_before": base, "attempt_wall_s": attempt,
                     "note": "FLOPs, bytes and wall_s add the totals recorded at the checkpoint to this attempt's"
-                    + ("; distributed: the devices' FLOPs and uplink bytes before it are not known to the server"
-                       if distributed else "")}
+                    + ("; distributed: the devices' FLOPs and uplink bytes at the checkpoint are those each reported "
+                       "to its server when it was taken" if distributed else "")}
     return m
 
 

@@ -53,6 +53,7 @@ from trainer.run.resume import (  # noqa: F401 (check_device_checkpoint: the lau
     mark_finished,
     recorded_metrics,
     restore_devices_inprocess,
+    whole_trace,
 )
 from trainer.run.steplog import StepLog, parse_log_to
 from trainer.transport.runtime import (
@@ -356,7 +357,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
                          f"{built.split.sources['assignment']}); the in-process run has one server: use --launch local")
     torch.manual_seed(role_seed(cfg.seed, "server"))  # the server's RNG, as in a process of its own
     metrics = train_server(cfg, built, out, t0, resume)
-    _write_trace(out, built.setup.meter.events, metrics)
+    _write_trace(out, whole_trace(built.info, built.setup.meter.events, built.setup.server), metrics)
     return metrics
 
 
@@ -416,7 +417,7 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
         elif check is not None and method.device_stateful:
             check(method.resume_from["device_checkpoint"])
     save = lambda epoch: _checkpoint(out, setup, method, epoch, losses, evals, info,  # noqa: E731
-                                     carried(info["base_totals"], setup.meter, time.perf_counter() - t0))
+                                     time.perf_counter() - t0)
     clock = CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_s)
     if method.resumable and clock.active:
         method.on_step_done = lambda epoch: save(epoch) if clock.due(len(losses)) else None
