@@ -45,11 +45,12 @@ from sfsim.scenario.config import load_scenario
 from sfsim.scenario.schema import write_atomic
 from trainer.run import runner
 from trainer.run.estimate import record_start, say
-from trainer.run.fleet import Fleet, fleet
+from trainer.run.fleet import Fleet, device_legs, fleet, shaping
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
 from trainer.run.merge import finite, merge_reports, merge_servers
 from trainer.run.resume import (
     add_totals,
+    agree_across_servers,
     checkpoint_totals,
     is_finished,
     mark_finished,
@@ -61,12 +62,12 @@ from trainer.transport import dynamics, secure
 from trainer.transport.backhaul import ServerLinks, ServerSync
 from trainer.transport.distributed import (
     DistTransport,
-    LinkShape,
     connect,
     parse_report,
     report_blob,
     sync_clock,
 )
+from trainer.transport.rendezvous import server_ports
 from trainer.transport.runtime import Message, PeerLost, role_seed
 from trainer.transport.wire import Kind, Limits
 
@@ -142,9 +143,6 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     if (role == "server") != (rank < n_srv):
         raise SfsimError(f"--role {role} with --rank {rank}: the servers are ranks 0..{n_srv - 1}, devices "
                          f"{n_srv}..{world - 1}")
-    if resume and n_srv > 1:
-        raise SfsimError(f"--resume: {cfg.devices} has {n_srv} servers; resuming a several-server run is not "
-                         "supported: start it again")
     out = _out(cfg, fl, rank, resume) if role == "server" else Path(cfg.out)
     meter = setup.meter
     if role == "device" and cfg.emulate in ("compute", "all"):
@@ -154,13 +152,16 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
                              "'flops' rate for every device")
         meter.stretch[d.name] = d.flops
     dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}", cfg.server_order)
-    legs = _legs(cfg, built, fl)
+    legs = device_legs(cfg, built, fl)
     visits = {n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()}
+    if resume and any(len(lg) > 1 for lg in legs.values()):
+        raise SfsimError(f"--resume: {cfg.devices} has handovers, which follow the run's clock from its start; "
+                         "a run with handovers cannot be resumed: start it again")
     limits = _limits(cfg, built, role == "server")  # before a server keeps only its own devices
     timeout_s = max(600.0, 4 * cfg.peer_timeout)
     channels = connect(rank, world, master, fl.devices, secure.need_secret(), secure.encrypt_default(multi_host=True),
                        rendezvous_s=max(cfg.peer_timeout, RENDEZVOUS_MIN_S), timeout_s=timeout_s,
-                       servers=fl.servers, visits=visits)
+                       servers=fl.servers, visits=visits, ports=server_ports(cfg.server_ports, fl.servers, master))
     links = None  # a server's backhaul: its channels to the other servers (trainer.transport.backhaul)
     if role == "server" and n_srv > 1:
         links = ServerLinks(rank, n_srv, {p: ch for p, ch in channels.items() if p < n_srv}, timeout_s)
@@ -171,7 +172,7 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
         presence = dynamics.presence(scenario, fl.devices[rank - n_srv], meter.now)
         if presence is not None:
             meter.presence[fl.devices[rank - n_srv]] = presence
-    tr = DistTransport(rank, fl.devices, channels, meter, limits, _shaping(cfg, legs), peer_timeout=cfg.peer_timeout,
+    tr = DistTransport(rank, fl.devices, channels, meter, limits, shaping(cfg, legs), peer_timeout=cfg.peer_timeout,
                        presence=presence, servers=n_srv, home=fl.home, visits=visits,
                        window=1 if cfg.method == "splitfrozen-sequential" else setup.buffer)
     if any(len(lg) > 1 for lg in legs.values()):  # handovers (SplitFrozen only: dynamics.check)
@@ -184,6 +185,8 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     _own_devices(built, fl, rank)
     if links is not None:
         built.method.sync = _server_sync(cfg, built, fl, rank, links)
+        if resume:
+            agree_across_servers(links, rank, n_srv, out, fl.servers[rank])
     return _server(cfg, built, tr, out, t0, resume, fl, links)
 
 
@@ -228,31 +231,6 @@ def _server_sync(cfg, built: runner.Built, fl: Fleet, rank: int, links: ServerLi
     samples = sum(r.n_samples for r in built.setup.devices)
     every, mode = (sync.every, sync.mode) if sync is not None else (2**62, "sync")
     return ServerSync(links, rank, len(fl.servers), every, mode, samples, built.setup.meter, fl.servers[rank], link)
-
-
-def _legs(cfg, built: runner.Built, fl: Fleet) -> dict[str, list[tuple]]:
-    """Each device's legs as server ranks: ``(at s, rank, uplink rate, downlink rate, (uplink, downlink))``
-    (:func:`trainer.transport.dynamics.legs`); handovers only when the network is emulated."""
-    out = {}
-    for d in built.scenario.devices:
-        lg = dynamics.legs(built.scenario, d, fl.servers[fl.home[d.name]])
-        if cfg.emulate == "none":
-            lg = lg[:1]
-        out[d.name] = [(at, fl.servers.index(srv), *rest) for at, srv, *rest in lg]
-    return out
-
-
-def _shaping(cfg, legs: dict[str, list[tuple]]) -> dict | None:
-    """Each device's (uplink, downlink) as shaped under ``--emulate links|all``, per server rank for a device
-    that hands over (rates from ``trainer.transport.dynamics``)."""
-    if cfg.emulate not in ("links", "all"):
-        return None
-    out = {}
-    for name, lg in legs.items():
-        shapes = {r: (LinkShape(up.bandwidth, up.latency, up_rate), LinkShape(down.bandwidth, down.latency, down_rate))
-                  for _, r, up_rate, down_rate, (up, down) in lg}
-        out[name] = shapes if len(shapes) > 1 else next(iter(shapes.values()))
-    return out
 
 
 def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: float, resume: bool) -> int:
@@ -466,6 +444,7 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     logs.mkdir(exist_ok=True)
     cfg_json = json.dumps(dataclasses.asdict(cfg))
     world, master = len(servers) + len(names), f"127.0.0.1:{_free_port()}"
+    server_ports(cfg.server_ports, servers, master)  # before any process starts: one line
     ctx = _context()
     roles = [("server", j, "server" if j == 0 else f"server-{n}") for j, n in enumerate(servers)]
     roles += [("device", i, n) for i, n in enumerate(names, start=len(servers))]

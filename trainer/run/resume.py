@@ -17,7 +17,9 @@ consistent point: weights, optimizer, data cursors and the totals so far) and, o
 - keeps the whole timeline: each checkpoint saves the run's trace events up to it beside it
   (:data:`TRACE_FILE`; a distributed run's device events come with the reports), and the resumed
   run's ``trace.json`` and Gantt show them, a ``resume`` marker, then the resumed part shifted to
-  follow (:func:`whole_trace`). The time between the checkpoint and the stop is not on it.
+  follow (:func:`whole_trace`). The time between the checkpoint and the stop is not on it;
+- with several servers, restores each server's own checkpoint (each writes one, only at epoch ends)
+  after checking that they are from the same epoch (:func:`agree_across_servers`).
 
 Checkpoints are taken at consistent points (after an optimizer step) every ``--checkpoint-every``
 steps and, by default, at least every :data:`CHECKPOINT_S` seconds (:class:`CheckpointClock`), so a
@@ -32,13 +34,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent, merge_attempts
 from sfsim.scenario.schema import write_atomic
 from trainer.methods import Setup
-from trainer.methods.checkpoint import load_checkpoint, save_checkpoint
+from trainer.methods.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from trainer.methods.common import full_state, load_full_state
 from trainer.transport.distributed import DistTransport, parse_report
 from trainer.transport.runtime import Message, PeerLost
@@ -47,7 +50,7 @@ CHECKPOINT_S = 120.0
 """Default seconds between time-based checkpoints (``--checkpoint-interval``)."""
 
 FREE_ON_RESUME = ("out", "progress", "threads", "data_dir", "model_cache", "peer_timeout", "checkpoint_every",
-                  "checkpoint_s", "log_to", "count_flops")
+                  "checkpoint_s", "log_to", "count_flops", "server_ports")
 """Settings a resumed run may change (where it writes, how it reports, how often it checkpoints);
 every other one must equal the recorded run's."""
 
@@ -76,6 +79,8 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
     progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": info["scores"],
                 "lost": method.lost, "stream": method.server_stream, "extra": meta,
                 "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals}
+    if method.sync is not None:  # several servers: the backhaul's counters (sync every N steps counts across epochs)
+        progress["sync"] = {"steps": method.sync.steps, "rounds": method.sync.rounds, "bytes": method.sync.bytes}
     save_checkpoint(out, tensors, method.optimizers(), progress)
 
 
@@ -159,6 +164,9 @@ def _restore(out: Path, setup: Setup, method, losses: list, evals: list, info: d
     info["base_totals"] = progress.get("totals")
     info["trace_before"] = _load_trace(out, progress)
     method.lost, method.server_stream = progress["lost"], [tuple(x) for x in progress["stream"]]
+    if method.sync is not None and "sync" in progress:
+        method.sync.steps, method.sync.rounds, method.sync.bytes = (int(progress["sync"][k]) for k in
+                                                                     ("steps", "rounds", "bytes"))
     method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"],
                           "device_checkpoint": progress["device_checkpoint"]}
     return progress["epoch"]
@@ -218,19 +226,52 @@ def contradictions(recorded: dict, given: dict) -> list[str]:
     return out
 
 
-def checkpoint_totals(out: str | Path) -> dict | None:
-    """The totals carried by ``OUT/checkpoint.safetensors`` (None: no checkpoint or none recorded).
-
-    Read before a resumed run overwrites the checkpoint with its own.
-    """
-    path = Path(out) / "checkpoint.safetensors"
+def _progress(path: Path) -> dict | None:
+    """The progress record of the checkpoint file ``path`` (None: absent or unreadable)."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["progress"]).get("totals")
+            return json.loads(f.metadata()["progress"])
     except Exception:  # noqa: BLE001 - a torn checkpoint is reported by the restore itself, in one line
         return None
+
+
+def checkpoint_totals(out: str | Path) -> dict | None:
+    """The totals carried by the run's checkpoints (None: no checkpoint or none recorded).
+
+    With several servers, every server's checkpoint (``OUT/servers/<name>``) adds its own roles' counters;
+    ``wall_s`` is the longest. Read before a resumed run overwrites the checkpoints with its own.
+    """
+    paths = [Path(out) / CHECKPOINT, *sorted((Path(out) / "servers").glob(f"*/{CHECKPOINT}"))]
+    parts = [t for t in ((_progress(p) or {}).get("totals") for p in paths) if t]
+    if not parts:
+        return None
+    merged = {"wall_s": max(float(t.get("wall_s", 0.0)) for t in parts)}
+    for key in _COUNTERS:
+        merged[key] = {}
+        for t in parts:
+            for n, v in t.get(key, {}).items():
+                merged[key][n] = merged[key].get(n, 0) + int(v)
+    return merged
+
+
+def agree_across_servers(links, index: int, n_servers: int, out: Path, name: str) -> None:
+    """``--resume`` with several servers: every server must resume from the same epoch's checkpoint.
+
+    The servers checkpoint only at the end of an epoch (:func:`trainer.run.runner.train_server`), after its
+    closing sync round: no micro-batch is in flight and every server holds the same adapters, so the
+    checkpoints of one epoch are one consistent cut of the run. A run stopped while the servers were
+    writing theirs has two epochs among them: it is refused in one line (start it again).
+    """
+    progress = _progress(Path(out) / CHECKPOINT) or {}
+    epochs = torch.zeros(n_servers, dtype=torch.float32)
+    epochs[index] = float(progress.get("epoch", -1))
+    links.all_reduce(epochs)
+    if len(set(epochs.tolist())) > 1:
+        said = ", ".join(f"server {j}: {'none' if e < 0 else f'epoch {int(e)}'}" for j, e in enumerate(epochs.tolist()))
+        raise SfsimError(f"--resume: the servers' checkpoints are not from the same epoch ({said}); server {name} "
+                         "cannot resume consistently: start the run again")
 
 
 def carried(base: dict | None, meter, elapsed_s: float, reports: dict[str, dict] | None = None) -> dict:
