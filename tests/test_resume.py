@@ -219,3 +219,39 @@ def test_tensorboard_writes_the_steps_csv_holds(tiny_gpt2, tmp_path):
     assert [e.step for e in acc.Scalars("train/loss")] == [int(r[0]) for r in steps] and steps
     assert [round(e.value, 4) for e in acc.Scalars("train/loss")] == [round(float(r[3]), 4) for r in steps]
     assert len(acc.Scalars("eval/accuracy")) == len(rows) - len(steps) == 1
+
+
+class _SilentTransport:
+    """A transport whose device never answers ``save`` (it only waits until the device is dropped)."""
+
+    peer_timeout = 0.05
+
+    def __init__(self):
+        import threading
+
+        self.sent, self.dropped, self.gone = [], {}, threading.Event()
+
+    def send_down(self, msg):
+        self.sent.append((msg.device, msg.kind, msg.aux))
+
+    def recv_up(self, name, kinds):
+        from trainer.transport.runtime import PeerLost
+
+        assert self.gone.wait(5.0)
+        raise PeerLost(name, self.why)
+
+    def drop(self, name, why):
+        self.why = why
+        self.gone.set()
+
+
+def test_a_device_that_never_answers_a_checkpoint_is_lost_not_waited_for():
+    from types import SimpleNamespace
+
+    from trainer.run.resume import REPORT_S, device_reports
+
+    tr, lost = _SilentTransport(), {}
+    method = SimpleNamespace(live=lambda: ["d"], device_stateful=True, lose=lambda n, why: lost.update({n: why}))
+    assert device_reports(SimpleNamespace(transport=tr), method, 3) == {}
+    assert tr.sent == [("d", "save", 3)]
+    assert lost == {"d": f"no answer to checkpoint 3 within {REPORT_S * 0.05:g} s"}

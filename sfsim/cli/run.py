@@ -285,9 +285,10 @@ def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: 
 
     role, rank, world_size, master = from_env(role, rank, world_size, master)
     cfg.launch = "local" if cfg.launch == "inprocess" else cfg.launch
-    base = checkpoint_totals(cfg.out) if resume and role == "server" else None  # before it is overwritten
+    lead = role == "server" and rank == 0  # server 0 writes the run's metrics (the others: OUT/servers/<name>)
+    base = checkpoint_totals(cfg.out) if resume and lead else None  # before it is overwritten
     code = run_role(cfg, role, rank, world_size, master, resume=resume)
-    if code == 0 and role == "server":
+    if code == 0 and lead:
         m = mark_finished(cfg.out, add_totals(json.loads((Path(cfg.out) / "metrics.json").read_text()), base, True))
         click.echo(summary_line(m, f"server of {world_size - 1} devices", cfg.out))
         code = 1 if trained_nothing(m) else 0

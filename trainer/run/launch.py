@@ -67,7 +67,7 @@ from trainer.transport.distributed import (
     report_blob,
     sync_clock,
 )
-from trainer.transport.rendezvous import server_ports
+from trainer.transport.rendezvous import credential_file, server_ports
 from trainer.transport.runtime import Message, PeerLost, role_seed
 from trainer.transport.wire import Kind, Limits
 
@@ -416,7 +416,8 @@ def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, 
 
 
 def _target_process(fn, secret_file: str, launcher: int, master: str, world: int, rank: int, log: str) -> None:
-    """Entry of a fault-injection role: the run's secret in its environment, as a real role has it."""
+    """Entry of a fault-injection role: its secret in its environment, as a real role has it (a device's: its own
+    rank's credential only)."""
     die_with(launcher)
     os.environ[secure.SECRET_FILE_ENV] = secret_file
     os.environ.pop(secure.ENCRYPT_ENV, None)  # a device follows the server's choice
@@ -431,7 +432,7 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     ends, devices get ``grace_s`` seconds to exit and are then killed, so no process outlives the run;
     a server whose heartbeat stops for ``max(2 x --peer-timeout, 10 s)`` is killed as hung. Every role
     dies with the launcher. The run's secret is fresh, in a 0600 file in a private folder, removed at
-    the end. ``targets`` (fault injection in tests): rank -> a function run instead of that role, called
+    the end; servers get it, each device only its own rank's credential (it can take no other rank). ``targets`` (fault injection in tests): rank -> a function run instead of that role, called
     with ``(master, world, rank, log)`` and ``SFSIM_SECRET_FILE`` set.
     """
     import shutil
@@ -450,6 +451,9 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     roles += [("device", i, n) for i, n in enumerate(names, start=len(servers))]
     procs, private = [], Path(tempfile.mkdtemp(prefix="sfsim-run-"))  # mode 0700
     secret_file = str(secure.new_secret_file(private))
+    # servers hold the run's secret; each device only its own rank's credential, so it can take no other rank
+    files = {rank: secret_file if role == "server" else str(credential_file(private, secret_file, rank))
+             for role, rank, _ in roles}
     # one machine, loopback: plaintext unless SFSIM_ENCRYPT=on (roles fork from a forkserver with its own
     # environment, so the choice travels with them; a role started any other way counts as multi-host)
     encrypt = "off" if secure.encrypt_default(multi_host=False) is False else "on"
@@ -458,11 +462,11 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
         for role, rank, name in roles:
             log = str(logs / f"{name}.log")
             if targets and rank in targets:
-                p = ctx.Process(target=_target_process, args=(targets[rank], secret_file, os.getpid(), master, world, rank, log),
-                                daemon=False)
+                p = ctx.Process(target=_target_process, args=(targets[rank], files[rank], os.getpid(), master, world, rank,
+                                                              log), daemon=False)
             else:
                 p = ctx.Process(target=_role_process, args=(cfg_json, role, rank, world, master, resume, log,
-                                                            secret_file, encrypt, os.getpid()), daemon=False)
+                                                            files[rank], encrypt, os.getpid()), daemon=False)
             p.start()
             procs.append(p)
         write_atomic(logs / "pids.json", json.dumps({name: p.pid for (_, _, name), p in zip(roles, procs, strict=True)}))

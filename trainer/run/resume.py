@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,9 @@ FREE_ON_RESUME = ("out", "progress", "threads", "data_dir", "model_cache", "peer
 every other one must equal the recorded run's."""
 
 _COUNTERS = ("flops", "uplink_bytes", "downlink_bytes")
+
+REPORT_S = 4
+"""A device has this many peer timeouts to answer a checkpoint with its report (it may have queued work first)."""
 
 TRACE_FILE = "checkpoint_trace.json"
 """Beside the checkpoint: the run's trace events up to it, which a resumed run's ``trace.json`` starts with."""
@@ -88,29 +92,46 @@ def device_reports(setup: Setup, method, ckpt: int) -> dict[str, dict]:
     """Distributed checkpoint ``ckpt``: every live device saves its state (when it holds any) and answers
     with its report so far (FLOPs, uplink bytes, events: :func:`trainer.transport.distributed.parse_report`).
 
-    A bad report drops its sender. A device lost meanwhile has no report here: a method whose devices
+    A bad report drops its sender, and so does no answer within :data:`REPORT_S` peer timeouts (a device
+    that sends heartbeats but ignores ``save`` cannot stall the run). A device lost meanwhile has no report here: a method whose devices
     hold state loses it now (as :meth:`~trainer.methods.common.Method.save_devices` does); for the others
     the server loop learns of the loss as it would have without the checkpoint (the transport reports it
     again), so micro-batches already received are trained and counted as usual."""
     tr, names, reports = setup.transport, method.live(), {}
     for n in names:
         tr.send_down(Message(n, -1, kind="save", aux=ckpt))
-    for n in names:
-        try:
-            reports[n] = parse_report(tr.recv_up(n, {"report"}).tensors["blob"], n)
-            continue
-        except PeerLost as err:
-            why = err.reason
-        except ValueError as err:
-            why = f"bad report: {err}"
-            tr.dropped[n] = why
-            tr.drop(n, why)
-        if method.device_stateful:
-            method.lose(n, why)
-        else:
-            with tr.inbox.cv:
-                tr.inbox.reported.discard(n)  # the server loop's next receive reports the loss once more
+    late = threading.Timer(REPORT_S * tr.peer_timeout, lambda: [
+        tr.drop(n, f"no answer to checkpoint {ckpt} within {REPORT_S * tr.peer_timeout:g} s")
+        for n in names if n not in reports])  # a device that heartbeats but never answers cannot stall the run
+    late.daemon = True
+    late.start()
+    try:
+        for n in names:
+            why = _one_report(tr, n, reports)
+            if why is None:
+                continue
+            if method.device_stateful:
+                method.lose(n, why)
+            else:
+                with tr.inbox.cv:
+                    tr.inbox.reported.discard(n)  # the server loop's next receive reports the loss once more
+    finally:
+        late.cancel()
     return reports
+
+
+def _one_report(tr, name: str, reports: dict) -> str | None:
+    """Receive ``name``'s report into ``reports``; or why there is none (a bad report drops its sender)."""
+    try:
+        reports[name] = parse_report(tr.recv_up(name, {"report"}).tensors["blob"], name)
+        return None
+    except PeerLost as err:
+        return err.reason
+    except ValueError as err:
+        why = f"bad report: {err}"
+        tr.dropped[name] = why
+        tr.drop(name, why)
+        return why
 
 
 def _attempt_events(setup: Setup, info: dict) -> list[TraceEvent]:

@@ -1,8 +1,9 @@
 """How the processes of a distributed run find each other: admission, one channel per pair that talks, clock.
 
 Ranks ``0..S-1`` are the scenario's S servers, rank ``S + i`` is device ``i``. Every process proves it
-holds the run's secret to server 0 before it gets a rank (:func:`trainer.transport.secure.admit`), so
-admission covers every rank, servers included. With several servers:
+holds its rank's key (from the run's secret, or its own credential: :func:`credential_file`) to server 0
+before it gets that rank (:func:`trainer.transport.secure.admit`), so admission covers every rank, servers
+included, and a device can take no other device's rank. With several servers:
 
 * each server ``j >= 1``, once admitted, listens on the address it reached server 0 from, on its port
   in ``--server-ports`` (a fixed port a firewall can open) or else a fresh one, and sends that port to
@@ -23,6 +24,7 @@ import os
 import struct
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -46,6 +48,17 @@ def _address(master: str | None) -> tuple[str, int, str | None]:
     if not host or not port.isdigit():
         raise SfsimError(f"--master {master!r} is not HOST:PORT (e.g. 10.0.0.2:29500)")
     return host.strip("[]"), int(port), None
+
+
+def credential_file(folder: Path, secret_file: str | Path, rank: int) -> Path:
+    """A new 0600 file in ``folder`` holding rank ``rank``'s credential alone (:func:`~trainer.transport.secure.
+    role_credential`) from the run's secret in ``secret_file``: a device given it can take no other rank."""
+    secret = Path(secret_file).read_bytes().strip()
+    path = Path(folder) / f"role-{rank}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secure.role_credential(secret, rank))
+    return path
 
 
 def parse_ports(text: str | None) -> list[int]:
@@ -234,4 +247,4 @@ def sync_clock(meter: Meter, rounds: int = 5) -> float:
     return offset
 
 
-__all__ = ["connect", "sync_clock", "parse_ports", "server_ports"]
+__all__ = ["connect", "sync_clock", "parse_ports", "server_ports", "credential_file"]
