@@ -11,7 +11,8 @@ consistent point: weights, optimizer, data cursors and the totals so far) and, o
   :func:`add_totals` adds them to what the resumed part measured. Work done after the checkpoint by
   the interrupted attempt is lost and not counted; device forwards already in flight at the
   checkpoint (up to ``buffer`` per device) are counted there and again when the resumed part redoes
-  them, as they were spent twice. In a distributed run a device's FLOPs and uplink bytes are counted
+  them, as they were spent twice (so are CenLoRA's shards, which each attempt's devices upload once).
+  In a distributed run a device's FLOPs and uplink bytes are counted
   on the device: at each checkpoint the server asks every live device to report them
   (:func:`device_reports`), and the checkpoint carries every role's counters as last reported;
 - keeps the whole timeline: each checkpoint saves the run's trace events up to it beside it
