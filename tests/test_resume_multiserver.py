@@ -103,21 +103,39 @@ def test_two_servers_stopped_and_resumed_end_as_an_uninterrupted_run(tiny_gpt2, 
 
 
 class _Links:
-    """A backhaul stand-in: the other server's vector is added (server 1 holds ``theirs``)."""
+    """A backhaul stand-in for a server's view: the other server's (committed, written) epochs are added."""
 
-    def __init__(self, theirs: float):
-        self.theirs = theirs
+    def __init__(self, other: int, committed: float, written: float = -1.0):
+        self.at, self.theirs = 2 * other, (committed, written)
 
     def all_reduce(self, flat: torch.Tensor) -> None:
-        flat[1] += self.theirs
+        flat[self.at] += self.theirs[0]
+        flat[self.at + 1] += self.theirs[1]
 
 
 def test_servers_whose_checkpoints_are_from_different_epochs_refuse_to_resume(tmp_path):
     from trainer.methods.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path, {"w": torch.zeros(1)}, {}, {"epoch": 2})
-    agree_across_servers(_Links(2.0), 0, 2, tmp_path, "mec-a")  # the same epoch: nothing to say
+    agree_across_servers(_Links(1, 2.0), 0, 2, tmp_path, "mec-a")  # the same epoch: nothing to say
     with pytest.raises(SfsimError, match=r"not from the same epoch \(server 0: epoch 2, server 1: epoch 1\)"):
-        agree_across_servers(_Links(1.0), 0, 2, tmp_path, "mec-a")
+        agree_across_servers(_Links(1, 1.0), 0, 2, tmp_path, "mec-a")  # server 1 never wrote epoch 2
     with pytest.raises(SfsimError, match="server 1: none"):
-        agree_across_servers(_Links(-1.0), 0, 2, tmp_path, "mec-a")
+        agree_across_servers(_Links(1, -1.0), 0, 2, tmp_path, "mec-a")
+
+
+def test_a_server_stopped_before_its_commit_commits_on_resume(tmp_path):
+    """Server 1 wrote epoch 2 but was stopped before renaming it; server 0 committed epoch 2: server 1 commits."""
+    from trainer.methods.checkpoint import save_checkpoint
+    from trainer.run.resume import NEXT
+
+    save_checkpoint(tmp_path, {"w": torch.zeros(1)}, {}, {"epoch": 1})
+    save_checkpoint(tmp_path, {"w": torch.ones(1)}, {}, {"epoch": 2}, name=NEXT)
+    agree_across_servers(_Links(0, 2.0), 1, 2, tmp_path, "mec-b")
+    assert _epoch(tmp_path / "checkpoint.safetensors") == 2 and not (tmp_path / NEXT).exists()
+    # server 0's view of the same stop: nothing to change on its side
+    other = tmp_path / "a"
+    other.mkdir()
+    save_checkpoint(other, {"w": torch.ones(1)}, {}, {"epoch": 2})
+    agree_across_servers(_Links(1, 1.0, 2.0), 0, 2, other, "mec-a")
+    assert _epoch(other / "checkpoint.safetensors") == 2

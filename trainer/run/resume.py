@@ -30,6 +30,7 @@ stopped run of more than a few minutes always has something to resume from.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -61,6 +62,9 @@ _COUNTERS = ("flops", "uplink_bytes", "downlink_bytes")
 REPORT_S = 4
 """A device has this many peer timeouts to answer a checkpoint with its report (it may have queued work first)."""
 
+NEXT = "checkpoint.next.safetensors"
+"""Several servers: a server's checkpoint written but not yet committed (:func:`agree_across_servers`)."""
+
 TRACE_FILE = "checkpoint_trace.json"
 """Beside the checkpoint: the run's trace events up to it, which a resumed run's ``trace.json`` starts with."""
 
@@ -86,7 +90,13 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
                 "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals}
     if method.sync is not None:  # several servers: the backhaul's counters (sync every N steps counts across epochs)
         progress["sync"] = {"steps": method.sync.steps, "rounds": method.sync.rounds, "bytes": method.sync.bytes}
-    save_checkpoint(out, tensors, method.optimizers(), progress)
+    if method.sync is None:
+        save_checkpoint(out, tensors, method.optimizers(), progress)
+        return
+    # several servers: write, wait until every server has written, then commit (agree_across_servers)
+    written = save_checkpoint(out, tensors, method.optimizers(), progress, name=NEXT)
+    method.sync.group.all_reduce(torch.zeros(1))  # a barrier over the backhaul links
+    os.replace(written, Path(out) / CHECKPOINT)
 
 
 def device_reports(setup: Setup, method, ckpt: int) -> dict[str, dict]:
@@ -279,21 +289,31 @@ def checkpoint_totals(out: str | Path) -> dict | None:
 
 
 def agree_across_servers(links, index: int, n_servers: int, out: Path, name: str) -> None:
-    """``--resume`` with several servers: every server must resume from the same epoch's checkpoint.
+    """``--resume`` with several servers: every server resumes from the same epoch's checkpoint.
 
     The servers checkpoint only at the end of an epoch (:func:`trainer.run.runner.train_server`), after its
     closing sync round: no micro-batch is in flight and every server holds the same adapters, so the
-    checkpoints of one epoch are one consistent cut of the run. A run stopped while the servers were
-    writing theirs has two epochs among them: it is refused in one line (start it again).
+    checkpoints of one epoch are one consistent cut of the run. Each server writes its checkpoint as
+    :data:`NEXT`, waits until every server has written its own, then renames it to the checkpoint (a
+    commit). A run stopped between two servers' commits is recovered here: once any server committed
+    epoch E, every server holds E committed or written, and those that had not committed commit now.
+    Anything else (a run stopped while the servers were writing) is refused in one line.
     """
-    progress = _progress(Path(out) / CHECKPOINT) or {}
-    epochs = torch.zeros(n_servers, dtype=torch.float32)
-    epochs[index] = float(progress.get("epoch", -1))
-    links.all_reduce(epochs)
-    if len(set(epochs.tolist())) > 1:
-        said = ", ".join(f"server {j}: {'none' if e < 0 else f'epoch {int(e)}'}" for j, e in enumerate(epochs.tolist()))
-        raise SfsimError(f"--resume: the servers' checkpoints are not from the same epoch ({said}); server {name} "
-                         "cannot resume consistently: start the run again")
+    mine = [(_progress(Path(out) / f) or {}).get("epoch", -1) for f in (CHECKPOINT, NEXT)]
+    held = torch.zeros(2 * n_servers, dtype=torch.float32)  # (committed, written) epoch of each server
+    held[2 * index:2 * index + 2] = torch.tensor([float(e) for e in mine])
+    links.all_reduce(held)
+    pairs = [(int(held[2 * j]), int(held[2 * j + 1])) for j in range(n_servers)]
+    last = max(c for c, _ in pairs)
+    if all(c == last for c, _ in pairs):
+        return
+    if last >= 0 and all(last in pair for pair in pairs):
+        if mine[0] != last:
+            os.replace(Path(out) / NEXT, Path(out) / CHECKPOINT)
+        return
+    said = ", ".join(f"server {j}: {'none' if c < 0 else f'epoch {c}'}" for j, (c, _) in enumerate(pairs))
+    raise SfsimError(f"--resume: the servers' checkpoints are not from the same epoch ({said}); server {name} "
+                     "cannot resume consistently: start the run again")
 
 
 def carried(base: dict | None, meter, elapsed_s: float, reports: dict[str, dict] | None = None) -> dict:
