@@ -127,8 +127,9 @@ def _misbehave(how: str, ch, dev: int, name: str) -> None:
             _send(ch, _act(dev, j))
     elif how in ("report_keys", "report_deep", "idle"):
         _hello_start(ch, dev, samples=0)  # nothing to train: the bad message is its end-of-run report
-        while _next(ch).kind != Kind.END:
-            pass
+        while (p := _next(ch)).kind != Kind.END:
+            if p.kind == Kind.SAVE:  # a checkpoint: a device answers with its report so far
+                _send(ch, _report(dev, name))
         over = {"report_keys": {"flops": "many", "extra": 1}, "report_deep": {"raw": b"[" * 100_000 + b"]" * 100_000},
                 "idle": {}}[how]
         _send(ch, _report(dev, name, **over))
@@ -160,6 +161,9 @@ def hostile(how: str, master: str, world: int, rank: int, log: str) -> None:
                 except SfsimError as err:
                     out.write(f"refused: {err}\n")
                 how = "idle"
+            if how == "impostor":  # an admitted member claims the honest device's rank 1 first, with its own key
+                _claim_another_rank(master, rank, 1, out)
+                how = "idle"
             ch = connect(rank, world, master, [], secure.need_secret(), False, 10.0)[0]
             sync_clock(Meter())
             names = [f"h-{i}" for i in range(8)]
@@ -171,6 +175,20 @@ def hostile(how: str, master: str, world: int, rank: int, log: str) -> None:
             out.write(f"ended: {type(err).__name__}: {err}\n")
         finally:
             os._exit(0)
+
+
+def _claim_another_rank(master: str, mine: int, theirs: int, out) -> None:
+    """Join as rank ``theirs`` holding only rank ``mine``'s credential (what the launcher gives a device): a
+    hostile build proves the claim with the key it has; the server must refuse it."""
+    real = secure.identity
+    secure.identity = lambda secret, _rank: real(secret, mine)
+    try:
+        secure.join(*_host_port(master), theirs, secure.need_secret(), 120.0)
+        out.write(f"took rank {theirs}\n")
+    except SfsimError as err:
+        out.write(f"refused: {err}\n")
+    finally:
+        secure.identity = real
 
 
 def _host_port(master: str) -> tuple[str, int]:
@@ -215,7 +233,7 @@ def _no_constant(name: str):
 
 
 def test_hostile_reports_and_frames_drop_only_their_sender(tiny_gpt2, tmp_path, monkeypatch):
-    roles = ["report_keys", "report_deep", "replay", "tamper", "forged", "idle", "idle", "idle"]
+    roles = ["report_keys", "report_deep", "replay", "tamper", "forged", "impostor", "idle", "idle"]
     m = _run(tiny_gpt2, tmp_path / "b", roles, monkeypatch)
     why = _reasons(m)
     assert set(why) == {"h-0", "h-1", "h-2", "h-3"}, why
@@ -229,6 +247,28 @@ def test_hostile_reports_and_frames_drop_only_their_sender(tiny_gpt2, tmp_path, 
     assert "refused: the server at 127.0.0.1" in forged and "refused rank 6" in forged, forged
     server = (tmp_path / "b" / "logs" / "server.log").read_text()
     assert "wrong secret (claimed rank 6)" in server, server
+    # a member that claims another's rank is refused with a line; the real holder joins and trains in full
+    impostor = (tmp_path / "b" / "logs" / "h-5.log").read_text()
+    assert "refused: the server at 127.0.0.1" in impostor and "refused rank 1" in impostor, impostor
+    assert "wrong secret (claimed rank 1)" in server and "honest" not in m["lost_devices"]
+    assert m["samples_by_device"]["honest"] == 8
+
+
+def test_a_role_credential_admits_its_own_rank_only(tmp_path):
+    from trainer.transport.rendezvous import credential_file
+
+    run_secret = tmp_path / "run.secret"
+    run_secret.write_text("0123456789abcdef0123456789abcdef")
+    cred = credential_file(tmp_path, run_secret, 3)
+    assert cred.stat().st_mode & 0o777 == 0o600
+    text = cred.read_bytes()
+    assert secure.identity(text, 3) == secure.identity(b"0123456789abcdef0123456789abcdef", 3)
+    with pytest.raises(SfsimError, match="is the credential of 3, not of rank 2"):
+        secure.identity(text, 2)
+    lsock = secure.listen("127.0.0.1", 0)
+    with pytest.raises(SfsimError, match="a server admits with the run's secret, not a role credential"):
+        secure.admit(lsock, text, {1: "a"}, 1.0, 0, False, print)
+    lsock.close()
 
 
 def hostile_at_b(how: str, master: str, world: int, rank: int, log: str) -> None:

@@ -13,12 +13,18 @@ import pytest
 from click.testing import CliRunner
 
 from sfsim.cli import main
+from sfsim.outputs.trace import read_chrome_trace
 from trainer.run import resume as resume_mod
 from trainer.run.resume import CheckpointClock, add_totals, contradictions, trained_nothing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def read_chrome_trace_ref(out: Path) -> list:
+    """The optimizer steps of an uninterrupted run's trace."""
+    return [e for e in read_chrome_trace(out / "trace.json") if e.op == "step"]
 
 
 def _args(model, out, *extra):
@@ -75,6 +81,13 @@ def test_an_interrupted_copy_resumes_itself_with_cumulative_totals(tiny_gpt2, fi
     before = m["resumed"]["totals_before"]
     assert m["wall_s"] == pytest.approx(before["wall_s"] + m["resumed"]["attempt_wall_s"], abs=2e-3)
     assert 0 < sum(before["flops"].values()) < ref["device_flops_total"] + ref["server_flops_total"]
+    # trace.json is the whole run: the 3 steps saved with the checkpoint, the restart, the 11 steps after it
+    events = read_chrome_trace(copy / "trace.json")
+    (mark,) = [e for e in events if e.op == "resume"]
+    steps = [e.start for e in events if e.op == "step"]
+    assert len(steps) == len(read_chrome_trace_ref(ref_out)) == 14
+    assert sum(t < mark.start for t in steps) == 3 and all(e.end <= mark.start for e in events if e.start < mark.start)
+    assert json.loads((cut / "checkpoint_trace.json").read_text())["steps"] == 3
 
 
 def test_options_that_contradict_the_recorded_run_are_refused(finished, tmp_path):
@@ -206,3 +219,39 @@ def test_tensorboard_writes_the_steps_csv_holds(tiny_gpt2, tmp_path):
     assert [e.step for e in acc.Scalars("train/loss")] == [int(r[0]) for r in steps] and steps
     assert [round(e.value, 4) for e in acc.Scalars("train/loss")] == [round(float(r[3]), 4) for r in steps]
     assert len(acc.Scalars("eval/accuracy")) == len(rows) - len(steps) == 1
+
+
+class _SilentTransport:
+    """A transport whose device never answers ``save`` (it only waits until the device is dropped)."""
+
+    peer_timeout = 0.05
+
+    def __init__(self):
+        import threading
+
+        self.sent, self.dropped, self.gone = [], {}, threading.Event()
+
+    def send_down(self, msg):
+        self.sent.append((msg.device, msg.kind, msg.aux))
+
+    def recv_up(self, name, kinds):
+        from trainer.transport.runtime import PeerLost
+
+        assert self.gone.wait(5.0)
+        raise PeerLost(name, self.why)
+
+    def drop(self, name, why):
+        self.why = why
+        self.gone.set()
+
+
+def test_a_device_that_never_answers_a_checkpoint_is_lost_not_waited_for():
+    from types import SimpleNamespace
+
+    from trainer.run.resume import REPORT_S, device_reports
+
+    tr, lost = _SilentTransport(), {}
+    method = SimpleNamespace(live=lambda: ["d"], device_stateful=True, lose=lambda n, why: lost.update({n: why}))
+    assert device_reports(SimpleNamespace(transport=tr), method, 3) == {}
+    assert tr.sent == [("d", "save", 3)]
+    assert lost == {"d": f"no answer to checkpoint 3 within {REPORT_S * 0.05:g} s"}

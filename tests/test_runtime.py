@@ -292,7 +292,8 @@ def _rogue(master: str, world: int, rank: int, log: str) -> None:
         os._exit(0)
 
 
-@pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora"])
+@pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora",
+                                    *(pytest.param(m, marks=pytest.mark.slow) for m in ("splitfrozen-sequential", "cenlora"))])
 def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path, method):
     from sfsim.outputs.trace import read_chrome_trace
     from trainer.run.launch import run
@@ -316,13 +317,30 @@ def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path, method):
 
     m = run(load_run_config(str(out)), resume=True)
 
-    def forwards(folder):
-        return sum(1 for e in read_chrome_trace(folder / "trace.json") if e.op == "F")
-
-    assert 0 < forwards(out) < forwards(tmp_path / "ref")  # it went on from the checkpoint, not from the start
+    # one timeline: the events saved with the checkpoint, a resume marker, the resumed part after it
+    events, whole = read_chrome_trace(out / "trace.json"), read_chrome_trace(tmp_path / "ref" / "trace.json")
+    (mark,) = [e for e in events if e.op == "resume"]
+    after = [e for e in events if e.start > mark.start]
+    assert all(e.end <= mark.start for e in events if e.start < mark.start)
+    forwards = [sum(e.op == "F" for e in evs) for evs in (after, events, whole)]
+    assert 0 < forwards[0] < forwards[2] <= forwards[1]  # it went on from the checkpoint, not from the start
+    devices = {"big", "small-0", "small-1"}  # every device's events before the checkpoint are kept (CenLoRA's: sends)
+    assert {e.lane.split(":")[-1] for e in events if e.start < mark.start and e.op in ("F", "send")} >= devices
     assert len(m["train_loss_history"]) == len(ref["train_loss_history"])
     assert max(abs(x - y) for x, y in zip(m["train_loss_history"], ref["train_loss_history"], strict=True)) <= 1e-5
     assert m["eval_history"] == ref["eval_history"]
+    # cumulative totals: every role's counters at the checkpoint (the devices' as they reported them) plus the
+    # resumed attempt's; lock-step methods redo nothing, so they equal an uninterrupted run's exactly
+    before = m["resumed"]["totals_before"]
+    assert set(before["flops"]) >= {"big", "small-0", "small-1"} and min(before["uplink_bytes"].values()) > 0
+    assert (m["server_flops_total"], m["downlink_bytes"]) == (ref["server_flops_total"], ref["downlink_bytes"])
+    for key in ("device_flops", "uplink_bytes_by_device"):
+        if method.startswith("splitfrozen"):  # forwards in flight at the checkpoint (up to the buffer) are spent twice
+            assert all(ref[key][d] <= m[key][d] <= 1.5 * ref[key][d] for d in ref[key]), key
+        elif method == "cenlora" and key == "uplink_bytes_by_device":  # each attempt uploads the shards once
+            assert m[key] == {d: 2 * v for d, v in ref[key].items()}
+        else:
+            assert m[key] == ref[key], key
 
 
 def test_inprocess_resume_restores_device_state(tiny_gpt2, tmp_path):

@@ -107,6 +107,9 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--rank", type=int, help="with --role: 0 for the server, i+1 for the scenario's device i")
 @click.option("--world-size", type=int, help="with --role: 1 + the number of devices")
 @click.option("--master", help="with --role: HOST:PORT of the server (rank 0)")
+@click.option("--server-ports", metavar="PORTS",
+              help="several servers: the port each server after the first admits its devices on, in scenario order "
+                   "(e.g. 29600,29601; default: a free port each, which the devices learn from server 0)")
 @click.option("--peer-timeout", type=float, default=30.0, show_default=True,
               help="seconds without a message or heartbeat after which a peer counts as lost")
 @click.option("--checkpoint-every", type=int, default=0, show_default=True,
@@ -129,7 +132,7 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
         eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, client_order,
         data_dir, server_order, pool_memory, bucket, wire_dtype, server_device, device_device, precision, cache_memory,
-        gen_tokens, launch, emulate, role, rank, world_size, master,
+        gen_tokens, launch, emulate, role, rank, world_size, master, server_ports,
         peer_timeout, checkpoint_every, checkpoint_interval, resume_dir, log_to, threads, eval_before, no_flops, quiet,
         out, overwrite):
     """Fine-tune for real with a method; write metrics.json, steps.csv, trace.json, gantt.png and the adapter to OUT.
@@ -219,7 +222,7 @@ def _resumed(folder: str, given: dict):
         raise SfsimError(f"--resume {folder}: {bad[0]} contradicts the recorded run; leave it out to resume, "
                          "or start a new run with another --out")
     for key in ("threads", "peer_timeout", "checkpoint_every", "checkpoint_s", "log_to", "data_dir", "count_flops",
-                "progress"):
+                "progress", "server_ports"):
         if given.get(key) is not None:
             setattr(cfg, key, given[key])
     cfg.out = str(folder)  # the folder given, not the one recorded: resuming a copy leaves the original alone
@@ -282,9 +285,10 @@ def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: 
 
     role, rank, world_size, master = from_env(role, rank, world_size, master)
     cfg.launch = "local" if cfg.launch == "inprocess" else cfg.launch
-    base = checkpoint_totals(cfg.out) if resume and role == "server" else None  # before it is overwritten
+    lead = role == "server" and rank == 0  # server 0 writes the run's metrics (the others: OUT/servers/<name>)
+    base = checkpoint_totals(cfg.out) if resume and lead else None  # before it is overwritten
     code = run_role(cfg, role, rank, world_size, master, resume=resume)
-    if code == 0 and role == "server":
+    if code == 0 and lead:
         m = mark_finished(cfg.out, add_totals(json.loads((Path(cfg.out) / "metrics.json").read_text()), base, True))
         click.echo(summary_line(m, f"server of {world_size - 1} devices", cfg.out))
         code = 1 if trained_nothing(m) else 0

@@ -43,6 +43,7 @@ COLORS = {
     "wait": "#D9D9D9",       # light grey
     "offline": "#8C8C8C",    # dark grey
     "handover": "#E69F00",   # orange (a marker: the op is an instant)
+    "resume": "#CC0000",     # red (a dashed line across the panel: the run restarted from its checkpoint)
 }
 
 BINS = 1000
@@ -183,6 +184,9 @@ def _draw(ax, panel: Panel, rows: list[Row], end: float) -> set[str]:
     if instants:  # instants have no width: a marker on the lane
         ax.plot([t for _, t in instants], [r for r, _ in instants], linestyle="none", marker="v",
                 markersize=6, color=COLORS["handover"], markeredgecolor="black", markeredgewidth=0.5)
+    restarts = [ev.start for ev in panel.events if ev.op == "resume"]
+    for t in restarts:  # a resumed run: where its restart from the checkpoint sits on the timeline
+        ax.axvline(t, color=COLORS["resume"], linestyle="--", linewidth=1.0)
     labels = []
     for row in rows:
         frac = sum(total.get(lane, 0.0) for lane in row.lanes) / (len(row.lanes) * span)
@@ -197,7 +201,7 @@ def _draw(ax, panel: Panel, rows: list[Row], end: float) -> set[str]:
             ax.axhline(r - 0.5, color="#e8e8e8", linewidth=0.6)
     if panel.title:
         ax.set_title(panel.title, fontsize=10, loc="left")
-    return {op for (_, op) in busy} | ({"handover"} if instants else set())
+    return {op for (_, op) in busy} | ({"handover"} if instants else set()) | ({"resume"} if restarts else set())
 
 
 def _percent(frac: float) -> str:

@@ -4,8 +4,8 @@ A lane is one resource that does one thing at a time: a device (``pi5-0``), its 
 (``link:pi5-0``), its downlink (``downlink:pi5-0``) or a server (``edge-gpu``; ``edge-gpu/1`` for
 its second accelerator). Ops are short names: ``F`` (forward), ``B`` (backward w.r.t. activations),
 ``W`` (backward w.r.t. trainable weights), ``BW`` (B and W fused), ``send``, ``step``
-(optimizer), ``aggregate`` (FedAvg), ``wait``, ``offline`` (a device unavailable) and ``handover``
-(an instant: ``dur`` 0).
+(optimizer), ``aggregate`` (FedAvg), ``wait``, ``offline`` (a device unavailable), ``handover``
+and ``resume`` (instants: ``dur`` 0; a resumed run's restart, :func:`merge_attempts`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ OPS = {
     "wait": "blocked (backpressure), or a server idle while its policy holds work back",
     "offline": "device unavailable (availability, sfsim.network.availability)",
     "handover": "device moves to another server (an instant, sfsim.network.mobility)",
+    "resume": "the run restarted from its checkpoint (an instant: sfsim run --resume)",
 }
 
 
@@ -101,6 +102,21 @@ def write_chrome_trace(events: Iterable[TraceEvent], path: str | Path, metadata:
                        devices: Iterable[str] = ()) -> None:
     """Write :func:`to_chrome` output to ``path`` atomically (lanes ordered as in :func:`lane_order`)."""
     write_atomic(path, json.dumps(to_chrome(events, metadata, devices)))
+
+
+def merge_attempts(before: Iterable[TraceEvent], after: Iterable[TraceEvent], offset_s: float,
+                   lane: str) -> list[TraceEvent]:
+    """One timeline of a resumed run: the events up to its checkpoint, a ``resume`` instant on ``lane`` at
+    ``offset_s``, then the resumed attempt's events shifted by ``offset_s`` (its clock starts at 0).
+
+    Example:
+        >>> merge_attempts([TraceEvent("s", "step", 0.0, 1.0)], [TraceEvent("s", "step", 0.5, 1.0)], 2.0, "s")
+        [TraceEvent(lane='s', op='step', start=0.0, dur=1.0, mb=-1, device=''), \
+TraceEvent(lane='s', op='resume', start=2.0, dur=0.0, mb=-1, device=''), \
+TraceEvent(lane='s', op='step', start=2.5, dur=1.0, mb=-1, device='')]
+    """
+    shifted = [ev._replace(start=ev.start + offset_s) for ev in after]
+    return sorted([*before, TraceEvent(lane, "resume", offset_s, 0.0), *shifted], key=lambda ev: ev.start)
 
 
 def read_chrome_trace(path: str | Path) -> list[TraceEvent]:

@@ -79,7 +79,8 @@ def load_adapter(folder: str | Path, lm) -> tuple[torch.nn.Module | None, dict]:
 CHECKPOINT = "checkpoint.safetensors"
 
 
-def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimizers: dict, progress: dict) -> Path:
+def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimizers: dict, progress: dict,
+                    name: str = CHECKPOINT) -> Path:
     """Write one resumable checkpoint file atomically: weights, optimizer state, RNG and progress.
 
     Args:
@@ -88,6 +89,7 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimi
         optimizers: name -> ``torch.optim.Optimizer``; each parameter's state is saved as
             ``opt.<name>.<index>.<key>`` (index in the optimizer's parameter order).
         progress: JSON-able dict (epoch, cursors, histories); stored as the file's metadata.
+        name: the file's name in ``folder``.
 
     Returns:
         The checkpoint's path.
@@ -95,7 +97,7 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimi
     out = {f"w.{k}": v.detach().contiguous() for k, v in tensors.items()}
     out.update(_optimizer_tensors(optimizers))
     out["rng.torch"] = torch.get_rng_state()
-    path = Path(folder) / CHECKPOINT
+    path = Path(folder) / name
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_file(out, str(tmp), metadata={"progress": json.dumps(progress)})
     os.replace(tmp, path)

@@ -419,15 +419,20 @@ class Method:
 
     # -- checkpoints of training state that lives on the devices (splitlora, fedlora) -------------------
     device_stateful = False  # devices hold training state: a checkpoint asks each to save its own
+    checkpoint_report = None  # a distributed device's report so far (a uint8 blob), its answer to ``save``
 
     def handle(self, role: DeviceRole, msg: Message) -> None:
         """A device's entry for every message: ``save`` is handled here, the rest by :meth:`device_handle`."""
         if msg.kind == "save":
             from trainer.methods.checkpoint import save_device_state
 
-            tensors, opts = self.device_state(role)
-            save_device_state(self.setup.out, role.name, tensors, opts, msg.aux)
-            self.setup.transport.send_up(Message(role.name, -1, kind="done", aux=msg.aux))
+            if self.device_stateful:
+                tensors, opts = self.device_state(role)
+                save_device_state(self.setup.out, role.name, tensors, opts, msg.aux)
+            if self.checkpoint_report is not None:  # distributed: the counters so far (trainer.run.resume)
+                self.setup.transport.send_up(Message(role.name, -1, {"blob": self.checkpoint_report()}, kind="report"))
+            else:
+                self.setup.transport.send_up(Message(role.name, -1, kind="done", aux=msg.aux))
         else:
             self.device_handle(role, msg)
 

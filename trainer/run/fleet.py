@@ -1,10 +1,13 @@
-"""Who is who in a distributed run: the ranks of the servers and the devices, and each device's server."""
+"""Who is who in a distributed run: the ranks of the servers and the devices, each device's server, and the
+legs and shaped links each device has (its handovers' servers)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from trainer.run import runner
+from trainer.transport import dynamics
+from trainer.transport.distributed import LinkShape
 
 
 @dataclass(frozen=True)
@@ -30,3 +33,28 @@ def fleet(built: runner.Built) -> Fleet:
     servers = [s.name for s in built.scenario.servers]
     names = [d.name for d in built.setup.devices]
     return Fleet(servers, names, {n: servers.index(built.split.assignment[n]) for n in names})
+
+
+def device_legs(cfg, built: runner.Built, fl: Fleet) -> dict[str, list[tuple]]:
+    """Each device's legs as server ranks: ``(at s, rank, uplink rate, downlink rate, (uplink, downlink))``
+    (:func:`trainer.transport.dynamics.legs`); handovers only when the network is emulated."""
+    out = {}
+    for d in built.scenario.devices:
+        lg = dynamics.legs(built.scenario, d, fl.servers[fl.home[d.name]])
+        if cfg.emulate == "none":
+            lg = lg[:1]
+        out[d.name] = [(at, fl.servers.index(srv), *rest) for at, srv, *rest in lg]
+    return out
+
+
+def shaping(cfg, legs: dict[str, list[tuple]]) -> dict | None:
+    """Each device's (uplink, downlink) as shaped under ``--emulate links|all``, per server rank for a device
+    that hands over (rates from ``trainer.transport.dynamics``)."""
+    if cfg.emulate not in ("links", "all"):
+        return None
+    out = {}
+    for name, lg in legs.items():
+        shapes = {r: (LinkShape(up.bandwidth, up.latency, up_rate), LinkShape(down.bandwidth, down.latency, down_rate))
+                  for _, r, up_rate, down_rate, (up, down) in lg}
+        out[name] = shapes if len(shapes) > 1 else next(iter(shapes.values()))
+    return out

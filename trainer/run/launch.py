@@ -45,21 +45,29 @@ from sfsim.scenario.config import load_scenario
 from sfsim.scenario.schema import write_atomic
 from trainer.run import runner
 from trainer.run.estimate import record_start, say
-from trainer.run.fleet import Fleet, fleet
+from trainer.run.fleet import Fleet, device_legs, fleet, shaping
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
 from trainer.run.merge import finite, merge_reports, merge_servers
-from trainer.run.resume import add_totals, checkpoint_totals, is_finished, mark_finished, recorded_metrics
+from trainer.run.resume import (
+    add_totals,
+    agree_across_servers,
+    checkpoint_totals,
+    is_finished,
+    mark_finished,
+    recorded_metrics,
+    whole_trace,
+)
 from trainer.run.runner import RunConfig
 from trainer.transport import dynamics, secure
 from trainer.transport.backhaul import ServerLinks, ServerSync
 from trainer.transport.distributed import (
     DistTransport,
-    LinkShape,
     connect,
     parse_report,
     report_blob,
     sync_clock,
 )
+from trainer.transport.rendezvous import credential_file, server_ports
 from trainer.transport.runtime import Message, PeerLost, role_seed
 from trainer.transport.wire import Kind, Limits
 
@@ -135,9 +143,6 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     if (role == "server") != (rank < n_srv):
         raise SfsimError(f"--role {role} with --rank {rank}: the servers are ranks 0..{n_srv - 1}, devices "
                          f"{n_srv}..{world - 1}")
-    if resume and n_srv > 1:
-        raise SfsimError(f"--resume: {cfg.devices} has {n_srv} servers; resuming a several-server run is not "
-                         "supported: start it again")
     out = _out(cfg, fl, rank, resume) if role == "server" else Path(cfg.out)
     meter = setup.meter
     if role == "device" and cfg.emulate in ("compute", "all"):
@@ -147,13 +152,16 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
                              "'flops' rate for every device")
         meter.stretch[d.name] = d.flops
     dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}", cfg.server_order)
-    legs = _legs(cfg, built, fl)
+    legs = device_legs(cfg, built, fl)
     visits = {n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()}
+    if resume and any(len(lg) > 1 for lg in legs.values()):
+        raise SfsimError(f"--resume: {cfg.devices} has handovers, which follow the run's clock from its start; "
+                         "a run with handovers cannot be resumed: start it again")
     limits = _limits(cfg, built, role == "server")  # before a server keeps only its own devices
     timeout_s = max(600.0, 4 * cfg.peer_timeout)
     channels = connect(rank, world, master, fl.devices, secure.need_secret(), secure.encrypt_default(multi_host=True),
                        rendezvous_s=max(cfg.peer_timeout, RENDEZVOUS_MIN_S), timeout_s=timeout_s,
-                       servers=fl.servers, visits=visits)
+                       servers=fl.servers, visits=visits, ports=server_ports(cfg.server_ports, fl.servers, master))
     links = None  # a server's backhaul: its channels to the other servers (trainer.transport.backhaul)
     if role == "server" and n_srv > 1:
         links = ServerLinks(rank, n_srv, {p: ch for p, ch in channels.items() if p < n_srv}, timeout_s)
@@ -164,7 +172,7 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
         presence = dynamics.presence(scenario, fl.devices[rank - n_srv], meter.now)
         if presence is not None:
             meter.presence[fl.devices[rank - n_srv]] = presence
-    tr = DistTransport(rank, fl.devices, channels, meter, limits, _shaping(cfg, legs), peer_timeout=cfg.peer_timeout,
+    tr = DistTransport(rank, fl.devices, channels, meter, limits, shaping(cfg, legs), peer_timeout=cfg.peer_timeout,
                        presence=presence, servers=n_srv, home=fl.home, visits=visits,
                        window=1 if cfg.method == "splitfrozen-sequential" else setup.buffer)
     if any(len(lg) > 1 for lg in legs.values()):  # handovers (SplitFrozen only: dynamics.check)
@@ -177,6 +185,8 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     _own_devices(built, fl, rank)
     if links is not None:
         built.method.sync = _server_sync(cfg, built, fl, rank, links)
+        if resume:
+            agree_across_servers(links, rank, n_srv, out, fl.servers[rank])
     return _server(cfg, built, tr, out, t0, resume, fl, links)
 
 
@@ -223,36 +233,12 @@ def _server_sync(cfg, built: runner.Built, fl: Fleet, rank: int, links: ServerLi
     return ServerSync(links, rank, len(fl.servers), every, mode, samples, built.setup.meter, fl.servers[rank], link)
 
 
-def _legs(cfg, built: runner.Built, fl: Fleet) -> dict[str, list[tuple]]:
-    """Each device's legs as server ranks: ``(at s, rank, uplink rate, downlink rate, (uplink, downlink))``
-    (:func:`trainer.transport.dynamics.legs`); handovers only when the network is emulated."""
-    out = {}
-    for d in built.scenario.devices:
-        lg = dynamics.legs(built.scenario, d, fl.servers[fl.home[d.name]])
-        if cfg.emulate == "none":
-            lg = lg[:1]
-        out[d.name] = [(at, fl.servers.index(srv), *rest) for at, srv, *rest in lg]
-    return out
-
-
-def _shaping(cfg, legs: dict[str, list[tuple]]) -> dict | None:
-    """Each device's (uplink, downlink) as shaped under ``--emulate links|all``, per server rank for a device
-    that hands over (rates from ``trainer.transport.dynamics``)."""
-    if cfg.emulate not in ("links", "all"):
-        return None
-    out = {}
-    for name, lg in legs.items():
-        shapes = {r: (LinkShape(up.bandwidth, up.latency, up_rate), LinkShape(down.bandwidth, down.latency, down_rate))
-                  for _, r, up_rate, down_rate, (up, down) in lg}
-        out[name] = shapes if len(shapes) > 1 else next(iter(shapes.values()))
-    return out
-
-
 def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: float, resume: bool) -> int:
     setup, method = built.setup, built.method
     role = next(d for d in setup.devices if d.name == name)
     torch.manual_seed(role_seed(cfg.seed, name))  # this device's RNG, as the in-process run gives it
     ckpt = method.load_device_state(role) if resume else -1
+    method.checkpoint_report = lambda: report_blob(_report(name, setup.meter, tr, offset, method))
     tr.send_up(Message(name, ckpt, kind="hello", aux=role.n_samples))
     try:
         while True:
@@ -263,14 +249,17 @@ def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: floa
     except PeerLost as err:
         print(f"error: device {name}: lost the server ({err.reason}); stopping", file=sys.stderr, flush=True)
         return 3
-    m = setup.meter
-    report = {"device": name, "flops": int(m.flops.get(name, 0)), "uplink_bytes": int(m.uplink_bytes.get(name, 0)),
-              "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds() - m.cpu0, "clock_offset_s": offset,
-              "stretched_s": m.stretched_s, "header_bytes": tr.header_bytes,
-              "events": [list(e) for e in m.events], "handovers": list(getattr(method, "moves", []))}
-    tr.send_up(Message(name, -1, {"blob": report_blob(report)}, kind="report"))
+    tr.send_up(Message(name, -1, {"blob": report_blob(_report(name, setup.meter, tr, offset, method))}, kind="report"))
     tr.close()
     return 0
+
+
+def _report(name: str, m, tr: DistTransport, offset: float, method) -> dict:
+    """Device ``name``'s measurements so far (its end-of-run report, and its answer to a checkpoint's ``save``)."""
+    return {"device": name, "flops": int(m.flops.get(name, 0)), "uplink_bytes": int(m.uplink_bytes.get(name, 0)),
+            "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds() - m.cpu0,
+            "clock_offset_s": offset, "stretched_s": m.stretched_s, "header_bytes": tr.header_bytes,
+            "events": [list(e) for e in m.events], "handovers": list(getattr(method, "moves", []))}
 
 
 def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, resume: bool, fl: Fleet,
@@ -307,6 +296,7 @@ def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, r
     events = list(setup.meter.events)
     for r in reports.values():
         events += [TraceEvent(*e) for e in r["events"]]
+    events = whole_trace(built.info, events, setup.server)  # a resumed run: the events before its checkpoint first
     metrics = finite(metrics)
     if links is not None:
         parts = links.gather_json({"metrics": metrics, "events": [list(e) for e in events],
@@ -426,7 +416,8 @@ def _role_process(cfg_json: str, role: str, rank: int, world: int, master: str, 
 
 
 def _target_process(fn, secret_file: str, launcher: int, master: str, world: int, rank: int, log: str) -> None:
-    """Entry of a fault-injection role: the run's secret in its environment, as a real role has it."""
+    """Entry of a fault-injection role: its secret in its environment, as a real role has it (a device's: its own
+    rank's credential only)."""
     die_with(launcher)
     os.environ[secure.SECRET_FILE_ENV] = secret_file
     os.environ.pop(secure.ENCRYPT_ENV, None)  # a device follows the server's choice
@@ -441,7 +432,7 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     ends, devices get ``grace_s`` seconds to exit and are then killed, so no process outlives the run;
     a server whose heartbeat stops for ``max(2 x --peer-timeout, 10 s)`` is killed as hung. Every role
     dies with the launcher. The run's secret is fresh, in a 0600 file in a private folder, removed at
-    the end. ``targets`` (fault injection in tests): rank -> a function run instead of that role, called
+    the end; servers get it, each device only its own rank's credential (it can take no other rank). ``targets`` (fault injection in tests): rank -> a function run instead of that role, called
     with ``(master, world, rank, log)`` and ``SFSIM_SECRET_FILE`` set.
     """
     import shutil
@@ -454,11 +445,15 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     logs.mkdir(exist_ok=True)
     cfg_json = json.dumps(dataclasses.asdict(cfg))
     world, master = len(servers) + len(names), f"127.0.0.1:{_free_port()}"
+    server_ports(cfg.server_ports, servers, master)  # before any process starts: one line
     ctx = _context()
     roles = [("server", j, "server" if j == 0 else f"server-{n}") for j, n in enumerate(servers)]
     roles += [("device", i, n) for i, n in enumerate(names, start=len(servers))]
     procs, private = [], Path(tempfile.mkdtemp(prefix="sfsim-run-"))  # mode 0700
     secret_file = str(secure.new_secret_file(private))
+    # servers hold the run's secret; each device only its own rank's credential, so it can take no other rank
+    files = {rank: secret_file if role == "server" else str(credential_file(private, secret_file, rank))
+             for role, rank, _ in roles}
     # one machine, loopback: plaintext unless SFSIM_ENCRYPT=on (roles fork from a forkserver with its own
     # environment, so the choice travels with them; a role started any other way counts as multi-host)
     encrypt = "off" if secure.encrypt_default(multi_host=False) is False else "on"
@@ -467,11 +462,11 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
         for role, rank, name in roles:
             log = str(logs / f"{name}.log")
             if targets and rank in targets:
-                p = ctx.Process(target=_target_process, args=(targets[rank], secret_file, os.getpid(), master, world, rank, log),
-                                daemon=False)
+                p = ctx.Process(target=_target_process, args=(targets[rank], files[rank], os.getpid(), master, world, rank,
+                                                              log), daemon=False)
             else:
                 p = ctx.Process(target=_role_process, args=(cfg_json, role, rank, world, master, resume, log,
-                                                            secret_file, encrypt, os.getpid()), daemon=False)
+                                                            files[rank], encrypt, os.getpid()), daemon=False)
             p.start()
             procs.append(p)
         write_atomic(logs / "pids.json", json.dumps({name: p.pid for (_, _, name), p in zip(roles, procs, strict=True)}))

@@ -11,9 +11,16 @@ consistent point: weights, optimizer, data cursors and the totals so far) and, o
   :func:`add_totals` adds them to what the resumed part measured. Work done after the checkpoint by
   the interrupted attempt is lost and not counted; device forwards already in flight at the
   checkpoint (up to ``buffer`` per device) are counted there and again when the resumed part redoes
-  them, as they were spent twice. In a distributed run the devices' FLOPs and
-  uplink bytes are known to the server only from their end-of-run reports, so before a checkpoint
-  only the server's side is carried: ``metrics.json`` says so (``resumed.note``).
+  them, as they were spent twice (so are CenLoRA's shards, which each attempt's devices upload once).
+  In a distributed run a device's FLOPs and uplink bytes are counted
+  on the device: at each checkpoint the server asks every live device to report them
+  (:func:`device_reports`), and the checkpoint carries every role's counters as last reported;
+- keeps the whole timeline: each checkpoint saves the run's trace events up to it beside it
+  (:data:`TRACE_FILE`; a distributed run's device events come with the reports), and the resumed
+  run's ``trace.json`` and Gantt show them, a ``resume`` marker, then the resumed part shifted to
+  follow (:func:`whole_trace`). The time between the checkpoint and the stop is not on it;
+- with several servers, restores each server's own checkpoint (each writes one, only at epoch ends)
+  after checking that they are from the same epoch (:func:`agree_across_servers`).
 
 Checkpoints are taken at consistent points (after an optimizer step) every ``--checkpoint-every``
 steps and, by default, at least every :data:`CHECKPOINT_S` seconds (:class:`CheckpointClock`), so a
@@ -23,41 +30,157 @@ stopped run of more than a few minutes always has something to resume from.
 from __future__ import annotations
 
 import json
+import os
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from sfsim.errors import SfsimError
+from sfsim.outputs.trace import TraceEvent, merge_attempts
 from sfsim.scenario.schema import write_atomic
 from trainer.methods import Setup
-from trainer.methods.checkpoint import load_checkpoint, save_checkpoint
+from trainer.methods.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from trainer.methods.common import full_state, load_full_state
+from trainer.transport.distributed import DistTransport, parse_report
+from trainer.transport.runtime import Message, PeerLost
 
 CHECKPOINT_S = 120.0
 """Default seconds between time-based checkpoints (``--checkpoint-interval``)."""
 
 FREE_ON_RESUME = ("out", "progress", "threads", "data_dir", "model_cache", "peer_timeout", "checkpoint_every",
-                  "checkpoint_s", "log_to", "count_flops")
+                  "checkpoint_s", "log_to", "count_flops", "server_ports")
 """Settings a resumed run may change (where it writes, how it reports, how often it checkpoints);
 every other one must equal the recorded run's."""
 
 _COUNTERS = ("flops", "uplink_bytes", "downlink_bytes")
 
+REPORT_S = 4
+"""A device has this many peer timeouts to answer a checkpoint with its report (it may have queued work first)."""
+
+NEXT = "checkpoint.next.safetensors"
+"""Several servers: a server's checkpoint written but not yet committed (:func:`agree_across_servers`)."""
+
+TRACE_FILE = "checkpoint_trace.json"
+"""Beside the checkpoint: the run's trace events up to it, which a resumed run's ``trace.json`` starts with."""
+
 
 # -- the checkpoint: a consistent point of the server and the stateful devices ------------------------------
 def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list, info: dict,
-                totals: dict) -> None:
-    """A resumable checkpoint at a consistent point: devices that hold training state save theirs first."""
+                elapsed_s: float) -> None:
+    """A resumable checkpoint at a consistent point: devices that hold training state save theirs first.
+
+    In a distributed run every live device answers with its report so far (:func:`device_reports`), so
+    the totals carried (:func:`carried`) hold every role's FLOPs and bytes as last reported."""
     ckpt = len(losses)
-    method.save_devices(ckpt)
+    if isinstance(setup.transport, DistTransport):
+        info.setdefault("device_reports", {}).update(device_reports(setup, method, ckpt))
+    else:
+        method.save_devices(ckpt)
+    totals = carried(info["base_totals"], setup.meter, elapsed_s, info.get("device_reports"))
+    _save_trace(out, setup, info, epoch, ckpt)
     extra, meta = method.server_extra()
     tensors = {**full_state(setup.lm.model, setup.head), **{f"x.{k}": v for k, v in extra.items()}}
     progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": info["scores"],
                 "lost": method.lost, "stream": method.server_stream, "extra": meta,
                 "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals}
-    save_checkpoint(out, tensors, method.optimizers(), progress)
+    if method.sync is not None:  # several servers: the backhaul's counters (sync every N steps counts across epochs)
+        progress["sync"] = {"steps": method.sync.steps, "rounds": method.sync.rounds, "bytes": method.sync.bytes}
+    if method.sync is None:
+        save_checkpoint(out, tensors, method.optimizers(), progress)
+        return
+    # several servers: write, wait until every server has written, then commit (agree_across_servers)
+    written = save_checkpoint(out, tensors, method.optimizers(), progress, name=NEXT)
+    method.sync.group.all_reduce(torch.zeros(1))  # a barrier over the backhaul links
+    os.replace(written, Path(out) / CHECKPOINT)
+
+
+def device_reports(setup: Setup, method, ckpt: int) -> dict[str, dict]:
+    """Distributed checkpoint ``ckpt``: every live device saves its state (when it holds any) and answers
+    with its report so far (FLOPs, uplink bytes, events: :func:`trainer.transport.distributed.parse_report`).
+
+    A bad report drops its sender, and so does no answer within :data:`REPORT_S` peer timeouts (a device
+    that sends heartbeats but ignores ``save`` cannot stall the run). A device lost meanwhile has no report here: a method whose devices
+    hold state loses it now (as :meth:`~trainer.methods.common.Method.save_devices` does); for the others
+    the server loop learns of the loss as it would have without the checkpoint (the transport reports it
+    again), so micro-batches already received are trained and counted as usual."""
+    tr, names, reports = setup.transport, method.live(), {}
+    for n in names:
+        tr.send_down(Message(n, -1, kind="save", aux=ckpt))
+    late = threading.Timer(REPORT_S * tr.peer_timeout, lambda: [
+        tr.drop(n, f"no answer to checkpoint {ckpt} within {REPORT_S * tr.peer_timeout:g} s")
+        for n in names if n not in reports])  # a device that heartbeats but never answers cannot stall the run
+    late.daemon = True
+    late.start()
+    try:
+        for n in names:
+            why = _one_report(tr, n, reports)
+            if why is None:
+                continue
+            if method.device_stateful:
+                method.lose(n, why)
+            else:
+                with tr.inbox.cv:
+                    tr.inbox.reported.discard(n)  # the server loop's next receive reports the loss once more
+    finally:
+        late.cancel()
+    return reports
+
+
+def _one_report(tr, name: str, reports: dict) -> str | None:
+    """Receive ``name``'s report into ``reports``; or why there is none (a bad report drops its sender)."""
+    try:
+        reports[name] = parse_report(tr.recv_up(name, {"report"}).tensors["blob"], name)
+        return None
+    except PeerLost as err:
+        return err.reason
+    except ValueError as err:
+        why = f"bad report: {err}"
+        tr.dropped[name] = why
+        tr.drop(name, why)
+        return why
+
+
+def _attempt_events(setup: Setup, info: dict) -> list[TraceEvent]:
+    """This attempt's events so far: the server's, and in a distributed run its devices' as last reported."""
+    reports = (info.get("device_reports") or {}).values()
+    return [*setup.meter.events, *(TraceEvent(*e) for r in reports for e in r["events"])]
+
+
+def whole_trace(info: dict, events: list[TraceEvent], lane: str) -> list[TraceEvent]:
+    """The run's events on one timeline: those saved with the checkpoint this attempt resumed from (earlier
+    attempts'), a ``resume`` marker, then ``events`` (this attempt's) shifted to follow them."""
+    before = info.get("trace_before")
+    if before is None:
+        return list(events)
+    return merge_attempts(before["events"], events, before["until_s"], lane)
+
+
+def _save_trace(out: Path, setup: Setup, info: dict, epoch: int, ckpt: int) -> None:
+    """Write the run's events up to this checkpoint beside it (:data:`TRACE_FILE`), for a resumed run's trace."""
+    events = whole_trace(info, _attempt_events(setup, info), setup.server)
+    before = info.get("trace_before")
+    until = max([setup.meter.now() + (before["until_s"] if before else 0.0)] + [e.end for e in events])
+    write_atomic(Path(out) / TRACE_FILE, json.dumps({"epoch": epoch, "steps": ckpt, "until_s": until,
+                                                     "events": [list(e) for e in events]}))
+
+
+def _load_trace(out: Path, progress: dict) -> dict | None:
+    """The events saved with the checkpoint in ``out`` (None, with a warning, when absent or from another one)."""
+    path = Path(out) / TRACE_FILE
+    try:
+        saved = json.loads(path.read_text())
+        if (saved["epoch"], saved["steps"]) == (progress["epoch"], len(progress["losses"])):
+            return {"until_s": float(saved["until_s"]), "events": [TraceEvent(*e) for e in saved["events"]]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    print(f"warning: {path} is missing or not from the checkpoint: trace.json shows only the resumed part",
+          file=sys.stderr, flush=True)
+    return None
 
 
 def _restore(out: Path, setup: Setup, method, losses: list, evals: list, info: dict) -> int:
@@ -71,7 +194,11 @@ def _restore(out: Path, setup: Setup, method, losses: list, evals: list, info: d
     method.load_server_extra({k[2:]: v for k, v in weights.items() if k.startswith("x.")}, progress["extra"])
     losses[:], evals[:], info["scores"][:] = progress["losses"], progress["evals"], progress.get("scores", [])
     info["base_totals"] = progress.get("totals")
+    info["trace_before"] = _load_trace(out, progress)
     method.lost, method.server_stream = progress["lost"], [tuple(x) for x in progress["stream"]]
+    if method.sync is not None and "sync" in progress:
+        method.sync.steps, method.sync.rounds, method.sync.bytes = (int(progress["sync"][k]) for k in
+                                                                     ("steps", "rounds", "bytes"))
     method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"],
                           "device_checkpoint": progress["device_checkpoint"]}
     return progress["epoch"]
@@ -131,27 +258,76 @@ def contradictions(recorded: dict, given: dict) -> list[str]:
     return out
 
 
-def checkpoint_totals(out: str | Path) -> dict | None:
-    """The totals carried by ``OUT/checkpoint.safetensors`` (None: no checkpoint or none recorded).
-
-    Read before a resumed run overwrites the checkpoint with its own.
-    """
-    path = Path(out) / "checkpoint.safetensors"
+def _progress(path: Path) -> dict | None:
+    """The progress record of the checkpoint file ``path`` (None: absent or unreadable)."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["progress"]).get("totals")
+            return json.loads(f.metadata()["progress"])
     except Exception:  # noqa: BLE001 - a torn checkpoint is reported by the restore itself, in one line
         return None
 
 
-def carried(base: dict | None, meter, elapsed_s: float) -> dict:
-    """The totals to store in a checkpoint: ``base`` (earlier attempts) plus this attempt's meter so far."""
+def checkpoint_totals(out: str | Path) -> dict | None:
+    """The totals carried by the run's checkpoints (None: no checkpoint or none recorded).
+
+    With several servers, every server's checkpoint (``OUT/servers/<name>``) adds its own roles' counters;
+    ``wall_s`` is the longest. Read before a resumed run overwrites the checkpoints with its own.
+    """
+    paths = [Path(out) / CHECKPOINT, *sorted((Path(out) / "servers").glob(f"*/{CHECKPOINT}"))]
+    parts = [t for t in ((_progress(p) or {}).get("totals") for p in paths) if t]
+    if not parts:
+        return None
+    merged = {"wall_s": max(float(t.get("wall_s", 0.0)) for t in parts)}
+    for key in _COUNTERS:
+        merged[key] = {}
+        for t in parts:
+            for n, v in t.get(key, {}).items():
+                merged[key][n] = merged[key].get(n, 0) + int(v)
+    return merged
+
+
+def agree_across_servers(links, index: int, n_servers: int, out: Path, name: str) -> None:
+    """``--resume`` with several servers: every server resumes from the same epoch's checkpoint.
+
+    The servers checkpoint only at the end of an epoch (:func:`trainer.run.runner.train_server`), after its
+    closing sync round: no micro-batch is in flight and every server holds the same adapters, so the
+    checkpoints of one epoch are one consistent cut of the run. Each server writes its checkpoint as
+    :data:`NEXT`, waits until every server has written its own, then renames it to the checkpoint (a
+    commit). A run stopped between two servers' commits is recovered here: once any server committed
+    epoch E, every server holds E committed or written, and those that had not committed commit now.
+    Anything else (a run stopped while the servers were writing) is refused in one line.
+    """
+    mine = [(_progress(Path(out) / f) or {}).get("epoch", -1) for f in (CHECKPOINT, NEXT)]
+    held = torch.zeros(2 * n_servers, dtype=torch.float32)  # (committed, written) epoch of each server
+    held[2 * index:2 * index + 2] = torch.tensor([float(e) for e in mine])
+    links.all_reduce(held)
+    pairs = [(int(held[2 * j]), int(held[2 * j + 1])) for j in range(n_servers)]
+    last = max(c for c, _ in pairs)
+    if all(c == last for c, _ in pairs):
+        return
+    if last >= 0 and all(last in pair for pair in pairs):
+        if mine[0] != last:
+            os.replace(Path(out) / NEXT, Path(out) / CHECKPOINT)
+        return
+    said = ", ".join(f"server {j}: {'none' if c < 0 else f'epoch {c}'}" for j, (c, _) in enumerate(pairs))
+    raise SfsimError(f"--resume: the servers' checkpoints are not from the same epoch ({said}); server {name} "
+                     "cannot resume consistently: start the run again")
+
+
+def carried(base: dict | None, meter, elapsed_s: float, reports: dict[str, dict] | None = None) -> dict:
+    """The totals to store in a checkpoint: ``base`` (earlier attempts) plus this attempt's so far.
+
+    This attempt's are ``meter``'s and, in a distributed run, each device's last ``reports`` (its own
+    FLOPs and uplink bytes, which its server does not see)."""
     base = base or {}
     out = {"wall_s": round(float(base.get("wall_s", 0.0)) + elapsed_s, 3)}
     for key in _COUNTERS:
-        mine = getattr(meter, key)
+        mine = {n: int(v) for n, v in getattr(meter, key).items()}
+        for n, r in (reports or {}).items():
+            if key in r:
+                mine[n] = mine.get(n, 0) + int(r[key])
         names = set(mine) | set(base.get(key, {}))
         out[key] = {n: int(base.get(key, {}).get(n, 0)) + int(mine.get(n, 0)) for n in sorted(names)}
     return out
@@ -178,8 +354,8 @@ def add_totals(metrics: dict, base: dict | None, distributed: bool) -> dict:
     m["wall_s"] = round(attempt + float(base.get("wall_s", 0.0)), 3)
     m["resumed"] = {"totals_before": base, "attempt_wall_s": attempt,
                     "note": "FLOPs, bytes and wall_s add the totals recorded at the checkpoint to this attempt's"
-                    + ("; distributed: the devices' FLOPs and uplink bytes before it are not known to the server"
-                       if distributed else "")}
+                    + ("; distributed: the devices' FLOPs and uplink bytes at the checkpoint are those each reported "
+                       "to its server when it was taken" if distributed else "")}
     return m
 
 

@@ -53,8 +53,10 @@ from trainer.run.resume import (  # noqa: F401 (check_device_checkpoint: the lau
     mark_finished,
     recorded_metrics,
     restore_devices_inprocess,
+    whole_trace,
 )
 from trainer.run.steplog import StepLog, parse_log_to
+from trainer.transport.rendezvous import parse_ports
 from trainer.transport.runtime import (
     SERVER_ORDERS,
     DeviceRole,
@@ -123,6 +125,7 @@ class RunConfig:
     server_device: str | None = None  # cpu, cuda[:N], mps or auto/None (trainer.methods.common.placement_for)
     device_device: str = "cpu"  # device roles compute on the CPU in this version
     precision: str = "fp32"  # the server's training precision: fp32, bf16 (autocast) or fp16 (CUDA, grad scaler)
+    server_ports: str | None = None  # "29600,29601": where servers 1.. admit devices (trainer.transport.rendezvous)
 
     def __post_init__(self):
         self.method = canonical(self.method)
@@ -154,6 +157,7 @@ class RunConfig:
         if not self.checkpoint_s >= 0:
             raise SfsimError(f"--checkpoint-interval must be >= 0 seconds (0: off), got {self.checkpoint_s}")
         parse_log_to(self.log_to)
+        parse_ports(self.server_ports)
         parse_partition(self.partition)
         if self.task not in tdata.TASKS:
             raise SfsimError(f"unknown task {self.task!r}: use one of {', '.join(tdata.TASKS)}")
@@ -356,7 +360,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
                          f"{built.split.sources['assignment']}); the in-process run has one server: use --launch local")
     torch.manual_seed(role_seed(cfg.seed, "server"))  # the server's RNG, as in a process of its own
     metrics = train_server(cfg, built, out, t0, resume)
-    _write_trace(out, built.setup.meter.events, metrics)
+    _write_trace(out, whole_trace(built.info, built.setup.meter.events, built.setup.server), metrics)
     return metrics
 
 
@@ -404,7 +408,8 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
     Used by the in-process run and by the server process of a distributed run (the transport in
     ``setup`` decides where the devices are). Checkpoints come every ``cfg.checkpoint_every`` steps and
     at least every ``cfg.checkpoint_s`` seconds (:class:`~trainer.run.resume.CheckpointClock`) and at
-    the end of every epoch; each carries the totals so far (:func:`~trainer.run.resume.carried`).
+    the end of every epoch; each carries the totals so far (:func:`~trainer.run.resume.carried`). With several
+    servers only at the end of every epoch (:func:`~trainer.run.resume.agree_across_servers` says why).
     """
     scenario, lm, setup, method, dev, info = built.scenario, built.lm, built.setup, built.method, built.dev, built.info
     losses, evals, first_epoch, train_s = [], [], 0, []
@@ -416,9 +421,9 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
         elif check is not None and method.device_stateful:
             check(method.resume_from["device_checkpoint"])
     save = lambda epoch: _checkpoint(out, setup, method, epoch, losses, evals, info,  # noqa: E731
-                                     carried(info["base_totals"], setup.meter, time.perf_counter() - t0))
+                                     time.perf_counter() - t0)
     clock = CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_s)
-    if method.resumable and clock.active:
+    if method.resumable and clock.active and method.sync is None:  # several servers: at epoch ends only
         method.on_step_done = lambda epoch: save(epoch) if clock.due(len(losses)) else None
     # an early estimate of the whole run's duration, printed after its first steps (not with --quiet)
     est = (estimate_run(cfg, setup, dev, info["n_eval"], info["epochs"] - first_epoch, launch_started(out, t0))

@@ -276,7 +276,8 @@ class DistTransport:
 
     def _enqueue(self, p: int, msg: Message) -> None:
         """Queue ``msg``; shaped, its time on the link is fixed now (the link is first come, first served)."""
-        now, link = self.meter.now(), self._link(p)
+        now = self.meter.now()
+        link = self._link(p) if msg.kind != "report" else None  # a report is measurement, not the method's traffic
         start = end = now
         if link is not None:
             start = max(now, self._free[p])
@@ -322,7 +323,7 @@ class DistTransport:
                 pkt = Packet(_KIND[msg.kind], idx, msg.mb, msg.epoch, msg.aux,
                              {k: v.detach().contiguous() for k, v in msg.tensors.items()})
                 self._send(p, pkt)
-                if pkt.tensors:  # shaped: the link is busy for the serialisation (the latency is a delay)
+                if pkt.tensors and msg.kind != "report":  # shaped: the link is busy for the serialisation
                     dur = ser if ser is not None else self.meter.now() - start
                     parts = None  # a pausing device's uplink carries only online: the send in its online parts
                     if self.presence is not None and ser is not None:

@@ -1,11 +1,13 @@
 """How the processes of a distributed run find each other: admission, one channel per pair that talks, clock.
 
 Ranks ``0..S-1`` are the scenario's S servers, rank ``S + i`` is device ``i``. Every process proves it
-holds the run's secret to server 0 before it gets a rank (:func:`trainer.transport.secure.admit`), so
-admission covers every rank, servers included. With several servers:
+holds its rank's key (from the run's secret, or its own credential: :func:`credential_file`) to server 0
+before it gets that rank (:func:`trainer.transport.secure.admit`), so admission covers every rank, servers
+included, and a device can take no other device's rank. With several servers:
 
-* each server ``j >= 1``, once admitted, listens on a fresh port of the address it reached server 0
-  from and sends that port to server 0 over its channel;
+* each server ``j >= 1``, once admitted, listens on the address it reached server 0 from, on its port
+  in ``--server-ports`` (a fixed port a firewall can open) or else a fresh one, and sends that port to
+  server 0 over its channel;
 * server 0 sends every device the directory of the other servers' admission addresses;
 * each device then joins every other server it may talk to (its assigned one and every handover
   target) with the same challenge-response; server ``j`` admits exactly the devices that visit it.
@@ -22,6 +24,7 @@ import os
 import struct
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -47,9 +50,67 @@ def _address(master: str | None) -> tuple[str, int, str | None]:
     return host.strip("[]"), int(port), None
 
 
+def credential_file(folder: Path, secret_file: str | Path, rank: int) -> Path:
+    """A new 0600 file in ``folder`` holding rank ``rank``'s credential alone (:func:`~trainer.transport.secure.
+    role_credential`) from the run's secret in ``secret_file``: a device given it can take no other rank."""
+    secret = Path(secret_file).read_bytes().strip()
+    path = Path(folder) / f"role-{rank}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secure.role_credential(secret, rank))
+    return path
+
+
+def parse_ports(text: str | None) -> list[int]:
+    """``--server-ports 29600,29601`` as a list of ports (None or empty: none given); one-line errors.
+
+    Example:
+        >>> parse_ports("29600, 29601")
+        [29600, 29601]
+    """
+    if not text:
+        return []
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise SfsimError(f"--server-ports {text}: {part!r} is not a port in 1..65535 (e.g. --server-ports 29600,29601)")
+        if int(part) in out:
+            raise SfsimError(f"--server-ports {text}: port {part} is given twice; each server needs its own")
+        out.append(int(part))
+    return out
+
+
+def server_ports(text: str | None, servers: list[str], master: str | None) -> dict[int, int]:
+    """Server rank ``j >= 1`` -> the port it admits devices on (``--server-ports``, one per server after the
+    first, in scenario order); empty when not given (each then takes a free port).
+
+    Raises:
+        SfsimError: not one port per server after the first, or a port that is the master's (admission, and
+            under torchrun the rendezvous store's).
+    """
+    ports = parse_ports(text)
+    if not ports:
+        return {}
+    if len(ports) != len(servers) - 1:
+        raise SfsimError(f"--server-ports {text}: the scenario has {len(servers)} servers, so give "
+                         f"{len(servers) - 1} port(s), one for each server after {servers[0]} "
+                         f"({', '.join(servers[1:]) or 'none'}); server 0 admits on --master's port")
+    taken = {}
+    if master is not None:
+        taken[_address(master)[1]] = "--master's port"
+    elif os.environ.get("MASTER_PORT", "").isdigit():  # torchrun: its store, then server 0's admission
+        store = int(os.environ["MASTER_PORT"])
+        taken = {store: "torchrun's store (MASTER_PORT)", store + 1: "server 0's admission port (MASTER_PORT + 1)"}
+    for port, name in zip(ports, servers[1:], strict=True):
+        if port in taken:
+            raise SfsimError(f"--server-ports {text}: {port} for server {name} is {taken[port]}; choose another")
+    return dict(enumerate(ports, start=1))
+
+
 def connect(rank: int, world: int, master: str | None, names: list[str], secret: bytes, encrypt: bool,
             rendezvous_s: float, timeout_s: float = 600.0, log=None, servers: list[str] | None = None,
-            visits: dict[str, list[int]] | None = None) -> dict[int, secure.Channel]:
+            visits: dict[str, list[int]] | None = None, ports: dict[int, int] | None = None) -> dict[int, secure.Channel]:
     """Admit every other rank (server 0) or join, open the channels of this process, form the gloo group.
 
     Server 0 listens on the master address only: a process gets its rank after proving it holds
@@ -61,6 +122,8 @@ def connect(rank: int, world: int, master: str | None, names: list[str], secret:
         names: device names in scenario order (device ``i`` is rank ``len(servers) + i``).
         servers: server names in scenario order (default: one server).
         visits: device name -> every server rank it talks to (default: server 0 only).
+        ports: server rank ``j >= 1`` -> the port it admits its devices on (:func:`server_ports`; default: a
+            free port, which server 0 tells the devices).
 
     Returns:
         peer rank -> :class:`~trainer.transport.secure.Channel`: server 0 every rank; server ``j``
@@ -94,7 +157,8 @@ def connect(rank: int, world: int, master: str | None, names: list[str], secret:
         ch, store_port = secure.join(host, port, rank, secret, timeout_s)
         channels = {0: ch}
         if rank < n_srv:
-            channels |= _admit_visitors(ch, rank, secret, names, n_srv, visits, 2 * rendezvous_s, log)
+            channels |= _admit_visitors(ch, rank, secret, names, n_srv, visits, 2 * rendezvous_s, log,
+                                        (ports or {}).get(rank, 0))
         elif n_srv > 1:
             try:
                 channels |= _join_servers(ch, rank, secret, names, n_srv, visits, timeout_s)
@@ -124,9 +188,17 @@ def _send_directory(channels: dict[int, secure.Channel], n_srv: int, world: int)
 
 
 def _admit_visitors(ch0: secure.Channel, rank: int, secret: bytes, names: list[str], n_srv: int,
-                    visits: dict[str, list[int]] | None, deadline_s: float, log) -> dict[int, secure.Channel]:
-    """Server ``rank >= 1``: listen where server 0 sees us, say the port, admit the devices that visit us."""
-    lsock = secure.listen(ch0.sock.getsockname()[0], 0)
+                    visits: dict[str, list[int]] | None, deadline_s: float, log,
+                    port: int = 0) -> dict[int, secure.Channel]:
+    """Server ``rank >= 1``: listen where server 0 sees us (on ``port``, 0: a free one), say the port, admit
+    the devices that visit us."""
+    host = ch0.sock.getsockname()[0]
+    try:
+        lsock = secure.listen(host, port)
+    except SfsimError:
+        raise SfsimError(f"server rank {rank} cannot listen on {host}:{port} for its devices (in use?): choose "
+                         "another port in --server-ports") from None
+    log(f"server rank {rank} admits its devices on {host}:{lsock.getsockname()[1]}")
     try:
         ch0.send(_PORT.pack(lsock.getsockname()[1]))
         mine = {n_srv + i: n for i, n in enumerate(names) if rank in (visits or {}).get(n, [0])}
@@ -175,4 +247,4 @@ def sync_clock(meter: Meter, rounds: int = 5) -> float:
     return offset
 
 
-__all__ = ["connect", "sync_clock"]
+__all__ = ["connect", "sync_clock", "parse_ports", "server_ports", "credential_file"]

@@ -8,10 +8,15 @@ sender.
 * **The secret** is 32 random bytes, read from the file named by ``SFSIM_SECRET_FILE`` (which must not
   be readable by group or others) or from ``SFSIM_SECRET``; never from a command line. The local
   launcher writes a fresh one per run to a 0600 file (:func:`new_secret_file`).
+* **Ranks are bound to keys**: each rank has its own key derived from the secret (:func:`role_key`). A
+  role may hold the run's secret or only its rank's credential (:func:`role_credential`; the local
+  launcher gives each device only its own), so a device cannot claim another device's rank: its
+  claim fails the MAC and is refused with a line, and the real holder is admitted. Servers hold the
+  run's secret (they admit every rank).
 * **Admission** (:func:`admit` on the server, :func:`join` on a device): over a TCP connection to the
   master address, before any rank exists. The server sends a random challenge; the device answers with
-  the rank it claims, its own challenge and an HMAC-SHA256 over both under a key derived from the
-  secret; the server checks it (constant time), refuses a wrong MAC or a rank already taken, and
+  the rank it claims, its own challenge and an HMAC-SHA256 over both under a key derived from that
+  rank's key; the server checks it (constant time), refuses a wrong MAC or a rank already taken, and
   answers with its own HMAC (so a device also knows it reached the real server) plus the port of the
   rendezvous store. That connection then carries every message between the two.
 * **Channels** (:class:`Channel`): a message is a length-prefixed frame; encrypted, a frame is an
@@ -106,6 +111,39 @@ def encrypt_default(multi_host: bool) -> bool:
     if value not in ("on", "off", "auto", "1", "0"):
         raise SfsimError(f"{ENCRYPT_ENV}={value!r}: use on, off or auto")
     return multi_host if value == "auto" else value in ("on", "1")
+
+
+ROLE_PREFIX = "sfsim-role-"  # a role credential file: "sfsim-role-<rank>:<64 hex digits>"
+
+
+def role_key(secret: bytes, rank: int) -> bytes:
+    """Rank ``rank``'s key, derived from the run's secret: what its admission and channel keys come from."""
+    return _kdf(secret, b"sfsim", b"role %d" % rank)
+
+
+def role_credential(secret: bytes, rank: int) -> str:
+    """The credential of rank ``rank`` alone (a file's text): it admits that rank and no other.
+
+    Example:
+        >>> role_credential(b"0123456789abcdef0123", 2).startswith("sfsim-role-2:")
+        True
+    """
+    return f"{ROLE_PREFIX}{rank}:{role_key(secret, rank).hex()}"
+
+
+def identity(secret: bytes, rank: int) -> bytes:
+    """The key rank ``rank`` joins with: derived from the run's secret, or read from a role credential
+    (:func:`role_credential`), which must be this rank's."""
+    if not secret.startswith(ROLE_PREFIX.encode()):
+        return role_key(secret, rank)
+    head, _, key = secret.decode(errors="replace").partition(":")
+    if head != f"{ROLE_PREFIX}{rank}" or len(key) != 64:
+        raise SfsimError(f"the secret given is the credential of {head.removeprefix(ROLE_PREFIX) or '?'}, "
+                         f"not of rank {rank}: give this role its own credential or the run's secret")
+    try:
+        return bytes.fromhex(key)
+    except ValueError:
+        raise SfsimError(f"the credential of rank {rank} is not 64 hex digits") from None
 
 
 def _kdf(secret: bytes, salt: bytes, info: bytes) -> bytes:
@@ -255,8 +293,9 @@ def admit(lsock: socket.socket, secret: bytes, ranks: dict[int, str], deadline_s
     Raises:
         SfsimError: one line naming the ranks that did not join in time.
     """
-    key, out = _kdf(secret, b"sfsim", b"admission"), {}
-    end = time.monotonic() + deadline_s
+    if secret.startswith(ROLE_PREFIX.encode()):
+        raise SfsimError("a server admits with the run's secret, not a role credential: give it the run's secret")
+    out, end = {}, time.monotonic() + deadline_s
     while len(out) < len(ranks):
         left = end - time.monotonic()
         if left <= 0:
@@ -270,7 +309,7 @@ def admit(lsock: socket.socket, secret: bytes, ranks: dict[int, str], deadline_s
         except TimeoutError:
             continue
         try:
-            rank, ch = _admit_one(conn, key, secret, ranks, out, store_port, encrypt)
+            rank, ch = _admit_one(conn, secret, ranks, out, store_port, encrypt)
         except (OSError, WireError, ValueError) as err:
             log(f"refused a join from {addr[0]}:{addr[1]}: {err}")
             conn.close()
@@ -279,20 +318,24 @@ def admit(lsock: socket.socket, secret: bytes, ranks: dict[int, str], deadline_s
     return out
 
 
-def _admit_one(conn, key: bytes, secret: bytes, ranks: dict, taken: dict, store_port: int, encrypt: bool):
+def _admit_one(conn, secret: bytes, ranks: dict, taken: dict, store_port: int, encrypt: bool):
     conn.settimeout(HANDSHAKE_S)
     ours = secrets.token_bytes(NONCE)
     conn.sendall(HELLO + ours)
     ans = _exact(conn, 4 + NONCE + MAC)
     rank, theirs, mac = int.from_bytes(ans[:4], "big"), ans[4:4 + NONCE], ans[4 + NONCE:]
+    if rank not in ranks:
+        raise WireError(f"rank {rank} is not a device rank of this run")
+    who = role_key(secret, rank)  # the claim is proven with the claimed rank's own key: no rank can take another's
+    key = _kdf(who, b"sfsim", b"admission")
     if not hmac.compare_digest(mac, _mac(key, b"join", ours, theirs, ans[:4])):
         raise WireError(f"wrong secret (claimed rank {rank})")
-    if rank not in ranks or rank in taken:
-        raise WireError(f"rank {rank} is {'taken' if rank in taken else 'not a device rank of this run'}")
+    if rank in taken:
+        raise WireError(f"rank {rank} is taken")
     flags = struct.pack(">BI", int(encrypt), store_port)
     conn.sendall(flags + _mac(key, b"accept", ours, theirs, ans[:4], flags))
     salt = ours + theirs
-    return rank, Channel(conn, _keys(secret, salt, rank, server=True) if encrypt else None)
+    return rank, Channel(conn, _keys(who, salt, rank, server=True) if encrypt else None)
 
 
 def join(host: str, port: int, rank: int, secret: bytes, deadline_s: float) -> tuple[Channel, int]:
@@ -302,7 +345,8 @@ def join(host: str, port: int, rank: int, secret: bytes, deadline_s: float) -> t
         SfsimError: the server was not reachable within ``deadline_s``, refused the join, or could
             not prove that it holds the secret itself.
     """
-    key, end = _kdf(secret, b"sfsim", b"admission"), time.monotonic() + deadline_s
+    who = identity(secret, rank)
+    key, end = _kdf(who, b"sfsim", b"admission"), time.monotonic() + deadline_s
     while True:
         try:
             conn = socket.create_connection((host, port), timeout=HANDSHAKE_S)
@@ -327,7 +371,7 @@ def join(host: str, port: int, rank: int, secret: bytes, deadline_s: float) -> t
         why = "it closed the connection: wrong secret, or the rank is taken" if isinstance(err, ConnectionError) else err
         raise SfsimError(f"the server at {host}:{port} refused rank {rank} ({why})") from None
     encrypt, store_port = struct.unpack(">BI", flags)
-    keys = _keys(secret, theirs + ours, rank, server=False) if encrypt else None
+    keys = _keys(who, theirs + ours, rank, server=False) if encrypt else None
     return Channel(conn, keys), store_port
 
 
@@ -341,4 +385,5 @@ def _exact(conn: socket.socket, n: int) -> bytes:
     return buf
 
 
-__all__ = ["Channel", "admit", "join", "listen", "load_secret", "need_secret", "new_secret_file", "encrypt_default"]
+__all__ = ["Channel", "admit", "join", "listen", "load_secret", "need_secret", "new_secret_file", "encrypt_default",
+           "role_credential", "role_key", "identity"]
