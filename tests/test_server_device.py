@@ -123,6 +123,9 @@ def test_copies_with_two_cuts_checkpoint_and_resume_bit_exactly(tiny_gpt2, tmp_p
 def test_fedlora_server_refuses_a_gpu_in_one_line(monkeypatch):
     placement, line = common.placement_for("fedlora", None, "cpu", "fp32")
     assert placement.server == torch.device("cpu") and line == "server on cpu (auto), fp32; devices on cpu"
+    assert common.placement_for("fedlora", "cpu", "cpu", "bf16")[1] == ("server on cpu (--server-device), bf16; devices "
+                                                                       "on cpu (fedlora's server trains nothing: the "
+                                                                       "devices train in fp32)")
     monkeypatch.setattr(common, "resolve_device", lambda spec, what: torch.device(spec))  # as on a GPU machine
     with pytest.raises(common.SfsimError, match=r"^--server-device cuda: fedlora's server trains nothing .*"
                                                 r"use --server-device cpu$"):

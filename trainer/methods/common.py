@@ -116,7 +116,10 @@ def placement_for(method: str, server: str | None, device: str | None, precision
     if placement.server.type != "cpu" and method not in GPU_SERVER_METHODS:
         raise SfsimError(f"--server-device {server}: {method}'s server trains nothing (the devices train; it "
                          "averages their adapters on the CPU): use --server-device cpu")
-    return placement, f"server on {placement.server} ({how}), {precision}; devices on cpu"
+    line = f"server on {placement.server} ({how}), {precision}; devices on cpu"
+    if method not in GPU_SERVER_METHODS and precision != "fp32":
+        line += f" ({method}'s server trains nothing: the devices train in fp32)"
+    return placement, line
 
 
 class ServerMath:
