@@ -39,7 +39,7 @@ from torch import nn
 from sfsim.cost.wire import CODECS
 from sfsim.errors import SfsimError
 from sfsim.model.arch import BUILTIN
-from trainer.methods.common import resolve_device, task_loss
+from trainer.methods.common import resolve_device, task_loss, training_mode
 from trainer.model.backward import DeferredGrads
 from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import LoadedModel
@@ -135,7 +135,9 @@ class _Parts:
         _, self.tsrv = split_model(train, 0, head=head)
         for part in (self.dev, self.fsrv, self.tsrv):
             part.to(device)  # before the optimizers are made: they hold the parameters
-        self.tsrv.train()  # as the trainer's server: dropout on
+        # as the trainer's server trains (trainer.methods.common.training_mode): the network's own dropout off,
+        # only LoRA's input dropout on; timing BERT's attention and hidden dropout overstated its forward by ~20%
+        training_mode(self.tsrv)
         self.deferred = DeferredGrads(self.tsrv)
         self.blocks_f = list(self.fsrv.body.blocks.values())
         self.blocks_t = list(self.tsrv.body.blocks.values())
