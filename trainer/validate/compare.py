@@ -48,6 +48,7 @@ from sfsim.units import format_amount, parse_quantity
 from trainer.run.launch import run
 from trainer.run.runner import RunConfig
 from trainer.validate.machine import refusal, server_profile, too_fast
+from trainer.validate.profile import load_factor, speed_probe
 
 #: simulator policy that replays each trainer server order
 POLICY_OF_ORDER = {"proportional": "paced-proportional", "round-robin": "paced-round-robin", "fifo": "fifo",
@@ -82,6 +83,7 @@ class ValidateConfig:
     client_order: str | None = None  # splitlora: interleaved (None: the trainer's default) or sequential
     allow_native: bool = False  # run devices this machine cannot emulate at native speed (flagged) instead of refusing
     host_sharing: bool = True  # model the CPU sharing of the run's co-located processes (sfsim.cost.hostshare)
+    load_calibration: bool = True  # scale the server's profile by this machine's speed now vs when it was profiled
 
     def __post_init__(self):
         if self.emulate not in ("none", "compute", "links", "all"):
@@ -114,11 +116,12 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
                    seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
                    micro_batch=vc.micro_batch, buffer=vc.buffer, progress=False, launch="local", emulate=vc.emulate,
                    threads=vc.threads, count_flops=False, accumulate=vc.accumulate, client_order=vc.client_order)
-    load = [round(os.getloadavg()[0], 2)]
+    load, probes = [round(os.getloadavg()[0], 2)], [speed_probe()]  # the machine's speed just before and after
     metrics = run(rc)
     load.append(round(os.getloadavg()[0], 2))
+    probes.append(speed_probe())
     measured = read_chrome_trace(out / "run" / "trace.json")
-    sim, host = predict_shared(vc, metrics, native)
+    sim, host = predict_shared(vc, metrics, native, probes)
     predicted = sim.events
     report = compare(predicted, measured, list(metrics["server_flops"]))  # every server's lane
     report["header"] = header(vc, source, native, host, load, list(metrics["device_flops"]))
@@ -213,14 +216,17 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
     return sets
 
 
-def predict_shared(vc: ValidateConfig, metrics: dict, native=()) -> tuple:
+def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probes: list[float] | None = None) -> tuple:
     """:func:`predict` with the run's co-located processes sharing this machine's cores.
 
     Every process of the run (the server and each device) is on this machine. Each device burns CPU
     for its compute at this machine's speed (then sleeps, when emulated, up to its scenario time): its
     runnable share is those CPU-seconds over the predicted span. The server's tables are stretched by
     :func:`sfsim.cost.hostshare.slowdown` of those shares (two fixed-point rounds, as the span moves with
-    the stretch); devices at native speed get the same stretch.
+    the stretch); devices at native speed get the same stretch. ``probes``: this machine's
+    :func:`~trainer.validate.profile.speed_probe` around the run; with ``vc.load_calibration`` the tables are
+    also scaled by how much slower the machine computed then than when the profile was measured (other
+    processes' load, :func:`~trainer.validate.profile.load_factor`).
 
     Returns:
         (the simulation, the host figures for the report header).
@@ -231,14 +237,22 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=()) -> tuple:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     names = list(metrics["samples_by_device"])
     host = {"cores": cores, "processes": 1 + len(names), "threads": vc.threads, "server_slowdown": 1.0}
-    if not vc.host_sharing or vc.server_profile is None:
+    if vc.server_profile is None or not (vc.host_sharing or vc.load_calibration):
+        return sim, host
+    lf = load_factor(read_yaml(vc.server_profile), probes or []) if vc.load_calibration else None
+    host.update(load_factor=None if lf is None else round(lf, 4), probe_s=[round(p, 6) for p in probes or []])
+    if lf is not None:
+        path = _stretched(vc, lf)
+        sim = predict(vc, metrics, {**{d.name: path for d in native}, "server": path})
+    if not vc.host_sharing:
         return sim, host
     own = vc.device_profile if vc.emulate in ("none", "links") else vc.server_profile
     cpu = _device_cpu_seconds(predict(vc, metrics, {n: own for n in names}).events, names)
+    cpu = {k: v * (lf or 1.0) for k, v in cpu.items()}  # a loaded machine computes the devices' work slower too
     for _ in range(2):
         shares = runnable_shares(cpu, _span(sim.events))
         factor = slowdown(cores, [(p, vc.threads) for p in shares.values()], vc.threads)
-        path = _stretched(vc, factor)
+        path = _stretched(vc, factor * (lf or 1.0))
         sim = predict(vc, metrics, {**{d.name: path for d in native}, "server": path})
     host.update(server_slowdown=round(factor, 4), device_cpu_shares={k: round(v, 4) for k, v in shares.items()})
     return sim, host
@@ -264,7 +278,7 @@ def _stretched(vc: ValidateConfig, factor: float) -> str:
 
     path = Path(vc.out) / "server-profile-shared.yaml"
     prof = scale_profile(read_yaml(vc.server_profile), factor)
-    prof["source"] = f"{prof.get('source', '')} | times x {factor:.4f} for CPU sharing (sfsim.cost.hostshare)"
+    prof["source"] = f"{prof.get('source', '')} | times x {factor:.4f} for CPU sharing and load (sfsim.cost.hostshare)"
     write_atomic(path, yaml.safe_dump(prof, sort_keys=False, width=200))
     return str(path)
 
@@ -532,6 +546,9 @@ def format_header(h: dict) -> list[str]:
     lines.append(f"host: {host['processes']} processes x {host['threads']} thread(s) on {host['cores']} cores; "
                  f"server stretched x{host['server_slowdown']:.3f} for CPU sharing; 1-min load "
                  f"{load['before']} before, {load['after']} after the run")
+    if host.get("load_factor") is not None:
+        lines.append(f"load: this machine computed x{host['load_factor']:.3f} as slow around the run as when the "
+                     "server was profiled (speed probe); the server's profile is scaled by it")
     return lines
 
 

@@ -371,6 +371,45 @@ def machine_info() -> dict:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+PROBE_SHAPE = (64, 384, 1536)  # tokens x width x MLP width: a MiniLM-sized block's MLP on 64 tokens (~0.1 GFLOP)
+
+
+def speed_probe(seconds: float = 1.0) -> float:
+    """Mean seconds one thread takes now for a fixed CPU workload, repeated for about ``seconds``.
+
+    The same work timed at two moments says how much slower this shared machine computes at the second
+    (other processes' load): a profile records it (``machine.probe_s``) and ``sfsim validate`` times it
+    again around the run, scaling the server's profile by the ratio (:func:`load_factor`). A mean over a
+    second, not a median of short rounds: a round is either preempted or not, so only the mean follows the
+    share of a core the thread gets.
+    """
+    n, d, f = PROBE_SHAPE
+    g = torch.Generator().manual_seed(0)
+    x, w1, w2 = torch.randn(n, d, generator=g), torch.randn(f, d, generator=g), torch.randn(d, f, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            nn.functional.linear(nn.functional.gelu(nn.functional.linear(x, w1)), w2)  # untimed: first-call costs
+            count, t0 = 0, time.perf_counter()
+            while count == 0 or time.perf_counter() - t0 < seconds:
+                nn.functional.linear(nn.functional.gelu(nn.functional.linear(x, w1)), w2)  # (n, d)
+                count += 1
+            return (time.perf_counter() - t0) / count
+    finally:
+        torch.set_num_threads(before)
+
+
+def load_factor(profile: dict, probes: list[float]) -> float | None:
+    """How much slower this machine computes now than when ``profile`` was measured: the mean of ``probes``
+    (:func:`speed_probe` around a run) over the profile's ``machine.probe_s``; None when it has none (a profile
+    from before the probe, or of a GPU)."""
+    then = ((profile.get("machine") or {}).get("probe_s") or {})
+    if not then or not probes:
+        return None
+    return (sum(probes) / len(probes)) / ((then["before"] + then["after"]) / 2)
+
+
 def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str = "",
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Measure ``lm`` over ``spec``'s grid on this machine; return the profile (the :mod:`sfsim.cost.latency` format).
@@ -397,8 +436,9 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     if limit is not None and spec.seq_lens[-1] > limit:
         raise SfsimError(f"--seq-len {spec.seq_lens[-1]} is longer than {lm.name}'s {limit} positions")
     load0, t0 = os.getloadavg()[0], time.perf_counter()
-    torch.manual_seed(0)
     device = resolve_device(spec.device, "--device")
+    probe0 = speed_probe() if device.type == "cpu" else None
+    torch.manual_seed(0)
     parts = _Parts(lm, spec, device)
     first = first_call(parts, lm, spec)
     grid = []
@@ -414,6 +454,8 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     # 1-minute load before and after, and the 5-minute load after (which spans a few minutes of measuring)
     info["load_average"] = {"before": round(load0, 2), "after": round(after[0], 2), "after_5min": round(after[1], 2)}
     info["wall_s"] = round(time.perf_counter() - t0, 1)
+    if probe0 is not None:  # the machine's speed around the measurement (profile.load_factor)
+        info["probe_s"] = {"before": round(probe0, 6), "after": round(speed_probe(), 6)}
     prof = {"device": spec.name, "role": spec.role, "model": model}
     if model not in BUILTIN:
         cfg = lm.model.config
