@@ -25,6 +25,7 @@ flagged ``minor``: its relative error says little.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -48,7 +49,7 @@ from sfsim.units import format_amount, parse_quantity
 from trainer.run.launch import run
 from trainer.run.runner import RunConfig
 from trainer.validate.machine import refusal, server_profile, too_fast
-from trainer.validate.profile import load_factor, speed_probe
+from trainer.validate.profile import LoadSampler, load_factor
 
 #: simulator policy that replays each trainer server order
 POLICY_OF_ORDER = {"proportional": "paced-proportional", "round-robin": "paced-round-robin", "fifo": "fifo",
@@ -116,12 +117,12 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
                    seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
                    micro_batch=vc.micro_batch, buffer=vc.buffer, progress=False, launch="local", emulate=vc.emulate,
                    threads=vc.threads, count_flops=False, accumulate=vc.accumulate, client_order=vc.client_order)
-    load, probes = [round(os.getloadavg()[0], 2)], [speed_probe()]  # the machine's speed just before and after
-    metrics = run(rc)
+    load = [round(os.getloadavg()[0], 2)]
+    with _threads(vc.threads), LoadSampler() as sampler:  # this machine's speed during the run, as when profiled
+        metrics = run(rc)
     load.append(round(os.getloadavg()[0], 2))
-    probes.append(speed_probe())
     measured = read_chrome_trace(out / "run" / "trace.json")
-    sim, host = predict_shared(vc, metrics, native, probes)
+    sim, host = predict_shared(vc, metrics, native, sampler.mean)
     predicted = sim.events
     report = compare(predicted, measured, list(metrics["server_flops"]))  # every server's lane
     report["header"] = header(vc, source, native, host, load, list(metrics["device_flops"]))
@@ -216,16 +217,16 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
     return sets
 
 
-def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probes: list[float] | None = None) -> tuple:
+def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probe_s: float | None = None) -> tuple:
     """:func:`predict` with the run's co-located processes sharing this machine's cores.
 
     Every process of the run (the server and each device) is on this machine. Each device burns CPU
     for its compute at this machine's speed (then sleeps, when emulated, up to its scenario time): its
     runnable share is those CPU-seconds over the predicted span. The server's tables are stretched by
     :func:`sfsim.cost.hostshare.slowdown` of those shares (two fixed-point rounds, as the span moves with
-    the stretch); devices at native speed get the same stretch. ``probes``: this machine's
-    :func:`~trainer.validate.profile.speed_probe` around the run; with ``vc.load_calibration`` the tables are
-    also scaled by how much slower the machine computed then than when the profile was measured (other
+    the stretch); devices at native speed get the same stretch. ``probe_s``: this machine's
+    :class:`~trainer.validate.profile.LoadSampler` mean during the run; with ``vc.load_calibration`` the tables
+    are also scaled by how much slower the machine computed then than while the profile was measured (other
     processes' load, :func:`~trainer.validate.profile.load_factor`).
 
     Returns:
@@ -239,8 +240,8 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probes: list[fl
     host = {"cores": cores, "processes": 1 + len(names), "threads": vc.threads, "server_slowdown": 1.0}
     if vc.server_profile is None or not (vc.host_sharing or vc.load_calibration):
         return sim, host
-    lf = load_factor(read_yaml(vc.server_profile), probes or []) if vc.load_calibration else None
-    host.update(load_factor=None if lf is None else round(lf, 4), probe_s=[round(p, 6) for p in probes or []])
+    lf = load_factor(read_yaml(vc.server_profile), probe_s) if vc.load_calibration else None
+    host.update(load_factor=None if lf is None else round(lf, 4), probe_s=None if probe_s is None else round(probe_s, 6))
     if lf is not None:
         path = _stretched(vc, lf)
         sim = predict(vc, metrics, {**{d.name: path for d in native}, "server": path})
@@ -256,6 +257,19 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probes: list[fl
         sim = predict(vc, metrics, {**{d.name: path for d in native}, "server": path})
     host.update(server_slowdown=round(factor, 4), device_cpu_shares={k: round(v, 4) for k, v in shares.items()})
     return sim, host
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """torch's threads set to ``n`` for a while (the load sampler measures as the profile did)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _span(events) -> float:
@@ -547,8 +561,8 @@ def format_header(h: dict) -> list[str]:
                  f"server stretched x{host['server_slowdown']:.3f} for CPU sharing; 1-min load "
                  f"{load['before']} before, {load['after']} after the run")
     if host.get("load_factor") is not None:
-        lines.append(f"load: this machine computed x{host['load_factor']:.3f} as slow around the run as when the "
-                     "server was profiled (speed probe); the server's profile is scaled by it")
+        lines.append(f"load: this machine computed x{host['load_factor']:.3f} as slow during the run as while the "
+                     "server was profiled (sampled probe); the server's profile is scaled by it")
     return lines
 
 

@@ -23,6 +23,7 @@ and decode those activations in each wire codec (``codec``) and the machine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import platform
@@ -374,40 +375,75 @@ def machine_info() -> dict:
 PROBE_SHAPE = (64, 384, 1536)  # tokens x width x MLP width: a MiniLM-sized block's MLP on 64 tokens (~0.1 GFLOP)
 
 
-def speed_probe(seconds: float = 1.0) -> float:
-    """Mean seconds one thread takes now for a fixed CPU workload, repeated for about ``seconds``.
+class LoadSampler:
+    """How fast this machine computes over a period, sampled while something else runs.
 
-    The same work timed at two moments says how much slower this shared machine computes at the second
-    (other processes' load): a profile records it (``machine.probe_s``) and ``sfsim validate`` times it
-    again around the run, scaling the server's profile by the ratio (:func:`load_factor`). A mean over a
-    second, not a median of short rounds: a round is either preempted or not, so only the mean follows the
-    share of a core the thread gets.
+    A background thread runs a fixed workload (:data:`PROBE_SHAPE`) for ``burst`` seconds every ``every``
+    seconds (about 5% of one core) and keeps each burst's mean seconds per round; :attr:`mean` averages
+    them. The same workload sampled while a profile is measured (``machine.probe_s``) and while a validate
+    run runs says how much slower the machine computed during the run (other processes' load on a shared
+    machine): :func:`load_factor`. Bursts spread over the whole period follow a load that changes within
+    seconds, which a probe before and after cannot. Uses the process's torch threads (1 in validate).
+
+    Example:
+        >>> with LoadSampler(every=0.01) as s:
+        ...     time.sleep(0.05)
+        >>> s.mean > 0
+        True
     """
-    n, d, f = PROBE_SHAPE
-    g = torch.Generator().manual_seed(0)
-    x, w1, w2 = torch.randn(n, d, generator=g), torch.randn(f, d, generator=g), torch.randn(d, f, generator=g)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+
+    def __init__(self, every: float = 0.5, burst: float = 0.025):
+        self.every, self.burst = every, burst
+        self.samples: list[float] = []
+        self._stop = None
+        self._thread = None
+
+    def __enter__(self) -> LoadSampler:
+        import threading
+
+        n, d, f = PROBE_SHAPE
+        g = torch.Generator().manual_seed(0)
+        self._x, self._w1, self._w2 = (torch.randn(n, d, generator=g), torch.randn(f, d, generator=g),
+                                       torch.randn(d, f, generator=g))
+        self._work()  # untimed: first-call costs
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="load-sampler")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if not self.samples:  # a period shorter than one interval: one burst now
+            self._sample()
+
+    def _work(self) -> None:
         with torch.inference_mode():
-            nn.functional.linear(nn.functional.gelu(nn.functional.linear(x, w1)), w2)  # untimed: first-call costs
-            count, t0 = 0, time.perf_counter()
-            while count == 0 or time.perf_counter() - t0 < seconds:
-                nn.functional.linear(nn.functional.gelu(nn.functional.linear(x, w1)), w2)  # (n, d)
-                count += 1
-            return (time.perf_counter() - t0) / count
-    finally:
-        torch.set_num_threads(before)
+            nn.functional.linear(nn.functional.gelu(nn.functional.linear(self._x, self._w1)), self._w2)  # (n, d)
+
+    def _sample(self) -> None:
+        count, t0 = 0, time.perf_counter()
+        while count == 0 or time.perf_counter() - t0 < self.burst:
+            self._work()
+            count += 1
+        self.samples.append((time.perf_counter() - t0) / count)  # a mean: preempted rounds count as they last
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    @property
+    def mean(self) -> float | None:
+        """Mean seconds per probe round over the period (None before any sample)."""
+        return sum(self.samples) / len(self.samples) if self.samples else None
 
 
-def load_factor(profile: dict, probes: list[float]) -> float | None:
-    """How much slower this machine computes now than when ``profile`` was measured: the mean of ``probes``
-    (:func:`speed_probe` around a run) over the profile's ``machine.probe_s``; None when it has none (a profile
-    from before the probe, or of a GPU)."""
-    then = ((profile.get("machine") or {}).get("probe_s") or {})
-    if not then or not probes:
-        return None
-    return (sum(probes) / len(probes)) / ((then["before"] + then["after"]) / 2)
+def load_factor(profile: dict, mean_s: float | None) -> float | None:
+    """How much slower this machine computed during a run than while ``profile`` was measured: the run's
+    :class:`LoadSampler` mean over the profile's ``machine.probe_s.mean``; None when either is missing (a
+    profile from before the sampler, or of a GPU)."""
+    then = ((profile.get("machine") or {}).get("probe_s") or {}).get("mean")
+    return None if not then or not mean_s else mean_s / then
 
 
 def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str = "",
@@ -437,16 +473,17 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
         raise SfsimError(f"--seq-len {spec.seq_lens[-1]} is longer than {lm.name}'s {limit} positions")
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     device = resolve_device(spec.device, "--device")
-    probe0 = speed_probe() if device.type == "cpu" else None
     torch.manual_seed(0)
     parts = _Parts(lm, spec, device)
     first = first_call(parts, lm, spec)
     grid = []
-    for mb in spec.micro_batches:
-        for seq in spec.seq_lens:
-            if progress:
-                progress(mb, seq)
-            grid.append(_measure_entry(parts, lm, spec, mb, seq))
+    # the machine's speed while measuring (a CPU's: other processes' load; validate compares it with the run's)
+    with LoadSampler() if device.type == "cpu" else contextlib.nullcontext() as sampler:
+        for mb in spec.micro_batches:
+            for seq in spec.seq_lens:
+                if progress:
+                    progress(mb, seq)
+                grid.append(_measure_entry(parts, lm, spec, mb, seq))
     info = machine_info()
     if device.type != "cpu":
         info["accelerator"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
@@ -454,8 +491,8 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     # 1-minute load before and after, and the 5-minute load after (which spans a few minutes of measuring)
     info["load_average"] = {"before": round(load0, 2), "after": round(after[0], 2), "after_5min": round(after[1], 2)}
     info["wall_s"] = round(time.perf_counter() - t0, 1)
-    if probe0 is not None:  # the machine's speed around the measurement (profile.load_factor)
-        info["probe_s"] = {"before": round(probe0, 6), "after": round(speed_probe(), 6)}
+    if sampler is not None:
+        info["probe_s"] = {"mean": round(sampler.mean, 6), "samples": len(sampler.samples)}
     prof = {"device": spec.name, "role": spec.role, "model": model}
     if model not in BUILTIN:
         cfg = lm.model.config
