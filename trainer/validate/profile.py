@@ -375,62 +375,60 @@ def machine_info() -> dict:
 PROBE_SHAPE = (64, 384, 1536)  # tokens x width x MLP width: a MiniLM-sized block's MLP on 64 tokens (~0.1 GFLOP)
 
 
+_SAMPLER = """
+import select, sys, time
+import torch
+torch.set_num_threads(1)
+n, d, f, every, burst = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+g = torch.Generator().manual_seed(0)
+x, w1, w2 = torch.randn(n, d, generator=g), torch.randn(f, d, generator=g), torch.randn(d, f, generator=g)
+def sample():
+    count, t0 = 0, time.perf_counter()
+    with torch.inference_mode():
+        while count == 0 or time.perf_counter() - t0 < burst:
+            torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(x, w1)), w2)
+            count += 1
+    return (time.perf_counter() - t0) / count
+sample()
+print("ready", flush=True)
+out = []
+while not select.select([sys.stdin], [], [], every)[0]:
+    out.append(sample())
+out = out or [sample()]
+print(" ".join(repr(t) for t in out), flush=True)
+"""
+
+
 class LoadSampler:
     """How fast this machine computes over a period, sampled while something else runs.
 
-    A background thread runs a fixed workload (:data:`PROBE_SHAPE`) for ``burst`` seconds every ``every``
-    seconds (about 5% of one core) and keeps each burst's mean seconds per round; :attr:`mean` averages
-    them. The same workload sampled while a profile is measured (``machine.probe_s``) and while a validate
-    run runs says how much slower the machine computed during the run (other processes' load on a shared
-    machine): :func:`load_factor`. Bursts spread over the whole period follow a load that changes within
-    seconds, which a probe before and after cannot. Uses the process's torch threads (1 in validate).
-
-    Example:
-        >>> with LoadSampler(every=0.01) as s:
-        ...     time.sleep(0.05)
-        >>> s.mean > 0
-        True
+    A process of its own (one torch thread; so neither the GIL nor the measured work's threads touch it)
+    runs a fixed workload (:data:`PROBE_SHAPE`) for ``burst`` seconds every ``every`` seconds (about 5% of
+    one core) and reports each burst's mean seconds per round; :attr:`mean` averages them. The same
+    workload sampled while a profile is measured (``machine.probe_s``) and while a validate run runs says
+    how much slower the machine computed during the run (other processes' load on a shared machine):
+    :func:`load_factor`. Bursts spread over the whole period follow a load that changes within seconds,
+    which a probe before and after cannot.
     """
 
     def __init__(self, every: float = 0.5, burst: float = 0.025):
         self.every, self.burst = every, burst
         self.samples: list[float] = []
-        self._stop = None
-        self._thread = None
+        self._proc = None
 
     def __enter__(self) -> LoadSampler:
-        import threading
+        import subprocess
+        import sys
 
-        n, d, f = PROBE_SHAPE
-        g = torch.Generator().manual_seed(0)
-        self._x, self._w1, self._w2 = (torch.randn(n, d, generator=g), torch.randn(f, d, generator=g),
-                                       torch.randn(d, f, generator=g))
-        self._work()  # untimed: first-call costs
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="load-sampler")
-        self._thread.start()
+        args = [*map(str, PROBE_SHAPE), str(self.every), str(self.burst)]
+        self._proc = subprocess.Popen([sys.executable, "-c", _SAMPLER, *args], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        self._proc.stdout.readline()  # "ready": torch imported, the first round done
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        if not self.samples:  # a period shorter than one interval: one burst now
-            self._sample()
-
-    def _work(self) -> None:
-        with torch.inference_mode():
-            nn.functional.linear(nn.functional.gelu(nn.functional.linear(self._x, self._w1)), self._w2)  # (n, d)
-
-    def _sample(self) -> None:
-        count, t0 = 0, time.perf_counter()
-        while count == 0 or time.perf_counter() - t0 < self.burst:
-            self._work()
-            count += 1
-        self.samples.append((time.perf_counter() - t0) / count)  # a mean: preempted rounds count as they last
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self._sample()
+        out, _ = self._proc.communicate("stop\n", timeout=60)  # its last line: every burst's mean
+        self.samples = [float(t) for t in out.split()]
 
     @property
     def mean(self) -> float | None:
