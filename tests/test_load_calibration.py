@@ -45,12 +45,14 @@ def test_validate_scales_the_servers_profile_by_the_load_factor(tiny_gpt2, tmp_p
     res = CliRunner().invoke(main, ["validate", "--devices", str(FIXTURES / "runtime_tiny.yaml"), "--model", tiny_gpt2,
                                     "--method", "splitfrozen", "--split", "1", "--max-len", "24", "--train-samples",
                                     "16", "--data-dir", str(FIXTURES / "data"), "--out", str(tmp_path / "val"),
-                                    "--no-host-sharing"])
+                                    "--no-host-sharing", "--load-calibration"])
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "val" / "report.json").read_text())
     host = rep["header"]["host"]
     assert host["load_factor"] == 2.5 and host["probe_s"] == 0.025 and host["server_slowdown"] == 1.0
-    assert "load: this machine computed x2.500 as slow during the run as while the server was profiled" in res.output
+    assert host["load_ratio"] == 2.5
+    assert ("load: a sampled probe ran x2.500 as slow during the run as while the server was profiled; the server's "
+            "profile is scaled by it") in res.output
     cached = next((tmp_path / "cache" / "profiles").glob("*.yaml"))
     assert yaml.safe_load(cached.read_text())["machine"]["probe_s"]["mean"] == 0.01
     base = load_latency_profile(str(cached))

@@ -84,7 +84,7 @@ class ValidateConfig:
     client_order: str | None = None  # splitlora: interleaved (None: the trainer's default) or sequential
     allow_native: bool = False  # run devices this machine cannot emulate at native speed (flagged) instead of refusing
     host_sharing: bool = True  # model the CPU sharing of the run's co-located processes (sfsim.cost.hostshare)
-    load_calibration: bool = True  # scale the server's profile by this machine's speed now vs when it was profiled
+    load_calibration: bool = False  # scale the server's profile by the load sampler's ratio (opt-in: see the docs)
 
     def __post_init__(self):
         if self.emulate not in ("none", "compute", "links", "all"):
@@ -238,10 +238,12 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probe_s: float 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     names = list(metrics["samples_by_device"])
     host = {"cores": cores, "processes": 1 + len(names), "threads": vc.threads, "server_slowdown": 1.0}
-    if vc.server_profile is None or not (vc.host_sharing or vc.load_calibration):
+    if vc.server_profile is None:
         return sim, host
-    lf = load_factor(read_yaml(vc.server_profile), probe_s) if vc.load_calibration else None
-    host.update(load_factor=None if lf is None else round(lf, 4), probe_s=None if probe_s is None else round(probe_s, 6))
+    ratio = load_factor(read_yaml(vc.server_profile), probe_s)  # reported always, applied on request
+    host.update(load_ratio=None if ratio is None else round(ratio, 4), probe_s=None if probe_s is None else round(probe_s, 6),
+                load_factor=round(ratio, 4) if vc.load_calibration and ratio is not None else None)
+    lf = host["load_factor"]
     if lf is not None:
         path = _stretched(vc, lf)
         sim = predict(vc, metrics, {**{d.name: path for d in native}, "server": path})
@@ -560,9 +562,11 @@ def format_header(h: dict) -> list[str]:
     lines.append(f"host: {host['processes']} processes x {host['threads']} thread(s) on {host['cores']} cores; "
                  f"server stretched x{host['server_slowdown']:.3f} for CPU sharing; 1-min load "
                  f"{load['before']} before, {load['after']} after the run")
-    if host.get("load_factor") is not None:
-        lines.append(f"load: this machine computed x{host['load_factor']:.3f} as slow during the run as while the "
-                     "server was profiled (sampled probe); the server's profile is scaled by it")
+    if host.get("load_ratio") is not None:
+        used = ("the server's profile is scaled by it" if host.get("load_factor") is not None
+                else "not applied (--load-calibration applies it)")
+        lines.append(f"load: a sampled probe ran x{host['load_ratio']:.3f} as slow during the run as while the server "
+                     f"was profiled; {used}")
     return lines
 
 
