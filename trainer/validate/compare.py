@@ -116,7 +116,8 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
                    out=str(out / "run"), split=vc.split, epochs=1, train_samples=vc.train_samples, eval_samples=8,
                    seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
                    micro_batch=vc.micro_batch, buffer=vc.buffer, progress=False, launch="local", emulate=vc.emulate,
-                   threads=vc.threads, count_flops=False, accumulate=vc.accumulate, client_order=vc.client_order)
+                   threads=vc.threads, count_flops=False, accumulate=vc.accumulate, client_order=vc.client_order,
+                   server_device="cpu")  # as the server's profile was measured (auto would take a GPU)
     load = [round(os.getloadavg()[0], 2)]
     with _threads(vc.threads), LoadSampler() as sampler:  # this machine's speed during the run, as when profiled
         metrics = run(rc)
