@@ -32,3 +32,21 @@ def test_profiled_server_blocks_run_without_the_networks_dropout(family):
     kw = parts.tsrv.body.kwargs(ctx, 0)
     with torch.no_grad():
         assert torch.equal(block(x, **kw), block(x, **kw))  # deterministic: no dropout drew a mask
+
+
+def test_grid_shapes_take_their_timed_rounds_in_turns(monkeypatch):
+    """Warm-up and the first timed round per shape, then the shapes' other rounds round-robin."""
+    from trainer.validate import profile as prof
+
+    order = []
+    real = prof._round
+
+    def spy(parts, clock, ids, *rest):
+        order.append((tuple(ids.shape), clock.on))
+        return real(parts, clock, ids, *rest)
+    monkeypatch.setattr(prof, "_round", spy)
+    lm = tiny_model("bert", n_layers=2, hidden=32)
+    out = prof.profile_model(lm, ProfileSpec([2], [4, 8], warmup=1, repeats=3, name="t"), model="tiny")
+    a, b = (2, 4), (2, 8)
+    assert order == [(a, False), (a, True), (b, False), (b, True), (a, True), (b, True), (a, True), (b, True)]
+    assert [(e["micro_batch"], e["seq_len"]) for e in out["grid"]] == [a, b] and out["grid"][0]["peak_memory"]

@@ -1,6 +1,7 @@
 """Measure a real model's per-layer latencies on this machine: the tables of a grid latency profile.
 
-For every (micro_batch, seq_len) of the grid, ``warmup`` untimed then ``repeats`` timed rounds; each
+For every (micro_batch, seq_len) of the grid, ``warmup`` untimed then ``repeats`` timed rounds (after
+each shape's first, the shapes take their rounds in turns, so that a changing load falls on all alike); each
 round times, one layer at a time and on the real activations of the previous layer:
 
 - ``forward``: embeddings (+ the attention mask / rotary set-up), each block, the final norm and the
@@ -232,28 +233,58 @@ def _round(parts: _Parts, clock: _Clock, ids, mask, labels, grads) -> list[torch
     return acts
 
 
-def _measure_entry(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, mb: int, seq: int) -> dict:
-    """Medians, IQRs, peak memory and activation bytes at one grid shape."""
-    g = torch.Generator().manual_seed(mb * 100003 + seq)
-    vocab = lm.model.config.vocab_size
-    ids = torch.randint(0, vocab, (mb, seq), generator=g)  # (B, T)
-    mask = torch.ones(mb, seq, dtype=torch.long)  # (B, T): no padding
-    labels = ids.clone() if parts.is_lm else torch.randint(0, spec.num_labels, (mb,), generator=g)
-    grads = torch.randn(mb, seq, lm.hidden, generator=g)  # (B, T, d) upstream gradient of each block
-    ids, mask, labels, grads = (t.to(parts.device) for t in (ids, mask, labels, grads))
-    clock = _Clock(parts.device)
-    reset = _reset_peak_rss()
-    for r in range(spec.warmup + spec.repeats):
-        clock.on = r >= spec.warmup
-        acts = _round(parts, clock, ids, mask, labels, grads)
-    entry = {"micro_batch": mb, "seq_len": seq}
-    med, iqr = _summaries(clock.times, lm.n_layers, statistics.median), _summaries(clock.times, lm.n_layers, _iqr)
-    entry.update(med)
-    entry["iqr"] = iqr
-    entry["peak_memory"] = f"{_peak_rss() / 2**20:.1f} MiB" if reset else None
-    entry["activation_bytes"] = [int(a.numel() * a.element_size()) for a in acts]  # (B, T, d) at cut 0..L
-    entry["codec"] = codec_times(acts[len(acts) // 2], spec.warmup, spec.repeats)
-    return {k: v for k, v in entry.items() if v is not None}
+class _Entry:
+    """One grid shape's inputs and timed rounds; built with its warm-up rounds and first timed round (and the
+    peak memory while measuring them), then timed again by :meth:`round` between the other shapes' rounds."""
+
+    def __init__(self, parts: _Parts, lm: LoadedModel, spec: ProfileSpec, mb: int, seq: int):
+        g = torch.Generator().manual_seed(mb * 100003 + seq)
+        vocab = lm.model.config.vocab_size
+        ids = torch.randint(0, vocab, (mb, seq), generator=g)  # (B, T)
+        mask = torch.ones(mb, seq, dtype=torch.long)  # (B, T): no padding
+        labels = ids.clone() if parts.is_lm else torch.randint(0, spec.num_labels, (mb,), generator=g)
+        grads = torch.randn(mb, seq, lm.hidden, generator=g)  # (B, T, d) upstream gradient of each block
+        self.inputs = tuple(t.to(parts.device) for t in (ids, mask, labels, grads))
+        self.parts, self.lm, self.spec, self.mb, self.seq = parts, lm, spec, mb, seq
+        self.clock = _Clock(parts.device)
+        reset = _reset_peak_rss()
+        for r in range(spec.warmup + 1):
+            self.clock.on = r >= spec.warmup
+            self.acts = _round(parts, self.clock, *self.inputs)
+        self.peak = _peak_rss() if reset else None
+
+    def round(self) -> None:
+        """One more timed round."""
+        self.acts = _round(self.parts, self.clock, *self.inputs)
+
+    def result(self) -> dict:
+        """Medians, IQRs, peak memory, activation bytes and codec times of this shape."""
+        spec, n_layers, acts = self.spec, self.lm.n_layers, self.acts
+        entry = {"micro_batch": self.mb, "seq_len": self.seq}
+        entry.update(_summaries(self.clock.times, n_layers, statistics.median))
+        entry["iqr"] = _summaries(self.clock.times, n_layers, _iqr)
+        entry["peak_memory"] = f"{self.peak / 2**20:.1f} MiB" if self.peak is not None else None
+        entry["activation_bytes"] = [int(a.numel() * a.element_size()) for a in acts]  # (B, T, d) at cut 0..L
+        entry["codec"] = codec_times(acts[len(acts) // 2], spec.warmup, spec.repeats)
+        return {k: v for k, v in entry.items() if v is not None}
+
+
+def _measure_grid(parts: _Parts, lm: LoadedModel, spec: ProfileSpec,
+                  progress: Callable[[int, int], None] | None) -> list[dict]:
+    """Every grid shape, its timed rounds after the first taken in turns with the other shapes' (round-robin):
+    on a machine whose load changes within seconds every shape then sees the same mix of it, instead of one
+    shape measured in a busy minute and its neighbour in a quiet one (the simulator interpolates between
+    them, so a shape measured at another load bends every shape between)."""
+    entries = []
+    for mb in spec.micro_batches:
+        for seq in spec.seq_lens:
+            if progress:
+                progress(mb, seq)
+            entries.append(_Entry(parts, lm, spec, mb, seq))
+    for _ in range(spec.repeats - 1):
+        for e in entries:
+            e.round()
+    return [e.result() for e in entries]
 
 
 def codec_times(x: torch.Tensor, warmup: int, repeats: int) -> dict:
@@ -474,14 +505,9 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     torch.manual_seed(0)
     parts = _Parts(lm, spec, device)
     first = first_call(parts, lm, spec)
-    grid = []
     # the machine's speed while measuring (a CPU's: other processes' load; validate compares it with the run's)
     with LoadSampler() if device.type == "cpu" else contextlib.nullcontext() as sampler:
-        for mb in spec.micro_batches:
-            for seq in spec.seq_lens:
-                if progress:
-                    progress(mb, seq)
-                grid.append(_measure_entry(parts, lm, spec, mb, seq))
+        grid = _measure_grid(parts, lm, spec, progress)
     info = machine_info()
     if device.type != "cpu":
         info["accelerator"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
