@@ -1,67 +1,81 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: the CUDA tests, then a short SST-2 fine-tuning with the server part on
-# CUDA in each precision (fp32, bf16, fp16), printing accuracy and samples/s per precision.
+# The GPU checks in one command, offline (docs/guide/deploy.md):
+#   1. the CUDA tests (tests/test_families_devices.py, tests/test_server_device.py, marker `gpu` included);
+#   2. `sfsim profile --role server --device cuda` of the model (a one-entry grid);
+#   3. a short SST-2 fine-tuning with the server on CUDA for SplitFrozen and CenLoRA (devices on the CPU),
+#      printing samples/s and dev accuracy of each.
+# About 2-4 minutes on one H100 with MiniLM (budget: 8). Exits non-zero when any check fails; on a machine
+# without CUDA it says so in one line and exits 0.
 #
-#   bash bench/gpu_check.sh            # from the repository root; SFSIM_DATA or ../shared/data for SST-2
-#   MODEL=gemma3-270m bash bench/gpu_check.sh   # default: a tiny random Llama when no model is installed
-#
-# Exits non-zero when CUDA is absent (the tests would only skip) or any check fails.
+#   bash bench/gpu_check.sh                      # from anywhere; SST-2 from $SFSIM_DATA, ../shared/data or shared/data
+#   MODEL=gemma3-270m SAMPLES=640 bash bench/gpu_check.sh   # another offline model (default minilm-l6)
+#   DEVICE=cpu SAMPLES=64 bash bench/gpu_check.sh           # the same checks with the server on the CPU (tests the script)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
-export PYTHONPATH=$PWD HF_HUB_OFFLINE=1
-$PY - <<'PY'
-import sys, torch
-if not torch.cuda.is_available():
-    sys.exit("gpu_check: torch sees no CUDA device (torch %s): run this on a GPU machine" % torch.__version__)
-print("gpu_check:", torch.cuda.get_device_name(0), "torch", torch.__version__)
-PY
-$PY -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_families_devices.py
-$PY - <<'PY'
-"""Short SST-2 run: frozen device part (cut 4) on CPU, server part with LoRA on CUDA, per precision."""
-import os, time
-import torch
-from trainer import ClassificationHead, split_model
-from trainer.data import tasks
-from trainer.methods.common import Placement, ServerMath, from_wire, task_loss, to_wire
-from trainer.model.loading import load_model, tiny_model
-from trainer.model.lora import add_lora, default_targets
+if [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python}; fi
+DEVICE=${DEVICE:-cuda}
+MODEL=${MODEL:-minilm-l6}
+SAMPLES=${SAMPLES:-2000}   # training samples per run (one epoch)
+EVAL=${EVAL:-872}          # dev rows scored (SST-2's whole dev set)
+export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-data = os.environ.get("SFSIM_DATA", os.path.join("..", "shared", "data"))
-name = os.environ.get("MODEL", "")
-train, dev = tasks.load_task("sst2", data, "train"), tasks.load_task("sst2", data, "dev")
-N, EVAL, MB = int(os.environ.get("SAMPLES", 512)), 256, 16
-for precision in ("fp32", "bf16", "fp16"):
-    torch.manual_seed(0)
-    lm = load_model(name) if name else tiny_model("llama", n_layers=6, hidden=64)
-    head = ClassificationHead(lm.hidden, 2, "last")
-    devp, srv = split_model(lm.model, min(4, lm.n_layers - 1), head=head)
-    add_lora(srv, blocks=range(devp.cut, lm.n_layers), targets=default_targets(lm.family), rank=8, alpha=16)
-    head.requires_grad_(True)
-    pl = Placement.of("cuda", "cpu", precision)
-    srv.to(pl.server)
-    math = ServerMath(pl)
-    opt = torch.optim.AdamW([p for p in srv.parameters() if p.requires_grad], lr=1e-3)
-    enc = tasks.encode(train, lm.tokenizer, 64, list(range(N)))
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(0, N, MB):
-        b = {k: v[i:i + MB] for k, v in enc.items()}
-        h = to_wire(devp(b["input_ids"], b["attention_mask"]))
-        t = from_wire({"h": h, "m": b["attention_mask"], "y": b["labels"]}, pl.server)
-        with math.autocast():
-            loss = task_loss(srv(t["h"], t["m"]), t["y"], False)
-        math.backward(loss)
-        math.step(opt)
-    torch.cuda.synchronize()
-    sps = N / (time.perf_counter() - t0)
-    ev = tasks.encode(dev, lm.tokenizer, 64, list(range(EVAL)))
-    right = 0
-    with torch.no_grad(), math.autocast():
-        for i in range(0, EVAL, MB):
-            b = {k: v[i:i + MB] for k, v in ev.items()}
-            t = from_wire({"h": devp(b["input_ids"], b["attention_mask"]), "m": b["attention_mask"]}, pl.server)
-            right += int((srv(t["h"], t["m"]).argmax(-1).cpu() == b["labels"]).sum())
-    print(f"gpu_check sst2 {lm.name} {precision}: {N} samples at {sps:.1f} samples/s, "
-          f"accuracy {right / EVAL:.3f} on {EVAL} dev rows, final loss {loss.item():.3f}")
+if ! TORCH=$($PY -c 'import torch; print(torch.__version__)' 2>/dev/null); then
+    echo "gpu_check: $PY cannot import torch: set PYTHON to the project's environment (e.g. .venv/bin/python)" >&2
+    exit 1
+fi
+if [ "$DEVICE" = cuda ] && ! $PY -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    echo "gpu_check: no CUDA device on this machine (torch $TORCH): nothing to check"
+    exit 0
+fi
+DATA=${SFSIM_DATA:-}
+for d in ../shared/data shared/data; do
+    if [ -z "$DATA" ] && [ -f "$d/sst2/dev.tsv" ]; then DATA=$d; fi
+done
+if [ -z "$DATA" ]; then
+    echo "gpu_check: no SST-2 data (set SFSIM_DATA to a folder holding sst2/train.tsv and sst2/dev.tsv)" >&2
+    exit 1
+fi
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+t0=$SECONDS
+$PY -c 'import torch; d = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"; print("gpu_check:", d, "torch", torch.__version__)'
+
+echo "gpu_check: [1/3] tests"
+$PY -m pytest -q -p no:cacheprovider -m "not slow and not data" tests/test_families_devices.py tests/test_server_device.py
+
+echo "gpu_check: [2/3] sfsim profile --role server --device $DEVICE --model $MODEL"
+$PY -m sfsim profile --model "$MODEL" --role server --device "$DEVICE" --micro-batch 16 --seq-len 64 \
+    --warmup 2 --repeats 5 --threads 4 --name "gpu-check-$DEVICE" -o "$OUT/server.yaml" --quiet
+$PY - "$OUT/server.yaml" <<'PY'
+import sys
+import yaml
+p = yaml.safe_load(open(sys.argv[1]))
+g = p["grid"][0]
+blocks = [float(x.split()[0]) for x in g["forward_train"]["blocks"]]
+print(f"gpu_check: server profile on {p['device']}: micro-batch {g['micro_batch']} x {g['seq_len']} tokens, "
+      f"{len(blocks)} blocks, forward (train) {sum(blocks):.3f} ms")
 PY
+
+echo "gpu_check: [3/3] SST-2, $SAMPLES samples, server on $DEVICE"
+fail=0
+for method in splitfrozen cenlora; do
+    if ! $PY -m sfsim run --devices bench/sst2_minilm_4dev.yaml --model "$MODEL" --task sst2 --method "$method" \
+            --partition iid --split 2 --train-samples "$SAMPLES" --eval-samples "$EVAL" --max-len 64 --lr 2e-3 \
+            --server-device "$DEVICE" --launch inprocess --emulate none --no-flops --quiet --threads 4 \
+            --data-dir "$DATA" --out "$OUT/$method" 2> "$OUT/$method.err"; then
+        echo "gpu_check: $method FAILED:" >&2
+        tail -5 "$OUT/$method.err" >&2
+        fail=1
+        continue
+    fi
+    $PY - "$OUT/$method/metrics.json" "$method" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+c, train_s = m["config"], sum(m["train_s_by_epoch"])
+print(f"gpu_check: {sys.argv[2]:<12} server on {c['server_device']} ({c['precision']}): {m['train_samples']} samples "
+      f"in {train_s:.1f} s = {m['train_samples'] / train_s:.1f} samples/s; dev accuracy {m['eval_accuracy']:.3f} on "
+      f"{m['eval_samples']} rows (majority {m['majority_accuracy']:.3f})")
+PY
+done
+echo "gpu_check: done in $((SECONDS - t0)) s"
+exit $fail

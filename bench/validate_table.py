@@ -55,8 +55,20 @@ def graded(i: int, n: int) -> dict:
             "downlink": {"bandwidth": "100 Mbps", "latency": f"{30 - 25 * f:.0f} ms"}}
 
 
+#: ``<n>-spread`` devices cycle through these (FLOP/s, uplink Mbps, latency ms): written after the graded
+#: fleets were used to investigate the error, and not used to change anything
+SPREAD = [(1.4, 12, 15), (0.8, 30, 6), (1.9, 8, 22), (1.1, 20, 10), (1.6, 16, 4)]
+
+
+def spread(i: int) -> dict:
+    """Device ``i`` of a ``spread`` fleet: the rates of :data:`SPREAD`, in turn."""
+    flops, up, lat = SPREAD[i % len(SPREAD)]
+    return {"flops": f"{flops} GFLOPS", "uplink": {"bandwidth": f"{up} Mbps", "latency": f"{lat} ms"},
+            "downlink": {"bandwidth": "80 Mbps", "latency": f"{lat} ms"}}
+
+
 def fleet(kind: str, folder: Path) -> str:
-    """Write the scenario of fleet ``kind`` (``<n>-equal``, ``<n>-unequal`` or ``<n>-graded``) from
+    """Write the scenario of fleet ``kind`` (``<n>-equal``, ``<n>-unequal``, ``<n>-graded`` or ``<n>-spread``) from
     bench/runtime_4dev.yaml."""
     n, speeds = kind.split("-")
     base = yaml.safe_load((HERE / "runtime_4dev.yaml").read_text())
@@ -64,6 +76,8 @@ def fleet(kind: str, folder: Path) -> str:
     for i in range(int(n)):
         if speeds == "graded":
             spec = graded(i, int(n))
+        elif speeds == "spread":
+            spec = spread(i)
         else:
             spec = FAST if speeds == "equal" or i % 2 == 0 else SLOW
         devs.append({"name": f"d{i}", "memory": "8 GiB", "samples": 160, **spec})

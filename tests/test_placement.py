@@ -13,8 +13,8 @@ from sfsim.errors import SfsimError
 from trainer.methods.common import placement_for
 
 
-def test_auto_is_the_cpu_for_methods_that_cannot_use_a_gpu():
-    placement, line = placement_for("splitfrozen", None, "cpu", "fp32")
+def test_auto_is_the_cpu_for_a_server_that_trains_nothing():
+    placement, line = placement_for("fedlora", None, "cpu", "fp32")
     assert placement.server == torch.device("cpu")
     assert line == "server on cpu (auto), fp32; devices on cpu"
 

@@ -32,6 +32,9 @@ from sfsim.outputs.outdir import output_folder
               "native speed, flagged in the report (default: refuse them before the run)")
 @click.option("--no-host-sharing", is_flag=True, help="do not model the CPU sharing of the run's co-located "
               "processes (server and devices on this machine's cores)")
+@click.option("--load-calibration", is_flag=True, help="scale the server's profile by how much slower a sampled probe "
+              "ran during the run than while the profile was measured (other processes' load; off by default: "
+              "on a shared machine it did not follow the server's speed)")
 @click.option("--device-profile", type=click.Path(dir_okay=False), help="latency table of this machine as a device "
               "(needed unless --emulate compute/all)")
 @click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
@@ -42,7 +45,7 @@ from sfsim.outputs.outdir import output_folder
 @click.option("--overwrite", is_flag=True, help="replace an earlier validation in --out")
 def validate(devices, model, method, task, partition_spec, emulate, server_order, client_order, accumulate, split,
              train_samples, micro_batch, max_len, server_profile, allow_native, no_host_sharing, device_profile, data_dir,
-             seed, threads, out, overwrite):
+             seed, threads, out, overwrite, load_calibration):
     """Run the scenario for real and in the simulator; print and write the error, stage by stage."""
     from trainer.validate.compare import ValidateConfig, format_report, run_validation
 
@@ -51,7 +54,7 @@ def validate(devices, model, method, task, partition_spec, emulate, server_order
                         server_order=server_order, seed=seed, max_len=max_len, micro_batch=micro_batch,
                         threads=threads, server_profile=server_profile, device_profile=device_profile,
                         accumulate=accumulate, client_order=client_order, allow_native=allow_native,
-                        host_sharing=not no_host_sharing)
+                        host_sharing=not no_host_sharing, load_calibration=load_calibration)
     with output_folder(out, overwrite=overwrite, resume_hint=False):
         report = run_validation(vc, say=lambda line: click.echo(line, err=True))
     click.echo(format_report(report))

@@ -45,10 +45,8 @@ class CenLoRA(Method):
         super().__init__(setup)
         s = setup
         inject_lora(s, self.lora_block_indices())
-        self.emb, self.rest = split_model(s.lm.model, 0, head=s.head, frozen_device=False)
-        if s.placement.server.type != "cpu":  # the whole model trains at the server
-            self.emb.to(s.placement.server)
-            self.rest.to(s.placement.server)
+        # the whole model trains at the server: on --server-device (a copy off the CPU; Method.place_server)
+        self.emb, self.rest = self.place_server(*split_model(s.lm.model, 0, head=s.head, frozen_device=False))
         self.math = ServerMath(s.placement)  # autocast / grad scaler (no-ops in the default fp32)
         self.opt = adamw(trainable_params(self.rest), s)
         self.data: dict[str, torch.Tensor] | None = None
@@ -100,12 +98,14 @@ class CenLoRA(Method):
                 continue
             b = from_wire(trim({k: v[idx] for k, v in self.data.items()}), s.placement.server)
             training_mode(self.emb, self.rest)
-            with meter.compute(s.server, "F", "server_forward", mb=i, key=tuple(b["input_ids"].shape)), \
-                    self.math.autocast():
-                loss = task_loss(self.rest(self.emb(b["input_ids"], b["attention_mask"], **device_kwargs(b)), b["attention_mask"]),
-                                 b["labels"], s.is_lm)
+            with meter.compute(s.server, "F", "server_forward", mb=i, key=tuple(b["input_ids"].shape)):
+                with self.math.autocast():
+                    loss = task_loss(self.rest(self.emb(b["input_ids"], b["attention_mask"], **device_kwargs(b)),
+                                               b["attention_mask"]), b["labels"], s.is_lm)
+                self.math.sync()
             with meter.compute(s.server, "BW", "server_BW", mb=i, key=tuple(b["input_ids"].shape)):
                 self.math.backward(loss / s.accumulate)
+                self.math.sync()
             self.record(self.owner[int(idx[0])], b["labels"])
             losses.append(loss.item())
             samples += len(idx)

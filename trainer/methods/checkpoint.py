@@ -138,7 +138,9 @@ def _load_optimizers(optimizers: dict, tensors: dict[str, torch.Tensor]) -> None
     for name, opt in optimizers.items():
         params = [p for g in opt.param_groups for p in g["params"]]
         for i, p in enumerate(params):
+            # saved from any device, restored to the parameter's (AdamW keeps its step count on the CPU)
             st = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{name}.{i}.")}
+            st = {k: v if k == "step" else v.to(p.device) for k, v in st.items()}
             if st:
                 opt.state[p] = st
 

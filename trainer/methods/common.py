@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import sys
 from collections.abc import Callable
@@ -62,11 +63,14 @@ class Placement:
     Attributes:
         server, device: torch devices of the server and of the devices (default: cpu, fp32).
         precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast and a gradient scaler; CUDA only).
+        apart: keep the server's parts as copies apart from the model even on the CPU, as a GPU server
+            always does (:meth:`Method.place_server`); tests run the GPU path's bookkeeping with it.
     """
 
     server: torch.device = field(default_factory=lambda: torch.device("cpu"))
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
+    apart: bool = False
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -75,21 +79,27 @@ class Placement:
             raise SfsimError(f"--precision fp16 needs a CUDA server (--server-device is {self.server}); "
                              "use bf16 or fp32")
 
+    @property
+    def separate(self) -> bool:
+        """True when the server trains copies of its parts (off the CPU, or :attr:`apart`)."""
+        return self.apart or self.server.type != "cpu"
+
     @classmethod
     def of(cls, server: str | None = None, device: str | None = "cpu", precision: str = "fp32") -> Placement:
         """From CLI values (``auto``/None: :func:`best_device`)."""
         return cls(resolve_device(server, "--server-device"), resolve_device(device, "--device-device"), precision)
 
 
-#: Methods whose server moves its model onto ``--server-device`` (the others train on the CPU here).
-GPU_SERVER_METHODS = ("cenlora",)
+#: Methods whose server trains, and so moves its part onto ``--server-device``. FedLoRA's server only averages
+#: the devices' adapters, which stays on the CPU.
+GPU_SERVER_METHODS = ("splitfrozen", "splitfrozen-sequential", "splitlora", "cenlora")
 
 
 def placement_for(method: str, server: str | None, device: str | None, precision: str) -> tuple[Placement, str]:
     """The roles' placement for ``method`` from the CLI values, and the one line that states it.
 
-    ``auto`` (or None) for the server picks :func:`best_device` where the method can train there, else
-    the CPU; an explicit GPU for a method that cannot use it, or a device role off the CPU, is refused.
+    ``auto`` (or None) for the server picks :func:`best_device` where the method's server trains, else
+    the CPU; an explicit GPU for FedLoRA's server (it only averages), or a device role off the CPU, is refused.
 
     Raises:
         SfsimError: one line naming the value and what this version supports.
@@ -104,9 +114,12 @@ def placement_for(method: str, server: str | None, device: str | None, precision
         how = "--server-device"
     placement = Placement.of(server, "cpu", precision)
     if placement.server.type != "cpu" and method not in GPU_SERVER_METHODS:
-        raise SfsimError(f"--server-device {server}: only {', '.join(GPU_SERVER_METHODS)} moves its server model "
-                         f"off the CPU in this version; {method}'s server trains on cpu (use --server-device cpu)")
-    return placement, f"server on {placement.server} ({how}), {precision}; devices on cpu"
+        raise SfsimError(f"--server-device {server}: {method}'s server trains nothing (the devices train; it "
+                         "averages their adapters on the CPU): use --server-device cpu")
+    line = f"server on {placement.server} ({how}), {precision}; devices on cpu"
+    if method not in GPU_SERVER_METHODS and precision != "fp32":
+        line += f" ({method}'s server trains nothing: the devices train in fp32)"
+    return placement, line
 
 
 class ServerMath:
@@ -126,6 +139,14 @@ class ServerMath:
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, scaled under fp16."""
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def sync(self) -> None:
+        """Wait for the server device's queued work (a no-op on the CPU): timed phases end when the work does."""
+        kind = self.placement.server.type
+        if kind == "cuda":
+            torch.cuda.synchronize(self.placement.server)
+        elif kind == "mps":
+            torch.mps.synchronize()
 
     def step(self, opt: torch.optim.Optimizer) -> None:
         """``opt.step()`` (unscaled, skipped on inf/nan, under fp16) then zero the gradients."""
@@ -365,12 +386,53 @@ class Method:
         self.resume_from: dict | None = None  # {"epoch", "cursor"} of a checkpoint to continue from
         self.on_step_done: Callable[[int], None] | None = None  # called with the epoch after each step
         self.sync = None  # several servers: this server's trainer.transport.backhaul.ServerSync
+        self._placed: tuple[nn.ModuleList, nn.ModuleList] | None = None  # (model's parts, server's copies)
 
     def train_epoch(self, epoch: int, on_step: StepCallback) -> None:
-        """Train for one epoch over this server's devices; with several servers, end with the last sync round."""
+        """Train for one epoch over this server's devices; with several servers, end with the last sync round.
+        The model then holds what the server trained (:meth:`pull_server`) for evaluation and checkpoints."""
         self.server_epoch(epoch, on_step)
         if self.sync is not None:
             self.finish_sync()
+        self.pull_server()
+
+    # -- the server's device (Placement) ---------------------------------------------------------------
+    def place_server(self, *parts: nn.Module) -> tuple[nn.Module, ...]:
+        """The server's ``parts`` where the server computes, before any optimizer or backward wrapper sees them.
+
+        On the CPU (the default) they are the model's own modules, shared with the devices of an in-process
+        run. Elsewhere (or with ``Placement.apart``) one deep copy of all of them together, so modules they
+        share stay shared (SplitFrozen's server parts per cut, the head), moved to the server's device: the
+        devices keep the CPU model, whose blocks, rotary tables and head a GPU copy must not take away.
+        The model's trainable tensors follow the copies at :meth:`pull_server`; a resumed run's checkpoint,
+        loaded into the model, goes to the copies at :meth:`push_server`.
+        """
+        pl = self.setup.placement
+        if not pl.separate:
+            return parts
+        model = nn.ModuleList(parts)
+        placed = copy.deepcopy(model).to(pl.server)
+        self._placed = (model, placed)
+        return tuple(placed)
+
+    @torch.no_grad()
+    def pull_server(self) -> None:
+        """Copy the server's trained tensors (LoRA, head) from its device into the model (a no-op when shared)."""
+        if self._placed is not None:
+            for p, q in self._trainable_pairs():
+                p.copy_(q)
+
+    @torch.no_grad()
+    def push_server(self) -> None:
+        """Copy the model's trainable tensors onto the server's copies (after a checkpoint was loaded into it)."""
+        if self._placed is not None:
+            for p, q in self._trainable_pairs():
+                q.copy_(p)
+
+    def _trainable_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        model, placed = self._placed
+        # a deep copy keeps the module tree and its sharing, so both walks meet the parameters in one order
+        return [(p, q) for p, q in zip(model.parameters(), placed.parameters(), strict=True) if q.requires_grad]
 
     # -- several servers (trainer.transport.backhaul) ---------------------------------------------------
     def optimizer_step(self, opt: torch.optim.Optimizer, phase: str = "server_step", last: bool = False) -> None:
@@ -384,6 +446,7 @@ class Method:
             math = getattr(self, "math", None)  # ServerMath where the method has one (fp16: the grad scaler)
             if math is not None:
                 math.step(opt)
+                math.sync()
             else:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -486,6 +549,7 @@ class Method:
         if self.resume_from is not None and self.resume_from["epoch"] == epoch:
             done = {k: int(v) for k, v in self.resume_from["cursor"].items()}
             self.resume_from = None
+            self.push_server()  # the checkpoint went into the model; the server trains its copies
         self.cursor = dict(done)
         return done
 
@@ -494,8 +558,9 @@ class Method:
         self.cursor[name] = self.cursor.get(name, 0) + 1
 
     def step_done(self, epoch: int) -> None:
-        """An optimizer step ended (a consistent point: checkpoints are taken here)."""
+        """An optimizer step ended (a consistent point: checkpoints are taken here, from the model)."""
         if self.on_step_done is not None:
+            self.pull_server()
             self.on_step_done(epoch)
 
     def lose(self, name: str, reason: str, left: dict[str, int] | None = None) -> None:

@@ -51,10 +51,12 @@ class SplitFrozen(Method):
         s = setup
         inject_lora(s, self.lora_block_indices())
         # one (device part, server part) per distinct cut; all share the model's modules and the head
-        self.parts = {k: split_model(s.lm.model, k, head=s.head, frozen_device=True)
-                      for k in sorted(set(s.cuts.values()))}
+        split = {k: split_model(s.lm.model, k, head=s.head, frozen_device=True) for k in sorted(set(s.cuts.values()))}
         for d in s.devices:
-            d.part = self.parts[s.cuts[d.name]][0]
+            d.part = split[s.cuts[d.name]][0]
+        # the server parts where the server computes (Method.place_server: one copy of them all off the CPU)
+        placed = self.place_server(*(srv for _, srv in split.values()))
+        self.parts = {k: (dev, srv) for (k, (dev, _)), srv in zip(split.items(), placed, strict=True)}
         widest = self.parts[min(self.parts)][1]  # holds every server block and the head
         self.deferred = DeferredGrads(widest, enabled=s.decompose_backward)
         self.opt = adamw(trainable_params(widest), s)
@@ -308,12 +310,15 @@ class SplitFrozen(Method):
         _, server = self.parts[s.cuts[name]]
         training_mode(server)
         key = (s.cuts[name], *t["hidden"].shape)
-        with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key), self.math.autocast():
-            loss = task_loss(server(t["hidden"], t["attention_mask"].long()), t["labels"], s.is_lm)
+        with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
+            with self.math.autocast():
+                loss = task_loss(server(t["hidden"], t["attention_mask"].long()), t["labels"], s.is_lm)
+            self.math.sync()  # a GPU's phase ends when its work does
         op = "B" if s.decompose_backward else "BW"
         with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
             self.math.backward(loss / s.accumulate)
-        self.record(name, t["labels"])
+            self.math.sync()
+        self.record(name, msg.tensors["labels"])  # the host copy: no device round trip for the labels
         return loss.item(), int(t["labels"].shape[0])
 
     def _step(self, last: bool = False) -> None:
@@ -321,6 +326,7 @@ class SplitFrozen(Method):
         if s.decompose_backward:
             with meter.compute(s.server, "W", "server_W", key=self.deferred.signature()):
                 self.deferred.flush()  # W of every micro-batch since the last step, right before it
+                self.math.sync()
         self.optimizer_step(self.opt, last=last)
 
     def optimizers(self) -> dict:

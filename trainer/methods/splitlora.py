@@ -36,13 +36,16 @@ import torch
 
 from trainer.methods.common import (
     Method,
+    ServerMath,
     Setup,
     StepCallback,
     adamw,
     block_of,
+    from_wire,
     inject_lora,
     set_state,
     task_loss,
+    to_wire,
     trainable_params,
     training_mode,
 )
@@ -98,7 +101,9 @@ class SplitLoRA(Method):
         s = setup
         self.cut = max(s.cuts.values())
         inject_lora(s, self.lora_block_indices())
-        self.client_part, self.server = split_model(s.lm.model, self.cut, head=s.head, frozen_device=False)
+        self.client_part, server = split_model(s.lm.model, self.cut, head=s.head, frozen_device=False)
+        (self.server,) = self.place_server(server)  # on --server-device (a copy off the CPU)
+        self.math = ServerMath(s.placement)  # autocast / grad scaler (no-ops in the default fp32)
         self.client_blocks = set(range(self.cut))
         # model parameter name of every client-side LoRA parameter (what FedAvg and checkpoints use)
         self.names = {id(p): n for n, p in s.lm.model.named_parameters()
@@ -298,20 +303,25 @@ class SplitLoRA(Method):
     def _serve(self, msg: Message, epoch: int, on_step: StepCallback) -> None:
         """Server F and B, the cut-layer gradient down, then W; the server step after every A micro-batches."""
         s, meter, tr = self.setup, self.setup.meter, self.setup.transport
-        t, name, j = msg.tensors, msg.device, msg.mb
+        t, name, j = from_wire(msg.tensors, s.placement.server), msg.device, msg.mb  # onto the server's device
         training_mode(self.server)
         h = t["hidden"].requires_grad_(True)
         key = tuple(t["hidden"].shape[:2])
         with meter.compute(s.server, "F", "server_forward", mb=j, device=name, key=key):
-            loss = task_loss(self.server(h, t["attention_mask"].long()), t["labels"], s.is_lm)
+            with self.math.autocast():
+                loss = task_loss(self.server(h, t["attention_mask"].long()), t["labels"], s.is_lm)
+            self.math.sync()
         op = "B" if s.decompose_backward else "BW"
         with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
-            (loss / s.accumulate).backward()
-        tr.send_down(Message(name, j, {"grad": h.grad}, kind="grad", epoch=epoch))  # before W: shorter wait
+            self.math.backward(loss / s.accumulate)
+            self.math.sync()
+        grad = to_wire(h.grad if self.math.scaler is None else h.grad / self.math.scaler.get_scale())
+        tr.send_down(Message(name, j, {"grad": grad}, kind="grad", epoch=epoch))  # host memory; before W
         if s.decompose_backward:
             with meter.compute(s.server, "W", "server_W", mb=j, device=name, key=self.deferred.signature()):
                 self.deferred.flush()
-        self.record(name, t["labels"])
+                self.math.sync()
+        self.record(name, msg.tensors["labels"])
         losses, samples = self.window
         losses.append(loss.item())
         self.window = (losses, samples + int(t["labels"].shape[0]))

@@ -131,6 +131,8 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     if role not in ROLES:
         raise SfsimError(f"--role {role!r}: use server, device or auto")
     t0 = time.perf_counter()
+    if role == "device":  # a device process trains no server part: nothing of it goes to the server's GPU
+        cfg = dataclasses.replace(cfg, server_device="cpu", precision="fp32")
     built = runner.build(cfg)
     scenario, setup, fl = built.scenario, built.setup, fleet(built)
     n_srv = len(fl.servers)

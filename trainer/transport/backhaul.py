@@ -256,7 +256,7 @@ class ServerSync:
         :attr:`ended` says whether a last round is due (some server did not take the average); every
         server reads the same sums, so all decide alike.
         """
-        flat = torch.cat([t.detach().reshape(-1).float() * weight for t in tensors]
+        flat = torch.cat([t.detach().reshape(-1).float().cpu() * weight for t in tensors]  # a GPU server's too
                          + [torch.tensor([weight, float(active), float(not adopt), float(stepping)])])  # (numels + 4,)
         nbytes = (flat.numel() - 4) * 4
         self._transfer("sync-send", nbytes)

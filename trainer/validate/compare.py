@@ -25,6 +25,7 @@ flagged ``minor``: its relative error says little.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -48,6 +49,7 @@ from sfsim.units import format_amount, parse_quantity
 from trainer.run.launch import run
 from trainer.run.runner import RunConfig
 from trainer.validate.machine import refusal, server_profile, too_fast
+from trainer.validate.profile import LoadSampler, load_factor
 
 #: simulator policy that replays each trainer server order
 POLICY_OF_ORDER = {"proportional": "paced-proportional", "round-robin": "paced-round-robin", "fifo": "fifo",
@@ -82,6 +84,7 @@ class ValidateConfig:
     client_order: str | None = None  # splitlora: interleaved (None: the trainer's default) or sequential
     allow_native: bool = False  # run devices this machine cannot emulate at native speed (flagged) instead of refusing
     host_sharing: bool = True  # model the CPU sharing of the run's co-located processes (sfsim.cost.hostshare)
+    load_calibration: bool = False  # scale the server's profile by the load sampler's ratio (opt-in: see the docs)
 
     def __post_init__(self):
         if self.emulate not in ("none", "compute", "links", "all"):
@@ -113,12 +116,14 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
                    out=str(out / "run"), split=vc.split, epochs=1, train_samples=vc.train_samples, eval_samples=8,
                    seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
                    micro_batch=vc.micro_batch, buffer=vc.buffer, progress=False, launch="local", emulate=vc.emulate,
-                   threads=vc.threads, count_flops=False, accumulate=vc.accumulate, client_order=vc.client_order)
+                   threads=vc.threads, count_flops=False, accumulate=vc.accumulate, client_order=vc.client_order,
+                   server_device="cpu")  # as the server's profile was measured (auto would take a GPU)
     load = [round(os.getloadavg()[0], 2)]
-    metrics = run(rc)
+    with _threads(vc.threads), LoadSampler() as sampler:  # this machine's speed during the run, as when profiled
+        metrics = run(rc)
     load.append(round(os.getloadavg()[0], 2))
     measured = read_chrome_trace(out / "run" / "trace.json")
-    sim, host = predict_shared(vc, metrics, native)
+    sim, host = predict_shared(vc, metrics, native, sampler.mean)
     predicted = sim.events
     report = compare(predicted, measured, list(metrics["server_flops"]))  # every server's lane
     report["header"] = header(vc, source, native, host, load, list(metrics["device_flops"]))
@@ -213,14 +218,17 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
     return sets
 
 
-def predict_shared(vc: ValidateConfig, metrics: dict, native=()) -> tuple:
+def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probe_s: float | None = None) -> tuple:
     """:func:`predict` with the run's co-located processes sharing this machine's cores.
 
     Every process of the run (the server and each device) is on this machine. Each device burns CPU
     for its compute at this machine's speed (then sleeps, when emulated, up to its scenario time): its
     runnable share is those CPU-seconds over the predicted span. The server's tables are stretched by
     :func:`sfsim.cost.hostshare.slowdown` of those shares (two fixed-point rounds, as the span moves with
-    the stretch); devices at native speed get the same stretch.
+    the stretch); devices at native speed get the same stretch. ``probe_s``: this machine's
+    :class:`~trainer.validate.profile.LoadSampler` mean during the run; with ``vc.load_calibration`` the tables
+    are also scaled by how much slower the machine computed then than while the profile was measured (other
+    processes' load, :func:`~trainer.validate.profile.load_factor`).
 
     Returns:
         (the simulation, the host figures for the report header).
@@ -231,17 +239,40 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=()) -> tuple:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     names = list(metrics["samples_by_device"])
     host = {"cores": cores, "processes": 1 + len(names), "threads": vc.threads, "server_slowdown": 1.0}
-    if not vc.host_sharing or vc.server_profile is None:
+    if vc.server_profile is None:
+        return sim, host
+    ratio = load_factor(read_yaml(vc.server_profile), probe_s)  # reported always, applied on request
+    host.update(load_ratio=None if ratio is None else round(ratio, 4), probe_s=None if probe_s is None else round(probe_s, 6),
+                load_factor=round(ratio, 4) if vc.load_calibration and ratio is not None else None)
+    lf = host["load_factor"]
+    if lf is not None:
+        path = _stretched(vc, lf)
+        sim = predict(vc, metrics, {**{d.name: path for d in native}, "server": path})
+    if not vc.host_sharing:
         return sim, host
     own = vc.device_profile if vc.emulate in ("none", "links") else vc.server_profile
     cpu = _device_cpu_seconds(predict(vc, metrics, {n: own for n in names}).events, names)
+    cpu = {k: v * (lf or 1.0) for k, v in cpu.items()}  # a loaded machine computes the devices' work slower too
     for _ in range(2):
         shares = runnable_shares(cpu, _span(sim.events))
         factor = slowdown(cores, [(p, vc.threads) for p in shares.values()], vc.threads)
-        path = _stretched(vc, factor)
+        path = _stretched(vc, factor * (lf or 1.0))
         sim = predict(vc, metrics, {**{d.name: path for d in native}, "server": path})
     host.update(server_slowdown=round(factor, 4), device_cpu_shares={k: round(v, 4) for k, v in shares.items()})
     return sim, host
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """torch's threads set to ``n`` for a while (the load sampler measures as the profile did)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _span(events) -> float:
@@ -264,7 +295,7 @@ def _stretched(vc: ValidateConfig, factor: float) -> str:
 
     path = Path(vc.out) / "server-profile-shared.yaml"
     prof = scale_profile(read_yaml(vc.server_profile), factor)
-    prof["source"] = f"{prof.get('source', '')} | times x {factor:.4f} for CPU sharing (sfsim.cost.hostshare)"
+    prof["source"] = f"{prof.get('source', '')} | times x {factor:.4f} for CPU sharing and load (sfsim.cost.hostshare)"
     write_atomic(path, yaml.safe_dump(prof, sort_keys=False, width=200))
     return str(path)
 
@@ -532,6 +563,11 @@ def format_header(h: dict) -> list[str]:
     lines.append(f"host: {host['processes']} processes x {host['threads']} thread(s) on {host['cores']} cores; "
                  f"server stretched x{host['server_slowdown']:.3f} for CPU sharing; 1-min load "
                  f"{load['before']} before, {load['after']} after the run")
+    if host.get("load_ratio") is not None:
+        used = ("the server's profile is scaled by it" if host.get("load_factor") is not None
+                else "not applied (--load-calibration applies it)")
+        lines.append(f"load: a sampled probe ran x{host['load_ratio']:.3f} as slow during the run as while the server "
+                     f"was profiled; {used}")
     return lines
 
 

@@ -1,6 +1,7 @@
 """Measure a real model's per-layer latencies on this machine: the tables of a grid latency profile.
 
-For every (micro_batch, seq_len) of the grid, ``warmup`` untimed then ``repeats`` timed rounds; each
+For every (micro_batch, seq_len) of the grid, ``warmup`` untimed then ``repeats`` timed rounds (after
+each shape's first, the shapes take their rounds in turns, so that a changing load falls on all alike); each
 round times, one layer at a time and on the real activations of the previous layer:
 
 - ``forward``: embeddings (+ the attention mask / rotary set-up), each block, the final norm and the
@@ -23,6 +24,7 @@ and decode those activations in each wire codec (``codec``) and the machine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import platform
@@ -39,7 +41,7 @@ from torch import nn
 from sfsim.cost.wire import CODECS
 from sfsim.errors import SfsimError
 from sfsim.model.arch import BUILTIN
-from trainer.methods.common import resolve_device, task_loss
+from trainer.methods.common import resolve_device, task_loss, training_mode
 from trainer.model.backward import DeferredGrads
 from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import LoadedModel
@@ -135,7 +137,9 @@ class _Parts:
         _, self.tsrv = split_model(train, 0, head=head)
         for part in (self.dev, self.fsrv, self.tsrv):
             part.to(device)  # before the optimizers are made: they hold the parameters
-        self.tsrv.train()  # as the trainer's server: dropout on
+        # as the trainer's server trains (trainer.methods.common.training_mode): the network's own dropout off,
+        # only LoRA's input dropout on; timing BERT's attention and hidden dropout overstated its forward by ~20%
+        training_mode(self.tsrv)
         self.deferred = DeferredGrads(self.tsrv)
         self.blocks_f = list(self.fsrv.body.blocks.values())
         self.blocks_t = list(self.tsrv.body.blocks.values())
@@ -229,28 +233,58 @@ def _round(parts: _Parts, clock: _Clock, ids, mask, labels, grads) -> list[torch
     return acts
 
 
-def _measure_entry(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, mb: int, seq: int) -> dict:
-    """Medians, IQRs, peak memory and activation bytes at one grid shape."""
-    g = torch.Generator().manual_seed(mb * 100003 + seq)
-    vocab = lm.model.config.vocab_size
-    ids = torch.randint(0, vocab, (mb, seq), generator=g)  # (B, T)
-    mask = torch.ones(mb, seq, dtype=torch.long)  # (B, T): no padding
-    labels = ids.clone() if parts.is_lm else torch.randint(0, spec.num_labels, (mb,), generator=g)
-    grads = torch.randn(mb, seq, lm.hidden, generator=g)  # (B, T, d) upstream gradient of each block
-    ids, mask, labels, grads = (t.to(parts.device) for t in (ids, mask, labels, grads))
-    clock = _Clock(parts.device)
-    reset = _reset_peak_rss()
-    for r in range(spec.warmup + spec.repeats):
-        clock.on = r >= spec.warmup
-        acts = _round(parts, clock, ids, mask, labels, grads)
-    entry = {"micro_batch": mb, "seq_len": seq}
-    med, iqr = _summaries(clock.times, lm.n_layers, statistics.median), _summaries(clock.times, lm.n_layers, _iqr)
-    entry.update(med)
-    entry["iqr"] = iqr
-    entry["peak_memory"] = f"{_peak_rss() / 2**20:.1f} MiB" if reset else None
-    entry["activation_bytes"] = [int(a.numel() * a.element_size()) for a in acts]  # (B, T, d) at cut 0..L
-    entry["codec"] = codec_times(acts[len(acts) // 2], spec.warmup, spec.repeats)
-    return {k: v for k, v in entry.items() if v is not None}
+class _Entry:
+    """One grid shape's inputs and timed rounds; built with its warm-up rounds and first timed round (and the
+    peak memory while measuring them), then timed again by :meth:`round` between the other shapes' rounds."""
+
+    def __init__(self, parts: _Parts, lm: LoadedModel, spec: ProfileSpec, mb: int, seq: int):
+        g = torch.Generator().manual_seed(mb * 100003 + seq)
+        vocab = lm.model.config.vocab_size
+        ids = torch.randint(0, vocab, (mb, seq), generator=g)  # (B, T)
+        mask = torch.ones(mb, seq, dtype=torch.long)  # (B, T): no padding
+        labels = ids.clone() if parts.is_lm else torch.randint(0, spec.num_labels, (mb,), generator=g)
+        grads = torch.randn(mb, seq, lm.hidden, generator=g)  # (B, T, d) upstream gradient of each block
+        self.inputs = tuple(t.to(parts.device) for t in (ids, mask, labels, grads))
+        self.parts, self.lm, self.spec, self.mb, self.seq = parts, lm, spec, mb, seq
+        self.clock = _Clock(parts.device)
+        reset = _reset_peak_rss()
+        for r in range(spec.warmup + 1):
+            self.clock.on = r >= spec.warmup
+            self.acts = _round(parts, self.clock, *self.inputs)
+        self.peak = _peak_rss() if reset else None
+
+    def round(self) -> None:
+        """One more timed round."""
+        self.acts = _round(self.parts, self.clock, *self.inputs)
+
+    def result(self) -> dict:
+        """Medians, IQRs, peak memory, activation bytes and codec times of this shape."""
+        spec, n_layers, acts = self.spec, self.lm.n_layers, self.acts
+        entry = {"micro_batch": self.mb, "seq_len": self.seq}
+        entry.update(_summaries(self.clock.times, n_layers, statistics.median))
+        entry["iqr"] = _summaries(self.clock.times, n_layers, _iqr)
+        entry["peak_memory"] = f"{self.peak / 2**20:.1f} MiB" if self.peak is not None else None
+        entry["activation_bytes"] = [int(a.numel() * a.element_size()) for a in acts]  # (B, T, d) at cut 0..L
+        entry["codec"] = codec_times(acts[len(acts) // 2], spec.warmup, spec.repeats)
+        return {k: v for k, v in entry.items() if v is not None}
+
+
+def _measure_grid(parts: _Parts, lm: LoadedModel, spec: ProfileSpec,
+                  progress: Callable[[int, int], None] | None) -> list[dict]:
+    """Every grid shape, its timed rounds after the first taken in turns with the other shapes' (round-robin):
+    on a machine whose load changes within seconds every shape then sees the same mix of it, instead of one
+    shape measured in a busy minute and its neighbour in a quiet one (the simulator interpolates between
+    them, so a shape measured at another load bends every shape between)."""
+    entries = []
+    for mb in spec.micro_batches:
+        for seq in spec.seq_lens:
+            if progress:
+                progress(mb, seq)
+            entries.append(_Entry(parts, lm, spec, mb, seq))
+    for _ in range(spec.repeats - 1):
+        for e in entries:
+            e.round()
+    return [e.result() for e in entries]
 
 
 def codec_times(x: torch.Tensor, warmup: int, repeats: int) -> dict:
@@ -369,6 +403,78 @@ def machine_info() -> dict:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+PROBE_SHAPE = (64, 384, 1536)  # tokens x width x MLP width: a MiniLM-sized block's MLP on 64 tokens (~0.1 GFLOP)
+
+
+_SAMPLER = """
+import select, sys, time
+import torch
+torch.set_num_threads(1)
+n, d, f, every, burst = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+g = torch.Generator().manual_seed(0)
+x, w1, w2 = torch.randn(n, d, generator=g), torch.randn(f, d, generator=g), torch.randn(d, f, generator=g)
+def sample():
+    count, t0 = 0, time.perf_counter()
+    with torch.inference_mode():
+        while count == 0 or time.perf_counter() - t0 < burst:
+            torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(x, w1)), w2)
+            count += 1
+    return (time.perf_counter() - t0) / count
+sample()
+print("ready", flush=True)
+out = []
+while not select.select([sys.stdin], [], [], every)[0]:
+    out.append(sample())
+out = out or [sample()]
+print(" ".join(repr(t) for t in out), flush=True)
+"""
+
+
+class LoadSampler:
+    """How fast this machine computes over a period, sampled while something else runs.
+
+    A process of its own (one torch thread; so neither the GIL nor the measured work's threads touch it)
+    runs a fixed workload (:data:`PROBE_SHAPE`) for ``burst`` seconds every ``every`` seconds (about 5% of
+    one core) and reports each burst's mean seconds per round; :attr:`mean` averages them. The same
+    workload sampled while a profile is measured (``machine.probe_s``) and while a validate run runs says
+    how much slower the machine computed during the run (other processes' load on a shared machine):
+    :func:`load_factor`. Bursts spread over the whole period follow a load that changes within seconds,
+    which a probe before and after cannot.
+    """
+
+    def __init__(self, every: float = 0.5, burst: float = 0.025):
+        self.every, self.burst = every, burst
+        self.samples: list[float] = []
+        self._proc = None
+
+    def __enter__(self) -> LoadSampler:
+        import subprocess
+        import sys
+
+        args = [*map(str, PROBE_SHAPE), str(self.every), str(self.burst)]
+        self._proc = subprocess.Popen([sys.executable, "-c", _SAMPLER, *args], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        self._proc.stdout.readline()  # "ready": torch imported, the first round done
+        return self
+
+    def __exit__(self, *exc) -> None:
+        out, _ = self._proc.communicate("stop\n", timeout=60)  # its last line: every burst's mean
+        self.samples = [float(t) for t in out.split()]
+
+    @property
+    def mean(self) -> float | None:
+        """Mean seconds per probe round over the period (None before any sample)."""
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def load_factor(profile: dict, mean_s: float | None) -> float | None:
+    """How much slower this machine computed during a run than while ``profile`` was measured: the run's
+    :class:`LoadSampler` mean over the profile's ``machine.probe_s.mean``; None when either is missing (a
+    profile from before the sampler, or of a GPU)."""
+    then = ((profile.get("machine") or {}).get("probe_s") or {}).get("mean")
+    return None if not then or not mean_s else mean_s / then
+
+
 def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str = "",
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Measure ``lm`` over ``spec``'s grid on this machine; return the profile (the :mod:`sfsim.cost.latency` format).
@@ -395,16 +501,13 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     if limit is not None and spec.seq_lens[-1] > limit:
         raise SfsimError(f"--seq-len {spec.seq_lens[-1]} is longer than {lm.name}'s {limit} positions")
     load0, t0 = os.getloadavg()[0], time.perf_counter()
-    torch.manual_seed(0)
     device = resolve_device(spec.device, "--device")
+    torch.manual_seed(0)
     parts = _Parts(lm, spec, device)
     first = first_call(parts, lm, spec)
-    grid = []
-    for mb in spec.micro_batches:
-        for seq in spec.seq_lens:
-            if progress:
-                progress(mb, seq)
-            grid.append(_measure_entry(parts, lm, spec, mb, seq))
+    # the machine's speed while measuring (a CPU's: other processes' load; validate compares it with the run's)
+    with LoadSampler() if device.type == "cpu" else contextlib.nullcontext() as sampler:
+        grid = _measure_grid(parts, lm, spec, progress)
     info = machine_info()
     if device.type != "cpu":
         info["accelerator"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
@@ -412,6 +515,8 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     # 1-minute load before and after, and the 5-minute load after (which spans a few minutes of measuring)
     info["load_average"] = {"before": round(load0, 2), "after": round(after[0], 2), "after_5min": round(after[1], 2)}
     info["wall_s"] = round(time.perf_counter() - t0, 1)
+    if sampler is not None:
+        info["probe_s"] = {"mean": round(sampler.mean, 6), "samples": len(sampler.samples)}
     prof = {"device": spec.name, "role": spec.role, "model": model}
     if model not in BUILTIN:
         cfg = lm.model.config
