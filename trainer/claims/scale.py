@@ -33,6 +33,7 @@ from trainer.claims.grid import (
     CellError,
     CellWaiting,
     data_files,
+    load_average,
     load_cells,
     portable,
     provenance,
@@ -228,7 +229,7 @@ def run_decisive(results, allow_dirty: bool = False):
                 "command": portable(cmd, {out: "OUT", data_dir: "DATA"}),
                 "settings": {**asdict(SCALE[(cell.model, cell.task)]), "fleet": FLEET, "patience": PATIENCE,
                              "max_epochs": MAX_EPOCHS}, **prov, "data": data_files(cell.task, data_dir)}
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), load_average()
         try:
             wall = run_command([sys.executable, *cmd[1:], "--partial", str(partial)], timeout)
             figures = json.loads(Path(out).read_text())
@@ -238,7 +239,7 @@ def run_decisive(results, allow_dirty: bool = False):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         partial.unlink(missing_ok=True)  # the whole record replaces it
-        return {**meta, "wall_s": round(wall, 1), "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        return {**meta, "wall_s": round(wall, 1), "load": {"before": before, "after": load_average()}, "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
                 "figures": figures}
 
     return run

@@ -81,7 +81,8 @@ def time_groups(recorded: dict) -> dict[tuple[str, str], dict[int, dict]]:
     for rec in recorded.values():
         c = rec["cell"]
         if c["kind"] == "time":
-            out[(c.get("setting", ""), c["method"])][c["seed"]] = {**rec["figures"], "commit": rec.get("commit")}
+            out[(c.get("setting", ""), c["method"])][c["seed"]] = {**rec["figures"], "commit": rec.get("commit"),
+                                                                   "load": rec.get("load")}
     return out
 
 
@@ -110,11 +111,21 @@ def _stat(s) -> str:
     return f"{100 * m:.1f}%" + ("" if sd is None else f" ± {100 * sd:.1f}") + f" ({n})"
 
 
+def _loads(runs: dict[int, dict]) -> str:
+    """The 1-minute load average before the repeats, ``'2.1-5.3'`` (runs recorded before cells kept it: not recorded)."""
+    vals = [f["load"]["before"][0] for f in runs.values() if f.get("load")]
+    if not vals:
+        return "not recorded" if runs else "-"
+    text = f"{min(vals):.1f}" if min(vals) == max(vals) else f"{min(vals):.1f}-{max(vals):.1f}"
+    return text + (f" ({len(runs) - len(vals)} not recorded)" if len(vals) < len(runs) else "")
+
+
 def measured_time_lines(recorded: dict, facts: dict) -> list[str]:
-    """Per fleet and method: measured and predicted seconds (mean ± sd over repeats) and both savings."""
+    """Per fleet and method: measured and predicted seconds (mean ± sd over repeats), the load average the
+    repeats started under, and both savings."""
     tg = time_groups(recorded)
-    lines = ["| fleet | method | repeats | measured (s) | predicted, same fleet (s) | SplitFrozen's saving, measured "
-             "(paired by repeat) | predicted |", "|---|---|---|---|---|---|---|"]
+    lines = ["| fleet | method | repeats | measured (s) | predicted, same fleet (s) | load average before (1 min) | "
+             "SplitFrozen's saving, measured (paired by repeat) | predicted |", "|---|---|---|---|---|---|---|---|"]
     for fleet in [*TIME_FLEETS, ""]:
         if fleet == "" and not any(f == "" for f, _ in tg):
             continue
@@ -129,7 +140,7 @@ def measured_time_lines(recorded: dict, facts: dict) -> list[str]:
                                                                                                   "predicted_s"))
                 facts.setdefault("time_measured", {})[(fleet, meth)] = saving_stats(tg, fleet, meth, "measured_s")
             name = f"`{TIME_FLEETS[fleet]}`" if fleet else f"earlier grid: `{TIME.fleet}`, one run"
-            lines.append(f"| {name} | {meth} | {len(runs)} | {ms} | {ps} | {sm} | {sp} |")
+            lines.append(f"| {name} | {meth} | {len(runs)} | {ms} | {ps} | {_loads(runs)} | {sm} | {sp} |")
     return lines
 
 
