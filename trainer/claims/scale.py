@@ -43,6 +43,8 @@ from trainer.claims.grid import (
 
 #: The grid's fleet: 4 devices with equal budgets (only the count and the relative sizes matter to a run).
 FLEET = "bench/sst2_minilm_4dev.yaml"
+#: The same fleet with SplitFrozen's activation cache on (its epochs 2+ replay epoch 1's micro-batches).
+CACHED_FLEET = "bench/sst2_minilm_4dev_cached.yaml"
 
 
 @dataclass(frozen=True)
@@ -185,11 +187,31 @@ def partial_path(results, cell: Cell) -> Path:
     return Path(results) / "partial" / f"{cell.key}.json"
 
 
-def converge_command(cell: Cell, setting: str, data_dir: str, out: str) -> list[str]:
-    """The command that runs one tune/converge cell at ``setting``."""
+def uses_cache(recorded: dict[str, dict], model: str, task: str, partition: str) -> bool:
+    """Whether a group's SplitFrozen cells run with the activation cache (:data:`CACHED_FLEET`).
+
+    Yes, unless a SplitFrozen cell of the group was recorded without it: a group keeps the protocol its
+    first SplitFrozen cell ran under, so its trials and seeds stay comparable (the cache fixes each
+    micro-batch's rows at epoch 1, where an uncached run re-draws them every epoch).
+    """
+    return not any(r["cell"]["kind"] in ("tune", "converge") and r["cell"]["method"] == "splitfrozen"
+                   and (r["cell"]["model"], r["cell"]["task"], r["cell"]["partition"]) == (model, task, partition)
+                   and not r.get("settings", {}).get("cache_activations", False) for r in recorded.values())
+
+
+def cell_fleet(cell: Cell, recorded: dict[str, dict]) -> str:
+    """The fleet file a tune/converge cell runs on: :data:`CACHED_FLEET` for SplitFrozen where
+    :func:`uses_cache`, else :data:`FLEET`."""
+    if cell.method == "splitfrozen" and uses_cache(recorded, cell.model, cell.task, cell.partition):
+        return CACHED_FLEET
+    return FLEET
+
+
+def converge_command(cell: Cell, setting: str, data_dir: str, out: str, fleet: str = FLEET) -> list[str]:
+    """The command that runs one tune/converge cell at ``setting`` on ``fleet``."""
     sc, opts = SCALE[(cell.model, cell.task)], parse_setting(setting)
     method, extra = METHODS[cell.method]
-    cmd = ["python", "-m", "trainer.claims.converge", "--devices", FLEET, "--model", cell.model, "--task", cell.task,
+    cmd = ["python", "-m", "trainer.claims.converge", "--devices", fleet, "--model", cell.model, "--task", cell.task,
            "--method", method, *extra, "--partition", cell.partition, "--seed", str(cell.seed),
            "--lr", f"{opts['lr']:g}", "--train-samples", str(sc.train_samples), "--val-samples", str(sc.val_samples),
            "--max-len", str(sc.max_len), "--patience", str(PATIENCE), "--max-epochs", str(MAX_EPOCHS),
@@ -213,22 +235,25 @@ def run_decisive(results, allow_dirty: bool = False):
     def run(cell: Cell, data_dir: str, timeout: str) -> dict:
         if cell.kind not in ("tune", "converge"):
             return run_cell(cell, data_dir, timeout, allow_dirty)
-        setting = cell.setting
+        setting, recorded = cell.setting, load_cells(Path(results))
         if cell.kind == "converge":
-            win = chosen(load_cells(Path(results)), cell.model, cell.task, cell.partition, cell.method)
+            win = chosen(recorded, cell.model, cell.task, cell.partition, cell.method)
             if win is None:
                 raise CellWaiting(f"waits for every tuning trial of {cell.method} ({cell.task}, {cell.partition})")
             setting = win["cell"]["setting"]
         prov = provenance(allow_dirty)
         tmp = Path(tempfile.mkdtemp(prefix="sfsim-claims-"))
         out = str(tmp / "cell.json")
-        cmd = converge_command(cell, setting, data_dir, out)
+        fleet = cell_fleet(cell, recorded)
+        cmd = converge_command(cell, setting, data_dir, out, fleet)
         partial = partial_path(results, cell)
         partial.parent.mkdir(parents=True, exist_ok=True)
         meta = {"key": cell.key, "cell": asdict(cell), "setting": setting,
                 "command": portable(cmd, {out: "OUT", data_dir: "DATA"}),
-                "settings": {**asdict(SCALE[(cell.model, cell.task)]), "fleet": FLEET, "patience": PATIENCE,
-                             "max_epochs": MAX_EPOCHS}, **prov, "data": data_files(cell.task, data_dir)}
+                "settings": {**asdict(SCALE[(cell.model, cell.task)]), "fleet": fleet, "patience": PATIENCE,
+                             "max_epochs": MAX_EPOCHS, "cache_activations": fleet == CACHED_FLEET,
+                             "dev_scored": "after epochs that improved on validation"},
+                **prov, "data": data_files(cell.task, data_dir)}
         t0, before = time.perf_counter(), load_average()
         try:
             wall = run_command([sys.executable, *cmd[1:], "--partial", str(partial)], timeout)

@@ -1,0 +1,105 @@
+"""The decisive grid's cost cuts and the measured-time verdict: SplitFrozen's activation cache per group,
+the dev set scored only where the stopping rule can report it, estimates from probed speeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer.claims import budget, decisive, scale, sections
+from trainer.claims.grid import Cell
+from trainer.claims.verdict import time_verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _rec(method: str, part: str, cached: bool | None) -> dict:
+    settings = {} if cached is None else {"cache_activations": cached}
+    return {"cell": {"kind": "tune", "model": "minilm-l6", "task": "sst2", "method": method, "partition": part},
+            "settings": settings}
+
+
+def test_the_cached_fleet_is_the_grids_fleet_with_the_cache_on():
+    plain, cached = (yaml.safe_load((ROOT / f).read_text()) for f in (scale.FLEET, scale.CACHED_FLEET))
+    assert cached["training"].pop("cache_activations") is True and "cache_activations" not in plain["training"]
+    assert {k: v for k, v in plain.items() if k != "description"} == {k: v for k, v in cached.items()
+                                                                       if k != "description"}
+
+
+def test_a_group_keeps_the_cache_protocol_its_first_splitfrozen_cell_ran_under():
+    rec = {"a": _rec("splitfrozen", "label-skew:1", None), "b": _rec("fedlora", "iid", False),
+           "c": _rec("splitfrozen", "dirichlet:0.5", True)}
+    assert not scale.uses_cache(rec, "minilm-l6", "sst2", "label-skew:1")  # recorded before the cache
+    assert scale.uses_cache(rec, "minilm-l6", "sst2", "iid") and scale.uses_cache(rec, "minilm-l6", "sst2", "dirichlet:0.5")
+    sf = Cell("tune", "minilm-l6", "sst2", "splitfrozen", "iid", 0, "lr=0.001")
+    assert scale.cell_fleet(sf, rec) == scale.CACHED_FLEET
+    assert scale.cell_fleet(Cell("tune", "minilm-l6", "sst2", "splitfrozen", "label-skew:1"), rec) == scale.FLEET
+    assert scale.cell_fleet(Cell("tune", "minilm-l6", "sst2", "fedlora", "iid"), rec) == scale.FLEET
+    cmd = scale.converge_command(sf, "lr=0.001", "DATA", "OUT", scale.cell_fleet(sf, rec))
+    assert cmd[cmd.index("--devices") + 1] == scale.CACHED_FLEET
+    text = " ".join(decisive.cache_lines(rec))
+    assert "Without the cache (a cell was recorded before it was adopted): minilm-l6, SST-2, label-skew:1." in text
+
+
+def test_estimates_use_probed_speeds_the_cache_and_dev_scored_after_improving_epochs():
+    probes = {("minilm-l6", "sst2", "splitfrozen"): {"train_sps": [40.0, 80.0], "score_rps": 100.0, "load_s": 10.0,
+                                                    "commit": "abc", "recorded": "now", "load": {"before": [3.0, 2, 1]}}}
+    rec = {"x": {**_rec("splitfrozen", "label-skew:1", None), "figures": {"epochs_run": 5, "curve": []}}}
+    cached = Cell("tune", "minilm-l6", "sst2", "splitfrozen", "iid", 0, "lr=0.001")
+    plain = Cell("tune", "minilm-l6", "sst2", "splitfrozen", "label-skew:1", 0, "lr=0.001")
+    p = budget.plan([cached, plain], rec, 1e9, probes=probes)
+    scored = (5 * 800 + 3 * 872) / 100  # validation every epoch, dev after at most 5 - patience 2 epochs
+    assert p["rows"][0][1] == pytest.approx(10 + 8000 / 40 + 4 * 8000 / 80 + scored)
+    assert p["rows"][1][1] == pytest.approx(10 + 5 * 8000 / 40 + scored)  # its group started uncached
+    before = budget.plan([cached], rec, 1e9, probes=probes, cuts=False)
+    assert before["rows"][0][1] == pytest.approx(10 + 5 * 8000 / 40 + (5 * 800 + 5 * 872) / 100)
+    assert p["sources"][("minilm-l6", "sst2", "splitfrozen")].startswith("the speed probe (commit abc")
+
+
+def test_the_time_verdict_needs_the_whole_interval_on_one_side_of_the_papers_figure():
+    assert time_verdict([0.60, 0.62, 0.61], 0.502, 3).word == "holds"
+    v = time_verdict([0.30, 0.32, 0.31], 0.502, 3)
+    assert v.word == "does not hold" and v.mean == pytest.approx(31.0) and v.ci[0] < 31.0 < v.ci[1]
+    assert time_verdict([0.30, 0.70, 0.50], 0.502, 3).word == "inconclusive at this scale"
+    assert time_verdict([0.60, 0.62], 0.502, 3).reason == "2 of 3 repeats"
+    assert time_verdict([], 0.502, 3).reason == "not run"
+
+
+def test_measured_time_rows_carry_the_load_and_the_verdict_per_fleet():
+    def cell(meth, seed, measured, load):
+        return {"cell": {"kind": "time", "model": "minilm-l6", "task": "sst2", "method": meth, "partition": "iid",
+                         "seed": seed, "setting": "mixed-links"},
+                "figures": {"measured_s": measured, "predicted_s": measured}, "load": {"before": [load, 0, 0]}}
+
+    rec = {f"{m}{s}": cell(m, s, t, 2.0 + s) for s in range(3)
+           for m, t in (("splitfrozen", 10.0 + s), ("fedlora", 20.0))}
+    rows = sections.measured_time_lines(rec, facts := {})
+    assert any("| fedlora | 3 | 20.0 ± 0.0 | 20.0 ± 0.0 | 2.0-4.0 | 45.0% ± 5.0 (3) |" in r for r in rows)
+    assert facts["time_measured"][("mixed-links", "fedlora")] == pytest.approx([0.5, 0.45, 0.4])
+    assert sections.time_verdict_lines(rec, 0.502) == [
+        "- `bench/runtime_4dev.yaml`, SplitFrozen against fedlora: **inconclusive at this scale** (the interval "
+        "spans 50.2%): measured saving 45.0%, 95% CI 32.6% to 57.4%, 3 repeats; the simulator on the same fleet: 45.0%."]
+
+
+def test_dev_scored_only_after_improving_epochs_changes_no_reported_figure(tiny_gpt2, tmp_path, one_torch_thread):
+    from trainer.claims.converge import Protocol, converge
+    from trainer.run.runner import RunConfig
+
+    runs = []
+    for every in (True, False):
+        cfg = RunConfig(devices=str(FIXTURES / "runtime_tiny.yaml"), model=tiny_gpt2, task="sst2",
+                        method="splitfrozen", partition="iid", out=str(tmp_path / str(every)), split=1,
+                        train_samples=24, lr=5e-2, seed=0, max_len=32, data_dir=str(FIXTURES / "data"),
+                        count_flops=False, progress=False)
+        runs.append(converge(cfg, Protocol(8, patience=1, max_epochs=4, dev_every_epoch=every), log=lambda s: None))
+    every, improving = runs
+    keys = ("accuracy", "macro_f1", "best_epoch", "epochs_run", "val_best", "loss_curve")
+    assert {k: every[k] for k in keys} == {k: improving[k] for k in keys}
+    assert [r["val"] for r in every["curve"]] == [r["val"] for r in improving["curve"]]
+    top = float("-inf")
+    for a, b in zip(every["curve"], improving["curve"], strict=True):
+        assert b["dev"] == (a["dev"] if a["val"]["accuracy"] > top else None)
+        top = max(top, a["val"]["accuracy"])
