@@ -3,6 +3,7 @@ the dev set scored only where the stopping rule can report it, estimates from pr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,36 @@ def test_dev_scored_only_after_improving_epochs_changes_no_reported_figure(tiny_
     for a, b in zip(every["curve"], improving["curve"], strict=True):
         assert b["dev"] == (a["dev"] if a["val"]["accuracy"] > top else None)
         top = max(top, a["val"]["accuracy"])
+
+
+def test_the_speed_probe_times_every_method_and_records_its_command(tiny_gpt2, tmp_path, monkeypatch,
+                                                                     one_torch_thread):
+    from trainer.claims import speed
+
+    monkeypatch.setitem(scale.SCALE, (tiny_gpt2, "sst2"), scale.TaskScale(24, 8, 32, split=1))
+    monkeypatch.setattr(speed, "SCALE", scale.SCALE)
+    monkeypatch.setattr(speed, "provenance", lambda allow_dirty=False: {"commit": "abc1234"})
+    fixture = str(FIXTURES / "runtime_tiny.yaml")
+    monkeypatch.setattr(speed, "FLEET", fixture)
+    monkeypatch.setattr(speed, "CACHED_FLEET", fixture)
+    monkeypatch.setattr(speed, "parser", lambda: _parser(speed, tiny_gpt2))
+    argv = ["--model", tiny_gpt2, "--task", "sst2", "--samples", "16", "--score-rows", "8", "--methods",
+            "splitfrozen,fedlora", "--data-dir", str(FIXTURES / "data"), "--results", str(tmp_path)]
+    assert speed.main(argv) == 0
+    got = speed.load_speeds(tmp_path)
+    assert set(got) == {(tiny_gpt2, "sst2", "splitfrozen"), (tiny_gpt2, "sst2", "fedlora")}
+    sp = got[(tiny_gpt2, "sst2", "fedlora")]
+    assert sp["train_samples"] == 16 and sp["score_rows"] == 8 and sp["commit"] == "abc1234"
+    assert min(sp["train_sps"]) > 0 and sp["score_rps"] > 0 and len(sp["load"]["before"]) == 3
+    rec = json.loads((tmp_path / "speeds" / f"{Path(tiny_gpt2).name}_sst2.json").read_text())
+    assert "--data-dir DATA --results RESULTS" in rec["command"]
+
+
+def _parser(speed, model):
+    """The probe's options with the tiny model allowed (its choices come from the grid's scale)."""
+    p = speed.argparse.ArgumentParser()
+    for name in ("--model", "--task", "--methods", "--data-dir", "--results"):
+        p.add_argument(name)
+    p.add_argument("--samples", type=int)
+    p.add_argument("--score-rows", type=int)
+    return p

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     names = {a.data_dir: "DATA", a.results: "RESULTS"}
     rec = {"model": a.model, "task": a.task, "command": " ".join(names.get(c, c) for c in cmd),
            **prov, "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "methods": out}
-    path = Path(a.results) / SPEEDS / f"{a.model}_{a.task}.json"
+    path = Path(a.results) / SPEEDS / f"{Path(a.model).name}_{a.task}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(rec, indent=1))
     return 0
