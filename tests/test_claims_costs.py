@@ -137,3 +137,11 @@ def _parser(speed, model):
     p.add_argument("--samples", type=int)
     p.add_argument("--score-rows", type=int)
     return p
+
+
+def test_the_grids_lengths_truncate_no_sst2_or_mrpc_row_for_either_tokenizer():
+    for (model, task), sc in scale.SCALE.items():
+        measured = scale.TRUNCATION[(model, task)]
+        assert sc.max_len in measured["over"], (model, task)
+        if task in ("sst2", "mrpc"):
+            assert max(measured["max_tokens"]) <= sc.max_len and measured["over"][sc.max_len] == (0.0, 0.0)

@@ -39,13 +39,15 @@ def protocol_lines(recorded: dict | None = None) -> list[str]:
     """The grid's scale, stopping rule, SplitFrozen's activation cache per group (from ``recorded``) and the
     tuning grids, from :mod:`trainer.claims.scale` (never by hand)."""
     lines = ["| model | task | train samples | validation rows (held out of train) | dev rows (reported) | max length | "
-             "rows truncated at it (train / dev) | primary metric | seeds (label-skew:1 / other) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "longest row, tokens (train / dev) | rows truncated at it (train / dev) | primary metric | "
+             "seeds (label-skew:1 / other) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (model, task), sc in SCALE.items():
-        tr = TRUNCATION.get((model, task), {}).get("over", {}).get(sc.max_len)
+        lengths = TRUNCATION.get((model, task), {})
+        tr, longest = lengths.get("over", {}).get(sc.max_len), lengths.get("max_tokens")
         cut = "not measured" if tr is None else f"{100 * tr[0]:.2f}% / {100 * tr[1]:.2f}%"
         lines.append(f"| {model} | {TASK_NAMES[task]} | {sc.train_samples:,} | {sc.val_samples:,} | "
-                     f"{sc.eval_samples or DEV_ROWS[task]:,} | {sc.max_len} | {cut} | {sc.metric} | "
+                     f"{sc.eval_samples or DEV_ROWS[task]:,} | {sc.max_len} | "
+                     f"{'not measured' if longest is None else f'{longest[0]} / {longest[1]}'} | {cut} | {sc.metric} | "
                      f"{len(seeds_for('label-skew:1'))} / {len(seeds_for('iid'))} |")
     lines += ["", "What each task can show. SST-2: a binary task whose centralised ceiling sat far above its "
               "majority class in the earlier grid, so it can rank methods; it is where the accuracy claim is decided. MNLI: the "
@@ -267,8 +269,7 @@ def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path, 
             ax.axhline(100 * major, color="black", ls=":", lw=1)
     axes[0].set_xlabel("training samples seen")
     axes[1].set_xlabel("measured training s (in-process, shared CPU)", fontsize=8)
-    axes[2].set_xlabel(f"simulated s on the trial's fleet ({Path(FLEET).name} or its cached twin; no CenLoRA)",
-                       fontsize=8)
+    axes[2].set_xlabel("simulated s on the trial's fleet (cached or not; no CenLoRA)", fontsize=8)
     axes[0].set_ylabel(f"{metric} (%)")
     fig.suptitle(f"{model}, {TASK_NAMES[task]}, {part}: validation {metric} per epoch (lines); star: dev {metric} "
                  "reported, at the best validation epoch; dotted: the dev set's majority class", fontsize=9)
