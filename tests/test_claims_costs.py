@@ -69,7 +69,7 @@ def test_the_time_verdict_needs_the_whole_interval_on_one_side_of_the_papers_fig
     assert time_verdict([], 0.502, 3).reason == "not run"
 
 
-def test_measured_time_rows_carry_the_load_and_the_verdict_per_fleet():
+def test_measured_time_rows_carry_the_load_and_the_verdict_per_fleet(tmp_path):
     def cell(meth, seed, measured, load):
         return {"cell": {"kind": "time", "model": "minilm-l6", "task": "sst2", "method": meth, "partition": "iid",
                          "seed": seed, "setting": "mixed-links"},
@@ -83,6 +83,12 @@ def test_measured_time_rows_carry_the_load_and_the_verdict_per_fleet():
     assert sections.time_verdict_lines(rec, 0.502) == [
         "- `bench/runtime_4dev.yaml`, SplitFrozen against fedlora: **inconclusive at this scale** (the interval "
         "spans 50.2%): measured saving 45.0%, 95% CI 32.6% to 57.4%, 3 repeats; the simulator on the same fleet: 45.0%."]
+    from trainer.claims import plots
+
+    tg = sections.time_groups(rec)
+    assert plots.time_figure(tg, {"mixed-links": "x.yaml"}, ("splitfrozen", "fedlora"), tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+    assert not plots.time_figure(tg, {"fast-links": "y.yaml"}, ("splitfrozen",), tmp_path / "none.png")
 
 
 def test_dev_scored_only_after_improving_epochs_changes_no_reported_figure(tiny_gpt2, tmp_path, one_torch_thread):

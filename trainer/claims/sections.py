@@ -216,6 +216,8 @@ def time_section(recorded: dict, figs: Path, edge: str, factors: list[float], fa
              "repeat records the machine's load average before it started, and the spread over repeats shows "
              "what the load did.", ""]
     lines += measured_time_lines(recorded, facts) + [""] + time_verdict_lines(recorded, level)
+    if plots.time_figure(time_groups(recorded), TIME_FLEETS, TIME_METHODS, figs / "time_measured.png"):
+        lines += ["", "![measured and predicted training time](figures/time_measured.png)"]
     facts["time"] = {"edge": edge, "arch": sc.arch.name,
                      "simulated": {n: t["splitfrozen_time_saving"] for n, t in times.items() if n != "splitfrozen"}}
     lines += ["", f"### Simulated on `{edge}` ({sc.arch.name})", "",
