@@ -46,7 +46,8 @@ def test_a_group_keeps_the_cache_protocol_its_first_splitfrozen_cell_ran_under()
 
 
 def test_estimates_use_probed_speeds_the_cache_and_dev_scored_after_improving_epochs():
-    probes = {("minilm-l6", "sst2", "splitfrozen"): {"train_sps": [40.0, 80.0], "score_rps": 100.0, "load_s": 10.0,
+    probes = {("minilm-l6", "sst2", "splitfrozen"): {"train_sps_cpu": [40.0, 80.0], "score_rps_cpu": 100.0,
+                                                    "load_cpu_s": 10.0, "train_sps": [10.0, 20.0],
                                                     "commit": "abc", "recorded": "now", "load": {"before": [3.0, 2, 1]}}}
     rec = {"x": {**_rec("splitfrozen", "label-skew:1", None), "figures": {"epochs_run": 5, "curve": []}}}
     cached = Cell("tune", "minilm-l6", "sst2", "splitfrozen", "iid", 0, "lr=0.001")
@@ -57,7 +58,8 @@ def test_estimates_use_probed_speeds_the_cache_and_dev_scored_after_improving_ep
     assert p["rows"][1][1] == pytest.approx(10 + 5 * 8000 / 40 + scored)  # its group started uncached
     before = budget.plan([cached], rec, 1e9, probes=probes, cuts=False)
     assert before["rows"][0][1] == pytest.approx(10 + 5 * 8000 / 40 + (5 * 800 + 5 * 872) / 100)
-    assert p["sources"][("minilm-l6", "sst2", "splitfrozen")].startswith("the speed probe (commit abc")
+    assert p["sources"][("minilm-l6", "sst2", "splitfrozen")] == ("the speed probe, CPU time (commit abc, now UTC; "
+                                                                  "wall time 4.0x longer under load 3)")
 
 
 def test_the_time_verdict_needs_the_whole_interval_on_one_side_of_the_papers_figure():
@@ -130,7 +132,7 @@ def test_the_speed_probe_times_every_method_and_records_its_command(tiny_gpt2, t
     assert set(got) == {(tiny_gpt2, "sst2", "splitfrozen"), (tiny_gpt2, "sst2", "fedlora")}
     sp = got[(tiny_gpt2, "sst2", "fedlora")]
     assert sp["train_samples"] == 16 and sp["score_rows"] == 8 and sp["commit"] == "abc1234"
-    assert min(sp["train_sps"]) > 0 and sp["score_rps"] > 0 and len(sp["load"]["before"]) == 3
+    assert min(sp["train_sps"] + sp["train_sps_cpu"]) > 0 and sp["score_rps_cpu"] > 0 and len(sp["load"]["before"]) == 3
     rec = json.loads((tmp_path / "speeds" / f"{Path(tiny_gpt2).name}_sst2.json").read_text())
     assert "--data-dir DATA --results RESULTS" in rec["command"]
 

@@ -8,8 +8,9 @@ the dev rows only after an epoch that improved on validation (at most ``epochs -
 
 Speeds are measured, never assumed, in this order of preference:
 
-1. the speed probe (:mod:`trainer.claims.speed`): every method of a (model, task) timed in one sitting, so
-   the methods compare under one load; it gives ``first``, ``later``, ``score_rps`` and ``load_s``;
+1. the speed probe (:mod:`trainer.claims.speed`): every method of a (model, task) timed in one sitting, in
+   this process's CPU time (core-seconds, which the other processes' load hardly moves); it gives
+   ``first``, ``later``, ``score_rps`` and ``load_s``;
 2. the decisive cells already recorded (samples seen over training seconds; scoring at
    :data:`EVAL_SPEEDUP` times the training speed, a start of :data:`LOAD_S`);
 3. the earlier grid's one-epoch cells of the same model and method (length 64), scaled by the new length:
@@ -64,8 +65,9 @@ def measured_speeds(recorded: dict[str, dict], partials: dict[str, dict] | None 
         elif c["kind"] == "accuracy" and f.get("train_s_by_epoch") and f.get("train_samples"):
             early[key][0] += f["train_samples"] * len(f["train_s_by_epoch"])
             early[key][1] += sum(f["train_s_by_epoch"])
-    out = {k: Speed(sp["train_sps"][0], sp["train_sps"][1], sp["score_rps"], sp["load_s"],
-                    f"the speed probe (commit {sp['commit']}, {sp['recorded']} UTC, load {sp['load']['before'][0]:g})")
+    out = {k: Speed(sp["train_sps_cpu"][0], sp["train_sps_cpu"][1], sp["score_rps_cpu"], sp["load_cpu_s"],
+                    f"the speed probe, CPU time (commit {sp['commit']}, {sp['recorded']} UTC; wall time "
+                    f"{sp['train_sps_cpu'][0] / sp['train_sps'][0]:.1f}x longer under load {sp['load']['before'][0]:g})")
            for k, sp in (probes or {}).items()}
     for k, (n, s) in seen.items():
         if k not in out and s > 0:

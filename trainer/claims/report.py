@@ -184,8 +184,9 @@ def budget_lines(cells: list[Cell], recorded: dict, partials: dict, probes: dict
         left[g] = left.get(g, 0) + 1
     for g, n in left.items():
         lines.append(f"| {' | '.join(g)} | {n} | {p['by_group'][g] / 3600:.1f} | {before['by_group'][g] / 3600:.1f} |")
-    lines += ["", "Speeds behind the estimate (one core; training samples per second in epoch 1 and in later "
-              "epochs, scoring rows per second, seconds to load and build):", "",
+    lines += ["", "Speeds behind the estimate, per second of one core (the probe's CPU time; elsewhere wall time): "
+              "training samples per second in epoch 1 and in later epochs (SplitFrozen's replay its activation "
+              "cache), scoring rows per second, seconds to load and build:", "",
               "| model | task | method | epoch 1 (samples/s) | later epochs (samples/s) | scoring (rows/s) | load (s) | "
               "measured in |", "|---|---|---|---|---|---|---|---|"]
     for (model, task, meth), sp in sorted(p["speeds"].items()):

@@ -6,7 +6,8 @@ the validation rows held out) at the grid's length, cut and fleet (SplitFrozen o
 which every group uses unless it started without it: :func:`trainer.claims.scale.uses_cache`), one method after another in one process with
 one torch thread, and times: the model's load and build, each epoch's training samples per second
 (SplitFrozen's second epoch replays cached activations), and the scoring rows per second on the
-validation rows. The record keeps its command, commit and the load average before and after each
+validation rows, each in wall time and in this process's CPU time (what it costs a core: the estimate's
+unit is core-hours, and CPU time hardly moves with the other processes' load). The record keeps its command, commit and the load average before and after each
 method: on a shared CPU the load moves every figure, so the estimate says under what load it was made.
 """
 
@@ -36,10 +37,15 @@ SPEEDS = "speeds"
 
 
 def probe(model: str, task: str, method: str, samples: int, data_dir: str, fleet: str, score_rows: int) -> dict:
-    """Time one method: load and build, two epochs of ``samples`` rows, scoring ``score_rows`` validation rows."""
+    """Time one method: load and build, two epochs of ``samples`` rows, scoring ``score_rows`` validation rows.
+
+    Each phase is timed twice: wall seconds, and this process's CPU seconds (``time.process_time``, every
+    thread): with one torch thread the CPU time is what the phase costs a core, whatever the other
+    processes on the machine do, while the wall time stretches with their load.
+    """
     sc = SCALE[(model, task)]
     name, extra = METHODS[method]
-    t0, before = time.perf_counter(), load_average()
+    clock, before = _Clock(), load_average()
     full = tdata.load_task(task, data_dir, "train")
     train_idx, val_idx = holdout(len(full), sc.val_samples)
     val = subset(full, val_idx)
@@ -49,17 +55,29 @@ def probe(model: str, task: str, method: str, samples: int, data_dir: str, fleet
                     client_order=extra[1] if extra else None, count_flops=False, progress=False)
     built = build(cfg, train=subset(full, train_idx), dev=val)
     lm, setup, meth = built.lm, built.setup, built.method
-    load_s, sps = time.perf_counter() - t0, []
+    load, epochs = clock.lap(), []
     for epoch in range(2):
-        t = time.perf_counter()
         meth.train_epoch(epoch, lambda loss, n: None)
         meth.finish_epoch()
-        sps.append(sum(setup.samples.values()) / (time.perf_counter() - t))
-    t = time.perf_counter()
+        epochs.append(clock.lap())
     score(meth, lm, setup.head, val, cfg, score_rows)
-    return {"fleet": fleet, "load_s": round(load_s, 2), "train_sps": [round(x, 3) for x in sps],
-            "score_rps": round(score_rows / (time.perf_counter() - t), 3), "train_samples": sum(setup.samples.values()),
-            "score_rows": score_rows, "load": {"before": before, "after": load_average()}}
+    scoring, n = clock.lap(), sum(setup.samples.values())
+    return {"fleet": fleet, "load_s": round(load[0], 2), "load_cpu_s": round(load[1], 2),
+            "train_sps": [round(n / w, 3) for w, _ in epochs], "train_sps_cpu": [round(n / c, 3) for _, c in epochs],
+            "score_rps": round(score_rows / scoring[0], 3), "score_rps_cpu": round(score_rows / scoring[1], 3),
+            "train_samples": n, "score_rows": score_rows, "load": {"before": before, "after": load_average()}}
+
+
+class _Clock:
+    """Wall and CPU seconds since the last lap."""
+
+    def __init__(self):
+        self.t = (time.perf_counter(), time.process_time())
+
+    def lap(self) -> tuple[float, float]:
+        now = (time.perf_counter(), time.process_time())
+        out, self.t = (now[0] - self.t[0], now[1] - self.t[1]), now
+        return out
 
 
 def load_speeds(results) -> dict[tuple[str, str, str], dict]:
