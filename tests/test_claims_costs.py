@@ -23,11 +23,20 @@ def _rec(method: str, part: str, cached: bool | None) -> dict:
             "settings": settings}
 
 
-def test_the_cached_fleet_is_the_grids_fleet_with_the_cache_on():
-    plain, cached = (yaml.safe_load((ROOT / f).read_text()) for f in (scale.FLEET, scale.CACHED_FLEET))
-    assert cached["training"].pop("cache_activations") is True and "cache_activations" not in plain["training"]
-    assert {k: v for k, v in plain.items() if k != "description"} == {k: v for k, v in cached.items()
-                                                                       if k != "description"}
+def test_the_cached_fleets_are_the_grids_fleets_with_the_cache_on_and_differ_by_model_only():
+    def load(f):
+        data = yaml.safe_load((ROOT / f).read_text())
+        data.pop("description")
+        return data
+
+    for model, (plain_file, cached_file) in scale.FLEETS.items():
+        plain, cached = load(plain_file), load(cached_file)
+        assert cached["training"].pop("cache_activations") is True and "cache_activations" not in plain["training"]
+        assert plain == cached and plain["model"]["name"] == model
+    minilm, smollm2 = (load(scale.FLEETS[m][0]) for m in ("minilm-l6", "smollm2-135m"))
+    assert minilm["training"]["lora"].pop("targets") == ["query", "value"]  # SmolLM2: its family's defaults
+    minilm["model"]["name"] = "smollm2-135m"
+    assert minilm == smollm2
 
 
 def test_a_group_keeps_the_cache_protocol_its_first_splitfrozen_cell_ran_under():
@@ -39,6 +48,8 @@ def test_a_group_keeps_the_cache_protocol_its_first_splitfrozen_cell_ran_under()
     assert scale.cell_fleet(sf, rec) == scale.CACHED_FLEET
     assert scale.cell_fleet(Cell("tune", "minilm-l6", "sst2", "splitfrozen", "label-skew:1"), rec) == scale.FLEET
     assert scale.cell_fleet(Cell("tune", "minilm-l6", "sst2", "fedlora", "iid"), rec) == scale.FLEET
+    assert scale.cell_fleet(Cell("tune", "smollm2-135m", "sst2", "splitfrozen", "iid"), rec) == scale.FLEETS[
+        "smollm2-135m"][1]
     cmd = scale.converge_command(sf, "lr=0.001", "DATA", "OUT", scale.cell_fleet(sf, rec))
     assert cmd[cmd.index("--devices") + 1] == scale.CACHED_FLEET
     text = " ".join(decisive.cache_lines(rec))
@@ -122,8 +133,7 @@ def test_the_speed_probe_times_every_method_and_records_its_command(tiny_gpt2, t
     monkeypatch.setattr(speed, "SCALE", scale.SCALE)
     monkeypatch.setattr(speed, "provenance", lambda allow_dirty=False: {"commit": "abc1234"})
     fixture = str(FIXTURES / "runtime_tiny.yaml")
-    monkeypatch.setattr(speed, "FLEET", fixture)
-    monkeypatch.setattr(speed, "CACHED_FLEET", fixture)
+    monkeypatch.setitem(scale.FLEETS, tiny_gpt2, (fixture, fixture))
     monkeypatch.setattr(speed, "parser", lambda: _parser(speed, tiny_gpt2))
     argv = ["--model", tiny_gpt2, "--task", "sst2", "--samples", "16", "--score-rows", "8", "--methods",
             "splitfrozen,fedlora", "--data-dir", str(FIXTURES / "data"), "--results", str(tmp_path)]

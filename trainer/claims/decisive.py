@@ -14,8 +14,7 @@ from trainer.claims.compute import epoch_seconds
 from trainer.claims.grid import METHODS, Cell
 from trainer.claims.render import TASK_NAMES, mean_sd
 from trainer.claims.scale import (
-    CACHED_FLEET,
-    FLEET,
+    FLEETS,
     MAX_EPOCHS,
     PATIENCE,
     SCALE,
@@ -78,7 +77,7 @@ def cache_lines(recorded: dict) -> list[str]:
     """Which groups' SplitFrozen cells use the activation cache (:func:`trainer.claims.scale.uses_cache`)."""
     off = [g for g in groups() if not uses_cache(recorded, *g)]
     text = ("SplitFrozen's activation cache: its device prefix is frozen, forward-only and runs without dropout, "
-            f"so SplitFrozen cells run on `{CACHED_FLEET}`: epoch 1's activations are kept at the server and "
+            f"so SplitFrozen cells run on {' and '.join(f'`{c}`' for _, c in FLEETS.values())}: epoch 1's activations are kept at the server and "
             "epochs 2+ replay epoch 1's micro-batches in a fresh order, with no device compute (as a deployment "
             "would). The other methods train the device side, cannot cache, and re-draw their micro-batches "
             "every epoch; so does an uncached SplitFrozen run, which is why a group keeps the protocol its first "
@@ -220,7 +219,7 @@ def _sim_seconds(rec: dict, model: str, task: str) -> list[float] | None:
     """Simulated seconds at the end of each epoch of a trial on the fleet it ran on (None: CenLoRA); a cached
     fleet's later epochs are cheaper, so each epoch count is simulated whole."""
     sc, curve, meth = SCALE[(model, task)], rec["figures"]["curve"], rec["cell"]["method"]
-    fleet, knobs = rec.get("settings", {}).get("fleet", FLEET), parse_setting(rec["cell"]["setting"])
+    fleet, knobs = rec.get("settings", {}).get("fleet", FLEETS[model][0]), parse_setting(rec["cell"]["setting"])
     one = epoch_seconds(fleet, meth, sc.train_samples, sc.max_len, sc.split, knobs, model)
     if one is None:
         return None

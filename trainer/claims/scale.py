@@ -41,10 +41,12 @@ from trainer.claims.grid import (
     run_command,
 )
 
-#: The grid's fleet: 4 devices with equal budgets (only the count and the relative sizes matter to a run).
-FLEET = "bench/sst2_minilm_4dev.yaml"
-#: The same fleet with SplitFrozen's activation cache on (its epochs 2+ replay epoch 1's micro-batches).
-CACHED_FLEET = "bench/sst2_minilm_4dev_cached.yaml"
+#: The grid's fleets by model, (plain, with SplitFrozen's activation cache on): 4 devices with equal budgets
+#: (only the count and the relative sizes matter to a run; the model line must be the run's model, since
+#: the runtime checks the cuts against it). With the cache, SplitFrozen's epochs 2+ replay epoch 1's micro-batches.
+FLEETS = {"minilm-l6": ("bench/sst2_minilm_4dev.yaml", "bench/sst2_minilm_4dev_cached.yaml"),
+          "smollm2-135m": ("bench/sst2_smollm2_4dev.yaml", "bench/sst2_smollm2_4dev_cached.yaml")}
+FLEET, CACHED_FLEET = FLEETS["minilm-l6"]
 
 
 @dataclass(frozen=True)
@@ -203,11 +205,11 @@ def uses_cache(recorded: dict[str, dict], model: str, task: str, partition: str)
 
 
 def cell_fleet(cell: Cell, recorded: dict[str, dict]) -> str:
-    """The fleet file a tune/converge cell runs on: :data:`CACHED_FLEET` for SplitFrozen where
-    :func:`uses_cache`, else :data:`FLEET`."""
-    if cell.method == "splitfrozen" and uses_cache(recorded, cell.model, cell.task, cell.partition):
-        return CACHED_FLEET
-    return FLEET
+    """The fleet file a tune/converge cell runs on (:data:`FLEETS` of its model): the cached one for SplitFrozen
+    where :func:`uses_cache`, else the plain one."""
+    plain, cached = FLEETS[cell.model]
+    return cached if cell.method == "splitfrozen" and uses_cache(recorded, cell.model, cell.task, cell.partition) \
+        else plain
 
 
 def converge_command(cell: Cell, setting: str, data_dir: str, out: str, fleet: str = FLEET) -> list[str]:
@@ -254,7 +256,7 @@ def run_decisive(results, allow_dirty: bool = False):
         meta = {"key": cell.key, "cell": asdict(cell), "setting": setting,
                 "command": portable(cmd, {out: "OUT", data_dir: "DATA"}),
                 "settings": {**asdict(SCALE[(cell.model, cell.task)]), "fleet": fleet, "patience": PATIENCE,
-                             "max_epochs": MAX_EPOCHS, "cache_activations": fleet == CACHED_FLEET,
+                             "max_epochs": MAX_EPOCHS, "cache_activations": fleet == FLEETS[cell.model][1],
                              "dev_scored": "after epochs that improved on validation"},
                 **prov, "data": data_files(cell.task, data_dir)}
         t0, before = time.perf_counter(), load_average()

@@ -26,7 +26,7 @@ from sfsim.errors import SfsimError
 from sfsim.scenario.schema import write_atomic
 from trainer.claims.converge import subset
 from trainer.claims.grid import METHODS, CellError, load_average, provenance
-from trainer.claims.scale import CACHED_FLEET, FLEET, SCALE
+from trainer.claims.scale import FLEETS, SCALE
 from trainer.data import tasks as tdata
 from trainer.methods.convergence import holdout
 from trainer.methods.evaluate import score
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SfsimError(f"--model/--task/--methods: use a (model, task) of the grid and methods of {', '.join(METHODS)}")
         out = {}
         for meth in methods:  # SplitFrozen cached, as every group runs it that did not start without the cache
-            fleet = CACHED_FLEET if meth == "splitfrozen" else FLEET
+            fleet = FLEETS[a.model][meth == "splitfrozen"]
             out[meth] = probe(a.model, a.task, meth, a.samples, a.data_dir, fleet, a.score_rows)
             print(f"{meth}: {json.dumps(out[meth])}", file=sys.stderr, flush=True)
     except (SfsimError, ValueError, CellError) as err:
