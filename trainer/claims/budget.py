@@ -48,6 +48,7 @@ class Speed:
     score_rps: float
     load_s: float
     source: str
+    wall_factor: float | None = None  # the probe's wall time over its CPU time (the shared machine's load)
 
 
 def measured_speeds(recorded: dict[str, dict], partials: dict[str, dict] | None = None,
@@ -67,7 +68,8 @@ def measured_speeds(recorded: dict[str, dict], partials: dict[str, dict] | None 
             early[key][1] += sum(f["train_s_by_epoch"])
     out = {k: Speed(sp["train_sps_cpu"][0], sp["train_sps_cpu"][1], sp["score_rps_cpu"], sp["load_cpu_s"],
                     f"the speed probe, CPU time (commit {sp['commit']}, {sp['recorded']} UTC; wall time "
-                    f"{sp['train_sps_cpu'][0] / sp['train_sps'][0]:.1f}x longer under load {sp['load']['before'][0]:g})")
+                    f"{sp['train_sps_cpu'][0] / sp['train_sps'][0]:.1f}x longer under load {sp['load']['before'][0]:g})",
+                    sp["train_sps_cpu"][0] / sp["train_sps"][0])
            for k, sp in (probes or {}).items()}
     for k, (n, s) in seen.items():
         if k not in out and s > 0:

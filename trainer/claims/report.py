@@ -185,7 +185,7 @@ def budget_lines(cells: list[Cell], recorded: dict, partials: dict, probes: dict
     for g, n in left.items():
         lines.append(f"| {' | '.join(g)} | {n} | {p['by_group'][g] / 3600:.1f} | {before['by_group'][g] / 3600:.1f} |")
     lines += ["", "Speeds behind the estimate, per second of one core (the probe's CPU time; elsewhere wall time): "
-              "training samples per second in epoch 1 and in later epochs (SplitFrozen's replay its activation "
+              "training samples per second in epoch 1 and in later epochs (SplitFrozen replays its activation "
               "cache), scoring rows per second, seconds to load and build:", "",
               "| model | task | method | epoch 1 (samples/s) | later epochs (samples/s) | scoring (rows/s) | load (s) | "
               "measured in |", "|---|---|---|---|---|---|---|---|"]
@@ -235,8 +235,11 @@ def budget_sentence(p: dict, before: dict | None = None) -> str:
     cut = "" if before is None else (
         f" (**{before['total_s'] / 3600:,.0f} hours** without the cost cuts: SplitFrozen's activation cache and the "
         "dev set scored only after epochs that improved on validation)")
+    walls = [sp.wall_factor for sp in p.get("speeds", {}).values() if sp.wall_factor is not None]
+    wall = "" if not walls else (f"; on this shared machine a probe's wall time ran {min(walls):.1f}x to "
+                                 f"{max(walls):.1f}x its CPU time, so a sitting takes that much longer")
     return (f"{len(p['rows'])} cells of the decisive grid and the measured times are missing: about "
-            f"**{p['total_s'] / 3600:,.0f} hours** of one core of this shared 2-core CPU{cut} ({p['unknown']} "
+            f"**{p['total_s'] / 3600:,.0f} hours** of one core of this shared 2-core CPU{cut}{wall} ({p['unknown']} "
             f"without a measured speed), at {p['epochs']:g} epochs a cell (the median of {p['epoch_cells']} recorded "
             f"decisive cells; with none, a first guess) and the speeds measured in {' and '.join(kinds) or 'no run yet'} "
             "(table below). A GPU server shortens this by orders of magnitude; the report "
