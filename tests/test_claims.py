@@ -252,8 +252,8 @@ def test_report_renders_tables_figures_and_what_is_missing(tmp_path):
     assert "| SST-2 | fedlora | 1 | 80.0% | 50.0% | +30.0 | +60.0% |" in md
     assert "- SST-2, against fedlora: inconclusive at this scale: +30.0 points, 1 seeds (earlier grid" in md
     assert "| splitfrozen | 1 | 1.000e+08 | - |" in md and "| fedlora | 1 | 4.000e+08 | 75.0% |" in md
-    assert "| earlier grid: `bench/runtime_4dev.yaml`, one run | splitfrozen | 1 | 10.0 | 9.0 | - | - |" in md
-    assert "| earlier grid: `bench/runtime_4dev.yaml`, one run | fedlora | 0 | not run | - | not run | not run |" in md
+    assert "| earlier grid: `bench/runtime_4dev.yaml`, one run | splitfrozen | 1 | 10.0 | 9.0 | not recorded | - | - |" in md
+    assert "| earlier grid: `bench/runtime_4dev.yaml`, one run | fedlora | 0 | not run | - | - | not run | not run |" in md
     for name in ("accuracy_minilm-l6_sst2.png", "savings_vs_cut.png", "savings_vs_bandwidth.png"):
         assert (docs / "figures" / name).stat().st_size > 10_000
     assert "![accuracy minilm-l6 sst2](figures/accuracy_minilm-l6_sst2.png)" in md
@@ -272,6 +272,7 @@ def test_a_real_cell_runs_the_trainer_and_records_its_command(tiny_gpt2, tmp_pat
     assert rec["command"].startswith("sfsim run --method splitfrozen --split 1 ") and "--out OUT" in rec["command"]
     assert "--data-dir DATA " in rec["command"] and rec["data"] == {"train": "sst2/train.tsv", "dev": "sst2/dev.tsv"}
     assert rec["commit"] == "abc1234"
+    assert [len(rec["load"][k]) for k in ("before", "after")] == [3, 3]  # 1, 5, 15 min
 
 
 def test_report_cli_errors_are_one_line(tmp_path):

@@ -109,12 +109,15 @@ def test_verdict_table_pairs_seeds_at_the_chosen_settings():
 
 def test_budget_estimates_from_measured_samples_per_second():
     c = Cell("tune", "minilm-l6", "sst2", "splitfrozen", "iid", 0, "lr=0.001")
-    rec = {"x": {"cell": {"kind": "tune", "model": "minilm-l6", "task": "sst2", "method": "splitfrozen"},
+    rec = {"x": {"cell": {"kind": "tune", "model": "minilm-l6", "task": "sst2", "method": "splitfrozen",
+                          "partition": "label-skew:1"},
                  "figures": {"train_s": 800.0, "epochs_run": 4,
                              "curve": [{"samples_seen": 8_000 * (e + 1), "train_s": 200.0} for e in range(4)]}}}
     p = budget.plan([c], rec, 10_000)
-    # 40 samples/s; 4 epochs x (8000/40 + (800 + 872)/(3 x 40)) + 20 s of start
-    assert p["rows"][0][1] == pytest.approx(4 * (200 + 1672 / 120) + 20) and p["rows"][0][2]
+    # 40 samples/s; 4 epochs x 8000/40, validation 4 x 800 rows and dev (4 - patience 2) x 872 rows at 3 x 40 rows/s,
+    # 20 s of start
+    assert p["rows"][0][1] == pytest.approx(4 * 200 + (4 * 800 + 2 * 872) / 120 + 20) and p["rows"][0][2]
+    assert budget.plan([c], rec, 10_000, cuts=False)["rows"][0][1] == pytest.approx(4 * (200 + 1672 / 120) + 20)
     assert budget.plan([c], rec, 100)["fit"] == 0
 
 
@@ -158,7 +161,8 @@ def test_simulated_epoch_time_follows_the_cells_samples_and_knobs():
 
 def test_learning_curves_draw_trials_and_pilots(tmp_path):
     curve = [{"epoch": e, "samples_seen": 8000 * e, "optimizer_steps": 500 * e, "fedavg_rounds": None,
-              "train_loss": 0.4, "val": {"accuracy": 0.8}, "dev": {"accuracy": 0.78 + 0.01 * e}, "train_s": 700.0}
+              "train_loss": 0.4, "val": {"accuracy": 0.8}, "dev": {"accuracy": 0.78 + 0.01 * e} if e != 2 else None,
+              "train_s": 700.0}
              for e in (1, 2, 3)]
     key, rec = _tune("minilm-l6", "sst2", "label-skew:1", "splitfrozen", "lr=0.002", 0.8, curve=curve, best_epoch=1,
                      majority_accuracy=0.509)

@@ -26,7 +26,7 @@ DOC = ROOT / "docs" / "results.md"
 def _rows_from_cells() -> list[str]:
     recorded, partials = load_cells(RESULTS), load_partials(RESULTS)
     groups = render.seeds_of(recorded)
-    rows = decisive.protocol_lines() + decisive.verdict_lines(recorded) + glance.accuracy_rows(recorded, groups)
+    rows = decisive.protocol_lines(recorded) + decisive.verdict_lines(recorded) + glance.accuracy_rows(recorded, groups)
     for model, task, part in scale_groups():
         if any((r["cell"]["model"], r["cell"]["task"], r["cell"]["partition"]) == (model, task, part)
                for r in [*recorded.values(), *partials.values()] if r["cell"]["kind"] in ("tune", "converge")):

@@ -25,16 +25,18 @@ def parse_only(texts: tuple[str, ...]) -> dict[str, set[str]]:
     return out
 
 
-def plan_lines(cells, recorded: dict, budget_s: float, partials: dict | None = None) -> list[str]:
-    """``sfsim report --plan``: each missing decisive cell with its estimate, whether it fits, and the totals."""
+def plan_lines(cells, recorded: dict, budget_s: float, partials: dict | None = None, probes: dict | None = None
+               ) -> list[str]:
+    """``sfsim report --plan``: each missing decisive cell with its estimate, whether it fits, and the totals
+    (with the protocol before the cost cuts for comparison)."""
     from trainer.claims.budget import plan
     from trainer.claims.report import budget_sentence
 
-    p = plan(cells, recorded, budget_s, partials)
+    p = plan(cells, recorded, budget_s, partials, probes)
     out = [f"{'fits' if fits else 'later':5s}  {'?' if s is None else f'{s / 60:6.0f} min'}  {c.key}"
            for c, s, fits in p["rows"]]
     return out + [f"{p['fit']} of {len(p['rows'])} missing cells fit in {budget_s / 3600:.2f} h.",
-                  budget_sentence(p)]
+                  budget_sentence(p, plan(cells, recorded, budget_s, partials, probes, cuts=False))]
 
 
 @main.command(epilog=example("sfsim report --list", "sfsim report --budget 30min --only task=sst2"))
@@ -81,8 +83,9 @@ def report(budget, only, list_cells, plan_only, allow_dirty, results, docs, data
         return
     if plan_only:
         from trainer.claims.scale import load_partials
+        from trainer.claims.speed import load_speeds
 
-        for line in plan_lines(cells, recorded, budget_s, load_partials(results)):
+        for line in plan_lines(cells, recorded, budget_s, load_partials(results), load_speeds(results)):
             click.echo(line)
         return
     if budget_s > 0 and not Path(data_dir).is_dir():

@@ -149,10 +149,12 @@ GRID_SCHEDULES = {"splitfrozen": ("splitfrozen", {}), "splitlora-interleaved": (
 
 
 def epoch_seconds(fleet: str | Path, method: str, train_samples: int, max_len: int, cut: int,
-                  knobs: dict | None = None) -> float | None:
-    """Simulated seconds of one epoch of ``method`` on ``fleet`` with ``train_samples`` split as its devices'
-    samples, ``max_len`` tokens, the cut and the tuned knobs (``local_steps``, ``fedavg_every``); None for
-    CenLoRA (no fleet)."""
+                  knobs: dict | None = None, model: str | None = None, epochs: int = 1) -> float | None:
+    """Simulated seconds of ``epochs`` epochs of ``method`` on ``fleet`` with ``train_samples`` split as its
+    devices' samples, ``max_len`` tokens, ``model``'s shape (default: the fleet's), the cut and the tuned
+    knobs (``local_steps``, ``fedavg_every``); None for CenLoRA (no fleet). A fleet with
+    ``training.cache_activations`` makes SplitFrozen's epochs after the first cheaper, so the time of
+    ``epochs`` epochs is simulated whole, not scaled from one."""
     import sfsim
 
     if method not in GRID_SCHEDULES:
@@ -162,6 +164,10 @@ def epoch_seconds(fleet: str | Path, method: str, train_samples: int, max_len: i
     for d in raw["devices"]:
         d["samples"] = max(1, round(d["samples"] * train_samples / total))
     raw["model"]["seq_len"] = max_len
+    if model is not None and model != raw["model"]["name"]:  # another family: its default LoRA targets, as the runtime
+        raw["model"]["name"] = model
+        raw["training"]["lora"].pop("targets", None)
+    raw["training"]["epochs"] = epochs
     raw["training"].update({k: v for k, v in (knobs or {}).items() if k in ("local_steps", "fedavg_every")})
     schedule, options = GRID_SCHEDULES[method]
     sc = scenario_from_dict(raw, source=str(fleet))

@@ -4,8 +4,11 @@ The training set less a fixed validation draw (:func:`trainer.methods.convergenc
 partitioned over the fleet as ``sfsim run`` does (the runner's ``build``); after every epoch the
 global model is scored on the validation rows (which select the epoch and stop the run, by
 :class:`~trainer.methods.convergence.EarlyStop`) and on the reported dev set (which is only recorded,
-for the learning curves and the reported figure at the validation-selected epoch: the dev set never
-chooses anything). ``python -m trainer.claims.converge ...`` runs one cell and writes its JSON.
+for the reported figure at the validation-selected epoch: the dev set never chooses anything). The dev
+set is scored only after an epoch whose validation score improved, since only such an epoch can be the
+one reported (``--dev-every-epoch`` scores it after every epoch, as the first recorded cells did; scoring
+has no side effect on training, so the reported figures are the same either way).
+``python -m trainer.claims.converge ...`` runs one cell and writes its JSON.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Protocol:
     patience: int = 2
     max_epochs: int = 12
     metric: str = "accuracy"  # or "macro_f1" (MRPC)
+    dev_every_epoch: bool = False  # False: score the dev set only after epochs whose validation score improved
 
 
 def subset(data: tdata.TaskData, idx) -> tdata.TaskData:
@@ -49,7 +53,8 @@ def converge(cfg: RunConfig, proto: Protocol, log=print, on_epoch=None) -> dict:
 
     ``figures``: the dev scores at the best validation epoch, the epoch, whether patience (not the
     epoch limit) stopped it, and ``curve``: one row per epoch (samples seen, optimizer steps, FedAvg
-    rounds, mean training loss, validation and dev scores, measured training seconds). ``on_epoch``
+    rounds, mean training loss, validation and dev scores, measured training and scoring seconds; dev
+    is None after an epoch that did not improve on validation, unless ``proto.dev_every_epoch``). ``on_epoch``
     (optional) is called with the curve and losses so far after every epoch (a run stopped by its budget
     keeps them as a partial record).
     """
@@ -59,7 +64,7 @@ def converge(cfg: RunConfig, proto: Protocol, log=print, on_epoch=None) -> dict:
     train_idx, val_idx = holdout(len(full), proto.val_samples)
     val, dev = subset(full, val_idx), tdata.load_task(cfg.task, cfg.data_dir, "dev")
     built = build(cfg, train=subset(full, train_idx), dev=val)
-    _, lm, setup, method, _, info = built
+    lm, setup, method, info = built.lm, built.setup, built.method, built.info
     n_dev = min(cfg.eval_samples or len(dev), len(dev))
     stop, curve, losses, seen = EarlyStop(proto.patience, proto.max_epochs), [], [], 0
     while not stop.stopped:
@@ -68,17 +73,19 @@ def converge(cfg: RunConfig, proto: Protocol, log=print, on_epoch=None) -> dict:
         method.finish_epoch()
         train_s = time.perf_counter() - t
         seen += sum(setup.samples.values())
+        t = time.perf_counter()
         v = score(method, lm, setup.head, val, cfg, len(val))
-        d = score(method, lm, setup.head, dev, cfg, n_dev)
         stop.update(v[proto.metric])
+        d = score(method, lm, setup.head, dev, cfg, n_dev) if stop.improved or proto.dev_every_epoch else None
         curve.append({"epoch": epoch + 1, "samples_seen": seen, "optimizer_steps": len(losses),
                       "fedavg_rounds": _rounds(method), "train_loss": round(statistics.fmean(losses[n0:]), 6),
-                      "val": _brief(v), "dev": _brief(d), "train_s": round(train_s, 3)})
+                      "val": _brief(v), "dev": None if d is None else _brief(d), "train_s": round(train_s, 3),
+                      "score_s": round(time.perf_counter() - t, 3)})
         if on_epoch is not None:
             on_epoch({"curve": curve, "loss_curve": [round(x, 5) for x in losses], "train_samples": seen // len(curve),
                       "val_samples": len(val), "eval_samples": n_dev, "stopped": stop.stopped})
         log(f"epoch {epoch + 1}: loss {curve[-1]['train_loss']:.4f} val {v[proto.metric]:.4f} "
-            f"dev {d[proto.metric]:.4f} ({train_s:.0f} s)")
+            + ("dev not scored" if d is None else f"dev {d[proto.metric]:.4f}") + f" ({train_s:.0f} s)")
     best = curve[stop.best_epoch]
     major = majority_baseline(dev.labels[:n_dev], dev.num_labels)
     return {"accuracy": best["dev"]["accuracy"], "macro_f1": best["dev"]["macro_f1"], "f1": best["dev"].get("f1"),
@@ -117,6 +124,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--client-order")
     p.add_argument("--partial", help="file that receives the curves after every epoch (kept if the run is stopped)")
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "macro_f1"))
+    p.add_argument("--dev-every-epoch", action="store_true",
+                   help="score the dev set after every epoch (default: only after epochs that improved on validation)")
     return p
 
 
@@ -130,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                         eval_samples=a.eval_samples, lr=a.lr or 2e-3, seed=a.seed or 0, max_len=a.max_len or 128,
                         data_dir=a.data_dir, local_steps=a.local_steps, fedavg_every=a.fedavg_every,
                         client_order=a.client_order, count_flops=False, progress=False)
-        proto = Protocol(a.val_samples, a.patience or 2, a.max_epochs or 12, a.metric)
+        proto = Protocol(a.val_samples, a.patience or 2, a.max_epochs or 12, a.metric, a.dev_every_epoch)
         keep = None if a.partial is None else (lambda d: write_atomic(Path(a.partial), json.dumps(d, indent=1)))
         figures = converge(cfg, proto, log=lambda s: print(s, file=sys.stderr, flush=True), on_epoch=keep)
     except (SfsimError, ValueError) as err:

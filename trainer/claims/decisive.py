@@ -14,7 +14,7 @@ from trainer.claims.compute import epoch_seconds
 from trainer.claims.grid import METHODS, Cell
 from trainer.claims.render import TASK_NAMES, mean_sd
 from trainer.claims.scale import (
-    FLEET,
+    FLEETS,
     MAX_EPOCHS,
     PATIENCE,
     SCALE,
@@ -26,6 +26,7 @@ from trainer.claims.scale import (
     parse_setting,
     seeds_for,
     settings_of,
+    uses_cache,
 )
 from trainer.claims.verdict import judge
 
@@ -33,16 +34,19 @@ BASELINES = ("fedlora", "splitlora-interleaved", "splitlora-sequential")
 DEV_ROWS = {"sst2": 872, "mrpc": 408, "mnli": 1000}
 
 
-def protocol_lines() -> list[str]:
-    """The grid's scale, stopping rule and tuning grids, from :mod:`trainer.claims.scale` (never by hand)."""
+def protocol_lines(recorded: dict | None = None) -> list[str]:
+    """The grid's scale, stopping rule, SplitFrozen's activation cache per group (from ``recorded``) and the
+    tuning grids, from :mod:`trainer.claims.scale` (never by hand)."""
     lines = ["| model | task | train samples | validation rows (held out of train) | dev rows (reported) | max length | "
-             "rows truncated at it (train / dev) | primary metric | seeds (label-skew:1 / other) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "longest row, tokens (train / dev) | rows truncated at it (train / dev) | primary metric | "
+             "seeds (label-skew:1 / other) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (model, task), sc in SCALE.items():
-        tr = TRUNCATION.get((model, task), {}).get("over", {}).get(sc.max_len)
+        lengths = TRUNCATION.get((model, task), {})
+        tr, longest = lengths.get("over", {}).get(sc.max_len), lengths.get("max_tokens")
         cut = "not measured" if tr is None else f"{100 * tr[0]:.2f}% / {100 * tr[1]:.2f}%"
         lines.append(f"| {model} | {TASK_NAMES[task]} | {sc.train_samples:,} | {sc.val_samples:,} | "
-                     f"{sc.eval_samples or DEV_ROWS[task]:,} | {sc.max_len} | {cut} | {sc.metric} | "
+                     f"{sc.eval_samples or DEV_ROWS[task]:,} | {sc.max_len} | "
+                     f"{'not measured' if longest is None else f'{longest[0]} / {longest[1]}'} | {cut} | {sc.metric} | "
                      f"{len(seeds_for('label-skew:1'))} / {len(seeds_for('iid'))} |")
     lines += ["", "What each task can show. SST-2: a binary task whose centralised ceiling sat far above its "
               "majority class in the earlier grid, so it can rank methods; it is where the accuracy claim is decided. MNLI: the "
@@ -57,13 +61,31 @@ def protocol_lines() -> list[str]:
               f"Stopping rule, the same for every method: after each epoch the global model is scored on the "
               f"validation rows; training stops when that score has not improved for {PATIENCE} epochs in a row "
               f"(or after {MAX_EPOCHS} epochs), and the reported dev score is the one at the best validation "
-              "epoch. The dev set is scored every epoch for the learning curves only; it selects nothing.", "",
+              "epoch. The dev set selects nothing: it is scored after each epoch whose validation score improved "
+              "(only such an epoch can be the one reported; the first recorded cells scored it after every epoch, "
+              "which changes no reported figure), so the learning curves plot the validation score.", "",
+              *cache_lines(recorded or {}), "",
               f"Tuning, the same budget for every method ({TRIALS} trials each, seed 0 of each task and partition, "
               "selected on the validation score):", "", "| method | grid searched |", "|---|---|"]
     for meth, grid in TUNING.items():
         lines.append(f"| {meth} | " + " x ".join(f"{k} in {{{', '.join(f'{v:g}' for v in vals)}}}"
                                                  for k, vals in grid.items()) + " |")
     return lines
+
+
+def cache_lines(recorded: dict) -> list[str]:
+    """Which groups' SplitFrozen cells use the activation cache (:func:`trainer.claims.scale.uses_cache`)."""
+    off = [g for g in groups() if not uses_cache(recorded, *g)]
+    text = ("SplitFrozen's activation cache: its device prefix is frozen, forward-only and runs without dropout, "
+            f"so SplitFrozen cells run on {' and '.join(f'`{c}`' for _, c in FLEETS.values())}: epoch 1's activations are kept at the server and "
+            "epochs 2+ replay epoch 1's micro-batches in a fresh order, with no device compute (as a deployment "
+            "would). The other methods train the device side, cannot cache, and re-draw their micro-batches "
+            "every epoch; so does an uncached SplitFrozen run, which is why a group keeps the protocol its first "
+            "SplitFrozen cell was recorded under.")
+    if off:
+        text += " Without the cache (a cell was recorded before it was adopted): " + "; ".join(
+            f"{m}, {TASK_NAMES[t]}, {p}" for m, t, p in off) + "."
+    return [text]
 
 
 def method_runs(recorded: dict, model: str, task: str, part: str, meth: str) -> tuple[dict | None, dict[int, dict]]:
@@ -135,11 +157,11 @@ def partial_lines(partials: dict, model: str, task: str, part: str) -> list[str]
              f"dev {metric} (%) | train s | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         for e in r["figures"]["curve"]:
+            dev = "-" if e["dev"] is None else f"{100 * e['dev'][metric]:.1f}"  # not scored: validation did not improve
             lines.append(f"| {r['cell']['method']} {r['cell']['setting']} s{r['cell']['seed']} | {e['epoch']} | "
                          f"{e['samples_seen']:,} | {e['optimizer_steps']:,} | "
                          f"{'-' if e['fedavg_rounds'] is None else e['fedavg_rounds']} | {e['train_loss']:.4f} | "
-                         f"{100 * e['val'][metric]:.1f} | {100 * e['dev'][metric]:.1f} | {e['train_s']:.0f} | "
-                         f"{r.get('commit')} |")
+                         f"{100 * e['val'][metric]:.1f} | {dev} | {e['train_s']:.0f} | {r.get('commit')} |")
     return lines
 
 
@@ -193,11 +215,25 @@ def verdict_lines(recorded: dict) -> list[str]:
     return lines
 
 
+def _sim_seconds(rec: dict, model: str, task: str) -> list[float] | None:
+    """Simulated seconds at the end of each epoch of a trial on the fleet it ran on (None: CenLoRA); a cached
+    fleet's later epochs are cheaper, so each epoch count is simulated whole."""
+    sc, curve, meth = SCALE[(model, task)], rec["figures"]["curve"], rec["cell"]["method"]
+    fleet, knobs = rec.get("settings", {}).get("fleet", FLEETS[model][0]), parse_setting(rec["cell"]["setting"])
+    one = epoch_seconds(fleet, meth, sc.train_samples, sc.max_len, sc.split, knobs, model)
+    if one is None:
+        return None
+    if not rec.get("settings", {}).get("cache_activations"):
+        return [one * r["epoch"] for r in curve]
+    return [epoch_seconds(fleet, meth, sc.train_samples, sc.max_len, sc.split, knobs, model, r["epoch"]) for r in curve]
+
+
 def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path, partials: dict | None = None) -> bool:
-    """Dev score per epoch against samples seen, measured training seconds and simulated seconds on the
-    grid's fleet (:func:`trainer.claims.compute.epoch_seconds` at the trial's knobs), one line per
-    recorded trial (the chosen ones solid, the others dashed, a pilot stopped by its budget dotted);
-    False (nothing written) when there is nothing to draw."""
+    """Validation score per epoch (the score that selects, measured after every epoch) against samples seen,
+    measured training seconds and simulated seconds on the trial's fleet (:func:`_sim_seconds`), one line
+    per recorded trial (the chosen ones solid, the others dashed, a pilot stopped by its budget dotted),
+    and a star at the reported dev score of each finished trial's best epoch; False (nothing written)
+    when there is nothing to draw."""
     recs = [(m, r) for m in METHODS for r in trials(recorded, model, task, part, m)]
     recs += [(r["cell"]["method"], r) for r in (partials or {}).values()
              if (r["cell"]["model"], r["cell"]["task"], r["cell"]["partition"]) == (model, task, part)]
@@ -210,33 +246,32 @@ def curves_figure(recorded: dict, model: str, task: str, part: str, path: Path, 
 
     metric = SCALE[(model, task)].metric
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
-    sc = SCALE[(model, task)]
     for meth, rec in recs:
         win = chosen(recorded, model, task, part, meth)
         curve, colour = rec["figures"]["curve"], f"C{list(METHODS).index(meth)}"
-        ys = [100 * r["dev"][metric] for r in curve]
-        secs = [sum(r["train_s"] for r in curve[: i + 1]) for i in range(len(curve))]
+        ys = [100 * r["val"][metric] for r in curve]
+        xs = ([r["samples_seen"] for r in curve], [sum(r["train_s"] for r in curve[: i + 1]) for i in range(len(curve))],
+              _sim_seconds(rec, model, task))
         pilot = rec.get("stopped_by_budget", False)
         style = ":" if pilot else "-" if win is not None and win["key"] == rec["key"] else "--"
         label = f"{meth} {rec['cell']['setting']}" + (" (pilot, stopped by budget)" if pilot else "")
-        axes[0].plot([r["samples_seen"] for r in curve], ys, style, marker="o", ms=3, color=colour, label=label)
-        axes[1].plot(secs, ys, style, marker="o", ms=3, color=colour)
-        sim = epoch_seconds(FLEET, meth, sc.train_samples, sc.max_len, sc.split, parse_setting(rec["cell"]["setting"]))
-        if sim is not None:
-            axes[2].plot([sim * r["epoch"] for r in curve], ys, style, marker="o", ms=3, color=colour)
-        if not pilot:
-            best = rec["figures"]["best_epoch"] - 1
-            axes[0].plot([curve[best]["samples_seen"]], [ys[best]], "k*", ms=8)
+        for i, (ax, x) in enumerate(zip(axes, xs, strict=True)):
+            if x is None:
+                continue
+            ax.plot(x, ys, style, marker="o", ms=3, color=colour, label=label if i == 0 else None)
+            best = None if pilot else rec["figures"]["best_epoch"] - 1
+            if best is not None and curve[best]["dev"] is not None:  # the reported dev score
+                ax.plot([x[best]], [100 * curve[best]["dev"][metric]], "*", color=colour, mec="black", ms=9)
     major = next((r["figures"].get(f"majority_{metric}") for _, r in recs if not r.get("stopped_by_budget")), None)
     for ax in axes:
         if major is not None:
             ax.axhline(100 * major, color="black", ls=":", lw=1)
     axes[0].set_xlabel("training samples seen")
     axes[1].set_xlabel("measured training s (in-process, shared CPU)", fontsize=8)
-    axes[2].set_xlabel(f"simulated s on {Path(FLEET).name} (no CenLoRA)", fontsize=8)
-    axes[0].set_ylabel(f"dev {metric} (%)")
-    fig.suptitle(f"{model}, {TASK_NAMES[task]}, {part}: dev score per epoch (star: best validation epoch; "
-                 "dotted: majority class)", fontsize=9)
+    axes[2].set_xlabel("simulated s on the trial's fleet (cached or not; no CenLoRA)", fontsize=8)
+    axes[0].set_ylabel(f"{metric} (%)")
+    fig.suptitle(f"{model}, {TASK_NAMES[task]}, {part}: validation {metric} per epoch (lines); star: dev {metric} "
+                 "reported, at the best validation epoch; dotted: the dev set's majority class", fontsize=9)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

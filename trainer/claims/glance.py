@@ -10,9 +10,10 @@ from __future__ import annotations
 import statistics
 
 from trainer.claims import decisive, render
-from trainer.claims.paper import pct
+from trainer.claims.grid import TIME_REPEATS
+from trainer.claims.paper import PAPER, pct
 from trainer.claims.scale import SCALE
-from trainer.claims.verdict import CEILING_MARGIN, judge
+from trainer.claims.verdict import CEILING_MARGIN, judge, time_verdict
 
 NAMES = {"fedlora": "FedLoRA", "splitlora-interleaved": "SplitLoRA, interleaved (its reference code)",
          "splitlora-sequential": "SplitLoRA, client after client",
@@ -73,22 +74,31 @@ def compute_row(facts: dict) -> list[str]:
 
 
 def time_rows(facts: dict) -> list[str]:
-    """Training time per baseline: measured per fleet (paired repeats), simulated on the edge file, region."""
-    t = facts.get("time") or {}
+    """Training time per baseline: the verdict of the measured repeats on each emulated fleet (paired, 95%
+    interval against the paper's figure), beside the simulator on the edge file and its bandwidth region."""
+    t, level = facts.get("time") or {}, PAPER["time_saving"] / 100
     rows = []
     for b in ("splitlora", "splitlora-sequential", "fedlora"):
-        meas = [f"{fleet or 'earlier run'}: " + ("not run" if s is None else f"{100 * s[0]:.1f}%"
-                                                + ("" if s[1] is None else f" ± {100 * s[1]:.1f}") + f" ({s[2]})")
-                for (fleet, m), s in sorted((facts.get("time_measured") or {}).items()) if m == b]
+        verdicts = {fleet: time_verdict(vals, level, len(TIME_REPEATS))
+                    for (fleet, m), vals in sorted((facts.get("time_measured") or {}).items()) if m == b and fleet}
+        word = "; ".join(f"{v.word} on {fleet}" for fleet, v in verdicts.items()) or "not run"
+        meas = "; ".join(f"{fleet}: {_pct_ci(v)}" for fleet, v in verdicts.items()) or "not run"
         sim = (t.get("simulated") or {}).get(b)
         reg = (t.get("regions") or {}).get(b) or []
         where = "; ".join(f"{a} to {z}" for a, z in reg) or "nowhere in the sweep"
-        word = "holds only in a bandwidth region" if reg else "does not hold in the swept region"
-        rows.append(f"| training time: up to {pct('time_saving')} less | {NAMES[b]} | **{word}** | measured "
-                    f"{'; '.join(meas) or 'not run'}; simulated on `{t.get('edge')}` "
-                    f"{'-' if sim is None else f'{100 * sim:.1f}%'}; {pct('time_saving')} or more with the first "
+        rows.append(f"| training time: up to {pct('time_saving')} less | {NAMES[b]} | **{word}** | measured, "
+                    f"mean saving (95% CI, repeats): {meas}; simulated on `{t.get('edge')}` "
+                    f"{'-' if sim is None else f'{100 * sim:.1f}%'}, and {pct('time_saving')} or more with the first "
                     f"uplink at {where} | measured: MiniLM-L6 on emulated fleets; simulated: {t.get('arch')} | 4 |")
     return rows
+
+
+def _pct_ci(v) -> str:
+    """``'31.0% (27.5 to 34.5, 3)'``: a time verdict's mean saving, its interval and repeats."""
+    if v.mean is None:
+        return v.reason
+    ci = "" if v.ci is None else f"{v.ci[0]:.1f} to {v.ci[1]:.1f}, "
+    return f"{v.mean:.1f}% ({ci}{v.seeds})"
 
 
 def glance_lines(recorded: dict, groups: dict, facts: dict) -> list[str]:

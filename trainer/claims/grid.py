@@ -313,6 +313,7 @@ def run_cell(cell: Cell, data_dir: str, timeout: str, allow_dirty: bool = False)
     out = tmp / "out"
     cmd = cell.command(str(out), data_dir)
     exe = [str(Path(sys.executable).with_name("sfsim")), *cmd[1:]]
+    before = load_average()
     try:
         wall = run_command(exe, timeout)
         figures = (time_figures if cell.kind == "time" else run_figures)(out)
@@ -320,9 +321,16 @@ def run_cell(cell: Cell, data_dir: str, timeout: str, allow_dirty: bool = False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"key": cell.key, "cell": asdict(cell), "command": portable(cmd, {str(out): "OUT", data_dir: "DATA"}),
-            "settings": asdict(cell.settings), "wall_s": round(wall, 1), **prov, "data": data_files(cell.task, data_dir),
+            "settings": asdict(cell.settings), "wall_s": round(wall, 1), "load": {"before": before, "after": load_average()},
+            **prov, "data": data_files(cell.task, data_dir),
             "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "figures": figures,
             **({"generations": kept} if kept else {})}
+
+
+def load_average() -> list[float]:
+    """The machine's load average over 1, 5 and 15 minutes (``os.getloadavg``), rounded to 2 places: a cell
+    records it before and after its run, since other processes on a shared CPU inflate measured times."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def run_command(exe: list[str], timeout: str) -> float:

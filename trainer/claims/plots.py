@@ -106,3 +106,36 @@ def bandwidth_figure(rows: list[dict], baselines: tuple[str, ...], xlabels: list
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def time_figure(tg: dict, fleets: dict[str, str], methods: tuple[str, ...], path: Path) -> bool:
+    """Measured training time per method on each emulated fleet: a bar per method (mean over repeats, error
+    bar = sample sd), each repeat as a dot, and the simulator's prediction on the same fleet as a black tick.
+
+    ``tg``: (fleet name, method) -> repeat -> figures (``measured_s``, ``predicted_s``). False when no fleet ran.
+    """
+    shown = [f for f in fleets if any(tg.get((f, m)) for m in methods)]
+    if not shown:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 3.6), squeeze=False)
+    for ax, fleet in zip(axes[0], shown, strict=True):
+        for i, meth in enumerate(methods):
+            runs = list(tg.get((fleet, meth), {}).values())
+            if not runs:
+                continue
+            meas = [r["measured_s"] for r in runs]
+            m, sd = mean_sd(meas)
+            ax.bar(i, m, 0.6, yerr=sd, capsize=3, color=f"C{i}", alpha=0.75)
+            ax.plot([i] * len(meas), meas, "k.", ms=4)
+            pred = sum(r["predicted_s"] for r in runs) / len(runs)
+            ax.plot([i - 0.3, i + 0.3], [pred, pred], "k-", lw=2)
+        ax.set_xticks(range(len(methods)), methods, rotation=25, ha="right", fontsize=8)
+        ax.set_title(f"{fleet} ({fleets[fleet]})", fontsize=9)
+        ax.set_ylabel("training time (s)")
+    fig.suptitle("measured (bars: mean ± sd over repeats; dots: each repeat) and predicted by the simulator on the "
+                 "same fleet (black ticks)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -26,6 +26,7 @@ from trainer.claims.paper import pct
 from trainer.claims.render import TASK_NAMES
 from trainer.claims.scale import decisive_grid, load_partials, run_decisive
 from trainer.claims.scale import groups as scale_groups
+from trainer.claims.speed import load_speeds
 from trainer.claims.verdict import judge
 
 #: Link scale factors of the bandwidth sweep (x0.01 .. x100 of profiles/edge.yaml, log-spaced).
@@ -38,7 +39,7 @@ def make_report(results: Path, docs: Path, data_dir: str, budget_s: float, cells
     """Run what is missing (within ``budget_s``), then write ``docs/results.md`` and ``docs/figures/``."""
     cells = full_grid() if cells is None else cells
     if budget_s > 0:
-        p = budget.plan(cells, load_cells(results), budget_s, load_partials(results))
+        p = budget.plan(cells, load_cells(results), budget_s, load_partials(results), load_speeds(results))
         log(f"plan: {p['fit']} of {len(p['rows'])} missing cells expected to fit in {budget_s / 3600:.2f} h; the rest "
             f"needs about {p['total_s'] / 3600:,.0f} h on this CPU (sfsim report --plan lists them)")
         outcome = run_cells(cells, results, data_dir, budget_s, runner=run_decisive(results, allow_dirty), log=log)
@@ -50,7 +51,7 @@ def make_report(results: Path, docs: Path, data_dir: str, budget_s: float, cells
     recorded = load_cells(results)
     groups = render.seeds_of(recorded)
     facts: dict = {}
-    lines = _decisive(recorded, load_partials(results), figs, cells)
+    lines = _decisive(recorded, load_partials(results), figs, cells, load_speeds(results))
     lines += sections.compute_section(groups, figs, edge, measure_gpt2, facts)
     lines += sections.time_section(recorded, figs, edge, FACTORS if factors is None else factors, facts)
     lines += ["", "## 6. The earlier grid (untuned baselines, one epoch, toy scale)", "",
@@ -170,18 +171,34 @@ def _accuracy(groups: dict, figs: Path, cells: list[Cell], facts: dict) -> list[
     return lines
 
 
-def _decisive(recorded: dict, partials: dict, figs: Path, cells: list[Cell]) -> list[str]:
-    """Sections 1-2: the decisive grid's protocol, budget, per-group results and curves, and its verdicts."""
-    lines = ["## 1. The decisive grid: tuned baselines, trained to convergence", ""] + decisive.protocol_lines()
-    p = budget.plan(cells, recorded, 0.0, partials)
-    lines += ["", "### Budget: what is left, estimated on this CPU", "", budget_sentence(p), "",
-              "| model | task | partition | cells left | estimated hours |", "|---|---|---|---|---|"]
+def budget_lines(cells: list[Cell], recorded: dict, partials: dict, probes: dict) -> list[str]:
+    """The budget subsection: what is left and its estimate (with and without the cost cuts), by group, and
+    the measured speeds the estimate rests on."""
+    p = budget.plan(cells, recorded, 0.0, partials, probes)
+    before = budget.plan(cells, recorded, 0.0, partials, probes, cuts=False)
+    lines = ["", "### Budget: what is left, estimated on this CPU", "", budget_sentence(p, before), "",
+             "| model | task | partition | cells left | estimated hours | without the cost cuts |", "|---|---|---|---|---|---|"]
     left: dict[tuple, int] = {}
     for c, _, _ in p["rows"]:
         g = (c.model, c.task, f"time, {c.setting or 'earlier fleet'}" if c.kind == "time" else c.partition)
         left[g] = left.get(g, 0) + 1
     for g, n in left.items():
-        lines.append(f"| {' | '.join(g)} | {n} | {p['by_group'][g] / 3600:.1f} |")
+        lines.append(f"| {' | '.join(g)} | {n} | {p['by_group'][g] / 3600:.1f} | {before['by_group'][g] / 3600:.1f} |")
+    lines += ["", "Speeds behind the estimate, per second of one core (the probe's CPU time; elsewhere wall time): "
+              "training samples per second in epoch 1 and in later epochs (SplitFrozen replays its activation "
+              "cache), scoring rows per second, seconds to load and build:", "",
+              "| model | task | method | epoch 1 (samples/s) | later epochs (samples/s) | scoring (rows/s) | load (s) | "
+              "measured in |", "|---|---|---|---|---|---|---|---|"]
+    for (model, task, meth), sp in sorted(p["speeds"].items()):
+        lines.append(f"| {model} | {TASK_NAMES[task]} | {meth} | {sp.first:.1f} | {sp.later:.1f} | {sp.score_rps:.1f} | "
+                     f"{sp.load_s:.0f} | {sp.source} |")
+    return lines
+
+
+def _decisive(recorded: dict, partials: dict, figs: Path, cells: list[Cell], probes: dict | None = None) -> list[str]:
+    """Sections 1-2: the decisive grid's protocol, budget, per-group results and curves, and its verdicts."""
+    lines = ["## 1. The decisive grid: tuned baselines, trained to convergence", ""] + decisive.protocol_lines(recorded)
+    lines += budget_lines(cells, recorded, partials, probes or {})
     for model, task, part in scale_groups():
         have = [r for r in [*recorded.values(), *partials.values()] if r["cell"]["kind"] in ("tune", "converge")
                 and (r["cell"]["model"], r["cell"]["task"], r["cell"]["partition"]) == (model, task, part)]
@@ -211,13 +228,21 @@ def _decisive(recorded: dict, partials: dict, figs: Path, cells: list[Cell]) -> 
     return lines + decisive.verdict_lines(recorded)
 
 
-def budget_sentence(p: dict) -> str:
-    """What the rest of the decisive grid costs, and how the estimate is made."""
-    src = sorted(set(p["sources"].values()))
-    return (f"{len(p['rows'])} cells of the decisive grid and the measured times are missing: about **{p['total_s'] / 3600:,.0f} hours** of one core "
-            f"of this shared 2-core CPU ({p['unknown']} without a measured speed), at {p['epochs']:g} epochs a cell "
-            f"(the median of {p['epoch_cells']} recorded decisive cells; with none, a first guess) and the training samples per second measured "
-            f"in {' and '.join(src) or 'no run yet'}. A GPU server shortens this by orders of magnitude; the report "
+def budget_sentence(p: dict, before: dict | None = None) -> str:
+    """What the rest of the decisive grid costs (and, given ``before``, what it cost before the cost cuts),
+    and how the estimate is made."""
+    kinds = sorted({src.split(" (")[0] for src in p["sources"].values()})
+    cut = "" if before is None else (
+        f" (**{before['total_s'] / 3600:,.0f} hours** without the cost cuts: SplitFrozen's activation cache and the "
+        "dev set scored only after epochs that improved on validation)")
+    walls = [sp.wall_factor for sp in p.get("speeds", {}).values() if sp.wall_factor is not None]
+    wall = "" if not walls else (f"; on this shared machine a probe's wall time ran {min(walls):.1f}x to "
+                                 f"{max(walls):.1f}x its CPU time, so a sitting takes that much longer")
+    return (f"{len(p['rows'])} cells of the decisive grid and the measured times are missing: about "
+            f"**{p['total_s'] / 3600:,.0f} hours** of one core of this shared 2-core CPU{cut}{wall} ({p['unknown']} "
+            f"without a measured speed), at {p['epochs']:g} epochs a cell (the median of {p['epoch_cells']} recorded "
+            f"decisive cells; with none, a first guess) and the speeds measured in {' and '.join(kinds) or 'no run yet'} "
+            "(table below). A GPU server shortens this by orders of magnitude; the report "
             "stays completable on CPU over budgeted sittings (`sfsim report --budget 2h`), group by group in the "
             "order of the table (the claim's own setting first).")
 

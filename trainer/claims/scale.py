@@ -33,6 +33,7 @@ from trainer.claims.grid import (
     CellError,
     CellWaiting,
     data_files,
+    load_average,
     load_cells,
     portable,
     provenance,
@@ -40,8 +41,12 @@ from trainer.claims.grid import (
     run_command,
 )
 
-#: The grid's fleet: 4 devices with equal budgets (only the count and the relative sizes matter to a run).
-FLEET = "bench/sst2_minilm_4dev.yaml"
+#: The grid's fleets by model, (plain, with SplitFrozen's activation cache on): 4 devices with equal budgets
+#: (only the count and the relative sizes matter to a run; the model line must be the run's model, since
+#: the runtime checks the cuts against it). With the cache, SplitFrozen's epochs 2+ replay epoch 1's micro-batches.
+FLEETS = {"minilm-l6": ("bench/sst2_minilm_4dev.yaml", "bench/sst2_minilm_4dev_cached.yaml"),
+          "smollm2-135m": ("bench/sst2_smollm2_4dev.yaml", "bench/sst2_smollm2_4dev_cached.yaml")}
+FLEET, CACHED_FLEET = FLEETS["minilm-l6"]
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,12 @@ class TaskScale:
             raise ValueError(f"metric {self.metric!r}: use accuracy or macro_f1")
 
 
-#: Share of pairs longer than a length, measured with each tokenizer on the files of ``/work/shared/data``
-#: (``trainer.claims.lengths.truncation``; MiniLM-L6's WordPiece, [CLS] a [SEP] b [SEP] for pairs).
+#: Share of rows longer than a length, measured with each tokenizer on the files of ``/work/shared/data``
+#: (``python -m trainer.claims.lengths MODEL TASK DATA``; MiniLM-L6's WordPiece, [CLS] a [SEP] b [SEP] for
+#: pairs; SmolLM2-135M's BPE from its GGUF, special tokens included: its longest SST-2 row is 68 tokens in
+#: train and 59 in dev, so length 72 truncates none; shares are rounded to 4 places).
 TRUNCATION = {
+    ("smollm2-135m", "sst2"): {"rows": (67_349, 872), "max_tokens": (68, 59), "over": {72: (0.0, 0.0)}},
     ("minilm-l6", "sst2"): {"rows": (67_349, 872), "max_tokens": (66, 55), "over": {64: (0.0001, 0.0), 72: (0.0, 0.0)}},
     ("minilm-l6", "mrpc"): {"rows": (3_667, 408), "max_tokens": (103, 86), "over": {64: (0.1996, 0.1985),
                                                                                  96: (0.0014, 0.0), 104: (0.0, 0.0)}},
@@ -184,11 +192,31 @@ def partial_path(results, cell: Cell) -> Path:
     return Path(results) / "partial" / f"{cell.key}.json"
 
 
-def converge_command(cell: Cell, setting: str, data_dir: str, out: str) -> list[str]:
-    """The command that runs one tune/converge cell at ``setting``."""
+def uses_cache(recorded: dict[str, dict], model: str, task: str, partition: str) -> bool:
+    """Whether a group's SplitFrozen cells run with the activation cache (:data:`CACHED_FLEET`).
+
+    Yes, unless a SplitFrozen cell of the group was recorded without it: a group keeps the protocol its
+    first SplitFrozen cell ran under, so its trials and seeds stay comparable (the cache fixes each
+    micro-batch's rows at epoch 1, where an uncached run re-draws them every epoch).
+    """
+    return not any(r["cell"]["kind"] in ("tune", "converge") and r["cell"]["method"] == "splitfrozen"
+                   and (r["cell"]["model"], r["cell"]["task"], r["cell"]["partition"]) == (model, task, partition)
+                   and not r.get("settings", {}).get("cache_activations", False) for r in recorded.values())
+
+
+def cell_fleet(cell: Cell, recorded: dict[str, dict]) -> str:
+    """The fleet file a tune/converge cell runs on (:data:`FLEETS` of its model): the cached one for SplitFrozen
+    where :func:`uses_cache`, else the plain one."""
+    plain, cached = FLEETS[cell.model]
+    return cached if cell.method == "splitfrozen" and uses_cache(recorded, cell.model, cell.task, cell.partition) \
+        else plain
+
+
+def converge_command(cell: Cell, setting: str, data_dir: str, out: str, fleet: str = FLEET) -> list[str]:
+    """The command that runs one tune/converge cell at ``setting`` on ``fleet``."""
     sc, opts = SCALE[(cell.model, cell.task)], parse_setting(setting)
     method, extra = METHODS[cell.method]
-    cmd = ["python", "-m", "trainer.claims.converge", "--devices", FLEET, "--model", cell.model, "--task", cell.task,
+    cmd = ["python", "-m", "trainer.claims.converge", "--devices", fleet, "--model", cell.model, "--task", cell.task,
            "--method", method, *extra, "--partition", cell.partition, "--seed", str(cell.seed),
            "--lr", f"{opts['lr']:g}", "--train-samples", str(sc.train_samples), "--val-samples", str(sc.val_samples),
            "--max-len", str(sc.max_len), "--patience", str(PATIENCE), "--max-epochs", str(MAX_EPOCHS),
@@ -212,23 +240,26 @@ def run_decisive(results, allow_dirty: bool = False):
     def run(cell: Cell, data_dir: str, timeout: str) -> dict:
         if cell.kind not in ("tune", "converge"):
             return run_cell(cell, data_dir, timeout, allow_dirty)
-        setting = cell.setting
+        setting, recorded = cell.setting, load_cells(Path(results))
         if cell.kind == "converge":
-            win = chosen(load_cells(Path(results)), cell.model, cell.task, cell.partition, cell.method)
+            win = chosen(recorded, cell.model, cell.task, cell.partition, cell.method)
             if win is None:
                 raise CellWaiting(f"waits for every tuning trial of {cell.method} ({cell.task}, {cell.partition})")
             setting = win["cell"]["setting"]
         prov = provenance(allow_dirty)
         tmp = Path(tempfile.mkdtemp(prefix="sfsim-claims-"))
         out = str(tmp / "cell.json")
-        cmd = converge_command(cell, setting, data_dir, out)
+        fleet = cell_fleet(cell, recorded)
+        cmd = converge_command(cell, setting, data_dir, out, fleet)
         partial = partial_path(results, cell)
         partial.parent.mkdir(parents=True, exist_ok=True)
         meta = {"key": cell.key, "cell": asdict(cell), "setting": setting,
                 "command": portable(cmd, {out: "OUT", data_dir: "DATA"}),
-                "settings": {**asdict(SCALE[(cell.model, cell.task)]), "fleet": FLEET, "patience": PATIENCE,
-                             "max_epochs": MAX_EPOCHS}, **prov, "data": data_files(cell.task, data_dir)}
-        t0 = time.perf_counter()
+                "settings": {**asdict(SCALE[(cell.model, cell.task)]), "fleet": fleet, "patience": PATIENCE,
+                             "max_epochs": MAX_EPOCHS, "cache_activations": fleet == FLEETS[cell.model][1],
+                             "dev_scored": "after epochs that improved on validation"},
+                **prov, "data": data_files(cell.task, data_dir)}
+        t0, before = time.perf_counter(), load_average()
         try:
             wall = run_command([sys.executable, *cmd[1:], "--partial", str(partial)], timeout)
             figures = json.loads(Path(out).read_text())
@@ -238,7 +269,7 @@ def run_decisive(results, allow_dirty: bool = False):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         partial.unlink(missing_ok=True)  # the whole record replaces it
-        return {**meta, "wall_s": round(wall, 1), "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        return {**meta, "wall_s": round(wall, 1), "load": {"before": before, "after": load_average()}, "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
                 "figures": figures}
 
     return run

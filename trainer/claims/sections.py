@@ -16,8 +16,9 @@ from pathlib import Path
 
 from sfsim.scenario.config import load_scenario
 from trainer.claims import compute, plots, render
-from trainer.claims.grid import TIME, TIME_FLEETS, TIME_METHODS
+from trainer.claims.grid import TIME, TIME_FLEETS, TIME_METHODS, TIME_REPEATS
 from trainer.claims.paper import PAPER, pct
+from trainer.claims.verdict import time_verdict
 
 
 def paper_cut(rows: list[dict], level: float) -> dict:
@@ -81,15 +82,21 @@ def time_groups(recorded: dict) -> dict[tuple[str, str], dict[int, dict]]:
     for rec in recorded.values():
         c = rec["cell"]
         if c["kind"] == "time":
-            out[(c.get("setting", ""), c["method"])][c["seed"]] = {**rec["figures"], "commit": rec.get("commit")}
+            out[(c.get("setting", ""), c["method"])][c["seed"]] = {**rec["figures"], "commit": rec.get("commit"),
+                                                                   "load": rec.get("load")}
     return out
 
 
-def saving_stats(tg: dict, fleet: str, method: str, key: str) -> tuple[float, float | None, int] | None:
-    """SplitFrozen's saving against ``method`` on ``fleet`` (``key``: measured_s or predicted_s), paired by
-    repeat: mean, sample sd (None for one repeat) and repeats; None when no pair is recorded."""
+def savings(tg: dict, fleet: str, method: str, key: str) -> list[float]:
+    """SplitFrozen's saving against ``method`` on ``fleet`` (``key``: measured_s or predicted_s), one per repeat
+    both ran (paired by repeat: the same seed), as fractions."""
     sf, other = tg.get((fleet, "splitfrozen"), {}), tg.get((fleet, method), {})
-    vals = [1 - sf[r][key] / other[r][key] for r in sorted(set(sf) & set(other))]
+    return [1 - sf[r][key] / other[r][key] for r in sorted(set(sf) & set(other))]
+
+
+def saving_stats(tg: dict, fleet: str, method: str, key: str) -> tuple[float, float | None, int] | None:
+    """:func:`savings` summed up: mean, sample sd (None for one repeat) and repeats; None when no pair is recorded."""
+    vals = savings(tg, fleet, method, key)
     if not vals:
         return None
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
@@ -110,11 +117,21 @@ def _stat(s) -> str:
     return f"{100 * m:.1f}%" + ("" if sd is None else f" ± {100 * sd:.1f}") + f" ({n})"
 
 
+def _loads(runs: dict[int, dict]) -> str:
+    """The 1-minute load average before the repeats, ``'2.1-5.3'`` (runs recorded before cells kept it: not recorded)."""
+    vals = [f["load"]["before"][0] for f in runs.values() if f.get("load")]
+    if not vals:
+        return "not recorded" if runs else "-"
+    text = f"{min(vals):.1f}" if min(vals) == max(vals) else f"{min(vals):.1f}-{max(vals):.1f}"
+    return text + (f" ({len(runs) - len(vals)} not recorded)" if len(vals) < len(runs) else "")
+
+
 def measured_time_lines(recorded: dict, facts: dict) -> list[str]:
-    """Per fleet and method: measured and predicted seconds (mean ± sd over repeats) and both savings."""
+    """Per fleet and method: measured and predicted seconds (mean ± sd over repeats), the load average the
+    repeats started under, and both savings."""
     tg = time_groups(recorded)
-    lines = ["| fleet | method | repeats | measured (s) | predicted, same fleet (s) | SplitFrozen's saving, measured "
-             "(paired by repeat) | predicted |", "|---|---|---|---|---|---|---|"]
+    lines = ["| fleet | method | repeats | measured (s) | predicted, same fleet (s) | load average before (1 min) | "
+             "SplitFrozen's saving, measured (paired by repeat) | predicted |", "|---|---|---|---|---|---|---|---|"]
     for fleet in [*TIME_FLEETS, ""]:
         if fleet == "" and not any(f == "" for f, _ in tg):
             continue
@@ -127,9 +144,31 @@ def measured_time_lines(recorded: dict, facts: dict) -> list[str]:
             if meth != "splitfrozen":
                 sm, sp = _stat(saving_stats(tg, fleet, meth, "measured_s")), _stat(saving_stats(tg, fleet, meth,
                                                                                                   "predicted_s"))
-                facts.setdefault("time_measured", {})[(fleet, meth)] = saving_stats(tg, fleet, meth, "measured_s")
+                facts.setdefault("time_measured", {})[(fleet, meth)] = savings(tg, fleet, meth, "measured_s")
             name = f"`{TIME_FLEETS[fleet]}`" if fleet else f"earlier grid: `{TIME.fleet}`, one run"
-            lines.append(f"| {name} | {meth} | {len(runs)} | {ms} | {ps} | {sm} | {sp} |")
+            lines.append(f"| {name} | {meth} | {len(runs)} | {ms} | {ps} | {_loads(runs)} | {sm} | {sp} |")
+    return lines
+
+
+#: The baselines of the time claim (the paper's: SplitLoRA in both client orders, FedLoRA).
+TIME_BASELINES = ("splitlora", "splitlora-sequential", "fedlora")
+
+
+def time_verdict_lines(recorded: dict, level: float) -> list[str]:
+    """One bullet per fleet and baseline: the verdict on the paper's time saving from the paired measured
+    repeats (:func:`trainer.claims.verdict.time_verdict`), beside the simulator's saving on the same fleet.
+    SplitFrozen's sequential ablation is no baseline: its saving is in the table, with no verdict."""
+    tg, lines = time_groups(recorded), []
+    for fleet in TIME_FLEETS:
+        for meth in TIME_BASELINES:
+            meas, pred = savings(tg, fleet, meth, "measured_s"), savings(tg, fleet, meth, "predicted_s")
+            if not meas:
+                continue
+            v = time_verdict(meas, level, len(TIME_REPEATS))
+            lines.append(f"- `{TIME_FLEETS[fleet]}`, SplitFrozen against {meth}: **{v.word}** ({v.reason}): measured "
+                         f"saving {v.mean:.1f}%" + ("" if v.ci is None else f", 95% CI {v.ci[0]:.1f}% to {v.ci[1]:.1f}%")
+                         + f", {v.seeds} repeats; the simulator on the same fleet: "
+                         f"{100 * statistics.fmean(pred):.1f}%.")
     return lines
 
 
@@ -172,9 +211,13 @@ def time_section(recorded: dict, figs: Path, edge: str, factors: list[float], fa
              f"One OS process per role over torch.distributed; {render.time_settings_line()}; each fleet repeated "
              "(the repeat is the seed: partition and order change with it). The predicted column is the simulator "
              "on the same fleet (`sfsim validate`). With `--emulate all` most of a device's time is emulation "
-             "sleep at the fleet's FLOP rate, so a measured saving tests the schedule on that fleet, not a device.",
-             ""]
-    lines += measured_time_lines(recorded, facts)
+             "sleep at the fleet's FLOP rate, so a measured saving tests the schedule on that fleet, not a device. "
+             "The server computes at this shared CPU's real speed: other processes inflate its stages, so each "
+             "repeat records the machine's load average before it started, and the spread over repeats shows "
+             "what the load did.", ""]
+    lines += measured_time_lines(recorded, facts) + [""] + time_verdict_lines(recorded, level)
+    if plots.time_figure(time_groups(recorded), TIME_FLEETS, TIME_METHODS, figs / "time_measured.png"):
+        lines += ["", "![measured and predicted training time](figures/time_measured.png)"]
     facts["time"] = {"edge": edge, "arch": sc.arch.name,
                      "simulated": {n: t["splitfrozen_time_saving"] for n, t in times.items() if n != "splitfrozen"}}
     lines += ["", f"### Simulated on `{edge}` ({sc.arch.name})", "",

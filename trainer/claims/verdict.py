@@ -96,3 +96,31 @@ def judge(pairs: list[tuple[float, float]], seeds_needed: int, ceiling: float | 
     if ci[1] < MARGIN:
         return v("does not hold", f"a gain of {MARGIN:g} point or more is ruled out")
     return v("inconclusive at this scale", "the interval spans 0 and gains above a point")
+
+
+def time_verdict(savings: list[float], level: float, repeats_needed: int) -> Verdict:
+    """The verdict on "up to ``level`` less training time" on one fleet, from paired repeats.
+
+    ``savings`` are SplitFrozen's per-repeat savings against one baseline (fractions, each repeat pairing
+    the two methods' runs of one seed). **Holds**: the 95% t interval of the mean saving lies at or above
+    ``level`` (the paper's figure is reached on this fleet); **does not hold**: it lies below ``level``;
+    otherwise, or with fewer than ``repeats_needed`` repeats, inconclusive. ``mean``/``ci`` are in percent.
+
+    Example:
+        >>> time_verdict([0.30, 0.32, 0.31], 0.502, 3).word
+        'does not hold'
+    """
+    if not savings:
+        return Verdict("inconclusive at this scale", "not run", 0)
+    mean, ci = paired_ci([100 * s for s in savings])
+
+    def v(word, reason):
+        return Verdict(word, reason, len(savings), mean, ci)
+
+    if len(savings) < repeats_needed or ci is None:
+        return v("inconclusive at this scale", f"{len(savings)} of {repeats_needed} repeats")
+    if ci[0] >= 100 * level:
+        return v("holds", f"the whole interval is at or above {100 * level:g}%")
+    if ci[1] < 100 * level:
+        return v("does not hold", f"the whole interval is below {100 * level:g}%")
+    return v("inconclusive at this scale", f"the interval spans {100 * level:g}%")
