@@ -305,3 +305,11 @@ def test_scenario_lora_targets_fall_back_to_the_model_family(capsys):
     assert _lora_targets(scenario("gpt2", ["qkv", "o"]), bert) == ["query", "key", "value", "attention.output.dense"]
     assert _lora_targets(scenario("bert", ["mlp"]), SimpleNamespace(family="llama")) == ["gate_proj", "up_proj",
                                                                                         "down_proj"]
+
+
+def test_build_says_when_the_loaded_model_is_not_the_scenarios(tiny_dirs, tmp_path, capsys):
+    """The fixture describes a 12-block GPT-2; the tiny folder has 4 blocks: one note line names both."""
+    build(_cfg(tmp_path, tiny_dirs["gpt2"], "splitfrozen"))
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "this run loads" in ln]
+    assert len(notes) == 1
+    assert "(gpt2, 4 blocks)" in notes[0] and "emulated times and the cut check follow" in notes[0]

@@ -267,6 +267,16 @@ def _scenario_client_order(cfg: RunConfig, scenario) -> None:
                              f"{err}") from None
 
 
+def _say_model_mismatch(cfg: RunConfig, scenario, lm) -> None:
+    """Say in one line when the loaded model is not the scenario's (family or depth): the scenario's model is
+    what the simulator costs, so emulated device and link times and the cut check follow it, not the run's."""
+    arch = scenario.arch
+    if (arch.family, arch.n_layers) != (lm.family, lm.n_layers):
+        print(f"note: {cfg.devices} describes {arch.name} ({arch.family}, {arch.n_layers} blocks) but this run loads "
+              f"{cfg.model} ({lm.family}, {lm.n_layers} blocks): emulated times and the cut check follow the "
+              f"scenario's model; set its model: to {cfg.model} to cost this one", file=sys.stderr)
+
+
 def build(cfg: RunConfig, train=None, dev=None) -> Built:
     """Load the scenario, model and data; resolve the split; set up the method (a :class:`Built`).
 
@@ -286,6 +296,7 @@ def build(cfg: RunConfig, train=None, dev=None) -> Built:
         where = "on every device" if cfg.method == "fedlora" else "at the server"
         print(f"note: {cfg.method} trains the whole model {where}: --split/--plan do not apply and are ignored",
               file=sys.stderr)
+    _say_model_mismatch(cfg, scenario, lm)
     split = resolve_split(scenario, cfg.method, lm.n_layers, cfg.split, cfg.plan, cfg.lora_start, f"{cfg.devices}: ")
     cuts, lora_start = split.cuts, split.lora_start
     _say_split(cfg, split)
