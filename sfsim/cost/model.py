@@ -281,6 +281,7 @@ class CostModel:
         """(B, T, d) activations in the wire codec, scales included: exactly what the runtime sends."""
         return wire_bytes(self.wire_codec, self.micro_batch * self.seq_len, self.arch.hidden)
 
+    @_memo
     def uplink_bytes(self, cut: int) -> float:
         """Per micro-batch: hidden states (B, T, d) in the wire codec + mask (1 B/token) + int64 labels."""
         self._check_cut(cut)
@@ -318,6 +319,7 @@ class CostModel:
         """Bytes of :meth:`trainable_params` in ``training.dtype`` (FedAvg upload/download)."""
         return float(self.trainable_params(blocks, head) * self.dtype_bytes)
 
+    @_memo
     def activation_bytes(self, cut: int) -> float:
         """Hidden states (B, T, d) leaving the first ``cut`` blocks, in the wire codec (equal at every cut)."""
         self._check_cut(cut)
