@@ -26,6 +26,7 @@ from sfsim.fast.kernel import (
     OUT_BUSY,
     OUT_END,
     OUT_MAKESPAN,
+    OUT_OVERFLOW,
     OUT_TOTAL,
     OUT_TV_COUNT,
     OUT_TV_SUM,
@@ -110,6 +111,8 @@ def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = No
     out = replay_server(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate),
                         flags_for(cfg, sequential),
                         POLICY_CODES[cfg.policy], min_flight(D, N), paced)
+    if out[OUT_OVERFLOW]:
+        raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
     if out[OUT_UNCLAIMED]:  # the SimPy engine fails the same way (a lost wake-up, or a deadlock)
         raise RuntimeError(f"fast path: {int(out[OUT_UNCLAIMED])} micro-batches never processed")
     count = int(out[OUT_TV_COUNT])
