@@ -130,12 +130,16 @@ def layer_flops(arch: Arch, *, seq_len: int, micro_batch: int, task: str, num_la
 def _memo(method):
     """Cache a CostModel method's results per instance (keyed by arguments)."""
 
+    name = method.__name__
+
     @functools.wraps(method)
     def wrapper(self, *args):
-        key = (method.__name__, *args)
-        if key not in self._memo:
-            self._memo[key] = method(self, *args)
-        return self._memo[key]
+        key = (name, *args)
+        try:
+            return self._memo[key]
+        except KeyError:  # the first call: schedules ask again for every device
+            got = self._memo[key] = method(self, *args)
+            return got
 
     return wrapper
 
