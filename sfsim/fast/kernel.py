@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sfsim.fast.heap import pop, push
 from sfsim.fast.jit import COMPILED, inline, njit
 
 if COMPILED:
@@ -72,57 +73,6 @@ OUT_MAKESPAN, OUT_BUSY, OUT_WAIT, OUT_END, OUT_TV_SUM, OUT_TV_COUNT, OUT_UNCLAIM
 
 
 @inline
-def _before(H, a, b):
-    """Whether heap entry ``a`` comes before entry ``b`` (by key, then value)."""
-    return H[0, a] < H[0, b] or (H[0, a] == H[0, b] and H[1, a] < H[1, b])
-
-
-@inline
-def _hpush(H, S, n_slot, key, value):
-    """Push ``(key, value)`` on the heap ``H`` (row 0 keys, row 1 values) of ``S[n_slot]`` entries."""
-    pos = S[n_slot]
-    if pos == H.shape[1]:  # sized for the most entries a run can hold; never expected
-        S[_OVERFLOW] = 1
-        return
-    S[n_slot] = pos + 1
-    v = float(value)
-    while pos > 0:
-        up = (pos - 1) >> 1
-        if H[0, up] < key or (H[0, up] == key and H[1, up] < v):
-            break
-        H[0, pos] = H[0, up]
-        H[1, pos] = H[1, up]
-        pos = up
-    H[0, pos] = key
-    H[1, pos] = v
-
-
-@inline
-def _hpop(H, S, n_slot):
-    """Remove the heap's first entry; returns ``(key, value)``."""
-    key, value = H[0, 0], int(H[1, 0])
-    n = S[n_slot] - 1
-    S[n_slot] = n
-    if n > 0:
-        k, v = H[0, n], H[1, n]
-        pos = 0
-        while True:
-            c = 2 * pos + 1
-            if c >= n:
-                break
-            if c + 1 < n and _before(H, c + 1, c):
-                c += 1
-            if k < H[0, c] or (k == H[0, c] and v < H[1, c]):
-                break
-            H[0, pos] = H[0, c]
-            H[1, pos] = H[1, c]
-            pos = c
-        H[0, pos] = k
-        H[1, pos] = v
-    return key, value
-
-
-@inline
 def _size(D, N, j, k):
     """Size of micro-batch ``k`` of device ``j`` relative to a full one (DeviceTimes.size)."""
     if D[_LAST, j] < 1.0 and (k + 1) % N[_PER_EPOCH, j] == 0:
@@ -140,7 +90,7 @@ def _fwd_ready(D, N, j, k, f_start, link_free):
 @inline
 def _schedule(events, S, t, prio, code):
     """Queue an event at ``t`` (SimPy's queue order: time, priority, creation)."""
-    _hpush(events, S, _NEVENTS, t, (S[_EID] << _CODE_BITS) | code)
+    push(events, S, _NEVENTS, _OVERFLOW, t, (S[_EID] << _CODE_BITS) | code)
     S[_EID] += 1
 
 
@@ -164,7 +114,7 @@ def _arm(events, S, F, t):
 def _push(events, pending, S, F, arrival, j, k):
     """Announce micro-batch ``k`` of device ``j`` arriving at ``arrival`` (ServerPool.push)."""
     S[_PSEQ] += 1
-    _hpush(pending, S, _NPENDING, arrival, (S[_PSEQ] << _DEV_BITS) | j)
+    push(pending, S, _NPENDING, _OVERFLOW, arrival, (S[_PSEQ] << _DEV_BITS) | j)
     if S[_IDLE_N] > 0 and arrival < F[_ALARM_AT]:
         _arm(events, S, F, arrival)
 
@@ -177,7 +127,7 @@ def _wait_credit(waiters, S, dev_wait, dev_ready, j, ready):
         dev_ready[j] = ready
     else:
         S[_WSEQ] += 1
-        _hpush(waiters, S, _NWAITERS, ready, (S[_WSEQ] << _DEV_BITS) | j)
+        push(waiters, S, _NWAITERS, _OVERFLOW, ready, (S[_WSEQ] << _DEV_BITS) | j)
 
 
 @inline
@@ -194,12 +144,12 @@ def _give_back(events, waiters, S, credits, dev_wait, dev_ready, j, now):
             _schedule(events, S, dev_ready[j], _NORMAL, j * 8 + _RETRY)
         return
     if S[_NWAITERS] > 0 and waiters[0, 0] <= now:
-        w = _hpop(waiters, S, _NWAITERS)[1] & _DEV_MASK
+        w = pop(waiters, S, _NWAITERS)[1] & _DEV_MASK
         _schedule(events, S, now, _NORMAL, w * 8 + _GRANT)
         return
     credits[0] += 1
     if S[_NWAITERS] > 0:
-        wr, key = _hpop(waiters, S, _NWAITERS)
+        wr, key = pop(waiters, S, _NWAITERS)
         w = key & _DEV_MASK
         _schedule(events, S, wr, _NORMAL, w * 8 + _RETRY)
 
@@ -286,7 +236,7 @@ def _policy_turn(S, N, P, prop, ring_a, i):
         S[_QLEN] += 1
     else:
         t = max(N[_N, i], 1)
-        _hpush(prop, S, _NPROP, -(t - P[2, i]) / t, i)
+        push(prop, S, _NPROP, _OVERFLOW, -(t - P[2, i]) / t, i)
 
 
 @inline
@@ -337,7 +287,7 @@ def _policy_take(S, N, P, prop, ring_a, ring_b, paced):
         S[_QHEAD] = (S[_QHEAD] + 1) % S[_CAP]
         S[_QLEN] -= 1
     else:
-        i = _hpop(prop, S, _NPROP)[1]
+        i = pop(prop, S, _NPROP)[1]
         P[2, i] += 1
     k = P[1, i]
     P[1, i] = k + 1
@@ -477,7 +427,7 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
         _exit(S, F, W, WF, w)
         return
     while S[_NPENDING] > 0 and pending[0, 0] <= now:
-        i = _hpop(pending, S, _NPENDING)[1] & _DEV_MASK
+        i = pop(pending, S, _NPENDING)[1] & _DEV_MASK
         k = PK[i]
         PK[i] = k + 1
         _policy_add(S, N, P, prop, ring_a, ring_b, i, k)
@@ -524,7 +474,7 @@ def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits,
     sequential = S[_FLAGS] & _SEQUENTIAL
     claim_returns = not (sequential and (S[_FLAGS] & _PER_DEVICE))
     while S[_NEVENTS] > 0 and not S[_OVERFLOW]:
-        now, key = _hpop(events, S, _NEVENTS)
+        now, key = pop(events, S, _NEVENTS)
         code = key & _CODE_MASK
         kind = code & 7
         j = code >> 3
