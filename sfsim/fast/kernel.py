@@ -7,8 +7,9 @@ first at time 0, then by creation order), so ties at equal times resolve the sam
 figures agree to the last bits. Servers without backhaul sync share nothing, so each is replayed
 alone (:mod:`sfsim.fast.splitfrozen`).
 
-State is a few arrays per device and worker and heaps of at most one entry per device or credit:
-memory grows with devices, never with micro-batches. Everything is in the subset of Python that
+State is a few arrays per device and worker and heaps (:mod:`sfsim.fast.heap`) sized by devices and
+micro-batches in flight: memory grows with devices, never with the run's length. The event loop is
+compiled without reference counting (:func:`no_refcounts`): it allocates nothing. Everything is in the subset of Python that
 numba compiles (:mod:`sfsim.fast.jit`): scalars that helpers change live in the int array ``S``
 and the float array ``F`` (slots named below); no SimPy, no I/O.
 
