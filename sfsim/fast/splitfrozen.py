@@ -146,7 +146,7 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict[str, float]], np.n
                                                                np.ascontiguousarray(N[:, sel])))
 
     ks = range(len(job.servers))
-    threads = min(len(job.servers), os.cpu_count() or 1)
+    threads = min(len(job.servers), _cores())
     if threads > 1 and int(N[_N].sum()) >= THREADED_FROM:
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(one, ks)), busy, up
@@ -155,6 +155,11 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict[str, float]], np.n
 
 THREADED_FROM = 200_000
 """Micro-batches from which :func:`replay_job` replays servers on threads (below, threads cost more)."""
+
+
+def _cores() -> int:
+    """CPU cores this process may run on (its affinity where the system says, else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _units(D: np.ndarray, m: np.ndarray, per_epoch: np.ndarray) -> np.ndarray:
