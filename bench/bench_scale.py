@@ -1,18 +1,21 @@
 """Benchmark: the fast path (sfsim.fast) against the SimPy engine and a naive SimPy model, at fleet scale.
 
-Prints, in one run:
+Prints, in one run (CPU seconds beside every wall time: the machine is shared, and on a busy machine
+wall time is several times the CPU time a run needed):
 
 1. micro-batches per second of the fast path, the SimPy engine and the naive SimPy model of
    ``bench_engine.py`` on the same fleets (the SimPy ones on the smaller fleets only), and whether
    the fast path's makespan equals the engine's;
 2. ``python -m sfsim simulate`` of 100,000 devices x 100 micro-batches of SplitFrozen (20 device
    types, 4 servers) as a whole process: wall and CPU seconds, peak memory (ru_maxrss of the child);
-3. ``python -m sfsim plan`` whole-process seconds at 1,000 devices x 4 servers (run lengths up to
-   200,000 micro-batches) and 10,000 devices x 16 servers;
-4. a sweep of a 1,000-device fleet: seconds per point through ``simulate()``'s auto default,
-   measured on ``--sweep-points`` points and extrapolated to 10,000 (said so).
+3. ``python -m sfsim plan`` as a whole process at 1,000 devices x 4 servers (20,000 and 200,000
+   micro-batches) and 10,000 devices x 16 servers, with the plan's simulated time and gap;
+4. ``python -m sfsim sweep`` of a 1,000-device fleet (20,000 micro-batches a point) as a whole
+   process over ``--sweep-points`` points (default 1,000; 10,000 is the target size, and a smaller
+   run says that its 10,000-point figure is extrapolated).
 
-Run: ``.venv/bin/python bench/bench_scale.py [--quick]`` (``--quick``: smaller sizes, for a smoke test).
+Run: ``.venv/bin/python bench/bench_scale.py [--quick] [--sweep-points N]`` (``--quick``: smaller
+sizes, for a smoke test).
 """
 
 from __future__ import annotations
@@ -59,11 +62,10 @@ def scenario(devices: int, mb: int, servers: int, types: int = 20, counts: int =
             "servers": srv, "devices": [k for k in kinds if k["count"]]}
 
 
-def whole_process(args: list[str]) -> tuple[float, float, float, str]:
-    """(wall s, CPU s, peak resident GiB, first output line) of ``python -m sfsim ARGS`` in a fresh process.
+def whole_process(args: list[str]) -> tuple[float, float, float, list[str]]:
+    """(wall s, CPU s, peak resident GiB, output lines) of ``python -m sfsim ARGS`` in a fresh process.
 
-    CPU seconds (user + system) are given beside wall seconds because the machine is shared: on a
-    busy machine the wall time is several times the CPU time the process needed.
+    CPU seconds are the child's user + system time (all its threads and worker processes).
     """
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -73,30 +75,39 @@ def whole_process(args: list[str]) -> tuple[float, float, float, str]:
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # ru_maxrss: KiB, the largest child so far
     if out.returncode:
         raise SystemExit(f"sfsim {' '.join(args)} failed: {out.stderr.strip().splitlines()[-1:]}")
-    lines = out.stdout.strip().splitlines()
     cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
-    return wall, cpu, max(r1.ru_maxrss, r0.ru_maxrss) / 2**20, lines[0] if lines else ""
+    return wall, cpu, max(r1.ru_maxrss, r0.ru_maxrss) / 2**20, out.stdout.strip().splitlines()
 
 
 def rates(sizes: list[tuple[int, int]], simpy_upto: int) -> None:
-    """Micro-batches per second of the three on the same fleets; fast == engine checked."""
+    """Micro-batches per second of the three on the same fleets (wall; CPU in brackets); fast == engine checked."""
     replay(fleet(10, 2), CFG)  # load the compiled kernel once (not timed)
     for devices, mb in sizes:
         job = fleet(devices, mb, servers=4)
-        t0 = time.perf_counter()
-        _, fast_ms = replay(job, CFG)
-        t_fast = time.perf_counter() - t0
-        line = f"  {devices:>7} devices x {mb} mb: fast {devices * mb / t_fast:>12,.0f} mb/s"
+        (_, fast_ms), t_fast, c_fast = timed(replay, job, CFG)
+        n = devices * mb
+        line = f"  {devices:>7,} devices x {mb} mb: fast {n / t_fast:>11,.0f} mb/s ({n / c_fast:,.0f} CPU)"
         if devices <= simpy_upto:
-            t0 = time.perf_counter()
-            engine = Engine()
-            splitfrozen.run(engine, job, CFG)
-            eng_ms = engine.run()
-            t_eng = time.perf_counter() - t0
-            t_naive, _, n = run_naive(devices, mb)
-            line += (f", SimPy engine {devices * mb / t_eng:>10,.0f} mb/s, naive SimPy {n / t_naive:>10,.0f} mb/s; "
-                     f"fast/engine {t_eng / t_fast:,.0f}x; makespans equal: {fast_ms == eng_ms}")
+            eng_ms, t_eng, c_eng = timed(run_engine, job)
+            t_naive, _, n_naive = run_naive(devices, mb)
+            line += (f", SimPy engine {n / t_eng:>9,.0f} mb/s ({n / c_eng:,.0f} CPU), naive SimPy "
+                     f"{n_naive / t_naive:>8,.0f} mb/s; fast/engine {c_eng / c_fast:,.0f}x by CPU; "
+                     f"makespans equal: {fast_ms == eng_ms}")
         print(line, flush=True)
+
+
+def run_engine(job) -> float:
+    """The SimPy engine's makespan of ``job``."""
+    engine = Engine()
+    splitfrozen.run(engine, job, CFG)
+    return engine.run()
+
+
+def timed(fn, *args):
+    """(result, wall s, CPU s of this process) of ``fn(*args)``."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -116,31 +127,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fleet.yaml"
         path.write_text(yaml.safe_dump(scenario(big, 100, 4)))
-        wall, cpu, peak, first = whole_process(["simulate", "--devices", str(path)])
+        wall, cpu, peak, out = whole_process(["simulate", "--devices", str(path)])
         print(f"2. python -m sfsim simulate, {big:,} devices x 100 micro-batches, SplitFrozen, 4 servers: "
-              f"{wall:.2f} s whole process ({cpu:.2f} s CPU; {big * 100 / wall:,.0f} mb/s), peak memory {peak:.2f} GiB")
-        print(f"   ({first})")
+              f"{wall:.2f} s wall, {cpu:.2f} s CPU ({big * 100 / wall:,.0f} mb/s by wall, "
+              f"{big * 100 / cpu:,.0f} by CPU), peak memory {peak:.2f} GiB\n   ({out[0] if out else ''})")
         print("3. python -m sfsim plan, whole process")
         for devices, servers, mb in [(1000, 4, 20), (1000, 4, 200), (plan_big, 16, 20)]:
             path.write_text(yaml.safe_dump(scenario(devices, mb, servers, types=12)))
-            wall, cpu, _, _ = whole_process(["plan", "--devices", str(path)])
-            print(f"   {devices:,} devices x {servers} servers, {devices * mb:,} micro-batches: {wall:.2f} s "
-                  f"({cpu:.2f} s CPU)")
-    sweep(args.sweep_points)
+            wall, cpu, _, out = whole_process(["plan", "--devices", str(path)])
+            got = next((ln.strip() for ln in out if ln.startswith("total time")), "")
+            gap = next((ln.strip() for ln in out if ln.startswith("lower bound")), "")
+            print(f"   {devices:,} devices x {servers} servers, {devices * mb:,} micro-batches: {wall:.2f} s wall, "
+                  f"{cpu:.2f} s CPU; {got}; {gap}")
+        sweep(path, args.sweep_points, 10 if args.quick else 1000)
 
 
-def sweep(points: int) -> None:
-    """Seconds per sweep point of a 1,000-device fleet through simulate() (auto: the fast path)."""
-    import sfsim
-
-    sc = sfsim.scenario_from_dict(scenario(1000, 20, 4))
-    sfsim.simulate(sc)  # warm: compiled kernel loaded
-    t0 = time.perf_counter()
-    for p in range(points):
-        sfsim.simulate(sc, splits=1 + p % 3)
-    per = (time.perf_counter() - t0) / points
-    print(f"4. sweep of a 1,000-device fleet (20,000 micro-batches a point) through simulate(): {points} points "
-          f"in {per * points:.1f} s ({per * 1e3:.1f} ms a point); 10,000 points extrapolated: {per * 1e4 / 60:.1f} min")
+def sweep(path: Path, points: int, devices: int) -> None:
+    """``python -m sfsim sweep`` over ``points`` points of a ``devices``-device fleet, whole process."""
+    path.write_text(yaml.safe_dump(scenario(devices, 20, 4)))
+    csv = path.with_suffix(".csv")
+    wall, cpu, _, out = whole_process(["sweep", "--devices", str(path), "--vary",
+                                       f"servers[0].flops=10TFLOPS..1PFLOPS:log:{points}", "-o", str(csv),
+                                       "--overwrite"])
+    rows = sum(1 for _ in csv.open()) - 1
+    per = wall / points
+    how = "measured" if points >= 10_000 else f"extrapolated from {points:,} points"
+    print(f"4. python -m sfsim sweep, {devices:,}-device fleet, 20 micro-batches a device, {points:,} points "
+          f"({rows:,} rows, all cores): {wall:.1f} s wall, {cpu:.1f} s CPU ({per * 1e3:.1f} ms wall and "
+          f"{cpu / points * 1e3:.1f} ms CPU a point); 10,000 points: {per * 1e4 / 60:.1f} min wall ({how})")
+    print(f"   ({out[-1] if out else ''})")
 
 
 if __name__ == "__main__":

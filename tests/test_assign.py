@@ -90,3 +90,54 @@ def test_cli_notes_the_least_loaded_default():
             "'sfsim plan' assigns servers with the cuts") in r.output
     r = CliRunner().invoke(main, ["simulate", "--devices", SIXG, "--set", "devices[*].server=mec-a"])
     assert "least-loaded" not in r.output
+
+
+def _rule(sc, cm, cuts):
+    """The module docstring's rule, one device at a time in plain Python (what least_loaded must equal)."""
+    from sfsim.scenario.assign import _seconds
+
+    servers, load, out, free = sc.servers, [0.0] * len(sc.servers), {}, []
+    index = {s.name: j for j, s in enumerate(servers)}
+    for pos, d in enumerate(sc.devices):
+        n = sc.micro_batches(d) * sc.training.epochs
+        work = [n * _seconds(cm, "splitfrozen", cuts[d.name], 11, s) for s in servers]
+        if d.server_pinned:
+            out[d.name] = d.server
+            load[index[d.server]] += work[index[d.server]]
+        else:
+            free.append((-min(w / s.count for w, s in zip(work, servers, strict=True)), pos, d.name, work))
+    for _, _, name, work in sorted(free):
+        j = min(range(len(servers)), key=lambda j: (float(f"{(load[j] + work[j]) / servers[j].count:.12g}"), j))
+        out[name] = servers[j].name
+        load[j] += work[j]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_least_loaded_equals_the_rule_on_random_fleets(seed):
+    import random
+
+    rng = random.Random(seed)
+    equal = seed % 2 == 0  # equal servers and devices: ties everywhere
+    servers = [(f"s{j}", 1 if equal else rng.choice([1, 2, 3])) for j in range(rng.randint(2, 5))]
+    devices = [(f"d{i}", 3 if equal else rng.randint(1, 9),
+                {"server": rng.choice(servers)[0]} if rng.random() < 0.2 else {}) for i in range(rng.randint(5, 60))]
+    sc = fleet(servers, devices)
+    cm = CostModel(sc)
+    cuts = {d.name: 1 if equal else rng.randint(1, 4) for d in sc.devices}
+    got = least_loaded(sc, cm, "splitfrozen", cuts, 11)
+    assert got == _rule(sc, cm, cuts)
+    assert list(got) == [d.name for d in sc.devices]
+
+
+def test_a_near_tie_is_left_to_the_rounded_comparison():
+    import numpy as np
+
+    from sfsim.scenario.assign import _place, _rounded
+
+    load, count = np.array([0.1 + 0.2, 0.3]), np.ones(2)  # 0.30000000000000004 and 0.3: equal to 12 digits
+    choice = np.full(2, -1)
+    assert _place(np.zeros((2, 2)), load, count, choice, 0) == 0  # undecided: the caller rounds
+    assert _rounded(load[0]) == _rounded(load[1])  # so the first server wins, not the exact minimum
+    exact = np.array([0.25, 0.5])
+    assert _place(np.zeros((2, 2)), exact, count, choice, 0) == 2 and list(choice) == [0, 0]

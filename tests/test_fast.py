@@ -229,3 +229,17 @@ def test_memory_grows_with_devices_not_micro_batches():
 
     small, big = peak_kib(10), peak_kib(5_000)
     assert big < small + 8 * 1024  # 8 MiB: a trace event a micro-batch would take tens of MB
+
+
+def test_servers_on_threads_give_the_same_figures(monkeypatch):
+    from sfsim.fast import splitfrozen as fsf
+
+    rng = random.Random(11)
+    for _ in range(20):
+        job = random_job(rng)
+        cfg, sequential = random_cfg(rng)
+        alone = fast_figures(job, cfg, sequential)
+        monkeypatch.setattr(fsf, "THREADED_FROM", 0)
+        threaded = fast_figures(job, cfg, sequential)
+        monkeypatch.setattr(fsf, "THREADED_FROM", 10**12)
+        assert threaded == alone

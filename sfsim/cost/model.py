@@ -130,12 +130,16 @@ def layer_flops(arch: Arch, *, seq_len: int, micro_batch: int, task: str, num_la
 def _memo(method):
     """Cache a CostModel method's results per instance (keyed by arguments)."""
 
+    name = method.__name__
+
     @functools.wraps(method)
     def wrapper(self, *args):
-        key = (method.__name__, *args)
-        if key not in self._memo:
-            self._memo[key] = method(self, *args)
-        return self._memo[key]
+        key = (name, *args)
+        try:
+            return self._memo[key]
+        except KeyError:  # the first call: schedules ask again for every device
+            got = self._memo[key] = method(self, *args)
+            return got
 
     return wrapper
 
@@ -281,6 +285,7 @@ class CostModel:
         """(B, T, d) activations in the wire codec, scales included: exactly what the runtime sends."""
         return wire_bytes(self.wire_codec, self.micro_batch * self.seq_len, self.arch.hidden)
 
+    @_memo
     def uplink_bytes(self, cut: int) -> float:
         """Per micro-batch: hidden states (B, T, d) in the wire codec + mask (1 B/token) + int64 labels."""
         self._check_cut(cut)
@@ -318,6 +323,7 @@ class CostModel:
         """Bytes of :meth:`trainable_params` in ``training.dtype`` (FedAvg upload/download)."""
         return float(self.trainable_params(blocks, head) * self.dtype_bytes)
 
+    @_memo
     def activation_bytes(self, cut: int) -> float:
         """Hidden states (B, T, d) leaving the first ``cut`` blocks, in the wire codec (equal at every cut)."""
         self._check_cut(cut)

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from sfsim.errors import SfsimError
 
+_TIMES = ("f", "b", "w", "step", "up_s", "up_l", "down_s", "down_l", "sync_up_s", "sync_down_s", "srv_f", "srv_b",
+          "srv_w", "warmup")
+"""DeviceTimes' stage times (seconds), each finite and >= 0."""
+
 
 @dataclass(frozen=True)
 class DeviceTimes:
@@ -65,8 +69,11 @@ class DeviceTimes:
                              "and needs per_epoch >= 1")
         if self.sent < 0:
             object.__setattr__(self, "sent", self.n)
-        for key in ("f", "b", "w", "step", "up_s", "up_l", "down_s", "down_l", "sync_up_s",
-                    "sync_down_s", "srv_f", "srv_b", "srv_w", "warmup"):
+        times = (self.f, self.b, self.w, self.step, self.up_s, self.up_l, self.down_s, self.down_l, self.sync_up_s,
+                 self.sync_down_s, self.srv_f, self.srv_b, self.srv_w, self.warmup)
+        if min(times) >= 0 and math.isfinite(sum(times)):  # the common case, checked at once (100,000s of devices)
+            return
+        for key in _TIMES:
             val = getattr(self, key)
             if not (val >= 0 and math.isfinite(val)):
                 raise SfsimError(f"device {self.name!r}: stage time {key} must be finite and >= 0, got {val}")

@@ -33,7 +33,8 @@ class Work:
         if self.layers is None:
             object.__setattr__(self, "layers", (self.F + self.B + self.W) > 0)
         # totals computed once: the engine asks for them per micro-batch
-        object.__setattr__(self, "_totals", (float(self.F.sum()), float(self.B.sum()), float(self.W.sum())))
+        f, b, w = float(self.F.sum()), float(self.B.sum()), float(self.W.sum())
+        object.__setattr__(self, "_totals", (f, b, w, f + b + w))
 
     @property
     def f(self) -> float:
@@ -53,7 +54,7 @@ class Work:
     @property
     def total(self) -> float:
         """F + B + W FLOPs."""
-        return self.f + self.b + self.w
+        return self._totals[3]
 
     def __add__(self, other: Work) -> Work:
         return Work(self.F + other.F, self.B + other.B, self.W + other.W, self.layers | other.layers)

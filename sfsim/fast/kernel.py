@@ -7,8 +7,9 @@ first at time 0, then by creation order), so ties at equal times resolve the sam
 figures agree to the last bits. Servers without backhaul sync share nothing, so each is replayed
 alone (:mod:`sfsim.fast.splitfrozen`).
 
-State is a few arrays per device and worker and heaps of at most one entry per device or credit:
-memory grows with devices, never with micro-batches. Everything is in the subset of Python that
+State is a few arrays per device and worker and heaps (:mod:`sfsim.fast.heap`) sized by devices and
+micro-batches in flight: memory grows with devices, never with the run's length. The event loop is
+compiled without reference counting (:func:`no_refcounts`): it allocates nothing. Everything is in the subset of Python that
 numba compiles (:mod:`sfsim.fast.jit`): scalars that helpers change live in the int array ``S``
 and the float array ``F`` (slots named below); no SimPy, no I/O.
 
@@ -19,11 +20,24 @@ Arrays passed in: ``D`` (float, 8 x devices: f, warmup, up_s, up_l, srv_f, srv_b
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 
-from sfsim.fast.jit import inline, njit
+from sfsim.fast.heap import pop, push
+from sfsim.fast.jit import COMPILED, inline, njit
+
+if COMPILED:
+    import numba
+
+
+def no_refcounts(fn):
+    """:func:`~sfsim.fast.jit.njit` without numba's reference counting (``_nrt=False``), else ``fn`` itself.
+
+    The event loop allocates nothing; with reference counting on, each array handed to an inlined
+    helper costs an atomic increment and decrement, about a third of the loop's time.
+    """
+    if not COMPILED:  # pragma: no cover
+        return fn
+    return numba.njit(cache=True, nogil=True, _nrt=False)(fn)
 
 FIFO, ROUND_ROBIN, PROPORTIONAL, PACED = 0, 1, 2, 3
 
@@ -33,7 +47,8 @@ _N, _SENT, _PER_EPOCH = range(3)
 # event kinds (code & 7); code >> 3 is the device, worker or alarm number
 _WORKER, _ALARM, _START, _RETRY, _GRANT, _AFTER_F, _RELEASE, _RESUMED = range(8)
 _URGENT, _NORMAL = 0, 1  # SimPy's priorities: process starts come before ordinary events at one instant
-# Heap entries are (time, key) pairs, the cheapest tuples to compare. Events: key = id << 22 | code; SimPy
+# Heaps are float arrays, row 0 the time, row 1 a key (exact as a float below 2**53: at most 2**31
+# events), compared as (time, key) pairs: no list, no reference counting. Events: key = id << 22 | code; SimPy
 # orders by (time, priority, id), and since every process start (the only urgent events) is queued before
 # any other event, ids alone give the same order. Pending arrivals and credit waiters: key = seq << 20 |
 # device; a device's micro-batches leave the pending heap in order, so ``PK`` (next micro-batch per
@@ -44,7 +59,8 @@ MAX_DEVICES = 1 << (_CODE_BITS - 3)
 """Most devices one server may have on the fast path (the event code holds device * 8 + kind)."""
 # int scalars S
 (_EID, _WSEQ, _PSEQ, _UNCLAIMED, _IDLE_N, _ALARM_ID, _QHEAD, _QLEN, _PSIZE, _HELD, _SEG, _SEG_POS, _SEG_DONE,
- _TURN, _NTOUCHED, _SEEN, _BOUND, _TV_COUNT, _TOTAL, _BUFFER, _ACCUMULATE, _POLICY, _FLAGS, _CAP) = range(24)
+ _TURN, _NTOUCHED, _SEEN, _BOUND, _TV_COUNT, _TOTAL, _BUFFER, _ACCUMULATE, _POLICY, _FLAGS, _CAP,
+ _NEVENTS, _NPENDING, _NWAITERS, _NPROP, _OVERFLOW) = range(29)
 _SEQUENTIAL, _PER_DEVICE, _DECOMPOSE = 1, 2, 4  # bits of S[_FLAGS]
 # float scalars F
 _ALARM_AT, _TV_SUM, _WAIT_S, _BUSY, _END, _STEP, _FLIGHT = range(7)
@@ -52,7 +68,8 @@ _ALARM_AT, _TV_SUM, _WAIT_S, _BUSY, _END, _STEP, _FLIGHT = range(7)
 _DONE, _WQ_HEAD, _WQ_LEN, _WOKEN, _FINAL, _CHECK, _WHELD = range(7)
 _WBUSY, _WLAST, _WSTART = range(3)
 
-OUT_MAKESPAN, OUT_BUSY, OUT_WAIT, OUT_END, OUT_TV_SUM, OUT_TV_COUNT, OUT_UNCLAIMED, OUT_TOTAL, OUT_EVENTS = range(9)
+OUT_MAKESPAN, OUT_BUSY, OUT_WAIT, OUT_END, OUT_TV_SUM, OUT_TV_COUNT, OUT_UNCLAIMED, OUT_TOTAL, OUT_EVENTS, OUT_OVERFLOW = (
+    range(10))
 """Slots of :func:`replay_server`'s result."""
 
 
@@ -74,7 +91,7 @@ def _fwd_ready(D, N, j, k, f_start, link_free):
 @inline
 def _schedule(events, S, t, prio, code):
     """Queue an event at ``t`` (SimPy's queue order: time, priority, creation)."""
-    heapq.heappush(events, (t, (S[_EID] << _CODE_BITS) | code))
+    push(events, S, _NEVENTS, _OVERFLOW, t, (S[_EID] << _CODE_BITS) | code)
     S[_EID] += 1
 
 
@@ -98,7 +115,7 @@ def _arm(events, S, F, t):
 def _push(events, pending, S, F, arrival, j, k):
     """Announce micro-batch ``k`` of device ``j`` arriving at ``arrival`` (ServerPool.push)."""
     S[_PSEQ] += 1
-    heapq.heappush(pending, (arrival, (S[_PSEQ] << _DEV_BITS) | j))
+    push(pending, S, _NPENDING, _OVERFLOW, arrival, (S[_PSEQ] << _DEV_BITS) | j)
     if S[_IDLE_N] > 0 and arrival < F[_ALARM_AT]:
         _arm(events, S, F, arrival)
 
@@ -111,7 +128,7 @@ def _wait_credit(waiters, S, dev_wait, dev_ready, j, ready):
         dev_ready[j] = ready
     else:
         S[_WSEQ] += 1
-        heapq.heappush(waiters, (ready, (S[_WSEQ] << _DEV_BITS) | j))
+        push(waiters, S, _NWAITERS, _OVERFLOW, ready, (S[_WSEQ] << _DEV_BITS) | j)
 
 
 @inline
@@ -127,13 +144,13 @@ def _give_back(events, waiters, S, credits, dev_wait, dev_ready, j, now):
             dev_wait[j] = False
             _schedule(events, S, dev_ready[j], _NORMAL, j * 8 + _RETRY)
         return
-    if len(waiters) > 0 and waiters[0][0] <= now:
-        w = heapq.heappop(waiters)[1] & _DEV_MASK
+    if S[_NWAITERS] > 0 and waiters[0, 0] <= now:
+        w = pop(waiters, S, _NWAITERS)[1] & _DEV_MASK
         _schedule(events, S, now, _NORMAL, w * 8 + _GRANT)
         return
     credits[0] += 1
-    if len(waiters) > 0:
-        wr, key = heapq.heappop(waiters)
+    if S[_NWAITERS] > 0:
+        wr, key = pop(waiters, S, _NWAITERS)
         w = key & _DEV_MASK
         _schedule(events, S, wr, _NORMAL, w * 8 + _RETRY)
 
@@ -220,7 +237,7 @@ def _policy_turn(S, N, P, prop, ring_a, i):
         S[_QLEN] += 1
     else:
         t = max(N[_N, i], 1)
-        heapq.heappush(prop, (-(t - P[2, i]) / t, i))
+        push(prop, S, _NPROP, _OVERFLOW, -(t - P[2, i]) / t, i)
 
 
 @inline
@@ -271,7 +288,7 @@ def _policy_take(S, N, P, prop, ring_a, ring_b, paced):
         S[_QHEAD] = (S[_QHEAD] + 1) % S[_CAP]
         S[_QLEN] -= 1
     else:
-        i = heapq.heappop(prop)[1]
+        i = pop(prop, S, _NPROP)[1]
         P[2, i] += 1
     k = P[1, i]
     P[1, i] = k + 1
@@ -378,14 +395,14 @@ def _sleep(events, pending, S, F, W, WF, idle, w, now):
     W[_WHELD, w] = S[_HELD]
     WF[_WSTART, w] = now
     W[_CHECK, w] = 1
-    if len(pending) > 0 and pending[0][0] <= now + F[_FLIGHT]:
-        _schedule(events, S, pending[0][0], _NORMAL, w * 8 + _WORKER)
+    if S[_NPENDING] > 0 and pending[0, 0] <= now + F[_FLIGHT]:
+        _schedule(events, S, pending[0, 0], _NORMAL, w * 8 + _WORKER)
         return
     idle[S[_IDLE_N]] = w
     S[_IDLE_N] += 1
     W[_WOKEN, w] = 1  # it resumes from the idle queue
-    if len(pending) > 0 and pending[0][0] < F[_ALARM_AT]:
-        _arm(events, S, F, pending[0][0])
+    if S[_NPENDING] > 0 and pending[0, 0] < F[_ALARM_AT]:
+        _arm(events, S, F, pending[0, 0])
 
 
 @inline
@@ -410,8 +427,8 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
     if not _resumed(F, W, WF, w, now):
         _exit(S, F, W, WF, w)
         return
-    while len(pending) > 0 and pending[0][0] <= now:
-        i = heapq.heappop(pending)[1] & _DEV_MASK
+    while S[_NPENDING] > 0 and pending[0, 0] <= now:
+        i = pop(pending, S, _NPENDING)[1] & _DEV_MASK
         k = PK[i]
         PK[i] = k + 1
         _policy_add(S, N, P, prop, ring_a, ring_b, i, k)
@@ -430,8 +447,8 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
         _run_mb(events, S, F, D, N, W, WF, QD, QK, w, i, k, now)
     elif W[_WQ_LEN, w] > 0:  # idle: deferred W's while nothing can have arrived (exact, see the engine)
         until = now + F[_FLIGHT]
-        if len(pending) > 0 and pending[0][0] < until:
-            until = pending[0][0]
+        if S[_NPENDING] > 0 and pending[0, 0] < until:
+            until = pending[0, 0]
         t = _flush_ws(D, N, W, QD, QK, w, now, until)
         WF[_WBUSY, w] += t - now
         if t > now:
@@ -450,15 +467,15 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
         _sleep(events, pending, S, F, W, WF, idle, w, now)
 
 
-@njit
+@no_refcounts
 def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready, share,
           counts, touched, idle, ring_a, ring_b, paced, PK, nn, f_start, link_free, ready):
     """Process events until none is left; returns the clock then (the makespan)."""
     now = 0.0
     sequential = S[_FLAGS] & _SEQUENTIAL
     claim_returns = not (sequential and (S[_FLAGS] & _PER_DEVICE))
-    while len(events) > 0:
-        now, key = heapq.heappop(events)
+    while S[_NEVENTS] > 0 and not S[_OVERFLOW]:
+        now, key = pop(events, S, _NEVENTS)
         code = key & _CODE_MASK
         kind = code & 7
         j = code >> 3
@@ -492,7 +509,7 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
         flight: ServerPool._min_flight(); paced: (order, start, length, repeats) of a paced policy.
     """
     m = N.shape[1]
-    S = np.zeros(24, np.int64)
+    S = np.zeros(29, np.int64)
     F = np.zeros(7)
     total = N[_N].sum()
     S[_UNCLAIMED], S[_TOTAL], S[_BUFFER], S[_ACCUMULATE] = total, total, buffer, accumulate
@@ -514,14 +531,12 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
         P[1, :] = -1
     share = N[_N] / total if total else np.zeros(m)
     wcap = min(accumulate, total) + 2  # queued W's: never more than one window's
-    events = [(0.0, 0)]
-    pending = [(0.0, 0)]
-    waiters = [(0.0, 0)]
-    prop = [(0.0, 0)]
-    events.pop()
-    pending.pop()
-    waiters.pop()
-    prop.pop()
+    # heaps (row 0 keys, row 1 values): at most an event per device (and its alarm-free replays), per
+    # worker and per pending arrival's alarm; an arrival per micro-batch that may wait; a device each
+    events = np.empty((2, 2 * m + count + 4 * S[_CAP] + 64))
+    pending = np.empty((2, S[_CAP] + m + 16))
+    waiters = np.empty((2, m + 16))
+    prop = np.empty((2, m + 16))
     for w in range(count):  # process starts: the workers, then every device that sends
         _schedule(events, S, 0.0, _URGENT, w * 8 + _WORKER)
     for j in range(m):
@@ -535,8 +550,8 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
                      np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), paced, np.zeros(m, np.int64),
                      np.zeros(m, np.int64),
                      np.zeros(m), np.zeros(m), np.zeros(m))
-    out = np.zeros(9)
-    out[OUT_EVENTS] = S[_EID]
+    out = np.zeros(10)
+    out[OUT_EVENTS], out[OUT_OVERFLOW] = S[_EID], S[_OVERFLOW]
     out[OUT_MAKESPAN], out[OUT_BUSY], out[OUT_WAIT], out[OUT_END] = makespan, F[_BUSY], F[_WAIT_S], F[_END]
     out[OUT_TV_SUM], out[OUT_TV_COUNT], out[OUT_UNCLAIMED], out[OUT_TOTAL] = (F[_TV_SUM], S[_TV_COUNT],
                                                                              S[_UNCLAIMED], total)

@@ -98,14 +98,12 @@ def replay(job, cfg, sequential: bool = False, schedule: str | None = None) -> t
 
 def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
     rec = Replayed()
-    for d in job.devices:  # what sfsim.schedules.splitfrozen.run sets before the run
-        rec.device_busy[d.name] = d.units(d.sent) * d.f + d.first_extra(d.sent)
-        rec.up_bytes[d.name] = d.units(d.sent) * d.up_bytes
-        rec.down_bytes[d.name] = 0.0
+    outs, busy, up = splitfrozen.replay_job(job, cfg, sequential)
+    names = [d.name for d in job.devices]  # what sfsim.schedules.splitfrozen.run sets before the run
+    rec.device_busy, rec.up_bytes = dict(zip(names, busy.tolist(), strict=True)), dict(zip(names, up.tolist(), strict=True))
+    rec.down_bytes = dict.fromkeys(names, 0.0)
     makespan = 0.0
-    for k, srv in enumerate(job.servers):
-        mine = [d for d in job.devices if d.server == k]
-        out = splitfrozen.replay(mine, srv, cfg, sequential)
+    for srv, out in zip(job.servers, outs, strict=True):
         makespan = max(makespan, out["makespan"])
         rec.server_busy[srv.name] = out["busy"]
         rec.server_wait[srv.name] = out["wait"]

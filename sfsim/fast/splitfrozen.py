@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from operator import attrgetter
+
 import numpy as np
 
 from sfsim.engine.pacing import server_order
 from sfsim.engine.policies import PACED
 from sfsim.fast.kernel import (
     _DECOMPOSE,
+    _F,
+    _LAST,
+    _N,
     _PER_DEVICE,
+    _PER_EPOCH,
+    _SENT,
     _SEQUENTIAL,
+    _UP_L,
+    _UP_S,
+    _WARM,
     FIFO,
     OUT_BUSY,
     OUT_END,
     OUT_MAKESPAN,
+    OUT_OVERFLOW,
     OUT_TOTAL,
     OUT_TV_COUNT,
     OUT_TV_SUM,
@@ -37,9 +50,10 @@ _INTS = ("n", "sent", "per_epoch")  # its N rows
 
 def layout(devices: list) -> tuple[np.ndarray, np.ndarray]:
     """The kernel's per-device rows: D (8 x devices, seconds and sizes) and N (3 x devices, counts)."""
-    D = np.array([[getattr(d, k) for d in devices] for k in _FLOATS], np.float64).reshape(len(_FLOATS), -1)
-    N = np.array([[getattr(d, k) for d in devices] for k in _INTS], np.int64).reshape(len(_INTS), -1)
-    return D, N
+    floats, ints = attrgetter(*_FLOATS), attrgetter(*_INTS)
+    D = np.array([floats(d) for d in devices], np.float64).reshape(-1, len(_FLOATS)).T
+    N = np.array([ints(d) for d in devices], np.int64).reshape(-1, len(_INTS)).T
+    return np.ascontiguousarray(D), np.ascontiguousarray(N)
 
 
 def flags_for(cfg, sequential: bool) -> int:
@@ -48,12 +62,12 @@ def flags_for(cfg, sequential: bool) -> int:
             | _DECOMPOSE * bool(cfg.decompose))
 
 
-def min_flight(devices: list) -> float:
-    """ServerPool._min_flight: a lower bound on how long after a push its micro-batch arrives."""
-    mine = [d for d in devices if d.n]
-    if any(d.sent < d.n for d in mine):
+def min_flight(D: np.ndarray, N: np.ndarray) -> float:
+    """ServerPool._min_flight from kernel rows: a lower bound on how long after a push its micro-batch arrives."""
+    mine = N[_N] > 0
+    if (N[_SENT][mine] < N[_N][mine]).any():
         return 0.0
-    return min((d.up_s * d.last + d.up_l for d in mine), default=0.0)
+    return float((D[_UP_S][mine] * D[_LAST][mine] + D[_UP_L][mine]).min()) if mine.any() else 0.0
 
 
 def paced_segments(devices: list, kind: str) -> tuple[np.ndarray, ...]:
@@ -80,24 +94,77 @@ def paced_segments(devices: list, kind: str) -> tuple[np.ndarray, ...]:
     return order, starts, lens, np.array([r for _, r in segs], np.int64)
 
 
-def replay(devices: list, server, cfg, sequential: bool) -> dict[str, float]:
+def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = None) -> dict[str, float]:
     """Replay one SplitFrozen server (a :class:`ServerTimes`) and its ``devices`` (all of them send to it).
+
+    ``rows``: their :func:`layout`, when the caller has it already.
 
     Returns:
         ``makespan``, ``busy``, ``wait``, ``end``, ``mixing`` (None without micro-batches) and
         ``total`` (micro-batches: the stream's weight).
     """
-    D, N = layout(devices)
+    D, N = layout(devices) if rows is None else rows
     if cfg.policy in PACED:
         paced = paced_segments(devices, PACED[cfg.policy])
     else:
         paced = (np.zeros(0, np.int64),) * 4
     out = replay_server(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate),
                         flags_for(cfg, sequential),
-                        POLICY_CODES[cfg.policy], float(min_flight(devices)), paced)
+                        POLICY_CODES[cfg.policy], min_flight(D, N), paced)
+    if out[OUT_OVERFLOW]:
+        raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
     if out[OUT_UNCLAIMED]:  # the SimPy engine fails the same way (a lost wake-up, or a deadlock)
         raise RuntimeError(f"fast path: {int(out[OUT_UNCLAIMED])} micro-batches never processed")
     count = int(out[OUT_TV_COUNT])
     return {"makespan": float(out[OUT_MAKESPAN]), "busy": float(out[OUT_BUSY]), "wait": float(out[OUT_WAIT]),
             "end": float(out[OUT_END]), "mixing": float(out[OUT_TV_SUM]) / count if count else None,
             "total": int(out[OUT_TOTAL])}
+
+
+def replay_job(job, cfg, sequential: bool) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:
+    """Replay every server of a SplitFrozen ``job``: one :func:`replay` result per server, in order.
+
+    Servers share nothing without backhaul sync, so on a big run (:data:`THREADED_FROM` micro-batches)
+    they are replayed on threads, one per CPU core (the kernel releases the GIL); the figures are the
+    same as one after the other.
+
+    Returns:
+        ``(results, busy, up)``: per server; and per device (job order) the busy seconds and uplink bytes
+        that :func:`sfsim.schedules.splitfrozen.run` sets before a run.
+    """
+    devices = job.devices
+    D, N = layout(devices)
+    units = _units(D, N[_SENT], N[_PER_EPOCH])
+    busy = units * D[_F] + np.where(N[_SENT] > 0, D[_WARM], 0.0)
+    up = units * np.array([d.up_bytes for d in devices], np.float64)
+    where = np.array([d.server for d in devices], np.int64)
+
+    def one(k):
+        sel = np.flatnonzero(where == k)
+        mine = [devices[i] for i in sel] if cfg.policy in PACED else []
+        return replay(mine, job.servers[k], cfg, sequential, (np.ascontiguousarray(D[:, sel]),
+                                                               np.ascontiguousarray(N[:, sel])))
+
+    ks = range(len(job.servers))
+    threads = min(len(job.servers), _cores())
+    if threads > 1 and int(N[_N].sum()) >= THREADED_FROM:
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(one, ks)), busy, up
+    return [one(k) for k in ks], busy, up
+
+
+THREADED_FROM = 200_000
+"""Micro-batches from which :func:`replay_job` replays servers on threads (below, threads cost more)."""
+
+
+def _cores() -> int:
+    """CPU cores this process may run on (its affinity where the system says, else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _units(D: np.ndarray, m: np.ndarray, per_epoch: np.ndarray) -> np.ndarray:
+    """DeviceTimes.units(m) of every device: full-micro-batch equivalents in its first ``m``."""
+    last = D[_LAST]
+    part = last < 1.0
+    whole = np.where(part, m // np.where(part, per_epoch, 1), 0)
+    return np.where(part, m - whole * (1.0 - last), m.astype(np.float64))

@@ -19,7 +19,7 @@ import numpy as np
 from sfsim.engine.policies import PACED
 from sfsim.fast.kernel import replay_server
 from sfsim.fast.replay import uncovered
-from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout
+from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout, min_flight
 from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
 from sfsim.schedules import ReplayConfig, ReplaySetup, get
@@ -104,17 +104,9 @@ class Catalogue:
             D = np.ascontiguousarray(self.D[ki[sel], j, :, dev[sel]].T)
             N = np.ascontiguousarray(self.N[ki[sel], j, :, dev[sel]].T)
             res = replay_server(D, N, int(st.count), float(st.step), int(cfg.buffer), int(cfg.accumulate),
-                                self.flags, POLICY_CODES[cfg.policy], _flight(D, N), empty)
+                                self.flags, POLICY_CODES[cfg.policy], min_flight(D, N), empty)
             out = max(out, float(res[0]))
         return out
-
-
-def _flight(D: np.ndarray, N: np.ndarray) -> float:
-    """ServerPool._min_flight from kernel rows (see :func:`sfsim.fast.splitfrozen.min_flight`)."""
-    mine = N[0] > 0
-    if (N[1][mine] < N[0][mine]).any():
-        return 0.0
-    return float((D[2][mine] * D[7][mine] + D[3][mine]).min()) if mine.any() else 0.0
 
 
 def fastest(scenario, cm, table: StageTable, schedule: str, limit: int | None = None):

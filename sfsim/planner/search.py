@@ -28,6 +28,19 @@ from sfsim.planner.model import StageTable
 MIP_GAP = 1e-3
 """Relative optimality gap the assignment integer program stops at."""
 
+MIP_DEVICES = 200
+"""Fleets of more devices take the rounded relaxation as it is: it is within one device's load per
+server of the bound, and the integer program rarely closes that gap there (it could not prove a
+better one on the 1,000-device, 16-server benchmark in minutes)."""
+
+MIP_NODES = 200
+"""Most branch-and-bound nodes the integer program explores (a deterministic limit: some 1,000-device,
+16-server programs run for minutes without it); it then returns the best assignment found, and
+:func:`assign` the better of it and the rounded relaxation."""
+
+UNLOAD_MOVES = 200
+"""Most single-device moves that polish a rounded relaxation before it is compared with its bound."""
+
 SURE_BELOW = 1e-2
 """Margin by which a rounded relaxation's load must clear a threshold for the binary search to
 take "at most the threshold" without solving the integer program there (the program could return
@@ -79,7 +92,17 @@ def assign(table: StageTable, kk: np.ndarray, integral: bool = True) -> tuple[fl
 
     Returns:
         ``(load, counts)`` with counts of shape (types, servers), or None when some type has no server.
+        Remembered in ``table.memo``: the search asks for the same cut choice many times.
     """
+    key = ("assign", kk.tobytes(), integral, None if table.slow is None else table.slow.tobytes())
+    if key not in table.memo:
+        table.memo[key] = _assign(table, kk, integral)
+    got = table.memo[key]
+    return None if got is None else (got[0], got[1].copy())
+
+
+def _assign(table: StageTable, kk: np.ndarray, integral: bool) -> tuple[float, np.ndarray] | None:
+    """:func:`assign`, computed."""
     cost, cred = per_device_load(table, kk)  # (types, servers) each
     counts = np.array([t.count for t in table.types], dtype=float)
     usable = np.isfinite(cost)
@@ -88,8 +111,27 @@ def assign(table: StageTable, kk: np.ndarray, integral: bool = True) -> tuple[fl
     if (usable.sum(axis=1) == 1).all():  # nothing to choose: every type has one server
         n = np.where(usable, counts[:, None], 0.0)
         return _busiest(usable, cost, cred, n), n
+    if not integral:
+        return _program(cost, cred, usable, counts, False)
+    # the relaxation rounded is often provably as good as the program would return (within MIP_GAP)
+    relaxed = _program(cost, cred, usable, counts, False)
+    if relaxed is None:
+        return None
+    n = _round(table, usable, relaxed[1], cost, cred)
+    rounded = None if n is None else (_busiest(usable, cost, cred, n), n)
+    if rounded is not None and (rounded[0] <= relaxed[0] * (1 + MIP_GAP) or counts.sum() > MIP_DEVICES):
+        return rounded
+    solved = _program(cost, cred, usable, counts, True)  # may stop at MIP_NODES with a worse answer
+    if rounded is None or (solved is not None and solved[0] < rounded[0]):
+        return solved
+    return rounded
+
+
+def _program(cost: np.ndarray, cred: np.ndarray, usable: np.ndarray, counts: np.ndarray,
+             integral: bool) -> tuple[float, np.ndarray] | None:
+    """:func:`assign`'s program: counts per usable (type, server) pair minimising the busiest load."""
     pairs = np.argwhere(usable)  # (P, 2) rows of (type, server)
-    P, nT, nJ = len(pairs), len(table.types), len(table.servers)
+    P, (nT, nJ) = len(pairs), usable.shape
     c_pair = cost[pairs[:, 0], pairs[:, 1]]
     q_pair = cred[pairs[:, 0], pairs[:, 1]]
     # variables: counts for each pair, then z (the busiest load); tiny weight on total work breaks ties
@@ -106,7 +148,7 @@ def assign(table: StageTable, kk: np.ndarray, integral: bool = True) -> tuple[fl
     # A 0.1% optimality gap is far below what the fluid model can resolve and keeps HiGHS fast on
     # min-max problems, whose many symmetric optima are slow to prove.
     res = milp(obj, constraints=cons, integrality=integ, bounds=(np.zeros(P + 1), ub),
-               options={"mip_rel_gap": MIP_GAP})
+               options={"mip_rel_gap": MIP_GAP, "node_limit": MIP_NODES})
     if res.x is None:
         return None
     x = np.round(res.x[:P]) if integral else res.x[:P]
@@ -118,27 +160,106 @@ def assign(table: StageTable, kk: np.ndarray, integral: bool = True) -> tuple[fl
 def rounded_load(table: StageTable, kk: np.ndarray) -> float:
     """An upper bound on the integer program's optimum: the busiest load of the relaxation rounded.
 
-    Each type's fractional counts are floored and its remaining devices go to its largest
-    fractional parts (servers it may use), so the rounded counts are a feasible assignment.
-
     Returns:
-        The busiest server's load of that assignment; inf when there is none (no relaxation, or a
-        solution too far off to round).
+        The busiest server's load of :func:`_round`'s assignment; inf when there is none (no
+        relaxation, or a solution too far off to round).
     """
     r = assign(table, kk, integral=False)
     if r is None:
         return float("inf")
     cost, cred = per_device_load(table, kk)
     usable = np.isfinite(cost)
-    x = np.where(usable, np.clip(r[1], 0, None), 0.0)  # (types, servers)
+    n = _round(table, usable, r[1])
+    return float("inf") if n is None else _busiest(usable, cost, cred, n)
+
+
+def _round(table: StageTable, usable: np.ndarray, relaxed: np.ndarray, cost: np.ndarray | None = None,
+           cred: np.ndarray | None = None) -> np.ndarray | None:
+    """Relaxed counts made whole: each type's floored, then its remaining devices placed.
+
+    Without loads (``cost``, ``cred``) the remaining devices go to the type's largest fractional
+    parts; with them, one at a time (dearest first) to the usable server whose busiest resource
+    then stays lowest, which keeps the rounded load close to the relaxation's.
+
+    Returns:
+        Integer counts (types, servers) on usable pairs (a feasible assignment), or None when the
+        relaxed solution is too far off to round.
+    """
+    x = np.where(usable, np.clip(relaxed, 0, None), 0.0)  # (types, servers)
     n = np.floor(x + 1e-9)
-    for t, info in enumerate(table.types):
-        left = info.count - int(n[t].sum())
-        frac = np.where(usable[t], x[t] - n[t], -np.inf)
-        if left < 0 or left > usable[t].sum():
-            return float("inf")
-        n[t, np.argsort(-frac, kind="stable")[:left]] += 1
-    return _busiest(usable, cost, cred, n)
+    left = np.array([info.count for info in table.types]) - n.sum(axis=1).astype(int)
+    if (left < 0).any() or (left > usable.sum(axis=1)).any():
+        return None
+    if cost is None:
+        for t in range(len(left)):
+            frac = np.where(usable[t], x[t] - n[t], -np.inf)
+            n[t, np.argsort(-frac, kind="stable")[:left[t]]] += 1
+        return n
+    c, q = np.where(usable, cost, 0.0), np.where(usable, cred, 0.0)
+    comp, hold = (c * n).sum(axis=0), (q * n).sum(axis=0)  # per server
+    for t in sorted(np.flatnonzero(left), key=lambda t: -np.max(np.where(usable[t], c[t], 0.0))):
+        for _ in range(left[t]):
+            after = np.where(usable[t], np.maximum(comp + c[t], hold + q[t]), np.inf)
+            j = int(np.argmin(after))
+            n[t, j] += 1
+            comp[j] += c[t, j]
+            hold[j] += q[t, j]
+    _unload(usable, c, q, n, comp, hold)
+    return n
+
+
+def _unload(usable: np.ndarray, c: np.ndarray, q: np.ndarray, n: np.ndarray, comp: np.ndarray,
+            hold: np.ndarray, moves: int = UNLOAD_MOVES) -> None:
+    """Move single devices off the busiest server while that lowers it and the receiver stays below it.
+
+    ``n``, ``comp`` and ``hold`` (counts, per-server compute and credit loads) change in place; the
+    busiest load never rises.
+    """
+    for _ in range(moves):
+        peak = np.maximum(comp, hold)
+        src = int(np.argmax(peak))
+        top = peak[src]
+        # (types, servers): the source's and each receiver's busiest resource after moving one device
+        left = np.maximum(comp[src] - c[:, src], hold[src] - q[:, src])[:, None]
+        got = np.maximum(comp[None, :] + c, hold[None, :] + q)
+        ok = usable & (n[:, src] >= 1)[:, None] & (got < top * (1 - 1e-12))
+        ok[:, src] = False
+        if ok.any():
+            after = np.where(ok, np.maximum(left, got), np.inf)
+            t, j = np.unravel_index(int(np.argmin(after)), after.shape)
+            _move(n, c, q, comp, hold, t, src, j)
+        elif not _swap(usable, c, q, n, comp, hold, src, top):
+            return
+
+
+def _move(n, c, q, comp, hold, t, src, j) -> None:
+    """One device of type ``t`` moves from server ``src`` to ``j``."""
+    n[t, src] -= 1
+    n[t, j] += 1
+    comp[src] -= c[t, src]
+    hold[src] -= q[t, src]
+    comp[j] += c[t, j]
+    hold[j] += q[t, j]
+
+
+def _swap(usable, c, q, n, comp, hold, src, top) -> bool:
+    """Exchange a device of type a on ``src`` for one of type b on another server, when both end below ``top``."""
+    # (a, b, j): src gives a device of type a to j and takes one of type b from it
+    s_comp = comp[src] - c[:, src][:, None, None] + c[:, src][None, :, None]
+    s_hold = hold[src] - q[:, src][:, None, None] + q[:, src][None, :, None]
+    j_comp = comp[None, None, :] + c[:, None, :] - c[None, :, :]
+    j_hold = hold[None, None, :] + q[:, None, :] - q[None, :, :]
+    after = np.maximum(np.maximum(s_comp, s_hold), np.maximum(j_comp, j_hold))
+    ok = ((n[:, src] >= 1) & usable[:, src])[:, None, None] & usable[None, :, src, None]
+    ok = ok & usable[:, None, :] & (n >= 1)[None, :, :] & (after < top * (1 - 1e-12))
+    ok[:, :, src] = False
+    ok[np.arange(len(n)), np.arange(len(n)), :] = False  # a type for itself changes nothing
+    if not ok.any():
+        return False
+    a, b, j = np.unravel_index(int(np.argmin(np.where(ok, after, np.inf))), after.shape)
+    _move(n, c, q, comp, hold, a, src, j)
+    _move(n, c, q, comp, hold, b, j, src)
+    return True
 
 
 def _busiest(usable: np.ndarray, cost: np.ndarray, cred: np.ndarray, n: np.ndarray) -> float:
