@@ -107,7 +107,7 @@ class _WorkerState:
 
     def __init__(self, lane: str, flight: float):
         self.lane, self.flight = lane, flight
-        self.queued_w: deque = deque()  # (device, mb) whose W is deferred
+        self.queued_w: deque = deque()  # (device, mb, W seconds) whose W is deferred
         self.done = 0                   # micro-batches processed since this worker's last step
         self.busy = 0.0
         self.last = 0.0                 # when this worker's last op ends (the trace's last event on its lane)
@@ -151,6 +151,7 @@ class ServerPool:
         self.policy = self._policy(policy, buffer, sequential, pool_bytes, seed)
         self.give = self._givers()
         self._direct: list | None = None  # built at the first claim, after every give is set
+        self._hot_rows: list | None = None  # built at the first stream (_hot)
         self.mixing = engine.mixing[server.name] = StreamMixing(totals)
         self.unclaimed = sum(totals)
         self.pending: list = []           # heap of (arrival, seq, device, mb) not yet arrived
@@ -295,6 +296,10 @@ class ServerPool:
         self.engine.on_finish(mixed)
 
     # -- waking idle workers ---------------------------------------------------------------------
+    def wake_at(self, t: float) -> None:
+        """Wake the idle workers at ``t``, an arrival before the alarm set (a device that pushes itself calls it)."""
+        self._arm(t)
+
     def _arm(self, t: float) -> None:
         self.alarm_at = t
         self._alarm = self.engine.at(t)
@@ -416,12 +421,13 @@ class ServerPool:
         Returns (as a generator) ``woken`` for :meth:`_worker` when no micro-batch may start now or
         idle workers must choose first; the timings are :meth:`_run_mb`'s, by the same arithmetic.
         """
-        env, devices, until, claim, heappop = self.env, self.devices, self.engine.until, self._claim, heapq.heappop
+        env, hot, until, claim, heappop = self.env, self._hot(), self.engine.until, self._claim, heapq.heappop
         policy, pending, step_s, acc = self.policy, self.pending, self.server.step, self.accumulate
         queued_w, push, pop = wk.queued_w, policy.push, policy.pop
         fifo, queue = policy.__class__ is FifoPolicy, env._queue  # fifo: arrival order is the heap's order
         arrived = policy.queue if fifo else None
         done, busy, last = wk.done, wk.busy, wk.last
+        direct, mix_add, eids = self._direct or self._directs(), self.mixing.add, env._eid
         while True:
             now = env._now
             if fifo and not arrived and pending and pending[0][0] <= now and not (self.idle and not woken):
@@ -434,17 +440,38 @@ class ServerPool:
                     break
                 i, n = pop()
             woken = False
-            eid = claim(i, n, True)
-            d = devices[i]
-            queued_w.append((i, n))
-            x = 1.0 if d.last == 1.0 else d.size(n)
-            t = now + d.srv_f * x + d.srv_b * x  # same rounding as _run_mb
+            srv_f, srv_b, srv_w, sent, whole = hot[i]
+            acct = direct[i]
+            if n < sent and whole and acct is not None:  # _claim's usual case, inlined (no replay, plain credits)
+                self.unclaimed -= 1
+                mix_add(i)
+                eid = -1
+                waiting = acct.waiting
+                if waiting and waiting[0][0] <= now:  # Credits.give_back: to the longest-ready waiter
+                    ev = heappop(waiting)[2]
+                    ev._ok, ev._value = True, True
+                    if self.unclaimed and ev.__class__ is DeviceEvent and (not queue or queue[0][0] > now):
+                        eid = next(eids)  # see _claim: the device goes on now, the timer keeps its place
+                        callbacks, ev.callbacks = ev.callbacks, None
+                        for callback in callbacks:
+                            callback(ev)
+                    else:
+                        heapq.heappush(queue, (now, _NORMAL, next(eids), ev))
+                else:
+                    acct.give_back()
+                if not self.unclaimed:
+                    self._wake_all()
+            else:
+                eid = claim(i, n, True)
+            if srv_w is None:  # a partial micro-batch: its size's share of each
+                x = self.devices[i].size(n)
+                srv_f, srv_b, srv_w = srv_f * x, srv_b * x, self.devices[i].srv_w * x
+            queued_w.append((i, n, srv_w))
+            t = now + srv_f + srv_b  # same rounding as _run_mb (x = 1.0 multiplies exactly)
             done += 1
             if done == acc:  # _step without a trace: every queued W, then the optimizer step
                 while queued_w:
-                    j, m = queued_w.popleft()
-                    d = devices[j]
-                    t += d.srv_w * (1.0 if d.last == 1.0 else d.size(m))
+                    t += queued_w.popleft()[2]
                 t += step_s
                 done = 0
             busy += t - now
@@ -459,6 +486,13 @@ class ServerPool:
         wk.done, wk.busy, wk.last = done, busy, last
         return woken
 
+    def _hot(self) -> list[tuple]:
+        """Per device: (server F, B, W seconds, micro-batches it sends, whether all are full and sent)."""
+        if self._hot_rows is None:
+            self._hot_rows = [(d.srv_f, d.srv_b, d.srv_w if d.last == 1.0 else None, d.sent, d.sent == d.n)
+                              for d in self.devices]
+        return self._hot_rows
+
     def _idle(self, wk: _WorkerState, now: float):
         """No micro-batch may start now: run deferred W's, end the worker, or sleep until work may come.
 
@@ -472,9 +506,8 @@ class ServerPool:
             bound = min(pending[0][0] if pending else math.inf, now + wk.flight)
             t = now
             while queued_w and (t == now or t < bound):
-                i, n = queued_w.popleft()
+                i, n, w_s = queued_w.popleft()
                 d = self.devices[i]
-                w_s = d.srv_w * d.size(n)
                 self.engine.record(wk.lane, "W", t, w_s, n, d.name)
                 t += w_s
             wk.busy += t - now
@@ -543,7 +576,7 @@ class ServerPool:
         t = now + f_s
         if defer:
             rec(lane, "B", t, b_s, n, d.name)
-            queued_w.append((i, n))
+            queued_w.append((i, n, w_s))
             return t + b_s
         if self.decompose:  # sequential ablation: W right after B
             rec(lane, "B", t, b_s, n, d.name)
@@ -570,9 +603,8 @@ class ServerPool:
         """Run every queued W, then an optimizer step, from time ``t``; returns the end time."""
         rec, devices = self.engine.record, self.devices
         while queued_w:
-            i, n = queued_w.popleft()
+            i, n, w_s = queued_w.popleft()
             d = devices[i]
-            w_s = d.srv_w * d.size(n)
             rec(lane, "W", t, w_s, n, d.name)
             t += w_s
         rec(lane, "step", t, step_s)

@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from heapq import heappush
 
 from simpy.events import PENDING
 
@@ -296,12 +297,15 @@ class _Pipelined:
     run them inline (:meth:`~sfsim.engine.pool.Engine.until`), which keeps the hot path short.
     """
 
-    __slots__ = ("engine", "env", "d", "i", "acct", "send", "n", "x", "fx", "f_start", "f_end", "ready",
-                 "link_free", "event", "tracing", "on_credit")
+    __slots__ = ("engine", "env", "d", "i", "acct", "send", "pool", "n", "x", "fx", "f_start", "f_end", "ready",
+                 "link_free", "event", "tracing", "on_credit", "f", "up_s", "up_l", "full", "sent")
 
     def __init__(self, engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
         self.engine, self.env, self.d, self.i = engine, engine.env, d, i
-        self.acct, self.send = pool.account[i], pool.send if pool.senders is not None else pool.push
+        self.acct, self.send = pool.account[i], pool.send
+        self.pool = pool if pool.senders is None else None  # None: ServerPool.send keeps the senders' books
+        self.f, self.up_s, self.up_l, self.sent = d.f, d.up_s, d.up_l, d.sent  # constants of the hot path
+        self.full = d.last == 1.0  # every micro-batch is full (no partial last one per epoch)
         self.n, self.x, self.fx = 0, 1.0, 0.0
         self.f_start = self.f_end = self.ready = self.link_free = 0.0
         self.event = engine.device_event()  # reused for every credit wait: one is pending at a time
@@ -346,28 +350,37 @@ class _Pipelined:
         if ev is not None and ev._value is False:
             self._try()  # a credit came back before `ready`: try for it now
             return
-        d, n, x, t0 = self.d, self.n, self.x, self.env._now
+        n, x, t0 = self.n, self.x, self.env._now
         if self.tracing:
-            rec, name = self.engine.record, d.name
+            rec, name = self.engine.record, self.d.name
             rec(name, "F", self.f_start, self.fx, n, name)
             rec(name, "wait", self.f_end, t0 - self.f_end, n, name)
-            rec("link:" + name, "send", t0, d.up_s * x, n, name)
-        link_free = self.link_free = t0 + d.up_s * x
-        self.send(link_free + d.up_l, self.i, n)
+            rec("link:" + name, "send", t0, self.up_s * x, n, name)
+        link_free = self.link_free = t0 + self.up_s * x
+        arrival = link_free + self.up_l
+        pool = self.pool
+        if pool is None:
+            self.send(arrival, self.i, n)
+        else:  # ServerPool.push, inlined on the hot path
+            pool.seq = seq = pool.seq + 1
+            heappush(pool.pending, (arrival, seq, self.i, n))
+            if pool.idle and arrival < pool.alarm_at:
+                pool.wake_at(arrival)
         self.f_start = t0
         self.n = n = n + 1
-        if n == d.sent:
+        if n == self.sent:
             return
-        x = 1.0 if d.last == 1.0 else d.size(n)  # _next, inlined on the hot path (n > 0: no warm-up)
-        fx = d.f * x
+        x = 1.0 if self.full else self.d.size(n)  # _next, inlined on the hot path (n > 0: no warm-up)
+        fx = self.f * x
         f_end = t0 + fx
         self.x, self.fx, self.f_end = x, fx, f_end
         ready = self.ready = f_end if f_end > link_free else link_free
         acct = self.acct
-        if ready > t0 and not acct.credits:  # _try's usual case, inlined: wait for a credit
+        if ready > t0 and not acct.credits:  # _try's usual case, inlined: wait for a credit (Credits.wait)
             ev = self.event
             ev.callbacks, ev._value = self.on_credit, PENDING
-            acct.wait(ready, ev)
+            acct.seq = seq = acct.seq + 1
+            heappush(acct.waiting, (ready, seq, ev))
         else:
             self._try()
 
