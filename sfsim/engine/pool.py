@@ -336,7 +336,7 @@ class ServerPool:
                 if give is not None:
                     give()
             elif (waiting := acct.waiting) and waiting[0][0] <= self.env._now:  # Credits.give_back, inlined
-                env, ev = self.env, heapq.heappop(waiting)[2]  # to the longest-ready waiter
+                env, ev = self.env, acct.pop()[2]  # to the longest-ready waiter
                 ev._ok, ev._value = True, True
                 queue = env._queue
                 if inline and not replay and self.unclaimed and ev.__class__ is DeviceEvent and (
@@ -448,7 +448,12 @@ class ServerPool:
                 eid = -1
                 waiting = acct.waiting
                 if waiting and waiting[0][0] <= now:  # Credits.give_back: to the longest-ready waiter
-                    ev = heappop(waiting)[2]
+                    _, _, ev, lane = heappop(waiting)
+                    if lane is not None:  # Credits.pop, inlined: the next of its lane takes its place
+                        if lane.queue:
+                            heapq.heappush(waiting, lane.queue.popleft())
+                        else:
+                            lane.active = False
                     ev._ok, ev._value = True, True
                     if self.unclaimed and ev.__class__ is DeviceEvent and (not queue or queue[0][0] > now):
                         eid = next(eids)  # see _claim: the device goes on now, the timer keeps its place

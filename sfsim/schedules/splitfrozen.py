@@ -298,7 +298,7 @@ class _Pipelined:
     """
 
     __slots__ = ("engine", "env", "d", "i", "acct", "send", "pool", "n", "x", "fx", "f_start", "f_end", "ready",
-                 "link_free", "event", "tracing", "on_credit", "f", "up_s", "up_l", "full", "sent")
+                 "link_free", "event", "tracing", "on_credit", "f", "up_s", "up_l", "full", "sent", "lane")
 
     def __init__(self, engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
         self.engine, self.env, self.d, self.i = engine, engine.env, d, i
@@ -306,6 +306,7 @@ class _Pipelined:
         self.pool = pool if pool.senders is None else None  # None: ServerPool.send keeps the senders' books
         self.f, self.up_s, self.up_l, self.sent = d.f, d.up_s, d.up_l, d.sent  # constants of the hot path
         self.full = d.last == 1.0  # every micro-batch is full (no partial last one per epoch)
+        self.lane = self.acct.lane(max(d.f, d.up_s))  # after a send it waits max(f, s) for its next (full) one
         self.n, self.x, self.fx = 0, 1.0, 0.0
         self.f_start = self.f_end = self.ready = self.link_free = 0.0
         self.event = engine.device_event()  # reused for every credit wait: one is pending at a time
@@ -380,7 +381,16 @@ class _Pipelined:
             ev = self.event
             ev.callbacks, ev._value = self.on_credit, PENDING
             acct.seq = seq = acct.seq + 1
-            heappush(acct.waiting, (ready, seq, ev))
+            lane = self.lane
+            if ready < lane.last:
+                heappush(acct.waiting, (ready, seq, ev, None))
+            else:
+                lane.last = ready
+                if lane.active:
+                    lane.queue.append((ready, seq, ev, lane))
+                else:
+                    lane.active = True
+                    heappush(acct.waiting, (ready, seq, ev, lane))
         else:
             self._try()
 
