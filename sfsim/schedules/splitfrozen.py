@@ -144,9 +144,8 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
                    sequential: bool = False):
     """The one SplitFrozen device process (see the module docstring); fills ``m``'s outcome.
 
-    ``m`` None: a static device, one leg with constant rates (its stage times, plain arithmetic; a
-    pipelined one runs as :class:`_Pipelined`, see :func:`start_device`). Else the device follows
-    its legs, pause and drop.
+    ``m`` None: one leg with constant rates, its stage times (:func:`start_device` runs a pipelined
+    one as :class:`_Pipelined`). Else the device follows its legs, pause and drop.
     """
     env, constant = engine.env, m is None
     legs, pause, start, stop = (None, None, env.now, math.inf) if constant else (m.legs, m.pause, m.start, m.stop)
@@ -154,16 +153,20 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
     f_start, link_free = start, 0.0
     while n < d.sent and start < math.inf:
         x, fx = d.size(n), d.fwd(n)
-        f_end = f_start + span(pause, f_start, fx)
-        if constant and sequential:
-            # Credits.take at the end of the forward (a timer even of 0 s): the event order the fast path replays
+        f_end = f_start + (fx if pause is None else span(pause, f_start, fx))
+        if constant and sequential:  # Credits.take when the forward ends (a timer even of 0 s): the fast path's order
             yield engine.at(f_end)
-        ready = max(f_end, link_free)
-        if pause is not None and ready < math.inf:
-            ready = next_online(pause, ready)
-        acct, j = yield from _take_credit(engine, pools, i, d, m, j, n, ready, stop)
-        if acct is None:
-            break  # dropped, or never online again: the rest is lost
+            acct = pools[d.server].account[i]
+            granted = acct.take()
+            if granted is not None:
+                yield granted
+        else:
+            ready = max(f_end, link_free)
+            if pause is not None and ready < math.inf:
+                ready = next_online(pause, ready)
+            acct, j = yield from _take_credit(engine, pools, i, d, m, j, n, ready, stop)
+            if acct is None:
+                break  # dropped, or never online again: the rest is lost
         pool = pools[d.server if constant else legs[j].server]
         t0 = env.now
         if constant:
