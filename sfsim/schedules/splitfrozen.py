@@ -360,7 +360,7 @@ class _Pipelined:
             rec(name, "F", self.f_start, self.fx, n, name)
             rec(name, "wait", self.f_end, t0 - self.f_end, n, name)
             rec("link:" + name, "send", t0, self.up_s * x, n, name)
-        link_free = self.link_free = t0 + self.up_s * x
+        link_free = t0 + self.up_s * x  # the link's free time matters only here: the next ready time
         arrival = link_free + self.up_l
         pool = self.pool
         if pool is None:
@@ -370,14 +370,15 @@ class _Pipelined:
             heappush(pool.pending, (arrival, seq, self.i, n))
             if pool.idle and arrival < pool.alarm_at:
                 pool.wake_at(arrival)
-        self.f_start = t0
         self.n = n = n + 1
         if n == self.sent:
             return
         x = 1.0 if self.full else self.d.size(n)  # _next, inlined on the hot path (n > 0: no warm-up)
         fx = self.f * x
         f_end = t0 + fx
-        self.x, self.fx, self.f_end = x, fx, f_end
+        self.x = x
+        if self.tracing:  # kept only for the trace of the next send
+            self.f_start, self.fx, self.f_end = t0, fx, f_end
         ready = self.ready = f_end if f_end > link_free else link_free
         acct = self.acct
         if ready > t0 and not acct.credits:  # _try's usual case, inlined: wait for a credit (Credits.wait)
