@@ -154,6 +154,16 @@ def test_periodic_steps_at_a_rounded_period_boundary_move_on():
     steps = Steps([0.0, 1.0], [1e6, 2e6], period=71.09373711634781)
     t = 1421.874742326956
     rate, end = steps.segment(t)
-    assert (rate, end) == (1e6, 20 * 71.09373711634781 + 1.0) or end > t
     assert end > t and rate == 1e6
     assert steps.segment(1.5) == (2e6, 71.09373711634781)
+
+
+def test_a_send_cut_off_for_good_on_a_repeating_trace_never_ends():
+    """Offline for good mid-send on a repeating trace: ``inf`` at once (finish used to step through periods for ever)."""
+    rate = Product(Steps([0.0, 1.0], [8.0, 16.0], period=2.0), Windows([(0.0, 3.0)]))
+    assert rate.segment(3.5) == (0.0, INF) and finish(rate, 2.5, 100.0) == INF
+    assert finish(rate, 2.5, 4.0) == 3.0  # 0.5 s at 8 bit/s, before the window ends
+    d = DeviceTimes("d", n=4, f=1.0, up_s=20.0, up_bytes=20.0, srv_f=1.0)  # 160 bits: 24 sent by the window's end
+    m = Motion([Leg(0.0, 0, 8.0, 20.0, 0.0, rate.a)], Windows([(0.0, 3.0)]), "pause")
+    engine, makespan = run(d, m)
+    assert makespan == 1.0 and m.sent == 0 and ops(engine, "link:d", "send") == []  # the send is lost

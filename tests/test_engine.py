@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
+import random
+
 import pytest
 
+from sfsim.engine.credits import Credits
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing, make_policy
 from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent as E
@@ -298,3 +302,35 @@ def test_server_stream_order_and_mixing(policy, order, mixing):
     assert "".join(e.device[0] for e in events if e.lane == "srv") == order
     assert engine.mixing["srv"].value == pytest.approx(mixing, abs=1e-12)
     assert makespan == 50.5
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_credit_lanes_serve_waiters_in_ready_then_queueing_order(seed):
+    """Waiters in lanes (FIFOs beside the heap), out of lane order and cancelled: the order of one plain heap."""
+    rng, engine = random.Random(seed), Engine()
+    acct = Credits(engine, 0)
+    lanes = [acct.lane(c) for c in (0.5, 1.0, 2.0)]
+    plain, now, served, want = [], 0.0, [], []
+    for _ in range(300):
+        action = rng.random()
+        if action < 0.55:  # queue, mostly now + a lane's delay (its order), sometimes earlier than the lane's last
+            c = rng.choice([0.5, 1.0, 2.0])
+            ready = now + c - (rng.choice([0.0, 0.0, 0.0, 1.5]))
+            ev = engine.env.event()
+            lane = lanes[[0.5, 1.0, 2.0].index(c)] if rng.random() < 0.8 else None
+            acct.wait(max(ready, now), ev, lane)
+            heapq.heappush(plain, (max(ready, now), acct.seq, ev))
+        elif action < 0.9 and plain:
+            served.append(acct.pop()[2])
+            want.append(heapq.heappop(plain)[2])
+        elif action < 0.95 and plain:
+            ev = rng.choice([w[2] for w in plain])
+            acct.cancel(ev)
+            plain = [w for w in plain if w[2] is not ev]
+            heapq.heapify(plain)
+        else:
+            now += rng.choice([0.0, 0.25, 1.0])
+    while plain:
+        served.append(acct.pop()[2])
+        want.append(heapq.heappop(plain)[2])
+    assert served == want and not acct.waiting and len(served) > 50

@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import heapq
+import math
+from collections import deque
 
 import simpy
+
+
+class Lane:
+    """Waiters of one :class:`Credits` queued in ready order by construction: a FIFO beside its heap.
+
+    A device that queues at ``now`` for ``now + c`` (``c`` fixed: its forward or its send, whichever
+    is longer) never queues earlier than the one before it with the same ``c``, so waiters of one
+    ``c`` need no heap among themselves: only the lane's first waiter sits in the heap of
+    :attr:`Credits.waiting` (a few lanes instead of every waiting device). Same order, cheaper.
+    """
+
+    __slots__ = ("queue", "last", "active")
+
+    def __init__(self):
+        self.queue: deque = deque()  # its waiters after the one in the heap, in (ready, seq) order
+        self.last = -math.inf        # the latest ready time queued here
+        self.active = False          # its first waiter is in the heap
 
 
 class Credits:
@@ -17,8 +36,16 @@ class Credits:
 
     def __init__(self, engine, n: int):
         self.engine, self.env, self.credits = engine, engine.env, n
-        self.waiting: list = []  # heap of (ready time, seq, event): devices waiting for a credit
+        self.waiting: list = []  # heap of (ready time, seq, event, Lane or None): devices waiting for a credit
         self.seq = 0
+        self.lanes: dict[float, Lane] = {}
+
+    def lane(self, c: float) -> Lane:
+        """The :class:`Lane` of waiters that queue for ``c`` seconds after they queue."""
+        lane = self.lanes.get(c)
+        if lane is None:
+            lane = self.lanes[c] = Lane()
+        return lane
 
     def take(self) -> simpy.Event | None:
         """Take a credit now; returns None on success, else an event that fires when one is granted."""
@@ -29,7 +56,7 @@ class Credits:
         self.wait(self.env.now, ev)
         return ev
 
-    def wait(self, ready: float, ev: simpy.Event) -> None:
+    def wait(self, ready: float, ev: simpy.Event, lane: Lane | None = None) -> None:
         """Queue a device that will want a credit at ``ready`` (>= now; call only when none is free).
 
         ``ev`` fires with value True at the instant a credit is granted to it (>= ``ready``), or with
@@ -37,15 +64,41 @@ class Credits:
         again (another device that became ready earlier may take that credit first). Waiters are
         served by ready time, ties in the order they queued: exactly a FIFO queue of devices that
         checked for a credit at their ready instants, without waking every device at that instant.
+        ``lane``: the device's :class:`Lane` (where it queues when ``ready`` keeps its order).
         """
         self.seq += 1
-        heapq.heappush(self.waiting, (ready, self.seq, ev))
+        if lane is None or ready < lane.last:
+            heapq.heappush(self.waiting, (ready, self.seq, ev, None))
+            return
+        lane.last = ready
+        if lane.active:
+            lane.queue.append((ready, self.seq, ev, lane))
+        else:
+            lane.active = True
+            heapq.heappush(self.waiting, (ready, self.seq, ev, lane))
+
+    def pop(self) -> tuple:
+        """Remove the longest-ready waiter: its ``(ready, seq, event, lane)``; the next of its lane takes its place."""
+        waiting = self.waiting
+        entry = heapq.heappop(waiting)
+        lane = entry[3]
+        if lane is not None:
+            if lane.queue:
+                heapq.heappush(waiting, lane.queue.popleft())
+            else:
+                lane.active = False
+        return entry
 
     def cancel(self, ev: simpy.Event) -> None:
         """A waiter leaves the queue (its device hands over or drops): ``ev`` fires now with None."""
         if ev.triggered:
             return
-        self.waiting = [w for w in self.waiting if w[2] is not ev]
+        rest = [(r, q, e, None) for r, q, e, _ in self.waiting + [w for lane in self.lanes.values() for w in lane.queue]
+                if e is not ev]
+        for lane in self.lanes.values():
+            lane.queue.clear()
+            lane.active = False
+        self.waiting = rest
         heapq.heapify(self.waiting)
         ev.succeed(None)
 
@@ -53,11 +106,11 @@ class Credits:
         """Return one credit: to the longest-ready waiter, else to the holder."""
         waiting = self.waiting
         if waiting and waiting[0][0] <= self.env.now:
-            heapq.heappop(waiting)[2].succeed(True)  # hand it straight to the longest-ready waiter
+            self.pop()[2].succeed(True)  # hand it straight to the longest-ready waiter
         else:
             self.credits += 1
             if waiting:  # the earliest future waiter tries for it at its ready time
-                ready, _, ev = heapq.heappop(waiting)
+                ready, _, ev, _ = self.pop()
                 self.engine.trigger_at(ev, ready, False)
 
 

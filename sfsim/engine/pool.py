@@ -6,7 +6,7 @@ The engine only replays: it never calls the cost model, so tests give exact hand
 
 The engine's core (environment, recording, exact timers, :class:`FifoLane`) is
 :mod:`sfsim.engine.core`; credits are :mod:`sfsim.engine.credits`; the policies
-:mod:`sfsim.engine.policies`.
+:mod:`sfsim.engine.policies`; the workers' loop :mod:`sfsim.engine.worker`.
 
 SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
 
@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 
 import simpy
 
@@ -83,6 +82,7 @@ from sfsim.engine.policies import (  # noqa: F401 (re-exported: the engine's pol
     make_policy,
     paced_order,
 )
+from sfsim.engine.worker import WorkerLoop
 from sfsim.errors import SfsimError
 from sfsim.outputs.mixing import StreamMixing  # noqa: F401 (re-exported)
 
@@ -100,20 +100,7 @@ class _Stream:
         self.stream.append(i)
 
 
-class _WorkerState:
-    """One worker's running state: its lane, deferred W's, window count, busy seconds and last op end."""
-
-    __slots__ = ("lane", "flight", "queued_w", "done", "busy", "last")
-
-    def __init__(self, lane: str, flight: float):
-        self.lane, self.flight = lane, flight
-        self.queued_w: deque = deque()  # (device, mb) whose W is deferred
-        self.done = 0                   # micro-batches processed since this worker's last step
-        self.busy = 0.0
-        self.last = 0.0                 # when this worker's last op ends (the trace's last event on its lane)
-
-
-class ServerPool:
+class ServerPool(WorkerLoop):
     """A SplitFrozen server: credits, pending arrivals, a policy, and ``count`` worker processes.
 
     Args:
@@ -151,6 +138,7 @@ class ServerPool:
         self.policy = self._policy(policy, buffer, sequential, pool_bytes, seed)
         self.give = self._givers()
         self._direct: list | None = None  # built at the first claim, after every give is set
+        self._hot_rows: list | None = None  # built at the first stream (_hot)
         self.mixing = engine.mixing[server.name] = StreamMixing(totals)
         self.unclaimed = sum(totals)
         self.pending: list = []           # heap of (arrival, seq, device, mb) not yet arrived
@@ -295,6 +283,10 @@ class ServerPool:
         self.engine.on_finish(mixed)
 
     # -- waking idle workers ---------------------------------------------------------------------
+    def wake_at(self, t: float) -> None:
+        """Wake the idle workers at ``t``, an arrival before the alarm set (a device that pushes itself calls it)."""
+        self._arm(t)
+
     def _arm(self, t: float) -> None:
         self.alarm_at = t
         self._alarm = self.engine.at(t)
@@ -331,7 +323,7 @@ class ServerPool:
                 if give is not None:
                     give()
             elif (waiting := acct.waiting) and waiting[0][0] <= self.env._now:  # Credits.give_back, inlined
-                env, ev = self.env, heapq.heappop(waiting)[2]  # to the longest-ready waiter
+                env, ev = self.env, acct.pop()[2]  # to the longest-ready waiter
                 ev._ok, ev._value = True, True
                 queue = env._queue
                 if inline and not replay and self.unclaimed and ev.__class__ is DeviceEvent and (
@@ -355,225 +347,3 @@ class ServerPool:
         self._direct = [a if a is not None and g == a.give_back else None
                         for a, g in zip(self.account, self.give, strict=True)]
         return self._direct
-
-    # -- worker ------------------------------------------------------------------------------------
-    def _min_flight(self) -> float:
-        """A lower bound on (arrival - push time) of any future push: send + latency, 0 with replays."""
-        mine = [d for k, d in enumerate(self.devices) if d.n and self.totals[k]]
-        if self.flight_bound is not None:
-            return self.flight_bound
-        if any(d.sent < d.n for d in mine):
-            return 0.0  # replays are pushed at the claiming instant
-        return min((d.up_s * d.last + d.up_l for d in mine), default=0.0)  # a partial one sends sooner
-
-    def _worker(self, w: int):
-        """One worker's process: take an eligible micro-batch and run it, else :meth:`_idle`."""
-        env, engine = self.env, self.engine
-        wk = _WorkerState(self.server.lane(w), self._min_flight())
-        policy, pending, step_s, acc = self.policy, self.pending, self.server.step, self.accumulate
-        defer = self.decompose and not self.sequential
-        stream = defer and engine.events is None and self.sync is None
-        woken = False               # resumed from the idle FIFO: take work without deferring again
-        while True:
-            if stream:
-                woken = yield from self._stream(wk, woken)
-            now = env._now  # env.now without the property call (hot loop)
-            while pending and pending[0][0] <= now:
-                _, _, i, n = heapq.heappop(pending)
-                policy.push(i, n)
-            if not policy:
-                woken = yield from self._idle(wk, now)
-                if woken is None:
-                    return
-                continue
-            if self.idle and not woken:
-                # Workers idle longer choose first: wake them and queue behind them (same instant).
-                ev = env.event()
-                self._wake_all()
-                self.idle.append(ev)
-                yield ev
-                woken = True
-                continue
-            woken = False
-            i, n = policy.pop()
-            self._claim(i, n)
-            t = self._run_mb(wk.lane, i, n, now, defer, wk.queued_w)
-            wk.done += 1
-            stepped = wk.done == acc
-            if stepped:
-                t = self._step(wk.lane, t, wk.queued_w, step_s)
-                wk.done = 0
-            wk.busy += t - now
-            if t > now:
-                wk.last = t
-            yield engine.at(t)
-            if stepped and self.sync is not None:
-                yield from self._synced()
-
-    def _stream(self, wk: _WorkerState, woken: bool):
-        """The hot path (no trace, deferred W's, no backhaul): take and run micro-batches while any is eligible.
-
-        Returns (as a generator) ``woken`` for :meth:`_worker` when no micro-batch may start now or
-        idle workers must choose first; the timings are :meth:`_run_mb`'s, by the same arithmetic.
-        """
-        env, devices, until, claim, heappop = self.env, self.devices, self.engine.until, self._claim, heapq.heappop
-        policy, pending, step_s, acc = self.policy, self.pending, self.server.step, self.accumulate
-        queued_w, push, pop = wk.queued_w, policy.push, policy.pop
-        fifo, queue = policy.__class__ is FifoPolicy, env._queue  # fifo: arrival order is the heap's order
-        arrived = policy.queue if fifo else None
-        done, busy, last = wk.done, wk.busy, wk.last
-        while True:
-            now = env._now
-            if fifo and not arrived and pending and pending[0][0] <= now and not (self.idle and not woken):
-                _, _, i, n = heappop(pending)  # what the policy would hand out next, without the round trip
-            else:
-                while pending and pending[0][0] <= now:
-                    _, _, i, n = heappop(pending)
-                    push(i, n)
-                if not policy or (self.idle and not woken):
-                    break
-                i, n = pop()
-            woken = False
-            eid = claim(i, n, True)
-            d = devices[i]
-            queued_w.append((i, n))
-            x = 1.0 if d.last == 1.0 else d.size(n)
-            t = now + d.srv_f * x + d.srv_b * x  # same rounding as _run_mb
-            done += 1
-            if done == acc:  # _step without a trace: every queued W, then the optimizer step
-                while queued_w:
-                    j, m = queued_w.popleft()
-                    d = devices[j]
-                    t += d.srv_w * (1.0 if d.last == 1.0 else d.size(m))
-                t += step_s
-                done = 0
-            busy += t - now
-            if t > now:
-                last = t
-            if not queue or queue[0][0] > t:
-                env._now = t  # nothing else happens before: what until() would do, without the call
-                continue
-            ev = until(t, eid)
-            if ev is not None:
-                yield ev
-        wk.done, wk.busy, wk.last = done, busy, last
-        return woken
-
-    def _idle(self, wk: _WorkerState, now: float):
-        """No micro-batch may start now: run deferred W's, end the worker, or sleep until work may come.
-
-        Returns (as a generator) True when woken from the idle FIFO, False otherwise, None when the
-        worker has ended.
-        """
-        env, pending, queued_w = self.env, self.pending, wk.queued_w
-        if queued_w:
-            # Run deferred W's one after another while no micro-batch can have arrived;
-            # no push made from now on arrives before now + flight, so batching them is exact.
-            bound = min(pending[0][0] if pending else math.inf, now + wk.flight)
-            t = now
-            while queued_w and (t == now or t < bound):
-                i, n = queued_w.popleft()
-                d = self.devices[i]
-                w_s = d.srv_w * d.size(n)
-                self.engine.record(wk.lane, "W", t, w_s, n, d.name)
-                t += w_s
-            wk.busy += t - now
-            if t > now:
-                wk.last = t
-            yield self.engine.at(t)
-            return False
-        if self.unclaimed == 0:
-            yield from self._final(wk, now)
-            return None
-        held = self.policy.held  # arrived micro-batches the policy holds back (paced, pool)
-        if pending and pending[0][0] <= now + wk.flight:
-            yield self.engine.at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
-            woken = False
-        else:
-            ev = env.event()
-            self.idle.append(ev)
-            if pending and pending[0][0] < self.alarm_at:
-                self._arm(pending[0][0])
-            yield ev
-            woken = True
-        if held and self._waited(wk.lane, now):
-            wk.last = env.now
-        return woken
-
-    def _final(self, wk: _WorkerState, now: float):
-        """Nothing left to hand out: a final step on a partial window, then the worker ends."""
-        step_s = self.server.step
-        if wk.done:
-            self.engine.record(wk.lane, "step", now, step_s)
-            wk.busy += step_s
-            if step_s > 0:
-                wk.last = now + step_s
-            yield self.engine.at(now + step_s)
-            if self.sync is not None:
-                yield from self._synced()
-        self.busy += wk.busy
-        self.end = max(self.end, wk.last)
-        self.running -= 1
-        if self.running == 0 and self.sync is not None:
-            self.sync.leave(self.index)
-
-    def _waited(self, lane: str, start: float) -> bool:
-        """A worker sat idle from ``start`` to now while the policy held micro-batches back: op ``wait``.
-
-        Returns whether the wait took any time (a trace records it then).
-        """
-        dur = self.env.now - start
-        self.wait_s += dur
-        i, n = self.policy.waiting_for()
-        self.engine.record(lane, "wait", start, dur, n, self.devices[i].name if i >= 0 else "")
-        return dur > 0
-
-    def _synced(self):
-        """After a step: tell the backhaul; in sync mode wait until the servers' average has arrived."""
-        ev = self.sync.step_done(self.index)
-        if ev is not None:
-            yield ev
-
-    def _run_mb(self, lane: str, i: int, n: int, now: float, defer: bool, queued_w: deque) -> float:
-        """Record F and B (or BW) of one micro-batch starting at ``now``; returns when they end."""
-        rec, d = self.engine.record, self.devices[i]
-        x = d.size(n)
-        f_s, b_s, w_s = d.srv_f * x, d.srv_b * x, d.srv_w * x
-        rec(lane, "F", now, f_s, n, d.name)
-        t = now + f_s
-        if defer:
-            rec(lane, "B", t, b_s, n, d.name)
-            queued_w.append((i, n))
-            return t + b_s
-        if self.decompose:  # sequential ablation: W right after B
-            rec(lane, "B", t, b_s, n, d.name)
-            rec(lane, "W", t + b_s, w_s, n, d.name)
-        else:
-            rec(lane, "BW", t, b_s + w_s, n, d.name)
-        t += b_s + w_s
-        if self.sequential and n < d.sent:  # a replayed (cached) micro-batch has no device waiting
-            ev = self.release.pop(i)
-            self.engine.at(t).callbacks.append(lambda _e: self._released(i, ev))
-        return t
-
-    def _released(self, i: int, ev: simpy.Event) -> None:
-        """Sequential: device ``i``'s micro-batch is done (its W ended); let the device go on."""
-        if not self.claim_returns:
-            self.account[i].give_back()
-        if self.senders is not None:
-            if not self.claim_returns:
-                self.senders.holding -= 1
-            self.senders.change(i, out=-1)
-        ev.succeed()
-
-    def _step(self, lane: str, t: float, queued_w: deque, step_s: float) -> float:
-        """Run every queued W, then an optimizer step, from time ``t``; returns the end time."""
-        rec, devices = self.engine.record, self.devices
-        while queued_w:
-            i, n = queued_w.popleft()
-            d = devices[i]
-            w_s = d.srv_w * d.size(n)
-            rec(lane, "W", t, w_s, n, d.name)
-            t += w_s
-        rec(lane, "step", t, step_s)
-        return t + step_s

@@ -234,6 +234,8 @@ class Product(Rate):
         """``(a(t) b(t), the earlier of the two ends)``."""
         ra, ea = self.a.segment(t)
         rb, eb = self.b.segment(t)
+        if (ra == 0 and ea == math.inf) or (rb == 0 and eb == math.inf):
+            return 0.0, math.inf  # 0 for good (offline for good times a repeating trace): finish() must not loop
         return ra * rb, min(ea, eb)
 
 

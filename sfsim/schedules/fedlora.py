@@ -237,14 +237,13 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, 
     ``constant``: one leg with constant rates given by the stage times (``sync_up_s``, ``sync_down_s``),
     the static schedule's arithmetic; else each transfer integrates its leg's rate.
     """
-    env, name, pause = engine.env, d.name, m.pause
+    env, name = engine.env, d.name
     stop = m.stop
     if m.start == math.inf:
         members.leave_at(i, 0.0, 0)
         return
     if m.churn == "drop" and m.start > 0:
         yield engine.at(m.start)  # it joins at its first online instant
-    bits = d.sync_bytes * 8.0
     for r in range(rounds(d.n, per)):
         first, last = r * per, min(d.n, (r + 1) * per)
         t = env.now
@@ -261,32 +260,43 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, 
                     return
                 m.steps += 1
         yield env.timeout(t - env.now)
-        # the adapter upload, on the leg holding when it starts
-        t0 = env.now
-        j = members.switch(i, t0)
-        leg = m.legs[j]
-        m.uploads.append(t0)
-        up = d.sync_up_s if constant else span(leg.up_rate(pause), t0, bits)
-        if t0 + up > stop or up == math.inf:
-            members.leave_at(i, _gone(m, t0, stop), m.syncs_sent)
+        # the adapter upload, then the average's download, each on the leg holding when it starts
+        leg = yield from _transfer(engine, members, i, d, m, True, constant, stop, last)
+        if leg is None:
             return
-        record_online(engine, "link:" + name, "send", t0, t0 + up, -1, name, pause, up)
-        m.send_s += online(pause, t0, t0 + up)
+        yield members.groups[leg.server].arrive(r)
+        if (yield from _transfer(engine, members, i, d, m, False, constant, stop)) is None:
+            return
+
+
+def _transfer(engine, members: Membership, i: int, d, m: Motion, up: bool, constant: bool, stop: float,
+              last: int = 0):
+    """Device ``i`` sends its adapter (``up``) or receives the average from now, over the leg holding now.
+
+    An upload (of the micro-batches before ``last``) applies the handovers due first. Returns (as a
+    generator, when it has arrived) that leg, or None when the device leaves before it ends.
+    """
+    t, name, pause = engine.env.now, d.name, m.pause
+    if up:
+        leg = m.legs[members.switch(i, t)]
+        m.uploads.append(t)
+        secs = d.sync_up_s if constant else span(leg.up_rate(pause), t, d.sync_bytes * 8.0)
+    else:
+        leg = m.legs[m.leg_at(t)]
+        secs = d.sync_down_s if constant else span(leg.down_rate(pause), t, d.sync_bytes * 8.0)
+    if t + secs > stop or secs == math.inf:
+        members.leave_at(i, _gone(m, t, stop), m.syncs_sent)
+        return None
+    record_online(engine, ("link:" if up else "downlink:") + name, "send", t, t + secs, -1, name, pause, secs)
+    if up:
+        m.send_s += online(pause, t, t + secs)
         m.syncs_sent += 1
         m.sent = last
-        yield env.timeout(up + leg.up_l)
-        yield members.groups[leg.server].arrive(r)
-        t1 = env.now
-        j = m.leg_at(t1)
-        leg = m.legs[j]
-        down = d.sync_down_s if constant else span(leg.down_rate(pause), t1, bits)
-        if t1 + down > stop or down == math.inf:
-            members.leave_at(i, _gone(m, t1, stop), m.syncs_sent)
-            return
-        record_online(engine, "downlink:" + name, "send", t1, t1 + down, -1, name, pause, down)
-        m.recv_s += online(pause, t1, t1 + down)
+    else:
+        m.recv_s += online(pause, t, t + secs)
         m.downloads += 1
-        yield env.timeout(down + leg.down_l)
+    yield engine.env.timeout(secs + (leg.up_l if up else leg.down_l))
+    return leg
 
 
 def _compute(engine, members: Membership, i: int, m: Motion, op: str, t: float, dur: float, n: int,

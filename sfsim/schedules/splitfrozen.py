@@ -18,8 +18,9 @@ With one device, ``n`` micro-batches, a big buffer, fused backward and no step c
 ``(f + s + l + srv) + (n - 1) * max(f, s, srv)`` pipelined and ``n * (f + s + l + srv)``
 sequential, with ``srv`` = server F + B + W seconds.
 
-Devices that move, churn or have a varying uplink (the dynamic network, :mod:`sfsim.network.legs`)
-take the general branch of the device process, :func:`_moving`; the timing rules are the same::
+Every device runs one process, :func:`device_process`, under the rules of :mod:`sfsim.network.legs`
+(a static device is one leg with constant rates; one that moves, churns or has a varying uplink
+follows its legs); the timing rules above, in general::
 
     F_end[n] = when F_start[n] plus f of compute is done (compute progresses only online: pause)
     ready[n] = first online instant >= max(F_end[n], link free)
@@ -33,9 +34,17 @@ at ``send_start`` takes the micro-batch. The server pools learn of moves as they
 their public operations (:meth:`~sfsim.engine.pool.ServerPool.expect`, ``hand_over``,
 ``withdraw``, ``not_coming``): each pending handover into a pool holds a place in it, so that the
 pool does not end while a device may still come. Servers touched by a handover or churn measure
-stream mixing over the stream they actually received. A device on one leg with constant rates
-takes the constant-rate branch (:class:`_Pipelined`, :func:`_sequential`): the same rules by plain
-arithmetic, the hot path.
+stream mixing over the stream they actually received.
+
+A device on one leg with constant rates takes the process's constant-rate branch: plain arithmetic
+(``f``, ``s``, ``l``), and when pipelined, callbacks that a server worker may run inline
+(:class:`_Pipelined`, the hot path). Events at one instant run in SimPy's order (time, then the
+order they were scheduled), so each branch schedules what the other would, in the same order: a
+pipelined device queues for its credit as soon as it knows its ready time
+(:meth:`~sfsim.engine.credits.Credits.wait`); a static sequential device asks for it when its
+forward ends (a timer, even of 0 s, then :meth:`~sfsim.engine.credits.Credits.take`), as
+:mod:`sfsim.fast` replays it. Both grant the same credits; only ties at one instant resolve
+differently, so neither branch may take the other's order.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from heapq import heappush
 
 from simpy.events import PENDING
 
@@ -90,9 +100,10 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
 def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -> None:
     """Start the server pools and one process per device on ``engine`` (call ``engine.run()`` after).
 
-    Devices of the job's dynamic network (handover, varying uplink, availability) take the general
-    branch, :func:`_moving`, pipelined or ``sequential`` (checked by
-    :func:`sfsim.schedules.network.check_supported`).
+    Every device runs :func:`device_process` (:func:`start_device`): a device of the job's dynamic
+    network (handover, varying uplink, availability) follows its legs, pipelined or ``sequential``
+    (checked by :func:`sfsim.schedules.network.check_supported`); the others are one leg with
+    constant rates. The moving devices start first.
     """
     net = job.network
     views = getattr(net, "views", None)  # None: no network, or one that does not touch SplitFrozen
@@ -102,32 +113,203 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     moving = net.moving if net else {}
     if moving:
         prepare(engine, pools, cfg.buffer, moving, sequential)
-        _start_moving(engine, pools, job, moving, sequential)
+    for i, m in moving.items():  # their busy time and bytes are known when the run ends
+        d = job.devices[i]
+        start_device(engine, pools, i, d, m, sequential)
+        engine.on_finish(lambda d=d, m=m: _report_moving(engine, d, m))
     for i, d in enumerate(job.devices):
         engine.device_busy[d.name] = d.units(d.sent) * d.f + d.first_extra(d.sent)
         engine.up_bytes[d.name] = d.units(d.sent) * d.up_bytes
         engine.down_bytes[d.name] = 0.0
-        if d.sent and i not in moving:
-            if sequential:
-                engine.env.process(_sequential(engine, pools[d.server], i, d))
+        if i not in moving:
+            start_device(engine, pools, i, d, None, sequential)
+
+
+def start_device(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion | None,
+                 sequential: bool = False) -> None:
+    """Start device ``i``'s process (nothing when it sends nothing): :func:`device_process`.
+
+    Its constant-rate pipelined branch, the hot path, runs as callbacks (:class:`_Pipelined`): the
+    same steps, which a server worker may run inline.
+    """
+    if not d.sent:
+        return
+    if m is None and not sequential:
+        _Pipelined(engine, pools[d.server], i, d)
+    else:
+        engine.env.process(device_process(engine, pools, i, d, m, sequential))
+
+
+def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion | None,
+                   sequential: bool = False):
+    """The one SplitFrozen device process (see the module docstring); fills ``m``'s outcome.
+
+    ``m`` None: one leg with constant rates, its stage times (:func:`start_device` runs a pipelined
+    one as :class:`_Pipelined`). Else the device follows its legs, pause and drop.
+    """
+    env, constant = engine.env, m is None
+    legs, pause, start, stop = (None, None, env.now, math.inf) if constant else (m.legs, m.pause, m.start, m.stop)
+    j, n = 0, 0
+    f_start, link_free = start, 0.0
+    while n < d.sent and start < math.inf:
+        x, fx = d.size(n), d.fwd(n)
+        f_end = f_start + (fx if pause is None else span(pause, f_start, fx))
+        if constant and sequential:  # Credits.take when the forward ends (a timer even of 0 s): the fast path's order
+            yield engine.at(f_end)
+            acct = pools[d.server].account[i]
+            granted = acct.take()
+            if granted is not None:
+                yield granted
+        else:
+            ready = max(f_end, link_free)
+            if pause is not None and ready < math.inf:
+                ready = next_online(pause, ready)
+            acct, j = yield from _take_credit(engine, pools, i, d, m, j, n, ready, stop)
+            if acct is None:
+                break  # dropped, or never online again: the rest is lost
+        pool = pools[d.server if constant else legs[j].server]
+        t0 = env.now
+        if constant:
+            s, up_l = d.up_s * x, d.up_l
+        else:
+            leg = legs[j]
+            s, up_l = span(leg.up_rate(pause), t0, d.up_bytes * 8.0, x), leg.up_l  # (bits per full mb) x size
+        end = t0 + s
+        if end > stop or end == math.inf:  # cut off mid-send: the credit comes back when the device leaves
+            if end == math.inf:
+                acct.give_back()
             else:
-                _Pipelined(engine, pools[d.server], i, d)
+                engine.soft_at(stop, acct.give_back)
+            break
+        if engine.events is not None:
+            _record(engine, d, m, n, f_start, f_end, fx, t0, end, s, sequential)
+        if not constant:
+            m.send_s += end - t0 if pause is None else online(pause, t0, end)
+        link_free = end
+        if sequential:  # the worker releases the device when this micro-batch's W ends
+            released = pool.released(i)
+        pool.send(end + up_l, i, n)
+        n += 1
+        if sequential:
+            yield released
+            f_start = env.now
+        else:
+            f_start = t0
+    if not constant:
+        _left(pools, i, d, m, j, n)
+
+
+def _take_credit(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion | None, j: int, n: int,
+                 ready: float, stop: float):
+    """Take a credit at or after ``ready`` on the leg holding then (device ``i`` on leg ``j`` has sent ``n``).
+
+    Handovers due by then apply first; a wait cut off by the next one tries again on the new leg.
+    Returns (as a generator) ``(the Credits taken from, or None when the device left first, leg)``.
+    """
+    legs, env = (m.legs if m is not None else ()), engine.env
+    while ready < stop:
+        while j + 1 < len(legs) and legs[j + 1].at <= max(ready, env.now):
+            j += 1
+            _switch(pools, i, d, m, j, n)
+        acct = pools[legs[j].server if legs else d.server].account[i]
+        deadline = min(stop, legs[j + 1].at) if j + 1 < len(legs) else stop
+        if (yield from _acquire(engine, acct, ready, deadline)):
+            return acct, j
+        ready = env.now
+    return None, j
+
+
+def _acquire(engine, acct: Credits, ready: float, deadline: float):
+    """Take a credit at or after ``ready`` and before ``deadline`` (rules of engine.Credits.wait); True if taken."""
+    env = engine.env
+    while True:
+        if max(ready, env.now) >= deadline:
+            return False
+        if ready > env.now:
+            if acct.credits:
+                yield engine.at(ready)
+                continue
+            ev = env.event()
+            acct.wait(ready, ev)
+        elif acct.credits:
+            acct.credits -= 1
+            return True
+        else:
+            ev = env.event()
+            acct.wait(env.now, ev)
+        if deadline < math.inf:
+            engine.soft_at(deadline, lambda ev=ev: acct.cancel(ev))
+        got = yield ev
+        if got is None:
+            return False
+        if got and env.now >= deadline:  # granted at the deadline: the send would start after it
+            acct.give_back()
+            return False
+        if got:
+            return True
+
+
+def _record(engine: Engine, d: DeviceTimes, m: Motion | None, n: int, f_start: float, f_end: float, fx: float,
+            t0: float, end: float, s: float, sequential: bool) -> None:
+    """Trace micro-batch ``n``'s forward, its wait for the link or a credit, and its send."""
+    name = d.name
+    if m is None:  # the static arithmetic, rounded as each branch always has
+        engine.record(name, "F", f_start, fx, n, name)
+        engine.record(name, "wait", f_end, t0 - f_start - fx if sequential else t0 - f_end, n, name)
+        engine.record("link:" + name, "send", t0, s, n, name)
+        return
+    record_online(engine, name, "F", f_start, f_end, n, name, m.pause, fx)
+    record_online(engine, name, "wait", f_end, t0, n, name, m.pause)
+    record_online(engine, "link:" + name, "send", t0, end, n, name, m.pause, s)
+
+
+def _left(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, n: int) -> None:
+    """A moving device has ended on leg ``j`` with ``n`` sent: its outcome, and the pools it will not reach."""
+    m.sent = n
+    m.busy = d.units(n) * d.f + d.first_extra(n)  # as the static process counts it: forwards of sent ones
+    m.up_bytes = d.units(n) * d.up_bytes
+    if n < d.sent:
+        pools[m.legs[j].server].withdraw(i, d.sent - n)
+    for k in range(j + 1, len(m.legs)):  # handovers never reached: nothing goes there
+        m.switched_at.append(n)
+        pools[m.legs[k].server].not_coming(i)
+
+
+def _switch(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, n: int) -> None:
+    """Device ``i`` takes leg ``j`` having sent ``n``: its unsent micro-batches move to that leg's pool."""
+    old, new = pools[m.legs[j - 1].server], pools[m.legs[j].server]
+    left = d.sent - n
+    m.switched_at.append(n)
+    new.hand_over(i, left)
+    old.withdraw(i, left)
+
+
+def _report_moving(engine: Engine, d: DeviceTimes, m: Motion) -> None:
+    """When the run ends: a moving device's busy time and bytes, and its moves in the trace."""
+    engine.device_busy[d.name] = m.busy
+    engine.up_bytes[d.name] = m.up_bytes
+    if engine.events is not None:
+        trace_moves(engine, d, m)
 
 
 class _Pipelined:
-    """One device streaming micro-batches back to back (double buffering, credits), as callbacks.
+    """The constant-rate pipelined branch of :func:`device_process`: micro-batches back to back, as callbacks.
 
-    The same steps as a SimPy process (see the module docstring for the timing), written as a small
+    The same steps as the process (see the module docstring for the timing), written as a small
     state machine whose callbacks are :class:`~sfsim.engine.pool.DeviceEvent` s: a server worker may
     run them inline (:meth:`~sfsim.engine.pool.Engine.until`), which keeps the hot path short.
     """
 
-    __slots__ = ("engine", "env", "d", "i", "acct", "send", "n", "x", "fx", "f_start", "f_end", "ready",
-                 "link_free", "event", "tracing", "on_credit")
+    __slots__ = ("engine", "env", "d", "i", "acct", "send", "pool", "n", "x", "fx", "f_start", "f_end", "ready",
+                 "link_free", "event", "tracing", "on_credit", "f", "up_s", "up_l", "full", "sent", "lane")
 
     def __init__(self, engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
         self.engine, self.env, self.d, self.i = engine, engine.env, d, i
-        self.acct, self.send = pool.account[i], pool.send if pool.senders is not None else pool.push
+        self.acct, self.send = pool.account[i], pool.send
+        self.pool = pool if pool.senders is None else None  # None: ServerPool.send keeps the senders' books
+        self.f, self.up_s, self.up_l, self.sent = d.f, d.up_s, d.up_l, d.sent  # constants of the hot path
+        self.full = d.last == 1.0  # every micro-batch is full (no partial last one per epoch)
+        self.lane = self.acct.lane(max(d.f, d.up_s))  # after a send it waits max(f, s) for its next (full) one
         self.n, self.x, self.fx = 0, 1.0, 0.0
         self.f_start = self.f_end = self.ready = self.link_free = 0.0
         self.event = engine.device_event()  # reused for every credit wait: one is pending at a time
@@ -172,49 +354,49 @@ class _Pipelined:
         if ev is not None and ev._value is False:
             self._try()  # a credit came back before `ready`: try for it now
             return
-        d, n, x, t0 = self.d, self.n, self.x, self.env._now
+        n, x, t0 = self.n, self.x, self.env._now
         if self.tracing:
-            rec, name = self.engine.record, d.name
+            rec, name = self.engine.record, self.d.name
             rec(name, "F", self.f_start, self.fx, n, name)
             rec(name, "wait", self.f_end, t0 - self.f_end, n, name)
-            rec("link:" + name, "send", t0, d.up_s * x, n, name)
-        link_free = self.link_free = t0 + d.up_s * x
-        self.send(link_free + d.up_l, self.i, n)
-        self.f_start = t0
+            rec("link:" + name, "send", t0, self.up_s * x, n, name)
+        link_free = t0 + self.up_s * x  # the link's free time matters only here: the next ready time
+        arrival = link_free + self.up_l
+        pool = self.pool
+        if pool is None:
+            self.send(arrival, self.i, n)
+        else:  # ServerPool.push, inlined on the hot path
+            pool.seq = seq = pool.seq + 1
+            heappush(pool.pending, (arrival, seq, self.i, n))
+            if pool.idle and arrival < pool.alarm_at:
+                pool.wake_at(arrival)
         self.n = n = n + 1
-        if n == d.sent:
+        if n == self.sent:
             return
-        x = 1.0 if d.last == 1.0 else d.size(n)  # _next, inlined on the hot path (n > 0: no warm-up)
-        fx = d.f * x
+        x = 1.0 if self.full else self.d.size(n)  # _next, inlined on the hot path (n > 0: no warm-up)
+        fx = self.f * x
         f_end = t0 + fx
-        self.x, self.fx, self.f_end = x, fx, f_end
+        self.x = x
+        if self.tracing:  # kept only for the trace of the next send
+            self.f_start, self.fx, self.f_end = t0, fx, f_end
         ready = self.ready = f_end if f_end > link_free else link_free
         acct = self.acct
-        if ready > t0 and not acct.credits:  # _try's usual case, inlined: wait for a credit
+        if ready > t0 and not acct.credits:  # _try's usual case, inlined: wait for a credit (Credits.wait)
             ev = self.event
             ev.callbacks, ev._value = self.on_credit, PENDING
-            acct.wait(ready, ev)
+            acct.seq = seq = acct.seq + 1
+            lane = self.lane
+            if ready < lane.last:
+                heappush(acct.waiting, (ready, seq, ev, None))
+            else:
+                lane.last = ready
+                if lane.active:
+                    lane.queue.append((ready, seq, ev, lane))
+                else:
+                    lane.active = True
+                    heappush(acct.waiting, (ready, seq, ev, lane))
         else:
             self._try()
-
-
-def _sequential(engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
-    """One device that waits for the server to finish each micro-batch before the next forward."""
-    env, rec, name = engine.env, engine.record, d.name
-    for n in range(d.sent):
-        x, fx = d.size(n), d.fwd(n)
-        f_start = env.now
-        yield engine.at(f_start + fx)
-        ev = pool.account[i].take()
-        if ev is not None:
-            yield ev
-        t0 = env.now
-        rec(name, "F", f_start, fx, n, name)
-        rec(name, "wait", f_start + fx, t0 - f_start - fx, n, name)
-        rec("link:" + name, "send", t0, d.up_s * x, n, name)
-        release = pool.released(i)
-        pool.send(t0 + d.up_s * x + d.up_l, i, n)
-        yield release
 
 
 @dataclass
@@ -285,118 +467,3 @@ def prepare(engine: Engine, pools: list[ServerPool], buffer: int, moving: dict[i
         pool.open_arrivals()
     for k in touched:
         pools[k].mix_received()
-
-
-def _acquire(engine, acct: Credits, ready: float, deadline: float):
-    """Take a credit at or after ``ready`` and before ``deadline`` (rules of engine.Credits.wait); True if taken."""
-    env = engine.env
-    while True:
-        if max(ready, env.now) >= deadline:
-            return False
-        if ready > env.now:
-            if acct.credits:
-                yield engine.at(ready)
-                continue
-            ev = env.event()
-            acct.wait(ready, ev)
-        elif acct.credits:
-            acct.credits -= 1
-            return True
-        else:
-            ev = env.event()
-            acct.wait(env.now, ev)
-        if deadline < math.inf:
-            engine.soft_at(deadline, lambda ev=ev: acct.cancel(ev))
-        got = yield ev
-        if got is None:
-            return False
-        if got and env.now >= deadline:  # granted at the deadline: the send would start after it
-            acct.give_back()
-            return False
-        if got:
-            return True
-
-
-def _moving(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, sequential: bool = False):
-    """A device that moves, churns or has a varying uplink (see the module docstring); fills ``m``'s outcome."""
-    env, legs, pause = engine.env, m.legs, m.pause
-    start, stop = m.start, m.stop
-    j, n = 0, 0
-    pool = pools[legs[0].server]
-    f_start, link_free = start, 0.0
-    tracing = engine.events is not None
-    while n < d.sent and start < math.inf:
-        x, fx = d.size(n), d.fwd(n)
-        f_end = f_start + span(pause, f_start, fx)
-        ready = max(f_end, link_free)
-        if pause is not None and ready < math.inf:
-            ready = next_online(pause, ready)
-        acct = None
-        while ready < min(stop, math.inf):
-            while j + 1 < len(legs) and legs[j + 1].at <= max(ready, env.now):
-                j, pool = j + 1, _switch(pools, i, d, m, j + 1, n)
-            acct = pool.account[i]
-            deadline = min(stop, legs[j + 1].at if j + 1 < len(legs) else math.inf)
-            if (yield from _acquire(engine, acct, ready, deadline)):
-                break
-            acct, ready = None, env.now
-        if acct is None:
-            break  # dropped, or never online again: the rest is lost
-        t0, leg = env.now, legs[j]
-        s = span(leg.up_rate(pause), t0, d.up_bytes * 8.0, x)  # (bits per full micro-batch) x size
-        end = t0 + s
-        if end > stop or end == math.inf:  # cut off mid-send: the credit comes back when the device leaves
-            if end == math.inf:
-                acct.give_back()
-            else:
-                engine.soft_at(stop, acct.give_back)
-            break
-        if tracing:
-            record_online(engine, d.name, "F", f_start, f_end, n, d.name, pause, fx)
-            record_online(engine, d.name, "wait", f_end, t0, n, d.name, pause)
-            record_online(engine, "link:" + d.name, "send", t0, end, n, d.name, pause, s)
-        m.send_s += end - t0 if pause is None else online(pause, t0, end)
-        link_free = end
-        if sequential:  # the worker releases the device when this micro-batch's W ends
-            released = pool.released(i)
-        pool.send(end + leg.up_l, i, n)
-        n += 1
-        if sequential:
-            yield released
-            f_start = env.now
-        else:
-            f_start = t0
-    m.sent = n
-    m.busy = d.units(n) * d.f + d.first_extra(n)  # as the static process counts it: forwards of sent ones
-    m.up_bytes = d.units(n) * d.up_bytes
-    if n < d.sent:
-        pool.withdraw(i, d.sent - n)
-    for k in range(j + 1, len(legs)):  # handovers never reached: nothing goes there
-        m.switched_at.append(n)
-        pools[legs[k].server].not_coming(i)
-
-
-def _switch(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, n: int) -> ServerPool:
-    """Device ``i`` takes leg ``j`` having sent ``n``: its unsent micro-batches move; returns the new pool."""
-    old, new = pools[m.legs[j - 1].server], pools[m.legs[j].server]
-    left = d.sent - n
-    m.switched_at.append(n)
-    new.hand_over(i, left)
-    old.withdraw(i, left)
-    return new
-
-
-def _start_moving(engine: Engine, pools: list[ServerPool], job: Job, moving: dict[int, Motion],
-                  sequential: bool = False) -> None:
-    """Start the moving devices' processes; their busy time and bytes are set when the run ends."""
-    for i, m in moving.items():
-        d = job.devices[i]
-        if d.sent:
-            engine.env.process(_moving(engine, pools, i, d, m, sequential))
-
-        def done(d=d, m=m):
-            engine.device_busy[d.name] = m.busy
-            engine.up_bytes[d.name] = m.up_bytes
-            if engine.events is not None:
-                trace_moves(engine, d, m)
-        engine.on_finish(done)

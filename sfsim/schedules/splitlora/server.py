@@ -274,10 +274,7 @@ class Server:
             return self._up_net(c, t, dur, mb, nbytes)
         start = max(t, c.up_free)
         c.up_free = start + dur
-        self.engine.record("link:" + c.d.name, "send", start, dur, mb, c.d.name)
-        self.engine.up_bytes[c.d.name] += nbytes
-        self.end = max(self.end, start + dur + c.d.up_l)
-        return start + dur + c.d.up_l
+        return self._sent("link:", c, start, dur, mb, nbytes, self.engine.up_bytes, c.d.up_l)
 
     def _down(self, c: Client, t: float, dur: float, mb: int, nbytes: float = 0.0) -> float:
         """A message queued on the downlink at ``t`` (a command: ``dur`` 0); returns its arrival."""
@@ -285,10 +282,16 @@ class Server:
             return self._down_net(c, t, dur, mb, nbytes)
         start = max(t, c.down_free)
         c.down_free = start + dur
-        self.engine.record("downlink:" + c.d.name, "send", start, dur, mb, c.d.name)
-        self.engine.down_bytes[c.d.name] += nbytes
-        self.end = max(self.end, start + dur + c.d.down_l)
-        return start + dur + c.d.down_l
+        return self._sent("downlink:", c, start, dur, mb, nbytes, self.engine.down_bytes, c.d.down_l)
+
+    def _sent(self, lane: str, c: Client, start: float, dur: float, mb: int, nbytes: float, counted: dict,
+              latency: float) -> float:
+        """A message on ``lane`` (``link:`` up, ``downlink:`` down) from ``start`` for ``dur``; returns its arrival."""
+        name = c.d.name
+        self.engine.record(lane + name, "send", start, dur, mb, name)
+        counted[name] += nbytes
+        self.end = max(self.end, start + dur + latency)
+        return start + dur + latency
 
     # -- primitives: a gone client's are no-ops; an upload that never arrives arrives at -inf ----------
     def _begin(self, c, t: float) -> float:

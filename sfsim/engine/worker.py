@@ -1,0 +1,297 @@
+"""The worker processes of a SplitFrozen server (:class:`~sfsim.engine.pool.ServerPool`'s base class).
+
+A worker takes an eligible micro-batch and runs it, else runs deferred W's, sleeps or ends (the
+rules are :mod:`sfsim.engine.pool`'s docstring). Its hot path, :meth:`WorkerLoop._stream`, runs micro-batches
+back to back without a SimPy step while nothing else is due (:meth:`~sfsim.engine.core.Engine.until`).
+The pool's state (arrivals, credits, policy, idle workers) is the pool's own: this class only
+holds the loop.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+
+import simpy
+
+from sfsim.engine.core import DeviceEvent
+from sfsim.engine.credits import Credits
+from sfsim.engine.policies import FifoPolicy
+
+_NORMAL = simpy.events.NORMAL  # SimPy's priority for ordinary (non-urgent) events
+
+
+class _WorkerState:
+    """One worker's running state: its lane, deferred W's, window count, busy seconds and last op end."""
+
+    __slots__ = ("lane", "flight", "queued_w", "done", "busy", "last")
+
+    def __init__(self, lane: str, flight: float):
+        self.lane, self.flight = lane, flight
+        self.queued_w: deque = deque()  # (device, mb, W seconds) whose W is deferred
+        self.done = 0                   # micro-batches processed since this worker's last step
+        self.busy = 0.0
+        self.last = 0.0                 # when this worker's last op ends (the trace's last event on its lane)
+
+
+class WorkerLoop:
+    """The loop of a :class:`~sfsim.engine.pool.ServerPool`'s workers (a base class: it uses the pool's state)."""
+
+    def _min_flight(self) -> float:
+        """A lower bound on (arrival - push time) of any future push: send + latency, 0 with replays."""
+        mine = [d for k, d in enumerate(self.devices) if d.n and self.totals[k]]
+        if self.flight_bound is not None:
+            return self.flight_bound
+        if any(d.sent < d.n for d in mine):
+            return 0.0  # replays are pushed at the claiming instant
+        return min((d.up_s * d.last + d.up_l for d in mine), default=0.0)  # a partial one sends sooner
+
+    def _worker(self, w: int):
+        """One worker's process: take an eligible micro-batch and run it, else :meth:`_idle`."""
+        env, engine = self.env, self.engine
+        wk = _WorkerState(self.server.lane(w), self._min_flight())
+        policy, pending, step_s, acc = self.policy, self.pending, self.server.step, self.accumulate
+        defer = self.decompose and not self.sequential
+        stream = defer and engine.events is None and self.sync is None
+        woken = False               # resumed from the idle FIFO: take work without deferring again
+        while True:
+            if stream:
+                woken = yield from self._stream(wk, woken)
+            now = env._now  # env.now without the property call (hot loop)
+            while pending and pending[0][0] <= now:
+                _, _, i, n = heapq.heappop(pending)
+                policy.push(i, n)
+            if not policy:
+                woken = yield from self._idle(wk, now)
+                if woken is None:
+                    return
+                continue
+            if self.idle and not woken:
+                # Workers idle longer choose first: wake them and queue behind them (same instant).
+                ev = env.event()
+                self._wake_all()
+                self.idle.append(ev)
+                yield ev
+                woken = True
+                continue
+            woken = False
+            i, n = policy.pop()
+            self._claim(i, n)
+            t = self._run_mb(wk.lane, i, n, now, defer, wk.queued_w)
+            wk.done += 1
+            stepped = wk.done == acc
+            if stepped:
+                t = self._step(wk.lane, t, wk.queued_w, step_s)
+                wk.done = 0
+            wk.busy += t - now
+            if t > now:
+                wk.last = t
+            yield engine.at(t)
+            if stepped and self.sync is not None:
+                yield from self._synced()
+
+    def _stream(self, wk: _WorkerState, woken: bool):
+        """The hot path (no trace, deferred W's, no backhaul): run micro-batches while any may start now.
+
+        Returns (as a generator) ``woken`` for :meth:`_worker`; the timings are :meth:`_run_mb`'s, by the same arithmetic.
+        """
+        env, hot, until, claim, heappop = self.env, self._hot(), self.engine.until, self._claim, heapq.heappop
+        policy, pending, step_s, acc = self.policy, self.pending, self.server.step, self.accumulate
+        queued_w, push, pop = wk.queued_w, policy.push, policy.pop
+        fifo, queue = policy.__class__ is FifoPolicy, env._queue  # fifo: arrival order is the heap's order
+        arrived = policy.queue if fifo else None
+        done, busy, last = wk.done, wk.busy, wk.last
+        direct, mix_add, grant = self._direct or self._directs(), self.mixing.add, self._grant
+        while True:
+            now = env._now
+            if fifo and not arrived and pending and pending[0][0] <= now and not (self.idle and not woken):
+                _, _, i, n = heappop(pending)  # what the policy would hand out next, without the round trip
+            else:
+                while pending and pending[0][0] <= now:
+                    _, _, i, n = heappop(pending)
+                    push(i, n)
+                if not policy or (self.idle and not woken):
+                    break
+                i, n = pop()
+            woken = False
+            srv_f, srv_b, srv_w, sent, whole = hot[i]
+            acct = direct[i]
+            if n < sent and whole and acct is not None:  # _claim's usual case, inlined (no replay, plain credits)
+                self.unclaimed -= 1
+                mix_add(i)
+                eid = grant(acct, now)
+                if not self.unclaimed:
+                    self._wake_all()
+            else:
+                eid = claim(i, n, True)
+            if srv_w is None:  # a partial micro-batch: its size's share of each
+                x = self.devices[i].size(n)
+                srv_f, srv_b, srv_w = srv_f * x, srv_b * x, self.devices[i].srv_w * x
+            queued_w.append((i, n, srv_w))
+            t = now + srv_f + srv_b  # same rounding as _run_mb (x = 1.0 multiplies exactly)
+            done += 1
+            if done == acc:  # _step without a trace: every queued W, then the optimizer step
+                while queued_w:
+                    t += queued_w.popleft()[2]
+                t += step_s
+                done = 0
+            busy += t - now
+            if t > now:
+                last = t
+            if not queue or queue[0][0] > t:
+                env._now = t  # nothing else happens before: what until() would do, without the call
+                continue
+            ev = until(t, eid)
+            if ev is not None:
+                yield ev
+        wk.done, wk.busy, wk.last = done, busy, last
+        return woken
+
+    def _grant(self, acct: Credits, now: float) -> int:
+        """The usual claim returns its credit to ``acct`` (:meth:`Credits.give_back`, as :meth:`_claim` inline)."""
+        waiting = acct.waiting
+        if not waiting or waiting[0][0] > now:
+            acct.give_back()
+            return -1
+        _, _, ev, lane = heapq.heappop(waiting)  # to the longest-ready waiter
+        if lane is not None:  # Credits.pop, inlined: the next of its lane takes its place
+            if lane.queue:
+                heapq.heappush(waiting, lane.queue.popleft())
+            else:
+                lane.active = False
+        ev._ok, ev._value = True, True
+        env = self.env
+        queue = env._queue
+        if self.unclaimed and ev.__class__ is DeviceEvent and (not queue or queue[0][0] > now):
+            eid = next(env._eid)  # the worker's timer, scheduled before what the device does
+            callbacks, ev.callbacks = ev.callbacks, None  # nothing else runs before it: go on now
+            for callback in callbacks:
+                callback(ev)
+            return eid
+        heapq.heappush(queue, (now, _NORMAL, next(env._eid), ev))
+        return -1
+
+    def _hot(self) -> list[tuple]:
+        """Per device: (server F, B, W seconds, micro-batches it sends, whether all are full and sent)."""
+        if self._hot_rows is None:
+            self._hot_rows = [(d.srv_f, d.srv_b, d.srv_w if d.last == 1.0 else None, d.sent, d.sent == d.n)
+                              for d in self.devices]
+        return self._hot_rows
+
+    def _idle(self, wk: _WorkerState, now: float):
+        """No micro-batch may start now: run deferred W's, end the worker, or sleep until work may come.
+
+        Returns (as a generator) True when woken from the idle FIFO, False otherwise, None when the
+        worker has ended.
+        """
+        env, pending, queued_w = self.env, self.pending, wk.queued_w
+        if queued_w:
+            # Run deferred W's one after another while no micro-batch can have arrived;
+            # no push made from now on arrives before now + flight, so batching them is exact.
+            bound = min(pending[0][0] if pending else math.inf, now + wk.flight)
+            t = now
+            while queued_w and (t == now or t < bound):
+                i, n, w_s = queued_w.popleft()
+                d = self.devices[i]
+                self.engine.record(wk.lane, "W", t, w_s, n, d.name)
+                t += w_s
+            wk.busy += t - now
+            if t > now:
+                wk.last = t
+            yield self.engine.at(t)
+            return False
+        if self.unclaimed == 0:
+            yield from self._final(wk, now)
+            return None
+        held = self.policy.held  # arrived micro-batches the policy holds back (paced, pool)
+        if pending and pending[0][0] <= now + wk.flight:
+            yield self.engine.at(pending[0][0])  # nothing can arrive earlier: sleep without an alarm
+            woken = False
+        else:
+            ev = env.event()
+            self.idle.append(ev)
+            if pending and pending[0][0] < self.alarm_at:
+                self._arm(pending[0][0])
+            yield ev
+            woken = True
+        if held and self._waited(wk.lane, now):
+            wk.last = env.now
+        return woken
+
+    def _final(self, wk: _WorkerState, now: float):
+        """Nothing left to hand out: a final step on a partial window, then the worker ends."""
+        step_s = self.server.step
+        if wk.done:
+            self.engine.record(wk.lane, "step", now, step_s)
+            wk.busy += step_s
+            if step_s > 0:
+                wk.last = now + step_s
+            yield self.engine.at(now + step_s)
+            if self.sync is not None:
+                yield from self._synced()
+        self.busy += wk.busy
+        self.end = max(self.end, wk.last)
+        self.running -= 1
+        if self.running == 0 and self.sync is not None:
+            self.sync.leave(self.index)
+
+    def _waited(self, lane: str, start: float) -> bool:
+        """A worker sat idle from ``start`` to now while the policy held micro-batches back: op ``wait``.
+
+        Returns whether the wait took any time (a trace records it then).
+        """
+        dur = self.env.now - start
+        self.wait_s += dur
+        i, n = self.policy.waiting_for()
+        self.engine.record(lane, "wait", start, dur, n, self.devices[i].name if i >= 0 else "")
+        return dur > 0
+
+    def _synced(self):
+        """After a step: tell the backhaul; in sync mode wait until the servers' average has arrived."""
+        ev = self.sync.step_done(self.index)
+        if ev is not None:
+            yield ev
+
+    def _run_mb(self, lane: str, i: int, n: int, now: float, defer: bool, queued_w: deque) -> float:
+        """Record F and B (or BW) of one micro-batch starting at ``now``; returns when they end."""
+        rec, d = self.engine.record, self.devices[i]
+        x = d.size(n)
+        f_s, b_s, w_s = d.srv_f * x, d.srv_b * x, d.srv_w * x
+        rec(lane, "F", now, f_s, n, d.name)
+        t = now + f_s
+        if defer:
+            rec(lane, "B", t, b_s, n, d.name)
+            queued_w.append((i, n, w_s))
+            return t + b_s
+        if self.decompose:  # sequential ablation: W right after B
+            rec(lane, "B", t, b_s, n, d.name)
+            rec(lane, "W", t + b_s, w_s, n, d.name)
+        else:
+            rec(lane, "BW", t, b_s + w_s, n, d.name)
+        t += b_s + w_s
+        if self.sequential and n < d.sent:  # a replayed (cached) micro-batch has no device waiting
+            ev = self.release.pop(i)
+            self.engine.at(t).callbacks.append(lambda _e: self._released(i, ev))
+        return t
+
+    def _released(self, i: int, ev: simpy.Event) -> None:
+        """Sequential: device ``i``'s micro-batch is done (its W ended); let the device go on."""
+        if not self.claim_returns:
+            self.account[i].give_back()
+        if self.senders is not None:
+            if not self.claim_returns:
+                self.senders.holding -= 1
+            self.senders.change(i, out=-1)
+        ev.succeed()
+
+    def _step(self, lane: str, t: float, queued_w: deque, step_s: float) -> float:
+        """Run every queued W, then an optimizer step, from time ``t``; returns the end time."""
+        rec, devices = self.engine.record, self.devices
+        while queued_w:
+            i, n, w_s = queued_w.popleft()
+            d = devices[i]
+            rec(lane, "W", t, w_s, n, d.name)
+            t += w_s
+        rec(lane, "step", t, step_s)
+        return t + step_s
