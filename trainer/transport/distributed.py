@@ -160,7 +160,8 @@ class DistTransport:
         self.header_bytes = 0  # everything but tensor bytes: headers, frame lengths, counters and tags
         self.dropped: dict[str, str] = {}  # peers dropped for a bad, forged or replayed message -> why
         self._permits: dict[str, int] = {}  # device -> activation messages it may still send (credits, fwd)
-        self._joined: dict[str, int] = {}  # device -> the last epoch whose handover brought it credits here
+        self._joined: dict[str, int] = {}  # device -> 1 + the epoch of its join here (gone on its ``moved``)
+        self._brought: dict[tuple[str, int], int] = {}  # (device, epoch) -> credits its joins here brought
         self._plock = threading.Lock()
         self._closing = threading.Event()
         peers = ([servers + i for i, n in enumerate(self.names) if rank in self.visits[n]] if self.is_server
@@ -197,6 +198,14 @@ class DistTransport:
     def recv_up(self, device: str | None, kinds: set[str] | None = None) -> Message:
         """The oldest message from ``device`` (``None``: from any device), optionally of ``kinds``, decoded."""
         return self._decode(self.inbox.take(device, kinds, self._check_stale), self.meter.server_lane, "")
+
+    def poll_up(self, kinds: set[str]) -> Message | None:
+        """The oldest message of ``kinds`` from any device if one is waiting, else None (PeerLost for a lost one)."""
+        with self.inbox.cv:
+            if not any(m.kind in kinds for m in self.inbox.arrivals) and \
+                    not any(d not in self.inbox.reported for d in self.inbox.lost):
+                return None
+        return self.recv_up(None, kinds)
 
     def recv_down(self, device: str) -> Message:
         """The oldest message from a server (PeerLost(device) when its server is gone), decoded."""
@@ -388,16 +397,26 @@ class DistTransport:
         return (None, {}) if pkt.kind == Kind.HEARTBEAT else (pkt, tensors)
 
     def _permit(self, name: str, pkt: Packet) -> None:
-        """Credits on receipt: an activation message spends a permit; a handover's ``join`` brings at most the
-        credit window (once per epoch: the credits in hand and those returned for micro-batches in flight)."""
+        """Credits on receipt: an activation message spends a permit. A handover's ``join`` brings at most the
+        credit window (the credits in hand and those returned for micro-batches in flight) once per visit: again
+        only after the device has ``moved`` away from here or in a later epoch; and all the joins of one epoch
+        bring at most the device's budget (one micro-batch holds at least one sample). ``moved`` takes the
+        credits it held here away with it."""
         with self._plock:
             if pkt.kind == Kind.ACT:
                 if self._permits.get(name, 0) <= 0:
                     raise WireError("activations sent without a credit")
                 self._permits[name] -= 1
-            elif pkt.kind == Kind.JOIN and pkt.aux > 0 and self._joined.get(name, -1) < pkt.epoch:
-                self._joined[name] = pkt.epoch
-                self._permits[name] = self._permits.get(name, 0) + min(pkt.aux, self.window)
+            elif pkt.kind == Kind.MOVED:
+                self._permits[name] = 0
+                self._joined.pop(name, None)
+            elif pkt.kind == Kind.JOIN and pkt.aux > 0 and self._joined.get(name, -1) < pkt.epoch + 1:
+                self._joined[name] = pkt.epoch + 1  # here, in this epoch: a second join brings nothing
+                budget = self.limits.budget[pkt.device] if 0 <= pkt.device < len(self.limits.budget) else pkt.aux
+                used = self._brought.get((name, pkt.epoch), 0)
+                give = max(0, min(pkt.aux, self.window, budget - used))
+                self._brought[(name, pkt.epoch)] = used + give
+                self._permits[name] = self._permits.get(name, 0) + give
 
     def _check_stale(self) -> None:
         now = time.monotonic()
