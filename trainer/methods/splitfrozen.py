@@ -80,9 +80,11 @@ class SplitFrozen(Method):
         """``start``: take the epoch's batches from ``msg.mb`` on with ``aux`` credits; ``credit``: one more."""
         if msg.kind == "start":
             self._dev[role.name] = {"batches": role.batches(msg.epoch), "next": msg.mb, "credits": msg.aux,
-                                    "epoch": msg.epoch}
+                                    "epoch": msg.epoch, "window": msg.aux, "first_here": msg.mb}
         elif msg.kind == "credit":
             st = self._dev[role.name]
+            if msg.mb < st["first_here"]:  # for a micro-batch sent to a server it has left: that server's account
+                return
             if st["credits"] == 0 and st.get("blocked_at") is not None:  # it waited for this credit
                 now = self.setup.meter.now()
                 self.setup.meter.events.append(TraceEvent(role.name, "wait", st["blocked_at"], now - st["blocked_at"],
@@ -109,8 +111,9 @@ class SplitFrozen(Method):
 
     def _hand_over(self, name: str, st: dict) -> None:
         """Take every handover due by now: ``moved`` to the old server (after all this device sent it), then
-        ``join`` with the epoch's micro-batches left to the new one, whose links apply from here on. Credits
-        move with the device: those the old server returns for micro-batches in flight count at the new one."""
+        ``join`` with the epoch's micro-batches left to the new one, whose links apply from here on. Credits are
+        per server, as the simulator's accounts: the new server opens a full window; what the old one returns
+        for micro-batches still in flight there is its own (ignored here)."""
         legs, tr = self.legs.get(name), self.setup.transport
         k = self.leg.get(name, 0)
         while legs and k + 1 < len(legs) and legs[k + 1][0] <= self.setup.meter.now():
@@ -119,6 +122,7 @@ class SplitFrozen(Method):
             tr.move(name, new)
             tr.send_up(Message(name, j, kind="join", aux=len(st["batches"]) - j, epoch=st["epoch"]))
             st.setdefault("told", set()).update({legs[k][1], new})
+            st["credits"], st["first_here"] = st["window"], j
             self.setup.meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
             self.moves.append({"device": name, "at_s": at, "from": legs[k][2], "to": to, "epoch": st["epoch"],
                                "sent_before": j})

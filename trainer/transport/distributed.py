@@ -18,7 +18,8 @@ device may send (credits and ``fwd`` commands it sent down; a device that hands 
 credit window, once per epoch) and drops a device that sends more.
 
 Link shaping (``--emulate links``): a message occupies the link for ``bytes * 8 / bandwidth`` seconds
-(a serialiser thread sleeps that long; the next message waits for the link) and arrives ``latency``
+(a serialiser thread sleeps that long; the next message waits for the link: a device has one uplink,
+whichever server its current leg goes to, as in the simulator) and arrives ``latency``
 later (a delivery thread holds it until then), as the simulator's link model does. Control messages
 (credits, commands) carry no payload and take the latency only. A time-varying link (trace,
 Gilbert-Elliott, fading) holds a message until the integral of its rate covers the bits
@@ -170,7 +171,7 @@ class DistTransport:
         self._last_seen = {p: time.monotonic() for p in peers}
         self._out: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
         self._wire: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
-        self._free = dict.fromkeys(peers, 0.0)  # when the shaped link to each peer is free again
+        self._free = dict.fromkeys(peers + [-1], 0.0)  # when the shaped link to each peer (-1: a device's uplink) is free
         self._threads = []
         for p in peers:
             self._start(self._receiver, p)
@@ -180,8 +181,14 @@ class DistTransport:
 
     # -- what the roles call ------------------------------------------------------------------
     def send_up(self, msg: Message) -> None:
-        """Device -> its server (encoded in the run's codec here, then queued; returns at once)."""
-        self._enqueue(self.home[msg.device], codecs.encode_message(msg, self.limits.codec, self.meter, msg.device))
+        """Device -> its server (encoded in the run's codec here, then queued). Activations return when their
+        send starts: a device holds at most one finished activation, as the simulator's devices do (its next
+        forward starts when the link takes this one; the gap is a ``wait`` on its lane)."""
+        msg = codecs.encode_message(msg, self.limits.codec, self.meter, msg.device)
+        start, now = self._enqueue(self.home[msg.device], msg), self.meter.now()
+        if msg.kind == "act" and start > now:
+            self.meter.events.append(TraceEvent(msg.device, "wait", now, start - now, msg.mb, msg.device))
+            _sleep_until(self.meter, start)
 
     def send_down(self, msg: Message) -> None:
         """Server -> device ``msg.device`` (queued; a lost device's messages are dropped)."""
@@ -283,20 +290,23 @@ class DistTransport:
         up, down = shape
         return up if p < self.servers else down
 
-    def _enqueue(self, p: int, msg: Message) -> None:
-        """Queue ``msg``; shaped, its time on the link is fixed now (the link is first come, first served)."""
+    def _enqueue(self, p: int, msg: Message) -> float:
+        """Queue ``msg``; shaped, its time on the link is fixed now (the link is first come, first served).
+        Returns when its send starts."""
         now, link = self.meter.now(), self._link(p)
         start = end = now
+        lane = p if self.is_server else -1  # a device has one uplink, whichever server its leg goes to
         if link is not None:
-            start = max(now, self._free[p])
+            start = max(now, self._free[lane])
             end = link.end(start, msg.nbytes)
         if self.presence is not None and msg.kind in ("act", "adapter") and (end == math.inf or end > self.presence.leave):
             raise DeviceLeft(self.names[self.rank - self.servers], "gone before its send would end")
         if link is None:
             self._wire[p].put((msg, now, 0.0, None))
-            return
-        self._free[p] = end
+            return now
+        self._free[lane] = end
         self._out[p].put((msg, start, end, None))
+        return start
 
     def _serialiser(self, p: int) -> None:
         """Hold each message until it has left the link, then pass it on with its due time (+ latency)."""
@@ -397,8 +407,8 @@ class DistTransport:
         return (None, {}) if pkt.kind == Kind.HEARTBEAT else (pkt, tensors)
 
     def _permit(self, name: str, pkt: Packet) -> None:
-        """Credits on receipt: an activation message spends a permit. A handover's ``join`` brings at most the
-        credit window (the credits in hand and those returned for micro-batches in flight) once per visit: again
+        """Credits on receipt: an activation message spends a permit. A handover's ``join`` opens at most the
+        credit window (the device's fresh account here, as the simulator's per-server accounts) once per visit: again
         only after the device has ``moved`` away from here or in a later epoch; and all the joins of one epoch
         bring at most the device's budget (one micro-batch holds at least one sample). ``moved`` takes the
         credits it held here away with it."""
