@@ -8,6 +8,12 @@ head and per-step (loss, samples, micro-batches) (``adapter``); the server avera
 by the devices' sample counts). Devices keep their own AdamW moments across
 rounds. In-process all devices share one model and a device's weights are swapped in; in a
 distributed run every device trains in its own process, all at once.
+
+Handovers (several server processes; :mod:`trainer.transport.handover`), as the simulator's FedLoRA: a round's
+upload that starts at or after the handover goes to the new server (``moved`` to the old one, whose round stops
+waiting for it; ``join`` then the upload to the new one, whose round being collected takes it in, or which
+waits for it, answering the other servers' backhaul rounds, when it has no round of its own); its next rounds
+come from the new server.
 """
 
 from __future__ import annotations

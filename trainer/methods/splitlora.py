@@ -26,6 +26,13 @@ client for its next micro-batch as soon as it has sent the gradient of the previ
 compute while the server serves the others. With a deterministic server order a segment is the next
 ``fedavg_every`` x A slots of the order, which makes a distributed run step for step equal to an
 in-process one; with ``fifo`` over a real transport it is the next ``fedavg_every`` x A arrivals.
+
+Handovers (several server processes, ``fifo``; :mod:`trainer.transport.handover`), as the simulator's
+``sfsim.schedules.splitlora.moves``: a micro-batch whose upload starts at or after the handover goes to the
+new server (``moved`` to the old one, ``join`` then the activations to the new one, which serves it in its
+segment); the old server sends no ``fwd`` once its leg has ended but ``release``-s the idle client, which
+then joins the new server from its next micro-batch; a FedAvg round takes the clients the server holds when
+it starts. A server whose own clients are done waits for a visitor while it answers the others' backhaul rounds.
 """
 
 from __future__ import annotations
