@@ -78,6 +78,26 @@ def test_splitlora_and_fedlora_hand_over_as_the_simulator_says(tiny_gpt2, tmp_pa
     assert sends[-1].dur < 0.75 * sends[0].dur  # the new leg's uplink is twice as fast
 
 
+def test_splitlora_refuses_a_client_that_goes_back_in_one_line():
+    from sfsim.errors import SfsimError
+    from sfsim.scenario.config import load_scenario
+    from trainer.transport import dynamics
+
+    data = yaml.safe_load((FIXTURES / "runtime_handover.yaml").read_text())
+    data["devices"][0]["handover"] = [{"at": "0.5 s", "to": "mec-b"}, {"at": "0.9 s", "to": "mec-a"}]
+    from sfsim.scenario.config import scenario_from_dict
+
+    sc = scenario_from_dict(data)
+    with pytest.raises(SfsimError) as exc:
+        dynamics.check(sc, "splitlora", "all", "x.yaml", "fifo")
+    assert str(exc.value) == ("x.yaml: device mover goes back to a server it left; SplitLoRA's runtime moves a client to "
+                              "a new server only (a client's return can deadlock this version's release and join): only "
+                              "sfsim simulate, or use --method splitfrozen or fedlora")
+    for method in ("splitfrozen", "fedlora"):
+        dynamics.check(sc, method, "all", "x.yaml", "fifo")
+    dynamics.check(load_scenario(str(FIXTURES / "runtime_handover.yaml")), "splitlora", "all", "x.yaml", "fifo")
+
+
 def test_legs_say_who_holds_a_device_and_who_may_come():
     legs = Legs({"m": [(0.0, 0, "a"), (1.0, 1, "b"), (2.0, 0, "a"), (3.0, 1, "b")], "s": [(0.0, 1, "b")]})
     assert legs.moving() and not Legs({"s": [(0.0, 1, "b")]}).moving()
@@ -130,3 +150,30 @@ def test_each_join_brings_credits_again_after_the_device_moved_away_within_its_b
     acts(0)  # moved takes the credits it held here away
     with pytest.raises(WireError, match="a moved to leg -1"):
         send(Kind.MOVED, aux=-1)
+
+
+@pytest.mark.parametrize("method", ["splitfrozen"])
+def test_a_device_that_goes_back_and_forth_trains_everything_where_the_simulator_says(tiny_gpt2, tmp_path, method):
+    """A -> B -> A -> B in one epoch (mover sends at ~0.3, 0.7, 1.1 and 1.5 s; handovers at 0.5, 0.9 and 1.3 s):
+    each join opens credits again, each server waits while the device may come back, nothing is left untrained."""
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    data = yaml.safe_load((FIXTURES / "runtime_handover.yaml").read_text())
+    data["devices"][0]["handover"] = [{"at": "0.5 s", "to": "mec-b"}, {"at": "0.9 s", "to": "mec-a"},
+                                      {"at": "1.3 s", "to": "mec-b"}]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(tmp_path / "s.yaml"), "--model", tiny_gpt2, "--method",
+                                    method, "--split", "1", "--max-len", "48", "--train-samples", "32", "--data-dir",
+                                    str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    m = json.loads((out / "run" / "metrics.json").read_text())
+    moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
+             for side in ("predicted", "measured")}
+    assert moves["measured"] == moves["predicted"]
+    assert [(a, b) for a, b, _ in moves["measured"]] == [("mec-a", "mec-b"), ("mec-b", "mec-a"), ("mec-a", "mec-b")]
+    assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
+    assert sum(s["steps"] for s in m["servers"].values()) == 4 + 2 + 2  # every micro-batch of every device

@@ -36,6 +36,7 @@ from trainer.methods.common import (
 from trainer.model.backward import DeferredGrads
 from trainer.model.split import split_model
 from trainer.transport.cache import ActivationCache
+from trainer.transport.handover import Legs
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
 
 
@@ -68,6 +69,7 @@ class SplitFrozen(Method):
         self.moves: list[dict] = []
         self.visitors: dict[str, DeviceRole] = {}
         self.pool_peak = 0  # most micro-batches the mixing pool held (server_order "pool")
+        self._epoch = 0  # the server's epoch (a handover's join of another epoch is ignored)
         # training.cache_activations: what the devices sent in one epoch, replayed in later ones
         self.cache = None if s.cache_memory is None else ActivationCache(s.cache_memory, s.out)
 
@@ -118,10 +120,9 @@ class SplitFrozen(Method):
         k = self.leg.get(name, 0)
         while legs and k + 1 < len(legs) and legs[k + 1][0] <= self.setup.meter.now():
             j, (at, new, to) = st["next"], legs[k + 1]
-            tr.send_up(Message(name, j, kind="moved", epoch=st["epoch"]))
+            tr.send_up(Message(name, j, kind="moved", aux=k + 1, epoch=st["epoch"]))
             tr.move(name, new)
             tr.send_up(Message(name, j, kind="join", aux=len(st["batches"]) - j, epoch=st["epoch"]))
-            st.setdefault("told", set()).update({legs[k][1], new})
             st["credits"], st["first_here"] = st["window"], j
             self.setup.meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
             self.moves.append({"device": name, "at_s": at, "from": legs[k][2], "to": to, "epoch": st["epoch"],
@@ -130,13 +131,13 @@ class SplitFrozen(Method):
         self.leg[name] = k
 
     def _close_epoch(self, name: str, st: dict) -> None:
-        """This device's epoch is sent (or it left): every other server of its legs that it has not told this
-        epoch (``moved``, ``join``) stops waiting for it (``join`` of 0)."""
+        """This device's epoch is sent (or it left): every other server of its legs stops waiting for it this
+        epoch (``join`` of 0; one that did not wait ignores it)."""
         legs = self.legs.get(name)
         if not legs or len({r for _, r, _ in legs}) < 2 or st.get("closed"):
             return
         home = legs[self.leg.get(name, 0)][1]
-        for rank in sorted({r for _, r, _ in legs} - {home} - st.get("told", set())):
+        for rank in sorted({r for _, r, _ in legs} - {home}):
             self.setup.transport.send_to(rank, Message(name, -1, kind="join", aux=0, epoch=st["epoch"]))
         st["closed"] = True
 
@@ -146,6 +147,7 @@ class SplitFrozen(Method):
         s, tr = self.setup, self.setup.transport
         counts = self.batch_counts()
         done = self.resume_cursor(epoch)  # device -> micro-batches already trained this epoch
+        self._epoch = epoch
         live = [n for n in counts if n not in self.lost]
         if self._from_cache(epoch, on_step, counts, done, live):
             return
@@ -231,11 +233,14 @@ class SplitFrozen(Method):
         return None
 
     def _visit(self, msg: Message, left: dict[str, int]) -> None:
-        """A handover: ``moved`` (all it sent here has arrived: nothing more comes) or ``join`` (``aux`` more)."""
+        """A handover: ``moved`` (all it sent here has arrived: nothing more comes, unless a later leg brings it
+        back, ``aux`` its new leg) or ``join`` (``aux`` more; a join of another epoch is left over: ignored)."""
         s, n = self.setup, msg.device
         if msg.kind == "moved":
-            left[n] = 0
+            left[n] = int(Legs(self.legs).comes_back(n, s.server, msg.aux))  # a placeholder while it may come back
             s.devices = [r for r in s.devices if r.name != n]  # its next epochs start at its new server
+            return
+        if msg.epoch != self._epoch:
             return
         left[n] = msg.aux
         if msg.aux and n in self.visitors and all(r.name != n for r in s.devices):
