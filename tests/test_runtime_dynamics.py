@@ -104,9 +104,11 @@ def test_a_pausing_devices_uplink_carries_only_online():
 
 
 @pytest.mark.parametrize(("over", "method", "message"), [
-    ([("servers.count", 2), ("devices[phone].handover", [{"at": "1 s", "to": "srv-2"}])], "splitlora",
-     "x.yaml: --emulate all: device phone-0 hands over to another server; the distributed runtime moves "
-     "SplitFrozen's devices only (splitlora: only sfsim simulate): use --method splitfrozen or remove 'handover'"),
+    ([("servers.count", 2), ("devices[phone].handover", [{"at": "1 s", "to": "srv-2"}]),
+      ("training.client_order", "sequential")], "splitlora",
+     "x.yaml: --emulate all: device phone-0 hands over to another server; SplitLoRA's sequential client order "
+     "(client after client, each over its whole epoch) has no place for a client arriving mid-run: use "
+     "training.client_order interleaved"),
     ([("servers.count", 2), ("devices[phone].handover", [{"at": "1 s", "to": "srv-2"}])], "splitfrozen",
      "x.yaml: --emulate all: device phone-0 hands over to another server; a server takes a visiting device's "
      "micro-batches in arrival order only (--server-order proportional is a schedule of turns fixed before the "
@@ -118,6 +120,8 @@ def test_what_the_runtime_cannot_emulate_is_one_line(over, method, message):
         dynamics.check(sc, method, "all", "x.yaml: --emulate all", "proportional")
     assert str(exc.value) == message
     dynamics.check(sc, method, "none", "x.yaml")  # nothing emulated: nothing refused
+    dynamics.check(sc, "fedlora", "all", "x.yaml", "proportional")  # FedLoRA's rounds take any order
+    dynamics.check(sc, "cenlora", "all", "x.yaml", "proportional")  # no device links: nothing moves
 
 
 @pytest.mark.parametrize("method", ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora"])

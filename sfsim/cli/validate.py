@@ -23,6 +23,8 @@ from sfsim.outputs.outdir import output_folder
 @click.option("--accumulate", type=int, help="micro-batches per optimizer step (default: the scenario's)")
 @click.option("--split", type=int, help="cut for every device (default: the scenario's)")
 @click.option("--train-samples", type=int, help="cap on the training samples")
+@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True,
+              help="epochs of the run and the simulation (2 with training.cache_activations: the cached epoch too)")
 @click.option("--micro-batch", type=int, help="samples per micro-batch (default: the scenario's)")
 @click.option("--max-len", type=int, default=64, show_default=True)
 @click.option("--server-profile", type=click.Path(dir_okay=False), help="latency table of this machine as a server "
@@ -44,13 +46,13 @@ from sfsim.outputs.outdir import output_folder
               "overlay.png, trace.json and the run")
 @click.option("--overwrite", is_flag=True, help="replace an earlier validation in --out")
 def validate(devices, model, method, task, partition_spec, emulate, server_order, client_order, accumulate, split,
-             train_samples, micro_batch, max_len, server_profile, allow_native, no_host_sharing, device_profile, data_dir,
-             seed, threads, out, overwrite, load_calibration):
+             train_samples, epochs, micro_batch, max_len, server_profile, allow_native, no_host_sharing, device_profile,
+             data_dir, seed, threads, out, overwrite, load_calibration):
     """Run the scenario for real and in the simulator; print and write the error, stage by stage."""
     from trainer.validate.compare import ValidateConfig, format_report, run_validation
 
     vc = ValidateConfig(devices=devices, model=model, method=method, out=out, task=task, partition=partition_spec,
-                        emulate=emulate, data_dir=data_dir, train_samples=train_samples, split=split,
+                        emulate=emulate, data_dir=data_dir, train_samples=train_samples, epochs=epochs, split=split,
                         server_order=server_order, seed=seed, max_len=max_len, micro_batch=micro_batch,
                         threads=threads, server_profile=server_profile, device_profile=device_profile,
                         accumulate=accumulate, client_order=client_order, allow_native=allow_native,

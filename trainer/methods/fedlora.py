@@ -8,6 +8,12 @@ head and per-step (loss, samples, micro-batches) (``adapter``); the server avera
 by the devices' sample counts). Devices keep their own AdamW moments across
 rounds. In-process all devices share one model and a device's weights are swapped in; in a
 distributed run every device trains in its own process, all at once.
+
+Handovers (several server processes; :mod:`trainer.transport.handover`), as the simulator's FedLoRA: a round's
+upload that starts at or after the handover goes to the new server (``moved`` to the old one, whose round stops
+waiting for it; ``join`` then the upload to the new one, whose round being collected takes it in, or which
+waits for it, answering the other servers' backhaul rounds, when it has no round of its own); its next rounds
+come from the new server.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from trainer.methods.common import (
 )
 from trainer.model.lora import fedavg
 from trainer.model.split import split_model
+from trainer.transport.handover import mover_of, visits_of
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, device_kwargs
 from trainer.transport.wire import pack_state, unpack_state
 
@@ -52,13 +59,27 @@ class FedLoRA(Method):
         self.like = {k: v.clone() for k, v in self.global_state.items()}
         self.round = 0
         self._dev: dict[str, dict] = {}
+        # handovers (trainer.run.launch sets them with several servers; trainer.transport.handover): every
+        # device's legs (at s, server rank, server name) and, on a server, the roles of the devices that may come
+        self.legs: dict[str, list[tuple[float, int, str]]] = {}
+        self.visitors: dict[str, DeviceRole] = {}
+        self._mover = None
+        self._visits = None
+
+    @property
+    def moves(self) -> list[dict]:
+        """The handovers this device made (its report's ``handovers``)."""
+        return self._mover.moves if self._mover is not None else []
 
     # -- device side --------------------------------------------------------------------------------
     def device_handle(self, role: DeviceRole, msg: Message) -> None:
         """``start``: the epoch's batches; ``round``: local steps from the global state, then upload."""
         s = self.setup
         if msg.kind == "start":  # mb: micro-batches already trained this epoch (resume)
-            self._dev[role.name] = {"batches": role.batches(msg.epoch), "pos": max(msg.mb, 0), "epoch": msg.epoch}
+            sent = self._dev.get(role.name, {}).get("sent", 0)
+            self._dev[role.name] = {"batches": role.batches(msg.epoch), "pos": max(msg.mb, 0), "epoch": msg.epoch,
+                                    "sent": sent}
+            self._mover = self._mover or mover_of(self)
             return
         if msg.kind != "round":
             return
@@ -70,6 +91,8 @@ class FedLoRA(Method):
             rest = sum(int(b["labels"].shape[0]) for b in st["batches"][start:])
             st["pos"] = len(st["batches"])
             s.transport.send_up(Message(role.name, start, kind="leave", aux=rest, epoch=st["epoch"]))
+            if self._mover is not None:  # the other servers of its legs stop waiting for it
+                self._mover.close(role.name, st["epoch"])
 
     def _round(self, role: DeviceRole, msg: Message, st: dict) -> None:
         """Local steps from the global state in ``msg``, then the upload (``adapter``)."""
@@ -92,8 +115,14 @@ class FedLoRA(Method):
         if window:  # a partial window at the round's end
             step()
         state = pack_state(get_state(s.lm.model, s.head), self.keys)
+        start = st["pos"] - int(sum(losses[2::3]))  # the round's first micro-batch
+        if self._mover is not None and self._mover.due(role.name):  # the leg holding when the upload starts
+            self._mover.move(role.name, st["epoch"], st["pos"], len(st["batches"]) - start, st["sent"])
         s.transport.send_up(Message(role.name, -1, {"state": state, "losses": torch.tensor(losses, dtype=torch.float32)},
                                     kind="adapter", aux=msg.aux, epoch=st["epoch"]))
+        st["sent"] += st["pos"] - start
+        if self._mover is not None and st["pos"] >= len(st["batches"]):
+            self._mover.close(role.name, st["epoch"])
 
     def _optimizer(self, name: str) -> torch.optim.Optimizer:
         if name not in self.opt:
@@ -141,39 +170,76 @@ class FedLoRA(Method):
         for n in self.live():
             tr.send_down(Message(n, done.get(n, 0), kind="start", epoch=epoch))
         left = {n: counts[n] - done.get(n, 0) for n in self.live()}
-        while sum(left.values()) > 0:
-            self.round += 1
+        self._visits = self._visits or visits_of(self)  # handovers: visitors may join mid-epoch
+        if self._visits is not None:
+            self._visits.start_epoch()
+        waiting = self._visits.waiting if self._visits is not None else set()
+        while sum(left.values()) > 0 or waiting:
             active = [n for n in self.live() if left.get(n, 0) > 0]
+            self.round += 1
             flat = pack_state(self.global_state, self.keys)
             for n in active:
                 tr.send_down(Message(n, -1, {"state": flat}, kind="round", aux=self.round, epoch=epoch))
-            states, weights = [], []
-            for n in active:
-                try:
-                    msg = tr.recv_up(n, {"adapter", "leave"})
-                except PeerLost as err:
-                    self.lose(err.device, err.reason, left)
-                    continue
-                if msg.kind == "leave":  # gone mid-round: that round and the rest of its epoch are not trained
-                    self.not_trained[n] = self.not_trained.get(n, 0) + msg.aux
-                    left[n] = 0
-                    continue
-                steps = msg.tensors["losses"].view(-1, 3).tolist()
-                for loss, k, _mbs in steps:
-                    on_step(loss, int(k))
-                trained = int(sum(mbs for *_, mbs in steps))  # micro-batches this round
-                left[n] = max(left[n] - trained, 0) if trained else 0
-                self.cursor[n] = self.cursor.get(n, 0) + trained
-                states.append(unpack_state(msg.tensors["state"], self.like, self.keys))
-                weights.append(s.samples[n])
+            got = self._collect(epoch, active, left, on_step)
+            if not active and not got:  # only visitors were awaited, and none came
+                continue
+            order = [n for n in s.samples if n in got]  # scenario order, whatever the arrival order
+            states, weights = [got[n] for n in order], [s.samples[n] for n in order]
             if states:
                 with s.meter.compute(s.server, "aggregate", "server_aggregate", count=False):
                     self.global_state = fedavg(states, weights)
             if self.sync is not None:  # several servers: this group's average, then across servers
                 self.sync.fed_round([self.global_state[k] for k in self.keys], float(sum(weights)),
-                                    last=sum(left.values()) == 0)
+                                    last=sum(left.values()) == 0 and not waiting)
             self.step_done(epoch)
         set_state(s.lm.model, s.head, self.global_state)
+
+    def _collect(self, epoch: int, active: list[str], left: dict[str, int], on_step: StepCallback) -> dict:
+        """The round's uploads: device -> its state. With handovers (trainer.transport.handover) in arrival order: a
+        device that ``moved`` is not awaited here any more, one that ``join``-s brings its upload into this round;
+        a server with no device of its own in the round waits for a visitor, answering the other servers' rounds."""
+        tr, visits = self.setup.transport, self._visits
+        expect, got = list(active), {}
+        kinds = {"adapter", "leave"} if visits is None else {"adapter", "leave", "moved", "join"}
+        while expect or (not active and not got and visits is not None and visits.waiting):
+            try:
+                if visits is None or (not expect and self.sync is None):
+                    msg = tr.recv_up(expect[0] if visits is None else None, kinds)
+                else:
+                    msg = tr.recv_up(None, kinds) if expect else tr.poll_up(kinds)
+            except PeerLost as err:
+                expect = [n for n in expect if n != err.device]
+                if visits is not None:
+                    visits.waiting.discard(err.device)
+                self.lose(err.device, err.reason, left)
+                continue
+            if msg is None:  # nothing yet: answer the other servers' next round
+                self.sync.fed_idle([self.global_state[k] for k in self.keys])
+                continue
+            n = msg.device
+            if msg.kind in ("moved", "join"):
+                if msg.kind == "moved":
+                    expect, _ = [m for m in expect if m != n], left.pop(n, None)
+                    visits.gone(n, msg.aux)
+                elif visits.joined(msg, epoch):
+                    left[n] = msg.aux
+                    expect.append(n)
+                continue
+            if n not in expect:
+                continue
+            expect.remove(n)
+            if msg.kind == "leave":  # gone mid-round: that round and the rest of its epoch are not trained
+                self.not_trained[n] = self.not_trained.get(n, 0) + msg.aux
+                left[n] = 0
+                continue
+            steps = msg.tensors["losses"].view(-1, 3).tolist()
+            for loss, k, _mbs in steps:
+                on_step(loss, int(k))
+            trained = int(sum(mbs for *_, mbs in steps))  # micro-batches this round
+            left[n] = max(left[n] - trained, 0) if trained else 0
+            self.cursor[n] = self.cursor.get(n, 0) + trained
+            got[n] = unpack_state(msg.tensors["state"], self.like, self.keys)
+        return got
 
     def finish_sync(self) -> None:
         """Rounds of the other servers until none trains, then the last one (weighted by this group's samples)."""

@@ -36,6 +36,7 @@ from trainer.methods.common import (
 from trainer.model.backward import DeferredGrads
 from trainer.model.split import split_model
 from trainer.transport.cache import ActivationCache
+from trainer.transport.handover import Legs
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
 
 
@@ -70,6 +71,7 @@ class SplitFrozen(Method):
         self.moves: list[dict] = []
         self.visitors: dict[str, DeviceRole] = {}
         self.pool_peak = 0  # most micro-batches the mixing pool held (server_order "pool")
+        self._epoch = 0  # the server's epoch (a handover's join of another epoch is ignored)
         # training.cache_activations: what the devices sent in one epoch, replayed in later ones
         self.cache = None if s.cache_memory is None else ActivationCache(s.cache_memory, s.out)
 
@@ -82,9 +84,11 @@ class SplitFrozen(Method):
         """``start``: take the epoch's batches from ``msg.mb`` on with ``aux`` credits; ``credit``: one more."""
         if msg.kind == "start":
             self._dev[role.name] = {"batches": role.batches(msg.epoch), "next": msg.mb, "credits": msg.aux,
-                                    "epoch": msg.epoch}
+                                    "epoch": msg.epoch, "window": msg.aux, "first_here": msg.mb}
         elif msg.kind == "credit":
             st = self._dev[role.name]
+            if msg.mb < st["first_here"]:  # for a micro-batch sent to a server it has left: that server's account
+                return
             if st["credits"] == 0 and st.get("blocked_at") is not None:  # it waited for this credit
                 now = self.setup.meter.now()
                 self.setup.meter.events.append(TraceEvent(role.name, "wait", st["blocked_at"], now - st["blocked_at"],
@@ -111,16 +115,17 @@ class SplitFrozen(Method):
 
     def _hand_over(self, name: str, st: dict) -> None:
         """Take every handover due by now: ``moved`` to the old server (after all this device sent it), then
-        ``join`` with the epoch's micro-batches left to the new one, whose links apply from here on. Credits
-        move with the device: those the old server returns for micro-batches in flight count at the new one."""
+        ``join`` with the epoch's micro-batches left to the new one, whose links apply from here on. Credits are
+        per server, as the simulator's accounts: the new server opens a full window; what the old one returns
+        for micro-batches still in flight there is its own (ignored here)."""
         legs, tr = self.legs.get(name), self.setup.transport
         k = self.leg.get(name, 0)
         while legs and k + 1 < len(legs) and legs[k + 1][0] <= self.setup.meter.now():
             j, (at, new, to) = st["next"], legs[k + 1]
-            tr.send_up(Message(name, j, kind="moved", epoch=st["epoch"]))
+            tr.send_up(Message(name, j, kind="moved", aux=k + 1, epoch=st["epoch"]))
             tr.move(name, new)
             tr.send_up(Message(name, j, kind="join", aux=len(st["batches"]) - j, epoch=st["epoch"]))
-            st.setdefault("told", set()).update({legs[k][1], new})
+            st["credits"], st["first_here"] = st["window"], j
             self.setup.meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
             self.moves.append({"device": name, "at_s": at, "from": legs[k][2], "to": to, "epoch": st["epoch"],
                                "sent_before": j})
@@ -128,13 +133,13 @@ class SplitFrozen(Method):
         self.leg[name] = k
 
     def _close_epoch(self, name: str, st: dict) -> None:
-        """This device's epoch is sent (or it left): every other server of its legs that it has not told this
-        epoch (``moved``, ``join``) stops waiting for it (``join`` of 0)."""
+        """This device's epoch is sent (or it left): every other server of its legs stops waiting for it this
+        epoch (``join`` of 0; one that did not wait ignores it)."""
         legs = self.legs.get(name)
         if not legs or len({r for _, r, _ in legs}) < 2 or st.get("closed"):
             return
         home = legs[self.leg.get(name, 0)][1]
-        for rank in sorted({r for _, r, _ in legs} - {home} - st.get("told", set())):
+        for rank in sorted({r for _, r, _ in legs} - {home}):
             self.setup.transport.send_to(rank, Message(name, -1, kind="join", aux=0, epoch=st["epoch"]))
         st["closed"] = True
 
@@ -144,6 +149,7 @@ class SplitFrozen(Method):
         s, tr = self.setup, self.setup.transport
         counts = self.batch_counts()
         done = self.resume_cursor(epoch)  # device -> micro-batches already trained this epoch
+        self._epoch = epoch
         live = [n for n in counts if n not in self.lost]
         if self._from_cache(epoch, on_step, counts, done, live):
             return
@@ -229,11 +235,14 @@ class SplitFrozen(Method):
         return None
 
     def _visit(self, msg: Message, left: dict[str, int]) -> None:
-        """A handover: ``moved`` (all it sent here has arrived: nothing more comes) or ``join`` (``aux`` more)."""
+        """A handover: ``moved`` (all it sent here has arrived: nothing more comes, unless a later leg brings it
+        back, ``aux`` its new leg) or ``join`` (``aux`` more; a join of another epoch is left over: ignored)."""
         s, n = self.setup, msg.device
         if msg.kind == "moved":
-            left[n] = 0
+            left[n] = int(Legs(self.legs).comes_back(n, s.server, msg.aux))  # a placeholder while it may come back
             s.devices = [r for r in s.devices if r.name != n]  # its next epochs start at its new server
+            return
+        if msg.epoch != self._epoch:
             return
         left[n] = msg.aux
         if msg.aux and n in self.visitors and all(r.name != n for r in s.devices):

@@ -26,6 +26,13 @@ client for its next micro-batch as soon as it has sent the gradient of the previ
 compute while the server serves the others. With a deterministic server order a segment is the next
 ``fedavg_every`` x A slots of the order, which makes a distributed run step for step equal to an
 in-process one; with ``fifo`` over a real transport it is the next ``fedavg_every`` x A arrivals.
+
+Handovers (several server processes, ``fifo``; :mod:`trainer.transport.handover`), as the simulator's
+``sfsim.schedules.splitlora.moves``: a micro-batch whose upload starts at or after the handover goes to the
+new server (``moved`` to the old one, ``join`` then the activations to the new one, which serves it in its
+segment); the old server sends no ``fwd`` once its leg has ended but ``release``-s the idle client, which
+then joins the new server from its next micro-batch; a FedAvg round takes the clients the server holds when
+it starts. A server whose own clients are done waits for a visitor while it answers the others' backhaul rounds.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from trainer.methods.common import (
 from trainer.model.backward import DeferredGrads
 from trainer.model.lora import fedavg
 from trainer.model.split import split_model
+from trainer.transport.handover import mover_of, visits_of
 from trainer.transport.runtime import (
     DeviceLeft,
     DeviceRole,
@@ -75,6 +83,7 @@ class ClientReplica:
         self.batches: list = []
         self.epoch = 0
         self.pending: tuple[int, torch.Tensor, tuple] | None = None  # (mb, hidden with graph, key)
+        self.sent = 0  # micro-batches sent in the run (a handover's ``sent_before``)
         self.since_step = 0  # backward passes accumulated since the client's last optimizer step
         self.gone = False  # the device has left for good (availability): it only answers ``leave``
 
@@ -117,6 +126,17 @@ class SplitLoRA(Method):
         self.rounds = 0
         self.global_client: dict[str, torch.Tensor] | None = None
         self.window: tuple[list[float], int] = ([], 0)
+        # handovers (trainer.run.launch sets them with several servers; trainer.transport.handover): every
+        # device's legs (at s, server rank, server name) and, on a server, the roles of the devices that may come
+        self.legs: dict[str, list[tuple[float, int, str]]] = {}
+        self.visitors: dict[str, DeviceRole] = {}
+        self._mover = None
+        self._visits = None
+
+    @property
+    def moves(self) -> list[dict]:
+        """The handovers this device made (its report's ``handovers``)."""
+        return self._mover.moves if self._mover is not None else []
 
     # -- device side --------------------------------------------------------------------------------
     def _client(self, name: str) -> ClientReplica:
@@ -141,11 +161,16 @@ class SplitLoRA(Method):
     def _leave(self, name: str, c: ClientReplica, msg: Message) -> None:
         rest = sum(int(b["labels"].shape[0]) for b in c.batches[msg.mb:]) if msg.kind == "fwd" else 0
         self.setup.transport.send_up(Message(name, msg.mb, kind="leave", aux=rest, epoch=c.epoch))
+        if self._mover is not None:  # the other servers of its legs stop waiting for it
+            self._mover.close(name, c.epoch)
 
     def _command(self, role: DeviceRole, c: ClientReplica, msg: Message) -> None:
         s, meter = self.setup, self.setup.meter
         if msg.kind == "start":
             c.batches, c.epoch = role.batches(msg.epoch), msg.epoch
+            self._mover = self._mover or mover_of(self)
+        elif msg.kind == "release":  # its old server's leg ended: it joins the next one (trainer.transport.handover)
+            self._mover.move(role.name, c.epoch, msg.mb, len(c.batches) - msg.mb, c.sent, force=True)
         elif msg.kind == "fwd":
             batch = c.batches[msg.mb]
             training_mode(c.part)
@@ -153,8 +178,13 @@ class SplitLoRA(Method):
             with meter.compute(role.name, "F", "device_forward", mb=msg.mb, device=role.name, key=key):
                 hidden = c.part(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch))  # (B, T, d)
             c.pending = (msg.mb, hidden, key)
+            if self._mover is not None and self._mover.due(role.name):  # the leg holding when the upload starts
+                self._mover.move(role.name, c.epoch, msg.mb + 1, len(c.batches) - msg.mb, c.sent)
             s.transport.send_up(Message(role.name, msg.mb, {"hidden": hidden, "attention_mask": wire_mask(batch["attention_mask"]),
                                                             "labels": batch["labels"]}, epoch=c.epoch))
+            c.sent += 1
+            if self._mover is not None and msg.mb == len(c.batches) - 1:
+                self._mover.close(role.name, c.epoch)
         elif msg.kind == "grad":
             j, hidden, key = c.pending
             with meter.compute(role.name, "BW", "device_backward", mb=j, device=role.name, key=key):
@@ -202,7 +232,12 @@ class SplitLoRA(Method):
                     order.append(n)
         left = {n: counts[n] - done.get(n, 0) for n in self.live() if counts[n] > done.get(n, 0)}
         nxt = {n: done.get(n, 0) for n in left}
-        while sum(left.values()) > 0:
+        self._visits = self._visits or visits_of(self)  # handovers: visitors may join mid-epoch (fifo only)
+        if self._visits is not None:
+            self._visits.start_epoch()
+        waiting = self._visits.waiting if self._visits is not None else set()
+        averaged = -1  # the server step of the last FedAvg round
+        while sum(left.values()) > 0 or waiting:
             quota = (s.fedavg_every - self.steps % s.fedavg_every) * s.accumulate  # micro-batches to the round
             if order is not None:
                 order = [n for n in order if n in left]
@@ -211,7 +246,8 @@ class SplitLoRA(Method):
             else:
                 self._segment(epoch, None, quota, left, nxt, on_step)
             self._server_step(on_step)  # a partial window (epoch end, a lost client): step on it
-            if self.steps % s.fedavg_every == 0 and sum(left.values()) > 0:
+            if self.steps % s.fedavg_every == 0 and sum(left.values()) > 0 and self.steps != averaged:
+                averaged = self.steps
                 self._fedavg(epoch)
                 self.step_done(epoch)  # between segments no client has work in flight: a checkpoint point
         self._fedavg(epoch)
@@ -261,26 +297,43 @@ class SplitLoRA(Method):
         def may_issue(n: str) -> bool:
             if n not in left or n in busy or nxt[n] >= self._count(n):
                 return False
-            return todo[n] > 0 if seg is not None else issued < quota
+            if self._visits is not None and not self._visits.holds(n, self.setup.meter.now()):
+                self._release(n, epoch, left, nxt)  # its leg here ended while it was idle: it joins the next
+                return False
+            return todo.get(n, 0) > 0 if seg is not None else issued < quota
 
         for n in list(left):
             if may_issue(n):
                 issue(n)
         served = 0
         slots = iter(seg) if seg is not None else None
-        while served < quota and busy:
+        visits = self._visits
+        kinds = {"act", "leave"} if visits is None else {"act", "leave", "moved", "join"}
+        while served < quota and (busy or (visits is not None and visits.waiting and issued < quota)):
             want = None
             if slots is not None:
                 want = next((n for n in slots if n in left), None)
                 if want is None:
                     break
             try:
-                msg = tr.recv_up(want, {"act", "leave"})
+                msg = tr.recv_up(want, kinds) if busy or self.sync is None else tr.poll_up(kinds)
             except PeerLost as err:
                 busy.discard(err.device)
+                if visits is not None:
+                    visits.waiting.discard(err.device)
                 self.lose(err.device, err.reason, left)
                 continue
+            if msg is None:  # nothing here to serve yet: a visitor may still join; answer the others' round
+                self._idle()
+                continue
             n = msg.device
+            if msg.kind in ("moved", "join"):
+                if self._visit(msg, epoch, left, nxt, busy):
+                    issued += 1  # its micro-batch in flight counts toward this segment
+                    quota = max(quota, issued)
+                elif may_issue(n):
+                    issue(n)
+                continue
             busy.discard(n)
             if msg.kind == "leave":  # gone: the rest of its epoch is not trained
                 self.not_trained[n] = self.not_trained.get(n, 0) + msg.aux
@@ -289,13 +342,48 @@ class SplitLoRA(Method):
             self._serve(msg, epoch, on_step)
             served += 1
             left[n] -= 1
-            todo[n] -= 1
+            todo[n] = todo.get(n, 0) - 1
             self.advance(n)
             if left[n] == 0:
                 del left[n]
             for m in [n] + [m for m in left if m != n]:
                 if may_issue(m):
                     issue(m)
+
+    def _visit(self, msg: Message, epoch: int, left: dict[str, int], nxt: dict[str, int], busy: set[str]) -> bool:
+        """A handover (trainer.transport.handover): ``moved`` (its micro-batch in flight went on to its new server)
+        or ``join`` (``aux`` micro-batches of this epoch to come, from ``mb`` on); True when the joining client
+        has one in flight here already (it moved while sending it)."""
+        n = msg.device
+        if msg.kind == "moved":
+            busy.discard(n)
+            left.pop(n, None)
+            self._visits.gone(n, msg.aux)
+            return False
+        aux = self._visits.joined(msg, epoch)
+        if not aux:
+            return False
+        left[n], nxt[n] = aux, msg.mb
+        if aux > self._count(n) - msg.mb:
+            busy.add(n)
+            return True
+        return False
+
+    def _release(self, n: str, epoch: int, left: dict[str, int], nxt: dict[str, int]) -> None:
+        """Tell idle client ``n`` that its leg here has ended (``release``): it joins its next server from ``nxt``."""
+        self.setup.transport.send_down(Message(n, nxt[n], kind="release", epoch=epoch))
+        left.pop(n, None)
+        self._visits.gone(n, self._visits.legs.leg_at(n, self.setup.meter.now()))
+
+    def _idle(self) -> None:
+        """Answer one backhaul round while this server waits for a visitor (trainer.transport.backhaul)."""
+        opt = self.server_opt
+
+        def step() -> None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        self.sync.idle(self.sync_state(), [p for g in opt.param_groups for p in g["params"]], step)
 
     def _count(self, name: str) -> int:
         return self.batch_counts()[name]

@@ -41,7 +41,7 @@ def device_legs(cfg, built: runner.Built, fl: Fleet) -> dict[str, list[tuple]]:
     out = {}
     for d in built.scenario.devices:
         lg = dynamics.legs(built.scenario, d, fl.servers[fl.home[d.name]])
-        if cfg.emulate == "none":
+        if cfg.emulate == "none" or not dynamics.emulates_availability(cfg.method):  # cenlora: no device links
             lg = lg[:1]
         out[d.name] = [(at, fl.servers.index(srv), *rest) for at, srv, *rest in lg]
     return out

@@ -76,9 +76,11 @@ RENDEZVOUS_MIN_S = 10.0  # start-up: roles load the model at different speeds, s
 #: The messages each method's devices send up (a server refuses any other kind: no 2 GiB adapter to
 #: a SplitFrozen server that never reads one).
 _BASE_UP = {Kind.HELLO, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE}
-_MOVING = {Kind.ACT, Kind.MOVED, Kind.JOIN}  # SplitFrozen's devices hand over (trainer.methods.splitfrozen)
-UP_KINDS = {"splitfrozen": frozenset(_BASE_UP | _MOVING), "splitfrozen-sequential": frozenset(_BASE_UP | _MOVING),
-            "splitlora": frozenset(_BASE_UP | {Kind.ACT, Kind.ADAPTER}), "fedlora": frozenset(_BASE_UP | {Kind.ADAPTER}),
+_MOVING = {Kind.MOVED, Kind.JOIN}  # devices that hand over (trainer.transport.handover)
+UP_KINDS = {"splitfrozen": frozenset(_BASE_UP | _MOVING | {Kind.ACT}),
+            "splitfrozen-sequential": frozenset(_BASE_UP | _MOVING | {Kind.ACT}),
+            "splitlora": frozenset(_BASE_UP | _MOVING | {Kind.ACT, Kind.ADAPTER}),
+            "fedlora": frozenset(_BASE_UP | _MOVING | {Kind.ADAPTER}),
             "cenlora": frozenset(_BASE_UP | {Kind.SHARD})}
 
 
@@ -153,7 +155,8 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
             raise SfsimError(f"{cfg.devices}: device {d.name} has a latency profile; --emulate compute needs a "
                              "'flops' rate for every device")
         meter.stretch[d.name] = d.flops
-    dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}", cfg.server_order)
+    dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}", cfg.server_order,
+                   cfg.client_order)
     legs = device_legs(cfg, built, fl)
     visits = {n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()}
     if resume and any(len(lg) > 1 for lg in legs.values()):
@@ -176,8 +179,8 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
             meter.presence[fl.devices[rank - n_srv]] = presence
     tr = DistTransport(rank, fl.devices, channels, meter, limits, shaping(cfg, legs), peer_timeout=cfg.peer_timeout,
                        presence=presence, servers=n_srv, home=fl.home, visits=visits,
-                       window=1 if cfg.method == "splitfrozen-sequential" else setup.buffer)
-    if any(len(lg) > 1 for lg in legs.values()):  # handovers (SplitFrozen only: dynamics.check)
+                       window=setup.buffer if cfg.method == "splitfrozen" else 1)
+    if any(len(lg) > 1 for lg in legs.values()):  # handovers (trainer.transport.handover; dynamics.check)
         built.method.legs = {n: [(at, r, fl.servers[r]) for at, r, *_ in lg] for n, lg in legs.items()}
         if role == "server":
             built.method.visitors = {d.name: d for d in setup.devices if any(r == rank for _, r, *_ in legs[d.name])}

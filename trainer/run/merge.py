@@ -60,6 +60,8 @@ def merge_servers(parts: list[dict], fl) -> dict:
     for key in ("device_flops_total", "server_flops_total", "uplink_bytes", "downlink_bytes", "header_bytes",
                 "train_samples", "cpu_s"):
         m[key] = sum(x.get(key, 0) for x in ms)
+    m["phase_s"] = {k: round(sum(x.get("phase_s", {}).get(k, 0.0) for x in ms), 6)
+                    for k in sorted({k for x in ms for k in x.get("phase_s", {})})}  # every process's
     m["missing_reports"] = [n for x in ms for n in x["missing_reports"]]
     m["handovers"] = sorted((h for x in ms for h in x["handovers"]), key=lambda h: (h["at_s"], h["device"]))
     m["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in ms)

@@ -50,6 +50,7 @@ from trainer.transport.secure import Channel
 from trainer.transport.wire import WireError
 
 _LEN = 8  # bytes of a JSON part's length prefix
+IDLE_POLL_S = 0.005  # a server waiting for a visitor looks for it this often (between its background rounds)
 MAX_JSON = 1 << 30  # a server's end-of-run part (metrics and trace events) at most
 
 
@@ -153,6 +154,7 @@ class ServerSync:
         self.ended: bool | None = None  # every server ended in one round: whether a last round is still due
         self.stepping = False  # joint mode: some server stepped on the last round's mean gradient
         self._pending: tuple | None = None  # async: (thread, live state, snapshot, average, steps at the snapshot)
+        self._idle: threading.Thread | None = None  # a waiting server's round in flight (:meth:`idle`)
 
     # -- what a method calls around its optimizer step -----------------------------------------------------
     def before_step(self, params: list[torch.nn.Parameter], last: bool = False) -> None:
@@ -185,21 +187,56 @@ class ServerSync:
         """
         self._wait()
         while self.ended is None:
-            if self.joint and params is not None:
-                for p in params:
-                    p.grad = None
-                grads = [torch.zeros_like(p) for p in params]
-                self._round(grads, 1.0, False, adopt=True)
-                if self.stepping:  # another server stepped on this round's mean gradient: so does this one
-                    for p, g in zip(params, grads, strict=True):
-                        p.grad = g
-                    step()
-            else:  # shaped as the others' rounds (after_step's parameters); a drained server does not adopt
-                self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, False,
-                            adopt=False)
+            self._drained(state, params, step, False)
         if self.ended or last_round:
             self._round(state, self.weight, False, adopt=True)
         self.ended = None
+
+    def idle(self, state: list[torch.Tensor], params: list[torch.nn.Parameter] | None = None, step=None) -> None:
+        """Answer the others' rounds as a server with nothing to train *yet*: its devices are done, but a visiting
+        device may still join it (a handover, :mod:`trainer.transport.handover`). Called again and again while it
+        waits: it answers as a drained server does (:meth:`finish`), but as one that still trains, so that no
+        round ends the run. With gradients averaged before every step (joint) it answers the next round now
+        (and steps with the others); otherwise the round runs in the background (it adopts nothing), so that a
+        visitor who joins meanwhile is served at once, and the server's next round waits for it."""
+        if self.joint:
+            self._wait()
+            self._drained(state, params, step, True)
+            return
+        self._in_background([torch.zeros_like(t) for t in (params if params is not None else state)])
+
+    def fed_idle(self, state: list[torch.Tensor]) -> None:
+        """FedLoRA's :meth:`idle`: joint, adopt the others' average of the next round; else answer in the background."""
+        if self.joint:
+            self._wait()
+            self._round([torch.zeros_like(t) for t in state], 0.0, True, adopt=True, into=state)
+            return
+        self._in_background([torch.zeros_like(t) for t in state])
+
+    def _in_background(self, zeros: list[torch.Tensor]) -> None:
+        """One weight-0 round of a waiting server in a thread (none while one is in flight), then a short pause."""
+        th = self._idle
+        if th is None or not th.is_alive():
+            self._wait()
+            self._idle = threading.Thread(target=self._round, args=(zeros, 0.0, True, False), daemon=True,
+                                          name="backhaul-idle")
+            self._idle.start()
+        time.sleep(IDLE_POLL_S)
+
+    def _drained(self, state, params, step, active: bool) -> None:
+        """One round of a server that trains nothing now (``active``: it may train again this epoch)."""
+        if self.joint and params is not None:
+            for p in params:
+                p.grad = None
+            grads = [torch.zeros_like(p) for p in params]
+            self._round(grads, 1.0, active, adopt=True)
+            if self.stepping:  # another server stepped on this round's mean gradient: so does this one
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+                step()
+        else:  # shaped as the others' rounds (after_step's parameters); a drained server does not adopt
+            self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, active,
+                        adopt=False)
 
     def fed_round(self, state: list[torch.Tensor], weight: float, last: bool = False) -> None:
         """FedLoRA: the server's FedAvg round ended with ``state`` (weight: samples averaged into it)."""
@@ -256,6 +293,9 @@ class ServerSync:
         :attr:`ended` says whether a last round is due (some server did not take the average); every
         server reads the same sums, so all decide alike.
         """
+        idle = self._idle
+        if idle is not None and idle is not threading.current_thread():
+            idle.join()  # rounds go one at a time over the channels: a waiting server's round first
         flat = torch.cat([t.detach().reshape(-1).float().cpu() * weight for t in tensors]  # a GPU server's too
                          + [torch.tensor([weight, float(active), float(not adopt), float(stepping)])])  # (numels + 4,)
         nbytes = (flat.numel() - 4) * 4

@@ -18,7 +18,8 @@ device may send (credits and ``fwd`` commands it sent down; a device that hands 
 credit window, once per epoch) and drops a device that sends more.
 
 Link shaping (``--emulate links``): a message occupies the link for ``bytes * 8 / bandwidth`` seconds
-(a serialiser thread sleeps that long; the next message waits for the link) and arrives ``latency``
+(a serialiser thread sleeps that long; the next message waits for the link: a device has one uplink,
+whichever server its current leg goes to, as in the simulator) and arrives ``latency``
 later (a delivery thread holds it until then), as the simulator's link model does. Control messages
 (credits, commands) carry no payload and take the latency only. A time-varying link (trace,
 Gilbert-Elliott, fading) holds a message until the integral of its rate covers the bits
@@ -160,7 +161,8 @@ class DistTransport:
         self.header_bytes = 0  # everything but tensor bytes: headers, frame lengths, counters and tags
         self.dropped: dict[str, str] = {}  # peers dropped for a bad, forged or replayed message -> why
         self._permits: dict[str, int] = {}  # device -> activation messages it may still send (credits, fwd)
-        self._joined: dict[str, int] = {}  # device -> the last epoch whose handover brought it credits here
+        self._joined: dict[str, int] = {}  # device -> 1 + the epoch of its join here (gone on its ``moved``)
+        self._brought: dict[tuple[str, int], int] = {}  # (device, epoch) -> credits its joins here brought
         self._plock = threading.Lock()
         self._closing = threading.Event()
         peers = ([servers + i for i, n in enumerate(self.names) if rank in self.visits[n]] if self.is_server
@@ -169,7 +171,7 @@ class DistTransport:
         self._last_seen = {p: time.monotonic() for p in peers}
         self._out: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
         self._wire: dict[int, queue.Queue] = {p: queue.Queue() for p in peers}
-        self._free = dict.fromkeys(peers, 0.0)  # when the shaped link to each peer is free again
+        self._free = dict.fromkeys(peers + [-1], 0.0)  # when the shaped link to each peer (-1: a device's uplink) is free
         self._threads = []
         for p in peers:
             self._start(self._receiver, p)
@@ -179,8 +181,14 @@ class DistTransport:
 
     # -- what the roles call ------------------------------------------------------------------
     def send_up(self, msg: Message) -> None:
-        """Device -> its server (encoded in the run's codec here, then queued; returns at once)."""
-        self._enqueue(self.home[msg.device], codecs.encode_message(msg, self.limits.codec, self.meter, msg.device))
+        """Device -> its server (encoded in the run's codec here, then queued). Activations return when their
+        send starts: a device holds at most one finished activation, as the simulator's devices do (its next
+        forward starts when the link takes this one; the gap is a ``wait`` on its lane)."""
+        msg = codecs.encode_message(msg, self.limits.codec, self.meter, msg.device)
+        start, now = self._enqueue(self.home[msg.device], msg), self.meter.now()
+        if msg.kind == "act" and start > now:
+            self.meter.events.append(TraceEvent(msg.device, "wait", now, start - now, msg.mb, msg.device))
+            _sleep_until(self.meter, start)
 
     def send_down(self, msg: Message) -> None:
         """Server -> device ``msg.device`` (queued; a lost device's messages are dropped)."""
@@ -197,6 +205,14 @@ class DistTransport:
     def recv_up(self, device: str | None, kinds: set[str] | None = None) -> Message:
         """The oldest message from ``device`` (``None``: from any device), optionally of ``kinds``, decoded."""
         return self._decode(self.inbox.take(device, kinds, self._check_stale), self.meter.server_lane, "")
+
+    def poll_up(self, kinds: set[str]) -> Message | None:
+        """The oldest message of ``kinds`` from any device if one is waiting, else None (PeerLost for a lost one)."""
+        with self.inbox.cv:
+            if not any(m.kind in kinds for m in self.inbox.arrivals) and \
+                    not any(d not in self.inbox.reported for d in self.inbox.lost):
+                return None
+        return self.recv_up(None, kinds)
 
     def recv_down(self, device: str) -> Message:
         """The oldest message from a server (PeerLost(device) when its server is gone), decoded."""
@@ -274,21 +290,24 @@ class DistTransport:
         up, down = shape
         return up if p < self.servers else down
 
-    def _enqueue(self, p: int, msg: Message) -> None:
-        """Queue ``msg``; shaped, its time on the link is fixed now (the link is first come, first served)."""
+    def _enqueue(self, p: int, msg: Message) -> float:
+        """Queue ``msg``; shaped, its time on the link is fixed now (the link is first come, first served).
+        Returns when its send starts."""
         now = self.meter.now()
         link = self._link(p) if msg.kind != "report" else None  # a report is measurement, not the method's traffic
         start = end = now
+        lane = p if self.is_server else -1  # a device has one uplink, whichever server its leg goes to
         if link is not None:
-            start = max(now, self._free[p])
+            start = max(now, self._free[lane])
             end = link.end(start, msg.nbytes)
         if self.presence is not None and msg.kind in ("act", "adapter") and (end == math.inf or end > self.presence.leave):
             raise DeviceLeft(self.names[self.rank - self.servers], "gone before its send would end")
         if link is None:
             self._wire[p].put((msg, now, 0.0, None))
-            return
-        self._free[p] = end
+            return now
+        self._free[lane] = end
         self._out[p].put((msg, start, end, None))
+        return start
 
     def _serialiser(self, p: int) -> None:
         """Hold each message until it has left the link, then pass it on with its due time (+ latency)."""
@@ -389,16 +408,26 @@ class DistTransport:
         return (None, {}) if pkt.kind == Kind.HEARTBEAT else (pkt, tensors)
 
     def _permit(self, name: str, pkt: Packet) -> None:
-        """Credits on receipt: an activation message spends a permit; a handover's ``join`` brings at most the
-        credit window (once per epoch: the credits in hand and those returned for micro-batches in flight)."""
+        """Credits on receipt: an activation message spends a permit. A handover's ``join`` opens at most the
+        credit window (the device's fresh account here, as the simulator's per-server accounts) once per visit: again
+        only after the device has ``moved`` away from here or in a later epoch; and all the joins of one epoch
+        bring at most the device's budget (one micro-batch holds at least one sample). ``moved`` takes the
+        credits it held here away with it."""
         with self._plock:
             if pkt.kind == Kind.ACT:
                 if self._permits.get(name, 0) <= 0:
                     raise WireError("activations sent without a credit")
                 self._permits[name] -= 1
-            elif pkt.kind == Kind.JOIN and pkt.aux > 0 and self._joined.get(name, -1) < pkt.epoch:
-                self._joined[name] = pkt.epoch
-                self._permits[name] = self._permits.get(name, 0) + min(pkt.aux, self.window)
+            elif pkt.kind == Kind.MOVED:
+                self._permits[name] = 0
+                self._joined.pop(name, None)
+            elif pkt.kind == Kind.JOIN and pkt.aux > 0 and self._joined.get(name, -1) < pkt.epoch + 1:
+                self._joined[name] = pkt.epoch + 1  # here, in this epoch: a second join brings nothing
+                budget = self.limits.budget[pkt.device] if 0 <= pkt.device < len(self.limits.budget) else pkt.aux
+                used = self._brought.get((name, pkt.epoch), 0)
+                give = max(0, min(pkt.aux, self.window, budget - used))
+                self._brought[(name, pkt.epoch)] = used + give
+                self._permits[name] = self._permits.get(name, 0) + give
 
     def _check_stale(self) -> None:
         now = time.monotonic()

@@ -34,9 +34,10 @@ leaves when a micro-batch cannot be sent; SplitLoRA's when a commanded forward o
 adapter upload cannot end (that round is lost, as the simulator's rule "a round whose upload was cut
 off is lost"). Time-varying links apply to every method.
 
-Handover (``--emulate`` other than ``none``; SplitFrozen in arrival order, :func:`check`): the leg
-holding when a micro-batch's send starts takes it (:func:`legs`), as in the simulator; see
-``trainer.methods.splitfrozen`` for the messages that move a device between server processes.
+Handover (``--emulate`` other than ``none``; split methods in arrival order, :func:`check`): the leg
+holding when a micro-batch's send (FedLoRA: a round's upload) starts takes it (:func:`legs`), as in the
+simulator; see :mod:`trainer.transport.handover` for the messages that move a device between server
+processes (SplitFrozen's own are in ``trainer.methods.splitfrozen``).
 """
 
 from __future__ import annotations
@@ -52,19 +53,40 @@ from sfsim.network.linkrate import Constant, Product, Rate, finish
 from trainer.transport.runtime import DeviceLeft
 
 
-def check(scenario, method: str, emulate: str, what: str, server_order: str = "fifo") -> None:
-    """Refuse, in one line, what the runtime cannot emulate: handovers but SplitFrozen's in arrival order."""
+def check(scenario, method: str, emulate: str, what: str, server_order: str = "fifo",
+          client_order: str | None = None) -> None:
+    """Refuse, in one line, a handover the runtime cannot emulate: a split method's server takes a visiting
+    device's micro-batches in arrival order only, and SplitLoRA's sequential client order has no place for a
+    client arriving mid-run (as in the simulator). CenLoRA has no device links: its handovers change nothing."""
     if emulate == "none":
         return
     moving = [d.name for d in scenario.devices if d.handover]
-    if moving and not method.startswith("splitfrozen"):
-        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; the distributed runtime moves "
-                         f"SplitFrozen's devices only ({method}: only sfsim simulate): use --method splitfrozen or "
-                         "remove 'handover'")
-    if moving and server_order != "fifo":
+    if not moving or not emulates_availability(method):
+        return
+    if method == "splitlora" and (client_order or scenario.training.client_order) == "sequential":
+        raise SfsimError(f"{what}: device {moving[0]} hands over to another server; SplitLoRA's sequential client "
+                         "order (client after client, each over its whole epoch) has no place for a client arriving "
+                         "mid-run: use training.client_order interleaved")
+    back = next((d.name for d in scenario.devices if _returns(d)), None)
+    if method == "splitlora" and back is not None:
+        raise SfsimError(f"{what}: device {back} goes back to a server it left; SplitLoRA's runtime moves a client "
+                         "to a new server only (a client's return can deadlock this version's release and join): "
+                         "only sfsim simulate, or use --method splitfrozen or fedlora")
+    if method.startswith("split") and server_order != "fifo":
         raise SfsimError(f"{what}: device {moving[0]} hands over to another server; a server takes a visiting "
                          f"device's micro-batches in arrival order only (--server-order {server_order} is a "
                          "schedule of turns fixed before the run): use --server-order fifo")
+
+
+def _returns(d) -> bool:
+    """Whether device ``d``'s handovers take it back to a server it has left."""
+    seen, here = {d.server}, d.server
+    for h in d.handover or ():
+        if h.to != here and h.to in seen:
+            return True
+        seen.add(h.to)
+        here = h.to
+    return False
 
 
 def legs(scenario, d, first: str) -> list[tuple[float, str, Rate | None, Rate | None, tuple]]:

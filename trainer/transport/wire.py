@@ -46,6 +46,7 @@ MAX_DIMS = 4
 DESC_LEN = 3 + MAX_DIMS  # name, dtype, ndim, dims
 HEADER_LEN = 8 + MAX_TENSORS * DESC_LEN  # 36 int64 slots = 288 bytes
 MAX_MESSAGE_BYTES = 2 << 30  # 2 GiB: no single message may ask the receiver for more
+MAX_LEGS = 1 << 16  # handovers of one device in a run at most (a ``moved`` names the leg it moves to)
 
 
 class Kind(enum.IntEnum):
@@ -67,14 +68,15 @@ class Kind(enum.IntEnum):
     REPORT = 14  # up: the device's measurements as UTF-8 JSON bytes (parsed with ``json``, never unpickled)
     SAVE = 15  # down: write your training state for checkpoint ``aux``, then answer DONE with the same aux
     LEAVE = 16  # up: the device has left (availability); aux = samples of this epoch it will not send
-    MOVED = 17  # up, to the old server: the device hands over; mb = micro-batches it sent there this epoch
+    MOVED = 17  # up, to the old server: the device hands over; mb = micro-batches it sent this epoch, aux = its new leg
     JOIN = 18  # up, to the new server: aux = micro-batches of this epoch it will send there (0: not this epoch)
+    RELEASE = 19  # down, from the server a device leaves (a handover, trainer.transport.handover): mb = its next micro-batch
 
 
 UP = {Kind.HELLO, Kind.ACT, Kind.ADAPTER, Kind.SHARD, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE,
       Kind.MOVED, Kind.JOIN}
 DOWN = {Kind.START, Kind.CREDIT, Kind.GRAD, Kind.FWD, Kind.END, Kind.SYNC, Kind.ROUND, Kind.ADAPTER,
-        Kind.HEARTBEAT, Kind.SAVE}
+        Kind.HEARTBEAT, Kind.SAVE, Kind.RELEASE}
 
 #: Tensor names that may appear in a message (code = position + 1).
 NAMES = ("hidden", "attention_mask", "labels", "grad", "state", "input_ids", "token_type_ids", "losses", "blob",
@@ -294,10 +296,13 @@ def _header_join(p: Packet, lim: Limits) -> None:
 
 
 def _header_moved(p: Packet, lim: Limits) -> None:
-    """A handover's ``moved``: mb = micro-batches sent to the old server this epoch (at most one per sample)."""
+    """A handover's ``moved``: mb = micro-batches sent this epoch (at most one per sample), aux = the index of
+    the leg it moves to (at least 1)."""
     cap = lim.budget[p.device] if 0 <= p.device < len(lim.budget) else None
     if p.mb < 0 or (cap is not None and p.mb > cap):
         raise WireError(f"a moved after {p.mb} micro-batches; this device holds 0..{cap if cap is not None else 'N'}")
+    if not 0 <= p.aux <= MAX_LEGS:
+        raise WireError(f"a moved to leg {p.aux}; legs are 0..{MAX_LEGS}")
 
 
 #: Per kind: checks of the header's integers (before the payloads are read).

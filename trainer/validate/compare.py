@@ -1,7 +1,7 @@
 """``sfsim validate``: run a scenario for real and in the simulator, and report the prediction error.
 
 1. The real run: the distributed trainer (one process per role, ``--launch local``) on the scenario,
-   one epoch, with the chosen emulation; its merged trace is the *measured* timeline.
+   one epoch (``--epochs``: more, e.g. a second from ``training.cache_activations``), with the chosen emulation; its merged trace is the *measured* timeline.
 2. The prediction: the simulator on the same scenario, made to describe what really ran: the run's
    model, micro-batch, accumulate, per-device sample counts, cuts, LoRA blocks and targets, the mean
    trimmed sequence length of its micro-batches, per-device credits, SplitLoRA's client order
@@ -17,7 +17,8 @@
 Stages (sums of op durations over lanes, in seconds; ``waiting`` is the server's idle time inside
 the run's span): ``device_forward`` (F on device lanes), ``device_backward`` (B/W/BW on device lanes),
 ``device_step``, ``uplink``, ``downlink`` (``send`` on ``link:``/``downlink:`` lanes), ``server_F``,
-``server_B``, ``server_W``, ``server_BW``, ``server_step``, ``aggregate``, ``waiting``. The total is
+``server_B``, ``server_W``, ``server_BW``, ``server_step``, ``aggregate``, ``sync`` and ``codec``
+(:mod:`trainer.validate.stagerows`), ``waiting``. The total is
 the span from the first to the last event of each timeline. A stage that is a small share of the
 run (under 2% of the measured span, e.g. an optimizer step of a few LoRA matrices) is reported but
 flagged ``minor``: its relative error says little.
@@ -50,6 +51,7 @@ from trainer.run.launch import run
 from trainer.run.runner import RunConfig
 from trainer.validate.machine import refusal, server_profile, too_fast
 from trainer.validate.profile import LoadSampler, load_factor
+from trainer.validate.stagerows import codec_measured, codec_predicted, is_sync
 
 #: simulator policy that replays each trainer server order
 POLICY_OF_ORDER = {"proportional": "paced-proportional", "round-robin": "paced-round-robin", "fifo": "fifo",
@@ -71,6 +73,7 @@ class ValidateConfig:
     emulate: str = "all"
     data_dir: str | None = None
     train_samples: int | None = None
+    epochs: int = 1  # of the run and the simulation (2 with training.cache_activations: the cached epoch too)
     split: int | None = None
     server_order: str = "proportional"
     seed: int = 0
@@ -113,7 +116,7 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
         vc, source = _own_server_profile(vc, say)
     native = _check_emulation(vc)
     rc = RunConfig(devices=vc.devices, model=vc.model, task=vc.task, method=vc.method, partition=vc.partition,
-                   out=str(out / "run"), split=vc.split, epochs=1, train_samples=vc.train_samples, eval_samples=8,
+                   out=str(out / "run"), split=vc.split, epochs=vc.epochs, train_samples=vc.train_samples, eval_samples=8,
                    seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
                    micro_batch=vc.micro_batch, buffer=vc.buffer, progress=False, launch="local", emulate=vc.emulate,
                    threads=vc.threads, count_flops=False, accumulate=vc.accumulate, client_order=vc.client_order,
@@ -123,9 +126,11 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
         metrics = run(rc)
     load.append(round(os.getloadavg()[0], 2))
     measured = read_chrome_trace(out / "run" / "trace.json")
-    sim, host = predict_shared(vc, metrics, native, sampler.mean)
+    sim, host, profiles = predict_shared(vc, metrics, native, sampler.mean)
     predicted = sim.events
-    report = compare(predicted, measured, list(metrics["server_flops"]))  # every server's lane
+    codec = codec_predicted(sim_scenario(vc, metrics, profiles), predicted, sim.assignment, metrics["method"])
+    report = compare(predicted, measured, list(metrics["server_flops"]),  # every server's lane
+                     {"codec": (codec, codec_measured(metrics))})
     report["header"] = header(vc, source, native, host, load, list(metrics["device_flops"]))
     report.update(method=metrics["method"], server_order=vc.server_order, client_order=metrics.get("client_order"),
                   accumulate=metrics["accumulate"], emulate=vc.emulate,
@@ -192,7 +197,7 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
     profiles = dict(profiles or {})
     sets: list[tuple[str, object]] = [
         ("model.name", _sim_model(vc.model)), ("model.seq_len", _mean_tokens(metrics)),
-        ("training.micro_batch", metrics["micro_batch"]), ("training.epochs", 1),
+        ("training.micro_batch", metrics["micro_batch"]), ("training.epochs", vc.epochs),
         ("training.accumulate", metrics["accumulate"]), ("training.buffer", metrics["buffer"]),
         ("training.server_policy", POLICY_OF_ORDER[vc.server_order]),
     ]
@@ -214,7 +219,8 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
                      (f"devices[{name}].flops", None)]
     server = profiles.get("server", vc.server_profile)
     if server is not None:
-        sets += [("servers[0].latency_profile", str(Path(server).resolve())), ("servers[0].flops", None)]
+        for srv in metrics["server_flops"]:  # every server process ran on this machine
+            sets += [(f"servers[{srv}].latency_profile", str(Path(server).resolve())), (f"servers[{srv}].flops", None)]
     return sets
 
 
@@ -231,7 +237,7 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probe_s: float 
     processes' load, :func:`~trainer.validate.profile.load_factor`).
 
     Returns:
-        (the simulation, the host figures for the report header).
+        (the simulation, the host figures for the report header, the profiles it used: :func:`predict`'s).
     """
 
     profiles = {d.name: vc.server_profile for d in native}
@@ -240,16 +246,17 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probe_s: float 
     names = list(metrics["samples_by_device"])
     host = {"cores": cores, "processes": 1 + len(names), "threads": vc.threads, "server_slowdown": 1.0}
     if vc.server_profile is None:
-        return sim, host
+        return sim, host, profiles
     ratio = load_factor(read_yaml(vc.server_profile), probe_s)  # reported always, applied on request
     host.update(load_ratio=None if ratio is None else round(ratio, 4), probe_s=None if probe_s is None else round(probe_s, 6),
                 load_factor=round(ratio, 4) if vc.load_calibration and ratio is not None else None)
     lf = host["load_factor"]
     if lf is not None:
         path = _stretched(vc, lf)
-        sim = predict(vc, metrics, {**{d.name: path for d in native}, "server": path})
+        profiles = {**{d.name: path for d in native}, "server": path}
+        sim = predict(vc, metrics, profiles)
     if not vc.host_sharing:
-        return sim, host
+        return sim, host, profiles
     own = vc.device_profile if vc.emulate in ("none", "links") else vc.server_profile
     cpu = _device_cpu_seconds(predict(vc, metrics, {n: own for n in names}).events, names)
     cpu = {k: v * (lf or 1.0) for k, v in cpu.items()}  # a loaded machine computes the devices' work slower too
@@ -257,9 +264,10 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probe_s: float 
         shares = runnable_shares(cpu, _span(sim.events))
         factor = slowdown(cores, [(p, vc.threads) for p in shares.values()], vc.threads)
         path = _stretched(vc, factor * (lf or 1.0))
-        sim = predict(vc, metrics, {**{d.name: path for d in native}, "server": path})
+        profiles = {**{d.name: path for d in native}, "server": path}
+        sim = predict(vc, metrics, profiles)
     host.update(server_slowdown=round(factor, 4), device_cpu_shares={k: round(v, 4) for k, v in shares.items()})
-    return sim, host
+    return sim, host, profiles
 
 
 @contextlib.contextmanager
@@ -448,6 +456,8 @@ def _expand_counts(data: dict) -> list[dict]:
 def stage_of(e: TraceEvent, servers: list[str]) -> str | None:
     """The stage an event counts toward (see the module docstring)."""
     lane = e.lane
+    if is_sync(e):
+        return "sync"
     if lane.startswith("link:"):
         return "uplink"
     if lane.startswith("downlink:"):
@@ -487,8 +497,10 @@ def _row(pred: float, meas: float) -> dict:
             "error": round((pred - meas) / meas, 6) if meas > 0 else None}
 
 
-def compare(predicted: list[TraceEvent], measured: list[TraceEvent], servers: list[str]) -> dict:
-    """The report: total and per-stage predicted, measured, error.
+def compare(predicted: list[TraceEvent], measured: list[TraceEvent], servers: list[str],
+            extra: dict[str, tuple[float, float]] | None = None) -> dict:
+    """The report: total and per-stage predicted, measured, error (``extra``: more rows, name -> (predicted,
+    measured) seconds, e.g. ``codec``, :mod:`trainer.validate.stagerows`).
 
     When one side runs the server's backward fused (``BW``, the sequential ablation in the trainer)
     and the other as ``B`` then ``W`` (the simulator records them apart even when back to back), both
@@ -501,8 +513,12 @@ def compare(predicted: list[TraceEvent], measured: list[TraceEvent], servers: li
             side["server_backward"] = sum(side.pop(k, 0.0) for k in ("server_B", "server_W", "server_BW"))
     names = [n for n in ("device_forward", "device_backward", "device_step", "uplink", "downlink", "server_F",
                          "server_B", "server_W", "server_BW", "server_backward", "server_step", "aggregate",
-                         "waiting")
+                         "sync", "waiting")
              if sp.get(n, 0) > 0 or sm.get(n, 0) > 0]
+    for n, (p, m) in (extra or {}).items():
+        if p > 0 or m > 0:
+            sp[n], sm[n] = p, m
+            names.append(n)
     rows = {n: _row(sp.get(n, 0.0), sm.get(n, 0.0)) for n in names}
     for r in rows.values():
         r["minor"] = r["measured_s"] < MINOR * tm

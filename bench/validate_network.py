@@ -1,0 +1,107 @@
+"""Prediction error of the simulator against the distributed runtime on the network features (issue 21).
+
+Runs ``sfsim validate`` (one process per role, ``--emulate all``, a tiny random GPT-2, this machine's server
+profile) on five small fleets and prints the total error of each, the median, and the codec and sync rows:
+
+* ``sync2``: 2 servers with backhaul sync every 2 steps and a pausing device (tests/fixtures/runtime_two_servers_churn.yaml);
+* ``handover``: a device handing over between 2 server processes (tests/fixtures/runtime_handover.yaml);
+* ``churn``: one device pausing, one dropping at 1.3 s (tests/fixtures/runtime_churn.yaml);
+* ``drop``: the same with the dropping device gone at 0.3 s, during its first send;
+* ``int8``: int8 activations on a 0.5 Mbps uplink (tests/fixtures/runtime_tiny.yaml, overridden);
+* ``cached``: 2 epochs, the second from the server's activation cache (tests/fixtures/runtime_cached.yaml).
+
+Usage (not CI; a few minutes)::
+
+    PYTHONPATH=. .venv/bin/python bench/validate_network.py [--out bench/results/validate_network] [--only a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from trainer.validate.compare import ValidateConfig, run_validation  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+FIX = HERE.parent / "tests" / "fixtures"
+
+#: name -> (scenario, method, epochs)
+RUNS = {"sync2": ("runtime_two_servers_churn.yaml", "splitfrozen", 1),
+        "handover": ("runtime_handover.yaml", "splitfrozen", 1),
+        "churn": ("runtime_churn.yaml", "splitfrozen", 1),
+        "drop": ("drop", "splitfrozen", 1),
+        "int8": ("int8", "splitfrozen", 1),
+        "cached": ("runtime_cached.yaml", "splitfrozen", 2)}
+
+
+def int8_scenario(folder: Path) -> Path:
+    """runtime_tiny.yaml with int8 activations on a 0.5 Mbps uplink (the codec's gain shows in the time)."""
+    data = yaml.safe_load((FIX / "runtime_tiny.yaml").read_text())
+    data["training"]["wire_dtype"] = "int8"
+    for d in data["devices"]:
+        d["uplink"] = {"bandwidth": "0.5 Mbps", "latency": "5 ms"}
+    path = folder / "runtime_int8_slowlink.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def drop_scenario(folder: Path) -> Path:
+    """runtime_churn.yaml with phone-1 gone at 0.3 s (its first forward ends at ~0.29 s, its send would end ~0.7 s)."""
+    data = yaml.safe_load((FIX / "runtime_churn.yaml").read_text())
+    (folder / "drop_windows.yaml").write_text("phone-0: [[0, 0.5], [1.5, 1000]]\nphone-1: [[0, 0.3]]\n")
+    for d in data["devices"]:
+        d["availability"]["file"] = str(folder / "drop_windows.yaml")
+    path = folder / "runtime_drop_early.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(HERE / "results" / "validate_network"))
+    ap.add_argument("--model", default=None, help="a local tiny model folder (default: a tiny random GPT-2 made here)")
+    ap.add_argument("--only", default=",".join(RUNS))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None:
+        from trainer.model.loading import tiny_model
+
+        lm = tiny_model("gpt2", n_layers=4, hidden=32, seed=2)
+        model = str(out / "tiny-gpt2")
+        lm.model.save_pretrained(model)
+        lm.tokenizer.save_pretrained(model)
+    rows = {}
+    for name in args.only.split(","):
+        scen, method, epochs = RUNS[name]
+        path = {"int8": int8_scenario, "drop": drop_scenario}[scen](out) if scen in ("int8", "drop") else FIX / scen
+        folder = out / name
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        vc = ValidateConfig(devices=str(path), model=model, method=method, out=str(folder), split=1, max_len=48,
+                            train_samples=32, data_dir=str(FIX / "data"), server_order="fifo", epochs=epochs)
+        rep = run_validation(vc, say=lambda line: None)
+        st = rep["stages"]
+        rows[name] = {"predicted_s": rep["total"]["predicted_s"], "measured_s": rep["total"]["measured_s"],
+                      "error": rep["total"]["error"], "load": rep["header"]["load_average_1min"],
+                      **{k: st[k] for k in ("codec", "sync") if k in st}}
+        print(f"{name:9} predicted {rows[name]['predicted_s']:7.3f} s  measured {rows[name]['measured_s']:7.3f} s  "
+              f"error {100 * rows[name]['error']:+6.1f}%  load {rows[name]['load']}", flush=True)
+    errs = [abs(r["error"]) for r in rows.values()]
+    summary = {"runs": rows, "median_abs_error": round(statistics.median(errs), 4) if errs else None}
+    (out / "table.json").write_text(json.dumps(summary, indent=1))
+    print(f"median |error| {100 * summary['median_abs_error']:.1f}% over {len(errs)} runs -> {out / 'table.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Handovers of every method with device links between server processes (trainer.transport.handover).
+
+The runs launch 2 server + 3 device processes on loopback with a tiny random GPT-2 through ``sfsim
+validate`` (``tests/fixtures/runtime_handover_drop.yaml``: ``mover`` hands over from mec-a to mec-b,
+``stay-b`` is never online, so mec-b waits for its visitor while it answers mec-a's backhaul rounds), and
+compare what the runtime did with what the simulator predicts on the same (validated) scenario.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from trainer.transport.handover import Legs
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _scenario(tmp_path: Path, method: str) -> Path:
+    """The fixture; for FedLoRA (rounds of 2 micro-batches) faster devices and the handover between the mover's
+    two uploads (~1.2 s and ~2.5 s), so that its first round is averaged on mec-a and its second on mec-b."""
+    data = yaml.safe_load((FIXTURES / "runtime_handover_drop.yaml").read_text())
+    for d in data["devices"]:
+        if "availability" in d:
+            d["availability"]["file"] = str(FIXTURES / d["availability"]["file"])
+        if method == "fedlora":
+            d["flops"] = "100 MFLOPS"
+    if method == "fedlora":
+        data["devices"][0]["handover"][0]["at"] = "1.6 s"
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _adapter(out: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(out / "adapter" / "adapter_model.safetensors")
+    tensors.update({f"head.{k}": v for k, v in load_file(out / "adapter" / "head.safetensors").items()})
+    return tensors
+
+
+@pytest.mark.parametrize(("method", "before"), [("splitlora", 1), ("fedlora", 2)])
+def test_splitlora_and_fedlora_hand_over_as_the_simulator_says(tiny_gpt2, tmp_path, method, before):
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+    from sfsim.outputs.trace import read_chrome_trace
+
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(_scenario(tmp_path, method)), "--model", tiny_gpt2,
+                                    "--method", method, "--split", "1", "--max-len", "48", "--train-samples", "32",
+                                    "--data-dir", str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    m = json.loads((out / "run" / "metrics.json").read_text())
+    # SplitLoRA: mover's first micro-batch goes up before 0.8 s, the other three after, to mec-b; FedLoRA: its first
+    # round's upload (2 micro-batches) before 1.6 s, its second after
+    (pred,), (meas,) = rep["handovers"]["predicted"], rep["handovers"]["measured"]
+    assert (meas["device"], meas["from"], meas["to"], meas["sent_before"]) == \
+        (pred["device"], pred["from"], pred["to"], pred["sent_before"]) == ("mover", "mec-a", "mec-b", before)
+    assert m["samples_not_trained"] == rep["samples_not_trained"]["predicted"] == {"stay-b": 8}
+    assert m["lost_devices"] == {} and m["missing_reports"] == []
+    # both servers end as one model
+    a, b = _adapter(out / "run"), _adapter(out / "run" / "servers" / "mec-b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    events = read_chrome_trace(out / "run" / "trace.json")
+    if method == "splitlora":  # the server that trained each of mover's micro-batches
+        trained = sorted((e.lane, e.device) for e in events if e.op == "F" and e.lane.startswith("mec-"))
+        assert trained.count(("mec-a", "mover")) == 1 and trained.count(("mec-b", "mover")) == 3
+        assert ("mec-b", "stay-b") not in trained
+    sends = sorted((e for e in events if e.lane == "link:mover" and e.op == "send"), key=lambda e: e.start)
+    assert sends[-1].dur < 0.75 * sends[0].dur  # the new leg's uplink is twice as fast
+
+
+def test_splitlora_refuses_a_client_that_goes_back_in_one_line():
+    from sfsim.errors import SfsimError
+    from sfsim.scenario.config import load_scenario
+    from trainer.transport import dynamics
+
+    data = yaml.safe_load((FIXTURES / "runtime_handover.yaml").read_text())
+    data["devices"][0]["handover"] = [{"at": "0.5 s", "to": "mec-b"}, {"at": "0.9 s", "to": "mec-a"}]
+    from sfsim.scenario.config import scenario_from_dict
+
+    sc = scenario_from_dict(data)
+    with pytest.raises(SfsimError) as exc:
+        dynamics.check(sc, "splitlora", "all", "x.yaml", "fifo")
+    assert str(exc.value) == ("x.yaml: device mover goes back to a server it left; SplitLoRA's runtime moves a client to "
+                              "a new server only (a client's return can deadlock this version's release and join): only "
+                              "sfsim simulate, or use --method splitfrozen or fedlora")
+    for method in ("splitfrozen", "fedlora"):
+        dynamics.check(sc, method, "all", "x.yaml", "fifo")
+    dynamics.check(load_scenario(str(FIXTURES / "runtime_handover.yaml")), "splitlora", "all", "x.yaml", "fifo")
+
+
+def test_legs_say_who_holds_a_device_and_who_may_come():
+    legs = Legs({"m": [(0.0, 0, "a"), (1.0, 1, "b"), (2.0, 0, "a"), (3.0, 1, "b")], "s": [(0.0, 1, "b")]})
+    assert legs.moving() and not Legs({"s": [(0.0, 1, "b")]}).moving()
+    assert [legs.leg_at("m", t) for t in (0.0, 0.99, 1.0, 2.5, 9.0)] == [0, 0, 1, 2, 3]
+    assert [legs.holds("m", "a", t) for t in (0.5, 1.5, 2.5, 3.5)] == [True, False, True, False]
+    assert legs.holds("s", "b", 5.0) and legs.holds("x", "a", 5.0)  # no legs: it stays where it is
+    assert legs.comes_back("m", "a", 1) and not legs.comes_back("m", "a", 2) and legs.comes_back("m", "b", 2)
+    assert legs.visitors("a") == {"m"} and legs.visitors("b") == {"m"}
+
+
+def test_each_join_brings_credits_again_after_the_device_moved_away_within_its_budget():
+    """A -> B -> A -> B in one epoch: B's transport gives the window on each join that follows a ``moved``, never
+    twice for one visit, and never more than the device's budget over the epoch."""
+    from trainer.run.measure import Meter
+    from trainer.transport import wire
+    from trainer.transport.distributed import DistTransport
+    from trainer.transport.wire import Kind, Limits, Packet, WireError
+
+    lim = Limits(hidden=32, max_batch=4, max_len=8, budget=(5,), epochs=2)
+    tr = DistTransport(0, [], {}, Meter(count_flops=False), lim, window=2)
+
+    def send(kind: Kind, epoch: int = 0, aux: int = 0, mb: int = 3) -> None:
+        p = Packet(kind, 0, mb, epoch, aux)
+        if kind != Kind.ACT:  # an activation's header names its codec: not what this test is about
+            wire.check_specs(p, [], lim)
+        tr._permit("d", p)
+
+    def acts(n: int) -> None:
+        for _ in range(n):
+            send(Kind.ACT)
+        with pytest.raises(WireError, match="without a credit"):
+            send(Kind.ACT)
+
+    send(Kind.JOIN, aux=4)  # first visit to B: the window
+    acts(2)
+    send(Kind.JOIN, aux=4)  # the same visit again: nothing
+    acts(0)
+    send(Kind.MOVED, aux=2)  # to A ...
+    send(Kind.JOIN, aux=2)  # ... and back: the window again
+    acts(2)
+    send(Kind.MOVED, aux=4)
+    send(Kind.JOIN, aux=2)  # a third visit: only 1 left of the epoch's budget of 5
+    acts(1)
+    send(Kind.MOVED, aux=6)
+    send(Kind.JOIN, aux=2)  # the budget is spent for epoch 0
+    acts(0)
+    send(Kind.JOIN, epoch=1, aux=1)  # a new epoch: one micro-batch left, one credit
+    acts(1)
+    send(Kind.MOVED, epoch=1, aux=2)
+    acts(0)  # moved takes the credits it held here away
+    with pytest.raises(WireError, match="a moved to leg -1"):
+        send(Kind.MOVED, aux=-1)
+
+
+@pytest.mark.parametrize("method", ["splitfrozen"])
+def test_a_device_that_goes_back_and_forth_trains_everything_where_the_simulator_says(tiny_gpt2, tmp_path, method):
+    """A -> B -> A -> B in one epoch (mover sends at ~0.3, 0.7, 1.1 and 1.5 s; handovers at 0.5, 0.9 and 1.3 s):
+    each join opens credits again, each server waits while the device may come back, nothing is left untrained."""
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    data = yaml.safe_load((FIXTURES / "runtime_handover.yaml").read_text())
+    data["devices"][0]["handover"] = [{"at": "0.5 s", "to": "mec-b"}, {"at": "0.9 s", "to": "mec-a"},
+                                      {"at": "1.3 s", "to": "mec-b"}]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(tmp_path / "s.yaml"), "--model", tiny_gpt2, "--method",
+                                    method, "--split", "1", "--max-len", "48", "--train-samples", "32", "--data-dir",
+                                    str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    m = json.loads((out / "run" / "metrics.json").read_text())
+    moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
+             for side in ("predicted", "measured")}
+    assert moves["measured"] == moves["predicted"]
+    assert [(a, b) for a, b, _ in moves["measured"]] == [("mec-a", "mec-b"), ("mec-b", "mec-a"), ("mec-a", "mec-b")]
+    assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
+    assert sum(s["steps"] for s in m["servers"].values()) == 4 + 2 + 2  # every micro-batch of every device

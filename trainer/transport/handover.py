@@ -1,0 +1,179 @@
+"""Handovers in a distributed run: which server holds a device when, and the messages that move it.
+
+A device's *legs* are ``(at s, server rank, server name)``, the first from time 0 on its resolved server,
+then one per ``handover`` of the scenario (``trainer.run.launch`` builds them from
+:func:`trainer.transport.dynamics.legs`, the simulator's own). Every process of the run holds every
+device's legs, so a server can tell from the run's clock whether it still holds a device, and which
+devices may come to it.
+
+The messages (:mod:`trainer.transport.wire`), whatever the method:
+
+* ``moved`` to the old server, after everything the device sent it (``aux``: the leg it moves to), so
+  that it stops waiting for the device (and waits again only if a later leg brings it back);
+* ``join`` to the new server: ``aux`` micro-batches of this epoch still to come there (``mb``: the
+  index of the next one the server may ask for), or ``aux`` 0: "not this epoch any more", which the
+  device sends to every other server of its legs when its epoch is over (:meth:`Mover.close`);
+* ``release`` from a server-driven method's old server (SplitLoRA) to an idle device once its leg there
+  has ended: the device then joins the new server.
+
+A server keeps a *placeholder* for each visitor that may still come to it this epoch (a later leg on it)
+until the visitor joins or says it will not; a server whose own devices are done then answers the
+other servers' backhaul rounds while it waits (``trainer.transport.backhaul.ServerSync.idle``), so that
+no server blocks the others.
+"""
+
+from __future__ import annotations
+
+from sfsim.outputs.trace import TraceEvent
+from trainer.transport.runtime import Message
+
+
+class Legs:
+    """Every device's legs (module docstring); devices that never change server have one leg or none.
+
+    Args:
+        legs: device name -> ``[(at s, server rank, server name), ...]`` in time order.
+    """
+
+    def __init__(self, legs: dict[str, list[tuple[float, int, str]]]):
+        self.legs = {n: list(lg) for n, lg in legs.items()}
+
+    def moving(self) -> bool:
+        """True when some device's legs go to more than one server."""
+        return any(len({r for _, r, _ in lg}) > 1 for lg in self.legs.values())
+
+    def leg_at(self, name: str, t: float) -> int:
+        """The index of device ``name``'s leg holding at ``t`` (a leg starting exactly at ``t`` holds)."""
+        lg = self.legs.get(name, [])
+        return max((j for j, (at, _, _) in enumerate(lg) if at <= t or j == 0), default=0)
+
+    def holds(self, name: str, server: str, t: float) -> bool:
+        """Whether ``server``'s leg of device ``name`` holds at ``t`` (a device without legs stays where it is)."""
+        lg = self.legs.get(name)
+        return not lg or lg[self.leg_at(name, t)][2] == server
+
+    def comes_back(self, name: str, server: str, after: int) -> bool:
+        """Whether a leg of device ``name`` after leg ``after`` is on ``server``."""
+        return any(srv == server for _, _, srv in self.legs.get(name, [])[after + 1:])
+
+    def visitors(self, server: str) -> set[str]:
+        """Devices that may join ``server`` mid-run (a leg after their first on it)."""
+        return {n for n, lg in self.legs.items() if any(srv == server for _, _, srv in lg[1:])}
+
+
+class Mover:
+    """A device's side of its handovers: the leg it is on, the moves it made (``metrics.json`` ``handovers``).
+
+    Args:
+        legs: the run's :class:`Legs`.
+        transport: the device's transport (``send_up`` goes to its current server, ``send_to`` to a rank,
+            ``move`` switches).
+        meter: the device's meter (its clock; a ``handover`` trace event per move).
+    """
+
+    def __init__(self, legs: Legs, transport, meter):
+        self.legs, self.transport, self.meter = legs, transport, meter
+        self.leg: dict[str, int] = {}
+        self.moves: list[dict] = []
+
+    def due(self, name: str) -> bool:
+        """Whether a handover of device ``name`` is due by now."""
+        lg, k = self.legs.legs.get(name, []), self.leg.get(name, 0)
+        return k + 1 < len(lg) and lg[k + 1][0] <= self.meter.now()
+
+    def move(self, name: str, epoch: int, nxt: int, left: int, sent: int, force: bool = False) -> bool:
+        """Take every handover of ``name`` due by now (at least one when ``force``: its old server released it).
+
+        Args:
+            epoch: the device's epoch.
+            nxt: the index of the next micro-batch the new server may ask for (``join``'s mb).
+            left: micro-batches of this epoch still to come to the new server, one in flight included.
+            sent: micro-batches (or, FedLoRA, micro-batches in uploads) sent before the move, this run.
+
+        Returns:
+            True when the device moved.
+        """
+        lg, tr = self.legs.legs.get(name, []), self.transport
+        k, moved = self.leg.get(name, 0), False
+        while k + 1 < len(lg) and (lg[k + 1][0] <= self.meter.now() or (force and not moved)):
+            at, new, to = lg[k + 1]
+            tr.send_up(Message(name, min(nxt, sent), kind="moved", aux=k + 1, epoch=epoch))
+            tr.move(name, new)
+            tr.send_up(Message(name, nxt, kind="join", aux=left, epoch=epoch))
+            self.meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
+            self.moves.append({"device": name, "at_s": at, "from": lg[k][2], "to": to, "epoch": epoch,
+                               "sent_before": sent})
+            k, moved = k + 1, True
+        self.leg[name] = k
+        return moved
+
+    def close(self, name: str, epoch: int) -> None:
+        """Device ``name``'s epoch is over (sent, or it left): every other server of its legs stops waiting for
+        it this epoch (``join`` of 0)."""
+        lg = self.legs.legs.get(name, [])
+        if len({r for _, r, _ in lg}) < 2:
+            return
+        home = lg[self.leg.get(name, 0)][1]
+        for rank in sorted({r for _, r, _ in lg} - {home}):
+            self.transport.send_to(rank, Message(name, -1, kind="join", aux=0, epoch=epoch))
+
+
+class Visits:
+    """A server's side of the handovers: whom it holds now, and the visitors that may still come this epoch.
+
+    Args:
+        legs: the run's :class:`Legs`.
+        setup: the server's method setup (``server``: its name; ``devices`` and ``samples`` change as devices
+            come and go).
+        roles: device name -> its ``DeviceRole`` for every device that may come here.
+        lost: the method's lost devices (never waited for).
+    """
+
+    def __init__(self, legs: Legs, setup, roles: dict, lost: dict):
+        self.legs, self.setup, self.roles, self.lost = legs, setup, roles, lost
+        self.waiting: set[str] = set()  # visitors that may still join this epoch
+
+    def start_epoch(self) -> None:
+        """Wait this epoch for every visitor not held here (it may join, or say it will not)."""
+        held = {d.name for d in self.setup.devices}
+        self.waiting = {v for v in self.legs.visitors(self.setup.server) if v not in held and v not in self.lost}
+
+    def holds(self, name: str, t: float) -> bool:
+        """Whether this server's leg of ``name`` holds at ``t``."""
+        return self.legs.holds(name, self.setup.server, t)
+
+    def gone(self, name: str, leg: int) -> None:
+        """``name`` left for its leg ``leg`` (``moved``, or released here): forget it, and wait for it again only
+        if a later leg brings it back."""
+        self.setup.devices = [r for r in self.setup.devices if r.name != name]
+        if self.legs.comes_back(name, self.setup.server, leg):
+            self.waiting.add(name)
+
+    def joined(self, msg: Message, epoch: int) -> int:
+        """A ``join`` of this epoch: the visitor's micro-batches still to come here (0: it will not come);
+        a ``join`` left over from an earlier epoch counts for nothing."""
+        if msg.epoch != epoch:
+            return 0
+        name = msg.device
+        self.waiting.discard(name)
+        if msg.aux and name in self.roles and all(r.name != name for r in self.setup.devices):
+            self.setup.devices.append(self.roles[name])
+            self.setup.samples[name] = self.roles[name].n_samples
+        return msg.aux if name in self.roles else 0
+
+
+def visits_of(method) -> Visits | None:
+    """A server method's :class:`Visits` when the run has handovers (``method.legs``), else None."""
+    legs = Legs(getattr(method, "legs", {}) or {})
+    if not legs.moving():
+        return None
+    return Visits(legs, method.setup, getattr(method, "visitors", {}), method.lost)
+
+
+def mover_of(method) -> Mover | None:
+    """A device method's :class:`Mover` when the run has handovers (``method.legs``), else None."""
+    legs = Legs(getattr(method, "legs", {}) or {})
+    return Mover(legs, method.setup.transport, method.setup.meter) if legs.moving() else None
+
+
+__all__ = ["Legs", "Mover", "Visits", "mover_of", "visits_of"]
