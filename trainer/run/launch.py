@@ -128,6 +128,19 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     return mark_finished(cfg.out, add_totals(metrics, base, distributed=cfg.launch != "inprocess"))
 
 
+def _check_rank(cfg, fl: Fleet, role: str, rank: int, world: int) -> None:
+    """``--world-size``, ``--rank`` and ``--role`` against the scenario's fleet, each a one-line error."""
+    n_srv = len(fl.servers)
+    if world != fl.world:
+        raise SfsimError(f"--world-size {world}: {cfg.devices} has {n_srv} server(s) and {len(fl.devices)} devices, "
+                         f"so the world is {fl.world} (servers on ranks 0..{n_srv - 1}, then the devices)")
+    if not 0 <= rank < world:
+        raise SfsimError(f"--rank {rank} is outside 0..{world - 1}")
+    if (role == "server") != (rank < n_srv):
+        raise SfsimError(f"--role {role} with --rank {rank}: the servers are ranks 0..{n_srv - 1}, devices "
+                         f"{n_srv}..{world - 1}")
+
+
 def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: bool = False) -> int:
     """Play one role of a distributed run; return the process's exit status (0: done)."""
     if role not in ROLES:
@@ -139,14 +152,7 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     scenario, setup, fl = built.scenario, built.setup, fleet(built)
     n_srv = len(fl.servers)
     role = role if role != "auto" else "server" if rank < n_srv else "device"
-    if world != fl.world:
-        raise SfsimError(f"--world-size {world}: {cfg.devices} has {n_srv} server(s) and {len(fl.devices)} devices, "
-                         f"so the world is {fl.world} (servers on ranks 0..{n_srv - 1}, then the devices)")
-    if not 0 <= rank < world:
-        raise SfsimError(f"--rank {rank} is outside 0..{world - 1}")
-    if (role == "server") != (rank < n_srv):
-        raise SfsimError(f"--role {role} with --rank {rank}: the servers are ranks 0..{n_srv - 1}, devices "
-                         f"{n_srv}..{world - 1}")
+    _check_rank(cfg, fl, role, rank, world)
     out = _out(cfg, fl, rank, resume) if role == "server" else Path(cfg.out)
     meter = setup.meter
     if role == "device" and cfg.emulate in ("compute", "all"):
@@ -429,6 +435,14 @@ def _target_process(fn, secret_file: str, launcher: int, master: str, world: int
     fn(master, world, rank, log)
 
 
+def _secret_files(private: Path, roles: list[tuple]) -> dict[int, str]:
+    """Rank -> the file its process reads: servers hold the run's fresh secret; each device only its own
+    rank's credential, so it can take no other rank."""
+    secret_file = str(secure.new_secret_file(private))
+    return {rank: secret_file if role == "server" else str(credential_file(private, secret_file, rank))
+            for role, rank, _ in roles}
+
+
 def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict | None = None) -> dict:
     """Start the server and one process per device on this machine; wait; return the metrics.
 
@@ -455,10 +469,7 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
     roles = [("server", j, "server" if j == 0 else f"server-{n}") for j, n in enumerate(servers)]
     roles += [("device", i, n) for i, n in enumerate(names, start=len(servers))]
     procs, private = [], Path(tempfile.mkdtemp(prefix="sfsim-run-"))  # mode 0700
-    secret_file = str(secure.new_secret_file(private))
-    # servers hold the run's secret; each device only its own rank's credential, so it can take no other rank
-    files = {rank: secret_file if role == "server" else str(credential_file(private, secret_file, rank))
-             for role, rank, _ in roles}
+    files = _secret_files(private, roles)
     # one machine, loopback: plaintext unless SFSIM_ENCRYPT=on (roles fork from a forkserver with its own
     # environment, so the choice travels with them; a role started any other way counts as multi-host)
     encrypt = "off" if secure.encrypt_default(multi_host=False) is False else "on"

@@ -108,6 +108,30 @@ def server_ports(text: str | None, servers: list[str], master: str | None) -> di
     return dict(enumerate(ports, start=1))
 
 
+def _admit_all(host: str, port: int, method, world: int, servers: list[str], names: list[str], secret: bytes,
+               encrypt: bool, rendezvous_s: float, td: datetime.timedelta, log) -> tuple[dict, object]:
+    """Server 0's side of :func:`connect`: admit every other rank on the master address, share the servers'
+    directory, and open the rendezvous store (None with an ``init_method``). Returns (channels, store)."""
+    n_srv = len(servers)
+    lsock = secure.listen(host, port)
+    ssock = secure.listen(host, 0) if method is None else None
+    store_port = ssock.getsockname()[1] if ssock is not None else 0
+    roles = {r: (f"server {servers[r]}" if r < n_srv else names[r - n_srv]) for r in range(1, world)}
+    try:
+        channels = secure.admit(lsock, secret, roles, rendezvous_s, store_port, encrypt, log)
+    finally:
+        lsock.close()
+    try:
+        _send_directory(channels, n_srv, world)
+    except (OSError, WireError) as err:
+        raise SfsimError(f"rendezvous: a server or device broke off while server 0 shared where the servers "
+                         f"admit devices ({err})") from None
+    store = None if ssock is None else dist.TCPStore(host, store_port, world, True, td, wait_for_workers=False,
+                                                     master_listen_fd=ssock.fileno())
+    _KEEP.extend([ssock, store])
+    return channels, store
+
+
 def connect(rank: int, world: int, master: str | None, names: list[str], secret: bytes, encrypt: bool,
             rendezvous_s: float, timeout_s: float = 600.0, log=None, servers: list[str] | None = None,
             visits: dict[str, list[int]] | None = None, ports: dict[int, int] | None = None) -> dict[int, secure.Channel]:
@@ -137,22 +161,7 @@ def connect(rank: int, world: int, master: str | None, names: list[str], secret:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's own listener stays on loopback too
     td = datetime.timedelta(seconds=timeout_s)
     if rank == 0:
-        lsock = secure.listen(host, port)
-        ssock = secure.listen(host, 0) if method is None else None
-        store_port = ssock.getsockname()[1] if ssock is not None else 0
-        roles = {r: (f"server {servers[r]}" if r < n_srv else names[r - n_srv]) for r in range(1, world)}
-        try:
-            channels = secure.admit(lsock, secret, roles, rendezvous_s, store_port, encrypt, log)
-        finally:
-            lsock.close()
-        try:
-            _send_directory(channels, n_srv, world)
-        except (OSError, WireError) as err:
-            raise SfsimError(f"rendezvous: a server or device broke off while server 0 shared where the servers "
-                             f"admit devices ({err})") from None
-        store = None if ssock is None else dist.TCPStore(host, store_port, world, True, td, wait_for_workers=False,
-                                                         master_listen_fd=ssock.fileno())
-        _KEEP.extend([ssock, store])
+        channels, store = _admit_all(host, port, method, world, servers, names, secret, encrypt, rendezvous_s, td, log)
     else:
         ch, store_port = secure.join(host, port, rank, secret, timeout_s)
         channels = {0: ch}
