@@ -388,3 +388,73 @@ def fixed_cut(table: StageTable, cut: int) -> list[Group] | None:
     kk = np.where(table.allowed[:, ki, :], ki, -1)
     r = assign(table, kk, True)
     return None if r is None else to_groups(table, kk, r[1])
+
+
+RULES = ("program", "fractions", "least")
+"""The assignment rules :func:`reassigned` knows (see there)."""
+
+
+def reassigned(table: StageTable, groups: list[Group], rules: tuple[str, ...] = RULES) -> list[list[Group]]:
+    """The cut choice of ``groups`` assigned to servers by other rules, for the simulator to choose among.
+
+    The fluid model cannot tell apart assignments of equal busiest load, and the simulator's queueing
+    can: on the 10,000-device, 16-server benchmark, where every server's credits are busy to the
+    bound, the rounded and polished relaxation simulates 79 s and a least-loaded assignment 70 s at
+    the same estimate. Each type keeps its most common cut (on every server where that cut is allowed
+    and its pipeline ends no later than the plan's slowest; the plan's own pairs are kept).
+
+    Args:
+        table: the stage table.
+        groups: a plan.
+        rules: which of :data:`RULES` to apply: ``program`` (:func:`assign`: the integer program or
+            the rounded relaxation), ``fractions`` (the relaxation rounded by largest fractional
+            parts) and ``least`` (least-loaded: devices placed dearest type first, each on the server
+            whose busiest resource then stays lowest).
+
+    Returns:
+        One plan per rule that gives one, in ``rules`` order; empty when there is nothing to choose.
+    """
+    nT, nJ = len(table.types), len(table.servers)
+    top = max(float(table.fin[g.t, table.k_index(g.k), g.j]) for g in groups)
+    kk = np.full((nT, nJ), -1)
+    for t in range(nT):
+        mine = [g for g in groups if g.t == t]
+        ki = table.k_index(max({g.k for g in mine}, key=lambda k: (sum(g.n for g in mine if g.k == k), k)))
+        ok = table.allowed[t, ki, :] & (table.fin[t, ki, :] <= top * (1 + 1e-12))
+        kk[t] = np.where(ok, ki, -1)
+        for g in mine:
+            if kk[t, g.j] < 0:
+                kk[t, g.j] = table.k_index(g.k)
+    cost, cred = per_device_load(table, kk)
+    usable = np.isfinite(cost)
+    if (usable.sum(axis=1) <= 1).all():
+        return []
+    counts = np.array([t.count for t in table.types], dtype=float)
+    out = []
+    for rule in rules:
+        if rule == "program":
+            r = assign(table, kk, True)
+            n = None if r is None else r[1]
+        elif rule == "fractions":
+            r = _program(cost, cred, usable, counts, False)
+            n = None if r is None else _round(table, usable, r[1])
+        else:
+            n = _least_loaded(usable, cost, cred, counts)
+        if n is not None:
+            out.append(to_groups(table, kk, n))
+    return out
+
+
+def _least_loaded(usable: np.ndarray, cost: np.ndarray, cred: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Counts (types, servers): devices placed one at a time, dearest type first, each on the usable
+    server whose busiest resource (compute or credits) is then lowest."""
+    c, q = np.where(usable, cost, 0.0), np.where(usable, cred, 0.0)
+    n = np.zeros_like(c)
+    comp, hold = np.zeros(c.shape[1]), np.zeros(c.shape[1])
+    for t in sorted(range(len(c)), key=lambda t: -np.max(np.maximum(c[t], q[t]))):
+        for _ in range(int(counts[t])):
+            j = int(np.argmin(np.where(usable[t], np.maximum(comp + c[t], hold + q[t]), np.inf)))
+            n[t, j] += 1
+            comp[j] += c[t, j]
+            hold[j] += q[t, j]
+    return n
