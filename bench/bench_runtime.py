@@ -188,8 +188,9 @@ def ms_table(rows: dict, seeds: list[int]) -> str:
                    f"{first['backhaul_bytes'] / 1e6:.2f} |")
     same = [(s, rows["two"][s].get("max_loss_diff_same_order"), rows["two"][s].get("max_adapter_diff_same_order"))
             for s in seeds if "two" in rows and "max_loss_diff_same_order" in rows["two"][s]]
+    out += [""] if same else []
     for s, dl, da in same:
-        out.append(f"\nseed {s}: 2 servers sync every step vs 1 server same order: largest step-loss difference "
+        out.append(f"- seed {s}: 2 servers sync every step vs 1 server same order: largest step-loss difference "
                    f"{dl:.2e}, largest adapter/head difference " + ("n/a" if da is None else f"{da:.2e}"))
     return "\n".join(out) + "\n"
 
