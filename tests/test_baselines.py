@@ -157,3 +157,18 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
     dropouts = [n for n, mod in lm.model.named_modules() if isinstance(mod, torch.nn.Dropout) and n not in lora]
     assert dropouts and all(seen.get(n, {False}) == {False} for n in dropouts)
     assert all(flags == {False} for n, flags in seen.items() if n not in lora)
+
+
+def test_simulate_says_which_schedules_leave_backhaul_sync_out():
+    """Two servers with training.sync: the simulator syncs SplitFrozen only, and says so for the others."""
+    from sfsim.cli import main as cli
+
+    res = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
+                                   "--schedule", "all", "--split", "2"])
+    assert res.exit_code == 0, res.output
+    notes = [ln for ln in res.output.splitlines() if "modelled for SplitFrozen only" in ln]
+    assert notes == ["note: splitlora, fedlora, cenlora: training.sync between servers is modelled for SplitFrozen "
+                     "only; these figures leave the backhaul rounds out (sfsim run does sync them)"]
+    one = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
+                                   "--schedule", "splitfrozen", "--split", "2"])
+    assert one.exit_code == 0 and "modelled for SplitFrozen only" not in one.output

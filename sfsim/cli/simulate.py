@@ -9,7 +9,7 @@ import click
 
 from sfsim.cli.group import example, main, warn
 from sfsim.errors import SfsimError
-from sfsim.methods import METHODS, canonical
+from sfsim.methods import METHODS, SPLITFROZEN, canonical
 from sfsim.outputs.gantt import gantt_format, write_panels
 from sfsim.outputs.report import comparison_table, summary
 from sfsim.scenario.overrides import load_scenario_with, parse_sets
@@ -98,6 +98,7 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
             slow.setdefault(r.engine_note, []).append(n)
     for why, which in slow.items():
         click.echo(f"note: {', '.join(which)} ran on the SimPy engine, not the fast path: {why}")
+    _sync_note(sc, results)
     loose = sum(not d.server_pinned for d in sc.devices)
     if any(r.assignment_source == "least-loaded" for r in results.values()):
         click.echo(f"note: {loose} devices without a server pin went to the least-loaded of "
@@ -107,6 +108,17 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
                 else {n: r.to_dict() for n, r in results.items()} | {n: {"refused": w} for n, w in refused.items()})
         write_atomic(json_out, json.dumps(data, indent=2) + "\n")
 
+
+
+def _sync_note(sc, results: dict) -> None:
+    """Say which schedules leave the scenario's backhaul sync out: the simulator models it for SplitFrozen only
+    (:mod:`sfsim.network.backhaul`), while ``sfsim run`` syncs every method's servers."""
+    if sc.training.sync is None or len(sc.servers) < 2:
+        return
+    unsynced = [n for n in results if n not in SPLITFROZEN]
+    if unsynced:
+        click.echo(f"note: {', '.join(unsynced)}: training.sync between servers is modelled for SplitFrozen only; "
+                   "these figures leave the backhaul rounds out (sfsim run does sync them)")
 
 def _run_all(sc, names: list[str], given: dict, scenario: str, trace_out, gantt_out, engine: str = "auto"):
     """Simulate each schedule; write its trace; keep its Gantt panel. With 'all', a schedule the dynamic
