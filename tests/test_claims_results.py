@@ -64,3 +64,26 @@ def test_the_whole_document_regenerates_byte_for_byte(tmp_path):
 
     make_report(RESULTS, tmp_path, "DATA", 0, log=lambda s: None)
     assert (tmp_path / "results.md").read_text() == DOC.read_text()
+
+
+def test_the_codec_and_multiserver_tables_are_recomputed_from_the_recorded_runs():
+    import json
+
+    from trainer.claims import codecs
+
+    doc = DOC.read_text().splitlines()
+    rows = [r for r in codecs.codec_rows(codecs.codec_runs(ROOT / "bench" / "results" / "codecs"))
+            + codecs.server_rows(codecs.server_runs(ROOT / "bench" / "results" / "multiserver")) if r.startswith("| ")]
+    assert len(rows) == 2 + 16 + 8 and all(r in doc for r in rows)
+    # one row by hand from the raw files: MNLI, label-skew:1, int4 against fp32, paired by seed
+    base = ROOT / "bench" / "results" / "codecs" / "mnli"
+    acc = {c: [100 * json.loads((base / f"{c}-label-skew1-s{s}" / "metrics.json").read_text())["eval_accuracy"]
+               for s in range(3)] for c in ("fp32", "int4")}
+    up = {c: sum(json.loads((base / f"{c}-label-skew1-s{s}" / "metrics.json").read_text())["uplink_bytes"]
+                 for s in range(3)) / 3 for c in ("fp32", "int4")}
+    diffs = [b - a for a, b in zip(acc["fp32"], acc["int4"], strict=True)]
+    row = (f"| MNLI (balanced 9k subset) | label-skew:1 | int4 | 0,1,2 | {sum(acc['int4']) / 3:.2f} | "
+           f"{sum(diffs) / 3:+.2f} ({min(diffs):+.2f}..{max(diffs):+.2f}) | {up['int4'] / 1e6:.2f} | "
+           f"{up['fp32'] / up['int4']:.2f} |")
+    assert row == "| MNLI (balanced 9k subset) | label-skew:1 | int4 | 0,1,2 | 42.30 | -0.23 (-0.40..+0.00) | 12.33 | 7.80 |"
+    assert row in doc

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sfsim.scenario.config import load_scenario
 from sfsim.scenario.schema import write_atomic
-from trainer.claims import budget, decisive, glance, plots, render, sections
+from trainer.claims import budget, codecs, decisive, glance, plots, render, sections
 from trainer.claims.grid import (
     METHODS,
     SETTINGS,
@@ -71,6 +71,7 @@ def make_report(results: Path, docs: Path, data_dir: str, budget_s: float, cells
               "compares the number after `#### ` (else the last number) with the reference's. Every scored answer "
               "is kept in the cell's record (`generations`, before and after).", ""]
     lines += render.gsm8k_lines(recorded)
+    lines += codecs.codec_section(results.parent)
     lines = (_header(outcome, recorded, cells, edge) + ["## At a glance: each claim, against each baseline", ""]
              + glance.glance_lines(recorded, groups, facts)
              + ["", "Each row's figures and their caveats are in the section it names. A task whose centralised "
