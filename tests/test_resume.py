@@ -255,3 +255,19 @@ def test_a_device_that_never_answers_a_checkpoint_is_lost_not_waited_for():
     assert device_reports(SimpleNamespace(transport=tr), method, 3) == {}
     assert tr.sent == [("d", "save", 3)]
     assert lost == {"d": f"no answer to checkpoint 3 within {REPORT_S * 0.05:g} s"}
+
+
+def test_device_state_keeps_the_previous_generation_for_a_server_one_checkpoint_behind(tmp_path):
+    """Killed after the devices saved checkpoint 6 but before the server wrote it: the device resumes from 3."""
+    import torch
+
+    from trainer.methods.checkpoint import load_device_state, save_device_state
+
+    for ckpt, value in ((3, 1.0), (6, 2.0)):
+        save_device_state(tmp_path, "dev-0", {"w": torch.full((2,), value)}, {}, ckpt)
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["dev-0.prev.safetensors", "dev-0.safetensors"]
+    got, tensors = load_device_state(tmp_path, "dev-0", {}, want=3)
+    assert got == 3 and tensors["w"].tolist() == [1.0, 1.0]
+    got, tensors = load_device_state(tmp_path, "dev-0", {})
+    assert got == 6 and tensors["w"].tolist() == [2.0, 2.0]
+    assert load_device_state(tmp_path, "dev-0", {}, want=9)[0] == 6  # neither matches: the server refuses it

@@ -156,16 +156,41 @@ def save_device_state(out: str | Path, device: str, tensors: dict[str, torch.Ten
     path = folder / f"{device}.safetensors"
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_file(data, str(tmp), metadata={"checkpoint": str(ckpt)})
+    if path.is_file():  # the previous generation stays until the server has written its checkpoint past it
+        os.replace(path, folder / f"{device}.prev.safetensors")
     os.replace(tmp, path)
 
 
-def load_device_state(out: str | Path, device: str, optimizers: dict) -> tuple[int, dict[str, torch.Tensor]]:
-    """Read :func:`save_device_state`'s file: restore optimizers and RNG; return (checkpoint id, weights)."""
+def wanted_device_checkpoint(folder: str | Path) -> int | None:
+    """The device checkpoint id that the server's checkpoint in ``folder`` was written with (None: no readable
+    checkpoint there, as on a device's own host)."""
     from safetensors import safe_open
 
-    path = Path(out) / "state" / f"{device}.safetensors"
+    try:
+        with safe_open(str(Path(folder) / CHECKPOINT), framework="pt") as f:
+            want = json.loads(f.metadata()["progress"]).get("device_checkpoint")
+    except Exception:  # absent, torn or foreign: the device loads its latest state and the server checks it
+        return None
+    return want if isinstance(want, int) else None
+
+
+def load_device_state(out: str | Path, device: str, optimizers: dict,
+                      want: int | None = None) -> tuple[int, dict[str, torch.Tensor]]:
+    """Read :func:`save_device_state`'s file: restore optimizers and the RNG; return (checkpoint id, weights).
+
+    ``want``: the server's checkpoint id. A run killed after the devices saved checkpoint N+1 but before the
+    server wrote it resumes from N, the device's previous generation (kept for that); where neither
+    generation matches, the server refuses in one line (:func:`trainer.run.resume.check_device_checkpoint`)."""
+    from safetensors import safe_open
+
+    folder = Path(out) / "state"
+    path, prev = folder / f"{device}.safetensors", folder / f"{device}.prev.safetensors"
     if not path.is_file():
         raise SfsimError(f"{path} is missing: device {device} has no saved state to resume from")
+    if want is not None and prev.is_file():
+        with safe_open(str(prev), framework="pt") as f:
+            if int(f.metadata()["checkpoint"]) == want:
+                path = prev
     with safe_open(str(path), framework="pt") as f:
         ckpt = int(f.metadata()["checkpoint"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118

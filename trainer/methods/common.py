@@ -503,14 +503,17 @@ class Method:
         """(tensors, optimizers) of ``role``'s training state."""
         return {}, {}
 
-    def load_device_state(self, role: DeviceRole) -> int:
-        """Load ``role``'s saved state (``--resume``); return the checkpoint id it is from (-1: none)."""
-        from trainer.methods.checkpoint import load_device_state
+    def load_device_state(self, role: DeviceRole, want: int | None = None) -> int:
+        """Load ``role``'s saved state (``--resume``), of checkpoint ``want`` where that generation is kept (None:
+        as the server's checkpoint in the run's folder says, where readable; else the latest); return the
+        checkpoint id it is from (-1: none)."""
+        from trainer.methods.checkpoint import load_device_state, wanted_device_checkpoint
 
         if not self.device_stateful:
             return -1
         like, opts = self.device_state(role)
-        ckpt, tensors = load_device_state(self.setup.out, role.name, opts)
+        want = want if want is not None else wanted_device_checkpoint(self.setup.out)
+        ckpt, tensors = load_device_state(self.setup.out, role.name, opts, want)
         with torch.no_grad():
             for k, v in tensors.items():
                 like[k].copy_(v)

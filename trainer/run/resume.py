@@ -211,7 +211,7 @@ def restore_devices_inprocess(setup: Setup, method) -> None:
     want = method.resume_from["device_checkpoint"]
     for role in setup.devices:
         with setup.transport.rng.role(role.name):
-            got = method.load_device_state(role)
+            got = method.load_device_state(role, want)
         check_device_checkpoint(role.name, got, want)
 
 
