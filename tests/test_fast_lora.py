@@ -198,17 +198,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 def test_memory_grows_with_devices_not_micro_batches():
     """Peak resident memory of whole processes: 100 devices x 10 and x 5,000 micro-batches, every baseline."""
-    import os
-    import subprocess
-    import sys
+    from tests.test_fast import peak_kib
 
-    def peak_kib(mb: int) -> int:
-        env = {**os.environ, "PYTHONPATH": os.getcwd()}
-        out = subprocess.run([sys.executable, "-c", _PEAK, str(mb)], capture_output=True, text=True, env=env,
-                             check=True)
-        return int(out.stdout.split()[-1])
-
-    small, big = peak_kib(10), peak_kib(5_000)
+    small, big = peak_kib(_PEAK, 10), peak_kib(_PEAK, 5_000)
     assert big < small + 8 * 1024  # 8 MiB: 500,000 micro-batches of 16 bytes would take 8 MB
 
 

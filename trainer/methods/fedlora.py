@@ -34,12 +34,12 @@ from trainer.methods.common import (
 )
 from trainer.model.lora import fedavg
 from trainer.model.split import split_model
-from trainer.transport.handover import mover_of, visits_of
+from trainer.transport.handover import Handovers, mover_of, visits_of
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, device_kwargs
 from trainer.transport.wire import pack_state, unpack_state
 
 
-class FedLoRA(Method):
+class FedLoRA(Handovers, Method):
     """The FedLoRA baseline."""
 
     name = "fedlora"
@@ -59,17 +59,7 @@ class FedLoRA(Method):
         self.like = {k: v.clone() for k, v in self.global_state.items()}
         self.round = 0
         self._dev: dict[str, dict] = {}
-        # handovers (trainer.run.launch sets them with several servers; trainer.transport.handover): every
-        # device's legs (at s, server rank, server name) and, on a server, the roles of the devices that may come
-        self.legs: dict[str, list[tuple[float, int, str]]] = {}
-        self.visitors: dict[str, DeviceRole] = {}
-        self._mover = None
-        self._visits = None
-
-    @property
-    def moves(self) -> list[dict]:
-        """The handovers this device made (its report's ``handovers``)."""
-        return self._mover.moves if self._mover is not None else []
+        self.init_handovers()  # legs and visitors: trainer.transport.handover.Handovers
 
     # -- device side --------------------------------------------------------------------------------
     def device_handle(self, role: DeviceRole, msg: Message) -> None:

@@ -59,7 +59,7 @@ from trainer.methods.common import (
 from trainer.model.backward import DeferredGrads
 from trainer.model.lora import fedavg
 from trainer.model.split import split_model
-from trainer.transport.handover import mover_of, visits_of
+from trainer.transport.handover import Handovers, mover_of, visits_of
 from trainer.transport.runtime import (
     DeviceLeft,
     DeviceRole,
@@ -98,7 +98,7 @@ class ClientReplica:
             self.params[k].copy_(v)
 
 
-class SplitLoRA(Method):
+class SplitLoRA(Handovers, Method):
     """The SplitLoRA baseline (clients interleaved in ``setup.server_order``, or one after another)."""
 
     name = "splitlora"
@@ -126,17 +126,7 @@ class SplitLoRA(Method):
         self.rounds = 0
         self.global_client: dict[str, torch.Tensor] | None = None
         self.window: tuple[list[float], int] = ([], 0)
-        # handovers (trainer.run.launch sets them with several servers; trainer.transport.handover): every
-        # device's legs (at s, server rank, server name) and, on a server, the roles of the devices that may come
-        self.legs: dict[str, list[tuple[float, int, str]]] = {}
-        self.visitors: dict[str, DeviceRole] = {}
-        self._mover = None
-        self._visits = None
-
-    @property
-    def moves(self) -> list[dict]:
-        """The handovers this device made (its report's ``handovers``)."""
-        return self._mover.moves if self._mover is not None else []
+        self.init_handovers()  # legs and visitors: trainer.transport.handover.Handovers
 
     # -- device side --------------------------------------------------------------------------------
     def _client(self, name: str) -> ClientReplica:

@@ -177,3 +177,23 @@ def mover_of(method) -> Mover | None:
 
 
 __all__ = ["Legs", "Mover", "Visits", "mover_of", "visits_of"]
+
+
+class Handovers:
+    """What a method that hands devices over between server processes holds (FedLoRA, SplitLoRA).
+
+    ``trainer.run.launch`` sets :attr:`legs` (every device's ``(at s, server rank, server name)``) with several
+    servers and, on a server, :attr:`visitors` (the roles of the devices that may come); the :class:`Mover`
+    and :class:`Visits` are made on first use (:func:`mover_of`, :func:`visits_of`)."""
+
+    def init_handovers(self) -> None:
+        """No legs, no visitors (a run without handovers)."""
+        self.legs: dict[str, list[tuple[float, int, str]]] = {}
+        self.visitors: dict = {}
+        self._mover: Mover | None = None
+        self._visits: Visits | None = None
+
+    @property
+    def moves(self) -> list[dict]:
+        """The handovers this device made (its report's ``handovers``)."""
+        return self._mover.moves if self._mover is not None else []
