@@ -22,8 +22,9 @@ import math
 import numpy as np
 
 from sfsim.fast.jit import njit
+from sfsim.fast.netrate import may_stall
+from sfsim.fast.splitlora import MOVES, STALLS
 from sfsim.network.legs import span
-from sfsim.network.linkrate import Constant, Product, Rate, Steps
 
 # float rows of D
 _F, _B, _W, _STEP, _WARM, _LAST, _UP, _UP_L, _DOWN, _DOWN_L = range(10)
@@ -109,15 +110,6 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
     return devices, busy, makespan
 
 
-def _may_stall(rate: Rate | None) -> bool:
-    """True when a transfer at ``rate`` might never end (a trace that ends at, or is all, zero)."""
-    if isinstance(rate, Product):
-        return _may_stall(rate.a) or _may_stall(rate.b)
-    if isinstance(rate, Steps):
-        return rate.rates[-1] <= 0 if rate.period is None else max(rate.rates) <= 0
-    return isinstance(rate, Constant) and rate.rate <= 0
-
-
 def varying_only(net, job) -> bool:
     """True when a FedLoRA network only varies link rates: one leg per device (on its server), no availability,
     and no link that may stall for good."""
@@ -125,7 +117,16 @@ def varying_only(net, job) -> bool:
     if motions is None:
         return False
     return all(len(m.legs) == 1 and m.avail is None and m.legs[0].server == job.devices[i].server
-               and not _may_stall(m.legs[0].rate) and not _may_stall(m.legs[0].down) for i, m in motions.items())
+               and not may_stall(m.legs[0].rate) and not may_stall(m.legs[0].down) for i, m in motions.items())
+
+
+def uncovered(net, job) -> str | None:
+    """Why :func:`replay_varying` cannot replay this dynamic network (one line), or None (:func:`varying_only`)."""
+    if varying_only(net, job):
+        return None
+    motions = getattr(net, "motions", None) or {}
+    stalls = any(may_stall(m.legs[0].rate) or may_stall(m.legs[0].down) for m in motions.values())
+    return STALLS if stalls and all(len(m.legs) == 1 and m.avail is None for m in motions.values()) else MOVES
 
 
 def replay_varying(job, cfg) -> tuple[dict, dict, float]:

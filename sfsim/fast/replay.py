@@ -60,8 +60,10 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     net = getattr(job, "network", None)
     if name == "cenlora":
         return None  # no device links: the dynamic network does not apply, and it has no server policy
-    if name == "fedlora" and net is not None and fedlora.varying_only(net, job):
-        return None  # time-varying links only: each transfer integrates its rate
+    if name == "fedlora" and net is not None:
+        return fedlora.uncovered(net, job)  # time-varying links: each transfer integrates its rate
+    if name == "splitlora" and net is not None:
+        return splitlora.uncovered(net, job)  # the kernel integrates each transfer's rate
     if name not in SPLITFROZEN:
         return None if net is None else _DYNAMIC
     if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
