@@ -109,6 +109,13 @@ def test_splitlora_varying_links(order, policy, seeds):
     assert check_dynamic("splitlora", seeds, False, client_order=order, policy=policy) == len(seeds)
 
 
+
+@pytest.mark.parametrize(("order", "policy"), ORDERS)
+@pytest.mark.parametrize("seeds", [range(100), pytest.param(range(100, 1100), marks=pytest.mark.slow)])
+def test_splitlora_availability(order, policy, seeds):
+    """SplitLoRA with availability (windows that may end, on/off processes; pause or drop) on varying links."""
+    assert check_dynamic("splitlora", seeds, True, client_order=order, policy=policy) == len(seeds)
+
 def test_lazy_rates_drawn_further(monkeypatch):
     """Lazy channels first drawn to 0.5 s: every replay passes the horizon, is replayed further, and still equals SimPy."""
     from sfsim.fast import netrate
@@ -138,9 +145,9 @@ def dynamic_scenario(seed: int, availability: bool) -> dict:
     return data
 
 
-@pytest.mark.parametrize("availability", [False])
+@pytest.mark.parametrize("availability", [False, True])
 def test_splitlora_dynamic_through_simulate(availability):
-    """simulate() on varying links: the fast path runs, every SimResult figure (network report included) equal."""
+    """simulate() on varying links (and availability, pause or drop): the fast path runs, every SimResult figure (network report included) equal."""
     import sfsim
     from tests.test_fast_lora import FIGURES
 

@@ -12,8 +12,11 @@ schedule holds each epoch's order).
 
 On the dynamic network without handovers (:func:`uncovered`: one leg per client) the three
 primitives follow :mod:`sfsim.network.legs` as ``Server._device_net``, ``_up_net`` and ``_down_net``
-do: every transfer integrates its leg's rate (:mod:`sfsim.fast.netrate`, the same floats), and the
-clients' motions are left as the SimPy run leaves them (``done``, ``sent``, radio seconds).
+do: every transfer integrates its leg's rate (:mod:`sfsim.fast.netrate`, the same floats); under
+``churn: pause`` compute and links progress only while the client is online; a client that drops,
+or whose windows end with work left, is gone from the first op that would outlast it (its later
+turns are skipped, FedAvg averages the uploads that arrive). The clients' motions are left as the
+SimPy run leaves them (``done``, ``sent``, radio seconds, ``gone``).
 
 State in arrays (numba passes them to helpers): ``D`` (float per client, :data:`_ROWS`), ``N``
 (n, per_epoch), ``C`` (float client state: free, up_free, down_free, arrival, busy, up and down
@@ -434,8 +437,6 @@ def uncovered(net, job) -> str | None:
     for i, m in net.motions.items():
         leg = m.legs[0]
         if len(m.legs) != 1 or leg.server != job.devices[i].server:
-            return MOVES
-        if m.avail is not None:
             return MOVES
         if netrate.may_stall(leg.rate) or netrate.may_stall(leg.down):
             return STALLS
