@@ -83,7 +83,7 @@ class Table:
 
     def arrays(self) -> tuple:
         """``(FK, FI, FF, PT, PR, LK, FLAG)``: factor kinds, (offset, length), constant or period, pooled times
-        and rates, each rate's factors (count first), and the flags (``[0]``: a kernel passed the horizon; ``[1]``: rates in use)."""
+        and rates, each rate's factors (count first), and the flag a kernel sets when it passes the horizon."""
         n = len(self.objs)
         FK, FI, FF = np.zeros(n, np.int64), np.zeros((n, 2), np.int64), np.full(n, np.nan)
         times: list[float] = []
@@ -111,12 +111,7 @@ class Table:
         for r, ids in enumerate(self.links):
             LK[r, 0] = len(ids)
             LK[r, 1:1 + len(ids)] = ids
-        return FK, FI, FF, np.array(times, np.float64), np.array(rates, np.float64), LK, np.zeros(2, np.int64)
-
-
-def empty() -> tuple:
-    """The arrays of a run without rates (constant links): the kernels' signature, nothing in it."""
-    return Table().arrays()
+        return FK, FI, FF, np.array(times, np.float64), np.array(rates, np.float64), LK, np.zeros(1, np.int64)
 
 
 @njit

@@ -34,7 +34,7 @@ import numpy as np
 
 from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.fast import mixing, netrate
-from sfsim.fast.jit import njit
+from sfsim.fast.jit import inline, njit
 
 _ROWS = ("f", "b", "w", "step", "warmup", "last", "up_s", "up_l", "down_s", "down_l", "sync_up_s", "sync_down_s",
          "srv_f", "srv_b", "srv_w", "up_bytes", "down_bytes", "sync_bytes")
@@ -60,20 +60,20 @@ def _op(SF, t, dur):
     return t + dur
 
 
-@njit
+@inline
 def _device(SF, C, R, c, t, dur, w):
     """A client's compute from ``t`` for ``dur`` (``w``: its W of a micro-batch, counted done on the network)."""
-    if R[6][1]:
+    if R is not None:
         return _device_net(SF, C, R, c, t, dur, w)
     C[_BUSY, c] += dur
     SF[_END] = max(SF[_END], t + dur)
     return t + dur
 
 
-@njit
+@inline
 def _up(SF, C, D, R, c, t, dur, nbytes, mb):
     """A message queued on the uplink at ``t`` (``mb``: a micro-batch's activations); returns its arrival."""
-    if R[6][1]:
+    if R is not None:
         return _up_net(SF, C, R, c, t, dur, nbytes, mb)
     start = max(t, C[_UP_FREE, c])
     C[_UP_FREE, c] = start + dur
@@ -82,10 +82,10 @@ def _up(SF, C, D, R, c, t, dur, nbytes, mb):
     return start + dur + D[_UP_L, c]
 
 
-@njit
+@inline
 def _down(SF, C, D, R, c, t, dur, nbytes):
     """A message queued on the downlink at ``t`` (a command: ``dur`` 0); returns its arrival."""
-    if R[6][1]:
+    if R is not None:
         return _down_net(SF, C, R, c, t, dur, nbytes)
     start = max(t, C[_DOWN_FREE, c])
     C[_DOWN_FREE, c] = start + dur
@@ -375,8 +375,8 @@ def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touche
     """Replay one server's clients (every one has micro-batches); returns C (their float state: busy, bytes).
 
     ``kind``: :data:`ARRIVAL`, :data:`PROPORTIONAL` or :data:`ROUND_ROBIN` (interleaved clients' server
-    order). ``R``: the clients' rates and network state (:func:`network_arrays`; ``R[6][1]`` 0: constant
-    links). The server's end and busy time are left in ``SF``.
+    order). ``R``: the clients' rates and network state (:func:`network_arrays`; None: constant
+    links, and the compiled code has no network branch). The server's end and busy time are left in ``SF``.
     """
     m = D.shape[1]
     C = np.zeros((7, m))
@@ -406,16 +406,14 @@ def layout(clients: list) -> tuple[np.ndarray, np.ndarray]:
     return D, N
 
 
-def network_arrays(motions: list, table: netrate.Table | None) -> tuple:
-    """``R`` for the kernel: the rates of ``table`` and the clients' network state (None: constant links).
+def network_arrays(motions: list, table: netrate.Table) -> tuple:
+    """``R`` for the kernel: the rates of ``table`` and the clients' network state.
 
     ``motions``: each client's :class:`~sfsim.network.legs.Motion` (one leg; its figures start from
     what it holds, so the sums run on as in the SimPy run).
     """
     m = len(motions)
     NC, NI = np.zeros((9, m)), np.full((8, m), -1, np.int64)
-    if table is None:
-        return (*netrate.empty(), NC, NI)
     for c, mo in enumerate(motions):
         leg = mo.legs[0]
         NC[:, c] = (leg.bandwidth, leg.down_bw, leg.up_l, leg.down_l, mo.start, mo.stop, mo.send_s, mo.recv_s,
@@ -424,9 +422,7 @@ def network_arrays(motions: list, table: netrate.Table | None) -> tuple:
         NI[3:7, c] = (table.add(leg.up_rate(mo.pause)), table.add(leg.down_rate(mo.pause)), table.add(mo.pause),
                       table.add(mo.avail))
         NI[_DROPS, c] = mo.churn == "drop" and mo.avail is not None
-    arrays = table.arrays()
-    arrays[6][1] = 1
-    return (*arrays, NC, NI)
+    return (*table.arrays(), NC, NI)
 
 
 def uncovered(net, job) -> str | None:
@@ -458,14 +454,14 @@ def _server(job, cfg, k: int, clients: list[int]) -> tuple:
     horizon = netrate.HORIZON
     while True:
         table = netrate.Table(horizon) if net is not None else None
-        R = network_arrays([net.motions[i] for i in clients] if net is not None else [None] * len(clients), table)
+        R = network_arrays([net.motions[i] for i in clients], table) if net is not None else None
         M, T, share, counts, touched = mixing.start(N[_N])
         srv = job.servers[k]
         SF = np.array([0.0, 0.0, 0.0, srv.step, srv.aggregate])
         SI = np.array([0, 0, cfg.accumulate, cfg.fedavg_every, bool(cfg.decompose), 0], np.int64)
         kind = _KINDS[FIXED_ORDERS.get(cfg.policy)]
         C = replay_server(D, N, R, SF, SI, cfg.client_order == "sequential", kind, M, T, share, counts, touched)
-        if not R[6][0]:
+        if R is None or not R[6][0]:
             break
         horizon *= 2.0
     if net is not None:
