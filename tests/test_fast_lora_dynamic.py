@@ -64,16 +64,26 @@ def _availability(rng: random.Random):
     return Windows(ivs)
 
 
-def dynamic_network(rng: random.Random, job, availability: bool) -> FedNetwork:
-    """Every device one leg on its server with random varying links; with ``availability``, pause or drop churn."""
+def dynamic_network(rng: random.Random, job, availability: bool, handover: bool = False) -> FedNetwork:
+    """Every device one leg on its server with random varying links; with ``availability``, pause or drop churn;
+    with ``handover``, some devices hand over once or twice (to any server, maybe with new links)."""
     motions = {}
+    n_srv = len(job.servers)
     for i, d in enumerate(job.devices):
         up_bw, down_bw = rng.choice((1e6, 1e7)), rng.choice((1e6, 5e7))
-        leg = Leg(0.0, d.server, up_bw, d.up_s, d.up_l, _rate(rng, up_bw), down_bw, d.down_l, _rate(rng, down_bw))
+        legs = [Leg(0.0, d.server, up_bw, d.up_s, d.up_l, _rate(rng, up_bw), down_bw, d.down_l, _rate(rng, down_bw))]
+        at = 0.0
+        for _ in range(rng.choice((0, 1, 1, 2)) if handover else 0):
+            at += rng.choice((rng.uniform(0.1, 30), float(rng.randint(1, 10))))
+            prev, srv = legs[-1], rng.randrange(n_srv)
+            up = _rate(rng, up_bw) if rng.random() < 0.5 else prev.rate
+            down = _rate(rng, down_bw) if rng.random() < 0.5 else prev.down
+            legs.append(Leg(at, srv, up_bw, d.up_s, rng.uniform(0, 0.3), up, down_bw, rng.uniform(0, 0.3), down))
         avail = _availability(rng) if availability else None
-        motions[i] = Motion([leg], avail, rng.choice(("pause", "drop")))
+        motions[i] = Motion(legs, avail, rng.choice(("pause", "drop")))
         motions[i].done = 0
-    return FedNetwork(motions, {i: m for i, m in motions.items() if m.legs[0].rate or m.legs[0].down or m.avail})
+    moving = {i: m for i, m in motions.items() if len(m.legs) > 1 or m.legs[0].rate or m.legs[0].down or m.avail}
+    return FedNetwork(motions, moving)
 
 
 def motions(job) -> dict:
@@ -82,14 +92,14 @@ def motions(job) -> dict:
                 m.gone) for i, m in job.network.motions.items()}
 
 
-def check_dynamic(schedule: str, seeds, availability: bool, **kw) -> int:
+def check_dynamic(schedule: str, seeds, availability: bool, handover: bool = False, **kw) -> int:
     """Fast against SimPy on one random job per seed on a random dynamic network; returns how many ran fast."""
     for seed in seeds:
         jobs = []
         for _ in range(2):
             rng = random.Random(seed)
             job = random_job(rng, ties=seed % 2 == 0)
-            job.network = dynamic_network(rng, job, availability)
+            job.network = dynamic_network(rng, job, availability, handover)
             jobs.append((job, random_cfg(rng, **kw)))
         (a, cfg), (b, _) = jobs
         assert uncovered(None, schedule, cfg, b) is None, f"seed {seed}"
@@ -116,12 +126,20 @@ def test_splitlora_availability(order, policy, seeds):
     """SplitLoRA with availability (windows that may end, on/off processes; pause or drop) on varying links."""
     assert check_dynamic("splitlora", seeds, True, client_order=order, policy=policy) == len(seeds)
 
+
+@pytest.mark.parametrize(("availability", "handover"), [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("seeds", [range(300), pytest.param(range(300, 3300), marks=pytest.mark.slow)])
+def test_fedlora_availability_and_handover(availability, handover, seeds):
+    """FedLoRA with availability (pause, drop), handovers, or both, on varying links: FedAvg groups per server."""
+    assert check_dynamic("fedlora", seeds, availability, handover) == len(seeds)
+
 def test_lazy_rates_drawn_further(monkeypatch):
     """Lazy channels first drawn to 0.5 s: every replay passes the horizon, is replayed further, and still equals SimPy."""
     from sfsim.fast import netrate
 
     monkeypatch.setattr(netrate, "HORIZON", 0.5)
     assert check_dynamic("splitlora", range(40), False) == 40
+    assert check_dynamic("fedlora", range(40), True, True) == 40
 
 
 FIGURES_NET = ("uplink_send_s", "downlink_recv_s", "handovers", "samples_not_trained", "micro_batches")
@@ -145,15 +163,29 @@ def dynamic_scenario(seed: int, availability: bool) -> dict:
     return data
 
 
-@pytest.mark.parametrize("availability", [False, True])
-def test_splitlora_dynamic_through_simulate(availability):
-    """simulate() on varying links (and availability, pause or drop): the fast path runs, every SimResult figure (network report included) equal."""
+@pytest.mark.parametrize(("schedule", "availability"), [("splitlora", False), ("splitlora", True), ("fedlora", True)])
+def test_dynamic_through_simulate(schedule, availability):
+    """simulate() on varying links (and availability, pause or drop): the fast path runs, every SimResult figure
+    (the network report included) equal."""
     import sfsim
     from tests.test_fast_lora import FIGURES
 
     for seed in range(8):
         sc = sfsim.scenario_from_dict(dynamic_scenario(seed, availability))
-        fast, ref = sfsim.simulate(sc, "splitlora", engine="fast"), sfsim.simulate(sc, "splitlora", engine="simpy")
+        fast, ref = sfsim.simulate(sc, schedule, engine="fast"), sfsim.simulate(sc, schedule, engine="simpy")
         assert (fast.engine, fast.dynamic_network) == ("fast", "simulated")
         for key in (*FIGURES, *FIGURES_NET):
             assert getattr(ref, key) == getattr(fast, key), f"seed {seed}: {key}"
+
+
+@pytest.mark.parametrize("profile", ["mobile"])
+def test_fedlora_profiles(profile):
+    """The shipped profile with handovers, a 5G trace, Gilbert-Elliott links and churn: FedLoRA on the fast path."""
+    import sfsim
+    from tests.test_fast_lora import FIGURES
+
+    sc = sfsim.load_scenario(f"profiles/{profile}.yaml")
+    fast, ref = sfsim.simulate(sc, "fedlora", engine="fast"), sfsim.simulate(sc, "fedlora", engine="simpy")
+    assert (fast.engine, ref.engine) == ("fast", "simpy")
+    for key in (*FIGURES, *FIGURES_NET):
+        assert getattr(ref, key) == getattr(fast, key), key

@@ -130,7 +130,12 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
     """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy."""
     rec = Replayed()
     net = getattr(job, "network", None)
-    devices, busy, makespan = fedlora.replay(job, cfg) if net is None else fedlora.replay_varying(job, cfg)
+    if net is None:
+        devices, busy, makespan = fedlora.replay(job, cfg)
+    elif fedlora.varying_only(net, job):
+        devices, busy, makespan = fedlora.replay_varying(job, cfg)
+    else:
+        devices, busy, makespan = fedlora.replay_moving(job, cfg)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:

@@ -442,7 +442,7 @@ def uncovered(net, job) -> str | None:
 
 
 DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
-MOVES = "handover and availability are replayed by the SimPy engine only for splitlora and fedlora"
+MOVES = "splitlora's handovers are replayed by the SimPy engine only"
 STALLS = "a link that may stall for good (a trace ending at 0) is replayed by the SimPy engine only"
 
 
