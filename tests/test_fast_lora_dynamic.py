@@ -113,15 +113,15 @@ ORDERS = [(order, policy) for order in ("interleaved", "sequential")
 
 
 @pytest.mark.parametrize(("order", "policy"), ORDERS)
-@pytest.mark.parametrize("seeds", [range(100), pytest.param(range(100, 1100), marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seeds", [range(200), pytest.param(range(200, 1200), marks=pytest.mark.slow)])
 def test_splitlora_varying_links(order, policy, seeds):
-    """SplitLoRA on time-varying links (traces, Gilbert-Elliott, fading): both orders, every policy."""
+    """SplitLoRA on time-varying links (traces, Gilbert-Elliott, fading): both orders, every policy (12 x 200 fleets)."""
     assert check_dynamic("splitlora", seeds, False, client_order=order, policy=policy) == len(seeds)
 
 
 
 @pytest.mark.parametrize(("order", "policy"), ORDERS)
-@pytest.mark.parametrize("seeds", [range(100), pytest.param(range(100, 1100), marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seeds", [range(200), pytest.param(range(200, 1200), marks=pytest.mark.slow)])
 def test_splitlora_availability(order, policy, seeds):
     """SplitLoRA with availability (windows that may end, on/off processes; pause or drop) on varying links."""
     assert check_dynamic("splitlora", seeds, True, client_order=order, policy=policy) == len(seeds)
