@@ -13,6 +13,13 @@ one leg, :func:`varying_only`) the rounds are the same; each adapter transfer in
 rate (:func:`sfsim.network.legs.span`, in Python), the local work stays compiled, and the devices'
 :class:`~sfsim.network.legs.Motion` get what the SimPy processes leave on them (what
 :func:`sfsim.schedules.network.report` reads).
+
+With handovers or availability (:func:`replay_moving`) a round's membership changes in time (a
+device leaves every barrier it has not uploaded to when it drops; its rounds move to the new
+server's FedAvg group at a handover), so the rounds run on an engine with the SimPy schedule's own
+``FedGroup``, ``Membership`` and transfers, the same events in the same order; what is compiled is
+each round's local work (:func:`_local_net`: every op integrates the device's availability with
+:mod:`sfsim.fast.netrate`), which is where the SimPy schedule spends its time per micro-batch.
 """
 
 from __future__ import annotations
