@@ -250,6 +250,14 @@ def _fedavg(SF, C, CI, D, R):
             _down(SF, C, D, R, c, SF[_SFREE], D[_SYNC_DOWN, c], D[_SYNC_BYTES, c])
 
 
+@njit
+def _passed(R):
+    """True when a rate was asked past its horizon: the replay is void, stop it (never on constant links)."""
+    if R is not None:
+        return R[6][0] != 0
+    return False
+
+
 # -- segments and epochs: Server._fixed_segment, _arrival_segment, _interleaved, _sequential ---------------
 @njit
 def _count_down(CI, c):
@@ -330,6 +338,8 @@ def _interleaved(SF, SI, C, CI, D, N, R, left, kind, seg, M, T, share, counts, t
             if epoch[c] > 0:
                 heapq.heappush(order, (_order_key(kind, 0, epoch[c]), c))
     while left:
+        if _passed(R):
+            return
         quota = (every - SI[_STEPS] % every) * acc
         if kind != ARRIVAL:
             hi = 0
@@ -354,7 +364,7 @@ def _sequential(SF, SI, C, CI, D, N, R, M, T, share, counts, touched):
     """One epoch of sequential clients: client after client, each handing its adapters to the next."""
     for c in range(D.shape[1]):
         k = CI[_LEFT, c]
-        if k <= 0:
+        if k <= 0 or _passed(R):
             continue
         if SI[_RELAY]:
             _down(SF, C, D, R, c, SF[_SFREE], D[_SYNC_DOWN, c], D[_SYNC_BYTES, c])
