@@ -8,14 +8,14 @@ chooses it (:data:`ENGINES`); where it does not cover a run, :func:`uncovered` s
 Covered: SplitFrozen pipelined and sequential, server or device credits and any buffer,
 accumulation, fused or decomposed B/W, several servers of one or more workers, the fifo,
 round-robin, proportional and paced policies, activation caching, partial last micro-batches and
-warm-up; SplitLoRA on constant links (:mod:`sfsim.fast.splitlora`: both client orders, arrival or
-fixed server orders, FedAvg segments, accumulation, fused or decomposed B/W); CenLoRA
+warm-up; SplitLoRA on constant links and on the dynamic network without handovers (:mod:`sfsim.fast.splitlora`:
+both client orders, arrival or fixed server orders, FedAvg segments, accumulation, fused or decomposed B/W,
+time-varying links, availability with pause or drop); CenLoRA
 (:mod:`sfsim.fast.cenlora`: several workers, accumulation, the proportional source and its mixing);
 FedLoRA (:mod:`sfsim.fast.fedlora`: rounds of local steps, adapter uploads and downloads, each
-server's FedAvg) on constant or time-varying links. Not covered (the SimPy engine replays them):
+server's FedAvg) on any network (time-varying links, availability, handover). Not covered (the SimPy engine replays them):
 traces and Gantt charts, SplitFrozen's ``pool`` policy, backhaul sync between SplitFrozen servers,
-and the dynamic network (handover, availability; for SplitFrozen and SplitLoRA also time-varying
-links).
+the dynamic network for SplitFrozen, and SplitLoRA's handovers.
 """
 
 from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered

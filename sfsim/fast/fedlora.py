@@ -13,6 +13,13 @@ one leg, :func:`varying_only`) the rounds are the same; each adapter transfer in
 rate (:func:`sfsim.network.legs.span`, in Python), the local work stays compiled, and the devices'
 :class:`~sfsim.network.legs.Motion` get what the SimPy processes leave on them (what
 :func:`sfsim.schedules.network.report` reads).
+
+With handovers or availability (:func:`replay_moving`) a round's membership changes in time (a
+device leaves every barrier it has not uploaded to when it drops; its rounds move to the new
+server's FedAvg group at a handover), so the rounds run on an engine with the SimPy schedule's own
+``FedGroup``, ``Membership`` and transfers, the same events in the same order; what is compiled is
+each round's local work (:func:`_local_net`: every op integrates the device's availability with
+:mod:`sfsim.fast.netrate`), which is where the SimPy schedule spends its time per micro-batch.
 """
 
 from __future__ import annotations
@@ -21,9 +28,14 @@ import math
 
 import numpy as np
 
+from sfsim.engine.core import Engine, FifoLane
+from sfsim.fast import netrate
 from sfsim.fast.jit import njit
+from sfsim.fast.netrate import may_stall
+from sfsim.fast.splitlora import DYNAMIC, STALLS
 from sfsim.network.legs import span
-from sfsim.network.linkrate import Constant, Product, Rate, Steps
+from sfsim.schedules import fedlora as fl
+from sfsim.schedules.common import groups
 
 # float rows of D
 _F, _B, _W, _STEP, _WARM, _LAST, _UP, _UP_L, _DOWN, _DOWN_L = range(10)
@@ -109,15 +121,6 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
     return devices, busy, makespan
 
 
-def _may_stall(rate: Rate | None) -> bool:
-    """True when a transfer at ``rate`` might never end (a trace that ends at, or is all, zero)."""
-    if isinstance(rate, Product):
-        return _may_stall(rate.a) or _may_stall(rate.b)
-    if isinstance(rate, Steps):
-        return rate.rates[-1] <= 0 if rate.period is None else max(rate.rates) <= 0
-    return isinstance(rate, Constant) and rate.rate <= 0
-
-
 def varying_only(net, job) -> bool:
     """True when a FedLoRA network only varies link rates: one leg per device (on its server), no availability,
     and no link that may stall for good."""
@@ -125,7 +128,20 @@ def varying_only(net, job) -> bool:
     if motions is None:
         return False
     return all(len(m.legs) == 1 and m.avail is None and m.legs[0].server == job.devices[i].server
-               and not _may_stall(m.legs[0].rate) and not _may_stall(m.legs[0].down) for i, m in motions.items())
+               and not may_stall(m.legs[0].rate) and not may_stall(m.legs[0].down) for i, m in motions.items())
+
+
+def uncovered(net, job) -> str | None:
+    """Why the fast path cannot replay this FedLoRA network (one line), or None: :func:`replay_varying` for
+    varying links only (:func:`varying_only`), else :func:`replay_moving` (handover, availability)."""
+    motions = getattr(net, "motions", None)
+    if motions is None:
+        return DYNAMIC
+    if any(may_stall(leg.rate) or may_stall(leg.down) for m in motions.values() for leg in m.legs):
+        return STALLS
+    if not all(netrate.knows(m.pause) for m in motions.values()):
+        return DYNAMIC
+    return None
 
 
 def replay_varying(job, cfg) -> tuple[dict, dict, float]:
@@ -183,3 +199,115 @@ def _rounds(job, cfg, members: list[int], D, N, per: int, aggregate: float) -> t
                 start[c] = end + (down + leg.down_l)
                 last = max(last, start[c])
     return last, busy
+
+
+# -- availability and handover: the SimPy schedule's rounds and membership, each round's local work compiled --
+@njit
+def _local_net(D, N, R, pause, i, first, last, accumulate, t, stop):
+    """:func:`_local` for a device that pauses offline (rate row ``pause``, -1: none) or leaves at ``stop``.
+
+    Returns (end, micro-batches done, steps done, start of the op that outlasts the device, or -1.0 when none
+    does); each op is ``sfsim.schedules.fedlora._compute``.
+    """
+    done = steps = 0
+    lst = D[_LAST, i]
+    plain = pause < 0 and stop == math.inf
+    for n in range(first, last):
+        x = lst if lst < 1.0 and (n + 1) % N[_PER_EPOCH, i] == 0 else 1.0
+        for k in range(4):
+            if k == 3 and not ((n - first + 1) % accumulate == 0 or n + 1 == last):
+                break
+            if k == 0:
+                dur = D[_F, i] * x + (D[_WARM, i] if n == 0 else 0.0)
+            elif k == 1:
+                dur = D[_B, i] * x
+            elif k == 2:
+                dur = D[_W, i] * x
+            else:
+                dur = D[_STEP, i]
+            if plain:
+                t = t + dur
+            else:
+                end = t + netrate.span(R, pause, t, dur)
+                if end > stop or end == math.inf:
+                    return t, done, steps, t
+                t = end
+            if k == 2:
+                done += 1
+            elif k == 3:
+                steps += 1
+    return t, done, steps, -1.0
+
+
+class _Pause:
+    """A device's availability as the kernels read it, drawn further when a round passes the horizon."""
+
+    def __init__(self, m):
+        self.m, self.horizon, self.R, self.row = m, netrate.HORIZON, None, -1
+        self._draw()
+
+    def _draw(self) -> None:
+        table = netrate.Table(self.horizon)
+        self.row = table.add(self.m.pause)
+        self.R = table.arrays()
+
+    def local(self, D, N, i, first, last, accumulate, t):
+        """:func:`_local_net` of this device, replayed further until no op passes the horizon."""
+        while True:
+            out = _local_net(D, N, self.R, self.row, i, first, last, accumulate, t, self.m.stop)
+            if not self.R[6][0]:
+                return out
+            self.horizon *= 2.0
+            self._draw()
+
+
+def _process(engine, members, i: int, d, m, per: int, accumulate: int, D, N):
+    """``sfsim.schedules.fedlora.device_process`` with each round's local work compiled (:func:`_local_net`)."""
+    env, stop, pause = engine.env, m.stop, _Pause(m)
+    if m.start == math.inf:
+        members.leave_at(i, 0.0, 0)
+        return
+    if m.churn == "drop" and m.start > 0:
+        yield engine.at(m.start)  # it joins at its first online instant
+    for r in range(-(-d.n // per)):
+        first, last = r * per, min(d.n, (r + 1) * per)
+        t, done, steps, cut = pause.local(D, N, i, first, last, accumulate, env.now)
+        m.done, m.steps = m.done + done, m.steps + steps
+        if cut >= 0.0:
+            members.leave_at(i, fl._gone(m, cut, stop), m.syncs_sent)
+            return
+        yield env.timeout(t - env.now)
+        leg = yield from fl._transfer(engine, members, i, d, m, True, False, stop, last)
+        if leg is None:
+            return
+        yield members.groups[leg.server].arrive(r)
+        if (yield from fl._transfer(engine, members, i, d, m, False, False, stop)) is None:
+            return
+
+
+def replay_moving(job, cfg) -> tuple[dict, dict, float]:
+    """:func:`replay` on any dynamic network (handover, availability, varying links): the SimPy schedule's FedAvg
+    groups and membership (``FedGroup``, ``Membership``) on an engine, each round's local work compiled."""
+    per, motions = int(cfg.local_steps), job.network.motions
+    engine = Engine()
+    engine.soft_timers = any(len(m.legs) > 1 or m.avail is not None for m in motions.values())
+    n_rounds = {i: -(-d.n // per) for i, d in enumerate(job.devices)}
+    lanes = [FifoLane(engine, srv.lane(0)) for srv in job.servers]
+    fed = [fl.FedGroup(engine, lane, srv.aggregate, max(n_rounds.values(), default=0))
+           for lane, srv in zip(lanes, job.servers, strict=True)]
+    members = fl.Membership(engine, fed, motions, n_rounds)
+    D, N = layout(job.devices)
+    for i in [i for _, ids in groups(job.devices).items() for i in ids]:
+        motions[i].done = 0
+        if job.devices[i].n:
+            engine.env.process(_process(engine, members, i, job.devices[i], motions[i], per, int(cfg.accumulate),
+                                        D, N))
+    makespan = engine.run()
+    devices = {}
+    for i, d in enumerate(job.devices):
+        m = motions[i]
+        devices[d.name] = {"busy": d.units(m.done) * (d.f + d.b + d.w) + m.steps * d.step + d.first_extra(m.done),
+                           "up": m.syncs_sent * d.sync_bytes, "down": m.downloads * d.sync_bytes}
+        moved = members.moved_at[i] + [len(m.uploads)] * (len(m.legs) - 1 - len(members.moved_at[i]))
+        m.switched_at = [min(u * per, m.sent) for u in moved]
+    return devices, {srv.name: lane.busy for srv, lane in zip(job.servers, lanes, strict=True)}, makespan

@@ -60,8 +60,10 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     net = getattr(job, "network", None)
     if name == "cenlora":
         return None  # no device links: the dynamic network does not apply, and it has no server policy
-    if name == "fedlora" and net is not None and fedlora.varying_only(net, job):
-        return None  # time-varying links only: each transfer integrates its rate
+    if name == "fedlora" and net is not None:
+        return fedlora.uncovered(net, job)  # time-varying links: each transfer integrates its rate
+    if name == "splitlora" and net is not None:
+        return splitlora.uncovered(net, job)  # the kernel integrates each transfer's rate
     if name not in SPLITFROZEN:
         return None if net is None else _DYNAMIC
     if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
@@ -128,7 +130,12 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
     """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy."""
     rec = Replayed()
     net = getattr(job, "network", None)
-    devices, busy, makespan = fedlora.replay(job, cfg) if net is None else fedlora.replay_varying(job, cfg)
+    if net is None:
+        devices, busy, makespan = fedlora.replay(job, cfg)
+    elif fedlora.varying_only(net, job):
+        devices, busy, makespan = fedlora.replay_varying(job, cfg)
+    else:
+        devices, busy, makespan = fedlora.replay_moving(job, cfg)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:

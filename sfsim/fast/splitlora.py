@@ -1,4 +1,4 @@
-"""SplitLoRA on the fast path: :class:`sfsim.schedules.splitlora.Server` on constant links, compiled.
+"""SplitLoRA on the fast path: :class:`sfsim.schedules.splitlora.Server` on constant links and on the dynamic network, compiled.
 
 The SimPy schedule computes each server's whole run by arithmetic over three primitives (a
 client's compute, a message on its uplink, one on its downlink) and waits once, so the fast path
@@ -10,21 +10,31 @@ clients relaying their adapters. Servers share nothing. Memory: a few numbers pe
 segment's order (``fedavg_every`` x ``accumulate`` at most), never one per micro-batch (the SimPy
 schedule holds each epoch's order).
 
+On the dynamic network without handovers (:func:`uncovered`: one leg per client) the three
+primitives follow :mod:`sfsim.network.legs` as ``Server._device_net``, ``_up_net`` and ``_down_net``
+do: every transfer integrates its leg's rate (:mod:`sfsim.fast.netrate`, the same floats); under
+``churn: pause`` compute and links progress only while the client is online; a client that drops,
+or whose windows end with work left, is gone from the first op that would outlast it (its later
+turns are skipped, FedAvg averages the uploads that arrive). The clients' motions are left as the
+SimPy run leaves them (``done``, ``sent``, radio seconds, ``gone``).
+
 State in arrays (numba passes them to helpers): ``D`` (float per client, :data:`_ROWS`), ``N``
 (n, per_epoch), ``C`` (float client state: free, up_free, down_free, arrival, busy, up and down
-bytes), ``CI`` (int client state: next, mb, since_step, left, unissued, todo), ``SF`` (server free,
+bytes), ``CI`` (int client state: next, mb, since_step, left, unissued, todo), ``R`` (the rates and the
+clients' network state, :func:`network_arrays`), ``SF`` (server free,
 end, busy, step, aggregate) and ``SI`` (steps, window, accumulate, fedavg_every, decompose, relay).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 
 import numpy as np
 
 from sfsim.engine.pacing import FIXED_ORDERS
-from sfsim.fast import mixing
-from sfsim.fast.jit import njit
+from sfsim.fast import mixing, netrate
+from sfsim.fast.jit import inline, njit
 
 _ROWS = ("f", "b", "w", "step", "warmup", "last", "up_s", "up_l", "down_s", "down_l", "sync_up_s", "sync_down_s",
          "srv_f", "srv_b", "srv_w", "up_bytes", "down_bytes", "sync_bytes")
@@ -38,6 +48,8 @@ ARRIVAL, PROPORTIONAL, ROUND_ROBIN = range(3)
 """Interleaved clients' server order: arrival order (fifo, pool) or a fixed order (:data:`FIXED_ORDERS`)."""
 _KINDS = {None: ARRIVAL, "proportional": PROPORTIONAL, "round-robin": ROUND_ROBIN}
 _STEPS, _WINDOW, _ACC, _EVERY, _DECOMPOSE, _RELAY = range(6)  # SI
+_BW_UP, _BW_DOWN, _LAT_UP, _LAT_DOWN, _START, _STOP, _SEND_S, _RECV_S, _GONE = range(9)  # NC: float, per client
+_LOST, _DONE, _SENT, _R_UP, _R_DOWN, _R_PAUSE, _R_AVAIL, _DROPS = range(8)  # NI: int, per client
 
 
 # -- lanes: sfsim.schedules.splitlora.Server._op, _device, _up, _down ----------------------------------------
@@ -48,15 +60,21 @@ def _op(SF, t, dur):
     return t + dur
 
 
-@njit
-def _device(SF, C, c, t, dur):
+@inline
+def _device(SF, C, R, c, t, dur, w):
+    """A client's compute from ``t`` for ``dur`` (``w``: its W of a micro-batch, counted done on the network)."""
+    if R is not None:
+        return _device_net(SF, C, R, c, t, dur, w)
     C[_BUSY, c] += dur
     SF[_END] = max(SF[_END], t + dur)
     return t + dur
 
 
-@njit
-def _up(SF, C, D, c, t, dur, nbytes):
+@inline
+def _up(SF, C, D, R, c, t, dur, nbytes, mb):
+    """A message queued on the uplink at ``t`` (``mb``: a micro-batch's activations); returns its arrival."""
+    if R is not None:
+        return _up_net(SF, C, R, c, t, dur, nbytes, mb)
     start = max(t, C[_UP_FREE, c])
     C[_UP_FREE, c] = start + dur
     C[_UP, c] += nbytes
@@ -64,13 +82,84 @@ def _up(SF, C, D, c, t, dur, nbytes):
     return start + dur + D[_UP_L, c]
 
 
-@njit
-def _down(SF, C, D, c, t, dur, nbytes):
+@inline
+def _down(SF, C, D, R, c, t, dur, nbytes):
+    """A message queued on the downlink at ``t`` (a command: ``dur`` 0); returns its arrival."""
+    if R is not None:
+        return _down_net(SF, C, R, c, t, dur, nbytes)
     start = max(t, C[_DOWN_FREE, c])
     C[_DOWN_FREE, c] = start + dur
     C[_DOWN, c] += nbytes
     SF[_END] = max(SF[_END], start + dur + D[_DOWN_L, c])
     return start + dur + D[_DOWN_L, c]
+
+
+# -- the dynamic network: Server._device_net, _up_net, _down_net, _begin, _outlasts ------------------------
+@njit
+def _begin(NC, NI, c, t):
+    """A drop-churn client starts nothing before its first online instant."""
+    return max(t, NC[_START, c]) if NI[_DROPS, c] else t
+
+
+@njit
+def _outlasts(R, c, t, end):
+    """True, and the client is gone from then on, when what runs from ``t`` to ``end`` outlasts it."""
+    NC, NI = R[7], R[8]
+    if end <= NC[_STOP, c] and end < math.inf:
+        return False
+    NI[_LOST, c] = 1
+    NC[_GONE, c] = NC[_STOP, c] if NC[_STOP, c] < math.inf else netrate.gone_at(R, NI[_R_AVAIL, c], t)
+    return True
+
+
+@njit
+def _device_net(SF, C, R, c, t, dur, w):
+    NC, NI = R[7], R[8]
+    if NI[_LOST, c]:
+        return t
+    t = _begin(NC, NI, c, t)
+    end = t + (dur if NI[_R_PAUSE, c] < 0 else netrate.span(R, NI[_R_PAUSE, c], t, dur))
+    if _outlasts(R, c, t, end):
+        return t
+    C[_BUSY, c] += dur
+    if w:
+        NI[_DONE, c] += 1
+    SF[_END] = max(SF[_END], end)
+    return end
+
+
+@njit
+def _up_net(SF, C, R, c, t, dur, nbytes, mb):
+    NC, NI = R[7], R[8]
+    if NI[_LOST, c]:
+        return -math.inf
+    start = _begin(NC, NI, c, max(t, C[_UP_FREE, c]))
+    secs = netrate.span_at(R, NI[_R_UP, c], start, dur, NC[_BW_UP, c])
+    if _outlasts(R, c, start, start + secs):
+        return -math.inf
+    C[_UP_FREE, c] = start + secs
+    NC[_SEND_S, c] += netrate.online(R, NI[_R_PAUSE, c], start, start + secs)
+    if mb:
+        NI[_SENT, c] += 1
+    C[_UP, c] += nbytes
+    SF[_END] = max(SF[_END], start + secs + NC[_LAT_UP, c])
+    return start + secs + NC[_LAT_UP, c]
+
+
+@njit
+def _down_net(SF, C, R, c, t, dur, nbytes):
+    NC, NI = R[7], R[8]
+    if NI[_LOST, c]:
+        return t
+    start = _begin(NC, NI, c, max(t, C[_DOWN_FREE, c]))
+    secs = netrate.span_at(R, NI[_R_DOWN, c], start, dur, NC[_BW_DOWN, c])
+    if _outlasts(R, c, start, start + secs):
+        return t
+    C[_DOWN_FREE, c] = start + secs
+    NC[_RECV_S, c] += netrate.online(R, NI[_R_PAUSE, c], start, start + secs)
+    C[_DOWN, c] += nbytes
+    SF[_END] = max(SF[_END], start + secs + NC[_LAT_DOWN, c])
+    return start + secs + NC[_LAT_DOWN, c]
 
 
 # -- one micro-batch: Server._issue, _serve, _server_step, _client_step --------------------------------------
@@ -80,14 +169,14 @@ def _size(D, N, c, n):
 
 
 @njit
-def _issue(SF, C, CI, D, N, c, t):
+def _issue(SF, C, CI, D, N, R, c, t):
     """``fwd`` sent at ``t``: the client's forward and upload of its next micro-batch."""
     n = CI[_NEXT, c]
     CI[_NEXT, c], CI[_MB, c] = n + 1, n
     x = _size(D, N, c, n)
-    start = max(C[_FREE, c], _down(SF, C, D, c, t, 0.0, 0.0))
-    C[_FREE, c] = _device(SF, C, c, start, D[_F, c] * x + (D[_WARM, c] if n == 0 else 0.0))
-    C[_ARRIVAL, c] = _up(SF, C, D, c, C[_FREE, c], D[_UP_S, c] * x, D[_UP_BYTES, c] * x)
+    start = max(C[_FREE, c], _down(SF, C, D, R, c, t, 0.0, 0.0))
+    C[_FREE, c] = _device(SF, C, R, c, start, D[_F, c] * x + (D[_WARM, c] if n == 0 else 0.0), False)
+    C[_ARRIVAL, c] = _up(SF, C, D, R, c, C[_FREE, c], D[_UP_S, c] * x, D[_UP_BYTES, c] * x, True)
 
 
 @njit
@@ -99,14 +188,19 @@ def _server_step(SF, SI):
 
 
 @njit
-def _client_step(SF, C, CI, D, c):
-    C[_FREE, c] = _device(SF, C, c, C[_FREE, c], D[_STEP, c])
+def _client_step(SF, C, CI, D, R, c):
+    C[_FREE, c] = _device(SF, C, R, c, C[_FREE, c], D[_STEP, c], False)
     CI[_SINCE, c] = 0
 
 
 @njit
-def _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched):
-    """Server F, B (gradient down), W, maybe its step; the client's B, W, maybe its step."""
+def _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched):
+    """Server F, B (gradient down), W, maybe its step; the client's B, W, maybe its step.
+
+    A turn whose upload never arrived (arrival ``-inf``: the client is gone) is skipped.
+    """
+    if C[_ARRIVAL, c] == -math.inf:
+        return
     x = _size(D, N, c, CI[_MB, c])
     t = _op(SF, max(SF[_SFREE], C[_ARRIVAL, c]), D[_SRV_F, c] * x)
     if SI[_DECOMPOSE]:
@@ -118,12 +212,12 @@ def _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched):
         t_grad = t
     SF[_SFREE] = t
     mixing.add(M, T, share, counts, touched, c)
-    got = _down(SF, C, D, c, t_grad, D[_DOWN_S, c] * x, D[_DOWN_BYTES, c] * x)
-    t = _device(SF, C, c, max(C[_FREE, c], got), D[_B, c] * x)
-    C[_FREE, c] = _device(SF, C, c, t, D[_W, c] * x)
+    got = _down(SF, C, D, R, c, t_grad, D[_DOWN_S, c] * x, D[_DOWN_BYTES, c] * x)
+    t = _device(SF, C, R, c, max(C[_FREE, c], got), D[_B, c] * x, False)
+    C[_FREE, c] = _device(SF, C, R, c, t, D[_W, c] * x, True)
     CI[_SINCE, c] += 1
     if CI[_SINCE, c] == SI[_ACC]:
-        _client_step(SF, C, CI, D, c)
+        _client_step(SF, C, CI, D, R, c)
     SI[_WINDOW] += 1
     if SI[_WINDOW] == SI[_ACC]:
         _server_step(SF, SI)
@@ -131,25 +225,37 @@ def _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched):
 
 # -- adapters: Server._upload_adapters, _fedavg ----------------------------------------------------------
 @njit
-def _upload(SF, C, CI, D, c):
+def _upload(SF, C, CI, D, R, c):
     """``sync`` sent now: the client steps on a partial window and uploads (C[_ARRIVAL]: at the server)."""
-    C[_FREE, c] = max(C[_FREE, c], _down(SF, C, D, c, SF[_SFREE], 0.0, 0.0))
+    C[_FREE, c] = max(C[_FREE, c], _down(SF, C, D, R, c, SF[_SFREE], 0.0, 0.0))
     if CI[_SINCE, c]:
-        _client_step(SF, C, CI, D, c)
-    C[_ARRIVAL, c] = _up(SF, C, D, c, C[_FREE, c], D[_SYNC_UP, c], D[_SYNC_BYTES, c])
+        _client_step(SF, C, CI, D, R, c)
+    C[_ARRIVAL, c] = _up(SF, C, D, R, c, C[_FREE, c], D[_SYNC_UP, c], D[_SYNC_BYTES, c], False)
 
 
 @njit
-def _fedavg(SF, C, CI, D):
+def _fedavg(SF, C, CI, D, R):
     m = D.shape[1]
     for c in range(m):
-        _upload(SF, C, CI, D, c)
+        _upload(SF, C, CI, D, R, c)
     t = SF[_SFREE]
+    came = 0
     for c in range(m):
-        t = max(t, C[_ARRIVAL, c])
-    SF[_SFREE] = _op(SF, t, SF[_AGG] * m)
+        if C[_ARRIVAL, c] != -math.inf:
+            t = max(t, C[_ARRIVAL, c])
+            came += 1
+    SF[_SFREE] = _op(SF, t, SF[_AGG] * came)
     for c in range(m):
-        _down(SF, C, D, c, SF[_SFREE], D[_SYNC_DOWN, c], D[_SYNC_BYTES, c])
+        if C[_ARRIVAL, c] != -math.inf:
+            _down(SF, C, D, R, c, SF[_SFREE], D[_SYNC_DOWN, c], D[_SYNC_BYTES, c])
+
+
+@njit
+def _passed(R):
+    """True when a rate was asked past its horizon: the replay is void, stop it (never on constant links)."""
+    if R is not None:
+        return R[6][0] != 0
+    return False
 
 
 # -- segments and epochs: Server._fixed_segment, _arrival_segment, _interleaved, _sequential ---------------
@@ -160,26 +266,26 @@ def _count_down(CI, c):
 
 
 @njit
-def _fixed_segment(SF, SI, C, CI, D, N, order, lo, hi, M, T, share, counts, touched):
+def _fixed_segment(SF, SI, C, CI, D, N, R, order, lo, hi, M, T, share, counts, touched):
     """Serve ``order[lo:hi]`` in its order, waiting for each named client's micro-batch; returns clients emptied."""
     emptied = 0
     for p in range(lo, hi):
         CI[_TODO, order[p]] += 1
     for c in range(D.shape[1]):
         if CI[_LEFT, c] > 0 and CI[_TODO, c]:
-            _issue(SF, C, CI, D, N, c, SF[_SFREE])
+            _issue(SF, C, CI, D, N, R, c, SF[_SFREE])
     for p in range(lo, hi):
         c = order[p]
-        _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched)
+        _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched)
         CI[_TODO, c] -= 1
         emptied += _count_down(CI, c)
         if CI[_TODO, c]:
-            _issue(SF, C, CI, D, N, c, SF[_SFREE])
+            _issue(SF, C, CI, D, N, R, c, SF[_SFREE])
     return emptied
 
 
 @njit
-def _arrival_segment(SF, SI, C, CI, D, N, quota, M, T, share, counts, touched):
+def _arrival_segment(SF, SI, C, CI, D, N, R, quota, M, T, share, counts, touched):
     """Serve ``quota`` micro-batches in arrival order (ties: device order); returns clients emptied."""
     emptied = issued = 0
     out = [(0.0, 0)]
@@ -188,18 +294,20 @@ def _arrival_segment(SF, SI, C, CI, D, N, quota, M, T, share, counts, touched):
         CI[_UNISSUED, c] = CI[_LEFT, c]
     for c in range(D.shape[1]):
         if CI[_LEFT, c] > 0 and issued < quota:
-            _issue(SF, C, CI, D, N, c, SF[_SFREE])
+            _issue(SF, C, CI, D, N, R, c, SF[_SFREE])
             CI[_UNISSUED, c] -= 1
             issued += 1
             heapq.heappush(out, (C[_ARRIVAL, c], c))
     served = 0
     while served < quota and len(out):
         c = heapq.heappop(out)[1]
-        _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched)
+        skipped = C[_ARRIVAL, c] == -math.inf
+        _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched)
         emptied += _count_down(CI, c)
-        served += 1
+        served += 0 if skipped else 1
+        issued -= 1 if skipped else 0
         if issued < quota and CI[_UNISSUED, c]:
-            _issue(SF, C, CI, D, N, c, SF[_SFREE])
+            _issue(SF, C, CI, D, N, R, c, SF[_SFREE])
             CI[_UNISSUED, c] -= 1
             issued += 1
             heapq.heappush(out, (C[_ARRIVAL, c], c))
@@ -213,7 +321,7 @@ def _order_key(kind, j, k):
 
 
 @njit
-def _interleaved(SF, SI, C, CI, D, N, left, kind, seg, M, T, share, counts, touched):
+def _interleaved(SF, SI, C, CI, D, N, R, left, kind, seg, M, T, share, counts, touched):
     """One epoch of interleaved clients (``left`` of them have micro-batches) in arrival or ``kind``'s fixed order.
 
     A fixed order is drawn lazily, one segment at a time into ``seg``, by merging the clients' sorted
@@ -230,6 +338,8 @@ def _interleaved(SF, SI, C, CI, D, N, left, kind, seg, M, T, share, counts, touc
             if epoch[c] > 0:
                 heapq.heappush(order, (_order_key(kind, 0, epoch[c]), c))
     while left:
+        if _passed(R):
+            return
         quota = (every - SI[_STEPS] % every) * acc
         if kind != ARRIVAL:
             hi = 0
@@ -240,42 +350,43 @@ def _interleaved(SF, SI, C, CI, D, N, left, kind, seg, M, T, share, counts, touc
                 taken[c] += 1
                 if taken[c] < epoch[c]:
                     heapq.heappush(order, (_order_key(kind, taken[c], epoch[c]), c))
-            left -= _fixed_segment(SF, SI, C, CI, D, N, seg, 0, hi, M, T, share, counts, touched)
+            left -= _fixed_segment(SF, SI, C, CI, D, N, R, seg, 0, hi, M, T, share, counts, touched)
         else:
-            left -= _arrival_segment(SF, SI, C, CI, D, N, quota, M, T, share, counts, touched)
+            left -= _arrival_segment(SF, SI, C, CI, D, N, R, quota, M, T, share, counts, touched)
         _server_step(SF, SI)
         if SI[_STEPS] % every == 0 and left:
-            _fedavg(SF, C, CI, D)
-    _fedavg(SF, C, CI, D)
+            _fedavg(SF, C, CI, D, R)
+    _fedavg(SF, C, CI, D, R)
 
 
 @njit
-def _sequential(SF, SI, C, CI, D, N, M, T, share, counts, touched):
+def _sequential(SF, SI, C, CI, D, N, R, M, T, share, counts, touched):
     """One epoch of sequential clients: client after client, each handing its adapters to the next."""
     for c in range(D.shape[1]):
         k = CI[_LEFT, c]
-        if k <= 0:
+        if k <= 0 or _passed(R):
             continue
         if SI[_RELAY]:
-            _down(SF, C, D, c, SF[_SFREE], D[_SYNC_DOWN, c], D[_SYNC_BYTES, c])
-        _issue(SF, C, CI, D, N, c, SF[_SFREE])
+            _down(SF, C, D, R, c, SF[_SFREE], D[_SYNC_DOWN, c], D[_SYNC_BYTES, c])
+        _issue(SF, C, CI, D, N, R, c, SF[_SFREE])
         for j in range(k):
-            _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched)
+            _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched)
             CI[_LEFT, c] -= 1
             if j + 1 < k:
-                _issue(SF, C, CI, D, N, c, SF[_SFREE])
+                _issue(SF, C, CI, D, N, R, c, SF[_SFREE])
         _server_step(SF, SI)
-        _upload(SF, C, CI, D, c)
+        _upload(SF, C, CI, D, R, c)
         SF[_SFREE] = max(SF[_SFREE], C[_ARRIVAL, c])
         SI[_RELAY] = 1
 
 
 @njit
-def replay_server(D, N, SF, SI, sequential, kind, M, T, share, counts, touched):
+def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touched):
     """Replay one server's clients (every one has micro-batches); returns C (their float state: busy, bytes).
 
     ``kind``: :data:`ARRIVAL`, :data:`PROPORTIONAL` or :data:`ROUND_ROBIN` (interleaved clients' server
-    order). The server's end and busy time are left in ``SF``.
+    order). ``R``: the clients' rates and network state (:func:`network_arrays`; None: constant
+    links, and the compiled code has no network branch). The server's end and busy time are left in ``SF``.
     """
     m = D.shape[1]
     C = np.zeros((7, m))
@@ -292,9 +403,9 @@ def replay_server(D, N, SF, SI, sequential, kind, M, T, share, counts, touched):
             CI[_LEFT, c] = max(0, min(per, N[_N, c] - e * per))
             left += CI[_LEFT, c] > 0
         if sequential:
-            _sequential(SF, SI, C, CI, D, N, M, T, share, counts, touched)
+            _sequential(SF, SI, C, CI, D, N, R, M, T, share, counts, touched)
         else:
-            _interleaved(SF, SI, C, CI, D, N, left, kind, seg, M, T, share, counts, touched)
+            _interleaved(SF, SI, C, CI, D, N, R, left, kind, seg, M, T, share, counts, touched)
     return C
 
 
@@ -305,30 +416,97 @@ def layout(clients: list) -> tuple[np.ndarray, np.ndarray]:
     return D, N
 
 
+def network_arrays(motions: list, table: netrate.Table) -> tuple:
+    """``R`` for the kernel: the rates of ``table`` and the clients' network state.
+
+    ``motions``: each client's :class:`~sfsim.network.legs.Motion` (one leg; its figures start from
+    what it holds, so the sums run on as in the SimPy run).
+    """
+    m = len(motions)
+    NC, NI = np.zeros((9, m)), np.full((8, m), -1, np.int64)
+    for c, mo in enumerate(motions):
+        leg = mo.legs[0]
+        NC[:, c] = (leg.bandwidth, leg.down_bw, leg.up_l, leg.down_l, mo.start, mo.stop, mo.send_s, mo.recv_s,
+                    mo.gone)
+        NI[:3, c] = (0, mo.done, mo.sent)
+        NI[3:7, c] = (table.add(leg.up_rate(mo.pause)), table.add(leg.down_rate(mo.pause)), table.add(mo.pause),
+                      table.add(mo.avail))
+        NI[_DROPS, c] = mo.churn == "drop" and mo.avail is not None
+    return (*table.arrays(), NC, NI)
+
+
+def uncovered(net, job) -> str | None:
+    """Why the kernel cannot replay this dynamic network (one line), or None: one leg per device on its server,
+    rates the kernels know (:func:`sfsim.fast.netrate.knows`), no link that may stall for good."""
+    if getattr(net, "motions", None) is None:
+        return DYNAMIC
+    for i, m in net.motions.items():
+        leg = m.legs[0]
+        if len(m.legs) != 1 or leg.server != job.devices[i].server:
+            return MOVES
+        if netrate.may_stall(leg.rate) or netrate.may_stall(leg.down):
+            return STALLS
+        if not all(netrate.knows(r) for r in (leg.up_rate(m.pause), leg.down_rate(m.pause), m.avail)):
+            return DYNAMIC
+    return None
+
+
+GUESS = 1.5
+"""Lazy rates are first drawn to this many times a server's run on constant links."""
+DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
+MOVES = "splitlora's handovers are replayed by the SimPy engine only"
+STALLS = "a link that may stall for good (a trace ending at 0) is replayed by the SimPy engine only"
+
+
+def _server(job, cfg, k: int, clients: list[int]) -> tuple:
+    """Replay server ``k``'s clients (job indices); on the dynamic network, drawing lazy rates further until
+    no transfer passes their horizon (first guess: 1.5 x the run on constant links). Returns (C, SF, M, T, N)."""
+    net = getattr(job, "network", None)
+    D, N = layout([job.devices[i] for i in clients])
+    srv, kind = job.servers[k], _KINDS[FIXED_ORDERS.get(cfg.policy)]
+    horizon = 0.0  # lazy rates are drawn to GUESS x the run on constant links first (doubled while too short)
+    while True:
+        R = None
+        if net is not None and horizon:
+            R = network_arrays([net.motions[i] for i in clients], netrate.Table(horizon))
+        M, T, share, counts, touched = mixing.start(N[_N])
+        SF = np.array([0.0, 0.0, 0.0, srv.step, srv.aggregate])
+        SI = np.array([0, 0, cfg.accumulate, cfg.fedavg_every, bool(cfg.decompose), 0], np.int64)
+        C = replay_server(D, N, R, SF, SI, cfg.client_order == "sequential", kind, M, T, share, counts, touched)
+        if net is None or (R is not None and not R[6][0]):
+            break
+        horizon = 2.0 * horizon if horizon else max(netrate.HORIZON, GUESS * SF[_END])
+    if net is not None:
+        NC, NI = R[7], R[8]
+        for c, i in enumerate(clients):
+            m = net.motions[i]
+            m.done, m.sent, m.send_s, m.recv_s = int(NI[_DONE, c]), int(NI[_SENT, c]), float(NC[_SEND_S, c]), \
+                float(NC[_RECV_S, c])
+            m.gone = float(NC[_GONE, c])
+    return C, SF, M, T, N
+
+
 def replay(job, cfg) -> tuple[dict, dict, float]:
-    """Replay a SplitLoRA job on constant links.
+    """Replay a SplitLoRA job on constant links or on a dynamic network it :func:`covers`.
 
     Returns:
         per-device figures (``busy``, ``up``, ``down``: every device of a server that has devices),
         per-server figures (``busy``, ``mixing``, ``total``: servers that have devices) and the makespan.
+        On the dynamic network the clients' motions hold what the SimPy run leaves on them.
     """
     devices: dict[str, dict] = {}
     servers: dict[str, dict] = {}
-    sequential = cfg.client_order == "sequential"
-    kind = FIXED_ORDERS.get(cfg.policy)
     makespan = 0.0
     for k in dict.fromkeys(d.server for d in job.devices):  # the SimPy schedule's order (groups())
-        srv, mine = job.servers[k], [d for d in job.devices if d.server == k]
-        clients = [d for d in mine if d.n]
-        D, N = layout(clients)
-        M, T, share, counts, touched = mixing.start(N[_N])
-        SF = np.array([0.0, 0.0, 0.0, srv.step, srv.aggregate])
-        SI = np.array([0, 0, cfg.accumulate, cfg.fedavg_every, bool(cfg.decompose), 0], np.int64)
-        C = replay_server(D, N, SF, SI, sequential, _KINDS[kind], M, T, share, counts, touched)
-        for d in mine:
-            devices[d.name] = {"busy": 0.0, "up": 0.0, "down": 0.0}
-        for c, d in enumerate(clients):
-            devices[d.name] = {"busy": float(C[_BUSY, c]), "up": float(C[_UP, c]), "down": float(C[_DOWN, c])}
-        servers[srv.name] = {"busy": float(SF[_SBUSY]), "mixing": mixing.value(M, T), "total": int(N[_N].sum())}
+        mine = [i for i, d in enumerate(job.devices) if d.server == k]
+        clients = [i for i in mine if job.devices[i].n]
+        C, SF, M, T, N = _server(job, cfg, k, clients)
+        for i in mine:
+            devices[job.devices[i].name] = {"busy": 0.0, "up": 0.0, "down": 0.0}
+        for c, i in enumerate(clients):
+            devices[job.devices[i].name] = {"busy": float(C[_BUSY, c]), "up": float(C[_UP, c]),
+                                            "down": float(C[_DOWN, c])}
+        servers[job.servers[k].name] = {"busy": float(SF[_SBUSY]), "mixing": mixing.value(M, T),
+                                        "total": int(N[_N].sum())}
         makespan = max(makespan, float(SF[_END]))
     return devices, servers, makespan
