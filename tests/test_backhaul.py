@@ -72,11 +72,11 @@ def test_a_server_done_early_no_longer_holds_rounds_back():
     assert res.backhaul_bytes_by_server == {"a": 6 * A, "b": 2 * A}
 
 
-def test_no_sync_for_one_server_or_other_schedules():
+def test_no_sync_for_one_server():
     sc = scenario({"every": 1})
     assert sc.training.sync.mode == "sync"  # the default mode
-    res = sfsim.simulate(sc, "splitlora")
-    assert (res.sync_rounds, res.backhaul_bytes_by_server) == (0, {})
+    res = sfsim.simulate(sc, "splitlora")  # the baselines' rounds: tests/test_baseline_sync.py
+    assert res.sync_rounds > 0
     one = sfsim.scenario_from_dict({**_raw(sc), "servers": [_raw(sc)["servers"][0]],
                                     "devices": [_raw(sc)["devices"][0]]})
     assert sfsim.simulate(one, "splitfrozen").sync_rounds == 0

@@ -58,6 +58,8 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if name not in COVERED:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
+    if getattr(job, "sync", None) is not None:  # a baseline's backhaul rounds (sfsim.network.backhaul.Rounds)
+        return "backhaul sync between servers is replayed by the SimPy engine only"
     if name == "cenlora":
         return None  # no device links: the dynamic network does not apply, and it has no server policy
     if name == "fedlora" and net is not None and fedlora.varying_only(net, job):

@@ -19,6 +19,8 @@ Traffic: every round moves ``A`` bytes up and ``A`` down on each participating s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import simpy
 
 from sfsim.engine.pool import Engine, FifoLane
@@ -105,3 +107,197 @@ def backhaul_for(engine: Engine, scenario, cm, lora_start: int, job) -> Backhaul
         active |= {leg.server for m in job.network.moving.values() for leg in m.legs}
     sync = scenario.training.sync
     return Backhaul(engine, servers, cm.adapter_bytes(range(lora_start, L), head=True), sync.every, sync.mode, active)
+
+
+class Rounds:
+    """The backhaul rounds of SplitLoRA, FedLoRA and CenLoRA, as :class:`trainer.transport.backhaul.ServerSync` runs them.
+
+    Unlike SplitFrozen's :class:`Backhaul`, every server takes part in every round, as in the runtime's
+    collective: round ``k`` pairs the ``k``-th call of each server (:meth:`join`), a server that has trained
+    its epoch answering with a round of zeros (weight 0) until none trains. Server ``j`` sends its payload
+    on its backhaul from the instant it joins (``sync-send``: ``bytes x 8 / bandwidth``, then the latency);
+    the average is ready when every server's upload has arrived; each then receives it (``sync-recv``,
+    same duration and latency). A round's outcome (:attr:`outcome`) says, as the runtime's vector tail,
+    whether no server trains any more (``ended``), whether some server did not take the average
+    (``differ``: a closing round is due) and whether some server stepped on it (``stepping``).
+
+    Args:
+        engine: the engine.
+        servers: ``(name, bandwidth bit/s, latency s)`` per server, in server order.
+        every: optimizer steps (FedLoRA: FedAvg rounds) between rounds.
+        mode: ``sync`` (barrier) or ``async``.
+    """
+
+    def __init__(self, engine: Engine, servers: list[tuple[str, float, float]], every: int, mode: str):
+        if every < 1:
+            raise ValueError(f'"every" must be >= 1, got {every}')
+        if mode not in ("sync", "async"):
+            raise ValueError(f'"mode" must be sync or async, got {mode!r}')
+        self.engine, self.env = engine, engine.env
+        self.names = [name for name, _, _ in servers]
+        self.lanes = [FifoLane(engine, f"backhaul:{name}") for name in self.names]
+        self.bandwidth = [bw for _, bw, _ in servers]
+        self.latency = [lat for _, _, lat in servers]
+        self.every, self.mode = every, mode
+        self.joint = mode == "sync" and every == 1  # gradients averaged before every step
+        self.calls = [0] * len(servers)
+        self.open: dict[int, list[tuple]] = {}  # round -> (server, arrival, bytes, active, adopt, stepping, event)
+        self.outcome: dict[int, tuple[bool, bool, bool]] = {}  # closed round -> (ended, differ, stepping)
+        self.bytes = {name: 0.0 for name in self.names}  # up + down per server
+        self.rounds = 0  # rounds completed
+
+    def join(self, j: int, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False
+             ) -> tuple[int, simpy.Event]:
+        """Server ``j`` joins its next round now with ``nbytes``; returns the round and the event of the
+        average's arrival back at ``j``. ``active``: it still trains; ``adopt``: it takes the average;
+        ``stepping``: it steps on it (joint mode)."""
+        k = self.calls[j]
+        self.calls[j] += 1
+        (end,) = self.lanes[j].serve([("sync-send", nbytes * 8.0 / self.bandwidth[j])])
+        self.bytes[self.names[j]] += nbytes
+        ev = self.env.event()
+        entries = self.open.setdefault(k, [])
+        entries.append((j, end + self.latency[j], nbytes, active, adopt, stepping, ev))
+        if len(entries) == len(self.names):
+            del self.open[k]
+            self.rounds += 1
+            self.outcome[k] = (not any(e[3] for e in entries), not all(e[4] for e in entries),
+                               any(e[5] for e in entries))
+            ready = max(e[1] for e in entries)
+            self.engine.at(ready).callbacks.append(lambda _e, entries=entries: self._send_back(entries))
+        return k, ev
+
+    def _send_back(self, entries: list[tuple]) -> None:
+        """At the instant the average is ready: each server receives it on its backhaul."""
+        for j, _, nbytes, *_, ev in entries:
+            (end,) = self.lanes[j].serve([("sync-recv", nbytes * 8.0 / self.bandwidth[j])])
+            self.bytes[self.names[j]] += nbytes
+            self.engine.succeed_at(ev, end + self.latency[j])
+
+
+class ServerRounds:
+    """One server's side of :class:`Rounds`, by the runtime's rules (:class:`trainer.transport.backhaul.ServerSync`).
+
+    Which optimizer steps (FedLoRA: FedAvg rounds) start a round, an ``async`` round in flight (the server's
+    next round first waits for it), and the end of an epoch (:meth:`finish`): rounds of zeros until no
+    server trains, then a closing round when one is due. Every method is a SimPy generator that takes the
+    server's time ``t`` (at or after now) and returns when the server goes on.
+
+    Args:
+        rounds: the run's :class:`Rounds`.
+        j: this server's index.
+        payload: bytes of a round (what the server's optimizer holds: its adapters and head).
+        closing: bytes of the closing round (``payload`` plus a method's extra state).
+        always_close: end every epoch with the closing round (SplitLoRA: its client averages differ).
+        step: joint mode: ``step(t)`` records the optimizer step a drained server takes with the others and
+            returns its end (None: the method has no such step, FedLoRA).
+    """
+
+    def __init__(self, rounds: Rounds, j: int, payload: float, closing: float, always_close: bool = False,
+                 step=None):
+        self.rounds, self.j, self.env = rounds, j, rounds.env
+        self.payload, self.closing, self.always_close, self.step = payload, closing, always_close, step
+        self.steps = 0
+        self.pending: tuple[int, simpy.Event] | None = None  # an async round in flight
+        self.ended: bool | None = None  # no server trains: whether a closing round is due (None: some trains)
+
+    def before_step(self, t: float, last: bool = False):
+        """Joint mode: the servers average the step's gradients before it; returns when the step may start."""
+        if not self.rounds.joint:
+            return t
+        yield from self._at(t)
+        yield from self._join(self.payload, not last, stepping=True)
+        return self.env.now
+
+    def after_step(self, t: float, last: bool = False):
+        """An optimizer step ended at ``t``; every ``every``-th starts a round (``last``: the server's last)."""
+        self.steps += 1
+        if self.rounds.joint or self.steps % self.rounds.every:
+            return t
+        return (yield from self._average(t, not last))
+
+    def fed_round(self, t: float, last: bool = False):
+        """FedLoRA: the server's FedAvg round ended at ``t``; joint mode averages every round."""
+        self.steps += 1
+        if self.rounds.joint:
+            yield from self._at(t)
+            yield from self._join(self.payload, not last)
+            return self.env.now
+        if self.steps % self.rounds.every:
+            return t
+        return (yield from self._average(t, not last))
+
+    def finish(self, t: float):
+        """The server's epoch is trained at ``t``: rounds of zeros until none trains, then the closing round."""
+        yield from self._at(t)
+        yield from self._wait()
+        joint = self.rounds.joint
+        while self.ended is None:
+            k = yield from self._join(self.payload, False, adopt=joint)
+            if joint and self.step is not None and self.rounds.outcome[k][2]:  # the others stepped: so does it
+                yield from self._at(self.step(self.env.now))
+        if self.ended or self.always_close:
+            yield from self._join(self.closing, False)
+        self.ended = None
+        return self.env.now
+
+    def _average(self, t: float, active: bool):
+        """A weight round: a barrier in sync mode; in async mode in flight while the server goes on."""
+        yield from self._at(t)
+        yield from self._wait()
+        if self.rounds.mode == "sync":
+            yield from self._join(self.payload, active)
+        else:
+            self.pending = self.rounds.join(self.j, self.payload, active)
+        return self.env.now
+
+    def _join(self, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False):
+        """Join a round now and wait for its average; returns the round."""
+        k, ev = self.rounds.join(self.j, nbytes, active, adopt, stepping)
+        yield ev
+        self._took(k)
+        return k
+
+    def _wait(self):
+        """Wait for the async round in flight (the runtime joins its thread)."""
+        if self.pending is not None:
+            k, ev = self.pending
+            self.pending = None
+            yield ev
+            self._took(k)
+
+    def _took(self, k: int) -> None:
+        ended, differ, _ = self.rounds.outcome[k]
+        if ended:
+            self.ended = differ
+
+    def _at(self, t: float):
+        if t > self.env.now:
+            yield self.rounds.engine.at(t)
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """What a baseline's job needs to replay the backhaul rounds (:func:`sync_spec`)."""
+
+    servers: tuple[tuple[str, float, float], ...]  # (name, bandwidth bit/s, latency s) per server
+    every: int
+    mode: str
+    payload: float  # bytes of a round
+    closing: float  # bytes of the closing round
+    epochs: int  # each ends with the closing rounds
+
+    def start(self, engine: Engine) -> Rounds:
+        """The run's :class:`Rounds`, set as ``engine.sync`` (the result's backhaul bytes and rounds)."""
+        engine.sync = Rounds(engine, list(self.servers), self.every, self.mode)
+        return engine.sync
+
+
+def sync_spec(scenario, payload: float, closing: float | None = None) -> SyncSpec | None:
+    """The baseline's backhaul rounds when ``training.sync`` applies (several servers), else None."""
+    sync = scenario.training.sync
+    if sync is None or len(scenario.servers) < 2:
+        return None
+    servers = tuple((s.name, s.backhaul.bandwidth, s.backhaul.latency) for s in scenario.servers)
+    return SyncSpec(servers, sync.every, sync.mode, payload, payload if closing is None else closing,
+                    scenario.training.epochs)

@@ -13,6 +13,7 @@ handovers, time-varying links and availability do not apply: the result says so
 from __future__ import annotations
 
 from sfsim.engine.pool import DeviceTimes, Engine, ProportionalPolicy, ServerTimes, StreamMixing
+from sfsim.network.backhaul import ServerRounds, sync_spec
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, groups
 from sfsim.schedules.network import not_applicable
 
@@ -33,6 +34,7 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         job.device_flops[d.name] = 0.0
         job.server_flops[srv.name] += dt.units(n) * full.total
     job.network = not_applicable(setup.scenario)
+    job.sync = sync_spec(sc, cm.adapter_bytes(range(L), head=True))  # the server's optimizer: LoRA and head
     return job
 
 
@@ -56,7 +58,10 @@ class _Source:
 
 
 def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -> None:
-    """Start ``count`` worker processes per server that holds data."""
+    """Start ``count`` worker processes per server that holds data (with backhaul sync: :func:`_synced`)."""
+    if job.sync is not None:
+        _synced(engine, job, cfg)
+        return
     for k, members in groups(job.devices).items():
         srv = job.servers[k]
         source = _Source(engine, srv, job, members)
@@ -105,4 +110,72 @@ def _worker(engine: Engine, source: _Source, srv: ServerTimes, w: int, devices: 
         if t > t0:
             yield env.timeout(t - t0)
         if nxt is None:
+            return
+
+
+def _synced(engine: Engine, job: Job, cfg: ReplayConfig) -> None:
+    """:func:`run` with the servers' backhaul rounds: every server (one without data too) ends with the runtime's
+    closing rounds once its workers are done; a worker's steps join the rounds (counted over the server's workers)."""
+    backhaul, by_server = job.sync.start(engine), groups(job.devices)
+    for k, srv in enumerate(job.servers):
+        sync = ServerRounds(backhaul, k, job.sync.payload, job.sync.closing,
+                            step=lambda t, srv=srv: _drained_step(engine, srv, t))
+        busy, alive = [0.0], [srv.count if k in by_server else 0]
+        engine.on_finish(lambda busy=busy, name=srv.name: engine.server_busy.__setitem__(name, busy[0]))
+        source = _Source(engine, srv, job, by_server[k]) if k in by_server else None
+        workers = [engine.env.process(_synced_worker(engine, source, srv, w, job.devices, cfg, busy, sync, alive))
+                   for w in range(alive[0])]
+        engine.env.process(_finish(engine, workers, sync))
+    for d in job.devices:
+        engine.device_busy[d.name] = engine.up_bytes[d.name] = engine.down_bytes[d.name] = 0.0
+
+
+def _finish(engine: Engine, workers: list, sync: ServerRounds):
+    """Once the server's workers are done, the epoch's last backhaul rounds."""
+    yield engine.env.all_of(workers)
+    yield from sync.finish(engine.env.now)
+
+
+def _drained_step(engine: Engine, srv: ServerTimes, t: float) -> float:
+    """The step a server with nothing left takes with the others (joint rounds): on its first lane."""
+    engine.record(srv.lane(0), "step", t, srv.step)
+    return t + srv.step
+
+
+def _synced_worker(engine: Engine, source: _Source, srv: ServerTimes, w: int, devices: list[DeviceTimes],
+                   cfg: ReplayConfig, busy: list[float], sync: ServerRounds, alive: list[int]):
+    """:func:`_worker` whose steps join the backhaul rounds (the server's last step: its last worker's last)."""
+    env, rec, lane = engine.env, engine.record, srv.lane(w)
+    queued: list[tuple[int, int]] = []
+    done = 0
+    while True:
+        nxt = source.take()
+        t = env.now
+        if nxt is not None:
+            i, n = nxt
+            d = devices[i]
+            x = d.size(n)
+            ops = [("F", d.srv_f * x), ("B", d.srv_b * x)] if cfg.decompose else [("F", d.srv_f * x),
+                                                                                   ("BW", (d.srv_b + d.srv_w) * x)]
+            for op, dur in ops:
+                rec(lane, op, t, dur, n, d.name)
+                t += dur
+                busy[0] += dur
+            queued += [(i, n)] if cfg.decompose else []
+            done += 1
+        if done and (done == cfg.accumulate or nxt is None):
+            for i, n in queued:
+                w_s = devices[i].srv_w * devices[i].size(n)
+                rec(lane, "W", t, w_s, n, devices[i].name)
+                t, busy[0] = t + w_s, busy[0] + w_s
+            queued.clear()
+            last = not source.policy and alive[0] == 1  # the data is used up and no other worker is busy
+            t = yield from sync.before_step(t, last)
+            rec(lane, "step", t, srv.step)
+            t, busy[0], done = t + srv.step, busy[0] + srv.step, 0
+            t = yield from sync.after_step(t, last)
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        if nxt is None:
+            alive[0] -= 1
             return

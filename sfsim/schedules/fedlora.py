@@ -37,6 +37,7 @@ import bisect
 import math
 
 from sfsim.engine.pool import DeviceTimes, Engine, FifoLane, ServerTimes
+from sfsim.network.backhaul import ServerRounds, sync_spec
 from sfsim.network.legs import Leg, Motion, gone_at, online, record_online, span
 from sfsim.schedules.common import (
     Job,
@@ -69,6 +70,8 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         job.devices.append(dt)
         job.device_flops[d.name] = dt.units(n) * full.total
     job.network = every_device(setup, job)
+    if job.network is None:  # on the dynamic network the backhaul rounds are left out (a note says so)
+        job.sync = sync_spec(sc, adapter)  # the servers' averages: every block's adapters and the head
     return job
 
 
@@ -90,10 +93,14 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     n_rounds = {i: rounds(d.n, per) for i, d in enumerate(job.devices)}
     most = max(n_rounds.values(), default=0)
     fed_groups = []
-    for srv in job.servers:
+    backhaul = job.sync.start(engine) if job.sync is not None else None
+    for k, srv in enumerate(job.servers):
         lane = FifoLane(engine, srv.lane(0))
         engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
         fed_groups.append(FedGroup(engine, lane, srv.aggregate, most))
+        if backhaul is not None:
+            own = [n_rounds[i] for i, d in enumerate(job.devices) if d.server == k and d.n]
+            fed_groups[-1].backhaul(ServerRounds(backhaul, k, job.sync.payload, job.sync.closing), max(own, default=0))
     members = Membership(engine, fed_groups, motions, n_rounds)
     for i in [i for _, ids in groups(job.devices).items() for i in ids]:  # the results' order: by server
         d, m = job.devices[i], motions[i]
@@ -129,6 +136,15 @@ class FedGroup:
         self.done = [engine.env.event() for _ in range(n_rounds)]
         self.expect: dict[int, list[int]] = {}  # device -> [lo, hi): the rounds it is expected for here
         self.on_wait = None  # called with r when an arrival has to wait (Membership keeps the run alive)
+        self.sync: ServerRounds | None = None  # the backhaul rounds after each FedAvg (:meth:`backhaul`)
+        self.last = -1  # with them: this server's last round
+
+    def backhaul(self, sync: ServerRounds, n_rounds: int) -> None:
+        """After each of its ``n_rounds`` FedAvg rounds the server joins the servers' backhaul round (when due)
+        before its devices download, and after the last it ends as the runtime's ``fed_finish``."""
+        self.sync, self.last = sync, n_rounds - 1
+        if n_rounds == 0:  # a server without devices: it answers the others' rounds from the start
+            self.engine.env.process(sync.finish(0.0))
 
     def join(self, i: int, lo: int, hi: int) -> None:
         """Device ``i`` is expected here for rounds ``lo..hi-1``."""
@@ -164,7 +180,17 @@ class FedGroup:
         if not self.closed[r] and self.arrived[r] and self.arrived[r] >= self.need[r]:
             self.closed[r] = True
             (end,) = self.lane.serve([("aggregate", self.per_device * self.arrived[r])])
-            self.engine.succeed_at(self.done[r], end)
+            if self.sync is not None:
+                self.engine.env.process(self._synced(r, end))
+            else:
+                self.engine.succeed_at(self.done[r], end)
+
+    def _synced(self, r: int, end: float):
+        """Round ``r``'s average goes to the backhaul round (a barrier in sync mode) before the devices get it."""
+        t = yield from self.sync.fed_round(end, last=r == self.last)
+        self.engine.succeed_at(self.done[r], max(t, self.engine.env.now))
+        if r == self.last:
+            yield from self.sync.finish(t)
 
 
 class Membership:
