@@ -160,15 +160,23 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
 
 
 def test_simulate_says_which_schedules_leave_backhaul_sync_out():
-    """Two servers with training.sync: the simulator syncs SplitFrozen only, and says so for the others."""
+    """Two servers with training.sync: every schedule's rounds are simulated (tests/test_baseline_sync.py), but
+    SplitLoRA's with handovers and FedLoRA's on the dynamic network, which the simulator says."""
     from sfsim.cli import main as cli
 
     res = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                    "--schedule", "all", "--split", "2"])
     assert res.exit_code == 0, res.output
-    notes = [ln for ln in res.output.splitlines() if "modelled for SplitFrozen only" in ln]
-    assert notes == ["note: splitlora, fedlora, cenlora: training.sync between servers is modelled for SplitFrozen "
-                     "only; these figures leave the backhaul rounds out (sfsim run does sync them)"]
-    one = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
-                                   "--schedule", "splitfrozen", "--split", "2"])
-    assert one.exit_code == 0 and "modelled for SplitFrozen only" not in one.output
+    assert "backhaul rounds out" not in res.output and "closes the backhaul rounds once" not in res.output
+    moving = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_handover.yaml"),
+                                      "--schedule", "all", "--split", "1"])
+    assert moving.exit_code == 0, moving.output
+    notes = [ln for ln in moving.output.splitlines() if "backhaul rounds out" in ln]
+    assert notes == ["note: splitlora, fedlora: training.sync between servers is not modelled with handovers "
+                     "(splitlora) or on the dynamic network (fedlora); these figures leave the backhaul rounds out "
+                     "(sfsim run does sync them)"]
+    two = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
+                                   "--schedule", "all", "--split", "2", "--set", "training.epochs=2"])
+    assert two.exit_code == 0, two.output
+    assert ("note: fedlora, cenlora: the simulator closes the backhaul rounds once, at the run's end; sfsim run "
+            "closes them after each of the 2 epochs") in two.output
