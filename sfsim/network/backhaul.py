@@ -1,4 +1,4 @@
-"""Backhaul synchronisation: SplitFrozen servers average their LoRA adapters and head every few steps.
+"""Backhaul synchronisation: the servers average their LoRA adapters and head every few steps.
 
 With several servers each trains its own replica on its devices' micro-batches; ``training.sync``
 makes them one logical model. A server starts sync round ``r`` when it ends its ``r * every``-th
@@ -15,6 +15,13 @@ parameter against a link transfer).
 * ``mode: async``: nobody waits; the transfers only occupy the backhaul and show in the bytes.
 
 Traffic: every round moves ``A`` bytes up and ``A`` down on each participating server's backhaul.
+
+The baselines (SplitLoRA, FedLoRA, CenLoRA) follow the runtime's rounds exactly (:class:`Rounds`,
+:class:`ServerRounds`, :func:`sync_spec`; :mod:`trainer.transport.backhaul`): every server takes part in every
+round (one that has trained its epoch with a round of zeros, so that its bytes count too); ``mode: sync`` with
+``every: 1`` averages the gradients *before* each step; each epoch ends with rounds of zeros until no server
+trains, then a closing round when one is due (SplitLoRA: always, with its clients' average too); an ``async``
+round holds nobody, but a server's next round waits for it.
 """
 
 from __future__ import annotations

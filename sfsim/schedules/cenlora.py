@@ -8,6 +8,11 @@ attributed to devices in proportional order (as a shuffled central dataset would
 is what ``stream_mixing`` sees. With no device links and the data at the server from the start,
 handovers, time-varying links and availability do not apply: the result says so
 (``SimResult.dynamic_network``, :func:`sfsim.schedules.network.applies`).
+
+With several servers and ``training.sync`` the steps (counted over a server's workers) join the servers'
+backhaul rounds as in the runtime (:class:`sfsim.network.backhaul.ServerRounds`): before each step with
+``every: 1`` in ``sync`` mode, else after every ``every``-th; the run ends with the closing rounds once every
+worker is done (the runtime closes them after each epoch; ``sfsim simulate`` says so for several epochs).
 """
 
 from __future__ import annotations

@@ -27,6 +27,12 @@ FedAvg membership (:class:`FedGroup`, one per server) follows the devices:
   off is lost. Its micro-batches count as trained once their round's upload has been sent; the
   others are its ``samples_not_trained``. A download cut off loses nothing already trained.
 
+Several servers with ``training.sync`` on a static network (:class:`sfsim.network.backhaul.ServerRounds`, as
+the runtime's ``fed_round``): a server's FedAvg rounds count; after every ``every``-th (every one with ``every:
+1`` in ``sync`` mode) it joins the servers' backhaul round before its devices download the average (a barrier
+in ``sync`` mode), and after its last it answers the others' rounds until none trains, then a closing round
+when one is due. On the dynamic network the backhaul rounds are left out (``sfsim simulate`` says so).
+
 ``handovers`` in the result count micro-batches by their round's upload (``sent_before`` /
 ``sent_after``); busy time and FLOPs count the micro-batches and steps whose compute ended.
 """
