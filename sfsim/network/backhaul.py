@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import simpy
 
 from sfsim.engine.pool import Engine, FifoLane
+from sfsim.errors import SfsimError
 
 
 class Backhaul:
@@ -152,6 +153,15 @@ class Rounds:
         self.outcome: dict[int, tuple[bool, bool, bool]] = {}  # closed round -> (ended, differ, stepping)
         self.bytes = {name: 0.0 for name in self.names}  # up + down per server
         self.rounds = 0  # rounds completed
+        engine.on_finish(self._check)
+
+    def _check(self) -> None:
+        """A round some server never joined would leave the others waiting: a modelling error, never a figure."""
+        if self.open:
+            k = min(self.open)
+            came = sorted(self.names[e[0]] for e in self.open[k])
+            raise SfsimError(f"backhaul: sync round {k + 1} waited for ever (only {', '.join(came)} joined it); "
+                             "this run's rounds are not simulated correctly, please report it")
 
     def join(self, j: int, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False
              ) -> tuple[int, simpy.Event]:
