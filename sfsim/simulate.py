@@ -12,7 +12,7 @@ cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else 
 (:func:`sfsim.scenario.assign.least_loaded`); ``SimResult.assignment_source`` says which. Each server
 trains its own replica on its devices' micro-batches; with ``training.sync`` the servers average their
 adapters over their backhaul links (:mod:`sfsim.network.backhaul`; the baselines' rounds as the runtime's, but
-for SplitLoRA with handovers and FedLoRA on the dynamic network, which ``sfsim simulate`` notes). Handovers, time-varying
+with handovers, which ``sfsim simulate`` notes). Handovers, time-varying
 links and device availability are simulated for every schedule but cenlora, which has no device
 links (:mod:`sfsim.schedules.network`).
 """

@@ -185,22 +185,59 @@ def test_validate_predicts_splitlora_codec_both_ways(tmp_path):
 
 # -- the runtime sends what the simulator counts ---------------------------------------------------------------
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("method, sync", [("splitlora", {"every": 2, "mode": "async"}), ("fedlora", None),
-                                          ("cenlora", {"every": 2, "mode": "sync"})])
-def test_the_runtime_sends_the_simulators_bytes_and_rounds(tiny_gpt2, tmp_path, method, sync):
+@pytest.mark.parametrize("method, sync, drop", [("splitlora", {"every": 2, "mode": "async"}, False),
+                                                ("fedlora", None, False), ("cenlora", {"every": 2, "mode": "sync"}, False),
+                                                ("fedlora", None, True)])
+def test_the_runtime_sends_the_simulators_bytes_and_rounds(tiny_gpt2, tmp_path, method, sync, drop):
     """2 servers x 2 devices on loopback (tiny GPT-2, real adapter tensors): each server's backhaul bytes and sync
-    rounds in metrics.json equal the simulator's on the same run (``sfsim validate``'s scenario)."""
+    rounds in metrics.json equal the simulator's on the same run (``sfsim validate``'s scenario). ``drop``: mec-b's
+    only device, b-1, is never online (runtime_two_servers_drop.yaml without b-0, sync every 1): its round ends
+    empty, paired with mec-a's first of two rounds, and a drain round pairs with mec-a's second."""
     from tests.test_multiserver import TWO, _cfg, _with
     from trainer.run.launch import run
     from trainer.validate.compare import ValidateConfig, predict
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    devices = _with(tmp_path, TWO, lambda d: d["training"].update(sync=sync)) if sync else TWO
-    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=devices, method=method, train_samples=16))
-    vc = ValidateConfig(devices=str(devices), model=tiny_gpt2, method=method, out=str(tmp_path / "v"),
-                        train_samples=16, max_len=48, data_dir=str(FIXTURES / "data"), server_order="round-robin")
+    devices = _without_b0(tmp_path, {"every": 1, "mode": "sync"}) if drop else TWO
+    if sync:
+        devices = _with(tmp_path, devices, lambda d: d["training"].update(sync=sync))
+    kw = dict(train_samples=16, server_order="round-robin") if not drop else dict(server_order="proportional")
+    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=devices, method=method, emulate="links" if drop else "none", **kw))
+    vc = ValidateConfig(devices=str(devices), model=tiny_gpt2, method=method, out=str(tmp_path / "v"), max_len=48,
+                        data_dir=str(FIXTURES / "data"), train_samples=kw.get("train_samples"),
+                        server_order=kw["server_order"])
     sim = predict(vc, m)
     rounds = {k: v["sync_rounds"] for k, v in m["servers"].items()}
     assert rounds == dict.fromkeys(["mec-a", "mec-b"], sim.sync_rounds)
     assert m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
-    assert sim.sync_rounds == {"splitlora": 3, "fedlora": 1, "cenlora": 1}[method]
+    assert m["samples_not_trained"] == sim.samples_not_trained
+    # splitlora: a round after step 2, drain, closing; fedlora: its one round is both servers' last (every 1), or
+    # (every 2) no round until the drain and the closing one; cenlora: a round after step 2, the last of both
+    assert sim.sync_rounds == {"splitlora": 3, "fedlora": 2 if drop else 1, "cenlora": 1}[method]
+
+
+def _without_b0(tmp_path: Path, sync: dict) -> Path:
+    """runtime_two_servers_drop.yaml without b-0 (mec-b's only device is b-1, never online), with ``sync``."""
+    import yaml
+
+    data = yaml.safe_load((FIXTURES / "runtime_two_servers_drop.yaml").read_text())
+    data["devices"] = [d for d in data["devices"] if d["name"] != "b-0"]
+    data["training"]["sync"] = sync
+    for d in data["devices"]:
+        if "availability" in d:
+            d["availability"]["file"] = str(FIXTURES / d["availability"]["file"])
+    path = tmp_path / f"without_b0_{sync['every']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("every, rounds", [(1, 1), (2, 2)])
+def test_a_fedlora_round_whose_devices_all_left_ends_empty(tmp_path, every, rounds):
+    """mec-b's only device (b-1) is never online: its round ends empty at once, the server's last (runtime: no
+    upload, weight 0). Every 1: that round pairs with mec-a's one round, the last of both; every 2: neither
+    server's first round is a sync round, so a drain round and the closing round follow."""
+    sc = sfsim.load_scenario(str(_without_b0(tmp_path, {"every": every, "mode": "sync"})))
+    res = sfsim.simulate(sc, "fedlora")
+    f = CostModel(sc).adapter_bytes(range(12), head=True)
+    assert res.samples_not_trained == {"b-1": 8}
+    assert res.sync_rounds == rounds and res.backhaul_bytes_by_server == dict.fromkeys(["mec-a", "mec-b"], 2 * rounds * f)

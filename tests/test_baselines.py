@@ -161,7 +161,7 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
 
 def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     """Two servers with training.sync: every schedule's rounds are simulated (tests/test_baseline_sync.py), but
-    SplitLoRA's with handovers and FedLoRA's on the dynamic network, which the simulator says."""
+    SplitLoRA's and FedLoRA's with handovers, which the simulator says."""
     from sfsim.cli import main as cli
 
     res = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
@@ -172,9 +172,8 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
                                       "--schedule", "all", "--split", "1"])
     assert moving.exit_code == 0, moving.output
     notes = [ln for ln in moving.output.splitlines() if "backhaul rounds out" in ln]
-    assert notes == ["note: splitlora, fedlora: training.sync between servers is not modelled with handovers "
-                     "(splitlora) or on the dynamic network (fedlora); these figures leave the backhaul rounds out "
-                     "(sfsim run does sync them)"]
+    assert notes == ["note: splitlora, fedlora: training.sync between servers is not simulated with handovers; "
+                     "these figures leave the backhaul rounds out (sfsim run does sync them)"]
     two = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                    "--schedule", "all", "--split", "2", "--set", "training.epochs=2"])
     assert two.exit_code == 0, two.output

@@ -112,15 +112,14 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
 
 def _sync_note(sc, results: dict) -> None:
     """Say which schedules leave the scenario's backhaul sync out (``sfsim run`` syncs every method's servers): the
-    simulator models the baselines' rounds (:class:`sfsim.network.backhaul.Rounds`) except for SplitLoRA with
-    handovers and FedLoRA on the dynamic network, and closes FedLoRA's and CenLoRA's rounds once, at the run's end."""
+    simulator models the baselines' rounds (:class:`sfsim.network.backhaul.Rounds`) but with handovers (SplitLoRA,
+    FedLoRA), and closes FedLoRA's and CenLoRA's rounds once, at the run's end."""
     if sc.training.sync is None or len(sc.servers) < 2:
         return
     unsynced = [n for n, r in results.items() if n not in SPLITFROZEN and not r.backhaul_bytes_by_server]
     if unsynced:
-        click.echo(f"note: {', '.join(unsynced)}: training.sync between servers is not modelled with handovers "
-                   "(splitlora) or on the dynamic network (fedlora); these figures leave the backhaul rounds out "
-                   "(sfsim run does sync them)")
+        click.echo(f"note: {', '.join(unsynced)}: training.sync between servers is not simulated with handovers; "
+                   "these figures leave the backhaul rounds out (sfsim run does sync them)")
     once = [n for n, r in results.items() if n in ("fedlora", "cenlora") and r.backhaul_bytes_by_server]
     if once and sc.training.epochs > 1:
         click.echo(f"note: {', '.join(once)}: the simulator closes the backhaul rounds once, at the run's end; "
