@@ -179,3 +179,9 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     assert two.exit_code == 0, two.output
     assert ("note: fedlora, cenlora: the simulator closes the backhaul rounds once, at the run's end; sfsim run "
             "closes them after each of the 2 epochs") in two.output
+    plain = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
+                                     "--schedule", "splitlora", "--split", "2", "--set", "training.sync=null"])
+    assert plain.exit_code == 0, plain.output
+    assert ("note: without training.sync, sfsim run still makes the servers one model at each epoch's end (a round "
+            "of zeros and a closing round over their backhaul links); these figures leave those rounds out"
+            ) in plain.output

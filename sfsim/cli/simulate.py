@@ -114,7 +114,13 @@ def _sync_note(sc, results: dict) -> None:
     """Say which schedules leave the scenario's backhaul sync out (``sfsim run`` syncs every method's servers): the
     simulator models the baselines' rounds (:class:`sfsim.network.backhaul.Rounds`) but with handovers (SplitLoRA,
     FedLoRA), and closes FedLoRA's and CenLoRA's rounds once, at the run's end."""
-    if sc.training.sync is None or len(sc.servers) < 2:
+    if len(sc.servers) < 2:
+        return
+    if sc.training.sync is None:
+        if any(s.backhaul is not None for s in sc.servers):  # trainer.run.launch._server_sync: every epoch's end
+            click.echo("note: without training.sync, sfsim run still makes the servers one model at each epoch's "
+                       "end (a round of zeros and a closing round over their backhaul links); these figures leave "
+                       "those rounds out")
         return
     unsynced = [n for n, r in results.items() if n not in SPLITFROZEN and not r.backhaul_bytes_by_server]
     if unsynced:
