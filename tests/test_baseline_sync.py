@@ -135,6 +135,16 @@ def test_each_epoch_ends_with_the_closing_rounds():
     assert res.backhaul_bytes_by_server["a"] == 2 * (5 * p + 2 * c)
 
 
+def test_cenlora_closes_every_epoch():
+    """2 epochs of 3 steps (counted on: 6); every 2: rounds after steps 2, 4 and 6, the last of both servers'
+    epoch 2 (no closing round then); epoch 1 ends with a drain round and a closing round."""
+    sc = scenario({"every": 2}, epochs=2)
+    f = sizes(sc)[2]
+    res = sfsim.simulate(sc, "cenlora", trace=True)
+    assert res.sync_rounds == 3 + 2 and res.backhaul_bytes_by_server["b"] == 2 * 5 * f
+    assert len([e for e in res.events if e.lane == "a" and e.op == "step"]) == 6
+
+
 def test_a_slow_backhaul_is_on_the_critical_path_in_sync_mode_only():
     """FedLoRA, every 2: one round, after both servers' last FedAvg; in sync mode the devices download the average
     after it (a round trip later), in async mode at once while the round goes on."""

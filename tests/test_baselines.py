@@ -177,7 +177,7 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     two = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                    "--schedule", "all", "--split", "2", "--set", "training.epochs=2"])
     assert two.exit_code == 0, two.output
-    assert ("note: fedlora, cenlora: the simulator closes the backhaul rounds once, at the run's end; sfsim run "
+    assert ("note: fedlora: the simulator closes the backhaul rounds once, at the run's end; sfsim run "
             "closes them after each of the 2 epochs") in two.output
     plain = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                      "--schedule", "splitlora", "--split", "2", "--set", "training.sync=null"])

@@ -113,7 +113,7 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
 def _sync_note(sc, results: dict) -> None:
     """Say which schedules leave the scenario's backhaul sync out (``sfsim run`` syncs every method's servers): the
     simulator models the baselines' rounds (:class:`sfsim.network.backhaul.Rounds`) but with handovers (SplitLoRA,
-    FedLoRA), and closes FedLoRA's and CenLoRA's rounds once, at the run's end."""
+    FedLoRA), and closes FedLoRA's rounds once, at the run's end (its rounds run across epochs)."""
     if len(sc.servers) < 2:
         return
     if sc.training.sync is None:
@@ -126,7 +126,7 @@ def _sync_note(sc, results: dict) -> None:
     if unsynced:
         click.echo(f"note: {', '.join(unsynced)}: training.sync between servers is not simulated with handovers; "
                    "these figures leave the backhaul rounds out (sfsim run does sync them)")
-    once = [n for n, r in results.items() if n in ("fedlora", "cenlora") and r.backhaul_bytes_by_server]
+    once = [n for n, r in results.items() if n == "fedlora" and r.backhaul_bytes_by_server]
     if once and sc.training.epochs > 1:
         click.echo(f"note: {', '.join(once)}: the simulator closes the backhaul rounds once, at the run's end; "
                    f"sfsim run closes them after each of the {sc.training.epochs} epochs")

@@ -11,8 +11,8 @@ handovers, time-varying links and availability do not apply: the result says so
 
 With several servers and ``training.sync`` the steps (counted over a server's workers) join the servers'
 backhaul rounds as in the runtime (:class:`sfsim.network.backhaul.ServerRounds`): before each step with
-``every: 1`` in ``sync`` mode, else after every ``every``-th; the run ends with the closing rounds once every
-worker is done (the runtime closes them after each epoch; ``sfsim simulate`` says so for several epochs).
+``every: 1`` in ``sync`` mode, else after every ``every``-th; then the servers go epoch by epoch as the runtime
+(a step on each epoch's partial window, the closing rounds once every worker is done).
 """
 
 from __future__ import annotations
@@ -44,14 +44,26 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
 
 
 class _Source:
-    """The server's local data: micro-batches handed out in proportional (well-mixed) order."""
+    """The server's local data: micro-batches handed out in proportional (well-mixed) order.
 
-    def __init__(self, engine: Engine, srv: ServerTimes, job: Job, members: list[int]):
+    ``epoch``: only that epoch's micro-batches (with backhaul sync, each epoch ends with its rounds), recorded in
+    ``mixing`` (the server's, made by epoch 0).
+    """
+
+    def __init__(self, engine: Engine, srv: ServerTimes, job: Job, members: list[int], epoch: int | None = None,
+                 mixing: StreamMixing | None = None):
         totals = [job.devices[i].n if i in set(members) else 0 for i in range(len(job.devices))]
-        self.policy = ProportionalPolicy([max(t, 1) for t in totals])
-        for i in members:
-            self.policy.push_many(i, 0, job.devices[i].n)
-        self.mixing = engine.mixing[srv.name] = StreamMixing(totals)
+        spans = {i: (0, job.devices[i].n) for i in members}
+        if epoch is not None:
+            per = {i: job.devices[i].per_epoch or job.devices[i].n for i in members}
+            spans = {i: (min(epoch * per[i], job.devices[i].n), min((epoch + 1) * per[i], job.devices[i].n))
+                     for i in members}
+        counts = [spans[i][1] - spans[i][0] if i in spans else 0 for i in range(len(job.devices))]
+        self.policy = ProportionalPolicy([max(t, 1) for t in counts])
+        for i, (lo, hi) in spans.items():
+            self.policy.push_many(i, lo, hi - lo)
+        self.mixing = mixing if mixing is not None else StreamMixing(totals)
+        engine.mixing[srv.name] = self.mixing
 
     def take(self) -> tuple[int, int] | None:
         """The next (device, micro-batch), or None when the data is used up."""
@@ -119,26 +131,33 @@ def _worker(engine: Engine, source: _Source, srv: ServerTimes, w: int, devices: 
 
 
 def _synced(engine: Engine, job: Job, cfg: ReplayConfig) -> None:
-    """:func:`run` with the servers' backhaul rounds: every server (one without data too) ends with the runtime's
-    closing rounds once its workers are done; a worker's steps join the rounds (counted over the server's workers)."""
+    """:func:`run` with the servers' backhaul rounds, epoch by epoch as the runtime: each epoch's micro-batches, a
+    step on its partial window, then the closing rounds once the server's workers are done (every server, one
+    without data too); a worker's steps join the rounds (counted over the server's workers)."""
     backhaul, by_server = job.sync.start(engine), groups(job.devices)
     for k, srv in enumerate(job.servers):
         sync = ServerRounds(backhaul, k, job.sync.payload, job.sync.closing,
                             step=lambda t, srv=srv: _drained_step(engine, srv, t))
-        busy, alive = [0.0], [srv.count if k in by_server else 0]
+        busy = [0.0]
         engine.on_finish(lambda busy=busy, name=srv.name: engine.server_busy.__setitem__(name, busy[0]))
-        source = _Source(engine, srv, job, by_server[k]) if k in by_server else None
-        workers = [engine.env.process(_synced_worker(engine, source, srv, w, job.devices, cfg, busy, sync, alive))
-                   for w in range(alive[0])]
-        engine.env.process(_finish(engine, workers, sync))
+        engine.env.process(_epochs(engine, job, cfg, k, by_server.get(k, []), sync, busy))
     for d in job.devices:
         engine.device_busy[d.name] = engine.up_bytes[d.name] = engine.down_bytes[d.name] = 0.0
 
 
-def _finish(engine: Engine, workers: list, sync: ServerRounds):
-    """Once the server's workers are done, the epoch's last backhaul rounds."""
-    yield engine.env.all_of(workers)
-    yield from sync.finish(engine.env.now)
+def _epochs(engine: Engine, job: Job, cfg: ReplayConfig, k: int, members: list[int], sync: ServerRounds,
+            busy: list[float]):
+    """Server ``k``'s epochs: its workers over the epoch's micro-batches, then the epoch's last backhaul rounds."""
+    srv, mixing = job.servers[k], None
+    for e in range(job.sync.epochs):
+        workers = []
+        if members:
+            source = _Source(engine, srv, job, members, epoch=e, mixing=mixing)
+            mixing, alive = source.mixing, [srv.count]
+            workers = [engine.env.process(_synced_worker(engine, source, srv, w, job.devices, cfg, busy, sync, alive))
+                       for w in range(srv.count)]
+        yield engine.env.all_of(workers)
+        yield from sync.finish(engine.env.now)
 
 
 def _drained_step(engine: Engine, srv: ServerTimes, t: float) -> float:
