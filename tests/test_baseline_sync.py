@@ -181,6 +181,8 @@ def test_splitlora_pays_the_codec_both_ways(tmp_path):
     assert a.device_busy_s["d"] - b.device_busy_s["d"] == pytest.approx(n * per_device, rel=1e-9)
     assert a.server_busy_s["s"] - b.server_busy_s["s"] == pytest.approx(n * per_server, rel=1e-9)
     assert a.makespan_s - b.makespan_s == pytest.approx(n * (per_device + per_server), rel=1e-9)
+    fast = sfsim.simulate(timed, "splitlora", splits={"d": 2})
+    assert fast.engine == "fast" and fast.makespan_s == pytest.approx(a.makespan_s, rel=1e-12)
 
 
 def test_validate_predicts_splitlora_codec_both_ways(tmp_path):
