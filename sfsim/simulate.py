@@ -30,7 +30,7 @@ from sfsim.engine.pool import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engin
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.fast.replay import choose_engine, replay
 from sfsim.methods import CLIENT_ORDERS, SPLITFROZEN, canonical
-from sfsim.network.backhaul import backhaul_for
+from sfsim.network.backhaul import PoolRounds, close_epochs
 from sfsim.network.mobility import stages
 from sfsim.outputs.result import SimResult
 from sfsim.scenario.assign import resolve_assignment
@@ -237,10 +237,12 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
         sim, makespan = replay(job, cfg, schedule=name)
     else:
         sim = Engine(trace=trace)
-        if name in SPLITFROZEN and tr.sync is not None and len(scenario.servers) > 1:
-            sim.sync = backhaul_for(sim, scenario, setup.cm, setup.lora_start, job)
+        if name in SPLITFROZEN and job.sync is not None and job.sync.every is not None:  # training.sync
+            PoolRounds(sim, job.sync, job.servers)
         module.run(sim, job, cfg, sequential=name == "splitfrozen-sequential")
         makespan = sim.run()
+        if name in SPLITFROZEN and job.sync is not None and job.sync.every is None:  # each epoch's closing round
+            sim.sync, makespan = close_epochs(job.sync, sim.server_end, makespan, sim.record)
     res = _result(name, scenario, job, sim, makespan, setup, ls, _policy_used(name, cfg))
     res.engine, res.engine_note = ("fast", None) if why is None else ("simpy", why or None)
     if job.network is not None:
