@@ -73,10 +73,23 @@ def test_rounds_and_bytes_follow_the_runtimes_cadence(method, sync, rounds, sent
     assert res.engine == "simpy" and "backhaul sync" in sfsim.simulate(sc, method).engine_note
 
 
-def test_without_sync_nothing_changes():
-    for method in ("splitlora", "fedlora", "cenlora"):
-        res = sfsim.simulate(scenario(), method)
-        assert (res.sync_rounds, res.backhaul_bytes_by_server, res.engine) == (0, {}, "fast")
+def test_without_sync_each_epoch_ends_with_the_closing_round():
+    """No training.sync: sfsim run still makes the servers one model at each epoch's end, one closing round over
+    their backhaul links (SplitLoRA's with its clients' average), a round trip on the run; without a link nothing
+    changes (the fast path, no round)."""
+    p, c, f = sizes(scenario())
+    for method, closing in (("splitlora", c), ("fedlora", f), ("cenlora", f)):
+        res = sfsim.simulate(scenario(), method, trace=True)
+        assert (res.sync_rounds, res.backhaul_bytes_by_server) == (1, {"a": 2 * closing, "b": 2 * closing})
+        two = sfsim.simulate(scenario(epochs=2), method)
+        assert two.sync_rounds == (1 if method == "fedlora" else 2)  # FedLoRA closes once (sfsim simulate says so)
+        plain = sfsim.simulate(scenario(backhaul=None), method)
+        assert (plain.sync_rounds, plain.backhaul_bytes_by_server, plain.engine) == (0, {}, "fast")
+        trip = 2 * (closing * 8 / 1e9 + 5e-3)  # both servers send when they end the epoch, as fast as each other
+        start = max(e.start for e in backhaul_events(res) if e.op == "sync-send")
+        assert res.makespan_s == pytest.approx(max(plain.makespan_s, start + trip), rel=1e-9)
+        if method == "cenlora":  # no device traffic: the round is the run's last thing
+            assert res.makespan_s == pytest.approx(plain.makespan_s + trip, rel=1e-9)
 
 
 def test_a_joint_round_is_a_barrier_before_each_step():
@@ -101,7 +114,7 @@ def test_a_joint_round_is_a_barrier_before_each_step():
 
 def test_async_rounds_hold_nobody():
     """every 2, async: the servers' compute is the run without sync; only the epoch's last rounds come after."""
-    plain = sfsim.simulate(scenario(), "splitlora", trace=True)
+    plain = sfsim.simulate(scenario(backhaul=None), "splitlora", trace=True)
     asy = sfsim.simulate(scenario({"every": 2, "mode": "async"}), "splitlora", trace=True)
     barrier = sfsim.simulate(scenario({"every": 2}), "splitlora", trace=True)
     server = lambda res: sorted((e for e in res.events if e.lane in ("a", "b")),  # noqa: E731
@@ -152,7 +165,7 @@ def test_a_slow_backhaul_is_on_the_critical_path_in_sync_mode_only():
     sc, asy = scenario({"every": 2}, backhaul=slow), scenario({"every": 2, "mode": "async"}, backhaul=slow)
     f = sizes(sc)[2]
     trip = 2 * (f * 8 / 10e6 + 20e-3)
-    plain = sfsim.simulate(scenario(), "fedlora").makespan_s
+    plain = sfsim.simulate(scenario(backhaul=None), "fedlora").makespan_s
     assert sfsim.simulate(sc, "fedlora").makespan_s == pytest.approx(plain + trip, rel=1e-9)
     assert sfsim.simulate(asy, "fedlora").makespan_s == pytest.approx(max(plain, _last_fedavg(asy) + trip), rel=1e-9)
 
@@ -253,3 +266,36 @@ def test_a_fedlora_round_whose_devices_all_left_ends_empty(tmp_path, every, roun
     f = CostModel(sc).adapter_bytes(range(12), head=True)
     assert res.samples_not_trained == {"b-1": 8}
     assert res.sync_rounds == rounds and res.backhaul_bytes_by_server == dict.fromkeys(["mec-a", "mec-b"], 2 * rounds * f)
+
+
+# -- every method's closing rounds, and SplitFrozen's rounds with a server done early -----------------------
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("method, sync, rounds", [("splitfrozen", None, 1), ("splitlora", None, 1),
+                                                  ("fedlora", None, 1), ("cenlora", None, 1),
+                                                  ("splitfrozen", {"every": 2, "mode": "sync"}, 3),
+                                                  ("splitfrozen", {"every": 1, "mode": "sync"}, 4)])
+def test_the_runtime_closes_as_the_simulator(tiny_gpt2, tmp_path, method, sync, rounds):
+    """2 servers on loopback, each server's backhaul bytes and rounds in metrics.json equal the simulator's.
+    Without training.sync: one closing round (no round of zeros before it). With sync, mec-b has one device
+    (b-1 removed: 2 steps against mec-a's 4) and answers mec-a's later rounds with zeros, its bytes counting:
+    every 2, a round after step 2, then mec-b's round of zeros pairs with mec-a's last and a closing round
+    follows; every 1, gradients averaged before each of mec-a's 4 steps, mec-b stepping with zeros."""
+    from tests.test_multiserver import TWO, _cfg, _with
+    from trainer.run.launch import run
+    from trainer.validate.compare import ValidateConfig, predict
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    def edit(d):
+        d["training"]["sync"] = sync
+        if sync is not None:
+            d["devices"] = [x for x in d["devices"] if x["name"] != "b-1"]
+    devices = _with(tmp_path, TWO, edit)
+    samples = 16 if sync is None else 24
+    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=devices, method=method, train_samples=samples))
+    vc = ValidateConfig(devices=str(devices), model=tiny_gpt2, method=method, out=str(tmp_path / "v"), max_len=48,
+                        data_dir=str(FIXTURES / "data"), train_samples=samples, server_order="round-robin")
+    sim = predict(vc, m)
+    assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], rounds)
+    assert sim.sync_rounds == rounds
+    assert m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
