@@ -11,8 +11,9 @@ cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else 
 ``server`` pin, and the devices without one least-loaded over the servers
 (:func:`sfsim.scenario.assign.least_loaded`); ``SimResult.assignment_source`` says which. Each server
 trains its own replica on its devices' micro-batches; with ``training.sync`` the servers average their
-adapters over their backhaul links (:mod:`sfsim.network.backhaul`; the baselines' rounds as the runtime's, but
-with handovers, which ``sfsim simulate`` notes). Handovers, time-varying
+adapters over their backhaul links in the runtime's rounds (:mod:`sfsim.network.backhaul`; not the baselines'
+with handovers, which ``sfsim simulate`` notes), and without it still close each epoch with one round when
+they declare a backhaul link (as ``sfsim run``). Handovers, time-varying
 links and device availability are simulated for every schedule but cenlora, which has no device
 links (:mod:`sfsim.schedules.network`).
 """
