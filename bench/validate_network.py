@@ -10,7 +10,8 @@ profile) on five small fleets and prints the total error of each, the median, an
 * ``int8``: int8 activations on a 0.5 Mbps uplink (tests/fixtures/runtime_tiny.yaml, overridden);
 * ``cached``: 2 epochs, the second from the server's activation cache (tests/fixtures/runtime_cached.yaml);
 * ``sync2-splitlora``: SplitLoRA on ``sync2``'s 2 servers without the pausing device (every 2 steps);
-* ``sync2-fedlora``: FedLoRA there, one micro-batch per FedAvg round, the servers averaged after every round.
+* ``sync2-fedlora``: FedLoRA there, one micro-batch per FedAvg round, the servers averaged after every round;
+* ``close2``: SplitFrozen on those 2 servers without ``training.sync``: the epoch's one closing round.
 
 Usage (not CI; a few minutes)::
 
@@ -42,18 +43,22 @@ RUNS = {"sync2": ("runtime_two_servers_churn.yaml", "splitfrozen", 1),
         "int8": ("int8", "splitfrozen", 1),
         "cached": ("runtime_cached.yaml", "splitfrozen", 2),
         "sync2-splitlora": ("static", "splitlora", 1),
-        "sync2-fedlora": ("static-fed", "fedlora", 1)}
+        "sync2-fedlora": ("static-fed", "fedlora", 1),
+        "close2": ("static-close", "splitfrozen", 1)}
 
 
-def static_sync_scenario(folder: Path, fed: bool = False) -> Path:
+def static_sync_scenario(folder: Path, fed: bool = False, close: bool = False) -> Path:
     """runtime_two_servers_churn.yaml with every device online (the baselines' rounds are simulated on a static
-    network); ``fed``: a FedAvg round per micro-batch and a backhaul round after each."""
+    network); ``fed``: a FedAvg round per micro-batch and a backhaul round after each; ``close``: no
+    ``training.sync`` (the servers still close the epoch with one round)."""
     data = yaml.safe_load((FIX / "runtime_two_servers_churn.yaml").read_text())
     for d in data["devices"]:
         d.pop("availability", None)
     if fed:
         data["training"].update(local_steps=1, sync={"every": 1, "mode": "sync"})
-    path = folder / f"runtime_two_servers_static{'_fed' if fed else ''}.yaml"
+    if close:
+        data["training"].pop("sync")
+    path = folder / f"runtime_two_servers_static{'_fed' if fed else ''}{'_close' if close else ''}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -100,7 +105,8 @@ def main() -> None:
     for name in args.only.split(","):
         scen, method, epochs = RUNS[name]
         made = {"int8": int8_scenario, "drop": drop_scenario, "static": static_sync_scenario,
-                "static-fed": lambda folder: static_sync_scenario(folder, fed=True)}
+                "static-fed": lambda folder: static_sync_scenario(folder, fed=True),
+                "static-close": lambda folder: static_sync_scenario(folder, close=True)}
         path = made[scen](out) if scen in made else FIX / scen
         folder = out / name
         if folder.exists():

@@ -83,6 +83,7 @@ def test_without_sync_each_epoch_ends_with_the_closing_round():
         assert (res.sync_rounds, res.backhaul_bytes_by_server) == (1, {"a": 2 * closing, "b": 2 * closing})
         two = sfsim.simulate(scenario(epochs=2), method)
         assert two.sync_rounds == (1 if method == "fedlora" else 2)  # FedLoRA closes once (sfsim simulate says so)
+        assert two.engine_note == "the servers' closing backhaul round is replayed by the SimPy engine only"
         plain = sfsim.simulate(scenario(backhaul=None), method)
         assert (plain.sync_rounds, plain.backhaul_bytes_by_server, plain.engine) == (0, {}, "fast")
         trip = 2 * (closing * 8 / 1e9 + 5e-3)  # both servers send when they end the epoch, as fast as each other

@@ -60,6 +60,8 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
     if getattr(job, "sync", None) is not None and name not in SPLITFROZEN:  # a baseline's backhaul rounds
+        if job.sync.every is None:  # no training.sync: each epoch's closing round (sfsim.network.backhaul)
+            return "the servers' closing backhaul round is replayed by the SimPy engine only"
         return "backhaul sync between servers is replayed by the SimPy engine only"
     if name == "cenlora":
         return None  # no device links: the dynamic network does not apply, and it has no server policy
