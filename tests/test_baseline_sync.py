@@ -271,13 +271,14 @@ def test_a_fedlora_round_whose_devices_all_left_ends_empty(tmp_path, every, roun
 
 # -- every method's closing rounds, and SplitFrozen's rounds with a server done early -----------------------
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("method, sync, rounds", [("splitfrozen", None, 1), ("splitlora", None, 1),
-                                                  ("fedlora", None, 1), ("cenlora", None, 1),
-                                                  ("splitfrozen", {"every": 2, "mode": "sync"}, 3),
-                                                  ("splitfrozen", {"every": 1, "mode": "sync"}, 4)])
-def test_the_runtime_closes_as_the_simulator(tiny_gpt2, tmp_path, method, sync, rounds):
+@pytest.mark.parametrize("method, sync, rounds, epochs", [("splitfrozen", None, 1, 1), ("splitlora", None, 1, 1),
+                                                          ("fedlora", None, 1, 1), ("cenlora", None, 1, 1),
+                                                          ("cenlora", None, 2, 2),
+                                                          ("splitfrozen", {"every": 2, "mode": "sync"}, 3, 1),
+                                                          ("splitfrozen", {"every": 1, "mode": "sync"}, 4, 1)])
+def test_the_runtime_closes_as_the_simulator(tiny_gpt2, tmp_path, method, sync, rounds, epochs):
     """2 servers on loopback, each server's backhaul bytes and rounds in metrics.json equal the simulator's.
-    Without training.sync: one closing round (no round of zeros before it). With sync, mec-b has one device
+    Without training.sync: one closing round per epoch (no round of zeros before it). With sync, mec-b has one device
     (b-1 removed: 2 steps against mec-a's 4) and answers mec-a's later rounds with zeros, its bytes counting:
     every 2, a round after step 2, then mec-b's round of zeros pairs with mec-a's last and a closing round
     follows; every 1, gradients averaged before each of mec-a's 4 steps, mec-b stepping with zeros."""
@@ -293,9 +294,10 @@ def test_the_runtime_closes_as_the_simulator(tiny_gpt2, tmp_path, method, sync, 
             d["devices"] = [x for x in d["devices"] if x["name"] != "b-1"]
     devices = _with(tmp_path, TWO, edit)
     samples = 16 if sync is None else 24
-    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=devices, method=method, train_samples=samples))
+    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=devices, method=method, train_samples=samples, epochs=epochs))
     vc = ValidateConfig(devices=str(devices), model=tiny_gpt2, method=method, out=str(tmp_path / "v"), max_len=48,
-                        data_dir=str(FIXTURES / "data"), train_samples=samples, server_order="round-robin")
+                        data_dir=str(FIXTURES / "data"), train_samples=samples, server_order="round-robin",
+                        epochs=epochs)
     sim = predict(vc, m)
     assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], rounds)
     assert sim.sync_rounds == rounds
