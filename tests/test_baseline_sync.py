@@ -302,3 +302,34 @@ def test_the_runtime_closes_as_the_simulator(tiny_gpt2, tmp_path, method, sync, 
     assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], rounds)
     assert sim.sync_rounds == rounds
     assert m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
+
+
+@pytest.mark.slow  # ~25 s each: a validate run (profile, runtime, simulator)
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("method", ["splitlora", "fedlora"])
+def test_a_handover_without_sync_ends_with_the_closing_round_alone(tiny_gpt2, tmp_path, method):
+    """tests/test_handover.py's run without training.sync: mec-b waits for its visitor answering no round (there is
+    none before the closing one), then both servers close the epoch with one round and hold one model."""
+    import json
+
+    import torch
+    import yaml
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+    from tests.test_handover import _adapter, _scenario
+
+    path = _scenario(tmp_path, method)
+    data = yaml.safe_load(path.read_text())
+    data["training"].pop("sync")
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(path), "--model", tiny_gpt2, "--method", method,
+                                    "--split", "1", "--max-len", "48", "--train-samples", "32", "--data-dir",
+                                    str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "run" / "metrics.json").read_text())
+    assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == {"mec-a": 1, "mec-b": 1}
+    assert m["samples_not_trained"] == {"stay-b": 8}
+    a, b = _adapter(out / "run"), _adapter(out / "run" / "servers" / "mec-b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
