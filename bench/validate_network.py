@@ -8,7 +8,10 @@ profile) on five small fleets and prints the total error of each, the median, an
 * ``churn``: one device pausing, one dropping at 1.3 s (tests/fixtures/runtime_churn.yaml);
 * ``drop``: the same with the dropping device gone at 0.3 s, during its first send;
 * ``int8``: int8 activations on a 0.5 Mbps uplink (tests/fixtures/runtime_tiny.yaml, overridden);
-* ``cached``: 2 epochs, the second from the server's activation cache (tests/fixtures/runtime_cached.yaml).
+* ``cached``: 2 epochs, the second from the server's activation cache (tests/fixtures/runtime_cached.yaml);
+* ``sync2-splitlora``: SplitLoRA on ``sync2``'s 2 servers without the pausing device (every 2 steps);
+* ``sync2-fedlora``: FedLoRA there, one micro-batch per FedAvg round, the servers averaged after every round;
+* ``close2``: SplitFrozen on those 2 servers without ``training.sync``: the epoch's one closing round.
 
 Usage (not CI; a few minutes)::
 
@@ -38,7 +41,26 @@ RUNS = {"sync2": ("runtime_two_servers_churn.yaml", "splitfrozen", 1),
         "churn": ("runtime_churn.yaml", "splitfrozen", 1),
         "drop": ("drop", "splitfrozen", 1),
         "int8": ("int8", "splitfrozen", 1),
-        "cached": ("runtime_cached.yaml", "splitfrozen", 2)}
+        "cached": ("runtime_cached.yaml", "splitfrozen", 2),
+        "sync2-splitlora": ("static", "splitlora", 1),
+        "sync2-fedlora": ("static-fed", "fedlora", 1),
+        "close2": ("static-close", "splitfrozen", 1)}
+
+
+def static_sync_scenario(folder: Path, fed: bool = False, close: bool = False) -> Path:
+    """runtime_two_servers_churn.yaml with every device online (the baselines' rounds are simulated on a static
+    network); ``fed``: a FedAvg round per micro-batch and a backhaul round after each; ``close``: no
+    ``training.sync`` (the servers still close the epoch with one round)."""
+    data = yaml.safe_load((FIX / "runtime_two_servers_churn.yaml").read_text())
+    for d in data["devices"]:
+        d.pop("availability", None)
+    if fed:
+        data["training"].update(local_steps=1, sync={"every": 1, "mode": "sync"})
+    if close:
+        data["training"].pop("sync")
+    path = folder / f"runtime_two_servers_static{'_fed' if fed else ''}{'_close' if close else ''}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def int8_scenario(folder: Path) -> Path:
@@ -82,7 +104,10 @@ def main() -> None:
     rows = {}
     for name in args.only.split(","):
         scen, method, epochs = RUNS[name]
-        path = {"int8": int8_scenario, "drop": drop_scenario}[scen](out) if scen in ("int8", "drop") else FIX / scen
+        made = {"int8": int8_scenario, "drop": drop_scenario, "static": static_sync_scenario,
+                "static-fed": lambda folder: static_sync_scenario(folder, fed=True),
+                "static-close": lambda folder: static_sync_scenario(folder, close=True)}
+        path = made[scen](out) if scen in made else FIX / scen
         folder = out / name
         if folder.exists():
             import shutil

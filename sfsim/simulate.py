@@ -10,8 +10,10 @@ LoRA start: ``lora_start`` argument, else the plan's, else ``training.lora_start
 cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else each device's
 ``server`` pin, and the devices without one least-loaded over the servers
 (:func:`sfsim.scenario.assign.least_loaded`); ``SimResult.assignment_source`` says which. Each server
-trains its own replica on its devices' micro-batches; with ``training.sync`` the SplitFrozen servers
-average their adapters over their backhaul links (:mod:`sfsim.network.backhaul`). Handovers, time-varying
+trains its own replica on its devices' micro-batches; with ``training.sync`` the servers average their
+adapters over their backhaul links in the runtime's rounds (:mod:`sfsim.network.backhaul`; not the baselines'
+with handovers, which ``sfsim simulate`` notes), and without it still close each epoch with one round when
+they declare a backhaul link (as ``sfsim run``). Handovers, time-varying
 links and device availability are simulated for every schedule but cenlora, which has no device
 links (:mod:`sfsim.schedules.network`).
 """
@@ -29,7 +31,7 @@ from sfsim.engine.pool import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engin
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.fast.replay import choose_engine, replay
 from sfsim.methods import CLIENT_ORDERS, SPLITFROZEN, canonical
-from sfsim.network.backhaul import backhaul_for
+from sfsim.network.backhaul import PoolRounds, close_epochs
 from sfsim.network.mobility import stages
 from sfsim.outputs.result import SimResult
 from sfsim.scenario.assign import resolve_assignment
@@ -236,10 +238,12 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
         sim, makespan = replay(job, cfg, schedule=name)
     else:
         sim = Engine(trace=trace)
-        if name in SPLITFROZEN and tr.sync is not None and len(scenario.servers) > 1:
-            sim.sync = backhaul_for(sim, scenario, setup.cm, setup.lora_start, job)
+        if name in SPLITFROZEN and job.sync is not None and job.sync.every is not None:  # training.sync
+            PoolRounds(sim, job.sync, job.servers)
         module.run(sim, job, cfg, sequential=name == "splitfrozen-sequential")
         makespan = sim.run()
+        if name in SPLITFROZEN and job.sync is not None and job.sync.every is None:  # each epoch's closing round
+            sim.sync, makespan = close_epochs(job.sync, sim.server_end, makespan, sim.record)
     res = _result(name, scenario, job, sim, makespan, setup, ls, _policy_used(name, cfg))
     res.engine, res.engine_note = ("fast", None) if why is None else ("simpy", why or None)
     if job.network is not None:

@@ -160,15 +160,28 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
 
 
 def test_simulate_says_which_schedules_leave_backhaul_sync_out():
-    """Two servers with training.sync: the simulator syncs SplitFrozen only, and says so for the others."""
+    """Two servers: every schedule's rounds are simulated (tests/test_baseline_sync.py), but SplitLoRA's and
+    FedLoRA's with handovers, and over several epochs FedLoRA and SplitFrozen close them at the run's end; the
+    simulator says so. Without training.sync the closing rounds are simulated too (no note)."""
     from sfsim.cli import main as cli
 
     res = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                    "--schedule", "all", "--split", "2"])
     assert res.exit_code == 0, res.output
-    notes = [ln for ln in res.output.splitlines() if "modelled for SplitFrozen only" in ln]
-    assert notes == ["note: splitlora, fedlora, cenlora: training.sync between servers is modelled for SplitFrozen "
-                     "only; these figures leave the backhaul rounds out (sfsim run does sync them)"]
-    one = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
-                                   "--schedule", "splitfrozen", "--split", "2"])
-    assert one.exit_code == 0 and "modelled for SplitFrozen only" not in one.output
+    assert "backhaul rounds out" not in res.output and "closes the backhaul rounds" not in res.output
+    for sync, what in (([], "training.sync between servers"), (["--set", "training.sync=null"], "each epoch's closing round")):
+        moving = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_handover.yaml"),
+                                          "--schedule", "all", "--split", "1", *sync])
+        assert moving.exit_code == 0, moving.output
+        notes = [ln for ln in moving.output.splitlines() if "backhaul rounds out" in ln]
+        assert notes == [f"note: splitlora, fedlora: {what} is not simulated with handovers; these figures leave the "
+                         "backhaul rounds out (sfsim run does make them)"]
+    two = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
+                                   "--schedule", "all", "--split", "2", "--set", "training.epochs=2"])
+    assert two.exit_code == 0, two.output
+    assert ("note: splitfrozen, splitfrozen-sequential, fedlora: the simulator closes the backhaul rounds at the run's "
+            "end (its epochs run back to back); sfsim run closes them after each of the 2 epochs") in two.output
+    plain = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
+                                     "--schedule", "all", "--split", "2", "--set", "training.sync=null"])
+    assert plain.exit_code == 0, plain.output
+    assert "backhaul rounds" not in plain.output

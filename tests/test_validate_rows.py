@@ -38,7 +38,7 @@ def test_the_codec_row_counts_each_sent_micro_batch_once(tmp_path):
               TraceEvent("d", "F", 1.0, 0.2, 1, "d"), TraceEvent("s", "F", 1.0, 0.2, 1, "d")]
     got = codec_predicted(sc, events, {"d": "s"}, "splitfrozen")
     assert got == pytest.approx(2 * 3e-6 * tokens, rel=1e-9)
-    assert codec_predicted(sc, events, {"d": "s"}, "splitlora") == 0.0  # the simulator costs SplitFrozen's only
+    assert codec_predicted(sc, events, {"d": "s"}, "fedlora") == 0.0  # no activations on the wire
     assert codec_measured({"phase_s": {"codec_encode": 0.5, "codec_decode": 0.25, "device_forward": 9.0}}) == 0.75
 
 

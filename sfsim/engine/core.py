@@ -61,7 +61,7 @@ class Engine:
         self.server_wait: dict[str, float] = {}
         self.server_end: dict[str, float] = {}
         self.pool_peak_bytes: dict[str, float] = {}
-        self.sync = None  # a sfsim.network.backhaul.Backhaul when SplitFrozen servers synchronise
+        self.sync = None  # a sfsim.network.backhaul.PoolRounds when SplitFrozen servers synchronise
         self._finishers: list = []
         self.soft_timers = False  # set before run() by schedules that call soft_at
         self._soft = 0  # pending soft timers

@@ -18,6 +18,7 @@ from sfsim.errors import SfsimError
 from sfsim.fast import cenlora, fedlora, splitfrozen, splitlora
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.fast.splitfrozen import POLICY_CODES
+from sfsim.network.backhaul import Closed, close_epochs
 
 ENGINES = ("auto", "fast", "simpy")
 """``simulate(engine=...)``: ``auto`` takes the fast path where it covers the run, else the SimPy engine."""
@@ -48,7 +49,7 @@ class Replayed:
     server_end: dict[str, float] = field(default_factory=dict)
     pool_peak_bytes: dict[str, float] = field(default_factory=dict)
     events: None = None
-    sync: None = None
+    sync: Closed | None = None
 
 
 def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
@@ -58,6 +59,10 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if name not in COVERED:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
+    if getattr(job, "sync", None) is not None and name not in SPLITFROZEN:  # a baseline's backhaul rounds
+        if job.sync.every is None:  # no training.sync: each epoch's closing round (sfsim.network.backhaul)
+            return "the servers' closing backhaul round is replayed by the SimPy engine only"
+        return "backhaul sync between servers is replayed by the SimPy engine only"
     if name == "cenlora":
         return None  # no device links: the dynamic network does not apply, and it has no server policy
     if name == "fedlora" and net is not None:
@@ -111,6 +116,8 @@ def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
         rec.server_wait[srv.name] = out["wait"]
         rec.server_end[srv.name] = out["end"]
         rec.mixing[srv.name] = Mixed(out["mixing"], out["total"])
+    if job.sync is not None:  # no training.sync: each epoch's closing round after the servers' ends
+        rec.sync, makespan = close_epochs(job.sync, rec.server_end, makespan)
     return rec, makespan
 
 

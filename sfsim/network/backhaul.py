@@ -1,107 +1,345 @@
-"""Backhaul synchronisation: SplitFrozen servers average their LoRA adapters and head every few steps.
+"""Backhaul synchronisation: the servers average their LoRA adapters and head every few steps.
 
 With several servers each trains its own replica on its devices' micro-batches; ``training.sync``
-makes them one logical model. A server starts sync round ``r`` when it ends its ``r * every``-th
-optimizer step (counted over all its accelerators): it sends its adapters (``A`` bytes: LoRA
-blocks and head) on its own backhaul link (lane ``backhaul:<server>``, op ``sync-send``: ``A x 8 /
-bandwidth`` seconds, then the link's latency). The average is ready when the uploads of round
-``r`` from every server still training have arrived (a server that has ended its last step no longer
-holds the others back); then every server that sent receives the average on its backhaul (op
-``sync-recv``, same duration, then latency). Averaging itself is taken as free (a few adds per
-parameter against a link transfer).
+(``every`` optimizer steps, FedLoRA: FedAvg rounds; ``mode`` sync or async) makes them one logical model.
+Every method follows the runtime's rounds exactly (:class:`Rounds`, :class:`ServerRounds`, :func:`sync_spec`;
+:mod:`trainer.transport.backhaul`): a round is one collective of every server, a server that has trained its
+epoch answering with a round of zeros (so that its bytes count too and it takes part in the barrier) until
+none trains; then a closing round when one is due (SplitLoRA: always, with its clients' average too).
+``mode: sync`` with ``every: 1`` averages the gradients *before* each step; ``mode: sync`` otherwise is a
+barrier after every ``every``-th step; an ``async`` round holds nobody, but a server's next round waits for it.
 
-* ``mode: sync``: the accelerator that ended the step waits until the average has arrived (a
-  barrier), then goes on; the others of that server keep working.
-* ``mode: async``: nobody waits; the transfers only occupy the backhaul and show in the bytes.
+Server ``j`` sends its payload (``A`` bytes: the LoRA blocks and head its optimizer holds) on its own
+backhaul link (lane ``backhaul:<server>``, op ``sync-send``: ``A x 8 / bandwidth`` seconds, then the
+link's latency); the average is ready when every server's upload has arrived, and comes back the same way
+(op ``sync-recv``). Averaging itself is taken as free (a few adds per parameter against a link transfer).
 
-Traffic: every round moves ``A`` bytes up and ``A`` down on each participating server's backhaul.
+Without ``training.sync`` ``sfsim run`` still ends each epoch with one closing round over the servers' backhaul
+links, so that the saved adapter is one model: the baselines replay it with :class:`ServerRounds`
+(``every`` None), SplitFrozen after its replay (:func:`close_epochs`, on the fast path too). SplitFrozen's
+servers join :class:`Rounds` through :class:`PoolRounds` (what the engine's workers call).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import simpy
 
 from sfsim.engine.pool import Engine, FifoLane
+from sfsim.errors import SfsimError
 
 
-class Backhaul:
-    """The sync rounds of one run: backhaul lanes, per-server step counts, open rounds.
+class Rounds:
+    """The backhaul rounds of every method, as :class:`trainer.transport.backhaul.ServerSync` runs them.
+
+    Every server takes part in every round, as in the runtime's collective: round ``k`` pairs the ``k``-th call of each server (:meth:`join`), a server that has trained
+    its epoch answering with a round of zeros (weight 0) until none trains. Server ``j`` sends its payload
+    on its backhaul from the instant it joins (``sync-send``: ``bytes x 8 / bandwidth``, then the latency);
+    the average is ready when every server's upload has arrived; each then receives it (``sync-recv``,
+    same duration and latency). A round's outcome (:attr:`outcome`) says, as the runtime's vector tail,
+    whether no server trains any more (``ended``), whether some server did not take the average
+    (``differ``: a closing round is due) and whether some server stepped on it (``stepping``).
 
     Args:
         engine: the engine.
         servers: ``(name, bandwidth bit/s, latency s)`` per server, in server order.
-        adapter_bytes: bytes of one adapter copy (LoRA blocks + head).
-        every: optimizer steps between rounds.
+        every: optimizer steps (FedLoRA: FedAvg rounds) between rounds; None: no ``training.sync``, only each
+            epoch's closing round (:func:`sync_spec`).
         mode: ``sync`` (barrier) or ``async``.
-        active: indices of the servers that train (have devices).
     """
 
-    def __init__(self, engine: Engine, servers: list[tuple[str, float, float]], adapter_bytes: float,
-                 every: int, mode: str, active: set[int]):
-        if every < 1:
+    def __init__(self, engine: Engine, servers: list[tuple[str, float, float]], every: int | None, mode: str):
+        if every is not None and every < 1:
             raise ValueError(f'"every" must be >= 1, got {every}')
         if mode not in ("sync", "async"):
             raise ValueError(f'"mode" must be sync or async, got {mode!r}')
         self.engine, self.env = engine, engine.env
         self.names = [name for name, _, _ in servers]
         self.lanes = [FifoLane(engine, f"backhaul:{name}") for name in self.names]
-        self.seconds = [adapter_bytes * 8.0 / bw for _, bw, _ in servers]
+        self.bandwidth = [bw for _, bw, _ in servers]
         self.latency = [lat for _, _, lat in servers]
-        self.adapter_bytes, self.every, self.mode = adapter_bytes, every, mode
-        self.active = set(active)
-        self.steps = [0] * len(servers)
-        self.open: dict[int, tuple[dict[int, float], dict[int, simpy.Event | None]]] = {}
-        self.bytes = {name: 0.0 for name, _, _ in servers}  # up + down per server
+        self.every, self.mode = every, mode
+        self.joint = mode == "sync" and every == 1  # gradients averaged before every step
+        self.calls = [0] * len(servers)
+        self.open: dict[int, list[tuple]] = {}  # round -> (server, arrival, bytes, active, adopt, stepping, event)
+        self.outcome: dict[int, tuple[bool, bool, bool]] = {}  # closed round -> (ended, differ, stepping)
+        self.bytes = {name: 0.0 for name in self.names}  # up + down per server
         self.rounds = 0  # rounds completed
+        engine.on_finish(self._check)
+
+    def _check(self) -> None:
+        """A round some server never joined would leave the others waiting: a modelling error, never a figure."""
+        if self.open:
+            k = min(self.open)
+            came = sorted(self.names[e[0]] for e in self.open[k])
+            raise SfsimError(f"backhaul: sync round {k + 1} waited for ever (only {', '.join(came)} joined it); "
+                             "this run's rounds are not simulated correctly, please report it")
+
+    def join(self, j: int, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False
+             ) -> tuple[int, simpy.Event]:
+        """Server ``j`` joins its next round now with ``nbytes``; returns the round and the event of the
+        average's arrival back at ``j``. ``active``: it still trains; ``adopt``: it takes the average;
+        ``stepping``: it steps on it (joint mode)."""
+        k = self.calls[j]
+        self.calls[j] += 1
+        (end,) = self.lanes[j].serve([("sync-send", nbytes * 8.0 / self.bandwidth[j])])
+        self.bytes[self.names[j]] += nbytes
+        ev = self.env.event()
+        entries = self.open.setdefault(k, [])
+        entries.append((j, end + self.latency[j], nbytes, active, adopt, stepping, ev))
+        if len(entries) == len(self.names):
+            del self.open[k]
+            self.rounds += 1
+            self.outcome[k] = (not any(e[3] for e in entries), not all(e[4] for e in entries),
+                               any(e[5] for e in entries))
+            ready = max(e[1] for e in entries)
+            self.engine.at(ready).callbacks.append(lambda _e, entries=entries: self._send_back(entries))
+        return k, ev
+
+    def _send_back(self, entries: list[tuple]) -> None:
+        """At the instant the average is ready: each server receives it on its backhaul."""
+        for j, _, nbytes, *_, ev in entries:
+            (end,) = self.lanes[j].serve([("sync-recv", nbytes * 8.0 / self.bandwidth[j])])
+            self.bytes[self.names[j]] += nbytes
+            self.engine.succeed_at(ev, end + self.latency[j])
+
+
+class ServerRounds:
+    """One server's side of :class:`Rounds`, by the runtime's rules (:class:`trainer.transport.backhaul.ServerSync`).
+
+    Which optimizer steps (FedLoRA: FedAvg rounds) start a round, an ``async`` round in flight (the server's
+    next round first waits for it), and the end of an epoch (:meth:`finish`): rounds of zeros until no
+    server trains, then a closing round when one is due. Every method is a SimPy generator that takes the
+    server's time ``t`` (at or after now) and returns when the server goes on.
+
+    Args:
+        rounds: the run's :class:`Rounds`.
+        j: this server's index.
+        payload: bytes of a round (what the server's optimizer holds: its adapters and head).
+        closing: bytes of the closing round (``payload`` plus a method's extra state).
+        always_close: end every epoch with the closing round (SplitLoRA: its client averages differ).
+        step: joint mode: ``step(t)`` records the optimizer step a drained server takes with the others and
+            returns its end (None: the method has no such step, FedLoRA).
+    """
+
+    def __init__(self, rounds: Rounds, j: int, payload: float, closing: float, always_close: bool = False,
+                 step=None):
+        self.rounds, self.j, self.env = rounds, j, rounds.env
+        self.payload, self.closing, self.always_close, self.step = payload, closing, always_close, step
+        self.steps = 0
+        self.pending: tuple[int, simpy.Event] | None = None  # an async round in flight
+        self.ended: bool | None = None  # no server trains: whether a closing round is due (None: some trains)
+
+    def before_step(self, t: float, last: bool = False):
+        """Joint mode: the servers average the step's gradients before it; returns when the step may start."""
+        if not self.rounds.joint:
+            return t
+        yield from self._at(t)
+        yield from self._join(self.payload, not last, stepping=True)
+        return self.env.now
+
+    def after_step(self, t: float, last: bool = False):
+        """An optimizer step ended at ``t``; every ``every``-th starts a round (``last``: the server's last)."""
+        self.steps += 1
+        if not self._due():
+            return t
+        return (yield from self._average(t, not last))
+
+    def fed_round(self, t: float, last: bool = False):
+        """FedLoRA: the server's FedAvg round ended at ``t``; joint mode averages every round."""
+        self.steps += 1
+        if self.rounds.joint:
+            yield from self._at(t)
+            yield from self._join(self.payload, not last)
+            return self.env.now
+        if not self._due():
+            return t
+        return (yield from self._average(t, not last))
+
+    def finish(self, t: float):
+        """The server's epoch is trained at ``t``: rounds of zeros until none trains, then the closing round."""
+        yield from self._at(t)
+        yield from self._wait()
+        joint = self.rounds.joint
+        if self.rounds.every is None:  # no training.sync: the closing round alone (the runtime's finish)
+            yield from self._join(self.closing, False)
+            return self.env.now
+        while self.ended is None:
+            k = yield from self._join(self.payload, False, adopt=joint)
+            if joint and self.step is not None and self.rounds.outcome[k][2]:  # the others stepped: so does it
+                yield from self._at(self.step(self.env.now))
+        if self.ended or self.always_close:
+            yield from self._join(self.closing, False)
+        self.ended = None
+        return self.env.now
+
+    def _due(self) -> bool:
+        """Whether the step (FedAvg round) just counted starts a weight round (never without ``training.sync``)."""
+        every = self.rounds.every
+        return not self.rounds.joint and every is not None and self.steps % every == 0
+
+    def _average(self, t: float, active: bool):
+        """A weight round: a barrier in sync mode; in async mode in flight while the server goes on."""
+        yield from self._at(t)
+        yield from self._wait()
+        if self.rounds.mode == "sync":
+            yield from self._join(self.payload, active)
+        else:
+            self.pending = self.rounds.join(self.j, self.payload, active)
+        return self.env.now
+
+    def _join(self, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False):
+        """Join a round now and wait for its average; returns the round."""
+        k, ev = self.rounds.join(self.j, nbytes, active, adopt, stepping)
+        yield ev
+        self._took(k)
+        return k
+
+    def _wait(self):
+        """Wait for the async round in flight (the runtime joins its thread)."""
+        if self.pending is not None:
+            k, ev = self.pending
+            self.pending = None
+            yield ev
+            self._took(k)
+
+    def _took(self, k: int) -> None:
+        ended, differ, _ = self.rounds.outcome[k]
+        if ended:
+            self.ended = differ
+
+    def _at(self, t: float):
+        if t > self.env.now:
+            yield self.rounds.engine.at(t)
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """What a baseline's job needs to replay the backhaul rounds (:func:`sync_spec`)."""
+
+    servers: tuple[tuple[str, float, float], ...]  # (name, bandwidth bit/s, latency s) per server
+    every: int | None  # None: no training.sync, only each epoch's closing round
+    mode: str
+    payload: float  # bytes of a round
+    closing: float  # bytes of the closing round
+    epochs: int  # each ends with the closing rounds
+
+    def start(self, engine: Engine) -> Rounds:
+        """The run's :class:`Rounds`, set as ``engine.sync`` (the result's backhaul bytes and rounds)."""
+        engine.sync = Rounds(engine, list(self.servers), self.every, self.mode)
+        return engine.sync
+
+
+def sync_spec(scenario, payload: float, closing: float | None = None) -> SyncSpec | None:
+    """The backhaul rounds of a run on several servers, else None.
+
+    With ``training.sync`` its rounds; without it, when some server declares a ``backhaul`` link, each epoch's
+    closing round alone (``every`` None: ``sfsim run`` still makes the servers one model at each epoch's end,
+    :func:`trainer.run.launch._server_sync`); a server without a link sends in no time (the runtime shapes
+    only declared links). With no link at all nothing is modelled: the round would take no time.
+    """
+    sync = scenario.training.sync
+    if len(scenario.servers) < 2 or (sync is None and all(s.backhaul is None for s in scenario.servers)):
+        return None
+    servers = tuple((s.name, s.backhaul.bandwidth, s.backhaul.latency) if s.backhaul is not None
+                    else (s.name, math.inf, 0.0) for s in scenario.servers)
+    every, mode = (sync.every, sync.mode) if sync is not None else (None, "sync")
+    return SyncSpec(servers, every, mode, payload, payload if closing is None else closing, scenario.training.epochs)
+
+
+@dataclass
+class Closed:
+    """The closing rounds added after a replay (:func:`close_epochs`): what ``simulate`` reads as ``engine.sync``."""
+
+    bytes: dict[str, float]  # server -> up + down on its backhaul
+    rounds: int
+
+
+def close_epochs(spec: SyncSpec, ends: dict[str, float], makespan: float, record=None) -> tuple[Closed, float]:
+    """SplitFrozen without ``training.sync``: each epoch's closing round after the replay, from each server's end.
+
+    The simulator replays SplitFrozen's epochs back to back, so the ``epochs`` closing rounds come one after
+    another from each server's end (``ends``: its last op; 0 for a server without devices): server ``j``
+    sends ``closing`` bytes on its backhaul (``bytes x 8 / bandwidth``, then the latency), the average is
+    ready when every upload has arrived, and comes back the same way; the next round starts when it has.
+    Returns the rounds and the new makespan. ``record``: ``Engine.record`` when tracing.
+    """
+    names = [name for name, _, _ in spec.servers]
+    busy = {name: spec.closing * 8.0 / bw for name, bw, _ in spec.servers}
+    lat = {name: latency for name, _, latency in spec.servers}
+    free = {name: ends.get(name, 0.0) for name in names}
+    for _ in range(spec.epochs):
+        ready = max(free[n] + busy[n] + lat[n] for n in names)
+        for n in names:
+            if record is not None:
+                record(f"backhaul:{n}", "sync-send", free[n], busy[n])
+                record(f"backhaul:{n}", "sync-recv", ready, busy[n])
+            free[n] = ready + busy[n] + lat[n]
+    closed = Closed({n: 2.0 * spec.closing * spec.epochs for n in names}, spec.epochs)
+    return closed, max([makespan, *free.values()])
+
+
+class PoolRounds:
+    """SplitFrozen's servers on :class:`Rounds`: what the engine's workers call (``Engine.sync``).
+
+    A worker calls :meth:`step_done` after each optimizer step (the server's steps count over its workers) and
+    the pool calls :meth:`leave` when its workers have ended: the server then answers the others' rounds with
+    zeros until none trains and closes when due (:meth:`ServerRounds.finish`; a server without devices at
+    once). A step is the server's last (its round says it no longer trains) when every micro-batch of its pool
+    is claimed and no other worker runs, as the runtime's ``last``. With ``every: 1`` in ``sync`` mode the
+    runtime averages the gradients *before* each step; here the round follows the step (the same rounds and
+    bytes; the step and the round swap places on the server's time line). The epochs run back to back, so
+    the drain and closing rounds come once, at the run's end (``sfsim simulate`` notes it).
+
+    Args:
+        engine: the engine (its ``sync`` is set to this).
+        spec: the run's :class:`SyncSpec` (with ``training.sync``).
+        servers: the servers as the engine sees them (a drained server's joint step goes on its first lane).
+    """
+
+    def __init__(self, engine: Engine, spec: SyncSpec, servers: list):
+        self.engine, self.env, self.servers = engine, engine.env, servers
+        self.links = Rounds(engine, list(spec.servers), spec.every, spec.mode)
+        self.sides = [ServerRounds(self.links, j, spec.payload, spec.closing,
+                                   step=lambda t, srv=srv: self._drained_step(srv, t)) for j, srv in enumerate(servers)]
+        self.pools: list = []  # the servers' ServerPools (:meth:`attach`)
+        engine.sync = self
+
+    @property
+    def bytes(self) -> dict[str, float]:
+        """Server -> bytes up and down its backhaul."""
+        return self.links.bytes
+
+    @property
+    def rounds(self) -> int:
+        """Rounds completed."""
+        return self.links.rounds
+
+    def attach(self, pools: list) -> None:
+        """The run's server pools, in server order (whether a step is a server's last)."""
+        self.pools = list(pools)
 
     def step_done(self, j: int) -> simpy.Event | None:
-        """Server ``j`` ended an optimizer step now; returns an event to wait for in sync mode, else None."""
-        self.steps[j] += 1
-        if self.steps[j] % self.every:
+        """Server ``j`` ended an optimizer step now; returns an event to wait for (a barrier, or an async round
+        still in flight), else None."""
+        side, pool = self.sides[j], self.pools[j]
+        if not self.links.joint and (side.steps + 1) % self.links.every:
+            side.steps += 1
             return None
-        r = self.steps[j] // self.every
-        (end,) = self.lanes[j].serve([("sync-send", self.seconds[j])])
-        self.bytes[self.names[j]] += self.adapter_bytes
-        arrived, waiting = self.open.setdefault(r, ({}, {}))
-        arrived[j] = end + self.latency[j]
-        ev = self.env.event() if self.mode == "sync" else None
-        waiting[j] = ev
-        self._close_ready()
-        return ev
+        last = pool.unclaimed == 0 and pool.running == 1
+        return self.env.process(self._step(side, last))
+
+    def _step(self, side: ServerRounds, last: bool):
+        t = yield from side.before_step(self.env.now, last)
+        yield from side.after_step(t, last)
 
     def leave(self, j: int) -> None:
-        """Server ``j`` has ended its last step: rounds no longer wait for it."""
-        self.active.discard(j)
-        self._close_ready()
+        """Server ``j``'s workers have ended: it drains and closes with the others."""
+        self.env.process(self.sides[j].finish(self.env.now))
 
-    def _close_ready(self) -> None:
-        for r in sorted(self.open):
-            arrived, waiting = self.open[r]
-            if not self.active <= set(arrived):
-                continue
-            del self.open[r]
-            self.rounds += 1
-            ready = max(arrived.values())
-            self.engine.at(ready).callbacks.append(lambda _e, w=waiting: self._send_average(w))
-
-    def _send_average(self, waiting: dict[int, simpy.Event | None]) -> None:
-        """At the instant the average is ready: each participant receives it on its backhaul."""
-        for j, ev in waiting.items():
-            (end,) = self.lanes[j].serve([("sync-recv", self.seconds[j])])
-            self.bytes[self.names[j]] += self.adapter_bytes
-            done = end + self.latency[j]
-            if ev is not None:
-                self.engine.succeed_at(ev, done)
-            else:
-                self.engine.at(done)  # the run lasts until the last average has arrived
-
-
-def backhaul_for(engine: Engine, scenario, cm, lora_start: int, job) -> Backhaul:
-    """The :class:`Backhaul` of a SplitFrozen run: adapters of blocks ``lora_start..L-1`` and the head."""
-    L = scenario.arch.n_layers
-    servers = [(s.name, s.backhaul.bandwidth, s.backhaul.latency) for s in scenario.servers]
-    active = {d.server for d in job.devices if d.n}
-    if getattr(job, "network", None) is not None:  # servers that devices hand over to train too
-        active |= {leg.server for m in job.network.moving.values() for leg in m.legs}
-    sync = scenario.training.sync
-    return Backhaul(engine, servers, cm.adapter_bytes(range(lora_start, L), head=True), sync.every, sync.mode, active)
+    def _drained_step(self, srv, t: float) -> float:
+        """The step a drained server takes with the others (joint rounds): on its first lane."""
+        self.engine.record(srv.lane(0), "step", t, srv.step)
+        return t + srv.step

@@ -86,6 +86,7 @@ class Job:
     device_flops: dict[str, float] = field(default_factory=dict)
     server_flops: dict[str, float] = field(default_factory=dict)
     network: object | None = None  # the dynamic network (sfsim.schedules.network), when the scenario has one
+    sync: object | None = None  # a baseline's backhaul rounds (sfsim.network.backhaul.SyncSpec), when modelled
 
 
 def link_seconds(nbytes: float, link) -> float:

@@ -27,6 +27,13 @@ FedAvg membership (:class:`FedGroup`, one per server) follows the devices:
   off is lost. Its micro-batches count as trained once their round's upload has been sent; the
   others are its ``samples_not_trained``. A download cut off loses nothing already trained.
 
+Several servers with ``training.sync`` (:class:`sfsim.network.backhaul.ServerRounds`, as
+the runtime's ``fed_round``): a server's FedAvg rounds count; after every ``every``-th (every one with ``every:
+1`` in ``sync`` mode) it joins the servers' backhaul round before its devices download the average (a barrier
+in ``sync`` mode), and after its last it answers the others' rounds until none trains, then a closing round
+when one is due; a round whose devices all left before uploading ends empty, as the runtime's. With handovers
+the backhaul rounds are left out (``sfsim simulate`` says so).
+
 ``handovers`` in the result count micro-batches by their round's upload (``sent_before`` /
 ``sent_after``); busy time and FLOPs count the micro-batches and steps whose compute ended.
 """
@@ -37,6 +44,7 @@ import bisect
 import math
 
 from sfsim.engine.pool import DeviceTimes, Engine, FifoLane, ServerTimes
+from sfsim.network.backhaul import ServerRounds, sync_spec
 from sfsim.network.legs import Leg, Motion, gone_at, online, record_online, span
 from sfsim.schedules.common import (
     Job,
@@ -69,6 +77,8 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         job.devices.append(dt)
         job.device_flops[d.name] = dt.units(n) * full.total
     job.network = every_device(setup, job)
+    if job.network is None or not any(len(m.legs) > 1 for m in job.network.motions.values()):  # handovers: left out
+        job.sync = sync_spec(sc, adapter)  # the servers' averages: every block's adapters and the head
     return job
 
 
@@ -90,10 +100,14 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     n_rounds = {i: rounds(d.n, per) for i, d in enumerate(job.devices)}
     most = max(n_rounds.values(), default=0)
     fed_groups = []
-    for srv in job.servers:
+    backhaul = job.sync.start(engine) if job.sync is not None else None
+    for k, srv in enumerate(job.servers):
         lane = FifoLane(engine, srv.lane(0))
         engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
         fed_groups.append(FedGroup(engine, lane, srv.aggregate, most))
+        if backhaul is not None:
+            own = [n_rounds[i] for i, d in enumerate(job.devices) if d.server == k and d.n]
+            fed_groups[-1].backhaul(ServerRounds(backhaul, k, job.sync.payload, job.sync.closing), max(own, default=0))
     members = Membership(engine, fed_groups, motions, n_rounds)
     for i in [i for _, ids in groups(job.devices).items() for i in ids]:  # the results' order: by server
         d, m = job.devices[i], motions[i]
@@ -129,6 +143,17 @@ class FedGroup:
         self.done = [engine.env.event() for _ in range(n_rounds)]
         self.expect: dict[int, list[int]] = {}  # device -> [lo, hi): the rounds it is expected for here
         self.on_wait = None  # called with r when an arrival has to wait (Membership keeps the run alive)
+        self.sync: ServerRounds | None = None  # the backhaul rounds after each FedAvg (:meth:`backhaul`)
+        self.next, self.over, self.prev = 0, False, None  # with them: the round under way, ended, the last one's process
+
+    def backhaul(self, sync: ServerRounds, n_rounds: int) -> None:
+        """After each FedAvg round the server joins the servers' backhaul round (when due) before its devices
+        download, and after its last (no device expected for the next) it ends as the runtime's ``fed_finish``.
+        A round whose every expected device left before uploading ends empty, as in the runtime."""
+        self.sync = sync
+        if n_rounds == 0:  # a server without devices: it answers the others' rounds from the start
+            self.over = True
+            self.engine.env.process(sync.finish(0.0))
 
     def join(self, i: int, lo: int, hi: int) -> None:
         """Device ``i`` is expected here for rounds ``lo..hi-1``."""
@@ -145,6 +170,7 @@ class FedGroup:
         span_i[1] = max(lo, hi)
         for r in range(span_i[1], old):
             self.need[r] -= 1
+        for r in range(span_i[1], old):
             self._close(r)
 
     def arrive(self, r: int):
@@ -164,7 +190,29 @@ class FedGroup:
         if not self.closed[r] and self.arrived[r] and self.arrived[r] >= self.need[r]:
             self.closed[r] = True
             (end,) = self.lane.serve([("aggregate", self.per_device * self.arrived[r])])
-            self.engine.succeed_at(self.done[r], end)
+            if self.sync is not None:
+                self._backhaul_round(r, end)
+            else:
+                self.engine.succeed_at(self.done[r], end)
+        elif self.sync is not None and not self.closed[r] and not self.need[r] and r == self.next and not self.over:
+            self.closed[r] = True  # every device of the round under way left before uploading: it ends empty
+            self._backhaul_round(r, self.engine.env.now)
+
+    def _backhaul_round(self, r: int, end: float) -> None:
+        """Round ``r`` ended at ``end``: the last when no device is expected for the next (runtime: none has data
+        left); its backhaul round follows the previous one's."""
+        last = r + 1 >= len(self.need) or not self.need[r + 1]
+        self.next, self.over = r + 1, last
+        self.prev = self.engine.env.process(self._synced(r, end, last, self.prev))
+
+    def _synced(self, r: int, end: float, last: bool, prev):
+        """Round ``r``'s average goes to the backhaul round (a barrier in sync mode) before the devices get it."""
+        if prev is not None:
+            yield prev
+        t = yield from self.sync.fed_round(max(end, self.engine.env.now), last=last)
+        self.engine.succeed_at(self.done[r], max(t, self.engine.env.now))
+        if last:
+            yield from self.sync.finish(t)
 
 
 class Membership:

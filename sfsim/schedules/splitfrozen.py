@@ -59,6 +59,7 @@ from simpy.events import PENDING
 from sfsim.engine.credits import Credits
 from sfsim.engine.pool import DeviceTimes, Engine, ServerPool, ServerTimes
 from sfsim.network.availability import next_online
+from sfsim.network.backhaul import sync_spec
 from sfsim.network.legs import Motion, motion_of, needs_motion, online, record_online, span
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, link_seconds
 from sfsim.schedules.network import Untouched, needs_dynamics, not_applicable, trace_moves
@@ -94,6 +95,8 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         job.device_flops[d.name] = dt.units(sent) * prefix.f
         job.server_flops[srv.name] += dt.units(n) * suffix.total
     job.network = network(setup, job)
+    # several servers: the backhaul rounds (sfsim.network.backhaul), the closing ones without training.sync
+    job.sync = sync_spec(sc, cm.adapter_bytes(range(ls, sc.arch.n_layers), head=True))  # the server's LoRA and head
     return job
 
 
@@ -110,6 +113,8 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     pools = [ServerPool(engine, s, views[k] if views else job.devices, k, cfg.buffer, cfg.accumulate,
                         cfg.decompose, cfg.policy, sequential, cfg.credits, cfg.pool_memory, cfg.seed)
              for k, s in enumerate(job.servers)]
+    if engine.sync is not None:  # training.sync: sfsim.network.backhaul.PoolRounds (whether a step is a server's last)
+        engine.sync.attach(pools)
     moving = net.moving if net else {}
     if moving:
         prepare(engine, pools, cfg.buffer, moving, sequential)

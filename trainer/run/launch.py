@@ -233,14 +233,14 @@ def _own_devices(built: runner.Built, fl: Fleet, rank: int) -> None:
 
 
 def _server_sync(cfg, built: runner.Built, fl: Fleet, rank: int, links: ServerLinks) -> ServerSync:
-    """Server ``rank``'s backhaul sync (``training.sync``; none: one last round per epoch, so that the servers
+    """Server ``rank``'s backhaul sync (``training.sync``; none: only the last round of each epoch, so that the servers
     still end each epoch as one model), shaped to its ``backhaul`` link under ``--emulate links|all``."""
     sync, srv = built.scenario.training.sync, built.scenario.servers[rank]
     link = None
     if cfg.emulate in ("links", "all") and srv.backhaul is not None:
         link = (srv.backhaul.bandwidth, srv.backhaul.latency)
     samples = sum(r.n_samples for r in built.setup.devices)
-    every, mode = (sync.every, sync.mode) if sync is not None else (2**62, "sync")
+    every, mode = (sync.every, sync.mode) if sync is not None else (None, "sync")
     return ServerSync(links, rank, len(fl.servers), every, mode, samples, built.setup.meter, fl.servers[rank], link)
 
 

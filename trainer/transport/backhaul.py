@@ -23,7 +23,9 @@ What a round averages:
 A server that has trained its epoch keeps answering rounds with weight 0 (it no longer holds the others
 back, as in the simulator) until none trains; then a last round averages everything (adapters, head
 and a method's extra state such as SplitLoRA's client average), so that after it every server holds
-bit-identical adapters and the one saved adapter is the logical model.
+bit-identical adapters and the one saved adapter is the logical model. Without ``training.sync``
+(``every=None``) there are no rounds during the epoch, so that last round alone ends it (a round of zeros
+before it would carry nothing: every server has ended its epoch when it joins).
 
 The rounds travel over the servers' admitted channels (:mod:`trainer.transport.rendezvous`: server ``j``
 <-> server 0, authenticated and, when the run encrypts, encrypted), not over gloo collectives: every
@@ -132,7 +134,8 @@ class ServerSync:
         group: the backhaul between the servers (:class:`ServerLinks`).
         index: this server's index.
         n_servers: servers in the group.
-        every: optimizer steps (FedLoRA: rounds) between sync rounds.
+        every: optimizer steps (FedLoRA: rounds) between sync rounds; None: no ``training.sync``, only the
+            last round of each epoch.
         mode: ``sync`` or ``async``.
         weight: this server's weight in averages (its devices' training samples).
         meter: this process's meter (trace events on ``backhaul:<lane>``).
@@ -140,9 +143,9 @@ class ServerSync:
         link: ``(bandwidth bit/s, latency s)`` of its backhaul when links are shaped, else None.
     """
 
-    def __init__(self, group, index: int, n_servers: int, every: int, mode: str, weight: float, meter: Meter,
-                 lane: str, link: tuple[float, float] | None = None):
-        if every < 1 or mode not in ("sync", "async"):
+    def __init__(self, group, index: int, n_servers: int, every: int | None, mode: str, weight: float,
+                 meter: Meter, lane: str, link: tuple[float, float] | None = None):
+        if (every is not None and every < 1) or mode not in ("sync", "async"):
             raise ValueError(f'"every" must be >= 1 and "mode" sync or async (got {every}, {mode!r})')
         self.group, self.index, self.n = group, index, n_servers
         self.every, self.mode, self.weight = every, mode, float(weight)
@@ -170,7 +173,7 @@ class ServerSync:
     def after_step(self, state: list[torch.Tensor], last: bool = False) -> None:
         """One optimizer step ended; every ``every``-th, average ``state`` (the adapters and head) with the others."""
         self.steps += 1
-        if not self.joint and self.steps % self.every == 0:
+        if self._due():
             self._average(state, self.weight, not last)
 
     def finish(self, state: list[torch.Tensor], params: list[torch.nn.Parameter] | None = None,
@@ -186,9 +189,9 @@ class ServerSync:
             last_round: always end with the last round (``state`` holds more than the rounds carry).
         """
         self._wait()
-        while self.ended is None:
+        while self.ended is None and self.every is not None:
             self._drained(state, params, step, False)
-        if self.ended or last_round:
+        if self.ended or last_round or self.every is None:
             self._round(state, self.weight, False, adopt=True)
         self.ended = None
 
@@ -199,6 +202,9 @@ class ServerSync:
         round ends the run. With gradients averaged before every step (joint) it answers the next round now
         (and steps with the others); otherwise the round runs in the background (it adopts nothing), so that a
         visitor who joins meanwhile is served at once, and the server's next round waits for it."""
+        if self.every is None:  # no rounds before the epoch's last: nothing to answer
+            time.sleep(IDLE_POLL_S)
+            return
         if self.joint:
             self._wait()
             self._drained(state, params, step, True)
@@ -207,6 +213,9 @@ class ServerSync:
 
     def fed_idle(self, state: list[torch.Tensor]) -> None:
         """FedLoRA's :meth:`idle`: joint, adopt the others' average of the next round; else answer in the background."""
+        if self.every is None:
+            time.sleep(IDLE_POLL_S)
+            return
         if self.joint:
             self._wait()
             self._round([torch.zeros_like(t) for t in state], 0.0, True, adopt=True, into=state)
@@ -243,19 +252,23 @@ class ServerSync:
         self.steps += 1
         if self.joint:
             self._round(state, weight, not last, adopt=True)
-        elif self.steps % self.every == 0:
+        elif self._due():
             self._average(state, weight, not last)
 
     def fed_finish(self, state: list[torch.Tensor], weight: float) -> None:
         """FedLoRA's drain: joint rounds adopt the others' average until none trains, then the last round."""
         self._wait()
-        while self.ended is None:
+        while self.ended is None and self.every is not None:
             self._round([torch.zeros_like(t) for t in state], 0.0, False, adopt=self.joint, into=state)
-        if self.ended:
+        if self.ended or self.every is None:
             self._round(state, weight, False, adopt=True)
         self.ended = None
 
     # -- rounds -----------------------------------------------------------------------------------------
+    def _due(self) -> bool:
+        """Whether the step just counted starts a weight round (never without ``training.sync``)."""
+        return not self.joint and self.every is not None and self.steps % self.every == 0
+
     def _average(self, state: list[torch.Tensor], weight: float, active: bool) -> None:
         """A weight round: blocking in sync mode; in async mode a thread on a snapshot, merged at the next."""
         if self.mode == "sync":

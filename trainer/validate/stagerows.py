@@ -7,8 +7,8 @@
   predicted: every micro-batch a device sent times its encode plus its server's decode
   (:meth:`sfsim.cost.model.CostModel.codec_seconds`: a latency profile's codec timings; zero on a device rated
   in FLOPS, whose codec the simulator takes as free). Both sides also count these seconds inside
-  ``device_forward`` and ``server_F``; the row shows them apart. The simulator costs the codec of SplitFrozen's
-  activations only: for the other methods (SplitLoRA codes its gradients too) the predicted row is 0.
+  ``device_forward`` and ``server_F``; the row shows them apart. SplitLoRA codes its cut-layer gradients too: the
+  server encodes and the device decodes each one as well. FedLoRA and CenLoRA send no activations (row 0).
 """
 
 from __future__ import annotations
@@ -32,17 +32,20 @@ def codec_measured(metrics: dict) -> float:
 
 def codec_predicted(sc, events: list[TraceEvent], assignment: dict[str, str], method: str) -> float:
     """The simulator's codec seconds on scenario ``sc``: each device's sent micro-batches (its distinct forwards
-    in ``events``) times its encode plus its server's decode; 0 for a method whose codec it does not cost."""
-    if method not in SPLITFROZEN:
+    in ``events``) times its encode plus its server's decode (SplitLoRA: and the gradient's way back, the server's
+    encode and the device's decode); 0 for a method that sends no activations."""
+    if method not in SPLITFROZEN and method != "splitlora":
         return 0.0
+    both = method == "splitlora"
     cm = CostModel(sc)
     devices = {d.name: d for d in sc.devices}
     sent: dict[str, set[int]] = {}
     for e in events:
         if e.op == "F" and e.lane in devices:
             sent.setdefault(e.lane, set()).add(e.mb)
-    return sum(len(mbs) * (cm.codec_seconds(devices[n], "encode")
-                           + cm.codec_seconds(sc.server_by_name[assignment[n]], "decode"))
+    ops = (("encode", "decode"), ("decode", "encode")) if both else (("encode", "decode"),)
+    return sum(len(mbs) * sum(cm.codec_seconds(devices[n], dev) + cm.codec_seconds(sc.server_by_name[assignment[n]], srv)
+                              for dev, srv in ops)
                for n, mbs in sent.items())
 
 

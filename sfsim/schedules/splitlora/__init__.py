@@ -31,6 +31,16 @@ This follows :mod:`trainer.methods.splitlora` on the distributed runtime step fo
     client before its first ``fwd`` (the very first client of the run starts from the initial
     adapters). No FedAvg and no aggregate; ``fedavg_every`` and ``server_policy`` do not apply.
 
+* **Several servers** with ``training.sync`` (:class:`sfsim.network.backhaul.ServerRounds`, as
+  :mod:`trainer.transport.backhaul`): the server's optimizer steps count (one on a partial window too);
+  every ``every``-th step is followed by a round of its LoRA and head (``every: 1`` in ``sync`` mode: the
+  gradients before each step), a barrier in ``sync`` mode; each epoch ends, after the clients' FedAvg, with
+  rounds of zeros until no server trains and a closing round that carries the clients' average too. Every
+  server takes part in every round, one without clients too. With handovers the rounds are left out
+  (``sfsim simulate`` says so).
+* **Codec** (``training.wire_dtype``): the client encodes its activations (in ``F``) and decodes the
+  gradient (in ``B``); the server decodes the activations (in ``F``) and encodes the gradient (in ``B``).
+
 Layout: :mod:`.schedule` (build, run), :mod:`.server` (the loop), :mod:`.moves` (handovers: the loops in time).
 
 Until this model the simulator let clients run concurrently on a FIFO server lane with a FedAvg

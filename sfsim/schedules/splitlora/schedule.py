@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing
+from sfsim.network.backhaul import ServerRounds, sync_spec
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, aggregate_seconds, groups, link_seconds
 from sfsim.schedules.network import every_device, trace_moves
 from sfsim.schedules.splitlora.moves import hands_over, run_jointly
@@ -31,6 +32,10 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         client, server = cm.splitlora_client(k), cm.splitlora_server(k)
         f, b, w = cm.seconds(client, d)
         sf, sb, sw = cm.seconds(server, srv)
+        # the wire codec (0 for fp32): activations encoded on the client and decoded on the server, the
+        # cut-layer gradient encoded on the server (before it goes down) and decoded on the client
+        f, b = f + cm.codec_seconds(d, "encode"), b + cm.codec_seconds(d, "decode")
+        sf, sb = sf + cm.codec_seconds(srv, "decode"), sb + cm.codec_seconds(srv, "encode")
         up, down = cm.uplink_bytes(k), cm.gradient_bytes(k)
         adapter_params = cm.trainable_params(range(k), head=False)
         sync = cm.adapter_bytes(range(k), head=False)
@@ -47,6 +52,10 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         servers[idx[srv.name]] = ServerTimes(k_agg.name, k_agg.count, k_agg.step,
                                              max(k_agg.aggregate, aggregate_seconds(adapter_params, srv, cm)))
     job.network = network(setup, job)
+    if job.network is None or not hands_over(job.network.motions):  # with handovers: left out (a note says so)
+        cut = max(setup.splits.values(), default=0)  # the runtime's one cut for every client
+        payload = cm.adapter_bytes(range(cut, L), head=True)  # the server's optimizer: its LoRA and the head
+        job.sync = sync_spec(sc, payload, payload + cm.adapter_bytes(range(cut), head=False))  # + clients' average
     return job
 
 
@@ -72,14 +81,20 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         run_jointly(engine, job, cfg, net)
     else:
         lost: set[int] = set()
-        for k, members in groups(job.devices).items():
-            srv = job.servers[k]
+        by_server = groups(job.devices)
+        rounds = job.sync.start(engine) if job.sync is not None else None
+        for k in (range(len(job.servers)) if rounds is not None else by_server):  # with sync: every server
+            srv, members = job.servers[k], by_server.get(k, [])
             mix = engine.mixing[srv.name] = StreamMixing([d.n if d.server == k else 0 for d in job.devices])
             for i in members:
                 name = job.devices[i].name
                 engine.device_busy[name] = engine.up_bytes[name] = engine.down_bytes[name] = 0.0
             clients = [Client(i, job.devices[i]) for i in members if job.devices[i].n]
             loop = Server(engine, srv, clients, cfg, mix, net.motions if net is not None else None, lost)
+            if rounds is not None:
+                loop.sync = ServerRounds(rounds, k, job.sync.payload, job.sync.closing, always_close=True,
+                                         step=loop.drained_step)
+                loop.epochs = job.sync.epochs
             engine.env.process(loop.run())
         for srv in job.servers:
             engine.server_busy.setdefault(srv.name, 0.0)

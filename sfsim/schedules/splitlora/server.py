@@ -93,22 +93,26 @@ class Server:
         self.free = self.end = self.busy = 0.0  # server free at; last instant of the run; busy seconds
         self.steps = self.window = 0  # server steps so far; micro-batches since its last step
         self.relay = False  # sequential: some client has handed its adapters on
+        self.sync = None  # the backhaul rounds (sfsim.network.backhaul.ServerRounds), when modelled
+        self.epochs: int | None = None  # with sync: the run's epochs (a server without clients takes part too)
 
     def run(self):
         """The SimPy process: every epoch in the client order, then wait until the last event."""
         per = {c: c.d.per_epoch or c.d.n for c in self.clients}
-        epochs = max((-(-c.d.n // per[c]) for c in self.clients), default=0)
+        epochs = max((-(-c.d.n // per[c]) for c in self.clients), default=0) if self.epochs is None else self.epochs
         for e in range(epochs):
             counts = {c: k for c in self.clients if (k := min(per[c], c.d.n - e * per[c])) > 0}
             if self.cfg.client_order == "sequential":
-                self._sequential(counts)
+                yield from self._sequential(counts)
             else:
-                self._interleaved(counts)
+                yield from self._interleaved(counts)
+            if self.sync is not None:  # the epoch's last rounds (trainer: Method.train_epoch, finish_sync)
+                self.free = yield from self.sync.finish(self.free)
         self.engine.server_busy[self.srv.name] = self.busy
-        yield self.engine.at(self.end)
+        yield self.engine.at(max(self.end, self.engine.env.now))
 
     # -- the two client orders (trainer.methods.splitlora: server_epoch, _sequential) -------------------
-    def _interleaved(self, counts: dict[Client, int]) -> None:
+    def _interleaved(self, counts: dict[Client, int]):
         every, acc = self.cfg.fedavg_every, self.cfg.accumulate
         kind = FIXED_ORDERS.get(self.cfg.policy)
         by_name = {c.d.name: c for c in counts}
@@ -118,30 +122,30 @@ class Server:
             quota = (every - self.steps % every) * acc  # micro-batches to the next FedAvg
             if order is not None:
                 seg, order = order[:quota], order[quota:]
-                self._fixed_segment(seg, left)
+                yield from self._fixed_segment(seg, left)
             else:
-                self._arrival_segment(quota, left)
-            self._server_step()  # a partial window at the segment's end
+                yield from self._arrival_segment(quota, left)
+            yield from self._server_step()  # a partial window at the segment's end
             if self.steps % every == 0 and left:
                 self._fedavg()
         self._fedavg()
 
-    def _sequential(self, counts: dict[Client, int]) -> None:
+    def _sequential(self, counts: dict[Client, int]):
         for c, k in counts.items():
             if self.relay:  # the previous client's adapters, down before the first fwd
                 self._down(c, self.free, c.d.sync_down_s, -1, c.d.sync_bytes)
             self._issue(c, self.free)
             for j in range(k):
-                self._serve(c)
+                yield from self._serve(c)
                 if j + 1 < k:
                     self._issue(c, self.free)
-            self._server_step()
+            yield from self._server_step()
             self._upload_adapters(c)
             self.free, c.arrival = max(self.free, c.arrival), None  # the server waits for them
             self.relay = True
 
     # -- segments between FedAvg rounds (trainer: _segment) ----------------------------------------------
-    def _fixed_segment(self, seg: list[Client], left: dict[Client, int]) -> None:
+    def _fixed_segment(self, seg: list[Client], left: dict[Client, int]):
         """Serve ``seg`` in its order, waiting for each named client's micro-batch."""
         todo = {c: 0 for c in left}
         for c in seg:
@@ -150,13 +154,13 @@ class Server:
             if todo[c]:
                 self._issue(c, self.free)
         for c in seg:
-            self._serve(c)
+            yield from self._serve(c)
             todo[c] -= 1
             self._count_down(left, c)
             if todo[c]:
                 self._issue(c, self.free)
 
-    def _arrival_segment(self, quota: int, left: dict[Client, int]) -> None:
+    def _arrival_segment(self, quota: int, left: dict[Client, int]):
         """Serve ``quota`` micro-batches in arrival order (ties: device order).
 
         A turn of a client that is gone (arrival ``-inf``: its upload never arrives on the dynamic network)
@@ -174,7 +178,7 @@ class Server:
             c = min(out, key=lambda c: (c.arrival, c.i))
             out.remove(c)
             skipped = c.arrival == -math.inf
-            self._serve(c)
+            yield from self._serve(c)
             self._count_down(left, c)
             served, issued = served + (not skipped), issued - skipped
             if issued < quota and unissued[c]:
@@ -198,7 +202,7 @@ class Server:
         c.free = self._device(c, "F", start, d.fwd(n), n)
         c.arrival = self._up(c, c.free, d.up_s * x, n, d.up_bytes * x)
 
-    def _serve(self, c: Client) -> None:
+    def _serve(self, c: Client):
         """Server F, B (gradient down), W, maybe its step; the client's B, W, maybe its step."""
         if c.arrival == -math.inf:  # its upload never arrived (the client is gone): the turn is skipped
             c.arrival = None
@@ -221,13 +225,22 @@ class Server:
             self._client_step(c, n)
         self.window += 1
         if self.window == acc:
-            self._server_step()
+            yield from self._server_step()
 
-    def _server_step(self) -> None:
-        """The server's step on what it accumulated (nothing: no step)."""
+    def _server_step(self):
+        """The server's step on what it accumulated (nothing: no step), inside the backhaul rounds when modelled."""
         if self.window:
+            if self.sync is not None:  # joint mode: the servers average the gradients first
+                self.free = yield from self.sync.before_step(self.free)
             self.free = self._op("step", self.free, self.srv.step, -1, "")
             self.steps, self.window = self.steps + 1, 0
+            if self.sync is not None:
+                self.free = yield from self.sync.after_step(self.free)
+
+    def drained_step(self, t: float) -> float:
+        """The step a server whose epoch is trained takes with the others (joint backhaul rounds); its end."""
+        self.free = self._op("step", max(t, self.free), self.srv.step, -1, "")
+        return self.free
 
     def _client_step(self, c: Client, mb: int) -> None:
         c.free = self._device(c, "step", c.free, c.d.step, mb)
@@ -452,7 +465,7 @@ class Server:
         self.left = dict(counts)
         while self.left:
             yield from self._segment_in_time((every - self.steps % every) * acc)
-            self._server_step()  # a partial window at the segment's end
+            yield from self._server_step()  # a partial window at the segment's end
             if self.steps % every == 0 and self.left:
                 yield from self._round()
         yield from self._round()
@@ -472,7 +485,7 @@ class Server:
                 continue
             self.out.remove(c)
             skipped = c.arrival == -math.inf
-            self._serve(c)
+            yield from self._serve(c)
             self._count_down(self.left, c)
             served, self.issued = served + (not skipped), self.issued - skipped
             now = self.engine.env.now
