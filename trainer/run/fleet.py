@@ -4,6 +4,7 @@ legs and shaped links each device has (its handovers' servers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from trainer.run import runner
 from trainer.transport import dynamics
@@ -58,3 +59,15 @@ def shaping(cfg, legs: dict[str, list[tuple]]) -> dict | None:
                   for _, r, up_rate, down_rate, (up, down) in lg}
         out[name] = shapes if len(shapes) > 1 else next(iter(shapes.values()))
     return out
+
+
+def first_error(logs: Path, roles: list[tuple[str, int | None]]) -> str | None:
+    """The ``error:`` line of the first role (name, exit status) that failed, from ``logs/<name>.log``, naming
+    the role; None when none of them failed with one (e.g. a device that died before the rendezvous)."""
+    for name, code in roles:
+        log = logs / f"{name}.log"
+        lines = log.read_text(errors="replace").splitlines() if code not in (0, None) and log.is_file() else []
+        errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+        if errors:
+            return f"error: {name}: {errors[-1]}"
+    return None

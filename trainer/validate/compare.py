@@ -40,6 +40,7 @@ from sfsim.cost.hostshare import runnable_shares, scale_profile, slowdown
 from sfsim.cost.latency import load_latency_profile
 from sfsim.cost.model import CostModel
 from sfsim.errors import SfsimError
+from sfsim.methods import canonical
 from sfsim.network.linkrate import read_trace
 from sfsim.outputs.gantt import Panel, write_panels
 from sfsim.outputs.trace import TraceEvent, read_chrome_trace, write_chrome_trace
@@ -49,7 +50,7 @@ from sfsim.scenario.schema import read_yaml, write_atomic
 from sfsim.units import format_amount, parse_quantity
 from trainer.run.launch import run
 from trainer.run.runner import RunConfig
-from trainer.validate.machine import refusal, server_profile, too_fast
+from trainer.validate.machine import check_devices, check_emulation, server_profile, sim_model
 from trainer.validate.profile import LoadSampler, load_factor
 from trainer.validate.stagerows import codec_measured, codec_predicted, is_sync
 
@@ -99,6 +100,11 @@ class ValidateConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise SfsimError(f"--{name.replace('_', '-')} {path}: no such file (make one with sfsim profile)")
+        canonical(self.method)  # a typo is one line before any profiling or loading
+        for name in ("train_samples", "micro_batch", "accumulate", "max_len", "buffer", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SfsimError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
 
 
 def run_validation(vc: ValidateConfig, say=print) -> dict:
@@ -111,10 +117,11 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
 
     out = Path(vc.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_devices(vc)
     source = "given" if vc.server_profile is not None else None
     if source is None:
         vc, source = _own_server_profile(vc, say)
-    native = _check_emulation(vc)
+    native = check_emulation(vc)
     rc = RunConfig(devices=vc.devices, model=vc.model, task=vc.task, method=vc.method, partition=vc.partition,
                    out=str(out / "run"), split=vc.split, epochs=vc.epochs, train_samples=vc.train_samples, eval_samples=8,
                    seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
@@ -157,27 +164,10 @@ def _own_server_profile(vc: ValidateConfig, say) -> tuple[ValidateConfig, str]:
     data = read_yaml(vc.devices)
     mb = vc.micro_batch or data.get("training", {}).get("micro_batch", 8)
     task, labels = _task_head(vc.task)
-    sp = server_profile(vc.model, _sim_model(vc.model), task=task, num_labels=labels, micro_batch=mb,
+    sp = server_profile(vc.model, sim_model(vc.model), task=task, num_labels=labels, micro_batch=mb,
                         max_len=vc.max_len, threads=vc.threads, say=say)
     how = f"measured now ({sp.wall_s} s)" if sp.measured else f"cached {sp.age_s / 60:.0f} min ago"
     return dataclasses.replace(vc, server_profile=str(sp.path)), f"this machine's, {how}"
-
-
-def _check_emulation(vc: ValidateConfig) -> tuple:
-    """Devices this machine cannot emulate (compute emulation only): refused unless ``vc.allow_native``."""
-
-    if vc.emulate not in ("compute", "all"):
-        return ()
-    data = read_yaml(vc.devices)
-    sets = [("model.name", _sim_model(vc.model)),
-            ("model.seq_len", min(vc.max_len, data.get("model", {}).get("seq_len", vc.max_len)))]
-    if vc.micro_batch:
-        sets.append(("training.micro_batch", vc.micro_batch))
-    sc = scenario_from_dict(apply(data, sets, file=vc.devices), source=vc.devices)
-    native = tuple(too_fast(sc, vc.server_profile, vc.split or sc.training.split or 1))
-    if native and not vc.allow_native:
-        raise refusal(list(native), vc.devices)
-    return native
 
 
 def _mean_tokens(metrics: dict) -> int:
@@ -196,7 +186,7 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
     """
     profiles = dict(profiles or {})
     sets: list[tuple[str, object]] = [
-        ("model.name", _sim_model(vc.model)), ("model.seq_len", _mean_tokens(metrics)),
+        ("model.name", sim_model(vc.model)), ("model.seq_len", _mean_tokens(metrics)),
         ("training.micro_batch", metrics["micro_batch"]), ("training.epochs", vc.epochs),
         ("training.accumulate", metrics["accumulate"]), ("training.buffer", metrics["buffer"]),
         ("training.server_policy", POLICY_OF_ORDER[vc.server_order]),
@@ -365,14 +355,6 @@ def _scale_link(link: dict, r: float, vc: ValidateConfig, name: str) -> None:
         write_atomic(path, f"# {link['trace']}, bandwidths / {r:.6f} (this device's tokens per sample / the mean)\n"
                            f"time_s,bandwidth\n{rows}")
         link["trace"] = str(path.resolve())
-
-
-def _sim_model(model: str) -> str:
-    """The simulator's name for the run's model: a built-in name, or a local folder's config.json."""
-    path = Path(model)
-    if path.is_dir() and (path / "config.json").is_file():
-        return str((path / "config.json").resolve())
-    return model
 
 
 def predict(vc: ValidateConfig, metrics: dict, profiles: dict[str, str] | None = None):

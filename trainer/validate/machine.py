@@ -19,6 +19,9 @@ from pathlib import Path
 
 from sfsim.cost.model import CostModel
 from sfsim.errors import SfsimError
+from sfsim.scenario.config import scenario_from_dict
+from sfsim.scenario.overrides import apply
+from sfsim.scenario.schema import read_yaml
 from sfsim.units import format_amount
 from trainer.model.loading import load_model
 from trainer.validate.profile import ProfileSpec, machine_info, profile_model, write_profile
@@ -155,3 +158,51 @@ def refusal(native: list[NativeDevice], file: str) -> SfsimError:
                       f"this machine runs it (at most {format_amount(d.achievable_flops, 'FLOPS')}): emulation "
                       "can only slow a device down; lower its flops to at most that, or pass --allow-native to "
                       "run it at native speed (flagged in the report)")
+
+
+def sim_model(model: str) -> str:
+    """The simulator's name for the run's model: a built-in name, or a local folder's config.json."""
+    path = Path(model)
+    if path.is_dir() and (path / "config.json").is_file():
+        return str((path / "config.json").resolve())
+    return model
+
+
+def run_scenario(vc):
+    """The scenario with the run's model, longest sequence and micro-batch (what the checks below look at)."""
+    data = read_yaml(vc.devices)
+    sets = [("model.name", sim_model(vc.model)),
+            ("model.seq_len", min(vc.max_len, data.get("model", {}).get("seq_len", vc.max_len)))]
+    if vc.micro_batch:
+        sets.append(("training.micro_batch", vc.micro_batch))
+    return scenario_from_dict(apply(data, sets, file=vc.devices), source=vc.devices)
+
+
+def check_devices(vc) -> None:
+    """One-line errors, before any profiling or process starts, for what the run would refuse late: a cut
+    outside the model, or (compute emulation) a device with no ``flops`` rate to slow it down to."""
+
+    sc = run_scenario(vc)
+    n = sc.arch.n_layers
+    if vc.split is not None and not 0 <= vc.split < n:
+        raise SfsimError(f"--split {vc.split} is outside 0..{n - 1} ({sc.arch.name} has {n} blocks); "
+                         "pick a cut in that range")
+    if vc.emulate in ("compute", "all"):
+        for d in sc.devices:
+            if d.flops is None:
+                raise SfsimError(f"{vc.devices}: devices[{d.name}] has a latency profile and no 'flops': --emulate "
+                                 f"{vc.emulate} slows each device down to its flops rate; give it one, or validate "
+                                 "with --emulate links and --device-profile (devices at this machine's speed)")
+
+
+def check_emulation(vc) -> tuple:
+    """Devices this machine cannot emulate (compute emulation only; ``vc``: a ``ValidateConfig``): refused unless
+    ``vc.allow_native``."""
+
+    if vc.emulate not in ("compute", "all"):
+        return ()
+    sc = run_scenario(vc)
+    native = tuple(too_fast(sc, vc.server_profile, vc.split or sc.training.split or 1))
+    if native and not vc.allow_native:
+        raise refusal(list(native), vc.devices)
+    return native

@@ -1,0 +1,86 @@
+"""Issue 22's new-user audit: what ``sfsim validate`` and ``sfsim run`` got wrong on scenarios written for it,
+each a one-line error with exit status 2, given before anything slow (a self-profile, the run's processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sfsim.cli import main
+from trainer.run.fleet import first_error
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _fleet(tmp_path, big: dict) -> str:
+    """runtime_tiny's fleet with its ``big`` device changed by ``big``."""
+    data = yaml.safe_load((FIXTURES / "runtime_tiny.yaml").read_text())
+    data["devices"][0].update(big)
+    data["devices"][0] = {k: v for k, v in data["devices"][0].items() if v is not None}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _validate(tmp_path, model, fleet, *extra):
+    return CliRunner().invoke(main, ["validate", "--devices", fleet, "--model", model, "--method", "splitfrozen",
+                                     "--max-len", "24", "--train-samples", "16", "--data-dir", str(FIXTURES / "data"),
+                                     "--out", str(tmp_path / "val"), *extra])
+
+
+def _one_line(res, start: str, end: str) -> str:
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "server profile" not in res.output  # nothing was profiled
+    err = res.output.strip().splitlines()[-1]
+    assert err.startswith(start) and err.endswith(end), err
+    return err
+
+
+LATENCY = str(ROOT / "profiles" / "latency" / "ci-x86-2core-gpt2.yaml")
+
+
+def test_validate_refuses_a_device_without_flops_to_emulate_before_profiling(tiny_gpt2, tmp_path, monkeypatch):
+    """It failed after the self-profile with 'rendezvous: rank 1 (big) did not join within 30 s'."""
+    monkeypatch.setenv("SFSIM_CACHE", str(tmp_path / "cache"))
+    fleet = _fleet(tmp_path, {"flops": None, "latency_profile": LATENCY})
+    _one_line(_validate(tmp_path, tiny_gpt2, fleet), f"error: {fleet}: devices[big] has a latency profile and no "
+              "'flops': --emulate all slows each device down", "validate with --emulate links and --device-profile "
+              "(devices at this machine's speed)")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(("extra", "start", "end"), [
+    (("--split", "9"), "error: --split 9 is outside 0..3 (", "has 4 blocks); pick a cut in that range"),  # a traceback
+    (("--method", "splitfozen"), "error: unknown schedule/method 'splitfozen'", "cenlora"),  # after profiling
+    (("--train-samples", "0"), "error: --train-samples must be >= 1 (got 0)", "(got 0)"),
+    (("--micro-batch", "0"), "error: --micro-batch must be >= 1 (got 0)", "(got 0)"),
+])
+def test_validate_option_mistakes_are_one_line_before_profiling(tiny_gpt2, tmp_path, monkeypatch, extra, start, end):
+    monkeypatch.setenv("SFSIM_CACHE", str(tmp_path / "cache"))
+    _one_line(_validate(tmp_path, tiny_gpt2, str(FIXTURES / "runtime_tiny.yaml"), *extra), start, end)
+
+
+def test_a_device_that_dies_before_the_rendezvous_names_itself(tiny_gpt2, tmp_path):
+    """``sfsim run --launch local``: the server reported only 'rank 1 (big) did not join within 30 s'."""
+    fleet = _fleet(tmp_path, {"flops": None, "latency_profile": LATENCY})
+    res = CliRunner().invoke(main, ["run", "--devices", fleet, "--model", tiny_gpt2, "--task", "sst2", "--method",
+                                    "splitfrozen", "--partition", "iid", "--split", "1", "--train-samples", "16",
+                                    "--max-len", "24", "--data-dir", str(FIXTURES / "data"), "--emulate", "compute",
+                                    "--peer-timeout", "20", "--quiet", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1] == (f"error: big: {fleet}: device big has a latency profile; "
+                                                   "--emulate compute needs a 'flops' rate for every device")
+
+
+def test_first_error_names_the_first_failed_role(tmp_path):
+    (tmp_path / "a.log").write_text("loading\nerror: first\n")
+    (tmp_path / "b.log").write_text("note: x\nerror: old\nerror: why b failed\n")
+    (tmp_path / "c.log").write_text("error: c is still running\n")
+    assert first_error(tmp_path, [("a", 0), ("c", None), ("b", 1)]) == "error: b: why b failed"
+    assert first_error(tmp_path, [("a", 0), ("missing", 1)]) is None
