@@ -89,3 +89,25 @@ def test_first_error_names_the_first_failed_role(tmp_path):
     (tmp_path / "c.log").write_text("error: c is still running\n")
     assert first_error(tmp_path, [("a", 0), ("c", None), ("b", 1)]) == "error: b: why b failed"
     assert first_error(tmp_path, [("a", 0), ("missing", 1)]) is None
+
+
+def test_several_servers_share_the_cores_with_each_other(tiny_gpt2, tmp_path, monkeypatch):
+    """Two servers and four devices are 6 processes (the header said 5), and each server's stretch counts the other
+    server's busy share besides the devices' (it counted the devices only)."""
+    from sfsim.cost.hostshare import slowdown
+
+    monkeypatch.setenv("SFSIM_CACHE", str(tmp_path / "cache"))
+    res = _validate(tmp_path, tiny_gpt2, str(FIXTURES / "runtime_two_servers.yaml"), "--split", "1")
+    assert res.exit_code == 0, res.output
+    rep = yaml.safe_load((tmp_path / "val" / "report.json").read_text())
+    host = rep["header"]["host"]
+    assert host["processes"] == 6 and set(host["server_slowdowns"]) == set(host["server_cpu_shares"]) == {"mec-a",
+                                                                                                         "mec-b"}
+    devices = [(p, 1) for p in host["device_cpu_shares"].values()]
+    for s, other in (("mec-a", "mec-b"), ("mec-b", "mec-a")):
+        assert 0 < host["server_cpu_shares"][s] <= 1
+        want = slowdown(host["cores"], [*devices, (host["server_cpu_shares"][other], 1)])
+        assert host["server_slowdowns"][s] == pytest.approx(want, abs=2e-4)
+        assert (tmp_path / "val" / f"server-profile-shared-{s}.yaml").is_file()
+    assert host["server_slowdown"] == max(host["server_slowdowns"].values())
+    assert "servers stretched mec-a x" in res.output
