@@ -111,3 +111,17 @@ def test_several_servers_share_the_cores_with_each_other(tiny_gpt2, tmp_path, mo
         assert (tmp_path / "val" / f"server-profile-shared-{s}.yaml").is_file()
     assert host["server_slowdown"] == max(host["server_slowdowns"].values())
     assert "servers stretched mec-a x" in res.output
+
+
+def test_validate_prints_no_weight_loading_bar(tiny_gpt2, tmp_path, monkeypatch):
+    """The self-profile loaded the model with transformers' 'Loading weights' bar among validate's notes."""
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setenv("SFSIM_CACHE", str(tmp_path / "cache"))
+    hf_logging.enable_progress_bar()
+    try:
+        res = _validate(tmp_path, tiny_gpt2, _fleet(tmp_path, {"flops": "1 PFLOPS"}))
+    finally:
+        hf_logging.disable_progress_bar()
+    assert res.exit_code == 2 and "server profile: measuring" in res.output, res.output
+    assert "Loading weights" not in res.output
