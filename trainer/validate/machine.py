@@ -74,7 +74,13 @@ def is_stale(path: Path, max_age_s: float = MAX_AGE_S) -> str | None:
     age = time.time() - path.stat().st_mtime
     if age > max_age_s:
         return f"the cached one is {age / 3600:.1f} h old (> {max_age_s / 3600:.0f} h)"
-    machine = (yaml.safe_load(path.read_text()) or {}).get("machine") or {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        return f"the cached one is unreadable ({type(err).__name__})"
+    if not isinstance(data, dict) or not data.get("grid"):
+        return "the cached one is not a latency profile"
+    machine = data.get("machine") or {}
     fp = fingerprint()
     if any(machine.get(k) != v for k, v in fp.items()):
         return "the cached one was measured on another machine or library version"
