@@ -125,3 +125,32 @@ def test_validate_prints_no_weight_loading_bar(tiny_gpt2, tmp_path, monkeypatch)
         hf_logging.disable_progress_bar()
     assert res.exit_code == 2 and "server profile: measuring" in res.output, res.output
     assert "Loading weights" not in res.output
+
+
+def test_a_drained_servers_last_sync_steps_through_the_grad_scaler():
+    """fp16 with several servers: a server that has drained steps on the others' mean gradient in the last sync
+    rounds; that gradient is scaled like every other, so the step must go through the scaler (it was a plain
+    ``opt.step()``: a step 1024 times too large here, and the servers' scalers out of step)."""
+    import torch
+
+    from trainer.methods.common import Method, Placement, ServerMath
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([p], lr=1.0)
+
+    class Sync:
+        def finish(self, state, params, step):
+            for q in params:
+                q.grad = torch.full_like(q, 1024.0)  # the mean of gradients scaled by 1024
+            step()
+
+    class Server(Method):
+        def optimizers(self):
+            return {"server": opt}
+
+    m = Server(None)
+    m.sync, m.math = Sync(), ServerMath(Placement())
+    m.math.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    m.math.scaler.scale(torch.ones(1))  # its earlier steps of the epoch scaled their losses
+    m.finish_sync()
+    assert p.tolist() == [-1.0, -1.0, -1.0] and p.grad is None

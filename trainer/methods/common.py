@@ -462,9 +462,8 @@ class Method:
         opt = self.optimizers().get("server")
         params = [p for g in opt.param_groups for p in g["params"]] if opt is not None else None
 
-        def step() -> None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        def step() -> None:  # through the grad scaler under fp16: the mean gradient is scaled as at every step
+            (getattr(self, "math", None) or ServerMath(Placement())).step(opt)
 
         self.sync.finish(self.sync_state(), params, step)
 
