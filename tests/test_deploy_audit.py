@@ -154,3 +154,27 @@ def test_a_drained_servers_last_sync_steps_through_the_grad_scaler():
     m.math.scaler.scale(torch.ones(1))  # its earlier steps of the epoch scaled their losses
     m.finish_sync()
     assert p.tolist() == [-1.0, -1.0, -1.0] and p.grad is None
+
+
+def test_a_profile_of_another_model_is_refused_before_the_run(tiny_gpt2, tmp_path):
+    """A server profile measured on GPT-2 (12 blocks of 768) was taken for a 4-block tiny GPT-2 run without a word."""
+    res = _validate(tmp_path, tiny_gpt2, str(FIXTURES / "runtime_tiny.yaml"), "--server-profile", LATENCY)
+    err = _one_line(res, f"error: --server-profile {LATENCY}: it was measured on gpt2 (gpt2, 12 blocks of width 768), "
+                    "this run's is ", "(gpt2, 4 blocks of width 32): measure it with sfsim profile --model "
+                    f"{tiny_gpt2} or leave --server-profile out (validate then profiles this machine)")
+    assert not (tmp_path / "val" / "run").exists(), err
+
+
+def test_profile_mismatch_names_the_model_or_the_head():
+    from sfsim.model.arch import BUILTIN
+    from trainer.validate.machine import profile_mismatch
+
+    gpt2, minilm = BUILTIN["gpt2"], BUILTIN["minilm-l6"]
+    assert profile_mismatch({"model": "gpt2", "task": "classification"}, gpt2, "classification") is None
+    assert profile_mismatch({"model": "gpt2", "task": "causal-lm"}, gpt2, "classification") == (
+        "it was measured with a causal-lm head (gpt2)")
+    assert profile_mismatch({"model": "gpt2"}, minilm, "classification") == (
+        "it was measured on gpt2 (gpt2, 12 blocks of width 768)")
+    arch = {"family": "bert", "n_layers": 6, "hidden": 384}
+    assert profile_mismatch({"model": "/x/config.json", "arch": arch}, minilm, "classification") is None
+    assert profile_mismatch({"model": "unknown-name"}, minilm, "classification") is None  # cannot tell

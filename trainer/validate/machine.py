@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sfsim.cost.model import CostModel
 from sfsim.errors import SfsimError
+from sfsim.model.arch import BUILTIN
 from sfsim.scenario.config import scenario_from_dict
 from sfsim.scenario.overrides import apply
 from sfsim.scenario.schema import read_yaml
@@ -193,6 +194,13 @@ def check_devices(vc) -> None:
     if vc.split is not None and not 0 <= vc.split < n:
         raise SfsimError(f"--split {vc.split} is outside 0..{n - 1} ({sc.arch.name} has {n} blocks); "
                          "pick a cut in that range")
+    for option, path in (("--server-profile", vc.server_profile), ("--device-profile", vc.device_profile)):
+        if path is not None:
+            why = profile_mismatch(read_yaml(path), sc.arch, "causal-lm" if vc.task == "gsm8k" else "classification")
+            if why:
+                raise SfsimError(f"{option} {path}: {why}, this run's is {sc.arch.name} ({_shape(sc.arch)}): measure "
+                                 f"it with sfsim profile --model {vc.model}" + (" or leave --server-profile out "
+                                 "(validate then profiles this machine)" if option == "--server-profile" else ""))
     if vc.emulate in ("compute", "all"):
         for d in sc.devices:
             if d.flops is None:
@@ -212,3 +220,24 @@ def check_emulation(vc) -> tuple:
     if native and not vc.allow_native:
         raise refusal(list(native), vc.devices)
     return native
+
+
+def _shape(a) -> str:
+    return f"{a.family}, {a.n_layers} blocks of width {a.hidden}"
+
+
+def profile_mismatch(prof: dict, arch, task: str) -> str | None:
+    """Why a latency profile (a dict as read) cannot stand for a run of ``arch`` on ``task`` (None: it can, or
+    its model is not known well enough to tell): it was measured on another model's blocks or another head."""
+    spec, name = prof.get("arch"), str(prof.get("model"))
+    if isinstance(spec, dict):
+        fam, n, d = spec.get("family"), spec.get("n_layers"), spec.get("hidden")
+    elif name in BUILTIN:
+        fam, n, d = BUILTIN[name].family, BUILTIN[name].n_layers, BUILTIN[name].hidden
+    else:
+        return None
+    if (fam, n, d) != (arch.family, arch.n_layers, arch.hidden):
+        return f"it was measured on {name} ({fam}, {n} blocks of width {d})"
+    if prof.get("task") not in (None, task):
+        return f"it was measured with a {prof['task']} head ({name})"
+    return None
