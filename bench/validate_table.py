@@ -159,6 +159,10 @@ def markdown(rows: dict) -> str:
         lines.append(f"\nMedian |total error| {100 * statistics.median(totals):.1f}% over {len(totals)} runs "
                      f"(largest {100 * max(totals):.1f}%); median |stage error| {100 * statistics.median(stages):.1f}% "
                      f"over {len(stages)} stages (stages under 2% of the run flagged minor and left out).")
+        loads = [v for r in rows.values() for v in (r.get("load_average_1min") or {}).values()]
+        if loads:
+            lines.append(f"Machine 1-min load average over the runs: {min(loads):.2f} to {max(loads):.2f} "
+                         f"on {rows[next(iter(rows))]['host']['cores']} cores (before and after each run).")
         rank = rank_agreement(rows)
         if rank["tau"] is not None:
             lines.append(f"Rank agreement: Kendall tau {rank['tau']:+.3f} (p {rank['p_value']:.3g}) over "
