@@ -178,3 +178,20 @@ def test_profile_mismatch_names_the_model_or_the_head():
     arch = {"family": "bert", "n_layers": 6, "hidden": 384}
     assert profile_mismatch({"model": "/x/config.json", "arch": arch}, minilm, "classification") is None
     assert profile_mismatch({"model": "unknown-name"}, minilm, "classification") is None  # cannot tell
+
+
+def test_an_overflowed_fp16_gradient_goes_down_as_zeros():
+    """SplitLoRA under fp16: the cut-layer gradient sent to a client was divided by the scale even when it had
+    overflowed (the server's scaler then skips its step), so the client stepped on inf or nan."""
+    import torch
+
+    from trainer.methods.common import Placement, ServerMath
+
+    math = ServerMath(Placement())
+    g = torch.tensor([512.0, -1024.0])
+    assert math.unscaled(g) is g  # no scaler: as it is
+    math.scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
+    math.scaler.scale(torch.ones(1))
+    assert math.unscaled(g).tolist() == [1.0, -2.0]
+    assert math.unscaled(torch.tensor([1.0, float("inf")])).tolist() == [0.0, 0.0]
+    assert math.unscaled(torch.tensor([float("nan"), 1.0])).tolist() == [0.0, 0.0]
