@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from sfsim.cli import main
-from trainer.run.fleet import first_error
+from trainer.run.fleet import root_error
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def test_validate_option_mistakes_are_one_line_before_profiling(tiny_gpt2, tmp_p
 @pytest.mark.slow  # ~20 s: the server waits out the rendezvous (at least 10 s) before it reports
 def test_a_device_that_dies_before_the_rendezvous_names_itself(tiny_gpt2, tmp_path):
     """``sfsim run --launch local``: the server reported only 'rank 1 (big) did not join within 30 s'
-    (:func:`test_first_error_names_the_first_failed_role` runs its logic in the default suite)."""
+    (:func:`test_root_error_names_the_first_failed_device` runs its logic in the default suite)."""
     fleet = _fleet(tmp_path, {"flops": None, "latency_profile": LATENCY})
     data = yaml.safe_load(Path(fleet).read_text())
     data["devices"][1] = {k: v for k, v in data["devices"][1].items() if k != "flops"} | {"latency_profile": LATENCY}
@@ -83,12 +83,15 @@ def test_a_device_that_dies_before_the_rendezvous_names_itself(tiny_gpt2, tmp_pa
                                                    "--emulate compute needs a 'flops' rate for every device")
 
 
-def test_first_error_names_the_first_failed_role(tmp_path):
+def test_root_error_names_the_first_failed_device(tmp_path):
     (tmp_path / "a.log").write_text("loading\nerror: first\n")
     (tmp_path / "b.log").write_text("note: x\nerror: old\nerror: why b failed\n")
     (tmp_path / "c.log").write_text("error: c is still running\n")
-    assert first_error(tmp_path, [("a", 0), ("c", None), ("b", 1)]) == "error: b: why b failed"
-    assert first_error(tmp_path, [("a", 0), ("missing", 1)]) is None
+    lost = "error: rendezvous: rank 2 (b) did not join within 30 s (--peer-timeout); check ..."
+    assert root_error(lost, tmp_path, ["a", "c", "b"], [0, None, 1]) == "error: b: why b failed"
+    assert root_error(lost, tmp_path, ["a", "missing"], [0, 1]) == lost
+    assert root_error("error: the server's own", tmp_path, ["b"], [1]) == "error: the server's own"
+    assert root_error(None, tmp_path, ["b"], [1]) is None
 
 
 def test_several_servers_share_the_cores_with_each_other(tiny_gpt2, tmp_path, monkeypatch):

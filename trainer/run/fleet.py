@@ -61,13 +61,16 @@ def shaping(cfg, legs: dict[str, list[tuple]]) -> dict | None:
     return out
 
 
-def first_error(logs: Path, roles: list[tuple[str, int | None]]) -> str | None:
-    """The ``error:`` line of the first role (name, exit status) that failed, from ``logs/<name>.log``, naming
-    the role; None when none of them failed with one (e.g. a device that died before the rendezvous)."""
-    for name, code in roles:
+def root_error(server_error: str | None, logs: Path, devices: list[str], codes: list[int | None]) -> str | None:
+    """The error a run reports: the server's, unless it only says that devices did not join and one of
+    ``devices`` (exit statuses ``codes``) failed first with an ``error:`` line in ``logs/<name>.log``: that
+    line, naming the device (a device that died before the rendezvous says why)."""
+    if not server_error or "did not join" not in server_error:
+        return server_error
+    for name, code in zip(devices, codes, strict=True):
         log = logs / f"{name}.log"
         lines = log.read_text(errors="replace").splitlines() if code not in (0, None) and log.is_file() else []
         errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
         if errors:
             return f"error: {name}: {errors[-1]}"
-    return None
+    return server_error
