@@ -207,7 +207,7 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
         if name in profiles:  # a device this machine could not emulate: it ran at native speed
             sets += [(f"devices[{name}].latency_profile", str(Path(profiles[name]).resolve())),
                      (f"devices[{name}].flops", None)]
-    for srv in metrics["server_flops"]:  # every server process ran on this machine
+    for srv in metrics.get("server_flops", ()):  # every server process ran on this machine
         server = profiles.get(f"server:{srv}", profiles.get("server", vc.server_profile))
         if server is not None:
             sets += [(f"servers[{srv}].latency_profile", str(Path(server).resolve())), (f"servers[{srv}].flops", None)]
