@@ -198,3 +198,16 @@ def test_an_overflowed_fp16_gradient_goes_down_as_zeros():
     assert math.unscaled(g).tolist() == [1.0, -2.0]
     assert math.unscaled(torch.tensor([1.0, float("inf")])).tolist() == [0.0, 0.0]
     assert math.unscaled(torch.tensor([float("nan"), 1.0])).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_run_refuses_a_missing_gpu_before_any_process_starts(tiny_gpt2, tmp_path):
+    """``--server-device cuda`` on a machine without CUDA was refused by the server process after every role
+    had started and loaded the model (24 s for MiniLM here)."""
+    res = CliRunner().invoke(main, ["run", "--devices", str(FIXTURES / "runtime_tiny.yaml"), "--model", tiny_gpt2,
+                                    "--task", "sst2", "--method", "splitfrozen", "--partition", "iid", "--split", "1",
+                                    "--train-samples", "16", "--data-dir", str(FIXTURES / "data"), "--server-device",
+                                    "cuda", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1].startswith("error: --server-device cuda: this machine has no CUDA")
+    assert "starting the servers" not in res.output and not (tmp_path / "run" / "logs").exists()
