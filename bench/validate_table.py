@@ -69,7 +69,11 @@ def spread(i: int) -> dict:
 
 def fleet(kind: str, folder: Path) -> str:
     """Write the scenario of fleet ``kind`` (``<n>-equal``, ``<n>-unequal``, ``<n>-graded`` or ``<n>-spread``) from
-    bench/runtime_4dev.yaml."""
+    bench/runtime_4dev.yaml; a ``kind`` ending in ``.yaml`` is a scenario file of your own, copied as it is."""
+    if kind.endswith((".yaml", ".yml")):
+        path = folder / f"fleet-{Path(kind).stem}.yaml"
+        path.write_text(Path(kind).read_text())
+        return str(path)
     n, speeds = kind.split("-")
     base = yaml.safe_load((HERE / "runtime_4dev.yaml").read_text())
     devs = []
@@ -94,7 +98,8 @@ def main() -> None:
     ap.add_argument("--model", default="minilm-l6", help="model (name or local folder) of every run")
     ap.add_argument("--methods", default="splitfrozen,splitfrozen-sequential,splitlora,splitlora-sequential,fedlora",
                     help="methods; splitlora-sequential is splitlora with --client-order sequential")
-    ap.add_argument("--fleets", default="1-equal,4-equal,4-unequal")
+    ap.add_argument("--fleets", default="1-equal,4-equal,4-unequal",
+                    help="comma list of <n>-equal, <n>-unequal, <n>-graded, <n>-spread or scenario files (*.yaml)")
     ap.add_argument("--samples", type=int, default=160, help="training samples per run (all devices)")
     ap.add_argument("--data-dir", default=os.environ.get("SFSIM_DATA", str(HERE.parent.parent / "shared" / "data")))
     ap.add_argument("--out", default=str(HERE / "results" / "validate"))
@@ -109,12 +114,12 @@ def main() -> None:
     for kind in args.fleets.split(","):
         scenario = fleet(kind, out)
         for method in args.methods.split(","):
-            key = f"{method}/{kind}"
+            key = f"{method}/{Path(kind).stem if kind.endswith(('.yaml', '.yml')) else kind}"
             if key in rows:
                 continue
             name, order = VARIANTS.get(method, (method, None))
             rep = run_validation(ValidateConfig(devices=scenario, model=args.model, method=name, client_order=order,
-                                                out=f"/tmp/sfsim-bench/validate-{method}-{kind}", partition="iid",
+                                                out=f"/tmp/sfsim-bench/validate-{key.replace('/', '-')}", partition="iid",
                                                 emulate="all", data_dir=args.data_dir, split=2,
                                                 train_samples=args.samples, server_profile=args.server_profile))
             rows[key] = {"total": rep["total"], "stages": rep["stages"], "host": rep["header"]["host"],
@@ -131,8 +136,7 @@ def rescore(key: str) -> dict:
     from sfsim.outputs.trace import read_chrome_trace
     from trainer.validate.compare import compare
 
-    method, kind = key.split("/")
-    folder = Path(f"/tmp/sfsim-bench/validate-{method}-{kind}")
+    folder = Path(f"/tmp/sfsim-bench/validate-{key.replace('/', '-')}")
     both = read_chrome_trace(folder / "trace.json")
     pick = lambda side: [e._replace(lane=e.lane.split(" ", 1)[1]) for e in both if e.lane.startswith(side)]  # noqa: E731
     servers = list(json.loads((folder / "run" / "metrics.json").read_text())["server_flops"])
@@ -155,6 +159,10 @@ def markdown(rows: dict) -> str:
         lines.append(f"\nMedian |total error| {100 * statistics.median(totals):.1f}% over {len(totals)} runs "
                      f"(largest {100 * max(totals):.1f}%); median |stage error| {100 * statistics.median(stages):.1f}% "
                      f"over {len(stages)} stages (stages under 2% of the run flagged minor and left out).")
+        loads = [v for r in rows.values() for v in (r.get("load_average_1min") or {}).values()]
+        if loads:
+            lines.append(f"Machine 1-min load average over the runs: {min(loads):.2f} to {max(loads):.2f} "
+                         f"on {rows[next(iter(rows))]['host']['cores']} cores (before and after each run).")
         rank = rank_agreement(rows)
         if rank["tau"] is not None:
             lines.append(f"Rank agreement: Kendall tau {rank['tau']:+.3f} (p {rank['p_value']:.3g}) over "

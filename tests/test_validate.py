@@ -79,13 +79,17 @@ def test_cached_profile_is_reused_until_stale(tmp_path, monkeypatch):
     monkeypatch.setenv("SFSIM_CACHE", str(tmp_path))
     path = tmp_path / "p.yaml"
     assert machine.is_stale(path) == "none cached"
-    path.write_text(yaml.safe_dump({"machine": machine.fingerprint()}))
+    path.write_text(yaml.safe_dump({"machine": machine.fingerprint(), "grid": [{"micro_batch": 8}]}))
     assert machine.is_stale(path) is None
     old = time.time() - 7 * 3600
     os.utime(path, (old, old))
     assert machine.is_stale(path) == "the cached one is 7.0 h old (> 6 h)"
-    path.write_text(yaml.safe_dump({"machine": {**machine.fingerprint(), "cores": 999}}))
+    path.write_text(yaml.safe_dump({"machine": {**machine.fingerprint(), "cores": 999}, "grid": [{}]}))
     assert machine.is_stale(path) == "the cached one was measured on another machine or library version"
+    path.write_text("grid: [unclosed\n")  # a damaged cache was a traceback: it is measured again
+    assert machine.is_stale(path) == "the cached one is unreadable (ParserError)"
+    path.write_text(yaml.safe_dump({"machine": machine.fingerprint()}))
+    assert machine.is_stale(path) == "the cached one is not a latency profile"
     assert machine.seq_grid(64) == [16, 32, 64] and machine.seq_grid(8) == [4, 8]
 
 

@@ -26,6 +26,9 @@ from sfsim.model.arch import MODEL_HELP
 @click.option("--device", "torch_device", default="cpu", show_default=True,
               help="cpu, cuda, cuda:N, mps or auto (cuda where present, else mps, else cpu); GPU timings are "
                    "synchronised")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="autocast every timed round, as sfsim run --precision trains the server (fp16: CUDA only); "
+                   "profile a server in the precision it will train in")
 @click.option("--task", type=click.Choice(["classification", "causal-lm"]), default="classification",
               show_default=True, help="head measured: pooled linear + cross-entropy, or LM head + loss")
 @click.option("--num-labels", type=int, default=2, show_default=True, help="classes of the classification head")
@@ -35,7 +38,7 @@ from sfsim.model.arch import MODEL_HELP
 @click.option("--name", required=True, help="what was measured, e.g. ci-x86-2core (the profile's 'device')")
 @click.option("-o", "--output", required=True, help="profile YAML to write (its folder must exist)")
 @click.option("--quiet", is_flag=True, help="no progress lines")
-def profile(model, seq_lens, micro_batches, threads, role, torch_device, task, num_labels, lora_rank, warmup, repeats, name,
+def profile(model, seq_lens, micro_batches, threads, role, torch_device, precision, task, num_labels, lora_rank, warmup, repeats, name,
             output, quiet):
     """Measure forward, B, W and optimizer-step times per block of a real model over a micro-batch x seq-len grid.
 
@@ -50,7 +53,7 @@ def profile(model, seq_lens, micro_batches, threads, role, torch_device, task, n
 
     spec = ProfileSpec(parse_sizes(micro_batches, "--micro-batch"), parse_sizes(seq_lens, "--seq-len"), task=task,
                        num_labels=num_labels, lora_rank=lora_rank, warmup=warmup, repeats=repeats, role=role,
-                       name=name, device=torch_device)
+                       name=name, device=torch_device, precision=precision)
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -61,7 +64,8 @@ def profile(model, seq_lens, micro_batches, threads, role, torch_device, task, n
     torch.set_num_threads(threads)
     lm = load_model(model)
     command = (f"sfsim profile --model {model} --seq-len {seq_lens} --micro-batch {micro_batches} --threads {threads} "
-               f"--role {role}" + (f" --device {torch_device}" if torch_device != "cpu" else "") + f" --task {task}" + (f" --num-labels {num_labels}" if task == "classification" else "")
+               f"--role {role}" + (f" --device {torch_device}" if torch_device != "cpu" else "")
+               + (f" --precision {precision}" if precision != "fp32" else "") + f" --task {task}" + (f" --num-labels {num_labels}" if task == "classification" else "")
                + f" --lora-rank {lora_rank} --warmup {warmup} --repeats {repeats} --name {name} -o {output}")
 
     def progress(mb, seq):

@@ -141,6 +141,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
     trained nothing (every device lost, or no sample trained).
     """
     # the trainer imports torch and transformers (~3.5 s): only run and eval load it, not simulate or plan
+    from trainer.methods.common import placement_for
     from trainer.run.launch import run as run_job
     from trainer.run.resume import check_trained, is_finished, recorded_metrics
 
@@ -156,6 +157,8 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
         return
     cfg = _resumed(resume_dir, given) if resume_dir is not None else _new_config(_settings(ctx.params, set(ctx.params)))
     _threads(threads)
+    if role in (None, "server"):  # a GPU this machine lacks: one line now, not after the processes started
+        placement_for(cfg.method, cfg.server_device, cfg.device_device, cfg.precision)
     resume = resume_dir is not None
     with _one_line_os_errors(cfg.out):
         if role is not None and role != "server":  # devices (and torchrun's auto) may share the server's --out

@@ -49,7 +49,11 @@ def validate(devices, model, method, task, partition_spec, emulate, server_order
              train_samples, epochs, micro_batch, max_len, server_profile, allow_native, no_host_sharing, device_profile,
              data_dir, seed, threads, out, overwrite, load_calibration):
     """Run the scenario for real and in the simulator; print and write the error, stage by stage."""
+    from transformers.utils import logging as hf_logging
+
     from trainer.validate.compare import ValidateConfig, format_report, run_validation
+
+    hf_logging.disable_progress_bar()  # the self-profile loads the model: no weight-loading bar among the notes
 
     vc = ValidateConfig(devices=devices, model=model, method=method, out=out, task=task, partition=partition_spec,
                         emulate=emulate, data_dir=data_dir, train_samples=train_samples, epochs=epochs, split=split,

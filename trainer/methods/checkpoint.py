@@ -97,6 +97,8 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimi
     out = {f"w.{k}": v.detach().contiguous() for k, v in tensors.items()}
     out.update(_optimizer_tensors(optimizers))
     out["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # a CUDA server's LoRA dropout draws from it
+        out["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())  # (GPUs, state bytes)
     path = Path(folder) / name
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_file(out, str(tmp), metadata={"progress": json.dumps(progress)})
@@ -120,6 +122,8 @@ def load_checkpoint(folder: str | Path, optimizers: dict) -> tuple[dict[str, tor
         raise SfsimError(f"{path}: not a readable sfsim checkpoint ({err})") from None
     _load_optimizers(optimizers, tensors)
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.device_count() == len(tensors["rng.cuda"]):  # same GPUs: same draws
+        torch.cuda.set_rng_state_all(list(tensors["rng.cuda"]))
     return {k[2:]: v for k, v in tensors.items() if k.startswith("w.")}, progress
 
 

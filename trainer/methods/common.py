@@ -24,10 +24,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def best_device() -> str:
     """The default for a role whose device is ``auto``: ``cuda`` where CUDA is present, else ``mps`` on Apple
     silicon, else ``cpu``."""
-    if torch.cuda.is_available():
-        return "cuda"
     mps = getattr(torch.backends, "mps", None)
-    return "mps" if mps is not None and mps.is_available() else "cpu"
+    return "cuda" if torch.cuda.is_available() else "mps" if mps is not None and mps.is_available() else "cpu"
 
 
 def resolve_device(spec: str | None, what: str = "--server-device") -> torch.device:
@@ -139,6 +137,11 @@ class ServerMath:
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, scaled under fp16."""
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscaled(self, g: torch.Tensor) -> torch.Tensor:
+        """A gradient to send down, over the fp16 scale; zeros if it overflowed (the scaler skips that step)."""
+        g = g if self.scaler is None else g / self.scaler.get_scale()
+        return g if self.scaler is None or torch.isfinite(g).all() else torch.zeros_like(g)
 
     def sync(self) -> None:
         """Wait for the server device's queued work (a no-op on the CPU): timed phases end when the work does."""
@@ -462,9 +465,8 @@ class Method:
         opt = self.optimizers().get("server")
         params = [p for g in opt.param_groups for p in g["params"]] if opt is not None else None
 
-        def step() -> None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        def step() -> None:  # through the grad scaler under fp16: the mean gradient is scaled as at every step
+            (getattr(self, "math", None) or ServerMath(Placement())).step(opt)
 
         self.sync.finish(self.sync_state(), params, step)
 

@@ -393,7 +393,7 @@ class SplitLoRA(Handovers, Method):
         with meter.compute(s.server, op, f"server_{op}", mb=j, device=name, key=key):
             self.math.backward(loss / s.accumulate)
             self.math.sync()
-        grad = to_wire(h.grad if self.math.scaler is None else h.grad / self.math.scaler.get_scale())
+        grad = to_wire(self.math.unscaled(h.grad))
         tr.send_down(Message(name, j, {"grad": grad}, kind="grad", epoch=epoch))  # host memory; before W
         if s.decompose_backward:
             with meter.compute(s.server, "W", "server_W", mb=j, device=name, key=self.deferred.signature()):

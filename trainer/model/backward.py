@@ -85,7 +85,8 @@ class DeferredGrads:
         for lin, x, gy in self.stash:
             x2 = x.reshape(-1, x.shape[-1]).to(lin.weight.dtype)  # (N, in); a no-op unless under autocast
             gy2 = gy.reshape(-1, gy.shape[-1]).to(lin.weight.dtype)  # (N, out)
-            gw = gy2.t() @ x2  # (out, in)
+            with torch.autocast(x2.device.type, enabled=False):  # W in the weight's dtype even inside autocast
+                gw = gy2.t() @ x2  # (out, in)
             lin.weight.grad = gw if lin.weight.grad is None else lin.weight.grad + gw
             if lin.bias is not None and lin.bias.requires_grad:
                 gb = gy2.sum(0)

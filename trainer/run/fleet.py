@@ -4,6 +4,7 @@ legs and shaped links each device has (its handovers' servers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from trainer.run import runner
 from trainer.transport import dynamics
@@ -58,3 +59,18 @@ def shaping(cfg, legs: dict[str, list[tuple]]) -> dict | None:
                   for _, r, up_rate, down_rate, (up, down) in lg}
         out[name] = shapes if len(shapes) > 1 else next(iter(shapes.values()))
     return out
+
+
+def root_error(server_error: str | None, logs: Path, devices: list[str], codes: list[int | None]) -> str | None:
+    """The error a run reports: the server's, unless it only says that devices did not join and one of
+    ``devices`` (exit statuses ``codes``) failed first with an ``error:`` line in ``logs/<name>.log``: that
+    line, naming the device (a device that died before the rendezvous says why)."""
+    if not server_error or "did not join" not in server_error:
+        return server_error
+    for name, code in zip(devices, codes, strict=True):
+        log = logs / f"{name}.log"
+        lines = log.read_text(errors="replace").splitlines() if code not in (0, None) and log.is_file() else []
+        errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+        if errors:
+            return f"error: {name}: {errors[-1]}"
+    return server_error

@@ -45,7 +45,7 @@ from sfsim.scenario.config import load_scenario
 from sfsim.scenario.schema import write_atomic
 from trainer.run import runner
 from trainer.run.estimate import record_start, say
-from trainer.run.fleet import Fleet, device_legs, fleet, shaping
+from trainer.run.fleet import Fleet, device_legs, fleet, root_error, shaping
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
 from trainer.run.merge import finite, merge_reports, merge_servers
 from trainer.run.resume import (
@@ -497,6 +497,7 @@ def launch_local(cfg, resume: bool = False, grace_s: float = 10.0, targets: dict
         shutil.rmtree(private, ignore_errors=True)
     code = procs[0].exitcode
     if code != 0:
+        last_error = root_error(last_error, logs, names, [p.exitcode for p in procs[len(servers):]])
         if last_error:
             raise SfsimError(last_error.removeprefix("error: "))
         raise SfsimError(f"the server process exited with status {code}; logs in {logs}")

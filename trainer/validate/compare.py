@@ -40,6 +40,7 @@ from sfsim.cost.hostshare import runnable_shares, scale_profile, slowdown
 from sfsim.cost.latency import load_latency_profile
 from sfsim.cost.model import CostModel
 from sfsim.errors import SfsimError
+from sfsim.methods import canonical
 from sfsim.network.linkrate import read_trace
 from sfsim.outputs.gantt import Panel, write_panels
 from sfsim.outputs.trace import TraceEvent, read_chrome_trace, write_chrome_trace
@@ -49,7 +50,7 @@ from sfsim.scenario.schema import read_yaml, write_atomic
 from sfsim.units import format_amount, parse_quantity
 from trainer.run.launch import run
 from trainer.run.runner import RunConfig
-from trainer.validate.machine import refusal, server_profile, too_fast
+from trainer.validate.machine import check_devices, check_emulation, server_profile, sim_model
 from trainer.validate.profile import LoadSampler, load_factor
 from trainer.validate.stagerows import codec_measured, codec_predicted, is_sync
 
@@ -99,6 +100,11 @@ class ValidateConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise SfsimError(f"--{name.replace('_', '-')} {path}: no such file (make one with sfsim profile)")
+        canonical(self.method)  # a typo is one line before any profiling or loading
+        for name in ("train_samples", "micro_batch", "accumulate", "max_len", "buffer", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SfsimError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
 
 
 def run_validation(vc: ValidateConfig, say=print) -> dict:
@@ -111,10 +117,11 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
 
     out = Path(vc.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_devices(vc)
     source = "given" if vc.server_profile is not None else None
     if source is None:
         vc, source = _own_server_profile(vc, say)
-    native = _check_emulation(vc)
+    native = check_emulation(vc)
     rc = RunConfig(devices=vc.devices, model=vc.model, task=vc.task, method=vc.method, partition=vc.partition,
                    out=str(out / "run"), split=vc.split, epochs=vc.epochs, train_samples=vc.train_samples, eval_samples=8,
                    seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
@@ -157,27 +164,10 @@ def _own_server_profile(vc: ValidateConfig, say) -> tuple[ValidateConfig, str]:
     data = read_yaml(vc.devices)
     mb = vc.micro_batch or data.get("training", {}).get("micro_batch", 8)
     task, labels = _task_head(vc.task)
-    sp = server_profile(vc.model, _sim_model(vc.model), task=task, num_labels=labels, micro_batch=mb,
+    sp = server_profile(vc.model, sim_model(vc.model), task=task, num_labels=labels, micro_batch=mb,
                         max_len=vc.max_len, threads=vc.threads, say=say)
     how = f"measured now ({sp.wall_s} s)" if sp.measured else f"cached {sp.age_s / 60:.0f} min ago"
     return dataclasses.replace(vc, server_profile=str(sp.path)), f"this machine's, {how}"
-
-
-def _check_emulation(vc: ValidateConfig) -> tuple:
-    """Devices this machine cannot emulate (compute emulation only): refused unless ``vc.allow_native``."""
-
-    if vc.emulate not in ("compute", "all"):
-        return ()
-    data = read_yaml(vc.devices)
-    sets = [("model.name", _sim_model(vc.model)),
-            ("model.seq_len", min(vc.max_len, data.get("model", {}).get("seq_len", vc.max_len)))]
-    if vc.micro_batch:
-        sets.append(("training.micro_batch", vc.micro_batch))
-    sc = scenario_from_dict(apply(data, sets, file=vc.devices), source=vc.devices)
-    native = tuple(too_fast(sc, vc.server_profile, vc.split or sc.training.split or 1))
-    if native and not vc.allow_native:
-        raise refusal(list(native), vc.devices)
-    return native
 
 
 def _mean_tokens(metrics: dict) -> int:
@@ -192,11 +182,11 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
     """Scenario changes that make the simulator describe the run that happened (see the module docstring).
 
     ``profiles``: latency profiles replacing FLOP rates, by device name (devices run at native speed) and
-    ``"server"`` (default: ``vc.server_profile``).
+    ``"server"`` (default: ``vc.server_profile``), or ``"server:<name>"`` for one of several servers.
     """
     profiles = dict(profiles or {})
     sets: list[tuple[str, object]] = [
-        ("model.name", _sim_model(vc.model)), ("model.seq_len", _mean_tokens(metrics)),
+        ("model.name", sim_model(vc.model)), ("model.seq_len", _mean_tokens(metrics)),
         ("training.micro_batch", metrics["micro_batch"]), ("training.epochs", vc.epochs),
         ("training.accumulate", metrics["accumulate"]), ("training.buffer", metrics["buffer"]),
         ("training.server_policy", POLICY_OF_ORDER[vc.server_order]),
@@ -217,9 +207,9 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
         if name in profiles:  # a device this machine could not emulate: it ran at native speed
             sets += [(f"devices[{name}].latency_profile", str(Path(profiles[name]).resolve())),
                      (f"devices[{name}].flops", None)]
-    server = profiles.get("server", vc.server_profile)
-    if server is not None:
-        for srv in metrics["server_flops"]:  # every server process ran on this machine
+    for srv in metrics.get("server_flops", ()):  # every server process ran on this machine
+        server = profiles.get(f"server:{srv}", profiles.get("server", vc.server_profile))
+        if server is not None:
             sets += [(f"servers[{srv}].latency_profile", str(Path(server).resolve())), (f"servers[{srv}].flops", None)]
     return sets
 
@@ -243,8 +233,8 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probe_s: float 
     profiles = {d.name: vc.server_profile for d in native}
     sim = predict(vc, metrics, profiles)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    names = list(metrics["samples_by_device"])
-    host = {"cores": cores, "processes": 1 + len(names), "threads": vc.threads, "server_slowdown": 1.0}
+    names, servers = list(metrics["samples_by_device"]), list(metrics["server_flops"])
+    host = {"cores": cores, "processes": len(servers) + len(names), "threads": vc.threads, "server_slowdown": 1.0}
     if vc.server_profile is None:
         return sim, host, profiles
     ratio = load_factor(read_yaml(vc.server_profile), probe_s)  # reported always, applied on request
@@ -258,15 +248,23 @@ def predict_shared(vc: ValidateConfig, metrics: dict, native=(), probe_s: float 
     if not vc.host_sharing:
         return sim, host, profiles
     own = vc.device_profile if vc.emulate in ("none", "links") else vc.server_profile
-    cpu = _device_cpu_seconds(predict(vc, metrics, {n: own for n in names}).events, names)
+    cpu = _cpu_seconds(predict(vc, metrics, {n: own for n in names}).events, names)
     cpu = {k: v * (lf or 1.0) for k, v in cpu.items()}  # a loaded machine computes the devices' work slower too
     for _ in range(2):
-        shares = runnable_shares(cpu, _span(sim.events))
-        factor = slowdown(cores, [(p, vc.threads) for p in shares.values()], vc.threads)
-        path = _stretched(vc, factor * (lf or 1.0))
-        profiles = {**{d.name: path for d in native}, "server": path}
+        span = _span(sim.events)
+        shares = runnable_shares(cpu, span)
+        busy = runnable_shares(_cpu_seconds(sim.events, servers, lane=lambda lane: lane.split("/")[0]), span)
+        # each server shares the cores with the devices and with every other server of the run
+        factors = {s: slowdown(cores, [(p, vc.threads) for p in shares.values()]
+                               + [(busy[o], vc.threads) for o in servers if o != s], vc.threads) for s in servers}
+        paths = {s: _stretched(vc, f * (lf or 1.0), s if len(servers) > 1 else "") for s, f in factors.items()}
+        profiles = {**{d.name: paths[servers[0]] for d in native}, **{f"server:{s}": p for s, p in paths.items()}}
         sim = predict(vc, metrics, profiles)
-    host.update(server_slowdown=round(factor, 4), device_cpu_shares={k: round(v, 4) for k, v in shares.items()})
+    host.update(server_slowdown=round(max(factors.values()), 4),
+                device_cpu_shares={k: round(v, 4) for k, v in shares.items()})
+    if len(servers) > 1:
+        host.update(server_slowdowns={s: round(f, 4) for s, f in factors.items()},
+                    server_cpu_shares={s: round(p, 4) for s, p in busy.items()})
     return sim, host, profiles
 
 
@@ -287,21 +285,23 @@ def _span(events) -> float:
     return max(e.end for e in events) - min(e.start for e in events) if events else 0.0
 
 
-def _device_cpu_seconds(events, names: list[str]) -> dict[str, float]:
-    """Seconds each device computes (F, B, W, BW, step on its own lane) in a timeline."""
+def _cpu_seconds(events, names: list[str], lane=lambda lane: lane) -> dict[str, float]:
+    """Seconds each of ``names`` computes (F, B, W, BW, step, aggregate) on its lanes (``lane``: lane -> name) in
+    a timeline."""
     out = dict.fromkeys(names, 0.0)
     for e in events:
-        if e.lane in out and e.op in ("F", "B", "W", "BW", "step"):
-            out[e.lane] += e.dur
+        who = lane(e.lane)
+        if who in out and e.op in ("F", "B", "W", "BW", "step", "aggregate"):
+            out[who] += e.dur
     return out
 
 
-def _stretched(vc: ValidateConfig, factor: float) -> str:
-    """The server profile with every time times ``factor``, written into the validation folder."""
+def _stretched(vc: ValidateConfig, factor: float, server: str = "") -> str:
+    """The server profile with every time times ``factor``, written into the validation folder (one file per
+    ``server`` of several)."""
     import yaml
 
-
-    path = Path(vc.out) / "server-profile-shared.yaml"
+    path = Path(vc.out) / f"server-profile-shared{'-' + server if server else ''}.yaml"
     prof = scale_profile(read_yaml(vc.server_profile), factor)
     prof["source"] = f"{prof.get('source', '')} | times x {factor:.4f} for CPU sharing and load (sfsim.cost.hostshare)"
     write_atomic(path, yaml.safe_dump(prof, sort_keys=False, width=200))
@@ -365,14 +365,6 @@ def _scale_link(link: dict, r: float, vc: ValidateConfig, name: str) -> None:
         write_atomic(path, f"# {link['trace']}, bandwidths / {r:.6f} (this device's tokens per sample / the mean)\n"
                            f"time_s,bandwidth\n{rows}")
         link["trace"] = str(path.resolve())
-
-
-def _sim_model(model: str) -> str:
-    """The simulator's name for the run's model: a built-in name, or a local folder's config.json."""
-    path = Path(model)
-    if path.is_dir() and (path / "config.json").is_file():
-        return str((path / "config.json").resolve())
-    return model
 
 
 def predict(vc: ValidateConfig, metrics: dict, profiles: dict[str, str] | None = None):
@@ -576,8 +568,10 @@ def format_header(h: dict) -> list[str]:
                f"{format_amount(d['achievable_flops'], 'FLOPS')})" if "achievable_flops" in d else "")
         lines.append(f"device at NATIVE speed: {d['name']}{why}")
     host, load = h["host"], h["load_average_1min"]
+    each = host.get("server_slowdowns")
+    stretch = (", ".join(f"{s} x{f:.3f}" for s, f in each.items()) if each else f"x{host['server_slowdown']:.3f}")
     lines.append(f"host: {host['processes']} processes x {host['threads']} thread(s) on {host['cores']} cores; "
-                 f"server stretched x{host['server_slowdown']:.3f} for CPU sharing; 1-min load "
+                 f"server{'s' if each else ''} stretched {stretch} for CPU sharing; 1-min load "
                  f"{load['before']} before, {load['after']} after the run")
     if host.get("load_ratio") is not None:
         used = ("the server's profile is scaled by it" if host.get("load_factor") is not None

@@ -19,6 +19,10 @@ from pathlib import Path
 
 from sfsim.cost.model import CostModel
 from sfsim.errors import SfsimError
+from sfsim.model.arch import BUILTIN
+from sfsim.scenario.config import scenario_from_dict
+from sfsim.scenario.overrides import apply
+from sfsim.scenario.schema import read_yaml
 from sfsim.units import format_amount
 from trainer.model.loading import load_model
 from trainer.validate.profile import ProfileSpec, machine_info, profile_model, write_profile
@@ -71,7 +75,13 @@ def is_stale(path: Path, max_age_s: float = MAX_AGE_S) -> str | None:
     age = time.time() - path.stat().st_mtime
     if age > max_age_s:
         return f"the cached one is {age / 3600:.1f} h old (> {max_age_s / 3600:.0f} h)"
-    machine = (yaml.safe_load(path.read_text()) or {}).get("machine") or {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        return f"the cached one is unreadable ({type(err).__name__})"
+    if not isinstance(data, dict) or not data.get("grid"):
+        return "the cached one is not a latency profile"
+    machine = data.get("machine") or {}
     fp = fingerprint()
     if any(machine.get(k) != v for k, v in fp.items()):
         return "the cached one was measured on another machine or library version"
@@ -155,3 +165,79 @@ def refusal(native: list[NativeDevice], file: str) -> SfsimError:
                       f"this machine runs it (at most {format_amount(d.achievable_flops, 'FLOPS')}): emulation "
                       "can only slow a device down; lower its flops to at most that, or pass --allow-native to "
                       "run it at native speed (flagged in the report)")
+
+
+def sim_model(model: str) -> str:
+    """The simulator's name for the run's model: a built-in name, or a local folder's config.json."""
+    path = Path(model)
+    if path.is_dir() and (path / "config.json").is_file():
+        return str((path / "config.json").resolve())
+    return model
+
+
+def run_scenario(vc):
+    """The scenario with the run's model, longest sequence and micro-batch (what the checks below look at)."""
+    data = read_yaml(vc.devices)
+    sets = [("model.name", sim_model(vc.model)),
+            ("model.seq_len", min(vc.max_len, data.get("model", {}).get("seq_len", vc.max_len)))]
+    if vc.micro_batch:
+        sets.append(("training.micro_batch", vc.micro_batch))
+    return scenario_from_dict(apply(data, sets, file=vc.devices), source=vc.devices)
+
+
+def check_devices(vc) -> None:
+    """One-line errors, before any profiling or process starts, for what the run would refuse late: a cut
+    outside the model, or (compute emulation) a device with no ``flops`` rate to slow it down to."""
+
+    sc = run_scenario(vc)
+    n = sc.arch.n_layers
+    if vc.split is not None and not 0 <= vc.split < n:
+        raise SfsimError(f"--split {vc.split} is outside 0..{n - 1} ({sc.arch.name} has {n} blocks); "
+                         "pick a cut in that range")
+    for option, path in (("--server-profile", vc.server_profile), ("--device-profile", vc.device_profile)):
+        if path is not None:
+            why = profile_mismatch(read_yaml(path), sc.arch, "causal-lm" if vc.task == "gsm8k" else "classification")
+            if why:
+                raise SfsimError(f"{option} {path}: {why}, this run's is {sc.arch.name} ({_shape(sc.arch)}): measure "
+                                 f"it with sfsim profile --model {vc.model}" + (" or leave --server-profile out "
+                                 "(validate then profiles this machine)" if option == "--server-profile" else ""))
+    if vc.emulate in ("compute", "all"):
+        for d in sc.devices:
+            if d.flops is None:
+                raise SfsimError(f"{vc.devices}: devices[{d.name}] has a latency profile and no 'flops': --emulate "
+                                 f"{vc.emulate} slows each device down to its flops rate; give it one, or validate "
+                                 "with --emulate links and --device-profile (devices at this machine's speed)")
+
+
+def check_emulation(vc) -> tuple:
+    """Devices this machine cannot emulate (compute emulation only; ``vc``: a ``ValidateConfig``): refused unless
+    ``vc.allow_native``."""
+
+    if vc.emulate not in ("compute", "all"):
+        return ()
+    sc = run_scenario(vc)
+    native = tuple(too_fast(sc, vc.server_profile, vc.split or sc.training.split or 1))
+    if native and not vc.allow_native:
+        raise refusal(list(native), vc.devices)
+    return native
+
+
+def _shape(a) -> str:
+    return f"{a.family}, {a.n_layers} blocks of width {a.hidden}"
+
+
+def profile_mismatch(prof: dict, arch, task: str) -> str | None:
+    """Why a latency profile (a dict as read) cannot stand for a run of ``arch`` on ``task`` (None: it can, or
+    its model is not known well enough to tell): it was measured on another model's blocks or another head."""
+    spec, name = prof.get("arch"), str(prof.get("model"))
+    if isinstance(spec, dict):
+        fam, n, d = spec.get("family"), spec.get("n_layers"), spec.get("hidden")
+    elif name in BUILTIN:
+        fam, n, d = BUILTIN[name].family, BUILTIN[name].n_layers, BUILTIN[name].hidden
+    else:
+        return None
+    if (fam, n, d) != (arch.family, arch.n_layers, arch.hidden):
+        return f"it was measured on {name} ({fam}, {n} blocks of width {d})"
+    if prof.get("task") not in (None, task):
+        return f"it was measured with a {prof['task']} head ({name})"
+    return None

@@ -41,7 +41,7 @@ from torch import nn
 from sfsim.cost.wire import CODECS
 from sfsim.errors import SfsimError
 from sfsim.model.arch import BUILTIN
-from trainer.methods.common import resolve_device, task_loss, training_mode
+from trainer.methods.common import PRECISIONS, resolve_device, task_loss, training_mode
 from trainer.model.backward import DeferredGrads
 from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import LoadedModel
@@ -68,6 +68,8 @@ class ProfileSpec:
         name: what was measured (the profile's ``device`` field).
         device: torch device measured on: ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``; on a GPU every timed
             call is bracketed by ``torch.cuda.synchronize`` (kernels run asynchronously).
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast around every timed round, as ``sfsim run
+            --precision`` trains the server (fp16: CUDA only); recorded as the profile's ``dtype``.
     """
 
     micro_batches: list[int]
@@ -81,6 +83,7 @@ class ProfileSpec:
     role: str = "device"
     name: str = field(default_factory=lambda: f"{platform.machine()}-{os.cpu_count()}core")
     device: str = "cpu"
+    precision: str = "fp32"
 
     def __post_init__(self):
         for what, values in (("--micro-batch", self.micro_batches), ("--seq-len", self.seq_lens)):
@@ -98,7 +101,11 @@ class ProfileSpec:
             raise SfsimError(f"a classification head needs --num-labels >= 2 (got {self.num_labels})")
         if self.lora_rank < 1:
             raise SfsimError(f"--lora-rank must be >= 1 (got {self.lora_rank})")
-        resolve_device(self.device, "--device")  # a device this machine lacks: one line, before any loading
+        where = resolve_device(self.device, "--device")  # a device this machine lacks: one line, before any loading
+        if self.precision not in PRECISIONS:
+            raise SfsimError(f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}")
+        if self.precision == "fp16" and where.type != "cuda":
+            raise SfsimError(f"--precision fp16 needs a CUDA device (--device is {where}); use bf16 or fp32")
 
 
 def parse_sizes(text: str, what: str) -> list[int]:
@@ -204,7 +211,8 @@ def _round(parts: _Parts, clock: _Clock, ids, mask, labels, grads) -> list[torch
     for i, blk in enumerate(parts.blocks_t):
         xin, kw = acts[i].detach().requires_grad_(True), ts.body.kwargs(ctx, i)
         y = clock.run(("forward_train", "blocks", i), lambda blk=blk, xin=xin, kw=kw: blk(xin, **kw))  # (B, T, d)
-        clock.run(("input_grad", "blocks", i), lambda y=y: y.backward(grads))
+        g = grads if grads.dtype == y.dtype else grads.to(y.dtype)  # a block's output under autocast: bf16/fp16
+        clock.run(("input_grad", "blocks", i), lambda y=y, g=g: y.backward(g))
         clock.run(("weight_grad", "blocks", i), parts.deferred.flush)
         clock.run(("step", "block", i), parts.opt_block[i].step)
         parts.opt_block[i].zero_grad(set_to_none=True)
@@ -250,12 +258,14 @@ class _Entry:
         reset = _reset_peak_rss()
         for r in range(spec.warmup + 1):
             self.clock.on = r >= spec.warmup
-            self.acts = _round(parts, self.clock, *self.inputs)
+            self.round()
         self.peak = _peak_rss() if reset else None
 
     def round(self) -> None:
-        """One more timed round."""
-        self.acts = _round(self.parts, self.clock, *self.inputs)
+        """One more timed round (under autocast at the spec's precision)."""
+        dtype = PRECISIONS[self.spec.precision]
+        with torch.autocast(self.parts.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            self.acts = [a.float() for a in _round(self.parts, self.clock, *self.inputs)]  # the wire's fp32
 
     def result(self) -> dict:
         """Medians, IQRs, peak memory, activation bytes and codec times of this shape."""
@@ -265,7 +275,9 @@ class _Entry:
         entry["iqr"] = _summaries(self.clock.times, n_layers, _iqr)
         entry["peak_memory"] = f"{self.peak / 2**20:.1f} MiB" if self.peak is not None else None
         entry["activation_bytes"] = [int(a.numel() * a.element_size()) for a in acts]  # (B, T, d) at cut 0..L
-        entry["codec"] = codec_times(acts[len(acts) // 2], spec.warmup, spec.repeats)
+        # the transports encode and decode on the host (gloo carries CPU tensors), whatever the server computes on;
+        # timed on a GPU tensor they would be asynchronous kernels, unsynchronised, and not what runs
+        entry["codec"] = codec_times(acts[len(acts) // 2].cpu(), spec.warmup, spec.repeats)
         return {k: v for k, v in entry.items() if v is not None}
 
 
@@ -531,7 +543,7 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
             prof["arch"]["head_dim"] = int(head_dim)
     prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
                  "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
-                 "dtype": "fp32", "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
+                 "dtype": spec.precision, "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
                  "first_call": first, "grid": grid, "source": source})
     return {k: v for k, v in prof.items() if v is not None}
 
