@@ -58,3 +58,51 @@ def test_a_bf16_server_trains_on_the_cpu(tiny_gpt2, tmp_path):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["config"]["precision"] == "bf16" and m["config"]["server_device"] is None
     assert m["train_loss_history"] and all(0 < x < 10 for x in m["train_loss_history"])
+
+
+def _two_servers(tmp_path, a_device: str | None) -> str:
+    a = f", device: {a_device}" if a_device else ""
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        "model: {name: minilm-l6, seq_len: 64, task: classification, num_labels: 2}\n"
+        "training: {micro_batch: 4, epochs: 1, lora: {rank: 8, alpha: 16, targets: [query, value]}}\n"
+        "servers:\n"
+        f"  - {{name: a, flops: 10 TFLOPS, memory: 16 GB{a}}}\n"
+        "  - {name: b, flops: 10 TFLOPS, memory: 16 GB, device: cpu}\n"
+        "devices:\n"
+        "  - {name: p, count: 2, flops: 1 GFLOPS, memory: 4 GB, samples: 16,\n"
+        "     uplink: {bandwidth: 50 Mbps, latency: 5 ms}, downlink: {bandwidth: 50 Mbps, latency: 5 ms}}\n")
+    return str(p)
+
+
+def test_the_scenario_places_each_server_and_the_cli_overrides_it(tmp_path):
+    from types import SimpleNamespace
+
+    from trainer.run.runner import server_devices
+
+    path = _two_servers(tmp_path, "cuda:1")
+    assert server_devices(SimpleNamespace(devices=path, server_device=None)) == [
+        ("cuda:1", f"{path}: servers[a].device"), ("cpu", f"{path}: servers[b].device")]
+    assert server_devices(SimpleNamespace(devices=path, server_device="cpu")) == [
+        ("cpu", "--server-device"), ("cpu", "--server-device")]
+    path = _two_servers(tmp_path, None)
+    assert server_devices(SimpleNamespace(devices=path, server_device=None))[0] == (None, "auto")
+
+
+def test_a_scenario_device_this_machine_lacks_is_one_line_naming_the_key(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SfsimError, match=r"s\.yaml: servers\[a\]\.device cuda: this machine has no CUDA device"):
+        placement_for("splitfrozen", "cuda", "cpu", "fp32", f"{tmp_path}/s.yaml: servers[a].device")
+    _, line = placement_for("splitfrozen", "cpu", "cpu", "fp32", "s.yaml: servers[b].device")
+    assert line == "server on cpu (s.yaml: servers[b].device), fp32; devices on cpu"
+
+
+def test_a_server_device_that_is_no_torch_device_is_refused_in_the_scenario(tmp_path):
+    from sfsim.errors import ConfigError
+    from sfsim.scenario.config import load_scenario
+
+    with pytest.raises(ConfigError, match=r"servers\[0\]\.device: 'gpu0' is not a torch device here: use cpu, cuda"):
+        load_scenario(_two_servers(tmp_path, "gpu0"))

@@ -144,6 +144,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
     from trainer.methods.common import placement_for
     from trainer.run.launch import run as run_job
     from trainer.run.resume import check_trained, is_finished, recorded_metrics
+    from trainer.run.runner import server_devices
 
     if threads is not None and threads < 1:
         raise SfsimError(f"--threads must be >= 1 (got {threads})")
@@ -158,7 +159,8 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
     cfg = _resumed(resume_dir, given) if resume_dir is not None else _new_config(_settings(ctx.params, set(ctx.params)))
     _threads(threads)
     if role in (None, "server"):  # a GPU this machine lacks: one line now, not after the processes started
-        placement_for(cfg.method, cfg.server_device, cfg.device_device, cfg.precision)
+        for server_device, source in server_devices(cfg):
+            placement_for(cfg.method, server_device, cfg.device_device, cfg.precision, source)
     resume = resume_dir is not None
     with _one_line_os_errors(cfg.out):
         if role is not None and role != "server":  # devices (and torchrun's auto) may share the server's --out

@@ -8,6 +8,7 @@ planner and the trainer all read this one schema.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import field
 from functools import cached_property
@@ -144,6 +145,16 @@ class Server:
     backhaul: Link | None = Field(default=None, description="the server's link to the others (training.sync)")
     latency_profile: str | None = Field(default=None, description="path to a measured per-layer latency table "
                                         "(one accelerator; sfsim profile --role server)")
+    device: str | None = Field(default=None, description="where `sfsim run` trains this server's part: cpu, cuda, cuda:N, mps or "
+                               "auto (the default: a GPU where there is one); --server-device overrides it. "
+                               "The simulator takes the speed from flops or latency_profile, not from this")
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, v):
+        if v is not None and not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v):
+            raise ValueError(f"{v!r} is not a torch device here: use cpu, cuda, cuda:N, mps or auto")
+        return v
 
     @model_validator(mode="after")
     def _one_speed(self):

@@ -83,9 +83,10 @@ class Placement:
         return self.apart or self.server.type != "cpu"
 
     @classmethod
-    def of(cls, server: str | None = None, device: str | None = "cpu", precision: str = "fp32") -> Placement:
-        """From CLI values (``auto``/None: :func:`best_device`)."""
-        return cls(resolve_device(server, "--server-device"), resolve_device(device, "--device-device"), precision)
+    def of(cls, server: str | None = None, device: str | None = "cpu", precision: str = "fp32",
+           source: str = "--server-device") -> Placement:
+        """From CLI or scenario values (``auto``/None: :func:`best_device`); ``source`` names the server's in errors."""
+        return cls(resolve_device(server, source), resolve_device(device, "--device-device"), precision)
 
 
 #: Methods whose server trains, and so moves its part onto ``--server-device``. FedLoRA's server only averages
@@ -93,11 +94,13 @@ class Placement:
 GPU_SERVER_METHODS = ("splitfrozen", "splitfrozen-sequential", "splitlora", "cenlora")
 
 
-def placement_for(method: str, server: str | None, device: str | None, precision: str) -> tuple[Placement, str]:
-    """The roles' placement for ``method`` from the CLI values, and the one line that states it.
+def placement_for(method: str, server: str | None, device: str | None, precision: str,
+                  source: str = "--server-device") -> tuple[Placement, str]:
+    """The roles' placement for ``method`` from the CLI or scenario values, and the one line that states it.
 
     ``auto`` (or None) for the server picks :func:`best_device` where the method's server trains, else
     the CPU; an explicit GPU for FedLoRA's server (it only averages), or a device role off the CPU, is refused.
+    ``source`` names where ``server`` came from (``--server-device``, ``servers[NAME].device``).
 
     Raises:
         SfsimError: one line naming the value and what this version supports.
@@ -109,10 +112,10 @@ def placement_for(method: str, server: str | None, device: str | None, precision
         server = best_device() if method in GPU_SERVER_METHODS else "cpu"
         how = "auto"
     else:
-        how = "--server-device"
-    placement = Placement.of(server, "cpu", precision)
+        how = source
+    placement = Placement.of(server, "cpu", precision, source)
     if placement.server.type != "cpu" and method not in GPU_SERVER_METHODS:
-        raise SfsimError(f"--server-device {server}: {method}'s server trains nothing (the devices train; it "
+        raise SfsimError(f"{source} {server}: {method}'s server trains nothing (the devices train; it "
                          "averages their adapters on the CPU): use --server-device cpu")
     line = f"server on {placement.server} ({how}), {precision}; devices on cpu"
     if method not in GPU_SERVER_METHODS and precision != "fp32":

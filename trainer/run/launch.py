@@ -148,7 +148,8 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     t0 = time.perf_counter()
     if role == "device":  # a device process trains no server part: nothing of it goes to the server's GPU
         cfg = dataclasses.replace(cfg, server_device="cpu", precision="fp32")
-    built = runner.build(cfg)
+    servers = [s.name for s in load_scenario(cfg.devices).servers]
+    built = runner.build(cfg, server=servers[rank] if role != "device" and 0 <= rank < len(servers) else None)
     scenario, setup, fl = built.scenario, built.setup, fleet(built)
     n_srv = len(fl.servers)
     role = role if role != "auto" else "server" if rank < n_srv else "device"

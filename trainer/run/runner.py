@@ -277,11 +277,13 @@ def _say_model_mismatch(cfg: RunConfig, scenario, lm) -> None:
               f"scenario's model; set its model: to {cfg.model} to cost this one", file=sys.stderr)
 
 
-def build(cfg: RunConfig, train=None, dev=None) -> Built:
+def build(cfg: RunConfig, train=None, dev=None, server: str | None = None) -> Built:
     """Load the scenario, model and data; resolve the split; set up the method (a :class:`Built`).
 
     ``train``/``dev``: task data to use instead of the data folder's files (``trainer.methods.convergence``
     passes the training set less its held-out validation rows, and the validation rows as ``dev``).
+    ``server``: the server this process plays (its scenario ``device`` places the server part; default the
+    first device's server, or the first server).
     """
     scenario = load_scenario(cfg.devices)
     _scenario_client_order(cfg, scenario)
@@ -322,7 +324,8 @@ def build(cfg: RunConfig, train=None, dev=None) -> Built:
                   samples={r.name: r.n_samples for r in roles}, max_len=cfg.max_len, out=cfg.out,
                   pool_memory=None if cfg.pool_memory is None else parse_quantity(cfg.pool_memory, "size"),
                   bucket=cfg.bucket, codec=codec, cache_memory=cache)
-    setup.placement, where = placement_for(cfg.method, cfg.server_device, cfg.device_device, cfg.precision)
+    server_device, source = _server_device(cfg, scenario, server)
+    setup.placement, where = placement_for(cfg.method, server_device, cfg.device_device, cfg.precision, source)
     if cfg.progress:
         say(f"placement: {where}")
     method = build_method(cfg.method, setup)
@@ -333,6 +336,24 @@ def build(cfg: RunConfig, train=None, dev=None) -> Built:
             "n_eval": n_eval, **checks, "scores": [], "split_sources": split.sources, "assignment": split.assignment,
             "majority": None if dev.is_generation else majority_baseline(dev.labels[:n_eval], dev.num_labels)}
     return Built(scenario, lm, setup, method, dev, info, split)
+
+
+def _server_device(cfg: RunConfig, scenario, server: str | None) -> tuple[str | None, str]:
+    """Where the server part trains and what said so: ``--server-device``, else the scenario's ``device`` of
+    the server this process plays, else auto."""
+    if cfg.server_device is not None:
+        return cfg.server_device, "--server-device"
+    name = server or scenario.devices[0].server or scenario.servers[0].name
+    srv = scenario.server_by_name[name]
+    if srv.device is not None:
+        return srv.device, f"{cfg.devices}: servers[{name}].device"
+    return None, "auto"
+
+
+def server_devices(cfg: RunConfig) -> list[tuple[str | None, str]]:
+    """Each server's placement value and its source (:func:`_server_device`), to check before processes start."""
+    scenario = load_scenario(cfg.devices)
+    return [_server_device(cfg, scenario, s.name) for s in scenario.servers]
 
 
 def _say_split(cfg: RunConfig, split: Split) -> None:
