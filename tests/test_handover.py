@@ -78,24 +78,49 @@ def test_splitlora_and_fedlora_hand_over_as_the_simulator_says(tiny_gpt2, tmp_pa
     assert sends[-1].dur < 0.75 * sends[0].dur  # the new leg's uplink is twice as fast
 
 
-def test_splitlora_refuses_a_client_that_goes_back_in_one_line():
-    from sfsim.errors import SfsimError
-    from sfsim.scenario.config import load_scenario
-    from trainer.transport import dynamics
+def _validate(tiny_gpt2: str, tmp_path: Path, method: str, data: dict, *extra: str) -> tuple[dict, dict, Path]:
+    """``sfsim validate`` on ``data`` (a scenario): (report.json, the run's metrics.json, the run's folder)."""
+    from click.testing import CliRunner
 
-    data = yaml.safe_load((FIXTURES / "runtime_handover.yaml").read_text())
-    data["devices"][0]["handover"] = [{"at": "0.5 s", "to": "mec-b"}, {"at": "0.9 s", "to": "mec-a"}]
-    from sfsim.scenario.config import scenario_from_dict
+    from sfsim.cli import main
 
-    sc = scenario_from_dict(data)
-    with pytest.raises(SfsimError) as exc:
-        dynamics.check(sc, "splitlora", "all", "x.yaml", "fifo")
-    assert str(exc.value) == ("x.yaml: device mover goes back to a server it left; SplitLoRA's runtime moves a client to "
-                              "a new server only (a client's return can deadlock this version's release and join): only "
-                              "sfsim simulate, or use --method splitfrozen or fedlora")
-    for method in ("splitfrozen", "fedlora"):
-        dynamics.check(sc, method, "all", "x.yaml", "fifo")
-    dynamics.check(load_scenario(str(FIXTURES / "runtime_handover.yaml")), "splitlora", "all", "x.yaml", "fifo")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(tmp_path / "s.yaml"), "--model", tiny_gpt2, "--method",
+                                    method, "--split", "1", "--max-len", "48", "--train-samples", "32", "--data-dir",
+                                    str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo", *extra])
+    assert res.exit_code == 0, res.output
+    return (json.loads((out / "report.json").read_text()), json.loads((out / "run" / "metrics.json").read_text()),
+            out / "run")
+
+
+@pytest.mark.parametrize(("legs", "before", "trained_on_b"), [
+    ([("mec-b", 0.7), ("mec-a", 2.0)], [1, 2], [1]),  # A -> B -> A
+    ([("mec-b", 0.7), ("mec-a", 2.0), ("mec-b", 3.2)], [1, 2, 3], [1, 3]),  # A -> B -> A -> B
+])
+def test_a_splitlora_client_goes_back_to_a_server_it_left(tiny_gpt2, tmp_path, legs, before, trained_on_b):
+    """SplitLoRA's mover sends at ~0.35, 1.5, 2.7 and 3.85 s; its server releases it when a leg ends while it is idle,
+    and it lands on the leg holding then (a join only there: a join per leg passed through let the server of a leg
+    already over command it too, which trained a micro-batch twice and another never, or hung the run). stay-b is
+    never online, so mec-b holds no device of its own and waits for the visitor while it answers mec-a's rounds."""
+    from sfsim.outputs.trace import read_chrome_trace
+
+    data = yaml.safe_load(_scenario(tmp_path, "splitlora").read_text())
+    data["devices"][0]["handover"] = [{"at": f"{at} s", "to": to} for to, at in legs]
+    rep, m, run = _validate(tiny_gpt2, tmp_path, "splitlora", data)
+    moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
+             for side in ("predicted", "measured")}
+    assert moves["measured"] == moves["predicted"]
+    assert [b for *_, b in moves["measured"]] == before
+    assert m["samples_not_trained"] == rep["samples_not_trained"]["predicted"] == {"stay-b": 8}
+    assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
+    trained = sorted((e.device, e.mb, e.lane) for e in read_chrome_trace(run / "trace.json")
+                     if e.op == "F" and e.lane.startswith("mec-"))
+    # every micro-batch trained once, on the server of the leg holding when its upload started
+    assert trained == sorted([("mover", j, "mec-b" if j in trained_on_b else "mec-a") for j in range(4)]
+                             + [("stay-a", j, "mec-a") for j in range(2)])
+    a, b = _adapter(run), _adapter(run / "servers" / "mec-b")  # both servers end as one model
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_legs_say_who_holds_a_device_and_who_may_come():
@@ -106,6 +131,45 @@ def test_legs_say_who_holds_a_device_and_who_may_come():
     assert legs.holds("s", "b", 5.0) and legs.holds("x", "a", 5.0)  # no legs: it stays where it is
     assert legs.comes_back("m", "a", 1) and not legs.comes_back("m", "a", 2) and legs.comes_back("m", "b", 2)
     assert legs.visitors("a") == {"m"} and legs.visitors("b") == {"m"}
+
+
+def test_a_device_passing_through_several_legs_at_once_only_joins_the_one_it_lands_on():
+    """The messages of :meth:`Mover.move` (whose double joins made two servers command one SplitLoRA client)."""
+    from types import SimpleNamespace
+
+    from trainer.transport.handover import Mover
+
+    class Wire:
+        def __init__(self):
+            self.home, self.sent = 0, []
+
+        def send_up(self, msg):
+            self.sent.append((self.home, msg.kind, msg.mb, msg.aux))
+
+        def send_to(self, rank, msg):
+            self.sent.append((rank, msg.kind, msg.mb, msg.aux))
+
+        def move(self, name, rank):
+            self.home = rank
+
+    clock = [0.0]
+    legs = Legs({"m": [(0.0, 0, "a"), (1.0, 1, "b"), (2.0, 2, "c"), (3.0, 0, "a"), (4.0, 1, "b")]})
+    wire, meter = Wire(), SimpleNamespace(now=lambda: clock[0], events=[])
+    mover = Mover(legs, wire, meter)
+    assert not mover.move("m", 0, 1, 3, 1) and wire.sent == []  # nothing due
+    clock[0] = 3.5  # legs b, c and a are due: it lands on a, where it was; c never sees it again
+    assert mover.move("m", 0, 1, 3, 1) and mover.leg["m"] == 3
+    assert wire.sent == [(2, "join", -1, 0)]  # (not forced: a, which commands it, never knew it had gone)
+    assert [(h["from"], h["to"], h["sent_before"]) for h in mover.moves] == [("a", "b", 1), ("b", "c", 1), ("c", "a", 1)]
+    wire.sent.clear()
+    assert mover.move("m", 0, 2, 2, 2, force=True)  # released by a before its leg b holds: one leg on
+    assert wire.sent == [(0, "moved", 2, 4), (1, "join", 2, 2)] and mover.leg["m"] == 4
+    assert not mover.move("m", 0, 2, 2, 2, force=True)  # no leg left
+    mover = Mover(legs, wire, meter)
+    wire.home, wire.sent = 0, []
+    clock[0] = 2.5  # released by a after b's leg: lands on c; b comes later (leg 4), so it keeps waiting
+    assert mover.move("m", 0, 1, 3, 1, force=True)
+    assert wire.sent == [(0, "moved", 1, 2), (2, "join", 1, 3)]
 
 
 def test_each_join_brings_credits_again_after_the_device_moved_away_within_its_budget():

@@ -31,8 +31,8 @@ Handovers (several server processes, ``fifo``; :mod:`trainer.transport.handover`
 ``sfsim.schedules.splitlora.moves``: a micro-batch whose upload starts at or after the handover goes to the
 new server (``moved`` to the old one, ``join`` then the activations to the new one, which serves it in its
 segment); the old server sends no ``fwd`` once its leg has ended but ``release``-s the idle client, which
-then joins the new server from its next micro-batch; a FedAvg round takes the clients the server holds when
-it starts. A server whose own clients are done waits for a visitor while it answers the others' backhaul rounds.
+then joins the server of the leg holding then from its next micro-batch (which may be a server it left
+before); a FedAvg round takes the clients the server holds when it starts. A server whose own clients are done waits for a visitor while it answers the others' backhaul rounds.
 """
 
 from __future__ import annotations
