@@ -123,6 +123,32 @@ def test_a_splitlora_client_goes_back_to_a_server_it_left(tiny_gpt2, tmp_path, l
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fedlora_goes_back_and_forth_as_the_simulator_says(tiny_gpt2, tmp_path):
+    """FedLoRA A -> B -> A -> B, a round per micro-batch: mover uploads at ~0.6, 1.35, 2.1 and 2.85 s, each to the
+    server of the leg holding when the upload starts (0.3 s: B, 1.0 s: A, 2.5 s: B).
+
+    Without ``training.sync``: the simulator's FedLoRA leaves the backhaul rounds out (``sfsim simulate`` says so),
+    while the runtime's servers wait for each other at every sync round. With the fixture's ``sync: {every: 2,
+    mode: sync}`` mec-b holds mover's second round until mec-a's second round (~1.5 s), so its third upload starts
+    after 2.5 s and the runtime counts 2 micro-batches before that handover where the simulator says 3: the runtime
+    is right, the simulator does not model the wait."""
+    data = yaml.safe_load(_scenario(tmp_path, "fedlora").read_text())
+    data["training"]["local_steps"] = 1
+    del data["training"]["sync"]
+    data["devices"][0]["handover"] = [{"at": "0.3 s", "to": "mec-b"}, {"at": "1.0 s", "to": "mec-a"},
+                                      {"at": "2.5 s", "to": "mec-b"}]
+    rep, m, run = _validate(tiny_gpt2, tmp_path, "fedlora", data)
+    moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
+             for side in ("predicted", "measured")}
+    assert moves["measured"] == moves["predicted"] == [("mec-a", "mec-b", 0), ("mec-b", "mec-a", 1), ("mec-a", "mec-b", 3)]
+    assert m["samples_not_trained"] == rep["samples_not_trained"]["predicted"] == {"stay-b": 8}
+    assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
+    # every local step reached one server's round once: mover's 4 and stay-a's 2
+    assert sum(len(s["train_loss_history"]) for s in m["servers"].values()) == 4 + 2
+    a, b = _adapter(run), _adapter(run / "servers" / "mec-b")  # the closing round makes one model
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_legs_say_who_holds_a_device_and_who_may_come():
     legs = Legs({"m": [(0.0, 0, "a"), (1.0, 1, "b"), (2.0, 0, "a"), (3.0, 1, "b")], "s": [(0.0, 1, "b")]})
     assert legs.moving() and not Legs({"s": [(0.0, 1, "b")]}).moving()
