@@ -149,6 +149,47 @@ def test_fedlora_goes_back_and_forth_as_the_simulator_says(tiny_gpt2, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize(("method", "legs", "before", "untrained"), [
+    # sends at ~0.3, 0.7, 1.1, 1.5 s; epoch 1 on mec-b, which holds it (not a handover in epoch 1: the simulator
+    # streams a SplitFrozen device's epochs back to back, the runtime's epochs end with a barrier, so their epoch-1
+    # clocks differ by ~0.5 s)
+    ("splitfrozen", [("mec-b", 0.8)], [2], {}),
+    # sends at ~0.35, 1.5, 2.7, 3.85 s, then (epoch 1) ~5.1, 6.3, 7.5 and 8.6 s
+    ("splitlora", [("mec-b", 0.7), ("mec-a", 5.6)], [1, 5], {"stay-b": 16}),
+    # uploads (2 micro-batches each) at ~1.2 and 2.5 s, then (epoch 1) ~3.8 and 5.1 s
+    ("fedlora", [("mec-b", 0.3), ("mec-a", 4.5)], [0, 6], {"stay-b": 16}),
+])
+def test_handovers_over_two_epochs(tiny_gpt2, tmp_path, method, legs, before, untrained):
+    """A -> B in epoch 0, back to A in epoch 1 (SplitFrozen: A -> B in epoch 0): the server holding a device at an epoch's end starts it in the next
+    (SplitFrozen's old server started it too, and its second ``start`` made it send its epoch again), and
+    ``sent_before`` counts over the run, as the simulator's (SplitFrozen counted within the epoch)."""
+    from sfsim.outputs.trace import read_chrome_trace
+
+    data = yaml.safe_load(((FIXTURES / "runtime_handover.yaml") if method == "splitfrozen"
+                           else _scenario(tmp_path, method)).read_text())
+    if method == "fedlora":  # no backhaul rounds: the simulator's FedLoRA leaves them out (see the test above)
+        del data["training"]["sync"]
+    data["devices"][0]["handover"] = [{"at": f"{at} s", "to": to} for to, at in legs]
+    rep, m, run = _validate(tiny_gpt2, tmp_path, method, data, "--epochs", "2")
+    moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
+             for side in ("predicted", "measured")}
+    path = ["mec-a"] + [to for to, _ in legs]
+    assert moves["measured"] == moves["predicted"] == list(zip(path[:-1], path[1:], before, strict=True))
+    assert m["samples_not_trained"] == rep["samples_not_trained"]["predicted"] == untrained
+    assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
+    if method == "fedlora":  # every local step reached one server's round once: mover's 4 and stay-a's 2, twice
+        assert sum(len(s["train_loss_history"]) for s in m["servers"].values()) == 2 * (4 + 2)
+    else:  # every micro-batch trained once per epoch
+        from collections import Counter
+
+        trained = Counter((e.device, e.mb) for e in read_chrome_trace(run / "trace.json")
+                          if e.op == "F" and e.lane.startswith("mec-"))
+        devices = {"mover": 4, "stay-a": 2} if untrained else {"mover": 4, "stay-a": 2, "stay-b": 2}
+        assert trained == {(d, j): 2 for d, n in devices.items() for j in range(n)}
+    a, b = _adapter(run), _adapter(run / "servers" / "mec-b")  # both servers end as one model
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_legs_say_who_holds_a_device_and_who_may_come():
     legs = Legs({"m": [(0.0, 0, "a"), (1.0, 1, "b"), (2.0, 0, "a"), (3.0, 1, "b")], "s": [(0.0, 1, "b")]})
     assert legs.moving() and not Legs({"s": [(0.0, 1, "b")]}).moving()
@@ -182,19 +223,20 @@ def test_a_device_passing_through_several_legs_at_once_only_joins_the_one_it_lan
     legs = Legs({"m": [(0.0, 0, "a"), (1.0, 1, "b"), (2.0, 2, "c"), (3.0, 0, "a"), (4.0, 1, "b")]})
     wire, meter = Wire(), SimpleNamespace(now=lambda: clock[0], events=[])
     mover = Mover(legs, wire, meter)
-    assert not mover.move("m", 0, 1, 3, 1) and wire.sent == []  # nothing due
+    assert not mover.move("m", 0, 1, 3, 1, 4) and wire.sent == []  # nothing due
     clock[0] = 3.5  # legs b, c and a are due: it lands on a, where it was; c never sees it again
-    assert mover.move("m", 0, 1, 3, 1) and mover.leg["m"] == 3
+    assert mover.move("m", 0, 1, 3, 1, 4) and mover.leg["m"] == 3
     assert wire.sent == [(2, "join", -1, 0)]  # (not forced: a, which commands it, never knew it had gone)
     assert [(h["from"], h["to"], h["sent_before"]) for h in mover.moves] == [("a", "b", 1), ("b", "c", 1), ("c", "a", 1)]
     wire.sent.clear()
-    assert mover.move("m", 0, 2, 2, 2, force=True)  # released by a before its leg b holds: one leg on
+    assert mover.move("m", 1, 2, 2, 2, 4, force=True)  # released by a before its leg b holds: one leg on
     assert wire.sent == [(0, "moved", 2, 4), (1, "join", 2, 2)] and mover.leg["m"] == 4
-    assert not mover.move("m", 0, 2, 2, 2, force=True)  # no leg left
+    assert mover.moves[-1]["sent_before"] == 4 + 2  # in epoch 1: counted over the run, as the simulator
+    assert not mover.move("m", 1, 2, 2, 2, 4, force=True)  # no leg left
     mover = Mover(legs, wire, meter)
     wire.home, wire.sent = 0, []
     clock[0] = 2.5  # released by a after b's leg: lands on c; b comes later (leg 4), so it keeps waiting
-    assert mover.move("m", 0, 1, 3, 1, force=True)
+    assert mover.move("m", 0, 1, 3, 1, 4, force=True)
     assert wire.sent == [(0, "moved", 1, 2), (2, "join", 1, 3)]
 
 

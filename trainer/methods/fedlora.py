@@ -66,9 +66,7 @@ class FedLoRA(Handovers, Method):
         """``start``: the epoch's batches; ``round``: local steps from the global state, then upload."""
         s = self.setup
         if msg.kind == "start":  # mb: micro-batches already trained this epoch (resume)
-            sent = self._dev.get(role.name, {}).get("sent", 0)
-            self._dev[role.name] = {"batches": role.batches(msg.epoch), "pos": max(msg.mb, 0), "epoch": msg.epoch,
-                                    "sent": sent}
+            self._dev[role.name] = {"batches": role.batches(msg.epoch), "pos": max(msg.mb, 0), "epoch": msg.epoch}
             self._mover = self._mover or mover_of(self)
             return
         if msg.kind != "round":
@@ -107,10 +105,9 @@ class FedLoRA(Handovers, Method):
         state = pack_state(get_state(s.lm.model, s.head), self.keys)
         start = st["pos"] - int(sum(losses[2::3]))  # the round's first micro-batch
         if self._mover is not None and self._mover.due(role.name):  # the leg holding when the upload starts
-            self._mover.move(role.name, st["epoch"], st["pos"], len(st["batches"]) - start, st["sent"])
+            self._mover.move(role.name, st["epoch"], st["pos"], len(st["batches"]) - start, start, len(st["batches"]))
         s.transport.send_up(Message(role.name, -1, {"state": state, "losses": torch.tensor(losses, dtype=torch.float32)},
                                     kind="adapter", aux=msg.aux, epoch=st["epoch"]))
-        st["sent"] += st["pos"] - start
         if self._mover is not None and st["pos"] >= len(st["batches"]):
             self._mover.close(role.name, st["epoch"])
 

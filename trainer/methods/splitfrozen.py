@@ -128,7 +128,7 @@ class SplitFrozen(Method):
             st["credits"], st["first_here"] = st["window"], j
             self.setup.meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
             self.moves.append({"device": name, "at_s": at, "from": legs[k][2], "to": to, "epoch": st["epoch"],
-                               "sent_before": j})
+                               "sent_before": st["epoch"] * len(st["batches"]) + j})  # over the run, as the simulator
             k += 1
         self.leg[name] = k
 
@@ -147,7 +147,8 @@ class SplitFrozen(Method):
     def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
         """Start every device, then train on their micro-batches in the pacing order as they arrive."""
         s, tr = self.setup, self.setup.transport
-        counts = self.batch_counts()
+        held = {r.name for r in s.devices}  # a device that handed over is started by the server holding it now
+        counts = {n: k for n, k in self.batch_counts().items() if n in held}
         done = self.resume_cursor(epoch)  # device -> micro-batches already trained this epoch
         self._epoch = epoch
         live = [n for n in counts if n not in self.lost]

@@ -83,7 +83,6 @@ class ClientReplica:
         self.batches: list = []
         self.epoch = 0
         self.pending: tuple[int, torch.Tensor, tuple] | None = None  # (mb, hidden with graph, key)
-        self.sent = 0  # micro-batches sent in the run (a handover's ``sent_before``)
         self.since_step = 0  # backward passes accumulated since the client's last optimizer step
         self.gone = False  # the device has left for good (availability): it only answers ``leave``
 
@@ -160,7 +159,7 @@ class SplitLoRA(Handovers, Method):
             c.batches, c.epoch = role.batches(msg.epoch), msg.epoch
             self._mover = self._mover or mover_of(self)
         elif msg.kind == "release":  # its old server's leg ended: it joins the next one (trainer.transport.handover)
-            self._mover.move(role.name, c.epoch, msg.mb, len(c.batches) - msg.mb, c.sent, force=True)
+            self._mover.move(role.name, c.epoch, msg.mb, len(c.batches) - msg.mb, msg.mb, len(c.batches), force=True)
         elif msg.kind == "fwd":
             batch = c.batches[msg.mb]
             training_mode(c.part)
@@ -169,10 +168,9 @@ class SplitLoRA(Handovers, Method):
                 hidden = c.part(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch))  # (B, T, d)
             c.pending = (msg.mb, hidden, key)
             if self._mover is not None and self._mover.due(role.name):  # the leg holding when the upload starts
-                self._mover.move(role.name, c.epoch, msg.mb + 1, len(c.batches) - msg.mb, c.sent)
+                self._mover.move(role.name, c.epoch, msg.mb + 1, len(c.batches) - msg.mb, msg.mb, len(c.batches))
             s.transport.send_up(Message(role.name, msg.mb, {"hidden": hidden, "attention_mask": wire_mask(batch["attention_mask"]),
                                                             "labels": batch["labels"]}, epoch=c.epoch))
-            c.sent += 1
             if self._mover is not None and msg.mb == len(c.batches) - 1:
                 self._mover.close(role.name, c.epoch)
         elif msg.kind == "grad":

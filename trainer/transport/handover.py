@@ -85,7 +85,7 @@ class Mover:
         lg, k = self.legs.legs.get(name, []), self.leg.get(name, 0)
         return k + 1 < len(lg) and lg[k + 1][0] <= self.meter.now()
 
-    def move(self, name: str, epoch: int, nxt: int, left: int, sent: int, force: bool = False) -> bool:
+    def move(self, name: str, epoch: int, nxt: int, left: int, sent: int, per_epoch: int, force: bool = False) -> bool:
         """Take every handover of ``name`` due by now (at least one when ``force``: its old server released it).
 
         Every handover is recorded, but only the leg the device lands on hears from it: ``moved`` to the server
@@ -99,7 +99,9 @@ class Mover:
             epoch: the device's epoch.
             nxt: the index of the next micro-batch the new server may ask for (``join``'s mb).
             left: micro-batches of this epoch still to come to the new server, one in flight included.
-            sent: micro-batches (or, FedLoRA, micro-batches in uploads) sent before the move, this run.
+            sent: micro-batches (or, FedLoRA, micro-batches in uploads) sent before the move, this epoch.
+            per_epoch: the device's micro-batches per epoch (a move's ``sent_before`` counts over the run, as the
+                simulator's, and whatever a resumed run sent before it started).
 
         Returns:
             True when the device moved.
@@ -113,7 +115,7 @@ class Mover:
         for j in range(k + 1, to + 1):
             self.meter.events.append(TraceEvent(name, "handover", lg[j][0], 0.0, -1, name))
             self.moves.append({"device": name, "at_s": lg[j][0], "from": lg[j - 1][2], "to": lg[j][2], "epoch": epoch,
-                               "sent_before": sent})
+                               "sent_before": epoch * per_epoch + sent})
         self.leg[name] = to
         old, new = lg[k][1], lg[to][1]
         if force or old != new:  # (not forced and back where it was: its server never knew it had gone)
