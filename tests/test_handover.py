@@ -190,6 +190,21 @@ def test_handovers_over_two_epochs(tiny_gpt2, tmp_path, method, legs, before, un
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_splitfrozen_micro_batch_waiting_for_the_uplink_goes_to_the_leg_holding_when_its_send_starts(tiny_gpt2,
+                                                                                                      tmp_path):
+    """On a 0.25 Mbps uplink mover's activations (0.8 s each) queue: its third forward ends at ~1.4 s and its send
+    starts when the link frees, at ~1.9 s, after the handover at 1.6 s: it goes to mec-b, as in the simulator (the
+    runtime chose the leg when the forward ended, and sent it to mec-a)."""
+    data = yaml.safe_load((FIXTURES / "runtime_handover.yaml").read_text())
+    data["devices"][0]["uplink"]["bandwidth"] = "0.25 Mbps"
+    data["devices"][0]["handover"][0]["at"] = "1.6 s"
+    rep, m, _ = _validate(tiny_gpt2, tmp_path, "splitfrozen", data)
+    moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
+             for side in ("predicted", "measured")}
+    assert moves["measured"] == moves["predicted"] == [("mec-a", "mec-b", 2)]
+    assert m["lost_devices"] == {} and m["missing_reports"] == []
+
+
 def test_legs_say_who_holds_a_device_and_who_may_come():
     legs = Legs({"m": [(0.0, 0, "a"), (1.0, 1, "b"), (2.0, 0, "a"), (3.0, 1, "b")], "s": [(0.0, 1, "b")]})
     assert legs.moving() and not Legs({"s": [(0.0, 1, "b")]}).moving()

@@ -102,6 +102,8 @@ class SplitFrozen(Method):
                 j = st["next"]
                 out = role.forward_frozen(st["batches"][j], j, self.setup.meter)
                 out.epoch = st["epoch"]
+                if self.legs and hasattr(self.setup.transport, "wait_uplink"):  # the send starts when the link is free
+                    self.setup.transport.wait_uplink(role.name, j)
                 self._hand_over(role.name, st)  # the leg holding when the send starts takes the micro-batch
                 self.setup.transport.send_up(out)
                 st["next"], st["credits"] = j + 1, st["credits"] - 1
