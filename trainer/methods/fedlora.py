@@ -34,7 +34,7 @@ from trainer.methods.common import (
 )
 from trainer.model.lora import fedavg
 from trainer.model.split import split_model
-from trainer.transport.handover import Handovers, mover_of, visits_of
+from trainer.transport.handover import Handovers, hold_weight, mover_of, visits_of
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, device_kwargs
 from trainer.transport.wire import pack_state, unpack_state
 
@@ -153,6 +153,7 @@ class FedLoRA(Handovers, Method):
         """Rounds of local training and FedAvg until every device has used its epoch's data."""
         s, tr = self.setup, self.setup.transport
         counts = self.batch_counts()
+        hold_weight(self)  # handovers: the backhaul weight of the devices held now
         done = self.resume_cursor(epoch)
         for n in self.live():
             tr.send_down(Message(n, done.get(n, 0), kind="start", epoch=epoch))

@@ -36,7 +36,7 @@ from trainer.methods.common import (
 from trainer.model.backward import DeferredGrads
 from trainer.model.split import split_model
 from trainer.transport.cache import ActivationCache
-from trainer.transport.handover import Legs
+from trainer.transport.handover import Legs, hold_weight
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
 
 
@@ -152,6 +152,7 @@ class SplitFrozen(Method):
         held = {r.name for r in s.devices}  # a device that handed over is started by the server holding it now
         counts = {n: k for n, k in self.batch_counts().items() if n in held}
         done = self.resume_cursor(epoch)  # device -> micro-batches already trained this epoch
+        hold_weight(self)  # handovers: the backhaul weight of the devices held now
         self._epoch = epoch
         live = [n for n in counts if n not in self.lost]
         if self._from_cache(epoch, on_step, counts, done, live):

@@ -59,7 +59,7 @@ from trainer.methods.common import (
 from trainer.model.backward import DeferredGrads
 from trainer.model.lora import fedavg
 from trainer.model.split import split_model
-from trainer.transport.handover import Handovers, mover_of, visits_of
+from trainer.transport.handover import Handovers, hold_weight, mover_of, visits_of
 from trainer.transport.runtime import (
     DeviceLeft,
     DeviceRole,
@@ -199,6 +199,7 @@ class SplitLoRA(Handovers, Method):
         """Every client micro-batch once, interleaved in segments between FedAvg rounds or client after client."""
         s, tr = self.setup, self.setup.transport
         counts = self.batch_counts()
+        hold_weight(self)  # handovers: the backhaul weight of the devices held now
         done = self.resume_cursor(epoch)
         self.window = ([], 0)  # losses and samples the server has accumulated since its last step
         for n in self.live():

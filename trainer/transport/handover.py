@@ -198,7 +198,15 @@ def mover_of(method) -> Mover | None:
     return Mover(legs, method.setup.transport, method.setup.meter) if legs.moving() else None
 
 
-__all__ = ["Legs", "Mover", "Visits", "mover_of", "visits_of"]
+def hold_weight(method) -> None:
+    """With handovers, a server's weight in the backhaul's averages is the samples of the devices it holds at the
+    epoch's start (at launch: those assigned to it), so that it follows the devices from epoch to epoch and a run
+    resumed at an epoch's end (each device on the server of its leg then) weighs as the uninterrupted one."""
+    if method.sync is not None and Legs(getattr(method, "legs", {}) or {}).moving():
+        method.sync.weight = float(sum(r.n_samples for r in method.setup.devices))
+
+
+__all__ = ["Legs", "Mover", "Visits", "hold_weight", "mover_of", "visits_of"]
 
 
 class Handovers:
