@@ -114,3 +114,21 @@ def test_a_run_with_handovers_stopped_and_resumed_ends_as_an_uninterrupted_run(t
     assert [(h["device"], h["at_s"], h["from"], h["to"], h["sent_before"]) for h in m["handovers"]] == moves
     assert m["samples_not_trained"] == ref["samples_not_trained"] == {"stay-b": 16}
     assert max(abs(x - y) for x, y in zip(m["train_loss_history"], ref["train_loss_history"], strict=True)) <= 1e-5
+
+
+def test_resumed_legs_start_each_device_on_the_leg_it_was_on_at_the_checkpoint(tmp_path):
+    """Legs (at, rank) from the run's clock at the checkpoint (2.0 s) on; ``mover`` took its 0.5 s handover, not yet
+    the one at 1.5 s (due at its next send: at once), ``back`` took both of its own; a missing record is refused."""
+    from trainer.methods.checkpoint import save_checkpoint
+    from trainer.run.resume import TRACE_FILE, resumed_legs
+
+    legs = {"mover": [(0.0, 0), (0.5, 1), (1.5, 0), (3.0, 1)], "back": [(0.0, 1), (0.2, 0), (1.0, 1)],
+            "still": [(0.0, 0)]}
+    with pytest.raises(SfsimError, match=r"checkpoint_trace.json is missing or unreadable; a run with handovers"):
+        resumed_legs(tmp_path, legs)
+    (tmp_path / TRACE_FILE).write_text(json.dumps({"epoch": 1, "steps": 4, "until_s": 2.0, "events": []}))
+    moves = [{"device": "mover", "at_s": 0.5}, {"device": "back", "at_s": 0.2}, {"device": "back", "at_s": 1.0}]
+    save_checkpoint(tmp_path, {"w": torch.zeros(1)}, {}, {"epoch": 1, "totals": {"wall_s": 1.0, "handovers": moves}})
+    clock, out = resumed_legs(tmp_path, legs)
+    assert clock == 2.0
+    assert out == {"mover": [(0.0, 1), (0.0, 0), (1.0, 1)], "back": [(0.0, 1)], "still": [(0.0, 0)]}

@@ -111,9 +111,10 @@ def _handovers(info: dict) -> list[dict]:
 
 def resumed_legs(out: str | Path, legs: dict[str, list[tuple]]) -> tuple[float, dict[str, list[tuple]]]:
     """A resumed run with handovers: the run's clock at the checkpoint (``until_s`` of server 0's :data:`TRACE_FILE`),
-    and each device's legs from the one holding then, on the resumed attempt's clock (which starts at 0 there).
+    and each device's legs from the one it was on (its moves the checkpoints carry), on the resumed attempt's clock
+    (which starts at 0 there; a later leg due before it is due at once, as it was in the interrupted run).
 
-    Every process of the resumed run computes the same, so each device starts on the server of its leg at the
+    Every process of the resumed run computes the same, so each device starts on the server that held it at the
     checkpoint (with several servers a checkpoint is an epoch's end, after the closing sync round: every server
     holds the same model, and nothing is in flight).
 
@@ -125,9 +126,12 @@ def resumed_legs(out: str | Path, legs: dict[str, list[tuple]]) -> tuple[float, 
     except (OSError, ValueError, KeyError, TypeError):
         raise SfsimError(f"--resume: {path} is missing or unreadable; a run with handovers resumes on the run's "
                          "clock at its checkpoint, which that file records: start the run again") from None
+    moved = (checkpoint_totals(out) or {}).get("handovers")  # each device's moves up to the checkpoint
     out_legs = {}
     for name, lg in legs.items():
         k = max((j for j, (at, *_) in enumerate(lg) if at <= clock), default=0)
+        if moved is not None:  # the leg it was on: a handover due but not yet taken is taken at its next send
+            k = min(k, sum(h["device"] == name for h in moved))
         out_legs[name] = [(max(at - clock, 0.0) if j else 0.0, *rest) for j, (at, *rest) in enumerate(lg[k:])]
     return clock, out_legs
 
