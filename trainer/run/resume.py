@@ -20,7 +20,10 @@ consistent point: weights, optimizer, data cursors and the totals so far) and, o
   run's ``trace.json`` and Gantt show them, a ``resume`` marker, then the resumed part shifted to
   follow (:func:`whole_trace`). The time between the checkpoint and the stop is not on it;
 - with several servers, restores each server's own checkpoint (each writes one, only at epoch ends)
-  after checking that they are from the same epoch (:func:`agree_across_servers`).
+  after checking that they are from the same epoch (:func:`agree_across_servers`);
+- with handovers, starts each device on the server that held it at the checkpoint and moves the later
+  handovers onto the resumed attempt's clock (:func:`resumed_legs`); the handovers and untrained samples
+  before the checkpoint are carried into ``metrics.json``.
 
 Checkpoints are taken at consistent points (after an optimizer step) every ``--checkpoint-every``
 steps and, by default, at least every :data:`CHECKPOINT_S` seconds (:class:`CheckpointClock`), so a
