@@ -34,7 +34,7 @@ from trainer.methods.common import (
 )
 from trainer.model.lora import fedavg
 from trainer.model.split import split_model
-from trainer.transport.handover import Handovers, mover_of, visits_of
+from trainer.transport.handover import Handovers, hold_weight, mover_of, visits_of
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, device_kwargs
 from trainer.transport.wire import pack_state, unpack_state
 
@@ -66,9 +66,7 @@ class FedLoRA(Handovers, Method):
         """``start``: the epoch's batches; ``round``: local steps from the global state, then upload."""
         s = self.setup
         if msg.kind == "start":  # mb: micro-batches already trained this epoch (resume)
-            sent = self._dev.get(role.name, {}).get("sent", 0)
-            self._dev[role.name] = {"batches": role.batches(msg.epoch), "pos": max(msg.mb, 0), "epoch": msg.epoch,
-                                    "sent": sent}
+            self._dev[role.name] = {"batches": role.batches(msg.epoch), "pos": max(msg.mb, 0), "epoch": msg.epoch}
             self._mover = self._mover or mover_of(self)
             return
         if msg.kind != "round":
@@ -107,10 +105,9 @@ class FedLoRA(Handovers, Method):
         state = pack_state(get_state(s.lm.model, s.head), self.keys)
         start = st["pos"] - int(sum(losses[2::3]))  # the round's first micro-batch
         if self._mover is not None and self._mover.due(role.name):  # the leg holding when the upload starts
-            self._mover.move(role.name, st["epoch"], st["pos"], len(st["batches"]) - start, st["sent"])
+            self._mover.move(role.name, st["epoch"], st["pos"], len(st["batches"]) - start, start, len(st["batches"]))
         s.transport.send_up(Message(role.name, -1, {"state": state, "losses": torch.tensor(losses, dtype=torch.float32)},
                                     kind="adapter", aux=msg.aux, epoch=st["epoch"]))
-        st["sent"] += st["pos"] - start
         if self._mover is not None and st["pos"] >= len(st["batches"]):
             self._mover.close(role.name, st["epoch"])
 
@@ -156,6 +153,7 @@ class FedLoRA(Handovers, Method):
         """Rounds of local training and FedAvg until every device has used its epoch's data."""
         s, tr = self.setup, self.setup.transport
         counts = self.batch_counts()
+        hold_weight(self)  # handovers: the backhaul weight of the devices held now
         done = self.resume_cursor(epoch)
         for n in self.live():
             tr.send_down(Message(n, done.get(n, 0), kind="start", epoch=epoch))

@@ -36,7 +36,7 @@ from trainer.methods.common import (
 from trainer.model.backward import DeferredGrads
 from trainer.model.split import split_model
 from trainer.transport.cache import ActivationCache
-from trainer.transport.handover import Legs
+from trainer.transport.handover import Legs, hold_weight
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
 
 
@@ -102,6 +102,8 @@ class SplitFrozen(Method):
                 j = st["next"]
                 out = role.forward_frozen(st["batches"][j], j, self.setup.meter)
                 out.epoch = st["epoch"]
+                if self.legs and hasattr(self.setup.transport, "wait_uplink"):  # the send starts when the link is free
+                    self.setup.transport.wait_uplink(role.name, j)
                 self._hand_over(role.name, st)  # the leg holding when the send starts takes the micro-batch
                 self.setup.transport.send_up(out)
                 st["next"], st["credits"] = j + 1, st["credits"] - 1
@@ -128,7 +130,7 @@ class SplitFrozen(Method):
             st["credits"], st["first_here"] = st["window"], j
             self.setup.meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
             self.moves.append({"device": name, "at_s": at, "from": legs[k][2], "to": to, "epoch": st["epoch"],
-                               "sent_before": j})
+                               "sent_before": st["epoch"] * len(st["batches"]) + j})  # over the run, as the simulator
             k += 1
         self.leg[name] = k
 
@@ -147,8 +149,10 @@ class SplitFrozen(Method):
     def server_epoch(self, epoch: int, on_step: StepCallback) -> None:
         """Start every device, then train on their micro-batches in the pacing order as they arrive."""
         s, tr = self.setup, self.setup.transport
-        counts = self.batch_counts()
+        held = {r.name for r in s.devices}  # a device that handed over is started by the server holding it now
+        counts = {n: k for n, k in self.batch_counts().items() if n in held}
         done = self.resume_cursor(epoch)  # device -> micro-batches already trained this epoch
+        hold_weight(self)  # handovers: the backhaul weight of the devices held now
         self._epoch = epoch
         live = [n for n in counts if n not in self.lost]
         if self._from_cache(epoch, on_step, counts, done, live):

@@ -31,8 +31,8 @@ Handovers (several server processes, ``fifo``; :mod:`trainer.transport.handover`
 ``sfsim.schedules.splitlora.moves``: a micro-batch whose upload starts at or after the handover goes to the
 new server (``moved`` to the old one, ``join`` then the activations to the new one, which serves it in its
 segment); the old server sends no ``fwd`` once its leg has ended but ``release``-s the idle client, which
-then joins the new server from its next micro-batch; a FedAvg round takes the clients the server holds when
-it starts. A server whose own clients are done waits for a visitor while it answers the others' backhaul rounds.
+then joins the server of the leg holding then from its next micro-batch (which may be a server it left
+before); a FedAvg round takes the clients the server holds when it starts. A server whose own clients are done waits for a visitor while it answers the others' backhaul rounds.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from trainer.methods.common import (
 from trainer.model.backward import DeferredGrads
 from trainer.model.lora import fedavg
 from trainer.model.split import split_model
-from trainer.transport.handover import Handovers, mover_of, visits_of
+from trainer.transport.handover import Handovers, hold_weight, mover_of, visits_of
 from trainer.transport.runtime import (
     DeviceLeft,
     DeviceRole,
@@ -83,7 +83,6 @@ class ClientReplica:
         self.batches: list = []
         self.epoch = 0
         self.pending: tuple[int, torch.Tensor, tuple] | None = None  # (mb, hidden with graph, key)
-        self.sent = 0  # micro-batches sent in the run (a handover's ``sent_before``)
         self.since_step = 0  # backward passes accumulated since the client's last optimizer step
         self.gone = False  # the device has left for good (availability): it only answers ``leave``
 
@@ -160,7 +159,7 @@ class SplitLoRA(Handovers, Method):
             c.batches, c.epoch = role.batches(msg.epoch), msg.epoch
             self._mover = self._mover or mover_of(self)
         elif msg.kind == "release":  # its old server's leg ended: it joins the next one (trainer.transport.handover)
-            self._mover.move(role.name, c.epoch, msg.mb, len(c.batches) - msg.mb, c.sent, force=True)
+            self._mover.move(role.name, c.epoch, msg.mb, len(c.batches) - msg.mb, msg.mb, len(c.batches), force=True)
         elif msg.kind == "fwd":
             batch = c.batches[msg.mb]
             training_mode(c.part)
@@ -169,10 +168,9 @@ class SplitLoRA(Handovers, Method):
                 hidden = c.part(batch["input_ids"], batch["attention_mask"], **device_kwargs(batch))  # (B, T, d)
             c.pending = (msg.mb, hidden, key)
             if self._mover is not None and self._mover.due(role.name):  # the leg holding when the upload starts
-                self._mover.move(role.name, c.epoch, msg.mb + 1, len(c.batches) - msg.mb, c.sent)
+                self._mover.move(role.name, c.epoch, msg.mb + 1, len(c.batches) - msg.mb, msg.mb, len(c.batches))
             s.transport.send_up(Message(role.name, msg.mb, {"hidden": hidden, "attention_mask": wire_mask(batch["attention_mask"]),
                                                             "labels": batch["labels"]}, epoch=c.epoch))
-            c.sent += 1
             if self._mover is not None and msg.mb == len(c.batches) - 1:
                 self._mover.close(role.name, c.epoch)
         elif msg.kind == "grad":
@@ -201,6 +199,7 @@ class SplitLoRA(Handovers, Method):
         """Every client micro-batch once, interleaved in segments between FedAvg rounds or client after client."""
         s, tr = self.setup, self.setup.transport
         counts = self.batch_counts()
+        hold_weight(self)  # handovers: the backhaul weight of the devices held now
         done = self.resume_cursor(epoch)
         self.window = ([], 0)  # losses and samples the server has accumulated since its last step
         for n in self.live():

@@ -55,6 +55,7 @@ from trainer.run.resume import (
     is_finished,
     mark_finished,
     recorded_metrics,
+    resumed_legs,
     whole_trace,
 )
 from trainer.run.runner import RunConfig
@@ -166,9 +167,10 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
                    cfg.client_order)
     legs = device_legs(cfg, built, fl)
     visits = {n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()}
-    if resume and any(len(lg) > 1 for lg in legs.values()):
-        raise SfsimError(f"--resume: {cfg.devices} has handovers, which follow the run's clock from its start; "
-                         "a run with handovers cannot be resumed: start it again")
+    if resume and any(len(lg) > 1 for lg in legs.values()):  # from each device's leg at the checkpoint on
+        built.info["clock_s"], legs = resumed_legs(cfg.out, legs)
+        fl.home.update({n: lg[0][1] for n, lg in legs.items() if lg})
+        visits = {n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()}
     limits = _limits(cfg, built, role == "server")  # before a server keeps only its own devices
     timeout_s = max(600.0, 4 * cfg.peer_timeout)
     channels = connect(rank, world, master, fl.devices, secure.need_secret(), secure.encrypt_default(multi_host=True),

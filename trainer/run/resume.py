@@ -20,7 +20,10 @@ consistent point: weights, optimizer, data cursors and the totals so far) and, o
   run's ``trace.json`` and Gantt show them, a ``resume`` marker, then the resumed part shifted to
   follow (:func:`whole_trace`). The time between the checkpoint and the stop is not on it;
 - with several servers, restores each server's own checkpoint (each writes one, only at epoch ends)
-  after checking that they are from the same epoch (:func:`agree_across_servers`).
+  after checking that they are from the same epoch (:func:`agree_across_servers`);
+- with handovers, starts each device on the server that held it at the checkpoint and moves the later
+  handovers onto the resumed attempt's clock (:func:`resumed_legs`); the handovers and untrained samples
+  before the checkpoint are carried into ``metrics.json``.
 
 Checkpoints are taken at consistent points (after an optimizer step) every ``--checkpoint-every``
 steps and, by default, at least every :data:`CHECKPOINT_S` seconds (:class:`CheckpointClock`), so a
@@ -82,11 +85,12 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
     else:
         method.save_devices(ckpt)
     totals = carried(info["base_totals"], setup.meter, elapsed_s, info.get("device_reports"))
+    totals["handovers"] = _handovers(info)
     _save_trace(out, setup, info, epoch, ckpt)
     extra, meta = method.server_extra()
     tensors = {**full_state(setup.lm.model, setup.head), **{f"x.{k}": v for k, v in extra.items()}}
     progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": info["scores"],
-                "lost": method.lost, "stream": method.server_stream, "extra": meta,
+                "lost": method.lost, "not_trained": method.not_trained, "stream": method.server_stream, "extra": meta,
                 "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals}
     if method.sync is not None:  # several servers: the backhaul's counters (sync every N steps counts across epochs)
         progress["sync"] = {"steps": method.sync.steps, "rounds": method.sync.rounds, "bytes": method.sync.bytes}
@@ -97,6 +101,42 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
     written = save_checkpoint(out, tensors, method.optimizers(), progress, name=NEXT)
     method.sync.group.all_reduce(torch.zeros(1))  # a barrier over the backhaul links
     os.replace(written, Path(out) / CHECKPOINT)
+
+
+def _handovers(info: dict) -> list[dict]:
+    """The handovers up to a checkpoint: the earlier attempts' (carried) and this attempt's as its devices last
+    reported them, moved from this attempt's clock (which starts at the checkpoint it resumed from) to the run's."""
+    shift = float(info.get("clock_s", 0.0))
+    mine = [{**h, "at_s": round(h["at_s"] + shift, 9)} for r in (info.get("device_reports") or {}).values()
+            for h in r.get("handovers", [])]
+    return list((info.get("base_totals") or {}).get("handovers", [])) + mine
+
+
+def resumed_legs(out: str | Path, legs: dict[str, list[tuple]]) -> tuple[float, dict[str, list[tuple]]]:
+    """A resumed run with handovers: the run's clock at the checkpoint (``until_s`` of server 0's :data:`TRACE_FILE`),
+    and each device's legs from the one it was on (its moves the checkpoints carry), on the resumed attempt's clock
+    (which starts at 0 there; a later leg due before it is due at once, as it was in the interrupted run).
+
+    Every process of the resumed run computes the same, so each device starts on the server that held it at the
+    checkpoint (with several servers a checkpoint is an epoch's end, after the closing sync round: every server
+    holds the same model, and nothing is in flight).
+
+    Raises:
+        SfsimError: the file is missing or unreadable (one line: start the run again)."""
+    path = Path(out) / TRACE_FILE
+    try:
+        clock = float(json.loads(path.read_text())["until_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SfsimError(f"--resume: {path} is missing or unreadable; a run with handovers resumes on the run's "
+                         "clock at its checkpoint, which that file records: start the run again") from None
+    moved = (checkpoint_totals(out) or {}).get("handovers")  # each device's moves up to the checkpoint
+    out_legs = {}
+    for name, lg in legs.items():
+        k = max((j for j, (at, *_) in enumerate(lg) if at <= clock), default=0)
+        if moved is not None:  # the leg it was on: a handover due but not yet taken is taken at its next send
+            k = min(k, sum(h["device"] == name for h in moved))
+        out_legs[name] = [(max(at - clock, 0.0) if j else 0.0, *rest) for j, (at, *rest) in enumerate(lg[k:])]
+    return clock, out_legs
 
 
 def device_reports(setup: Setup, method, ckpt: int) -> dict[str, dict]:
@@ -196,6 +236,7 @@ def _restore(out: Path, setup: Setup, method, losses: list, evals: list, info: d
     info["base_totals"] = progress.get("totals")
     info["trace_before"] = _load_trace(out, progress)
     method.lost, method.server_stream = progress["lost"], [tuple(x) for x in progress["stream"]]
+    method.not_trained = {k: int(v) for k, v in progress.get("not_trained", {}).items()}  # earlier epochs' leaves
     if method.sync is not None and "sync" in progress:
         method.sync.steps, method.sync.rounds, method.sync.bytes = (int(progress["sync"][k]) for k in
                                                                      ("steps", "rounds", "bytes"))
@@ -280,6 +321,13 @@ def checkpoint_totals(out: str | Path) -> dict | None:
     if not parts:
         return None
     merged = {"wall_s": max(float(t.get("wall_s", 0.0)) for t in parts)}
+    if any("handovers" in t for t in parts):  # each device's, from the server holding it at the checkpoint
+        merged["handovers"] = sorted((h for t in parts for h in t.get("handovers", [])),
+                                     key=lambda h: (h["at_s"], h["device"]))
+        try:
+            merged["clock_s"] = float(json.loads((Path(out) / TRACE_FILE).read_text())["until_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     for key in _COUNTERS:
         merged[key] = {}
         for t in parts:
@@ -352,6 +400,9 @@ def add_totals(metrics: dict, base: dict | None, distributed: bool) -> dict:
         m[f"{side}_bytes"] = sum(by.values())
     attempt = float(m.get("wall_s", 0.0))
     m["wall_s"] = round(attempt + float(base.get("wall_s", 0.0)), 3)
+    if "handovers" in m and "clock_s" in base:  # this attempt's, on the run's clock, after the earlier attempts'
+        m["handovers"] = base.get("handovers", []) + [{**h, "at_s": round(h["at_s"] + base["clock_s"], 9)}
+                                                      for h in m["handovers"]]
     m["resumed"] = {"totals_before": base, "attempt_wall_s": attempt,
                     "note": "FLOPs, bytes and wall_s add the totals recorded at the checkpoint to this attempt's"
                     + ("; distributed: the devices' FLOPs and uplink bytes at the checkpoint are those each reported "

@@ -190,6 +190,14 @@ class DistTransport:
             self.meter.events.append(TraceEvent(msg.device, "wait", now, start - now, msg.mb, msg.device))
             _sleep_until(self.meter, start)
 
+    def wait_uplink(self, device: str, mb: int) -> None:
+        """Device side, shaped: sleep until the uplink is free (a ``wait`` on its lane), so that a handover decided
+        next is the leg holding when the link takes micro-batch ``mb`` (the simulator's rule)."""
+        start, now = self._free[-1], self.meter.now()
+        if self.shaping is not None and start > now:
+            self.meter.events.append(TraceEvent(device, "wait", now, start - now, mb, device))
+            _sleep_until(self.meter, start)
+
     def send_down(self, msg: Message) -> None:
         """Server -> device ``msg.device`` (queued; a lost device's messages are dropped)."""
         if msg.device in self.inbox.lost:

@@ -67,26 +67,10 @@ def check(scenario, method: str, emulate: str, what: str, server_order: str = "f
         raise SfsimError(f"{what}: device {moving[0]} hands over to another server; SplitLoRA's sequential client "
                          "order (client after client, each over its whole epoch) has no place for a client arriving "
                          "mid-run: use training.client_order interleaved")
-    back = next((d.name for d in scenario.devices if _returns(d)), None)
-    if method == "splitlora" and back is not None:
-        raise SfsimError(f"{what}: device {back} goes back to a server it left; SplitLoRA's runtime moves a client "
-                         "to a new server only (a client's return can deadlock this version's release and join): "
-                         "only sfsim simulate, or use --method splitfrozen or fedlora")
     if method.startswith("split") and server_order != "fifo":
         raise SfsimError(f"{what}: device {moving[0]} hands over to another server; a server takes a visiting "
                          f"device's micro-batches in arrival order only (--server-order {server_order} is a "
                          "schedule of turns fixed before the run): use --server-order fifo")
-
-
-def _returns(d) -> bool:
-    """Whether device ``d``'s handovers take it back to a server it has left."""
-    seen, here = {d.server}, d.server
-    for h in d.handover or ():
-        if h.to != here and h.to in seen:
-            return True
-        seen.add(h.to)
-        here = h.to
-    return False
 
 
 def legs(scenario, d, first: str) -> list[tuple[float, str, Rate | None, Rate | None, tuple]]:

@@ -14,7 +14,11 @@ The messages (:mod:`trainer.transport.wire`), whatever the method:
   index of the next one the server may ask for), or ``aux`` 0: "not this epoch any more", which the
   device sends to every other server of its legs when its epoch is over (:meth:`Mover.close`);
 * ``release`` from a server-driven method's old server (SplitLoRA) to an idle device once its leg there
-  has ended: the device then joins the new server.
+  has ended: the device then joins the server of the leg holding when it gets the release.
+
+A device that passes through several legs at once (a release after more than one handover, a forward
+spanning a short leg) tells only the server it lands on (:meth:`Mover.move`): a server whose leg is over
+never holds it, so no two servers command one device, and a device may come back to a server it left.
 
 A server keeps a *placeholder* for each visitor that may still come to it this epoch (a later leg on it)
 until the visitor joins or says it will not; a server whose own devices are done then answers the
@@ -81,31 +85,47 @@ class Mover:
         lg, k = self.legs.legs.get(name, []), self.leg.get(name, 0)
         return k + 1 < len(lg) and lg[k + 1][0] <= self.meter.now()
 
-    def move(self, name: str, epoch: int, nxt: int, left: int, sent: int, force: bool = False) -> bool:
+    def move(self, name: str, epoch: int, nxt: int, left: int, sent: int, per_epoch: int, force: bool = False) -> bool:
         """Take every handover of ``name`` due by now (at least one when ``force``: its old server released it).
+
+        Every handover is recorded, but only the leg the device lands on hears from it: ``moved`` to the server
+        it leaves and ``join`` to the one it lands on (both the same server when the legs it passed through took
+        it back there), and a ``join`` of 0 to a server of a leg it passed through without sending anything,
+        unless a later leg brings it there. A join per leg passed through would let a server whose leg is
+        already over command the device, or release it into a later leg early (two servers commanding one
+        device: a micro-batch trained twice, another never, or a server waiting forever).
 
         Args:
             epoch: the device's epoch.
             nxt: the index of the next micro-batch the new server may ask for (``join``'s mb).
             left: micro-batches of this epoch still to come to the new server, one in flight included.
-            sent: micro-batches (or, FedLoRA, micro-batches in uploads) sent before the move, this run.
+            sent: micro-batches (or, FedLoRA, micro-batches in uploads) sent before the move, this epoch.
+            per_epoch: the device's micro-batches per epoch (a move's ``sent_before`` counts over the run, as the
+                simulator's, and whatever a resumed run sent before it started).
 
         Returns:
             True when the device moved.
         """
-        lg, tr = self.legs.legs.get(name, []), self.transport
-        k, moved = self.leg.get(name, 0), False
-        while k + 1 < len(lg) and (lg[k + 1][0] <= self.meter.now() or (force and not moved)):
-            at, new, to = lg[k + 1]
-            tr.send_up(Message(name, min(nxt, sent), kind="moved", aux=k + 1, epoch=epoch))
-            tr.move(name, new)
-            tr.send_up(Message(name, nxt, kind="join", aux=left, epoch=epoch))
-            self.meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
-            self.moves.append({"device": name, "at_s": at, "from": lg[k][2], "to": to, "epoch": epoch,
-                               "sent_before": sent})
-            k, moved = k + 1, True
-        self.leg[name] = k
-        return moved
+        lg, k = self.legs.legs.get(name, []), self.leg.get(name, 0)
+        to = max((j for j in range(k + 1, len(lg)) if lg[j][0] <= self.meter.now()), default=k)
+        if force and to == k and k + 1 < len(lg):
+            to = k + 1
+        if to == k:
+            return False
+        for j in range(k + 1, to + 1):
+            self.meter.events.append(TraceEvent(name, "handover", lg[j][0], 0.0, -1, name))
+            self.moves.append({"device": name, "at_s": lg[j][0], "from": lg[j - 1][2], "to": lg[j][2], "epoch": epoch,
+                               "sent_before": epoch * per_epoch + sent})
+        self.leg[name] = to
+        old, new = lg[k][1], lg[to][1]
+        if force or old != new:  # (not forced and back where it was: its server never knew it had gone)
+            self.transport.send_up(Message(name, min(nxt, sent), kind="moved", aux=to, epoch=epoch))
+            self.transport.move(name, new)
+            self.transport.send_up(Message(name, nxt, kind="join", aux=left, epoch=epoch))
+        for rank in sorted({lg[j][1] for j in range(k + 1, to)} - {old, new}):
+            if not any(r == rank for _, r, _ in lg[to + 1:]):
+                self.transport.send_to(rank, Message(name, -1, kind="join", aux=0, epoch=epoch))
+        return True
 
     def close(self, name: str, epoch: int) -> None:
         """Device ``name``'s epoch is over (sent, or it left): every other server of its legs stops waiting for
@@ -144,10 +164,12 @@ class Visits:
 
     def gone(self, name: str, leg: int) -> None:
         """``name`` left for its leg ``leg`` (``moved``, or released here): forget it, and wait for it again only
-        if a later leg brings it back."""
+        if a later leg brings it back (the ``moved`` of a release names the leg the device landed on: it decides)."""
         self.setup.devices = [r for r in self.setup.devices if r.name != name]
         if self.legs.comes_back(name, self.setup.server, leg):
             self.waiting.add(name)
+        else:
+            self.waiting.discard(name)
 
     def joined(self, msg: Message, epoch: int) -> int:
         """A ``join`` of this epoch: the visitor's micro-batches still to come here (0: it will not come);
@@ -176,7 +198,15 @@ def mover_of(method) -> Mover | None:
     return Mover(legs, method.setup.transport, method.setup.meter) if legs.moving() else None
 
 
-__all__ = ["Legs", "Mover", "Visits", "mover_of", "visits_of"]
+def hold_weight(method) -> None:
+    """With handovers, a server's weight in the backhaul's averages is the samples of the devices it holds at the
+    epoch's start (at launch: those assigned to it), so that it follows the devices from epoch to epoch and a run
+    resumed at an epoch's end (each device on the server of its leg then) weighs as the uninterrupted one."""
+    if method.sync is not None and Legs(getattr(method, "legs", {}) or {}).moving():
+        method.sync.weight = float(sum(r.n_samples for r in method.setup.devices))
+
+
+__all__ = ["Legs", "Mover", "Visits", "hold_weight", "mover_of", "visits_of"]
 
 
 class Handovers:
