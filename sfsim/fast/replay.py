@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import cenlora, fedlora, splitfrozen, splitlora
+from sfsim.fast import cenlora, dynamic, fedlora, splitfrozen, splitlora
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.fast.splitfrozen import POLICY_CODES
 
@@ -64,8 +64,9 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return None  # time-varying links only: each transfer integrates its rate
     if name not in SPLITFROZEN:
         return None if net is None else _DYNAMIC
-    if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
-        return _DYNAMIC  # first, as for the other schedules: --schedule all then says one reason for all
+    why = dynamic.covers(net, cfg.policy) if net is not None and getattr(net, "views", None) is not None else None
+    if why is not None:  # first, as for the other schedules: --schedule all then says one reason for all
+        return f"the dynamic network's {why} is replayed by the SimPy engine only"
     if cfg.policy not in POLICY_CODES:
         return f"server policy {cfg.policy!r} is replayed by the SimPy engine only"
     if scenario.training.sync is not None and len(scenario.servers) > 1:
@@ -98,7 +99,9 @@ def replay(job, cfg, sequential: bool = False, schedule: str | None = None) -> t
 
 def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
     rec = Replayed()
-    outs, busy, up = splitfrozen.replay_job(job, cfg, sequential)
+    net = getattr(job, "network", None)
+    dyn = net is not None and getattr(net, "views", None) is not None
+    outs, busy, up = (dynamic if dyn else splitfrozen).replay_job(job, cfg, sequential)
     names = [d.name for d in job.devices]  # what sfsim.schedules.splitfrozen.run sets before the run
     rec.device_busy, rec.up_bytes = dict(zip(names, busy.tolist(), strict=True)), dict(zip(names, up.tolist(), strict=True))
     rec.down_bytes = dict.fromkeys(names, 0.0)
