@@ -147,12 +147,80 @@ def check(seed: int, ties: bool) -> str:
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_random_dynamic_fleets_equal(ties):
-    outcomes = [check(seed, ties) for seed in range(300)]
-    assert outcomes.count("equal") >= 200
+    outcomes = [check(seed, ties) for seed in range(600)]
+    assert outcomes.count("equal") >= 350
 
 
 @pytest.mark.slow
 def test_many_random_dynamic_fleets_equal():
     for ties in (False, True):
-        outcomes = [check(seed, ties) for seed in range(300, 3300)]
-        assert outcomes.count("equal") >= 2000
+        outcomes = [check(seed, ties) for seed in range(600, 5600)]
+        assert outcomes.count("equal") >= 3500
+
+
+LINK = {"bandwidth": "100 Mbps", "latency": "5 ms"}
+BASE = {
+    "model": {"name": "gpt2", "seq_len": 32, "task": "classification", "num_labels": 2},
+    "training": {"micro_batch": 4, "buffer": 4, "split": 2},
+    "servers": [{"name": "a", "flops": "10 TFLOPS", "memory": "24 GiB"},
+                {"name": "b", "flops": "20 TFLOPS", "memory": "24 GiB"}],
+    "devices": [{"name": "car", "flops": "200 GFLOPS", "memory": "4 GiB", "samples": 120, "server": "a",
+                 "uplink": dict(LINK), "downlink": dict(LINK)},
+                {"name": "pi", "count": 3, "flops": "50 GFLOPS", "memory": "4 GiB", "samples": 60, "server": "b",
+                 "uplink": dict(LINK), "downlink": dict(LINK)}],
+}
+GE = {"gilbert_elliott": {"good": "40 Mbps", "bad": "5 Mbps", "mean_good": "0.3 s", "mean_bad": "0.1 s"},
+      "latency": "5 ms"}
+CASES = {
+    "trace": ({"uplink": {"trace": "t.csv", "latency": "5 ms"}}, {}),
+    "ge and fading": ({"uplink": {**GE, "fading": {"sigma_db": 6, "coherence": "50 ms"}}}, {}),
+    "pause windows": ({}, {"availability": {"file": "w.yaml"}}),
+    "drop on/off": ({"uplink": {**GE}}, {"availability": {"mean_on": "1 s", "mean_off": "0.3 s", "churn": "drop"}}),
+    "pause on/off, fading": ({"uplink": {**LINK, "fading": {"sigma_db": 4, "coherence": "0.1 s"}}},
+                             {"availability": {"mean_on": "0.5 s", "mean_off": "0.5 s"}}),
+}
+
+
+def _simulated(tmp_path, car: dict, pi: dict, **kw):
+    import copy
+
+    import sfsim
+    from sfsim.scenario.config import scenario_from_dict
+
+    (tmp_path / "t.csv").write_text("time_s,bandwidth\n0,100 Mbps\n0.2,10 Mbps\n0.5,0\n0.7,60 Mbps\n")
+    (tmp_path / "w.yaml").write_text("pi: [[0, 0.4], [1.5, 2.5], [3, 1000]]\n")
+    data = copy.deepcopy(BASE)
+    data["devices"][0].update(car)
+    data["devices"][1].update(pi)
+    out = []
+    for engine in ("simpy", "fast"):
+        sc = scenario_from_dict(copy.deepcopy(data), source=str(tmp_path / "s.yaml"))
+        res = sfsim.simulate(sc, engine=engine, **kw)
+        assert res.engine == engine
+        out.append(res.to_dict())
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("kw", [{}, {"schedule": "splitfrozen-sequential"}, {"policy": "round-robin"}])
+def test_simulate_on_the_dynamic_network_gives_the_engines_result(tmp_path, case, kw):
+    """Whole results through simulate(): makespan, per-device and per-server figures, samples not trained, energy."""
+    simpy, fast = _simulated(tmp_path, *CASES[case], **kw)
+    assert fast == simpy
+
+
+def test_what_the_fast_path_leaves_to_simpy_on_the_dynamic_network_is_said(tmp_path):
+    import copy
+
+    import sfsim
+    from sfsim.scenario.config import scenario_from_dict
+
+    data = copy.deepcopy(BASE)
+    data["devices"][0]["handover"] = [{"at": 1, "to": "b"}]
+    res = sfsim.simulate(scenario_from_dict(data, source=str(tmp_path / "s.yaml")))
+    assert (res.engine, res.engine_note) == ("simpy", "the dynamic network's handover is replayed by the SimPy engine only")
+    (tmp_path / "w.yaml").write_text("pi: [[0, 0.4], [1.5, 1000]]\n")
+    data = copy.deepcopy(BASE)
+    data["devices"][1]["availability"] = {"file": "w.yaml"}
+    res = sfsim.simulate(scenario_from_dict(data, source=str(tmp_path / "s.yaml")), policy="fifo")
+    assert res.engine == "fast"

@@ -145,9 +145,7 @@ def _trace(T, R, off, n, period, t):
     if period > 0:
         base = math.floor(t / period) * period
         t -= base
-    k = _right(T, off, n, t) - 1
-    if k < 0:
-        k += n  # Python's rates[-1]
+    k = _right(T, off, n, t) - 1  # -1 when t / period rounded up to a whole period: t - base < 0
     if k + 1 < n:
         end = T[off + k + 1]
     else:
@@ -155,7 +153,7 @@ def _trace(T, R, off, n, period, t):
     if base + end <= at:  # t / period rounded just below a whole period: the next period's first step
         base, k = base + period, _right(T, off, n, 0.0) - 1
         end = T[off + k + 1] if k + 1 < n else period
-    return R[off + k], base + end
+    return R[off + k if k >= 0 else off + n - 1], base + end  # Python's rates[-1] for k = -1
 
 
 @no_refcounts
