@@ -78,19 +78,19 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
     D, N = layout(devices)
     prog, nodes = program(job.network)
     rows = {i: _row(devices[i], m, nodes[i]) for i, m in moving.items()}
-    for i, (up, pause) in nodes.items():  # a first guess of how far the run goes; more is drawn when asked
-        d = devices[i]
-        guess = 2.0 * d.sent * (d.f + d.up_s + d.up_l) + 1.0 + (rows[i][1][0] if rows[i][1][0] < math.inf else 0.0)
-        prog.draw_to(up, guess)
-        prog.draw_to(pause, guess)
+    horizon = 1.0  # how far the drawn processes are drawn: a first guess of the run's end, doubled when passed
+    for i in nodes:
+        d, start = devices[i], rows[i][1][0]
+        horizon = max(horizon, 2.0 * d.sent * (d.f + d.up_s + d.up_l) + (start if start < math.inf else 0.0))
     where = np.array([d.server for d in devices], np.int64)
     touched = {m.legs[0].server for m in moving.values() if m.avail is not None}
     while True:
+        prog.draw_all(horizon)
         RP = prog.arrays()
         outs = _servers(job, cfg, sequential, D, N, where, rows, touched, RP)
         if not any(o[0][OUT_STUCK] for o in outs):
             break
-        prog.extend(RP[4])
+        horizon = max(2.0 * horizon, 2.0 * float(RP[4][:-1].max()))
     return _collect(job, outs, moving, where)
 
 

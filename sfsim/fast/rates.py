@@ -9,7 +9,7 @@ operations, so :func:`span`, :func:`finish`, :func:`next_online`, :func:`online_
 
 A drawn process is known only as far as it was drawn: a question past that sets ``need`` (the
 node's latest time asked, and the flag in its last slot); the caller draws further
-(:meth:`Program.extend`) and replays again. Answers after the flag is set are not used.
+(:meth:`Program.draw_all`) and replays again. Answers after the flag is set are not used.
 """
 
 from __future__ import annotations
@@ -63,22 +63,11 @@ class Program:
         self.rows.append(row)
         return len(self.rows) - 1
 
-    def extend(self, need: np.ndarray) -> None:
-        """Draw every drawn process past twice the latest time a replay asked of it (``need``)."""
+    def draw_all(self, t: float) -> None:
+        """Draw every drawn process past time ``t`` (the replay asks the caller for more when it goes further)."""
         for k, rate in enumerate(self.rates):
-            if self.rows[k][0] == DRAWN and need[k] > -math.inf:
-                rate.segment(max(2.0 * need[k], need[k] + 1.0))  # draws until its last change is later
-
-    def draw_to(self, node: int, t: float) -> None:
-        """Draw the processes under ``node`` up to time ``t`` (a first guess of how far a run goes)."""
-        if node < 0:
-            return
-        kind, a, b = self.rows[node][:3]
-        if kind == DRAWN:
-            self.rates[node].segment(t)
-        elif kind == PRODUCT:
-            self.draw_to(a, t)
-            self.draw_to(b, t)
+            if self.rows[k][0] == DRAWN:
+                rate.segment(t)  # draws until its last change is later than t
 
     def arrays(self) -> tuple:
         """``(K, V, T, R, need)``: int rows, float rows, the steps' times and rates, and the need slots."""
