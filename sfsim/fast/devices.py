@@ -21,8 +21,8 @@ from sfsim.fast.events import (
     _UP_L,
     _UP_S,
     _WARM,
-    _push,
     _schedule,
+    _send,
     _size,
     _wait_credit,
 )
@@ -38,7 +38,7 @@ def _fwd_ready(D, N, j, k, f_start, link_free):
 
 
 @inline
-def _pipelined(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, nn, f_start, link_free,
+def _pipelined(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free,
                ready, j, kind, now):
     """Device ``j`` of schedules.splitfrozen._pipelined resumes (start, retry or granted)."""
     acct = j if S[_FLAGS] & _PER_DEVICE else 0
@@ -61,7 +61,7 @@ def _pipelined(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_read
         go = False
         k = nn[j]
         link_free[j] = now + D[_UP_S, j] * _size(D, N, j, k)
-        _push(events, pending, S, F, link_free[j] + D[_UP_L, j], j, k)
+        _send(events, pending, S, F, P, link_free[j] + D[_UP_L, j], j, k)
         f_start[j] = now
         nn[j] += 1
         if nn[j] >= N[_SENT, j]:
@@ -70,7 +70,7 @@ def _pipelined(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_read
 
 
 @inline
-def _sequential(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, nn, j, kind, now):
+def _sequential(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, j, kind, now):
     """Device ``j`` of schedules.splitfrozen._sequential resumes."""
     if kind == _START or kind == _RESUMED:
         if kind == _RESUMED:
@@ -88,4 +88,4 @@ def _sequential(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_rea
             return
         credits[acct] -= 1
     k = nn[j]
-    _push(events, pending, S, F, now + D[_UP_S, j] * _size(D, N, j, k) + D[_UP_L, j], j, k)
+    _send(events, pending, S, F, P, now + D[_UP_S, j] * _size(D, N, j, k) + D[_UP_L, j], j, k)

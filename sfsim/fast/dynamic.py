@@ -25,6 +25,7 @@ from sfsim.fast.kernel import (
     OUT_END,
     OUT_MAKESPAN,
     OUT_OVERFLOW,
+    OUT_PEAK,
     OUT_STALLED,
     OUT_STUCK,
     OUT_TOTAL,
@@ -32,10 +33,9 @@ from sfsim.fast.kernel import (
     OUT_TV_SUM,
     OUT_UNCLAIMED,
     OUT_WAIT,
-    replay_dynamic,
 )
 from sfsim.fast.rates import Program, Unsupported
-from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout, paced_segments
+from sfsim.fast.splitfrozen import layout, paced_segments, run
 from sfsim.network.linkrate import Product, Steps
 
 
@@ -136,9 +136,8 @@ def _server(job, cfg, sequential, D, N, where, rows, touched, RP, k, soft_until)
     stream = np.zeros(int(Nk[_N].sum()) if k in touched else 0, np.int64)
     paced = (paced_segments([job.devices[i] for i in sel], PACED[cfg.policy]) if cfg.policy in PACED
              else (np.zeros(0, np.int64),) * 4)
-    out = replay_dynamic(Dk, Nk, int(job.servers[k].count), float(job.servers[k].step), int(cfg.buffer),
-                         int(cfg.accumulate), flags_for(cfg, sequential), POLICY_CODES[cfg.policy], 0.0, paced,
-                         Y, RP, stream, soft_room, soft_until)
+    out = run(Dk, Nk, job.servers[k], cfg, sequential, [job.devices[i] for i in sel], paced, 0.0,
+              Y, RP, stream, soft_room, soft_until)
     return out, Y, stream, sel
 
 
@@ -159,7 +158,7 @@ def _collect(job, outs, moving, where) -> tuple[list[dict], np.ndarray, np.ndarr
             total = int(totals.sum())
         results.append({"makespan": float(out[OUT_MAKESPAN]), "busy": float(out[OUT_BUSY]),
                         "wait": float(out[OUT_WAIT]), "end": float(out[OUT_END]),
-                        "mixing": value / count if count else None, "total": total})
+                        "mixing": value / count if count else None, "total": total, "peak": float(out[OUT_PEAK])})
         for q, i in enumerate(sel.tolist()):
             y = Y[0][q]
             if y < 0:

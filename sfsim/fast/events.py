@@ -25,7 +25,7 @@ def no_refcounts(fn):
         return fn
     return numba.njit(cache=True, nogil=True, _nrt=False)(fn)
 
-FIFO, ROUND_ROBIN, PROPORTIONAL, PACED = 0, 1, 2, 3
+FIFO, ROUND_ROBIN, PROPORTIONAL, PACED, POOL = 0, 1, 2, 3, 4
 
 # D rows and N rows
 _F, _WARM, _UP_S, _UP_L, _SRV_F, _SRV_B, _SRV_W, _LAST = range(8)
@@ -47,18 +47,22 @@ MAX_DEVICES = 1 << (_CODE_BITS - 3)
 # int scalars S
 (_EID, _WSEQ, _PSEQ, _UNCLAIMED, _IDLE_N, _ALARM_ID, _QHEAD, _QLEN, _PSIZE, _HELD, _SEG, _SEG_POS, _SEG_DONE,
  _TURN, _NTOUCHED, _SEEN, _BOUND, _TV_COUNT, _TOTAL, _BUFFER, _ACCUMULATE, _POLICY, _FLAGS, _CAP,
- _NEVENTS, _NPENDING, _NWAITERS, _NPROP, _OVERFLOW, _NSOFT, _NSTREAM) = range(31)
-S_SLOTS = 31
+ _NEVENTS, _NPENDING, _NWAITERS, _NPROP, _OVERFLOW, _NSOFT, _NSTREAM,
+ _SCOUNT, _SHOLD, _SLIMIT, _SBUF, _PCAP, _RPOS) = range(37)
+S_SLOTS = 37
+# the pool policy (POOL): P rows are the senders' unsent, out and free (Senders); _SCOUNT devices free to
+# send, _SHOLD sent micro-batches holding a server credit, _SLIMIT / _SBUF their limits, _PCAP the pool's
+# capacity, _RPOS the next of the pre-drawn random words
 _SEQUENTIAL, _PER_DEVICE, _DECOMPOSE = 1, 2, 4  # bits of S[_FLAGS]
 # float scalars F
-_ALARM_AT, _TV_SUM, _WAIT_S, _BUSY, _END, _STEP, _FLIGHT, _SOFT_UNTIL = range(8)
-F_SLOTS = 8
+_ALARM_AT, _TV_SUM, _WAIT_S, _BUSY, _END, _STEP, _FLIGHT, _SOFT_UNTIL, _PBYTES, _PPEAK = range(10)
+F_SLOTS = 10
 # per-worker ints W (rows) and floats WF (rows)
 _DONE, _WQ_HEAD, _WQ_LEN, _WOKEN, _FINAL, _CHECK, _WHELD = range(7)
 _WBUSY, _WLAST, _WSTART = range(3)
 
 (OUT_MAKESPAN, OUT_BUSY, OUT_WAIT, OUT_END, OUT_TV_SUM, OUT_TV_COUNT, OUT_UNCLAIMED, OUT_TOTAL, OUT_EVENTS, OUT_OVERFLOW,
- OUT_STALLED, OUT_STUCK) = range(12)
+ OUT_STALLED, OUT_STUCK, OUT_PEAK, OUT_WORDS) = range(14)
 """Slots of :func:`replay_server`'s result."""
 
 
@@ -135,3 +139,23 @@ def _give_back(events, waiters, S, credits, dev_wait, dev_ready, j, now):
         wr, key = pop(waiters, S, _NWAITERS)
         w = key & _DEV_MASK
         _schedule(events, S, wr, _NORMAL, w * 8 + _RETRY)
+
+
+@inline
+def change(S, P, i, unsent, out):
+    """Device ``i`` sent (``unsent=-1``), took or released an outstanding slot (``out=+-1``) (Senders.change)."""
+    P[0, i] += unsent
+    P[1, i] += out
+    free = 1 if P[0, i] > 0 and P[1, i] < S[_SLIMIT] else 0
+    if free != P[2, i]:
+        P[2, i] = free
+        S[_SCOUNT] += 1 if free else -1
+
+
+@inline
+def _send(events, pending, S, F, P, arrival, j, k):
+    """Device ``j`` sends micro-batch ``k`` now, holding a credit (ServerPool.send): the pool's books, then the arrival."""
+    if S[_POLICY] == POOL:
+        S[_SHOLD] += 1
+        change(S, P, j, -1, 1)
+    _push(events, pending, S, F, arrival, j, k)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sfsim.fast import pool
 from sfsim.fast.devices import _pipelined, _sequential
 from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for sfsim.fast.splitfrozen)
     _ACCUMULATE,
@@ -56,20 +57,26 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
     _NSTREAM,
     _NTOUCHED,
     _OVERFLOW,
+    _PCAP,
     _PER_DEVICE,
     _PER_EPOCH,
     _POLICY,
+    _PPEAK,
     _PSIZE,
     _QHEAD,
     _QLEN,
     _RELEASE,
     _RESUMED,
+    _SBUF,
+    _SCOUNT,
     _SEEN,
     _SEG,
     _SEG_DONE,
     _SEG_POS,
     _SENT,
     _SEQUENTIAL,
+    _SHOLD,
+    _SLIMIT,
     _SOFT_UNTIL,
     _SRV_B,
     _SRV_F,
@@ -102,6 +109,7 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
     OUT_EVENTS,
     OUT_MAKESPAN,
     OUT_OVERFLOW,
+    OUT_PEAK,
     OUT_STALLED,
     OUT_STUCK,
     OUT_TOTAL,
@@ -109,7 +117,9 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
     OUT_TV_SUM,
     OUT_UNCLAIMED,
     OUT_WAIT,
+    OUT_WORDS,
     PACED,
+    POOL,
     PROPORTIONAL,
     ROUND_ROBIN,
     S_SLOTS,
@@ -119,6 +129,7 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
     _schedule,
     _size,
     _wake,
+    change,
     no_refcounts,
 )
 from sfsim.fast.heap import pop, push
@@ -128,9 +139,12 @@ from sfsim.fast.rates import stuck
 
 
 @inline
-def _policy_add(S, N, P, prop, ring_a, ring_b, i, k):
+def _policy_add(S, F, D, N, P, prop, ring_a, ring_b, order, i, k):
     """Micro-batch ``k`` of device ``i`` is eligible (policy.push). ``P``: ready, next, started rows."""
     pol = S[_POLICY]
+    if pol == POOL:
+        pool.add(S, F, D, N, order, ring_a, ring_b, i, k)
+        return
     if pol == FIFO:
         pos = (S[_QHEAD] + S[_QLEN]) % S[_CAP]
         ring_a[pos] = i
@@ -164,6 +178,8 @@ def _policy_ready(S, P):
     pol = S[_POLICY]
     if pol == FIFO:
         return S[_QLEN] > 0
+    if pol == POOL:
+        return pool.ready(S)
     if pol == PACED:
         return S[_TURN] >= 0 and P[0, S[_TURN]] > 0
     return S[_PSIZE] > 0
@@ -185,9 +201,11 @@ def _paced_next(S, order, seg_start, seg_len, seg_rep):
 
 
 @inline
-def _policy_take(S, N, P, prop, ring_a, ring_b, paced):
-    """Remove the next ``(device, micro-batch)`` (policy.pop); ``paced`` = (order, start, length, repeats)."""
+def _policy_take(S, F, D, N, P, prop, ring_a, ring_b, paced):
+    """Remove the next ``(device, micro-batch)`` (policy.pop); ``paced`` = (order, start, length, repeats, pool...)."""
     pol = S[_POLICY]
+    if pol == POOL:
+        return pool.take(S, F, D, N, paced, ring_a, ring_b)
     if pol == FIFO:
         h = S[_QHEAD]
         S[_QHEAD] = (h + 1) % S[_CAP]
@@ -259,7 +277,7 @@ def _flush_ws(D, N, W, QD, QK, w, t, until):
 
 
 @inline
-def _claim(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, share, counts, touched, idle,
+def _claim(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, share, counts, touched, idle,
            i, k, now, stream):
     """Bookkeeping when a worker starts micro-batch ``k`` of device ``i`` (ServerPool._claim).
 
@@ -273,6 +291,10 @@ def _claim(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, s
     claim_returns = not ((S[_FLAGS] & _SEQUENTIAL) and (S[_FLAGS] & _PER_DEVICE))
     if k < N[_SENT, i] and claim_returns:
         _give_back(events, waiters, S, credits, dev_wait, dev_ready, i, now)
+        if S[_POLICY] == POOL:  # ServerPool._give_pool
+            S[_SHOLD] -= 1
+            if not S[_FLAGS] & _SEQUENTIAL:
+                change(S, P, i, 0, -1)
     if k + 1 < N[_N, i] and k + 1 >= N[_SENT, i]:
         _push(events, pending, S, F, now, i, k + 1)  # the next cached micro-batch is eligible now
     if S[_UNCLAIMED] == 0:
@@ -355,7 +377,7 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
         i = pop(pending, S, _NPENDING)[1] & _DEV_MASK
         k = PK[i]
         PK[i] = k + 1
-        _policy_add(S, N, P, prop, ring_a, ring_b, i, k)
+        _policy_add(S, F, D, N, P, prop, ring_a, ring_b, paced, i, k)
     avail = _policy_ready(S, P)
     if S[_IDLE_N] > 0 and not W[_WOKEN, w] and avail:  # workers idle longer choose first
         _wake(events, S, idle, now)
@@ -365,8 +387,8 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
         return
     W[_WOKEN, w] = 0
     if avail:
-        i, k = _policy_take(S, N, P, prop, ring_a, ring_b, paced)
-        _claim(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, share, counts, touched, idle,
+        i, k = _policy_take(S, F, D, N, P, prop, ring_a, ring_b, paced)
+        _claim(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, share, counts, touched, idle,
                i, k, now, stream)
         _run_mb(events, S, F, D, N, W, WF, QD, QK, w, i, k, now)
     elif W[_WQ_LEN, w] > 0:  # idle: deferred W's while nothing can have arrived (exact, see the engine)
@@ -423,14 +445,18 @@ def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits,
         elif kind == _RELEASE:  # sequential: the micro-batch's W ended; the device goes on
             if not claim_returns:
                 _give_back(events, waiters, S, credits, dev_wait, dev_ready, j, now)
+            if S[_POLICY] == POOL:  # ServerPool._released: the pool's books
+                if not claim_returns:
+                    S[_SHOLD] -= 1
+                change(S, P, j, 0, -1)
             _schedule(events, S, now, _NORMAL, j * 8 + _RESUMED)
         elif DY[j] >= 0:
-            moving(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, nn, f_start, link_free,
+            moving(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free,
                    ready, idle, Y, RP, j, kind, now)
         elif sequential:
-            _sequential(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, nn, j, kind, now)
+            _sequential(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, j, kind, now)
         else:
-            _pipelined(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, nn, f_start, link_free,
+            _pipelined(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free,
                        ready, j, kind, now)
     return last
 
@@ -449,13 +475,14 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
     Y = (np.full(m, -1, np.int64), np.zeros((1, 2), np.int64), np.zeros((1, 4)), np.zeros(1),
          np.zeros((1, 3), np.int64), np.zeros(m, np.int64))
     RP = (np.full((1, 5), -1, np.int64), np.zeros((1, 2)), np.zeros(1), np.zeros(1), np.full(2, -np.inf))
+    pool = (np.zeros(0, np.int64), np.zeros(m), np.zeros(3, np.int64))
     return replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, flight, paced, Y, RP,
-                          np.zeros(0, np.int64), 0, -np.inf)
+                          np.zeros(0, np.int64), 0, -np.inf, pool)
 
 
 @njit
 def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, flight, paced, Y, RP, stream,
-                   soft_room, soft_until):
+                   soft_room, soft_until, pool):
     """:func:`replay_server` with devices of the dynamic network (:mod:`sfsim.fast.moving`).
 
     Args:
@@ -464,6 +491,8 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
         stream: room for the order of every micro-batch this server receives (empty: not kept).
         soft_room: most soft timers pending at once (events heap room).
         soft_until: soft timers before this time run even when only they are left.
+        pool: the ``pool`` policy's random words, devices' activation bytes and (capacity, senders'
+            limit, credits they may hold) (:mod:`sfsim.fast.pool`).
     """
     m = N.shape[1]
     S = np.zeros(S_SLOTS, np.int64)
@@ -485,8 +514,16 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
         _paced_start(S, paced[1], paced[2], paced[3])
         if S[_SEG] < paced[1].shape[0]:
             S[_TURN] = paced[0][paced[1][S[_SEG]]]
+    elif policy == POOL:  # Senders: unsent, out, free
+        S[_PCAP], S[_SLIMIT], S[_SBUF] = pool[2][0], pool[2][1], pool[2][2]
+        for j in range(m):
+            P[0, j] = N[_SENT, j] if N[_N, j] > 0 else 0
+            P[2, j] = 1 if P[0, j] > 0 else 0
+            S[_SCOUNT] += P[2, j]
     else:
         P[1, :] = -1
+    order = (paced[0], paced[1], paced[2], paced[3], np.zeros((2, min(S[_PCAP], total) + 1), np.int64),
+             pool[0], pool[1])
     share = N[_N] / total if total else np.zeros(m)
     wcap = min(accumulate, total) + 2  # queued W's: never more than one window's
     # heaps (row 0 keys, row 1 values): at most an event per device (and its alarm-free replays), per
@@ -506,15 +543,15 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
     makespan = _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, np.zeros((count, wcap), np.int64),
                      np.zeros((count, wcap), np.int64), credits, np.zeros(m, np.bool_), np.zeros(m), share,
                      np.zeros(m, np.int64), np.zeros(m, np.int64), np.zeros(count, np.int64),
-                     np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), paced, np.zeros(m, np.int64),
+                     np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), order, np.zeros(m, np.int64),
                      np.zeros(m, np.int64),
                      np.zeros(m), np.zeros(m), np.zeros(m), Y, RP, stream)
-    out = np.zeros(12)
-    out[OUT_EVENTS], out[OUT_OVERFLOW] = S[_EID], S[_OVERFLOW]
+    out = np.zeros(14)
+    out[OUT_EVENTS], out[OUT_OVERFLOW], out[OUT_WORDS] = S[_EID], S[_OVERFLOW] == 1, S[_OVERFLOW] == 2
     out[OUT_MAKESPAN], out[OUT_BUSY], out[OUT_WAIT], out[OUT_END] = makespan, F[_BUSY], F[_WAIT_S], F[_END]
     out[OUT_TV_SUM], out[OUT_TV_COUNT], out[OUT_UNCLAIMED], out[OUT_TOTAL] = (F[_TV_SUM], S[_TV_COUNT],
                                                                              S[_UNCLAIMED], total)
-    out[OUT_STALLED], out[OUT_STUCK] = S[_UNCLAIMED] > 0 and S[_NSOFT] > 0, stuck(RP)
+    out[OUT_STALLED], out[OUT_STUCK], out[OUT_PEAK] = S[_UNCLAIMED] > 0 and S[_NSOFT] > 0, stuck(RP), F[_PPEAK]
     return out
 
 

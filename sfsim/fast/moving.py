@@ -41,8 +41,8 @@ from sfsim.fast.events import (
     _UNCLAIMED,
     _WARM,
     _give_back,
-    _push,
     _schedule,
+    _send,
     _size,
     _wait_credit,
     _wake,
@@ -107,8 +107,8 @@ def soft_timer(events, waiters, S, credits, dev_wait, dev_ready, Y, key, j, now)
 
 
 @inline
-def moving(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, nn, f_start, link_free, ready,
-           idle, Y, P, j, kind, now):
+def moving(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free, ready,
+           idle, Y, RP, j, kind, now):
     """Device ``j`` of the dynamic network resumes (started, a timer, granted, cancelled or released)."""
     y = Y[0][j]
     YI, YF, YS, YN = Y[1], Y[2], Y[3], Y[4]
@@ -135,10 +135,10 @@ def moving(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, n
         if step == _BEGIN:
             n = nn[j]
             fx = D[_F, j] * _size(D, N, j, n) + (D[_WARM, j] if n == 0 else 0.0)
-            f_end = f_start[j] + (fx if pause < 0 else span(P, pause, f_start[j], fx, 1.0))
+            f_end = f_start[j] + (fx if pause < 0 else span(RP, pause, f_start[j], fx, 1.0))
             r = max(f_end, link_free[j])
             if pause >= 0 and r < np.inf:
-                r = next_online(P, pause, r)
+                r = next_online(RP, pause, r)
             ready[j] = r
             step = _ACQUIRE
         if step == _ACQUIRE:
@@ -161,7 +161,7 @@ def moving(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, n
                     _soft(events, S, YN, y, j, stop, 0)
                 return
         n = nn[j]
-        end = now + span(P, YI[y, _UP], now, YF[y, _BITS], _size(D, N, j, n))
+        end = now + span(RP, YI[y, _UP], now, YF[y, _BITS], _size(D, N, j, n))
         if end > stop or end == np.inf:  # cut off mid-send: the credit comes back when it leaves
             if end == np.inf:
                 _give_back(events, waiters, S, credits, dev_wait, dev_ready, j, now)
@@ -169,9 +169,9 @@ def moving(events, pending, waiters, S, F, D, N, credits, dev_wait, dev_ready, n
                 _soft(events, S, YN, y, j, stop, 1)
             _left(events, S, N, Y, idle, nn, j, y, now)
             return
-        YS[y] += end - now if pause < 0 else online(P, pause, now, end)
+        YS[y] += end - now if pause < 0 else online(RP, pause, now, end)
         link_free[j] = end
-        _push(events, pending, S, F, end + YF[y, _LAT], j, n)
+        _send(events, pending, S, F, P, end + YF[y, _LAT], j, n)
         nn[j] = n + 1
         if S[_FLAGS] & _SEQUENTIAL:
             return  # the worker releases it when this micro-batch's W ends

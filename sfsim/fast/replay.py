@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from sfsim.errors import SfsimError
 from sfsim.fast import cenlora, dynamic, fedlora, splitfrozen, splitlora
 from sfsim.fast.kernel import MAX_DEVICES
-from sfsim.fast.splitfrozen import POLICY_CODES
 
 ENGINES = ("auto", "fast", "simpy")
 """``simulate(engine=...)``: ``auto`` takes the fast path where it covers the run, else the SimPy engine."""
@@ -67,8 +66,6 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     why = dynamic.covers(net, cfg.policy) if net is not None and getattr(net, "views", None) is not None else None
     if why is not None:  # first, as for the other schedules: --schedule all then says one reason for all
         return f"the dynamic network's {why} is replayed by the SimPy engine only"
-    if cfg.policy not in POLICY_CODES:
-        return f"server policy {cfg.policy!r} is replayed by the SimPy engine only"
     if scenario.training.sync is not None and len(scenario.servers) > 1:
         return "backhaul sync between servers is replayed by the SimPy engine only"
     per_server = Counter(d.server for d in job.devices)
@@ -112,6 +109,8 @@ def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
         rec.server_wait[srv.name] = out["wait"]
         rec.server_end[srv.name] = out["end"]
         rec.mixing[srv.name] = Mixed(out["mixing"], out["total"])
+        if cfg.policy == "pool":
+            rec.pool_peak_bytes[srv.name] = out["peak"]
     return rec, makespan
 
 
