@@ -27,6 +27,7 @@ from sfsim.cost.model import CostModel
 from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.engine.pool import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
+from sfsim.fast.backhaul import Clock
 from sfsim.fast.replay import choose_engine, replay
 from sfsim.methods import CLIENT_ORDERS, SPLITFROZEN, canonical
 from sfsim.network.backhaul import backhaul_for
@@ -233,7 +234,10 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
     job = module.build(setup, cache=tr.cache_activations)
     why = choose_engine(engine, scenario, name, cfg, job, trace)
     if why is None:
-        sim, makespan = replay(job, cfg, schedule=name)
+        sync = None  # an async backhaul (uncovered() leaves mode sync to the SimPy engine), on the fast path's clock
+        if name in SPLITFROZEN and tr.sync is not None and len(scenario.servers) > 1:
+            sync = backhaul_for(Clock(), scenario, setup.cm, setup.lora_start, job)
+        sim, makespan = replay(job, cfg, schedule=name, sync=sync)
     else:
         sim = Engine(trace=trace)
         if name in SPLITFROZEN and tr.sync is not None and len(scenario.servers) > 1:

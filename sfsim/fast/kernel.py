@@ -48,12 +48,15 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
     _HELD,
     _IDLE_N,
     _LAST,
+    _LEAVE,
     _N,
     _NEVENTS,
+    _NEXITED,
     _NORMAL,
     _NPENDING,
     _NPROP,
     _NSOFT,
+    _NSTEPS,
     _NSTREAM,
     _NTOUCHED,
     _OVERFLOW,
@@ -107,7 +110,9 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
     OUT_BUSY,
     OUT_END,
     OUT_EVENTS,
+    OUT_LEAVE,
     OUT_MAKESPAN,
+    OUT_NSTEPS,
     OUT_OVERFLOW,
     OUT_PEAK,
     OUT_STALLED,
@@ -302,7 +307,7 @@ def _claim(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready
 
 
 @inline
-def _run_mb(events, S, F, D, N, W, WF, QD, QK, w, i, k, now):
+def _run_mb(events, S, F, D, N, W, WF, QD, QK, steps, w, i, k, now):
     """Worker ``w`` runs F and B (or BW) of micro-batch ``k`` of device ``i``, a step when due; yields."""
     x = _size(D, N, i, k)
     flags = S[_FLAGS]
@@ -321,6 +326,7 @@ def _run_mb(events, S, F, D, N, W, WF, QD, QK, w, i, k, now):
     if W[_DONE, w] == S[_ACCUMULATE]:
         t = _flush_ws(D, N, W, QD, QK, w, t, np.inf) + F[_STEP]
         W[_DONE, w] = 0
+        _stepped(S, steps, t)
     WF[_WBUSY, w] += t - now
     if t > now:
         WF[_WLAST, w] = t
@@ -328,11 +334,21 @@ def _run_mb(events, S, F, D, N, W, WF, QD, QK, w, i, k, now):
 
 
 @inline
-def _exit(S, F, W, WF, w):
-    """Worker ``w`` is done: its busy time and last op join the server's."""
+def _exit(S, F, W, WF, w, now):
+    """Worker ``w`` is done: its busy time and last op join the server's (the last one's time: ``F[_LEAVE]``)."""
     F[_BUSY] += WF[_WBUSY, w]
     F[_END] = max(F[_END], WF[_WLAST, w])
     W[_FINAL, w] = 2
+    S[_NEXITED] += 1
+    F[_LEAVE] = now
+
+
+@inline
+def _stepped(S, steps, t):
+    """An optimizer step ends at ``t`` (Backhaul.step_done is told then): recorded when ``steps`` has room."""
+    if steps.shape[0]:
+        steps[S[_NSTEPS]] = t
+        S[_NSTEPS] += 1
 
 
 @inline
@@ -371,7 +387,7 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
             counts, touched, idle, ring_a, ring_b, paced, PK, stream, w, now):
     """One pass of ServerPool._worker's loop for worker ``w`` at ``now``, up to its next yield."""
     if not _resumed(F, W, WF, w, now):
-        _exit(S, F, W, WF, w)
+        _exit(S, F, W, WF, w, now)
         return
     while S[_NPENDING] > 0 and pending[0, 0] <= now:
         i = pop(pending, S, _NPENDING)[1] & _DEV_MASK
@@ -390,7 +406,7 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
         i, k = _policy_take(S, F, D, N, P, prop, ring_a, ring_b, paced)
         _claim(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, share, counts, touched, idle,
                i, k, now, stream)
-        _run_mb(events, S, F, D, N, W, WF, QD, QK, w, i, k, now)
+        _run_mb(events, S, F, D, N, W, WF, QD, QK, paced[7], w, i, k, now)
     elif W[_WQ_LEN, w] > 0:  # idle: deferred W's while nothing can have arrived (exact, see the engine)
         until = now + F[_FLIGHT]
         if S[_NPENDING] > 0 and pending[0, 0] < until:
@@ -402,12 +418,13 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
         _schedule(events, S, t, _NORMAL, w * 8 + _WORKER)
     elif S[_UNCLAIMED] == 0:
         if W[_DONE, w] == 0:
-            _exit(S, F, W, WF, w)
+            _exit(S, F, W, WF, w, now)
             return
         WF[_WBUSY, w] += F[_STEP]
         if F[_STEP] > 0:
             WF[_WLAST, w] = now + F[_STEP]
         W[_FINAL, w] = 1
+        _stepped(S, paced[7], now + F[_STEP])
         _schedule(events, S, now + F[_STEP], _NORMAL, w * 8 + _WORKER)
     else:
         _sleep(events, pending, S, F, W, WF, idle, w, now)
@@ -477,12 +494,12 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
     RP = (np.full((1, 5), -1, np.int64), np.zeros((1, 2)), np.zeros(1), np.zeros(1), np.full(2, -np.inf))
     pool = (np.zeros(0, np.int64), np.zeros(m), np.zeros(3, np.int64))
     return replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, flight, paced, Y, RP,
-                          np.zeros(0, np.int64), 0, -np.inf, pool)
+                          np.zeros(0, np.int64), 0, -np.inf, pool, np.zeros(0))
 
 
 @njit
 def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, flight, paced, Y, RP, stream,
-                   soft_room, soft_until, pool):
+                   soft_room, soft_until, pool, steps):
     """:func:`replay_server` with devices of the dynamic network (:mod:`sfsim.fast.moving`).
 
     Args:
@@ -493,6 +510,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
         soft_until: soft timers before this time run even when only they are left.
         pool: the ``pool`` policy's random words, devices' activation bytes and (capacity, senders'
             limit, credits they may hold) (:mod:`sfsim.fast.pool`).
+        steps: room for the end times of every optimizer step (for backhaul sync; empty: not kept).
     """
     m = N.shape[1]
     S = np.zeros(S_SLOTS, np.int64)
@@ -523,7 +541,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
     else:
         P[1, :] = -1
     order = (paced[0], paced[1], paced[2], paced[3], np.zeros((2, min(S[_PCAP], total) + 1), np.int64),
-             pool[0], pool[1])
+             pool[0], pool[1], steps)
     share = N[_N] / total if total else np.zeros(m)
     wcap = min(accumulate, total) + 2  # queued W's: never more than one window's
     # heaps (row 0 keys, row 1 values): at most an event per device (and its alarm-free replays), per
@@ -546,7 +564,8 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
                      np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), order, np.zeros(m, np.int64),
                      np.zeros(m, np.int64),
                      np.zeros(m), np.zeros(m), np.zeros(m), Y, RP, stream)
-    out = np.zeros(14)
+    out = np.zeros(16)
+    out[OUT_LEAVE], out[OUT_NSTEPS] = F[_LEAVE], S[_NSTEPS]
     out[OUT_EVENTS], out[OUT_OVERFLOW], out[OUT_WORDS] = S[_EID], S[_OVERFLOW] == 1, S[_OVERFLOW] == 2
     out[OUT_MAKESPAN], out[OUT_BUSY], out[OUT_WAIT], out[OUT_END] = makespan, F[_BUSY], F[_WAIT_S], F[_END]
     out[OUT_TV_SUM], out[OUT_TV_COUNT], out[OUT_UNCLAIMED], out[OUT_TOTAL] = (F[_TV_SUM], S[_TV_COUNT],

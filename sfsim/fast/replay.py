@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import cenlora, dynamic, fedlora, splitfrozen, splitlora
+from sfsim.fast import backhaul, cenlora, dynamic, fedlora, splitfrozen, splitlora
 from sfsim.fast.kernel import MAX_DEVICES
 
 ENGINES = ("auto", "fast", "simpy")
@@ -47,7 +47,7 @@ class Replayed:
     server_end: dict[str, float] = field(default_factory=dict)
     pool_peak_bytes: dict[str, float] = field(default_factory=dict)
     events: None = None
-    sync: None = None
+    sync: object = None  # the Backhaul of an async backhaul sync (sfsim.fast.backhaul), else None
 
 
 def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
@@ -63,11 +63,14 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return None  # time-varying links only: each transfer integrates its rate
     if name not in SPLITFROZEN:
         return None if net is None else _DYNAMIC
-    why = dynamic.covers(net, cfg.policy) if net is not None and getattr(net, "views", None) is not None else None
+    why_dyn = "" if net is not None and getattr(net, "views", None) is not None else None
+    why = dynamic.covers(net, cfg.policy) if why_dyn is not None else None
     if why is not None:  # first, as for the other schedules: --schedule all then says one reason for all
         return f"the dynamic network's {why} is replayed by the SimPy engine only"
-    if scenario.training.sync is not None and len(scenario.servers) > 1:
-        return "backhaul sync between servers is replayed by the SimPy engine only"
+    sync = scenario.training.sync
+    if sync is not None and len(scenario.servers) > 1 and (sync.mode != "async" or why_dyn is not None):
+        how = f"mode {sync.mode}" + (", with the dynamic network" if why_dyn is not None else "")
+        return f"backhaul sync between servers ({how}) is replayed by the SimPy engine only"
     per_server = Counter(d.server for d in job.devices)
     crowded = next((job.servers[k].name for k, c in per_server.items() if c >= MAX_DEVICES), None)
     if crowded is not None:
@@ -78,10 +81,12 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
 _DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
 
 
-def replay(job, cfg, sequential: bool = False, schedule: str | None = None) -> tuple[Replayed, float]:
+def replay(job, cfg, sequential: bool = False, schedule: str | None = None, sync=None) -> tuple[Replayed, float]:
     """Replay a covered job (see :func:`uncovered`); returns the totals and the makespan.
 
     ``schedule``: the job's schedule name (None: SplitFrozen, ``sequential`` for its ablation).
+    ``sync``: SplitFrozen's backhaul (``mode: async``), a :class:`~sfsim.network.backhaul.Backhaul` on a
+    :class:`sfsim.fast.backhaul.Clock`; it ends with the run's bytes and rounds (``Replayed.sync``).
     """
     if schedule == "cenlora":
         return _cenlora(job, cfg)
@@ -91,14 +96,17 @@ def replay(job, cfg, sequential: bool = False, schedule: str | None = None) -> t
         return _splitlora(job, cfg)
     if schedule not in (None, *SPLITFROZEN):
         raise SfsimError(f"the fast path does not replay schedule {schedule!r}")
-    return _splitfrozen(job, cfg, sequential or schedule == "splitfrozen-sequential")
+    return _splitfrozen(job, cfg, sequential or schedule == "splitfrozen-sequential", sync)
 
 
-def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
+def _splitfrozen(job, cfg, sequential: bool, sync=None) -> tuple[Replayed, float]:
     rec = Replayed()
     net = getattr(job, "network", None)
     dyn = net is not None and getattr(net, "views", None) is not None
-    outs, busy, up = (dynamic if dyn else splitfrozen).replay_job(job, cfg, sequential)
+    if dyn:
+        outs, busy, up = dynamic.replay_job(job, cfg, sequential)
+    else:
+        outs, busy, up = splitfrozen.replay_job(job, cfg, sequential, synced=sync is not None)
     names = [d.name for d in job.devices]  # what sfsim.schedules.splitfrozen.run sets before the run
     rec.device_busy, rec.up_bytes = dict(zip(names, busy.tolist(), strict=True)), dict(zip(names, up.tolist(), strict=True))
     rec.down_bytes = dict.fromkeys(names, 0.0)
@@ -111,6 +119,10 @@ def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
         rec.mixing[srv.name] = Mixed(out["mixing"], out["total"])
         if cfg.policy == "pool":
             rec.pool_peak_bytes[srv.name] = out["peak"]
+    if sync is not None:
+        makespan = backhaul.replay(sync, [o["steps"] for o in outs], [o["leave"] for o in outs],
+                                   [o["makespan"] for o in outs])
+        rec.sync = sync
     return rec, makespan
 
 
