@@ -6,16 +6,17 @@ engine's micro-batches per second and about 100x a naive SimPy model. ``simulate
 chooses it (:data:`ENGINES`); where it does not cover a run, :func:`uncovered` says why in one line.
 
 Covered: SplitFrozen pipelined and sequential, server or device credits and any buffer,
-accumulation, fused or decomposed B/W, several servers of one or more workers, the fifo,
-round-robin, proportional and paced policies, activation caching, partial last micro-batches and
-warm-up; SplitLoRA on constant links (:mod:`sfsim.fast.splitlora`: both client orders, arrival or
+accumulation, fused or decomposed B/W, several servers of one or more workers, every policy (fifo,
+round-robin, proportional, paced, and ``pool`` with Python's random draws: :mod:`sfsim.fast.pool`),
+activation caching, partial last micro-batches and warm-up, time-varying uplinks and availability
+(pause, drop) without handover (:mod:`sfsim.fast.dynamic`), backhaul sync in mode ``async``
+(:mod:`sfsim.fast.backhaul`); SplitLoRA on constant links (:mod:`sfsim.fast.splitlora`: both client orders, arrival or
 fixed server orders, FedAvg segments, accumulation, fused or decomposed B/W); CenLoRA
 (:mod:`sfsim.fast.cenlora`: several workers, accumulation, the proportional source and its mixing);
 FedLoRA (:mod:`sfsim.fast.fedlora`: rounds of local steps, adapter uploads and downloads, each
 server's FedAvg) on constant or time-varying links. Not covered (the SimPy engine replays them):
-traces and Gantt charts, SplitFrozen's ``pool`` policy, backhaul sync between SplitFrozen servers,
-and the dynamic network (handover, availability; for SplitFrozen and SplitLoRA also time-varying
-links).
+traces and Gantt charts; for SplitFrozen handover, backhaul sync in mode ``sync`` (or with the
+dynamic network) and a paced policy with availability; for SplitLoRA the dynamic network.
 """
 
 from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered

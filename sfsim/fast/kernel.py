@@ -528,18 +528,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
     if flags & _PER_DEVICE:
         credits[:] = 1 if flags & _SEQUENTIAL else buffer
     P = np.zeros((3, m), np.int64)
-    if policy == PACED:
-        _paced_start(S, paced[1], paced[2], paced[3])
-        if S[_SEG] < paced[1].shape[0]:
-            S[_TURN] = paced[0][paced[1][S[_SEG]]]
-    elif policy == POOL:  # Senders: unsent, out, free
-        S[_PCAP], S[_SLIMIT], S[_SBUF] = pool[2][0], pool[2][1], pool[2][2]
-        for j in range(m):
-            P[0, j] = N[_SENT, j] if N[_N, j] > 0 else 0
-            P[2, j] = 1 if P[0, j] > 0 else 0
-            S[_SCOUNT] += P[2, j]
-    else:
-        P[1, :] = -1
+    _policy_start(S, N, P, paced, pool)
     order = (paced[0], paced[1], paced[2], paced[3], np.zeros((2, min(S[_PCAP], total) + 1), np.int64),
              pool[0], pool[1], steps)
     share = N[_N] / total if total else np.zeros(m)
@@ -564,6 +553,30 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
                      np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), order, np.zeros(m, np.int64),
                      np.zeros(m, np.int64),
                      np.zeros(m), np.zeros(m), np.zeros(m), Y, RP, stream)
+    return _results(S, F, makespan, total, RP)
+
+
+@inline
+def _policy_start(S, N, P, paced, pool):
+    """The policy's state before the run: the paced order's first turn, or the pool's books (Senders)."""
+    policy = S[_POLICY]
+    if policy == PACED:
+        _paced_start(S, paced[1], paced[2], paced[3])
+        if S[_SEG] < paced[1].shape[0]:
+            S[_TURN] = paced[0][paced[1][S[_SEG]]]
+    elif policy == POOL:  # Senders: unsent, out, free
+        S[_PCAP], S[_SLIMIT], S[_SBUF] = pool[2][0], pool[2][1], pool[2][2]
+        for j in range(N.shape[1]):
+            P[0, j] = N[_SENT, j] if N[_N, j] > 0 else 0
+            P[2, j] = 1 if P[0, j] > 0 else 0
+            S[_SCOUNT] += P[2, j]
+    else:
+        P[1, :] = -1
+
+
+@inline
+def _results(S, F, makespan, total, RP):
+    """The ``OUT_*`` figures of a replay."""
     out = np.zeros(16)
     out[OUT_LEAVE], out[OUT_NSTEPS] = F[_LEAVE], S[_NSTEPS]
     out[OUT_EVENTS], out[OUT_OVERFLOW], out[OUT_WORDS] = S[_EID], S[_OVERFLOW] == 1, S[_OVERFLOW] == 2

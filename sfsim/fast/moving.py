@@ -107,6 +107,44 @@ def soft_timer(events, waiters, S, credits, dev_wait, dev_ready, Y, key, j, now)
 
 
 @inline
+def _ready(D, N, RP, nn, f_start, link_free, ready, pause, j):
+    """``ready[j]``: device ``j``'s forward done (paused offline) and its link free, at an online instant."""
+    n = nn[j]
+    fx = D[_F, j] * _size(D, N, j, n) + (D[_WARM, j] if n == 0 else 0.0)
+    f_end = f_start[j] + (fx if pause < 0 else span(RP, pause, f_start[j], fx, 1.0))
+    r = max(f_end, link_free[j])
+    if pause >= 0 and r < np.inf:
+        r = next_online(RP, pause, r)
+    ready[j] = r
+
+
+@inline
+def _acquire(events, waiters, S, N, Y, credits, dev_wait, dev_ready, nn, ready, idle, j, y, stop, now):
+    """Take a credit at or after ``ready[j]`` and before ``stop`` (splitfrozen._acquire); True when taken now.
+
+    Else the device waits (a timer, or queued for a credit with a soft timer at ``stop``) or has left.
+    """
+    r = ready[j]
+    if max(r, now) >= stop:
+        _left(events, S, N, Y, idle, nn, j, y, now)
+        return False
+    acct = j if S[_FLAGS] & _PER_DEVICE else 0
+    if r > now:
+        if credits[acct] > 0:
+            _schedule(events, S, r, _NORMAL, j * 8 + _RETRY)
+            return False
+        _wait_credit(waiters, S, dev_wait, dev_ready, j, r)
+    elif credits[acct] > 0:
+        credits[acct] -= 1
+        return True
+    else:
+        _wait_credit(waiters, S, dev_wait, dev_ready, j, now)
+    if stop < np.inf:
+        _soft(events, S, Y[4], y, j, stop, 0)
+    return False
+
+
+@inline
 def moving(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free, ready,
            idle, Y, RP, j, kind, now):
     """Device ``j`` of the dynamic network resumes (started, a timer, granted, cancelled or released)."""
@@ -129,37 +167,13 @@ def moving(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready
             _left(events, S, N, Y, idle, nn, j, y, now)
             return
         step = _SEND
-    acct = j if S[_FLAGS] & _PER_DEVICE else 0
     pause = YI[y, _PAUSE]
     while True:
         if step == _BEGIN:
-            n = nn[j]
-            fx = D[_F, j] * _size(D, N, j, n) + (D[_WARM, j] if n == 0 else 0.0)
-            f_end = f_start[j] + (fx if pause < 0 else span(RP, pause, f_start[j], fx, 1.0))
-            r = max(f_end, link_free[j])
-            if pause >= 0 and r < np.inf:
-                r = next_online(RP, pause, r)
-            ready[j] = r
-            step = _ACQUIRE
-        if step == _ACQUIRE:
-            r = ready[j]
-            if max(r, now) >= stop:
-                _left(events, S, N, Y, idle, nn, j, y, now)
-                return
-            if r > now:
-                if credits[acct] > 0:
-                    _schedule(events, S, r, _NORMAL, j * 8 + _RETRY)
-                    return
-                _wait_credit(waiters, S, dev_wait, dev_ready, j, r)
-            elif credits[acct] > 0:
-                credits[acct] -= 1
-                step = _SEND
-            else:
-                _wait_credit(waiters, S, dev_wait, dev_ready, j, now)
-            if step != _SEND:
-                if stop < np.inf:
-                    _soft(events, S, YN, y, j, stop, 0)
-                return
+            _ready(D, N, RP, nn, f_start, link_free, ready, pause, j)
+        if step != _SEND and not _acquire(events, waiters, S, N, Y, credits, dev_wait, dev_ready, nn, ready, idle,
+                                          j, y, stop, now):
+            return
         n = nn[j]
         end = now + span(RP, YI[y, _UP], now, YF[y, _BITS], _size(D, N, j, n))
         if end > stop or end == np.inf:  # cut off mid-send: the credit comes back when it leaves
