@@ -281,9 +281,7 @@ def check_async_sync(seeds, ties: bool) -> int:
         rec, fast_ms = replay(job, cfg, sequential, sync=sync)
         want = (makespan, engine.server_busy, engine.server_end, engine.device_busy, engine.sync.bytes, engine.sync.rounds)
         got = (fast_ms, rec.server_busy, rec.server_end, rec.device_busy, sync.bytes, sync.rounds)
-        if got != want:  # only where SimPy's clock went back and same-time events of two servers tie (see backhaul.py)
-            assert sync.engine.went_back and ties, f"seed {seed} ties={ties} cfg={cfg} sequential={sequential}"
-            continue
+        assert got == want, f"seed {seed} ties={ties} cfg={cfg} sequential={sequential}"
         compared += 1
     return compared
 

@@ -81,7 +81,7 @@ class Backhaul:
                 continue
             del self.open[r]
             self.rounds += 1
-            ready = max(arrived.values())
+            ready = max(max(arrived.values()), self.env.now)  # a round a leaving server closes late: now, not the past
             self.engine.at(ready).callbacks.append(lambda _e, w=waiting: self._send_average(w))
 
     def _send_average(self, waiting: dict[int, simpy.Event | None]) -> None:
