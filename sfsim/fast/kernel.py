@@ -442,8 +442,6 @@ def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits,
     claim_returns = not (sequential and (S[_FLAGS] & _PER_DEVICE))
     DY = Y[0]
     while (S[_NEVENTS] > S[_NSOFT] or (S[_NEVENTS] > 0 and events[0, 0] < F[_SOFT_UNTIL])) and not S[_OVERFLOW]:
-        if stuck(RP):
-            break
         now, key = pop(events, S, _NEVENTS)
         code = key & _CODE_MASK
         kind = code & 7
@@ -470,6 +468,8 @@ def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits,
         elif DY[j] >= 0:
             moving(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free,
                    ready, idle, Y, RP, j, kind, now)
+            if stuck(RP):  # a rate was asked past what was drawn: the caller draws further and replays
+                break
         elif sequential:
             _sequential(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, j, kind, now)
         else:
