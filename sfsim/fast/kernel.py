@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sfsim.fast import pool
+from sfsim.fast import mixing, pool
 from sfsim.fast.devices import _pipelined, _sequential
 from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for sfsim.fast.splitfrozen)
     _ACCUMULATE,
     _ALARM,
     _ALARM_AT,
     _ALARM_ID,
-    _BOUND,
     _BUFFER,
     _BUSY,
     _CAP,
@@ -58,7 +57,6 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
     _NSOFT,
     _NSTEPS,
     _NSTREAM,
-    _NTOUCHED,
     _OVERFLOW,
     _PCAP,
     _PER_DEVICE,
@@ -72,7 +70,6 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
     _RESUMED,
     _SBUF,
     _SCOUNT,
-    _SEEN,
     _SEG,
     _SEG_DONE,
     _SEG_POS,
@@ -88,8 +85,6 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
     _STEP,
     _TOTAL,
     _TURN,
-    _TV_COUNT,
-    _TV_SUM,
     _UNCLAIMED,
     _UP_L,
     _UP_S,
@@ -241,34 +236,6 @@ def _policy_take(S, F, D, N, P, prop, ring_a, ring_b, paced):
 
 
 @inline
-def _mix_add(S, F, share, counts, touched, i):
-    """Device ``i``'s micro-batch is next in the stream (StreamMixing.add, same summation order)."""
-    if counts[i] == 0:
-        touched[S[_NTOUCHED]] = i
-        S[_NTOUCHED] += 1
-    counts[i] += 1
-    S[_SEEN] += 1
-    if S[_SEEN] < S[_BOUND]:
-        return
-    size = 0
-    s1 = 0.0
-    for q in range(S[_NTOUCHED]):
-        size += counts[touched[q]]
-        s1 += share[touched[q]]
-    s2 = 0.0
-    for q in range(S[_NTOUCHED]):
-        s2 += abs(counts[touched[q]] / size - share[touched[q]])
-        counts[touched[q]] = 0
-    dist = 1.0 - s1
-    dist += s2
-    F[_TV_SUM] += 0.5 * dist
-    S[_TV_COUNT] += 1
-    S[_NTOUCHED] = 0
-    windows = max(1, min(10, S[_TOTAL]))
-    S[_BOUND] = -(-(S[_TV_COUNT] + 1) * S[_TOTAL] // windows)
-
-
-@inline
 def _flush_ws(D, N, W, QD, QK, w, t, until):
     """Run worker ``w``'s queued W's from ``t`` while the clock stands at ``t`` or is before ``until``."""
     cap, start = QD.shape[1], t
@@ -282,14 +249,13 @@ def _flush_ws(D, N, W, QD, QK, w, t, until):
 
 
 @inline
-def _claim(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, share, counts, touched, idle,
-           i, k, now, stream):
+def _claim(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, mix, idle, i, k, now, stream):
     """Bookkeeping when a worker starts micro-batch ``k`` of device ``i`` (ServerPool._claim).
 
     ``stream``: where a server whose devices join and leave records the order it received (else empty).
     """
     S[_UNCLAIMED] -= 1
-    _mix_add(S, F, share, counts, touched, i)
+    mixing.add(mix[0], mix[1], mix[2], mix[3], mix[4], i)  # mix: (M, T, share, counts, touched)
     if stream.shape[0]:
         stream[S[_NSTREAM]] = i
         S[_NSTREAM] += 1
@@ -383,8 +349,8 @@ def _resumed(F, W, WF, w, now):
 
 
 @inline
-def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready, share,
-            counts, touched, idle, ring_a, ring_b, paced, PK, stream, w, now):
+def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready, mix,
+            idle, ring_a, ring_b, paced, PK, stream, w, now):
     """One pass of ServerPool._worker's loop for worker ``w`` at ``now``, up to its next yield."""
     if not _resumed(F, W, WF, w, now):
         _exit(S, F, W, WF, w, now)
@@ -404,8 +370,7 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
     W[_WOKEN, w] = 0
     if avail:
         i, k = _policy_take(S, F, D, N, P, prop, ring_a, ring_b, paced)
-        _claim(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, share, counts, touched, idle,
-               i, k, now, stream)
+        _claim(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, mix, idle, i, k, now, stream)
         _run_mb(events, S, F, D, N, W, WF, QD, QK, paced[7], w, i, k, now)
     elif W[_WQ_LEN, w] > 0:  # idle: deferred W's while nothing can have arrived (exact, see the engine)
         until = now + F[_FLIGHT]
@@ -431,8 +396,8 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
 
 
 @no_refcounts
-def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready, share,
-          counts, touched, idle, ring_a, ring_b, paced, PK, nn, f_start, link_free, ready, Y, RP, stream):
+def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready, mix,
+          idle, ring_a, ring_b, paced, PK, nn, f_start, link_free, ready, Y, RP, stream):
     """Process events until only soft timers are left; returns the time of the last other event (the makespan).
 
     Soft timers before ``F[_SOFT_UNTIL]`` run even then (the run goes on elsewhere, :func:`replay_dynamic`).
@@ -452,7 +417,7 @@ def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits,
         last = now
         if kind == _WORKER:
             _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready,
-                    share, counts, touched, idle, ring_a, ring_b, paced, PK, stream, j, now)
+                    mix, idle, ring_a, ring_b, paced, PK, stream, j, now)
         elif kind == _ALARM:
             if key >> _CODE_BITS == S[_ALARM_ID]:  # else superseded by an earlier alarm
                 F[_ALARM_AT] = np.inf
@@ -521,7 +486,6 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
     S[_POLICY], S[_FLAGS], S[_TURN], S[_ALARM_ID] = policy, flags, -1, -1
     flight_max = (m * buffer if flags & _PER_DEVICE else buffer) + m  # sent and holding a credit, plus replays
     S[_CAP] = min(total, flight_max) + 2  # most micro-batches ever waiting at the server
-    S[_BOUND] = -(-total // max(1, min(10, total)))
     F[_ALARM_AT], F[_STEP], F[_FLIGHT], F[_SOFT_UNTIL] = np.inf, step_s, flight, soft_until
     credits = np.zeros(max(m, 1), np.int64)  # the shared account is slot 0, even with no device
     credits[0] = buffer
@@ -547,13 +511,15 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
                 _schedule(events, S, 0.0, _URGENT, j * 8 + _START)
     W = np.zeros((7, count), np.int64)
     WF = np.zeros((3, count))
+    M, T, counts, touched = mixing.fresh(total, m)
+    mix = (M, T, share, counts, touched)
     makespan = _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, np.zeros((count, wcap), np.int64),
-                     np.zeros((count, wcap), np.int64), credits, np.zeros(m, np.bool_), np.zeros(m), share,
-                     np.zeros(m, np.int64), np.zeros(m, np.int64), np.zeros(count, np.int64),
+                     np.zeros((count, wcap), np.int64), credits, np.zeros(m, np.bool_), np.zeros(m), mix,
+                     np.zeros(count, np.int64),
                      np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), order, np.zeros(m, np.int64),
                      np.zeros(m, np.int64),
                      np.zeros(m), np.zeros(m), np.zeros(m), Y, RP, stream)
-    return _results(S, F, makespan, total, RP)
+    return _results(S, F, M, T, makespan, total, RP)
 
 
 @inline
@@ -575,14 +541,13 @@ def _policy_start(S, N, P, paced, pool):
 
 
 @inline
-def _results(S, F, makespan, total, RP):
+def _results(S, F, M, T, makespan, total, RP):
     """The ``OUT_*`` figures of a replay."""
     out = np.zeros(16)
     out[OUT_LEAVE], out[OUT_NSTEPS] = F[_LEAVE], S[_NSTEPS]
     out[OUT_EVENTS], out[OUT_OVERFLOW], out[OUT_WORDS] = S[_EID], S[_OVERFLOW] == 1, S[_OVERFLOW] == 2
     out[OUT_MAKESPAN], out[OUT_BUSY], out[OUT_WAIT], out[OUT_END] = makespan, F[_BUSY], F[_WAIT_S], F[_END]
-    out[OUT_TV_SUM], out[OUT_TV_COUNT], out[OUT_UNCLAIMED], out[OUT_TOTAL] = (F[_TV_SUM], S[_TV_COUNT],
-                                                                             S[_UNCLAIMED], total)
+    out[OUT_TV_SUM], out[OUT_TV_COUNT], out[OUT_UNCLAIMED], out[OUT_TOTAL] = T[0], M[mixing.COUNT], S[_UNCLAIMED], total
     out[OUT_STALLED], out[OUT_STUCK], out[OUT_PEAK] = S[_UNCLAIMED] > 0 and S[_NSOFT] > 0, stuck(RP), F[_PPEAK]
     return out
 
