@@ -12,9 +12,12 @@ wall time is several times the CPU time a run needed):
    micro-batches) and 10,000 devices x 16 servers, with the plan's simulated time and gap;
 4. ``python -m sfsim sweep`` of a 1,000-device fleet (20,000 micro-batches a point) as a whole
    process over ``--sweep-points`` points (default 1,000; 10,000 is the target size, and a smaller
-   run says that its 10,000-point figure is extrapolated).
+   run says that its 10,000-point figure is extrapolated);
+5. micro-batches/s of the fast path and the SimPy engine on the dynamic network: the bench_engine.py
+   fleet with every uplink a repeating rate trace and every device paused by an on/off process
+   (:func:`dynamic_fleet`), and whether the makespans are equal (``--dynamic``: only this).
 
-Run: ``.venv/bin/python bench/bench_scale.py [--quick] [--sweep-points N]`` (``--quick``: smaller
+Run: ``.venv/bin/python bench/bench_scale.py [--quick] [--sweep-points N] [--dynamic]`` (``--quick``: smaller
 sizes, for a smoke test).
 """
 
@@ -40,6 +43,9 @@ from bench_engine import fleet, run_naive  # noqa: E402
 from sfsim.engine.pool import Engine  # noqa: E402
 from sfsim.fast import replay  # noqa: E402
 from sfsim.fast.replay import rates_lines  # noqa: E402
+from sfsim.network.availability import OnOff  # noqa: E402
+from sfsim.network.legs import Leg, Motion  # noqa: E402
+from sfsim.network.linkrate import Steps  # noqa: E402
 from sfsim.schedules import ReplayConfig, splitfrozen  # noqa: E402
 
 CFG = ReplayConfig(buffer=64, accumulate=4, decompose=True)  # bench_engine.py's knobs
@@ -96,6 +102,42 @@ def rates(sizes: list[tuple[int, int]], simpy_upto: int) -> None:
         print(line, flush=True)
 
 
+def dynamic_fleet(devices: int, mb: int, servers: int = 4):
+    """bench_engine.py's fleet on the dynamic network: every uplink a repeating trace, every device on and off.
+
+    Device ``i``'s uplink (nominal 20 Mbit/s, its micro-batch taking its ``up_s`` at that rate) follows a
+    10 s trace: 100% of it, 25% from 4 s, 200% from 7 s, shifted by ``i`` per device kind; it is online for
+    exponential periods of mean 30 s and offline for 3 s (``churn: pause``), seeded per device.
+    """
+    import dataclasses
+    import random
+
+    job = fleet(devices, mb, servers=servers)
+    bw, moving = 20e6, {}
+    for i, d in enumerate(job.devices):
+        d = job.devices[i] = dataclasses.replace(d, up_bytes=d.up_s * bw / 8.0)
+        shift = 0.5 * (i % 5)
+        rate = Steps([0.0, 4.0 + shift, 7.0 + shift], [bw, bw / 4, 2 * bw], period=10.0 + shift)
+        moving[i] = Motion([Leg(0.0, d.server, bw, d.up_s, d.up_l, rate)],
+                           OnOff(30.0, 3.0, random.Random(f"bench:{i}")), "pause")
+    views = [[dataclasses.replace(d, up_s=0.0) for d in job.devices] for _ in job.servers]
+    job.network = splitfrozen.Network(moving, views)
+    return job
+
+
+def dynamic_rates(sizes: list[tuple[int, int]]) -> None:
+    """Fast path vs SimPy engine on :func:`dynamic_fleet` (wall; CPU in brackets); makespans equal checked."""
+    replay(dynamic_fleet(10, 2), CFG)  # load the compiled kernel once (not timed)
+    for devices, mb in sizes:
+        n = devices * mb
+        (_, fast_ms), t_fast, c_fast = timed(replay, dynamic_fleet(devices, mb), CFG)
+        eng_ms, t_eng, c_eng = timed(run_engine, dynamic_fleet(devices, mb))
+        print(f"  {devices:>7,} devices x {mb} mb, varying uplinks and pauses: fast {n / t_fast:>11,.0f} mb/s "
+              f"({n / c_fast:,.0f} CPU), SimPy engine {n / t_eng:>9,.0f} mb/s ({n / c_eng:,.0f} CPU); "
+              f"fast/engine {c_eng / c_fast:,.0f}x by CPU; makespans equal: {fast_ms == eng_ms} "
+              f"({fast_ms:.3f} s simulated)", flush=True)
+
+
 def run_engine(job) -> float:
     """The SimPy engine's makespan of ``job``."""
     engine = Engine()
@@ -117,7 +159,12 @@ def main() -> None:
     ap.add_argument("--sweep-points", type=int, default=1000)
     ap.add_argument("--schedule", choices=["splitlora", "fedlora", "cenlora"],
                     help="only the micro-batches/s of this baseline, fast vs SimPy (sfsim.fast.replay.rates)")
+    ap.add_argument("--dynamic", action="store_true", help="only the dynamic network's micro-batches/s (item 5)")
     args = ap.parse_args()
+    if args.dynamic:
+        print("5. micro-batches/s on the dynamic network (bench_engine.py fleet, 4 servers, buffer 64, accumulate 4)")
+        dynamic_rates([(1000, 100)] if args.quick else [(1000, 100), (10_000, 100)])
+        return
     if args.schedule:
         print("\n".join(rates_lines(args.schedule)))
         return
@@ -140,6 +187,8 @@ def main() -> None:
             print(f"   {devices:,} devices x {servers} servers, {devices * mb:,} micro-batches: {wall:.2f} s wall, "
                   f"{cpu:.2f} s CPU; {got}; {gap}")
         sweep(path, args.sweep_points, 10 if args.quick else 1000)
+    print("5. micro-batches/s on the dynamic network (bench_engine.py fleet, 4 servers, buffer 64, accumulate 4)")
+    dynamic_rates([(1000, 100)] if args.quick else [(1000, 100), (10_000, 100)])
 
 
 def sweep(path: Path, points: int, devices: int) -> None:

@@ -13,7 +13,7 @@ from sfsim.fast import replay, uncovered
 from sfsim.schedules import Job, ReplayConfig
 from sfsim.schedules import splitfrozen as sf
 
-POLICIES = ("fifo", "round-robin", "proportional", "paced-proportional", "paced-round-robin")
+POLICIES = ("fifo", "round-robin", "proportional", "paced-proportional", "paced-round-robin", "pool")
 
 
 def _times(rng: random.Random, ties: bool, scale: float) -> float:
@@ -36,7 +36,7 @@ def random_job(rng: random.Random, ties: bool = False) -> Job:
                   f=_times(rng, ties, 1.0), up_s=_times(rng, ties, 1.0), up_l=_times(rng, ties, 0.3),
                   srv_f=_times(rng, ties, 0.3) or 0.1, srv_b=_times(rng, ties, 0.3), srv_w=_times(rng, ties, 0.3),
                   last=rng.choice((1.0, 1.0, 0.5, 0.3)),
-                  warmup=rng.choice((0.0, 0.0, 0.7)))
+                  warmup=rng.choice((0.0, 0.0, 0.7)), act_bytes=rng.choice((1e5, 3e5, 1e6)))
         if rng.random() < 0.25:
             kw["sent"] = per_epoch  # activation cache: later epochs replayed at the server
         if same and base is not None:
@@ -51,7 +51,8 @@ def random_cfg(rng: random.Random) -> tuple[ReplayConfig, bool]:
     policy = rng.choice(POLICIES)
     credits = "device" if policy.startswith("paced") else rng.choice(("server", "device"))
     cfg = ReplayConfig(buffer=rng.randint(1, 5), accumulate=rng.randint(1, 4), decompose=rng.random() < 0.7,
-                    policy=policy, credits=credits)
+                    policy=policy, credits=credits, seed=rng.randrange(1000),
+                    pool_memory=rng.choice((None, None, 1.5e6, 4e6)))
     return cfg, rng.random() < 0.3
 
 
@@ -62,7 +63,7 @@ def simpy_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
     makespan = engine.run()
     return {"makespan": makespan, "busy": engine.server_busy, "wait": engine.server_wait,
             "end": engine.server_end, "mixing": {k: m.value for k, m in engine.mixing.items()},
-            "device_busy": engine.device_busy, "up": engine.up_bytes}
+            "device_busy": engine.device_busy, "up": engine.up_bytes, "peak": engine.pool_peak_bytes}
 
 
 def fast_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
@@ -70,7 +71,7 @@ def fast_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
     rec, makespan = replay(job, cfg, sequential)
     return {"makespan": makespan, "busy": rec.server_busy, "wait": rec.server_wait, "end": rec.server_end,
             "mixing": {k: m.value for k, m in rec.mixing.items()}, "device_busy": rec.device_busy,
-            "up": rec.up_bytes}
+            "up": rec.up_bytes, "peak": rec.pool_peak_bytes}
 
 
 def assert_same(a, b, path=""):
@@ -93,8 +94,8 @@ def check_seeds(seeds, ties: bool) -> int:
         cfg, sequential = random_cfg(rng)
         try:
             want = simpy_figures(job, cfg, sequential)
-        except (SfsimError, RuntimeError):
-            continue  # a setting the engine refuses
+        except (SfsimError, RuntimeError, ValueError):
+            continue  # a setting the engine refuses (ValueError: a pool memory bound on a server with no device)
         got = fast_figures(job, cfg, sequential)
         try:
             assert_same(want, got)
@@ -140,13 +141,17 @@ def test_uncovered_cases_say_why():
 
     class Sc:  # the scenario fields uncovered() reads
         class training:
-            sync = "sync"
+            class sync:
+                mode = "sync"
         servers = [object(), object()]
-    assert uncovered(Sc, "splitfrozen", cfg, job) == "backhaul sync between servers is replayed by the SimPy engine only"
+    assert uncovered(Sc, "splitfrozen", cfg, job) == ("backhaul sync between servers (mode sync) is replayed by "
+                                                      "the SimPy engine only")
+    Sc.training.sync.mode = "async"
+    assert uncovered(Sc, "splitfrozen", cfg, job) is None
     Sc.training.sync = None
     assert uncovered(Sc, "splitfrozen", cfg, job) is None
     assert "trace" in uncovered(Sc, "splitfrozen", cfg, job, trace=True)
-    assert "pool" in uncovered(Sc, "splitfrozen", ReplayConfig(policy="pool"), Job([], [ServerTimes("s")]))
+    assert uncovered(Sc, "splitfrozen", ReplayConfig(policy="pool"), Job([], [ServerTimes("s")])) is None
     assert uncovered(Sc, "splitlora", cfg, job) is None  # tests/test_fast_lora.py: the baselines
     assert uncovered(Sc, "sfl", cfg, job) == ("the fast path covers splitfrozen, splitfrozen-sequential, splitlora, "
                                               "fedlora, cenlora only")
@@ -175,10 +180,12 @@ def test_simulate_engine_choice_is_said():
     import sfsim
 
     sc = sfsim.load_scenario("profiles/edge.yaml")
-    auto = sfsim.simulate(sc, policy="pool")
-    assert (auto.engine, auto.engine_note) == ("simpy", "server policy 'pool' is replayed by the SimPy engine only")
-    with pytest.raises(SfsimError, match="^engine fast: server policy 'pool'"):
-        sfsim.simulate(sc, policy="pool", engine="fast")
+    auto = sfsim.simulate(sc, policy="pool")  # the pool's random draws are Python's: the same result
+    assert auto.engine == "fast" and auto.to_dict() == sfsim.simulate(sc, policy="pool", engine="simpy").to_dict()
+    auto = sfsim.simulate(sc, trace=True)
+    assert (auto.engine, auto.engine_note) == ("simpy", "a trace (and the Gantt chart) comes from the SimPy engine")
+    with pytest.raises(SfsimError, match="^engine fast: a trace"):
+        sfsim.simulate(sc, trace=True, engine="fast")
     with pytest.raises(SfsimError, match="unknown engine 'quick'"):
         sfsim.simulate(sc, engine="quick")
     assert sfsim.simulate(sc, trace=True).engine == "simpy"  # traces come from the SimPy engine
@@ -190,16 +197,15 @@ def test_cli_engine_flag():
 
     from sfsim.cli import main
 
-    out = CliRunner().invoke(main, ["simulate", "--devices", "profiles/edge.yaml", "--engine", "fast",
-                                    "--policy", "pool"])
-    assert out.exit_code == 2 and "engine fast: server policy 'pool'" in out.output
-    out = CliRunner().invoke(main, ["simulate", "--devices", "profiles/edge.yaml", "--schedule", "all"])
-    assert out.exit_code == 0 and "SimPy engine" not in out.output  # every schedule on the fast path
+    out = CliRunner().invoke(main, ["simulate", "--devices", "profiles/mobile.yaml", "--engine", "fast"])
+    assert out.exit_code == 2 and "engine fast: the dynamic network's handover" in out.output
     out = CliRunner().invoke(main, ["simulate", "--devices", "profiles/edge.yaml", "--schedule", "all", "--policy",
                                     "pool"])
+    assert out.exit_code == 0 and "SimPy engine" not in out.output  # every schedule on the fast path
+    out = CliRunner().invoke(main, ["simulate", "--devices", "profiles/mobile.yaml", "--schedule", "all"])
     assert out.exit_code == 0
-    assert ("note: splitfrozen, splitfrozen-sequential ran on the SimPy engine, not the fast path: server policy "
-            "'pool' is replayed by the SimPy engine only") in out.output
+    assert ("note: splitfrozen, splitfrozen-sequential ran on the SimPy engine, not the fast path: the dynamic "
+            "network's handover is replayed by the SimPy engine only") in out.output
 
 
 _PEAK = """
@@ -244,3 +250,25 @@ def test_servers_on_threads_give_the_same_figures(monkeypatch):
         threaded = fast_figures(job, cfg, sequential)
         monkeypatch.setattr(fsf, "THREADED_FROM", 10**12)
         assert threaded == alone
+
+
+@pytest.mark.parametrize("schedule", ["splitfrozen", "splitfrozen-sequential"])
+def test_simulate_with_backhaul_sync_runs_on_simpy_and_says_so(schedule):
+    """A 3-server scenario with ``training.sync: async``: the runtime's rounds (sfsim.network.backhaul) are the
+    SimPy engine's; auto says so in one line and gives the SimPy result."""
+    import sfsim
+    from sfsim.scenario.config import scenario_from_dict
+
+    link = {"bandwidth": "80 Mbps", "latency": "5 ms"}
+    data = {"model": {"name": "gpt2", "seq_len": 32, "task": "classification", "num_labels": 2},
+            "training": {"micro_batch": 4, "buffer": 4, "split": 2, "accumulate": 2,
+                         "sync": {"every": 2, "mode": "async"}},
+            "servers": [{"name": f"s{k}", "flops": f"{10 + 7 * k} TFLOPS", "memory": "24 GiB",
+                         "backhaul": {"bandwidth": f"{1 + k} Gbps", "latency": "3 ms"}} for k in range(3)],
+            "devices": [{"name": f"d{t}", "count": 2 + t, "flops": f"{50 + 40 * t} GFLOPS", "memory": "4 GiB",
+                         "samples": 40 + 24 * t, "uplink": dict(link), "downlink": dict(link)} for t in range(3)]}
+    res = {e: sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule=schedule, engine=e)
+           for e in ("simpy", "auto")}
+    assert res["auto"].engine == "simpy" and res["auto"].sync_rounds > 0
+    assert res["auto"].engine_note == "backhaul sync between servers is replayed by the SimPy engine only"
+    assert res["auto"].to_dict() == res["simpy"].to_dict()

@@ -308,7 +308,6 @@ def test_cli_notes_each_reason(tmp_path):
     out = CliRunner().invoke(main, ["simulate", "--devices", str(path), "--schedule", "all", "--policy", "pool"])
     assert out.exit_code == 0, out.output
     notes = [line for line in out.output.splitlines() if "ran on the SimPy engine" in line]
-    # SplitFrozen sends nothing down (its varying downlink does not apply): it falls back for pool only; the
-    # baselines take varying links on the fast path
-    assert notes == ["note: splitfrozen, splitfrozen-sequential ran on the SimPy engine, not the fast path: server "
-                     "policy 'pool' is replayed by the SimPy engine only"]
+    # SplitFrozen sends nothing down (its varying downlink does not apply) and replays pool, and the baselines
+    # take varying links on the fast path: no fallback
+    assert notes == []

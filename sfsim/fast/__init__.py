@@ -6,16 +6,19 @@ engine's micro-batches per second and about 100x a naive SimPy model. ``simulate
 chooses it (:data:`ENGINES`); where it does not cover a run, :func:`uncovered` says why in one line.
 
 Covered: SplitFrozen pipelined and sequential, server or device credits and any buffer,
-accumulation, fused or decomposed B/W, several servers of one or more workers, the fifo,
-round-robin, proportional and paced policies, activation caching, partial last micro-batches and
-warm-up; SplitLoRA on constant links and on the dynamic network without handovers (:mod:`sfsim.fast.splitlora`:
-both client orders, arrival or fixed server orders, FedAvg segments, accumulation, fused or decomposed B/W,
-time-varying links, availability with pause or drop); CenLoRA
-(:mod:`sfsim.fast.cenlora`: several workers, accumulation, the proportional source and its mixing);
-FedLoRA (:mod:`sfsim.fast.fedlora`: rounds of local steps, adapter uploads and downloads, each
-server's FedAvg) on any network (time-varying links, availability, handover). Not covered (the SimPy engine replays them):
-traces and Gantt charts, SplitFrozen's ``pool`` policy, backhaul sync between SplitFrozen servers,
-the dynamic network for SplitFrozen, and SplitLoRA's handovers.
+accumulation, fused or decomposed B/W, several servers of one or more workers, every policy (fifo,
+round-robin, proportional, paced, and ``pool`` with Python's random draws: :mod:`sfsim.fast.pool`),
+activation caching, partial last micro-batches and warm-up, time-varying uplinks and availability
+(pause, drop) without handover (:mod:`sfsim.fast.dynamic`), and each epoch's closing backhaul round of
+servers without ``training.sync`` (:func:`sfsim.network.backhaul.close_epochs`); SplitLoRA on constant
+links and on the dynamic network without handovers (:mod:`sfsim.fast.splitlora`: both client orders,
+arrival or fixed server orders, FedAvg segments, accumulation, fused or decomposed B/W, time-varying
+links, availability with pause or drop); CenLoRA (:mod:`sfsim.fast.cenlora`: several workers,
+accumulation, the proportional source and its mixing); FedLoRA (:mod:`sfsim.fast.fedlora`: rounds of
+local steps, adapter uploads and downloads, each server's FedAvg) on any network (time-varying links,
+availability, handover). Not covered (the SimPy engine replays them): traces and Gantt charts; backhaul
+sync (``training.sync``) for every schedule, and the baselines' closing backhaul rounds; SplitFrozen's
+handovers and a paced policy with availability; SplitLoRA's handovers.
 """
 
 from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered

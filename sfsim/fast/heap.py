@@ -59,3 +59,37 @@ def pop(H, S, n_slot):
         H[0, pos] = k
         H[1, pos] = v
     return key, value
+
+
+@inline
+def remove(H, S, n_slot, pos):
+    """Remove the entry at ``pos`` (any place) from the heap; the others keep their order."""
+    n = S[n_slot] - 1
+    S[n_slot] = n
+    if pos == n:
+        return
+    H[0, pos] = H[0, n]
+    H[1, pos] = H[1, n]
+    while pos > 0:  # up while it comes before its parent
+        up = (pos - 1) >> 1
+        if not before(H, pos, up):
+            break
+        _swap(H, pos, up)
+        pos = up
+    while True:  # down while a child comes before it
+        c = 2 * pos + 1
+        if c >= n:
+            break
+        if c + 1 < n and before(H, c + 1, c):
+            c += 1
+        if not before(H, c, pos):
+            break
+        _swap(H, pos, c)
+        pos = c
+
+
+@inline
+def _swap(H, a, b):
+    """Swap heap entries ``a`` and ``b``."""
+    H[0, a], H[0, b] = H[0, b], H[0, a]
+    H[1, a], H[1, b] = H[1, b], H[1, a]

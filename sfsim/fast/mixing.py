@@ -15,6 +15,8 @@ from sfsim.fast.jit import inline
 _NTOUCHED, _SEEN, _BOUND, _COUNT, _TOTAL, _WINDOWS = range(6)
 M_SLOTS = 6
 """Length of the int state ``M``."""
+COUNT = _COUNT
+"""Slot of ``M`` that counts the closed windows."""
 
 
 def start(totals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -57,3 +59,12 @@ def add(M, T, share, counts, touched, i):
     M[_COUNT] += 1
     M[_NTOUCHED] = 0
     M[_BOUND] = -(-(M[_COUNT] + 1) * M[_TOTAL] // M[_WINDOWS])
+
+
+@inline
+def fresh(total, m):
+    """:func:`start` inside a compiled kernel, for ``total`` micro-batches over ``m`` devices: (M, T, counts, touched)."""
+    windows = max(1, min(10, total))
+    M = np.zeros(M_SLOTS, np.int64)
+    M[_TOTAL], M[_WINDOWS], M[_BOUND] = total, windows, -(-total // windows)
+    return M, np.zeros(1), np.zeros(m, np.int64), np.zeros(m, np.int64)

@@ -15,9 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import cenlora, fedlora, splitfrozen, splitlora
+from sfsim.fast import cenlora, dynamic, fedlora, splitfrozen, splitlora
 from sfsim.fast.kernel import MAX_DEVICES
-from sfsim.fast.splitfrozen import POLICY_CODES
 from sfsim.network.backhaul import Closed, close_epochs
 
 ENGINES = ("auto", "fast", "simpy")
@@ -71,10 +70,10 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return splitlora.uncovered(net, job)  # the kernel integrates each transfer's rate
     if name not in SPLITFROZEN:
         return None if net is None else _DYNAMIC
-    if net is not None and (getattr(net, "moving", None) or getattr(net, "views", None) is not None):
-        return _DYNAMIC  # first, as for the other schedules: --schedule all then says one reason for all
-    if cfg.policy not in POLICY_CODES:
-        return f"server policy {cfg.policy!r} is replayed by the SimPy engine only"
+    why_dyn = "" if net is not None and getattr(net, "views", None) is not None else None
+    why = dynamic.covers(net, cfg.policy) if why_dyn is not None else None
+    if why is not None:  # first, as for the other schedules: --schedule all then says one reason for all
+        return f"the dynamic network's {why} is replayed by the SimPy engine only"
     if scenario.training.sync is not None and len(scenario.servers) > 1:
         return "backhaul sync between servers is replayed by the SimPy engine only"
     per_server = Counter(d.server for d in job.devices)
@@ -105,7 +104,12 @@ def replay(job, cfg, sequential: bool = False, schedule: str | None = None) -> t
 
 def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
     rec = Replayed()
-    outs, busy, up = splitfrozen.replay_job(job, cfg, sequential)
+    net = getattr(job, "network", None)
+    dyn = net is not None and getattr(net, "views", None) is not None
+    if dyn:
+        outs, busy, up = dynamic.replay_job(job, cfg, sequential)
+    else:
+        outs, busy, up = splitfrozen.replay_job(job, cfg, sequential)
     names = [d.name for d in job.devices]  # what sfsim.schedules.splitfrozen.run sets before the run
     rec.device_busy, rec.up_bytes = dict(zip(names, busy.tolist(), strict=True)), dict(zip(names, up.tolist(), strict=True))
     rec.down_bytes = dict.fromkeys(names, 0.0)
@@ -116,6 +120,8 @@ def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
         rec.server_wait[srv.name] = out["wait"]
         rec.server_end[srv.name] = out["end"]
         rec.mixing[srv.name] = Mixed(out["mixing"], out["total"])
+        if cfg.policy == "pool":
+            rec.pool_peak_bytes[srv.name] = out["peak"]
     if job.sync is not None:  # no training.sync: each epoch's closing round after the servers' ends
         rec.sync, makespan = close_epochs(job.sync, rec.server_end, makespan)
     return rec, makespan

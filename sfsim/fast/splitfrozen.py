@@ -8,8 +8,9 @@ from operator import attrgetter
 
 import numpy as np
 
-from sfsim.engine.pacing import server_order
+from sfsim.engine.pacing import pool_capacity, server_order
 from sfsim.engine.policies import PACED
+from sfsim.fast import pool
 from sfsim.fast.kernel import (
     _DECOMPOSE,
     _F,
@@ -25,24 +26,30 @@ from sfsim.fast.kernel import (
     FIFO,
     OUT_BUSY,
     OUT_END,
+    OUT_LEAVE,
     OUT_MAKESPAN,
+    OUT_NSTEPS,
     OUT_OVERFLOW,
+    OUT_PEAK,
     OUT_TOTAL,
     OUT_TV_COUNT,
     OUT_TV_SUM,
     OUT_UNCLAIMED,
     OUT_WAIT,
+    OUT_WORDS,
+    POOL,
     PROPORTIONAL,
     ROUND_ROBIN,
-    replay_server,
+    replay_dynamic,
 )
 from sfsim.fast.kernel import (
     PACED as PACED_CODE,
 )
 
 POLICY_CODES = {"fifo": FIFO, "round-robin": ROUND_ROBIN, "proportional": PROPORTIONAL,
-                "paced-proportional": PACED_CODE, "paced-round-robin": PACED_CODE}
-"""Server policies the fast path replays (``pool`` draws at random: the SimPy engine replays it)."""
+                "paced-proportional": PACED_CODE, "paced-round-robin": PACED_CODE, "pool": POOL}
+"""Server policies the fast path replays (every one: ``pool``'s random draws are Python's, :mod:`sfsim.fast.pool`)."""
+_UNLIMITED = 1 << 62  # Senders' "no limit" (math.inf) as an int
 
 _FLOATS = ("f", "warmup", "up_s", "up_l", "srv_f", "srv_b", "srv_w", "last")  # the kernel's D rows
 _INTS = ("n", "sent", "per_epoch")  # its N rows
@@ -94,23 +101,30 @@ def paced_segments(devices: list, kind: str) -> tuple[np.ndarray, ...]:
     return order, starts, lens, np.array([r for _, r in segs], np.int64)
 
 
-def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = None) -> dict[str, float]:
+def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = None,
+           flight: float | None = None, synced: bool = False) -> dict[str, float]:
     """Replay one SplitFrozen server (a :class:`ServerTimes`) and its ``devices`` (all of them send to it).
 
-    ``rows``: their :func:`layout`, when the caller has it already.
+    ``rows``: their :func:`layout`, when the caller has it already; ``flight``: the pool's bound on
+    how soon a push arrives (None: :func:`min_flight`); ``synced``: also return ``steps`` (when its
+    optimizer steps ended) and ``leave`` (when its last worker ended), for backhaul sync.
 
     Returns:
         ``makespan``, ``busy``, ``wait``, ``end``, ``mixing`` (None without micro-batches) and
-        ``total`` (micro-batches: the stream's weight).
+        ``total`` (micro-batches: the stream's weight), ``peak`` (bytes the ``pool`` policy held at most).
     """
     D, N = layout(devices) if rows is None else rows
     if cfg.policy in PACED:
         paced = paced_segments(devices, PACED[cfg.policy])
     else:
         paced = (np.zeros(0, np.int64),) * 4
-    out = replay_server(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate),
-                        flags_for(cfg, sequential),
-                        POLICY_CODES[cfg.policy], min_flight(D, N), paced)
+    m = N.shape[1]
+    Y = (np.full(m, -1, np.int64), np.zeros((1, 2), np.int64), np.zeros((1, 4)), np.zeros(1),
+         np.zeros((1, 3), np.int64), np.zeros(m, np.int64))
+    RP = (np.full((1, 5), -1, np.int64), np.zeros((1, 2)), np.zeros(1), np.zeros(1), np.full(2, -np.inf))
+    steps = np.zeros(int(N[_N].sum()) // cfg.accumulate + int(server.count) + 2 if synced else 0)
+    out = run(D, N, server, cfg, sequential, devices, paced, flight, Y, RP,
+              np.zeros(0, np.int64), 0, -np.inf, steps=steps)
     if out[OUT_OVERFLOW]:
         raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
     if out[OUT_UNCLAIMED]:  # the SimPy engine fails the same way (a lost wake-up, or a deadlock)
@@ -118,10 +132,51 @@ def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = No
     count = int(out[OUT_TV_COUNT])
     return {"makespan": float(out[OUT_MAKESPAN]), "busy": float(out[OUT_BUSY]), "wait": float(out[OUT_WAIT]),
             "end": float(out[OUT_END]), "mixing": float(out[OUT_TV_SUM]) / count if count else None,
-            "total": int(out[OUT_TOTAL])}
+            "total": int(out[OUT_TOTAL]), "peak": float(out[OUT_PEAK]),
+            "steps": steps[:int(out[OUT_NSTEPS])], "leave": float(out[OUT_LEAVE])}
 
 
-def replay_job(job, cfg, sequential: bool) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:
+def run(D, N, server, cfg, sequential: bool, devices: list, paced: tuple, flight: float | None, *dynamic,
+        steps: np.ndarray | None = None) -> np.ndarray:
+    """:func:`sfsim.fast.kernel.replay_dynamic` of one server; under ``pool``, again with more random words if it ran out.
+
+    ``dynamic``: its ``Y, RP, stream, soft_room, soft_until`` (:mod:`sfsim.fast.moving`); ``steps``: room
+    for its optimizer steps' end times (backhaul sync).
+    """
+    if flight is None:
+        flight = min_flight(D, N)
+    words = 2 * int(N[_N].sum()) + 64
+    while True:
+        args = pool_args(devices, N, cfg, sequential, words)
+        out = replay_dynamic(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate),
+                             flags_for(cfg, sequential), POLICY_CODES[cfg.policy], flight, paced, *dynamic, args,
+                             np.zeros(0) if steps is None else steps)
+        if not out[OUT_WORDS]:
+            return out
+        words *= 4
+
+
+def pool_args(devices: list, N: np.ndarray, cfg, sequential: bool, words: int) -> tuple:
+    """The ``pool`` policy's kernel arguments (:mod:`sfsim.fast.pool`): ``words`` random words, activation bytes
+    and (capacity, each device's limit, credits held) as :class:`sfsim.engine.pool.ServerPool` sets them."""
+    m = N.shape[1]
+    if cfg.policy != "pool":
+        return np.zeros(0, np.int64), np.zeros(m), np.zeros(3, np.int64)
+    sent = [int(s) if n else 0 for s, n in zip(N[_SENT], N[_N], strict=True)]
+    if cfg.credits == "device":
+        limit, total = (1 if sequential else cfg.buffer), _UNLIMITED
+        credits = max(1, limit * sum(1 for x in sent if x))
+    else:
+        limit, total, credits = (1 if sequential else _UNLIMITED), cfg.buffer, cfg.buffer
+    if cfg.pool_memory is None:
+        capacity = credits
+    else:  # the widest activation decides how many fit
+        capacity = pool_capacity(cfg.pool_memory, max(d.act_bytes for d, n in zip(devices, N[_N], strict=True) if n))
+    act = np.array([d.act_bytes for d in devices], np.float64)
+    return pool.words(cfg.seed, words), act, np.array([capacity, limit, total], np.int64)
+
+
+def replay_job(job, cfg, sequential: bool, synced: bool = False) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:
     """Replay every server of a SplitFrozen ``job``: one :func:`replay` result per server, in order.
 
     Servers share nothing without backhaul sync, so on a big run (:data:`THREADED_FROM` micro-batches)
@@ -141,9 +196,9 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict[str, float]], np.n
 
     def one(k):
         sel = np.flatnonzero(where == k)
-        mine = [devices[i] for i in sel] if cfg.policy in PACED else []
+        mine = [devices[i] for i in sel] if cfg.policy in PACED or cfg.policy == "pool" else [None] * len(sel)
         return replay(mine, job.servers[k], cfg, sequential, (np.ascontiguousarray(D[:, sel]),
-                                                               np.ascontiguousarray(N[:, sel])))
+                                                               np.ascontiguousarray(N[:, sel])), synced=synced)
 
     ks = range(len(job.servers))
     threads = min(len(job.servers), _cores())

@@ -85,6 +85,8 @@ class Catalogue:
             rows.append(row)
         if self.cfg.policy in PACED:
             self.why = "the paced policies replay one device order per server"
+        elif self.cfg.policy == "pool":
+            self.why = "the pool policy draws from each server's own devices and seed"
         self.servers = job.servers
         self.D = np.array([[r[0] for r in row] for row in rows])  # (cuts, servers, 8, devices)
         self.N = np.array([[r[1] for r in row] for row in rows])  # (cuts, servers, 3, devices)

@@ -1,0 +1,249 @@
+"""Time-varying rates on the fast path: :mod:`sfsim.network.linkrate` rates as arrays, and their arithmetic compiled.
+
+A rate (a link's bandwidth, a device's 0/1 availability, their product) becomes a *program*: one
+row per node of its tree (:class:`Program`), a constant, a :class:`~sfsim.network.linkrate.Steps`
+trace, a drawn process (Gilbert-Elliott, fading, on/off: its steps drawn so far), online windows
+or a product of two nodes. :func:`segment` answers what ``Rate.segment`` answers, by the same float
+operations, so :func:`span`, :func:`finish`, :func:`next_online`, :func:`online_until` and
+:func:`online` give the same bits as :mod:`sfsim.network.legs` and :mod:`sfsim.network.availability`.
+
+A drawn process is known only as far as it was drawn: a question past that sets ``need`` (the
+node's latest time asked, and the flag in its last slot); the caller draws further
+(:meth:`Program.draw_all`) and replays again. Answers after the flag is set are not used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sfsim.fast.events import no_refcounts
+from sfsim.network.availability import Windows
+from sfsim.network.linkrate import Constant, Product, Rate, Steps, _Lazy
+
+CONST, STEPS, DRAWN, WINDOWS, PRODUCT = range(5)
+_KIND, _OFF, _LEN, _A, _B = range(5)  # columns of the int rows; float rows: value, period (<= 0: none)
+
+
+class Unsupported(ValueError):
+    """A rate the fast path cannot replay (a handover's legs, a product nested too deep, an unknown class)."""
+
+
+class Program:
+    """The nodes of the rates of one run (each distinct rate object once), as arrays for the kernels."""
+
+    def __init__(self):
+        self.rates: list[Rate] = []
+        self.index: dict[int, int] = {}
+        self.rows: list[tuple] = []  # (kind, a, b, value, period)
+
+    def add(self, rate: Rate | None, depth: int = 0) -> int:
+        """The node of ``rate`` (-1 for None), adding it and its parts; raises :class:`Unsupported`."""
+        if rate is None:
+            return -1
+        if id(rate) in self.index:
+            return self.index[id(rate)]
+        if isinstance(rate, Product):
+            if depth >= 2:
+                raise Unsupported("a product of rates nested more than twice")
+            row = (PRODUCT, self.add(rate.a, depth + 1), self.add(rate.b, depth + 1), 0.0, 0.0)
+        elif rate.__class__ is Constant:
+            row = (CONST, -1, -1, float(rate.rate), 0.0)
+        elif rate.__class__ is Steps:
+            row = (STEPS, -1, -1, 0.0, float(rate.period) if rate.period is not None else 0.0)
+        elif isinstance(rate, _Lazy):
+            row = (DRAWN, -1, -1, 0.0, 0.0)
+        elif rate.__class__ is Windows:
+            row = (WINDOWS, -1, -1, 0.0, 0.0)
+        else:
+            raise Unsupported(f"rate {type(rate).__name__}")
+        self.index[id(rate)] = len(self.rows)
+        self.rates.append(rate)
+        self.rows.append(row)
+        return len(self.rows) - 1
+
+    def draw_all(self, t: float) -> None:
+        """Draw every drawn process past time ``t`` (the replay asks the caller for more when it goes further)."""
+        for k, rate in enumerate(self.rates):
+            if self.rows[k][0] == DRAWN:
+                rate.segment(t)  # draws until its last change is later than t
+
+    def arrays(self) -> tuple:
+        """``(K, V, T, R, need)``: int rows, float rows, the steps' times and rates, and the need slots."""
+        K = np.full((max(1, len(self.rows)), 5), -1, np.int64)
+        V = np.zeros((max(1, len(self.rows)), 2))
+        times, rates, off = [], [], 0
+        for k, (rate, (kind, a, b, value, period)) in enumerate(zip(self.rates, self.rows, strict=True)):
+            ts, rs = _steps(rate, kind)
+            K[k] = (kind, off, len(ts), a, b)
+            V[k] = (value, period)
+            times += ts
+            rates += rs
+            off += len(ts)
+        need = np.full(len(self.rows) + 1, -math.inf)
+        return K, V, np.array(times + [0.0]), np.array(rates + [0.0]), need
+
+
+def _steps(rate: Rate, kind: int) -> tuple[list, list]:
+    """The times and rates a node reads: a trace's steps, a process's drawn steps, windows' edges."""
+    if kind in (STEPS, DRAWN):
+        return list(map(float, rate.times)), list(map(float, rate.rates))
+    if kind == WINDOWS:
+        return list(map(float, rate.edges)), [0.0] * len(rate.edges)
+    return [], []
+
+
+@no_refcounts
+def _right(T, off, n, t):
+    """``bisect.bisect_right`` over ``T[off:off + n]``."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if t < T[off + mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@no_refcounts
+def _leaf(P, node, t):
+    """``segment(t)`` of a node that is not a product."""
+    K, V, T, R, need = P
+    kind, off, n = K[node, _KIND], K[node, _OFF], K[node, _LEN]
+    if kind == CONST:
+        return V[node, 0], np.inf
+    if kind == DRAWN:
+        if n == 0 or T[off + n - 1] <= t:  # not drawn that far: ask the caller to draw further
+            need[node] = max(need[node], t)
+            need[need.shape[0] - 1] = 1.0
+            return 0.0, np.inf
+        k = _right(T, off, n, t)
+        return R[off + k], T[off + k]
+    if kind == WINDOWS:
+        k = _right(T, off, n, t)
+        return (1.0 if k % 2 else 0.0), (T[off + k] if k < n else np.inf)
+    return _trace(T, R, off, n, V[node, 1], t)
+
+
+@no_refcounts
+def _trace(T, R, off, n, period, t):
+    """``Steps.segment(t)``, by its float operations."""
+    base, at = 0.0, t
+    if period > 0:
+        base = math.floor(t / period) * period
+        t -= base
+    k = _right(T, off, n, t) - 1  # -1 when t / period rounded up to a whole period: t - base < 0
+    if k + 1 < n:
+        end = T[off + k + 1]
+    else:
+        end = period if period > 0 else np.inf
+    if base + end <= at:  # t / period rounded just below a whole period: the next period's first step
+        base, k = base + period, _right(T, off, n, 0.0) - 1
+        end = T[off + k + 1] if k + 1 < n else period
+    return R[off + k if k >= 0 else off + n - 1], base + end  # Python's rates[-1] for k = -1
+
+
+@no_refcounts
+def _product(ra, ea, rb, eb):
+    """``Product.segment`` from its parts' segments."""
+    if (ra == 0 and ea == np.inf) or (rb == 0 and eb == np.inf):
+        return 0.0, np.inf
+    return ra * rb, min(ea, eb)
+
+
+@no_refcounts
+def _inner(P, node, t):
+    """``segment(t)`` of a leaf or of a product of leaves."""
+    K = P[0]
+    if K[node, _KIND] != PRODUCT:
+        return _leaf(P, node, t)
+    ra, ea = _leaf(P, K[node, _A], t)
+    rb, eb = _leaf(P, K[node, _B], t)
+    return _product(ra, ea, rb, eb)
+
+
+@no_refcounts
+def segment(P, node, t):
+    """``(rate at t, until when it holds)`` of ``node`` (``Rate.segment``)."""
+    K = P[0]
+    if K[node, _KIND] != PRODUCT:
+        return _leaf(P, node, t)
+    ra, ea = _inner(P, K[node, _A], t)
+    rb, eb = _inner(P, K[node, _B], t)
+    return _product(ra, ea, rb, eb)
+
+
+@no_refcounts
+def stuck(P):
+    """Whether a question went past what was drawn (the run must be replayed after drawing further)."""
+    need = P[4]
+    return need[need.shape[0] - 1] > 0
+
+
+@no_refcounts
+def finish(P, node, t, amount):
+    """``linkrate.finish``: when ``amount`` started at ``t`` is done (``inf`` if never)."""
+    while True:
+        r, until = segment(P, node, t)
+        if r > 0:
+            end = t + amount / r
+            if end <= until:
+                return end
+            amount -= r * (until - t)
+        if until == np.inf or stuck(P):
+            return np.inf
+        t = until
+
+
+@no_refcounts
+def steady(P, node, t, horizon):
+    """``legs.steady``: the rate at ``t`` and until when it stays that rate (looking up to ``horizon``)."""
+    r, until = segment(P, node, t)
+    while until < min(horizon, np.inf) and not stuck(P):
+        r2, nxt = segment(P, node, until)
+        if r2 != r:
+            break
+        until = nxt
+    return r, until
+
+
+@no_refcounts
+def span(P, node, t, amount, x):
+    """``legs.span``: seconds from ``t`` until ``amount x x`` is done (``inf`` if never; node -1: rate 1)."""
+    if node < 0:
+        return amount * x
+    r, until = segment(P, node, t)
+    if r > 0:
+        d = amount / r * x
+        if t + d > until:
+            r, until = steady(P, node, t, t + d)
+        if t + d <= until:
+            return d
+    end = finish(P, node, t, amount * x)
+    return end - t if end < np.inf else np.inf
+
+
+@no_refcounts
+def next_online(P, node, t):
+    """``availability.next_online``: the first instant ``>= t`` online (``inf`` if never)."""
+    while True:
+        r, until = segment(P, node, t)
+        if r > 0 or until == np.inf or stuck(P):
+            return t if r > 0 else np.inf
+        t = until
+
+
+@no_refcounts
+def online(P, node, a, b):
+    """``legs.online``: online seconds within ``[a, b)`` (node -1: all of it)."""
+    if node < 0:
+        return b - a
+    t, total = a, 0.0
+    while t < b and not stuck(P):
+        r, until = segment(P, node, t)
+        end = min(until, b)
+        total += (end - t) if r > 0 else 0.0
+        t = end
+    return total
