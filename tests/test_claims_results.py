@@ -74,7 +74,7 @@ def test_the_codec_and_multiserver_tables_are_recomputed_from_the_recorded_runs(
     doc = DOC.read_text().splitlines()
     rows = [r for r in codecs.codec_rows(codecs.codec_runs(ROOT / "bench" / "results" / "codecs"))
             + codecs.server_rows(codecs.server_runs(ROOT / "bench" / "results" / "multiserver")) if r.startswith("| ")]
-    assert len(rows) == 2 + 16 + 8 and all(r in doc for r in rows)
+    assert len(rows) == 2 + 20 + 8 and all(r in doc for r in rows)  # 5 codecs x 2 partitions x 2 tasks
     # one row by hand from the raw files: MNLI, label-skew:1, int4 against fp32, paired by seed
     base = ROOT / "bench" / "results" / "codecs" / "mnli"
     acc = {c: [100 * json.loads((base / f"{c}-label-skew1-s{s}" / "metrics.json").read_text())["eval_accuracy"]
