@@ -87,8 +87,9 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--wire-dtype", type=click.Choice(list(CODECS)),
               help="how activations travel (default: the scenario's training.wire_dtype): fp32, fp16, bf16, int8 "
                    "or int4 with per-token absmax scales (docs/codecs.md)")
-@click.option("--server-device", help="where the server trains: cpu, cuda, cuda:N, mps or auto (default auto: CUDA, "
-              "else MPS, else cpu, for a method that can use it; the run prints what it chose)")
+@click.option("--server-device", help="where the server trains: cpu, cuda, cuda:N, mps or auto (default: each "
+              "server's servers[*].device in the scenario, else auto: CUDA, else MPS, else cpu, for a method that "
+              "can use it; the run prints what it chose)")
 @click.option("--device-device", default="cpu", show_default=True, help="where device roles compute (cpu in this version)")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="the server's training precision: bf16 autocast, fp16 autocast with a gradient scaler (CUDA only)")
