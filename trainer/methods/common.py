@@ -89,8 +89,7 @@ class Placement:
         return cls(resolve_device(server, source), resolve_device(device, "--device-device"), precision)
 
 
-#: Methods whose server trains, and so moves its part onto ``--server-device``. FedLoRA's server only averages
-#: the devices' adapters, which stays on the CPU.
+#: Methods whose server trains, so moves onto ``--server-device`` (FedLoRA's only averages, on the CPU).
 GPU_SERVER_METHODS = ("splitfrozen", "splitfrozen-sequential", "splitlora", "cenlora")
 
 
@@ -99,8 +98,8 @@ def placement_for(method: str, server: str | None, device: str | None, precision
     """The roles' placement for ``method`` from the CLI or scenario values, and the one line that states it.
 
     ``auto`` (or None) for the server picks :func:`best_device` where the method's server trains, else
-    the CPU; an explicit GPU for FedLoRA's server (it only averages), or a device role off the CPU, is refused.
-    ``source`` names where ``server`` came from (``--server-device``, ``servers[NAME].device``).
+    the CPU; an explicit GPU for FedLoRA's server (it only averages), or a device role off the CPU, is refused;
+    ``source`` names where ``server`` came from (``--server-device``, ``FILE: servers[NAME].device``).
 
     Raises:
         SfsimError: one line naming the value and what this version supports.
@@ -108,11 +107,9 @@ def placement_for(method: str, server: str | None, device: str | None, precision
     if device not in (None, "auto", "cpu"):
         raise SfsimError(f"--device-device {device}: device roles compute on the CPU in this version "
                          "(emulate slower devices with --emulate compute)")
-    if server in (None, "auto"):
+    how = "auto" if server in (None, "auto") else source
+    if how == "auto":
         server = best_device() if method in GPU_SERVER_METHODS else "cpu"
-        how = "auto"
-    else:
-        how = source
     placement = Placement.of(server, "cpu", precision, source)
     if placement.server.type != "cpu" and method not in GPU_SERVER_METHODS:
         raise SfsimError(f"{source} {server}: {method}'s server trains nothing (the devices train; it "
