@@ -26,9 +26,7 @@ from sfsim.fast.kernel import (
     FIFO,
     OUT_BUSY,
     OUT_END,
-    OUT_LEAVE,
     OUT_MAKESPAN,
-    OUT_NSTEPS,
     OUT_OVERFLOW,
     OUT_PEAK,
     OUT_TOTAL,
@@ -102,12 +100,11 @@ def paced_segments(devices: list, kind: str) -> tuple[np.ndarray, ...]:
 
 
 def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = None,
-           flight: float | None = None, synced: bool = False) -> dict[str, float]:
+           flight: float | None = None) -> dict[str, float]:
     """Replay one SplitFrozen server (a :class:`ServerTimes`) and its ``devices`` (all of them send to it).
 
     ``rows``: their :func:`layout`, when the caller has it already; ``flight``: the pool's bound on
-    how soon a push arrives (None: :func:`min_flight`); ``synced``: also return ``steps`` (when its
-    optimizer steps ended) and ``leave`` (when its last worker ended), for backhaul sync.
+    how soon a push arrives (None: :func:`min_flight`).
 
     Returns:
         ``makespan``, ``busy``, ``wait``, ``end``, ``mixing`` (None without micro-batches) and
@@ -122,9 +119,7 @@ def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = No
     Y = (np.full(m, -1, np.int64), np.zeros((1, 2), np.int64), np.zeros((1, 4)), np.zeros(1),
          np.zeros((1, 3), np.int64), np.zeros(m, np.int64))
     RP = (np.full((1, 5), -1, np.int64), np.zeros((1, 2)), np.zeros(1), np.zeros(1), np.full(2, -np.inf))
-    steps = np.zeros(int(N[_N].sum()) // cfg.accumulate + int(server.count) + 2 if synced else 0)
-    out = run(D, N, server, cfg, sequential, devices, paced, flight, Y, RP,
-              np.zeros(0, np.int64), 0, -np.inf, steps=steps)
+    out = run(D, N, server, cfg, sequential, devices, paced, flight, Y, RP, np.zeros(0, np.int64), 0, -np.inf)
     if out[OUT_OVERFLOW]:
         raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
     if out[OUT_UNCLAIMED]:  # the SimPy engine fails the same way (a lost wake-up, or a deadlock)
@@ -132,16 +127,14 @@ def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = No
     count = int(out[OUT_TV_COUNT])
     return {"makespan": float(out[OUT_MAKESPAN]), "busy": float(out[OUT_BUSY]), "wait": float(out[OUT_WAIT]),
             "end": float(out[OUT_END]), "mixing": float(out[OUT_TV_SUM]) / count if count else None,
-            "total": int(out[OUT_TOTAL]), "peak": float(out[OUT_PEAK]),
-            "steps": steps[:int(out[OUT_NSTEPS])], "leave": float(out[OUT_LEAVE])}
+            "total": int(out[OUT_TOTAL]), "peak": float(out[OUT_PEAK])}
 
 
-def run(D, N, server, cfg, sequential: bool, devices: list, paced: tuple, flight: float | None, *dynamic,
-        steps: np.ndarray | None = None) -> np.ndarray:
+def run(D, N, server, cfg, sequential: bool, devices: list, paced: tuple, flight: float | None, *dynamic) -> np.ndarray:
     """:func:`sfsim.fast.kernel.replay_dynamic` of one server; under ``pool``, again with more random words if it ran out.
 
-    ``dynamic``: its ``Y, RP, stream, soft_room, soft_until`` (:mod:`sfsim.fast.moving`); ``steps``: room
-    for its optimizer steps' end times (backhaul sync).
+    ``dynamic``: its ``Y, RP, stream, soft_room, soft_until`` (:mod:`sfsim.fast.moving`). The kernel's room
+    for optimizer steps' end times is left empty (no caller keeps them since backhaul sync left the fast path).
     """
     if flight is None:
         flight = min_flight(D, N)
@@ -150,7 +143,7 @@ def run(D, N, server, cfg, sequential: bool, devices: list, paced: tuple, flight
         args = pool_args(devices, N, cfg, sequential, words)
         out = replay_dynamic(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate),
                              flags_for(cfg, sequential), POLICY_CODES[cfg.policy], flight, paced, *dynamic, args,
-                             np.zeros(0) if steps is None else steps)
+                             np.zeros(0))
         if not out[OUT_WORDS]:
             return out
         words *= 4
@@ -176,7 +169,7 @@ def pool_args(devices: list, N: np.ndarray, cfg, sequential: bool, words: int) -
     return pool.words(cfg.seed, words), act, np.array([capacity, limit, total], np.int64)
 
 
-def replay_job(job, cfg, sequential: bool, synced: bool = False) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:
+def replay_job(job, cfg, sequential: bool) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:
     """Replay every server of a SplitFrozen ``job``: one :func:`replay` result per server, in order.
 
     Servers share nothing without backhaul sync, so on a big run (:data:`THREADED_FROM` micro-batches)
@@ -198,7 +191,7 @@ def replay_job(job, cfg, sequential: bool, synced: bool = False) -> tuple[list[d
         sel = np.flatnonzero(where == k)
         mine = [devices[i] for i in sel] if cfg.policy in PACED or cfg.policy == "pool" else [None] * len(sel)
         return replay(mine, job.servers[k], cfg, sequential, (np.ascontiguousarray(D[:, sel]),
-                                                               np.ascontiguousarray(N[:, sel])), synced=synced)
+                                                               np.ascontiguousarray(N[:, sel])))
 
     ks = range(len(job.servers))
     threads = min(len(job.servers), _cores())
