@@ -16,7 +16,7 @@ LINK = {"uplink": {"bandwidth": "10 Gbps", "latency": "1 ms"}, "downlink": {"ban
 BACKHAUL = {"bandwidth": "1 Gbps", "latency": "5 ms"}
 
 
-def scenario(sync=None, samples=(48, 48), count=1, backhaul=BACKHAUL, epochs=1):
+def scenario(sync=None, samples=(48, 48), count=1, backhaul=BACKHAUL, epochs=1, flops=("1 TFLOPS", "1 TFLOPS")):
     """Two servers with one fast device each: the servers are the bottleneck, never short of work."""
     training = {"micro_batch": 4, "accumulate": 4, "buffer": 16, "decompose_backward": False, "lora_start": 10,
                 "epochs": epochs}
@@ -26,7 +26,8 @@ def scenario(sync=None, samples=(48, 48), count=1, backhaul=BACKHAUL, epochs=1):
     return sfsim.scenario_from_dict({
         "model": {"name": "gpt2", "seq_len": 32, "task": "classification", "num_labels": 2},
         "training": training,
-        "servers": [{"name": s, "flops": "1 TFLOPS", "memory": "24 GiB", "count": count, **link} for s in ("a", "b")],
+        "servers": [{"name": s, "flops": f, "memory": "24 GiB", "count": count, **link}
+                    for s, f in zip("ab", flops, strict=True)],
         "devices": [{"name": f"d{s}", "flops": "100 TFLOPS", "memory": "4 GiB", "samples": n, "server": s, **LINK}
                     for s, n in zip("ab", samples, strict=True)]})
 
@@ -59,6 +60,34 @@ def test_sync_traffic_is_adapter_bytes_x_rounds_x_servers_and_each_round_delays_
     ops = sorted((e.lane, e.op) for e in res.events if e.lane.startswith("backhaul:"))
     assert ops == sorted([(f"backhaul:{s}", op) for s in "ab" for op in ("sync-send", "sync-recv")] * steps)
     assert res.to_dict()["sync_rounds"] == steps
+
+
+def test_joint_rounds_average_the_gradients_before_each_step():
+    """Sync every step: as the runtime (ServerSync.before_step), a server joins the round when its step's backward
+    has ended and steps when the average is back, so with servers of different speeds the faster one waits before
+    its step, not after it (it used to step first: its steps then ended a step's time early)."""
+    sc = scenario({"every": 1, "mode": "sync"}, flops=("1 TFLOPS", "0.5 TFLOPS"))
+    res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
+    A = adapter_bytes(sc)
+    busy = A * 8 / 1e9
+    ev = sorted(res.events, key=lambda e: (e.start, e.op))
+    lanes = {s: [e for e in ev if e.lane in (s, f"backhaul:{s}") and e.op in ("BW", "sync-send", "sync-recv", "step")]
+             for s in "ab"}
+    for s in "ab":
+        ops = [e.op for e in lanes[s] if e.op != "BW"]
+        assert ops == ["sync-send", "sync-recv", "step"] * 3
+    for k in range(3):
+        sends = {s: [e for e in lanes[s] if e.op == "sync-send"][k] for s in "ab"}
+        ready = max(e.start + busy + 5e-3 for e in sends.values())  # every upload has arrived
+        for s in "ab":
+            bws = [e for e in lanes[s] if e.op == "BW" and e.start < sends[s].start]
+            recv = [e for e in lanes[s] if e.op == "sync-recv"][k]
+            step = [e for e in lanes[s] if e.op == "step"][k]
+            assert sends[s].start == pytest.approx(bws[-1].start + bws[-1].dur, rel=1e-12)  # at the backward's end
+            assert recv.start == pytest.approx(ready, rel=1e-12)
+            assert step.start == pytest.approx(recv.start + busy + 5e-3, rel=1e-12)
+    slow_steps = [e for e in ev if e.lane == "b" and e.op == "step"]
+    assert res.makespan_s == pytest.approx(slow_steps[-1].start + slow_steps[-1].dur, rel=1e-12)
 
 
 def test_every_n_steps_and_async():

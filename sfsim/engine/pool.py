@@ -55,7 +55,8 @@ SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
   ``n >= sent`` (a later epoch, replayed from the server's cache) becomes eligible at the instant a
   worker starts its micro-batch ``n - 1``, so each device has at most one replay waiting.
 * **Backhaul sync** (``Engine.sync``, optional; :mod:`sfsim.network.backhaul`): after each optimizer step a
-  worker tells the backhaul; in ``sync`` mode it waits there until the servers' average has arrived.
+  worker tells the backhaul; in ``sync`` mode it waits there until the servers' average has arrived (with
+  ``every: 1`` the round averages the gradients before the step, which waits for it).
 * Ops of zero duration are not recorded. Ties at equal times are resolved in SimPy event order.
 """
 

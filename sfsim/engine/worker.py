@@ -81,15 +81,16 @@ class WorkerLoop:
             t = self._run_mb(wk.lane, i, n, now, defer, wk.queued_w)
             wk.done += 1
             stepped = wk.done == acc
+            joint = stepped and self.sync is not None and self.sync.joint  # the round comes before the step
             if stepped:
-                t = self._step(wk.lane, t, wk.queued_w, step_s)
+                t = self._step(wk.lane, t, wk.queued_w, None if joint else step_s)
                 wk.done = 0
             wk.busy += t - now
             if t > now:
                 wk.last = t
             yield engine.at(t)
             if stepped and self.sync is not None:
-                yield from self._synced()
+                yield from (self._joint_step(wk, step_s) if joint else self._synced())
 
     def _stream(self, wk: _WorkerState, woken: bool):
         """The hot path (no trace, deferred W's, no backhaul): run micro-batches while any may start now.
@@ -222,7 +223,9 @@ class WorkerLoop:
     def _final(self, wk: _WorkerState, now: float):
         """Nothing left to hand out: a final step on a partial window, then the worker ends."""
         step_s = self.server.step
-        if wk.done:
+        if wk.done and self.sync is not None and self.sync.joint:
+            yield from self._joint_step(wk, step_s)
+        elif wk.done:
             self.engine.record(wk.lane, "step", now, step_s)
             wk.busy += step_s
             if step_s > 0:
@@ -252,6 +255,16 @@ class WorkerLoop:
         ev = self.sync.step_done(self.index)
         if ev is not None:
             yield ev
+
+    def _joint_step(self, wk: _WorkerState, step_s: float):
+        """Gradients averaged before every step (``every: 1``, ``sync``): the backhaul round, then the step."""
+        yield from self._synced()
+        now = self.env.now
+        self.engine.record(wk.lane, "step", now, step_s)
+        wk.busy += step_s
+        if step_s > 0:
+            wk.last = now + step_s
+        yield self.engine.at(now + step_s)
 
     def _run_mb(self, lane: str, i: int, n: int, now: float, defer: bool, queued_w: deque) -> float:
         """Record F and B (or BW) of one micro-batch starting at ``now``; returns when they end."""
@@ -285,13 +298,15 @@ class WorkerLoop:
             self.senders.change(i, out=-1)
         ev.succeed()
 
-    def _step(self, lane: str, t: float, queued_w: deque, step_s: float) -> float:
-        """Run every queued W, then an optimizer step, from time ``t``; returns the end time."""
+    def _step(self, lane: str, t: float, queued_w: deque, step_s: float | None) -> float:
+        """Run every queued W, then an optimizer step (None: not now), from time ``t``; returns the end time."""
         rec, devices = self.engine.record, self.devices
         while queued_w:
             i, n, w_s = queued_w.popleft()
             d = devices[i]
             rec(lane, "W", t, w_s, n, d.name)
             t += w_s
+        if step_s is None:
+            return t
         rec(lane, "step", t, step_s)
         return t + step_s

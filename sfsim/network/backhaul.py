@@ -289,8 +289,8 @@ class PoolRounds:
     zeros until none trains and closes when due (:meth:`ServerRounds.finish`; a server without devices at
     once). A step is the server's last (its round says it no longer trains) when every micro-batch of its pool
     is claimed and no other worker runs, as the runtime's ``last``. With ``every: 1`` in ``sync`` mode the
-    runtime averages the gradients *before* each step; here the round follows the step (the same rounds and
-    bytes; the step and the round swap places on the server's time line). The epochs run back to back, so
+    servers average the gradients *before* each step, as the runtime: the worker calls :meth:`step_done` when
+    its W's end and steps when the round's average is back (:attr:`joint`). The epochs run back to back, so
     the drain and closing rounds come once, at the run's end (``sfsim simulate`` notes it).
 
     Args:
@@ -313,6 +313,11 @@ class PoolRounds:
         return self.links.bytes
 
     @property
+    def joint(self) -> bool:
+        """Gradients averaged before every step (``every: 1``, ``sync``): a worker's round precedes its step."""
+        return self.links.joint
+
+    @property
     def rounds(self) -> int:
         """Rounds completed."""
         return self.links.rounds
@@ -322,8 +327,8 @@ class PoolRounds:
         self.pools = list(pools)
 
     def step_done(self, j: int) -> simpy.Event | None:
-        """Server ``j`` ended an optimizer step now; returns an event to wait for (a barrier, or an async round
-        still in flight), else None."""
+        """Server ``j`` ended an optimizer step now (:attr:`joint`: is about to take one); returns an event to wait
+        for (a barrier, or an async round still in flight), else None."""
         side, pool = self.sides[j], self.pools[j]
         if not self.links.joint and (side.steps + 1) % self.links.every:
             side.steps += 1
