@@ -12,7 +12,7 @@ cut; it must lie in ``max cut .. L-1``. Assignment: the plan's when given, else 
 (:func:`sfsim.scenario.assign.least_loaded`); ``SimResult.assignment_source`` says which. Each server
 trains its own replica on its devices' micro-batches; with ``training.sync`` the servers average their
 adapters over their backhaul links in the runtime's rounds (:mod:`sfsim.network.backhaul`; not the baselines'
-with handovers, which ``sfsim simulate`` notes), and without it still close each epoch with one round when
+with handovers, which ``sfsim simulate`` notes), and without it (handovers or not) close each epoch with one round when
 they declare a backhaul link (as ``sfsim run``). Handovers, time-varying
 links and device availability are simulated for every schedule but cenlora, which has no device
 links (:mod:`sfsim.schedules.network`).
@@ -242,8 +242,9 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
             PoolRounds(sim, job.sync, job.servers)
         module.run(sim, job, cfg, sequential=name == "splitfrozen-sequential")
         makespan = sim.run()
-        if name in SPLITFROZEN and job.sync is not None and job.sync.every is None:  # each epoch's closing round
-            sim.sync, makespan = close_epochs(job.sync, sim.server_end, makespan, sim.record)
+        if job.sync is not None and job.sync.every is None and (name in SPLITFROZEN or job.ends is not None):
+            ends = sim.server_end if job.ends is None else job.ends  # each epoch's closing round, from the servers' ends
+            sim.sync, makespan = close_epochs(job.sync, ends, makespan, sim.record)
     res = _result(name, scenario, job, sim, makespan, setup, ls, _policy_used(name, cfg))
     res.engine, res.engine_note = ("fast", None) if why is None else ("simpy", why or None)
     if job.network is not None:

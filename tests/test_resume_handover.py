@@ -41,7 +41,7 @@ def _scenario(tmp_path: Path, method: str) -> Path:
             d["flops"] = "100 MFLOPS"
         if "availability" in d:
             d["availability"]["file"] = str(FIXTURES / d["availability"]["file"])
-    if method == "fedlora":  # the simulator's FedLoRA leaves backhaul rounds out (tests/test_handover.py)
+    if method == "fedlora":  # the simulator leaves training.sync's rounds out with handovers (tests/test_handover.py)
         del data["training"]["sync"]
     data["devices"][0]["handover"] = [{"at": f"{at} s", "to": to} for to, at in LEGS[method]]
     path = tmp_path / "scenario.yaml"

@@ -112,16 +112,17 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
 
 def _sync_note(sc, results: dict) -> None:
     """Say where the figures leave out backhaul rounds that ``sfsim run`` makes (every method's servers sync, and
-    without ``training.sync`` still close each epoch with one round when a backhaul link is declared): with
-    handovers (SplitLoRA, FedLoRA), and over several epochs where the simulator closes them at the run's end."""
+    without ``training.sync`` still close each epoch with one round when a backhaul link is declared): training.sync
+    with handovers (SplitLoRA, FedLoRA), and over several epochs where the simulator closes them at the run's end."""
     if len(sc.servers) < 2 or (sc.training.sync is None and all(s.backhaul is None for s in sc.servers)):
         return
-    what = "training.sync between servers" if sc.training.sync is not None else "each epoch's closing round"
     unsynced = [n for n, r in results.items() if n not in SPLITFROZEN and not r.backhaul_bytes_by_server]
     if unsynced:
-        click.echo(f"note: {', '.join(unsynced)}: {what} is not simulated with handovers; these figures leave the "
-                   "backhaul rounds out (sfsim run does make them)")
-    once = [n for n, r in results.items() if (n == "fedlora" or n in SPLITFROZEN) and r.backhaul_bytes_by_server]
+        click.echo(f"note: {', '.join(unsynced)}: training.sync between servers is not simulated with handovers (in "
+                   "sfsim run a server waiting for a visiting device answers rounds for as long as it waits, so their "
+                   "number depends on timing); these figures leave the backhaul rounds out")
+    once = [n for n, r in results.items() if (n == "fedlora" or n in SPLITFROZEN or (n == "splitlora" and r.handovers))
+            and r.backhaul_bytes_by_server]
     if once and sc.training.epochs > 1:
         click.echo(f"note: {', '.join(once)}: the simulator closes the backhaul rounds at the run's end (its epochs "
                    f"run back to back); sfsim run closes them after each of the {sc.training.epochs} epochs")

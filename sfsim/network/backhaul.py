@@ -15,9 +15,11 @@ link's latency); the average is ready when every server's upload has arrived, an
 (op ``sync-recv``). Averaging itself is taken as free (a few adds per parameter against a link transfer).
 
 Without ``training.sync`` ``sfsim run`` still ends each epoch with one closing round over the servers' backhaul
-links, so that the saved adapter is one model: the baselines replay it with :class:`ServerRounds`
-(``every`` None), SplitFrozen after its replay (:func:`close_epochs`, on the fast path too). SplitFrozen's
-servers join :class:`Rounds` through :class:`PoolRounds` (what the engine's workers call).
+links, so that the saved adapter is one model: SplitLoRA and CenLoRA replay it with :class:`ServerRounds`
+(``every`` None) at each epoch's end; SplitFrozen (on the fast path too), FedLoRA and SplitLoRA with handovers,
+whose epochs run back to back, after the replay from each server's end (:func:`close_epochs`: the rounds and
+bytes of every epoch, their time after the run). SplitFrozen's servers join :class:`Rounds` through
+:class:`PoolRounds` (what the engine's workers call).
 """
 
 from __future__ import annotations
@@ -258,9 +260,10 @@ class Closed:
 
 
 def close_epochs(spec: SyncSpec, ends: dict[str, float], makespan: float, record=None) -> tuple[Closed, float]:
-    """SplitFrozen without ``training.sync``: each epoch's closing round after the replay, from each server's end.
+    """No ``training.sync``: each epoch's closing round after the replay, from each server's end.
 
-    The simulator replays SplitFrozen's epochs back to back, so the ``epochs`` closing rounds come one after
+    The simulator replays SplitFrozen's (and FedLoRA's, and SplitLoRA's with handovers) epochs back to back, so
+    the ``epochs`` closing rounds come one after
     another from each server's end (``ends``: its last op; 0 for a server without devices): server ``j``
     sends ``closing`` bytes on its backhaul (``bytes x 8 / bandwidth``, then the latency), the average is
     ready when every upload has arrived, and comes back the same way; the next round starts when it has.

@@ -32,7 +32,9 @@ the runtime's ``fed_round``): a server's FedAvg rounds count; after every ``ever
 1`` in ``sync`` mode) it joins the servers' backhaul round before its devices download the average (a barrier
 in ``sync`` mode), and after its last it answers the others' rounds until none trains, then a closing round
 when one is due; a round whose devices all left before uploading ends empty, as the runtime's. With handovers
-the backhaul rounds are left out (``sfsim simulate`` says so).
+``training.sync``'s rounds are left out (``sfsim simulate`` says so: the runtime's count depends on how long
+servers wait). Without ``training.sync`` each epoch's closing round follows the server's end (its last
+FedAvg, or its last device gone), after the replay (:func:`sfsim.network.backhaul.close_epochs`).
 
 ``handovers`` in the result count micro-batches by their round's upload (``sent_before`` /
 ``sent_after``); busy time and FLOPs count the micro-batches and steps whose compute ended.
@@ -77,8 +79,12 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         job.devices.append(dt)
         job.device_flops[d.name] = dt.units(n) * full.total
     job.network = every_device(setup, job)
-    if job.network is None or not any(len(m.legs) > 1 for m in job.network.motions.values()):  # handovers: left out
-        job.sync = sync_spec(sc, adapter)  # the servers' averages: every block's adapters and the head
+    spec = sync_spec(sc, adapter)  # the servers' averages: every block's adapters and the head
+    moves = job.network is not None and any(len(m.legs) > 1 for m in job.network.motions.values())
+    if spec is not None and (spec.every is None or not moves):  # training.sync with handovers: left out
+        job.sync = spec
+        if spec.every is None:  # the closing rounds after the replay, from each server's last FedAvg
+            job.ends = {}
     return job
 
 
@@ -100,11 +106,13 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     n_rounds = {i: rounds(d.n, per) for i, d in enumerate(job.devices)}
     most = max(n_rounds.values(), default=0)
     fed_groups = []
-    backhaul = job.sync.start(engine) if job.sync is not None else None
+    backhaul = job.sync.start(engine) if job.sync is not None and job.ends is None else None
     for k, srv in enumerate(job.servers):
         lane = FifoLane(engine, srv.lane(0))
         engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
         fed_groups.append(FedGroup(engine, lane, srv.aggregate, most))
+        if job.ends is not None:
+            engine.on_finish(lambda g=fed_groups[-1], name=srv.name: job.ends.__setitem__(name, g.end))
         if backhaul is not None:
             own = [n_rounds[i] for i, d in enumerate(job.devices) if d.server == k and d.n]
             fed_groups[-1].backhaul(ServerRounds(backhaul, k, job.sync.payload, job.sync.closing), max(own, default=0))
@@ -145,6 +153,7 @@ class FedGroup:
         self.on_wait = None  # called with r when an arrival has to wait (Membership keeps the run alive)
         self.sync: ServerRounds | None = None  # the backhaul rounds after each FedAvg (:meth:`backhaul`)
         self.next, self.over, self.prev = 0, False, None  # with them: the round under way, ended, the last one's process
+        self.end = 0.0  # when its last round ended or its last expected device left (its epoch's end)
 
     def backhaul(self, sync: ServerRounds, n_rounds: int) -> None:
         """After each FedAvg round the server joins the servers' backhaul round (when due) before its devices
@@ -168,6 +177,7 @@ class FedGroup:
             return
         lo, old = span_i
         span_i[1] = max(lo, hi)
+        self.end = max(self.end, self.engine.env.now)
         for r in range(span_i[1], old):
             self.need[r] -= 1
         for r in range(span_i[1], old):
@@ -179,6 +189,7 @@ class FedGroup:
             ev = self.engine.env.event()
             (end,) = self.lane.serve([("aggregate", self.per_device)])
             self.engine.succeed_at(ev, end)
+            self.end = max(self.end, end)
             return ev
         self.arrived[r] += 1
         self._close(r)
@@ -190,6 +201,7 @@ class FedGroup:
         if not self.closed[r] and self.arrived[r] and self.arrived[r] >= self.need[r]:
             self.closed[r] = True
             (end,) = self.lane.serve([("aggregate", self.per_device * self.arrived[r])])
+            self.end = max(self.end, end)
             if self.sync is not None:
                 self._backhaul_round(r, end)
             else:

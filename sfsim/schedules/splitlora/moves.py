@@ -119,6 +119,8 @@ def run_jointly(engine, job, cfg, net) -> None:
                 mix = engine.mixing[s.srv.name] = StreamMixing(totals)
                 for i in s.mix.stream:
                     mix.add(i)
+        if job.ends is not None:  # no training.sync: the closing rounds follow each server's end (its last FedAvg)
+            job.ends.update({s.srv.name: s.free for s in moves.servers})
         starts = {c.i: c.starts for c in moves.clients}
         for i, m in net.motions.items():  # micro-batches whose upload started before each handover
             m.switched_at = [bisect.bisect_left(starts.get(i, []), leg.at) for leg in m.legs[1:]]

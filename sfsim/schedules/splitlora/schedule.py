@@ -52,10 +52,14 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         servers[idx[srv.name]] = ServerTimes(k_agg.name, k_agg.count, k_agg.step,
                                              max(k_agg.aggregate, aggregate_seconds(adapter_params, srv, cm)))
     job.network = network(setup, job)
-    if job.network is None or not hands_over(job.network.motions):  # with handovers: left out (a note says so)
-        cut = max(setup.splits.values(), default=0)  # the runtime's one cut for every client
-        payload = cm.adapter_bytes(range(cut, L), head=True)  # the server's optimizer: its LoRA and the head
-        job.sync = sync_spec(sc, payload, payload + cm.adapter_bytes(range(cut), head=False))  # + clients' average
+    cut = max(setup.splits.values(), default=0)  # the runtime's one cut for every client
+    payload = cm.adapter_bytes(range(cut, L), head=True)  # the server's optimizer: its LoRA and the head
+    spec = sync_spec(sc, payload, payload + cm.adapter_bytes(range(cut), head=False))  # + clients' average
+    moves = job.network is not None and hands_over(job.network.motions)
+    if spec is not None and (spec.every is None or not moves):  # training.sync with handovers: left out (a note)
+        job.sync = spec
+        if moves:  # the closing rounds after the replay, from each server's end (sfsim.network.backhaul.close_epochs)
+            job.ends = {}
     return job
 
 
