@@ -11,7 +11,10 @@ profile) on five small fleets and prints the total error of each, the median, an
 * ``cached``: 2 epochs, the second from the server's activation cache (tests/fixtures/runtime_cached.yaml);
 * ``sync2-splitlora``: SplitLoRA on ``sync2``'s 2 servers without the pausing device (every 2 steps);
 * ``sync2-fedlora``: FedLoRA there, one micro-batch per FedAvg round, the servers averaged after every round;
-* ``close2``: SplitFrozen on those 2 servers without ``training.sync``: the epoch's one closing round.
+* ``close2``: SplitFrozen on those 2 servers without ``training.sync``: the epoch's one closing round;
+* ``joint2``: SplitFrozen there with ``sync: {every: 1, mode: sync}`` (the gradients averaged before each step);
+* ``handover-splitlora``, ``handover-fedlora``: ``handover``'s fleet without ``training.sync`` for each baseline
+  (tests/test_handover.py's scenario: mec-b waits for the visitor, then both servers close the epoch).
 
 Usage (not CI; a few minutes)::
 
@@ -44,13 +47,16 @@ RUNS = {"sync2": ("runtime_two_servers_churn.yaml", "splitfrozen", 1),
         "cached": ("runtime_cached.yaml", "splitfrozen", 2),
         "sync2-splitlora": ("static", "splitlora", 1),
         "sync2-fedlora": ("static-fed", "fedlora", 1),
-        "close2": ("static-close", "splitfrozen", 1)}
+        "close2": ("static-close", "splitfrozen", 1),
+        "joint2": ("static-joint", "splitfrozen", 1),
+        "handover-splitlora": ("handover-splitlora", "splitlora", 1),
+        "handover-fedlora": ("handover-fedlora", "fedlora", 1)}
 
 
-def static_sync_scenario(folder: Path, fed: bool = False, close: bool = False) -> Path:
+def static_sync_scenario(folder: Path, fed: bool = False, close: bool = False, joint: bool = False) -> Path:
     """runtime_two_servers_churn.yaml with every device online (the baselines' rounds are simulated on a static
     network); ``fed``: a FedAvg round per micro-batch and a backhaul round after each; ``close``: no
-    ``training.sync`` (the servers still close the epoch with one round)."""
+    ``training.sync`` (the servers still close the epoch with one round); ``joint``: sync every step."""
     data = yaml.safe_load((FIX / "runtime_two_servers_churn.yaml").read_text())
     for d in data["devices"]:
         d.pop("availability", None)
@@ -58,7 +64,25 @@ def static_sync_scenario(folder: Path, fed: bool = False, close: bool = False) -
         data["training"].update(local_steps=1, sync={"every": 1, "mode": "sync"})
     if close:
         data["training"].pop("sync")
-    path = folder / f"runtime_two_servers_static{'_fed' if fed else ''}{'_close' if close else ''}.yaml"
+    if joint:
+        data["training"]["sync"] = {"every": 1, "mode": "sync"}
+    path = folder / f"runtime_two_servers_static{'_fed' if fed else ''}{'_close' if close else ''}{'_joint' if joint else ''}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def handover_scenario(folder: Path, method: str) -> Path:
+    """tests/test_handover.py's fleet for ``method`` (runtime_handover_drop.yaml) without ``training.sync``."""
+    data = yaml.safe_load((FIX / "runtime_handover_drop.yaml").read_text())
+    for d in data["devices"]:
+        if "availability" in d:
+            d["availability"]["file"] = str(FIX / d["availability"]["file"])
+        if method == "fedlora":
+            d["flops"] = "100 MFLOPS"
+    if method == "fedlora":
+        data["devices"][0]["handover"][0]["at"] = "1.6 s"
+    data["training"].pop("sync")
+    path = folder / f"runtime_handover_{method}_nosync.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -106,7 +130,10 @@ def main() -> None:
         scen, method, epochs = RUNS[name]
         made = {"int8": int8_scenario, "drop": drop_scenario, "static": static_sync_scenario,
                 "static-fed": lambda folder: static_sync_scenario(folder, fed=True),
-                "static-close": lambda folder: static_sync_scenario(folder, close=True)}
+                "static-close": lambda folder: static_sync_scenario(folder, close=True),
+                "static-joint": lambda folder: static_sync_scenario(folder, joint=True),
+                "handover-splitlora": lambda folder: handover_scenario(folder, "splitlora"),
+                "handover-fedlora": lambda folder: handover_scenario(folder, "fedlora")}
         path = made[scen](out) if scen in made else FIX / scen
         folder = out / name
         if folder.exists():
