@@ -32,8 +32,8 @@ the runtime's ``fed_round``): a server's FedAvg rounds count; after every ``ever
 1`` in ``sync`` mode) it joins the servers' backhaul round before its devices download the average (a barrier
 in ``sync`` mode), and after its last it answers the others' rounds until none trains, then a closing round
 when one is due; a round whose devices all left before uploading ends empty, as the runtime's. With handovers
-``training.sync``'s rounds are left out (``sfsim simulate`` says so: the runtime's count depends on how long
-servers wait). Without ``training.sync`` each epoch's closing round follows the server's end (its last
+``training.sync``'s rounds are left out (``sfsim simulate`` says so: a server waiting for a visitor answers the
+others' rounds with zeros, not modelled). Without ``training.sync`` each epoch's closing round follows the server's end (its last
 FedAvg, or its last device gone), after the replay (:func:`sfsim.network.backhaul.close_epochs`).
 
 ``handovers`` in the result count micro-batches by their round's upload (``sent_before`` /

@@ -37,7 +37,7 @@ This follows :mod:`trainer.methods.splitlora` on the distributed runtime step fo
   gradients before each step), a barrier in ``sync`` mode; each epoch ends, after the clients' FedAvg, with
   rounds of zeros until no server trains and a closing round that carries the clients' average too. Every
   server takes part in every round, one without clients too. With handovers ``training.sync``'s rounds are
-  left out (``sfsim simulate`` says so: the runtime's count depends on how long servers wait); without it
+  left out (``sfsim simulate`` says so: a server waiting for a visitor answers rounds, not modelled); without it
   the closing rounds follow each server's end (:func:`sfsim.network.backhaul.close_epochs`).
 * **Codec** (``training.wire_dtype``): the client encodes its activations (in ``F``) and decodes the
   gradient (in ``B``); the server decodes the activations (in ``F``) and encodes the gradient (in ``B``).
