@@ -274,7 +274,7 @@ def test_a_fedlora_round_whose_devices_all_left_ends_empty(tmp_path, every, roun
 @pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("method, sync, rounds, epochs", [("splitfrozen", None, 1, 1), ("splitlora", None, 1, 1),
                                                           ("fedlora", None, 1, 1), ("cenlora", None, 1, 1),
-                                                          ("cenlora", None, 2, 2),
+                                                          ("cenlora", None, 2, 2), ("fedlora", None, 2, 2),
                                                           ("splitfrozen", {"every": 2, "mode": "sync"}, 3, 1),
                                                           ("splitfrozen", {"every": 1, "mode": "sync"}, 4, 1)])
 def test_the_runtime_closes_as_the_simulator(tiny_gpt2, tmp_path, method, sync, rounds, epochs):
