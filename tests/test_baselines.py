@@ -161,7 +161,7 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
 
 def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     """Two servers: every schedule's rounds are simulated (tests/test_baseline_sync.py), but SplitLoRA's and
-    FedLoRA's training.sync with handovers (a waiting server's rounds are not modelled), and over several
+    FedLoRA's training.sync with handovers (SplitLoRA's over several epochs), and over several
     epochs FedLoRA and SplitFrozen close them at the run's end; the simulator says so. Without training.sync the
     closing rounds are simulated too, with handovers as well (no note)."""
     from sfsim.cli import main as cli
@@ -170,10 +170,9 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
                                    "--schedule", "all", "--split", "2"])
     assert res.exit_code == 0, res.output
     assert "backhaul rounds out" not in res.output and "closes the backhaul rounds" not in res.output
-    for sync, expected in (([], ["note: splitlora, fedlora: training.sync between servers is not simulated with "
-                                 "handovers (in sfsim run a server waiting for a visiting device answers the others' "
-                                 "rounds with zeros, which the simulator does not model); these figures leave the "
-                                 "backhaul rounds out"]), (["--set", "training.sync=null"], [])):
+    for sync, expected in (([], ["note: fedlora: training.sync between servers is not simulated with handovers "
+                                 "(FedLoRA; SplitLoRA over several epochs); these figures leave the backhaul rounds "
+                                 "out (sfsim run does make them)"]), (["--set", "training.sync=null"], [])):
         moving = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_handover.yaml"),
                                           "--schedule", "all", "--split", "1", *sync])
         assert moving.exit_code == 0, moving.output

@@ -118,9 +118,9 @@ def _sync_note(sc, results: dict) -> None:
         return
     unsynced = [n for n, r in results.items() if n not in SPLITFROZEN and not r.backhaul_bytes_by_server]
     if unsynced:
-        click.echo(f"note: {', '.join(unsynced)}: training.sync between servers is not simulated with handovers (in "
-                   "sfsim run a server waiting for a visiting device answers the others' rounds with zeros, which the "
-                   "simulator does not model); these figures leave the backhaul rounds out")
+        click.echo(f"note: {', '.join(unsynced)}: training.sync between servers is not simulated with handovers "
+                   f"({'FedLoRA; ' if 'fedlora' in unsynced else ''}SplitLoRA over several epochs); these figures leave "
+                   "the backhaul rounds out (sfsim run does make them)")
     once = [n for n, r in results.items() if (n == "fedlora" or n in SPLITFROZEN or (n == "splitlora" and r.handovers))
             and r.backhaul_bytes_by_server]
     if once and sc.training.epochs > 1:

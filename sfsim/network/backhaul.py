@@ -66,7 +66,8 @@ class Rounds:
         self.joint = mode == "sync" and every == 1  # gradients averaged before every step
         self.calls = [0] * len(servers)
         self.open: dict[int, list[tuple]] = {}  # round -> (server, arrival, bytes, active, adopt, stepping, event)
-        self.outcome: dict[int, tuple[bool, bool, bool]] = {}  # closed round -> (ended, differ, stepping)
+        # closed round -> (ended, differ, stepping, whether no server trains now: each waits for a visitor or drains)
+        self.outcome: dict[int, tuple[bool, bool, bool, bool]] = {}
         self.bytes = {name: 0.0 for name in self.names}  # up + down per server
         self.rounds = 0  # rounds completed
         engine.on_finish(self._check)
@@ -79,23 +80,23 @@ class Rounds:
             raise SfsimError(f"backhaul: sync round {k + 1} waited for ever (only {', '.join(came)} joined it); "
                              "this run's rounds are not simulated correctly, please report it")
 
-    def join(self, j: int, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False
-             ) -> tuple[int, simpy.Event]:
+    def join(self, j: int, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False,
+             idle: bool = False) -> tuple[int, simpy.Event]:
         """Server ``j`` joins its next round now with ``nbytes``; returns the round and the event of the
         average's arrival back at ``j``. ``active``: it still trains; ``adopt``: it takes the average;
-        ``stepping``: it steps on it (joint mode)."""
+        ``stepping``: it steps on it (joint mode); ``idle``: it waits for a visitor (:meth:`ServerRounds.idle`)."""
         k = self.calls[j]
         self.calls[j] += 1
         (end,) = self.lanes[j].serve([("sync-send", nbytes * 8.0 / self.bandwidth[j])])
         self.bytes[self.names[j]] += nbytes
         ev = self.env.event()
         entries = self.open.setdefault(k, [])
-        entries.append((j, end + self.latency[j], nbytes, active, adopt, stepping, ev))
+        entries.append((j, end + self.latency[j], nbytes, active, adopt, stepping, idle, ev))
         if len(entries) == len(self.names):
             del self.open[k]
             self.rounds += 1
             self.outcome[k] = (not any(e[3] for e in entries), not all(e[4] for e in entries),
-                               any(e[5] for e in entries))
+                               any(e[5] for e in entries), all(e[6] or not e[3] for e in entries))
             ready = max(e[1] for e in entries)
             self.engine.at(ready).callbacks.append(lambda _e, entries=entries: self._send_back(entries))
         return k, ev
@@ -177,6 +178,32 @@ class ServerRounds:
         self.ended = None
         return self.env.now
 
+    def idle(self, wake: simpy.Event):
+        """A server with nothing to train *yet* (a visitor may join it: SplitLoRA's handovers) answers the others'
+        rounds until ``wake``, as the runtime's ``ServerSync.idle``: with zeros, as one that still trains. Joint
+        mode: one round at a time, stepping with the others; else one round in flight (adopting nothing), which
+        its next round of its own waits for. A round in which no server trains now (each waits or has drained)
+        ends the answering until ``wake``: the runtime's servers then exchange rounds of zeros back to back for
+        as long as they wait, a count that depends on timing (this answers one)."""
+        while not wake.triggered:
+            if self.rounds.joint:
+                k = yield from self._join(self.payload, True, idle=True)
+                if self.step is not None and self.rounds.outcome[k][2]:
+                    yield from self._at(self.step(self.env.now))
+            else:
+                if self.pending is None:
+                    self.pending = self.rounds.join(self.j, self.payload, True, adopt=False, idle=True)
+                k, ev = self.pending
+                yield ev | wake
+                if not ev.processed:
+                    continue
+                self.pending = None
+                self._took(k)
+            if self.rounds.outcome[k][3]:
+                break
+        if not wake.triggered:
+            yield wake
+
     def _due(self) -> bool:
         """Whether the step (FedAvg round) just counted starts a weight round (never without ``training.sync``)."""
         every = self.rounds.every
@@ -192,9 +219,9 @@ class ServerRounds:
             self.pending = self.rounds.join(self.j, self.payload, active)
         return self.env.now
 
-    def _join(self, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False):
+    def _join(self, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False, idle: bool = False):
         """Join a round now and wait for its average; returns the round."""
-        k, ev = self.rounds.join(self.j, nbytes, active, adopt, stepping)
+        k, ev = self.rounds.join(self.j, nbytes, active, adopt, stepping, idle)
         yield ev
         self._took(k)
         return k
@@ -208,7 +235,7 @@ class ServerRounds:
             self._took(k)
 
     def _took(self, k: int) -> None:
-        ended, differ, _ = self.rounds.outcome[k]
+        ended, differ, *_ = self.rounds.outcome[k]
         if ended:
             self.ended = differ
 

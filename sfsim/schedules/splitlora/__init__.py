@@ -36,9 +36,11 @@ This follows :mod:`trainer.methods.splitlora` on the distributed runtime step fo
   every ``every``-th step is followed by a round of its LoRA and head (``every: 1`` in ``sync`` mode: the
   gradients before each step), a barrier in ``sync`` mode; each epoch ends, after the clients' FedAvg, with
   rounds of zeros until no server trains and a closing round that carries the clients' average too. Every
-  server takes part in every round, one without clients too. With handovers ``training.sync``'s rounds are
-  left out (``sfsim simulate`` says so: a server waiting for a visitor answers rounds, not modelled); without it
-  the closing rounds follow each server's end (:func:`sfsim.network.backhaul.close_epochs`).
+  server takes part in every round, one without clients too. With handovers a server waiting for a visitor
+  answers the others' rounds with zeros until the visitor's ``join`` arrives
+  (:meth:`sfsim.network.backhaul.ServerRounds.idle`, the runtime's ``ServerSync.idle``), over one epoch (over
+  several the rounds are left out, ``sfsim simulate`` says so: the loops in time have no epoch ends); without
+  ``training.sync`` the closing rounds follow each server's end (:func:`sfsim.network.backhaul.close_epochs`).
 * **Codec** (``training.wire_dtype``): the client encodes its activations (in ``F``) and decodes the
   gradient (in ``B``); the server decodes the activations (in ``F``) and encodes the gradient (in ``B``).
 

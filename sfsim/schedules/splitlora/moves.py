@@ -44,6 +44,7 @@ from __future__ import annotations
 import bisect
 import math
 
+from sfsim.network.backhaul import ServerRounds
 from sfsim.outputs.mixing import StreamMixing
 from sfsim.schedules.splitlora.server import Client, Received, Server
 
@@ -103,8 +104,12 @@ def run_jointly(engine, job, cfg, net) -> None:
     moves = Moves(engine, job.devices, net.motions)
     for d in job.devices:
         engine.device_busy[d.name] = engine.up_bytes[d.name] = engine.down_bytes[d.name] = 0.0
+    rounds = job.sync.start(engine) if job.sync is not None and job.ends is None else None  # training.sync
     for k, srv in enumerate(job.servers):
-        moves.servers.append(Server(engine, srv, [], cfg, Received(), moves.motions, moves.lost, k, moves))
+        s = Server(engine, srv, [], cfg, Received(), moves.motions, moves.lost, k, moves)
+        if rounds is not None:  # a server waiting for a visitor answers the others' rounds (ServerRounds.idle)
+            s.sync = ServerRounds(rounds, k, job.sync.payload, job.sync.closing, always_close=True, step=s.drained_step)
+        moves.servers.append(s)
     for s in moves.servers:
         engine.env.process(s.run_in_time())
 

@@ -449,16 +449,31 @@ class Server:
                     if (k := self.rest(c) + (c in self.out)) > 0:
                         counts[c] = k
             if counts:
+                if self.sync is not None:  # visitors only, not there yet: it answers rounds until the first joins
+                    yield from self._idle_until(min(max(c.since, c.sent_at) if c in self.out else c.since
+                                                    for c in counts))
                 yield from self._interleaved_in_time(counts)
                 continue
             if not self.moves.may_join(self.k):
                 break
             self.wake = env.event()
-            yield self.wake
+            if self.sync is not None:  # training.sync: it answers the others' rounds while it waits
+                yield from self.sync.idle(self.wake)
+            else:
+                yield self.wake
             self.wake = None
+        if self.sync is not None:  # one epoch (sfsim.schedules.splitlora.schedule.build): its last rounds
+            self.free = yield from self.sync.finish(self.free)
         self.engine.server_busy[self.srv.name] = self.busy
         self.finished = True
         yield self.engine.at(max(self.end, env.now))
+
+    def _idle_until(self, t: float):
+        """Answer the others' backhaul rounds until ``t`` (a visitor's ``join`` arrives then, as in the runtime)."""
+        if t > self.engine.env.now:
+            joined = self.engine.env.event()
+            self.engine.succeed_at(joined, t)
+            yield from self.sync.idle(joined)
 
     def _interleaved_in_time(self, counts):
         every, acc = self.cfg.fedavg_every, self.cfg.accumulate
