@@ -52,3 +52,54 @@ def test_joint_rounds_come_before_each_step_in_both_halves(tiny_gpt2, tmp_path):
         list(ORDERED) * 2 + ["sync-send", "sync-recv"] * 2)
     assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], 4)
     assert sim.sync_rounds == 4 and m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
+
+
+def test_a_waiting_splitlora_server_answers_the_others_rounds_until_its_visitor_comes():
+    """SplitLoRA, sync every 2 (runtime_handover_drop.yaml: stay-b never online, so mec-b has nothing to train until
+    mover's first upload after 0.8 s): mec-b answers mec-a's rounds from the start with a round of zeros in flight,
+    as the runtime's ServerSync.idle; once it trains, its own first round (after its step 2) waits for that one to
+    end, then pairs with mec-a's next; the epoch ends with a drain round and the closing round (the rounds used to be
+    left out with handovers)."""
+    import sfsim
+
+    sc = sfsim.load_scenario(str(FIXTURES / "runtime_handover_drop.yaml"))
+    res = sfsim.simulate(sc, "splitlora", splits=1, trace=True)
+    assert res.sync_rounds == 5 and res.backhaul_bytes_by_server["mec-a"] == res.backhaul_bytes_by_server["mec-b"]
+    ev = sorted(res.events, key=lambda e: (e.start, e.lane))
+    sends = [e for e in ev if e.lane == "backhaul:mec-b" and e.op == "sync-send"]
+    recvs = [e for e in ev if e.lane == "backhaul:mec-b" and e.op == "sync-recv"]
+    steps = [e for e in ev if e.lane == "mec-b" and e.op == "step"]
+    assert sends[0].start == 0.0 and steps[0].start < recvs[0].start  # in flight while it trains
+    assert steps[1].start < sends[1].start == pytest.approx(recvs[0].start + recvs[0].dur + 5e-3, rel=1e-12)
+    a_sends = [e for e in ev if e.lane == "backhaul:mec-a" and e.op == "sync-send"]
+    assert recvs[0].start == pytest.approx(a_sends[0].start + a_sends[0].dur + 5e-3, rel=1e-12)  # mec-a's first
+    assert server_ops(res.events, "mec-b") == ["sync-send", "step", "step", "sync-recv", "sync-send", "sync-recv",
+                                               "step", "step", "sync-send", "sync-recv"] + ["sync-send", "sync-recv"] * 2
+
+
+@pytest.mark.slow  # ~60 s: a validate run (profile, runtime, simulator)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_splitlora_rounds_with_a_handover_equal_the_runtimes(tiny_gpt2, tmp_path):
+    """tests/test_handover.py's SplitLoRA run (sync every 2; mec-b waits for mover from the start): both timelines of
+    ``sfsim validate`` hold the same rounds and steps in the same order on each server, and the same backhaul bytes
+    (the sync row: every transfer is bytes x 8 / bandwidth)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+    from tests.test_handover import _scenario
+
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(_scenario(tmp_path, "splitlora")), "--model",
+                                    tiny_gpt2, "--method", "splitlora", "--split", "1", "--max-len", "48",
+                                    "--train-samples", "32", "--data-dir", str(FIXTURES / "data"), "--out", str(out),
+                                    "--server-order", "fifo"])
+    assert res.exit_code == 0, res.output
+    both = read_chrome_trace(out / "trace.json")
+    for server in ("mec-a", "mec-b"):
+        side = {w: [e._replace(lane=e.lane.removeprefix(f"{w} ")) for e in both if e.lane.startswith(f"{w} ")]
+                for w in ("predicted", "measured")}
+        assert server_ops(side["predicted"], server) == server_ops(side["measured"], server)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["stages"]["sync"]["predicted_s"] == pytest.approx(rep["stages"]["sync"]["measured_s"], rel=1e-9)

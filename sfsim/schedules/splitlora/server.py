@@ -450,8 +450,9 @@ class Server:
                         counts[c] = k
             if counts:
                 if self.sync is not None:  # visitors only, not there yet: it answers rounds until the first joins
-                    yield from self._idle_until(min(max(c.since, c.sent_at) if c in self.out else c.since
-                                                    for c in counts))
+                    yield from self._idle_until(min((max(c.since, c.sent_at) if c in self.out else c.since
+                                                     for c in counts if self.motions[c.i].start < math.inf),
+                                                    default=0.0))  # one never online: the runtime's leaves at once
                 yield from self._interleaved_in_time(counts)
                 continue
             if not self.moves.may_join(self.k):
