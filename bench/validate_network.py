@@ -14,7 +14,9 @@ profile) on five small fleets and prints the total error of each, the median, an
 * ``close2``: SplitFrozen on those 2 servers without ``training.sync``: the epoch's one closing round;
 * ``joint2``: SplitFrozen there with ``sync: {every: 1, mode: sync}`` (the gradients averaged before each step);
 * ``handover-splitlora``, ``handover-fedlora``: ``handover``'s fleet without ``training.sync`` for each baseline
-  (tests/test_handover.py's scenario: mec-b waits for the visitor, then both servers close the epoch).
+  (tests/test_handover.py's scenario: mec-b waits for the visitor, then both servers close the epoch);
+* ``handover-splitlora-sync``: the same SplitLoRA fleet with its ``sync: {every: 2}`` (mec-b answers mec-a's rounds
+  while it waits for the visitor).
 
 Usage (not CI; a few minutes)::
 
@@ -50,7 +52,8 @@ RUNS = {"sync2": ("runtime_two_servers_churn.yaml", "splitfrozen", 1),
         "close2": ("static-close", "splitfrozen", 1),
         "joint2": ("static-joint", "splitfrozen", 1),
         "handover-splitlora": ("handover-splitlora", "splitlora", 1),
-        "handover-fedlora": ("handover-fedlora", "fedlora", 1)}
+        "handover-fedlora": ("handover-fedlora", "fedlora", 1),
+        "handover-splitlora-sync": ("handover-splitlora-sync", "splitlora", 1)}
 
 
 def static_sync_scenario(folder: Path, fed: bool = False, close: bool = False, joint: bool = False) -> Path:
@@ -71,8 +74,9 @@ def static_sync_scenario(folder: Path, fed: bool = False, close: bool = False, j
     return path
 
 
-def handover_scenario(folder: Path, method: str) -> Path:
-    """tests/test_handover.py's fleet for ``method`` (runtime_handover_drop.yaml) without ``training.sync``."""
+def handover_scenario(folder: Path, method: str, sync: bool = False) -> Path:
+    """tests/test_handover.py's fleet for ``method`` (runtime_handover_drop.yaml), without ``training.sync`` unless
+    ``sync``."""
     data = yaml.safe_load((FIX / "runtime_handover_drop.yaml").read_text())
     for d in data["devices"]:
         if "availability" in d:
@@ -81,8 +85,9 @@ def handover_scenario(folder: Path, method: str) -> Path:
             d["flops"] = "100 MFLOPS"
     if method == "fedlora":
         data["devices"][0]["handover"][0]["at"] = "1.6 s"
-    data["training"].pop("sync")
-    path = folder / f"runtime_handover_{method}_nosync.yaml"
+    if not sync:
+        data["training"].pop("sync")
+    path = folder / f"runtime_handover_{method}_{'sync' if sync else 'nosync'}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -133,7 +138,8 @@ def main() -> None:
                 "static-close": lambda folder: static_sync_scenario(folder, close=True),
                 "static-joint": lambda folder: static_sync_scenario(folder, joint=True),
                 "handover-splitlora": lambda folder: handover_scenario(folder, "splitlora"),
-                "handover-fedlora": lambda folder: handover_scenario(folder, "fedlora")}
+                "handover-fedlora": lambda folder: handover_scenario(folder, "fedlora"),
+                "handover-splitlora-sync": lambda folder: handover_scenario(folder, "splitlora", sync=True)}
         path = made[scen](out) if scen in made else FIX / scen
         folder = out / name
         if folder.exists():
