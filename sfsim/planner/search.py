@@ -7,7 +7,7 @@ cuts with ``fin <= T``, the one that leaves the server the least work (the large
 block moved to the device is a frozen forward the server no longer runs); mixing cuts within a
 (type, server) never lowers either term. What is left is assigning the devices of each type to
 servers so that the busiest server's load is smallest: an integer program with one integer count
-per (type, server) pair (``scipy.optimize.milp``, tiny: types x servers variables). The load at T
+per (type, server) pair (HiGHS, :mod:`sfsim.planner.program`; tiny: types x servers variables). The load at T
 can only fall as T grows (more cuts become usable), so ``max(T, load(T))`` is minimised where the
 two cross: a binary search over the sorted distinct ``fin`` values finds it with O(log(types x cuts
 x servers)) integer programs (a step whose rounded linear relaxation already clears its threshold
@@ -20,10 +20,9 @@ benchmark than a dozen tiny programs.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import LinearConstraint, milp
-
 from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
+from sfsim.planner.program import solve
 
 MIP_GAP = 1e-3
 """Relative optimality gap the assignment integer program stops at."""
@@ -142,16 +141,15 @@ def _program(cost: np.ndarray, cred: np.ndarray, usable: np.ndarray, counts: np.
     a_srv[pairs[:, 1], np.arange(P)] = c_pair
     a_srv[nJ + pairs[:, 1], np.arange(P)] = q_pair
     a_srv[:, P] = -1.0
-    cons = [LinearConstraint(a_type, counts, counts), LinearConstraint(a_srv, -np.inf, 0.0)]
     ub = np.concatenate([counts[pairs[:, 0]], [np.inf]])
-    integ = np.concatenate([np.full(P, 1 if integral else 0), [0]])
+    integ = np.concatenate([np.full(P, integral), [False]])
     # A 0.1% optimality gap is far below what the fluid model can resolve and keeps HiGHS fast on
     # min-max problems, whose many symmetric optima are slow to prove.
-    res = milp(obj, constraints=cons, integrality=integ, bounds=(np.zeros(P + 1), ub),
-               options={"mip_rel_gap": MIP_GAP, "node_limit": MIP_NODES})
-    if res.x is None:
+    got = solve(obj, np.vstack([a_type, a_srv]), np.concatenate([counts, np.full(2 * nJ, -np.inf)]),
+                np.concatenate([counts, np.zeros(2 * nJ)]), ub, integ if integral else None, MIP_GAP, MIP_NODES)
+    if got is None:
         return None
-    x = np.round(res.x[:P]) if integral else res.x[:P]
+    x = np.round(got[:P]) if integral else got[:P]
     n = np.zeros((nT, nJ))
     n[pairs[:, 0], pairs[:, 1]] = x
     return _busiest(usable, cost, cred, n), n
