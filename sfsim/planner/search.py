@@ -20,6 +20,7 @@ benchmark than a dozen tiny programs.
 from __future__ import annotations
 
 import numpy as np
+
 from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
 from sfsim.planner.program import solve
