@@ -438,13 +438,13 @@ def reassigned(table: StageTable, groups: list[Group], rules: tuple[str, ...] = 
             r = _program(cost, cred, usable, counts, False)
             n = None if r is None else _round(table, usable, r[1])
         else:
-            n = _least_loaded(usable, cost, cred, counts)
+            n = least_loaded(usable, cost, cred, counts)
         if n is not None:
             out.append(to_groups(table, kk, n))
     return out
 
 
-def _least_loaded(usable: np.ndarray, cost: np.ndarray, cred: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def least_loaded(usable: np.ndarray, cost: np.ndarray, cred: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Counts (types, servers): devices placed one at a time, dearest type first, each on the usable
     server whose busiest resource (compute or credits) is then lowest."""
     c, q = np.where(usable, cost, 0.0), np.where(usable, cred, 0.0)

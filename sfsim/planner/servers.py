@@ -1,0 +1,255 @@
+"""Each server's simulated completion under a plan, one compiled replay per server: the search's exact yardstick.
+
+Without backhaul sync, SplitFrozen's servers share nothing: a server's completion depends only on the
+devices sent to it, so a search move that touches two servers needs two server replays, not a whole
+run. Devices of one type are identical, so their kernel rows at a (cut, server) are built once, by the
+schedule itself (:func:`sfsim.schedules.splitfrozen.build` on one stand-in device per type and server),
+and a server's rows are a gather of those columns in the order ``simulate()`` gives its devices (file
+order: types in order, a type's devices filling its groups by cut, see :func:`exhaustive.expand`).
+So :meth:`ServerSim.completion` is the very figure ``simulate(plan=...)`` reports as that server's end.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+
+from sfsim.engine.policies import PACED
+from sfsim.fast.kernel import OUT_MAKESPAN, replay_server
+from sfsim.fast.replay import uncovered
+from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout, min_flight
+from sfsim.planner.fluid import Group
+from sfsim.planner.model import StageTable
+from sfsim.planner.search import least_loaded, per_device_load, to_groups
+from sfsim.schedules import ReplayConfig, ReplaySetup, get
+
+_EMPTY = (np.zeros(0, np.int64),) * 4  # no paced order
+
+CAPS = 6
+"""Period caps of the extra starts :func:`improve` replays (:func:`period_cuts`), spread evenly (by
+ratio) from the shortest longest period any plan can have to the given plan's longest."""
+
+
+class ServerSim:
+    """Simulated server completions of plans (:class:`~sfsim.planner.fluid.Group` lists), remembered per server.
+
+    Args:
+        scenario, cm: the scenario and its cost model.
+        table: the planner's stage table (its types, cuts, servers and LoRA start).
+        schedule: ``splitfrozen`` or ``splitfrozen-sequential``.
+
+    ``why`` is None when the fast path replays the fleet's servers one by one, else the reason it
+    cannot (the dynamic network, the paced and ``pool`` policies, backhaul sync): then there is no
+    yardstick and the caller keeps to whole replays. ``closing``: each epoch's closing backhaul round
+    follows the servers' ends (several servers with backhaul links), so the run's makespan is more
+    than the largest server's.
+    """
+
+    def __init__(self, scenario, cm, table: StageTable, schedule: str):
+        self.scenario, self.cm, self.table, self.schedule = scenario, cm, table, schedule
+        self.cfg = ReplayConfig.from_training(scenario.training)
+        self.flags = flags_for(self.cfg, schedule == "splitfrozen-sequential")
+        self.rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cut index -> (8, T, J), (3, T, J)
+        self.memo: dict[tuple, float] = {}
+        self.runs = 0  # server replays so far
+        self.closing = False
+        self.why = self._why()
+
+    def _why(self) -> str | None:
+        if self.table.dynamic:
+            return "the dynamic network"
+        if self.cfg.policy in PACED or self.cfg.policy == "pool":
+            return f"the {self.cfg.policy} policy orders each server's devices by name or seed"
+        if self.scenario.training.sync is not None:
+            return "backhaul sync"
+        self._rows(0)
+        return self._why_job
+
+    def _stand_ins(self):
+        """A copy of the scenario with one device per (type, server), and their names."""
+        sc, names = copy.copy(self.scenario), []
+        devices = []
+        for info in self.table.types:
+            for srv in self.table.servers:
+                names.append((f"{info.name}@{srv.name}", srv.name))
+                devices.append(dataclasses.replace(info.rep, name=names[-1][0], server=srv.name))
+        sc.devices = devices
+        return sc, names
+
+    def _rows(self, ki: int) -> tuple[np.ndarray, np.ndarray]:
+        """Kernel rows of every type on every server at cut index ``ki``: (8, types, servers), (3, types, servers)."""
+        if ki not in self.rows:
+            sc, names = self._stand_ins()
+            k = int(self.table.cuts[ki])
+            setup = ReplaySetup(sc, self.cm, {n: k for n, _ in names}, self.table.lora_start, dict(names))
+            job = get(self.schedule).build(setup, cache=sc.training.cache_activations)
+            if not self.rows:
+                self._why_job = uncovered(sc, self.schedule, self.cfg, job)
+                self.servers = job.servers
+                self.closing = job.sync is not None  # each epoch's closing backhaul round follows the servers
+            D, N = layout(job.devices)
+            shape = (len(self.table.types), len(self.table.servers))
+            self.rows[ki] = (D.reshape(D.shape[0], *shape), N.reshape(N.shape[0], *shape))
+        return self.rows[ki]
+
+    def completion(self, j: int, groups: tuple[Group, ...]) -> float:
+        """Server ``j``'s simulated makespan serving ``groups`` (its own, in any order; 0 with none)."""
+        key = (j, tuple(sorted((g.t, g.k, g.n) for g in groups if g.n > 0)))
+        got = self.memo.get(key)
+        if got is None:
+            got = self.memo[key] = self._replay(j, key[1])
+        return got
+
+    def _replay(self, j: int, mine: tuple[tuple[int, int, int], ...]) -> float:
+        if not mine:
+            return 0.0
+        k0 = int(self.table.cuts[0])
+        cols_d, cols_n = [], []
+        for t, k, n in mine:  # sorted by type, then cut: simulate()'s device order on this server
+            D, N = self._rows(k - k0)
+            cols_d.append(np.repeat(D[:, t, j][:, None], n, axis=1))
+            cols_n.append(np.repeat(N[:, t, j][:, None], n, axis=1))
+        D, N = np.ascontiguousarray(np.hstack(cols_d)), np.ascontiguousarray(np.hstack(cols_n))
+        st, cfg = self.servers[j], self.cfg
+        self.runs += 1
+        out = replay_server(D, N, int(st.count), float(st.step), int(cfg.buffer), int(cfg.accumulate), self.flags,
+                            POLICY_CODES[cfg.policy], min_flight(D, N), _EMPTY)
+        return float(out[OUT_MAKESPAN])
+
+    def ends(self, groups: list[Group]) -> np.ndarray:
+        """Every server's completion under ``groups`` (servers in order)."""
+        by = [[] for _ in self.table.servers]
+        for g in groups:
+            by[g.j].append(g)
+        return np.array([self.completion(j, tuple(gs)) for j, gs in enumerate(by)])
+
+
+def balance(sim: ServerSim, groups: list[Group], budget: float) -> tuple[list[Group], float]:
+    """Lower the simulated makespan of ``groups`` by moves on its slowest server, judged by server replays.
+
+    The fluid model sees a server's compute and its credits as two separate budgets; the simulator
+    does not: a credit is held while its micro-batch waits for a worker, and a device takes the next
+    credit only after its own forward, so on a server whose credits are busy the devices with the
+    longest period finish last, well after the fluid estimate. Each step takes the slowest server
+    and tries, group by group (the groups with the longest device period first), a cut one block
+    lower or higher (a shorter device period, or less server work) and moving a share of the group
+    to each of the three least loaded servers that can take it at its cut; the first move that
+    lowers the slowest server's time without raising another's past it is kept. It stops when no
+    move helps or ``budget`` (micro-batch equivalents of server replays, :func:`_cost`) is spent.
+
+    Returns:
+        ``(groups, makespan)``: the plan and its largest server makespan.
+    """
+    table = sim.table
+    groups = [g for g in groups if g.n > 0]
+    ends = sim.ends(groups)
+    spent = 0.0
+    while spent < budget:
+        j = int(np.argmax(ends))
+        move = None
+        for cand, touched in _moves(table, groups, j, ends):
+            got = {i: sim.completion(i, tuple(g for g in cand if g.j == i)) for i in touched}
+            spent += sum(_cost(table, cand, i) for i in touched)
+            if got[j] < ends[j] * (1 - 1e-9) and all(got[i] < ends[j] * (1 - 1e-9) for i in touched):
+                move = cand, got
+                break
+            if spent >= budget:
+                break
+        if move is None:
+            break
+        groups = move[0]
+        for i, v in move[1].items():
+            ends[i] = v
+    return groups, float(ends.max())
+
+
+def _cost(table: StageTable, groups: list[Group], j: int) -> float:
+    """A server replay's cost in micro-batch equivalents: its micro-batches, plus 2 per device and 1,000 per call."""
+    return sum(g.n * (float(table.n_sent[g.t]) + 2.0) for g in groups if g.j == j) + 1000.0
+
+
+def _moves(table: StageTable, groups: list[Group], j: int, ends: np.ndarray):
+    """Candidate plans that change server ``j``'s groups, with the servers each one touches."""
+    k0 = int(table.cuts[0])
+    mine = sorted((g for g in groups if g.j == j), key=lambda g: -float(table.p[g.t, g.k - k0, j]))
+    others = [g for g in groups if g not in mine]
+    light = [int(i) for i in np.argsort(ends) if i != j][:3]
+    if mine:  # every group at (about) the longest period one block lower: they finish together
+        top = float(table.p[mine[0].t, mine[0].k - k0, j])
+        lead = [g for g in mine if float(table.p[g.t, g.k - k0, j]) >= 0.97 * top]
+        if len(lead) > 1:
+            lowered = [Group(g.t, g.k - 1, j, g.n) if g in lead and g.k > table.cuts[0]
+                       and table.allowed[g.t, g.k - 1 - k0, j] else g for g in mine]
+            if lowered != mine:
+                yield _merged(others + lowered), (j,)
+    for g in mine:
+        rest = [h for h in mine if h is not g]
+        for dk in (-1, 1):
+            k = g.k + dk
+            if table.cuts[0] <= k <= table.cuts[-1] and table.allowed[g.t, k - k0, j]:
+                yield _merged(others + rest + [Group(g.t, k, j, g.n)]), (j,)
+        for i in light:
+            if not table.allowed[g.t, g.k - k0, i]:
+                continue
+            for m in sorted({max(1, g.n // 8), max(1, g.n // 2)}):
+                moved = [Group(g.t, g.k, j, g.n - m), Group(g.t, g.k, i, m)]
+                yield _merged(others + rest + moved), (j, i)
+
+
+def _merged(groups: list[Group]) -> list[Group]:
+    """Groups with equal (type, cut, server) summed, empty ones dropped."""
+    n: dict[tuple[int, int, int], int] = {}
+    for g in groups:
+        n[(g.t, g.k, g.j)] = n.get((g.t, g.k, g.j), 0) + g.n
+    return [Group(t, k, j, c) for (t, k, j), c in n.items() if c > 0]
+
+
+def improve(sim: ServerSim, groups: list[Group], budget: float) -> tuple[list[Group], float]:
+    """The best by server replays of ``groups`` and the :func:`period_cuts` starts, then :func:`balance` on it.
+
+    Returns:
+        ``(groups, makespan)``: the plan and its largest server makespan.
+    """
+    table = sim.table
+    counts = np.array([t.count for t in table.types], dtype=float)
+    best = (float(sim.ends(groups).max()), groups)
+    k0 = int(table.cuts[0])
+    top = max(float(table.p[g.t, g.k - k0, g.j]) for g in groups)
+    low = float(np.where(table.allowed, table.p, np.inf).min(axis=(1, 2)).max())
+    for kk in period_cuts(table, np.geomspace(low, max(top, low), CAPS)):
+        cost, cred = per_device_load(table, kk)
+        usable = np.isfinite(cost)
+        if not usable.any(axis=1).all():
+            continue
+        g = to_groups(table, kk, least_loaded(usable, cost, cred, counts))
+        m = float(sim.ends(g).max())
+        if m < best[0] * (1 - 1e-9):
+            best = (m, g)
+    return balance(sim, best[1], budget)
+
+
+def period_cuts(table: StageTable, caps) -> list[np.ndarray]:
+    """Cut indices (types, servers; -1 where not allowed), one array per period cap: each type takes
+    its largest cut whose device period is at most the cap (its shortest-period cut when none is).
+
+    On a server whose credits are busy, every device waits about as long for each credit, and takes
+    it only after its own forward: the devices with the longest period finish last, however the
+    fluid model balances the loads. A cap on the period evens their finishes; the blocks a device
+    runs within it come at no cost in time, and each takes a frozen forward off its server.
+    """
+    out = []
+    for cap in caps:
+        kk = np.full((len(table.types), len(table.servers)), -1)
+        for t in range(len(table.types)):
+            for j in range(len(table.servers)):
+                ok = table.allowed[t, :, j]
+                if not ok.any():
+                    continue
+                under = ok & (table.p[t, :, j] <= cap * (1 + 1e-12))
+                p = np.where(ok, table.p[t, :, j], np.inf)
+                kk[t, j] = int(np.flatnonzero(under).max()) if under.any() else int(np.argmin(p))
+        if not any((kk == x).all() for x in out):
+            out.append(kk)
+    return out
