@@ -17,15 +17,12 @@ import dataclasses
 import numpy as np
 
 from sfsim.engine.policies import PACED
-from sfsim.fast.kernel import OUT_MAKESPAN, replay_server
 from sfsim.fast.replay import uncovered
-from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout, min_flight
+from sfsim.fast.splitfrozen import layout, replay
 from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
 from sfsim.planner.search import least_loaded, per_device_load, to_groups
 from sfsim.schedules import ReplayConfig, ReplaySetup, get
-
-_EMPTY = (np.zeros(0, np.int64),) * 4  # no paced order
 
 CAPS = 6
 """Period caps of the extra starts :func:`improve` replays (:func:`period_cuts`), spread evenly (by
@@ -50,7 +47,7 @@ class ServerSim:
     def __init__(self, scenario, cm, table: StageTable, schedule: str):
         self.scenario, self.cm, self.table, self.schedule = scenario, cm, table, schedule
         self.cfg = ReplayConfig.from_training(scenario.training)
-        self.flags = flags_for(self.cfg, schedule == "splitfrozen-sequential")
+        self.sequential = schedule == "splitfrozen-sequential"
         self.rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cut index -> (8, T, J), (3, T, J)
         self.memo: dict[tuple, float] = {}
         self.runs = 0  # server replays so far
@@ -112,11 +109,8 @@ class ServerSim:
             cols_d.append(np.repeat(D[:, t, j][:, None], n, axis=1))
             cols_n.append(np.repeat(N[:, t, j][:, None], n, axis=1))
         D, N = np.ascontiguousarray(np.hstack(cols_d)), np.ascontiguousarray(np.hstack(cols_n))
-        st, cfg = self.servers[j], self.cfg
-        self.runs += 1
-        out = replay_server(D, N, int(st.count), float(st.step), int(cfg.buffer), int(cfg.accumulate), self.flags,
-                            POLICY_CODES[cfg.policy], min_flight(D, N), _EMPTY)
-        return float(out[OUT_MAKESPAN])
+        self.runs += 1  # the fast path's own server replay (the kernel simulate() runs; no device names needed)
+        return replay([None] * D.shape[1], self.servers[j], self.cfg, self.sequential, (D, N))["makespan"]
 
     def ends(self, groups: list[Group]) -> np.ndarray:
         """Every server's completion under ``groups`` (servers in order)."""
