@@ -19,6 +19,8 @@ benchmark than a dozen tiny programs.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from sfsim.planner.fluid import Group
@@ -446,14 +448,24 @@ def reassigned(table: StageTable, groups: list[Group], rules: tuple[str, ...] = 
 
 def least_loaded(usable: np.ndarray, cost: np.ndarray, cred: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Counts (types, servers): devices placed one at a time, dearest type first, each on the usable
-    server whose busiest resource (compute or credits) is then lowest."""
+    server whose busiest resource (compute or credits) is then lowest (the first such server on ties).
+
+    Within a type only the server that took the last device changes its key, so a heap keyed by
+    (busiest resource after one more device, server) gives each choice in O(log servers).
+    """
     c, q = np.where(usable, cost, 0.0), np.where(usable, cred, 0.0)
     n = np.zeros_like(c)
-    comp, hold = np.zeros(c.shape[1]), np.zeros(c.shape[1])
+    nJ = c.shape[1]
+    comp, hold = [0.0] * nJ, [0.0] * nJ
     for t in sorted(range(len(c)), key=lambda t: -np.max(np.maximum(c[t], q[t]))):
+        ct, qt = c[t].tolist(), q[t].tolist()
+        heap = [(max(comp[j] + ct[j], hold[j] + qt[j]), j) for j in range(nJ) if usable[t, j]]
+        heapq.heapify(heap)
         for _ in range(int(counts[t])):
-            j = int(np.argmin(np.where(usable[t], np.maximum(comp + c[t], hold + q[t]), np.inf)))
+            j = heapq.heappop(heap)[1] if heap else 0
             n[t, j] += 1
-            comp[j] += c[t, j]
-            hold[j] += q[t, j]
+            comp[j] += ct[j]
+            hold[j] += qt[j]
+            if usable[t, j]:
+                heapq.heappush(heap, (max(comp[j] + ct[j], hold[j] + qt[j]), j))
     return n
