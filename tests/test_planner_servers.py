@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,24 +17,15 @@ from sfsim.planner.servers import ServerSim, balance, improve, period_cuts
 from sfsim.scenario.config import scenario_from_dict
 from sfsim.scenario.planfile import Plan
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_scale import fresh_fleet  # noqa: E402
+
 
 def fleet(devices: int, servers: int, types: int, mb: int, seed: int, policy: str = "fifo") -> dict:
-    """A seeded heterogeneous fleet: unequal FLOP/s, links, memory; servers of unequal speed and workers."""
-    rng = random.Random(seed)
-    kinds = []
-    for t in range(types):
-        n = devices // types + (1 if t < devices % types else 0)
-        kinds.append({"name": f"k{t}", "count": n, "flops": f"{rng.uniform(8, 600):.0f} GFLOPS",
-                      "memory": f"{rng.choice([1.5, 2, 3, 4, 8])} GiB", "samples": 4 * mb,
-                      "uplink": {"bandwidth": f"{rng.uniform(5, 300):.0f} Mbps",
-                                 "latency": f"{rng.uniform(1, 30):.0f} ms"},
-                      "downlink": {"bandwidth": "100 Mbps", "latency": "5 ms"}})
-    srv = [{"name": f"s{k}", "flops": f"{rng.uniform(5, 60):.0f} TFLOPS", "memory": "80 GiB",
-            "count": rng.choice([1, 1, 2])} for k in range(servers)]
-    return {"model": {"name": "smollm2-135m", "seq_len": 128, "task": "classification", "num_labels": 2},
-            "training": {"micro_batch": 4, "accumulate": 8, "buffer": rng.choice([4, 8, 16, 32]), "split": 2,
-                         "server_policy": policy},
-            "servers": srv, "devices": kinds}
+    """:func:`bench_scale.fresh_fleet` (seeded, heterogeneous) with server policy ``policy``."""
+    data = fresh_fleet(devices, servers, types, mb, seed)
+    data["training"]["server_policy"] = policy
+    return data
 
 
 def _setup(data: dict, schedule: str = "splitfrozen"):
@@ -90,9 +82,7 @@ def test_search_never_worsens_and_its_figures_are_the_simulators():
 def test_plan_on_a_credit_bound_fleet_is_near_its_bound():
     """5,000 devices, 7 servers, 10 types, every server's credits busy: the fluid model's best plan
     simulated 23.1% above the bound; the search by server replays brings it to 2.3%."""
-    data = fleet(5000, 7, 10, 20, 15)
-    data["training"]["buffer"] = 32
-    sc = scenario_from_dict(data)
+    sc = scenario_from_dict(fresh_fleet(5000, 7, 10, 20, 15))  # buffer 32
     res = plan(sc)
     assert res.gap is not None and res.gap < 0.05, res.gap
     assert simulate(sc, plan=res).makespan_s == res.makespan_s
