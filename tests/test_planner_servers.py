@@ -77,6 +77,7 @@ def test_search_never_worsens_and_its_figures_are_the_simulators():
     assert sum(g.n for g in groups) == 300
     groups, m2 = improve(sim, start, 200_000)
     assert m2 <= m0 and m2 == float(sim.ends(groups).max())
+    assert sim.makespan_below(groups, m2 * 1.01) == m2 and sim.makespan_below(groups, m2) is None
 
 
 def test_plan_on_a_credit_bound_fleet_is_near_its_bound():
