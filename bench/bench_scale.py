@@ -17,7 +17,9 @@ wall time is several times the CPU time a run needed):
    run says that its 10,000-point figure is extrapolated);
 5. micro-batches/s of the fast path and the SimPy engine on the dynamic network: the bench_engine.py
    fleet with every uplink a repeating rate trace and every device paused by an on/off process
-   (:func:`dynamic_fleet`), and whether the makespans are equal (``--dynamic``: only this).
+   (:func:`dynamic_fleet`), and whether the makespans are equal (``--dynamic``: only this);
+6. the ``pool`` policy's peak memory on the fast path (tracemalloc) at 8 devices x 200 and x 40,000
+   micro-batches and at 800 devices x 200: it grows with devices, not with the run (``--pool``: only this).
 
 Run: ``.venv/bin/python bench/bench_scale.py [--quick] [--sweep-points N] [--dynamic] [--plans]`` (``--quick``:
 smaller sizes, for a smoke test).
@@ -182,6 +184,31 @@ def dynamic_rates(sizes: list[tuple[int, int]]) -> None:
               f"({fast_ms:.3f} s simulated)", flush=True)
 
 
+def pool_memory() -> None:
+    """Item 6: peak traced memory of fast ``pool`` replays, short and long runs and a wide fleet."""
+    import tracemalloc
+
+    from sfsim.engine.pool import DeviceTimes, ServerTimes
+    from sfsim.schedules import Job
+
+    cfg = ReplayConfig(buffer=4, accumulate=2, decompose=True, policy="pool", seed=7)
+
+    def job(devices, mb):
+        devs = [DeviceTimes(f"d{i}", 0, mb, f=0.01 * (1 + i % 3), up_s=0.02, up_l=0.001, srv_f=0.004, srv_b=0.006,
+                            srv_w=0.002, act_bytes=1e5) for i in range(devices)]
+        return Job(devs, [ServerTimes("s", 2, 0.001)])
+
+    replay(job(2, 3), cfg)  # load the compiled kernel (not measured)
+    print("6. pool policy, fast path: peak traced memory of one replay (tracemalloc)")
+    for devices, mb in [(8, 200), (8, 40_000), (800, 200)]:
+        j = job(devices, mb)
+        tracemalloc.start()
+        _, makespan = replay(j, cfg)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"   {devices:,} devices x {mb:,} micro-batches: {peak / 1024:,.1f} KiB ({makespan:,.1f} s simulated)")
+
+
 def run_engine(job) -> float:
     """The SimPy engine's makespan of ``job``."""
     engine = Engine()
@@ -205,7 +232,11 @@ def main() -> None:
                     help="only the micro-batches/s of this baseline, fast vs SimPy (sfsim.fast.replay.rates)")
     ap.add_argument("--dynamic", action="store_true", help="only the dynamic network's micro-batches/s (item 5)")
     ap.add_argument("--plans", action="store_true", help="only the planner's times and gaps (item 3)")
+    ap.add_argument("--pool", action="store_true", help="only the pool policy's memory (item 6)")
     args = ap.parse_args()
+    if args.pool:
+        pool_memory()
+        return
     if args.plans:
         with tempfile.TemporaryDirectory() as tmp:
             plans(Path(tmp) / "fleet.yaml", 1000 if args.quick else 10_000, fresh=not args.quick)
@@ -231,6 +262,7 @@ def main() -> None:
         sweep(path, args.sweep_points, 10 if args.quick else 1000)
     print("5. micro-batches/s on the dynamic network (bench_engine.py fleet, 4 servers, buffer 64, accumulate 4)")
     dynamic_rates([(1000, 100)] if args.quick else [(1000, 100), (10_000, 100)])
+    pool_memory()
 
 
 def sweep(path: Path, points: int, devices: int) -> None:
