@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from sfsim.engine.policies import PACED
 from sfsim.fast.replay import uncovered
-from sfsim.fast.splitfrozen import layout, replay
+from sfsim.fast.splitfrozen import THREADED_FROM, _cores, layout, replay
 from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
 from sfsim.planner.search import least_loaded, per_device_load, to_groups
@@ -93,7 +94,7 @@ class ServerSim:
 
     def completion(self, j: int, groups: tuple[Group, ...]) -> float:
         """Server ``j``'s simulated makespan serving ``groups`` (its own, in any order; 0 with none)."""
-        key = (j, tuple(sorted((g.t, g.k, g.n) for g in groups if g.n > 0)))
+        key = self._key(j, groups)
         got = self.memo.get(key)
         if got is None:
             got = self.memo[key] = self._replay(j, key[1])
@@ -135,7 +136,22 @@ class ServerSim:
         by = [[] for _ in self.table.servers]
         for g in groups:
             by[g.j].append(g)
+        keys = [self._key(j, gs) for j, gs in enumerate(by)]
+        todo = [k for k in dict.fromkeys(keys) if k not in self.memo]
+        size = sum(n * float(self.table.n_sent[t]) for _, mine in todo for t, _, n in mine)
+        threads = min(len(todo), _cores())
+        if threads > 1 and size >= THREADED_FROM:  # the kernel releases the GIL: one server per core
+            for k in {k for _, mine in todo for _, k, _ in mine}:
+                self._rows(k - int(self.table.cuts[0]))  # built here, not on the threads
+            with ThreadPoolExecutor(threads) as pool:
+                for k, v in zip(todo, pool.map(lambda k: self._replay(*k), todo), strict=True):
+                    self.memo[k] = v
         return np.array([self.completion(j, tuple(gs)) for j, gs in enumerate(by)])
+
+    @staticmethod
+    def _key(j: int, groups) -> tuple:
+        """Server ``j`` and its groups as (type, cut, count), sorted: what its replay depends on."""
+        return j, tuple(sorted((g.t, g.k, g.n) for g in groups if g.n > 0))
 
 
 def balance(sim: ServerSim, groups: list[Group], budget: float) -> tuple[list[Group], float]:
