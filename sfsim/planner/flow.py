@@ -27,7 +27,7 @@ from sfsim.planner.model import (
 from sfsim.planner.refine import merge, nearby_plans, polish, refine
 from sfsim.planner.report import Comparison, Row, bottleneck_words, format_result, rows_for
 from sfsim.planner.search import candidates, fixed_cut, lower_bound, rank_uniform_cuts, reassigned
-from sfsim.planner.servers import ServerSim, improve
+from sfsim.planner.servers import BUDGET, ServerSim, improve
 from sfsim.scenario.planfile import Plan
 from sfsim.units import format_quantity
 
@@ -92,12 +92,6 @@ CHEAPER_MICRO_BATCHES = 20_000
 (energy: at least one run). On the 1,000-device benchmark nothing is left for time ties: one more
 replay would cost a quarter of the planning time (it found no cheaper tie there), and the report
 says the ties were not searched."""
-
-SERVER_BUDGET = 1_000_000
-"""What the search by server replays (:func:`sfsim.planner.servers.improve`) may spend, in micro-batch
-equivalents (a server replay costs its micro-batches, 2 per device and 1,000 a call): about 70 server
-replays of the 10,000-device, 16-server benchmark, 150 of the 1,000-device, 4-server one at 20 micro-batches
-a device and 20 at 200 (about 0.2-0.3 s each)."""
 
 EXHAUSTIVE_LIMIT = 2000
 """Type-level plans (one cut and server per type) below which all are also scored analytically."""
@@ -392,7 +386,7 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     t0 = time.perf_counter()
     schedule, table, lb, cm = _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers,
                                        cost_model, deadline, tie_tolerance)
-    sim = _server_sim(scenario, cm, table, schedule)
+    sim = ServerSim.covering(scenario, cm, table, schedule) if _fast(scenario, table) else None
     replay = Replay(scenario, schedule, table, None if sim is None or sim.closing else sim)
     total = sum(t.count * t.sent for t in table.types)
     # long runs: the comparison lines come from the fluid model and only the plan itself is replayed
@@ -432,20 +426,12 @@ def _runs(scenario, table: StageTable, total: int) -> int:
     return FAST_REPLAY_BUDGET // (total + FAST_DEVICE_COST * sum(t.count for t in table.types))
 
 
-def _server_sim(scenario, cm, table: StageTable, schedule: str) -> ServerSim | None:
-    """The servers' replays (:class:`sfsim.planner.servers.ServerSim`) where the fast path replays them one by one."""
-    if not _fast(scenario, table):
-        return None
-    sim = ServerSim(scenario, cm, table, schedule)
-    return sim if sim.why is None else None
-
-
 def _by_servers(replay: Replay, sim: ServerSim | None, groups: list[Group], makespan: float) -> tuple[list[Group], float]:
     """The plan improved by server replays (:func:`sfsim.planner.servers.improve`); kept only if a whole
     replay finds it faster (not counted as a run: the replay budget, and the plan, stay as without it)."""
     if sim is None:
         return groups, makespan
-    got, _ = improve(sim, groups, SERVER_BUDGET)
+    got, _ = improve(sim, groups, BUDGET)
     before = replay.runs
     m = replay.score(got).makespan_s
     replay.runs = before
