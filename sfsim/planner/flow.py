@@ -302,10 +302,11 @@ def _reassign(replay: Replay, tries: list[list[Group]], groups: list[Group], mak
     """The fastest in the simulator of ``groups`` (replayed: ``makespan``) and ``tries``, other
     assignments of its and the best analytic starts' cut choices (:func:`search.reassigned`).
 
-    On the fast path these replays are outside the budget (a 10,000-device replay takes well under
-    a second, and the budget there affords only the plan itself); on the SimPy engine they spend it.
+    On the fast path without server replays these replays are outside the budget (a 10,000-device
+    replay takes well under a second, and the budget there affords only the plan itself); on the
+    SimPy engine, and where the search on server replays follows, they spend it.
     """
-    fast = _fast(replay.scenario, replay.table)
+    fast = _fast(replay.scenario, replay.table) and replay.sim is None
     before = replay.runs
     for g in tries:
         if not fast and replay.runs >= runs:
