@@ -9,16 +9,20 @@ wall time is several times the CPU time a run needed):
 2. ``python -m sfsim simulate`` of 100,000 devices x 100 micro-batches of SplitFrozen (20 device
    types, 4 servers) as a whole process: wall and CPU seconds, peak memory (ru_maxrss of the child);
 3. ``python -m sfsim plan`` as a whole process at 1,000 devices x 4 servers (20,000 and 200,000
-   micro-batches) and 10,000 devices x 16 servers, with the plan's simulated time and gap;
+   micro-batches) and 10,000 devices x 16 servers, with the plan's simulated time and gap; then on
+   fresh fleets the planner was not tuned on (:data:`FRESH`: other counts, speeds and buffers, one
+   type, 3, 7 and 16 servers; ``--plans``: only this item);
 4. ``python -m sfsim sweep`` of a 1,000-device fleet (20,000 micro-batches a point) as a whole
    process over ``--sweep-points`` points (default 1,000; 10,000 is the target size, and a smaller
    run says that its 10,000-point figure is extrapolated);
 5. micro-batches/s of the fast path and the SimPy engine on the dynamic network: the bench_engine.py
    fleet with every uplink a repeating rate trace and every device paused by an on/off process
-   (:func:`dynamic_fleet`), and whether the makespans are equal (``--dynamic``: only this).
+   (:func:`dynamic_fleet`), and whether the makespans are equal (``--dynamic``: only this);
+6. the ``pool`` policy's peak memory on the fast path (tracemalloc) at 8 devices x 200 and x 40,000
+   micro-batches and at 800 devices x 200: it grows with devices, not with the run (``--pool``: only this).
 
-Run: ``.venv/bin/python bench/bench_scale.py [--quick] [--sweep-points N] [--dynamic]`` (``--quick``: smaller
-sizes, for a smoke test).
+Run: ``.venv/bin/python bench/bench_scale.py [--quick] [--sweep-points N] [--dynamic] [--plans]`` (``--quick``:
+smaller sizes, for a smoke test).
 """
 
 from __future__ import annotations
@@ -66,6 +70,48 @@ def scenario(devices: int, mb: int, servers: int, types: int = 20, counts: int =
     return {"model": {"name": "smollm2-135m", "seq_len": 128, "task": "classification", "num_labels": 2},
             "training": {"micro_batch": 4, "accumulate": 8, "buffer": 64, "split": 2},
             "servers": srv, "devices": [k for k in kinds if k["count"]]}
+
+
+def fresh_fleet(devices: int, servers: int, types: int, mb: int, seed: int) -> dict:
+    """A seeded heterogeneous fleet unlike :func:`scenario`'s: random FLOP/s (8-600 GFLOPS), links (5-300 Mbit/s,
+    1-30 ms), memory, server speeds (5-60 TFLOPS) and workers (1 or 2), and ``training.buffer`` (16-128)."""
+    import random
+
+    rng = random.Random(seed)
+    kinds = []
+    for t in range(types):
+        n = devices // types + (1 if t < devices % types else 0)
+        kinds.append({"name": f"k{t}", "count": n, "flops": f"{rng.uniform(8, 600):.0f} GFLOPS",
+                      "memory": f"{rng.choice([1.5, 2, 3, 4, 8])} GiB", "samples": 4 * mb,
+                      "uplink": {"bandwidth": f"{rng.uniform(5, 300):.0f} Mbps",
+                                 "latency": f"{rng.uniform(1, 30):.0f} ms"},
+                      "downlink": {"bandwidth": "100 Mbps", "latency": "5 ms"}})
+    srv = [{"name": f"s{k}", "flops": f"{rng.uniform(5, 60):.0f} TFLOPS", "memory": "80 GiB",
+            "count": rng.choice([1, 1, 2])} for k in range(servers)]
+    return {"model": {"name": "smollm2-135m", "seq_len": 128, "task": "classification", "num_labels": 2},
+            "training": {"micro_batch": 4, "accumulate": 8, "buffer": rng.choice([16, 32, 64, 128]), "split": 2},
+            "servers": srv, "devices": kinds}
+
+
+FRESH = [(1000, 4, 1, 20, 11), (1000, 3, 5, 20, 12), (2000, 7, 8, 30, 13), (500, 3, 3, 100, 14),
+         (5000, 7, 10, 20, 15), (3000, 16, 6, 20, 16), (800, 7, 1, 50, 17), (10000, 16, 9, 20, 18)]
+"""Fresh fleets for the planner: (devices, servers, types, micro-batches a device, seed) of :func:`fresh_fleet`."""
+
+
+def plans(path: Path, plan_big: int, fresh: bool = True) -> None:
+    """Item 3: ``python -m sfsim plan`` as a whole process on the benchmark fleets, then on :data:`FRESH`."""
+    print("3. python -m sfsim plan, whole process")
+    fleets = [(f"{d:,} devices x {s} servers, {d * mb:,} micro-batches", scenario(d, mb, s, types=12))
+              for d, s, mb in [(1000, 4, 20), (1000, 4, 200), (plan_big, 16, 20)]]
+    if fresh:
+        fleets += [(f"fresh: {d:,} devices x {s} servers, {t} type{'s' * (t > 1)}, {d * mb:,} micro-batches (seed {seed})",
+                    fresh_fleet(d, s, t, mb, seed)) for d, s, t, mb, seed in FRESH]
+    for label, data in fleets:
+        path.write_text(yaml.safe_dump(data))
+        wall, cpu, _, out = whole_process(["plan", "--devices", str(path)])
+        got = next((ln.strip() for ln in out if ln.startswith("total time")), "")
+        gap = next((ln.strip() for ln in out if ln.startswith("lower bound")), "")
+        print(f"   {label}: {wall:.2f} s wall, {cpu:.2f} s CPU; {got}; {gap}", flush=True)
 
 
 def whole_process(args: list[str]) -> tuple[float, float, float, list[str]]:
@@ -138,6 +184,31 @@ def dynamic_rates(sizes: list[tuple[int, int]]) -> None:
               f"({fast_ms:.3f} s simulated)", flush=True)
 
 
+def pool_memory() -> None:
+    """Item 6: peak traced memory of fast ``pool`` replays, short and long runs and a wide fleet."""
+    import tracemalloc
+
+    from sfsim.engine.pool import DeviceTimes, ServerTimes
+    from sfsim.schedules import Job
+
+    cfg = ReplayConfig(buffer=4, accumulate=2, decompose=True, policy="pool", seed=7)
+
+    def job(devices, mb):
+        devs = [DeviceTimes(f"d{i}", 0, mb, f=0.01 * (1 + i % 3), up_s=0.02, up_l=0.001, srv_f=0.004, srv_b=0.006,
+                            srv_w=0.002, act_bytes=1e5) for i in range(devices)]
+        return Job(devs, [ServerTimes("s", 2, 0.001)])
+
+    replay(job(2, 3), cfg)  # load the compiled kernel (not measured)
+    print("6. pool policy, fast path: peak traced memory of one replay (tracemalloc)")
+    for devices, mb in [(8, 200), (8, 40_000), (800, 200)]:
+        j = job(devices, mb)
+        tracemalloc.start()
+        _, makespan = replay(j, cfg)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"   {devices:,} devices x {mb:,} micro-batches: {peak / 1024:,.1f} KiB ({makespan:,.1f} s simulated)")
+
+
 def run_engine(job) -> float:
     """The SimPy engine's makespan of ``job``."""
     engine = Engine()
@@ -160,7 +231,16 @@ def main() -> None:
     ap.add_argument("--schedule", choices=["splitlora", "fedlora", "cenlora"],
                     help="only the micro-batches/s of this baseline, fast vs SimPy (sfsim.fast.replay.rates)")
     ap.add_argument("--dynamic", action="store_true", help="only the dynamic network's micro-batches/s (item 5)")
+    ap.add_argument("--plans", action="store_true", help="only the planner's times and gaps (item 3)")
+    ap.add_argument("--pool", action="store_true", help="only the pool policy's memory (item 6)")
     args = ap.parse_args()
+    if args.pool:
+        pool_memory()
+        return
+    if args.plans:
+        with tempfile.TemporaryDirectory() as tmp:
+            plans(Path(tmp) / "fleet.yaml", 1000 if args.quick else 10_000, fresh=not args.quick)
+        return
     if args.dynamic:
         print("5. micro-batches/s on the dynamic network (bench_engine.py fleet, 4 servers, buffer 64, accumulate 4)")
         dynamic_rates([(1000, 100)] if args.quick else [(1000, 100), (10_000, 100)])
@@ -178,17 +258,11 @@ def main() -> None:
         print(f"2. python -m sfsim simulate, {big:,} devices x 100 micro-batches, SplitFrozen, 4 servers: "
               f"{wall:.2f} s wall, {cpu:.2f} s CPU ({big * 100 / wall:,.0f} mb/s by wall, "
               f"{big * 100 / cpu:,.0f} by CPU), peak memory {peak:.2f} GiB\n   ({out[0] if out else ''})")
-        print("3. python -m sfsim plan, whole process")
-        for devices, servers, mb in [(1000, 4, 20), (1000, 4, 200), (plan_big, 16, 20)]:
-            path.write_text(yaml.safe_dump(scenario(devices, mb, servers, types=12)))
-            wall, cpu, _, out = whole_process(["plan", "--devices", str(path)])
-            got = next((ln.strip() for ln in out if ln.startswith("total time")), "")
-            gap = next((ln.strip() for ln in out if ln.startswith("lower bound")), "")
-            print(f"   {devices:,} devices x {servers} servers, {devices * mb:,} micro-batches: {wall:.2f} s wall, "
-                  f"{cpu:.2f} s CPU; {got}; {gap}")
+        plans(path, plan_big, fresh=not args.quick)
         sweep(path, args.sweep_points, 10 if args.quick else 1000)
     print("5. micro-batches/s on the dynamic network (bench_engine.py fleet, 4 servers, buffer 64, accumulate 4)")
     dynamic_rates([(1000, 100)] if args.quick else [(1000, 100), (10_000, 100)])
+    pool_memory()
 
 
 def sweep(path: Path, points: int, devices: int) -> None:

@@ -42,7 +42,7 @@ def plan(devices, schedule, objective, deadline, tie_tolerance, min_device_layer
 
     Without -o nothing is written; the last line says how to save the plan.
     """
-    # the planner pulls in scipy.optimize (~0.9 s): only this command pays for it
+    # the planner pulls in HiGHS (highspy) and its search: only this command pays for them
     from sfsim.planner import plan as make_plan
     from sfsim.planner.codecs import choose_codec
 

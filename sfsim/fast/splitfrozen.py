@@ -150,7 +150,7 @@ def run(D, N, server, cfg, sequential: bool, devices: list, paced: tuple, flight
 
 
 def pool_args(devices: list, N: np.ndarray, cfg, sequential: bool, words: int) -> tuple:
-    """The ``pool`` policy's kernel arguments (:mod:`sfsim.fast.pool`): ``words`` random words, activation bytes
+    """The ``pool`` policy's kernel arguments (:mod:`sfsim.fast.pool`): its seeded random generator, activation bytes
     and (capacity, each device's limit, credits held) as :class:`sfsim.engine.pool.ServerPool` sets them."""
     m = N.shape[1]
     if cfg.policy != "pool":
@@ -166,7 +166,7 @@ def pool_args(devices: list, N: np.ndarray, cfg, sequential: bool, words: int) -
     else:  # the widest activation decides how many fit
         capacity = pool_capacity(cfg.pool_memory, max(d.act_bytes for d, n in zip(devices, N[_N], strict=True) if n))
     act = np.array([d.act_bytes for d in devices], np.float64)
-    return pool.words(cfg.seed, words), act, np.array([capacity, limit, total], np.int64)
+    return pool.state(cfg.seed), act, np.array([capacity, limit, total], np.int64)  # ``words``: drawn as needed
 
 
 def replay_job(job, cfg, sequential: bool) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:

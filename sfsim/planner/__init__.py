@@ -20,6 +20,14 @@ How it works (each step its own module):
 4. Replays run on the exact fast path (:mod:`sfsim.fast`) where it covers the run, so the replay
    budget is larger there; fleets with few enough plans (:mod:`~sfsim.planner.exhaustive`, up to
    ``EXHAUSTIVE_PLANS``) have every plan replayed, and the fastest of all is taken.
+5. Where the fast path replays servers one by one (:mod:`~sfsim.planner.servers`: static network,
+   no backhaul sync, a policy that needs no device names or seed), a plan's makespan is the largest
+   of its servers' replays (the same figure), and a search on them follows: starts that cap every
+   device's period (on a server whose credits are busy the longest-period devices finish last,
+   which the fluid model does not see), then moves on the slowest server (a group's cut one block
+   up or down, the longest-period groups down together, a share of a group to a lightly loaded
+   server), each judged by replaying the one or two servers it touches. Its linear programs are
+   solved by HiGHS (:mod:`~sfsim.planner.program`).
 
 Objectives: ``time`` (the default) takes the fastest plan, then lets time ties go to the devices'
 batteries: among plans within ``tie_tolerance`` (0.5 %) of the fastest makespan it takes the one

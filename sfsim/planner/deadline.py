@@ -32,10 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import LinearConstraint, milp
 
 from sfsim.planner.fluid import Group, estimate
 from sfsim.planner.model import StageTable
+from sfsim.planner.program import solve
 from sfsim.planner.refine import merge, nearby_plans, neighbours
 from sfsim.planner.search import MIP_GAP
 
@@ -143,12 +143,11 @@ def cheapest_at(table: StageTable, cost: Cost, fluid_deadline: float) -> list[Gr
     a_srv[j, np.arange(P)] = comp
     a_srv[nJ + j, np.arange(P)] = cred
     counts = np.array([info.count for info in table.types], dtype=float)
-    res = milp(obj, constraints=[LinearConstraint(a_type, counts, counts),
-                                 LinearConstraint(a_srv, -np.inf, fluid_deadline)],
-               integrality=np.ones(P), bounds=(np.zeros(P), counts[t]), options={"mip_rel_gap": MIP_GAP})
-    if res.x is None:
+    got = solve(obj, np.vstack([a_type, a_srv]), np.concatenate([counts, np.full(2 * nJ, -np.inf)]),
+                np.concatenate([counts, np.full(2 * nJ, fluid_deadline)]), counts[t], np.ones(P, bool), MIP_GAP)
+    if got is None:
         return None
-    x = np.round(res.x)
+    x = np.round(got)
     return merge([Group(int(t[i]), int(table.cuts[k[i]]), int(j[i]), int(x[i])) for i in range(P) if x[i] > 0])
 
 

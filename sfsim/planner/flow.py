@@ -27,6 +27,7 @@ from sfsim.planner.model import (
 from sfsim.planner.refine import merge, nearby_plans, polish, refine
 from sfsim.planner.report import Comparison, Row, bottleneck_words, format_result, rows_for
 from sfsim.planner.search import candidates, fixed_cut, lower_bound, rank_uniform_cuts, reassigned
+from sfsim.planner.servers import BUDGET, ServerSim, improve
 from sfsim.scenario.planfile import Plan
 from sfsim.units import format_quantity
 
@@ -170,18 +171,39 @@ class PlanResult:
 
 
 class Replay:
-    """Replays grouped plans with :func:`sfsim.simulate`, remembering each plan's makespan and server ends."""
+    """Replays grouped plans with :func:`sfsim.simulate`, remembering each plan's makespan and server ends.
 
-    def __init__(self, scenario, schedule: str, table: StageTable):
-        self.scenario, self.schedule, self.table = scenario, schedule, table
+    With ``sim`` (:class:`~sfsim.planner.servers.ServerSim`), a plan's makespan alone comes from its
+    servers' replays (the same figure, without building the whole run); its device FLOPs and joules
+    (:meth:`score`) still from :func:`sfsim.simulate`.
+    """
+
+    def __init__(self, scenario, schedule: str, table: StageTable, sim: ServerSim | None = None):
+        self.scenario, self.schedule, self.table, self.sim = scenario, schedule, table, sim
         self.cache: dict[tuple, Score] = {}
+        self.quick: dict[tuple, float] = {}  # plan -> makespan from server replays
         self.ends: dict[tuple, dict[str, float]] = {}  # plan -> server -> when its last op ends
         self.runs = 0  # simulator runs so far, or budgeted as such (see server_ends)
         self.seconds = 0.0  # spent in them
 
     def __call__(self, groups: list[Group]) -> float:
         """The simulator's makespan for ``groups``."""
-        return self.score(groups).makespan_s
+        if self.sim is None:
+            return self.score(groups).makespan_s
+        key = tuple(merge(groups))
+        if key in self.cache:
+            return self.cache[key].makespan_s
+        if key not in self.quick:
+            t0 = time.perf_counter()
+            self.quick[key] = float(self.sim.ends(groups).max())
+            self.seconds += time.perf_counter() - t0
+            self.runs += 1
+        return self.quick[key]
+
+    @property
+    def simulated(self) -> int:
+        """How many distinct plans were replayed."""
+        return len(self.cache.keys() | self.quick.keys())
 
     def score(self, groups: list[Group]) -> Score:
         """The simulator's makespan, device FLOPs and device joules for ``groups`` (cached)."""
@@ -280,10 +302,11 @@ def _reassign(replay: Replay, tries: list[list[Group]], groups: list[Group], mak
     """The fastest in the simulator of ``groups`` (replayed: ``makespan``) and ``tries``, other
     assignments of its and the best analytic starts' cut choices (:func:`search.reassigned`).
 
-    On the fast path these replays are outside the budget (a 10,000-device replay takes well under
-    a second, and the budget there affords only the plan itself); on the SimPy engine they spend it.
+    On the fast path without server replays these replays are outside the budget (a 10,000-device
+    replay takes well under a second, and the budget there affords only the plan itself); on the
+    SimPy engine, and where the search on server replays follows, they spend it.
     """
-    fast = _fast(replay.scenario, replay.table)
+    fast = _fast(replay.scenario, replay.table) and replay.sim is None
     before = replay.runs
     for g in tries:
         if not fast and replay.runs >= runs:
@@ -364,7 +387,8 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     t0 = time.perf_counter()
     schedule, table, lb, cm = _prepare(scenario, schedule, objective, min_device_layers, min_lora_layers,
                                        cost_model, deadline, tie_tolerance)
-    replay = Replay(scenario, schedule, table)
+    sim = ServerSim.covering(scenario, cm, table, schedule) if _fast(scenario, table) else None
+    replay = Replay(scenario, schedule, table, None if sim is None or sim.closing else sim)
     total = sum(t.count * t.sent for t in table.types)
     # long runs: the comparison lines come from the fluid model and only the plan itself is replayed
     simulate_refs = total <= COMPARE_MICRO_BATCHES
@@ -374,6 +398,7 @@ def plan(scenario, schedule: str = "splitfrozen", objective: str = "time", min_d
     uniform = {k: g for k in ks if (g := fixed_cut(table, k)) is not None}
     refs = _references(replay, uniform, tops=2 if runs >= 8 else 1, simulate=simulate_refs)
     groups, makespan = _exact(replay, cm, *_search(replay, uniform, runs, verify, refine_budget, total))
+    groups, makespan = _by_servers(replay, sim, groups, makespan)
     sims = [(m, k) for _, k, m in refs if m is not None] if simulate_refs else []
     if sims and min(sims)[0] < makespan:  # never worse than the best single global cut
         makespan, k = min(sims)
@@ -400,6 +425,18 @@ def _runs(scenario, table: StageTable, total: int) -> int:
     if not _fast(scenario, table):
         return SIM_MICRO_BATCHES // max(total, 1)
     return FAST_REPLAY_BUDGET // (total + FAST_DEVICE_COST * sum(t.count for t in table.types))
+
+
+def _by_servers(replay: Replay, sim: ServerSim | None, groups: list[Group], makespan: float) -> tuple[list[Group], float]:
+    """The plan improved by server replays (:func:`sfsim.planner.servers.improve`); kept only if a whole
+    replay finds it faster (not counted as a run: the replay budget, and the plan, stay as without it)."""
+    if sim is None:
+        return groups, makespan
+    got, _ = improve(sim, groups, BUDGET)
+    before = replay.runs
+    m = replay.score(got).makespan_s
+    replay.runs = before
+    return (got, m) if m < makespan * (1 - 1e-9) else (groups, makespan)
 
 
 def _exact(replay: Replay, cm, groups: list[Group], makespan: float) -> tuple[list[Group], float]:
@@ -447,7 +484,7 @@ def _result(scenario, table: StageTable, replay: Replay, groups: list[Group], ch
         estimate_s=est.makespan_s, bottleneck=bottleneck_words(table, est, makespan), lower_bound_s=bound,
         gap=None if bound is None else makespan / bound - 1 if bound > 0 else 0.0, rows=rows_for(table, groups),
         comparisons=comparisons, scenario=scenario.source, model=scenario.arch.name,
-        replay_s=replay.seconds, simulated=len(replay.cache), lora_layers=scenario.arch.n_layers - table.lora_start,
+        replay_s=replay.seconds, simulated=replay.simulated, lora_layers=scenario.arch.n_layers - table.lora_start,
         lora_fixed=scenario.training.lora_start is not None, device_flop=chosen.device_flop,
         device_j=chosen.device_j, dynamic=table.dynamic)
 

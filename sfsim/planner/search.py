@@ -7,7 +7,7 @@ cuts with ``fin <= T``, the one that leaves the server the least work (the large
 block moved to the device is a frozen forward the server no longer runs); mixing cuts within a
 (type, server) never lowers either term. What is left is assigning the devices of each type to
 servers so that the busiest server's load is smallest: an integer program with one integer count
-per (type, server) pair (``scipy.optimize.milp``, tiny: types x servers variables). The load at T
+per (type, server) pair (HiGHS, :mod:`sfsim.planner.program`; tiny: types x servers variables). The load at T
 can only fall as T grows (more cuts become usable), so ``max(T, load(T))`` is minimised where the
 two cross: a binary search over the sorted distinct ``fin`` values finds it with O(log(types x cuts
 x servers)) integer programs (a step whose rounded linear relaxation already clears its threshold
@@ -19,11 +19,13 @@ benchmark than a dozen tiny programs.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
-from scipy.optimize import LinearConstraint, milp
 
 from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
+from sfsim.planner.program import solve
 
 MIP_GAP = 1e-3
 """Relative optimality gap the assignment integer program stops at."""
@@ -142,16 +144,15 @@ def _program(cost: np.ndarray, cred: np.ndarray, usable: np.ndarray, counts: np.
     a_srv[pairs[:, 1], np.arange(P)] = c_pair
     a_srv[nJ + pairs[:, 1], np.arange(P)] = q_pair
     a_srv[:, P] = -1.0
-    cons = [LinearConstraint(a_type, counts, counts), LinearConstraint(a_srv, -np.inf, 0.0)]
     ub = np.concatenate([counts[pairs[:, 0]], [np.inf]])
-    integ = np.concatenate([np.full(P, 1 if integral else 0), [0]])
+    integ = np.concatenate([np.full(P, integral), [False]])
     # A 0.1% optimality gap is far below what the fluid model can resolve and keeps HiGHS fast on
     # min-max problems, whose many symmetric optima are slow to prove.
-    res = milp(obj, constraints=cons, integrality=integ, bounds=(np.zeros(P + 1), ub),
-               options={"mip_rel_gap": MIP_GAP, "node_limit": MIP_NODES})
-    if res.x is None:
+    got = solve(obj, np.vstack([a_type, a_srv]), np.concatenate([counts, np.full(2 * nJ, -np.inf)]),
+                np.concatenate([counts, np.zeros(2 * nJ)]), ub, integ if integral else None, MIP_GAP, MIP_NODES)
+    if got is None:
         return None
-    x = np.round(res.x[:P]) if integral else res.x[:P]
+    x = np.round(got[:P]) if integral else got[:P]
     n = np.zeros((nT, nJ))
     n[pairs[:, 0], pairs[:, 1]] = x
     return _busiest(usable, cost, cred, n), n
@@ -439,22 +440,32 @@ def reassigned(table: StageTable, groups: list[Group], rules: tuple[str, ...] = 
             r = _program(cost, cred, usable, counts, False)
             n = None if r is None else _round(table, usable, r[1])
         else:
-            n = _least_loaded(usable, cost, cred, counts)
+            n = least_loaded(usable, cost, cred, counts)
         if n is not None:
             out.append(to_groups(table, kk, n))
     return out
 
 
-def _least_loaded(usable: np.ndarray, cost: np.ndarray, cred: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def least_loaded(usable: np.ndarray, cost: np.ndarray, cred: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Counts (types, servers): devices placed one at a time, dearest type first, each on the usable
-    server whose busiest resource (compute or credits) is then lowest."""
+    server whose busiest resource (compute or credits) is then lowest (the first such server on ties).
+
+    Within a type only the server that took the last device changes its key, so a heap keyed by
+    (busiest resource after one more device, server) gives each choice in O(log servers).
+    """
     c, q = np.where(usable, cost, 0.0), np.where(usable, cred, 0.0)
     n = np.zeros_like(c)
-    comp, hold = np.zeros(c.shape[1]), np.zeros(c.shape[1])
+    nJ = c.shape[1]
+    comp, hold = [0.0] * nJ, [0.0] * nJ
     for t in sorted(range(len(c)), key=lambda t: -np.max(np.maximum(c[t], q[t]))):
+        ct, qt = c[t].tolist(), q[t].tolist()
+        heap = [(max(comp[j] + ct[j], hold[j] + qt[j]), j) for j in range(nJ) if usable[t, j]]
+        heapq.heapify(heap)
         for _ in range(int(counts[t])):
-            j = int(np.argmin(np.where(usable[t], np.maximum(comp + c[t], hold + q[t]), np.inf)))
+            j = heapq.heappop(heap)[1] if heap else 0
             n[t, j] += 1
-            comp[j] += c[t, j]
-            hold[j] += q[t, j]
+            comp[j] += ct[j]
+            hold[j] += qt[j]
+            if usable[t, j]:
+                heapq.heappush(heap, (max(comp[j] + ct[j], hold[j] + qt[j]), j))
     return n
