@@ -2,9 +2,41 @@
 
 The fast path's kernels are written in the subset of Python that numba compiles, so they run (slowly,
 but with the same figures) without it. ``COMPILED`` says which one this process uses.
+
+Compiled kernels are cached on disk. numba checks a cached kernel against its own file only, while a
+kernel carries the code of every helper it inlines or calls from the other files of this package; so
+the cache lives in a folder named after a digest of all of this package's sources
+(:func:`cache_dir`): any edit here compiles afresh instead of running stale code. ``NUMBA_CACHE_DIR``,
+when set, is used as given.
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def cache_dir(here: Path = HERE) -> Path:
+    """``<here>/__pycache__/numba-<digest>``: the digest covers every ``.py`` file of package ``here``."""
+    digest = hashlib.sha1()
+    for src in sorted(here.glob("*.py")):
+        digest.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
+    return here / "__pycache__" / f"numba-{digest.hexdigest()[:16]}"
+
+
+def _prune(keep: Path) -> None:
+    """Remove the caches of earlier sources, and numba's own beside the files from before this scheme
+    (best effort: a read-only install keeps them)."""
+    for old in keep.parent.glob("numba-*"):
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for old in keep.parent.glob("*.nb[ic]"):
+        old.unlink(missing_ok=True)
+
 
 try:
     import numba
@@ -12,6 +44,11 @@ except ImportError:  # pragma: no cover - numba is a core dependency; this keeps
     numba = None
 
 COMPILED = numba is not None
+if COMPILED and not os.environ.get("NUMBA_CACHE_DIR"):
+    CACHE = cache_dir()
+    numba.config.CACHE_DIR = str(CACHE)  # read by numba's cache locator at each compile
+    if not CACHE.exists():
+        _prune(CACHE)
 
 
 def njit(fn):

@@ -1,7 +1,7 @@
 """Compile the fast path's kernels ahead of a user's first run: ``python -m sfsim.fast.warm``.
 
 numba compiles each kernel the first time it is called and caches the machine code on disk
-(``sfsim/fast/__pycache__``, or ``NUMBA_CACHE_DIR``), so only the first ``simulate`` or ``plan`` after an
+(a folder of ``sfsim/fast/__pycache__`` named after its sources' digest, :mod:`sfsim.fast.jit`; or ``NUMBA_CACHE_DIR``), so only the first ``simulate`` or ``plan`` after an
 install pays for it: about a minute of one core for the SplitFrozen kernel. ``make setup`` runs this
 module, so that the README's first command plans in seconds. It replays a small scenario written here
 (two servers, a varying uplink, a pausing and a dropping device) through every schedule's fast path and
