@@ -135,9 +135,9 @@ def test_fedlora_availability_and_handover(availability, handover, seeds):
 
 def test_lazy_rates_drawn_further(monkeypatch):
     """Lazy channels first drawn to 0.5 s: every replay passes the horizon, is replayed further, and still equals SimPy."""
-    from sfsim.fast import netrate, splitlora
+    from sfsim.fast import rates, splitlora
 
-    monkeypatch.setattr(netrate, "HORIZON", 0.5)
+    monkeypatch.setattr(rates, "HORIZON", 0.5)
     monkeypatch.setattr(splitlora, "GUESS", 0.0)
     assert check_dynamic("splitlora", range(40), False) == 40
     assert check_dynamic("fedlora", range(40), True, True) == 40

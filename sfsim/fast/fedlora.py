@@ -19,7 +19,7 @@ device leaves every barrier it has not uploaded to when it drops; its rounds mov
 server's FedAvg group at a handover), so the rounds run on an engine with the SimPy schedule's own
 ``FedGroup``, ``Membership`` and transfers, the same events in the same order; what is compiled is
 each round's local work (:func:`_local_net`: every op integrates the device's availability with
-:mod:`sfsim.fast.netrate`), which is where the SimPy schedule spends its time per micro-batch.
+:mod:`sfsim.fast.rates`), which is where the SimPy schedule spends its time per micro-batch.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import math
 import numpy as np
 
 from sfsim.engine.core import Engine, FifoLane
-from sfsim.fast import netrate
+from sfsim.fast import rates
 from sfsim.fast.jit import njit
-from sfsim.fast.netrate import may_stall
+from sfsim.fast.rates import may_stall
 from sfsim.fast.splitlora import DYNAMIC, STALLS
 from sfsim.network.legs import span
 from sfsim.schedules import fedlora as fl
@@ -139,7 +139,7 @@ def uncovered(net, job) -> str | None:
         return DYNAMIC
     if any(may_stall(leg.rate) or may_stall(leg.down) for m in motions.values() for leg in m.legs):
         return STALLS
-    if not all(netrate.knows(m.pause) for m in motions.values()):
+    if not all(rates.knows(m.pause) for m in motions.values()):
         return DYNAMIC
     return None
 
@@ -203,8 +203,8 @@ def _rounds(job, cfg, members: list[int], D, N, per: int, aggregate: float) -> t
 
 # -- availability and handover: the SimPy schedule's rounds and membership, each round's local work compiled --
 @njit
-def _local_net(D, N, R, pause, i, first, last, accumulate, t, stop):
-    """:func:`_local` for a device that pauses offline (rate row ``pause``, -1: none) or leaves at ``stop``.
+def _local_net(D, N, P, pause, i, first, last, accumulate, t, stop):
+    """:func:`_local` for a device that pauses offline (node ``pause`` of program ``P``, -1: none) or leaves at ``stop``.
 
     Returns (end, micro-batches done, steps done, start of the op that outlasts the device, or -1.0 when none
     does); each op is ``sfsim.schedules.fedlora._compute``.
@@ -228,7 +228,7 @@ def _local_net(D, N, R, pause, i, first, last, accumulate, t, stop):
             if plain:
                 t = t + dur
             else:
-                end = t + netrate.span(R, pause, t, dur)
+                end = t + rates.span(P, pause, t, dur, 1.0)
                 if end > stop or end == math.inf:
                     return t, done, steps, t
                 t = end
@@ -243,19 +243,20 @@ class _Pause:
     """A device's availability as the kernels read it, drawn further when a round passes the horizon."""
 
     def __init__(self, m):
-        self.m, self.horizon, self.R, self.row = m, netrate.HORIZON, None, -1
+        self.m, self.horizon, self.P, self.node = m, rates.HORIZON, None, -1
         self._draw()
 
     def _draw(self) -> None:
-        table = netrate.Table(self.horizon)
-        self.row = table.add(self.m.pause)
-        self.R = table.arrays()
+        prog = rates.Program()
+        self.node = prog.add(self.m.pause)
+        prog.draw_all(self.horizon)
+        self.P = prog.arrays()
 
     def local(self, D, N, i, first, last, accumulate, t):
         """:func:`_local_net` of this device, replayed further until no op passes the horizon."""
         while True:
-            out = _local_net(D, N, self.R, self.row, i, first, last, accumulate, t, self.m.stop)
-            if not self.R[6][0]:
+            out = _local_net(D, N, self.P, self.node, i, first, last, accumulate, t, self.m.stop)
+            if not rates.stuck(self.P):
                 return out
             self.horizon *= 2.0
             self._draw()

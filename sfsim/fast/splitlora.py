@@ -12,7 +12,7 @@ schedule holds each epoch's order).
 
 On the dynamic network without handovers (:func:`uncovered`: one leg per client) the three
 primitives follow :mod:`sfsim.network.legs` as ``Server._device_net``, ``_up_net`` and ``_down_net``
-do: every transfer integrates its leg's rate (:mod:`sfsim.fast.netrate`, the same floats); under
+do: every transfer integrates its leg's rate (:mod:`sfsim.fast.rates`, the same floats); under
 ``churn: pause`` compute and links progress only while the client is online; a client that drops,
 or whose windows end with work left, is gone from the first op that would outlast it (its later
 turns are skipped, FedAvg averages the uploads that arrive). The clients' motions are left as the
@@ -21,7 +21,7 @@ SimPy run leaves them (``done``, ``sent``, radio seconds, ``gone``).
 State in arrays (numba passes them to helpers): ``D`` (float per client, :data:`_ROWS`), ``N``
 (n, per_epoch), ``C`` (float client state: free, up_free, down_free, arrival, busy, up and down
 bytes), ``CI`` (int client state: next, mb, since_step, left, unissued, todo), ``R`` (the rates and the
-clients' network state, :func:`network_arrays`), ``SF`` (server free,
+clients' network state, :func:`network_arrays`: the rates' program, NC and NI), ``SF`` (server free,
 end, busy, step, aggregate) and ``SI`` (steps, window, accumulate, fedavg_every, decompose, relay).
 """
 
@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from sfsim.engine.pacing import FIXED_ORDERS
-from sfsim.fast import mixing, netrate
+from sfsim.fast import mixing, rates
 from sfsim.fast.jit import njit
 
 _ROWS = ("f", "b", "w", "step", "warmup", "last", "up_s", "up_l", "down_s", "down_l", "sync_up_s", "sync_down_s",
@@ -104,21 +104,21 @@ def _begin(NC, NI, c, t):
 @njit
 def _outlasts(R, c, t, end):
     """True, and the client is gone from then on, when what runs from ``t`` to ``end`` outlasts it."""
-    NC, NI = R[7], R[8]
+    NC, NI = R[1], R[2]
     if end <= NC[_STOP, c] and end < math.inf:
         return False
     NI[_LOST, c] = 1
-    NC[_GONE, c] = NC[_STOP, c] if NC[_STOP, c] < math.inf else netrate.gone_at(R, NI[_R_AVAIL, c], t)
+    NC[_GONE, c] = NC[_STOP, c] if NC[_STOP, c] < math.inf else rates.gone_at(R[0], NI[_R_AVAIL, c], t)
     return True
 
 
 @njit
 def _device_net(SF, C, R, c, t, dur, w):
-    NC, NI = R[7], R[8]
+    NC, NI = R[1], R[2]
     if NI[_LOST, c]:
         return t
     t = _begin(NC, NI, c, t)
-    end = t + (dur if NI[_R_PAUSE, c] < 0 else netrate.span(R, NI[_R_PAUSE, c], t, dur))
+    end = t + (dur if NI[_R_PAUSE, c] < 0 else rates.span(R[0], NI[_R_PAUSE, c], t, dur, 1.0))
     if _outlasts(R, c, t, end):
         return t
     C[_BUSY, c] += dur
@@ -130,15 +130,15 @@ def _device_net(SF, C, R, c, t, dur, w):
 
 @njit
 def _up_net(SF, C, R, c, t, dur, nbytes, mb):
-    NC, NI = R[7], R[8]
+    NC, NI = R[1], R[2]
     if NI[_LOST, c]:
         return -math.inf
     start = _begin(NC, NI, c, max(t, C[_UP_FREE, c]))
-    secs = netrate.span_at(R, NI[_R_UP, c], start, dur, NC[_BW_UP, c])
+    secs = rates.span_at(R[0], NI[_R_UP, c], start, dur, NC[_BW_UP, c])
     if _outlasts(R, c, start, start + secs):
         return -math.inf
     C[_UP_FREE, c] = start + secs
-    NC[_SEND_S, c] += netrate.online(R, NI[_R_PAUSE, c], start, start + secs)
+    NC[_SEND_S, c] += rates.online(R[0], NI[_R_PAUSE, c], start, start + secs)
     if mb:
         NI[_SENT, c] += 1
     C[_UP, c] += nbytes
@@ -148,15 +148,15 @@ def _up_net(SF, C, R, c, t, dur, nbytes, mb):
 
 @njit
 def _down_net(SF, C, R, c, t, dur, nbytes):
-    NC, NI = R[7], R[8]
+    NC, NI = R[1], R[2]
     if NI[_LOST, c]:
         return t
     start = _begin(NC, NI, c, max(t, C[_DOWN_FREE, c]))
-    secs = netrate.span_at(R, NI[_R_DOWN, c], start, dur, NC[_BW_DOWN, c])
+    secs = rates.span_at(R[0], NI[_R_DOWN, c], start, dur, NC[_BW_DOWN, c])
     if _outlasts(R, c, start, start + secs):
         return t
     C[_DOWN_FREE, c] = start + secs
-    NC[_RECV_S, c] += netrate.online(R, NI[_R_PAUSE, c], start, start + secs)
+    NC[_RECV_S, c] += rates.online(R[0], NI[_R_PAUSE, c], start, start + secs)
     C[_DOWN, c] += nbytes
     SF[_END] = max(SF[_END], start + secs + NC[_LAT_DOWN, c])
     return start + secs + NC[_LAT_DOWN, c]
@@ -254,7 +254,7 @@ def _fedavg(SF, C, CI, D, R):
 def _passed(R):
     """True when a rate was asked past its horizon: the replay is void, stop it (never on constant links)."""
     if R is not None:
-        return R[6][0] != 0
+        return rates.stuck(R[0])
     return False
 
 
@@ -416,68 +416,71 @@ def layout(clients: list) -> tuple[np.ndarray, np.ndarray]:
     return D, N
 
 
-def network_arrays(motions: list, table: netrate.Table) -> tuple:
-    """``R`` for the kernel: the rates of ``table`` and the clients' network state.
+def network_arrays(motions: list, horizon: float) -> tuple:
+    """``R`` for the kernel: the clients' rates (a :class:`~sfsim.fast.rates.Program`, drawn to ``horizon``
+    seconds) and their network state NC, NI.
 
     ``motions``: each client's :class:`~sfsim.network.legs.Motion` (one leg; its figures start from
     what it holds, so the sums run on as in the SimPy run).
     """
     m = len(motions)
+    prog = rates.Program()
     NC, NI = np.zeros((9, m)), np.full((8, m), -1, np.int64)
     for c, mo in enumerate(motions):
         leg = mo.legs[0]
         NC[:, c] = (leg.bandwidth, leg.down_bw, leg.up_l, leg.down_l, mo.start, mo.stop, mo.send_s, mo.recv_s,
                     mo.gone)
         NI[:3, c] = (0, mo.done, mo.sent)
-        NI[3:7, c] = (table.add(leg.up_rate(mo.pause)), table.add(leg.down_rate(mo.pause)), table.add(mo.pause),
-                      table.add(mo.avail))
+        NI[3:7, c] = (prog.add(leg.up_rate(mo.pause)), prog.add(leg.down_rate(mo.pause)), prog.add(mo.pause),
+                      prog.add(mo.avail))
         NI[_DROPS, c] = mo.churn == "drop" and mo.avail is not None
-    return (*table.arrays(), NC, NI)
+    prog.draw_all(horizon)
+    return prog.arrays(), NC, NI
 
 
 def uncovered(net, job) -> str | None:
     """Why the kernel cannot replay this dynamic network (one line), or None: one leg per device on its server,
-    rates the kernels know (:func:`sfsim.fast.netrate.knows`), no link that may stall for good."""
+    rates the kernels know (:func:`sfsim.fast.rates.knows`), no link that may stall for good."""
     if getattr(net, "motions", None) is None:
         return DYNAMIC
     for i, m in net.motions.items():
         leg = m.legs[0]
         if len(m.legs) != 1 or leg.server != job.devices[i].server:
             return MOVES
-        if netrate.may_stall(leg.rate) or netrate.may_stall(leg.down):
+        if rates.may_stall(leg.rate) or rates.may_stall(leg.down):
             return STALLS
-        if not all(netrate.knows(r) for r in (leg.up_rate(m.pause), leg.down_rate(m.pause), m.avail)):
+        if not all(rates.knows(r) for r in (leg.up_rate(m.pause), leg.down_rate(m.pause), m.avail)):
             return DYNAMIC
     return None
 
 
 GUESS = 1.5
-"""Lazy rates are first drawn to this many times a server's run on constant links."""
+"""Drawn processes are first drawn to this many times a server's run on constant links."""
 DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
 MOVES = "splitlora's handovers are replayed by the SimPy engine only"
 STALLS = "a link that may stall for good (a trace ending at 0) is replayed by the SimPy engine only"
 
 
 def _server(job, cfg, k: int, clients: list[int]) -> tuple:
-    """Replay server ``k``'s clients (job indices); on the dynamic network, drawing lazy rates further until
-    no transfer passes their horizon (first guess: 1.5 x the run on constant links). Returns (C, SF, M, T, N)."""
+    """Replay server ``k``'s clients (job indices); on the dynamic network, drawing the drawn processes further
+    until no transfer passes what was drawn (first guess: 1.5 x the run on constant links). Returns (C, SF, M, T, N)."""
     net = getattr(job, "network", None)
     D, N = layout([job.devices[i] for i in clients])
     srv, kind = job.servers[k], _KINDS[FIXED_ORDERS.get(cfg.policy)]
-    horizon = 0.0  # lazy rates are drawn to GUESS x the run on constant links first (doubled while too short)
+    horizon = 0.0  # drawn processes are drawn to GUESS x the run on constant links first (doubled while too short)
     while True:
         R = None
         if net is not None and horizon:
-            R = network_arrays([net.motions[i] for i in clients], netrate.Table(horizon))
+            R = network_arrays([net.motions[i] for i in clients], horizon)
         M, T, share, counts, touched = mixing.start(N[_N])
         SF = np.array([0.0, 0.0, 0.0, srv.step, srv.aggregate])
         SI = np.array([0, 0, cfg.accumulate, cfg.fedavg_every, bool(cfg.decompose), 0], np.int64)
         C = replay_server(D, N, R, SF, SI, cfg.client_order == "sequential", kind, M, T, share, counts, touched)
-        if net is None or (R is not None and not R[6][0]):
+        if net is None or (R is not None and not rates.stuck(R[0])):
             break
-        horizon = 2.0 * horizon if horizon else max(netrate.HORIZON, GUESS * SF[_END])
+        horizon = 2.0 * horizon if horizon else max(rates.HORIZON, GUESS * SF[_END])
     if net is not None:
-        NC, NI = R[7], R[8]
+        NC, NI = R[1], R[2]
         for c, i in enumerate(clients):
             m = net.motions[i]
             m.done, m.sent, m.send_s, m.recv_s = int(NI[_DONE, c]), int(NI[_SENT, c]), float(NC[_SEND_S, c]), \
