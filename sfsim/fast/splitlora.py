@@ -41,15 +41,17 @@ _ROWS = ("f", "b", "w", "step", "warmup", "last", "up_s", "up_l", "down_s", "dow
 (_F, _B, _W, _STEP, _WARM, _LAST, _UP_S, _UP_L, _DOWN_S, _DOWN_L, _SYNC_UP, _SYNC_DOWN, _SRV_F, _SRV_B, _SRV_W,
  _UP_BYTES, _DOWN_BYTES, _SYNC_BYTES) = range(18)
 _N, _PER_EPOCH = range(2)
-_FREE, _UP_FREE, _DOWN_FREE, _ARRIVAL, _BUSY, _UP, _DOWN = range(7)  # rows of C
+_FREE, _UP_FREE, _DOWN_FREE, _ARRIVAL, _BUSY, _UP, _DOWN, _SENT_AT = range(8)  # rows of C
 _NEXT, _MB, _SINCE, _LEFT, _UNISSUED, _TODO = range(6)  # rows of CI
 _SFREE, _END, _SBUSY, _SSTEP, _AGG = range(5)  # SF
 ARRIVAL, PROPORTIONAL, ROUND_ROBIN = range(3)
 """Interleaved clients' server order: arrival order (fifo, pool) or a fixed order (:data:`FIXED_ORDERS`)."""
 _KINDS = {None: ARRIVAL, "proportional": PROPORTIONAL, "round-robin": ROUND_ROBIN}
 _STEPS, _WINDOW, _ACC, _EVERY, _DECOMPOSE, _RELAY = range(6)  # SI
-_BW_UP, _BW_DOWN, _LAT_UP, _LAT_DOWN, _START, _STOP, _SEND_S, _RECV_S, _GONE = range(9)  # NC: float, per client
-_LOST, _DONE, _SENT, _R_UP, _R_DOWN, _R_PAUSE, _R_AVAIL, _DROPS = range(8)  # NI: int, per client
+_BW_UP, _BW_DOWN, _START, _STOP, _SEND_S, _RECV_S, _GONE = range(7)  # NC: float, per client
+_LOST, _DONE, _SENT, _R_PAUSE, _R_AVAIL, _DROPS, _LEG0, _LEGS = range(8)  # NI: int, per client
+_L_UP, _L_DOWN, _L_SERVER = range(3)  # LI: int, per leg (rate nodes, server)
+_L_AT, _L_UP_L, _L_DOWN_L = range(3)  # LF: float, per leg (start, latencies)
 
 
 # -- lanes: sfsim.schedules.splitlora.Server._op, _device, _up, _down ----------------------------------------
@@ -109,7 +111,18 @@ def _outlasts(R, c, t, end):
         return False
     NI[_LOST, c] = 1
     NC[_GONE, c] = NC[_STOP, c] if NC[_STOP, c] < math.inf else rates.gone_at(R[0], NI[_R_AVAIL, c], t)
+    R[5][0] += 1  # handovers' joint loop: the servers waiting for it may go on (sfsim.fast.splitmoves)
     return True
+
+
+@njit
+def leg_at(R, c, t):
+    """The row of client ``c``'s leg holding at ``t`` (``Motion.leg_at``: a handover at exactly ``t`` holds)."""
+    NI, LF = R[2], R[4]
+    j, last = NI[_LEG0, c], NI[_LEG0, c] + NI[_LEGS, c] - 1
+    while j < last and LF[_L_AT, j + 1] <= t:
+        j += 1
+    return j
 
 
 @njit
@@ -134,16 +147,17 @@ def _up_net(SF, C, R, c, t, dur, nbytes, mb):
     if NI[_LOST, c]:
         return -math.inf
     start = _begin(NC, NI, c, max(t, C[_UP_FREE, c]))
-    secs = rates.span_at(R[0], NI[_R_UP, c], start, dur, NC[_BW_UP, c])
+    leg = leg_at(R, c, start)  # the leg holding when it starts; dur is at the first leg's bandwidth
+    secs = rates.span_at(R[0], R[3][_L_UP, leg], start, dur, NC[_BW_UP, c])
     if _outlasts(R, c, start, start + secs):
         return -math.inf
-    C[_UP_FREE, c] = start + secs
+    C[_UP_FREE, c], C[_SENT_AT, c] = start + secs, start
     NC[_SEND_S, c] += rates.online(R[0], NI[_R_PAUSE, c], start, start + secs)
     if mb:
         NI[_SENT, c] += 1
     C[_UP, c] += nbytes
-    SF[_END] = max(SF[_END], start + secs + NC[_LAT_UP, c])
-    return start + secs + NC[_LAT_UP, c]
+    SF[_END] = max(SF[_END], start + secs + R[4][_L_UP_L, leg])
+    return start + secs + R[4][_L_UP_L, leg]
 
 
 @njit
@@ -152,14 +166,15 @@ def _down_net(SF, C, R, c, t, dur, nbytes):
     if NI[_LOST, c]:
         return t
     start = _begin(NC, NI, c, max(t, C[_DOWN_FREE, c]))
-    secs = rates.span_at(R[0], NI[_R_DOWN, c], start, dur, NC[_BW_DOWN, c])
+    leg = leg_at(R, c, start)  # a handover's downlink carries what starts after it
+    secs = rates.span_at(R[0], R[3][_L_DOWN, leg], start, dur, NC[_BW_DOWN, c])
     if _outlasts(R, c, start, start + secs):
         return t
     C[_DOWN_FREE, c] = start + secs
     NC[_RECV_S, c] += rates.online(R[0], NI[_R_PAUSE, c], start, start + secs)
     C[_DOWN, c] += nbytes
-    SF[_END] = max(SF[_END], start + secs + NC[_LAT_DOWN, c])
-    return start + secs + NC[_LAT_DOWN, c]
+    SF[_END] = max(SF[_END], start + secs + R[4][_L_DOWN_L, leg])
+    return start + secs + R[4][_L_DOWN_L, leg]
 
 
 # -- one micro-batch: Server._issue, _serve, _server_step, _client_step --------------------------------------
@@ -194,13 +209,14 @@ def _client_step(SF, C, CI, D, R, c):
 
 
 @njit
-def _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched):
-    """Server F, B (gradient down), W, maybe its step; the client's B, W, maybe its step.
+def serve(SF, SI, C, CI, D, N, R, c):
+    """Server F, B (gradient down), W, maybe its step; the client's B, W, maybe its step. False: skipped.
 
-    A turn whose upload never arrived (arrival ``-inf``: the client is gone) is skipped.
+    A turn whose upload never arrived (arrival ``-inf``: the client is gone) is skipped; a served one
+    is next in the server's stream (the caller's mixing).
     """
     if C[_ARRIVAL, c] == -math.inf:
-        return
+        return False
     x = _size(D, N, c, CI[_MB, c])
     t = _op(SF, max(SF[_SFREE], C[_ARRIVAL, c]), D[_SRV_F, c] * x)
     if SI[_DECOMPOSE]:
@@ -211,7 +227,6 @@ def _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched):
         t = _op(SF, t, (D[_SRV_B, c] + D[_SRV_W, c]) * x)
         t_grad = t
     SF[_SFREE] = t
-    mixing.add(M, T, share, counts, touched, c)
     got = _down(SF, C, D, R, c, t_grad, D[_DOWN_S, c] * x, D[_DOWN_BYTES, c] * x)
     t = _device(SF, C, R, c, max(C[_FREE, c], got), D[_B, c] * x, False)
     C[_FREE, c] = _device(SF, C, R, c, t, D[_W, c] * x, True)
@@ -221,6 +236,14 @@ def _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched):
     SI[_WINDOW] += 1
     if SI[_WINDOW] == SI[_ACC]:
         _server_step(SF, SI)
+    return True
+
+
+@njit
+def _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched):
+    """:func:`serve`, the micro-batch next in the server's stream mixing."""
+    if serve(SF, SI, C, CI, D, N, R, c):
+        mixing.add(M, T, share, counts, touched, c)
 
 
 # -- adapters: Server._upload_adapters, _fedavg ----------------------------------------------------------
@@ -234,20 +257,28 @@ def _upload(SF, C, CI, D, R, c):
 
 
 @njit
-def _fedavg(SF, C, CI, D, R):
-    m = D.shape[1]
-    for c in range(m):
-        _upload(SF, C, CI, D, R, c)
+def fedavg(SF, C, CI, D, R, members, k):
+    """FedAvg over clients ``members[:k]``: each uploads, the server averages what arrives and sends it down."""
+    for q in range(k):
+        _upload(SF, C, CI, D, R, members[q])
     t = SF[_SFREE]
     came = 0
-    for c in range(m):
+    for q in range(k):
+        c = members[q]
         if C[_ARRIVAL, c] != -math.inf:
             t = max(t, C[_ARRIVAL, c])
             came += 1
     SF[_SFREE] = _op(SF, t, SF[_AGG] * came)
-    for c in range(m):
+    for q in range(k):
+        c = members[q]
         if C[_ARRIVAL, c] != -math.inf:
             _down(SF, C, D, R, c, SF[_SFREE], D[_SYNC_DOWN, c], D[_SYNC_BYTES, c])
+
+
+@njit
+def _fedavg(SF, C, CI, D, R):
+    m = D.shape[1]
+    fedavg(SF, C, CI, D, R, np.arange(m), m)
 
 
 @njit
@@ -389,7 +420,7 @@ def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touche
     links, and the compiled code has no network branch). The server's end and busy time are left in ``SF``.
     """
     m = D.shape[1]
-    C = np.zeros((7, m))
+    C = np.zeros((8, m))
     CI = np.zeros((6, m), np.int64)
     seg = np.zeros(max(1, min(SI[_EVERY] * SI[_ACC], N[_N].sum())), np.int64)  # one segment of a fixed order
     epochs = 0
@@ -418,24 +449,26 @@ def layout(clients: list) -> tuple[np.ndarray, np.ndarray]:
 
 def network_arrays(motions: list, horizon: float) -> tuple:
     """``R`` for the kernel: the clients' rates (a :class:`~sfsim.fast.rates.Program`, drawn to ``horizon``
-    seconds) and their network state NC, NI.
+    seconds), their network state NC, NI, their legs LI, LF, and a count of clients lost.
 
-    ``motions``: each client's :class:`~sfsim.network.legs.Motion` (one leg; its figures start from
-    what it holds, so the sums run on as in the SimPy run).
+    ``motions``: each client's :class:`~sfsim.network.legs.Motion` (its figures start from what it holds,
+    so the sums run on as in the SimPy run).
     """
-    m = len(motions)
+    m, n_legs = len(motions), sum(len(mo.legs) for mo in motions)
     prog = rates.Program()
-    NC, NI = np.zeros((9, m)), np.full((8, m), -1, np.int64)
+    NC, NI = np.zeros((7, m)), np.full((8, m), -1, np.int64)
+    LI, LF = np.zeros((3, max(1, n_legs)), np.int64), np.zeros((3, max(1, n_legs)))
+    row = 0
     for c, mo in enumerate(motions):
-        leg = mo.legs[0]
-        NC[:, c] = (leg.bandwidth, leg.down_bw, leg.up_l, leg.down_l, mo.start, mo.stop, mo.send_s, mo.recv_s,
-                    mo.gone)
-        NI[:3, c] = (0, mo.done, mo.sent)
-        NI[3:7, c] = (prog.add(leg.up_rate(mo.pause)), prog.add(leg.down_rate(mo.pause)), prog.add(mo.pause),
-                      prog.add(mo.avail))
-        NI[_DROPS, c] = mo.churn == "drop" and mo.avail is not None
+        NC[:, c] = (mo.legs[0].bandwidth, mo.legs[0].down_bw, mo.start, mo.stop, mo.send_s, mo.recv_s, mo.gone)
+        NI[:, c] = (0, mo.done, mo.sent, prog.add(mo.pause), prog.add(mo.avail),
+                    mo.churn == "drop" and mo.avail is not None, row, len(mo.legs))
+        for leg in mo.legs:
+            LI[:, row] = (prog.add(leg.up_rate(mo.pause)), prog.add(leg.down_rate(mo.pause)), leg.server)
+            LF[:, row] = (leg.at, leg.up_l, leg.down_l)
+            row += 1
     prog.draw_all(horizon)
-    return prog.arrays(), NC, NI
+    return prog.arrays(), NC, NI, LI, LF, np.zeros(1, np.int64)
 
 
 def uncovered(net, job) -> str | None:
