@@ -83,20 +83,20 @@ class Program:
             ts, rs = _steps(rate, kind)
             K[k] = (kind, off, len(ts), a, b)
             V[k] = (value, period)
-            times += ts
-            rates += rs
+            times.append(ts)
+            rates.append(rs)
             off += len(ts)
         need = np.full(len(self.rows) + 1, -math.inf)
-        return K, V, np.array(times + [0.0]), np.array(rates + [0.0]), need
+        return K, V, np.concatenate(times + [np.zeros(1)]), np.concatenate(rates + [np.zeros(1)]), need
 
 
-def _steps(rate: Rate, kind: int) -> tuple[list, list]:
+def _steps(rate: Rate, kind: int) -> tuple[np.ndarray, np.ndarray]:
     """The times and rates a node reads: a trace's steps, a process's drawn steps, windows' edges."""
     if kind in (STEPS, DRAWN):
-        return list(map(float, rate.times)), list(map(float, rate.rates))
+        return np.array(rate.times, np.float64), np.array(rate.rates, np.float64)
     if kind == WINDOWS:
-        return list(map(float, rate.edges)), [0.0] * len(rate.edges)
-    return [], []
+        return np.array(rate.edges, np.float64), np.zeros(len(rate.edges))
+    return np.zeros(0), np.zeros(0)
 
 
 def may_stall(rate: Rate | None) -> bool:

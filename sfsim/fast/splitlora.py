@@ -16,7 +16,8 @@ do: every transfer integrates its leg's rate (:mod:`sfsim.fast.rates`, the same 
 ``churn: pause`` compute and links progress only while the client is online; a client that drops,
 or whose windows end with work left, is gone from the first op that would outlast it (its later
 turns are skipped, FedAvg averages the uploads that arrive). The clients' motions are left as the
-SimPy run leaves them (``done``, ``sent``, radio seconds, ``gone``).
+SimPy run leaves them (``done``, ``sent``, radio seconds, ``gone``). With handovers between servers the
+servers' loops run jointly in time (:mod:`sfsim.fast.splitmoves`, on these primitives and each client's legs).
 
 State in arrays (numba passes them to helpers): ``D`` (float per client, :data:`_ROWS`), ``N``
 (n, per_epoch), ``C`` (float client state: free, up_free, down_free, arrival, busy, up and down
@@ -35,6 +36,7 @@ import numpy as np
 from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.fast import mixing, rates
 from sfsim.fast.jit import njit
+from sfsim.schedules.splitlora.moves import hands_over
 
 _ROWS = ("f", "b", "w", "step", "warmup", "last", "up_s", "up_l", "down_s", "down_l", "sync_up_s", "sync_down_s",
          "srv_f", "srv_b", "srv_w", "up_bytes", "down_bytes", "sync_bytes")
@@ -472,17 +474,19 @@ def network_arrays(motions: list, horizon: float) -> tuple:
 
 
 def uncovered(net, job) -> str | None:
-    """Why the kernel cannot replay this dynamic network (one line), or None: one leg per device on its server,
-    rates the kernels know (:func:`sfsim.fast.rates.knows`), no link that may stall for good."""
+    """Why the fast path cannot replay this dynamic network (one line), or None: with handovers to other servers
+    the joint loop (:mod:`sfsim.fast.splitmoves`), else one leg per device on its server; rates the kernels
+    know (:func:`sfsim.fast.rates.knows`), no link that may stall for good."""
     if getattr(net, "motions", None) is None:
         return DYNAMIC
+    joint = hands_over(net.motions)
     for i, m in net.motions.items():
-        leg = m.legs[0]
-        if len(m.legs) != 1 or leg.server != job.devices[i].server:
+        if not joint and (len(m.legs) != 1 or m.legs[0].server != job.devices[i].server):
             return MOVES
-        if rates.may_stall(leg.rate) or rates.may_stall(leg.down):
+        if any(rates.may_stall(leg.rate) or rates.may_stall(leg.down) for leg in m.legs):
             return STALLS
-        if not all(rates.knows(r) for r in (leg.up_rate(m.pause), leg.down_rate(m.pause), m.avail)):
+        if not all(rates.knows(r) for leg in m.legs for r in (leg.up_rate(m.pause), leg.down_rate(m.pause))) \
+                or not rates.knows(m.avail):
             return DYNAMIC
     return None
 
@@ -490,7 +494,7 @@ def uncovered(net, job) -> str | None:
 GUESS = 1.5
 """Drawn processes are first drawn to this many times a server's run on constant links."""
 DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
-MOVES = "splitlora's handovers are replayed by the SimPy engine only"
+MOVES = "splitlora's handovers that keep a device on its server are replayed by the SimPy engine only"
 STALLS = "a link that may stall for good (a trace ending at 0) is replayed by the SimPy engine only"
 
 
@@ -513,13 +517,21 @@ def _server(job, cfg, k: int, clients: list[int]) -> tuple:
             break
         horizon = 2.0 * horizon if horizon else max(rates.HORIZON, GUESS * SF[_END])
     if net is not None:
-        NC, NI = R[1], R[2]
-        for c, i in enumerate(clients):
-            m = net.motions[i]
-            m.done, m.sent, m.send_s, m.recv_s = int(NI[_DONE, c]), int(NI[_SENT, c]), float(NC[_SEND_S, c]), \
-                float(NC[_RECV_S, c])
-            m.gone = float(NC[_GONE, c])
+        fill_motions([net.motions[i] for i in clients], R)
     return C, SF, M, T, N
+
+
+def fill_motions(motions: list, R) -> None:
+    """Leave on the clients' motions what the SimPy run leaves: micro-batches done and sent, radio seconds, gone."""
+    NC, NI = R[1], R[2]
+    for c, m in enumerate(motions):
+        m.done, m.sent, m.gone = int(NI[_DONE, c]), int(NI[_SENT, c]), float(NC[_GONE, c])
+        m.send_s, m.recv_s = float(NC[_SEND_S, c]), float(NC[_RECV_S, c])
+
+
+def client_figures(C, c: int) -> dict:
+    """Client ``c``'s figures from the kernel's ``C``: device busy seconds, bytes up and down."""
+    return {"busy": float(C[_BUSY, c]), "up": float(C[_UP, c]), "down": float(C[_DOWN, c])}
 
 
 def replay(job, cfg) -> tuple[dict, dict, float]:
@@ -540,8 +552,7 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
         for i in mine:
             devices[job.devices[i].name] = {"busy": 0.0, "up": 0.0, "down": 0.0}
         for c, i in enumerate(clients):
-            devices[job.devices[i].name] = {"busy": float(C[_BUSY, c]), "up": float(C[_UP, c]),
-                                            "down": float(C[_DOWN, c])}
+            devices[job.devices[i].name] = client_figures(C, c)
         servers[job.servers[k].name] = {"busy": float(SF[_SBUSY]), "mixing": mixing.value(M, T),
                                         "total": int(N[_N].sum())}
         makespan = max(makespan, float(SF[_END]))
