@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import cenlora, dynamic, fedlora, splitfrozen, splitlora, splitmoves
+from sfsim.fast import cenlora, dynamic, fedlora, fedmoves, splitfrozen, splitlora, splitmoves
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.network.backhaul import Closed, close_epochs
 from sfsim.schedules.splitlora.moves import hands_over
@@ -149,7 +149,7 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
     elif fedlora.varying_only(net, job):
         devices, busy, makespan = fedlora.replay_varying(job, cfg)
     else:
-        devices, busy, makespan = fedlora.replay_moving(job, cfg)
+        devices, busy, makespan = fedmoves.replay(job, cfg)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:

@@ -23,9 +23,9 @@ import numpy as np
 from sfsim.fast import mixing, rates
 from sfsim.fast import splitlora as sl
 from sfsim.fast.jit import njit
+from sfsim.fast.simq import NORMAL, push, start
 
 _INIT, _SOFT, _TIMER, _WAKE, _COND, _FINAL, _EXIT = range(7)  # event kinds
-_URGENT, _NORMAL = 0, 1  # SimPy's priorities
 _TOP, _INTER, _SEG, _SEG_WAKE, _SEG_END, _ROUND, _ROUND_WAKE, _DONE_PC = range(8)  # a server's program counter
 (_PC, _RET, _ISSUED, _QUOTA, _SERVED, _CHOSEN, _WAKEP, _WAIT, _TOKEN, _TRIG, _HEAD, _TAIL, _NLEFT, _NOUT,
  _NPEND, _GEN, _FINISHED) = range(17)  # SJ: int per server
@@ -38,17 +38,11 @@ HISTORY = 4
 
 # -- SimPy's queue and wake-ups ------------------------------------------------------------------------
 @njit
-def _push(Q, CNT, t, prio, kind, a, b):
-    heapq.heappush(Q, (t, prio, CNT[_EID], kind, a, b))
-    CNT[_EID] += 1
-
-
-@njit
 def _poke(J, Q, CNT, now, k):
     """``Server.poke``: succeed the server's wake-up event if it waits on one not yet triggered."""
     if J[0][k, _WAKEP]:
         J[0][k, _WAKEP] = 0
-        _push(Q, CNT, now, _NORMAL, _WAKE, k, J[0][k, _TOKEN])
+        push(Q, CNT, now, NORMAL, _WAKE, k, J[0][k, _TOKEN])
 
 
 @njit
@@ -75,7 +69,7 @@ def _until(J, Q, CNT, now, k, t, pc):
     CNT[_TOKENS] += 1
     SJ[k, _TOKEN], SJ[k, _WAKEP], SJ[k, _WAIT], SJ[k, _TRIG], SJ[k, _PC] = CNT[_TOKENS], 1, _COND_WAIT, 0, pc
     TW[k] = t
-    _push(Q, CNT, t, _NORMAL, _TIMER, k, CNT[_TOKENS])
+    push(Q, CNT, t, NORMAL, _TIMER, k, CNT[_TOKENS])
     return True
 
 
@@ -407,7 +401,7 @@ def _top(J, K, Q, CNT, now, k):
         return False
     if not _may_join(J, K, k):
         SJ[k, _FINISHED], SJ[k, _PC] = 1, _DONE_PC
-        _push(Q, CNT, max(SF[k, sl._END], now), _NORMAL, _FINAL, k, 0)
+        push(Q, CNT, max(SF[k, sl._END], now), NORMAL, _FINAL, k, 0)
         return True
     CNT[_TOKENS] += 1  # wait until something changes
     SJ[k, _TOKEN], SJ[k, _WAKEP], SJ[k, _WAIT] = CNT[_TOKENS], 1, _IDLE_WAIT
@@ -482,12 +476,12 @@ def _event(J, K, Q, CNT, now, kind, a, b):
             _resume(J, K, Q, CNT, now, a)
         elif SJ[a, _WAIT] == _COND_WAIT and not SJ[a, _TRIG]:
             SJ[a, _TRIG] = 1  # the any_of condition triggers: the process resumes when it is processed
-            _push(Q, CNT, now, _NORMAL, _COND, a, b)
+            push(Q, CNT, now, NORMAL, _COND, a, b)
     elif kind == _COND:
         SJ[a, _WAKEP], SJ[a, _WAIT] = 0, _NO_WAIT
         _resume(J, K, Q, CNT, now, a)
     elif kind == _FINAL:
-        _push(Q, CNT, now, _NORMAL, _EXIT, a, 0)  # the process ends: SimPy schedules its own event
+        push(Q, CNT, now, NORMAL, _EXIT, a, 0)  # the process ends: SimPy schedules its own event
 
 
 @njit
@@ -498,14 +492,7 @@ def run(J, K, soft):
     too short; 3 when a server's loop did not finish; -1 when a rate was asked past what was drawn.
     """
     S = J[0].shape[0]
-    Q = [(0.0, 0, 0, 0, 0, 0)]
-    Q.pop()
-    CNT = np.zeros(5, np.int64)
-    for q in range(soft.shape[1]):
-        _push(Q, CNT, soft[0, q], _NORMAL, _SOFT, int(soft[1, q]), 0)
-        CNT[_NSOFT] += 1
-    for k in range(S):
-        _push(Q, CNT, 0.0, _URGENT, _INIT, k, 0)
+    Q, CNT = start(soft, _SOFT, np.arange(S), _INIT, 5)
     now = 0.0
     while len(Q) > CNT[_NSOFT]:
         now, _, _, kind, a, b = heapq.heappop(Q)
