@@ -530,19 +530,19 @@ def _state(job, cfg, clients: list[int], horizon: float) -> tuple:
     J = (SJ, np.zeros(S), np.zeros(m), np.zeros(max(1, m), np.int64), np.zeros(max(1, m)), per.copy(),
          np.full((S, max(1, m)), -1, np.int64), np.full((S, max(1, m)), -1, np.int64), per.copy(), per.copy(),
          np.full((S, max(1, m)), -1, np.int64), per.copy(), per.copy(), per.copy(), JC, HT, HS,
-         np.zeros(R[3].shape[1], np.int64), np.zeros((2, max(1, int(N[sl._N].sum()))), np.int64))
+         np.zeros(R[3].shape[1], np.int64), np.zeros((2, max(1, int(N[sl._N].sum()))), np.int32))  # (server, client) per mb
     return K, J, np.array(soft, np.float64).reshape(-1, 2).T.copy()
 
 
 def _mixing(job, stream: np.ndarray, clients: list[int]) -> dict:
     """Each server's stream mixing, as ``run_jointly``'s finish builds it (servers with a stream or devices)."""
-    out = {}
+    out, device = {}, np.array(clients, np.int64)
     for k, srv in enumerate(job.servers):
-        mine = [clients[c] for c in stream[1][stream[0] == k]]
-        if mine or any(d.server == k for d in job.devices):
-            totals = np.bincount(np.array(mine, np.int64), minlength=len(job.devices)).astype(np.int64)
+        mine = device[stream[1][stream[0] == k]]  # the devices of its stream, in order
+        if len(mine) or any(d.server == k for d in job.devices):
+            totals = np.bincount(mine, minlength=len(job.devices)).astype(np.int64)
             M, T, share, counts, touched = mixing.start(totals)
-            _stream(M, T, share, counts, touched, np.array(mine, np.int64))
+            _stream(M, T, share, counts, touched, mine)
             out[srv.name] = (mixing.value(M, T), int(totals.sum()))
     return out
 
