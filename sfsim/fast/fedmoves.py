@@ -21,7 +21,7 @@ import numpy as np
 from sfsim.fast import rates
 from sfsim.fast.fedlora import _local_net, layout
 from sfsim.fast.jit import njit
-from sfsim.fast.simq import NORMAL, push, start
+from sfsim.fast.simq import NORMAL, NSOFT, push, start
 
 _INIT, _RESUME, _SWITCH, _LEAVE, _AT_DONE, _DONE, _AT_OWN, _OWN, _HARD, _EXIT = range(10)  # event kinds
 _BEGIN, _UP, _ARRIVE, _DOWN, _NEXT, _OVER = range(6)  # a device's program counter
@@ -30,7 +30,7 @@ _BEGIN, _UP, _ARRIVE, _DOWN, _NEXT, _OVER = range(6)  # a device's program count
 _START, _STOP, _GONE, _SEND_S, _RECV_S = range(5)  # DF: float per device
 _L_UP, _L_DOWN, _L_SERVER = range(3)  # LI: per leg
 _L_AT, _L_UP_L, _L_DOWN_L = range(3)  # LF: per leg
-_EID, _NSOFT, _NLEAVE = range(3)  # CNT
+_NLEAVE = 2  # CNT, after sfsim.fast.simq's EID and NSOFT
 _HAS, _LO, _HI = range(3)  # EXP: a group's expected rounds of a device
 _NEED, _ARRIVED, _CLOSED, _WHEAD, _WTAIL = range(5)  # G: per server and round
 
@@ -149,7 +149,7 @@ def _leave_at(S, M, Q, CNT, now, i, t, uploaded):
     LT[i] = t
     CNT[_NLEAVE] += 1
     push(Q, CNT, t, NORMAL, _LEAVE, i, uploaded)
-    CNT[_NSOFT] += 1
+    CNT[NSOFT] += 1
 
 
 @njit
@@ -265,10 +265,10 @@ def run(S, M, K, soft, order, acc):
     DI = M[0]
     Q, CNT = start(soft, _SWITCH, order, _INIT, 3)
     now = 0.0
-    while len(Q) > CNT[_NSOFT]:
+    while len(Q) > CNT[NSOFT]:
         now, _, _, kind, a, b = heapq.heappop(Q)
         if kind == _SWITCH or kind == _LEAVE:
-            CNT[_NSOFT] -= 1
+            CNT[NSOFT] -= 1
             if kind == _SWITCH:
                 _switch(S, M, Q, CNT, now, a, now)
             else:

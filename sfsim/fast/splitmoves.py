@@ -23,7 +23,7 @@ import numpy as np
 from sfsim.fast import mixing, rates
 from sfsim.fast import splitlora as sl
 from sfsim.fast.jit import njit
-from sfsim.fast.simq import NORMAL, push, start
+from sfsim.fast.simq import NORMAL, NSOFT, push, start
 
 _INIT, _SOFT, _TIMER, _WAKE, _COND, _FINAL, _EXIT = range(7)  # event kinds
 _TOP, _INTER, _SEG, _SEG_WAKE, _SEG_END, _ROUND, _ROUND_WAKE, _DONE_PC = range(8)  # a server's program counter
@@ -31,7 +31,7 @@ _TOP, _INTER, _SEG, _SEG_WAKE, _SEG_END, _ROUND, _ROUND_WAKE, _DONE_PC = range(8
  _NPEND, _GEN, _FINISHED) = range(17)  # SJ: int per server
 _NO_WAIT, _COND_WAIT, _IDLE_WAIT = range(3)  # SJ[_WAIT]
 _HOME, _HOLD, _NHIST = range(3)  # JC: int per client
-_EID, _NSOFT, _TOKENS, _NSTREAM, _ERR = range(5)  # CNT
+_TOKENS, _NSTREAM, _ERR = range(2, 5)  # CNT, after sfsim.fast.simq's EID and NSOFT
 HISTORY = 4
 """History slots per leg of a client (who held it since when); a run that needs more fails."""
 
@@ -464,7 +464,7 @@ def _event(J, K, Q, CNT, now, kind, a, b):
     """Process one event of SimPy's queue (what its callbacks do)."""
     SJ = J[0]
     if kind == _SOFT:
-        CNT[_NSOFT] -= 1
+        CNT[NSOFT] -= 1
         _tick(J, K, Q, CNT, now, a)
     elif kind == _INIT:
         _resume(J, K, Q, CNT, now, a)
@@ -494,7 +494,7 @@ def run(J, K, soft):
     S = J[0].shape[0]
     Q, CNT = start(soft, _SOFT, np.arange(S), _INIT, 5)
     now = 0.0
-    while len(Q) > CNT[_NSOFT]:
+    while len(Q) > CNT[NSOFT]:
         now, _, _, kind, a, b = heapq.heappop(Q)
         _event(J, K, Q, CNT, now, kind, a, b)
         if CNT[_ERR]:
