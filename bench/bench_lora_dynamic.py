@@ -4,7 +4,7 @@ The fleet is :func:`sfsim.fast.replay.baseline_fleet` (five device speeds, three
 on a seeded dynamic network: every uplink a Gilbert-Elliott channel (good 2x, bad 1/5 of its nominal
 rate), every downlink faded (log-normal, 4 dB, 2 s blocks), a third of the devices on an on/off
 availability process (``--churn pause`` or ``drop``), and with ``--handover`` a quarter of them handing
-over to the next server at 30 s (FedLoRA only: SplitLoRA's handovers run on the SimPy engine).
+over to the next server at 30 s.
 
 Prints micro-batches per second (the fleet's nominal count over wall time, CPU time beside it) of the
 fast path and of the SimPy engine, and whether the makespans and every figure are equal.
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--mb", type=int, default=100, help="micro-batches per device")
     ap.add_argument("--churn", choices=["pause", "drop"], default="pause")
-    ap.add_argument("--handover", action="store_true", help="FedLoRA: a quarter of the devices hand over at 30 s")
+    ap.add_argument("--handover", action="store_true", help="a quarter of the devices hand over to the next server at 30 s")
     args = ap.parse_args()
     job0, cfg = baseline_fleet(args.devices, args.mb)
     cfg = replace(cfg, local_steps=10)

@@ -8,6 +8,7 @@ what the motions hold (the result's network report: samples trained, radio secon
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -133,14 +134,57 @@ def test_fedlora_availability_and_handover(availability, handover, seeds):
     """FedLoRA with availability (pause, drop), handovers, or both, on varying links: FedAvg groups per server."""
     assert check_dynamic("fedlora", seeds, availability, handover) == len(seeds)
 
+def moving_job(seed: int, availability: bool, **kw):
+    """A random job on 2-4 servers whose devices hand over (1-3 legs each, to any server) on varying links,
+    with availability (pause, drop) when asked; and its knobs."""
+    rng = random.Random(seed)
+    job = random_job(rng, ties=seed % 2 == 0, most=10)
+    while len(job.servers) < 2 + seed % 3:
+        job.servers.append(replace(job.servers[-1], name=f"s{len(job.servers)}"))
+    job.network = dynamic_network(rng, job, availability, handover=True)
+    return job, random_cfg(rng, **kw)
+
+
+def check_moves(seeds, availability: bool, **kw) -> int:
+    """SplitLoRA with handovers, fast (the joint loop) against SimPy per seed; returns how many fleets handed over."""
+    from sfsim.schedules.splitlora.moves import hands_over
+
+    ran = 0
+    for seed in seeds:
+        (a, cfg), (b, _) = moving_job(seed, availability, **kw), moving_job(seed, availability, **kw)
+        if not hands_over(a.network.motions):
+            continue  # every handover stays on its server: the SimPy engine's
+        assert uncovered(None, "splitlora", cfg, b) is None, f"seed {seed}"
+        try:
+            want = simpy_figures(a, cfg, "splitlora")
+        except RuntimeError:  # a server's loop never finishes: the fast path says so too
+            with pytest.raises(RuntimeError, match="did not finish"):
+                fast_figures(b, cfg, "splitlora")
+            continue
+        got = fast_figures(b, cfg, "splitlora")
+        assert (want, motions(a)) == (got, motions(b)), f"seed {seed} cfg={cfg}"
+        ran += 1
+    return ran
+
+
+@pytest.mark.parametrize("availability", [False, True])
+@pytest.mark.parametrize(("order", "policy"), ORDERS)
+@pytest.mark.parametrize("seeds", [range(100), pytest.param(range(100, 1100), marks=pytest.mark.slow)])
+def test_splitlora_handovers(availability, order, policy, seeds):
+    """SplitLoRA with handovers between 2-4 servers (1-3 legs per device), with and without availability:
+    the fast path's joint loop equals the SimPy engine's (which takes every client order and policy alike)."""
+    assert check_moves(seeds, availability, client_order=order, policy=policy) >= 0.6 * len(seeds)
+
+
 def test_lazy_rates_drawn_further(monkeypatch):
     """Lazy channels first drawn to 0.5 s: every replay passes the horizon, is replayed further, and still equals SimPy."""
-    from sfsim.fast import netrate, splitlora
+    from sfsim.fast import rates, splitlora
 
-    monkeypatch.setattr(netrate, "HORIZON", 0.5)
+    monkeypatch.setattr(rates, "HORIZON", 0.5)
     monkeypatch.setattr(splitlora, "GUESS", 0.0)
     assert check_dynamic("splitlora", range(40), False) == 40
     assert check_dynamic("fedlora", range(40), True, True) == 40
+    assert check_moves(range(40), True) >= 24
 
 
 FIGURES_NET = ("uplink_send_s", "downlink_recv_s", "handovers", "samples_not_trained", "micro_batches")
@@ -179,14 +223,14 @@ def test_dynamic_through_simulate(schedule, availability):
             assert getattr(ref, key) == getattr(fast, key), f"seed {seed}: {key}"
 
 
-@pytest.mark.parametrize("profile", ["mobile"])
-def test_fedlora_profiles(profile):
-    """The shipped profile with handovers, a 5G trace, Gilbert-Elliott links and churn: FedLoRA on the fast path."""
+@pytest.mark.parametrize("schedule", ["fedlora", "splitlora"])
+def test_mobile_profile(schedule):
+    """The shipped profile with handovers, a 5G trace, Gilbert-Elliott links and churn: the baselines on the fast path."""
     import sfsim
     from tests.test_fast_lora import FIGURES
 
-    sc = sfsim.load_scenario(f"profiles/{profile}.yaml")
-    fast, ref = sfsim.simulate(sc, "fedlora", engine="fast"), sfsim.simulate(sc, "fedlora", engine="simpy")
+    sc = sfsim.load_scenario("profiles/mobile.yaml")
+    fast, ref = sfsim.simulate(sc, schedule, engine="fast"), sfsim.simulate(sc, schedule, engine="simpy")
     assert (fast.engine, ref.engine) == ("fast", "simpy")
     for key in (*FIGURES, *FIGURES_NET):
         assert getattr(ref, key) == getattr(fast, key), key

@@ -14,12 +14,11 @@ rate (:func:`sfsim.network.legs.span`, in Python), the local work stays compiled
 :class:`~sfsim.network.legs.Motion` get what the SimPy processes leave on them (what
 :func:`sfsim.schedules.network.report` reads).
 
-With handovers or availability (:func:`replay_moving`) a round's membership changes in time (a
-device leaves every barrier it has not uploaded to when it drops; its rounds move to the new
-server's FedAvg group at a handover), so the rounds run on an engine with the SimPy schedule's own
-``FedGroup``, ``Membership`` and transfers, the same events in the same order; what is compiled is
-each round's local work (:func:`_local_net`: every op integrates the device's availability with
-:mod:`sfsim.fast.netrate`), which is where the SimPy schedule spends its time per micro-batch.
+With handovers or availability a round's membership changes in time (a device leaves every
+barrier it has not uploaded to when it drops; its rounds move to the new server's FedAvg group at a
+handover): :mod:`sfsim.fast.fedmoves` replays the SimPy run's events in their order, compiled, each
+round's local work being :func:`_local_net` (every op integrates the device's availability with
+:mod:`sfsim.fast.rates`).
 """
 
 from __future__ import annotations
@@ -28,14 +27,11 @@ import math
 
 import numpy as np
 
-from sfsim.engine.core import Engine, FifoLane
-from sfsim.fast import netrate
+from sfsim.fast import rates
 from sfsim.fast.jit import njit
-from sfsim.fast.netrate import may_stall
+from sfsim.fast.rates import may_stall
 from sfsim.fast.splitlora import DYNAMIC, STALLS
 from sfsim.network.legs import span
-from sfsim.schedules import fedlora as fl
-from sfsim.schedules.common import groups
 
 # float rows of D
 _F, _B, _W, _STEP, _WARM, _LAST, _UP, _UP_L, _DOWN, _DOWN_L = range(10)
@@ -133,13 +129,16 @@ def varying_only(net, job) -> bool:
 
 def uncovered(net, job) -> str | None:
     """Why the fast path cannot replay this FedLoRA network (one line), or None: :func:`replay_varying` for
-    varying links only (:func:`varying_only`), else :func:`replay_moving` (handover, availability)."""
+    varying links only (:func:`varying_only`), else :func:`sfsim.fast.fedmoves.replay` (handover, availability)."""
     motions = getattr(net, "motions", None)
     if motions is None:
         return DYNAMIC
     if any(may_stall(leg.rate) or may_stall(leg.down) for m in motions.values() for leg in m.legs):
         return STALLS
-    if not all(netrate.knows(m.pause) for m in motions.values()):
+    if varying_only(net, job):
+        return None
+    if not all(rates.knows(r) for m in motions.values() for leg in m.legs
+               for r in (leg.up_rate(m.pause), leg.down_rate(m.pause), m.avail)):
         return DYNAMIC
     return None
 
@@ -203,8 +202,8 @@ def _rounds(job, cfg, members: list[int], D, N, per: int, aggregate: float) -> t
 
 # -- availability and handover: the SimPy schedule's rounds and membership, each round's local work compiled --
 @njit
-def _local_net(D, N, R, pause, i, first, last, accumulate, t, stop):
-    """:func:`_local` for a device that pauses offline (rate row ``pause``, -1: none) or leaves at ``stop``.
+def _local_net(D, N, P, pause, i, first, last, accumulate, t, stop):
+    """:func:`_local` for a device that pauses offline (node ``pause`` of program ``P``, -1: none) or leaves at ``stop``.
 
     Returns (end, micro-batches done, steps done, start of the op that outlasts the device, or -1.0 when none
     does); each op is ``sfsim.schedules.fedlora._compute``.
@@ -228,7 +227,7 @@ def _local_net(D, N, R, pause, i, first, last, accumulate, t, stop):
             if plain:
                 t = t + dur
             else:
-                end = t + netrate.span(R, pause, t, dur)
+                end = t + rates.span(P, pause, t, dur, 1.0)
                 if end > stop or end == math.inf:
                     return t, done, steps, t
                 t = end
@@ -237,77 +236,3 @@ def _local_net(D, N, R, pause, i, first, last, accumulate, t, stop):
             elif k == 3:
                 steps += 1
     return t, done, steps, -1.0
-
-
-class _Pause:
-    """A device's availability as the kernels read it, drawn further when a round passes the horizon."""
-
-    def __init__(self, m):
-        self.m, self.horizon, self.R, self.row = m, netrate.HORIZON, None, -1
-        self._draw()
-
-    def _draw(self) -> None:
-        table = netrate.Table(self.horizon)
-        self.row = table.add(self.m.pause)
-        self.R = table.arrays()
-
-    def local(self, D, N, i, first, last, accumulate, t):
-        """:func:`_local_net` of this device, replayed further until no op passes the horizon."""
-        while True:
-            out = _local_net(D, N, self.R, self.row, i, first, last, accumulate, t, self.m.stop)
-            if not self.R[6][0]:
-                return out
-            self.horizon *= 2.0
-            self._draw()
-
-
-def _process(engine, members, i: int, d, m, per: int, accumulate: int, D, N):
-    """``sfsim.schedules.fedlora.device_process`` with each round's local work compiled (:func:`_local_net`)."""
-    env, stop, pause = engine.env, m.stop, _Pause(m)
-    if m.start == math.inf:
-        members.leave_at(i, 0.0, 0)
-        return
-    if m.churn == "drop" and m.start > 0:
-        yield engine.at(m.start)  # it joins at its first online instant
-    for r in range(-(-d.n // per)):
-        first, last = r * per, min(d.n, (r + 1) * per)
-        t, done, steps, cut = pause.local(D, N, i, first, last, accumulate, env.now)
-        m.done, m.steps = m.done + done, m.steps + steps
-        if cut >= 0.0:
-            members.leave_at(i, fl._gone(m, cut, stop), m.syncs_sent)
-            return
-        yield env.timeout(t - env.now)
-        leg = yield from fl._transfer(engine, members, i, d, m, True, False, stop, last)
-        if leg is None:
-            return
-        yield members.groups[leg.server].arrive(r)
-        if (yield from fl._transfer(engine, members, i, d, m, False, False, stop)) is None:
-            return
-
-
-def replay_moving(job, cfg) -> tuple[dict, dict, float]:
-    """:func:`replay` on any dynamic network (handover, availability, varying links): the SimPy schedule's FedAvg
-    groups and membership (``FedGroup``, ``Membership``) on an engine, each round's local work compiled."""
-    per, motions = int(cfg.local_steps), job.network.motions
-    engine = Engine()
-    engine.soft_timers = any(len(m.legs) > 1 or m.avail is not None for m in motions.values())
-    n_rounds = {i: -(-d.n // per) for i, d in enumerate(job.devices)}
-    lanes = [FifoLane(engine, srv.lane(0)) for srv in job.servers]
-    fed = [fl.FedGroup(engine, lane, srv.aggregate, max(n_rounds.values(), default=0))
-           for lane, srv in zip(lanes, job.servers, strict=True)]
-    members = fl.Membership(engine, fed, motions, n_rounds)
-    D, N = layout(job.devices)
-    for i in [i for _, ids in groups(job.devices).items() for i in ids]:
-        motions[i].done = 0
-        if job.devices[i].n:
-            engine.env.process(_process(engine, members, i, job.devices[i], motions[i], per, int(cfg.accumulate),
-                                        D, N))
-    makespan = engine.run()
-    devices = {}
-    for i, d in enumerate(job.devices):
-        m = motions[i]
-        devices[d.name] = {"busy": d.units(m.done) * (d.f + d.b + d.w) + m.steps * d.step + d.first_extra(m.done),
-                           "up": m.syncs_sent * d.sync_bytes, "down": m.downloads * d.sync_bytes}
-        moved = members.moved_at[i] + [len(m.uploads)] * (len(m.legs) - 1 - len(members.moved_at[i]))
-        m.switched_at = [min(u * per, m.sent) for u in moved]
-    return devices, {srv.name: lane.busy for srv, lane in zip(job.servers, lanes, strict=True)}, makespan

@@ -10,6 +10,9 @@ operations, so :func:`span`, :func:`finish`, :func:`next_online`, :func:`online_
 A drawn process is known only as far as it was drawn: a question past that sets ``need`` (the
 node's latest time asked, and the flag in its last slot); the caller draws further
 (:meth:`Program.draw_all`) and replays again. Answers after the flag is set are not used.
+
+Every kernel of the fast path reads rates through this module: SplitFrozen's dynamic replay
+(:mod:`sfsim.fast.moving`), SplitLoRA's and FedLoRA's (:func:`span_at` and :func:`gone_at` are theirs).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from sfsim.network.linkrate import Constant, Product, Rate, Steps, _Lazy
 
 CONST, STEPS, DRAWN, WINDOWS, PRODUCT = range(5)
 _KIND, _OFF, _LEN, _A, _B = range(5)  # columns of the int rows; float rows: value, period (<= 0: none)
+HORIZON = 256.0
+"""Seconds the baselines' replays first draw the drawn processes to (a replay that passes it draws further)."""
 
 
 class Unsupported(ValueError):
@@ -78,20 +83,38 @@ class Program:
             ts, rs = _steps(rate, kind)
             K[k] = (kind, off, len(ts), a, b)
             V[k] = (value, period)
-            times += ts
-            rates += rs
+            times.append(ts)
+            rates.append(rs)
             off += len(ts)
         need = np.full(len(self.rows) + 1, -math.inf)
-        return K, V, np.array(times + [0.0]), np.array(rates + [0.0]), need
+        return K, V, np.concatenate(times + [np.zeros(1)]), np.concatenate(rates + [np.zeros(1)]), need
 
 
-def _steps(rate: Rate, kind: int) -> tuple[list, list]:
+def _steps(rate: Rate, kind: int) -> tuple[np.ndarray, np.ndarray]:
     """The times and rates a node reads: a trace's steps, a process's drawn steps, windows' edges."""
     if kind in (STEPS, DRAWN):
-        return list(map(float, rate.times)), list(map(float, rate.rates))
+        return np.array(rate.times, np.float64), np.array(rate.rates, np.float64)
     if kind == WINDOWS:
-        return list(map(float, rate.edges)), [0.0] * len(rate.edges)
-    return [], []
+        return np.array(rate.edges, np.float64), np.zeros(len(rate.edges))
+    return np.zeros(0), np.zeros(0)
+
+
+def may_stall(rate: Rate | None) -> bool:
+    """True when a transfer at ``rate`` might never end (a trace that ends at, or is all, zero)."""
+    if isinstance(rate, Product):
+        return may_stall(rate.a) or may_stall(rate.b)
+    if isinstance(rate, Steps):
+        return rate.rates[-1] <= 0 if rate.period is None else max(rate.rates) <= 0
+    return isinstance(rate, Constant) and rate.rate <= 0
+
+
+def knows(rate: Rate | None) -> bool:
+    """True when a :class:`Program` takes ``rate`` (None: no rate), so the kernels evaluate it exactly."""
+    try:
+        Program().add(rate)
+    except Unsupported:
+        return False
+    return True
 
 
 @no_refcounts
@@ -226,12 +249,39 @@ def span(P, node, t, amount, x):
 
 
 @no_refcounts
+def span_at(P, node, t, dur, bandwidth):
+    """``legs.span_at``: seconds from ``t`` for what takes ``dur`` seconds at ``bandwidth`` (``inf`` if never)."""
+    r, until = segment(P, node, t)
+    if r > 0:
+        d = dur * (bandwidth / r)
+        if t + d > until:
+            r, until = steady(P, node, t, t + d)
+            d = dur * (bandwidth / r)
+        if t + d <= until:
+            return d
+    end = finish(P, node, t, dur * bandwidth)
+    return end - t if end < np.inf else np.inf
+
+
+@no_refcounts
 def next_online(P, node, t):
     """``availability.next_online``: the first instant ``>= t`` online (``inf`` if never)."""
     while True:
         r, until = segment(P, node, t)
         if r > 0 or until == np.inf or stuck(P):
             return t if r > 0 else np.inf
+        t = until
+
+
+@no_refcounts
+def gone_at(P, node, t):
+    """``legs.gone_at``: from when on (at or after ``t``) ``node`` is 0 for good (``inf`` if never; node -1: never)."""
+    if node < 0:
+        return np.inf
+    while True:
+        r, until = segment(P, node, t)
+        if until == np.inf or stuck(P):
+            return t if r <= 0 else np.inf
         t = until
 
 

@@ -15,9 +15,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import cenlora, dynamic, fedlora, splitfrozen, splitlora
+from sfsim.fast import cenlora, dynamic, fedlora, fedmoves, splitfrozen, splitlora, splitmoves
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.network.backhaul import Closed, close_epochs
+from sfsim.schedules.splitlora.moves import hands_over
 
 ENGINES = ("auto", "fast", "simpy")
 """``simulate(engine=...)``: ``auto`` takes the fast path where it covers the run, else the SimPy engine."""
@@ -148,7 +149,7 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
     elif fedlora.varying_only(net, job):
         devices, busy, makespan = fedlora.replay_varying(job, cfg)
     else:
-        devices, busy, makespan = fedlora.replay_moving(job, cfg)
+        devices, busy, makespan = fedmoves.replay(job, cfg)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:
@@ -159,12 +160,14 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
 def _splitlora(job, cfg) -> tuple[Replayed, float]:
     """What sfsim.schedules.splitlora.run leaves on constant links: every lane's busy time and bytes, mixing."""
     rec = Replayed()
-    devices, servers, makespan = splitlora.replay(job, cfg)
+    net = getattr(job, "network", None)
+    moves = net is not None and hands_over(net.motions)  # the servers' loops jointly in time
+    devices, servers, makespan = (splitmoves if moves else splitlora).replay(job, cfg)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:
         rec.server_busy[srv.name] = servers[srv.name]["busy"] if srv.name in servers else 0.0
-    rec.mixing = {name: Mixed(o["mixing"], o["total"]) for name, o in servers.items()}
+    rec.mixing = {name: Mixed(o["mixing"], o["total"]) for name, o in servers.items() if "mixing" in o}
     return rec, makespan
 
 

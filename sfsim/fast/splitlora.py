@@ -12,16 +12,17 @@ schedule holds each epoch's order).
 
 On the dynamic network without handovers (:func:`uncovered`: one leg per client) the three
 primitives follow :mod:`sfsim.network.legs` as ``Server._device_net``, ``_up_net`` and ``_down_net``
-do: every transfer integrates its leg's rate (:mod:`sfsim.fast.netrate`, the same floats); under
+do: every transfer integrates its leg's rate (:mod:`sfsim.fast.rates`, the same floats); under
 ``churn: pause`` compute and links progress only while the client is online; a client that drops,
 or whose windows end with work left, is gone from the first op that would outlast it (its later
 turns are skipped, FedAvg averages the uploads that arrive). The clients' motions are left as the
-SimPy run leaves them (``done``, ``sent``, radio seconds, ``gone``).
+SimPy run leaves them (``done``, ``sent``, radio seconds, ``gone``). With handovers between servers the
+servers' loops run jointly in time (:mod:`sfsim.fast.splitmoves`, on these primitives and each client's legs).
 
 State in arrays (numba passes them to helpers): ``D`` (float per client, :data:`_ROWS`), ``N``
 (n, per_epoch), ``C`` (float client state: free, up_free, down_free, arrival, busy, up and down
 bytes), ``CI`` (int client state: next, mb, since_step, left, unissued, todo), ``R`` (the rates and the
-clients' network state, :func:`network_arrays`), ``SF`` (server free,
+clients' network state, :func:`network_arrays`: the rates' program, NC and NI), ``SF`` (server free,
 end, busy, step, aggregate) and ``SI`` (steps, window, accumulate, fedavg_every, decompose, relay).
 """
 
@@ -33,23 +34,26 @@ import math
 import numpy as np
 
 from sfsim.engine.pacing import FIXED_ORDERS
-from sfsim.fast import mixing, netrate
+from sfsim.fast import mixing, rates
 from sfsim.fast.jit import njit
+from sfsim.schedules.splitlora.moves import hands_over
 
 _ROWS = ("f", "b", "w", "step", "warmup", "last", "up_s", "up_l", "down_s", "down_l", "sync_up_s", "sync_down_s",
          "srv_f", "srv_b", "srv_w", "up_bytes", "down_bytes", "sync_bytes")
 (_F, _B, _W, _STEP, _WARM, _LAST, _UP_S, _UP_L, _DOWN_S, _DOWN_L, _SYNC_UP, _SYNC_DOWN, _SRV_F, _SRV_B, _SRV_W,
  _UP_BYTES, _DOWN_BYTES, _SYNC_BYTES) = range(18)
 _N, _PER_EPOCH = range(2)
-_FREE, _UP_FREE, _DOWN_FREE, _ARRIVAL, _BUSY, _UP, _DOWN = range(7)  # rows of C
+_FREE, _UP_FREE, _DOWN_FREE, _ARRIVAL, _BUSY, _UP, _DOWN, _SENT_AT = range(8)  # rows of C
 _NEXT, _MB, _SINCE, _LEFT, _UNISSUED, _TODO = range(6)  # rows of CI
 _SFREE, _END, _SBUSY, _SSTEP, _AGG = range(5)  # SF
 ARRIVAL, PROPORTIONAL, ROUND_ROBIN = range(3)
 """Interleaved clients' server order: arrival order (fifo, pool) or a fixed order (:data:`FIXED_ORDERS`)."""
 _KINDS = {None: ARRIVAL, "proportional": PROPORTIONAL, "round-robin": ROUND_ROBIN}
 _STEPS, _WINDOW, _ACC, _EVERY, _DECOMPOSE, _RELAY = range(6)  # SI
-_BW_UP, _BW_DOWN, _LAT_UP, _LAT_DOWN, _START, _STOP, _SEND_S, _RECV_S, _GONE = range(9)  # NC: float, per client
-_LOST, _DONE, _SENT, _R_UP, _R_DOWN, _R_PAUSE, _R_AVAIL, _DROPS = range(8)  # NI: int, per client
+_BW_UP, _BW_DOWN, _START, _STOP, _SEND_S, _RECV_S, _GONE = range(7)  # NC: float, per client
+_LOST, _DONE, _SENT, _R_PAUSE, _R_AVAIL, _DROPS, _LEG0, _LEGS = range(8)  # NI: int, per client
+_L_UP, _L_DOWN, _L_SERVER = range(3)  # LI: int, per leg (rate nodes, server)
+_L_AT, _L_UP_L, _L_DOWN_L = range(3)  # LF: float, per leg (start, latencies)
 
 
 # -- lanes: sfsim.schedules.splitlora.Server._op, _device, _up, _down ----------------------------------------
@@ -104,21 +108,32 @@ def _begin(NC, NI, c, t):
 @njit
 def _outlasts(R, c, t, end):
     """True, and the client is gone from then on, when what runs from ``t`` to ``end`` outlasts it."""
-    NC, NI = R[7], R[8]
+    NC, NI = R[1], R[2]
     if end <= NC[_STOP, c] and end < math.inf:
         return False
     NI[_LOST, c] = 1
-    NC[_GONE, c] = NC[_STOP, c] if NC[_STOP, c] < math.inf else netrate.gone_at(R, NI[_R_AVAIL, c], t)
+    NC[_GONE, c] = NC[_STOP, c] if NC[_STOP, c] < math.inf else rates.gone_at(R[0], NI[_R_AVAIL, c], t)
+    R[5][0] += 1  # handovers' joint loop: the servers waiting for it may go on (sfsim.fast.splitmoves)
     return True
 
 
 @njit
+def leg_at(R, c, t):
+    """The row of client ``c``'s leg holding at ``t`` (``Motion.leg_at``: a handover at exactly ``t`` holds)."""
+    NI, LF = R[2], R[4]
+    j, last = NI[_LEG0, c], NI[_LEG0, c] + NI[_LEGS, c] - 1
+    while j < last and LF[_L_AT, j + 1] <= t:
+        j += 1
+    return j
+
+
+@njit
 def _device_net(SF, C, R, c, t, dur, w):
-    NC, NI = R[7], R[8]
+    NC, NI = R[1], R[2]
     if NI[_LOST, c]:
         return t
     t = _begin(NC, NI, c, t)
-    end = t + (dur if NI[_R_PAUSE, c] < 0 else netrate.span(R, NI[_R_PAUSE, c], t, dur))
+    end = t + (dur if NI[_R_PAUSE, c] < 0 else rates.span(R[0], NI[_R_PAUSE, c], t, dur, 1.0))
     if _outlasts(R, c, t, end):
         return t
     C[_BUSY, c] += dur
@@ -130,36 +145,38 @@ def _device_net(SF, C, R, c, t, dur, w):
 
 @njit
 def _up_net(SF, C, R, c, t, dur, nbytes, mb):
-    NC, NI = R[7], R[8]
+    NC, NI = R[1], R[2]
     if NI[_LOST, c]:
         return -math.inf
     start = _begin(NC, NI, c, max(t, C[_UP_FREE, c]))
-    secs = netrate.span_at(R, NI[_R_UP, c], start, dur, NC[_BW_UP, c])
+    leg = leg_at(R, c, start)  # the leg holding when it starts; dur is at the first leg's bandwidth
+    secs = rates.span_at(R[0], R[3][_L_UP, leg], start, dur, NC[_BW_UP, c])
     if _outlasts(R, c, start, start + secs):
         return -math.inf
-    C[_UP_FREE, c] = start + secs
-    NC[_SEND_S, c] += netrate.online(R, NI[_R_PAUSE, c], start, start + secs)
+    C[_UP_FREE, c], C[_SENT_AT, c] = start + secs, start
+    NC[_SEND_S, c] += rates.online(R[0], NI[_R_PAUSE, c], start, start + secs)
     if mb:
         NI[_SENT, c] += 1
     C[_UP, c] += nbytes
-    SF[_END] = max(SF[_END], start + secs + NC[_LAT_UP, c])
-    return start + secs + NC[_LAT_UP, c]
+    SF[_END] = max(SF[_END], start + secs + R[4][_L_UP_L, leg])
+    return start + secs + R[4][_L_UP_L, leg]
 
 
 @njit
 def _down_net(SF, C, R, c, t, dur, nbytes):
-    NC, NI = R[7], R[8]
+    NC, NI = R[1], R[2]
     if NI[_LOST, c]:
         return t
     start = _begin(NC, NI, c, max(t, C[_DOWN_FREE, c]))
-    secs = netrate.span_at(R, NI[_R_DOWN, c], start, dur, NC[_BW_DOWN, c])
+    leg = leg_at(R, c, start)  # a handover's downlink carries what starts after it
+    secs = rates.span_at(R[0], R[3][_L_DOWN, leg], start, dur, NC[_BW_DOWN, c])
     if _outlasts(R, c, start, start + secs):
         return t
     C[_DOWN_FREE, c] = start + secs
-    NC[_RECV_S, c] += netrate.online(R, NI[_R_PAUSE, c], start, start + secs)
+    NC[_RECV_S, c] += rates.online(R[0], NI[_R_PAUSE, c], start, start + secs)
     C[_DOWN, c] += nbytes
-    SF[_END] = max(SF[_END], start + secs + NC[_LAT_DOWN, c])
-    return start + secs + NC[_LAT_DOWN, c]
+    SF[_END] = max(SF[_END], start + secs + R[4][_L_DOWN_L, leg])
+    return start + secs + R[4][_L_DOWN_L, leg]
 
 
 # -- one micro-batch: Server._issue, _serve, _server_step, _client_step --------------------------------------
@@ -194,13 +211,14 @@ def _client_step(SF, C, CI, D, R, c):
 
 
 @njit
-def _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched):
-    """Server F, B (gradient down), W, maybe its step; the client's B, W, maybe its step.
+def serve(SF, SI, C, CI, D, N, R, c):
+    """Server F, B (gradient down), W, maybe its step; the client's B, W, maybe its step. False: skipped.
 
-    A turn whose upload never arrived (arrival ``-inf``: the client is gone) is skipped.
+    A turn whose upload never arrived (arrival ``-inf``: the client is gone) is skipped; a served one
+    is next in the server's stream (the caller's mixing).
     """
     if C[_ARRIVAL, c] == -math.inf:
-        return
+        return False
     x = _size(D, N, c, CI[_MB, c])
     t = _op(SF, max(SF[_SFREE], C[_ARRIVAL, c]), D[_SRV_F, c] * x)
     if SI[_DECOMPOSE]:
@@ -211,7 +229,6 @@ def _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched):
         t = _op(SF, t, (D[_SRV_B, c] + D[_SRV_W, c]) * x)
         t_grad = t
     SF[_SFREE] = t
-    mixing.add(M, T, share, counts, touched, c)
     got = _down(SF, C, D, R, c, t_grad, D[_DOWN_S, c] * x, D[_DOWN_BYTES, c] * x)
     t = _device(SF, C, R, c, max(C[_FREE, c], got), D[_B, c] * x, False)
     C[_FREE, c] = _device(SF, C, R, c, t, D[_W, c] * x, True)
@@ -221,6 +238,14 @@ def _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched):
     SI[_WINDOW] += 1
     if SI[_WINDOW] == SI[_ACC]:
         _server_step(SF, SI)
+    return True
+
+
+@njit
+def _serve(SF, SI, C, CI, D, N, R, c, M, T, share, counts, touched):
+    """:func:`serve`, the micro-batch next in the server's stream mixing."""
+    if serve(SF, SI, C, CI, D, N, R, c):
+        mixing.add(M, T, share, counts, touched, c)
 
 
 # -- adapters: Server._upload_adapters, _fedavg ----------------------------------------------------------
@@ -234,27 +259,35 @@ def _upload(SF, C, CI, D, R, c):
 
 
 @njit
-def _fedavg(SF, C, CI, D, R):
-    m = D.shape[1]
-    for c in range(m):
-        _upload(SF, C, CI, D, R, c)
+def fedavg(SF, C, CI, D, R, members, k):
+    """FedAvg over clients ``members[:k]``: each uploads, the server averages what arrives and sends it down."""
+    for q in range(k):
+        _upload(SF, C, CI, D, R, members[q])
     t = SF[_SFREE]
     came = 0
-    for c in range(m):
+    for q in range(k):
+        c = members[q]
         if C[_ARRIVAL, c] != -math.inf:
             t = max(t, C[_ARRIVAL, c])
             came += 1
     SF[_SFREE] = _op(SF, t, SF[_AGG] * came)
-    for c in range(m):
+    for q in range(k):
+        c = members[q]
         if C[_ARRIVAL, c] != -math.inf:
             _down(SF, C, D, R, c, SF[_SFREE], D[_SYNC_DOWN, c], D[_SYNC_BYTES, c])
+
+
+@njit
+def _fedavg(SF, C, CI, D, R):
+    m = D.shape[1]
+    fedavg(SF, C, CI, D, R, np.arange(m), m)
 
 
 @njit
 def _passed(R):
     """True when a rate was asked past its horizon: the replay is void, stop it (never on constant links)."""
     if R is not None:
-        return R[6][0] != 0
+        return rates.stuck(R[0])
     return False
 
 
@@ -389,7 +422,7 @@ def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touche
     links, and the compiled code has no network branch). The server's end and busy time are left in ``SF``.
     """
     m = D.shape[1]
-    C = np.zeros((7, m))
+    C = np.zeros((8, m))
     CI = np.zeros((6, m), np.int64)
     seg = np.zeros(max(1, min(SI[_EVERY] * SI[_ACC], N[_N].sum())), np.int64)  # one segment of a fixed order
     epochs = 0
@@ -416,74 +449,89 @@ def layout(clients: list) -> tuple[np.ndarray, np.ndarray]:
     return D, N
 
 
-def network_arrays(motions: list, table: netrate.Table) -> tuple:
-    """``R`` for the kernel: the rates of ``table`` and the clients' network state.
+def network_arrays(motions: list, horizon: float) -> tuple:
+    """``R`` for the kernel: the clients' rates (a :class:`~sfsim.fast.rates.Program`, drawn to ``horizon``
+    seconds), their network state NC, NI, their legs LI, LF, and a count of clients lost.
 
-    ``motions``: each client's :class:`~sfsim.network.legs.Motion` (one leg; its figures start from
-    what it holds, so the sums run on as in the SimPy run).
+    ``motions``: each client's :class:`~sfsim.network.legs.Motion` (its figures start from what it holds,
+    so the sums run on as in the SimPy run).
     """
-    m = len(motions)
-    NC, NI = np.zeros((9, m)), np.full((8, m), -1, np.int64)
+    m, n_legs = len(motions), sum(len(mo.legs) for mo in motions)
+    prog = rates.Program()
+    NC, NI = np.zeros((7, m)), np.full((8, m), -1, np.int64)
+    LI, LF = np.zeros((3, max(1, n_legs)), np.int64), np.zeros((3, max(1, n_legs)))
+    row = 0
     for c, mo in enumerate(motions):
-        leg = mo.legs[0]
-        NC[:, c] = (leg.bandwidth, leg.down_bw, leg.up_l, leg.down_l, mo.start, mo.stop, mo.send_s, mo.recv_s,
-                    mo.gone)
-        NI[:3, c] = (0, mo.done, mo.sent)
-        NI[3:7, c] = (table.add(leg.up_rate(mo.pause)), table.add(leg.down_rate(mo.pause)), table.add(mo.pause),
-                      table.add(mo.avail))
-        NI[_DROPS, c] = mo.churn == "drop" and mo.avail is not None
-    return (*table.arrays(), NC, NI)
+        NC[:, c] = (mo.legs[0].bandwidth, mo.legs[0].down_bw, mo.start, mo.stop, mo.send_s, mo.recv_s, mo.gone)
+        NI[:, c] = (0, mo.done, mo.sent, prog.add(mo.pause), prog.add(mo.avail),
+                    mo.churn == "drop" and mo.avail is not None, row, len(mo.legs))
+        for leg in mo.legs:
+            LI[:, row] = (prog.add(leg.up_rate(mo.pause)), prog.add(leg.down_rate(mo.pause)), leg.server)
+            LF[:, row] = (leg.at, leg.up_l, leg.down_l)
+            row += 1
+    prog.draw_all(horizon)
+    return prog.arrays(), NC, NI, LI, LF, np.zeros(1, np.int64)
 
 
 def uncovered(net, job) -> str | None:
-    """Why the kernel cannot replay this dynamic network (one line), or None: one leg per device on its server,
-    rates the kernels know (:func:`sfsim.fast.netrate.knows`), no link that may stall for good."""
+    """Why the fast path cannot replay this dynamic network (one line), or None: with handovers to other servers
+    the joint loop (:mod:`sfsim.fast.splitmoves`), else one leg per device on its server; rates the kernels
+    know (:func:`sfsim.fast.rates.knows`), no link that may stall for good."""
     if getattr(net, "motions", None) is None:
         return DYNAMIC
+    joint = hands_over(net.motions)
     for i, m in net.motions.items():
-        leg = m.legs[0]
-        if len(m.legs) != 1 or leg.server != job.devices[i].server:
+        if not joint and (len(m.legs) != 1 or m.legs[0].server != job.devices[i].server):
             return MOVES
-        if netrate.may_stall(leg.rate) or netrate.may_stall(leg.down):
+        if any(rates.may_stall(leg.rate) or rates.may_stall(leg.down) for leg in m.legs):
             return STALLS
-        if not all(netrate.knows(r) for r in (leg.up_rate(m.pause), leg.down_rate(m.pause), m.avail)):
+        if not all(rates.knows(r) for leg in m.legs for r in (leg.up_rate(m.pause), leg.down_rate(m.pause))) \
+                or not rates.knows(m.avail):
             return DYNAMIC
     return None
 
 
 GUESS = 1.5
-"""Lazy rates are first drawn to this many times a server's run on constant links."""
+"""Drawn processes are first drawn to this many times a server's run on constant links."""
 DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
-MOVES = "splitlora's handovers are replayed by the SimPy engine only"
+MOVES = "splitlora's handovers that keep a device on its server are replayed by the SimPy engine only"
 STALLS = "a link that may stall for good (a trace ending at 0) is replayed by the SimPy engine only"
 
 
 def _server(job, cfg, k: int, clients: list[int]) -> tuple:
-    """Replay server ``k``'s clients (job indices); on the dynamic network, drawing lazy rates further until
-    no transfer passes their horizon (first guess: 1.5 x the run on constant links). Returns (C, SF, M, T, N)."""
+    """Replay server ``k``'s clients (job indices); on the dynamic network, drawing the drawn processes further
+    until no transfer passes what was drawn (first guess: 1.5 x the run on constant links). Returns (C, SF, M, T, N)."""
     net = getattr(job, "network", None)
     D, N = layout([job.devices[i] for i in clients])
     srv, kind = job.servers[k], _KINDS[FIXED_ORDERS.get(cfg.policy)]
-    horizon = 0.0  # lazy rates are drawn to GUESS x the run on constant links first (doubled while too short)
+    horizon = 0.0  # drawn processes are drawn to GUESS x the run on constant links first (doubled while too short)
     while True:
         R = None
         if net is not None and horizon:
-            R = network_arrays([net.motions[i] for i in clients], netrate.Table(horizon))
+            R = network_arrays([net.motions[i] for i in clients], horizon)
         M, T, share, counts, touched = mixing.start(N[_N])
         SF = np.array([0.0, 0.0, 0.0, srv.step, srv.aggregate])
         SI = np.array([0, 0, cfg.accumulate, cfg.fedavg_every, bool(cfg.decompose), 0], np.int64)
         C = replay_server(D, N, R, SF, SI, cfg.client_order == "sequential", kind, M, T, share, counts, touched)
-        if net is None or (R is not None and not R[6][0]):
+        if net is None or (R is not None and not rates.stuck(R[0])):
             break
-        horizon = 2.0 * horizon if horizon else max(netrate.HORIZON, GUESS * SF[_END])
+        horizon = 2.0 * horizon if horizon else max(rates.HORIZON, GUESS * SF[_END])
     if net is not None:
-        NC, NI = R[7], R[8]
-        for c, i in enumerate(clients):
-            m = net.motions[i]
-            m.done, m.sent, m.send_s, m.recv_s = int(NI[_DONE, c]), int(NI[_SENT, c]), float(NC[_SEND_S, c]), \
-                float(NC[_RECV_S, c])
-            m.gone = float(NC[_GONE, c])
+        fill_motions([net.motions[i] for i in clients], R)
     return C, SF, M, T, N
+
+
+def fill_motions(motions: list, R) -> None:
+    """Leave on the clients' motions what the SimPy run leaves: micro-batches done and sent, radio seconds, gone."""
+    NC, NI = R[1], R[2]
+    for c, m in enumerate(motions):
+        m.done, m.sent, m.gone = int(NI[_DONE, c]), int(NI[_SENT, c]), float(NC[_GONE, c])
+        m.send_s, m.recv_s = float(NC[_SEND_S, c]), float(NC[_RECV_S, c])
+
+
+def client_figures(C, c: int) -> dict:
+    """Client ``c``'s figures from the kernel's ``C``: device busy seconds, bytes up and down."""
+    return {"busy": float(C[_BUSY, c]), "up": float(C[_UP, c]), "down": float(C[_DOWN, c])}
 
 
 def replay(job, cfg) -> tuple[dict, dict, float]:
@@ -504,8 +552,7 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
         for i in mine:
             devices[job.devices[i].name] = {"busy": 0.0, "up": 0.0, "down": 0.0}
         for c, i in enumerate(clients):
-            devices[job.devices[i].name] = {"busy": float(C[_BUSY, c]), "up": float(C[_UP, c]),
-                                            "down": float(C[_DOWN, c])}
+            devices[job.devices[i].name] = client_figures(C, c)
         servers[job.servers[k].name] = {"busy": float(SF[_SBUSY]), "mixing": mixing.value(M, T),
                                         "total": int(N[_N].sum())}
         makespan = max(makespan, float(SF[_END]))

@@ -5,7 +5,7 @@ numba compiles each kernel the first time it is called and caches the machine co
 install pays for it: about a minute of one core for the SplitFrozen kernel. ``make setup`` runs this
 module, so that the README's first command plans in seconds. It replays a small scenario written here
 (two servers, a varying uplink, a pausing and a dropping device) through every schedule's fast path and
-every SplitFrozen policy, and plans it; the figures are thrown away.
+every SplitFrozen policy, SplitLoRA with a handover too, and plans it; the figures are thrown away.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ def _static() -> dict:
     return data
 
 
+def _handover() -> dict:
+    """The scenario with a steady device handing over to the other server at 0.2 s (SplitLoRA's joint loop)."""
+    steady = {**_SCENARIO["devices"][0], "count": 2, "handover": [{"at": "0.2 s", "to": "s1"}]}
+    return {**_SCENARIO, "devices": [steady, *_SCENARIO["devices"][1:]]}
+
+
 def warm() -> list[str]:
     """Replay and plan the small scenarios on the fast path; returns one line per step with its seconds."""
     import sfsim
@@ -52,6 +58,9 @@ def warm() -> list[str]:
             t0 = time.perf_counter()
             sfsim.simulate(scenario, schedule, splits=2, engine="auto")
             lines.append(f"{schedule} ({label}): {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    sfsim.simulate(scenario_from_dict(_handover(), source="sfsim.fast.warm"), "splitlora", splits=2, engine="auto")
+    lines.append(f"splitlora (handover): {time.perf_counter() - t0:.1f} s")
     scenario = scenario_from_dict(_static(), source="sfsim.fast.warm")
     t0 = time.perf_counter()
     sfsim.simulate(scenario, "splitfrozen", splits=2, policy="pool", engine="auto")

@@ -1,0 +1,585 @@
+"""SplitLoRA handovers on the fast path: :mod:`sfsim.schedules.splitlora.moves`, every server's loop jointly in time, compiled.
+
+With handovers the SimPy schedule runs one process per server (``Server.run_in_time``) that waits until
+each decision's instant and is woken early when a client joins, leaves, finishes or is lost. Here that
+run is one compiled event loop: each server's process a state machine (:func:`_resume`), the queue in
+SimPy's order (time, priority, then scheduling order) with the events the SimPy run schedules (process
+starts, the handovers' soft timers, each wait's timer, a poke's wake-up, the condition either triggers,
+each process's last timer and its end), so servers decide at the same instants in the same order and
+every figure is the same float. The primitives are :mod:`sfsim.fast.splitlora`'s, on each client's legs.
+
+Memory: per client a few numbers, its legs and its server history; per server and client its
+place in that server's lists (``servers x clients``); and the order of each server's stream (one
+int per micro-batch served), which its mixing needs once the run's totals are known.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+
+from sfsim.fast import mixing, rates
+from sfsim.fast import splitlora as sl
+from sfsim.fast.jit import njit
+from sfsim.fast.simq import NORMAL, NSOFT, push, start
+
+_INIT, _SOFT, _TIMER, _WAKE, _COND, _FINAL, _EXIT = range(7)  # event kinds
+_TOP, _INTER, _SEG, _SEG_WAKE, _SEG_END, _ROUND, _ROUND_WAKE, _DONE_PC = range(8)  # a server's program counter
+(_PC, _RET, _ISSUED, _QUOTA, _SERVED, _CHOSEN, _WAKEP, _WAIT, _TOKEN, _TRIG, _HEAD, _TAIL, _NLEFT, _NOUT,
+ _NPEND, _GEN, _FINISHED) = range(17)  # SJ: int per server
+_NO_WAIT, _COND_WAIT, _IDLE_WAIT = range(3)  # SJ[_WAIT]
+_HOME, _HOLD, _NHIST = range(3)  # JC: int per client
+_TOKENS, _NSTREAM, _ERR = range(2, 5)  # CNT, after sfsim.fast.simq's EID and NSOFT
+HISTORY = 4
+"""History slots per leg of a client (who held it since when); a run that needs more fails."""
+
+
+# -- SimPy's queue and wake-ups ------------------------------------------------------------------------
+@njit
+def _poke(J, Q, CNT, now, k):
+    """``Server.poke``: succeed the server's wake-up event if it waits on one not yet triggered."""
+    if J[0][k, _WAKEP]:
+        J[0][k, _WAKEP] = 0
+        push(Q, CNT, now, NORMAL, _WAKE, k, J[0][k, _TOKEN])
+
+
+@njit
+def _changed(J, Q, CNT, now):
+    """``Moves.changed``: wake every server waiting for something to change."""
+    for k in range(J[0].shape[0]):
+        _poke(J, Q, CNT, now, k)
+
+
+@njit
+def _lost(J, R, Q, CNT, now):
+    """A primitive lost a client (``Server._outlasts`` calls ``Moves.changed``): wake the servers now."""
+    if R[5][0]:
+        R[5][0] = 0
+        _changed(J, Q, CNT, now)
+
+
+@njit
+def _until(J, Q, CNT, now, k, t, pc):
+    """``Server.until(t)``: False when ``t`` is not later than now; else the process waits (resumes at ``pc``)."""
+    SJ, TW = J[0], J[1]
+    if t <= now:
+        return False
+    CNT[_TOKENS] += 1
+    SJ[k, _TOKEN], SJ[k, _WAKEP], SJ[k, _WAIT], SJ[k, _TRIG], SJ[k, _PC] = CNT[_TOKENS], 1, _COND_WAIT, 0, pc
+    TW[k] = t
+    push(Q, CNT, t, NORMAL, _TIMER, k, CNT[_TOKENS])
+    return True
+
+
+# -- a server's lists: left (ordered), unissued, out, pending ----------------------------------------------
+@njit
+def _left_set(J, k, c, v):
+    SJ, LV, LN, LP, INL = J[0], J[5], J[6], J[7], J[8]
+    LV[k, c] = v
+    if INL[k, c]:
+        return
+    INL[k, c], LN[k, c], LP[k, c] = 1, -1, SJ[k, _TAIL]
+    if SJ[k, _TAIL] >= 0:
+        LN[k, SJ[k, _TAIL]] = c
+    else:
+        SJ[k, _HEAD] = c
+    SJ[k, _TAIL] = c
+    SJ[k, _NLEFT] += 1
+
+
+@njit
+def _left_del(J, k, c):
+    SJ, LN, LP, INL = J[0], J[6], J[7], J[8]
+    if not INL[k, c]:
+        return
+    INL[k, c] = 0
+    p, q = LP[k, c], LN[k, c]
+    if p >= 0:
+        LN[k, p] = q
+    else:
+        SJ[k, _HEAD] = q
+    if q >= 0:
+        LP[k, q] = p
+    else:
+        SJ[k, _TAIL] = p
+    SJ[k, _NLEFT] -= 1
+
+
+@njit
+def _left_list(J, k, buf):
+    """The clients in ``left`` in insertion order (a snapshot, ``list(self.left)``), into ``buf``; their count."""
+    SJ, LN = J[0], J[6]
+    n, c = 0, SJ[k, _HEAD]
+    while c >= 0:
+        buf[n] = c
+        n += 1
+        c = LN[k, c]
+    return n
+
+
+@njit
+def _uni(J, k, c):
+    """``self.unissued.get(c)`` (0 when absent: set in an earlier segment, or popped)."""
+    return J[9][k, c] if J[10][k, c] == J[0][k, _GEN] else 0
+
+
+@njit
+def _out_add(J, k, c):
+    SJ, OUT, INO = J[0], J[11], J[12]
+    OUT[k, SJ[k, _NOUT]], INO[k, c] = c, 1
+    SJ[k, _NOUT] += 1
+
+
+@njit
+def _out_remove(J, k, c):
+    SJ, OUT, INO = J[0], J[11], J[12]
+    for q in range(SJ[k, _NOUT]):
+        if OUT[k, q] == c:
+            OUT[k, q], INO[k, c] = OUT[k, SJ[k, _NOUT] - 1], 0  # out's order does not matter: served by (arrival, client)
+            SJ[k, _NOUT] -= 1
+            return
+
+
+@njit
+def _pend_remove(J, k, c):
+    SJ, PEND = J[0], J[13]
+    n = SJ[k, _NPEND]
+    for q in range(n):
+        if PEND[k, q] == c:
+            for r in range(q, n - 1):
+                PEND[k, r] = PEND[k, r + 1]
+            SJ[k, _NPEND] = n - 1
+            return
+
+
+@njit
+def _drop(J, k, c):
+    """``Server._drop``: ``c`` leaves this server's lists."""
+    _left_del(J, k, c)
+    J[10][k, c] = -1
+    _pend_remove(J, k, c)
+
+
+# -- holding: Server.leave, rest, hand_over, join; Moves.holder, may_join, tick ---------------------------
+@njit
+def _leave(J, R, k, c):
+    """When ``c`` leaves server ``k``: its next leg on another server (``inf``: never)."""
+    NI, LI, LF = R[2], R[3], R[4]
+    first = NI[sl._LEG0, c]
+    for j in range(first + J[14][c, _HOLD] + 1, first + NI[sl._LEGS, c]):
+        if LI[sl._L_SERVER, j] != k:
+            return LF[sl._L_AT, j]
+    return math.inf
+
+
+@njit
+def _rest(J, K, k, c):
+    """Micro-batches of ``c``'s current epoch not yet issued."""
+    CI, N = K[3], K[5]
+    per = N[sl._PER_EPOCH, c] if N[sl._PER_EPOCH, c] else N[sl._N, c]
+    base = CI[sl._MB, c] if J[12][k, c] else CI[sl._NEXT, c]
+    return min((base // per + 1) * per, N[sl._N, c]) - CI[sl._NEXT, c]
+
+
+@njit
+def _holder(J, c, t):
+    """The server holding ``c`` at ``t`` (a join at exactly ``t`` holds)."""
+    JC, HT, HS = J[14], J[15], J[16]
+    h = JC[c, _NHIST] - 1
+    while h > 0 and HT[c, h] > t:
+        h -= 1
+    return HS[c, h]
+
+
+@njit
+def _join(J, K, Q, CNT, now, k, c, outstanding):
+    """``Server.join``: ``c`` joins server ``k`` (with a micro-batch on its way there when ``outstanding``)."""
+    SJ = J[0]
+    if outstanding:
+        _out_add(J, k, c)
+        SJ[k, _ISSUED] += 1
+    if SJ[k, _NLEFT]:  # mid-epoch: the rest of its own epoch joins this one
+        r = _rest(J, K, k, c)
+        _left_set(J, k, c, r + outstanding)
+        J[9][k, c], J[10][k, c] = r, J[0][k, _GEN]
+        if r and not outstanding:
+            J[13][k, SJ[k, _NPEND]] = c
+            SJ[k, _NPEND] += 1
+        if J[5][k, c] == 0:
+            _left_del(J, k, c)
+    _poke(J, Q, CNT, now, k)
+
+
+@njit
+def _hand_over(J, K, Q, CNT, now, k, c, since, outstanding):
+    """``Server.hand_over``: from ``since`` on ``c`` is held by the server of the leg holding then."""
+    R = K[6]
+    JC, SINCE, HT, HS = J[14], J[2], J[15], J[16]
+    j = sl.leg_at(R, c, since)
+    dest = R[3][sl._L_SERVER, j]
+    JC[c, _HOLD], SINCE[c] = j - R[2][sl._LEG0, c], since
+    if dest == k and not outstanding:  # back here already (A -> B -> A): nothing moves
+        return
+    _drop(J, k, c)
+    JC[c, _HOME] = dest
+    h = JC[c, _NHIST]
+    if h == HT.shape[1]:
+        CNT[_ERR] = 1
+        return
+    HT[c, h], HS[c, h] = since, dest
+    JC[c, _NHIST] = h + 1
+    _join(J, K, Q, CNT, now, dest, c, outstanding)
+    _changed(J, Q, CNT, now)
+
+
+@njit
+def _may_join(J, K, k):
+    """``Moves.may_join``: True while some client with work left may still come to server ``k``."""
+    CI, N, R = K[3], K[5], K[6]
+    NI, LI = R[2], R[3]
+    for c in range(N.shape[1]):
+        if NI[sl._LOST, c] or CI[sl._NEXT, c] >= N[sl._N, c]:
+            continue
+        first = NI[sl._LEG0, c]
+        for j in range(first + J[14][c, _HOLD] + 1, first + NI[sl._LEGS, c]):
+            if LI[sl._L_SERVER, j] == k and LI[sl._L_SERVER, j - 1] != k:
+                return True
+    return False
+
+
+@njit
+def _tick(J, K, Q, CNT, now, c):
+    """``Moves.tick``: a handover's instant; the client leaves its server now if it is idle there."""
+    CI, N, R = K[3], K[5], K[6]
+    k = J[14][c, _HOME]
+    if R[2][sl._LOST, c] or CI[sl._NEXT, c] >= N[sl._N, c] or J[12][k, c] or _leave(J, R, k, c) > now:
+        return
+    _hand_over(J, K, Q, CNT, now, k, c, now, 0)
+
+
+# -- the segment: Server._give, _fill, the serving of one turn ------------------------------------------
+@njit
+def _give(J, K, Q, CNT, now, k, c):
+    """``Server._give``: send ``c`` its next ``fwd`` if this server still holds it then; route its upload."""
+    SF, SI, C, CI, D, N, R = K
+    SJ = J[0]
+    t = max(SF[k, sl._SFREE], J[2][c])
+    lv = _leave(J, R, k, c)
+    if t >= lv:  # gone by then: out of this loop (the handover's instant moves it)
+        _drop(J, k, c)
+        if now >= lv:
+            _hand_over(J, K, Q, CNT, now, k, c, now, 0)
+        return
+    J[9][k, c] -= 1
+    SJ[k, _ISSUED] += 1
+    sl._issue(SF[k], C, CI, D, N, R, c, t)
+    _lost(J, R, Q, CNT, now)
+    if C[sl._ARRIVAL, c] != -math.inf:
+        sent = C[sl._SENT_AT, c]
+        first, last = R[2][sl._LEG0, c], R[2][sl._LEG0, c] + R[2][sl._LEGS, c]
+        for q in range(first + 1, last):  # micro-batches whose upload started before each handover
+            if sent < R[4][sl._L_AT, q]:
+                J[17][q] += 1
+        j = sl.leg_at(R, c, sent)
+        if R[3][sl._L_SERVER, j] != k:  # uploaded after the handover: it goes to the new server
+            SJ[k, _ISSUED] -= 1
+            _hand_over(J, K, Q, CNT, now, k, c, max(now, R[4][sl._L_AT, j]), 1)
+            return
+    _out_add(J, k, c)
+
+
+@njit
+def _fill(J, K, Q, CNT, now, k, buf):
+    """``Server._fill``: send ``fwd`` to clients that joined mid-segment, while the segment has room."""
+    SJ, PEND = J[0], J[13]
+    n = SJ[k, _NPEND]
+    for q in range(n):
+        buf[q] = PEND[k, q]
+    for q in range(n):
+        if SJ[k, _ISSUED] >= SJ[k, _QUOTA]:
+            break
+        c = buf[q]
+        _pend_remove(J, k, c)
+        if _uni(J, k, c):
+            _give(J, K, Q, CNT, now, k, c)
+
+
+@njit
+def _turn(J, K, Q, CNT, now, k, c, buf):
+    """One turn of ``_segment_in_time``: serve ``c``'s micro-batch (or skip it), then what follows."""
+    SF, SI, C, CI, D, N, R = K
+    SJ, STREAM = J[0], J[18]
+    _out_remove(J, k, c)
+    skipped = C[sl._ARRIVAL, c] == -math.inf
+    if sl.serve(SF[k], SI[k], C, CI, D, N, R, c):
+        STREAM[0, CNT[_NSTREAM]], STREAM[1, CNT[_NSTREAM]] = k, c
+        CNT[_NSTREAM] += 1
+    C[sl._ARRIVAL, c] = np.nan
+    _lost(J, R, Q, CNT, now)
+    if not J[8][k, c]:
+        CNT[_ERR] = 2  # SimPy's left[c] -= 1 would raise
+        return
+    J[5][k, c] -= 1
+    if J[5][k, c] == 0:
+        _left_del(J, k, c)
+    SJ[k, _SERVED] += 0 if skipped else 1
+    SJ[k, _ISSUED] -= 1 if skipped else 0
+    if CI[sl._NEXT, c] >= N[sl._N, c]:
+        _changed(J, Q, CNT, now)  # no more work of it: servers waiting for it may end
+    elif not R[2][sl._LOST, c] and _leave(J, R, k, c) <= now:
+        _hand_over(J, K, Q, CNT, now, k, c, now, 0)  # its handover passed while a micro-batch was out here
+    elif SJ[k, _ISSUED] < SJ[k, _QUOTA] and _uni(J, k, c):
+        _give(J, K, Q, CNT, now, k, c)
+    _fill(J, K, Q, CNT, now, k, buf)
+
+
+@njit
+def _segment(J, K, Q, CNT, now, k, buf):
+    """The start of ``_segment_in_time``: quota, the unissued counts, the first ``fwd``'s."""
+    SI = K[1]
+    SJ = J[0]
+    SJ[k, _QUOTA] = (SI[k, sl._EVERY] - SI[k, sl._STEPS] % SI[k, sl._EVERY]) * SI[k, sl._ACC]
+    SJ[k, _ISSUED], SJ[k, _NPEND], SJ[k, _SERVED] = SJ[k, _NOUT], 0, 0
+    SJ[k, _GEN] += 1
+    n = _left_list(J, k, buf)
+    for q in range(n):
+        c = buf[q]
+        J[9][k, c], J[10][k, c] = J[5][k, c] - J[12][k, c], J[0][k, _GEN]
+    for q in range(n):
+        c = buf[q]
+        if SJ[k, _ISSUED] < SJ[k, _QUOTA] and _uni(J, k, c) and not J[12][k, c]:
+            _give(J, K, Q, CNT, now, k, c)
+
+
+@njit
+def _next_turn(J, K, k):
+    """The client of server ``k``'s next turn: its earliest arrival (ties: lower client)."""
+    C, OUT = K[2], J[11]
+    best = OUT[k, 0]
+    for q in range(1, J[0][k, _NOUT]):
+        c = OUT[k, q]
+        if C[sl._ARRIVAL, c] < C[sl._ARRIVAL, best] or (C[sl._ARRIVAL, c] == C[sl._ARRIVAL, best] and c < best):
+            best = c
+    return best
+
+
+@njit
+def _round(J, K, Q, CNT, now, k, buf, fly):
+    """``Server._round`` once the server is free: FedAvg over the clients it holds then."""
+    SF, C, CI, D, R = K[0], K[2], K[3], K[4], K[6]
+    t = SF[k, sl._SFREE]
+    n = 0
+    for c in range(D.shape[1]):
+        if _holder(J, c, t) == k:
+            buf[n] = c
+            n += 1
+    if n == 0:
+        return
+    for q in range(n):  # a member may have a micro-batch on its way to its next server already
+        fly[q] = C[sl._ARRIVAL, buf[q]]
+    sl.fedavg(SF[k], C, CI, D, R, buf, n)
+    _lost(J, R, Q, CNT, now)
+    for q in range(n):
+        C[sl._ARRIVAL, buf[q]] = fly[q]
+
+
+# -- a server's process (Server.run_in_time) and the event loop -----------------------------------------
+@njit
+def _top(J, K, Q, CNT, now, k):
+    """The top of ``run_in_time``: the clients it holds with work left this epoch, else wait or end."""
+    SF, N = K[0], K[5]
+    SJ, JC, SINCE, INO = J[0], J[14], J[2], J[12]
+    for c in range(N.shape[1]):
+        if JC[c, _HOME] == k and (INO[k, c] or max(SF[k, sl._SFREE], SINCE[c]) < _leave(J, K[6], k, c)):
+            v = _rest(J, K, k, c) + INO[k, c]
+            if v > 0:
+                _left_set(J, k, c, v)
+    if SJ[k, _NLEFT]:
+        SJ[k, _PC] = _INTER
+        return False
+    if not _may_join(J, K, k):
+        SJ[k, _FINISHED], SJ[k, _PC] = 1, _DONE_PC
+        push(Q, CNT, max(SF[k, sl._END], now), NORMAL, _FINAL, k, 0)
+        return True
+    CNT[_TOKENS] += 1  # wait until something changes
+    SJ[k, _TOKEN], SJ[k, _WAKEP], SJ[k, _WAIT] = CNT[_TOKENS], 1, _IDLE_WAIT
+    return True
+
+
+@njit
+def _resume(J, K, Q, CNT, now, k):
+    """Run server ``k``'s process from its program counter until it waits (the SimPy generator's next yield)."""
+    SF, SI = K[0], K[1]
+    SJ, TW, buf = J[0], J[1], J[3]
+    while True:
+        pc = SJ[k, _PC]
+        if pc == _TOP:
+            if _top(J, K, Q, CNT, now, k):
+                return
+        elif pc == _INTER:  # _interleaved_in_time: segments while clients have work, then the closing round
+            if SJ[k, _NLEFT]:
+                _segment(J, K, Q, CNT, now, k, buf)
+                SJ[k, _PC] = _SEG
+            else:
+                SJ[k, _RET], SJ[k, _PC] = _TOP, _ROUND
+        elif pc == _SEG:
+            if SJ[k, _SERVED] < SJ[k, _QUOTA] and SJ[k, _NOUT]:
+                c = _next_turn(J, K, k)
+                SJ[k, _CHOSEN] = c
+                if _until(J, Q, CNT, now, k, max(SF[k, sl._SFREE], K[2][sl._ARRIVAL, c]), _SEG_WAKE):
+                    return
+                _turn(J, K, Q, CNT, now, k, c, buf)
+            else:
+                SJ[k, _PC] = _SEG_END
+        elif pc == _SEG_WAKE:
+            if now < TW[k]:  # woken early: decide again
+                _fill(J, K, Q, CNT, now, k, buf)
+            else:
+                _turn(J, K, Q, CNT, now, k, SJ[k, _CHOSEN], buf)
+            SJ[k, _PC] = _SEG
+        elif pc == _SEG_END:
+            sl._server_step(SF[k], SI[k])  # a partial window at the segment's end
+            if SI[k, sl._STEPS] % SI[k, sl._EVERY] == 0 and SJ[k, _NLEFT]:
+                SJ[k, _RET], SJ[k, _PC] = _INTER, _ROUND
+            else:
+                SJ[k, _PC] = _INTER
+        elif pc == _ROUND or pc == _ROUND_WAKE:
+            if pc == _ROUND_WAKE and now < TW[k]:
+                SJ[k, _PC] = _ROUND
+            elif pc == _ROUND and _until(J, Q, CNT, now, k, SF[k, sl._SFREE], _ROUND_WAKE):
+                return
+            else:
+                _round(J, K, Q, CNT, now, k, buf, J[4])
+                SJ[k, _PC] = SJ[k, _RET]
+        else:
+            return
+        if CNT[_ERR]:
+            return
+
+
+@njit
+def _event(J, K, Q, CNT, now, kind, a, b):
+    """Process one event of SimPy's queue (what its callbacks do)."""
+    SJ = J[0]
+    if kind == _SOFT:
+        CNT[NSOFT] -= 1
+        _tick(J, K, Q, CNT, now, a)
+    elif kind == _INIT:
+        _resume(J, K, Q, CNT, now, a)
+    elif kind == _TIMER or kind == _WAKE:
+        if b != SJ[a, _TOKEN]:
+            return  # a timer or wake-up of a wait that is over: its condition ignores it
+        if SJ[a, _WAIT] == _IDLE_WAIT:
+            SJ[a, _WAKEP], SJ[a, _WAIT] = 0, _NO_WAIT
+            _resume(J, K, Q, CNT, now, a)
+        elif SJ[a, _WAIT] == _COND_WAIT and not SJ[a, _TRIG]:
+            SJ[a, _TRIG] = 1  # the any_of condition triggers: the process resumes when it is processed
+            push(Q, CNT, now, NORMAL, _COND, a, b)
+    elif kind == _COND:
+        SJ[a, _WAKEP], SJ[a, _WAIT] = 0, _NO_WAIT
+        _resume(J, K, Q, CNT, now, a)
+    elif kind == _FINAL:
+        push(Q, CNT, now, NORMAL, _EXIT, a, 0)  # the process ends: SimPy schedules its own event
+
+
+@njit
+def run(J, K, soft):
+    """The joint run: the handovers' soft timers ``soft`` (time, client), then every server's process.
+
+    Returns ``(makespan, error)``: error 0; 1 or 2 where the SimPy run would fail or the history is
+    too short; 3 when a server's loop did not finish; -1 when a rate was asked past what was drawn.
+    """
+    S = J[0].shape[0]
+    Q, CNT = start(soft, _SOFT, np.arange(S), _INIT, 5)
+    now = 0.0
+    while len(Q) > CNT[NSOFT]:
+        now, _, _, kind, a, b = heapq.heappop(Q)
+        _event(J, K, Q, CNT, now, kind, a, b)
+        if CNT[_ERR]:
+            return now, CNT[_ERR], CNT[_NSTREAM]
+        if rates.stuck(K[6][0]):
+            return now, -1, CNT[_NSTREAM]
+    for k in range(S):
+        if not J[0][k, _FINISHED]:
+            return now, 3, CNT[_NSTREAM]
+    return now, 0, CNT[_NSTREAM]
+
+
+def _state(job, cfg, clients: list[int], horizon: float) -> tuple:
+    """Fresh kernel state ``K``, joint state ``J`` and soft timers for a run with drawn processes drawn to ``horizon``."""
+    motions, S, m = job.network.motions, len(job.servers), len(clients)
+    D, N = sl.layout([job.devices[i] for i in clients])
+    R = sl.network_arrays([motions[i] for i in clients], horizon)
+    SF = np.array([[0.0, 0.0, 0.0, s.step, s.aggregate] for s in job.servers]).reshape(S, 5)
+    SI = np.array([[0, 0, cfg.accumulate, cfg.fedavg_every, bool(cfg.decompose), 0]] * S, np.int64).reshape(S, 6)
+    C = np.zeros((8, m))
+    C[sl._ARRIVAL] = np.nan  # nothing out
+    K = (SF, SI, C, np.zeros((6, m), np.int64), D, N, R)
+    SJ = np.zeros((S, 17), np.int64)
+    SJ[:, _HEAD] = SJ[:, _TAIL] = -1
+    H = HISTORY * max((len(motions[i].legs) for i in clients), default=1)
+    JC, HT, HS = np.zeros((m, 3), np.int64), np.zeros((m, H)), np.zeros((m, H), np.int64)
+    soft = []
+    for c, i in enumerate(clients):
+        legs = motions[i].legs
+        JC[c, _HOME], JC[c, _NHIST], HS[c, 0] = legs[0].server, 1, legs[0].server
+        soft += [(legs[j].at, c) for j in range(1, len(legs)) if legs[j].server != legs[j - 1].server]
+    per = np.zeros((S, max(1, m)), np.int64)
+    J = (SJ, np.zeros(S), np.zeros(m), np.zeros(max(1, m), np.int64), np.zeros(max(1, m)), per.copy(),
+         np.full((S, max(1, m)), -1, np.int64), np.full((S, max(1, m)), -1, np.int64), per.copy(), per.copy(),
+         np.full((S, max(1, m)), -1, np.int64), per.copy(), per.copy(), per.copy(), JC, HT, HS,
+         np.zeros(R[3].shape[1], np.int64), np.zeros((2, max(1, int(N[sl._N].sum()))), np.int32))  # (server, client) per mb
+    return K, J, np.array(soft, np.float64).reshape(-1, 2).T.copy()
+
+
+def _mixing(job, stream: np.ndarray, clients: list[int]) -> dict:
+    """Each server's stream mixing, as ``run_jointly``'s finish builds it (servers with a stream or devices)."""
+    out, device = {}, np.array(clients, np.int64)
+    for k, srv in enumerate(job.servers):
+        mine = device[stream[1][stream[0] == k]]  # the devices of its stream, in order
+        if len(mine) or any(d.server == k for d in job.devices):
+            totals = np.bincount(mine, minlength=len(job.devices)).astype(np.int64)
+            M, T, share, counts, touched = mixing.start(totals)
+            _stream(M, T, share, counts, touched, mine)
+            out[srv.name] = (mixing.value(M, T), int(totals.sum()))
+    return out
+
+
+@njit
+def _stream(M, T, share, counts, touched, devices):
+    for i in devices:
+        mixing.add(M, T, share, counts, touched, i)
+
+
+def replay(job, cfg) -> tuple[dict, dict, float]:
+    """Replay SplitLoRA with handovers (``Server.run_in_time`` on every server), as :func:`sfsim.fast.splitlora.replay`.
+
+    Servers have ``busy`` and, where the SimPy run measures it, ``mixing`` and ``total``. Drawn processes are
+    drawn further (and the run replayed) until no question passes what was drawn.
+    """
+    motions = job.network.motions
+    clients = [i for i, d in enumerate(job.devices) if d.n]
+    horizon, total = rates.HORIZON, sum(job.devices[i].n for i in clients)
+    while True:
+        K, J, soft = _state(job, cfg, clients, horizon)
+        now, err, n_stream = run(J, K, soft)
+        if err != -1:
+            break
+        # drawn too short: draw past the latest time asked, and as far as the run's pace so far says it lasts
+        horizon = max(2.0 * float(K[6][0][4][:-1].max()), 1.5 * now * total / max(1, n_stream))
+    if err:
+        raise RuntimeError("splitlora handover: a server's loop did not finish" if err == 3 else
+                           f"splitlora handover: the fast path's joint loop failed ({err})")
+    SF, C, NI = K[0], K[2], K[6][2]
+    devices = {d.name: {"busy": 0.0, "up": 0.0, "down": 0.0} for d in job.devices}
+    devices.update({job.devices[i].name: sl.client_figures(C, c) for c, i in enumerate(clients)})
+    sl.fill_motions([motions[i] for i in clients], K[6])
+    at = {i: int(NI[sl._LEG0, c]) for c, i in enumerate(clients)}
+    for i, m in motions.items():  # micro-batches whose upload started before each handover
+        m.switched_at = [int(J[17][at[i] + j]) if i in at else 0 for j in range(1, len(m.legs))]
+    servers = {srv.name: {"busy": float(SF[k, sl._SBUSY])} for k, srv in enumerate(job.servers)}
+    for name, (value, total) in _mixing(job, J[18][:, :n_stream], clients).items():
+        servers[name].update(mixing=value, total=total)
+    return devices, servers, float(now)
