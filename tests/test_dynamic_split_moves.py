@@ -105,3 +105,15 @@ def test_a_handover_downlink_is_validated_in_one_line(tmp_path, link, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
         scenario(tmp_path, d0_handover=[{"at": "1 s", "to": "b", "downlink": link}])
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("at", [0.3, 2.0])
+def test_a_handover_to_the_same_server_counts_the_uploads_before_it(tmp_path, at):
+    """A leg that keeps car on ``a`` (a new link only) used to fail in the report (no counts were kept)."""
+    res = sfsim.simulate(scenario(tmp_path, d0_handover=[{"at": f"{at} s", "to": "a"}]), "splitlora", trace=True)
+    sends = _sends(res)
+    before = sum(t < at for t in sends.values())
+    assert set(_served(res).values()) == {"a"} and 0 < before < len(sends) == 31
+    assert res.handovers == [{"device": "car", "at_s": at, "from": "a", "to": "a",
+                              "sent_before": before, "sent_after": 31 - before}]
+    assert sfsim.simulate(scenario(tmp_path, d0_handover=[{"at": f"{at} s", "to": "a"}]), "splitlora").handovers == res.handovers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing
 from sfsim.network.backhaul import ServerRounds, sync_spec
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, aggregate_seconds, groups, link_seconds
@@ -86,7 +88,7 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         run_jointly(engine, job, cfg, net)
     else:
         lost: set[int] = set()
-        by_server = groups(job.devices)
+        by_server, everyone = groups(job.devices), []
         rounds = job.sync.start(engine) if job.sync is not None else None
         for k in (range(len(job.servers)) if rounds is not None else by_server):  # with sync: every server
             srv, members = job.servers[k], by_server.get(k, [])
@@ -95,14 +97,26 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
                 name = job.devices[i].name
                 engine.device_busy[name] = engine.up_bytes[name] = engine.down_bytes[name] = 0.0
             clients = [Client(i, job.devices[i]) for i in members if job.devices[i].n]
+            everyone += clients
             loop = Server(engine, srv, clients, cfg, mix, net.motions if net is not None else None, lost)
             if rounds is not None:
                 loop.sync = ServerRounds(rounds, k, job.sync.payload, job.sync.closing, always_close=True,
                                          step=loop.drained_step)
                 loop.epochs = job.sync.epochs
             engine.env.process(loop.run())
+        if net is not None:  # handovers that keep each device on its server
+            engine.on_finish(lambda: switched(net.motions, everyone))
+
         for srv in job.servers:
             engine.server_busy.setdefault(srv.name, 0.0)
     if net is not None and engine.events is not None:
         for i, m in net.moving.items():
             engine.on_finish(lambda d=job.devices[i], m=m: trace_moves(engine, d, m))
+
+
+def switched(motions, clients) -> None:
+    """Count each motion's micro-batches whose upload started before each of its handovers."""
+    starts = {c.i: c.starts for c in clients}
+    for i, m in motions.items():
+        if len(m.legs) > 1:
+            m.switched_at = [bisect.bisect_left(starts.get(i, []), leg.at) for leg in m.legs[1:]]

@@ -348,6 +348,8 @@ class Server:
         if self._outlasts(c, start, start + secs):
             return -math.inf
         c.up_free, c.sent_at = start + secs, start
+        if mb >= 0 and self.moves is None:  # alone: its handovers keep it here (jointly, _give records starts)
+            c.starts.append(start)
         record_online(self.engine, "link:" + c.d.name, "send", start, start + secs, mb, c.d.name, m.pause, secs)
         m.send_s += online(m.pause, start, start + secs)
         m.sent += mb >= 0
