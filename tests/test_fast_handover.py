@@ -16,7 +16,7 @@ from sfsim.fast.replay import uncovered
 from sfsim.network.legs import Leg, Motion
 from sfsim.schedules import Job, ReplayConfig
 from sfsim.schedules import splitfrozen as sf
-from tests.test_fast_dynamic import _Scenario, _avail, _rate, _t
+from tests.test_fast_dynamic import _avail, _rate, _Scenario, _t
 
 POLICIES = ("fifo", "fifo", "round-robin", "round-robin", "proportional", "pool")
 """fifo and round-robin are what a scenario with handovers may use (sfsim.schedules.network); proportional and
