@@ -46,7 +46,7 @@ from sfsim.fast.events import (
 from sfsim.fast.joint import _LEG0, _SENT_OUT, RING_FULL, replay_handover
 from sfsim.fast.kernel import _N, _SENT
 from sfsim.fast.rates import Program, Unsupported, stuck
-from sfsim.fast.splitfrozen import layout, pool_args
+from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout, pool_args
 
 
 def state(job, cfg, sequential: bool, ring: int, pool_rows: tuple) -> tuple:
@@ -67,33 +67,8 @@ def state(job, cfg, sequential: bool, ring: int, pool_rows: tuple) -> tuple:
     per_device = cfg.credits == "device"
     flight_max = (m * cfg.buffer if per_device else cfg.buffer) + m
     cap = min(total_all, flight_max) + 2
-    S2, F2 = np.zeros((K, S_SLOTS), np.int64), np.zeros((K, F_SLOTS))
-    expected = np.zeros(K, np.int64)
-    for mv in job.network.moving.values():
-        for leg in mv.legs[1:]:
-            expected[leg.server] += 1
-    CR = np.zeros((K, max(m, 1)), np.int64)
-    P2 = np.zeros((K, 3, m), np.int64)
     words, act, PA = pool_rows
-    flags = (1 if sequential else 0) | (2 if per_device else 0) | (4 if cfg.decompose else 0)
-    code = {"fifo": 0, "round-robin": 1, "proportional": 2, "pool": POOL}[cfg.policy]
-    for k in range(K):
-        total = int(N2[k, _N].sum())
-        S2[k, _UNCLAIMED], S2[k, _TOTAL] = total + expected[k], total
-        S2[k, _BUFFER], S2[k, _ACCUMULATE], S2[k, _POLICY], S2[k, _FLAGS] = cfg.buffer, cfg.accumulate, code, flags
-        S2[k, _TURN], S2[k, _ALARM_ID], S2[k, _CAP] = -1, -1, cap
-        F2[k, _ALARM_AT], F2[k, _STEP], F2[k, _FLIGHT], F2[k, _SOFT_UNTIL] = (math.inf, job.servers[k].step, 0.0,
-                                                                              -math.inf)
-        CR[k, 0] = cfg.buffer
-        if per_device:
-            CR[k, :] = 1 if sequential else cfg.buffer
-        if code == POOL:
-            S2[k, _PCAP], S2[k, _SLIMIT], S2[k, _SBUF] = PA[k]
-            P2[k, 0] = np.where(N2[k, _N] > 0, N2[k, _SENT], 0)
-            P2[k, 2] = P2[k, 0] > 0
-            S2[k, _SCOUNT] = int(P2[k, 2].sum())
-        else:
-            P2[k, 1] = -1
+    S2, F2, CR, P2 = _scalars(job, cfg, sequential, N2, cap, PA)
     counts = np.array([s.count for s in job.servers], np.int64)
     nw = int(counts.sum())
     mixes = [mixing.start(N2[k, _N]) for k in range(K)]
@@ -112,6 +87,40 @@ def state(job, cfg, sequential: bool, ring: int, pool_rows: tuple) -> tuple:
     RN = np.zeros((K, ring), np.int64)
     RS = np.full((K, ring), -1, np.int64)
     return events, X, Z, RN, RS, counts, np.array(where), touched
+
+
+def _scalars(job, cfg, sequential: bool, N2: np.ndarray, cap: int, PA: np.ndarray) -> tuple:
+    """Per server the kernel's scalars ``S`` and ``F``, credits and policy rows, as replay_dynamic sets them.
+
+    A server holds one place per handover that may bring a device to it (ServerPool.expect).
+    """
+    K, m = N2.shape[0], N2.shape[2]
+    S2, F2 = np.zeros((K, S_SLOTS), np.int64), np.zeros((K, F_SLOTS))
+    expected = np.zeros(K, np.int64)
+    for mv in job.network.moving.values():
+        for leg in mv.legs[1:]:
+            expected[leg.server] += 1
+    CR = np.zeros((K, max(m, 1)), np.int64)
+    P2 = np.zeros((K, 3, m), np.int64)
+    code = POLICY_CODES[cfg.policy]
+    for k in range(K):
+        total = int(N2[k, _N].sum())
+        S2[k, _UNCLAIMED], S2[k, _TOTAL] = total + expected[k], total
+        S2[k, _BUFFER], S2[k, _ACCUMULATE], S2[k, _POLICY] = cfg.buffer, cfg.accumulate, code
+        S2[k, _FLAGS], S2[k, _TURN], S2[k, _ALARM_ID], S2[k, _CAP] = flags_for(cfg, sequential), -1, -1, cap
+        F2[k, _ALARM_AT], F2[k, _STEP], F2[k, _FLIGHT] = math.inf, job.servers[k].step, 0.0  # open_arrivals: 0
+        F2[k, _SOFT_UNTIL] = -math.inf
+        CR[k, 0] = cfg.buffer
+        if cfg.credits == "device":
+            CR[k, :] = 1 if sequential else cfg.buffer
+        if code == POOL:
+            S2[k, _PCAP], S2[k, _SLIMIT], S2[k, _SBUF] = PA[k]
+            P2[k, 0] = np.where(N2[k, _N] > 0, N2[k, _SENT], 0)
+            P2[k, 2] = P2[k, 0] > 0
+            S2[k, _SCOUNT] = int(P2[k, 2].sum())
+        else:
+            P2[k, 1] = -1
+    return S2, F2, CR, P2
 
 
 def _touched(moving) -> set:

@@ -221,11 +221,9 @@ def _take(events, X, Y, L, nn, ready, cur, G, j, y, now, resume):
 @njit
 def _mover(events, X, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, G, j, kind, now):
     """Device ``j`` of the dynamic network resumes (started, a timer, granted, cancelled or released)."""
-    S2, F2, D2, N2, P2, PEN = X[0], X[1], X[2], X[3], X[4], X[5]
-    YI, YF, YS, YN = Y[1], Y[2], Y[3], Y[4]
-    LU, LL, LS = L[2], L[3], L[1]
+    S2, D2, N2, YI, YF = X[0], X[2], X[3], Y[1], Y[2]
     y = Y[0][j]
-    stop, pause = YF[y, _STOP], YI[y, _PAUSE]
+    pause = YI[y, _PAUSE]
     step = _TAKE
     if kind == _START or kind == _RESUMED:
         f_start[j] = YF[y, _START_AT] if kind == _START else now
@@ -255,31 +253,41 @@ def _mover(events, X, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, G, j
             if got == _LEFT:
                 _gone(events, X, Y, L, nn, G, j, y, now)
                 return
-        leg = YI[y, _LEG0] + YI[y, _LEG]
-        k = LS[leg]
-        _hold(S2, G, k)
-        n = nn[j]
-        end = now + span(RP, LU[leg], now, YF[y, _BITS], _size(D2[0], N2[0], j, n))
-        if end > stop or end == np.inf:  # cut off mid-send: the credit comes back when it leaves
-            if end == np.inf:
-                _give_back(events, X[6][k], S2[k], X[7][k], X[8][k], X[9][k], j, now)
-            else:
-                _soft(events, S2[k], YN, y, j, k, stop, 1)
+        if not _send_leg(events, X, Y, L, RP, RN, RS, nn, link_free, G, j, y, now):
             _gone(events, X, Y, L, nn, G, j, y, now)
             return
-        YS[y] += end - now if pause < 0 else online(RP, pause, now, end)
-        link_free[j] = end
-        seq0 = S2[k, _PSEQ]
-        _send(events, PEN[k], S2[k], F2[k], P2[k], end + LL[leg], j, n)
-        _note(S2, RN, RS, k, seq0, n)
-        nn[j] = n + 1
-        if S2[k, _FLAGS] & _SEQUENTIAL:
+        if S2[cur[j], _FLAGS] & _SEQUENTIAL:
             return  # the worker releases it when this micro-batch's W ends
         f_start[j] = now
         if nn[j] >= N2[0, _SENT, j]:
             _gone(events, X, Y, L, nn, G, j, y, now)
             return
         step = _BEGIN
+
+
+@njit
+def _send_leg(events, X, Y, L, RP, RN, RS, nn, link_free, G, j, y, now):
+    """Device ``j`` (holding a credit) sends its next micro-batch over its holding leg now; False if cut off first."""
+    S2, F2, D2, N2, P2, PEN = X[0], X[1], X[2], X[3], X[4], X[5]
+    YI, YF, YS, YN = Y[1], Y[2], Y[3], Y[4]
+    leg = YI[y, _LEG0] + YI[y, _LEG]
+    k, stop, pause = L[1][leg], YF[y, _STOP], YI[y, _PAUSE]
+    _hold(S2, G, k)
+    n = nn[j]
+    end = now + span(RP, L[2][leg], now, YF[y, _BITS], _size(D2[0], N2[0], j, n))
+    if end > stop or end == np.inf:  # cut off mid-send: the credit comes back when it leaves
+        if end == np.inf:
+            _give_back(events, X[6][k], S2[k], X[7][k], X[8][k], X[9][k], j, now)
+        else:
+            _soft(events, S2[k], YN, y, j, k, stop, 1)
+        return False
+    YS[y] += end - now if pause < 0 else online(RP, pause, now, end)
+    link_free[j] = end
+    seq0 = S2[k, _PSEQ]
+    _send(events, PEN[k], S2[k], F2[k], P2[k], end + L[3][leg], j, n)
+    _note(S2, RN, RS, k, seq0, n)
+    nn[j] = n + 1
+    return True
 
 
 @njit
