@@ -140,3 +140,46 @@ def test_many_random_handover_fleets_equal():
     for ties in (False, True):
         outcomes = [check(seed, ties) for seed in range(300, 3300)]
         assert outcomes.count("equal") >= 2500
+
+
+@pytest.mark.parametrize("schedule", ["splitfrozen", "splitfrozen-sequential"])
+@pytest.mark.parametrize("policy", ["fifo", "round-robin"])
+def test_simulate_mobile_profile_on_the_fast_path(schedule, policy):
+    """profiles/mobile.yaml (cars hand over at 60 s, phones drop, boards pause): the whole SimResult is SimPy's."""
+    import sfsim
+    from sfsim.scenario.config import load_scenario
+
+    fast = sfsim.simulate(load_scenario("profiles/mobile.yaml"), schedule, policy=policy)
+    simpy = sfsim.simulate(load_scenario("profiles/mobile.yaml"), schedule, policy=policy, engine="simpy")
+    assert (fast.engine, fast.engine_note) == ("fast", None)
+    assert fast.to_dict() == simpy.to_dict()
+    assert [(h["device"], h["sent_before"] > 0, h["sent_after"] > 0) for h in fast.handovers] == [
+        ("car-0", True, True), ("car-1", True, True)]
+
+
+def test_there_and_back_with_pauses_through_simulate(tmp_path):
+    """A device goes a -> b -> a with a new uplink each time while another pauses: fast == SimPy, every figure."""
+    import copy
+
+    from tests.test_fast_dynamic import _simulated
+
+    car = {"handover": [{"at": 0.4, "to": "b", "uplink": {"bandwidth": "20 Mbps", "latency": "30 ms"}},
+                        {"at": 0.9, "to": "a", "uplink": {"bandwidth": "60 Mbps", "latency": "2 ms"}}]}
+    pi = {"availability": {"file": "w.yaml"}}
+    for kw in ({}, {"schedule": "splitfrozen-sequential"}, {"policy": "round-robin"}):
+        simpy, fast = _simulated(tmp_path, copy.deepcopy(car), copy.deepcopy(pi), **kw)
+        assert fast == simpy
+        assert [(h["from"], h["to"]) for h in fast["handovers"]] == [("a", "b"), ("b", "a")]
+        assert all(h["sent_after"] > 0 for h in fast["handovers"]) and fast["handovers"][0]["sent_before"] > 0
+
+
+def test_what_handover_leaves_to_simpy_is_said():
+    """Paced orders and cached activations with handovers stay on the SimPy engine, each with its reason."""
+    job, cfg, _ = random_job(1)
+    assert uncovered(_Scenario(), "splitfrozen", dataclasses.replace(cfg, policy="paced-round-robin",
+                                                                    credits="device"), job) == (
+        "the dynamic network's handover under policy 'paced-round-robin' is replayed by the SimPy engine only")
+    cached = dataclasses.replace(job.devices[0], n=2 * job.devices[0].n, sent=job.devices[0].n)
+    job.network.views[0][0] = cached
+    assert uncovered(_Scenario(), "splitfrozen", dataclasses.replace(cfg, policy="fifo"), job) == (
+        "the dynamic network's handover with cached activations is replayed by the SimPy engine only")
