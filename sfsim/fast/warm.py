@@ -4,8 +4,8 @@ numba compiles each kernel the first time it is called and caches the machine co
 (``sfsim/fast/__pycache__``, or ``NUMBA_CACHE_DIR``), so only the first ``simulate`` or ``plan`` after an
 install pays for it: about a minute of one core for the SplitFrozen kernel. ``make setup`` runs this
 module, so that the README's first command plans in seconds. It replays a small scenario written here
-(two servers, a varying uplink, a pausing and a dropping device) through every schedule's fast path and
-every SplitFrozen policy, and plans it; the figures are thrown away.
+(two servers, a varying uplink, a pausing and a dropping device, then a device handing over) through every
+schedule's fast path and every SplitFrozen policy, and plans it; the figures are thrown away.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 
 #: A small fleet that reaches every compiled branch: constant links and a repeating uplink trace
-#: (expressed inline), a pausing and a dropping device, two servers. Devices stay on their servers.
+#: (expressed inline), a pausing and a dropping device, two servers. Devices stay on their servers
+#: (:func:`_handover` adds one that moves).
 _LINK = {"bandwidth": "40 Mbps", "latency": "5 ms"}
 _SCENARIO = {
     "model": {"name": "gpt2", "seq_len": 32, "task": "classification", "num_labels": 2},
@@ -39,6 +40,15 @@ def _static() -> dict:
     return data
 
 
+def _handover() -> dict:
+    """The scenario with one steady device handing over to the other server and back: the one loop of all servers."""
+    devices = [dict(d) for d in _SCENARIO["devices"]]
+    devices.append({"name": "mover", "count": 1, "flops": "60 GFLOPS", "memory": "4 GiB", "samples": 24,
+                    "server": "s0", "uplink": dict(_LINK), "downlink": dict(_LINK),
+                    "handover": [{"at": "0.2 s", "to": "s1"}, {"at": "0.5 s", "to": "s0"}]})
+    return {**_SCENARIO, "devices": devices}
+
+
 def warm() -> list[str]:
     """Replay and plan the small scenarios on the fast path; returns one line per step with its seconds."""
     import sfsim
@@ -46,7 +56,7 @@ def warm() -> list[str]:
     from sfsim.scenario.config import scenario_from_dict
 
     lines = []
-    for label, data in (("constant links", _static()), ("availability", _SCENARIO)):
+    for label, data in (("constant links", _static()), ("availability", _SCENARIO), ("handover", _handover())):
         scenario = scenario_from_dict(data, source="sfsim.fast.warm")
         for schedule in ("splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora"):
             t0 = time.perf_counter()
