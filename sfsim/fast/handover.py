@@ -186,12 +186,17 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
     """
     devices, moving = job.devices, job.network.moving
     prog, nodes = program(job.network)
-    horizon = 1.0  # how far the drawn processes are drawn: a first guess of the run's end, doubled when passed
+    # how far the drawn processes are drawn: a first guess of the run's end (twice the servers' work spread over
+    # their workers, or a device's own), doubled when passed
+    work = sum(d.n * (d.srv_f + d.srv_b + d.srv_w) for d in devices) / max(1, sum(s.count for s in job.servers))
+    horizon = max(1.0, 2.0 * work)
     for i, mv in moving.items():
         d = devices[i]
         horizon = max(horizon, 2.0 * d.sent * (d.f + d.up_s + d.up_l) + (mv.start if mv.start < math.inf else 0.0)
                       + mv.legs[-1].at)
-    words, ring = 2 * sum(d.n for d in devices) + 64, 1 << max(10, (4 * len(devices) + 1024).bit_length())
+    total = sum(d.n for d in devices)
+    # the ring of pushes' micro-batch numbers: room for every push of the run, or 2**16, grown when a slot is busy
+    words, ring = 2 * total + 64, 1 << min(16, max(10, total.bit_length()))
     while True:
         prog.draw_all(horizon)
         RP = prog.arrays()
