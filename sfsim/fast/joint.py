@@ -347,6 +347,36 @@ def _alarm(events, X, G, key, now):
             return
 
 
+@njit
+def _worker_step(events, X, Z, RN, RS, G, k, w, now):
+    """Worker ``w`` of server ``k`` resumes: arrivals with their numbers, then the kernel's worker step.
+
+    Compiled on its own (the kernel's step is inlined here once, not into :func:`_loop`): a shorter first compile.
+    """
+    S2, F2, D2, N2, P2, PEN, WAI, CR, DW, DR, IDLE = X[:11]
+    PROP, RA, RB, PL, M2, T2, SH, CN, TC, ST, W, WF, QD, QK, words, act, none, PK = Z
+    _hold(S2, G, k)
+    S, F, D, N, P = S2[k], F2[k], D2[k], N2[k], P2[k]
+    order = (none, none, none, none, PL[k], words, act, F2[k, :0])
+    _arrivals(S, F, D, N, P, PROP[k], RA[k], RB[k], order, PEN[k], RN, RS, k, now)
+    _worker(events, PEN[k], WAI[k], PROP[k], S, F, D, N, P, W, WF, QD, QK, CR[k], DW[k], DR[k],
+            (M2[k], T2[k], SH[k], CN[k], TC[k]), IDLE[k], RA[k], RB[k], order, PK, ST[k], w, now)
+
+
+@njit
+def _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, k, j, kind, now):
+    """A device on one leg with constant rates resumes at its server ``k`` (:mod:`sfsim.fast.devices`' steps)."""
+    S2, F2, D2, N2, P2, PEN, WAI, CR, DW, DR = X[:10]
+    _hold(S2, G, k)
+    seq0, n0 = S2[k, _PSEQ], nn[j]
+    if S2[k, _FLAGS] & _SEQUENTIAL:
+        _sequential(events, PEN[k], WAI[k], S2[k], F2[k], D2[k], N2[k], P2[k], CR[k], DW[k], DR[k], nn, j, kind, now)
+    else:
+        _pipelined(events, PEN[k], WAI[k], S2[k], F2[k], D2[k], N2[k], P2[k], CR[k], DW[k], DR[k], nn, f_start,
+                   link_free, ready, j, kind, now)
+    _note(S2, RN, RS, k, seq0, n0)
+
+
 @inline
 def _broken(S2, RP):
     """Whether the run must stop: a heap or ring full, the pool out of words, or a rate past what was drawn."""
@@ -363,8 +393,7 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
     ``Z``: per server the kernel's other state (prop, ring_a, ring_b, P rows, mixing, stream) and the
     shared arrays the workers use (W, WF, QD, QK, the pool's words and bytes).
     """
-    S2, F2, D2, N2, P2, PEN, WAI, CR, DW, DR, IDLE = X[:11]
-    PROP, RA, RB, PL, M2, T2, SH, CN, TC, ST, W, WF, QD, QK, words, act, none, PK = Z
+    S2 = X[0]
     now = last = 0.0
     while S2[G[0], _NEVENTS] > S2[G[0], _NSOFT]:
         h = G[0]
@@ -379,13 +408,7 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
             _alarm(events, X, G, key, now)
         elif kind == _WORKER:
             last = now
-            k = wsrv[j]
-            _hold(S2, G, k)
-            S, F, D, N, P = S2[k], F2[k], D2[k], N2[k], P2[k]
-            order = (none, none, none, none, PL[k], words, act, F2[k, :0])
-            _arrivals(S, F, D, N, P, PROP[k], RA[k], RB[k], order, PEN[k], RN, RS, k, now)
-            _worker(events, PEN[k], WAI[k], PROP[k], S, F, D, N, P, W, WF, QD, QK, CR[k], DW[k], DR[k],
-                    (M2[k], T2[k], SH[k], CN[k], TC[k]), IDLE[k], RA[k], RB[k], order, PK, ST[k], j, now)
+            _worker_step(events, X, Z, RN, RS, G, wsrv[j], j, now)
         elif kind == _RELEASE:
             last = now
             _released(events, X, G, cur[j], j, now)
@@ -394,16 +417,7 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
             _mover(events, X, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, G, j, kind, now)
         else:
             last = now
-            k = cur[j]
-            _hold(S2, G, k)
-            seq0, n0 = S2[k, _PSEQ], nn[j]
-            if S2[k, _FLAGS] & _SEQUENTIAL:
-                _sequential(events, PEN[k], WAI[k], S2[k], F2[k], D2[k], N2[k], P2[k], CR[k], DW[k], DR[k], nn,
-                            j, kind, now)
-            else:
-                _pipelined(events, PEN[k], WAI[k], S2[k], F2[k], D2[k], N2[k], P2[k], CR[k], DW[k], DR[k], nn,
-                           f_start, link_free, ready, j, kind, now)
-            _note(S2, RN, RS, k, seq0, n0)
+            _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, cur[j], j, kind, now)
         if _broken(S2, RP):
             break
     return last
