@@ -219,7 +219,7 @@ def test_what_the_fast_path_leaves_to_simpy_on_the_dynamic_network_is_said(tmp_p
     data = copy.deepcopy(BASE)
     data["devices"][0]["handover"] = [{"at": 1, "to": "b"}]
     res = sfsim.simulate(scenario_from_dict(data, source=str(tmp_path / "s.yaml")))
-    assert (res.engine, res.engine_note) == ("simpy", "the dynamic network's handover is replayed by the SimPy engine only")
+    assert (res.engine, res.engine_note) == ("fast", None)  # handovers: every server in one loop (sfsim.fast.handover)
     (tmp_path / "w.yaml").write_text("pi: [[0, 0.4], [1.5, 1000]]\n")
     data = copy.deepcopy(BASE)
     data["devices"][1]["availability"] = {"file": "w.yaml"}

@@ -9,7 +9,8 @@ Covered: SplitFrozen pipelined and sequential, server or device credits and any 
 accumulation, fused or decomposed B/W, several servers of one or more workers, every policy (fifo,
 round-robin, proportional, paced, and ``pool`` with Python's random draws: :mod:`sfsim.fast.pool`),
 activation caching, partial last micro-batches and warm-up, time-varying uplinks and availability
-(pause, drop) without handover (:mod:`sfsim.fast.dynamic`), and each epoch's closing backhaul round of
+(pause, drop) (:mod:`sfsim.fast.dynamic`), handovers (every server in one loop, :mod:`sfsim.fast.handover`:
+fifo, round-robin, proportional, ``pool``), and each epoch's closing backhaul round of
 servers without ``training.sync`` (:func:`sfsim.network.backhaul.close_epochs`); SplitLoRA on constant
 links and on the dynamic network without handovers (:mod:`sfsim.fast.splitlora`: both client orders,
 arrival or fixed server orders, FedAvg segments, accumulation, fused or decomposed B/W, time-varying
@@ -17,8 +18,9 @@ links, availability with pause or drop); CenLoRA (:mod:`sfsim.fast.cenlora`: sev
 accumulation, the proportional source and its mixing); FedLoRA (:mod:`sfsim.fast.fedlora`: rounds of
 local steps, adapter uploads and downloads, each server's FedAvg) on any network (time-varying links,
 availability, handover). Not covered (the SimPy engine replays them): traces and Gantt charts; backhaul
-sync (``training.sync``) for every schedule, and the baselines' closing backhaul rounds; SplitFrozen's
-handovers and a paced policy with availability; SplitLoRA's handovers.
+sync (``training.sync``) for every schedule, and the baselines' closing backhaul rounds; SplitFrozen
+with a paced policy and availability or handovers, or with handovers and cached activations;
+SplitLoRA's handovers.
 """
 
 from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered

@@ -1,8 +1,8 @@
-"""SplitFrozen on the fast path with the dynamic network: varying uplinks, pause and drop (no handover).
+"""SplitFrozen on the fast path with the dynamic network: varying uplinks, pause and drop; handovers in one loop.
 
 :func:`covers` says whether a job's network is one this replays; :func:`replay_job` replays it,
 server by server (without handover or backhaul sync the servers share nothing but the run's end,
-below), and fills each moving device's :class:`~sfsim.network.legs.Motion` as the SimPy process does.
+below; with handovers all servers together, :mod:`sfsim.fast.handover`), and fills each moving device's :class:`~sfsim.network.legs.Motion` as the SimPy process does.
 
 Soft timers (the drop deadlines) do not make a run last, but one fires if the run is still going
 elsewhere: a server left with only soft timers and work it cannot start (a device cut off holds
@@ -17,8 +17,7 @@ import math
 import numpy as np
 
 from sfsim.engine.policies import PACED
-from sfsim.fast import mixing
-from sfsim.fast.jit import njit
+from sfsim.fast import handover, mixing
 from sfsim.fast.kernel import (
     _N,
     OUT_BUSY,
@@ -47,7 +46,7 @@ def covers(net, policy: str) -> str | None:
     path does not follow.
     """
     if any(len(m.legs) > 1 for m in net.moving.values()):
-        return "handover"
+        return handover.covers(net, policy)
     if policy in PACED and any(m.avail is not None or _may_end(m.legs[0].rate) for m in net.moving.values()):
         return f"availability under policy {policy!r}"
     try:
@@ -75,6 +74,8 @@ def program(net) -> tuple[Program, dict[int, tuple[int, int]]]:
 def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """Replay a SplitFrozen ``job`` with a dynamic network (see :func:`covers`); as :func:`sfsim.fast.splitfrozen.replay_job`."""
     devices, moving = job.devices, job.network.moving
+    if any(len(m.legs) > 1 for m in moving.values()):  # moving devices couple the servers: one loop for all
+        return handover.replay_job(job, cfg, sequential)
     D, N = layout(devices)
     prog, nodes = program(job.network)
     rows = {i: _row(devices[i], m, nodes[i]) for i, m in moving.items()}
@@ -154,7 +155,7 @@ def _collect(job, outs, moving, where) -> tuple[list[dict], np.ndarray, np.ndarr
         count, total, value = int(out[OUT_TV_COUNT]), int(out[OUT_TOTAL]), float(out[OUT_TV_SUM])
         if stream.shape[0]:  # devices joined and left: mixing over the stream received, with its final totals
             totals = Y[5]
-            value, count = _mix_stream(stream[:int(totals.sum())], totals)
+            value, count = mixing.stream_value(stream[:int(totals.sum())], totals)
             total = int(totals.sum())
         results.append({"makespan": float(out[OUT_MAKESPAN]), "busy": float(out[OUT_BUSY]),
                         "wait": float(out[OUT_WAIT]), "end": float(out[OUT_END]),
@@ -169,18 +170,3 @@ def _collect(job, outs, moving, where) -> tuple[list[dict], np.ndarray, np.ndarr
             m.busy, m.up_bytes = d.units(n) * d.f + d.first_extra(n), d.units(n) * d.up_bytes
             busy[i], up[i] = m.busy, m.up_bytes
     return results, busy, up
-
-
-@njit
-def _mix_stream(stream, totals):
-    """StreamMixing(totals) fed ``stream``: (sum of the windows' distances, windows)."""
-    total = totals.sum()
-    windows = max(1, min(10, total))
-    M = np.zeros(mixing.M_SLOTS, np.int64)
-    M[4], M[5], M[2] = total, windows, -(-total // windows)
-    share = totals / total if total else np.zeros(totals.shape[0])
-    T = np.zeros(1)
-    counts, touched = np.zeros(totals.shape[0], np.int64), np.zeros(totals.shape[0], np.int64)
-    for i in stream:
-        mixing.add(M, T, share, counts, touched, i)
-    return T[0], M[3]

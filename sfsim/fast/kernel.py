@@ -5,7 +5,8 @@ It replays exactly what :class:`sfsim.engine.pool.ServerPool` and the device pro
 ``(time, priority, id, code)`` entries queued in the order SimPy would queue them (process starts
 first at time 0, then by creation order), so ties at equal times resolve the same way and the
 figures agree to the last bits. Servers without backhaul sync share nothing, so each is replayed
-alone (:mod:`sfsim.fast.splitfrozen`).
+alone (:mod:`sfsim.fast.splitfrozen`); devices that hand over couple them, and then all are replayed
+in one loop whose workers run this module's step (:mod:`sfsim.fast.joint`).
 
 State is a few arrays per device and worker and heaps (:mod:`sfsim.fast.heap`) sized by devices and
 micro-batches in flight: memory grows with devices, never with the run's length. The event loop is

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sfsim.fast.jit import inline
+from sfsim.fast.jit import inline, njit
 
 _NTOUCHED, _SEEN, _BOUND, _COUNT, _TOTAL, _WINDOWS = range(6)
 M_SLOTS = 6
@@ -68,3 +68,21 @@ def fresh(total, m):
     M = np.zeros(M_SLOTS, np.int64)
     M[_TOTAL], M[_WINDOWS], M[_BOUND] = total, windows, -(-total // windows)
     return M, np.zeros(1), np.zeros(m, np.int64), np.zeros(m, np.int64)
+
+
+@njit
+def stream_value(stream, totals):
+    """A fresh stream over ``totals`` fed ``stream`` (device per micro-batch): (sum of the windows' distances, windows).
+
+    How a server whose devices join and leave measures mixing, over the stream it received.
+    """
+    total = totals.sum()
+    windows = max(1, min(10, total))
+    M = np.zeros(M_SLOTS, np.int64)
+    M[_TOTAL], M[_WINDOWS], M[_BOUND] = total, windows, -(-total // windows)
+    share = totals / total if total else np.zeros(totals.shape[0])
+    T = np.zeros(1)
+    counts, touched = np.zeros(totals.shape[0], np.int64), np.zeros(totals.shape[0], np.int64)
+    for i in stream:
+        add(M, T, share, counts, touched, i)
+    return T[0], M[_COUNT]

@@ -1,7 +1,7 @@
 """Devices of the dynamic network in the compiled SplitFrozen loop: varying uplinks, pause and drop.
 
 One device step replays :func:`sfsim.schedules.splitfrozen.device_process` for a device on one leg
-(no handover) whose uplink varies or that has availability: its forward under ``pause``, its
+(a device that hands over runs :func:`sfsim.fast.joint._mover`, which shares :func:`_ready`) whose uplink varies or that has availability: its forward under ``pause``, its
 credit wait with the drop deadline (:func:`sfsim.schedules.splitfrozen._acquire`), its send
 integrated over the uplink's rate (:mod:`sfsim.fast.rates`), and its exit (the micro-batches it
 will not send are withdrawn from the server). Events are those the SimPy process queues, in the
