@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import sfsim
 from sfsim.engine.pool import DeviceTimes, ServerTimes
 from sfsim.schedules import Job, ReplayConfig
 from sfsim.schedules.fedlora import count, first_of, plans, round_plan, slot_of, width
@@ -112,3 +113,29 @@ def test_two_servers_over_two_epochs_send_the_simulators_rounds(tiny_gpt2, tmp_p
     assert m["uplink_bytes_by_device"] == {n: b + 12 * _steps(10) for n, b in sim.uplink_bytes_by_device.items()}
     assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], 2)
     assert sim.sync_rounds == 2 and m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
+
+
+# -- no training.sync: each epoch's closing round, at its end --------------------------------------------------
+def test_each_epoch_closes_before_the_next_starts():
+    """tests/test_baseline_sync.py's 2 servers, one device each (12 micro-batches an epoch, rounds of 10 and 2),
+    2 epochs, no training.sync: each server's epoch ends with its second FedAvg; both send the closing round then,
+    the average is back a round trip later, and only then the device downloads for epoch 2's first round (the
+    runtime's next ``round`` message follows ``finish_sync``). The second epoch's closing round ends the run."""
+    from tests.test_baseline_sync import backhaul_events, scenario, sizes
+
+    sc = scenario(epochs=2)
+    res = sfsim.simulate(sc, "fedlora", trace=True)
+    closing = sizes(sc)[2]
+    busy, lat = closing * 8 / 1e9, 5e-3
+    assert res.sync_rounds == 2 and res.backhaul_bytes_by_server == {"a": 4 * closing, "b": 4 * closing}
+    aggregates = [e.start + e.dur for e in res.events if e.lane == "a" and e.op == "aggregate"]
+    sends = [e.start for e in backhaul_events(res) if e.lane == "backhaul:a" and e.op == "sync-send"]
+    recvs = [e.start for e in backhaul_events(res) if e.lane == "backhaul:a" and e.op == "sync-recv"]
+    downloads = [e.start for e in res.events if e.lane == "downlink:da"]
+    assert len(aggregates) == len(downloads) == 4  # 2 rounds an epoch
+    assert sends == [aggregates[1], aggregates[3]]
+    assert recvs == [pytest.approx(s + busy + lat, rel=1e-12) for s in sends]
+    assert downloads[0] == aggregates[0] and downloads[2] == aggregates[2]  # within an epoch: at once
+    assert downloads[1] == pytest.approx(recvs[0] + busy + lat, rel=1e-12)  # epoch 2's first round waits for it
+    assert downloads[3] == aggregates[3]  # the run's last download does not
+    assert res.makespan_s == pytest.approx(recvs[1] + busy + lat, rel=1e-12)

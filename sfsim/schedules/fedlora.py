@@ -35,8 +35,9 @@ the runtime's ``fed_round``): a server's FedAvg rounds count; after every ``ever
 in ``sync`` mode), and after its last it answers the others' rounds until none trains, then a closing round
 when one is due; a round whose devices all left before uploading ends empty, as the runtime's. With handovers
 ``training.sync``'s rounds are left out (``sfsim simulate`` says so: a server waiting for a visitor answers the
-others' rounds with zeros, not modelled). Without ``training.sync`` each epoch's closing round follows the server's end (its last
-FedAvg, or its last device gone), after the replay (:func:`sfsim.network.backhaul.close_epochs`).
+others' rounds with zeros, not modelled). Without ``training.sync`` each epoch ends with the servers' closing round
+(:class:`EpochClose`, as the runtime's): from each server's epoch end (its epoch's last FedAvg, or its last device
+gone), a barrier over the servers, and the next epoch's rounds start when it is back.
 
 ``handovers`` in the result count micro-batches by their round's upload (``sent_before`` /
 ``sent_after``); busy time and FLOPs count the micro-batches and steps whose compute ended.
@@ -48,7 +49,7 @@ import bisect
 import math
 
 from sfsim.engine.pool import DeviceTimes, Engine, FifoLane, ServerTimes
-from sfsim.network.backhaul import ServerRounds, sync_spec
+from sfsim.network.backhaul import Closed, ServerRounds, sync_spec
 from sfsim.network.legs import Leg, Motion, gone_at, online, record_online, span
 from sfsim.schedules.common import (
     Job,
@@ -84,9 +85,7 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
     spec = sync_spec(sc, adapter)  # the servers' averages: every block's adapters and the head
     moves = job.network is not None and any(len(m.legs) > 1 for m in job.network.motions.values())
     if spec is not None and (spec.every is None or not moves):  # training.sync with handovers: left out
-        job.sync = spec
-        if spec.every is None:  # the closing rounds after the replay, from each server's last FedAvg
-            job.ends = {}
+        job.sync = spec  # every None: each epoch's closing round in the replay (EpochClose)
     return job
 
 
@@ -155,16 +154,17 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     n_rounds = {i: len(p) for i, p in plan.items()}
     most = max((p[-1][0] + 1 for p in plan.values() if p), default=0)  # FedAvg slots
     fed_groups = []
-    backhaul = job.sync.start(engine) if job.sync is not None and job.ends is None else None
+    closing = job.sync is not None and job.sync.every is None  # no training.sync: each epoch's closing round
+    backhaul = job.sync.start(engine) if job.sync is not None and not closing else None
     for k, srv in enumerate(job.servers):
         lane = FifoLane(engine, srv.lane(0))
         engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
         fed_groups.append(FedGroup(engine, lane, srv.aggregate, most))
-        if job.ends is not None:
-            engine.on_finish(lambda g=fed_groups[-1], name=srv.name: job.ends.__setitem__(name, g.end))
         if backhaul is not None:
             own = [n_rounds[i] for i, d in enumerate(job.devices) if d.server == k and d.n]
             fed_groups[-1].backhaul(ServerRounds(backhaul, k, job.sync.payload, job.sync.closing), max(own, default=0))
+    if closing:
+        EpochClose(engine, job.sync, fed_groups, width(job.devices, per))
     members = Membership(engine, fed_groups, motions, plan)
     for i in [i for _, ids in groups(job.devices).items() for i in ids]:  # the results' order: by server
         d, m = job.devices[i], motions[i]
@@ -201,6 +201,8 @@ class FedGroup:
         self.expect: dict[int, list[int]] = {}  # device -> [lo, hi): the slots it is expected for here
         self.slots: dict[int, list[int]] = {}  # device -> its rounds' slots (:func:`round_plan`)
         self.poke = None  # fired when a device leaves: :meth:`until` looks again
+        self.closes: list = []  # no training.sync: each epoch's closing round back here (:class:`EpochClose`)
+        self.width = 1  # with them: slots an epoch
         self.on_wait = None  # called with r when an arrival has to wait (Membership keeps the run alive)
         self.sync: ServerRounds | None = None  # the backhaul rounds after each FedAvg (:meth:`backhaul`)
         self.next, self.over, self.prev = 0, False, None  # with them: the round under way, ended, the last one's process
@@ -246,6 +248,11 @@ class FedGroup:
                     self.poke = self.engine.env.event()
                 yield self.done[r] | self.poke
 
+    def closing(self, r: int, nxt: int):
+        """Wait (a generator) for the closing round of slot ``r``'s epoch when slot ``nxt`` is in a later one."""
+        if self.closes and nxt // self.width != r // self.width:
+            yield self.closes[r // self.width]
+
     def arrive(self, r: int):
         """An upload for round ``r`` arrived now; the returned event fires when the round's aggregate ends."""
         if self.closed[r]:  # the group averaged this round before the device joined: on its own
@@ -289,6 +296,42 @@ class FedGroup:
         self.engine.succeed_at(self.done[r], max(t, self.engine.env.now))
         if last:
             yield from self.sync.finish(t)
+
+
+class EpochClose:
+    """No ``training.sync``: each epoch ends with the servers' closing round, as the runtime's (``finish_sync``).
+
+    A server's epoch ends when every round of its epoch's slots has ended (at once for a server without devices);
+    it then sends ``closing`` bytes on its backhaul (``bytes x 8 / bandwidth``, then the latency) once its
+    previous closing round is back, the average is ready when every server's upload has arrived, and comes back the
+    same way; its devices' next rounds start after that (:meth:`FedGroup.closing`). Sets ``engine.sync`` (the
+    result's backhaul bytes and rounds: one per epoch).
+    """
+
+    def __init__(self, engine, spec, groups: list[FedGroup], width: int):
+        self.engine, self.spec, self.width = engine, spec, max(width, 1)
+        self.arrived: list[list[float]] = [[] for _ in range(spec.epochs)]
+        self.ready = [engine.env.event() for _ in range(spec.epochs)]
+        engine.sync = Closed({n: 2.0 * spec.closing * spec.epochs for n, _, _ in spec.servers}, spec.epochs)
+        for k, g in enumerate(groups):
+            g.closes, g.width = [engine.env.event() for _ in range(spec.epochs)], self.width
+            engine.env.process(self._server(k, g))
+
+    def _server(self, k: int, group: FedGroup):
+        """Server ``k``'s closing rounds, one an epoch after its epoch's rounds."""
+        name, bw, lat = self.spec.servers[k]
+        busy, free, env = self.spec.closing * 8.0 / bw, 0.0, self.engine.env
+        for e in range(self.spec.epochs):
+            yield from group.until(e * self.width, (e + 1) * self.width)
+            t = max(env.now, free)
+            self.engine.record(f"backhaul:{name}", "sync-send", t, busy)
+            self.arrived[e].append(t + busy + lat)
+            if len(self.arrived[e]) == len(self.spec.servers):
+                self.engine.succeed_at(self.ready[e], max(self.arrived[e]))
+            yield self.ready[e]
+            self.engine.record(f"backhaul:{name}", "sync-recv", env.now, busy)
+            free = env.now + busy + lat
+            self.engine.succeed_at(group.closes[e], free)
 
 
 class Membership:
@@ -390,7 +433,10 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, plan: list
         if leg is None:
             return
         yield members.groups[leg.server].arrive(r)
-        yield from members.groups[leg.server].until(r + 1, slot_of(plan, u + 1))  # its epoch's end
+        group = members.groups[leg.server]
+        yield from group.until(r + 1, slot_of(plan, u + 1))  # its epoch's end
+        if u + 1 < len(plan):
+            yield from group.closing(r, plan[u + 1][0])  # a new epoch: after the epoch's closing round
         if (yield from _transfer(engine, members, i, d, m, False, constant, stop)) is None:
             return
 
