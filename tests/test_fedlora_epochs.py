@@ -95,17 +95,27 @@ def test_one_server_over_two_epochs_sends_the_simulators_rounds(tiny_gpt2, tmp_p
 @pytest.mark.usefixtures("one_torch_thread")
 def test_two_servers_over_two_epochs_send_the_simulators_rounds(tiny_gpt2, tmp_path):
     """runtime_two_servers.yaml without training.sync, 40 samples (10 a device: 3 micro-batches an epoch, 2
-    rounds), 2 epochs: 4 rounds a device (across epochs: 3), each epoch closed by one backhaul round."""
+    rounds), 2 epochs: 4 rounds a device (across epochs: 3), each epoch closed by one backhaul round, in both halves
+    between the epochs: after every device's second upload, before any device's third (shaped links)."""
+    from sfsim.outputs.trace import read_chrome_trace
     from tests.test_multiserver import TWO, _cfg, _with
     from trainer.run.launch import run
     from trainer.validate.compare import ValidateConfig, predict
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dev = _with(tmp_path, TWO, lambda d: d["training"].update(sync=None))
-    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=dev, method="fedlora", train_samples=40, epochs=2))
+    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=dev, method="fedlora", train_samples=40, epochs=2,
+                 emulate="links"))
     vc = ValidateConfig(devices=str(dev), model=tiny_gpt2, method="fedlora", out=str(tmp_path / "v"), max_len=48,
                         data_dir=str(FIXTURES / "data"), train_samples=40, server_order="round-robin", epochs=2)
     sim = predict(vc, m)
+    measured = read_chrome_trace(tmp_path / "run" / "trace.json")
+    for events in (measured, sim.events):  # the runtime's trace, the simulator's of the same run
+        closing = [e for e in events if e.lane.startswith("backhaul:")]
+        sent = min(e.start for e in closing if e.op == "sync-send")
+        back = min(e.start + e.dur for e in closing if e.op == "sync-recv")
+        uploads = {n: sorted(e.start for e in events if e.lane == f"link:{n}") for n in m["samples_by_device"]}
+        assert all(len(u) == 4 and u[1] < sent and u[2] > back for u in uploads.values())
     assert set(m["samples_by_device"].values()) == {10}
     assert m["downlink_bytes_by_device"] == sim.downlink_bytes_by_device
     adapter = sim.downlink_bytes_by_device["a-0"] / 4
