@@ -121,7 +121,7 @@ def _sync_note(sc, results: dict) -> None:
         click.echo(f"note: {', '.join(unsynced)}: training.sync between servers is not simulated with handovers "
                    f"({'FedLoRA; ' if 'fedlora' in unsynced else ''}SplitLoRA over several epochs); these figures leave "
                    "the backhaul rounds out (sfsim run does make them)")
-    once = [n for n, r in results.items() if (n == "fedlora" or n in SPLITFROZEN or (n == "splitlora" and r.handovers))
+    once = [n for n, r in results.items() if ((n == "fedlora" and sc.training.sync) or n in SPLITFROZEN or (n == "splitlora" and r.handovers))
             and r.backhaul_bytes_by_server]
     if once and sc.training.epochs > 1:
         click.echo(f"note: {', '.join(once)}: the simulator closes the backhaul rounds at the run's end (its epochs "

@@ -63,13 +63,28 @@ def _local(D, N, i, first, last, accumulate, t):
 
 
 @njit
-def replay_server(D, N, per, accumulate, aggregate):
-    """Replay one server's FedAvg rounds; returns (time of its last event, busy seconds, steps per device)."""
+def _span(N, i, r, per, slots):
+    """Micro-batches ``[first, last)`` of device ``i``'s round in FedAvg slot ``r`` (``first == last``: none), as
+    :func:`sfsim.schedules.fedlora.round_plan` forms them; ``per_epoch`` 0 is one epoch."""
+    pe = N[_PER_EPOCH, i] if N[_PER_EPOCH, i] > 0 else N[_N, i]
+    e, q = r // slots, r % slots
+    first = e * pe + q * per
+    if pe == 0 or first >= min(N[_N, i], (e + 1) * pe):
+        return 0, 0
+    return first, min(first + per, (e + 1) * pe, N[_N, i])
+
+
+@njit
+def replay_server(D, N, per, accumulate, aggregate, slots):
+    """Replay one server's FedAvg rounds (``slots`` a epoch, :func:`sfsim.schedules.fedlora.width`); returns
+    (time of its last event, busy seconds, steps per device)."""
     m = N.shape[1]
-    rounds = np.zeros(m, np.int64)
+    end_at = np.zeros(m, np.int64)  # each device's slot after its last round
     for i in range(m):
-        rounds[i] = -(-N[_N, i] // per)
-    most = rounds.max() if m else 0
+        pe = N[_PER_EPOCH, i] if N[_PER_EPOCH, i] > 0 else N[_N, i]
+        if N[_N, i] > 0:
+            end_at[i] = (-(-N[_N, i] // pe) - 1) * slots + -(-(N[_N, i] - (-(-N[_N, i] // pe) - 1) * pe) // per)
+    most = end_at.max() if m else 0
     start = np.zeros(m)  # when each device's next round starts
     steps = np.zeros(m, np.int64)
     free = 0.0  # the server's lane free at
@@ -79,39 +94,44 @@ def replay_server(D, N, per, accumulate, aggregate):
         close = -np.inf
         need = 0
         for i in range(m):
-            if rounds[i] <= r:
+            first, stop = _span(N, i, r, per, slots)
+            if first == stop:
                 continue
             s = start[i]
-            t, k = _local(D, N, i, r * per, min(N[_N, i], (r + 1) * per), accumulate, s)
+            t, k = _local(D, N, i, first, stop, accumulate, s)
             steps[i] += k
             sent = s + (t - s)  # the timeout to the local work's end
             arrival = sent + (D[_UP, i] + D[_UP_L, i])
             close = max(close, arrival)
             need += 1
+        if need == 0:
+            continue
         dur = aggregate * need
         end = max(close, free) + dur
         busy += dur
         free = end
-        for i in range(m):
-            if rounds[i] > r:
+        for i in range(m):  # its download; one whose epoch's rounds are done waits for the epoch's end
+            first, stop = _span(N, i, r, per, slots)
+            if first < stop or r + 1 < end_at[i]:
                 start[i] = end + (D[_DOWN, i] + D[_DOWN_L, i])
                 last = max(last, start[i])
     return last, busy, steps
+
 
 
 def replay(job, cfg) -> tuple[dict, dict, float]:
     """Replay a static FedLoRA job: per-device figures (``busy``, ``up``, ``down``), server busy, makespan."""
     devices: dict[str, dict] = {}
     busy: dict[str, float] = {}
-    makespan = 0.0
+    makespan, slots = 0.0, fl.width(job.devices, int(cfg.local_steps))
     for k in dict.fromkeys(d.server for d in job.devices):  # the SimPy schedule's order (groups())
         srv, mine = job.servers[k], [d for d in job.devices if d.server == k]
         D, N = layout(mine)
         end, busy[srv.name], steps = replay_server(D, N, int(cfg.local_steps), int(cfg.accumulate),
-                                                   float(srv.aggregate))
+                                                   float(srv.aggregate), slots)
         makespan = max(makespan, end)
         for d, s in zip(mine, steps, strict=True):
-            n_rounds = -(-d.n // cfg.local_steps)  # uploads and downloads: one each per round
+            n_rounds = fl.count(d.n, d.per_epoch, int(cfg.local_steps))  # uploads and downloads: one each a round
             devices[d.name] = {"busy": d.units(d.n) * (d.f + d.b + d.w) + int(s) * d.step + d.first_extra(d.n),
                                "up": n_rounds * d.sync_bytes, "down": n_rounds * d.sync_bytes}
     return devices, busy, makespan
@@ -166,17 +186,20 @@ def replay_varying(job, cfg) -> tuple[dict, dict, float]:
 
 def _rounds(job, cfg, members: list[int], D, N, per: int, aggregate: float) -> tuple[float, float]:
     """One server's FedAvg rounds on varying links; returns (time of its last event, busy seconds)."""
-    motions, acc = job.network.motions, int(cfg.accumulate)
-    rounds = [-(-job.devices[i].n // per) for i in members]
+    motions, acc, slots = job.network.motions, int(cfg.accumulate), fl.width(job.devices, per)
+    plan = [fl.round_plan(job.devices[i].n, job.devices[i].per_epoch, per, slots) for i in members]
+    busy_slots = sorted({r for p in plan for r, _, _ in p})  # the server's rounds (its epochs' slots)
+    pos = [0] * len(members)  # each device's next round in its plan
     start = [0.0] * len(members)
     free = busy = last = 0.0
-    for r in range(max(rounds, default=0)):
-        close, need = -math.inf, 0
+    for j, r in enumerate(busy_slots):
+        close, need, after = -math.inf, 0, busy_slots[j + 1] if j + 1 < len(busy_slots) else -1
         for c, i in enumerate(members):
-            if rounds[c] <= r:
+            if pos[c] >= len(plan[c]) or plan[c][pos[c]][0] != r:
                 continue
+            _, first, stop = plan[c][pos[c]]
+            pos[c] += 1
             d, m, s = job.devices[i], motions[i], start[c]
-            first, stop = r * per, min(d.n, (r + 1) * per)
             t, steps = _local(D, N, c, first, stop, acc, s)
             m.done, m.steps = m.done + (stop - first), m.steps + int(steps)
             t0 = s + (t - s)  # the timeout to the local work's end
@@ -188,8 +211,9 @@ def _rounds(job, cfg, members: list[int], D, N, per: int, aggregate: float) -> t
             close, need = max(close, t0 + (up + leg.up_l)), need + 1
         end = max(close, free) + aggregate * need
         busy, free = busy + aggregate * need, end
-        for c, i in enumerate(members):
-            if rounds[c] > r:
+        for c, i in enumerate(members):  # its download: after its last round, or its server's epoch's last
+            nxt = plan[c][pos[c]][0] if pos[c] < len(plan[c]) else None
+            if (nxt is None and plan[c] and plan[c][-1][0] == r) or (nxt is not None and nxt == after):
                 d, m = job.devices[i], motions[i]
                 leg = m.legs[0]
                 down = span(leg.down_rate(None), end, d.sync_bytes * 8.0)

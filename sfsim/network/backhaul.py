@@ -16,8 +16,8 @@ link's latency); the average is ready when every server's upload has arrived, an
 
 Without ``training.sync`` ``sfsim run`` still ends each epoch with one closing round over the servers' backhaul
 links, so that the saved adapter is one model: SplitLoRA and CenLoRA replay it with :class:`ServerRounds`
-(``every`` None) at each epoch's end; SplitFrozen (on the fast path too), FedLoRA and SplitLoRA with handovers,
-whose epochs run back to back, after the replay from each server's end (:func:`close_epochs`: the rounds and
+(``every`` None) at each epoch's end, FedLoRA too (``sfsim.schedules.fedlora.EpochClose``); SplitFrozen (on the
+fast path too) and SplitLoRA with handovers, whose epochs run back to back, after the replay from each server's end (:func:`close_epochs`: the rounds and
 bytes of every epoch, their time after the run). SplitFrozen's servers join :class:`Rounds` through
 :class:`PoolRounds` (what the engine's workers call).
 """
@@ -289,7 +289,7 @@ class Closed:
 def close_epochs(spec: SyncSpec, ends: dict[str, float], makespan: float, record=None) -> tuple[Closed, float]:
     """No ``training.sync``: each epoch's closing round after the replay, from each server's end.
 
-    The simulator replays SplitFrozen's (and FedLoRA's, and SplitLoRA's with handovers) epochs back to back, so
+    The simulator replays SplitFrozen's (and SplitLoRA's with handovers) epochs back to back, so
     the ``epochs`` closing rounds come one after
     another from each server's end (``ends``: its last op; 0 for a server without devices): server ``j``
     sends ``closing`` bytes on its backhaul (``bytes x 8 / bandwidth``, then the latency), the average is

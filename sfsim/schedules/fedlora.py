@@ -1,8 +1,10 @@
 """FedLoRA: every device trains LoRA on the whole model; FedAvg rounds whose membership follows the network.
 
-Round ``r`` of a device: ``local_steps`` micro-batches (or what it has left) of ``F``, ``B``, ``W``
+Rounds are formed per epoch, as the runtime's (:func:`round_plan`): a round of a device is ``local_steps``
+micro-batches (or what is left of its epoch: a round never runs into the next epoch) of ``F``, ``B``, ``W``
 through the whole model with a ``step`` after every ``accumulate`` micro-batches and one at the
-round's end for a partial window; the adapter upload (every block and the head); the FedAvg of its
+round's end for a partial window; a device whose epoch has fewer rounds than another's of its server waits
+for the server's epoch to end (its next round's download starts after the epoch's last FedAvg); the adapter upload (every block and the head); the FedAvg of its
 server (``aggregate`` once every expected upload has arrived); the download of the average. The first
 round starts at time 0 with the initial adapters already on the devices; the last round also
 downloads. FedAvg FLOPs are not counted.
@@ -33,8 +35,9 @@ the runtime's ``fed_round``): a server's FedAvg rounds count; after every ``ever
 in ``sync`` mode), and after its last it answers the others' rounds until none trains, then a closing round
 when one is due; a round whose devices all left before uploading ends empty, as the runtime's. With handovers
 ``training.sync``'s rounds are left out (``sfsim simulate`` says so: a server waiting for a visitor answers the
-others' rounds with zeros, not modelled). Without ``training.sync`` each epoch's closing round follows the server's end (its last
-FedAvg, or its last device gone), after the replay (:func:`sfsim.network.backhaul.close_epochs`).
+others' rounds with zeros, not modelled). Without ``training.sync`` each epoch ends with the servers' closing round
+(:class:`EpochClose`, as the runtime's): from each server's epoch end (its epoch's last FedAvg, or its last device
+gone), a barrier over the servers, and the next epoch's rounds start when it is back.
 
 ``handovers`` in the result count micro-batches by their round's upload (``sent_before`` /
 ``sent_after``); busy time and FLOPs count the micro-batches and steps whose compute ended.
@@ -46,7 +49,7 @@ import bisect
 import math
 
 from sfsim.engine.pool import DeviceTimes, Engine, FifoLane, ServerTimes
-from sfsim.network.backhaul import ServerRounds, sync_spec
+from sfsim.network.backhaul import Closed, ServerRounds, sync_spec
 from sfsim.network.legs import Leg, Motion, gone_at, online, record_online, span
 from sfsim.schedules.common import (
     Job,
@@ -82,10 +85,54 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
     spec = sync_spec(sc, adapter)  # the servers' averages: every block's adapters and the head
     moves = job.network is not None and any(len(m.legs) > 1 for m in job.network.motions.values())
     if spec is not None and (spec.every is None or not moves):  # training.sync with handovers: left out
-        job.sync = spec
-        if spec.every is None:  # the closing rounds after the replay, from each server's last FedAvg
-            job.ends = {}
+        job.sync = spec  # every None: each epoch's closing round in the replay (EpochClose)
     return job
+
+
+def width(devices: list, per: int) -> int:
+    """FedAvg slots per epoch: the most rounds an epoch of any device needs (``per`` micro-batches a round;
+    ``per_epoch`` 0 is one epoch)."""
+    return max((rounds(d.per_epoch or d.n, per) for d in devices if d.n), default=0)
+
+
+def round_plan(n: int, per_epoch: int, per: int, slots: int) -> list[tuple[int, int, int]]:
+    """A device's FedAvg rounds as the runtime forms them (``trainer.methods.fedlora``): ``(slot, first, last)``.
+
+    Rounds are formed per epoch: ``per`` micro-batches each, the epoch's last round holds what is left (it
+    does not run into the next epoch) and ends with an optimizer step on a partial window. Round ``q`` of
+    epoch ``e`` is FedAvg slot ``e * slots + q`` (:func:`width`), the same on every server, so a device with
+    fewer rounds in an epoch skips the epoch's later slots: it waits for its server's epoch to end.
+    """
+    out, per_epoch = [], per_epoch or n  # per_epoch 0: one epoch (stage times built by hand)
+    for e in range(rounds(n, per_epoch) if n else 0):
+        lo, hi = e * per_epoch, min(n, (e + 1) * per_epoch)
+        out.extend((e * slots + q, first, min(hi, first + per)) for q, first in enumerate(range(lo, hi, per)))
+    return out
+
+
+def count(n: int, per_epoch: int, per: int) -> int:
+    """How many rounds :func:`round_plan` forms (its uploads, and downloads)."""
+    per_epoch = per_epoch or n
+    if not n:
+        return 0
+    e = rounds(n, per_epoch) - 1  # full epochs before the last
+    return e * rounds(per_epoch, per) + rounds(n - e * per_epoch, per)
+
+
+def plans(devices: list, per: int) -> list[list[tuple[int, int, int]]]:
+    """:func:`round_plan` of every device, on the slots of :func:`width`."""
+    slots = width(devices, per)
+    return [round_plan(d.n, d.per_epoch, per, slots) for d in devices]
+
+
+def first_of(plan: list[tuple[int, int, int]], u: int, n: int) -> int:
+    """The micro-batches a device trains before its ``u``-th upload (``n`` after its last)."""
+    return plan[u][1] if u < len(plan) else n
+
+
+def slot_of(plan: list[tuple[int, int, int]], u: int) -> int:
+    """The slot of a device's ``u``-th round; past its last, the slot after it (0 for none)."""
+    return plan[u][0] if u < len(plan) else (plan[-1][0] + 1 if plan else 0)
 
 
 def steps_in_round(k: int, accumulate: int) -> int:
@@ -103,36 +150,38 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     per, net = cfg.local_steps, job.network
     motions = net.motions if net is not None else {i: still(d) for i, d in enumerate(job.devices)}
     engine.soft_timers = any(len(m.legs) > 1 or m.avail is not None for m in motions.values())
-    n_rounds = {i: rounds(d.n, per) for i, d in enumerate(job.devices)}
-    most = max(n_rounds.values(), default=0)
+    plan = dict(enumerate(plans(job.devices, per)))  # each device's rounds, per epoch as the runtime's
+    n_rounds = {i: len(p) for i, p in plan.items()}
+    most = max((p[-1][0] + 1 for p in plan.values() if p), default=0)  # FedAvg slots
     fed_groups = []
-    backhaul = job.sync.start(engine) if job.sync is not None and job.ends is None else None
+    closing = job.sync is not None and job.sync.every is None  # no training.sync: each epoch's closing round
+    backhaul = job.sync.start(engine) if job.sync is not None and not closing else None
     for k, srv in enumerate(job.servers):
         lane = FifoLane(engine, srv.lane(0))
         engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
         fed_groups.append(FedGroup(engine, lane, srv.aggregate, most))
-        if job.ends is not None:
-            engine.on_finish(lambda g=fed_groups[-1], name=srv.name: job.ends.__setitem__(name, g.end))
         if backhaul is not None:
             own = [n_rounds[i] for i, d in enumerate(job.devices) if d.server == k and d.n]
             fed_groups[-1].backhaul(ServerRounds(backhaul, k, job.sync.payload, job.sync.closing), max(own, default=0))
-    members = Membership(engine, fed_groups, motions, n_rounds)
+    if closing:
+        EpochClose(engine, job.sync, fed_groups, width(job.devices, per))
+    members = Membership(engine, fed_groups, motions, plan)
     for i in [i for _, ids in groups(job.devices).items() for i in ids]:  # the results' order: by server
         d, m = job.devices[i], motions[i]
         engine.device_busy[d.name] = engine.up_bytes[d.name] = engine.down_bytes[d.name] = 0.0
         m.done = 0
         if d.n:
-            engine.env.process(device_process(engine, members, i, d, m, per, cfg.accumulate, net is None))
-        engine.on_finish(lambda d=d, m=m, i=i: _finish(engine, members, net, i, d, m, per))
+            engine.env.process(device_process(engine, members, i, d, m, plan[i], cfg.accumulate, net is None))
+        engine.on_finish(lambda d=d, m=m, i=i: _finish(engine, members, net, i, d, m))
 
 
-def _finish(engine: Engine, members: Membership, net, i: int, d: DeviceTimes, m: Motion, per: int) -> None:
+def _finish(engine: Engine, members: Membership, net, i: int, d: DeviceTimes, m: Motion) -> None:
     """A device's figures from what it did: the static formulas over its micro-batches, steps and rounds."""
     engine.device_busy[d.name] = d.units(m.done) * (d.f + d.b + d.w) + m.steps * d.step + d.first_extra(m.done)
     engine.up_bytes[d.name] = m.syncs_sent * d.sync_bytes
     engine.down_bytes[d.name] = m.downloads * d.sync_bytes
     moved = members.moved_at[i] + [len(m.uploads)] * (len(m.legs) - 1 - len(members.moved_at[i]))
-    m.switched_at = [min(u * per, m.sent) for u in moved]
+    m.switched_at = [min(first_of(members.plan[i], u, d.n), m.sent) for u in moved]
     if engine.events is not None and net is not None and i in net.moving:
         trace_moves(engine, d, m)
 
@@ -149,7 +198,11 @@ class FedGroup:
         self.need, self.arrived = [0] * n_rounds, [0] * n_rounds
         self.closed = [False] * n_rounds
         self.done = [engine.env.event() for _ in range(n_rounds)]
-        self.expect: dict[int, list[int]] = {}  # device -> [lo, hi): the rounds it is expected for here
+        self.expect: dict[int, list[int]] = {}  # device -> [lo, hi): the slots it is expected for here
+        self.slots: dict[int, list[int]] = {}  # device -> its rounds' slots (:func:`round_plan`)
+        self.poke = None  # fired when a device leaves: :meth:`until` looks again
+        self.closes: list = []  # no training.sync: each epoch's closing round back here (:class:`EpochClose`)
+        self.width = 1  # with them: slots an epoch
         self.on_wait = None  # called with r when an arrival has to wait (Membership keeps the run alive)
         self.sync: ServerRounds | None = None  # the backhaul rounds after each FedAvg (:meth:`backhaul`)
         self.next, self.over, self.prev = 0, False, None  # with them: the round under way, ended, the last one's process
@@ -164,11 +217,11 @@ class FedGroup:
             self.over = True
             self.engine.env.process(sync.finish(0.0))
 
-    def join(self, i: int, lo: int, hi: int) -> None:
-        """Device ``i`` is expected here for rounds ``lo..hi-1``."""
-        self.expect[i] = [lo, hi]
-        for r in range(lo, hi):
-            self.need[r] += 1
+    def join(self, i: int, lo: int, hi: int, slots: list[int]) -> None:
+        """Device ``i`` (its rounds at ``slots``) is expected here for its rounds in slots ``lo..hi-1``."""
+        self.expect[i], self.slots[i] = [lo, hi], slots
+        for r in slots:
+            self.need[r] += lo <= r < hi
 
     def cut(self, i: int, hi: int) -> None:
         """Device ``i`` is expected here only before round ``hi`` (it left); rounds may close now."""
@@ -178,10 +231,27 @@ class FedGroup:
         lo, old = span_i
         span_i[1] = max(lo, hi)
         self.end = max(self.end, self.engine.env.now)
-        for r in range(span_i[1], old):
+        cut = [r for r in self.slots[i] if span_i[1] <= r < old]
+        for r in cut:
             self.need[r] -= 1
-        for r in range(span_i[1], old):
+        for r in cut:
             self._close(r)
+        if self.poke is not None and not self.poke.triggered:
+            self.poke.succeed()
+
+    def until(self, lo: int, hi: int):
+        """Wait (a generator) until every round in slots ``lo..hi-1`` that is averaged here has ended: a device whose
+        epoch's rounds are done waits for its server's epoch to end (the runtime's next round starts after it)."""
+        for r in range(lo, hi):
+            while (self.closed[r] or self.need[r]) and not self.done[r].triggered:
+                if self.poke is None or self.poke.triggered:
+                    self.poke = self.engine.env.event()
+                yield self.done[r] | self.poke
+
+    def closing(self, r: int, nxt: int):
+        """Wait (a generator) for the closing round of slot ``r``'s epoch when slot ``nxt`` is in a later one."""
+        if self.closes and nxt // self.width != r // self.width:
+            yield self.closes[r // self.width]
 
     def arrive(self, r: int):
         """An upload for round ``r`` arrived now; the returned event fires when the round's aggregate ends."""
@@ -213,8 +283,9 @@ class FedGroup:
     def _backhaul_round(self, r: int, end: float) -> None:
         """Round ``r`` ended at ``end``: the last when no device is expected for the next (runtime: none has data
         left); its backhaul round follows the previous one's."""
-        last = r + 1 >= len(self.need) or not self.need[r + 1]
-        self.next, self.over = r + 1, last
+        self.next = next((s for s in range(r + 1, len(self.need)) if self.need[s]), len(self.need))
+        last = self.next >= len(self.need)
+        self.over = last
         self.prev = self.engine.env.process(self._synced(r, end, last, self.prev))
 
     def _synced(self, r: int, end: float, last: bool, prev):
@@ -227,11 +298,48 @@ class FedGroup:
             yield from self.sync.finish(t)
 
 
+class EpochClose:
+    """No ``training.sync``: each epoch ends with the servers' closing round, as the runtime's (``finish_sync``).
+
+    A server's epoch ends when every round of its epoch's slots has ended (at once for a server without devices);
+    it then sends ``closing`` bytes on its backhaul (``bytes x 8 / bandwidth``, then the latency) once its
+    previous closing round is back, the average is ready when every server's upload has arrived, and comes back the
+    same way; its devices' next rounds start after that (:meth:`FedGroup.closing`). Sets ``engine.sync`` (the
+    result's backhaul bytes and rounds: one per epoch).
+    """
+
+    def __init__(self, engine, spec, groups: list[FedGroup], width: int):
+        self.engine, self.spec, self.width = engine, spec, max(width, 1)
+        self.arrived: list[list[float]] = [[] for _ in range(spec.epochs)]
+        self.ready = [engine.env.event() for _ in range(spec.epochs)]
+        engine.sync = Closed({n: 2.0 * spec.closing * spec.epochs for n, _, _ in spec.servers}, spec.epochs)
+        for k, g in enumerate(groups):
+            g.closes, g.width = [engine.env.event() for _ in range(spec.epochs)], self.width
+            engine.env.process(self._server(k, g))
+
+    def _server(self, k: int, group: FedGroup):
+        """Server ``k``'s closing rounds, one an epoch after its epoch's rounds."""
+        name, bw, lat = self.spec.servers[k]
+        busy, free, env = self.spec.closing * 8.0 / bw, 0.0, self.engine.env
+        for e in range(self.spec.epochs):
+            yield from group.until(e * self.width, (e + 1) * self.width)
+            t = max(env.now, free)
+            self.engine.record(f"backhaul:{name}", "sync-send", t, busy)
+            self.arrived[e].append(t + busy + lat)
+            if len(self.arrived[e]) == len(self.spec.servers):
+                self.engine.succeed_at(self.ready[e], max(self.arrived[e]))
+            yield self.ready[e]
+            self.engine.record(f"backhaul:{name}", "sync-recv", env.now, busy)
+            free = env.now + busy + lat
+            self.engine.succeed_at(group.closes[e], free)
+
+
 class Membership:
     """Which server's :class:`FedGroup` expects each round of each device: handovers and leaving."""
 
-    def __init__(self, engine, groups: list[FedGroup], motions: dict[int, Motion], n_rounds: dict[int, int]):
-        self.engine, self.groups, self.motions, self.n_rounds = engine, groups, motions, n_rounds
+    def __init__(self, engine, groups: list[FedGroup], motions: dict[int, Motion], plan: dict[int, list]):
+        self.engine, self.groups, self.motions, self.plan = engine, groups, motions, plan
+        self.slots = {i: [r for r, _, _ in p] for i, p in plan.items()}  # each device's rounds' slots
         self.applied = dict.fromkeys(motions, 0)  # legs switched to so far
         self.leaving: dict[int, float] = {}  # device -> when it will leave (a soft timer is set)
         self.kept: set[int] = set()  # leaving devices a barrier waits for: the run lasts until they leave
@@ -239,8 +347,8 @@ class Membership:
             g.on_wait = self._keep_alive
         self.moved_at: dict[int, list[int]] = {i: [] for i in motions}  # uploads started before each handover
         for i, m in motions.items():
-            if n_rounds[i]:
-                groups[m.legs[0].server].join(i, 0, n_rounds[i])
+            if plan[i]:
+                groups[m.legs[0].server].join(i, 0, slot_of(plan[i], len(plan[i])), self.slots[i])
             for j in range(1, len(m.legs)):
                 engine.soft_at(m.legs[j].at, lambda i=i: self.switch(i, engine.env.now))
 
@@ -255,10 +363,11 @@ class Membership:
             old, new = self.groups[m.legs[k - 1].server], self.groups[m.legs[k].server]
             if old is new or m.gone < math.inf:
                 continue
-            hi = old.expect[i][1] if i in old.expect else self.n_rounds[i]
-            old.cut(i, u)
-            if u < hi:
-                new.join(i, u, hi)
+            s, end = slot_of(self.plan[i], u), slot_of(self.plan[i], len(self.plan[i]))
+            hi = old.expect[i][1] if i in old.expect else end
+            old.cut(i, s)
+            if s < hi:
+                new.join(i, s, hi, self.slots[i])
         return j
 
     def leave_at(self, i: int, t: float, uploaded: int) -> None:
@@ -287,12 +396,12 @@ class Membership:
         self.switch(i, self.engine.env.now)
         m.gone = self.engine.env.now
         for g in self.groups:
-            g.cut(i, uploaded)
+            g.cut(i, slot_of(self.plan[i], uploaded))
 
 
-def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, accumulate: int,
+def device_process(engine, members: Membership, i: int, d, m: Motion, plan: list, accumulate: int,
                    constant: bool = False):
-    """One FedLoRA device (see the module docstring); fills ``m``'s outcome.
+    """One FedLoRA device (see the module docstring) over its rounds ``plan`` (:func:`round_plan`); fills ``m``.
 
     ``constant``: one leg with constant rates given by the stage times (``sync_up_s``, ``sync_down_s``),
     the static schedule's arithmetic; else each transfer integrates its leg's rate.
@@ -304,8 +413,7 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, 
         return
     if m.churn == "drop" and m.start > 0:
         yield engine.at(m.start)  # it joins at its first online instant
-    for r in range(rounds(d.n, per)):
-        first, last = r * per, min(d.n, (r + 1) * per)
+    for u, (r, first, last) in enumerate(plan):
         t = env.now
         for n in range(first, last):  # local training, by arithmetic (as the static schedule)
             x = d.size(n)  # the last micro-batch of an epoch may be partial
@@ -325,6 +433,10 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, per: int, 
         if leg is None:
             return
         yield members.groups[leg.server].arrive(r)
+        group = members.groups[leg.server]
+        yield from group.until(r + 1, slot_of(plan, u + 1))  # its epoch's end
+        if u + 1 < len(plan):
+            yield from group.closing(r, plan[u + 1][0])  # a new epoch: after the epoch's closing round
         if (yield from _transfer(engine, members, i, d, m, False, constant, stop)) is None:
             return
 
