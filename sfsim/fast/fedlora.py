@@ -32,6 +32,7 @@ from sfsim.fast.jit import njit
 from sfsim.fast.rates import may_stall
 from sfsim.fast.splitlora import DYNAMIC, STALLS
 from sfsim.network.legs import span
+from sfsim.schedules import fedlora as fl
 
 # float rows of D
 _F, _B, _W, _STEP, _WARM, _LAST, _UP, _UP_L, _DOWN, _DOWN_L = range(10)
@@ -160,7 +161,12 @@ def uncovered(net, job) -> str | None:
     if not all(rates.knows(r) for m in motions.values() for leg in m.legs
                for r in (leg.up_rate(m.pause), leg.down_rate(m.pause), m.avail)):
         return DYNAMIC
+    if any(d.n > d.per_epoch for d in job.devices):
+        return EPOCHS
     return None
+
+
+EPOCHS = "fedlora's rounds over several epochs with handovers or availability are replayed by the SimPy engine only"
 
 
 def replay_varying(job, cfg) -> tuple[dict, dict, float]:
