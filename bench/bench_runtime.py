@@ -262,7 +262,8 @@ def _server_profile_now() -> str:
     from trainer.validate.compare import ValidateConfig
     from trainer.validate.machine import server_profile, sim_model
 
-    vc = ValidateConfig(devices=str(HERE / "runtime_4dev_slowlink.yaml"), model="minilm-l6", method="splitfrozen")
+    vc = ValidateConfig(devices=str(HERE / "runtime_4dev_slowlink.yaml"), model="minilm-l6", method="splitfrozen",
+                        out="/tmp/sfsim-bench/codec-profile")
     sp = server_profile(vc.model, sim_model(vc.model), task="classification", num_labels=2, micro_batch=16,
                         max_len=vc.max_len, threads=vc.threads, max_age_s=0.0)
     return str(sp.path)
