@@ -67,3 +67,38 @@ def test_a_server_whose_round_tail_is_malformed_ends_the_round_in_one_line_namin
     s0b.all_reduce(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0]))  # server 0 says 6 servers still train (of 2)
     th.join()
     assert err["e"].startswith("backhaul: server 0 sent a count of 6 servers (0..2) in a sync round")
+
+
+def _part(dev: str, srv: str, **change) -> dict:
+    """A server's end-of-run part as ``trainer.run.launch`` gathers it, with ``change`` in its metrics."""
+    m = {"method": "splitfrozen", "notes": {}, "device_flops": {dev: 1}, "uplink_bytes_by_device": {dev: 2},
+         "downlink_bytes_by_device": {dev: 3}, "samples_by_device": {dev: 4}, "uplink_bytes": 2, "missing_reports": [],
+         "handovers": [{"device": dev, "at_s": 1.5}], "peak_rss_bytes": 10, "server_flops": {srv: 5},
+         "train_loss_history": [0.5], "eval_accuracy": 0.5, "phase_s": {"F": 0.25}}
+    return {"metrics": {**m, **change}, "events": [[srv, "F", 0.0, 0.1, 0, dev]],
+            "sync": {"sync_rounds": 2, "backhaul_bytes": 8, "steps": 1, "every": None, "mode": "sync", "joint": False}}
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    ({"uplink_bytes": -5}, "malformed uplink_bytes"),
+    ({"handovers": [{"device": "e", "at_s": "soon"}]}, "malformed handovers"),
+    ({"phase_s": {"F": float("nan")}}, "malformed phase_s"),
+    ({"uplink_bytes_by_device": [2]}, "malformed uplink_bytes_by_device"),
+    ({"missing_reports": None}, "malformed missing_reports"),
+])
+def test_a_servers_malformed_end_of_run_part_is_one_line_naming_it(bad, why):
+    from trainer.run.fleet import Fleet
+    from trainer.run.merge import merge_servers
+
+    fl = Fleet(["mec-a", "mec-b"], ["d", "e"], {"d": 0, "e": 1})
+    m = merge_servers([_part("d", "mec-a"), _part("e", "mec-b")], fl)
+    assert m["uplink_bytes"] == 4 and m["uplink_bytes_by_device"] == {"d": 2, "e": 2}
+    assert [h["device"] for h in m["handovers"]] == ["d", "e"]
+    with pytest.raises(SfsimError, match=f"^backhaul: server mec-b's end-of-run part: {why}$"):
+        merge_servers([_part("d", "mec-a"), _part("e", "mec-b", **bad)], fl)
+    part = _part("e", "mec-b")
+    part["events"] = [["mec-b", "F", "then", 0.1, 0, "e"]]
+    with pytest.raises(SfsimError, match="server mec-b's end-of-run part: malformed events"):
+        merge_servers([_part("d", "mec-a"), part], fl)
+    with pytest.raises(SfsimError, match=r"part: not \{metrics"):
+        merge_servers([_part("d", "mec-a"), {"metrics": []}], fl)
