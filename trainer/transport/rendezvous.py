@@ -44,6 +44,8 @@ from trainer.transport.wire import WireError
 
 _ENTRY = struct.Struct(">64sH")  # one directory entry: the server's host (ASCII, zero-padded) and admission port
 _PORT = struct.Struct(">H")
+ENDED = "rendezvous: server 0 ended the rendezvous before the run started (its own error says why)"
+"""A process's error when server 0 gives up the rendezvous (a consequence: the run reports server 0's error)."""
 _CLOCK = struct.Struct(">d")  # the start frame: the run's clock at this attempt's 0, then one _PORT-sized leg a device
 
 
@@ -214,6 +216,8 @@ def connect(rank: int, world: int, master: str | None, names: list[str], secret:
         channels = {0: ch}
         try:
             start = read_start(ch.recv(_CLOCK.size + _PORT.size * len(names)), len(names))
+        except ConnectionError:
+            raise SfsimError(ENDED) from None
         except (OSError, WireError) as err:
             raise SfsimError(f"rendezvous: rank {rank} did not get a usable start from server 0 ({err})") from None
         visits = visits(start) if callable(visits) else visits
