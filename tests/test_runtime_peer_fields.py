@@ -102,3 +102,17 @@ def test_a_servers_malformed_end_of_run_part_is_one_line_naming_it(bad, why):
         merge_servers([_part("d", "mec-a"), part], fl)
     with pytest.raises(SfsimError, match=r"part: not \{metrics"):
         merge_servers([_part("d", "mec-a"), {"metrics": []}], fl)
+
+
+def test_a_reported_handover_must_name_the_runs_servers():
+    from trainer.transport.distributed import parse_report, report_blob
+
+    def report(to: str) -> dict:
+        return {"device": "d", "flops": 1, "uplink_bytes": 2, "phase_s": {}, "peak_rss_bytes": 3, "cpu_s": 0.5,
+                "clock_offset_s": -0.1, "stretched_s": 0.0, "header_bytes": 4, "events": [],
+                "handovers": [{"device": "d", "at_s": 0.5, "from": "mec-a", "to": to, "epoch": 0, "sent_before": 1}]}
+
+    assert parse_report(report_blob(report("mec-b")), "d", ["mec-a", "mec-b"])["handovers"][0]["to"] == "mec-b"
+    assert parse_report(report_blob(report("x" * 500)), "d")["handovers"][0]["to"] == "x" * 500  # no names given
+    with pytest.raises(ValueError, match="names a server the run does not have"):
+        parse_report(report_blob(report("x" * 500)), "d", ["mec-a", "mec-b"])

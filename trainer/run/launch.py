@@ -295,7 +295,7 @@ def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, r
     for n in method.live():
         try:
             msg = tr.recv_up(n, {"report"})
-            reports[n] = parse_report(msg.tensors["blob"], n)
+            reports[n] = parse_report(msg.tensors["blob"], n, fl.servers)
         except (PeerLost, ValueError) as err:
             print(f"warning: no report from {n} ({err}); its measurements are missing", file=sys.stderr)
             if isinstance(err, ValueError):
