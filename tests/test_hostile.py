@@ -164,7 +164,7 @@ def hostile(how: str, master: str, world: int, rank: int, log: str) -> None:
             if how == "impostor":  # an admitted member claims the honest device's rank 1 first, with its own key
                 _claim_another_rank(master, rank, 1, out)
                 how = "idle"
-            ch = connect(rank, world, master, [], secure.need_secret(), False, 10.0)[0]
+            ch = connect(rank, world, master, [f"d{i}" for i in range(world - 1)], secure.need_secret(), False, 10.0)[0]
             sync_clock(Meter())
             names = [f"h-{i}" for i in range(8)]
             _misbehave(how, ch, rank - 1, names[rank - 2])

@@ -124,7 +124,7 @@ def test_resumed_legs_start_each_device_on_the_leg_it_was_on_at_the_checkpoint(t
 
     legs = {"mover": [(0.0, 0), (0.5, 1), (1.5, 0), (3.0, 1)], "back": [(0.0, 1), (0.2, 0), (1.0, 1)],
             "still": [(0.0, 0)]}
-    with pytest.raises(SfsimError, match=r"checkpoint_trace.json is missing or unreadable; a run with handovers"):
+    with pytest.raises(SfsimError, match=r"checkpoint_trace.json is missing or unreadable; a run whose network changes"):
         resumed_legs(tmp_path, legs)
     (tmp_path / TRACE_FILE).write_text(json.dumps({"epoch": 1, "steps": 4, "until_s": 2.0, "events": []}))
     moves = [{"device": "mover", "at_s": 0.5}, {"device": "back", "at_s": 0.2}, {"device": "back", "at_s": 1.0}]

@@ -9,6 +9,7 @@ from pathlib import Path
 from trainer.run import runner
 from trainer.transport import dynamics
 from trainer.transport.distributed import LinkShape
+from trainer.transport.rendezvous import ENDED
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,14 @@ def shaping(cfg, legs: dict[str, list[tuple]]) -> dict | None:
 def root_error(server_error: str | None, logs: Path, devices: list[str], codes: list[int | None]) -> str | None:
     """The error a run reports: the server's, unless it only says that devices did not join and one of
     ``devices`` (exit statuses ``codes``) failed first with an ``error:`` line in ``logs/<name>.log``: that
-    line, naming the device (a device that died before the rendezvous says why)."""
+    line, naming the device (a device that died before the rendezvous says why; one that only saw server 0 give up
+    the rendezvous is not the cause)."""
     if not server_error or "did not join" not in server_error:
         return server_error
     for name, code in zip(devices, codes, strict=True):
         log = logs / f"{name}.log"
         lines = log.read_text(errors="replace").splitlines() if code not in (0, None) and log.is_file() else []
-        errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+        errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ") and ENDED not in ln]
         if errors:
             return f"error: {name}: {errors[-1]}"
     return server_error

@@ -49,25 +49,21 @@ from trainer.run.fleet import Fleet, device_legs, fleet, root_error, shaping
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
 from trainer.run.merge import finite, merge_reports, merge_servers
 from trainer.run.resume import (
+    Resumed,
     add_totals,
     agree_across_servers,
     checkpoint_totals,
     is_finished,
     mark_finished,
     recorded_metrics,
-    resumed_legs,
+    start_point,
+    varies,
     whole_trace,
 )
 from trainer.run.runner import RunConfig
 from trainer.transport import dynamics, secure
 from trainer.transport.backhaul import ServerLinks, ServerSync
-from trainer.transport.distributed import (
-    DistTransport,
-    connect,
-    parse_report,
-    report_blob,
-    sync_clock,
-)
+from trainer.transport.distributed import DistTransport, connect, parse_report, report_blob, sync_clock
 from trainer.transport.rendezvous import credential_file, server_ports
 from trainer.transport.runtime import Message, PeerLost, role_seed
 from trainer.transport.wire import Kind, Limits
@@ -165,17 +161,17 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
         meter.stretch[d.name] = d.flops
     dynamics.check(scenario, cfg.method, cfg.emulate, f"{cfg.devices}: --emulate {cfg.emulate}", cfg.server_order,
                    cfg.client_order)
-    legs = device_legs(cfg, built, fl)
-    visits = {n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()}
-    if resume and any(len(lg) > 1 for lg in legs.values()):  # from each device's leg at the checkpoint on
-        built.info["clock_s"], legs = resumed_legs(cfg.out, legs)
-        fl.home.update({n: lg[0][1] for n, lg in legs.items() if lg})
-        visits = {n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()}
+    at = Resumed(device_legs(cfg, built, fl), fl.devices)  # from where server 0 says the run starts (its resume)
+    start = start_point(cfg.out, at.full, fl.devices, varies(scenario, at.full)) if resume and rank == 0 else None
     limits = _limits(cfg, built, role == "server")  # before a server keeps only its own devices
     timeout_s = max(600.0, 4 * cfg.peer_timeout)
     channels = connect(rank, world, master, fl.devices, secure.need_secret(), secure.encrypt_default(multi_host=True),
-                       rendezvous_s=max(cfg.peer_timeout, RENDEZVOUS_MIN_S), timeout_s=timeout_s,
-                       servers=fl.servers, visits=visits, ports=server_ports(cfg.server_ports, fl.servers, master))
+                       rendezvous_s=max(cfg.peer_timeout, RENDEZVOUS_MIN_S), timeout_s=timeout_s, servers=fl.servers,
+                       visits=at, ports=server_ports(cfg.server_ports, fl.servers, master), start=start)
+    legs, clock = at.legs, at.start.clock_s  # clock: the run's at this attempt's 0
+    built.info["clock_s"] = clock
+    fl.home.update({n: lg[0][1] for n, lg in legs.items() if lg})
+    visits = {n: sorted({r for _, r, *_ in lg}) for n, lg in legs.items()}
     links = None  # a server's backhaul: its channels to the other servers (trainer.transport.backhaul)
     if role == "server" and n_srv > 1:
         links = ServerLinks(rank, n_srv, {p: ch for p, ch in channels.items() if p < n_srv}, timeout_s)
@@ -183,7 +179,7 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
     offset = sync_clock(meter)  # from here on meter.now() is the run's shared clock (trainer.transport.dynamics)
     presence = None
     if role == "device" and cfg.emulate != "none" and dynamics.emulates_availability(cfg.method):
-        presence = dynamics.presence(scenario, fl.devices[rank - n_srv], meter.now)
+        presence = dynamics.presence(scenario, fl.devices[rank - n_srv], meter.now, clock)
         if presence is not None:
             meter.presence[fl.devices[rank - n_srv]] = presence
     tr = DistTransport(rank, fl.devices, channels, meter, limits, shaping(cfg, legs), peer_timeout=cfg.peer_timeout,
@@ -299,7 +295,7 @@ def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, r
     for n in method.live():
         try:
             msg = tr.recv_up(n, {"report"})
-            reports[n] = parse_report(msg.tensors["blob"], n)
+            reports[n] = parse_report(msg.tensors["blob"], n, fl.servers)
         except (PeerLost, ValueError) as err:
             print(f"warning: no report from {n} ({err}); its measurements are missing", file=sys.stderr)
             if isinstance(err, ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from sfsim.errors import SfsimError
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
 
 
@@ -45,10 +46,48 @@ _BY_DEVICE = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_devic
               "peak_rss_bytes_by_role", "lost_devices", "server_flops", "dropped_peers")
 
 
+#: Totals of metrics.json summed over the servers.
+_SUMMED = ("device_flops_total", "server_flops_total", "uplink_bytes", "downlink_bytes", "header_bytes",
+           "train_samples", "cpu_s")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _part_error(part: dict) -> str | None:
+    """What is wrong with a server's end-of-run part (``metrics``, ``events``, ``sync``) for :func:`merge_servers`."""
+    m, ev, sync = part.get("metrics"), part.get("events"), part.get("sync")
+    if not (isinstance(m, dict) and isinstance(ev, list) and isinstance(sync, dict)):
+        return "not {metrics: {...}, events: [...], sync: {...}}"
+    bad = [k for k in _BY_DEVICE if k in m and not isinstance(m[k], dict)]
+    bad += [k for k in _SUMMED + ("peak_rss_bytes",) if not _num(m.get(k, 0))]
+    bad += [k for k in ("phase_s", "server_flops") if not (isinstance(m.get(k, {}), dict)
+                                                          and all(_num(v) for v in m.get(k, {}).values()))]
+    bad += [k for k in ("missing_reports", "handovers", "train_loss_history") if not isinstance(m.get(k), list)]
+    if not bad and not all(isinstance(h, dict) and _num(h.get("at_s")) and isinstance(h.get("device"), str)
+                           for h in m["handovers"]):
+        bad.append("handovers")
+    if not (isinstance(sync.get("joint"), bool) and _num(sync.get("sync_rounds")) and _num(sync.get("backhaul_bytes"))):
+        bad.append("sync")
+    if not all(isinstance(e, list) and len(e) == 6 and isinstance(e[0], str) and isinstance(e[1], str)
+               and _num(abs(e[2]) if isinstance(e[2], (int, float)) else None) and _num(e[3])
+               and isinstance(e[4], int) and isinstance(e[5], str) for e in ev):
+        bad.append("events")
+    return f"malformed {', '.join(bad)}" if bad else None
+
+
 def merge_servers(parts: list[dict], fl) -> dict:
     """One run's metrics from every server's (server 0's losses and scores: after each epoch's last sync round
     every server holds the same model); per-device fields over all devices, totals summed, ``servers`` added.
-    ``fl``: the run's :class:`trainer.run.fleet.Fleet`."""
+    ``fl``: the run's :class:`trainer.run.fleet.Fleet`.
+
+    Raises:
+        SfsimError: a server's part is malformed (checked before use; one line naming the server)."""
+    for j, p in enumerate(parts):
+        why = _part_error(p)
+        if why is not None:
+            raise SfsimError(f"backhaul: server {fl.servers[j]}'s end-of-run part: {why}")
     ms = [p["metrics"] for p in parts]
     m = dict(ms[0])
     for key in _BY_DEVICE:
@@ -57,8 +96,7 @@ def merge_servers(parts: list[dict], fl) -> dict:
     order = {n: i for i, n in enumerate(fl.devices)}
     for key in ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device", "samples_by_device"):
         m[key] = dict(sorted(m[key].items(), key=lambda kv: order.get(kv[0], -1)))
-    for key in ("device_flops_total", "server_flops_total", "uplink_bytes", "downlink_bytes", "header_bytes",
-                "train_samples", "cpu_s"):
+    for key in _SUMMED:
         m[key] = sum(x.get(key, 0) for x in ms)
     m["phase_s"] = {k: round(sum(x.get("phase_s", {}).get(k, 0.0) for x in ms), 6)
                     for k in sorted({k for x in ms for k in x.get("phase_s", {})})}  # every process's

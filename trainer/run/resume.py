@@ -21,9 +21,11 @@ consistent point: weights, optimizer, data cursors and the totals so far) and, o
   follow (:func:`whole_trace`). The time between the checkpoint and the stop is not on it;
 - with several servers, restores each server's own checkpoint (each writes one, only at epoch ends)
   after checking that they are from the same epoch (:func:`agree_across_servers`);
-- with handovers, starts each device on the server that held it at the checkpoint and moves the later
-  handovers onto the resumed attempt's clock (:func:`resumed_legs`); the handovers and untrained samples
-  before the checkpoint are carried into ``metrics.json``.
+- continues the network from the run's clock at the checkpoint (:func:`start_point`, which server 0 tells
+  every process in the rendezvous, so a device on another machine needs no access to the run folder): each
+  device starts on the server that held it then, later handovers move onto the resumed attempt's clock, and
+  time-varying links and availability continue from that clock (:func:`from_start`); the handovers and
+  untrained samples before the checkpoint are carried into ``metrics.json``.
 
 Checkpoints are taken at consistent points (after an optimizer step) every ``--checkpoint-every``
 steps and, by default, at least every :data:`CHECKPOINT_S` seconds (:class:`CheckpointClock`), so a
@@ -33,6 +35,7 @@ stopped run of more than a few minutes always has something to resume from.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -49,7 +52,9 @@ from sfsim.scenario.schema import write_atomic
 from trainer.methods import Setup
 from trainer.methods.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from trainer.methods.common import full_state, load_full_state
+from trainer.transport import dynamics
 from trainer.transport.distributed import DistTransport, parse_report
+from trainer.transport.rendezvous import Start
 from trainer.transport.runtime import Message, PeerLost
 
 CHECKPOINT_S = 120.0
@@ -112,31 +117,81 @@ def _handovers(info: dict) -> list[dict]:
     return list((info.get("base_totals") or {}).get("handovers", [])) + mine
 
 
-def resumed_legs(out: str | Path, legs: dict[str, list[tuple]]) -> tuple[float, dict[str, list[tuple]]]:
-    """A resumed run with handovers: the run's clock at the checkpoint (``until_s`` of server 0's :data:`TRACE_FILE`),
-    and each device's legs from the one it was on (its moves the checkpoints carry), on the resumed attempt's clock
-    (which starts at 0 there; a later leg due before it is due at once, as it was in the interrupted run).
-
-    Every process of the resumed run computes the same, so each device starts on the server that held it at the
-    checkpoint (with several servers a checkpoint is an epoch's end, after the closing sync round: every server
-    holds the same model, and nothing is in flight).
+def start_point(out: str | Path, legs: dict[str, list[tuple]], names: list[str], varies: bool) -> Start:
+    """Server 0 of a resumed run: the run's clock at the checkpoint (``until_s`` of its :data:`TRACE_FILE`) and the
+    leg each device of ``names`` was on then (its moves the checkpoints carry; a handover due but not yet taken is
+    taken at its next send), which it tells every process (:class:`~trainer.transport.rendezvous.Start`).
 
     Raises:
-        SfsimError: the file is missing or unreadable (one line: start the run again)."""
+        SfsimError: the file is missing or unreadable while the network ``varies`` (handovers, time-varying links
+            or availability: they continue from that clock); otherwise the run starts at 0."""
     path = Path(out) / TRACE_FILE
     try:
         clock = float(json.loads(path.read_text())["until_s"])
+        if not math.isfinite(clock) or clock < 0:
+            raise ValueError(clock)
     except (OSError, ValueError, KeyError, TypeError):
-        raise SfsimError(f"--resume: {path} is missing or unreadable; a run with handovers resumes on the run's "
-                         "clock at its checkpoint, which that file records: start the run again") from None
+        if not varies:
+            return Start()
+        raise SfsimError(f"--resume: {path} is missing or unreadable; a run whose network changes over time resumes "
+                         "on the run's clock at its checkpoint, which that file records: start the run again") from None
     moved = (checkpoint_totals(out) or {}).get("handovers")  # each device's moves up to the checkpoint
-    out_legs = {}
-    for name, lg in legs.items():
-        k = max((j for j, (at, *_) in enumerate(lg) if at <= clock), default=0)
-        if moved is not None:  # the leg it was on: a handover due but not yet taken is taken at its next send
+    ks = []
+    for name in names:
+        k = max((j for j, (at, *_) in enumerate(legs[name]) if at <= clock), default=0)
+        if moved is not None:
             k = min(k, sum(h["device"] == name for h in moved))
-        out_legs[name] = [(max(at - clock, 0.0) if j else 0.0, *rest) for j, (at, *rest) in enumerate(lg[k:])]
-    return clock, out_legs
+        ks.append(k)
+    return Start(clock, tuple(ks))
+
+
+def from_start(legs: dict[str, list[tuple]], names: list[str], start: Start) -> dict[str, list[tuple]]:
+    """Each device's legs ``(at, rank, uplink rate, downlink rate, ...)`` on this attempt's clock, which starts at
+    ``start.clock_s`` of the run's: from the leg it was on, later handovers moved back (one due before is due at
+    once, as it was in the interrupted run), rates seen from that clock on (:func:`~trainer.transport.dynamics.
+    shifted`). A fresh run's start leaves them as they are.
+
+    Raises:
+        SfsimError: ``start`` (server 0's, received) puts a device on a leg it does not have (one line)."""
+    clock, ks = start.clock_s, start.legs or (0,) * len(names)
+    out = {}
+    for name, k in zip(names, ks, strict=True):
+        lg = legs[name]
+        if k >= max(len(lg), 1):
+            raise SfsimError(f"rendezvous: server 0 starts device {name} on its leg {k}, but it has {len(lg)}; "
+                             "are all processes on the same scenario?")
+        out[name] = [(max(at - clock, 0.0) if j else 0.0, r, *(dynamics.shifted(x, clock) if i < 2 else x
+                                                                  for i, x in enumerate(rest)))
+                     for j, (at, r, *rest) in enumerate(lg[k:])]
+    return out
+
+
+def resumed_legs(out: str | Path, legs: dict[str, list[tuple]]) -> tuple[float, dict[str, list[tuple]]]:
+    """Server 0's :func:`start_point` (with handovers: the file must be there) and :func:`from_start` together:
+    the run's clock at the checkpoint, and each device's legs on the resumed attempt's clock."""
+    names = list(legs)
+    start = start_point(out, legs, names, varies=True)
+    return start.clock_s, from_start(legs, names, start)
+
+
+def varies(scenario, legs: dict[str, list[tuple]]) -> bool:
+    """Whether the run's network changes over time as emulated: a handover, a time-varying link or availability."""
+    return any(len(lg) > 1 or any(x is not None for x in lg[0][2:4]) for lg in legs.values()) or \
+        any(d.availability is not None for d in scenario.devices)
+
+
+class Resumed:
+    """This attempt's legs once server 0 has said where the run starts: ``connect``'s ``visits`` (called with the
+    :class:`~trainer.transport.rendezvous.Start` on every rank), then :attr:`legs` and :attr:`start`."""
+
+    def __init__(self, legs: dict[str, list[tuple]], names: list[str]):
+        self.full, self.names = legs, names
+        self.legs, self.start = legs, Start()
+
+    def __call__(self, start: Start) -> dict[str, list[int]]:
+        """Take ``start``; return each device's server ranks from its leg then on."""
+        self.start, self.legs = start, from_start(self.full, self.names, start)
+        return {n: sorted({r for _, r, *_ in lg}) for n, lg in self.legs.items()}
 
 
 def device_reports(setup: Setup, method, ckpt: int) -> dict[str, dict]:

@@ -33,7 +33,8 @@ admitted process, devices included, can reach the gloo store and the servers' gl
 aborts a receiver that is sent more than it expects, so a hostile device could forge or kill a round.
 Server 0 sums the servers' vectors in server order and sends the sum back, so every server adopts
 bit-identical averages; a vector of the wrong size (refused before it is read), a forged or replayed
-frame, or non-finite values end the run with one line naming the server.
+frame, non-finite values, or a round whose tail is not a weight >= 0 and counts of servers
+(:func:`round_tail_error`) end the run with one line naming the server.
 """
 
 from __future__ import annotations
@@ -72,19 +73,29 @@ class ServerLinks:
         for ch in channels.values():
             ch.sock.settimeout(timeout_s)
 
-    def all_reduce(self, flat: torch.Tensor) -> None:
-        """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere)."""
+    def all_reduce(self, flat: torch.Tensor, check=None) -> None:
+        """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere).
+
+        ``check(vector, servers)``: what is wrong with one server's vector (``servers`` 1, on server 0) or with the
+        sum server 0 sends back (``servers`` n), or None; a wrong one ends the run with one line naming the sender."""
         nbytes = flat.numel() * 4
         if self.index == 0:
             total = flat.clone()
             for j in range(1, self.n):
-                total += self._recv(j, nbytes)
+                total += self._checked(j, self._recv(j, nbytes), check, 1)
             flat.copy_(total)
             for j in range(1, self.n):
                 self._send(j, flat)
         else:
             self._send(0, flat)
-            flat.copy_(self._recv(0, nbytes))
+            flat.copy_(self._checked(0, self._recv(0, nbytes), check, self.n))
+
+    @staticmethod
+    def _checked(j: int, got: torch.Tensor, check, servers: int) -> torch.Tensor:
+        why = None if check is None else check(got, servers)
+        if why is not None:
+            raise SfsimError(f"backhaul: server {j} sent {why} in a sync round")
+        return got
 
     def gather_json(self, obj: dict) -> list[dict] | None:
         """Server 0: every server's JSON-able ``obj`` in server order; the others send theirs and get ``None``.
@@ -313,7 +324,7 @@ class ServerSync:
                          + [torch.tensor([weight, float(active), float(not adopt), float(stepping)])])  # (numels + 4,)
         nbytes = (flat.numel() - 4) * 4
         self._transfer("sync-send", nbytes)
-        self.group.all_reduce(flat)
+        self.group.all_reduce(flat, check=round_tail_error)
         self._transfer("sync-recv", nbytes)
         self.rounds += 1
         total, still, differ = float(flat[-4]), int(round(float(flat[-3]))), float(flat[-2]) > 0.5
@@ -346,9 +357,21 @@ class ServerSync:
                 "every": self.every, "mode": self.mode, "joint": self.joint}
 
 
+def round_tail_error(flat: torch.Tensor, servers: int) -> str | None:
+    """What is wrong with a round vector's tail (:meth:`ServerSync._round`) summed over ``servers`` servers (1: one
+    server's own), or None: the weight must be >= 0 and each of the three counts a whole number in 0..servers."""
+    if flat.numel() < 4:
+        return f"a vector of {flat.numel()} values (a round carries at least its 4 counts)"
+    weight, *counts = (float(v) for v in flat[-4:])
+    if not weight >= 0:
+        return f"a weight of {weight:g} (the servers' training samples: >= 0)"
+    bad = [c for c in counts if not (0 <= c <= servers and c == round(c))]
+    return f"a count of {bad[0]:g} servers (0..{servers})" if bad else None
+
+
 def _sleep(dt: float) -> None:
     if dt > 0:
         time.sleep(dt)
 
 
-__all__ = ["ServerLinks", "ServerSync"]
+__all__ = ["ServerLinks", "ServerSync", "round_tail_error"]

@@ -473,8 +473,9 @@ REPORT_KEYS = {"device": str, "flops": int, "uplink_bytes": int, "phase_s": dict
 HANDOVER_KEYS = {"device": str, "at_s": float, "from": str, "to": str, "epoch": int, "sent_before": int}
 
 
-def parse_report(blob: torch.Tensor, device: str | None = None) -> dict:
-    """Inverse of :func:`report_blob`, checked against :data:`REPORT_KEYS`; raise ``ValueError`` on anything else.
+def parse_report(blob: torch.Tensor, device: str | None = None, servers: list[str] | None = None) -> dict:
+    """Inverse of :func:`report_blob`, checked against :data:`REPORT_KEYS`; raise ``ValueError`` on anything else
+    (``servers``: the run's server names, which each reported handover must go from and to).
 
     Plain JSON only: no NaN or infinity, no nesting beyond the schema (a deeply nested document is
     refused by the parser's recursion limit and reported as a ``ValueError``), trace events of
@@ -506,6 +507,8 @@ def parse_report(blob: torch.Tensor, device: str | None = None) -> dict:
                         for k, t in HANDOVER_KEYS.items()) and isinstance(h["epoch"], int)
                 and isinstance(h["sent_before"], int)):
             raise ValueError(f"report handover {str(h)[:80]} is not {sorted(HANDOVER_KEYS)} of this device")
+        if servers is not None and not {h["from"], h["to"]} <= set(servers):
+            raise ValueError(f"report handover {str(h)[:80]} names a server the run does not have")
     return obj
 
 

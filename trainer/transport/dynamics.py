@@ -3,8 +3,10 @@
 Clock: every rate and availability is a function of the seconds since the run's common start, the
 origin all processes share after :func:`trainer.transport.distributed.sync_clock` (``Meter.now()``). Training
 begins right after it (the hellos and the first ``start``: milliseconds), as the simulator's starts
-at 0, so a rate change at ``t`` in the scenario falls at ``t`` in both. A resumed run starts its
-clock afresh.
+at 0, so a rate change at ``t`` in the scenario falls at ``t`` in both. A resumed run's clock starts at 0
+at its checkpoint, which is the run's clock ``origin`` (server 0 tells every process in the rendezvous,
+:class:`trainer.transport.rendezvous.Start`): its rates are :class:`Shifted` and its :class:`Presence` takes
+``origin``, so a device resumed at 40 s sees the rate and the pause that hold at 40 s, not those at 0.
 
 Links (``--emulate links|all``): a message of ``b`` bits handed to the link at ``s`` (or when the
 link frees) leaves it where the integral of the rate from ``s`` reaches ``b``
@@ -106,24 +108,46 @@ def link_rates(scenario, d, with_availability: bool = True) -> tuple[Rate | None
     return up, down
 
 
+class Shifted(Rate):
+    """``rate`` on a resumed run's clock, which starts at the run's clock ``origin``: its value at ``t`` is
+    ``rate``'s at ``origin + t`` (drawn channels are the same draws: they are drawn from the run's 0 on)."""
+
+    def __init__(self, rate: Rate, origin: float):
+        self.rate, self.origin = rate, origin
+
+    def segment(self, t: float) -> tuple[float, float]:
+        """``rate``'s segment at ``origin + t``, its end moved back by ``origin`` (and always after ``t``)."""
+        r, until = self.rate.segment(t + self.origin)
+        end = until - self.origin
+        return r, end if end > t else math.nextafter(t, math.inf)
+
+
+def shifted(rate: Rate | None, origin: float) -> Rate | None:
+    """``rate`` seen from ``origin`` on (:class:`Shifted`; unchanged at 0 or for a constant link, None)."""
+    return rate if rate is None or origin == 0 else Shifted(rate, origin)
+
+
 class Presence:
-    """When one device is present, on the run's clock, and the sleeps that emulate it (module docstring).
+    """When one device is present, on this attempt's clock, and the sleeps that emulate it (module docstring).
 
     Args:
-        avail: its 0/1 availability (:mod:`sfsim.network.availability`).
+        avail: its 0/1 availability (:mod:`sfsim.network.availability`), on the run's clock.
         churn: ``pause`` or ``drop``.
-        now: the run's clock (``Meter.now``).
+        now: this attempt's clock (``Meter.now``).
+        origin: the run's clock at this attempt's 0 (a resumed run's checkpoint; 0 for a fresh run). A ``drop``
+            device's join and departure are the run's (one that left before the checkpoint is gone at once).
     """
 
-    def __init__(self, avail: Rate, churn: str, now: Callable[[], float]):
+    def __init__(self, avail: Rate, churn: str, now: Callable[[], float], origin: float = 0.0):
         if churn not in ("pause", "drop"):
             raise ValueError(f'"churn" must be pause or drop, got {churn!r}')
-        self.avail, self.churn, self.now = avail, churn, now
-        self.join = next_online(avail, 0.0)
+        self.avail, self.churn, self.now = shifted(avail, origin), churn, now
+        join = next_online(avail, 0.0)
         #: the instant the device is gone (drop: its first outage after joining; pause: never, by this rule)
-        self.leave = online_until(avail, self.join) if churn == "drop" and self.join < math.inf else math.inf
-        if churn == "drop" and self.join == math.inf:
-            self.leave = 0.0
+        leave = online_until(avail, join) if churn == "drop" and join < math.inf else math.inf
+        if churn == "drop" and join == math.inf:
+            leave = 0.0
+        self.join, self.leave = join - origin, leave - origin
 
     def wait(self, lane: str) -> None:
         """Sleep until the device is online; raise :class:`DeviceLeft` if it never is again."""
@@ -161,11 +185,11 @@ class Presence:
         return out
 
 
-def presence(scenario, name: str, now: Callable[[], float]) -> Presence | None:
-    """Device ``name``'s :class:`Presence`, or None when it is always online."""
+def presence(scenario, name: str, now: Callable[[], float], origin: float = 0.0) -> Presence | None:
+    """Device ``name``'s :class:`Presence` from the run's clock ``origin`` on, or None when it is always online."""
     d = next(d for d in scenario.devices if d.name == name)
     avail = availability(scenario, d)
-    return None if avail is None else Presence(avail, d.availability.churn, now)
+    return None if avail is None else Presence(avail, d.availability.churn, now, origin)
 
 
 def _sleep(dt: float) -> None:
@@ -173,4 +197,4 @@ def _sleep(dt: float) -> None:
         time.sleep(dt)
 
 
-__all__ = ["Presence", "check", "emulates_availability", "availability", "legs", "link_rates", "presence"]
+__all__ = ["Presence", "Shifted", "shifted", "check", "emulates_availability", "availability", "legs", "link_rates", "presence"]

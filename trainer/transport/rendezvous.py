@@ -15,15 +15,23 @@ included, and a device can take no other device's rank. With several servers:
 So every device<->server pair that exchanges messages has its own admitted (and, when on, encrypted)
 channel, and server ``j`` <-> server 0 has one too: the backhaul sync runs over those
 (:mod:`trainer.transport.backhaul`), never over gloo, which only forms the group and syncs the clocks.
+
+Before the directory, server 0 tells every other rank where the run starts (:class:`Start`): the run's clock
+at this attempt's 0 (a resumed run's checkpoint; 0 for a fresh run) and the leg each device was on then. A
+device or server on another machine has no access to server 0's checkpoint: this is how it resumes on the
+run's clock. Every process works out whom it visits from it (``visits`` as a function of the start).
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import struct
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +44,37 @@ from trainer.transport.wire import WireError
 
 _ENTRY = struct.Struct(">64sH")  # one directory entry: the server's host (ASCII, zero-padded) and admission port
 _PORT = struct.Struct(">H")
+ENDED = "rendezvous: server 0 ended the rendezvous before the run started (its own error says why)"
+"""A process's error when server 0 gives up the rendezvous (a consequence: the run reports server 0's error)."""
+_CLOCK = struct.Struct(">d")  # the start frame: the run's clock at this attempt's 0, then one _PORT-sized leg a device
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where this attempt starts on the run's clock (module docstring): ``clock_s`` (0 for a fresh run; a resumed
+    run's clock at its checkpoint) and ``legs``, per device in scenario order, the index of the leg it was on then."""
+
+    clock_s: float = 0.0
+    legs: tuple[int, ...] = ()
+
+    def frame(self, n_devices: int) -> bytes:
+        """The bytes server 0 sends (a fresh run's zeros when ``legs`` is empty)."""
+        legs = self.legs or (0,) * n_devices
+        return _CLOCK.pack(self.clock_s) + b"".join(_PORT.pack(k) for k in legs)
+
+
+def read_start(raw: bytes, n_devices: int) -> Start:
+    """A start frame from server 0, checked like any peer field: the clock finite and >= 0, one leg a device.
+
+    Raises:
+        WireError: a frame of another length or a clock that is not a time (one line)."""
+    if len(raw) != _CLOCK.size + _PORT.size * n_devices:
+        raise WireError(f"server 0's start frame has {len(raw)} bytes, not {_CLOCK.size + _PORT.size * n_devices}")
+    (clock,) = _CLOCK.unpack_from(raw, 0)
+    if not math.isfinite(clock) or clock < 0:
+        raise WireError(f"server 0's start frame gives the run's clock {clock}; it must be finite and >= 0")
+    legs = tuple(_PORT.unpack_from(raw, _CLOCK.size + _PORT.size * i)[0] for i in range(n_devices))
+    return Start(clock, legs)
 
 _KEEP: list = []  # the store's listening socket and the store itself live as long as the process group
 
@@ -109,9 +148,10 @@ def server_ports(text: str | None, servers: list[str], master: str | None) -> di
 
 
 def _admit_all(host: str, port: int, method, world: int, servers: list[str], names: list[str], secret: bytes,
-               encrypt: bool, rendezvous_s: float, td: datetime.timedelta, log) -> tuple[dict, object]:
-    """Server 0's side of :func:`connect`: admit every other rank on the master address, share the servers'
-    directory, and open the rendezvous store (None with an ``init_method``). Returns (channels, store)."""
+               encrypt: bool, rendezvous_s: float, td: datetime.timedelta, log, start: Start) -> tuple[dict, object]:
+    """Server 0's side of :func:`connect`: admit every other rank on the master address, tell each the run's
+    :class:`Start`, share the servers' directory, and open the rendezvous store (None with an ``init_method``).
+    Returns (channels, store)."""
     n_srv = len(servers)
     lsock = secure.listen(host, port)
     ssock = secure.listen(host, 0) if method is None else None
@@ -122,6 +162,9 @@ def _admit_all(host: str, port: int, method, world: int, servers: list[str], nam
     finally:
         lsock.close()
     try:
+        frame = start.frame(len(names))
+        for r in range(1, world):
+            channels[r].send(frame)
         _send_directory(channels, n_srv, world)
     except (OSError, WireError) as err:
         raise SfsimError(f"rendezvous: a server or device broke off while server 0 shared where the servers "
@@ -134,7 +177,8 @@ def _admit_all(host: str, port: int, method, world: int, servers: list[str], nam
 
 def connect(rank: int, world: int, master: str | None, names: list[str], secret: bytes, encrypt: bool,
             rendezvous_s: float, timeout_s: float = 600.0, log=None, servers: list[str] | None = None,
-            visits: dict[str, list[int]] | None = None, ports: dict[int, int] | None = None) -> dict[int, secure.Channel]:
+            visits: dict[str, list[int]] | Callable[[Start], dict[str, list[int]]] | None = None,
+            ports: dict[int, int] | None = None, start: Start | None = None) -> dict[int, secure.Channel]:
     """Admit every other rank (server 0) or join, open the channels of this process, form the gloo group.
 
     Server 0 listens on the master address only: a process gets its rank after proving it holds
@@ -145,7 +189,9 @@ def connect(rank: int, world: int, master: str | None, names: list[str], secret:
     Args:
         names: device names in scenario order (device ``i`` is rank ``len(servers) + i``).
         servers: server names in scenario order (default: one server).
-        visits: device name -> every server rank it talks to (default: server 0 only).
+        visits: device name -> every server rank it talks to (default: server 0 only); or a function of the
+            run's :class:`Start` giving it (called once on every rank, with what server 0 told).
+        start: server 0's :class:`Start` to tell the others (default: a fresh run's).
         ports: server rank ``j >= 1`` -> the port it admits its devices on (:func:`server_ports`; default: a
             free port, which server 0 tells the devices).
 
@@ -161,10 +207,20 @@ def connect(rank: int, world: int, master: str | None, names: list[str], secret:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's own listener stays on loopback too
     td = datetime.timedelta(seconds=timeout_s)
     if rank == 0:
-        channels, store = _admit_all(host, port, method, world, servers, names, secret, encrypt, rendezvous_s, td, log)
+        start = start or Start()
+        channels, store = _admit_all(host, port, method, world, servers, names, secret, encrypt, rendezvous_s, td, log,
+                                     start)
+        visits = visits(start) if callable(visits) else visits
     else:
         ch, store_port = secure.join(host, port, rank, secret, timeout_s)
         channels = {0: ch}
+        try:
+            start = read_start(ch.recv(_CLOCK.size + _PORT.size * len(names)), len(names))
+        except ConnectionError:
+            raise SfsimError(ENDED) from None
+        except (OSError, WireError) as err:
+            raise SfsimError(f"rendezvous: rank {rank} did not get a usable start from server 0 ({err})") from None
+        visits = visits(start) if callable(visits) else visits
         if rank < n_srv:
             channels |= _admit_visitors(ch, rank, secret, names, n_srv, visits, 2 * rendezvous_s, log,
                                         (ports or {}).get(rank, 0))
@@ -256,4 +312,4 @@ def sync_clock(meter: Meter, rounds: int = 5) -> float:
     return offset
 
 
-__all__ = ["connect", "sync_clock", "parse_ports", "server_ports", "credential_file"]
+__all__ = ["Start", "read_start", "connect", "sync_clock", "parse_ports", "server_ports", "credential_file"]

@@ -1,0 +1,118 @@
+"""What a peer sends in the resume, handover and backhaul paths is checked before use (type, range, finite,
+shape), and a malformed field costs at most its sender (on the backhaul, where the servers must stay one model,
+the run ends with one line naming the server)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from sfsim.errors import SfsimError
+
+
+def _linked():
+    """Server 0's and server 1's ``ServerLinks`` over one loopback connection, and server 1's raw channel."""
+    import socket
+
+    from trainer.transport.backhaul import ServerLinks
+    from trainer.transport.secure import Channel
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        a = socket.create_connection(srv.getsockname())
+        b, _ = srv.accept()
+    ch0, ch1 = Channel(a), Channel(b)
+    return ServerLinks(0, 2, {1: ch0}, 5.0), ServerLinks(1, 2, {0: ch1}, 5.0), ch1
+
+
+def test_a_round_tail_must_be_a_weight_and_counts_of_servers():
+    from trainer.transport.backhaul import round_tail_error
+
+    assert round_tail_error(torch.tensor([0.5, 0.5, 3.0, 1.0, 0.0, 1.0]), 1) is None
+    assert round_tail_error(torch.tensor([9.0, 2.0, 1.0, 0.0]), 2) is None  # a sum over two servers
+    assert round_tail_error(torch.tensor([-1.0, 1.0, 0.0, 0.0]), 1) == "a weight of -1 (the servers' training " \
+                                                                       "samples: >= 0)"
+    assert round_tail_error(torch.tensor([1.0, 2.0, 0.0, 0.0]), 1) == "a count of 2 servers (0..1)"
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.5, 0.0]), 2) == "a count of 0.5 servers (0..2)"
+    assert round_tail_error(torch.tensor([1.0, 1.0]), 1) == "a vector of 2 values (a round carries at least its 4 counts)"
+
+
+def test_a_server_whose_round_tail_is_malformed_ends_the_round_in_one_line_naming_it():
+    """Server 1 sends a negative weight: server 0 refuses it before adding it; a sum from server 0 with a count
+    beyond the servers is refused by server 1. Well-formed rounds sum as before."""
+    from trainer.transport.backhaul import round_tail_error
+
+    s0, s1, ch1 = _linked()
+    x0, x1 = torch.tensor([2.0, 1.0, 1.0, 0.0, 0.0]), torch.tensor([4.0, 3.0, 1.0, 1.0, 0.0])
+    th = threading.Thread(target=s1.all_reduce, args=(x1, round_tail_error))
+    th.start()
+    s0.all_reduce(x0, check=round_tail_error)
+    th.join()
+    assert torch.equal(x0, torch.tensor([6.0, 4.0, 2.0, 1.0, 0.0])) and torch.equal(x0, x1)
+    ch1.send(torch.tensor([1.0, -3.0, 1.0, 0.0, 0.0]).numpy().tobytes())
+    with pytest.raises(SfsimError, match=r"backhaul: server 1 sent a weight of -3 .* in a sync round"):
+        s0.all_reduce(torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0]), check=round_tail_error)
+    s0b, s1b, _ = _linked()
+    err = {}
+
+    def server_1() -> None:
+        try:
+            s1b.all_reduce(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]), check=round_tail_error)
+        except SfsimError as e:
+            err["e"] = str(e)
+
+    th = threading.Thread(target=server_1)
+    th.start()
+    s0b.all_reduce(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0]))  # server 0 says 6 servers still train (of 2)
+    th.join()
+    assert err["e"].startswith("backhaul: server 0 sent a count of 6 servers (0..2) in a sync round")
+
+
+def _part(dev: str, srv: str, **change) -> dict:
+    """A server's end-of-run part as ``trainer.run.launch`` gathers it, with ``change`` in its metrics."""
+    m = {"method": "splitfrozen", "notes": {}, "device_flops": {dev: 1}, "uplink_bytes_by_device": {dev: 2},
+         "downlink_bytes_by_device": {dev: 3}, "samples_by_device": {dev: 4}, "uplink_bytes": 2, "missing_reports": [],
+         "handovers": [{"device": dev, "at_s": 1.5}], "peak_rss_bytes": 10, "server_flops": {srv: 5},
+         "train_loss_history": [0.5], "eval_accuracy": 0.5, "phase_s": {"F": 0.25}}
+    return {"metrics": {**m, **change}, "events": [[srv, "F", 0.0, 0.1, 0, dev]],
+            "sync": {"sync_rounds": 2, "backhaul_bytes": 8, "steps": 1, "every": None, "mode": "sync", "joint": False}}
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    ({"uplink_bytes": -5}, "malformed uplink_bytes"),
+    ({"handovers": [{"device": "e", "at_s": "soon"}]}, "malformed handovers"),
+    ({"phase_s": {"F": float("nan")}}, "malformed phase_s"),
+    ({"uplink_bytes_by_device": [2]}, "malformed uplink_bytes_by_device"),
+    ({"missing_reports": None}, "malformed missing_reports"),
+])
+def test_a_servers_malformed_end_of_run_part_is_one_line_naming_it(bad, why):
+    from trainer.run.fleet import Fleet
+    from trainer.run.merge import merge_servers
+
+    fl = Fleet(["mec-a", "mec-b"], ["d", "e"], {"d": 0, "e": 1})
+    m = merge_servers([_part("d", "mec-a"), _part("e", "mec-b")], fl)
+    assert m["uplink_bytes"] == 4 and m["uplink_bytes_by_device"] == {"d": 2, "e": 2}
+    assert [h["device"] for h in m["handovers"]] == ["d", "e"]
+    with pytest.raises(SfsimError, match=f"^backhaul: server mec-b's end-of-run part: {why}$"):
+        merge_servers([_part("d", "mec-a"), _part("e", "mec-b", **bad)], fl)
+    part = _part("e", "mec-b")
+    part["events"] = [["mec-b", "F", "then", 0.1, 0, "e"]]
+    with pytest.raises(SfsimError, match="server mec-b's end-of-run part: malformed events"):
+        merge_servers([_part("d", "mec-a"), part], fl)
+    with pytest.raises(SfsimError, match=r"part: not \{metrics"):
+        merge_servers([_part("d", "mec-a"), {"metrics": []}], fl)
+
+
+def test_a_reported_handover_must_name_the_runs_servers():
+    from trainer.transport.distributed import parse_report, report_blob
+
+    def report(to: str) -> dict:
+        return {"device": "d", "flops": 1, "uplink_bytes": 2, "phase_s": {}, "peak_rss_bytes": 3, "cpu_s": 0.5,
+                "clock_offset_s": -0.1, "stretched_s": 0.0, "header_bytes": 4, "events": [],
+                "handovers": [{"device": "d", "at_s": 0.5, "from": "mec-a", "to": to, "epoch": 0, "sent_before": 1}]}
+
+    assert parse_report(report_blob(report("mec-b")), "d", ["mec-a", "mec-b"])["handovers"][0]["to"] == "mec-b"
+    assert parse_report(report_blob(report("x" * 500)), "d")["handovers"][0]["to"] == "x" * 500  # no names given
+    with pytest.raises(ValueError, match="names a server the run does not have"):
+        parse_report(report_blob(report("x" * 500)), "d", ["mec-a", "mec-b"])
