@@ -161,12 +161,7 @@ def uncovered(net, job) -> str | None:
     if not all(rates.knows(r) for m in motions.values() for leg in m.legs
                for r in (leg.up_rate(m.pause), leg.down_rate(m.pause), m.avail)):
         return DYNAMIC
-    if any(d.n > d.per_epoch for d in job.devices):
-        return EPOCHS
     return None
-
-
-EPOCHS = "fedlora's rounds over several epochs with handovers or availability are replayed by the SimPy engine only"
 
 
 def replay_varying(job, cfg) -> tuple[dict, dict, float]:
