@@ -24,6 +24,8 @@ from sfsim.network.linkrate import (
     Product,
     Steps,
 )
+from sfsim.schedules.common import rounds
+from sfsim.schedules.fedlora import width
 from sfsim.schedules.network import FedNetwork
 from tests.test_fast_lora import fast_figures, random_cfg, random_job, simpy_figures
 
@@ -133,6 +135,21 @@ def test_splitlora_availability(order, policy, seeds):
 def test_fedlora_availability_and_handover(availability, handover, seeds):
     """FedLoRA with availability (pause, drop), handovers, or both, on varying links: FedAvg groups per server."""
     assert check_dynamic("fedlora", seeds, availability, handover) == len(seeds)
+
+
+def test_fedlora_fleets_span_epochs():
+    """The FedLoRA fleets above run over several epochs, and in many a device has fewer rounds in an epoch than
+    another of the fleet (it waits for its server's epoch to end): the compiled loop forms rounds per epoch."""
+    multi = uneven = 0
+    for seed in range(300):
+        rng = random.Random(seed)
+        job = random_job(rng, ties=seed % 2 == 0)
+        job.network = dynamic_network(rng, job, True, True)
+        per = int(random_cfg(rng).local_steps)
+        if any(0 < d.per_epoch < d.n for d in job.devices):
+            multi += 1
+            uneven += any(rounds(min(d.per_epoch, d.n), per) < width(job.devices, per) for d in job.devices if d.n)
+    assert multi >= 200 and uneven >= 100  # 251 and 130 when written
 
 def moving_job(seed: int, availability: bool, **kw):
     """A random job on 2-4 servers whose devices hand over (1-3 legs each, to any server) on varying links,
