@@ -4,12 +4,13 @@ The fleet is :func:`sfsim.fast.replay.baseline_fleet` (five device speeds, three
 on a seeded dynamic network: every uplink a Gilbert-Elliott channel (good 2x, bad 1/5 of its nominal
 rate), every downlink faded (log-normal, 4 dB, 2 s blocks), a third of the devices on an on/off
 availability process (``--churn pause`` or ``drop``), and with ``--handover`` a quarter of them handing
-over to the next server at 30 s.
+over to the next server at 30 s. ``--epochs N`` splits each device's micro-batches into N epochs (FedLoRA's
+rounds are formed per epoch).
 
 Prints micro-batches per second (the fleet's nominal count over wall time, CPU time beside it) of the
 fast path and of the SimPy engine, and whether the makespans and every figure are equal.
 
-Run: ``.venv/bin/python bench/bench_lora_dynamic.py --schedule splitlora|fedlora [--devices N] [--mb N]``.
+Run: ``.venv/bin/python bench/bench_lora_dynamic.py --schedule splitlora|fedlora [--devices N] [--mb N] [--epochs N]``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def network(job, churn: str, handover: bool, seed: int = 0) -> FedNetwork:
     return FedNetwork(motions, dict(motions))
 
 
+def fleet(devices: int, mb: int, epochs: int) -> tuple:
+    """:func:`baseline_fleet` with each device's micro-batches in ``epochs`` epochs."""
+    job, cfg = baseline_fleet(devices, mb)
+    job.devices = [replace(d, per_epoch=-(-mb // epochs)) for d in job.devices]
+    return job, cfg
+
+
 def figures(rec, makespan: float) -> dict:
     """Every figure a run leaves (an Engine after its run, or the fast path's Replayed)."""
     return {"makespan": makespan, "server_busy": rec.server_busy, "device_busy": rec.device_busy,
@@ -70,16 +78,17 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--mb", type=int, default=100, help="micro-batches per device")
     ap.add_argument("--churn", choices=["pause", "drop"], default="pause")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs each device's micro-batches are split into")
     ap.add_argument("--handover", action="store_true", help="a quarter of the devices hand over to the next server at 30 s")
     args = ap.parse_args()
-    job0, cfg = baseline_fleet(args.devices, args.mb)
+    job0, cfg = fleet(args.devices, args.mb, args.epochs)
     cfg = replace(cfg, local_steps=10)
-    small, _ = baseline_fleet(8, 4)
+    small, _ = fleet(8, 4, args.epochs)
     small.network = network(small, args.churn, args.handover)
     replay(small, cfg, schedule=args.schedule)  # load the compiled kernels (not timed)
     runs = {}
     for engine in ("fast", "simpy"):
-        job, _ = baseline_fleet(args.devices, args.mb)
+        job, _ = fleet(args.devices, args.mb, args.epochs)
         job.network = network(job, args.churn, args.handover)
         if engine == "fast":
             why = uncovered(None, args.schedule, cfg, job)
@@ -95,7 +104,7 @@ def main() -> None:
         runs[engine] = figures(rec, makespan)
         n = len(job0.devices) * args.mb
         print(f"{args.schedule} ({args.churn}{', handover' if args.handover else ''}), {args.devices:,} devices x "
-              f"{args.mb}: {engine} {n / wall:,.0f} mb/s ({wall:.2f} s wall, {cpu:.2f} s CPU), makespan {makespan:.6f} s")
+              f"{args.mb} ({args.epochs} epochs): {engine} {n / wall:,.0f} mb/s ({wall:.2f} s wall, {cpu:.2f} s CPU), makespan {makespan:.6f} s")
     same = runs["fast"] == runs["simpy"]
     print(f"makespans equal: {runs['fast']['makespan'] == runs['simpy']['makespan']}; every figure equal: {same}")
 

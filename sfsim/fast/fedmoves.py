@@ -6,7 +6,9 @@ when). Here each device's process is a state machine (:func:`_step`, program cou
 groups and membership are arrays; the loop keeps SimPy's queue order (time, priority, then the order
 events were scheduled) with the events the SimPy run schedules: the processes' starts (urgent), the
 handovers' and leaves' soft timers, each timeout, each ``succeed_at`` (a timer, then the event it
-succeeds), the barriers' keep-alive timers and each process's end. Local work is
+succeeds), the barriers' keep-alive timers, each group's poke and each ``done | poke`` condition, and each
+process's end. Rounds are formed per epoch as the schedule's (``round_plan``: FedAvg slot ``e * width + q``); a
+device whose epoch has fewer rounds waits for its server's epoch to end (``FedGroup.until``). Local work is
 :func:`sfsim.fast.fedlora._local_net`; every transfer integrates its leg's rate (:mod:`sfsim.fast.rates`).
 Memory: per device its legs, uploads and handovers; per server a few numbers per round.
 """
