@@ -164,18 +164,21 @@ def _rows(job, nodes: dict) -> tuple[tuple, tuple]:
 
 
 def _pool_rows(job, cfg, sequential: bool, words: int) -> tuple:
-    """The ``pool`` policy's words, activation bytes and per server (capacity, limit, credits) (:func:`splitfrozen.pool_args`)."""
+    """The ``pool`` policy's generator state per server (row k), activation bytes and per server (capacity, limit,
+    credits) (:func:`splitfrozen.pool_args`)."""
     K = len(job.servers)
     PA = np.zeros((K, 3), np.int64)
-    w, act = np.zeros(0, np.int64), np.array([d.act_bytes for d in job.devices], np.float64)
+    act = np.array([d.act_bytes for d in job.devices], np.float64)
     if cfg.policy != "pool":
-        return w, act, PA
+        return np.zeros((K, 0), np.int64), act, PA
+    states = []  # one generator per server, as each server's MixingPool seeds its own random.Random
     for k in range(K):
         view = job.network.views[k]
         N = layout(view)[1]
         N[_N] = np.where(np.array([d.server for d in job.devices]) == k, N[_N], 0)
         w, act, PA[k] = pool_args(view, N, cfg, sequential, words)
-    return w, act, PA
+        states.append(w)
+    return np.stack(states), act, PA
 
 
 def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.ndarray]:

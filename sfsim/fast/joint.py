@@ -357,7 +357,7 @@ def _worker_step(events, X, Z, RN, RS, G, k, w, now):
     PROP, RA, RB, PL, M2, T2, SH, CN, TC, ST, W, WF, QD, QK, words, act, none, PK = Z
     _hold(S2, G, k)
     S, F, D, N, P = S2[k], F2[k], D2[k], N2[k], P2[k]
-    order = (none, none, none, none, PL[k], words, act, F2[k, :0])
+    order = (none, none, none, none, PL[k], words[k], act, F2[k, :0])  # words[k]: server k's generator
     _arrivals(S, F, D, N, P, PROP[k], RA[k], RB[k], order, PEN[k], RN, RS, k, now)
     _worker(events, PEN[k], WAI[k], PROP[k], S, F, D, N, P, W, WF, QD, QK, CR[k], DW[k], DR[k],
             (M2[k], T2[k], SH[k], CN[k], TC[k]), IDLE[k], RA[k], RB[k], order, PK, ST[k], w, now)
