@@ -60,9 +60,12 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
     if getattr(job, "sync", None) is not None and name not in SPLITFROZEN:  # a baseline's backhaul rounds
-        if job.sync.every is None:  # no training.sync: each epoch's closing round (sfsim.network.backhaul)
-            return "the servers' closing backhaul round is replayed by the SimPy engine only"
-        return "backhaul sync between servers is replayed by the SimPy engine only"
+        if job.sync.every is not None:
+            return "backhaul sync between servers is replayed by the SimPy engine only"
+        if name != "splitlora":  # no training.sync: each epoch's closing round (sfsim.network.backhaul)
+            return f"{name}'s closing backhaul rounds are replayed by the SimPy engine only"
+        if net is not None and (getattr(net, "motions", None) is None or not hands_over(net.motions)):
+            return "splitlora's closing backhaul rounds on the dynamic network are replayed by the SimPy engine only"
     if name == "cenlora":
         return None  # no device links: the dynamic network does not apply, and it has no server policy
     if name == "fedlora" and net is not None:
@@ -162,7 +165,13 @@ def _splitlora(job, cfg) -> tuple[Replayed, float]:
     rec = Replayed()
     net = getattr(job, "network", None)
     moves = net is not None and hands_over(net.motions)  # the servers' loops jointly in time
-    devices, servers, makespan = (splitmoves if moves else splitlora).replay(job, cfg)
+    if job.sync is not None and not moves:  # each epoch's closing round, waited for before the next epoch
+        devices, servers, makespan, closed = splitlora.replay_closing(job, cfg)
+        rec.sync = Closed(closed["bytes"], closed["rounds"])
+    else:
+        devices, servers, makespan = (splitmoves if moves else splitlora).replay(job, cfg)
+    if job.sync is not None and moves:  # the closing rounds after the replay, from each server's end
+        rec.sync, makespan = close_epochs(job.sync, {n: o["free"] for n, o in servers.items()}, makespan)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:
