@@ -1,5 +1,5 @@
 """The baselines' closing backhaul rounds (no ``training.sync``, servers with backhaul links) on the fast path:
-SplitLoRA's servers wait for each epoch's closing round before the next epoch (:func:`sfsim.fast.splitlora.replay_closing`),
+SplitLoRA's servers wait for each epoch's closing round before the next epoch (:func:`sfsim.fast.closing.replay_closing`),
 with handovers the rounds follow each server's end (:func:`sfsim.network.backhaul.close_epochs`). Every figure
 equals the SimPy engine's on seeded random fleets of 2-4 servers."""
 

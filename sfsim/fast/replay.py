@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import cenlora, dynamic, fedlora, fedmoves, splitfrozen, splitlora, splitmoves
+from sfsim.fast import cenlora, closing, dynamic, fedlora, fedmoves, splitfrozen, splitlora, splitmoves
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.network.backhaul import Closed, close_epochs
 from sfsim.schedules.splitlora.moves import hands_over
@@ -166,7 +166,7 @@ def _splitlora(job, cfg) -> tuple[Replayed, float]:
     net = getattr(job, "network", None)
     moves = net is not None and hands_over(net.motions)  # the servers' loops jointly in time
     if job.sync is not None and not moves:  # each epoch's closing round, waited for before the next epoch
-        devices, servers, makespan, closed = splitlora.replay_closing(job, cfg)
+        devices, servers, makespan, closed = closing.replay_closing(job, cfg)
         rec.sync = Closed(closed["bytes"], closed["rounds"])
     else:
         devices, servers, makespan = (splitmoves if moves else splitlora).replay(job, cfg)

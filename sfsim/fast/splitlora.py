@@ -36,7 +36,6 @@ import numpy as np
 from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.fast import mixing, rates
 from sfsim.fast.jit import njit
-from sfsim.network.backhaul import closing_round
 from sfsim.schedules.splitlora.moves import hands_over
 
 _ROWS = ("f", "b", "w", "step", "warmup", "last", "up_s", "up_l", "down_s", "down_l", "sync_up_s", "sync_down_s",
@@ -421,7 +420,7 @@ def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touche
     ``kind``: :data:`ARRIVAL`, :data:`PROPORTIONAL` or :data:`ROUND_ROBIN` (interleaved clients' server
     order). ``R``: the clients' rates and network state (:func:`network_arrays`; None: constant
     links, and the compiled code has no network branch). The server's end and busy time are left in ``SF``.
-    ``epochs``: the run's epochs (-1: the clients' own). Backhaul closing rounds (:func:`replay_closing`): the
+    ``epochs``: the run's epochs (-1: the clients' own). Backhaul closing rounds (:func:`sfsim.fast.closing.replay_closing`): the
     server is free again at ``release[e]`` after epoch ``e``; ``ends[e]``: its free time at epoch ``e``'s end,
     and the replay stops after epoch ``len(ends) - 1`` (empty: no closing rounds, every epoch).
     """
@@ -546,42 +545,6 @@ def fill_motions(motions: list, R) -> None:
 def client_figures(C, c: int) -> dict:
     """Client ``c``'s figures from the kernel's ``C``: device busy seconds, bytes up and down."""
     return {"busy": float(C[_BUSY, c]), "up": float(C[_UP, c]), "down": float(C[_DOWN, c])}
-
-
-def replay_closing(job, cfg) -> tuple[dict, dict, float, dict]:
-    """:func:`replay` of a job whose servers end each epoch with a closing backhaul round (no ``training.sync``,
-    constant links): the SimPy schedule's servers wait for it between epochs, so epoch ``e`` of every server is
-    replayed once the rounds before it are known (each server replayed again from the start, one epoch further).
-    Returns :func:`replay`'s figures (every server) and ``{"bytes", "rounds"}`` of the rounds."""
-    spec, n_srv = job.sync, len(job.servers)
-    clients = {k: [i for i, d in enumerate(job.devices) if d.server == k and d.n] for k in range(n_srv)}
-    release = {k: np.zeros(spec.epochs) for k in range(n_srv)}
-    out: dict[int, tuple] = {}
-    for e in range(spec.epochs):
-        ends = {}
-        for k, srv in enumerate(job.servers):
-            if clients[k]:
-                at = np.zeros(e + 1)
-                out[k] = _server(job, cfg, k, clients[k], spec.epochs, release[k], at)
-                ends[srv.name] = float(at[e])
-            else:  # no client: its free time is the last round's return
-                ends[srv.name] = float(release[k][e - 1]) if e else 0.0
-        back = closing_round(spec, ends)
-        for k, srv in enumerate(job.servers):
-            release[k][e] = back[srv.name]
-    devices = {d.name: {"busy": 0.0, "up": 0.0, "down": 0.0} for d in job.devices}
-    servers = {srv.name: {"busy": 0.0, "mixing": None, "total": 0} for srv in job.servers}
-    makespan = max((float(r[-1]) for r in release.values()), default=0.0)
-    for k, (C, SF, M, T, N) in out.items():
-        for c, i in enumerate(clients[k]):
-            devices[job.devices[i].name] = client_figures(C, c)
-        servers[job.servers[k].name] = {"busy": float(SF[_SBUSY]), "mixing": mixing.value(M, T),
-                                        "total": int(N[_N].sum())}
-        makespan = max(makespan, float(SF[_END]))
-    sent = 0.0
-    for _ in range(2 * spec.epochs):  # summed as Rounds sums them: up, then down, round after round
-        sent += spec.closing
-    return devices, servers, makespan, {"bytes": {srv.name: sent for srv in job.servers}, "rounds": spec.epochs}
 
 
 def replay(job, cfg) -> tuple[dict, dict, float]:
