@@ -132,13 +132,27 @@ def _scenario(epochs: int, seed: int) -> dict:
                         for t in range(3)]}
 
 
+@pytest.mark.parametrize("schedule", ["splitlora", "cenlora"])
 @pytest.mark.parametrize(("epochs", "seed"), [(1, 0), (2, 1), (3, 2), (2, 3)])
-def test_simulate_splitlora_closing_rounds_on_the_fast_path(epochs, seed):
+def test_simulate_closing_rounds_on_the_fast_path(schedule, epochs, seed):
     """Through simulate(): auto takes the fast path and every figure of the result equals the SimPy engine's."""
     import sfsim
     from sfsim.scenario.config import scenario_from_dict
 
-    res = {e: sfsim.simulate(scenario_from_dict(_scenario(epochs, seed), source="s.yaml"), "splitlora", engine=e)
+    res = {e: sfsim.simulate(scenario_from_dict(_scenario(epochs, seed), source="s.yaml"), schedule, engine=e)
            for e in ("simpy", "auto")}
     assert (res["auto"].engine, res["auto"].engine_note, res["auto"].sync_rounds) == ("fast", None, epochs)
     assert res["auto"].to_dict() == res["simpy"].to_dict()
+
+
+def test_cenlora_closing_rounds_random_fleets_equal():
+    """CenLoRA's servers (1-3 workers) wait for each epoch's closing round: the fast path equals SimPy."""
+    from dataclasses import replace
+
+    for seed in range(150):
+        job, cfg = random_job(seed, ties=seed % 2 == 1)
+        rng = random.Random(seed)
+        job.servers = [replace(s, count=rng.choice((1, 1, 2, 3))) for s in job.servers]
+        ref = simpy_figures(job, cfg, "cenlora")
+        rec, makespan = replay(job, cfg, schedule="cenlora")
+        assert _figures(rec, makespan) == ref, seed

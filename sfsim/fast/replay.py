@@ -62,9 +62,9 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if getattr(job, "sync", None) is not None and name not in SPLITFROZEN:  # a baseline's backhaul rounds
         if job.sync.every is not None:
             return "backhaul sync between servers is replayed by the SimPy engine only"
-        if name != "splitlora":  # no training.sync: each epoch's closing round (sfsim.network.backhaul)
+        if name == "fedlora":  # no training.sync: each epoch's closing round (sfsim.network.backhaul)
             return f"{name}'s closing backhaul rounds are replayed by the SimPy engine only"
-        if net is not None and (getattr(net, "motions", None) is None or not hands_over(net.motions)):
+        if name == "splitlora" and net is not None and (getattr(net, "motions", None) is None or not hands_over(net.motions)):
             return "splitlora's closing backhaul rounds on the dynamic network are replayed by the SimPy engine only"
     if name == "cenlora":
         return None  # no device links: the dynamic network does not apply, and it has no server policy
@@ -134,7 +134,11 @@ def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
 def _cenlora(job, cfg) -> tuple[Replayed, float]:
     """What sfsim.schedules.cenlora.run leaves: no device work or traffic, server busy and mixing."""
     rec = Replayed()
-    out, makespan = cenlora.replay(job, cfg)
+    if job.sync is not None:  # each epoch's closing round, waited for before the next epoch
+        out, makespan, closed_ = closing.replay_cenlora(job, cfg)
+        rec.sync = Closed(closed_["bytes"], closed_["rounds"])
+    else:
+        out, makespan = cenlora.replay(job, cfg)
     for d in job.devices:
         rec.device_busy[d.name] = rec.up_bytes[d.name] = rec.down_bytes[d.name] = 0.0
     for srv in job.servers:
