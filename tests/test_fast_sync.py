@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -147,8 +148,6 @@ def test_simulate_closing_rounds_on_the_fast_path(schedule, epochs, seed):
 
 def test_cenlora_closing_rounds_random_fleets_equal():
     """CenLoRA's servers (1-3 workers) wait for each epoch's closing round: the fast path equals SimPy."""
-    from dataclasses import replace
-
     for seed in range(150):
         job, cfg = random_job(seed, ties=seed % 2 == 1)
         rng = random.Random(seed)
@@ -156,3 +155,32 @@ def test_cenlora_closing_rounds_random_fleets_equal():
         ref = simpy_figures(job, cfg, "cenlora")
         rec, makespan = replay(job, cfg, schedule="cenlora")
         assert _figures(rec, makespan) == ref, seed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ties", [False, True])
+def test_many_closing_round_fleets_equal(ties):
+    """1,000 SplitLoRA and 1,000 CenLoRA fleets per tie setting (the default run takes 150)."""
+    for seed in range(1000, 2000):
+        check(seed, ties)
+        job, cfg = random_job(seed, ties)
+        job.servers = [replace(s, count=random.Random(seed).choice((1, 2, 3))) for s in job.servers]
+        rec, makespan = replay(job, cfg, schedule="cenlora")
+        assert _figures(rec, makespan) == simpy_figures(job, cfg, "cenlora"), seed
+
+
+def test_what_stays_on_simpy_is_said():
+    """FedLoRA's closing rounds, SplitLoRA's on the dynamic network without handovers and training.sync: one line each."""
+    from sfsim.fast.replay import uncovered
+    from sfsim.schedules.network import FedNetwork
+
+    job, cfg = random_job(0)
+    assert uncovered(None, "fedlora", cfg, job) == "fedlora's closing backhaul rounds are replayed by the SimPy engine only"
+    assert uncovered(None, "splitlora", cfg, job) is None and uncovered(None, "cenlora", cfg, job) is None
+    job.network = FedNetwork.__new__(FedNetwork)
+    job.network.motions = {}  # no handover
+    assert uncovered(None, "splitlora", cfg, job) == ("splitlora's closing backhaul rounds on the dynamic network are "
+                                                      "replayed by the SimPy engine only")
+    job.sync = replace(job.sync, every=2)
+    for name in ("splitlora", "cenlora", "fedlora"):
+        assert uncovered(None, name, cfg, job) == "backhaul sync between servers is replayed by the SimPy engine only"
