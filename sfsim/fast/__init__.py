@@ -11,14 +11,16 @@ round-robin, proportional, paced, and ``pool`` with Python's random draws: :mod:
 activation caching, partial last micro-batches and warm-up, time-varying uplinks and availability
 (pause, drop) (:mod:`sfsim.fast.dynamic`), handovers (every server in one loop, :mod:`sfsim.fast.handover`:
 fifo, round-robin, proportional, ``pool``), and each epoch's closing backhaul round of
-servers without ``training.sync`` (:func:`sfsim.network.backhaul.close_epochs`); SplitLoRA on constant
+servers without ``training.sync`` (:func:`sfsim.network.backhaul.close_epochs`; SplitLoRA's and CenLoRA's
+too, :mod:`sfsim.fast.closing`: their servers wait for each epoch's round); SplitLoRA on constant
 links and on the dynamic network (:mod:`sfsim.fast.splitlora`: both client orders, arrival or fixed
 server orders, FedAvg segments, accumulation, fused or decomposed B/W, time-varying links, availability
 with pause or drop; handovers between servers in one loop, :mod:`sfsim.fast.splitmoves`); CenLoRA (:mod:`sfsim.fast.cenlora`: several workers,
 accumulation, the proportional source and its mixing); FedLoRA (:mod:`sfsim.fast.fedlora`: rounds of
 local steps, adapter uploads and downloads, each server's FedAvg) on any network (time-varying links,
 availability, handover). Not covered (the SimPy engine replays them): traces and Gantt charts; backhaul
-sync (``training.sync``) for every schedule, and the baselines' closing backhaul rounds; SplitFrozen
+sync (``training.sync``) for every schedule, FedLoRA's closing backhaul rounds, and SplitLoRA's on the
+dynamic network without handovers; SplitFrozen
 with a paced policy and availability or handovers, or with handovers and cached activations;
 SplitLoRA's handovers that keep a device on its own server.
 """

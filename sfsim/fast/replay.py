@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import cenlora, dynamic, fedlora, fedmoves, splitfrozen, splitlora, splitmoves
+from sfsim.fast import cenlora, closing, dynamic, fedlora, fedmoves, splitfrozen, splitlora, splitmoves
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.network.backhaul import Closed, close_epochs
 from sfsim.schedules.splitlora.moves import hands_over
@@ -60,9 +60,12 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
     if getattr(job, "sync", None) is not None and name not in SPLITFROZEN:  # a baseline's backhaul rounds
-        if job.sync.every is None:  # no training.sync: each epoch's closing round (sfsim.network.backhaul)
-            return "the servers' closing backhaul round is replayed by the SimPy engine only"
-        return "backhaul sync between servers is replayed by the SimPy engine only"
+        if job.sync.every is not None:
+            return "backhaul sync between servers is replayed by the SimPy engine only"
+        if name == "fedlora":  # no training.sync: each epoch's closing round (sfsim.network.backhaul)
+            return f"{name}'s closing backhaul rounds are replayed by the SimPy engine only"
+        if name == "splitlora" and net is not None and (getattr(net, "motions", None) is None or not hands_over(net.motions)):
+            return "splitlora's closing backhaul rounds on the dynamic network are replayed by the SimPy engine only"
     if name == "cenlora":
         return None  # no device links: the dynamic network does not apply, and it has no server policy
     if name == "fedlora" and net is not None:
@@ -131,7 +134,11 @@ def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
 def _cenlora(job, cfg) -> tuple[Replayed, float]:
     """What sfsim.schedules.cenlora.run leaves: no device work or traffic, server busy and mixing."""
     rec = Replayed()
-    out, makespan = cenlora.replay(job, cfg)
+    if job.sync is not None:  # each epoch's closing round, waited for before the next epoch
+        out, makespan, closed_ = closing.replay_cenlora(job, cfg)
+        rec.sync = Closed(closed_["bytes"], closed_["rounds"])
+    else:
+        out, makespan = cenlora.replay(job, cfg)
     for d in job.devices:
         rec.device_busy[d.name] = rec.up_bytes[d.name] = rec.down_bytes[d.name] = 0.0
     for srv in job.servers:
@@ -162,7 +169,13 @@ def _splitlora(job, cfg) -> tuple[Replayed, float]:
     rec = Replayed()
     net = getattr(job, "network", None)
     moves = net is not None and hands_over(net.motions)  # the servers' loops jointly in time
-    devices, servers, makespan = (splitmoves if moves else splitlora).replay(job, cfg)
+    if job.sync is not None and not moves:  # each epoch's closing round, waited for before the next epoch
+        devices, servers, makespan, closed = closing.replay_closing(job, cfg)
+        rec.sync = Closed(closed["bytes"], closed["rounds"])
+    else:
+        devices, servers, makespan = (splitmoves if moves else splitlora).replay(job, cfg)
+    if job.sync is not None and moves:  # the closing rounds after the replay, from each server's end
+        rec.sync, makespan = close_epochs(job.sync, {n: o["free"] for n, o in servers.items()}, makespan)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:

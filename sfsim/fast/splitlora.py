@@ -414,22 +414,28 @@ def _sequential(SF, SI, C, CI, D, N, R, M, T, share, counts, touched):
 
 
 @njit
-def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touched):
+def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touched, epochs, release, ends):
     """Replay one server's clients (every one has micro-batches); returns C (their float state: busy, bytes).
 
     ``kind``: :data:`ARRIVAL`, :data:`PROPORTIONAL` or :data:`ROUND_ROBIN` (interleaved clients' server
     order). ``R``: the clients' rates and network state (:func:`network_arrays`; None: constant
     links, and the compiled code has no network branch). The server's end and busy time are left in ``SF``.
+    ``epochs``: the run's epochs (-1: the clients' own). Backhaul closing rounds (:func:`sfsim.fast.closing.replay_closing`): the
+    server is free again at ``release[e]`` after epoch ``e``; ``ends[e]``: its free time at epoch ``e``'s end,
+    and the replay stops after epoch ``len(ends) - 1`` (empty: no closing rounds, every epoch).
     """
     m = D.shape[1]
     C = np.zeros((8, m))
     CI = np.zeros((6, m), np.int64)
     seg = np.zeros(max(1, min(SI[_EVERY] * SI[_ACC], N[_N].sum())), np.int64)  # one segment of a fixed order
-    epochs = 0
-    for c in range(m):
-        per = N[_PER_EPOCH, c] if N[_PER_EPOCH, c] else N[_N, c]
-        epochs = max(epochs, -(-N[_N, c] // per))
+    if epochs < 0:
+        epochs = 0
+        for c in range(m):
+            per = N[_PER_EPOCH, c] if N[_PER_EPOCH, c] else N[_N, c]
+            epochs = max(epochs, -(-N[_N, c] // per))
     for e in range(epochs):
+        if len(ends) and e > 0:  # the previous epoch's closing round came back
+            SF[_SFREE] = release[e - 1]
         left = 0
         for c in range(m):
             per = N[_PER_EPOCH, c] if N[_PER_EPOCH, c] else N[_N, c]
@@ -439,6 +445,10 @@ def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touche
             _sequential(SF, SI, C, CI, D, N, R, M, T, share, counts, touched)
         else:
             _interleaved(SF, SI, C, CI, D, N, R, left, kind, seg, M, T, share, counts, touched)
+        if len(ends):
+            ends[e] = SF[_SFREE]
+            if e + 1 == len(ends):
+                break
     return C
 
 
@@ -491,6 +501,7 @@ def uncovered(net, job) -> str | None:
     return None
 
 
+_NONE = np.zeros(0)  # no closing rounds
 GUESS = 1.5
 """Drawn processes are first drawn to this many times a server's run on constant links."""
 DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
@@ -498,9 +509,10 @@ MOVES = "splitlora's handovers that keep a device on its server are replayed by 
 STALLS = "a link that may stall for good (a trace ending at 0) is replayed by the SimPy engine only"
 
 
-def _server(job, cfg, k: int, clients: list[int]) -> tuple:
+def _server(job, cfg, k: int, clients: list[int], epochs: int = -1, release=_NONE, ends=_NONE) -> tuple:
     """Replay server ``k``'s clients (job indices); on the dynamic network, drawing the drawn processes further
-    until no transfer passes what was drawn (first guess: 1.5 x the run on constant links). Returns (C, SF, M, T, N)."""
+    until no transfer passes what was drawn (first guess: 1.5 x the run on constant links). Returns (C, SF, M, T, N).
+    ``epochs``, ``release``, ``ends``: the closing rounds' (:func:`replay_server`)."""
     net = getattr(job, "network", None)
     D, N = layout([job.devices[i] for i in clients])
     srv, kind = job.servers[k], _KINDS[FIXED_ORDERS.get(cfg.policy)]
@@ -512,7 +524,8 @@ def _server(job, cfg, k: int, clients: list[int]) -> tuple:
         M, T, share, counts, touched = mixing.start(N[_N])
         SF = np.array([0.0, 0.0, 0.0, srv.step, srv.aggregate])
         SI = np.array([0, 0, cfg.accumulate, cfg.fedavg_every, bool(cfg.decompose), 0], np.int64)
-        C = replay_server(D, N, R, SF, SI, cfg.client_order == "sequential", kind, M, T, share, counts, touched)
+        C = replay_server(D, N, R, SF, SI, cfg.client_order == "sequential", kind, M, T, share, counts, touched,
+                          epochs, release, ends)
         if net is None or (R is not None and not rates.stuck(R[0])):
             break
         horizon = 2.0 * horizon if horizon else max(rates.HORIZON, GUESS * SF[_END])

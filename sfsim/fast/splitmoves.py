@@ -579,7 +579,8 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
     at = {i: int(NI[sl._LEG0, c]) for c, i in enumerate(clients)}
     for i, m in motions.items():  # micro-batches whose upload started before each handover
         m.switched_at = [int(J[17][at[i] + j]) if i in at else 0 for j in range(1, len(m.legs))]
-    servers = {srv.name: {"busy": float(SF[k, sl._SBUSY])} for k, srv in enumerate(job.servers)}
+    servers = {srv.name: {"busy": float(SF[k, sl._SBUSY]), "free": float(SF[k, sl._SFREE])}
+               for k, srv in enumerate(job.servers)}
     for name, (value, total) in _mixing(job, J[18][:, :n_stream], clients).items():
         servers[name].update(mixing=value, total=total)
     return devices, servers, float(now)

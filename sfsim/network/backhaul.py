@@ -311,6 +311,14 @@ def close_epochs(spec: SyncSpec, ends: dict[str, float], makespan: float, record
     return closed, max([makespan, *free.values()])
 
 
+def closing_round(spec: SyncSpec, ends: dict[str, float]) -> dict[str, float]:
+    """One closing round from each server's end (``ends``: server -> when it joins): server -> when the average is
+    back at it, in :class:`Rounds`' arithmetic (the fast path's SplitLoRA, whose next epoch starts then)."""
+    busy = {name: spec.closing * 8.0 / bw for name, bw, _ in spec.servers}
+    ready = max(ends[n] + busy[n] + lat for n, _, lat in spec.servers)
+    return {n: ready + busy[n] + lat for n, _, lat in spec.servers}
+
+
 class PoolRounds:
     """SplitFrozen's servers on :class:`Rounds`: what the engine's workers call (``Engine.sync``).
 

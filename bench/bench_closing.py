@@ -1,0 +1,70 @@
+"""Benchmark: the baselines' closing backhaul rounds (no training.sync) on the fast path against the SimPy engine.
+
+:func:`sfsim.fast.replay.baseline_fleet` (five device speeds, three link speeds, 4 servers), its micro-batches
+split into ``--epochs`` epochs, every server on a backhaul link (1, 2, 5, 10 Gbps, 2 ms) that closes each epoch
+with one round (:mod:`sfsim.fast.closing`). Prints micro-batches per second of both engines (CPU seconds: the
+machine is shared), the ratio, and whether every figure (makespan, busy, bytes, mixing, rounds, backhaul bytes)
+is equal.
+
+Run: ``.venv/bin/python bench/bench_closing.py [--devices N] [--mb M] [--epochs E]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sfsim.engine.pool import Engine  # noqa: E402
+from sfsim.fast import replay  # noqa: E402
+from sfsim.fast.replay import baseline_fleet  # noqa: E402
+from sfsim.network.backhaul import SyncSpec  # noqa: E402
+from sfsim.schedules import get  # noqa: E402
+
+
+def closing_fleet(devices: int, mb: int, epochs: int):
+    """``baseline_fleet`` in ``epochs`` epochs, its servers closing each with a round of 20 MB (+ 5 MB SplitLoRA's)."""
+    job, cfg = baseline_fleet(devices, mb)
+    job.devices = [dataclasses.replace(d, per_epoch=-(-mb // epochs)) for d in job.devices]
+    links = tuple((s.name, bw * 1e9, 0.002) for s, bw in zip(job.servers, (1, 2, 5, 10), strict=True))
+    job.sync = SyncSpec(links, None, "sync", 20e6, 25e6, epochs)
+    return job, cfg
+
+
+def figures(rec, makespan: float) -> dict:
+    return {"makespan": makespan, "server_busy": rec.server_busy, "device_busy": rec.device_busy,
+            "up": rec.up_bytes, "down": rec.down_bytes, "rounds": rec.sync.rounds, "backhaul": dict(rec.sync.bytes),
+            "mixing": {k: (m.value, m.total) for k, m in rec.mixing.items() if m.value is not None}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--mb", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=2)
+    a = ap.parse_args()
+    for schedule in ("splitlora", "cenlora"):
+        small, cfg = closing_fleet(8, 4, a.epochs)
+        replay(small, cfg, schedule=schedule)  # load the compiled kernels (not timed)
+        job, cfg = closing_fleet(a.devices, a.mb, a.epochs)
+        t0 = time.process_time()
+        fast = figures(*replay(job, cfg, schedule=schedule))
+        t_fast = time.process_time() - t0
+        t0 = time.process_time()
+        engine = Engine()
+        get(schedule).run(engine, job, cfg)
+        ref = figures(engine, engine.run())
+        t_simpy = time.process_time() - t0
+        n = a.devices * a.mb
+        print(f"{schedule}, {a.devices:,} devices x {a.mb} micro-batches in {a.epochs} epochs, 4 servers closing "
+              f"each: fast path {n / t_fast:,.0f} mb/s, SimPy engine {n / t_simpy:,.0f} mb/s (CPU; fast is "
+              f"{t_simpy / t_fast:,.1f}x); every figure equal: {fast == ref}")
+
+
+if __name__ == "__main__":
+    main()
