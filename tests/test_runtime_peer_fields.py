@@ -116,3 +116,34 @@ def test_a_reported_handover_must_name_the_runs_servers():
     assert parse_report(report_blob(report("x" * 500)), "d")["handovers"][0]["to"] == "x" * 500  # no names given
     with pytest.raises(ValueError, match="names a server the run does not have"):
         parse_report(report_blob(report("x" * 500)), "d", ["mec-a", "mec-b"])
+
+
+def test_a_checkpoint_report_must_name_the_runs_servers_as_the_end_of_run_report():
+    """At a checkpoint, a device's report whose handover names a server no leg of the run has drops its sender."""
+    from types import SimpleNamespace
+
+    from trainer.run.resume import _one_report
+    from trainer.transport.distributed import report_blob
+
+    def report(to: str) -> dict:
+        return {"device": "d", "flops": 1, "uplink_bytes": 2, "phase_s": {}, "peak_rss_bytes": 3, "cpu_s": 0.5,
+                "clock_offset_s": -0.1, "stretched_s": 0.0, "header_bytes": 4, "events": [],
+                "handovers": [{"device": "d", "at_s": 0.5, "from": "mec-a", "to": to, "epoch": 0, "sent_before": 1}]}
+
+    class Tr:
+        def __init__(self, to: str):
+            self.blob, self.dropped, self.drops = report_blob(report(to)), {}, []
+
+        def recv_up(self, name, kinds):
+            return SimpleNamespace(tensors={"blob": self.blob})
+
+        def drop(self, name, why):
+            self.drops.append((name, why))
+
+    good, reports = Tr("mec-b"), {}
+    assert _one_report(good, "d", reports, ["mec-a", "mec-b"]) is None and reports["d"]["handovers"][0]["to"] == "mec-b"
+    bad, reports = Tr("mec-x"), {}
+    why = _one_report(bad, "d", reports, ["mec-a", "mec-b"])
+    assert why == ("bad report: report handover {'device': 'd', 'at_s': 0.5, 'from': 'mec-a', 'to': 'mec-x', 'epoch': 0, "
+                   "'sent_b names a server the run does not have")
+    assert reports == {} and bad.drops == [("d", why)] and bad.dropped == {"d": why}
