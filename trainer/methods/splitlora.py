@@ -171,6 +171,8 @@ class SplitLoRA(Handovers, Method):
                 self._mover.move(role.name, c.epoch, msg.mb + 1, len(c.batches) - msg.mb, msg.mb, len(c.batches))
             s.transport.send_up(Message(role.name, msg.mb, {"hidden": hidden, "attention_mask": wire_mask(batch["attention_mask"]),
                                                             "labels": batch["labels"]}, epoch=c.epoch))
+            if self._mover is not None:
+                self._mover.note(role.name, c.epoch, msg.mb + 1, len(c.batches))
             if self._mover is not None and msg.mb == len(c.batches) - 1:
                 self._mover.close(role.name, c.epoch)
         elif msg.kind == "grad":
