@@ -27,15 +27,18 @@ def _linked():
 
 
 def test_a_round_tail_must_be_a_weight_and_counts_of_servers():
-    from trainer.transport.backhaul import round_tail_error
+    from trainer.transport.backhaul import TAIL, round_tail_error
 
-    assert round_tail_error(torch.tensor([0.5, 0.5, 3.0, 1.0, 0.0, 1.0]), 1) is None
-    assert round_tail_error(torch.tensor([9.0, 2.0, 1.0, 0.0]), 2) is None  # a sum over two servers
-    assert round_tail_error(torch.tensor([-1.0, 1.0, 0.0, 0.0]), 1) == "a weight of -1 (the servers' training " \
-                                                                       "samples: >= 0)"
-    assert round_tail_error(torch.tensor([1.0, 2.0, 0.0, 0.0]), 1) == "a count of 2 servers (0..1)"
-    assert round_tail_error(torch.tensor([1.0, 1.0, 0.5, 0.0]), 2) == "a count of 0.5 servers (0..2)"
-    assert round_tail_error(torch.tensor([1.0, 1.0]), 1) == "a vector of 2 values (a round carries at least its 4 counts)"
+    assert TAIL == 5  # weight, servers training, not adopting, stepping, training now
+    assert round_tail_error(torch.tensor([0.5, 0.5, 3.0, 1.0, 0.0, 1.0, 1.0]), 1) is None
+    assert round_tail_error(torch.tensor([9.0, 2.0, 1.0, 0.0, 2.0]), 2) is None  # a sum over two servers
+    assert round_tail_error(torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0]), 1) == "a weight of -1 (the servers' training " \
+                                                                            "samples: >= 0)"
+    assert round_tail_error(torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0]), 1) == "a count of 2 servers (0..1)"
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0]), 2) == "a count of 0.5 servers (0..2)"
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0]), 2) == "a count of 3 servers (0..2)"  # training now
+    assert round_tail_error(torch.tensor([1.0, 1.0, 1.0, 0.0]), 1) == "a vector of 4 values (a round carries at " \
+                                                                       "least its 5 counts)"
 
 
 def test_a_server_whose_round_tail_is_malformed_ends_the_round_in_one_line_naming_it():
@@ -44,27 +47,27 @@ def test_a_server_whose_round_tail_is_malformed_ends_the_round_in_one_line_namin
     from trainer.transport.backhaul import round_tail_error
 
     s0, s1, ch1 = _linked()
-    x0, x1 = torch.tensor([2.0, 1.0, 1.0, 0.0, 0.0]), torch.tensor([4.0, 3.0, 1.0, 1.0, 0.0])
+    x0, x1 = torch.tensor([2.0, 1.0, 1.0, 0.0, 0.0, 1.0]), torch.tensor([4.0, 3.0, 1.0, 1.0, 0.0, 0.0])
     th = threading.Thread(target=s1.all_reduce, args=(x1, round_tail_error))
     th.start()
     s0.all_reduce(x0, check=round_tail_error)
     th.join()
-    assert torch.equal(x0, torch.tensor([6.0, 4.0, 2.0, 1.0, 0.0])) and torch.equal(x0, x1)
-    ch1.send(torch.tensor([1.0, -3.0, 1.0, 0.0, 0.0]).numpy().tobytes())
+    assert torch.equal(x0, torch.tensor([6.0, 4.0, 2.0, 1.0, 0.0, 1.0])) and torch.equal(x0, x1)
+    ch1.send(torch.tensor([1.0, -3.0, 1.0, 0.0, 0.0, 0.0]).numpy().tobytes())
     with pytest.raises(SfsimError, match=r"backhaul: server 1 sent a weight of -3 .* in a sync round"):
-        s0.all_reduce(torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0]), check=round_tail_error)
+        s0.all_reduce(torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 0.0]), check=round_tail_error)
     s0b, s1b, _ = _linked()
     err = {}
 
     def server_1() -> None:
         try:
-            s1b.all_reduce(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]), check=round_tail_error)
+            s1b.all_reduce(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 1.0]), check=round_tail_error)
         except SfsimError as e:
             err["e"] = str(e)
 
     th = threading.Thread(target=server_1)
     th.start()
-    s0b.all_reduce(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0]))  # server 0 says 6 servers still train (of 2)
+    s0b.all_reduce(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0, 0.0]))  # server 0 says 6 servers still train (of 2)
     th.join()
     assert err["e"].startswith("backhaul: server 0 sent a count of 6 servers (0..2) in a sync round")
 
