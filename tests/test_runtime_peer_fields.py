@@ -150,3 +150,29 @@ def test_a_checkpoint_report_must_name_the_runs_servers_as_the_end_of_run_report
     assert why == ("bad report: report handover {'device': 'd', 'at_s': 0.5, 'from': 'mec-a', 'to': 'mec-x', 'epoch': 0, "
                    "'sent_b names a server the run does not have")
     assert reports == {} and bad.drops == [("d", why)] and bad.dropped == {"d": why}
+
+
+def test_a_waiting_server_answers_one_round_while_the_other_has_drained_until_something_changes():
+    """Server 1 waits for a visitor (``idle`` called again and again for 0.3 s) while server 0 has drained (its
+    ``finish``): one round of zeros, then none until ``wake`` (they used to trade a round every few milliseconds, a
+    count that depended on timing); then server 1 drains too: the drain round and the closing one, 3 in all."""
+    import time
+
+    from trainer.transport.backhaul import ServerSync
+
+    s0, s1, _ = _linked()
+    a, b = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a"), ServerSync(s1, 1, 2, 2, "sync", 1.0, None, "b")
+    x0, x1 = [torch.ones(3)], [torch.full((3,), 3.0)]
+    th = threading.Thread(target=a.finish, args=(x0,))
+    th.start()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.3:
+        b.idle(x1)
+    if b._idle is not None:  # its round in flight (none: it ended and the next was not started)
+        b._idle.join()
+    assert b.rounds == 1 and b.quiet
+    b.wake()
+    assert not b.quiet
+    b.finish(x1)
+    th.join()
+    assert a.rounds == b.rounds == 3 and torch.equal(x0[0], x1[0]) and torch.equal(x0[0], torch.full((3,), 2.0))

@@ -223,9 +223,11 @@ class ServerSync:
         (and steps with the others); otherwise the round runs in the background (it adopts nothing), so that a
         visitor who joins meanwhile is served at once, and the server's next round waits for it.
 
-        A round in which no server trained (each waited, :attr:`quiet`, or had drained) ends the answering until
-        something changes (:meth:`wake`): the servers would otherwise trade rounds of zeros back to back for as long
-        as they wait, a count that depends on timing; the simulator's ``ServerRounds.idle`` counts this one."""
+        A round in which every other server had drained (:attr:`quiet`) ends the answering until something changes
+        (:meth:`wake`): the servers would otherwise trade rounds of zeros back to back for as long as it waits, a
+        count that depends on timing; the simulator's ``ServerRounds.idle`` counts this one. (The simulator also
+        stops when the others all wait; here a waiting server answers on, since a visitor may come to another one
+        first, whose next round would wait for this one for ever.)"""
         if self.every is None or self.quiet:  # no rounds before the epoch's last, or none until something changes
             time.sleep(IDLE_POLL_S)
             return
@@ -346,7 +348,9 @@ class ServerSync:
         self.rounds += 1
         total, still, differ = float(flat[-5]), int(round(float(flat[-4]))), float(flat[-3]) > 0.5
         self.stepping = float(flat[-2]) > 0.5
-        self.quiet = idle and float(flat[-1]) < 0.5 and woken == self._woken
+        # quiet: it waits and every other server has drained (none trains now, none can again this epoch); with
+        # another server waiting too it keeps answering, since that one's visitor may come first and need its rounds
+        self.quiet = idle and still == 1 and float(flat[-1]) < 0.5 and woken == self._woken
         if adopt and total > 0:
             pos = 0
             with torch.no_grad():
