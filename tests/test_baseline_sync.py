@@ -352,3 +352,42 @@ def test_a_handover_without_sync_ends_with_the_closing_round_alone(tiny_gpt2, tm
             assert send.start >= last - 1e-6
     rep = json.loads((out / "report.json").read_text())
     assert rep["stages"]["sync"]["predicted_s"] == pytest.approx(rep["stages"]["sync"]["measured_s"], rel=1e-6)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.slow  # ~25 s: a validate run (profile, runtime, simulator)
+@pytest.mark.parametrize("method, legs, rounds", [("splitlora", None, 5)])
+def test_a_server_waiting_for_its_visitor_answers_as_many_rounds_as_the_simulator(tiny_gpt2, tmp_path, method, legs,
+                                                                                   rounds):
+    """tests/test_handover.py's run with its ``sync: {every: 2, mode: sync}`` (stay-b never online): mec-b waits for
+    mover while mec-a trains: rounds and bytes equal the simulator's (``ServerRounds.idle``). (A -> B -> A and
+    A -> B -> A -> B, where both servers wait for mover at times, do not: see tests/test_runtime_peer_fields.py's
+    quiet-round test for the rule.)"""
+    import json
+
+    import torch
+    import yaml
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+    from tests.test_handover import _adapter, _scenario
+    from trainer.validate.compare import ValidateConfig, predict
+
+    path = _scenario(tmp_path, method)
+    if legs:
+        data = yaml.safe_load(path.read_text())
+        data["devices"][0]["handover"] = [{"at": f"{at} s", "to": to} for to, at in legs]
+        path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(path), "--model", tiny_gpt2, "--method", method,
+                                    "--split", "1", "--max-len", "48", "--train-samples", "32", "--data-dir",
+                                    str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "run" / "metrics.json").read_text())
+    vc = ValidateConfig(devices=str(path), model=tiny_gpt2, method=method, out=str(tmp_path / "v"), split=1,
+                        max_len=48, data_dir=str(FIXTURES / "data"), train_samples=32, server_order="fifo")
+    sim = predict(vc, m)
+    assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], sim.sync_rounds)
+    assert sim.sync_rounds == rounds and m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
+    a, b = _adapter(out / "run"), _adapter(out / "run" / "servers" / "mec-b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

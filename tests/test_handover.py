@@ -324,3 +324,20 @@ def test_a_device_that_goes_back_and_forth_trains_everything_where_the_simulator
     assert [(a, b) for a, b, _ in moves["measured"]] == [("mec-a", "mec-b"), ("mec-b", "mec-a"), ("mec-a", "mec-b")]
     assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
     assert sum(s["steps"] for s in m["servers"].values()) == 4 + 2 + 2  # every micro-batch of every device
+
+
+def test_a_handover_after_the_devices_last_send_is_recorded_as_the_simulator_lists_it(tiny_gpt2, tmp_path):
+    """SplitFrozen, 32 samples over the fleet: mover sends its 3 micro-batches by ~0.9 s (2 before its handover to
+    mec-b at 0.8 s); its move back to mec-a at 1.5 s comes after its last send but before its process ends (stay-a
+    sends 7 micro-batches, the run ends at ~2.2 s): the simulator lists it (``sent_after`` 0), and the device now
+    records it at its end with every micro-batch before it (the runtime left it out)."""
+    data = yaml.safe_load((FIXTURES / "runtime_handover.yaml").read_text())
+    data["devices"][1]["samples"] = 32
+    data["devices"][0]["handover"].append({"at": "1.5 s", "to": "mec-a"})
+    rep, m, run = _validate(tiny_gpt2, tmp_path, "splitfrozen", data)
+    moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
+             for side in ("predicted", "measured")}
+    assert moves["measured"] == moves["predicted"] == [("mec-a", "mec-b", 2), ("mec-b", "mec-a", 3)]
+    assert [h["sent_after"] for h in rep["handovers"]["predicted"]] == [1, 0]
+    assert [h["at_s"] for h in m["handovers"]] == [0.8, 1.5]
+    assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}

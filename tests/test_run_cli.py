@@ -173,3 +173,18 @@ def test_every_help_has_an_example_and_marks_required_options(command):
     assert "Example:" in res.output and f"sfsim {command} " in res.output.split("Example:")[1]
     if command in ("run", "simulate", "plan", "sweep", "eval"):
         assert "required" in res.output
+
+
+def test_a_device_resumed_elsewhere_without_the_run_config_is_told_in_one_line_what_it_needs(tmp_path):
+    """A device on another machine has its own OUT (its state/ for SplitLoRA or FedLoRA) but not server 0's
+    run_config.json: one line says what to copy and what must be readable, exit 2, before any connection."""
+    from sfsim.cli.run import DEVICE_ELSEWHERE
+
+    (tmp_path / "state").mkdir()
+    args = ["run", "--resume", str(tmp_path), "--role", "device", "--rank", "2", "--world-size", "4",
+            "--master", "127.0.0.1:9"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: {DEVICE_ELSEWHERE.format(out=tmp_path)}"
+    assert "copied to" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = CliRunner().invoke(main, ["run", "--resume", str(tmp_path)])  # not a device: the usual line
+    assert res.exit_code == 2 and "point --resume at a folder written by sfsim run" in res.stderr

@@ -27,15 +27,18 @@ def _linked():
 
 
 def test_a_round_tail_must_be_a_weight_and_counts_of_servers():
-    from trainer.transport.backhaul import round_tail_error
+    from trainer.transport.backhaul import TAIL, round_tail_error
 
-    assert round_tail_error(torch.tensor([0.5, 0.5, 3.0, 1.0, 0.0, 1.0]), 1) is None
-    assert round_tail_error(torch.tensor([9.0, 2.0, 1.0, 0.0]), 2) is None  # a sum over two servers
-    assert round_tail_error(torch.tensor([-1.0, 1.0, 0.0, 0.0]), 1) == "a weight of -1 (the servers' training " \
-                                                                       "samples: >= 0)"
-    assert round_tail_error(torch.tensor([1.0, 2.0, 0.0, 0.0]), 1) == "a count of 2 servers (0..1)"
-    assert round_tail_error(torch.tensor([1.0, 1.0, 0.5, 0.0]), 2) == "a count of 0.5 servers (0..2)"
-    assert round_tail_error(torch.tensor([1.0, 1.0]), 1) == "a vector of 2 values (a round carries at least its 4 counts)"
+    assert TAIL == 5  # weight, servers training, not adopting, stepping, training now
+    assert round_tail_error(torch.tensor([0.5, 0.5, 3.0, 1.0, 0.0, 1.0, 1.0]), 1) is None
+    assert round_tail_error(torch.tensor([9.0, 2.0, 1.0, 0.0, 2.0]), 2) is None  # a sum over two servers
+    assert round_tail_error(torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0]), 1) == "a weight of -1 (the servers' training " \
+                                                                            "samples: >= 0)"
+    assert round_tail_error(torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0]), 1) == "a count of 2 servers (0..1)"
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0]), 2) == "a count of 0.5 servers (0..2)"
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0]), 2) == "a count of 3 servers (0..2)"  # training now
+    assert round_tail_error(torch.tensor([1.0, 1.0, 1.0, 0.0]), 1) == "a vector of 4 values (a round carries at " \
+                                                                       "least its 5 counts)"
 
 
 def test_a_server_whose_round_tail_is_malformed_ends_the_round_in_one_line_naming_it():
@@ -44,27 +47,27 @@ def test_a_server_whose_round_tail_is_malformed_ends_the_round_in_one_line_namin
     from trainer.transport.backhaul import round_tail_error
 
     s0, s1, ch1 = _linked()
-    x0, x1 = torch.tensor([2.0, 1.0, 1.0, 0.0, 0.0]), torch.tensor([4.0, 3.0, 1.0, 1.0, 0.0])
+    x0, x1 = torch.tensor([2.0, 1.0, 1.0, 0.0, 0.0, 1.0]), torch.tensor([4.0, 3.0, 1.0, 1.0, 0.0, 0.0])
     th = threading.Thread(target=s1.all_reduce, args=(x1, round_tail_error))
     th.start()
     s0.all_reduce(x0, check=round_tail_error)
     th.join()
-    assert torch.equal(x0, torch.tensor([6.0, 4.0, 2.0, 1.0, 0.0])) and torch.equal(x0, x1)
-    ch1.send(torch.tensor([1.0, -3.0, 1.0, 0.0, 0.0]).numpy().tobytes())
+    assert torch.equal(x0, torch.tensor([6.0, 4.0, 2.0, 1.0, 0.0, 1.0])) and torch.equal(x0, x1)
+    ch1.send(torch.tensor([1.0, -3.0, 1.0, 0.0, 0.0, 0.0]).numpy().tobytes())
     with pytest.raises(SfsimError, match=r"backhaul: server 1 sent a weight of -3 .* in a sync round"):
-        s0.all_reduce(torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0]), check=round_tail_error)
+        s0.all_reduce(torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 0.0]), check=round_tail_error)
     s0b, s1b, _ = _linked()
     err = {}
 
     def server_1() -> None:
         try:
-            s1b.all_reduce(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]), check=round_tail_error)
+            s1b.all_reduce(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 1.0]), check=round_tail_error)
         except SfsimError as e:
             err["e"] = str(e)
 
     th = threading.Thread(target=server_1)
     th.start()
-    s0b.all_reduce(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0]))  # server 0 says 6 servers still train (of 2)
+    s0b.all_reduce(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0, 0.0]))  # server 0 says 6 servers still train (of 2)
     th.join()
     assert err["e"].startswith("backhaul: server 0 sent a count of 6 servers (0..2) in a sync round")
 
@@ -116,3 +119,60 @@ def test_a_reported_handover_must_name_the_runs_servers():
     assert parse_report(report_blob(report("x" * 500)), "d")["handovers"][0]["to"] == "x" * 500  # no names given
     with pytest.raises(ValueError, match="names a server the run does not have"):
         parse_report(report_blob(report("x" * 500)), "d", ["mec-a", "mec-b"])
+
+
+def test_a_checkpoint_report_must_name_the_runs_servers_as_the_end_of_run_report():
+    """At a checkpoint, a device's report whose handover names a server no leg of the run has drops its sender."""
+    from types import SimpleNamespace
+
+    from trainer.run.resume import _one_report
+    from trainer.transport.distributed import report_blob
+
+    def report(to: str) -> dict:
+        return {"device": "d", "flops": 1, "uplink_bytes": 2, "phase_s": {}, "peak_rss_bytes": 3, "cpu_s": 0.5,
+                "clock_offset_s": -0.1, "stretched_s": 0.0, "header_bytes": 4, "events": [],
+                "handovers": [{"device": "d", "at_s": 0.5, "from": "mec-a", "to": to, "epoch": 0, "sent_before": 1}]}
+
+    class Tr:
+        def __init__(self, to: str):
+            self.blob, self.dropped, self.drops = report_blob(report(to)), {}, []
+
+        def recv_up(self, name, kinds):
+            return SimpleNamespace(tensors={"blob": self.blob})
+
+        def drop(self, name, why):
+            self.drops.append((name, why))
+
+    good, reports = Tr("mec-b"), {}
+    assert _one_report(good, "d", reports, ["mec-a", "mec-b"]) is None and reports["d"]["handovers"][0]["to"] == "mec-b"
+    bad, reports = Tr("mec-x"), {}
+    why = _one_report(bad, "d", reports, ["mec-a", "mec-b"])
+    assert why == ("bad report: report handover {'device': 'd', 'at_s': 0.5, 'from': 'mec-a', 'to': 'mec-x', 'epoch': 0, "
+                   "'sent_b names a server the run does not have")
+    assert reports == {} and bad.drops == [("d", why)] and bad.dropped == {"d": why}
+
+
+def test_a_waiting_server_answers_one_round_while_the_other_has_drained_until_something_changes():
+    """Server 1 waits for a visitor (``idle`` called again and again for 0.3 s) while server 0 has drained (its
+    ``finish``): one round of zeros, then none until ``wake`` (they used to trade a round every few milliseconds, a
+    count that depended on timing); then server 1 drains too: the drain round and the closing one, 3 in all."""
+    import time
+
+    from trainer.transport.backhaul import ServerSync
+
+    s0, s1, _ = _linked()
+    a, b = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a"), ServerSync(s1, 1, 2, 2, "sync", 1.0, None, "b")
+    x0, x1 = [torch.ones(3)], [torch.full((3,), 3.0)]
+    th = threading.Thread(target=a.finish, args=(x0,))
+    th.start()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.3:
+        b.idle(x1)
+    if b._idle is not None:  # its round in flight (none: it ended and the next was not started)
+        b._idle.join()
+    assert b.rounds == 1 and b.quiet
+    b.wake()
+    assert not b.quiet
+    b.finish(x1)
+    th.join()
+    assert a.rounds == b.rounds == 3 and torch.equal(x0[0], x1[0]) and torch.equal(x0[0], torch.full((3,), 2.0))

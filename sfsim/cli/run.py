@@ -157,7 +157,7 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
         m = recorded_metrics(resume_dir)
         click.echo(f"{resume_dir}: the run finished ({_scores(m)}); nothing to resume, nothing changed")
         return
-    cfg = _resumed(resume_dir, given) if resume_dir is not None else _new_config(_settings(ctx.params, set(ctx.params)))
+    cfg = _resumed(resume_dir, given, role) if resume_dir is not None else _new_config(_settings(ctx.params, set(ctx.params)))
     _threads(threads)
     if role in (None, "server"):  # a GPU this machine lacks: one line now, not after the processes started
         for server_device, source in server_devices(cfg):
@@ -215,11 +215,24 @@ def _new_config(values: dict):
     return RunConfig(**{k: v for k, v in values.items() if k in fields and k not in _NOT_CONFIG})
 
 
-def _resumed(folder: str, given: dict):
-    """The recorded RunConfig of ``folder``, writing to ``folder`` itself; options that contradict it are refused."""
+DEVICE_ELSEWHERE = (
+    "{out}/run_config.json is missing: a device resumed on another machine needs server 0's OUT/run_config.json "
+    "copied to {out} (beside {out}/state/, where a SplitLoRA or FedLoRA device kept its own checkpoint state), and "
+    "the scenario file, model and data folder it names readable at the same paths (or give --data-dir); the run's "
+    "clock and the device's leg come from server 0")
+"""``sfsim run --resume OUT --role device`` without ``OUT/run_config.json`` (a device on another machine)."""
+
+
+def _resumed(folder: str, given: dict, role: str | None = None):
+    """The recorded RunConfig of ``folder``, writing to ``folder`` itself; options that contradict it are refused.
+
+    Server 0 writes ``run_config.json``: a device (``--role device``) resumed on another machine has its own
+    ``folder`` without it, and is told in one line what to copy there."""
     from trainer.run.resume import contradictions  # torch, as above
     from trainer.run.runner import load_run_config
 
+    if role == "device" and not (Path(folder) / "run_config.json").is_file():
+        raise SfsimError(DEVICE_ELSEWHERE.format(out=folder))
     cfg = load_run_config(folder)
     if given.get("out") is not None and Path(given["out"]).resolve() != Path(folder).resolve():
         raise SfsimError(f"--resume {folder} continues that folder; --out {given['out']} names another: leave it out")

@@ -465,8 +465,9 @@ class Method:
         opt = self.optimizers().get("server")
         params = [p for g in opt.param_groups for p in g["params"]] if opt is not None else None
 
-        def step() -> None:  # through the grad scaler under fp16: the mean gradient is scaled as at every step
-            (getattr(self, "math", None) or ServerMath(Placement())).step(opt)
+        def step() -> None:  # as every step: under fp16 through the grad scaler, and traced (as the simulator's)
+            with self.setup.meter.compute(self.setup.server, "step", "server_step", count=False):
+                (getattr(self, "math", None) or ServerMath(Placement())).step(opt)
 
         self.sync.finish(self.sync_state(), params, step)
 

@@ -108,6 +108,8 @@ class FedLoRA(Handovers, Method):
             self._mover.move(role.name, st["epoch"], st["pos"], len(st["batches"]) - start, start, len(st["batches"]))
         s.transport.send_up(Message(role.name, -1, {"state": state, "losses": torch.tensor(losses, dtype=torch.float32)},
                                     kind="adapter", aux=msg.aux, epoch=st["epoch"]))
+        if self._mover is not None:
+            self._mover.note(role.name, st["epoch"], st["pos"], len(st["batches"]))
         if self._mover is not None and st["pos"] >= len(st["batches"]):
             self._mover.close(role.name, st["epoch"])
 
@@ -204,6 +206,8 @@ class FedLoRA(Handovers, Method):
             if msg is None:  # nothing yet: answer the other servers' next round
                 self.sync.fed_idle([self.global_state[k] for k in self.keys])
                 continue
+            if self.sync is not None:  # something changed: a waiting server answers rounds again
+                self.sync.wake()
             n = msg.device
             if msg.kind in ("moved", "join"):
                 if msg.kind == "moved":

@@ -36,7 +36,7 @@ from trainer.methods.common import (
 from trainer.model.backward import DeferredGrads
 from trainer.model.split import split_model
 from trainer.transport.cache import ActivationCache
-from trainer.transport.handover import Legs, hold_weight
+from trainer.transport.handover import Legs, hold_weight, late_moves
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
 
 
@@ -110,7 +110,7 @@ class SplitFrozen(Method):
         except DeviceLeft:  # offline for good (trainer.transport.dynamics): the rest of the epoch is not sent
             rest = sum(int(b["labels"].shape[0]) for b in st["batches"][st["next"]:])
             self.setup.transport.send_up(Message(role.name, st["next"], kind="leave", aux=rest, epoch=st["epoch"]))
-            st["next"] = len(st["batches"])
+            st["sent"], st["next"] = st["next"], len(st["batches"])
         st["blocked_at"] = self.setup.meter.now() if st["next"] < len(st["batches"]) else None
         if st["next"] >= len(st["batches"]):
             self._close_epoch(role.name, st)
@@ -133,6 +133,14 @@ class SplitFrozen(Method):
                                "sent_before": st["epoch"] * len(st["batches"]) + j})  # over the run, as the simulator
             k += 1
         self.leg[name] = k
+
+    def finish_moves(self, name: str) -> None:
+        """Device ``name``'s process ends: record its handovers due since its last send (``late_moves``)."""
+        st = self._dev.get(name)
+        if self.legs.get(name) and st is not None:
+            sent = st["epoch"] * len(st["batches"]) + st.get("sent", st["next"])
+            self.leg[name] = late_moves(self.legs[name], self.leg.get(name, 0), name, self.setup.meter, st["epoch"],
+                                        sent, self.moves)
 
     def _close_epoch(self, name: str, st: dict) -> None:
         """This device's epoch is sent (or it left): every other server of its legs stops waiting for it this

@@ -171,6 +171,8 @@ class SplitLoRA(Handovers, Method):
                 self._mover.move(role.name, c.epoch, msg.mb + 1, len(c.batches) - msg.mb, msg.mb, len(c.batches))
             s.transport.send_up(Message(role.name, msg.mb, {"hidden": hidden, "attention_mask": wire_mask(batch["attention_mask"]),
                                                             "labels": batch["labels"]}, epoch=c.epoch))
+            if self._mover is not None:
+                self._mover.note(role.name, c.epoch, msg.mb + 1, len(c.batches))
             if self._mover is not None and msg.mb == len(c.batches) - 1:
                 self._mover.close(role.name, c.epoch)
         elif msg.kind == "grad":
@@ -315,6 +317,8 @@ class SplitLoRA(Handovers, Method):
             if msg is None:  # nothing here to serve yet: a visitor may still join; answer the others' round
                 self._idle()
                 continue
+            if self.sync is not None:  # something changed: a waiting server answers rounds again
+                self.sync.wake()
             n = msg.device
             if msg.kind in ("moved", "join"):
                 if self._visit(msg, epoch, left, nxt, busy):

@@ -259,6 +259,8 @@ def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: floa
     except PeerLost as err:
         print(f"error: device {name}: lost the server ({err.reason}); stopping", file=sys.stderr, flush=True)
         return 3
+    if hasattr(method, "finish_moves"):  # handovers due since its last send, as the simulator lists them
+        method.finish_moves(name)
     tr.send_up(Message(name, -1, {"blob": report_blob(_report(name, setup.meter, tr, offset, method))}, kind="report"))
     tr.close()
     return 0

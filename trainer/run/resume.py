@@ -204,6 +204,7 @@ def device_reports(setup: Setup, method, ckpt: int) -> dict[str, dict]:
     the server loop learns of the loss as it would have without the checkpoint (the transport reports it
     again), so micro-batches already received are trained and counted as usual."""
     tr, names, reports = setup.transport, method.live(), {}
+    servers = sorted({srv for lg in (getattr(method, "legs", None) or {}).values() for *_, srv in lg} | {setup.server})
     for n in names:
         tr.send_down(Message(n, -1, kind="save", aux=ckpt))
     late = threading.Timer(REPORT_S * tr.peer_timeout, lambda: [
@@ -213,7 +214,7 @@ def device_reports(setup: Setup, method, ckpt: int) -> dict[str, dict]:
     late.start()
     try:
         for n in names:
-            why = _one_report(tr, n, reports)
+            why = _one_report(tr, n, reports, servers)
             if why is None:
                 continue
             if method.device_stateful:
@@ -226,10 +227,11 @@ def device_reports(setup: Setup, method, ckpt: int) -> dict[str, dict]:
     return reports
 
 
-def _one_report(tr, name: str, reports: dict) -> str | None:
-    """Receive ``name``'s report into ``reports``; or why there is none (a bad report drops its sender)."""
+def _one_report(tr, name: str, reports: dict, servers: list[str]) -> str | None:
+    """Receive ``name``'s report into ``reports``; or why there is none (a bad report drops its sender, and so does
+    a handover from or to a server none of the run's legs names: ``servers``)."""
     try:
-        reports[name] = parse_report(tr.recv_up(name, {"report"}).tensors["blob"], name)
+        reports[name] = parse_report(tr.recv_up(name, {"report"}).tensors["blob"], name, servers)
         return None
     except PeerLost as err:
         return err.reason

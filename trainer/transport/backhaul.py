@@ -3,7 +3,7 @@
 With several servers each server process trains its own replica on its own devices; ``training.sync``
 (``every`` optimizer steps, ``mode`` sync or async) makes them one logical model. A round is one sum
 over the servers (:class:`ServerLinks`) of a flat fp32 vector: each server's tensors times its weight,
-then its weight and whether it still trains. Shaped (``--emulate links|all``)
+then its weight and whether it still trains (and trains now). Shaped (``--emulate links|all``)
 as the simulator costs it: the server's upload occupies its ``backhaul`` link for ``bytes x 8 /
 bandwidth`` and arrives a latency later (``sync-send`` on lane ``backhaul:<server>``), the average is
 ready when every server's upload is (the collective is that barrier), and comes back the same way
@@ -53,6 +53,7 @@ from trainer.transport.secure import Channel
 from trainer.transport.wire import WireError
 
 _LEN = 8  # bytes of a JSON part's length prefix
+TAIL = 5  # a round vector's tail: weight, servers training, not adopting, stepping, training now (ServerSync._round)
 IDLE_POLL_S = 0.005  # a server waiting for a visitor looks for it this often (between its background rounds)
 MAX_JSON = 1 << 30  # a server's end-of-run part (metrics and trace events) at most
 
@@ -169,6 +170,14 @@ class ServerSync:
         self.stepping = False  # joint mode: some server stepped on the last round's mean gradient
         self._pending: tuple | None = None  # async: (thread, live state, snapshot, average, steps at the snapshot)
         self._idle: threading.Thread | None = None  # a waiting server's round in flight (:meth:`idle`)
+        self.quiet = False  # waiting, its last round had no server training (each waited or had drained): :meth:`idle`
+        self._woken = 0  # :meth:`wake`s so far (a round in flight since the last one does not make it quiet)
+
+    def wake(self) -> None:
+        """Something changed for this waiting server (a message came: a visitor's join, a move, a leave): its next
+        :meth:`idle` answers a round again."""
+        self._woken += 1
+        self.quiet = False
 
     # -- what a method calls around its optimizer step -----------------------------------------------------
     def before_step(self, params: list[torch.nn.Parameter], last: bool = False) -> None:
@@ -212,24 +221,30 @@ class ServerSync:
         waits: it answers as a drained server does (:meth:`finish`), but as one that still trains, so that no
         round ends the run. With gradients averaged before every step (joint) it answers the next round now
         (and steps with the others); otherwise the round runs in the background (it adopts nothing), so that a
-        visitor who joins meanwhile is served at once, and the server's next round waits for it."""
-        if self.every is None:  # no rounds before the epoch's last: nothing to answer
+        visitor who joins meanwhile is served at once, and the server's next round waits for it.
+
+        A round in which every other server had drained (:attr:`quiet`) ends the answering until something changes
+        (:meth:`wake`): the servers would otherwise trade rounds of zeros back to back for as long as it waits, a
+        count that depends on timing; the simulator's ``ServerRounds.idle`` counts this one. (The simulator also
+        stops when the others all wait; here a waiting server answers on, since a visitor may come to another one
+        first, whose next round would wait for this one for ever.)"""
+        if self.every is None or self.quiet:  # no rounds before the epoch's last, or none until something changes
             time.sleep(IDLE_POLL_S)
             return
         if self.joint:
             self._wait()
-            self._drained(state, params, step, True)
+            self._drained(state, params, step, True, idle=True)
             return
         self._in_background([torch.zeros_like(t) for t in (params if params is not None else state)])
 
     def fed_idle(self, state: list[torch.Tensor]) -> None:
         """FedLoRA's :meth:`idle`: joint, adopt the others' average of the next round; else answer in the background."""
-        if self.every is None:
+        if self.every is None or self.quiet:
             time.sleep(IDLE_POLL_S)
             return
         if self.joint:
             self._wait()
-            self._round([torch.zeros_like(t) for t in state], 0.0, True, adopt=True, into=state)
+            self._round([torch.zeros_like(t) for t in state], 0.0, True, adopt=True, into=state, idle=True)
             return
         self._in_background([torch.zeros_like(t) for t in state])
 
@@ -239,24 +254,25 @@ class ServerSync:
         if th is None or not th.is_alive():
             self._wait()
             self._idle = threading.Thread(target=self._round, args=(zeros, 0.0, True, False), daemon=True,
-                                          name="backhaul-idle")
+                                          name="backhaul-idle", kwargs={"idle": True})
             self._idle.start()
         time.sleep(IDLE_POLL_S)
 
-    def _drained(self, state, params, step, active: bool) -> None:
-        """One round of a server that trains nothing now (``active``: it may train again this epoch)."""
+    def _drained(self, state, params, step, active: bool, idle: bool = False) -> None:
+        """One round of a server that trains nothing now (``active``: it may train again this epoch; ``idle``: it
+        waits for a visitor)."""
         if self.joint and params is not None:
             for p in params:
                 p.grad = None
             grads = [torch.zeros_like(p) for p in params]
-            self._round(grads, 1.0, active, adopt=True)
+            self._round(grads, 1.0, active, adopt=True, idle=idle)
             if self.stepping:  # another server stepped on this round's mean gradient: so does this one
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g
                 step()
         else:  # shaped as the others' rounds (after_step's parameters); a drained server does not adopt
             self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, active,
-                        adopt=False)
+                        adopt=False, idle=idle)
 
     def fed_round(self, state: list[torch.Tensor], weight: float, last: bool = False) -> None:
         """FedLoRA: the server's FedAvg round ended with ``state`` (weight: samples averaged into it)."""
@@ -308,27 +324,33 @@ class ServerSync:
                     t.add_(avg - s)
 
     def _round(self, tensors: list[torch.Tensor], weight: float, active: bool, adopt: bool,
-               into: list[torch.Tensor] | None = None, stepping: bool = False) -> int:
+               into: list[torch.Tensor] | None = None, stepping: bool = False, idle: bool = False) -> int:
         """One collective round; returns how many servers still train. ``adopt``: write the average into
-        ``into`` (default ``tensors``) when any weight was given.
+        ``into`` (default ``tensors``) when any weight was given; ``idle``: this server waits for a visitor.
 
         The vector's tail: the weights' sum, the servers that still train, the servers that do not take
-        this round's average and (joint mode) the servers that step on it (:attr:`stepping`). When none trains any more, each took its last step before this round, so
+        this round's average, (joint mode) the servers that step on it (:attr:`stepping`) and the servers that
+        train now (neither waiting nor drained: none, and a waiting server is :attr:`quiet`). When none trains any more, each took its last step before this round, so
         :attr:`ended` says whether a last round is due (some server did not take the average); every
         server reads the same sums, so all decide alike.
         """
         idle = self._idle
         if idle is not None and idle is not threading.current_thread():
             idle.join()  # rounds go one at a time over the channels: a waiting server's round first
+        woken = self._woken
         flat = torch.cat([t.detach().reshape(-1).float().cpu() * weight for t in tensors]  # a GPU server's too
-                         + [torch.tensor([weight, float(active), float(not adopt), float(stepping)])])  # (numels + 4,)
-        nbytes = (flat.numel() - 4) * 4
+                         + [torch.tensor([weight, float(active), float(not adopt), float(stepping),
+                                          float(active and not idle)])])  # (numels + TAIL,)
+        nbytes = (flat.numel() - TAIL) * 4
         self._transfer("sync-send", nbytes)
         self.group.all_reduce(flat, check=round_tail_error)
         self._transfer("sync-recv", nbytes)
         self.rounds += 1
-        total, still, differ = float(flat[-4]), int(round(float(flat[-3]))), float(flat[-2]) > 0.5
-        self.stepping = float(flat[-1]) > 0.5
+        total, still, differ = float(flat[-5]), int(round(float(flat[-4]))), float(flat[-3]) > 0.5
+        self.stepping = float(flat[-2]) > 0.5
+        # quiet: it waits and every other server has drained (none trains now, none can again this epoch); with
+        # another server waiting too it keeps answering, since that one's visitor may come first and need its rounds
+        self.quiet = idle and still == 1 and float(flat[-1]) < 0.5 and woken == self._woken
         if adopt and total > 0:
             pos = 0
             with torch.no_grad():
@@ -359,10 +381,10 @@ class ServerSync:
 
 def round_tail_error(flat: torch.Tensor, servers: int) -> str | None:
     """What is wrong with a round vector's tail (:meth:`ServerSync._round`) summed over ``servers`` servers (1: one
-    server's own), or None: the weight must be >= 0 and each of the three counts a whole number in 0..servers."""
-    if flat.numel() < 4:
-        return f"a vector of {flat.numel()} values (a round carries at least its 4 counts)"
-    weight, *counts = (float(v) for v in flat[-4:])
+    server's own), or None: the weight must be >= 0 and each of the four counts a whole number in 0..servers."""
+    if flat.numel() < TAIL:
+        return f"a vector of {flat.numel()} values (a round carries at least its {TAIL} counts)"
+    weight, *counts = (float(v) for v in flat[-TAIL:])
     if not weight >= 0:
         return f"a weight of {weight:g} (the servers' training samples: >= 0)"
     bad = [c for c in counts if not (0 <= c <= servers and c == round(c))]

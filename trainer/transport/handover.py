@@ -79,6 +79,17 @@ class Mover:
         self.legs, self.transport, self.meter = legs, transport, meter
         self.leg: dict[str, int] = {}
         self.moves: list[dict] = []
+        self.sent: dict[str, tuple[int, int]] = {}  # device -> (epoch, micro-batches sent over the run): :meth:`note`
+
+    def note(self, name: str, epoch: int, sent: int, per_epoch: int) -> None:
+        """Device ``name`` has sent ``sent`` micro-batches of epoch ``epoch`` (of ``per_epoch``) so far."""
+        self.sent[name] = (epoch, epoch * per_epoch + sent)
+
+    def finish(self, name: str) -> None:
+        """The device's process ends: record the handovers due by now that no send took (:func:`late_moves`)."""
+        epoch, sent = self.sent.get(name, (0, 0))
+        self.leg[name] = late_moves(self.legs.legs.get(name, []), self.leg.get(name, 0), name, self.meter, epoch,
+                                    sent, self.moves)
 
     def due(self, name: str) -> bool:
         """Whether a handover of device ``name`` is due by now."""
@@ -136,6 +147,18 @@ class Mover:
         home = lg[self.leg.get(name, 0)][1]
         for rank in sorted({r for _, r, _ in lg} - {home}):
             self.transport.send_to(rank, Message(name, -1, kind="join", aux=0, epoch=epoch))
+
+
+def late_moves(legs: list[tuple], k: int, name: str, meter, epoch: int, sent: int, moves: list[dict]) -> int:
+    """The handovers of device ``name`` due by its process's end (``meter.now()``) after its last send: recorded
+    (trace event, ``moves``) with every micro-batch ``sent`` before them, as the simulator lists them (``sent_after``
+    0); no message, since nothing more goes up. Returns the index of the leg it ends on (``k``: the one it was on)."""
+    while k + 1 < len(legs) and legs[k + 1][0] <= meter.now():
+        at, to = legs[k + 1][0], legs[k + 1][2]
+        meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
+        moves.append({"device": name, "at_s": at, "from": legs[k][2], "to": to, "epoch": epoch, "sent_before": sent})
+        k += 1
+    return k
 
 
 class Visits:
@@ -206,7 +229,7 @@ def hold_weight(method) -> None:
         method.sync.weight = float(sum(r.n_samples for r in method.setup.devices))
 
 
-__all__ = ["Legs", "Mover", "Visits", "hold_weight", "mover_of", "visits_of"]
+__all__ = ["Legs", "Mover", "Visits", "hold_weight", "late_moves", "mover_of", "visits_of"]
 
 
 class Handovers:
@@ -227,3 +250,8 @@ class Handovers:
     def moves(self) -> list[dict]:
         """The handovers this device made (its report's ``handovers``)."""
         return self._mover.moves if self._mover is not None else []
+
+    def finish_moves(self, name: str) -> None:
+        """Device ``name``'s process ends: record its handovers due since its last send (:meth:`Mover.finish`)."""
+        if self._mover is not None:
+            self._mover.finish(name)
