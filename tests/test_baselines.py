@@ -185,4 +185,4 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     plain = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                      "--schedule", "all", "--split", "2", "--set", "training.sync=null"])
     assert plain.exit_code == 0, plain.output
-    assert "backhaul rounds" not in plain.output
+    assert "backhaul rounds out" not in plain.output and "closes the backhaul rounds" not in plain.output

@@ -3,7 +3,9 @@ each a one-line error with exit status 2, given before anything slow (a self-pro
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -152,11 +154,15 @@ def test_a_drained_servers_last_sync_steps_through_the_grad_scaler():
             return {"server": opt}
 
     m = Server(None)
+    steps = []  # the drained server's step is traced as every step (trainer.methods.common.Method.finish_sync)
+    m.setup = SimpleNamespace(server="s", meter=SimpleNamespace(
+        compute=lambda *a, **k: steps.append(a) or contextlib.nullcontext()))
     m.sync, m.math = Sync(), ServerMath(Placement())
     m.math.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     m.math.scaler.scale(torch.ones(1))  # its earlier steps of the epoch scaled their losses
     m.finish_sync()
     assert p.tolist() == [-1.0, -1.0, -1.0] and p.grad is None
+    assert steps == [("s", "step", "server_step")]
 
 
 def test_a_profile_of_another_model_is_refused_before_the_run(tiny_gpt2, tmp_path):

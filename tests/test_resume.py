@@ -252,7 +252,7 @@ def test_a_device_that_never_answers_a_checkpoint_is_lost_not_waited_for():
 
     tr, lost = _SilentTransport(), {}
     method = SimpleNamespace(live=lambda: ["d"], device_stateful=True, lose=lambda n, why: lost.update({n: why}))
-    assert device_reports(SimpleNamespace(transport=tr), method, 3) == {}
+    assert device_reports(SimpleNamespace(transport=tr, server="s"), method, 3) == {}
     assert tr.sent == [("d", "save", 3)]
     assert lost == {"d": f"no answer to checkpoint 3 within {REPORT_S * 0.05:g} s"}
 
