@@ -31,39 +31,41 @@ def layout(devices: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit
-def _take(prop, started, N):
-    """Pop the proportional source's next device (-1 when empty); its micro-batch is ``started`` before."""
+def _take(prop, taken, cnt):
+    """Pop the proportional source's next device (-1 when empty): :class:`sfsim.engine.policies.ProportionalPolicy`
+    of the counts ``cnt``, of which ``taken`` are taken (this one included)."""
     if len(prop) == 0:
         return -1
     i = heapq.heappop(prop)[1]
-    started[i] += 1
-    if started[i] < N[_N, i]:
-        heapq.heappush(prop, (-(N[_N, i] - started[i]) / N[_N, i], i))
+    taken[i] += 1
+    if taken[i] < cnt[i]:
+        heapq.heappush(prop, (-(cnt[i] - taken[i]) / cnt[i], i))
     return i
 
 
 @njit
-def replay_server(D, N, count, step_s, accumulate, decompose, M, T, share, counts, touched):
-    """Replay one CenLoRA server; returns (time of its last event, busy seconds). Mixing goes to M, T."""
+def epoch(D, N, lo, cnt, count, step_s, accumulate, decompose, start, busy, per_op, M, T, share, counts, touched):
+    """A CenLoRA server's ``count`` workers from ``start`` over micro-batches ``lo[i]`` on, ``cnt[i]`` of device ``i``
+    (the whole run: ``lo`` 0 and ``cnt`` every micro-batch; with closing rounds: one epoch's); mixing goes to M, T.
+
+    Returns (when its last worker ends, ``busy`` plus the workers' busy seconds). ``per_op``: every op's seconds
+    added to ``busy`` one by one, as ``sfsim.schedules.cenlora._synced_worker`` adds them; else each iteration's
+    ``t - t0``, as ``_worker``.
+    """
     m = N.shape[1]
     prop = [(0.0, 0)]
     prop.pop()
     for i in range(m):
-        if N[_N, i] > 0:
-            heapq.heappush(prop, (-(N[_N, i] - 0) / N[_N, i], i))
-    started = np.zeros(m, np.int64)
-    wcap = max(1, min(accumulate, N[_N].sum()))
-    queued = np.zeros((count, wcap))  # each worker's queued W seconds, oldest first
-    qlen = np.zeros(count, np.int64)
-    done = np.zeros(count, np.int64)
-    ending = np.zeros(count, np.bool_)
-    timers = [(0.0, 0)]  # (time, sequence number * count + worker): SimPy's (time, id) order
+        if cnt[i] > 0:
+            heapq.heappush(prop, (-(cnt[i] - 0) / cnt[i], i))
+    taken = np.zeros(m, np.int64)
+    queued = np.zeros((count, max(1, min(accumulate, cnt.sum()))))  # each worker's queued W seconds, oldest first
+    qlen, done, ending = np.zeros(count, np.int64), np.zeros(count, np.int64), np.zeros(count, np.bool_)
+    timers = [(start, 0)]  # (time, sequence number * count + worker): SimPy's order
     timers.pop()
     for w in range(count):
-        heapq.heappush(timers, (0.0, w))
-    seq = count
-    busy = 0.0
-    last = 0.0
+        heapq.heappush(timers, (start, w))
+    seq, last = count, start
     while len(timers):
         t0, key = heapq.heappop(timers)
         w = key % count
@@ -71,27 +73,34 @@ def replay_server(D, N, count, step_s, accumulate, decompose, M, T, share, count
         if ending[w]:
             continue
         while True:
-            i = _take(prop, started, N)
+            i = _take(prop, taken, cnt)
             t = t0
             if i >= 0:
-                n = started[i] - 1
+                n = lo[i] + taken[i] - 1
                 mixing.add(M, T, share, counts, touched, i)
                 x = D[_LAST, i] if D[_LAST, i] < 1.0 and (n + 1) % N[_PER_EPOCH, i] == 0 else 1.0
+                b = D[_B, i] * x if decompose else (D[_B, i] + D[_W, i]) * x
                 t += D[_F, i] * x
+                t += b
+                if per_op:
+                    busy += D[_F, i] * x
+                    busy += b
                 if decompose:
-                    t += D[_B, i] * x
                     queued[w, qlen[w]] = D[_W, i] * x
                     qlen[w] += 1
-                else:
-                    t += (D[_B, i] + D[_W, i]) * x
                 done[w] += 1
             if done[w] and (done[w] == accumulate or i < 0):
                 for q in range(qlen[w]):
                     t += queued[w, q]
+                    if per_op:
+                        busy += queued[w, q]
                 qlen[w] = 0
                 t += step_s
+                if per_op:
+                    busy += step_s
                 done[w] = 0
-            busy += t - t0
+            if not per_op:
+                busy += t - t0
             if t > t0:
                 ending[w] = i < 0
                 heapq.heappush(timers, (t0 + (t - t0), seq * count + w))
@@ -110,8 +119,8 @@ def replay(job, cfg) -> tuple[dict, float]:
         srv, mine = job.servers[k], [d for d in job.devices if d.server == k]
         D, N = layout(mine)
         M, T, share, counts, touched = mixing.start(N[_N])
-        end, busy = replay_server(D, N, int(srv.count), float(srv.step), int(cfg.accumulate),
-                                  bool(cfg.decompose), M, T, share, counts, touched)
+        end, busy = epoch(D, N, np.zeros(N.shape[1], np.int64), N[_N].copy(), int(srv.count), float(srv.step),
+                          int(cfg.accumulate), bool(cfg.decompose), 0.0, 0.0, False, M, T, share, counts, touched)
         makespan = max(makespan, end)
         out[srv.name] = {"busy": busy, "mixing": mixing.value(M, T), "total": int(N[_N].sum())}
     return out, makespan

@@ -9,14 +9,11 @@ each server's end after the replay (:func:`sfsim.network.backhaul.close_epochs`,
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 
 from sfsim.fast import cenlora as cl
 from sfsim.fast import mixing
 from sfsim.fast import splitlora as sl
-from sfsim.fast.jit import njit
 from sfsim.network.backhaul import closing_round
 
 
@@ -62,73 +59,6 @@ def _closed(job) -> dict:
     return {"bytes": {srv.name: sent for srv in job.servers}, "rounds": job.sync.epochs}
 
 
-@njit
-def _take(prop, taken, cnt):
-    """Pop the epoch's proportional source (:class:`sfsim.engine.policies.ProportionalPolicy` of the epoch's counts)."""
-    if len(prop) == 0:
-        return -1
-    i = heapq.heappop(prop)[1]
-    taken[i] += 1
-    if taken[i] < cnt[i]:
-        heapq.heappush(prop, (-(cnt[i] - taken[i]) / cnt[i], i))
-    return i
-
-
-@njit
-def cenlora_epoch(D, N, lo, cnt, count, step_s, accumulate, decompose, start, busy, M, T, share, counts, touched):
-    """One epoch of a CenLoRA server as ``sfsim.schedules.cenlora._synced_worker`` runs it (every op's seconds added
-    to ``busy`` one by one): its ``count`` workers from ``start`` over micro-batches ``lo[i]`` on, ``cnt[i]`` of
-    device ``i``. Returns (when its last worker ends, busy)."""
-    m = N.shape[1]
-    prop = [(0.0, 0)]
-    prop.pop()
-    for i in range(m):
-        if cnt[i] > 0:
-            heapq.heappush(prop, (-(cnt[i] - 0) / cnt[i], i))
-    taken = np.zeros(m, np.int64)
-    queued = np.zeros((count, max(1, min(accumulate, cnt.sum()))))
-    qlen, done, ending = np.zeros(count, np.int64), np.zeros(count, np.int64), np.zeros(count, np.bool_)
-    timers = [(start, w) for w in range(count)]  # (time, sequence number * count + worker): SimPy's order
-    seq, last = count, start
-    while len(timers):
-        t0, key = heapq.heappop(timers)
-        w = key % count
-        last = t0
-        if ending[w]:
-            continue
-        while True:
-            i = _take(prop, taken, cnt)
-            t = t0
-            if i >= 0:
-                n = lo[i] + taken[i] - 1
-                mixing.add(M, T, share, counts, touched, i)
-                x = D[cl._LAST, i] if D[cl._LAST, i] < 1.0 and (n + 1) % N[cl._PER_EPOCH, i] == 0 else 1.0
-                t += D[cl._F, i] * x
-                busy += D[cl._F, i] * x
-                if decompose:
-                    t += D[cl._B, i] * x
-                    busy += D[cl._B, i] * x
-                    queued[w, qlen[w]] = D[cl._W, i] * x
-                    qlen[w] += 1
-                else:
-                    t += (D[cl._B, i] + D[cl._W, i]) * x
-                    busy += (D[cl._B, i] + D[cl._W, i]) * x
-                done[w] += 1
-            if done[w] and (done[w] == accumulate or i < 0):
-                for q in range(qlen[w]):
-                    t, busy = t + queued[w, q], busy + queued[w, q]
-                qlen[w] = 0
-                t, busy, done[w] = t + step_s, busy + step_s, 0
-            if t > t0:
-                ending[w] = i < 0
-                heapq.heappush(timers, (t0 + (t - t0), seq * count + w))
-                seq += 1
-                break
-            if i < 0:
-                break
-    return last, busy
-
-
 def replay_cenlora(job, cfg) -> tuple[dict, float, dict]:
     """CenLoRA with each epoch's closing round (``sfsim.schedules.cenlora._synced``: an epoch's micro-batches, the
     round once the server's workers are done, the next epoch when it is back). Returns the per-server figures
@@ -146,9 +76,9 @@ def replay_cenlora(job, cfg) -> tuple[dict, float, dict]:
             srv = job.servers[k]
             per = np.where(N[cl._PER_EPOCH] > 0, N[cl._PER_EPOCH], N[cl._N])
             lo, hi = np.minimum(e * per, N[cl._N]), np.minimum((e + 1) * per, N[cl._N])
-            ends[srv.name], busy[0] = cenlora_epoch(D, N, lo, hi - lo, int(srv.count), float(srv.step),
-                                                    int(cfg.accumulate), bool(cfg.decompose), free[srv.name],
-                                                    busy[0], *mix)
+            ends[srv.name], busy[0] = cl.epoch(D, N, lo, hi - lo, int(srv.count), float(srv.step),
+                                               int(cfg.accumulate), bool(cfg.decompose), free[srv.name], busy[0],
+                                               True, *mix)
         free = closing_round(spec, ends)
     out = {job.servers[k].name: {"busy": busy[0], "mixing": mixing.value(mix[0], mix[1]), "total": int(N[cl._N].sum())}
            for k, (D, N, busy, mix) in state.items()}
