@@ -84,8 +84,7 @@ def test_without_sync_each_epoch_ends_with_the_closing_round():
         two = sfsim.simulate(scenario(epochs=2), method)
         assert two.sync_rounds == 2  # one per epoch, as sfsim run (FedLoRA's both after its run: it used to close once)
         assert two.backhaul_bytes_by_server == {"a": 4 * closing, "b": 4 * closing}
-        assert two.engine_note == (None if method != "fedlora" else  # on the fast path: tests/test_fast_sync.py
-                                   f"{method}'s closing backhaul rounds are replayed by the SimPy engine only")
+        assert two.engine_note is None  # on the fast path: tests/test_fast_sync.py, tests/test_fast_fedclose.py
         plain = sfsim.simulate(scenario(backhaul=None), method)
         assert (plain.sync_rounds, plain.backhaul_bytes_by_server, plain.engine) == (0, {}, "fast")
         trip = 2 * (closing * 8 / 1e9 + 5e-3)  # both servers send when they end the epoch, as fast as each other

@@ -12,9 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from sfsim.fast import cenlora as cl
+from sfsim.fast import fedlora as fed
 from sfsim.fast import mixing
 from sfsim.fast import splitlora as sl
-from sfsim.network.backhaul import closing_round
+from sfsim.network.backhaul import Closed, closing_round
+from sfsim.schedules import fedlora as fl
 
 
 def replay_closing(job, cfg) -> tuple[dict, dict, float, dict]:
@@ -83,3 +85,68 @@ def replay_cenlora(job, cfg) -> tuple[dict, float, dict]:
     out = {job.servers[k].name: {"busy": busy[0], "mixing": mixing.value(mix[0], mix[1]), "total": int(N[cl._N].sum())}
            for k, (D, N, busy, mix) in state.items()}
     return out, max(free.values(), default=0.0), _closed(job)
+
+
+def replay_fedlora(job, cfg) -> tuple[dict, dict, float, Closed]:
+    """FedLoRA (constant links) whose servers end each epoch with a closing round (``sfsim.schedules.fedlora.EpochClose``,
+    :func:`sfsim.fast.fedlora.closing_epochs`). Returns :func:`sfsim.fast.fedlora.replay`'s figures and the rounds
+    (:func:`fed_closed`)."""
+    per = int(cfg.local_steps)
+    slots = fl.width(job.devices, per)
+    servers = {k: _FedServer(job, cfg, k, slots) for k in dict.fromkeys(d.server for d in job.devices)}
+    makespan = fed.closing_epochs(job, servers, slots)
+    devices: dict[str, dict] = {}
+    for s in servers.values():
+        makespan = max(makespan, s.last)
+        for d, n in zip(s.mine, s.steps, strict=True):
+            devices[d.name] = fed.figures(d, int(n), per)
+    return devices, {job.servers[k].name: s.busy for k, s in servers.items()}, makespan, fed_closed(job.sync)
+
+
+def fed_uncovered(job, cfg, net) -> str | None:
+    """Why FedLoRA's closing rounds stay on the SimPy engine (one line), or None: constant links and varying links
+    only (:func:`sfsim.fast.fedlora.varying_only`) are covered, when the devices' epochs fill the run's FedAvg slots
+    (as a scenario's do: every device trains every epoch)."""
+    if net is not None and not fed.varying_only(net, job):
+        return "fedlora's closing backhaul rounds with handovers or availability are replayed by the SimPy engine only"
+    per = int(cfg.local_steps)
+    plans = fl.plans(job.devices, per)
+    most = max((p[-1][0] + 1 for p in plans if p), default=0)  # the FedAvg slots the SimPy schedule forms
+    if job.sync.epochs * max(fl.width(job.devices, per), 1) > most:
+        return "fedlora's closing backhaul rounds when the devices' epochs are not the run's are replayed by SimPy only"
+    return None
+
+
+def fed_closed(spec) -> Closed:
+    """FedLoRA's closing rounds as ``EpochClose`` counts them: ``2 x closing`` bytes an epoch per server."""
+    return Closed({n: 2.0 * spec.closing * spec.epochs for n, _, _ in spec.servers}, spec.epochs)
+
+
+class _FedServer:
+    """A server's static FedAvg rounds (:func:`sfsim.fast.fedlora.rounds`) for :func:`sfsim.fast.fedlora.closing_epochs`."""
+
+    def __init__(self, job, cfg, k: int, slots: int):
+        self.mine = [d for d in job.devices if d.server == k]
+        self.D, self.N = fed.layout(self.mine)
+        self.epochs = np.array([-(-d.n // (d.per_epoch or d.n)) if d.n else 0 for d in self.mine], np.int64)
+        self.start, self.steps, self.acc = np.zeros(len(self.mine)), np.zeros(len(self.mine), np.int64), np.zeros(3)
+        self.knobs = (int(cfg.local_steps), int(cfg.accumulate), float(job.servers[k].aggregate), slots)
+
+    def run(self, lo: int, hi: int, closing: bool) -> float:
+        """The rounds of slots ``lo..hi-1``; when the last ended (-inf: none)."""
+        per, acc, aggregate, slots = self.knobs
+        return fed.rounds(self.D, self.N, per, acc, aggregate, slots, lo, hi, self.start, self.steps, self.acc)
+
+    def resume(self, e: int, back: float) -> None:
+        """Epoch ``e``'s closing round is back at ``back``: devices with rounds in the next epoch download then."""
+        nxt = self.epochs > e + 1
+        self.start[nxt] = back + (self.D[fed._DOWN, nxt] + self.D[fed._DOWN_L, nxt])
+        self.acc[fed._LASTT] = max(self.acc[fed._LASTT], self.start[nxt].max(initial=-np.inf))
+
+    @property
+    def last(self) -> float:
+        return float(self.acc[fed._LASTT])
+
+    @property
+    def busy(self) -> float:
+        return float(self.acc[fed._BUSY])

@@ -31,6 +31,7 @@ from sfsim.fast import rates
 from sfsim.fast.jit import njit
 from sfsim.fast.rates import may_stall
 from sfsim.fast.splitlora import DYNAMIC, STALLS
+from sfsim.network.backhaul import closing_round
 from sfsim.network.legs import span
 from sfsim.schedules import fedlora as fl
 
@@ -80,18 +81,28 @@ def replay_server(D, N, per, accumulate, aggregate, slots):
     """Replay one server's FedAvg rounds (``slots`` a epoch, :func:`sfsim.schedules.fedlora.width`); returns
     (time of its last event, busy seconds, steps per device)."""
     m = N.shape[1]
+    start, steps, acc = np.zeros(m), np.zeros(m, np.int64), np.zeros(3)
+    rounds(D, N, per, accumulate, aggregate, slots, 0, np.iinfo(np.int64).max, start, steps, acc)
+    return acc[_LASTT], acc[_BUSY], steps
+
+
+_FREE, _BUSY, _LASTT = range(3)  # acc of rounds(): the server's lane free at, its busy seconds, its last event
+
+
+@njit
+def rounds(D, N, per, accumulate, aggregate, slots, lo, hi, start, steps, acc):
+    """A server's FedAvg rounds in slots ``lo..hi-1`` (one epoch's, or all); ``start``: when each device's next round
+    starts, ``steps`` its steps, ``acc`` the lane's free time, busy seconds and the last event, all carried from
+    the slots before. Returns when the slots' last round ended (-inf: none)."""
+    m = N.shape[1]
     end_at = np.zeros(m, np.int64)  # each device's slot after its last round
     for i in range(m):
         pe = N[_PER_EPOCH, i] if N[_PER_EPOCH, i] > 0 else N[_N, i]
         if N[_N, i] > 0:
             end_at[i] = (-(-N[_N, i] // pe) - 1) * slots + -(-(N[_N, i] - (-(-N[_N, i] // pe) - 1) * pe) // per)
-    most = end_at.max() if m else 0
-    start = np.zeros(m)  # when each device's next round starts
-    steps = np.zeros(m, np.int64)
-    free = 0.0  # the server's lane free at
-    busy = 0.0
-    last = 0.0
-    for r in range(most):
+    most = min(hi, end_at.max() if m else 0)
+    free, busy, last, ended = acc[_FREE], acc[_BUSY], acc[_LASTT], -np.inf
+    for r in range(lo, most):
         close = -np.inf
         need = 0
         for i in range(m):
@@ -110,14 +121,14 @@ def replay_server(D, N, per, accumulate, aggregate, slots):
         dur = aggregate * need
         end = max(close, free) + dur
         busy += dur
-        free = end
+        free = ended = end
         for i in range(m):  # its download; one whose epoch's rounds are done waits for the epoch's end
             first, stop = _span(N, i, r, per, slots)
             if first < stop or r + 1 < end_at[i]:
                 start[i] = end + (D[_DOWN, i] + D[_DOWN_L, i])
                 last = max(last, start[i])
-    return last, busy, steps
-
+    acc[_FREE], acc[_BUSY], acc[_LASTT] = free, busy, last
+    return ended
 
 
 def replay(job, cfg) -> tuple[dict, dict, float]:
@@ -132,10 +143,15 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
                                                    float(srv.aggregate), slots)
         makespan = max(makespan, end)
         for d, s in zip(mine, steps, strict=True):
-            n_rounds = fl.count(d.n, d.per_epoch, int(cfg.local_steps))  # uploads and downloads: one each a round
-            devices[d.name] = {"busy": d.units(d.n) * (d.f + d.b + d.w) + int(s) * d.step + d.first_extra(d.n),
-                               "up": n_rounds * d.sync_bytes, "down": n_rounds * d.sync_bytes}
+            devices[d.name] = figures(d, int(s), int(cfg.local_steps))
     return devices, busy, makespan
+
+
+def figures(d, steps: int, per: int) -> dict:
+    """A static device's busy seconds and adapter bytes (one upload and one download a round) after ``steps``."""
+    n_rounds = fl.count(d.n, d.per_epoch, per)
+    return {"busy": d.units(d.n) * (d.f + d.b + d.w) + steps * d.step + d.first_extra(d.n),
+            "up": n_rounds * d.sync_bytes, "down": n_rounds * d.sync_bytes}
 
 
 def varying_only(net, job) -> bool:
@@ -165,64 +181,119 @@ def uncovered(net, job) -> str | None:
 
 
 def replay_varying(job, cfg) -> tuple[dict, dict, float]:
-    """:func:`replay` on time-varying links (:func:`varying_only`); fills the motions as the SimPy run does."""
-    per, motions = int(cfg.local_steps), job.network.motions
-    devices: dict[str, dict] = {}
-    busy: dict[str, float] = {}
+    """:func:`replay` on time-varying links (:func:`varying_only`); fills the motions as the SimPy run does.
+
+    With each epoch's closing round (``job.sync``, no ``training.sync``) the servers go epoch by epoch
+    (:func:`closing_epochs`).
+    """
+    servers = {k: Rounds(job, cfg, k) for k in dict.fromkeys(d.server for d in job.devices)}
     makespan = 0.0
-    for k in dict.fromkeys(d.server for d in job.devices):
-        members = [i for i, d in enumerate(job.devices) if d.server == k]
-        D, N = layout([job.devices[i] for i in members])
-        for i in members:
-            motions[i].done = 0
-        end, busy[job.servers[k].name] = _rounds(job, cfg, members, D, N, per, float(job.servers[k].aggregate))
-        makespan = max(makespan, end)
-        for i in members:
-            d, m = job.devices[i], motions[i]
+    if job.sync is not None:
+        makespan = closing_epochs(job, servers, fl.width(job.devices, int(cfg.local_steps)))
+    for s in servers.values() if job.sync is None else ():
+        s.run(0, math.inf, False)
+    devices: dict[str, dict] = {}
+    for s in servers.values():
+        makespan = max(makespan, s.last)
+        for i in s.members:
+            d, m = job.devices[i], job.network.motions[i]
             devices[d.name] = {"busy": d.units(m.done) * (d.f + d.b + d.w) + m.steps * d.step + d.first_extra(m.done),
                                "up": m.syncs_sent * d.sync_bytes, "down": m.downloads * d.sync_bytes}
             m.switched_at = []
-    return devices, busy, makespan
+    return devices, {job.servers[k].name: s.busy for k, s in servers.items()}, makespan
 
 
-def _rounds(job, cfg, members: list[int], D, N, per: int, aggregate: float) -> tuple[float, float]:
-    """One server's FedAvg rounds on varying links; returns (time of its last event, busy seconds)."""
-    motions, acc, slots = job.network.motions, int(cfg.accumulate), fl.width(job.devices, per)
-    plan = [fl.round_plan(job.devices[i].n, job.devices[i].per_epoch, per, slots) for i in members]
-    busy_slots = sorted({r for p in plan for r, _, _ in p})  # the server's rounds (its epochs' slots)
-    pos = [0] * len(members)  # each device's next round in its plan
-    start = [0.0] * len(members)
-    free = busy = last = 0.0
-    for j, r in enumerate(busy_slots):
-        close, need, after = -math.inf, 0, busy_slots[j + 1] if j + 1 < len(busy_slots) else -1
-        for c, i in enumerate(members):
-            if pos[c] >= len(plan[c]) or plan[c][pos[c]][0] != r:
+def closing_epochs(job, servers: dict, slots: int) -> float:
+    """FedLoRA's servers epoch by epoch, each epoch ending with the closing round (``EpochClose``).
+
+    A server's epoch ends when its epoch's last FedAvg round has (at once without one); it sends on its backhaul
+    from then, or from its previous round's return when later (:func:`sfsim.network.backhaul.closing_round`); its
+    devices with rounds in the next epoch download the average once the round is back. ``servers``: server index
+    -> its rounds (``run(lo, hi, closing)``, ``resume(e, back)``: :class:`Rounds`). Returns
+    when the last round was back."""
+    spec = job.sync
+    free = {srv.name: 0.0 for srv in job.servers}  # when each server's last closing round was back
+    for e in range(spec.epochs):
+        ends = dict(free)
+        for k, s in servers.items():
+            name = job.servers[k].name
+            ends[name] = max(ends[name], s.run(e * slots, (e + 1) * slots, True))
+        free = closing_round(spec, ends)
+        for k, s in servers.items():
+            s.resume(e, free[job.servers[k].name])
+    return max(free.values(), default=0.0)
+
+
+class Rounds:
+    """One server's FedAvg rounds on varying links (:func:`replay_varying`), a range of slots at a time.
+
+    ``last``: its last event so far; ``busy``: its FedAvg seconds.
+    """
+
+    def __init__(self, job, cfg, k: int):
+        self.job, self.acc, self.per = job, int(cfg.accumulate), int(cfg.local_steps)
+        self.members = [i for i, d in enumerate(job.devices) if d.server == k]
+        self.D, self.N = layout([job.devices[i] for i in self.members])
+        self.aggregate, self.slots = float(job.servers[k].aggregate), fl.width(job.devices, self.per)
+        self.plan = [fl.round_plan(job.devices[i].n, job.devices[i].per_epoch, self.per, self.slots)
+                     for i in self.members]
+        self.busy_slots = sorted({r for p in self.plan for r, _, _ in p})  # the server's rounds (its epochs' slots)
+        self.pos = [0] * len(self.members)  # each device's next round in its plan
+        self.start = [0.0] * len(self.members)
+        self.free = self.busy = self.last = 0.0
+        for i in self.members:
+            job.network.motions[i].done = 0
+
+    def run(self, lo: float, hi: float, closing: bool) -> float:
+        """The rounds in slots ``lo..hi-1``; ``closing``: a device whose next round is in a later epoch downloads
+        after the epoch's closing round (:meth:`resume`). Returns when the last of them ended (-inf: none)."""
+        motions, ended = self.job.network.motions, -math.inf
+        for j, r in enumerate(self.busy_slots):
+            if not lo <= r < hi:
                 continue
-            _, first, stop = plan[c][pos[c]]
-            pos[c] += 1
-            d, m, s = job.devices[i], motions[i], start[c]
-            t, steps = _local(D, N, c, first, stop, acc, s)
-            m.done, m.steps = m.done + (stop - first), m.steps + int(steps)
-            t0 = s + (t - s)  # the timeout to the local work's end
-            m.uploads.append(t0)
-            leg = m.legs[0]
-            up = span(leg.up_rate(None), t0, d.sync_bytes * 8.0)
-            m.send_s += (t0 + up) - t0
-            m.syncs_sent, m.sent = m.syncs_sent + 1, stop
-            close, need = max(close, t0 + (up + leg.up_l)), need + 1
-        end = max(close, free) + aggregate * need
-        busy, free = busy + aggregate * need, end
-        for c, i in enumerate(members):  # its download: after its last round, or its server's epoch's last
-            nxt = plan[c][pos[c]][0] if pos[c] < len(plan[c]) else None
-            if (nxt is None and plan[c] and plan[c][-1][0] == r) or (nxt is not None and nxt == after):
-                d, m = job.devices[i], motions[i]
+            close, need = -math.inf, 0
+            after = self.busy_slots[j + 1] if j + 1 < len(self.busy_slots) else -1
+            for c, i in enumerate(self.members):
+                plan = self.plan[c]
+                if self.pos[c] >= len(plan) or plan[self.pos[c]][0] != r:
+                    continue
+                _, first, stop = plan[self.pos[c]]
+                self.pos[c] += 1
+                d, m, s = self.job.devices[i], motions[i], self.start[c]
+                t, steps = _local(self.D, self.N, c, first, stop, self.acc, s)
+                m.done, m.steps = m.done + (stop - first), m.steps + int(steps)
+                t0 = s + (t - s)  # the timeout to the local work's end
+                m.uploads.append(t0)
                 leg = m.legs[0]
-                down = span(leg.down_rate(None), end, d.sync_bytes * 8.0)
-                m.recv_s += (end + down) - end
-                m.downloads += 1
-                start[c] = end + (down + leg.down_l)
-                last = max(last, start[c])
-    return last, busy
+                up = span(leg.up_rate(None), t0, d.sync_bytes * 8.0)
+                m.send_s += (t0 + up) - t0
+                m.syncs_sent, m.sent = m.syncs_sent + 1, stop
+                close, need = max(close, t0 + (up + leg.up_l)), need + 1
+            end = ended = max(close, self.free) + self.aggregate * need
+            self.busy, self.free = self.busy + self.aggregate * need, end
+            for c, plan in enumerate(self.plan):  # its download: after its last round, or its server's epoch's last
+                nxt = plan[self.pos[c]][0] if self.pos[c] < len(plan) else None
+                if closing and nxt is not None and nxt // self.slots != r // self.slots:
+                    continue  # after the epoch's closing round
+                if (nxt is None and plan and plan[-1][0] == r) or (nxt is not None and nxt == after):
+                    self.download(c, end)
+        return ended
+
+    def resume(self, e: int, back: float) -> None:
+        """Epoch ``e``'s closing round is back at ``back``: the devices with rounds left download the average."""
+        for c, plan in enumerate(self.plan):
+            if self.pos[c] < len(plan):
+                self.download(c, back)
+
+    def download(self, c: int, t: float) -> None:
+        """Member ``c`` downloads the average from ``t``; its next round starts when it has it."""
+        d, m = self.job.devices[self.members[c]], self.job.network.motions[self.members[c]]
+        leg = m.legs[0]
+        down = span(leg.down_rate(None), t, d.sync_bytes * 8.0)
+        m.recv_s += (t + down) - t
+        m.downloads += 1
+        self.start[c] = t + (down + leg.down_l)
+        self.last = max(self.last, self.start[c])
 
 
 # -- availability and handover: the SimPy schedule's rounds and membership, each round's local work compiled --

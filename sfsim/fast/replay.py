@@ -62,8 +62,10 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if getattr(job, "sync", None) is not None and name not in SPLITFROZEN:  # a baseline's backhaul rounds
         if job.sync.every is not None:
             return "backhaul sync between servers is replayed by the SimPy engine only"
-        if name == "fedlora":  # no training.sync: each epoch's closing round (sfsim.network.backhaul)
-            return f"{name}'s closing backhaul rounds are replayed by the SimPy engine only"
+        if name == "fedlora":  # no training.sync: each epoch's closing round (sfsim.schedules.fedlora.EpochClose)
+            why = closing.fed_uncovered(job, cfg, net)
+            if why is not None:
+                return why
         if name == "splitlora" and net is not None and (getattr(net, "motions", None) is None or not hands_over(net.motions)):
             return "splitlora's closing backhaul rounds on the dynamic network are replayed by the SimPy engine only"
     if name == "cenlora":
@@ -151,10 +153,13 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
     """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy."""
     rec = Replayed()
     net = getattr(job, "network", None)
-    if net is None:
+    if net is None and job.sync is not None:  # each epoch's closing round, waited for before the next epoch
+        devices, busy, makespan, rec.sync = closing.replay_fedlora(job, cfg)
+    elif net is None:
         devices, busy, makespan = fedlora.replay(job, cfg)
     elif fedlora.varying_only(net, job):
         devices, busy, makespan = fedlora.replay_varying(job, cfg)
+        rec.sync = closing.fed_closed(job.sync) if job.sync is not None else None
     else:
         devices, busy, makespan = fedmoves.replay(job, cfg)
     for name, fig in devices.items():
