@@ -96,3 +96,11 @@ def test_closing_rounds_change_the_run():
     job.devices = [replace(d, n=0) for d in job.devices]  # no FedAvg slot: SimPy's EpochClose has none to wait on
     assert uncovered(None, "fedlora", cfg, job) == ("fedlora's closing backhaul rounds when the devices' epochs are "
                                                     "not the run's are replayed by SimPy only")
+
+
+@pytest.mark.parametrize("seeds", [range(300), pytest.param(range(300, 3300), marks=pytest.mark.slow)])
+def test_moving_closing_rounds_equal(seeds):
+    """Handovers between the 2-4 servers and availability (pause, drop) on varying links: the compiled event loop
+    (:mod:`sfsim.fast.fedmoves`) runs EpochClose's server processes among the devices' in SimPy's order."""
+    for seed in seeds:
+        check(seed, "moving")

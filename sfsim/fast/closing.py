@@ -103,18 +103,36 @@ def replay_fedlora(job, cfg) -> tuple[dict, dict, float, Closed]:
     return devices, {job.servers[k].name: s.busy for k, s in servers.items()}, makespan, fed_closed(job.sync)
 
 
-def fed_uncovered(job, cfg, net) -> str | None:
-    """Why FedLoRA's closing rounds stay on the SimPy engine (one line), or None: constant links and varying links
-    only (:func:`sfsim.fast.fedlora.varying_only`) are covered, when the devices' epochs fill the run's FedAvg slots
-    (as a scenario's do: every device trains every epoch)."""
-    if net is not None and not fed.varying_only(net, job):
-        return "fedlora's closing backhaul rounds with handovers or availability are replayed by the SimPy engine only"
+def fed_uncovered(job, cfg) -> str | None:
+    """Why FedLoRA's closing rounds stay on the SimPy engine (one line), or None: covered on every network the fast
+    path covers (:func:`replay_fedlora`, :func:`sfsim.fast.fedlora.replay_varying`, :mod:`sfsim.fast.fedmoves`) when
+    the devices' epochs fill the run's FedAvg slots (as a scenario's do: every device trains every epoch)."""
     per = int(cfg.local_steps)
     plans = fl.plans(job.devices, per)
     most = max((p[-1][0] + 1 for p in plans if p), default=0)  # the FedAvg slots the SimPy schedule forms
     if job.sync.epochs * max(fl.width(job.devices, per), 1) > most:
         return "fedlora's closing backhaul rounds when the devices' epochs are not the run's are replayed by SimPy only"
     return None
+
+
+C_BUSY, C_LAT, C_FREE = range(3)  # CF: per server, its closing round's seconds, latency, its last return
+C_STATE, C_HEAD, C_TAIL = range(3)  # CI: per server and epoch, its closes event (1 triggered, 2 processed), waiters
+E_EPOCHS, E_CLOSING, E_DEVICES = range(3)  # EP: the run's epochs, closing rounds or not, devices (then servers)
+
+
+def fed_arrays(job, n: int) -> tuple:
+    """FedLoRA's closing rounds in :mod:`sfsim.fast.fedmoves`' loop (its ``S[6:]``, ``n`` devices): per server its
+    round's seconds, latency and last return (CF) and its ``closes`` events (CI: state, waiting devices); per epoch
+    the latest upload arrival (AR) and the servers waiting on ``ready`` (RW: count, then servers); EP."""
+    spec, n_srv = job.sync, len(job.servers)
+    epochs = spec.epochs if spec is not None else 0
+    CF = np.zeros((n_srv, 3))
+    for k, (_, bw, lat) in enumerate(spec.servers if spec is not None else ()):
+        CF[k, C_BUSY], CF[k, C_LAT] = spec.closing * 8.0 / bw, lat
+    CI = np.full((3, n_srv, max(1, epochs)), -1, np.int64)
+    CI[C_STATE] = 0
+    return (CF, CI, np.full(max(1, epochs), -np.inf), np.zeros((max(1, epochs), n_srv + 1), np.int64),
+            np.array([epochs, spec is not None, n], np.int64))
 
 
 def fed_closed(spec) -> Closed:

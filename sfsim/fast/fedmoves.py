@@ -7,7 +7,8 @@ groups and membership are arrays; the loop keeps SimPy's queue order (time, prio
 events were scheduled) with the events the SimPy run schedules: the processes' starts (urgent), the
 handovers' and leaves' soft timers, each timeout, each ``succeed_at`` (a timer, then the event it
 succeeds), the barriers' keep-alive timers, each group's poke and each ``done | poke`` condition, and each
-process's end. Rounds are formed per epoch as the schedule's (``round_plan``: FedAvg slot ``e * width + q``); a
+process's end; without ``training.sync`` each epoch's closing round (``EpochClose``: a process per server, its
+``ready`` and ``closes`` events). Rounds are formed per epoch as the schedule's (``round_plan``: FedAvg slot ``e * width + q``); a
 device whose epoch has fewer rounds waits for its server's epoch to end (``FedGroup.until``). Local work is
 :func:`sfsim.fast.fedlora._local_net`; every transfer integrates its leg's rate (:mod:`sfsim.fast.rates`).
 Memory: per device its legs, uploads and handovers; per server a few numbers per round.
@@ -20,6 +21,7 @@ import math
 
 import numpy as np
 
+from sfsim.fast import closing as cl
 from sfsim.fast import rates
 from sfsim.fast.fedlora import _local_net, layout
 from sfsim.fast.jit import njit
@@ -27,7 +29,9 @@ from sfsim.fast.simq import NORMAL, NSOFT, push, start
 from sfsim.schedules import fedlora as fl
 
 _INIT, _RESUME, _SWITCH, _LEAVE, _AT_DONE, _DONE, _AT_OWN, _OWN, _HARD, _EXIT, _POKE, _COND = range(12)  # event kinds
-_BEGIN, _UP, _ARRIVE, _DOWN, _NEXT, _OVER, _UNTIL = range(7)  # a device's program counter
+_AT_READY, _READY, _AT_CLOSES, _CLOSES = range(12, 16)  # EpochClose's events: an epoch's average, a server's return
+_BEGIN, _UP, _ARRIVE, _DOWN, _NEXT, _OVER, _UNTIL, _CLOSING = range(8)  # a device's program counter
+_S_UNTIL, _S_READY = range(8, 10)  # an EpochClose server process's program counter
 (_PC, _R, _SRV, _APPLIED, _NMOVED, _SYNCS, _DOWNLOADS, _SENT, _DONE_MB, _STEPS, _NUPL, _WNEXT, _KEPT, _LEG0,
  _LEGS, _PAUSE, _AVAIL, _ROUNDS, _DROPS, _PE, _RPE, _WPREV, _WR, _ISCOND, _PNEXT, _PPREV, _PSER) = range(27)  # DI
 _START, _STOP, _GONE, _SEND_S, _RECV_S = range(5)  # DF: float per device
@@ -306,6 +310,9 @@ def _step(S, M, K, Q, CNT, now, i, acc):
     """Run device ``i``'s process from its program counter until it waits (or ends: its end event)."""
     D, N, P = K[0], K[1], K[2]
     DI, DF, PS = M[0], M[1], S[5]
+    if i >= S[10][cl.E_DEVICES]:  # an EpochClose server process
+        _epoch_close(S, M, Q, CNT, now, i)
+        return
     while True:
         pc = DI[i, _PC]
         if pc == _BEGIN:
@@ -334,9 +341,13 @@ def _step(S, M, K, Q, CNT, now, i, acc):
             _arrive(S, M, Q, CNT, now, DI[i, _SRV], r, i)
             DI[i, _PC], DI[i, _WR] = _UNTIL, r + 1
             return
-        if pc == _UNTIL:  # its epoch's end (no closing round on the fast path: training.sync goes to SimPy)
+        if pc == _UNTIL:  # its epoch's end, then a new epoch's after the closing round (FedGroup.closing)
             if _until(S, M, K, i):
                 return
+            DI[i, _PC] = _CLOSING
+            if _closing(S, M, K, i):
+                return
+        if DI[i, _PC] == _CLOSING:
             DI[i, _PC] = _DOWN
             continue
         if pc == _NEXT:
@@ -351,6 +362,9 @@ def _step(S, M, K, Q, CNT, now, i, acc):
 def _start(S, M, K, Q, CNT, now, i, acc):
     """The process's first resume: a device never online leaves; a drop-churn one joins at its first online instant."""
     DI, DF = M[0], M[1]
+    if i >= S[10][cl.E_DEVICES]:  # an EpochClose server process
+        _epoch_close(S, M, Q, CNT, now, i)
+        return
     if DF[i, _START] == math.inf:
         _leave_at(S, M, K[1], Q, CNT, now, i, 0.0, 0)
         DI[i, _PC] = _OVER
@@ -389,6 +403,74 @@ def _fire_poke(S, M, Q, CNT, now, k, serial):
         push(Q, CNT, now, NORMAL, _COND, i, 0)
 
 
+# -- EpochClose (no training.sync): each epoch's closing round over the servers' backhaul links ---------------
+@njit
+def _closing(S, M, K, i):
+    """``FedGroup.closing``: True when device ``i``'s next round is in a later epoch and its group's closing round
+    is not back yet (it then waits on the group's ``closes`` event)."""
+    DI, PS, CI, EP = M[0], S[5], S[7], S[10]
+    if not EP[cl.E_CLOSING] or DI[i, _R] + 1 >= DI[i, _ROUNDS]:
+        return False
+    w = max(PS[1], 1)
+    k, e = DI[i, _SRV], _plan(DI, K[1], PS, i, DI[i, _R])[0] // w
+    if _plan(DI, K[1], PS, i, DI[i, _R] + 1)[0] // w == e or CI[cl.C_STATE, k, e] == 2:
+        return False
+    DI[i, _WNEXT] = -1
+    if CI[cl.C_HEAD, k, e] < 0:
+        CI[cl.C_HEAD, k, e] = i
+    else:
+        DI[CI[cl.C_TAIL, k, e], _WNEXT] = i
+    CI[cl.C_TAIL, k, e] = i
+    return True
+
+
+@njit
+def _fire_closes(S, M, K, Q, CNT, now, k, e, acc):
+    """Server ``k``'s epoch-``e`` closing round is back: the devices waiting on it resume, in the order they began."""
+    CI, DI = S[7], M[0]
+    CI[cl.C_STATE, k, e] = 2
+    i = CI[cl.C_HEAD, k, e]
+    CI[cl.C_HEAD, k, e] = CI[cl.C_TAIL, k, e] = -1
+    while i >= 0:
+        nxt = DI[i, _WNEXT]
+        _step(S, M, K, Q, CNT, now, i, acc)
+        i = nxt
+
+
+@njit
+def _epoch_close(S, M, Q, CNT, now, i):
+    """``EpochClose._server`` of server ``i - devices``: per epoch, wait for its rounds (``FedGroup.until``), send
+    once its last round is back, wait for every server's upload (``ready``), then its ``closes`` event."""
+    G, PS, CF, AR, RW, EP = S[0], S[5], S[6], S[8], S[9], S[10]
+    DI = M[0]
+    k, w = i - EP[cl.E_DEVICES], max(PS[1], 1)
+    while True:
+        e = DI[i, _R]
+        if DI[i, _PC] == _S_READY:  # epoch e's average is ready: it comes back on the server's backhaul
+            CF[k, cl.C_FREE] = now + CF[k, cl.C_BUSY] + CF[k, cl.C_LAT]
+            push(Q, CNT, CF[k, cl.C_FREE], NORMAL, _AT_CLOSES, k, e)
+            DI[i, _R], DI[i, _WR], DI[i, _PC] = e + 1, (e + 1) * w, _S_UNTIL
+            continue
+        if e >= EP[cl.E_EPOCHS]:
+            DI[i, _PC] = _OVER
+            push(Q, CNT, now, NORMAL, _EXIT, i, 0)
+            return
+        while DI[i, _WR] < (e + 1) * w:
+            r = DI[i, _WR]
+            if (G[_CLOSED, k, r] or G[_NEED, k, r]) and not G[_TRIG, k, r]:
+                _wait_either(S, DI, k, r, i)
+                return
+            DI[i, _WR] += 1
+        t = max(now, CF[k, cl.C_FREE])
+        AR[e] = max(AR[e], t + CF[k, cl.C_BUSY] + CF[k, cl.C_LAT])
+        RW[e, 0] += 1  # the servers waiting on ready[e], in order
+        RW[e, RW[e, 0]] = k
+        if RW[e, 0] == CF.shape[0]:
+            push(Q, CNT, AR[e], NORMAL, _AT_READY, e, 0)
+        DI[i, _PC] = _S_READY
+        return
+
+
 @njit
 def run(S, M, K, soft, order, acc):
     """The run: handover soft timers ``soft`` (time, device), then the devices' processes in ``order``.
@@ -419,6 +501,16 @@ def run(S, M, K, soft, order, acc):
             _fire_done(S, M, K, Q, CNT, now, a, b, acc)
         elif kind == _POKE:
             _fire_poke(S, M, Q, CNT, now, a, b)
+        elif kind == _AT_READY:  # succeed_at's timer: the event succeeds now
+            push(Q, CNT, now, NORMAL, _READY, a, b)
+        elif kind == _READY:  # the servers waiting on epoch a's average resume, in the order they began waiting
+            for q in range(1, S[9][a, 0] + 1):
+                _epoch_close(S, M, Q, CNT, now, S[10][cl.E_DEVICES] + S[9][a, q])
+        elif kind == _AT_CLOSES:
+            S[7][cl.C_STATE, a, b] = 1
+            push(Q, CNT, now, NORMAL, _CLOSES, a, b)
+        elif kind == _CLOSES:
+            _fire_closes(S, M, K, Q, CNT, now, a, b, acc)
         if rates.stuck(K[2]):
             return now, True
     return now, False
@@ -438,7 +530,7 @@ def _state(job, cfg, horizon: float) -> tuple:
     PS = np.array([per, slots], np.int64)
     most, n_legs = max([c for _, _, c in plan], default=0), sum(len(m.legs) for m in motions.values())
     prog = rates.Program()
-    DI, DF = np.zeros((n, _NDI), np.int64), np.zeros((n, 5))
+    DI, DF = np.zeros((n + n_srv, _NDI), np.int64), np.zeros((n, 5))  # then a row per EpochClose server's process
     LI, LF = np.zeros((3, max(1, n_legs)), np.int64), np.zeros((3, max(1, n_legs)))
     D, N = layout(devs)
     soft, row = [], 0
@@ -462,7 +554,11 @@ def _state(job, cfg, horizon: float) -> tuple:
     order = [i for k in dict.fromkeys(d.server for d in devs) for i, d in enumerate(devs) if d.server == k and d.n]
     PK = np.zeros((n_srv, 4), np.int64)
     PK[:, _PHEAD] = PK[:, _PTAIL] = -1
-    S = (G, EXP, np.zeros((n_srv, 2)), np.array([s.aggregate for s in job.servers], np.float64), PK, PS)
+    S = (G, EXP, np.zeros((n_srv, 2)), np.array([s.aggregate for s in job.servers], np.float64), PK, PS,
+         *cl.fed_arrays(job, n))
+    DI[n:, _PC] = _S_UNTIL  # EpochClose's processes: epoch 0, from slot 0
+    if job.sync is not None:  # EpochClose's processes start first (it is made before the devices' processes)
+        order = list(range(n, n + n_srv)) + order
     M = (DI, DF, LI, LF, np.zeros((n, max(1, most))), np.zeros((n, max(1, max(len(m.legs) for m in motions.values())))
          , np.int64), np.zeros(n, np.int64), np.zeros(n))
     K = (D, N, prog.arrays(), per, np.array([d.sync_bytes * 8.0 for d in devs], np.float64))

@@ -63,7 +63,7 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         if job.sync.every is not None:
             return "backhaul sync between servers is replayed by the SimPy engine only"
         if name == "fedlora":  # no training.sync: each epoch's closing round (sfsim.schedules.fedlora.EpochClose)
-            why = closing.fed_uncovered(job, cfg, net)
+            why = closing.fed_uncovered(job, cfg)
             if why is not None:
                 return why
         if name == "splitlora" and net is not None and (getattr(net, "motions", None) is None or not hands_over(net.motions)):
@@ -157,11 +157,9 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
         devices, busy, makespan, rec.sync = closing.replay_fedlora(job, cfg)
     elif net is None:
         devices, busy, makespan = fedlora.replay(job, cfg)
-    elif fedlora.varying_only(net, job):
-        devices, busy, makespan = fedlora.replay_varying(job, cfg)
-        rec.sync = closing.fed_closed(job.sync) if job.sync is not None else None
     else:
-        devices, busy, makespan = fedmoves.replay(job, cfg)
+        devices, busy, makespan = (fedlora.replay_varying if fedlora.varying_only(net, job) else fedmoves.replay)(job, cfg)
+        rec.sync = closing.fed_closed(job.sync) if job.sync is not None else None
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:
