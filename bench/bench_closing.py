@@ -2,7 +2,7 @@
 
 :func:`sfsim.fast.replay.baseline_fleet` (five device speeds, three link speeds, 4 servers), its micro-batches
 split into ``--epochs`` epochs, every server on a backhaul link (1, 2, 5, 10 Gbps, 2 ms) that closes each epoch
-with one round (:mod:`sfsim.fast.closing`). Prints micro-batches per second of both engines (CPU seconds: the
+with one round (:mod:`sfsim.fast.closing`; FedLoRA's in :mod:`sfsim.fast.fedlora`). Prints micro-batches per second of both engines (CPU seconds: the
 machine is shared), the ratio, and whether every figure (makespan, busy, bytes, mixing, rounds, backhaul bytes)
 is equal.
 
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=2)
     a = ap.parse_args()
-    for schedule in ("splitlora", "cenlora"):
+    for schedule in ("splitlora", "cenlora", "fedlora"):
         small, cfg = closing_fleet(8, 4, a.epochs)
         replay(small, cfg, schedule=schedule)  # load the compiled kernels (not timed)
         job, cfg = closing_fleet(a.devices, a.mb, a.epochs)
