@@ -170,16 +170,40 @@ def test_many_closing_round_fleets_equal(ties):
 
 
 def test_what_stays_on_simpy_is_said():
-    """SplitLoRA's closing rounds on the dynamic network without handovers and training.sync: one line each."""
+    """training.sync (backhaul sync every N steps) for the baselines: one line."""
     from sfsim.fast.replay import uncovered
-    from sfsim.schedules.network import FedNetwork
 
     job, cfg = random_job(0)
     assert uncovered(None, "splitlora", cfg, job) is None and uncovered(None, "cenlora", cfg, job) is None
-    job.network = FedNetwork.__new__(FedNetwork)
-    job.network.motions = {}  # no handover
-    assert uncovered(None, "splitlora", cfg, job) == ("splitlora's closing backhaul rounds on the dynamic network are "
-                                                      "replayed by the SimPy engine only")
     job.sync = replace(job.sync, every=2)
     for name in ("splitlora", "cenlora", "fedlora"):
         assert uncovered(None, name, cfg, job) == "backhaul sync between servers is replayed by the SimPy engine only"
+
+
+def varying_pair(seed: int, availability: bool):
+    """Two copies of a random SplitLoRA job on 2-4 servers with closing rounds, its devices on varying links
+    (and availability when asked), none handing over."""
+    from tests.test_fast_lora_dynamic import dynamic_network
+
+    out = []
+    for _ in range(2):
+        job, cfg = random_job(seed, ties=seed % 2 == 1)
+        job.network = dynamic_network(random.Random(seed + 20_000), job, availability)
+        out.append(job)
+    return (*out, cfg)
+
+
+@pytest.mark.parametrize("availability", [False, True])
+@pytest.mark.parametrize("seeds", [range(150), pytest.param(range(150, 1150), marks=pytest.mark.slow)])
+def test_splitlora_closing_rounds_on_varying_links_equal(availability, seeds):
+    """No handover, time-varying links (and availability: pause, drop): every server waits for each epoch's
+    closing round; the fast path replays it epoch by epoch from what the motions held, every figure == SimPy's."""
+    from sfsim.fast.replay import uncovered
+    from tests.test_fast_lora_dynamic import motions
+
+    for seed in seeds:
+        a, b, cfg = varying_pair(seed, availability)
+        assert uncovered(None, "splitlora", cfg, b) is None, seed
+        want = simpy_figures(a, cfg, "splitlora")
+        rec, makespan = replay(b, cfg, schedule="splitlora")
+        assert (_figures(rec, makespan), motions(b)) == (want, motions(a)), seed

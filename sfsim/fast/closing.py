@@ -21,17 +21,22 @@ from sfsim.schedules import fedlora as fl
 
 def replay_closing(job, cfg) -> tuple[dict, dict, float, dict]:
     """:func:`sfsim.fast.splitlora.replay` of a job whose servers end each epoch with a closing backhaul round (no ``training.sync``,
-    constant links): the SimPy schedule's servers wait for it between epochs, so epoch ``e`` of every server is
-    replayed once the rounds before it are known (each server replayed again from the start, one epoch further).
+    no handover): the SimPy schedule's servers wait for it between epochs, so epoch ``e`` of every server is
+    replayed once the rounds before it are known (each server replayed again from the start, one epoch further;
+    on the dynamic network from what the clients' motions held, and the last replay leaves its figures on them).
     Returns :func:`sfsim.fast.splitlora.replay`'s figures (every server) and ``{"bytes", "rounds"}`` of the rounds."""
     spec, n_srv = job.sync, len(job.servers)
     clients = {k: [i for i, d in enumerate(job.devices) if d.server == k and d.n] for k in range(n_srv)}
     release = {k: np.zeros(spec.epochs) for k in range(n_srv)}
     out: dict[int, tuple] = {}
+    motions = job.network.motions if getattr(job, "network", None) is not None else {}
+    held = {i: _held(m) for i, m in motions.items()}  # each replay starts from what the motions held
     for e in range(spec.epochs):
         ends = {}
         for k, srv in enumerate(job.servers):
             if clients[k]:
+                for i in clients[k] if motions else ():
+                    motions[i].done, motions[i].sent, motions[i].gone, motions[i].send_s, motions[i].recv_s = held[i]
                 at = np.zeros(e + 1)
                 out[k] = sl._server(job, cfg, k, clients[k], spec.epochs, release[k], at)
                 ends[srv.name] = float(at[e])
@@ -50,6 +55,11 @@ def replay_closing(job, cfg) -> tuple[dict, dict, float, dict]:
                                         "total": int(N[sl._N].sum())}
         makespan = max(makespan, float(SF[sl._END]))
     return devices, servers, makespan, _closed(job)
+
+
+def _held(m) -> tuple:
+    """What :func:`sfsim.fast.splitlora.fill_motions` writes on a motion."""
+    return m.done, m.sent, m.gone, m.send_s, m.recv_s
 
 
 def _closed(job) -> dict:

@@ -66,8 +66,6 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
             why = closing.fed_uncovered(job, cfg)
             if why is not None:
                 return why
-        if name == "splitlora" and net is not None and (getattr(net, "motions", None) is None or not hands_over(net.motions)):
-            return "splitlora's closing backhaul rounds on the dynamic network are replayed by the SimPy engine only"
     if name == "cenlora":
         return None  # no device links: the dynamic network does not apply, and it has no server policy
     if name == "fedlora" and net is not None:
