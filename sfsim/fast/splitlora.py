@@ -157,6 +157,9 @@ def _up_net(SF, C, R, c, t, dur, nbytes, mb):
     NC[_SEND_S, c] += rates.online(R[0], NI[_R_PAUSE, c], start, start + secs)
     if mb:
         NI[_SENT, c] += 1
+        for j in range(NI[_LEG0, c] + 1, NI[_LEG0, c] + NI[_LEGS, c]):  # uploads started before each handover
+            if start < R[4][_L_AT, j]:
+                R[6][j] += 1
     C[_UP, c] += nbytes
     SF[_END] = max(SF[_END], start + secs + R[4][_L_UP_L, leg])
     return start + secs + R[4][_L_UP_L, leg]
@@ -461,7 +464,8 @@ def layout(clients: list) -> tuple[np.ndarray, np.ndarray]:
 
 def network_arrays(motions: list, horizon: float) -> tuple:
     """``R`` for the kernel: the clients' rates (a :class:`~sfsim.fast.rates.Program`, drawn to ``horizon``
-    seconds), their network state NC, NI, their legs LI, LF, and a count of clients lost.
+    seconds), their network state NC, NI, their legs LI, LF, a count of clients lost, and per leg the activation
+    uploads started before it (``Motion.switched_at``, for handovers that keep a client on its server).
 
     ``motions``: each client's :class:`~sfsim.network.legs.Motion` (its figures start from what it holds,
     so the sums run on as in the SimPy run).
@@ -480,18 +484,19 @@ def network_arrays(motions: list, horizon: float) -> tuple:
             LF[:, row] = (leg.at, leg.up_l, leg.down_l)
             row += 1
     prog.draw_all(horizon)
-    return prog.arrays(), NC, NI, LI, LF, np.zeros(1, np.int64)
+    return prog.arrays(), NC, NI, LI, LF, np.zeros(1, np.int64), np.zeros(max(1, n_legs), np.int64)
 
 
 def uncovered(net, job) -> str | None:
     """Why the fast path cannot replay this dynamic network (one line), or None: with handovers to other servers
-    the joint loop (:mod:`sfsim.fast.splitmoves`), else one leg per device on its server; rates the kernels
-    know (:func:`sfsim.fast.rates.knows`), no link that may stall for good."""
+    the joint loop (:mod:`sfsim.fast.splitmoves`), else every device's legs on its server (handovers that keep it
+    there: new links from each); rates the kernels know (:func:`sfsim.fast.rates.knows`), no link that may stall
+    for good."""
     if getattr(net, "motions", None) is None:
         return DYNAMIC
     joint = hands_over(net.motions)
     for i, m in net.motions.items():
-        if not joint and (len(m.legs) != 1 or m.legs[0].server != job.devices[i].server):
+        if not joint and any(leg.server != job.devices[i].server for leg in m.legs):
             return MOVES
         if any(rates.may_stall(leg.rate) or rates.may_stall(leg.down) for leg in m.legs):
             return STALLS
@@ -505,7 +510,7 @@ _NONE = np.zeros(0)  # no closing rounds
 GUESS = 1.5
 """Drawn processes are first drawn to this many times a server's run on constant links."""
 DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
-MOVES = "splitlora's handovers that keep a device on its server are replayed by the SimPy engine only"
+MOVES = "splitlora: a device whose legs are all on another server than its own is replayed by the SimPy engine only"
 STALLS = "a link that may stall for good (a trace ending at 0) is replayed by the SimPy engine only"
 
 
@@ -535,11 +540,14 @@ def _server(job, cfg, k: int, clients: list[int], epochs: int = -1, release=_NON
 
 
 def fill_motions(motions: list, R) -> None:
-    """Leave on the clients' motions what the SimPy run leaves: micro-batches done and sent, radio seconds, gone."""
+    """Leave on the clients' motions what the SimPy run leaves: micro-batches done and sent, radio seconds, gone,
+    and with handovers (that keep the client on its server) the uploads started before each."""
     NC, NI = R[1], R[2]
     for c, m in enumerate(motions):
         m.done, m.sent, m.gone = int(NI[_DONE, c]), int(NI[_SENT, c]), float(NC[_GONE, c])
         m.send_s, m.recv_s = float(NC[_SEND_S, c]), float(NC[_RECV_S, c])
+        if len(m.legs) > 1:
+            m.switched_at = [int(R[6][j]) for j in range(NI[_LEG0, c] + 1, NI[_LEG0, c] + NI[_LEGS, c])]
 
 
 def client_figures(C, c: int) -> dict:
