@@ -50,6 +50,12 @@ def _handover() -> dict:
     return {**_SCENARIO, "devices": devices}
 
 
+def _closing(data: dict) -> dict:
+    """``data`` in two epochs, its servers on backhaul links: each epoch's closing round (:mod:`sfsim.fast.closing`)."""
+    servers = [{**s, "backhaul": {"bandwidth": "1 Gbps", "latency": "2 ms"}} for s in data["servers"]]
+    return {**data, "servers": servers, "training": {**data["training"], "epochs": 2}}
+
+
 def warm() -> list[str]:
     """Replay and plan the small scenarios on the fast path; returns one line per step with its seconds."""
     import sfsim
@@ -57,7 +63,9 @@ def warm() -> list[str]:
     from sfsim.scenario.config import scenario_from_dict
 
     lines = []
-    for label, data in (("constant links", _static()), ("availability", _SCENARIO), ("handover", _handover())):
+    for label, data in (("constant links", _static()), ("availability", _SCENARIO), ("handover", _handover()),
+                        ("closing rounds", _closing(_static())), ("closing rounds, availability", _closing(_SCENARIO)),
+                        ("closing rounds, handover", _closing(_handover()))):
         scenario = scenario_from_dict(data, source="sfsim.fast.warm")
         for schedule in ("splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora"):
             t0 = time.perf_counter()
