@@ -15,14 +15,15 @@ servers without ``training.sync`` (:func:`sfsim.network.backhaul.close_epochs`; 
 too, :mod:`sfsim.fast.closing`: their servers wait for each epoch's round); SplitLoRA on constant
 links and on the dynamic network (:mod:`sfsim.fast.splitlora`: both client orders, arrival or fixed
 server orders, FedAvg segments, accumulation, fused or decomposed B/W, time-varying links, availability
-with pause or drop; handovers between servers in one loop, :mod:`sfsim.fast.splitmoves`); CenLoRA (:mod:`sfsim.fast.cenlora`: several workers,
+with pause or drop, handovers that keep a device on its server; handovers between servers in one loop,
+:mod:`sfsim.fast.splitmoves`); CenLoRA (:mod:`sfsim.fast.cenlora`: several workers,
 accumulation, the proportional source and its mixing); FedLoRA (:mod:`sfsim.fast.fedlora`: rounds of
 local steps, adapter uploads and downloads, each server's FedAvg) on any network (time-varying links,
-availability, handover). Not covered (the SimPy engine replays them): traces and Gantt charts; backhaul
-sync (``training.sync``) for every schedule, FedLoRA's closing backhaul rounds, and SplitLoRA's on the
-dynamic network without handovers; SplitFrozen
-with a paced policy and availability or handovers, or with handovers and cached activations;
-SplitLoRA's handovers that keep a device on its own server.
+availability, handover). Each epoch's closing backhaul round (no ``training.sync``) on every network
+for every schedule (:mod:`sfsim.fast.closing`; FedLoRA's in :mod:`sfsim.fast.fedlora` and, with
+handovers or availability, :mod:`sfsim.fast.fedmoves`). Not covered (the SimPy engine replays them):
+traces and Gantt charts; backhaul sync (``training.sync``) for every schedule; SplitFrozen
+with a paced policy and availability or handovers, or with handovers and cached activations.
 """
 
 from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered
