@@ -6,7 +6,7 @@ with one round (:mod:`sfsim.fast.closing`; FedLoRA's in :mod:`sfsim.fast.fedlora
 machine is shared), the ratio, and whether every figure (makespan, busy, bytes, mixing, rounds, backhaul bytes)
 is equal.
 
-Run: ``.venv/bin/python bench/bench_closing.py [--devices N] [--mb M] [--epochs E]``.
+Run: ``.venv/bin/python bench/bench_closing.py [--devices N] [--mb M] [--epochs E] [--network static|dynamic|handover]``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from sfsim.engine.pool import Engine  # noqa: E402
 from sfsim.fast import replay  # noqa: E402
@@ -47,14 +47,18 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--network", choices=["static", "dynamic", "handover"], default="static",
+                    help="SplitLoRA and FedLoRA on bench_lora_dynamic.py's network (handover: FedLoRA's moves too)")
     a = ap.parse_args()
-    for schedule in ("splitlora", "cenlora", "fedlora"):
-        small, cfg = closing_fleet(8, 4, a.epochs)
+    schedules = ("splitlora", "cenlora", "fedlora") if a.network == "static" else ("splitlora", "fedlora")
+    for schedule in schedules if a.network != "handover" else ("fedlora",):
+        small, cfg = fleet(8, 4, a.epochs, a.network)
         replay(small, cfg, schedule=schedule)  # load the compiled kernels (not timed)
-        job, cfg = closing_fleet(a.devices, a.mb, a.epochs)
+        job, cfg = fleet(a.devices, a.mb, a.epochs, a.network)
         t0 = time.process_time()
         fast = figures(*replay(job, cfg, schedule=schedule))
         t_fast = time.process_time() - t0
+        job, cfg = fleet(a.devices, a.mb, a.epochs, a.network)  # the runs leave figures on the motions
         t0 = time.process_time()
         engine = Engine()
         get(schedule).run(engine, job, cfg)
@@ -62,8 +66,18 @@ def main() -> None:
         t_simpy = time.process_time() - t0
         n = a.devices * a.mb
         print(f"{schedule}, {a.devices:,} devices x {a.mb} micro-batches in {a.epochs} epochs, 4 servers closing "
-              f"each: fast path {n / t_fast:,.0f} mb/s, SimPy engine {n / t_simpy:,.0f} mb/s (CPU; fast is "
-              f"{t_simpy / t_fast:,.1f}x); every figure equal: {fast == ref}")
+              f"each ({a.network} network): fast path {n / t_fast:,.0f} mb/s, SimPy engine {n / t_simpy:,.0f} mb/s "
+              f"(CPU; fast is {t_simpy / t_fast:,.1f}x); every figure equal: {fast == ref}")
+
+
+def fleet(devices: int, mb: int, epochs: int, net: str):
+    """:func:`closing_fleet` on ``net``: static, or bench_lora_dynamic.py's network (pause churn; with handovers)."""
+    job, cfg = closing_fleet(devices, mb, epochs)
+    if net != "static":
+        from bench_lora_dynamic import network  # noqa: PLC0415 - a sibling script
+
+        job.network = network(job, "pause", net == "handover")
+    return job, cfg
 
 
 if __name__ == "__main__":
