@@ -104,3 +104,21 @@ def test_moving_closing_rounds_equal(seeds):
     (:mod:`sfsim.fast.fedmoves`) runs EpochClose's server processes among the devices' in SimPy's order."""
     for seed in seeds:
         check(seed, "moving")
+
+
+@pytest.mark.parametrize("schedule", ["fedlora", "splitlora", "cenlora"])
+@pytest.mark.parametrize("network", ["static", "availability", "handover"])
+def test_simulate_closing_rounds_on_every_network(schedule, network):
+    """Through simulate(), sfsim.fast.warm's small scenarios in three epochs on backhaul links (availability: a
+    pausing and a dropping device; handover: one device there and back): auto takes the fast path and the whole
+    result equals the SimPy engine's."""
+    import sfsim
+    from sfsim.fast.warm import _SCENARIO, _closing, _handover, _static
+    from sfsim.scenario.config import scenario_from_dict
+
+    data = _closing({"static": _static(), "availability": _SCENARIO, "handover": _handover()}[network])
+    data["training"]["epochs"] = 3
+    res = {e: sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule, splits=2, engine=e)
+           for e in ("simpy", "auto")}
+    assert (res["auto"].engine, res["auto"].engine_note, res["auto"].sync_rounds) == ("fast", None, 3)
+    assert res["auto"].to_dict() == res["simpy"].to_dict()
