@@ -122,3 +122,10 @@ def test_simulate_closing_rounds_on_every_network(schedule, network):
            for e in ("simpy", "auto")}
     assert (res["auto"].engine, res["auto"].engine_note, res["auto"].sync_rounds) == ("fast", None, 3)
     assert res["auto"].to_dict() == res["simpy"].to_dict()
+
+
+def test_varying_links_without_closing_rounds_equal():
+    """The same per-server rounds (:class:`sfsim.fast.fedlora.Rounds`) without closing rounds: 300 fleets == SimPy."""
+    from tests.test_fast_lora_dynamic import check_dynamic
+
+    assert check_dynamic("fedlora", range(300), False, False) == 300
