@@ -317,8 +317,6 @@ class SplitLoRA(Handovers, Method):
             if msg is None:  # nothing here to serve yet: a visitor may still join; answer the others' round
                 self._idle()
                 continue
-            if self.sync is not None:  # something changed: a waiting server answers rounds again
-                self.sync.wake()
             n = msg.device
             if msg.kind in ("moved", "join"):
                 if self._visit(msg, epoch, left, nxt, busy):
