@@ -56,6 +56,7 @@ class Client:
     home: int = -1  # the server holding it
     hold: int = 0  # index of the leg it was last handed over on
     since: float = 0.0  # when its current server took it
+    joined: float = 0.0  # when its ``join`` reaches that server (the server waits for it until then)
     starts: list[float] = field(default_factory=list)  # start times of its activation uploads
     history: list[tuple[float, int]] = field(default_factory=list)  # (since, server), in time order
 
@@ -88,6 +89,7 @@ class Server:
         self.unissued: dict = {}
         self.pending: list = []  # clients that joined mid-segment, waiting for a fwd
         self.issued = self.quota = 0
+        self.moving = 0.0  # a client's ``moved`` reaches this server then (its micro-batch went on to its new one)
         self.wake = None
         self.finished = False
         self.free = self.end = self.busy = 0.0  # server free at; last instant of the run; busy seconds
@@ -408,11 +410,25 @@ class Server:
         c.hold, c.since = j, since
         if dest == self.k and not outstanding:  # back here already (A -> B -> A): nothing moves
             return
+        c.joined = self._join_arrival(c, since, outstanding)
         self._drop(c)
         c.home = dest
         c.history.append((since, dest))
         self.moves.servers[dest].join(c, outstanding)
         self.moves.changed()
+
+    def _join_arrival(self, c, since: float, outstanding: bool) -> float:
+        """When ``c``'s ``join`` reaches its new server (trainer.transport.handover): with a micro-batch on its way, the
+        join goes up just before it (at its upload's start); else this server's ``release`` goes down at ``since``,
+        the client takes it once free (after its backward), and the join goes up then. Zero-byte messages: a
+        latency each, on the leg holding when each starts."""
+        m = self.motions[c.i]
+        if outstanding:
+            return c.sent_at + m.legs[m.leg_at(c.sent_at)].up_l
+        start = max(since, c.down_free)
+        got = max(start + m.legs[m.leg_at(start)].down_l, c.free)
+        start = max(got, c.up_free)
+        return start + m.legs[m.leg_at(start)].up_l
 
     def _drop(self, c) -> None:
         self.left.pop(c, None)
@@ -452,8 +468,8 @@ class Server:
                         counts[c] = k
             if counts:
                 if self.sync is not None:  # visitors only, not there yet: it answers rounds until the first joins
-                    yield from self._idle_until(min((max(c.since, c.sent_at) if c in self.out else c.since
-                                                     for c in counts if self.motions[c.i].start < math.inf),
+                    yield from self._idle_until(min((max(c.since, c.joined) for c in counts
+                                                     if self.motions[c.i].start < math.inf),
                                                     default=0.0))  # one never online: the runtime's leaves at once
                 yield from self._interleaved_in_time(counts)
                 continue
@@ -496,7 +512,13 @@ class Server:
             if self.issued < quota and self.unissued.get(c) and c not in self.out:
                 self._give(c)
         served = 0
-        while served < quota and self.out:
+        while served < quota and (self.out or self.moving > self.engine.env.now):
+            if not self.out:  # the runtime's server waits for the mover's ``moved`` before it ends the segment
+                if (yield from self.until(self.moving)):
+                    self._fill()
+                else:  # what it does next (a step, FedAvg) starts then
+                    self.free = max(self.free, self.moving)
+                continue
             c = min(self.out, key=lambda c: (c.arrival, c.i))
             if (yield from self.until(max(self.free, c.arrival))):
                 self._fill()
@@ -526,7 +548,7 @@ class Server:
 
     def _give(self, c) -> None:
         """Send ``c`` its next ``fwd`` if this server still holds it then; route its upload."""
-        t = max(self.free, c.since)
+        t = max(self.free, c.since, c.joined)  # its fwd goes once its join is here (a release: after its backward)
         if t >= self.leave(c):  # gone by then: out of this loop (the handover's instant moves it)
             self._drop(c)
             if self.engine.env.now >= self.leave(c):
@@ -542,6 +564,7 @@ class Server:
             if m.legs[j].server != self.k:  # uploaded after the handover: it goes to the new server
                 self.issued -= 1
                 self.hand_over(c, max(self.engine.env.now, m.legs[j].at), outstanding=True)
+                self.moving = max(self.moving, c.joined)  # ``moved`` here, ``join`` there: sent together
                 return
         self.out.append(c)
 
