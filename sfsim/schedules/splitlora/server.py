@@ -410,7 +410,9 @@ class Server:
         c.hold, c.since = j, since
         if dest == self.k and not outstanding:  # back here already (A -> B -> A): nothing moves
             return
-        c.joined = self._join_arrival(c, since, outstanding)
+        # with training.sync (whose rounds depend on when a server stops waiting); without it the fast path's
+        # joint loop (sfsim.fast.splitmoves) replays the client's fwd from ``since``, and this loop does too
+        c.joined = self._join_arrival(c, since, outstanding) if self.sync is not None else since
         self._drop(c)
         c.home = dest
         c.history.append((since, dest))
@@ -564,7 +566,8 @@ class Server:
             if m.legs[j].server != self.k:  # uploaded after the handover: it goes to the new server
                 self.issued -= 1
                 self.hand_over(c, max(self.engine.env.now, m.legs[j].at), outstanding=True)
-                self.moving = max(self.moving, c.joined)  # ``moved`` here, ``join`` there: sent together
+                if self.sync is not None:  # ``moved`` here, ``join`` there: sent together (see hand_over)
+                    self.moving = max(self.moving, c.joined)
                 return
         self.out.append(c)
 
