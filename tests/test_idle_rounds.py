@@ -66,3 +66,13 @@ def _check(ops: dict, m: dict, rep: dict, rounds: dict[str, int]) -> None:
 def test_a_waiting_servers_rounds_are_the_simulators(tiny_gpt2, tmp_path, legs, every, rounds):
     ops, m, rep = _rounds(tiny_gpt2, tmp_path, legs, every)
     _check(ops, m, rep, rounds)
+
+
+def test_handovers_with_sync_over_two_epochs_round_as_the_simulator_says(tiny_gpt2, tmp_path):
+    """A -> B in epoch 0, back to A in epoch 1 (tests/test_handover.py's two-epoch run, sync every 2): each epoch ends
+    with the servers' drain and closing rounds, a barrier before the next, in the runtime and now in the simulator
+    (it left these rounds out with a note: its loops in time had no epoch ends); 9 rounds on each server."""
+    ops, m, rep = _rounds(tiny_gpt2, tmp_path, [("mec-b", 0.7), ("mec-a", 5.6)], 2, "--epochs", "2")
+    _check(ops, m, rep, {"mec-a": 9, "mec-b": 9})
+    assert [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"]["measured"]] == \
+        [("mec-a", "mec-b", 1), ("mec-b", "mec-a", 5)]

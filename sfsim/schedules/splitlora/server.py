@@ -90,6 +90,7 @@ class Server:
         self.pending: list = []  # clients that joined mid-segment, waiting for a fwd
         self.issued = self.quota = 0
         self.moving = 0.0  # a client's ``moved`` reaches this server then (its micro-batch went on to its new one)
+        self.closing = False  # in the epoch's last backhaul rounds (a handover due meanwhile waits: run_in_time)
         self.wake = None
         self.finished = False
         self.free = self.end = self.busy = 0.0  # server free at; last instant of the run; busy seconds
@@ -460,34 +461,56 @@ class Server:
 
     # -- the loop --------------------------------------------------------------------------------------
     def run_in_time(self):
-        """With handovers, the SimPy process: epochs over the clients it holds, waiting for joiners while they may come."""
+        """With handovers, the SimPy process: epochs over the clients it holds, waiting for joiners while they may come.
+
+        With backhaul rounds (``training.sync``) each epoch ends with the servers' last rounds, a barrier, as in the
+        runtime: a client's next epoch starts on the server holding it then (a handover due meanwhile waits for its
+        old server's next epoch, which releases it); without them the epochs run back to back."""
         env = self.engine.env
-        while True:
-            counts = {}
-            for c in self.moves.clients:
-                if c.home == self.k and (c in self.out or max(self.free, c.since) < self.leave(c)):
-                    if (k := self.rest(c) + (c in self.out)) > 0:
+        for e in range(self.epochs) if self.sync is not None else [None]:
+            self._release_due()
+            while True:
+                counts = {}
+                for c in self.moves.clients:
+                    if c.home == self.k and (c in self.out or max(self.free, c.since) < self.leave(c)) \
+                            and self._in_epoch(c, e) and (k := self.rest(c) + (c in self.out)) > 0:
                         counts[c] = k
-            if counts:
-                if self.sync is not None:  # visitors only, not there yet: it answers rounds until the first joins
-                    yield from self._idle_until(min((max(c.since, c.joined) for c in counts
-                                                     if self.motions[c.i].start < math.inf),
-                                                    default=0.0))  # one never online: the runtime's leaves at once
-                yield from self._interleaved_in_time(counts)
-                continue
-            if not self.moves.may_join(self.k):
-                break
-            self.wake = env.event()
-            if self.sync is not None:  # training.sync: it answers the others' rounds while it waits
-                yield from self.sync.idle(self.wake)
-            else:
-                yield self.wake
-            self.wake = None
-        if self.sync is not None:  # one epoch (sfsim.schedules.splitlora.schedule.build): its last rounds
-            self.free = yield from self.sync.finish(self.free)
+                if counts:
+                    if self.sync is not None:  # visitors only, not there yet: it answers rounds until the first joins
+                        yield from self._idle_until(min((max(c.since, c.joined) for c in counts
+                                                         if self.motions[c.i].start < math.inf),
+                                                        default=0.0))  # one never online: the runtime's leaves at once
+                    yield from self._interleaved_in_time(counts)
+                    continue
+                if not self.moves.may_join(self.k, e):
+                    break
+                self.wake = env.event()
+                if self.sync is not None:  # training.sync: it answers the others' rounds while it waits
+                    yield from self.sync.idle(self.wake)
+                else:
+                    yield self.wake
+                self.wake = None
+            if self.sync is not None:  # the epoch's last rounds (trainer: Method.train_epoch, finish_sync)
+                self.closing = True
+                self.free = yield from self.sync.finish(self.free)
+                self.closing = False
         self.engine.server_busy[self.srv.name] = self.busy
         self.finished = True
         yield self.engine.at(max(self.end, env.now))
+
+    def _in_epoch(self, c, e: int | None) -> bool:
+        """Whether client ``c``'s next micro-batch (or the one it has out here) is of epoch ``e`` (None: any)."""
+        per = c.d.per_epoch or c.d.n
+        return e is None or (c.mb if c in self.out else c.next) // per == e
+
+    def _release_due(self) -> None:
+        """An epoch starts: release the clients held here whose leg here ended during the last rounds (the runtime's
+        server releases them when it first looks at them, at the epoch's start)."""
+        now = self.engine.env.now
+        for c in self.moves.clients:
+            if c.home == self.k and c not in self.out and c.i not in self.lost and c.next < c.d.n \
+                    and self.leave(c) <= now:
+                self.hand_over(c, now)
 
     def _idle_until(self, t: float):
         """Answer the others' backhaul rounds until ``t`` (a visitor's ``join`` arrives then, as in the runtime)."""
@@ -559,6 +582,8 @@ class Server:
         self.unissued[c] -= 1
         self.issued += 1
         self._issue(c, t)
+        if self.sync is not None and c.next % (c.d.per_epoch or c.d.n) == 0:  # its epoch's last: no more visits
+            self.moves.changed()
         if c.arrival != -math.inf:
             m = self.motions[c.i]
             j = m.leg_at(c.sent_at)
