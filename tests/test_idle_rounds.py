@@ -76,3 +76,6 @@ def test_handovers_with_sync_over_two_epochs_round_as_the_simulator_says(tiny_gp
     _check(ops, m, rep, {"mec-a": 9, "mec-b": 9})
     assert [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"]["measured"]] == \
         [("mec-a", "mec-b", 1), ("mec-b", "mec-a", 5)]
+    # the wait between the epochs (evaluation, adapter, checkpoint) is its own row, measured, stated not modelled
+    row = rep["stages"]["epoch_end"]
+    assert row["predicted_s"] == 0 and row["measured_s"] > 0 and row["modelled"] is False and row["error"] is None

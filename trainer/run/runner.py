@@ -481,8 +481,9 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
             metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
             metrics["train_s_by_epoch"] = train_s
             write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
-            setup.meter.events.append(TraceEvent(f"epoch-end:{setup.server}", "epoch_end", t_end,
-                                                 setup.meter.now() - t_end, -1, ""))
+            if epoch + 1 < info["epochs"]:  # a wait inside the run's span (after the last one the trace ends)
+                setup.meter.events.append(TraceEvent(f"epoch-end:{setup.server}", "epoch_end", t_end,
+                                                     setup.meter.now() - t_end, -1, ""))
     finally:
         log.close()
     if not metrics:  # resumed after the last epoch: nothing left to train

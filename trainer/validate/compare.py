@@ -19,7 +19,7 @@ the run's span): ``device_forward`` (F on device lanes), ``device_backward`` (B/
 ``device_step``, ``uplink``, ``downlink`` (``send`` on ``link:``/``downlink:`` lanes), ``server_F``,
 ``server_B``, ``server_W``, ``server_BW``, ``server_step``, ``aggregate``, ``sync`` and ``codec``
 (:mod:`trainer.validate.stagerows`), ``epoch_end`` and ``waiting``. ``epoch_end`` is measured only (``modelled``
-false, no error): the runtime's wait after each epoch (evaluation, adapter, checkpoint; lane ``epoch-end:<server>``),
+false, no error): the runtime's wait between epochs (evaluation, adapter, checkpoint; lane ``epoch-end:<server>``),
 which the simulator does not model, so that the total's error can be read against it. The total is
 the span from the first to the last event of each timeline. A stage that is a small share of the
 run (under 2% of the measured span, e.g. an optimizer step of a few LoRA matrices) is reported but
