@@ -468,7 +468,8 @@ class Server:
         old server's next epoch, which releases it); without them the epochs run back to back."""
         env = self.engine.env
         for e in range(self.epochs) if self.sync is not None else [None]:
-            self._release_due()
+            if e:
+                self._release_due()
             while True:
                 counts = {}
                 for c in self.moves.clients:
