@@ -29,14 +29,14 @@ def _linked():
 def test_a_round_tail_must_be_a_weight_and_counts_of_servers():
     from trainer.transport.backhaul import TAIL, round_tail_error
 
-    assert TAIL == 5  # weight, servers training, not adopting, stepping, training now
+    assert TAIL == 5  # weight, servers training, not adopting, stepping, opening the round
     assert round_tail_error(torch.tensor([0.5, 0.5, 3.0, 1.0, 0.0, 1.0, 1.0]), 1) is None
     assert round_tail_error(torch.tensor([9.0, 2.0, 1.0, 0.0, 2.0]), 2) is None  # a sum over two servers
     assert round_tail_error(torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0]), 1) == "a weight of -1 (the servers' training " \
                                                                             "samples: >= 0)"
     assert round_tail_error(torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0]), 1) == "a count of 2 servers (0..1)"
     assert round_tail_error(torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0]), 2) == "a count of 0.5 servers (0..2)"
-    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0]), 2) == "a count of 3 servers (0..2)"  # training now
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0]), 2) == "a count of 3 servers (0..2)"  # opening
     assert round_tail_error(torch.tensor([1.0, 1.0, 1.0, 0.0]), 1) == "a vector of 4 values (a round carries at " \
                                                                        "least its 5 counts)"
 
