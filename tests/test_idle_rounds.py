@@ -10,8 +10,6 @@ and 8 on A -> B -> A -> B where it said 6.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
 

@@ -44,7 +44,8 @@ This follows :mod:`trainer.methods.splitlora` on the distributed runtime step fo
 * **Codec** (``training.wire_dtype``): the client encodes its activations (in ``F``) and decodes the
   gradient (in ``B``); the server decodes the activations (in ``F``) and encodes the gradient (in ``B``).
 
-Layout: :mod:`.schedule` (build, run), :mod:`.server` (the loop), :mod:`.moves` (handovers: the loops in time).
+Layout: :mod:`.schedule` (build, run), :mod:`.server` (the loop), :mod:`.intime` (the same loop as a process in time),
+:mod:`.moves` (handovers: the loops in time together).
 
 Until this model the simulator let clients run concurrently on a FIFO server lane with a FedAvg
 barrier every ``fedavg_every`` micro-batches of each client and a step after every micro-batch; the
