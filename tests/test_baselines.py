@@ -160,8 +160,8 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
 
 
 def test_simulate_says_which_schedules_leave_backhaul_sync_out():
-    """Two servers: every schedule's rounds are simulated (tests/test_baseline_sync.py), but SplitLoRA's and
-    FedLoRA's training.sync with handovers (SplitLoRA's over several epochs), and over several
+    """Two servers: every schedule's rounds are simulated (tests/test_baseline_sync.py), but FedLoRA's
+    training.sync with handovers (SplitLoRA's over several epochs too, now: tests/test_idle_rounds.py), and over several
     epochs FedLoRA and SplitFrozen close them at the run's end; the simulator says so. Without training.sync the
     closing rounds are simulated too, with handovers as well (no note)."""
     from sfsim.cli import main as cli
@@ -171,8 +171,7 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     assert res.exit_code == 0, res.output
     assert "backhaul rounds out" not in res.output and "closes the backhaul rounds" not in res.output
     for sync, expected in (([], ["note: fedlora: training.sync between servers is not simulated with handovers "
-                                 "(FedLoRA; SplitLoRA over several epochs); these figures leave the backhaul rounds "
-                                 "out (sfsim run does make them)"]), (["--set", "training.sync=null"], [])):
+                                 "(FedLoRA); these figures leave the backhaul rounds out (sfsim run does make them)"]), (["--set", "training.sync=null"], [])):
         moving = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_handover.yaml"),
                                           "--schedule", "all", "--split", "1", *sync])
         assert moving.exit_code == 0, moving.output

@@ -57,8 +57,9 @@ def test_a_handover_after_the_last_send_changes_nothing_bit_for_bit(tmp_path):
     for at in (last + 1e-9, 1000.0):
         res = sfsim.simulate(scenario(tmp_path, d0_handover=[{"at": f"{at} s", "to": "b"}]), "splitlora", trace=True)
         mine, theirs = res.to_dict(), static.to_dict()
-        assert mine.pop("handovers") == [{"device": "car", "at_s": at, "from": "a", "to": "b",
-                                          "sent_before": 31, "sent_after": 0}]
+        # one due after the run's end did not happen (the device's process had ended: the runtime does not list it)
+        assert mine.pop("handovers") == ([{"device": "car", "at_s": at, "from": "a", "to": "b", "sent_before": 31,
+                                           "sent_after": 0}] if at < static.makespan_s else [])
         assert mine.pop("dynamic_network") == "simulated" and theirs.pop("handovers") == []
         assert theirs.pop("dynamic_network") is None and mine == theirs
         key = lambda e: (e.start, e.lane, e.op, e.mb, e.device)  # noqa: E731

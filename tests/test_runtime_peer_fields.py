@@ -29,14 +29,14 @@ def _linked():
 def test_a_round_tail_must_be_a_weight_and_counts_of_servers():
     from trainer.transport.backhaul import TAIL, round_tail_error
 
-    assert TAIL == 5  # weight, servers training, not adopting, stepping, training now
+    assert TAIL == 5  # weight, servers training, not adopting, stepping, opening the round
     assert round_tail_error(torch.tensor([0.5, 0.5, 3.0, 1.0, 0.0, 1.0, 1.0]), 1) is None
     assert round_tail_error(torch.tensor([9.0, 2.0, 1.0, 0.0, 2.0]), 2) is None  # a sum over two servers
     assert round_tail_error(torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0]), 1) == "a weight of -1 (the servers' training " \
                                                                             "samples: >= 0)"
     assert round_tail_error(torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0]), 1) == "a count of 2 servers (0..1)"
     assert round_tail_error(torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0]), 2) == "a count of 0.5 servers (0..2)"
-    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0]), 2) == "a count of 3 servers (0..2)"  # training now
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0]), 2) == "a count of 3 servers (0..2)"  # opening
     assert round_tail_error(torch.tensor([1.0, 1.0, 1.0, 0.0]), 1) == "a vector of 4 values (a round carries at " \
                                                                        "least its 5 counts)"
 
@@ -152,12 +152,22 @@ def test_a_checkpoint_report_must_name_the_runs_servers_as_the_end_of_run_report
     assert reports == {} and bad.drops == [("d", why)] and bad.dropped == {"d": why}
 
 
-def test_a_waiting_server_answers_one_round_while_the_other_has_drained_until_something_changes():
-    """Server 1 waits for a visitor (``idle`` called again and again for 0.3 s) while server 0 has drained (its
-    ``finish``): one round of zeros, then none until ``wake`` (they used to trade a round every few milliseconds, a
-    count that depended on timing); then server 1 drains too: the drain round and the closing one, 3 in all."""
+def _idle_for(sync, state, seconds: float) -> None:
+    """``sync.idle(state)`` again and again for ``seconds`` (a server waiting for a visitor), then its round in flight."""
     import time
 
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        sync.idle(state)
+    if sync._idle is not None:
+        sync._idle.join()
+
+
+def test_a_waiting_server_answers_no_round_while_the_other_has_drained():
+    """Server 1 waits for a visitor (``idle`` called again and again for 0.3 s) while server 0 has drained (its
+    ``finish``): nobody opens a round, so they trade none (they used to trade a round every few milliseconds, then
+    one, a count that depended on timing); then server 1 drains too: the drain round and the closing one, 2 in all,
+    and both hold the same average."""
     from trainer.transport.backhaul import ServerSync
 
     s0, s1, _ = _linked()
@@ -165,14 +175,68 @@ def test_a_waiting_server_answers_one_round_while_the_other_has_drained_until_so
     x0, x1 = [torch.ones(3)], [torch.full((3,), 3.0)]
     th = threading.Thread(target=a.finish, args=(x0,))
     th.start()
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 0.3:
-        b.idle(x1)
-    if b._idle is not None:  # its round in flight (none: it ended and the next was not started)
-        b._idle.join()
-    assert b.rounds == 1 and b.quiet
-    b.wake()
-    assert not b.quiet
+    _idle_for(b, x1, 0.3)
+    assert b.rounds == 0 and a.rounds == 0
     b.finish(x1)
-    th.join()
-    assert a.rounds == b.rounds == 3 and torch.equal(x0[0], x1[0]) and torch.equal(x0[0], torch.full((3,), 2.0))
+    th.join(timeout=10)
+    assert not th.is_alive()
+    assert a.rounds == b.rounds == 2 and torch.equal(x0[0], x1[0]) and torch.equal(x0[0], torch.full((3,), 2.0))
+
+
+@pytest.mark.parametrize("waiter", [0, 1])
+def test_a_waiting_server_joins_exactly_the_rounds_the_other_opens(waiter):
+    """The server that waits (server 0, which reads the other's vectors, or server 1, which server 0 invites) joins
+    each round the other opens from a step (every 2 steps: rounds after steps 2 and 4), and no other; then it
+    drains with the other: 2 + drain + closing = 4 rounds on each, the same whoever waits."""
+    import time
+
+    from trainer.transport.backhaul import ServerSync
+
+    s0, s1, _ = _linked()
+    syncs = [ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a"), ServerSync(s1, 1, 2, 2, "sync", 1.0, None, "b")]
+    trainer, waiting = syncs[1 - waiter], syncs[waiter]
+    xt, xw = [torch.ones(3)], [torch.zeros(3)]
+
+    def train() -> None:
+        for _ in range(4):
+            time.sleep(0.05)
+            trainer.after_step(xt)
+        trainer.finish(xt)
+
+    th = threading.Thread(target=train)
+    th.start()
+    _idle_for(waiting, xw, 0.5)
+    assert waiting.rounds == trainer.rounds == 2  # the trainer's two rounds, answered with weight 0
+    waiting.finish(xw)
+    th.join(timeout=10)
+    assert not th.is_alive() and trainer.rounds == waiting.rounds == 4 and torch.equal(xt[0], xw[0])
+
+
+def test_two_waiting_servers_trade_no_rounds_and_end_when_both_drain():
+    """Both servers wait for a visitor for 0.3 s (each could hang for ever on a round the other never joins): no
+    round at all; then both drain: one drain round (none trains) and, since nobody took an average, the closing."""
+    from trainer.transport.backhaul import ServerSync
+
+    s0, s1, _ = _linked()
+    a, b = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a"), ServerSync(s1, 1, 2, 2, "sync", 1.0, None, "b")
+    x0, x1 = [torch.ones(3)], [torch.full((3,), 3.0)]
+    th = threading.Thread(target=_idle_for, args=(a, x0, 0.3))
+    th.start()
+    _idle_for(b, x1, 0.3)
+    th.join(timeout=10)
+    assert a.rounds == b.rounds == 0
+    th = threading.Thread(target=a.finish, args=(x0,))
+    th.start()
+    b.finish(x1)
+    th.join(timeout=10)
+    assert not th.is_alive() and a.rounds == b.rounds == 2 and torch.equal(x0[0], x1[0])
+
+
+def test_an_invitation_to_another_round_than_the_one_due_is_one_line_naming_server_0():
+    """Server 1 waits for its first round (round 1); server 0's invitation names round 3: refused in one line."""
+    s0, s1, _ = _linked()
+    s0.channels[1].send((2).to_bytes(8, "big"))
+    with pytest.raises(SfsimError, match=r"^backhaul: server 0 sent an invitation to sync round 3 where round 1 was "
+                                         r"due"):
+        for _ in range(200):
+            s1.opened(16, wait_s=0.01)

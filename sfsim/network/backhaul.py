@@ -66,10 +66,14 @@ class Rounds:
         self.joint = mode == "sync" and every == 1  # gradients averaged before every step
         self.calls = [0] * len(servers)
         self.open: dict[int, list[tuple]] = {}  # round -> (server, arrival, bytes, active, adopt, stepping, event)
-        # closed round -> (ended, differ, stepping, whether no server trains now: each waits for a visitor or drains)
-        self.outcome: dict[int, tuple[bool, bool, bool, bool]] = {}
+        self.outcome: dict[int, tuple[bool, bool, bool]] = {}  # closed round -> (ended, differ, stepping)
         self.bytes = {name: 0.0 for name in self.names}  # up + down per server
         self.rounds = 0  # rounds completed
+        # who may join a round: a waiting server joins a round once it is open (:meth:`opened`)
+        self.first: dict[int, float] = {}  # round -> the earliest arrival of a vector that opens it
+        self.hub: dict[int, float] = {}  # round -> the arrival of server 0's own vector (it reads the others' then)
+        self.hub_waits = False  # server 0 waits for a visitor (it reads the others' vectors as they come)
+        self.waiters: dict[int, list[simpy.Event]] = {}  # round -> events of the waiting servers to invite
         engine.on_finish(self._check)
 
     def _check(self) -> None:
@@ -81,25 +85,70 @@ class Rounds:
                              "this run's rounds are not simulated correctly, please report it")
 
     def join(self, j: int, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False,
-             idle: bool = False) -> tuple[int, simpy.Event]:
+             opens: bool = False, waits: bool = False) -> tuple[int, simpy.Event]:
         """Server ``j`` joins its next round now with ``nbytes``; returns the round and the event of the
         average's arrival back at ``j``. ``active``: it still trains; ``adopt``: it takes the average;
-        ``stepping``: it steps on it (joint mode); ``idle``: it waits for a visitor (:meth:`ServerRounds.idle`)."""
+        ``stepping``: it steps on it (joint mode); ``opens``: it joins from an optimizer step; ``waits``: it waits
+        for a visitor (invited: :meth:`opened`)."""
         k = self.calls[j]
         self.calls[j] += 1
         (end,) = self.lanes[j].serve([("sync-send", nbytes * 8.0 / self.bandwidth[j])])
         self.bytes[self.names[j]] += nbytes
         ev = self.env.event()
         entries = self.open.setdefault(k, [])
-        entries.append((j, end + self.latency[j], nbytes, active, adopt, stepping, idle, ev))
+        arrival = end + self.latency[j]
+        entries.append((j, arrival, nbytes, active, adopt, stepping, ev))
+        if opens:
+            self.first[k] = min(self.first.get(k, math.inf), arrival)
+        if j == 0 and not waits:
+            self.hub[k] = arrival
         if len(entries) == len(self.names):
             del self.open[k]
+            for book in (self.first, self.hub, self.waiters):
+                book.pop(k, None)
             self.rounds += 1
             self.outcome[k] = (not any(e[3] for e in entries), not all(e[4] for e in entries),
-                               any(e[5] for e in entries), all(e[6] or not e[3] for e in entries))
+                               any(e[5] for e in entries))
             ready = max(e[1] for e in entries)
             self.engine.at(ready).callbacks.append(lambda _e, entries=entries: self._send_back(entries))
+        elif k in self.waiters:
+            self._invite(k)
         return k, ev
+
+    def opened(self, j: int) -> simpy.Event:
+        """Server ``j`` waits for a visitor: the event of its next round's opening, when it joins it (the runtime's
+        :class:`trainer.transport.backhaul.ServerLinks`: server 0 invites it once it has read a vector that opens
+        the round, from that vector's arrival on, and while it reads: waiting, or after its own vector arrived)."""
+        k, ev = self.calls[j], self.env.event()
+        self.waiters.setdefault(k, []).append(ev)
+        if j == 0:
+            self.hub_waits = True
+        self._invite(k)
+        return ev
+
+    def stop_waiting(self, j: int, ev: simpy.Event) -> None:
+        """Server ``j`` no longer waits (its visitor came, or it was invited: ``ev``, from :meth:`opened`)."""
+        if j == 0:
+            self.hub_waits = False
+        waiting = self.waiters.get(self.calls[j], [])
+        if ev in waiting:
+            waiting.remove(ev)
+
+    def _invite(self, k: int) -> None:
+        """Schedule the invitation of round ``k``'s waiting servers when it is known (a vector opens it, and server
+        0 reads: its own vector's arrival, or now while it waits); checked again at that instant."""
+        first, hub = self.first.get(k), self.hub.get(k)
+        if first is None or (hub is None and not self.hub_waits):
+            return
+        t = max(first, self.env.now if hub is None else hub, self.env.now)
+        self.engine.at(t).callbacks.append(lambda _e, k=k: self._invited(k))
+
+    def _invited(self, k: int) -> None:
+        hub = self.hub.get(k)
+        if (hub is not None and hub <= self.env.now) or (self.hub_waits and self.calls[0] == k):
+            for ev in self.waiters.pop(k, []):
+                if not ev.triggered:
+                    ev.succeed()
 
     def _send_back(self, entries: list[tuple]) -> None:
         """At the instant the average is ready: each server receives it on its backhaul."""
@@ -140,7 +189,7 @@ class ServerRounds:
         if not self.rounds.joint:
             return t
         yield from self._at(t)
-        yield from self._join(self.payload, not last, stepping=True)
+        yield from self._join(self.payload, not last, stepping=True, opens=True)
         return self.env.now
 
     def after_step(self, t: float, last: bool = False):
@@ -155,7 +204,7 @@ class ServerRounds:
         self.steps += 1
         if self.rounds.joint:
             yield from self._at(t)
-            yield from self._join(self.payload, not last)
+            yield from self._join(self.payload, not last, opens=True)
             return self.env.now
         if not self._due():
             return t
@@ -180,29 +229,29 @@ class ServerRounds:
 
     def idle(self, wake: simpy.Event):
         """A server with nothing to train *yet* (a visitor may join it: SplitLoRA's handovers) answers the others'
-        rounds until ``wake``, as the runtime's ``ServerSync.idle``: with zeros, as one that still trains. Joint
-        mode: one round at a time, stepping with the others; else one round in flight (adopting nothing), which
-        its next round of its own waits for. A round in which no server trains now (each waits or has drained)
-        ends the answering until ``wake``: the runtime's servers then exchange rounds of zeros back to back for
-        as long as they wait, a count that depends on timing (this answers one)."""
+        rounds until ``wake``, as the runtime's ``ServerSync.idle``: it joins exactly the rounds another server opens
+        from an optimizer step, once invited (:meth:`Rounds.opened`), with zeros, as one that still trains. Joint
+        mode: one round at a time, stepping with the others; else one round in flight (adopting nothing), which its
+        next round of its own waits for. A round nobody opens (drain rounds) waits until it trains or drains."""
         while not wake.triggered:
+            if self.pending is not None:  # its round in flight
+                k, ev = self.pending
+                yield ev | wake
+                if ev.processed:
+                    self.pending = None
+                    self._took(k)
+                continue
+            invited = self.rounds.opened(self.j)
+            yield invited | wake
+            self.rounds.stop_waiting(self.j, invited)
+            if not invited.triggered:
+                continue
             if self.rounds.joint:
-                k = yield from self._join(self.payload, True, idle=True)
+                k = yield from self._join(self.payload, True, waits=True)
                 if self.step is not None and self.rounds.outcome[k][2]:
                     yield from self._at(self.step(self.env.now))
             else:
-                if self.pending is None:
-                    self.pending = self.rounds.join(self.j, self.payload, True, adopt=False, idle=True)
-                k, ev = self.pending
-                yield ev | wake
-                if not ev.processed:
-                    continue
-                self.pending = None
-                self._took(k)
-            if self.rounds.outcome[k][3]:
-                break
-        if not wake.triggered:
-            yield wake
+                self.pending = self.rounds.join(self.j, self.payload, True, adopt=False, waits=True)
 
     def _due(self) -> bool:
         """Whether the step (FedAvg round) just counted starts a weight round (never without ``training.sync``)."""
@@ -214,14 +263,15 @@ class ServerRounds:
         yield from self._at(t)
         yield from self._wait()
         if self.rounds.mode == "sync":
-            yield from self._join(self.payload, active)
+            yield from self._join(self.payload, active, opens=True)
         else:
-            self.pending = self.rounds.join(self.j, self.payload, active)
+            self.pending = self.rounds.join(self.j, self.payload, active, opens=True)
         return self.env.now
 
-    def _join(self, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False, idle: bool = False):
+    def _join(self, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False, opens: bool = False,
+              waits: bool = False):
         """Join a round now and wait for its average; returns the round."""
-        k, ev = self.rounds.join(self.j, nbytes, active, adopt, stepping, idle)
+        k, ev = self.rounds.join(self.j, nbytes, active, adopt, stepping, opens, waits)
         yield ev
         self._took(k)
         return k

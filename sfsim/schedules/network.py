@@ -157,6 +157,8 @@ def report(res, setup, job, moving: dict[int, Motion]) -> None:
     Every schedule's motions mean the same here: ``sent`` micro-batches reached training (sent to a
     server, or inside a sent adapter upload), ``switched_at`` counts them before each handover,
     ``done`` (default ``sent``) those whose device work ended, which the device FLOPs scale with.
+    A handover due after the run's end is not one that happened (the device's process has ended, as in the
+    runtime, which records the handovers due by then): it is not listed, as it is not traced.
     """
     sc, names = setup.scenario, [s.name for s in setup.scenario.servers]
     mb = sc.training.micro_batch
@@ -167,6 +169,8 @@ def report(res, setup, job, moving: dict[int, Motion]) -> None:
     for i, m in moving.items():
         d, dev = job.devices[i], sc.devices[i]
         for j, leg in enumerate(m.legs[1:], start=1):
+            if leg.at > res.makespan_s:
+                break
             before = m.switched_at[j - 1]
             res.handovers.append({"device": d.name, "at_s": leg.at, "from": names[m.legs[j - 1].server],
                                   "to": names[leg.server], "sent_before": before, "sent_after": m.sent - before})

@@ -317,8 +317,6 @@ class SplitLoRA(Handovers, Method):
             if msg is None:  # nothing here to serve yet: a visitor may still join; answer the others' round
                 self._idle()
                 continue
-            if self.sync is not None:  # something changed: a waiting server answers rounds again
-                self.sync.wake()
             n = msg.device
             if msg.kind in ("moved", "join"):
                 if self._visit(msg, epoch, left, nxt, busy):
@@ -371,12 +369,15 @@ class SplitLoRA(Handovers, Method):
     def _idle(self) -> None:
         """Answer one backhaul round while this server waits for a visitor (trainer.transport.backhaul)."""
         opt = self.server_opt
+        self.sync.idle(self.sync_state(), [p for g in opt.param_groups for p in g["params"]], self._joint_step)
 
-        def step() -> None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        self.sync.idle(self.sync_state(), [p for g in opt.param_groups for p in g["params"]], step)
+    def _joint_step(self) -> None:
+        """The step a waiting or drained server takes with the others' mean gradient (joint rounds), traced as every
+        step (the simulator traces it too)."""
+        s = self.setup
+        with s.meter.compute(s.server, "step", "server_step", count=False):
+            self.server_opt.step()
+            self.server_opt.zero_grad(set_to_none=True)
 
     def _count(self, name: str) -> int:
         return self.batch_counts()[name]
@@ -457,14 +458,8 @@ class SplitLoRA(Handovers, Method):
 
     def finish_sync(self) -> None:
         """As every method, always with a last round: the clients' averages differ from server to server."""
-        opt = self.server_opt
-        params = [p for g in opt.param_groups for p in g["params"]]
-
-        def step() -> None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        self.sync.finish(self.sync_state(), params, step, last_round=True)
+        params = [p for g in self.server_opt.param_groups for p in g["params"]]
+        self.sync.finish(self.sync_state(), params, self._joint_step, last_round=True)
 
     def sync_state(self) -> list[torch.Tensor]:
         """The server part and the clients' average (a server without clients contributes with weight 0)."""

@@ -22,7 +22,7 @@ import torch
 
 from sfsim.errors import SfsimError
 from sfsim.methods import CLIENT_ORDERS, canonical
-from sfsim.outputs.trace import write_chrome_trace
+from sfsim.outputs.trace import TraceEvent, write_chrome_trace
 from sfsim.scenario.config import load_scenario
 from sfsim.scenario.schema import write_atomic
 from sfsim.units import parse_quantity
@@ -468,6 +468,7 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
             _train_epoch(cfg, method, epoch, sum(setup.samples.values()), losses, est, log, t0)
             method.finish_epoch()
             train_s.append(round(time.perf_counter() - t_train, 6))
+            t_end = setup.meter.now()  # the epoch's end: eval, adapter, checkpoint (`sfsim validate`'s epoch_end row)
             scores = _timed(cfg, f"epoch {epoch + 1}: evaluating on {info['n_eval']} dev rows",
                             lambda: score(method, lm, setup.head, dev, cfg, info["n_eval"], out / "generations.jsonl"))
             evals.append(round(scores["accuracy"], 6))
@@ -480,6 +481,9 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
             metrics = _metrics(cfg, scenario, setup, method, info, losses, evals, time.perf_counter() - t0)
             metrics["train_s_by_epoch"] = train_s
             write_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+            if epoch + 1 < info["epochs"]:  # a wait inside the run's span (after the last one the trace ends)
+                setup.meter.events.append(TraceEvent(f"epoch-end:{setup.server}", "epoch_end", t_end,
+                                                     setup.meter.now() - t_end, -1, ""))
     finally:
         log.close()
     if not metrics:  # resumed after the last epoch: nothing left to train

@@ -3,7 +3,7 @@
 With several servers each server process trains its own replica on its own devices; ``training.sync``
 (``every`` optimizer steps, ``mode`` sync or async) makes them one logical model. A round is one sum
 over the servers (:class:`ServerLinks`) of a flat fp32 vector: each server's tensors times its weight,
-then its weight and whether it still trains (and trains now). Shaped (``--emulate links|all``)
+then its weight and whether it still trains (and opens the round from a step). Shaped (``--emulate links|all``)
 as the simulator costs it: the server's upload occupies its ``backhaul`` link for ``bytes x 8 /
 bandwidth`` and arrives a latency later (``sync-send`` on lane ``backhaul:<server>``), the average is
 ready when every server's upload is (the collective is that barrier), and comes back the same way
@@ -27,19 +27,28 @@ bit-identical adapters and the one saved adapter is the logical model. Without `
 (``every=None``) there are no rounds during the epoch, so that last round alone ends it (a round of zeros
 before it would carry nothing: every server has ended its epoch when it joins).
 
+With handovers a server may have nothing to train for a while, waiting for a visiting device. Which rounds
+happen must not depend on who polls first: a round is *opened* by a server that joins it from an optimizer
+step; a waiting server joins exactly the opened rounds (server 0 invites it: :class:`ServerLinks`), and a
+round nobody opens (drained servers' drain rounds) waits until every server joins it, the waiting one once it
+trains or drains. Two waiting servers trade no rounds, and a server waiting while the others have drained
+answers none (the simulator's ``ServerRounds`` follows the same rule).
+
 The rounds travel over the servers' admitted channels (:mod:`trainer.transport.rendezvous`: server ``j``
 <-> server 0, authenticated and, when the run encrypts, encrypted), not over gloo collectives: every
 admitted process, devices included, can reach the gloo store and the servers' gloo listeners, and gloo
 aborts a receiver that is sent more than it expects, so a hostile device could forge or kill a round.
 Server 0 sums the servers' vectors in server order and sends the sum back, so every server adopts
 bit-identical averages; a vector of the wrong size (refused before it is read), a forged or replayed
-frame, non-finite values, or a round whose tail is not a weight >= 0 and counts of servers
-(:func:`round_tail_error`) end the run with one line naming the server.
+frame, non-finite values, a round whose tail is not a weight >= 0 and counts of servers
+(:func:`round_tail_error`), or an invitation to another round than the one due end the run with one line
+naming the server.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import threading
 import time
 
@@ -53,43 +62,109 @@ from trainer.transport.secure import Channel
 from trainer.transport.wire import WireError
 
 _LEN = 8  # bytes of a JSON part's length prefix
-TAIL = 5  # a round vector's tail: weight, servers training, not adopting, stepping, training now (ServerSync._round)
-IDLE_POLL_S = 0.005  # a server waiting for a visitor looks for it this often (between its background rounds)
+TAIL = 5  # a round vector's tail: weight, servers training, not adopting, stepping, opening it (ServerSync._round)
+IDLE_POLL_S = 0.005  # a server waiting for a visitor looks for it (and for an open round) this often
 MAX_JSON = 1 << 30  # a server's end-of-run part (metrics and trace events) at most
 
 
 class ServerLinks:
     """The backhaul between server processes: a star of admitted channels around server 0.
 
+    A round is *opened* by a server that joins it from an optimizer step (its vector's last count, see
+    :meth:`ServerSync._round`); a server waiting for a visitor joins only opened rounds, when server 0 tells it
+    (an *invitation*: the round's index, 8 bytes, checked against the round it expects). Server 0 sends every
+    other server one invitation per round, before the sum: at once when it opens the round itself, else when it
+    reads an opening vector or, when no server opens it, once every server has joined (servers that have drained
+    meet in their drain and closing rounds). So the rounds that happen and their order follow the servers' steps,
+    never who polls first, and two waiting servers trade nothing.
+
     Args:
         index: this server's index.
         n_servers: servers in the run.
         channels: server 0: server index -> its channel; server ``j``: ``{0: channel to server 0}``.
-        timeout_s: a server waits this long for the others' part of a round (a server that has died ends
-            the round at once: its connection closes).
+        timeout_s: a server waits this long for the others' part of a round (a server that has died ends the
+            round at once: its connection closes).
     """
 
     def __init__(self, index: int, n_servers: int, channels: dict[int, Channel], timeout_s: float = 600.0):
-        self.index, self.n, self.channels = index, n_servers, channels
+        self.index, self.n, self.channels, self.timeout_s = index, n_servers, channels, timeout_s
         for ch in channels.values():
             ch.sock.settimeout(timeout_s)
+        self.calls = 0  # rounds this server has joined (the index of its next one)
+        self.early: dict[int, torch.Tensor] = {}  # server 0: the others' vectors of its next round, read while waiting
+        self.invited = False  # server j: the invitation to its next round has been read (while waiting)
 
-    def all_reduce(self, flat: torch.Tensor, check=None) -> None:
+    def all_reduce(self, flat: torch.Tensor, check=None, opens: bool = False) -> None:
         """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere).
 
         ``check(vector, servers)``: what is wrong with one server's vector (``servers`` 1, on server 0) or with the
-        sum server 0 sends back (``servers`` n), or None; a wrong one ends the run with one line naming the sender."""
+        sum server 0 sends back (``servers`` n), or None; a wrong one ends the run with one line naming the sender.
+        ``opens``: this server opens the round (server 0 invites the others at once)."""
         nbytes = flat.numel() * 4
-        if self.index == 0:
-            total = flat.clone()
-            for j in range(1, self.n):
-                total += self._checked(j, self._recv(j, nbytes), check, 1)
-            flat.copy_(total)
-            for j in range(1, self.n):
-                self._send(j, flat)
-        else:
+        k, self.calls = self.calls, self.calls + 1
+        if self.index != 0:
             self._send(0, flat)
+            if not self.invited:
+                self._invitation(k)
+            self.invited = False
             flat.copy_(self._checked(0, self._recv(0, nbytes), check, self.n))
+            return
+        parts, self.early = self.early, {}
+        invited = opens or any(_opens(v) for v in parts.values())
+        if invited:
+            self._invite(k)
+        while len(parts) < self.n - 1:
+            for j in self._readable([j for j in range(1, self.n) if j not in parts], self.timeout_s):
+                parts[j] = self._checked(j, self._recv(j, nbytes), check, 1)
+                if not invited and _opens(parts[j]):
+                    invited = True
+                    self._invite(k)
+        if not invited:  # nobody opened it: every server joined (drained servers' rounds)
+            self._invite(k)
+        total = flat.clone()
+        for j in range(1, self.n):
+            total += parts[j]
+        flat.copy_(total)
+        for j in range(1, self.n):
+            self._send(j, flat)
+
+    def opened(self, nbytes: int, check=None, wait_s: float = 0.0) -> bool:
+        """A waiting server: whether its next round is open (it should join it now), looking up to ``wait_s``.
+        Server 0 reads the vectors that have come (``nbytes`` each) and holds them for that round; another
+        server reads server 0's invitation."""
+        if self.index != 0:
+            if not self.invited and self._readable([0], wait_s):
+                self._invitation(self.calls)
+            return self.invited
+        for j in self._readable([j for j in range(1, self.n) if j not in self.early], wait_s):
+            self.early[j] = self._checked(j, self._recv(j, nbytes), check, 1)
+        return any(_opens(v) for v in self.early.values())
+
+    def _invite(self, k: int) -> None:
+        for j in range(1, self.n):
+            self._call(j, lambda ch: ch.send(k.to_bytes(_LEN, "big")))
+
+    def _invitation(self, k: int) -> None:
+        """Server j: read server 0's invitation, which must be to round ``k`` (the one this server joins next)."""
+        got = int.from_bytes(self._call(0, lambda ch: ch.recv(_LEN)), "big")
+        if got != k:
+            raise SfsimError(f"backhaul: server 0 sent an invitation to sync round {got + 1} where round {k + 1} was "
+                             "due; the servers can no longer agree on one model")
+        self.invited = True
+
+    def _readable(self, peers: list[int], wait_s: float) -> list[int]:
+        """The peers among ``peers`` with something to read, waiting up to ``wait_s`` for the first."""
+        if not peers:
+            return []
+        socks = {self.channels[j].sock: j for j in peers}
+        try:
+            ready, _, _ = select.select(list(socks), [], [], wait_s)
+        except (OSError, ValueError) as err:
+            raise SfsimError(f"backhaul: the links with the other servers failed ({err})") from None
+        if not ready and wait_s >= self.timeout_s:
+            raise SfsimError(f"backhaul: the link with server {peers[0]} failed (timed out); the servers can no "
+                             "longer agree on one model")
+        return sorted(socks[s] for s in ready)
 
     @staticmethod
     def _checked(j: int, got: torch.Tensor, check, servers: int) -> torch.Tensor:
@@ -170,14 +245,10 @@ class ServerSync:
         self.stepping = False  # joint mode: some server stepped on the last round's mean gradient
         self._pending: tuple | None = None  # async: (thread, live state, snapshot, average, steps at the snapshot)
         self._idle: threading.Thread | None = None  # a waiting server's round in flight (:meth:`idle`)
-        self.quiet = False  # waiting, its last round had no server training (each waited or had drained): :meth:`idle`
-        self._woken = 0  # :meth:`wake`s so far (a round in flight since the last one does not make it quiet)
 
     def wake(self) -> None:
-        """Something changed for this waiting server (a message came: a visitor's join, a move, a leave): its next
-        :meth:`idle` answers a round again."""
-        self._woken += 1
-        self.quiet = False
+        """Something changed for this waiting server (a visitor's join, a move, a leave). Nothing to do: a waiting
+        server joins exactly the rounds another server opens (:class:`ServerLinks`), whatever happens meanwhile."""
 
     # -- what a method calls around its optimizer step -----------------------------------------------------
     def before_step(self, params: list[torch.nn.Parameter], last: bool = False) -> None:
@@ -186,7 +257,7 @@ class ServerSync:
         if not self.joint:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        self._round(grads, 1.0, not last, adopt=True, stepping=True)
+        self._round(grads, 1.0, not last, adopt=True, stepping=True, opens=True)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
 
@@ -216,69 +287,72 @@ class ServerSync:
         self.ended = None
 
     def idle(self, state: list[torch.Tensor], params: list[torch.nn.Parameter] | None = None, step=None) -> None:
-        """Answer the others' rounds as a server with nothing to train *yet*: its devices are done, but a visiting
-        device may still join it (a handover, :mod:`trainer.transport.handover`). Called again and again while it
-        waits: it answers as a drained server does (:meth:`finish`), but as one that still trains, so that no
-        round ends the run. With gradients averaged before every step (joint) it answers the next round now
-        (and steps with the others); otherwise the round runs in the background (it adopts nothing), so that a
-        visitor who joins meanwhile is served at once, and the server's next round waits for it.
-
-        A round in which every other server had drained (:attr:`quiet`) ends the answering until something changes
-        (:meth:`wake`): the servers would otherwise trade rounds of zeros back to back for as long as it waits, a
-        count that depends on timing; the simulator's ``ServerRounds.idle`` counts this one. (The simulator also
-        stops when the others all wait; here a waiting server answers on, since a visitor may come to another one
-        first, whose next round would wait for this one for ever.)"""
-        if self.every is None or self.quiet:  # no rounds before the epoch's last, or none until something changes
-            time.sleep(IDLE_POLL_S)
+        """Wait a moment as a server with nothing to train *yet*: its devices are done, but a visiting device may still
+        join it (a handover, :mod:`trainer.transport.handover`). Called again and again while it waits. It joins
+        exactly the rounds another server opens from an optimizer step (:class:`ServerLinks`: server 0 invites it),
+        with zeros, as a server that still trains, so that no round ends the run and no server waits for it; a
+        round nobody opens (the others drained, or waiting too) waits until it trains or drains. With gradients
+        averaged before every step (joint) it answers now and steps with the others; otherwise the round runs in
+        the background (it adopts nothing), so that a visitor who joins meanwhile is served at once, and the
+        server's next round waits for it. The simulator's ``ServerRounds.idle`` follows the same rule."""
+        zeros = self._zeros(params if params is not None else state)
+        if zeros is None:
             return
         if self.joint:
-            self._wait()
-            self._drained(state, params, step, True, idle=True)
+            self._drained(state, params, step, True)
             return
-        self._in_background([torch.zeros_like(t) for t in (params if params is not None else state)])
+        self._in_background(zeros)
 
     def fed_idle(self, state: list[torch.Tensor]) -> None:
         """FedLoRA's :meth:`idle`: joint, adopt the others' average of the next round; else answer in the background."""
-        if self.every is None or self.quiet:
-            time.sleep(IDLE_POLL_S)
+        zeros = self._zeros(state)
+        if zeros is None:
             return
         if self.joint:
-            self._wait()
-            self._round([torch.zeros_like(t) for t in state], 0.0, True, adopt=True, into=state, idle=True)
+            self._round(zeros, 0.0, True, adopt=True, into=state)
             return
-        self._in_background([torch.zeros_like(t) for t in state])
+        self._in_background(zeros)
+
+    def _zeros(self, like: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """A waiting server's round of zeros shaped as ``like`` when its next round is open, else None (after
+        looking for up to :data:`IDLE_POLL_S`). None too while a round of its own is in flight."""
+        th = self._idle
+        if self.every is None or (th is not None and th.is_alive()):  # no rounds before the epoch's last
+            time.sleep(IDLE_POLL_S)
+            return None
+        self._wait()
+        nbytes = (sum(t.numel() for t in like) + TAIL) * 4
+        if not self.group.opened(nbytes, round_tail_error, IDLE_POLL_S):
+            return None
+        return [torch.zeros_like(t) for t in like]
 
     def _in_background(self, zeros: list[torch.Tensor]) -> None:
-        """One weight-0 round of a waiting server in a thread (none while one is in flight), then a short pause."""
-        th = self._idle
-        if th is None or not th.is_alive():
-            self._wait()
-            self._idle = threading.Thread(target=self._round, args=(zeros, 0.0, True, False), daemon=True,
-                                          name="backhaul-idle", kwargs={"idle": True})
-            self._idle.start()
-        time.sleep(IDLE_POLL_S)
+        """A waiting server's weight-0 round (adopting nothing) in a thread."""
+        self._idle = threading.Thread(target=self._round, args=(zeros, 0.0, True, False), daemon=True,
+                                      name="backhaul-idle")
+        self._idle.start()
 
-    def _drained(self, state, params, step, active: bool, idle: bool = False) -> None:
-        """One round of a server that trains nothing now (``active``: it may train again this epoch; ``idle``: it
-        waits for a visitor)."""
+    def _drained(self, state, params, step, active: bool) -> None:
+        """One round of a server that trains nothing now (``active``: it may train again this epoch: it waits for a
+        visitor)."""
         if self.joint and params is not None:
             for p in params:
                 p.grad = None
             grads = [torch.zeros_like(p) for p in params]
-            self._round(grads, 1.0, active, adopt=True, idle=idle)
+            self._round(grads, 1.0, active, adopt=True)
             if self.stepping:  # another server stepped on this round's mean gradient: so does this one
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g
                 step()
         else:  # shaped as the others' rounds (after_step's parameters); a drained server does not adopt
             self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, active,
-                        adopt=False, idle=idle)
+                        adopt=False)
 
     def fed_round(self, state: list[torch.Tensor], weight: float, last: bool = False) -> None:
         """FedLoRA: the server's FedAvg round ended with ``state`` (weight: samples averaged into it)."""
         self.steps += 1
         if self.joint:
-            self._round(state, weight, not last, adopt=True)
+            self._round(state, weight, not last, adopt=True, opens=True)
         elif self._due():
             self._average(state, weight, not last)
 
@@ -299,13 +373,13 @@ class ServerSync:
     def _average(self, state: list[torch.Tensor], weight: float, active: bool) -> None:
         """A weight round: blocking in sync mode; in async mode a thread on a snapshot, merged at the next."""
         if self.mode == "sync":
-            self._round(state, weight, active, adopt=True)
+            self._round(state, weight, active, adopt=True, opens=True)
             return
         self._wait()
         snap = [t.detach().clone() for t in state]
         out = [t.clone() for t in snap]
         th = threading.Thread(target=self._round, args=(out, weight, active, True), daemon=True,
-                              name="backhaul-async")
+                              name="backhaul-async", kwargs={"opens": True})
         th.start()
         self._pending = (th, state, snap, out, self.steps)
 
@@ -324,33 +398,30 @@ class ServerSync:
                     t.add_(avg - s)
 
     def _round(self, tensors: list[torch.Tensor], weight: float, active: bool, adopt: bool,
-               into: list[torch.Tensor] | None = None, stepping: bool = False, idle: bool = False) -> int:
+               into: list[torch.Tensor] | None = None, stepping: bool = False, opens: bool = False) -> int:
         """One collective round; returns how many servers still train. ``adopt``: write the average into
-        ``into`` (default ``tensors``) when any weight was given; ``idle``: this server waits for a visitor.
+        ``into`` (default ``tensors``) when any weight was given; ``opens``: this server joins it from an optimizer
+        step (a waiting server joins only such rounds: :class:`ServerLinks`).
 
         The vector's tail: the weights' sum, the servers that still train, the servers that do not take
         this round's average, (joint mode) the servers that step on it (:attr:`stepping`) and the servers that
-        train now (neither waiting nor drained: none, and a waiting server is :attr:`quiet`). When none trains any more, each took its last step before this round, so
+        open it. When none trains any more, each took its last step before this round, so
         :attr:`ended` says whether a last round is due (some server did not take the average); every
         server reads the same sums, so all decide alike.
         """
         idle = self._idle
         if idle is not None and idle is not threading.current_thread():
             idle.join()  # rounds go one at a time over the channels: a waiting server's round first
-        woken = self._woken
         flat = torch.cat([t.detach().reshape(-1).float().cpu() * weight for t in tensors]  # a GPU server's too
                          + [torch.tensor([weight, float(active), float(not adopt), float(stepping),
-                                          float(active and not idle)])])  # (numels + TAIL,)
+                                          float(opens)])])  # (numels + TAIL,)
         nbytes = (flat.numel() - TAIL) * 4
         self._transfer("sync-send", nbytes)
-        self.group.all_reduce(flat, check=round_tail_error)
+        self.group.all_reduce(flat, check=round_tail_error, opens=opens)
         self._transfer("sync-recv", nbytes)
         self.rounds += 1
         total, still, differ = float(flat[-5]), int(round(float(flat[-4]))), float(flat[-3]) > 0.5
         self.stepping = float(flat[-2]) > 0.5
-        # quiet: it waits and every other server has drained (none trains now, none can again this epoch); with
-        # another server waiting too it keeps answering, since that one's visitor may come first and need its rounds
-        self.quiet = idle and still == 1 and float(flat[-1]) < 0.5 and woken == self._woken
         if adopt and total > 0:
             pos = 0
             with torch.no_grad():
@@ -389,6 +460,11 @@ def round_tail_error(flat: torch.Tensor, servers: int) -> str | None:
         return f"a weight of {weight:g} (the servers' training samples: >= 0)"
     bad = [c for c in counts if not (0 <= c <= servers and c == round(c))]
     return f"a count of {bad[0]:g} servers (0..{servers})" if bad else None
+
+
+def _opens(flat: torch.Tensor) -> bool:
+    """Whether one server's round vector opens the round (its last count, :meth:`ServerSync._round`)."""
+    return flat.numel() >= TAIL and float(flat[-1]) > 0.5
 
 
 def _sleep(dt: float) -> None:

@@ -18,7 +18,9 @@ Stages (sums of op durations over lanes, in seconds; ``waiting`` is the server's
 the run's span): ``device_forward`` (F on device lanes), ``device_backward`` (B/W/BW on device lanes),
 ``device_step``, ``uplink``, ``downlink`` (``send`` on ``link:``/``downlink:`` lanes), ``server_F``,
 ``server_B``, ``server_W``, ``server_BW``, ``server_step``, ``aggregate``, ``sync`` and ``codec``
-(:mod:`trainer.validate.stagerows`), ``waiting``. The total is
+(:mod:`trainer.validate.stagerows`), ``epoch_end`` and ``waiting``. ``epoch_end`` is measured only (``modelled``
+false, no error): the runtime's wait between epochs (evaluation, adapter, checkpoint; lane ``epoch-end:<server>``),
+which the simulator does not model, so that the total's error can be read against it. The total is
 the span from the first to the last event of each timeline. A stage that is a small share of the
 run (under 2% of the measured span, e.g. an optimizer step of a few LoRA matrices) is reported but
 flagged ``minor``: its relative error says little.
@@ -59,6 +61,7 @@ POLICY_OF_ORDER = {"proportional": "paced-proportional", "round-robin": "paced-r
                    "pool": "pool"}
 LOOPBACK = "10 Gbps"
 MINOR = 0.02  # a stage under this share of the measured span is flagged minor
+NOT_MODELLED = {"epoch_end"}  # stages the simulator does not predict: measured only
 
 
 @dataclass
@@ -448,6 +451,8 @@ def _expand_counts(data: dict) -> list[dict]:
 def stage_of(e: TraceEvent, servers: list[str]) -> str | None:
     """The stage an event counts toward (see the module docstring)."""
     lane = e.lane
+    if e.op == "epoch_end":  # measured only (NOT_MODELLED)
+        return "epoch_end"
     if is_sync(e):
         return "sync"
     if lane.startswith("link:"):
@@ -476,8 +481,9 @@ def stages(events: list[TraceEvent], servers: list[str]) -> tuple[float, dict[st
         st = stage_of(e, servers)
         if st is not None:
             out[st] = out.get(st, 0.0) + e.dur
-        if e.lane.split("/")[0] in servers and e.op != "wait":
-            busy[e.lane] = busy.get(e.lane, 0.0) + e.dur
+        lane = e.lane.removeprefix("epoch-end:")  # the server evaluates then: busy, not waiting
+        if lane.split("/")[0] in servers and e.op != "wait":
+            busy[lane] = busy.get(lane, 0.0) + e.dur
     out["waiting"] = sum(max(0.0, (t1 - t0) - b) for b in busy.values())
     return t1 - t0, out
 
@@ -505,7 +511,7 @@ def compare(predicted: list[TraceEvent], measured: list[TraceEvent], servers: li
             side["server_backward"] = sum(side.pop(k, 0.0) for k in ("server_B", "server_W", "server_BW"))
     names = [n for n in ("device_forward", "device_backward", "device_step", "uplink", "downlink", "server_F",
                          "server_B", "server_W", "server_BW", "server_backward", "server_step", "aggregate",
-                         "sync", "waiting")
+                         "sync", "epoch_end", "waiting")
              if sp.get(n, 0) > 0 or sm.get(n, 0) > 0]
     for n, (p, m) in (extra or {}).items():
         if p > 0 or m > 0:
@@ -514,6 +520,8 @@ def compare(predicted: list[TraceEvent], measured: list[TraceEvent], servers: li
     rows = {n: _row(sp.get(n, 0.0), sm.get(n, 0.0)) for n in names}
     for r in rows.values():
         r["minor"] = r["measured_s"] < MINOR * tm
+    for n in NOT_MODELLED & rows.keys():
+        rows[n].update(error=None, modelled=False)
     return {"total": _row(tp, tm), "stages": rows}
 
 
@@ -586,6 +594,6 @@ def format_report(report: dict) -> str:
     lines = format_header(report["header"]) if "header" in report else []
     lines.append(f"{'stage':16} {'predicted s':>12} {'measured s':>11} {'error':>8}")
     for name, row in [("total", report["total"]), *report["stages"].items()]:
-        e = "" if row["error"] is None else f"{100 * row['error']:+7.1f}%"
+        e = "not modelled" if row.get("modelled") is False else "" if row["error"] is None else f"{100 * row['error']:+7.1f}%"
         lines.append(f"{name:16} {row['predicted_s']:12.3f} {row['measured_s']:11.3f} {e:>8}")
     return "\n".join(lines)

@@ -37,14 +37,15 @@ This follows :mod:`trainer.methods.splitlora` on the distributed runtime step fo
   gradients before each step), a barrier in ``sync`` mode; each epoch ends, after the clients' FedAvg, with
   rounds of zeros until no server trains and a closing round that carries the clients' average too. Every
   server takes part in every round, one without clients too. With handovers a server waiting for a visitor
-  answers the others' rounds with zeros until the visitor's ``join`` arrives
-  (:meth:`sfsim.network.backhaul.ServerRounds.idle`, the runtime's ``ServerSync.idle``), over one epoch (over
-  several the rounds are left out, ``sfsim simulate`` says so: the loops in time have no epoch ends); without
-  ``training.sync`` the closing rounds follow each server's end (:func:`sfsim.network.backhaul.close_epochs`).
+  joins exactly the rounds another server opens from a step, with zeros, until the visitor's ``join`` arrives
+  (:meth:`sfsim.network.backhaul.ServerRounds.idle`, the runtime's ``ServerSync.idle``), and each epoch ends
+  with those rounds, a barrier, before the next starts; without ``training.sync`` the closing rounds follow
+  each server's end (:func:`sfsim.network.backhaul.close_epochs`).
 * **Codec** (``training.wire_dtype``): the client encodes its activations (in ``F``) and decodes the
   gradient (in ``B``); the server decodes the activations (in ``F``) and encodes the gradient (in ``B``).
 
-Layout: :mod:`.schedule` (build, run), :mod:`.server` (the loop), :mod:`.moves` (handovers: the loops in time).
+Layout: :mod:`.schedule` (build, run), :mod:`.server` (the loop), :mod:`.intime` (the same loop as a process in time),
+:mod:`.moves` (handovers: the loops in time together).
 
 Until this model the simulator let clients run concurrently on a FIFO server lane with a FedAvg
 barrier every ``fedavg_every`` micro-batches of each client and a step after every micro-batch; the

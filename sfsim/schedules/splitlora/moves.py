@@ -78,14 +78,15 @@ class Moves:
     def tick(self, c) -> None:
         """A handover's instant: the client leaves its server now if it is idle there."""
         srv = self.servers[c.home]
-        if c.i in self.lost or c.next >= c.d.n or c in srv.out or srv.leave(c) > self.engine.env.now:
+        if c.i in self.lost or c.next >= c.d.n or c in srv.out or srv.leave(c) > self.engine.env.now or srv.closing:
             return
         srv.hand_over(c, self.engine.env.now)
 
-    def may_join(self, k: int) -> bool:
-        """True while some client with work left may still come to server ``k``."""
+    def may_join(self, k: int, epoch: int | None = None) -> bool:
+        """True while some client with work left (in ``epoch``, when given) may still come to server ``k``."""
         for c in self.clients:
-            if c.i in self.lost or c.next >= c.d.n:
+            per = c.d.per_epoch or c.d.n
+            if c.i in self.lost or c.next >= (c.d.n if epoch is None else min((epoch + 1) * per, c.d.n)):
                 continue
             legs = self.motions[c.i].legs
             if any(legs[j].server == k and legs[j - 1].server != k for j in range(c.hold + 1, len(legs))):
@@ -109,6 +110,7 @@ def run_jointly(engine, job, cfg, net) -> None:
         s = Server(engine, srv, [], cfg, Received(), moves.motions, moves.lost, k, moves)
         if rounds is not None:  # a server waiting for a visitor answers the others' rounds (ServerRounds.idle)
             s.sync = ServerRounds(rounds, k, job.sync.payload, job.sync.closing, always_close=True, step=s.drained_step)
+            s.epochs = job.sync.epochs
         moves.servers.append(s)
     for s in moves.servers:
         engine.env.process(s.run_in_time())

@@ -58,8 +58,7 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
     payload = cm.adapter_bytes(range(cut, L), head=True)  # the server's optimizer: its LoRA and the head
     spec = sync_spec(sc, payload, payload + cm.adapter_bytes(range(cut), head=False))  # + clients' average
     moves = job.network is not None and hands_over(job.network.motions)
-    # training.sync with handovers over several epochs: left out (a note; the loops in time have no epoch ends)
-    if spec is not None and (spec.every is None or not moves or sc.training.epochs == 1):
+    if spec is not None:
         job.sync = spec
         if moves and spec.every is None:  # the closing rounds after the replay, from each server's end (close_epochs)
             job.ends = {}

@@ -36,6 +36,7 @@ from sfsim.engine.pacing import FIXED_ORDERS, server_order
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.network.legs import Motion, gone_at, online, record_online, span, span_at
 from sfsim.schedules.common import ReplayConfig
+from sfsim.schedules.splitlora.intime import InTime
 
 
 @dataclass(eq=False)
@@ -56,6 +57,7 @@ class Client:
     home: int = -1  # the server holding it
     hold: int = 0  # index of the leg it was last handed over on
     since: float = 0.0  # when its current server took it
+    joined: float = 0.0  # when its ``join`` reaches that server (the server waits for it until then)
     starts: list[float] = field(default_factory=list)  # start times of its activation uploads
     history: list[tuple[float, int]] = field(default_factory=list)  # (since, server), in time order
 
@@ -71,7 +73,7 @@ class Received:
         self.stream.append(i)
 
 
-class Server:
+class Server(InTime):
     """The trainer's SplitLoRA server loop for one server's clients: times by arithmetic, then one wait."""
 
     def __init__(self, engine: Engine, srv: ServerTimes, clients: list[Client], cfg: ReplayConfig, mix,
@@ -88,6 +90,8 @@ class Server:
         self.unissued: dict = {}
         self.pending: list = []  # clients that joined mid-segment, waiting for a fwd
         self.issued = self.quota = 0
+        self.moving = 0.0  # a client's ``moved`` reaches this server then (its micro-batch went on to its new one)
+        self.closing = False  # in the epoch's last backhaul rounds (a handover due meanwhile waits: run_in_time)
         self.wake = None
         self.finished = False
         self.free = self.end = self.busy = 0.0  # server free at; last instant of the run; busy seconds
@@ -372,187 +376,3 @@ class Server:
         self.engine.down_bytes[c.d.name] += nbytes
         self.end = max(self.end, start + secs + leg.down_l)
         return start + secs + leg.down_l
-
-    # -- with handovers: the same loop as a process in time (sfsim.schedules.splitlora.moves) ---------
-    # -- time ----------------------------------------------------------------------------------------
-    def poke(self) -> None:
-        """Wake the process if it waits (a client joined, left, finished or was lost)."""
-        if self.wake is not None and not self.wake.triggered:
-            self.wake.succeed()
-
-    def until(self, t: float):
-        """Wait until time ``t``; True when woken earlier (the state changed: decide again)."""
-        env = self.engine.env
-        if t <= env.now:
-            return False
-        self.wake = env.event()
-        timer = self.engine.at(t)  # <= some server's end: it does not lengthen the run
-        yield env.any_of([timer, self.wake])
-        self.wake, woke = None, env.now < t
-        return woke
-
-    # -- holding -------------------------------------------------------------------------------------
-    def leave(self, c) -> float:
-        """When ``c`` leaves this server: its next handover to another server (``inf``: never)."""
-        legs = self.motions[c.i].legs
-        for j in range(c.hold + 1, len(legs)):
-            if legs[j].server != self.k:
-                return legs[j].at
-        return math.inf
-
-    def hand_over(self, c, since: float, outstanding: bool = False) -> None:
-        """``c`` leaves this loop; from ``since`` on it is held by the server of the leg holding then."""
-        m = self.motions[c.i]
-        j = m.leg_at(since)
-        dest = m.legs[j].server
-        c.hold, c.since = j, since
-        if dest == self.k and not outstanding:  # back here already (A -> B -> A): nothing moves
-            return
-        self._drop(c)
-        c.home = dest
-        c.history.append((since, dest))
-        self.moves.servers[dest].join(c, outstanding)
-        self.moves.changed()
-
-    def _drop(self, c) -> None:
-        self.left.pop(c, None)
-        self.unissued.pop(c, None)
-        if c in self.pending:
-            self.pending.remove(c)
-
-    def join(self, c, outstanding: bool) -> None:
-        """Client ``c`` joins this loop (with a micro-batch on its way here when ``outstanding``)."""
-        if outstanding:
-            self.out.append(c)
-            self.issued += 1
-        if self.left:  # mid-epoch: the rest of its own epoch joins this one
-            self.left[c] = self.rest(c) + outstanding
-            self.unissued[c] = self.rest(c)
-            if self.unissued[c] and not outstanding:
-                self.pending.append(c)
-            if not self.left[c]:
-                del self.left[c]
-        self.poke()
-
-    def rest(self, c) -> int:
-        """Micro-batches of ``c``'s current epoch not yet issued."""
-        per = c.d.per_epoch or c.d.n
-        base = c.mb if c in self.out else c.next
-        return min((base // per + 1) * per, c.d.n) - c.next
-
-    # -- the loop --------------------------------------------------------------------------------------
-    def run_in_time(self):
-        """With handovers, the SimPy process: epochs over the clients it holds, waiting for joiners while they may come."""
-        env = self.engine.env
-        while True:
-            counts = {}
-            for c in self.moves.clients:
-                if c.home == self.k and (c in self.out or max(self.free, c.since) < self.leave(c)):
-                    if (k := self.rest(c) + (c in self.out)) > 0:
-                        counts[c] = k
-            if counts:
-                if self.sync is not None:  # visitors only, not there yet: it answers rounds until the first joins
-                    yield from self._idle_until(min((max(c.since, c.sent_at) if c in self.out else c.since
-                                                     for c in counts if self.motions[c.i].start < math.inf),
-                                                    default=0.0))  # one never online: the runtime's leaves at once
-                yield from self._interleaved_in_time(counts)
-                continue
-            if not self.moves.may_join(self.k):
-                break
-            self.wake = env.event()
-            if self.sync is not None:  # training.sync: it answers the others' rounds while it waits
-                yield from self.sync.idle(self.wake)
-            else:
-                yield self.wake
-            self.wake = None
-        if self.sync is not None:  # one epoch (sfsim.schedules.splitlora.schedule.build): its last rounds
-            self.free = yield from self.sync.finish(self.free)
-        self.engine.server_busy[self.srv.name] = self.busy
-        self.finished = True
-        yield self.engine.at(max(self.end, env.now))
-
-    def _idle_until(self, t: float):
-        """Answer the others' backhaul rounds until ``t`` (a visitor's ``join`` arrives then, as in the runtime)."""
-        if t > self.engine.env.now:
-            joined = self.engine.env.event()
-            self.engine.succeed_at(joined, t)
-            yield from self.sync.idle(joined)
-
-    def _interleaved_in_time(self, counts):
-        every, acc = self.cfg.fedavg_every, self.cfg.accumulate
-        self.left = dict(counts)
-        while self.left:
-            yield from self._segment_in_time((every - self.steps % every) * acc)
-            yield from self._server_step()  # a partial window at the segment's end
-            if self.steps % every == 0 and self.left:
-                yield from self._round()
-        yield from self._round()
-
-    def _segment_in_time(self, quota: int):
-        """Serve ``quota`` micro-batches in arrival order (skipped turns of gone clients do not count)."""
-        self.quota, self.issued, self.pending = quota, len(self.out), []
-        self.unissued = {c: k - (c in self.out) for c, k in self.left.items()}
-        for c in list(self.left):
-            if self.issued < quota and self.unissued.get(c) and c not in self.out:
-                self._give(c)
-        served = 0
-        while served < quota and self.out:
-            c = min(self.out, key=lambda c: (c.arrival, c.i))
-            if (yield from self.until(max(self.free, c.arrival))):
-                self._fill()
-                continue
-            self.out.remove(c)
-            skipped = c.arrival == -math.inf
-            yield from self._serve(c)
-            self._count_down(self.left, c)
-            served, self.issued = served + (not skipped), self.issued - skipped
-            now = self.engine.env.now
-            if c.next >= c.d.n:
-                self.moves.changed()  # no more work of it: servers waiting for it may end
-            elif c.i not in self.lost and self.leave(c) <= now:
-                self.hand_over(c, now)  # its handover passed while a micro-batch was out here
-            elif self.issued < quota and self.unissued.get(c):
-                self._give(c)
-            self._fill()
-
-    def _fill(self) -> None:
-        """Send ``fwd`` to clients that joined mid-segment, while the segment has room."""
-        for c in list(self.pending):
-            if self.issued >= self.quota:
-                break
-            self.pending.remove(c)
-            if self.unissued.get(c):
-                self._give(c)
-
-    def _give(self, c) -> None:
-        """Send ``c`` its next ``fwd`` if this server still holds it then; route its upload."""
-        t = max(self.free, c.since)
-        if t >= self.leave(c):  # gone by then: out of this loop (the handover's instant moves it)
-            self._drop(c)
-            if self.engine.env.now >= self.leave(c):
-                self.hand_over(c, self.engine.env.now)
-            return
-        self.unissued[c] -= 1
-        self.issued += 1
-        self._issue(c, t)
-        if c.arrival != -math.inf:
-            m = self.motions[c.i]
-            j = m.leg_at(c.sent_at)
-            c.starts.append(c.sent_at)
-            if m.legs[j].server != self.k:  # uploaded after the handover: it goes to the new server
-                self.issued -= 1
-                self.hand_over(c, max(self.engine.env.now, m.legs[j].at), outstanding=True)
-                return
-        self.out.append(c)
-
-    def _round(self):
-        """FedAvg over the clients held when ``sync`` goes out (see module)."""
-        while (yield from self.until(self.free)):
-            pass
-        self.clients = [c for c in self.moves.clients if self.moves.holder(c, self.free) == self.k]
-        if self.clients:
-            # a member may have a micro-batch on its way to its next server already: keep its arrival
-            flying = {c: c.arrival for c in self.clients if c.arrival is not None}
-            self._fedavg()
-            for c, t in flying.items():
-                c.arrival = t

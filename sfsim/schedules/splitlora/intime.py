@@ -1,0 +1,244 @@
+"""SplitLoRA's server loop with handovers: the same loop as :class:`~sfsim.schedules.splitlora.server.Server`'s,
+run as a SimPy process in time, so that a client joining from another server is taken into account (the rules:
+:mod:`sfsim.schedules.splitlora.moves`). :class:`InTime` is a part of ``Server``: it uses its primitives
+(``_issue``, ``_serve``, ``_server_step``, ``_fedavg``) and state."""
+
+from __future__ import annotations
+
+import math
+
+
+class InTime:
+    """The ``Server`` methods of the loop in time (with handovers)."""
+
+    # -- time ----------------------------------------------------------------------------------------
+    def poke(self) -> None:
+        """Wake the process if it waits (a client joined, left, finished or was lost)."""
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+
+    def until(self, t: float):
+        """Wait until time ``t``; True when woken earlier (the state changed: decide again)."""
+        env = self.engine.env
+        if t <= env.now:
+            return False
+        self.wake = env.event()
+        timer = self.engine.at(t)  # <= some server's end: it does not lengthen the run
+        yield env.any_of([timer, self.wake])
+        self.wake, woke = None, env.now < t
+        return woke
+
+    # -- holding -------------------------------------------------------------------------------------
+    def leave(self, c) -> float:
+        """When ``c`` leaves this server: its next handover to another server (``inf``: never)."""
+        legs = self.motions[c.i].legs
+        for j in range(c.hold + 1, len(legs)):
+            if legs[j].server != self.k:
+                return legs[j].at
+        return math.inf
+
+    def hand_over(self, c, since: float, outstanding: bool = False) -> None:
+        """``c`` leaves this loop; from ``since`` on it is held by the server of the leg holding then."""
+        m = self.motions[c.i]
+        j = m.leg_at(since)
+        dest = m.legs[j].server
+        c.hold, c.since = j, since
+        if dest == self.k and not outstanding:  # back here already (A -> B -> A): nothing moves
+            return
+        # with training.sync (whose rounds depend on when a server stops waiting); without it the fast path's
+        # joint loop (sfsim.fast.splitmoves) replays the client's fwd from ``since``, and this loop does too
+        c.joined = self._join_arrival(c, since, outstanding) if self.sync is not None else since
+        self._drop(c)
+        c.home = dest
+        c.history.append((since, dest))
+        self.moves.servers[dest].join(c, outstanding)
+        self.moves.changed()
+
+    def _join_arrival(self, c, since: float, outstanding: bool) -> float:
+        """When ``c``'s ``join`` reaches its new server (trainer.transport.handover): with a micro-batch on its way, the
+        join goes up just before it (at its upload's start); else this server's ``release`` goes down at ``since``,
+        the client takes it once free (after its backward), and the join goes up then. Zero-byte messages: a
+        latency each, on the leg holding when each starts."""
+        m = self.motions[c.i]
+        if outstanding:
+            return c.sent_at + m.legs[m.leg_at(c.sent_at)].up_l
+        start = max(since, c.down_free)
+        got = max(start + m.legs[m.leg_at(start)].down_l, c.free)
+        start = max(got, c.up_free)
+        return start + m.legs[m.leg_at(start)].up_l
+
+    def _drop(self, c) -> None:
+        self.left.pop(c, None)
+        self.unissued.pop(c, None)
+        if c in self.pending:
+            self.pending.remove(c)
+
+    def join(self, c, outstanding: bool) -> None:
+        """Client ``c`` joins this loop (with a micro-batch on its way here when ``outstanding``)."""
+        if outstanding:
+            self.out.append(c)
+            self.issued += 1
+        if self.left:  # mid-epoch: the rest of its own epoch joins this one
+            self.left[c] = self.rest(c) + outstanding
+            self.unissued[c] = self.rest(c)
+            if self.unissued[c] and not outstanding:
+                self.pending.append(c)
+            if not self.left[c]:
+                del self.left[c]
+        self.poke()
+
+    def rest(self, c) -> int:
+        """Micro-batches of ``c``'s current epoch not yet issued."""
+        per = c.d.per_epoch or c.d.n
+        base = c.mb if c in self.out else c.next
+        return min((base // per + 1) * per, c.d.n) - c.next
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run_in_time(self):
+        """With handovers, the SimPy process: epochs over the clients it holds, waiting for joiners while they may come.
+
+        With backhaul rounds (``training.sync``) each epoch ends with the servers' last rounds, a barrier, as in the
+        runtime: a client's next epoch starts on the server holding it then (a handover due meanwhile waits for its
+        old server's next epoch, which releases it); without them the epochs run back to back."""
+        env = self.engine.env
+        for e in range(self.epochs) if self.sync is not None else [None]:
+            if e:
+                self._release_due()
+            while True:
+                counts = {}
+                for c in self.moves.clients:
+                    if c.home == self.k and (c in self.out or max(self.free, c.since) < self.leave(c)) \
+                            and self._in_epoch(c, e) and (k := self.rest(c) + (c in self.out)) > 0:
+                        counts[c] = k
+                if counts:
+                    if self.sync is not None:  # visitors only, not there yet: it answers rounds until the first joins
+                        yield from self._idle_until(min((max(c.since, c.joined) for c in counts
+                                                         if self.motions[c.i].start < math.inf),
+                                                        default=0.0))  # one never online: the runtime's leaves at once
+                    yield from self._interleaved_in_time(counts)
+                    continue
+                if not self.moves.may_join(self.k, e):
+                    break
+                self.wake = env.event()
+                if self.sync is not None:  # training.sync: it answers the others' rounds while it waits
+                    yield from self.sync.idle(self.wake)
+                else:
+                    yield self.wake
+                self.wake = None
+            if self.sync is not None:  # the epoch's last rounds (trainer: Method.train_epoch, finish_sync)
+                self.closing = True
+                self.free = yield from self.sync.finish(self.free)
+                self.closing = False
+        self.engine.server_busy[self.srv.name] = self.busy
+        self.finished = True
+        yield self.engine.at(max(self.end, env.now))
+
+    def _in_epoch(self, c, e: int | None) -> bool:
+        """Whether client ``c``'s next micro-batch (or the one it has out here) is of epoch ``e`` (None: any)."""
+        per = c.d.per_epoch or c.d.n
+        return e is None or (c.mb if c in self.out else c.next) // per == e
+
+    def _release_due(self) -> None:
+        """An epoch starts: release the clients held here whose leg here ended during the last rounds (the runtime's
+        server releases them when it first looks at them, at the epoch's start)."""
+        now = self.engine.env.now
+        for c in self.moves.clients:
+            if c.home == self.k and c not in self.out and c.i not in self.lost and c.next < c.d.n \
+                    and self.leave(c) <= now:
+                self.hand_over(c, now)
+
+    def _idle_until(self, t: float):
+        """Answer the others' backhaul rounds until ``t`` (a visitor's ``join`` arrives then, as in the runtime)."""
+        if t > self.engine.env.now:
+            joined = self.engine.env.event()
+            self.engine.succeed_at(joined, t)
+            yield from self.sync.idle(joined)
+
+    def _interleaved_in_time(self, counts):
+        every, acc = self.cfg.fedavg_every, self.cfg.accumulate
+        self.left = dict(counts)
+        while self.left:
+            yield from self._segment_in_time((every - self.steps % every) * acc)
+            yield from self._server_step()  # a partial window at the segment's end
+            if self.steps % every == 0 and self.left:
+                yield from self._round()
+        yield from self._round()
+
+    def _segment_in_time(self, quota: int):
+        """Serve ``quota`` micro-batches in arrival order (skipped turns of gone clients do not count)."""
+        self.quota, self.issued, self.pending = quota, len(self.out), []
+        self.unissued = {c: k - (c in self.out) for c, k in self.left.items()}
+        for c in list(self.left):
+            if self.issued < quota and self.unissued.get(c) and c not in self.out:
+                self._give(c)
+        served = 0
+        while served < quota and (self.out or self.moving > self.engine.env.now):
+            if not self.out:  # the runtime's server waits for the mover's ``moved`` before it ends the segment
+                if (yield from self.until(self.moving)):
+                    self._fill()
+                else:  # what it does next (a step, FedAvg) starts then
+                    self.free = max(self.free, self.moving)
+                continue
+            c = min(self.out, key=lambda c: (c.arrival, c.i))
+            if (yield from self.until(max(self.free, c.arrival))):
+                self._fill()
+                continue
+            self.out.remove(c)
+            skipped = c.arrival == -math.inf
+            yield from self._serve(c)
+            self._count_down(self.left, c)
+            served, self.issued = served + (not skipped), self.issued - skipped
+            now = self.engine.env.now
+            if c.next >= c.d.n:
+                self.moves.changed()  # no more work of it: servers waiting for it may end
+            elif c.i not in self.lost and self.leave(c) <= now:
+                self.hand_over(c, now)  # its handover passed while a micro-batch was out here
+            elif self.issued < quota and self.unissued.get(c):
+                self._give(c)
+            self._fill()
+
+    def _fill(self) -> None:
+        """Send ``fwd`` to clients that joined mid-segment, while the segment has room."""
+        for c in list(self.pending):
+            if self.issued >= self.quota:
+                break
+            self.pending.remove(c)
+            if self.unissued.get(c):
+                self._give(c)
+
+    def _give(self, c) -> None:
+        """Send ``c`` its next ``fwd`` if this server still holds it then; route its upload."""
+        t = max(self.free, c.since, c.joined)  # its fwd goes once its join is here (a release: after its backward)
+        if t >= self.leave(c):  # gone by then: out of this loop (the handover's instant moves it)
+            self._drop(c)
+            if self.engine.env.now >= self.leave(c):
+                self.hand_over(c, self.engine.env.now)
+            return
+        self.unissued[c] -= 1
+        self.issued += 1
+        self._issue(c, t)
+        if self.sync is not None and c.next % (c.d.per_epoch or c.d.n) == 0:  # its epoch's last: no more visits
+            self.moves.changed()
+        if c.arrival != -math.inf:
+            m = self.motions[c.i]
+            j = m.leg_at(c.sent_at)
+            c.starts.append(c.sent_at)
+            if m.legs[j].server != self.k:  # uploaded after the handover: it goes to the new server
+                self.issued -= 1
+                self.hand_over(c, max(self.engine.env.now, m.legs[j].at), outstanding=True)
+                if self.sync is not None:  # ``moved`` here, ``join`` there: sent together (see hand_over)
+                    self.moving = max(self.moving, c.joined)
+                return
+        self.out.append(c)
+
+    def _round(self):
+        """FedAvg over the clients held when ``sync`` goes out (see module)."""
+        while (yield from self.until(self.free)):
+            pass
+        self.clients = [c for c in self.moves.clients if self.moves.holder(c, self.free) == self.k]
+        if self.clients:
+            # a member may have a micro-batch on its way to its next server already: keep its arrival
+            flying = {c: c.arrival for c in self.clients if c.arrival is not None}
+            self._fedavg()
+            for c, t in flying.items():
+                c.arrival = t
