@@ -51,6 +51,7 @@ import math
 from sfsim.engine.pool import DeviceTimes, Engine, FifoLane, ServerTimes
 from sfsim.network.backhaul import Closed, ServerRounds, sync_spec
 from sfsim.network.legs import Leg, Motion, gone_at, online, record_online, span
+from sfsim.schedules import fedsync
 from sfsim.schedules.common import (
     Job,
     ReplayConfig,
@@ -83,9 +84,7 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         job.device_flops[d.name] = dt.units(n) * full.total
     job.network = every_device(setup, job)
     spec = sync_spec(sc, adapter)  # the servers' averages: every block's adapters and the head
-    moves = job.network is not None and any(len(m.legs) > 1 for m in job.network.motions.values())
-    if spec is not None and (spec.every is None or not moves):  # training.sync with handovers: left out
-        job.sync = spec  # every None: each epoch's closing round in the replay (EpochClose)
+    job.sync = spec  # every None: each epoch's closing round in the replay (EpochClose); else per-server rounds
     return job
 
 
@@ -151,6 +150,9 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     motions = net.motions if net is not None else {i: still(d) for i, d in enumerate(job.devices)}
     engine.soft_timers = any(len(m.legs) > 1 or m.avail is not None for m in motions.values())
     plan = dict(enumerate(plans(job.devices, per)))  # each device's rounds, per epoch as the runtime's
+    if job.sync is not None and job.sync.every is not None:  # training.sync: each server's rounds, as the runtime's
+        fedsync.run(engine, job, cfg, motions, plan, width(job.devices, per))
+        return
     n_rounds = {i: len(p) for i, p in plan.items()}
     most = max((p[-1][0] + 1 for p in plan.values() if p), default=0)  # FedAvg slots
     fed_groups = []
