@@ -1,0 +1,113 @@
+"""FedLoRA with ``training.sync``: the simulator forms each server's rounds as the runtime does (sfsim.schedules.fedsync,
+trainer.methods.fedlora): per server, with handovers and drops, the drain and closing rounds at each epoch's end. Real
+2-server runs (tiny GPT-2 on loopback, everything emulated) and the simulator on the same run hold the same rounds, the
+same backhaul bytes and the same order of backhaul sends, receives and FedAvg aggregates on each server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sfsim
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ORDERED = ("sync-send", "sync-recv", "aggregate")
+
+
+def server_ops(events, server: str) -> str:
+    """``server``'s backhaul sends (S), receives (R) and FedAvg aggregates (A) in time order."""
+    mine = sorted((e for e in events if e.op in ORDERED and e.lane in (server, f"backhaul:{server}")),
+                  key=lambda e: (e.start, ORDERED.index(e.op)))
+    return "".join("SRA"[ORDERED.index(e.op)] for e in mine)
+
+
+def handover_scenario(tmp_path: Path, every: int) -> Path:
+    """tests/test_handover.py's FedLoRA run (runtime_handover_drop.yaml: stay-b never online, so mec-b's only own
+    device drops at once and mec-b waits for the visitor; mover's first round goes to mec-a, its second, after the
+    handover at 1.6 s, to mec-b), with ``sync: {every, mode: sync}``."""
+    data = yaml.safe_load((FIXTURES / "runtime_handover_drop.yaml").read_text())
+    for d in data["devices"]:
+        d["flops"] = "100 MFLOPS"
+        if "availability" in d:
+            d["availability"]["file"] = str(FIXTURES / d["availability"]["file"])
+    data["devices"][0]["handover"][0]["at"] = "1.6 s"
+    data["training"]["sync"] = {"every": every, "mode": "sync"}
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# -- the real runtime and the simulator -----------------------------------------------------------------------
+# (every, epochs) -> each server's ops, in both halves. every 1: a round after each FedAvg round; mec-b answers
+# mec-a's first with a round of zeros while it waits for mover (stay-b dropped at once: its round ended empty), then
+# averages mover's second round; every 2: a round after every second one. Over 2 epochs each epoch ends with its
+# drain and closing round (the simulator used to count 0 rounds here: its rounds were per device, left out).
+CASES = {(1, 1): ("ASRSRSR", "SRSRASR"), (2, 2): ("ASRSRSRASRSR", "SRASRSRAASRSR")}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize(("every", "epochs"), list(CASES))
+def test_rounds_with_a_handover_and_a_drop_equal_the_runtimes(tiny_gpt2, tmp_path, every, epochs):
+    from sfsim.outputs.trace import read_chrome_trace
+    from tests.test_multiserver import _cfg
+    from trainer.run.launch import run
+    from trainer.validate.compare import ValidateConfig, predict
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    dev = handover_scenario(tmp_path, every)
+    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=dev, method="fedlora", train_samples=32, epochs=epochs,
+                 emulate="all", server_order="fifo"))
+    vc = ValidateConfig(devices=str(dev), model=tiny_gpt2, method="fedlora", out=str(tmp_path / "v"), max_len=48,
+                        data_dir=str(FIXTURES / "data"), train_samples=32, server_order="fifo", epochs=epochs)
+    sim = predict(vc, m)
+    measured = read_chrome_trace(tmp_path / "run" / "trace.json")
+    for server, want in zip(("mec-a", "mec-b"), CASES[every, epochs], strict=True):
+        assert server_ops(measured, server) == server_ops(sim.events, server) == want
+    rounds = want.count("S")
+    assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], rounds)
+    assert sim.sync_rounds == rounds and m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
+    assert [(h["from"], h["to"], h["sent_before"]) for h in m["handovers"]] == \
+        [(h["from"], h["to"], h["sent_before"]) for h in sim.handovers] == [("mec-a", "mec-b", 2)]
+    assert m["samples_not_trained"] == sim.samples_not_trained == {"stay-b": 8 * epochs}
+
+
+# -- the simulator alone -----------------------------------------------------------------------------------------
+def test_each_epoch_drains_and_closes_before_the_next_starts():
+    """tests/test_baseline_sync.py's 2 servers, one device each (2 FedAvg rounds an epoch), sync every 3, 2 epochs:
+    epoch 1 ends with a drain round (no round was due) and the closing round, at once after each server's second
+    aggregate and before its device's next download (the runtime's ``finish_sync`` after every epoch); epoch 2
+    has a round after its first FedAvg round (the third), then the drain and closing rounds end the run."""
+    from tests.test_baseline_sync import backhaul_events, scenario, sizes
+
+    sc = scenario({"every": 3}, epochs=2)
+    res = sfsim.simulate(sc, "fedlora", trace=True)
+    f = sizes(sc)[2]
+    assert res.sync_rounds == 5 and res.backhaul_bytes_by_server == {"a": 10 * f, "b": 10 * f}
+    busy, lat = f * 8 / 1e9, 5e-3
+    aggregates = [e.start + e.dur for e in res.events if e.lane == "a" and e.op == "aggregate"]
+    sends = [e.start for e in backhaul_events(res) if e.lane == "backhaul:a" and e.op == "sync-send"]
+    downloads = [e.start for e in res.events if e.lane == "downlink:da"]
+    assert len(aggregates) == len(downloads) == 4 and len(sends) == 5
+    assert sends[0] == aggregates[1] and sends[1] == pytest.approx(sends[0] + 2 * (busy + lat), rel=1e-12)
+    assert downloads[1] == pytest.approx(sends[1] + 2 * (busy + lat), rel=1e-12)  # epoch 2 waits for the closing
+    assert sends[2] == aggregates[2] and downloads[2] == pytest.approx(sends[2] + 2 * (busy + lat), rel=1e-12)
+    assert sends[3] == aggregates[3] and res.makespan_s == pytest.approx(sends[4] + 2 * (busy + lat), rel=1e-12)
+    assert server_ops(res.events, "a") == server_ops(res.events, "b") == "AAS" + "RSR" + "ASRA" + "SRSR"
+
+
+@pytest.mark.parametrize(("every", "rounds"), [(1, (2, 2)), (2, (1, 2))])
+def test_a_server_that_holds_no_device_answers_the_others_rounds(every, rounds):
+    """A third server without devices (and no visitor) trains nothing: its epoch has no round, so it drains at once
+    (the runtime's ``fed_finish``) and answers every round of the others. Every 1 (joint) its drain rounds take the
+    average: the rounds are the two-server run's; every 2 they do not, so after the others' one round (the last of
+    both) a closing round is due, as in the runtime."""
+    from tests.test_baseline_sync import scenario, sizes
+
+    two = sfsim.simulate(scenario({"every": every}), "fedlora")
+    three = sfsim.simulate(scenario({"every": every}, servers=("a", "b", "c")), "fedlora")
+    f = sizes(scenario())[2]
+    assert (two.sync_rounds, three.sync_rounds) == rounds
+    assert three.backhaul_bytes_by_server == dict.fromkeys("abc", 2 * f * rounds[1])
