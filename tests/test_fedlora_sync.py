@@ -72,6 +72,13 @@ def test_rounds_with_a_handover_and_a_drop_equal_the_runtimes(tiny_gpt2, tmp_pat
     assert [(h["from"], h["to"], h["sent_before"]) for h in m["handovers"]] == \
         [(h["from"], h["to"], h["sent_before"]) for h in sim.handovers] == [("mec-a", "mec-b", 2)]
     assert m["samples_not_trained"] == sim.samples_not_trained == {"stay-b": 8 * epochs}
+    # per device: mover's downloads came from both servers (summed: merge_servers); uploads carry the runtime's loss
+    # record too (3 floats an optimizer step, one a micro-batch). stay-b, never online, gets each epoch's first
+    # round's average in the runtime (counted when sent), in the simulator nothing (no download completes).
+    movers = {n: sim.downlink_bytes_by_device[n] for n in ("mover", "stay-a")}
+    assert {n: m["downlink_bytes_by_device"][n] for n in movers} == movers
+    assert m["uplink_bytes_by_device"] == {n: b + 12 * {"mover": 4, "stay-a": 2, "stay-b": 0}[n] * epochs
+                                           for n, b in sim.uplink_bytes_by_device.items()}
 
 
 # -- the simulator alone -----------------------------------------------------------------------------------------
@@ -111,3 +118,24 @@ def test_a_server_that_holds_no_device_answers_the_others_rounds(every, rounds):
     f = sizes(scenario())[2]
     assert (two.sync_rounds, three.sync_rounds) == rounds
     assert three.backhaul_bytes_by_server == dict.fromkeys("abc", 2 * f * rounds[1])
+
+
+# -- the runtime's per-device counts of a device that moved -----------------------------------------------------
+def test_a_device_that_moved_is_counted_on_every_server_it_talked_to():
+    """Each server counts its downlink to a device (and the device's own report, flops and uplink, reaches the server
+    it ends on, the others saying 0): merged, a device that handed over has the sum. One server's count used to win
+    (the last server's: mover's downlink read 0 after mec-a had sent it two rounds), and a malformed count is one
+    line naming the server."""
+    from sfsim.errors import SfsimError
+    from tests.test_runtime_peer_fields import _part
+    from trainer.run.fleet import Fleet
+    from trainer.run.merge import merge_servers
+
+    fl = Fleet(["mec-a", "mec-b"], ["d", "e"], {"d": 0, "e": 1})
+    a = _part("d", "mec-a", downlink_bytes_by_device={"d": 3, "e": 0}, uplink_bytes_by_device={"d": 2, "e": 0})
+    b = _part("e", "mec-b", downlink_bytes_by_device={"d": 7, "e": 3}, uplink_bytes_by_device={"d": 0, "e": 2})
+    m = merge_servers([a, b], fl)
+    assert m["downlink_bytes_by_device"] == {"d": 10, "e": 3} and m["uplink_bytes_by_device"] == {"d": 2, "e": 2}
+    assert m["samples_by_device"] == {"d": 4, "e": 4} and m["device_flops"] == {"d": 1, "e": 1}
+    with pytest.raises(SfsimError, match="^backhaul: server mec-b's end-of-run part: malformed downlink_bytes_by_dev"):
+        merge_servers([a, _part("e", "mec-b", downlink_bytes_by_device={"e": "3"})], fl)
