@@ -143,3 +143,67 @@ def test_a_device_that_moved_is_counted_on_every_server_it_talked_to():
     assert m["samples_by_device"] == {"d": 4, "e": 4} and m["device_flops"] == {"d": 1, "e": 1}
     with pytest.raises(SfsimError, match="^backhaul: server mec-b's end-of-run part: malformed downlink_bytes_by_dev"):
         merge_servers([a, _part("e", "mec-b", downlink_bytes_by_device={"e": "3"})], fl)
+
+
+# -- random fleets -----------------------------------------------------------------------------------------------------
+def _random_fleet(seed: int, folder: Path):
+    """2 or 3 servers, 1 to 4 devices, each maybe handing over (1 to 3 times) and maybe pausing or dropping, 1 or 2
+    epochs, ``training.sync`` every 1 to 3 rounds in sync or async mode."""
+    import random
+
+    rng = random.Random(seed)
+    servers = [f"s{k}" for k in range(rng.choice([2, 2, 3]))]
+    devices = []
+    for i in range(rng.randint(1, 4)):
+        d = {"name": f"d{i}", "flops": f"{rng.choice([50, 100, 400])} MFLOPS", "memory": "4 GiB",
+             "samples": rng.choice([4, 8, 12, 20]), "server": rng.choice(servers),
+             "uplink": {"bandwidth": f"{rng.choice([0.5, 2, 10])} Mbps", "latency": "5 ms"},
+             "downlink": {"bandwidth": "5 Mbps", "latency": "5 ms"}}
+        if rng.random() < 0.5:
+            at = 0.0
+            d["handover"] = [{"at": f"{(at := at + rng.uniform(0.2, 3.0)):.2f} s", "to": rng.choice(servers)}
+                             for _ in range(rng.randint(1, 3))]
+        if rng.random() < 0.4:
+            windows, t = [], rng.choice([0.0, 0.5])
+            for _ in range(rng.randint(1, 3)):
+                end = t + rng.uniform(0.3, 4.0)
+                windows.append([round(t, 2), round(end, 2)])
+                t = end + rng.uniform(0.2, 2.0)
+            if rng.random() < 0.5:
+                windows[-1][1] = 1000
+            (folder / f"d{i}.yaml").write_text(f"d{i}: {windows}\n")
+            d["availability"] = {"file": str(folder / f"d{i}.yaml"), "churn": rng.choice(["pause", "drop"])}
+        devices.append(d)
+    training = {"micro_batch": 4, "epochs": rng.choice([1, 2]), "local_steps": rng.choice([1, 2, 3]),
+                "accumulate": rng.choice([1, 2]), "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+                "sync": {"every": rng.choice([1, 2, 3]), "mode": rng.choice(["sync", "async"])}}
+    return sfsim.scenario_from_dict({
+        "model": {"name": "gpt2", "seq_len": 32, "task": "classification", "num_labels": 2}, "training": training,
+        "servers": [{"name": s, "flops": "10 TFLOPS", "memory": "16 GiB",
+                     "backhaul": {"bandwidth": "100 Mbps", "latency": "5 ms"}} for s in servers],
+        "devices": devices})
+
+
+def _check_fleets(seeds, folder: Path) -> None:
+    """Every fleet's run ends (no backhaul round waits for ever: a device that left answers every later round with a
+    ``leave`` of that round's epoch, so a server waiting for it stops), every server joins every round, and every
+    device's bytes are its adapter uploads and downloads."""
+    from sfsim.cost.model import CostModel
+
+    for seed in seeds:
+        sc = _random_fleet(seed, folder)
+        res = sfsim.simulate(sc, "fedlora")
+        adapter = CostModel(sc).adapter_bytes(range(sc.arch.n_layers), head=True)
+        assert res.backhaul_bytes_by_server == {s.name: 2 * adapter * res.sync_rounds for s in sc.servers}, seed
+        assert all(b % adapter == 0 for b in [*res.uplink_bytes_by_device.values(),
+                                              *res.downlink_bytes_by_device.values()]), seed
+
+
+def test_random_fleets_end_and_every_server_joins_every_round(tmp_path):
+    """300 seeded random fleets (handovers, pauses and drops, several epochs, sync and async)."""
+    _check_fleets(range(300), tmp_path)
+
+
+@pytest.mark.slow
+def test_many_random_fleets_end_and_every_server_joins_every_round(tmp_path):
+    _check_fleets(range(300, 3300), tmp_path)

@@ -88,7 +88,7 @@ class Server:
         while sum(left.values()) > 0 or waiting:
             active = [i for i in self.held if left.get(i, 0) > 0]
             for i in active:
-                fleet.boxes[i].put(("round", self.k))
+                fleet.boxes[i].put(("round", e))
             got = yield from self.collect(e, active, left, waiting)
             if not active and not got:  # only visitors were awaited, and none came
                 continue
@@ -100,7 +100,7 @@ class Server:
                 yield fleet.engine.at(t)
             for i in got:  # the run's last round of a device: its download of the average now
                 if fleet.rounds_left(i) == 0:
-                    fleet.boxes[i].put(("last", self.k))
+                    fleet.boxes[i].put(("last", e))
 
     def collect(self, e: int, active: list[int], left: dict[int, int], waiting: set[int]):
         """The round's uploads (a generator returning the devices averaged), as the runtime's ``_collect``."""
@@ -201,13 +201,14 @@ class Fleet:
         for rank in sorted({leg.server for leg in m.legs} - {home}):
             self.post(rank, ("join", i, 0, e), t)
 
-    def leave(self, i: int, u: int, t: float) -> None:
-        """Device ``i`` leaves for good at ``t`` (now or later) in its ``u``-th round: ``leave`` to its server."""
+    def leave(self, i: int, u: int, t: float, e: int | None = None) -> None:
+        """Device ``i`` leaves for good at ``t`` (now or later) in its ``u``-th round (or, gone, in a round of epoch
+        ``e`` its server sends): ``leave`` to its server."""
         m = self.motions[i]
         m.gone = min(m.gone, t)
-        if u >= len(self.plan[i]):  # the run's last download: nobody waits for it
+        if e is None and u >= len(self.plan[i]):  # the run's last download: nobody waits for it
             return
-        e = self.epoch_of(i, u)
+        e = self.epoch_of(i, u) if e is None else e
         self.post(self.at[i], ("leave", i, 0, e), t)
         self.close(i, e, t)
 
@@ -247,31 +248,36 @@ def _finish(fleet: Fleet, i: int, d, m: Motion) -> None:
 
 
 def device(fleet: Fleet, i: int, accumulate: int, constant: bool):
-    """One device: a round for each ``round`` its server sends (a ``leave`` once it has left), then the last
-    download. ``constant``: one leg with constant rates (the stage times), else each transfer integrates its rate."""
+    """One device: a round for each ``round`` its server sends (once it has left, a ``leave`` for each), then the
+    last download. ``constant``: one leg with constant rates (the stage times), else each transfer integrates its
+    rate."""
     engine, d, m, plan, box = fleet.engine, fleet.job.devices[i], fleet.motions[i], fleet.plan[i], fleet.boxes[i]
-    env = engine.env
-    for u, (_, first, last) in enumerate(plan):
-        yield from box.get()
-        if m.gone < math.inf or m.start == math.inf:  # it has left (or never comes): its server stops waiting
-            fleet.leave(i, u, env.now)
-            continue
-        if m.churn == "drop" and m.start > env.now:
-            yield engine.at(m.start)  # it joins at its first online instant
-        if u and not (yield from _transfer(fleet, i, d, m, False, constant, u)):
-            continue
-        t = _train(fleet, i, d, m, first, last, accumulate, u)
-        if t is None:
-            continue
-        yield env.timeout(t - env.now)
-        fleet.move(i, env.now, u)
-        if not (yield from _transfer(fleet, i, d, m, True, constant, u, last - first)):
-            continue
-        if last == fleet.epoch_end(i, u):
-            fleet.close(i, fleet.epoch_of(i, u))
+    for u in range(len(plan)):
+        _, e = yield from box.get()
+        while m.gone < math.inf or m.start == math.inf:  # it has left (or never comes): its server stops waiting
+            fleet.leave(i, u, engine.env.now, e)
+            _, e = yield from box.get()
+        yield from _round(fleet, i, d, m, u, accumulate, constant)
     if plan and m.gone == math.inf:
         yield from box.get()
         yield from _transfer(fleet, i, d, m, False, constant, len(plan))
+
+
+def _round(fleet: Fleet, i: int, d, m: Motion, u: int, accumulate: int, constant: bool):
+    """Device ``i``'s ``u``-th round from now: the average's download (none before the run's first round), local
+    training, the upload to the server of the leg holding when it starts (and, its epoch over, the ``join`` of 0)."""
+    engine, (_, first, last) = fleet.engine, fleet.plan[i][u]
+    if m.churn == "drop" and m.start > engine.env.now:
+        yield engine.at(m.start)  # it joins at its first online instant
+    if u and not (yield from _transfer(fleet, i, d, m, False, constant, u)):
+        return
+    t = _train(fleet, i, d, m, first, last, accumulate, u)
+    if t is None:
+        return
+    yield engine.env.timeout(t - engine.env.now)
+    fleet.move(i, engine.env.now, u)
+    if (yield from _transfer(fleet, i, d, m, True, constant, u, last - first)) and last == fleet.epoch_end(i, u):
+        fleet.close(i, fleet.epoch_of(i, u))
 
 
 def _train(fleet: Fleet, i: int, d, m: Motion, first: int, last: int, accumulate: int, u: int) -> float | None:
