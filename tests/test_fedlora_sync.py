@@ -24,10 +24,11 @@ def server_ops(events, server: str) -> str:
     return "".join("SRA"[ORDERED.index(e.op)] for e in mine)
 
 
-def handover_scenario(tmp_path: Path, every: int) -> Path:
+def handover_scenario(tmp_path: Path, every: int, drop: bool = False) -> Path:
     """tests/test_handover.py's FedLoRA run (runtime_handover_drop.yaml: stay-b never online, so mec-b's only own
     device drops at once and mec-b waits for the visitor; mover's first round goes to mec-a, its second, after the
-    handover at 1.6 s, to mec-b), with ``sync: {every, mode: sync}``."""
+    handover at 1.6 s, to mec-b), with ``sync: {every, mode: sync}``; ``drop``: stay-a drops at 0.9 s, during its
+    first round."""
     data = yaml.safe_load((FIXTURES / "runtime_handover_drop.yaml").read_text())
     for d in data["devices"]:
         d["flops"] = "100 MFLOPS"
@@ -35,39 +36,43 @@ def handover_scenario(tmp_path: Path, every: int) -> Path:
             d["availability"]["file"] = str(FIXTURES / d["availability"]["file"])
     data["devices"][0]["handover"][0]["at"] = "1.6 s"
     data["training"]["sync"] = {"every": every, "mode": "sync"}
+    if drop:
+        (tmp_path / "stay_a.yaml").write_text("stay-a: [[0, 0.9]]\n")
+        data["devices"][1]["availability"] = {"file": str(tmp_path / "stay_a.yaml"), "churn": "drop"}
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
 # -- the real runtime and the simulator -----------------------------------------------------------------------
-# (every, epochs) -> FedAvg rounds with uploads on mec-a and mec-b. mec-b's only own device (stay-b) drops at once, so
-# its first round ends empty; it waits for mover, whose second round it averages (every epoch: mover stays on mec-b
-# in epoch 2, 2 rounds, while stay-b's round of epoch 2 ends empty again). Between them the backhaul rounds: after
+# (every, epochs, stay-a drops) -> FedAvg rounds with uploads on mec-a and mec-b. mec-b's only own device (stay-b) drops
+# at once, so its first round ends empty; it waits for mover, whose second round it averages (mover stays on mec-b in
+# epoch 2: 2 rounds there, while stay-b's round of epoch 2 ends empty again; with stay-a gone, mec-a's only FedAvg
+# is mover's first round, and its round of epoch 2 ends empty too: a device that left answers with a leave). Between them the backhaul rounds: after
 # every (every 1) or every second FedAvg round, a waiting server's answers, each epoch's drain and closing round (the
 # simulator used to count 0 rounds here: its rounds were per device, left out with handovers). How many a waiting
 # server answers is the backhaul's rule (sfsim.network.backhaul.ServerRounds.idle, the runtime's ServerSync.idle):
 # both halves follow it, so they are compared with each other, op for op.
-CASES = {(1, 1): (1, 1), (2, 2): (2, 3)}
+CASES = {(1, 1, False): (1, 1), (2, 2, True): (1, 3)}
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize(("every", "epochs"), list(CASES))
-def test_rounds_with_a_handover_and_a_drop_equal_the_runtimes(tiny_gpt2, tmp_path, every, epochs):
+@pytest.mark.parametrize(("every", "epochs", "drop"), list(CASES))
+def test_rounds_with_a_handover_and_a_drop_equal_the_runtimes(tiny_gpt2, tmp_path, every, epochs, drop):
     from sfsim.outputs.trace import read_chrome_trace
     from tests.test_multiserver import _cfg
     from trainer.run.launch import run
     from trainer.validate.compare import ValidateConfig, predict
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    dev = handover_scenario(tmp_path, every)
+    dev = handover_scenario(tmp_path, every, drop)
     m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=dev, method="fedlora", train_samples=32, epochs=epochs,
                  emulate="all", server_order="fifo"))
     vc = ValidateConfig(devices=str(dev), model=tiny_gpt2, method="fedlora", out=str(tmp_path / "v"), max_len=48,
                         data_dir=str(FIXTURES / "data"), train_samples=32, server_order="fifo", epochs=epochs)
     sim = predict(vc, m)
     measured = read_chrome_trace(tmp_path / "run" / "trace.json")
-    for server, fedavg in zip(("mec-a", "mec-b"), CASES[every, epochs], strict=True):
+    for server, fedavg in zip(("mec-a", "mec-b"), CASES[every, epochs, drop], strict=True):
         ops = server_ops(measured, server)
         assert ops == server_ops(sim.events, server) and ops.count("A") == fedavg
     rounds = ops.count("S")
@@ -75,14 +80,15 @@ def test_rounds_with_a_handover_and_a_drop_equal_the_runtimes(tiny_gpt2, tmp_pat
     assert sim.sync_rounds == rounds and m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
     assert [(h["from"], h["to"], h["sent_before"]) for h in m["handovers"]] == \
         [(h["from"], h["to"], h["sent_before"]) for h in sim.handovers] == [("mec-a", "mec-b", 2)]
-    assert m["samples_not_trained"] == sim.samples_not_trained == {"stay-b": 8 * epochs}
+    gone = ["stay-a", "stay-b"] if drop else ["stay-b"]
+    assert m["samples_not_trained"] == sim.samples_not_trained == dict.fromkeys(gone, 8 * epochs)
     # per device: mover's downloads came from both servers (summed: merge_servers); uploads carry the runtime's loss
-    # record too (3 floats an optimizer step, one a micro-batch). stay-b, never online, gets each epoch's first
-    # round's average in the runtime (counted when sent), in the simulator nothing (no download completes).
-    movers = {n: sim.downlink_bytes_by_device[n] for n in ("mover", "stay-a")}
-    assert {n: m["downlink_bytes_by_device"][n] for n in movers} == movers
-    assert m["uplink_bytes_by_device"] == {n: b + 12 * {"mover": 4, "stay-a": 2, "stay-b": 0}[n] * epochs
-                                           for n, b in sim.uplink_bytes_by_device.items()}
+    # record too (3 floats an optimizer step, one a micro-batch). A device that left gets each later round's average
+    # in the runtime (counted when sent, stay-b's never online), in the simulator nothing (no download completes).
+    trained = [n for n in ("mover", "stay-a") if n not in gone]
+    assert {n: m["downlink_bytes_by_device"][n] for n in trained} == {n: sim.downlink_bytes_by_device[n] for n in trained}
+    steps = {"mover": 4, "stay-a": 0 if drop else 2, "stay-b": 0}
+    assert m["uplink_bytes_by_device"] == {n: b + 12 * steps[n] * epochs for n, b in sim.uplink_bytes_by_device.items()}
 
 
 # -- the simulator alone -----------------------------------------------------------------------------------------
