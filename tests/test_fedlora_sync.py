@@ -53,11 +53,13 @@ def handover_scenario(tmp_path: Path, every: int, drop: bool = False) -> Path:
 # simulator used to count 0 rounds here: its rounds were per device, left out with handovers). How many a waiting
 # server answers is the backhaul's rule (sfsim.network.backhaul.ServerRounds.idle, the runtime's ServerSync.idle):
 # both halves follow it, so they are compared with each other, op for op.
-CASES = {(1, 1, False): (1, 1), (2, 2, True): (1, 3)}
+CASES = {(1, 1, False): (1, 1), (2, 2, True): (1, 3), (1, 2, True): (1, 3), (2, 1, False): (1, 1)}
+SLOW = [(1, 2, True), (2, 1, False)]  # the other two combinations, ~10 s each
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize(("every", "epochs", "drop"), list(CASES))
+@pytest.mark.parametrize(("every", "epochs", "drop"),
+                         [pytest.param(*c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES])
 def test_rounds_with_a_handover_and_a_drop_equal_the_runtimes(tiny_gpt2, tmp_path, every, epochs, drop):
     from sfsim.outputs.trace import read_chrome_trace
     from tests.test_multiserver import _cfg
