@@ -16,7 +16,9 @@ profile) on five small fleets and prints the total error of each, the median, an
 * ``handover-splitlora``, ``handover-fedlora``: ``handover``'s fleet without ``training.sync`` for each baseline
   (tests/test_handover.py's scenario: mec-b waits for the visitor, then both servers close the epoch);
 * ``handover-splitlora-sync``: the same SplitLoRA fleet with its ``sync: {every: 2}`` (mec-b answers mec-a's rounds
-  while it waits for the visitor).
+  while it waits for the visitor);
+* ``handover-fedlora-sync``: the FedLoRA fleet with its ``sync: {every: 2}`` (each server's rounds, as the runtime's:
+  sfsim.schedules.fedsync).
 
 Usage (not CI; a few minutes)::
 
@@ -53,7 +55,8 @@ RUNS = {"sync2": ("runtime_two_servers_churn.yaml", "splitfrozen", 1),
         "joint2": ("static-joint", "splitfrozen", 1),
         "handover-splitlora": ("handover-splitlora", "splitlora", 1),
         "handover-fedlora": ("handover-fedlora", "fedlora", 1),
-        "handover-splitlora-sync": ("handover-splitlora-sync", "splitlora", 1)}
+        "handover-splitlora-sync": ("handover-splitlora-sync", "splitlora", 1),
+        "handover-fedlora-sync": ("handover-fedlora-sync", "fedlora", 1)}
 
 
 def static_sync_scenario(folder: Path, fed: bool = False, close: bool = False, joint: bool = False) -> Path:
@@ -139,7 +142,8 @@ def main() -> None:
                 "static-joint": lambda folder: static_sync_scenario(folder, joint=True),
                 "handover-splitlora": lambda folder: handover_scenario(folder, "splitlora"),
                 "handover-fedlora": lambda folder: handover_scenario(folder, "fedlora"),
-                "handover-splitlora-sync": lambda folder: handover_scenario(folder, "splitlora", sync=True)}
+                "handover-splitlora-sync": lambda folder: handover_scenario(folder, "splitlora", sync=True),
+                "handover-fedlora-sync": lambda folder: handover_scenario(folder, "fedlora", sync=True)}
         path = made[scen](out) if scen in made else FIX / scen
         folder = out / name
         if folder.exists():

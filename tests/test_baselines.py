@@ -160,9 +160,9 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
 
 
 def test_simulate_says_which_schedules_leave_backhaul_sync_out():
-    """Two servers: every schedule's rounds are simulated (tests/test_baseline_sync.py), but FedLoRA's
-    training.sync with handovers (SplitLoRA's over several epochs too, now: tests/test_idle_rounds.py), and over several
-    epochs FedLoRA and SplitFrozen close them at the run's end; the simulator says so. Without training.sync the
+    """Two servers: every schedule's rounds are simulated (tests/test_baseline_sync.py), FedLoRA's training.sync with
+    handovers too (tests/test_fedlora_sync.py), SplitLoRA's over several epochs too (tests/test_idle_rounds.py); over
+    several epochs SplitFrozen closes them at the run's end, and the simulator says so. Without training.sync the
     closing rounds are simulated too, with handovers as well (no note)."""
     from sfsim.cli import main as cli
 
@@ -170,8 +170,7 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
                                    "--schedule", "all", "--split", "2"])
     assert res.exit_code == 0, res.output
     assert "backhaul rounds out" not in res.output and "closes the backhaul rounds" not in res.output
-    for sync, expected in (([], ["note: fedlora: training.sync between servers is not simulated with handovers "
-                                 "(FedLoRA); these figures leave the backhaul rounds out (sfsim run does make them)"]), (["--set", "training.sync=null"], [])):
+    for sync, expected in (([], []), (["--set", "training.sync=null"], [])):
         moving = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_handover.yaml"),
                                           "--schedule", "all", "--split", "1", *sync])
         assert moving.exit_code == 0, moving.output
@@ -179,7 +178,7 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     two = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                    "--schedule", "all", "--split", "2", "--set", "training.epochs=2"])
     assert two.exit_code == 0, two.output
-    assert ("note: splitfrozen, splitfrozen-sequential, fedlora: the simulator closes the backhaul rounds at the run's "
+    assert ("note: splitfrozen, splitfrozen-sequential: the simulator closes the backhaul rounds at the run's "
             "end (its epochs run back to back); sfsim run closes them after each of the 2 epochs") in two.output
     plain = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                      "--schedule", "all", "--split", "2", "--set", "training.sync=null"])

@@ -127,11 +127,10 @@ def test_fedlora_goes_back_and_forth_as_the_simulator_says(tiny_gpt2, tmp_path):
     """FedLoRA A -> B -> A -> B, a round per micro-batch: mover uploads at ~0.6, 1.35, 2.1 and 2.85 s, each to the
     server of the leg holding when the upload starts (0.3 s: B, 1.0 s: A, 2.5 s: B).
 
-    Without ``training.sync`` (the simulator leaves its rounds out with handovers, ``sfsim simulate`` says so; the
-    closing round it makes, after each server's end), while the runtime's servers wait for each other at every sync round. With the fixture's ``sync: {every: 2,
-    mode: sync}`` mec-b holds mover's second round until mec-a's second round (~1.5 s), so its third upload starts
-    after 2.5 s and the runtime counts 2 micro-batches before that handover where the simulator says 3: the runtime
-    is right, the simulator does not model the wait."""
+    Without ``training.sync`` (the closing round only, after each server's end), so that the uploads come at these
+    times: with the fixture's ``sync: {every: 2, mode: sync}`` mec-b holds mover's second round until mec-a's second
+    round (~1.5 s), so its third upload starts after 2.5 s (the simulator models that wait too, with each server's
+    rounds: tests/test_fedlora_sync.py)."""
     data = yaml.safe_load(_scenario(tmp_path, "fedlora").read_text())
     data["training"]["local_steps"] = 1
     del data["training"]["sync"]
@@ -167,7 +166,7 @@ def test_handovers_over_two_epochs(tiny_gpt2, tmp_path, method, legs, before, un
 
     data = yaml.safe_load(((FIXTURES / "runtime_handover.yaml") if method == "splitfrozen"
                            else _scenario(tmp_path, method)).read_text())
-    if method == "fedlora":  # no training.sync: the simulator leaves its rounds out with handovers (see above)
+    if method == "fedlora":  # no training.sync, as above (its rounds with handovers: tests/test_fedlora_sync.py)
         del data["training"]["sync"]
     data["devices"][0]["handover"] = [{"at": f"{at} s", "to": to} for to, at in legs]
     rep, m, run = _validate(tiny_gpt2, tmp_path, method, data, "--epochs", "2")

@@ -111,17 +111,12 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
 
 
 def _sync_note(sc, results: dict) -> None:
-    """Say where the figures leave out backhaul rounds that ``sfsim run`` makes (every method's servers sync, and
-    without ``training.sync`` still close each epoch with one round when a backhaul link is declared): training.sync
-    with handovers (FedLoRA), and over several epochs where the simulator closes them at the run's end."""
+    """Say where the simulated backhaul rounds are placed other than where ``sfsim run`` makes them (every method's
+    servers sync, and without ``training.sync`` still close each epoch with one round when a backhaul link is
+    declared): over several epochs, where the simulator closes them at the run's end."""
     if len(sc.servers) < 2 or (sc.training.sync is None and all(s.backhaul is None for s in sc.servers)):
         return
-    unsynced = [n for n, r in results.items() if n not in SPLITFROZEN and not r.backhaul_bytes_by_server]
-    if unsynced:
-        click.echo(f"note: {', '.join(unsynced)}: training.sync between servers is not simulated with handovers "
-                   "(FedLoRA); these figures leave the backhaul rounds out (sfsim run does make them)")
-    once = [n for n, r in results.items() if ((n == "fedlora" and sc.training.sync) or n in SPLITFROZEN
-                                              or (n == "splitlora" and r.handovers and not sc.training.sync))
+    once = [n for n, r in results.items() if (n in SPLITFROZEN or (n == "splitlora" and r.handovers and not sc.training.sync))
             and r.backhaul_bytes_by_server]
     if once and sc.training.epochs > 1:
         click.echo(f"note: {', '.join(once)}: the simulator closes the backhaul rounds at the run's end (its epochs "

@@ -5,8 +5,8 @@ SimPy) and ``run(engine, job, cfg)`` (SimPy processes on :class:`sfsim.engine.po
 ``run`` with hand-made :class:`~sfsim.engine.pool.DeviceTimes` to check exact timelines.
 
 Multi-server scenarios: each device talks to its assigned server; each server trains its own
-replica (and, for fedlora/splitlora, averages only its own devices' adapters). Synchronisation
-between servers is not modelled.
+replica (and, for fedlora/splitlora, averages only its own devices' adapters); the servers' backhaul
+rounds follow the runtime's (:mod:`sfsim.network.backhaul`; FedLoRA's: :mod:`sfsim.schedules.fedsync`).
 """
 
 from sfsim.schedules.common import (

@@ -29,13 +29,9 @@ FedAvg membership (:class:`FedGroup`, one per server) follows the devices:
   off is lost. Its micro-batches count as trained once their round's upload has been sent; the
   others are its ``samples_not_trained``. A download cut off loses nothing already trained.
 
-Several servers with ``training.sync`` (:class:`sfsim.network.backhaul.ServerRounds`, as
-the runtime's ``fed_round``): a server's FedAvg rounds count; after every ``every``-th (every one with ``every:
-1`` in ``sync`` mode) it joins the servers' backhaul round before its devices download the average (a barrier
-in ``sync`` mode), and after its last it answers the others' rounds until none trains, then a closing round
-when one is due; a round whose devices all left before uploading ends empty, as the runtime's. With handovers
-``training.sync``'s rounds are left out (``sfsim simulate`` says so: a server waiting for a visitor answers the
-others' rounds with zeros, not modelled). Without ``training.sync`` each epoch ends with the servers' closing round
+Several servers with ``training.sync``: each server's rounds as the runtime forms them, per server and per epoch,
+with handovers and availability (:mod:`sfsim.schedules.fedsync`; the servers' backhaul rounds after their FedAvg
+rounds, the drain and closing round at each epoch's end). Without ``training.sync`` each epoch ends with the servers' closing round
 (:class:`EpochClose`, as the runtime's): from each server's epoch end (its epoch's last FedAvg, or its last device
 gone), a barrier over the servers, and the next epoch's rounds start when it is back.
 
@@ -49,8 +45,9 @@ import bisect
 import math
 
 from sfsim.engine.pool import DeviceTimes, Engine, FifoLane, ServerTimes
-from sfsim.network.backhaul import Closed, ServerRounds, sync_spec
+from sfsim.network.backhaul import Closed, sync_spec
 from sfsim.network.legs import Leg, Motion, gone_at, online, record_online, span
+from sfsim.schedules import fedsync
 from sfsim.schedules.common import (
     Job,
     ReplayConfig,
@@ -83,9 +80,7 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         job.device_flops[d.name] = dt.units(n) * full.total
     job.network = every_device(setup, job)
     spec = sync_spec(sc, adapter)  # the servers' averages: every block's adapters and the head
-    moves = job.network is not None and any(len(m.legs) > 1 for m in job.network.motions.values())
-    if spec is not None and (spec.every is None or not moves):  # training.sync with handovers: left out
-        job.sync = spec  # every None: each epoch's closing round in the replay (EpochClose)
+    job.sync = spec  # every None: each epoch's closing round in the replay (EpochClose); else per-server rounds
     return job
 
 
@@ -151,19 +146,16 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     motions = net.motions if net is not None else {i: still(d) for i, d in enumerate(job.devices)}
     engine.soft_timers = any(len(m.legs) > 1 or m.avail is not None for m in motions.values())
     plan = dict(enumerate(plans(job.devices, per)))  # each device's rounds, per epoch as the runtime's
-    n_rounds = {i: len(p) for i, p in plan.items()}
+    if job.sync is not None and job.sync.every is not None:  # training.sync: each server's rounds, as the runtime's
+        fedsync.run(engine, job, cfg, motions, plan, width(job.devices, per))
+        return
     most = max((p[-1][0] + 1 for p in plan.values() if p), default=0)  # FedAvg slots
     fed_groups = []
-    closing = job.sync is not None and job.sync.every is None  # no training.sync: each epoch's closing round
-    backhaul = job.sync.start(engine) if job.sync is not None and not closing else None
-    for k, srv in enumerate(job.servers):
+    for srv in job.servers:
         lane = FifoLane(engine, srv.lane(0))
         engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
         fed_groups.append(FedGroup(engine, lane, srv.aggregate, most))
-        if backhaul is not None:
-            own = [n_rounds[i] for i, d in enumerate(job.devices) if d.server == k and d.n]
-            fed_groups[-1].backhaul(ServerRounds(backhaul, k, job.sync.payload, job.sync.closing), max(own, default=0))
-    if closing:
+    if job.sync is not None:  # no training.sync: each epoch's closing round
         EpochClose(engine, job.sync, fed_groups, width(job.devices, per))
     members = Membership(engine, fed_groups, motions, plan)
     for i in [i for _, ids in groups(job.devices).items() for i in ids]:  # the results' order: by server
@@ -204,18 +196,7 @@ class FedGroup:
         self.closes: list = []  # no training.sync: each epoch's closing round back here (:class:`EpochClose`)
         self.width = 1  # with them: slots an epoch
         self.on_wait = None  # called with r when an arrival has to wait (Membership keeps the run alive)
-        self.sync: ServerRounds | None = None  # the backhaul rounds after each FedAvg (:meth:`backhaul`)
-        self.next, self.over, self.prev = 0, False, None  # with them: the round under way, ended, the last one's process
         self.end = 0.0  # when its last round ended or its last expected device left (its epoch's end)
-
-    def backhaul(self, sync: ServerRounds, n_rounds: int) -> None:
-        """After each FedAvg round the server joins the servers' backhaul round (when due) before its devices
-        download, and after its last (no device expected for the next) it ends as the runtime's ``fed_finish``.
-        A round whose every expected device left before uploading ends empty, as in the runtime."""
-        self.sync = sync
-        if n_rounds == 0:  # a server without devices: it answers the others' rounds from the start
-            self.over = True
-            self.engine.env.process(sync.finish(0.0))
 
     def join(self, i: int, lo: int, hi: int, slots: list[int]) -> None:
         """Device ``i`` (its rounds at ``slots``) is expected here for its rounds in slots ``lo..hi-1``."""
@@ -272,30 +253,7 @@ class FedGroup:
             self.closed[r] = True
             (end,) = self.lane.serve([("aggregate", self.per_device * self.arrived[r])])
             self.end = max(self.end, end)
-            if self.sync is not None:
-                self._backhaul_round(r, end)
-            else:
-                self.engine.succeed_at(self.done[r], end)
-        elif self.sync is not None and not self.closed[r] and not self.need[r] and r == self.next and not self.over:
-            self.closed[r] = True  # every device of the round under way left before uploading: it ends empty
-            self._backhaul_round(r, self.engine.env.now)
-
-    def _backhaul_round(self, r: int, end: float) -> None:
-        """Round ``r`` ended at ``end``: the last when no device is expected for the next (runtime: none has data
-        left); its backhaul round follows the previous one's."""
-        self.next = next((s for s in range(r + 1, len(self.need)) if self.need[s]), len(self.need))
-        last = self.next >= len(self.need)
-        self.over = last
-        self.prev = self.engine.env.process(self._synced(r, end, last, self.prev))
-
-    def _synced(self, r: int, end: float, last: bool, prev):
-        """Round ``r``'s average goes to the backhaul round (a barrier in sync mode) before the devices get it."""
-        if prev is not None:
-            yield prev
-        t = yield from self.sync.fed_round(max(end, self.engine.env.now), last=last)
-        self.engine.succeed_at(self.done[r], max(t, self.engine.env.now))
-        if last:
-            yield from self.sync.finish(t)
+            self.engine.succeed_at(self.done[r], end)
 
 
 class EpochClose:

@@ -46,6 +46,11 @@ _BY_DEVICE = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_devic
               "peak_rss_bytes_by_role", "lost_devices", "server_flops", "dropped_peers")
 
 
+#: Per-device counts each server adds to: a server's downlink bytes to a device, and the device's own report (flops,
+#: uplink bytes: to the server it ends on); summed over the servers, or a device that handed over keeps one server's.
+_COUNTED = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device")
+
+
 #: Totals of metrics.json summed over the servers.
 _SUMMED = ("device_flops_total", "server_flops_total", "uplink_bytes", "downlink_bytes", "header_bytes",
            "train_samples", "cpu_s")
@@ -61,6 +66,7 @@ def _part_error(part: dict) -> str | None:
     if not (isinstance(m, dict) and isinstance(ev, list) and isinstance(sync, dict)):
         return "not {metrics: {...}, events: [...], sync: {...}}"
     bad = [k for k in _BY_DEVICE if k in m and not isinstance(m[k], dict)]
+    bad += [k for k in _COUNTED if isinstance(m.get(k), dict) and not all(_num(v) for v in m[k].values())]
     bad += [k for k in _SUMMED + ("peak_rss_bytes",) if not _num(m.get(k, 0))]
     bad += [k for k in ("phase_s", "server_flops") if not (isinstance(m.get(k, {}), dict)
                                                           and all(_num(v) for v in m.get(k, {}).values()))]
@@ -93,6 +99,8 @@ def merge_servers(parts: list[dict], fl) -> dict:
     for key in _BY_DEVICE:
         if isinstance(m.get(key), dict):
             m[key] = {k: v for x in ms for k, v in x.get(key, {}).items()}
+    for key in _COUNTED:  # a device that moved was counted by every server it talked to (0 by the others)
+        m[key] = {k: sum(x.get(key, {}).get(k, 0) for x in ms) for k in m[key]}
     order = {n: i for i, n in enumerate(fl.devices)}
     for key in ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device", "samples_by_device"):
         m[key] = dict(sorted(m[key].items(), key=lambda kv: order.get(kv[0], -1)))

@@ -531,7 +531,7 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
     devices = [d.name for d in setup.devices]
     stream = method.server_stream
     mixing = stream_mixing([d for d, _ in stream], [lab for _, lab in stream], window=max(4 * len(devices), 1))
-    summary = m.summary(devices)
+    summary = m.summary(devices + [n for n in m.downlink_bytes if n not in devices])  # and those that moved away
     link_s = {d.name: summary["uplink_bytes_by_device"][d.name] * 8 / d.uplink.bandwidth for d in scenario.devices
               if d.name in summary["uplink_bytes_by_device"]}  # this server's devices
     last, major = (info["scores"] or [{}])[-1], info["majority"] or {}
