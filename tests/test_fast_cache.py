@@ -17,6 +17,10 @@ def test_cache_folder_follows_every_source(tmp_path):
     helper = tmp_path / "heap.py"  # a helper inlined into the kernels, not the kernel's own file
     helper.write_text(helper.read_text() + "\n# edited\n")
     assert jit.cache_dir(tmp_path) != first
+    second = jit.cache_dir(tmp_path)
+    warm = tmp_path / "warm.py"  # no kernel reads it: editing it compiles nothing afresh
+    warm.write_text(warm.read_text() + "\n# edited\n")
+    assert jit.cache_dir(tmp_path) == second
 
 
 @pytest.mark.skipif(not jit.COMPILED, reason="numba is not installed")
