@@ -1,7 +1,9 @@
 """Benchmark: the fast path (sfsim.fast) against the SimPy engine and a naive SimPy model, at fleet scale.
 
 Prints, in one run (CPU seconds beside every wall time: the machine is shared, and on a busy machine
-wall time is several times the CPU time a run needed):
+wall time is several times the CPU time a run needed; the load average first and last). Whole processes
+run as an installed sfsim does, with Python's byte-code caches (written by an untimed first process),
+whatever ``PYTHONDONTWRITEBYTECODE`` says:
 
 1. micro-batches per second of the fast path, the SimPy engine and the naive SimPy model of
    ``bench_engine.py`` on the same fleets (the SimPy ones on the smaller fleets only), and whether
@@ -19,7 +21,11 @@ wall time is several times the CPU time a run needed):
    fleet with every uplink a repeating rate trace and every device paused by an on/off process
    (:func:`dynamic_fleet`), and whether the makespans are equal (``--dynamic``: only this);
 6. the ``pool`` policy's peak memory on the fast path (tracemalloc) at 8 devices x 200 and x 40,000
-   micro-batches and at 800 devices x 200: it grows with devices, not with the run (``--pool``: only this).
+   micro-batches and at 800 devices x 200: it grows with devices, not with the run (``--pool``: only this);
+7. ``--memory`` only: peak traced memory (tracemalloc) and the process's peak resident memory of fast
+   replays of 10,000 devices x 1,000 micro-batches (``--quick``: 1,000 x 100) with pause churn
+   (:func:`dynamic_fleet`) and with handovers (``bench_handover.py``'s fleet), and a digest of every
+   figure (to compare two checkouts).
 
 Run: ``.venv/bin/python bench/bench_scale.py [--quick] [--sweep-points N] [--dynamic] [--plans]`` (``--quick``:
 smaller sizes, for a smoke test).
@@ -121,14 +127,26 @@ def whole_process(args: list[str]) -> tuple[float, float, float, list[str]]:
     """
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([sys.executable, "-m", "sfsim", *args], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run([sys.executable, "-m", "sfsim", *args], cwd=ROOT, capture_output=True, text=True, env=_env())
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # ru_maxrss: KiB, the largest child so far
     if out.returncode:
         raise SystemExit(f"sfsim {' '.join(args)} failed: {out.stderr.strip().splitlines()[-1:]}")
     cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     return wall, cpu, max(r1.ru_maxrss, r0.ru_maxrss) / 2**20, out.stdout.strip().splitlines()
+
+
+def _env() -> dict:
+    """The child's environment: this checkout first, and byte-code caching on (as an installed sfsim has it)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def settle() -> None:
+    """One untimed ``python -m sfsim --help`` (writes the byte-code caches a user's install has), and the load."""
+    subprocess.run([sys.executable, "-m", "sfsim", "--help"], cwd=ROOT, capture_output=True, env=_env(), check=True)
+    print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
 
 
 def rates(sizes: list[tuple[int, int]], simpy_upto: int) -> None:
@@ -209,6 +227,30 @@ def pool_memory() -> None:
         print(f"   {devices:,} devices x {mb:,} micro-batches: {peak / 1024:,.1f} KiB ({makespan:,.1f} s simulated)")
 
 
+def moving_memory(devices: int, mb: int) -> None:
+    """Item 7: peak traced and resident memory of fast replays with pause churn and with handovers."""
+    import hashlib
+    import tracemalloc
+
+    from bench_handover import handover_fleet, run_fast
+
+    replay(dynamic_fleet(10, 2), CFG)  # load the compiled kernels (not measured)
+    run_fast(handover_fleet(10, 2, 1.0), False)
+    print(f"7. fast path with moving devices, {devices:,} devices x {mb:,} micro-batches: peak memory")
+    length = replay(fleet(devices, mb, servers=4), CFG)[1]
+    for label, make in [("pause churn", lambda: dynamic_fleet(devices, mb)),
+                        ("handovers", lambda: handover_fleet(devices, mb, length))]:
+        job = make()
+        tracemalloc.start()
+        out, wall, cpu = timed(run_fast, job, False)  # (makespan, every figure SimResult reports)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        digest = hashlib.sha1(repr(out).encode()).hexdigest()[:12]
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+        print(f"   {label}: traced peak {peak / 2**20:,.1f} MiB, process peak resident {rss:,.0f} MiB so far; "
+              f"{wall:.1f} s wall, {cpu:.1f} s CPU; figures' digest {digest}", flush=True)
+
+
 def run_engine(job) -> float:
     """The SimPy engine's makespan of ``job``."""
     engine = Engine()
@@ -233,11 +275,16 @@ def main() -> None:
     ap.add_argument("--dynamic", action="store_true", help="only the dynamic network's micro-batches/s (item 5)")
     ap.add_argument("--plans", action="store_true", help="only the planner's times and gaps (item 3)")
     ap.add_argument("--pool", action="store_true", help="only the pool policy's memory (item 6)")
+    ap.add_argument("--memory", action="store_true", help="only the dynamic network's memory (item 7)")
     args = ap.parse_args()
+    if args.memory:
+        moving_memory(*((1000, 100) if args.quick else (10_000, 1000)))
+        return
     if args.pool:
         pool_memory()
         return
     if args.plans:
+        settle()
         with tempfile.TemporaryDirectory() as tmp:
             plans(Path(tmp) / "fleet.yaml", 1000 if args.quick else 10_000, fresh=not args.quick)
         return
@@ -249,6 +296,7 @@ def main() -> None:
         print("\n".join(rates_lines(args.schedule)))
         return
     big, plan_big = (2000, 1000) if args.quick else (100_000, 10_000)
+    settle()
     print("1. micro-batches/s on the bench_engine.py fleets (4 single-worker servers, buffer 64, accumulate 4)")
     rates([(1000, 100), (10_000, 100), (big, 100)], simpy_upto=10_000)
     with tempfile.TemporaryDirectory() as tmp:
@@ -263,6 +311,7 @@ def main() -> None:
     print("5. micro-batches/s on the dynamic network (bench_engine.py fleet, 4 servers, buffer 64, accumulate 4)")
     dynamic_rates([(1000, 100)] if args.quick else [(1000, 100), (10_000, 100)])
     pool_memory()
+    print("load average at the end (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 def sweep(path: Path, points: int, devices: int) -> None:

@@ -17,6 +17,10 @@ def test_cache_folder_follows_every_source(tmp_path):
     helper = tmp_path / "heap.py"  # a helper inlined into the kernels, not the kernel's own file
     helper.write_text(helper.read_text() + "\n# edited\n")
     assert jit.cache_dir(tmp_path) != first
+    second = jit.cache_dir(tmp_path)
+    warm = tmp_path / "warm.py"  # no kernel reads it: editing it compiles nothing afresh
+    warm.write_text(warm.read_text() + "\n# edited\n")
+    assert jit.cache_dir(tmp_path) == second
 
 
 @pytest.mark.skipif(not jit.COMPILED, reason="numba is not installed")
@@ -37,3 +41,27 @@ def test_prune_keeps_only_the_current_cache(tmp_path):
     keep = cache / "numba-new"
     jit._prune(keep)
     assert sorted(p.name for p in cache.iterdir()) == ["kernel.cpython-313.pyc"]
+
+
+@pytest.mark.skipif(not jit.COMPILED, reason="numba is not installed")
+def test_static_replay_shares_the_dynamic_kernels_specialisation():
+    """kernel.replay_server (the planner's enumeration) calls replay_dynamic with the types the Python callers
+    use: one compile of the largest kernel, not two."""
+    from sfsim.engine.pool import DeviceTimes, ServerTimes
+    from sfsim.fast import kernel, replay, warm
+    from sfsim.schedules import Job, ReplayConfig
+
+    job = Job([DeviceTimes("d0", 0, 3, f=0.01, up_s=0.02, up_l=0.001, srv_f=0.004, srv_b=0.006, srv_w=0.002)],
+              [ServerTimes("s", 1, 0.001)])
+    replay(job, ReplayConfig(buffer=4, accumulate=2))
+    warm._static_kernel()
+    assert len(kernel.replay_dynamic.signatures) == 1
+
+
+def test_warm_up_parts_cover_every_step_once():
+    from sfsim.fast import warm
+
+    steps = [step for part in warm.STEPS for step in part]
+    assert len(steps) == len(set(steps)) and len(warm.STEPS) == 2
+    assert {schedule for _, schedule in steps} >= {"splitfrozen", "splitlora", "fedlora", "cenlora", "pool", "plan"}
+    assert {label for label, _ in steps} == set(warm._SCENARIOS)

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from sfsim.engine.policies import PACED
-from sfsim.fast import handover, mixing
+from sfsim.fast import handover
 from sfsim.fast.kernel import (
     _N,
     OUT_BUSY,
@@ -84,15 +84,16 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         d, start = devices[i], rows[i][1][0]
         horizon = max(horizon, 2.0 * d.sent * (d.f + d.up_s + d.up_l) + (start if start < math.inf else 0.0))
     where = np.array([d.server for d in devices], np.int64)
-    touched = {m.legs[0].server for m in moving.values() if m.avail is not None}
+    touched = {m.legs[0].server for m in moving.values() if m.avail is not None}  # ServerPool.mix_received
     while True:
         prog.draw_all(horizon)
         RP = prog.arrays()
-        outs = _servers(job, cfg, sequential, D, N, where, rows, touched, RP)
+        outs = _servers(job, cfg, sequential, D, N, where, rows, RP)
         if not any(o[0][OUT_STUCK] for o in outs):
             break
         horizon = max(2.0 * horizon, 2.0 * float(RP[4][:-1].max()))
-    return _collect(job, outs, moving, where)
+    return _collect(job, _measured(job, cfg, sequential, D, N, where, rows, RP, outs, touched), moving, where,
+                    touched)
 
 
 def _row(d, m, node: tuple[int, int]) -> tuple:
@@ -101,15 +102,16 @@ def _row(d, m, node: tuple[int, int]) -> tuple:
     return node, (m.start, m.stop, d.up_bytes * 8.0, leg.up_l), m.send_s
 
 
-def _servers(job, cfg, sequential, D, N, where, rows, touched, RP) -> list[tuple]:
-    """Every server's replay ``(out, Y, stream, local devices)``; servers left waiting on soft timers go on to the run's end."""
-    outs = [_server(job, cfg, sequential, D, N, where, rows, touched, RP, k, -math.inf)
+def _servers(job, cfg, sequential, D, N, where, rows, RP) -> list[tuple]:
+    """Every server's replay ``(out, Y, local devices, soft_until)``; servers left waiting on soft timers go on to the
+    run's end."""
+    outs = [_server(job, cfg, sequential, D, N, where, rows, RP, k, -math.inf)
             for k in range(len(job.servers))]
     end = max(o[0][OUT_MAKESPAN] for o in outs)
     for _ in range(len(outs) if len(outs) > 1 else 0):
         if not any(o[0][OUT_STALLED] for o in outs):
             break
-        outs = [_server(job, cfg, sequential, D, N, where, rows, touched, RP, k, end) if o[0][OUT_STALLED] else o
+        outs = [_server(job, cfg, sequential, D, N, where, rows, RP, k, end) if o[0][OUT_STALLED] else o
                 for k, o in enumerate(outs)]
         new_end = max(o[0][OUT_MAKESPAN] for o in outs)
         if new_end == end:
@@ -118,8 +120,28 @@ def _servers(job, cfg, sequential, D, N, where, rows, touched, RP) -> list[tuple
     return outs
 
 
-def _server(job, cfg, sequential, D, N, where, rows, touched, RP, k, soft_until) -> tuple:
-    """Replay server ``k`` with its moving devices' rows; soft timers before ``soft_until`` run regardless."""
+def _measured(job, cfg, sequential, D, N, where, rows, RP, outs, touched: set) -> list[tuple]:
+    """``outs``, with each ``touched`` server whose devices left early replayed again for its stream mixing.
+
+    A server whose devices churn measures its stream against the micro-batches it received in the end
+    (:meth:`sfsim.engine.pool.ServerPool.mix_received`), which the first replay only guesses (its
+    devices' micro-batches). Where a device left early the guess was wrong, and the server is replayed
+    once more (the same run) with the totals the first replay found: memory stays O(devices), where
+    keeping the received stream to measure at the end grew with the run.
+    """
+    out = list(outs)
+    for k, (_, Y, sel, soft_until) in enumerate(outs):
+        if k in touched and not np.array_equal(Y[5], N[_N, sel]):
+            out[k] = _server(job, cfg, sequential, D, N, where, rows, RP, k, soft_until, Y[5].copy())
+    return out
+
+
+def _server(job, cfg, sequential, D, N, where, rows, RP, k, soft_until, totals=None) -> tuple:
+    """Replay server ``k`` with its moving devices' rows; soft timers before ``soft_until`` run regardless.
+
+    ``totals``: per local device the micro-batches its stream mixing is measured against (None: its
+    devices' micro-batches, :func:`_measured`).
+    """
     sel = np.flatnonzero(where == k)
     Dk, Nk = np.ascontiguousarray(D[:, sel]), np.ascontiguousarray(N[:, sel])
     mine = [i for i in sel.tolist() if i in rows]
@@ -132,31 +154,27 @@ def _server(job, cfg, sequential, D, N, where, rows, touched, RP, k, soft_until)
     YN = np.full((r, 3), -1, np.int64)
     for y, i in enumerate(mine):
         YI[y], YF[y], YS[y] = rows[i]
-    Y = (DY, YI, YF, YS, YN, np.zeros(len(sel), np.int64))
+    Y = (DY, YI, YF, YS, YN, np.zeros(len(sel), np.int64) if totals is None else totals)
     soft_room = int(sum(job.devices[i].sent for i in mine if rows[i][1][1] < math.inf)) + 1
-    stream = np.zeros(int(Nk[_N].sum()) if k in touched else 0, np.int64)
     paced = (paced_segments([job.devices[i] for i in sel], PACED[cfg.policy]) if cfg.policy in PACED
              else (np.zeros(0, np.int64),) * 4)
     out = run(Dk, Nk, job.servers[k], cfg, sequential, [job.devices[i] for i in sel], paced, 0.0,
-              Y, RP, stream, soft_room, soft_until)
-    return out, Y, stream, sel
+              Y, RP, np.zeros(0, np.int64), soft_room, soft_until)
+    return out, Y, sel, soft_until
 
 
-def _collect(job, outs, moving, where) -> tuple[list[dict], np.ndarray, np.ndarray]:
+def _collect(job, outs, moving, where, touched: set) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """Per-server figures, and per device busy seconds and uplink bytes (the moving ones' as they went)."""
     devices, results = job.devices, []
     busy = np.array([d.units(d.sent) * d.f + d.first_extra(d.sent) for d in devices], np.float64)
     up = np.array([d.units(d.sent) * d.up_bytes for d in devices], np.float64)
-    for out, Y, stream, sel in outs:
+    for k, (out, Y, sel, _) in enumerate(outs):
         if out[OUT_OVERFLOW] or out[OUT_STUCK]:
             raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
         if out[OUT_UNCLAIMED]:  # the SimPy engine fails the same way
             raise RuntimeError(f"fast path: {int(out[OUT_UNCLAIMED])} micro-batches never processed")
-        count, total, value = int(out[OUT_TV_COUNT]), int(out[OUT_TOTAL]), float(out[OUT_TV_SUM])
-        if stream.shape[0]:  # devices joined and left: mixing over the stream received, with its final totals
-            totals = Y[5]
-            value, count = mixing.stream_value(stream[:int(totals.sum())], totals)
-            total = int(totals.sum())
+        count, value = int(out[OUT_TV_COUNT]), float(out[OUT_TV_SUM])
+        total = int(Y[5].sum() if k in touched else out[OUT_TOTAL])  # churn: what it received in the end
         results.append({"makespan": float(out[OUT_MAKESPAN]), "busy": float(out[OUT_BUSY]),
                         "wait": float(out[OUT_WAIT]), "end": float(out[OUT_END]),
                         "mixing": value / count if count else None, "total": total, "peak": float(out[OUT_PEAK])})

@@ -48,11 +48,11 @@ MAX_DEVICES = 1 << (_CODE_BITS - 3)
 (_EID, _WSEQ, _PSEQ, _UNCLAIMED, _IDLE_N, _ALARM_ID, _QHEAD, _QLEN, _PSIZE, _HELD, _SEG, _SEG_POS, _SEG_DONE,
  _TURN, _NTOUCHED, _SEEN, _BOUND, _TV_COUNT, _TOTAL, _BUFFER, _ACCUMULATE, _POLICY, _FLAGS, _CAP,
  _NEVENTS, _NPENDING, _NWAITERS, _NPROP, _OVERFLOW, _NSOFT, _NSTREAM,
- _SCOUNT, _SHOLD, _SLIMIT, _SBUF, _PCAP, _RPOS, _NSTEPS, _NEXITED) = range(39)
-S_SLOTS = 39
+ _SCOUNT, _SHOLD, _SLIMIT, _SBUF, _PCAP, _NSTEPS, _NEXITED) = range(38)
+S_SLOTS = 38
 # the pool policy (POOL): P rows are the senders' unsent, out and free (Senders); _SCOUNT devices free to
 # send, _SHOLD sent micro-batches holding a server credit, _SLIMIT / _SBUF their limits, _PCAP the pool's
-# capacity, _RPOS the next of the pre-drawn random words
+# capacity
 _SEQUENTIAL, _PER_DEVICE, _DECOMPOSE = 1, 2, 4  # bits of S[_FLAGS]
 # float scalars F
 _ALARM_AT, _TV_SUM, _WAIT_S, _BUSY, _END, _STEP, _FLIGHT, _SOFT_UNTIL, _PBYTES, _PPEAK, _LEAVE = range(11)

@@ -24,7 +24,6 @@ from sfsim.fast.events import (
     _END,
     _FLAGS,
     _FLIGHT,
-    _NSTREAM,
     _OVERFLOW,
     _PCAP,
     _POLICY,
@@ -49,10 +48,12 @@ from sfsim.fast.rates import Program, Unsupported, stuck
 from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout, pool_args
 
 
-def state(job, cfg, sequential: bool, ring: int, pool_rows: tuple) -> tuple:
+def state(job, cfg, sequential: bool, ring: int, pool_rows: tuple, totals=None) -> tuple:
     """The stacked per-server state of :func:`_loop` (``X``, ``Z``) and the workers' starts, before the run.
 
     ``pool_rows``: the ``pool`` policy's (words, activation bytes, per server (capacity, limit, credits)).
+    ``totals``: per server and device the micro-batches its stream mixing is measured against (None: the
+    devices it starts with; :func:`replay_job`).
     """
     devices, views = job.devices, job.network.views
     K, m = len(job.servers), len(devices)
@@ -71,22 +72,21 @@ def state(job, cfg, sequential: bool, ring: int, pool_rows: tuple) -> tuple:
     S2, F2, CR, P2 = _scalars(job, cfg, sequential, N2, cap, PA)
     counts = np.array([s.count for s in job.servers], np.int64)
     nw = int(counts.sum())
-    mixes = [mixing.start(N2[k, _N]) for k in range(K)]
-    touched = _touched(job.network.moving)
+    mixes = [mixing.start(N2[k, _N] if totals is None else totals[k]) for k in range(K)]
     X = (S2, F2, D2, N2, P2, np.zeros((K, 2, cap + m + 16)), np.zeros((K, 2, m + 16)), CR,
          np.zeros((K, m), np.bool_), np.zeros((K, m)), np.zeros((K, max(1, int(counts.max()))), np.int64),
          np.ascontiguousarray(N2[:, _N]))
     wcap = min(cfg.accumulate, total_all) + 2
     Z = (np.zeros((K, 2, m + 16)), np.zeros((K, cap), np.int64), np.zeros((K, cap), np.int64),
          np.zeros((K, 2, cap + 1), np.int64), *[np.ascontiguousarray(np.stack([x[q] for x in mixes])) for q in range(5)],
-         np.zeros((K, total_all if touched else 0), np.int64), np.zeros((7, nw), np.int64), np.zeros((3, nw)),
+         np.zeros((K, 0), np.int64), np.zeros((7, nw), np.int64), np.zeros((3, nw)),
          np.zeros((nw, wcap), np.int64), np.zeros((nw, wcap), np.int64), words, act, np.zeros(0, np.int64),
          np.zeros(m, np.int64))
     soft_room = sum(d.sent for d in devices) + len(job.network.moving) + 1
     events = np.empty((2, 2 * m + nw + 4 * cap * K + soft_room + 64))
     RN = np.zeros((K, ring), np.int64)
     RS = np.full((K, ring), -1, np.int64)
-    return events, X, Z, RN, RS, counts, np.array(where), touched
+    return events, X, Z, RN, RS, counts, np.array(where)
 
 
 def _scalars(job, cfg, sequential: bool, N2: np.ndarray, cap: int, PA: np.ndarray) -> tuple:
@@ -123,15 +123,6 @@ def _scalars(job, cfg, sequential: bool, N2: np.ndarray, cap: int, PA: np.ndarra
     return S2, F2, CR, P2
 
 
-def _touched(moving) -> set:
-    """Servers whose received stream is measured (a device hands over or churns there)."""
-    out = set()
-    for mv in moving.values():
-        if len(mv.legs) > 1 or mv.avail is not None:
-            out |= {leg.server for leg in mv.legs}
-    return out
-
-
 def program(net) -> tuple:
     """The rates of the moving devices: the program and, per device, its pause node and each leg's uplink node."""
     prog, nodes = Program(), {}
@@ -163,7 +154,27 @@ def _rows(job, nodes: dict) -> tuple[tuple, tuple]:
     return (DY, YI, YF, YS, YN), L
 
 
-def _pool_rows(job, cfg, sequential: bool, words: int) -> tuple:
+def _touched(moving) -> set:
+    """Servers whose received stream is measured (a device hands over or churns there)."""
+    out = set()
+    for mv in moving.values():
+        if len(mv.legs) > 1 or mv.avail is not None:
+            out |= {leg.server for leg in mv.legs}
+    return out
+
+
+def _measured(X, touched: set) -> np.ndarray | None:
+    """Per server the totals its stream mixing is measured against, when the replay's guess was wrong (else None).
+
+    A server where devices hand over or churn measures against what it received in the end; the others against
+    what their devices had to send, whatever reached them (:meth:`sfsim.engine.pool.ServerPool.mix_received`).
+    """
+    guess, got = X[3][:, _N], X[11]
+    totals = np.array([got[k] if k in touched else guess[k] for k in range(guess.shape[0])], np.int64)
+    return None if np.array_equal(totals, guess) else totals
+
+
+def _pool_rows(job, cfg, sequential: bool) -> tuple:
     """The ``pool`` policy's generator state per server (row k), activation bytes and per server (capacity, limit,
     credits) (:func:`splitfrozen.pool_args`)."""
     K = len(job.servers)
@@ -176,7 +187,7 @@ def _pool_rows(job, cfg, sequential: bool, words: int) -> tuple:
         view = job.network.views[k]
         N = layout(view)[1]
         N[_N] = np.where(np.array([d.server for d in job.devices]) == k, N[_N], 0)
-        w, act, PA[k] = pool_args(view, N, cfg, sequential, words)
+        w, act, PA[k] = pool_args(view, N, cfg, sequential, 0)  # its words are drawn in the kernel
         states.append(w)
     return np.stack(states), act, PA
 
@@ -185,7 +196,10 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
     """Replay a SplitFrozen ``job`` whose devices hand over (all servers together); as :func:`sfsim.fast.dynamic.replay_job`.
 
     Fills each moving device's :class:`~sfsim.network.legs.Motion` (sent, radio seconds, busy, bytes,
-    ``switched_at``) as the SimPy process does.
+    ``switched_at``) as the SimPy process does. A server measures its stream mixing against the
+    micro-batches it received in the end, which the first replay only guesses (those it starts with):
+    where a device came or left, the same run is replayed once more with the totals found, so memory
+    stays O(devices x servers) instead of keeping every server's received stream.
     """
     devices, moving = job.devices, job.network.moving
     prog, nodes = program(job.network)
@@ -199,23 +213,23 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
                       + mv.legs[-1].at)
     total = sum(d.n for d in devices)
     # the ring of pushes' micro-batch numbers: room for every push of the run, or 2**16, grown when a slot is busy
-    words, ring = 2 * total + 64, 1 << min(16, max(10, total.bit_length()))
+    ring, totals, touched = 1 << min(16, max(10, total.bit_length())), None, _touched(moving)
     while True:
         prog.draw_all(horizon)
         RP = prog.arrays()
         Y, L = _rows(job, nodes)
-        events, X, Z, RN, RS, counts, cur, touched = state(job, cfg, sequential, ring, _pool_rows(job, cfg, sequential,
-                                                                                                 words))
+        events, X, Z, RN, RS, counts, cur = state(job, cfg, sequential, ring, _pool_rows(job, cfg, sequential),
+                                                  totals)
         makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur)
         flags = X[0][:, _OVERFLOW]
         if stuck(RP):
             horizon = max(2.0 * horizon, 2.0 * float(RP[4][:-1].max()))
-        elif (flags == 2).any():
-            words *= 4
         elif (flags == RING_FULL).any():
             ring *= 4
         elif flags.any():
             raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
+        elif totals is None and (totals := _measured(X, touched)) is not None:  # measured against a wrong guess
+            del events, X, Z, RN, RS  # before the next replay's
         else:
             return _collect(job, makespan, X, Z, Y, L, touched)
 
@@ -223,15 +237,13 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
 def _collect(job, makespan: float, X, Z, Y, L, touched: set) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """Per-server figures, and per device busy seconds and uplink bytes (the moving ones' as they went)."""
     S2, F2, TOT = X[0], X[1], X[11]
-    M2, T2, ST = Z[4], Z[5], Z[9]
+    M2, T2 = Z[4], Z[5]
     devices, results = job.devices, []
     for k in range(len(job.servers)):
         if S2[k, _UNCLAIMED]:  # the SimPy engine fails the same way
             raise RuntimeError(f"fast path: {int(S2[k, _UNCLAIMED])} micro-batches never processed")
-        total, value, count = int(S2[k, _TOTAL]), float(T2[k, 0]), int(M2[k, mixing.COUNT])
-        if k in touched:  # devices joined and left: mixing over the stream received, with its final totals
-            total = int(TOT[k].sum())
-            value, count = mixing.stream_value(ST[k, :int(S2[k, _NSTREAM])], TOT[k])
+        total = int(TOT[k].sum() if k in touched else S2[k, _TOTAL])
+        value, count = float(T2[k, 0]), int(M2[k, mixing.COUNT])
         results.append({"makespan": float(makespan), "busy": float(F2[k, _BUSY]), "wait": float(F2[k, _WAIT_S]),
                         "end": float(F2[k, _END]), "mixing": value / count if count else None, "total": total,
                         "peak": float(F2[k, _PPEAK])})

@@ -15,15 +15,23 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 
+NO_KERNELS = frozenset({"warm.py"})
+"""Files of the package that no kernel reads (editing them compiles nothing afresh)."""
+
+
 def cache_dir(here: Path = HERE) -> Path:
-    """``<here>/__pycache__/numba-<digest>``: the digest covers every ``.py`` file of package ``here``."""
+    """``<here>/__pycache__/numba-<digest>``: the digest covers every ``.py`` file of package ``here`` but
+    :data:`NO_KERNELS`."""
     digest = hashlib.sha1()
     for src in sorted(here.glob("*.py")):
+        if src.name in NO_KERNELS:
+            continue
         digest.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
     return here / "__pycache__" / f"numba-{digest.hexdigest()[:16]}"
 
@@ -44,6 +52,30 @@ except ImportError:  # pragma: no cover - numba is a core dependency; this keeps
     numba = None
 
 COMPILED = numba is not None
+
+
+def _skip_blas_probe() -> None:
+    """Import numba's array-math registry without its BLAS probe, which imports ``scipy.linalg``.
+
+    numba imports ``numba.np.arraymath`` at its first kernel load, even from the cache, and that module
+    probes for BLAS by importing ``scipy.linalg.cython_blas``: 0.15 s of CPU in every process that
+    replays, for kernels that use no BLAS. Here the probe finds nothing (a ``None`` entry in
+    ``sys.modules`` for that one import) and numba uses its own loops where BLAS would serve (only
+    ``np.dot``-like inner products); ``scipy.linalg`` still imports as usual afterwards.
+    """
+    if "scipy.linalg" in sys.modules or "numba.np.arraymath" in sys.modules:
+        return
+    name = "scipy.linalg.cython_blas"
+    sys.modules[name] = None
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        if sys.modules.get(name, 0) is None:
+            del sys.modules[name]
+
+
+if COMPILED:
+    _skip_blas_probe()
 if COMPILED and not os.environ.get("NUMBA_CACHE_DIR"):
     CACHE = cache_dir()
     numba.config.CACHE_DIR = str(CACHE)  # read by numba's cache locator at each compile

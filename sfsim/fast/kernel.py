@@ -459,8 +459,9 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
          np.zeros((1, 3), np.int64), np.zeros(m, np.int64))
     RP = (np.full((1, 5), -1, np.int64), np.zeros((1, 2)), np.zeros(1), np.zeros(1), np.full(2, -np.inf))
     pool = (np.zeros(0, np.int64), np.zeros(m), np.zeros(3, np.int64))
+    # soft_room as an int64, not the literal 0: the same specialisation as the Python callers' (one compile)
     return replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, flight, paced, Y, RP,
-                          np.zeros(0, np.int64), 0, -np.inf, pool, np.zeros(0))
+                          np.zeros(0, np.int64), np.int64(0), -np.inf, pool, np.zeros(0))
 
 
 @njit
@@ -470,6 +471,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
 
     Args:
         Y: the moving devices' rows (:mod:`sfsim.fast.moving`); its ``tot`` (devices' micro-batches) is set here.
+            On entry ``tot`` holds the totals the server's stream mixing is measured against (all 0: ``N``'s).
         RP: their rates' program (:mod:`sfsim.fast.rates`).
         stream: room for the order of every micro-batch this server receives (empty: not kept).
         soft_room: most soft timers pending at once (events heap room).
@@ -482,6 +484,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
     S = np.zeros(S_SLOTS, np.int64)
     F = np.zeros(F_SLOTS)
     total = N[_N].sum()
+    measured = Y[5].copy() if Y[5].any() else N[_N].copy()  # StreamMixing's totals
     Y[5][:] = N[_N]
     S[_UNCLAIMED], S[_TOTAL], S[_BUFFER], S[_ACCUMULATE] = total, total, buffer, accumulate
     S[_POLICY], S[_FLAGS], S[_TURN], S[_ALARM_ID] = policy, flags, -1, -1
@@ -496,7 +499,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
     _policy_start(S, N, P, paced, pool)
     order = (paced[0], paced[1], paced[2], paced[3], np.zeros((2, min(S[_PCAP], total) + 1), np.int64),
              pool[0], pool[1], steps)
-    share = N[_N] / total if total else np.zeros(m)
+    share = measured / measured.sum() if measured.sum() else np.zeros(m)
     wcap = min(accumulate, total) + 2  # queued W's: never more than one window's
     # heaps (row 0 keys, row 1 values): at most an event per device (and its alarm-free replays), per
     # worker and per pending arrival's alarm, and the soft timers; an arrival per micro-batch that may wait; a device each
@@ -512,7 +515,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
                 _schedule(events, S, 0.0, _URGENT, j * 8 + _START)
     W = np.zeros((7, count), np.int64)
     WF = np.zeros((3, count))
-    M, T, counts, touched = mixing.fresh(total, m)
+    M, T, counts, touched = mixing.fresh(measured.sum(), m)
     mix = (M, T, share, counts, touched)
     makespan = _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, np.zeros((count, wcap), np.int64),
                      np.zeros((count, wcap), np.int64), credits, np.zeros(m, np.bool_), np.zeros(m), mix,

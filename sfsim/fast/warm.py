@@ -2,15 +2,25 @@
 
 numba compiles each kernel the first time it is called and caches the machine code on disk
 (a folder of ``sfsim/fast/__pycache__`` named after its sources' digest, :mod:`sfsim.fast.jit`; or ``NUMBA_CACHE_DIR``), so only the first ``simulate`` or ``plan`` after an
-install pays for it: about a minute of one core for the SplitFrozen kernel. ``make setup`` runs this
+install pays for it: a few minutes of one core for all of them. ``make setup`` runs this
 module, so that the README's first command plans in seconds. It replays a small scenario written here
-(two servers, a varying uplink, a pausing and a dropping device, then a device handing over) through every
-schedule's fast path (SplitFrozen's and SplitLoRA's joint handover loops included) and every SplitFrozen
-policy, and plans it; the figures are thrown away.
+(two servers, a varying uplink, a pausing and a dropping device, then a device handing over, then servers
+with backhaul links for the baselines' closing rounds) through every schedule's fast path (SplitFrozen's
+and SplitLoRA's joint handover loops included) and every SplitFrozen policy, and plans it; the figures
+are thrown away.
+
+The steps are split into two parts of about equal compile time (:data:`STEPS`), compiled by two
+processes at once (``--jobs 1``: one after the other). Two processes may save kernels to the same
+cache index; numba's save is a read-modify-write of that index, so each process holds a lock on the
+index while it saves (:func:`_locked_saves`) and no entry can point at another kernel's machine code.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
+import sys
 import time
 
 #: A small fleet that reaches every compiled branch: constant links and a repeating uplink trace
@@ -56,35 +66,99 @@ def _closing(data: dict) -> dict:
     return {**data, "servers": servers, "training": {**data["training"], "epochs": 2}}
 
 
-def warm() -> list[str]:
-    """Replay and plan the small scenarios on the fast path; returns one line per step with its seconds."""
+_SCENARIOS = {"constant links": _static, "availability": lambda: _SCENARIO, "handover": _handover,
+              "backhaul": lambda: _closing(_static()), "backhaul, availability": lambda: _closing(_SCENARIO),
+              "backhaul, handover": lambda: _closing(_handover())}
+_BACKHAUL = ("backhaul", "backhaul, availability", "backhaul, handover")
+STEPS = (
+    [(label, "splitfrozen") for label in ("constant links", "availability")]
+    + [("constant links", "pool"), ("constant links", "plan")]
+    + [(label, schedule) for label in ("constant links", "availability", "handover", *_BACKHAUL)
+       for schedule in ("splitlora", "cenlora")],
+    [("handover", "splitfrozen")] + [(label, "fedlora") for label in ("constant links", "availability", "handover",
+                                                                       *_BACKHAUL)],
+)
+"""The warm-up's steps, (scenario, schedule; ``pool``: SplitFrozen's pool policy, ``plan``: the planner), in two
+parts of about equal cold compile time (measured on a quiet machine, one process: SplitFrozen's per-server
+kernel 69 s, SplitLoRA's and CenLoRA's loops 62 s; the one loop of all SplitFrozen servers 82 s, FedLoRA's
+18 s). The planner replays on the per-server kernel, compiled first in the same part; only small helpers that
+both parts call are compiled twice. ``splitfrozen-sequential`` runs the same kernels as ``splitfrozen``."""
+
+
+def _locked_saves() -> None:
+    """Make numba's cache saves hold an exclusive lock on the index they update (best effort: without
+    ``fcntl`` or that numba internal, the caller runs the parts one after the other)."""
+    import fcntl
+
+    from numba.core.caching import IndexDataCacheFile
+
+    save = IndexDataCacheFile.save
+
+    def locked(self, key, data):
+        with open(self._index_path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                save(self, key, data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    IndexDataCacheFile.save = locked
+
+
+def warm(part: int | None = None) -> list[str]:
+    """Replay and plan the small scenarios on the fast path (one part of :data:`STEPS`, or all); one line per step
+    with its seconds."""
     import sfsim
     from sfsim.planner import plan
     from sfsim.scenario.config import scenario_from_dict
 
     lines = []
-    for label, data in (("constant links", _static()), ("availability", _SCENARIO), ("handover", _handover()),
-                        ("closing rounds", _closing(_static())), ("closing rounds, availability", _closing(_SCENARIO)),
-                        ("closing rounds, handover", _closing(_handover()))):
-        scenario = scenario_from_dict(data, source="sfsim.fast.warm")
-        for schedule in ("splitfrozen", "splitfrozen-sequential", "splitlora", "fedlora", "cenlora"):
-            t0 = time.perf_counter()
+    for label, schedule in [step for k, steps in enumerate(STEPS) if part in (None, k) for step in steps]:
+        scenario = scenario_from_dict(_SCENARIOS[label](), source="sfsim.fast.warm")
+        t0 = time.perf_counter()
+        if schedule == "plan":
+            plan(scenario)
+            _static_kernel()
+        elif schedule == "pool":
+            sfsim.simulate(scenario, "splitfrozen", splits=2, policy="pool", engine="auto")
+        else:
             sfsim.simulate(scenario, schedule, splits=2, engine="auto")
-            lines.append(f"{schedule} ({label}): {time.perf_counter() - t0:.1f} s")
-    scenario = scenario_from_dict(_static(), source="sfsim.fast.warm")
-    t0 = time.perf_counter()
-    sfsim.simulate(scenario, "splitfrozen", splits=2, policy="pool", engine="auto")
-    plan(scenario)
-    lines.append(f"pool policy and a plan: {time.perf_counter() - t0:.1f} s")
+        lines.append(f"{schedule} ({label}): {time.perf_counter() - t0:.1f} s")
     return lines
+
+
+def _static_kernel() -> None:
+    """The all-static SplitFrozen replay the planner's enumeration calls (:func:`sfsim.fast.kernel.replay_server`)."""
+    import numpy as np
+
+    from sfsim.fast.kernel import replay_server
+
+    D, N = np.full((8, 1), 0.01), np.ones((3, 1), np.int64)  # one device, one micro-batch, whole (D's last row: 1)
+    D[-1] = 1.0
+    replay_server(D, N, 1, 0.0, 1, 1, 0, 0, 0.0, (np.zeros(0, np.int64),) * 4)
 
 
 def main() -> None:
     """Print what was compiled and how long it took."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="processes compiling at once")
+    ap.add_argument("--part", type=int, choices=range(len(STEPS)), help=argparse.SUPPRESS)  # one process's share
+    args = ap.parse_args()
     t0 = time.perf_counter()
+    if args.part is not None:
+        _locked_saves()
+        for line in warm(args.part):
+            print(f"  {line}", flush=True)
+        return
     print("sfsim: compiling the fast path's kernels once (numba caches them)...", flush=True)
-    for line in warm():
-        print(f"  {line}", flush=True)
+    if args.jobs == 1 or os.name != "posix":
+        for line in warm():
+            print(f"  {line}", flush=True)
+    else:
+        jobs = [subprocess.Popen([sys.executable, "-m", "sfsim.fast.warm", "--part", str(k)])
+                for k in range(len(STEPS))]
+        if any(job.wait() for job in jobs):
+            raise SystemExit("sfsim: compiling the fast path's kernels failed (see above)")
     print(f"sfsim: compiled in {time.perf_counter() - t0:.0f} s", flush=True)
 
 

@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.scenario.overrides import apply, set_value
 from sfsim.scenario.schema import read_yaml
@@ -115,6 +113,8 @@ def run_sweep(file: str | Path, varies: Sequence[Vary], output: str | Path, sett
     todo = _todo(points, settings.schedules, _finished(output, header) if resume else {})
     summary = SweepSummary(points=len(points), skipped=len(points) * len(settings.schedules)
                            - sum(len(t[2]) for t in todo), output=str(output), varies=list(varies))
+    from tqdm import tqdm  # only a sweep shows progress: the other commands (plan) do not import it
+
     t0 = time.perf_counter()
     finished = execute(base, file, settings, todo, jobs, executor, address)
     _write_rows(output, header, points, finished, summary, append=resume and Path(output).is_file(),
