@@ -162,7 +162,8 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
 def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     """Two servers: every schedule's rounds are simulated (tests/test_baseline_sync.py), but SplitLoRA's and
     FedLoRA's training.sync with handovers (SplitLoRA's over several epochs), and over several
-    epochs FedLoRA and SplitFrozen close them at the run's end; the simulator says so. Without training.sync the
+    epochs FedLoRA closes them at the run's end (SplitFrozen at each epoch's end, tests/test_splitfrozen_epochs.py);
+    the simulator says so. Without training.sync the
     closing rounds are simulated too, with handovers as well (no note)."""
     from sfsim.cli import main as cli
 
@@ -180,7 +181,7 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     two = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                    "--schedule", "all", "--split", "2", "--set", "training.epochs=2"])
     assert two.exit_code == 0, two.output
-    assert ("note: splitfrozen, splitfrozen-sequential, fedlora: the simulator closes the backhaul rounds at the run's "
+    assert ("note: fedlora: the simulator closes the backhaul rounds at the run's "  # SplitFrozen's: each epoch's end
             "end (its epochs run back to back); sfsim run closes them after each of the 2 epochs") in two.output
     plain = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                      "--schedule", "all", "--split", "2", "--set", "training.sync=null"])

@@ -15,6 +15,7 @@ from sfsim.outputs.report import comparison_table, summary
 from sfsim.scenario.overrides import load_scenario_with, parse_sets
 from sfsim.scenario.schema import write_atomic
 from sfsim.schedules.network import Unsupported
+from sfsim.schedules.splitfrozen import closes_each_epoch
 from sfsim.simulate import applicable, check_options
 from sfsim.simulate import simulate as run_schedule
 
@@ -121,8 +122,8 @@ def _sync_note(sc, results: dict) -> None:
         click.echo(f"note: {', '.join(unsynced)}: training.sync between servers is not simulated with handovers "
                    f"({'FedLoRA; ' if 'fedlora' in unsynced else ''}SplitLoRA over several epochs); these figures leave "
                    "the backhaul rounds out (sfsim run does make them)")
-    once = [n for n, r in results.items() if ((n == "fedlora" and sc.training.sync) or n in SPLITFROZEN or (n == "splitlora" and r.handovers))
-            and r.backhaul_bytes_by_server]
+    once = [n for n, r in results.items() if ((n == "fedlora" and sc.training.sync) or (n in SPLITFROZEN and not closes_each_epoch(sc))
+                                              or (n == "splitlora" and r.handovers)) and r.backhaul_bytes_by_server]
     if once and sc.training.epochs > 1:
         click.echo(f"note: {', '.join(once)}: the simulator closes the backhaul rounds at the run's end (its epochs "
                    f"run back to back); sfsim run closes them after each of the {sc.training.epochs} epochs")
