@@ -110,3 +110,55 @@ def test_two_epochs_rounds_equal_a_real_runs(tiny_gpt2, tmp_path, mode):
         measured = read_chrome_trace(tmp_path / "run" / "trace.json")
         for server in ("mec-a", "mec-b"):
             assert server_ops(measured, server) == server_ops(sim.events, server)
+
+
+def _random_run(seed: int) -> tuple[Engine, Job]:
+    """2-4 servers (1 or 2 workers), 1-7 devices of unequal times (some without samples, some with a partial last
+    micro-batch), 2-3 epochs, any policy and credits, pipelined or sequential, sync every 1, 2, 3 or 5 in either mode."""
+    import random
+
+    rng = random.Random(seed)
+    ns, epochs = rng.randint(2, 4), rng.randint(2, 3)
+    servers = [ServerTimes(f"s{k}", rng.choice([1, 1, 2]), rng.uniform(0, 0.3)) for k in range(ns)]
+    devices = []
+    for i in range(rng.randint(1, 7)):
+        pe = rng.randint(0, 4)
+        devices.append(DeviceTimes(f"d{i}", rng.randrange(ns), n=pe * epochs, per_epoch=pe, last=rng.choice([1.0, 0.5]) if pe else 1.0,
+                                   f=rng.uniform(0.1, 1), up_s=rng.uniform(0.1, 1), up_l=rng.uniform(0, 0.2),
+                                   srv_f=rng.uniform(0.05, 0.5), srv_b=rng.uniform(0.05, 0.5), srv_w=rng.uniform(0, 0.5),
+                                   act_bytes=100.0))
+    job = Job(devices, servers)
+    links = tuple((s.name, rng.uniform(10, 100), rng.uniform(0, 0.1)) for s in servers)
+    job.sync = SyncSpec(links, rng.choice([1, 2, 3, 5]), rng.choice(["sync", "async"]), 10.0, 12.0, epochs)
+    policy = rng.choice(["fifo", "round-robin", "proportional", "pool", "paced-round-robin", "paced-proportional"])
+    credits = "device" if policy.startswith("paced") else rng.choice(["server", "device"])
+    cfg = ReplayConfig(buffer=rng.randint(1, 3), accumulate=rng.randint(1, 3), policy=policy, credits=credits,
+                       decompose=rng.random() < 0.7)
+    engine = Engine(trace=True)
+    PoolRounds(engine, job.sync, job.servers)
+    get("splitfrozen").run(engine, job, cfg, sequential=rng.random() < 0.3)
+    engine.makespan = engine.run()
+    return engine, job
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_no_device_starts_an_epoch_before_every_server_ended_the_last(seed):
+    """Random fleets: every run ends (a pool left waiting raises), and each epoch is a barrier: no device forwards a
+    micro-batch of epoch e + 1 before every server has ended its work on epoch e's (its last F, B, W), and between
+    the two each server's epoch-end rounds run (at least one send per epoch on every backhaul)."""
+    engine, job = _random_run(seed)
+    per = {d.name: d.per_epoch for d in job.devices}
+    starts, ends = {}, {}  # epoch -> the first device forward of it; the last server op on it
+    for e in engine.events:
+        if e.op in ("F", "B", "W", "BW") and e.device in per and e.mb >= 0:
+            ep = e.mb // per[e.device]
+            if e.lane == e.device:
+                starts[ep] = min(starts.get(ep, e.start), e.start)
+            elif not e.lane.startswith("link:"):
+                ends[ep] = max(ends.get(ep, e.start + e.dur), e.start + e.dur)
+    for ep in range(1, job.sync.epochs):
+        if ep in starts:
+            assert ends[ep - 1] <= starts[ep]
+            for srv in job.servers:
+                assert any(ends[ep - 1] <= e.start <= starts[ep] for e in engine.events
+                           if e.lane == f"backhaul:{srv.name}" and e.op == "sync-recv")
