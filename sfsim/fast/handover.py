@@ -163,7 +163,7 @@ def _rows(job, nodes: dict) -> tuple[tuple, tuple]:
     return (DY, YI, YF, YS, YN), L
 
 
-def _pool_rows(job, cfg, sequential: bool, words: int) -> tuple:
+def _pool_rows(job, cfg, sequential: bool) -> tuple:
     """The ``pool`` policy's generator state per server (row k), activation bytes and per server (capacity, limit,
     credits) (:func:`splitfrozen.pool_args`)."""
     K = len(job.servers)
@@ -176,7 +176,7 @@ def _pool_rows(job, cfg, sequential: bool, words: int) -> tuple:
         view = job.network.views[k]
         N = layout(view)[1]
         N[_N] = np.where(np.array([d.server for d in job.devices]) == k, N[_N], 0)
-        w, act, PA[k] = pool_args(view, N, cfg, sequential, words)
+        w, act, PA[k] = pool_args(view, N, cfg, sequential)
         states.append(w)
     return np.stack(states), act, PA
 
@@ -199,19 +199,16 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
                       + mv.legs[-1].at)
     total = sum(d.n for d in devices)
     # the ring of pushes' micro-batch numbers: room for every push of the run, or 2**16, grown when a slot is busy
-    words, ring = 2 * total + 64, 1 << min(16, max(10, total.bit_length()))
+    ring = 1 << min(16, max(10, total.bit_length()))
     while True:
         prog.draw_all(horizon)
         RP = prog.arrays()
         Y, L = _rows(job, nodes)
-        events, X, Z, RN, RS, counts, cur, touched = state(job, cfg, sequential, ring, _pool_rows(job, cfg, sequential,
-                                                                                                 words))
+        events, X, Z, RN, RS, counts, cur, touched = state(job, cfg, sequential, ring, _pool_rows(job, cfg, sequential))
         makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur)
         flags = X[0][:, _OVERFLOW]
         if stuck(RP):
             horizon = max(2.0 * horizon, 2.0 * float(RP[4][:-1].max()))
-        elif (flags == 2).any():
-            words *= 4
         elif (flags == RING_FULL).any():
             ring *= 4
         elif flags.any():
