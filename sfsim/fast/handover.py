@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from sfsim.fast import mixing
+from sfsim.fast import mixing, rounds
 from sfsim.fast.events import (
     _ACCUMULATE,
     _ALARM_AT,
@@ -205,7 +205,8 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         RP = prog.arrays()
         Y, L = _rows(job, nodes)
         events, X, Z, RN, RS, counts, cur, touched = state(job, cfg, sequential, ring, _pool_rows(job, cfg, sequential))
-        makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur)
+        makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur,
+                                   rounds.state(len(job.servers), int(counts.sum()), len(devices)))
         flags = X[0][:, _OVERFLOW]
         if stuck(RP):
             horizon = max(2.0 * horizon, 2.0 * float(RP[4][:-1].max()))
