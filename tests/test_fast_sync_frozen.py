@@ -12,11 +12,14 @@ import random
 import pytest
 
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
+from sfsim.errors import SfsimError
 from sfsim.fast import replay
 from sfsim.fast.replay import uncovered
 from sfsim.network.backhaul import PoolRounds, SyncSpec
 from sfsim.schedules import Job, ReplayConfig
 from sfsim.schedules import splitfrozen as sf
+from tests.test_fast_handover import _motions
+from tests.test_fast_handover import random_job as handover_job
 
 POLICIES = ("fifo", "round-robin", "proportional", "pool")
 
@@ -110,6 +113,49 @@ def test_many_random_synced_fleets_equal():
     for ties in (False, True):
         outcomes = [check(seed, ties) for seed in range(300, 3300)]
         assert outcomes.count("equal") >= 2400, {o: outcomes.count(o) for o in set(outcomes)}
+
+
+def moving_job(seed: int, ties: bool) -> tuple[Job, ReplayConfig, bool]:
+    """tests/test_fast_handover.py's random fleet (handovers, pause, drop, varying uplinks) over one epoch, one
+    worker a server, with random rounds."""
+    job, cfg, sequential = handover_job(seed, ties, epochs=1, workers=(1,))
+    rng = random.Random(-seed - 1)
+    every, mode = rng.choice([(1, "async"), (2, "sync"), (2, "async"), (3, "sync"), (5, "async")])
+    links = tuple((s.name, rng.uniform(20.0, 400.0), _t(rng, ties, 0.1)) for s in job.servers)
+    job.sync = SyncSpec(links, every, mode, 10.0, 12.0, 1)
+    return job, cfg, sequential
+
+
+def check_moving(seed: int, ties: bool) -> str:
+    """:func:`check` on :func:`moving_job` (the motions' outcomes compared too)."""
+    job, cfg, sequential = moving_job(seed, ties)
+    if uncovered(_Scenario(), "splitfrozen", cfg, job) is not None:
+        return "uncovered"
+    try:
+        want = simpy_figures(job, cfg, sequential) | {"motions": _motions(job)}
+    except (SfsimError, ValueError):
+        return "refused"
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            fast_figures(moving_job(seed, ties)[0], cfg, sequential)
+        return "both fail"
+    job = moving_job(seed, ties)[0]
+    got = fast_figures(job, cfg, sequential) | {"motions": _motions(job)}
+    assert got == want, f"seed {seed} ties={ties} cfg={cfg} sequential={sequential} sync={job.sync}"
+    return "equal"
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_random_synced_handover_fleets_equal(ties):
+    outcomes = [check_moving(seed, ties) for seed in range(150)]
+    assert outcomes.count("equal") >= 100, {o: outcomes.count(o) for o in set(outcomes)}
+
+
+@pytest.mark.slow
+def test_many_random_synced_handover_fleets_equal():
+    for ties in (False, True):
+        outcomes = [check_moving(seed, ties) for seed in range(150, 1650)]
+        assert outcomes.count("equal") >= 1000, {o: outcomes.count(o) for o in set(outcomes)}
 
 
 @pytest.mark.parametrize(("every", "mode", "epochs", "policy", "why"), [

@@ -187,6 +187,12 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
     Fills each moving device's :class:`~sfsim.network.legs.Motion` (sent, radio seconds, busy, bytes,
     ``switched_at``) as the SimPy process does.
     """
+    return replay_joint(job, cfg, sequential, None)[:3]
+
+
+def replay_joint(job, cfg, sequential: bool, fresh) -> tuple[list[dict], np.ndarray, np.ndarray, tuple]:
+    """:func:`replay_job` with the backhaul rounds' state ``fresh()`` (:func:`sfsim.fast.rounds.state`; None: no
+    rounds), made anew for each try; returns its figures and that state after the run."""
     devices, moving = job.devices, job.network.moving
     prog, nodes = program(job.network)
     # how far the drawn processes are drawn: a first guess of the run's end (twice the servers' work spread over
@@ -205,8 +211,10 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         RP = prog.arrays()
         Y, L = _rows(job, nodes)
         events, X, Z, RN, RS, counts, cur, touched = state(job, cfg, sequential, ring, _pool_rows(job, cfg, sequential))
-        makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur,
-                                   rounds.state(len(job.servers), int(counts.sum()), len(devices)))
+        B = rounds.state(len(job.servers), int(counts.sum()), len(devices)) if fresh is None else fresh(int(counts.sum()))
+        if fresh is not None:  # the rounds' timers: READY, ARRIVE and EV per server
+            events = np.empty((2, events.shape[1] + 3 * len(job.servers) + 16))
+        makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur, B)
         flags = X[0][:, _OVERFLOW]
         if stuck(RP):
             horizon = max(2.0 * horizon, 2.0 * float(RP[4][:-1].max()))
@@ -215,7 +223,7 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         elif flags.any():
             raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
         else:
-            return _collect(job, makespan, X, Z, Y, L, touched)
+            return (*_collect(job, makespan, X, Z, Y, L, touched), B)
 
 
 def _collect(job, makespan: float, X, Z, Y, L, touched: set) -> tuple[list[dict], np.ndarray, np.ndarray]:
