@@ -256,8 +256,8 @@ def test_servers_on_threads_give_the_same_figures(monkeypatch):
 
 @pytest.mark.parametrize("schedule", ["splitfrozen", "splitfrozen-sequential"])
 def test_simulate_with_backhaul_sync_on_the_fast_path(schedule):
-    """A 3-server scenario with ``training.sync: async``: the fast path replays the runtime's rounds
-    (sfsim.network.backhaul) with the servers and gives the SimPy result; every 1 in sync mode stays on SimPy and
+    """A 3-server scenario with ``training.sync``, every 2 async and every 1 sync: the fast path replays the runtime's
+    rounds (sfsim.network.backhaul) with the servers and gives the SimPy result; over 2 epochs it stays on SimPy and
     says so in one line."""
     import sfsim
     from sfsim.scenario.config import scenario_from_dict
@@ -274,7 +274,10 @@ def test_simulate_with_backhaul_sync_on_the_fast_path(schedule):
            for e in ("simpy", "auto")}
     assert res["auto"].engine == "fast" and res["auto"].sync_rounds > 0
     assert res["auto"].to_dict() == res["simpy"].to_dict()
-    data["training"]["sync"] = {"every": 1, "mode": "sync"}
-    joint = sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule=schedule)
-    assert joint.engine_note == ("averaging gradients before every step (sync every 1, mode sync) is replayed by the "
-                                 "SimPy engine only")
+    data["training"]["sync"] = {"every": 1, "mode": "sync"}  # gradients averaged before each step
+    joint = {e: sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule=schedule, engine=e)
+             for e in ("simpy", "auto")}
+    assert joint["auto"].engine == "fast" and joint["auto"].to_dict() == joint["simpy"].to_dict()
+    data["training"]["epochs"] = 2  # each epoch ends with its rounds: SimPy's alone
+    assert sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule=schedule).engine_note == (
+        "training.sync over several epochs (each ends with its rounds) is replayed by the SimPy engine only")

@@ -73,7 +73,7 @@ from sfsim.fast.jit import inline, njit
 from sfsim.fast.kernel import _SENT, _policy_add, _worker
 from sfsim.fast.moving import _ready
 from sfsim.fast.rates import online, span, stuck
-from sfsim.fast.rounds import event, left, noted, step_done
+from sfsim.fast.rounds import begin, event, joint_step, left, noted, step_done
 
 _PAUSE, _LEG0, _NLEGS, _LEG = range(4)  # YI columns: pause node, first leg's row in L, legs, the holding leg
 _START_AT, _STOP, _BITS = range(3)  # YF columns
@@ -415,14 +415,18 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
             last = now
             k = wsrv[j]
             rounds = False
-            if synced and B[2][j]:  # its step ended: PoolRounds.step_done (a round process may take over)
+            if synced and B[2][j] == 1:  # its step ended: PoolRounds.step_done (a round process may take over)
                 B[2][j] = 0
                 rounds = step_done(events, X, B, G, counts, k, j, now)
+            elif synced and B[2][j] == 2:  # joint mode: its round is over, its step now
+                B[2][j] = 0
+                joint_step(events, S2, Z[11], B, G, k, j, now)
+                rounds = True
             if not rounds:
                 exited = S2[k, _NEXITED]
                 _worker_step(events, X, Z, RN, RS, G, k, j, now, B[3][k])
                 if synced:
-                    noted(X, B, k, j)
+                    noted(events, X, Z[10], B, G, counts, k, j, now)
                     left(events, X, B, G, counts, k, exited, now)
         elif kind == _RELEASE and j >= m:
             last = now
@@ -464,5 +468,6 @@ def replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur, B):
         for _ in range(counts[k]):
             wsrv[w] = k
             w += 1
+    begin(X, B)
     return _loop(events, X, Z, Y, L, RP, RN, RS, np.zeros(m, np.int64), np.zeros(m), np.zeros(m), np.zeros(m),
                  cur, wsrv, G, B, counts)

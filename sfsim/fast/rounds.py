@@ -27,7 +27,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from sfsim.fast.events import _NEXITED, _NORMAL, _NSTEPS, _RELEASE, _UNCLAIMED, _WORKER, _schedule
+from sfsim.fast.events import (
+    _CODE_BITS,
+    _EID,
+    _FINAL,
+    _NEVENTS,
+    _NEXITED,
+    _NORMAL,
+    _NSTEPS,
+    _RELEASE,
+    _STEP,
+    _UNCLAIMED,
+    _WBUSY,
+    _WLAST,
+    _WORKER,
+    _schedule,
+)
+from sfsim.fast.heap import remove
 from sfsim.fast.jit import inline, njit
 
 # BI columns: rounds joined, steps taken, async round in flight (0 none, 1 in flight, 2 its average is back),
@@ -35,16 +51,17 @@ from sfsim.fast.jit import inline, njit
 # ended (-1 None, 0 no closing round due, 1 due), finish stage, whether the next async join still trains
 _CALLS, _STEPS, _PSTATE, _WAITER, _PWORKER, _ENDED, _FSTAGE, _PACTIVE = range(8)
 BI_COLS = 8
-_SYNC_P, _ASYNC_P, _FINISH = 1, 2, 3
+_SYNC_P, _ASYNC_P, _FINISH, _JOINT_P = 1, 2, 3, 4
 # BF columns: lane free at, seconds of a round's and of the closing round's transfer, latency, bytes up and down,
 # the open round's arrival of its upload, its transfer seconds and bytes
-_FREE, _SEND, _CLOSE, _LAT, _BYTES, _ARR, _EDUR, _ENB = range(8)
-BF_COLS = 8
+_FREE, _SEND, _CLOSE, _LAT, _BYTES, _ARR, _EDUR, _ENB, _STEP_S = range(9)
+BF_COLS = 9  # _STEP_S: joint mode, the server's step seconds (the kernel's are 0: the step follows the round)
 # BG slots: joined the open round, rounds completed, some joiner trains, some does not adopt, the last round's
 # ended and differ, every, async, devices (events past them are the backhaul's), payload bytes (int), closing bytes
-_NJOINED, _ROUNDS, _ANY_ACTIVE, _ANY_NOADOPT, _R_ENDED, _R_DIFFER, _EVERY, _ASYNC, _M = range(9)
-BG_SLOTS = 9
-_READY, _ARRIVE, _EV = range(3)  # backhaul event types (4 * index + type)
+(_NJOINED, _ROUNDS, _ANY_ACTIVE, _ANY_NOADOPT, _R_ENDED, _R_DIFFER, _EVERY, _ASYNC, _M, _JOINT, _ANY_STEPPING,
+ _R_STEPPING) = range(12)
+BG_SLOTS = 12  # _JOINT: sync every 1 (gradients averaged before each step); stepping: some joiner steps on it
+_READY, _ARRIVE, _EV, _FSTEP = range(4)  # backhaul event types (4 * index + type); _FSTEP: a drained step ends
 
 
 @inline
@@ -54,7 +71,7 @@ def _at(events, S2, G, t, j):
 
 
 @inline
-def _join(events, S2, G, B, k, nbytes, dur, active, adopt, now):
+def _join(events, S2, G, B, k, nbytes, dur, active, adopt, now, stepping=False):
     """Server ``k`` joins its next round now (Rounds.join): its upload, and the round's READY timer when it is the last."""
     BI, BF, BG, JO = B[0], B[1], B[4], B[5]
     BI[k, _CALLS] += 1
@@ -71,10 +88,13 @@ def _join(events, S2, G, B, k, nbytes, dur, active, adopt, now):
         BG[_ANY_ACTIVE] = 1
     if not adopt:
         BG[_ANY_NOADOPT] = 1
+    if stepping:
+        BG[_ANY_STEPPING] = 1
     K = JO.shape[0]
     if BG[_NJOINED] == K:
         BG[_ROUNDS] += 1
-        BG[_R_ENDED], BG[_R_DIFFER] = 1 - BG[_ANY_ACTIVE], BG[_ANY_NOADOPT]
+        BG[_R_ENDED], BG[_R_DIFFER], BG[_R_STEPPING] = 1 - BG[_ANY_ACTIVE], BG[_ANY_NOADOPT], BG[_ANY_STEPPING]
+        BG[_ANY_STEPPING] = 0
         ready = BF[JO[0], _ARR]
         for q in range(1, K):
             ready = max(ready, BF[JO[q], _ARR])
@@ -91,12 +111,42 @@ def _took(B, k):
 
 
 @inline
-def noted(X, B, k, w):
-    """After a pass of worker ``w`` of server ``k``: whether it ended with a step (its timer then ends it)."""
+def noted(events, X, W, B, G, counts, k, w, now):
+    """After a pass of worker ``w`` of server ``k``: whether it ended with a step (its timer then ends it). Joint
+    mode: a final step on a partial window starts its round process at once (ServerPool._final has no timer
+    before it), so the kernel's timer of that (0 s) step goes."""
     S2 = X[0]
     if B[3].shape[1] and S2[k, _NSTEPS]:
         S2[k, _NSTEPS] = 0
-        B[2][w] = 1
+        if B[4][_JOINT] and W[_FINAL, w] == 1:
+            key = float(((S2[G[0], _EID] - 1) << _CODE_BITS) | (w * 8 + _WORKER))
+            H = S2[G[0]]
+            for pos in range(H[_NEVENTS]):
+                if events[1, pos] == key:
+                    remove(events, H, _NEVENTS, pos)
+                    break
+            step_done(events, X, B, G, counts, k, w, now)
+        else:
+            B[2][w] = 1
+
+
+@inline
+def joint_step(events, S2, WF, B, G, k, w, now):
+    """Joint mode: the round's average is back and the worker takes its step now (ServerPool._joint_step)."""
+    step = B[1][k, _STEP_S]
+    WF[_WBUSY, w] += step
+    if step > 0:
+        WF[_WLAST, w] = now + step
+    _schedule(events, S2[G[0]], now + step, _NORMAL, w * 8 + _WORKER)
+
+
+@njit
+def begin(X, B):
+    """Joint mode: the servers' steps come after their rounds, so the kernel's steps take 0 s (kept in ``B``)."""
+    if B[4][_JOINT]:
+        for k in range(X[1].shape[0]):
+            B[1][k, _STEP_S] = X[1][k, _STEP]
+            X[1][k, _STEP] = 0.0
 
 
 @njit
@@ -104,12 +154,16 @@ def step_done(events, X, B, G, counts, k, w, now):
     """Worker ``w`` of server ``k`` resumes after a step (PoolRounds.step_done); True when a round process took
     over (the worker resumes when it ends), False when it goes on now."""
     S2, BI, BF, BG = X[0], B[0], B[1], B[4]
-    if (BI[k, _STEPS] + 1) % BG[_EVERY]:
+    if not BG[_JOINT] and (BI[k, _STEPS] + 1) % BG[_EVERY]:
         BI[k, _STEPS] += 1
         return False
     last = S2[k, _UNCLAIMED] == 0 and counts[k] - S2[k, _NEXITED] == 1
     BI[k, _STEPS] += 1
     BI[k, _PWORKER] = w
+    if BG[_JOINT]:  # the round before the step (ServerRounds.before_step)
+        _join(events, S2, G, B, k, B[6][0], BF[k, _SEND], not last, True, now, True)
+        BI[k, _WAITER] = _JOINT_P
+        return True
     if not BG[_ASYNC]:
         _join(events, S2, G, B, k, B[6][0], BF[k, _SEND], not last, True, now)
         BI[k, _WAITER] = _SYNC_P
@@ -156,7 +210,7 @@ def _finish(events, S2, G, B, k, now):
         BI[k, _FSTAGE] = 2
     if BI[k, _FSTAGE] == 2:
         if BI[k, _ENDED] < 0:
-            _join(events, S2, G, B, k, B[6][0], BF[k, _SEND], False, False, now)
+            _join(events, S2, G, B, k, B[6][0], BF[k, _SEND], False, B[4][_JOINT] == 1, now)
             BI[k, _WAITER] = _FINISH
             return
         BI[k, _FSTAGE] = 3
@@ -185,6 +239,9 @@ def event(events, X, B, G, q, now):
     if kind == _ARRIVE:  # Engine.succeed_at's callback: the server's event is processed next, at this instant
         _at(events, S2, G, now, B[4][_M] + 4 * k + _EV)
         return
+    if kind == _FSTEP:  # a drained server's step with the others ended: its finish goes on
+        _finish(events, S2, G, B, k, now)
+        return
     waiter = BI[k, _WAITER]
     BI[k, _WAITER] = 0
     if waiter == 0:  # an async round's average, nobody waiting
@@ -193,6 +250,9 @@ def event(events, X, B, G, q, now):
     _took(B, k)
     if waiter == _SYNC_P:  # the round process ends: its worker resumes
         _schedule(events, S2[G[0]], now, _NORMAL, BI[k, _PWORKER] * 8 + _WORKER)
+    elif waiter == _JOINT_P:  # the round process ends: its worker resumes, to take its step (joint_step)
+        B[2][BI[k, _PWORKER]] = 2
+        _schedule(events, S2[G[0]], now, _NORMAL, BI[k, _PWORKER] * 8 + _WORKER)
     elif waiter == _ASYNC_P:
         BI[k, _PSTATE] = 0
         _async_join(events, S2, G, B, k, BI[k, _PACTIVE], now)
@@ -200,6 +260,11 @@ def event(events, X, B, G, q, now):
         if BI[k, _FSTAGE] == 1:
             BI[k, _PSTATE] = 0
             BI[k, _FSTAGE] = 2
+        elif BI[k, _FSTAGE] == 2 and B[4][_R_STEPPING]:  # the others stepped on it: so does it, then goes on
+            step = BF[k, _STEP_S]
+            if step > 0:
+                _at(events, S2, G, now + step, B[4][_M] + 4 * k + _FSTEP)
+                return
         _finish(events, S2, G, B, k, now)
 
 
@@ -219,7 +284,7 @@ def state(K: int, workers: int, devices: int, links=(), every: int = 1, mode: st
     for k, (_, bw, lat) in enumerate(links):  # the engine's arithmetic: bytes x 8 / bandwidth
         BF[k, _SEND], BF[k, _CLOSE], BF[k, _LAT] = payload * 8.0 / bw, closing * 8.0 / bw, lat
     BG = np.zeros(BG_SLOTS, np.int64)
-    BG[_EVERY], BG[_ASYNC], BG[_M] = every, mode == "async", devices
+    BG[_EVERY], BG[_ASYNC], BG[_M], BG[_JOINT] = every, mode == "async", devices, every == 1 and mode == "sync"
     return (BI, BF, np.zeros(workers, np.int64), np.zeros((K, 1 if links else 0)), BG, np.zeros(K, np.int64),
             np.array([payload, closing], np.float64))
 
@@ -229,4 +294,4 @@ def totals(B, names: list[str]) -> tuple[dict[str, float], int]:
     return {n: float(B[1][k, _BYTES]) for k, n in enumerate(names)}, int(B[4][_ROUNDS])
 
 
-__all__ = ["event", "left", "noted", "state", "step_done", "still_open", "totals"]
+__all__ = ["begin", "event", "joint_step", "left", "noted", "state", "step_done", "still_open", "totals"]

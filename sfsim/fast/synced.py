@@ -3,9 +3,9 @@
 The rounds couple the servers (a round waits for every server's upload, and in ``sync`` mode each server's
 worker waits for the average), so the servers are replayed together, as handovers are
 (:func:`sfsim.fast.joint.replay_handover`), with :mod:`sfsim.fast.rounds` running the rounds in the SimPy
-engine's event order. :func:`covers` says which runs it replays: one epoch, steps that
-average weights (``every`` >= 2, or ``async``), a policy that takes any arrived micro-batch, one worker a server; devices of the dynamic network as handovers
-replay them (:func:`sfsim.fast.handover.covers`).
+engine's event order. :func:`covers` says which runs it replays: one epoch (``every`` >= 1, either mode), a
+policy that takes any arrived micro-batch, one worker a server; devices of the dynamic network as handovers replay
+them (:func:`sfsim.fast.handover.covers`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ class _Static:
 def covers(job, policy: str) -> str | None:
     """None when :func:`replay_job` replays ``job``'s backhaul rounds (``training.sync``), else why not (one line)."""
     sync = job.sync
-    if sync.every == 1 and sync.mode == "sync":
-        return "averaging gradients before every step (sync every 1, mode sync)"
     if sync.epochs > 1:
         return "training.sync over several epochs (each ends with its rounds)"
     if policy not in ("fifo", "round-robin", "proportional", "pool"):
