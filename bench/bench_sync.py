@@ -5,7 +5,8 @@ single-worker servers of unequal speed (their F/B/W seconds x 1.0, 1.3, 0.8, 1.6
 (1, 2, 1 and 0.5 Gbps, 2-5 ms) and a 2 MB adapter a round, with ``sync: {every, mode}`` for each pair given.
 Prints micro-batches per second of both engines (wall, and CPU in brackets: the machine is shared), the ratio by
 CPU, the rounds, and whether the makespans and every figure SimResult reports (rounds and backhaul bytes too) are
-equal. ``every 1`` in ``sync`` mode (gradients averaged before each step) has no fast path: its SimPy rate is given.
+equal (``every 1`` in ``sync`` mode: the gradients averaged before each step). A pair the fast path does not cover
+prints its SimPy rate and why.
 
 Run: ``.venv/bin/python bench/bench_sync.py [--devices N] [--mb M] [--sequential] [--sync 1:async,10:sync,...]``.
 """
