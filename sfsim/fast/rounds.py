@@ -284,7 +284,8 @@ def state(K: int, workers: int, devices: int, links=(), every: int = 1, mode: st
     for k, (_, bw, lat) in enumerate(links):  # the engine's arithmetic: bytes x 8 / bandwidth
         BF[k, _SEND], BF[k, _CLOSE], BF[k, _LAT] = payload * 8.0 / bw, closing * 8.0 / bw, lat
     BG = np.zeros(BG_SLOTS, np.int64)
-    BG[_EVERY], BG[_ASYNC], BG[_M], BG[_JOINT] = every, mode == "async", devices, every == 1 and mode == "sync"
+    BG[_EVERY], BG[_ASYNC], BG[_M] = every, mode == "async", devices
+    BG[_JOINT] = bool(links) and every == 1 and mode == "sync"  # no links: no rounds (a handover replay)
     return (BI, BF, np.zeros(workers, np.int64), np.zeros((K, 1 if links else 0)), BG, np.zeros(K, np.int64),
             np.array([payload, closing], np.float64))
 
