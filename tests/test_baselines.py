@@ -161,9 +161,10 @@ def test_dropout_is_the_same_in_every_method(tiny_gpt2, tmp_path, method):
 
 def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     """Two servers: every schedule's rounds are simulated (tests/test_baseline_sync.py), FedLoRA's training.sync with
-    handovers too (tests/test_fedlora_sync.py), SplitLoRA's over several epochs too (tests/test_idle_rounds.py); over
-    several epochs SplitFrozen closes them at the run's end, and the simulator says so. Without training.sync the
-    closing rounds are simulated too, with handovers as well (no note)."""
+    handovers too (tests/test_fedlora_sync.py), SplitLoRA's over several epochs too (tests/test_idle_rounds.py), and
+    over several epochs with training.sync every schedule closes them at each epoch's end (SplitFrozen's:
+    tests/test_splitfrozen_epochs.py). Without training.sync SplitFrozen still closes them at the run's end, and the
+    simulator says so; the baselines' closing rounds are simulated at each epoch's end, with handovers as well."""
     from sfsim.cli import main as cli
 
     res = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
@@ -178,8 +179,13 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     two = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                    "--schedule", "all", "--split", "2", "--set", "training.epochs=2"])
     assert two.exit_code == 0, two.output
+    assert "closes the backhaul rounds" not in two.output
+    closing = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
+                                       "--schedule", "all", "--split", "2", "--set", "training.epochs=2",
+                                       "--set", "training.sync=null"])
+    assert closing.exit_code == 0, closing.output
     assert ("note: splitfrozen, splitfrozen-sequential: the simulator closes the backhaul rounds at the run's "
-            "end (its epochs run back to back); sfsim run closes them after each of the 2 epochs") in two.output
+            "end (its epochs run back to back); sfsim run closes them after each of the 2 epochs") in closing.output
     plain = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                      "--schedule", "all", "--split", "2", "--set", "training.sync=null"])
     assert plain.exit_code == 0, plain.output

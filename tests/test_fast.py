@@ -10,6 +10,7 @@ import pytest
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.errors import SfsimError
 from sfsim.fast import replay, uncovered
+from sfsim.network.backhaul import SyncSpec
 from sfsim.schedules import Job, ReplayConfig
 from sfsim.schedules import splitfrozen as sf
 
@@ -144,9 +145,12 @@ def test_uncovered_cases_say_why():
             class sync:
                 mode = "sync"
         servers = [object(), object()]
-    for mode in ("sync", "async"):  # the runtime's rounds (sfsim.network.backhaul) are the SimPy engine's
+    for mode in ("sync", "async"):  # the runtime's rounds (sfsim.network.backhaul): tests/test_fast_sync_frozen.py
         Sc.training.sync.mode = mode
-        assert uncovered(Sc, "splitfrozen", cfg, job) == "backhaul sync between servers is replayed by the SimPy engine only"
+        job.sync = SyncSpec((("s", 1e9, 0.0), ("t", 1e9, 0.0)), 2, mode, 1.0, 1.0, 1)
+        assert uncovered(Sc, "splitfrozen", cfg, job) == ("training.sync on a server with several workers is replayed "
+                                                          "by the SimPy engine only")
+    job.sync = None
     Sc.training.sync = None
     assert uncovered(Sc, "splitfrozen", cfg, job) is None
     assert "trace" in uncovered(Sc, "splitfrozen", cfg, job, trace=True)
@@ -251,9 +255,10 @@ def test_servers_on_threads_give_the_same_figures(monkeypatch):
 
 
 @pytest.mark.parametrize("schedule", ["splitfrozen", "splitfrozen-sequential"])
-def test_simulate_with_backhaul_sync_runs_on_simpy_and_says_so(schedule):
-    """A 3-server scenario with ``training.sync: async``: the runtime's rounds (sfsim.network.backhaul) are the
-    SimPy engine's; auto says so in one line and gives the SimPy result."""
+def test_simulate_with_backhaul_sync_on_the_fast_path(schedule):
+    """A 3-server scenario with ``training.sync``, every 2 async and every 1 sync: the fast path replays the runtime's
+    rounds (sfsim.network.backhaul) with the servers and gives the SimPy result; over 2 epochs it stays on SimPy and
+    says so in one line."""
     import sfsim
     from sfsim.scenario.config import scenario_from_dict
 
@@ -267,6 +272,12 @@ def test_simulate_with_backhaul_sync_runs_on_simpy_and_says_so(schedule):
                          "samples": 40 + 24 * t, "uplink": dict(link), "downlink": dict(link)} for t in range(3)]}
     res = {e: sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule=schedule, engine=e)
            for e in ("simpy", "auto")}
-    assert res["auto"].engine == "simpy" and res["auto"].sync_rounds > 0
-    assert res["auto"].engine_note == "backhaul sync between servers is replayed by the SimPy engine only"
+    assert res["auto"].engine == "fast" and res["auto"].sync_rounds > 0
     assert res["auto"].to_dict() == res["simpy"].to_dict()
+    data["training"]["sync"] = {"every": 1, "mode": "sync"}  # gradients averaged before each step
+    joint = {e: sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule=schedule, engine=e)
+             for e in ("simpy", "auto")}
+    assert joint["auto"].engine == "fast" and joint["auto"].to_dict() == joint["simpy"].to_dict()
+    data["training"]["epochs"] = 2  # each epoch ends with its rounds: SimPy's alone
+    assert sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule=schedule).engine_note == (
+        "training.sync over several epochs (each ends with its rounds) is replayed by the SimPy engine only")

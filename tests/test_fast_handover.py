@@ -39,19 +39,20 @@ def _legs(rng: random.Random, d: DeviceTimes, n_srv: int, ties: bool) -> list[Le
     return legs
 
 
-def random_job(seed: int, ties: bool = False) -> tuple[Job, ReplayConfig, bool]:
-    """A random SplitFrozen job whose devices hand over, its knobs and whether sequential."""
+def random_job(seed: int, ties: bool = False, epochs: int = 3, workers: tuple = (1, 1, 2)) -> tuple[Job, ReplayConfig, bool]:
+    """A random SplitFrozen job whose devices hand over (over 1 to ``epochs`` epochs, each server's workers one of
+    ``workers``), its knobs and whether sequential."""
     rng = random.Random(seed)
     n_srv = rng.randint(2, 4)
     speed = [rng.choice((0.5, 1.0, 1.0, 2.0)) for _ in range(n_srv)]  # a server's seconds per unit of work
-    servers = [ServerTimes(f"s{k}", rng.choice((1, 1, 2)), _t(rng, ties, 0.3) if rng.random() < 0.7 else 0.0)
+    servers = [ServerTimes(f"s{k}", rng.choice(workers), _t(rng, ties, 0.3) if rng.random() < 0.7 else 0.0)
                for k in range(n_srv)]
     devices, moving, work = [], {}, []
     for i in range(rng.randint(1, 8)):
-        per_epoch, epochs = rng.randint(1, 5), rng.randint(1, 3)
+        per_epoch, epochs_i = rng.randint(1, 5), rng.randint(1, epochs)
         w = (_t(rng, ties, 0.3) or 0.1, _t(rng, ties, 0.3), _t(rng, ties, 0.3))
         srv = rng.randrange(n_srv)
-        d = DeviceTimes(f"d{i}", server=srv, n=per_epoch * epochs, per_epoch=per_epoch, f=_t(rng, ties, 1.0),
+        d = DeviceTimes(f"d{i}", server=srv, n=per_epoch * epochs_i, per_epoch=per_epoch, f=_t(rng, ties, 1.0),
                         up_s=_t(rng, ties, 1.0), up_l=_t(rng, ties, 0.3), srv_f=w[0] * speed[srv],
                         srv_b=w[1] * speed[srv], srv_w=w[2] * speed[srv], last=rng.choice((1.0, 1.0, 0.5, 0.3)),
                         warmup=rng.choice((0.0, 0.0, 0.7)), up_bytes=rng.choice((1e5, 2.5e5, 5e5)),

@@ -34,7 +34,7 @@ def test_words_are_pythons_in_order():
 def test_generator_state_does_not_grow_with_the_run():
     for mb in (10, 100_000):
         D, N = layout(job(5, mb).devices)
-        words, act, _ = pool_args(job(5, mb).devices, N, CFG, False, 2 * int(N[0].sum()) + 64)
+        words, act, _ = pool_args(job(5, mb).devices, N, CFG, False)
         assert words.shape == (625,) and act.shape == (5,)
 
 

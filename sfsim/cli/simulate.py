@@ -15,6 +15,7 @@ from sfsim.outputs.report import comparison_table, summary
 from sfsim.scenario.overrides import load_scenario_with, parse_sets
 from sfsim.scenario.schema import write_atomic
 from sfsim.schedules.network import Unsupported
+from sfsim.schedules.splitfrozen import closes_each_epoch
 from sfsim.simulate import applicable, check_options
 from sfsim.simulate import simulate as run_schedule
 
@@ -116,7 +117,8 @@ def _sync_note(sc, results: dict) -> None:
     declared): over several epochs, where the simulator closes them at the run's end."""
     if len(sc.servers) < 2 or (sc.training.sync is None and all(s.backhaul is None for s in sc.servers)):
         return
-    once = [n for n, r in results.items() if (n in SPLITFROZEN or (n == "splitlora" and r.handovers and not sc.training.sync))
+    once = [n for n, r in results.items() if ((n in SPLITFROZEN and not closes_each_epoch(sc))
+                                              or (n == "splitlora" and r.handovers and not sc.training.sync))
             and r.backhaul_bytes_by_server]
     if once and sc.training.epochs > 1:
         click.echo(f"note: {', '.join(once)}: the simulator closes the backhaul rounds at the run's end (its epochs "

@@ -38,6 +38,46 @@ class _WorkerState:
 class WorkerLoop:
     """The loop of a :class:`~sfsim.engine.pool.ServerPool`'s workers (a base class: it uses the pool's state)."""
 
+    epochs, epoch = 1, 0  # by_epochs: the epochs the pool opens one at a time, and the one open now
+    starts: dict | None = None  # by_epochs: epoch -> the event of its start (its devices wait for it)
+
+    def by_epochs(self, epochs: int) -> None:
+        """Open the devices' micro-batches one epoch at a time, as the runtime's server (``train_epoch``).
+
+        Each epoch ends as a run does (a final step on a partial window, then the backhaul's drain and
+        closing rounds, :meth:`sfsim.network.backhaul.PoolRounds.leave`); the next opens when they are
+        over: its workers start then, and its devices start forwarding then (:meth:`epoch_start`).
+        Every device's micro-batches must be ``epochs`` equal epochs, all sent (no cache, no moves).
+        """
+        self.epochs, self.starts = epochs, {}
+        per = self._per_epoch()
+        self.unclaimed = sum(per)
+        if self.senders is not None:  # the mixing pool's "could still send": this epoch's micro-batches only
+            for i, (t, k) in enumerate(zip(self.totals, per, strict=True)):
+                self.senders.change(i, unsent=k - t)
+
+    def _per_epoch(self) -> list[int]:
+        return [t // self.epochs for t in self.totals]
+
+    def epoch_start(self, e: int) -> simpy.Event:
+        """The event of epoch ``e``'s start on this server (:meth:`by_epochs`): its devices forward from then."""
+        ev = self.starts.get(e)
+        if ev is None:
+            ev = self.starts[e] = self.env.event()
+        return ev
+
+    def _next_epoch(self, _ev=None) -> None:
+        """The epoch's rounds are over: open the next one (its workers, then its devices)."""
+        self.epoch += 1
+        per = self._per_epoch()
+        self.unclaimed = sum(per)
+        if self.senders is not None:
+            for i, k in enumerate(per):
+                self.senders.change(i, unsent=k)
+        self.running = self.server.count
+        self.workers = [self.env.process(self._worker(w)) for w in range(self.server.count)]
+        self.epoch_start(self.epoch).succeed()
+
     def _min_flight(self) -> float:
         """A lower bound on (arrival - push time) of any future push: send + latency, 0 with replays."""
         mine = [d for k, d in enumerate(self.devices) if d.n and self.totals[k]]
@@ -237,7 +277,9 @@ class WorkerLoop:
         self.end = max(self.end, wk.last)
         self.running -= 1
         if self.running == 0 and self.sync is not None:
-            self.sync.leave(self.index)
+            closed = self.sync.leave(self.index)
+            if self.epoch + 1 < self.epochs:  # the next epoch starts when the epoch's rounds are over
+                closed.callbacks.append(self._next_epoch)
 
     def _waited(self, lane: str, start: float) -> bool:
         """A worker sat idle from ``start`` to now while the policy held micro-batches back: op ``wait``.

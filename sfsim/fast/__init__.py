@@ -10,7 +10,8 @@ accumulation, fused or decomposed B/W, several servers of one or more workers, e
 round-robin, proportional, paced, and ``pool`` with Python's random draws: :mod:`sfsim.fast.pool`),
 activation caching, partial last micro-batches and warm-up, time-varying uplinks and availability
 (pause, drop) (:mod:`sfsim.fast.dynamic`), handovers (every server in one loop, :mod:`sfsim.fast.handover`:
-fifo, round-robin, proportional, ``pool``), and each epoch's closing backhaul round of
+fifo, round-robin, proportional, ``pool``), SplitFrozen's backhaul rounds with ``training.sync`` over one
+epoch (every server and its rounds in that loop, :mod:`sfsim.fast.synced`), and each epoch's closing backhaul round of
 servers without ``training.sync`` (:func:`sfsim.network.backhaul.close_epochs`; SplitLoRA's and CenLoRA's
 too, :mod:`sfsim.fast.closing`: their servers wait for each epoch's round); SplitLoRA on constant
 links and on the dynamic network (:mod:`sfsim.fast.splitlora`: both client orders, arrival or fixed
@@ -21,9 +22,11 @@ accumulation, the proportional source and its mixing); FedLoRA (:mod:`sfsim.fast
 local steps, adapter uploads and downloads, each server's FedAvg) on any network (time-varying links,
 availability, handover). Each epoch's closing backhaul round (no ``training.sync``) on every network
 for every schedule (:mod:`sfsim.fast.closing`; FedLoRA's in :mod:`sfsim.fast.fedlora` and, with
-handovers or availability, :mod:`sfsim.fast.fedmoves`). Not covered (the SimPy engine replays them):
-traces and Gantt charts; backhaul sync (``training.sync``) for every schedule; SplitFrozen
-with a paced policy and availability or handovers, or with handovers and cached activations.
+handovers or availability, :mod:`sfsim.fast.fedmoves`); SplitFrozen's backhaul sync (``training.sync``)
+over one epoch (:mod:`sfsim.fast.synced`). Not covered (the SimPy engine replays them): traces and
+Gantt charts; backhaul sync for the baselines, and SplitFrozen's over several epochs, with several
+workers a server, a paced policy or cached activations; SplitFrozen with a paced policy and
+availability or handovers, or with handovers and cached activations.
 """
 
 from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from sfsim.fast import mixing
+from sfsim.fast import mixing, rounds
 from sfsim.fast.events import (
     _ACCUMULATE,
     _ALARM_AT,
@@ -187,7 +187,7 @@ def _pool_rows(job, cfg, sequential: bool) -> tuple:
         view = job.network.views[k]
         N = layout(view)[1]
         N[_N] = np.where(np.array([d.server for d in job.devices]) == k, N[_N], 0)
-        w, act, PA[k] = pool_args(view, N, cfg, sequential, 0)  # its words are drawn in the kernel
+        w, act, PA[k] = pool_args(view, N, cfg, sequential)
         states.append(w)
     return np.stack(states), act, PA
 
@@ -201,6 +201,12 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
     where a device came or left, the same run is replayed once more with the totals found, so memory
     stays O(devices x servers) instead of keeping every server's received stream.
     """
+    return replay_joint(job, cfg, sequential, None)[:3]
+
+
+def replay_joint(job, cfg, sequential: bool, fresh) -> tuple[list[dict], np.ndarray, np.ndarray, tuple]:
+    """:func:`replay_job` with the backhaul rounds' state ``fresh()`` (:func:`sfsim.fast.rounds.state`; None: no
+    rounds), made anew for each try; returns its figures and that state after the run."""
     devices, moving = job.devices, job.network.moving
     prog, nodes = program(job.network)
     # how far the drawn processes are drawn: a first guess of the run's end (twice the servers' work spread over
@@ -220,7 +226,10 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         Y, L = _rows(job, nodes)
         events, X, Z, RN, RS, counts, cur = state(job, cfg, sequential, ring, _pool_rows(job, cfg, sequential),
                                                   totals)
-        makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur)
+        B = rounds.state(len(job.servers), int(counts.sum()), len(devices)) if fresh is None else fresh(int(counts.sum()))
+        if fresh is not None:  # the rounds' timers: READY, ARRIVE and EV per server
+            events = np.empty((2, events.shape[1] + 3 * len(job.servers) + 16))
+        makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur, B)
         flags = X[0][:, _OVERFLOW]
         if stuck(RP):
             horizon = max(2.0 * horizon, 2.0 * float(RP[4][:-1].max()))
@@ -229,9 +238,9 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         elif flags.any():
             raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
         elif totals is None and (totals := _measured(X, touched)) is not None:  # measured against a wrong guess
-            del events, X, Z, RN, RS  # before the next replay's
+            del events, X, Z, RN, RS, B  # before the next replay's
         else:
-            return _collect(job, makespan, X, Z, Y, L, touched)
+            return (*_collect(job, makespan, X, Z, Y, L, touched), B)
 
 
 def _collect(job, makespan: float, X, Z, Y, L, touched: set) -> tuple[list[dict], np.ndarray, np.ndarray]:

@@ -40,6 +40,7 @@ from sfsim.fast.events import (
     _FLAGS,
     _GRANT,
     _NEVENTS,
+    _NEXITED,
     _NORMAL,
     _NPENDING,
     _NSOFT,
@@ -72,6 +73,7 @@ from sfsim.fast.jit import inline, njit
 from sfsim.fast.kernel import _SENT, _policy_add, _worker
 from sfsim.fast.moving import _ready
 from sfsim.fast.rates import online, span, stuck
+from sfsim.fast.rounds import begin, event, joint_step, left, noted, step_done
 
 _PAUSE, _LEG0, _NLEGS, _LEG = range(4)  # YI columns: pause node, first leg's row in L, legs, the holding leg
 _START_AT, _STOP, _BITS = range(3)  # YF columns
@@ -348,7 +350,7 @@ def _alarm(events, X, G, key, now):
 
 
 @njit
-def _worker_step(events, X, Z, RN, RS, G, k, w, now):
+def _worker_step(events, X, Z, RN, RS, G, k, w, now, steps):
     """Worker ``w`` of server ``k`` resumes: arrivals with their numbers, then the kernel's worker step.
 
     Compiled on its own (the kernel's step is inlined here once, not into :func:`_loop`): a shorter first compile.
@@ -357,7 +359,7 @@ def _worker_step(events, X, Z, RN, RS, G, k, w, now):
     PROP, RA, RB, PL, M2, T2, SH, CN, TC, ST, W, WF, QD, QK, words, act, none, PK = Z
     _hold(S2, G, k)
     S, F, D, N, P = S2[k], F2[k], D2[k], N2[k], P2[k]
-    order = (none, none, none, none, PL[k], words[k], act, F2[k, :0])  # words[k]: server k's generator
+    order = (none, none, none, none, PL[k], words[k], act, steps)  # words[k]: server k's generator
     _arrivals(S, F, D, N, P, PROP[k], RA[k], RB[k], order, PEN[k], RN, RS, k, now)
     _worker(events, PEN[k], WAI[k], PROP[k], S, F, D, N, P, W, WF, QD, QK, CR[k], DW[k], DR[k],
             (M2[k], T2[k], SH[k], CN[k], TC[k]), IDLE[k], RA[k], RB[k], order, PK, ST[k], w, now)
@@ -387,13 +389,16 @@ def _broken(S2, RP):
 
 
 @no_refcounts
-def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, wsrv, G):
+def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, wsrv, G, B, counts):
     """Process events until only soft timers are left; returns the time of the last other event (the makespan).
 
     ``Z``: per server the kernel's other state (prop, ring_a, ring_b, P rows, mixing, stream) and the
-    shared arrays the workers use (W, WF, QD, QK, the pool's words and bytes).
+    shared arrays the workers use (W, WF, QD, QK, the pool's words and bytes). ``B``: the backhaul rounds'
+    (:mod:`sfsim.fast.rounds`; none when its step records have no column).
     """
     S2 = X[0]
+    m = Y[0].shape[0]
+    synced = B[3].shape[1] > 0
     now = last = 0.0
     while S2[G[0], _NEVENTS] > S2[G[0], _NSOFT]:
         h = G[0]
@@ -408,7 +413,24 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
             _alarm(events, X, G, key, now)
         elif kind == _WORKER:
             last = now
-            _worker_step(events, X, Z, RN, RS, G, wsrv[j], j, now)
+            k = wsrv[j]
+            rounds = False
+            if synced and B[2][j] == 1:  # its step ended: PoolRounds.step_done (a round process may take over)
+                B[2][j] = 0
+                rounds = step_done(events, X, B, G, counts, k, j, now)
+            elif synced and B[2][j] == 2:  # joint mode: its round is over, its step now
+                B[2][j] = 0
+                joint_step(events, S2, Z[11], B, G, k, j, now)
+                rounds = True
+            if not rounds:
+                exited = S2[k, _NEXITED]
+                _worker_step(events, X, Z, RN, RS, G, k, j, now, B[3][k])
+                if synced:
+                    noted(events, X, Z[10], B, G, counts, k, j, now)
+                    left(events, X, B, G, counts, k, exited, now)
+        elif kind == _RELEASE and j >= m:
+            last = now
+            event(events, X, B, G, j - m, now)
         elif kind == _RELEASE:
             last = now
             _released(events, X, G, cur[j], j, now)
@@ -424,11 +446,12 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
 
 
 @njit
-def replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur):
+def replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur, B):
     """Replay every server together (:func:`_loop`) from the process starts; returns the makespan.
 
     The starts are SimPy's: every server's workers (server order), the devices of the dynamic
-    network, then the others that send (device order).
+    network, then the others that send (device order). ``B``: the backhaul rounds' state
+    (:mod:`sfsim.fast.rounds`), or one without step records (no rounds).
     """
     S2, N2 = X[0], X[3]
     m = N2.shape[2]
@@ -445,5 +468,6 @@ def replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur):
         for _ in range(counts[k]):
             wsrv[w] = k
             w += 1
+    begin(X, B)
     return _loop(events, X, Z, Y, L, RP, RN, RS, np.zeros(m, np.int64), np.zeros(m), np.zeros(m), np.zeros(m),
-                 cur, wsrv, G)
+                 cur, wsrv, G, B, counts)

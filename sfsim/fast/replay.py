@@ -15,7 +15,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sfsim.errors import SfsimError
-from sfsim.fast import cenlora, closing, dynamic, fedlora, fedmoves, splitfrozen, splitlora, splitmoves
+from sfsim.fast import (
+    cenlora,
+    closing,
+    dynamic,
+    fedlora,
+    fedmoves,
+    splitfrozen,
+    splitlora,
+    splitmoves,
+    synced,
+)
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.network.backhaul import Closed, close_epochs
 from sfsim.schedules.splitlora.moves import hands_over
@@ -78,8 +88,10 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     why = dynamic.covers(net, cfg.policy) if why_dyn is not None else None
     if why is not None:  # first, as for the other schedules: --schedule all then says one reason for all
         return f"the dynamic network's {why} is replayed by the SimPy engine only"
-    if scenario.training.sync is not None and len(scenario.servers) > 1:
-        return "backhaul sync between servers is replayed by the SimPy engine only"
+    if getattr(job, "sync", None) is not None and job.sync.every is not None:  # training.sync: its rounds
+        why = synced.covers(job, cfg.policy)
+        if why is not None:
+            return f"{why} is replayed by the SimPy engine only"
     per_server = Counter(d.server for d in job.devices)
     crowded = next((job.servers[k].name for k, c in per_server.items() if c >= MAX_DEVICES), None)
     if crowded is not None:
@@ -110,7 +122,10 @@ def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
     rec = Replayed()
     net = getattr(job, "network", None)
     dyn = net is not None and getattr(net, "views", None) is not None
-    if dyn:
+    closed = None
+    if job.sync is not None and job.sync.every is not None:  # training.sync: the servers' rounds, replayed with them
+        outs, busy, up, closed = synced.replay_job(job, cfg, sequential)
+    elif dyn:
         outs, busy, up = dynamic.replay_job(job, cfg, sequential)
     else:
         outs, busy, up = splitfrozen.replay_job(job, cfg, sequential)
@@ -126,7 +141,9 @@ def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
         rec.mixing[srv.name] = Mixed(out["mixing"], out["total"])
         if cfg.policy == "pool":
             rec.pool_peak_bytes[srv.name] = out["peak"]
-    if job.sync is not None:  # no training.sync: each epoch's closing round after the servers' ends
+    if closed is not None:
+        rec.sync = closed
+    elif job.sync is not None:  # no training.sync: each epoch's closing round after the servers' ends
         rec.sync, makespan = close_epochs(job.sync, rec.server_end, makespan)
     return rec, makespan
 

@@ -34,7 +34,6 @@ from sfsim.fast.kernel import (
     OUT_TV_SUM,
     OUT_UNCLAIMED,
     OUT_WAIT,
-    OUT_WORDS,
     POOL,
     PROPORTIONAL,
     ROUND_ROBIN,
@@ -131,25 +130,20 @@ def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = No
 
 
 def run(D, N, server, cfg, sequential: bool, devices: list, paced: tuple, flight: float | None, *dynamic) -> np.ndarray:
-    """:func:`sfsim.fast.kernel.replay_dynamic` of one server; under ``pool``, again with more random words if it ran out.
+    """:func:`sfsim.fast.kernel.replay_dynamic` of one server.
 
     ``dynamic``: its ``Y, RP, stream, soft_room, soft_until`` (:mod:`sfsim.fast.moving`). The kernel's room
-    for optimizer steps' end times is left empty (no caller keeps them since backhaul sync left the fast path).
+    for optimizer steps' end times is left empty (no caller keeps them). The ``pool`` policy's generator
+    runs in the kernel (:mod:`sfsim.fast.pool`), so no run is replayed again for more random words.
     """
     if flight is None:
         flight = min_flight(D, N)
-    words = 2 * int(N[_N].sum()) + 64
-    while True:
-        args = pool_args(devices, N, cfg, sequential, words)
-        out = replay_dynamic(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate),
-                             flags_for(cfg, sequential), POLICY_CODES[cfg.policy], flight, paced, *dynamic, args,
-                             np.zeros(0))
-        if not out[OUT_WORDS]:
-            return out
-        words *= 4
+    return replay_dynamic(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate),
+                          flags_for(cfg, sequential), POLICY_CODES[cfg.policy], flight, paced, *dynamic,
+                          pool_args(devices, N, cfg, sequential), np.zeros(0))
 
 
-def pool_args(devices: list, N: np.ndarray, cfg, sequential: bool, words: int) -> tuple:
+def pool_args(devices: list, N: np.ndarray, cfg, sequential: bool) -> tuple:
     """The ``pool`` policy's kernel arguments (:mod:`sfsim.fast.pool`): its seeded random generator, activation bytes
     and (capacity, each device's limit, credits held) as :class:`sfsim.engine.pool.ServerPool` sets them."""
     m = N.shape[1]
@@ -166,7 +160,7 @@ def pool_args(devices: list, N: np.ndarray, cfg, sequential: bool, words: int) -
     else:  # the widest activation decides how many fit
         capacity = pool_capacity(cfg.pool_memory, max(d.act_bytes for d, n in zip(devices, N[_N], strict=True) if n))
     act = np.array([d.act_bytes for d in devices], np.float64)
-    return pool.state(cfg.seed), act, np.array([capacity, limit, total], np.int64)  # ``words``: drawn as needed
+    return pool.state(cfg.seed), act, np.array([capacity, limit, total], np.int64)
 
 
 def replay_job(job, cfg, sequential: bool) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:

@@ -378,8 +378,10 @@ class PoolRounds:
     once). A step is the server's last (its round says it no longer trains) when every micro-batch of its pool
     is claimed and no other worker runs, as the runtime's ``last``. With ``every: 1`` in ``sync`` mode the
     servers average the gradients *before* each step, as the runtime: the worker calls :meth:`step_done` when
-    its W's end and steps when the round's average is back (:attr:`joint`). The epochs run back to back, so
-    the drain and closing rounds come once, at the run's end (``sfsim simulate`` notes it).
+    its W's end and steps when the round's average is back (:attr:`joint`). Over several epochs each ends with
+    its drain and closing rounds and the pool opens the next when :meth:`leave` returns
+    (:meth:`sfsim.engine.worker.WorkerLoop.by_epochs`), as the runtime; with moving devices or the activation
+    cache the epochs run back to back and these rounds come once, at the run's end (``sfsim simulate`` notes it).
 
     Args:
         engine: the engine (its ``sync`` is set to this).
@@ -428,9 +430,9 @@ class PoolRounds:
         t = yield from side.before_step(self.env.now, last)
         yield from side.after_step(t, last)
 
-    def leave(self, j: int) -> None:
-        """Server ``j``'s workers have ended: it drains and closes with the others."""
-        self.env.process(self.sides[j].finish(self.env.now))
+    def leave(self, j: int) -> simpy.Event:
+        """Server ``j``'s workers have ended: it drains and closes with the others; returns when it goes on."""
+        return self.env.process(self.sides[j].finish(self.env.now))
 
     def _drained_step(self, srv, t: float) -> float:
         """The step a drained server takes with the others (joint rounds): on its first lane."""

@@ -116,6 +116,9 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     if engine.sync is not None:  # training.sync: sfsim.network.backhaul.PoolRounds (whether a step is a server's last)
         engine.sync.attach(pools)
     moving = net.moving if net else {}
+    if by_epochs(job, engine.sync is not None and not moving):
+        for pool in pools:
+            pool.by_epochs(job.sync.epochs)
     if moving:
         prepare(engine, pools, cfg.buffer, moving, sequential)
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
@@ -128,6 +131,31 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         engine.down_bytes[d.name] = 0.0
         if i not in moving:
             start_device(engine, pools, i, d, None, sequential)
+
+
+def by_epochs(job: Job, synced: bool) -> bool:
+    """Whether the servers run one epoch at a time, each ending with its backhaul rounds, as the runtime's
+    (``training.sync`` over several epochs, ``synced``: its rounds are replayed, no device moves; every device
+    sends each epoch: no activation cache). Otherwise the epochs run back to back and the drain and closing
+    rounds come once, at the run's end (``sfsim simulate`` notes it)."""
+    sync = job.sync
+    return (synced and sync is not None and sync.every is not None and sync.epochs > 1
+            and all(d.sent == d.n == d.per_epoch * sync.epochs for d in job.devices))
+
+
+def closes_each_epoch(scenario) -> bool:
+    """Whether SplitFrozen on ``scenario`` ends each epoch with its backhaul rounds (:func:`by_epochs`): several
+    servers with ``training.sync``, no activation cache, no device that moves, churns or has a varying uplink."""
+    return (len(scenario.servers) > 1 and scenario.training.sync is not None and not scenario.training.cache_activations
+            and not any(needs_motion(d, downlink=False) for d in scenario.devices))
+
+
+def _gate(pool: ServerPool, n: int, d: DeviceTimes):
+    """The event device ``d`` waits for before forwarding its micro-batch ``n`` (the first of an epoch on a
+    pool run :meth:`~sfsim.engine.worker.WorkerLoop.by_epochs`), else None."""
+    if pool.starts is None or n % d.per_epoch or n == 0 or n >= d.sent:
+        return None
+    return pool.epoch_start(n // d.per_epoch)
 
 
 def start_device(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion | None,
@@ -200,6 +228,9 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
             f_start = env.now
         else:
             f_start = t0
+        if constant and (gate := _gate(pool, n, d)) is not None:  # the server's next epoch: it starts us then
+            yield gate
+            f_start = link_free = env.now
     if not constant:
         _left(pools, i, d, m, j, n)
 
@@ -306,12 +337,13 @@ class _Pipelined:
     """
 
     __slots__ = ("engine", "env", "d", "i", "acct", "send", "pool", "n", "x", "fx", "f_start", "f_end", "ready",
-                 "link_free", "event", "tracing", "on_credit", "f", "up_s", "up_l", "full", "sent", "lane")
+                 "link_free", "event", "tracing", "on_credit", "f", "up_s", "up_l", "full", "sent", "lane", "home")
 
     def __init__(self, engine: Engine, pool: ServerPool, i: int, d: DeviceTimes):
         self.engine, self.env, self.d, self.i = engine, engine.env, d, i
         self.acct, self.send = pool.account[i], pool.send
         self.pool = pool if pool.senders is None else None  # None: ServerPool.send keeps the senders' books
+        self.home = pool if pool.starts is not None else None  # its server opens one epoch at a time
         self.f, self.up_s, self.up_l, self.sent = d.f, d.up_s, d.up_l, d.sent  # constants of the hot path
         self.full = d.last == 1.0  # every micro-batch is full (no partial last one per epoch)
         self.lane = self.acct.lane(max(d.f, d.up_s))  # after a send it waits max(f, s) for its next (full) one
@@ -348,6 +380,11 @@ class _Pipelined:
         else:
             acct.wait(self.env._now, self._pending(self._send))  # fires when granted
 
+    def _epoch(self, _ev) -> None:
+        """The server opened the next epoch: forward its first micro-batch from now."""
+        self.f_start = self.link_free = self.env._now
+        self._next()
+
     def _pending(self, callback):
         """The device's credit event, pending again, with ``callback``."""
         ev = self.event
@@ -377,6 +414,9 @@ class _Pipelined:
                 pool.wake_at(arrival)
         self.n = n = n + 1
         if n == self.sent:
+            return
+        if self.home is not None and (gate := _gate(self.home, n, self.d)) is not None:
+            gate.callbacks.append(self._epoch)  # the server's next epoch starts it (its last send arrived before)
             return
         x = 1.0 if self.full else self.d.size(n)  # _next, inlined on the hot path (n > 0: no warm-up)
         fx = self.f * x

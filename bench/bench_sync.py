@@ -1,0 +1,115 @@
+"""Benchmark: SplitFrozen with ``training.sync`` on 4 servers, the fast path (sfsim.fast.synced) against the SimPy engine.
+
+The bench_engine.py fleet (five device speeds, three link speeds, buffer 64, accumulate 4, decomposed B/W) over 4
+single-worker servers of unequal speed (their F/B/W seconds x 1.0, 1.3, 0.8, 1.6), each with its own backhaul link
+(1, 2, 1 and 0.5 Gbps, 2-5 ms) and a 2 MB adapter a round, with ``sync: {every, mode}`` for each pair given.
+Prints micro-batches per second of both engines (wall, and CPU in brackets: the machine is shared), the ratio by
+CPU, the rounds, and whether the makespans and every figure SimResult reports (rounds and backhaul bytes too) are
+equal (``every 1`` in ``sync`` mode: the gradients averaged before each step). A pair the fast path does not cover
+prints its SimPy rate and why.
+
+Run: ``.venv/bin/python bench/bench_sync.py [--devices N] [--mb M] [--sequential] [--sync 1:async,10:sync,...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_engine import fleet  # noqa: E402
+
+from sfsim.engine.pool import Engine  # noqa: E402
+from sfsim.fast import replay, uncovered  # noqa: E402
+from sfsim.network.backhaul import PoolRounds, SyncSpec  # noqa: E402
+from sfsim.schedules import ReplayConfig, splitfrozen  # noqa: E402
+
+CFG = ReplayConfig(buffer=64, accumulate=4, decompose=True)  # bench_engine.py's knobs
+SPEED = (1.0, 1.3, 0.8, 1.6)  # each server's seconds per unit of work
+LINKS = ((1e9, 0.002), (2e9, 0.003), (1e9, 0.005), (0.5e9, 0.004))  # backhaul bit/s, latency s
+ADAPTER = 2e6  # bytes a round (the servers' LoRA blocks and head)
+
+
+def synced_fleet(devices: int, mb: int, every: int, mode: str):
+    """bench_engine.py's fleet on 4 unequal servers with backhaul rounds (see the module docstring)."""
+    job = fleet(devices, mb, servers=len(SPEED))
+    for i, d in enumerate(job.devices):
+        x = SPEED[d.server]
+        job.devices[i] = dataclasses.replace(d, srv_f=d.srv_f * x, srv_b=d.srv_b * x, srv_w=d.srv_w * x)
+    links = tuple((s.name, bw, lat) for s, (bw, lat) in zip(job.servers, LINKS, strict=True))
+    job.sync = SyncSpec(links, every, mode, ADAPTER, ADAPTER, 1)
+    return job
+
+
+def figures(rec, makespan: float, rounds: int, backhaul: dict) -> tuple:
+    """What SimResult reports of a run, comparable across the engines."""
+    return (makespan, dict(rec.server_busy), dict(rec.server_wait), dict(rec.server_end),
+            {k: (m.value, m.total) for k, m in rec.mixing.items()}, dict(rec.device_busy), dict(rec.up_bytes),
+            rounds, dict(backhaul))
+
+
+def run_fast(job, sequential: bool) -> tuple:
+    """The fast path's figures."""
+    rec, makespan = replay(job, CFG, sequential)
+    return figures(rec, makespan, rec.sync.rounds, rec.sync.bytes)
+
+
+def run_engine(job, sequential: bool) -> tuple:
+    """The SimPy engine's figures."""
+    engine = Engine()
+    PoolRounds(engine, job.sync, job.servers)
+    splitfrozen.run(engine, job, CFG, sequential=sequential)
+    makespan = engine.run()
+    return figures(engine, makespan, engine.sync.rounds, engine.sync.bytes)
+
+
+def timed(fn, *args):
+    """(result, wall s, CPU s of this process) of ``fn(*args)``."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+class _Scenario:
+    """What uncovered() reads of a scenario beyond the job."""
+
+    class training:  # noqa: N801
+        sync = True
+
+    servers = SPEED
+
+
+def main() -> None:
+    """Run the benchmark and print the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--mb", type=int, default=100)
+    ap.add_argument("--sequential", action="store_true", help="the splitfrozen-sequential ablation")
+    ap.add_argument("--sync", default="1:async,10:sync,10:async,1:sync", help="every:mode pairs")
+    args = ap.parse_args()
+    run_fast(synced_fleet(8, 2, 2, "async"), args.sequential)  # load the compiled kernels once (not timed)
+    n = args.devices * args.mb
+    name = "splitfrozen-sequential" if args.sequential else "splitfrozen"
+    for pair in args.sync.split(","):
+        every, mode = int(pair.split(":")[0]), pair.split(":")[1]
+        head = f"{name}, {args.devices:,} devices x {args.mb} micro-batches, 4 servers, sync every {every} {mode}"
+        eng, t_eng, c_eng = timed(run_engine, synced_fleet(args.devices, args.mb, every, mode), args.sequential)
+        why = uncovered(_Scenario(), name, CFG, synced_fleet(2, 1, every, mode))
+        if why is not None:
+            print(f"{head}: SimPy engine {n / t_eng:,.0f} mb/s ({n / c_eng:,.0f} CPU), {eng[7]:,} rounds; no fast path "
+                  f"({why})", flush=True)
+            continue
+        fast, t_fast, c_fast = timed(run_fast, synced_fleet(args.devices, args.mb, every, mode), args.sequential)
+        print(f"{head}: fast {n / t_fast:,.0f} mb/s ({n / c_fast:,.0f} CPU), SimPy engine {n / t_eng:,.0f} mb/s "
+              f"({n / c_eng:,.0f} CPU); fast/engine {c_eng / c_fast:,.1f}x by CPU; {fast[7]:,} rounds; makespans "
+              f"equal: {fast[0] == eng[0]} ({fast[0]:.3f} s simulated); every figure equal: {fast == eng}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
