@@ -163,8 +163,8 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
     """Two servers: every schedule's rounds are simulated (tests/test_baseline_sync.py), FedLoRA's training.sync with
     handovers too (tests/test_fedlora_sync.py), SplitLoRA's over several epochs too (tests/test_idle_rounds.py), and
     over several epochs with training.sync every schedule closes them at each epoch's end (SplitFrozen's:
-    tests/test_splitfrozen_epochs.py). Without training.sync SplitFrozen still closes them at the run's end, and the
-    simulator says so; the baselines' closing rounds are simulated at each epoch's end, with handovers as well."""
+    tests/test_splitfrozen_epochs.py). Without training.sync every schedule's closing rounds are simulated at each
+    epoch's end too (SplitFrozen's: tests/test_splitfrozen_closing.py), with handovers as well."""
     from sfsim.cli import main as cli
 
     res = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
@@ -184,8 +184,7 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
                                        "--schedule", "all", "--split", "2", "--set", "training.epochs=2",
                                        "--set", "training.sync=null"])
     assert closing.exit_code == 0, closing.output
-    assert ("note: splitfrozen, splitfrozen-sequential: the simulator closes the backhaul rounds at the run's "
-            "end (its epochs run back to back); sfsim run closes them after each of the 2 epochs") in closing.output
+    assert "closes the backhaul rounds" not in closing.output
     plain = CliRunner().invoke(cli, ["simulate", "--devices", str(FIXTURES / "runtime_two_servers.yaml"),
                                      "--schedule", "all", "--split", "2", "--set", "training.sync=null"])
     assert plain.exit_code == 0, plain.output

@@ -114,7 +114,8 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
 def _sync_note(sc, results: dict) -> None:
     """Say where the simulated backhaul rounds are placed other than where ``sfsim run`` makes them (every method's
     servers sync, and without ``training.sync`` still close each epoch with one round when a backhaul link is
-    declared): over several epochs, where the simulator closes them at the run's end."""
+    declared): over several epochs, where the simulator closes them at the run's end (SplitFrozen with moving
+    devices or cached activations, SplitLoRA with handovers and no ``training.sync``)."""
     if len(sc.servers) < 2 or (sc.training.sync is None and all(s.backhaul is None for s in sc.servers)):
         return
     once = [n for n, r in results.items() if ((n in SPLITFROZEN and not closes_each_epoch(sc))

@@ -11,8 +11,9 @@ round-robin, proportional, paced, and ``pool`` with Python's random draws: :mod:
 activation caching, partial last micro-batches and warm-up, time-varying uplinks and availability
 (pause, drop) (:mod:`sfsim.fast.dynamic`), handovers (every server in one loop, :mod:`sfsim.fast.handover`:
 fifo, round-robin, proportional, ``pool``), SplitFrozen's backhaul rounds with ``training.sync`` over one
-epoch (every server and its rounds in that loop, :mod:`sfsim.fast.synced`), and each epoch's closing backhaul round of
-servers without ``training.sync`` (:func:`sfsim.network.backhaul.close_epochs`; SplitLoRA's and CenLoRA's
+epoch (every server and its rounds in that loop, :mod:`sfsim.fast.synced`), and the closing backhaul round of
+servers without ``training.sync`` over one epoch or epochs run back to back (moving devices, cached activations:
+:func:`sfsim.network.backhaul.close_epochs`; SplitLoRA's and CenLoRA's
 too, :mod:`sfsim.fast.closing`: their servers wait for each epoch's round); SplitLoRA on constant
 links and on the dynamic network (:mod:`sfsim.fast.splitlora`: both client orders, arrival or fixed
 server orders, FedAvg segments, accumulation, fused or decomposed B/W, time-varying links, availability
@@ -24,7 +25,8 @@ availability, handover). Each epoch's closing backhaul round (no ``training.sync
 for every schedule (:mod:`sfsim.fast.closing`; FedLoRA's in :mod:`sfsim.fast.fedlora` and, with
 handovers or availability, :mod:`sfsim.fast.fedmoves`); SplitFrozen's backhaul sync (``training.sync``)
 over one epoch (:mod:`sfsim.fast.synced`). Not covered (the SimPy engine replays them): traces and
-Gantt charts; backhaul sync for the baselines, and SplitFrozen's over several epochs, with several
+Gantt charts; backhaul sync for the baselines, and SplitFrozen's over several epochs (and without ``training.sync``
+its closing round at each epoch's end, :func:`sfsim.schedules.splitfrozen.closes_per_epoch`), with several
 workers a server, a paced policy or cached activations; SplitFrozen with a paced policy and
 availability or handovers, or with handovers and cached activations.
 """

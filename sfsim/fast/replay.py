@@ -28,6 +28,7 @@ from sfsim.fast import (
 )
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.network.backhaul import Closed, close_epochs
+from sfsim.schedules.splitfrozen import closes_per_epoch
 from sfsim.schedules.splitlora.moves import hands_over
 
 ENGINES = ("auto", "fast", "simpy")
@@ -92,6 +93,8 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         why = synced.covers(job, cfg.policy)
         if why is not None:
             return f"{why} is replayed by the SimPy engine only"
+    if closes_per_epoch(job, getattr(net, "moving", None) or {}):  # no training.sync: a closing round each epoch
+        return "the closing backhaul round at each epoch's end (several epochs) is replayed by the SimPy engine only"
     per_server = Counter(d.server for d in job.devices)
     crowded = next((job.servers[k].name for k, c in per_server.items() if c >= MAX_DEVICES), None)
     if crowded is not None:

@@ -16,9 +16,10 @@ link's latency); the average is ready when every server's upload has arrived, an
 
 Without ``training.sync`` ``sfsim run`` still ends each epoch with one closing round over the servers' backhaul
 links, so that the saved adapter is one model: SplitLoRA and CenLoRA replay it with :class:`ServerRounds`
-(``every`` None) at each epoch's end, FedLoRA too (``sfsim.schedules.fedlora.EpochClose``); SplitFrozen (on the
-fast path too) and SplitLoRA with handovers, whose epochs run back to back, after the replay from each server's end (:func:`close_epochs`: the rounds and
-bytes of every epoch, their time after the run). SplitFrozen's servers join :class:`Rounds` through
+(``every`` None) at each epoch's end, FedLoRA too (``sfsim.schedules.fedlora.EpochClose``), SplitFrozen over several
+epochs too (:class:`PoolRounds` with ``every`` None); SplitFrozen otherwise (one epoch, on the fast path too; moving
+devices or cached activations) and SplitLoRA with handovers, whose epochs run back to back, after the replay from
+each server's end (:func:`close_epochs`: the rounds and bytes of every epoch, their time after the run). SplitFrozen's servers join :class:`Rounds` through
 :class:`PoolRounds` (what the engine's workers call).
 """
 
@@ -420,7 +421,8 @@ class PoolRounds:
         """Server ``j`` ended an optimizer step now (:attr:`joint`: is about to take one); returns an event to wait
         for (a barrier, or an async round still in flight), else None."""
         side, pool = self.sides[j], self.pools[j]
-        if not self.links.joint and (side.steps + 1) % self.links.every:
+        every = self.links.every  # None: no training.sync, no round before the epoch's closing one
+        if every is None or (not self.links.joint and (side.steps + 1) % every):
             side.steps += 1
             return None
         last = pool.unclaimed == 0 and pool.running == 1

@@ -59,7 +59,7 @@ from simpy.events import PENDING
 from sfsim.engine.credits import Credits
 from sfsim.engine.pool import DeviceTimes, Engine, ServerPool, ServerTimes
 from sfsim.network.availability import next_online
-from sfsim.network.backhaul import sync_spec
+from sfsim.network.backhaul import PoolRounds, sync_spec
 from sfsim.network.legs import Motion, motion_of, needs_motion, online, record_online, span
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, link_seconds
 from sfsim.schedules.network import Untouched, needs_dynamics, not_applicable, trace_moves
@@ -110,12 +110,14 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     """
     net = job.network
     views = getattr(net, "views", None)  # None: no network, or one that does not touch SplitFrozen
+    moving = net.moving if net else {}
+    if engine.sync is None and closes_per_epoch(job, moving):  # no training.sync: each epoch's closing round
+        PoolRounds(engine, job.sync, job.servers)
     pools = [ServerPool(engine, s, views[k] if views else job.devices, k, cfg.buffer, cfg.accumulate,
                         cfg.decompose, cfg.policy, sequential, cfg.credits, cfg.pool_memory, cfg.seed)
              for k, s in enumerate(job.servers)]
     if engine.sync is not None:  # training.sync: sfsim.network.backhaul.PoolRounds (whether a step is a server's last)
         engine.sync.attach(pools)
-    moving = net.moving if net else {}
     if by_epochs(job, engine.sync is not None and not moving):
         for pool in pools:
             pool.by_epochs(job.sync.epochs)
@@ -135,18 +137,27 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
 
 def by_epochs(job: Job, synced: bool) -> bool:
     """Whether the servers run one epoch at a time, each ending with its backhaul rounds, as the runtime's
-    (``training.sync`` over several epochs, ``synced``: its rounds are replayed, no device moves; every device
-    sends each epoch: no activation cache). Otherwise the epochs run back to back and the drain and closing
-    rounds come once, at the run's end (``sfsim simulate`` notes it)."""
+    (several epochs, ``synced``: the rounds are replayed, no device moves; every device sends each epoch: no
+    activation cache). With ``training.sync`` those are its drain and closing rounds, without it the closing
+    round alone (the runtime's ``ServerSync.finish``, which a server waits for before its next epoch). Otherwise
+    the epochs run back to back and these rounds come once, at the run's end (``sfsim simulate`` notes it)."""
     sync = job.sync
-    return (synced and sync is not None and sync.every is not None and sync.epochs > 1
+    return (synced and sync is not None and sync.epochs > 1
             and all(d.sent == d.n == d.per_epoch * sync.epochs for d in job.devices))
+
+
+def closes_per_epoch(job: Job, moving) -> bool:
+    """No ``training.sync`` but several servers with a backhaul, over several epochs (:func:`by_epochs`, no device
+    in ``moving``): :func:`run` replays each epoch's closing round (:class:`PoolRounds` with ``every`` None) at the
+    epoch's end, as the runtime; the fast path leaves this case to the SimPy engine."""
+    return job.sync is not None and job.sync.every is None and not moving and by_epochs(job, True)
 
 
 def closes_each_epoch(scenario) -> bool:
     """Whether SplitFrozen on ``scenario`` ends each epoch with its backhaul rounds (:func:`by_epochs`): several
-    servers with ``training.sync``, no activation cache, no device that moves, churns or has a varying uplink."""
-    return (len(scenario.servers) > 1 and scenario.training.sync is not None and not scenario.training.cache_activations
+    servers (with ``training.sync`` or a backhaul link), no activation cache, no device that moves, churns or
+    has a varying uplink."""
+    return (len(scenario.servers) > 1 and not scenario.training.cache_activations
             and not any(needs_motion(d, downlink=False) for d in scenario.devices))
 
 
