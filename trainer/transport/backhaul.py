@@ -32,7 +32,12 @@ happen must not depend on who polls first: a round is *opened* by a server that 
 step; a waiting server joins exactly the opened rounds (server 0 invites it: :class:`ServerLinks`), and a
 round nobody opens (drained servers' drain rounds) waits until every server joins it, the waiting one once it
 trains or drains. Two waiting servers trade no rounds, and a server waiting while the others have drained
-answers none (the simulator's ``ServerRounds`` follows the same rule).
+answers none (the simulator's ``ServerRounds`` follows the same rule). Nor may a round depend on whether a visitor's
+``join`` or the round's invitation reaches the waiting server first: a server that reads a device's ``moved`` (or
+its epoch's end) knows which servers the device sends a ``join`` to (:meth:`ServerSync.announce`), its round vectors
+carry those counts, each invitation passes on the count announced to its server, and a waiting server answers the
+round only once it has read that many joins (a join it reads first takes it out of waiting, so it joins that round
+from its own step), as in the simulator, where a join arrives at once, before any round the move leads to.
 
 The rounds travel over the servers' admitted channels (:mod:`trainer.transport.rendezvous`: server ``j``
 <-> server 0, authenticated and, when the run encrypts, encrypted), not over gloo collectives: every
@@ -41,8 +46,8 @@ aborts a receiver that is sent more than it expects, so a hostile device could f
 Server 0 sums the servers' vectors in server order and sends the sum back, so every server adopts
 bit-identical averages; a vector of the wrong size (refused before it is read), a forged or replayed
 frame, non-finite values, a round whose tail is not a weight >= 0 and counts of servers
-(:func:`round_tail_error`), or an invitation to another round than the one due end the run with one line
-naming the server.
+(:func:`round_tail_error`) or of joins (whole, 0..:data:`MAX_JOINS` a server), or an invitation to another round than the
+one due or announcing more joins end the run with one line naming the server.
 """
 
 from __future__ import annotations
@@ -77,7 +82,8 @@ class ServerLinks:
     other server one invitation per round, before the sum: at once when it opens the round itself, else when it
     reads an opening vector or, when no server opens it, once every server has joined (servers that have drained
     meet in their drain and closing rounds). So the rounds that happen and their order follow the servers' steps,
-    never who polls first, and two waiting servers trade nothing.
+    never who polls first, and two waiting servers trade nothing. With ``joins`` (:class:`ServerSync`'s rounds) an
+    invitation has a second 8-byte part: the joins announced to its server in the vectors read so far (:attr:`need`).
 
     Args:
         index: this server's index.
