@@ -240,3 +240,52 @@ def test_an_invitation_to_another_round_than_the_one_due_is_one_line_naming_serv
                                          r"due"):
         for _ in range(200):
             s1.opened(16, wait_s=0.01)
+
+
+def test_a_waiting_server_answers_an_open_round_only_after_the_joins_announced_before_it():
+    """Server 0 has read a device's ``moved`` towards server 1 (it announces that join) and opens a round after its
+    2nd step; server 1, waiting, is invited at once but must not answer before it has read that join, whichever comes
+    first: 0.3 s of waiting answer nothing. Once the join is read it trains its visitor and joins that same round
+    from its own step: one round on each, then the drain and closing rounds, as with the join read first."""
+    from trainer.transport.backhaul import ServerSync
+
+    s0, s1, _ = _linked()
+    a, b = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a"), ServerSync(s1, 1, 2, 2, "sync", 1.0, None, "b")
+    xa, xb = [torch.ones(3)], [torch.full((3,), 3.0)]
+    a.announce([1])
+
+    def train() -> None:
+        a.after_step(xa)
+        a.after_step(xa)
+        a.finish(xa)
+
+    th = threading.Thread(target=train)
+    th.start()
+    _idle_for(b, xb, 0.3)
+    assert b.rounds == 0 and s1.invited and s1.need == 1
+    b.joined()
+    b.after_step(xb)
+    b.after_step(xb)
+    b.finish(xb)
+    th.join(timeout=10)
+    assert not th.is_alive() and a.rounds == b.rounds == 3 and torch.equal(xa[0], xb[0])
+
+
+def test_malformed_join_counts_are_one_line_naming_the_server():
+    """An invitation announcing more joins than any run has (server 0) and a round vector whose join count is not a
+    whole number in range (server 1) are refused before use, in one line."""
+    from trainer.transport.backhaul import MAX_JOINS, ServerSync
+
+    s0, s1, _ = _linked()
+    s0.channels[1].send((0).to_bytes(8, "big"))
+    s0.channels[1].send((2 * MAX_JOINS + 1).to_bytes(8, "big"))
+    with pytest.raises(SfsimError, match=rf"^backhaul: server 0 sent an invitation to sync round 1 that announces "
+                                         rf"{2 * MAX_JOINS + 1} joins \(at most {2 * MAX_JOINS}\)"):
+        for _ in range(200):
+            s1.opened(16, wait_s=0.01, joins=True)
+    s0, s1, ch1 = _linked()
+    a = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a")
+    ch1.send(torch.tensor([1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 0.0, 1.0]).numpy().tobytes())
+    with pytest.raises(SfsimError, match=r"^backhaul: server 1 sent a count of 0.5 joins \(0\.\.\d+\) in a sync round"):
+        a.after_step([torch.ones(1)])
+        a.after_step([torch.ones(1)])

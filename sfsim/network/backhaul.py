@@ -233,7 +233,10 @@ class ServerRounds:
         rounds until ``wake``, as the runtime's ``ServerSync.idle``: it joins exactly the rounds another server opens
         from an optimizer step, once invited (:meth:`Rounds.opened`), with zeros, as one that still trains. Joint
         mode: one round at a time, stepping with the others; else one round in flight (adopting nothing), which its
-        next round of its own waits for. A round nobody opens (drain rounds) waits until it trains or drains."""
+        next round of its own waits for. A round nobody opens (drain rounds) waits until it trains or drains. A visitor's
+        ``join`` reaches it at once (``sfsim.schedules.fedsync.Fleet.move``, ``close``), before the invitation to any
+        round its move or its epoch's end leads to: the runtime's waiting server reads the joins announced before a
+        round first (``ServerSync.announce``), so that a join always comes first there too."""
         while not wake.triggered:
             if self.pending is not None:  # its round in flight
                 k, ev = self.pending

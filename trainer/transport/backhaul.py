@@ -32,7 +32,12 @@ happen must not depend on who polls first: a round is *opened* by a server that 
 step; a waiting server joins exactly the opened rounds (server 0 invites it: :class:`ServerLinks`), and a
 round nobody opens (drained servers' drain rounds) waits until every server joins it, the waiting one once it
 trains or drains. Two waiting servers trade no rounds, and a server waiting while the others have drained
-answers none (the simulator's ``ServerRounds`` follows the same rule).
+answers none (the simulator's ``ServerRounds`` follows the same rule). Nor may a round depend on whether a visitor's
+``join`` or the round's invitation reaches the waiting server first: a server that reads a device's ``moved`` (or
+its epoch's end) knows which servers the device sends a ``join`` to (:meth:`ServerSync.announce`), its round vectors
+carry those counts, each invitation passes on the count announced to its server, and a waiting server answers the
+round only once it has read that many joins (a join it reads first takes it out of waiting, so it joins that round
+from its own step), as in the simulator, where a join arrives at once, before any round the move leads to.
 
 The rounds travel over the servers' admitted channels (:mod:`trainer.transport.rendezvous`: server ``j``
 <-> server 0, authenticated and, when the run encrypts, encrypted), not over gloo collectives: every
@@ -41,8 +46,8 @@ aborts a receiver that is sent more than it expects, so a hostile device could f
 Server 0 sums the servers' vectors in server order and sends the sum back, so every server adopts
 bit-identical averages; a vector of the wrong size (refused before it is read), a forged or replayed
 frame, non-finite values, a round whose tail is not a weight >= 0 and counts of servers
-(:func:`round_tail_error`), or an invitation to another round than the one due end the run with one line
-naming the server.
+(:func:`round_tail_error`) or of joins (whole, 0..:data:`MAX_JOINS` a server), or an invitation to another round than the
+one due or announcing more joins end the run with one line naming the server.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from trainer.transport.wire import WireError
 
 _LEN = 8  # bytes of a JSON part's length prefix
 TAIL = 5  # a round vector's tail: weight, servers training, not adopting, stepping, opening it (ServerSync._round)
+MAX_JOINS = 1 << 24  # a server's count of the joins it announces to another (whole numbers exact in float32)
 IDLE_POLL_S = 0.005  # a server waiting for a visitor looks for it (and for an open round) this often
 MAX_JSON = 1 << 30  # a server's end-of-run part (metrics and trace events) at most
 
@@ -76,7 +82,8 @@ class ServerLinks:
     other server one invitation per round, before the sum: at once when it opens the round itself, else when it
     reads an opening vector or, when no server opens it, once every server has joined (servers that have drained
     meet in their drain and closing rounds). So the rounds that happen and their order follow the servers' steps,
-    never who polls first, and two waiting servers trade nothing.
+    never who polls first, and two waiting servers trade nothing. With ``joins`` (:class:`ServerSync`'s rounds) an
+    invitation has a second 8-byte part: the joins announced to its server in the vectors read so far (:attr:`need`).
 
     Args:
         index: this server's index.
@@ -93,14 +100,18 @@ class ServerLinks:
         self.calls = 0  # rounds this server has joined (the index of its next one)
         self.early: dict[int, torch.Tensor] = {}  # server 0: the others' vectors of its next round, read while waiting
         self.invited = False  # server j: the invitation to its next round has been read (while waiting)
+        self.joins = False  # this round's vectors carry, before their TAIL, each server's joins announced to it
+        self.need = 0  # joins this (waiting) server must have had before it answers the open round (:meth:`opened`)
 
-    def all_reduce(self, flat: torch.Tensor, check=None, opens: bool = False) -> None:
+    def all_reduce(self, flat: torch.Tensor, check=None, opens: bool = False, joins: bool = False) -> None:
         """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere).
 
         ``check(vector, servers)``: what is wrong with one server's vector (``servers`` 1, on server 0) or with the
         sum server 0 sends back (``servers`` n), or None; a wrong one ends the run with one line naming the sender.
-        ``opens``: this server opens the round (server 0 invites the others at once)."""
+        ``opens``: this server opens the round (server 0 invites the others at once); ``joins``: the vectors carry the
+        servers' join counts (:meth:`ServerSync.announce`), which the invitations pass on."""
         nbytes = flat.numel() * 4
+        self.joins = joins
         k, self.calls = self.calls, self.calls + 1
         if self.index != 0:
             self._send(0, flat)
@@ -112,15 +123,15 @@ class ServerLinks:
         parts, self.early = self.early, {}
         invited = opens or any(_opens(v) for v in parts.values())
         if invited:
-            self._invite(k)
+            self._invite(k, flat, parts)
         while len(parts) < self.n - 1:
             for j in self._readable([j for j in range(1, self.n) if j not in parts], self.timeout_s):
                 parts[j] = self._checked(j, self._recv(j, nbytes), check, 1)
                 if not invited and _opens(parts[j]):
                     invited = True
-                    self._invite(k)
+                    self._invite(k, flat, parts)
         if not invited:  # nobody opened it: every server joined (drained servers' rounds)
-            self._invite(k)
+            self._invite(k, flat, parts)
         total = flat.clone()
         for j in range(1, self.n):
             total += parts[j]
@@ -128,28 +139,47 @@ class ServerLinks:
         for j in range(1, self.n):
             self._send(j, flat)
 
-    def opened(self, nbytes: int, check=None, wait_s: float = 0.0) -> bool:
+    def opened(self, nbytes: int, check=None, wait_s: float = 0.0, joins: bool = False) -> bool:
         """A waiting server: whether its next round is open (it should join it now), looking up to ``wait_s``.
         Server 0 reads the vectors that have come (``nbytes`` each) and holds them for that round; another
-        server reads server 0's invitation."""
+        server reads server 0's invitation. With :attr:`joins`, :attr:`need` says how many joins the servers read so far
+        announced to this one (its invitation's second part, or server 0's sum over the vectors it holds)."""
+        self.joins = joins
         if self.index != 0:
             if not self.invited and self._readable([0], wait_s):
                 self._invitation(self.calls)
             return self.invited
         for j in self._readable([j for j in range(1, self.n) if j not in self.early], wait_s):
             self.early[j] = self._checked(j, self._recv(j, nbytes), check, 1)
+        self.need = self._announced(0, self.early.values())
         return any(_opens(v) for v in self.early.values())
 
-    def _invite(self, k: int) -> None:
+    def _announced(self, j: int, vectors) -> int:
+        """Joins that the servers of ``vectors`` announced to server ``j`` (0 without :attr:`joins`)."""
+        return int(sum(round(float(v[-TAIL - self.n + j])) for v in vectors)) if self.joins else 0
+
+    def _invite(self, k: int, own: torch.Tensor, parts: dict[int, torch.Tensor]) -> None:
+        """Invite every other server to round ``k``; with :attr:`joins`, each also gets the joins announced to it in
+        ``own`` and the vectors read so far (``parts``), which it must have had before it answers as a waiting server."""
         for j in range(1, self.n):
             self._call(j, lambda ch: ch.send(k.to_bytes(_LEN, "big")))
+            if self.joins:
+                need = self._announced(j, [own, *parts.values()])
+                self._call(j, lambda ch, need=need: ch.send(need.to_bytes(_LEN, "big")))
 
     def _invitation(self, k: int) -> None:
-        """Server j: read server 0's invitation, which must be to round ``k`` (the one this server joins next)."""
+        """Server j: read server 0's invitation, which must be to round ``k`` (the one this server joins next), and
+        with :attr:`joins` the joins announced to this server (0..:data:`MAX_JOINS` x servers)."""
         got = int.from_bytes(self._call(0, lambda ch: ch.recv(_LEN)), "big")
         if got != k:
             raise SfsimError(f"backhaul: server 0 sent an invitation to sync round {got + 1} where round {k + 1} was "
                              "due; the servers can no longer agree on one model")
+        if self.joins:
+            need = int.from_bytes(self._call(0, lambda ch: ch.recv(_LEN)), "big")
+            if need > MAX_JOINS * self.n:
+                raise SfsimError(f"backhaul: server 0 sent an invitation to sync round {k + 1} that announces {need} "
+                                 f"joins (at most {MAX_JOINS * self.n}); the servers can no longer agree on one model")
+            self.need = need
         self.invited = True
 
     def _readable(self, peers: list[int], wait_s: float) -> list[int]:
@@ -245,10 +275,26 @@ class ServerSync:
         self.stepping = False  # joint mode: some server stepped on the last round's mean gradient
         self._pending: tuple | None = None  # async: (thread, live state, snapshot, average, steps at the snapshot)
         self._idle: threading.Thread | None = None  # a waiting server's round in flight (:meth:`idle`)
+        self.joins_in = 0  # visitors' joins this server has read (:meth:`joined`)
+        self.announced = [0] * n_servers  # joins this server knows a device sends to each server (:meth:`announce`)
+        self.extra = n_servers if isinstance(group, ServerLinks) else 0  # the vectors' join counts
 
     def wake(self) -> None:
         """Something changed for this waiting server (a visitor's join, a move, a leave). Nothing to do: a waiting
         server joins exactly the rounds another server opens (:class:`ServerLinks`), whatever happens meanwhile."""
+
+    def joined(self) -> None:
+        """This server read a visitor's ``join`` (of any epoch, 0 or not)."""
+        self.joins_in += 1
+
+    def announce(self, ranks: list[int]) -> None:
+        """A device sends (or has sent) a ``join`` to each server of ``ranks``: this server read its ``moved`` or its
+        epoch's end (:meth:`trainer.transport.handover.Visits.announced`). Its next round's vector carries the counts,
+        and a server waiting for a visitor answers that round only once it has read as many joins as announced to it:
+        so whether a visitor's join or the round's invitation reaches it first decides nothing (the simulator delivers
+        a join at once, before any round its move leads to)."""
+        for r in ranks:
+            self.announced[r] += 1
 
     # -- what a method calls around its optimizer step -----------------------------------------------------
     def before_step(self, params: list[torch.nn.Parameter], last: bool = False) -> None:
@@ -321,9 +367,9 @@ class ServerSync:
             time.sleep(IDLE_POLL_S)
             return None
         self._wait()
-        nbytes = (sum(t.numel() for t in like) + TAIL) * 4
-        if not self.group.opened(nbytes, round_tail_error, IDLE_POLL_S):
-            return None
+        nbytes = (sum(t.numel() for t in like) + self.extra + TAIL) * 4
+        if not self.group.opened(nbytes, self._check, IDLE_POLL_S, joins=bool(self.extra)) or self.joins_in < getattr(self.group, "need", 0):
+            return None  # not open, or a join announced before it opened still to come (read it first)
         return [torch.zeros_like(t) for t in like]
 
     def _in_background(self, zeros: list[torch.Tensor]) -> None:
@@ -413,11 +459,12 @@ class ServerSync:
         if idle is not None and idle is not threading.current_thread():
             idle.join()  # rounds go one at a time over the channels: a waiting server's round first
         flat = torch.cat([t.detach().reshape(-1).float().cpu() * weight for t in tensors]  # a GPU server's too
+                         + [torch.tensor([float(c) for c in self.announced[:self.extra]])]
                          + [torch.tensor([weight, float(active), float(not adopt), float(stepping),
-                                          float(opens)])])  # (numels + TAIL,)
-        nbytes = (flat.numel() - TAIL) * 4
+                                          float(opens)])])  # (numels + extra + TAIL,)
+        nbytes = (flat.numel() - self.extra - TAIL) * 4
         self._transfer("sync-send", nbytes)
-        self.group.all_reduce(flat, check=round_tail_error, opens=opens)
+        self.group.all_reduce(flat, check=self._check, opens=opens, joins=bool(self.extra))
         self._transfer("sync-recv", nbytes)
         self.rounds += 1
         total, still, differ = float(flat[-5]), int(round(float(flat[-4]))), float(flat[-3]) > 0.5
@@ -432,6 +479,18 @@ class ServerSync:
         if still == 0:
             self.ended = differ
         return still
+
+    def _check(self, flat: torch.Tensor, servers: int) -> str | None:
+        """What is wrong with a round vector (:func:`round_tail_error`, and its join counts: whole numbers in
+        0..:data:`MAX_JOINS` per server summed), or None."""
+        why = round_tail_error(flat, servers)
+        if why is not None or not self.extra:
+            return why
+        if flat.numel() < self.extra + TAIL:
+            return f"a vector of {flat.numel()} values (a round carries at least its {self.extra + TAIL} counts)"
+        bad = [c for c in (float(v) for v in flat[-TAIL - self.extra:-TAIL])
+               if not (0 <= c <= MAX_JOINS * servers and c == round(c))]
+        return f"a count of {bad[0]:g} joins (0..{MAX_JOINS * servers})" if bad else None
 
     def _transfer(self, op: str, nbytes: int) -> None:
         """Count ``nbytes`` on the backhaul; shaped, hold the link for them and the latency (a trace event)."""

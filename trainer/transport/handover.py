@@ -206,6 +206,23 @@ class Visits:
             self.setup.samples[name] = self.roles[name].n_samples
         return msg.aux if name in self.roles else 0
 
+    def announced(self, name: str, to: int | None = None) -> list[int]:
+        """The servers (ranks) that device ``name`` sends a ``join`` to, by :class:`Mover`'s rules, once this server
+        has read its ``moved`` to leg ``to`` (the new server unless it is this one, and those of the legs it passed
+        through that no later leg brings it to), or, ``to`` None, the end of its epoch here (its last upload or its
+        ``leave``: :meth:`Mover.close`, every other server of its legs)."""
+        lg, me = self.legs.legs.get(name, []), self.setup.server
+        if len({r for _, r, _ in lg}) < 2:
+            return []
+        if to is None:
+            return sorted({r for _, r, srv in lg if srv != me})
+        if not 0 <= to < len(lg):
+            return []
+        k = max((j for j in range(to) if lg[j][2] == me), default=to)  # the leg it left here
+        new = lg[to][1]
+        passed = {lg[j][1] for j in range(k + 1, to)} - {lg[k][1], new}
+        return ([new] if lg[to][2] != me else []) + sorted(r for r in passed if all(x != r for _, x, _ in lg[to + 1:]))
+
 
 def visits_of(method) -> Visits | None:
     """A server method's :class:`Visits` when the run has handovers (``method.legs``), else None."""
