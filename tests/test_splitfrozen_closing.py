@@ -6,7 +6,6 @@ the rounds came after the run). The fast path leaves this case to the SimPy engi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.network.backhaul import SyncSpec
 from sfsim.outputs.trace import read_chrome_trace
 from sfsim.schedules import Job, ReplayConfig, get
+from tests.test_splitfrozen_epochs import random_run, two_epoch_runs
 from tests.test_sync_order import server_ops
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -87,23 +87,9 @@ def test_two_epochs_closing_rounds_equal_a_real_runs(tiny_gpt2, tmp_path):
     """runtime_two_servers.yaml without b-1 and without training.sync, backhaul links, 2 epochs: the real run and the
     simulator make one closing round an epoch (2), send the same backhaul bytes, and on each server the same order of
     steps and rounds (epoch 1's steps, its round, epoch 2's steps, its round: before, both rounds came last)."""
-    from tests.test_multiserver import TWO, _cfg, _with
-    from trainer.run.launch import run
-    from trainer.validate.compare import ValidateConfig, predict
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    def edit(d):
-        d["devices"] = [x for x in d["devices"] if x["name"] != "b-1"]
+    def no_sync(d):
         d["training"].pop("sync", None)
-        for s in d["servers"]:
-            s["backhaul"] = {"bandwidth": "20 Mbps", "latency": "10 ms"}
-    devices = _with(tmp_path, TWO, edit)
-    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=devices, train_samples=24, epochs=2, emulate="links"))
-    vc = ValidateConfig(devices=str(devices), model=tiny_gpt2, method="splitfrozen", out=str(tmp_path / "v"),
-                        max_len=48, data_dir=str(FIXTURES / "data"), train_samples=24, server_order="round-robin",
-                        epochs=2)
-    sim = predict(vc, m)
+    m, sim = two_epoch_runs(tiny_gpt2, tmp_path, no_sync)
     assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], 2)
     assert sim.sync_rounds == 2 and m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
     measured = read_chrome_trace(tmp_path / "run" / "trace.json")
@@ -113,40 +99,12 @@ def test_two_epochs_closing_rounds_equal_a_real_runs(tiny_gpt2, tmp_path):
         assert ops.index("sync-recv") < len(ops) - 2 and ops[-2:] == ["sync-send", "sync-recv"]
 
 
-def _random_run(seed: int) -> tuple[Engine, Job]:
-    """2-4 servers (1 or 2 workers), 0-7 devices of unequal times (some without samples, some with a partial last
-    micro-batch), 2-3 epochs, any policy and credits, pipelined or sequential; no training.sync."""
-    import random
-
-    rng = random.Random(seed)
-    ns, epochs = rng.randint(2, 4), rng.randint(2, 3)
-    servers = [ServerTimes(f"s{k}", rng.choice([1, 1, 2]), rng.uniform(0, 0.3)) for k in range(ns)]
-    devices = []
-    for i in range(rng.randint(0, 7)):
-        pe = rng.randint(0, 4)
-        devices.append(DeviceTimes(f"d{i}", rng.randrange(ns), n=pe * epochs, per_epoch=pe,
-                                   last=rng.choice([1.0, 0.5]) if pe else 1.0, f=rng.uniform(0.1, 1),
-                                   up_s=rng.uniform(0.1, 1), up_l=rng.uniform(0, 0.2), srv_f=rng.uniform(0.05, 0.5),
-                                   srv_b=rng.uniform(0.05, 0.5), srv_w=rng.uniform(0, 0.5), act_bytes=100.0))
-    job = Job(devices, servers)
-    links = tuple((s.name, rng.uniform(10, 100), rng.uniform(0, 0.1)) for s in servers)
-    job.sync = SyncSpec(links, None, "sync", 10.0, 12.0, epochs)
-    policy = rng.choice(["fifo", "round-robin", "proportional", "pool", "paced-round-robin", "paced-proportional"])
-    credits = "device" if policy.startswith("paced") else rng.choice(["server", "device"])
-    cfg = ReplayConfig(buffer=rng.randint(1, 3), accumulate=rng.randint(1, 3), policy=policy, credits=credits,
-                       decompose=rng.random() < 0.7)
-    engine = Engine(trace=True)
-    get("splitfrozen").run(engine, job, cfg, sequential=rng.random() < 0.3)
-    engine.makespan = engine.run()
-    return engine, job
-
-
 @pytest.mark.parametrize("seed", range(100))
 def test_random_fleets_close_each_epoch_once_before_the_next(seed):
     """Random fleets: every run ends, one closing round an epoch (``closing`` bytes each way on every backhaul), and
     each epoch is a barrier: the servers' last op of epoch e, then every server's round e, then epoch e + 1's
     first device forward; the run ends with the last round's return."""
-    engine, job = _random_run(seed)
+    engine, job = random_run(seed, closing=True)
     epochs, names = job.sync.epochs, [s.name for s in job.servers]
     assert engine.sync.rounds == epochs and engine.sync.bytes == dict.fromkeys(names, 2 * 12.0 * epochs)
     per = {d.name: d.per_epoch for d in job.devices}

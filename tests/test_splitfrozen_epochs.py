@@ -87,23 +87,9 @@ def test_two_epochs_rounds_equal_a_real_runs(tiny_gpt2, tmp_path, mode):
     2): each epoch ends with mec-b's drained round and a closing round, as in the real run; the round count, the
     backhaul bytes and (sync mode; an async round's end races the steps) the order of rounds and steps on each
     server are the runtime's. Before, the simulator ran the epochs back to back: 5 rounds against the runtime's 6."""
-    from tests.test_multiserver import TWO, _cfg, _with
-    from trainer.run.launch import run
-    from trainer.validate.compare import ValidateConfig, predict
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    def edit(d):
-        d["devices"] = [x for x in d["devices"] if x["name"] != "b-1"]
+    def sync(d):
         d["training"]["sync"] = {"every": 2, "mode": mode}
-        for s in d["servers"]:
-            s["backhaul"] = {"bandwidth": "20 Mbps", "latency": "10 ms"}
-    devices = _with(tmp_path, TWO, edit)
-    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=devices, train_samples=24, epochs=2, emulate="links"))
-    vc = ValidateConfig(devices=str(devices), model=tiny_gpt2, method="splitfrozen", out=str(tmp_path / "v"),
-                        max_len=48, data_dir=str(FIXTURES / "data"), train_samples=24, server_order="round-robin",
-                        epochs=2)
-    sim = predict(vc, m)
+    m, sim = two_epoch_runs(tiny_gpt2, tmp_path, sync)
     assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], 6)
     assert sim.sync_rounds == 6 and m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
     if mode == "sync":
@@ -112,16 +98,39 @@ def test_two_epochs_rounds_equal_a_real_runs(tiny_gpt2, tmp_path, mode):
             assert server_ops(measured, server) == server_ops(sim.events, server)
 
 
-def _random_run(seed: int) -> tuple[Engine, Job]:
+def two_epoch_runs(tiny_gpt2, tmp_path, sync) -> tuple[dict, object]:
+    """runtime_two_servers.yaml without b-1, backhaul links on both servers, its ``training`` edited by ``sync``:
+    a real 2-epoch SplitFrozen run's metrics (trace in ``tmp_path/run``) and the simulator's prediction of it."""
+    from tests.test_multiserver import TWO, _cfg, _with
+    from trainer.run.launch import run
+    from trainer.validate.compare import ValidateConfig, predict
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    def edit(d):
+        d["devices"] = [x for x in d["devices"] if x["name"] != "b-1"]
+        sync(d)
+        for s in d["servers"]:
+            s["backhaul"] = {"bandwidth": "20 Mbps", "latency": "10 ms"}
+    devices = _with(tmp_path, TWO, edit)
+    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=devices, train_samples=24, epochs=2, emulate="links"))
+    vc = ValidateConfig(devices=str(devices), model=tiny_gpt2, method="splitfrozen", out=str(tmp_path / "v"),
+                        max_len=48, data_dir=str(FIXTURES / "data"), train_samples=24, server_order="round-robin",
+                        epochs=2)
+    return m, predict(vc, m)
+
+
+def random_run(seed: int, closing: bool = False) -> tuple[Engine, Job]:
     """2-4 servers (1 or 2 workers), 1-7 devices of unequal times (some without samples, some with a partial last
-    micro-batch), 2-3 epochs, any policy and credits, pipelined or sequential, sync every 1, 2, 3 or 5 in either mode."""
+    micro-batch), 2-3 epochs, any policy and credits, pipelined or sequential, sync every 1, 2, 3 or 5 in either mode.
+    ``closing``: no training.sync (each epoch's closing round only; the schedule makes its rounds), 0-7 devices."""
     import random
 
     rng = random.Random(seed)
     ns, epochs = rng.randint(2, 4), rng.randint(2, 3)
     servers = [ServerTimes(f"s{k}", rng.choice([1, 1, 2]), rng.uniform(0, 0.3)) for k in range(ns)]
     devices = []
-    for i in range(rng.randint(1, 7)):
+    for i in range(rng.randint(0 if closing else 1, 7)):
         pe = rng.randint(0, 4)
         devices.append(DeviceTimes(f"d{i}", rng.randrange(ns), n=pe * epochs, per_epoch=pe, last=rng.choice([1.0, 0.5]) if pe else 1.0,
                                    f=rng.uniform(0.1, 1), up_s=rng.uniform(0.1, 1), up_l=rng.uniform(0, 0.2),
@@ -129,13 +138,15 @@ def _random_run(seed: int) -> tuple[Engine, Job]:
                                    act_bytes=100.0))
     job = Job(devices, servers)
     links = tuple((s.name, rng.uniform(10, 100), rng.uniform(0, 0.1)) for s in servers)
-    job.sync = SyncSpec(links, rng.choice([1, 2, 3, 5]), rng.choice(["sync", "async"]), 10.0, 12.0, epochs)
+    every, mode = (None, "sync") if closing else (rng.choice([1, 2, 3, 5]), rng.choice(["sync", "async"]))
+    job.sync = SyncSpec(links, every, mode, 10.0, 12.0, epochs)
     policy = rng.choice(["fifo", "round-robin", "proportional", "pool", "paced-round-robin", "paced-proportional"])
     credits = "device" if policy.startswith("paced") else rng.choice(["server", "device"])
     cfg = ReplayConfig(buffer=rng.randint(1, 3), accumulate=rng.randint(1, 3), policy=policy, credits=credits,
                        decompose=rng.random() < 0.7)
     engine = Engine(trace=True)
-    PoolRounds(engine, job.sync, job.servers)
+    if not closing:
+        PoolRounds(engine, job.sync, job.servers)
     get("splitfrozen").run(engine, job, cfg, sequential=rng.random() < 0.3)
     engine.makespan = engine.run()
     return engine, job
@@ -146,7 +157,7 @@ def test_no_device_starts_an_epoch_before_every_server_ended_the_last(seed):
     """Random fleets: every run ends (a pool left waiting raises), and each epoch is a barrier: no device forwards a
     micro-batch of epoch e + 1 before every server has ended its work on epoch e's (its last F, B, W), and between
     the two each server's epoch-end rounds run (at least one send per epoch on every backhaul)."""
-    engine, job = _random_run(seed)
+    engine, job = random_run(seed)
     per = {d.name: d.per_epoch for d in job.devices}
     starts, ends = {}, {}  # epoch -> the first device forward of it; the last server op on it
     for e in engine.events:

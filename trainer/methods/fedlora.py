@@ -206,8 +206,6 @@ class FedLoRA(Handovers, Method):
             if msg is None:  # nothing yet: answer the other servers' next round
                 self.sync.fed_idle([self.global_state[k] for k in self.keys])
                 continue
-            if self.sync is not None:  # something changed: a waiting server answers rounds again
-                self.sync.wake()
             n = msg.device
             if msg.kind in ("moved", "join"):
                 if msg.kind == "moved":

@@ -279,10 +279,6 @@ class ServerSync:
         self.announced = [0] * n_servers  # joins this server knows a device sends to each server (:meth:`announce`)
         self.extra = n_servers if isinstance(group, ServerLinks) else 0  # the vectors' join counts
 
-    def wake(self) -> None:
-        """Something changed for this waiting server (a visitor's join, a move, a leave). Nothing to do: a waiting
-        server joins exactly the rounds another server opens (:class:`ServerLinks`), whatever happens meanwhile."""
-
     def joined(self) -> None:
         """This server read a visitor's ``join`` (of any epoch, 0 or not)."""
         self.joins_in += 1
