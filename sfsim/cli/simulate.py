@@ -9,13 +9,12 @@ import click
 
 from sfsim.cli.group import example, main, warn
 from sfsim.errors import SfsimError
-from sfsim.methods import METHODS, SPLITFROZEN, canonical
+from sfsim.methods import METHODS, canonical
 from sfsim.outputs.gantt import gantt_format, write_panels
 from sfsim.outputs.report import comparison_table, summary
 from sfsim.scenario.overrides import load_scenario_with, parse_sets
 from sfsim.scenario.schema import write_atomic
 from sfsim.schedules.network import Unsupported
-from sfsim.schedules.splitfrozen import closes_each_epoch
 from sfsim.simulate import applicable, check_options
 from sfsim.simulate import simulate as run_schedule
 
@@ -114,12 +113,11 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
 def _sync_note(sc, results: dict) -> None:
     """Say where the simulated backhaul rounds are placed other than where ``sfsim run`` makes them (every method's
     servers sync, and without ``training.sync`` still close each epoch with one round when a backhaul link is
-    declared): over several epochs, where the simulator closes them at the run's end (SplitFrozen with moving
-    devices or cached activations, SplitLoRA with handovers and no ``training.sync``)."""
+    declared): over several epochs, where the simulator closes them at the run's end (SplitLoRA with handovers and
+    no ``training.sync``; SplitFrozen closes each epoch, moving devices and cached activations too)."""
     if len(sc.servers) < 2 or (sc.training.sync is None and all(s.backhaul is None for s in sc.servers)):
         return
-    once = [n for n, r in results.items() if ((n in SPLITFROZEN and not closes_each_epoch(sc))
-                                              or (n == "splitlora" and r.handovers and not sc.training.sync))
+    once = [n for n, r in results.items() if n == "splitlora" and r.handovers and not sc.training.sync
             and r.backhaul_bytes_by_server]
     if once and sc.training.epochs > 1:
         click.echo(f"note: {', '.join(once)}: the simulator closes the backhaul rounds at the run's end (its epochs "

@@ -53,7 +53,8 @@ SplitFrozen server (:class:`ServerPool`), exactly as the planner must assume:
   ends the micro-batch's ``W`` (run right after ``B``, never deferred), before any ``step``.
 * **Activation cache**: a device sends only its first ``sent`` micro-batches; its micro-batch
   ``n >= sent`` (a later epoch, replayed from the server's cache) becomes eligible at the instant a
-  worker starts its micro-batch ``n - 1``, so each device has at most one replay waiting.
+  worker starts its micro-batch ``n - 1``, so each device has at most one replay waiting (a pool run one epoch at
+  a time: an epoch's first replay at the epoch's start, :meth:`~sfsim.engine.worker.WorkerLoop.by_epochs`).
 * **Backhaul sync** (``Engine.sync``, optional; :mod:`sfsim.network.backhaul`): after each optimizer step a
   worker tells the backhaul; in ``sync`` mode it waits there until the servers' average has arrived (with
   ``every: 1`` the round averages the gradients before the step, which waits for it).
@@ -315,7 +316,8 @@ class ServerPool(WorkerLoop):
         dev = self.devices[i]
         self.unclaimed -= 1
         self.mixing.add(i)
-        replay = n + 1 < dev.n and n + 1 >= dev.sent
+        replay = n + 1 < dev.n and n + 1 >= dev.sent and (self.starts is None or (n + 1) % dev.per_epoch)
+        # (one epoch at a time: an epoch's first cached micro-batch comes at its start, WorkerLoop._next_epoch)
         eid = -1
         if n < dev.sent:  # a sent micro-batch frees its credit; a replay holds none
             acct = (self._direct or self._directs())[i]

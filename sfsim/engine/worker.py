@@ -17,6 +17,7 @@ import simpy
 
 from sfsim.engine.core import DeviceEvent
 from sfsim.engine.credits import Credits
+from sfsim.engine.epochs import EpochBooks
 from sfsim.engine.policies import FifoPolicy
 
 _NORMAL = simpy.events.NORMAL  # SimPy's priority for ordinary (non-urgent) events
@@ -41,23 +42,41 @@ class WorkerLoop:
     epochs, epoch = 1, 0  # by_epochs: the epochs the pool opens one at a time, and the one open now
     starts: dict | None = None  # by_epochs: epoch -> the event of its start (its devices wait for it)
 
-    def by_epochs(self, epochs: int) -> None:
+    def by_epochs(self, epochs: int, legs: dict[int, list[int]] | None = None) -> None:
         """Open the devices' micro-batches one epoch at a time, as the runtime's server (``train_epoch``).
 
         Each epoch ends as a run does (a final step on a partial window, then the backhaul's drain and
         closing rounds, :meth:`sfsim.network.backhaul.PoolRounds.leave`); the next opens when they are
-        over: its workers start then, and its devices start forwarding then (:meth:`epoch_start`).
-        Every device's micro-batches must be ``epochs`` equal epochs, all sent (no cache, no moves).
+        over: its workers start then, and its devices start forwarding then (:meth:`epoch_start`), those
+        that hold it (a device's last leg so far). Every device's micro-batches are ``epochs`` equal epochs;
+        cached ones (activation cache) are replayed from each epoch's start. ``legs``: the servers of the legs of
+        each device that moves or may leave (handover, churn, varying uplink): the epoch's count is then the
+        runtime's (:class:`~sfsim.engine.epochs.EpochBooks`), kept by the device's calls (:meth:`moved_off`,
+        :meth:`joined`, :meth:`closed`, :meth:`left`).
         """
         self.epochs, self.starts = epochs, {}
-        per = self._per_epoch()
-        self.unclaimed = sum(per)
+        if legs is not None:
+            self.waiting_calls: dict[int, list] = {}  # epoch -> a device's calls made before it opened here
+            held = {i for i, t in enumerate(self.totals) if t}
+            self.books = EpochBooks(self.index, [d.per_epoch for d in self.devices], held, legs)
+        self.unclaimed = self._opened()
         if self.senders is not None:  # the mixing pool's "could still send": this epoch's micro-batches only
-            for i, (t, k) in enumerate(zip(self.totals, per, strict=True)):
-                self.senders.change(i, unsent=k - t)
+            for i, k in enumerate(self._sending()):
+                self.senders.change(i, unsent=k - (self.devices[i].sent if self.totals[i] else 0))
 
-    def _per_epoch(self) -> list[int]:
-        return [t // self.epochs for t in self.totals]
+    books: EpochBooks | None = None  # by_epochs with devices that move or leave
+
+    def _opened(self) -> int:
+        """The count of the epoch that opens now (micro-batches, and places for visitors)."""
+        if self.books is not None:
+            return self.books.open()
+        return sum(t // self.epochs for t in self.totals)
+
+    def _sending(self) -> list[int]:
+        """Per device: the micro-batches it sends in the epoch open now (none of a cached epoch)."""
+        e = self.epoch
+        return [d.per_epoch if t and e * d.per_epoch < d.sent else 0
+                for d, t in zip(self.devices, self.totals, strict=True)]
 
     def epoch_start(self, e: int) -> simpy.Event:
         """The event of epoch ``e``'s start on this server (:meth:`by_epochs`): its devices forward from then."""
@@ -67,16 +86,63 @@ class WorkerLoop:
         return ev
 
     def _next_epoch(self, _ev=None) -> None:
-        """The epoch's rounds are over: open the next one (its workers, then its devices)."""
+        """The epoch's rounds are over: open the next one (cached micro-batches, its workers, then its devices)."""
         self.epoch += 1
-        per = self._per_epoch()
-        self.unclaimed = sum(per)
+        self.unclaimed = self._opened()
+        for apply in self.waiting_calls.pop(self.epoch, []) if self.books is not None else ():
+            apply()
         if self.senders is not None:
-            for i, k in enumerate(per):
+            for i, k in enumerate(self._sending()):
                 self.senders.change(i, unsent=k)
+        now = self.env.now
+        for i, (d, t) in enumerate(zip(self.devices, self.totals, strict=True)):
+            if t and d.sent <= self.epoch * d.per_epoch < d.n:  # its cache's first micro-batch of the epoch
+                self.push(now, i, self.epoch * d.per_epoch)
         self.running = self.server.count
         self.workers = [self.env.process(self._worker(w)) for w in range(self.server.count)]
         self.epoch_start(self.epoch).succeed()
+
+    # -- a device that moves or leaves, over epochs (EpochBooks) ------------------------------------
+    # Each call names the device's epoch ``e``: one that comes before this server has opened that epoch (its
+    # rounds' average came back later here) waits for the opening, as the runtime's message waits in its queue.
+    def moved_off(self, e: int, i: int, run: int, k: int, leg: int) -> None:
+        """Device ``i`` hands over to another server (its leg ``leg``) in its epoch ``e`` with ``run`` micro-batches
+        unsent (``k`` of the epoch)."""
+        def apply():
+            self.totals[i] -= run
+            self._count(self.books.moved(i, k, leg))
+        self._in_epoch(e, apply)
+
+    def joined(self, e: int, i: int, run: int, k: int) -> None:
+        """Device ``i`` arrives by a handover in its epoch ``e`` with ``run`` micro-batches unsent (``k`` of it)."""
+        def apply():
+            self.totals[i] += run
+            self._count(self.books.joined(i, k))
+        self._in_epoch(e, apply)
+
+    def closed(self, e: int, i: int) -> None:
+        """Device ``i``'s epoch ``e`` is over on another server: it does not come here this epoch."""
+        self._in_epoch(e, lambda: self._count(self.books.closed(i)))
+
+    def left(self, e: int, i: int, run: int, k: int) -> None:
+        """Device ``i`` is gone for good in its epoch ``e`` with ``run`` micro-batches unsent (``k`` of the epoch,
+        here if held)."""
+        def apply():
+            if i in self.books.held:
+                self.totals[i] -= run
+            self._count(self.books.left(i, k))
+        self._in_epoch(e, apply)
+
+    def _in_epoch(self, e: int, apply) -> None:
+        if e <= self.epoch:
+            apply()
+        else:
+            self.waiting_calls.setdefault(e, []).append(apply)
+
+    def _count(self, change: int) -> None:
+        self.unclaimed += change
+        if change and self.unclaimed == 0:
+            self._wake_all()  # its workers may now run their last W's and step
 
     def _min_flight(self) -> float:
         """A lower bound on (arrival - push time) of any future push: send + latency, 0 with replays."""

@@ -17,8 +17,8 @@ link's latency); the average is ready when every server's upload has arrived, an
 Without ``training.sync`` ``sfsim run`` still ends each epoch with one closing round over the servers' backhaul
 links, so that the saved adapter is one model: SplitLoRA and CenLoRA replay it with :class:`ServerRounds`
 (``every`` None) at each epoch's end, FedLoRA too (``sfsim.schedules.fedlora.EpochClose``), SplitFrozen over several
-epochs too (:class:`PoolRounds` with ``every`` None); SplitFrozen otherwise (one epoch, on the fast path too; moving
-devices or cached activations) and SplitLoRA with handovers, whose epochs run back to back, after the replay from
+epochs too (:class:`PoolRounds` with ``every`` None; moving devices and cached epochs too); SplitFrozen over one epoch
+(on the fast path too) and SplitLoRA with handovers, whose epochs run back to back, after the replay from
 each server's end (:func:`close_epochs`: the rounds and bytes of every epoch, their time after the run). SplitFrozen's servers join :class:`Rounds` through
 :class:`PoolRounds` (what the engine's workers call).
 """
@@ -384,8 +384,8 @@ class PoolRounds:
     servers average the gradients *before* each step, as the runtime: the worker calls :meth:`step_done` when
     its W's end and steps when the round's average is back (:attr:`joint`). Over several epochs each ends with
     its drain and closing rounds and the pool opens the next when :meth:`leave` returns
-    (:meth:`sfsim.engine.worker.WorkerLoop.by_epochs`), as the runtime; with moving devices or the activation
-    cache the epochs run back to back and these rounds come once, at the run's end (``sfsim simulate`` notes it).
+    (:meth:`sfsim.engine.worker.WorkerLoop.by_epochs`), as the runtime, with devices that move or leave
+    (:class:`sfsim.engine.epochs.EpochBooks`) and with cached epochs too.
 
     Args:
         engine: the engine (its ``sync`` is set to this).

@@ -118,11 +118,12 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
              for k, s in enumerate(job.servers)]
     if engine.sync is not None:  # training.sync: sfsim.network.backhaul.PoolRounds (whether a step is a server's last)
         engine.sync.attach(pools)
-    if by_epochs(job, engine.sync is not None and not moving):
-        for pool in pools:
-            pool.by_epochs(job.sync.epochs)
     if moving:
         prepare(engine, pools, cfg.buffer, moving, sequential)
+    if by_epochs(job, engine.sync is not None):  # devices that move or leave: the runtime's count of each epoch
+        legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
+        for pool in pools:
+            pool.by_epochs(job.sync.epochs, legs)
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
         d = job.devices[i]
         start_device(engine, pools, i, d, m, sequential)
@@ -137,28 +138,22 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
 
 def by_epochs(job: Job, synced: bool) -> bool:
     """Whether the servers run one epoch at a time, each ending with its backhaul rounds, as the runtime's
-    (several epochs, ``synced``: the rounds are replayed, no device moves; every device sends each epoch: no
-    activation cache). With ``training.sync`` those are its drain and closing rounds, without it the closing
-    round alone (the runtime's ``ServerSync.finish``, which a server waits for before its next epoch). Otherwise
-    the epochs run back to back and these rounds come once, at the run's end (``sfsim simulate`` notes it)."""
+    (several epochs, ``synced``: the rounds are replayed). With ``training.sync`` those are its drain and closing
+    rounds, without it the closing round alone (the runtime's ``ServerSync.finish``, which a server waits for before
+    its next epoch). Devices that move, churn or have a varying uplink wait for the next epoch on the server holding
+    them (:class:`~sfsim.engine.epochs.EpochBooks`); with the activation cache a server replays each later epoch
+    from its start, its devices idle (the runtime's ``_replay``)."""
     sync = job.sync
     return (synced and sync is not None and sync.epochs > 1
-            and all(d.sent == d.n == d.per_epoch * sync.epochs for d in job.devices))
+            and all(d.n == d.per_epoch * sync.epochs and d.sent in (d.n, d.per_epoch) for d in job.devices))
 
 
-def closes_per_epoch(job: Job, moving) -> bool:
-    """No ``training.sync`` but several servers with a backhaul, over several epochs (:func:`by_epochs`, no device
-    in ``moving``): :func:`run` replays each epoch's closing round (:class:`PoolRounds` with ``every`` None) at the
-    epoch's end, as the runtime; the fast path leaves this case to the SimPy engine."""
-    return job.sync is not None and job.sync.every is None and not moving and by_epochs(job, True)
-
-
-def closes_each_epoch(scenario) -> bool:
-    """Whether SplitFrozen on ``scenario`` ends each epoch with its backhaul rounds (:func:`by_epochs`): several
-    servers (with ``training.sync`` or a backhaul link), no activation cache, no device that moves, churns or
-    has a varying uplink."""
-    return (len(scenario.servers) > 1 and not scenario.training.cache_activations
-            and not any(needs_motion(d, downlink=False) for d in scenario.devices))
+def closes_per_epoch(job: Job, moving=None) -> bool:
+    """No ``training.sync`` but several servers with a backhaul, over several epochs (:func:`by_epochs`; ``moving``
+    is not looked at: devices that move close each epoch too): :func:`run` replays each epoch's closing round
+    (:class:`PoolRounds` with ``every`` None) at the epoch's end, as the runtime; the fast path leaves this case to
+    the SimPy engine."""
+    return job.sync is not None and job.sync.every is None and by_epochs(job, True)
 
 
 def _gate(pool: ServerPool, n: int, d: DeviceTimes):
@@ -239,7 +234,7 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
             f_start = env.now
         else:
             f_start = t0
-        if constant and (gate := _gate(pool, n, d)) is not None:  # the server's next epoch: it starts us then
+        if (gate := _epoch_sent(pools, pool, i, d, m, j, n)) is not None:  # the server holding it starts its next
             yield gate
             f_start = link_free = env.now
     if not constant:
@@ -315,11 +310,29 @@ def _left(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, n:
     m.sent = n
     m.busy = d.units(n) * d.f + d.first_extra(n)  # as the static process counts it: forwards of sent ones
     m.up_bytes = d.units(n) * d.up_bytes
+    home = m.legs[j].server
+    if pools[home].books is not None:  # one epoch at a time: gone for good (its epoch ended with its last send)
+        if n < d.sent:
+            for k in sorted({leg.server for leg in m.legs}):
+                pools[k].left(n // d.per_epoch, i, d.sent - n, d.per_epoch - n % d.per_epoch)
+        m.switched_at.extend([n] * (len(m.legs) - j - 1))  # handovers never reached
+        return
     if n < d.sent:
-        pools[m.legs[j].server].withdraw(i, d.sent - n)
+        pools[home].withdraw(i, d.sent - n)
     for k in range(j + 1, len(m.legs)):  # handovers never reached: nothing goes there
         m.switched_at.append(n)
         pools[m.legs[k].server].not_coming(i)
+
+
+def _epoch_sent(pools: list[ServerPool], pool: ServerPool, i: int, d: DeviceTimes, m: Motion | None, j: int,
+                n: int):
+    """Device ``i`` (on leg ``j``, on ``pool``) has sent ``n``: when that ends an epoch, the other servers of its legs
+    stop waiting for it in that epoch; returns the event of its next epoch's start on ``pool`` (:func:`_gate`), else
+    None."""
+    if m is not None and pool.books is not None and n % d.per_epoch == 0:
+        for k in sorted({leg.server for leg in m.legs} - {m.legs[j].server}):
+            pools[k].closed((n - 1) // d.per_epoch, i)
+    return _gate(pool, n, d)
 
 
 def _switch(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, n: int) -> None:
@@ -327,6 +340,11 @@ def _switch(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, 
     old, new = pools[m.legs[j - 1].server], pools[m.legs[j].server]
     left = d.sent - n
     m.switched_at.append(n)
+    if new.books is not None:  # one epoch at a time: this epoch's unsent ones, and a place where it comes back
+        e, k = n // d.per_epoch, d.per_epoch - n % d.per_epoch
+        old.moved_off(e, i, left, k, j)
+        new.joined(e, i, left, k)
+        return
     new.hand_over(i, left)
     old.withdraw(i, left)
 

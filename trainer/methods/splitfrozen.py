@@ -70,6 +70,7 @@ class SplitFrozen(Method):
         self.leg: dict[str, int] = {}
         self.moves: list[dict] = []
         self.visitors: dict[str, DeviceRole] = {}
+        self.taken: dict[str, int] = {}  # visitor -> the last leg its ``moved`` here named (it may come back after it)
         self.pool_peak = 0  # most micro-batches the mixing pool held (server_order "pool")
         self._epoch = 0  # the server's epoch (a handover's join of another epoch is ignored)
         # training.cache_activations: what the devices sent in one epoch, replayed in later ones
@@ -171,8 +172,11 @@ class SplitFrozen(Method):
         arrival = s.server_order in ("fifo", "pool") and tr.arrival_order
         order = None if arrival else deque(self._order(counts, done))
         left = {n: counts[n] - done.get(n, 0) for n in live}
-        # a device that may hand over to here: one placeholder until it says whether it comes (fifo only)
-        left.update({v: 1 for v in self.visitors if v not in left and v not in self.lost})
+        # a device that may hand over to here (a leg here after the last one it took, as this server knows): one
+        # placeholder until it says whether it comes (fifo only); one that can never come back is not waited for
+        back = Legs(self.legs)
+        left.update({v: 1 for v in self.visitors if v not in left and v not in self.lost
+                     and back.comes_back(v, s.server, self.taken.get(v, 0))})
         pool, held = None, dict.fromkeys(left, 0)  # held: device -> its micro-batches in the pool
         if s.server_order == "pool":
             pool = MixingPool(self.pool_size(credits, len(live)), role_seed(s.seed, f"pool-{epoch}"))
@@ -251,6 +255,7 @@ class SplitFrozen(Method):
         back, ``aux`` its new leg) or ``join`` (``aux`` more; a join of another epoch is left over: ignored)."""
         s, n = self.setup, msg.device
         if msg.kind == "moved":
+            self.taken[n] = msg.aux
             left[n] = int(Legs(self.legs).comes_back(n, s.server, msg.aux))  # a placeholder while it may come back
             s.devices = [r for r in s.devices if r.name != n]  # its next epochs start at its new server
             return
@@ -294,7 +299,7 @@ class SplitFrozen(Method):
             losses.append(loss)
             samples += n
             if len(losses) == s.accumulate or i == len(order) - 1:
-                self._step()
+                self._step(last=i == len(order) - 1)  # as on the wire: the epoch's last step says so
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
                 self.step_done(epoch)
