@@ -274,3 +274,30 @@ def test_a_cached_second_epoch_on_two_servers_equals_a_real_run(tiny_gpt2, tmp_p
     assert not [e for e in measured if e.op in ("send", "F") and e.lane.startswith("link:p") and e.start > second]
     _same(m, sim, tmp_path, m["servers"]["mec-a"]["sync_rounds"])
     assert sim.sync_rounds >= 3
+
+
+@pytest.mark.parametrize("sets", [["training.sync=null"], ["training.cache_activations=true", "training.sync=null"],
+                                  ["training.cache_activations=true"], []])
+def test_simulate_no_longer_closes_splitfrozen_rounds_at_the_runs_end(sets):
+    """``sfsim simulate`` over 2 epochs with a handover (runtime_handover.yaml) or the cache (runtime_two_servers.yaml):
+    no note that SplitFrozen's rounds come at the run's end; without training.sync one closing round an epoch, on the SimPy
+    engine with the fast path's reason (before: on the fast path, one round per epoch after the run)."""
+    from click.testing import CliRunner
+
+    from sfsim.cli import main as cli
+    from sfsim.scenario.overrides import load_scenario_with, parse_sets
+    from sfsim.simulate import simulate
+
+    fixture = FIXTURES / ("runtime_two_servers.yaml" if any("cache" in s for s in sets) else "runtime_handover.yaml")
+    args = [a for s in [*sets, "training.epochs=2"] for a in ("--set", s)]
+    res = CliRunner().invoke(cli, ["simulate", "--devices", str(fixture), "--schedule", "all", "--split", "1", *args])
+    assert res.exit_code == 0, res.output
+    notes = [ln for ln in res.output.splitlines() if "closes the backhaul rounds" in ln]
+    assert all(ln.startswith("note: splitlora:") for ln in notes)  # (still true there: SplitLoRA's handovers)
+    sc = load_scenario_with(fixture, parse_sets([*sets, "training.epochs=2"]))
+    for name in ("splitfrozen", "splitfrozen-sequential"):
+        r = simulate(sc, name, splits=1)
+        assert r.engine == "simpy" and r.sync_rounds >= 2
+        if "training.sync=null" in sets:
+            assert r.sync_rounds == 2 and r.engine_note == ("the closing backhaul round at each epoch's end (several "
+                                                            "epochs) is replayed by the SimPy engine only")
