@@ -95,8 +95,9 @@ class WorkerLoop:
             for i, k in enumerate(self._sending()):
                 self.senders.change(i, unsent=k)
         now = self.env.now
+        gone = self.books.gone if self.books is not None else ()
         for i, (d, t) in enumerate(zip(self.devices, self.totals, strict=True)):
-            if t and d.sent <= self.epoch * d.per_epoch < d.n:  # its cache's first micro-batch of the epoch
+            if t and d.sent <= self.epoch * d.per_epoch < d.n and i not in gone:  # its cache's first of the epoch
                 self.push(now, i, self.epoch * d.per_epoch)
         self.running = self.server.count
         self.workers = [self.env.process(self._worker(w)) for w in range(self.server.count)]
