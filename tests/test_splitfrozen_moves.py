@@ -212,6 +212,16 @@ def test_a_drop_on_three_servers_over_two_epochs_equals_a_real_run(tiny_gpt2, tm
     _same(m, sim, tmp_path, 2)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_device_never_online_over_two_epochs_with_sync_equals_a_real_run(tiny_gpt2, tmp_path):
+    """runtime_two_servers_drop.yaml (sync every 2), 2 epochs: b-1 on mec-b is never online (drop) and trains nothing
+    in either epoch; each epoch ends with its rounds in both halves: the same rounds, bytes and order."""
+    m, sim = _real(tiny_gpt2, tmp_path, _fixture("runtime_two_servers_drop.yaml"), 32)
+    assert m["samples_not_trained"] == {"b-1": 16}
+    _same(m, sim, tmp_path, m["servers"]["mec-a"]["sync_rounds"])
+    assert sim.sync_rounds >= 4
+
+
 # -- the activation cache over several epochs ------------------------------------------------------------------
 def _cached(sync: bool) -> Engine:
     """Servers a and b (step 0.5 s; backhaul 8 bit/s, 1 byte a round: 1 s each way); device A on a (2 micro-batches
@@ -253,11 +263,14 @@ def test_a_cached_epoch_with_training_sync_ends_with_its_rounds():
     assert not [e for e in engine.events if e.op == "send" and e.start >= first]
 
 
+@pytest.mark.parametrize("sync", [True, False])
 @pytest.mark.usefixtures("one_torch_thread")
-def test_a_cached_second_epoch_on_two_servers_equals_a_real_run(tiny_gpt2, tmp_path):
+def test_a_cached_second_epoch_on_two_servers_equals_a_real_run(tiny_gpt2, tmp_path, sync):
     """A fresh fleet: mec-a with 2 devices of one type (count: 2), mec-b with one, training.cache_activations, sync
-    every 2: epoch 2 trains from each server's cache (no device compute, no uplink) after epoch 1's rounds, and
-    ends with its own. The same rounds, bytes and order of steps and rounds on each server in both halves."""
+    every 2 (or none: a closing round an epoch): epoch 2 trains from each server's cache (no device compute, no
+    uplink) after epoch 1's rounds, and ends with its own. The same rounds, bytes and order of steps and rounds on
+    each server in both halves (with sync: the runtime's cached epoch used to make one more round, its last step
+    not saying it was the last)."""
     dev = {"flops": "20 MFLOPS", "memory": "4 GiB", "samples": 8,
            "uplink": {"bandwidth": "0.5 Mbps", "latency": "5 ms"}, "downlink": {"bandwidth": "2 Mbps", "latency": "5 ms"}}
     data = {"description": "2 servers, cached activations",
@@ -268,12 +281,14 @@ def test_a_cached_second_epoch_on_two_servers_equals_a_real_run(tiny_gpt2, tmp_p
             "servers": [{"name": f"mec-{x}", "flops": "10 TFLOPS", "memory": "16 GiB",
                          "backhaul": {"bandwidth": "100 Mbps", "latency": "5 ms"}} for x in "ab"],
             "devices": [{"name": "pa", "count": 2, "server": "mec-a", **dev}, {"name": "pb", "server": "mec-b", **dev}]}
+    if not sync:
+        del data["training"]["sync"]
     m, sim = _real(tiny_gpt2, tmp_path, data, 24)
     measured = read_chrome_trace(tmp_path / "run" / "trace.json")
     second = min(e.start for e in measured if e.op == "epoch_end")
     assert not [e for e in measured if e.op in ("send", "F") and e.lane.startswith("link:p") and e.start > second]
-    _same(m, sim, tmp_path, m["servers"]["mec-a"]["sync_rounds"])
-    assert sim.sync_rounds >= 3
+    _same(m, sim, tmp_path, m["servers"]["mec-a"]["sync_rounds"] if sync else 2)
+    assert sim.sync_rounds >= (3 if sync else 2)
 
 
 @pytest.mark.parametrize("sets", [["training.sync=null"], ["training.cache_activations=true", "training.sync=null"],
