@@ -104,7 +104,8 @@ def test_random_moving_fleets_end_each_epoch_with_its_rounds(closing):
 def test_a_device_that_moved_away_for_good_is_not_waited_for():
     """mover: a -> b at 0.5 s (before its first send), 4 s forward, 1 micro-batch an epoch; stay: on a, 1 s forward,
     1 an epoch; 1 s uplinks, server F+B 1 s, step 0.5 s; no training.sync, a closing round of 2 s each way; 2 epochs.
-    Epoch 1: stay is trained on a at 2 (a joins the round at 3.5), mover sends to b at 4 (b joins at 6.5); the average
+    Epoch 1: stay is trained on a at 2 (step to 3.5), mover sends to b at 4 (b joins the round at 6.5), and a, which
+    held it, learns of the move then and joins at 4 (the runtime's ``moved`` comes with that send); the average
     is back at 10.5 and epoch 2 starts there on both servers, mover on b, which holds it now. a does not wait for
     mover any more (its only leg on a is over): it joins the round at 14, when stay's micro-batch is done, and not at
     14.5, when mover's epoch is sent (on b)."""
@@ -126,8 +127,39 @@ def test_a_device_that_moved_away_for_good_is_not_waited_for():
                       (10.5, "stay", 1), (12.5, "a", 1), (15.5, "b", 1)]
     sends = {n: sorted(e.start for e in engine.events if e.lane == f"backhaul:{n}" and e.op == "sync-send")
              for n in "ab"}
-    assert sends == {"a": [3.5, 14.0], "b": [6.5, 17.0]}
+    assert sends == {"a": [4.0, 14.0], "b": [6.5, 17.0]}
     assert engine.sync.rounds == 2 and engine.makespan == 21.0
+
+
+
+def test_a_device_coming_back_in_the_next_epoch_is_waited_for_there():
+    """As above, with a third leg: mover goes back to a at 12 s, in epoch 2, while it forwards (10.5-14.5) on b, which
+    held it at the epoch's start and started it. a keeps a place for it from the epoch's start (a leg on a after the
+    last one a knows it took): stay's micro-batch is done at 14, but a waits for mover's (sent to a at 14.5, trained
+    15.5-16.5, step to 17) before it joins the round; b ends at 14.5, when mover's send starts and it learns of the
+    move (not at 10.5, when the simulator knows which leg that send will take). In epoch 1 a waited for mover's
+    epoch to be sent likewise (4, not 3.5): a later leg brings it back."""
+    from sfsim.engine.pool import DeviceTimes, ServerTimes
+    from sfsim.network.legs import Leg, Motion
+    from sfsim.schedules import Job, ReplayConfig
+
+    mover = DeviceTimes("mover", 0, n=2, per_epoch=1, f=4.0, up_s=1.0, srv_f=0.5, srv_b=0.5, up_bytes=1.0)
+    stay = DeviceTimes("stay", 0, n=2, per_epoch=1, f=1.0, up_s=1.0, srv_f=0.5, srv_b=0.5)
+    job = Job([mover, stay], [ServerTimes("a", 1, 0.5), ServerTimes("b", 1, 0.5)])
+    legs = [Leg(0.0, 0, 8.0, 1.0, 0.0), Leg(0.5, 1, 8.0, 1.0, 0.0), Leg(12.0, 0, 8.0, 1.0, 0.0)]
+    motion = Motion(legs)
+    job.network = sf.Network({0: motion}, [[dataclasses.replace(mover, up_s=0.0), stay]] * 2)
+    job.sync = SyncSpec((("a", 8.0, 0.0), ("b", 8.0, 0.0)), None, "sync", 1.0, 2.0, 2)
+    engine = Engine(trace=True)
+    sf.run(engine, job, ReplayConfig(buffer=2, accumulate=1))
+    engine.makespan = engine.run()
+    trained = sorted((e.start, e.lane, e.device, e.mb) for e in engine.events if e.op == "F" and e.lane in "ab")
+    assert trained == [(2.0, "a", "stay", 0), (5.0, "b", "mover", 0), (12.5, "a", "stay", 1),
+                       (15.5, "a", "mover", 1)]
+    sends = {n: sorted(e.start for e in engine.events if e.lane == f"backhaul:{n}" and e.op == "sync-send")
+             for n in "ab"}
+    assert sends == {"a": [4.0, 17.0], "b": [6.5, 14.5]}
+    assert motion.switched_at == [0, 1] and engine.sync.rounds == 2 and engine.makespan == 21.0
 
 
 # -- real runs ------------------------------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
     """
     env, constant = engine.env, m is None
     legs, pause, start, stop = (None, None, env.now, math.inf) if constant else (m.legs, m.pause, m.start, m.stop)
-    j, n = 0, 0
+    j, n, told = 0, 0, 0  # told: the last leg the servers know of (one epoch at a time, :func:`_moved`)
     f_start, link_free = start, 0.0
     while n < d.sent and start < math.inf:
         x, fx = d.size(n), d.fwd(n)
@@ -211,14 +211,11 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
         if constant:
             s, up_l = d.up_s * x, d.up_l
         else:
-            leg = legs[j]
+            leg, told = legs[j], _moved(pools, i, d, m, told, j, n)
             s, up_l = span(leg.up_rate(pause), t0, d.up_bytes * 8.0, x), leg.up_l  # (bits per full mb) x size
         end = t0 + s
         if end > stop or end == math.inf:  # cut off mid-send: the credit comes back when the device leaves
-            if end == math.inf:
-                acct.give_back()
-            else:
-                engine.soft_at(stop, acct.give_back)
+            acct.give_back() if end == math.inf else engine.soft_at(stop, acct.give_back)
             break
         if engine.events is not None:
             _record(engine, d, m, n, f_start, f_end, fx, t0, end, s, sequential)
@@ -335,15 +332,24 @@ def _epoch_sent(pools: list[ServerPool], pool: ServerPool, i: int, d: DeviceTime
     return _gate(pool, n, d)
 
 
+def _moved(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, told: int, j: int, n: int) -> int:
+    """Device ``i``'s send of its micro-batch ``n`` starts on leg ``j``: one epoch at a time, the servers of its legs
+    ``told + 1 .. j`` learn of each move now (the runtime's ``moved`` and ``join``, sent right before the micro-batch):
+    the epoch's unsent micro-batches go from the old server's count to the new one's. Returns ``j``."""
+    if j > told and pools[m.legs[j].server].books is not None:
+        e, k = n // d.per_epoch, d.per_epoch - n % d.per_epoch
+        for x in range(told + 1, j + 1):
+            pools[m.legs[x - 1].server].moved_off(e, i, d.sent - n, k, x)
+            pools[m.legs[x].server].joined(e, i, d.sent - n, k)
+    return j
+
+
 def _switch(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, n: int) -> None:
     """Device ``i`` takes leg ``j`` having sent ``n``: its unsent micro-batches move to that leg's pool."""
     old, new = pools[m.legs[j - 1].server], pools[m.legs[j].server]
     left = d.sent - n
     m.switched_at.append(n)
-    if new.books is not None:  # one epoch at a time: this epoch's unsent ones, and a place where it comes back
-        e, k = n // d.per_epoch, d.per_epoch - n % d.per_epoch
-        old.moved_off(e, i, left, k, j)
-        new.joined(e, i, left, k)
+    if new.books is not None:  # one epoch at a time: the servers learn of it when its next send starts (_moved)
         return
     new.hand_over(i, left)
     old.withdraw(i, left)
