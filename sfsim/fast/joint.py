@@ -381,9 +381,9 @@ def _worker_step(events, X, Z, RN, RS, G, k, w, now, steps):
 
 
 @njit
-def _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, j, kind, now):
+def _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, k, j, kind, now):
     """A device on one leg with constant rates resumes at its server ``k`` (:mod:`sfsim.fast.devices`' steps);
-    one that stops before an epoch its server has not opened waits for it (:func:`sfsim.fast.rounds.gate`)."""
+    True when it stops before an epoch its server has not opened (the caller has it wait: :func:`_gate`)."""
     S2, F2, D2, N2, P2, PEN, WAI, CR, DW, DR = X[:10]
     _hold(S2, G, k)
     seq0, n0 = S2[k, _PSEQ], nn[j]
@@ -394,8 +394,13 @@ def _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, j, k
         gated = _pipelined(events, PEN[k], WAI[k], S2[k], F2[k], D2[k], N2[k], P2[k], CR[k], DW[k], DR[k], nn, f_start,
                            link_free, ready, j, kind, now)
     _note(S2, RN, RS, k, seq0, n0)
-    if gated:
-        gate(B, k, j, nn[j] // N2[k, _PER_EPOCH, j])
+    return gated
+
+
+@inline
+def _gate(X, B, nn, k, j):
+    """Device ``j`` waits for its server ``k``'s next epoch (:func:`sfsim.fast.rounds.gate`)."""
+    gate(B, k, j, nn[j] // X[3][k, _PER_EPOCH, j])
 
 
 @njit
@@ -410,7 +415,8 @@ def _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, now):
         j = GQ[par, q]
         f_start[j] = now
         link_free[j] = now
-        _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, j, _START, now)
+        if _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, k, j, _START, now):
+            _gate(X, B, nn, k, j)
 
 
 @inline
@@ -479,7 +485,8 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
             _mover(events, X, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, G, j, kind, now)
         else:
             last = now
-            _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, B, cur[j], j, kind, now)
+            if _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, cur[j], j, kind, now):
+                _gate(X, B, nn, cur[j], j)
         if _broken(S2, RP):
             break
     return last
