@@ -20,6 +20,9 @@ later one overtakes an earlier one in flight), and only policies that pick a dev
 count: so each push notes its micro-batch number by the push's sequence number (``RN``/``RS``, a
 ring per server), and a worker pops arrivals with their own numbers (:func:`_arrivals`), as
 :class:`sfsim.engine.pool.ServerPool`'s heap holds them.
+
+With backhaul rounds over several epochs (:mod:`sfsim.fast.rounds`) a static device that reaches an epoch its
+server has not opened waits (:func:`_gate`), and the server's epoch start sets it going again (:func:`_go`).
 """
 
 from __future__ import annotations
@@ -420,6 +423,17 @@ def _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, now):
 
 
 @inline
+def _backhaul(events, X, Z, RN, RS, nn, f_start, link_free, ready, G, B, counts, q, now):
+    """Backhaul event ``q`` (:mod:`sfsim.fast.rounds`): a server opens its next epoch, the epoch starts, or a round's."""
+    if q & 7 == OPEN:
+        open_epoch(events, X, Z[10], Z[11], B, G, counts, q >> 3, now)
+    elif q & 7 == GO:
+        _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, q >> 3, now)
+    else:
+        event(events, X, B, G, q, now)
+
+
+@inline
 def _broken(S2, RP):
     """Whether the run must stop: a heap or ring full, the pool out of words, or a rate past what was drawn."""
     for k in range(S2.shape[0]):
@@ -470,13 +484,7 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
                     left(events, X, B, G, counts, k, exited, now)
         elif kind == _RELEASE and j >= m:
             last = now
-            q = j - m
-            if q & 7 == OPEN:
-                open_epoch(events, X, Z[10], Z[11], B, G, counts, q >> 3, now)
-            elif q & 7 == GO:
-                _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, q >> 3, now)
-            else:
-                event(events, X, B, G, q, now)
+            _backhaul(events, X, Z, RN, RS, nn, f_start, link_free, ready, G, B, counts, j - m, now)
         elif kind == _RELEASE:
             last = now
             _released(events, X, G, cur[j], j, now)
