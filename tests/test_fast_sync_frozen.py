@@ -160,7 +160,7 @@ def test_many_random_synced_handover_fleets_equal():
 
 
 @pytest.mark.parametrize(("every", "mode", "epochs", "policy", "why"), [
-    (2, "sync", 2, "fifo", "training.sync over several epochs (each ends with its rounds)"),
+    (2, "sync", 1, "paced-proportional", "training.sync under policy 'paced-proportional'"),
     (2, "async", 1, "paced-round-robin", "training.sync under policy 'paced-round-robin'"),
 ])
 def test_what_stays_on_simpy_is_said(every, mode, epochs, policy, why):

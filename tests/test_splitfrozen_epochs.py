@@ -20,13 +20,19 @@ from tests.test_sync_order import ORDERED, server_ops
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _two(every: int, mode: str, sequential: bool = False) -> Engine:
+def _two_job(every: int | None, mode: str) -> Job:
     """Servers a and b (step 0.5 s; backhaul 8 bit/s, 1 byte a round: 1 s each way, no latency); device A on a
     (3 micro-batches an epoch), B on b (1 an epoch): 1 s forward, 1 s uplink, server F+B 1 s, W 0; 2 epochs."""
     devices = [DeviceTimes("A", 0, n=6, per_epoch=3, f=1.0, up_s=1.0, srv_f=0.5, srv_b=0.5),
                DeviceTimes("B", 1, n=2, per_epoch=1, f=1.0, up_s=1.0, srv_f=0.5, srv_b=0.5)]
     job = Job(devices, [ServerTimes("a", 1, 0.5), ServerTimes("b", 1, 0.5)])
     job.sync = SyncSpec((("a", 8.0, 0.0), ("b", 8.0, 0.0)), every, mode, 1.0, 1.0, 2)
+    return job
+
+
+def _two(every: int, mode: str, sequential: bool = False) -> Engine:
+    """:func:`_two_job` on the SimPy engine, traced."""
+    job = _two_job(every, mode)
     engine = Engine(trace=True)
     PoolRounds(engine, job.sync, job.servers)
     get("splitfrozen").run(engine, job, ReplayConfig(buffer=4, accumulate=2), sequential=sequential)
@@ -78,6 +84,27 @@ def test_round_counts_per_epoch(every, mode):
     drain, then a drain round and a closing one: 5."""
     engine = _two(every, mode)
     assert engine.sync.rounds == {(1, "async"): 6, (2, "async"): 3, (3, "sync"): 5}[(every, mode)]
+
+
+@pytest.mark.parametrize(("every", "mode", "sequential"), [(2, "sync", False), (2, "sync", True), (1, "sync", False),
+                                                        (1, "async", True), (3, "sync", False), (None, "sync", False)])
+def test_the_fast_path_opens_the_epochs_alike(every, mode, sequential):
+    """The fast path (sfsim.fast.synced) replays these two epochs as the SimPy engine: the same makespan (every 2,
+    sync: 18 s, above), rounds, backhaul bytes and per-server figures."""
+    from sfsim.fast import replay
+
+    rec, makespan = replay(_two_job(every, mode), ReplayConfig(buffer=4, accumulate=2), sequential)
+    engine = Engine()
+    job = _two_job(every, mode)
+    if every is not None:
+        PoolRounds(engine, job.sync, job.servers)
+    get("splitfrozen").run(engine, job, ReplayConfig(buffer=4, accumulate=2), sequential=sequential)
+    assert makespan == engine.run()
+    assert (rec.sync.rounds, rec.sync.bytes) == (engine.sync.rounds, engine.sync.bytes)
+    assert (rec.server_busy, rec.server_end, rec.device_busy) == (engine.server_busy, engine.server_end,
+                                                                   engine.device_busy)
+    if (every, mode, sequential) == (2, "sync", False):
+        assert makespan == 18.0 and rec.sync.rounds == 3
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

@@ -24,10 +24,11 @@ local steps, adapter uploads and downloads, each server's FedAvg) on any network
 availability, handover). Each epoch's closing backhaul round (no ``training.sync``) on every network
 for every schedule (:mod:`sfsim.fast.closing`; FedLoRA's in :mod:`sfsim.fast.fedlora` and, with
 handovers or availability, :mod:`sfsim.fast.fedmoves`); SplitFrozen's backhaul sync (``training.sync``)
-over one epoch (:mod:`sfsim.fast.synced`). Not covered (the SimPy engine replays them): traces and
-Gantt charts; backhaul sync for the baselines, and SplitFrozen's over several epochs (and without ``training.sync``
-its closing round at each epoch's end, :func:`sfsim.schedules.splitfrozen.closes_per_epoch`), with several
-workers a server, a paced policy or cached activations; SplitFrozen with a paced policy and
+(:mod:`sfsim.fast.synced`), over several epochs too with static devices, each server opening one epoch at a time
+after its epoch-end rounds (so too without ``training.sync``, its closing round at each epoch's end,
+:func:`sfsim.schedules.splitfrozen.closes_per_epoch`). Not covered (the SimPy engine replays them): traces and
+Gantt charts; backhaul sync for the baselines; SplitFrozen's with several workers a server, a paced policy, cached
+activations, or moving devices over several epochs; SplitFrozen with a paced policy and
 availability or handovers, or with handovers and cached activations.
 """
 

@@ -2,7 +2,9 @@
 
 :func:`_pipelined` and :func:`_sequential` replay the constant-rate branches of
 :func:`sfsim.schedules.splitfrozen.device_process` (the hot path); devices of the dynamic network
-follow :mod:`sfsim.fast.moving`.
+follow :mod:`sfsim.fast.moving`. With :data:`EPOCHS` set in ``S[_FLAGS]`` a device stops before the first
+micro-batch of each later epoch (splitfrozen._gate): the step returns True and the server starts it again when it
+opens that epoch (:mod:`sfsim.fast.joint`, a ``_START`` from then); else the steps return False.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from sfsim.fast.events import (
     _GRANT,
     _NORMAL,
     _PER_DEVICE,
+    _PER_EPOCH,
     _RESUMED,
     _RETRY,
     _SENT,
@@ -27,6 +30,15 @@ from sfsim.fast.events import (
     _wait_credit,
 )
 from sfsim.fast.jit import inline
+
+EPOCHS = 8
+"""A bit of ``S[_FLAGS]`` beside :mod:`sfsim.fast.events`' (1, 2, 4): the server opens one epoch at a time."""
+
+
+@inline
+def _gated(S, N, nn, j):
+    """Whether device ``j``'s next micro-batch starts an epoch its server has not opened yet."""
+    return (S[_FLAGS] & EPOCHS) != 0 and nn[j] % N[_PER_EPOCH, j] == 0
 
 
 @inline
@@ -53,10 +65,10 @@ def _pipelined(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_r
                     _schedule(events, S, r, _NORMAL, j * 8 + _RETRY)
                 else:
                     _wait_credit(waiters, S, dev_wait, dev_ready, j, r)
-                return
+                return False
             if credits[acct] == 0:
                 _wait_credit(waiters, S, dev_wait, dev_ready, j, now)
-                return
+                return False
             credits[acct] -= 1
         go = False
         k = nn[j]
@@ -65,7 +77,9 @@ def _pipelined(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_r
         f_start[j] = now
         nn[j] += 1
         if nn[j] >= N[_SENT, j]:
-            return
+            return False
+        if _gated(S, N, nn, j):
+            return True
         ready[j] = _fwd_ready(D, N, j, nn[j], f_start[j], link_free[j])
 
 
@@ -76,16 +90,19 @@ def _sequential(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_
         if kind == _RESUMED:
             nn[j] += 1
             if nn[j] >= N[_SENT, j]:
-                return
+                return False
+            if _gated(S, N, nn, j):
+                return True
         k = nn[j]
         fx = D[_F, j] * _size(D, N, j, k) + (D[_WARM, j] if k == 0 else 0.0)
         _schedule(events, S, now + fx, _NORMAL, j * 8 + _AFTER_F)
-        return
+        return False
     acct = j if S[_FLAGS] & _PER_DEVICE else 0
     if kind != _GRANT:
         if credits[acct] == 0:
             _wait_credit(waiters, S, dev_wait, dev_ready, j, now)
-            return
+            return False
         credits[acct] -= 1
     k = nn[j]
     _send(events, pending, S, F, P, now + D[_UP_S, j] * _size(D, N, j, k) + D[_UP_L, j], j, k)
+    return False

@@ -20,6 +20,9 @@ later one overtakes an earlier one in flight), and only policies that pick a dev
 count: so each push notes its micro-batch number by the push's sequence number (``RN``/``RS``, a
 ring per server), and a worker pops arrivals with their own numbers (:func:`_arrivals`), as
 :class:`sfsim.engine.pool.ServerPool`'s heap holds them.
+
+With backhaul rounds over several epochs (:mod:`sfsim.fast.rounds`) a static device that reaches an epoch its
+server has not opened waits (:func:`_gate`), and the server's epoch start sets it going again (:func:`_go`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from sfsim.fast.events import (
     _NWAITERS,
     _OVERFLOW,
     _PER_DEVICE,
+    _PER_EPOCH,
     _POLICY,
     _PSEQ,
     _RELEASE,
@@ -73,7 +77,21 @@ from sfsim.fast.jit import inline, njit
 from sfsim.fast.kernel import _SENT, _policy_add, _worker
 from sfsim.fast.moving import _ready
 from sfsim.fast.rates import online, span, stuck
-from sfsim.fast.rounds import begin, event, joint_step, left, noted, step_done
+from sfsim.fast.rounds import (
+    EP_N0,
+    EP_NOW,
+    EP_OFF,
+    GO,
+    OPEN,
+    begin,
+    event,
+    gate,
+    joint_step,
+    left,
+    noted,
+    open_epoch,
+    step_done,
+)
 
 _PAUSE, _LEG0, _NLEGS, _LEG = range(4)  # YI columns: pause node, first leg's row in L, legs, the holding leg
 _START_AT, _STOP, _BITS = range(3)  # YF columns
@@ -367,16 +385,52 @@ def _worker_step(events, X, Z, RN, RS, G, k, w, now, steps):
 
 @njit
 def _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, k, j, kind, now):
-    """A device on one leg with constant rates resumes at its server ``k`` (:mod:`sfsim.fast.devices`' steps)."""
+    """A device on one leg with constant rates resumes at its server ``k`` (:mod:`sfsim.fast.devices`' steps);
+    True when it stops before an epoch its server has not opened (the caller has it wait: :func:`_gate`)."""
     S2, F2, D2, N2, P2, PEN, WAI, CR, DW, DR = X[:10]
     _hold(S2, G, k)
     seq0, n0 = S2[k, _PSEQ], nn[j]
     if S2[k, _FLAGS] & _SEQUENTIAL:
-        _sequential(events, PEN[k], WAI[k], S2[k], F2[k], D2[k], N2[k], P2[k], CR[k], DW[k], DR[k], nn, j, kind, now)
+        gated = _sequential(events, PEN[k], WAI[k], S2[k], F2[k], D2[k], N2[k], P2[k], CR[k], DW[k], DR[k], nn, j,
+                            kind, now)
     else:
-        _pipelined(events, PEN[k], WAI[k], S2[k], F2[k], D2[k], N2[k], P2[k], CR[k], DW[k], DR[k], nn, f_start,
-                   link_free, ready, j, kind, now)
+        gated = _pipelined(events, PEN[k], WAI[k], S2[k], F2[k], D2[k], N2[k], P2[k], CR[k], DW[k], DR[k], nn, f_start,
+                           link_free, ready, j, kind, now)
     _note(S2, RN, RS, k, seq0, n0)
+    return gated
+
+
+@inline
+def _gate(X, B, nn, k, j):
+    """Device ``j`` waits for its server ``k``'s next epoch (:func:`sfsim.fast.rounds.gate`)."""
+    gate(B, k, j, nn[j] // X[3][k, _PER_EPOCH, j])
+
+
+@njit
+def _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, now):
+    """Server ``k``'s epoch starts (its event's callbacks): the devices waiting for it forward from now, in the
+    order they came to wait (splitfrozen._Pipelined._epoch, or the process's resume)."""
+    EP, GQ = B[7], B[8]
+    par = EP[k, EP_NOW] & 1
+    waiting = EP[k, EP_N0 + par]
+    EP[k, EP_N0 + par] = 0
+    for q in range(EP[k, EP_OFF], EP[k, EP_OFF] + waiting):
+        j = GQ[par, q]
+        f_start[j] = now
+        link_free[j] = now
+        if _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, k, j, _START, now):
+            _gate(X, B, nn, k, j)
+
+
+@inline
+def _backhaul(events, X, Z, RN, RS, nn, f_start, link_free, ready, G, B, counts, q, now):
+    """Backhaul event ``q`` (:mod:`sfsim.fast.rounds`): a server opens its next epoch, the epoch starts, or a round's."""
+    if q & 7 == OPEN:
+        open_epoch(events, X, Z[10], Z[11], B, G, counts, q >> 3, now)
+    elif q & 7 == GO:
+        _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, q >> 3, now)
+    else:
+        event(events, X, B, G, q, now)
 
 
 @inline
@@ -430,7 +484,7 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
                     left(events, X, B, G, counts, k, exited, now)
         elif kind == _RELEASE and j >= m:
             last = now
-            event(events, X, B, G, j - m, now)
+            _backhaul(events, X, Z, RN, RS, nn, f_start, link_free, ready, G, B, counts, j - m, now)
         elif kind == _RELEASE:
             last = now
             _released(events, X, G, cur[j], j, now)
@@ -439,7 +493,8 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
             _mover(events, X, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, G, j, kind, now)
         else:
             last = now
-            _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, cur[j], j, kind, now)
+            if _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, cur[j], j, kind, now):
+                _gate(X, B, nn, cur[j], j)
         if _broken(S2, RP):
             break
     return last

@@ -89,17 +89,23 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     why = dynamic.covers(net, cfg.policy) if why_dyn is not None else None
     if why is not None:  # first, as for the other schedules: --schedule all then says one reason for all
         return f"the dynamic network's {why} is replayed by the SimPy engine only"
-    if getattr(job, "sync", None) is not None and job.sync.every is not None:  # training.sync: its rounds
+    if _synced(job):  # training.sync, or each epoch's closing round over several epochs: its rounds
         why = synced.covers(job, cfg.policy)
         if why is not None:
             return f"{why} is replayed by the SimPy engine only"
-    if closes_per_epoch(job, getattr(net, "moving", None) or {}):  # no training.sync: a closing round each epoch
-        return "the closing backhaul round at each epoch's end (several epochs) is replayed by the SimPy engine only"
     per_server = Counter(d.server for d in job.devices)
     crowded = next((job.servers[k].name for k, c in per_server.items() if c >= MAX_DEVICES), None)
     if crowded is not None:
         return f"server {crowded} has {per_server.most_common(1)[0][1]:,} devices; the fast path takes < {MAX_DEVICES:,}"
     return None
+
+
+def _synced(job) -> bool:
+    """Whether a SplitFrozen job's backhaul rounds run with its servers (:mod:`sfsim.fast.synced`): ``training.sync``,
+    or without it each epoch's closing round over several epochs (else those come after the replay)."""
+    if getattr(job, "sync", None) is None:
+        return False
+    return job.sync.every is not None or closes_per_epoch(job, getattr(getattr(job, "network", None), "moving", None) or {})
 
 
 _DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
@@ -126,7 +132,7 @@ def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
     net = getattr(job, "network", None)
     dyn = net is not None and getattr(net, "views", None) is not None
     closed = None
-    if job.sync is not None and job.sync.every is not None:  # training.sync: the servers' rounds, replayed with them
+    if _synced(job):  # training.sync (or each epoch's closing round): the servers' rounds, replayed with them
         outs, busy, up, closed = synced.replay_job(job, cfg, sequential)
     elif dyn:
         outs, busy, up = dynamic.replay_job(job, cfg, sequential)

@@ -17,10 +17,17 @@ the SimPy engine's events in its order, so that the servers' timelines stay exac
   its round in flight, answers rounds of zeros until no server trains, then a closing round when some server did
   not take the last average.
 
-Backhaul events are the loop's ``_RELEASE`` events numbered past the devices: ``m + 4 * index + type``.
-State: ``B = (BI, BF, BW, STP, BG, JO, PB)``: per server ints and floats, per worker whether its timer ends a
-step, per server the kernel's one-slot step record (no column: no rounds, a handover replay), the run's ints,
-the open round's join order, the bytes of a round and of the closing round.
+Over several epochs (:meth:`sfsim.engine.worker.WorkerLoop.by_epochs`) each server's epoch ends with its
+drain and closing rounds (without ``training.sync`` its closing round alone: ``ServerRounds.finish``); when the
+finish process ends (a fresh event at that instant, ``OPEN``) the server opens the next epoch (:func:`open_epoch`:
+its workers start, urgent, then the epoch's start event, ``GO``, whose callbacks start the devices that wait for it,
+in the order they came to wait: :mod:`sfsim.fast.joint`).
+
+Backhaul events are the loop's ``_RELEASE`` events numbered past the devices: ``m + 8 * index + type``.
+State: ``B = (BI, BF, BW, STP, BG, JO, PB, EP, GQ)``: per server ints and floats, per worker whether its timer ends
+a step, per server the kernel's one-slot step record (no column: no rounds, a handover replay), the run's ints,
+the open round's join order, the bytes of a round and of the closing round, per server its epochs' books, and the
+devices waiting for an epoch's start (row: the epoch's parity; each server's devices from its ``EP_OFF``).
 """
 
 from __future__ import annotations
@@ -31,17 +38,22 @@ from sfsim.fast.events import (
     _CODE_BITS,
     _EID,
     _FINAL,
+    _N,
     _NEVENTS,
     _NEXITED,
     _NORMAL,
     _NSTEPS,
+    _POLICY,
     _RELEASE,
     _STEP,
     _UNCLAIMED,
+    _URGENT,
     _WBUSY,
     _WLAST,
     _WORKER,
+    POOL,
     _schedule,
+    change,
 )
 from sfsim.fast.heap import remove
 from sfsim.fast.jit import inline, njit
@@ -59,9 +71,14 @@ BF_COLS = 9  # _STEP_S: joint mode, the server's step seconds (the kernel's are 
 # BG slots: joined the open round, rounds completed, some joiner trains, some does not adopt, the last round's
 # ended and differ, every, async, devices (events past them are the backhaul's), payload bytes (int), closing bytes
 (_NJOINED, _ROUNDS, _ANY_ACTIVE, _ANY_NOADOPT, _R_ENDED, _R_DIFFER, _EVERY, _ASYNC, _M, _JOINT, _ANY_STEPPING,
- _R_STEPPING) = range(12)
-BG_SLOTS = 12  # _JOINT: sync every 1 (gradients averaged before each step); stepping: some joiner steps on it
-_READY, _ARRIVE, _EV, _FSTEP = range(4)  # backhaul event types (4 * index + type); _FSTEP: a drained step ends
+ _R_STEPPING, _NOSYNC, _EPOCHS) = range(14)
+BG_SLOTS = 14  # _JOINT: sync every 1 (gradients averaged before each step); stepping: some joiner steps on it;
+# _NOSYNC: no training.sync (each epoch's closing round alone); _EPOCHS: the epochs the servers open one at a time
+_READY, _ARRIVE, _EV, _FSTEP, OPEN, GO = range(6)  # backhaul event types (8 * index + type); _FSTEP: a drained
+# step ends; OPEN: a server's epoch-end rounds are over (its next epoch opens); GO: that epoch's start (its devices)
+# EP columns (per server): the epoch open now, devices gated for an even / odd epoch, micro-batches of an epoch,
+# its devices' first slot in GQ, its first worker
+EP_NOW, EP_N0, EP_N1, EP_UNCL, EP_OFF, EP_W0 = range(6)
 
 
 @inline
@@ -154,7 +171,7 @@ def step_done(events, X, B, G, counts, k, w, now):
     """Worker ``w`` of server ``k`` resumes after a step (PoolRounds.step_done); True when a round process took
     over (the worker resumes when it ends), False when it goes on now."""
     S2, BI, BF, BG = X[0], B[0], B[1], B[4]
-    if not BG[_JOINT] and (BI[k, _STEPS] + 1) % BG[_EVERY]:
+    if BG[_NOSYNC] or (not BG[_JOINT] and (BI[k, _STEPS] + 1) % BG[_EVERY]):
         BI[k, _STEPS] += 1
         return False
     last = S2[k, _UNCLAIMED] == 0 and counts[k] - S2[k, _NEXITED] == 1
@@ -208,6 +225,11 @@ def _finish(events, S2, G, B, k, now):
             _took(B, k)
         BI[k, _PSTATE] = 0
         BI[k, _FSTAGE] = 2
+    if BI[k, _FSTAGE] == 2 and B[4][_NOSYNC]:  # no training.sync: the closing round alone
+        BI[k, _FSTAGE] = 3
+        _join(events, S2, G, B, k, B[6][1], BF[k, _CLOSE], False, True, now)
+        BI[k, _WAITER] = _FINISH
+        return
     if BI[k, _FSTAGE] == 2:
         if BI[k, _ENDED] < 0:
             _join(events, S2, G, B, k, B[6][0], BF[k, _SEND], False, B[4][_JOINT] == 1, now)
@@ -220,13 +242,54 @@ def _finish(events, S2, G, B, k, now):
             return
     BI[k, _ENDED] = -1
     BI[k, _FSTAGE] = 4
+    if B[7][k, EP_NOW] + 1 < B[4][_EPOCHS]:  # the finish process ends: its next epoch opens then
+        _at(events, S2, G, now, B[4][_M] + 8 * k + OPEN)
+
+
+@njit
+def open_epoch(events, X, W, WF, B, G, counts, k, now):
+    """Server ``k`` opens its next epoch (WorkerLoop._next_epoch): its books, its workers afresh (urgent starts),
+    then the epoch's start event (``GO``)."""
+    S2, N2, P2, EP, BG = X[0], X[3], X[4], B[7], B[4]
+    EP[k, EP_NOW] += 1
+    S2[k, _UNCLAIMED] = EP[k, EP_UNCL]
+    S2[k, _NEXITED] = 0
+    B[0][k, _FSTAGE] = 0
+    if S2[k, _POLICY] == POOL:  # the mixing pool's "could still send": this epoch's micro-batches
+        for j in range(N2.shape[2]):
+            change(S2[k], P2[k], j, N2[k, _N, j] // BG[_EPOCHS], 0)
+    for w in range(EP[k, EP_W0], EP[k, EP_W0] + counts[k]):
+        W[:, w] = 0
+        WF[:, w] = 0.0
+        B[2][w] = 0
+        _schedule(events, S2[G[0]], now, _URGENT, w * 8 + _WORKER)
+    _at(events, S2, G, now, BG[_M] + 8 * k + GO)
+
+
+@inline
+def gate(B, k, j, epoch):
+    """Device ``j`` of server ``k`` waits for the start of ``epoch`` (splitfrozen._gate)."""
+    EP, GQ = B[7], B[8]
+    col = EP_N0 + (epoch & 1)
+    GQ[epoch & 1, EP[k, EP_OFF] + EP[k, col]] = j
+    EP[k, col] += 1
+
+
+def gates(B, epochs: int, where: np.ndarray, counts: np.ndarray, unclaimed: np.ndarray) -> None:
+    """``B``'s epochs (:meth:`sfsim.engine.worker.WorkerLoop.by_epochs`): ``epochs``, each device's server
+    (``where``), the workers and each server's micro-batches of an epoch."""
+    B[4][_EPOCHS] = epochs
+    EP = B[7]
+    EP[:, EP_UNCL] = unclaimed
+    EP[:, EP_OFF] = np.concatenate(([0], np.cumsum(np.bincount(where, minlength=EP.shape[0]))[:-1]))
+    EP[:, EP_W0] = np.concatenate(([0], np.cumsum(counts)[:-1]))
 
 
 @njit
 def event(events, X, B, G, q, now):
     """Backhaul event ``q`` (its number past the devices): READY, ARRIVE or EV (module docstring)."""
     S2, BI, BF, JO = X[0], B[0], B[1], B[5]
-    kind, k = q & 3, q >> 2
+    kind, k = q & 7, q >> 3
     if kind == _READY:  # Rounds._send_back: each receives the average on its lane, in join order
         for p in range(JO.shape[0]):
             s = JO[p]
@@ -234,10 +297,10 @@ def event(events, X, B, G, q, now):
             end = start + BF[s, _EDUR]
             BF[s, _FREE] = end
             BF[s, _BYTES] += BF[s, _ENB]
-            _at(events, S2, G, end + BF[s, _LAT], B[4][_M] + 4 * s + _ARRIVE)
+            _at(events, S2, G, end + BF[s, _LAT], B[4][_M] + 8 * s + _ARRIVE)
         return
     if kind == _ARRIVE:  # Engine.succeed_at's callback: the server's event is processed next, at this instant
-        _at(events, S2, G, now, B[4][_M] + 4 * k + _EV)
+        _at(events, S2, G, now, B[4][_M] + 8 * k + _EV)
         return
     if kind == _FSTEP:  # a drained server's step with the others ended: its finish goes on
         _finish(events, S2, G, B, k, now)
@@ -263,7 +326,7 @@ def event(events, X, B, G, q, now):
         elif BI[k, _FSTAGE] == 2 and B[4][_R_STEPPING]:  # the others stepped on it: so does it, then goes on
             step = BF[k, _STEP_S]
             if step > 0:
-                _at(events, S2, G, now + step, B[4][_M] + 4 * k + _FSTEP)
+                _at(events, S2, G, now + step, B[4][_M] + 8 * k + _FSTEP)
                 return
         _finish(events, S2, G, B, k, now)
 
@@ -274,20 +337,22 @@ def still_open(B) -> bool:
     return B[4][_NJOINED] > 0
 
 
-def state(K: int, workers: int, devices: int, links=(), every: int = 1, mode: str = "sync", payload: float = 0.0,
+def state(K: int, workers: int, devices: int, links=(), every: int | None = 1, mode: str = "sync", payload: float = 0.0,
           closing: float = 0.0) -> tuple:
     """``B`` before the run: ``links`` ``(name, bandwidth bit/s, latency s)`` per server (none: no rounds, a
-    handover replay), ``every`` steps a round in ``mode``, ``payload`` / ``closing`` bytes a round."""
+    handover replay), ``every`` steps a round in ``mode`` (None: no ``training.sync``, each epoch's closing round
+    alone), ``payload`` / ``closing`` bytes a round; one epoch (:func:`gates` sets several)."""
     BI = np.zeros((K, BI_COLS), np.int64)
     BI[:, _ENDED] = -1
     BF = np.zeros((K, BF_COLS))
     for k, (_, bw, lat) in enumerate(links):  # the engine's arithmetic: bytes x 8 / bandwidth
         BF[k, _SEND], BF[k, _CLOSE], BF[k, _LAT] = payload * 8.0 / bw, closing * 8.0 / bw, lat
     BG = np.zeros(BG_SLOTS, np.int64)
-    BG[_EVERY], BG[_ASYNC], BG[_M] = every, mode == "async", devices
+    BG[_EVERY], BG[_ASYNC], BG[_M], BG[_NOSYNC] = every or 1, mode == "async", devices, every is None
     BG[_JOINT] = bool(links) and every == 1 and mode == "sync"  # no links: no rounds (a handover replay)
+    BG[_EPOCHS] = 1
     return (BI, BF, np.zeros(workers, np.int64), np.zeros((K, 1 if links else 0)), BG, np.zeros(K, np.int64),
-            np.array([payload, closing], np.float64))
+            np.array([payload, closing], np.float64), np.zeros((K, 6), np.int64), np.zeros((2, devices), np.int64))
 
 
 def totals(B, names: list[str]) -> tuple[dict[str, float], int]:
@@ -295,4 +360,4 @@ def totals(B, names: list[str]) -> tuple[dict[str, float], int]:
     return {n: float(B[1][k, _BYTES]) for k, n in enumerate(names)}, int(B[4][_ROUNDS])
 
 
-__all__ = ["begin", "event", "joint_step", "left", "noted", "state", "step_done", "still_open", "totals"]
+__all__ = ["GO", "OPEN", "begin", "event", "gate", "gates", "open_epoch", "joint_step", "left", "noted", "state", "step_done", "still_open", "totals"]

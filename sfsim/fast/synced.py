@@ -3,9 +3,11 @@
 The rounds couple the servers (a round waits for every server's upload, and in ``sync`` mode each server's
 worker waits for the average), so the servers are replayed together, as handovers are
 (:func:`sfsim.fast.joint.replay_handover`), with :mod:`sfsim.fast.rounds` running the rounds in the SimPy
-engine's event order. :func:`covers` says which runs it replays: one epoch (``every`` >= 1, either mode), a
-policy that takes any arrived micro-batch, one worker a server; devices of the dynamic network as handovers replay
-them (:func:`sfsim.fast.handover.covers`).
+engine's event order. :func:`covers` says which runs it replays: ``every`` >= 1, either mode, or no
+``training.sync`` over several epochs (each epoch's closing round alone); a policy that takes any arrived
+micro-batch, one worker a server; devices of the dynamic network as handovers replay them
+(:func:`sfsim.fast.handover.covers`) over one epoch. Over several epochs the servers open one epoch at a time after
+its rounds (:func:`sfsim.fast.rounds.open_epoch`) and the devices wait for each (:data:`sfsim.fast.devices.EPOCHS`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,25 @@ import numpy as np
 
 from sfsim.errors import SfsimError
 from sfsim.fast import rounds
-from sfsim.fast.events import _FLIGHT, _OVERFLOW, MAX_DEVICES
+from sfsim.fast.devices import EPOCHS
+from sfsim.fast.events import (
+    _FLAGS,
+    _FLIGHT,
+    _N,
+    _OVERFLOW,
+    _POLICY,
+    _SCOUNT,
+    _SLIMIT,
+    _UNCLAIMED,
+    MAX_DEVICES,
+    POOL,
+)
 from sfsim.fast.handover import _collect, _pool_rows, _rows, _touched, program, replay_joint, state
 from sfsim.fast.handover import covers as covers_moves
 from sfsim.fast.joint import RING_FULL, replay_handover
 from sfsim.fast.splitfrozen import layout, min_flight
 from sfsim.network.backhaul import Closed
+from sfsim.schedules.splitfrozen import by_epochs
 
 
 @dataclass
@@ -34,23 +49,26 @@ class _Static:
 
 
 def covers(job, policy: str) -> str | None:
-    """None when :func:`replay_job` replays ``job``'s backhaul rounds (``training.sync``), else why not (one line)."""
+    """None when :func:`replay_job` replays ``job``'s backhaul rounds (``training.sync``, or without it each epoch's
+    closing round over several epochs: :func:`sfsim.schedules.splitfrozen.closes_per_epoch`), else why not (one line)."""
     sync = job.sync
-    if sync.epochs > 1:
-        return "training.sync over several epochs (each ends with its rounds)"
-    if policy not in ("fifo", "round-robin", "proportional", "pool"):
-        return f"training.sync under policy {policy!r}"
-    if any(s.count > 1 for s in job.servers):  # each worker's round process joins on its own: rounds overlap
-        return "training.sync on a server with several workers"
-    if any(d.sent < d.n for d in job.devices):
-        return "training.sync with cached activations"
+    what = "training.sync" if sync.every is not None else "the closing backhaul round at each epoch's end"
     net = getattr(job, "network", None)
-    if getattr(net, "views", None) is not None:  # every server in the loop of handovers
+    dynamic = getattr(net, "views", None) is not None
+    if sync.epochs > 1 and (dynamic or not by_epochs(job, True)):  # moving devices: epoch gates on SimPy only
+        return f"{what} over several epochs with moving devices or cached activations"
+    if policy not in ("fifo", "round-robin", "proportional", "pool"):
+        return f"{what} under policy {policy!r}"
+    if any(s.count > 1 for s in job.servers):  # each worker's round process joins on its own: rounds overlap
+        return f"{what} on a server with several workers"
+    if any(d.sent < d.n for d in job.devices):
+        return f"{what} with cached activations"
+    if dynamic:  # every server in the loop of handovers
         why = covers_moves(net, policy)
         if why is not None:
-            return f"training.sync on the dynamic network with {why}"
-    if len(job.devices) + 4 * len(job.servers) + 4 >= MAX_DEVICES:
-        return f"training.sync with {len(job.devices):,} devices"
+            return f"{what} on the dynamic network with {why}"
+    if len(job.devices) + 8 * len(job.servers) + 8 >= MAX_DEVICES:
+        return f"{what} with {len(job.devices):,} devices"
     return None
 
 
@@ -79,8 +97,10 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         events, X, Z, RN, RS, counts, cur = state(static, cfg, sequential, ring, _pool_rows(static, cfg, sequential))
         touched = _touched(static.network.moving)
         X[1][:, _FLIGHT] = flights
-        events = np.empty((2, events.shape[1] + 3 * K + 16))  # the rounds' timers: READY, ARRIVE and EV per server
+        events = np.empty((2, events.shape[1] + 5 * K + 16))  # the rounds' timers: READY, ARRIVE, EV, OPEN, GO
         B = fresh(int(counts.sum()))
+        if spec.epochs > 1:  # by_epochs: the servers open one epoch at a time
+            _by_epochs(X, B, spec.epochs, where, counts)
         makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur, B)
         flags = X[0][:, _OVERFLOW]
         if (flags == RING_FULL).any():
@@ -90,6 +110,20 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
             raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
         outs, busy, up = _collect(static, makespan, X, Z, Y, L, touched)
         return outs, busy, up, _closed(B, job)
+
+
+def _by_epochs(X, B, epochs: int, where: np.ndarray, counts: np.ndarray) -> None:
+    """The servers' books for one epoch at a time (WorkerLoop.by_epochs): each epoch's micro-batches, the mixing
+    pool's senders, the devices' gates."""
+    S2, N2, P2 = X[0], X[3], X[4]
+    per = N2[:, _N] // epochs  # per server and device: micro-batches of an epoch
+    S2[:, _FLAGS] |= EPOCHS
+    S2[:, _UNCLAIMED] = per.sum(axis=1)
+    if (S2[:, _POLICY] == POOL).any():  # the mixing pool's "could still send": this epoch's only
+        P2[:, 0] = per
+        P2[:, 2] = (per > 0) & (P2[:, 1] < S2[:, _SLIMIT][:, None])
+        S2[:, _SCOUNT] = P2[:, 2].sum(axis=1)
+    rounds.gates(B, epochs, where, counts, S2[:, _UNCLAIMED].copy())
 
 
 def _closed(B: tuple, job) -> Closed:

@@ -151,8 +151,8 @@ def by_epochs(job: Job, synced: bool) -> bool:
 def closes_per_epoch(job: Job, moving=None) -> bool:
     """No ``training.sync`` but several servers with a backhaul, over several epochs (:func:`by_epochs`; ``moving``
     is not looked at: devices that move close each epoch too): :func:`run` replays each epoch's closing round
-    (:class:`PoolRounds` with ``every`` None) at the epoch's end, as the runtime; the fast path leaves this case to
-    the SimPy engine."""
+    (:class:`PoolRounds` with ``every`` None) at the epoch's end, as the runtime; the fast path replays it when no
+    device moves and no activation is cached (:func:`sfsim.fast.synced.covers`)."""
     return job.sync is not None and job.sync.every is None and by_epochs(job, True)
 
 

@@ -1,0 +1,134 @@
+"""SplitFrozen over several epochs with several servers on the fast path (:mod:`sfsim.fast.synced`): each server opens
+one epoch at a time after its drain and closing rounds (with ``training.sync``) or its closing round alone (without
+it), and its devices wait for each epoch's start, as the SimPy engine's epoch gates
+(:meth:`sfsim.engine.worker.WorkerLoop.by_epochs`). On seeded random fleets of 2-4 servers over 2-4 epochs, ``every``
+1, 2, 3 or 5 in both modes or no ``training.sync``, pipelined or sequential, server or device credits, fifo,
+round-robin, proportional or pool: every figure equals the SimPy engine's (makespan, per device and per server,
+wait, end, mixing, pool peak, the rounds and each server's backhaul bytes)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
+from sfsim.fast.replay import uncovered
+from sfsim.network.backhaul import PoolRounds, SyncSpec
+from sfsim.schedules import Job, ReplayConfig
+from sfsim.schedules import splitfrozen as sf
+from tests.test_fast_sync_frozen import POLICIES, _Scenario, _t, fast_figures
+
+SYNCS = [(1, "sync"), (1, "async"), (2, "sync"), (2, "async"), (3, "sync"), (3, "async"), (5, "sync"), (5, "async"),
+         (None, "sync"), (None, "sync")]
+
+
+def random_job(seed: int, ties: bool = False, every=False, big: bool = False) -> tuple[Job, ReplayConfig, bool]:
+    """2-4 servers, 0-8 devices (``big``: 10-30) sending 0-5 micro-batches an epoch (``big``: 0-12; some with a partial
+    last one each epoch), 2-4 epochs; ``every`` False: random rounds (None among them: no training.sync)."""
+    rng = random.Random(seed)
+    ns, epochs = rng.randint(2, 4), rng.randint(2, 4)
+    servers = [ServerTimes(f"s{k}", 1, _t(rng, ties, 0.2) if rng.random() < 0.8 else 0.0) for k in range(ns)]
+    devices = []
+    for i in range(rng.randint(10, 30) if big else rng.randint(0, 8)):
+        per = rng.randint(0, 12 if big else 5)
+        devices.append(DeviceTimes(
+            f"d{i}", rng.randrange(ns), n=per * epochs, per_epoch=per,
+            last=rng.choice((1.0, 1.0, 0.5)) if per else 1.0, f=_t(rng, ties, 1.0),
+            warmup=_t(rng, ties, 0.5) if rng.random() < 0.2 else 0.0, up_s=_t(rng, ties, 1.0), up_l=_t(rng, ties, 0.2),
+            srv_f=_t(rng, ties, 0.3), srv_b=_t(rng, ties, 0.3), srv_w=_t(rng, ties, 0.3) if rng.random() < 0.8 else 0.0,
+            act_bytes=rng.choice((100.0, 250.0))))
+    job = Job(devices, servers)
+    pick, mode = rng.choice(SYNCS)
+    links = tuple((s.name, float("inf"), 0.0) if rng.random() < 0.15 else (s.name, rng.uniform(20.0, 400.0),
+                                                                              _t(rng, ties, 0.1)) for s in servers)
+    job.sync = SyncSpec(links, pick if every is False else every, mode, 10.0, 12.0, epochs)
+    policy = rng.choice(POLICIES)
+    cfg = ReplayConfig(buffer=rng.randint(1, 4), accumulate=rng.randint(1, 3), policy=policy,
+                       credits=rng.choice(("server", "device")), decompose=rng.random() < 0.7, seed=rng.randrange(99),
+                       pool_memory=rng.choice((None, 300.0)) if policy == "pool" else None)
+    return job, cfg, rng.random() < 0.3
+
+
+def simpy_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
+    """The SimPy engine's figures, as simulate() runs it (training.sync: its rounds; else each epoch's closing)."""
+    engine = Engine()
+    if job.sync.every is not None:
+        PoolRounds(engine, job.sync, job.servers)
+    sf.run(engine, job, cfg, sequential=sequential)
+    makespan = engine.run()
+    return {"makespan": makespan, "busy": engine.server_busy, "wait": engine.server_wait, "end": engine.server_end,
+            "mixing": {k: (m.value, m.total) for k, m in engine.mixing.items()}, "device_busy": engine.device_busy,
+            "up": engine.up_bytes, "peak": engine.pool_peak_bytes, "rounds": engine.sync.rounds,
+            "backhaul": dict(engine.sync.bytes)}
+
+
+def check(seed: int, ties: bool, every=False, big: bool = False) -> str:
+    """Compare one random job: 'equal', 'both fail', 'refused' (the engine refuses the setting) or 'uncovered'."""
+    job, cfg, sequential = random_job(seed, ties, every, big)
+    if uncovered(_Scenario(), "splitfrozen", cfg, job) is not None:
+        return "uncovered"
+    try:
+        want = simpy_figures(job, cfg, sequential)
+    except ValueError:  # a pool memory bound on a server with no device
+        return "refused"
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            fast_figures(random_job(seed, ties, every, big)[0], cfg, sequential)
+        return "both fail"
+    got = fast_figures(random_job(seed, ties, every, big)[0], cfg, sequential)
+    assert got == want, f"seed {seed} ties={ties} cfg={cfg} sequential={sequential} sync={job.sync}"
+    return "equal"
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_random_fleets_over_epochs_equal(ties):
+    outcomes = [check(seed, ties) for seed in range(300)]
+    assert outcomes.count("equal") >= 270, {o: outcomes.count(o) for o in set(outcomes)}
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_closing_rounds_each_epoch_equal(ties):
+    """No training.sync: each epoch's closing round alone, then the next epoch."""
+    outcomes = [check(seed, ties, None) for seed in range(150)]
+    assert outcomes.count("equal") >= 135, {o: outcomes.count(o) for o in set(outcomes)}
+
+
+def test_bigger_fleets_over_epochs_equal():
+    """10-30 devices, up to 12 micro-batches an epoch: credits and rounds crowd each epoch's end and start."""
+    outcomes = [check(seed, seed % 2 == 1, big=True) for seed in range(60)]
+    assert outcomes.count("equal") >= 54, {o: outcomes.count(o) for o in set(outcomes)}
+
+
+@pytest.mark.slow
+def test_many_random_fleets_over_epochs_equal():
+    for ties in (False, True):
+        outcomes = [check(seed, ties) for seed in range(300, 3300)]
+        assert outcomes.count("equal") >= 2700, {o: outcomes.count(o) for o in set(outcomes)}
+        outcomes = [check(seed, ties, big=True) for seed in range(60, 660)]
+        assert outcomes.count("equal") >= 540, {o: outcomes.count(o) for o in set(outcomes)}
+
+
+@pytest.mark.parametrize(("every", "policy", "workers", "why"), [
+    (2, "paced-round-robin", 1, "training.sync under policy 'paced-round-robin'"),
+    (None, "paced-proportional", 1, "the closing backhaul round at each epoch's end under policy 'paced-proportional'"),
+    (None, "fifo", 2, "the closing backhaul round at each epoch's end on a server with several workers"),
+])
+def test_what_stays_on_simpy_is_said(every, policy, workers, why):
+    job, _, _ = random_job(3, every=every)
+    job.servers[0] = ServerTimes(job.servers[0].name, workers, job.servers[0].step)
+    cfg = ReplayConfig(policy=policy, credits="device")
+    assert uncovered(_Scenario(), "splitfrozen", cfg, job) == f"{why} is replayed by the SimPy engine only"
+
+
+def test_moving_devices_over_epochs_stay_on_simpy():
+    """Moving devices (their epochs run back to back on the SimPy engine) and cached activations stay on SimPy."""
+    from tests.test_fast_handover import random_job as handover_job
+
+    job, cfg, _ = handover_job(5, False, epochs=2, workers=(1,))
+    job.sync = SyncSpec(tuple((s.name, 100.0, 0.01) for s in job.servers), 2, "sync", 10.0, 12.0, 2)
+    why = "training.sync over several epochs with moving devices or cached activations"
+    assert uncovered(_Scenario(), "splitfrozen", cfg, job) == f"{why} is replayed by the SimPy engine only"
+    cached, cfg, _ = random_job(7, every=2)
+    cached.devices[0] = DeviceTimes("c", 0, n=4, per_epoch=2, sent=2, f=1.0, up_s=1.0, srv_f=0.5, srv_b=0.5)
+    assert uncovered(_Scenario(), "splitfrozen", cfg, cached) == f"{why} is replayed by the SimPy engine only"
