@@ -24,6 +24,7 @@ from sfsim.fast import (
     splitfrozen,
     splitlora,
     splitmoves,
+    splitsync,
     synced,
 )
 from sfsim.fast.kernel import MAX_DEVICES
@@ -71,6 +72,8 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
     if getattr(job, "sync", None) is not None and name not in SPLITFROZEN:  # a baseline's backhaul rounds
+        if job.sync.every is not None and name == "splitlora":  # the servers' loops and rounds in lockstep
+            return splitsync.uncovered(job)
         if job.sync.every is not None:
             return "backhaul sync between servers is replayed by the SimPy engine only"
         if name == "fedlora":  # no training.sync: each epoch's closing round (sfsim.schedules.fedlora.EpochClose)
@@ -190,7 +193,9 @@ def _splitlora(job, cfg) -> tuple[Replayed, float]:
     rec = Replayed()
     net = getattr(job, "network", None)
     moves = net is not None and hands_over(net.motions)  # the servers' loops jointly in time
-    if job.sync is not None and not moves:  # each epoch's closing round, waited for before the next epoch
+    if job.sync is not None and job.sync.every is not None:  # training.sync: the servers' loops and their rounds
+        devices, servers, makespan, rec.sync = splitsync.replay(job, cfg)
+    elif job.sync is not None and not moves:  # each epoch's closing round, waited for before the next epoch
         devices, servers, makespan, closed = closing.replay_closing(job, cfg)
         rec.sync = Closed(closed["bytes"], closed["rounds"])
     else:

@@ -1,0 +1,43 @@
+"""SplitLoRA with ``training.sync`` on the fast path (:mod:`sfsim.fast.splitsync`, :mod:`sfsim.fast.lockstep`).
+
+Each seed builds a random job of 2-4 servers (one may have no client, a backhaul link may be infinitely fast),
+1-8 devices of unequal times and samples, 1-3 epochs, ``every`` 1-5 in ``sync`` or ``async`` mode, both client
+orders and the server policies, replays it on the SimPy engine and on the fast path, and compares every figure,
+the rounds and their backhaul bytes (``==``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from sfsim.fast import replay, uncovered
+from tests.test_fast_sync import _figures, random_job, simpy_figures
+
+
+def sync_job(seed: int, ties: bool = False):
+    """:func:`tests.test_fast_sync.random_job` with ``training.sync``: every 1-5, sync or async."""
+    job, cfg = random_job(seed, ties)
+    rng = random.Random(seed + 77_000)
+    job.sync = replace(job.sync, every=rng.randint(1, 5), mode=rng.choice(("sync", "async")))
+    if rng.random() < 0.3:
+        job.sync = replace(job.sync, every=1, mode="sync")  # joint: the gradients averaged before each step
+    policy = rng.choice(("fifo", "pool", "proportional", "paced-proportional", "round-robin", "paced-round-robin"))
+    return job, replace(cfg, policy=policy)
+
+
+def check(seed: int, ties: bool = False) -> None:
+    (a, cfg), (b, _) = sync_job(seed, ties), sync_job(seed, ties)
+    assert uncovered(None, "splitlora", cfg, b) is None
+    want = simpy_figures(a, cfg, "splitlora")
+    rec, makespan = replay(b, cfg, schedule="splitlora")
+    assert _figures(rec, makespan) == want, f"seed {seed} every={a.sync.every} {a.sync.mode} cfg={cfg}"
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seeds", [range(200), pytest.param(range(200, 2200), marks=pytest.mark.slow)])
+def test_splitlora_sync_random_fleets_equal(seeds, ties):
+    for seed in seeds:
+        check(seed, ties)
