@@ -13,7 +13,9 @@ from dataclasses import replace
 
 import pytest
 
+from sfsim.engine.pool import Engine
 from sfsim.fast import replay, uncovered
+from sfsim.schedules import get
 from tests.test_fast_sync import _figures, random_job, simpy_figures
 
 
@@ -41,3 +43,38 @@ def check(seed: int, ties: bool = False) -> None:
 def test_splitlora_sync_random_fleets_equal(seeds, ties):
     for seed in seeds:
         check(seed, ties)
+
+
+def fed_sync_job(seed: int):
+    """:func:`tests.test_fast_fedclose.closing_job` (2-4 servers, every device trains each of the run's epochs) with
+    ``training.sync``: every 1-5, sync or async; one seed in five gives the devices more epochs than the run's, or
+    fewer."""
+    from tests.test_fast_fedclose import closing_job
+
+    job, cfg = closing_job(seed)
+    rng = random.Random(seed + 99_000)
+    job.sync = replace(job.sync, every=rng.randint(1, 5), mode=rng.choice(("sync", "async")))
+    if rng.random() < 0.3:
+        job.sync = replace(job.sync, every=1, mode="sync")
+    if rng.random() < 0.2:
+        job.sync = replace(job.sync, epochs=max(1, job.sync.epochs + rng.choice((-1, 1))))
+    return job, cfg
+
+
+def fed_check(seed: int) -> None:
+    from tests.test_fast_fedclose import _all
+    from tests.test_fast_lora import figures
+
+    (a, cfg), (b, _) = fed_sync_job(seed), fed_sync_job(seed)
+    assert uncovered(None, "fedlora", cfg, b) is None
+    engine = Engine()
+    get("fedlora").run(engine, a, cfg)
+    want = _all(a, figures(engine, engine.run()), engine.sync)
+    rec, makespan = replay(b, cfg, schedule="fedlora")
+    assert _all(b, figures(rec, makespan), rec.sync) == want, f"seed {seed} every={a.sync.every} {a.sync.mode}"
+
+
+@pytest.mark.parametrize("seeds", [range(300), pytest.param(range(300, 3300), marks=pytest.mark.slow)])
+def test_fedlora_sync_random_fleets_equal(seeds):
+    for seed in seeds:
+        fed_check(seed)

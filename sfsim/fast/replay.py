@@ -21,6 +21,7 @@ from sfsim.fast import (
     dynamic,
     fedlora,
     fedmoves,
+    fedsync,
     splitfrozen,
     splitlora,
     splitmoves,
@@ -72,8 +73,8 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
     if getattr(job, "sync", None) is not None and name not in SPLITFROZEN:  # a baseline's backhaul rounds
-        if job.sync.every is not None and name == "splitlora":  # the servers' loops and rounds in lockstep
-            return splitsync.uncovered(job)
+        if job.sync.every is not None and name in ("splitlora", "fedlora"):  # the servers' loops and rounds in lockstep
+            return (splitsync if name == "splitlora" else fedsync).uncovered(job)
         if job.sync.every is not None:
             return "backhaul sync between servers is replayed by the SimPy engine only"
         if name == "fedlora":  # no training.sync: each epoch's closing round (sfsim.schedules.fedlora.EpochClose)
@@ -174,7 +175,9 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
     """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy."""
     rec = Replayed()
     net = getattr(job, "network", None)
-    if net is None and job.sync is not None:  # each epoch's closing round, waited for before the next epoch
+    if job.sync is not None and job.sync.every is not None:  # training.sync: each server's rounds and their backhaul
+        devices, busy, makespan, rec.sync = fedsync.replay(job, cfg)
+    elif net is None and job.sync is not None:  # each epoch's closing round, waited for before the next epoch
         devices, busy, makespan, rec.sync = closing.replay_fedlora(job, cfg)
     elif net is None:
         devices, busy, makespan = fedlora.replay(job, cfg)

@@ -168,11 +168,10 @@ def server_run(D, N, SF, SI, C, CI, sequential, kind, seg, M, T, share, counts, 
     :data:`BEFORE`, :data:`AFTER` or :data:`FINISH` with its time in ``X[0]``, and goes on from ``X[1]``."""
     m = D.shape[1]
     for e in range(epochs):
-        left = 0
         for c in range(m):
             per = N[sl._PER_EPOCH, c] if N[sl._PER_EPOCH, c] else N[sl._N, c]
             CI[sl._LEFT, c] = max(0, min(per, N[sl._N, c] - e * per))
-            left += CI[sl._LEFT, c] > 0
+        left = np.count_nonzero(CI[sl._LEFT] > 0)
         if sequential:
             for code in _sequential(SF, SI, C, CI, D, N, M, T, share, counts, touched, X, Y):
                 yield code
