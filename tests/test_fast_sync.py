@@ -170,14 +170,20 @@ def test_many_closing_round_fleets_equal(ties):
 
 
 def test_what_stays_on_simpy_is_said():
-    """training.sync (backhaul sync every N steps) for the baselines: one line."""
+    """training.sync (backhaul sync every N steps): SplitLoRA and FedLoRA on constant links take the fast path
+    (tests/test_fast_split_sync.py); CenLoRA's and theirs on the dynamic network stay on SimPy, in one line."""
     from sfsim.fast.replay import uncovered
+    from tests.test_fast_lora_dynamic import dynamic_network
 
     job, cfg = random_job(0)
     assert uncovered(None, "splitlora", cfg, job) is None and uncovered(None, "cenlora", cfg, job) is None
     job.sync = replace(job.sync, every=2)
-    for name in ("splitlora", "cenlora", "fedlora"):
-        assert uncovered(None, name, cfg, job) == "backhaul sync between servers is replayed by the SimPy engine only"
+    assert uncovered(None, "cenlora", cfg, job) == "backhaul sync between servers is replayed by the SimPy engine only"
+    assert uncovered(None, "splitlora", cfg, job) is None and uncovered(None, "fedlora", cfg, job) is None
+    job.network = dynamic_network(random.Random(0), job, False)
+    for name in ("splitlora", "fedlora"):
+        assert uncovered(None, name, cfg, job) == (
+            f"{name}'s backhaul sync on the dynamic network is replayed by the SimPy engine only")
 
 
 def varying_pair(seed: int, availability: bool):

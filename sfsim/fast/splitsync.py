@@ -10,6 +10,7 @@ stops where the SimPy process would wait and says why (:data:`BEFORE`, :data:`AF
 :class:`sfsim.network.backhaul.Rounds` pairs them, in its arithmetic (a server's backhaul sends and receives
 alternate, so its lane never queues: the send ends ``bytes x 8 / bandwidth`` after the join, the average is ready
 when the last upload has arrived, and comes back the same way). Static network only (:func:`uncovered`).
+A generator passes another's stops on with ``for code in ...: yield code`` (numba compiles no ``yield from``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched, X, Y):
     if sl.served(SF, SI, C, CI, D, N, None, c):
         mixing.add(M, T, share, counts, touched, c)
         if SI[sl._WINDOW] == SI[sl._ACC]:
-            for code in _step(SF, SI, X, Y):
+            for code in _step(SF, SI, X, Y):  # noqa: UP028
                 yield code
 
 
@@ -71,7 +72,7 @@ def _arrival_segment(SF, SI, C, CI, D, N, quota, M, T, share, counts, touched, X
     served = 0
     while served < quota and len(out):
         c = heapq.heappop(out)[1]
-        for code in _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched, X, Y):
+        for code in _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched, X, Y):  # noqa: UP028
             yield code
         E[0] += sl._count_down(CI, c)
         served += 1
@@ -92,7 +93,7 @@ def _fixed_segment(SF, SI, C, CI, D, N, order, hi, M, T, share, counts, touched,
             sl._issue(SF, C, CI, D, N, None, c, SF[sl._SFREE])
     for p in range(hi):
         c = order[p]
-        for code in _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched, X, Y):
+        for code in _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched, X, Y):  # noqa: UP028
             yield code
         CI[sl._TODO, c] -= 1
         E[0] += sl._count_down(CI, c)
@@ -126,13 +127,15 @@ def _interleaved(SF, SI, C, CI, D, N, left, kind, seg, M, T, share, counts, touc
                 taken[c] += 1
                 if taken[c] < epoch[c]:
                     heapq.heappush(order, (sl._order_key(kind, taken[c], epoch[c]), c))
-            for code in _fixed_segment(SF, SI, C, CI, D, N, seg, hi, M, T, share, counts, touched, X, Y, E):
+            stops = _fixed_segment(SF, SI, C, CI, D, N, seg, hi, M, T, share, counts, touched, X, Y, E)
+            for code in stops:  # noqa: UP028
                 yield code
         else:
-            for code in _arrival_segment(SF, SI, C, CI, D, N, quota, M, T, share, counts, touched, X, Y, E):
+            stops = _arrival_segment(SF, SI, C, CI, D, N, quota, M, T, share, counts, touched, X, Y, E)
+            for code in stops:  # noqa: UP028
                 yield code
         left -= E[0]
-        for code in _step(SF, SI, X, Y):  # a partial window at the segment's end
+        for code in _step(SF, SI, X, Y):  # noqa: UP028 (a partial window at the segment's end)
             yield code
         if SI[sl._STEPS] % every == 0 and left:
             sl._fedavg(SF, C, CI, D, None)
@@ -150,12 +153,12 @@ def _sequential(SF, SI, C, CI, D, N, M, T, share, counts, touched, X, Y):
             sl._down(SF, C, D, None, c, SF[sl._SFREE], D[sl._SYNC_DOWN, c], D[sl._SYNC_BYTES, c])
         sl._issue(SF, C, CI, D, N, None, c, SF[sl._SFREE])
         for j in range(k):
-            for code in _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched, X, Y):
+            for code in _serve(SF, SI, C, CI, D, N, c, M, T, share, counts, touched, X, Y):  # noqa: UP028
                 yield code
             CI[sl._LEFT, c] -= 1
             if j + 1 < k:
                 sl._issue(SF, C, CI, D, N, None, c, SF[sl._SFREE])
-        for code in _step(SF, SI, X, Y):
+        for code in _step(SF, SI, X, Y):  # noqa: UP028
             yield code
         sl._upload(SF, C, CI, D, None, c)
         SF[sl._SFREE] = max(SF[sl._SFREE], C[sl._ARRIVAL, c])
@@ -173,10 +176,11 @@ def server_run(D, N, SF, SI, C, CI, sequential, kind, seg, M, T, share, counts, 
             CI[sl._LEFT, c] = max(0, min(per, N[sl._N, c] - e * per))
         left = np.count_nonzero(CI[sl._LEFT] > 0)
         if sequential:
-            for code in _sequential(SF, SI, C, CI, D, N, M, T, share, counts, touched, X, Y):
+            for code in _sequential(SF, SI, C, CI, D, N, M, T, share, counts, touched, X, Y):  # noqa: UP028
                 yield code
         else:
-            for code in _interleaved(SF, SI, C, CI, D, N, left, kind, seg, M, T, share, counts, touched, X, Y):
+            stops = _interleaved(SF, SI, C, CI, D, N, left, kind, seg, M, T, share, counts, touched, X, Y)
+            for code in stops:  # noqa: UP028
                 yield code
         X[0] = SF[sl._SFREE]
         yield FINISH
