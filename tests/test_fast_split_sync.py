@@ -39,10 +39,42 @@ def check(seed: int, ties: bool = False) -> None:
 
 
 @pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("seeds", [range(200), pytest.param(range(200, 2200), marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seeds", [range(300), pytest.param(range(300, 3300), marks=pytest.mark.slow)])
 def test_splitlora_sync_random_fleets_equal(seeds, ties):
     for seed in seeds:
         check(seed, ties)
+
+
+def varying_sync_pair(seed: int, availability: bool, stay: bool = False):
+    """Two copies (the runs leave figures on the motions) of :func:`sync_job` on time-varying links, with pause or
+    drop churn when ``availability``; with ``stay`` devices hand over 0-2 times to new links on their own server
+    (no move to another server)."""
+    from tests.test_fast_lora_dynamic import dynamic_network
+
+    out = []
+    for _ in range(2):
+        job, cfg = sync_job(seed, ties=seed % 2 == 1)
+        job.network = dynamic_network(random.Random(seed + 20_000), job, availability, handover=stay)
+        for i, m in job.network.motions.items():
+            m.legs = [replace(leg, server=job.devices[i].server) for leg in m.legs]
+        out.append(job)
+    return (*out, cfg)
+
+
+@pytest.mark.parametrize("stay", [False, True])
+@pytest.mark.parametrize("availability", [False, True])
+@pytest.mark.parametrize("seeds", [range(75), pytest.param(range(75, 1075), marks=pytest.mark.slow)])
+def test_splitlora_sync_on_varying_links_equal(availability, stay, seeds):
+    """Time-varying links (and availability: pause, drop; handovers to new links on the device's own server with
+    ``stay``): every figure and what the motions hold (``switched_at`` too)."""
+    from tests.test_fast_lora_dynamic import motions
+
+    for seed in seeds:
+        a, b, cfg = varying_sync_pair(seed, availability, stay)
+        assert uncovered(None, "splitlora", cfg, b) is None, seed
+        want = simpy_figures(a, cfg, "splitlora")
+        rec, makespan = replay(b, cfg, schedule="splitlora")
+        assert (_figures(rec, makespan), motions(b)) == (want, motions(a)), seed
 
 
 def fed_sync_job(seed: int):
@@ -74,7 +106,7 @@ def fed_check(seed: int) -> None:
     assert _all(b, figures(rec, makespan), rec.sync) == want, f"seed {seed} every={a.sync.every} {a.sync.mode}"
 
 
-@pytest.mark.parametrize("seeds", [range(300), pytest.param(range(300, 3300), marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seeds", [range(500), pytest.param(range(500, 5500), marks=pytest.mark.slow)])
 def test_fedlora_sync_random_fleets_equal(seeds):
     for seed in seeds:
         fed_check(seed)
