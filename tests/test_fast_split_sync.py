@@ -77,13 +77,13 @@ def test_splitlora_sync_on_varying_links_equal(availability, stay, seeds):
         assert (_figures(rec, makespan), motions(b)) == (want, motions(a)), seed
 
 
-def fed_sync_job(seed: int):
-    """:func:`tests.test_fast_fedclose.closing_job` (2-4 servers, every device trains each of the run's epochs) with
-    ``training.sync``: every 1-5, sync or async; one seed in five gives the devices more epochs than the run's, or
-    fewer."""
+def fed_sync_job(seed: int, network: str = "static"):
+    """:func:`tests.test_fast_fedclose.closing_job` (2-4 servers, every device trains each of the run's epochs; on
+    ``network`` static or varying links) with ``training.sync``: every 1-5, sync or async; one seed in five gives the
+    devices more epochs than the run's, or fewer."""
     from tests.test_fast_fedclose import closing_job
 
-    job, cfg = closing_job(seed)
+    job, cfg = closing_job(seed, network)
     rng = random.Random(seed + 99_000)
     job.sync = replace(job.sync, every=rng.randint(1, 5), mode=rng.choice(("sync", "async")))
     if rng.random() < 0.3:
@@ -93,11 +93,11 @@ def fed_sync_job(seed: int):
     return job, cfg
 
 
-def fed_check(seed: int) -> None:
+def fed_check(seed: int, network: str = "static") -> None:
     from tests.test_fast_fedclose import _all
     from tests.test_fast_lora import figures
 
-    (a, cfg), (b, _) = fed_sync_job(seed), fed_sync_job(seed)
+    (a, cfg), (b, _) = fed_sync_job(seed, network), fed_sync_job(seed, network)
     assert uncovered(None, "fedlora", cfg, b) is None
     engine = Engine()
     get("fedlora").run(engine, a, cfg)
@@ -110,3 +110,17 @@ def fed_check(seed: int) -> None:
 def test_fedlora_sync_random_fleets_equal(seeds):
     for seed in seeds:
         fed_check(seed)
+
+
+@pytest.mark.parametrize("seeds", [range(200), pytest.param(range(200, 2200), marks=pytest.mark.slow)])
+def test_fedlora_sync_on_varying_links_equal(seeds):
+    """Time-varying links (no handover, no availability): every figure, the rounds and what the motions hold."""
+    for seed in seeds:
+        fed_check(seed, "varying")
+
+
+def test_what_stays_on_simpy():
+    """FedLoRA's training.sync with handovers or availability stays on SimPy, in one line."""
+    job, cfg = fed_sync_job(0, "moving")
+    assert uncovered(None, "fedlora", cfg, job) == (
+        "fedlora's backhaul sync with handovers or availability is replayed by the SimPy engine only")
