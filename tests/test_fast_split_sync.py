@@ -124,3 +124,26 @@ def test_what_stays_on_simpy():
     job, cfg = fed_sync_job(0, "moving")
     assert uncovered(None, "fedlora", cfg, job) == (
         "fedlora's backhaul sync with handovers or availability is replayed by the SimPy engine only")
+
+
+def cen_check(seed: int, ties: bool = False) -> None:
+    (a, cfg), (b, _) = sync_job(seed, ties), sync_job(seed, ties)
+    assert uncovered(None, "cenlora", cfg, b) is None
+    want = simpy_figures(a, cfg, "cenlora")
+    rec, makespan = replay(b, cfg, schedule="cenlora")
+    assert _figures(rec, makespan) == want, f"seed {seed} every={a.sync.every} {a.sync.mode} cfg={cfg}"
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seeds", [range(250), pytest.param(range(250, 2750), marks=pytest.mark.slow)])
+def test_cenlora_sync_random_fleets_equal(seeds, ties):
+    """One worker a server (2-4 servers, one maybe without data), every 1-5, sync or async, 1-3 epochs."""
+    for seed in seeds:
+        cen_check(seed, ties)
+
+
+def test_cenlora_sync_with_several_workers_stays_on_simpy():
+    job, cfg = sync_job(0)
+    job.servers[job.devices[0].server] = replace(job.servers[job.devices[0].server], count=2)
+    assert uncovered(None, "cenlora", cfg, job) == (
+        "cenlora's backhaul sync with several workers a server is replayed by the SimPy engine only")

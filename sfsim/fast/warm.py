@@ -74,13 +74,15 @@ def _synced(data: dict) -> dict:
 _SCENARIOS = {"constant links": _static, "availability": lambda: _SCENARIO, "handover": _handover,
               "backhaul": lambda: _closing(_static()), "backhaul, availability": lambda: _closing(_SCENARIO),
               "backhaul, handover": lambda: _closing(_handover()),
-              "backhaul sync": lambda: _synced(_closing(_static()))}
+              "backhaul sync": lambda: _synced(_closing(_static())),
+              "backhaul sync, availability": lambda: _synced(_closing(_SCENARIO))}
 _BACKHAUL = ("backhaul", "backhaul, availability", "backhaul, handover")
 STEPS = (
     [(label, "splitfrozen") for label in ("constant links", "availability")]
     + [("constant links", "pool"), ("constant links", "plan")]
     + [(label, schedule) for label in ("constant links", "availability", "handover", *_BACKHAUL)
-       for schedule in ("splitlora", "cenlora")] + [("backhaul sync", "splitlora")],
+       for schedule in ("splitlora", "cenlora")]
+    + [("backhaul sync", "splitlora"), ("backhaul sync", "cenlora"), ("backhaul sync, availability", "splitlora")],
     [("handover", "splitfrozen")] + [(label, "fedlora") for label in ("constant links", "availability", "handover",
                                                                        *_BACKHAUL, "backhaul sync")],
 )
