@@ -1,9 +1,9 @@
-"""Benchmark: SplitLoRA and FedLoRA with ``training.sync`` on the fast path against the SimPy engine.
+"""Benchmark: SplitLoRA, FedLoRA and CenLoRA with ``training.sync`` on the fast path against the SimPy engine.
 
 :func:`sfsim.fast.replay.baseline_fleet` (five device speeds, three link speeds, 4 servers) in ``--epochs`` epochs,
 every server on a backhaul link (1, 2, 5, 10 Gbps, 2 ms), ``training.sync`` every 1 and every 10 (``--mode``
 sync or async; every 1 in sync mode averages the gradients before each step): the servers' loops and their rounds
-in lockstep (:mod:`sfsim.fast.splitsync`, :mod:`sfsim.fast.fedsync`). Prints micro-batches per second of both
+in lockstep (:mod:`sfsim.fast.splitsync`, :mod:`sfsim.fast.fedsync`, :mod:`sfsim.fast.censync`). Prints micro-batches per second of both
 engines (CPU seconds: the machine is shared), the ratio, and whether every figure (makespan, busy, bytes, mixing,
 rounds, backhaul bytes) is equal.
 
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--mode", choices=["sync", "async"], default="sync")
-    ap.add_argument("--schedules", default="splitlora,fedlora")
+    ap.add_argument("--schedules", default="splitlora,fedlora,cenlora")
     a = ap.parse_args()
     for schedule in a.schedules.split(","):
         for every in (1, 10):
