@@ -170,14 +170,25 @@ def test_many_closing_round_fleets_equal(ties):
 
 
 def test_what_stays_on_simpy_is_said():
-    """training.sync (backhaul sync every N steps) for the baselines: one line."""
+    """training.sync (backhaul sync every N steps) takes the fast path (tests/test_fast_split_sync.py) but with
+    handovers between servers (SplitLoRA), handovers or availability (FedLoRA), several workers a server (CenLoRA):
+    those stay on SimPy, in one line."""
     from sfsim.fast.replay import uncovered
+    from sfsim.schedules.splitlora.moves import hands_over
+    from tests.test_fast_lora_dynamic import dynamic_network
 
     job, cfg = random_job(0)
     assert uncovered(None, "splitlora", cfg, job) is None and uncovered(None, "cenlora", cfg, job) is None
     job.sync = replace(job.sync, every=2)
-    for name in ("splitlora", "cenlora", "fedlora"):
-        assert uncovered(None, name, cfg, job) == "backhaul sync between servers is replayed by the SimPy engine only"
+    assert all(uncovered(None, name, cfg, job) is None for name in ("splitlora", "fedlora", "cenlora"))
+    job.servers[0] = replace(job.servers[0], count=2)
+    assert uncovered(None, "cenlora", cfg, job) == (
+        "cenlora's backhaul sync with several workers a server is replayed by the SimPy engine only")
+    job.network = dynamic_network(random.Random(0), job, True, handover=True)
+    assert uncovered(None, "fedlora", cfg, job) == (
+        "fedlora's backhaul sync with handovers or availability is replayed by the SimPy engine only")
+    assert hands_over(job.network.motions) and uncovered(None, "splitlora", cfg, job) == (
+        "splitlora's backhaul sync with handovers between servers is replayed by the SimPy engine only")
 
 
 def varying_pair(seed: int, availability: bool):

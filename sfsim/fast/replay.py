@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from sfsim.errors import SfsimError
 from sfsim.fast import (
     cenlora,
+    censync,
     closing,
     dynamic,
     fedlora,
     fedmoves,
+    fedsync,
     splitfrozen,
     splitlora,
     splitmoves,
+    splitsync,
     synced,
 )
 from sfsim.fast.kernel import MAX_DEVICES
@@ -71,8 +74,8 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
     if getattr(job, "sync", None) is not None and name not in SPLITFROZEN:  # a baseline's backhaul rounds
-        if job.sync.every is not None:
-            return "backhaul sync between servers is replayed by the SimPy engine only"
+        if job.sync.every is not None:  # training.sync: the servers' loops and their rounds in lockstep
+            return {"splitlora": splitsync, "fedlora": fedsync, "cenlora": censync}[name].uncovered(job)
         if name == "fedlora":  # no training.sync: each epoch's closing round (sfsim.schedules.fedlora.EpochClose)
             why = closing.fed_uncovered(job, cfg)
             if why is not None:
@@ -160,7 +163,9 @@ def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
 def _cenlora(job, cfg) -> tuple[Replayed, float]:
     """What sfsim.schedules.cenlora.run leaves: no device work or traffic, server busy and mixing."""
     rec = Replayed()
-    if job.sync is not None:  # each epoch's closing round, waited for before the next epoch
+    if job.sync is not None and job.sync.every is not None:  # training.sync: the servers' workers and their rounds
+        out, makespan, rec.sync = censync.replay(job, cfg)
+    elif job.sync is not None:  # each epoch's closing round, waited for before the next epoch
         out, makespan, closed_ = closing.replay_cenlora(job, cfg)
         rec.sync = Closed(closed_["bytes"], closed_["rounds"])
     else:
@@ -169,7 +174,7 @@ def _cenlora(job, cfg) -> tuple[Replayed, float]:
         rec.device_busy[d.name] = rec.up_bytes[d.name] = rec.down_bytes[d.name] = 0.0
     for srv in job.servers:
         rec.server_busy[srv.name] = out[srv.name]["busy"] if srv.name in out else 0.0
-    rec.mixing = {name: Mixed(o["mixing"], o["total"]) for name, o in out.items()}
+    rec.mixing = {name: Mixed(o["mixing"], o["total"]) for name, o in out.items() if "mixing" in o}
     return rec, makespan
 
 
@@ -177,7 +182,9 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
     """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy."""
     rec = Replayed()
     net = getattr(job, "network", None)
-    if net is None and job.sync is not None:  # each epoch's closing round, waited for before the next epoch
+    if job.sync is not None and job.sync.every is not None:  # training.sync: each server's rounds and their backhaul
+        devices, busy, makespan, rec.sync = fedsync.replay(job, cfg)
+    elif net is None and job.sync is not None:  # each epoch's closing round, waited for before the next epoch
         devices, busy, makespan, rec.sync = closing.replay_fedlora(job, cfg)
     elif net is None:
         devices, busy, makespan = fedlora.replay(job, cfg)
@@ -196,7 +203,9 @@ def _splitlora(job, cfg) -> tuple[Replayed, float]:
     rec = Replayed()
     net = getattr(job, "network", None)
     moves = net is not None and hands_over(net.motions)  # the servers' loops jointly in time
-    if job.sync is not None and not moves:  # each epoch's closing round, waited for before the next epoch
+    if job.sync is not None and job.sync.every is not None:  # training.sync: the servers' loops and their rounds
+        devices, servers, makespan, rec.sync = splitsync.replay(job, cfg)
+    elif job.sync is not None and not moves:  # each epoch's closing round, waited for before the next epoch
         devices, servers, makespan, closed = closing.replay_closing(job, cfg)
         rec.sync = Closed(closed["bytes"], closed["rounds"])
     else:

@@ -220,6 +220,16 @@ def serve(SF, SI, C, CI, D, N, R, c):
     A turn whose upload never arrived (arrival ``-inf``: the client is gone) is skipped; a served one
     is next in the server's stream (the caller's mixing).
     """
+    if not served(SF, SI, C, CI, D, N, R, c):
+        return False
+    if SI[_WINDOW] == SI[_ACC]:
+        _server_step(SF, SI)
+    return True
+
+
+@njit
+def served(SF, SI, C, CI, D, N, R, c):
+    """:func:`serve` but the server's step its window may now be due for (the caller's: ``SI[_WINDOW] == SI[_ACC]``)."""
     if C[_ARRIVAL, c] == -math.inf:
         return False
     x = _size(D, N, c, CI[_MB, c])
@@ -239,8 +249,6 @@ def serve(SF, SI, C, CI, D, N, R, c):
     if CI[_SINCE, c] == SI[_ACC]:
         _client_step(SF, C, CI, D, R, c)
     SI[_WINDOW] += 1
-    if SI[_WINDOW] == SI[_ACC]:
-        _server_step(SF, SI)
     return True
 
 

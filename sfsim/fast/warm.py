@@ -66,17 +66,25 @@ def _closing(data: dict) -> dict:
     return {**data, "servers": servers, "training": {**data["training"], "epochs": 2}}
 
 
+def _synced(data: dict) -> dict:
+    """``data`` with ``training.sync`` (the baselines' rounds in lockstep: :mod:`sfsim.fast.lockstep`)."""
+    return {**data, "training": {**data["training"], "sync": {"every": 2, "mode": "sync"}}}
+
+
 _SCENARIOS = {"constant links": _static, "availability": lambda: _SCENARIO, "handover": _handover,
               "backhaul": lambda: _closing(_static()), "backhaul, availability": lambda: _closing(_SCENARIO),
-              "backhaul, handover": lambda: _closing(_handover())}
+              "backhaul, handover": lambda: _closing(_handover()),
+              "backhaul sync": lambda: _synced(_closing(_static())),
+              "backhaul sync, availability": lambda: _synced(_closing(_SCENARIO))}
 _BACKHAUL = ("backhaul", "backhaul, availability", "backhaul, handover")
 STEPS = (
     [(label, "splitfrozen") for label in ("constant links", "availability")]
     + [("constant links", "pool"), ("constant links", "plan")]
     + [(label, schedule) for label in ("constant links", "availability", "handover", *_BACKHAUL)
-       for schedule in ("splitlora", "cenlora")],
+       for schedule in ("splitlora", "cenlora")]
+    + [("backhaul sync", "splitlora"), ("backhaul sync", "cenlora"), ("backhaul sync, availability", "splitlora")],
     [("handover", "splitfrozen")] + [(label, "fedlora") for label in ("constant links", "availability", "handover",
-                                                                       *_BACKHAUL)],
+                                                                       *_BACKHAUL, "backhaul sync")],
 )
 """The warm-up's steps, (scenario, schedule; ``pool``: SplitFrozen's pool policy, ``plan``: the planner), in two
 parts of about equal cold compile time (measured on a quiet machine, one process: SplitFrozen's per-server

@@ -1,0 +1,68 @@
+"""Benchmark: SplitLoRA, FedLoRA and CenLoRA with ``training.sync`` on the fast path against the SimPy engine.
+
+:func:`sfsim.fast.replay.baseline_fleet` (five device speeds, three link speeds, 4 servers) in ``--epochs`` epochs,
+every server on a backhaul link (1, 2, 5, 10 Gbps, 2 ms), ``training.sync`` every 1 and every 10 (``--mode``
+sync or async; every 1 in sync mode averages the gradients before each step): the servers' loops and their rounds
+in lockstep (:mod:`sfsim.fast.splitsync`, :mod:`sfsim.fast.fedsync`, :mod:`sfsim.fast.censync`). Prints micro-batches per second of both
+engines (CPU seconds: the machine is shared), the ratio, and whether every figure (makespan, busy, bytes, mixing,
+rounds, backhaul bytes) is equal.
+
+Run: ``.venv/bin/python bench/bench_baseline_sync.py [--devices N] [--mb M] [--epochs E] [--mode sync|async]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from bench_closing import closing_fleet, figures  # noqa: E402
+
+from sfsim.engine.pool import Engine  # noqa: E402
+from sfsim.fast import replay  # noqa: E402
+from sfsim.schedules import get  # noqa: E402
+
+
+def synced_fleet(devices: int, mb: int, epochs: int, every: int, mode: str):
+    """:func:`bench_closing.closing_fleet` with ``training.sync`` every ``every`` in ``mode``."""
+    job, cfg = closing_fleet(devices, mb, epochs)
+    job.sync = dataclasses.replace(job.sync, every=every, mode=mode)
+    return job, cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--mb", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--mode", choices=["sync", "async"], default="sync")
+    ap.add_argument("--schedules", default="splitlora,fedlora,cenlora")
+    a = ap.parse_args()
+    for schedule in a.schedules.split(","):
+        for every in (1, 10):
+            small, cfg = synced_fleet(8, 4, a.epochs, every, a.mode)
+            replay(small, cfg, schedule=schedule)  # load the compiled kernels (not timed)
+            job, cfg = synced_fleet(a.devices, a.mb, a.epochs, every, a.mode)
+            t0 = time.process_time()
+            fast = figures(*replay(job, cfg, schedule=schedule))
+            t_fast = time.process_time() - t0
+            job, cfg = synced_fleet(a.devices, a.mb, a.epochs, every, a.mode)
+            t0 = time.process_time()
+            engine = Engine()
+            get(schedule).run(engine, job, cfg)
+            ref = figures(engine, engine.run())
+            t_simpy = time.process_time() - t0
+            n = a.devices * a.mb
+            print(f"{schedule}, {a.devices:,} devices x {a.mb} micro-batches, {a.epochs} epoch(s), 4 servers, sync every "
+                  f"{every} ({a.mode}, {ref['rounds']:,} rounds): fast path {n / t_fast:,.0f} mb/s, SimPy engine "
+                  f"{n / t_simpy:,.0f} mb/s (CPU; fast is {t_simpy / t_fast:,.1f}x); every figure equal: {fast == ref}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""FedLoRA with ``training.sync`` on the fast path: each server's FedAvg rounds and the backhaul rounds, exact.
+
+The SimPy schedule (:mod:`sfsim.schedules.fedsync`) runs each server's rounds as the runtime forms them: the
+server sends ``round`` to every device it holds that still has data this epoch; each downloads the last average
+(none before its first round), trains its round's micro-batches and uploads; once the last upload has arrived the
+server averages (``aggregate`` seconds per upload, on its lane) and joins its backhaul round
+(:meth:`sfsim.network.backhaul.ServerRounds.fed_round`) before the next round; a device's last round of the run
+ends with its download of the average. Each epoch ends with the drain and closing rounds.
+
+On constant links nothing else moves, so a server's rounds are a recurrence (as :func:`sfsim.fast.fedlora.rounds`,
+each float as the SimPy processes compute it: ``now + (t - now)`` for a timeout to ``t``): :func:`server_run` is
+a compiled generator that stops where the server joins a round (:mod:`sfsim.fast.lockstep` forms them) and at each
+epoch's end. Devices' figures count what they did (a device whose epochs outnumber the run's trains only the run's).
+On time-varying links (no handover, no availability) the same rounds run in Python, each adapter transfer
+integrating its leg's rate (:func:`_varying_run`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sfsim.fast import fedlora as fed
+from sfsim.fast import lockstep
+from sfsim.fast.jit import njit
+from sfsim.network.legs import span
+from sfsim.schedules import fedlora as fl
+
+_U, _DONE, _STEPS, _DOWNS, _TOTAL = range(5)  # DI: per device its uploads, micro-batches, steps, downloads, rounds
+_FREE, _BUSY = range(2)  # S: the server's lane free at, its busy seconds
+_JOINT, _EVERY = range(2)  # Y: the sync knobs
+
+
+@njit
+def _round(D, N, DI, DF, per, accumulate, slot, slots, now):
+    """Every device's round in FedAvg ``slot`` from the server's ``now``: (the latest upload's arrival, uploads, and
+    whether some device has a round in the next slot of the epoch)."""
+    close, need, more = -np.inf, 0, False
+    for i in range(N.shape[1]):
+        first, stop = fed._span(N, i, slot, per, slots)
+        if first == stop:
+            continue
+        s = now
+        if DI[_U, i] > 0:  # the last average's download first
+            s = now + (D[fed._DOWN, i] + D[fed._DOWN_L, i])
+            DI[_DOWNS, i] += 1
+        t, k = fed._local(D, N, i, first, stop, accumulate, s)
+        DI[_STEPS, i] += k
+        DI[_DONE, i] += stop - first
+        sent = s + (t - s)  # the timeout to the local work's end
+        close = max(close, sent + (D[fed._UP, i] + D[fed._UP_L, i]))
+        need += 1
+        DI[_U, i] += 1
+        if (slot + 1) % slots:
+            nxt, stop = fed._span(N, i, slot + 1, per, slots)
+            more = more or nxt < stop
+    return close, need, more
+
+
+@njit
+def server_run(D, N, DI, DF, per, accumulate, aggregate, epochs, slots, S, X, Y):
+    """One server's rounds over the run's ``epochs``, stopping where it joins a backhaul round (:data:`AFTER`,
+    ``X[2]``: whether it still trains) and at each epoch's end (:data:`FINISH`): its time in ``X[0]``, and it goes on
+    from ``X[1]``. ``DF``: each device's last download's end (-inf: none)."""
+    now, steps = 0.0, 0
+    for e in range(epochs):
+        q = 0
+        while q < slots:
+            close, need, more = _round(D, N, DI, DF, per, accumulate, e * slots + q, slots, now)
+            if need == 0:
+                break
+            now = close
+            dur = aggregate * need
+            t = max(now, S[_FREE]) + dur
+            S[_BUSY] += dur
+            S[_FREE] = t
+            steps += 1
+            if Y[_JOINT] or steps % Y[_EVERY] == 0:
+                X[0], X[2] = t, 1.0 if more else 0.0
+                yield lockstep.AFTER
+                t = X[1]
+            now = max(now, t)
+            for i in range(N.shape[1]):  # the run's last round of a device: its download of the average now
+                first, stop = fed._span(N, i, e * slots + q, per, slots)
+                if first < stop and DI[_U, i] == DI[_TOTAL, i]:
+                    DF[i] = now + (D[fed._DOWN, i] + D[fed._DOWN_L, i])
+                    DI[_DOWNS, i] += 1
+            q += 1
+        X[0] = now
+        yield lockstep.FINISH
+        now = X[1]
+    X[0] = now
+    yield lockstep.DONE
+
+
+def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs: int, slots: int):
+    """:func:`server_run` on time-varying links (:func:`sfsim.fast.fedlora.varying_only`), in Python: each adapter
+    transfer integrates its leg's rate (:func:`sfsim.network.legs.span`, as ``sfsim.schedules.fedsync._transfer``), the
+    local work is :func:`sfsim.fast.fedlora._local`; the devices' motions get what the SimPy run leaves on them."""
+    D, N, DI, DF, S, X, Y = loop.D, loop.N, loop.DI, loop.DF, loop.S, loop.X, loop.Y
+    motions = [job.network.motions[i] for i in loop.members]
+    for m in motions:
+        m.done = 0
+    now, steps = 0.0, 0
+    for e in range(epochs):
+        for q in range(slots):
+            close, need, more, got = -math.inf, 0, False, []
+            for c, d in enumerate(loop.mine):
+                first, stop = fed._span(N, c, e * slots + q, per, slots)
+                if first == stop:
+                    continue
+                m, s = motions[c], now
+                if DI[_U, c] > 0:  # the last average's download first
+                    s = _download(d, m, now)
+                t, k = fed._local(D, N, c, first, stop, accumulate, s)
+                m.done, m.steps = m.done + (stop - first), m.steps + int(k)
+                t0 = s + (t - s)  # the timeout to the local work's end
+                m.uploads.append(t0)
+                leg = m.legs[0]
+                up = span(leg.up_rate(None), t0, d.sync_bytes * 8.0)
+                m.send_s += (t0 + up) - t0
+                m.syncs_sent, m.sent = m.syncs_sent + 1, stop
+                close, need = max(close, t0 + (up + leg.up_l)), need + 1
+                DI[_U, c] += 1
+                got.append(c)
+                if (q + 1) % slots:
+                    nxt, end = fed._span(N, c, e * slots + q + 1, per, slots)
+                    more = more or nxt < end
+            if need == 0:
+                break
+            now = close
+            dur = aggregate * need
+            t = max(now, S[_FREE]) + dur
+            S[_BUSY] += dur
+            S[_FREE] = t
+            steps += 1
+            if Y[_JOINT] or steps % Y[_EVERY] == 0:
+                X[0], X[2] = t, 1.0 if more else 0.0
+                yield lockstep.AFTER
+                t = X[1]
+            now = max(now, t)
+            for c in got:  # the run's last round of a device: its download of the average now
+                if DI[_U, c] == DI[_TOTAL, c]:
+                    DF[c] = _download(loop.mine[c], motions[c], now)
+        X[0] = now
+        yield lockstep.FINISH
+        now = X[1]
+    X[0] = now
+    yield lockstep.DONE
+
+
+def _download(d, m, t: float) -> float:
+    """A device's download of the average from ``t`` on its leg's varying rate; when it has it."""
+    leg = m.legs[0]
+    down = span(leg.down_rate(None), t, d.sync_bytes * 8.0)
+    m.recv_s += (t + down) - t
+    m.downloads += 1
+    return t + (down + leg.down_l)
+
+
+class _Loop:
+    """Server ``k``'s rounds for :func:`sfsim.fast.lockstep.lockstep`: its generator (compiled on constant links) and
+    its devices' state."""
+
+    def __init__(self, job, cfg, k: int, slots: int, joint: bool):
+        per, slots = int(cfg.local_steps), max(slots, 1)
+        self.members = [i for i, d in enumerate(job.devices) if d.server == k]
+        self.mine = [job.devices[i] for i in self.members]
+        self.D, self.N = fed.layout(self.mine)
+        self.DI = np.zeros((5, len(self.mine)), np.int64)
+        self.DI[_TOTAL] = [fl.count(d.n, d.per_epoch, per) for d in self.mine]
+        self.DF = np.full(len(self.mine), -np.inf)
+        self.S, self.X = np.zeros(2), np.zeros(3)
+        self.Y = np.array([joint, job.sync.every], np.int64)
+        knobs = (per, int(cfg.accumulate), float(job.servers[k].aggregate), int(job.sync.epochs), slots)
+        if job.network is None:
+            self.gen = server_run(self.D, self.N, self.DI, self.DF, *knobs, self.S, self.X, self.Y)
+        else:
+            self.gen = _varying_run(job, self, *knobs)
+
+    def go(self, t: float) -> tuple[int, float, bool]:
+        """Go on from ``t`` to the server's next backhaul round or its epoch's end."""
+        self.X[1] = t
+        return int(next(self.gen)), float(self.X[0]), bool(self.X[2])
+
+    def drained(self, t: float) -> None:
+        """FedLoRA's drained server takes no step with the others."""
+        return None
+
+
+def replay(job, cfg) -> tuple[dict, dict, float, object]:
+    """FedLoRA with ``training.sync`` on constant links: per-device figures (``busy``, ``up``, ``down``), server busy,
+    the makespan and the rounds (:class:`sfsim.network.backhaul.Closed`)."""
+    joint = job.sync.mode == "sync" and job.sync.every == 1
+    slots = fl.width(job.devices, int(cfg.local_steps))
+    loops = [_Loop(job, cfg, k, slots, joint) for k in range(len(job.servers))]
+    closed, ends = lockstep.lockstep(job.sync, loops, always_close=False)
+    devices, busy, makespan = {}, {}, max(ends, default=0.0)
+    for srv, loop in zip(job.servers, loops, strict=True):
+        busy[srv.name] = float(loop.S[_BUSY])
+        for c, (i, d) in enumerate(zip(loop.members, loop.mine, strict=True)):
+            done, steps, ups, downs = (int(v) for v in loop.DI[[_DONE, _STEPS, _U, _DOWNS], c])
+            if job.network is not None:  # what the motions hold
+                m = job.network.motions[i]
+                done, steps, ups, downs, m.switched_at = m.done, m.steps, m.syncs_sent, m.downloads, []
+            devices[d.name] = {"busy": d.units(done) * (d.f + d.b + d.w) + steps * d.step + d.first_extra(done),
+                               "up": ups * d.sync_bytes, "down": downs * d.sync_bytes}
+            makespan = max(makespan, float(loop.DF[c]))
+    return devices, busy, makespan, closed
+
+
+def uncovered(job) -> str | None:
+    """Why FedLoRA's ``training.sync`` stays on the SimPy engine (one line), or None: covered on constant links and on
+    time-varying links (:func:`sfsim.fast.fedlora.varying_only`)."""
+    net = getattr(job, "network", None)
+    if net is not None and not fed.varying_only(net, job):
+        return "fedlora's backhaul sync with handovers or availability is replayed by the SimPy engine only"
+    return None
