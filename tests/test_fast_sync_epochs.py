@@ -122,13 +122,14 @@ def test_what_stays_on_simpy_is_said(every, policy, workers, why):
 
 
 def test_moving_devices_over_epochs_stay_on_simpy():
-    """Moving devices (their epochs run back to back on the SimPy engine) and cached activations stay on SimPy."""
+    """Moving devices and cached activations over several epochs stay on SimPy (its epoch gates), each with its line."""
     from tests.test_fast_handover import random_job as handover_job
 
     job, cfg, _ = handover_job(5, False, epochs=2, workers=(1,))
     job.sync = SyncSpec(tuple((s.name, 100.0, 0.01) for s in job.servers), 2, "sync", 10.0, 12.0, 2)
-    why = "training.sync over several epochs with moving devices or cached activations"
+    why = "training.sync over several epochs with moving devices"
     assert uncovered(_Scenario(), "splitfrozen", cfg, job) == f"{why} is replayed by the SimPy engine only"
     cached, cfg, _ = random_job(7, every=2)
     cached.devices[0] = DeviceTimes("c", 0, n=4, per_epoch=2, sent=2, f=1.0, up_s=1.0, srv_f=0.5, srv_b=0.5)
+    why = "training.sync with cached activations"  # its epochs gated by SimPy (moves21), not by the fast path
     assert uncovered(_Scenario(), "splitfrozen", cfg, cached) == f"{why} is replayed by the SimPy engine only"

@@ -55,8 +55,8 @@ def covers(job, policy: str) -> str | None:
     what = "training.sync" if sync.every is not None else "the closing backhaul round at each epoch's end"
     net = getattr(job, "network", None)
     dynamic = getattr(net, "views", None) is not None
-    if sync.epochs > 1 and (dynamic or not by_epochs(job, True)):  # moving devices: epoch gates on SimPy only
-        return f"{what} over several epochs with moving devices or cached activations"
+    if sync.epochs > 1 and (dynamic or not by_epochs(job, True)):  # moving devices: their epoch gates on SimPy only
+        return f"{what} over several epochs with moving devices"
     if policy not in ("fifo", "round-robin", "proportional", "pool"):
         return f"{what} under policy {policy!r}"
     if any(s.count > 1 for s in job.servers):  # each worker's round process joins on its own: rounds overlap
