@@ -211,8 +211,8 @@ class FedLoRA(Handovers, Method):
                 if msg.kind == "moved":
                     expect, _ = [m for m in expect if m != n], left.pop(n, None)
                     visits.gone(n, msg.aux)
-                    self._announce(n, msg.aux)
-                elif self._joined() and visits.joined(msg, epoch):
+                    self.announce_joins(n, msg.aux)
+                elif self.count_join(n) and visits.joined(msg, epoch):
                     left[n] = msg.aux
                     expect.append(n)
                 continue
@@ -222,7 +222,7 @@ class FedLoRA(Handovers, Method):
             if msg.kind == "leave":  # gone mid-round: that round and the rest of its epoch are not trained
                 self.not_trained[n] = self.not_trained.get(n, 0) + msg.aux
                 left[n] = 0
-                self._announce(n)
+                self.announce_joins(n)
                 continue
             steps = msg.tensors["losses"].view(-1, 3).tolist()
             for loss, k, _mbs in steps:
@@ -232,21 +232,8 @@ class FedLoRA(Handovers, Method):
             self.cursor[n] = self.cursor.get(n, 0) + trained
             got[n] = unpack_state(msg.tensors["state"], self.like, self.keys)
             if left[n] == 0:
-                self._announce(n)
+                self.announce_joins(n)
         return got
-
-    def _announce(self, name: str, to: int | None = None) -> None:
-        """Handovers: the joins ``name`` sends to other servers, now that this server has its ``moved`` to leg ``to``
-        or (None) the end of its epoch (:meth:`trainer.transport.handover.Visits.announced`), go with the next round
-        (:meth:`trainer.transport.backhaul.ServerSync.announce`)."""
-        if self.sync is not None and self._visits is not None:
-            self.sync.announce(self._visits.announced(name, to))
-
-    def _joined(self) -> bool:
-        """A visitor's ``join`` was read: counted (:meth:`trainer.transport.backhaul.ServerSync.joined`); True."""
-        if self.sync is not None:
-            self.sync.joined()
-        return True
 
     def finish_sync(self) -> None:
         """Rounds of the other servers until none trains, then the last one (weighted by this group's samples)."""

@@ -329,7 +329,10 @@ class SplitLoRA(Handovers, Method):
             if msg.kind == "leave":  # gone: the rest of its epoch is not trained
                 self.not_trained[n] = self.not_trained.get(n, 0) + msg.aux
                 left.pop(n, None)
+                self.announce_joins(n)  # its join of 0 to the other servers of its legs
                 continue
+            if msg.mb == self._count(n) - 1:  # its epoch's last: its join of 0 to the other servers of its legs
+                self.announce_joins(n)
             self._serve(msg, epoch, on_step)
             served += 1
             left[n] -= 1
@@ -350,8 +353,9 @@ class SplitLoRA(Handovers, Method):
             busy.discard(n)
             left.pop(n, None)
             self._visits.gone(n, msg.aux)
+            self.announce_joins(n, msg.aux)  # its joins to the servers it moves to or passes through
             return False
-        aux = self._visits.joined(msg, epoch)
+        aux = self.count_join(n) and self._visits.joined(msg, epoch)
         if not aux:
             return False
         left[n], nxt[n] = aux, msg.mb
@@ -435,6 +439,7 @@ class SplitLoRA(Handovers, Method):
                 self.lose(err.device, err.reason)
                 continue
             if msg.kind == "leave":  # gone: nothing to average
+                self.announce_joins(n)
                 continue
             states.append(unpack_state(msg.tensors["state"], self.like, self.keys))
             weights.append(s.samples[n])

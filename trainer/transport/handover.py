@@ -241,9 +241,12 @@ def mover_of(method) -> Mover | None:
 def hold_weight(method) -> None:
     """With handovers, a server's weight in the backhaul's averages is the samples of the devices it holds at the
     epoch's start (at launch: those assigned to it), so that it follows the devices from epoch to epoch and a run
-    resumed at an epoch's end (each device on the server of its leg then) weighs as the uninterrupted one."""
-    if method.sync is not None and Legs(getattr(method, "legs", {}) or {}).moving():
+    resumed at an epoch's end (each device on the server of its leg then) weighs as the uninterrupted one. The
+    rounds count the joins of the devices that move (:meth:`trainer.transport.backhaul.ServerSync.track`)."""
+    legs = Legs(getattr(method, "legs", {}) or {})
+    if method.sync is not None and legs.moving():
         method.sync.weight = float(sum(r.n_samples for r in method.setup.devices))
+        method.sync.track(sorted(n for n, lg in legs.legs.items() if len({r for _, r, _ in lg}) > 1), method.lost)
 
 
 __all__ = ["Legs", "Mover", "Visits", "hold_weight", "late_moves", "mover_of", "visits_of"]
@@ -267,6 +270,19 @@ class Handovers:
     def moves(self) -> list[dict]:
         """The handovers this device made (its report's ``handovers``)."""
         return self._mover.moves if self._mover is not None else []
+
+    def announce_joins(self, name: str, to: int | None = None) -> None:
+        """The joins ``name`` sends to other servers, now that this server has its ``moved`` to leg ``to`` or (None) the
+        end of its epoch here (:meth:`Visits.announced`), go with the next backhaul round
+        (:meth:`trainer.transport.backhaul.ServerSync.announce`)."""
+        if self.sync is not None and self._visits is not None:
+            self.sync.announce(name, self._visits.announced(name, to))
+
+    def count_join(self, name: str) -> bool:
+        """A ``join`` of ``name`` was read: counted (:meth:`trainer.transport.backhaul.ServerSync.joined`); True."""
+        if self.sync is not None:
+            self.sync.joined(name)
+        return True
 
     def finish_moves(self, name: str) -> None:
         """Device ``name``'s process ends: record its handovers due since its last send (:meth:`Mover.finish`)."""

@@ -1,0 +1,113 @@
+"""A mover's ``join`` against the backhaul round it leads to, for real (trainer.transport.backhaul, handover).
+
+Two servers and three devices on loopback with a tiny random GPT-2 (``tests/fixtures/runtime_handover_drop.yaml``:
+mover goes from mec-a to mec-b at 0.8 s, stay-b is never online, so mec-b waits for its visitors while it answers
+mec-a's rounds). A hook in the mover's process (a fault-injection role: :func:`trainer.run.launch.launch_local`'s
+``targets``) holds its ``join`` back after its ``moved`` has left, or kills the process there, so that mec-a reads
+the ``moved`` and opens a round while mec-b has not read the join: the order the race depends on, forced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.test_handover import FIXTURES, _adapter, _scenario
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _hooked_device(cfg_json: str, hook: str, master: str, world: int, rank: int, log: str) -> None:
+    """A device role whose first handover stops after its ``moved`` is on the wire: it sleeps ``hook`` seconds
+    before it sends its ``join`` (then goes on as any device), or (``die``) its process ends there."""
+    from trainer.run.launch import exit_now, role_main
+    from trainer.transport.distributed import DistTransport
+
+    real = DistTransport.move
+
+    def move(self, device: str, rank_to: int) -> None:
+        self.flush()  # the moved has left
+        if hook == "die":
+            os._exit(0)  # killed: its connections close
+        time.sleep(float(hook))
+        DistTransport.move = real
+        real(self, device, rank_to)
+
+    DistTransport.move = move
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    exit_now(role_main(["--config-json", cfg_json, "--role", "device", "--rank", str(rank), "--world-size", str(world),
+                        "--master", master]))
+
+
+def _hook_mover(monkeypatch, hook: str, rank: int = 2) -> None:
+    """Every local launch from now on runs device rank ``rank`` (mover) with ``hook``."""
+    from trainer.run import launch
+
+    real = launch.launch_local
+
+    def hooked(cfg, resume=False, **kw):
+        fn = functools.partial(_hooked_device, json.dumps(dataclasses.asdict(cfg)), hook)
+        return real(cfg, resume=resume, targets={rank: fn})
+
+    monkeypatch.setattr(launch, "launch_local", hooked)
+
+
+def _validate(tiny_gpt2: str, tmp_path: Path, method: str, data: dict) -> tuple[dict, dict, Path]:
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(tmp_path / "s.yaml"), "--model", tiny_gpt2, "--method",
+                                    method, "--split", "1", "--max-len", "48", "--train-samples", "40", "--data-dir",
+                                    str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo"])
+    assert res.exit_code == 0, res.output
+    return (json.loads((out / "report.json").read_text()), json.loads((out / "run" / "metrics.json").read_text()),
+            out / "run")
+
+
+def _splitlora(tmp_path: Path) -> dict:
+    """The fixture with stay-a holding 4 micro-batches (sends at ~0.35, 1.5, 2.7 and 3.85 s, as mover's): mec-a
+    steps after each, so its 4th step (~2.7 s) opens a round (every 2) after it read mover's ``moved`` (~1.45 s)."""
+    data = yaml.safe_load(_scenario(tmp_path, "splitlora").read_text())
+    data["devices"][1]["samples"] = 16
+    return data
+
+
+def test_a_splitlora_round_waits_for_the_join_announced_before_it(tiny_gpt2, tmp_path, monkeypatch):
+    """mover's join reaches mec-b 3 s after its ``moved`` reached mec-a, so after mec-a's round at ~2.7 s invites
+    mec-b. Before joins were announced, mec-b answered that round with zeros as a waiting server (the invitation came
+    first) and trained mover later: a round more than the simulator, where a join arrives at once. Now the round carries
+    the join mec-a announced, mec-b reads it first and joins the round from its own step: the simulator's rounds."""
+    from sfsim.outputs.trace import read_chrome_trace
+    from trainer.validate.compare import ValidateConfig, predict
+
+    _hook_mover(monkeypatch, "3.0")
+    data = _splitlora(tmp_path)
+    rep, m, run = _validate(tiny_gpt2, tmp_path, "splitlora", data)
+    moves = [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"]["measured"]]
+    assert moves == [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"]["predicted"]]
+    assert moves == [("mec-a", "mec-b", 1)]
+    vc = ValidateConfig(devices=str(tmp_path / "s.yaml"), model=tiny_gpt2, method="splitlora", out=str(tmp_path / "v"),
+                        split=1, max_len=48, data_dir=str(FIXTURES / "data"), train_samples=40, server_order="fifo")
+    sim = predict(vc, m)
+    assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], sim.sync_rounds)
+    assert m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
+    assert m["lost_devices"] == {} and m["missing_reports"] == []
+    a, b = _adapter(run), _adapter(run / "servers" / "mec-b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    events = read_chrome_trace(run / "trace.json")
+    opened = sorted(e.start for e in events if e.lane == "backhaul:mec-a" and e.op == "sync-send")[1]
+    served = min(e.start for e in events if e.lane == "mec-b" and e.op == "F")
+    assert opened < served  # the order forced: mec-a's second round was open before mec-b had mover's join
