@@ -68,9 +68,9 @@ def _validate(tiny_gpt2: str, tmp_path: Path, method: str, data: dict) -> tuple[
     from sfsim.cli import main
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
-    out = tmp_path / "val"
+    out, samples = tmp_path / "val", str(sum(d["samples"] for d in data["devices"]))
     res = CliRunner().invoke(main, ["validate", "--devices", str(tmp_path / "s.yaml"), "--model", tiny_gpt2, "--method",
-                                    method, "--split", "1", "--max-len", "48", "--train-samples", "40", "--data-dir",
+                                    method, "--split", "1", "--max-len", "48", "--train-samples", samples, "--data-dir",
                                     str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo"])
     assert res.exit_code == 0, res.output
     return (json.loads((out / "report.json").read_text()), json.loads((out / "run" / "metrics.json").read_text()),
@@ -111,3 +111,50 @@ def test_a_splitlora_round_waits_for_the_join_announced_before_it(tiny_gpt2, tmp
     opened = sorted(e.start for e in events if e.lane == "backhaul:mec-a" and e.op == "sync-send")[1]
     served = min(e.start for e in events if e.lane == "mec-b" and e.op == "F")
     assert opened < served  # the order forced: mec-a's second round was open before mec-b had mover's join
+
+
+def test_a_splitlora_mover_killed_after_its_moved_is_lost_and_the_run_goes_on(tiny_gpt2, tmp_path, monkeypatch):
+    """mover's process dies right after its ``moved`` left for mec-a (~1.9 s): mec-a announces its join in its round at
+    ~3.3 s, while mec-b waits for stay-a (which hands over to it at 3.8 s). mec-b has lost mover (its connection
+    closed), so it awaits none of its joins and answers that round; with the join awaited it could never answer, and
+    every server would have waited for the backhaul's timeout (600 s). The run reports mover lost, with its trained
+    micro-batch kept; stay-a trains all four, its last on mec-b; both servers end as one model."""
+    from collections import Counter
+
+    from sfsim.outputs.trace import read_chrome_trace
+
+    _hook_mover(monkeypatch, "die")
+    data = _splitlora(tmp_path)
+    data["devices"][1]["handover"] = [{"at": "3.8 s", "to": "mec-b"}]
+    t0 = time.monotonic()
+    _, m, run = _validate(tiny_gpt2, tmp_path, "splitlora", data)
+    assert time.monotonic() - t0 < 300
+    assert set(m["lost_devices"]) == {"mover"} and "connection" in m["lost_devices"]["mover"]["reason"]
+    assert m["lost_devices"]["mover"]["untrained_samples"] == 12  # its first micro-batch trained (on mec-a)
+    trained = Counter((e.device, e.mb, e.lane) for e in read_chrome_trace(run / "trace.json")
+                      if e.op == "F" and e.lane.startswith("mec-"))
+    assert trained == {("mover", 0, "mec-a"): 1, **{("stay-a", j, "mec-a"): 1 for j in range(3)},
+                       ("stay-a", 3, "mec-b"): 1}
+    rounds = {k: v["sync_rounds"] for k, v in m["servers"].items()}
+    assert rounds["mec-a"] == rounds["mec-b"]
+    a, b = _adapter(run), _adapter(run / "servers" / "mec-b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_fedlora_mover_killed_after_its_moved_is_lost_and_the_run_goes_on(tiny_gpt2, tmp_path, monkeypatch):
+    """FedLoRA (rounds of 2 micro-batches): mover's first upload (~1.2 s) reaches mec-a's round; at its second (~2.5 s,
+    after its handover at 1.6 s) it sends ``moved`` to mec-a and dies before its ``join``. mec-a announces the join in
+    its round, mec-b (waiting for mover) loses it instead of waiting for it: the run ends, mover reported lost with its
+    first round trained, and both servers end as one model."""
+    _hook_mover(monkeypatch, "die")
+    data = yaml.safe_load(_scenario(tmp_path, "fedlora").read_text())
+    t0 = time.monotonic()
+    _, m, run = _validate(tiny_gpt2, tmp_path, "fedlora", data)
+    assert time.monotonic() - t0 < 300
+    assert set(m["lost_devices"]) == {"mover"} and "connection" in m["lost_devices"]["mover"]["reason"]
+    assert m["lost_devices"]["mover"]["untrained_samples"] == 8  # its first upload's 2 micro-batches trained
+    assert sum(len(s["train_loss_history"]) for s in m["servers"].values()) == 2 + 2  # mover's first round, stay-a's
+    rounds = {k: v["sync_rounds"] for k, v in m["servers"].items()}
+    assert rounds["mec-a"] == rounds["mec-b"]
+    a, b = _adapter(run), _adapter(run / "servers" / "mec-b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -252,7 +252,7 @@ def test_a_waiting_server_answers_an_open_round_only_after_the_joins_announced_b
     s0, s1, _ = _linked()
     a, b = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a"), ServerSync(s1, 1, 2, 2, "sync", 1.0, None, "b")
     for sync in (a, b):
-        sync.track(["mover", "other"], {})
+        sync.track(["mover", "other"])
     xa, xb = [torch.ones(3)], [torch.full((3,), 3.0)]
     a.announce("mover", [1])
 
@@ -296,7 +296,7 @@ def test_malformed_join_counts_are_one_line_naming_the_server():
             s1.opened(16, wait_s=0.01, movers=2)
     s0, s1, ch1 = _linked()
     a = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a")
-    a.track(["mover"], {})
+    a.track(["mover"])
     ch1.send(torch.tensor([1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 0.0, 1.0]).numpy().tobytes())
     with pytest.raises(SfsimError, match=r"^backhaul: server 1 sent a count of 0.5 joins \(0\.\.\d+\) in a sync round"):
         a.after_step([torch.ones(1)])
@@ -313,8 +313,8 @@ def test_a_waiting_server_stops_awaiting_the_joins_of_a_device_it_has_lost():
     s0, s1, _ = _linked()
     a, b = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a"), ServerSync(s1, 1, 2, 2, "sync", 1.0, None, "b")
     lost = {}
-    a.track(["mover", "other"], {})
-    b.track(["mover", "other"], lost)
+    a.track(["mover", "other"])
+    b.track(["mover", "other"], {}, lost)
     xa, xb = [torch.ones(3)], [torch.full((3,), 3.0)]
     a.announce("mover", [1])
 

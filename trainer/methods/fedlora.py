@@ -182,6 +182,7 @@ class FedLoRA(Handovers, Method):
                 self.sync.fed_round([self.global_state[k] for k in self.keys], float(sum(weights)),
                                     last=sum(left.values()) == 0 and not waiting)
             self.step_done(epoch)
+        self.lose_movers()
         set_state(s.lm.model, s.head, self.global_state)
 
     def _collect(self, epoch: int, active: list[str], left: dict[str, int], on_step: StepCallback) -> dict:
@@ -199,9 +200,7 @@ class FedLoRA(Handovers, Method):
                     msg = tr.recv_up(None, kinds) if expect else tr.poll_up(kinds)
             except PeerLost as err:
                 expect = [n for n in expect if n != err.device]
-                if visits is not None:
-                    visits.waiting.discard(err.device)
-                self.lose(err.device, err.reason, left)
+                self.lose_peer(err.device, err.reason, left)
                 continue
             if msg is None:  # nothing yet: answer the other servers' next round
                 self.sync.fed_idle([self.global_state[k] for k in self.keys])

@@ -241,6 +241,7 @@ class SplitLoRA(Handovers, Method):
                 averaged = self.steps
                 self._fedavg(epoch)
                 self.step_done(epoch)  # between segments no client has work in flight: a checkpoint point
+        self.lose_movers()
         self._fedavg(epoch)
 
     def _sequential(self, epoch: int, counts: dict[str, int], done: dict[str, int], on_step: StepCallback) -> None:
@@ -310,9 +311,7 @@ class SplitLoRA(Handovers, Method):
                 msg = tr.recv_up(want, kinds) if busy or self.sync is None else tr.poll_up(kinds)
             except PeerLost as err:
                 busy.discard(err.device)
-                if visits is not None:
-                    visits.waiting.discard(err.device)
-                self.lose(err.device, err.reason, left)
+                self.lose_peer(err.device, err.reason, left)
                 continue
             if msg is None:  # nothing here to serve yet: a visitor may still join; answer the others' round
                 self._idle()

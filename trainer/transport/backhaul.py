@@ -290,12 +290,13 @@ class ServerSync:
         self.movers: list[str] = []  # devices whose joins the rounds count (:meth:`track`)
         self.joins_in: list[int] = []  # per mover: its joins this server has read (:meth:`joined`)
         self.announced: list[int] = []  # server r, mover i at r * movers + i: joins this server knows it sends there
-        self.lost: dict = {}  # devices this server has lost: their joins are never read here, so never awaited
+        self.lost: tuple = ()  # containers of the devices this server has lost: their joins are never read here
         self.extra = 0  # the vectors' join counts (servers x movers)
 
-    def track(self, movers: list[str], lost: dict) -> None:
+    def track(self, movers: list[str], *lost) -> None:
         """Count the joins of ``movers`` (the devices whose legs go to several servers; the same list on every server,
-        before the first round); ``lost``: the method's lost devices (a live view), whose joins are not awaited."""
+        before the first round); ``lost``: containers (live views) of the devices this server has lost, whose joins it
+        does not await."""
         if movers == self.movers or not isinstance(self.group, ServerLinks):
             return
         self.movers, self.lost = list(movers), lost
@@ -325,7 +326,7 @@ class ServerSync:
         never: everything it sent was read before its loss)."""
         need = getattr(self.group, "need", [])
         return any(self.joins_in[i] < c for i, c in enumerate(need[:len(self.movers)])
-                   if self.movers[i] not in self.lost)
+                   if not any(self.movers[i] in gone for gone in self.lost))
 
     # -- what a method calls around its optimizer step -----------------------------------------------------
     def before_step(self, params: list[torch.nn.Parameter], last: bool = False) -> None:
