@@ -62,7 +62,7 @@ def _hook_mover(monkeypatch, hook: str, rank: int = 2) -> None:
     monkeypatch.setattr(launch, "launch_local", hooked)
 
 
-def _validate(tiny_gpt2: str, tmp_path: Path, method: str, data: dict) -> tuple[dict, dict, Path]:
+def _validate(tiny_gpt2: str, tmp_path: Path, method: str, data: dict, *extra: str) -> tuple[dict, dict, Path]:
     from click.testing import CliRunner
 
     from sfsim.cli import main
@@ -71,7 +71,7 @@ def _validate(tiny_gpt2: str, tmp_path: Path, method: str, data: dict) -> tuple[
     out, samples = tmp_path / "val", str(sum(d["samples"] for d in data["devices"]))
     res = CliRunner().invoke(main, ["validate", "--devices", str(tmp_path / "s.yaml"), "--model", tiny_gpt2, "--method",
                                     method, "--split", "1", "--max-len", "48", "--train-samples", samples, "--data-dir",
-                                    str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo"])
+                                    str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo", *extra])
     assert res.exit_code == 0, res.output
     return (json.loads((out / "report.json").read_text()), json.loads((out / "run" / "metrics.json").read_text()),
             out / "run")
@@ -158,3 +158,33 @@ def test_a_fedlora_mover_killed_after_its_moved_is_lost_and_the_run_goes_on(tiny
     assert rounds["mec-a"] == rounds["mec-b"]
     a, b = _adapter(run), _adapter(run / "servers" / "mec-b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_splitlora_handovers_without_sync_close_each_epoch_as_the_runtime(tiny_gpt2, tmp_path):
+    """No ``training.sync``, backhaul links, 2 epochs, mover A -> B in epoch 0 and back to A in epoch 1: the runtime
+    ends each epoch with the closing round (``ServerSync.finish``), a barrier, and the simulator now does too (it
+    closed both epochs' rounds after the run, the epochs back to back): the same rounds, bytes, handovers, and the same
+    order of steps and rounds on each server."""
+    from sfsim.outputs.trace import read_chrome_trace
+    from tests.test_sync_order import server_ops
+    from trainer.validate.compare import ValidateConfig, predict
+
+    data = yaml.safe_load(_scenario(tmp_path, "splitlora").read_text())
+    del data["training"]["sync"]
+    data["devices"][0]["handover"] = [{"at": "0.7 s", "to": "mec-b"}, {"at": "5.6 s", "to": "mec-a"}]
+    rep, m, run = _validate(tiny_gpt2, tmp_path, "splitlora", data, "--epochs", "2")
+    moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
+             for side in ("predicted", "measured")}
+    assert moves["measured"] == moves["predicted"] == [("mec-a", "mec-b", 1), ("mec-b", "mec-a", 5)]
+    vc = ValidateConfig(devices=str(tmp_path / "s.yaml"), model=tiny_gpt2, method="splitlora", out=str(tmp_path / "v"),
+                        split=1, max_len=48, data_dir=str(FIXTURES / "data"), train_samples=32, server_order="fifo",
+                        epochs=2)
+    sim = predict(vc, m)
+    assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == dict.fromkeys(["mec-a", "mec-b"], 2)
+    assert sim.sync_rounds == 2 and m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
+    measured = read_chrome_trace(run / "trace.json")
+    for server in ("mec-a", "mec-b"):
+        assert server_ops(measured, server) == server_ops(sim.events, server)
+    # mec-a: mover's first micro-batch and stay-a's 2, the closing round; then stay-a's 2 and mover's last 3 of epoch 1
+    assert server_ops(measured, "mec-a") == ["step"] * 3 + ["sync-send", "sync-recv"] + ["step"] * 5 + \
+        ["sync-send", "sync-recv"]

@@ -115,12 +115,10 @@ def _sync_note(sc, results: dict) -> None:
     """Say where the simulated backhaul rounds are placed other than where ``sfsim run`` makes them (every method's
     servers sync, and without ``training.sync`` still close each epoch with one round when a backhaul link is
     declared): over several epochs, where the simulator closes them at the run's end (SplitFrozen with moving
-    devices or cached activations, SplitLoRA with handovers and no ``training.sync``)."""
+    devices or cached activations)."""
     if len(sc.servers) < 2 or (sc.training.sync is None and all(s.backhaul is None for s in sc.servers)):
         return
-    once = [n for n, r in results.items() if ((n in SPLITFROZEN and not closes_each_epoch(sc))
-                                              or (n == "splitlora" and r.handovers and not sc.training.sync))
-            and r.backhaul_bytes_by_server]
+    once = [n for n, r in results.items() if n in SPLITFROZEN and not closes_each_epoch(sc) and r.backhaul_bytes_by_server]
     if once and sc.training.epochs > 1:
         click.echo(f"note: {', '.join(once)}: the simulator closes the backhaul rounds at the run's end (its epochs "
                    f"run back to back); sfsim run closes them after each of the {sc.training.epochs} epochs")
