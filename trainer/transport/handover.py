@@ -244,12 +244,14 @@ def hold_weight(method) -> None:
     """With handovers, a server's weight in the backhaul's averages is the samples of the devices it holds at the
     epoch's start (at launch: those assigned to it), so that it follows the devices from epoch to epoch and a run
     resumed at an epoch's end (each device on the server of its leg then) weighs as the uninterrupted one. The
-    rounds count the joins of the devices that move (:meth:`trainer.transport.backhaul.ServerSync.track`)."""
+    rounds of :class:`Handovers` methods count the joins of the devices that move
+    (:meth:`trainer.transport.backhaul.ServerSync.track`)."""
     legs = Legs(getattr(method, "legs", {}) or {})
     if method.sync is not None and legs.moving():
         method.sync.weight = float(sum(r.n_samples for r in method.setup.devices))
-        movers = sorted(n for n, lg in legs.legs.items() if len({r for _, r, _ in lg}) > 1)
-        method.sync.track(movers, method.lost, method.dead_visitors)
+        if isinstance(method, Handovers):  # (SplitFrozen's servers read no joins while they wait)
+            movers = sorted(n for n, lg in legs.legs.items() if len({r for _, r, _ in lg}) > 1)
+            method.sync.track(movers, method.lost, method.dead_visitors)
 
 
 __all__ = ["Legs", "Mover", "Visits", "hold_weight", "late_moves", "mover_of", "visits_of"]
