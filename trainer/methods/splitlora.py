@@ -330,8 +330,6 @@ class SplitLoRA(Handovers, Method):
                 left.pop(n, None)
                 self.announce_joins(n)  # its join of 0 to the other servers of its legs
                 continue
-            if msg.mb == self._count(n) - 1:  # its epoch's last: its join of 0 to the other servers of its legs
-                self.announce_joins(n)
             self._serve(msg, epoch, on_step)
             served += 1
             left[n] -= 1
@@ -389,6 +387,8 @@ class SplitLoRA(Handovers, Method):
         """Server F and B, the cut-layer gradient down, then W; the server step after every A micro-batches."""
         s, meter, tr = self.setup, self.setup.meter, self.setup.transport
         t, name, j = from_wire(msg.tensors, s.placement.server), msg.device, msg.mb  # onto the server's device
+        if j == self._count(name) - 1:  # its epoch's last: its join of 0 to the other servers of its legs
+            self.announce_joins(name)
         training_mode(self.server)
         h = t["hidden"].requires_grad_(True)
         key = tuple(t["hidden"].shape[:2])
