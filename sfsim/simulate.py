@@ -243,9 +243,8 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
         module.run(sim, job, cfg, sequential=name == "splitfrozen-sequential")
         makespan = sim.run()
         if (job.sync is not None and job.sync.every is None and sim.sync is None  # not replayed per epoch (by_epochs)
-                and (name in SPLITFROZEN or job.ends is not None)):
-            ends = sim.server_end if job.ends is None else job.ends  # each epoch's closing round, from the servers' ends
-            sim.sync, makespan = close_epochs(job.sync, ends, makespan, sim.record)
+                and name in SPLITFROZEN):  # each epoch's closing round, from the servers' ends
+            sim.sync, makespan = close_epochs(job.sync, sim.server_end, makespan, sim.record)
     res = _result(name, scenario, job, sim, makespan, setup, ls, _policy_used(name, cfg))
     res.engine, res.engine_note = ("fast", None) if why is None else ("simpy", why or None)
     if job.network is not None:

@@ -120,7 +120,13 @@ def test_simulate_closing_rounds_on_every_network(schedule, network):
     data["training"]["epochs"] = 3
     res = {e: sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule, splits=2, engine=e)
            for e in ("simpy", "auto")}
-    assert (res["auto"].engine, res["auto"].engine_note, res["auto"].sync_rounds) == ("fast", None, 3)
+    # SplitLoRA handing over between servers closes each epoch with its round, the joins arriving as the runtime's:
+    # the SimPy engine only (sfsim.fast.splitlora.CLOSES)
+    from sfsim.fast.splitlora import CLOSES
+
+    fast = not (schedule == "splitlora" and network == "handover")
+    assert (res["auto"].engine, res["auto"].engine_note, res["auto"].sync_rounds) == \
+        (("fast", None, 3) if fast else ("simpy", CLOSES, 3))
     assert res["auto"].to_dict() == res["simpy"].to_dict()
 
 

@@ -251,8 +251,10 @@ def test_a_waiting_server_answers_an_open_round_only_after_the_joins_announced_b
 
     s0, s1, _ = _linked()
     a, b = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a"), ServerSync(s1, 1, 2, 2, "sync", 1.0, None, "b")
+    for sync in (a, b):
+        sync.track(["mover", "other"])
     xa, xb = [torch.ones(3)], [torch.full((3,), 3.0)]
-    a.announce([1])
+    a.announce("mover", [1])
 
     def train() -> None:
         a.after_step(xa)
@@ -262,8 +264,11 @@ def test_a_waiting_server_answers_an_open_round_only_after_the_joins_announced_b
     th = threading.Thread(target=train)
     th.start()
     _idle_for(b, xb, 0.3)
-    assert b.rounds == 0 and s1.invited and s1.need == 1
-    b.joined()
+    assert b.rounds == 0 and s1.invited and s1.need == [1, 0]
+    b.joined("other")  # another device's join does not stand for mover's
+    _idle_for(b, xb, 0.1)
+    assert b.rounds == 0
+    b.joined("mover")
     b.after_step(xb)
     b.after_step(xb)
     b.finish(xb)
@@ -278,14 +283,53 @@ def test_malformed_join_counts_are_one_line_naming_the_server():
 
     s0, s1, _ = _linked()
     s0.channels[1].send((0).to_bytes(8, "big"))
-    s0.channels[1].send((2 * MAX_JOINS + 1).to_bytes(8, "big"))
+    s0.channels[1].send((3).to_bytes(8, "big") + (2 * MAX_JOINS + 1).to_bytes(8, "big"))
     with pytest.raises(SfsimError, match=rf"^backhaul: server 0 sent an invitation to sync round 1 that announces "
-                                         rf"{2 * MAX_JOINS + 1} joins \(at most {2 * MAX_JOINS}\)"):
+                                         rf"{2 * MAX_JOINS + 1} joins of a device \(at most {2 * MAX_JOINS}\)"):
         for _ in range(200):
-            s1.opened(16, wait_s=0.01, joins=True)
+            s1.opened(16, wait_s=0.01, movers=2)
+    s0, s1, _ = _linked()
+    s0.channels[1].send((0).to_bytes(8, "big"))
+    s0.channels[1].send((3).to_bytes(8, "big"))  # one count where two movers' were due: a frame of the wrong size
+    with pytest.raises(SfsimError, match=r"^backhaul: the link with server 0 failed \(.*\); the servers can no longer"):
+        for _ in range(200):
+            s1.opened(16, wait_s=0.01, movers=2)
     s0, s1, ch1 = _linked()
     a = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a")
+    a.track(["mover"])
     ch1.send(torch.tensor([1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 0.0, 1.0]).numpy().tobytes())
     with pytest.raises(SfsimError, match=r"^backhaul: server 1 sent a count of 0.5 joins \(0\.\.\d+\) in a sync round"):
         a.after_step([torch.ones(1)])
         a.after_step([torch.ones(1)])
+
+
+def test_a_waiting_server_stops_awaiting_the_joins_of_a_device_it_has_lost():
+    """Server 0 read mover's ``moved`` towards server 1 and announces its join, but mover dies before it sends it:
+    server 1, waiting (for another visitor too), is invited and holds the round for the join; once it has lost mover
+    (its connection closed: everything it sent was read first) it awaits none of mover's joins and answers the round,
+    so the run goes on instead of waiting for the backhaul's timeout."""
+    from trainer.transport.backhaul import ServerSync
+
+    s0, s1, _ = _linked()
+    a, b = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a"), ServerSync(s1, 1, 2, 2, "sync", 1.0, None, "b")
+    lost = {}
+    a.track(["mover", "other"])
+    b.track(["mover", "other"], {}, lost)
+    xa, xb = [torch.ones(3)], [torch.full((3,), 3.0)]
+    a.announce("mover", [1])
+
+    def train() -> None:
+        a.after_step(xa)
+        a.after_step(xa)
+        a.finish(xa)
+
+    th = threading.Thread(target=train)
+    th.start()
+    _idle_for(b, xb, 0.3)
+    assert b.rounds == 0 and s1.need == [1, 0]
+    lost["mover"] = {"reason": "connection: closed", "untrained_samples": 12}  # what Method.lose records
+    _idle_for(b, xb, 0.3)
+    assert b.rounds == 1  # mec-a's round, answered with zeros by the waiting server
+    b.finish(xb)
+    th.join(timeout=10)
+    assert not th.is_alive() and a.rounds == b.rounds == 3 and torch.equal(xa[0], xb[0])

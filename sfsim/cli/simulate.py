@@ -98,7 +98,6 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
             slow.setdefault(r.engine_note, []).append(n)
     for why, which in slow.items():
         click.echo(f"note: {', '.join(which)} ran on the SimPy engine, not the fast path: {why}")
-    _sync_note(sc, results)
     loose = sum(not d.server_pinned for d in sc.devices)
     if any(r.assignment_source == "least-loaded" for r in results.values()):
         click.echo(f"note: {loose} devices without a server pin went to the least-loaded of "
@@ -108,20 +107,6 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
                 else {n: r.to_dict() for n, r in results.items()} | {n: {"refused": w} for n, w in refused.items()})
         write_atomic(json_out, json.dumps(data, indent=2) + "\n")
 
-
-
-def _sync_note(sc, results: dict) -> None:
-    """Say where the simulated backhaul rounds are placed other than where ``sfsim run`` makes them (every method's
-    servers sync, and without ``training.sync`` still close each epoch with one round when a backhaul link is
-    declared): over several epochs, where the simulator closes them at the run's end (SplitLoRA with handovers and
-    no ``training.sync``; SplitFrozen closes each epoch, moving devices and cached activations too)."""
-    if len(sc.servers) < 2 or (sc.training.sync is None and all(s.backhaul is None for s in sc.servers)):
-        return
-    once = [n for n, r in results.items() if n == "splitlora" and r.handovers and not sc.training.sync
-            and r.backhaul_bytes_by_server]
-    if once and sc.training.epochs > 1:
-        click.echo(f"note: {', '.join(once)}: the simulator closes the backhaul rounds at the run's end (its epochs "
-                   f"run back to back); sfsim run closes them after each of the {sc.training.epochs} epochs")
 
 
 def _run_all(sc, names: list[str], given: dict, scenario: str, trace_out, gantt_out, engine: str = "auto"):

@@ -503,6 +503,8 @@ def uncovered(net, job) -> str | None:
     if getattr(net, "motions", None) is None:
         return DYNAMIC
     joint = hands_over(net.motions)
+    if joint and getattr(job, "sync", None) is not None:
+        return CLOSES
     for i, m in net.motions.items():
         if not joint and any(leg.server != job.devices[i].server for leg in m.legs):
             return MOVES
@@ -519,6 +521,8 @@ GUESS = 1.5
 """Drawn processes are first drawn to this many times a server's run on constant links."""
 DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
 MOVES = "splitlora: a device whose legs are all on another server than its own is replayed by the SimPy engine only"
+CLOSES = ("splitlora: handovers between servers with backhaul links (each epoch closed with its round, the joins' "
+          "arrival as the runtime's) are replayed by the SimPy engine only")
 STALLS = "a link that may stall for good (a trace ending at 0) is replayed by the SimPy engine only"
 
 

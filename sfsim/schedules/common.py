@@ -87,8 +87,6 @@ class Job:
     server_flops: dict[str, float] = field(default_factory=dict)
     network: object | None = None  # the dynamic network (sfsim.schedules.network), when the scenario has one
     sync: object | None = None  # a baseline's backhaul rounds (sfsim.network.backhaul.SyncSpec), when modelled
-    # closing rounds added after the replay (sfsim.network.backhaul.close_epochs): server -> its end, set by run()
-    ends: dict[str, float] | None = None
 
 
 def link_seconds(nbytes: float, link) -> float:

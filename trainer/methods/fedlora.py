@@ -182,6 +182,7 @@ class FedLoRA(Handovers, Method):
                 self.sync.fed_round([self.global_state[k] for k in self.keys], float(sum(weights)),
                                     last=sum(left.values()) == 0 and not waiting)
             self.step_done(epoch)
+        self.lose_movers()
         set_state(s.lm.model, s.head, self.global_state)
 
     def _collect(self, epoch: int, active: list[str], left: dict[str, int], on_step: StepCallback) -> dict:
@@ -199,9 +200,7 @@ class FedLoRA(Handovers, Method):
                     msg = tr.recv_up(None, kinds) if expect else tr.poll_up(kinds)
             except PeerLost as err:
                 expect = [n for n in expect if n != err.device]
-                if visits is not None:
-                    visits.waiting.discard(err.device)
-                self.lose(err.device, err.reason, left)
+                self.lose_peer(err.device, err.reason, left)
                 continue
             if msg is None:  # nothing yet: answer the other servers' next round
                 self.sync.fed_idle([self.global_state[k] for k in self.keys])
@@ -211,8 +210,8 @@ class FedLoRA(Handovers, Method):
                 if msg.kind == "moved":
                     expect, _ = [m for m in expect if m != n], left.pop(n, None)
                     visits.gone(n, msg.aux)
-                    self._announce(n, msg.aux)
-                elif self._joined() and visits.joined(msg, epoch):
+                    self.announce_joins(n, msg.aux)
+                elif self.count_join(n) and visits.joined(msg, epoch):
                     left[n] = msg.aux
                     expect.append(n)
                 continue
@@ -222,7 +221,7 @@ class FedLoRA(Handovers, Method):
             if msg.kind == "leave":  # gone mid-round: that round and the rest of its epoch are not trained
                 self.not_trained[n] = self.not_trained.get(n, 0) + msg.aux
                 left[n] = 0
-                self._announce(n)
+                self.announce_joins(n)
                 continue
             steps = msg.tensors["losses"].view(-1, 3).tolist()
             for loss, k, _mbs in steps:
@@ -232,21 +231,8 @@ class FedLoRA(Handovers, Method):
             self.cursor[n] = self.cursor.get(n, 0) + trained
             got[n] = unpack_state(msg.tensors["state"], self.like, self.keys)
             if left[n] == 0:
-                self._announce(n)
+                self.announce_joins(n)
         return got
-
-    def _announce(self, name: str, to: int | None = None) -> None:
-        """Handovers: the joins ``name`` sends to other servers, now that this server has its ``moved`` to leg ``to``
-        or (None) the end of its epoch (:meth:`trainer.transport.handover.Visits.announced`), go with the next round
-        (:meth:`trainer.transport.backhaul.ServerSync.announce`)."""
-        if self.sync is not None and self._visits is not None:
-            self.sync.announce(self._visits.announced(name, to))
-
-    def _joined(self) -> bool:
-        """A visitor's ``join`` was read: counted (:meth:`trainer.transport.backhaul.ServerSync.joined`); True."""
-        if self.sync is not None:
-            self.sync.joined()
-        return True
 
     def finish_sync(self) -> None:
         """Rounds of the other servers until none trains, then the last one (weighted by this group's samples)."""

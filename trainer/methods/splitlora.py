@@ -241,6 +241,7 @@ class SplitLoRA(Handovers, Method):
                 averaged = self.steps
                 self._fedavg(epoch)
                 self.step_done(epoch)  # between segments no client has work in flight: a checkpoint point
+        self.lose_movers()
         self._fedavg(epoch)
 
     def _sequential(self, epoch: int, counts: dict[str, int], done: dict[str, int], on_step: StepCallback) -> None:
@@ -310,9 +311,7 @@ class SplitLoRA(Handovers, Method):
                 msg = tr.recv_up(want, kinds) if busy or self.sync is None else tr.poll_up(kinds)
             except PeerLost as err:
                 busy.discard(err.device)
-                if visits is not None:
-                    visits.waiting.discard(err.device)
-                self.lose(err.device, err.reason, left)
+                self.lose_peer(err.device, err.reason, left)
                 continue
             if msg is None:  # nothing here to serve yet: a visitor may still join; answer the others' round
                 self._idle()
@@ -329,6 +328,7 @@ class SplitLoRA(Handovers, Method):
             if msg.kind == "leave":  # gone: the rest of its epoch is not trained
                 self.not_trained[n] = self.not_trained.get(n, 0) + msg.aux
                 left.pop(n, None)
+                self.announce_joins(n)  # its join of 0 to the other servers of its legs
                 continue
             self._serve(msg, epoch, on_step)
             served += 1
@@ -350,8 +350,9 @@ class SplitLoRA(Handovers, Method):
             busy.discard(n)
             left.pop(n, None)
             self._visits.gone(n, msg.aux)
+            self.announce_joins(n, msg.aux)  # its joins to the servers it moves to or passes through
             return False
-        aux = self._visits.joined(msg, epoch)
+        aux = self.count_join(n) and self._visits.joined(msg, epoch)
         if not aux:
             return False
         left[n], nxt[n] = aux, msg.mb
@@ -386,6 +387,8 @@ class SplitLoRA(Handovers, Method):
         """Server F and B, the cut-layer gradient down, then W; the server step after every A micro-batches."""
         s, meter, tr = self.setup, self.setup.meter, self.setup.transport
         t, name, j = from_wire(msg.tensors, s.placement.server), msg.device, msg.mb  # onto the server's device
+        if j == self._count(name) - 1:  # its epoch's last: its join of 0 to the other servers of its legs
+            self.announce_joins(name)
         training_mode(self.server)
         h = t["hidden"].requires_grad_(True)
         key = tuple(t["hidden"].shape[:2])
@@ -435,6 +438,7 @@ class SplitLoRA(Handovers, Method):
                 self.lose(err.device, err.reason)
                 continue
             if msg.kind == "leave":  # gone: nothing to average
+                self.announce_joins(n)
                 continue
             states.append(unpack_state(msg.tensors["state"], self.like, self.keys))
             weights.append(s.samples[n])

@@ -35,9 +35,12 @@ trains or drains. Two waiting servers trade no rounds, and a server waiting whil
 answers none (the simulator's ``ServerRounds`` follows the same rule). Nor may a round depend on whether a visitor's
 ``join`` or the round's invitation reaches the waiting server first: a server that reads a device's ``moved`` (or
 its epoch's end) knows which servers the device sends a ``join`` to (:meth:`ServerSync.announce`), its round vectors
-carry those counts, each invitation passes on the count announced to its server, and a waiting server answers the
-round only once it has read that many joins (a join it reads first takes it out of waiting, so it joins that round
-from its own step), as in the simulator, where a join arrives at once, before any round the move leads to.
+carry those counts per device that moves, each invitation passes on the counts announced to its server, and a waiting
+server answers the round only once it has read that many joins of each device (a join it reads first takes it out of
+waiting, so it joins that round from its own step), as in the simulator, where a join arrives at once, before any
+round the move leads to. A device that dies (its connection closes) after a server announced its join and before it
+sent it is lost on the server it would join (everything it sent is read before the loss): that server awaits none of
+its joins any more, so the run goes on without it, as with any lost device.
 
 The rounds travel over the servers' admitted channels (:mod:`trainer.transport.rendezvous`: server ``j``
 <-> server 0, authenticated and, when the run encrypts, encrypted), not over gloo collectives: every
@@ -47,7 +50,7 @@ Server 0 sums the servers' vectors in server order and sends the sum back, so ev
 bit-identical averages; a vector of the wrong size (refused before it is read), a forged or replayed
 frame, non-finite values, a round whose tail is not a weight >= 0 and counts of servers
 (:func:`round_tail_error`) or of joins (whole, 0..:data:`MAX_JOINS` a server), or an invitation to another round than the
-one due or announcing more joins end the run with one line naming the server.
+one due or announcing more joins of a device end the run with one line naming the server.
 """
 
 from __future__ import annotations
@@ -82,8 +85,9 @@ class ServerLinks:
     other server one invitation per round, before the sum: at once when it opens the round itself, else when it
     reads an opening vector or, when no server opens it, once every server has joined (servers that have drained
     meet in their drain and closing rounds). So the rounds that happen and their order follow the servers' steps,
-    never who polls first, and two waiting servers trade nothing. With ``joins`` (:class:`ServerSync`'s rounds) an
-    invitation has a second 8-byte part: the joins announced to its server in the vectors read so far (:attr:`need`).
+    never who polls first, and two waiting servers trade nothing. With ``movers`` (:class:`ServerSync`'s rounds with
+    devices that move) an invitation has a second part, 8 bytes per mover: the joins of each announced to its server
+    in the vectors read so far (:attr:`need`).
 
     Args:
         index: this server's index.
@@ -100,18 +104,18 @@ class ServerLinks:
         self.calls = 0  # rounds this server has joined (the index of its next one)
         self.early: dict[int, torch.Tensor] = {}  # server 0: the others' vectors of its next round, read while waiting
         self.invited = False  # server j: the invitation to its next round has been read (while waiting)
-        self.joins = False  # this round's vectors carry, before their TAIL, each server's joins announced to it
-        self.need = 0  # joins this (waiting) server must have had before it answers the open round (:meth:`opened`)
+        self.movers = 0  # this round's vectors carry, before their TAIL, each server's joins announced per mover
+        self.need: list[int] = []  # per mover: joins this (waiting) server must have read before it answers the open round
 
-    def all_reduce(self, flat: torch.Tensor, check=None, opens: bool = False, joins: bool = False) -> None:
+    def all_reduce(self, flat: torch.Tensor, check=None, opens: bool = False, movers: int = 0) -> None:
         """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere).
 
         ``check(vector, servers)``: what is wrong with one server's vector (``servers`` 1, on server 0) or with the
         sum server 0 sends back (``servers`` n), or None; a wrong one ends the run with one line naming the sender.
-        ``opens``: this server opens the round (server 0 invites the others at once); ``joins``: the vectors carry the
-        servers' join counts (:meth:`ServerSync.announce`), which the invitations pass on."""
+        ``opens``: this server opens the round (server 0 invites the others at once); ``movers``: the vectors carry the
+        servers' join counts of that many devices (:meth:`ServerSync.announce`), which the invitations pass on."""
         nbytes = flat.numel() * 4
-        self.joins = joins
+        self.movers = movers
         k, self.calls = self.calls, self.calls + 1
         if self.index != 0:
             self._send(0, flat)
@@ -139,12 +143,13 @@ class ServerLinks:
         for j in range(1, self.n):
             self._send(j, flat)
 
-    def opened(self, nbytes: int, check=None, wait_s: float = 0.0, joins: bool = False) -> bool:
+    def opened(self, nbytes: int, check=None, wait_s: float = 0.0, movers: int = 0) -> bool:
         """A waiting server: whether its next round is open (it should join it now), looking up to ``wait_s``.
         Server 0 reads the vectors that have come (``nbytes`` each) and holds them for that round; another
-        server reads server 0's invitation. With :attr:`joins`, :attr:`need` says how many joins the servers read so far
-        announced to this one (its invitation's second part, or server 0's sum over the vectors it holds)."""
-        self.joins = joins
+        server reads server 0's invitation. With :attr:`movers`, :attr:`need` says, per mover, how many joins the
+        servers read so far announced to this one (its invitation's second part, or server 0's sum over the vectors
+        it holds)."""
+        self.movers = movers
         if self.index != 0:
             if not self.invited and self._readable([0], wait_s):
                 self._invitation(self.calls)
@@ -154,31 +159,38 @@ class ServerLinks:
         self.need = self._announced(0, self.early.values())
         return any(_opens(v) for v in self.early.values())
 
-    def _announced(self, j: int, vectors) -> int:
-        """Joins that the servers of ``vectors`` announced to server ``j`` (0 without :attr:`joins`)."""
-        return int(sum(round(float(v[-TAIL - self.n + j])) for v in vectors)) if self.joins else 0
+    def _announced(self, j: int, vectors) -> list[int]:
+        """Per mover, the joins that the servers of ``vectors`` announced to server ``j`` (their counts sit before the
+        TAIL, server by server: :meth:`ServerSync._round`)."""
+        m, vectors = self.movers, list(vectors)
+        at = -TAIL - self.n * m + j * m
+        return [int(sum(round(float(v[at + i])) for v in vectors)) for i in range(m)]
 
     def _invite(self, k: int, own: torch.Tensor, parts: dict[int, torch.Tensor]) -> None:
-        """Invite every other server to round ``k``; with :attr:`joins`, each also gets the joins announced to it in
-        ``own`` and the vectors read so far (``parts``), which it must have had before it answers as a waiting server."""
+        """Invite every other server to round ``k``; with :attr:`movers`, each also gets the joins announced to it in
+        ``own`` and the vectors read so far (``parts``), per mover, which it must have read before it answers as a
+        waiting server."""
         for j in range(1, self.n):
             self._call(j, lambda ch: ch.send(k.to_bytes(_LEN, "big")))
-            if self.joins:
-                need = self._announced(j, [own, *parts.values()])
-                self._call(j, lambda ch, need=need: ch.send(need.to_bytes(_LEN, "big")))
+            if self.movers:
+                raw = b"".join(c.to_bytes(_LEN, "big") for c in self._announced(j, [own, *parts.values()]))
+                self._call(j, lambda ch, raw=raw: ch.send(raw))
 
     def _invitation(self, k: int) -> None:
         """Server j: read server 0's invitation, which must be to round ``k`` (the one this server joins next), and
-        with :attr:`joins` the joins announced to this server (0..:data:`MAX_JOINS` x servers)."""
+        with :attr:`movers` the joins announced to this server, per mover (each 0..:data:`MAX_JOINS` x servers)."""
         got = int.from_bytes(self._call(0, lambda ch: ch.recv(_LEN)), "big")
         if got != k:
             raise SfsimError(f"backhaul: server 0 sent an invitation to sync round {got + 1} where round {k + 1} was "
                              "due; the servers can no longer agree on one model")
-        if self.joins:
-            need = int.from_bytes(self._call(0, lambda ch: ch.recv(_LEN)), "big")
-            if need > MAX_JOINS * self.n:
-                raise SfsimError(f"backhaul: server 0 sent an invitation to sync round {k + 1} that announces {need} "
-                                 f"joins (at most {MAX_JOINS * self.n}); the servers can no longer agree on one model")
+        if self.movers:
+            raw = bytes(self._call(0, lambda ch: ch.recv(_LEN * self.movers)))
+            need = [int.from_bytes(raw[i:i + _LEN], "big") for i in range(0, len(raw), _LEN)]
+            bad = [c for c in need if c > MAX_JOINS * self.n]
+            if bad:
+                raise SfsimError(f"backhaul: server 0 sent an invitation to sync round {k + 1} that announces {bad[0]} "
+                                 f"joins of a device (at most {MAX_JOINS * self.n}); the servers can no longer agree on "
+                                 "one model")
             self.need = need
         self.invited = True
 
@@ -275,22 +287,46 @@ class ServerSync:
         self.stepping = False  # joint mode: some server stepped on the last round's mean gradient
         self._pending: tuple | None = None  # async: (thread, live state, snapshot, average, steps at the snapshot)
         self._idle: threading.Thread | None = None  # a waiting server's round in flight (:meth:`idle`)
-        self.joins_in = 0  # visitors' joins this server has read (:meth:`joined`)
-        self.announced = [0] * n_servers  # joins this server knows a device sends to each server (:meth:`announce`)
-        self.extra = n_servers if isinstance(group, ServerLinks) else 0  # the vectors' join counts
+        self.movers: list[str] = []  # devices whose joins the rounds count (:meth:`track`)
+        self.joins_in: list[int] = []  # per mover: its joins this server has read (:meth:`joined`)
+        self.announced: list[int] = []  # server r, mover i at r * movers + i: joins this server knows it sends there
+        self.lost: tuple = ()  # containers of the devices this server has lost: their joins are never read here
+        self.extra = 0  # the vectors' join counts (servers x movers)
 
-    def joined(self) -> None:
-        """This server read a visitor's ``join`` (of any epoch, 0 or not)."""
-        self.joins_in += 1
+    def track(self, movers: list[str], *lost) -> None:
+        """Count the joins of ``movers`` (the devices whose legs go to several servers; the same list on every server,
+        before the first round); ``lost``: containers (live views) of the devices this server has lost, whose joins it
+        does not await."""
+        if movers == self.movers or not isinstance(self.group, ServerLinks):
+            return
+        self.movers, self.lost = list(movers), lost
+        self.joins_in, self.announced = [0] * len(movers), [0] * (self.n * len(movers))
+        self.extra = self.n * len(movers)
 
-    def announce(self, ranks: list[int]) -> None:
-        """A device sends (or has sent) a ``join`` to each server of ``ranks``: this server read its ``moved`` or its
-        epoch's end (:meth:`trainer.transport.handover.Visits.announced`). Its next round's vector carries the counts,
-        and a server waiting for a visitor answers that round only once it has read as many joins as announced to it:
-        so whether a visitor's join or the round's invitation reaches it first decides nothing (the simulator delivers
-        a join at once, before any round its move leads to)."""
+    def joined(self, name: str) -> None:
+        """This server read a ``join`` of device ``name`` (of any epoch, 0 or not)."""
+        if name in self.movers:
+            self.joins_in[self.movers.index(name)] += 1
+
+    def announce(self, name: str, ranks: list[int]) -> None:
+        """Device ``name`` sends (or has sent) a ``join`` to each server of ``ranks``: this server read its ``moved`` or
+        its epoch's end (:meth:`trainer.transport.handover.Visits.announced`). Its next round's vector carries the
+        counts, and a server waiting for a visitor answers that round only once it has read as many of that device's
+        joins as announced to it (or has lost the device: its connection closed, so nothing more comes): so whether a
+        visitor's join or the round's invitation reaches it first decides nothing (the simulator delivers a join at
+        once, before any round its move leads to)."""
+        if name not in self.movers:
+            return
+        i, m = self.movers.index(name), len(self.movers)
         for r in ranks:
-            self.announced[r] += 1
+            self.announced[r * m + i] += 1
+
+    def _unread(self) -> bool:
+        """Whether a join announced to this server in the open round's vectors is still to be read (a lost device's
+        never: everything it sent was read before its loss)."""
+        need = getattr(self.group, "need", [])
+        return any(self.joins_in[i] < c for i, c in enumerate(need[:len(self.movers)])
+                   if not any(self.movers[i] in gone for gone in self.lost))
 
     # -- what a method calls around its optimizer step -----------------------------------------------------
     def before_step(self, params: list[torch.nn.Parameter], last: bool = False) -> None:
@@ -364,7 +400,7 @@ class ServerSync:
             return None
         self._wait()
         nbytes = (sum(t.numel() for t in like) + self.extra + TAIL) * 4
-        if not self.group.opened(nbytes, self._check, IDLE_POLL_S, joins=bool(self.extra)) or self.joins_in < getattr(self.group, "need", 0):
+        if not self.group.opened(nbytes, self._check, IDLE_POLL_S, movers=len(self.movers)) or self._unread():
             return None  # not open, or a join announced before it opened still to come (read it first)
         return [torch.zeros_like(t) for t in like]
 
@@ -455,12 +491,12 @@ class ServerSync:
         if idle is not None and idle is not threading.current_thread():
             idle.join()  # rounds go one at a time over the channels: a waiting server's round first
         flat = torch.cat([t.detach().reshape(-1).float().cpu() * weight for t in tensors]  # a GPU server's too
-                         + [torch.tensor([float(c) for c in self.announced[:self.extra]])]
+                         + [torch.tensor([float(c) for c in self.announced], dtype=torch.float32)]
                          + [torch.tensor([weight, float(active), float(not adopt), float(stepping),
                                           float(opens)])])  # (numels + extra + TAIL,)
         nbytes = (flat.numel() - self.extra - TAIL) * 4
         self._transfer("sync-send", nbytes)
-        self.group.all_reduce(flat, check=self._check, opens=opens, joins=bool(self.extra))
+        self.group.all_reduce(flat, check=self._check, opens=opens, movers=len(self.movers))
         self._transfer("sync-recv", nbytes)
         self.rounds += 1
         total, still, differ = float(flat[-5]), int(round(float(flat[-4]))), float(flat[-3]) > 0.5

@@ -28,6 +28,8 @@ no server blocks the others.
 
 from __future__ import annotations
 
+import sys
+
 from sfsim.outputs.trace import TraceEvent
 from trainer.transport.runtime import Message
 
@@ -241,9 +243,15 @@ def mover_of(method) -> Mover | None:
 def hold_weight(method) -> None:
     """With handovers, a server's weight in the backhaul's averages is the samples of the devices it holds at the
     epoch's start (at launch: those assigned to it), so that it follows the devices from epoch to epoch and a run
-    resumed at an epoch's end (each device on the server of its leg then) weighs as the uninterrupted one."""
-    if method.sync is not None and Legs(getattr(method, "legs", {}) or {}).moving():
+    resumed at an epoch's end (each device on the server of its leg then) weighs as the uninterrupted one. The
+    rounds of :class:`Handovers` methods count the joins of the devices that move
+    (:meth:`trainer.transport.backhaul.ServerSync.track`)."""
+    legs = Legs(getattr(method, "legs", {}) or {})
+    if method.sync is not None and legs.moving():
         method.sync.weight = float(sum(r.n_samples for r in method.setup.devices))
+        if isinstance(method, Handovers):  # (SplitFrozen's servers read no joins while they wait)
+            movers = sorted(n for n, lg in legs.legs.items() if len({r for _, r, _ in lg}) > 1)
+            method.sync.track(movers, method.lost, method.dead_visitors)
 
 
 __all__ = ["Legs", "Mover", "Visits", "hold_weight", "late_moves", "mover_of", "visits_of"]
@@ -262,11 +270,52 @@ class Handovers:
         self.visitors: dict = {}
         self._mover: Mover | None = None
         self._visits: Visits | None = None
+        self.dead_visitors: dict[str, str] = {}  # visitors lost before they came here (:meth:`lose_peer`): name -> why
 
     @property
     def moves(self) -> list[dict]:
         """The handovers this device made (its report's ``handovers``)."""
         return self._mover.moves if self._mover is not None else []
+
+    def lose_peer(self, name: str, reason: str, left: dict | None = None) -> None:
+        """Go on without device ``name`` (its connection closed, or it broke the protocol): no longer awaited as a
+        visitor, nor any join of it (:meth:`trainer.transport.backhaul.ServerSync.track`). A visitor that never came
+        here (its samples unknown here) is reported by the servers that trained it, not here with none trained."""
+        if self._visits is not None:
+            self._visits.waiting.discard(name)
+            if not self.setup.samples.get(name):
+                if left is not None:
+                    left.pop(name, None)
+                if name not in self.dead_visitors:
+                    self.dead_visitors[name] = reason
+                    print(f"warning: lost device {name} ({reason}) before it came to {self.setup.server}; not waiting "
+                          "for it", file=sys.stderr, flush=True)
+                return
+        self.lose(name, reason, left)
+
+    def lose_movers(self) -> None:
+        """At an epoch's end: a device that trained here this epoch, moved away and then died is lost on this server's
+        transport with nothing here waiting on it (no ``PeerLost`` came): it is reported here, where it trained
+        (``Method.lose`` counts what it trained here), unless it is already."""
+        if self._visits is None:
+            return
+        held = {d.name for d in self.setup.devices}
+        for name, why in dict(getattr(self.setup.transport, "lost", {})).items():
+            if name not in held and name not in self.lost and self.cursor.get(name):
+                self.lose(name, why)
+
+    def announce_joins(self, name: str, to: int | None = None) -> None:
+        """The joins ``name`` sends to other servers, now that this server has its ``moved`` to leg ``to`` or (None) the
+        end of its epoch here (:meth:`Visits.announced`), go with the next backhaul round
+        (:meth:`trainer.transport.backhaul.ServerSync.announce`)."""
+        if self.sync is not None and self._visits is not None:
+            self.sync.announce(name, self._visits.announced(name, to))
+
+    def count_join(self, name: str) -> bool:
+        """A ``join`` of ``name`` was read: counted (:meth:`trainer.transport.backhaul.ServerSync.joined`); True."""
+        if self.sync is not None:
+            self.sync.joined(name)
+        return True
 
     def finish_moves(self, name: str) -> None:
         """Device ``name``'s process ends: record its handovers due since its last send (:meth:`Mover.finish`)."""

@@ -39,8 +39,9 @@ This follows :mod:`trainer.methods.splitlora` on the distributed runtime step fo
   server takes part in every round, one without clients too. With handovers a server waiting for a visitor
   joins exactly the rounds another server opens from a step, with zeros, until the visitor's ``join`` arrives
   (:meth:`sfsim.network.backhaul.ServerRounds.idle`, the runtime's ``ServerSync.idle``), and each epoch ends
-  with those rounds, a barrier, before the next starts; without ``training.sync`` the closing rounds follow
-  each server's end (:func:`sfsim.network.backhaul.close_epochs`).
+  with those rounds, a barrier, before the next starts; without ``training.sync`` too (each epoch's closing round
+  alone, as ``sfsim run``: its ``ServerSync.finish``), and a released client's ``join`` reaches its new server when
+  the runtime's does (:meth:`~sfsim.schedules.splitlora.intime.InTime.hand_over`).
 * **Codec** (``training.wire_dtype``): the client encodes its activations (in ``F``) and decodes the
   gradient (in ``B``); the server decodes the activations (in ``F``) and encodes the gradient (in ``B``).
 

@@ -45,8 +45,8 @@ class InTime:
         c.hold, c.since = j, since
         if dest == self.k and not outstanding:  # back here already (A -> B -> A): nothing moves
             return
-        # with training.sync (whose rounds depend on when a server stops waiting); without it the fast path's
-        # joint loop (sfsim.fast.splitmoves) replays the client's fwd from ``since``, and this loop does too
+        # with backhaul rounds (training.sync, or each epoch's closing round); without them the fast path's joint loop
+        # (sfsim.fast.splitmoves) replays the client's fwd from ``since``, and this loop does too
         c.joined = self._join_arrival(c, since, outstanding) if self.sync is not None else since
         self._drop(c)
         c.home = dest
@@ -97,9 +97,10 @@ class InTime:
     def run_in_time(self):
         """With handovers, the SimPy process: epochs over the clients it holds, waiting for joiners while they may come.
 
-        With backhaul rounds (``training.sync``) each epoch ends with the servers' last rounds, a barrier, as in the
-        runtime: a client's next epoch starts on the server holding it then (a handover due meanwhile waits for its
-        old server's next epoch, which releases it); without them the epochs run back to back."""
+        With backhaul rounds (``training.sync``, or without it each epoch's closing round on backhaul links) each epoch
+        ends with the servers' last rounds, a barrier, as in the runtime: a client's next epoch starts on the server
+        holding it then (a handover due meanwhile waits for its old server's next epoch, which releases it); without
+        them (no backhaul modelled) the epochs run back to back."""
         env = self.engine.env
         for e in range(self.epochs) if self.sync is not None else [None]:
             if e:

@@ -105,7 +105,7 @@ def run_jointly(engine, job, cfg, net) -> None:
     moves = Moves(engine, job.devices, net.motions)
     for d in job.devices:
         engine.device_busy[d.name] = engine.up_bytes[d.name] = engine.down_bytes[d.name] = 0.0
-    rounds = job.sync.start(engine) if job.sync is not None and job.ends is None else None  # training.sync
+    rounds = job.sync.start(engine) if job.sync is not None else None  # training.sync, or each epoch's closing round
     for k, srv in enumerate(job.servers):
         s = Server(engine, srv, [], cfg, Received(), moves.motions, moves.lost, k, moves)
         if rounds is not None:  # a server waiting for a visitor answers the others' rounds (ServerRounds.idle)
@@ -126,8 +126,6 @@ def run_jointly(engine, job, cfg, net) -> None:
                 mix = engine.mixing[s.srv.name] = StreamMixing(totals)
                 for i in s.mix.stream:
                     mix.add(i)
-        if job.ends is not None:  # no training.sync: the closing rounds follow each server's end (its last FedAvg)
-            job.ends.update({s.srv.name: s.free for s in moves.servers})
         starts = {c.i: c.starts for c in moves.clients}
         for i, m in net.motions.items():  # micro-batches whose upload started before each handover
             m.switched_at = [bisect.bisect_left(starts.get(i, []), leg.at) for leg in m.legs[1:]]

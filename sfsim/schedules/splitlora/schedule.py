@@ -57,11 +57,7 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
     cut = max(setup.splits.values(), default=0)  # the runtime's one cut for every client
     payload = cm.adapter_bytes(range(cut, L), head=True)  # the server's optimizer: its LoRA and the head
     spec = sync_spec(sc, payload, payload + cm.adapter_bytes(range(cut), head=False))  # + clients' average
-    moves = job.network is not None and hands_over(job.network.motions)
-    if spec is not None:
-        job.sync = spec
-        if moves and spec.every is None:  # the closing rounds after the replay, from each server's end (close_epochs)
-            job.ends = {}
+    job.sync = spec
     return job
 
 
