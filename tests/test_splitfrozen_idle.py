@@ -25,15 +25,15 @@ from sfsim.schedules import Job, ReplayConfig
 from sfsim.schedules import splitfrozen as sf
 
 
-def _visitor_run(every: int, move_at: float, epochs: int = 1) -> Engine:
-    """mover: 3 micro-batches an epoch, 1 s forward, 1 s uplink, on a until ``move_at``, then on b; server F+B 1 s,
+def _visitor_run(every: int, move_at: float, epochs: int = 1, per: int = 3, mode: str = "sync") -> Engine:
+    """mover: ``per`` micro-batches an epoch, 1 s forward, 1 s uplink, on a until ``move_at``, then on b; server F+B 1 s,
     step 0.5 s; buffer 1 (one micro-batch in flight), accumulate 1; backhaul 8 bit/s, 1 byte a round (1 s each
-    way), closing round 2 bytes; training.sync ``every`` in sync mode. Returns the engine after its run."""
-    mover = DeviceTimes("mover", 0, n=3 * epochs, per_epoch=3, f=1.0, up_s=1.0, srv_f=0.5, srv_b=0.5, up_bytes=1.0)
+    way), closing round 2 bytes; training.sync ``every`` in ``mode``. Returns the engine after its run."""
+    mover = DeviceTimes("mover", 0, n=per * epochs, per_epoch=per, f=1.0, up_s=1.0, srv_f=0.5, srv_b=0.5, up_bytes=1.0)
     job = Job([mover], [ServerTimes("a", 1, 0.5), ServerTimes("b", 1, 0.5)])
     legs = [Leg(0.0, 0, 8.0, 1.0, 0.0), Leg(move_at, 1, 8.0, 1.0, 0.0)]
     job.network = sf.Network({0: Motion(legs)}, [[dataclasses.replace(mover, up_s=0.0)]] * 2)
-    job.sync = SyncSpec((("a", 8.0, 0.0), ("b", 8.0, 0.0)), every, "sync", 1.0, 2.0, epochs)
+    job.sync = SyncSpec((("a", 8.0, 0.0), ("b", 8.0, 0.0)), every, mode, 1.0, 2.0, epochs)
     engine = Engine(trace=True)
     PoolRounds(engine, job.sync, job.servers)
     sf.run(engine, job, ReplayConfig(buffer=1, accumulate=1))
@@ -49,6 +49,15 @@ def test_a_waiting_server_deadlocks_a_sync_round_today(epochs):
     the last op is a's round-1 send at 3 s."""
     with pytest.raises(SfsimError, match=r"sync round 1 waited for ever \(only a joined it\)"):
         _visitor_run(1, 4.5, epochs)
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_waiting_server_deadlocks_an_async_round_too(epochs):
+    """Async mode (every 1), 4 micro-batches an epoch, handover due at 6.5 s: a's round 1 is in flight (b never
+    joins it) and a's next round waits for it (the runtime joins its thread), so a takes no more micro-batches
+    and mover's handover never comes: the same deadlock one step later."""
+    with pytest.raises(SfsimError, match=r"sync round 1 waited for ever \(only a joined it\)"):
+        _visitor_run(1, 6.5, epochs, per=4, mode="async")
 
 
 @pytest.mark.xfail(strict=True, raises=SfsimError, reason="issue 21 (idle21): a SplitFrozen server waiting for a "
