@@ -81,3 +81,19 @@ def test_the_rounds_of_a_run_whose_visitor_never_stalls():
     engine = _visitor_run(2, 4.5)
     assert engine.sync.rounds == 3 and engine.makespan == 14.5
     assert sorted(e.start for e in engine.events if e.lane == "backhaul:b" and e.op == "sync-send") == [3.5, 7.0, 10.5]
+
+
+def test_the_fast_path_stops_with_the_same_one_line_error():
+    """The fast path takes the every-1 case (:func:`sfsim.fast.synced.covers`) and stops as the SimPy engine does:
+    an :class:`SfsimError` saying why and what to do (``sfsim simulate`` prints it in one line, exit 2)."""
+    from sfsim.fast.replay import replay, uncovered
+
+    mover = DeviceTimes("mover", 0, n=3, per_epoch=3, f=1.0, up_s=1.0, srv_f=0.5, srv_b=0.5, up_bytes=1.0)
+    job = Job([mover], [ServerTimes("a", 1, 0.5), ServerTimes("b", 1, 0.5)])
+    legs = [Leg(0.0, 0, 8.0, 1.0, 0.0), Leg(4.5, 1, 8.0, 1.0, 0.0)]
+    job.network = sf.Network({0: Motion(legs)}, [[dataclasses.replace(mover, up_s=0.0)]] * 2)
+    job.sync = SyncSpec((("a", 8.0, 0.0), ("b", 8.0, 0.0)), 1, "sync", 1.0, 2.0, 1)
+    cfg = ReplayConfig(buffer=1, accumulate=1)
+    assert uncovered(object(), "splitfrozen", cfg, job) is None
+    with pytest.raises(SfsimError, match=r"waited for ever; a SplitFrozen server waiting only for a visitor"):
+        replay(job, cfg, schedule="splitfrozen")

@@ -36,7 +36,7 @@ from sfsim.fast.handover import _collect, _pool_rows, _rows, _touched, program, 
 from sfsim.fast.handover import covers as covers_moves
 from sfsim.fast.joint import RING_FULL, replay_handover
 from sfsim.fast.splitfrozen import layout, min_flight
-from sfsim.network.backhaul import Closed
+from sfsim.network.backhaul import STUCK, Closed
 from sfsim.schedules.splitfrozen import by_epochs
 
 
@@ -81,7 +81,12 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         return rounds.state(K, workers, len(job.devices), spec.servers, spec.every, spec.mode, spec.payload,
                             spec.closing)
     if getattr(getattr(job, "network", None), "views", None) is not None:  # devices of the dynamic network
-        outs, busy, up, B = replay_joint(job, cfg, sequential, fresh)
+        try:
+            outs, busy, up, B = replay_joint(job, cfg, sequential, fresh)
+        except RuntimeError as e:  # a round nobody else joins stops a server: its devices' micro-batches stay
+            if "never processed" in str(e):
+                raise SfsimError(f"backhaul: a sync round waited for ever; {STUCK}") from None
+            raise
         return outs, busy, up, _closed(B, job)
     static = copy.copy(job)
     static.network = _Static([job.devices] * K, {})
@@ -129,7 +134,6 @@ def _by_epochs(X, B, epochs: int, where: np.ndarray, counts: np.ndarray) -> None
 def _closed(B: tuple, job) -> Closed:
     """The rounds' bytes per server and count, once none is left open."""
     if rounds.still_open(B):  # the SimPy engine fails the same way (Rounds._check)
-        raise SfsimError("backhaul: a sync round waited for ever; this run's rounds are not simulated correctly, "
-                         "please report it")
+        raise SfsimError(f"backhaul: a sync round waited for ever; {STUCK}")
     sent, count = rounds.totals(B, [s.name for s in job.servers])
     return Closed(sent, count)

@@ -33,6 +33,10 @@ import simpy
 from sfsim.engine.pool import Engine, FifoLane
 from sfsim.errors import SfsimError
 
+STUCK = ("a SplitFrozen server waiting only for a visitor answers no round yet (known limitation, issue 21; sfsim run "
+         "would stop at its backhaul timeout): sync less often (training.sync.every) or pin the moving device")
+"""Why a round can wait for ever, and what to do (a deadlock in both halves, ``tests/test_splitfrozen_idle.py``)."""
+
 
 class Rounds:
     """The backhaul rounds of every method, as :class:`trainer.transport.backhaul.ServerSync` runs them.
@@ -82,8 +86,7 @@ class Rounds:
         if self.open:
             k = min(self.open)
             came = sorted(self.names[e[0]] for e in self.open[k])
-            raise SfsimError(f"backhaul: sync round {k + 1} waited for ever (only {', '.join(came)} joined it); "
-                             "this run's rounds are not simulated correctly, please report it")
+            raise SfsimError(f"backhaul: sync round {k + 1} waited for ever (only {', '.join(came)} joined it); {STUCK}")
 
     def join(self, j: int, nbytes: float, active: bool, adopt: bool = True, stepping: bool = False,
              opens: bool = False, waits: bool = False) -> tuple[int, simpy.Event]:
