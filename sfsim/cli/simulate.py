@@ -129,8 +129,8 @@ def _sync_note(sc, results: dict) -> None:
 
 def _epoch_end_note(sc, results: dict) -> None:
     """Say where the simulation leaves out sfsim run's wait between epochs (evaluation, adapter, checkpoint;
-    :mod:`sfsim.cost.epochend`): without ``training.eval_samples``, or in a schedule that runs its epochs back to
-    back (the baselines, activation caching, moving devices)."""
+    :mod:`sfsim.cost.epochend`): without ``training.eval_samples``, or where the simulation does not replay it (the
+    baselines; SplitFrozen with activation caching or moving devices)."""
     if sc.training.epochs < 2:
         return
     if sc.training.eval_samples is None:
@@ -140,7 +140,7 @@ def _epoch_end_note(sc, results: dict) -> None:
     left = [n for n, r in results.items() if not r.epoch_end_s]
     if left:
         click.echo(f"note: {', '.join(left)}: the wait between epochs (evaluation, adapter, checkpoint) is left out "
-                   "(the epochs run back to back there); sfsim run waits for it after each epoch")
+                   "of this simulation; sfsim run waits for it after each epoch")
 
 
 def _run_all(sc, names: list[str], given: dict, scenario: str, trace_out, gantt_out, engine: str = "auto"):
