@@ -189,8 +189,6 @@ def run_role(cfg, role: str, rank: int, world: int, master: str | None, resume: 
         built.method.legs = {n: [(at, r, fl.servers[r]) for at, r, *_ in lg] for n, lg in legs.items()}
         if role == "server":
             built.method.visitors = {d.name: d for d in setup.devices if any(r == rank for _, r, *_ in legs[d.name])}
-    if role == "server" and cfg.emulate != "none" and dynamics.emulates_availability(cfg.method):
-        tr.departed = dynamics.departed(scenario, fl.devices, meter.now, clock)  # its downlink reaches no device
     setup.transport = tr
     if role == "device":
         return _device(cfg, built, tr, fl.devices[rank - n_srv], offset, resume)
@@ -280,6 +278,8 @@ def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, r
             links: ServerLinks | None) -> int:
     setup, method = built.setup, built.method
     names = [d.name for d in setup.devices]  # this server's devices
+    if cfg.emulate != "none" and dynamics.emulates_availability(cfg.method):  # what it sends them once gone: uncounted
+        tr.departed = dynamics.departed(built.scenario, fl.devices, setup.meter.now, built.info["clock_s"])
     samples, ckpts = {}, {}
     for n in names:
         try:

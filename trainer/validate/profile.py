@@ -563,9 +563,8 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
                  "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
                  "dtype": spec.precision, "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
-                 "first_call": first, "grid": grid, "source": source})
-    if spec.role == "server":  # what an epoch's end writes (sfsim.cost.epochend)
-        prof["save"] = _ms(save_seconds(parts))
+                 "first_call": first, "grid": grid, "source": source,
+                 "save": _ms(save_seconds(parts)) if spec.role == "server" else None})  # sfsim.cost.epochend
     return {k: v for k, v in prof.items() if v is not None}
 
 
