@@ -81,12 +81,12 @@ def is_stale(path: Path, max_age_s: float = MAX_AGE_S) -> str | None:
         return f"the cached one is unreadable ({type(err).__name__})"
     if not isinstance(data, dict) or not data.get("grid"):
         return "the cached one is not a latency profile"
-    if "save" not in data:
-        return "the cached one has no epoch-end save time (sfsim.cost.epochend)"
     machine = data.get("machine") or {}
     fp = fingerprint()
     if any(machine.get(k) != v for k, v in fp.items()):
         return "the cached one was measured on another machine or library version"
+    if "save" not in data:
+        return "the cached one has no epoch-end save time (sfsim.cost.epochend)"
     return None
 
 
