@@ -157,3 +157,18 @@ def test_simulate_notes_where_the_wait_is_left_out(tmp_path: Path):
     out = CliRunner().invoke(main, ["simulate", "--devices", str(path), "--split", "2", "--schedule", "all"]).output
     assert "fedlora" in out.split("the wait between epochs (evaluation, adapter, checkpoint) is left out")[0]
     assert "splitfrozen," not in out.split("is left out")[0].split("note:")[-1]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_sfsim_run_evaluates_the_scenarios_rows_unless_told(tiny_gpt2, tmp_path: Path):
+    """training.eval_samples is sfsim run's default too (the two halves never differ silently); --eval-samples wins."""
+    from tests.test_multiserver import FIXTURES, _cfg
+    from trainer.run.launch import run
+
+    data = yaml.safe_load((FIXTURES / "runtime_tiny.yaml").read_text())
+    data["training"]["eval_samples"] = 5
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    common = dict(devices=path, launch="inprocess", train_samples=16, server_order="fifo")
+    assert run(_cfg(tiny_gpt2, tmp_path / "a", eval_samples=None, **common))["eval_samples"] == 5
+    assert run(_cfg(tiny_gpt2, tmp_path / "b", eval_samples=3, **common))["eval_samples"] == 3
