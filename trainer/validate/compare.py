@@ -192,8 +192,9 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
         ("training.micro_batch", metrics["micro_batch"]), ("training.epochs", vc.epochs),
         ("training.accumulate", metrics["accumulate"]), ("training.buffer", metrics["buffer"]),
         ("training.server_policy", POLICY_OF_ORDER[vc.server_order]),
-        ("training.eval_samples", metrics["eval_samples"]),  # the rows the run evaluated after each epoch
     ]
+    if metrics.get("eval_samples"):  # the rows the run evaluated after each epoch (sfsim.cost.epochend)
+        sets.append(("training.eval_samples", metrics["eval_samples"]))
     if credits_key:
         sets.append(("training.credits", "device"))
     if metrics.get("client_order"):  # splitlora: the order its clients ran in
