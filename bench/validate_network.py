@@ -9,6 +9,8 @@ profile) on five small fleets and prints the total error of each, the median, an
 * ``drop``: the same with the dropping device gone at 0.3 s, during its first send;
 * ``int8``: int8 activations on a 0.5 Mbps uplink (tests/fixtures/runtime_tiny.yaml, overridden);
 * ``cached``: 2 epochs, the second from the server's activation cache (tests/fixtures/runtime_cached.yaml);
+* ``epochs2``: 2 epochs of tests/fixtures/runtime_tiny.yaml, each device sending both: the wait between them
+  (evaluation on the run's 8 dev rows, adapter, checkpoint) predicted (sfsim.cost.epochend) against measured;
 * ``sync2-splitlora``: SplitLoRA on ``sync2``'s 2 servers without the pausing device (every 2 steps);
 * ``sync2-fedlora``: FedLoRA there, one micro-batch per FedAvg round, the servers averaged after every round;
 * ``close2``: SplitFrozen on those 2 servers without ``training.sync``: the epoch's one closing round;
@@ -49,6 +51,7 @@ RUNS = {"sync2": ("runtime_two_servers_churn.yaml", "splitfrozen", 1),
         "drop": ("drop", "splitfrozen", 1),
         "int8": ("int8", "splitfrozen", 1),
         "cached": ("runtime_cached.yaml", "splitfrozen", 2),
+        "epochs2": ("runtime_tiny.yaml", "splitfrozen", 2),
         "sync2-splitlora": ("static", "splitlora", 1),
         "sync2-fedlora": ("static-fed", "fedlora", 1),
         "close2": ("static-close", "splitfrozen", 1),
@@ -156,7 +159,7 @@ def main() -> None:
         st = rep["stages"]
         rows[name] = {"predicted_s": rep["total"]["predicted_s"], "measured_s": rep["total"]["measured_s"],
                       "error": rep["total"]["error"], "load": rep["header"]["load_average_1min"],
-                      **{k: st[k] for k in ("codec", "sync") if k in st}}
+                      **{k: st[k] for k in ("codec", "sync", "epoch_end") if k in st}}
         print(f"{name:9} predicted {rows[name]['predicted_s']:7.3f} s  measured {rows[name]['measured_s']:7.3f} s  "
               f"error {100 * rows[name]['error']:+6.1f}%  load {rows[name]['load']}", flush=True)
     errs = [abs(r["error"]) for r in rows.values()]

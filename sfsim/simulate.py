@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sfsim.cost.energy import run_energy
+from sfsim.cost.epochend import epoch_end_seconds
 from sfsim.cost.memory import check_memory
 from sfsim.cost.model import CostModel
 from sfsim.engine.pacing import FIXED_ORDERS
@@ -238,6 +239,7 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
         sim, makespan = replay(job, cfg, schedule=name)
     else:
         sim = Engine(trace=trace)
+        sim.epoch_end = epoch_end_seconds(scenario, setup.cm)  # placed by schedules with epoch barriers
         if name in SPLITFROZEN and job.sync is not None and job.sync.every is not None:  # training.sync
             PoolRounds(sim, job.sync, job.servers)
         module.run(sim, job, cfg, sequential=name == "splitfrozen-sequential")
@@ -247,6 +249,7 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
             sim.sync, makespan = close_epochs(job.sync, sim.server_end, makespan, sim.record)
     res = _result(name, scenario, job, sim, makespan, setup, ls, _policy_used(name, cfg))
     res.engine, res.engine_note = ("fast", None) if why is None else ("simpy", why or None)
+    res.epoch_end_s = {k: v for k, v in sim.epoch_end.items() if k in sim.epoch_end_waited} if why is not None else {}
     if job.network is not None:
         report(res, setup, job, job.network.moving)
     res.energy = run_energy(res, scenario)

@@ -80,6 +80,8 @@ def test_cached_profile_is_reused_until_stale(tmp_path, monkeypatch):
     path = tmp_path / "p.yaml"
     assert machine.is_stale(path) == "none cached"
     path.write_text(yaml.safe_dump({"machine": machine.fingerprint(), "grid": [{"micro_batch": 8}]}))
+    assert machine.is_stale(path) == "the cached one has no epoch-end save time (sfsim.cost.epochend)"
+    path.write_text(yaml.safe_dump({"machine": machine.fingerprint(), "grid": [{"micro_batch": 8}], "save": "9 ms"}))
     assert machine.is_stale(path) is None
     old = time.time() - 7 * 3600
     os.utime(path, (old, old))

@@ -63,7 +63,7 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 @click.option("--lora-start", type=int, help="first block with LoRA (default: the largest cut; cenlora: 0)")
 @click.option("--epochs", type=int, help="epochs (default: the scenario's training.epochs)")
 @click.option("--train-samples", type=int, help="cap on the total training samples (split as in the scenario)")
-@click.option("--eval-samples", type=int, help="evaluate on the first M dev rows (default: all)")
+@click.option("--eval-samples", type=int, help="evaluate on the first M dev rows (default: the scenario's training.eval_samples, else all)")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="AdamW learning rate")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-len", type=int, default=128, show_default=True, help="tokens per sample at most")

@@ -98,6 +98,7 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
             slow.setdefault(r.engine_note, []).append(n)
     for why, which in slow.items():
         click.echo(f"note: {', '.join(which)} ran on the SimPy engine, not the fast path: {why}")
+    _epoch_end_note(sc, results)
     loose = sum(not d.server_pinned for d in sc.devices)
     if any(r.assignment_source == "least-loaded" for r in results.values()):
         click.echo(f"note: {loose} devices without a server pin went to the least-loaded of "
@@ -107,6 +108,21 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
                 else {n: r.to_dict() for n, r in results.items()} | {n: {"refused": w} for n, w in refused.items()})
         write_atomic(json_out, json.dumps(data, indent=2) + "\n")
 
+
+def _epoch_end_note(sc, results: dict) -> None:
+    """Say where the simulation leaves out sfsim run's wait between epochs (evaluation, adapter, checkpoint;
+    :mod:`sfsim.cost.epochend`): without ``training.eval_samples``, or where a schedule does not replay it (its
+    result has no ``epoch_end_s``: the baselines)."""
+    if sc.training.epochs < 2:
+        return
+    if sc.training.eval_samples is None:
+        click.echo("note: the wait between epochs (sfsim run's evaluation on every dev row, adapter, checkpoint) is "
+                   "not simulated; set training.eval_samples to the rows sfsim run evaluates to simulate it")
+        return
+    left = [n for n, r in results.items() if not r.epoch_end_s]
+    if left:
+        click.echo(f"note: {', '.join(left)}: the wait between epochs (evaluation, adapter, checkpoint) is left out "
+                   "of this simulation; sfsim run waits for it after each epoch")
 
 
 def _run_all(sc, names: list[str], given: dict, scenario: str, trace_out, gantt_out, engine: str = "auto"):

@@ -25,6 +25,7 @@ micro-batch x sequence-length grid; times are unit strings or seconds, medians o
         peak_memory: 412 MiB        # process peak RSS while measuring this entry
         activation_bytes: [...]     # hidden states (B, T, d) leaving the device at cut 0..L
         codec: {int8: {encode: 0.2 ms, decode: 0.1 ms}, ...}  # wire codecs on those activations
+    save: 12 ms                     # adapter + checkpoint written at an epoch's end (role server)
     source: "sfsim profile --model minilm-l6 ..."
 
 The older single-shape file (``bench/profile_device.py``) still loads: top-level ``micro_batch``,
@@ -180,6 +181,7 @@ class LatencyProfile:
     repeats: int | None = None
     machine: dict | None = None
     first_call: FirstCall | None = None
+    save: Seconds | None = None  # writing the adapter and the checkpoint at an epoch's end (sfsim.cost.epochend)
     source: str = ""
 
     @model_validator(mode="after")

@@ -230,6 +230,12 @@ class CostModel:
         return self._work(range(0, L + 3), range(1, L + 1), 1, head=True)
 
     @_memo
+    def eval_forward(self) -> Work:
+        """Evaluation: embeddings, every block, norm and head, forward only (no gradient; LoRA's low-rank share of
+        the blocks' FLOPs is left out)."""
+        return self._work(range(0, self.n_layers + 3), range(0), None, head=False)
+
+    @_memo
     def splitlora_client(self, cut: int) -> Work:
         """SplitLoRA client: embeddings + blocks 0..cut-1 with LoRA, F, B, W (B stops at block 0's input)."""
         self._check_cut(cut)

@@ -62,6 +62,8 @@ class Engine:
         self.server_end: dict[str, float] = {}
         self.pool_peak_bytes: dict[str, float] = {}
         self.sync = None  # a sfsim.network.backhaul.PoolRounds when SplitFrozen servers synchronise
+        self.epoch_end: dict[str, float] = {}  # server -> its wait at each epoch's end (sfsim.cost.epochend)
+        self.epoch_end_waited: set[str] = set()  # the servers whose schedule replayed that wait
         self._finishers: list = []
         self.soft_timers = False  # set before run() by schedules that call soft_at
         self._soft = 0  # pending soft timers

@@ -85,6 +85,17 @@ class WorkerLoop:
             ev = self.starts[e] = self.env.event()
         return ev
 
+    def _epoch_end(self, _ev=None) -> None:
+        """The epoch is over (with its rounds): the server's epoch-end wait (evaluation, adapter, checkpoint;
+        :mod:`sfsim.cost.epochend`, lane ``epoch-end:<server>``), then the next epoch opens."""
+        wait = self.engine.epoch_end.get(self.server.name, 0.0)
+        if wait <= 0:
+            self._next_epoch()
+            return
+        self.engine.record(f"epoch-end:{self.server.name}", "epoch_end", self.env.now, wait)
+        self.engine.epoch_end_waited.add(self.server.name)
+        self.engine.at(self.env.now + wait).callbacks.append(self._next_epoch)
+
     def _next_epoch(self, _ev=None) -> None:
         """The epoch's rounds are over: open the next one (cached micro-batches, its workers, then its devices)."""
         self.epoch += 1
@@ -346,7 +357,9 @@ class WorkerLoop:
         if self.running == 0 and self.sync is not None:
             closed = self.sync.leave(self.index)
             if self.epoch + 1 < self.epochs:  # the next epoch starts when the epoch's rounds are over
-                closed.callbacks.append(self._next_epoch)
+                closed.callbacks.append(self._epoch_end)
+        elif self.running == 0 and self.epoch + 1 < self.epochs:  # one server, by_epochs for its epoch-end wait
+            self._epoch_end()
 
     def _waited(self, lane: str, start: float) -> bool:
         """A worker sat idle from ``start`` to now while the policy held micro-batches back: op ``wait``.

@@ -60,6 +60,9 @@ class SimResult:
             device links; see :func:`sfsim.schedules.network.applies`).
         engine: what replayed the run: ``fast`` (:mod:`sfsim.fast`) or ``simpy``; engine_note: why the
             fast path did not (``engine="auto"`` on a run it does not cover), else None.
+        epoch_end_s: server -> its wait at each epoch's end (evaluation, adapter, checkpoint:
+            :mod:`sfsim.cost.epochend`) as replayed between the epochs (lane ``epoch-end:<server>``); empty when
+            none was: one epoch, no ``training.eval_samples``, or a schedule that runs its epochs back to back.
     """
 
     schedule: str
@@ -96,6 +99,7 @@ class SimResult:
     client_order: str | None = None
     engine: str = "simpy"
     engine_note: str | None = None
+    epoch_end_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def uplink_bytes(self) -> float:
@@ -131,7 +135,10 @@ class SimResult:
                 "stream_mixing_by_server", "server_wait_s", "pool_peak_bytes", "assignment_source", "energy",
                 "backhaul_bytes_by_server", "sync_rounds", "handovers", "samples_not_trained",
                 "dynamic_network", "client_order")
-        return {k: getattr(self, k) for k in keys}
+        out = {k: getattr(self, k) for k in keys}
+        if self.epoch_end_s:  # only where the wait was replayed: other results keep their keys
+            out["epoch_end_s"] = self.epoch_end_s
+        return out
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The :meth:`to_dict` JSON text; also written atomically to ``path`` when given."""

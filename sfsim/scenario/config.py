@@ -121,6 +121,11 @@ class Training:
         "--method splitlora uses it unless --client-order is given")
     splitlora_cut: int = Field(default=3, gt=0, description="splitlora: client blocks (reference code: 3)")
     sync: Sync | None = Field(default=None, description="average the servers' adapters over the backhaul")
+    eval_samples: int | None = Field(default=None, gt=0, description="dev rows evaluated after every epoch (sfsim "
+                                     "run's default when --eval-samples is not given); with several epochs the "
+                                     "simulator waits for it, the adapter and the checkpoint between them "
+                                     "(sfsim.cost.epochend). Unset: sfsim run evaluates every dev row, which the "
+                                     "simulator cannot size, so it leaves the wait out (sfsim simulate notes it)")
 
     @field_validator("server_policy")
     @classmethod

@@ -124,6 +124,9 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:
             pool.by_epochs(job.sync.epochs, legs)
+    elif engine.epoch_end and not moving and engine.sync is None and (epochs := whole_epochs(job)) > 1:
+        for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait alone
+            pool.by_epochs(epochs)
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
         d = job.devices[i]
         start_device(engine, pools, i, d, m, sequential)
@@ -146,6 +149,14 @@ def by_epochs(job: Job, synced: bool) -> bool:
     sync = job.sync
     return (synced and sync is not None and sync.epochs > 1
             and all(d.n == d.per_epoch * sync.epochs and d.sent in (d.n, d.per_epoch) for d in job.devices))
+
+
+def whole_epochs(job: Job) -> int:
+    """The epochs every device sends in full (1 with the activation cache or devices of unequal epoch counts):
+    :func:`run` opens them one at a time for the servers' epoch-end wait (:mod:`sfsim.cost.epochend`)."""
+    counts = {d.n // d.per_epoch if d.per_epoch and d.sent == d.n and d.n % d.per_epoch == 0 else 0
+              for d in job.devices if d.n}
+    return counts.pop() if len(counts) == 1 else 1
 
 
 def closes_per_epoch(job: Job, moving=None) -> bool:

@@ -278,6 +278,8 @@ def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, r
             links: ServerLinks | None) -> int:
     setup, method = built.setup, built.method
     names = [d.name for d in setup.devices]  # this server's devices
+    if cfg.emulate != "none" and dynamics.emulates_availability(cfg.method):  # what it sends them once gone: uncounted
+        tr.departed = dynamics.departed(built.scenario, fl.devices, setup.meter.now, built.info["clock_s"])
     samples, ckpts = {}, {}
     for n in names:
         try:

@@ -331,7 +331,7 @@ def build(cfg: RunConfig, train=None, dev=None, server: str | None = None) -> Bu
     method = build_method(cfg.method, setup)
     by_name = {r.name: r for r in roles}
     transport.handler = lambda msg: method.handle(by_name[msg.device], msg)
-    n_eval = min(cfg.eval_samples or len(dev), len(dev))
+    n_eval = min(cfg.eval_samples or tr.eval_samples or len(dev), len(dev))  # the simulator's training.eval_samples
     info = {"partition_table": table, "partition_counts": counts, "epochs": cfg.epochs or tr.epochs,
             "n_eval": n_eval, **checks, "scores": [], "split_sources": split.sources, "assignment": split.assignment,
             "majority": None if dev.is_generation else majority_baseline(dev.labels[:n_eval], dev.num_labels)}

@@ -144,6 +144,7 @@ class DistTransport:
     """
 
     arrival_order = True  # the server may take micro-batches in true arrival order
+    departed = None  # a server's (device, t) -> gone for good at t (trainer.transport.dynamics.departed): sends uncounted
 
     def __init__(self, rank: int, names: list[str], channels: dict[int, secure.Channel], meter: Meter, limits: Limits,
                  shaping: dict[str, tuple[LinkShape, LinkShape]] | None = None, peer_timeout: float = 30.0,
@@ -350,7 +351,7 @@ class DistTransport:
                 pkt = Packet(_KIND[msg.kind], idx, msg.mb, msg.epoch, msg.aux,
                              {k: v.detach().contiguous() for k, v in msg.tensors.items()})
                 self._send(p, pkt)
-                if pkt.tensors and msg.kind != "report":  # shaped: the link is busy for the serialisation
+                if pkt.tensors and msg.kind != "report" and not (self.departed and self.departed(msg.device, start)):
                     dur = ser if ser is not None else self.meter.now() - start
                     parts = None  # a pausing device's uplink carries only online: the send in its online parts
                     if self.presence is not None and ser is not None:

@@ -198,3 +198,21 @@ def _sleep(dt: float) -> None:
 
 
 __all__ = ["Presence", "Shifted", "shifted", "check", "emulates_availability", "availability", "legs", "link_rates", "presence"]
+
+
+def departed(scenario, names: list[str], now: Callable[[], float], origin: float = 0.0):
+    """A server's test ``(device, t) -> bool``: is the device gone for good at ``t`` (this attempt's clock): a
+    pausing device never online again, a dropping one from its departure on. What a server sends it then reaches
+    no device, so its downlink counts nothing, as in the simulator (no download to it completes). None when no
+    device of ``names`` has availability."""
+    ps = {n: p for n in names if (p := presence(scenario, n, now, origin)) is not None}
+    if not ps:
+        return None
+
+    def gone(name: str, t: float) -> bool:
+        p = ps.get(name)
+        if p is None:
+            return False
+        return t >= p.leave if p.churn == "drop" else next_online(p.avail, t) == math.inf
+
+    return gone

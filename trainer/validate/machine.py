@@ -85,6 +85,8 @@ def is_stale(path: Path, max_age_s: float = MAX_AGE_S) -> str | None:
     fp = fingerprint()
     if any(machine.get(k) != v for k, v in fp.items()):
         return "the cached one was measured on another machine or library version"
+    if "save" not in data:
+        return "the cached one has no epoch-end save time (sfsim.cost.epochend)"
     return None
 
 

@@ -29,11 +29,13 @@ import copy
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,7 +43,8 @@ from torch import nn
 from sfsim.cost.wire import CODECS
 from sfsim.errors import SfsimError
 from sfsim.model.arch import BUILTIN
-from trainer.methods.common import PRECISIONS, resolve_device, task_loss, training_mode
+from trainer.methods.checkpoint import save_adapter, save_checkpoint
+from trainer.methods.common import PRECISIONS, full_state, resolve_device, task_loss, training_mode
 from trainer.model.backward import DeferredGrads
 from trainer.model.heads import ClassificationHead, default_pooling
 from trainer.model.loading import LoadedModel
@@ -64,7 +67,8 @@ class ProfileSpec:
         num_labels: classes of the classification head.
         lora_rank, lora_alpha: LoRA on the family's default targets of every block.
         warmup, repeats: untimed and timed rounds per grid entry.
-        role: ``device`` or ``server`` (recorded; both roles measure the same tables).
+        role: ``device`` or ``server`` (recorded; both roles measure the same tables, a server also ``save``: what it
+            writes at an epoch's end, :func:`save_seconds`).
         name: what was measured (the profile's ``device`` field).
         device: torch device measured on: ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``; on a GPU every timed
             call is bracketed by ``torch.cuda.synchronize`` (kernels run asynchronously).
@@ -350,6 +354,21 @@ def first_call(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, repeats: int =
             "extra_s": round(max(0.0, cold - steady), 6)}  # from the rounded figures: it re-derives exactly
 
 
+def save_seconds(parts: _Parts, repeats: int = 5) -> float:
+    """Median seconds to write what ``sfsim run``'s server writes at an epoch's end: the adapter (LoRA of every block
+    and the head) and the checkpoint (those weights with their AdamW state), into a temporary folder
+    (:func:`trainer.methods.checkpoint.save_adapter`, :func:`~trainer.methods.checkpoint.save_checkpoint`)."""
+    head = parts.tsrv.head
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            save_adapter(Path(tmp) / "adapter", parts.tsrv, head, {"sfsim": "profile"})
+            save_checkpoint(tmp, full_state(parts.tsrv, head), {"all": parts.opt_all}, {"epoch": 0})
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def _iqr(xs: list[float]) -> float:
     if len(xs) < 2:
         return 0.0
@@ -544,7 +563,8 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
                  "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
                  "dtype": spec.precision, "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
-                 "first_call": first, "grid": grid, "source": source})
+                 "first_call": first, "grid": grid, "source": source,
+                 "save": _ms(save_seconds(parts)) if spec.role == "server" else None})  # sfsim.cost.epochend
     return {k: v for k, v in prof.items() if v is not None}
 
 
