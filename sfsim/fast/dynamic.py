@@ -155,7 +155,7 @@ def _server(job, cfg, sequential, D, N, where, rows, RP, k, soft_until, totals=N
     for y, i in enumerate(mine):
         YI[y], YF[y], YS[y] = rows[i]
     Y = (DY, YI, YF, YS, YN, np.zeros(len(sel), np.int64) if totals is None else totals)
-    soft_room = int(sum(job.devices[i].sent for i in mine if rows[i][1][1] < math.inf)) + 1
+    soft_room = handover.soft_cap(sum(rows[i][1][1] < math.inf for i in mine), len(sel))  # drop deadlines
     paced = (paced_segments([job.devices[i] for i in sel], PACED[cfg.policy]) if cfg.policy in PACED
              else (np.zeros(0, np.int64),) * 4)
     out = run(Dk, Nk, job.servers[k], cfg, sequential, [job.devices[i] for i in sel], paced, 0.0,

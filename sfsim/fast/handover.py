@@ -31,6 +31,7 @@ from sfsim.fast.events import (
     _SBUF,
     _SCOUNT,
     _SLIMIT,
+    _SOFT_CAP,
     _SOFT_UNTIL,
     _STEP,
     _TOTAL,
@@ -82,11 +83,17 @@ def state(job, cfg, sequential: bool, ring: int, pool_rows: tuple, totals=None) 
          np.zeros((K, 0), np.int64), np.zeros((7, nw), np.int64), np.zeros((3, nw)),
          np.zeros((nw, wcap), np.int64), np.zeros((nw, wcap), np.int64), words, act, np.zeros(0, np.int64),
          np.zeros(m, np.int64))
-    soft_room = sum(d.sent for d in devices) + len(job.network.moving) + 1
-    events = np.empty((2, 2 * m + nw + 4 * cap * K + soft_room + 64))
+    events = np.empty((2, 2 * m + nw + 4 * cap * K + soft_cap(len(job.network.moving), m) + 64))
     RN = np.zeros((K, ring), np.int64)
     RS = np.full((K, ring), -1, np.int64)
     return events, X, Z, RN, RS, counts, np.array(where)
+
+
+def soft_cap(timers: int, devices: int) -> int:
+    """The soft timers (handover and drop deadlines) queued at once before the superseded go: twice the live
+    ones (``timers``: one a moving device) and the ``devices``, so that clearing them
+    (:func:`sfsim.fast.events.soft_room`) stays rare; memory grows with the devices, not with their waits."""
+    return 2 * timers + 2 * devices + 64
 
 
 def _scalars(job, cfg, sequential: bool, N2: np.ndarray, cap: int, PA: np.ndarray) -> tuple:
@@ -110,6 +117,7 @@ def _scalars(job, cfg, sequential: bool, N2: np.ndarray, cap: int, PA: np.ndarra
         S2[k, _FLAGS], S2[k, _TURN], S2[k, _ALARM_ID], S2[k, _CAP] = flags_for(cfg, sequential), -1, -1, cap
         F2[k, _ALARM_AT], F2[k, _STEP], F2[k, _FLIGHT] = math.inf, job.servers[k].step, 0.0  # open_arrivals: 0
         F2[k, _SOFT_UNTIL] = -math.inf
+        S2[k, _SOFT_CAP] = soft_cap(len(job.network.moving), m)
         CR[k, 0] = cfg.buffer
         if cfg.credits == "device":
             CR[k, :] = 1 if sequential else cfg.buffer
