@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from sfsim.fast.events import no_refcounts
-from sfsim.network.availability import Windows
+from sfsim.network.availability import OnOff, Windows
 from sfsim.network.linkrate import Constant, Product, Rate, Steps, _Lazy
 
 CONST, STEPS, DRAWN, WINDOWS, PRODUCT = range(5)
@@ -92,6 +92,9 @@ class Program:
 
 def _steps(rate: Rate, kind: int) -> tuple[np.ndarray, np.ndarray]:
     """The times and rates a node reads: a trace's steps, a process's drawn steps, windows' edges."""
+    if rate.__class__ is OnOff:  # packed times (a view: the caller concatenates), rates by parity
+        n = len(rate.times)
+        return np.frombuffer(rate.times, np.float64) if n else np.zeros(0), (np.arange(n) % 2 == 0).astype(np.float64)
     if kind in (STEPS, DRAWN):
         return np.array(rate.times, np.float64), np.array(rate.rates, np.float64)
     if kind == WINDOWS:
