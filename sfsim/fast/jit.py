@@ -81,13 +81,14 @@ def _light_cache_loads() -> None:
     implementation it has (lists, sets, unicode, random generators, polynomials, typed containers,
     array math...: some 60 modules, about 0.1-0.2 s of CPU in each process that replays). A cached
     kernel is machine code: rebuilding it needs numba's runtime (``rtsys``, for the arrays it
-    allocates), not those registries. A compile (a cache miss) refreshes fully, as before, and the
-    registries' first load still skips the BLAS probe (:func:`_skip_blas_probe`).
+    allocates), not those registries. A compile (a cache miss) refreshes fully, as before; a cache
+    load and the registries' first load skip the BLAS probe (:func:`_skip_blas_probe`).
     """
     from numba.core import caching, cpu
     from numba.core.runtime import rtsys
 
     def load_overload(self, sig, target_context):
+        _skip_blas_probe()  # a kernel's environment may import numba.np.arraymath as it loads
         rtsys.initialize(target_context)
         with self._guard_against_spurious_io_errors():
             return self._load_overload(sig, target_context)
