@@ -87,6 +87,7 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
     touched = {m.legs[0].server for m in moving.values() if m.avail is not None}  # ServerPool.mix_received
     kept = touched if 8 * int(N[_N].sum()) <= handover.STREAM_CAP else set()  # servers that keep their stream
     while True:
+        RP = None  # the last try's rates go before this one's are drawn
         prog.draw_all(horizon)
         RP = prog.arrays()
         outs = _servers(job, cfg, sequential, D, N, where, rows, RP, kept)

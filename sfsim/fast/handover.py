@@ -248,6 +248,7 @@ def replay_joint(job, cfg, sequential: bool, fresh) -> tuple[list[dict], np.ndar
     ring, totals, touched = 1 << min(16, max(10, total.bit_length())), None, _touched(moving)
     room = stream_room(job) if touched else 0
     while True:
+        RP = None  # the last try's rates go before this one's are drawn
         prog.draw_all(horizon)
         RP = prog.arrays()
         Y, L = _rows(job, nodes)
