@@ -23,9 +23,9 @@ whatever ``PYTHONDONTWRITEBYTECODE`` says:
 6. the ``pool`` policy's peak memory on the fast path (tracemalloc) at 8 devices x 200 and x 40,000
    micro-batches and at 800 devices x 200: it grows with devices, not with the run (``--pool``: only this);
 7. ``--memory`` only: peak traced memory (tracemalloc) and the process's peak resident memory of fast
-   replays of 10,000 devices x 1,000 micro-batches (``--quick``: 1,000 x 100) with pause churn
+   replays of 10,000 devices x 100 and x 1,000 micro-batches (``--quick``: 1,000 x 10 and x 100) with pause churn
    (:func:`dynamic_fleet`) and with handovers (``bench_handover.py``'s fleet), and a digest of every
-   figure (to compare two checkouts).
+   figure (to compare two checkouts); then each peak's ratio at x10 micro-batches.
 
 Run: ``.venv/bin/python bench/bench_scale.py [--quick] [--sweep-points N] [--dynamic] [--plans]`` (``--quick``:
 smaller sizes, for a smoke test).
@@ -228,7 +228,8 @@ def pool_memory() -> None:
 
 
 def moving_memory(devices: int, mb: int) -> None:
-    """Item 7: peak traced and resident memory of fast replays with pause churn and with handovers."""
+    """Item 7: peak traced and resident memory of fast replays with pause churn and with handovers, at ``mb``
+    micro-batches a device and at a tenth of that (memory should grow with devices, not micro-batches)."""
     import hashlib
     import tracemalloc
 
@@ -236,19 +237,23 @@ def moving_memory(devices: int, mb: int) -> None:
 
     replay(dynamic_fleet(10, 2), CFG)  # load the compiled kernels (not measured)
     run_fast(handover_fleet(10, 2, 1.0), False)
-    print(f"7. fast path with moving devices, {devices:,} devices x {mb:,} micro-batches: peak memory")
-    length = replay(fleet(devices, mb, servers=4), CFG)[1]
-    for label, make in [("pause churn", lambda: dynamic_fleet(devices, mb)),
-                        ("handovers", lambda: handover_fleet(devices, mb, length))]:
-        job = make()
-        tracemalloc.start()
-        out, wall, cpu = timed(run_fast, job, False)  # (makespan, every figure SimResult reports)
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        digest = hashlib.sha1(repr(out).encode()).hexdigest()[:12]
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-        print(f"   {label}: traced peak {peak / 2**20:,.1f} MiB, process peak resident {rss:,.0f} MiB so far; "
-              f"{wall:.1f} s wall, {cpu:.1f} s CPU; figures' digest {digest}", flush=True)
+    peaks = {}
+    for n in (mb // 10, mb):
+        print(f"7. fast path with moving devices, {devices:,} devices x {n:,} micro-batches: peak memory")
+        length = replay(fleet(devices, n, servers=4), CFG)[1]
+        for label, make, args in [("pause churn", dynamic_fleet, (devices, n)),
+                                  ("handovers", handover_fleet, (devices, n, length))]:
+            job = make(*args)
+            tracemalloc.start()
+            out, wall, cpu = timed(run_fast, job, False)  # (makespan, every figure SimResult reports)
+            peak = peaks[label, n] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            digest = hashlib.sha1(repr(out).encode()).hexdigest()[:12]
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+            print(f"   {label}: traced peak {peak / 2**20:,.1f} MiB, process peak resident {rss:,.0f} MiB so far; "
+                  f"{wall:.1f} s wall, {cpu:.1f} s CPU; figures' digest {digest}", flush=True)
+    for label in ("pause churn", "handovers"):
+        print(f"   {label}: traced peak x{peaks[label, mb] / peaks[label, mb // 10]:.2f} for x10 micro-batches")
 
 
 def run_engine(job) -> float:

@@ -144,8 +144,8 @@ def test_fading_changes_at_every_coherence_time_with_median_one():
 def test_on_off_periods_alternate_from_online_with_the_given_means():
     proc = OnOff(10.0, 2.0, random.Random(0))
     proc.segment(200_000.0)
-    on = [e - s for s, e, r in zip([0.0] + proc.times, proc.times, proc.rates, strict=False) if r == 1.0]
-    off = [e - s for s, e, r in zip([0.0] + proc.times, proc.times, proc.rates, strict=False) if r == 0.0]
+    on = [e - s for s, e, r in zip([0.0, *proc.times], proc.times, proc.rates, strict=False) if r == 1.0]
+    off = [e - s for s, e, r in zip([0.0, *proc.times], proc.times, proc.rates, strict=False) if r == 0.0]
     assert proc.rates[0] == 1.0 and proc.rates[1] == 0.0
     assert abs(sum(on) / len(on) - 10.0) < 0.5 and abs(sum(off) / len(off) - 2.0) < 0.1
 

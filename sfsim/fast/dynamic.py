@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from sfsim.engine.policies import PACED
-from sfsim.fast import handover
+from sfsim.fast import handover, mixing
 from sfsim.fast.kernel import (
     _N,
     OUT_BUSY,
@@ -85,10 +85,12 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         horizon = max(horizon, 2.0 * d.sent * (d.f + d.up_s + d.up_l) + (start if start < math.inf else 0.0))
     where = np.array([d.server for d in devices], np.int64)
     touched = {m.legs[0].server for m in moving.values() if m.avail is not None}  # ServerPool.mix_received
+    kept = touched if 8 * int(N[_N].sum()) <= handover.STREAM_CAP else set()  # servers that keep their stream
     while True:
+        RP = None  # the last try's rates go before this one's are drawn
         prog.draw_all(horizon)
         RP = prog.arrays()
-        outs = _servers(job, cfg, sequential, D, N, where, rows, RP)
+        outs = _servers(job, cfg, sequential, D, N, where, rows, RP, kept)
         if not any(o[0][OUT_STUCK] for o in outs):
             break
         horizon = max(2.0 * horizon, 2.0 * float(RP[4][:-1].max()))
@@ -102,17 +104,17 @@ def _row(d, m, node: tuple[int, int]) -> tuple:
     return node, (m.start, m.stop, d.up_bytes * 8.0, leg.up_l), m.send_s
 
 
-def _servers(job, cfg, sequential, D, N, where, rows, RP) -> list[tuple]:
-    """Every server's replay ``(out, Y, local devices, soft_until)``; servers left waiting on soft timers go on to the
-    run's end."""
-    outs = [_server(job, cfg, sequential, D, N, where, rows, RP, k, -math.inf)
+def _servers(job, cfg, sequential, D, N, where, rows, RP, kept: set) -> list[tuple]:
+    """Every server's replay ``(out, Y, local devices, soft_until, stream)``; servers left waiting on soft timers go
+    on to the run's end. Servers in ``kept`` keep the stream they receive."""
+    outs = [_server(job, cfg, sequential, D, N, where, rows, RP, k, -math.inf, kept=k in kept)
             for k in range(len(job.servers))]
     end = max(o[0][OUT_MAKESPAN] for o in outs)
     for _ in range(len(outs) if len(outs) > 1 else 0):
         if not any(o[0][OUT_STALLED] for o in outs):
             break
-        outs = [_server(job, cfg, sequential, D, N, where, rows, RP, k, end) if o[0][OUT_STALLED] else o
-                for k, o in enumerate(outs)]
+        outs = [_server(job, cfg, sequential, D, N, where, rows, RP, k, end, kept=k in kept) if o[0][OUT_STALLED]
+                else o for k, o in enumerate(outs)]
         new_end = max(o[0][OUT_MAKESPAN] for o in outs)
         if new_end == end:
             break
@@ -127,20 +129,26 @@ def _measured(job, cfg, sequential, D, N, where, rows, RP, outs, touched: set) -
     (:meth:`sfsim.engine.pool.ServerPool.mix_received`), which the first replay only guesses (its
     devices' micro-batches). Where a device left early the guess was wrong, and the server is replayed
     once more (the same run) with the totals the first replay found: memory stays O(devices), where
-    keeping the received stream to measure at the end grew with the run.
+    keeping the received stream to measure at the end grew with the run; a server that kept its stream
+    (below :data:`~sfsim.fast.handover.STREAM_CAP`) measures it with those totals instead.
     """
     out = list(outs)
-    for k, (_, Y, sel, soft_until) in enumerate(outs):
+    for k, (o, Y, sel, soft_until, stream) in enumerate(outs):
         if k in touched and not np.array_equal(Y[5], N[_N, sel]):
-            out[k] = _server(job, cfg, sequential, D, N, where, rows, RP, k, soft_until, Y[5].copy())
+            if stream.size:
+                o = o.copy()
+                o[OUT_TV_SUM], o[OUT_TV_COUNT] = mixing.stream_value(stream[:int(Y[5].sum())], Y[5])
+                out[k] = (o, Y, sel, soft_until, stream)
+            else:
+                out[k] = _server(job, cfg, sequential, D, N, where, rows, RP, k, soft_until, Y[5].copy())
     return out
 
 
-def _server(job, cfg, sequential, D, N, where, rows, RP, k, soft_until, totals=None) -> tuple:
+def _server(job, cfg, sequential, D, N, where, rows, RP, k, soft_until, totals=None, kept=False) -> tuple:
     """Replay server ``k`` with its moving devices' rows; soft timers before ``soft_until`` run regardless.
 
     ``totals``: per local device the micro-batches its stream mixing is measured against (None: its
-    devices' micro-batches, :func:`_measured`).
+    devices' micro-batches, :func:`_measured`). ``kept``: the server keeps the stream it receives.
     """
     sel = np.flatnonzero(where == k)
     Dk, Nk = np.ascontiguousarray(D[:, sel]), np.ascontiguousarray(N[:, sel])
@@ -155,12 +163,13 @@ def _server(job, cfg, sequential, D, N, where, rows, RP, k, soft_until, totals=N
     for y, i in enumerate(mine):
         YI[y], YF[y], YS[y] = rows[i]
     Y = (DY, YI, YF, YS, YN, np.zeros(len(sel), np.int64) if totals is None else totals)
-    soft_room = int(sum(job.devices[i].sent for i in mine if rows[i][1][1] < math.inf)) + 1
+    soft_room = handover.soft_cap(sum(rows[i][1][1] < math.inf for i in mine), len(sel))  # drop deadlines
     paced = (paced_segments([job.devices[i] for i in sel], PACED[cfg.policy]) if cfg.policy in PACED
              else (np.zeros(0, np.int64),) * 4)
+    stream = np.zeros(int(Nk[_N].sum()) if kept else 0, np.int64)
     out = run(Dk, Nk, job.servers[k], cfg, sequential, [job.devices[i] for i in sel], paced, 0.0,
-              Y, RP, np.zeros(0, np.int64), soft_room, soft_until)
-    return out, Y, sel, soft_until
+              Y, RP, stream, soft_room, soft_until)
+    return out, Y, sel, soft_until, stream
 
 
 def _collect(job, outs, moving, where, touched: set) -> tuple[list[dict], np.ndarray, np.ndarray]:
@@ -168,7 +177,7 @@ def _collect(job, outs, moving, where, touched: set) -> tuple[list[dict], np.nda
     devices, results = job.devices, []
     busy = np.array([d.units(d.sent) * d.f + d.first_extra(d.sent) for d in devices], np.float64)
     up = np.array([d.units(d.sent) * d.up_bytes for d in devices], np.float64)
-    for k, (out, Y, sel, _) in enumerate(outs):
+    for k, (out, Y, sel, *_) in enumerate(outs):
         if out[OUT_OVERFLOW] or out[OUT_STUCK]:
             raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
         if out[OUT_UNCLAIMED]:  # the SimPy engine fails the same way

@@ -8,7 +8,7 @@ arrival, queue for a credit and return one.
 
 from __future__ import annotations
 
-from sfsim.fast.heap import pop, push
+from sfsim.fast.heap import heapify, pop, push
 from sfsim.fast.jit import COMPILED, inline
 
 if COMPILED:
@@ -48,8 +48,10 @@ MAX_DEVICES = 1 << (_CODE_BITS - 3)
 (_EID, _WSEQ, _PSEQ, _UNCLAIMED, _IDLE_N, _ALARM_ID, _QHEAD, _QLEN, _PSIZE, _HELD, _SEG, _SEG_POS, _SEG_DONE,
  _TURN, _NTOUCHED, _SEEN, _BOUND, _TV_COUNT, _TOTAL, _BUFFER, _ACCUMULATE, _POLICY, _FLAGS, _CAP,
  _NEVENTS, _NPENDING, _NWAITERS, _NPROP, _OVERFLOW, _NSOFT, _NSTREAM,
- _SCOUNT, _SHOLD, _SLIMIT, _SBUF, _PCAP, _NSTEPS, _NEXITED) = range(38)
-S_SLOTS = 38
+ _SCOUNT, _SHOLD, _SLIMIT, _SBUF, _PCAP, _NSTEPS, _NEXITED, _SOFT_CAP) = range(39)
+S_SLOTS = 39
+# _SOFT_CAP: the soft timers the event heap has room for; when that many are queued, those superseded go
+# (:func:`soft_room`), so the heap grows with the devices, not with their waits
 # the pool policy (POOL): P rows are the senders' unsent, out and free (Senders); _SCOUNT devices free to
 # send, _SHOLD sent micro-batches holding a server credit, _SLIMIT / _SBUF their limits, _PCAP the pool's
 # capacity
@@ -159,3 +161,28 @@ def _send(events, pending, S, F, P, arrival, j, k):
         S[_SHOLD] += 1
         change(S, P, j, -1, 1)
     _push(events, pending, S, F, arrival, j, k)
+
+
+@inline
+def soft_room(events, S, DY, YN):
+    """Before a soft timer is queued: with ``S[_SOFT_CAP]`` queued, drop those superseded, then re-heap.
+
+    A device's soft timer is superseded when its row's latest (``YN[DY[j], 0]``, the timer's event id)
+    is another: firing, it would only uncount itself. Entries are distinct (time, key) pairs, so the
+    heap pops the others in the same order whatever their places. Live timers: at most one a row.
+    """
+    if S[_NSOFT] < S[_SOFT_CAP]:
+        return
+    kept = 0
+    for q in range(S[_NEVENTS]):
+        key = int(events[1, q])
+        code = key & _CODE_MASK
+        j = code >> 3
+        if code & 7 == _ALARM and j > 0 and key >> _CODE_BITS != YN[DY[j - 1], 0]:
+            S[_NSOFT] -= 1
+            continue
+        events[0, kept] = events[0, q]
+        events[1, kept] = events[1, q]
+        kept += 1
+    S[_NEVENTS] = kept
+    heapify(events, kept)

@@ -24,6 +24,7 @@ from sfsim.fast.events import (
     _END,
     _FLAGS,
     _FLIGHT,
+    _NSTREAM,
     _OVERFLOW,
     _PCAP,
     _POLICY,
@@ -31,6 +32,7 @@ from sfsim.fast.events import (
     _SBUF,
     _SCOUNT,
     _SLIMIT,
+    _SOFT_CAP,
     _SOFT_UNTIL,
     _STEP,
     _TOTAL,
@@ -47,13 +49,29 @@ from sfsim.fast.kernel import _N, _SENT
 from sfsim.fast.rates import Program, Unsupported, stuck
 from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout, pool_args
 
+STREAM_CAP = 64 * 2**20
+"""Bytes of received streams a replay keeps (8 a micro-batch a server) to measure a server's mixing against the
+totals it received in the end; above, a wrong first guess of those totals costs a second replay."""
 
-def state(job, cfg, sequential: bool, ring: int, pool_rows: tuple, totals=None) -> tuple:
+
+def stream_room(job) -> int:
+    """Per server room for the order it receives (every micro-batch of the devices that may come), or 0 (not kept)
+    when all servers' rooms pass :data:`STREAM_CAP`."""
+    bound = np.zeros(len(job.servers), np.int64)
+    for i, d in enumerate(job.devices):
+        mv = job.network.moving.get(i)
+        for k in {leg.server for leg in mv.legs} if mv is not None else {d.server}:
+            bound[k] += d.n
+    room = int(bound.max()) if bound.size else 0
+    return room if 8 * room * len(job.servers) <= STREAM_CAP else 0
+
+
+def state(job, cfg, sequential: bool, ring: int, pool_rows: tuple, totals=None, room: int = 0) -> tuple:
     """The stacked per-server state of :func:`_loop` (``X``, ``Z``) and the workers' starts, before the run.
 
     ``pool_rows``: the ``pool`` policy's (words, activation bytes, per server (capacity, limit, credits)).
     ``totals``: per server and device the micro-batches its stream mixing is measured against (None: the
-    devices it starts with; :func:`replay_job`).
+    devices it starts with; :func:`replay_job`). ``room``: per server room for the stream it receives (0: none).
     """
     devices, views = job.devices, job.network.views
     K, m = len(job.servers), len(devices)
@@ -79,14 +97,20 @@ def state(job, cfg, sequential: bool, ring: int, pool_rows: tuple, totals=None) 
     wcap = min(cfg.accumulate, total_all) + 2
     Z = (np.zeros((K, 2, m + 16)), np.zeros((K, cap), np.int64), np.zeros((K, cap), np.int64),
          np.zeros((K, 2, cap + 1), np.int64), *[np.ascontiguousarray(np.stack([x[q] for x in mixes])) for q in range(5)],
-         np.zeros((K, 0), np.int64), np.zeros((7, nw), np.int64), np.zeros((3, nw)),
+         np.zeros((K, room), np.int64), np.zeros((7, nw), np.int64), np.zeros((3, nw)),
          np.zeros((nw, wcap), np.int64), np.zeros((nw, wcap), np.int64), words, act, np.zeros(0, np.int64),
          np.zeros(m, np.int64))
-    soft_room = sum(d.sent for d in devices) + len(job.network.moving) + 1
-    events = np.empty((2, 2 * m + nw + 4 * cap * K + soft_room + 64))
+    events = np.empty((2, 2 * m + nw + 4 * cap * K + soft_cap(len(job.network.moving), m) + 64))
     RN = np.zeros((K, ring), np.int64)
     RS = np.full((K, ring), -1, np.int64)
     return events, X, Z, RN, RS, counts, np.array(where)
+
+
+def soft_cap(timers: int, devices: int) -> int:
+    """The soft timers (handover and drop deadlines) queued at once before the superseded go: twice the live
+    ones (``timers``: one a moving device) and the ``devices``, so that clearing them
+    (:func:`sfsim.fast.events.soft_room`) stays rare; memory grows with the devices, not with their waits."""
+    return 2 * timers + 2 * devices + 64
 
 
 def _scalars(job, cfg, sequential: bool, N2: np.ndarray, cap: int, PA: np.ndarray) -> tuple:
@@ -110,6 +134,7 @@ def _scalars(job, cfg, sequential: bool, N2: np.ndarray, cap: int, PA: np.ndarra
         S2[k, _FLAGS], S2[k, _TURN], S2[k, _ALARM_ID], S2[k, _CAP] = flags_for(cfg, sequential), -1, -1, cap
         F2[k, _ALARM_AT], F2[k, _STEP], F2[k, _FLIGHT] = math.inf, job.servers[k].step, 0.0  # open_arrivals: 0
         F2[k, _SOFT_UNTIL] = -math.inf
+        S2[k, _SOFT_CAP] = soft_cap(len(job.network.moving), m)
         CR[k, 0] = cfg.buffer
         if cfg.credits == "device":
             CR[k, :] = 1 if sequential else cfg.buffer
@@ -198,8 +223,9 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
     Fills each moving device's :class:`~sfsim.network.legs.Motion` (sent, radio seconds, busy, bytes,
     ``switched_at``) as the SimPy process does. A server measures its stream mixing against the
     micro-batches it received in the end, which the first replay only guesses (those it starts with):
-    where a device came or left, the same run is replayed once more with the totals found, so memory
-    stays O(devices x servers) instead of keeping every server's received stream.
+    where a device came or left, the stream each server received is measured with the totals found, or,
+    where keeping the streams would pass :data:`STREAM_CAP`, the same run is replayed once more with
+    those totals, so memory stays O(devices x servers) on long runs.
     """
     return replay_joint(job, cfg, sequential, None)[:3]
 
@@ -220,12 +246,14 @@ def replay_joint(job, cfg, sequential: bool, fresh) -> tuple[list[dict], np.ndar
     total = sum(d.n for d in devices)
     # the ring of pushes' micro-batch numbers: room for every push of the run, or 2**16, grown when a slot is busy
     ring, totals, touched = 1 << min(16, max(10, total.bit_length())), None, _touched(moving)
+    room = stream_room(job) if touched else 0
     while True:
+        RP = None  # the last try's rates go before this one's are drawn
         prog.draw_all(horizon)
         RP = prog.arrays()
         Y, L = _rows(job, nodes)
         events, X, Z, RN, RS, counts, cur = state(job, cfg, sequential, ring, _pool_rows(job, cfg, sequential),
-                                                  totals)
+                                                  totals, room if totals is None else 0)
         B = rounds.state(len(job.servers), int(counts.sum()), len(devices)) if fresh is None else fresh(int(counts.sum()))
         if fresh is not None:  # the rounds' timers: READY, ARRIVE and EV per server
             events = np.empty((2, events.shape[1] + 3 * len(job.servers) + 16))
@@ -237,22 +265,29 @@ def replay_joint(job, cfg, sequential: bool, fresh) -> tuple[list[dict], np.ndar
             ring *= 4
         elif flags.any():
             raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
-        elif totals is None and (totals := _measured(X, touched)) is not None:  # measured against a wrong guess
+        elif totals is None and (totals := _measured(X, touched)) is not None and not room:  # a wrong guess
             del events, X, Z, RN, RS, B  # before the next replay's
         else:
-            return (*_collect(job, makespan, X, Z, Y, L, touched), B)
+            streamed = touched if totals is not None and room else frozenset()  # a wrong guess, the streams kept
+            return (*_collect(job, makespan, X, Z, Y, L, touched, streamed), B)
 
 
-def _collect(job, makespan: float, X, Z, Y, L, touched: set) -> tuple[list[dict], np.ndarray, np.ndarray]:
-    """Per-server figures, and per device busy seconds and uplink bytes (the moving ones' as they went)."""
+def _collect(job, makespan: float, X, Z, Y, L, touched: set, streamed: frozenset = frozenset()) -> tuple[
+        list[dict], np.ndarray, np.ndarray]:
+    """Per-server figures, and per device busy seconds and uplink bytes (the moving ones' as they went).
+
+    ``streamed``: servers whose mixing is measured over the stream they kept, with the totals they received.
+    """
     S2, F2, TOT = X[0], X[1], X[11]
-    M2, T2 = Z[4], Z[5]
+    M2, T2, ST = Z[4], Z[5], Z[9]
     devices, results = job.devices, []
     for k in range(len(job.servers)):
         if S2[k, _UNCLAIMED]:  # the SimPy engine fails the same way
             raise RuntimeError(f"fast path: {int(S2[k, _UNCLAIMED])} micro-batches never processed")
         total = int(TOT[k].sum() if k in touched else S2[k, _TOTAL])
         value, count = float(T2[k, 0]), int(M2[k, mixing.COUNT])
+        if k in streamed:
+            value, count = mixing.stream_value(ST[k, :int(S2[k, _NSTREAM])], TOT[k])
         results.append({"makespan": float(makespan), "busy": float(F2[k, _BUSY]), "wait": float(F2[k, _WAIT_S]),
                         "end": float(F2[k, _END]), "mixing": value / count if count else None, "total": total,
                         "peak": float(F2[k, _PPEAK])})

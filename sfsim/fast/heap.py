@@ -62,6 +62,23 @@ def pop(H, S, n_slot):
 
 
 @inline
+def heapify(H, n):
+    """Make the first ``n`` entries of ``H`` a heap (sift each parent down, last first)."""
+    for start in range(n // 2 - 1, -1, -1):
+        pos = start
+        while True:
+            c = 2 * pos + 1
+            if c >= n:
+                break
+            if c + 1 < n and before(H, c + 1, c):
+                c += 1
+            if not before(H, c, pos):
+                break
+            _swap(H, pos, c)
+            pos = c
+
+
+@inline
 def remove(H, S, n_slot, pos):
     """Remove the entry at ``pos`` (any place) from the heap; the others keep their order."""
     n = S[n_slot] - 1

@@ -74,8 +74,38 @@ def _skip_blas_probe() -> None:
             del sys.modules[name]
 
 
+def _light_cache_loads() -> None:
+    """Load cached kernels without numba's implementation registries; they load when a kernel compiles.
+
+    numba refreshes its target context before each cache load, and its first refresh imports every
+    implementation it has (lists, sets, unicode, random generators, polynomials, typed containers,
+    array math...: some 60 modules, about 0.1-0.2 s of CPU in each process that replays). A cached
+    kernel is machine code: rebuilding it needs numba's runtime (``rtsys``, for the arrays it
+    allocates), not those registries. A compile (a cache miss) refreshes fully, as before; a cache
+    load and the registries' first load skip the BLAS probe (:func:`_skip_blas_probe`).
+    """
+    from numba.core import caching, cpu
+    from numba.core.runtime import rtsys
+
+    def load_overload(self, sig, target_context):
+        _skip_blas_probe()  # a kernel's environment may import numba.np.arraymath as it loads
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+        return None  # the guard swallowed an I/O error: compile instead, as numba does
+
+    full = cpu.CPUContext.load_additional_registries
+
+    def load_additional_registries(self):
+        _skip_blas_probe()
+        return full(self)
+
+    caching.Cache.load_overload = load_overload
+    cpu.CPUContext.load_additional_registries = load_additional_registries
+
+
 if COMPILED:
-    _skip_blas_probe()
+    _light_cache_loads()
 if COMPILED and not os.environ.get("NUMBA_CACHE_DIR"):
     CACHE = cache_dir()
     numba.config.CACHE_DIR = str(CACHE)  # read by numba's cache locator at each compile

@@ -71,6 +71,7 @@ from sfsim.fast.events import (
     _wake,
     change,
     no_refcounts,
+    soft_room,
 )
 from sfsim.fast.heap import pop, remove
 from sfsim.fast.jit import inline, njit
@@ -148,8 +149,10 @@ def _unclaim(events, X, G, k, j, moved, place, now):
 
 
 @inline
-def _soft(events, S, YN, y, j, k, t, give):
+def _soft(events, S, Y, y, j, k, t, give):
     """A soft timer of device ``j`` (row ``y``) at ``t`` on server ``k``: cancel its wait there, or give back."""
+    YN = Y[4]
+    soft_room(events, S, Y[0], YN)
     YN[y, _SOFT_EID] = S[_EID]
     YN[y, _SOFT_GIVE] = give
     YN[y, _SOFT_SRV] = k
@@ -193,7 +196,7 @@ def _gone(events, X, Y, L, nn, G, j, y, now):
 
 
 @njit
-def _acquire(events, X, YN, G, j, y, k, r, deadline, now):
+def _acquire(events, X, Y, G, j, y, k, r, deadline, now):
     """splitfrozen._acquire at server ``k`` from ``r`` until ``deadline``: taken now, waits, or not now."""
     S2, CR, WAI, DW, DR = X[0], X[7], X[6], X[8], X[9]
     _hold(S2, G, k)
@@ -210,19 +213,19 @@ def _acquire(events, X, YN, G, j, y, k, r, deadline, now):
         return _TAKEN
     else:
         _wait_credit(WAI[k], S2[k], DW[k], DR[k], j, now)
-    YN[y, _SOFT_EID] = -1  # a new wait: an earlier wait's timer finds nothing to cancel
+    Y[4][y, _SOFT_EID] = -1  # a new wait: an earlier wait's timer finds nothing to cancel
     if deadline < np.inf:
-        _soft(events, S2[k], YN, y, j, k, deadline, 0)
+        _soft(events, S2[k], Y, y, j, k, deadline, 0)
     return _WAITS
 
 
 @njit
 def _take(events, X, Y, L, nn, ready, cur, G, j, y, now, resume):
     """splitfrozen._take_credit: handovers due first, then a credit on the holding leg (``resume``: back in its wait)."""
-    YI, YF, YN, LA, LS = Y[1], Y[2], Y[4], L[0], L[1]
+    YI, YF, LA, LS = Y[1], Y[2], L[0], L[1]
     stop = YF[y, _STOP]
     if resume:
-        got = _acquire(events, X, YN, G, j, y, LS[YI[y, _LEG0] + YI[y, _LEG]], ready[j],
+        got = _acquire(events, X, Y, G, j, y, LS[YI[y, _LEG0] + YI[y, _LEG]], ready[j],
                        _deadline(YI, YF, LA, y), now)
         if got != _NOT_NOW:
             return got
@@ -230,7 +233,7 @@ def _take(events, X, Y, L, nn, ready, cur, G, j, y, now, resume):
     while ready[j] < stop:
         while YI[y, _LEG] + 1 < YI[y, _NLEGS] and LA[YI[y, _LEG0] + YI[y, _LEG] + 1] <= max(ready[j], now):
             _switch(events, X, Y, L, nn, cur, G, j, y, now)
-        got = _acquire(events, X, YN, G, j, y, LS[YI[y, _LEG0] + YI[y, _LEG]], ready[j],
+        got = _acquire(events, X, Y, G, j, y, LS[YI[y, _LEG0] + YI[y, _LEG]], ready[j],
                        _deadline(YI, YF, LA, y), now)
         if got != _NOT_NOW:
             return got
@@ -289,7 +292,7 @@ def _mover(events, X, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, G, j
 def _send_leg(events, X, Y, L, RP, RN, RS, nn, link_free, G, j, y, now):
     """Device ``j`` (holding a credit) sends its next micro-batch over its holding leg now; False if cut off first."""
     S2, F2, D2, N2, P2, PEN = X[0], X[1], X[2], X[3], X[4], X[5]
-    YI, YF, YS, YN = Y[1], Y[2], Y[3], Y[4]
+    YI, YF, YS = Y[1], Y[2], Y[3]
     leg = YI[y, _LEG0] + YI[y, _LEG]
     k, stop, pause = L[1][leg], YF[y, _STOP], YI[y, _PAUSE]
     _hold(S2, G, k)
@@ -299,7 +302,7 @@ def _send_leg(events, X, Y, L, RP, RN, RS, nn, link_free, G, j, y, now):
         if end == np.inf:
             _give_back(events, X[6][k], S2[k], X[7][k], X[8][k], X[9][k], j, now)
         else:
-            _soft(events, S2[k], YN, y, j, k, stop, 1)
+            _soft(events, S2[k], Y, y, j, k, stop, 1)
         return False
     YS[y] += end - now if pause < 0 else online(RP, pause, now, end)
     link_free[j] = end

@@ -78,6 +78,7 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
     _SEQUENTIAL,
     _SHOLD,
     _SLIMIT,
+    _SOFT_CAP,
     _SOFT_UNTIL,
     _SRV_B,
     _SRV_F,
@@ -474,7 +475,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
             On entry ``tot`` holds the totals the server's stream mixing is measured against (all 0: ``N``'s).
         RP: their rates' program (:mod:`sfsim.fast.rates`).
         stream: room for the order of every micro-batch this server receives (empty: not kept).
-        soft_room: most soft timers pending at once (events heap room).
+        soft_room: the soft timers the events heap has room for (superseded ones go when it is full).
         soft_until: soft timers before this time run even when only they are left.
         pool: the ``pool`` policy's random words, devices' activation bytes and (capacity, senders'
             limit, credits they may hold) (:mod:`sfsim.fast.pool`).
@@ -491,6 +492,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
     flight_max = (m * buffer if flags & _PER_DEVICE else buffer) + m  # sent and holding a credit, plus replays
     S[_CAP] = min(total, flight_max) + 2  # most micro-batches ever waiting at the server
     F[_ALARM_AT], F[_STEP], F[_FLIGHT], F[_SOFT_UNTIL] = np.inf, step_s, flight, soft_until
+    S[_SOFT_CAP] = soft_room  # superseded soft timers go when that many are queued (events.soft_room)
     credits = np.zeros(max(m, 1), np.int64)  # the shared account is slot 0, even with no device
     credits[0] = buffer
     if flags & _PER_DEVICE:

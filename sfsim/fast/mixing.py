@@ -4,15 +4,17 @@ State is two small arrays so that kernels can pass it around: ``M`` (ints, :data
 ``T`` (one float: the sum of the closed windows' distances), plus per-device ``counts`` and
 ``touched`` (the devices of the open window in the order they first appeared, which is the order
 ``StreamMixing`` sums them in). Memory: O(devices). A server whose devices join, leave or hand over
-measures its stream against the totals it received in the end: its caller replays it again with those
-totals when they differ from the first guess (:mod:`sfsim.fast.dynamic`, :mod:`sfsim.fast.handover`).
+measures its stream against the totals it received in the end: its caller measures the stream it kept
+(:func:`stream_value`) or, where that would pass :data:`sfsim.fast.handover.STREAM_CAP`, replays the
+run again with those totals when they differ from the first guess (:mod:`sfsim.fast.dynamic`,
+:mod:`sfsim.fast.handover`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sfsim.fast.jit import inline
+from sfsim.fast.jit import inline, njit
 
 _NTOUCHED, _SEEN, _BOUND, _COUNT, _TOTAL, _WINDOWS = range(6)
 M_SLOTS = 6
@@ -70,3 +72,22 @@ def fresh(total, m):
     M = np.zeros(M_SLOTS, np.int64)
     M[_TOTAL], M[_WINDOWS], M[_BOUND] = total, windows, -(-total // windows)
     return M, np.zeros(1), np.zeros(m, np.int64), np.zeros(m, np.int64)
+
+
+@njit
+def stream_value(stream, totals):
+    """A fresh stream over ``totals`` fed ``stream`` (device per micro-batch): (sum of the windows' distances, windows).
+
+    How a server whose devices join and leave measures mixing over the stream it received, in
+    :func:`add`'s order: the same floats as measuring as it went with those totals.
+    """
+    total = totals.sum()
+    windows = max(1, min(10, total))
+    M = np.zeros(M_SLOTS, np.int64)
+    M[_TOTAL], M[_WINDOWS], M[_BOUND] = total, windows, -(-total // windows)
+    share = totals / total if total else np.zeros(totals.shape[0])
+    T = np.zeros(1)
+    counts, touched = np.zeros(totals.shape[0], np.int64), np.zeros(totals.shape[0], np.int64)
+    for i in stream:
+        add(M, T, share, counts, touched, i)
+    return T[0], M[_COUNT]

@@ -46,6 +46,7 @@ from sfsim.fast.events import (
     _size,
     _wait_credit,
     _wake,
+    soft_room,
 )
 from sfsim.fast.heap import remove
 from sfsim.fast.jit import njit
@@ -58,8 +59,10 @@ _BEGIN, _ACQUIRE, _SEND = range(3)
 
 
 @njit
-def _soft(events, S, YN, y, j, t, give):
+def _soft(events, S, Y, y, j, t, give):
     """A soft timer of device ``j`` (row ``y``) at ``t``: cancel its credit wait, or give back its credit."""
+    YN = Y[4]
+    soft_room(events, S, Y[0], YN)
     YN[y, _SOFT_EID] = S[_EID]
     YN[y, _SOFT_GIVE] = give
     S[_NSOFT] += 1
@@ -140,7 +143,7 @@ def _acquire(events, waiters, S, N, Y, credits, dev_wait, dev_ready, nn, ready, 
     else:
         _wait_credit(waiters, S, dev_wait, dev_ready, j, now)
     if stop < np.inf:
-        _soft(events, S, Y[4], y, j, stop, 0)
+        _soft(events, S, Y, y, j, stop, 0)
     return False
 
 
@@ -149,7 +152,7 @@ def moving(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready
            idle, Y, RP, j, kind, now):
     """Device ``j`` of the dynamic network resumes (started, a timer, granted, cancelled or released)."""
     y = Y[0][j]
-    YI, YF, YS, YN = Y[1], Y[2], Y[3], Y[4]
+    YI, YF, YS = Y[1], Y[2], Y[3]
     stop = YF[y, _STOP]
     step = _ACQUIRE
     if kind == _START or kind == _RESUMED:
@@ -180,7 +183,7 @@ def moving(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready
             if end == np.inf:
                 _give_back(events, waiters, S, credits, dev_wait, dev_ready, j, now)
             else:
-                _soft(events, S, YN, y, j, stop, 1)
+                _soft(events, S, Y, y, j, stop, 1)
             _left(events, S, N, Y, idle, nn, j, y, now)
             return
         YS[y] += end - now if pause < 0 else online(RP, pause, now, end)

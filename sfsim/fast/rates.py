@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from sfsim.fast.events import no_refcounts
-from sfsim.network.availability import Windows
+from sfsim.network.availability import OnOff, Windows
 from sfsim.network.linkrate import Constant, Product, Rate, Steps, _Lazy
 
 CONST, STEPS, DRAWN, WINDOWS, PRODUCT = range(5)
@@ -78,20 +78,32 @@ class Program:
         """``(K, V, T, R, need)``: int rows, float rows, the steps' times and rates, and the need slots."""
         K = np.full((max(1, len(self.rows)), 5), -1, np.int64)
         V = np.zeros((max(1, len(self.rows)), 2))
-        times, rates, off = [], [], 0
+        # one array filled node by node: no per-node copies kept at once
+        total = sum(_count(rate, row[0]) for rate, row in zip(self.rates, self.rows, strict=True))
+        T, R, off = np.zeros(total + 1), np.zeros(total + 1), 0
         for k, (rate, (kind, a, b, value, period)) in enumerate(zip(self.rates, self.rows, strict=True)):
             ts, rs = _steps(rate, kind)
-            K[k] = (kind, off, len(ts), a, b)
+            n = len(ts)
+            K[k] = (kind, off, n, a, b)
             V[k] = (value, period)
-            times.append(ts)
-            rates.append(rs)
-            off += len(ts)
+            T[off:off + n], R[off:off + n] = ts, rs
+            off += n
         need = np.full(len(self.rows) + 1, -math.inf)
-        return K, V, np.concatenate(times + [np.zeros(1)]), np.concatenate(rates + [np.zeros(1)]), need
+        return K, V, T, R, need
+
+
+def _count(rate: Rate, kind: int) -> int:
+    """How many steps :func:`_steps` gives of a node."""
+    if kind in (STEPS, DRAWN):
+        return len(rate.times)
+    return len(rate.edges) if kind == WINDOWS else 0
 
 
 def _steps(rate: Rate, kind: int) -> tuple[np.ndarray, np.ndarray]:
     """The times and rates a node reads: a trace's steps, a process's drawn steps, windows' edges."""
+    if rate.__class__ is OnOff:  # packed times (a view: the caller copies it), rates by parity
+        n = len(rate.times)
+        return np.frombuffer(rate.times, np.float64) if n else np.zeros(0), (np.arange(n) % 2 == 0).astype(np.float64)
     if kind in (STEPS, DRAWN):
         return np.array(rate.times, np.float64), np.array(rate.rates, np.float64)
     if kind == WINDOWS:

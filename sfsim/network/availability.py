@@ -32,6 +32,7 @@ import bisect
 import functools
 import math
 import random
+from array import array
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -87,17 +88,42 @@ class Windows(Rate):
 
 
 class OnOff(_Lazy):
-    """A seeded on/off process: exponential online periods of mean ``mean_on``, offline of ``mean_off``."""
+    """A seeded on/off process: exponential online periods of mean ``mean_on``, offline of ``mean_off``.
+
+    Online first, then off and on by turns: its rates are implied by the step's parity, and its drawn
+    change times are packed floats (8 bytes each, where a list of floats takes 40), so a long run's
+    history of many devices stays small.
+    """
 
     def __init__(self, mean_on: float, mean_off: float, rng: random.Random):
-        super().__init__(rng)
+        self.rng = rng
+        self.times = array("d")
         self.means = (mean_on, mean_off)
 
+    @property
+    def rates(self) -> list[float]:
+        """The rate before each change time: 1 (online), 0, 1, ..."""
+        return [0.0 if k % 2 else 1.0 for k in range(len(self.times))]
+
+    def segment(self, t: float) -> tuple[float, float]:
+        """The step holding at ``t`` (drawing further steps as needed)."""
+        times = self.times
+        if not times or times[-1] <= t:
+            self._draw_past(t)
+        k = bisect.bisect_right(times, t)
+        return (0.0 if k % 2 else 1.0), times[k]
+
+    def _draw_past(self, t: float) -> None:
+        """Draw periods until the last change is later than ``t``."""
+        times, expo = self.times, self.rng.expovariate
+        last = times[-1] if times else 0.0
+        while not times or last <= t:
+            last = last + expo(1.0 / self.means[len(times) % 2])
+            times.append(last)
+
     def _draw(self) -> None:
-        on = len(self.times) % 2 == 0
-        start = self.times[-1] if self.times else 0.0
-        self.times.append(start + self.rng.expovariate(1.0 / self.means[0 if on else 1]))
-        self.rates.append(1.0 if on else 0.0)
+        times = self.times
+        times.append((times[-1] if times else 0.0) + self.rng.expovariate(1.0 / self.means[len(times) % 2]))
 
 
 def next_online(avail: Rate, t: float) -> float:
