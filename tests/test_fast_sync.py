@@ -13,7 +13,7 @@ import pytest
 
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.fast import replay
-from sfsim.network.backhaul import SyncSpec, close_epochs
+from sfsim.network.backhaul import SyncSpec
 from sfsim.schedules import Job, ReplayConfig, get
 
 
@@ -58,12 +58,10 @@ def _figures(rec, makespan: float) -> dict:
 
 
 def simpy_figures(job: Job, cfg: ReplayConfig, schedule: str) -> dict:
-    """The SimPy engine's figures, closing rounds after the run where the schedule leaves them there (job.ends)."""
+    """The SimPy engine's figures (every schedule closes each epoch with its rounds inside the run)."""
     engine = Engine()
     get(schedule).run(engine, job, cfg)
     makespan = engine.run()
-    if job.ends is not None:
-        engine.sync, makespan = close_epochs(job.sync, job.ends, makespan)
     return _figures(engine, makespan)
 
 
@@ -89,33 +87,29 @@ def _links(seed: int, job: Job) -> SyncSpec:
 
 def moving_pair(seed: int, availability: bool):
     """Two copies (the runs leave figures on the motions) of a random SplitLoRA job with handovers between 2-4
-    servers, with closing rounds after each server's end as :func:`sfsim.schedules.splitlora.schedule.build`."""
+    servers, with each epoch's closing round."""
     from tests.test_fast_lora_dynamic import moving_job
 
     (a, cfg), (b, _) = moving_job(seed, availability), moving_job(seed, availability)
     for job in (a, b):
-        job.sync, job.ends = _links(seed, job), {}
+        job.sync = _links(seed, job)
     return a, b, cfg
 
 
 @pytest.mark.parametrize("availability", [False, True])
-def test_splitlora_handover_closing_rounds_equal(availability):
+def test_splitlora_handover_closing_rounds_stay_on_simpy(availability):
+    """Handovers between servers with backhaul links: each epoch ends with its round and a released client's join
+    arrives as in the runtime (peers21), which the fast path does not replay: SimPy, with its one line."""
     from sfsim.fast.replay import uncovered
+    from sfsim.fast.splitlora import CLOSES
     from sfsim.schedules.splitlora.moves import hands_over
 
     ran = 0
     for seed in range(60):
-        a, b, cfg = moving_pair(seed, availability)
-        if not hands_over(a.network.motions):
-            continue
-        assert uncovered(None, "splitlora", cfg, b) is None
-        try:
-            ref = simpy_figures(a, cfg, "splitlora")
-        except RuntimeError:  # a loop that never finishes: tests/test_fast_lora_dynamic.py
-            continue
-        rec, makespan = replay(b, cfg, schedule="splitlora")
-        assert _figures(rec, makespan) == ref, seed
-        ran += 1
+        a, _, cfg = moving_pair(seed, availability)
+        if hands_over(a.network.motions):
+            assert uncovered(None, "splitlora", cfg, a) == CLOSES
+            ran += 1
     assert ran >= 30
 
 

@@ -77,14 +77,17 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
     seconds and uplink bytes (as :func:`sfsim.fast.handover.replay_job`), and the rounds' bytes and count."""
     K, spec = len(job.servers), job.sync
 
+    made: list[tuple] = []  # the last rounds' state made, to tell a round that waits for ever from other stops
+
     def fresh(workers: int) -> tuple:
-        return rounds.state(K, workers, len(job.devices), spec.servers, spec.every, spec.mode, spec.payload,
-                            spec.closing)
+        made[:] = [rounds.state(K, workers, len(job.devices), spec.servers, spec.every, spec.mode, spec.payload,
+                                spec.closing)]
+        return made[0]
     if getattr(getattr(job, "network", None), "views", None) is not None:  # devices of the dynamic network
         try:
             outs, busy, up, B = replay_joint(job, cfg, sequential, fresh)
-        except RuntimeError as e:  # a round nobody else joins stops a server: its devices' micro-batches stay
-            if "never processed" in str(e):
+        except RuntimeError as e:  # a round nobody else joins stops its server: micro-batches stay unprocessed
+            if "never processed" in str(e) and made and rounds.still_open(made[0]):
                 raise SfsimError(f"backhaul: a sync round waited for ever; {STUCK}") from None
             raise
         return outs, busy, up, _closed(B, job)
