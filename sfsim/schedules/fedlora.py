@@ -33,7 +33,7 @@ Several servers with ``training.sync``: each server's rounds as the runtime form
 with handovers and availability (:mod:`sfsim.schedules.fedsync`; the servers' backhaul rounds after their FedAvg
 rounds, the drain and closing round at each epoch's end). Without ``training.sync`` each epoch ends with the servers' closing round
 (:class:`EpochClose`, as the runtime's): from each server's epoch end (its epoch's last FedAvg, or its last device
-gone), a barrier over the servers, and the next epoch's rounds start when it is back.
+gone, once no later leg may bring it a visitor with rounds of the epoch), a barrier over the servers, and the next epoch's rounds start when it is back.
 
 ``handovers`` in the result count micro-batches by their round's upload (``sent_before`` /
 ``sent_after``); busy time and FLOPs count the micro-batches and steps whose compute ended.
@@ -260,7 +260,9 @@ class FedGroup:
 class EpochClose:
     """No ``training.sync``: each epoch ends with the servers' closing round, as the runtime's (``finish_sync``).
 
-    A server's epoch ends when every round of its epoch's slots has ended (at once for a server without devices);
+    A server's epoch ends when every round of its epoch's slots has ended and no visitor a later leg may still bring
+    has rounds of the epoch left (:meth:`Membership.awaited`, the runtime's ``visits.waiting``; at once for a server
+    without devices or visitors);
     it then sends ``closing`` bytes on its backhaul (``bytes x 8 / bandwidth``, then the latency) once its
     previous closing round is back, the average is ready when every server's upload has arrived, and comes back the
     same way; its devices' next rounds start after that (:meth:`FedGroup.closing`). Sets ``engine.sync`` (the
