@@ -149,3 +149,26 @@ def test_each_epoch_closes_before_the_next_starts():
     assert downloads[1] == pytest.approx(recvs[0] + busy + lat, rel=1e-12)  # epoch 2's first round waits for it
     assert downloads[3] == aggregates[3]  # the run's last download does not
     assert res.makespan_s == pytest.approx(recvs[1] + busy + lat, rel=1e-12)
+
+
+def test_a_server_with_only_a_visitor_closes_its_epoch_after_the_visitors_rounds():
+    """Without training.sync, s1 holds no device of its own and mover hands over to it at 0.5 s: s1's first closing
+    round waits for the visitor's rounds there (as the runtime's server waits for its visitors), it used to go at 0."""
+    from sfsim.fast.closing import HANDOVERS
+    from sfsim.fast.warm import _LINK, _SCENARIO
+    from sfsim.scenario.config import scenario_from_dict
+
+    device = {"count": 1, "flops": "60 GFLOPS", "memory": "4 GiB", "samples": 24, "server": "s0",
+              "uplink": dict(_LINK), "downlink": dict(_LINK)}
+    backhaul = {"bandwidth": "1 Gbps", "latency": "2 ms"}
+    data = {**_SCENARIO, "servers": [{**s, "backhaul": backhaul} for s in _SCENARIO["servers"]],
+            "training": {**_SCENARIO["training"], "epochs": 2},
+            "devices": [{"name": "home", **device}, {"name": "mover", **device, "handover": [{"at": "0.5 s", "to": "s1"}]}]}
+    scenario = scenario_from_dict(data, source="s.yaml")
+    res = sfsim.simulate(scenario, "fedlora", trace=True, engine="simpy")
+    sends = {s: [round(e.start, 4) for e in res.events if e.lane == f"backhaul:{s}" and e.op == "sync-send"]
+             for s in ("s0", "s1")}
+    aggregates = [round(e.start + e.dur, 4) for e in res.events if e.lane == "s1" and e.op == "aggregate"]
+    assert sends == {"s0": [4.6135, 9.4922], "s1": [4.6135, 9.4922]} and aggregates == [4.6135, 9.4922]
+    auto = sfsim.simulate(scenario, "fedlora", engine="auto")
+    assert (auto.engine, auto.engine_note) == ("simpy", HANDOVERS)

@@ -33,7 +33,7 @@ Several servers with ``training.sync``: each server's rounds as the runtime form
 with handovers and availability (:mod:`sfsim.schedules.fedsync`; the servers' backhaul rounds after their FedAvg
 rounds, the drain and closing round at each epoch's end). Without ``training.sync`` each epoch ends with the servers' closing round
 (:class:`EpochClose`, as the runtime's): from each server's epoch end (its epoch's last FedAvg, or its last device
-gone), a barrier over the servers, and the next epoch's rounds start when it is back.
+gone, once no later leg may bring it a visitor with rounds of the epoch), a barrier over the servers, and the next epoch's rounds start when it is back.
 
 ``handovers`` in the result count micro-batches by their round's upload (``sent_before`` /
 ``sent_after``); busy time and FLOPs count the micro-batches and steps whose compute ended.
@@ -155,9 +155,10 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         lane = FifoLane(engine, srv.lane(0))
         engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
         fed_groups.append(FedGroup(engine, lane, srv.aggregate, most))
-    if job.sync is not None:  # no training.sync: each epoch's closing round
-        EpochClose(engine, job.sync, fed_groups, width(job.devices, per))
+    close = EpochClose(engine, job.sync, fed_groups, width(job.devices, per)) if job.sync is not None else None
     members = Membership(engine, fed_groups, motions, plan)
+    if close is not None:  # no training.sync: each epoch's closing round, after the visitors a leg may still bring
+        close.members = members
     for i in [i for _, ids in groups(job.devices).items() for i in ids]:  # the results' order: by server
         d, m = job.devices[i], motions[i]
         engine.device_busy[d.name] = engine.up_bytes[d.name] = engine.down_bytes[d.name] = 0.0
@@ -259,7 +260,9 @@ class FedGroup:
 class EpochClose:
     """No ``training.sync``: each epoch ends with the servers' closing round, as the runtime's (``finish_sync``).
 
-    A server's epoch ends when every round of its epoch's slots has ended (at once for a server without devices);
+    A server's epoch ends when every round of its epoch's slots has ended and no visitor a later leg may still bring
+    has rounds of the epoch left (:meth:`Membership.awaited`, the runtime's ``visits.waiting``; at once for a server
+    without devices or visitors);
     it then sends ``closing`` bytes on its backhaul (``bytes x 8 / bandwidth``, then the latency) once its
     previous closing round is back, the average is ready when every server's upload has arrived, and comes back the
     same way; its devices' next rounds start after that (:meth:`FedGroup.closing`). Sets ``engine.sync`` (the
@@ -268,6 +271,7 @@ class EpochClose:
 
     def __init__(self, engine, spec, groups: list[FedGroup], width: int):
         self.engine, self.spec, self.width = engine, spec, max(width, 1)
+        self.members: Membership | None = None  # set by run(): the visitors a server waits for
         self.arrived: list[list[float]] = [[] for _ in range(spec.epochs)]
         self.ready = [engine.env.event() for _ in range(spec.epochs)]
         engine.sync = Closed({n: 2.0 * spec.closing * spec.epochs for n, _, _ in spec.servers}, spec.epochs)
@@ -280,7 +284,7 @@ class EpochClose:
         name, bw, lat = self.spec.servers[k]
         busy, free, env = self.spec.closing * 8.0 / bw, 0.0, self.engine.env
         for e in range(self.spec.epochs):
-            yield from group.until(e * self.width, (e + 1) * self.width)
+            yield from self._epoch_end(k, group, e)
             t = max(env.now, free)
             self.engine.record(f"backhaul:{name}", "sync-send", t, busy)
             self.arrived[e].append(t + busy + lat)
@@ -290,6 +294,16 @@ class EpochClose:
             self.engine.record(f"backhaul:{name}", "sync-recv", env.now, busy)
             free = env.now + busy + lat
             self.engine.succeed_at(group.closes[e], free)
+
+
+    def _epoch_end(self, k: int, group: FedGroup, e: int):
+        """Wait (a generator) for server ``k``'s epoch ``e`` to end: its rounds, and every visitor a later leg may
+        still bring with rounds of epoch ``e`` (the runtime's server waits for them: ``visits.waiting``)."""
+        while True:
+            yield from group.until(e * self.width, (e + 1) * self.width)
+            if self.members is None or not self.members.awaited(k, e, self.width):
+                return
+            yield self.members.change()
 
 
 class Membership:
@@ -304,11 +318,46 @@ class Membership:
         for g in groups:
             g.on_wait = self._keep_alive
         self.moved_at: dict[int, list[int]] = {i: [] for i in motions}  # uploads started before each handover
+        self.uploaded = dict.fromkeys(motions, 0)  # uploads arrived so far
+        self.changed = None  # fired when an upload arrives, a device leaves or hands over (EpochClose looks again)
         for i, m in motions.items():
             if plan[i]:
                 groups[m.legs[0].server].join(i, 0, slot_of(plan[i], len(plan[i])), self.slots[i])
             for j in range(1, len(m.legs)):
                 engine.soft_at(m.legs[j].at, lambda i=i: self.switch(i, engine.env.now))
+
+    def change(self):
+        """An event that fires at the next arrival, leave or handover (:meth:`notify`)."""
+        if self.changed is None or self.changed.triggered:
+            self.changed = self.engine.env.event()
+        return self.changed
+
+    def notify(self) -> None:
+        """Wake whoever waits on :meth:`change`."""
+        if self.changed is not None and not self.changed.triggered:
+            self.changed.succeed()
+
+    def arrived(self, i: int) -> None:
+        """Device ``i``'s next upload has arrived."""
+        self.uploaded[i] += 1
+        self.notify()
+
+    def awaited(self, k: int, e: int, width: int) -> bool:
+        """Whether server ``k`` still waits for a visitor in epoch ``e``: a device there now, not gone, with rounds of
+        epoch ``e`` still to upload and a later leg on ``k``. A leave due later keeps the run alive until then."""
+        late = False
+        for i, m in self.motions.items():
+            mine = [u for u, (r, _, _) in enumerate(self.plan[i]) if r // width == e]
+            j = self.applied[i]
+            if (not mine or m.gone < math.inf or self.uploaded[i] > mine[-1] or m.legs[j].server == k
+                    or all(leg.server != k for leg in m.legs[j + 1:])):
+                continue
+            late = True
+            t = self.leaving.get(i, math.inf)
+            if i not in self.kept and self.engine.env.now < t < math.inf:
+                self.kept.add(i)
+                self.engine.at(t)
+        return late
 
     def switch(self, i: int, t: float) -> int:
         """Apply device ``i``'s handovers up to time ``t``; returns the leg holding at ``t``."""
@@ -319,6 +368,7 @@ class Membership:
             u = bisect.bisect_left(m.uploads, m.legs[k].at)  # uploads started before the handover stay
             self.moved_at[i].append(u)
             old, new = self.groups[m.legs[k - 1].server], self.groups[m.legs[k].server]
+            self.notify()
             if old is new or m.gone < math.inf:
                 continue
             s, end = slot_of(self.plan[i], u), slot_of(self.plan[i], len(self.plan[i]))
@@ -355,6 +405,7 @@ class Membership:
         m.gone = self.engine.env.now
         for g in self.groups:
             g.cut(i, slot_of(self.plan[i], uploaded))
+        self.notify()
 
 
 def device_process(engine, members: Membership, i: int, d, m: Motion, plan: list, accumulate: int,
@@ -390,8 +441,10 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, plan: list
         leg = yield from _transfer(engine, members, i, d, m, True, constant, stop, last)
         if leg is None:
             return
-        yield members.groups[leg.server].arrive(r)
         group = members.groups[leg.server]
+        done = group.arrive(r)
+        members.arrived(i)
+        yield done
         yield from group.until(r + 1, slot_of(plan, u + 1))  # its epoch's end
         if u + 1 < len(plan):
             yield from group.closing(r, plan[u + 1][0])  # a new epoch: after the epoch's closing round
