@@ -1,7 +1,7 @@
 """The baselines' closing backhaul rounds (no ``training.sync``, servers with backhaul links) on the fast path:
-SplitLoRA's servers wait for each epoch's closing round before the next epoch (:func:`sfsim.fast.closing.replay_closing`),
-with handovers the rounds follow each server's end (:func:`sfsim.network.backhaul.close_epochs`). Every figure
-equals the SimPy engine's on seeded random fleets of 2-4 servers."""
+SplitLoRA's servers wait for each epoch's closing round before the next epoch (:func:`sfsim.fast.closing.replay_closing`);
+handovers between servers stay on the SimPy engine (each epoch closed as the runtime does). Every figure equals the
+SimPy engine's on seeded random fleets of 2-4 servers."""
 
 from __future__ import annotations
 

@@ -213,8 +213,6 @@ def _splitlora(job, cfg) -> tuple[Replayed, float]:
         rec.sync = Closed(closed["bytes"], closed["rounds"])
     else:
         devices, servers, makespan = (splitmoves if moves else splitlora).replay(job, cfg)
-    if job.sync is not None and moves:  # the closing rounds after the replay, from each server's end
-        rec.sync, makespan = close_epochs(job.sync, {n: o["free"] for n, o in servers.items()}, makespan)
     for i, d in enumerate(job.devices) if net is not None and not moves else ():  # handovers on its server
         if not d.n and len(net.motions[i].legs) > 1:  # no client: no upload before any (schedule.switched)
             net.motions[i].switched_at = [0] * (len(net.motions[i].legs) - 1)

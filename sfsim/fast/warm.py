@@ -73,10 +73,9 @@ def _synced(data: dict) -> dict:
 
 _SCENARIOS = {"constant links": _static, "availability": lambda: _SCENARIO, "handover": _handover,
               "backhaul": lambda: _closing(_static()), "backhaul, availability": lambda: _closing(_SCENARIO),
-              "backhaul, handover": lambda: _closing(_handover()),
               "backhaul sync": lambda: _synced(_closing(_static())),
               "backhaul sync, availability": lambda: _synced(_closing(_SCENARIO))}
-_BACKHAUL = ("backhaul", "backhaul, availability", "backhaul, handover")
+_BACKHAUL = ("backhaul", "backhaul, availability")  # with handovers between servers: SimPy (peers21, fedclose21)
 STEPS = (
     [(label, "splitfrozen") for label in ("constant links", "availability")]
     + [("constant links", "pool"), ("constant links", "plan")]
