@@ -149,9 +149,9 @@ def test_fedlora_goes_back_and_forth_as_the_simulator_says(tiny_gpt2, tmp_path):
 
 
 @pytest.mark.parametrize(("method", "legs", "before", "untrained"), [
-    # sends at ~0.3, 0.7, 1.1, 1.5 s; epoch 1 on mec-b, which holds it (not a handover in epoch 1: the simulator
-    # streams a SplitFrozen device's epochs back to back, the runtime's epochs end with a barrier, so their epoch-1
-    # clocks differ by ~0.5 s)
+    # sends at ~0.3, 0.7, 1.1, 1.5 s; epoch 1 on mec-b, which holds it (not a handover in epoch 1: both halves end
+    # epoch 0 with a barrier, but the runtime's epoch-end wait (evaluation, adapter) is not simulated without
+    # training.eval_samples, so their epoch-1 clocks differ)
     ("splitfrozen", [("mec-b", 0.8)], [2], {}),
     # sends at ~0.35, 1.5, 2.7, 3.85 s, then (epoch 1) ~5.1, 6.3, 7.5 and 8.6 s
     ("splitlora", [("mec-b", 0.7), ("mec-a", 5.6)], [1, 5], {"stay-b": 16}),

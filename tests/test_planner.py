@@ -500,3 +500,16 @@ def test_long_runs_estimate_the_comparisons_instead_of_replaying_them(monkeypatc
                    planner.fixed_cut(build_table(CostModel(sc), sc, quick.lora_start, 1, "splitfrozen"), 3))
     assert quick.comparisons[1].makespan_s == est.makespan_s
     assert quick.makespan_s == pytest.approx(sfsim.simulate(sc, plan=quick).makespan_s, rel=1e-12)
+
+
+def test_highs_banner_is_not_printed():
+    """HiGHS prints a copyright banner on the first instance a process makes (from C++, on file descriptor 1):
+    ``sfsim plan``'s output starts with the plan, not with it, and the solution is unchanged."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from sfsim.planner.program import solve; "
+            "print(solve(np.array([1.0, 1.0]), np.array([[1.0, 2.0]]), np.array([2.0]), np.array([np.inf]), "
+            "np.array([np.inf, np.inf])))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "[0. 1.]\n"

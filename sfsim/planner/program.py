@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+
 import highspy
 import numpy as np
 
@@ -50,6 +54,7 @@ def solve(cost: np.ndarray, rows: np.ndarray, lower: np.ndarray, upper: np.ndarr
     if integral is not None and np.any(integral):
         lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
                            for i in integral]
+    _swallow_banner()
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("mip_rel_gap", float(gap))
@@ -61,3 +66,18 @@ def solve(cost: np.ndarray, rows: np.ndarray, lower: np.ndarray, upper: np.ndarr
     if status not in _OPTIMAL and not (status in _STOPPED and h.getInfo().primal_solution_status == 2):
         return None
     return np.array(h.getSolution().col_value)
+
+
+@functools.cache
+def _swallow_banner() -> None:
+    """Make a process's first HiGHS instance with file descriptor 1 pointed at the null device: that one prints
+    HiGHS's banner (from C++, before any option can silence it), which is no part of ``sfsim plan``'s output."""
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
