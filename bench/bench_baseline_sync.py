@@ -15,17 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from bench_closing import closing_fleet, figures  # noqa: E402
-
-from sfsim.engine.pool import Engine  # noqa: E402
-from sfsim.fast import replay  # noqa: E402
-from sfsim.schedules import get  # noqa: E402
+from bench_closing import closing_fleet, race  # noqa: E402
 
 
 def synced_fleet(devices: int, mb: int, epochs: int, every: int, mode: str):
@@ -45,18 +40,8 @@ def main() -> None:
     a = ap.parse_args()
     for schedule in a.schedules.split(","):
         for every in (1, 10):
-            small, cfg = synced_fleet(8, 4, a.epochs, every, a.mode)
-            replay(small, cfg, schedule=schedule)  # load the compiled kernels (not timed)
-            job, cfg = synced_fleet(a.devices, a.mb, a.epochs, every, a.mode)
-            t0 = time.process_time()
-            fast = figures(*replay(job, cfg, schedule=schedule))
-            t_fast = time.process_time() - t0
-            job, cfg = synced_fleet(a.devices, a.mb, a.epochs, every, a.mode)
-            t0 = time.process_time()
-            engine = Engine()
-            get(schedule).run(engine, job, cfg)
-            ref = figures(engine, engine.run())
-            t_simpy = time.process_time() - t0
+            fast, ref, t_fast, t_simpy = race(lambda d, m, e=every: synced_fleet(d, m, a.epochs, e, a.mode),
+                                              schedule, a.devices, a.mb)
             n = a.devices * a.mb
             print(f"{schedule}, {a.devices:,} devices x {a.mb} micro-batches, {a.epochs} epoch(s), 4 servers, sync every "
                   f"{every} ({a.mode}, {ref['rounds']:,} rounds): fast path {n / t_fast:,.0f} mb/s, SimPy engine "

@@ -12,12 +12,11 @@ import random
 
 import pytest
 
-from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
+from sfsim.engine.pool import DeviceTimes, ServerTimes
 from sfsim.fast.replay import uncovered
-from sfsim.network.backhaul import PoolRounds, SyncSpec
+from sfsim.network.backhaul import SyncSpec
 from sfsim.schedules import Job, ReplayConfig
-from sfsim.schedules import splitfrozen as sf
-from tests.test_fast_sync_frozen import POLICIES, _Scenario, _t, fast_figures
+from tests.test_fast_sync_frozen import POLICIES, _Scenario, _t, compare
 
 SYNCS = [(1, "sync"), (1, "async"), (2, "sync"), (2, "async"), (3, "sync"), (3, "async"), (5, "sync"), (5, "async"),
          (None, "sync"), (None, "sync")]
@@ -50,35 +49,9 @@ def random_job(seed: int, ties: bool = False, every=False, big: bool = False) ->
     return job, cfg, rng.random() < 0.3
 
 
-def simpy_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
-    """The SimPy engine's figures, as simulate() runs it (training.sync: its rounds; else each epoch's closing)."""
-    engine = Engine()
-    if job.sync.every is not None:
-        PoolRounds(engine, job.sync, job.servers)
-    sf.run(engine, job, cfg, sequential=sequential)
-    makespan = engine.run()
-    return {"makespan": makespan, "busy": engine.server_busy, "wait": engine.server_wait, "end": engine.server_end,
-            "mixing": {k: (m.value, m.total) for k, m in engine.mixing.items()}, "device_busy": engine.device_busy,
-            "up": engine.up_bytes, "peak": engine.pool_peak_bytes, "rounds": engine.sync.rounds,
-            "backhaul": dict(engine.sync.bytes)}
-
-
 def check(seed: int, ties: bool, every=False, big: bool = False) -> str:
-    """Compare one random job: 'equal', 'both fail', 'refused' (the engine refuses the setting) or 'uncovered'."""
-    job, cfg, sequential = random_job(seed, ties, every, big)
-    if uncovered(_Scenario(), "splitfrozen", cfg, job) is not None:
-        return "uncovered"
-    try:
-        want = simpy_figures(job, cfg, sequential)
-    except ValueError:  # a pool memory bound on a server with no device
-        return "refused"
-    except RuntimeError:
-        with pytest.raises(RuntimeError):
-            fast_figures(random_job(seed, ties, every, big)[0], cfg, sequential)
-        return "both fail"
-    got = fast_figures(random_job(seed, ties, every, big)[0], cfg, sequential)
-    assert got == want, f"seed {seed} ties={ties} cfg={cfg} sequential={sequential} sync={job.sync}"
-    return "equal"
+    """Compare one random job (:func:`tests.test_fast_sync_frozen.compare`)."""
+    return compare(lambda: random_job(seed, ties, every, big), f"seed {seed} ties={ties}")
 
 
 @pytest.mark.parametrize("ties", [False, True])

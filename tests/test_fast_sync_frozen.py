@@ -57,9 +57,10 @@ def random_job(seed: int, ties: bool = False) -> tuple[Job, ReplayConfig, bool]:
 
 
 def simpy_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
-    """The SimPy engine's figures, as simulate() runs it with training.sync."""
+    """The SimPy engine's figures, as simulate() runs it (training.sync: its rounds; else each epoch's closing)."""
     engine = Engine()
-    PoolRounds(engine, job.sync, job.servers)
+    if job.sync.every is not None:
+        PoolRounds(engine, job.sync, job.servers)
     sf.run(engine, job, cfg, sequential=sequential)
     makespan = engine.run()
     return {"makespan": makespan, "busy": engine.server_busy, "wait": engine.server_wait, "end": engine.server_end,
@@ -85,9 +86,10 @@ class _Scenario:
     servers = (1, 2)
 
 
-def check(seed: int, ties: bool) -> str:
-    """Compare one random job: 'equal', 'both fail', 'refused' (the engine refuses the setting) or 'uncovered'."""
-    job, cfg, sequential = random_job(seed, ties)
+def compare(make, label: str) -> str:
+    """Compare the job ``make()`` builds (called afresh for each engine): 'equal', 'both fail', 'refused' (the engine
+    refuses the setting) or 'uncovered'."""
+    job, cfg, sequential = make()
     if uncovered(_Scenario(), "splitfrozen", cfg, job) is not None:
         return "uncovered"
     try:
@@ -96,11 +98,16 @@ def check(seed: int, ties: bool) -> str:
         return "refused"
     except RuntimeError:
         with pytest.raises(RuntimeError):
-            fast_figures(random_job(seed, ties)[0], cfg, sequential)
+            fast_figures(make()[0], cfg, sequential)
         return "both fail"
-    got = fast_figures(random_job(seed, ties)[0], cfg, sequential)
-    assert got == want, f"seed {seed} ties={ties} cfg={cfg} sequential={sequential} sync={job.sync}"
+    got = fast_figures(make()[0], cfg, sequential)
+    assert got == want, f"{label} cfg={cfg} sequential={sequential} sync={job.sync}"
     return "equal"
+
+
+def check(seed: int, ties: bool) -> str:
+    """Compare one random job (:func:`compare`)."""
+    return compare(lambda: random_job(seed, ties), f"seed {seed} ties={ties}")
 
 
 @pytest.mark.parametrize("ties", [False, True])

@@ -15,7 +15,7 @@ from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes
 from sfsim.network.backhaul import SyncSpec
 from sfsim.outputs.trace import read_chrome_trace
 from sfsim.schedules import Job, ReplayConfig, get
-from tests.test_splitfrozen_epochs import random_run, two_epoch_runs
+from tests.test_splitfrozen_epochs import epoch_spans, random_run, two_epoch_runs
 from tests.test_sync_order import server_ops
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -107,15 +107,7 @@ def test_random_fleets_close_each_epoch_once_before_the_next(seed):
     engine, job = random_run(seed, closing=True)
     epochs, names = job.sync.epochs, [s.name for s in job.servers]
     assert engine.sync.rounds == epochs and engine.sync.bytes == dict.fromkeys(names, 2 * 12.0 * epochs)
-    per = {d.name: d.per_epoch for d in job.devices}
-    starts, ends = {}, {}  # epoch -> the first device forward of it; the last server op on it
-    for e in engine.events:
-        if e.op in ("F", "B", "W", "BW") and e.device in per and e.mb >= 0:
-            ep = e.mb // per[e.device]
-            if e.lane == e.device:
-                starts[ep] = min(starts.get(ep, e.start), e.start)
-            elif not e.lane.startswith("link:"):
-                ends[ep] = max(ends.get(ep, e.start + e.dur), e.start + e.dur)
+    starts, ends = epoch_spans(engine, job)
     sends = {n: _at(engine, f"backhaul:{n}", "sync-send") for n in names}
     back = {n: [e.start + e.dur for e in engine.events if e.lane == f"backhaul:{n}" and e.op == "sync-recv"]
             for n in names}

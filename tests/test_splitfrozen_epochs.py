@@ -179,14 +179,10 @@ def random_run(seed: int, closing: bool = False) -> tuple[Engine, Job]:
     return engine, job
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_no_device_starts_an_epoch_before_every_server_ended_the_last(seed):
-    """Random fleets: every run ends (a pool left waiting raises), and each epoch is a barrier: no device forwards a
-    micro-batch of epoch e + 1 before every server has ended its work on epoch e's (its last F, B, W), and between
-    the two each server's epoch-end rounds run (at least one send per epoch on every backhaul)."""
-    engine, job = random_run(seed)
+def epoch_spans(engine, job) -> tuple[dict, dict]:
+    """Per epoch: the first device forward of it, and the end of the last server op on it."""
     per = {d.name: d.per_epoch for d in job.devices}
-    starts, ends = {}, {}  # epoch -> the first device forward of it; the last server op on it
+    starts, ends = {}, {}
     for e in engine.events:
         if e.op in ("F", "B", "W", "BW") and e.device in per and e.mb >= 0:
             ep = e.mb // per[e.device]
@@ -194,6 +190,16 @@ def test_no_device_starts_an_epoch_before_every_server_ended_the_last(seed):
                 starts[ep] = min(starts.get(ep, e.start), e.start)
             elif not e.lane.startswith("link:"):
                 ends[ep] = max(ends.get(ep, e.start + e.dur), e.start + e.dur)
+    return starts, ends
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_no_device_starts_an_epoch_before_every_server_ended_the_last(seed):
+    """Random fleets: every run ends (a pool left waiting raises), and each epoch is a barrier: no device forwards a
+    micro-batch of epoch e + 1 before every server has ended its work on epoch e's (its last F, B, W), and between
+    the two each server's epoch-end rounds run (at least one send per epoch on every backhaul)."""
+    engine, job = random_run(seed)
+    starts, ends = epoch_spans(engine, job)
     for ep in range(1, job.sync.epochs):
         if ep in starts:
             assert ends[ep - 1] <= starts[ep]

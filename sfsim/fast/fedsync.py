@@ -59,6 +59,15 @@ def _round(D, N, DI, DF, per, accumulate, slot, slots, now):
 
 
 @njit
+def _aggregate(S, now, dur):
+    """The server averages its round's uploads (``dur`` seconds on its lane, from ``now``); when it is done."""
+    t = max(now, S[_FREE]) + dur
+    S[_BUSY] += dur
+    S[_FREE] = t
+    return t
+
+
+@njit
 def server_run(D, N, DI, DF, per, accumulate, aggregate, epochs, slots, S, X, Y):
     """One server's rounds over the run's ``epochs``, stopping where it joins a backhaul round (:data:`AFTER`,
     ``X[2]``: whether it still trains) and at each epoch's end (:data:`FINISH`): its time in ``X[0]``, and it goes on
@@ -71,10 +80,7 @@ def server_run(D, N, DI, DF, per, accumulate, aggregate, epochs, slots, S, X, Y)
             if need == 0:
                 break
             now = close
-            dur = aggregate * need
-            t = max(now, S[_FREE]) + dur
-            S[_BUSY] += dur
-            S[_FREE] = t
+            t = _aggregate(S, now, aggregate * need)
             steps += 1
             if Y[_JOINT] or steps % Y[_EVERY] == 0:
                 X[0], X[2] = t, 1.0 if more else 0.0
@@ -130,10 +136,7 @@ def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs:
             if need == 0:
                 break
             now = close
-            dur = aggregate * need
-            t = max(now, S[_FREE]) + dur
-            S[_BUSY] += dur
-            S[_FREE] = t
+            t = _aggregate(S, now, aggregate * need)
             steps += 1
             if Y[_JOINT] or steps % Y[_EVERY] == 0:
                 X[0], X[2] = t, 1.0 if more else 0.0

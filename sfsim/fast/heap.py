@@ -65,17 +65,7 @@ def pop(H, S, n_slot):
 def heapify(H, n):
     """Make the first ``n`` entries of ``H`` a heap (sift each parent down, last first)."""
     for start in range(n // 2 - 1, -1, -1):
-        pos = start
-        while True:
-            c = 2 * pos + 1
-            if c >= n:
-                break
-            if c + 1 < n and before(H, c + 1, c):
-                c += 1
-            if not before(H, c, pos):
-                break
-            _swap(H, pos, c)
-            pos = c
+        _sift_down(H, start, n)
 
 
 @inline
@@ -93,7 +83,13 @@ def remove(H, S, n_slot, pos):
             break
         _swap(H, pos, up)
         pos = up
-    while True:  # down while a child comes before it
+    _sift_down(H, pos, n)
+
+
+@inline
+def _sift_down(H, pos, n):
+    """Move the entry at ``pos`` down the first ``n`` entries while a child comes before it."""
+    while True:
         c = 2 * pos + 1
         if c >= n:
             break
