@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,24 @@ def test_warm_up_parts_cover_every_step_once():
     assert len(steps) == len(set(steps)) and len(warm.STEPS) == 2
     assert {schedule for _, schedule in steps} >= {"splitfrozen", "splitlora", "fedlora", "cenlora", "pool", "plan"}
     assert {label for label, _ in steps} == set(warm._SCENARIOS)
+
+
+def test_default_warm_up_is_what_the_readme_fleets_reach():
+    """``make setup`` compiles FIRST alone: every schedule and the planner on constant links, which is all the
+    README's bundled fleets reach (no varying link, availability, handover, backhaul, sync or second epoch); the
+    rest of STEPS compiles on first use."""
+    from sfsim.fast import warm
+    from sfsim.scenario.config import load_scenario
+
+    first = [step for part in warm.FIRST for step in part]
+    full = {step for part in warm.STEPS for step in part}
+    assert len(first) == len(set(first)) and set(first) <= full and len(warm.FIRST) == 2
+    assert {schedule for _, schedule in first} == {"splitfrozen", "splitlora", "fedlora", "cenlora", "plan"}
+    assert {label for label, _ in first} == {"constant links"}
+    root = Path(__file__).resolve().parents[1]
+    for name in ("edge.yaml", "sixg.yaml"):
+        sc = load_scenario(root / "profiles" / name)
+        assert sc.training.sync is None and sc.training.epochs == 1, name
+        assert not any(s.backhaul for s in sc.servers), name
+        for d in sc.device_types:
+            assert not (d.handover or d.availability or d.uplink.varies or d.downlink.varies), (name, d.name)

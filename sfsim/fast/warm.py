@@ -9,7 +9,12 @@ with backhaul links for the baselines' closing rounds) through every schedule's 
 and SplitLoRA's joint handover loops included) and every SplitFrozen policy, and plans it; the figures
 are thrown away.
 
-The steps are split into two parts of about equal compile time (:data:`STEPS`), compiled by two
+By default it compiles only what the README's commands reach (:data:`FIRST`: planning and simulating the
+bundled fleets on constant links, every schedule): a new user waits for those alone. The kernels of the dynamic
+network, handovers, backhaul rounds and ``training.sync`` compile on their first use instead (cached as well);
+``--all`` compiles every kernel now (:data:`STEPS`).
+
+The steps are split into two parts of about equal compile time, compiled by two
 processes at once (``--jobs 1``: one after the other). Two processes may save kernels to the same
 cache index; numba's save is a read-modify-write of that index, so each process holds a lock on the
 index while it saves (:func:`_locked_saves`) and no entry can point at another kernel's machine code.
@@ -91,6 +96,15 @@ kernel 69 s, SplitLoRA's and CenLoRA's loops 62 s; the one loop of all SplitFroz
 18 s). The planner replays on the per-server kernel, compiled first in the same part; only small helpers that
 both parts call are compiled twice. ``splitfrozen-sequential`` runs the same kernels as ``splitfrozen``."""
 
+FIRST = (
+    [("constant links", "splitfrozen"), ("constant links", "plan")],
+    [("constant links", schedule) for schedule in ("splitlora", "cenlora", "fedlora")],
+)
+"""The default warm-up: what ``sfsim plan`` and ``sfsim simulate --schedule all`` reach on the bundled fleets
+(``profiles/edge.yaml``, ``profiles/sixg.yaml``: constant links, one epoch, no backhaul), in two parts of about
+equal cold compile time (SplitFrozen's per-server kernel, which the planner replays on, against the baselines'
+loops)."""
+
 
 def _locked_saves() -> None:
     """Make numba's cache saves hold an exclusive lock on the index they update (best effort: without
@@ -112,17 +126,17 @@ def _locked_saves() -> None:
     IndexDataCacheFile.save = locked
 
 
-def warm(part: int | None = None) -> list[str]:
-    """Replay and plan the small scenarios on the fast path (one part of :data:`STEPS`, or all); one line per step
-    with its seconds."""
+def warm(part: int | None = None, steps: tuple = STEPS) -> list[str]:
+    """Replay and plan the small scenarios on the fast path (one part of ``steps``, or all); one line per step
+    with its wall and CPU seconds."""
     import sfsim
     from sfsim.planner import plan
     from sfsim.scenario.config import scenario_from_dict
 
     lines = []
-    for label, schedule in [step for k, steps in enumerate(STEPS) if part in (None, k) for step in steps]:
+    for label, schedule in [step for k, share in enumerate(steps) if part in (None, k) for step in share]:
         scenario = scenario_from_dict(_SCENARIOS[label](), source="sfsim.fast.warm")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if schedule == "plan":
             plan(scenario)
             _static_kernel()
@@ -130,7 +144,7 @@ def warm(part: int | None = None) -> list[str]:
             sfsim.simulate(scenario, "splitfrozen", splits=2, policy="pool", engine="auto")
         else:
             sfsim.simulate(scenario, schedule, splits=2, engine="auto")
-        lines.append(f"{schedule} ({label}): {time.perf_counter() - t0:.1f} s")
+        lines.append(f"{schedule} ({label}): {time.perf_counter() - t0:.1f} s, {time.process_time() - c0:.1f} s CPU")
     return lines
 
 
@@ -149,24 +163,30 @@ def main() -> None:
     """Print what was compiled and how long it took."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="processes compiling at once")
+    ap.add_argument("--all", action="store_true",
+                    help="every kernel (dynamic network, handovers, backhaul rounds, training.sync) now, not on first use")
     ap.add_argument("--part", type=int, choices=range(len(STEPS)), help=argparse.SUPPRESS)  # one process's share
     args = ap.parse_args()
+    steps = STEPS if args.all else FIRST
     t0 = time.perf_counter()
     if args.part is not None:
         _locked_saves()
-        for line in warm(args.part):
+        for line in warm(args.part, steps):
             print(f"  {line}", flush=True)
         return
     print("sfsim: compiling the fast path's kernels once (numba caches them)...", flush=True)
     if args.jobs == 1 or os.name != "posix":
-        for line in warm():
+        for line in warm(steps=steps):
             print(f"  {line}", flush=True)
     else:
-        jobs = [subprocess.Popen([sys.executable, "-m", "sfsim.fast.warm", "--part", str(k)])
-                for k in range(len(STEPS))]
+        extra = ["--all"] if args.all else []
+        jobs = [subprocess.Popen([sys.executable, "-m", "sfsim.fast.warm", "--part", str(k), *extra])
+                for k in range(len(steps))]
         if any(job.wait() for job in jobs):
             raise SystemExit("sfsim: compiling the fast path's kernels failed (see above)")
-    print(f"sfsim: compiled in {time.perf_counter() - t0:.0f} s", flush=True)
+    used = os.times()
+    cpu = used.user + used.system + used.children_user + used.children_system
+    print(f"sfsim: compiled in {time.perf_counter() - t0:.0f} s ({cpu:.0f} s CPU)", flush=True)
 
 
 if __name__ == "__main__":
