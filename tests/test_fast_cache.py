@@ -87,3 +87,45 @@ def test_default_warm_up_is_what_the_readme_fleets_reach():
         assert not any(s.backhaul for s in sc.servers), name
         for d in sc.device_types:
             assert not (d.handover or d.availability or d.uplink.varies or d.downlink.varies), (name, d.name)
+
+
+_GENERATORS = '''
+import sys
+
+import numpy as np
+from sfsim.fast.jit import njit
+
+@njit
+def inner(X):
+    for i in range(3):
+        X[0] += i
+        yield i
+
+@njit
+def outer(X, R):
+    for code in inner(X):
+        if R is not None:
+            X[1] += R[0]
+        yield code
+
+X = np.zeros(2)
+print([int(c) for c in outer(X, None if sys.argv[1] == 'none' else np.ones(1))], X.tolist())
+'''
+
+
+@pytest.mark.skipif(not jit.COMPILED, reason="numba is not installed")
+def test_a_generator_loop_compiles_above_cached_inner_generators(tmp_path):
+    """The first run caches ``outer(X, None)`` and ``inner``; a later process compiles ``outer`` for an array (a cache
+    miss) above ``inner`` loaded from the cache: numba alone fails there with a KeyError (jit._generator_known)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(jit.HERE.parents[1])}
+    (tmp_path / "gens.py").write_text(_GENERATORS)  # written once: numba's cache checks its stamp
+    outs = []
+    for arg in ("none", "array", "array"):
+        run = subprocess.run([sys.executable, str(tmp_path / "gens.py"), arg], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-400:]
+        outs.append(run.stdout.strip())
+    assert outs == ["[0, 1, 2] [3.0, 0.0]", "[0, 1, 2] [3.0, 3.0]", "[0, 1, 2] [3.0, 3.0]"]

@@ -91,7 +91,7 @@ def _light_cache_loads() -> None:
         _skip_blas_probe()  # a kernel's environment may import numba.np.arraymath as it loads
         rtsys.initialize(target_context)
         with self._guard_against_spurious_io_errors():
-            return self._load_overload(sig, target_context)
+            return _generator_known(self._load_overload(sig, target_context), target_context)
         return None  # the guard swallowed an I/O error: compile instead, as numba does
 
     full = cpu.CPUContext.load_additional_registries
@@ -102,6 +102,26 @@ def _light_cache_loads() -> None:
 
     caching.Cache.load_overload = load_overload
     cpu.CPUContext.load_additional_registries = load_additional_registries
+
+
+def _generator_known(cres, target_context):
+    """Tell the target context about a generator loaded from the cache, as its compile does; returns ``cres``.
+
+    numba registers a compiled generator's ``next`` function with the context while it lowers it
+    (``GeneratorLower.lower_init_func``), not when it loads one from the cache. A kernel that then compiles
+    in the same process and iterates that generator (a cache miss above a hit: a generator loop on a network
+    that was not compiled yet, whose inner generators were) failed with a ``KeyError`` in
+    ``get_generator_impl``. The descriptor is rebuilt from the cached function's own (numba builds it from
+    ``fndesc``, the generator type and the mangler alone), so its symbols are the cached library's.
+    """
+    from numba.core import types
+    from numba.core.generators import GeneratorDescriptor
+
+    if cres is not None and isinstance(cres.signature.return_type, types.Generator):
+        gentype = cres.signature.return_type
+        gendesc = GeneratorDescriptor.from_generator_fndesc(None, cres.fndesc, gentype, target_context.mangler)
+        target_context.insert_generator(gentype, gendesc, [cres.library])
+    return cres
 
 
 if COMPILED:
