@@ -13,6 +13,7 @@ a time another process sets but through these sums.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sfsim.errors import SfsimError
@@ -24,7 +25,7 @@ round after a step or FedAvg round; its epoch is trained (it drains and closes w
 _MID, _DRAIN, _CLOSE, _OVER = range(4)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Side:
     """One server in the rounds: where its loop stopped and what :class:`~sfsim.network.backhaul.ServerRounds` holds."""
 
@@ -46,17 +47,27 @@ def lockstep(spec, loops: list, always_close: bool) -> tuple[Closed, list[float]
     stops with a code of :data:`BEFORE`, :data:`AFTER`, :data:`FINISH` or :data:`DONE`, its time then and whether
     it still trains; and ``drained(t) -> t``: the step a drained server takes with the others in joint mode (its
     end), or None when the method has none. ``always_close``: every epoch ends with the closing round (SplitLoRA).
+    A round that every server joins mid-epoch (most of them) takes :func:`_mid_round`'s short way.
     """
     joint = spec.mode == "sync" and spec.every == 1
+    sync = spec.mode == "sync"
     bw = [b for _, b, _ in spec.servers]
     lat = [la for _, _, la in spec.servers]
+    lanes = [(spec.payload * 8.0 / b, la) for _, b, la in spec.servers]  # a mid-epoch round's send (_join's sum)
     sides = [_Side(loop) for loop in loops]
     for side in sides:
         _settle(side, side.loop.go(0.0), always_close)
     sent = [0.0] * len(sides)
     rounds = 0
-    while any(s.mode != _OVER for s in sides):
-        if any(s.mode == _OVER for s in sides):
+    while True:
+        modes = {s.mode for s in sides}
+        if modes == {_MID}:
+            rounds += 1
+            _mid_round(sides, lanes, sent, spec.payload, sync, always_close)
+            continue
+        if modes <= {_OVER}:
+            break
+        if _OVER in modes:
             raise SfsimError(f"backhaul: sync round {rounds + 1} waited for ever on the fast path, please report it")
         joins = [_join(side, spec, joint) for side in sides]
         arrivals = []
@@ -72,9 +83,36 @@ def lockstep(spec, loops: list, always_close: bool) -> tuple[Closed, list[float]
             back = ready + nbytes * 8.0 / bw[j] + lat[j]
             if ended:
                 side.ended = differ
-            _back(side, t, back, stepping, joint, spec.mode == "sync", always_close)
+            _back(side, t, back, stepping, joint, sync, always_close)
     names = [name for name, _, _ in spec.servers]
     return Closed(dict(zip(names, sent, strict=True)), rounds), [s.end for s in sides]
+
+
+def _mid_round(sides: list, lanes: list, sent: list, payload: float, sync: bool, always_close: bool) -> None:
+    """A round every side joins mid-epoch (:func:`_join`, :func:`_back` and :func:`_settle` for that case, with the
+    same arithmetic): each sends ``payload``, and goes on once the average is back (``async``: from its join)."""
+    ready = -math.inf
+    joins = []
+    for j, side in enumerate(sides):
+        t = side.at
+        if side.pending is not None:  # the async round in flight first
+            t, side.pending = max(t, side.pending), None
+        joins.append(t)
+        sent[j] += payload
+        ready = max(ready, t + lanes[j][0] + lanes[j][1])
+    ended = not any(side.active for side in sides)
+    for j, side in enumerate(sides):
+        sent[j] += payload
+        back = ready + lanes[j][0] + lanes[j][1]
+        if ended:
+            side.ended = False  # every side adopts: no closing round is due for a difference
+        if not sync:
+            side.pending, back = back, joins[j]
+        code, t, active = said = side.loop.go(back)
+        if code == BEFORE or code == AFTER:
+            side.at, side.active, side.stepping = t, active, code == BEFORE
+        else:
+            _settle(side, said, always_close)
 
 
 def _join(side: _Side, spec, joint: bool) -> tuple[float, float, bool, bool, bool]:
