@@ -124,8 +124,38 @@ def _generator_known(cres, target_context):
     return cres
 
 
+def _locked_saves() -> None:
+    """Make numba's cache saves hold an exclusive lock on the index they update (best effort: without ``fcntl``
+    saves are numba's own).
+
+    numba's save reads the index, picks the first data file name no entry uses and writes the index back: two
+    processes that compile different kernels of one file at once (the warm-up's two parts; since kernels compile
+    on first use, a sweep's worker processes too) could pick the same name, and an entry would then point at
+    another kernel's machine code.
+    """
+    try:
+        import fcntl
+
+        from numba.core.caching import IndexDataCacheFile
+    except ImportError:  # pragma: no cover - not POSIX, or another numba
+        return
+
+    save = IndexDataCacheFile.save
+
+    def locked(self, key, data):
+        with open(self._index_path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                save(self, key, data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    IndexDataCacheFile.save = locked
+
+
 if COMPILED:
     _light_cache_loads()
+    _locked_saves()
 if COMPILED and not os.environ.get("NUMBA_CACHE_DIR"):
     CACHE = cache_dir()
     numba.config.CACHE_DIR = str(CACHE)  # read by numba's cache locator at each compile

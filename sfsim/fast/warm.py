@@ -16,8 +16,8 @@ network, handovers, backhaul rounds and ``training.sync`` compile on their first
 
 The steps are split into two parts of about equal compile time, compiled by two
 processes at once (``--jobs 1``: one after the other). Two processes may save kernels to the same
-cache index; numba's save is a read-modify-write of that index, so each process holds a lock on the
-index while it saves (:func:`_locked_saves`) and no entry can point at another kernel's machine code.
+cache index; numba's save is a read-modify-write of that index, so every process holds a lock on the
+index while it saves (:func:`sfsim.fast.jit._locked_saves`) and no entry can point at another kernel's machine code.
 """
 
 from __future__ import annotations
@@ -106,26 +106,6 @@ equal cold compile time (SplitFrozen's per-server kernel, which the planner repl
 loops)."""
 
 
-def _locked_saves() -> None:
-    """Make numba's cache saves hold an exclusive lock on the index they update (best effort: without
-    ``fcntl`` or that numba internal, the caller runs the parts one after the other)."""
-    import fcntl
-
-    from numba.core.caching import IndexDataCacheFile
-
-    save = IndexDataCacheFile.save
-
-    def locked(self, key, data):
-        with open(self._index_path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                save(self, key, data)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    IndexDataCacheFile.save = locked
-
-
 def warm(part: int | None = None, steps: tuple = STEPS) -> list[str]:
     """Replay and plan the small scenarios on the fast path (one part of ``steps``, or all); one line per step
     with its wall and CPU seconds."""
@@ -170,7 +150,6 @@ def main() -> None:
     steps = STEPS if args.all else FIRST
     t0 = time.perf_counter()
     if args.part is not None:
-        _locked_saves()
         for line in warm(args.part, steps):
             print(f"  {line}", flush=True)
         return
