@@ -168,12 +168,13 @@ class WorkerLoop:
 
     def _await_visitor(self) -> None:
         """When every worker sleeps and the server's only work left is a visitor that may still come (nothing of its
-        own to claim, in flight or arrived: the runtime's ``left`` holds placeholders only), it answers the rounds
-        other servers open until that changes (:meth:`sfsim.network.backhaul.PoolRounds.wait_for_visitor`)."""
+        own to claim or in flight; what arrived is held back by its policy until more comes: ``pool``, paced; the
+        runtime's ``left`` holds placeholders only), it answers the rounds other servers open until that changes
+        (:meth:`sfsim.network.backhaul.PoolRounds.wait_for_visitor`)."""
         sync = self.sync
         if (self.visiting is not None or sync is None or not getattr(sync, "answers_waiting", False)
-                or len(self.idle) < self.running or self.pending or not self.unclaimed
-                or self.unclaimed != self._places()):
+                or len(self.idle) < self.running or self.pending or not self._places()
+                or self.unclaimed != self._places() + self.policy.held):
             return
         self._visit_wake = self.env.event()
         self.visiting = self.env.process(self._visit_rounds(self._visit_wake))
@@ -186,7 +187,7 @@ class WorkerLoop:
         """Its count or places changed: a visitor came (or none may any more), or it now waits only for one."""
         wake = self._visit_wake
         if wake is not None:
-            if not wake.triggered and (not self.unclaimed or self.unclaimed != self._places()):
+            if not wake.triggered and (not self.unclaimed or self.unclaimed != self._places() + self.policy.held):
                 wake.succeed()
         elif self.idle:
             self._await_visitor()
