@@ -20,7 +20,8 @@ links, so that the saved adapter is one model: SplitLoRA and CenLoRA replay it w
 epochs too (:class:`PoolRounds` with ``every`` None; moving devices and cached epochs too); SplitFrozen over one epoch
 (on the fast path too) and SplitLoRA with handovers, whose epochs run back to back, after the replay from
 each server's end (:func:`close_epochs`: the rounds and bytes of every epoch, their time after the run). SplitFrozen's servers join :class:`Rounds` through
-:class:`PoolRounds` (what the engine's workers call).
+:class:`PoolRounds` (what the engine's workers call); one whose only work left is a visitor that may still come answers
+the rounds the others open, with zeros, as SplitLoRA's and FedLoRA's waiting servers (:meth:`PoolRounds.wait_for_visitor`).
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ class SplitFrozen(Method):
                 continue
             name = msg.device
             left[name] -= 1
-            if msg.mb + 1 == self.batch_counts().get(name):  # its epoch's last: its joins of 0 to the other servers
+            if name in self.legs and msg.mb + 1 == self.batch_counts().get(name):  # its epoch's last: its joins of 0
                 self._announce(name, None)
             if self.cache is not None:
                 self.cache.put(name, msg.tensors)
