@@ -127,3 +127,25 @@ def test_a_waiting_server_answers_rounds_in_a_real_run(tiny_gpt2, tmp_path, mode
     m, sim = _real(tiny_gpt2, tmp_path, data, 32)
     assert [(h["from"], h["to"], h["sent_before"]) for h in m["handovers"]] == [("mec-a", "mec-b", 3)]
     _same(m, sim, tmp_path, 11 if mode == "sync" else 12, order=mode == "sync")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_join_held_back_is_read_before_the_round_it_leads_to(tiny_gpt2, tmp_path, monkeypatch):
+    """The race of the design (sync mode as above): mover's ``join`` to mec-b goes straight from the device, while
+    mec-a learns of the move when it reads ``moved``. A hook holds the join back 1.5 s after the ``moved`` has left
+    (``tests/test_peer_joins.py``'s fault-injection role), so mec-a reads the move and opens its next round while
+    mec-b, still waiting, has not read the join. mec-a announces the join in that round's vector; mec-b, invited,
+    answers only once it has read it (then from its own step, as in the simulator, where a join comes at once): the
+    same 11 rounds and bytes as the simulator predicts. Without the announcement mec-b would answer with zeros as a
+    waiting server and the rounds would differ."""
+    from tests.test_peer_joins import _hook_mover
+    from tests.test_splitfrozen_moves import _fixture, _real, _same
+
+    _hook_mover(monkeypatch, "1.5")
+    data = _fixture("runtime_handover.yaml")
+    data["devices"] = [d for d in data["devices"] if d["name"] != "stay-b"]
+    data["devices"][1]["samples"] = 16
+    data["devices"][0]["handover"][0]["at"] = "1.25 s"
+    data["training"]["sync"] = {"every": 1, "mode": "sync"}
+    m, sim = _real(tiny_gpt2, tmp_path, data, 32)
+    _same(m, sim, tmp_path, 11, order=False)
