@@ -8,6 +8,7 @@ server's backhaul bytes). What it does not replay stays on SimPy with one line."
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -123,10 +124,14 @@ def test_many_random_synced_fleets_equal():
         assert outcomes.count("equal") >= 2400, {o: outcomes.count(o) for o in set(outcomes)}
 
 
-def moving_job(seed: int, ties: bool) -> tuple[Job, ReplayConfig, bool]:
+def moving_job(seed: int, ties: bool, pinned: bool = True) -> tuple[Job, ReplayConfig, bool]:
     """tests/test_fast_handover.py's random fleet (handovers, pause, drop, varying uplinks) over one epoch, one
-    worker a server, with random rounds."""
+    worker a server, with random rounds. ``pinned``: every leg on the device's own server (a handover between servers
+    with training.sync stays on SimPy since issue 21's waiting-server rule: its legs change links only)."""
     job, cfg, sequential = handover_job(seed, ties, epochs=1, workers=(1,))
+    if pinned:
+        for i, m in job.network.moving.items():
+            m.legs = [dataclasses.replace(leg, server=job.devices[i].server) for leg in m.legs]
     rng = random.Random(-seed - 1)
     every, mode = rng.choice([(1, "sync"), (1, "async"), (2, "sync"), (2, "async"), (3, "sync"), (5, "async")])
     links = tuple((s.name, rng.uniform(20.0, 400.0), _t(rng, ties, 0.1)) for s in job.servers)
@@ -157,6 +162,16 @@ def check_moving(seed: int, ties: bool) -> str:
 def test_random_synced_handover_fleets_equal(ties):
     outcomes = [check_moving(seed, ties) for seed in range(150)]
     assert outcomes.count("equal") >= 100, {o: outcomes.count(o) for o in set(outcomes)}
+
+
+def test_a_handover_between_servers_with_training_sync_stays_on_simpy():
+    """Issue 21: a SplitFrozen server waiting only for a visitor answers the rounds others open (SimPy's
+    ``PoolRounds.wait_for_visitor``), which the fast path does not replay: every such fleet goes to SimPy, in one line."""
+    why = ("training.sync with a handover between servers (a server waiting for its visitor answers rounds) is "
+           "replayed by the SimPy engine only")
+    for seed in range(50):
+        job, cfg, _ = moving_job(seed, False, pinned=False)
+        assert uncovered(_Scenario(), "splitfrozen", cfg, job) == why
 
 
 @pytest.mark.slow

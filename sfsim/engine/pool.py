@@ -245,6 +245,7 @@ class ServerPool(WorkerLoop):
         """A handover may bring device ``i`` here: hold a place for it (the pool does not end while it
         may come) and, with per-device credits, open its account of ``credits``."""
         self.unclaimed += 1
+        self.places_held += 1
         if self.per_device and self.account[i] is None:
             self.account[i] = Credits(self.engine, credits)
             self.give[i] = self.account[i].give_back if self.claim_returns else None
@@ -265,8 +266,10 @@ class ServerPool(WorkerLoop):
     def _change(self, i: int, k: int, place: int) -> None:
         self.totals[i] += k
         self.unclaimed += k - place
+        self.places_held -= place
         if self.unclaimed == 0:
             self._wake_all()  # its workers may now run their last W's and step
+        self._visitor_news()
 
     def open_arrivals(self) -> None:
         """Devices may arrive at any latency (they move): keep every idle worker's wake-up exact."""

@@ -155,6 +155,42 @@ class WorkerLoop:
         self.unclaimed += change
         if change and self.unclaimed == 0:
             self._wake_all()  # its workers may now run their last W's and step
+        self._visitor_news()
+
+    # -- a server waiting only for a visitor answers the others' rounds (the one idle-server round rule) -----------
+    places_held = 0  # one epoch (no books): places held for visitors (ServerPool.expect, _change)
+    visiting: simpy.Process | None = None  # its rounds while it waits only for a visitor (PoolRounds.wait_for_visitor)
+    _visit_wake: simpy.Event | None = None  # fired when it no longer waits only for a visitor
+
+    def _places(self) -> int:
+        """Places held for visitors that may still come (counted in :attr:`unclaimed`)."""
+        return sum(self.books.place.values()) if self.books is not None else self.places_held
+
+    def _await_visitor(self) -> None:
+        """When every worker sleeps and the server's only work left is a visitor that may still come (nothing of its
+        own to claim or in flight; what arrived is held back by its policy until more comes: ``pool``, paced; the
+        runtime's ``left`` holds placeholders only), it answers the rounds other servers open until that changes
+        (:meth:`sfsim.network.backhaul.PoolRounds.wait_for_visitor`)."""
+        sync = self.sync
+        if (self.visiting is not None or sync is None or not getattr(sync, "answers_waiting", False)
+                or len(self.idle) < self.running or self.pending or not self._places()
+                or self.unclaimed != self._places() + self.policy.held):
+            return
+        self._visit_wake = self.env.event()
+        self.visiting = self.env.process(self._visit_rounds(self._visit_wake))
+
+    def _visit_rounds(self, wake: simpy.Event):
+        yield self.sync.wait_for_visitor(self.index, wake)
+        self.visiting = self._visit_wake = None
+
+    def _visitor_news(self) -> None:
+        """Its count or places changed: a visitor came (or none may any more), or it now waits only for one."""
+        wake = self._visit_wake
+        if wake is not None:
+            if not wake.triggered and (not self.unclaimed or self.unclaimed != self._places() + self.policy.held):
+                wake.succeed()
+        elif self.idle:
+            self._await_visitor()
 
     def _min_flight(self) -> float:
         """A lower bound on (arrival - push time) of any future push: send + latency, 0 with replays."""
@@ -332,7 +368,10 @@ class WorkerLoop:
             self.idle.append(ev)
             if pending and pending[0][0] < self.alarm_at:
                 self._arm(pending[0][0])
+            self._await_visitor()
             yield ev
+            if self.visiting is not None:  # the server answers a round while it waits: it takes work after it
+                yield self.visiting
             woken = True
         if held and self._waited(wk.lane, now):
             wk.last = env.now

@@ -63,6 +63,8 @@ def covers(job, policy: str) -> str | None:
         return f"{what} on a server with several workers"
     if any(d.sent < d.n for d in job.devices):
         return f"{what} with cached activations"
+    if dynamic and sync.every is not None and any(len({lg.server for lg in m.legs}) > 1 for m in net.moving.values()):
+        return f"{what} with a handover between servers (a server waiting for its visitor answers rounds)"
     if dynamic:  # every server in the loop of handovers
         why = covers_moves(net, policy)
         if why is not None:

@@ -20,7 +20,8 @@ links, so that the saved adapter is one model: SplitLoRA and CenLoRA replay it w
 epochs too (:class:`PoolRounds` with ``every`` None; moving devices and cached epochs too); SplitFrozen over one epoch
 (on the fast path too) and SplitLoRA with handovers, whose epochs run back to back, after the replay from
 each server's end (:func:`close_epochs`: the rounds and bytes of every epoch, their time after the run). SplitFrozen's servers join :class:`Rounds` through
-:class:`PoolRounds` (what the engine's workers call).
+:class:`PoolRounds` (what the engine's workers call); one whose only work left is a visitor that may still come answers
+the rounds the others open, with zeros, as SplitLoRA's and FedLoRA's waiting servers (:meth:`PoolRounds.wait_for_visitor`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ import simpy
 from sfsim.engine.pool import Engine, FifoLane
 from sfsim.errors import SfsimError
 
-STUCK = ("a SplitFrozen server waiting only for a visitor answers no round yet (known limitation, issue 21; sfsim run "
-         "would stop at its backhaul timeout): sync less often (training.sync.every) or pin the moving device")
-"""Why a round can wait for ever, and what to do (a deadlock in both halves, ``tests/test_splitfrozen_idle.py``)."""
+STUCK = ("some server never joined it, which the replay's rules should not allow: please report the scenario (sfsim run "
+         "would stop at its backhaul timeout)")
+"""Why a round can wait for ever (a modelling error; the SplitFrozen waiting server of issue 21 answers rounds now:
+``tests/test_splitfrozen_idle.py``)."""
 
 
 class Rounds:
@@ -437,6 +439,17 @@ class PoolRounds:
     def _step(self, side: ServerRounds, last: bool):
         t = yield from side.before_step(self.env.now, last)
         yield from side.after_step(t, last)
+
+    @property
+    def answers_waiting(self) -> bool:
+        """Whether a server waiting only for a visitor answers the rounds others open (with ``training.sync``)."""
+        return self.links.every is not None
+
+    def wait_for_visitor(self, j: int, wake: simpy.Event) -> simpy.Event:
+        """Server ``j`` waits only for a visitor (:meth:`sfsim.engine.worker.WorkerLoop._await_visitor`): it answers
+        the rounds another server opens, with zeros, until ``wake`` (:meth:`ServerRounds.idle`, as SplitLoRA's and
+        FedLoRA's waiting servers and the runtime's ``ServerSync.idle``); returns the event of its end."""
+        return self.env.process(self.sides[j].idle(wake))
 
     def leave(self, j: int) -> simpy.Event:
         """Server ``j``'s workers have ended: it drains and closes with the others; returns when it goes on."""

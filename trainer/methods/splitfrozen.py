@@ -73,6 +73,7 @@ class SplitFrozen(Method):
         self.taken: dict[str, int] = {}  # visitor -> the last leg its ``moved`` here named (it may come back after it)
         self.pool_peak = 0  # most micro-batches the mixing pool held (server_order "pool")
         self._epoch = 0  # the server's epoch (a handover's join of another epoch is ignored)
+        self._places: set[str] = set()  # visitors whose entry in the epoch's ``left`` is a placeholder (may still come)
         # training.cache_activations: what the devices sent in one epoch, replayed in later ones
         self.cache = None if s.cache_memory is None else ActivationCache(s.cache_memory, s.out)
 
@@ -175,8 +176,11 @@ class SplitFrozen(Method):
         # a device that may hand over to here (a leg here after the last one it took, as this server knows): one
         # placeholder until it says whether it comes (fifo only); one that can never come back is not waited for
         back = Legs(self.legs)
-        left.update({v: 1 for v in self.visitors if v not in left and v not in self.lost
-                     and back.comes_back(v, s.server, self.taken.get(v, 0))})
+        places = {v: 1 for v in self.visitors if v not in left and v not in self.lost
+                  and back.comes_back(v, s.server, self.taken.get(v, 0))}
+        left.update(places)
+        self._places = set(places)
+        self._track_joins()
         pool, held = None, dict.fromkeys(left, 0)  # held: device -> its micro-batches in the pool
         if s.server_order == "pool":
             pool = MixingPool(self.pool_size(credits, len(live)), role_seed(s.seed, f"pool-{epoch}"))
@@ -187,6 +191,8 @@ class SplitFrozen(Method):
                 continue
             name = msg.device
             left[name] -= 1
+            if name in self.legs and msg.mb + 1 == self.batch_counts().get(name):  # its epoch's last: its joins of 0
+                self._announce(name, None)
             if self.cache is not None:
                 self.cache.put(name, msg.tensors)
             if not self.sequential:
@@ -214,8 +220,15 @@ class SplitFrozen(Method):
             name = order.popleft()
             if left.get(name, 0) == 0:  # a lost device's slot
                 return None
+        kinds = {"act", "leave", "moved", "join"}
         try:
-            msg = self.setup.transport.recv_up(name, {"act", "leave", "moved", "join"})
+            if order is None and self._waits_only(left):  # poll: it answers the others' rounds meanwhile
+                msg = self.setup.transport.poll_up(kinds)
+                if msg is None:
+                    self._idle()
+                    return None
+            else:
+                msg = self.setup.transport.recv_up(name, kinds)
         except PeerLost as err:
             self.lose(err.device, err.reason, left)
             return None
@@ -257,11 +270,18 @@ class SplitFrozen(Method):
         if msg.kind == "moved":
             self.taken[n] = msg.aux
             left[n] = int(Legs(self.legs).comes_back(n, s.server, msg.aux))  # a placeholder while it may come back
+            self._places.discard(n)
+            if left[n]:
+                self._places.add(n)
             s.devices = [r for r in s.devices if r.name != n]  # its next epochs start at its new server
+            self._announce(n, msg.aux)
             return
+        if self.sync is not None:  # every join read counts (of any epoch): the rounds' announced joins
+            self.sync.joined(n)
         if msg.epoch != self._epoch:
             return
         left[n] = msg.aux
+        self._places.discard(n)
         if msg.aux and n in self.visitors and all(r.name != n for r in s.devices):
             s.devices.append(self.visitors[n])
             s.samples[n] = self.visitors[n].n_samples
@@ -309,6 +329,53 @@ class SplitFrozen(Method):
         self.not_trained[msg.device] = self.not_trained.get(msg.device, 0) + msg.aux
         if msg.device in left:
             left[msg.device] = keep
+        self._announce(msg.device, None)  # its joins of 0 to the other servers of its legs
+
+    # -- a server waiting only for a visitor (the one idle-server round rule, issue 21) ----------------------------
+    # A server whose only work left this epoch is a visitor that may still come (``left`` holds placeholders only)
+    # answers the rounds other servers open while it waits (``ServerSync.idle``: with zeros, when server 0 invites
+    # it), as SplitLoRA's and FedLoRA's: else a round before another server's step would wait for it, that server
+    # would return no credit, and the visitor's next send (which brings its ``join``) would never start.
+    # The race: a mover's ``join`` goes straight from the device to its new server, while the old server learns of
+    # the move only when it reads ``moved``. The simulator delivers a join at once, before any round the move leads
+    # to; so the server that reads a ``moved`` (or a device's last micro-batch of the epoch, or its ``leave``, after
+    # which the device sends its joins of 0) announces the joins it knows the device sends (``ServerSync.announce``),
+    # its next round vector carries the counts, and a waiting server answers a round only once it has read as many
+    # of that device's joins as announced to it (``ServerSync._unread``): SplitLoRA's mechanism, reused.
+    def _track_joins(self) -> None:
+        """Count the joins of every device whose legs go to several servers (the same list on every server)."""
+        if self.sync is not None and Legs(self.legs).moving():
+            self.sync.track(sorted(n for n, lg in self.legs.items() if len({r for _, r, _ in lg}) > 1), self.lost)
+
+    def _announce(self, name: str, to: int | None) -> None:
+        """The joins device ``name`` sends, now that this server read its ``moved`` to leg ``to`` (one, to that leg's
+        server: :meth:`_hand_over`) or (None) the end of its epoch here (one of 0 to every other server of its legs:
+        :meth:`_close_epoch`), go with this server's next round."""
+        lg = self.legs.get(name, [])
+        if self.sync is None or len({r for _, r, _ in lg}) < 2:
+            return
+        if to is None:
+            self.sync.announce(name, sorted({r for _, r, srv in lg if srv != self.setup.server}))
+        elif 0 <= to < len(lg):
+            self.sync.announce(name, [lg[to][1]])
+
+    def _waits_only(self, left: dict[str, int]) -> bool:
+        """Whether this server's only work left this epoch is a visitor that may still come (with rounds to answer)."""
+        return (self.sync is not None and self.sync.every is not None and any(left.get(v) for v in self._places)
+                and all(k == 0 or n in self._places for n, k in left.items()))
+
+    def _idle(self) -> None:
+        """Answer one round another server opens, if any (``ServerSync.idle``; joint mode: step with the others on
+        their mean gradient); the gradients of a partial window (fused backward) are kept for its own next step."""
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        kept = [p.grad for p in params]
+
+        def step() -> None:  # as every step, traced (the simulator's drained step too)
+            with self.setup.meter.compute(self.setup.server, "step", "server_step", count=False):
+                self.math.step(self.opt)
+        self.sync.idle(self.sync_state(), params, step)
+        for p, g in zip(params, kept, strict=True):
+            p.grad = g
 
     def pool_size(self, credits: int, n_devices: int) -> int:
         """Micro-batches the mixing pool holds: ``setup.pool_memory`` over one full micro-batch's activation
