@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 test: setup
+	@# the tests reach every kernel: compile the rest first, in two processes (seconds when cached)
+	$(PY) -m sfsim.fast.warm --all
 	$(PY) -m pytest
 
 slow: setup

@@ -91,7 +91,10 @@ def _light_cache_loads() -> None:
         _skip_blas_probe()  # a kernel's environment may import numba.np.arraymath as it loads
         rtsys.initialize(target_context)
         with self._guard_against_spurious_io_errors():
-            return _generator_known(self._load_overload(sig, target_context), target_context)
+            cres = self._load_overload(sig, target_context)
+            if cres is None:
+                _say_compiling()
+            return _generator_known(cres, target_context)
         return None  # the guard swallowed an I/O error: compile instead, as numba does
 
     full = cpu.CPUContext.load_additional_registries
@@ -102,6 +105,17 @@ def _light_cache_loads() -> None:
 
     caching.Cache.load_overload = load_overload
     cpu.CPUContext.load_additional_registries = load_additional_registries
+
+
+_SAID: list[bool] = []
+
+
+def _say_compiling() -> None:
+    """Tell a person at a terminal, once a process, that a kernel compiles (a cache miss: a minute or two)."""
+    if not _SAID and sys.stderr.isatty():
+        _SAID.append(True)
+        print("sfsim: compiling the fast path's kernels for this case (first use, a minute or two; cached after)",
+              file=sys.stderr, flush=True)
 
 
 def _generator_known(cres, target_context):
