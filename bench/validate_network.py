@@ -20,7 +20,9 @@ profile) on five small fleets and prints the total error of each, the median, an
 * ``handover-splitlora-sync``: the same SplitLoRA fleet with its ``sync: {every: 2}`` (mec-b answers mec-a's rounds
   while it waits for the visitor);
 * ``handover-fedlora-sync``: the FedLoRA fleet with its ``sync: {every: 2}`` (each server's rounds, as the runtime's:
-  sfsim.schedules.fedsync).
+  sfsim.schedules.fedsync);
+* ``epochs2-splitlora``, ``epochs2-fedlora``, ``epochs2-cenlora``: ``epochs2`` for each baseline (the server's
+  epoch-end wait between the two epochs, as SplitFrozen's).
 
 Usage (not CI; a few minutes)::
 
@@ -59,7 +61,10 @@ RUNS = {"sync2": ("runtime_two_servers_churn.yaml", "splitfrozen", 1),
         "handover-splitlora": ("handover-splitlora", "splitlora", 1),
         "handover-fedlora": ("handover-fedlora", "fedlora", 1),
         "handover-splitlora-sync": ("handover-splitlora-sync", "splitlora", 1),
-        "handover-fedlora-sync": ("handover-fedlora-sync", "fedlora", 1)}
+        "handover-fedlora-sync": ("handover-fedlora-sync", "fedlora", 1),
+        "epochs2-splitlora": ("runtime_tiny.yaml", "splitlora", 2),
+        "epochs2-fedlora": ("runtime_tiny.yaml", "fedlora", 2),
+        "epochs2-cenlora": ("runtime_tiny.yaml", "cenlora", 2)}
 
 
 def static_sync_scenario(folder: Path, fed: bool = False, close: bool = False, joint: bool = False) -> Path:

@@ -239,7 +239,7 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
         sim, makespan = replay(job, cfg, schedule=name)
     else:
         sim = Engine(trace=trace)
-        sim.epoch_end = epoch_end_seconds(scenario, setup.cm)  # placed by schedules with epoch barriers
+        sim.epoch_end = epoch_end_seconds(scenario, setup.cm, setup.assignment)  # placed by schedules with epoch barriers
         if name in SPLITFROZEN and job.sync is not None and job.sync.every is not None:  # training.sync
             PoolRounds(sim, job.sync, job.servers)
         module.run(sim, job, cfg, sequential=name == "splitfrozen-sequential")

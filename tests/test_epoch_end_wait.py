@@ -84,6 +84,29 @@ def test_save_comes_from_the_server_profile(tmp_path: Path):
     assert wait == pytest.approx(0.012 + 100 / 4 * (1e-3 + 12 * 2e-3 + 0.5e-3), rel=1e-9)
 
 
+def test_the_profiles_eval_costs_and_the_report_round_trip_are_in_the_wait(tmp_path: Path):
+    """The profile's eval: split + tokenise_row per row + the first evaluation's extra spread over the E - 1 waits;
+    the save message down to the server's devices: the longest downlink latency of those the assignment gives it."""
+    prof = {"model": "gpt2", "micro_batch": 4, "seq_len": 64, "save": "12 ms",
+            "eval": {"split": "0.5 ms", "tokenise_row": "0.02 ms", "first": "30 ms"},
+            "forward": {"embed": "1 ms", "blocks": "2 ms", "norm": 0, "head": "0.5 ms"}}
+    (tmp_path / "srv.yaml").write_text(yaml.safe_dump(prof))
+    data = fleet()  # 3 epochs, 100 rows
+    data["servers"][0] = {"name": "edge", "latency_profile": str(tmp_path / "srv.yaml"), "memory": "16 GiB"}
+    sc = sc_of(data)
+    forward = 100 / 4 * (1e-3 + 12 * 2e-3 + 0.5e-3)
+    assert epoch_end_seconds(sc)["edge"] == pytest.approx(0.012 + forward + 0.5e-3 + 100 * 0.02e-3 + 0.030 / 2,
+                                                          rel=1e-12)
+    every = {d.name: "edge" for d in sc.devices}
+    assert epoch_end_seconds(sc, assignment=every)["edge"] - epoch_end_seconds(sc)["edge"] == pytest.approx(
+        0.010, rel=1e-9)  # solo's 10 ms downlink, the cams' 5 ms
+    cams = {d.name: "edge" for d in sc.devices if d.name.startswith("cam")}
+    assert epoch_end_seconds(sc, assignment=cams)["edge"] - epoch_end_seconds(sc)["edge"] == pytest.approx(
+        0.005, rel=1e-9)
+    res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
+    assert [e.dur for e in _waits(res)] == [epoch_end_seconds(sc, assignment=every)["edge"]] * 2
+
+
 @pytest.mark.parametrize(("training", "why"), [({"eval_samples": None}, "unset"), ({"epochs": 1}, "one epoch")])
 def test_no_wait_without_eval_samples_or_with_one_epoch(training, why):
     assert epoch_end_seconds(sc_of(fleet(**training))) == {}, why
@@ -98,7 +121,7 @@ def test_the_next_epoch_waits_for_it_on_one_server():
     a micro-batch of the next epoch before the wait ends; more rows move the run by exactly the waits' growth."""
     sc = sc_of(fleet())
     res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
-    wait = epoch_end_seconds(sc)["edge"]
+    wait = epoch_end_seconds(sc, assignment=res.assignment)["edge"]
     assert res.epoch_end_s == {"edge": wait} and wait > 0
     waits = _waits(res)
     assert [(e.lane, e.dur) for e in waits] == [("epoch-end:edge", wait)] * 2
@@ -109,7 +132,7 @@ def test_the_next_epoch_waits_for_it_on_one_server():
         nxt = [e for e in res.events if e.op == "F" and e.lane in per_epoch and e.mb // per_epoch[e.lane] == k + 1]
         assert min(e.start for e in nxt) >= w.start + w.dur - 1e-12
     more = sfsim.simulate(sc_of(fleet(eval_samples=300)), "splitfrozen", splits=2)
-    grow = epoch_end_seconds(sc_of(fleet(eval_samples=300)))["edge"] - wait
+    grow = epoch_end_seconds(sc_of(fleet(eval_samples=300)), assignment=res.assignment)["edge"] - wait
     assert more.makespan_s - res.makespan_s == pytest.approx(2 * grow, rel=1e-9)
     assert more.engine == "simpy" and "epoch-end wait" in more.engine_note
 
@@ -126,8 +149,9 @@ def test_each_server_waits_after_its_own_epoch():
     """Two servers without a backhaul: each evaluates at its own epoch's end, with its own rate."""
     sc = sc_of(two_servers())
     res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
-    waits = epoch_end_seconds(sc)
-    assert waits["far"] == pytest.approx(2 * waits["edge"], rel=1e-12)  # half the FLOP rate, no profile
+    waits = epoch_end_seconds(sc, assignment=res.assignment)
+    # half the FLOP rate, no profile; far's device's downlink latency (its save message) is twice edge's too
+    assert waits["far"] == pytest.approx(2 * waits["edge"], rel=1e-12)
     assert sorted((e.lane, e.dur) for e in _waits(res)) == sorted(
         [("epoch-end:edge", waits["edge"])] * 2 + [("epoch-end:far", waits["far"])] * 2)
 
@@ -137,7 +161,7 @@ def test_with_sync_the_wait_follows_the_closing_round():
     sc = sc_of(two_servers(sync={"every": 2, "mode": "sync"}, epochs=2))
     res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
     waits = _waits(res)
-    assert len(waits) == 2 and res.epoch_end_s == epoch_end_seconds(sc)
+    assert len(waits) == 2 and res.epoch_end_s == epoch_end_seconds(sc, assignment=res.assignment)
     sync_end = max(e.start + e.dur for e in res.events if e.lane.startswith("backhaul:") and e.start < waits[0].start)
     assert waits[0].start == waits[1].start  # the closing round ends on both servers at once (sync mode)
     assert 0 <= waits[0].start - sync_end <= 2e-3 + 1e-9  # its last transfer's end + the backhaul's 2 ms latency
