@@ -196,3 +196,21 @@ def test_sfsim_run_evaluates_the_scenarios_rows_unless_told(tiny_gpt2, tmp_path:
     common = dict(devices=path, launch="inprocess", train_samples=16, server_order="fifo")
     assert run(_cfg(tiny_gpt2, tmp_path / "a", eval_samples=None, **common))["eval_samples"] == 5
     assert run(_cfg(tiny_gpt2, tmp_path / "b", eval_samples=3, **common))["eval_samples"] == 3
+
+
+def test_a_cached_epoch_is_replayed_after_the_wait():
+    """training.cache_activations: the devices send epoch 1 only; the server waits at its end, then replays the
+    cached epoch 2 (its first op starts as the wait ends, no device forwards again); more rows move the run by
+    exactly the wait's growth."""
+    sc = sc_of(fleet(epochs=2, cache_activations=True))
+    res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
+    (w,) = _waits(res)
+    assert res.epoch_end_s == {"edge": w.dur} == epoch_end_seconds(sc, assignment=res.assignment)
+    assert max(e.start + e.dur for e in res.events if e.lane == "edge" and e.start < w.start) == pytest.approx(
+        w.start, abs=1e-12)
+    assert min(e.start for e in res.events if e.lane == "edge" and e.start >= w.start) == pytest.approx(
+        w.start + w.dur, abs=1e-12)
+    assert not [e for e in res.events if e.op == "F" and e.lane in {d.name for d in sc.devices} and e.start > w.start]
+    more = sfsim.simulate(sc_of(fleet(epochs=2, cache_activations=True, eval_samples=300)), "splitfrozen", splits=2)
+    grow = epoch_end_seconds(sc_of(fleet(epochs=2, eval_samples=300)), assignment=res.assignment)["edge"] - w.dur
+    assert more.makespan_s - res.makespan_s == pytest.approx(grow, rel=1e-9)

@@ -152,9 +152,10 @@ def by_epochs(job: Job, synced: bool) -> bool:
 
 
 def whole_epochs(job: Job) -> int:
-    """The epochs every device sends in full (1 with the activation cache or devices of unequal epoch counts):
-    :func:`run` opens them one at a time for the servers' epoch-end wait (:mod:`sfsim.cost.epochend`)."""
-    counts = {d.n // d.per_epoch if d.per_epoch and d.sent == d.n and d.n % d.per_epoch == 0 else 0
+    """The epochs of every device, sent in full or, with the activation cache, the first sent and the others
+    replayed from the server's cache (1 for devices of unequal epoch counts): :func:`run` opens them one at a time
+    for the servers' epoch-end wait (:mod:`sfsim.cost.epochend`)."""
+    counts = {d.n // d.per_epoch if d.per_epoch and d.sent in (d.n, d.per_epoch) and d.n % d.per_epoch == 0 else 0
               for d in job.devices if d.n}
     return counts.pop() if len(counts) == 1 else 1
 
