@@ -214,3 +214,27 @@ def test_a_cached_epoch_is_replayed_after_the_wait():
     more = sfsim.simulate(sc_of(fleet(epochs=2, cache_activations=True, eval_samples=300)), "splitfrozen", splits=2)
     grow = epoch_end_seconds(sc_of(fleet(epochs=2, eval_samples=300)), assignment=res.assignment)["edge"] - w.dur
     assert more.makespan_s - res.makespan_s == pytest.approx(grow, rel=1e-9)
+
+
+@pytest.mark.parametrize("order", ["sequential", "interleaved"])
+def test_splitlora_waits_between_its_epochs(order):
+    """SplitLoRA's server (the runtime's train_server, as every method's) evaluates after each epoch but the last:
+    one wait of the predicted size per epoch end, after the epoch's last server op and before the next epoch's
+    first; sequential clients start epoch 2 after it, so the run is longer by exactly the waits; interleaved ones
+    overlap it with their adapters' way down. The fast path leaves these runs to SimPy with one line."""
+    sc = sc_of(fleet(client_order=order))
+    res = sfsim.simulate(sc, "splitlora", splits=2, trace=True)
+    wait = epoch_end_seconds(sc, assignment=res.assignment)["edge"]
+    waits = _waits(res)
+    assert res.epoch_end_s == {"edge": wait} and [(e.lane, e.dur) for e in waits] == [("epoch-end:edge", wait)] * 2
+    srv = [e for e in res.events if e.lane == "edge"]
+    for w in waits:
+        assert max(e.start + e.dur for e in srv if e.start < w.start) <= w.start + 1e-12
+        assert min(e.start for e in srv if e.start >= w.start) >= w.start + w.dur - 1e-12
+    base = sfsim.simulate(sc_of(fleet(client_order=order, eval_samples=None)), "splitlora", splits=2)
+    auto = sfsim.simulate(sc, "splitlora", splits=2)
+    assert base.engine == "fast" and auto.engine == "simpy" and "epoch-end wait" in auto.engine_note
+    if order == "sequential":
+        assert auto.makespan_s - base.makespan_s == pytest.approx(2 * wait, rel=1e-9)
+    else:
+        assert auto.makespan_s >= base.makespan_s
