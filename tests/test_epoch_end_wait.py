@@ -238,3 +238,34 @@ def test_splitlora_waits_between_its_epochs(order):
         assert auto.makespan_s - base.makespan_s == pytest.approx(2 * wait, rel=1e-9)
     else:
         assert auto.makespan_s >= base.makespan_s
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_fedlora_waits_between_its_epochs(servers):
+    """FedLoRA: each server evaluates once its epoch's last FedAvg (and, on two servers without training.sync, the
+    epoch's closing round) is over; its devices' next downloads start after it. One server: the run is longer by
+    exactly the two waits of three epochs. The fast path leaves these runs to SimPy with one line."""
+    data = fleet() if servers == 1 else two_servers()
+    if servers == 2:
+        for s in data["servers"]:
+            s["backhaul"] = {"bandwidth": "1 Gbps", "latency": "2 ms"}
+    sc = sc_of(data)
+    res = sfsim.simulate(sc, "fedlora", trace=True)
+    waits = epoch_end_seconds(sc, assignment=res.assignment)
+    assert res.epoch_end_s == waits and len(waits) == servers
+    for name, wait in waits.items():
+        mine = [e for e in _waits(res) if e.lane == f"epoch-end:{name}"]
+        assert [e.dur for e in mine] == [wait] * 2
+        members = [d for d, s in res.assignment.items() if s == name]
+        for w in mine:
+            agg = [e.start + e.dur for e in res.events if e.lane == name and e.op == "aggregate" and e.start < w.start]
+            assert max(agg) <= w.start + 1e-12
+            downs = [e.start for e in res.events if e.lane in {f"downlink:{d}" for d in members} and e.start >= max(agg)]
+            assert min(downs) >= w.start + w.dur - 1e-12
+    base = sfsim.simulate(sc_of({**data, "training": {**data["training"], "eval_samples": 1}}), "fedlora")
+    auto = sfsim.simulate(sc, "fedlora")
+    assert auto.engine == "simpy" and "epoch-end wait" in auto.engine_note and auto.makespan_s > base.makespan_s
+    if servers == 1:
+        no_wait = sfsim.simulate(sc_of(fleet(eval_samples=None)), "fedlora")
+        assert no_wait.engine == "fast" and auto.makespan_s - no_wait.makespan_s == pytest.approx(
+            2 * waits["edge"], rel=1e-9)
