@@ -269,3 +269,14 @@ def test_fedlora_waits_between_its_epochs(servers):
         no_wait = sfsim.simulate(sc_of(fleet(eval_samples=None)), "fedlora")
         assert no_wait.engine == "fast" and auto.makespan_s - no_wait.makespan_s == pytest.approx(
             2 * waits["edge"], rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora"])
+def test_the_wait_counts_as_server_busy(method):
+    """The server evaluates and saves during the wait (the runtime's server process computes then): its busy
+    seconds hold the E - 1 waits beside its ops, so utilisation and compute energy count them."""
+    sc = sc_of(fleet())
+    res = sfsim.simulate(sc, method, splits=2, trace=True)
+    wait = res.epoch_end_s["edge"]
+    ops = sum(e.dur for e in res.events if e.lane == "edge" and e.op in ("F", "B", "W", "BW", "step", "aggregate"))
+    assert res.server_busy_s["edge"] == pytest.approx(ops + 2 * wait, rel=1e-9)
