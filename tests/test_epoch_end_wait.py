@@ -280,3 +280,20 @@ def test_the_wait_counts_as_server_busy(method):
     wait = res.epoch_end_s["edge"]
     ops = sum(e.dur for e in res.events if e.lane == "edge" and e.op in ("F", "B", "W", "BW", "step", "aggregate"))
     assert res.server_busy_s["edge"] == pytest.approx(ops + 2 * wait, rel=1e-9)
+
+
+def test_a_churning_fleet_on_one_server_waits_between_its_epochs():
+    """runtime_churn.yaml (a pausing and a dropping device, one server, no backhaul) over 2 epochs: the server waits
+    once, after its epoch's last op; no device forwards a micro-batch of epoch 2 before the wait ends."""
+    data = yaml.safe_load((Path(__file__).parent / "fixtures" / "runtime_churn.yaml").read_text())
+    data["training"].update(epochs=2, eval_samples=8)
+    for d in data["devices"]:
+        d["availability"]["file"] = str(Path(__file__).parent / "fixtures" / d["availability"]["file"])
+    sc = sc_of(data)
+    res = sfsim.simulate(sc, "splitfrozen", splits=1, trace=True)
+    (w,) = _waits(res)
+    assert res.epoch_end_s == {"srv": w.dur} == epoch_end_seconds(sc, assignment=res.assignment)
+    assert max(e.start + e.dur for e in res.events if e.lane == "srv" and e.start < w.start) <= w.start + 1e-12
+    per_epoch = {d.name: d.samples // 4 for d in sc.devices}
+    later = [e for e in res.events if e.op == "F" and e.lane in per_epoch and e.mb >= per_epoch[e.lane]]
+    assert later and min(e.start for e in later) >= w.start + w.dur - 1e-12

@@ -124,9 +124,10 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:
             pool.by_epochs(job.sync.epochs, legs)
-    elif engine.epoch_end and not moving and engine.sync is None and (epochs := whole_epochs(job)) > 1:
+    elif engine.epoch_end and engine.sync is None and (epochs := whole_epochs(job)) > 1:
+        legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait alone
-            pool.by_epochs(epochs)
+            pool.by_epochs(epochs, legs)
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
         d = job.devices[i]
         start_device(engine, pools, i, d, m, sequential)
