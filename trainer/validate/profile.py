@@ -371,10 +371,13 @@ def save_seconds(parts: _Parts, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def _eval(parts: _Parts, lm: LoadedModel, spec: ProfileSpec) -> dict | None:
-    """An epoch end's evaluation beyond its forward: :func:`trainer.validate.evalcost.eval_costs`, in ms."""
+def _epoch_end(parts: _Parts, lm: LoadedModel, spec: ProfileSpec) -> dict:
+    """A server's epoch end (:mod:`sfsim.cost.epochend`): ``save`` (:func:`save_seconds`) and ``eval``, the
+    evaluation beyond its forward (:func:`trainer.validate.evalcost.eval_costs`), in ms; None for a device."""
+    if spec.role != "server":
+        return {"save": None, "eval": None}
     costs = eval_costs(lm, parts.fsrv.head, spec.seq_lens[-1], max(spec.repeats, 3))
-    return None if costs is None else {k: _ms(v) for k, v in costs.items()}
+    return {"save": _ms(save_seconds(parts)), "eval": None if costs is None else {k: _ms(v) for k, v in costs.items()}}
 
 
 def _iqr(xs: list[float]) -> float:
@@ -571,9 +574,7 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
                  "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
                  "dtype": spec.precision, "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
-                 "first_call": first, "grid": grid, "source": source,
-                 "save": _ms(save_seconds(parts)) if spec.role == "server" else None,  # sfsim.cost.epochend
-                 "eval": _eval(parts, lm, spec) if spec.role == "server" else None})
+                 "first_call": first, "grid": grid, "source": source, **_epoch_end(parts, lm, spec)})
     return {k: v for k, v in prof.items() if v is not None}
 
 
