@@ -20,7 +20,11 @@ profile) on five small fleets and prints the total error of each, the median, an
 * ``handover-splitlora-sync``: the same SplitLoRA fleet with its ``sync: {every: 2}`` (mec-b answers mec-a's rounds
   while it waits for the visitor);
 * ``handover-fedlora-sync``: the FedLoRA fleet with its ``sync: {every: 2}`` (each server's rounds, as the runtime's:
-  sfsim.schedules.fedsync).
+  sfsim.schedules.fedsync);
+* ``epochs2-splitlora``, ``epochs2-fedlora``, ``epochs2-cenlora``: ``epochs2`` for each baseline (the server's
+  epoch-end wait between the two epochs, as SplitFrozen's);
+* ``churn-epochs2``: ``churn`` over 2 epochs on its one server (the devices that pause or drop wait for the next
+  epoch, which opens after the server's epoch-end wait).
 
 Usage (not CI; a few minutes)::
 
@@ -59,7 +63,11 @@ RUNS = {"sync2": ("runtime_two_servers_churn.yaml", "splitfrozen", 1),
         "handover-splitlora": ("handover-splitlora", "splitlora", 1),
         "handover-fedlora": ("handover-fedlora", "fedlora", 1),
         "handover-splitlora-sync": ("handover-splitlora-sync", "splitlora", 1),
-        "handover-fedlora-sync": ("handover-fedlora-sync", "fedlora", 1)}
+        "handover-fedlora-sync": ("handover-fedlora-sync", "fedlora", 1),
+        "epochs2-splitlora": ("runtime_tiny.yaml", "splitlora", 2),
+        "epochs2-fedlora": ("runtime_tiny.yaml", "fedlora", 2),
+        "epochs2-cenlora": ("runtime_tiny.yaml", "cenlora", 2),
+        "churn-epochs2": ("runtime_churn.yaml", "splitfrozen", 2)}
 
 
 def static_sync_scenario(folder: Path, fed: bool = False, close: bool = False, joint: bool = False) -> Path:

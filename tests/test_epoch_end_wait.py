@@ -84,6 +84,29 @@ def test_save_comes_from_the_server_profile(tmp_path: Path):
     assert wait == pytest.approx(0.012 + 100 / 4 * (1e-3 + 12 * 2e-3 + 0.5e-3), rel=1e-9)
 
 
+def test_the_profiles_eval_costs_and_the_report_round_trip_are_in_the_wait(tmp_path: Path):
+    """The profile's eval: split + tokenise_row per row + the first evaluation's extra spread over the E - 1 waits;
+    the save message down to the server's devices: the longest downlink latency of those the assignment gives it."""
+    prof = {"model": "gpt2", "micro_batch": 4, "seq_len": 64, "save": "12 ms",
+            "eval": {"split": "0.5 ms", "tokenise_row": "0.02 ms", "first": "30 ms"},
+            "forward": {"embed": "1 ms", "blocks": "2 ms", "norm": 0, "head": "0.5 ms"}}
+    (tmp_path / "srv.yaml").write_text(yaml.safe_dump(prof))
+    data = fleet()  # 3 epochs, 100 rows
+    data["servers"][0] = {"name": "edge", "latency_profile": str(tmp_path / "srv.yaml"), "memory": "16 GiB"}
+    sc = sc_of(data)
+    forward = 100 / 4 * (1e-3 + 12 * 2e-3 + 0.5e-3)
+    assert epoch_end_seconds(sc)["edge"] == pytest.approx(0.012 + forward + 0.5e-3 + 100 * 0.02e-3 + 0.030 / 2,
+                                                          rel=1e-12)
+    every = {d.name: "edge" for d in sc.devices}
+    assert epoch_end_seconds(sc, assignment=every)["edge"] - epoch_end_seconds(sc)["edge"] == pytest.approx(
+        0.010, rel=1e-9)  # solo's 10 ms downlink, the cams' 5 ms
+    cams = {d.name: "edge" for d in sc.devices if d.name.startswith("cam")}
+    assert epoch_end_seconds(sc, assignment=cams)["edge"] - epoch_end_seconds(sc)["edge"] == pytest.approx(
+        0.005, rel=1e-9)
+    res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
+    assert [e.dur for e in _waits(res)] == [epoch_end_seconds(sc, assignment=every)["edge"]] * 2
+
+
 @pytest.mark.parametrize(("training", "why"), [({"eval_samples": None}, "unset"), ({"epochs": 1}, "one epoch")])
 def test_no_wait_without_eval_samples_or_with_one_epoch(training, why):
     assert epoch_end_seconds(sc_of(fleet(**training))) == {}, why
@@ -98,7 +121,7 @@ def test_the_next_epoch_waits_for_it_on_one_server():
     a micro-batch of the next epoch before the wait ends; more rows move the run by exactly the waits' growth."""
     sc = sc_of(fleet())
     res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
-    wait = epoch_end_seconds(sc)["edge"]
+    wait = epoch_end_seconds(sc, assignment=res.assignment)["edge"]
     assert res.epoch_end_s == {"edge": wait} and wait > 0
     waits = _waits(res)
     assert [(e.lane, e.dur) for e in waits] == [("epoch-end:edge", wait)] * 2
@@ -109,7 +132,7 @@ def test_the_next_epoch_waits_for_it_on_one_server():
         nxt = [e for e in res.events if e.op == "F" and e.lane in per_epoch and e.mb // per_epoch[e.lane] == k + 1]
         assert min(e.start for e in nxt) >= w.start + w.dur - 1e-12
     more = sfsim.simulate(sc_of(fleet(eval_samples=300)), "splitfrozen", splits=2)
-    grow = epoch_end_seconds(sc_of(fleet(eval_samples=300)))["edge"] - wait
+    grow = epoch_end_seconds(sc_of(fleet(eval_samples=300)), assignment=res.assignment)["edge"] - wait
     assert more.makespan_s - res.makespan_s == pytest.approx(2 * grow, rel=1e-9)
     assert more.engine == "simpy" and "epoch-end wait" in more.engine_note
 
@@ -126,8 +149,9 @@ def test_each_server_waits_after_its_own_epoch():
     """Two servers without a backhaul: each evaluates at its own epoch's end, with its own rate."""
     sc = sc_of(two_servers())
     res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
-    waits = epoch_end_seconds(sc)
-    assert waits["far"] == pytest.approx(2 * waits["edge"], rel=1e-12)  # half the FLOP rate, no profile
+    waits = epoch_end_seconds(sc, assignment=res.assignment)
+    # half the FLOP rate, no profile; far's device's downlink latency (its save message) is twice edge's too
+    assert waits["far"] == pytest.approx(2 * waits["edge"], rel=1e-12)
     assert sorted((e.lane, e.dur) for e in _waits(res)) == sorted(
         [("epoch-end:edge", waits["edge"])] * 2 + [("epoch-end:far", waits["far"])] * 2)
 
@@ -137,7 +161,7 @@ def test_with_sync_the_wait_follows_the_closing_round():
     sc = sc_of(two_servers(sync={"every": 2, "mode": "sync"}, epochs=2))
     res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
     waits = _waits(res)
-    assert len(waits) == 2 and res.epoch_end_s == epoch_end_seconds(sc)
+    assert len(waits) == 2 and res.epoch_end_s == epoch_end_seconds(sc, assignment=res.assignment)
     sync_end = max(e.start + e.dur for e in res.events if e.lane.startswith("backhaul:") and e.start < waits[0].start)
     assert waits[0].start == waits[1].start  # the closing round ends on both servers at once (sync mode)
     assert 0 <= waits[0].start - sync_end <= 2e-3 + 1e-9  # its last transfer's end + the backhaul's 2 ms latency
@@ -172,3 +196,104 @@ def test_sfsim_run_evaluates_the_scenarios_rows_unless_told(tiny_gpt2, tmp_path:
     common = dict(devices=path, launch="inprocess", train_samples=16, server_order="fifo")
     assert run(_cfg(tiny_gpt2, tmp_path / "a", eval_samples=None, **common))["eval_samples"] == 5
     assert run(_cfg(tiny_gpt2, tmp_path / "b", eval_samples=3, **common))["eval_samples"] == 3
+
+
+def test_a_cached_epoch_is_replayed_after_the_wait():
+    """training.cache_activations: the devices send epoch 1 only; the server waits at its end, then replays the
+    cached epoch 2 (its first op starts as the wait ends, no device forwards again); more rows move the run by
+    exactly the wait's growth."""
+    sc = sc_of(fleet(epochs=2, cache_activations=True))
+    res = sfsim.simulate(sc, "splitfrozen", splits=2, trace=True)
+    (w,) = _waits(res)
+    assert res.epoch_end_s == {"edge": w.dur} == epoch_end_seconds(sc, assignment=res.assignment)
+    assert max(e.start + e.dur for e in res.events if e.lane == "edge" and e.start < w.start) == pytest.approx(
+        w.start, abs=1e-12)
+    assert min(e.start for e in res.events if e.lane == "edge" and e.start >= w.start) == pytest.approx(
+        w.start + w.dur, abs=1e-12)
+    assert not [e for e in res.events if e.op == "F" and e.lane in {d.name for d in sc.devices} and e.start > w.start]
+    more = sfsim.simulate(sc_of(fleet(epochs=2, cache_activations=True, eval_samples=300)), "splitfrozen", splits=2)
+    grow = epoch_end_seconds(sc_of(fleet(epochs=2, eval_samples=300)), assignment=res.assignment)["edge"] - w.dur
+    assert more.makespan_s - res.makespan_s == pytest.approx(grow, rel=1e-9)
+
+
+@pytest.mark.parametrize("order", ["sequential", "interleaved"])
+def test_splitlora_waits_between_its_epochs(order):
+    """SplitLoRA's server (the runtime's train_server, as every method's) evaluates after each epoch but the last:
+    one wait of the predicted size per epoch end, after the epoch's last server op and before the next epoch's
+    first; sequential clients start epoch 2 after it, so the run is longer by exactly the waits; interleaved ones
+    overlap it with their adapters' way down. The fast path leaves these runs to SimPy with one line."""
+    sc = sc_of(fleet(client_order=order))
+    res = sfsim.simulate(sc, "splitlora", splits=2, trace=True)
+    wait = epoch_end_seconds(sc, assignment=res.assignment)["edge"]
+    waits = _waits(res)
+    assert res.epoch_end_s == {"edge": wait} and [(e.lane, e.dur) for e in waits] == [("epoch-end:edge", wait)] * 2
+    srv = [e for e in res.events if e.lane == "edge"]
+    for w in waits:
+        assert max(e.start + e.dur for e in srv if e.start < w.start) <= w.start + 1e-12
+        assert min(e.start for e in srv if e.start >= w.start) >= w.start + w.dur - 1e-12
+    base = sfsim.simulate(sc_of(fleet(client_order=order, eval_samples=None)), "splitlora", splits=2)
+    auto = sfsim.simulate(sc, "splitlora", splits=2)
+    assert base.engine == "fast" and auto.engine == "simpy" and "epoch-end wait" in auto.engine_note
+    if order == "sequential":
+        assert auto.makespan_s - base.makespan_s == pytest.approx(2 * wait, rel=1e-9)
+    else:
+        assert auto.makespan_s >= base.makespan_s
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_fedlora_waits_between_its_epochs(servers):
+    """FedLoRA: each server evaluates once its epoch's last FedAvg (and, on two servers without training.sync, the
+    epoch's closing round) is over; its devices' next downloads start after it. One server: the run is longer by
+    exactly the two waits of three epochs. The fast path leaves these runs to SimPy with one line."""
+    data = fleet() if servers == 1 else two_servers()
+    if servers == 2:
+        for s in data["servers"]:
+            s["backhaul"] = {"bandwidth": "1 Gbps", "latency": "2 ms"}
+    sc = sc_of(data)
+    res = sfsim.simulate(sc, "fedlora", trace=True)
+    waits = epoch_end_seconds(sc, assignment=res.assignment)
+    assert res.epoch_end_s == waits and len(waits) == servers
+    for name, wait in waits.items():
+        mine = [e for e in _waits(res) if e.lane == f"epoch-end:{name}"]
+        assert [e.dur for e in mine] == [wait] * 2
+        members = [d for d, s in res.assignment.items() if s == name]
+        for w in mine:
+            agg = [e.start + e.dur for e in res.events if e.lane == name and e.op == "aggregate" and e.start < w.start]
+            assert max(agg) <= w.start + 1e-12
+            downs = [e.start for e in res.events if e.lane in {f"downlink:{d}" for d in members} and e.start >= max(agg)]
+            assert min(downs) >= w.start + w.dur - 1e-12
+    base = sfsim.simulate(sc_of({**data, "training": {**data["training"], "eval_samples": 1}}), "fedlora")
+    auto = sfsim.simulate(sc, "fedlora")
+    assert auto.engine == "simpy" and "epoch-end wait" in auto.engine_note and auto.makespan_s > base.makespan_s
+    if servers == 1:
+        no_wait = sfsim.simulate(sc_of(fleet(eval_samples=None)), "fedlora")
+        assert no_wait.engine == "fast" and auto.makespan_s - no_wait.makespan_s == pytest.approx(
+            2 * waits["edge"], rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora"])
+def test_the_wait_counts_as_server_busy(method):
+    """The server evaluates and saves during the wait (the runtime's server process computes then): its busy
+    seconds hold the E - 1 waits beside its ops, so utilisation and compute energy count them."""
+    sc = sc_of(fleet())
+    res = sfsim.simulate(sc, method, splits=2, trace=True)
+    wait = res.epoch_end_s["edge"]
+    ops = sum(e.dur for e in res.events if e.lane == "edge" and e.op in ("F", "B", "W", "BW", "step", "aggregate"))
+    assert res.server_busy_s["edge"] == pytest.approx(ops + 2 * wait, rel=1e-9)
+
+
+def test_a_churning_fleet_on_one_server_waits_between_its_epochs():
+    """runtime_churn.yaml (a pausing and a dropping device, one server, no backhaul) over 2 epochs: the server waits
+    once, after its epoch's last op; no device forwards a micro-batch of epoch 2 before the wait ends."""
+    data = yaml.safe_load((Path(__file__).parent / "fixtures" / "runtime_churn.yaml").read_text())
+    data["training"].update(epochs=2, eval_samples=8)
+    for d in data["devices"]:
+        d["availability"]["file"] = str(Path(__file__).parent / "fixtures" / d["availability"]["file"])
+    sc = sc_of(data)
+    res = sfsim.simulate(sc, "splitfrozen", splits=1, trace=True)
+    (w,) = _waits(res)
+    assert res.epoch_end_s == {"srv": w.dur} == epoch_end_seconds(sc, assignment=res.assignment)
+    assert max(e.start + e.dur for e in res.events if e.lane == "srv" and e.start < w.start) <= w.start + 1e-12
+    per_epoch = {d.name: d.samples // 4 for d in sc.devices}
+    later = [e for e in res.events if e.op == "F" and e.lane in per_epoch and e.mb >= per_epoch[e.lane]]
+    assert later and min(e.start for e in later) >= w.start + w.dur - 1e-12

@@ -101,3 +101,26 @@ def test_total_counter_equals_flop_counter_mode(family, train):
             (out.last_hidden_state if family == "bert" else out.logits).float().pow(2).mean().backward()
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] > 0
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_an_emulated_device_counts_fused_attention_backward_as_the_simulator(family):
+    """torch prices the fused kernel's backward at 2.5x its forward (the scores are recomputed), the eager path
+    and sfsim.model.flops at 2x: an emulated device counts the eager path's FLOPs, one Q K^T per block less."""
+    from trainer.model.lora import add_lora, default_targets
+    from trainer.run.measure import flop_counter
+
+    B, T, hidden = 3, 11, 32
+    counts = {}
+    for impl, emulated in (("sdpa", False), ("sdpa", True), ("eager", False)):
+        lm = tiny_model(family, n_layers=2, hidden=hidden, seed=4)
+        add_lora(lm.model, blocks=[0, 1], targets=default_targets(family), rank=4, alpha=8)
+        lm.model.set_attn_implementation(impl)
+        lm.model.eval()  # no dropout: sdpa runs the fused CPU kernel, forward and backward
+        counter = flop_counter(emulated)
+        with counter:
+            lm.model(input_ids=torch.randint(5, 60, (B, T))).logits.float().pow(2).mean().backward()
+        counts[impl, emulated] = counter.get_total_flops()
+    assert counts["sdpa", False] - counts["sdpa", True] == 2 * (2 * B * T * T * hidden)  # both blocks' Q K^T
+    if family == "gpt2":  # c_attn's LoRA: q, k and v all need their gradient, as eager computes them
+        assert counts["sdpa", True] == counts["eager", False]

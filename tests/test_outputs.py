@@ -155,6 +155,16 @@ def test_gantt_strip_areas_equal_the_trace():
             assert busy[(r, op)].sum() * width == pytest.approx(exact, rel=1e-9)
 
 
+def test_gantt_gives_every_op_its_own_colour_and_legend_text():
+    from sfsim.outputs.gantt import COLORS, FALLBACK, LABELS
+
+    ops = ("F", "B", "W", "BW", "send", "step", "aggregate", "wait", "offline", "handover", "resume",
+           "sync-send", "sync-recv", "epoch_end")                   # every op the two halves' traces hold
+    colours = [COLORS[op].upper() for op in ops]
+    assert len(set(colours)) == len(ops) and FALLBACK.upper() not in colours
+    assert all(LABELS[op] != op for op in ops)                       # a legend line says what the op is
+
+
 def test_gantt_groups_big_fleets_and_shows_idle_servers_sorted():
     from sfsim.outputs.gantt import Panel, rows_for
     from sfsim.outputs.trace import TraceEvent as E

@@ -26,6 +26,7 @@ micro-batch x sequence-length grid; times are unit strings or seconds, medians o
         activation_bytes: [...]     # hidden states (B, T, d) leaving the device at cut 0..L
         codec: {int8: {encode: 0.2 ms, decode: 0.1 ms}, ...}  # wire codecs on those activations
     save: 12 ms                     # adapter + checkpoint written at an epoch's end (role server)
+    eval: {split: 0.3 ms, tokenise_row: 0.02 ms, first: 15 ms}  # evaluation beyond its forward (role server)
     source: "sfsim profile --model minilm-l6 ..."
 
 The older single-shape file (``bench/profile_device.py``) still loads: top-level ``micro_batch``,
@@ -89,6 +90,16 @@ class CodecTimes:
 
     encode: Seconds
     decode: Seconds
+
+
+@dataclass(config=STRICT, kw_only=True)
+class EvalCosts:
+    """An epoch end's evaluation beyond its forward passes (role server; ``trainer.validate.evalcost``): ``split``
+    the model split per evaluation, ``tokenise_row`` per dev row, ``first`` the process's first evaluation's extra."""
+
+    split: Seconds
+    tokenise_row: Seconds
+    first: Seconds
 
 
 @dataclass(config=STRICT, kw_only=True)
@@ -182,6 +193,7 @@ class LatencyProfile:
     machine: dict | None = None
     first_call: FirstCall | None = None
     save: Seconds | None = None  # writing the adapter and the checkpoint at an epoch's end (sfsim.cost.epochend)
+    eval: EvalCosts | None = None  # an epoch end's evaluation beyond its forward (sfsim.cost.epochend)
     source: str = ""
 
     @model_validator(mode="after")

@@ -71,7 +71,7 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if trace:
         return "a trace (and the Gantt chart) comes from the SimPy engine"
     tr = getattr(scenario, "training", None)  # the baselines' tests pass no scenario
-    if name in SPLITFROZEN and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1:
+    if name in (*SPLITFROZEN, "splitlora", "fedlora") and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1:
         return "the epoch-end wait (training.eval_samples, several epochs) is replayed by the SimPy engine only"
     if name not in COVERED:
         return f"the fast path covers {', '.join(COVERED)} only"

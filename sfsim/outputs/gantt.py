@@ -30,8 +30,9 @@ import numpy as np
 from sfsim.errors import SfsimError
 from sfsim.outputs.trace import OPS, TraceEvent, lane_order
 
-#: Colour of each op (Okabe-Ito colour-blind-safe palette plus greys): B, W and step differ in hue
-#: and lightness (vermillion, yellow, black).
+#: Colour of each op (Okabe-Ito colour-blind-safe palette plus greys, then Tol's muted indigo, wine and olive
+#: for the backhaul and the epoch's end): B, W and step differ in hue and lightness (vermillion, yellow, black);
+#: every op has its own colour (:data:`FALLBACK` is for ops this table does not know).
 COLORS = {
     "F": "#0072B2",          # blue
     "B": "#D55E00",          # vermillion
@@ -44,7 +45,18 @@ COLORS = {
     "offline": "#8C8C8C",    # dark grey
     "handover": "#E69F00",   # orange (a marker: the op is an instant)
     "resume": "#CC0000",     # red (a dashed line across the panel: the run restarted from its checkpoint)
+    "sync-send": "#332288",  # indigo (backhaul: a server sends its part of a round)
+    "sync-recv": "#882255",  # wine (backhaul: a server receives the others' parts)
+    "epoch_end": "#999933",  # olive (the server evaluates and saves between epochs)
 }
+
+#: Legend text of the ops a trace may hold beyond :data:`~sfsim.outputs.trace.OPS` (backhaul and epoch end).
+LABELS = {**OPS, "sync-send": "backhaul: sending the server's part of a round",
+          "sync-recv": "backhaul: receiving the other servers' parts",
+          "epoch_end": "server evaluates and saves between epochs"}
+
+FALLBACK = "#999999"
+"""Colour of an op :data:`COLORS` does not know (mid grey)."""
 
 BINS = 1000
 """Columns the time axis is cut into (about one pixel each at the PNG's size)."""
@@ -133,8 +145,8 @@ def write_panels(panels: list[Panel], path: str | Path, title: str = "", lane_li
     axes[-1, 0].set_xlabel("time (s)")
     axes[-1, 0].set_xlim(0, end * 1.01)
     ops = [op for op in OPS if op in used] + sorted(used - set(OPS))
-    handles = [Patch(facecolor=COLORS.get(op, "#999999"), edgecolor="#555555", linewidth=0.5,
-                     label=f"{op}: {OPS.get(op, op)}") for op in ops]
+    handles = [Patch(facecolor=COLORS.get(op, FALLBACK), edgecolor="#555555", linewidth=0.5,
+                     label=f"{op}: {LABELS.get(op, op)}") for op in ops]
     handles.append(Patch(facecolor="white", edgecolor="white",
                          label=f"bar height = busy share of\neach column (min {MIN_HEIGHT:.0%})"))
     axes[0, 0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, frameon=False)
@@ -177,7 +189,7 @@ def _draw(ax, panel: Panel, rows: list[Row], end: float) -> set[str]:
         for op, hh in zip(ops, heights, strict=True):
             top = bottom + hh
             x, lo, hi = _steps(edges, base - bottom * lane_h, base - top * lane_h)
-            ax.fill_between(x, lo, hi, step="post", facecolor=COLORS.get(op, "#999999"), linewidth=0)
+            ax.fill_between(x, lo, hi, step="post", facecolor=COLORS.get(op, FALLBACK), linewidth=0)
             bottom = top
     instants = [(r, ev.start) for ev in panel.events if ev.op == "handover"
                 for r, row in enumerate(rows) if ev.lane in row.lanes]

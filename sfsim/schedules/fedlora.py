@@ -155,6 +155,7 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         lane = FifoLane(engine, srv.lane(0))
         engine.on_finish(lambda lane=lane, name=srv.name: engine.server_busy.__setitem__(name, lane.busy))
         fed_groups.append(FedGroup(engine, lane, srv.aggregate, most))
+        fed_groups[-1].width, fed_groups[-1].wait = width(job.devices, per), (srv.name, engine.epoch_end.get(srv.name, 0.0))
     close = EpochClose(engine, job.sync, fed_groups, width(job.devices, per)) if job.sync is not None else None
     members = Membership(engine, fed_groups, motions, plan)
     if close is not None:  # no training.sync: each epoch's closing round, after the visitors a leg may still bring
@@ -198,6 +199,8 @@ class FedGroup:
         self.width = 1  # with them: slots an epoch
         self.on_wait = None  # called with r when an arrival has to wait (Membership keeps the run alive)
         self.end = 0.0  # when its last round ended or its last expected device left (its epoch's end)
+        self.wait = ("", 0.0)  # (server, its epoch-end wait: sfsim.cost.epochend)
+        self.evals: dict = {}  # epoch -> the event of its epoch-end wait's end
 
     def join(self, i: int, lo: int, hi: int, slots: list[int]) -> None:
         """Device ``i`` (its rounds at ``slots``) is expected here for its rounds in slots ``lo..hi-1``."""
@@ -234,6 +237,27 @@ class FedGroup:
         """Wait (a generator) for the closing round of slot ``r``'s epoch when slot ``nxt`` is in a later one."""
         if self.closes and nxt // self.width != r // self.width:
             yield self.closes[r // self.width]
+
+    def evaluated(self, r: int, nxt: int):
+        """Wait (a generator) for the server's epoch-end wait (evaluation, adapter, checkpoint:
+        :mod:`sfsim.cost.epochend`) after slot ``r``'s epoch, when slot ``nxt`` is in a later one: it starts when the
+        epoch's rounds (and closing round) are over, as the runtime's ``train_server`` evaluates between epochs."""
+        e = r // self.width
+        if nxt // self.width == e or self.wait[1] <= 0:
+            return
+        if e not in self.evals:
+            self.evals[e] = self.engine.env.event()
+            self.engine.env.process(self._evaluate(e))
+        yield self.evals[e]
+
+    def _evaluate(self, e: int):
+        yield from self.until(e * self.width, (e + 1) * self.width)
+        if self.closes:
+            yield self.closes[e]
+        (name, wait), t = self.wait, self.engine.env.now
+        self.engine.record(f"epoch-end:{name}", "epoch_end", t, wait)
+        self.engine.epoch_end_waited.add(name)
+        self.engine.succeed_at(self.evals[e], t + wait)
 
     def arrive(self, r: int):
         """An upload for round ``r`` arrived now; the returned event fires when the round's aggregate ends."""
@@ -448,6 +472,7 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, plan: list
         yield from group.until(r + 1, slot_of(plan, u + 1))  # its epoch's end
         if u + 1 < len(plan):
             yield from group.closing(r, plan[u + 1][0])  # a new epoch: after the epoch's closing round
+            yield from group.evaluated(r, plan[u + 1][0])  # and after the server's evaluation
         if (yield from _transfer(engine, members, i, d, m, False, constant, stop)) is None:
             return
 

@@ -5,7 +5,8 @@ Everything here is measured, not computed from a formula:
 - FLOPs: torch's FLOP counter around each role's compute (:class:`TotalFlopCounter`: the total of
   ``torch.utils.flop_counter.FlopCounterMode`` without its per-module bookkeeping; matmuls, attention
   including the fused CPU kernel torch's counter would score as zero;
-  element-wise ops count zero, as in torch's counter). The counter costs milliseconds per op on a
+  element-wise ops count zero, as in torch's counter; an emulated device counts fused attention's backward
+  as the simulator does: :data:`EMULATED_ATTENTION`). The counter costs milliseconds per op on a
   CPU, so work whose FLOPs depend only on shapes passes a ``key`` (e.g. ``(cut, B, T)``): the first
   time a (role, op, key) is seen it is counted, later identical work adds that measured count.
   Micro-batches are trimmed to their longest row, so T changes almost every step; :class:`ShapeFit`
@@ -47,6 +48,25 @@ def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *arg
 #: torch's own formulas for the other fused attention kernels, so attention counts the same everywhere.
 CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
                  torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
+
+
+def _eager_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """A fused attention kernel's backward as the eager path runs it (and :mod:`sfsim.model.flops` prices it):
+    torch's count less its first step, the scores' recomputation (``Q K^T`` again), so 2x the forward, not 2.5x."""
+    b, h_q, s_q, d_q = query_shape
+    recompute = 2 * b * h_q * s_q * d_q * key_shape[2]
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape) - recompute
+
+
+#: The counter of an emulated device (``--emulate compute``): its rate is the scenario's FLOP/s, which the
+#: simulator divides into FLOPs counted as :mod:`sfsim.model.flops` counts them, attention's backward at 2x its
+#: forward (the eager path's four matmuls); torch's formulas for the fused kernels add the scores' recomputation
+#: (2.5x), which made an emulated device's backward 7.6-8.7% slower than the simulator's for the same rate.
+EMULATED_ATTENTION = {**CPU_ATTENTION, **dict.fromkeys(
+    (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward,
+     torch.ops.aten._scaled_dot_product_efficient_attention_backward,
+     torch.ops.aten._scaled_dot_product_flash_attention_backward,
+     torch.ops.aten._scaled_dot_product_cudnn_attention_backward), _eager_sdpa_backward)}
 
 
 #: ops FlopCounterMode lets pass without a look (sizes, strides, layout)
@@ -96,9 +116,10 @@ class TotalFlopCounter(TorchDispatchMode):
         return out
 
 
-def flop_counter() -> TotalFlopCounter:
-    """A counter of FlopCounterMode's total that also counts the fused CPU attention kernel."""
-    return TotalFlopCounter(CPU_ATTENTION)
+def flop_counter(emulated: bool = False) -> TotalFlopCounter:
+    """A counter of FlopCounterMode's total that also counts the fused CPU attention kernel; ``emulated``:
+    with fused attention's backward as the simulator counts it (:data:`EMULATED_ATTENTION`)."""
+    return TotalFlopCounter(EMULATED_ATTENTION if emulated else CPU_ATTENTION)
 
 
 def _flat(key) -> tuple:
@@ -230,10 +251,11 @@ class Meter:
         if presence is not None:
             presence.wait(lane or role)  # offline: sleep until online (raises DeviceLeft if it never is again)
         start = self.now()
+        stretched = (lane or role) in self.stretch  # counted as the simulator counts (flop_counter(emulated))
         scope = role if role == self.server_lane or not self.share_devices else "device"
-        cache_key = None if key is None else (scope, op, *key)
+        cache_key = None if key is None else (f"{scope}@emulated" if stretched else scope, op, *key)
         flops = 0
-        counting = count and (self.count_flops or (lane or role) in self.stretch)
+        counting = count and (self.count_flops or stretched)
         fit = None
         if counting and cache_key is not None and cache_key not in self._cache and self.fit_shapes:
             fit = self._fit.estimate(_flat(cache_key))
@@ -244,7 +266,7 @@ class Meter:
             yield
             flops = self._cache[cache_key] = fit[1]
         elif counting:
-            counter = flop_counter()
+            counter = flop_counter(stretched)
             with counter:
                 yield
             flops = counter.get_total_flops()

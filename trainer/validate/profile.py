@@ -51,6 +51,7 @@ from trainer.model.loading import LoadedModel
 from trainer.model.lora import add_lora, default_targets
 from trainer.model.split import split_model
 from trainer.transport import codecs
+from trainer.validate.evalcost import eval_costs
 
 MAX_GRID_VALUE = 1 << 16  # micro-batch sizes and sequence lengths above this are typos, not plans
 TASKS = ("classification", "causal-lm")
@@ -68,7 +69,8 @@ class ProfileSpec:
         lora_rank, lora_alpha: LoRA on the family's default targets of every block.
         warmup, repeats: untimed and timed rounds per grid entry.
         role: ``device`` or ``server`` (recorded; both roles measure the same tables, a server also ``save``: what it
-            writes at an epoch's end, :func:`save_seconds`).
+            writes at an epoch's end, :func:`save_seconds`; and ``eval``: its evaluation beyond the forward,
+            :mod:`trainer.validate.evalcost`).
         name: what was measured (the profile's ``device`` field).
         device: torch device measured on: ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``; on a GPU every timed
             call is bracketed by ``torch.cuda.synchronize`` (kernels run asynchronously).
@@ -369,6 +371,15 @@ def save_seconds(parts: _Parts, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def _epoch_end(parts: _Parts, lm: LoadedModel, spec: ProfileSpec) -> dict:
+    """A server's epoch end (:mod:`sfsim.cost.epochend`): ``save`` (:func:`save_seconds`) and ``eval``, the
+    evaluation beyond its forward (:func:`trainer.validate.evalcost.eval_costs`), in ms; None for a device."""
+    if spec.role != "server":
+        return {"save": None, "eval": None}
+    costs = eval_costs(lm, parts.fsrv.head, spec.seq_lens[-1], max(spec.repeats, 3))
+    return {"save": _ms(save_seconds(parts)), "eval": None if costs is None else {k: _ms(v) for k, v in costs.items()}}
+
+
 def _iqr(xs: list[float]) -> float:
     if len(xs) < 2:
         return 0.0
@@ -563,8 +574,7 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
                  "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
                  "dtype": spec.precision, "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
-                 "first_call": first, "grid": grid, "source": source,
-                 "save": _ms(save_seconds(parts)) if spec.role == "server" else None})  # sfsim.cost.epochend
+                 "first_call": first, "grid": grid, "source": source, **_epoch_end(parts, lm, spec)})
     return {k: v for k, v in prof.items() if v is not None}
 
 

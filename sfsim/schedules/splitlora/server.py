@@ -112,8 +112,19 @@ class Server(InTime):
                 yield from self._interleaved(counts)
             if self.sync is not None:  # the epoch's last rounds (trainer: Method.train_epoch, finish_sync)
                 self.free = yield from self.sync.finish(self.free)
+            if e + 1 < epochs:
+                self._epoch_end()
         self.engine.server_busy[self.srv.name] = self.busy
         yield self.engine.at(max(self.end, self.engine.env.now))
+
+    def _epoch_end(self) -> None:
+        """The server's wait between two epochs (evaluation, adapter, checkpoint: :mod:`sfsim.cost.epochend`, lane
+        ``epoch-end:<server>``), as the runtime's ``train_server``: the next epoch's first commands go after it."""
+        wait = self.engine.epoch_end.get(self.srv.name, 0.0)
+        if wait > 0:
+            self.engine.record(f"epoch-end:{self.srv.name}", "epoch_end", self.free, wait)
+            self.engine.epoch_end_waited.add(self.srv.name)
+            self.free += wait
 
     # -- the two client orders (trainer.methods.splitlora: server_epoch, _sequential) -------------------
     def _interleaved(self, counts: dict[Client, int]):
