@@ -38,6 +38,12 @@ def _gone(P, DI, DF, i, t):
 
 
 @njit
+def _present(P, DI, DF, i, t):
+    """``sfsim.schedules.fedsync.present``: a server's send at ``t`` reaches device ``i`` (it is counted)."""
+    return t < DF[i, fg.STOP] and (DI[i, fg.AVAIL] < 0 or rates.next_online(P, DI[i, fg.AVAIL], t) < math.inf)
+
+
+@njit
 def _transfer(S, M, K, Q, CNT, now, i, up, last):
     """``_transfer``: the upload (``up``, of micro-batches before ``last``) or download from now on the leg holding;
     False when the device leaves."""
@@ -51,6 +57,8 @@ def _transfer(S, M, K, Q, CNT, now, i, up, last):
     else:
         leg = fg.leg_at(DI, LF, i, now)
         secs = rates.span(P, LI[fg.L_DOWN, leg], now, bits[i], 1.0)
+        if DI[i, fg.R] + 1 < DI[i, fg.ROUNDS] and _present(P, DI, DF, i, now):
+            DI[i, fg.DOWNLOADS] += 1
     if now + secs > DF[i, fg.STOP] or secs == math.inf:
         fg.leave_at(S, M, N, Q, CNT, now, i, _gone(P, DI, DF, i, now), DI[i, fg.SYNCS])
         return False
@@ -62,7 +70,6 @@ def _transfer(S, M, K, Q, CNT, now, i, up, last):
         push(Q, CNT, now + (secs + LF[fg.L_UP_L, leg]), NORMAL, fg.RESUME, i, 0)
     else:
         DF[i, fg.RECV_S] += rates.online(P, DI[i, fg.PAUSE], now, now + secs)
-        DI[i, fg.DOWNLOADS] += 1
         push(Q, CNT, now + (secs + LF[fg.L_DOWN_L, leg]), NORMAL, fg.RESUME, i, 0)
     return True
 
@@ -81,6 +88,8 @@ def _step(S, M, K, Q, CNT, now, i, acc):
             if DI[i, fg.R] >= DI[i, fg.ROUNDS]:
                 DI[i, fg.PC] = fg.OVER
                 continue
+            if DI[i, fg.R] == 0:  # the first round's average (device_process)
+                DI[i, fg.DOWNLOADS] += 1
             _, first, last = fg.plan(DI, N, PS, i, DI[i, fg.R])
             t, done, steps, cut = _local_net(D, N, P, DI[i, fg.PAUSE], i, first, last, acc, now, DF[i, fg.STOP])
             DI[i, fg.DONE_MB] += done
