@@ -15,10 +15,11 @@ from sfsim.fast.simq import NORMAL, NSOFT, push
 
 INIT, RESUME, SWITCH, LEAVE, AT_DONE, DONE, AT_OWN, OWN, HARD, EXIT, POKE, COND = range(12)  # event kinds
 AT_READY, READY, AT_CLOSES, CLOSES = range(12, 16)  # EpochClose's events: an epoch's average, a server's return
+CHANGE = 16  # Membership.changed succeeds: the EpochClose processes waiting on it look again
 BEGIN, UP, ARRIVE, DOWN, NEXT, OVER, UNTIL, CLOSING = range(8)  # a device's program counter
 S_UNTIL, S_READY = range(8, 10)  # an EpochClose server process's program counter
 (PC, R, SRV, APPLIED, NMOVED, SYNCS, DOWNLOADS, SENT, DONE_MB, STEPS, NUPL, WNEXT, KEPT, LEG0,
- LEGS, PAUSE, AVAIL, ROUNDS, DROPS, PE, RPE, WPREV, WR, ISCOND, PNEXT, PPREV, PSER) = range(27)  # DI
+ LEGS, PAUSE, AVAIL, ROUNDS, DROPS, PE, RPE, WPREV, WR, ISCOND, PNEXT, PPREV, PSER, UPLOADED) = range(28)  # DI
 START, STOP, GONE, SEND_S, RECV_S = range(5)  # DF: float per device
 L_UP, L_DOWN, L_SERVER = range(3)  # LI: per leg
 L_AT, L_UP_L, L_DOWN_L = range(3)  # LF: per leg
@@ -26,7 +27,8 @@ NLEAVE = 2  # CNT, after sfsim.fast.simq's EID and NSOFT
 HAS, LO, HI = range(3)  # EXP: a group's expected rounds of a device
 NEED, ARRIVED, CLOSED, WHEAD, WTAIL, TRIG = range(6)  # G: per server and slot
 PHEAD, PTAIL, PCUR, PLIVE = range(4)  # PK: per server, its poke (FedGroup.poke) and who waits on it
-NDI = 27
+CH_CUR, CH_LIVE, CH_N = range(3)  # CH: Membership.changed (serial, untriggered), then its waiters (process, serial)
+NDI = 28
 
 
 # -- a device's rounds (sfsim.schedules.fedlora.round_plan): per epoch, on the slots of width() ----------------
@@ -205,6 +207,7 @@ def switch(S, M, N, Q, CNT, now, i, t):
             u += 1
         MV[i, DI[i, NMOVED]] = u
         DI[i, NMOVED] += 1
+        notify(S, Q, CNT, now)
         old, new = LI[L_SERVER, q - 1], LI[L_SERVER, q]
         if old == new or DF[i, GONE] < math.inf:
             continue
@@ -224,6 +227,7 @@ def leave(S, M, N, Q, CNT, now, i, uploaded):
     s = slot_of(M[0], N, S[5], i, uploaded)
     for k in range(S[2].shape[0]):
         cut(S, M, N, Q, CNT, now, k, i, s)
+    notify(S, Q, CNT, now)
 
 
 @njit
@@ -251,3 +255,67 @@ def keep_alive(S, M, Q, CNT, now, k, r):
         if not DI[i, KEPT] and lo <= r < hi and LT[i] > now:
             DI[i, KEPT] = 1
             push(Q, CNT, LT[i], NORMAL, HARD, i, 0)
+
+
+# -- Membership.change / notify / awaited: a server's epoch waits for the visitors a later leg may bring ------------
+@njit
+def notify(S, Q, CNT, now):
+    """``Membership.notify``: the change event, when one is waited on and untriggered, succeeds now."""
+    CH = S[11]
+    if CH[CH_LIVE]:
+        CH[CH_LIVE] = 0
+        push(Q, CNT, now, NORMAL, CHANGE, CH[CH_CUR], 0)
+
+
+@njit
+def wait_change(S, p):
+    """``yield Membership.change()`` of process ``p``: a fresh event when none is pending untriggered."""
+    CH = S[11]
+    if not CH[CH_LIVE]:
+        CH[CH_CUR] += 1
+        CH[CH_LIVE] = 1
+    q = 3 + 2 * CH[CH_N]
+    CH[q], CH[q + 1] = p, CH[CH_CUR]
+    CH[CH_N] += 1
+
+
+@njit
+def changed(S, serial):
+    """The processes waiting on change event ``serial``, in the order they began waiting (taken off the list)."""
+    CH = S[11]
+    took, keep = [], 0
+    for q in range(CH[CH_N]):
+        p, s = CH[3 + 2 * q], CH[4 + 2 * q]
+        if s == serial:
+            took.append(p)
+        else:
+            CH[3 + 2 * keep], CH[4 + 2 * keep] = p, s
+            keep += 1
+    CH[CH_N] = keep
+    return took
+
+
+@njit
+def awaited(M, Q, CNT, now, k, e):
+    """``Membership.awaited``: whether server ``k`` still waits for a visitor in epoch ``e`` (a device there now, not
+    gone, with rounds of epoch ``e`` still to upload and a later leg on ``k``); a leave due later keeps the run."""
+    DI, DF, LI, LT = M[0], M[1], M[2], M[7]
+    late = False
+    for i in range(DF.shape[0]):
+        rpe, rounds = DI[i, RPE], DI[i, ROUNDS]
+        if e * rpe >= rounds or DF[i, GONE] < math.inf:
+            continue
+        j, end = DI[i, LEG0] + DI[i, APPLIED], DI[i, LEG0] + DI[i, LEGS]
+        if DI[i, UPLOADED] > min((e + 1) * rpe, rounds) - 1 or LI[L_SERVER, j] == k:
+            continue
+        later = False
+        for q in range(j + 1, end):
+            later = later or LI[L_SERVER, q] == k
+        if not later:
+            continue
+        late = True
+        t = LT[i] if LT[i] > 0.0 else math.inf
+        if not DI[i, KEPT] and now < t < math.inf:
+            DI[i, KEPT] = 1
+            push(Q, CNT, t, NORMAL, HARD, i, 0)
+    return late

@@ -110,6 +110,8 @@ def _step(S, M, K, Q, CNT, now, i, acc):
         if pc == fg.ARRIVE:
             r = fg.plan(DI, N, PS, i, DI[i, fg.R])[0]
             fg.arrive(S, M, Q, CNT, now, DI[i, fg.SRV], r, i)
+            DI[i, fg.UPLOADED] += 1  # Membership.arrived
+            fg.notify(S, Q, CNT, now)
             DI[i, fg.PC], DI[i, fg.WR] = fg.UNTIL, r + 1
             return
         if pc == fg.UNTIL:  # its epoch's end, then a new epoch's after the closing round (FedGroup.closing)
@@ -232,6 +234,9 @@ def _epoch_close(S, M, Q, CNT, now, i):
                 fg.wait_either(S, DI, k, r, i)
                 return
             DI[i, fg.WR] += 1
+        if fg.awaited(M, Q, CNT, now, k, e):  # a visitor a later leg may bring (EpochClose._epoch_end)
+            fg.wait_change(S, i)
+            return
         t = max(now, CF[k, cl.C_FREE])
         AR[e] = max(AR[e], t + CF[k, cl.C_BUSY] + CF[k, cl.C_LAT])
         RW[e, 0] += 1  # the servers waiting on ready[e], in order
@@ -282,6 +287,10 @@ def run(S, M, K, soft, order, acc):
             push(Q, CNT, now, NORMAL, fg.CLOSES, a, b)
         elif kind == fg.CLOSES:
             _fire_closes(S, M, K, Q, CNT, now, a, b, acc)
+        elif kind == fg.CHANGE:  # the EpochClose processes waiting resume: their epoch's rounds, from the first
+            for p in fg.changed(S, a):
+                M[0][p, fg.WR] = M[0][p, fg.R] * max(S[5][1], 1)
+                _epoch_close(S, M, Q, CNT, now, p)
         if rates.stuck(K[2]):
             return now, True
     return now, False
@@ -326,7 +335,7 @@ def _state(job, cfg, horizon: float) -> tuple:
     PK = np.zeros((n_srv, 4), np.int64)
     PK[:, fg.PHEAD] = PK[:, fg.PTAIL] = -1
     S = (G, EXP, np.zeros((n_srv, 2)), np.array([s.aggregate for s in job.servers], np.float64), PK, PS,
-         *cl.fed_arrays(job, n))
+         *cl.fed_arrays(job, n), np.zeros(3 + 2 * n_srv, np.int64))
     DI[n:, fg.PC] = fg.S_UNTIL  # EpochClose's processes: epoch 0, from slot 0
     if job.sync is not None:  # EpochClose's processes start first (it is made before the devices' processes)
         order = list(range(n, n + n_srv)) + order

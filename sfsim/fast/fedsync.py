@@ -12,7 +12,10 @@ each float as the SimPy processes compute it: ``now + (t - now)`` for a timeout 
 a compiled generator that stops where the server joins a round (:mod:`sfsim.fast.lockstep` forms them) and at each
 epoch's end. Devices' figures count what they did (a device whose epochs outnumber the run's trains only the run's).
 On time-varying links (no handover, no availability) the same rounds run in Python, each adapter transfer
-integrating its leg's rate (:func:`_varying_run`).
+integrating its leg's rate (:func:`_varying_run`); with availability (pause, drop) and handovers to other links of a
+device's own server, a round ends at the latest of its devices' answers (an upload, or a leave) (:func:`_moving_run`).
+Handovers between servers (the ``moved``/``join`` messages, a waiting server answering the others' rounds) stay on
+the SimPy engine. Downloads are counted as the runtime's server sends them (:func:`sfsim.schedules.fedsync.present`).
 """
 
 from __future__ import annotations
