@@ -7,7 +7,10 @@ in lockstep (:mod:`sfsim.fast.splitsync`, :mod:`sfsim.fast.fedsync`, :mod:`sfsim
 engines (CPU seconds: the machine is shared), the ratio, and whether every figure (makespan, busy, bytes, mixing,
 rounds, backhaul bytes) is equal.
 
-Run: ``.venv/bin/python bench/bench_baseline_sync.py [--devices N] [--mb M] [--epochs E] [--mode sync|async]``.
+``--network dynamic``: bench_lora_dynamic.py's varying links and pause churn (FedLoRA: :func:`sfsim.fast.fedsync._moving_run`).
+
+Run: ``.venv/bin/python bench/bench_baseline_sync.py [--devices N] [--mb M] [--epochs E] [--mode sync|async]
+[--network static|dynamic]``.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from bench_closing import closing_fleet, race  # noqa: E402
+from bench_closing import fleet, race  # noqa: E402
 
 
-def synced_fleet(devices: int, mb: int, epochs: int, every: int, mode: str):
-    """:func:`bench_closing.closing_fleet` with ``training.sync`` every ``every`` in ``mode``."""
-    job, cfg = closing_fleet(devices, mb, epochs)
+def synced_fleet(devices: int, mb: int, epochs: int, every: int, mode: str, network: str = "static"):
+    """:func:`bench_closing.fleet` (``network`` static, or dynamic: bench_lora_dynamic.py's varying links and pause
+    churn) with ``training.sync`` every ``every`` in ``mode``."""
+    job, cfg = fleet(devices, mb, epochs, network)
     job.sync = dataclasses.replace(job.sync, every=every, mode=mode)
     return job, cfg
 
@@ -37,14 +41,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--mode", choices=["sync", "async"], default="sync")
     ap.add_argument("--schedules", default="splitlora,fedlora,cenlora")
+    ap.add_argument("--network", choices=["static", "dynamic"], default="static")
     a = ap.parse_args()
     for schedule in a.schedules.split(","):
         for every in (1, 10):
-            fast, ref, t_fast, t_simpy = race(lambda d, m, e=every: synced_fleet(d, m, a.epochs, e, a.mode),
+            fast, ref, t_fast, t_simpy = race(lambda d, m, e=every: synced_fleet(d, m, a.epochs, e, a.mode, a.network),
                                               schedule, a.devices, a.mb)
             n = a.devices * a.mb
             print(f"{schedule}, {a.devices:,} devices x {a.mb} micro-batches, {a.epochs} epoch(s), 4 servers, sync every "
-                  f"{every} ({a.mode}, {ref['rounds']:,} rounds): fast path {n / t_fast:,.0f} mb/s, SimPy engine "
+                  f"{every} ({a.mode}, {ref['rounds']:,} rounds, {a.network} network): fast path {n / t_fast:,.0f} mb/s, SimPy engine "
                   f"{n / t_simpy:,.0f} mb/s (CPU; fast is {t_simpy / t_fast:,.1f}x); every figure equal: {fast == ref}",
                   flush=True)
 

@@ -120,10 +120,10 @@ def test_fedlora_sync_on_varying_links_equal(seeds):
 
 
 def test_what_stays_on_simpy():
-    """FedLoRA's training.sync with handovers or availability stays on SimPy, in one line."""
+    """FedLoRA's training.sync with handovers between servers stays on SimPy, in one line."""
     job, cfg = fed_sync_job(0, "moving")
     assert uncovered(None, "fedlora", cfg, job) == (
-        "fedlora's backhaul sync with handovers or availability is replayed by the SimPy engine only")
+        "fedlora's backhaul sync with handovers between servers is replayed by the SimPy engine only")
 
 
 def cen_check(seed: int, ties: bool = False) -> None:

@@ -165,7 +165,7 @@ def test_many_closing_round_fleets_equal(ties):
 
 def test_what_stays_on_simpy_is_said():
     """training.sync (backhaul sync every N steps) takes the fast path (tests/test_fast_split_sync.py) but with
-    handovers between servers (SplitLoRA), handovers or availability (FedLoRA), several workers a server (CenLoRA):
+    handovers between servers (SplitLoRA, FedLoRA), several workers a server (CenLoRA):
     those stay on SimPy, in one line."""
     from sfsim.fast.replay import uncovered
     from sfsim.schedules.splitlora.moves import hands_over
@@ -180,7 +180,7 @@ def test_what_stays_on_simpy_is_said():
         "cenlora's backhaul sync with several workers a server is replayed by the SimPy engine only")
     job.network = dynamic_network(random.Random(0), job, True, handover=True)
     assert uncovered(None, "fedlora", cfg, job) == (
-        "fedlora's backhaul sync with handovers or availability is replayed by the SimPy engine only")
+        "fedlora's backhaul sync with handovers between servers is replayed by the SimPy engine only")
     assert hands_over(job.network.motions) and uncovered(None, "splitlora", cfg, job) == (
         "splitlora's backhaul sync with handovers between servers is replayed by the SimPy engine only")
 

@@ -113,24 +113,16 @@ def replay_fedlora(job, cfg) -> tuple[dict, dict, float, Closed]:
     return devices, {job.servers[k].name: s.busy for k, s in servers.items()}, makespan, fed_closed(job.sync)
 
 
-#: Why FedLoRA's closing rounds with handovers between servers stay on SimPy: a server's epoch ends only once no later
-#: leg may bring a visitor with rounds of the epoch (``sfsim.schedules.fedlora.EpochClose``), which fedmoves lacks.
-HANDOVERS = "fedlora's closing backhaul rounds with handovers (a server waits for its visitors) are replayed by SimPy only"
-
-
 def fed_uncovered(job, cfg) -> str | None:
     """Why FedLoRA's closing rounds stay on the SimPy engine (one line), or None: covered on every network the fast
     path covers (:func:`replay_fedlora`, :func:`sfsim.fast.fedlora.replay_varying`, :mod:`sfsim.fast.fedmoves`) when
-    the devices' epochs fill the run's FedAvg slots (as a scenario's do: every device trains every epoch) and no device
-    hands over to another server (:data:`HANDOVERS`)."""
+    the devices' epochs fill the run's FedAvg slots (as a scenario's do: every device trains every epoch); with
+    handovers between servers a server's epoch waits for the visitors a later leg may bring (``fedgroup.awaited``)."""
     per = int(cfg.local_steps)
     plans = fl.plans(job.devices, per)
     most = max((p[-1][0] + 1 for p in plans if p), default=0)  # the FedAvg slots the SimPy schedule forms
     if job.sync.epochs * max(fl.width(job.devices, per), 1) > most:
         return "fedlora's closing backhaul rounds when the devices' epochs are not the run's are replayed by SimPy only"
-    motions = getattr(getattr(job, "network", None), "motions", None) or {}
-    if any(leg.server != m.legs[0].server for m in motions.values() for leg in m.legs[1:]):
-        return HANDOVERS
     return None
 
 

@@ -12,11 +12,15 @@ each float as the SimPy processes compute it: ``now + (t - now)`` for a timeout 
 a compiled generator that stops where the server joins a round (:mod:`sfsim.fast.lockstep` forms them) and at each
 epoch's end. Devices' figures count what they did (a device whose epochs outnumber the run's trains only the run's).
 On time-varying links (no handover, no availability) the same rounds run in Python, each adapter transfer
-integrating its leg's rate (:func:`_varying_run`).
+integrating its leg's rate (:func:`_varying_run`); with availability (pause, drop) and handovers to other links of a
+device's own server, a round ends at the latest of its devices' answers (an upload, or a leave) (:func:`_moving_run`).
+Handovers between servers (the ``moved``/``join`` messages, a waiting server answering the others' rounds) stay on
+the SimPy engine. Downloads are counted as the runtime's server sends them (:func:`sfsim.schedules.fedsync.present`).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -24,8 +28,11 @@ import numpy as np
 from sfsim.fast import fedlora as fed
 from sfsim.fast import lockstep
 from sfsim.fast.jit import njit
-from sfsim.network.legs import span
+from sfsim.fast.rates import may_stall
+from sfsim.fast.splitlora import DYNAMIC, STALLS
+from sfsim.network.legs import online, span
 from sfsim.schedules import fedlora as fl
+from sfsim.schedules import fedsync as fs
 
 _U, _DONE, _STEPS, _DOWNS, _TOTAL = range(5)  # DI: per device its uploads, micro-batches, steps, downloads, rounds
 _FREE, _BUSY = range(2)  # S: the server's lane free at, its busy seconds
@@ -42,9 +49,9 @@ def _round(D, N, DI, DF, per, accumulate, slot, slots, now):
         if first == stop:
             continue
         s = now
+        DI[_DOWNS, i] += 1  # the round's average, counted as the runtime sends it (the first one at no cost)
         if DI[_U, i] > 0:  # the last average's download first
             s = now + (D[fed._DOWN, i] + D[fed._DOWN_L, i])
-            DI[_DOWNS, i] += 1
         t, k = fed._local(D, N, i, first, stop, accumulate, s)
         DI[_STEPS, i] += k
         DI[_DONE, i] += stop - first
@@ -89,9 +96,8 @@ def server_run(D, N, DI, DF, per, accumulate, aggregate, epochs, slots, S, X, Y)
             now = max(now, t)
             for i in range(N.shape[1]):  # the run's last round of a device: its download of the average now
                 first, stop = fed._span(N, i, e * slots + q, per, slots)
-                if first < stop and DI[_U, i] == DI[_TOTAL, i]:
+                if first < stop and DI[_U, i] == DI[_TOTAL, i]:  # not counted: the runtime sends none
                     DF[i] = now + (D[fed._DOWN, i] + D[fed._DOWN_L, i])
-                    DI[_DOWNS, i] += 1
             q += 1
         X[0] = now
         yield lockstep.FINISH
@@ -117,6 +123,7 @@ def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs:
                 if first == stop:
                     continue
                 m, s = motions[c], now
+                m.downloads += 1  # the round's average, counted as the runtime sends it (the first one at no cost)
                 if DI[_U, c] > 0:  # the last average's download first
                     s = _download(d, m, now)
                 t, k = fed._local(D, N, c, first, stop, accumulate, s)
@@ -153,12 +160,122 @@ def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs:
     yield lockstep.DONE
 
 
+def _moving_run(job, loop, per: int, accumulate: int, aggregate: float, epochs: int, slots: int):
+    """:func:`server_run` with availability (pause, drop) and handovers to other links of the devices' own server, in
+    Python, as ``sfsim.schedules.fedsync``'s ``Server.epoch`` and ``device``: a round ends at the latest of its
+    devices' messages (an upload's arrival, or a leave: when the device goes, or at once for one that has left); a
+    device's epoch ends with its last upload or when it leaves. The devices' motions get what the SimPy run leaves."""
+    S, X, Y, DF = loop.S, loop.X, loop.Y, loop.DF
+    motions = [job.network.motions[i] for i in loop.members]
+    plans = [fl.round_plan(d.n, d.per_epoch, per, slots) for d in loop.mine]
+    for m in motions:
+        m.done = 0
+    done = [0] * len(plans)  # each device's rounds uploaded
+    now, steps = 0.0, 0
+    for e in range(epochs):
+        left = [sum(hi - lo for r, lo, hi in p if r // slots == e) for p in plans]
+        while sum(left) > 0:
+            close, got = now, []
+            for c in [c for c, k in enumerate(left) if k > 0]:
+                t, k = _device_round(loop, c, motions[c], plans[c], done, now, accumulate)
+                close = max(close, t)
+                left[c] = max(left[c] - k, 0) if k > 0 else 0
+                got += [c] if k > 0 else []
+            t = _aggregate(S, close, aggregate * len(got)) if got else close
+            steps += 1
+            if Y[_JOINT] or steps % Y[_EVERY] == 0:
+                X[0], X[2] = t, 1.0 if sum(left) > 0 else 0.0
+                yield lockstep.AFTER
+                t = X[1]
+            now = max(close, t)
+            for c in got:  # the run's last round of a device: its download of the average now
+                if done[c] == len(plans[c]):
+                    DF[c] = _final(loop.mine[c], motions[c], now)
+        X[0] = now
+        yield lockstep.FINISH
+        now = X[1]
+    X[0] = now
+    yield lockstep.DONE
+
+
+def _device_round(loop, c: int, m, plan: list, done: list, now: float, accumulate: int) -> tuple[float, int]:
+    """Device ``c``'s next round, sent at ``now``: (when its answer reaches the server, micro-batches uploaded; 0: it
+    left), as ``sfsim.schedules.fedsync.device`` and ``_round``."""
+    d, stop, u = loop.mine[c], m.stop, done[c]
+    if m.gone < math.inf or m.start == math.inf:  # it has left (or never comes): a leave at once
+        m.gone = min(m.gone, now)
+        return now, 0
+    if u == 0:
+        m.downloads += fs.present(m, now, stop)  # the first round's average (at no cost)
+    t = m.start if m.churn == "drop" and m.start > now else now  # it joins at its first online instant
+    if u:  # the last average's download
+        leg = m.legs[m.leg_at(t)]
+        secs = span(leg.down_rate(m.pause), t, d.sync_bytes * 8.0)
+        m.downloads += fs.present(m, t, stop)
+        if t + secs > stop or secs == math.inf:
+            return _leaves(m, t, fs._gone(m, t, stop))
+        m.recv_s += online(m.pause, t, t + secs)
+        t = t + (secs + leg.down_l)
+    _, first, last = plan[u]
+    end, cut = _train(loop, c, m, first, last, accumulate, t)
+    if cut is not None:  # it leaves: from the start of the op it could not end
+        return _leaves(m, t, fs._gone(m, cut, stop))
+    t = t + (end - t)  # the timeout to the local work's end
+    leg = m.legs[m.leg_at(t)]
+    m.uploads.append(t)
+    secs = span(leg.up_rate(m.pause), t, d.sync_bytes * 8.0)
+    if t + secs > stop or secs == math.inf:
+        return _leaves(m, t, fs._gone(m, t, stop))
+    m.send_s += online(m.pause, t, t + secs)
+    m.syncs_sent, m.sent, done[c] = m.syncs_sent + 1, last, u + 1
+    return t + (secs + leg.up_l), last - first
+
+
+def _leaves(m, now: float, t: float) -> tuple[float, int]:
+    """The device leaves for good at ``t`` (``fleet.leave``, posted at ``now``): when its leave reaches the server."""
+    m.gone = min(m.gone, t)
+    return max(now, t), 0
+
+
+def _train(loop, c: int, m, first: int, last: int, accumulate: int, t: float) -> tuple[float, float | None]:
+    """``sfsim.schedules.fedsync._train`` from ``t``: (its end, None), or (-, the start of the op the device leaves
+    in); the compiled :func:`sfsim.fast.fedlora._local` when it is always online and never drops."""
+    d, stop = loop.mine[c], m.stop
+    if m.pause is None and stop == math.inf:
+        end, k = fed._local(loop.D, loop.N, c, first, last, accumulate, t)
+        m.done, m.steps = m.done + (last - first), m.steps + int(k)
+        return end, None
+    for n in range(first, last):
+        x = d.size(n)  # the last micro-batch of an epoch may be partial
+        ops = [d.fwd(n), d.b * x, d.w * x] + ([d.step] if (n - first + 1) % accumulate == 0 or n + 1 == last else [])
+        for j, dur in enumerate(ops):
+            end = t + span(m.pause, t, dur)
+            if end > stop or end == math.inf:
+                return t, t
+            t = end
+            if j == 2:
+                m.done += 1
+        m.steps += len(ops) == 4
+    return t, None
+
+
+def _final(d, m, t: float) -> float:
+    """The run's last download of a device from ``t`` (not counted: the runtime sends none); when it has it (-inf
+    when the device leaves first)."""
+    leg = m.legs[m.leg_at(t)]
+    secs = span(leg.down_rate(m.pause), t, d.sync_bytes * 8.0)
+    if t + secs > m.stop or secs == math.inf:
+        m.gone = min(m.gone, fs._gone(m, t, m.stop))
+        return -math.inf
+    m.recv_s += online(m.pause, t, t + secs)
+    return t + (secs + leg.down_l)
+
+
 def _download(d, m, t: float) -> float:
     """A device's download of the average from ``t`` on its leg's varying rate; when it has it."""
     leg = m.legs[0]
     down = span(leg.down_rate(None), t, d.sync_bytes * 8.0)
     m.recv_s += (t + down) - t
-    m.downloads += 1
     return t + (down + leg.down_l)
 
 
@@ -180,7 +297,7 @@ class _Loop:
         if job.network is None:
             self.gen = server_run(self.D, self.N, self.DI, self.DF, *knobs, self.S, self.X, self.Y)
         else:
-            self.gen = _varying_run(job, self, *knobs)
+            self.gen = (_varying_run if fed.varying_only(job.network, job) else _moving_run)(job, self, *knobs)
 
     def go(self, t: float) -> tuple[int, float, bool]:
         """Go on from ``t`` to the server's next backhaul round or its epoch's end."""
@@ -206,7 +323,10 @@ def replay(job, cfg) -> tuple[dict, dict, float, object]:
             done, steps, ups, downs = (int(v) for v in loop.DI[[_DONE, _STEPS, _U, _DOWNS], c])
             if job.network is not None:  # what the motions hold
                 m = job.network.motions[i]
-                done, steps, ups, downs, m.switched_at = m.done, m.steps, m.syncs_sent, m.downloads, []
+                done, steps, ups, downs = m.done, m.steps, m.syncs_sent, m.downloads
+                plan = fl.round_plan(d.n, d.per_epoch, int(cfg.local_steps), max(slots, 1))
+                moved = [bisect.bisect_left(m.uploads, leg.at) for leg in m.legs[1:]]  # uploads before each handover
+                m.switched_at = [min(plan[u][1] if u < len(plan) else d.n, m.sent) for u in moved]
             devices[d.name] = {"busy": d.units(done) * (d.f + d.b + d.w) + steps * d.step + d.first_extra(done),
                                "up": ups * d.sync_bytes, "down": downs * d.sync_bytes}
             makespan = max(makespan, float(loop.DF[c]))
@@ -214,9 +334,17 @@ def replay(job, cfg) -> tuple[dict, dict, float, object]:
 
 
 def uncovered(job) -> str | None:
-    """Why FedLoRA's ``training.sync`` stays on the SimPy engine (one line), or None: covered on constant links and on
-    time-varying links (:func:`sfsim.fast.fedlora.varying_only`)."""
+    """Why FedLoRA's ``training.sync`` stays on the SimPy engine (one line), or None: covered on constant links, on
+    time-varying links (:func:`sfsim.fast.fedlora.varying_only`), with availability and with handovers to other links
+    of the device's own server (:func:`_moving_run`)."""
     net = getattr(job, "network", None)
-    if net is not None and not fed.varying_only(net, job):
-        return "fedlora's backhaul sync with handovers or availability is replayed by the SimPy engine only"
+    if net is None or fed.varying_only(net, job):
+        return None
+    motions = getattr(net, "motions", None)
+    if motions is None:
+        return DYNAMIC
+    if any(leg.server != job.devices[i].server for i, m in motions.items() for leg in m.legs):
+        return "fedlora's backhaul sync with handovers between servers is replayed by the SimPy engine only"
+    if any(may_stall(leg.rate) or may_stall(leg.down) for m in motions.values() for leg in m.legs):
+        return STALLS
     return None

@@ -7,7 +7,10 @@ round's end for a partial window; a device whose epoch has fewer rounds than ano
 for the server's epoch to end (its next round's download starts after the epoch's last FedAvg); the adapter upload (every block and the head); the FedAvg of its
 server (``aggregate`` once every expected upload has arrived); the download of the average. The first
 round starts at time 0 with the initial adapters already on the devices; the last round also
-downloads. FedAvg FLOPs are not counted.
+downloads. Downloaded bytes count what the runtime's server sends: the average once per round a device is in,
+the first round's included, even when the device drops before it arrives (a send counts unless the device has
+already left: ``trainer.transport.dynamics.departed``); the run's last download takes its time but is not counted.
+FedAvg FLOPs are not counted.
 
 One device process (:func:`device_process`) for every device, under the rules of
 :mod:`sfsim.network.legs`: a transfer uses the leg holding when it starts and integrates its rate;
@@ -446,6 +449,7 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, plan: list
         return
     if m.churn == "drop" and m.start > 0:
         yield engine.at(m.start)  # it joins at its first online instant
+    m.downloads += 1  # the first round's average (the runtime sends it; here the initial adapters, at no cost)
     for u, (r, first, last) in enumerate(plan):
         t = env.now
         for n in range(first, last):  # local training, by arithmetic (as the static schedule)
@@ -473,12 +477,12 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, plan: list
         if u + 1 < len(plan):
             yield from group.closing(r, plan[u + 1][0])  # a new epoch: after the epoch's closing round
             yield from group.evaluated(r, plan[u + 1][0])  # and after the server's evaluation
-        if (yield from _transfer(engine, members, i, d, m, False, constant, stop)) is None:
+        if (yield from _transfer(engine, members, i, d, m, False, constant, stop, final=u + 1 == len(plan))) is None:
             return
 
 
 def _transfer(engine, members: Membership, i: int, d, m: Motion, up: bool, constant: bool, stop: float,
-              last: int = 0):
+              last: int = 0, final: bool = False):
     """Device ``i`` sends its adapter (``up``) or receives the average from now, over the leg holding now.
 
     An upload (of the micro-batches before ``last``) applies the handovers due first. Returns (as a
@@ -492,6 +496,7 @@ def _transfer(engine, members: Membership, i: int, d, m: Motion, up: bool, const
     else:
         leg = m.legs[m.leg_at(t)]
         secs = d.sync_down_s if constant else span(leg.down_rate(pause), t, d.sync_bytes * 8.0)
+        m.downloads += not final and fedsync.present(m, t, stop)  # the next round's average, sent even if cut off
     if t + secs > stop or secs == math.inf:
         members.leave_at(i, _gone(m, t, stop), m.syncs_sent)
         return None
@@ -502,7 +507,6 @@ def _transfer(engine, members: Membership, i: int, d, m: Motion, up: bool, const
         m.sent = last
     else:
         m.recv_s += online(pause, t, t + secs)
-        m.downloads += 1
     yield engine.env.timeout(secs + (leg.up_l if up else leg.down_l))
     return leg
 

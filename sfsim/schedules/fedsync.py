@@ -22,8 +22,9 @@ micro-batches with their optimizer steps, the upload. The messages, as the runti
   round whose expected devices all left or moved away ends empty (a backhaul round all the same), and in a later
   epoch a device that has left answers its server's round with ``leave`` at once.
 
-Downloads, as the per-device schedule counts them: one per upload (the first round starts with the initial adapters
-on the devices, the run's last round also downloads). Figures are those of :mod:`sfsim.schedules.fedlora`'s devices.
+Downloads, as the per-device schedule times them: one per upload (the first round starts with the initial adapters
+on the devices, the run's last round also downloads); counted as the runtime's server sends them: one per round a
+device is in (the first round's included, a download cut off too; :func:`present`), the run's last not. Figures are those of :mod:`sfsim.schedules.fedlora`'s devices.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import math
 from collections import deque
 
 from sfsim.engine.pool import FifoLane
+from sfsim.network.availability import next_online
 from sfsim.network.backhaul import ServerRounds
 from sfsim.network.legs import Motion, gone_at, online, record_online, span
 from sfsim.schedules.common import groups
@@ -257,6 +259,7 @@ def device(fleet: Fleet, i: int, accumulate: int, constant: bool):
         while m.gone < math.inf or m.start == math.inf:  # it has left (or never comes): its server stops waiting
             fleet.leave(i, u, engine.env.now, e)
             _, e = yield from box.get()
+        m.downloads += u == 0 and present(m, engine.env.now, m.stop)  # the first round's average (at no cost)
         yield from _round(fleet, i, d, m, u, accumulate, constant)
     if plan and m.gone == math.inf:
         yield from box.get()
@@ -326,6 +329,7 @@ def _transfer(fleet: Fleet, i: int, d, m: Motion, up: bool, constant: bool, u: i
         secs = d.sync_up_s if constant else span(leg.up_rate(pause), t, d.sync_bytes * 8.0)
     else:
         secs = d.sync_down_s if constant else span(leg.down_rate(pause), t, d.sync_bytes * 8.0)
+        m.downloads += u < len(fleet.plan[i]) and present(m, t, stop)  # round u's average, sent even if cut off
     if t + secs > stop or secs == math.inf:
         fleet.leave(i, u, _gone(m, t, stop))
         return False
@@ -336,12 +340,17 @@ def _transfer(fleet: Fleet, i: int, d, m: Motion, up: bool, constant: bool, u: i
         m.sent = fleet.plan[i][u][2]
     else:
         m.recv_s += online(pause, t, t + secs)
-        m.downloads += 1
     yield engine.env.timeout(secs + (leg.up_l if up else leg.down_l))
     if up:
         fleet.done_rounds[i] = u + 1
         fleet.post(fleet.at[i], ("adapter", i, k, fleet.epoch_of(i, u)))
     return True
+
+
+def present(m: Motion, t: float, stop: float) -> bool:
+    """Whether a server's send at ``t`` reaches the device, so that the runtime counts it: it has not dropped and will
+    be online again (``trainer.transport.dynamics.departed``)."""
+    return t < stop and (m.avail is None or next_online(m.avail, t) < math.inf)
 
 
 def _gone(m: Motion, t: float, stop: float) -> float:
