@@ -132,12 +132,11 @@ def test_simulate_closing_rounds_on_every_network(schedule, network):
     data["training"]["epochs"] = 3
     res = {e: sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule, splits=2, engine=e)
            for e in ("simpy", "auto")}
-    # SplitLoRA and FedLoRA handing over between servers close each epoch with their round, the joins arriving as the
-    # runtime's (a FedLoRA server waits for the visitors a later leg may bring): the SimPy engine only
+    # FedLoRA handing over between servers closes each epoch with its round, the joins arriving as the runtime's (a
+    # server waits for the visitors a later leg may bring): the SimPy engine only
     from sfsim.fast.closing import HANDOVERS
-    from sfsim.fast.splitlora import CLOSES
 
-    note = {"splitlora": CLOSES, "fedlora": HANDOVERS}.get(schedule) if network == "handover" else None
+    note = {"fedlora": HANDOVERS}.get(schedule) if network == "handover" else None
     assert (res["auto"].engine, res["auto"].engine_note, res["auto"].sync_rounds) == \
         (("fast", None, 3) if note is None else ("simpy", note, 3))
     assert res["auto"].to_dict() == res["simpy"].to_dict()
