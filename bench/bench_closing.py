@@ -2,7 +2,8 @@
 
 :func:`sfsim.fast.replay.baseline_fleet` (five device speeds, three link speeds, 4 servers), its micro-batches
 split into ``--epochs`` epochs, every server on a backhaul link (1, 2, 5, 10 Gbps, 2 ms) that closes each epoch
-with one round (:mod:`sfsim.fast.closing`; FedLoRA's in :mod:`sfsim.fast.fedlora`). Prints micro-batches per second of both engines (CPU seconds: the
+with one round (:mod:`sfsim.fast.closing`; FedLoRA's in :mod:`sfsim.fast.fedlora`; SplitLoRA's with handovers in
+:mod:`sfsim.fast.splitclose`). Prints micro-batches per second of both engines (CPU seconds: the
 machine is shared), the ratio, and whether every figure (makespan, busy, bytes, mixing, rounds, backhaul bytes)
 is equal.
 
@@ -65,10 +66,10 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--network", choices=["static", "dynamic", "handover"], default="static",
-                    help="SplitLoRA and FedLoRA on bench_lora_dynamic.py's network (handover: FedLoRA's moves too)")
+                    help="SplitLoRA and FedLoRA on bench_lora_dynamic.py's network (handover: devices move too)")
     a = ap.parse_args()
     schedules = ("splitlora", "cenlora", "fedlora") if a.network == "static" else ("splitlora", "fedlora")
-    for schedule in schedules if a.network != "handover" else ("fedlora",):
+    for schedule in schedules:
         fast, ref, t_fast, t_simpy = race(lambda d, m: fleet(d, m, a.epochs, a.network), schedule, a.devices, a.mb)
         n = a.devices * a.mb
         print(f"{schedule}, {a.devices:,} devices x {a.mb} micro-batches in {a.epochs} epochs, 4 servers closing "

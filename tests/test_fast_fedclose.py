@@ -126,13 +126,8 @@ def test_simulate_closing_rounds_on_every_network(schedule, network):
     data["training"]["epochs"] = 3
     res = {e: sfsim.simulate(scenario_from_dict(data, source="s.yaml"), schedule, splits=2, engine=e)
            for e in ("simpy", "auto")}
-    # SplitLoRA handing over between servers closes each epoch with its round, the joins arriving as the runtime's:
-    # the SimPy engine only (a FedLoRA server waiting for the visitors a later leg may bring: the fast path too)
-    from sfsim.fast.splitlora import CLOSES
-
-    note = {"splitlora": CLOSES}.get(schedule) if network == "handover" else None
-    assert (res["auto"].engine, res["auto"].engine_note, res["auto"].sync_rounds) == \
-        (("fast", None, 3) if note is None else ("simpy", note, 3))
+    # every network, handovers between servers included, closes each epoch on the fast path
+    assert (res["auto"].engine, res["auto"].engine_note, res["auto"].sync_rounds) == ("fast", None, 3)
     assert res["auto"].to_dict() == res["simpy"].to_dict()
 
 

@@ -18,7 +18,7 @@ too, :mod:`sfsim.fast.closing`: their servers wait for each epoch's round); Spli
 links and on the dynamic network (:mod:`sfsim.fast.splitlora`: both client orders, arrival or fixed
 server orders, FedAvg segments, accumulation, fused or decomposed B/W, time-varying links, availability
 with pause or drop, handovers that keep a device on its server; handovers between servers in one loop,
-:mod:`sfsim.fast.splitmoves`); CenLoRA (:mod:`sfsim.fast.cenlora`: several workers,
+:mod:`sfsim.fast.splitmoves`, with each epoch's closing round too, :mod:`sfsim.fast.splitclose`); CenLoRA (:mod:`sfsim.fast.cenlora`: several workers,
 accumulation, the proportional source and its mixing); FedLoRA (:mod:`sfsim.fast.fedlora`: rounds of
 local steps, adapter uploads and downloads, each server's FedAvg) on any network (time-varying links,
 availability, handover). Each epoch's closing backhaul round (no ``training.sync``) on every network

@@ -3,8 +3,8 @@
 ``sfsim run`` ends each epoch with one closing round over the servers' backhaul links
 (:mod:`sfsim.network.backhaul`). SplitLoRA's SimPy servers wait for it before their next epoch
 (``Server.run``: ``ServerRounds.finish`` between epochs), which couples the servers: :func:`replay_closing`
-replays epoch ``e`` of every server once the rounds before it are known. With handovers the rounds follow
-each server's end after the replay (:func:`sfsim.network.backhaul.close_epochs`, in :mod:`sfsim.fast.replay`).
+replays epoch ``e`` of every server once the rounds before it are known. With handovers between servers the rounds
+are events of the servers' joint loop (:mod:`sfsim.fast.splitclose`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 
 from sfsim.fast import cenlora as cl
 from sfsim.fast import fedlora as fed
-from sfsim.fast import mixing
-from sfsim.fast import splitlora as sl
+from sfsim.fast import mixing, splitlora
+from sfsim.fast import splitops as sl
 from sfsim.network.backhaul import Closed, closing_round
 from sfsim.schedules import fedlora as fl
 
@@ -38,7 +38,7 @@ def replay_closing(job, cfg) -> tuple[dict, dict, float, dict]:
                 for i in clients[k] if motions else ():
                     motions[i].done, motions[i].sent, motions[i].gone, motions[i].send_s, motions[i].recv_s = held[i]
                 at = np.zeros(e + 1)
-                out[k] = sl._server(job, cfg, k, clients[k], spec.epochs, release[k], at)
+                out[k] = splitlora._server(job, cfg, k, clients[k], spec.epochs, release[k], at)
                 ends[srv.name] = float(at[e])
             else:  # no client: its free time is the last round's return
                 ends[srv.name] = float(release[k][e - 1]) if e else 0.0

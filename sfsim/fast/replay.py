@@ -211,8 +211,10 @@ def _splitlora(job, cfg) -> tuple[Replayed, float]:
     elif job.sync is not None and not moves:  # each epoch's closing round, waited for before the next epoch
         devices, servers, makespan, closed = closing.replay_closing(job, cfg)
         rec.sync = Closed(closed["bytes"], closed["rounds"])
+    elif moves:  # the servers' loops jointly in time (with backhaul links: each epoch closed with its round)
+        devices, servers, makespan, rec.sync = splitmoves.replay(job, cfg)
     else:
-        devices, servers, makespan = (splitmoves if moves else splitlora).replay(job, cfg)
+        devices, servers, makespan = splitlora.replay(job, cfg)
     for i, d in enumerate(job.devices) if net is not None and not moves else ():  # handovers on its server
         if not d.n and len(net.motions[i].legs) > 1:  # no client: no upload before any (schedule.switched)
             net.motions[i].switched_at = [0] * (len(net.motions[i].legs) - 1)

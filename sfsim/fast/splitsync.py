@@ -22,8 +22,8 @@ import math
 import numpy as np
 
 from sfsim.engine.pacing import FIXED_ORDERS
-from sfsim.fast import closing, lockstep, mixing, rates
-from sfsim.fast import splitlora as sl
+from sfsim.fast import closing, lockstep, mixing, rates, splitlora
+from sfsim.fast import splitops as sl
 from sfsim.fast.jit import njit
 from sfsim.schedules.splitlora.moves import hands_over
 
@@ -260,7 +260,7 @@ def replay(job, cfg) -> tuple[dict, dict, float, object]:
         if net is None or (horizon and not any(loop.stuck for loop in loops)):
             break
         last = max(float(loop.SF[sl._END]) for loop in loops)
-        horizon = 2.0 * horizon if horizon else max(rates.HORIZON, sl.GUESS * last)
+        horizon = 2.0 * horizon if horizon else max(rates.HORIZON, splitlora.GUESS * last)
     devices = {d.name: {"busy": 0.0, "up": 0.0, "down": 0.0} for d in job.devices}
     servers, makespan = {}, 0.0
     for srv, loop, end in zip(job.servers, loops, ends, strict=True):
@@ -282,4 +282,4 @@ def uncovered(job) -> str | None:
         return None
     if getattr(net, "motions", None) is not None and hands_over(net.motions):
         return "splitlora's backhaul sync with handovers between servers is replayed by the SimPy engine only"
-    return sl.uncovered(net, job)
+    return splitlora.uncovered(net, job)
