@@ -103,6 +103,10 @@ def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
     if cache and any(d.handover for d in scenario.devices):
         raise Unsupported("cache_activations keeps a device's activations on its first server; it cannot be "
                          "combined with handover")
+    if moves and cache and (len(scenario.servers) < 2 or any(s.backhaul is None for s in scenario.servers)):
+        raise Unsupported("cache_activations with availability is simulated on several servers with a backhaul "
+                         "only (each epoch then ends with its rounds); on one server a device that leaves "
+                         "keeps its replays counted: set it to false")
 
 
 @dataclass

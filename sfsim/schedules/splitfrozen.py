@@ -325,8 +325,8 @@ def _left(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, n:
                 pools[k].left(n // d.per_epoch, i, d.sent - n, d.per_epoch - n % d.per_epoch)
         m.switched_at.extend([n] * (len(m.legs) - j - 1))  # handovers never reached
         return
-    if n < d.sent:  # (with the activation cache its later epochs' replays too: they start from its last send)
-        pools[home].withdraw(i, d.n - n)
+    if n < d.sent:
+        pools[home].withdraw(i, d.sent - n)
     for k in range(j + 1, len(m.legs)):  # handovers never reached: nothing goes there
         m.switched_at.append(n)
         pools[m.legs[k].server].not_coming(i)
