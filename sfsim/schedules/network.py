@@ -28,9 +28,10 @@ Refused (one line each, :func:`check_supported`), and why:
 * ``cache_activations`` with a handover: the second and later epochs replay activations cached on the
   device's *first* server; after a handover those activations are on another machine (moving them
   is a backhaul transfer the scenario does not describe), so either choice (resend, or move over a
-  backhaul) is a modelling decision the scenario would have to state. With availability it runs: the
-  remaining devices' later epochs replay their caches, and a device that left before its first epoch
-  was sent trains nothing more (its partial cache is not read), as the runtime's.
+  backhaul) is a modelling decision the scenario would have to state. With availability it runs on several
+  servers with a backhaul: the remaining devices' later epochs replay their caches, and a device that left
+  before its first epoch was sent trains nothing more (its partial cache is not read), as the runtime's; on
+  one server it is refused (the pool would keep the left device's replays counted).
 * SplitLoRA's handovers with the ``sequential`` client order or a fixed server order (see
   :mod:`sfsim.schedules.splitlora.moves`).
 
