@@ -93,6 +93,9 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return None if net is None else _DYNAMIC
     why_dyn = "" if net is not None and getattr(net, "views", None) is not None else None
     why = dynamic.covers(net, cfg.policy) if why_dyn is not None else None
+    if why is None and why_dyn is not None and any(d.sent < d.n for d in job.devices) and any(
+            getattr(d, "availability", None) is not None for d in getattr(scenario, "devices", ())):
+        why = "availability with cached activations"  # a device that leaves drops its replays: SimPy's pool only
     if why is not None:  # first, as for the other schedules: --schedule all then says one reason for all
         return f"the dynamic network's {why} is replayed by the SimPy engine only"
     if _synced(job):  # training.sync, or each epoch's closing round over several epochs: its rounds

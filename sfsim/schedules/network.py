@@ -25,11 +25,13 @@ Refused (one line each, :func:`check_supported`), and why:
   activations would break the memory bound, and "every device" has no meaning while devices may
   still join (wait for a device that may never come, or draw without it): the rule needs a choice
   the trainer has not made.
-* With ``cache_activations``: the second and later epochs replay activations cached on the
+* ``cache_activations`` with a handover: the second and later epochs replay activations cached on the
   device's *first* server; after a handover those activations are on another machine (moving them
-  is a backhaul transfer the scenario does not describe), and a device that drops leaves a cache
-  nobody reads. Either choice (resend, or move over a backhaul) is a modelling decision the scenario
-  would have to state.
+  is a backhaul transfer the scenario does not describe), so either choice (resend, or move over a
+  backhaul) is a modelling decision the scenario would have to state. With availability it runs on several
+  servers with a backhaul: the remaining devices' later epochs replay their caches, and a device that left
+  before its first epoch was sent trains nothing more (its partial cache is not read), as the runtime's; on
+  one server it is refused (the pool would keep the left device's replays counted).
 * SplitLoRA's handovers with the ``sequential`` client order or a fixed server order (see
   :mod:`sfsim.schedules.splitlora.moves`).
 
@@ -99,9 +101,13 @@ def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
     if moves and cfg.policy not in POLICIES_WITH_MOVES:
         raise Unsupported(f"server policy {cfg.policy!r} cannot take devices that join or leave a server "
                          f"(handover, availability); use {' or '.join(POLICIES_WITH_MOVES)}")
-    if moves and cache:
+    if cache and any(d.handover for d in scenario.devices):
         raise Unsupported("cache_activations keeps a device's activations on its first server; it cannot be "
-                         "combined with handover or availability")
+                         "combined with handover")
+    if moves and cache and (len(scenario.servers) < 2 or any(s.backhaul is None for s in scenario.servers)):
+        raise Unsupported("cache_activations with availability is simulated on several servers with a backhaul "
+                         "only (each epoch then ends with its rounds); on one server a device that leaves "
+                         "keeps its replays counted: set it to false")
 
 
 @dataclass
@@ -175,7 +181,7 @@ def report(res, setup, job, moving: dict[int, Motion]) -> None:
             res.handovers.append({"device": d.name, "at_s": leg.at, "from": names[m.legs[j - 1].server],
                                   "to": names[leg.server], "sent_before": before, "sent_after": m.sent - before})
         if dev.availability is not None:
-            res.samples_not_trained[d.name] = round((d.units(d.sent) - d.units(m.sent)) * mb)
+            res.samples_not_trained[d.name] = round((d.units(d.n) - d.units(reached(d, m))) * mb)
         res.uplink_send_s[d.name] = m.send_s
         if m.recv_s:
             res.downlink_recv_s[d.name] = m.recv_s
@@ -185,10 +191,17 @@ def report(res, setup, job, moving: dict[int, Motion]) -> None:
         if (len(m.legs) == 1 and m.avail is None) or not m.srv_flops:
             continue  # a varying link only, or no server FLOPs: every micro-batch trains where the schedule put it
         # Server FLOPs: each leg's share of the micro-batches, on the server that trained them.
-        cuts = [0] + m.switched_at + [m.sent]
+        cuts = [0] + m.switched_at + [reached(d, m)]
         first = names[m.legs[0].server]
         res.server_flops[first] -= d.units(d.n) * m.srv_flops
         for leg, a, b in zip(m.legs, cuts, cuts[1:], strict=False):
             res.server_flops[names[leg.server]] += (d.units(b) - d.units(a)) * m.srv_flops
-    lost = sum(d.sent - m.sent for i, m in moving.items() for d in [job.devices[i]])
+    lost = sum(d.n - reached(d, m) for i, m in moving.items() for d in [job.devices[i]])
     res.micro_batches -= lost
+
+
+def reached(d, m: Motion) -> int:
+    """The micro-batches of device ``d`` that reached training: those it sent (``m.sent``), and with the activation
+    cache (it sends one epoch, ``d.sent < d.n``) the later epochs' replays when it sent its whole epoch; a device that
+    left before has no replays (its cache is not read: ``sfsim.engine.worker``, the runtime's ``_from_cache``)."""
+    return d.n if d.sent < d.n and m.sent == d.sent else m.sent

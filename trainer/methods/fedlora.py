@@ -162,7 +162,7 @@ class FedLoRA(Handovers, Method):
         left = {n: counts[n] - done.get(n, 0) for n in self.live()}
         self._visits = self._visits or visits_of(self)  # handovers: visitors may join mid-epoch
         if self._visits is not None:
-            self._visits.start_epoch()
+            self._visits.start_epoch(s.meter.now())  # not a visitor whose legs here are all over
         waiting = self._visits.waiting if self._visits is not None else set()
         while sum(left.values()) > 0 or waiting:
             active = [n for n in self.live() if left.get(n, 0) > 0]

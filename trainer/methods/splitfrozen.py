@@ -292,8 +292,11 @@ class SplitFrozen(Method):
         empty it, to be refilled from what the devices send this epoch (False)."""
         if self.cache is None:
             return False
-        if live and all(self.cache.count(n) == counts[n] for n in live):
-            self._replay(epoch, on_step, {n: counts[n] for n in live}, done)
+        if self.cache.replays({n: counts[n] for n in live}):  # a device that left trains nothing more
+            for n in (n for n in live if n in self.cache.left):
+                self.not_trained[n] = self.not_trained.get(n, 0) + max(
+                    self.setup.samples.get(n, 0) - done.get(n, 0) * self.setup.micro_batch, 0)
+            self._replay(epoch, on_step, {n: counts[n] for n in live if n not in self.cache.left}, done)
             return True
         for n in counts:
             self.cache.clear(n)
@@ -327,6 +330,8 @@ class SplitFrozen(Method):
     def _left(self, msg: Message, left: dict[str, int], keep: int) -> None:
         """Device ``msg.device`` has left (``leave``): ``keep`` of its micro-batches still come; note the untrained."""
         self.not_trained[msg.device] = self.not_trained.get(msg.device, 0) + msg.aux
+        if self.cache is not None:  # gone for good: its cache is not replayed
+            self.cache.leave(msg.device)
         if msg.device in left:
             left[msg.device] = keep
         self._announce(msg.device, None)  # its joins of 0 to the other servers of its legs

@@ -42,6 +42,19 @@ class ActivationCache:
         self._entries: dict[str, list] = {}  # device -> [dict of tensors | list of (offset, dtype, shape)]
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._maps: dict[str, np.memmap] = {}
+        self.left: set[str] = set()  # devices gone for good (``leave``): their cache is not read
+
+    def leave(self, device: str) -> None:
+        """``device`` left for good while sending: its micro-batches are forgotten and no later epoch replays it (the
+        others' caches still serve theirs, as the simulator's pool replays every device but those gone)."""
+        self.left.add(device)
+        self.clear(device)
+
+    def replays(self, counts: dict[str, int]) -> bool:
+        """Whether every device of ``counts`` (device -> its micro-batches an epoch) that has not left is held whole
+        (and one is): the epoch then trains from the cache."""
+        rest = [n for n in counts if n not in self.left]
+        return bool(rest) and all(self.count(n) == counts[n] for n in rest)
 
     def count(self, device: str) -> int:
         """Micro-batches of ``device`` held."""

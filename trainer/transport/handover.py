@@ -178,10 +178,13 @@ class Visits:
         self.legs, self.setup, self.roles, self.lost = legs, setup, roles, lost
         self.waiting: set[str] = set()  # visitors that may still join this epoch
 
-    def start_epoch(self) -> None:
-        """Wait this epoch for every visitor not held here (it may join, or say it will not)."""
-        held = {d.name for d in self.setup.devices}
-        self.waiting = {v for v in self.legs.visitors(self.setup.server) if v not in held and v not in self.lost}
+    def start_epoch(self, now: float | None = None) -> None:
+        """Wait this epoch for every visitor not held here (it may join, or say it will not); given the run's clock
+        ``now``, only for those whose leg holding now or a later one is on this server (FedLoRA, as the simulator's
+        ``Membership.awaited``: a visitor whose legs here are all over can never send here again)."""
+        held, me = {d.name for d in self.setup.devices}, self.setup.server
+        self.waiting = {v for v in self.legs.visitors(me) if v not in held and v not in self.lost
+                        and (now is None or self.legs.comes_back(v, me, self.legs.leg_at(v, now) - 1))}
 
     def holds(self, name: str, t: float) -> bool:
         """Whether this server's leg of ``name`` holds at ``t``."""
