@@ -434,7 +434,7 @@ def _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, now):
             _gate(X, B, nn, k, j)
 
 
-@inline
+@njit
 def _replays(events, X, PK, RN, RS, G, B, k, now):
     """Server ``k`` opens an epoch: each of its devices' first cached micro-batch of it is eligible now, in device
     order (WorkerLoop._next_epoch, before its workers start); ``PK``: per device its next cached one."""
