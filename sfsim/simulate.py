@@ -236,7 +236,7 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
     job = module.build(setup, cache=tr.cache_activations)
     why = choose_engine(engine, scenario, name, cfg, job, trace)
     if why is None:
-        sim, makespan = replay(job, cfg, schedule=name)
+        sim, makespan = replay(job, cfg, schedule=name, epoch_end=epoch_end_seconds(scenario, setup.cm))
     else:
         sim = Engine(trace=trace)
         sim.epoch_end = epoch_end_seconds(scenario, setup.cm, setup.assignment)  # placed by schedules with epoch barriers
@@ -251,7 +251,7 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
             sim.sync, makespan = close_epochs(job.sync, sim.server_end, makespan, sim.record)
     res = _result(name, scenario, job, sim, makespan, setup, ls, _policy_used(name, cfg))
     res.engine, res.engine_note = ("fast", None) if why is None else ("simpy", why or None)
-    res.epoch_end_s = {k: v for k, v in sim.epoch_end.items() if k in sim.epoch_end_waited} if why is not None else {}
+    res.epoch_end_s = {k: v for k, v in sim.epoch_end.items() if k in sim.epoch_end_waited}
     if job.network is not None:
         report(res, setup, job, job.network.moving)
     res.energy = run_energy(res, scenario)

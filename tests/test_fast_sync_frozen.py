@@ -57,9 +57,11 @@ def random_job(seed: int, ties: bool = False) -> tuple[Job, ReplayConfig, bool]:
     return job, cfg, rng.random() < 0.3
 
 
-def simpy_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
-    """The SimPy engine's figures, as simulate() runs it (training.sync: its rounds; else each epoch's closing)."""
+def simpy_figures(job: Job, cfg: ReplayConfig, sequential: bool, epoch_end: dict | None = None) -> dict:
+    """The SimPy engine's figures, as simulate() runs it (training.sync: its rounds; else each epoch's closing);
+    ``epoch_end``: each server's wait at an epoch's end (``Engine.epoch_end``), and then who waited it."""
     engine = Engine()
+    engine.epoch_end = dict(epoch_end or {})
     if job.sync.every is not None:
         PoolRounds(engine, job.sync, job.servers)
     sf.run(engine, job, cfg, sequential=sequential)
@@ -67,13 +69,13 @@ def simpy_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
     return {"makespan": makespan, "busy": engine.server_busy, "wait": engine.server_wait, "end": engine.server_end,
             "mixing": {k: (m.value, m.total) for k, m in engine.mixing.items()}, "device_busy": engine.device_busy,
             "up": engine.up_bytes, "peak": engine.pool_peak_bytes, "rounds": engine.sync.rounds,
-            "backhaul": dict(engine.sync.bytes)}
+            "backhaul": dict(engine.sync.bytes)} | ({"waited": engine.epoch_end_waited} if epoch_end else {})
 
 
-def fast_figures(job: Job, cfg: ReplayConfig, sequential: bool) -> dict:
+def fast_figures(job: Job, cfg: ReplayConfig, sequential: bool, epoch_end: dict | None = None) -> dict:
     """The fast path's figures."""
-    rec, makespan = replay(job, cfg, sequential)
-    return {"makespan": makespan, "busy": rec.server_busy, "wait": rec.server_wait, "end": rec.server_end,
+    rec, makespan = replay(job, cfg, sequential, epoch_end=epoch_end)
+    return ({"waited": rec.epoch_end_waited} if epoch_end else {}) | {"makespan": makespan, "busy": rec.server_busy, "wait": rec.server_wait, "end": rec.server_end,
             "mixing": {k: (m.value, m.total) for k, m in rec.mixing.items()}, "device_busy": rec.device_busy,
             "up": rec.up_bytes, "peak": rec.pool_peak_bytes, "rounds": rec.sync.rounds, "backhaul": rec.sync.bytes}
 
@@ -87,21 +89,21 @@ class _Scenario:
     servers = (1, 2)
 
 
-def compare(make, label: str) -> str:
+def compare(make, label: str, epoch_end: dict | None = None) -> str:
     """Compare the job ``make()`` builds (called afresh for each engine): 'equal', 'both fail', 'refused' (the engine
-    refuses the setting) or 'uncovered'."""
+    refuses the setting) or 'uncovered'. ``epoch_end``: each server's wait at an epoch's end (both engines)."""
     job, cfg, sequential = make()
     if uncovered(_Scenario(), "splitfrozen", cfg, job) is not None:
         return "uncovered"
     try:
-        want = simpy_figures(job, cfg, sequential)
+        want = simpy_figures(job, cfg, sequential, epoch_end)
     except ValueError:  # a pool memory bound on a server with no device
         return "refused"
     except RuntimeError:
         with pytest.raises(RuntimeError):
-            fast_figures(make()[0], cfg, sequential)
+            fast_figures(make()[0], cfg, sequential, epoch_end)
         return "both fail"
-    got = fast_figures(make()[0], cfg, sequential)
+    got = fast_figures(make()[0], cfg, sequential, epoch_end)
     assert got == want, f"{label} cfg={cfg} sequential={sequential} sync={job.sync}"
     return "equal"
 

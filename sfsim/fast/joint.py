@@ -42,6 +42,7 @@ from sfsim.fast.events import (
     _EID,
     _FLAGS,
     _GRANT,
+    _N,
     _NEVENTS,
     _NEXITED,
     _NORMAL,
@@ -64,6 +65,7 @@ from sfsim.fast.events import (
     _WORKER,
     POOL,
     _give_back,
+    _push,
     _schedule,
     _send,
     _size,
@@ -84,7 +86,9 @@ from sfsim.fast.rounds import (
     EP_OFF,
     GO,
     OPEN,
+    WAITED,
     begin,
+    epoch_end,
     event,
     gate,
     joint_step,
@@ -382,8 +386,13 @@ def _worker_step(events, X, Z, RN, RS, G, k, w, now, steps):
     S, F, D, N, P = S2[k], F2[k], D2[k], N2[k], P2[k]
     order = (none, none, none, none, PL[k], words[k], act, steps)  # words[k]: server k's generator
     _arrivals(S, F, D, N, P, PROP[k], RA[k], RB[k], order, PEN[k], RN, RS, k, now)
+    seq0 = S[_PSEQ]
     _worker(events, PEN[k], WAI[k], PROP[k], S, F, D, N, P, W, WF, QD, QK, CR[k], DW[k], DR[k],
             (M2[k], T2[k], SH[k], CN[k], TC[k]), IDLE[k], RA[k], RB[k], order, PK, ST[k], w, now)
+    if S[_PSEQ] > seq0:  # its claim made a device's next cached micro-batch eligible now (ServerPool._claim): at
+        j = int(PEN[k][1, 0]) & _DEV_MASK  # the heap's top (the others arrive later); PK: its next cached one
+        _note(S2, RN, RS, k, seq0, PK[j])
+        PK[j] += 1
 
 
 @njit
@@ -425,13 +434,33 @@ def _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, now):
             _gate(X, B, nn, k, j)
 
 
+@njit
+def _replays(events, X, PK, RN, RS, G, B, k, now):
+    """Server ``k`` opens an epoch: each of its devices' first cached micro-batch of it is eligible now, in device
+    order (WorkerLoop._next_epoch, before its workers start); ``PK``: per device its next cached one."""
+    S2, F2, N2, PEN = X[0], X[1], X[3], X[5]
+    _hold(S2, G, k)
+    N, e = N2[k], B[7][k, EP_NOW]
+    for j in range(N.shape[1]):
+        first = e * N[_PER_EPOCH, j]
+        if N[_N, j] > 0 and N[_SENT, j] <= first < N[_N, j]:
+            seq0 = S2[k, _PSEQ]
+            _push(events, PEN[k], S2[k], F2[k], now, j, first)
+            _note(S2, RN, RS, k, seq0, first)
+            PK[j] = first + 1
+
+
 @inline
 def _backhaul(events, X, Z, RN, RS, nn, f_start, link_free, ready, G, B, counts, q, now):
-    """Backhaul event ``q`` (:mod:`sfsim.fast.rounds`): a server opens its next epoch, the epoch starts, or a round's."""
-    if q & 7 == OPEN:
-        open_epoch(events, X, Z[10], Z[11], B, G, counts, q >> 3, now)
-    elif q & 7 == GO:
-        _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, q >> 3, now)
+    """Backhaul event ``q`` (:mod:`sfsim.fast.rounds`): a server opens its next epoch (after its epoch-end wait), the
+    epoch starts, or a round's."""
+    kind, k = q & 7, q >> 3
+    if kind == OPEN or kind == WAITED:  # its epoch-end rounds are over, or then its epoch-end wait
+        if kind == WAITED or epoch_end(events, X[0], G, B, k, now):
+            open_epoch(events, X, Z[10], Z[11], B, G, counts, k, now)
+            _replays(events, X, Z[-1], RN, RS, G, B, k, now)
+    elif kind == GO:
+        _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, now)
     else:
         event(events, X, B, G, q, now)
 

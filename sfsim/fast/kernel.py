@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from sfsim.fast import mixing, pool
-from sfsim.fast.devices import _pipelined, _sequential
+from sfsim.fast.devices import EPOCHS, _pipelined, _sequential
 from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for sfsim.fast.splitfrozen)
     _ACCUMULATE,
     _ALARM,
@@ -268,8 +268,9 @@ def _claim(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready
             S[_SHOLD] -= 1
             if not S[_FLAGS] & _SEQUENTIAL:
                 change(S, P, i, 0, -1)
-    if k + 1 < N[_N, i] and k + 1 >= N[_SENT, i]:
-        _push(events, pending, S, F, now, i, k + 1)  # the next cached micro-batch is eligible now
+    if k + 1 < N[_N, i] and k + 1 >= N[_SENT, i] and not (S[_FLAGS] & EPOCHS and (k + 1) % N[_PER_EPOCH, i] == 0):
+        _push(events, pending, S, F, now, i, k + 1)  # the next cached micro-batch is eligible now (one epoch at a
+        # time: an epoch's first comes at its start, sfsim.fast.joint._replays)
     if S[_UNCLAIMED] == 0:
         _wake(events, S, idle, now)
 

@@ -64,6 +64,8 @@ class Replayed:
     pool_peak_bytes: dict[str, float] = field(default_factory=dict)
     events: None = None
     sync: Closed | None = None
+    epoch_end: dict[str, float] = field(default_factory=dict)  # Engine.epoch_end: each server's wait at an epoch's end
+    epoch_end_waited: set[str] = field(default_factory=set)  # the servers whose replay waited it
 
 
 def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
@@ -71,8 +73,12 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if trace:
         return "a trace (and the Gantt chart) comes from the SimPy engine"
     tr = getattr(scenario, "training", None)  # the baselines' tests pass no scenario
-    if name in (*SPLITFROZEN, "splitlora", "fedlora") and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1:
+    if name in ("splitlora", "fedlora") and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1:
         return "the epoch-end wait (training.eval_samples, several epochs) is replayed by the SimPy engine only"
+    if (name in SPLITFROZEN and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1
+            and not _synced(job)):  # with backhaul rounds each epoch: sfsim.fast.rounds.epoch_end
+        return ("the epoch-end wait (training.eval_samples, several epochs) without backhaul rounds is replayed by the "
+                "SimPy engine only")
     if name not in COVERED:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
@@ -120,10 +126,13 @@ def _synced(job) -> bool:
 _DYNAMIC = "the dynamic network (handover, varying links, availability) is replayed by the SimPy engine only"
 
 
-def replay(job, cfg, sequential: bool = False, schedule: str | None = None) -> tuple[Replayed, float]:
+def replay(job, cfg, sequential: bool = False, schedule: str | None = None,
+           epoch_end: dict[str, float] | None = None) -> tuple[Replayed, float]:
     """Replay a covered job (see :func:`uncovered`); returns the totals and the makespan.
 
-    ``schedule``: the job's schedule name (None: SplitFrozen, ``sequential`` for its ablation).
+    ``schedule``: the job's schedule name (None: SplitFrozen, ``sequential`` for its ablation). ``epoch_end``: server
+    name -> its wait at each epoch's end (:func:`sfsim.cost.epochend.epoch_end_seconds`), which SplitFrozen's servers
+    wait between epochs when they close each with backhaul rounds (as ``Engine.epoch_end``).
     """
     if schedule == "cenlora":
         return _cenlora(job, cfg)
@@ -133,16 +142,18 @@ def replay(job, cfg, sequential: bool = False, schedule: str | None = None) -> t
         return _splitlora(job, cfg)
     if schedule not in (None, *SPLITFROZEN):
         raise SfsimError(f"the fast path does not replay schedule {schedule!r}")
-    return _splitfrozen(job, cfg, sequential or schedule == "splitfrozen-sequential")
+    return _splitfrozen(job, cfg, sequential or schedule == "splitfrozen-sequential", epoch_end or {})
 
 
-def _splitfrozen(job, cfg, sequential: bool) -> tuple[Replayed, float]:
-    rec = Replayed()
+def _splitfrozen(job, cfg, sequential: bool, epoch_end: dict[str, float]) -> tuple[Replayed, float]:
+    rec = Replayed(epoch_end=dict(epoch_end))
     net = getattr(job, "network", None)
     dyn = net is not None and getattr(net, "views", None) is not None
     closed = None
     if _synced(job):  # training.sync (or each epoch's closing round): the servers' rounds, replayed with them
-        outs, busy, up, closed = synced.replay_job(job, cfg, sequential)
+        outs, busy, up, closed = synced.replay_job(job, cfg, sequential, epoch_end)
+        if job.sync.epochs > 1:  # each server waits at the end of each epoch but the last (WorkerLoop._epoch_end)
+            rec.epoch_end_waited = {s.name for s in job.servers if epoch_end.get(s.name, 0.0) > 0}
     elif dyn:
         outs, busy, up = dynamic.replay_job(job, cfg, sequential)
     else:

@@ -45,6 +45,7 @@ from sfsim.fast.events import (
     _NSTEPS,
     _POLICY,
     _RELEASE,
+    _SENT,
     _STEP,
     _UNCLAIMED,
     _URGENT,
@@ -65,17 +66,18 @@ _CALLS, _STEPS, _PSTATE, _WAITER, _PWORKER, _ENDED, _FSTAGE, _PACTIVE = range(8)
 BI_COLS = 8
 _SYNC_P, _ASYNC_P, _FINISH, _JOINT_P = 1, 2, 3, 4
 # BF columns: lane free at, seconds of a round's and of the closing round's transfer, latency, bytes up and down,
-# the open round's arrival of its upload, its transfer seconds and bytes
-_FREE, _SEND, _CLOSE, _LAT, _BYTES, _ARR, _EDUR, _ENB, _STEP_S = range(9)
-BF_COLS = 9  # _STEP_S: joint mode, the server's step seconds (the kernel's are 0: the step follows the round)
+# the open round's arrival of its upload, its transfer seconds and bytes; its wait at each epoch's end
+_FREE, _SEND, _CLOSE, _LAT, _BYTES, _ARR, _EDUR, _ENB, _STEP_S, _WAIT_END = range(10)
+BF_COLS = 10  # _STEP_S: joint mode, the server's step seconds (the kernel's are 0: the step follows the round)
 # BG slots: joined the open round, rounds completed, some joiner trains, some does not adopt, the last round's
 # ended and differ, every, async, devices (events past them are the backhaul's), payload bytes (int), closing bytes
 (_NJOINED, _ROUNDS, _ANY_ACTIVE, _ANY_NOADOPT, _R_ENDED, _R_DIFFER, _EVERY, _ASYNC, _M, _JOINT, _ANY_STEPPING,
  _R_STEPPING, _NOSYNC, _EPOCHS) = range(14)
 BG_SLOTS = 14  # _JOINT: sync every 1 (gradients averaged before each step); stepping: some joiner steps on it;
 # _NOSYNC: no training.sync (each epoch's closing round alone); _EPOCHS: the epochs the servers open one at a time
-_READY, _ARRIVE, _EV, _FSTEP, OPEN, GO = range(6)  # backhaul event types (8 * index + type); _FSTEP: a drained
-# step ends; OPEN: a server's epoch-end rounds are over (its next epoch opens); GO: that epoch's start (its devices)
+_READY, _ARRIVE, _EV, _FSTEP, OPEN, GO, WAITED = range(7)  # backhaul event types (8 * index + type); _FSTEP: a
+# drained step ends; OPEN: a server's epoch-end rounds are over (its next epoch opens, after its epoch-end wait:
+# WAITED); GO: that epoch's start (its devices)
 # EP columns (per server): the epoch open now, devices gated for an even / odd epoch, micro-batches of an epoch,
 # its devices' first slot in GQ, its first worker
 EP_NOW, EP_N0, EP_N1, EP_UNCL, EP_OFF, EP_W0 = range(6)
@@ -246,6 +248,17 @@ def _finish(events, S2, G, B, k, now):
         _at(events, S2, G, now, B[4][_M] + 8 * k + OPEN)
 
 
+@inline
+def epoch_end(events, S2, G, B, k, now):
+    """Server ``k``'s epoch-end rounds are over (WorkerLoop._epoch_end): True when its next epoch opens now, else its
+    epoch-end wait (evaluation, adapter, checkpoint: :mod:`sfsim.cost.epochend`) runs first (a timer, ``WAITED``)."""
+    wait = B[1][k, _WAIT_END]
+    if wait <= 0:
+        return True
+    _at(events, S2, G, now + wait, B[4][_M] + 8 * k + WAITED)
+    return False
+
+
 @njit
 def open_epoch(events, X, W, WF, B, G, counts, k, now):
     """Server ``k`` opens its next epoch (WorkerLoop._next_epoch): its books, its workers afresh (urgent starts),
@@ -255,9 +268,10 @@ def open_epoch(events, X, W, WF, B, G, counts, k, now):
     S2[k, _UNCLAIMED] = EP[k, EP_UNCL]
     S2[k, _NEXITED] = 0
     B[0][k, _FSTAGE] = 0
-    if S2[k, _POLICY] == POOL:  # the mixing pool's "could still send": this epoch's micro-batches
+    if S2[k, _POLICY] == POOL:  # the mixing pool's "could still send": this epoch's micro-batches (none cached)
         for j in range(N2.shape[2]):
-            change(S2[k], P2[k], j, N2[k, _N, j] // BG[_EPOCHS], 0)
+            per = N2[k, _N, j] // BG[_EPOCHS]
+            change(S2[k], P2[k], j, per if EP[k, EP_NOW] * per < N2[k, _SENT, j] else 0, 0)
     for w in range(EP[k, EP_W0], EP[k, EP_W0] + counts[k]):
         W[:, w] = 0
         WF[:, w] = 0.0
@@ -275,10 +289,11 @@ def gate(B, k, j, epoch):
     EP[k, col] += 1
 
 
-def gates(B, epochs: int, where: np.ndarray, counts: np.ndarray, unclaimed: np.ndarray) -> None:
+def gates(B, epochs: int, where: np.ndarray, counts: np.ndarray, unclaimed: np.ndarray, waits: np.ndarray) -> None:
     """``B``'s epochs (:meth:`sfsim.engine.worker.WorkerLoop.by_epochs`): ``epochs``, each device's server
-    (``where``), the workers and each server's micro-batches of an epoch."""
+    (``where``), the workers, each server's micro-batches of an epoch and its wait at each epoch's end (seconds)."""
     B[4][_EPOCHS] = epochs
+    B[1][:, _WAIT_END] = waits
     EP = B[7]
     EP[:, EP_UNCL] = unclaimed
     EP[:, EP_OFF] = np.concatenate(([0], np.cumsum(np.bincount(where, minlength=EP.shape[0]))[:-1]))
@@ -360,4 +375,4 @@ def totals(B, names: list[str]) -> tuple[dict[str, float], int]:
     return {n: float(B[1][k, _BYTES]) for k, n in enumerate(names)}, int(B[4][_ROUNDS])
 
 
-__all__ = ["GO", "OPEN", "begin", "event", "gate", "gates", "open_epoch", "joint_step", "left", "noted", "state", "step_done", "still_open", "totals"]
+__all__ = ["GO", "OPEN", "WAITED", "begin", "epoch_end", "event", "gate", "gates", "open_epoch", "joint_step", "left", "noted", "state", "step_done", "still_open", "totals"]

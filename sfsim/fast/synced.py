@@ -7,7 +7,8 @@ engine's event order. :func:`covers` says which runs it replays: ``every`` >= 1,
 ``training.sync`` over several epochs (each epoch's closing round alone); a policy that takes any arrived
 micro-batch, one worker a server; devices of the dynamic network as handovers replay them
 (:func:`sfsim.fast.handover.covers`) over one epoch. Over several epochs the servers open one epoch at a time after
-its rounds (:func:`sfsim.fast.rounds.open_epoch`) and the devices wait for each (:data:`sfsim.fast.devices.EPOCHS`).
+its rounds (:func:`sfsim.fast.rounds.open_epoch`) and the devices wait for each (:data:`sfsim.fast.devices.EPOCHS`);
+with the activation cache a server replays each later epoch from its start (:func:`sfsim.fast.joint._replays`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sfsim.fast.events import (
     _OVERFLOW,
     _POLICY,
     _SCOUNT,
+    _SENT,
     _SLIMIT,
     _UNCLAIMED,
     MAX_DEVICES,
@@ -61,8 +63,6 @@ def covers(job, policy: str) -> str | None:
         return f"{what} under policy {policy!r}"
     if any(s.count > 1 for s in job.servers):  # each worker's round process joins on its own: rounds overlap
         return f"{what} on a server with several workers"
-    if any(d.sent < d.n for d in job.devices):
-        return f"{what} with cached activations"
     if dynamic and sync.every is not None and any(len({lg.server for lg in m.legs}) > 1 for m in net.moving.values()):
         return f"{what} with a handover between servers (a server waiting for its visitor answers rounds)"
     if dynamic:  # every server in the loop of handovers
@@ -74,9 +74,13 @@ def covers(job, policy: str) -> str | None:
     return None
 
 
-def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.ndarray, Closed]:
+def replay_job(job, cfg, sequential: bool, epoch_end: dict[str, float] | None = None
+               ) -> tuple[list[dict], np.ndarray, np.ndarray, Closed]:
     """Replay a SplitFrozen ``job`` with ``training.sync`` (:func:`covers`): per server figures, per device busy
-    seconds and uplink bytes (as :func:`sfsim.fast.handover.replay_job`), and the rounds' bytes and count."""
+    seconds and uplink bytes (as :func:`sfsim.fast.handover.replay_job`), and the rounds' bytes and count.
+
+    ``epoch_end``: server name -> its wait at each epoch's end (:func:`sfsim.cost.epochend.epoch_end_seconds`;
+    the SimPy engine's ``Engine.epoch_end``), over several epochs."""
     K, spec = len(job.servers), job.sync
 
     made: list[tuple] = []  # the last rounds' state made, to tell a round that waits for ever from other stops
@@ -110,7 +114,9 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         events = np.empty((2, events.shape[1] + 5 * K + 16))  # the rounds' timers: READY, ARRIVE, EV, OPEN, GO
         B = fresh(int(counts.sum()))
         if spec.epochs > 1:  # by_epochs: the servers open one epoch at a time
-            _by_epochs(X, B, spec.epochs, where, counts)
+            waits = np.array([(epoch_end or {}).get(s.name, 0.0) for s in job.servers], np.float64)
+            _by_epochs(X, B, spec.epochs, where, counts, waits)
+            Z[-1][:] = X[3][0, _SENT]  # per device its next cached micro-batch (sfsim.fast.joint._replays)
         makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur, B)
         flags = X[0][:, _OVERFLOW]
         if (flags == RING_FULL).any():
@@ -122,9 +128,9 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict], np.ndarray, np.n
         return outs, busy, up, _closed(B, job)
 
 
-def _by_epochs(X, B, epochs: int, where: np.ndarray, counts: np.ndarray) -> None:
+def _by_epochs(X, B, epochs: int, where: np.ndarray, counts: np.ndarray, waits: np.ndarray) -> None:
     """The servers' books for one epoch at a time (WorkerLoop.by_epochs): each epoch's micro-batches, the mixing
-    pool's senders, the devices' gates."""
+    pool's senders, the devices' gates, each server's wait at an epoch's end."""
     S2, N2, P2 = X[0], X[3], X[4]
     per = N2[:, _N] // epochs  # per server and device: micro-batches of an epoch
     S2[:, _FLAGS] |= EPOCHS
@@ -133,7 +139,7 @@ def _by_epochs(X, B, epochs: int, where: np.ndarray, counts: np.ndarray) -> None
         P2[:, 0] = per
         P2[:, 2] = (per > 0) & (P2[:, 1] < S2[:, _SLIMIT][:, None])
         S2[:, _SCOUNT] = P2[:, 2].sum(axis=1)
-    rounds.gates(B, epochs, where, counts, S2[:, _UNCLAIMED].copy())
+    rounds.gates(B, epochs, where, counts, S2[:, _UNCLAIMED].copy(), waits)
 
 
 def _closed(B: tuple, job) -> Closed:

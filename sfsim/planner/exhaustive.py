@@ -83,7 +83,9 @@ class Catalogue:
                 self.why = self.why or uncovered(scenario, schedule, self.cfg, job)
                 row.append(layout(job.devices))
             rows.append(row)
-        if self.cfg.policy in PACED:
+        if getattr(scenario.training, "eval_samples", None) is not None and scenario.training.epochs > 1:
+            self.why = "the epoch-end wait, which a server's replay alone leaves out"
+        elif self.cfg.policy in PACED:
             self.why = "the paced policies replay one device order per server"
         elif self.cfg.policy == "pool":
             self.why = "the pool policy draws from each server's own devices and seed"

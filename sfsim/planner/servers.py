@@ -74,6 +74,8 @@ class ServerSim:
             return f"the {self.cfg.policy} policy orders each server's devices by name or seed"
         if self.scenario.training.sync is not None:
             return "backhaul sync"
+        if getattr(self.scenario.training, "eval_samples", None) is not None and self.scenario.training.epochs > 1:
+            return "the epoch-end wait, which a server's replay alone leaves out"
         self._rows(0)
         return self._why_job
 
