@@ -235,20 +235,21 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
     module = get(name)
     job = module.build(setup, cache=tr.cache_activations)
     why = choose_engine(engine, scenario, name, cfg, job, trace)
+    waits = epoch_end_seconds(scenario, setup.cm, setup.assignment)  # placed by schedules with epoch barriers
     if why is None:
-        sim, makespan = replay(job, cfg, schedule=name, epoch_end=epoch_end_seconds(scenario, setup.cm))
+        sim, makespan = replay(job, cfg, schedule=name, epoch_end=waits)
     else:
         sim = Engine(trace=trace)
-        sim.epoch_end = epoch_end_seconds(scenario, setup.cm, setup.assignment)  # placed by schedules with epoch barriers
+        sim.epoch_end = waits
         if name in SPLITFROZEN and job.sync is not None and job.sync.every is not None:  # training.sync
             PoolRounds(sim, job.sync, job.servers)
         module.run(sim, job, cfg, sequential=name == "splitfrozen-sequential")
         makespan = sim.run()
-        for srv in sim.epoch_end_waited:  # busy evaluating and saving between the epochs (sfsim.cost.epochend)
-            sim.server_busy[srv] = sim.server_busy.get(srv, 0.0) + (tr.epochs - 1) * sim.epoch_end[srv]
         if (job.sync is not None and job.sync.every is None and sim.sync is None  # not replayed per epoch (by_epochs)
                 and name in SPLITFROZEN):  # each epoch's closing round, from the servers' ends
             sim.sync, makespan = close_epochs(job.sync, sim.server_end, makespan, sim.record)
+    for srv in sim.epoch_end_waited:  # busy evaluating and saving between the epochs (sfsim.cost.epochend)
+        sim.server_busy[srv] = sim.server_busy.get(srv, 0.0) + (tr.epochs - 1) * sim.epoch_end[srv]
     res = _result(name, scenario, job, sim, makespan, setup, ls, _policy_used(name, cfg))
     res.engine, res.engine_note = ("fast", None) if why is None else ("simpy", why or None)
     res.epoch_end_s = {k: v for k, v in sim.epoch_end.items() if k in sim.epoch_end_waited}
