@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_splitfrozen_moves import _real, _same
+from tests.test_splitfrozen_moves import _real, _same, cached_fleet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -18,19 +18,9 @@ def _fleet(tmp_path: Path, sync: bool) -> dict:
     """mec-a with a-0 and a-1, mec-b with b-0 (8 samples each: 2 micro-batches an epoch, ~0.65 s a send), the cache,
     sync every 2 (or none: a closing round an epoch); a-1 drops for good at 1.0 s, during its second send of epoch 1."""
     (tmp_path / "w.yaml").write_text("a-1: [[0, 1.0]]\n")
-    dev = {"flops": "20 MFLOPS", "memory": "4 GiB", "samples": 8,
-           "uplink": {"bandwidth": "0.5 Mbps", "latency": "5 ms"}, "downlink": {"bandwidth": "2 Mbps", "latency": "5 ms"}}
-    data = {"description": "2 servers, cached activations, a device drops",
-            "model": {"name": "gpt2", "seq_len": 32, "task": "classification", "num_labels": 2},
-            "training": {"micro_batch": 4, "epochs": 2, "cache_activations": True, "accumulate": 1, "buffer": 2,
-                         "lora": {"rank": 4, "alpha": 8, "dropout": 0.0}, "server_policy": "fifo",
-                         "sync": {"every": 2, "mode": "sync"}},
-            "servers": [{"name": f"mec-{x}", "flops": "10 TFLOPS", "memory": "16 GiB",
-                         "backhaul": {"bandwidth": "100 Mbps", "latency": "5 ms"}} for x in "ab"],
-            "devices": [{"name": n, "server": f"mec-{n[0]}", **dev} for n in ("a-0", "a-1", "b-0")]}
+    data = cached_fleet("2 servers, cached activations, a device drops",
+                        [{"name": n, "server": f"mec-{n[0]}"} for n in ("a-0", "a-1", "b-0")], sync)
     data["devices"][1]["availability"] = {"file": str(tmp_path / "w.yaml"), "churn": "drop"}
-    if not sync:
-        del data["training"]["sync"]
     return data
 
 

@@ -295,6 +295,25 @@ def test_a_cached_epoch_with_training_sync_ends_with_its_rounds():
     assert not [e for e in engine.events if e.op == "send" and e.start >= first]
 
 
+def cached_fleet(description: str, devices: list[dict], sync: bool) -> dict:
+    """Two servers (mec-a, mec-b) on a backhaul, training.cache_activations over 2 epochs, sync every 2 (or none: a
+    closing round an epoch); each of ``devices`` (name, server, count...) a 20 MFLOPS device with 8 samples (2
+    micro-batches an epoch) on a 0.5 Mbps uplink."""
+    dev = {"flops": "20 MFLOPS", "memory": "4 GiB", "samples": 8,
+           "uplink": {"bandwidth": "0.5 Mbps", "latency": "5 ms"}, "downlink": {"bandwidth": "2 Mbps", "latency": "5 ms"}}
+    data = {"description": description,
+            "model": {"name": "gpt2", "seq_len": 32, "task": "classification", "num_labels": 2},
+            "training": {"micro_batch": 4, "epochs": 2, "cache_activations": True, "accumulate": 1, "buffer": 2,
+                         "lora": {"rank": 4, "alpha": 8, "dropout": 0.0}, "server_policy": "fifo",
+                         "sync": {"every": 2, "mode": "sync"}},
+            "servers": [{"name": f"mec-{x}", "flops": "10 TFLOPS", "memory": "16 GiB",
+                         "backhaul": {"bandwidth": "100 Mbps", "latency": "5 ms"}} for x in "ab"],
+            "devices": [{**d, **dev} for d in devices]}
+    if not sync:
+        del data["training"]["sync"]
+    return data
+
+
 @pytest.mark.parametrize("sync", [True, False])
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_cached_second_epoch_on_two_servers_equals_a_real_run(tiny_gpt2, tmp_path, sync):
@@ -303,18 +322,8 @@ def test_a_cached_second_epoch_on_two_servers_equals_a_real_run(tiny_gpt2, tmp_p
     uplink) after epoch 1's rounds, and ends with its own. The same rounds, bytes and order of steps and rounds on
     each server in both halves (with sync: the runtime's cached epoch used to make one more round, its last step
     not saying it was the last)."""
-    dev = {"flops": "20 MFLOPS", "memory": "4 GiB", "samples": 8,
-           "uplink": {"bandwidth": "0.5 Mbps", "latency": "5 ms"}, "downlink": {"bandwidth": "2 Mbps", "latency": "5 ms"}}
-    data = {"description": "2 servers, cached activations",
-            "model": {"name": "gpt2", "seq_len": 32, "task": "classification", "num_labels": 2},
-            "training": {"micro_batch": 4, "epochs": 2, "cache_activations": True, "accumulate": 1, "buffer": 2,
-                         "lora": {"rank": 4, "alpha": 8, "dropout": 0.0}, "server_policy": "fifo",
-                         "sync": {"every": 2, "mode": "sync"}},
-            "servers": [{"name": f"mec-{x}", "flops": "10 TFLOPS", "memory": "16 GiB",
-                         "backhaul": {"bandwidth": "100 Mbps", "latency": "5 ms"}} for x in "ab"],
-            "devices": [{"name": "pa", "count": 2, "server": "mec-a", **dev}, {"name": "pb", "server": "mec-b", **dev}]}
-    if not sync:
-        del data["training"]["sync"]
+    data = cached_fleet("2 servers, cached activations", [{"name": "pa", "count": 2, "server": "mec-a"},
+                                                          {"name": "pb", "server": "mec-b"}], sync)
     m, sim = _real(tiny_gpt2, tmp_path, data, 24)
     measured = read_chrome_trace(tmp_path / "run" / "trace.json")
     second = min(e.start for e in measured if e.op == "epoch_end")
