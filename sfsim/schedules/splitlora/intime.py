@@ -139,9 +139,10 @@ class InTime:
         yield self.engine.at(max(self.end, env.now))
 
     def _recount(self, counts: dict) -> dict:
-        """After the wait for a visitor's ``join``: the clients that left meanwhile are no longer counted, and one that
-        joined meanwhile with a micro-batch on its way here is, with the rest of its epoch (as ``join`` counts it
-        mid-epoch; the runtime's server counts it when its ``join`` arrives, in the segment). Returns ``counts``."""
+        """After the wait for a visitor's ``join``: a client that left meanwhile and has a micro-batch out elsewhere is no
+        longer counted (a ``fwd`` from here would be its second), and one that joined meanwhile with a micro-batch on
+        its way here is, with the rest of its epoch (as ``join`` counts it mid-epoch; the runtime's server counts it
+        when its ``join`` arrives, in the segment). Returns ``counts``."""
         for c in [c for c in counts if c.home != self.k and c.arrival is not None]:
             del counts[c]
         for c in self.out:
