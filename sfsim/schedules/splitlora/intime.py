@@ -203,12 +203,14 @@ class InTime:
             self.out.remove(c)
             skipped = c.arrival == -math.inf
             yield from self._serve(c)
-            self._count_down(self.left, c)
+            gone = c not in self.left  # handed over while the step after it waited on the others' rounds (sync)
+            if not gone:
+                self._count_down(self.left, c)
             served, self.issued = served + (not skipped), self.issued - skipped
             now = self.engine.env.now
             if c.next >= c.d.n:
                 self.moves.changed()  # no more work of it: servers waiting for it may end
-            elif c.i not in self.lost and self.leave(c) <= now:
+            elif not gone and c.i not in self.lost and self.leave(c) <= now:
                 self.hand_over(c, now)  # its handover passed while a micro-batch was out here
             elif self.issued < quota and self.unissued.get(c):
                 self._give(c)
