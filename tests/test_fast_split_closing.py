@@ -94,3 +94,18 @@ def test_unreplayable_falls_back_to_simpy(monkeypatch):
     with pytest.raises(SfsimError, match=r"^engine fast: splitlora handover: a state the fast path does not replay; "
                                          r"use engine auto or simpy$"):
         sfsim.simulate(sc, "splitlora", engine="fast")
+
+
+@pytest.mark.parametrize(("availability", "seed", "makespan"), [(False, 12, 1029.9736248662327),
+                                                                (False, 34, 1416.7265216608137)])
+def test_splitlora_sync_handover_mid_step_runs_on_simpy(availability, seed, makespan):
+    """With ``training.sync`` (SimPy only): a client handed over while the server step after its micro-batch waits on
+    the others' rounds is counted by its new server (a KeyError before issue 19's fix)."""
+    import random
+    from dataclasses import replace
+
+    a, _, cfg = moving_pair(seed, availability)
+    rng = random.Random(seed + 77_000)
+    a.sync = replace(a.sync, every=rng.randint(1, 5), mode=rng.choice(("sync", "async")))
+    assert uncovered(None, "splitlora", cfg, a) is not None
+    assert simpy_figures(a, cfg, "splitlora")["makespan"] == makespan
