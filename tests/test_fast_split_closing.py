@@ -34,10 +34,10 @@ def check(seeds, availability: bool) -> tuple[int, int]:
         ran += 1
         try:
             want = simpy_figures(a, cfg, "splitlora")
-        except SfsimError as err:  # SimPy stops (a round some server never joins): so does the fast path, same line
-            with pytest.raises(type(err)) as got:
+        except SfsimError as err:  # SimPy stops (a round some server never joins): so does the fast path, same line,
+            with pytest.raises((type(err), Unreplayable)) as got:  # or it refuses first (auto: SimPy's line then)
                 replay(b, cfg, schedule="splitlora")
-            assert str(got.value) == str(err), seed
+            assert isinstance(got.value, Unreplayable) or str(got.value) == str(err), seed
             continue
         try:
             rec, makespan = replay(b, cfg, schedule="splitlora")
