@@ -31,6 +31,7 @@ from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.engine.pool import PACED, PACED_NEEDS_DEVICE_CREDITS, POLICIES, Engine
 from sfsim.errors import ConfigError, SfsimError
 from sfsim.fast.replay import choose_engine, replay
+from sfsim.fast.unreplayable import Unreplayable
 from sfsim.methods import CLIENT_ORDERS, SPLITFROZEN, canonical
 from sfsim.network.backhaul import PoolRounds, close_epochs
 from sfsim.network.mobility import stages
@@ -237,8 +238,13 @@ def _replay(name: str, setup: ReplaySetup, cfg: ReplayConfig, ls: int | None, tr
     why = choose_engine(engine, scenario, name, cfg, job, trace)
     waits = epoch_end_seconds(scenario, setup.cm, setup.assignment)  # placed by schedules with epoch barriers
     if why is None:
-        sim, makespan = replay(job, cfg, schedule=name, epoch_end=waits)
-    else:
+        try:
+            sim, makespan = replay(job, cfg, schedule=name, epoch_end=waits)
+        except Unreplayable as err:  # a state met during the replay: SimPy replays it (engine fast: one line)
+            if engine == "fast":
+                raise SfsimError(f"engine fast: {err}; use engine auto or simpy") from None
+            why = str(err)
+    if why is not None:
         sim = Engine(trace=trace)
         sim.epoch_end = waits
         if name in SPLITFROZEN and job.sync is not None and job.sync.every is not None:  # training.sync

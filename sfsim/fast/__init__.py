@@ -33,5 +33,6 @@ availability or handovers, or with handovers and cached activations.
 """
 
 from sfsim.fast.replay import COVERED, ENGINES, Replayed, replay, uncovered
+from sfsim.fast.unreplayable import Unreplayable
 
-__all__ = ["COVERED", "ENGINES", "Replayed", "replay", "uncovered"]
+__all__ = ["COVERED", "ENGINES", "Replayed", "Unreplayable", "replay", "uncovered"]

@@ -93,6 +93,7 @@ from sfsim.fast.splitholds import (
     _uni,
     _until,
 )
+from sfsim.fast.unreplayable import Unreplayable
 from sfsim.network.backhaul import STUCK, Closed
 
 
@@ -459,11 +460,13 @@ def replay(job, cfg) -> tuple[dict, dict, float, Closed | None]:
         names = ", ".join(sorted(job.servers[k].name for k in came))
         raise SfsimError(f"backhaul: sync round {J[0][came[0], _AT_EPOCH] + 1} waited for ever (only {names} joined "
                          f"it); {STUCK}")
-    if err:
+    if err in (1, 3):
         raise RuntimeError("splitlora handover: a server's loop did not finish" if err == 3 else
-                           f"splitlora handover: the fast path's joint loop failed ({err})" if err == 1 else
-                           f"splitlora handover: the SimPy schedule fails on this run too ({err}: a client out to a "
-                           "server outside its epoch's count; known, issue 19)")
+                           f"splitlora handover: the fast path's joint loop failed ({err})")
+    if err:
+        what = "a micro-batch served outside its server's epoch count" if err == 2 else "a client out without an arrival"
+        raise Unreplayable(f"splitlora handover: {what} ({err}; a joiner with a micro-batch on its way, issue 19), a "
+                           "state the fast path does not replay")
     SF, C, NI = K[0], K[2], K[6][2]
     devices = {d.name: {"busy": 0.0, "up": 0.0, "down": 0.0} for d in job.devices}
     devices.update({job.devices[i].name: sl.client_figures(C, c) for c, i in enumerate(clients)})

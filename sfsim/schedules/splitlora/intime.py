@@ -78,7 +78,9 @@ class InTime:
         if outstanding:
             self.out.append(c)
             self.issued += 1
-        if self.left:  # mid-epoch: the rest of its own epoch joins this one
+            if c in self.pending:  # joined here idle already (it came back before its old server's fwd): now busy
+                self.pending.remove(c)
+        if self.left or outstanding and self.serving:  # mid-epoch: the rest of its own epoch joins this one
             self.left[c] = self.rest(c) + outstanding
             self.unissued[c] = self.rest(c)
             if self.unissued[c] and not outstanding:
@@ -116,6 +118,8 @@ class InTime:
                         yield from self._idle_until(min((max(c.since, c.joined) for c in counts
                                                          if self.motions[c.i].start < math.inf),
                                                         default=0.0))  # one never online: the runtime's leaves at once
+                        if not self._recount(counts):
+                            continue
                     yield from self._interleaved_in_time(counts)
                     continue
                 if not self.moves.may_join(self.k, e):
@@ -133,6 +137,18 @@ class InTime:
         self.engine.server_busy[self.srv.name] = self.busy
         self.finished = True
         yield self.engine.at(max(self.end, env.now))
+
+    def _recount(self, counts: dict) -> dict:
+        """After the wait for a visitor's ``join``: a client that left meanwhile and has a micro-batch out elsewhere is no
+        longer counted (a ``fwd`` from here would be its second), and one that joined meanwhile with a micro-batch on
+        its way here is, with the rest of its epoch (as ``join`` counts it mid-epoch; the runtime's server counts it
+        when its ``join`` arrives, in the segment). Returns ``counts``."""
+        for c in [c for c in counts if c.home != self.k and c.arrival is not None]:
+            del counts[c]
+        for c in self.out:
+            if c.home == self.k and c not in counts:
+                counts[c] = self.rest(c) + 1
+        return counts
 
     def _in_epoch(self, c, e: int | None) -> bool:
         """Whether client ``c``'s next micro-batch (or the one it has out here) is of epoch ``e`` (None: any)."""
@@ -167,7 +183,7 @@ class InTime:
 
     def _segment_in_time(self, quota: int):
         """Serve ``quota`` micro-batches in arrival order (skipped turns of gone clients do not count)."""
-        self.quota, self.issued, self.pending = quota, len(self.out), []
+        self.quota, self.issued, self.pending, self.serving = quota, len(self.out), [], True
         self.unissued = {c: k - (c in self.out) for c, k in self.left.items()}
         for c in list(self.left):
             if self.issued < quota and self.unissued.get(c) and c not in self.out:
@@ -187,16 +203,19 @@ class InTime:
             self.out.remove(c)
             skipped = c.arrival == -math.inf
             yield from self._serve(c)
-            self._count_down(self.left, c)
+            gone = c not in self.left  # handed over while the step after it waited on the others' rounds (sync)
+            if not gone:
+                self._count_down(self.left, c)
             served, self.issued = served + (not skipped), self.issued - skipped
             now = self.engine.env.now
             if c.next >= c.d.n:
                 self.moves.changed()  # no more work of it: servers waiting for it may end
-            elif c.i not in self.lost and self.leave(c) <= now:
+            elif not gone and c.i not in self.lost and self.leave(c) <= now:
                 self.hand_over(c, now)  # its handover passed while a micro-batch was out here
             elif self.issued < quota and self.unissued.get(c):
                 self._give(c)
             self._fill()
+        self.serving = False
 
     def _fill(self) -> None:
         """Send ``fwd`` to clients that joined mid-segment, while the segment has room."""

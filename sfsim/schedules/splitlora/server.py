@@ -92,6 +92,7 @@ class Server(InTime):
         self.issued = self.quota = 0
         self.moving = 0.0  # a client's ``moved`` reaches this server then (its micro-batch went on to its new one)
         self.closing = False  # in the epoch's last backhaul rounds (a handover due meanwhile waits: run_in_time)
+        self.serving = False  # in a segment of run_in_time (a joiner with a micro-batch on its way here counts in it)
         self.wake = None
         self.finished = False
         self.free = self.end = self.busy = 0.0  # server free at; last instant of the run; busy seconds
