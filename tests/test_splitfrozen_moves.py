@@ -336,9 +336,8 @@ def test_a_cached_second_epoch_on_two_servers_equals_a_real_run(tiny_gpt2, tmp_p
                                   ["training.cache_activations=true"], []])
 def test_simulate_no_longer_closes_splitfrozen_rounds_at_the_runs_end(sets):
     """``sfsim simulate`` over 2 epochs with a handover (runtime_handover.yaml) or the cache (runtime_two_servers.yaml):
-    no note that SplitFrozen's rounds come at the run's end; without training.sync one closing round an epoch, on the SimPy
-    engine with the fast path's reason (before: on the fast path, one round per epoch after the run; static devices
-    without the cache are on the fast path: epochs19)."""
+    no note that SplitFrozen's rounds come at the run's end; without training.sync one closing round an epoch; the handover
+    on the SimPy engine with the fast path's reason, the cache on the fast path with SimPy's figures (frozen19)."""
     from click.testing import CliRunner
 
     from sfsim.cli import main as cli
@@ -352,10 +351,13 @@ def test_simulate_no_longer_closes_splitfrozen_rounds_at_the_runs_end(sets):
     notes = [ln for ln in res.output.splitlines() if "closes the backhaul rounds" in ln]
     assert notes == []  # every schedule closes each epoch as sfsim run does (SplitLoRA's handovers too: peers21)
     sc = load_scenario_with(fixture, parse_sets([*sets, "training.epochs=2"]))
+    cached = any("cache" in s for s in sets)
     for name in ("splitfrozen", "splitfrozen-sequential"):
         r = simulate(sc, name, splits=1)
-        assert r.engine == "simpy" and r.sync_rounds >= 2
+        assert r.engine == ("fast" if cached else "simpy") and r.sync_rounds >= 2
+        if cached:  # the cache over several epochs on the fast path (frozen19): every figure SimPy's
+            assert r.to_dict() == simulate(sc, name, splits=1, engine="simpy").to_dict()
         if "training.sync=null" in sets:
-            why = "with cached activations" if any("cache" in s for s in sets) else "over several epochs with moving devices"
-            assert r.sync_rounds == 2 and r.engine_note == (f"the closing backhaul round at each epoch's end {why} is "
-                                                            "replayed by the SimPy engine only")
+            assert r.sync_rounds == 2
+            assert cached or r.engine_note == ("the closing backhaul round at each epoch's end over several epochs with "
+                                               "moving devices is replayed by the SimPy engine only")
