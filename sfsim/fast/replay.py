@@ -73,6 +73,8 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if trace:
         return "a trace (and the Gantt chart) comes from the SimPy engine"
     tr = getattr(scenario, "training", None)  # the baselines' tests pass no scenario
+    if (which := _baseline_epoch_end(name, tr, job)) is not None:
+        return f"{which}'s epoch-end wait (training.eval_samples, several epochs) is replayed by the SimPy engine only"
     if name in ("splitlora", "fedlora") and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1:
         return "the epoch-end wait (training.eval_samples, several epochs) is replayed by the SimPy engine only"
     if (name in SPLITFROZEN and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1
@@ -112,6 +114,21 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     crowded = next((job.servers[k].name for k, c in per_server.items() if c >= MAX_DEVICES), None)
     if crowded is not None:
         return f"server {crowded} has {per_server.most_common(1)[0][1]:,} devices; the fast path takes < {MAX_DEVICES:,}"
+    return None
+
+
+def _baseline_epoch_end(name: str, tr, job) -> str | None:
+    """The baselines' epoch-end waits the fast path does not replay (what, or None): CenLoRA's, FedLoRA's with
+    ``training.sync`` and SplitLoRA's with handovers between servers (:mod:`sfsim.cost.epochend`)."""
+    if getattr(tr, "eval_samples", None) is None or tr.epochs < 2:
+        return None
+    sync, net = getattr(job, "sync", None), getattr(job, "network", None)
+    if name == "cenlora":
+        return "CenLoRA"
+    if name == "fedlora" and sync is not None and sync.every is not None:
+        return "FedLoRA with training.sync"
+    if name == "splitlora" and net is not None and hands_over(net.motions):
+        return "SplitLoRA with handovers between servers"
     return None
 
 

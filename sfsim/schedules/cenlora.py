@@ -13,6 +13,11 @@ With several servers and ``training.sync`` the steps (counted over a server's wo
 backhaul rounds as in the runtime (:class:`sfsim.network.backhaul.ServerRounds`): before each step with
 ``every: 1`` in ``sync`` mode, else after every ``every``-th; then the servers go epoch by epoch as the runtime
 (a step on each epoch's partial window, the closing rounds once every worker is done).
+
+Over several epochs with ``training.eval_samples`` each server waits between two epochs as the runtime's
+``train_server`` (evaluation, adapter, checkpoint: :mod:`sfsim.cost.epochend`, lane ``epoch-end:<server>``; after the
+closing rounds with several servers): its epochs then go one at a time as the runtime's (each shuffled on its own,
+a step on its partial window), without backhaul rounds too.
 """
 
 from __future__ import annotations
@@ -79,6 +84,9 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     if job.sync is not None:
         _synced(engine, job, cfg)
         return
+    if _epoch_ends(engine, job) > 1:  # the servers' epoch-end wait: epoch by epoch
+        _by_epochs(engine, job, cfg)
+        return
     for k, members in groups(job.devices).items():
         srv = job.servers[k]
         source = _Source(engine, srv, job, members)
@@ -130,6 +138,34 @@ def _worker(engine: Engine, source: _Source, srv: ServerTimes, w: int, devices: 
             return
 
 
+def _epoch_ends(engine: Engine, job: Job) -> int:
+    """The run's epochs when some server waits at an epoch's end (:mod:`sfsim.cost.epochend`), else 0."""
+    if not any(w > 0 for w in engine.epoch_end.values()):
+        return 0
+    return max((-(-d.n // (d.per_epoch or d.n)) for d in job.devices if d.n), default=0)
+
+
+def _by_epochs(engine: Engine, job: Job, cfg: ReplayConfig) -> None:
+    """:func:`run` one epoch at a time, each server's epoch-end wait between two (no backhaul rounds)."""
+    by_server, epochs = groups(job.devices), _epoch_ends(engine, job)
+    for k, srv in enumerate(job.servers):  # every server evaluates between epochs, one without data too
+        busy = [0.0]
+        engine.on_finish(lambda busy=busy, name=srv.name: engine.server_busy.__setitem__(name, busy[0]))
+        engine.env.process(_epochs(engine, job, cfg, k, by_server.get(k, []), None, busy, epochs))
+    for d in job.devices:
+        engine.device_busy[d.name] = engine.up_bytes[d.name] = engine.down_bytes[d.name] = 0.0
+
+
+def _epoch_end(engine: Engine, name: str):
+    """Server ``name``'s wait between two epochs (evaluation, adapter, checkpoint: :mod:`sfsim.cost.epochend`), as the
+    runtime's ``train_server``: its next epoch starts after it."""
+    wait = engine.epoch_end.get(name, 0.0)
+    if wait > 0:
+        engine.record(f"epoch-end:{name}", "epoch_end", engine.env.now, wait)
+        engine.epoch_end_waited.add(name)
+        yield engine.at(engine.env.now + wait)
+
+
 def _synced(engine: Engine, job: Job, cfg: ReplayConfig) -> None:
     """:func:`run` with the servers' backhaul rounds, epoch by epoch as the runtime: each epoch's micro-batches, a
     step on its partial window, then the closing rounds once the server's workers are done (every server, one
@@ -140,24 +176,29 @@ def _synced(engine: Engine, job: Job, cfg: ReplayConfig) -> None:
                             step=lambda t, srv=srv: _drained_step(engine, srv, t))
         busy = [0.0]
         engine.on_finish(lambda busy=busy, name=srv.name: engine.server_busy.__setitem__(name, busy[0]))
-        engine.env.process(_epochs(engine, job, cfg, k, by_server.get(k, []), sync, busy))
+        engine.env.process(_epochs(engine, job, cfg, k, by_server.get(k, []), sync, busy, job.sync.epochs))
     for d in job.devices:
         engine.device_busy[d.name] = engine.up_bytes[d.name] = engine.down_bytes[d.name] = 0.0
 
 
-def _epochs(engine: Engine, job: Job, cfg: ReplayConfig, k: int, members: list[int], sync: ServerRounds,
-            busy: list[float]):
-    """Server ``k``'s epochs: its workers over the epoch's micro-batches, then the epoch's last backhaul rounds."""
+def _epochs(engine: Engine, job: Job, cfg: ReplayConfig, k: int, members: list[int], sync: ServerRounds | None,
+            busy: list[float], epochs: int):
+    """Server ``k``'s epochs: its workers over the epoch's micro-batches, then the epoch's last backhaul rounds
+    (``sync``; None: none) and, but after the last, its epoch-end wait."""
     srv, mixing = job.servers[k], None
-    for e in range(job.sync.epochs):
+    for e in range(epochs):
         workers = []
         if members:
             source = _Source(engine, srv, job, members, epoch=e, mixing=mixing)
             mixing, alive = source.mixing, [srv.count]
-            workers = [engine.env.process(_synced_worker(engine, source, srv, w, job.devices, cfg, busy, sync, alive))
-                       for w in range(srv.count)]
+            workers = [engine.env.process(
+                _synced_worker(engine, source, srv, w, job.devices, cfg, busy, sync, alive) if sync is not None
+                else _worker(engine, source, srv, w, job.devices, cfg, busy)) for w in range(srv.count)]
         yield engine.env.all_of(workers)
-        yield from sync.finish(engine.env.now)
+        if sync is not None:
+            yield from sync.finish(engine.env.now)
+        if e + 1 < epochs:
+            yield from _epoch_end(engine, srv.name)
 
 
 def _drained_step(engine: Engine, srv: ServerTimes, t: float) -> float:

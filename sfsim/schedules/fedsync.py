@@ -77,10 +77,18 @@ class Server:
         self.visitors = {i for i, m in fleet.motions.items() if any(leg.server == k for leg in m.legs[1:])}
 
     def run(self, epochs: int):
-        """Every epoch's rounds, then its drain and closing round (the runtime's ``train_epoch``)."""
+        """Every epoch's rounds, then its drain and closing round (the runtime's ``train_epoch``) and, but after the last,
+        the server's epoch-end wait (evaluation, adapter, checkpoint: :mod:`sfsim.cost.epochend`, lane
+        ``epoch-end:<server>``), as the runtime's ``train_server``: the next epoch's first round goes after it."""
+        engine, name = self.fleet.engine, self.fleet.job.servers[self.k].name
         for e in range(epochs):
             yield from self.epoch(e)
             yield from self.sync.finish(self.env.now)
+            wait = engine.epoch_end.get(name, 0.0)
+            if e + 1 < epochs and wait > 0:
+                engine.record(f"epoch-end:{name}", "epoch_end", self.env.now, wait)
+                engine.epoch_end_waited.add(name)
+                yield engine.at(self.env.now + wait)
 
     def epoch(self, e: int):
         """Rounds until every device it holds has used epoch ``e``'s data and no visitor may still come."""

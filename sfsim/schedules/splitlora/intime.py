@@ -133,6 +133,10 @@ class InTime:
             if self.sync is not None:  # the epoch's last rounds (trainer: Method.train_epoch, finish_sync)
                 self.closing = True
                 self.free = yield from self.sync.finish(self.free)
+                if e + 1 < self.epochs:  # then its epoch-end wait (Server._epoch_end), still closing: a handover due
+                    self._epoch_end()  # meanwhile waits for the next epoch, which releases it (_release_due)
+                    while (yield from self.until(self.free)):
+                        pass
                 self.closing = False
         self.engine.server_busy[self.srv.name] = self.busy
         self.finished = True
