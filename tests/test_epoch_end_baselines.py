@@ -1,0 +1,126 @@
+"""The epoch-end wait (sfsim.cost.epochend) for CenLoRA, FedLoRA with ``training.sync`` and SplitLoRA with
+handovers between servers, in the simulator (SimPy: the fast path leaves these runs to it with one line) and, for
+each, against a real run's trace: as many waits, at the same place among each server's ops.
+
+Fleets: tests/test_epoch_end_wait.py's (one server and three epochs; two servers with a backhaul), and for the
+real runs the fixtures the other real tests use (tiny random GPT-2, loopback, 2 epochs).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import sfsim
+from sfsim.cost.epochend import epoch_end_seconds
+from tests.test_epoch_end_wait import _waits, fleet, sc_of, two_servers
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SERVER_OPS = ("F", "B", "W", "BW", "step", "aggregate")
+
+
+def handover(sync: dict | None = None, **training) -> dict:
+    """two_servers() with a backhaul, ``solo`` handing over from far to edge at 0.5 s (its first micro-batch sent)."""
+    data = two_servers(sync=sync, **training)
+    for s in data["servers"]:
+        s["backhaul"] = {"bandwidth": "1 Gbps", "latency": "2 ms"}
+    data["devices"][1]["handover"] = [{"at": "0.5 s", "to": "edge"}]
+    return data
+
+
+def _placed(res, server: str) -> None:
+    """Each of ``server``'s waits starts after its last op (and backhaul transfer) before it, and its next op starts
+    after the wait."""
+    mine = [e for e in res.events if e.lane in (server, f"backhaul:{server}")]
+    for w in (e for e in _waits(res) if e.lane == f"epoch-end:{server}"):
+        assert max(e.start + e.dur for e in mine if e.start < w.start) <= w.start + 1e-12
+        assert min(e.start for e in mine if e.start >= w.start) >= w.start + w.dur - 1e-12
+
+
+def test_cenlora_waits_between_its_epochs_on_one_server():
+    """CenLoRA (one worker, a step a micro-batch): two waits of the predicted size, each exactly at its epoch's last
+    step's end, the next epoch's first forward exactly at its end; the run is longer than without
+    ``training.eval_samples`` by exactly the two waits, and the server busy by them too."""
+    sc = sc_of(fleet())
+    res = sfsim.simulate(sc, "cenlora", trace=True)
+    wait = epoch_end_seconds(sc, assignment=res.assignment)["edge"]
+    assert res.epoch_end_s == {"edge": wait} and [(e.lane, e.dur) for e in _waits(res)] == [("epoch-end:edge", wait)] * 2
+    per = sum(-(-d.samples // 4) for d in sc.devices)  # micro-batches an epoch (a partial last one per device)
+    steps = [e for e in res.events if e.lane == "edge" and e.op == "step"]
+    for k, w in enumerate(_waits(res)):
+        assert steps[(k + 1) * per - 1].start + steps[(k + 1) * per - 1].dur == w.start
+        assert min(e.start for e in res.events if e.lane == "edge" and e.start >= w.start) == w.start + w.dur
+    base = sfsim.simulate(sc_of(fleet(eval_samples=None)), "cenlora")
+    auto = sfsim.simulate(sc, "cenlora")
+    assert base.engine == "fast" and auto.engine == "simpy" and auto.engine_note == (
+        "CenLoRA's epoch-end wait (training.eval_samples, several epochs) is replayed by the SimPy engine only")
+    assert auto.makespan_s - base.makespan_s == pytest.approx(2 * wait, rel=1e-9)
+    assert auto.server_busy_s["edge"] - base.server_busy_s["edge"] == pytest.approx(2 * wait, rel=1e-9)
+
+
+@pytest.mark.parametrize(("method", "sync"), [("cenlora", {"every": 1, "mode": "sync"}),
+                                              ("cenlora", {"every": 2, "mode": "async"}),
+                                              ("fedlora", {"every": 1, "mode": "sync"}),
+                                              ("fedlora", {"every": 2, "mode": "async"})])
+def test_with_training_sync_each_server_waits_after_its_closing_round(method, sync):
+    """CenLoRA and FedLoRA with training.sync on two servers: each server waits (its own size: far computes at half
+    edge's rate, its device's downlink latency is twice) once its epoch's closing round is over, and takes part in
+    the next epoch's rounds after it; the rounds are those of the run without the wait, and the run is longer by
+    exactly the slower server's two waits (the next epoch's rounds wait for it)."""
+    sc = sc_of(two_servers(sync=sync))
+    res = sfsim.simulate(sc, method, trace=True)
+    waits = epoch_end_seconds(sc, assignment=res.assignment)
+    assert waits["far"] == pytest.approx(2 * waits["edge"], rel=1e-12) and res.epoch_end_s == waits
+    assert sorted((e.lane, e.dur) for e in _waits(res)) == sorted(
+        [("epoch-end:edge", waits["edge"])] * 2 + [("epoch-end:far", waits["far"])] * 2)
+    for server in waits:
+        _placed(res, server)
+    base = sfsim.simulate(sc_of(two_servers(sync=sync, eval_samples=None)), method)
+    assert res.sync_rounds == base.sync_rounds and res.backhaul_bytes_by_server == base.backhaul_bytes_by_server
+    assert res.makespan_s - base.makespan_s == pytest.approx(2 * waits["far"], rel=1e-9)
+    assert sfsim.simulate(sc, method).engine_note.startswith(
+        "CenLoRA's" if method == "cenlora" else "FedLoRA with training.sync's")
+
+
+@pytest.mark.parametrize("sync", [None, {"every": 2, "mode": "sync"}])
+def test_splitlora_with_a_handover_between_servers_waits_after_the_closing_round(sync):
+    """SplitLoRA, solo handing over from far to edge in epoch 1, a backhaul (each epoch's closing round; with
+    training.sync its rounds too): each server waits after its closing round and before its next epoch's first op;
+    the handover, the rounds and the backhaul bytes are those of the run without the wait."""
+    sc = sc_of(handover(sync))
+    res = sfsim.simulate(sc, "splitlora", splits=2, trace=True)
+    waits = epoch_end_seconds(sc, assignment=res.assignment)
+    assert res.epoch_end_s == waits and sorted((e.lane, e.dur) for e in _waits(res)) == sorted(
+        [("epoch-end:edge", waits["edge"])] * 2 + [("epoch-end:far", waits["far"])] * 2)
+    for server in waits:
+        _placed(res, server)
+    base = sfsim.simulate(sc_of(handover(sync, eval_samples=None)), "splitlora", splits=2)
+    assert (res.handovers, res.sync_rounds, res.backhaul_bytes_by_server) == (
+        base.handovers, base.sync_rounds, base.backhaul_bytes_by_server)
+    assert res.handovers[0]["sent_before"] == 1 and res.makespan_s > base.makespan_s
+    assert sfsim.simulate(sc, "splitlora", splits=2).engine_note == (
+        "SplitLoRA with handovers between servers's epoch-end wait (training.eval_samples, several epochs) is "
+        "replayed by the SimPy engine only")
+
+
+def test_simulate_notes_only_what_still_leaves_the_wait_out(tmp_path: Path):
+    """One server: every schedule replays the wait (no note). SplitLoRA with a handover between servers and no
+    backhaul link (its epochs back to back, no barrier) still leaves it out, and the note says so for it alone."""
+    from sfsim.cli import main
+
+    path = tmp_path / "fresh.yaml"
+    path.write_text(yaml.safe_dump(fleet()))
+    out = CliRunner().invoke(main, ["simulate", "--devices", str(path), "--split", "2", "--schedule", "all"]).output
+    assert "is left out" not in out, out
+    data = handover()
+    for s in data["servers"]:
+        del s["backhaul"]
+    path.write_text(yaml.safe_dump(data))
+    out = CliRunner().invoke(main, ["simulate", "--devices", str(path), "--split", "2", "--schedule", "splitlora",
+                                    "--json", str(tmp_path / "r.json")]).output
+    assert "note: splitlora: the wait between epochs (evaluation, adapter, checkpoint) is left out" in out, out
+    assert "epoch_end_s" not in json.loads((tmp_path / "r.json").read_text())
