@@ -124,3 +124,69 @@ def test_simulate_notes_only_what_still_leaves_the_wait_out(tmp_path: Path):
                                     "--json", str(tmp_path / "r.json")]).output
     assert "note: splitlora: the wait between epochs (evaluation, adapter, checkpoint) is left out" in out, out
     assert "epoch_end_s" not in json.loads((tmp_path / "r.json").read_text())
+
+
+# -- against real runs ------------------------------------------------------------------------------------------
+MARKS = ("F", "aggregate", "sync-send", "sync-recv", "epoch_end")
+
+
+def placement(events, server: str) -> list[tuple]:
+    """Where each of ``server``'s waits lies among its ops: (server forwards and aggregates before it, its last op or
+    backhaul transfer before it), in time order."""
+    mine = sorted((e for e in events if e.op in MARKS and e.lane in (server, f"backhaul:{server}", f"epoch-end:{server}")),
+                  key=lambda e: e.start)
+    out = []
+    for w in (e for e in mine if e.op == "epoch_end"):
+        before = [e for e in mine if e.start < w.start and e.op != "epoch_end"]
+        after = [e for e in mine if e.start >= w.start and e.op != "epoch_end"]
+        assert not after or min(e.start for e in after) >= w.start + w.dur - 1e-6, (server, w)  # nothing during it
+        out.append((sum(e.op in ("F", "aggregate") for e in before), before[-1].op if before else None))
+    return out
+
+
+def _real(tiny_gpt2: str, tmp_path: Path, method: str, data: dict) -> tuple[dict, list, list]:
+    """``sfsim validate --epochs 2`` of ``method`` on scenario ``data``: (the run's metrics, the predicted and the
+    measured trace)."""
+    from sfsim.cli import main
+    from sfsim.outputs.trace import read_chrome_trace
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--devices", str(tmp_path / "s.yaml"), "--model", tiny_gpt2, "--method",
+                                    method, "--split", "1", "--max-len", "48", "--train-samples", "32", "--data-dir",
+                                    str(FIXTURES / "data"), "--out", str(out), "--server-order", "fifo", "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    both = read_chrome_trace(out / "trace.json")
+    side = {s: [e._replace(lane=e.lane.removeprefix(f"{s} ")) for e in both if e.lane.startswith(f"{s} ")]
+            for s in ("predicted", "measured")}
+    return json.loads((out / "run" / "metrics.json").read_text()), side["predicted"], side["measured"]
+
+
+def _fixture(name: str, edit=None) -> dict:
+    data = yaml.safe_load((FIXTURES / name).read_text())
+    if edit is not None:
+        edit(data)
+    return data
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize(("method", "name", "edit", "want"), [
+    # one server, no backhaul: the wait after epoch 1's 8 micro-batches (each F on the server)
+    ("cenlora", "runtime_tiny.yaml", None, {"srv": [(8, "F")]}),
+    # two servers, sync every step: after each server's 4 micro-batches and its closing round
+    ("cenlora", "runtime_two_servers.yaml", None, {"mec-a": [(4, "sync-recv")], "mec-b": [(4, "sync-recv")]}),
+    # FedLoRA, training.sync every round: after each server's one FedAvg round (2 local steps) and its closing round
+    ("fedlora", "runtime_two_servers.yaml", None, {"mec-a": [(1, "sync-recv")], "mec-b": [(1, "sync-recv")]}),
+    # SplitLoRA, mover hands over from mec-a to mec-b at 0.8 s (after its first send), each epoch's closing round:
+    # mec-a trained mover's first micro-batch and stay-a's two, mec-b mover's other three and stay-b's two, each
+    # server then one FedAvg of its clients' adapters
+    ("splitlora", "runtime_handover.yaml", lambda d: d["training"].pop("sync"),
+     {"mec-a": [(3 + 1, "sync-recv")], "mec-b": [(5 + 1, "sync-recv")]}),
+], ids=["cenlora-1-server", "cenlora-sync", "fedlora-sync", "splitlora-handover"])
+def test_the_predicted_waits_are_where_the_runtime_waits(tiny_gpt2, tmp_path, method, name, edit, want):
+    """A real 2-epoch run (2 servers: one process each, loopback, tiny random GPT-2) and its prediction: one wait per
+    server, the predicted size (epoch_end_s), and in both halves after the same server ops and backhaul transfers,
+    with none during it. Timing margins: the halves are compared by order only, not by time."""
+    m, predicted, measured = _real(tiny_gpt2, tmp_path, method, _fixture(name, edit))
+    servers = sorted(m["server_flops"])
+    assert {s: placement(predicted, s) for s in servers} == {s: placement(measured, s) for s in servers} == want
