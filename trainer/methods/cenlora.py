@@ -1,7 +1,9 @@
 """CenLoRA: all data at the server, LoRA on every block, one shuffled stream: the accuracy ceiling.
 
 The devices upload their raw samples once (token ids, mask, labels: counted on their uplinks) and
-compute nothing; the server trains on the union of the shards, shuffled every epoch.
+compute nothing; the server trains on the union of the shards, shuffled every epoch. The shards are the data
+the method's model places at the server before training (the simulator's ``sfsim.schedules.cenlora``: no device
+links), so the emulated links do not shape them (``trainer.transport.distributed``).
 """
 
 from __future__ import annotations

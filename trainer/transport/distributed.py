@@ -303,7 +303,9 @@ class DistTransport:
         """Queue ``msg``; shaped, its time on the link is fixed now (the link is first come, first served).
         Returns when its send starts."""
         now = self.meter.now()
-        link = self._link(p) if msg.kind != "report" else None  # a report is measurement, not the method's traffic
+        # a report is measurement, not the method's traffic; CenLoRA's shards are the data its model places at the
+        # server before training (no device links: the simulator's sfsim.schedules.cenlora, trainer.transport.dynamics)
+        link = self._link(p) if msg.kind not in ("report", "shard") else None
         start = end = now
         lane = p if self.is_server else -1  # a device has one uplink, whichever server its leg goes to
         if link is not None:
