@@ -86,7 +86,7 @@ def test_with_training_sync_each_server_waits_after_its_closing_round(method, sy
         "CenLoRA's" if method == "cenlora" else "FedLoRA with training.sync's")
 
 
-@pytest.mark.parametrize("sync", [None, {"every": 2, "mode": "sync"}])
+@pytest.mark.parametrize("sync", [None, {"every": 2, "mode": "sync"}, {"every": 2, "mode": "async"}])
 def test_splitlora_with_a_handover_between_servers_waits_after_the_closing_round(sync):
     """SplitLoRA, solo handing over from far to edge in epoch 1, a backhaul (each epoch's closing round; with
     training.sync its rounds too): each server waits after its closing round and before its next epoch's first op;
