@@ -67,3 +67,25 @@ def test_a_device_waiting_for_a_credit_forwards_ahead_and_hands_over_on_time(tin
     moves = [(h["from"], h["to"], h["sent_before"]) for h in m["handovers"]]
     assert moves == [(h["from"], h["to"], h["sent_before"]) for h in sim.handovers]
     assert moves == [("mec-a", "mec-b", 0), ("mec-b", "mec-a", 2)]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_an_old_servers_step_after_a_movers_last_micro_batch_is_its_last(tiny_gpt2, tmp_path):
+    """The mover-only variant of ``tests/test_splitfrozen_idle.py``'s real case (mover alone, mec-a -> mec-b at
+    1.25 s, 4 micro-batches an epoch, 2 epochs, ``training.sync`` every 1 in sync mode) with 300 ms of backhaul
+    latency, so each round (~0.6 s) outlasts a send and the micro-batches queue at mec-a. mec-a's step after mover's
+    last micro-batch there (mb 2, trained at ~2.3 s) is its last: the simulator's mec-a knows of the move from
+    mover's next send (~1.5 s), and the runtime's reads the ``moved`` that came then (~0.8 s before) ahead of that
+    step. Before, the runtime read it only after the step, which it did not mark last, and both servers made one
+    more round (8 against the simulator's 7), with more backhaul bytes."""
+    from tests.test_splitfrozen_moves import _real, _same
+
+    data = _fixture("runtime_handover.yaml")
+    data["devices"] = [d for d in data["devices"] if d["name"] == "mover"]
+    data["devices"][0]["handover"][0]["at"] = "1.25 s"
+    data["training"]["sync"] = {"every": 1, "mode": "sync"}
+    for srv in data["servers"]:
+        srv["backhaul"]["latency"] = "300 ms"
+    m, sim = _real(tiny_gpt2, tmp_path, data, 16)
+    assert [(h["from"], h["to"], h["sent_before"]) for h in m["handovers"]] == [("mec-a", "mec-b", 3)]
+    _same(m, sim, tmp_path, 7)

@@ -246,6 +246,7 @@ class SplitFrozen(Method):
             self.advance(name)
             losses.append(loss)
             samples += n
+            self._read_moves(left)
             if len(losses) == s.accumulate or sum(left.values()) == 0:
                 self._step(last=sum(left.values()) == 0)
                 on_step(sum(losses) / len(losses), samples)
@@ -328,6 +329,20 @@ class SplitFrozen(Method):
         if msg.aux and n in self.visitors and all(r.name != n for r in s.devices):
             s.devices.append(self.visitors[n])
             s.samples[n] = self.visitors[n].n_samples
+
+    def _read_moves(self, left: dict[str, int]) -> None:
+        """Before a step: read each ``moved`` already here that nothing unread of its device precedes, so that a step
+        after a mover's last micro-batch here is this server's last when nothing else is left (the simulator's old
+        server knows of the move when the device's next send starts; it marked that step last, the runtime did not)."""
+        inbox = getattr(self.setup.transport, "inbox", None)
+        if inbox is None or not self.legs:
+            return
+        for n in [n for n, k in left.items() if k and n in self.legs and n not in self._places]:
+            with inbox.cv:
+                first = next((m.kind for m in inbox.by_device.get(n, ()) if m.kind in ("act", "leave", "moved", "join")),
+                             None)
+            if first == "moved":
+                self._visit(self.setup.transport.recv_up(n, {"moved"}), left)
 
     def _from_cache(self, epoch: int, on_step: StepCallback, counts: dict[str, int], done: dict[str, int],
                     live: list[str]) -> bool:
