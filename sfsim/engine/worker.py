@@ -74,9 +74,10 @@ class WorkerLoop:
 
     def _sending(self) -> list[int]:
         """Per device: the micro-batches it sends in the epoch open now (none of a cached epoch)."""
-        e = self.epoch
-        return [d.per_epoch if t and e * d.per_epoch < d.sent else 0
-                for d, t in zip(self.devices, self.totals, strict=True)]
+        e, books = self.epoch, self.books
+        held = [bool(t) for t in self.totals] if books is None else \
+            [i in books.held and i not in books.gone for i in range(len(self.devices))]
+        return [d.per_epoch if h and e * d.per_epoch < d.sent else 0 for d, h in zip(self.devices, held, strict=True)]
 
     def epoch_start(self, e: int) -> simpy.Event:
         """The event of epoch ``e``'s start on this server (:meth:`by_epochs`): its devices forward from then."""
@@ -100,11 +101,11 @@ class WorkerLoop:
         """The epoch's rounds are over: open the next one (cached micro-batches, its workers, then its devices)."""
         self.epoch += 1
         self.unclaimed = self._opened()
-        for apply in self.waiting_calls.pop(self.epoch, []) if self.books is not None else ():
-            apply()
-        if self.senders is not None:
+        if self.senders is not None:  # the devices held at the opening; the calls below move theirs
             for i, k in enumerate(self._sending()):
                 self.senders.change(i, unsent=k)
+        for apply in self.waiting_calls.pop(self.epoch, []) if self.books is not None else ():
+            apply()
         now = self.env.now
         gone = self.books.gone if self.books is not None else ()
         for i, (d, t) in enumerate(zip(self.devices, self.totals, strict=True)):
@@ -122,6 +123,7 @@ class WorkerLoop:
         unsent (``k`` of the epoch)."""
         def apply():
             self.totals[i] -= run
+            self._unsent(i, -k)
             self._count(self.books.moved(i, k, leg))
         self._in_epoch(e, apply)
 
@@ -129,6 +131,7 @@ class WorkerLoop:
         """Device ``i`` arrives by a handover in its epoch ``e`` with ``run`` micro-batches unsent (``k`` of it)."""
         def apply():
             self.totals[i] += run
+            self._unsent(i, k)
             self._count(self.books.joined(i, k))
         self._in_epoch(e, apply)
 
@@ -142,8 +145,18 @@ class WorkerLoop:
         def apply():
             if i in self.books.held:
                 self.totals[i] -= run
+                self._unsent(i, -k)
             self._count(self.books.left(i, k))
         self._in_epoch(e, apply)
+
+    def _unsent(self, i: int, k: int) -> None:
+        """The mixing pool's books of who could still send (:class:`~sfsim.engine.credits.Senders`): ``k`` more
+        micro-batches of device ``i`` come here this epoch (fewer: it moved away or left). Without them a pool kept
+        waiting for a device that had moved away and never drew what it held."""
+        if self.senders is not None:
+            self.senders.change(i, unsent=k)
+            if k < 0 and self.idle and len(self.policy):  # nothing more can come first: its workers draw now
+                self._wake_all()
 
     def _in_epoch(self, e: int, apply) -> None:
         if e <= self.epoch:

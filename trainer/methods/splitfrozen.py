@@ -15,6 +15,7 @@ order. Backward is split into B (now) and W (deferred until the optimizer step, 
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 import torch
@@ -83,39 +84,81 @@ class SplitFrozen(Method):
 
     # -- device side --------------------------------------------------------------------------------
     def device_handle(self, role: DeviceRole, msg: Message) -> None:
-        """``start``: take the epoch's batches from ``msg.mb`` on with ``aux`` credits; ``credit``: one more."""
+        """``start``: take the epoch's batches from ``msg.mb`` on with ``aux`` credits; ``credit``: one more;
+        ``due`` (local, from this device's own timer, never from the wire): a handover may be due while it waits."""
+        st = self._dev.get(role.name)
         if msg.kind == "start":
-            self._dev[role.name] = {"batches": role.batches(msg.epoch), "next": msg.mb, "credits": msg.aux,
-                                    "epoch": msg.epoch, "window": msg.aux, "first_here": msg.mb}
-        elif msg.kind == "credit":
-            st = self._dev[role.name]
+            st = self._dev[role.name] = {"batches": role.batches(msg.epoch), "next": msg.mb, "credits": msg.aux,
+                                         "epoch": msg.epoch, "window": msg.aux, "first_here": msg.mb, "held": None}
+        elif msg.kind == "credit" and st is not None:
             if msg.mb < st["first_here"]:  # for a micro-batch sent to a server it has left: that server's account
                 return
-            if st["credits"] == 0 and st.get("blocked_at") is not None:  # it waited for this credit
-                now = self.setup.meter.now()
-                self.setup.meter.events.append(TraceEvent(role.name, "wait", st["blocked_at"], now - st["blocked_at"],
-                                                          st["next"], role.name))
+            self._waited(role.name, st)
             st["credits"] += 1
-        else:
+        elif msg.kind != "due" or st is None:
             return
-        st = self._dev[role.name]
+        self._pump(role, st)
+        while self._blocked(st) and self._move_if_due(role.name, st):  # the credit wait ends at the handover
+            self._pump(role, st)
+
+    def _pump(self, role: DeviceRole, st: dict) -> None:
+        """Forward and send while credits last. As the simulator's device, a pipelined one forwards its next
+        micro-batch as soon as the link takes the previous one and then waits for a credit with it ready (``held``);
+        the sequential ablation forwards only once its credit (its server's backward) is back."""
         try:
-            while st["credits"] > 0 and st["next"] < len(st["batches"]):
+            while st["next"] < len(st["batches"]):
                 j = st["next"]
-                out = role.forward_frozen(st["batches"][j], j, self.setup.meter)
-                out.epoch = st["epoch"]
+                if st["held"] is None and (st["credits"] or not self.sequential):
+                    st["held"] = role.forward_frozen(st["batches"][j], j, self.setup.meter)
+                    st["held"].epoch = st["epoch"]
+                if st["credits"] == 0:
+                    break
                 if self.legs and hasattr(self.setup.transport, "wait_uplink"):  # the send starts when the link is free
                     self.setup.transport.wait_uplink(role.name, j)
                 self._hand_over(role.name, st)  # the leg holding when the send starts takes the micro-batch
+                out, st["held"] = st["held"], None
                 self.setup.transport.send_up(out)
                 st["next"], st["credits"] = j + 1, st["credits"] - 1
         except DeviceLeft:  # offline for good (trainer.transport.dynamics): the rest of the epoch is not sent
             rest = sum(int(b["labels"].shape[0]) for b in st["batches"][st["next"]:])
             self.setup.transport.send_up(Message(role.name, st["next"], kind="leave", aux=rest, epoch=st["epoch"]))
-            st["sent"], st["next"] = st["next"], len(st["batches"])
+            st["sent"], st["next"], st["held"] = st["next"], len(st["batches"]), None
         st["blocked_at"] = self.setup.meter.now() if st["next"] < len(st["batches"]) else None
         if st["next"] >= len(st["batches"]):
             self._close_epoch(role.name, st)
+
+    @staticmethod
+    def _blocked(st: dict) -> bool:
+        """Whether the device waits for a credit with its next micro-batch forwarded."""
+        return st["credits"] == 0 and st["held"] is not None and st["next"] < len(st["batches"])
+
+    def _waited(self, name: str, st: dict) -> None:
+        """Trace the credit wait that ends now (from when the device blocked)."""
+        if st["credits"] == 0 and st.get("blocked_at") is not None:
+            now = self.setup.meter.now()
+            self.setup.meter.events.append(TraceEvent(name, "wait", st["blocked_at"], now - st["blocked_at"],
+                                                      st["next"], name))
+            st["blocked_at"] = None
+
+    def _move_if_due(self, name: str, st: dict) -> bool:
+        """A device waiting for a credit hands over when its next leg is due, as the simulator's (its credit wait
+        ends at the handover time; the new server opens a full window): now, if due (True), else at that time (a
+        local ``due`` message from a timer, once per leg)."""
+        legs, k = self.legs.get(name), self.leg.get(name, 0)
+        if not legs or k + 1 >= len(legs):
+            return False
+        at, now = legs[k + 1][0], self.setup.meter.now()
+        if at <= now:
+            self._waited(name, st)
+            self._hand_over(name, st)
+            return True
+        inbox = getattr(self.setup.transport, "inbox", None)
+        if inbox is not None and st.get("timer") != (st["epoch"], k + 1):
+            st["timer"] = (st["epoch"], k + 1)
+            timer = threading.Timer(at - now, inbox.put, (Message(name, -1, kind="due", epoch=st["epoch"]),))
+            timer.daemon = True
+            timer.start()
+        return False
 
     def _hand_over(self, name: str, st: dict) -> None:
         """Take every handover due by now: ``moved`` to the old server (after all this device sent it), then
@@ -203,6 +246,7 @@ class SplitFrozen(Method):
             self.advance(name)
             losses.append(loss)
             samples += n
+            self._read_moves(left)
             if len(losses) == s.accumulate or sum(left.values()) == 0:
                 self._step(last=sum(left.values()) == 0)
                 on_step(sum(losses) / len(losses), samples)
@@ -285,6 +329,20 @@ class SplitFrozen(Method):
         if msg.aux and n in self.visitors and all(r.name != n for r in s.devices):
             s.devices.append(self.visitors[n])
             s.samples[n] = self.visitors[n].n_samples
+
+    def _read_moves(self, left: dict[str, int]) -> None:
+        """Before a step: read each ``moved`` already here that nothing unread of its device precedes, so that a step
+        after a mover's last micro-batch here is this server's last when nothing else is left (the simulator's old
+        server knows of the move when the device's next send starts; it marked that step last, the runtime did not)."""
+        inbox = getattr(self.setup.transport, "inbox", None)
+        if inbox is None or not self.legs or self.setup.server_order == "pool":  # the pooled loop reads no moves
+            return
+        for n in [n for n, k in left.items() if k and n in self.legs and n not in self._places]:
+            with inbox.cv:
+                first = next((m.kind for m in inbox.by_device.get(n, ()) if m.kind in ("act", "leave", "moved", "join")),
+                             None)
+            if first == "moved":
+                self._visit(self.setup.transport.recv_up(n, {"moved"}), left)
 
     def _from_cache(self, epoch: int, on_step: StepCallback, counts: dict[str, int], done: dict[str, int],
                     live: list[str]) -> bool:
