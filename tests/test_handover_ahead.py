@@ -20,7 +20,9 @@ from trainer.transport.wire import Kind, Packet, WireError
 
 def _transport() -> DistTransport:
     """A server's transport with no peers (only its credit books are used here)."""
-    return DistTransport(0, ["mover"], {}, Meter(), None, servers=1, visits={"mover": [1]})
+    tr = DistTransport(0, ["mover"], {}, Meter(), None, servers=1, visits={"mover": [1]})
+    tr.moves_ahead = True  # as SplitFrozen's server sets it
+    return tr
 
 
 def _act(tr: DistTransport, mb: int, epoch: int = 0) -> None:
@@ -74,3 +76,14 @@ def test_the_server_holds_a_moved_ahead_until_that_micro_batch_and_drops_a_devic
     why = "a moved naming 4 micro-batches sent this epoch where 1 came here (at most 1 more)"
     assert dropped == [("mover", why)] and sf.lost["mover"]["reason"] == why and "mover" not in left
     assert not sf._ahead
+
+
+def test_only_a_method_that_takes_a_moved_ahead_keeps_a_credit_for_it():
+    """SplitLoRA's server never takes a moved ahead (its serve loop would crash on an activation after a moved): on its
+    transport a moved takes every credit, as before."""
+    tr = _transport()
+    tr.moves_ahead = False
+    tr._permits["mover"], tr._next["mover"] = 2, (0, 0)
+    _act(tr, 0)
+    tr._permit("mover", Packet(Kind.MOVED, 0, 2, 0, 1))
+    assert tr._permits["mover"] == 0

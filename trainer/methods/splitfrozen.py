@@ -182,6 +182,8 @@ class SplitFrozen(Method):
         done = self.resume_cursor(epoch)  # device -> micro-batches already trained this epoch
         hold_weight(self)  # handovers: the backhaul weight of the devices held now
         self._epoch = epoch
+        if hasattr(tr, "moves_ahead"):  # a moved may come ahead of its leg's last micro-batch (_moved_ahead)
+            tr.moves_ahead = True
         live = [n for n in counts if n not in self.lost]
         self._seen, self._ahead = {n: done.get(n, 0) for n in live}, {}
         if self._from_cache(epoch, on_step, counts, done, live):

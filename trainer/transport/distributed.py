@@ -144,6 +144,7 @@ class DistTransport:
     """
 
     arrival_order = True  # the server may take micro-batches in true arrival order
+    moves_ahead = False  # a server's method takes a moved ahead of its leg's last micro-batch (SplitFrozen)
     departed = None  # a server's (device, t) -> gone for good at t (trainer.transport.dynamics.departed): sends uncounted
 
     def __init__(self, rank: int, names: list[str], channels: dict[int, secure.Channel], meter: Meter, limits: Limits,
@@ -437,7 +438,7 @@ class DistTransport:
                 self._permits[name] -= 1
                 self._next[name] = (pkt.epoch, pkt.mb + 1)
             elif pkt.kind == Kind.MOVED:  # ahead of its leg's last micro-batch (mb counts it), one credit stays for it
-                ahead = self._next.get(name) == (pkt.epoch, pkt.mb - 1)
+                ahead = self.moves_ahead and self._next.get(name) == (pkt.epoch, pkt.mb - 1)
                 self._permits[name] = min(self._permits.get(name, 0), 1) if ahead else 0
                 self._joined.pop(name, None)
             elif pkt.kind == Kind.JOIN and pkt.aux > 0 and self._joined.get(name, -1) < pkt.epoch + 1:
