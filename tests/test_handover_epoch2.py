@@ -52,3 +52,27 @@ def test_a_handover_inside_the_second_epoch_trains_where_the_simulator_says(tiny
     assert m["backhaul_bytes_by_server"] == sim.backhaul_bytes_by_server
     assert m["samples_not_trained"] == sim.samples_not_trained
     assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
+
+
+@pytest.mark.slow  # a ~19 s run with its prediction (load ~1)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_handover_inside_the_second_epoch_with_sync_makes_the_simulators_rounds(tiny_gpt2, tmp_path):
+    """As above with the fixture's sync every 2 and the handover at 10 s, during mover's second send of epoch 2
+    (~8.6-10.2 s): that micro-batch is its last on mec-a, and mec-a's step after it is its last of the epoch in both
+    halves (the simulator knows the move at once). The runtime made 8 rounds a server against the simulator's 6: its
+    ``moved`` followed that micro-batch and came after mec-a's step, which then said mec-a still trained (two more
+    rounds, a drain and a closing one). Now the device sends ``moved`` ahead of it when the handover is due by the end of
+    its send (``SplitFrozen._moved_ahead``): 6 rounds a server, the same backhaul bytes and order of steps and rounds."""
+    from tests.test_splitfrozen_moves import _same
+
+    data = _fixture("runtime_handover.yaml")
+    mover = data["devices"][0]
+    mover["uplink"]["bandwidth"] = "0.125 Mbps"
+    mover["handover"][0]["at"] = "10 s"
+    m, sim = _real(tiny_gpt2, tmp_path, data, 32)
+    assert [(h["from"], h["to"], h["sent_before"]) for h in m["handovers"]] == [("mec-a", "mec-b", 6)]
+    _same(m, sim, tmp_path, 6)
+    measured = read_chrome_trace(tmp_path / "run" / "trace.json")
+    sends = sorted(e.start for e in measured if e.lane == "link:mover" and e.op == "send")
+    assert sends[5] < 10.0 - 0.4 and sends[5] + 1.6 > 10.0 + 0.1, sends  # the handover lies inside that send
+    assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}

@@ -75,6 +75,8 @@ class SplitFrozen(Method):
         self.pool_peak = 0  # most micro-batches the mixing pool held (server_order "pool")
         self._epoch = 0  # the server's epoch (a handover's join of another epoch is ignored)
         self._places: set[str] = set()  # visitors whose entry in the epoch's ``left`` is a placeholder (may still come)
+        self._seen: dict[str, int] = {}  # device -> the index of the next micro-batch it sends here this epoch
+        self._ahead: dict[str, Message] = {}  # device -> its ``moved`` read ahead of its leg's last micro-batch
         # training.cache_activations: what the devices sent in one epoch, replayed in later ones
         self.cache = None if s.cache_memory is None else ActivationCache(s.cache_memory, s.out)
 
@@ -117,7 +119,10 @@ class SplitFrozen(Method):
                     self.setup.transport.wait_uplink(role.name, j)
                 self._hand_over(role.name, st)  # the leg holding when the send starts takes the micro-batch
                 out, st["held"] = st["held"], None
-                self.setup.transport.send_up(out)
+                if self.legs and hasattr(self.setup.transport, "wait_uplink"):
+                    self.setup.transport.send_up(out, lambda end, n=role.name: self._moved_ahead(n, st, end))
+                else:
+                    self.setup.transport.send_up(out)
                 st["next"], st["credits"] = j + 1, st["credits"] - 1
         except DeviceLeft:  # offline for good (trainer.transport.dynamics): the rest of the epoch is not sent
             rest = sum(int(b["labels"].shape[0]) for b in st["batches"][st["next"]:])
@@ -169,7 +174,8 @@ class SplitFrozen(Method):
         k = self.leg.get(name, 0)
         while legs and k + 1 < len(legs) and legs[k + 1][0] <= self.setup.meter.now():
             j, (at, new, to) = st["next"], legs[k + 1]
-            tr.send_up(Message(name, j, kind="moved", aux=k + 1, epoch=st["epoch"]))
+            if st.pop("ahead", None) != k + 1:  # (else its ``moved`` went ahead of the last micro-batch sent there)
+                tr.send_up(Message(name, j, kind="moved", aux=k + 1, epoch=st["epoch"]))
             tr.move(name, new)
             tr.send_up(Message(name, j, kind="join", aux=len(st["batches"]) - j, epoch=st["epoch"]))
             st["credits"], st["first_here"] = st["window"], j
@@ -178,6 +184,18 @@ class SplitFrozen(Method):
                                "sent_before": st["epoch"] * len(st["batches"]) + j})  # over the run, as the simulator
             k += 1
         self.leg[name] = k
+
+    def _moved_ahead(self, name: str, st: dict, end: float) -> Message | None:
+        """The ``moved`` to send ahead of the micro-batch now going up, or None: when the next handover is due by the end
+        of its send (``end``), to another server, and the epoch has more to send, the next send starts after the
+        handover (the link is busy till then), so this micro-batch is the last of its leg. The old server then reads
+        the move before it trains it (``mb``: the micro-batches sent there with it), so its step after it is its last,
+        as in the simulator, which knows the move at once; sent after it, the move raced that step."""
+        legs, k, j = self.legs.get(name, []), self.leg.get(name, 0), st["next"]
+        if k + 1 >= len(legs) or legs[k + 1][0] > end or legs[k + 1][1] == legs[k][1] or j + 1 >= len(st["batches"]):
+            return None
+        st["ahead"] = k + 1
+        return Message(name, j + 1, kind="moved", aux=k + 1, epoch=st["epoch"])
 
     def finish_moves(self, name: str) -> None:
         """Device ``name``'s process ends: record its handovers due since its last send (``late_moves``)."""
@@ -207,7 +225,10 @@ class SplitFrozen(Method):
         done = self.resume_cursor(epoch)  # device -> micro-batches already trained this epoch
         hold_weight(self)  # handovers: the backhaul weight of the devices held now
         self._epoch = epoch
+        if hasattr(tr, "moves_ahead"):  # a moved may come ahead of its leg's last micro-batch (_moved_ahead)
+            tr.moves_ahead = True
         live = [n for n in counts if n not in self.lost]
+        self._seen, self._ahead = {n: done.get(n, 0) for n in live}, {}
         if self._from_cache(epoch, on_step, counts, done, live):
             return
         credits = 1 if self.sequential else s.buffer
@@ -280,6 +301,12 @@ class SplitFrozen(Method):
             self._left(msg, left, 0)
         elif msg.kind in ("moved", "join"):
             self._visit(msg, left)
+        elif msg.device in left:
+            self._seen[msg.device] = msg.mb + 1
+            ahead = self._ahead.get(msg.device)
+            if ahead is not None and ahead.mb == msg.mb + 1:  # its leg's last: the move applies before the step
+                self._visit(self._ahead.pop(msg.device), left)
+                left[msg.device] += 1  # this micro-batch is still to be counted (server_epoch)
         return msg if msg.kind == "act" else None
 
     def _take_pooled(self, order: deque | None, left: dict[str, int], pool: MixingPool, held: dict[str, int],
@@ -311,6 +338,8 @@ class SplitFrozen(Method):
         """A handover: ``moved`` (all it sent here has arrived: nothing more comes, unless a later leg brings it
         back, ``aux`` its new leg) or ``join`` (``aux`` more; a join of another epoch is left over: ignored)."""
         s, n = self.setup, msg.device
+        if msg.kind == "moved" and self._early(msg, left):
+            return
         if msg.kind == "moved":
             self.taken[n] = msg.aux
             left[n] = int(Legs(self.legs).comes_back(n, s.server, msg.aux))  # a placeholder while it may come back
@@ -325,10 +354,25 @@ class SplitFrozen(Method):
         if msg.epoch != self._epoch:
             return
         left[n] = msg.aux
+        self._seen[n] = msg.mb
         self._places.discard(n)
         if msg.aux and n in self.visitors and all(r.name != n for r in s.devices):
             s.devices.append(self.visitors[n])
             s.samples[n] = self.visitors[n].n_samples
+
+    def _early(self, msg: Message, left: dict[str, int]) -> bool:
+        """Whether ``moved`` came ahead of its leg's last micro-batch (:meth:`_moved_ahead`: ``mb`` counts it): then it
+        applies when that one is read (:meth:`_take`). One naming more than that one still to come costs its sender."""
+        n = msg.device
+        if msg.epoch != self._epoch or n in self._ahead or msg.mb <= self._seen.get(n, msg.mb):
+            return False
+        if msg.mb != self._seen[n] + 1:
+            why = f"a moved naming {msg.mb} micro-batches sent this epoch where {self._seen[n]} came here (at most 1 more)"
+            self.setup.transport.drop(n, why)
+            self.lose(n, why, left)
+            return True
+        self._ahead[n] = msg
+        return True
 
     def _read_moves(self, left: dict[str, int]) -> None:
         """Before a step: read each ``moved`` already here that nothing unread of its device precedes, so that a step

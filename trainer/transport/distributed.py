@@ -144,6 +144,7 @@ class DistTransport:
     """
 
     arrival_order = True  # the server may take micro-batches in true arrival order
+    moves_ahead = False  # a server's method takes a moved ahead of its leg's last micro-batch (SplitFrozen)
     departed = None  # a server's (device, t) -> gone for good at t (trainer.transport.dynamics.departed): sends uncounted
 
     def __init__(self, rank: int, names: list[str], channels: dict[int, secure.Channel], meter: Meter, limits: Limits,
@@ -164,6 +165,7 @@ class DistTransport:
         self._permits: dict[str, int] = {}  # device -> activation messages it may still send (credits, fwd)
         self._joined: dict[str, int] = {}  # device -> 1 + the epoch of its join here (gone on its ``moved``)
         self._brought: dict[tuple[str, int], int] = {}  # (device, epoch) -> credits its joins here brought
+        self._next: dict[str, tuple[int, int]] = {}  # device -> (epoch, the micro-batch it sends here next)
         self._plock = threading.Lock()
         self._closing = threading.Event()
         peers = ([servers + i for i, n in enumerate(self.names) if rank in self.visits[n]] if self.is_server
@@ -181,11 +183,17 @@ class DistTransport:
                 self._start(self._serialiser, p)
 
     # -- what the roles call ------------------------------------------------------------------
-    def send_up(self, msg: Message) -> None:
+    def send_up(self, msg: Message, ahead=None) -> None:
         """Device -> its server (encoded in the run's codec here, then queued). Activations return when their
         send starts: a device holds at most one finished activation, as the simulator's devices do (its next
-        forward starts when the link takes this one; the gap is a ``wait`` on its lane)."""
+        forward starts when the link takes this one; the gap is a ``wait`` on its lane). ``ahead(end)``: a
+        message to queue just before this one, given when this one's send would end (shaped, a device that
+        stays online), or None."""
         msg = codecs.encode_message(msg, self.limits.codec, self.meter, msg.device)
+        link = self._link(self.home[msg.device]) if ahead is not None and self.presence is None else None
+        first = None if link is None else ahead(link.end(max(self.meter.now(), self._free[-1]), msg.nbytes))
+        if first is not None:  # no tensors: it takes no time on the link, and the server reads it first
+            self._enqueue(self.home[first.device], first)
         start, now = self._enqueue(self.home[msg.device], msg), self.meter.now()
         if msg.kind == "act" and start > now:
             self.meter.events.append(TraceEvent(msg.device, "wait", now, start - now, msg.mb, msg.device))
@@ -206,6 +214,7 @@ class DistTransport:
         with self._plock:  # counted before it leaves: the device can only use a permit it was sent
             if msg.kind == "start":
                 self._permits[msg.device] = msg.aux
+                self._next[msg.device] = (msg.epoch, msg.mb)
             elif msg.kind in ("credit", "fwd"):
                 self._permits[msg.device] = self._permits.get(msg.device, 0) + 1
         msg = codecs.encode_message(msg, self.limits.codec, self.meter, self.meter.server_lane)
@@ -423,17 +432,20 @@ class DistTransport:
         credit window (the device's fresh account here, as the simulator's per-server accounts) once per visit: again
         only after the device has ``moved`` away from here or in a later epoch; and all the joins of one epoch
         bring at most the device's budget (one micro-batch holds at least one sample). ``moved`` takes the
-        credits it held here away with it."""
+        credits it held here away with it, but one when it goes ahead of the one micro-batch still to come."""
         with self._plock:
             if pkt.kind == Kind.ACT:
                 if self._permits.get(name, 0) <= 0:
                     raise WireError("activations sent without a credit")
                 self._permits[name] -= 1
-            elif pkt.kind == Kind.MOVED:
-                self._permits[name] = 0
+                self._next[name] = (pkt.epoch, pkt.mb + 1)
+            elif pkt.kind == Kind.MOVED:  # ahead of its leg's last micro-batch (mb counts it), one credit stays for it
+                ahead = self.moves_ahead and self._next.get(name) == (pkt.epoch, pkt.mb - 1)
+                self._permits[name] = min(self._permits.get(name, 0), 1) if ahead else 0
                 self._joined.pop(name, None)
             elif pkt.kind == Kind.JOIN and pkt.aux > 0 and self._joined.get(name, -1) < pkt.epoch + 1:
                 self._joined[name] = pkt.epoch + 1  # here, in this epoch: a second join brings nothing
+                self._next[name] = (pkt.epoch, pkt.mb)
                 budget = self.limits.budget[pkt.device] if 0 <= pkt.device < len(self.limits.budget) else pkt.aux
                 used = self._brought.get((name, pkt.epoch), 0)
                 give = max(0, min(pkt.aux, self.window, budget - used))
