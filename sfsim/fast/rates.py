@@ -28,6 +28,7 @@ import math
 import numpy as np
 
 from sfsim.fast.events import no_refcounts
+from sfsim.fast.jit import njit
 from sfsim.fast.mtwist import expovariate
 from sfsim.network.availability import OnOff, Windows
 from sfsim.network.linkrate import Constant, Product, Rate, Steps, _Lazy
@@ -121,6 +122,13 @@ class Program:
             off += _count(rate, kind)
         need = np.full(len(self.rows) + 1, -math.inf)
         return K, V, T, R, need, M, MI, T0
+
+
+@njit
+def no_rates():
+    """:meth:`Program.arrays` of a program without nodes (for the kernels' callers on constant links)."""
+    return (np.full((1, 9), -1, np.int64), np.zeros((1, 2)), np.zeros(1), np.zeros(1), np.full(2, -np.inf),
+            np.zeros((2, 624), np.uint32), np.zeros((1, 2), np.int64), np.zeros(1))
 
 
 def _count(rate: Rate, kind: int) -> int:
