@@ -22,10 +22,11 @@ whatever ``PYTHONDONTWRITEBYTECODE`` says:
    (:func:`dynamic_fleet`), and whether the makespans are equal (``--dynamic``: only this);
 6. the ``pool`` policy's peak memory on the fast path (tracemalloc) at 8 devices x 200 and x 40,000
    micro-batches and at 800 devices x 200: it grows with devices, not with the run (``--pool``: only this);
-7. ``--memory`` only: peak traced memory (tracemalloc) and the process's peak resident memory of fast
-   replays of 10,000 devices x 100 and x 1,000 micro-batches (``--quick``: 1,000 x 10 and x 100) with pause churn
-   (:func:`dynamic_fleet`) and with handovers (``bench_handover.py``'s fleet), and a digest of every
-   figure (to compare two checkouts); then each peak's ratio at x10 micro-batches.
+7. peak traced memory (tracemalloc) and the process's peak resident memory of fast replays of 10,000
+   devices x 100 and x 1,000 micro-batches (``--quick``: 1,000 x 10 and x 100) with pause churn
+   (:func:`dynamic_fleet`: the kernels draw the on/off processes in a window, :mod:`sfsim.fast.rates`) and
+   with handovers (``bench_handover.py``'s fleet), and a digest of every figure (to compare two checkouts);
+   then each peak's ratio at x10 micro-batches, which stays near 1 (``--memory``: only this item).
 
 Run: ``.venv/bin/python bench/bench_scale.py [--quick] [--sweep-points N] [--dynamic] [--plans]`` (``--quick``:
 smaller sizes, for a smoke test).
@@ -253,7 +254,8 @@ def moving_memory(devices: int, mb: int) -> None:
             print(f"   {label}: traced peak {peak / 2**20:,.1f} MiB, process peak resident {rss:,.0f} MiB so far; "
                   f"{wall:.1f} s wall, {cpu:.1f} s CPU; figures' digest {digest}", flush=True)
     for label in ("pause churn", "handovers"):
-        print(f"   {label}: traced peak x{peaks[label, mb] / peaks[label, mb // 10]:.2f} for x10 micro-batches")
+        print(f"   {label}: traced peak x{peaks[label, mb] / peaks[label, mb // 10]:.2f} for x10 micro-batches "
+              f"({peaks[label, mb] / devices / 1024:,.1f} KiB a device at {mb:,})")
 
 
 def run_engine(job) -> float:
@@ -316,6 +318,7 @@ def main() -> None:
     print("5. micro-batches/s on the dynamic network (bench_engine.py fleet, 4 servers, buffer 64, accumulate 4)")
     dynamic_rates([(1000, 100)] if args.quick else [(1000, 100), (10_000, 100)])
     pool_memory()
+    moving_memory(*((1000, 100) if args.quick else (10_000, 1000)))
     print("load average at the end (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 

@@ -137,7 +137,7 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
 from sfsim.fast.heap import pop, push
 from sfsim.fast.jit import inline, njit
 from sfsim.fast.moving import moving, soft_timer
-from sfsim.fast.rates import stuck
+from sfsim.fast.rates import no_rates, stuck
 
 
 @inline
@@ -459,7 +459,7 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
     m = N.shape[1]
     Y = (np.full(m, -1, np.int64), np.zeros((1, 2), np.int64), np.zeros((1, 4)), np.zeros(1),
          np.zeros((1, 3), np.int64), np.zeros(m, np.int64))
-    RP = (np.full((1, 5), -1, np.int64), np.zeros((1, 2)), np.zeros(1), np.zeros(1), np.full(2, -np.inf))
+    RP = no_rates()
     pool = (np.zeros(0, np.int64), np.zeros(m), np.zeros(3, np.int64))
     # soft_room as an int64, not the literal 0: the same specialisation as the Python callers' (one compile)
     return replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, flight, paced, Y, RP,

@@ -11,6 +11,12 @@ A drawn process is known only as far as it was drawn: a question past that sets 
 node's latest time asked, and the flag in its last slot); the caller draws further
 (:meth:`Program.draw_all`) and replays again. Answers after the flag is set are not used.
 
+An on/off availability process (:class:`~sfsim.network.availability.OnOff`) is drawn by the kernels
+themselves, in a window (:data:`WINDOW` steps a node; :mod:`sfsim.fast.mtwist`): from its Mersenne
+Twister's state, by Python's float operations, so the same stream as the SimPy engine's. Its memory
+grows with the devices, not with the run; a question before the window starts redraws from the state
+the node started with.
+
 Every kernel of the fast path reads rates through this module: SplitFrozen's dynamic replay
 (:mod:`sfsim.fast.moving`), SplitLoRA's and FedLoRA's (:func:`span_at` and :func:`gone_at` are theirs).
 """
@@ -22,11 +28,19 @@ import math
 import numpy as np
 
 from sfsim.fast.events import no_refcounts
+from sfsim.fast.jit import njit
+from sfsim.fast.mtwist import expovariate
 from sfsim.network.availability import OnOff, Windows
 from sfsim.network.linkrate import Constant, Product, Rate, Steps, _Lazy
 
-CONST, STEPS, DRAWN, WINDOWS, PRODUCT = range(5)
-_KIND, _OFF, _LEN, _A, _B = range(5)  # columns of the int rows; float rows: value, period (<= 0: none)
+CONST, STEPS, DRAWN, WINDOWS, PRODUCT, ONOFF = range(6)
+_KIND, _OFF, _LEN, _A, _B, _BASE, _CAP, _PRE, _POFF = range(9)
+# columns of the int rows; float rows: value, period (<= 0: none); an ONOFF node's: mean on, mean off. ONOFF: _A
+# its twister's number, _BASE the step number of its window's first slot, _CAP the window's room, _PRE / _POFF
+# the steps drawn before the replay (their count / their offset in the prefix array)
+WINDOW = 64
+"""Steps an on/off process keeps on the fast path beyond those drawn before the replay (it drops the older half
+when full)."""
 HORIZON = 256.0
 """Seconds the baselines' replays first draw the drawn processes to (a replay that passes it draws further)."""
 
@@ -57,6 +71,8 @@ class Program:
             row = (CONST, -1, -1, float(rate.rate), 0.0)
         elif rate.__class__ is Steps:
             row = (STEPS, -1, -1, 0.0, float(rate.period) if rate.period is not None else 0.0)
+        elif rate.__class__ is OnOff:
+            row = (ONOFF, -1, -1, float(rate.means[0]), float(rate.means[1]))
         elif isinstance(rate, _Lazy):
             row = (DRAWN, -1, -1, 0.0, 0.0)
         elif rate.__class__ is Windows:
@@ -75,27 +91,52 @@ class Program:
                 rate.segment(t)  # draws until its last change is later than t
 
     def arrays(self) -> tuple:
-        """``(K, V, T, R, need)``: int rows, float rows, the steps' times and rates, and the need slots."""
-        K = np.full((max(1, len(self.rows)), 5), -1, np.int64)
+        """``(K, V, T, R, need, M, MI, T0)``: int rows, float rows, the steps' times and rates, the need slots,
+        the on/off processes' twisters (working and initial state by turns), their positions and first steps."""
+        K = np.full((max(1, len(self.rows)), 9), -1, np.int64)
         V = np.zeros((max(1, len(self.rows)), 2))
         # one array filled node by node: no per-node copies kept at once
         total = sum(_count(rate, row[0]) for rate, row in zip(self.rates, self.rows, strict=True))
         T, R, off = np.zeros(total + 1), np.zeros(total + 1), 0
+        twisters = [k for k, row in enumerate(self.rows) if row[0] == ONOFF]
+        M, MI = np.zeros((2 * max(1, len(twisters)), 624), np.uint32), np.zeros((max(1, len(twisters)), 2), np.int64)
+        T0 = np.zeros(sum(len(self.rates[k].times) for k in twisters) + 1)
+        slot = {k: w for w, k in enumerate(twisters)}
+        poff = 0
         for k, (rate, (kind, a, b, value, period)) in enumerate(zip(self.rates, self.rows, strict=True)):
             ts, rs = _steps(rate, kind)
             n = len(ts)
-            K[k] = (kind, off, n, a, b)
+            K[k, :5] = (kind, off, n, a, b)
             V[k] = (value, period)
-            T[off:off + n], R[off:off + n] = ts, rs
-            off += n
+            if kind == ONOFF:
+                w = slot[k]
+                K[k, _A], K[k, _BASE], K[k, _CAP], K[k, _PRE], K[k, _POFF] = w, 0, n + WINDOW, n, poff
+                state = rate.rng.getstate()[1]
+                M[2 * w] = M[2 * w + 1] = state[:624]
+                MI[w] = state[624]
+                T0[poff:poff + n] = ts
+                poff += n
+            T[off:off + n] = ts
+            if kind != ONOFF:
+                R[off:off + n] = rs
+            off += _count(rate, kind)
         need = np.full(len(self.rows) + 1, -math.inf)
-        return K, V, T, R, need
+        return K, V, T, R, need, M, MI, T0
+
+
+@njit
+def no_rates():
+    """:meth:`Program.arrays` of a program without nodes (for the kernels' callers on constant links)."""
+    return (np.full((1, 9), -1, np.int64), np.zeros((1, 2)), np.zeros(1), np.zeros(1), np.full(2, -np.inf),
+            np.zeros((2, 624), np.uint32), np.zeros((1, 2), np.int64), np.zeros(1))
 
 
 def _count(rate: Rate, kind: int) -> int:
     """How many steps :func:`_steps` gives of a node."""
     if kind in (STEPS, DRAWN):
         return len(rate.times)
+    if kind == ONOFF:  # its window
+        return len(rate.times) + WINDOW
     return len(rate.edges) if kind == WINDOWS else 0
 
 
@@ -145,10 +186,12 @@ def _right(T, off, n, t):
 @no_refcounts
 def _leaf(P, node, t):
     """``segment(t)`` of a node that is not a product."""
-    K, V, T, R, need = P
+    K, V, T, R, need = P[0], P[1], P[2], P[3], P[4]
     kind, off, n = K[node, _KIND], K[node, _OFF], K[node, _LEN]
     if kind == CONST:
         return V[node, 0], np.inf
+    if kind == ONOFF:
+        return _onoff(P, node, t)
     if kind == DRAWN:
         if n == 0 or T[off + n - 1] <= t:  # not drawn that far: ask the caller to draw further
             need[node] = max(need[node], t)
@@ -160,6 +203,33 @@ def _leaf(P, node, t):
         k = _right(T, off, n, t)
         return (1.0 if k % 2 else 0.0), (T[off + k] if k < n else np.inf)
     return _trace(T, R, off, n, V[node, 1], t)
+
+
+@no_refcounts
+def _onoff(P, node, t):
+    """``OnOff.segment(t)``, the process drawn in the node's window as far as ``t`` (:data:`WINDOW`)."""
+    K, V, T, M, MI = P[0], P[1], P[2], P[5], P[6]
+    off, n, base, cap, w = K[node, _OFF], K[node, _LEN], K[node, _BASE], K[node, _CAP], K[node, _A]
+    if base > 0 and t < T[off]:  # before the window: draw again from the node's first state
+        n, base = K[node, _PRE], 0
+        T0, poff = P[7], K[node, _POFF]
+        for i in range(n):
+            T[off + i] = T0[poff + i]
+        for i in range(624):
+            M[2 * w, i] = M[2 * w + 1, i]
+        MI[w, 0] = MI[w, 1]
+    while n == 0 or T[off + n - 1] <= t:  # OnOff._draw_past
+        if n == cap:  # full: drop the older half
+            h = cap >> 1
+            for i in range(n - h):
+                T[off + i] = T[off + h + i]
+            base, n = base + h, n - h
+        last = T[off + n - 1] if n > 0 else 0.0
+        T[off + n] = last + expovariate(M, MI, w, 1.0 / V[node, (base + n) % 2])
+        n += 1
+    K[node, _LEN], K[node, _BASE] = n, base
+    k = _right(T, off, n, t)
+    return (0.0 if (base + k) % 2 else 1.0), T[off + k]
 
 
 @no_refcounts

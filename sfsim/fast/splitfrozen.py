@@ -42,6 +42,7 @@ from sfsim.fast.kernel import (
 from sfsim.fast.kernel import (
     PACED as PACED_CODE,
 )
+from sfsim.fast.rates import no_rates
 
 POLICY_CODES = {"fifo": FIFO, "round-robin": ROUND_ROBIN, "proportional": PROPORTIONAL,
                 "paced-proportional": PACED_CODE, "paced-round-robin": PACED_CODE, "pool": POOL}
@@ -117,7 +118,7 @@ def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = No
     m = N.shape[1]
     Y = (np.full(m, -1, np.int64), np.zeros((1, 2), np.int64), np.zeros((1, 4)), np.zeros(1),
          np.zeros((1, 3), np.int64), np.zeros(m, np.int64))
-    RP = (np.full((1, 5), -1, np.int64), np.zeros((1, 2)), np.zeros(1), np.zeros(1), np.full(2, -np.inf))
+    RP = no_rates()
     out = run(D, N, server, cfg, sequential, devices, paced, flight, Y, RP, np.zeros(0, np.int64), 0, -np.inf)
     if out[OUT_OVERFLOW]:
         raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
