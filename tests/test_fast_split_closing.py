@@ -17,6 +17,7 @@ from sfsim.schedules.splitlora.moves import hands_over
 from tests.test_fast_lora_dynamic import motions
 from tests.test_fast_sync import _figures, moving_pair, simpy_figures
 
+
 def check(seeds, availability: bool) -> tuple[int, int]:
     """Fast against SimPy per seed; returns how many fleets handed over between servers, and of those how many the
     fast path refuses (:class:`~sfsim.fast.Unreplayable`: a joiner with a micro-batch on its way, issue 19)."""
@@ -47,7 +48,7 @@ def check(seeds, availability: bool) -> tuple[int, int]:
 @pytest.mark.parametrize("seeds", [range(300), pytest.param(range(300, 3300), marks=pytest.mark.slow)])
 def test_splitlora_handover_closing_rounds_equal(availability, seeds):
     ran, refused = check(seeds, availability)
-    assert ran >= 0.7 * len(seeds) and refused <= 0.1 * ran
+    assert ran >= 0.7 * len(seeds) and refused == 0  # none of 0-6,300 (either availability) since issue 19's recount
 
 
 CRASHED = [(False, 91, 63.042444973895634), (False, 94, 238.8431861766899), (False, 125, 155.36265853805367),

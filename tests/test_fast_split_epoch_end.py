@@ -47,7 +47,6 @@ def waits_of(seed: int, job: Job) -> dict[str, float]:
 
 def figures(rec, makespan: float) -> dict:
     """Every figure the run leaves (the rounds when it has them) and the servers that waited."""
-    from tests.test_fast_lora_dynamic import motions
 
     sync = getattr(rec, "sync", None)
     return {"makespan": makespan, "server_busy": rec.server_busy, "device_busy": rec.device_busy,
