@@ -7,7 +7,11 @@ with one round (:mod:`sfsim.fast.closing`; FedLoRA's in :mod:`sfsim.fast.fedlora
 machine is shared), the ratio, and whether every figure (makespan, busy, bytes, mixing, rounds, backhaul bytes)
 is equal.
 
-Run: ``.venv/bin/python bench/bench_closing.py [--devices N] [--mb M] [--epochs E] [--network static|dynamic|handover]``.
+``--epoch-end S``: each server waits S seconds between epochs (``training.eval_samples``, :mod:`sfsim.cost.epochend`;
+SplitLoRA's fast path replays it without handovers between servers).
+
+Run: ``.venv/bin/python bench/bench_closing.py [--devices N] [--mb M] [--epochs E] [--network static|dynamic|handover]
+[--schedules splitlora,...] [--epoch-end S]``.
 """
 
 from __future__ import annotations
@@ -40,21 +44,25 @@ def closing_fleet(devices: int, mb: int, epochs: int):
 def figures(rec, makespan: float) -> dict:
     return {"makespan": makespan, "server_busy": rec.server_busy, "device_busy": rec.device_busy,
             "up": rec.up_bytes, "down": rec.down_bytes, "rounds": rec.sync.rounds, "backhaul": dict(rec.sync.bytes),
-            "mixing": {k: (m.value, m.total) for k, m in rec.mixing.items() if m.value is not None}}
+            "mixing": {k: (m.value, m.total) for k, m in rec.mixing.items() if m.value is not None},
+            "waited": sorted(rec.epoch_end_waited)}
 
 
-def race(make, schedule: str, devices: int, mb: int) -> tuple[dict, dict, float, float]:
+def race(make, schedule: str, devices: int, mb: int, wait: float = 0.0) -> tuple[dict, dict, float, float]:
     """Both engines on ``make(devices, mb)`` (a fresh job each: the runs leave figures on it), the kernels loaded
-    first on ``make(8, 4)``: (fast figures, SimPy figures, fast CPU seconds, SimPy CPU seconds)."""
+    first on ``make(8, 4)``: (fast figures, SimPy figures, fast CPU seconds, SimPy CPU seconds). ``wait``: every
+    server's epoch-end wait."""
     small, cfg = make(8, 4)
-    replay(small, cfg, schedule=schedule)  # load the compiled kernels (not timed)
+    waits = {s.name: wait for s in small.servers} if wait else {}
+    replay(small, cfg, schedule=schedule, epoch_end=waits)  # load the compiled kernels (not timed)
     job, cfg = make(devices, mb)
     t0 = time.process_time()
-    fast = figures(*replay(job, cfg, schedule=schedule))
+    fast = figures(*replay(job, cfg, schedule=schedule, epoch_end=waits))
     t_fast = time.process_time() - t0
     job, cfg = make(devices, mb)
     t0 = time.process_time()
     engine = Engine()
+    engine.epoch_end = dict(waits)
     get(schedule).run(engine, job, cfg)
     ref = figures(engine, engine.run())
     return fast, ref, t_fast, time.process_time() - t0
@@ -67,14 +75,20 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--network", choices=["static", "dynamic", "handover"], default="static",
                     help="SplitLoRA and FedLoRA on bench_lora_dynamic.py's network (handover: devices move too)")
+    ap.add_argument("--schedules", default=None, help="comma-separated (default: every one the network takes)")
+    ap.add_argument("--epoch-end", type=float, default=0.0, help="each server's wait between epochs (seconds)")
     a = ap.parse_args()
     schedules = ("splitlora", "cenlora", "fedlora") if a.network == "static" else ("splitlora", "fedlora")
+    if a.schedules:
+        schedules = tuple(s for s in a.schedules.split(",") if s in schedules)
     for schedule in schedules:
-        fast, ref, t_fast, t_simpy = race(lambda d, m: fleet(d, m, a.epochs, a.network), schedule, a.devices, a.mb)
+        fast, ref, t_fast, t_simpy = race(lambda d, m: fleet(d, m, a.epochs, a.network), schedule, a.devices, a.mb,
+                                          a.epoch_end)
         n = a.devices * a.mb
         print(f"{schedule}, {a.devices:,} devices x {a.mb} micro-batches in {a.epochs} epochs, 4 servers closing "
               f"each ({a.network} network): fast path {n / t_fast:,.0f} mb/s, SimPy engine {n / t_simpy:,.0f} mb/s "
-              f"(CPU; fast is {t_simpy / t_fast:,.1f}x); every figure equal: {fast == ref}")
+              f"(CPU; fast is {t_simpy / t_fast:,.1f}x); every figure equal: {fast == ref}"
+              + (f"; epoch-end wait {a.epoch_end} s, waited on {len(ref['waited'])} servers" if a.epoch_end else ""))
 
 
 def fleet(devices: int, mb: int, epochs: int, net: str):

@@ -57,7 +57,7 @@ def test_cenlora_waits_between_its_epochs_on_one_server():
     base = sfsim.simulate(sc_of(fleet(eval_samples=None)), "cenlora")
     auto = sfsim.simulate(sc, "cenlora")
     assert base.engine == "fast" and auto.engine == "simpy" and auto.engine_note == (
-        "CenLoRA's epoch-end wait (training.eval_samples, several epochs) is replayed by the SimPy engine only")
+        "the epoch-end wait (training.eval_samples, several epochs) of CenLoRA is replayed by the SimPy engine only")
     assert auto.makespan_s - base.makespan_s == pytest.approx(2 * wait, rel=1e-9)
     assert auto.server_busy_s["edge"] - base.server_busy_s["edge"] == pytest.approx(2 * wait, rel=1e-9)
 
@@ -82,8 +82,9 @@ def test_with_training_sync_each_server_waits_after_its_closing_round(method, sy
     base = sfsim.simulate(sc_of(two_servers(sync=sync, eval_samples=None)), method)
     assert res.sync_rounds == base.sync_rounds and res.backhaul_bytes_by_server == base.backhaul_bytes_by_server
     assert res.makespan_s - base.makespan_s == pytest.approx(2 * waits["far"], rel=1e-9)
-    assert sfsim.simulate(sc, method).engine_note.startswith(
-        "CenLoRA's" if method == "cenlora" else "FedLoRA with training.sync's")
+    assert sfsim.simulate(sc, method).engine_note == (
+        "the epoch-end wait (training.eval_samples, several epochs) of "
+        f"{'CenLoRA' if method == 'cenlora' else 'FedLoRA with training.sync'} is replayed by the SimPy engine only")
 
 
 @pytest.mark.parametrize("sync", [None, {"every": 2, "mode": "sync"}, {"every": 2, "mode": "async"}])
@@ -103,7 +104,7 @@ def test_splitlora_with_a_handover_between_servers_waits_after_the_closing_round
         base.handovers, base.sync_rounds, base.backhaul_bytes_by_server)
     assert res.handovers[0]["sent_before"] == 1 and res.makespan_s > base.makespan_s
     assert sfsim.simulate(sc, "splitlora", splits=2).engine_note == (
-        "SplitLoRA with handovers between servers's epoch-end wait (training.eval_samples, several epochs) is "
+        "the epoch-end wait (training.eval_samples, several epochs) of SplitLoRA with handovers between servers is "
         "replayed by the SimPy engine only")
 
 

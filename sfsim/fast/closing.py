@@ -19,11 +19,12 @@ from sfsim.network.backhaul import Closed, closing_round
 from sfsim.schedules import fedlora as fl
 
 
-def replay_closing(job, cfg) -> tuple[dict, dict, float, dict]:
+def replay_closing(job, cfg, epoch_end: dict[str, float] | None = None) -> tuple[dict, dict, float, dict]:
     """:func:`sfsim.fast.splitlora.replay` of a job whose servers end each epoch with a closing backhaul round (no ``training.sync``,
     no handover): the SimPy schedule's servers wait for it between epochs, so epoch ``e`` of every server is
     replayed once the rounds before it are known (each server replayed again from the start, one epoch further;
     on the dynamic network from what the clients' motions held, and the last replay leaves its figures on them).
+    ``epoch_end``: server name -> its wait after each epoch's round but the last's (``Server._epoch_end``).
     Returns :func:`sfsim.fast.splitlora.replay`'s figures (every server) and ``{"bytes", "rounds"}`` of the rounds."""
     spec, n_srv = job.sync, len(job.servers)
     clients = {k: [i for i, d in enumerate(job.devices) if d.server == k and d.n] for k in range(n_srv)}
@@ -38,10 +39,11 @@ def replay_closing(job, cfg) -> tuple[dict, dict, float, dict]:
                 for i in clients[k] if motions else ():
                     motions[i].done, motions[i].sent, motions[i].gone, motions[i].send_s, motions[i].recv_s = held[i]
                 at = np.zeros(e + 1)
-                out[k] = splitlora._server(job, cfg, k, clients[k], spec.epochs, release[k], at)
+                wait = (epoch_end or {}).get(srv.name, 0.0)
+                out[k] = splitlora._server(job, cfg, k, clients[k], spec.epochs, release[k], at, wait)
                 ends[srv.name] = float(at[e])
-            else:  # no client: its free time is the last round's return
-                ends[srv.name] = float(release[k][e - 1]) if e else 0.0
+            else:  # no client: its free time is the last round's return (and its wait after it)
+                ends[srv.name] = float(release[k][e - 1]) + (epoch_end or {}).get(srv.name, 0.0) if e else 0.0
         back = closing_round(spec, ends)
         for k, srv in enumerate(job.servers):
             release[k][e] = back[srv.name]

@@ -74,8 +74,8 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return "a trace (and the Gantt chart) comes from the SimPy engine"
     tr = getattr(scenario, "training", None)  # the baselines' tests pass no scenario
     if (which := _baseline_epoch_end(name, tr, job)) is not None:
-        return f"{which}'s epoch-end wait (training.eval_samples, several epochs) is replayed by the SimPy engine only"
-    if name in ("splitlora", "fedlora") and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1:
+        return f"the epoch-end wait (training.eval_samples, several epochs) of {which} is replayed by the SimPy engine only"
+    if name == "fedlora" and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1:
         return "the epoch-end wait (training.eval_samples, several epochs) is replayed by the SimPy engine only"
     if (name in SPLITFROZEN and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1
             and not _synced(job)):  # with backhaul rounds each epoch: sfsim.fast.rounds.epoch_end
@@ -156,7 +156,7 @@ def replay(job, cfg, sequential: bool = False, schedule: str | None = None,
     if schedule == "fedlora":
         return _fedlora(job, cfg)
     if schedule == "splitlora":
-        return _splitlora(job, cfg)
+        return _splitlora(job, cfg, epoch_end or {})
     if schedule not in (None, *SPLITFROZEN):
         raise SfsimError(f"the fast path does not replay schedule {schedule!r}")
     return _splitfrozen(job, cfg, sequential or schedule == "splitfrozen-sequential", epoch_end or {})
@@ -232,20 +232,24 @@ def _fedlora(job, cfg) -> tuple[Replayed, float]:
     return rec, makespan
 
 
-def _splitlora(job, cfg) -> tuple[Replayed, float]:
-    """What sfsim.schedules.splitlora.run leaves on constant links: every lane's busy time and bytes, mixing."""
-    rec = Replayed()
+def _splitlora(job, cfg, epoch_end: dict[str, float]) -> tuple[Replayed, float]:
+    """What sfsim.schedules.splitlora.run leaves on constant links: every lane's busy time and bytes, mixing; without
+    handovers between servers each server's wait between epochs (``epoch_end``, ``Server._epoch_end``)."""
+    rec = Replayed(epoch_end=dict(epoch_end))
     net = getattr(job, "network", None)
     moves = net is not None and hands_over(net.motions)  # the servers' loops jointly in time
+    if job.sync is not None and (job.sync.every is not None or not moves) and job.sync.epochs > 1:  # every server
+        rec.epoch_end_waited = {s.name for s in job.servers if epoch_end.get(s.name, 0.0) > 0}
     if job.sync is not None and job.sync.every is not None:  # training.sync: the servers' loops and their rounds
-        devices, servers, makespan, rec.sync = splitsync.replay(job, cfg)
+        devices, servers, makespan, rec.sync = splitsync.replay(job, cfg, epoch_end)
     elif job.sync is not None and not moves:  # each epoch's closing round, waited for before the next epoch
-        devices, servers, makespan, closed = closing.replay_closing(job, cfg)
+        devices, servers, makespan, closed = closing.replay_closing(job, cfg, epoch_end)
         rec.sync = Closed(closed["bytes"], closed["rounds"])
     elif moves:  # the servers' loops jointly in time (with backhaul links: each epoch closed with its round)
         devices, servers, makespan, rec.sync = splitmoves.replay(job, cfg)
     else:
-        devices, servers, makespan = splitlora.replay(job, cfg)
+        devices, servers, makespan = splitlora.replay(job, cfg, epoch_end)
+        rec.epoch_end_waited = splitlora.waited(job, epoch_end)
     for i, d in enumerate(job.devices) if net is not None and not moves else ():  # handovers on its server
         if not d.n and len(net.motions[i].legs) > 1:  # no client: no upload before any (schedule.switched)
             net.motions[i].switched_at = [0] * (len(net.motions[i].legs) - 1)

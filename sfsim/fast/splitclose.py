@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from sfsim.fast import splitops as sl
 from sfsim.fast.jit import njit
 from sfsim.fast.simq import NORMAL, push
@@ -41,6 +43,7 @@ from sfsim.fast.splitholds import (
     _FJOIN,
     _HOME,
     _INTER,
+    _NOUT,
     _PC,
     _READY,
     _REV,
@@ -104,6 +107,26 @@ def top(J, K, Q, CNT, now, k):
 
 
 @njit
+def _recount(J, K, k):
+    """``_recount`` after the wait for a visitor's ``join``: a counted client that left meanwhile with a micro-batch out
+    elsewhere is no longer counted, one out here that joined meanwhile is (the rest of its epoch and that one); the
+    counts go into ``left`` (the counted in client order, then the joined in ``out``'s order). Returns their number."""
+    C, CV, OUT = K[2], J[21], J[11]
+    n = 0
+    for c in range(CV.shape[1]):
+        if CV[k, c] and (J[14][c, _HOME] == k or np.isnan(C[sl._ARRIVAL, c])):
+            _left_set(J, k, c, CV[k, c])
+            n += 1
+        CV[k, c] = 0
+    for q in range(J[0][k, _NOUT]):
+        c = OUT[k, q]
+        if J[14][c, _HOME] == k and not J[8][k, c]:
+            _left_set(J, k, c, _rest(J, K, k, c) + 1)
+            n += 1
+    return n
+
+
+@njit
 def step(J, K, Q, CNT, now, k, pc):
     """Run one of the rounds' program counters; True when the process waits."""
     SF, N = K[0], K[5]
@@ -114,12 +137,8 @@ def step(J, K, Q, CNT, now, k, pc):
                     and K[3][sl._NEXT, c] < N[sl._N, c] and _leave(J, K[6], k, c) <= now:
                 _hand_over(J, K, Q, CNT, now, k, c, now, 0)
         SJ[k, _PC] = _TOP
-    elif pc == _COUNTED:  # _interleaved_in_time(counts): ``left`` is the counts, in client order
-        for c in range(N.shape[1]):
-            if J[21][k, c]:
-                _left_set(J, k, c, J[21][k, c])
-                J[21][k, c] = 0
-        SJ[k, _PC] = _INTER
+    elif pc == _COUNTED:  # _recount, then _interleaved_in_time(counts): ``left`` is the counts, in SimPy's order
+        SJ[k, _PC] = _INTER if _recount(J, K, k) else _TOP
     elif pc == _FINISH:  # ServerRounds.finish: at its free time (a timer when later)
         SJ[k, _CLOSING], SJ[k, _PC] = 1, _FJOIN
         if SF[k, sl._SFREE] > now:

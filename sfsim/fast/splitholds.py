@@ -19,7 +19,7 @@ _INIT, _SOFT, _TIMER, _WAKE, _COND, _FINAL, _EXIT, _AT, _SUCC, _READY, _BACK, _R
 (_TOP, _INTER, _SEG, _SEG_WAKE, _SEG_END, _ROUND, _ROUND_WAKE, _DONE_PC, _EPOCH_PC, _COUNTED, _FINISH, _FJOIN, _FBACK,
  _SEG_MOVE) = range(14)  # a server's program counter
 (_PC, _RET, _ISSUED, _QUOTA, _SERVED, _CHOSEN, _WAKEP, _WAIT, _TOKEN, _TRIG, _HEAD, _TAIL, _NLEFT, _NOUT,
- _NPEND, _GEN, _FINISHED, _AT_EPOCH, _CLOSING) = range(19)  # SJ: int per server
+ _NPEND, _GEN, _FINISHED, _AT_EPOCH, _CLOSING, _SERVING) = range(20)  # SJ: int per server
 _NO_WAIT, _COND_WAIT, _IDLE_WAIT = range(3)  # SJ[_WAIT]
 _HOME, _HOLD, _NHIST = range(3)  # JC: int per client
 _TOKENS, _NSTREAM, _ERR, _RJOINS, _SYNCED, _EPOCHS = range(2, 8)  # CNT, after sfsim.fast.simq's EID and NSOFT
@@ -129,8 +129,10 @@ def _out_add(J, k, c):
 def _out_remove(J, k, c):
     SJ, OUT, INO = J[0], J[11], J[12]
     for q in range(SJ[k, _NOUT]):
-        if OUT[k, q] == c:
-            OUT[k, q], INO[k, c] = OUT[k, SJ[k, _NOUT] - 1], 0  # out's order does not matter: served by (arrival, client)
+        if OUT[k, q] == c:  # SimPy's list.remove: the order stays (a recount takes joiners in it)
+            for r in range(q, SJ[k, _NOUT] - 1):
+                OUT[k, r] = OUT[k, r + 1]
+            INO[k, c] = 0
             SJ[k, _NOUT] -= 1
             return
 
@@ -193,7 +195,8 @@ def _join(J, K, Q, CNT, now, k, c, outstanding):
     if outstanding:
         _out_add(J, k, c)
         SJ[k, _ISSUED] += 1
-    if SJ[k, _NLEFT]:  # mid-epoch: the rest of its own epoch joins this one
+        _pend_remove(J, k, c)  # joined here idle already (it came back before its old server's fwd): now busy
+    if SJ[k, _NLEFT] or outstanding and SJ[k, _SERVING]:  # mid-epoch: the rest of its own epoch joins this one
         r = _rest(J, K, k, c)
         _left_set(J, k, c, r + outstanding)
         J[9][k, c], J[10][k, c] = r, J[0][k, _GEN]

@@ -184,7 +184,7 @@ def _sequential(SF, SI, C, CI, D, N, R, M, T, share, counts, touched):
 
 
 @njit
-def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touched, epochs, release, ends):
+def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touched, epochs, release, ends, wait):
     """Replay one server's clients (every one has micro-batches); returns C (their float state: busy, bytes).
 
     ``kind``: :data:`ARRIVAL`, :data:`PROPORTIONAL` or :data:`ROUND_ROBIN` (interleaved clients' server
@@ -192,7 +192,8 @@ def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touche
     links, and the compiled code has no network branch). The server's end and busy time are left in ``SF``.
     ``epochs``: the run's epochs (-1: the clients' own). Backhaul closing rounds (:func:`sfsim.fast.closing.replay_closing`): the
     server is free again at ``release[e]`` after epoch ``e``; ``ends[e]``: its free time at epoch ``e``'s end,
-    and the replay stops after epoch ``len(ends) - 1`` (empty: no closing rounds, every epoch).
+    and the replay stops after epoch ``len(ends) - 1`` (empty: no closing rounds, every epoch). ``wait``: the server's
+    wait between two epochs (``Server._epoch_end``, :mod:`sfsim.cost.epochend`; 0: none), after the closing round.
     """
     m = D.shape[1]
     C = np.zeros((8, m))
@@ -204,8 +205,10 @@ def replay_server(D, N, R, SF, SI, sequential, kind, M, T, share, counts, touche
             per = N[_PER_EPOCH, c] if N[_PER_EPOCH, c] else N[_N, c]
             epochs = max(epochs, -(-N[_N, c] // per))
     for e in range(epochs):
-        if len(ends) and e > 0:  # the previous epoch's closing round came back
-            SF[_SFREE] = release[e - 1]
+        if e > 0:
+            if len(ends):  # the previous epoch's closing round came back
+                SF[_SFREE] = release[e - 1]
+            SF[_SFREE] += wait  # Server._epoch_end: the next epoch's first commands go after it
         left = 0
         for c in range(m):
             per = N[_PER_EPOCH, c] if N[_PER_EPOCH, c] else N[_N, c]
@@ -250,10 +253,11 @@ MOVES = "splitlora: a device whose legs are all on another server than its own i
 STALLS = "a link that may stall for good (a trace ending at 0) is replayed by the SimPy engine only"
 
 
-def _server(job, cfg, k: int, clients: list[int], epochs: int = -1, release=_NONE, ends=_NONE) -> tuple:
+def _server(job, cfg, k: int, clients: list[int], epochs: int = -1, release=_NONE, ends=_NONE,
+            wait: float = 0.0) -> tuple:
     """Replay server ``k``'s clients (job indices); on the dynamic network, drawing the drawn processes further
     until no transfer passes what was drawn (first guess: 1.5 x the run on constant links). Returns (C, SF, M, T, N).
-    ``epochs``, ``release``, ``ends``: the closing rounds' (:func:`replay_server`)."""
+    ``epochs``, ``release``, ``ends``: the closing rounds', ``wait``: the epoch-end wait (:func:`replay_server`)."""
     net = getattr(job, "network", None)
     D, N = layout([job.devices[i] for i in clients])
     srv, kind = job.servers[k], _KINDS[FIXED_ORDERS.get(cfg.policy)]
@@ -266,7 +270,7 @@ def _server(job, cfg, k: int, clients: list[int], epochs: int = -1, release=_NON
         SF = np.array([0.0, 0.0, 0.0, srv.step, srv.aggregate])
         SI = np.array([0, 0, cfg.accumulate, cfg.fedavg_every, bool(cfg.decompose), 0], np.int64)
         C = replay_server(D, N, R, SF, SI, cfg.client_order == "sequential", kind, M, T, share, counts, touched,
-                          epochs, release, ends)
+                          epochs, release, ends, float(wait))
         if net is None or (R is not None and not rates.stuck(R[0])):
             break
         horizon = 2.0 * horizon if horizon else max(rates.HORIZON, GUESS * SF[_END])
@@ -276,8 +280,10 @@ def _server(job, cfg, k: int, clients: list[int], epochs: int = -1, release=_NON
 
 
 
-def replay(job, cfg) -> tuple[dict, dict, float]:
-    """Replay a SplitLoRA job on constant links or on a dynamic network it :func:`covers`.
+def replay(job, cfg, epoch_end: dict[str, float] | None = None) -> tuple[dict, dict, float]:
+    """Replay a SplitLoRA job on constant links or on a dynamic network it :func:`covers`; ``epoch_end``: server name ->
+    its wait between two epochs (:func:`sfsim.cost.epochend.epoch_end_seconds`; a server waits it after each of its
+    clients' epochs but the last, :func:`waited`).
 
     Returns:
         per-device figures (``busy``, ``up``, ``down``: every device of a server that has devices),
@@ -290,7 +296,7 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
     for k in dict.fromkeys(d.server for d in job.devices):  # the SimPy schedule's order (groups())
         mine = [i for i, d in enumerate(job.devices) if d.server == k]
         clients = [i for i in mine if job.devices[i].n]
-        C, SF, M, T, N = _server(job, cfg, k, clients)
+        C, SF, M, T, N = _server(job, cfg, k, clients, wait=(epoch_end or {}).get(job.servers[k].name, 0.0))
         for i in mine:
             devices[job.devices[i].name] = {"busy": 0.0, "up": 0.0, "down": 0.0}
         for c, i in enumerate(clients):
@@ -299,3 +305,14 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
                                         "total": int(N[_N].sum())}
         makespan = max(makespan, float(SF[_END]))
     return devices, servers, makespan
+
+
+def waited(job, epoch_end: dict[str, float]) -> set[str]:
+    """The servers that wait ``epoch_end`` between epochs without backhaul rounds (``Server.run``: a server whose
+    clients train more than one epoch, with a wait above 0)."""
+    out = set()
+    for d in job.devices:
+        name = job.servers[d.server].name
+        if d.n and d.n > (d.per_epoch or d.n) and epoch_end.get(name, 0.0) > 0:
+            out.add(name)
+    return out

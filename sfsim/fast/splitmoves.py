@@ -63,6 +63,7 @@ from sfsim.fast.splitholds import (
     _SEG_MOVE,
     _SEG_WAKE,
     _SERVED,
+    _SERVING,
     _SOFT,
     _SYNCED,
     _TAIL,
@@ -184,7 +185,7 @@ def _segment(J, K, Q, CNT, now, k, buf):
     SI = K[1]
     SJ = J[0]
     SJ[k, _QUOTA] = (SI[k, sl._EVERY] - SI[k, sl._STEPS] % SI[k, sl._EVERY]) * SI[k, sl._ACC]
-    SJ[k, _ISSUED], SJ[k, _NPEND], SJ[k, _SERVED] = SJ[k, _NOUT], 0, 0
+    SJ[k, _ISSUED], SJ[k, _NPEND], SJ[k, _SERVED], SJ[k, _SERVING] = SJ[k, _NOUT], 0, 0, 1
     SJ[k, _GEN] += 1
     n = _left_list(J, k, buf)
     for q in range(n):
@@ -307,6 +308,7 @@ def _resume(J, K, Q, CNT, now, k):
                 SF[k, sl._SFREE] = max(SF[k, sl._SFREE], J[20][k, _MOVING])
             SJ[k, _PC] = _SEG
         elif pc == _SEG_END:
+            SJ[k, _SERVING] = 0
             sl._server_step(SF[k], SI[k])  # a partial window at the segment's end
             if SI[k, sl._STEPS] % SI[k, sl._EVERY] == 0 and SJ[k, _NLEFT]:
                 SJ[k, _RET], SJ[k, _PC] = _INTER, _ROUND
@@ -390,7 +392,7 @@ def _state(job, cfg, clients: list[int], horizon: float) -> tuple:
     C = np.zeros((8, m))
     C[sl._ARRIVAL] = np.nan  # nothing out
     K = (SF, SI, C, np.zeros((6, m), np.int64), D, N, R)
-    SJ = np.zeros((S, 19), np.int64)
+    SJ = np.zeros((S, 20), np.int64)
     SJ[:, _HEAD] = SJ[:, _TAIL] = -1
     H = HISTORY * max((len(motions[i].legs) for i in clients), default=1)
     JC, HT, HS = np.zeros((m, 3), np.int64), np.zeros((m, H)), np.zeros((m, H), np.int64)

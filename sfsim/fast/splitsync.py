@@ -173,9 +173,10 @@ def _sequential(SF, SI, C, CI, D, N, R, M, T, share, counts, touched, X, Y):
 
 
 @njit
-def server_run(D, N, R, SF, SI, C, CI, sequential, kind, seg, M, T, share, counts, touched, epochs, X, Y):
+def server_run(D, N, R, SF, SI, C, CI, sequential, kind, seg, M, T, share, counts, touched, epochs, X, Y, wait):
     """One server's loop over the run's ``epochs`` (``Server.run``), stopping where it joins a round: yields
-    :data:`BEFORE`, :data:`AFTER` or :data:`FINISH` with its time in ``X[0]``, and goes on from ``X[1]``."""
+    :data:`BEFORE`, :data:`AFTER` or :data:`FINISH` with its time in ``X[0]``, and goes on from ``X[1]``; ``wait``
+    after each epoch's rounds but the last's (``Server._epoch_end``)."""
     m = D.shape[1]
     for e in range(epochs):
         for c in range(m):
@@ -192,6 +193,8 @@ def server_run(D, N, R, SF, SI, C, CI, sequential, kind, seg, M, T, share, count
         X[0] = SF[sl._SFREE]
         yield FINISH
         SF[sl._SFREE] = X[1]
+        if e + 1 < epochs:
+            SF[sl._SFREE] += wait
     X[0] = SF[sl._SFREE]
     yield DONE
 
@@ -200,7 +203,7 @@ class _Loop:
     """Server ``k``'s loop for :func:`sfsim.fast.lockstep.lockstep`: its compiled generator and its state arrays.
     ``horizon``: the dynamic network's processes drawn to then (0: constant links)."""
 
-    def __init__(self, job, cfg, k: int, joint: bool, horizon: float = 0.0):
+    def __init__(self, job, cfg, k: int, joint: bool, horizon: float = 0.0, wait: float = 0.0):
         self.clients = [i for i, d in enumerate(job.devices) if d.server == k and d.n]
         D, N = sl.layout([job.devices[i] for i in self.clients])
         srv, m = job.servers[k], len(self.clients)
@@ -217,7 +220,7 @@ class _Loop:
         Y = np.array([joint, job.sync.every], np.int64)
         kind = sl._KINDS[FIXED_ORDERS.get(cfg.policy)]
         self.gen = server_run(D, N, self.R, self.SF, SI, self.C, CI, cfg.client_order == "sequential", kind, seg,
-                              *self.mix, int(job.sync.epochs), self.X, Y)
+                              *self.mix, int(job.sync.epochs), self.X, Y, float(wait))
 
     def go(self, t: float) -> tuple[int, float, bool]:
         """Go on from ``t`` to the next round the server joins (it always trains until its epoch's end)."""
@@ -239,8 +242,9 @@ class _Loop:
         return self.R is not None and rates.stuck(self.R[0])
 
 
-def replay(job, cfg) -> tuple[dict, dict, float, object]:
-    """SplitLoRA with ``training.sync`` (:func:`uncovered`): every server's loop and the rounds. On the dynamic
+def replay(job, cfg, epoch_end: dict[str, float] | None = None) -> tuple[dict, dict, float, object]:
+    """SplitLoRA with ``training.sync`` (:func:`uncovered`): every server's loop and the rounds (``epoch_end``: server
+    name -> its wait after each epoch's rounds but the last's). On the dynamic
     network the clients' processes are drawn to 1.5 x the run on constant links first, further while too short,
     and the clients' motions are left as the SimPy run leaves them.
 
@@ -255,7 +259,8 @@ def replay(job, cfg) -> tuple[dict, dict, float, object]:
         for i, state in held.items():  # each replay starts from what the motions held
             m = net.motions[i]
             m.done, m.sent, m.gone, m.send_s, m.recv_s = state
-        loops = [_Loop(job, cfg, k, joint, horizon) for k in range(len(job.servers))]
+        loops = [_Loop(job, cfg, k, joint, horizon, (epoch_end or {}).get(srv.name, 0.0))
+                 for k, srv in enumerate(job.servers)]
         closed, ends = lockstep.lockstep(job.sync, loops, always_close=True)
         if net is None or (horizon and not any(loop.stuck for loop in loops)):
             break
