@@ -9,6 +9,9 @@ micro-batch, one worker a server; devices of the dynamic network as handovers re
 (:func:`sfsim.fast.handover.covers`) over one epoch. Over several epochs the servers open one epoch at a time after
 its rounds (:func:`sfsim.fast.rounds.open_epoch`) and the devices wait for each (:data:`sfsim.fast.devices.EPOCHS`);
 with the activation cache a server replays each later epoch from its start (:func:`sfsim.fast.joint._replays`).
+Without backhaul rounds (one server, or no backhaul) the same loop replays the epoch-end wait
+(``training.eval_samples``) over several epochs: each server opens its next epoch when its last worker ends, after
+its wait (:func:`covers_alone`, :func:`sfsim.fast.rounds.alone`).
 """
 
 from __future__ import annotations
