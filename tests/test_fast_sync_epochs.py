@@ -137,21 +137,6 @@ def test_moving_devices_over_epochs_stay_on_simpy():
     assert uncovered(_Scenario(), "splitfrozen", cfg, job) == f"{why} is replayed by the SimPy engine only"
 
 
-def test_epoch_end_wait_without_rounds_stays_on_simpy():
-    """One server (no backhaul rounds) opens its epochs for the epoch-end wait alone: SimPy only, with its line; with
-    rounds the wait is replayed (test_epoch_end_waits_over_epochs_equal)."""
-    class Evaluated:
-        class training:  # noqa: N801
-            sync, eval_samples, epochs = False, 8, 2
-
-    job = Job([DeviceTimes("d0", 0, n=4, per_epoch=2, f=1.0, up_s=1.0, srv_f=0.5, srv_b=0.5)], [ServerTimes("s0", 1)])
-    why = ("the epoch-end wait (training.eval_samples, several epochs) without backhaul rounds is replayed by the "
-           "SimPy engine only")
-    assert uncovered(Evaluated(), "splitfrozen", ReplayConfig(), job) == why
-    synced, cfg, _ = random_job(4, every=2)
-    assert uncovered(Evaluated(), "splitfrozen", cfg, synced) is None
-
-
 @pytest.mark.parametrize("training", [{"sync": {"every": 2, "mode": "sync"}}, {"sync": {"every": 1, "mode": "async"}},
                                       {"sync": {"every": 3, "mode": "sync"}, "cache_activations": True},
                                       {"sync": None, "cache_activations": True}, {"sync": None}])

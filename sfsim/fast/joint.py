@@ -87,6 +87,7 @@ from sfsim.fast.rounds import (
     GO,
     OPEN,
     WAITED,
+    alone,
     begin,
     epoch_end,
     event,
@@ -514,6 +515,9 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
                 if synced:
                     noted(events, X, Z[10], B, G, counts, k, j, now)
                     left(events, X, B, G, counts, k, exited, now)
+                elif alone(events, S2, G, B, counts, k, exited, now):  # no rounds: its next epoch opens now
+                    open_epoch(events, X, Z[10], Z[11], B, G, counts, k, now)
+                    _replays(events, X, Z[-1], RN, RS, G, B, k, now)
         elif kind == _RELEASE and j >= m:
             last = now
             _backhaul(events, X, Z, RN, RS, nn, f_start, link_free, ready, G, B, counts, j - m, now)

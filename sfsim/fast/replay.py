@@ -31,7 +31,7 @@ from sfsim.fast import (
 )
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.network.backhaul import Closed, close_epochs
-from sfsim.schedules.splitfrozen import closes_per_epoch
+from sfsim.schedules.splitfrozen import closes_per_epoch, whole_epochs
 from sfsim.schedules.splitlora.moves import hands_over
 
 ENGINES = ("auto", "fast", "simpy")
@@ -78,9 +78,11 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if name == "fedlora" and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1:
         return "the epoch-end wait (training.eval_samples, several epochs) is replayed by the SimPy engine only"
     if (name in SPLITFROZEN and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1
-            and not _synced(job)):  # with backhaul rounds each epoch: sfsim.fast.rounds.epoch_end
-        return ("the epoch-end wait (training.eval_samples, several epochs) without backhaul rounds is replayed by the "
-                "SimPy engine only")
+            and not _synced(job) and whole_epochs(job) > 1):  # no backhaul rounds: epochs opened for the wait alone
+        why = synced.covers_alone(job, cfg.policy) if job.sync is None else (
+            "the epoch-end wait (training.eval_samples, several epochs) with each epoch's closing round after the run")
+        if why is not None:
+            return f"{why} is replayed by the SimPy engine only"
     if name not in COVERED:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
@@ -171,6 +173,9 @@ def _splitfrozen(job, cfg, sequential: bool, epoch_end: dict[str, float]) -> tup
         outs, busy, up, closed = synced.replay_job(job, cfg, sequential, epoch_end)
         if job.sync.epochs > 1:  # each server waits at the end of each epoch but the last (WorkerLoop._epoch_end)
             rec.epoch_end_waited = {s.name for s in job.servers if epoch_end.get(s.name, 0.0) > 0}
+    elif epoch_end and job.sync is None and not dyn and (epochs := whole_epochs(job)) > 1:  # the wait alone, no rounds
+        outs, busy, up, _ = synced.replay_job(job, cfg, sequential, epoch_end, epochs)
+        rec.epoch_end_waited = {s.name for s in job.servers if epoch_end.get(s.name, 0.0) > 0}
     elif dyn:
         outs, busy, up = dynamic.replay_job(job, cfg, sequential)
     else:

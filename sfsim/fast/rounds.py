@@ -259,6 +259,16 @@ def epoch_end(events, S2, G, B, k, now):
     return False
 
 
+@inline
+def alone(events, S2, G, B, counts, k, exited, now):
+    """No backhaul rounds over several epochs (the epoch-end wait alone): after a pass of a worker of server ``k``, True
+    when its last worker has just ended and its next epoch opens now (WorkerLoop._final -> _epoch_end -> _next_epoch,
+    at once); with a wait, its timer (``WAITED``) opens it later (:func:`epoch_end`)."""
+    if exited < counts[k] and S2[k, _NEXITED] == counts[k] and B[7][k, EP_NOW] + 1 < B[4][_EPOCHS]:
+        return epoch_end(events, S2, G, B, k, now)
+    return False
+
+
 @njit
 def open_epoch(events, X, W, WF, B, G, counts, k, now):
     """Server ``k`` opens its next epoch (WorkerLoop._next_epoch): its books, its workers afresh (urgent starts),
@@ -375,4 +385,4 @@ def totals(B, names: list[str]) -> tuple[dict[str, float], int]:
     return {n: float(B[1][k, _BYTES]) for k, n in enumerate(names)}, int(B[4][_ROUNDS])
 
 
-__all__ = ["GO", "OPEN", "WAITED", "begin", "epoch_end", "event", "gate", "gates", "open_epoch", "joint_step", "left", "noted", "state", "step_done", "still_open", "totals"]
+__all__ = ["GO", "OPEN", "WAITED", "alone", "begin", "epoch_end", "event", "gate", "gates", "open_epoch", "joint_step", "left", "noted", "state", "step_done", "still_open", "totals"]

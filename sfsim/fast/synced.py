@@ -9,6 +9,9 @@ micro-batch, one worker a server; devices of the dynamic network as handovers re
 (:func:`sfsim.fast.handover.covers`) over one epoch. Over several epochs the servers open one epoch at a time after
 its rounds (:func:`sfsim.fast.rounds.open_epoch`) and the devices wait for each (:data:`sfsim.fast.devices.EPOCHS`);
 with the activation cache a server replays each later epoch from its start (:func:`sfsim.fast.joint._replays`).
+Without backhaul rounds (one server, or no backhaul) the same loop replays the epoch-end wait
+(``training.eval_samples``) over several epochs: each server opens its next epoch when its last worker ends, after
+its wait (:func:`covers_alone`, :func:`sfsim.fast.rounds.alone`).
 """
 
 from __future__ import annotations
@@ -74,20 +77,41 @@ def covers(job, policy: str) -> str | None:
     return None
 
 
-def replay_job(job, cfg, sequential: bool, epoch_end: dict[str, float] | None = None
-               ) -> tuple[list[dict], np.ndarray, np.ndarray, Closed]:
+def covers_alone(job, policy: str) -> str | None:
+    """None when :func:`replay_job` replays a static ``job`` without backhaul rounds whose servers open their epochs
+    one at a time for the epoch-end wait alone (``training.eval_samples``, several epochs: one server, or no
+    backhaul; the SimPy pool's ``by_epochs`` from :func:`sfsim.schedules.splitfrozen.run`), else why not (one line)."""
+    what = "the epoch-end wait (training.eval_samples, several epochs) without backhaul rounds"
+    if getattr(getattr(job, "network", None), "views", None) is not None:  # their EpochBooks: SimPy only
+        return f"{what} with moving devices"
+    if policy not in ("fifo", "round-robin", "proportional", "pool"):
+        return f"{what} under policy {policy!r}"
+    if any(s.count > 1 for s in job.servers):
+        return f"{what} on a server with several workers"
+    if len(job.devices) + 8 * len(job.servers) + 8 >= MAX_DEVICES:
+        return f"{what} with {len(job.devices):,} devices"
+    return None
+
+
+def replay_job(job, cfg, sequential: bool, epoch_end: dict[str, float] | None = None, epochs: int | None = None
+               ) -> tuple[list[dict], np.ndarray, np.ndarray, Closed | None]:
     """Replay a SplitFrozen ``job`` with ``training.sync`` (:func:`covers`): per server figures, per device busy
     seconds and uplink bytes (as :func:`sfsim.fast.handover.replay_job`), and the rounds' bytes and count.
 
     ``epoch_end``: server name -> its wait at each epoch's end (:func:`sfsim.cost.epochend.epoch_end_seconds`;
-    the SimPy engine's ``Engine.epoch_end``), over several epochs."""
+    the SimPy engine's ``Engine.epoch_end``), over several epochs. A static job without backhaul rounds
+    (``job.sync`` None: one server, or no backhaul) over ``epochs`` epochs opened one at a time for that wait alone
+    (:func:`covers_alone`) has no rounds: None for them."""
     K, spec = len(job.servers), job.sync
 
     made: list[tuple] = []  # the last rounds' state made, to tell a round that waits for ever from other stops
 
     def fresh(workers: int) -> tuple:
-        made[:] = [rounds.state(K, workers, len(job.devices), spec.servers, spec.every, spec.mode, spec.payload,
-                                spec.closing)]
+        if spec is None:  # no rounds: each server opens its next epoch when its last worker ends (and its wait)
+            made[:] = [rounds.state(K, workers, len(job.devices))]
+        else:
+            made[:] = [rounds.state(K, workers, len(job.devices), spec.servers, spec.every, spec.mode, spec.payload,
+                                    spec.closing)]
         return made[0]
     if getattr(getattr(job, "network", None), "views", None) is not None:  # devices of the dynamic network
         try:
@@ -97,6 +121,15 @@ def replay_job(job, cfg, sequential: bool, epoch_end: dict[str, float] | None = 
                 raise SfsimError(f"backhaul: a sync round waited for ever; {STUCK}") from None
             raise
         return outs, busy, up, _closed(B, job)
+    outs, busy, up, B = _replay_static(job, cfg, sequential, fresh, epoch_end or {},
+                                       spec.epochs if epochs is None else epochs)
+    return outs, busy, up, None if spec is None else _closed(B, job)
+
+
+def _replay_static(job, cfg, sequential: bool, fresh, epoch_end: dict[str, float], epochs: int) -> tuple:
+    """Every server of a static ``job`` in the loop of handovers (none moves) with ``fresh(workers)``'s rounds state
+    over ``epochs`` epochs; returns per server figures, per device busy and uplink bytes, and that state."""
+    K = len(job.servers)
     static = copy.copy(job)
     static.network = _Static([job.devices] * K, {})
     prog, nodes = program(static.network)
@@ -113,9 +146,9 @@ def replay_job(job, cfg, sequential: bool, epoch_end: dict[str, float] | None = 
         X[1][:, _FLIGHT] = flights
         events = np.empty((2, events.shape[1] + 5 * K + 16))  # the rounds' timers: READY, ARRIVE, EV, OPEN, GO
         B = fresh(int(counts.sum()))
-        if spec.epochs > 1:  # by_epochs: the servers open one epoch at a time
-            waits = np.array([(epoch_end or {}).get(s.name, 0.0) for s in job.servers], np.float64)
-            _by_epochs(X, B, spec.epochs, where, counts, waits)
+        if epochs > 1:  # by_epochs: the servers open one epoch at a time
+            waits = np.array([epoch_end.get(s.name, 0.0) for s in job.servers], np.float64)
+            _by_epochs(X, B, epochs, where, counts, waits)
             Z[-1][:] = X[3][0, _SENT]  # per device its next cached micro-batch (sfsim.fast.joint._replays)
         makespan = replay_handover(events, X, Z, Y, L, RP, RN, RS, counts, cur, B)
         flags = X[0][:, _OVERFLOW]
@@ -125,7 +158,7 @@ def replay_job(job, cfg, sequential: bool, epoch_end: dict[str, float] | None = 
         if flags.any():
             raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
         outs, busy, up = _collect(static, makespan, X, Z, Y, L, touched)
-        return outs, busy, up, _closed(B, job)
+        return outs, busy, up, B
 
 
 def _by_epochs(X, B, epochs: int, where: np.ndarray, counts: np.ndarray, waits: np.ndarray) -> None:
