@@ -28,10 +28,10 @@ Refused (one line each, :func:`check_supported`), and why:
 * ``cache_activations`` with a handover: the second and later epochs replay activations cached on the
   device's *first* server; after a handover those activations are on another machine (moving them
   is a backhaul transfer the scenario does not describe), so either choice (resend, or move over a
-  backhaul) is a modelling decision the scenario would have to state. With availability it runs on several
-  servers with a backhaul: the remaining devices' later epochs replay their caches, and a device that left
-  before its first epoch was sent trains nothing more (its partial cache is not read), as the runtime's; on
-  one server it is refused (the pool would keep the left device's replays counted).
+  backhaul) is a modelling decision the scenario would have to state. With availability (one server or
+  several) the remaining devices' later epochs replay their caches, and a device that left before its first
+  epoch was sent trains nothing more (its partial cache is not read; its pool withdraws its replays with its
+  unsent micro-batches), as the runtime's.
 * SplitLoRA's handovers with the ``sequential`` client order or a fixed server order (see
   :mod:`sfsim.schedules.splitlora.moves`).
 
@@ -104,10 +104,6 @@ def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
     if cache and any(d.handover for d in scenario.devices):
         raise Unsupported("cache_activations keeps a device's activations on its first server; it cannot be "
                          "combined with handover")
-    if moves and cache and (len(scenario.servers) < 2 or any(s.backhaul is None for s in scenario.servers)):
-        raise Unsupported("cache_activations with availability is simulated on several servers with a backhaul "
-                         "only (each epoch then ends with its rounds); on one server a device that leaves "
-                         "keeps its replays counted: set it to false")
 
 
 @dataclass

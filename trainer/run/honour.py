@@ -30,10 +30,6 @@ def wire_settings(cfg, scenario) -> tuple[str, float | None]:
     if cfg.emulate != "none" and any(d.handover for d in scenario.devices):
         raise SfsimError(f"{cfg.devices}: training.cache_activations keeps a device's activations on one server; it "
                          "cannot be combined with handover (as in sfsim simulate): set it to false")
-    if cfg.emulate != "none" and any(d.availability is not None for d in scenario.devices) and (
-            len(scenario.servers) < 2 or any(s.backhaul is None for s in scenario.servers)):
-        raise SfsimError(f"{cfg.devices}: training.cache_activations with availability runs on several servers with "
-                         "a backhaul only (as in sfsim simulate): set it to false")
     try:
         return codec, parse_quantity(cfg.cache_memory, "size")
     except ValueError as err:
