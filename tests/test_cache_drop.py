@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sfsim.outputs.trace import read_chrome_trace
 from tests.test_splitfrozen_moves import _real, _same, cached_fleet
@@ -98,3 +99,45 @@ def test_one_server_simulates_the_cache_with_a_drop_on_either_engine(tmp_path):
     assert fast.engine_note and "availability with cached activations" in fast.engine_note
     late = simulate(1000.0)
     assert late.samples_not_trained == {"a-1": 0} and late.micro_batches == 3 * 4
+
+
+def test_random_one_server_cached_fleets_with_drops_train_what_was_sent(tmp_path):
+    """150 seeded fleets on one server (2–4 devices, 2–3 epochs, random drops and pauses, buffer 1–3, fifo or round-robin,
+    with or without the epoch-end wait): SimPy ends each run, and a device trains its later epochs from the cache
+    exactly when it sent its whole first epoch; else only what it sent (its untrained samples follow from its uplink
+    bytes)."""
+    import random
+
+    import sfsim
+    from sfsim.scenario.config import scenario_from_dict
+
+    for seed in range(150):
+        rng = random.Random(seed)
+        names = [f"d{k}" for k in range(rng.randint(2, 4))]
+        data = cached_fleet("random", [{"name": n, "server": "mec-a"} for n in names], False)
+        data["servers"] = data["servers"][:1]
+        del data["servers"][0]["backhaul"]
+        epochs, per = rng.randint(2, 3), rng.randint(1, 3)
+        data["training"].update(epochs=epochs, buffer=rng.randint(1, 3), server_policy=rng.choice(["fifo", "round-robin"]))
+        if rng.random() < 0.5:
+            data["training"]["eval_samples"] = 4
+        windows = {}
+        for d in data["devices"]:
+            d["samples"] = 4 * per
+            if rng.random() < 0.7:
+                windows[d["name"]] = [[0, round(rng.uniform(10, 400), 1)]] + ([[500, 5000]] if rng.random() < 0.3 else [])
+                d["availability"] = {"file": str(tmp_path / f"w{seed}.yaml"), "churn": rng.choice(["drop", "pause"])}
+        (tmp_path / f"w{seed}.yaml").write_text(yaml.safe_dump(windows))
+        res = sfsim.simulate(scenario_from_dict(data, source=str(tmp_path / "s.yaml")), "splitfrozen", splits=1,
+                             engine="simpy")
+        for d in data["devices"]:
+            d.pop("availability", None)
+        static = sfsim.simulate(scenario_from_dict(data), "splitfrozen", splits=1, engine="simpy")
+        one = static.uplink_bytes_by_device[names[0]] / per  # one micro-batch's bytes
+        trained = 0
+        for n in names:
+            sent = round(res.uplink_bytes_by_device[n] / one)
+            mbs = epochs * per if sent == per else sent
+            assert res.samples_not_trained.get(n, 0) == 4 * (epochs * per - mbs), (seed, n)
+            trained += mbs
+        assert res.micro_batches == trained, seed
