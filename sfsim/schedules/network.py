@@ -101,9 +101,21 @@ def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
     if moves and cfg.policy not in POLICIES_WITH_MOVES:
         raise Unsupported(f"server policy {cfg.policy!r} cannot take devices that join or leave a server "
                          f"(handover, availability); use {' or '.join(POLICIES_WITH_MOVES)}")
-    if cache and any(d.handover for d in scenario.devices):
-        raise Unsupported("cache_activations keeps a device's activations on its first server; it cannot be "
-                         "combined with handover")
+    if cache and (why := cache_with_handover(scenario)) is not None:
+        raise Unsupported(why)
+
+
+def cache_with_handover(scenario) -> str | None:
+    """Why ``training.cache_activations`` cannot run with the scenario's first handover (one line: file, key, the
+    device, why, the fix), or None without handovers; both halves refuse it with this line (trainer.run.honour)."""
+    d = next((d for d in scenario.devices if d.handover), None)
+    if d is None:
+        return None
+    h, where = d.handover[0], f"{scenario.source}: " if getattr(scenario, "source", None) else ""
+    return (f"{where}training.cache_activations: {d.name} hands over to {h.to} at {h.at:g} s, but its cached "
+            "activations stay on the server that received them, so its later epochs would have to be sent again or "
+            "its cache moved over the backhaul, which the scenario does not say; set training.cache_activations to "
+            f"false or remove {d.name}'s handover")
 
 
 @dataclass
