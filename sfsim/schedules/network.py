@@ -28,10 +28,10 @@ Refused (one line each, :func:`check_supported`), and why:
 * ``cache_activations`` with a handover: the second and later epochs replay activations cached on the
   device's *first* server; after a handover those activations are on another machine (moving them
   is a backhaul transfer the scenario does not describe), so either choice (resend, or move over a
-  backhaul) is a modelling decision the scenario would have to state. With availability it runs on several
-  servers with a backhaul: the remaining devices' later epochs replay their caches, and a device that left
-  before its first epoch was sent trains nothing more (its partial cache is not read), as the runtime's; on
-  one server it is refused (the pool would keep the left device's replays counted).
+  backhaul) is a modelling decision the scenario would have to state. With availability (one server or
+  several) the remaining devices' later epochs replay their caches, and a device that left before its first
+  epoch was sent trains nothing more (its partial cache is not read; its pool withdraws its replays with its
+  unsent micro-batches), as the runtime's.
 * SplitLoRA's handovers with the ``sequential`` client order or a fixed server order (see
   :mod:`sfsim.schedules.splitlora.moves`).
 
@@ -101,13 +101,21 @@ def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
     if moves and cfg.policy not in POLICIES_WITH_MOVES:
         raise Unsupported(f"server policy {cfg.policy!r} cannot take devices that join or leave a server "
                          f"(handover, availability); use {' or '.join(POLICIES_WITH_MOVES)}")
-    if cache and any(d.handover for d in scenario.devices):
-        raise Unsupported("cache_activations keeps a device's activations on its first server; it cannot be "
-                         "combined with handover")
-    if moves and cache and (len(scenario.servers) < 2 or any(s.backhaul is None for s in scenario.servers)):
-        raise Unsupported("cache_activations with availability is simulated on several servers with a backhaul "
-                         "only (each epoch then ends with its rounds); on one server a device that leaves "
-                         "keeps its replays counted: set it to false")
+    if cache and (why := cache_with_handover(scenario)) is not None:
+        raise Unsupported(why)
+
+
+def cache_with_handover(scenario) -> str | None:
+    """Why ``training.cache_activations`` cannot run with the scenario's first handover (one line: file, key, the
+    device, why, the fix), or None without handovers; both halves refuse it with this line (trainer.run.honour)."""
+    d = next((d for d in scenario.devices if d.handover), None)
+    if d is None:
+        return None
+    h, where = d.handover[0], f"{scenario.source}: " if getattr(scenario, "source", None) else ""
+    return (f"{where}training.cache_activations: {d.name} hands over to {h.to} at {h.at:g} s, but its cached "
+            "activations stay on the server that received them, so its later epochs would have to be sent again or "
+            "its cache moved over the backhaul, which the scenario does not say; set training.cache_activations to "
+            f"false or remove {d.name}'s handover")
 
 
 @dataclass

@@ -327,8 +327,8 @@ def _left(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, n:
                 pools[k].left(n // d.per_epoch, i, d.sent - n, d.per_epoch - n % d.per_epoch)
         m.switched_at.extend([n] * (len(m.legs) - j - 1))  # handovers never reached
         return
-    if n < d.sent:
-        pools[home].withdraw(i, d.sent - n)
+    if n < d.sent:  # with the cache (d.sent < d.n) its replays go too: they come after its last send (reached())
+        pools[home].withdraw(i, d.n - n)
     for k in range(j + 1, len(m.legs)):  # handovers never reached: nothing goes there
         m.switched_at.append(n)
         pools[m.legs[k].server].not_coming(i)
