@@ -28,6 +28,7 @@ import math
 import numpy as np
 
 from sfsim.fast import rates
+from sfsim.fast.draws import compile_draws
 from sfsim.fast.jit import njit
 from sfsim.fast.rates import may_stall
 from sfsim.fast.splitlora import DYNAMIC, STALLS
@@ -299,6 +300,8 @@ class Rounds:
         self.free = self.busy = self.last = 0.0
         for i in self.members:
             job.network.motions[i].done = 0
+        legs = [leg for i in self.members for leg in job.network.motions[i].legs]
+        compile_draws(r for leg in legs for r in (leg.rate, leg.down))  # the same steps, drawn compiled
 
     def run(self, lo: float, hi: float, closing: bool) -> float:
         """The rounds in slots ``lo..hi-1``; ``closing``: a device whose next round is in a later epoch downloads

@@ -24,6 +24,7 @@ import numpy as np
 from sfsim.fast import closing as cl
 from sfsim.fast import fedgroup as fg
 from sfsim.fast import rates
+from sfsim.fast.draws import compile_draws
 from sfsim.fast.fedlora import _local_net, layout
 from sfsim.fast.jit import njit
 from sfsim.fast.simq import NORMAL, NSOFT, push, start
@@ -330,6 +331,7 @@ def _state(job, cfg, horizon: float) -> tuple:
     for i, m in motions.items():
         if plan[i][2]:
             fg.join(G, EXP, DI, N, PS, m.legs[0].server, i, 0, fg.slot_of(DI, N, PS, i, plan[i][2]))
+    compile_draws(r for m in motions.values() for leg in m.legs for r in (leg.rate, leg.down))  # the same steps
     prog.draw_all(horizon)
     order = [i for k in dict.fromkeys(d.server for d in devs) for i, d in enumerate(devs) if d.server == k and d.n]
     PK = np.zeros((n_srv, 4), np.int64)
