@@ -22,7 +22,7 @@ from sfsim.fast.jit import njit
 from sfsim.fast.pool import _word
 from sfsim.network.linkrate import FadingRate, GilbertElliottRate, Product
 
-_FIRST, _MOST = 16, 4096  # a rate's first batch of steps, and the largest (each doubles the last)
+_FIRST, _MOST = 256, 8192  # a rate's first batch of steps, and the largest (each doubles the last): few calls
 
 
 @njit
@@ -88,7 +88,7 @@ def _flipping(rate: GilbertElliottRate, s: _Stream) -> None:
     start = rate.times[-1] if rate.times else 0.0
     rate.good = _flips(s.W, rate.good, float(spec.mean_good), float(spec.mean_bad), start, times, goods)
     rate.times.extend(times.tolist())
-    rate.rates.extend([spec.good if g else spec.bad for g in goods.tolist()])
+    rate.rates.extend(np.where(goods, float(spec.good), float(spec.bad)).tolist())
 
 
 def compile_draws(rates) -> None:
