@@ -201,7 +201,7 @@ def _cenlora(job, cfg) -> tuple[Replayed, float]:
 
 def _fedlora(job, cfg, waits: dict[str, float]) -> tuple[Replayed, float]:
     """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy.
-    ``waits``: each server's epoch-end wait (constant and varying links without training.sync: ``FedGroup.evaluated``)."""
+    ``waits``: each server's epoch-end wait (without training.sync: ``FedGroup.evaluated``)."""
     rec = Replayed(epoch_end=dict(waits))
     net = getattr(job, "network", None)
     if job.sync is not None and job.sync.every is not None:  # training.sync: each server's rounds and their backhaul
@@ -215,9 +215,10 @@ def _fedlora(job, cfg, waits: dict[str, float]) -> tuple[Replayed, float]:
         devices, busy, makespan = fedlora.replay_varying(job, cfg, waits)
         rec.sync = closing.fed_closed(job.sync) if job.sync is not None else None
     else:
-        devices, busy, makespan = fedmoves.replay(job, cfg)
-        rec.sync, waits = closing.fed_closed(job.sync) if job.sync is not None else None, {}
-    rec.epoch_end_waited = fedlora.waited(job, waits)
+        devices, busy, makespan, rec.epoch_end_waited = fedmoves.replay(job, cfg, waits)
+        rec.sync = closing.fed_closed(job.sync) if job.sync is not None else None
+    if net is None or fedlora.varying_only(net, job) or job.sync is not None and job.sync.every is not None:
+        rec.epoch_end_waited = fedlora.waited(job, waits)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:
