@@ -245,7 +245,7 @@ def test_splitlora_waits_between_its_epochs(order):
 def test_fedlora_waits_between_its_epochs(servers):
     """FedLoRA: each server evaluates once its epoch's last FedAvg (and, on two servers without training.sync, the
     epoch's closing round) is over; its devices' next downloads start after it. One server: the run is longer by
-    exactly the two waits of three epochs. The fast path leaves these runs to SimPy with one line."""
+    exactly the two waits of three epochs. The fast path replays these runs with the SimPy engine's figures."""
     data = fleet() if servers == 1 else two_servers()
     if servers == 2:
         for s in data["servers"]:
@@ -264,8 +264,9 @@ def test_fedlora_waits_between_its_epochs(servers):
             downs = [e.start for e in res.events if e.lane in {f"downlink:{d}" for d in members} and e.start >= max(agg)]
             assert min(downs) >= w.start + w.dur - 1e-12
     base = sfsim.simulate(sc_of({**data, "training": {**data["training"], "eval_samples": 1}}), "fedlora")
-    auto = sfsim.simulate(sc, "fedlora")
-    assert auto.engine == "simpy" and "epoch-end wait" in auto.engine_note and auto.makespan_s > base.makespan_s
+    auto, slow = (sfsim.simulate(sc, "fedlora", engine=e) for e in ("auto", "simpy"))
+    assert (auto.engine, auto.engine_note, slow.engine) == ("fast", None, "simpy") and auto.makespan_s > base.makespan_s
+    assert auto.to_dict() == slow.to_dict() and auto.epoch_end_s == slow.epoch_end_s == waits
     if servers == 1:
         no_wait = sfsim.simulate(sc_of(fleet(eval_samples=None)), "fedlora")
         assert no_wait.engine == "fast" and auto.makespan_s - no_wait.makespan_s == pytest.approx(

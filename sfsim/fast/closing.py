@@ -99,14 +99,14 @@ def replay_cenlora(job, cfg) -> tuple[dict, float, dict]:
     return out, max(free.values(), default=0.0), _closed(job)
 
 
-def replay_fedlora(job, cfg) -> tuple[dict, dict, float, Closed]:
+def replay_fedlora(job, cfg, waits: dict[str, float] | None = None) -> tuple[dict, dict, float, Closed]:
     """FedLoRA (constant links) whose servers end each epoch with a closing round (``sfsim.schedules.fedlora.EpochClose``,
     :func:`sfsim.fast.fedlora.closing_epochs`). Returns :func:`sfsim.fast.fedlora.replay`'s figures and the rounds
     (:func:`fed_closed`)."""
     per = int(cfg.local_steps)
     slots = fl.width(job.devices, per)
     servers = {k: _FedServer(job, cfg, k, slots) for k in dict.fromkeys(d.server for d in job.devices)}
-    makespan = fed.closing_epochs(job, servers, slots)
+    makespan = fed.closing_epochs(job, servers, slots, waits)  # waits: each server's epoch-end wait
     devices: dict[str, dict] = {}
     for s in servers.values():
         makespan = max(makespan, s.last)

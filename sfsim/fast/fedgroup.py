@@ -16,6 +16,9 @@ from sfsim.fast.simq import NORMAL, NSOFT, push
 INIT, RESUME, SWITCH, LEAVE, AT_DONE, DONE, AT_OWN, OWN, HARD, EXIT, POKE, COND = range(12)  # event kinds
 AT_READY, READY, AT_CLOSES, CLOSES = range(12, 16)  # EpochClose's events: an epoch's average, a server's return
 CHANGE = 16  # Membership.changed succeeds: the EpochClose processes waiting on it look again
+EVAL_INIT, AT_EVAL, EVAL = range(17, 20)  # a server's epoch-end wait (FedGroup._evaluate): its start, timer, event
+EVALUATED = 10  # a device's program counter: past its server's epoch-end wait (FedGroup.evaluated)
+EV_STATE, EV_HEAD, EV_TAIL = range(3)  # EV: per server and epoch, its wait's event (1 started, 2 processed), waiters
 BEGIN, UP, ARRIVE, DOWN, NEXT, OVER, UNTIL, CLOSING = range(8)  # a device's program counter
 S_UNTIL, S_READY = range(8, 10)  # an EpochClose server process's program counter
 (PC, R, SRV, APPLIED, NMOVED, SYNCS, DOWNLOADS, SENT, DONE_MB, STEPS, NUPL, WNEXT, KEPT, LEG0,

@@ -28,6 +28,7 @@ import math
 import numpy as np
 
 from sfsim.fast import rates
+from sfsim.fast.draws import compile_draws
 from sfsim.fast.jit import njit
 from sfsim.fast.rates import may_stall
 from sfsim.fast.splitlora import DYNAMIC, STALLS
@@ -131,20 +132,55 @@ def rounds(D, N, per, accumulate, aggregate, slots, lo, hi, start, steps, acc):
     return ended
 
 
-def replay(job, cfg) -> tuple[dict, dict, float]:
-    """Replay a static FedLoRA job: per-device figures (``busy``, ``up``, ``down``), server busy, makespan."""
+def replay(job, cfg, waits: dict[str, float] | None = None) -> tuple[dict, dict, float]:
+    """Replay a static FedLoRA job: per-device figures (``busy``, ``up``, ``down``), server busy, makespan.
+    ``waits``: server name -> its epoch-end wait (:func:`sfsim.cost.epochend.epoch_end_seconds`; :func:`waited`)."""
     devices: dict[str, dict] = {}
     busy: dict[str, float] = {}
     makespan, slots = 0.0, fl.width(job.devices, int(cfg.local_steps))
     for k in dict.fromkeys(d.server for d in job.devices):  # the SimPy schedule's order (groups())
         srv, mine = job.servers[k], [d for d in job.devices if d.server == k]
         D, N = layout(mine)
-        end, busy[srv.name], steps = replay_server(D, N, int(cfg.local_steps), int(cfg.accumulate),
-                                                   float(srv.aggregate), slots)
+        knobs = (int(cfg.local_steps), int(cfg.accumulate), float(srv.aggregate), slots)
+        wait = (waits or {}).get(srv.name, 0.0)
+        end, busy[srv.name], steps = _waiting_server(D, N, *knobs, wait) if wait > 0 else replay_server(D, N, *knobs)
         makespan = max(makespan, end)
         for d, s in zip(mine, steps, strict=True):
             devices[d.name] = figures(d, int(s), int(cfg.local_steps))
     return devices, busy, makespan
+
+
+def _waiting_server(D, N, per: int, accumulate: int, aggregate: float, slots: int, wait: float):
+    """:func:`replay_server` epoch by epoch with the server's epoch-end wait of ``wait`` seconds
+    (``sfsim.schedules.fedlora.FedGroup.evaluated``): it starts when the epoch's last round has ended, and the devices
+    with rounds in the next epoch download the average when it is over."""
+    m = N.shape[1]
+    start, steps, acc = np.zeros(m), np.zeros(m, np.int64), np.zeros(3)
+    epochs = device_epochs(N)
+    for e in range(int(epochs.max(initial=0))):
+        ended = rounds(D, N, per, accumulate, aggregate, slots, e * slots, (e + 1) * slots, start, steps, acc)
+        nxt = epochs > e + 1
+        if nxt.any():
+            start[nxt] = (ended + wait) + (D[_DOWN, nxt] + D[_DOWN_L, nxt])
+            acc[_LASTT] = max(acc[_LASTT], start[nxt].max())
+    return acc[_LASTT], acc[_BUSY], steps
+
+
+def device_epochs(N) -> np.ndarray:
+    """Each device's epochs (0: no micro-batch)."""
+    pe = np.where(N[_PER_EPOCH] > 0, N[_PER_EPOCH], np.maximum(N[_N], 1))
+    return np.where(N[_N] > 0, -(-N[_N] // pe), 0)
+
+
+def waited(job, waits: dict[str, float]) -> set[str]:
+    """The servers that wait at an epoch's end (``sfsim.schedules.fedlora.FedGroup.evaluated``: a positive wait and a
+    device with rounds in a later epoch), whose busy time then counts the waits (``Engine.epoch_end_waited``)."""
+    out = set()
+    for d in job.devices:
+        name = job.servers[d.server].name
+        if waits.get(name, 0.0) > 0 and d.n > (d.per_epoch or d.n):
+            out.add(name)
+    return out
 
 
 def figures(d, steps: int, per: int) -> dict:
@@ -180,18 +216,39 @@ def uncovered(net, job) -> str | None:
     return None
 
 
-def replay_varying(job, cfg) -> tuple[dict, dict, float]:
+def wait_uncovered(job) -> str | None:
+    """Why FedLoRA's epoch-end wait (``training.eval_samples``, several epochs) stays on the SimPy engine (one line), or
+    None: covered without ``training.sync`` on constant and time-varying links (:func:`replay`, :func:`replay_varying`) and
+    with availability and handovers on the device's own server (:func:`sfsim.fast.fedmoves.replay`)."""
+    sync, net = getattr(job, "sync", None), getattr(job, "network", None)
+    if sync is not None and sync.every is not None:
+        return ("fedlora's epoch-end wait (training.eval_samples, several epochs) with training.sync is replayed by the "
+                "SimPy engine only")
+    motions = getattr(net, "motions", None) or {}
+    if any(leg.server != job.devices[i].server for i, m in motions.items() for leg in m.legs):
+        return ("fedlora's epoch-end wait (training.eval_samples, several epochs) with handovers between servers is "
+                "replayed by the SimPy engine only")
+    return None
+
+
+def replay_varying(job, cfg, waits: dict[str, float] | None = None) -> tuple[dict, dict, float]:
     """:func:`replay` on time-varying links (:func:`varying_only`); fills the motions as the SimPy run does.
+    ``waits``: as :func:`replay`'s.
 
     With each epoch's closing round (``job.sync``, no ``training.sync``) the servers go epoch by epoch
     (:func:`closing_epochs`).
     """
     servers = {k: Rounds(job, cfg, k) for k in dict.fromkeys(d.server for d in job.devices)}
-    makespan = 0.0
+    makespan, slots = 0.0, fl.width(job.devices, int(cfg.local_steps))
     if job.sync is not None:
-        makespan = closing_epochs(job, servers, fl.width(job.devices, int(cfg.local_steps)))
-    for s in servers.values() if job.sync is None else ():
-        s.run(0, math.inf, False)
+        makespan = closing_epochs(job, servers, slots, waits)
+    for k, s in servers.items() if job.sync is None else ():
+        wait = (waits or {}).get(job.servers[k].name, 0.0)
+        if wait <= 0:
+            s.run(0, math.inf, False)
+            continue
+        for e in range(max((p[-1][0] // max(slots, 1) + 1 for p in s.plan if p), default=0)):
+            s.resume(e, s.run(e * slots, (e + 1) * slots, True) + wait)  # the epoch-end wait, then the downloads
     devices: dict[str, dict] = {}
     for s in servers.values():
         makespan = max(makespan, s.last)
@@ -203,14 +260,14 @@ def replay_varying(job, cfg) -> tuple[dict, dict, float]:
     return devices, {job.servers[k].name: s.busy for k, s in servers.items()}, makespan
 
 
-def closing_epochs(job, servers: dict, slots: int) -> float:
+def closing_epochs(job, servers: dict, slots: int, waits: dict[str, float] | None = None) -> float:
     """FedLoRA's servers epoch by epoch, each epoch ending with the closing round (``EpochClose``).
 
     A server's epoch ends when its epoch's last FedAvg round has (at once without one); it sends on its backhaul
     from then, or from its previous round's return when later (:func:`sfsim.network.backhaul.closing_round`); its
     devices with rounds in the next epoch download the average once the round is back. ``servers``: server index
-    -> its rounds (``run(lo, hi, closing)``, ``resume(e, back)``: :class:`Rounds`). Returns
-    when the last round was back."""
+    -> its rounds (``run(lo, hi, closing)``, ``resume(e, back)``: :class:`Rounds`); ``waits``: server name -> its
+    epoch-end wait, from the round's return (:func:`replay`). Returns when the last round was back."""
     spec = job.sync
     free = {srv.name: 0.0 for srv in job.servers}  # when each server's last closing round was back
     for e in range(spec.epochs):
@@ -220,7 +277,9 @@ def closing_epochs(job, servers: dict, slots: int) -> float:
             ends[name] = max(ends[name], s.run(e * slots, (e + 1) * slots, True))
         free = closing_round(spec, ends)
         for k, s in servers.items():
-            s.resume(e, free[job.servers[k].name])
+            wait = (waits or {}).get(job.servers[k].name, 0.0)
+            back = free[job.servers[k].name]
+            s.resume(e, back + wait if wait > 0 else back)
     return max(free.values(), default=0.0)
 
 
@@ -243,6 +302,8 @@ class Rounds:
         self.free = self.busy = self.last = 0.0
         for i in self.members:
             job.network.motions[i].done = 0
+        legs = [leg for i in self.members for leg in job.network.motions[i].legs]
+        compile_draws(r for leg in legs for r in (leg.rate, leg.down))  # the same steps, drawn compiled
 
     def run(self, lo: float, hi: float, closing: bool) -> float:
         """The rounds in slots ``lo..hi-1``; ``closing``: a device whose next round is in a later epoch downloads

@@ -24,9 +24,10 @@ import numpy as np
 from sfsim.fast import closing as cl
 from sfsim.fast import fedgroup as fg
 from sfsim.fast import rates
+from sfsim.fast.draws import compile_draws
 from sfsim.fast.fedlora import _local_net, layout
 from sfsim.fast.jit import njit
-from sfsim.fast.simq import NORMAL, NSOFT, push, start
+from sfsim.fast.simq import NORMAL, NSOFT, URGENT, push, start
 from sfsim.schedules import fedlora as fl
 
 
@@ -120,7 +121,11 @@ def _step(S, M, K, Q, CNT, now, i, acc):
             DI[i, fg.PC] = fg.CLOSING
             if _closing(S, M, K, i):
                 return
-        if DI[i, fg.PC] == fg.CLOSING:
+        if DI[i, fg.PC] == fg.CLOSING:  # then the server's epoch-end wait (FedGroup.evaluated)
+            DI[i, fg.PC] = fg.EVALUATED
+            if _evaluated(S, M, K, Q, CNT, now, i):
+                return
+        if DI[i, fg.PC] == fg.EVALUATED:
             DI[i, fg.PC] = fg.DOWN
             continue
         if pc == fg.NEXT:
@@ -195,6 +200,42 @@ def _closing(S, M, K, i):
         DI[CI[cl.C_TAIL, k, e], fg.WNEXT] = i
     CI[cl.C_TAIL, k, e] = i
     return True
+
+
+@njit
+def _evaluated(S, M, K, Q, CNT, now, i):
+    """``FedGroup.evaluated``: True when device ``i``'s next round is in a later epoch and its server's epoch-end wait
+    is not over (it then waits on the wait's event; the first to come starts ``_evaluate``, an urgent process start)."""
+    DI, PS, EV, EW = M[0], S[5], S[12], S[13]
+    if DI[i, fg.R] + 1 >= DI[i, fg.ROUNDS]:
+        return False
+    w = max(PS[1], 1)
+    k, e = DI[i, fg.SRV], fg.plan(DI, K[1], PS, i, DI[i, fg.R])[0] // w
+    if fg.plan(DI, K[1], PS, i, DI[i, fg.R] + 1)[0] // w == e or EW[0, k] <= 0.0 or EV[fg.EV_STATE, k, e] == 2:
+        return False
+    if EV[fg.EV_STATE, k, e] == 0:
+        EV[fg.EV_STATE, k, e] = 1
+        push(Q, CNT, now, URGENT, fg.EVAL_INIT, k, e)
+    DI[i, fg.WNEXT] = -1
+    if EV[fg.EV_HEAD, k, e] < 0:
+        EV[fg.EV_HEAD, k, e] = i
+    else:
+        DI[EV[fg.EV_TAIL, k, e], fg.WNEXT] = i
+    EV[fg.EV_TAIL, k, e] = i
+    return True
+
+
+@njit
+def _fire_evals(S, M, K, Q, CNT, now, k, e, acc):
+    """Server ``k``'s epoch-``e`` wait is over: the devices waiting on it resume, in the order they came."""
+    EV, DI = S[12], M[0]
+    EV[fg.EV_STATE, k, e] = 2
+    i = EV[fg.EV_HEAD, k, e]
+    EV[fg.EV_HEAD, k, e] = EV[fg.EV_TAIL, k, e] = -1
+    while i >= 0:
+        nxt = DI[i, fg.WNEXT]
+        _step(S, M, K, Q, CNT, now, i, acc)
+        i = nxt
 
 
 @njit
@@ -287,6 +328,14 @@ def run(S, M, K, soft, order, acc):
             push(Q, CNT, now, NORMAL, fg.CLOSES, a, b)
         elif kind == fg.CLOSES:
             _fire_closes(S, M, K, Q, CNT, now, a, b, acc)
+        elif kind == fg.EVAL_INIT:  # FedGroup._evaluate runs: its rounds are over, its wait's timer, its end
+            S[13][1, a] = 1.0
+            push(Q, CNT, now + S[13][0, a], NORMAL, fg.AT_EVAL, a, b)
+            push(Q, CNT, now, NORMAL, fg.EXIT, -1, 0)
+        elif kind == fg.AT_EVAL:
+            push(Q, CNT, now, NORMAL, fg.EVAL, a, b)
+        elif kind == fg.EVAL:
+            _fire_evals(S, M, K, Q, CNT, now, a, b, acc)
         elif kind == fg.CHANGE:  # the EpochClose processes waiting resume: their epoch's rounds, from the first
             for p in fg.changed(S, a):
                 M[0][p, fg.WR] = M[0][p, fg.R] * max(S[5][1], 1)
@@ -302,8 +351,9 @@ def _rounds_of(d, per: int) -> tuple[int, int, int]:
     return pe, max(1, -(-pe // per)), fl.count(d.n, d.per_epoch, per)
 
 
-def _state(job, cfg, horizon: float) -> tuple:
-    """Fresh state ``S`` (groups), ``M`` (devices), ``K`` (work and rates, drawn to ``horizon``), soft timers, order."""
+def _state(job, cfg, horizon: float, waits: dict[str, float]) -> tuple:
+    """Fresh state ``S`` (groups; ``S[12:]``: the servers' epoch-end waits of ``waits``), ``M`` (devices), ``K`` (work
+    and rates, drawn to ``horizon``), soft timers, order."""
     motions, per, devs = job.network.motions, int(cfg.local_steps), job.devices
     n, n_srv, slots = len(devs), len(job.servers), fl.width(devs, per)
     plan = [_rounds_of(d, per) for d in devs]
@@ -330,12 +380,16 @@ def _state(job, cfg, horizon: float) -> tuple:
     for i, m in motions.items():
         if plan[i][2]:
             fg.join(G, EXP, DI, N, PS, m.legs[0].server, i, 0, fg.slot_of(DI, N, PS, i, plan[i][2]))
+    compile_draws(r for m in motions.values() for leg in m.legs for r in (leg.rate, leg.down))  # the same steps
     prog.draw_all(horizon)
     order = [i for k in dict.fromkeys(d.server for d in devs) for i, d in enumerate(devs) if d.server == k and d.n]
     PK = np.zeros((n_srv, 4), np.int64)
     PK[:, fg.PHEAD] = PK[:, fg.PTAIL] = -1
     S = (G, EXP, np.zeros((n_srv, 2)), np.array([s.aggregate for s in job.servers], np.float64), PK, PS,
-         *cl.fed_arrays(job, n), np.zeros(3 + 2 * n_srv, np.int64))
+         *cl.fed_arrays(job, n), np.zeros(3 + 2 * n_srv, np.int64),
+         np.full((3, n_srv, n_slots // max(slots, 1) + 1), -1, np.int64),
+         np.array([[waits.get(srv.name, 0.0) for srv in job.servers], [0.0] * n_srv], np.float64).reshape(2, -1))
+    S[12][fg.EV_STATE] = 0
     DI[n:, fg.PC] = fg.S_UNTIL  # EpochClose's processes: epoch 0, from slot 0
     if job.sync is not None:  # EpochClose's processes start first (it is made before the devices' processes)
         order = list(range(n, n + n_srv)) + order
@@ -345,13 +399,14 @@ def _state(job, cfg, horizon: float) -> tuple:
     return S, M, K, np.array(soft, np.float64).reshape(-1, 2).T.copy(), np.array(order, np.int64)
 
 
-def replay(job, cfg) -> tuple[dict, dict, float]:
+def replay(job, cfg, waits: dict[str, float] | None = None) -> tuple[dict, dict, float, set[str]]:
     """FedLoRA on any dynamic network (handover, availability, varying links), compiled; as
-    :func:`sfsim.fast.fedlora.replay`, filling the devices' motions as the SimPy run does."""
+    :func:`sfsim.fast.fedlora.replay`, filling the devices' motions as the SimPy run does. ``waits``: server name ->
+    its epoch-end wait (``FedGroup.evaluated``); returns the servers that waited last."""
     motions = job.network.motions
     horizon, total = rates.HORIZON, sum(d.n for d in job.devices)
     while True:
-        S, M, K, soft, order = _state(job, cfg, horizon)
+        S, M, K, soft, order = _state(job, cfg, horizon, waits or {})
         makespan, stuck = run(S, M, K, soft, order, int(cfg.accumulate))
         if not stuck:
             break
@@ -371,4 +426,5 @@ def replay(job, cfg) -> tuple[dict, dict, float]:
         moved += [len(m.uploads)] * (len(m.legs) - 1 - len(moved))
         firsts = [int(fg.plan(DI, K[1], S[5], i, u)[1]) if u < DI[i, fg.ROUNDS] else d.n for u in moved]  # first_of
         m.switched_at = [min(f, m.sent) for f in firsts]
-    return devices, {srv.name: float(S[2][k, 1]) for k, srv in enumerate(job.servers)}, float(makespan)
+    waited = {srv.name for k, srv in enumerate(job.servers) if S[13][1, k] > 0}
+    return devices, {srv.name: float(S[2][k, 1]) for k, srv in enumerate(job.servers)}, float(makespan), waited

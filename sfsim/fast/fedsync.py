@@ -27,6 +27,7 @@ import numpy as np
 
 from sfsim.fast import fedlora as fed
 from sfsim.fast import lockstep
+from sfsim.fast.draws import compile_draws
 from sfsim.fast.jit import njit
 from sfsim.fast.rates import may_stall
 from sfsim.fast.splitlora import DYNAMIC, STALLS
@@ -112,6 +113,7 @@ def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs:
     local work is :func:`sfsim.fast.fedlora._local`; the devices' motions get what the SimPy run leaves on them."""
     D, N, DI, DF, S, X, Y = loop.D, loop.N, loop.DI, loop.DF, loop.S, loop.X, loop.Y
     motions = [job.network.motions[i] for i in loop.members]
+    compile_draws(r for m in motions for leg in m.legs for r in (leg.rate, leg.down))  # the same steps, compiled
     for m in motions:
         m.done = 0
     now, steps = 0.0, 0
@@ -167,6 +169,7 @@ def _moving_run(job, loop, per: int, accumulate: int, aggregate: float, epochs: 
     device's epoch ends with its last upload or when it leaves. The devices' motions get what the SimPy run leaves."""
     S, X, Y, DF = loop.S, loop.X, loop.Y, loop.DF
     motions = [job.network.motions[i] for i in loop.members]
+    compile_draws(r for m in motions for leg in m.legs for r in (leg.rate, leg.down))  # the same steps, compiled
     plans = [fl.round_plan(d.n, d.per_epoch, per, slots) for d in loop.mine]
     for m in motions:
         m.done = 0

@@ -76,7 +76,9 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if (which := _baseline_epoch_end(name, tr, job)) is not None:
         return f"the epoch-end wait (training.eval_samples, several epochs) of {which} is replayed by the SimPy engine only"
     if name == "fedlora" and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1:
-        return "the epoch-end wait (training.eval_samples, several epochs) is replayed by the SimPy engine only"
+        why = fedlora.wait_uncovered(job)  # constant or varying links: each server's wait between its epochs
+        if why is not None:
+            return why
     if (name in SPLITFROZEN and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1
             and not _synced(job) and whole_epochs(job) > 1):  # no backhaul rounds: epochs opened for the wait alone
         why = synced.covers_alone(job, cfg.policy) if job.sync is None else (
@@ -156,7 +158,7 @@ def replay(job, cfg, sequential: bool = False, schedule: str | None = None,
     if schedule == "cenlora":
         return _cenlora(job, cfg)
     if schedule == "fedlora":
-        return _fedlora(job, cfg)
+        return _fedlora(job, cfg, epoch_end or {})
     if schedule == "splitlora":
         return _splitlora(job, cfg, epoch_end or {})
     if schedule not in (None, *SPLITFROZEN):
@@ -217,19 +219,26 @@ def _cenlora(job, cfg) -> tuple[Replayed, float]:
     return rec, makespan
 
 
-def _fedlora(job, cfg) -> tuple[Replayed, float]:
-    """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy."""
-    rec = Replayed()
+def _fedlora(job, cfg, waits: dict[str, float]) -> tuple[Replayed, float]:
+    """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy.
+    ``waits``: each server's epoch-end wait (without training.sync: ``FedGroup.evaluated``)."""
+    rec = Replayed(epoch_end=dict(waits))
     net = getattr(job, "network", None)
     if job.sync is not None and job.sync.every is not None:  # training.sync: each server's rounds and their backhaul
         devices, busy, makespan, rec.sync = fedsync.replay(job, cfg)
+        waits = {}
     elif net is None and job.sync is not None:  # each epoch's closing round, waited for before the next epoch
-        devices, busy, makespan, rec.sync = closing.replay_fedlora(job, cfg)
+        devices, busy, makespan, rec.sync = closing.replay_fedlora(job, cfg, waits)
     elif net is None:
-        devices, busy, makespan = fedlora.replay(job, cfg)
-    else:
-        devices, busy, makespan = (fedlora.replay_varying if fedlora.varying_only(net, job) else fedmoves.replay)(job, cfg)
+        devices, busy, makespan = fedlora.replay(job, cfg, waits)
+    elif fedlora.varying_only(net, job):
+        devices, busy, makespan = fedlora.replay_varying(job, cfg, waits)
         rec.sync = closing.fed_closed(job.sync) if job.sync is not None else None
+    else:
+        devices, busy, makespan, rec.epoch_end_waited = fedmoves.replay(job, cfg, waits)
+        rec.sync = closing.fed_closed(job.sync) if job.sync is not None else None
+    if net is None or fedlora.varying_only(net, job) or job.sync is not None and job.sync.every is not None:
+        rec.epoch_end_waited = fedlora.waited(job, waits)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
     for srv in job.servers:
