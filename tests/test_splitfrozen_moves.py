@@ -27,17 +27,18 @@ from tests.test_sync_order import server_ops
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def moving_run(seed: int, closing: bool) -> tuple[Engine | None, object]:
+def moving_run(seed: int, closing: bool, policy: str | None = None) -> tuple[Engine | None, object]:
     """A random fleet of 2-4 servers whose devices hand over, pause, drop or have varying uplinks
     (``tests.test_fast_handover.random_job``), every device over the same 2-3 epochs, under fifo or round-robin,
     with ``training.sync`` (every 1, 2 or 3, either mode) or, ``closing``, only each epoch's closing round.
+    ``policy``: that server policy instead of the drawn one (the same fleet otherwise).
     Returns the engine after the run (None: a sync round waited for ever, see the test) and the job."""
     rng = random.Random(10_000 + seed)
     job, cfg, sequential = random_job(seed)
     epochs = rng.randint(2, 3)
     job.devices = [dataclasses.replace(d, n=d.per_epoch * epochs, sent=d.per_epoch * epochs) for d in job.devices]
     job.network.views = [[dataclasses.replace(d, n=d.per_epoch * epochs, sent=d.per_epoch * epochs) for d in row] for row in job.network.views]
-    cfg = dataclasses.replace(cfg, policy=rng.choice(("fifo", "round-robin")), pool_memory=None)
+    cfg = dataclasses.replace(cfg, policy=policy or rng.choice(("fifo", "round-robin")), pool_memory=None)
     links = tuple((s.name, rng.uniform(10, 100), rng.uniform(0, 0.1)) for s in job.servers)
     every, mode = (None, "sync") if closing else (rng.choice([1, 2, 3]), rng.choice(["sync", "async"]))
     job.sync = SyncSpec(links, every, mode, 10.0, 12.0, epochs)

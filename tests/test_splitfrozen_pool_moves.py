@@ -12,38 +12,14 @@ nothing more can come.
 
 from __future__ import annotations
 
-import dataclasses
-import random
-
 from sfsim.engine.pool import Engine
-from sfsim.errors import SfsimError
-from sfsim.network.backhaul import PoolRounds, SyncSpec
-from sfsim.schedules import splitfrozen as sf
-from tests.test_fast_handover import random_job
-from tests.test_splitfrozen_moves import _epochs
+from tests.test_splitfrozen_moves import _epochs, moving_run
 
 
 def pool_run(seed: int) -> tuple[Engine | None, object]:
     """``tests.test_splitfrozen_moves.moving_run``'s fleet (2-3 epochs, training.sync every 1-3, either mode) under
     the mixing pool; the engine after the run (None: a round waited for ever) and the job."""
-    rng = random.Random(10_000 + seed)
-    job, cfg, sequential = random_job(seed)
-    epochs = rng.randint(2, 3)
-    job.devices = [dataclasses.replace(d, n=d.per_epoch * epochs, sent=d.per_epoch * epochs) for d in job.devices]
-    job.network.views = [[dataclasses.replace(d, n=d.per_epoch * epochs, sent=d.per_epoch * epochs) for d in row]
-                         for row in job.network.views]
-    cfg = dataclasses.replace(cfg, policy="pool", pool_memory=None)
-    links = tuple((s.name, rng.uniform(10, 100), rng.uniform(0, 0.1)) for s in job.servers)
-    job.sync = SyncSpec(links, rng.choice([1, 2, 3]), rng.choice(["sync", "async"]), 10.0, 12.0, epochs)
-    engine = Engine(trace=True)
-    PoolRounds(engine, job.sync, job.servers)
-    sf.run(engine, job, cfg, sequential=sequential)
-    try:
-        engine.makespan = engine.run()
-    except SfsimError as err:
-        assert "waited for ever" in str(err)
-        return None, job
-    return engine, job
+    return moving_run(seed, False, policy="pool")
 
 
 def test_random_pool_fleets_with_handovers_and_sync_run_to_their_end():
