@@ -74,6 +74,8 @@ def test_handovers_with_sync_over_two_epochs_round_as_the_simulator_says(tiny_gp
     _check(ops, m, rep, {"mec-a": 9, "mec-b": 9})
     assert [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"]["measured"]] == \
         [("mec-a", "mec-b", 1), ("mec-b", "mec-a", 5)]
-    # the wait between the epochs (evaluation, adapter, checkpoint) is its own row, measured, stated not modelled
+    # the wait between the epochs (evaluation, adapter, checkpoint) is its own row, measured and, since the simulator
+    # replays SplitLoRA's wait with handovers between servers (after the closing round), predicted
     row = rep["stages"]["epoch_end"]
-    assert row["predicted_s"] == 0 and row["measured_s"] > 0 and row["modelled"] is False and row["error"] is None
+    assert row["predicted_s"] > 0 and row["measured_s"] > 0 and row.get("modelled") is not False
+    assert row["error"] is not None

@@ -228,9 +228,15 @@ def _signal_mid_run(tiny_gpt2, out: Path, device: str, sig: int, peer_timeout: f
 
 def test_device_killed_mid_run(tiny_gpt2, tmp_path):
     m, pids = _signal_mid_run(tiny_gpt2, tmp_path / "kill", "small-0", signal.SIGKILL, 5.0)
-    assert set(m["lost_devices"]) == {"small-0"}
-    untrained = m["lost_devices"]["small-0"]["untrained_samples"]  # its 10 samples: micro-batches of 4, 4, 2
-    assert untrained in (2, 6, 10)
+    # killed after the first checkpoint: a pipelined device forwards its next micro-batch ahead of its credit (as the
+    # simulator's), so small-0 may have sent all 3 by then (then nothing of it is lost, only its report is missing)
+    if m["lost_devices"]:
+        assert set(m["lost_devices"]) == {"small-0"}
+        untrained = m["lost_devices"]["small-0"]["untrained_samples"]  # its 10 samples: micro-batches of 4, 4, 2
+        assert untrained in (2, 6, 10)
+    else:
+        untrained = 0
+        assert m["samples_not_trained"] == {}
     assert len(m["train_loss_history"]) == 5 + 3 + (10 - untrained + 3) // 4  # big and small-1 in full
     assert m["missing_reports"] == ["small-0"]
     assert not any(_alive(p) for p in pids.values())
