@@ -29,6 +29,7 @@ from sfsim.fast.events import (
     _F,
     _FLAGS,
     _GRANT,
+    _N,
     _NORMAL,
     _NSOFT,
     _NWAITERS,
@@ -76,6 +77,7 @@ def _left(events, S, N, Y, idle, nn, j, y, now):
     YN[y, _SENT_OUT] = nn[j]
     k = N[_SENT, j] - nn[j]
     if k > 0:
+        k = N[_N, j] - nn[j]  # with the cache (sent < n) its replays go too (splitfrozen._left)
         tot[j] -= k
         S[_UNCLAIMED] -= k
         if S[_UNCLAIMED] == 0:
