@@ -18,6 +18,7 @@ from sfsim.fast.replay import replay, uncovered
 from sfsim.schedules import Job, ReplayConfig
 from sfsim.schedules import splitfrozen as sf
 from tests.test_fast_sync_epochs import random_job as synced_job
+from tests.test_fast_sync_frozen import compare
 
 WHY = "the epoch-end wait (training.eval_samples, several epochs) without backhaul rounds"
 
@@ -60,21 +61,10 @@ def _fast(job: Job, cfg: ReplayConfig, sequential: bool, waits: dict) -> dict:
 
 
 def check(seed: int, ties: bool, cache: bool, big: bool = False) -> str:
-    """'equal', 'refused' (SimPy refuses the setting), 'both fail' or 'uncovered'."""
-    job, cfg, sequential, waits = random_job(seed, ties, cache, big)
-    if uncovered(_Evaluated(), "splitfrozen", cfg, job) is not None:
-        return "uncovered"
-    try:
-        want = _simpy(job, cfg, sequential, waits)
-    except ValueError:  # a pool memory bound on a server with no device
-        return "refused"
-    except RuntimeError:
-        with pytest.raises(RuntimeError):
-            _fast(random_job(seed, ties, cache, big)[0], cfg, sequential, waits)
-        return "both fail"
-    got = _fast(random_job(seed, ties, cache, big)[0], cfg, sequential, waits)
-    assert got == want, f"seed {seed} ties={ties} cache={cache} cfg={cfg} sequential={sequential} waits={waits}"
-    return "equal"
+    """'equal', 'refused' (SimPy refuses the setting), 'both fail' or 'uncovered' (:func:`compare`)."""
+    waits = random_job(seed, ties, cache, big)[3]
+    return compare(lambda: random_job(seed, ties, cache, big)[:3], f"seed {seed} ties={ties} cache={cache}", waits,
+                   scenario=_Evaluated(), simpy=_simpy, fast=_fast)
 
 
 @pytest.mark.parametrize("ties", [False, True])

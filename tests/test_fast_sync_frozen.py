@@ -89,22 +89,25 @@ class _Scenario:
     servers = (1, 2)
 
 
-def compare(make, label: str, epoch_end: dict | None = None) -> str:
+def compare(make, label: str, epoch_end: dict | None = None, scenario=None, simpy=None, fast=None) -> str:
     """Compare the job ``make()`` builds (called afresh for each engine): 'equal', 'both fail', 'refused' (the engine
-    refuses the setting) or 'uncovered'. ``epoch_end``: each server's wait at an epoch's end (both engines)."""
+    refuses the setting) or 'uncovered'. ``epoch_end``: each server's wait at an epoch's end (both engines).
+    ``scenario``: what :func:`uncovered` reads (default :class:`_Scenario`); ``simpy``/``fast``: the figure functions
+    (default :func:`simpy_figures`/:func:`fast_figures`), each called as ``(job, cfg, sequential, epoch_end)``."""
+    simpy, fast = simpy or simpy_figures, fast or fast_figures
     job, cfg, sequential = make()
-    if uncovered(_Scenario(), "splitfrozen", cfg, job) is not None:
+    if uncovered(scenario or _Scenario(), "splitfrozen", cfg, job) is not None:
         return "uncovered"
     try:
-        want = simpy_figures(job, cfg, sequential, epoch_end)
+        want = simpy(job, cfg, sequential, epoch_end)
     except ValueError:  # a pool memory bound on a server with no device
         return "refused"
     except RuntimeError:
         with pytest.raises(RuntimeError):
-            fast_figures(make()[0], cfg, sequential, epoch_end)
+            fast(make()[0], cfg, sequential, epoch_end)
         return "both fail"
-    got = fast_figures(make()[0], cfg, sequential, epoch_end)
-    assert got == want, f"{label} cfg={cfg} sequential={sequential} sync={job.sync}"
+    got = fast(make()[0], cfg, sequential, epoch_end)
+    assert got == want, f"{label} cfg={cfg} sequential={sequential} sync={job.sync} epoch_end={epoch_end}"
     return "equal"
 
 
