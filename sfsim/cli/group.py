@@ -2,16 +2,22 @@
 
 Each subcommand module registers itself on :data:`main` (``@main.command(epilog=example(...))``);
 :mod:`sfsim.cli` imports them all. Errors a user can fix (:class:`~sfsim.errors.SfsimError`, a bad
-option) print one line and exit with status 2, never a traceback; Ctrl-C exits 130.
+option) print one line and exit with status 2, never a traceback; Ctrl-C exits 130. Anything else is a bug in
+sfsim: it prints one line saying so (the exception's type and message, and how to see the traceback:
+``SFSIM_DEBUG=1``) and exits with status 70 (``EX_SOFTWARE``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from sfsim.errors import SfsimError
+
+#: exit status of an internal error (a bug in sfsim, not bad input): BSD sysexits' EX_SOFTWARE
+INTERNAL_ERROR = 70
 
 #: examples of the commands that do not give their own (``epilog``), shown at the end of ``--help``
 EXAMPLES = {
@@ -58,6 +64,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise  # click's own ends (an exit status, an abort, its one-line errors): click prints them
+        except Exception as err:  # a bug, not the user's input: one line, the traceback only on request
+            if os.environ.get("SFSIM_DEBUG"):
+                raise
+            msg = " ".join(str(err).split()) or "(no message)"
+            click.echo(f"error: internal error in sfsim ({type(err).__name__}: {msg}); this is a bug: please report "
+                       f"the command and its scenario (SFSIM_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(INTERNAL_ERROR)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},

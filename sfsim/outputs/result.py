@@ -101,6 +101,10 @@ class SimResult:
     engine_note: str | None = None
     epoch_end_s: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # SimPy's clock starts at int 0: a run that does nothing would read 0 in JSON where the fast path writes 0.0
+        self.makespan_s = float(self.makespan_s)
+
     @property
     def uplink_bytes(self) -> float:
         """Total bytes on all uplinks."""
