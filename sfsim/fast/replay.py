@@ -219,7 +219,7 @@ def _cenlora(job, cfg) -> tuple[Replayed, float]:
 
 def _fedlora(job, cfg, waits: dict[str, float]) -> tuple[Replayed, float]:
     """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy.
-    ``waits``: each server's epoch-end wait (without training.sync: ``FedGroup.evaluated``)."""
+    ``waits``: each server's epoch-end wait (``FedGroup.evaluated``; with training.sync ``fedsync.Server.run``)."""
     rec = Replayed(epoch_end=dict(waits))
     net = getattr(job, "network", None)
     if job.sync is not None and job.sync.every is not None:  # training.sync: each server's rounds and their backhaul
