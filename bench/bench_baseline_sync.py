@@ -8,9 +8,11 @@ engines (CPU seconds: the machine is shared), the ratio, and whether every figur
 rounds, backhaul bytes) is equal.
 
 ``--network dynamic``: bench_lora_dynamic.py's varying links and pause churn (FedLoRA: :func:`sfsim.fast.fedsync._moving_run`).
+``--epoch-end S``: each server waits S seconds after each epoch but the last (``training.eval_samples``,
+:mod:`sfsim.cost.epochend`; give ``--epochs`` 2 or more); the line says on how many servers it was waited.
 
 Run: ``.venv/bin/python bench/bench_baseline_sync.py [--devices N] [--mb M] [--epochs E] [--mode sync|async]
-[--network static|dynamic]``.
+[--network static|dynamic] [--epoch-end S]``.
 """
 
 from __future__ import annotations
@@ -42,15 +44,17 @@ def main() -> None:
     ap.add_argument("--mode", choices=["sync", "async"], default="sync")
     ap.add_argument("--schedules", default="splitlora,fedlora,cenlora")
     ap.add_argument("--network", choices=["static", "dynamic"], default="static")
+    ap.add_argument("--epoch-end", type=float, default=0.0, help="each server's wait between epochs (seconds)")
     a = ap.parse_args()
     for schedule in a.schedules.split(","):
         for every in (1, 10):
             fast, ref, t_fast, t_simpy = race(lambda d, m, e=every: synced_fleet(d, m, a.epochs, e, a.mode, a.network),
-                                              schedule, a.devices, a.mb)
+                                              schedule, a.devices, a.mb, a.epoch_end)
             n = a.devices * a.mb
             print(f"{schedule}, {a.devices:,} devices x {a.mb} micro-batches, {a.epochs} epoch(s), 4 servers, sync every "
                   f"{every} ({a.mode}, {ref['rounds']:,} rounds, {a.network} network): fast path {n / t_fast:,.0f} mb/s, SimPy engine "
-                  f"{n / t_simpy:,.0f} mb/s (CPU; fast is {t_simpy / t_fast:,.1f}x); every figure equal: {fast == ref}",
+                  f"{n / t_simpy:,.0f} mb/s (CPU; fast is {t_simpy / t_fast:,.1f}x); every figure equal: {fast == ref}"
+                  + (f"; epoch-end wait {a.epoch_end} s, waited on {len(ref['waited'])} servers" if a.epoch_end else ""),
                   flush=True)
 
 

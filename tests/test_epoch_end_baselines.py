@@ -1,5 +1,6 @@
 """The epoch-end wait (sfsim.cost.epochend) for CenLoRA, FedLoRA with ``training.sync`` and SplitLoRA with
-handovers between servers, in the simulator (SimPy: the fast path leaves these runs to it with one line) and, for
+handovers between servers, in the simulator (SimPy: the fast path leaves CenLoRA's and SplitLoRA's to it with one
+line; FedLoRA's it replays with the same figures) and, for
 each, against a real run's trace: as many waits, at the same place among each server's ops.
 
 Fleets: tests/test_epoch_end_wait.py's (one server and three epochs; two servers with a backhaul), and for the
@@ -82,9 +83,13 @@ def test_with_training_sync_each_server_waits_after_its_closing_round(method, sy
     base = sfsim.simulate(sc_of(two_servers(sync=sync, eval_samples=None)), method)
     assert res.sync_rounds == base.sync_rounds and res.backhaul_bytes_by_server == base.backhaul_bytes_by_server
     assert res.makespan_s - base.makespan_s == pytest.approx(2 * waits["far"], rel=1e-9)
-    assert sfsim.simulate(sc, method).engine_note == (
-        "the epoch-end wait (training.eval_samples, several epochs) of "
-        f"{'CenLoRA' if method == 'cenlora' else 'FedLoRA with training.sync'} is replayed by the SimPy engine only")
+    auto = sfsim.simulate(sc, method)
+    if method == "cenlora":
+        assert auto.engine_note == (
+            "the epoch-end wait (training.eval_samples, several epochs) of CenLoRA is replayed by the SimPy engine only")
+    else:  # FedLoRA with training.sync: the fast path replays the wait (tests/test_fast_fed_sync_eval.py)
+        assert (auto.engine, auto.makespan_s, auto.server_busy_s, auto.epoch_end_s, auto.sync_rounds) == (
+            "fast", res.makespan_s, res.server_busy_s, res.epoch_end_s, res.sync_rounds)
 
 
 @pytest.mark.parametrize("sync", [None, {"every": 2, "mode": "sync"}, {"every": 2, "mode": "async"}])

@@ -218,12 +218,10 @@ def uncovered(net, job) -> str | None:
 
 def wait_uncovered(job) -> str | None:
     """Why FedLoRA's epoch-end wait (``training.eval_samples``, several epochs) stays on the SimPy engine (one line), or
-    None: covered without ``training.sync`` on constant and time-varying links (:func:`replay`, :func:`replay_varying`) and
-    with availability and handovers on the device's own server (:func:`sfsim.fast.fedmoves.replay`)."""
-    sync, net = getattr(job, "sync", None), getattr(job, "network", None)
-    if sync is not None and sync.every is not None:
-        return ("fedlora's epoch-end wait (training.eval_samples, several epochs) with training.sync is replayed by the "
-                "SimPy engine only")
+    None: covered on constant and time-varying links (:func:`replay`, :func:`replay_varying`), with availability and
+    handovers on the device's own server (:func:`sfsim.fast.fedmoves.replay`), and with ``training.sync`` in each
+    server's loop (:func:`sfsim.fast.fedsync.server_run`)."""
+    net = getattr(job, "network", None)
     motions = getattr(net, "motions", None) or {}
     if any(leg.server != job.devices[i].server for i, m in motions.items() for leg in m.legs):
         return ("fedlora's epoch-end wait (training.eval_samples, several epochs) with handovers between servers is "

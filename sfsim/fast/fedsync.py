@@ -14,8 +14,9 @@ epoch's end. Devices' figures count what they did (a device whose epochs outnumb
 On time-varying links (no handover, no availability) the same rounds run in Python, each adapter transfer
 integrating its leg's rate (:func:`_varying_run`); with availability (pause, drop) and handovers to other links of a
 device's own server, a round ends at the latest of its devices' answers (an upload, or a leave) (:func:`_moving_run`).
-Handovers between servers (the ``moved``/``join`` messages, a waiting server answering the others' rounds) stay on
-the SimPy engine. Downloads are counted as the runtime's server sends them (:func:`sfsim.schedules.fedsync.present`).
+Each server waits its epoch-end wait (``training.eval_samples``: :mod:`sfsim.cost.epochend`) after each epoch's
+closing round but the last's, in its loop (``Server.run``). Handovers between servers (the ``moved``/``join``
+messages, a waiting server answering the others' rounds) stay on the SimPy engine. Downloads are counted as the runtime's server sends them (:func:`sfsim.schedules.fedsync.present`).
 """
 
 from __future__ import annotations
@@ -76,10 +77,11 @@ def _aggregate(S, now, dur):
 
 
 @njit
-def server_run(D, N, DI, DF, per, accumulate, aggregate, epochs, slots, S, X, Y):
+def server_run(D, N, DI, DF, per, accumulate, aggregate, epochs, slots, S, X, Y, wait):
     """One server's rounds over the run's ``epochs``, stopping where it joins a backhaul round (:data:`AFTER`,
     ``X[2]``: whether it still trains) and at each epoch's end (:data:`FINISH`): its time in ``X[0]``, and it goes on
-    from ``X[1]``. ``DF``: each device's last download's end (-inf: none)."""
+    from ``X[1]``, after each epoch's but the last its epoch-end wait of ``wait`` seconds (``Server.run``: evaluation,
+    adapter, checkpoint; 0: none). ``DF``: each device's last download's end (-inf: none)."""
     now, steps = 0.0, 0
     for e in range(epochs):
         q = 0
@@ -103,11 +105,13 @@ def server_run(D, N, DI, DF, per, accumulate, aggregate, epochs, slots, S, X, Y)
         X[0] = now
         yield lockstep.FINISH
         now = X[1]
+        if e + 1 < epochs and wait > 0:  # the server's epoch-end wait (Server.run), then the next epoch's rounds
+            now = now + wait
     X[0] = now
     yield lockstep.DONE
 
 
-def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs: int, slots: int):
+def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs: int, slots: int, wait: float):
     """:func:`server_run` on time-varying links (:func:`sfsim.fast.fedlora.varying_only`), in Python: each adapter
     transfer integrates its leg's rate (:func:`sfsim.network.legs.span`, as ``sfsim.schedules.fedsync._transfer``), the
     local work is :func:`sfsim.fast.fedlora._local`; the devices' motions get what the SimPy run leaves on them."""
@@ -158,11 +162,13 @@ def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs:
         X[0] = now
         yield lockstep.FINISH
         now = X[1]
+        if e + 1 < epochs and wait > 0:  # the server's epoch-end wait (Server.run), then the next epoch's rounds
+            now = now + wait
     X[0] = now
     yield lockstep.DONE
 
 
-def _moving_run(job, loop, per: int, accumulate: int, aggregate: float, epochs: int, slots: int):
+def _moving_run(job, loop, per: int, accumulate: int, aggregate: float, epochs: int, slots: int, wait: float):
     """:func:`server_run` with availability (pause, drop) and handovers to other links of the devices' own server, in
     Python, as ``sfsim.schedules.fedsync``'s ``Server.epoch`` and ``device``: a round ends at the latest of its
     devices' messages (an upload's arrival, or a leave: when the device goes, or at once for one that has left); a
@@ -197,6 +203,8 @@ def _moving_run(job, loop, per: int, accumulate: int, aggregate: float, epochs: 
         X[0] = now
         yield lockstep.FINISH
         now = X[1]
+        if e + 1 < epochs and wait > 0:  # the server's epoch-end wait (Server.run), then the next epoch's rounds
+            now = now + wait
     X[0] = now
     yield lockstep.DONE
 
@@ -286,7 +294,7 @@ class _Loop:
     """Server ``k``'s rounds for :func:`sfsim.fast.lockstep.lockstep`: its generator (compiled on constant links) and
     its devices' state."""
 
-    def __init__(self, job, cfg, k: int, slots: int, joint: bool):
+    def __init__(self, job, cfg, k: int, slots: int, joint: bool, wait: float = 0.0):
         per, slots = int(cfg.local_steps), max(slots, 1)
         self.members = [i for i, d in enumerate(job.devices) if d.server == k]
         self.mine = [job.devices[i] for i in self.members]
@@ -296,9 +304,9 @@ class _Loop:
         self.DF = np.full(len(self.mine), -np.inf)
         self.S, self.X = np.zeros(2), np.zeros(3)
         self.Y = np.array([joint, job.sync.every], np.int64)
-        knobs = (per, int(cfg.accumulate), float(job.servers[k].aggregate), int(job.sync.epochs), slots)
+        knobs = (per, int(cfg.accumulate), float(job.servers[k].aggregate), int(job.sync.epochs), slots, float(wait))
         if job.network is None:
-            self.gen = server_run(self.D, self.N, self.DI, self.DF, *knobs, self.S, self.X, self.Y)
+            self.gen = server_run(self.D, self.N, self.DI, self.DF, *knobs[:-1], self.S, self.X, self.Y, knobs[-1])
         else:
             self.gen = (_varying_run if fed.varying_only(job.network, job) else _moving_run)(job, self, *knobs)
 
@@ -312,12 +320,13 @@ class _Loop:
         return None
 
 
-def replay(job, cfg) -> tuple[dict, dict, float, object]:
-    """FedLoRA with ``training.sync`` on constant links: per-device figures (``busy``, ``up``, ``down``), server busy,
-    the makespan and the rounds (:class:`sfsim.network.backhaul.Closed`)."""
+def replay(job, cfg, waits: dict[str, float] | None = None) -> tuple[dict, dict, float, object]:
+    """FedLoRA with ``training.sync``: per-device figures (``busy``, ``up``, ``down``), server busy, the makespan and
+    the rounds (:class:`sfsim.network.backhaul.Closed`). ``waits``: server name -> its epoch-end wait after each epoch
+    but the last (:func:`sfsim.cost.epochend.epoch_end_seconds`; :func:`waited`)."""
     joint = job.sync.mode == "sync" and job.sync.every == 1
     slots = fl.width(job.devices, int(cfg.local_steps))
-    loops = [_Loop(job, cfg, k, slots, joint) for k in range(len(job.servers))]
+    loops = [_Loop(job, cfg, k, slots, joint, (waits or {}).get(srv.name, 0.0)) for k, srv in enumerate(job.servers)]
     closed, ends = lockstep.lockstep(job.sync, loops, always_close=False)
     devices, busy, makespan = {}, {}, max(ends, default=0.0)
     for srv, loop in zip(job.servers, loops, strict=True):
@@ -334,6 +343,14 @@ def replay(job, cfg) -> tuple[dict, dict, float, object]:
                                "up": ups * d.sync_bytes, "down": downs * d.sync_bytes}
             makespan = max(makespan, float(loop.DF[c]))
     return devices, busy, makespan, closed
+
+
+def waited(job, waits: dict[str, float]) -> set[str]:
+    """The servers that wait at an epoch's end (``sfsim.schedules.fedsync.Server.run``: a positive wait and a later
+    epoch of the run, with devices or without), whose busy time then counts the waits (``Engine.epoch_end_waited``)."""
+    if job.sync.epochs < 2:
+        return set()
+    return {srv.name for srv in job.servers if waits.get(srv.name, 0.0) > 0}
 
 
 def uncovered(job) -> str | None:

@@ -122,15 +122,13 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
 
 
 def _baseline_epoch_end(name: str, tr, job) -> str | None:
-    """The baselines' epoch-end waits the fast path does not replay (what, or None): CenLoRA's, FedLoRA's with
-    ``training.sync`` and SplitLoRA's with handovers between servers (:mod:`sfsim.cost.epochend`)."""
+    """The baselines' epoch-end waits the fast path does not replay (what, or None): CenLoRA's and SplitLoRA's with
+    handovers between servers (:mod:`sfsim.cost.epochend`); FedLoRA's: :func:`sfsim.fast.fedlora.wait_uncovered`."""
     if getattr(tr, "eval_samples", None) is None or tr.epochs < 2:
         return None
-    sync, net = getattr(job, "sync", None), getattr(job, "network", None)
+    net = getattr(job, "network", None)
     if name == "cenlora":
         return "CenLoRA"
-    if name == "fedlora" and sync is not None and sync.every is not None:
-        return "FedLoRA with training.sync"
     if name == "splitlora" and net is not None and hands_over(net.motions):
         return "SplitLoRA with handovers between servers"
     return None
@@ -221,12 +219,11 @@ def _cenlora(job, cfg) -> tuple[Replayed, float]:
 
 def _fedlora(job, cfg, waits: dict[str, float]) -> tuple[Replayed, float]:
     """What sfsim.schedules.fedlora.run leaves on constant links: device busy and adapter bytes, FedAvg busy.
-    ``waits``: each server's epoch-end wait (without training.sync: ``FedGroup.evaluated``)."""
+    ``waits``: each server's epoch-end wait (``FedGroup.evaluated``; with training.sync ``fedsync.Server.run``)."""
     rec = Replayed(epoch_end=dict(waits))
     net = getattr(job, "network", None)
     if job.sync is not None and job.sync.every is not None:  # training.sync: each server's rounds and their backhaul
-        devices, busy, makespan, rec.sync = fedsync.replay(job, cfg)
-        waits = {}
+        devices, busy, makespan, rec.sync = fedsync.replay(job, cfg, waits)
     elif net is None and job.sync is not None:  # each epoch's closing round, waited for before the next epoch
         devices, busy, makespan, rec.sync = closing.replay_fedlora(job, cfg, waits)
     elif net is None:
@@ -237,7 +234,9 @@ def _fedlora(job, cfg, waits: dict[str, float]) -> tuple[Replayed, float]:
     else:
         devices, busy, makespan, rec.epoch_end_waited = fedmoves.replay(job, cfg, waits)
         rec.sync = closing.fed_closed(job.sync) if job.sync is not None else None
-    if net is None or fedlora.varying_only(net, job) or job.sync is not None and job.sync.every is not None:
+    if job.sync is not None and job.sync.every is not None:  # each server after each epoch but the last
+        rec.epoch_end_waited = fedsync.waited(job, waits)
+    elif net is None or fedlora.varying_only(net, job):
         rec.epoch_end_waited = fedlora.waited(job, waits)
     for name, fig in devices.items():
         rec.device_busy[name], rec.up_bytes[name], rec.down_bytes[name] = fig["busy"], fig["up"], fig["down"]
