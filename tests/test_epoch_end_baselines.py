@@ -1,5 +1,6 @@
 """The epoch-end wait (sfsim.cost.epochend) for CenLoRA, FedLoRA with ``training.sync`` and SplitLoRA with
-handovers between servers, in the simulator (SimPy: the fast path leaves these runs to it with one line) and, for
+handovers between servers, in the simulator (SimPy: the fast path leaves these runs to it with one line, but CenLoRA's
+without backhaul rounds: tests/test_fast_cenlora_epochs.py) and, for
 each, against a real run's trace: as many waits, at the same place among each server's ops.
 
 Fleets: tests/test_epoch_end_wait.py's (one server and three epochs; two servers with a backhaul), and for the
@@ -56,8 +57,8 @@ def test_cenlora_waits_between_its_epochs_on_one_server():
         assert min(e.start for e in res.events if e.lane == "edge" and e.start >= w.start) == w.start + w.dur
     base = sfsim.simulate(sc_of(fleet(eval_samples=None)), "cenlora")
     auto = sfsim.simulate(sc, "cenlora")
-    assert base.engine == "fast" and auto.engine == "simpy" and auto.engine_note == (
-        "the epoch-end wait (training.eval_samples, several epochs) of CenLoRA is replayed by the SimPy engine only")
+    assert (base.engine, auto.engine, auto.engine_note) == ("fast", "fast", None)  # sfsim.fast.cenlora.replay_epochs
+    assert auto.to_dict() == sfsim.simulate(sc, "cenlora", engine="simpy").to_dict()
     assert auto.makespan_s - base.makespan_s == pytest.approx(2 * wait, rel=1e-9)
     assert auto.server_busy_s["edge"] - base.server_busy_s["edge"] == pytest.approx(2 * wait, rel=1e-9)
 
@@ -84,7 +85,8 @@ def test_with_training_sync_each_server_waits_after_its_closing_round(method, sy
     assert res.makespan_s - base.makespan_s == pytest.approx(2 * waits["far"], rel=1e-9)
     assert sfsim.simulate(sc, method).engine_note == (
         "the epoch-end wait (training.eval_samples, several epochs) of "
-        f"{'CenLoRA' if method == 'cenlora' else 'FedLoRA with training.sync'} is replayed by the SimPy engine only")
+        f"{'CenLoRA with backhaul rounds between servers' if method == 'cenlora' else 'FedLoRA with training.sync'} "
+        "is replayed by the SimPy engine only")
 
 
 @pytest.mark.parametrize("sync", [None, {"every": 2, "mode": "sync"}, {"every": 2, "mode": "async"}])

@@ -128,7 +128,7 @@ def _baseline_epoch_end(name: str, tr, job) -> str | None:
         return None
     sync, net = getattr(job, "sync", None), getattr(job, "network", None)
     if name == "cenlora":
-        return "CenLoRA"
+        return None if sync is None else "CenLoRA with backhaul rounds between servers"
     if name == "fedlora" and sync is not None and sync.every is not None:
         return "FedLoRA with training.sync"
     if name == "splitlora" and net is not None and hands_over(net.motions):
@@ -156,7 +156,7 @@ def replay(job, cfg, sequential: bool = False, schedule: str | None = None,
     wait between epochs when they close each with backhaul rounds (as ``Engine.epoch_end``).
     """
     if schedule == "cenlora":
-        return _cenlora(job, cfg)
+        return _cenlora(job, cfg, epoch_end or {})
     if schedule == "fedlora":
         return _fedlora(job, cfg, epoch_end or {})
     if schedule == "splitlora":
@@ -201,10 +201,13 @@ def _splitfrozen(job, cfg, sequential: bool, epoch_end: dict[str, float]) -> tup
     return rec, makespan
 
 
-def _cenlora(job, cfg) -> tuple[Replayed, float]:
-    """What sfsim.schedules.cenlora.run leaves: no device work or traffic, server busy and mixing."""
-    rec = Replayed()
-    if job.sync is not None and job.sync.every is not None:  # training.sync: the servers' workers and their rounds
+def _cenlora(job, cfg, epoch_end: dict[str, float]) -> tuple[Replayed, float]:
+    """What sfsim.schedules.cenlora.run leaves: no device work or traffic, server busy and mixing; without backhaul
+    rounds each server's wait between epochs (``epoch_end``)."""
+    rec = Replayed(epoch_end=dict(epoch_end))
+    if job.sync is None and (epochs := cenlora.epochs_waited(job, epoch_end)) > 1:  # the waits: epoch by epoch
+        out, makespan, rec.epoch_end_waited = cenlora.replay_epochs(job, cfg, epoch_end, epochs)
+    elif job.sync is not None and job.sync.every is not None:  # training.sync: the servers' workers and their rounds
         out, makespan, rec.sync = censync.replay(job, cfg)
     elif job.sync is not None:  # each epoch's closing round, waited for before the next epoch
         out, makespan, closed_ = closing.replay_cenlora(job, cfg)
