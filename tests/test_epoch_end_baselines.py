@@ -1,6 +1,6 @@
 """The epoch-end wait (sfsim.cost.epochend) for CenLoRA, FedLoRA with ``training.sync`` and SplitLoRA with
-handovers between servers, in the simulator (SimPy: the fast path leaves these runs to it with one line, but CenLoRA's
-without backhaul rounds: tests/test_fast_cenlora_epochs.py) and, for
+handovers between servers, in the simulator (SimPy: the fast path leaves these runs to it with one line, but CenLoRA's:
+tests/test_fast_cenlora_epochs.py) and, for
 each, against a real run's trace: as many waits, at the same place among each server's ops.
 
 Fleets: tests/test_epoch_end_wait.py's (one server and three epochs; two servers with a backhaul), and for the
@@ -83,10 +83,13 @@ def test_with_training_sync_each_server_waits_after_its_closing_round(method, sy
     base = sfsim.simulate(sc_of(two_servers(sync=sync, eval_samples=None)), method)
     assert res.sync_rounds == base.sync_rounds and res.backhaul_bytes_by_server == base.backhaul_bytes_by_server
     assert res.makespan_s - base.makespan_s == pytest.approx(2 * waits["far"], rel=1e-9)
-    assert sfsim.simulate(sc, method).engine_note == (
-        "the epoch-end wait (training.eval_samples, several epochs) of "
-        f"{'CenLoRA with backhaul rounds between servers' if method == 'cenlora' else 'FedLoRA with training.sync'} "
-        "is replayed by the SimPy engine only")
+    auto = sfsim.simulate(sc, method)
+    if method == "cenlora":  # on the fast path (sfsim.fast.censync), with the SimPy figures
+        assert (auto.engine, auto.engine_note) == ("fast", None)
+        assert auto.to_dict() == sfsim.simulate(sc, method, engine="simpy").to_dict()
+    else:
+        assert auto.engine_note == ("the epoch-end wait (training.eval_samples, several epochs) of FedLoRA with "
+                                    "training.sync is replayed by the SimPy engine only")
 
 
 @pytest.mark.parametrize("sync", [None, {"every": 2, "mode": "sync"}, {"every": 2, "mode": "async"}])

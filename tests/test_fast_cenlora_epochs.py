@@ -2,11 +2,15 @@
 (:func:`sfsim.fast.cenlora.replay_epochs`): each server trains one epoch at a time and waits its
 :mod:`sfsim.cost.epochend` seconds between two, as ``sfsim.schedules.cenlora._by_epochs``. On seeded random fleets of
 1-4 servers with 1-3 workers, devices of 0-4 epochs (some partial last micro-batches, some without data), random waits
-(0 on some servers, ties with the fleet's times on some): every figure equals the SimPy engine's (``==``)."""
+(0 on some servers, ties with the fleet's times on some): every figure equals the SimPy engine's (``==``). With
+backhaul rounds between 2-4 servers (each epoch's closing round, 1-3 workers a server; or ``training.sync``, one
+worker a server) each server waits after its epoch's closing rounds (:func:`sfsim.fast.closing.replay_cenlora`,
+:func:`sfsim.fast.censync.replay`): the same figures, the rounds and each server's backhaul bytes too."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -98,3 +102,40 @@ def test_simulate_takes_the_fast_path_with_the_simpy_figures(epochs, seed):
            for e in ("simpy", "auto")}
     assert (res["auto"].engine, res["auto"].engine_note) == ("fast", None)
     assert res["simpy"].epoch_end_s and res["auto"].to_dict() == res["simpy"].to_dict()
+
+
+def rounds_job(seed: int, ties: bool, joint: bool) -> tuple[Job, ReplayConfig, dict[str, float]]:
+    """``joint``: tests.test_fast_split_sync's training.sync fleets (one worker a server); else tests.test_fast_sync's
+    closing-round fleets with 1-3 workers a server; each server's wait (0.0 on some)."""
+    from tests.test_fast_split_sync import sync_job
+    from tests.test_fast_sync import random_job as closing_job
+
+    job, cfg = sync_job(seed, ties) if joint else closing_job(seed, ties)
+    rng = random.Random(seed + 31_000)
+    if not joint:
+        job.servers = [replace(s, count=rng.choice((1, 1, 2, 3))) for s in job.servers]
+    return job, cfg, {s.name: rng.choice((0.0, 0.5, 1.0, rng.uniform(0.01, 2.0))) for s in job.servers}
+
+
+def rounds_check(seed: int, ties: bool, joint: bool) -> bool:
+    """Assert the fast path's figures equal SimPy's; whether some server waited."""
+    from tests.test_fast_sync import _figures as closing_figures
+
+    (a, cfg, waits), (b, _, _) = rounds_job(seed, ties, joint), rounds_job(seed, ties, joint)
+    assert uncovered(None, "cenlora", cfg, b) is None
+    engine = Engine()
+    engine.epoch_end = dict(waits)
+    get("cenlora").run(engine, a, cfg)
+    makespan = engine.run()
+    want = closing_figures(engine, makespan) | {"waited": engine.epoch_end_waited}
+    rec, makespan = replay(b, cfg, schedule="cenlora", epoch_end=waits)
+    assert closing_figures(rec, makespan) | {"waited": rec.epoch_end_waited} == want, f"seed {seed} joint={joint}"
+    return bool(want["waited"])
+
+
+@pytest.mark.parametrize("joint", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seeds", [range(150), pytest.param(range(150, 2150), marks=pytest.mark.slow)])
+def test_epoch_end_waits_after_backhaul_rounds_equal(seeds, ties, joint):
+    waited = [rounds_check(seed, ties, joint) for seed in seeds]
+    assert sum(waited) >= len(seeds) // 3, sum(waited)  # 2-3 epochs and a wait on some server (else: no wait)
