@@ -1,6 +1,6 @@
 """The epoch-end wait (sfsim.cost.epochend) for CenLoRA, FedLoRA with ``training.sync`` and SplitLoRA with
-handovers between servers, in the simulator (SimPy: the fast path leaves CenLoRA's and SplitLoRA's to it with one
-line; FedLoRA's it replays with the same figures) and, for
+handovers between servers, in the simulator (SimPy; the fast path replays CenLoRA's (tests/test_fast_cenlora_epochs.py)
+and FedLoRA's with the same figures, and leaves SplitLoRA's to SimPy with one line) and, for
 each, against a real run's trace: as many waits, at the same place among each server's ops.
 
 Fleets: tests/test_epoch_end_wait.py's (one server and three epochs; two servers with a backhaul), and for the
@@ -57,8 +57,8 @@ def test_cenlora_waits_between_its_epochs_on_one_server():
         assert min(e.start for e in res.events if e.lane == "edge" and e.start >= w.start) == w.start + w.dur
     base = sfsim.simulate(sc_of(fleet(eval_samples=None)), "cenlora")
     auto = sfsim.simulate(sc, "cenlora")
-    assert base.engine == "fast" and auto.engine == "simpy" and auto.engine_note == (
-        "the epoch-end wait (training.eval_samples, several epochs) of CenLoRA is replayed by the SimPy engine only")
+    assert (base.engine, auto.engine, auto.engine_note) == ("fast", "fast", None)  # sfsim.fast.cenlora.replay_epochs
+    assert auto.to_dict() == sfsim.simulate(sc, "cenlora", engine="simpy").to_dict()
     assert auto.makespan_s - base.makespan_s == pytest.approx(2 * wait, rel=1e-9)
     assert auto.server_busy_s["edge"] - base.server_busy_s["edge"] == pytest.approx(2 * wait, rel=1e-9)
 
@@ -84,9 +84,9 @@ def test_with_training_sync_each_server_waits_after_its_closing_round(method, sy
     assert res.sync_rounds == base.sync_rounds and res.backhaul_bytes_by_server == base.backhaul_bytes_by_server
     assert res.makespan_s - base.makespan_s == pytest.approx(2 * waits["far"], rel=1e-9)
     auto = sfsim.simulate(sc, method)
-    if method == "cenlora":
-        assert auto.engine_note == (
-            "the epoch-end wait (training.eval_samples, several epochs) of CenLoRA is replayed by the SimPy engine only")
+    if method == "cenlora":  # on the fast path (sfsim.fast.censync), with the SimPy figures
+        assert (auto.engine, auto.engine_note) == ("fast", None)
+        assert auto.to_dict() == sfsim.simulate(sc, method, engine="simpy").to_dict()
     else:  # FedLoRA with training.sync: the fast path replays the wait (tests/test_fast_fed_sync_eval.py)
         assert (auto.engine, auto.makespan_s, auto.server_busy_s, auto.epoch_end_s, auto.sync_rounds) == (
             "fast", res.makespan_s, res.server_busy_s, res.epoch_end_s, res.sync_rounds)

@@ -8,6 +8,9 @@ window when the source is empty. Workers resume in SimPy's order: by time, then 
 timeouts were queued (process starts, in worker order, come first), and a worker whose iteration
 takes no time goes on without yielding, as the SimPy process does. Servers share nothing, so each
 is replayed alone. Memory: the devices, the workers and one accumulation window of W's per worker.
+
+With the servers' epoch-end waits (``training.eval_samples`` over several epochs, :mod:`sfsim.cost.epochend`) each
+server goes epoch by epoch as ``sfsim.schedules.cenlora._by_epochs``: :func:`replay_epochs`.
 """
 
 from __future__ import annotations
@@ -124,3 +127,38 @@ def replay(job, cfg) -> tuple[dict, float]:
         makespan = max(makespan, end)
         out[srv.name] = {"busy": busy, "mixing": mixing.value(M, T), "total": int(N[_N].sum())}
     return out, makespan
+
+
+def epochs_waited(job, waits: dict[str, float]) -> int:
+    """The epochs ``sfsim.schedules.cenlora`` replays one at a time for the servers' epoch-end waits (its
+    ``_epoch_ends``): the most of any device with data; 0 when no server waits."""
+    if not any(w > 0 for w in waits.values()):
+        return 0
+    return max((-(-d.n // (d.per_epoch or d.n)) for d in job.devices if d.n), default=0)
+
+
+def replay_epochs(job, cfg, waits: dict[str, float], epochs: int) -> tuple[dict, float, set[str]]:
+    """:func:`replay` epoch by epoch with each server's wait between two (``sfsim.schedules.cenlora._by_epochs``, no
+    backhaul): its workers over the epoch's micro-batches, the next epoch at exactly the last one's end plus its wait
+    (``Engine.at``); a server without data waits too. Returns :func:`replay`'s figures (every server's ``busy``, the
+    workers' alone) and makespan, and the servers that waited."""
+    out: dict[str, dict] = {}
+    makespan = 0.0
+    for k, srv in enumerate(job.servers):
+        mine = [d for d in job.devices if d.server == k]
+        D, N = layout(mine)
+        mix = mixing.start(N[_N])
+        per = np.where(N[_PER_EPOCH] > 0, N[_PER_EPOCH], N[_N])
+        now, busy, wait = 0.0, 0.0, waits.get(srv.name, 0.0)
+        for e in range(epochs):
+            if mine:
+                lo, hi = np.minimum(e * per, N[_N]), np.minimum((e + 1) * per, N[_N])
+                now, busy = epoch(D, N, lo, hi - lo, int(srv.count), float(srv.step), int(cfg.accumulate),
+                                  bool(cfg.decompose), now, busy, False, *mix)
+            if e + 1 < epochs and wait > 0:
+                now = now + wait
+        makespan = max(makespan, now)
+        out[srv.name] = {"busy": busy}
+        if mine:
+            out[srv.name].update(mixing=mixing.value(mix[0], mix[1]), total=int(N[_N].sum()))
+    return out, makespan, {s.name for s in job.servers if waits.get(s.name, 0.0) > 0}

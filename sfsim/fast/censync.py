@@ -79,8 +79,9 @@ def _epoch(D, N, lo, cnt, step_s, now, S, Y, X, M, T, share, counts, touched):
 
 
 @njit
-def server_run(D, N, step_s, epochs, S, X, Y, M, T, share, counts, touched):
-    """One server's epochs (``sfsim.schedules.cenlora._epochs``), stopping at its rounds and each epoch's end."""
+def server_run(D, N, step_s, epochs, wait, S, X, Y, M, T, share, counts, touched):
+    """One server's epochs (``sfsim.schedules.cenlora._epochs``), stopping at its rounds and each epoch's end; after
+    each closing round but the last epoch's, its epoch-end ``wait`` (0: none), to exactly its return plus it."""
     now = 0.0
     per = np.where(N[cl._PER_EPOCH] > 0, N[cl._PER_EPOCH], N[cl._N])
     for e in range(epochs):
@@ -92,6 +93,8 @@ def server_run(D, N, step_s, epochs, S, X, Y, M, T, share, counts, touched):
         X[0] = now
         yield lockstep.FINISH
         now = X[1]
+        if e + 1 < epochs and wait > 0:
+            now = now + wait
     X[0] = now
     yield lockstep.DONE
 
@@ -99,14 +102,14 @@ def server_run(D, N, step_s, epochs, S, X, Y, M, T, share, counts, touched):
 class _Loop:
     """Server ``k``'s worker for :func:`sfsim.fast.lockstep.lockstep`: its compiled generator and its state."""
 
-    def __init__(self, job, cfg, k: int, joint: bool):
+    def __init__(self, job, cfg, k: int, joint: bool, wait: float = 0.0):
         mine = [d for d in job.devices if d.server == k]
         self.D, self.N = cl.layout(mine)
         self.step = float(job.servers[k].step)
         self.mix = mixing.start(self.N[cl._N]) if mine else None
         self.S, self.X = np.zeros(2), np.zeros(3)
         Y = np.array([joint, job.sync.every, cfg.accumulate, bool(cfg.decompose)], np.int64)
-        self.gen = server_run(self.D, self.N, self.step, int(job.sync.epochs), self.S, self.X, Y,
+        self.gen = server_run(self.D, self.N, self.step, int(job.sync.epochs), float(wait), self.S, self.X, Y,
                               *(self.mix or mixing.start(self.N[cl._N])))
 
     def go(self, t: float) -> tuple[int, float, bool]:
@@ -119,11 +122,13 @@ class _Loop:
         return t + self.step
 
 
-def replay(job, cfg) -> tuple[dict, float, object]:
+def replay(job, cfg, waits: dict[str, float] | None = None) -> tuple[dict, float, object]:
     """CenLoRA with ``training.sync`` (:func:`uncovered`): per-server figures (``busy``; ``mixing`` and ``total`` for
-    servers with data), the makespan and the rounds (:class:`sfsim.network.backhaul.Closed`)."""
+    servers with data), the makespan and the rounds (:class:`sfsim.network.backhaul.Closed`). ``waits``: each
+    server's epoch-end wait (:mod:`sfsim.cost.epochend`), after its epoch's closing rounds."""
     joint = job.sync.mode == "sync" and job.sync.every == 1
-    loops = [_Loop(job, cfg, k, joint) for k in range(len(job.servers))]
+    waits = waits or {}
+    loops = [_Loop(job, cfg, k, joint, waits.get(s.name, 0.0)) for k, s in enumerate(job.servers)]
     closed, ends = lockstep.lockstep(job.sync, loops, always_close=False)
     out = {}
     for srv, loop in zip(job.servers, loops, strict=True):

@@ -73,10 +73,12 @@ def _closed(job) -> dict:
     return {"bytes": {srv.name: sent for srv in job.servers}, "rounds": job.sync.epochs}
 
 
-def replay_cenlora(job, cfg) -> tuple[dict, float, dict]:
+def replay_cenlora(job, cfg, waits: dict[str, float] | None = None) -> tuple[dict, float, dict]:
     """CenLoRA with each epoch's closing round (``sfsim.schedules.cenlora._synced``: an epoch's micro-batches, the
-    round once the server's workers are done, the next epoch when it is back). Returns the per-server figures
-    (:func:`sfsim.fast.cenlora.replay`'s), the makespan and ``{"bytes", "rounds"}`` of the rounds."""
+    round once the server's workers are done, the next epoch when it is back, after its epoch-end wait in ``waits``
+    when it has one). Returns the per-server figures (:func:`sfsim.fast.cenlora.replay`'s), the makespan and
+    ``{"bytes", "rounds"}`` of the rounds."""
+    waits = waits or {}
     spec, free, state = job.sync, {}, {}
     for k, srv in enumerate(job.servers):
         mine = [d for d in job.devices if d.server == k]
@@ -94,6 +96,8 @@ def replay_cenlora(job, cfg) -> tuple[dict, float, dict]:
                                                int(cfg.accumulate), bool(cfg.decompose), free[srv.name], busy[0],
                                                True, *mix)
         free = closing_round(spec, ends)
+        if e + 1 < spec.epochs:  # Engine.at(now + wait): exactly the return plus the wait
+            free = {n: t + waits[n] if waits.get(n, 0.0) > 0 else t for n, t in free.items()}
     out = {job.servers[k].name: {"busy": busy[0], "mixing": mixing.value(mix[0], mix[1]), "total": int(N[cl._N].sum())}
            for k, (D, N, busy, mix) in state.items()}
     return out, max(free.values(), default=0.0), _closed(job)

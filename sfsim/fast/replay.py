@@ -122,13 +122,11 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
 
 
 def _baseline_epoch_end(name: str, tr, job) -> str | None:
-    """The baselines' epoch-end waits the fast path does not replay (what, or None): CenLoRA's and SplitLoRA's with
-    handovers between servers (:mod:`sfsim.cost.epochend`); FedLoRA's: :func:`sfsim.fast.fedlora.wait_uncovered`."""
+    """The baselines' epoch-end waits the fast path does not replay (what, or None): SplitLoRA's with handovers between
+    servers (:mod:`sfsim.cost.epochend`); FedLoRA's: :func:`sfsim.fast.fedlora.wait_uncovered`."""
     if getattr(tr, "eval_samples", None) is None or tr.epochs < 2:
         return None
     net = getattr(job, "network", None)
-    if name == "cenlora":
-        return "CenLoRA"
     if name == "splitlora" and net is not None and hands_over(net.motions):
         return "SplitLoRA with handovers between servers"
     return None
@@ -154,7 +152,7 @@ def replay(job, cfg, sequential: bool = False, schedule: str | None = None,
     wait between epochs when they close each with backhaul rounds (as ``Engine.epoch_end``).
     """
     if schedule == "cenlora":
-        return _cenlora(job, cfg)
+        return _cenlora(job, cfg, epoch_end or {})
     if schedule == "fedlora":
         return _fedlora(job, cfg, epoch_end or {})
     if schedule == "splitlora":
@@ -199,16 +197,21 @@ def _splitfrozen(job, cfg, sequential: bool, epoch_end: dict[str, float]) -> tup
     return rec, makespan
 
 
-def _cenlora(job, cfg) -> tuple[Replayed, float]:
-    """What sfsim.schedules.cenlora.run leaves: no device work or traffic, server busy and mixing."""
-    rec = Replayed()
-    if job.sync is not None and job.sync.every is not None:  # training.sync: the servers' workers and their rounds
-        out, makespan, rec.sync = censync.replay(job, cfg)
+def _cenlora(job, cfg, epoch_end: dict[str, float]) -> tuple[Replayed, float]:
+    """What sfsim.schedules.cenlora.run leaves: no device work or traffic, server busy and mixing; without backhaul
+    rounds each server's wait between epochs (``epoch_end``)."""
+    rec = Replayed(epoch_end=dict(epoch_end))
+    if job.sync is None and (epochs := cenlora.epochs_waited(job, epoch_end)) > 1:  # the waits: epoch by epoch
+        out, makespan, rec.epoch_end_waited = cenlora.replay_epochs(job, cfg, epoch_end, epochs)
+    elif job.sync is not None and job.sync.every is not None:  # training.sync: the servers' workers and their rounds
+        out, makespan, rec.sync = censync.replay(job, cfg, epoch_end)
     elif job.sync is not None:  # each epoch's closing round, waited for before the next epoch
-        out, makespan, closed_ = closing.replay_cenlora(job, cfg)
+        out, makespan, closed_ = closing.replay_cenlora(job, cfg, epoch_end)
         rec.sync = Closed(closed_["bytes"], closed_["rounds"])
     else:
         out, makespan = cenlora.replay(job, cfg)
+    if job.sync is not None and job.sync.epochs > 1:  # each server waits after its closing rounds but the last
+        rec.epoch_end_waited = {s.name for s in job.servers if epoch_end.get(s.name, 0.0) > 0}
     for d in job.devices:
         rec.device_busy[d.name] = rec.up_bytes[d.name] = rec.down_bytes[d.name] = 0.0
     for srv in job.servers:
