@@ -59,6 +59,7 @@ import json
 import select
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -70,9 +71,10 @@ from trainer.transport.secure import Channel
 from trainer.transport.wire import WireError
 
 _LEN = 8  # bytes of a JSON part's length prefix
-TAIL = 5  # a round vector's tail: weight, servers training, not adopting, stepping, opening it (ServerSync._round)
+TAIL = 6  # a round vector's tail: weight, servers training, not adopting, stepping, opening it, at (ServerSync._round)
 MAX_JOINS = 1 << 24  # a server's count of the joins it announces to another (whole numbers exact in float32)
 IDLE_POLL_S = 0.005  # a server waiting for a visitor looks for it (and for an open round) this often
+AT_SLACK_S = 1.0  # a round's ``at`` may be ahead of the reader's clock by this much (the clocks' sync error)
 MAX_JSON = 1 << 30  # a server's end-of-run part (metrics and trace events) at most
 
 
@@ -106,6 +108,9 @@ class ServerLinks:
         self.invited = False  # server j: the invitation to its next round has been read (while waiting)
         self.movers = 0  # this round's vectors carry, before their TAIL, each server's joins announced per mover
         self.need: list[int] = []  # per mover: joins this (waiting) server must have read before it answers the open round
+        self.at: float | None = None  # the invitation instant of the open round this (waiting) server holds (:meth:`opened`)
+        self.waits = False  # this server answers its next round as a waiting one (server 0: it reads while it waits)
+        self.now = time.perf_counter  # this server's clock (:class:`ServerSync` gives its meter's, the run's)
 
     def all_reduce(self, flat: torch.Tensor, check=None, opens: bool = False, movers: int = 0) -> None:
         """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere).
@@ -121,24 +126,25 @@ class ServerLinks:
             self._send(0, flat)
             if not self.invited:
                 self._invitation(k)
-            self.invited = False
+            self.invited, self.at = False, None
             flat.copy_(self._checked(0, self._recv(0, nbytes), check, self.n))
             return
-        parts, self.early = self.early, {}
+        parts, self.early, waits, self.waits, self.at = self.early, {}, self.waits, False, None
         invited = opens or any(_opens(v) for v in parts.values())
         if invited:
-            self._invite(k, flat, parts)
+            self._invite(k, flat, parts, waits)
         while len(parts) < self.n - 1:
             for j in self._readable([j for j in range(1, self.n) if j not in parts], self.timeout_s):
                 parts[j] = self._checked(j, self._recv(j, nbytes), check, 1)
                 if not invited and _opens(parts[j]):
                     invited = True
-                    self._invite(k, flat, parts)
+                    self._invite(k, flat, parts, waits)
         if not invited:  # nobody opened it: every server joined (drained servers' rounds)
-            self._invite(k, flat, parts)
+            self._invite(k, flat, parts, waits)
         total = flat.clone()
         for j in range(1, self.n):
             total += parts[j]
+        total[-1] = invitation_at(flat, parts.values(), waits)  # the sum's ``at``: the round's invitation instant
         flat.copy_(total)
         for j in range(1, self.n):
             self._send(j, flat)
@@ -157,7 +163,9 @@ class ServerLinks:
         for j in self._readable([j for j in range(1, self.n) if j not in self.early], wait_s):
             self.early[j] = self._checked(j, self._recv(j, nbytes), check, 1)
         self.need = self._announced(0, self.early.values())
-        return any(_opens(v) for v in self.early.values())
+        opening = [float(v[-1]) for v in self.early.values() if _opens(v)]
+        self.at = min(opening) if opening else None  # it reads while it waits: invited when the first arrives
+        return bool(opening)
 
     def _announced(self, j: int, vectors) -> list[int]:
         """Per mover, the joins that the servers of ``vectors`` announced to server ``j`` (their counts sit before the
@@ -166,12 +174,14 @@ class ServerLinks:
         at = -TAIL - self.n * m + j * m
         return [int(sum(round(float(v[at + i])) for v in vectors)) for i in range(m)]
 
-    def _invite(self, k: int, own: torch.Tensor, parts: dict[int, torch.Tensor]) -> None:
-        """Invite every other server to round ``k``; with :attr:`movers`, each also gets the joins announced to it in
-        ``own`` and the vectors read so far (``parts``), per mover, which it must have read before it answers as a
-        waiting server."""
+    def _invite(self, k: int, own: torch.Tensor, parts: dict[int, torch.Tensor], waits: bool) -> None:
+        """Invite every other server to round ``k``, at the round's invitation instant (:func:`invitation_at` over
+        ``own`` and the vectors read so far, ``parts``; ``waits``: server 0 answers it as a waiting server); with
+        :attr:`movers`, each also gets the joins announced to it in them, per mover, which it must have read before it
+        answers as a waiting server."""
+        at = round(invitation_at(own, parts.values(), waits) * 1e6)
         for j in range(1, self.n):
-            self._call(j, lambda ch: ch.send(k.to_bytes(_LEN, "big")))
+            self._call(j, lambda ch: ch.send(k.to_bytes(_LEN, "big") + at.to_bytes(_LEN, "big")))
             if self.movers:
                 raw = b"".join(c.to_bytes(_LEN, "big") for c in self._announced(j, [own, *parts.values()]))
                 self._call(j, lambda ch, raw=raw: ch.send(raw))
@@ -179,10 +189,15 @@ class ServerLinks:
     def _invitation(self, k: int) -> None:
         """Server j: read server 0's invitation, which must be to round ``k`` (the one this server joins next), and
         with :attr:`movers` the joins announced to this server, per mover (each 0..:data:`MAX_JOINS` x servers)."""
-        got = int.from_bytes(self._call(0, lambda ch: ch.recv(_LEN)), "big")
+        raw = bytes(self._call(0, lambda ch: ch.recv(2 * _LEN)))
+        got, at = int.from_bytes(raw[:_LEN], "big"), int.from_bytes(raw[_LEN:], "big") / 1e6
         if got != k:
             raise SfsimError(f"backhaul: server 0 sent an invitation to sync round {got + 1} where round {k + 1} was "
                              "due; the servers can no longer agree on one model")
+        if at > self.now() + AT_SLACK_S:
+            raise SfsimError(f"backhaul: server 0 sent an invitation to sync round {k + 1} at {at:.3f} s, ahead of this "
+                             f"server's clock ({self.now():.3f} s) by more than {AT_SLACK_S:g} s; the servers can no "
+                             "longer agree on one model")
         if self.movers:
             raw = bytes(self._call(0, lambda ch: ch.recv(_LEN * self.movers)))
             need = [int.from_bytes(raw[i:i + _LEN], "big") for i in range(0, len(raw), _LEN)]
@@ -192,7 +207,7 @@ class ServerLinks:
                                  f"joins of a device (at most {MAX_JOINS * self.n}); the servers can no longer agree on "
                                  "one model")
             self.need = need
-        self.invited = True
+        self.invited, self.at = True, at
 
     def _readable(self, peers: list[int], wait_s: float) -> list[int]:
         """The peers among ``peers`` with something to read, waiting up to ``wait_s`` for the first."""
@@ -292,6 +307,17 @@ class ServerSync:
         self.announced: list[int] = []  # server r, mover i at r * movers + i: joins this server knows it sends there
         self.lost: tuple = ()  # containers of the devices this server has lost: their joins are never read here
         self.extra = 0  # the vectors' join counts (servers x movers)
+        # a waiting server's method: whether it may answer, now, the open round invited at the given instant (no join
+        # sent by then may still come to it: the simulator delivers a join when its send starts); None: at once
+        self.answers: Callable[[float], bool] | None = None
+        if isinstance(group, ServerLinks):
+            group.now = self.now
+
+    def invited_at(self) -> float | None:
+        """The invitation instant of the open round this waiting server holds (read, not yet answered), else None."""
+        if not isinstance(self.group, ServerLinks) or (self.index != 0 and not self.group.invited):
+            return None
+        return self.group.at
 
     def track(self, movers: list[str], *lost) -> None:
         """Count the joins of ``movers`` (the devices whose legs go to several servers; the same list on every server,
@@ -387,7 +413,7 @@ class ServerSync:
         if zeros is None:
             return
         if self.joint:
-            self._round(zeros, 0.0, True, adopt=True, into=state)
+            self._round(zeros, 0.0, True, adopt=True, into=state, waits=True)
             return
         self._in_background(zeros)
 
@@ -400,14 +426,18 @@ class ServerSync:
             return None
         self._wait()
         nbytes = (sum(t.numel() for t in like) + self.extra + TAIL) * 4
-        if not self.group.opened(nbytes, self._check, IDLE_POLL_S, movers=len(self.movers)) or self._unread():
-            return None  # not open, or a join announced before it opened still to come (read it first)
+        if not self.group.opened(nbytes, self._check, IDLE_POLL_S, movers=len(self.movers)):
+            return None  # not open
+        at = getattr(self.group, "at", None)
+        if self._unread() or (self.answers is not None and at is not None and not self.answers(at)):
+            time.sleep(IDLE_POLL_S)  # a join announced, or sent, before it opened may still come: read it first
+            return None
         return [torch.zeros_like(t) for t in like]
 
     def _in_background(self, zeros: list[torch.Tensor]) -> None:
         """A waiting server's weight-0 round (adopting nothing) in a thread."""
         self._idle = threading.Thread(target=self._round, args=(zeros, 0.0, True, False), daemon=True,
-                                      name="backhaul-idle")
+                                      name="backhaul-idle", kwargs={"waits": True})
         self._idle.start()
 
     def _drained(self, state, params, step, active: bool) -> None:
@@ -417,14 +447,14 @@ class ServerSync:
             for p in params:
                 p.grad = None
             grads = [torch.zeros_like(p) for p in params]
-            self._round(grads, 1.0, active, adopt=True)
+            self._round(grads, 1.0, active, adopt=True, waits=active)
             if self.stepping:  # another server stepped on this round's mean gradient: so does this one
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g
                 step()
         else:  # shaped as the others' rounds (after_step's parameters); a drained server does not adopt
             self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, active,
-                        adopt=False)
+                        adopt=False, waits=active)
 
     def fed_round(self, state: list[torch.Tensor], weight: float, last: bool = False) -> None:
         """FedLoRA: the server's FedAvg round ended with ``state`` (weight: samples averaged into it)."""
@@ -476,31 +506,38 @@ class ServerSync:
                     t.add_(avg - s)
 
     def _round(self, tensors: list[torch.Tensor], weight: float, active: bool, adopt: bool,
-               into: list[torch.Tensor] | None = None, stepping: bool = False, opens: bool = False) -> int:
+               into: list[torch.Tensor] | None = None, stepping: bool = False, opens: bool = False,
+               waits: bool = False) -> int:
         """One collective round; returns how many servers still train. ``adopt``: write the average into
         ``into`` (default ``tensors``) when any weight was given; ``opens``: this server joins it from an optimizer
-        step (a waiting server joins only such rounds: :class:`ServerLinks`).
+        step (a waiting server joins only such rounds: :class:`ServerLinks`); ``waits``: it answers it as a server
+        waiting for a visitor.
 
         The vector's tail: the weights' sum, the servers that still train, the servers that do not take
-        this round's average, (joint mode) the servers that step on it (:attr:`stepping`) and the servers that
-        open it. When none trains any more, each took its last step before this round, so
+        this round's average, (joint mode) the servers that step on it (:attr:`stepping`), the servers that
+        open it, and ``at``: the instant (the run's clock) this server's vector reaches server 0, its joining
+        instant plus its link's send and latency (in the sum server 0 sends back: the round's invitation instant,
+        :func:`invitation_at`). When none trains any more, each took its last step before this round, so
         :attr:`ended` says whether a last round is due (some server did not take the average); every
         server reads the same sums, so all decide alike.
         """
         idle = self._idle
         if idle is not None and idle is not threading.current_thread():
             idle.join()  # rounds go one at a time over the channels: a waiting server's round first
+        nbytes = sum(t.numel() for t in tensors) * 4
+        at = self.now() + self._flight(nbytes)  # when this vector reaches server 0, as the simulator's arithmetic
         flat = torch.cat([t.detach().reshape(-1).float().cpu() * weight for t in tensors]  # a GPU server's too
                          + [torch.tensor([float(c) for c in self.announced], dtype=torch.float32)]
                          + [torch.tensor([weight, float(active), float(not adopt), float(stepping),
-                                          float(opens)])])  # (numels + extra + TAIL,)
-        nbytes = (flat.numel() - self.extra - TAIL) * 4
+                                          float(opens), at])])  # (numels + extra + TAIL,)
         self._transfer("sync-send", nbytes)
+        if isinstance(self.group, ServerLinks):
+            self.group.waits = waits
         self.group.all_reduce(flat, check=self._check, opens=opens, movers=len(self.movers))
         self._transfer("sync-recv", nbytes)
         self.rounds += 1
-        total, still, differ = float(flat[-5]), int(round(float(flat[-4]))), float(flat[-3]) > 0.5
-        self.stepping = float(flat[-2]) > 0.5
+        total, still, differ = float(flat[-6]), int(round(float(flat[-5]))), float(flat[-4]) > 0.5
+        self.stepping = float(flat[-3]) > 0.5
         if adopt and total > 0:
             pos = 0
             with torch.no_grad():
@@ -515,7 +552,7 @@ class ServerSync:
     def _check(self, flat: torch.Tensor, servers: int) -> str | None:
         """What is wrong with a round vector (:func:`round_tail_error`, and its join counts: whole numbers in
         0..:data:`MAX_JOINS` per server summed), or None."""
-        why = round_tail_error(flat, servers)
+        why = round_tail_error(flat, servers, self.now())
         if why is not None or not self.extra:
             return why
         if flat.numel() < self.extra + TAIL:
@@ -523,6 +560,17 @@ class ServerSync:
         bad = [c for c in (float(v) for v in flat[-TAIL - self.extra:-TAIL])
                if not (0 <= c <= MAX_JOINS * servers and c == round(c))]
         return f"a count of {bad[0]:g} joins (0..{MAX_JOINS * servers})" if bad else None
+
+    def _flight(self, nbytes: int) -> float:
+        """Seconds a transfer of ``nbytes`` holds this server's link, latency included (0 unshaped)."""
+        if self.link is None:
+            return 0.0
+        bandwidth, latency = self.link
+        return nbytes * 8 / bandwidth + latency
+
+    def now(self) -> float:
+        """This server's clock (the run's: its meter's; a test's sync without one, the process's)."""
+        return self.meter.now() if self.meter is not None else time.perf_counter()
 
     def _transfer(self, op: str, nbytes: int) -> None:
         """Count ``nbytes`` on the backhaul; shaped, hold the link for them and the latency (a trace event)."""
@@ -541,21 +589,40 @@ class ServerSync:
                 "every": self.every, "mode": self.mode, "joint": self.joint}
 
 
-def round_tail_error(flat: torch.Tensor, servers: int) -> str | None:
+def round_tail_error(flat: torch.Tensor, servers: int, now: float | None = None) -> str | None:
     """What is wrong with a round vector's tail (:meth:`ServerSync._round`) summed over ``servers`` servers (1: one
-    server's own), or None: the weight must be >= 0 and each of the four counts a whole number in 0..servers."""
+    server's own), or None: the weight must be >= 0, each of the four counts a whole number in 0..servers and the
+    ``at`` an instant >= 0, not ahead of the reader's clock ``now`` (when given) by more than :data:`AT_SLACK_S`."""
     if flat.numel() < TAIL:
         return f"a vector of {flat.numel()} values (a round carries at least its {TAIL} counts)"
-    weight, *counts = (float(v) for v in flat[-TAIL:])
+    weight, *counts, at = (float(v) for v in flat[-TAIL:])
     if not weight >= 0:
         return f"a weight of {weight:g} (the servers' training samples: >= 0)"
     bad = [c for c in counts if not (0 <= c <= servers and c == round(c))]
-    return f"a count of {bad[0]:g} servers (0..{servers})" if bad else None
+    if bad:
+        return f"a count of {bad[0]:g} servers (0..{servers})"
+    if not at >= 0 or (now is not None and at > now + AT_SLACK_S):
+        ahead = "" if now is None else f", not after this server's clock ({now:.3f} s) + {AT_SLACK_S:g} s"
+        return f"an instant of {at:g} s (its vector's arrival: >= 0{ahead})"
+    return None
 
 
 def _opens(flat: torch.Tensor) -> bool:
     """Whether one server's round vector opens the round (its last count, :meth:`ServerSync._round`)."""
-    return flat.numel() >= TAIL and float(flat[-1]) > 0.5
+    return flat.numel() >= TAIL and float(flat[-2]) > 0.5
+
+
+def invitation_at(own: torch.Tensor, parts, waits: bool) -> float:
+    """The instant server 0 invites the waiting servers to a round, from the vectors' ``at`` (each its arrival at
+    server 0: :meth:`ServerSync._round`): as the simulator's (``sfsim.network.backhaul.Rounds._invite``), when the first
+    vector that opens the round arrives, but not before server 0's own (``own``) unless it waits (it reads the others'
+    vectors when its own has arrived); a round nobody opens, when the last arrives (no waiting server joins it). Not
+    the instant server 0 happens to read them: a server that trains reads nothing meanwhile."""
+    vectors = [own, *parts]
+    opening = [float(v[-1]) for v in vectors if _opens(v)]
+    if not opening:
+        return max(float(v[-1]) for v in vectors)
+    return min(opening) if waits else max(min(opening), float(own[-1]))
 
 
 def _sleep(dt: float) -> None:
