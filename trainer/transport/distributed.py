@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import sys
 import threading
@@ -59,10 +58,10 @@ from trainer.transport.wire import HEADER_LEN, Kind, Limits, Packet, WireError
 
 _KIND = {k.name.lower(): k for k in Kind}
 STAMP_SLACK_S = 1.0  # a stamp (``at``) may be ahead of the receiver's clock by this much (the clocks' sync error)
-# A test hook (fault injection, the delayed-announcement tests): a handover's ``moved`` and ``join`` take this much longer
-# to arrive than the link's latency, as if the uplink's latency were larger for them (every process of a run reads the
-# same environment, so the servers wait for them that much longer too: :meth:`DistTransport.uplink_latency`).
-HANDOVER_DELAY_S = float(os.environ.get("SFSIM_TEST_HANDOVER_DELAY_S", "0") or 0)
+# A test hook (fault injection, tests/test_handover_instants.py sets it in every role's process): a handover's ``moved``
+# and ``join`` take this much longer to arrive than the link's latency, as if the uplink's latency were larger for them;
+# the servers wait for them that much longer too (:meth:`DistTransport.uplink_latency`), as they know a link's latency.
+HANDOVER_DELAY_S = 0.0
 
 
 @dataclass(frozen=True)
