@@ -111,8 +111,10 @@ class ServerSync:
             group.now = self.now
 
     def invited_at(self) -> float | None:
-        """The invitation instant of the open round this waiting server holds (read, not yet answered), else None."""
-        if not isinstance(self.group, ServerLinks) or (self.index != 0 and not self.group.invited):
+        """The invitation instant of the open round this waiting server holds (read, not yet answered), else None; None
+        too while a join announced in that round is unread (it must be read first, whatever its stamp: a join of 0 leaves
+        after the device's last send, later than its stamp says, so its stamp may come after the invitation's)."""
+        if not isinstance(self.group, ServerLinks) or (self.index != 0 and not self.group.invited) or self._unread():
             return None
         return self.group.at
 
