@@ -196,8 +196,8 @@ class SplitFrozen(Method, WaitingServer):
         legs, k, j = self.legs.get(name, []), self.leg.get(name, 0), st["next"]
         if k + 1 >= len(legs) or legs[k + 1][0] > end or legs[k + 1][1] == legs[k][1] or j + 1 >= len(st["batches"]):
             return None
-        st["ahead"] = k + 1  # stamped when its next send may start: the handover due, the link free
-        return Message(name, j + 1, kind="moved", aux=k + 1, epoch=st["epoch"], at=max(legs[k + 1][0], end))
+        st["ahead"] = k + 1  # stamped when it is sent, as every message (the server applies it with that micro-batch)
+        return Message(name, j + 1, kind="moved", aux=k + 1, epoch=st["epoch"], at=self.setup.meter.now())
 
     def finish_moves(self, name: str) -> None:
         """Device ``name``'s process ends: record its handovers due since its last send (``late_moves``)."""
