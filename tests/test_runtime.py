@@ -58,14 +58,28 @@ def _bad(h: torch.Tensor, i: int, v: int) -> torch.Tensor:
     (2, 77, "unknown message kind 77"),
     (2, int(Kind.CREDIT), "CREDIT is not allowed in this direction"),
     (7, 9, "9 tensors in one message"),
-    (8, 42, "unknown name, dtype or rank"),
-    (10, 9, "unknown name, dtype or rank"),
-    (12, -3, "bad shape"),
-    (11, 1 << 40, "exceeds the"),
+    (8, 42, r"ACT stamped at 42 us \(only MOVED/JOIN carry a stamp"),  # slot 8: at
+    (9, 42, "unknown name, dtype or rank"),
+    (11, 9, "unknown name, dtype or rank"),
+    (13, -3, "bad shape"),
+    (12, 1 << 40, "exceeds the"),
 ])
 def test_bad_headers_are_rejected(slot, value, message):
     with pytest.raises(WireError, match=message):
         wire.decode_header(_bad(wire.encode_header(_act()), slot, value), wire.UP)
+
+
+@pytest.mark.parametrize("at, ok", [(-1, True), (0, True), (2_500_000, True), (-2, False), (wire.MAX_AT_US + 1, False)])
+def test_a_join_carries_its_send_instant_within_range(at, ok):
+    """A handover's ``join`` (and ``moved``) carries the device's clock when it sent it (slot 8, microseconds; -1:
+    none): the header round-trips it, and a negative or absurd stamp is refused before use (its sender dropped)."""
+    h = wire.encode_header(Packet(Kind.JOIN, 1, 3, 0, 2, at=at))
+    if ok:
+        assert wire.decode_header(h, wire.UP)[0].at == at
+    else:
+        with pytest.raises(WireError, match=rf"^JOIN stamped at {at} us \(only MOVED/JOIN carry a stamp, "
+                                            rf"0\.\.{wire.MAX_AT_US} us, or -1\)"):
+            wire.decode_header(h, wire.UP)
 
 
 @pytest.mark.parametrize("over, message", [

@@ -29,16 +29,35 @@ def _linked():
 def test_a_round_tail_must_be_a_weight_and_counts_of_servers():
     from trainer.transport.backhaul import TAIL, round_tail_error
 
-    assert TAIL == 5  # weight, servers training, not adopting, stepping, opening the round
-    assert round_tail_error(torch.tensor([0.5, 0.5, 3.0, 1.0, 0.0, 1.0, 1.0]), 1) is None
-    assert round_tail_error(torch.tensor([9.0, 2.0, 1.0, 0.0, 2.0]), 2) is None  # a sum over two servers
-    assert round_tail_error(torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0]), 1) == "a weight of -1 (the servers' training " \
-                                                                            "samples: >= 0)"
-    assert round_tail_error(torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0]), 1) == "a count of 2 servers (0..1)"
-    assert round_tail_error(torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0]), 2) == "a count of 0.5 servers (0..2)"
-    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0]), 2) == "a count of 3 servers (0..2)"  # opening
-    assert round_tail_error(torch.tensor([1.0, 1.0, 1.0, 0.0]), 1) == "a vector of 4 values (a round carries at " \
-                                                                       "least its 5 counts)"
+    assert TAIL == 6  # weight, servers training, not adopting, stepping, opening the round, at
+    assert round_tail_error(torch.tensor([0.5, 0.5, 3.0, 1.0, 0.0, 1.0, 1.0, 2.5]), 1) is None
+    assert round_tail_error(torch.tensor([9.0, 2.0, 1.0, 0.0, 2.0, 0.0]), 2) is None  # a sum over two servers
+    assert round_tail_error(torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0, 0.0]), 1) == "a weight of -1 (the servers' " \
+                                                                                 "training samples: >= 0)"
+    assert round_tail_error(torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0, 0.0]), 1) == "a count of 2 servers (0..1)"
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0, 0.0]), 2) == "a count of 0.5 servers (0..2)"
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0, 0.0]), 2) == "a count of 3 servers (0..2)"  # opening
+    assert round_tail_error(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]), 1) == "a vector of 5 values (a round carries at " \
+                                                                            "least its 6 counts)"
+
+
+def test_a_rounds_instant_must_be_a_time_not_ahead_of_the_readers_clock():
+    """The tail's ``at`` (a vector's arrival at server 0; in the sum, the round's invitation instant): >= 0 and, given
+    the reader's clock, not ahead of it by more than AT_SLACK_S (1 s); an invitation's instant too (server 0)."""
+    from trainer.transport.backhaul import round_tail_error
+
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 10.5]), 1, now=10.0) is None  # within the slack
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, -0.5]), 1) == "an instant of -0.5 s (its vector's " \
+                                                                                  "arrival: >= 0)"
+    assert round_tail_error(torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 12.0]), 1, now=10.0) == (
+        "an instant of 12 s (its vector's arrival: >= 0, not after this server's clock (10.000 s) + 1 s)")
+    s0, s1, _ = _linked()
+    s1.now = lambda: 5.0
+    s0.channels[1].send((0).to_bytes(8, "big") + (7_000_000).to_bytes(8, "big"))  # round 1, at 7 s
+    with pytest.raises(SfsimError, match=r"^backhaul: server 0 sent an invitation to sync round 1 at 7\.000 s, ahead "
+                                         r"of this server's clock \(5\.000 s\) by more than 1 s"):
+        for _ in range(200):
+            s1.opened(16, wait_s=0.01)
 
 
 def test_a_server_whose_round_tail_is_malformed_ends_the_round_in_one_line_naming_it():
@@ -47,27 +66,27 @@ def test_a_server_whose_round_tail_is_malformed_ends_the_round_in_one_line_namin
     from trainer.transport.backhaul import round_tail_error
 
     s0, s1, ch1 = _linked()
-    x0, x1 = torch.tensor([2.0, 1.0, 1.0, 0.0, 0.0, 1.0]), torch.tensor([4.0, 3.0, 1.0, 1.0, 0.0, 0.0])
+    x0, x1 = torch.tensor([2.0, 1.0, 1.0, 0.0, 0.0, 1.0, 2.0]), torch.tensor([4.0, 3.0, 1.0, 1.0, 0.0, 0.0, 1.5])
     th = threading.Thread(target=s1.all_reduce, args=(x1, round_tail_error))
     th.start()
     s0.all_reduce(x0, check=round_tail_error)
-    th.join()
-    assert torch.equal(x0, torch.tensor([6.0, 4.0, 2.0, 1.0, 0.0, 1.0])) and torch.equal(x0, x1)
-    ch1.send(torch.tensor([1.0, -3.0, 1.0, 0.0, 0.0, 0.0]).numpy().tobytes())
+    th.join()  # the sum's at: the invitation instant (nobody opened it: the last arrival, 2 s)
+    assert torch.equal(x0, torch.tensor([6.0, 4.0, 2.0, 1.0, 0.0, 1.0, 2.0])) and torch.equal(x0, x1)
+    ch1.send(torch.tensor([1.0, -3.0, 1.0, 0.0, 0.0, 0.0, 0.0]).numpy().tobytes())
     with pytest.raises(SfsimError, match=r"backhaul: server 1 sent a weight of -3 .* in a sync round"):
-        s0.all_reduce(torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 0.0]), check=round_tail_error)
+        s0.all_reduce(torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]), check=round_tail_error)
     s0b, s1b, _ = _linked()
     err = {}
 
     def server_1() -> None:
         try:
-            s1b.all_reduce(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 1.0]), check=round_tail_error)
+            s1b.all_reduce(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0]), check=round_tail_error)
         except SfsimError as e:
             err["e"] = str(e)
 
     th = threading.Thread(target=server_1)
     th.start()
-    s0b.all_reduce(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0, 0.0]))  # server 0 says 6 servers still train (of 2)
+    s0b.all_reduce(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0]))  # server 0 says 6 servers still train (of 2)
     th.join()
     assert err["e"].startswith("backhaul: server 0 sent a count of 6 servers (0..2) in a sync round")
 
@@ -235,7 +254,7 @@ def test_two_waiting_servers_trade_no_rounds_and_end_when_both_drain():
 def test_an_invitation_to_another_round_than_the_one_due_is_one_line_naming_server_0():
     """Server 1 waits for its first round (round 1); server 0's invitation names round 3: refused in one line."""
     s0, s1, _ = _linked()
-    s0.channels[1].send((2).to_bytes(8, "big"))
+    s0.channels[1].send((2).to_bytes(8, "big") + (0).to_bytes(8, "big"))
     with pytest.raises(SfsimError, match=r"^backhaul: server 0 sent an invitation to sync round 3 where round 1 was "
                                          r"due"):
         for _ in range(200):
@@ -282,14 +301,14 @@ def test_malformed_join_counts_are_one_line_naming_the_server():
     from trainer.transport.backhaul import MAX_JOINS, ServerSync
 
     s0, s1, _ = _linked()
-    s0.channels[1].send((0).to_bytes(8, "big"))
+    s0.channels[1].send((0).to_bytes(8, "big") + (0).to_bytes(8, "big"))  # round 1, at 0 s
     s0.channels[1].send((3).to_bytes(8, "big") + (2 * MAX_JOINS + 1).to_bytes(8, "big"))
     with pytest.raises(SfsimError, match=rf"^backhaul: server 0 sent an invitation to sync round 1 that announces "
                                          rf"{2 * MAX_JOINS + 1} joins of a device \(at most {2 * MAX_JOINS}\)"):
         for _ in range(200):
             s1.opened(16, wait_s=0.01, movers=2)
     s0, s1, _ = _linked()
-    s0.channels[1].send((0).to_bytes(8, "big"))
+    s0.channels[1].send((0).to_bytes(8, "big") + (0).to_bytes(8, "big"))
     s0.channels[1].send((3).to_bytes(8, "big"))  # one count where two movers' were due: a frame of the wrong size
     with pytest.raises(SfsimError, match=r"^backhaul: the link with server 0 failed \(.*\); the servers can no longer"):
         for _ in range(200):
@@ -297,7 +316,7 @@ def test_malformed_join_counts_are_one_line_naming_the_server():
     s0, s1, ch1 = _linked()
     a = ServerSync(s0, 0, 2, 2, "sync", 1.0, None, "a")
     a.track(["mover"])
-    ch1.send(torch.tensor([1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 0.0, 1.0]).numpy().tobytes())
+    ch1.send(torch.tensor([1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0]).numpy().tobytes())
     with pytest.raises(SfsimError, match=r"^backhaul: server 1 sent a count of 0.5 joins \(0\.\.\d+\) in a sync round"):
         a.after_step([torch.ones(1)])
         a.after_step([torch.ones(1)])

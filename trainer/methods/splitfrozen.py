@@ -34,6 +34,7 @@ from trainer.methods.common import (
     trainable_params,
     training_mode,
 )
+from trainer.methods.splitfrozen_waits import WaitingServer
 from trainer.model.backward import DeferredGrads
 from trainer.model.split import split_model
 from trainer.transport.cache import ActivationCache
@@ -41,7 +42,7 @@ from trainer.transport.handover import Legs, hold_weight, late_moves
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
 
 
-class SplitFrozen(Method):
+class SplitFrozen(Method, WaitingServer):
     """The SplitFrozen method (``decompose_backward=False`` gives the fused-BW ablation)."""
 
     name = "splitfrozen"
@@ -174,10 +175,11 @@ class SplitFrozen(Method):
         k = self.leg.get(name, 0)
         while legs and k + 1 < len(legs) and legs[k + 1][0] <= self.setup.meter.now():
             j, (at, new, to) = st["next"], legs[k + 1]
+            now = self.setup.meter.now()  # the send starting now, or its credit wait ending: the simulator's move
             if st.pop("ahead", None) != k + 1:  # (else its ``moved`` went ahead of the last micro-batch sent there)
-                tr.send_up(Message(name, j, kind="moved", aux=k + 1, epoch=st["epoch"]))
+                tr.send_up(Message(name, j, kind="moved", aux=k + 1, epoch=st["epoch"], at=now))
             tr.move(name, new)
-            tr.send_up(Message(name, j, kind="join", aux=len(st["batches"]) - j, epoch=st["epoch"]))
+            tr.send_up(Message(name, j, kind="join", aux=len(st["batches"]) - j, epoch=st["epoch"], at=now))
             st["credits"], st["first_here"] = st["window"], j
             self.setup.meter.events.append(TraceEvent(name, "handover", at, 0.0, -1, name))
             self.moves.append({"device": name, "at_s": at, "from": legs[k][2], "to": to, "epoch": st["epoch"],
@@ -194,8 +196,8 @@ class SplitFrozen(Method):
         legs, k, j = self.legs.get(name, []), self.leg.get(name, 0), st["next"]
         if k + 1 >= len(legs) or legs[k + 1][0] > end or legs[k + 1][1] == legs[k][1] or j + 1 >= len(st["batches"]):
             return None
-        st["ahead"] = k + 1
-        return Message(name, j + 1, kind="moved", aux=k + 1, epoch=st["epoch"])
+        st["ahead"] = k + 1  # stamped when it is sent, as every message (the server applies it with that micro-batch)
+        return Message(name, j + 1, kind="moved", aux=k + 1, epoch=st["epoch"], at=self.setup.meter.now())
 
     def finish_moves(self, name: str) -> None:
         """Device ``name``'s process ends: record its handovers due since its last send (``late_moves``)."""
@@ -212,8 +214,9 @@ class SplitFrozen(Method):
         if not legs or len({r for _, r, _ in legs}) < 2 or st.get("closed"):
             return
         home = legs[self.leg.get(name, 0)][1]
+        now = self.setup.meter.now()  # its last send's start (the simulator's close)
         for rank in sorted({r for _, r, _ in legs} - {home}):
-            self.setup.transport.send_to(rank, Message(name, -1, kind="join", aux=0, epoch=st["epoch"]))
+            self.setup.transport.send_to(rank, Message(name, -1, kind="join", aux=0, epoch=st["epoch"], at=now))
         st["closed"] = True
 
     # -- server side --------------------------------------------------------------------------------
@@ -245,6 +248,8 @@ class SplitFrozen(Method):
         left.update(places)
         self._places = set(places)
         self._track_joins()
+        if self.sync is not None:
+            self.sync.answers = self._answers
         pool, held = None, dict.fromkeys(left, 0)  # held: device -> its micro-batches in the pool
         if s.server_order == "pool":
             pool = MixingPool(self.pool_size(credits, len(live)), role_seed(s.seed, f"pool-{epoch}"))
@@ -288,7 +293,8 @@ class SplitFrozen(Method):
         kinds = {"act", "leave", "moved", "join"}
         try:
             if order is None and self._waits_only(left):  # poll: it answers the others' rounds meanwhile
-                msg = self.setup.transport.poll_up(kinds)
+                # (a message stamped after the invitation it holds waits until it has answered that round)
+                msg = self.setup.transport.poll_up(kinds, self.sync.invited_at())
                 if msg is None:
                     self._idle()
                     return None
@@ -387,6 +393,7 @@ class SplitFrozen(Method):
                              None)
             if first == "moved":
                 self._visit(self.setup.transport.recv_up(n, {"moved"}), left)
+        self._await_move(left)  # one still due (issue 21: a handover between the end of a send and its arrival)
 
     def _from_cache(self, epoch: int, on_step: StepCallback, counts: dict[str, int], done: dict[str, int],
                     live: list[str]) -> bool:
@@ -437,52 +444,6 @@ class SplitFrozen(Method):
         if msg.device in left:
             left[msg.device] = keep
         self._announce(msg.device, None)  # its joins of 0 to the other servers of its legs
-
-    # -- a server waiting only for a visitor (the one idle-server round rule, issue 21) ----------------------------
-    # A server whose only work left this epoch is a visitor that may still come (``left`` holds placeholders only)
-    # answers the rounds other servers open while it waits (``ServerSync.idle``: with zeros, when server 0 invites
-    # it), as SplitLoRA's and FedLoRA's: else a round before another server's step would wait for it, that server
-    # would return no credit, and the visitor's next send (which brings its ``join``) would never start.
-    # The race: a mover's ``join`` goes straight from the device to its new server, while the old server learns of
-    # the move only when it reads ``moved``. The simulator delivers a join at once, before any round the move leads
-    # to; so the server that reads a ``moved`` (or a device's last micro-batch of the epoch, or its ``leave``, after
-    # which the device sends its joins of 0) announces the joins it knows the device sends (``ServerSync.announce``),
-    # its next round vector carries the counts, and a waiting server answers a round only once it has read as many
-    # of that device's joins as announced to it (``ServerSync._unread``): SplitLoRA's mechanism, reused.
-    def _track_joins(self) -> None:
-        """Count the joins of every device whose legs go to several servers (the same list on every server)."""
-        if self.sync is not None and Legs(self.legs).moving():
-            self.sync.track(sorted(n for n, lg in self.legs.items() if len({r for _, r, _ in lg}) > 1), self.lost)
-
-    def _announce(self, name: str, to: int | None) -> None:
-        """The joins device ``name`` sends, now that this server read its ``moved`` to leg ``to`` (one, to that leg's
-        server: :meth:`_hand_over`) or (None) the end of its epoch here (one of 0 to every other server of its legs:
-        :meth:`_close_epoch`), go with this server's next round."""
-        lg = self.legs.get(name, [])
-        if self.sync is None or len({r for _, r, _ in lg}) < 2:
-            return
-        if to is None:
-            self.sync.announce(name, sorted({r for _, r, srv in lg if srv != self.setup.server}))
-        elif 0 <= to < len(lg):
-            self.sync.announce(name, [lg[to][1]])
-
-    def _waits_only(self, left: dict[str, int]) -> bool:
-        """Whether this server's only work left this epoch is a visitor that may still come (with rounds to answer)."""
-        return (self.sync is not None and self.sync.every is not None and any(left.get(v) for v in self._places)
-                and all(k == 0 or n in self._places for n, k in left.items()))
-
-    def _idle(self) -> None:
-        """Answer one round another server opens, if any (``ServerSync.idle``; joint mode: step with the others on
-        their mean gradient); the gradients of a partial window (fused backward) are kept for its own next step."""
-        params = [p for g in self.opt.param_groups for p in g["params"]]
-        kept = [p.grad for p in params]
-
-        def step() -> None:  # as every step, traced (the simulator's drained step too)
-            with self.setup.meter.compute(self.setup.server, "step", "server_step", count=False):
-                self.math.step(self.opt)
-        self.sync.idle(self.sync_state(), params, step)
-        for p, g in zip(params, kept, strict=True):
-            p.grad = g
 
     def pool_size(self, credits: int, n_devices: int) -> int:
         """Micro-batches the mixing pool holds: ``setup.pool_memory`` over one full micro-batch's activation

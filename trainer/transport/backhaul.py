@@ -55,205 +55,17 @@ one due or announcing more joins of a device end the run with one line naming th
 
 from __future__ import annotations
 
-import json
-import select
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
-from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent
 from trainer.run.measure import Meter
-from trainer.transport import wire
-from trainer.transport.secure import Channel
-from trainer.transport.wire import WireError
+from trainer.transport.serverlinks import MAX_JOINS, TAIL, ServerLinks, round_tail_error
 
-_LEN = 8  # bytes of a JSON part's length prefix
-TAIL = 5  # a round vector's tail: weight, servers training, not adopting, stepping, opening it (ServerSync._round)
-MAX_JOINS = 1 << 24  # a server's count of the joins it announces to another (whole numbers exact in float32)
 IDLE_POLL_S = 0.005  # a server waiting for a visitor looks for it (and for an open round) this often
-MAX_JSON = 1 << 30  # a server's end-of-run part (metrics and trace events) at most
-
-
-class ServerLinks:
-    """The backhaul between server processes: a star of admitted channels around server 0.
-
-    A round is *opened* by a server that joins it from an optimizer step (its vector's last count, see
-    :meth:`ServerSync._round`); a server waiting for a visitor joins only opened rounds, when server 0 tells it
-    (an *invitation*: the round's index, 8 bytes, checked against the round it expects). Server 0 sends every
-    other server one invitation per round, before the sum: at once when it opens the round itself, else when it
-    reads an opening vector or, when no server opens it, once every server has joined (servers that have drained
-    meet in their drain and closing rounds). So the rounds that happen and their order follow the servers' steps,
-    never who polls first, and two waiting servers trade nothing. With ``movers`` (:class:`ServerSync`'s rounds with
-    devices that move) an invitation has a second part, 8 bytes per mover: the joins of each announced to its server
-    in the vectors read so far (:attr:`need`).
-
-    Args:
-        index: this server's index.
-        n_servers: servers in the run.
-        channels: server 0: server index -> its channel; server ``j``: ``{0: channel to server 0}``.
-        timeout_s: a server waits this long for the others' part of a round (a server that has died ends the
-            round at once: its connection closes).
-    """
-
-    def __init__(self, index: int, n_servers: int, channels: dict[int, Channel], timeout_s: float = 600.0):
-        self.index, self.n, self.channels, self.timeout_s = index, n_servers, channels, timeout_s
-        for ch in channels.values():
-            ch.sock.settimeout(timeout_s)
-        self.calls = 0  # rounds this server has joined (the index of its next one)
-        self.early: dict[int, torch.Tensor] = {}  # server 0: the others' vectors of its next round, read while waiting
-        self.invited = False  # server j: the invitation to its next round has been read (while waiting)
-        self.movers = 0  # this round's vectors carry, before their TAIL, each server's joins announced per mover
-        self.need: list[int] = []  # per mover: joins this (waiting) server must have read before it answers the open round
-
-    def all_reduce(self, flat: torch.Tensor, check=None, opens: bool = False, movers: int = 0) -> None:
-        """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere).
-
-        ``check(vector, servers)``: what is wrong with one server's vector (``servers`` 1, on server 0) or with the
-        sum server 0 sends back (``servers`` n), or None; a wrong one ends the run with one line naming the sender.
-        ``opens``: this server opens the round (server 0 invites the others at once); ``movers``: the vectors carry the
-        servers' join counts of that many devices (:meth:`ServerSync.announce`), which the invitations pass on."""
-        nbytes = flat.numel() * 4
-        self.movers = movers
-        k, self.calls = self.calls, self.calls + 1
-        if self.index != 0:
-            self._send(0, flat)
-            if not self.invited:
-                self._invitation(k)
-            self.invited = False
-            flat.copy_(self._checked(0, self._recv(0, nbytes), check, self.n))
-            return
-        parts, self.early = self.early, {}
-        invited = opens or any(_opens(v) for v in parts.values())
-        if invited:
-            self._invite(k, flat, parts)
-        while len(parts) < self.n - 1:
-            for j in self._readable([j for j in range(1, self.n) if j not in parts], self.timeout_s):
-                parts[j] = self._checked(j, self._recv(j, nbytes), check, 1)
-                if not invited and _opens(parts[j]):
-                    invited = True
-                    self._invite(k, flat, parts)
-        if not invited:  # nobody opened it: every server joined (drained servers' rounds)
-            self._invite(k, flat, parts)
-        total = flat.clone()
-        for j in range(1, self.n):
-            total += parts[j]
-        flat.copy_(total)
-        for j in range(1, self.n):
-            self._send(j, flat)
-
-    def opened(self, nbytes: int, check=None, wait_s: float = 0.0, movers: int = 0) -> bool:
-        """A waiting server: whether its next round is open (it should join it now), looking up to ``wait_s``.
-        Server 0 reads the vectors that have come (``nbytes`` each) and holds them for that round; another
-        server reads server 0's invitation. With :attr:`movers`, :attr:`need` says, per mover, how many joins the
-        servers read so far announced to this one (its invitation's second part, or server 0's sum over the vectors
-        it holds)."""
-        self.movers = movers
-        if self.index != 0:
-            if not self.invited and self._readable([0], wait_s):
-                self._invitation(self.calls)
-            return self.invited
-        for j in self._readable([j for j in range(1, self.n) if j not in self.early], wait_s):
-            self.early[j] = self._checked(j, self._recv(j, nbytes), check, 1)
-        self.need = self._announced(0, self.early.values())
-        return any(_opens(v) for v in self.early.values())
-
-    def _announced(self, j: int, vectors) -> list[int]:
-        """Per mover, the joins that the servers of ``vectors`` announced to server ``j`` (their counts sit before the
-        TAIL, server by server: :meth:`ServerSync._round`)."""
-        m, vectors = self.movers, list(vectors)
-        at = -TAIL - self.n * m + j * m
-        return [int(sum(round(float(v[at + i])) for v in vectors)) for i in range(m)]
-
-    def _invite(self, k: int, own: torch.Tensor, parts: dict[int, torch.Tensor]) -> None:
-        """Invite every other server to round ``k``; with :attr:`movers`, each also gets the joins announced to it in
-        ``own`` and the vectors read so far (``parts``), per mover, which it must have read before it answers as a
-        waiting server."""
-        for j in range(1, self.n):
-            self._call(j, lambda ch: ch.send(k.to_bytes(_LEN, "big")))
-            if self.movers:
-                raw = b"".join(c.to_bytes(_LEN, "big") for c in self._announced(j, [own, *parts.values()]))
-                self._call(j, lambda ch, raw=raw: ch.send(raw))
-
-    def _invitation(self, k: int) -> None:
-        """Server j: read server 0's invitation, which must be to round ``k`` (the one this server joins next), and
-        with :attr:`movers` the joins announced to this server, per mover (each 0..:data:`MAX_JOINS` x servers)."""
-        got = int.from_bytes(self._call(0, lambda ch: ch.recv(_LEN)), "big")
-        if got != k:
-            raise SfsimError(f"backhaul: server 0 sent an invitation to sync round {got + 1} where round {k + 1} was "
-                             "due; the servers can no longer agree on one model")
-        if self.movers:
-            raw = bytes(self._call(0, lambda ch: ch.recv(_LEN * self.movers)))
-            need = [int.from_bytes(raw[i:i + _LEN], "big") for i in range(0, len(raw), _LEN)]
-            bad = [c for c in need if c > MAX_JOINS * self.n]
-            if bad:
-                raise SfsimError(f"backhaul: server 0 sent an invitation to sync round {k + 1} that announces {bad[0]} "
-                                 f"joins of a device (at most {MAX_JOINS * self.n}); the servers can no longer agree on "
-                                 "one model")
-            self.need = need
-        self.invited = True
-
-    def _readable(self, peers: list[int], wait_s: float) -> list[int]:
-        """The peers among ``peers`` with something to read, waiting up to ``wait_s`` for the first."""
-        if not peers:
-            return []
-        socks = {self.channels[j].sock: j for j in peers}
-        try:
-            ready, _, _ = select.select(list(socks), [], [], wait_s)
-        except (OSError, ValueError) as err:
-            raise SfsimError(f"backhaul: the links with the other servers failed ({err})") from None
-        if not ready and wait_s >= self.timeout_s:
-            raise SfsimError(f"backhaul: the link with server {peers[0]} failed (timed out); the servers can no "
-                             "longer agree on one model")
-        return sorted(socks[s] for s in ready)
-
-    @staticmethod
-    def _checked(j: int, got: torch.Tensor, check, servers: int) -> torch.Tensor:
-        why = None if check is None else check(got, servers)
-        if why is not None:
-            raise SfsimError(f"backhaul: server {j} sent {why} in a sync round")
-        return got
-
-    def gather_json(self, obj: dict) -> list[dict] | None:
-        """Server 0: every server's JSON-able ``obj`` in server order; the others send theirs and get ``None``.
-        Plain JSON only (nothing is unpickled)."""
-        blob = json.dumps(obj).encode()
-        if self.index != 0:
-            self._call(0, lambda ch: (ch.send(len(blob).to_bytes(_LEN, "big")), ch.send(blob)))  # two frames
-            return None
-        parts = [obj]
-        for j in range(1, self.n):
-            size = int.from_bytes(self._call(j, lambda ch: ch.recv(_LEN)), "big")
-            if size > MAX_JSON:
-                raise SfsimError(f"backhaul: server {j} sent an end-of-run part of {size} bytes (at most {MAX_JSON})")
-            raw = self._call(j, lambda ch, size=size: ch.recv(size))
-            try:
-                part = json.loads(bytes(raw).decode())
-            except (ValueError, RecursionError) as err:
-                raise SfsimError(f"backhaul: server {j}'s end-of-run part is not plain JSON ({err})") from None
-            if not isinstance(part, dict):
-                raise SfsimError(f"backhaul: server {j}'s end-of-run part is not a JSON object")
-            parts.append(part)
-        return parts
-
-    def _send(self, j: int, flat: torch.Tensor) -> None:
-        self._call(j, lambda ch: ch.send(*wire.tensor_views({"state": flat.contiguous()})))
-
-    def _recv(self, j: int, nbytes: int) -> torch.Tensor:
-        got = wire.from_bytes(self._call(j, lambda ch: ch.recv(nbytes)), [("state", torch.float32, (nbytes // 4,))])
-        if not bool(torch.isfinite(got["state"]).all()):
-            raise SfsimError(f"backhaul: server {j} sent non-finite values (NaN or inf) in a sync round")
-        return got["state"]
-
-    def _call(self, j: int, fn):
-        """``fn(channel to j)``, with a broken, forged or silent link as one line naming the server."""
-        try:
-            return fn(self.channels[j])
-        except (OSError, WireError) as err:
-            what = "timed out" if isinstance(err, TimeoutError) else str(err) or type(err).__name__
-            raise SfsimError(f"backhaul: the link with server {j} failed ({what}); the servers can no longer "
-                             "agree on one model") from None
 
 
 class ServerSync:
@@ -292,6 +104,19 @@ class ServerSync:
         self.announced: list[int] = []  # server r, mover i at r * movers + i: joins this server knows it sends there
         self.lost: tuple = ()  # containers of the devices this server has lost: their joins are never read here
         self.extra = 0  # the vectors' join counts (servers x movers)
+        # a waiting server's method: whether it may answer, now, the open round invited at the given instant (no join
+        # sent by then may still come to it: the simulator delivers a join when its send starts); None: at once
+        self.answers: Callable[[float], bool] | None = None
+        if isinstance(group, ServerLinks):
+            group.now = self.now
+
+    def invited_at(self) -> float | None:
+        """The invitation instant of the open round this waiting server holds (read, not yet answered), else None; None
+        too while a join announced in that round is unread (it must be read first, whatever its stamp: a join of 0 leaves
+        after the device's last send, later than its stamp says, so its stamp may come after the invitation's)."""
+        if not isinstance(self.group, ServerLinks) or (self.index != 0 and not self.group.invited) or self._unread():
+            return None
+        return self.group.at
 
     def track(self, movers: list[str], *lost) -> None:
         """Count the joins of ``movers`` (the devices whose legs go to several servers; the same list on every server,
@@ -387,7 +212,7 @@ class ServerSync:
         if zeros is None:
             return
         if self.joint:
-            self._round(zeros, 0.0, True, adopt=True, into=state)
+            self._round(zeros, 0.0, True, adopt=True, into=state, waits=True)
             return
         self._in_background(zeros)
 
@@ -400,14 +225,18 @@ class ServerSync:
             return None
         self._wait()
         nbytes = (sum(t.numel() for t in like) + self.extra + TAIL) * 4
-        if not self.group.opened(nbytes, self._check, IDLE_POLL_S, movers=len(self.movers)) or self._unread():
-            return None  # not open, or a join announced before it opened still to come (read it first)
+        if not self.group.opened(nbytes, self._check, IDLE_POLL_S, movers=len(self.movers)):
+            return None  # not open
+        at = getattr(self.group, "at", None)
+        if self._unread() or (self.answers is not None and at is not None and not self.answers(at)):
+            time.sleep(IDLE_POLL_S)  # a join announced, or sent, before it opened may still come: read it first
+            return None
         return [torch.zeros_like(t) for t in like]
 
     def _in_background(self, zeros: list[torch.Tensor]) -> None:
         """A waiting server's weight-0 round (adopting nothing) in a thread."""
         self._idle = threading.Thread(target=self._round, args=(zeros, 0.0, True, False), daemon=True,
-                                      name="backhaul-idle")
+                                      name="backhaul-idle", kwargs={"waits": True})
         self._idle.start()
 
     def _drained(self, state, params, step, active: bool) -> None:
@@ -417,14 +246,14 @@ class ServerSync:
             for p in params:
                 p.grad = None
             grads = [torch.zeros_like(p) for p in params]
-            self._round(grads, 1.0, active, adopt=True)
+            self._round(grads, 1.0, active, adopt=True, waits=active)
             if self.stepping:  # another server stepped on this round's mean gradient: so does this one
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g
                 step()
         else:  # shaped as the others' rounds (after_step's parameters); a drained server does not adopt
             self._round([torch.zeros_like(t) for t in (params if params is not None else state)], 0.0, active,
-                        adopt=False)
+                        adopt=False, waits=active)
 
     def fed_round(self, state: list[torch.Tensor], weight: float, last: bool = False) -> None:
         """FedLoRA: the server's FedAvg round ended with ``state`` (weight: samples averaged into it)."""
@@ -476,31 +305,38 @@ class ServerSync:
                     t.add_(avg - s)
 
     def _round(self, tensors: list[torch.Tensor], weight: float, active: bool, adopt: bool,
-               into: list[torch.Tensor] | None = None, stepping: bool = False, opens: bool = False) -> int:
+               into: list[torch.Tensor] | None = None, stepping: bool = False, opens: bool = False,
+               waits: bool = False) -> int:
         """One collective round; returns how many servers still train. ``adopt``: write the average into
         ``into`` (default ``tensors``) when any weight was given; ``opens``: this server joins it from an optimizer
-        step (a waiting server joins only such rounds: :class:`ServerLinks`).
+        step (a waiting server joins only such rounds: :class:`ServerLinks`); ``waits``: it answers it as a server
+        waiting for a visitor.
 
         The vector's tail: the weights' sum, the servers that still train, the servers that do not take
-        this round's average, (joint mode) the servers that step on it (:attr:`stepping`) and the servers that
-        open it. When none trains any more, each took its last step before this round, so
+        this round's average, (joint mode) the servers that step on it (:attr:`stepping`), the servers that
+        open it, and ``at``: the instant (the run's clock) this server's vector reaches server 0, its joining
+        instant plus its link's send and latency (in the sum server 0 sends back: the round's invitation instant,
+        :func:`invitation_at`). When none trains any more, each took its last step before this round, so
         :attr:`ended` says whether a last round is due (some server did not take the average); every
         server reads the same sums, so all decide alike.
         """
         idle = self._idle
         if idle is not None and idle is not threading.current_thread():
             idle.join()  # rounds go one at a time over the channels: a waiting server's round first
+        nbytes = sum(t.numel() for t in tensors) * 4
+        at = self.now() + self._flight(nbytes)  # when this vector reaches server 0, as the simulator's arithmetic
         flat = torch.cat([t.detach().reshape(-1).float().cpu() * weight for t in tensors]  # a GPU server's too
                          + [torch.tensor([float(c) for c in self.announced], dtype=torch.float32)]
                          + [torch.tensor([weight, float(active), float(not adopt), float(stepping),
-                                          float(opens)])])  # (numels + extra + TAIL,)
-        nbytes = (flat.numel() - self.extra - TAIL) * 4
+                                          float(opens), at])])  # (numels + extra + TAIL,)
         self._transfer("sync-send", nbytes)
+        if isinstance(self.group, ServerLinks):
+            self.group.waits = waits
         self.group.all_reduce(flat, check=self._check, opens=opens, movers=len(self.movers))
         self._transfer("sync-recv", nbytes)
         self.rounds += 1
-        total, still, differ = float(flat[-5]), int(round(float(flat[-4]))), float(flat[-3]) > 0.5
-        self.stepping = float(flat[-2]) > 0.5
+        total, still, differ = float(flat[-6]), int(round(float(flat[-5]))), float(flat[-4]) > 0.5
+        self.stepping = float(flat[-3]) > 0.5
         if adopt and total > 0:
             pos = 0
             with torch.no_grad():
@@ -515,7 +351,7 @@ class ServerSync:
     def _check(self, flat: torch.Tensor, servers: int) -> str | None:
         """What is wrong with a round vector (:func:`round_tail_error`, and its join counts: whole numbers in
         0..:data:`MAX_JOINS` per server summed), or None."""
-        why = round_tail_error(flat, servers)
+        why = round_tail_error(flat, servers, self.now())
         if why is not None or not self.extra:
             return why
         if flat.numel() < self.extra + TAIL:
@@ -523,6 +359,17 @@ class ServerSync:
         bad = [c for c in (float(v) for v in flat[-TAIL - self.extra:-TAIL])
                if not (0 <= c <= MAX_JOINS * servers and c == round(c))]
         return f"a count of {bad[0]:g} joins (0..{MAX_JOINS * servers})" if bad else None
+
+    def _flight(self, nbytes: int) -> float:
+        """Seconds a transfer of ``nbytes`` holds this server's link, latency included (0 unshaped)."""
+        if self.link is None:
+            return 0.0
+        bandwidth, latency = self.link
+        return nbytes * 8 / bandwidth + latency
+
+    def now(self) -> float:
+        """This server's clock (the run's: its meter's; a test's sync without one, the process's)."""
+        return self.meter.now() if self.meter is not None else time.perf_counter()
 
     def _transfer(self, op: str, nbytes: int) -> None:
         """Count ``nbytes`` on the backhaul; shaped, hold the link for them and the latency (a trace event)."""
@@ -541,26 +388,9 @@ class ServerSync:
                 "every": self.every, "mode": self.mode, "joint": self.joint}
 
 
-def round_tail_error(flat: torch.Tensor, servers: int) -> str | None:
-    """What is wrong with a round vector's tail (:meth:`ServerSync._round`) summed over ``servers`` servers (1: one
-    server's own), or None: the weight must be >= 0 and each of the four counts a whole number in 0..servers."""
-    if flat.numel() < TAIL:
-        return f"a vector of {flat.numel()} values (a round carries at least its {TAIL} counts)"
-    weight, *counts = (float(v) for v in flat[-TAIL:])
-    if not weight >= 0:
-        return f"a weight of {weight:g} (the servers' training samples: >= 0)"
-    bad = [c for c in counts if not (0 <= c <= servers and c == round(c))]
-    return f"a count of {bad[0]:g} servers (0..{servers})" if bad else None
-
-
-def _opens(flat: torch.Tensor) -> bool:
-    """Whether one server's round vector opens the round (its last count, :meth:`ServerSync._round`)."""
-    return flat.numel() >= TAIL and float(flat[-1]) > 0.5
-
-
 def _sleep(dt: float) -> None:
     if dt > 0:
         time.sleep(dt)
 
 
-__all__ = ["ServerLinks", "ServerSync", "round_tail_error"]
+__all__ = ["MAX_JOINS", "TAIL", "ServerLinks", "ServerSync", "round_tail_error"]

@@ -57,6 +57,11 @@ from trainer.transport.runtime import DeviceLeft, Message, PeerLost
 from trainer.transport.wire import HEADER_LEN, Kind, Limits, Packet, WireError
 
 _KIND = {k.name.lower(): k for k in Kind}
+STAMP_SLACK_S = 1.0  # a stamp (``at``) may be ahead of the receiver's clock by this much (the clocks' sync error)
+# A test hook (fault injection, tests/test_handover_instants.py sets it in every role's process): a handover's ``moved``
+# and ``join`` take this much longer to arrive than the link's latency, as if the uplink's latency were larger for them;
+# the servers wait for them that much longer too (:meth:`DistTransport.uplink_latency`), as they know a link's latency.
+HANDOVER_DELAY_S = 0.0
 
 
 @dataclass(frozen=True)
@@ -224,13 +229,32 @@ class DistTransport:
         """The oldest message from ``device`` (``None``: from any device), optionally of ``kinds``, decoded."""
         return self._decode(self.inbox.take(device, kinds, self._check_stale), self.meter.server_lane, "")
 
-    def poll_up(self, kinds: set[str]) -> Message | None:
-        """The oldest message of ``kinds`` from any device if one is waiting, else None (PeerLost for a lost one)."""
+    def poll_up(self, kinds: set[str], before: float | None = None) -> Message | None:
+        """The oldest message of ``kinds`` from any device if one is waiting, else None (PeerLost for a lost one).
+        ``before``: only up to the first message stamped after that instant (``Message.at``), which waits (a server
+        holding a round's invitation answers it first: the simulator delivered that message after the invitation)."""
         with self.inbox.cv:
-            if not any(m.kind in kinds for m in self.inbox.arrivals) and \
-                    not any(d not in self.inbox.reported for d in self.inbox.lost):
+            first = next((m for m in self.inbox.arrivals if m.kind in kinds), None)
+            if first is not None and before is not None and first.at is not None and first.at > before:
+                return None
+            if first is None and not any(d not in self.inbox.reported for d in self.inbox.lost):
                 return None
         return self.recv_up(None, kinds)
+
+    def stamped_by(self, t: float, kinds: set[str]) -> bool:
+        """Whether a message of ``kinds`` stamped at or before ``t`` (``Message.at``) is here, unread."""
+        with self.inbox.cv:
+            return any(m.kind in kinds and m.at is not None and m.at <= t for m in self.inbox.arrivals)
+
+    def uplink_latency(self, device: str) -> float:
+        """Server side: seconds a message of ``device`` with no payload takes to reach this server (its leg's uplink
+        latency here, plus :data:`HANDOVER_DELAY_S` for a handover's messages); 0 unshaped."""
+        shape = None if self.shaping is None else self.shaping.get(device)
+        if shape is None:
+            return HANDOVER_DELAY_S
+        if isinstance(shape, dict):
+            shape = shape.get(self.rank)
+        return (0.0 if shape is None else shape[0].latency) + HANDOVER_DELAY_S
 
     def recv_down(self, device: str) -> Message:
         """The oldest message from a server (PeerLost(device) when its server is gone), decoded."""
@@ -323,7 +347,7 @@ class DistTransport:
         if self.presence is not None and msg.kind in ("act", "adapter") and (end == math.inf or end > self.presence.leave):
             raise DeviceLeft(self.names[self.rank - self.servers], "gone before its send would end")
         if link is None:
-            self._wire[p].put((msg, now, 0.0, None))
+            self._wire[p].put((msg, now, now + _held(msg) if _held(msg) else 0.0, None))
             return now
         self._free[lane] = end
         self._out[p].put((msg, start, end, None))
@@ -338,7 +362,7 @@ class DistTransport:
             except queue.Empty:
                 continue
             _sleep_until(self.meter, end)
-            self._wire[p].put((msg, start, end + latency, end - start))
+            self._wire[p].put((msg, start, end + latency + _held(msg), end - start))
             self._out[p].task_done()
 
     def _deliverer(self, p: int) -> None:
@@ -360,7 +384,7 @@ class DistTransport:
                 _sleep_until(self.meter, due)
                 idx = self.names.index(msg.device) if msg.device in self.names else (dev_index or 0)
                 pkt = Packet(_KIND[msg.kind], idx, msg.mb, msg.epoch, msg.aux,
-                             {k: v.detach().contiguous() for k, v in msg.tensors.items()})
+                             {k: v.detach().contiguous() for k, v in msg.tensors.items()}, at=_stamp(msg.at))
                 self._send(p, pkt)
                 if pkt.tensors and msg.kind != "report" and not (self.departed and self.departed(msg.device, start)):
                     dur = ser if ser is not None else self.meter.now() - start
@@ -405,7 +429,7 @@ class DistTransport:
                     return
                 if pkt is not None:
                     self.inbox.put(Message(self.names[pkt.device], pkt.mb, tensors, kind=pkt.kind.name.lower(),
-                                           aux=pkt.aux, epoch=pkt.epoch))
+                                           aux=pkt.aux, epoch=pkt.epoch, at=None if pkt.at < 0 else pkt.at / 1e6))
         finally:
             self._ended[p].set()
 
@@ -421,6 +445,9 @@ class DistTransport:
             raise WireError(f"message for device index {pkt.device} reached rank {self.rank}")
         wire.check_specs(pkt, specs, self.limits)
         if self.is_server:
+            if pkt.at / 1e6 > self.meter.now() + STAMP_SLACK_S:  # (-1: none) a send cannot end before it starts
+                raise WireError(f"a {pkt.kind.name} stamped {pkt.at / 1e6:.3f} s, after this server's clock "
+                                f"({self.meter.now():.3f} s) by more than {STAMP_SLACK_S:g} s")
             self._permit(self.names[p - self.servers], pkt)
         tensors = wire.from_bytes(ch.recv(wire.payload_bytes(specs)), specs) if specs else {}
         self._last_seen[p] = time.monotonic()
@@ -462,6 +489,16 @@ class DistTransport:
                 self.log(f"warning: {name} silent for {now - seen:.1f} s (peer timeout {self.peer_timeout:g} s); "
                          f"treating it as lost")
                 self.inbox.lose(name, f"silent for more than {self.peer_timeout:g} s")
+
+
+def _held(msg: Message) -> float:
+    """Seconds :data:`HANDOVER_DELAY_S` holds ``msg`` back (a handover's ``moved`` and ``join``), else 0."""
+    return HANDOVER_DELAY_S if msg.kind in ("moved", "join") else 0.0
+
+
+def _stamp(at: float | None) -> int:
+    """A message's ``at`` (s) as the header's microseconds (-1: none)."""
+    return -1 if at is None else min(max(round(at * 1e6), 0), wire.MAX_AT_US)
 
 
 def _sleep_until(meter: Meter, t: float) -> None:

@@ -81,6 +81,8 @@ class Message:
         kind: a :class:`trainer.transport.wire.Kind` name in lower case (``act``, ``credit``, ``adapter``...).
         aux: a small integer whose meaning depends on the kind (see :mod:`trainer.transport.wire`).
         epoch: the epoch the message belongs to.
+        at: the sender's clock (s, the run's) when it sent the message, or None: a handover's ``join`` and ``moved``
+            carry it (:data:`trainer.transport.wire.STAMPED`), the instant the simulator delivers them.
     """
 
     device: str
@@ -89,6 +91,7 @@ class Message:
     kind: str = "act"
     aux: int = 0
     epoch: int = 0
+    at: float | None = None
 
     @property
     def nbytes(self) -> int:
@@ -169,7 +172,7 @@ class InProcessTransport:
     def _send(self, msg: Message, down: bool) -> Message:
         start = self.meter.now()
         wire = Message(msg.device, msg.mb, {k: v.detach().clone() for k, v in msg.tensors.items()},
-                       kind=msg.kind, aux=msg.aux, epoch=msg.epoch)
+                       kind=msg.kind, aux=msg.aux, epoch=msg.epoch, at=msg.at)
         if wire.tensors:
             self.meter.transfer(msg.device, wire.nbytes, start, self.meter.now() - start, msg.mb, down=down)
         return wire

@@ -20,7 +20,9 @@ slot  meaning
 5     epoch
 6     aux: a small integer whose meaning depends on the kind (credits, rounds, sample count)
 7     number of tensors ``n`` (at most :data:`MAX_TENSORS`)
-8+    ``n`` tensor descriptors of :data:`DESC_LEN` slots: name code, dtype code, ndim, 4 dims
+8     at: the sender's clock in microseconds when it sent the message (a handover's ``join`` and ``moved``: the
+      instant the simulator delivers it, which a waiting server compares with a round's invitation), else ``-1``
+9+    ``n`` tensor descriptors of :data:`DESC_LEN` slots: name code, dtype code, ndim, 4 dims
 ====  ==========================================================================================
 
 Tensor names and dtypes are small fixed vocabularies (:data:`NAMES`, :data:`DTYPES`); adapters travel
@@ -40,11 +42,13 @@ import torch
 from trainer.transport import codecs
 
 MAGIC = 0x5F51  # "SFSIM" wire
-VERSION = 1
+VERSION = 2  # 2: the ``at`` slot
 MAX_TENSORS = 4
 MAX_DIMS = 4
 DESC_LEN = 3 + MAX_DIMS  # name, dtype, ndim, dims
-HEADER_LEN = 8 + MAX_TENSORS * DESC_LEN  # 36 int64 slots = 288 bytes
+FIXED = 9  # the slots before the tensor descriptors
+HEADER_LEN = FIXED + MAX_TENSORS * DESC_LEN  # 37 int64 slots = 296 bytes
+MAX_AT_US = 1 << 50  # an ``at`` stamp at most (about 36 years of run clock, in microseconds)
 MAX_MESSAGE_BYTES = 2 << 30  # 2 GiB: no single message may ask the receiver for more
 MAX_LEGS = 1 << 16  # handovers of one device in a run at most (a ``moved`` names the leg it moves to)
 
@@ -72,6 +76,9 @@ class Kind(enum.IntEnum):
     JOIN = 18  # up, to the new server: aux = micro-batches of this epoch it will send there (0: not this epoch)
     RELEASE = 19  # down, from the server a device leaves (a handover, trainer.transport.handover): mb = its next micro-batch
 
+
+#: Kinds whose header may carry the ``at`` stamp (slot 8).
+STAMPED = frozenset({Kind.JOIN, Kind.MOVED})
 
 UP = {Kind.HELLO, Kind.ACT, Kind.ADAPTER, Kind.SHARD, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE,
       Kind.MOVED, Kind.JOIN}
@@ -110,6 +117,7 @@ class Packet:
     epoch: int = 0
     aux: int = 0
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    at: int = -1  # the sender's clock (microseconds) when it sent the message; -1: not stamped
 
     @property
     def nbytes(self) -> int:
@@ -122,12 +130,12 @@ def encode_header(p: Packet) -> torch.Tensor:
     if len(p.tensors) > MAX_TENSORS:
         raise WireError(f"{len(p.tensors)} tensors in one message; at most {MAX_TENSORS}")
     h = torch.zeros(HEADER_LEN, dtype=torch.int64)
-    h[:8] = torch.tensor([MAGIC, VERSION, int(p.kind), p.device, p.mb, p.epoch, p.aux, len(p.tensors)])
+    h[:FIXED] = torch.tensor([MAGIC, VERSION, int(p.kind), p.device, p.mb, p.epoch, p.aux, len(p.tensors), p.at])
     for i, (name, t) in enumerate(p.tensors.items()):
         if name not in NAMES or t.dtype not in DTYPES or t.dim() > MAX_DIMS:
             raise WireError(f"cannot send tensor {name!r} ({t.dtype}, {t.dim()}-d)")
         dims = list(t.shape) + [0] * (MAX_DIMS - t.dim())
-        o = 8 + i * DESC_LEN
+        o = FIXED + i * DESC_LEN
         h[o:o + DESC_LEN] = torch.tensor([NAMES.index(name) + 1, DTYPES.index(t.dtype) + 1, t.dim(), *dims])
     return h
 
@@ -154,9 +162,12 @@ def decode_header(h: torch.Tensor, allowed: set[Kind]) -> tuple[Packet, list[tup
     n = v[7]
     if not 0 <= n <= MAX_TENSORS:
         raise WireError(f"{n} tensors in one message; at most {MAX_TENSORS}")
+    if v[8] != -1 and not (kind in STAMPED and 0 <= v[8] <= MAX_AT_US):
+        raise WireError(f"{kind.name} stamped at {v[8]} us (only {'/'.join(k.name for k in sorted(STAMPED))} carry a "
+                        f"stamp, 0..{MAX_AT_US} us, or -1)")
     specs, total = [], 0
     for i in range(n):
-        name_c, dtype_c, ndim, *dims = v[8 + i * DESC_LEN: 8 + (i + 1) * DESC_LEN]
+        name_c, dtype_c, ndim, *dims = v[FIXED + i * DESC_LEN: FIXED + (i + 1) * DESC_LEN]
         if not (1 <= name_c <= len(NAMES) and 1 <= dtype_c <= len(DTYPES) and 0 <= ndim <= MAX_DIMS):
             raise WireError(f"tensor {i}: unknown name, dtype or rank ({name_c}, {dtype_c}, {ndim})")
         shape = tuple(dims[:ndim])
@@ -173,7 +184,7 @@ def decode_header(h: torch.Tensor, allowed: set[Kind]) -> tuple[Packet, list[tup
     need, may = KIND_TENSORS.get(kind, (frozenset(), frozenset()))
     if not need <= set(names) <= need | may:
         raise WireError(f"{kind.name} must carry {sorted(need)} (optional {sorted(may)}), got {sorted(names)}")
-    return Packet(kind, v[3], v[4], v[5], v[6]), specs
+    return Packet(kind, v[3], v[4], v[5], v[6], at=v[8]), specs
 
 
 @dataclass(frozen=True)
