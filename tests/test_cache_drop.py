@@ -141,28 +141,3 @@ def test_random_one_server_cached_fleets_with_drops_train_what_was_sent(tmp_path
             assert res.samples_not_trained.get(n, 0) == 4 * (epochs * per - mbs), (seed, n)
             trained += mbs
         assert res.micro_batches == trained, seed
-
-
-def test_the_cache_with_a_handover_is_refused_in_one_line_by_both_halves():
-    """runtime_handover.yaml with the cache: simulate and the runtime's wire settings refuse it with the same line,
-    naming the file, the key, the device, its handover, why and the fix."""
-    from types import SimpleNamespace
-
-    import sfsim
-    from sfsim.errors import SfsimError
-    from sfsim.scenario.overrides import load_scenario_with
-    from sfsim.schedules.network import Unsupported
-    from trainer.run.honour import wire_settings
-
-    path = FIXTURES / "runtime_handover.yaml"
-    sc = load_scenario_with(path, [("training.cache_activations", True)])
-    line = (f"{path}: training.cache_activations: mover hands over to mec-b at 0.8 s, but its cached activations stay "
-            "on the server that received them, so its later epochs would have to be sent again or its cache moved "
-            "over the backhaul, which the scenario does not say; set training.cache_activations to false or remove "
-            "mover's handover")
-    with pytest.raises(Unsupported) as sim:
-        sfsim.simulate(sc, "splitfrozen", splits=1)
-    cfg = SimpleNamespace(wire_dtype=None, method="splitfrozen", emulate="all", devices=str(path), cache_memory="1 GiB")
-    with pytest.raises(SfsimError) as run:
-        wire_settings(cfg, sc)
-    assert str(sim.value) == str(run.value) == line

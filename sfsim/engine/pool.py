@@ -342,8 +342,10 @@ class ServerPool(WorkerLoop):
                     heapq.heappush(queue, (env._now, _NORMAL, next(env._eid), ev))
             else:
                 acct.give_back()
-        if replay:
-            self.push(self.env._now, i, n + 1)  # the next cached micro-batch becomes eligible now
+        if replay:  # the next cached micro-batch becomes eligible now (a mover's: the next of its part here)
+            nxt = n + 1 if self.cache_parts is None else self.replay_after(i, n)
+            if nxt is not None:
+                self.push(self.env._now, i, nxt)
         if self.unclaimed == 0:
             self._wake_all()  # idle workers may now flush their W's and final step
         return eid

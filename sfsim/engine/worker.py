@@ -15,6 +15,7 @@ from collections import deque
 
 import simpy
 
+from sfsim.engine.cacheparts import CacheParts
 from sfsim.engine.core import DeviceEvent
 from sfsim.engine.credits import Credits
 from sfsim.engine.epochs import EpochBooks
@@ -59,18 +60,55 @@ class WorkerLoop:
             self.waiting_calls: dict[int, list] = {}  # epoch -> a device's calls made before it opened here
             held = {i for i, t in enumerate(self.totals) if t}
             self.books = EpochBooks(self.index, [d.per_epoch for d in self.devices], held, legs)
+            if any(d.sent < d.n for d in self.devices):  # the cache: what each device that moves sends here
+                self.cache_parts = CacheParts()
         self.unclaimed = self._opened()
         if self.senders is not None:  # the mixing pool's "could still send": this epoch's micro-batches only
             for i, k in enumerate(self._sending()):
                 self.senders.change(i, unsent=k - (self.devices[i].sent if self.totals[i] else 0))
 
     books: EpochBooks | None = None  # by_epochs with devices that move or leave
+    cache_parts: CacheParts | None = None  # books and the activation cache: the part of each mover's epoch 1 here
 
     def _opened(self) -> int:
         """The count of the epoch that opens now (micro-batches, and places for visitors)."""
         if self.books is not None:
-            return self.books.open()
+            return self.books.open() if self.cache_parts is None or self.epoch == 0 else self._cached_count()
         return sum(t // self.epochs for t in self.totals)
+
+    def _cached_count(self) -> int:
+        """A cached epoch with :class:`~sfsim.engine.epochs.EpochBooks`: no device sends or comes (no places); this
+        server replays its own cache, a device that moves or may leave its part (:class:`CacheParts`, all of its
+        epoch when it stayed), one that never moves its whole epoch, one gone for good nothing. At the first such
+        epoch each mover's total here becomes its part in every epoch (what this server's stream holds)."""
+        books, parts = self.books, self.cache_parts
+        books.place = {}
+        count = 0
+        for i, d in enumerate(self.devices):
+            if i in books.gone:
+                continue
+            if i in books.legs:
+                count += parts.count(i)
+                if self.epoch == 1:
+                    self.totals[i] = parts.count(i) * self.epochs
+            elif i in books.held:
+                count += d.per_epoch
+        return count
+
+    def _replay_first(self, i: int) -> int | None:
+        """The epoch-local index of device ``i``'s first replay here in a cached epoch (None: none here)."""
+        if self.cache_parts is not None and i in self.books.legs:
+            return self.cache_parts.first(i)
+        return 0
+
+    def replay_after(self, i: int, n: int) -> int | None:
+        """The micro-batch of device ``i`` replayed here after its ``n`` in a cached epoch (None: ``n`` was its last
+        here this epoch)."""
+        per = self.devices[i].per_epoch
+        if self.cache_parts is not None and i in self.books.legs:
+            j = self.cache_parts.after(i, n % per)
+            return None if j is None else n - n % per + j
+        return n + 1 if (n + 1) % per else None
 
     def _sending(self) -> list[int]:
         """Per device: the micro-batches it sends in the epoch open now (none of a cached epoch)."""
@@ -110,7 +148,9 @@ class WorkerLoop:
         gone = self.books.gone if self.books is not None else ()
         for i, (d, t) in enumerate(zip(self.devices, self.totals, strict=True)):
             if t and d.sent <= self.epoch * d.per_epoch < d.n and i not in gone:  # its cache's first of the epoch
-                self.push(now, i, self.epoch * d.per_epoch)
+                j = self._replay_first(i)
+                if j is not None:
+                    self.push(now, i, self.epoch * d.per_epoch + j)
         self.running = self.server.count
         self.workers = [self.env.process(self._worker(w)) for w in range(self.server.count)]
         self.epoch_start(self.epoch).succeed()

@@ -25,13 +25,15 @@ Refused (one line each, :func:`check_supported`), and why:
   activations would break the memory bound, and "every device" has no meaning while devices may
   still join (wait for a device that may never come, or draw without it): the rule needs a choice
   the trainer has not made.
-* ``cache_activations`` with a handover: the second and later epochs replay activations cached on the
-  device's *first* server; after a handover those activations are on another machine (moving them
-  is a backhaul transfer the scenario does not describe), so either choice (resend, or move over a
-  backhaul) is a modelling decision the scenario would have to state. With availability (one server or
-  several) the remaining devices' later epochs replay their caches, and a device that left before its first
-  epoch was sent trains nothing more (its partial cache is not read; its pool withdraws its replays with its
-  unsent micro-batches), as the runtime's.
+* ``cache_activations`` with a device that hands over *and* may drop (``availability`` with ``churn: drop``):
+  a cached micro-batch is replayed by the server that received it (:mod:`sfsim.engine.cacheparts`), so a mover
+  leaves part of its first epoch cached on each server of its legs; a device that drops before its first epoch
+  is sent trains nothing more (its partial cache is not read), but only the server holding it when it leaves
+  hears of it, so the servers it left would have to be told (a message the runtime does not have) or would
+  replay a device that the scenario says left: :func:`cache_with_handover`. The cache with handovers alone
+  runs in both halves, and so does the cache with availability (one server or several): the remaining
+  devices' later epochs replay their caches, and a device that left before its first epoch was sent trains
+  nothing more (its pool withdraws its replays with its unsent micro-batches), as the runtime's.
 * SplitLoRA's handovers with the ``sequential`` client order or a fixed server order (see
   :mod:`sfsim.schedules.splitlora.moves`).
 
@@ -106,16 +108,26 @@ def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
 
 
 def cache_with_handover(scenario) -> str | None:
-    """Why ``training.cache_activations`` cannot run with the scenario's first handover (one line: file, key, the
-    device, why, the fix), or None without handovers; both halves refuse it with this line (trainer.run.honour)."""
-    d = next((d for d in scenario.devices if d.handover), None)
+    """Why ``training.cache_activations`` cannot run with the scenario's first device that hands over and may drop
+    for good (one line: file, key, the device, why, the fix), or None; both halves refuse it with this line
+    (trainer.run.honour). A device that hands over without dropping runs: each server replays its own part."""
+    d = next((d for d in scenario.devices if d.handover and d.availability is not None
+              and d.availability.churn == "drop"), None)
     if d is None:
         return None
     h, where = d.handover[0], f"{scenario.source}: " if getattr(scenario, "source", None) else ""
-    return (f"{where}training.cache_activations: {d.name} hands over to {h.to} at {h.at:g} s, but its cached "
-            "activations stay on the server that received them, so its later epochs would have to be sent again or "
-            "its cache moved over the backhaul, which the scenario does not say; set training.cache_activations to "
-            f"false or remove {d.name}'s handover")
+    return (f"{where}training.cache_activations: {d.name} hands over to {h.to} at {h.at:g} s and may drop for good "
+            "(availability churn: drop), but the servers it left keep the part of its first epoch they cached and "
+            "would replay it, as only its last server hears that it left; set training.cache_activations to false, "
+            f"remove {d.name}'s handover or give it churn: pause")
+
+
+def cached_moves(job, moving) -> bool:
+    """Whether the activation cache meets a device whose legs go to several servers: each server's cached epochs
+    replay its part of that device's first epoch, so the servers run one epoch at a time
+    (:meth:`sfsim.engine.worker.WorkerLoop.by_epochs`, :mod:`sfsim.engine.cacheparts`)."""
+    return (any(d.sent < d.n for d in job.devices)
+            and any(len({leg.server for leg in m.legs}) > 1 for m in (moving or {}).values()))
 
 
 @dataclass

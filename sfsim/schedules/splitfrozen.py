@@ -62,7 +62,7 @@ from sfsim.network.availability import next_online
 from sfsim.network.backhaul import PoolRounds, sync_spec
 from sfsim.network.legs import Motion, motion_of, needs_motion, online, record_online, span
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, link_seconds
-from sfsim.schedules.network import Untouched, needs_dynamics, not_applicable, trace_moves
+from sfsim.schedules.network import Untouched, cached_moves, needs_dynamics, not_applicable, trace_moves
 
 
 def build(setup: ReplaySetup, cache: bool = False) -> Job:
@@ -124,9 +124,9 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:
             pool.by_epochs(job.sync.epochs, legs)
-    elif engine.epoch_end and engine.sync is None and (epochs := whole_epochs(job)) > 1:
+    elif (engine.epoch_end or cached_moves(job, moving)) and engine.sync is None and (epochs := whole_epochs(job)) > 1:
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
-        for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait alone
+        for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait or the cache alone
             pool.by_epochs(epochs, legs)
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
         d = job.devices[i]
@@ -238,6 +238,8 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
         if sequential:  # the worker releases the device when this micro-batch's W ends
             released = pool.released(i)
         pool.send(end + up_l, i, n)
+        if not constant and pool.cache_parts is not None:  # the activation cache: the server that received it keeps it
+            pool.cache_parts.add(i, n)
         n += 1
         if sequential:
             yield released

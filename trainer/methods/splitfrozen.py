@@ -397,19 +397,22 @@ class SplitFrozen(Method, WaitingServer):
 
     def _from_cache(self, epoch: int, on_step: StepCallback, counts: dict[str, int], done: dict[str, int],
                     live: list[str]) -> bool:
-        """Train the epoch from the activation cache when it holds every live device's epoch (True); else
-        empty it, to be refilled from what the devices send this epoch (False)."""
+        """Train the epoch from the activation cache when it holds a whole earlier epoch (True): every device this
+        server cached, the part a mover sent here included (``ActivationCache.replays``); else empty it, to be
+        refilled from what the devices send this epoch (False)."""
         if self.cache is None:
             return False
-        if self.cache.replays({n: counts[n] for n in live}):  # a device that left trains nothing more
-            for n in (n for n in live if n in self.cache.left):
-                self.not_trained[n] = self.not_trained.get(n, 0) + max(
-                    self.setup.samples.get(n, 0) - done.get(n, 0) * self.setup.micro_batch, 0)
-            self._replay(epoch, on_step, {n: counts[n] for n in live if n not in self.cache.left}, done)
-            return True
-        for n in counts:
-            self.cache.clear(n)
-        return False
+        replay = self.cache.replays(epoch, self.lost, [*self.legs, *self.setup.samples])
+        if replay is None:
+            self.cache.fill(epoch, resumed=any(done.values()))
+            return False
+        for n in (n for n in live if n in self.cache.left):  # a device that left trains nothing more
+            self.not_trained[n] = self.not_trained.get(n, 0) + max(
+                self.setup.samples.get(n, 0) - done.get(n, 0) * self.setup.micro_batch, 0)
+        if self.sync is not None and Legs(self.legs).moving():  # its weight: the samples it replays (hold_weight)
+            self.sync.weight = float(sum(self.cache.rows(n) for n in replay))
+        self._replay(epoch, on_step, replay, done)
+        return True
 
     def _replay(self, epoch: int, on_step: StepCallback, counts: dict[str, int], done: dict[str, int]) -> None:
         """An epoch from the activation cache: no device computes or sends anything.

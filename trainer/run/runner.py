@@ -553,6 +553,7 @@ def _metrics(cfg, scenario, setup, method, info, losses, evals, wall_s) -> dict:
             "samples_by_device": {d.name: d.n_samples for d in setup.devices},
             "microbatch_shapes": {d.name: [list(b["input_ids"].shape) for b in d.batches(0)] for d in setup.devices},
             **({"pool_peak_microbatches": method.pool_peak} if cfg.server_order == "pool" else {}),
+            **({"activation_cache": method.cache.report()} if getattr(method, "cache", None) is not None else {}),
             "partition": {"spec": cfg.partition, "counts": info["partition_counts"], "table": info["partition_table"]},
             "train_samples": sum(d.n_samples for d in setup.devices), "eval_samples": info["n_eval"],
             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress",)},
