@@ -216,7 +216,7 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
             ready = max(f_end, link_free)
             if pause is not None and ready < math.inf:
                 ready = next_online(pause, ready)
-            acct, j = yield from _take_credit(engine, pools, i, d, m, j, n, ready, stop)
+            acct, j, told = yield from _take_credit(engine, pools, i, d, m, j, n, ready, stop, told)
             if acct is None:
                 break  # dropped, or never online again: the rest is lost
         pool = pools[d.server if constant else legs[j].server]
@@ -252,11 +252,16 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
 
 
 def _take_credit(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion | None, j: int, n: int,
-                 ready: float, stop: float):
+                 ready: float, stop: float, told: int = 0):
     """Take a credit at or after ``ready`` on the leg holding then (device ``i`` on leg ``j`` has sent ``n``).
 
-    Handovers due by then apply first; a wait cut off by the next one tries again on the new leg.
-    Returns (as a generator) ``(the Credits taken from, or None when the device left first, leg)``.
+    Handovers due by then apply first; a wait cut off by the next one tries again on the new leg. One epoch at a
+    time, a device that must wait for a credit on a leg its servers do not know of yet (``told``: the last they
+    know) tells them of its moves when the wait begins (:func:`_moved`), as the runtime's device sends ``moved`` and
+    ``join`` when it hands over, before any credit of its new server (``_move_if_due``); waiting untold, with
+    ``training.credits: server``, its old server kept counting its micro-batches and never ended the epoch (nor
+    joined the round that its new server waited for before it gave a credit back). Returns (as a generator)
+    ``(the Credits taken from, or None when the device left first, leg, told)``.
     """
     legs, env = (m.legs if m is not None else ()), engine.env
     while ready < stop:
@@ -265,14 +270,21 @@ def _take_credit(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes
             _switch(pools, i, d, m, j, n)
         acct = pools[legs[j].server if legs else d.server].account[i]
         deadline = min(stop, legs[j + 1].at) if j + 1 < len(legs) else stop
-        if (yield from _acquire(engine, acct, ready, deadline)):
-            return acct, j
+        tell = None
+        if j > told and pools[legs[j].server].books is not None:
+            def tell(j=j):
+                nonlocal told
+                told = _moved(pools, i, d, m, told, j, n)
+        if (yield from _acquire(engine, acct, ready, deadline, tell)):
+            return acct, j, told
         ready = env.now
-    return None, j
+    return None, j, told
 
 
-def _acquire(engine, acct: Credits, ready: float, deadline: float):
-    """Take a credit at or after ``ready`` and before ``deadline`` (rules of engine.Credits.wait); True if taken."""
+def _acquire(engine, acct: Credits, ready: float, deadline: float, tell=None):
+    """Take a credit at or after ``ready`` and before ``deadline`` (rules of engine.Credits.wait); True if taken.
+
+    ``tell``: called once, at the instant (>= ``ready``) the device begins to wait for a credit, if it must."""
     env = engine.env
     while True:
         if max(ready, env.now) >= deadline:
@@ -283,10 +295,14 @@ def _acquire(engine, acct: Credits, ready: float, deadline: float):
                 continue
             ev = env.event()
             acct.wait(ready, ev)
+            if tell is not None:  # at `ready`, unless granted (or told to try again) by then
+                engine.at(ready).callbacks.append(lambda _e, ev=ev, tell=tell: ev.triggered or tell())
         elif acct.credits:
             acct.credits -= 1
             return True
         else:
+            if tell is not None:
+                tell()
             ev = env.event()
             acct.wait(env.now, ev)
         if deadline < math.inf:
