@@ -67,6 +67,7 @@ class Engine:
         self._finishers: list = []
         self.soft_timers = False  # set before run() by schedules that call soft_at
         self._soft = 0  # pending soft timers
+        self.still_waiting: list = []  # checks: something still waits for what a soft timer may bring (run())
 
     def on_finish(self, fn) -> None:
         """Call ``fn()`` after the run ends (schedules copy their busy totals here)."""
@@ -168,13 +169,21 @@ class Engine:
         self.at(t).callbacks.append(fire)
 
     def run(self) -> float:
-        """Run until no event is left (but soft timers); returns the makespan (time of the last event)."""
+        """Run until no event is left (but soft timers); returns the makespan (time of the last event).
+
+        Soft timers run on while a check of :attr:`still_waiting` says something waits for what one may bring: a
+        SplitFrozen device that left mid-send gives its server's credit back when it leaves, a soft timer, and a
+        device waiting for that credit would otherwise wait for ever."""
         if not self.soft_timers:
             self.env.run()
         else:
             env = self.env
-            while len(env._queue) > self._soft:
-                env.step()
+            while True:
+                while len(env._queue) > self._soft:
+                    env.step()
+                if not env._queue or not any(check() for check in self.still_waiting):
+                    break
+                env.step()  # only soft timers are left but something still waits: the next one may free it
         for fn in self._finishers:
             fn()
         return self.env.now

@@ -128,6 +128,9 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait alone
             pool.by_epochs(epochs, legs)
+    if moving and pools[0].books is not None:  # (over one epoch the fast path replays the run: it stops there too)
+        engine.still_waiting.append(  # a device waits for a credit that one leaving mid-send gives back when it leaves
+            lambda: any(a is not None and a.waiting for pool in pools for a in pool.account))
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
         d = job.devices[i]
         start_device(engine, pools, i, d, m, sequential)
@@ -237,7 +240,10 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
         link_free = end
         if sequential:  # the worker releases the device when this micro-batch's W ends
             released = pool.released(i)
-        pool.send(end + up_l, i, n)
+        if pool.books is None:
+            pool.send(end + up_l, i, n)
+        else:  # one epoch at a time: it may arrive before its server opened its epoch (it moved between epochs)
+            pool.arrives(n // d.per_epoch, end + up_l, i, n)
         n += 1
         if sequential:
             yield released
