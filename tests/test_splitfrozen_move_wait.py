@@ -112,7 +112,7 @@ def test_random_churning_moving_fleets_over_epochs_finish():
     with "waited for ever":
 
     * a credit that a device leaving mid-send gives back when it leaves (a soft timer) while another device waits
-      for it, after everything else is done (:attr:`sfsim.engine.core.Engine.still_waiting`): seed 0, both schedules;
+      for it, after everything else is done (:meth:`sfsim.engine.core.Engine.hold_open`): seed 0, both schedules;
     * a server that waited only for a visitor, and saw it join and move away at one instant, answered no more
       rounds (:meth:`sfsim.engine.worker.WorkerLoop._visit_rounds`): seeds 10 and 173, sequential."""
     for seed in range(300):

@@ -67,7 +67,7 @@ class Engine:
         self._finishers: list = []
         self.soft_timers = False  # set before run() by schedules that call soft_at
         self._soft = 0  # pending soft timers
-        self.still_waiting: list = []  # checks: something still waits for what a soft timer may bring (run())
+        self._unfinished: list = []  # hold_open: work the run may not end without
 
     def on_finish(self, fn) -> None:
         """Call ``fn()`` after the run ends (schedules copy their busy totals here)."""
@@ -168,22 +168,25 @@ class Engine:
             fn()
         self.at(t).callbacks.append(fire)
 
-    def run(self) -> float:
-        """Run until no event is left (but soft timers); returns the makespan (time of the last event).
+    def hold_open(self, unfinished) -> None:
+        """Soft timers fire while ``unfinished()`` is true, even when nothing else is left to run.
 
-        Soft timers run on while a check of :attr:`still_waiting` says something waits for what one may bring: a
-        SplitFrozen device that left mid-send gives its server's credit back when it leaves, a soft timer, and a
-        device waiting for that credit would otherwise wait for ever."""
+        A SplitFrozen server with micro-batches it cannot start yet (its devices wait for a credit that a
+        device cut off mid-send holds until it leaves, or for a device's drop deadline) is not done: the
+        soft timers it waits for are real events, and only they let it finish.
+        """
+        self._unfinished.append(unfinished)
+
+    def run(self) -> float:
+        """Run until no event is left but soft timers that no unfinished work waits for (:meth:`hold_open`);
+        returns the makespan (time of the last event)."""
         if not self.soft_timers:
             self.env.run()
         else:
             env = self.env
-            while True:
-                while len(env._queue) > self._soft:
-                    env.step()
-                if not env._queue or not any(check() for check in self.still_waiting):
-                    break
-                env.step()  # only soft timers are left but something still waits: the next one may free it
+            queue = env._queue
+            while len(queue) > self._soft or (queue and any(unfinished() for unfinished in self._unfinished)):
+                env.step()
         for fn in self._finishers:
             fn()
         return self.env.now

@@ -128,9 +128,9 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait alone
             pool.by_epochs(epochs, legs)
-    if moving and pools[0].books is not None:  # (over one epoch the fast path replays the run: it stops there too)
-        engine.still_waiting.append(  # a device waits for a credit that one leaving mid-send gives back when it leaves
-            lambda: any(a is not None and a.waiting for pool in pools for a in pool.account))
+    if moving and pools[0].books is not None:  # a server with work left waits for a soft timer (Engine.hold_open):
+        for pool in pools:  # a credit that a device leaving mid-send gives back when it leaves
+            engine.hold_open(lambda pool=pool: pool.unclaimed > 0)
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
         d = job.devices[i]
         start_device(engine, pools, i, d, m, sequential)
