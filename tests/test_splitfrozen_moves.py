@@ -72,9 +72,8 @@ def _epochs(engine: Engine, job) -> tuple[dict, dict, dict]:
 
 @pytest.mark.parametrize("closing", [True, False])
 def test_random_moving_fleets_end_each_epoch_with_its_rounds(closing):
-    """150 random fleets each: every run ends (with training.sync a few may not: a server waiting for a visitor
-    answers no round, in the runtime as here, so a sync-mode round can wait for ever; the engine says so), every
-    micro-batch a device sent is trained once, and each epoch is a barrier: no device forwards epoch e + 1 before
+    """150 random fleets each: every run ends (before issue 19 a few with training.sync stopped with "waited for ever":
+    tests/test_splitfrozen_move_wait.py), every micro-batch a device sent is trained once, and each epoch is a barrier: no device forwards epoch e + 1 before
     every server ended its work on epoch e and the first server received that epoch's last round. Without training.sync exactly one
     closing round an epoch."""
     outcomes = []
@@ -99,7 +98,7 @@ def test_random_moving_fleets_end_each_epoch_with_its_rounds(closing):
                 assert any(ends.get(ep - 1, 0.0) <= t <= starts[ep] for b in back.values() for t in b), seed
                 if closing:
                     assert min(b[ep - 1] for b in back.values()) <= starts[ep], seed
-    assert sum(outcomes) >= (150 if closing else 120), outcomes.count(False)
+    assert all(outcomes), [seed for seed, ok in enumerate(outcomes) if not ok]
 
 
 def test_a_device_that_moved_away_for_good_is_not_waited_for():

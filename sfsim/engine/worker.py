@@ -189,6 +189,12 @@ class WorkerLoop:
             self._count(self.books.left(i, k))
         self._in_epoch(e, apply)
 
+    def arrives(self, e: int, arrival: float, i: int, n: int) -> None:
+        """:meth:`send` of device ``i``'s micro-batch ``n``, of its epoch ``e``, arriving at ``arrival``: one of an epoch
+        this server has not opened yet (a device that moved here between epochs, started by the server it left, whose
+        rounds' average came back first) waits in its queue until the opening, as the runtime's message does."""
+        self._in_epoch(e, lambda: self.send(max(arrival, self.env.now), i, n))
+
     def _unsent(self, i: int, k: int) -> None:
         """The mixing pool's books of who could still send (:class:`~sfsim.engine.credits.Senders`): ``k`` more
         micro-batches of device ``i`` come here this epoch (fewer: it moved away or left). Without them a pool kept
@@ -235,6 +241,8 @@ class WorkerLoop:
     def _visit_rounds(self, wake: simpy.Event):
         yield self.sync.wait_for_visitor(self.index, wake)
         self.visiting = self._visit_wake = None
+        if self.idle:  # the news that woke it may be undone at that instant (a visitor through two legs at once)
+            self._await_visitor()  # while it still waits only for a visitor it answers the rounds again
 
     def _visitor_news(self) -> None:
         """Its count or places changed: a visitor came (or none may any more), or it now waits only for one."""

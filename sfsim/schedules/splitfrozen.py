@@ -128,6 +128,9 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait or the cache alone
             pool.by_epochs(epochs, legs)
+    if moving and pools[0].books is not None:  # a server with work left waits for a soft timer (Engine.hold_open):
+        for pool in pools:  # a credit that a device leaving mid-send gives back when it leaves
+            engine.hold_open(lambda pool=pool: pool.unclaimed > 0)
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
         d = job.devices[i]
         start_device(engine, pools, i, d, m, sequential)
@@ -216,7 +219,7 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
             ready = max(f_end, link_free)
             if pause is not None and ready < math.inf:
                 ready = next_online(pause, ready)
-            acct, j = yield from _take_credit(engine, pools, i, d, m, j, n, ready, stop)
+            acct, j, told = yield from _take_credit(engine, pools, i, d, m, j, n, ready, stop, told)
             if acct is None:
                 break  # dropped, or never online again: the rest is lost
         pool = pools[d.server if constant else legs[j].server]
@@ -237,7 +240,10 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
         link_free = end
         if sequential:  # the worker releases the device when this micro-batch's W ends
             released = pool.released(i)
-        pool.send(end + up_l, i, n)
+        if pool.books is None:
+            pool.send(end + up_l, i, n)
+        else:  # one epoch at a time: it may arrive before its server opened its epoch (it moved between epochs)
+            pool.arrives(n // d.per_epoch, end + up_l, i, n)
         if not constant and pool.cache_parts is not None:  # the activation cache: the server that received it keeps it
             pool.cache_parts.add(i, n)
         n += 1
@@ -254,11 +260,16 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
 
 
 def _take_credit(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion | None, j: int, n: int,
-                 ready: float, stop: float):
+                 ready: float, stop: float, told: int = 0):
     """Take a credit at or after ``ready`` on the leg holding then (device ``i`` on leg ``j`` has sent ``n``).
 
-    Handovers due by then apply first; a wait cut off by the next one tries again on the new leg.
-    Returns (as a generator) ``(the Credits taken from, or None when the device left first, leg)``.
+    Handovers due by then apply first; a wait cut off by the next one tries again on the new leg. One epoch at a
+    time, a device that must wait for a credit on a leg its servers do not know of yet (``told``: the last they
+    know) tells them of its moves when the wait begins (:func:`_moved`), as the runtime's device sends ``moved`` and
+    ``join`` when it hands over, before any credit of its new server (``_move_if_due``); waiting untold, with
+    ``training.credits: server``, its old server kept counting its micro-batches and never ended the epoch (nor
+    joined the round that its new server waited for before it gave a credit back). Returns (as a generator)
+    ``(the Credits taken from, or None when the device left first, leg, told)``.
     """
     legs, env = (m.legs if m is not None else ()), engine.env
     while ready < stop:
@@ -267,14 +278,21 @@ def _take_credit(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes
             _switch(pools, i, d, m, j, n)
         acct = pools[legs[j].server if legs else d.server].account[i]
         deadline = min(stop, legs[j + 1].at) if j + 1 < len(legs) else stop
-        if (yield from _acquire(engine, acct, ready, deadline)):
-            return acct, j
+        tell = None
+        if j > told and pools[legs[j].server].books is not None:
+            def tell(j=j):
+                nonlocal told
+                told = _moved(pools, i, d, m, told, j, n)
+        if (yield from _acquire(engine, acct, ready, deadline, tell)):
+            return acct, j, told
         ready = env.now
-    return None, j
+    return None, j, told
 
 
-def _acquire(engine, acct: Credits, ready: float, deadline: float):
-    """Take a credit at or after ``ready`` and before ``deadline`` (rules of engine.Credits.wait); True if taken."""
+def _acquire(engine, acct: Credits, ready: float, deadline: float, tell=None):
+    """Take a credit at or after ``ready`` and before ``deadline`` (rules of engine.Credits.wait); True if taken.
+
+    ``tell``: called once, at the instant (>= ``ready``) the device begins to wait for a credit, if it must."""
     env = engine.env
     while True:
         if max(ready, env.now) >= deadline:
@@ -285,10 +303,14 @@ def _acquire(engine, acct: Credits, ready: float, deadline: float):
                 continue
             ev = env.event()
             acct.wait(ready, ev)
+            if tell is not None:  # at `ready`, unless granted (or told to try again) by then
+                engine.at(ready).callbacks.append(lambda _e, ev=ev, tell=tell: ev.triggered or tell())
         elif acct.credits:
             acct.credits -= 1
             return True
         else:
+            if tell is not None:
+                tell()
             ev = env.event()
             acct.wait(env.now, ev)
         if deadline < math.inf:
