@@ -257,7 +257,10 @@ class InTime:
                 self._give(c)
 
     def _give(self, c) -> None:
-        """Send ``c`` its next ``fwd`` if this server still holds it then; route its upload."""
+        """Send ``c`` its next ``fwd`` if this server still holds it then and it has none out (the runtime's
+        ``may_issue``: never to a busy client); route its upload."""
+        if c in self.out:  # it came back (A -> B -> A) while pending here and was sent its fwd already (training.sync)
+            return
         t = max(self.free, c.since, c.joined)  # its fwd goes once its join is here (a release: after its backward)
         if t >= self.leave(c):  # gone by then: out of this loop (the handover's instant moves it)
             self._drop(c)
