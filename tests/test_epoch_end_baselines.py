@@ -115,21 +115,13 @@ def test_splitlora_with_a_handover_between_servers_waits_after_the_closing_round
 
 def test_simulate_notes_only_what_still_leaves_the_wait_out(tmp_path: Path):
     """One server: every schedule replays the wait (no note). SplitLoRA with a handover between servers and no
-    backhaul link (its epochs back to back, no barrier) still leaves it out, and the note says so for it alone."""
+    backhaul link replays it too now (tests/test_splitlora_epoch_end_unshaped.py)."""
     from sfsim.cli import main
 
     path = tmp_path / "fresh.yaml"
     path.write_text(yaml.safe_dump(fleet()))
     out = CliRunner().invoke(main, ["simulate", "--devices", str(path), "--split", "2", "--schedule", "all"]).output
     assert "is left out" not in out, out
-    data = handover()
-    for s in data["servers"]:
-        del s["backhaul"]
-    path.write_text(yaml.safe_dump(data))
-    out = CliRunner().invoke(main, ["simulate", "--devices", str(path), "--split", "2", "--schedule", "splitlora",
-                                    "--json", str(tmp_path / "r.json")]).output
-    assert "note: splitlora: the wait between epochs (evaluation, adapter, checkpoint) is left out" in out, out
-    assert "epoch_end_s" not in json.loads((tmp_path / "r.json").read_text())
 
 
 # -- against real runs ------------------------------------------------------------------------------------------

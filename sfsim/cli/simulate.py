@@ -112,7 +112,7 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
 def _epoch_end_note(sc, results: dict) -> None:
     """Say where the simulation leaves out sfsim run's wait between epochs (evaluation, adapter, checkpoint;
     :mod:`sfsim.cost.epochend`): without ``training.eval_samples``, or where a schedule does not replay it (its
-    result has no ``epoch_end_s``: SplitLoRA with handovers between servers and no backhaul link, for one)."""
+    result has no ``epoch_end_s``)."""
     if sc.training.epochs < 2:
         return
     if sc.training.eval_samples is None:

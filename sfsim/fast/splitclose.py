@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from sfsim.fast import splitops as sl
 from sfsim.fast.jit import njit
 from sfsim.fast.simq import NORMAL, push
@@ -43,6 +41,7 @@ from sfsim.fast.splitholds import (
     _FJOIN,
     _HOME,
     _INTER,
+    _LEAVING,
     _NOUT,
     _PC,
     _READY,
@@ -100,21 +99,45 @@ def top(J, K, Q, CNT, now, k):
         SJ[k, _PC] = _COUNTED
         return False
     if not _may_join(J, K, k, e):
-        SJ[k, _PC] = _FINISH
+        due = _leaving(J, K, k, e)
+        if due == math.inf:
+            SJ[k, _PC] = _FINISH
+            return False
+        if due > now:  # ``_idle_until`` the handover's instant (succeed_at: a timer, then the event)
+            push(Q, CNT, due, NORMAL, _SUCC, k, _wait(J, CNT, k, due, 0, _LEAVING))
+            return True
+        SJ[k, _PC] = _LEAVING
         return False
     _wait(J, CNT, k, math.inf, 1, _TOP)  # ServerRounds.idle: nobody opens a round without training.sync
     return True
 
 
 @njit
+def _held_idle(J, K, k, c, e):
+    """``Server._held_idle``: whether ``c`` is held by ``k``, idle, with work left in epoch ``e`` (and not counted)."""
+    return J[14][c, _HOME] == k and not J[12][k, c] and not K[6][2][sl._LOST, c] \
+        and K[3][sl._NEXT, c] < K[5][sl._N, c] and _in_epoch(J, K, k, c, e) and _rest(J, K, k, c) > 0
+
+
+@njit
+def _leaving(J, K, k, e):
+    """``Server._leaving``: when the first held idle client with work left in epoch ``e`` leaves (``inf``: none)."""
+    t = math.inf
+    for c in range(K[5].shape[1]):
+        if _held_idle(J, K, k, c, e):
+            t = min(t, _leave(J, K[6], k, c))
+    return t
+
+
+@njit
 def _recount(J, K, k):
-    """``_recount`` after the wait for a visitor's ``join``: a counted client that left meanwhile with a micro-batch out
-    elsewhere is no longer counted, one out here that joined meanwhile is (the rest of its epoch and that one); the
-    counts go into ``left`` (the counted in client order, then the joined in ``out``'s order). Returns their number."""
-    C, CV, OUT = K[2], J[21], J[11]
+    """``_recount`` after the wait for a visitor's ``join``: a counted client that left meanwhile is no longer counted,
+    one out here that joined meanwhile is (the rest of its epoch and that one); the counts go into ``left`` (the counted
+    in client order, then the joined in ``out``'s order). Returns their number."""
+    CV, OUT = J[21], J[11]
     n = 0
     for c in range(CV.shape[1]):
-        if CV[k, c] and (J[14][c, _HOME] == k or np.isnan(C[sl._ARRIVAL, c])):
+        if CV[k, c] and J[14][c, _HOME] == k:
             _left_set(J, k, c, CV[k, c])
             n += 1
         CV[k, c] = 0
@@ -135,6 +158,11 @@ def step(J, K, Q, CNT, now, k, pc):
         for c in range(N.shape[1]):
             if J[14][c, _HOME] == k and not J[12][k, c] and not K[6][2][sl._LOST, c] \
                     and K[3][sl._NEXT, c] < N[sl._N, c] and _leave(J, K[6], k, c) <= now:
+                _hand_over(J, K, Q, CNT, now, k, c, now, 0)
+        SJ[k, _PC] = _TOP
+    elif pc == _LEAVING:  # ``_release_left``: hand over the held idle clients whose leg here has ended, then decide again
+        for c in range(N.shape[1]):
+            if _held_idle(J, K, k, c, SJ[k, _AT_EPOCH]) and _leave(J, K[6], k, c) <= now:
                 _hand_over(J, K, Q, CNT, now, k, c, now, 0)
         SJ[k, _PC] = _TOP
     elif pc == _COUNTED:  # _recount, then _interleaved_in_time(counts): ``left`` is the counts, in SimPy's order

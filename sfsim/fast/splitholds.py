@@ -17,7 +17,7 @@ from sfsim.fast.simq import NORMAL, push
 
 _INIT, _SOFT, _TIMER, _WAKE, _COND, _FINAL, _EXIT, _AT, _SUCC, _READY, _BACK, _REV = range(12)  # event kinds
 (_TOP, _INTER, _SEG, _SEG_WAKE, _SEG_END, _ROUND, _ROUND_WAKE, _DONE_PC, _EPOCH_PC, _COUNTED, _FINISH, _FJOIN, _FBACK,
- _SEG_MOVE) = range(14)  # a server's program counter
+ _SEG_MOVE, _LEAVING) = range(15)  # a server's program counter
 (_PC, _RET, _ISSUED, _QUOTA, _SERVED, _CHOSEN, _WAKEP, _WAIT, _TOKEN, _TRIG, _HEAD, _TAIL, _NLEFT, _NOUT,
  _NPEND, _GEN, _FINISHED, _AT_EPOCH, _CLOSING, _SERVING) = range(20)  # SJ: int per server
 _NO_WAIT, _COND_WAIT, _IDLE_WAIT = range(3)  # SJ[_WAIT]

@@ -41,7 +41,11 @@ This follows :mod:`trainer.methods.splitlora` on the distributed runtime step fo
   (:meth:`sfsim.network.backhaul.ServerRounds.idle`, the runtime's ``ServerSync.idle``), and each epoch ends
   with those rounds, a barrier, before the next starts; without ``training.sync`` too (each epoch's closing round
   alone, as ``sfsim run``: its ``ServerSync.finish``), and a released client's ``join`` reaches its new server when
-  the runtime's does (:meth:`~sfsim.schedules.splitlora.intime.InTime.hand_over`).
+  the runtime's does (:meth:`~sfsim.schedules.splitlora.intime.InTime.hand_over`). With no backhaul link the
+  closing rounds take no time and are not modelled (the epochs back to back), except with the epoch-end wait
+  (``training.eval_samples``, several epochs): then they are, on links that take no time, so that each server
+  waits for the others' epochs and then for its own evaluation, as ``sfsim run``'s servers do
+  (:func:`~sfsim.schedules.splitlora.schedule.unshaped_rounds`).
 * **Codec** (``training.wire_dtype``): the client encodes its activations (in ``F``) and decodes the
   gradient (in ``B``); the server decodes the activations (in ``F``) and encodes the gradient (in ``B``).
 

@@ -123,7 +123,11 @@ class InTime:
                     yield from self._interleaved_in_time(counts)
                     continue
                 if not self.moves.may_join(self.k, e):
-                    break
+                    if self.sync is None or (due := self._leaving(e)) is None:
+                        break
+                    yield from self._idle_until(due)  # the runtime's server waits for its join, then releases it
+                    self._release_left(e)
+                    continue
                 self.wake = env.event()
                 if self.sync is not None:  # training.sync: it answers the others' rounds while it waits
                     yield from self.sync.idle(self.wake)
@@ -143,11 +147,13 @@ class InTime:
         yield self.engine.at(max(self.end, env.now))
 
     def _recount(self, counts: dict) -> dict:
-        """After the wait for a visitor's ``join``: a client that left meanwhile and has a micro-batch out elsewhere is no
-        longer counted (a ``fwd`` from here would be its second), and one that joined meanwhile with a micro-batch on
-        its way here is, with the rest of its epoch (as ``join`` counts it mid-epoch; the runtime's server counts it
-        when its ``join`` arrives, in the segment). Returns ``counts``."""
-        for c in [c for c in counts if c.home != self.k and c.arrival is not None]:
+        """After the wait for a visitor's ``join``: a client that left meanwhile is no longer counted, and one that joined
+        meanwhile with a micro-batch on its way here is, with the rest of its epoch (as ``join`` counts it mid-epoch).
+        The runtime's server counts a visitor when it reads its ``join``, and one whose leg here has ended by then it
+        ``release``-s at once: it never sends it a ``fwd``. Counting a leaver (idle, handed over at its handover's
+        instant) sent it a ``fwd`` from here while its new server drove it too (issue 19: a second ``fwd``, a
+        micro-batch out without an arrival). Returns ``counts``."""
+        for c in [c for c in counts if c.home != self.k]:
             del counts[c]
         for c in self.out:
             if c.home == self.k and c not in counts:
@@ -158,6 +164,26 @@ class InTime:
         """Whether client ``c``'s next micro-batch (or the one it has out here) is of epoch ``e`` (None: any)."""
         per = c.d.per_epoch or c.d.n
         return e is None or (c.mb if c in self.out else c.next) // per == e
+
+    def _held_idle(self, e: int | None) -> list:
+        """The clients held here, idle, with work left in epoch ``e`` that this loop does not count: their leg here ends
+        before it could send them a ``fwd`` (:meth:`_give` dropped them); the handover's instant moves them on."""
+        return [c for c in self.moves.clients if c.home == self.k and c not in self.out and c.i not in self.lost
+                and c.next < c.d.n and self._in_epoch(c, e) and self.rest(c) > 0]
+
+    def _leaving(self, e: int | None) -> float | None:
+        """When the first client of :meth:`_held_idle` leaves (None: none). The runtime's server does not end its epoch
+        while one may still come (it waits for its ``join``, then sends its ``release``): this loop does not close the
+        epoch before the handover's instant either (a handover due while it closes would wait for its next epoch, and
+        the client's new server for it: the rounds would wait for ever)."""
+        return min((self.leave(c) for c in self._held_idle(e)), default=None)
+
+    def _release_left(self, e: int | None) -> None:
+        """Hand over the clients of :meth:`_held_idle` whose leg here has ended (the handover's instant, as ``tick``)."""
+        now = self.engine.env.now
+        for c in self._held_idle(e):
+            if self.leave(c) <= now:
+                self.hand_over(c, now)
 
     def _release_due(self) -> None:
         """An epoch starts: release the clients held here whose leg here ended during the last rounds (the runtime's
@@ -231,7 +257,10 @@ class InTime:
                 self._give(c)
 
     def _give(self, c) -> None:
-        """Send ``c`` its next ``fwd`` if this server still holds it then; route its upload."""
+        """Send ``c`` its next ``fwd`` if this server still holds it then and it has none out (the runtime's
+        ``may_issue``: never to a busy client); route its upload."""
+        if c in self.out:  # it came back (A -> B -> A) while pending here and was sent its fwd already (training.sync)
+            return
         t = max(self.free, c.since, c.joined)  # its fwd goes once its join is here (a release: after its backward)
         if t >= self.leave(c):  # gone by then: out of this loop (the handover's instant moves it)
             self._drop(c)

@@ -23,7 +23,10 @@ Rules, for a client whose handover at ``at`` moves it from server A to server B:
   a client that joins mid-epoch brings the rest of its current epoch into B's current epoch (its next
   epochs go into B's next ones). A server with nothing left waits while a client may still join it.
   B sends a joining client its first ``fwd`` once it is free and the segment has room (``issued <
-  quota``), never before ``since``.
+  quota``), never before ``since``. With backhaul rounds (each epoch ends with them, a barrier) B counts a
+  visitor only while it holds it: one that left while B waited for its ``join`` is not counted, and B does
+  not end its epoch while it holds a client with work left in it whose leg ends before B could send it a
+  ``fwd`` (the runtime's server waits for its ``join``, then releases it): it waits for the handover's instant.
 * **FedAvg.** A round sent at ``T`` (the server's ``sync``) takes the clients the server holds at
   ``T``: the client is in A's rounds sent before it joins B and in B's after. Its adapter upload
   goes to the round's server over the leg holding when the upload starts. Nothing is sent at the

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import math
 
 from sfsim.engine.pool import DeviceTimes, Engine, ServerTimes, StreamMixing
-from sfsim.network.backhaul import ServerRounds, sync_spec
+from sfsim.network.backhaul import ServerRounds, SyncSpec, sync_spec
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, aggregate_seconds, groups, link_seconds
 from sfsim.schedules.network import every_device, trace_moves
 from sfsim.schedules.splitlora.moves import hands_over, run_jointly
@@ -56,9 +57,25 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
     job.network = network(setup, job)
     cut = max(setup.splits.values(), default=0)  # the runtime's one cut for every client
     payload = cm.adapter_bytes(range(cut, L), head=True)  # the server's optimizer: its LoRA and the head
-    spec = sync_spec(sc, payload, payload + cm.adapter_bytes(range(cut), head=False))  # + clients' average
-    job.sync = spec
+    closing = payload + cm.adapter_bytes(range(cut), head=False)  # + the clients' average
+    job.sync = sync_spec(sc, payload, closing) or unshaped_rounds(sc, job, payload, closing)
     return job
+
+
+def unshaped_rounds(sc, job: Job, payload: float, closing: float) -> SyncSpec | None:
+    """Each epoch's closing round on links that take no time, where no server declares a backhaul link but the epochs
+    must end together: handovers between servers and the epoch-end wait (``training.eval_samples``, several epochs).
+
+    ``sfsim run`` on several servers always ends each epoch with its closing round (:func:`trainer.run.launch._server_sync`:
+    its links only unshaped), a barrier, and then each server evaluates and saves (``train_server``) before it sends
+    its next epoch's first commands, a client that moved taking its next epoch on the server holding it then. Without
+    the wait the rounds take no time and the loops keep their epochs back to back (:func:`sync_spec`: nothing
+    modelled); with it they wait for each other as the runtime's do. None where this does not apply."""
+    tr = sc.training
+    if (len(sc.servers) < 2 or tr.eval_samples is None or tr.epochs < 2 or job.network is None
+            or not hands_over(job.network.motions)):
+        return None
+    return SyncSpec(tuple((s.name, math.inf, 0.0) for s in sc.servers), None, "sync", payload, closing, tr.epochs)
 
 
 def network(setup, job):
