@@ -67,6 +67,7 @@ class Engine:
         self._finishers: list = []
         self.soft_timers = False  # set before run() by schedules that call soft_at
         self._soft = 0  # pending soft timers
+        self._unfinished: list = []  # hold_open: work the run may not end without
 
     def on_finish(self, fn) -> None:
         """Call ``fn()`` after the run ends (schedules copy their busy totals here)."""
@@ -167,13 +168,24 @@ class Engine:
             fn()
         self.at(t).callbacks.append(fire)
 
+    def hold_open(self, unfinished) -> None:
+        """Soft timers fire while ``unfinished()`` is true, even when nothing else is left to run.
+
+        A SplitFrozen server with micro-batches it cannot start yet (its devices wait for a credit that a
+        device cut off mid-send holds until it leaves, or for a device's drop deadline) is not done: the
+        soft timers it waits for are real events, and only they let it finish.
+        """
+        self._unfinished.append(unfinished)
+
     def run(self) -> float:
-        """Run until no event is left (but soft timers); returns the makespan (time of the last event)."""
+        """Run until no event is left but soft timers that no unfinished work waits for (:meth:`hold_open`);
+        returns the makespan (time of the last event)."""
         if not self.soft_timers:
             self.env.run()
         else:
             env = self.env
-            while len(env._queue) > self._soft:
+            queue = env._queue
+            while len(queue) > self._soft or (queue and any(unfinished() for unfinished in self._unfinished)):
                 env.step()
         for fn in self._finishers:
             fn()
