@@ -195,6 +195,8 @@ class WorkerLoop:
     def _visit_rounds(self, wake: simpy.Event):
         yield self.sync.wait_for_visitor(self.index, wake)
         self.visiting = self._visit_wake = None
+        if self.idle:  # the news that woke it may be undone at that instant (a visitor through two legs at once)
+            self._await_visitor()  # while it still waits only for a visitor it answers the rounds again
 
     def _visitor_news(self) -> None:
         """Its count or places changed: a visitor came (or none may any more), or it now waits only for one."""
