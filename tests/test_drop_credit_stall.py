@@ -48,3 +48,24 @@ def test_the_fast_path_gives_the_same_figures():
     job, cfg = _job()
     want = simpy_figures(job, cfg, False)
     assert fast_figures(_job()[0], cfg, False) == want
+
+
+def _with_handover() -> Job:
+    """The same fleet, ``cut`` with a handover to s1 at 5 s that it never reaches, and ``other`` on s1: the fast path's
+    handover loop (:mod:`sfsim.fast.handover`)."""
+    job, _ = _job()
+    cut, wait = job.devices
+    other = dataclasses.replace(wait, name="other", server=1, n=2, per_epoch=2)
+    job = Job([cut, wait, other], [ServerTimes("s0", 1, 0.0), ServerTimes("s1", 1, 0.0)])
+    motion = Motion([Leg(0.0, 0, 1e6, 1.0, 0.0), Leg(5.0, 1, 1e6, 1.0, 0.0)], Windows([(0.0, 0.5)]), "drop")
+    view = [dataclasses.replace(cut, up_s=0.0), wait, other]
+    job.network = sf.Network({0: motion}, [view, view])
+    return job
+
+
+def test_with_a_handover_on_both_engines():
+    _, cfg = _job()
+    want = simpy_figures(_with_handover(), cfg, False)
+    assert want["makespan"] == 1.75  # s0 as above; s1 trains other's two by 1.0 s
+    assert want["busy"] == {"s0": 1.125, "s1": 0.75}
+    assert fast_figures(_with_handover(), cfg, False) == want
