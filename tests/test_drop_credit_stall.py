@@ -55,7 +55,7 @@ def _with_handover() -> Job:
     handover loop (:mod:`sfsim.fast.handover`)."""
     job, _ = _job()
     cut, wait = job.devices
-    other = dataclasses.replace(wait, name="other", server=1, n=2, per_epoch=2)
+    other = dataclasses.replace(wait, name="other", server=1, n=2, sent=2, per_epoch=2)
     job = Job([cut, wait, other], [ServerTimes("s0", 1, 0.0), ServerTimes("s1", 1, 0.0)])
     motion = Motion([Leg(0.0, 0, 1e6, 1.0, 0.0), Leg(5.0, 1, 1e6, 1.0, 0.0)], Windows([(0.0, 0.5)]), "drop")
     view = [dataclasses.replace(cut, up_s=0.0), wait, other]
