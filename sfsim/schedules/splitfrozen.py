@@ -320,10 +320,9 @@ def _not_open(pools: list[ServerPool], d: DeviceTimes, m: Motion | None, n: int,
     while j + 1 < len(legs) and legs[j + 1].at <= ready:
         j += 1
     pool = pools[legs[j].server]
-    e = n // d.per_epoch
-    if pool.books is None or e <= pool.epoch:
+    if pool.books is None or n // d.per_epoch <= pool.epoch:  # (books: one epoch at a time, per_epoch > 0)
         return None
-    return pool.epoch_start(e)
+    return pool.epoch_start(n // d.per_epoch)
 
 
 def _record(engine: Engine, d: DeviceTimes, m: Motion | None, n: int, f_start: float, f_end: float, fx: float,
