@@ -155,6 +155,7 @@ class ServerPool(WorkerLoop):
         self.index, self.sync, self.running = index, engine.sync, server.count
         self.flight_bound: float | None = None  # 0 once devices may arrive at any latency (open_arrivals)
         engine.on_finish(self._finish)
+        engine.hold_open(lambda: self.unclaimed > 0)  # a device's drop deadline may be all it waits for
         self.workers = [self.env.process(self._worker(w)) for w in range(server.count)]
 
     def _accounts(self, buffer: int, sequential: bool) -> None:

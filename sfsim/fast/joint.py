@@ -475,9 +475,20 @@ def _broken(S2, RP):
     return stuck(RP)
 
 
+@inline
+def _unfinished(S2):
+    """Whether a server has micro-batches left: its soft timers then run even when nothing else is left
+    (``Engine.hold_open``: a drop deadline may be all it waits for)."""
+    for k in range(S2.shape[0]):
+        if S2[k, _UNCLAIMED] > 0:
+            return True
+    return False
+
+
 @no_refcounts
 def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, wsrv, G, B, counts):
-    """Process events until only soft timers are left; returns the time of the last other event (the makespan).
+    """Process events until only soft timers are left (and no server has work left, :func:`_unfinished`); returns the
+    time of the last other event (the makespan).
 
     ``Z``: per server the kernel's other state (prop, ring_a, ring_b, P rows, mixing, stream) and the
     shared arrays the workers use (W, WF, QD, QK, the pool's words and bytes). ``B``: the backhaul rounds'
@@ -487,7 +498,7 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
     m = Y[0].shape[0]
     synced = B[3].shape[1] > 0
     now = last = 0.0
-    while S2[G[0], _NEVENTS] > S2[G[0], _NSOFT]:
+    while S2[G[0], _NEVENTS] > S2[G[0], _NSOFT] or (S2[G[0], _NEVENTS] > 0 and _unfinished(S2)):
         h = G[0]
         now, key = pop(events, S2[h], _NEVENTS)
         code = key & _CODE_MASK

@@ -403,13 +403,15 @@ def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits,
           idle, ring_a, ring_b, paced, PK, nn, f_start, link_free, ready, Y, RP, stream):
     """Process events until only soft timers are left; returns the time of the last other event (the makespan).
 
-    Soft timers before ``F[_SOFT_UNTIL]`` run even then (the run goes on elsewhere, :func:`replay_dynamic`).
+    Soft timers before ``F[_SOFT_UNTIL]`` run even then (the run goes on elsewhere, :func:`replay_dynamic`), and
+    so do those of a server with micro-batches left (``Engine.hold_open``: a drop deadline is all it waits for).
     """
     now = last = 0.0
     sequential = S[_FLAGS] & _SEQUENTIAL
     claim_returns = not (sequential and (S[_FLAGS] & _PER_DEVICE))
     DY = Y[0]
-    while (S[_NEVENTS] > S[_NSOFT] or (S[_NEVENTS] > 0 and events[0, 0] < F[_SOFT_UNTIL])) and not S[_OVERFLOW]:
+    while (S[_NEVENTS] > S[_NSOFT] or (S[_NEVENTS] > 0 and (events[0, 0] < F[_SOFT_UNTIL] or S[_UNCLAIMED] > 0))
+           ) and not S[_OVERFLOW]:
         now, key = pop(events, S, _NEVENTS)
         code = key & _CODE_MASK
         kind = code & 7

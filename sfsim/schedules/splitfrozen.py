@@ -128,9 +128,6 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait or the cache alone
             pool.by_epochs(epochs, legs)
-    if moving and pools[0].books is not None:  # a server with work left waits for a soft timer (Engine.hold_open):
-        for pool in pools:  # a credit that a device leaving mid-send gives back when it leaves
-            engine.hold_open(lambda pool=pool: pool.unclaimed > 0)
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
         d = job.devices[i]
         start_device(engine, pools, i, d, m, sequential)
@@ -219,6 +216,9 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
             ready = max(f_end, link_free)
             if pause is not None and ready < math.inf:
                 ready = next_online(pause, ready)
+            while (opening := _not_open(pools, d, m, n, ready)) is not None:  # its new server is an epoch behind
+                yield opening
+                ready = max(ready, env.now) if pause is None else next_online(pause, max(ready, env.now))
             acct, j, told = yield from _take_credit(engine, pools, i, d, m, j, n, ready, stop, told)
             if acct is None:
                 break  # dropped, or never online again: the rest is lost
@@ -323,6 +323,27 @@ def _acquire(engine, acct: Credits, ready: float, deadline: float, tell=None):
             return False
         if got:
             return True
+
+
+def _not_open(pools: list[ServerPool], d: DeviceTimes, m: Motion | None, n: int, ready: float):
+    """The start of epoch ``e`` of micro-batch ``n`` on the server of the leg holding at ``ready``, when that server
+    runs one epoch at a time and has not opened ``e`` yet (else None): the device waits for it before its send.
+
+    Without a backhaul each server opens its next epoch as soon as its own ends (and its epoch-end wait): a device
+    that finished epoch ``e - 1`` on a fast server may hand over to a slower one still in ``e - 1``. The runtime's
+    servers close every epoch together (``ServerSync.finish``), so its device never sends a micro-batch of epoch
+    ``e`` before its new server opens ``e``; counted in the old epoch there, it broke that server's books.
+    """
+    if m is None or n >= d.sent or ready == math.inf:
+        return None
+    legs = m.legs
+    j = 0
+    while j + 1 < len(legs) and legs[j + 1].at <= ready:
+        j += 1
+    pool = pools[legs[j].server]
+    if pool.books is None or n // d.per_epoch <= pool.epoch:  # (books: one epoch at a time, per_epoch > 0)
+        return None
+    return pool.epoch_start(n // d.per_epoch)
 
 
 def _record(engine: Engine, d: DeviceTimes, m: Motion | None, n: int, f_start: float, f_end: float, fx: float,
