@@ -47,6 +47,21 @@ def _take(prop, taken, cnt):
 
 
 @njit
+def _step(queued, qlen, done, w, t, busy, step_s, per_op):
+    """Worker ``w``'s optimizer step after its queued W ops, from ``t``: returns (its end, ``busy`` with them)."""
+    for q in range(qlen[w]):
+        t += queued[w, q]
+        if per_op:
+            busy += queued[w, q]
+    qlen[w] = 0
+    t += step_s
+    if per_op:
+        busy += step_s
+    done[w] = 0
+    return t, busy
+
+
+@njit
 def epoch(D, N, lo, cnt, count, step_s, accumulate, decompose, start, busy, per_op, M, T, share, counts, touched):
     """A CenLoRA server's ``count`` workers from ``start`` over micro-batches ``lo[i]`` on, ``cnt[i]`` of device ``i``
     (the whole run: ``lo`` 0 and ``cnt`` every micro-batch; with closing rounds: one epoch's); mixing goes to M, T.
@@ -93,15 +108,7 @@ def epoch(D, N, lo, cnt, count, step_s, accumulate, decompose, start, busy, per_
                     qlen[w] += 1
                 done[w] += 1
             if done[w] and (done[w] == accumulate or i < 0):
-                for q in range(qlen[w]):
-                    t += queued[w, q]
-                    if per_op:
-                        busy += queued[w, q]
-                qlen[w] = 0
-                t += step_s
-                if per_op:
-                    busy += step_s
-                done[w] = 0
+                t, busy = _step(queued, qlen, done, w, t, busy, step_s, per_op)
             if not per_op:
                 busy += t - t0
             if t > t0:

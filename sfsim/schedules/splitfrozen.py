@@ -49,9 +49,7 @@ differently, so neither branch may take the other's order.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from heapq import heappush
 
 from simpy.events import PENDING
@@ -60,9 +58,10 @@ from sfsim.engine.credits import Credits
 from sfsim.engine.pool import DeviceTimes, Engine, ServerPool, ServerTimes
 from sfsim.network.availability import next_online
 from sfsim.network.backhaul import PoolRounds, sync_spec
-from sfsim.network.legs import Motion, motion_of, needs_motion, online, record_online, span
+from sfsim.network.legs import Motion, online, record_online, span
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, link_seconds
-from sfsim.schedules.network import Untouched, cached_moves, needs_dynamics, not_applicable, trace_moves
+from sfsim.schedules.frozennet import Network, motions, network, pool_views  # noqa: F401 - re-exported
+from sfsim.schedules.network import cached_moves, trace_moves
 
 
 def build(setup: ReplaySetup, cache: bool = False) -> Job:
@@ -240,12 +239,7 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
         link_free = end
         if sequential:  # the worker releases the device when this micro-batch's W ends
             released = pool.released(i)
-        if pool.books is None:
-            pool.send(end + up_l, i, n)
-        else:  # one epoch at a time: it may arrive before its server opened its epoch (it moved between epochs)
-            pool.arrives(n // d.per_epoch, end + up_l, i, n)
-        if not constant and pool.cache_parts is not None:  # the activation cache: the server that received it keeps it
-            pool.cache_parts.add(i, n)
+        _deliver(pool, i, d, n, end + up_l, not constant)
         n += 1
         if sequential:
             yield released
@@ -257,6 +251,18 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
             f_start = link_free = env.now
     if not constant:
         _left(pools, i, d, m, j, n)
+
+
+def _deliver(pool: ServerPool, i: int, d: DeviceTimes, n: int, at: float, moving: bool) -> None:
+    """Micro-batch ``n`` of device ``i`` reaches ``pool``'s queue at ``at``. One epoch at a time it may arrive before
+    that server opened its epoch (the device moved between epochs): it waits there for the opening. With the
+    activation cache, the server that received it keeps it (a moving device's part, :mod:`sfsim.engine.cacheparts`)."""
+    if pool.books is None:
+        pool.send(at, i, n)
+    else:
+        pool.arrives(n // d.per_epoch, at, i, n)
+    if moving and pool.cache_parts is not None:
+        pool.cache_parts.add(i, n)
 
 
 def _take_credit(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion | None, j: int, n: int,
@@ -535,60 +541,6 @@ class _Pipelined:
                     heappush(acct.waiting, (ready, seq, ev, lane))
         else:
             self._try()
-
-
-@dataclass
-class Network:
-    """A SplitFrozen job's dynamic devices (index -> :class:`Motion`) and each server's view of the devices."""
-
-    moving: dict[int, Motion]
-    views: list[list]
-
-
-def network(setup, job) -> Network | Untouched | None:
-    """The job's :class:`Network`, or None when no device moves, churns or has a varying uplink.
-
-    Only a varying downlink: :class:`~sfsim.schedules.network.Untouched` (SplitFrozen sends nothing down).
-    """
-    if not needs_dynamics(setup.scenario):
-        return not_applicable(setup.scenario)
-    moving = motions(setup, job)
-    return Network(moving, pool_views(setup, job, moving))
-
-
-def motions(setup, job) -> dict[int, Motion]:
-    """Device index -> :class:`Motion` for every device of ``job`` that needs the dynamic process."""
-    sc, cm, out = setup.scenario, setup.cm, {}
-    for i, (d, dt) in enumerate(zip(sc.devices, job.devices, strict=True)):
-        if needs_motion(d, downlink=False):  # nothing goes down in SplitFrozen
-            suffix = cm.server_suffix(setup.splits[d.name], setup.lora_start)
-            out[i] = motion_of(setup, d, dt.up_bytes, suffix.total)
-    return out
-
-
-def pool_views(setup, job, moving: dict[int, Motion]) -> list[list]:
-    """Per server: the devices as that server sees them (its own F/B/W seconds for visitors).
-
-    A moving device's uplink time is set to 0 and its latency to its smallest, so that the pool's
-    bound on how soon a micro-batch can arrive stays a lower bound.
-    """
-    sc, cm = setup.scenario, setup.cm
-    views = []
-    for k, srv in enumerate(sc.servers):
-        row = []
-        for i, d in enumerate(job.devices):
-            m = moving.get(i)
-            if m is None:
-                row.append(d)
-                continue
-            lat = min(leg.up_l for leg in m.legs)
-            if any(leg.server == k for leg in m.legs):
-                suffix = cm.server_suffix(setup.splits[d.name], setup.lora_start)
-                f, b, w = cm.seconds(suffix, srv)
-                d = dataclasses.replace(d, srv_f=f, srv_b=b, srv_w=w)
-            row.append(dataclasses.replace(d, up_s=0.0, up_l=lat))
-        views.append(row)
-    return views
 
 
 def prepare(engine: Engine, pools: list[ServerPool], buffer: int, moving: dict[int, Motion],
