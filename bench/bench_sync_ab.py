@@ -42,6 +42,24 @@ def copy_out(commit: str, where: Path) -> str:
     return name
 
 
+def load(pkgs: list[str]) -> None:
+    """Import every copy's kernels module; numba's cache save wrapped in a file lock once, not once a copy.
+
+    Each copy's ``sfsim.fast.jit`` wraps numba's cache save in an exclusive lock on the index file
+    (``_locked_saves``); a second copy's wrap around the first would wait, in the same process, for the lock the
+    first has just taken (``flock`` on a second descriptor): the first compile of a kernel would hang for ever.
+    """
+    from numba.core.caching import IndexDataCacheFile
+
+    first = None
+    for p in pkgs:
+        before = IndexDataCacheFile.save
+        importlib.import_module(p + ".fast.jit")
+        if IndexDataCacheFile.save is not before:  # this copy wrapped it
+            first = first or IndexDataCacheFile.save
+            IndexDataCacheFile.save = first
+
+
 def fleet(pkg: str, every: int, mode: str, devices: int, mb: int):
     """bench_sync.py's fleet with ``pkg``'s own classes."""
     pool = importlib.import_module(pkg + ".engine.pool")
@@ -79,6 +97,7 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(args.dir))
     pkgs = [copy_out(c, args.dir) for c in args.commits]
+    load(pkgs)
     for p in pkgs:  # compile or load the kernels (not timed)
         replay_cpu(p, args.every, args.mode, 8, 4)
     times: dict[str, list[float]] = {p: [] for p in pkgs}
