@@ -24,9 +24,10 @@ whatever ``PYTHONDONTWRITEBYTECODE`` says:
    micro-batches and at 800 devices x 200: it grows with devices, not with the run (``--pool``: only this);
 7. peak traced memory (tracemalloc) and the process's peak resident memory of fast replays of 10,000
    devices x 100 and x 1,000 micro-batches (``--quick``: 1,000 x 10 and x 100) with pause churn
-   (:func:`dynamic_fleet`: the kernels draw the on/off processes in a window, :mod:`sfsim.fast.rates`) and
-   with handovers (``bench_handover.py``'s fleet), and a digest of every figure (to compare two checkouts);
-   then each peak's ratio at x10 micro-batches, which stays near 1 (``--memory``: only this item).
+   (:func:`dynamic_fleet`: the kernels draw the on/off processes in a window, :mod:`sfsim.fast.rates`), with
+   handovers (``bench_handover.py``'s fleet) and on Gilbert-Elliott and faded uplinks (:func:`channel_fleet`: drawn
+   in a window too), and a digest of every figure (to compare two checkouts); then each peak's ratio at x10
+   micro-batches, which stays near 1 (``--memory``: only this item; ``--channels``: only its channel fleet).
 
 Run: ``.venv/bin/python bench/bench_scale.py [--quick] [--sweep-points N] [--dynamic] [--plans]`` (``--quick``:
 smaller sizes, for a smoke test).
@@ -190,6 +191,36 @@ def dynamic_fleet(devices: int, mb: int, servers: int = 4):
     return job
 
 
+def channel_fleet(devices: int, mb: int, servers: int = 4):
+    """bench_engine.py's fleet with every uplink a random channel: device ``i``'s (nominal 20 Mbit/s) is a
+    Gilbert-Elliott channel (40 Mbit/s good, 4 bad, exponential sojourns of mean 5 s and 1 s) for even ``i``, faded
+    (log-normal, 4 dB, 0.5 s coherence) for odd ``i``, each seeded per device; always online."""
+    import dataclasses
+    import random
+
+    from sfsim.network.linkrate import (
+        Constant,
+        Fading,
+        FadingRate,
+        GilbertElliott,
+        GilbertElliottRate,
+        Product,
+    )
+
+    job = fleet(devices, mb, servers=servers)
+    bw, moving = 20e6, {}
+    ge = GilbertElliott(good=2 * bw, bad=bw / 5, mean_good=5.0, mean_bad=1.0)
+    fade = Fading(sigma_db=4.0, coherence=0.5)
+    for i, d in enumerate(job.devices):
+        d = job.devices[i] = dataclasses.replace(d, up_bytes=d.up_s * bw / 8.0)
+        rng = random.Random(f"channel:{i}")
+        rate = GilbertElliottRate(ge, rng) if i % 2 == 0 else Product(Constant(bw), FadingRate(fade, rng))
+        moving[i] = Motion([Leg(0.0, d.server, bw, d.up_s, d.up_l, rate)], None, "pause")
+    views = [[dataclasses.replace(d, up_s=0.0) for d in job.devices] for _ in job.servers]
+    job.network = splitfrozen.Network(moving, views)
+    return job
+
+
 def dynamic_rates(sizes: list[tuple[int, int]]) -> None:
     """Fast path vs SimPy engine on :func:`dynamic_fleet` (wall; CPU in brackets); makespans equal checked."""
     replay(dynamic_fleet(10, 2), CFG)  # load the compiled kernel once (not timed)
@@ -228,9 +259,10 @@ def pool_memory() -> None:
         print(f"   {devices:,} devices x {mb:,} micro-batches: {peak / 1024:,.1f} KiB ({makespan:,.1f} s simulated)")
 
 
-def moving_memory(devices: int, mb: int) -> None:
-    """Item 7: peak traced and resident memory of fast replays with pause churn and with handovers, at ``mb``
-    micro-batches a device and at a tenth of that (memory should grow with devices, not micro-batches)."""
+def moving_memory(devices: int, mb: int, channels_only: bool = False) -> None:
+    """Item 7: peak traced and resident memory of fast replays with pause churn, with handovers and on random
+    channels, at ``mb`` micro-batches a device and at a tenth of that (memory should grow with devices, not
+    micro-batches); ``channels_only``: the channels alone."""
     import hashlib
     import tracemalloc
 
@@ -239,11 +271,14 @@ def moving_memory(devices: int, mb: int) -> None:
     replay(dynamic_fleet(10, 2), CFG)  # load the compiled kernels (not measured)
     run_fast(handover_fleet(10, 2, 1.0), False)
     peaks = {}
+    labels = ["channels"] if channels_only else ["pause churn", "handovers", "channels"]
     for n in (mb // 10, mb):
         print(f"7. fast path with moving devices, {devices:,} devices x {n:,} micro-batches: peak memory")
         length = replay(fleet(devices, n, servers=4), CFG)[1]
-        for label, make, args in [("pause churn", dynamic_fleet, (devices, n)),
-                                  ("handovers", handover_fleet, (devices, n, length))]:
+        fleets = {"pause churn": (dynamic_fleet, (devices, n)), "handovers": (handover_fleet, (devices, n, length)),
+                  "channels": (channel_fleet, (devices, n))}
+        for label in labels:
+            make, args = fleets[label]
             job = make(*args)
             tracemalloc.start()
             out, wall, cpu = timed(run_fast, job, False)  # (makespan, every figure SimResult reports)
@@ -253,7 +288,7 @@ def moving_memory(devices: int, mb: int) -> None:
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
             print(f"   {label}: traced peak {peak / 2**20:,.1f} MiB, process peak resident {rss:,.0f} MiB so far; "
                   f"{wall:.1f} s wall, {cpu:.1f} s CPU; figures' digest {digest}", flush=True)
-    for label in ("pause churn", "handovers"):
+    for label in labels:
         print(f"   {label}: traced peak x{peaks[label, mb] / peaks[label, mb // 10]:.2f} for x10 micro-batches "
               f"({peaks[label, mb] / devices / 1024:,.1f} KiB a device at {mb:,})")
 
@@ -283,9 +318,10 @@ def main() -> None:
     ap.add_argument("--plans", action="store_true", help="only the planner's times and gaps (item 3)")
     ap.add_argument("--pool", action="store_true", help="only the pool policy's memory (item 6)")
     ap.add_argument("--memory", action="store_true", help="only the dynamic network's memory (item 7)")
+    ap.add_argument("--channels", action="store_true", help="only item 7's random channels (Gilbert-Elliott, fading)")
     args = ap.parse_args()
-    if args.memory:
-        moving_memory(*((1000, 100) if args.quick else (10_000, 1000)))
+    if args.memory or args.channels:
+        moving_memory(*((1000, 100) if args.quick else (10_000, 1000)), channels_only=args.channels)
         return
     if args.pool:
         pool_memory()

@@ -1,12 +1,14 @@
-"""Benchmark: the one-epoch ``training.sync`` fast path of two commits, timed alternately in one process.
+"""Benchmark: the one-epoch ``training.sync`` fast path of two or more commits, timed alternately in one process.
 
 Each commit's ``sfsim`` is copied out of git under its own package name (``sfsim_<commit>``, every ``sfsim``
 name in its sources renamed), so both load side by side; the fleet is bench_sync.py's (1,000 devices x 100
 micro-batches, 4 unequal servers with their backhaul links, buffer 64, accumulate 4, decomposed B/W). Each copy
 compiles its kernels on first use (minutes per copy, cached in the copy). Prints the CPU milliseconds of one
-replay per commit (min / median over ``--reps``, the order alternating) and checks the figures are equal.
+replay per commit (min / median over ``--reps``, the order rotating) and checks the figures are equal. A commit
+may be any tree-ish ``git archive`` takes (``$(git stash create)``: the working tree's changes, uncommitted).
 
-Run: ``.venv/bin/python bench/bench_sync_ab.py OLD NEW [--every 10] [--mode sync] [--reps 15] [--dir /tmp/ab]``.
+Run: ``.venv/bin/python bench/bench_sync_ab.py OLD NEW [MORE ...] [--every 10] [--mode sync] [--reps 15]
+[--dir /tmp/ab]``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,24 @@ def copy_out(commit: str, where: Path) -> str:
     return name
 
 
+def load(pkgs: list[str]) -> None:
+    """Import every copy's kernels module; numba's cache save wrapped in a file lock once, not once a copy.
+
+    Each copy's ``sfsim.fast.jit`` wraps numba's cache save in an exclusive lock on the index file
+    (``_locked_saves``); a second copy's wrap around the first would wait, in the same process, for the lock the
+    first has just taken (``flock`` on a second descriptor): the first compile of a kernel would hang for ever.
+    """
+    from numba.core.caching import IndexDataCacheFile
+
+    first = None
+    for p in pkgs:
+        before = IndexDataCacheFile.save
+        importlib.import_module(p + ".fast.jit")
+        if IndexDataCacheFile.save is not before:  # this copy wrapped it
+            first = first or IndexDataCacheFile.save
+            IndexDataCacheFile.save = first
+
+
 def fleet(pkg: str, every: int, mode: str, devices: int, mb: int):
     """bench_sync.py's fleet with ``pkg``'s own classes."""
     pool = importlib.import_module(pkg + ".engine.pool")
@@ -66,21 +86,25 @@ def replay_cpu(pkg: str, every: int, mode: str, devices: int = 1000, mb: int = 1
 def main() -> None:
     """Copy out both commits, load their kernels, then time them alternately."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("commits", nargs=2)
+    ap.add_argument("commits", nargs="+")
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--mode", default="sync")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/sfsim_ab"))
     args = ap.parse_args()
+    if len(args.commits) < 2:
+        raise SystemExit("bench_sync_ab: give two commits or more")
     args.dir.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(args.dir))
     pkgs = [copy_out(c, args.dir) for c in args.commits]
+    load(pkgs)
     for p in pkgs:  # compile or load the kernels (not timed)
         replay_cpu(p, args.every, args.mode, 8, 4)
     times: dict[str, list[float]] = {p: [] for p in pkgs}
     want = None
     for r in range(args.reps):
-        for p in pkgs if r % 2 == 0 else pkgs[::-1]:
+        turn = pkgs[r % len(pkgs):] + pkgs[:r % len(pkgs)]  # each commit first, then later, in turn
+        for p in turn if r % 2 == 0 else turn[::-1]:
             cpu, got = replay_cpu(p, args.every, args.mode)
             times[p].append(cpu)
             want = want or got

@@ -103,11 +103,24 @@ def compile_draws(rates) -> None:
               or (type(r.rng).gauss, type(r.rng).random) != (_GAUSS, _RANDOM)):
             continue  # done already, or a generator of its own kind
         elif isinstance(r, FadingRate):
-            s = _Stream(r.rng)
+            s = r._stream = _Stream(r.rng)
             r._draw = lambda r=r, s=s: _fading(r, s)
         elif isinstance(r, GilbertElliottRate) and r.spec.mean_good is not None:
-            s = _Stream(r.rng)
+            s = r._stream = _Stream(r.rng)
             r._draw = lambda r=r, s=s: _flipping(r, s)
+
+
+def stream(rate) -> tuple[np.ndarray, int, float, bool] | None:
+    """Where ``rate``'s next step comes from, for the kernels to draw on from there (:mod:`sfsim.fast.rates`): its
+    twister's 624 words, their position and ``gauss``' cached value (and whether one is cached); None for a rate
+    whose steps come from elsewhere (a generator of its own kind, or a ``_draw`` not this module's)."""
+    own = vars(rate).get("_stream")
+    if own is not None:  # the batch draw's copy of the stream (compile_draws)
+        return own.W[:624].copy(), int(own.W[624]), float(own.g[0]), bool(own.g[1])
+    if "_draw" in vars(rate) or (type(rate.rng).gauss, type(rate.rng).random) != (_GAUSS, _RANDOM):
+        return None
+    _, words, cached = rate.rng.getstate()
+    return np.array(words[:624], np.int64), int(words[624]), cached or 0.0, cached is not None
 
 
 _GAUSS, _RANDOM = random.Random.gauss, random.Random.random  # what a subclass may replace

@@ -375,11 +375,14 @@ def _alarm(events, X, G, key, now):
             return
 
 
-@njit
+@no_refcounts
 def _worker_step(events, X, Z, RN, RS, G, k, w, now, steps):
     """Worker ``w`` of server ``k`` resumes: arrivals with their numbers, then the kernel's worker step.
 
     Compiled on its own (the kernel's step is inlined here once, not into :func:`_loop`): a shorter first compile.
+    Without reference counting, as the loop (it allocates nothing): each of the arrays it unpacks from ``X`` and
+    ``Z`` and hands to the inlined step cost an atomic increment and decrement at every step, some 15% of a
+    one-epoch ``training.sync`` replay (bench/bench_sync_ab.py).
     """
     S2, F2, D2, N2, P2, PEN, WAI, CR, DW, DR, IDLE = X[:11]
     PROP, RA, RB, PL, M2, T2, SH, CN, TC, ST, W, WF, QD, QK, words, act, none, PK = Z
@@ -396,10 +399,11 @@ def _worker_step(events, X, Z, RN, RS, G, k, w, now, steps):
         PK[j] += 1
 
 
-@njit
+@no_refcounts
 def _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, k, j, kind, now):
     """A device on one leg with constant rates resumes at its server ``k`` (:mod:`sfsim.fast.devices`' steps);
-    True when it stops before an epoch its server has not opened (the caller has it wait: :func:`_gate`)."""
+    True when it stops before an epoch its server has not opened (the caller has it wait: :func:`_gate`). Without
+    reference counting (as :func:`_worker_step`)."""
     S2, F2, D2, N2, P2, PEN, WAI, CR, DW, DR = X[:10]
     _hold(S2, G, k)
     seq0, n0 = S2[k, _PSEQ], nn[j]
@@ -451,6 +455,15 @@ def _replays(events, X, PK, RN, RS, G, B, k, now):
             PK[j] = first + 1
 
 
+@njit
+def _next_epoch(events, X, Z, RN, RS, G, B, counts, k, now):
+    """Server ``k`` opens its next epoch (:func:`sfsim.fast.rounds.open_epoch`) and its devices' cached micro-batches
+    of it are eligible (:func:`_replays`). Compiled on its own: the loop keeps one call for what a one-epoch run
+    never does."""
+    open_epoch(events, X, Z[10], Z[11], B, G, counts, k, now)
+    _replays(events, X, Z[-1], RN, RS, G, B, k, now)
+
+
 @inline
 def _backhaul(events, X, Z, RN, RS, nn, f_start, link_free, ready, G, B, counts, q, now):
     """Backhaul event ``q`` (:mod:`sfsim.fast.rounds`): a server opens its next epoch (after its epoch-end wait), the
@@ -458,8 +471,7 @@ def _backhaul(events, X, Z, RN, RS, nn, f_start, link_free, ready, G, B, counts,
     kind, k = q & 7, q >> 3
     if kind == OPEN or kind == WAITED:  # its epoch-end rounds are over, or then its epoch-end wait
         if kind == WAITED or epoch_end(events, X[0], G, B, k, now):
-            open_epoch(events, X, Z[10], Z[11], B, G, counts, k, now)
-            _replays(events, X, Z[-1], RN, RS, G, B, k, now)
+            _next_epoch(events, X, Z, RN, RS, G, B, counts, k, now)
     elif kind == GO:
         _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, now)
     else:
@@ -527,8 +539,7 @@ def _loop(events, X, Z, Y, L, RP, RN, RS, nn, f_start, link_free, ready, cur, ws
                     noted(events, X, Z[10], B, G, counts, k, j, now)
                     left(events, X, B, G, counts, k, exited, now)
                 elif alone(events, S2, G, B, counts, k, exited, now):  # no rounds: its next epoch opens now
-                    open_epoch(events, X, Z[10], Z[11], B, G, counts, k, now)
-                    _replays(events, X, Z[-1], RN, RS, G, B, k, now)
+                    _next_epoch(events, X, Z, RN, RS, G, B, counts, k, now)
         elif kind == _RELEASE and j >= m:
             last = now
             _backhaul(events, X, Z, RN, RS, nn, f_start, link_free, ready, G, B, counts, j - m, now)

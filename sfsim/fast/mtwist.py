@@ -1,10 +1,11 @@
 """Python's random numbers in compiled code: its Mersenne Twister, ``random()`` and ``expovariate``, bit for bit.
 
 A twister's state is a row of 624 words (``uint32``) and a position, as ``random.Random.getstate()``
-gives them; :func:`expovariate` draws the number ``Random.expovariate`` would draw next from that
-state, by the same integer and float operations (CPython's ``_randommodule.c`` and ``random.py``),
-and advances the state. :mod:`sfsim.fast.rates` draws the on/off availability processes with it, so
-the fast path keeps a window of their steps where it once drew the whole run up front.
+gives them; :func:`expovariate` and :func:`gauss` draw the number ``Random.expovariate`` and ``Random.gauss``
+would draw next from that state, by the same integer and float operations (CPython's ``_randommodule.c`` and
+``random.py``), and advance the state. :mod:`sfsim.fast.rates` draws the on/off availability processes, the
+Gilbert-Elliott channels and the fading with it, so the fast path keeps a window of their steps where it once
+drew the whole run up front.
 """
 
 from __future__ import annotations
@@ -56,3 +57,16 @@ def random(M, MI, w):
 def expovariate(M, MI, w, lambd):
     """``Random.expovariate(lambd)``."""
     return -math.log(1.0 - random(M, MI, w)) / lambd
+
+
+@no_refcounts
+def gauss(M, MI, MG, w):
+    """``Random.gauss(0.0, 1.0)``'s ``z`` (the caller computes ``mu + z * sigma``) for twister ``w``, with the
+    cached second value of its Box-Muller pair in ``MG[w, 0]`` (``MG[w, 1]``: 1.0 when one is cached)."""
+    if MG[w, 1] != 0.0:
+        MG[w, 1] = 0.0
+        return MG[w, 0]
+    x2pi = random(M, MI, w) * (2.0 * math.pi)
+    g2rad = math.sqrt(-2.0 * math.log(1.0 - random(M, MI, w)))
+    MG[w, 0], MG[w, 1] = math.sin(x2pi) * g2rad, 1.0
+    return math.cos(x2pi) * g2rad
