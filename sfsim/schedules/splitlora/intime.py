@@ -231,9 +231,11 @@ class InTime:
                 self._fill()
                 continue
             self.out.remove(c)
-            skipped = c.arrival == -math.inf
+            skipped, moved = c.arrival == -math.inf, len(c.history)
             yield from self._serve(c)
-            gone = c not in self.left  # handed over while the step after it waited on the others' rounds (sync)
+            # handed over while the step after it waited on the others' rounds (sync): gone, or back here already
+            # (A -> B -> A), counted anew by ``join`` (busy: with a micro-batch on its way here; idle: pending)
+            gone = c not in self.left or len(c.history) != moved
             if not gone:
                 self._count_down(self.left, c)
             served, self.issued = served + (not skipped), self.issued - skipped
@@ -242,7 +244,7 @@ class InTime:
                 self.moves.changed()  # no more work of it: servers waiting for it may end
             elif not gone and c.i not in self.lost and self.leave(c) <= now:
                 self.hand_over(c, now)  # its handover passed while a micro-batch was out here
-            elif self.issued < quota and self.unissued.get(c):
+            elif not gone and self.issued < quota and self.unissued.get(c):
                 self._give(c)
             self._fill()
         self.serving = False

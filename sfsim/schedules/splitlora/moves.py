@@ -27,6 +27,8 @@ Rules, for a client whose handover at ``at`` moves it from server A to server B:
   visitor only while it holds it: one that left while B waited for its ``join`` is not counted, and B does
   not end its epoch while it holds a client with work left in it whose leg ends before B could send it a
   ``fwd`` (the runtime's server waits for its ``join``, then releases it): it waits for the handover's instant.
+  A client that A served just before A's step waited on the others' round, and that went to B and came back
+  meanwhile, is counted anew by its ``join`` to A: A sends it no ``fwd`` while one is out (issue 19).
 * **FedAvg.** A round sent at ``T`` (the server's ``sync``) takes the clients the server holds at
   ``T``: the client is in A's rounds sent before it joins B and in B's after. Its adapter upload
   goes to the round's server over the leg holding when the upload starts. Nothing is sent at the
