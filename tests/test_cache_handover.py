@@ -207,11 +207,6 @@ def test_each_server_replays_its_part_of_a_movers_first_epoch(tmp_path, mode):
     assert fast.makespan_s == res.makespan_s and fast.micro_batches == res.micro_batches
 
 
-#: Fleets whose replay stops with "sync round 2 waited for ever" with the cache off too (3 servers, sync every 1,
-#: round-robin, every device handing over back and forth): a handover-with-sync bug outside the cache, left out here.
-STUCK_WITHOUT_THE_CACHE = {99}
-
-
 def random_fleet(seed: int, tmp_path: Path) -> tuple[dict, dict[str, int], int]:
     """Seeded fleet ``seed`` of :func:`test_random_cached_fleets_with_handovers_finish`: (scenario, micro-batches an
     epoch per device, epochs)."""
@@ -251,8 +246,6 @@ def test_random_cached_fleets_with_handovers_finish(tmp_path):
     every device's every epoch (micro-batches = epochs x its epoch), each cached micro-batch on the server it was
     sent to, every epoch."""
     for seed in range(120):
-        if seed in STUCK_WITHOUT_THE_CACHE:
-            continue
         data, per, epochs = random_fleet(seed, tmp_path)
         schedule = "splitfrozen-sequential" if seed % 4 == 3 else "splitfrozen"
         res = _simulate(data, tmp_path, trace=True, schedule=schedule)
