@@ -113,7 +113,7 @@ def problems(seed: int) -> tuple[list[str], dict]:
 
 
 #: seeds on which an earlier version crashed or deadlocked (bench/fuzz_fleets.py found them)
-FOUND = (313, 395, 713, 744, 1227, 1229, 1445, 1780)
+FOUND = (313, 395, 415, 713, 744, 836, 1057, 1099, 1227, 1229, 1273, 1335, 1445, 1569, 1704, 1780, 1920, 2043, 2394, 2402)
 
 
 @pytest.mark.parametrize("seeds", [range(0, 60), FOUND, pytest.param(range(60, 2000), marks=pytest.mark.slow)])
