@@ -212,19 +212,21 @@ def _linked(encrypt: bool = True):
 
 
 def test_backhaul_rounds_sum_over_the_servers_channels_and_refuse_bad_vectors():
-    """A round over the servers' admitted channels: both get the same sum, bit for bit; a vector of the wrong
-    size, with NaN, or a server that went away ends the round with one line naming the server."""
+    """A round over the servers' admitted channels: both get the same sum, bit for bit, but for the last value, the
+    round's instant (``invitation_at``: with no vector that opens the round, the latest of the vectors' instants); a
+    vector of the wrong size, with NaN, or a server that went away ends the round with one line naming the server."""
     import threading
 
     from sfsim.errors import SfsimError
 
     s0, s1, ch1 = _linked()
-    x0, x1 = torch.tensor([1.0, 2.0, 0.1]), torch.tensor([3.0, -2.0, 0.2])
+    x0, x1 = torch.tensor([1.0, 2.0, 0.1, 0.7]), torch.tensor([3.0, -2.0, 0.2, 0.5])
     th = threading.Thread(target=s1.all_reduce, args=(x1,))
     th.start()
     s0.all_reduce(x0)
     th.join()
-    want = torch.tensor([1.0, 2.0, 0.1]) + torch.tensor([3.0, -2.0, 0.2])
+    want = torch.tensor([1.0, 2.0, 0.1, 0.0]) + torch.tensor([3.0, -2.0, 0.2, 0.0])
+    want[-1] = 0.7
     assert torch.equal(x0, want) and torch.equal(x1, want)
     got = {}
     th = threading.Thread(target=lambda: got.update(parts=s0.gather_json({"server": "a"})))

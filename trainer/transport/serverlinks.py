@@ -58,7 +58,8 @@ class ServerLinks:
         self.now = time.perf_counter  # this server's clock (:class:`ServerSync` gives its meter's, the run's)
 
     def all_reduce(self, flat: torch.Tensor, check=None, opens: bool = False, movers: int = 0) -> None:
-        """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere).
+        """Replace the float32 vector ``flat`` by its sum over every server (bit-identical everywhere), but for its last
+        value, the vectors' instant: the sum's is the round's invitation instant (:func:`invitation_at`).
 
         ``check(vector, servers)``: what is wrong with one server's vector (``servers`` 1, on server 0) or with the
         sum server 0 sends back (``servers`` n), or None; a wrong one ends the run with one line naming the sender.
