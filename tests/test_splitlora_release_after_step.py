@@ -66,3 +66,31 @@ def test_an_idle_client_is_released_after_its_servers_step_round_as_the_runtime_
     for server in ("mec-a", "mec-b"):  # the order of steps and rounds on each server
         assert server_ops(measured, server) == server_ops(sim.events, server), server
     assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
+
+
+def test_the_simulator_releases_an_idle_client_after_its_servers_step_round(tmp_path):
+    """The same fleet in the simulator alone, on the scenario's own times (gpt2, cut 1: a forward of mover ~91 s): mec-a's
+    round after mover's first micro-batch (~98 s) waits for mec-b's first step (~372 s); mover's handovers at 200 s
+    (inside that round, mover idle) and 420 s (back to mec-a). Released at the round's end, mover joins mec-b, uploads
+    at ~463 s, after 420 s: to mec-a (``sent_before`` 1 and 1), 8 rounds. Moved at 200 s (before the fix) it uploaded
+    at ~291 s to mec-b (1 and 2), 7 rounds, a 1,375.72 s makespan. SplitLoRA sync with handovers runs on SimPy (auto
+    says so in one line)."""
+    import sfsim
+    from sfsim.scenario.config import load_scenario
+
+    data = release_fleet()
+    data["devices"][0]["handover"] = [{"at": "200 s", "to": "mec-b"}, {"at": "420 s", "to": "mec-a"}]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    auto = sfsim.simulate(load_scenario(path), "splitlora", splits=1, engine="auto")
+    assert (auto.engine, auto.engine_note) == ("simpy", "splitlora's backhaul sync with handovers between servers is "
+                                                        "replayed by the SimPy engine only")
+    res = sfsim.simulate(load_scenario(path), "splitlora", splits=1, trace=True, engine="simpy")
+    assert res.makespan_s == auto.makespan_s
+    assert [(h["from"], h["to"], h["sent_before"]) for h in res.handovers] == [("mec-a", "mec-b", 1),
+                                                                                ("mec-b", "mec-a", 1)]
+    assert Counter((e.lane, e.device) for e in res.events if e.op == "F" and e.lane.startswith("mec")) == \
+        {("mec-a", "mover"): 4, ("mec-a", "stay-a"): 2, ("mec-b", "stay-b"): 2}
+    sends = [e.start for e in res.events if e.lane == "link:mover" and e.op == "send" and e.mb == 1]
+    assert len(sends) == 1 and 460 < sends[0] < 470  # after the round's end (~372 s) + join + fwd + forward
+    assert res.sync_rounds == 8 and res.makespan_s == 1642.1618229188664
