@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+from sfsim.outputs.trace import TraceEvent
 from trainer.transport.backhaul import IDLE_POLL_S
 from trainer.transport.handover import Legs
 
@@ -114,6 +115,8 @@ class WaitingServer:
             if first is not None:
                 if first.kind == "moved" and (first.at is None or first.at <= now):
                     self._visit(tr.recv_up(n, {"moved"}), left)
+                    # traced on the server's lane (a ``wait``: not work, in no stage), from the step's instant to the read
+                    s.meter.events.append(TraceEvent(s.server, "wait", now, s.meter.now() - now, -1, n))
                 return
             if s.meter.now() >= until:
                 return

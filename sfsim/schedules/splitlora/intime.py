@@ -215,6 +215,7 @@ class InTime:
         """Serve ``quota`` micro-batches in arrival order (skipped turns of gone clients do not count)."""
         self.quota, self.issued, self.pending, self.serving = quota, len(self.out), [], True
         self.unissued = {c: k - (c in self.out) for c, k in self.left.items()}
+        self._release_deferred()  # the runtime's first look at each client (may_issue) releases before any fwd
         for c in list(self.left):
             if self.issued < quota and self.unissued.get(c) and c not in self.out:
                 self._give(c)
@@ -243,11 +244,31 @@ class InTime:
             if c.next >= c.d.n:
                 self.moves.changed()  # no more work of it: servers waiting for it may end
             elif not gone and c.i not in self.lost and self.leave(c) <= now:
-                self.hand_over(c, now)  # its handover passed while a micro-batch was out here
+                # its leg here ended while it was out, or while the step after it waited on the others' round (its
+                # tick deferred: if its legs took it back here meanwhile it stays, as the runtime's ``holds`` says)
+                stepped = c in self.deferred
+                self.hand_over(c, now)
+                if stepped and c.home == self.k and self.issued < quota and self.unissued.get(c):
+                    self._give(c)
             elif not gone and self.issued < quota and self.unissued.get(c):
                 self._give(c)
+            self._release_deferred()  # the runtime looks at every client after each micro-batch (may_issue)
             self._fill()
         self.serving = False
+
+    def _release_deferred(self) -> None:
+        """Release now the idle clients whose leg here ended while this server was in a step and its backhaul round
+        (:meth:`~sfsim.schedules.splitlora.moves.Moves.tick` deferred them): the runtime's server reads and sends nothing
+        then, and its ``release`` goes when it next looks at the client (``may_issue``: after the step, or at the next
+        segment's start), so the client's ``join`` reaches its new server from then. A client whose legs took it back
+        here meanwhile stays (the runtime's server never saw it leave); until then it is counted here (a FedAvg round in
+        between takes it, as the runtime's ``live``)."""
+        now = self.engine.env.now
+        for c in self.deferred:
+            if c.home == self.k and c not in self.out and c.i not in self.lost and c.next < c.d.n and c in self.left \
+                    and self.leave(c) <= now:
+                self.hand_over(c, now)
+        self.deferred = []
 
     def _fill(self) -> None:
         """Send ``fwd`` to clients that joined mid-segment, while the segment has room."""

@@ -93,6 +93,8 @@ class Server(InTime):
         self.moving = 0.0  # a client's ``moved`` reaches this server then (its micro-batch went on to its new one)
         self.closing = False  # in the epoch's last backhaul rounds (a handover due meanwhile waits: run_in_time)
         self.serving = False  # in a segment of run_in_time (a joiner with a micro-batch on its way here counts in it)
+        self.stepping = False  # in a step and its backhaul round (the runtime's server reads nothing meanwhile)
+        self.deferred: list = []  # idle clients whose leg here ended meanwhile: released after the step (Moves.tick)
         self.wake = None
         self.finished = False
         self.free = self.end = self.busy = 0.0  # server free at; last instant of the run; busy seconds
@@ -246,12 +248,14 @@ class Server(InTime):
     def _server_step(self):
         """The server's step on what it accumulated (nothing: no step), inside the backhaul rounds when modelled."""
         if self.window:
+            self.stepping = self.sync is not None
             if self.sync is not None:  # joint mode: the servers average the gradients first
                 self.free = yield from self.sync.before_step(self.free)
             self.free = self._op("step", self.free, self.srv.step, -1, "")
             self.steps, self.window = self.steps + 1, 0
             if self.sync is not None:
                 self.free = yield from self.sync.after_step(self.free)
+            self.stepping = False
 
     def drained_step(self, t: float) -> float:
         """The step a server whose epoch is trained takes with the others (joint backhaul rounds); its end."""
