@@ -30,7 +30,13 @@ from sfsim.simulate import simulate
 FIXTURES = Path(__file__).parent / "fixtures"
 FRESH = FIXTURES / "fresh21"
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # each run: 15-40 s on 2 loaded cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _slow_but(first: str, params: list[str]) -> list:
+    """``params`` with every one but ``first`` marked slow: a run takes 4-25 s on the 2 loaded cores (load 6-10), so
+    the default run keeps one per claim (SplitFrozen's, the cheapest), ``-m slow`` the other methods."""
+    return [p if p == first else pytest.param(p, marks=pytest.mark.slow) for p in params]
 
 
 def _scenario(tmp_path: Path, name: str, model: str, edit=None) -> Path:
@@ -114,6 +120,7 @@ def _common(m: dict, out: Path, scenario: Path, method: str):
 
 
 # -- 3 servers, async sync every 2, a count-1 type beside a count-3 type --------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_three_servers_async_every_method(tiny_gpt2, tmp_path, method):
     out, scen = tmp_path / "run", _scenario(tmp_path, "three_async.yaml", tiny_gpt2)
@@ -131,7 +138,7 @@ def test_three_servers_async_every_method(tiny_gpt2, tmp_path, method):
 
 
 # -- uneven pins: 3 devices on east, 1 on west ---------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora", "cenlora"])
+@pytest.mark.parametrize("method", _slow_but("splitfrozen", ["splitfrozen", "splitlora", "fedlora", "cenlora"]))
 def test_uneven_pins_train_where_pinned(tiny_gpt2, tmp_path, method):
     out, scen = tmp_path / "run", _scenario(tmp_path, "uneven_pins.yaml", tiny_gpt2)
     m = _run(out, scen, method)
@@ -147,7 +154,7 @@ def test_uneven_pins_train_where_pinned(tiny_gpt2, tmp_path, method):
 
 
 # -- a handover in the middle of a send ----------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora"])
+@pytest.mark.parametrize("method", _slow_but("splitfrozen", ["splitfrozen", "splitlora", "fedlora"]))
 def test_a_handover_mid_send_moves_what_the_simulator_moves(tiny_gpt2, tmp_path, method):
     """At 0.93 s (SplitLoRA: 1.12 s, its first send is later), in the middle of a send of the walker."""
 
@@ -170,7 +177,7 @@ def test_a_handover_mid_send_moves_what_the_simulator_moves(tiny_gpt2, tmp_path,
 
 
 # -- pause churn on one server, drop churn on the other ------------------------------------------------------------
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", _slow_but("splitfrozen", list(METHODS)))
 def test_pause_on_one_server_and_drop_on_the_other_leave_the_simulators_samples(tiny_gpt2, tmp_path, method):
     out, scen = tmp_path / "run", _scenario(tmp_path, "churn_split.yaml", tiny_gpt2)
     m = _run(out, scen, method)
@@ -184,7 +191,8 @@ def test_pause_on_one_server_and_drop_on_the_other_leave_the_simulators_samples(
 
 
 # -- codecs on a slow uplink ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("codec", [None, "int8", "fp16"])
+@pytest.mark.parametrize("codec", [None, pytest.param("int8", marks=pytest.mark.slow),
+                                   pytest.param("fp16", marks=pytest.mark.slow)])
 def test_each_message_carries_the_simulators_bytes_in_the_runs_codec(tiny_gpt2, tmp_path, codec):
     """The scenario's int4, or a per-run override: each activation message is CostModel.uplink_bytes at its shape."""
     out, scen = tmp_path / "run", _scenario(tmp_path, "codec_slowlink.yaml", tiny_gpt2)
