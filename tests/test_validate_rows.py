@@ -28,6 +28,23 @@ def test_sync_and_codec_rows_sit_beside_the_other_stages():
     assert "sync                    0.500       1.000   -50.0%" in format_report(rep)
 
 
+def test_a_real_runs_codec_ops_count_where_the_simulator_folds_them():
+    """The runtime traces encode/decode apart from the forward; the stages add them to the op the simulator
+    folds them into (device encode -> forward, server decode -> F, server encode -> that micro-batch's B)."""
+    from trainer.validate.table import stages
+
+    ev = lambda lane, op, start, dur, mb=0: TraceEvent(lane, op, start, dur, mb, "d")  # noqa: E731
+    meas = [ev("d", "F", 0.0, 1.0), ev("d", "encode", 1.0, 0.25), ev("link:d", "send", 1.25, 1.0),
+            ev("srv", "decode", 2.25, 0.125), ev("srv", "F", 2.375, 0.5), ev("srv", "B", 2.875, 0.5),
+            ev("srv", "encode", 3.375, 0.0625), ev("d", "decode", 3.4375, 0.03125), ev("d", "BW", 3.46875, 0.5),
+            ev("srv", "encode", 4.0, 0.5, mb=1)]  # no backward traced for micro-batch 1: BW
+    span, got = stages(meas, ["srv"])
+    assert span == 4.5
+    assert got == {"device_forward": 1.25, "uplink": 1.0, "server_F": 0.625, "server_B": 0.5625,
+                   "device_backward": 0.53125, "server_BW": 0.5, "waiting": 4.5 - 1.6875}
+    assert [e.op for e in meas if e.lane == "srv"].count("F") == 1  # one forward a micro-batch in the trace
+
+
 def test_the_codec_row_counts_each_sent_micro_batch_once(tmp_path):
     from tests.test_codecs import _profiled
 

@@ -38,6 +38,8 @@ COLORS = {
     "B": "#D55E00",          # vermillion
     "W": "#F0E442",          # yellow
     "BW": "#CC79A7",         # reddish purple
+    "encode": "#44AA99",     # teal (Tol's muted palette: the wire codec)
+    "decode": "#AA4499",     # purple
     "send": "#009E73",       # bluish green
     "step": "#000000",       # black
     "aggregate": "#56B4E9",  # sky blue

@@ -23,6 +23,8 @@ OPS = {
     "B": "backward w.r.t. activations",
     "W": "backward w.r.t. trainable weights",
     "BW": "backward, B and W fused",
+    "encode": "wire codec: encoding a tensor for the link (training.wire_dtype other than fp32; real runs)",
+    "decode": "wire codec: decoding a received tensor (training.wire_dtype other than fp32; real runs)",
     "send": "transfer on a link",
     "step": "optimizer step",
     "aggregate": "FedAvg of adapters",

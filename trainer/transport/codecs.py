@@ -160,21 +160,21 @@ def encode_message(msg, codec: str, meter=None, lane: str = ""):
     """``msg`` (a ``trainer.transport.runtime.Message``) as it goes on the wire: its :data:`CODED` tensor
     encoded, an ``act`` message's aux set to the codec's number; other kinds unchanged.
 
-    The encoding is timed on ``meter`` (lane ``lane``, op ``F``, phase ``codec_encode``) unless the codec is
+    The encoding is timed on ``meter`` (lane ``lane``, op ``encode``, phase ``codec_encode``) unless the codec is
     ``fp32`` (nothing to do).
     """
     name = CODED.get(msg.kind)
     if name is None or name not in msg.tensors:
         return msg
     timer = nullcontext() if meter is None or codec == "fp32" else \
-        meter.compute(lane, "F", "codec_encode", mb=msg.mb, device=msg.device, count=False)
+        meter.compute(lane, "encode", "codec_encode", mb=msg.mb, device=msg.device, count=False)
     with timer:
         tensors = pack(msg.tensors, name, codec)
     return dataclasses.replace(msg, tensors=tensors, aux=layout(codec).code if msg.kind == "act" else msg.aux)
 
 
 def decode_message(msg, codec: str, hidden: int | None, meter=None, lane: str = ""):
-    """Inverse of :func:`encode_message` on the receiver (timed as phase ``codec_decode``); raises
+    """Inverse of :func:`encode_message` on the receiver (timed as op ``decode``, phase ``codec_decode``); raises
     :class:`CodecError` for a payload its encoder never produces or an ``act`` in another codec.
     ``hidden`` ``None``: the width the payload implies (an even width for int4)."""
     name = CODED.get(msg.kind)
@@ -185,7 +185,7 @@ def decode_message(msg, codec: str, hidden: int | None, meter=None, lane: str = 
     if msg.kind == "act" and msg.aux != layout(codec).code:
         raise CodecError(f"activations in codec number {msg.aux}; this run sends {codec}")
     timer = nullcontext() if meter is None or codec == "fp32" else \
-        meter.compute(lane, "F", "codec_decode", mb=msg.mb, device=msg.device, count=False)
+        meter.compute(lane, "decode", "codec_decode", mb=msg.mb, device=msg.device, count=False)
     with timer:
         tensors = unpack(msg.tensors, name, codec, hidden)
     return dataclasses.replace(msg, tensors=tensors, aux=0 if msg.kind == "act" else msg.aux)

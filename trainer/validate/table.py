@@ -23,9 +23,16 @@ MINOR = 0.02  # a stage under this share of the measured span is flagged minor
 REPLAYED_WHERE_PREDICTED = {"epoch_end"}  # measured only (not modelled) where the prediction has none
 
 
-def stage_of(e: TraceEvent, servers: list[str]) -> str | None:
-    """The stage an event counts toward (see the module docstring)."""
+def stage_of(e: TraceEvent, servers: list[str], backward: dict | None = None) -> str | None:
+    """The stage an event counts toward (see the module docstring). A wire codec's ``encode``/``decode`` (real runs
+    trace them apart) counts toward the op the simulator folds it into: a device's encode into its forward and its
+    decode into its backward, a server's decode into its ``F`` and its encode into the backward of the same
+    micro-batch (``backward``: (lane, device, mb) -> ``B`` or ``BW``, default ``BW``)."""
     lane = e.lane
+    if e.op in ("encode", "decode"):
+        if lane.split("/")[0] in servers:
+            return "server_F" if e.op == "decode" else f"server_{(backward or {}).get((lane, e.device, e.mb), 'BW')}"
+        return "device_forward" if e.op == "encode" else "device_backward"
     if e.op == "epoch_end":  # the wait between epochs (sfsim.cost.epochend)
         return "epoch_end"
     if is_sync(e):
@@ -52,8 +59,9 @@ def stages(events: list[TraceEvent], servers: list[str]) -> tuple[float, dict[st
     t0, t1 = min(e.start for e in events), max(e.end for e in events)
     out: dict[str, float] = {}
     busy: dict[str, float] = {}
+    backward = {(e.lane, e.device, e.mb): e.op for e in events if e.op in ("B", "BW")}
     for e in events:
-        st = stage_of(e, servers)
+        st = stage_of(e, servers, backward)
         if st is not None:
             out[st] = out.get(st, 0.0) + e.dur
         lane = e.lane.removeprefix("epoch-end:")  # the server evaluates then: busy, not waiting
