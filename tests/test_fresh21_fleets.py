@@ -78,8 +78,7 @@ def _adapter(out: Path) -> dict[str, torch.Tensor]:
 
 def _server_forwards(out: Path, servers: list[str]) -> dict[str, Counter]:
     """device -> Counter(server -> micro-batches of the device the server trained) from trace.json: the server's
-    backward passes, ``B`` or (sequential SplitFrozen) ``BW`` (a codec's decode is an ``F`` event on the server's lane
-    too, so forwards would count twice)."""
+    backward passes, ``B`` or (sequential SplitFrozen) ``BW``."""
     got: dict[str, Counter] = {}
     for e in json.loads((out / "trace.json").read_text())["traceEvents"]:
         if e.get("ph") == "X" and e["name"] in ("B", "BW") and e["args"]["lane"] in servers:
@@ -202,6 +201,9 @@ def test_each_message_carries_the_simulators_bytes_in_the_runs_codec(tiny_gpt2, 
         assert m["uplink_bytes_by_device"][dev] == _message_bytes(scen, shapes, codec), dev
     assert _server_forwards(out, ["cell-1", "cell-2"]) == \
         {"far-0": {"cell-1": 2}, "far-1": {"cell-1": 2}, "near": {"cell-2": 4}}
+    forwards = Counter(e["args"]["lane"] for e in json.loads((out / "trace.json").read_text())["traceEvents"]
+                       if e.get("ph") == "X" and e["name"] == "F" and e["args"]["lane"] in ("cell-1", "cell-2"))
+    assert forwards == {"cell-1": 4, "cell-2": 4}  # one F a micro-batch: the codec's decode is its own op
 
 
 # -- the activation cache over 3 epochs, a server that holds no device at first -------------------------------------

@@ -51,3 +51,19 @@ def test_validate_three_cached_epochs_with_a_server_idle_at_first(tiny_gpt2, tmp
     assert _moves(rep["handovers"]["measured"]) == _moves(rep["handovers"]["predicted"]) == \
         [("roamer", "busy", "spare", 0.47, 2)]
     assert abs(rep["total"]["error"]) < 0.1, rep["total"]
+
+
+def test_validate_overrides_the_scenarios_codec(tiny_gpt2, tmp_path):
+    """--wire-dtype int8 on a fleet whose scenario says int4: the run sends int8 (each message the simulator's
+    bytes) and the simulation costs int8 (the uplink stage within 10%, a codec row)."""
+    from tests.test_fresh21_fleets import _message_bytes, _scenario
+
+    rep = _validate(tiny_gpt2, tmp_path / "val", "codec_slowlink.yaml", "--wire-dtype", "int8")
+    m = json.loads((tmp_path / "val" / "run" / "metrics.json").read_text())
+    assert load_scenario(str(FRESH / "codec_slowlink.yaml")).training.wire_dtype == "int4"
+    scen = _scenario(tmp_path, "codec_slowlink.yaml", tiny_gpt2)
+    for dev, shapes in m["microbatch_shapes"].items():
+        assert m["uplink_bytes_by_device"][dev] == _message_bytes(scen, shapes, "int8") != \
+            _message_bytes(scen, shapes), dev
+    assert rep["stages"]["codec"]["predicted_s"] > 0
+    assert abs(rep["stages"]["uplink"]["error"]) < 0.1, rep["stages"]["uplink"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from sfsim.cli.group import main
+from sfsim.cost.wire import CODECS
 from sfsim.model.arch import MODEL_HELP
 from sfsim.outputs.outdir import output_folder
 
@@ -39,6 +40,8 @@ from sfsim.outputs.outdir import output_folder
               "on a shared machine it did not follow the server's speed)")
 @click.option("--device-profile", type=click.Path(dir_okay=False), help="latency table of this machine as a device "
               "(needed unless --emulate compute/all)")
+@click.option("--wire-dtype", type=click.Choice(list(CODECS)),
+              help="the activation codec, run and simulated (default: the scenario's training.wire_dtype; docs/codecs.md)")
 @click.option("--data-dir", help="data folder (default: $SFSIM_DATA or ../shared/data)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
@@ -47,7 +50,7 @@ from sfsim.outputs.outdir import output_folder
 @click.option("--overwrite", is_flag=True, help="replace an earlier validation in --out")
 def validate(devices, model, method, task, partition_spec, emulate, server_order, client_order, accumulate, split,
              train_samples, epochs, micro_batch, max_len, server_profile, allow_native, no_host_sharing, device_profile,
-             data_dir, seed, threads, out, overwrite, load_calibration):
+             data_dir, seed, threads, out, overwrite, load_calibration, wire_dtype):
     """Run the scenario for real and in the simulator; print and write the error, stage by stage."""
     from transformers.utils import logging as hf_logging
 
@@ -60,7 +63,8 @@ def validate(devices, model, method, task, partition_spec, emulate, server_order
                         server_order=server_order, seed=seed, max_len=max_len, micro_batch=micro_batch,
                         threads=threads, server_profile=server_profile, device_profile=device_profile,
                         accumulate=accumulate, client_order=client_order, allow_native=allow_native,
-                        host_sharing=not no_host_sharing, load_calibration=load_calibration)
+                        host_sharing=not no_host_sharing, load_calibration=load_calibration,
+                        wire_dtype=wire_dtype)
     with output_folder(out, overwrite=overwrite, resume_hint=False):
         report = run_validation(vc, say=lambda line: click.echo(line, err=True))
     click.echo(format_report(report))

@@ -91,6 +91,7 @@ class ValidateConfig:
     allow_native: bool = False  # run devices this machine cannot emulate at native speed (flagged) instead of refusing
     host_sharing: bool = True  # model the CPU sharing of the run's co-located processes (sfsim.cost.hostshare)
     load_calibration: bool = False  # scale the server's profile by the load sampler's ratio (opt-in: see the docs)
+    wire_dtype: str | None = None  # the activation codec of the run and the simulation (None: the scenario's)
 
     def __post_init__(self):
         if self.emulate not in ("none", "compute", "links", "all"):
@@ -129,7 +130,7 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
                    seed=vc.seed, max_len=vc.max_len, data_dir=vc.data_dir, server_order=vc.server_order,
                    micro_batch=vc.micro_batch, buffer=vc.buffer, progress=False, launch="local", emulate=vc.emulate,
                    threads=vc.threads, count_flops=False, accumulate=vc.accumulate, client_order=vc.client_order,
-                   server_device="cpu")  # as the server's profile was measured (auto would take a GPU)
+                   server_device="cpu", wire_dtype=vc.wire_dtype)  # as the server's profile was measured (auto would take a GPU)
     load = [round(os.getloadavg()[0], 2)]
     with _threads(vc.threads), LoadSampler() as sampler:  # this machine's speed during the run, as when profiled
         metrics = run(rc)
@@ -193,6 +194,8 @@ def sim_overrides(vc: ValidateConfig, metrics: dict, credits_key: bool,
         ("training.accumulate", metrics["accumulate"]), ("training.buffer", metrics["buffer"]),
         ("training.server_policy", POLICY_OF_ORDER[vc.server_order]),
     ]
+    if vc.wire_dtype is not None:  # --wire-dtype: the codec the run sent
+        sets.append(("training.wire_dtype", vc.wire_dtype))
     if metrics.get("eval_samples"):  # the rows the run evaluated after each epoch (sfsim.cost.epochend)
         sets.append(("training.eval_samples", metrics["eval_samples"]))
     if credits_key:
