@@ -192,3 +192,19 @@ def test_validate_leaves_a_case_that_fell_behind_out_of_the_median():
             "TABLE", "note: emulation fell behind by 0.750 s on d1: measured time not comparable; this case belongs "
             "in no error median"]
         assert format_validation({**report, "emulation_note": None}) == "TABLE"
+
+
+def test_a_timing_comparison_fails_when_the_emulation_kept_up_and_skips_with_the_cause_when_it_fell_behind():
+    from tests.emulation_guard import timed
+
+    kept = section({"d1": {"ops": 4, "late": 1, "total_s": 0.02, "worst_s": 0.02}}, 10.0)
+    behind = section({"d1": {"ops": 4, "late": 2, "total_s": 0.75, "worst_s": 0.5}}, 10.0)
+    timed(True, behind, "equal")  # a comparison that holds passes, whatever the emulation did
+    with pytest.raises(pytest.fail.Exception, match=r"^handovers differ; emulation kept up \(worst lane d1: 0\.020 s "
+                                                    r"over 4 ops, tolerance 0\.100 s\)$"):
+        timed(False, kept, "handovers differ")
+    with pytest.raises(pytest.skip.Exception, match=r"^handovers differ: emulation fell behind by 0\.750 s on d1: "
+                                                    r"measured time not comparable$"):
+        timed(False, behind, "handovers differ")
+    with pytest.raises(pytest.fail.Exception, match="nothing emulated"):
+        timed(False, None, "handovers differ")
