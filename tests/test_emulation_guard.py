@@ -208,3 +208,58 @@ def test_a_timing_comparison_fails_when_the_emulation_kept_up_and_skips_with_the
         timed(False, behind, "handovers differ")
     with pytest.raises(pytest.fail.Exception, match="nothing emulated"):
         timed(False, None, "handovers differ")
+
+
+@pytest.mark.slow
+def test_a_real_run_whose_device_is_starved_fails_strict_emulation_naming_it(tiny_gpt2, tmp_path):
+    """A distributed run (--emulate all) whose device ``big`` gets no CPU for 0.3 s of every 0.5 s (SIGSTOP, the
+    limit of a loaded machine): its forwards and sends end late, and ``--strict-emulation`` says so (exit 3),
+    keeping the run's outputs."""
+    import contextlib
+    import os
+    import signal
+    import threading
+    import time
+
+    from click.testing import CliRunner
+
+    from sfsim.cli import main
+
+    out, done = tmp_path / "run", threading.Event()
+
+    def starve() -> None:
+        pids = out / "logs" / "pids.json"
+        while not done.is_set() and not pids.is_file():
+            time.sleep(0.05)
+        if done.is_set():
+            return
+        pid = json.loads(pids.read_text())["big"]
+        try:
+            while not done.is_set():
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.3)
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.2)
+        except ProcessLookupError:
+            return
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    t = threading.Thread(target=starve, daemon=True)
+    t.start()
+    try:
+        res = CliRunner().invoke(main, ["run", "--devices", str(FIXTURES / "runtime_tiny.yaml"), "--model", tiny_gpt2,
+                                        "--task", "sst2", "--method", "splitfrozen", "--partition", "iid", "--split", "1",
+                                        "--max-len", "48", "--train-samples", "32", "--eval-samples", "8", "--data-dir",
+                                        str(FIXTURES / "data"), "--emulate", "all", "--out", str(out),
+                                        "--strict-emulation", "--quiet"])
+    finally:
+        done.set()
+        t.join()
+    em = json.loads((out / "metrics.json").read_text())["emulation"]
+    assert res.exit_code == 3, res.output
+    assert em["fell_behind"] and {"big", "link:big"} & set(em["behind"]), em
+    line = res.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: emulation fell behind by {em['lanes'][em['behind'][0]]['total_s']:.3f} s on "
+                           f"{em['behind'][0]}") and line.endswith("(--strict-emulation; the run's outputs are kept)")
