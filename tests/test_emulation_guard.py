@@ -263,3 +263,13 @@ def test_a_real_run_whose_device_is_starved_fails_strict_emulation_naming_it(tin
     line = res.output.strip().splitlines()[-1]
     assert line.startswith(f"error: emulation fell behind by {em['lanes'][em['behind'][0]]['total_s']:.3f} s on "
                            f"{em['behind'][0]}") and line.endswith("(--strict-emulation; the run's outputs are kept)")
+
+
+def test_a_warm_up_the_simulation_models_is_not_held_against_the_lane():
+    """``sfsim validate --device-profile``: a device's first forward overruns by its modelled ``warmup``."""
+    lanes = {"d1": {"ops": 4, "late": 1, "total_s": 0.3, "worst_s": 0.28}, "d2": {"ops": 4, "late": 1, "total_s": 0.3,
+                                                                                  "worst_s": 0.28}}
+    em = section(lanes, 2.0, {"d1": 0.27, "d2": 0.1, "elsewhere": 1.0})
+    assert (em["modelled_s"], em["excess_s"], em["behind"]) == ({"d1": 0.27, "d2": 0.1}, {"d1": 0.03, "d2": 0.2}, ["d2"])
+    assert emulation.note(em) == "emulation fell behind by 0.200 s on d2: measured time not comparable"
+    assert section(lanes, 2.0, {"d1": 0.0})["behind"] == ["d1", "d2"] and "modelled_s" not in section(lanes, 2.0)

@@ -110,13 +110,19 @@ def lanes_error(lanes) -> str | None:
     return None
 
 
-def section(lanes: dict[str, dict], span_s: float) -> dict:
+def section(lanes: dict[str, dict], span_s: float, modelled: dict[str, float] | None = None) -> dict:
     """metrics.json ``emulation``: the lanes, the tolerance for a run of ``span_s`` seconds, and the lanes that fell
-    behind (total overrun above it), worst first."""
+    behind (total overrun above it), worst first.
+
+    ``modelled``: seconds of a lane's overrun that the simulator models too (``sfsim validate`` with
+    ``--device-profile``: a device's first-forward ``warmup``, by which its first stretched forward overruns); they
+    are not held against it (``excess_s``: the overrun beyond them)."""
     tol = round(max(TOLERANCE_S, TOLERANCE_SHARE * max(0.0, span_s)), 6)
-    behind = sorted((k for k, f in lanes.items() if f["total_s"] > tol), key=lambda k: -lanes[k]["total_s"])
+    modelled = {k: v for k, v in (modelled or {}).items() if k in lanes and v > 0}
+    excess = {k: round(max(0.0, f["total_s"] - modelled.get(k, 0.0)), 6) for k, f in lanes.items()}
+    behind = sorted((k for k in lanes if excess[k] > tol), key=lambda k: -excess[k])
     return {"lanes": lanes, "span_s": round(span_s, 6), "tolerance_s": tol, "behind": behind,
-            "fell_behind": bool(behind),
+            "fell_behind": bool(behind), **({"modelled_s": modelled, "excess_s": excess} if modelled else {}),
             "rule": f"a lane fell behind when its emulated ops ended, in total, more than max({TOLERANCE_S} s, "
                     f"{TOLERANCE_SHARE:.0%} of the run's span) after their emulated ends"}
 
@@ -127,9 +133,10 @@ def verdict(em: dict | None) -> str | None:
         return None
     lanes = em["lanes"]
     worst = em["behind"][0]
+    by = em.get("excess_s", {}).get(worst, lanes[worst]["total_s"])
     others = f" (also {', '.join(em['behind'][1:4])}{', ...' if len(em['behind']) > 4 else ''})" \
         if len(em["behind"]) > 1 else ""
-    return (f"emulation fell behind by {lanes[worst]['total_s']:.3f} s on {worst}{others}: "
+    return (f"emulation fell behind by {by:.3f} s on {worst}{others}: "
             f"{lanes[worst]['late']} of {lanes[worst]['ops']} emulated ops ended late, the worst by "
             f"{lanes[worst]['worst_s']:.3f} s (tolerance {em['tolerance_s']:.3f} s); this run was slower than "
             f"the scenario it emulates: run fewer processes on this machine, give slower emulated speeds, or "
@@ -141,7 +148,7 @@ def behind_by(em: dict | None) -> tuple[str, float] | None:
     if not em or not em.get("fell_behind"):
         return None
     worst = em["behind"][0]
-    return worst, em["lanes"][worst]["total_s"]
+    return worst, em.get("excess_s", {}).get(worst, em["lanes"][worst]["total_s"])
 
 
 def note(em: dict | None) -> str | None:
