@@ -36,14 +36,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 from pathlib import Path
 
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trainer.validate.compare import ValidateConfig, run_validation  # noqa: E402
+from trainer.validate.compare import ValidateConfig, median_error, run_validation  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIX = HERE.parent / "tests" / "fixtures"
@@ -167,13 +166,18 @@ def main() -> None:
         st = rep["stages"]
         rows[name] = {"predicted_s": rep["total"]["predicted_s"], "measured_s": rep["total"]["measured_s"],
                       "error": rep["total"]["error"], "load": rep["header"]["load_average_1min"],
+                      "emulation_note": rep["emulation_note"],
                       **{k: st[k] for k in ("codec", "sync", "epoch_end") if k in st}}
+        behind = f"  NOT COMPARABLE: {rep['emulation_note']}" if rep["emulation_note"] else ""
         print(f"{name:9} predicted {rows[name]['predicted_s']:7.3f} s  measured {rows[name]['measured_s']:7.3f} s  "
-              f"error {100 * rows[name]['error']:+6.1f}%  load {rows[name]['load']}", flush=True)
-    errs = [abs(r["error"]) for r in rows.values()]
-    summary = {"runs": rows, "median_abs_error": round(statistics.median(errs), 4) if errs else None}
+              f"error {100 * rows[name]['error']:+6.1f}%  load {rows[name]['load']}{behind}", flush=True)
+    med = median_error(rows)  # the runs that fell behind their emulation are left out (trainer.run.emulation)
+    summary = {"runs": rows, **med}
     (out / "table.json").write_text(json.dumps(summary, indent=1))
-    print(f"median |error| {100 * summary['median_abs_error']:.1f}% over {len(errs)} runs -> {out / 'table.json'}")
+    left = f"; {len(med['left_out'])} left out (emulation fell behind: {', '.join(med['left_out'])})" \
+        if med["left_out"] else "; none left out (every run kept up with its emulation)"
+    median = "n/a" if med["median_abs_error"] is None else f"{100 * med['median_abs_error']:.1f}%"
+    print(f"median |error| {median} over {med['runs']} runs{left} -> {out / 'table.json'}")
 
 
 if __name__ == "__main__":

@@ -123,9 +123,10 @@ def main() -> None:
                                                 emulate="all", data_dir=args.data_dir, split=2,
                                                 train_samples=args.samples, server_profile=args.server_profile))
             rows[key] = {"total": rep["total"], "stages": rep["stages"], "host": rep["header"]["host"],
-                         "load_average_1min": rep["header"]["load_average_1min"]}
+                         "load_average_1min": rep["header"]["load_average_1min"], "emulation_note": rep["emulation_note"]}
+            behind = f"  NOT COMPARABLE: {rep['emulation_note']}" if rep["emulation_note"] else ""
             print(f"{key:36} total predicted {rep['total']['predicted_s']:7.2f} s measured "
-                  f"{rep['total']['measured_s']:7.2f} s error {100 * rep['total']['error']:+6.1f}%", flush=True)
+                  f"{rep['total']['measured_s']:7.2f} s error {100 * rep['total']['error']:+6.1f}%{behind}", flush=True)
             path.write_text(json.dumps(rows, indent=1))
     (out / "table.md").write_text(markdown(rows))
     print(markdown(rows))
@@ -147,14 +148,20 @@ def rescore(key: str) -> dict:
 def markdown(rows: dict) -> str:
     """Total error per cell, the worst stage, and the medians."""
     lines = ["| method / fleet | predicted s | measured s | total error | stages (error) |", "|---|---|---|---|---|"]
-    totals, stages = [], []
+    totals, stages, left = [], [], []
     for key, r in rows.items():
         t = r["total"]
-        totals.append(abs(t["error"]))
         st = ", ".join(f"{n} {100 * s['error']:+.0f}%" + (" (minor)" if s.get("minor") else "")
                        for n, s in r["stages"].items() if s["error"] is not None)
-        stages += [abs(s["error"]) for n, s in r["stages"].items() if s["error"] is not None and not s.get("minor")]
+        if r.get("emulation_note"):  # the run fell behind its emulation: not the scenario's speed (trainer.run.emulation)
+            left.append(key)
+            st = f"NOT COMPARABLE, left out of the medians: {r['emulation_note']}; {st}"
+        else:
+            totals.append(abs(t["error"]))
+            stages += [abs(s["error"]) for n, s in r["stages"].items() if s["error"] is not None and not s.get("minor")]
         lines.append(f"| {key} | {t['predicted_s']:.2f} | {t['measured_s']:.2f} | {100 * t['error']:+.1f}% | {st} |")
+    if left:
+        lines.append(f"\n{len(left)} run(s) left out of the medians (emulation fell behind): {', '.join(left)}.")
     if totals:
         lines.append(f"\nMedian |total error| {100 * statistics.median(totals):.1f}% over {len(totals)} runs "
                      f"(largest {100 * max(totals):.1f}%); median |stage error| {100 * statistics.median(stages):.1f}% "

@@ -16,6 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.emulation_guard import timed
 from trainer.transport.handover import Legs
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -110,7 +111,8 @@ def test_a_splitlora_client_goes_back_to_a_server_it_left(tiny_gpt2, tmp_path, l
     rep, m, run = _validate(tiny_gpt2, tmp_path, "splitlora", data)
     moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
              for side in ("predicted", "measured")}
-    assert moves["measured"] == moves["predicted"]
+    timed(moves["measured"] == moves["predicted"], rep["emulation"],
+          f"handovers measured {moves['measured']}, predicted {moves['predicted']}")
     assert [b for *_, b in moves["measured"]] == before
     assert m["samples_not_trained"] == rep["samples_not_trained"]["predicted"] == {"stay-b": 8}
     assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
@@ -139,7 +141,9 @@ def test_fedlora_goes_back_and_forth_as_the_simulator_says(tiny_gpt2, tmp_path):
     rep, m, run = _validate(tiny_gpt2, tmp_path, "fedlora", data)
     moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
              for side in ("predicted", "measured")}
-    assert moves["measured"] == moves["predicted"] == [("mec-a", "mec-b", 0), ("mec-b", "mec-a", 1), ("mec-a", "mec-b", 3)]
+    timed(moves["measured"] == moves["predicted"], rep["emulation"],
+          f"handovers measured {moves['measured']}, predicted {moves['predicted']}")
+    assert moves["predicted"] == [("mec-a", "mec-b", 0), ("mec-b", "mec-a", 1), ("mec-a", "mec-b", 3)]
     assert m["samples_not_trained"] == rep["samples_not_trained"]["predicted"] == {"stay-b": 8}
     assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
     # every local step reached one server's round once: mover's 4 and stay-a's 2
@@ -173,7 +177,9 @@ def test_handovers_over_two_epochs(tiny_gpt2, tmp_path, method, legs, before, un
     moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
              for side in ("predicted", "measured")}
     path = ["mec-a"] + [to for to, _ in legs]
-    assert moves["measured"] == moves["predicted"] == list(zip(path[:-1], path[1:], before, strict=True))
+    timed(moves["measured"] == moves["predicted"], rep["emulation"],
+          f"handovers measured {moves['measured']}, predicted {moves['predicted']}")
+    assert moves["predicted"] == list(zip(path[:-1], path[1:], before, strict=True))
     assert m["samples_not_trained"] == rep["samples_not_trained"]["predicted"] == untrained
     assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
     if method == "fedlora":  # every local step reached one server's round once: mover's 4 and stay-a's 2, twice
@@ -200,7 +206,9 @@ def test_a_splitfrozen_micro_batch_waiting_for_the_uplink_goes_to_the_leg_holdin
     rep, m, _ = _validate(tiny_gpt2, tmp_path, "splitfrozen", data)
     moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
              for side in ("predicted", "measured")}
-    assert moves["measured"] == moves["predicted"] == [("mec-a", "mec-b", 2)]
+    timed(moves["measured"] == moves["predicted"], rep["emulation"],
+          f"handovers measured {moves['measured']}, predicted {moves['predicted']}")
+    assert moves["predicted"] == [("mec-a", "mec-b", 2)]
     assert m["lost_devices"] == {} and m["missing_reports"] == []
 
 
@@ -319,7 +327,8 @@ def test_a_device_that_goes_back_and_forth_trains_everything_where_the_simulator
     m = json.loads((out / "run" / "metrics.json").read_text())
     moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
              for side in ("predicted", "measured")}
-    assert moves["measured"] == moves["predicted"]
+    timed(moves["measured"] == moves["predicted"], rep["emulation"],
+          f"handovers measured {moves['measured']}, predicted {moves['predicted']}")
     assert [(a, b) for a, b, _ in moves["measured"]] == [("mec-a", "mec-b"), ("mec-b", "mec-a"), ("mec-a", "mec-b")]
     assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
     assert sum(s["steps"] for s in m["servers"].values()) == 4 + 2 + 2  # every micro-batch of every device
@@ -336,7 +345,9 @@ def test_a_handover_after_the_devices_last_send_is_recorded_as_the_simulator_lis
     rep, m, run = _validate(tiny_gpt2, tmp_path, "splitfrozen", data)
     moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
              for side in ("predicted", "measured")}
-    assert moves["measured"] == moves["predicted"] == [("mec-a", "mec-b", 2), ("mec-b", "mec-a", 3)]
+    timed(moves["measured"] == moves["predicted"], rep["emulation"],
+          f"handovers measured {moves['measured']}, predicted {moves['predicted']}")
+    assert moves["predicted"] == [("mec-a", "mec-b", 2), ("mec-b", "mec-a", 3)]
     assert [h["sent_after"] for h in rep["handovers"]["predicted"]] == [1, 0]
     assert [h["at_s"] for h in m["handovers"]] == [0.8, 1.5]
     assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}

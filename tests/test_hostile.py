@@ -73,7 +73,7 @@ def _act(dev: int, mb: int, labels=(0, 1, 0, 1), hidden=None) -> Packet:
 def _report(dev: int, name: str, **over) -> Packet:
     rep = {"device": name, "flops": 0, "uplink_bytes": 0, "phase_s": {}, "peak_rss_bytes": 0, "cpu_s": 0.0,
            "clock_offset_s": 0.0, "stretched_s": 0.0, "header_bytes": 0, "events": [],
-           "handovers": []}
+           "handovers": [], "emulation": {}}
     rep.update(over)
     blob = json.dumps(rep).encode() if "raw" not in over else over["raw"]
     return Packet(Kind.REPORT, dev, -1, 0, 0, {"blob": torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()})

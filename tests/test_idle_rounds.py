@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from sfsim.outputs.trace import read_chrome_trace
+from tests.emulation_guard import timed
 from tests.test_handover import _scenario, _validate
 from tests.test_sync_order import server_ops
 
@@ -48,7 +49,8 @@ def _check(ops: dict, m: dict, rep: dict, rounds: dict[str, int]) -> None:
     assert rep["stages"]["sync"]["predicted_s"] == pytest.approx(rep["stages"]["sync"]["measured_s"], rel=1e-9)
     moves = {side: [(h["from"], h["to"], h["sent_before"]) for h in rep["handovers"][side]]
              for side in ("predicted", "measured")}
-    assert moves["measured"] == moves["predicted"]
+    timed(moves["measured"] == moves["predicted"], rep["emulation"],
+          f"handovers measured {moves['measured']}, predicted {moves['predicted']}")
 
 
 @pytest.mark.parametrize(("legs", "every", "rounds"), [

@@ -131,7 +131,7 @@ def test_a_reported_handover_must_name_the_runs_servers():
 
     def report(to: str) -> dict:
         return {"device": "d", "flops": 1, "uplink_bytes": 2, "phase_s": {}, "peak_rss_bytes": 3, "cpu_s": 0.5,
-                "clock_offset_s": -0.1, "stretched_s": 0.0, "header_bytes": 4, "events": [],
+                "clock_offset_s": -0.1, "stretched_s": 0.0, "header_bytes": 4, "events": [], "emulation": {},
                 "handovers": [{"device": "d", "at_s": 0.5, "from": "mec-a", "to": to, "epoch": 0, "sent_before": 1}]}
 
     assert parse_report(report_blob(report("mec-b")), "d", ["mec-a", "mec-b"])["handovers"][0]["to"] == "mec-b"
@@ -149,7 +149,7 @@ def test_a_checkpoint_report_must_name_the_runs_servers_as_the_end_of_run_report
 
     def report(to: str) -> dict:
         return {"device": "d", "flops": 1, "uplink_bytes": 2, "phase_s": {}, "peak_rss_bytes": 3, "cpu_s": 0.5,
-                "clock_offset_s": -0.1, "stretched_s": 0.0, "header_bytes": 4, "events": [],
+                "clock_offset_s": -0.1, "stretched_s": 0.0, "header_bytes": 4, "events": [], "emulation": {},
                 "handovers": [{"device": "d", "at_s": 0.5, "from": "mec-a", "to": to, "epoch": 0, "sent_before": 1}]}
 
     class Tr:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sfsim.outputs.trace import TraceEvent
+from tests.emulation_guard import timed
 from trainer.validate.compare import compare, format_report
 from trainer.validate.stagerows import codec_measured, codec_predicted
 
@@ -83,4 +84,4 @@ def test_validate_compares_a_cached_second_epoch(tiny_gpt2, tmp_path):
         assert len(sends) == 8 and len(steps) == 16, side  # one epoch on the wire, two of server steps
         assert max(e.end for e in sends) < max(e.end for e in steps)  # the cached epoch is after the last send
     assert rep["stages"]["uplink"]["error"] is not None and abs(rep["stages"]["uplink"]["error"]) < 0.05
-    assert abs(rep["total"]["error"]) < 0.5, rep["total"]  # a short run on a loaded machine: loose
+    timed(abs(rep["total"]["error"]) < 0.5, rep["emulation"], f"error {rep['total']['error']} not within 0.5: {rep['total']}")  # a short run on a loaded machine: loose

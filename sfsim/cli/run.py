@@ -102,6 +102,9 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
               help="distributed runs: stretch device compute to the scenario's FLOP/s (sleeping), shape links to "
                    "its bandwidth (or time-varying rate) and latency, or both; any but none also pauses or drops "
                    "devices by their availability")
+@click.option("--strict-emulation", is_flag=True,
+              help="exit with status 3 (outputs kept) when the run fell behind its emulation: devices or links "
+                   "slower than the scenario's (default: a warning line; metrics.json emulation)")
 @click.option("--role", type=click.Choice(["server", "device", "auto"]),
               help="run one role of a distributed run (with --rank, --world-size, --master, or under torchrun; "
                    "auto: server on rank 0, device elsewhere); see docs/guide/runs.md")
@@ -133,13 +136,14 @@ _LAUNCH_HELP = ("local: one process per device and one for the server on this ma
 def run(devices, model, task, method, partition_spec, plan, split, lora_start, epochs, train_samples,
         eval_samples, lr, seed, max_len, micro_batch, accumulate, buffer, local_steps, fedavg_every, client_order,
         data_dir, server_order, pool_memory, bucket, wire_dtype, server_device, device_device, precision, cache_memory,
-        gen_tokens, launch, emulate, role, rank, world_size, master, server_ports,
+        gen_tokens, launch, emulate, strict_emulation, role, rank, world_size, master, server_ports,
         peer_timeout, checkpoint_every, checkpoint_interval, resume_dir, log_to, threads, eval_before, no_flops, quiet,
         out, overwrite):
     """Fine-tune for real with a method; write metrics.json, steps.csv, trace.json, gantt.png and the adapter to OUT.
 
     Exit status: 0 done (or a finished run given to --resume: nothing to do), 2 bad input, 1 a run that
-    trained nothing (every device lost, or no sample trained).
+    trained nothing (every device lost, or no sample trained), 3 with --strict-emulation a run that fell
+    behind its emulation (trainer.run.emulation).
     """
     # the trainer imports torch and transformers (~3.5 s): only run and eval load it, not simulate or plan
     from trainer.methods.common import placement_for
@@ -165,21 +169,33 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
     resume = resume_dir is not None
     with _one_line_os_errors(cfg.out):
         if role is not None and role != "server":  # devices (and torchrun's auto) may share the server's --out
-            _one_role(cfg, role, rank, world_size, master, resume)
+            _one_role(cfg, role, rank, world_size, master, resume, strict_emulation)
         with output_folder(cfg.out, overwrite=overwrite, resume=resume):
             if role == "server":
-                _one_role(cfg, role, rank, world_size, master, resume)
+                _one_role(cfg, role, rank, world_size, master, resume, strict_emulation)
             with _quiet(quiet):
                 m = run_job(cfg, resume=resume)
     check_trained(m, cfg.out)
     if not quiet:  # with --quiet, metrics.json holds the summary
         click.echo(summary_line(m, cfg.launch, cfg.out))
+    emulation_check(m, strict_emulation)
+
+
+def emulation_check(m: dict, strict: bool) -> None:
+    """The run's last line when it fell behind its emulation: a warning, or with ``strict`` an error (exit 3)."""
+    from trainer.run.emulation import EmulationBehind, verdict
+
+    line = verdict(m.get("emulation"))
+    if line is not None and strict:
+        raise EmulationBehind(f"{line} (--strict-emulation; the run's outputs are kept)")
+    if line is not None:
+        click.echo(f"warning: {line}", err=True)
 
 
 _FIELDS = {"partition_spec": "partition", "resume_dir": "resume"}
 """CLI parameter -> RunConfig field where the names differ (--no-flops, --quiet and --checkpoint-interval:
 see :func:`_settings`)."""
-_NOT_CONFIG = ("role", "rank", "world_size", "master", "resume", "overwrite", "checkpoint_interval")
+_NOT_CONFIG = ("role", "rank", "world_size", "master", "resume", "overwrite", "checkpoint_interval", "strict_emulation")
 
 
 def _settings(params: dict, names: set[str]) -> dict:
@@ -297,7 +313,8 @@ def _scores(m: dict) -> str:
     return text
 
 
-def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: str | None, resume: bool) -> None:
+def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: str | None, resume: bool,
+              strict: bool = False) -> None:
     """``--role``: play one role of a distributed run, then leave the process at once."""
     from trainer.run.launch import exit_now, from_env, run_role  # torch, as above
     from trainer.run.resume import add_totals, checkpoint_totals, mark_finished, trained_nothing
@@ -311,6 +328,11 @@ def _one_role(cfg, role: str, rank: int | None, world_size: int | None, master: 
         m = mark_finished(cfg.out, add_totals(json.loads((Path(cfg.out) / "metrics.json").read_text()), base, True))
         click.echo(summary_line(m, f"server of {world_size - 1} devices", cfg.out))
         code = 1 if trained_nothing(m) else 0
+        try:
+            emulation_check(m, strict)
+        except SfsimError as err:
+            click.echo(f"error: {err}", err=True)
+            code = code or err.exit_code
     exit_now(code)
 
 

@@ -54,7 +54,7 @@ def validate(devices, model, method, task, partition_spec, emulate, server_order
     """Run the scenario for real and in the simulator; print and write the error, stage by stage."""
     from transformers.utils import logging as hf_logging
 
-    from trainer.validate.compare import ValidateConfig, format_report, run_validation
+    from trainer.validate.compare import ValidateConfig, format_validation, run_validation
 
     hf_logging.disable_progress_bar()  # the self-profile loads the model: no weight-loading bar among the notes
 
@@ -67,5 +67,5 @@ def validate(devices, model, method, task, partition_spec, emulate, server_order
                         wire_dtype=wire_dtype)
     with output_folder(out, overwrite=overwrite, resume_hint=False):
         report = run_validation(vc, say=lambda line: click.echo(line, err=True))
-    click.echo(format_report(report))
+    click.echo(format_validation(report))
     click.echo(f"-> {out}/report.json, overlay.png, trace.json")

@@ -271,7 +271,8 @@ def _report(name: str, m, tr: DistTransport, offset: float, method) -> dict:
     return {"device": name, "flops": int(m.flops.get(name, 0)), "uplink_bytes": int(m.uplink_bytes.get(name, 0)),
             "phase_s": dict(m.phase_s), "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds() - m.cpu0,
             "clock_offset_s": offset, "stretched_s": m.stretched_s, "header_bytes": tr.header_bytes,
-            "events": [list(e) for e in m.events], "handovers": list(getattr(method, "moves", []))}
+            "events": [list(e) for e in m.events], "handovers": list(getattr(method, "moves", [])),
+            "emulation": m.lag.lanes()}
 
 
 def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, resume: bool, fl: Fleet,

@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
 from sfsim.outputs.trace import TraceEvent
+from trainer.run.emulation import Lag
 
 
 def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -228,6 +229,7 @@ class Meter:
         #: lane -> FLOP/s: compute on these lanes is stretched (by sleeping) to take FLOPs / rate seconds
         self.stretch: dict[str, float] = {}
         self.stretched_s = 0.0  # seconds slept to emulate slower devices
+        self.lag = Lag()  # how far each emulated op ended after its emulated end (trainer.run.emulation)
         #: lane -> its device's presence (``trainer.transport.dynamics.Presence``): compute there waits for it to be online
         self.presence: dict[str, object] = {}
         self.cpu0 = cpu_seconds()  # this role's CPU is counted from here (not what the process did before)
@@ -248,8 +250,11 @@ class Meter:
             count: False for work torch's counter scores as zero (optimizer steps, averaging).
         """
         presence = self.presence.get(lane or role)
-        if presence is not None:
-            presence.wait(lane or role)  # offline: sleep until online (raises DeviceLeft if it never is again)
+        if presence is not None:  # offline: sleep until online (raises DeviceLeft if it never is again)
+            asked = self.now()
+            online = presence.wait(lane or role)
+            if online > asked:  # it slept: how late it woke
+                self.lag.record(lane or role, self.now() - online)
         start = self.now()
         stretched = (lane or role) in self.stretch  # counted as the simulator counts (flop_counter(emulated))
         scope = role if role == self.server_lane or not self.share_devices else "device"
@@ -281,19 +286,25 @@ class Meter:
         if self.count_flops:
             self.flops[role] += flops
         rate = self.stretch.get(lane or role)
+        over = None  # seconds the work ended after its emulated end (None: not emulated)
         if rate and flops:
             # emulate a slower device: sleep (never spin) until the work has taken FLOPs / rate seconds
             extra = flops / rate - (self.now() - start)
             if extra > 0:
                 time.sleep(extra)
                 self.stretched_s += extra
+            over = self.now() - start - flops / rate  # compute slower than emulated, or a late wake-up
         dur = self.now() - start
         if presence is not None:  # the work progressed only online: it ends later, in online parts
             end = presence.finish(lane or role, start, dur)
+            over = max(0.0, over or 0.0) + self.now() - end
+            self.lag.record(lane or role, over)
             for a, b in presence.online_parts(start, end):
                 self.phase_s[phase] += b - a
                 self.events.append(TraceEvent(lane or role, op, a, b - a, mb, device))
             return
+        if over is not None:
+            self.lag.record(lane or role, over)
         self.phase_s[phase] += dur
         self.events.append(TraceEvent(lane or role, op, start, dur, mb, device))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from sfsim.errors import SfsimError
+from trainer.run.emulation import lanes_error, merge_lanes, section
 from trainer.run.measure import cpu_seconds, peak_rss_bytes
 
 
@@ -34,6 +35,8 @@ def merge_reports(metrics: dict, reports: dict[str, dict], names: list[str], ser
     m["emulated_sleep_s"] = {n: round(r["stretched_s"], 6) for n, r in reports.items()}
     m["missing_reports"] = [n for n in names if n not in reports]
     m["handovers"] = [h for r in reports.values() for h in r.get("handovers", [])]
+    m["emulation"] = section(merge_lanes([meter.lag.lanes()] + [r.get("emulation", {}) for r in reports.values()]),
+                             _span(list(meter.events) + [e for r in reports.values() for e in r["events"]]))
     m["notes"] = dict(m["notes"], link_events="distributed: shaped links: a send occupies the link for bytes / "
                       "bandwidth (the latency follows as a delay, as in the simulator); unshaped: from the queue "
                       "to gloo handing it to the peer")
@@ -74,6 +77,9 @@ def _part_error(part: dict) -> str | None:
     if not bad and not all(isinstance(h, dict) and _num(h.get("at_s")) and isinstance(h.get("device"), str)
                            for h in m["handovers"]):
         bad.append("handovers")
+    em = m.get("emulation")
+    if em is not None and not (isinstance(em, dict) and lanes_error(em.get("lanes")) is None and _num(em.get("span_s"))):
+        bad.append("emulation")
     if not (isinstance(sync.get("joint"), bool) and _num(sync.get("sync_rounds")) and _num(sync.get("backhaul_bytes"))):
         bad.append("sync")
     if not all(isinstance(e, list) and len(e) == 6 and isinstance(e[0], str) and isinstance(e[1], str)
@@ -121,6 +127,9 @@ def merge_servers(parts: list[dict], fl) -> dict:
         hist = [p["metrics"]["train_loss_history"] for p in parts]
         m["train_loss_history"] = [round(sum(h[k] for h in hist if k < len(h)) / sum(k < len(h) for h in hist), 6)
                                    for k in range(max(map(len, hist)))]
+    spans = [x["emulation"]["span_s"] for x in ms if "emulation" in x]
+    if spans:  # every server's processes' overruns; one clock, so the run's span is the longest
+        m["emulation"] = section(merge_lanes(x["emulation"]["lanes"] for x in ms if "emulation" in x), max(spans))
     m["backhaul_bytes_by_server"] = {k: v["backhaul_bytes"] for k, v in m["servers"].items()}
     m["sync_rounds"] = parts[0]["sync"]["sync_rounds"]
     m["notes"] = dict(m["notes"], servers="one process per server; train_loss_history is server 0's steps "
@@ -128,6 +137,11 @@ def merge_servers(parts: list[dict], fl) -> dict:
                       "loss (each server's in servers.<name>); after each epoch's last sync round every server holds "
                       "the same adapters, which server 0 scores and saves")
     return m
+
+
+def _span(events) -> float:
+    """Seconds from the first event's start to the last one's end (events as tuples or lists)."""
+    return max(e[2] + e[3] for e in events) - min(e[2] for e in events) if events else 0.0
 
 
 def finite(obj):

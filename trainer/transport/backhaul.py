@@ -62,6 +62,7 @@ from collections.abc import Callable
 import torch
 
 from sfsim.outputs.trace import TraceEvent
+from trainer.run.emulation import sleep_until
 from trainer.run.measure import Meter
 from trainer.transport.serverlinks import MAX_JOINS, TAIL, ServerLinks, round_tail_error
 
@@ -379,18 +380,13 @@ class ServerSync:
         bandwidth, latency = self.link
         start = self.meter.now()
         busy = nbytes * 8 / bandwidth
-        _sleep(busy + latency)
+        sleep_until(self.meter.now, start + busy + latency, getattr(self.meter, "lag", None), f"backhaul:{self.lane}")
         self.meter.events.append(TraceEvent(f"backhaul:{self.lane}", op, start, busy, -1, ""))
 
     def summary(self) -> dict:
         """What this server's backhaul did (metrics.json ``servers``)."""
         return {"sync_rounds": self.rounds, "backhaul_bytes": self.bytes, "steps": self.steps,
                 "every": self.every, "mode": self.mode, "joint": self.joint}
-
-
-def _sleep(dt: float) -> None:
-    if dt > 0:
-        time.sleep(dt)
 
 
 __all__ = ["MAX_JOINS", "TAIL", "ServerLinks", "ServerSync", "round_tail_error"]

@@ -50,6 +50,7 @@ import torch
 
 from sfsim.network.linkrate import Rate, finish
 from sfsim.outputs.trace import OPS, TraceEvent
+from trainer.run.emulation import lanes_error, sleep_until
 from trainer.run.measure import Meter
 from trainer.transport import codecs, secure, wire
 from trainer.transport.rendezvous import connect, sync_clock
@@ -202,7 +203,7 @@ class DistTransport:
         start, now = self._enqueue(self.home[msg.device], msg), self.meter.now()
         if msg.kind == "act" and start > now:
             self.meter.events.append(TraceEvent(msg.device, "wait", now, start - now, msg.mb, msg.device))
-            _sleep_until(self.meter, start)
+            _sleep_until(self.meter, start, msg.device)
 
     def wait_uplink(self, device: str, mb: int) -> None:
         """Device side, shaped: sleep until the uplink is free (a ``wait`` on its lane), so that a handover decided
@@ -210,7 +211,7 @@ class DistTransport:
         start, now = self._free[-1], self.meter.now()
         if self.shaping is not None and start > now:
             self.meter.events.append(TraceEvent(device, "wait", now, start - now, mb, device))
-            _sleep_until(self.meter, start)
+            _sleep_until(self.meter, start, device)
 
     def send_down(self, msg: Message) -> None:
         """Server -> device ``msg.device`` (queued; a lost device's messages are dropped)."""
@@ -381,7 +382,8 @@ class DistTransport:
                 if msg is None:
                     self._send(p, Packet(Kind.HEARTBEAT, dev_index if dev_index is not None else p - self.servers))
                     continue
-                _sleep_until(self.meter, due)
+                # a shaped or held message: how late it left, on its link's lane (trainer.run.emulation)
+                _sleep_until(self.meter, due, f"{'downlink' if self.is_server else 'link'}:{msg.device}" if due else None)
                 idx = self.names.index(msg.device) if msg.device in self.names else (dev_index or 0)
                 pkt = Packet(_KIND[msg.kind], idx, msg.mb, msg.epoch, msg.aux,
                              {k: v.detach().contiguous() for k, v in msg.tensors.items()}, at=_stamp(msg.at))
@@ -501,10 +503,9 @@ def _stamp(at: float | None) -> int:
     return -1 if at is None else min(max(round(at * 1e6), 0), wire.MAX_AT_US)
 
 
-def _sleep_until(meter: Meter, t: float) -> None:
-    dt = t - meter.now()
-    if dt > 0:
-        time.sleep(dt)
+def _sleep_until(meter: Meter, t: float, lane: str | None = None) -> None:
+    """Sleep until ``meter.now() >= t``; with a ``lane``, record how late it woke there (``meter.lag``)."""
+    sleep_until(meter.now, t, meter.lag if lane else None, lane or "")
 
 
 def _first_line(err: Exception) -> str:
@@ -520,7 +521,7 @@ def report_blob(obj: dict) -> torch.Tensor:
 #: What a device's end-of-run report holds: key -> JSON type (numbers finite and >= 0 except the clock offset).
 REPORT_KEYS = {"device": str, "flops": int, "uplink_bytes": int, "phase_s": dict, "peak_rss_bytes": int,
                "cpu_s": float, "clock_offset_s": float, "stretched_s": float, "header_bytes": int, "events": list,
-               "handovers": list}
+               "handovers": list, "emulation": dict}
 #: What each handover a device reports holds (trainer.methods.splitfrozen): key -> JSON type.
 HANDOVER_KEYS = {"device": str, "at_s": float, "from": str, "to": str, "epoch": int, "sent_before": int}
 
@@ -549,6 +550,9 @@ def parse_report(blob: torch.Tensor, device: str | None = None, servers: list[st
         raise ValueError(f"a report for {obj['device'][:40]!r} came from {device}")
     if not all(isinstance(k, str) and _number(v) and v >= 0 for k, v in obj["phase_s"].items()):
         raise ValueError("report field 'phase_s' must map names to non-negative seconds")
+    why = lanes_error(obj["emulation"])  # its emulated ops' overruns, per lane (trainer.run.emulation)
+    if why is not None:
+        raise ValueError(f"report field 'emulation': {why}")
     for e in obj["events"]:
         if not (isinstance(e, list) and len(e) == len(TraceEvent._fields) and isinstance(e[0], str) and e[1] in OPS
                 and _number(e[2]) and _number(e[3]) and e[3] >= 0 and isinstance(e[4], int) and isinstance(e[5], str)):

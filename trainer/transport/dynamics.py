@@ -149,13 +149,15 @@ class Presence:
             leave = 0.0
         self.join, self.leave = join - origin, leave - origin
 
-    def wait(self, lane: str) -> None:
-        """Sleep until the device is online; raise :class:`DeviceLeft` if it never is again."""
+    def wait(self, lane: str) -> float:
+        """Sleep until the device is online and return that instant (the caller records how late it woke:
+        :class:`trainer.run.emulation.Lag`); raise :class:`DeviceLeft` if it never is online again."""
         t = self.now()
         at = next_online(self.avail, t) if self.churn == "pause" else max(t, self.join)
         if at == math.inf or at >= self.leave:
             raise DeviceLeft(lane, "never online again" if self.churn == "pause" else "dropped out")
         _sleep(at - t)
+        return at
 
     def finish(self, lane: str, start: float, work_s: float) -> float:
         """Sleep until ``work_s`` seconds of compute begun at ``start`` are done online; return that instant.

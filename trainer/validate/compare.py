@@ -13,6 +13,9 @@
    (:mod:`trainer.transport.dynamics`).
 3. The comparison, for the total time and every stage: predicted, measured and
    ``error = (predicted - measured) / measured``.
+4. Whether the run kept up with its emulation (metrics.json ``emulation``, :mod:`trainer.run.emulation`): a run
+   that fell behind ran slower than the scenario, so its measured times are not the scenario's; the report says
+   so (``emulation_note``) and :func:`median_error` leaves such cases out of a table's median.
 
 Stages and the report's table: :mod:`trainer.validate.table`.
 """
@@ -25,6 +28,7 @@ import dataclasses
 import json
 import os
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,7 @@ from sfsim.scenario.config import Training, expanded_names, scenario_from_dict
 from sfsim.scenario.overrides import apply
 from sfsim.scenario.schema import read_yaml, write_atomic
 from sfsim.units import parse_quantity
+from trainer.run.emulation import note, section
 from trainer.run.launch import run
 from trainer.run.runner import RunConfig
 from trainer.validate.machine import check_devices, check_emulation, server_profile, sim_model
@@ -138,7 +143,11 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
     measured = read_chrome_trace(out / "run" / "trace.json")
     sim, host, profiles = predict_shared(vc, metrics, native, sampler.mean)
     predicted = sim.events
-    codec = codec_predicted(sim_scenario(vc, metrics, profiles), predicted, sim.assignment, metrics["method"])
+    sc = sim_scenario(vc, metrics, profiles)
+    codec = codec_predicted(sc, predicted, sim.assignment, metrics["method"])
+    em = metrics.get("emulation")
+    if em is not None:  # a first forward's warm-up the simulation models too is no emulation falling behind
+        em = section(em["lanes"], em["span_s"], {d.name: d.warmup for d in sc.devices})
     report = compare(predicted, measured, list(metrics["server_flops"]),  # every server's lane
                      {"codec": (codec, codec_measured(metrics))})
     report["header"] = header(vc, source, native, host, load, list(metrics["device_flops"]))
@@ -147,13 +156,39 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
                   simulator_policy=POLICY_OF_ORDER[vc.server_order], config=dataclasses.asdict(vc),
                   seq_len=_mean_tokens(metrics), devices=list(metrics["device_flops"]),
                   samples_not_trained={"predicted": sim.samples_not_trained, "measured": metrics["samples_not_trained"]},
-                  handovers={"predicted": sim.handovers, "measured": metrics.get("handovers", [])})
+                  handovers={"predicted": sim.handovers, "measured": metrics.get("handovers", [])},
+                  emulation=em, emulation_note=note(em))
     write_atomic(out / "report.json", json.dumps(report, indent=1))
     both = [e._replace(lane=f"predicted {e.lane}") for e in predicted] + \
            [e._replace(lane=f"measured {e.lane}") for e in measured]
     write_chrome_trace(both, out / "trace.json", {"method": metrics["method"], "kind": "predicted vs measured"})
     _overlay(predicted, measured, out / "overlay.png", metrics, report)
     return report
+
+
+def format_validation(report: dict) -> str:
+    """The printed report (:func:`format_report`), then, for a run that fell behind its emulation, that line."""
+    text = format_report(report)
+    why = report.get("emulation_note")
+    return text if why is None else f"{text}\nnote: {why}; this case belongs in no error median"
+
+
+def median_error(rows: dict[str, dict]) -> dict:
+    """The median |total error| of a table of validations (``name -> {"error": e, "emulation_note": why or None}``),
+    leaving out the cases whose run fell behind its emulation: their measured time is not the scenario's.
+
+    Returns:
+        ``{"median_abs_error", "runs"`` (the cases in the median)``, "left_out"`` (name -> why)``}``.
+
+    Example:
+        >>> median_error({"a": {"error": -0.01}, "b": {"error": 0.5, "emulation_note": "fell behind"},
+        ...               "c": {"error": 0.03}})
+        {'median_abs_error': 0.02, 'runs': 2, 'left_out': {'b': 'fell behind'}}
+    """
+    left = {n: r["emulation_note"] for n, r in rows.items() if r.get("emulation_note")}
+    errs = [abs(r["error"]) for n, r in rows.items() if n not in left and r.get("error") is not None]
+    return {"median_abs_error": round(statistics.median(errs), 4) if errs else None, "runs": len(errs),
+            "left_out": left}
 
 
 def _task_head(task: str) -> tuple[str, int]:
