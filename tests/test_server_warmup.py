@@ -69,6 +69,8 @@ def test_the_warm_up_is_paid_once_per_server_on_its_first_forward(tmp_path, sche
     assert (d, mb) == f_got[0][:2]  # on the server's first forward
     assert got.makespan_s > ref.makespan_s
     assert ref.makespan_s == OLD[(epochs, schedule)]
+    untraced = simulate(warm, schedule, engine="simpy")  # SplitFrozen's hot path (no trace) holds its first forward
+    assert untraced.makespan_s == got.makespan_s and untraced.server_busy_s == got.server_busy_s
 
 
 @pytest.mark.parametrize("epochs", [1, 2])
