@@ -78,3 +78,7 @@ def profile(model, seq_lens, micro_batches, threads, role, torch_device, precisi
     load = m["load_average"]
     click.echo(f"wrote {output}: {len(prof['grid'])} shapes x {lm.n_layers} blocks of {model} in {m['wall_s']} s, "
                f"{threads} thread(s), 1-min load average {load['before']} before, {load['after']} after")
+    step = prof.get("first_step")
+    if step is not None:  # role server: what its first micro-batch of a run adds (sfsim.cost.model.server_warmup)
+        click.echo(f"server warm-up (first_step): {step['extra_s'] * 1e3:.2f} ms on its first training micro-batch "
+                   f"({step['cold_s'] * 1e3:.2f} ms cold, {step['steady_s'] * 1e3:.2f} ms steady)")

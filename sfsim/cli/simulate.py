@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from sfsim.cli.group import example, main, warn
+from sfsim.cost.serverwarm import missing_note
 from sfsim.errors import SfsimError
 from sfsim.methods import METHODS, canonical
 from sfsim.outputs.gantt import gantt_format, write_panels
@@ -99,6 +100,9 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
     for why, which in slow.items():
         click.echo(f"note: {', '.join(which)} ran on the SimPy engine, not the fast path: {why}")
     _epoch_end_note(sc, results)
+    warm = missing_note(sc, list(results))  # a server profile without first_step: no warm-up (sfsim.cost.serverwarm)
+    if warm:
+        click.echo(warm)
     loose = sum(not d.server_pinned for d in sc.devices)
     if any(r.assignment_source == "least-loaded" for r in results.values()):
         click.echo(f"note: {loose} devices without a server pin went to the least-loaded of "

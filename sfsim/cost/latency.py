@@ -25,9 +25,16 @@ micro-batch x sequence-length grid; times are unit strings or seconds, medians o
         peak_memory: 412 MiB        # process peak RSS while measuring this entry
         activation_bytes: [...]     # hidden states (B, T, d) leaving the device at cut 0..L
         codec: {int8: {encode: 0.2 ms, decode: 0.1 ms}, ...}  # wire codecs on those activations
+    first_call: {micro_batch: 4, seq_len: 32, cold_s: 0.012, steady_s: 0.004, extra_s: 0.008}  # frozen forward
+    first_step: {micro_batch: 8, seq_len: 128, cold_s: 0.03, steady_s: 0.02, extra_s: 0.01}   # training (server)
     save: 12 ms                     # adapter + checkpoint written at an epoch's end (role server)
     eval: {split: 0.3 ms, tokenise_row: 0.02 ms, first: 15 ms}  # evaluation beyond its forward (role server)
     source: "sfsim profile --model minilm-l6 ..."
+
+``first_call`` and ``first_step`` are a fresh process's first frozen forward and first training micro-batch
+against steady ones (``extra_s``: the difference): a device's ``warmup`` (``sfsim validate`` derives it) and a
+server's warm-up (the cost model adds ``first_step.extra_s`` to each server worker's first forward of the run, once,
+not again each epoch). A server profile without ``first_step`` models no server warm-up: 0 s.
 
 The older single-shape file (``bench/profile_device.py``) still loads: top-level ``micro_batch``,
 ``seq_len``, ``forward`` and an optional ``backward`` (B + W per layer) make a one-point grid, which
@@ -36,6 +43,7 @@ the cost model scales by FLOP ratio to any shape. How grids are interpolated: :m
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -118,6 +126,31 @@ class FirstCall:
 
 
 @dataclass(config=STRICT, kw_only=True)
+class FirstStep:
+    """A fresh process's first training micro-batch (forward with autograd, backward, AdamW step of every block and
+    the head) against a steady one, at one shape (role server).
+
+    ``extra_s = cold_s - steady_s`` (never below 0) is what a server's first micro-batch of a run pays beyond a steady
+    one (lazy initialisation of the autograd and optimizer paths, allocator growth, the optimizer's state); the cost
+    model adds it, unscaled, to each server worker's first forward of the run
+    (:meth:`sfsim.cost.model.CostModel.server_warmup`). A profile without it models no server warm-up (0 s).
+    """
+
+    micro_batch: int = Field(gt=0)
+    seq_len: int = Field(gt=0)
+    cold_s: Seconds
+    steady_s: Seconds
+    extra_s: Seconds
+
+    @model_validator(mode="after")
+    def _finite(self):
+        for key in ("cold_s", "steady_s", "extra_s"):
+            if not math.isfinite(getattr(self, key)):  # Seconds takes inf; a warm-up of inf would stall every run
+                raise ValueError(f"{key} must be a finite time, got {getattr(self, key)}")
+        return self
+
+
+@dataclass(config=STRICT, kw_only=True)
 class GridPoint:
     """Measured tables at one (micro_batch, seq_len)."""
 
@@ -192,6 +225,7 @@ class LatencyProfile:
     repeats: int | None = None
     machine: dict | None = None
     first_call: FirstCall | None = None
+    first_step: FirstStep | None = None  # a server's first training micro-batch (its warm-up; none: 0 s)
     save: Seconds | None = None  # writing the adapter and the checkpoint at an epoch's end (sfsim.cost.epochend)
     eval: EvalCosts | None = None  # an epoch end's evaluation beyond its forward (sfsim.cost.epochend)
     source: str = ""

@@ -280,6 +280,14 @@ class CostModel:
                 return measured
         return ADAMW_FLOPS_PER_PARAM * trainable_params / self.effective_flops(node)
 
+    def server_warmup(self, server: Server) -> float:
+        """Seconds a server worker's first forward of a run takes beyond a steady one: its latency profile's
+        ``first_step.extra_s`` (:class:`sfsim.cost.latency.FirstStep`); 0 for a server rated by ``flops`` or with a
+        profile that has no ``first_step``."""
+        if not getattr(server, "latency_profile", None):
+            return 0.0
+        return self._profile(server.latency_profile).warmup
+
     def _profile(self, path: str) -> ProfileRates:
         if path not in self._profiles:
             file = self.scenario.resolve_path(path)

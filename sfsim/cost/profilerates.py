@@ -39,6 +39,7 @@ class ProfileRates:
         f_flat, ft_flat: (L+3,) seconds per micro-batch of the zero-FLOP layers (embeddings, final norm).
         b_norm: seconds of the final norm's B (when a gradient passes through it).
         block_rate: sustained block forward FLOP/s (what :meth:`CostModel.effective_flops` reports).
+        warmup: ``first_step.extra_s`` (0 without it): :meth:`CostModel.server_warmup`.
     """
 
     def __init__(self, prof: LatencyProfile, cm: Shape, file: str):
@@ -49,6 +50,7 @@ class ProfileRates:
         for i, p in enumerate(prof.points()):
             _check_blocks(p, arch, file, f"grid[{i}]." if prof.grid is not None else "")
         self._cm, self._arch, self._prof = cm, arch, prof
+        self.warmup = prof.first_step.extra_s if prof.first_step is not None else 0.0  # a server's first forward's extra
         weights = _grid_weights(prof, cm.micro_batch, cm.seq_len, file)
         L, tokens = cm.n_layers, cm.micro_batch * cm.seq_len
         acc: dict[str, np.ndarray] = {}

@@ -104,13 +104,28 @@ class ServerTimes:
         count: parallel workers (accelerators).
         step: optimizer step seconds on one worker.
         aggregate: FedAvg seconds per participating device (fedlora, splitlora).
+        warmup: extra seconds on the first forward each worker runs in the run (a fresh process's first training
+            micro-batch: lazy initialisation, allocator growth, optimizer state; the latency profile's
+            ``first_step``, :meth:`sfsim.cost.model.CostModel.server_warmup`); paid once, not again each epoch.
+            Schedules whose server trains (SplitFrozen, SplitLoRA, CenLoRA) apply it; FedLoRA's server only averages.
     """
 
     name: str
     count: int = 1
     step: float = 0.0
     aggregate: float = 0.0
+    warmup: float = 0.0
+
+    def __post_init__(self):
+        for key in ("step", "aggregate", "warmup"):
+            val = getattr(self, key)
+            if not (val >= 0 and math.isfinite(val)):
+                raise SfsimError(f"server {self.name!r}: stage time {key} must be finite and >= 0, got {val}")
 
     def lane(self, w: int = 0) -> str:
         """Lane name of worker ``w``: the server name when it has one worker, else ``name/w``."""
         return self.name if self.count == 1 else f"{self.name}/{w}"
+
+    def warm_lanes(self) -> dict[str, float]:
+        """Lane -> its first forward's warm-up seconds, for each worker (empty without a warm-up)."""
+        return {self.lane(w): self.warmup for w in range(self.count)} if self.warmup > 0 else {}

@@ -48,6 +48,8 @@ class Engine:
         server_wait: SplitFrozen server -> worker-seconds idle while its policy held micro-batches back.
         server_end: SplitFrozen server -> when its last op (F, B, W, step or ``wait``) ends (0: none ran).
         pool_peak_bytes: server -> the most its mixing pool held (policy ``pool``).
+        warm: server worker lane -> the warm-up seconds its first forward still has to pay
+            (:attr:`~sfsim.cost.stagetimes.ServerTimes.warmup`; :meth:`arm`, :meth:`warm_up`).
     """
 
     def __init__(self, trace: bool = False):
@@ -68,6 +70,17 @@ class Engine:
         self.soft_timers = False  # set before run() by schedules that call soft_at
         self._soft = 0  # pending soft timers
         self._unfinished: list = []  # hold_open: work the run may not end without
+        self.warm: dict[str, float] = {}
+
+    def arm(self, servers) -> None:
+        """Each worker lane of ``servers`` (:class:`~sfsim.cost.stagetimes.ServerTimes`) pays its server's warm-up on
+        the first forward it runs in the run (once: a later epoch's first does not warm up again)."""
+        for srv in servers:
+            self.warm.update(srv.warm_lanes())
+
+    def warm_up(self, lane: str) -> float:
+        """The warm-up seconds the forward starting now on ``lane`` adds (0 after its first); :meth:`arm`."""
+        return self.warm.pop(lane, 0.0) if self.warm else 0.0
 
     def on_finish(self, fn) -> None:
         """Call ``fn()`` after the run ends (schedules copy their busy totals here)."""

@@ -271,7 +271,7 @@ class WorkerLoop:
         stream = defer and engine.events is None and self.sync is None
         woken = False               # resumed from the idle FIFO: take work without deferring again
         while True:
-            if stream:
+            if stream and not (engine.warm and wk.lane in engine.warm):  # its first forward's warm-up: _run_mb's
                 woken = yield from self._stream(wk, woken)
             now = env._now  # env.now without the property call (hot loop)
             while pending and pending[0][0] <= now:
@@ -493,6 +493,8 @@ class WorkerLoop:
         rec, d = self.engine.record, self.devices[i]
         x = d.size(n)
         f_s, b_s, w_s = d.srv_f * x, d.srv_b * x, d.srv_w * x
+        if self.engine.warm:  # the worker's first forward of the run (ServerTimes.warmup)
+            f_s += self.engine.warm_up(lane)
         rec(lane, "F", now, f_s, n, d.name)
         t = now + f_s
         if defer:

@@ -72,6 +72,10 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     """Why the fast path cannot replay this run (one line), or None when it can."""
     if trace:
         return "a trace (and the Gantt chart) comes from the SimPy engine"
+    warm = next((s.name for s in job.servers if getattr(s, "warmup", 0.0) > 0), None) if name != "fedlora" else None
+    if warm is not None:  # FedLoRA's servers only average: no training forward to warm up
+        return (f"server {warm}'s first-forward warm-up (its latency profile's first_step) is replayed by the SimPy "
+                "engine only")
     tr = getattr(scenario, "training", None)  # the baselines' tests pass no scenario
     if (which := _baseline_epoch_end(name, tr, job)) is not None:
         return f"the epoch-end wait (training.eval_samples, several epochs) of {which} is replayed by the SimPy engine only"

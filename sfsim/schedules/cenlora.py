@@ -33,7 +33,8 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
     sc, cm, idx, L = setup.scenario, setup.cm, setup.server_index, setup.scenario.arch.n_layers
     full = cm.full_model()
     params = cm.trainable_params(range(L), head=True)
-    servers = [ServerTimes(s.name, s.count, cm.optimizer_seconds(params, s)) for s in sc.servers]
+    servers = [ServerTimes(s.name, s.count, cm.optimizer_seconds(params, s), warmup=cm.server_warmup(s))
+               for s in sc.servers]
     job = Job([], servers, server_flops={s.name: 0.0 for s in sc.servers})
     for d in sc.devices:
         srv = sc.server_by_name[setup.assignment[d.name]]
@@ -81,6 +82,7 @@ class _Source:
 
 def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -> None:
     """Start ``count`` worker processes per server that holds data (with backhaul sync: :func:`_synced`)."""
+    engine.arm(job.servers)  # each worker lane's first forward pays its server's warm-up
     if job.sync is not None:
         _synced(engine, job, cfg)
         return
@@ -112,8 +114,9 @@ def _worker(engine: Engine, source: _Source, srv: ServerTimes, w: int, devices: 
             i, n = nxt
             d = devices[i]
             x = d.size(n)  # the last micro-batch of an epoch may be partial
-            rec(lane, "F", t, d.srv_f * x, n, d.name)
-            t += d.srv_f * x
+            f_s = d.srv_f * x + engine.warm_up(lane)  # the lane's first forward: its warm-up (ServerTimes.warmup)
+            rec(lane, "F", t, f_s, n, d.name)
+            t += f_s
             if cfg.decompose:
                 rec(lane, "B", t, d.srv_b * x, n, d.name)
                 t += d.srv_b * x
@@ -220,8 +223,8 @@ def _synced_worker(engine: Engine, source: _Source, srv: ServerTimes, w: int, de
             i, n = nxt
             d = devices[i]
             x = d.size(n)
-            ops = [("F", d.srv_f * x), ("B", d.srv_b * x)] if cfg.decompose else [("F", d.srv_f * x),
-                                                                                   ("BW", (d.srv_b + d.srv_w) * x)]
+            f_s = d.srv_f * x + engine.warm_up(lane)  # the lane's first forward: its warm-up (ServerTimes.warmup)
+            ops = [("F", f_s), ("B", d.srv_b * x)] if cfg.decompose else [("F", f_s), ("BW", (d.srv_b + d.srv_w) * x)]
             for op, dur in ops:
                 rec(lane, op, t, dur, n, d.name)
                 t += dur

@@ -77,7 +77,8 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
     sc, cm, ls = setup.scenario, setup.cm, setup.lora_start
     idx = setup.server_index
     trainable = cm.trainable_params(range(ls, sc.arch.n_layers), head=True)
-    servers = [ServerTimes(s.name, s.count, cm.optimizer_seconds(trainable, s)) for s in sc.servers]
+    servers = [ServerTimes(s.name, s.count, cm.optimizer_seconds(trainable, s), warmup=cm.server_warmup(s))
+               for s in sc.servers]
     job = Job([], servers, server_flops={s.name: 0.0 for s in sc.servers})
     for d in sc.devices:
         k, srv = setup.splits[d.name], sc.server_by_name[setup.assignment[d.name]]
@@ -107,6 +108,7 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     (checked by :func:`sfsim.schedules.network.check_supported`); the others are one leg with
     constant rates. The moving devices start first.
     """
+    engine.arm(job.servers)  # each worker lane's first forward pays its server's warm-up
     net = job.network
     views = getattr(net, "views", None)  # None: no network, or one that does not touch SplitFrozen
     moving = net.moving if net else {}

@@ -19,7 +19,9 @@ the final norm in ``forward_train`` (where the server does it).
 
 Medians and interquartile ranges go into a dict in the :mod:`sfsim.cost.latency` format, with the peak
 resident memory while measuring each entry, the activation bytes at every cut, the seconds to encode
-and decode those activations in each wire codec (``codec``) and the machine.
+and decode those activations in each wire codec (``codec``) and the machine. Before the grid, a fresh process's
+first calls against steady ones (:mod:`trainer.validate.firstcall`): a server's first training micro-batch
+(``first_step``, its warm-up in the cost model; role server) and the first frozen forward (``first_call``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from trainer.model.lora import add_lora, default_targets
 from trainer.model.split import split_model
 from trainer.transport import codecs
 from trainer.validate.evalcost import eval_costs
+from trainer.validate.firstcall import first_call, first_step
 
 MAX_GRID_VALUE = 1 << 16  # micro-batch sizes and sequence lengths above this are typos, not plans
 TASKS = ("classification", "causal-lm")
@@ -70,7 +73,8 @@ class ProfileSpec:
         warmup, repeats: untimed and timed rounds per grid entry.
         role: ``device`` or ``server`` (recorded; both roles measure the same tables, a server also ``save``: what it
             writes at an epoch's end, :func:`save_seconds`; and ``eval``: its evaluation beyond the forward,
-            :mod:`trainer.validate.evalcost`).
+            :mod:`trainer.validate.evalcost`; and ``first_step``: its first training micro-batch's warm-up,
+            :func:`trainer.validate.firstcall.first_step`).
         name: what was measured (the profile's ``device`` field).
         device: torch device measured on: ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``; on a GPU every timed
             call is bracketed by ``torch.cuda.synchronize`` (kernels run asynchronously).
@@ -326,36 +330,6 @@ def codec_times(x: torch.Tensor, warmup: int, repeats: int) -> dict:
     return out
 
 
-def first_call(parts: _Parts, lm: LoadedModel, spec: ProfileSpec, repeats: int = 5) -> dict:
-    """Time the first frozen forward (embeddings + every block) of this process, then ``repeats`` more.
-
-    Run before anything else touches the model, so the first call pays what a device's first
-    micro-batch pays in a fresh process; ``extra_s`` (cold minus the steady median) is what a
-    scenario device's ``warmup`` takes. At the grid's first shape.
-    """
-    mb, seq = spec.micro_batches[0], spec.seq_lens[0]
-    g = torch.Generator().manual_seed(7)
-    ids = torch.randint(0, lm.model.config.vocab_size, (mb, seq), generator=g).to(parts.device)  # (B, T)
-    mask = torch.ones(mb, seq, dtype=torch.long, device=parts.device)  # (B, T)
-    sync = _sync(parts.device)
-
-    def forward() -> float:
-        sync()
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            x = parts.dev.embed(ids)  # (B, T, d)
-            ctx = parts.fsrv.body.context(x, mask)
-            for i, blk in enumerate(parts.blocks_f):
-                x = blk(x, **parts.fsrv.body.kwargs(ctx, i))
-        sync()
-        return time.perf_counter() - t0
-
-    cold = round(forward(), 6)
-    steady = round(statistics.median(forward() for _ in range(repeats)), 6)
-    return {"micro_batch": mb, "seq_len": seq, "cold_s": cold, "steady_s": steady,
-            "extra_s": round(max(0.0, cold - steady), 6)}  # from the rounded figures: it re-derives exactly
-
-
 def save_seconds(parts: _Parts, repeats: int = 5) -> float:
     """Median seconds to write what ``sfsim run``'s server writes at an epoch's end: the adapter (LoRA of every block
     and the head) and the checkpoint (those weights with their AdamW state), into a temporary folder
@@ -546,7 +520,11 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     device = resolve_device(spec.device, "--device")
     torch.manual_seed(0)
     parts = _Parts(lm, spec, device)
-    first = first_call(parts, lm, spec)
+    sync = _sync(device)
+    # each first call is honest only as the process's first use of its path: a server's first training micro-batch
+    # (its warm-up, the cost model's), then the frozen forward; a device profile's frozen forward only
+    step = first_step(parts, lm, spec, sync, PRECISIONS[spec.precision]) if spec.role == "server" else None
+    first = first_call(parts, lm, spec, sync)
     # the machine's speed while measuring (a CPU's: other processes' load; validate compares it with the run's)
     with LoadSampler() if device.type == "cpu" else contextlib.nullcontext() as sampler:
         grid = _measure_grid(parts, lm, spec, progress)
@@ -574,7 +552,7 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
                  "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
                  "dtype": spec.precision, "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
-                 "first_call": first, "grid": grid, "source": source, **_epoch_end(parts, lm, spec)})
+                 "first_call": first, "first_step": step, "grid": grid, "source": source, **_epoch_end(parts, lm, spec)})
     return {k: v for k, v in prof.items() if v is not None}
 
 

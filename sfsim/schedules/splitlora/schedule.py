@@ -27,7 +27,7 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         cuts = [setup.splits[d.name] for d in sc.devices if setup.assignment[d.name] == s.name] or [0]
         # one shared server model: LoRA on blocks min(cut)..L-1 and the head
         params = cm.trainable_params(range(min(cuts), L), head=True)
-        servers.append(ServerTimes(s.name, s.count, cm.optimizer_seconds(params, s), 0.0))
+        servers.append(ServerTimes(s.name, s.count, cm.optimizer_seconds(params, s), 0.0, cm.server_warmup(s)))
     job = Job([], servers, server_flops={s.name: 0.0 for s in sc.servers})
     for d in sc.devices:
         k, srv = setup.splits[d.name], sc.server_by_name[setup.assignment[d.name]]
@@ -53,7 +53,8 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         job.server_flops[srv.name] += dt.units(n) * server.total
         k_agg = servers[idx[srv.name]]
         servers[idx[srv.name]] = ServerTimes(k_agg.name, k_agg.count, k_agg.step,
-                                             max(k_agg.aggregate, aggregate_seconds(adapter_params, srv, cm)))
+                                             max(k_agg.aggregate, aggregate_seconds(adapter_params, srv, cm)),
+                                             k_agg.warmup)
     job.network = network(setup, job)
     cut = max(setup.splits.values(), default=0)  # the runtime's one cut for every client
     payload = cm.adapter_bytes(range(cut, L), head=True)  # the server's optimizer: its LoRA and the head
@@ -95,6 +96,7 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
     following the clients' links and presence on the dynamic network; with handovers the servers'
     loops run jointly in time (:mod:`sfsim.schedules.splitlora.moves`).
     """
+    engine.arm(job.servers)  # the server's first forward pays its warm-up (Server._serve)
     net = job.network
     if net is not None and hands_over(net.motions):
         run_jointly(engine, job, cfg, net)

@@ -227,7 +227,8 @@ class Server(InTime):
             return
         d, n, acc = c.d, c.mb, self.cfg.accumulate
         x = d.size(n)
-        t = self._op("F", max(self.free, c.arrival), d.srv_f * x, n, d.name)
+        f_s = d.srv_f * x + self.engine.warm_up(self.lane)  # its first forward: the warm-up (ServerTimes.warmup)
+        t = self._op("F", max(self.free, c.arrival), f_s, n, d.name)
         c.arrival = None
         if self.cfg.decompose:
             t_grad = t = self._op("B", t, d.srv_b * x, n, d.name)
