@@ -47,8 +47,9 @@ _BY_DEVICE = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_devic
 
 
 #: Per-device counts each server adds to: a server's downlink bytes to a device, and the device's own report (flops,
-#: uplink bytes: to the server it ends on); summed over the servers, or a device that handed over keeps one server's.
-_COUNTED = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device")
+#: uplink bytes: to the server it ends on), the samples a device left untrained (each server holding a part of a
+#: departed device's cache counts its own); summed over the servers, or a device that handed over keeps one server's.
+_COUNTED = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device", "samples_not_trained")
 
 
 #: Totals of metrics.json summed over the servers.
