@@ -110,8 +110,10 @@ class Departures:
         if inbox is None:
             return
         with inbox.cv:
-            names = [n for n, q in inbox.by_device.items() if any(m.kind == "gone" for m in q)]
-        for n in names:
+            msgs = [(n, sum(m.kind == "gone" for m in q)) for n, q in inbox.by_device.items()]
+        for n in (n for n, k in msgs for _ in range(k)):
+            if n in inbox.lost:
+                continue
             msg = self.setup.transport.recv_up(n, {"gone"})
             why = self.check(msg)
             if why is not None:
