@@ -327,6 +327,7 @@ class WorkerLoop:
         arrived = policy.queue if fifo else None
         done, busy, last = wk.done, wk.busy, wk.last
         direct, mix_add, grant = self._direct or self._directs(), self.mixing.add, self._grant
+        unreplayed = self._unreplayed if self.departures is not None else None  # the cache: a device that may drop
         while True:
             now = env._now
             if fifo and not arrived and pending and pending[0][0] <= now and not (self.idle and not woken):
@@ -338,7 +339,7 @@ class WorkerLoop:
                 if not policy or (self.idle and not woken):
                     break
                 i, n = pop()
-            if self.departures is not None and self._unreplayed(i, n):
+            if unreplayed is not None and unreplayed(i, n):
                 continue
             woken = False
             srv_f, srv_b, srv_w, sent, whole = hot[i]
