@@ -47,6 +47,7 @@ def test_a_mover_that_drops_in_a_cached_epoch_equals_a_real_run(tiny_gpt2, tmp_p
         assert sorted(s for s, t in _mover_replays(events) if t < DROP_S) == ["mec-a", "mec-b"]
     assert not [t for _, t in _mover_replays(measured) if t >= DROP_S]
     assert m["samples_not_trained"] == sim.samples_not_trained == {"mover": 4 * (12 - 6)}
+    assert not m["lost_devices"] and not m.get("dropped_peers")  # its gone came: no server waited it out
     want = {("mec-a", "mover"): 3, ("mec-a", "stay-a"): 6, ("mec-b", "mover"): 3, ("mec-b", "stay-b"): 6}
     assert _trained(measured) == _trained(sim.events) == want
     assert sim.micro_batches == 18
@@ -72,6 +73,7 @@ def test_a_mover_that_drops_after_its_handover_in_epoch_1_is_replayed_nowhere(ti
     measured = read_chrome_trace(tmp_path / "run" / "trace.json")
     assert _sends(measured) == _sends(sim.events) == {"mover": [0, 1, 2], "stay-a": [0, 1], "stay-b": [0, 1]}
     assert m["samples_not_trained"] == sim.samples_not_trained == {"mover": 4 + 2 * 16}
+    assert not m["lost_devices"] and not m.get("dropped_peers")
     want = {("mec-a", "mover"): 2, ("mec-a", "stay-a"): 6, ("mec-b", "mover"): 1, ("mec-b", "stay-b"): 6}
     assert _trained(measured) == _trained(sim.events) == want
     caches = _caches(tmp_path, ["mec-a", "mec-b"])
