@@ -104,8 +104,8 @@ def test_one_server_simulates_the_cache_with_a_drop_on_either_engine(tmp_path):
 def test_random_one_server_cached_fleets_with_drops_train_what_was_sent(tmp_path):
     """150 seeded fleets on one server (2–4 devices, 2–3 epochs, random drops and pauses, buffer 1–3, fifo or round-robin,
     with or without the epoch-end wait): SimPy ends each run, and a device trains its later epochs from the cache
-    exactly when it sent its whole first epoch; else only what it sent (its untrained samples follow from its uplink
-    bytes)."""
+    exactly when it sent its whole first epoch, up to its drop instant with drop churn (the replays started before it:
+    sfsim.engine.cacheparts); else only what it sent (its untrained samples follow from its uplink bytes)."""
     import random
 
     import sfsim
@@ -129,7 +129,9 @@ def test_random_one_server_cached_fleets_with_drops_train_what_was_sent(tmp_path
                 d["availability"] = {"file": str(tmp_path / f"w{seed}.yaml"), "churn": rng.choice(["drop", "pause"])}
         (tmp_path / f"w{seed}.yaml").write_text(yaml.safe_dump(windows))
         res = sfsim.simulate(scenario_from_dict(data, source=str(tmp_path / "s.yaml")), "splitfrozen", splits=1,
-                             engine="simpy")
+                             engine="simpy", trace=True)
+        drops = {d["name"]: windows[d["name"]][0][1] for d in data["devices"]
+                 if d.get("availability", {}).get("churn") == "drop"}
         for d in data["devices"]:
             d.pop("availability", None)
         static = sfsim.simulate(scenario_from_dict(data), "splitfrozen", splits=1, engine="simpy")
@@ -138,6 +140,11 @@ def test_random_one_server_cached_fleets_with_drops_train_what_was_sent(tmp_path
         for n in names:
             sent = round(res.uplink_bytes_by_device[n] / one)
             mbs = epochs * per if sent == per else sent
+            if sent == per and n in drops:  # its replays started before its drop instant
+                replays = [e.start for e in res.events if e.op == "F" and e.lane == "mec-a" and e.device == n
+                           and e.mb >= per]
+                assert all(t < drops[n] for t in replays), (seed, n)
+                mbs = per + len(replays)
             assert res.samples_not_trained.get(n, 0) == 4 * (epochs * per - mbs), (seed, n)
             trained += mbs
         assert res.micro_batches == trained, seed

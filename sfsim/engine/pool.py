@@ -260,6 +260,27 @@ class ServerPool(WorkerLoop):
         """``k`` micro-batches of device ``i`` will not come here (it moved away, dropped or ran out of time)."""
         self._change(i, -k, 0)
 
+    def _unreplayed(self, i: int, n: int) -> bool:
+        """Whether micro-batch ``n`` of device ``i``, about to start now, is a replay of a device that has dropped
+        (:class:`~sfsim.engine.cacheparts.Departures`): then neither it nor any later replay of the device here trains
+        (this epoch's rest here, every later epoch: the books' ``gone``) and it is not started (True)."""
+        d = self.devices[i]
+        if n < d.sent or not self.departures.gone(i, self.env._now):
+            return False
+        if self.books is None:  # the whole run at once (one server): this replay and every later one were here
+            if self.starts is not None:
+                raise RuntimeError(f"server {self.server.name}: {d.name} drops while its epochs are replayed without books")
+            self.withdraw(i, d.n - n)
+            return True
+        e, j = divmod(n, d.per_epoch)
+        parts = self.cache_parts
+        here = parts.count_from(i, j) if parts is not None and i in self.books.legs else d.per_epoch - j
+        each = parts.count(i) if parts is not None and i in self.books.legs else d.per_epoch
+        self.books.gone.add(i)
+        self.totals[i] -= here + (self.epochs - e - 1) * each
+        self._count(-here)
+        return True
+
     def not_coming(self, i: int) -> None:
         """A handover that was expected here never happens: give up the place held for device ``i``."""
         self._change(i, 0, 1)
@@ -343,6 +364,8 @@ class ServerPool(WorkerLoop):
                     heapq.heappush(queue, (env._now, _NORMAL, next(env._eid), ev))
             else:
                 acct.give_back()
+        if n >= dev.sent and self.departures is not None:  # a replay of a device that may drop: it trains
+            self.departures.trained(i, dev.size(n))
         if replay:  # the next cached micro-batch becomes eligible now (a mover's: the next of its part here)
             nxt = n + 1 if self.cache_parts is None else self.replay_after(i, n)
             if nxt is not None:

@@ -15,7 +15,7 @@ from collections import deque
 
 import simpy
 
-from sfsim.engine.cacheparts import CacheParts
+from sfsim.engine.cacheparts import CacheParts, Departures
 from sfsim.engine.core import DeviceEvent
 from sfsim.engine.credits import Credits
 from sfsim.engine.epochs import EpochBooks
@@ -69,6 +69,13 @@ class WorkerLoop:
 
     books: EpochBooks | None = None  # by_epochs with devices that move or leave
     cache_parts: CacheParts | None = None  # books and the activation cache: the part of each mover's epoch 1 here
+    departures: Departures | None = None  # the activation cache: devices that may drop (no replay from their drop on)
+
+    def _gone(self, i: int) -> bool:
+        """Whether device ``i`` replays nothing here from now on: gone for good in the books, and (a cached device that
+        may drop) its drop instant has come (before it, a server ahead in a cached epoch still replays it)."""
+        return i in self.books.gone and (self.departures is None or i not in self.departures.at
+                                         or self.departures.gone(i, self.env.now))
 
     def _opened(self) -> int:
         """The count of the epoch that opens now (micro-batches, and places for visitors)."""
@@ -85,7 +92,7 @@ class WorkerLoop:
         books.place = {}
         count = 0
         for i, d in enumerate(self.devices):
-            if i in books.gone:
+            if self._gone(i):
                 continue
             if i in books.legs:
                 count += parts.count(i)
@@ -145,9 +152,8 @@ class WorkerLoop:
         for apply in self.waiting_calls.pop(self.epoch, []) if self.books is not None else ():
             apply()
         now = self.env.now
-        gone = self.books.gone if self.books is not None else ()
         for i, (d, t) in enumerate(zip(self.devices, self.totals, strict=True)):
-            if t and d.sent <= self.epoch * d.per_epoch < d.n and i not in gone:  # its cache's first of the epoch
+            if t and d.sent <= self.epoch * d.per_epoch < d.n and (self.books is None or not self._gone(i)):
                 j = self._replay_first(i)
                 if j is not None:
                     self.push(now, i, self.epoch * d.per_epoch + j)
@@ -292,6 +298,8 @@ class WorkerLoop:
                 continue
             woken = False
             i, n = policy.pop()
+            if self.departures is not None and self._unreplayed(i, n):
+                continue
             self._claim(i, n)
             t = self._run_mb(wk.lane, i, n, now, defer, wk.queued_w)
             wk.done += 1
@@ -319,6 +327,7 @@ class WorkerLoop:
         arrived = policy.queue if fifo else None
         done, busy, last = wk.done, wk.busy, wk.last
         direct, mix_add, grant = self._direct or self._directs(), self.mixing.add, self._grant
+        unreplayed = self._unreplayed if self.departures is not None else None  # the cache: a device that may drop
         while True:
             now = env._now
             if fifo and not arrived and pending and pending[0][0] <= now and not (self.idle and not woken):
@@ -330,6 +339,8 @@ class WorkerLoop:
                 if not policy or (self.idle and not woken):
                     break
                 i, n = pop()
+            if unreplayed is not None and unreplayed(i, n):
+                continue
             woken = False
             srv_f, srv_b, srv_w, sent, whole = hot[i]
             acct = direct[i]

@@ -89,6 +89,7 @@ class Motion:
     uploads: list[float] = field(default_factory=list)  # start times of its FedAvg uploads
     syncs_sent: int = 0                     # FedAvg uploads fully sent
     gone: float = math.inf                       # when it left for good (drop, or windows over)
+    replayed: tuple[int, float] | None = None  # the cache and drop churn: replays trained (count, sizes)
 
     @property
     def pause(self) -> Rate | None:

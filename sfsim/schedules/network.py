@@ -25,15 +25,11 @@ Refused (one line each, :func:`check_supported`), and why:
   activations would break the memory bound, and "every device" has no meaning while devices may
   still join (wait for a device that may never come, or draw without it): the rule needs a choice
   the trainer has not made.
-* ``cache_activations`` with a device that hands over *and* may drop (``availability`` with ``churn: drop``):
-  a cached micro-batch is replayed by the server that received it (:mod:`sfsim.engine.cacheparts`), so a mover
-  leaves part of its first epoch cached on each server of its legs; a device that drops before its first epoch
-  is sent trains nothing more (its partial cache is not read), but only the server holding it when it leaves
-  hears of it, so the servers it left would have to be told (a message the runtime does not have) or would
-  replay a device that the scenario says left: :func:`cache_with_handover`. The cache with handovers alone
-  runs in both halves, and so does the cache with availability (one server or several): the remaining
-  devices' later epochs replay their caches, and a device that left before its first epoch was sent trains
-  nothing more (its pool withdraws its replays with its unsent micro-batches), as the runtime's.
+* (No longer refused: ``cache_activations`` with a device that hands over *and* may drop. A cached micro-batch is
+  replayed by the server that received it, so a mover leaves part of its first epoch cached on each server of its
+  legs; one rule for all of them (:mod:`sfsim.engine.cacheparts`, :func:`watch_departures`): a replay trains only if
+  its server starts it before the device's drop instant, and the runtime's device tells every server it sent to
+  (``trainer.transport.departure``).)
 * SplitLoRA's handovers with the ``sequential`` client order or a fixed server order (see
   :mod:`sfsim.schedules.splitlora.moves`).
 
@@ -46,6 +42,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from sfsim.engine.cacheparts import Departures
 from sfsim.engine.pacing import FIXED_ORDERS
 from sfsim.errors import SfsimError
 from sfsim.methods import SPLITFROZEN
@@ -103,23 +100,20 @@ def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
     if moves and cfg.policy not in POLICIES_WITH_MOVES:
         raise Unsupported(f"server policy {cfg.policy!r} cannot take devices that join or leave a server "
                          f"(handover, availability); use {' or '.join(POLICIES_WITH_MOVES)}")
-    if cache and (why := cache_with_handover(scenario)) is not None:
-        raise Unsupported(why)
 
 
-def cache_with_handover(scenario) -> str | None:
-    """Why ``training.cache_activations`` cannot run with the scenario's first device that hands over and may drop
-    for good (one line: file, key, the device, why, the fix), or None; both halves refuse it with this line
-    (trainer.run.honour). A device that hands over without dropping runs: each server replays its own part."""
-    d = next((d for d in scenario.devices if d.handover and d.availability is not None
-              and d.availability.churn == "drop"), None)
-    if d is None:
+def watch_departures(pools, job, moving) -> Departures | None:
+    """With the activation cache, the devices that may drop for good (churn ``drop``, a finite drop instant) and
+    send fewer micro-batches than they train: every server's pool stops replaying each from its drop instant on
+    (:class:`~sfsim.engine.cacheparts.Departures`; the rule: :mod:`sfsim.engine.cacheparts`). None when there are none."""
+    at = {i: m.stop for i, m in (moving or {}).items()
+          if m.churn == "drop" and m.stop < math.inf and job.devices[i].sent < job.devices[i].n}
+    if not at:
         return None
-    h, where = d.handover[0], f"{scenario.source}: " if getattr(scenario, "source", None) else ""
-    return (f"{where}training.cache_activations: {d.name} hands over to {h.to} at {h.at:g} s and may drop for good "
-            "(availability churn: drop), but the servers it left keep the part of its first epoch they cached and "
-            "would replay it, as only its last server hears that it left; set training.cache_activations to false, "
-            f"remove {d.name}'s handover or give it churn: pause")
+    departures = Departures(at)
+    for pool in pools:
+        pool.departures = departures
+    return departures
 
 
 def cached_moves(job, moving) -> bool:
@@ -201,7 +195,7 @@ def report(res, setup, job, moving: dict[int, Motion]) -> None:
             res.handovers.append({"device": d.name, "at_s": leg.at, "from": names[m.legs[j - 1].server],
                                   "to": names[leg.server], "sent_before": before, "sent_after": m.sent - before})
         if dev.availability is not None:
-            res.samples_not_trained[d.name] = round((d.units(d.n) - d.units(reached(d, m))) * mb)
+            res.samples_not_trained[d.name] = round((d.units(d.n) - reached_units(d, m)) * mb)
         res.uplink_send_s[d.name] = m.send_s
         if m.recv_s:
             res.downlink_recv_s[d.name] = m.recv_s
@@ -223,5 +217,15 @@ def report(res, setup, job, moving: dict[int, Motion]) -> None:
 def reached(d, m: Motion) -> int:
     """The micro-batches of device ``d`` that reached training: those it sent (``m.sent``), and with the activation
     cache (it sends one epoch, ``d.sent < d.n``) the later epochs' replays when it sent its whole epoch; a device that
-    left before has no replays (its cache is not read: ``sfsim.engine.worker``, the runtime's ``_from_cache``)."""
+    left before has no replays (its cache is not read: ``sfsim.engine.worker``, the runtime's ``_from_cache``). One that
+    may drop: the replays its servers started before its drop instant (``m.replayed``, :func:`watch_departures`)."""
+    if d.sent < d.n and m.replayed is not None:
+        return m.sent + m.replayed[0]
     return d.n if d.sent < d.n and m.sent == d.sent else m.sent
+
+
+def reached_units(d, m: Motion) -> float:
+    """:func:`reached` in full micro-batches (a partial one counts its share): what the untrained samples come from."""
+    if d.sent < d.n and m.replayed is not None:
+        return d.units(m.sent) + m.replayed[1]
+    return d.units(reached(d, m))

@@ -54,6 +54,7 @@ from heapq import heappush
 
 from simpy.events import PENDING
 
+from sfsim.engine.cacheparts import Departures
 from sfsim.engine.credits import Credits
 from sfsim.engine.pool import DeviceTimes, Engine, ServerPool, ServerTimes
 from sfsim.network.availability import next_online
@@ -61,7 +62,7 @@ from sfsim.network.backhaul import PoolRounds, sync_spec
 from sfsim.network.legs import Motion, online, record_online, span
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, link_seconds
 from sfsim.schedules.frozennet import Network, motions, network, pool_views  # noqa: F401 - re-exported
-from sfsim.schedules.network import cached_moves, trace_moves
+from sfsim.schedules.network import cached_moves, trace_moves, watch_departures
 
 
 def build(setup: ReplaySetup, cache: bool = False) -> Job:
@@ -129,10 +130,11 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait or the cache alone
             pool.by_epochs(epochs, legs)
+    departures = watch_departures(pools, job, moving)  # the cache: no replay of a device from its drop on
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
         d = job.devices[i]
         start_device(engine, pools, i, d, m, sequential)
-        engine.on_finish(lambda d=d, m=m: _report_moving(engine, d, m))
+        engine.on_finish(lambda i=i, d=d, m=m: _report_moving(engine, d, m, departures, i))
     for i, d in enumerate(job.devices):
         engine.device_busy[d.name] = d.units(d.sent) * d.f + d.first_extra(d.sent)
         engine.up_bytes[d.name] = d.units(d.sent) * d.up_bytes
@@ -371,6 +373,8 @@ def _record(engine: Engine, d: DeviceTimes, m: Motion | None, n: int, f_start: f
 def _left(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, n: int) -> None:
     """A moving device has ended on leg ``j`` with ``n`` sent: its outcome, and the pools it will not reach."""
     m.sent = n
+    if n < d.sent and pools[0].departures is not None:  # the cache: no server replays it from now on
+        pools[0].departures.left(i, pools[0].env.now)
     m.busy = d.units(n) * d.f + d.first_extra(n)  # as the static process counts it: forwards of sent ones
     m.up_bytes = d.units(n) * d.up_bytes
     home = m.legs[j].server
@@ -421,8 +425,12 @@ def _switch(pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion, j: int, 
     old.withdraw(i, left)
 
 
-def _report_moving(engine: Engine, d: DeviceTimes, m: Motion) -> None:
-    """When the run ends: a moving device's busy time and bytes, and its moves in the trace."""
+def _report_moving(engine: Engine, d: DeviceTimes, m: Motion, departures: Departures | None = None,
+                   i: int = -1) -> None:
+    """When the run ends: a moving device's busy time and bytes, its replays trained (a cached device that may
+    drop, :func:`sfsim.schedules.network.reached`) and its moves in the trace."""
+    if departures is not None and i in departures.at:
+        m.replayed = (departures.replayed[i], departures.units[i])
     engine.device_busy[d.name] = m.busy
     engine.up_bytes[d.name] = m.up_bytes
     if engine.events is not None:

@@ -38,6 +38,7 @@ from trainer.methods.splitfrozen_waits import WaitingServer
 from trainer.model.backward import DeferredGrads
 from trainer.model.split import split_model
 from trainer.transport.cache import ActivationCache
+from trainer.transport.departure import Departures, Goodbye, stop_at_epoch_start
 from trainer.transport.handover import Legs, hold_weight, late_moves
 from trainer.transport.runtime import DeviceLeft, DeviceRole, Message, PeerLost, role_seed, server_order
 
@@ -80,6 +81,9 @@ class SplitFrozen(Method, WaitingServer):
         self._ahead: dict[str, Message] = {}  # device -> its ``moved`` read ahead of its leg's last micro-batch
         # training.cache_activations: what the devices sent in one epoch, replayed in later ones
         self.cache = None if s.cache_memory is None else ActivationCache(s.cache_memory, s.out)
+        # and a device that drops: its gone to every server it sent to; their replays stop at its departure
+        self.goodbye = Goodbye(s)
+        self.departures = Departures(s, self._knows, lambda n, why: self.lose(n, why))
 
     def lora_block_indices(self) -> list[int]:
         """Blocks lora_start..L-1."""
@@ -93,6 +97,11 @@ class SplitFrozen(Method, WaitingServer):
         if msg.kind == "start":
             st = self._dev[role.name] = {"batches": role.batches(msg.epoch), "next": msg.mb, "credits": msg.aux,
                                          "epoch": msg.epoch, "window": msg.aux, "first_here": msg.mb, "held": None}
+            if self.cache is not None:  # a timer at its drop instant (trainer.transport.departure)
+                self.goodbye.arm(role.name, msg.epoch)
+        elif msg.kind == "depart":  # local, from that timer: tell every server it sent to
+            self.goodbye.say(role.name, self.goodbye.drop_instant(role.name), self._rank(role.name), msg.epoch)
+            return
         elif msg.kind == "credit" and st is not None:
             if msg.mb < st["first_here"]:  # for a micro-batch sent to a server it has left: that server's account
                 return
@@ -124,14 +133,28 @@ class SplitFrozen(Method, WaitingServer):
                     self.setup.transport.send_up(out, lambda end, n=role.name: self._moved_ahead(n, st, end))
                 else:
                     self.setup.transport.send_up(out)
+                self.goodbye.sent(role.name, self._rank(role.name))
                 st["next"], st["credits"] = j + 1, st["credits"] - 1
         except DeviceLeft:  # offline for good (trainer.transport.dynamics): the rest of the epoch is not sent
             rest = sum(int(b["labels"].shape[0]) for b in st["batches"][st["next"]:])
             self.setup.transport.send_up(Message(role.name, st["next"], kind="leave", aux=rest, epoch=st["epoch"]))
+            if self.cache is not None:  # the servers it left hold parts of its cache: gone, before its joins of 0
+                home = self._rank(role.name)
+                self.goodbye.say(role.name, self.setup.meter.now(), home, st["epoch"], skip=home)
             st["sent"], st["next"], st["held"] = st["next"], len(st["batches"]), None
         st["blocked_at"] = self.setup.meter.now() if st["next"] < len(st["batches"]) else None
         if st["next"] >= len(st["batches"]):
             self._close_epoch(role.name, st)
+
+    def _rank(self, name: str) -> int | None:
+        """The server rank holding device ``name`` now (None: no handovers, its one server)."""
+        legs = self.legs.get(name)
+        return legs[self.leg.get(name, 0)][1] if legs else None
+
+    def _knows(self, name: str) -> bool:
+        """Whether device ``name`` sent here (its cache holds or held a part) or is held here: its ``gone`` counts."""
+        c = self.cache
+        return (c is not None and (name in c.digests or name in c.left)) or any(r.name == name for r in self.setup.devices)
 
     @staticmethod
     def _blocked(st: dict) -> bool:
@@ -402,6 +425,8 @@ class SplitFrozen(Method, WaitingServer):
         refilled from what the devices send this epoch (False)."""
         if self.cache is None:
             return False
+        if self.cache.filled_in is not None and self.cache.filled_in < epoch:  # departed by now: nothing this epoch
+            stop_at_epoch_start(self.departures, self.cache, [*live, *self.cache.digests], self.setup.meter.now())
         replay = self.cache.replays(epoch, self.lost, [*self.legs, *self.setup.samples])
         if replay is None:
             self.cache.fill(epoch, resumed=any(done.values()))
@@ -429,6 +454,11 @@ class SplitFrozen(Method, WaitingServer):
         for i, name in enumerate(order):
             j = nxt[name]
             nxt[name] += 1
+            if name in self.lost:  # lost mid-epoch (a bad gone): its untrained samples are the loss's
+                continue
+            if self._departed(name):  # no replay from its departure on: its untrained samples, here
+                self.not_trained[name] = self.not_trained.get(name, 0) + self.cache.rows_at(name, perm[name][j])
+                continue
             loss, n = self._train(Message(name, j, self.cache.get(name, perm[name][j]), epoch=epoch))
             self.advance(name)
             losses.append(loss)
@@ -438,6 +468,20 @@ class SplitFrozen(Method, WaitingServer):
                 on_step(sum(losses) / len(losses), samples)
                 losses, samples = [], 0
                 self.step_done(epoch)
+        if losses:  # the replays after these were of a device that departed
+            self._step(last=True)
+            on_step(sum(losses) / len(losses), samples)
+            self.step_done(epoch)
+
+    def _departed(self, name: str) -> bool:
+        """Whether device ``name``'s replay starting now does not train (trainer.transport.departure): it departed by
+        now (its later replays here and later epochs' too: the cache stops it), or it was lost."""
+        if name in self.cache.left:
+            return True
+        if self.departures.gone(name, self.setup.meter.now()):
+            self.cache.stop(name)
+            return True
+        return False
 
     def _left(self, msg: Message, left: dict[str, int], keep: int) -> None:
         """Device ``msg.device`` has left (``leave``): ``keep`` of its micro-batches still come; note the untrained."""

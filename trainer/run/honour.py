@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from sfsim.cost.wire import CODECS
 from sfsim.errors import SfsimError
-from sfsim.schedules.network import cache_with_handover
 from sfsim.units import parse_quantity
 
 
@@ -28,8 +27,6 @@ def wire_settings(cfg, scenario) -> tuple[str, float | None]:
     if not cfg.method.startswith("splitfrozen"):
         raise SfsimError(f"{cfg.devices}: training.cache_activations: {cfg.method} trains the device side, so its "
                          "activations change every step; only splitfrozen can cache them: set it to false")
-    if cfg.emulate != "none" and (why := cache_with_handover(scenario)) is not None:
-        raise SfsimError(why)  # the simulator's line (sfsim.schedules.network)
     try:
         return codec, parse_quantity(cfg.cache_memory, "size")
     except ValueError as err:

@@ -63,6 +63,7 @@ from trainer.run.resume import (
 from trainer.run.runner import RunConfig
 from trainer.transport import dynamics, secure
 from trainer.transport.backhaul import ServerLinks, ServerSync
+from trainer.transport.departure import drop_instants
 from trainer.transport.distributed import DistTransport, connect, parse_report, report_blob, sync_clock
 from trainer.transport.rendezvous import credential_file, server_ports
 from trainer.transport.runtime import Message, PeerLost, role_seed
@@ -74,8 +75,8 @@ RENDEZVOUS_MIN_S = 10.0  # start-up: roles load the model at different speeds, s
 #: a SplitFrozen server that never reads one).
 _BASE_UP = {Kind.HELLO, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE}
 _MOVING = {Kind.MOVED, Kind.JOIN}  # devices that hand over (trainer.transport.handover)
-UP_KINDS = {"splitfrozen": frozenset(_BASE_UP | _MOVING | {Kind.ACT}),
-            "splitfrozen-sequential": frozenset(_BASE_UP | _MOVING | {Kind.ACT}),
+UP_KINDS = {"splitfrozen": frozenset(_BASE_UP | _MOVING | {Kind.ACT, Kind.GONE}),  # gone: the cache (departure.py)
+            "splitfrozen-sequential": frozenset(_BASE_UP | _MOVING | {Kind.ACT, Kind.GONE}),
             "splitlora": frozenset(_BASE_UP | _MOVING | {Kind.ACT, Kind.ADAPTER}),
             "fedlora": frozenset(_BASE_UP | _MOVING | {Kind.ADAPTER}),
             "cenlora": frozenset(_BASE_UP | {Kind.SHARD})}
@@ -281,6 +282,7 @@ def _server(cfg, built: runner.Built, tr: DistTransport, out: Path, t0: float, r
     names = [d.name for d in setup.devices]  # this server's devices
     if cfg.emulate != "none" and dynamics.emulates_availability(cfg.method):  # what it sends them once gone: uncounted
         tr.departed = dynamics.departed(built.scenario, fl.devices, setup.meter.now, built.info["clock_s"])
+        tr.drops = drop_instants(built.scenario, fl.devices, built.info["clock_s"])  # when a gone is due (the cache)
     samples, ckpts = {}, {}
     for n in names:
         try:

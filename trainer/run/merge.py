@@ -50,8 +50,9 @@ _BY_DEVICE = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_devic
 
 
 #: Per-device counts each server adds to: a server's downlink bytes to a device, and the device's own report (flops,
-#: uplink bytes: to the server it ends on); summed over the servers, or a device that handed over keeps one server's.
-_COUNTED = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device")
+#: uplink bytes: to the server it ends on), the samples a device left untrained (each server holding a part of a
+#: departed device's cache counts its own); summed over the servers, or a device that handed over keeps one server's.
+_COUNTED = ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device", "samples_not_trained")
 
 
 #: Totals of metrics.json summed over the servers.
@@ -105,8 +106,8 @@ def merge_servers(parts: list[dict], fl) -> dict:
     for key in _BY_DEVICE:
         if isinstance(m.get(key), dict):
             m[key] = {k: v for x in ms for k, v in x.get(key, {}).items()}
-    for key in _COUNTED:  # a device that moved was counted by every server it talked to (0 by the others)
-        m[key] = {k: sum(x.get(key, {}).get(k, 0) for x in ms) for k in m[key]}
+    for key in (k for k in _COUNTED if isinstance(m.get(k), dict)):  # a device that moved was counted by every server
+        m[key] = {k: sum(x.get(key, {}).get(k, 0) for x in ms) for k in m[key]}  # it talked to (0 by the others)
     order = {n: i for i, n in enumerate(fl.devices)}
     for key in ("device_flops", "uplink_bytes_by_device", "downlink_bytes_by_device", "samples_by_device"):
         m[key] = dict(sorted(m[key].items(), key=lambda kv: order.get(kv[0], -1)))

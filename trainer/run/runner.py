@@ -567,9 +567,10 @@ def _not_trained(cfg, scenario, method) -> dict[str, int]:
     empty when availability was not emulated (``--emulate none``: every device stays online)."""
     if cfg.emulate == "none":
         return {}
-    mine = {r.name for r in method.setup.devices}  # with several servers, each reports its own devices
+    mine = {r.name for r in method.setup.devices}  # with several servers, each reports its own devices, and those
+    # whose cached part it did not replay (a device that departed: trainer.transport.departure); merge sums them
     return {d.name: method.not_trained.get(d.name, 0) for d in scenario.devices
-            if d.availability is not None and d.name in mine}
+            if d.availability is not None and (d.name in mine or d.name in method.not_trained)}
 
 
 def _write_trace(out: Path, events, metrics: dict) -> None:

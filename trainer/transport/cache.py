@@ -86,6 +86,16 @@ class ActivationCache:
         return sum(int(e["labels"].shape[0]) if isinstance(e, dict) else int(e[k][2][0])
                    for e in self._entries.get(device, ()))
 
+    def rows_at(self, device: str, j: int) -> int:
+        """Samples (label rows) of ``device``'s micro-batch ``j`` held."""
+        e = self._entries[device][j]
+        return int(e["labels"].shape[0]) if isinstance(e, dict) else int(e[FIELDS.index("labels")][2][0])
+
+    def stop(self, device: str) -> None:
+        """``device`` departed (its ``gone``, ``trainer.transport.departure``): no later epoch replays it; what it held
+        stays listed in :meth:`report`."""
+        self.left.add(device)
+
     def leave(self, device: str) -> None:
         """``device`` left for good while sending: its micro-batches are forgotten and no later epoch replays it (the
         others' caches still serve theirs, as the simulator's pool replays every device but those gone)."""

@@ -21,7 +21,8 @@ slot  meaning
 6     aux: a small integer whose meaning depends on the kind (credits, rounds, sample count)
 7     number of tensors ``n`` (at most :data:`MAX_TENSORS`)
 8     at: the sender's clock in microseconds when it sent the message (a handover's ``join`` and ``moved``: the
-      instant the simulator delivers it, which a waiting server compares with a round's invitation), else ``-1``
+      instant the simulator delivers it, which a waiting server compares with a round's invitation; ``gone``: the
+      device's departure, which a server compares with each replay's start), else ``-1``
 9+    ``n`` tensor descriptors of :data:`DESC_LEN` slots: name code, dtype code, ndim, 4 dims
 ====  ==========================================================================================
 
@@ -75,13 +76,14 @@ class Kind(enum.IntEnum):
     MOVED = 17  # up, to the old server: the device hands over; mb = micro-batches it sent this epoch, aux = its new leg
     JOIN = 18  # up, to the new server: aux = micro-batches of this epoch it will send there (0: not this epoch)
     RELEASE = 19  # down, from the server a device leaves (a handover, trainer.transport.handover): mb = its next micro-batch
+    GONE = 20  # up, to every server it sent to and its own: the device left for good; at = its departure (departure.py)
 
 
 #: Kinds whose header may carry the ``at`` stamp (slot 8).
-STAMPED = frozenset({Kind.JOIN, Kind.MOVED})
+STAMPED = frozenset({Kind.JOIN, Kind.MOVED, Kind.GONE})
 
 UP = {Kind.HELLO, Kind.ACT, Kind.ADAPTER, Kind.SHARD, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE,
-      Kind.MOVED, Kind.JOIN}
+      Kind.MOVED, Kind.JOIN, Kind.GONE}
 DOWN = {Kind.START, Kind.CREDIT, Kind.GRAD, Kind.FWD, Kind.END, Kind.SYNC, Kind.ROUND, Kind.ADAPTER,
         Kind.HEARTBEAT, Kind.SAVE, Kind.RELEASE}
 
@@ -316,10 +318,20 @@ def _header_moved(p: Packet, lim: Limits) -> None:
         raise WireError(f"a moved to leg {p.aux}; legs are 0..{MAX_LEGS}")
 
 
+def _header_gone(p: Packet, lim: Limits) -> None:
+    """A cached device's ``gone``: stamped (its departure), no micro-batch, no aux, in an epoch of the run."""
+    if p.at < 0:
+        raise WireError("a GONE must carry its departure instant (at)")
+    if p.mb != -1 or p.aux != 0:
+        raise WireError(f"a GONE names no micro-batch and no count (mb {p.mb}, aux {p.aux}; -1 and 0)")
+    if lim.epochs and p.epoch >= lim.epochs:
+        raise WireError(f"a GONE in epoch {p.epoch}; the run has epochs 0..{lim.epochs - 1}")
+
+
 #: Per kind: checks of the header's integers (before the payloads are read).
 HEADER_CHECKS: dict[Kind, Callable[[Packet, Limits], None]] = {Kind.HELLO: _header_hello, Kind.LEAVE: _header_leave,
                                                                Kind.JOIN: _header_join, Kind.MOVED: _header_moved,
-                                                               Kind.ACT: _header_act}
+                                                               Kind.ACT: _header_act, Kind.GONE: _header_gone}
 #: Per kind: checks of the announced tensors against the model's shapes (before anything is allocated).
 SPEC_CHECKS: dict[Kind, Callable[[Packet, dict, Limits], None]] = {Kind.ACT: _spec_act, Kind.ADAPTER: _spec_state, Kind.ROUND: _spec_state,
                                      Kind.GRAD: _spec_grad, Kind.REPORT: _spec_report, Kind.SHARD: _spec_shard}
