@@ -71,12 +71,11 @@ from trainer.transport.wire import Kind, Limits
 
 ROLES = ("server", "device", "auto")
 RENDEZVOUS_MIN_S = 10.0  # start-up: roles load the model at different speeds, so at least this long to join
-#: The messages each method's devices send up (a server refuses any other kind: no 2 GiB adapter to
-#: a SplitFrozen server that never reads one).
+#: The messages each method's devices send up (a server refuses any other kind, e.g. a SplitFrozen adapter).
 _BASE_UP = {Kind.HELLO, Kind.DONE, Kind.HEARTBEAT, Kind.REPORT, Kind.LEAVE}
 _MOVING = {Kind.MOVED, Kind.JOIN}  # devices that hand over (trainer.transport.handover)
-UP_KINDS = {"splitfrozen": frozenset(_BASE_UP | _MOVING | {Kind.ACT, Kind.GONE}),  # gone: the cache (departure.py)
-            "splitfrozen-sequential": frozenset(_BASE_UP | _MOVING | {Kind.ACT, Kind.GONE}),
+_FROZEN_UP = frozenset(_BASE_UP | _MOVING | {Kind.ACT, Kind.GONE})  # gone: the cache (transport.departure)
+UP_KINDS = {"splitfrozen": _FROZEN_UP, "splitfrozen-sequential": _FROZEN_UP,
             "splitlora": frozenset(_BASE_UP | _MOVING | {Kind.ACT, Kind.ADAPTER}),
             "fedlora": frozenset(_BASE_UP | _MOVING | {Kind.ADAPTER}),
             "cenlora": frozenset(_BASE_UP | {Kind.SHARD})}
