@@ -59,7 +59,7 @@ def _bad(h: torch.Tensor, i: int, v: int) -> torch.Tensor:
     (2, 77, "unknown message kind 77"),
     (2, int(Kind.CREDIT), "CREDIT is not allowed in this direction"),
     (7, 9, "9 tensors in one message"),
-    (8, 42, r"ACT stamped at 42 us \(only MOVED/JOIN carry a stamp"),  # slot 8: at
+    (8, 42, r"ACT stamped at 42 us \(only MOVED/JOIN/GONE carry a stamp"),  # slot 8: at
     (9, 42, "unknown name, dtype or rank"),
     (11, 9, "unknown name, dtype or rank"),
     (13, -3, "bad shape"),
@@ -78,7 +78,7 @@ def test_a_join_carries_its_send_instant_within_range(at, ok):
     if ok:
         assert wire.decode_header(h, wire.UP)[0].at == at
     else:
-        with pytest.raises(WireError, match=rf"^JOIN stamped at {at} us \(only MOVED/JOIN carry a stamp, "
+        with pytest.raises(WireError, match=rf"^JOIN stamped at {at} us \(only MOVED/JOIN/GONE carry a stamp, "
                                             rf"0\.\.{wire.MAX_AT_US} us, or -1\)"):
             wire.decode_header(h, wire.UP)
 

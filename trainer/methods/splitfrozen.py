@@ -287,11 +287,7 @@ class SplitFrozen(Method, WaitingServer):
                 self._announce(name, None)
             if self.cache is not None:
                 self.cache.put(name, msg.tensors)
-            if not self.sequential:
-                tr.send_down(Message(name, msg.mb, kind="credit", epoch=epoch))
-            loss, n = self._train(msg)
-            if self.sequential:
-                tr.send_down(Message(name, msg.mb, kind="credit", epoch=epoch))
+            loss, n = self._credit_and_train(msg, epoch)
             self.advance(name)
             losses.append(loss)
             samples += n
@@ -305,6 +301,16 @@ class SplitFrozen(Method, WaitingServer):
             self._step(last=True)
             on_step(sum(losses) / len(losses), samples)
             self.step_done(epoch)
+
+    def _credit_and_train(self, msg: Message, epoch: int) -> tuple:
+        """Train on ``msg``; its credit goes back before the work (pipelined) or after it (sequential)."""
+        credit = Message(msg.device, msg.mb, kind="credit", epoch=epoch)
+        if not self.sequential:
+            self.setup.transport.send_down(credit)
+        out = self._train(msg)
+        if self.sequential:
+            self.setup.transport.send_down(credit)
+        return out
 
     def _take(self, order: deque | None, left: dict[str, int]) -> Message | None:
         """The next micro-batch in the pacing order (``None``: arrival order), or None after another message."""

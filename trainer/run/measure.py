@@ -285,7 +285,13 @@ class Meter:
             yield
         if self.count_flops:
             self.flops[role] += flops
-        rate = self.stretch.get(lane or role)
+        self._settle(lane or role, op, phase, mb, device, presence, start, flops)
+
+    def _settle(self, lane: str, op: str, phase: str, mb: int, device: str, presence, start: float,
+                flops: float) -> None:
+        """The end of :meth:`compute`'s work on ``lane`` (started at ``start``): sleep out an emulated speed, record
+        how late it ended (:mod:`trainer.run.emulation`), its phase time and trace events."""
+        rate = self.stretch.get(lane)
         over = None  # seconds the work ended after its emulated end (None: not emulated)
         if rate and flops:
             # emulate a slower device: sleep (never spin) until the work has taken FLOPs / rate seconds
@@ -296,17 +302,17 @@ class Meter:
             over = self.now() - start - flops / rate  # compute slower than emulated, or a late wake-up
         dur = self.now() - start
         if presence is not None:  # the work progressed only online: it ends later, in online parts
-            end = presence.finish(lane or role, start, dur)
+            end = presence.finish(lane, start, dur)
             over = max(0.0, over or 0.0) + self.now() - end
-            self.lag.record(lane or role, over)
+            self.lag.record(lane, over)
             for a, b in presence.online_parts(start, end):
                 self.phase_s[phase] += b - a
-                self.events.append(TraceEvent(lane or role, op, a, b - a, mb, device))
+                self.events.append(TraceEvent(lane, op, a, b - a, mb, device))
             return
         if over is not None:
-            self.lag.record(lane or role, over)
+            self.lag.record(lane, over)
         self.phase_s[phase] += dur
-        self.events.append(TraceEvent(lane or role, op, start, dur, mb, device))
+        self.events.append(TraceEvent(lane, op, start, dur, mb, device))
 
     def transfer(self, device: str, nbytes: int, start: float, dur: float, mb: int = -1,
                  down: bool = False, parts: list[tuple[float, float]] | None = None) -> None:
