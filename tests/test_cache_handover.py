@@ -207,10 +207,10 @@ def test_each_server_replays_its_part_of_a_movers_first_epoch(tmp_path, mode):
     assert fast.makespan_s == res.makespan_s and fast.micro_batches == res.micro_batches
 
 
-def random_fleet(seed: int, tmp_path: Path) -> tuple[dict, dict[str, int], int]:
-    """Seeded fleet ``seed`` of :func:`test_random_cached_fleets_with_handovers_finish`: (scenario, micro-batches an
-    epoch per device, epochs)."""
-    rng = random.Random(seed)
+def random_base(rng: random.Random) -> tuple[dict, list[str], int]:
+    """The draws every random cached fleet starts with: (scenario, servers, epochs). 2-3 servers with a backhaul
+    (training.sync every 1-3 or not) or none, 2-4 devices pinned at random, 2-3 epochs, buffer 1-3, fifo or
+    round-robin."""
     servers = [f"mec-{x}" for x in "abc"[:rng.randint(2, 3)]]
     names = [f"d{k}" for k in range(rng.randint(2, 4))]
     link = rng.random() < 0.7
@@ -221,6 +221,14 @@ def random_fleet(seed: int, tmp_path: Path) -> tuple[dict, dict[str, int], int]:
         data["training"]["sync"]["every"] = rng.randint(1, 3)
     epochs = rng.randint(2, 3)
     data["training"].update(epochs=epochs, buffer=rng.randint(1, 3), server_policy=rng.choice(["fifo", "round-robin"]))
+    return data, servers, epochs
+
+
+def random_fleet(seed: int, tmp_path: Path) -> tuple[dict, dict[str, int], int]:
+    """Seeded fleet ``seed`` of :func:`test_random_cached_fleets_with_handovers_finish`: (scenario, micro-batches an
+    epoch per device, epochs)."""
+    rng = random.Random(seed)
+    data, servers, epochs = random_base(rng)
     windows, per = {}, {}
     for d in data["devices"]:
         per[d["name"]] = rng.randint(1, 3)

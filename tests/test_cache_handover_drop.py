@@ -15,8 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_cache_handover import _handover_fleet, _simulate
-from tests.test_splitfrozen_moves import cached_fleet
+from tests.test_cache_handover import _handover_fleet, _simulate, random_base
 
 
 def _mover_drops(tmp_path: Path, drop: float, sync: bool = True) -> dict:
@@ -72,16 +71,7 @@ def drop_fleet(seed: int, tmp_path: Path) -> tuple[dict, dict[str, int], int]:
     round-robin, buffer 1-3; each device drops for good with probability 0.6, at a random instant of the fleet's run
     without drops: half of them inside its cached epochs (where the replays are), the others anywhere."""
     rng = random.Random(seed)
-    servers = [f"mec-{x}" for x in "abc"[:rng.randint(2, 3)]]
-    names = [f"d{k}" for k in range(rng.randint(2, 4))]
-    link = rng.random() < 0.7
-    data = cached_fleet("random", [{"name": n, "server": rng.choice(servers)} for n in names], link and rng.random() < 0.5)
-    data["servers"] = [{"name": s, "flops": "10 TFLOPS", "memory": "16 GiB",
-                        **({"backhaul": {"bandwidth": "100 Mbps", "latency": "5 ms"}} if link else {})} for s in servers]
-    if "sync" in data["training"]:
-        data["training"]["sync"]["every"] = rng.randint(1, 3)
-    epochs = rng.randint(2, 3)
-    data["training"].update(epochs=epochs, buffer=rng.randint(1, 3), server_policy=rng.choice(["fifo", "round-robin"]))
+    data, servers, epochs = random_base(rng)
     per = {}
     for d in data["devices"]:
         per[d["name"]] = rng.randint(1, 3)

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from sfsim.cost.model import CostModel
 from sfsim.methods import METHODS
 from sfsim.scenario.config import load_scenario
 from sfsim.scenario.overrides import load_scenario_with
 from sfsim.simulate import simulate
+from tests.test_multiserver import _adapter
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FRESH = FIXTURES / "fresh21"
@@ -66,14 +66,6 @@ def _run(out: Path, scenario: Path, method: str, **over) -> dict:
     kw.update(over)
     shutil.rmtree(out, ignore_errors=True)
     return run(RunConfig(**kw))
-
-
-def _adapter(out: Path) -> dict[str, torch.Tensor]:
-    tensors = load_file(out / "adapter" / "adapter_model.safetensors")
-    head = out / "adapter" / "head.safetensors"
-    if head.is_file():
-        tensors.update({f"head.{k}": v for k, v in load_file(head).items()})
-    return tensors
 
 
 def _server_forwards(out: Path, servers: list[str]) -> dict[str, Counter]:
