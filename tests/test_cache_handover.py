@@ -224,6 +224,17 @@ def random_base(rng: random.Random) -> tuple[dict, list[str], int]:
     return data, servers, epochs
 
 
+def random_moves(rng: random.Random, d: dict, servers: list[str], p: float) -> None:
+    """With probability ``p``, 1-3 handovers of device ``d`` at random times, each to another server."""
+    if rng.random() < p:
+        at, where, moves = 0.0, d["server"], []
+        for _ in range(rng.randint(1, 3)):
+            at += round(rng.uniform(5, 250), 1)
+            where = rng.choice([s for s in servers if s != where])
+            moves.append({"at": f"{at} s", "to": where})
+        d["handover"] = moves
+
+
 def random_fleet(seed: int, tmp_path: Path) -> tuple[dict, dict[str, int], int]:
     """Seeded fleet ``seed`` of :func:`test_random_cached_fleets_with_handovers_finish`: (scenario, micro-batches an
     epoch per device, epochs)."""
@@ -233,13 +244,7 @@ def random_fleet(seed: int, tmp_path: Path) -> tuple[dict, dict[str, int], int]:
     for d in data["devices"]:
         per[d["name"]] = rng.randint(1, 3)
         d["samples"] = 4 * per[d["name"]]
-        if rng.random() < 0.7:
-            at, where, moves = 0.0, d["server"], []
-            for _ in range(rng.randint(1, 3)):
-                at += round(rng.uniform(5, 250), 1)
-                where = rng.choice([s for s in servers if s != where])
-                moves.append({"at": f"{at} s", "to": where})
-            d["handover"] = moves
+        random_moves(rng, d, servers, 0.7)
         if rng.random() < 0.3:
             windows[d["name"]] = [[0, round(rng.uniform(10, 200), 1)], [round(rng.uniform(250, 400), 1), 10000]]
             d["availability"] = {"file": str(tmp_path / f"w{seed}.yaml"), "churn": "pause"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_cache_handover import _handover_fleet, _simulate, random_base
+from tests.test_cache_handover import _handover_fleet, _simulate, random_base, random_moves
 
 
 def _mover_drops(tmp_path: Path, drop: float, sync: bool = True) -> dict:
@@ -76,13 +76,7 @@ def drop_fleet(seed: int, tmp_path: Path) -> tuple[dict, dict[str, int], int]:
     for d in data["devices"]:
         per[d["name"]] = rng.randint(1, 3)
         d["samples"] = 4 * per[d["name"]]
-        if rng.random() < 0.8:
-            at, where, moves = 0.0, d["server"], []
-            for _ in range(rng.randint(1, 3)):
-                at += round(rng.uniform(5, 250), 1)
-                where = rng.choice([s for s in servers if s != where])
-                moves.append({"at": f"{at} s", "to": where})
-            d["handover"] = moves
+        random_moves(rng, d, servers, 0.8)
     base = _simulate(data, tmp_path)
     replays = [e.start for e in base.events if e.op == "F" and e.lane.startswith("mec-")
                and e.mb >= per[e.device]]
