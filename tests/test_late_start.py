@@ -63,13 +63,30 @@ def _run(tiny_gpt2: str, tmp_path: Path, method: str) -> tuple[dict, dict]:
     return first_sends(read_chrome_trace(tmp_path / "run" / "trace.json")), first_sends(sim.events)
 
 
+# FedLoRA (issue 21, open): the runtime's server sends every round's global adapter down at the round's start
+# (``round``, trainer.methods.fedlora), the first round's included, and a device trains once it has it; the simulator's
+# devices start the first round at 0 with the initial adapter and get each round's average after its aggregation
+# (sfsim.schedules.fedlora), the last round's too. Same bytes and makespan, a different phase: the runtime's far device
+# trains and uploads one downlink latency (+ the download) later than predicted (measured first upload 3.71 s against
+# 2.65 s), and its server aggregates that much later. Making the first round's download setup would break the
+# makespan's agreement (the simulator's last download has no runtime counterpart); the halves must agree on one phase.
+FEDLORA_PHASE = pytest.mark.xfail(strict=True, reason="FedLoRA's first round: the runtime downloads the initial "
+                                  "adapter, the simulator the last average (see the comment above)")
+
+# The simulator's gap between the far and the near device's first send: SplitFrozen's devices hold their credits at
+# the run's 0 (no message first); SplitLoRA's forward on their server's ``fwd`` command, which takes the downlink's
+# latency (sfsim.schedules.splitlora), so the far device's first send is its latency minus the near one's later.
+GAP_S = {"splitfrozen": 0.0, "splitlora": FAR_S - 0.005, "fedlora": 0.0}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["splitfrozen"])
+@pytest.mark.parametrize("method", ["splitfrozen", "splitlora", pytest.param("fedlora", marks=FEDLORA_PHASE)])
 def test_a_far_device_sends_first_when_the_simulator_says(tiny_gpt2, tmp_path, method):
-    """Both devices' first sends start where the simulator puts them (its forward after the run's 0), within
-    :data:`TOLERANCE_S`. Before the fix the far device's started ~1 s (its downlink latency) after the prediction."""
+    """Both devices' first sends on their uplinks start where the simulator puts them, within :data:`TOLERANCE_S`.
+    Before the fix every device's started ~1 s late (the server waited for the far device's ``hello``, 1 s up) and
+    the far SplitFrozen device's ~2 s (its ``start``, 1 s down, too)."""
     measured, predicted = _run(tiny_gpt2, tmp_path, method)
     assert set(measured) == set(predicted) == {"near", "far"}, (measured, predicted)
-    assert predicted["far"] < FAR_S / 2, predicted  # the simulator: no wait for a start message
+    assert predicted["far"] - predicted["near"] == pytest.approx(GAP_S[method], abs=1e-9), predicted
     for name in ("near", "far"):
         assert abs(measured[name] - predicted[name]) < TOLERANCE_S, (name, measured, predicted)
