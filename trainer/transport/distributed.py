@@ -21,7 +21,9 @@ Link shaping (``--emulate links``): a message occupies the link for ``bytes * 8 
 (a serialiser thread sleeps that long; the next message waits for the link: a device has one uplink,
 whichever server its current leg goes to, as in the simulator) and arrives ``latency``
 later (a delivery thread holds it until then), as the simulator's link model does. Control messages
-(credits, commands) carry no payload and take the latency only. A time-varying link (trace,
+(credits, commands) carry no payload and take the latency only. The run's setup is not shaped (a device's
+``hello``, the ``start`` of the epoch an attempt opens with: the simulator's devices begin at the run's 0), nor
+reports (measurement) nor CenLoRA's shards. A time-varying link (trace,
 Gilbert-Elliott, fading) holds a message until the integral of its rate covers the bits
 (:mod:`trainer.transport.dynamics`).
 
