@@ -44,9 +44,8 @@ def first_sends(events) -> dict[str, float]:
     return out
 
 
-def _run(tiny_gpt2: str, tmp_path: Path, method: str) -> tuple[dict, dict]:
-    """A real 1-epoch run of ``method`` (fifo, every process emulated) and the simulator's prediction of it: the
-    first send's start per device, measured and predicted."""
+def _run(tiny_gpt2: str, tmp_path: Path, method: str, epochs: int = 1) -> tuple[list, list]:
+    """A real run of ``method`` (fifo, every process emulated) and the simulator's prediction of it: the two traces."""
     from sfsim.outputs.trace import read_chrome_trace
     from tests.test_multiserver import _cfg
     from trainer.run.launch import run
@@ -55,12 +54,11 @@ def _run(tiny_gpt2: str, tmp_path: Path, method: str) -> tuple[dict, dict]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = tmp_path / "late.yaml"
     path.write_text(yaml.safe_dump(late_fleet(method)))
-    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=path, method=method, train_samples=16, epochs=1,
+    m = run(_cfg(tiny_gpt2, tmp_path / "run", devices=path, method=method, train_samples=16, epochs=epochs,
                  emulate="all", server_order="fifo"))
     vc = ValidateConfig(devices=str(path), model=tiny_gpt2, method=method, out=str(tmp_path / "v"), max_len=48,
-                        data_dir=str(FIXTURES / "data"), train_samples=16, server_order="fifo", epochs=1)
-    sim = predict(vc, m)
-    return first_sends(read_chrome_trace(tmp_path / "run" / "trace.json")), first_sends(sim.events)
+                        data_dir=str(FIXTURES / "data"), train_samples=16, server_order="fifo", epochs=epochs)
+    return read_chrome_trace(tmp_path / "run" / "trace.json"), predict(vc, m).events
 
 
 # FedLoRA (issue 21, open): the runtime's server sends every round's global adapter down at the round's start
@@ -85,8 +83,37 @@ def test_a_far_device_sends_first_when_the_simulator_says(tiny_gpt2, tmp_path, m
     """Both devices' first sends on their uplinks start where the simulator puts them, within :data:`TOLERANCE_S`.
     Before the fix every device's started ~1 s late (the server waited for the far device's ``hello``, 1 s up) and
     the far SplitFrozen device's ~2 s (its ``start``, 1 s down, too)."""
-    measured, predicted = _run(tiny_gpt2, tmp_path, method)
+    measured, predicted = (first_sends(t) for t in _run(tiny_gpt2, tmp_path, method))
     assert set(measured) == set(predicted) == {"near", "far"}, (measured, predicted)
     assert predicted["far"] - predicted["near"] == pytest.approx(GAP_S[method], abs=1e-9), predicted
+    for name in ("near", "far"):
+        assert abs(measured[name] - predicted[name]) < TOLERANCE_S, (name, measured, predicted)
+
+
+def second_epoch_sends(events) -> dict[str, float]:
+    """Per device: its first send of the second epoch (its third send: 2 micro-batches an epoch), from the end of
+    the server's epoch-end wait (lane ``epoch-end:srv``, the first epoch's evaluation, adapter and checkpoint)."""
+    opened = min(e.start + e.dur for e in events if e.op == "epoch_end")
+    sends: dict[str, list[float]] = {}
+    for e in events:
+        if e.op == "send" and e.lane == f"link:{e.device}":
+            sends.setdefault(e.device, []).append(e.start)
+    return {d: sorted(s)[2] - opened for d, s in sends.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a later epoch's start: the runtime's device waits for its server's start "
+                   "message (one downlink latency), the simulator's opens the device at the epoch's start")
+def test_a_far_device_starts_its_second_epoch_when_the_simulator_says(tiny_gpt2, tmp_path):
+    """SplitFrozen over 2 epochs (issue 21, open): the server opens the second epoch after its epoch-end wait and
+    sends each device its ``start`` (the epoch, its credits); that message is the protocol's (the server's credits
+    are per epoch and it takes no micro-batch of an epoch it has not opened), so it takes the downlink's latency and
+    the far device forwards 1 s after the near one (measured: near 0.153 s, far 1.149 s from the epoch-end's end).
+    The simulator opens every device at the epoch's start (``sfsim.engine.worker.WorkerLoop.epoch_start``, the
+    devices' ``_gate`` in ``sfsim.schedules.splitfrozen``; 0.148 s for both). The fix belongs in the simulator: a
+    device's gate is its epoch's start plus its downlink latency (the SimPy gate, ``_Pipelined`` and the fast path's
+    epoch gate together; it moves every multi-epoch SplitFrozen figure by one downlink latency an epoch)."""
+    measured, predicted = (second_epoch_sends(t) for t in _run(tiny_gpt2, tmp_path, "splitfrozen", epochs=2))
+    assert set(measured) == set(predicted) == {"near", "far"}, (measured, predicted)
     for name in ("near", "far"):
         assert abs(measured[name] - predicted[name]) < TOLERANCE_S, (name, measured, predicted)
