@@ -452,6 +452,8 @@ def train_server(cfg: RunConfig, built, out: Path, t0: float, resume: bool = Fal
             restore_devices_inprocess(setup, method)
         elif check is not None and method.device_stateful:
             check(method.resume_from["device_checkpoint"])
+    if hasattr(setup.transport, "opening"):  # this attempt's first starts are setup, not link traffic (DistTransport)
+        setup.transport.opening = first_epoch
     save = lambda epoch: _checkpoint(out, setup, method, epoch, losses, evals, info,  # noqa: E731
                                      time.perf_counter() - t0)
     clock = CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_s)

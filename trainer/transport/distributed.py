@@ -21,7 +21,9 @@ Link shaping (``--emulate links``): a message occupies the link for ``bytes * 8 
 (a serialiser thread sleeps that long; the next message waits for the link: a device has one uplink,
 whichever server its current leg goes to, as in the simulator) and arrives ``latency``
 later (a delivery thread holds it until then), as the simulator's link model does. Control messages
-(credits, commands) carry no payload and take the latency only. A time-varying link (trace,
+(credits, commands) carry no payload and take the latency only. The run's setup is not shaped (a device's
+``hello``, the ``start`` of the epoch an attempt opens with: the simulator's devices begin at the run's 0), nor
+reports (measurement) nor CenLoRA's shards. A time-varying link (trace,
 Gilbert-Elliott, fading) holds a message until the integral of its rate covers the bits
 (:mod:`trainer.transport.dynamics`).
 
@@ -152,6 +154,7 @@ class DistTransport:
     arrival_order = True  # the server may take micro-batches in true arrival order
     moves_ahead = False  # a server's method takes a moved ahead of its leg's last micro-batch (SplitFrozen)
     departed = None  # a server's (device, t) -> gone for good at t (trainer.transport.dynamics.departed): sends uncounted
+    opening: int | None = None  # a server's first epoch of this attempt (the runner sets it): its ``start`` is setup
 
     def __init__(self, rank: int, names: list[str], channels: dict[int, secure.Channel], meter: Meter, limits: Limits,
                  shaping: dict[str, tuple[LinkShape, LinkShape]] | None = None, peer_timeout: float = 30.0,
@@ -337,9 +340,7 @@ class DistTransport:
         """Queue ``msg``; shaped, its time on the link is fixed now (the link is first come, first served).
         Returns when its send starts."""
         now = self.meter.now()
-        # a report is measurement, not the method's traffic; CenLoRA's shards are the data its model places at the
-        # server before training (no device links: the simulator's sfsim.schedules.cenlora, trainer.transport.dynamics)
-        link = self._link(p) if msg.kind not in ("report", "shard") else None
+        link = None if self._setup(msg) else self._link(p)
         start = end = now
         lane = p if self.is_server else -1  # a device has one uplink, whichever server its leg goes to
         if link is not None:
@@ -353,6 +354,15 @@ class DistTransport:
         self._free[lane] = end
         self._out[p].put((msg, start, end, None))
         return start
+
+    def _setup(self, msg: Message) -> bool:
+        """Whether ``msg`` is not the scenario's traffic, so no link shapes it: a report is measurement; CenLoRA's
+        shards are the data its model places at the server before training (no device links: the simulator's
+        sfsim.schedules.cenlora, trainer.transport.dynamics); a device's ``hello`` and the ``start`` of the epoch this
+        attempt opens with (:attr:`opening`) are the run's setup: the simulator's devices hold their credits at the
+        run's 0 and forward at once, and the rendezvous told every process where the run's clock starts (shaped, a
+        device with 1 s of latency each way started 2 s late, and every other device 1 s late, issue 21)."""
+        return msg.kind in ("report", "shard", "hello") or (msg.kind == "start" and msg.epoch == self.opening)
 
     def _serialiser(self, p: int) -> None:
         """Hold each message until it has left the link, then pass it on with its due time (+ latency)."""
