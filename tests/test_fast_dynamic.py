@@ -149,14 +149,16 @@ def check(seed: int, ties: bool) -> str:
 @pytest.mark.parametrize("ties", [False, True])
 def test_random_dynamic_fleets_equal(ties):
     outcomes = [check(seed, ties) for seed in range(600)]
-    assert outcomes.count("equal") >= 350
+    # cached jobs whose device may drop go to SimPy (its pool stops their replays at the drop, sfsim.engine.cacheparts;
+    # a scenario's availability with the cache always did): 315 and 297 equal at ece04c5, 350+ before that rule
+    assert outcomes.count("equal") >= 280
 
 
 @pytest.mark.slow
 def test_many_random_dynamic_fleets_equal():
     for ties in (False, True):
         outcomes = [check(seed, ties) for seed in range(600, 5600)]
-        assert outcomes.count("equal") >= 3000
+        assert outcomes.count("equal") >= 2400  # as above: cached jobs that may drop go to SimPy
 
 
 LINK = {"bandwidth": "100 Mbps", "latency": "5 ms"}

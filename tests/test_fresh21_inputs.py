@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from sfsim.cli import main
 
-FRESH = Path(__file__).parent / "fixtures" / "fresh21"
+FIXTURES = Path(__file__).parent / "fixtures"
+FRESH = FIXTURES / "fresh21"
 
 #: (fixture, text in it, replacement, the one line's key and message)
 BAD = {
@@ -36,8 +37,9 @@ BAD = {
 
 def _args(command: str, model: str) -> list[str]:
     return {"simulate": [],
-            "run": ["--model", model, "--task", "sst2", "--method", "splitfrozen", "--partition", "iid"],
-            "validate": ["--model", model, "--method", "splitfrozen"]}[command]
+            "run": ["--model", model, "--task", "sst2", "--method", "splitfrozen", "--partition", "iid",
+                    "--data-dir", str(FIXTURES / "data")],  # a clean clone has no ../shared/data
+            "validate": ["--model", model, "--method", "splitfrozen", "--data-dir", str(FIXTURES / "data")]}[command]
 
 
 @pytest.mark.parametrize("command", ["simulate", "run", "validate"])

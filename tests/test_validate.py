@@ -82,6 +82,10 @@ def test_cached_profile_is_reused_until_stale(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump({"machine": machine.fingerprint(), "grid": [{"micro_batch": 8}]}))
     assert machine.is_stale(path) == "the cached one has no epoch-end save time (sfsim.cost.epochend)"
     path.write_text(yaml.safe_dump({"machine": machine.fingerprint(), "grid": [{"micro_batch": 8}], "save": "9 ms"}))
+    assert machine.is_stale(path) == "the cached one has no server warm-up (first_step, sfsim.cost.model.server_warmup)"
+    path.write_text(yaml.safe_dump({"machine": machine.fingerprint(), "grid": [{"micro_batch": 8}], "save": "9 ms",
+                                    "first_step": {"micro_batch": 8, "seq_len": 16, "cold_s": 0.03, "steady_s": 0.02,
+                                                   "extra_s": 0.01}}))
     assert machine.is_stale(path) is None
     old = time.time() - 7 * 3600
     os.utime(path, (old, old))

@@ -10,6 +10,7 @@ baselines' fast path against the SimPy engine (``bench/bench_scale.py --schedule
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -109,8 +110,7 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         return None if net is None else _DYNAMIC
     why_dyn = "" if net is not None and getattr(net, "views", None) is not None else None
     why = dynamic.covers(net, cfg.policy) if why_dyn is not None else None
-    if why is None and why_dyn is not None and any(d.sent < d.n for d in job.devices) and any(
-            getattr(d, "availability", None) is not None for d in getattr(scenario, "devices", ())):
+    if why is None and why_dyn is not None and _cached_leaving(scenario, job):
         why = "availability with cached activations"  # a device that leaves drops its replays: SimPy's pool only
     if why is not None:  # first, as for the other schedules: --schedule all then says one reason for all
         return f"the dynamic network's {why} is replayed by the SimPy engine only"
@@ -123,6 +123,18 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if crowded is not None:
         return f"server {crowded} has {per_server.most_common(1)[0][1]:,} devices; the fast path takes < {MAX_DEVICES:,}"
     return None
+
+
+def _cached_leaving(scenario, job) -> bool:
+    """Whether the activation cache meets a device that may leave (SimPy's pool withdraws its replays, and stops them at
+    its drop instant: :mod:`sfsim.engine.cacheparts`): the scenario's availability, or a motion that drops (jobs built
+    without a scenario)."""
+    if not any(d.sent < d.n for d in job.devices):
+        return False
+    if any(getattr(d, "availability", None) is not None for d in getattr(scenario, "devices", ())):
+        return True
+    moving = getattr(job.network, "moving", None) or {}
+    return any(m.churn == "drop" and m.stop < math.inf for m in moving.values())
 
 
 def _baseline_epoch_end(name: str, tr, job) -> str | None:

@@ -102,7 +102,7 @@ def check_supported(scenario, schedule: str, cfg, cache: bool) -> None:
                          f"(handover, availability); use {' or '.join(POLICIES_WITH_MOVES)}")
 
 
-def watch_departures(pools, job, moving) -> Departures | None:
+def watch_departures(pools, job, moving, policy: str = "fifo") -> Departures | None:
     """With the activation cache, the devices that may drop for good (churn ``drop``, a finite drop instant) and
     send fewer micro-batches than they train: every server's pool stops replaying each from its drop instant on
     (:class:`~sfsim.engine.cacheparts.Departures`; the rule: :mod:`sfsim.engine.cacheparts`). None when there are none."""
@@ -110,6 +110,9 @@ def watch_departures(pools, job, moving) -> Departures | None:
           if m.churn == "drop" and m.stop < math.inf and job.devices[i].sent < job.devices[i].n}
     if not at:
         return None
+    if policy not in POLICIES_WITH_MOVES:  # as check_supported: a paced order has no rule for a device that leaves
+        raise Unsupported(f"server policy {policy!r} cannot take devices that leave a server (the activation cache "
+                          f"with churn: drop); use {' or '.join(POLICIES_WITH_MOVES)}")
     departures = Departures(at)
     for pool in pools:
         pool.departures = departures

@@ -130,7 +130,7 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait or the cache alone
             pool.by_epochs(epochs, legs)
-    departures = watch_departures(pools, job, moving)  # the cache: no replay of a device from its drop on
+    departures = watch_departures(pools, job, moving, cfg.policy)  # the cache: no replay of a device from its drop on
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
         d = job.devices[i]
         start_device(engine, pools, i, d, m, sequential)
