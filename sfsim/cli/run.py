@@ -163,6 +163,12 @@ def run(devices, model, task, method, partition_spec, plan, split, lora_start, e
         return
     cfg = _resumed(resume_dir, given, role) if resume_dir is not None else _new_config(_settings(ctx.params, set(ctx.params)))
     _threads(threads)
+    if role in (None, "server") and resume_dir is None and not quiet:
+        from sfsim.scenario.config import load_scenario
+        from trainer.transport.dynamics import unemulated
+
+        if (line := unemulated(load_scenario(cfg.devices), cfg.method, cfg.emulate)) is not None:
+            click.echo(f"note: {line}", err=True)
     if role in (None, "server"):  # a GPU this machine lacks: one line now, not after the processes started
         for server_device, source in server_devices(cfg):
             placement_for(cfg.method, server_device, cfg.device_device, cfg.precision, source)

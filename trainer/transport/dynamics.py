@@ -88,6 +88,21 @@ def legs(scenario, d, first: str) -> list[tuple[float, str, Rate | None, Rate | 
     return out
 
 
+def unemulated(scenario, method: str, emulate: str | None) -> str | None:
+    """One line when ``--emulate none`` leaves the scenario's handovers or availability out of the run (their times
+    are the emulated run's seconds: without emulation every device stays on its first server and online), else None."""
+    if emulate not in (None, "none") or not emulates_availability(method):
+        return None
+    named = lambda ds: ", ".join(ds[:3]) + (f" and {len(ds) - 3} more" if len(ds) > 3 else "")  # noqa: E731
+    what = [f"{key} ({named(ds)})" for key, ds in (
+        ("handovers", [d.name for d in scenario.devices if d.handover]),
+        ("availability", [d.name for d in scenario.devices if d.availability is not None])) if ds]
+    if not what:
+        return None
+    return (f"--emulate none: the scenario's {' and '.join(what)} are not applied (every device stays on its first "
+            "server and online); use --emulate all to run them")
+
+
 def emulates_availability(method: str) -> bool:
     """Whether a device's availability applies to ``method`` (CenLoRA's data is at the server from the start)."""
     return method != "cenlora"
