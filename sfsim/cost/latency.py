@@ -126,7 +126,7 @@ class FirstCall:
 
 
 @dataclass(config=STRICT, kw_only=True)
-class FirstStep:
+class FirstStep(FirstCall):
     """A fresh process's first training micro-batch (forward with autograd, backward, AdamW step of every block and
     the head) against a steady one, at one shape (role server).
 
@@ -134,13 +134,8 @@ class FirstStep:
     one (lazy initialisation of the autograd and optimizer paths, allocator growth, the optimizer's state); the cost
     model adds it, unscaled, to each server worker's first forward of the run
     (:meth:`sfsim.cost.model.CostModel.server_warmup`). A profile without it models no server warm-up (0 s).
+    The fields are :class:`FirstCall`'s.
     """
-
-    micro_batch: int = Field(gt=0)
-    seq_len: int = Field(gt=0)
-    cold_s: Seconds
-    steady_s: Seconds
-    extra_s: Seconds
 
     @model_validator(mode="after")
     def _finite(self):
