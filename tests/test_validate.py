@@ -86,6 +86,12 @@ def test_cached_profile_is_reused_until_stale(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump({"machine": machine.fingerprint(), "grid": [{"micro_batch": 8}], "save": "9 ms",
                                     "first_step": {"micro_batch": 8, "seq_len": 16, "cold_s": 0.03, "steady_s": 0.02,
                                                    "extra_s": 0.01}}))
+    assert machine.is_stale(path) == ("the cached one has no server loop bookkeeping (bookkeeping, "
+                                      "sfsim.cost.latency.Bookkeeping)")
+    path.write_text(yaml.safe_dump({"machine": machine.fingerprint(), "grid": [{"micro_batch": 8}], "save": "9 ms",
+                                    "first_step": {"micro_batch": 8, "seq_len": 16, "cold_s": 0.03, "steady_s": 0.02,
+                                                   "extra_s": 0.01},
+                                    "bookkeeping": {"micro_batch": 0.0001, "step": 0.0001}}))
     assert machine.is_stale(path) is None
     old = time.time() - 7 * 3600
     os.utime(path, (old, old))

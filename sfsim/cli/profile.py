@@ -82,3 +82,7 @@ def profile(model, seq_lens, micro_batches, threads, role, torch_device, precisi
     if step is not None:  # role server: what its first micro-batch of a run adds (sfsim.cost.model.server_warmup)
         click.echo(f"server warm-up (first_step): {step['extra_s'] * 1e3:.2f} ms on its first training micro-batch "
                    f"({step['cold_s'] * 1e3:.2f} ms cold, {step['steady_s'] * 1e3:.2f} ms steady)")
+    kept = prof.get("bookkeeping")
+    if kept is not None:  # role server: its loop's own work (sfsim.cost.latency.Bookkeeping)
+        click.echo(f"server bookkeeping: {kept['micro_batch'] * 1e3:.3f} ms a training micro-batch, "
+                   f"{kept['step'] * 1e3:.3f} ms an optimizer step (outside the timed ops)")

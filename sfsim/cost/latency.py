@@ -27,6 +27,7 @@ micro-batch x sequence-length grid; times are unit strings or seconds, medians o
         codec: {int8: {encode: 0.2 ms, decode: 0.1 ms}, ...}  # wire codecs on those activations
     first_call: {micro_batch: 4, seq_len: 32, cold_s: 0.012, steady_s: 0.004, extra_s: 0.008}  # frozen forward
     first_step: {micro_batch: 8, seq_len: 128, cold_s: 0.03, steady_s: 0.02, extra_s: 0.01}   # training (server)
+    bookkeeping: {micro_batch: 0.15 ms, step: 0.12 ms}  # the server loop's own work outside its ops (role server)
     save: 12 ms                     # adapter + checkpoint written at an epoch's end (role server)
     eval: {split: 0.3 ms, tokenise_row: 0.02 ms, first: 15 ms}  # evaluation beyond its forward (role server)
     source: "sfsim profile --model minilm-l6 ..."
@@ -35,6 +36,10 @@ micro-batch x sequence-length grid; times are unit strings or seconds, medians o
 against steady ones (``extra_s``: the difference): a device's ``warmup`` (``sfsim validate`` derives it) and a
 server's warm-up (the cost model adds ``first_step.extra_s`` to each server worker's first forward of the run, once,
 not again each epoch). A server profile without ``first_step`` models no server warm-up: 0 s.
+
+``bookkeeping`` (:class:`Bookkeeping`) is what a server's training loop spends outside its timed ops, per
+micro-batch and per optimizer step; the cost model adds ``micro_batch`` to a server's forward of every training
+micro-batch and ``step`` to its optimizer step. A profile without it models none: 0 s.
 
 The older single-shape file (``bench/profile_device.py``) still loads: top-level ``micro_batch``,
 ``seq_len``, ``forward`` and an optional ``backward`` (B + W per layer) make a one-point grid, which
@@ -146,6 +151,31 @@ class FirstStep(FirstCall):
 
 
 @dataclass(config=STRICT, kw_only=True)
+class Bookkeeping:
+    """A server's own work in its training loop outside the timed ops (forward, backward, step), in seconds
+    (role server; :func:`trainer.validate.loopcost.bookkeeping` measures it).
+
+    ``micro_batch``: per training micro-batch: the micro-batch's tensors unpacked for the server's model, the loss
+    read back (``loss.item()``) and its labels recorded. ``step``: per optimizer step: the step's loss and rate
+    logged (the progress bar, ``steps.csv``) and the optimizer's parameters gathered. The cost model adds
+    ``micro_batch`` to the server's forward of each training micro-batch of SplitFrozen, SplitLoRA and CenLoRA (the
+    engines' ``srv_f``: a partial last micro-batch of an epoch takes its share of it, as of the forward) and ``step``
+    to each server optimizer step (``ServerTimes.step``); a device is never charged them. A profile without it
+    models none (0 s).
+    """
+
+    micro_batch: Seconds
+    step: Seconds
+
+    @model_validator(mode="after")
+    def _finite(self):
+        for key in ("micro_batch", "step"):
+            if not math.isfinite(getattr(self, key)):  # Seconds takes inf; a cost of inf would stall every run
+                raise ValueError(f"{key} must be a finite time, got {getattr(self, key)}")
+        return self
+
+
+@dataclass(config=STRICT, kw_only=True)
 class GridPoint:
     """Measured tables at one (micro_batch, seq_len)."""
 
@@ -221,6 +251,7 @@ class LatencyProfile:
     machine: dict | None = None
     first_call: FirstCall | None = None
     first_step: FirstStep | None = None  # a server's first training micro-batch (its warm-up; none: 0 s)
+    bookkeeping: Bookkeeping | None = None  # a server loop's own work per micro-batch and per step (none: 0 s)
     save: Seconds | None = None  # writing the adapter and the checkpoint at an epoch's end (sfsim.cost.epochend)
     eval: EvalCosts | None = None  # an epoch end's evaluation beyond its forward (sfsim.cost.epochend)
     source: str = ""

@@ -255,10 +255,16 @@ class CostModel:
         Nominal rate: FLOPs / node.flops (a Server with ``count > 1`` is one accelerator; the engine
         runs ``count`` workers). A device or server with a latency profile: per-layer measured
         seconds per FLOP, interpolated in the profile's grid, times this work's FLOPs (see
-        :mod:`sfsim.cost.profilerates`).
+        :mod:`sfsim.cost.profilerates`). A server's training work (B or W) adds its profile's
+        ``bookkeeping.micro_batch`` to F: the loop's own work per micro-batch, folded into the stage time every
+        engine reads (:class:`sfsim.cost.latency.Bookkeeping`; 0 without it).
         """
         if getattr(node, "latency_profile", None):
-            return self._profile(node.latency_profile).seconds(work)
+            rates = self._profile(node.latency_profile)
+            f, b, w = rates.seconds(work)
+            if rates.loop_mb and isinstance(node, Server) and work.b + work.w > 0:  # a training micro-batch
+                f += rates.loop_mb  # the server loop's own work around it (LatencyProfile.bookkeeping)
+            return f, b, w
         rate = node.flops
         return work.f / rate, work.b / rate, work.w / rate
 
@@ -272,12 +278,17 @@ class CostModel:
         """Seconds of one AdamW step over ``trainable_params`` on ``node``.
 
         A profile with measured steps: :meth:`ProfileRates.step_seconds`; otherwise
-        ADAMW_FLOPS_PER_PARAM FLOPs per parameter at the node's effective FLOP/s.
+        ADAMW_FLOPS_PER_PARAM FLOPs per parameter at the node's effective FLOP/s. A server's profile
+        adds its ``bookkeeping.step`` (the loop's own work per step: :class:`sfsim.cost.latency.Bookkeeping`).
         """
         if getattr(node, "latency_profile", None):
-            measured = self._profile(node.latency_profile).step_seconds(trainable_params)
-            if measured is not None:
-                return measured
+            rates = self._profile(node.latency_profile)
+            measured = rates.step_seconds(trainable_params)
+            if measured is None:
+                measured = ADAMW_FLOPS_PER_PARAM * trainable_params / rates.block_rate
+            if rates.loop_step and isinstance(node, Server):
+                measured += rates.loop_step  # the server loop's own work per step (LatencyProfile.bookkeeping)
+            return measured
         return ADAMW_FLOPS_PER_PARAM * trainable_params / self.effective_flops(node)
 
     def server_warmup(self, server: Server) -> float:

@@ -40,6 +40,8 @@ class ProfileRates:
         b_norm: seconds of the final norm's B (when a gradient passes through it).
         block_rate: sustained block forward FLOP/s (what :meth:`CostModel.effective_flops` reports).
         warmup: ``first_step.extra_s`` (0 without it): :meth:`CostModel.server_warmup`.
+        loop_mb, loop_step: ``bookkeeping.micro_batch`` and ``.step`` (0 without it): a server loop's own work per
+            training micro-batch and per optimizer step (:meth:`CostModel.seconds`, :meth:`CostModel.optimizer_seconds`).
     """
 
     def __init__(self, prof: LatencyProfile, cm: Shape, file: str):
@@ -51,6 +53,8 @@ class ProfileRates:
             _check_blocks(p, arch, file, f"grid[{i}]." if prof.grid is not None else "")
         self._cm, self._arch, self._prof = cm, arch, prof
         self.warmup = prof.first_step.extra_s if prof.first_step is not None else 0.0  # a server's first forward's extra
+        kept = prof.bookkeeping
+        self.loop_mb, self.loop_step = (kept.micro_batch, kept.step) if kept is not None else (0.0, 0.0)
         weights = _grid_weights(prof, cm.micro_batch, cm.seq_len, file)
         L, tokens = cm.n_layers, cm.micro_batch * cm.seq_len
         acc: dict[str, np.ndarray] = {}

@@ -77,6 +77,24 @@ def first_step(parts, lm, spec, sync: Callable[[], None], autocast: torch.dtype 
     cold figure is then what a fresh server process's first micro-batch pays; ``extra_s`` is its warm-up.
     ``autocast``: the profile's precision (None: fp32). Timed by :func:`cpu_clock`.
     """
+    mb, seq = spec.micro_batches[-1], spec.seq_lens[-1]
+    step = training_step(parts, lm, spec, autocast)
+    clock = cpu_clock(parts.device)
+
+    def train() -> float:
+        sync()
+        t0 = clock()
+        step()
+        sync()
+        return clock() - t0
+
+    cold = train()
+    return _figures(mb, seq, cold, [train() for _ in range(repeats)])
+
+
+def training_step(parts, lm, spec, autocast: torch.dtype | None) -> Callable[[], torch.Tensor]:
+    """One training micro-batch of the server's model at the grid's largest shape, as :func:`first_step` times it
+    (the embeddings computed here, outside it): a callable that runs it and returns its loss (backward done)."""
     from trainer.methods.common import task_loss
 
     mb, seq = spec.micro_batches[-1], spec.seq_lens[-1]
@@ -88,11 +106,8 @@ def first_step(parts, lm, spec, sync: Callable[[], None], autocast: torch.dtype 
     ts = parts.tsrv
     with torch.no_grad():
         x0 = parts.dev.embed(ids).float()  # (B, T, d): what arrives at the server, outside the timing
-    clock = cpu_clock(parts.device)
 
-    def train() -> float:
-        sync()
-        t0 = clock()
+    def train() -> torch.Tensor:
         with torch.autocast(parts.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
             x = x0.clone().requires_grad_(True)  # the cut's activations: their gradient goes back down
             ctx = ts.body.context(x, mask)
@@ -104,8 +119,6 @@ def first_step(parts, lm, spec, sync: Callable[[], None], autocast: torch.dtype 
         parts.deferred.flush()
         parts.opt_all.step()
         parts.opt_all.zero_grad(set_to_none=True)
-        sync()
-        return clock() - t0
+        return loss
 
-    cold = train()
-    return _figures(mb, seq, cold, [train() for _ in range(repeats)])
+    return train

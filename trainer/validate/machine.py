@@ -89,6 +89,8 @@ def is_stale(path: Path, max_age_s: float = MAX_AGE_S) -> str | None:
         return "the cached one has no epoch-end save time (sfsim.cost.epochend)"
     if "first_step" not in data:
         return "the cached one has no server warm-up (first_step, sfsim.cost.model.server_warmup)"
+    if "bookkeeping" not in data:
+        return "the cached one has no server loop bookkeeping (bookkeeping, sfsim.cost.latency.Bookkeeping)"
     return None
 
 

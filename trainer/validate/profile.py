@@ -21,7 +21,8 @@ Medians and interquartile ranges go into a dict in the :mod:`sfsim.cost.latency`
 resident memory while measuring each entry, the activation bytes at every cut, the seconds to encode
 and decode those activations in each wire codec (``codec``) and the machine. Before the grid, a fresh process's
 first calls against steady ones (:mod:`trainer.validate.firstcall`): a server's first training micro-batch
-(``first_step``, its warm-up in the cost model; role server) and the first frozen forward (``first_call``).
+(``first_step``, its warm-up in the cost model; role server) and the first frozen forward (``first_call``); then a
+server loop's own work per micro-batch and per step outside its ops (``bookkeeping``: :mod:`trainer.validate.loopcost`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from trainer.model.split import split_model
 from trainer.transport import codecs
 from trainer.validate.evalcost import eval_costs
 from trainer.validate.firstcall import first_call, first_step
+from trainer.validate.loopcost import bookkeeping
 
 MAX_GRID_VALUE = 1 << 16  # micro-batch sizes and sequence lengths above this are typos, not plans
 TASKS = ("classification", "causal-lm")
@@ -74,7 +76,8 @@ class ProfileSpec:
         role: ``device`` or ``server`` (recorded; both roles measure the same tables, a server also ``save``: what it
             writes at an epoch's end, :func:`save_seconds`; and ``eval``: its evaluation beyond the forward,
             :mod:`trainer.validate.evalcost`; and ``first_step``: its first training micro-batch's warm-up,
-            :func:`trainer.validate.firstcall.first_step`).
+            :func:`trainer.validate.firstcall.first_step`; and ``bookkeeping``: its loop's own work outside the ops,
+            :func:`trainer.validate.loopcost.bookkeeping`).
         name: what was measured (the profile's ``device`` field).
         device: torch device measured on: ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``; on a GPU every timed
             call is bracketed by ``torch.cuda.synchronize`` (kernels run asynchronously).
@@ -525,6 +528,8 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     # (its warm-up, the cost model's), then the frozen forward; a device profile's frozen forward only
     step = first_step(parts, lm, spec, sync, PRECISIONS[spec.precision]) if spec.role == "server" else None
     first = first_call(parts, lm, spec, sync)
+    # a server loop's own work around its ops (after the first calls: it trains and embeds)
+    kept = bookkeeping(parts, lm, spec, sync, PRECISIONS[spec.precision]) if spec.role == "server" else None
     # the machine's speed while measuring (a CPU's: other processes' load; validate compares it with the run's)
     with LoadSampler() if device.type == "cpu" else contextlib.nullcontext() as sampler:
         grid = _measure_grid(parts, lm, spec, progress)
@@ -552,7 +557,7 @@ def profile_model(lm: LoadedModel, spec: ProfileSpec, *, model: str, source: str
     prof.update({"task": spec.task, "num_labels": spec.num_labels if spec.task == "classification" else None,
                  "lora": {"rank": spec.lora_rank, "alpha": spec.lora_alpha, "targets": parts.targets},
                  "dtype": spec.precision, "warmup": spec.warmup, "repeats": spec.repeats, "machine": info,
-                 "first_call": first, "first_step": step, "grid": grid, "source": source, **_epoch_end(parts, lm, spec)})
+                 "first_call": first, "first_step": step, "bookkeeping": kept, "grid": grid, "source": source, **_epoch_end(parts, lm, spec)})
     return {k: v for k, v in prof.items() if v is not None}
 
 
