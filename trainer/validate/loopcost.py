@@ -13,16 +13,17 @@ with the caches a run leaves them in: the same calls timed back to back cost a t
 shape, in this thread's CPU time (:func:`trainer.validate.firstcall.cpu_clock`: robust to a loaded machine):
 
 * ``micro_batch``: the next micro-batch's rows taken from the server's data, trimmed and put on the server's device
-  (``trainer.transport.runtime.trim``, ``trainer.methods.common.from_wire``), the loss read back
-  (``loss.item()``) and the labels recorded (``Method.record``'s list);
-* ``step``: the runner's per-step callback (the progress bar, disabled as in ``sfsim validate`` and ``--quiet``; a
-  ``steps.csv`` row written and flushed by :class:`trainer.run.steplog.StepLog`) and the optimizer's parameters
-  gathered (``Method.optimizer_step``).
+  (``trainer.transport.runtime.trim``, ``trainer.methods.common.from_wire``), its forward and backward metered
+  (:meth:`trainer.run.measure.Meter.compute` around no work: the trace event and the FLOP count's cache, which a
+  run's op pays beside its compute), the loss read back (``loss.item()``) and the labels recorded
+  (``Method.record``'s list);
+* ``step``: the optimizer's parameters gathered and the step metered (``Method.optimizer_step``), and the runner's
+  per-step callback (the progress bar, disabled as in ``sfsim validate`` and ``--quiet``; a ``steps.csv`` row
+  written and flushed by :class:`trainer.run.steplog.StepLog`).
 
 Not in it: a method's per-micro-batch ``training_mode`` walk (SplitFrozen's and SplitLoRA's servers still walk every
 module before each micro-batch, 0.3-0.4 ms on the tiny GPT-2; CenLoRA does it once an epoch: pointless work the
-runtime should drop rather than the model charge), the transport's receive and credit, and the trace's own
-recording (~0.02 ms between two ops).
+runtime should drop rather than the model charge), and the transport's receive and credit.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from collections.abc import Callable
 import torch
 
 from trainer.methods.common import from_wire
+from trainer.run.measure import Meter
 from trainer.run.steplog import StepLog
 from trainer.transport.runtime import trim
 from trainer.validate.firstcall import cpu_clock, training_step
@@ -52,6 +54,7 @@ def bookkeeping(parts, lm, spec, sync: Callable[[], None], autocast: torch.dtype
     data = {"input_ids": ids, "attention_mask": torch.ones(rows, seq, dtype=torch.long), "labels": labels}
     train = training_step(parts, lm, spec, autocast)
     clock = cpu_clock(parts.device)
+    meter = Meter("server")
     per_mb, per_step, stream, done = [], [], [], 0
     with tempfile.TemporaryDirectory() as folder:
         log = StepLog(folder, "csv")
@@ -62,14 +65,20 @@ def bookkeeping(parts, lm, spec, sync: Callable[[], None], autocast: torch.dtype
             idx = torch.randperm(rows, generator=g)[:mb]  # (B,) the next micro-batch's rows
             t0 = clock()
             b = from_wire(trim({k: v[idx] for k, v in data.items()}), parts.device)
+            key = tuple(b["input_ids"].shape)
+            for op in ("F", "BW"):  # the runtime meters each op (the trace event, the FLOP count's cache)
+                with meter.compute("server", op, f"server_{op}", mb=r, key=key):
+                    pass
             value = loss.item()
             stream.append(("device", b["labels"].flatten().tolist()))
             t1 = clock()
             done += mb
+            params = [p for group in parts.opt_all.param_groups for p in group["params"]]
+            with meter.compute("server", "step", "server_step", count=False):
+                pass
             bar.update(mb)
             bar.set_postfix(step=r + 1, loss=f"{value:.4f}", sps=f"{done:.1f}")
             log.step(r + 1, 1, done, value, float(done), 0.0)
-            params = [p for group in parts.opt_all.param_groups for p in group["params"]]
             t2 = clock()
             if r >= spec.warmup and params:
                 per_mb.append(t1 - t0)
