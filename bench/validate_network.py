@@ -159,6 +159,14 @@ def median_run(reps: list[dict]) -> dict:
             "predicted_runs_s": [r["total"]["predicted_s"] for r in reps]}
 
 
+def summarise(rows: dict[str, dict]) -> dict:
+    """table.json: every case's row under ``runs`` and the median |error| of those that kept up with their emulation
+    (``in_median`` of them; ``left_out``: the others, trainer.run.emulation)."""
+    med = median_error(rows)
+    return {"median_abs_error": med["median_abs_error"], "in_median": med["runs"], "left_out": med["left_out"],
+            "runs": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(HERE / "results" / "validate_network"))
@@ -212,8 +220,8 @@ def main() -> None:
                 if len(reps) > 1 else "")
         print(f"{name:9} predicted {rows[name]['predicted_s']:7.3f} s  measured {rows[name]['measured_s']:7.3f} s  "
               f"error {100 * rows[name]['error']:+6.1f}%  load {rows[name]['load']}{behind}{runs}", flush=True)
-    med = median_error(rows)  # the runs that fell behind their emulation are left out (trainer.run.emulation)
-    summary = {"runs": rows, **med}
+    summary = summarise(rows)
+    med = {**summary, "runs": summary["in_median"]}
     (out / "table.json").write_text(json.dumps(summary, indent=1))
     left = f"; {len(med['left_out'])} left out (emulation fell behind: {', '.join(med['left_out'])})" \
         if med["left_out"] else "; none left out (every run kept up with its emulation)"

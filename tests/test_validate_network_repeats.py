@@ -43,3 +43,11 @@ def test_repeats_must_be_odd():
     res = subprocess.run([sys.executable, str(ROOT / "bench" / "validate_network.py"), "--repeats", "2"],
                          capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert res.returncode == 2 and "--repeats must be an odd number >= 1 (got 2)" in res.stderr
+
+
+def test_table_json_keeps_every_row():
+    bench = _bench()  # the median's count used to overwrite the rows under "runs"
+    rows = {"a": {"error": -0.01, "emulation_note": None}, "b": {"error": 0.5, "emulation_note": "fell behind"},
+            "c": {"error": 0.03, "emulation_note": None}}
+    assert bench.summarise(rows) == {"median_abs_error": 0.02, "in_median": 2, "left_out": {"b": "fell behind"},
+                                     "runs": rows}
