@@ -9,8 +9,9 @@ micro-batch in all (16 micro-batches, one step each); timed in that loop (load 6
 (checkpoint hook) 0.03 ms.
 
 :func:`bookkeeping` times the same calls, each right after a real training micro-batch of the server's model (so
-with the caches a run leaves them in: the same calls timed back to back cost a tenth of it), at the grid's largest
-shape, in this thread's CPU time (:func:`trainer.validate.firstcall.cpu_clock`: robust to a loaded machine):
+with the caches a run leaves them in: timed back to back, cache-hot, they took about 0.01 ms against 0.2), at the
+grid's largest shape, in this thread's CPU time (:func:`trainer.validate.firstcall.cpu_clock`: a loaded machine's
+waits for a core stay out; its contention for the caches does not):
 
 * ``micro_batch``: the next micro-batch's rows taken from the server's data, trimmed and put on the server's device
   (``trainer.transport.runtime.trim``, ``trainer.methods.common.from_wire``), its forward and backward metered
