@@ -14,7 +14,6 @@ import pytest
 import sfsim
 from sfsim.engine.core import Engine
 from sfsim.engine.pool import DeviceTimes, ServerTimes
-from sfsim.fast import replay
 from sfsim.scenario.config import scenario_from_dict
 from sfsim.schedules import Job, ReplayConfig, get
 from tests.test_fast_lora import fast_figures, simpy_figures
@@ -106,8 +105,3 @@ def test_two_servers_far_devices_agree_on_both_engines(sync):
     assert (fast.engine, fast.engine_note) == ("fast", None)
     assert fast.to_dict() == sfsim.simulate(sc, "fedlora", engine="simpy").to_dict()
 
-
-def test_replay_covers_the_phase():
-    """The fast path's static replay gives the SimPy makespan of the near/far job exactly (``replay``)."""
-    rec, makespan = replay(_near_far(), ReplayConfig(accumulate=1, local_steps=2), schedule="fedlora")
-    assert makespan == 6.0
