@@ -92,31 +92,32 @@ def fed(devices, motions, servers=None, **cfg):
 
 
 def test_fedlora_pauses_exactly_the_offline_time():
-    # 2 micro-batches of F, B, W (1 s each), one round, a 1-byte adapter: 6 s of compute, 1 s up, 1 s down.
-    # Online [0, 2) and [5, ...): compute stops at 2 and resumes at 5, so everything ends 3 s later.
+    # 2 micro-batches of F, B, W (1 s each), one round, a 1-byte adapter: 1 s down (the initial adapters), 6 s of
+    # compute, 1 s up. Online [0, 2) and [5, ...): compute stops at 2 and resumes at 5, so everything ends 3 s later.
     dev = DeviceTimes("d", n=2, f=1, b=1, w=1, sync_bytes=1.0)
     engine, makespan = fed([dev], {0: Motion([leg()])}, local_steps=2)
     assert makespan == 8.0
     m = Motion([leg()], Windows([(0.0, 2.0), (5.0, 100.0)]), "pause")
     engine, makespan = fed([dev], {0: m}, local_steps=2)
     assert makespan == 11.0
-    assert ops(engine, "d", "B") == [(1.0, 1.0, 0), (7.0, 1.0, 1)]
-    assert ops(engine, "d", "W") == [(5.0, 1.0, 0), (8.0, 1.0, 1)]
-    assert ops(engine, "link:d", "send") == [(9.0, 1.0, -1)] and ops(engine, "downlink:d", "send") == [(10.0, 1.0, -1)]
+    assert ops(engine, "d", "F") == [(1.0, 1.0, 0), (7.0, 1.0, 1)]
+    assert ops(engine, "d", "B") == [(5.0, 1.0, 0), (8.0, 1.0, 1)]
+    assert ops(engine, "d", "W") == [(6.0, 1.0, 0), (9.0, 1.0, 1)]
+    assert ops(engine, "link:d", "send") == [(10.0, 1.0, -1)] and ops(engine, "downlink:d", "send") == [(0.0, 1.0, -1)]
     assert m.sent == 2 and m.send_s == 1.0 and m.recv_s == 1.0
 
 
 def test_a_dropped_fedlora_client_releases_the_barrier_when_it_leaves():
-    # one micro-batch a round (local_steps 1), aggregate 0.5 s a device. Round 0: a uploads 1..2, b (f = 3)
-    # 3..4; aggregate 4..5 (two), downloads 5..6. Round 1: a uploads 7..8 and waits; b's forward (6..9)
-    # is cut by its outage at 8.5: it leaves then, the round closes with one upload, aggregate 8.5..9,
-    # a downloads 9..10.
+    # one micro-batch a round (local_steps 1), aggregate 0.5 s a device; both download the initial adapters 0..1.
+    # Round 0: a uploads 2..3, b (f = 3) 4..5; aggregate 5..6 (two), downloads 6..7. Round 1: a uploads 8..9; b's
+    # forward (7..10) is cut by its outage at 8.5: it leaves then, the round closes with a's upload at 9, aggregate
+    # 9..9.5, the run's end (nothing goes down after it).
     a, b = DeviceTimes("a", n=2, f=1, sync_bytes=1.0), DeviceTimes("b", n=2, f=3, sync_bytes=1.0)
     mb = Motion([leg()], Windows([(0.0, 8.5)]), "drop")
     engine, makespan = fed([a, b], {0: Motion([leg()]), 1: mb}, [ServerTimes("s", aggregate=0.5)], local_steps=1)
-    assert ops(engine, "s", "aggregate") == [(4.0, 1.0, -1), (8.5, 0.5, -1)]
-    assert ops(engine, "downlink:a", "send") == [(5.0, 1.0, -1), (9.0, 1.0, -1)]
-    assert makespan == 10.0 and mb.sent == 1 and mb.done == 1 and mb.gone == 8.5
+    assert ops(engine, "s", "aggregate") == [(5.0, 1.0, -1), (9.0, 0.5, -1)]
+    assert ops(engine, "downlink:a", "send") == [(0.0, 1.0, -1), (6.0, 1.0, -1)]
+    assert makespan == 9.5 and mb.sent == 1 and mb.done == 1 and mb.gone == 8.5
 
 
 def test_a_drop_nobody_waits_for_does_not_extend_the_run():
@@ -129,24 +130,26 @@ def test_a_drop_nobody_waits_for_does_not_extend_the_run():
 
 def test_a_fedlora_handover_moves_the_rounds_uploaded_after_it():
     # m (f = 1, one micro-batch a round, 3 rounds) starts on a with x (f = 1) and moves to b at 2.5, where y
-    # (f = 1) trains. Round 0: compute 0..1, upload 1..2, aggregates 2..2.5 (two each), downloads ..3.5.
-    # Round 1: m's upload starts at 4.5 >= 2.5: b's. a averages x alone at 5.5 (0.25 s), b m and y (1 s);
-    # x runs ahead (download 5.75..6.75, upload 7.75..8.75: a at 8.75); m and y reach b at 9.5.
+    # (f = 1) trains. Round 0: download 0..1, compute ..2, upload 2..3 (m's starts before 2.5: a's), aggregates
+    # 3..3.5 (two each). Round 1: download ..4.5, m's upload starts at 5.5 >= 2.5: b's. a averages x alone at 6.5
+    # (0.25 s), b m and y (1 s); x runs ahead (download 6.75..7.75, upload 8.75..9.75: a at 9.75); m and y reach b
+    # at 10.5.
     x, y = DeviceTimes("x", n=3, f=1, sync_bytes=1.0), DeviceTimes("y", n=3, f=1, server=1, sync_bytes=1.0)
     dm = DeviceTimes("m", n=3, f=1, sync_bytes=1.0)
     mm = Motion([leg(0), leg(1, at=2.5)])
     engine, _ = fed([x, y, dm], {0: Motion([leg(0)]), 1: Motion([leg(1)]), 2: mm},
                     [ServerTimes("a", aggregate=0.25), ServerTimes("b", aggregate=0.5)], local_steps=1)
-    assert ops(engine, "a", "aggregate") == [(2.0, 0.5, -1), (5.5, 0.25, -1), (8.75, 0.25, -1)]
-    assert ops(engine, "b", "aggregate") == [(2.0, 0.5, -1), (5.5, 1.0, -1), (9.5, 1.0, -1)]
+    assert ops(engine, "a", "aggregate") == [(3.0, 0.5, -1), (6.5, 0.25, -1), (9.75, 0.25, -1)]
+    assert ops(engine, "b", "aggregate") == [(3.0, 0.5, -1), (6.5, 1.0, -1), (10.5, 1.0, -1)]
     assert mm.switched_at == [1] and mm.sent == 3
 
 
 def test_fedlora_downloads_integrate_a_varying_downlink():
-    # the average (8 bits) goes down from 2 on 2 bit/s until 3, then 1 bit/s: 2 bits by 3, 6 more by 9
+    # the initial adapters (8 bits) go down from 0 on 2 bit/s until 3, then 1 bit/s: 6 bits by 3, 2 more by 5;
+    # compute 5..6, upload 6..7 (8 bit/s)
     dev = DeviceTimes("d", n=1, f=1, sync_bytes=1.0)
     engine, makespan = fed([dev], {0: Motion([leg(down=Steps([0.0, 3.0], [2.0, 1.0]))])}, local_steps=1)
-    assert ops(engine, "downlink:d", "send") == [(2.0, 7.0, -1)] and makespan == 9.0
+    assert ops(engine, "downlink:d", "send") == [(0.0, 5.0, -1)] and makespan == 7.0
 
 
 def test_fedlora_on_a_scenario_reports_handovers_lost_samples_and_radio_seconds(tmp_path):

@@ -40,9 +40,10 @@ def _pair(a: dict, b: dict) -> Job:
 @pytest.mark.parametrize("engine", ["simpy", "fast"])
 def test_a_device_with_fewer_rounds_waits_for_its_servers_epoch(engine):
     """A: 5 micro-batches an epoch (3 rounds), B: 2 (1 round), local_steps 2, 2 epochs: slots of 3 an epoch.
-    Slot 0 both (uploads at 3, FedAvg of 2 ends 4, downloads 5); slots 1, 2 A alone (ends 8.5, then 12; the
-    second round of 1 micro-batch); B waits for slot 2's end (12) and downloads by 13, as A; slot 3 both (ends
-    17); slots 4, 5 A alone (ends 21.5, 25; its last download by 26). B uploads twice, A six times."""
+    Both download the initial adapters by 1; slot 0 both (uploads at 4, FedAvg of 2 ends 5, downloads 6); slots 1, 2
+    A alone (ends 9.5, then 13; the second round of 1 micro-batch); B waits for slot 2's end (13) and downloads by
+    14, as A; slot 3 both (ends 18); slots 4, 5 A alone (ends 22.5, 26: no download after it). B uploads twice, A
+    six times; each downloads as often (the first round's included)."""
     job = _pair({"n": 10, "per_epoch": 5}, {"n": 4, "per_epoch": 2})
     cfg = ReplayConfig(accumulate=1, local_steps=2)
     assert width(job.devices, 2) == 3 and [len(p) for p in plans(job.devices, 2)] == [6, 2]
@@ -133,7 +134,8 @@ def test_each_epoch_closes_before_the_next_starts():
     """tests/test_baseline_sync.py's 2 servers, one device each (12 micro-batches an epoch, rounds of 10 and 2),
     2 epochs, no training.sync: each server's epoch ends with its second FedAvg; both send the closing round then,
     the average is back a round trip later, and only then the device downloads for epoch 2's first round (the
-    runtime's next ``round`` message follows ``finish_sync``). The second epoch's closing round ends the run."""
+    runtime's next ``round`` message follows ``finish_sync``); the first download, of the initial adapters, starts at
+    0 and none follows the last FedAvg. The second epoch's closing round ends the run."""
     from tests.test_baseline_sync import backhaul_events, scenario, sizes
 
     sc = scenario(epochs=2)
@@ -148,9 +150,10 @@ def test_each_epoch_closes_before_the_next_starts():
     assert len(aggregates) == len(downloads) == 4  # 2 rounds an epoch
     assert sends == [aggregates[1], aggregates[3]]
     assert recvs == [pytest.approx(s + busy + lat, rel=1e-12) for s in sends]
-    assert downloads[0] == aggregates[0] and downloads[2] == aggregates[2]  # within an epoch: at once
-    assert downloads[1] == pytest.approx(recvs[0] + busy + lat, rel=1e-12)  # epoch 2's first round waits for it
-    assert downloads[3] == aggregates[3]  # the run's last download does not
+    assert downloads[0] == 0.0  # the initial adapters, at the run's start (the runtime's first ``round``)
+    assert downloads[1] == aggregates[0] and downloads[3] == aggregates[2]  # within an epoch: at once
+    assert downloads[2] == pytest.approx(recvs[0] + busy + lat, rel=1e-12)  # epoch 2's first round waits for it
+    assert max(downloads) < aggregates[3]  # nothing goes down after the run's last FedAvg
     assert res.makespan_s == pytest.approx(recvs[1] + busy + lat, rel=1e-12)
 
 
@@ -172,7 +175,7 @@ def test_a_server_with_only_a_visitor_closes_its_epoch_after_the_visitors_rounds
     sends = {s: [round(e.start, 4) for e in res.events if e.lane == f"backhaul:{s}" and e.op == "sync-send"]
              for s in ("s0", "s1")}
     aggregates = [round(e.start + e.dur, 4) for e in res.events if e.lane == "s1" and e.op == "aggregate"]
-    assert sends == {"s0": [4.6135, 9.4922], "s1": [4.6135, 9.4922]} and aggregates == [4.6135, 9.4922]
+    assert sends == {"s0": [4.8557, 9.7344], "s1": [4.8557, 9.7344]} and aggregates == [4.8557, 9.7344]
     auto = sfsim.simulate(scenario, "fedlora", engine="auto")
     assert (auto.engine, auto.engine_note) == ("fast", None)
     simpy = sfsim.simulate(scenario, "fedlora", engine="simpy").to_dict()

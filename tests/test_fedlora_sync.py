@@ -101,7 +101,8 @@ def test_each_epoch_drains_and_closes_before_the_next_starts():
     """tests/test_baseline_sync.py's 2 servers, one device each (2 FedAvg rounds an epoch), sync every 3, 2 epochs:
     epoch 1 ends with a drain round (no round was due) and the closing round, at once after each server's second
     aggregate and before its device's next download (the runtime's ``finish_sync`` after every epoch); epoch 2
-    has a round after its first FedAvg round (the third), then the drain and closing rounds end the run."""
+    has a round after its first FedAvg round (the third), then the drain and closing rounds end the run. A device
+    downloads at each round's start (the initial adapters at 0), none after its last FedAvg."""
     from tests.test_baseline_sync import backhaul_events, scenario, sizes
 
     sc = scenario({"every": 3}, epochs=2)
@@ -114,8 +115,9 @@ def test_each_epoch_drains_and_closes_before_the_next_starts():
     downloads = [e.start for e in res.events if e.lane == "downlink:da"]
     assert len(aggregates) == len(downloads) == 4 and len(sends) == 5
     assert sends[0] == aggregates[1] and sends[1] == pytest.approx(sends[0] + 2 * (busy + lat), rel=1e-12)
-    assert downloads[1] == pytest.approx(sends[1] + 2 * (busy + lat), rel=1e-12)  # epoch 2 waits for the closing
-    assert sends[2] == aggregates[2] and downloads[2] == pytest.approx(sends[2] + 2 * (busy + lat), rel=1e-12)
+    assert downloads[0] == 0.0 and downloads[1] == aggregates[0]  # the initial adapters; then the first average
+    assert downloads[2] == pytest.approx(sends[1] + 2 * (busy + lat), rel=1e-12)  # epoch 2 waits for the closing
+    assert sends[2] == aggregates[2] and downloads[3] == pytest.approx(sends[2] + 2 * (busy + lat), rel=1e-12)
     assert sends[3] == aggregates[3] and res.makespan_s == pytest.approx(sends[4] + 2 * (busy + lat), rel=1e-12)
     assert server_ops(res.events, "a") == server_ops(res.events, "b") == "AAS" + "RSR" + "ASRA" + "SRSR"
 

@@ -61,24 +61,21 @@ def _run(tiny_gpt2: str, tmp_path: Path, method: str, epochs: int = 1) -> tuple[
     return read_chrome_trace(tmp_path / "run" / "trace.json"), predict(vc, m).events
 
 
-# FedLoRA (issue 21, open): the runtime's server sends every round's global adapter down at the round's start
-# (``round``, trainer.methods.fedlora), the first round's included, and a device trains once it has it; the simulator's
-# devices start the first round at 0 with the initial adapter and get each round's average after its aggregation
-# (sfsim.schedules.fedlora), the last round's too. Same bytes and makespan, a different phase: the runtime's far device
-# trains and uploads one downlink latency (+ the download) later than predicted (measured first upload 3.71 s against
-# 2.65 s), and its server aggregates that much later. Making the first round's download setup would break the
-# makespan's agreement (the simulator's last download has no runtime counterpart); the halves must agree on one phase.
-FEDLORA_PHASE = pytest.mark.xfail(strict=True, reason="FedLoRA's first round: the runtime downloads the initial "
-                                  "adapter, the simulator the last average (see the comment above)")
+# FedLoRA (issue 21, fed21): the runtime's server sends every round's global adapter down at the round's start
+# (``round``, trainer.methods.fedlora), the first round's included, and a device trains once it has it: plain FedAvg.
+# The simulator (sfsim.schedules.fedlora) now does the same (it used to start round 1 at 0 with the initial adapters
+# and download each round's average after its FedAvg, the last round's too), so the far device's first upload is one
+# downlink latency after the near one's in both halves (measured 3.71 s against 2.65 s predicted before the fix).
 
 # The simulator's gap between the far and the near device's first send: SplitFrozen's devices hold their credits at
-# the run's 0 (no message first); SplitLoRA's forward on their server's ``fwd`` command, which takes the downlink's
-# latency (sfsim.schedules.splitlora), so the far device's first send is its latency minus the near one's later.
-GAP_S = {"splitfrozen": 0.0, "splitlora": FAR_S - 0.005, "fedlora": 0.0}
+# the run's 0 (no message first); SplitLoRA's forward on their server's ``fwd`` command and FedLoRA's devices train
+# on the adapter of its ``round`` message, which take the downlink's latency (sfsim.schedules.splitlora, fedlora), so
+# the far device's first send is its latency minus the near one's later.
+GAP_S = {"splitfrozen": 0.0, "splitlora": FAR_S - 0.005, "fedlora": FAR_S - 0.005}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["splitfrozen", "splitlora", pytest.param("fedlora", marks=FEDLORA_PHASE)])
+@pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora"])
 def test_a_far_device_sends_first_when_the_simulator_says(tiny_gpt2, tmp_path, method):
     """Both devices' first sends on their uplinks start where the simulator puts them, within :data:`TOLERANCE_S`.
     Before the fix every device's started ~1 s late (the server waited for the far device's ``hello``, 1 s up) and

@@ -64,12 +64,15 @@ def test_splitlora_fused_sends_gradient_before_step():
 
 
 def test_fedlora_by_hand_two_rounds():
+    """Both download the initial adapters from 0 (1 s + 0.5 s latency: 1.5); x trains 1.5..4.5 and uploads by 6, y
+    1.5..5.5 and by 7; FedAvg of two 7..7.5; x downloads by 9, trains to 12, uploads by 13.5; FedAvg 13.5..13.75, the
+    end: nothing goes down after it."""
     makespan, events, _ = replay(fedlora, _clients(), ServerTimes("srv", aggregate=0.25), local_steps=1,
                                  accumulate=1)
-    assert [(e.op, e.start, e.dur) for e in events if e.lane == "srv"] == [("aggregate", 5.5, 0.5),
-                                                                            ("aggregate", 12, 0.25)]
+    assert [(e.op, e.start, e.dur) for e in events if e.lane == "srv"] == [("aggregate", 7, 0.5),
+                                                                            ("aggregate", 13.5, 0.25)]
     assert [(e.lane, e.start) for e in events if e.lane.startswith("downlink")] == [
-        ("downlink:x", 6), ("downlink:y", 6), ("downlink:x", 12.25)]
+        ("downlink:x", 0), ("downlink:y", 0), ("downlink:x", 7.5)]
     assert makespan == 13.75
 
 
@@ -128,8 +131,8 @@ def test_every_micro_batch_processed_once(schedule):
     for evs in by_lane.values():
         evs.sort(key=lambda e: e.start)
         assert all(y.start >= x.end - 1e-9 for x, y in zip(evs, evs[1:], strict=False))
-    # the run ends with the last op, or with the last FedAvg download's propagation delay
-    tail = 0.010 if schedule in ("splitlora", "fedlora") else 0.0
+    # the run ends with the last op (FedLoRA's: its last FedAvg), or SplitLoRA's with its last download's propagation delay
+    tail = 0.010 if schedule == "splitlora" else 0.0
     assert res.makespan_s == pytest.approx(max(e.end for e in res.events) + tail, rel=1e-12)
 
 

@@ -164,7 +164,7 @@ class _FedServer:
         self.mine = [d for d in job.devices if d.server == k]
         self.D, self.N = fed.layout(self.mine)
         self.epochs = np.array([-(-d.n // (d.per_epoch or d.n)) if d.n else 0 for d in self.mine], np.int64)
-        self.start, self.steps, self.acc = np.zeros(len(self.mine)), np.zeros(len(self.mine), np.int64), np.zeros(3)
+        self.start, self.steps, self.acc = fed.first_download(self.D), np.zeros(len(self.mine), np.int64), np.zeros(3)
         self.knobs = (int(cfg.local_steps), int(cfg.accumulate), float(job.servers[k].aggregate), slots)
 
     def run(self, lo: int, hi: int, closing: bool) -> float:

@@ -18,6 +18,7 @@ AT_READY, READY, AT_CLOSES, CLOSES = range(12, 16)  # EpochClose's events: an ep
 CHANGE = 16  # Membership.changed succeeds: the EpochClose processes waiting on it look again
 EVAL_INIT, AT_EVAL, EVAL = range(17, 20)  # a server's epoch-end wait (FedGroup._evaluate): its start, timer, event
 EVALUATED = 10  # a device's program counter: past its server's epoch-end wait (FedGroup.evaluated)
+TRAIN = 11  # a device's program counter: it has its round's average (the download), its local work next
 EV_STATE, EV_HEAD, EV_TAIL = range(3)  # EV: per server and epoch, its wait's event (1 started, 2 processed), waiters
 BEGIN, UP, ARRIVE, DOWN, NEXT, OVER, UNTIL, CLOSING = range(8)  # a device's program counter
 S_UNTIL, S_READY = range(8, 10)  # an EpochClose server process's program counter

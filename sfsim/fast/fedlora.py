@@ -1,9 +1,9 @@
 """FedLoRA on the fast path: the static schedule of :mod:`sfsim.schedules.fedlora`, round by round, compiled.
 
-With constant links every device of a server runs round ``r`` from the end of its download of round
-``r - 1`` (time 0 for the first): its micro-batches by arithmetic, its adapter upload, then the
-server's FedAvg, which starts when the last expected upload has arrived and the server's lane is
-free and lasts ``aggregate`` seconds per participant. So a round closes at the latest arrival
+With constant links every device of a server runs round ``r`` from the end of its download of the average
+of round ``r - 1`` (of the initial adapters, from time 0, for the first; none after its last round): its
+micro-batches by arithmetic, its adapter upload, then the server's FedAvg, which starts when the last expected
+upload has arrived and the server's lane is free and lasts ``aggregate`` seconds per participant. So a round closes at the latest arrival
 (a max-plus step) whatever the order of arrivals, and each float is computed as the SimPy processes
 compute it (``now + (t - now)`` for a timeout to ``t``). Device busy time, bytes and steps follow
 the static schedule's formulas. Memory: a few floats per device.
@@ -82,9 +82,16 @@ def replay_server(D, N, per, accumulate, aggregate, slots):
     """Replay one server's FedAvg rounds (``slots`` a epoch, :func:`sfsim.schedules.fedlora.width`); returns
     (time of its last event, busy seconds, steps per device)."""
     m = N.shape[1]
-    start, steps, acc = np.zeros(m), np.zeros(m, np.int64), np.zeros(3)
+    start, steps, acc = first_download(D), np.zeros(m, np.int64), np.zeros(3)
     rounds(D, N, per, accumulate, aggregate, slots, 0, np.iinfo(np.int64).max, start, steps, acc)
     return acc[_LASTT], acc[_BUSY], steps
+
+
+@njit
+def first_download(D):
+    """When each device has the initial adapters: the first round's download from time 0 (``0 + (secs + latency)``,
+    the SimPy timeout's arithmetic)."""
+    return 0.0 + (D[_DOWN] + D[_DOWN_L])
 
 
 _FREE, _BUSY, _LASTT = range(3)  # acc of rounds(): the server's lane free at, its busy seconds, its last event
@@ -123,9 +130,9 @@ def rounds(D, N, per, accumulate, aggregate, slots, lo, hi, start, steps, acc):
         end = max(close, free) + dur
         busy += dur
         free = ended = end
-        for i in range(m):  # its download; one whose epoch's rounds are done waits for the epoch's end
-            first, stop = _span(N, i, r, per, slots)
-            if first < stop or r + 1 < end_at[i]:
+        last = max(last, end)
+        for i in range(m):  # its next round's download; one whose epoch's rounds are done waits for the epoch's end
+            if r + 1 < end_at[i]:
                 start[i] = end + (D[_DOWN, i] + D[_DOWN_L, i])
                 last = max(last, start[i])
     acc[_FREE], acc[_BUSY], acc[_LASTT] = free, busy, last
@@ -155,7 +162,7 @@ def _waiting_server(D, N, per: int, accumulate: int, aggregate: float, slots: in
     (``sfsim.schedules.fedlora.FedGroup.evaluated``): it starts when the epoch's last round has ended, and the devices
     with rounds in the next epoch download the average when it is over."""
     m = N.shape[1]
-    start, steps, acc = np.zeros(m), np.zeros(m, np.int64), np.zeros(3)
+    start, steps, acc = first_download(D), np.zeros(m, np.int64), np.zeros(3)
     epochs = device_epochs(N)
     for e in range(int(epochs.max(initial=0))):
         ended = rounds(D, N, per, accumulate, aggregate, slots, e * slots, (e + 1) * slots, start, steps, acc)
@@ -302,6 +309,9 @@ class Rounds:
             job.network.motions[i].done = 0
         legs = [leg for i in self.members for leg in job.network.motions[i].legs]
         compile_draws(r for leg in legs for r in (leg.rate, leg.down))  # the same steps, drawn compiled
+        for c, plan in enumerate(self.plan):  # the first round's download: the initial adapters, from time 0
+            if plan:
+                self.download(c, 0.0)
 
     def run(self, lo: float, hi: float, closing: bool) -> float:
         """The rounds in slots ``lo..hi-1``; ``closing``: a device whose next round is in a later epoch downloads
@@ -329,12 +339,12 @@ class Rounds:
                 m.syncs_sent, m.sent = m.syncs_sent + 1, stop
                 close, need = max(close, t0 + (up + leg.up_l)), need + 1
             end = ended = max(close, self.free) + self.aggregate * need
-            self.busy, self.free = self.busy + self.aggregate * need, end
-            for c, plan in enumerate(self.plan):  # its download: after its last round, or its server's epoch's last
+            self.busy, self.free, self.last = self.busy + self.aggregate * need, end, max(self.last, end)
+            for c, plan in enumerate(self.plan):  # its next round's download: after its server's round before it
                 nxt = plan[self.pos[c]][0] if self.pos[c] < len(plan) else None
                 if closing and nxt is not None and nxt // self.slots != r // self.slots:
                     continue  # after the epoch's closing round
-                if (nxt is None and plan and plan[-1][0] == r) or (nxt is not None and nxt == after):
+                if nxt is not None and nxt == after:
                     self.download(c, end)
         return ended
 

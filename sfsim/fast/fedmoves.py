@@ -58,7 +58,7 @@ def _transfer(S, M, K, Q, CNT, now, i, up, last):
     else:
         leg = fg.leg_at(DI, LF, i, now)
         secs = rates.span(P, LI[fg.L_DOWN, leg], now, bits[i], 1.0)
-        if DI[i, fg.R] + 1 < DI[i, fg.ROUNDS] and _present(P, DI, DF, i, now):
+        if _present(P, DI, DF, i, now):  # the round's average, counted as the runtime sends it
             DI[i, fg.DOWNLOADS] += 1
     if now + secs > DF[i, fg.STOP] or secs == math.inf:
         fg.leave_at(S, M, N, Q, CNT, now, i, _gone(P, DI, DF, i, now), DI[i, fg.SYNCS])
@@ -86,11 +86,9 @@ def _step(S, M, K, Q, CNT, now, i, acc):
     while True:
         pc = DI[i, fg.PC]
         if pc == fg.BEGIN:
-            if DI[i, fg.R] >= DI[i, fg.ROUNDS]:
-                DI[i, fg.PC] = fg.OVER
-                continue
-            if DI[i, fg.R] == 0:  # the first round's average (device_process)
-                DI[i, fg.DOWNLOADS] += 1
+            DI[i, fg.PC] = fg.OVER if DI[i, fg.R] >= DI[i, fg.ROUNDS] else fg.DOWN  # the round's average first
+            continue
+        if pc == fg.TRAIN:
             _, first, last = fg.plan(DI, N, PS, i, DI[i, fg.R])
             t, done, steps, cut = _local_net(D, N, P, DI[i, fg.PAUSE], i, first, last, acc, now, DF[i, fg.STOP])
             DI[i, fg.DONE_MB] += done
@@ -106,7 +104,7 @@ def _step(S, M, K, Q, CNT, now, i, acc):
             if not _transfer(S, M, K, Q, CNT, now, i, pc == fg.UP, fg.plan(DI, N, PS, i, DI[i, fg.R])[2]):
                 DI[i, fg.PC] = fg.OVER
                 continue
-            DI[i, fg.PC] = fg.ARRIVE if pc == fg.UP else fg.NEXT
+            DI[i, fg.PC] = fg.ARRIVE if pc == fg.UP else fg.TRAIN
             return
         if pc == fg.ARRIVE:
             r = fg.plan(DI, N, PS, i, DI[i, fg.R])[0]
@@ -126,7 +124,7 @@ def _step(S, M, K, Q, CNT, now, i, acc):
             if _evaluated(S, M, K, Q, CNT, now, i):
                 return
         if DI[i, fg.PC] == fg.EVALUATED:
-            DI[i, fg.PC] = fg.DOWN
+            DI[i, fg.PC] = fg.NEXT
             continue
         if pc == fg.NEXT:
             DI[i, fg.R] += 1

@@ -2,10 +2,10 @@
 
 The SimPy schedule (:mod:`sfsim.schedules.fedsync`) runs each server's rounds as the runtime forms them: the
 server sends ``round`` to every device it holds that still has data this epoch; each downloads the last average
-(none before its first round), trains its round's micro-batches and uploads; once the last upload has arrived the
+(the initial adapters before its first round), trains its round's micro-batches and uploads; once the last upload has arrived the
 server averages (``aggregate`` seconds per upload, on its lane) and joins its backhaul round
-(:meth:`sfsim.network.backhaul.ServerRounds.fed_round`) before the next round; a device's last round of the run
-ends with its download of the average. Each epoch ends with the drain and closing rounds.
+(:meth:`sfsim.network.backhaul.ServerRounds.fed_round`) before the next round; nothing goes down after a device's
+last round. Each epoch ends with the drain and closing rounds.
 
 On constant links nothing else moves, so a server's rounds are a recurrence (as :func:`sfsim.fast.fedlora.rounds`,
 each float as the SimPy processes compute it: ``now + (t - now)`` for a timeout to ``t``): :func:`server_run` is
@@ -42,7 +42,7 @@ _JOINT, _EVERY = range(2)  # Y: the sync knobs
 
 
 @njit
-def _round(D, N, DI, DF, per, accumulate, slot, slots, now):
+def _round(D, N, DI, per, accumulate, slot, slots, now):
     """Every device's round in FedAvg ``slot`` from the server's ``now``: (the latest upload's arrival, uploads, and
     whether some device has a round in the next slot of the epoch)."""
     close, need, more = -np.inf, 0, False
@@ -50,10 +50,8 @@ def _round(D, N, DI, DF, per, accumulate, slot, slots, now):
         first, stop = fed._span(N, i, slot, per, slots)
         if first == stop:
             continue
-        s = now
-        DI[_DOWNS, i] += 1  # the round's average, counted as the runtime sends it (the first one at no cost)
-        if DI[_U, i] > 0:  # the last average's download first
-            s = now + (D[fed._DOWN, i] + D[fed._DOWN_L, i])
+        DI[_DOWNS, i] += 1  # the round's average (the initial adapters' for the first), as the runtime sends it
+        s = now + (D[fed._DOWN, i] + D[fed._DOWN_L, i])
         t, k = fed._local(D, N, i, first, stop, accumulate, s)
         DI[_STEPS, i] += k
         DI[_DONE, i] += stop - first
@@ -77,16 +75,16 @@ def _aggregate(S, now, dur):
 
 
 @njit
-def server_run(D, N, DI, DF, per, accumulate, aggregate, epochs, slots, S, X, Y, wait):
+def server_run(D, N, DI, per, accumulate, aggregate, epochs, slots, S, X, Y, wait):
     """One server's rounds over the run's ``epochs``, stopping where it joins a backhaul round (:data:`AFTER`,
     ``X[2]``: whether it still trains) and at each epoch's end (:data:`FINISH`): its time in ``X[0]``, and it goes on
     from ``X[1]``, after each epoch's but the last its epoch-end wait of ``wait`` seconds (``Server.run``: evaluation,
-    adapter, checkpoint; 0: none). ``DF``: each device's last download's end (-inf: none)."""
+    adapter, checkpoint; 0: none)."""
     now, steps = 0.0, 0
     for e in range(epochs):
         q = 0
         while q < slots:
-            close, need, more = _round(D, N, DI, DF, per, accumulate, e * slots + q, slots, now)
+            close, need, more = _round(D, N, DI, per, accumulate, e * slots + q, slots, now)
             if need == 0:
                 break
             now = close
@@ -97,10 +95,6 @@ def server_run(D, N, DI, DF, per, accumulate, aggregate, epochs, slots, S, X, Y,
                 yield lockstep.AFTER
                 t = X[1]
             now = max(now, t)
-            for i in range(N.shape[1]):  # the run's last round of a device: its download of the average now
-                first, stop = fed._span(N, i, e * slots + q, per, slots)
-                if first < stop and DI[_U, i] == DI[_TOTAL, i]:  # not counted: the runtime sends none
-                    DF[i] = now + (D[fed._DOWN, i] + D[fed._DOWN_L, i])
             q += 1
         X[0] = now
         yield lockstep.FINISH
@@ -115,7 +109,7 @@ def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs:
     """:func:`server_run` on time-varying links (:func:`sfsim.fast.fedlora.varying_only`), in Python: each adapter
     transfer integrates its leg's rate (:func:`sfsim.network.legs.span`, as ``sfsim.schedules.fedsync._transfer``), the
     local work is :func:`sfsim.fast.fedlora._local`; the devices' motions get what the SimPy run leaves on them."""
-    D, N, DI, DF, S, X, Y = loop.D, loop.N, loop.DI, loop.DF, loop.S, loop.X, loop.Y
+    D, N, DI, S, X, Y = loop.D, loop.N, loop.DI, loop.S, loop.X, loop.Y
     motions = [job.network.motions[i] for i in loop.members]
     compile_draws(r for m in motions for leg in m.legs for r in (leg.rate, leg.down))  # the same steps, compiled
     for m in motions:
@@ -128,10 +122,9 @@ def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs:
                 first, stop = fed._span(N, c, e * slots + q, per, slots)
                 if first == stop:
                     continue
-                m, s = motions[c], now
-                m.downloads += 1  # the round's average, counted as the runtime sends it (the first one at no cost)
-                if DI[_U, c] > 0:  # the last average's download first
-                    s = _download(d, m, now)
+                m = motions[c]
+                m.downloads += 1  # the round's average (the initial adapters' for the first), as the runtime sends it
+                s = _download(d, m, now)
                 t, k = fed._local(D, N, c, first, stop, accumulate, s)
                 m.done, m.steps = m.done + (stop - first), m.steps + int(k)
                 t0 = s + (t - s)  # the timeout to the local work's end
@@ -156,9 +149,6 @@ def _varying_run(job, loop, per: int, accumulate: int, aggregate: float, epochs:
                 yield lockstep.AFTER
                 t = X[1]
             now = max(now, t)
-            for c in got:  # the run's last round of a device: its download of the average now
-                if DI[_U, c] == DI[_TOTAL, c]:
-                    DF[c] = _download(loop.mine[c], motions[c], now)
         X[0] = now
         yield lockstep.FINISH
         now = X[1]
@@ -173,7 +163,7 @@ def _moving_run(job, loop, per: int, accumulate: int, aggregate: float, epochs: 
     Python, as ``sfsim.schedules.fedsync``'s ``Server.epoch`` and ``device``: a round ends at the latest of its
     devices' messages (an upload's arrival, or a leave: when the device goes, or at once for one that has left); a
     device's epoch ends with its last upload or when it leaves. The devices' motions get what the SimPy run leaves."""
-    S, X, Y, DF = loop.S, loop.X, loop.Y, loop.DF
+    S, X, Y = loop.S, loop.X, loop.Y
     motions = [job.network.motions[i] for i in loop.members]
     compile_draws(r for m in motions for leg in m.legs for r in (leg.rate, leg.down))  # the same steps, compiled
     plans = [fl.round_plan(d.n, d.per_epoch, per, slots) for d in loop.mine]
@@ -197,9 +187,6 @@ def _moving_run(job, loop, per: int, accumulate: int, aggregate: float, epochs: 
                 yield lockstep.AFTER
                 t = X[1]
             now = max(close, t)
-            for c in got:  # the run's last round of a device: its download of the average now
-                if done[c] == len(plans[c]):
-                    DF[c] = _final(loop.mine[c], motions[c], now)
         X[0] = now
         yield lockstep.FINISH
         now = X[1]
@@ -216,17 +203,14 @@ def _device_round(loop, c: int, m, plan: list, done: list, now: float, accumulat
     if m.gone < math.inf or m.start == math.inf:  # it has left (or never comes): a leave at once
         m.gone = min(m.gone, now)
         return now, 0
-    if u == 0:
-        m.downloads += fs.present(m, now, stop)  # the first round's average (at no cost)
     t = m.start if m.churn == "drop" and m.start > now else now  # it joins at its first online instant
-    if u:  # the last average's download
-        leg = m.legs[m.leg_at(t)]
-        secs = span(leg.down_rate(m.pause), t, d.sync_bytes * 8.0)
-        m.downloads += fs.present(m, t, stop)
-        if t + secs > stop or secs == math.inf:
-            return _leaves(m, t, fs._gone(m, t, stop))
-        m.recv_s += online(m.pause, t, t + secs)
-        t = t + (secs + leg.down_l)
+    leg = m.legs[m.leg_at(t)]  # the round's average (the initial adapters' for the first)
+    secs = span(leg.down_rate(m.pause), t, d.sync_bytes * 8.0)
+    m.downloads += fs.present(m, t, stop)
+    if t + secs > stop or secs == math.inf:
+        return _leaves(m, t, fs._gone(m, t, stop))
+    m.recv_s += online(m.pause, t, t + secs)
+    t = t + (secs + leg.down_l)
     _, first, last = plan[u]
     end, cut = _train(loop, c, m, first, last, accumulate, t)
     if cut is not None:  # it leaves: from the start of the op it could not end
@@ -270,18 +254,6 @@ def _train(loop, c: int, m, first: int, last: int, accumulate: int, t: float) ->
     return t, None
 
 
-def _final(d, m, t: float) -> float:
-    """The run's last download of a device from ``t`` (not counted: the runtime sends none); when it has it (-inf
-    when the device leaves first)."""
-    leg = m.legs[m.leg_at(t)]
-    secs = span(leg.down_rate(m.pause), t, d.sync_bytes * 8.0)
-    if t + secs > m.stop or secs == math.inf:
-        m.gone = min(m.gone, fs._gone(m, t, m.stop))
-        return -math.inf
-    m.recv_s += online(m.pause, t, t + secs)
-    return t + (secs + leg.down_l)
-
-
 def _download(d, m, t: float) -> float:
     """A device's download of the average from ``t`` on its leg's varying rate; when it has it."""
     leg = m.legs[0]
@@ -301,12 +273,11 @@ class _Loop:
         self.D, self.N = fed.layout(self.mine)
         self.DI = np.zeros((5, len(self.mine)), np.int64)
         self.DI[_TOTAL] = [fl.count(d.n, d.per_epoch, per) for d in self.mine]
-        self.DF = np.full(len(self.mine), -np.inf)
         self.S, self.X = np.zeros(2), np.zeros(3)
         self.Y = np.array([joint, job.sync.every], np.int64)
         knobs = (per, int(cfg.accumulate), float(job.servers[k].aggregate), int(job.sync.epochs), slots, float(wait))
         if job.network is None:
-            self.gen = server_run(self.D, self.N, self.DI, self.DF, *knobs[:-1], self.S, self.X, self.Y, knobs[-1])
+            self.gen = server_run(self.D, self.N, self.DI, *knobs[:-1], self.S, self.X, self.Y, knobs[-1])
         else:
             self.gen = (_varying_run if fed.varying_only(job.network, job) else _moving_run)(job, self, *knobs)
 
@@ -341,7 +312,6 @@ def replay(job, cfg, waits: dict[str, float] | None = None) -> tuple[dict, dict,
                 m.switched_at = [min(plan[u][1] if u < len(plan) else d.n, m.sent) for u in moved]
             devices[d.name] = {"busy": d.units(done) * (d.f + d.b + d.w) + steps * d.step + d.first_extra(done),
                                "up": ups * d.sync_bytes, "down": downs * d.sync_bytes}
-            makespan = max(makespan, float(loop.DF[c]))
     return devices, busy, makespan, closed
 
 

@@ -1,16 +1,16 @@
 """FedLoRA: every device trains LoRA on the whole model; FedAvg rounds whose membership follows the network.
 
-Rounds are formed per epoch, as the runtime's (:func:`round_plan`): a round of a device is ``local_steps``
-micro-batches (or what is left of its epoch: a round never runs into the next epoch) of ``F``, ``B``, ``W``
-through the whole model with a ``step`` after every ``accumulate`` micro-batches and one at the
-round's end for a partial window; a device whose epoch has fewer rounds than another's of its server waits
-for the server's epoch to end (its next round's download starts after the epoch's last FedAvg); the adapter upload (every block and the head); the FedAvg of its
-server (``aggregate`` once every expected upload has arrived); the download of the average. The first
-round starts at time 0 with the initial adapters already on the devices; the last round also
-downloads. Downloaded bytes count what the runtime's server sends: the average once per round a device is in,
-the first round's included, even when the device drops before it arrives (a send counts unless the device has
-already left: ``trainer.transport.dynamics.departed``); the run's last download takes its time but is not counted.
-FedAvg FLOPs are not counted.
+Rounds are formed per epoch, as the runtime's (:func:`round_plan`): a round of a device is the download of the
+global adapter (the server's ``round`` message: the initial adapters for the run's first round, from time 0; the
+last average for the others); ``local_steps`` micro-batches (or what is left of its epoch: a round never runs into
+the next epoch) of ``F``, ``B``, ``W`` through the whole model with a ``step`` after every ``accumulate``
+micro-batches and one at the round's end for a partial window; the adapter upload (every block and the head); the
+FedAvg of its server (``aggregate`` once every expected upload has arrived). This is the runtime's protocol, plain
+FedAvg: broadcast, local training, upload, aggregate; nothing goes down after a device's last round. A device whose
+epoch has fewer rounds than another's of its server waits for the server's epoch to end (its next round's download
+starts after the epoch's last FedAvg). Downloaded bytes count what the runtime's server sends: the average once per
+round a device is in, even when the device drops before it arrives (a send counts unless the device has already
+left: ``trainer.transport.dynamics.departed``). FedAvg FLOPs are not counted.
 
 One device process (:func:`device_process`) for every device, under the rules of
 :mod:`sfsim.network.legs`: a transfer uses the leg holding when it starts and integrates its rate;
@@ -449,8 +449,10 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, plan: list
         return
     if m.churn == "drop" and m.start > 0:
         yield engine.at(m.start)  # it joins at its first online instant
-    m.downloads += 1  # the first round's average (the runtime sends it; here the initial adapters, at no cost)
     for u, (r, first, last) in enumerate(plan):
+        # the round's average (the initial adapters for the first round) comes down before the device trains
+        if (yield from _transfer(engine, members, i, d, m, False, constant, stop)) is None:
+            return
         t = env.now
         for n in range(first, last):  # local training, by arithmetic (as the static schedule)
             x = d.size(n)  # the last micro-batch of an epoch may be partial
@@ -465,7 +467,7 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, plan: list
                     return
                 m.steps += 1
         yield env.timeout(t - env.now)
-        # the adapter upload, then the average's download, each on the leg holding when it starts
+        # the adapter upload, on the leg holding when it starts
         leg = yield from _transfer(engine, members, i, d, m, True, constant, stop, last)
         if leg is None:
             return
@@ -477,13 +479,11 @@ def device_process(engine, members: Membership, i: int, d, m: Motion, plan: list
         if u + 1 < len(plan):
             yield from group.closing(r, plan[u + 1][0])  # a new epoch: after the epoch's closing round
             yield from group.evaluated(r, plan[u + 1][0])  # and after the server's evaluation
-        if (yield from _transfer(engine, members, i, d, m, False, constant, stop, final=u + 1 == len(plan))) is None:
-            return
 
 
 def _transfer(engine, members: Membership, i: int, d, m: Motion, up: bool, constant: bool, stop: float,
-              last: int = 0, final: bool = False):
-    """Device ``i`` sends its adapter (``up``) or receives the average from now, over the leg holding now.
+              last: int = 0):
+    """Device ``i`` sends its adapter (``up``) or receives its next round's average from now, over the leg holding now.
 
     An upload (of the micro-batches before ``last``) applies the handovers due first. Returns (as a
     generator, when it has arrived) that leg, or None when the device leaves before it ends.
@@ -496,7 +496,7 @@ def _transfer(engine, members: Membership, i: int, d, m: Motion, up: bool, const
     else:
         leg = m.legs[m.leg_at(t)]
         secs = d.sync_down_s if constant else span(leg.down_rate(pause), t, d.sync_bytes * 8.0)
-        m.downloads += not final and fedsync.present(m, t, stop)  # the next round's average, sent even if cut off
+        m.downloads += fedsync.present(m, t, stop)  # the round's average, sent even if cut off
     if t + secs > stop or secs == math.inf:
         members.leave_at(i, _gone(m, t, stop), m.syncs_sent)
         return None

@@ -8,7 +8,7 @@ The runtime's rounds are per server, not per device: a server's loop (:meth:`Ser
 (:meth:`ServerRounds.finish`, the runtime's ``fed_finish``), at each epoch's end, before the next epoch's first round.
 
 A device (:func:`device`) trains its rounds of :func:`sfsim.schedules.fedlora.round_plan` one per ``round`` it gets
-from its server, as the runtime's device: the average's download (none before the run's first round), ``local_steps``
+from its server, as the runtime's device: the average's download (the initial adapters' for the first), ``local_steps``
 micro-batches with their optimizer steps, the upload. The messages, as the runtime's (``trainer.transport.handover``):
 
 * an upload that starts at or after a handover goes to the new server: ``moved`` to the old one (its round stops
@@ -22,9 +22,9 @@ micro-batches with their optimizer steps, the upload. The messages, as the runti
   round whose expected devices all left or moved away ends empty (a backhaul round all the same), and in a later
   epoch a device that has left answers its server's round with ``leave`` at once.
 
-Downloads, as the per-device schedule times them: one per upload (the first round starts with the initial adapters
-on the devices, the run's last round also downloads); counted as the runtime's server sends them: one per round a
-device is in (the first round's included, a download cut off too; :func:`present`), the run's last not. Figures are those of :mod:`sfsim.schedules.fedlora`'s devices.
+Downloads, as the runtime's: one at the start of each round a device is in (the first round's the initial adapters,
+none after the run's last FedAvg); counted as the runtime's server sends them (a download cut off too; :func:`present`).
+Figures are those of :mod:`sfsim.schedules.fedlora`'s devices.
 """
 
 from __future__ import annotations
@@ -108,9 +108,6 @@ class Server:
             t = yield from self.sync.fed_round(t, last=sum(left.values()) == 0 and not waiting)
             if t > self.env.now:
                 yield fleet.engine.at(t)
-            for i in got:  # the run's last round of a device: its download of the average now
-                if fleet.rounds_left(i) == 0:
-                    fleet.boxes[i].put(("last", e))
 
     def collect(self, e: int, active: list[int], left: dict[int, int], waiting: set[int]):
         """The round's uploads (a generator returning the devices averaged), as the runtime's ``_collect``."""
@@ -160,7 +157,6 @@ class Fleet:
         self.boxes = {i: Box(engine.env) for i in motions}
         self.leg = dict.fromkeys(motions, 0)  # the leg each device last sent on
         self.at = {i: m.legs[0].server for i, m in motions.items()}  # the server each device talks to
-        self.done_rounds = dict.fromkeys(motions, 0)
         self.servers: list[Server] = []
 
     def epoch_of(self, i: int, u: int) -> int:
@@ -175,10 +171,6 @@ class Fleet:
         """The micro-batch after the last of the epoch of device ``i``'s ``u``-th round."""
         e = self.epoch_of(i, u)
         return max(hi for r, _, hi in self.plan[i] if r // self.slots == e)
-
-    def rounds_left(self, i: int) -> int:
-        """Rounds device ``i`` has not uploaded yet."""
-        return len(self.plan[i]) - self.done_rounds[i]
 
     def post(self, k: int, msg: tuple, t: float | None = None) -> None:
         """Deliver ``msg`` to server ``k`` now or at ``t``."""
@@ -216,8 +208,6 @@ class Fleet:
         ``e`` its server sends): ``leave`` to its server."""
         m = self.motions[i]
         m.gone = min(m.gone, t)
-        if e is None and u >= len(self.plan[i]):  # the run's last download: nobody waits for it
-            return
         e = self.epoch_of(i, u) if e is None else e
         self.post(self.at[i], ("leave", i, 0, e), t)
         self.close(i, e, t)
@@ -258,8 +248,8 @@ def _finish(fleet: Fleet, i: int, d, m: Motion) -> None:
 
 
 def device(fleet: Fleet, i: int, accumulate: int, constant: bool):
-    """One device: a round for each ``round`` its server sends (once it has left, a ``leave`` for each), then the
-    last download. ``constant``: one leg with constant rates (the stage times), else each transfer integrates its
+    """One device: a round for each ``round`` its server sends (once it has left, a ``leave`` for each).
+    ``constant``: one leg with constant rates (the stage times), else each transfer integrates its
     rate."""
     engine, d, m, plan, box = fleet.engine, fleet.job.devices[i], fleet.motions[i], fleet.plan[i], fleet.boxes[i]
     for u in range(len(plan)):
@@ -267,20 +257,16 @@ def device(fleet: Fleet, i: int, accumulate: int, constant: bool):
         while m.gone < math.inf or m.start == math.inf:  # it has left (or never comes): its server stops waiting
             fleet.leave(i, u, engine.env.now, e)
             _, e = yield from box.get()
-        m.downloads += u == 0 and present(m, engine.env.now, m.stop)  # the first round's average (at no cost)
         yield from _round(fleet, i, d, m, u, accumulate, constant)
-    if plan and m.gone == math.inf:
-        yield from box.get()
-        yield from _transfer(fleet, i, d, m, False, constant, len(plan))
 
 
 def _round(fleet: Fleet, i: int, d, m: Motion, u: int, accumulate: int, constant: bool):
-    """Device ``i``'s ``u``-th round from now: the average's download (none before the run's first round), local
+    """Device ``i``'s ``u``-th round from now: the average's download (the initial adapters' for the first), local
     training, the upload to the server of the leg holding when it starts (and, its epoch over, the ``join`` of 0)."""
     engine, (_, first, last) = fleet.engine, fleet.plan[i][u]
     if m.churn == "drop" and m.start > engine.env.now:
         yield engine.at(m.start)  # it joins at its first online instant
-    if u and not (yield from _transfer(fleet, i, d, m, False, constant, u)):
+    if not (yield from _transfer(fleet, i, d, m, False, constant, u)):
         return
     t = _train(fleet, i, d, m, first, last, accumulate, u)
     if t is None:
@@ -337,7 +323,7 @@ def _transfer(fleet: Fleet, i: int, d, m: Motion, up: bool, constant: bool, u: i
         secs = d.sync_up_s if constant else span(leg.up_rate(pause), t, d.sync_bytes * 8.0)
     else:
         secs = d.sync_down_s if constant else span(leg.down_rate(pause), t, d.sync_bytes * 8.0)
-        m.downloads += u < len(fleet.plan[i]) and present(m, t, stop)  # round u's average, sent even if cut off
+        m.downloads += present(m, t, stop)  # round u's average, sent even if cut off
     if t + secs > stop or secs == math.inf:
         fleet.leave(i, u, _gone(m, t, stop))
         return False
@@ -350,7 +336,6 @@ def _transfer(fleet: Fleet, i: int, d, m: Motion, up: bool, constant: bool, u: i
         m.recv_s += online(pause, t, t + secs)
     yield engine.env.timeout(secs + (leg.up_l if up else leg.down_l))
     if up:
-        fleet.done_rounds[i] = u + 1
         fleet.post(fleet.at[i], ("adapter", i, k, fleet.epoch_of(i, u)))
     return True
 
