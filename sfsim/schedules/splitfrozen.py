@@ -90,14 +90,16 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         up = cm.uplink_bytes(k)
         enc, dec = cm.codec_seconds(d, "encode"), cm.codec_seconds(srv, "decode")  # wire codec (0 for fp32)
         dt = DeviceTimes(d.name, idx[srv.name], n, sent, f=cm.seconds(prefix, d)[0] + enc,
-                         up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, srv_f=sf + dec, srv_b=sb, srv_w=sw,
+                         up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, down_l=d.downlink.latency,
+                         srv_f=sf + dec, srv_b=sb, srv_w=sw,
                          up_bytes=up, act_bytes=cm.activation_bytes(k), **setup.partial(d))
         job.devices.append(dt)
         job.device_flops[d.name] = dt.units(sent) * prefix.f
         job.server_flops[srv.name] += dt.units(n) * suffix.total
     job.network = network(setup, job)
     # several servers: the backhaul rounds (sfsim.network.backhaul), the closing ones without training.sync
-    job.sync = sync_spec(sc, cm.adapter_bytes(range(ls, sc.arch.n_layers), head=True))  # the server's LoRA and head
+    payload = cm.adapter_bytes(range(ls, sc.arch.n_layers), head=True)  # the server's LoRA and head
+    job.sync = sync_spec(sc, payload)
     return job
 
 
@@ -180,6 +182,14 @@ def _gate(pool: ServerPool, n: int, d: DeviceTimes):
     return pool.epoch_start(n // d.per_epoch)
 
 
+def _started(opened: float, down_l: float) -> float:
+    """When a device's ``start`` for a later epoch comes: its server opened the epoch at ``opened`` and sent it down
+    the device's downlink (``down_l``: the leg's latency; the message has no payload, so it takes the latency only,
+    as the runtime's ``trainer.transport.distributed`` shapes it). The runtime's device forwards nothing of an epoch
+    before its ``start`` (its credits are the epoch's); the run's first epoch needs none (its ``start`` is setup)."""
+    return opened + down_l
+
+
 def start_device(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion | None,
                  sequential: bool = False) -> None:
     """Start device ``i``'s process (nothing when it sends nothing): :func:`device_process`.
@@ -252,7 +262,7 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
             f_start = t0
         if (gate := _epoch_sent(pools, pool, i, d, m, j, n)) is not None:  # the server holding it starts its next
             yield gate
-            f_start = link_free = env.now
+            f_start = link_free = _started(env.now, d.down_l if constant else legs[j].down_l)
     if not constant:
         _left(pools, i, d, m, j, n)
 
@@ -490,8 +500,9 @@ class _Pipelined:
             acct.wait(self.env._now, self._pending(self._send))  # fires when granted
 
     def _epoch(self, _ev) -> None:
-        """The server opened the next epoch: forward its first micro-batch from now."""
-        self.f_start = self.link_free = self.env._now
+        """The server opened the next epoch: forward its first micro-batch once its ``start`` has come (one downlink
+        latency later, :func:`_started`)."""
+        self.f_start = self.link_free = _started(self.env._now, self.d.down_l)
         self._next()
 
     def _pending(self, callback):
