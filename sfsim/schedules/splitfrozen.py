@@ -61,7 +61,7 @@ from sfsim.network.availability import next_online
 from sfsim.network.backhaul import PoolRounds, sync_spec
 from sfsim.network.legs import Motion, online, record_online, span
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, link_seconds
-from sfsim.schedules.frozennet import Network, motions, network, pool_views  # noqa: F401 - re-exported
+from sfsim.schedules.frozennet import Network, closing_barrier, motions, network, pool_views  # noqa: F401 - re-exported
 from sfsim.schedules.network import cached_moves, trace_moves, watch_departures
 
 
@@ -99,7 +99,7 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
     job.network = network(setup, job)
     # several servers: the backhaul rounds (sfsim.network.backhaul), the closing ones without training.sync
     payload = cm.adapter_bytes(range(ls, sc.arch.n_layers), head=True)  # the server's LoRA and head
-    job.sync = sync_spec(sc, payload)
+    job.sync = sync_spec(sc, payload) or closing_barrier(sc, payload)  # no link: each epoch's round, a barrier
     return job
 
 
@@ -349,10 +349,11 @@ def _not_open(pools: list[ServerPool], d: DeviceTimes, m: Motion | None, n: int,
     """The start of epoch ``e`` of micro-batch ``n`` on the server of the leg holding at ``ready``, when that server
     runs one epoch at a time and has not opened ``e`` yet (else None): the device waits for it before its send.
 
-    Without a backhaul each server opens its next epoch as soon as its own ends (and its epoch-end wait): a device
-    that finished epoch ``e - 1`` on a fast server may hand over to a slower one still in ``e - 1``. The runtime's
-    servers close every epoch together (``ServerSync.finish``), so its device never sends a micro-batch of epoch
-    ``e`` before its new server opens ``e``; counted in the old epoch there, it broke that server's books.
+    The servers leave each epoch together (its closing round, :func:`closing_barrier` without a link) but open the
+    next after their own epoch-end waits: a device that finished epoch ``e - 1`` on a server with a short wait may
+    hand over to one still in its wait. The runtime's device never sends a micro-batch of epoch ``e`` before its new
+    server opens ``e`` (``ServerSync.finish``, then the wait); counted in the old epoch there, it broke that server's
+    books.
     """
     if m is None or n >= d.sent or ready == math.inf:
         return None
