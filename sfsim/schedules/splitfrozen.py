@@ -29,7 +29,8 @@ follows its legs); the timing rules above, in general::
                   reaches the micro-batch's bits;  arrival[n] = send_end[n] + latency
 
 Sequential ablation: F_start[n+1] is the release of micro-batch n (its W ended on the server).
-SplitFrozen sends nothing down, so a time-varying downlink changes nothing there. The leg holding
+SplitFrozen sends no payload down (a later epoch's ``start`` takes the downlink's latency
+only: :func:`_started`), so a time-varying downlink rate changes nothing there. The leg holding
 at ``send_start`` takes the micro-batch. The server pools learn of moves as they happen through
 their public operations (:meth:`~sfsim.engine.pool.ServerPool.expect`, ``hand_over``,
 ``withdraw``, ``not_coming``): each pending handover into a pool holds a place in it, so that the
