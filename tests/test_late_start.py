@@ -99,17 +99,13 @@ def second_epoch_sends(events) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a later epoch's start: the runtime's device waits for its server's start "
-                   "message (one downlink latency), the simulator's opens the device at the epoch's start")
 def test_a_far_device_starts_its_second_epoch_when_the_simulator_says(tiny_gpt2, tmp_path):
-    """SplitFrozen over 2 epochs (issue 21, open): the server opens the second epoch after its epoch-end wait and
-    sends each device its ``start`` (the epoch, its credits); that message is the protocol's (the server's credits
-    are per epoch and it takes no micro-batch of an epoch it has not opened), so it takes the downlink's latency and
-    the far device forwards 1 s after the near one (measured: near 0.153 s, far 1.149 s from the epoch-end's end).
-    The simulator opens every device at the epoch's start (``sfsim.engine.worker.WorkerLoop.epoch_start``, the
-    devices' ``_gate`` in ``sfsim.schedules.splitfrozen``; 0.148 s for both). The fix belongs in the simulator: a
-    device's gate is its epoch's start plus its downlink latency (the SimPy gate, ``_Pipelined`` and the fast path's
-    epoch gate together; it moves every multi-epoch SplitFrozen figure by one downlink latency an epoch)."""
+    """SplitFrozen over 2 epochs (issue 21): the server opens the second epoch after its epoch-end wait and sends each
+    device its ``start`` (the epoch, its credits); that message is the protocol's (the server's credits are per epoch
+    and it takes no micro-batch of an epoch it has not opened), so it takes the downlink's latency and the far device
+    forwards 1 s after the near one (measured: near 0.153 s, far 1.149 s from the epoch-end's end). The simulator
+    opened every device at the epoch's start (0.148 s for both) until its device's gate became the epoch's start
+    plus its downlink latency (``sfsim.schedules.splitfrozen._started``, the fast path's ``sfsim.fast.joint._go``)."""
     measured, predicted = (second_epoch_sends(t) for t in _run(tiny_gpt2, tmp_path, "splitfrozen", epochs=2))
     assert set(measured) == set(predicted) == {"near", "far"}, (measured, predicted)
     for name in ("near", "far"):

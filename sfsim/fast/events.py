@@ -27,8 +27,8 @@ def no_refcounts(fn):
 
 FIFO, ROUND_ROBIN, PROPORTIONAL, PACED, POOL = 0, 1, 2, 3, 4
 
-# D rows and N rows
-_F, _WARM, _UP_S, _UP_L, _SRV_F, _SRV_B, _SRV_W, _LAST = range(8)
+# D rows and N rows; _DOWN_L: the downlink's latency, which a later epoch's ``start`` takes (sfsim.fast.joint._go)
+_F, _WARM, _UP_S, _UP_L, _SRV_F, _SRV_B, _SRV_W, _LAST, _DOWN_L = range(9)
 _N, _SENT, _PER_EPOCH = range(3)
 # event kinds (code & 7); code >> 3 is the device, worker or alarm number. An alarm with number j > 0 is
 # device j - 1's soft timer (sfsim.fast.moving); _AFTER_F of a moving device: its credit wait was cancelled

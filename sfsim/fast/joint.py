@@ -39,6 +39,7 @@ from sfsim.fast.events import (
     _CODE_MASK,
     _DEV_BITS,
     _DEV_MASK,
+    _DOWN_L,
     _EID,
     _FLAGS,
     _GRANT,
@@ -425,17 +426,20 @@ def _gate(X, B, nn, k, j):
 
 @njit
 def _go(events, X, RN, RS, nn, f_start, link_free, ready, G, B, k, now):
-    """Server ``k``'s epoch starts (its event's callbacks): the devices waiting for it forward from now, in the
-    order they came to wait (splitfrozen._Pipelined._epoch, or the process's resume)."""
-    EP, GQ = B[7], B[8]
+    """Server ``k``'s epoch starts (its event's callbacks): the devices waiting for it forward once its ``start`` has
+    come, one downlink latency from now, in the order they came to wait (splitfrozen._Pipelined._epoch, or the
+    process's resume: a sequential device's forward timer is set from then)."""
+    EP, GQ, D2, S2 = B[7], B[8], X[2], X[0]
     par = EP[k, EP_NOW] & 1
     waiting = EP[k, EP_N0 + par]
     EP[k, EP_N0 + par] = 0
     for q in range(EP[k, EP_OFF], EP[k, EP_OFF] + waiting):
         j = GQ[par, q]
-        f_start[j] = now
-        link_free[j] = now
-        if _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, k, j, _START, now):
+        got = now + D2[k, _DOWN_L, j]
+        f_start[j] = got
+        link_free[j] = got
+        at = got if S2[k, _FLAGS] & _SEQUENTIAL else now
+        if _static_step(events, X, RN, RS, nn, f_start, link_free, ready, G, k, j, _START, at):
             _gate(X, B, nn, k, j)
 
 

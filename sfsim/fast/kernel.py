@@ -14,7 +14,7 @@ compiled without reference counting (:func:`no_refcounts`): it allocates nothing
 numba compiles (:mod:`sfsim.fast.jit`): scalars that helpers change live in the int array ``S``
 and the float array ``F`` (slots named below); no SimPy, no I/O.
 
-Arrays passed in: ``D`` (float, 8 x devices: f, warmup, up_s, up_l, srv_f, srv_b, srv_w, last) and
+Arrays passed in: ``D`` (float, 9 x devices: f, warmup, up_s, up_l, srv_f, srv_b, srv_w, last, down_l) and
 ``N`` (int, 3 x devices: n, sent, per_epoch). Policy codes: 0 fifo, 1 round-robin, 2 proportional,
 3 paced (its order given as segments: ``order[start[s]:start[s] + length[s]]``, ``repeats[s]`` times).
 """

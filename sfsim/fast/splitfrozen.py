@@ -49,12 +49,12 @@ POLICY_CODES = {"fifo": FIFO, "round-robin": ROUND_ROBIN, "proportional": PROPOR
 """Server policies the fast path replays (every one: ``pool``'s random draws are Python's, :mod:`sfsim.fast.pool`)."""
 _UNLIMITED = 1 << 62  # Senders' "no limit" (math.inf) as an int
 
-_FLOATS = ("f", "warmup", "up_s", "up_l", "srv_f", "srv_b", "srv_w", "last")  # the kernel's D rows
+_FLOATS = ("f", "warmup", "up_s", "up_l", "srv_f", "srv_b", "srv_w", "last", "down_l")  # the kernel's D rows
 _INTS = ("n", "sent", "per_epoch")  # its N rows
 
 
 def layout(devices: list) -> tuple[np.ndarray, np.ndarray]:
-    """The kernel's per-device rows: D (8 x devices, seconds and sizes) and N (3 x devices, counts)."""
+    """The kernel's per-device rows: D (9 x devices, seconds and sizes) and N (3 x devices, counts)."""
     floats, ints = attrgetter(*_FLOATS), attrgetter(*_INTS)
     D = np.array([floats(d) for d in devices], np.float64).reshape(-1, len(_FLOATS)).T
     N = np.array([ints(d) for d in devices], np.int64).reshape(-1, len(_INTS)).T

@@ -132,10 +132,10 @@ def _static_kernel() -> None:
     """The all-static SplitFrozen replay the planner's enumeration calls (:func:`sfsim.fast.kernel.replay_server`)."""
     import numpy as np
 
-    from sfsim.fast.kernel import replay_server
+    from sfsim.fast.kernel import _LAST, replay_server
 
-    D, N = np.full((8, 1), 0.01), np.ones((3, 1), np.int64)  # one device, one micro-batch, whole (D's last row: 1)
-    D[-1] = 1.0
+    D, N = np.full((9, 1), 0.01), np.ones((3, 1), np.int64)  # one device, one micro-batch, whole (D's last row: 1)
+    D[_LAST] = 1.0
     replay_server(D, N, 1, 0.0, 1, 1, 0, 0, 0.0, (np.zeros(0, np.int64),) * 4)
 
 

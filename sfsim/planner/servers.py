@@ -55,7 +55,7 @@ class ServerSim:
         self.scenario, self.cm, self.table, self.schedule = scenario, cm, table, schedule
         self.cfg = ReplayConfig.from_training(scenario.training)
         self.sequential = schedule == "splitfrozen-sequential"
-        self.rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cut index -> (8, T, J), (3, T, J)
+        self.rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cut index -> (9, T, J), (3, T, J)
         self.memo: dict[tuple, float] = {}
         self.runs = 0  # server replays so far
         self.closing = False
@@ -91,7 +91,7 @@ class ServerSim:
         return sc, names
 
     def _rows(self, ki: int) -> tuple[np.ndarray, np.ndarray]:
-        """Kernel rows of every type on every server at cut index ``ki``: (8, types, servers), (3, types, servers)."""
+        """Kernel rows of every type on every server at cut index ``ki``: (9, types, servers), (3, types, servers)."""
         if ki not in self.rows:
             sc, names = self._stand_ins()
             k = int(self.table.cuts[ki])

@@ -5,8 +5,10 @@ re-exports these names."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
+from sfsim.network.backhaul import SyncSpec
 from sfsim.network.legs import Motion, motion_of, needs_motion
 from sfsim.schedules.network import Untouched, needs_dynamics, not_applicable
 
@@ -17,6 +19,21 @@ class Network:
 
     moving: dict[int, Motion]
     views: list[list]
+
+
+def closing_barrier(sc, payload: float) -> SyncSpec | None:
+    """Each epoch's closing round on links that take no time, on several servers over several epochs with neither
+    ``training.sync`` nor a ``backhaul`` link (:func:`sfsim.network.backhaul.sync_spec` models nothing then), else None.
+
+    ``sfsim run`` on several servers always ends an epoch with its closing round (``train_epoch`` -> ``finish_sync``
+    -> ``ServerSync.finish``, over the servers' admitted channels, unshaped without a link): every server's adapters
+    and head are averaged so that they evaluate and save one logical model. The round takes no time here, but it is a
+    barrier: a server whose epoch ended early waits for the slowest before its epoch-end wait and its next epoch
+    (issue 21: the simulator let it run an epoch ahead). After the last epoch it changes no instant."""
+    tr = sc.training
+    if len(sc.servers) < 2 or tr.sync is not None or tr.epochs < 2 or any(s.backhaul is not None for s in sc.servers):
+        return None
+    return SyncSpec(tuple((s.name, math.inf, 0.0) for s in sc.servers), None, "sync", payload, payload, tr.epochs)
 
 
 def network(setup, job) -> Network | Untouched | None:

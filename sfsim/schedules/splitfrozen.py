@@ -29,7 +29,8 @@ follows its legs); the timing rules above, in general::
                   reaches the micro-batch's bits;  arrival[n] = send_end[n] + latency
 
 Sequential ablation: F_start[n+1] is the release of micro-batch n (its W ended on the server).
-SplitFrozen sends nothing down, so a time-varying downlink changes nothing there. The leg holding
+SplitFrozen sends no payload down (a later epoch's ``start`` takes the downlink's latency
+only: :func:`_started`), so a time-varying downlink rate changes nothing there. The leg holding
 at ``send_start`` takes the micro-batch. The server pools learn of moves as they happen through
 their public operations (:meth:`~sfsim.engine.pool.ServerPool.expect`, ``hand_over``,
 ``withdraw``, ``not_coming``): each pending handover into a pool holds a place in it, so that the
@@ -61,7 +62,7 @@ from sfsim.network.availability import next_online
 from sfsim.network.backhaul import PoolRounds, sync_spec
 from sfsim.network.legs import Motion, online, record_online, span
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, link_seconds
-from sfsim.schedules.frozennet import Network, motions, network, pool_views  # noqa: F401 - re-exported
+from sfsim.schedules.frozennet import Network, closing_barrier, motions, network, pool_views  # noqa: F401 - re-exported
 from sfsim.schedules.network import cached_moves, trace_moves, watch_departures
 
 
@@ -90,14 +91,16 @@ def build(setup: ReplaySetup, cache: bool = False) -> Job:
         up = cm.uplink_bytes(k)
         enc, dec = cm.codec_seconds(d, "encode"), cm.codec_seconds(srv, "decode")  # wire codec (0 for fp32)
         dt = DeviceTimes(d.name, idx[srv.name], n, sent, f=cm.seconds(prefix, d)[0] + enc,
-                         up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, srv_f=sf + dec, srv_b=sb, srv_w=sw,
+                         up_s=link_seconds(up, d.uplink), up_l=d.uplink.latency, down_l=d.downlink.latency,
+                         srv_f=sf + dec, srv_b=sb, srv_w=sw,
                          up_bytes=up, act_bytes=cm.activation_bytes(k), **setup.partial(d))
         job.devices.append(dt)
         job.device_flops[d.name] = dt.units(sent) * prefix.f
         job.server_flops[srv.name] += dt.units(n) * suffix.total
     job.network = network(setup, job)
     # several servers: the backhaul rounds (sfsim.network.backhaul), the closing ones without training.sync
-    job.sync = sync_spec(sc, cm.adapter_bytes(range(ls, sc.arch.n_layers), head=True))  # the server's LoRA and head
+    payload = cm.adapter_bytes(range(ls, sc.arch.n_layers), head=True)  # the server's LoRA and head
+    job.sync = sync_spec(sc, payload) or closing_barrier(sc, payload)  # no link: each epoch's round, a barrier
     return job
 
 
@@ -180,6 +183,14 @@ def _gate(pool: ServerPool, n: int, d: DeviceTimes):
     return pool.epoch_start(n // d.per_epoch)
 
 
+def _started(opened: float, down_l: float) -> float:
+    """When a device's ``start`` for a later epoch comes: its server opened the epoch at ``opened`` and sent it down
+    the device's downlink (``down_l``: the leg's latency; the message has no payload, so it takes the latency only,
+    as the runtime's ``trainer.transport.distributed`` shapes it). The runtime's device forwards nothing of an epoch
+    before its ``start`` (its credits are the epoch's); the run's first epoch needs none (its ``start`` is setup)."""
+    return opened + down_l
+
+
 def start_device(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTimes, m: Motion | None,
                  sequential: bool = False) -> None:
     """Start device ``i``'s process (nothing when it sends nothing): :func:`device_process`.
@@ -252,7 +263,7 @@ def device_process(engine: Engine, pools: list[ServerPool], i: int, d: DeviceTim
             f_start = t0
         if (gate := _epoch_sent(pools, pool, i, d, m, j, n)) is not None:  # the server holding it starts its next
             yield gate
-            f_start = link_free = env.now
+            f_start = link_free = _started(env.now, d.down_l if constant else legs[j].down_l)
     if not constant:
         _left(pools, i, d, m, j, n)
 
@@ -339,10 +350,11 @@ def _not_open(pools: list[ServerPool], d: DeviceTimes, m: Motion | None, n: int,
     """The start of epoch ``e`` of micro-batch ``n`` on the server of the leg holding at ``ready``, when that server
     runs one epoch at a time and has not opened ``e`` yet (else None): the device waits for it before its send.
 
-    Without a backhaul each server opens its next epoch as soon as its own ends (and its epoch-end wait): a device
-    that finished epoch ``e - 1`` on a fast server may hand over to a slower one still in ``e - 1``. The runtime's
-    servers close every epoch together (``ServerSync.finish``), so its device never sends a micro-batch of epoch
-    ``e`` before its new server opens ``e``; counted in the old epoch there, it broke that server's books.
+    The servers leave each epoch together (its closing round, :func:`closing_barrier` without a link) but open the
+    next after their own epoch-end waits: a device that finished epoch ``e - 1`` on a server with a short wait may
+    hand over to one still in its wait. The runtime's device never sends a micro-batch of epoch ``e`` before its new
+    server opens ``e`` (``ServerSync.finish``, then the wait); counted in the old epoch there, it broke that server's
+    books.
     """
     if m is None or n >= d.sent or ready == math.inf:
         return None
@@ -490,8 +502,9 @@ class _Pipelined:
             acct.wait(self.env._now, self._pending(self._send))  # fires when granted
 
     def _epoch(self, _ev) -> None:
-        """The server opened the next epoch: forward its first micro-batch from now."""
-        self.f_start = self.link_free = self.env._now
+        """The server opened the next epoch: forward its first micro-batch once its ``start`` has come (one downlink
+        latency later, :func:`_started`)."""
+        self.f_start = self.link_free = _started(self.env._now, self.d.down_l)
         self._next()
 
     def _pending(self, callback):
