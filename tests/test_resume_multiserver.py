@@ -139,3 +139,28 @@ def test_a_server_stopped_before_its_commit_commits_on_resume(tmp_path):
     save_checkpoint(other, {"w": torch.ones(1)}, {}, {"epoch": 2})
     agree_across_servers(_Links(1, 1.0, 2.0), 0, 2, other, "mec-a")
     assert _epoch(other / "checkpoint.safetensors") == 2
+
+
+def test_servers_agree_over_their_real_backhaul_links_when_one_wrote_a_later_epoch(tmp_path):
+    """Over real backhaul links (``ServerLinks``, which read a vector's last values as a round's opening and instant):
+    server 1 committed epoch 1 and wrote epoch 2 (stopped in the barrier before its commit), server 0 committed epoch 1
+    and was stopped before writing 2. Both resume from epoch 1, on their own clocks near 0. (Its written epoch 2 used to
+    be read as the round's instant, 2 s ahead of server 1's clock: the resume ended 'the servers can no longer agree'.)"""
+    from tests.test_runtime_peer_fields import _linked
+    from trainer.methods.checkpoint import save_checkpoint
+    from trainer.run.resume import NEXT
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        save_checkpoint(folder, {"w": torch.zeros(1)}, {}, {"epoch": 1})
+    save_checkpoint(b, {"w": torch.ones(1)}, {}, {"epoch": 2}, name=NEXT)
+    s0, s1, _ = _linked()
+    s0.now = s1.now = lambda: 0.01
+    got = {}
+    t = threading.Thread(target=lambda: got.update(b=_catch(agree_across_servers, s1, 1, 2, b, "mec-b")))
+    t.start()
+    got["a"] = _catch(agree_across_servers, s0, 0, 2, a, "mec-a")
+    t.join(10)
+    assert got == {"a": None, "b": None}
+    assert (_epoch(a / "checkpoint.safetensors"), _epoch(b / "checkpoint.safetensors")) == (1, 1)

@@ -97,6 +97,8 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
     progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": info["scores"],
                 "lost": method.lost, "not_trained": method.not_trained, "stream": method.server_stream, "extra": meta,
                 "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals}
+    if getattr(method, "cache", None) is not None:  # SplitFrozen's activation cache and who departed (saved_cache)
+        progress["cache"] = saved_cache(out, method, float(info.get("clock_s", 0.0)))
     if method.sync is not None:  # several servers: the backhaul's counters (sync every N steps counts across epochs)
         progress["sync"] = {"steps": method.sync.steps, "rounds": method.sync.rounds, "bytes": method.sync.bytes}
     if method.sync is None:
@@ -106,6 +108,29 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
     written = save_checkpoint(out, tensors, method.optimizers(), progress, name=NEXT)
     method.sync.group.all_reduce(torch.zeros(1))  # a barrier over the backhaul links
     os.replace(written, Path(out) / CHECKPOINT)
+
+
+def saved_cache(out: Path, method, clock_s: float) -> dict:
+    """The activation cache at a checkpoint (``trainer.transport.cache``: its micro-batches saved beside it) and the
+    departures its server has read (each device's ``gone`` stamp on the run's clock: ``clock_s`` is the run's at this
+    attempt's 0), so that a resumed run replays what the interrupted one would have (:func:`restore_cache`)."""
+    method.departures.read()  # every gone that has come counts: the resumed attempt will not be sent it again
+    return {**method.cache.checkpoint(out), "gone": {n: at + clock_s for n, at in method.departures.at.items()}}
+
+
+def restore_cache(out: Path, method, state: dict | None, epoch: int, clock_s: float) -> None:
+    """Inverse of :func:`saved_cache` (``state``: None, a checkpoint without a cache: it fills again on the wire).
+
+    Raises:
+        SfsimError: the saved micro-batches are missing or not the checkpoint's (one line)."""
+    if state is None or getattr(method, "cache", None) is None:
+        return
+    try:
+        method.cache.restore(out, state, epoch)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SfsimError(f"--resume: the activation cache saved with the checkpoint in {out} cannot be read ({err}); "
+                         "start the run again") from None
+    method.departures.at.update({n: float(at) - clock_s for n, at in state["gone"].items()})
 
 
 def _handovers(info: dict) -> list[dict]:
@@ -297,6 +322,7 @@ def _restore(out: Path, setup: Setup, method, losses: list, evals: list, info: d
     if method.sync is not None and "sync" in progress:
         method.sync.steps, method.sync.rounds, method.sync.bytes = (int(progress["sync"][k]) for k in
                                                                      ("steps", "rounds", "bytes"))
+    restore_cache(out, method, progress.get("cache"), progress["epoch"], float(info.get("clock_s", 0.0)))
     method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"],
                           "device_checkpoint": progress["device_checkpoint"]}
     return progress["epoch"]
@@ -405,7 +431,9 @@ def agree_across_servers(links, index: int, n_servers: int, out: Path, name: str
     Anything else (a run stopped while the servers were writing) is refused in one line.
     """
     mine = [(_progress(Path(out) / f) or {}).get("epoch", -1) for f in (CHECKPOINT, NEXT)]
-    held = torch.zeros(2 * n_servers, dtype=torch.float32)  # (committed, written) epoch of each server
+    # (committed, written) epoch of each server, then a round vector's last two values, 0: it opens no round and its
+    # instant is 0 (ServerLinks.all_reduce reads them as those; a server's epoch there stalled the resume)
+    held = torch.zeros(2 * n_servers + 2, dtype=torch.float32)
     held[2 * index:2 * index + 2] = torch.tensor([float(e) for e in mine])
     links.all_reduce(held)
     pairs = [(int(held[2 * j]), int(held[2 * j + 1])) for j in range(n_servers)]

@@ -60,10 +60,12 @@ class Goodbye:
         self.sent_to.setdefault(name, set()).add(rank)
 
     def arm(self, name: str, epoch: int) -> None:
-        """Once per device: a timer at its drop instant puts a local ``depart`` in its inbox (:meth:`say` then)."""
+        """Once per device: a timer at its drop instant puts a local ``depart`` in its inbox (:meth:`say` then). None
+        for a device that dropped before this attempt (a resumed run): its servers have its ``gone`` from the
+        checkpoint, or take its drop instant (:meth:`Departures.gone`)."""
         presence = self.setup.meter.presence.get(name)
         inbox = getattr(self.setup.transport, "inbox", None)
-        if name in self.armed or presence is None or presence.churn != "drop" or inbox is None:
+        if name in self.armed or presence is None or presence.churn != "drop" or inbox is None or presence.leave < 0:
             return
         self.armed.add(name)
         if presence.leave < math.inf:
@@ -71,6 +73,14 @@ class Goodbye:
                                     (Message(name, -1, kind="depart", epoch=epoch),))
             timer.daemon = True
             timer.start()
+
+    def resumed(self, name: str, ranks: set[int | None]) -> None:
+        """A resumed attempt (``--resume``), cache on: device ``name`` sent its cached micro-batches in an earlier
+        attempt, to servers among ``ranks`` (every server of its legs; None: its only server), and gets no ``start``
+        in a cached epoch: its timer is armed now and its ``gone`` goes to each of them (they accept it from a
+        device with a leg there)."""
+        self.sent_to.setdefault(name, set()).update(ranks)
+        self.arm(name, 0)  # the gone's epoch is not read: its stamp says when
 
     def drop_instant(self, name: str) -> float:
         """The device's drop instant on this attempt's clock (``inf``: none)."""
@@ -141,8 +151,12 @@ class Departures:
         self.read()
         if name not in self.at:
             tr = self.setup.transport
-            if now < getattr(tr, "drops", {}).get(name, math.inf):
+            drop = getattr(tr, "drops", {}).get(name, math.inf)
+            if drop < 0:  # dropped before this (resumed) attempt: its gone is stamped with its drop instant
+                self.at[name] = drop
+            elif now < drop:
                 return False
+        if name not in self.at:
             until = time.monotonic() + GONE_WAIT_S  # it normally comes one uplink latency after the drop instant
             while name not in self.at and time.monotonic() < until and name not in getattr(tr, "lost", {}):
                 time.sleep(POLL_S)
