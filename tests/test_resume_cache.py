@@ -119,3 +119,107 @@ class _NoLock:
 
     def __exit__(self, *a):
         return False
+
+
+# -- killed and resumed for real ------------------------------------------------------------------------------------
+def _one_server(tmp_path) -> dict:
+    """runtime_handover.yaml's devices on one server, cache over 3 epochs, 16 + 8 + 4 samples: d2 sends its one
+    micro-batch by ~0.7 s and drops for good at 1.0 s (epoch 0 ends ~1.9 s): no later epoch replays it."""
+    import yaml
+
+    from tests.test_cache_handover import FIXTURES
+
+    data = yaml.safe_load((FIXTURES / "runtime_handover.yaml").read_text())
+    data["training"].update(cache_activations=True, epochs=3)
+    del data["training"]["sync"]
+    data["servers"] = data["servers"][:1]
+    devs = data["devices"]
+    for d, (name, samples) in zip(devs, (("d0", 16), ("d1", 8), ("d2", 4)), strict=True):
+        d.update(name=name, samples=samples, server="mec-a")
+        d.pop("handover", None)
+    (tmp_path / "w.yaml").write_text("d2: [[0, 1.0]]\n")
+    devs[2]["availability"] = {"file": str(tmp_path / "w.yaml"), "churn": "drop"}
+    return data
+
+
+def _two_servers(tmp_path) -> dict:
+    """runtime_handover.yaml (mover hands over mec-a -> mec-b at 0.8 s), sync every 2, cache over 3 epochs, and
+    dropper on mec-b, which sends one micro-batch and drops for good at 1.0 s; the devices of a server send at
+    instants >= 0.1 s apart (stay-a 10, dropper 13 MFLOPS), so that fifo order is the same run to run."""
+    from tests.test_cache_handover import _handover_fleet
+
+    data = _handover_fleet(True)
+    data["devices"][1]["flops"] = "10 MFLOPS"
+    (tmp_path / "w.yaml").write_text("dropper: [[0, 1.0]]\n")
+    data["devices"].append({**data["devices"][2], "name": "dropper", "flops": "13 MFLOPS",
+                            "availability": {"file": str(tmp_path / "w.yaml"), "churn": "drop"}})
+    return data
+
+
+def _adapter(out) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {**load_file(out / "adapter" / "adapter_model.safetensors"), **load_file(out / "adapter" / "head.safetensors")}
+
+
+def _killed_and_resumed(tiny_gpt2, tmp_path, data: dict, nth: int, **over) -> tuple[dict, dict]:
+    """The uninterrupted run of ``data`` and the same run killed before server 0's ``nth`` checkpoint, then resumed."""
+    import yaml
+
+    from tests.test_multiserver import _cfg
+    from tests.test_runtime import kill_halted
+    from trainer.run.launch import run
+    from trainer.run.runner import load_run_config
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    kw = dict(devices=path, train_samples=sum(d["samples"] for d in data["devices"]), epochs=3, emulate="all", **over)
+    ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))
+    kill_halted(_cfg(tiny_gpt2, tmp_path / "cut", **kw), nth)
+    return ref, run(load_run_config(str(tmp_path / "cut")), resume=True)
+
+
+def _same_end(ref: dict, m: dict, ref_out, out) -> None:
+    """The resumed run ends where the uninterrupted one does: untrained samples, steps, losses, eval, bit-identical
+    adapters, and every server's cache held and replayed the same micro-batches (digests)."""
+    assert m["samples_not_trained"] == ref["samples_not_trained"]
+    assert not m["lost_devices"] and not ref["lost_devices"]
+    assert len(m["train_loss_history"]) == len(ref["train_loss_history"])
+    assert max(abs(x - y) for x, y in zip(m["train_loss_history"], ref["train_loss_history"], strict=True)) <= 1e-5
+    assert m["eval_history"] == ref["eval_history"]
+    a, b = _adapter(ref_out), _adapter(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for x, y in ((ref, m), *((ref["servers"][s], m["servers"][s]) for s in ref.get("servers", {}) if "servers" in m)):
+        if "activation_cache" in x:
+            assert {n: (sorted(c["held"]), sorted(c["replayed"])) for n, c in x["activation_cache"]["devices"].items()} \
+                == {n: (sorted(c["held"]), sorted(c["replayed"])) for n, c in y["activation_cache"]["devices"].items()}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_one_server_killed_mid_cached_epoch_after_a_drop_resumes_as_uninterrupted(tiny_gpt2, tmp_path):
+    """Checkpoints every 2 steps; killed before the 6th (step 10: epoch 1 has 7 steps, epoch 2 replays 6 micro-batches),
+    resumed from step 8, mid epoch 2, whose cache holds d2's micro-batch though d2 dropped at 1.0 s. The resumed run
+    replays epoch 2's rest from the saved cache (no device sends again), d2 never again: 2 x 4 of its samples untrained,
+    as uninterrupted (without the saved cache and its departures: 12, epoch 2 sent again, other adapters)."""
+    ref, m = _killed_and_resumed(tiny_gpt2, tmp_path, _one_server(tmp_path), 6, checkpoint_every=2,
+                                 server_order="round-robin")
+    assert ref["samples_not_trained"] == {"d2": 8}
+    assert m["resumed"]["totals_before"]["uplink_bytes"] == ref["uplink_bytes_by_device"]  # nothing sent again
+    _same_end(ref, m, tmp_path / "ref", tmp_path / "cut")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_two_servers_with_a_handover_and_a_drop_killed_in_the_cached_epoch_resume_as_uninterrupted(tiny_gpt2, tmp_path):
+    """Killed before server 0's 2nd checkpoint (the end of epoch 2, the first cached one: every server checkpoints at
+    epoch ends), resumed from the end of epoch 1: each server replays its own saved part of mover's cache (mover is on
+    mec-b by then and has no handover left), weighs its replays' samples in the averages and replays in the scenario's
+    order, as uninterrupted: the same rounds, bit-identical adapters on both servers."""
+    ref, m = _killed_and_resumed(tiny_gpt2, tmp_path, _two_servers(tmp_path), 2, server_order="fifo")
+    assert ref["samples_not_trained"] == {"dropper": 4 + 2 * 8}
+    assert {k: v["sync_rounds"] for k, v in m["servers"].items()} == {k: v["sync_rounds"] for k, v in ref["servers"].items()}
+    assert [(h["from"], h["to"]) for h in m["handovers"]] == [("mec-a", "mec-b")]
+    _same_end(ref, m, tmp_path / "ref", tmp_path / "cut")
+    other = _adapter(tmp_path / "cut" / "servers" / "mec-b")
+    assert all(torch.equal(v, other[k]) for k, v in _adapter(tmp_path / "cut").items())

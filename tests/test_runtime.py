@@ -318,12 +318,12 @@ def _rogue(master: str, world: int, rank: int, log: str) -> None:
         os._exit(0)
 
 
-HALTED = "halted-before-checkpoint-2"
+HALTED = "halted-before-a-checkpoint"
 """Written in the run folder by :func:`_halting_server` when it halts."""
 
 
-def _halting_server(cfg_json: str, master: str, world: int, rank: int, log: str) -> None:
-    """The run's server, except that at its second checkpoint it writes :data:`HALTED` instead and sleeps until killed
+def _halting_server(cfg_json: str, master: str, world: int, rank: int, log: str, nth: int = 2) -> None:
+    """The run's server, except that at its ``nth`` checkpoint it writes :data:`HALTED` instead and sleeps until killed
     (a fault-injection role of ``launch_local``: its secret is in its environment, as a real role's)."""
     from trainer.run import launch, runner
     from trainer.transport import secure
@@ -332,7 +332,7 @@ def _halting_server(cfg_json: str, master: str, world: int, rank: int, log: str)
 
     def halting(out, *args, **kw):
         calls.append(out)
-        if len(calls) == 2:
+        if len(calls) == nth:
             (Path(json.loads(cfg_json)["out"]) / HALTED).touch()
             while True:
                 time.sleep(60)
@@ -344,14 +344,31 @@ def _halting_server(cfg_json: str, master: str, world: int, rank: int, log: str)
                          encrypt)
 
 
-def _launch_halting(cfg):
-    """``sfsim run`` of ``cfg`` (local launch) with :func:`_halting_server` as its server."""
+def _launch_halting(cfg, nth: int = 2):
+    """``sfsim run`` of ``cfg`` (local launch) with :func:`_halting_server` (halting at its ``nth`` checkpoint) as its
+    server (server 0 when there are several)."""
     import dataclasses
     import functools
 
     from trainer.run.launch import launch_local
 
-    return launch_local(cfg, targets={0: functools.partial(_halting_server, json.dumps(dataclasses.asdict(cfg)))})
+    return launch_local(cfg, targets={0: functools.partial(_halting_server, json.dumps(dataclasses.asdict(cfg)),
+                                                           nth=nth)})
+
+
+def kill_halted(cfg, nth: int = 2) -> None:
+    """Run ``cfg`` until its server 0 halts at its ``nth`` checkpoint (before writing it), then SIGKILL every process:
+    a run stopped between two checkpoints, at the same point on any machine."""
+    out = Path(cfg.out)
+    t, box = _in_thread(_launch_halting, cfg, nth)
+    _wait_for(out / HALTED, timeout=180)
+    for pid in json.loads((out / "logs" / "pids.json").read_text()).values():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    t.join(60)
+    assert isinstance(box.get("error"), SfsimError), box
 
 
 @pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora",

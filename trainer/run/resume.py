@@ -76,6 +76,10 @@ NEXT = "checkpoint.next.safetensors"
 TRACE_FILE = "checkpoint_trace.json"
 """Beside the checkpoint: the run's trace events up to it, which a resumed run's ``trace.json`` starts with."""
 
+TRACE_NEXT = "checkpoint_trace.next.json"
+"""Several servers: :data:`TRACE_FILE` of a checkpoint written but not yet committed (server 0's gives the run's
+clock a resumed run starts from, so it must be the committed checkpoint's)."""
+
 
 # -- the checkpoint: a consistent point of the server and the stateful devices ------------------------------
 def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list, info: dict,
@@ -91,12 +95,13 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
         method.save_devices(ckpt)
     totals = carried(info["base_totals"], setup.meter, elapsed_s, info.get("device_reports"))
     totals["handovers"] = _handovers(info)
-    _save_trace(out, setup, info, epoch, ckpt)
+    trace = _save_trace(out, setup, info, epoch, ckpt, TRACE_FILE if method.sync is None else TRACE_NEXT)
     extra, meta = method.server_extra()
     tensors = {**full_state(setup.lm.model, setup.head), **{f"x.{k}": v for k, v in extra.items()}}
     progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": info["scores"],
                 "lost": method.lost, "not_trained": method.not_trained, "stream": method.server_stream, "extra": meta,
-                "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals}
+                "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals,
+                "devices": method.live() if method.device_stateful else None}  # those it asked to save (several servers)
     if getattr(method, "cache", None) is not None:  # SplitFrozen's activation cache and who departed (saved_cache)
         progress["cache"] = saved_cache(out, method, float(info.get("clock_s", 0.0)))
     if method.sync is not None:  # several servers: the backhaul's counters (sync every N steps counts across epochs)
@@ -107,6 +112,7 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
     # several servers: write, wait until every server has written, then commit (agree_across_servers)
     written = save_checkpoint(out, tensors, method.optimizers(), progress, name=NEXT)
     method.sync.group.all_reduce(torch.zeros(1))  # a barrier over the backhaul links
+    os.replace(trace, Path(out) / TRACE_FILE)  # its trace first: a committed checkpoint's is never an older one's
     os.replace(written, Path(out) / CHECKPOINT)
 
 
@@ -282,13 +288,15 @@ def whole_trace(info: dict, events: list[TraceEvent], lane: str) -> list[TraceEv
     return merge_attempts(before["events"], events, before["until_s"], lane)
 
 
-def _save_trace(out: Path, setup: Setup, info: dict, epoch: int, ckpt: int) -> None:
-    """Write the run's events up to this checkpoint beside it (:data:`TRACE_FILE`), for a resumed run's trace."""
+def _save_trace(out: Path, setup: Setup, info: dict, epoch: int, ckpt: int, name: str = TRACE_FILE) -> Path:
+    """Write the run's events up to this checkpoint beside it (``name``: :data:`TRACE_FILE`, or :data:`TRACE_NEXT`
+    until several servers commit), for a resumed run's trace; return its path."""
     events = whole_trace(info, _attempt_events(setup, info), setup.server)
     before = info.get("trace_before")
     until = max([setup.meter.now() + (before["until_s"] if before else 0.0)] + [e.end for e in events])
-    write_atomic(Path(out) / TRACE_FILE, json.dumps({"epoch": epoch, "steps": ckpt, "until_s": until,
-                                                     "events": [list(e) for e in events]}))
+    write_atomic(Path(out) / name, json.dumps({"epoch": epoch, "steps": ckpt, "until_s": until,
+                                               "events": [list(e) for e in events]}))
+    return Path(out) / name
 
 
 def _load_trace(out: Path, progress: dict) -> dict | None:
@@ -442,6 +450,8 @@ def agree_across_servers(links, index: int, n_servers: int, out: Path, name: str
         return
     if last >= 0 and all(last in pair for pair in pairs):
         if mine[0] != last:
+            if (Path(out) / TRACE_NEXT).is_file():
+                os.replace(Path(out) / TRACE_NEXT, Path(out) / TRACE_FILE)
             os.replace(Path(out) / NEXT, Path(out) / CHECKPOINT)
         return
     said = ", ".join(f"server {j}: {'none' if c < 0 else f'epoch {c}'}" for j, (c, _) in enumerate(pairs))
