@@ -223,3 +223,84 @@ def test_two_servers_with_a_handover_and_a_drop_killed_in_the_cached_epoch_resum
     _same_end(ref, m, tmp_path / "ref", tmp_path / "cut")
     other = _adapter(tmp_path / "cut" / "servers" / "mec-b")
     assert all(torch.equal(v, other[k]) for k, v in _adapter(tmp_path / "cut").items())
+
+
+def test_a_checkpoint_without_the_cache_refuses_to_resume_a_cached_run(tmp_path):
+    """A cached run's checkpoint written before checkpoints saved the cache: one line, not a resume that sends again
+    what the servers held (and trains other micro-batches than the interrupted run)."""
+    from trainer.run.resume import restore_cache
+
+    method = SimpleNamespace(cache=ActivationCache(memory=1e9, folder=tmp_path), departures=SimpleNamespace(at={}))
+    with pytest.raises(SfsimError, match=r"^--resume: the checkpoint in .* does not hold the activation cache"):
+        restore_cache(tmp_path, method, None, 1, 0.0)
+    restore_cache(tmp_path, SimpleNamespace(cache=None), None, 1, 0.0)  # no cache: nothing to restore
+
+
+class _Clock:
+    """A server's clock that moves 1 s per replay trained (the stub's ``_train``)."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+def _server(tmp_path, cache: ActivationCache, clock: _Clock, gone_at: dict[str, float]):
+    """A SplitFrozen server's replay path on stubs: its cache, departures at ``gone_at`` (the run's clock), a training
+    step that only moves the clock and records the device."""
+    from trainer.methods.splitfrozen import SplitFrozen
+
+    sf = SplitFrozen.__new__(SplitFrozen)
+    sf.setup = SimpleNamespace(seed=3, accumulate=1, micro_batch=2, server_order="round-robin", periods=None,
+                               meter=clock, samples={"a": 6, "b": 6}, cuts={"a": 1, "b": 1})
+    sf.cache, sf.lost, sf.not_trained, sf.cursor, sf.legs, sf.sync = cache, {}, {}, {}, {}, None
+    sf.on_step_done, sf.trained = None, []
+    sf.departures = SimpleNamespace(gone=lambda n, now: gone_at.get(n, float("inf")) <= now)
+
+    def train(msg):
+        sf.trained.append(msg.device)
+        clock.t += 1.0
+        return 0.5, 2
+
+    sf._train, sf._step = train, lambda last=False: None
+    return sf
+
+
+def test_a_replay_path_resumed_mid_epoch_after_a_departure_counts_each_replay_once(tmp_path):
+    """Epoch 1 replays a and b in turns (3 micro-batches of 2 samples each; 1 s a replay); b departs at 0.5 s, before
+    its first. Uninterrupted: a trains 3, b none, 6 samples of b untrained. A checkpoint after the 2nd step (b's first
+    replay skipped), resumed from its cursor and cache: the same replays, b's skipped ones counted once, 6 in all (a
+    skipped replay did not advance the cursor, so the resumed run replayed b's slots from its first again: 8)."""
+    out = tmp_path / "out"
+    cache = _filled_ab(tmp_path)
+    whole = _server(tmp_path, cache, _Clock(), {"b": 0.5})
+    steps, saved = [], {}
+
+    def on_step(loss, n):
+        steps.append(n)
+        if len(steps) == 2:  # a checkpoint after the 2nd step: the cursor and what the cache records
+            saved.update(cursor=dict(whole.cursor), not_trained=dict(whole.not_trained), cache=cache.checkpoint(out),
+                         trained=list(whole.trained), t=whole.setup.meter.now())
+
+    assert whole._from_cache(1, on_step, {"a": 3, "b": 3}, {}, ["a", "b"]) is True
+    assert whole.trained == ["a", "a", "a"] and whole.not_trained == {"b": 6} and saved["not_trained"] == {"b": 2}
+    back = ActivationCache(memory=1e9, folder=tmp_path / "spill2")
+    back.restore(out, saved["cache"], 1)
+    clock = _Clock()
+    clock.t = saved["t"]  # the run's clock at the checkpoint
+    resumed = _server(tmp_path, back, clock, {"b": 0.5})
+    resumed.not_trained = dict(saved["not_trained"])
+    assert resumed._from_cache(1, lambda loss, n: None, {"a": 3, "b": 3}, saved["cursor"], ["a", "b"]) is True
+    assert saved["trained"] + resumed.trained == whole.trained and resumed.not_trained == whole.not_trained
+    for c in (cache, back):
+        c.close()
+
+
+def _filled_ab(tmp_path) -> ActivationCache:
+    cache = ActivationCache(memory=1e9, folder=tmp_path / "spill")
+    cache.fill(0, resumed=False)
+    for name in ("a", "b"):
+        for seed in range(3):
+            cache.put(name, _mb(seed + (10 if name == "b" else 0)))
+    return cache

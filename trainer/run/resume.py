@@ -125,12 +125,17 @@ def saved_cache(out: Path, method, clock_s: float) -> dict:
 
 
 def restore_cache(out: Path, method, state: dict | None, epoch: int, clock_s: float) -> None:
-    """Inverse of :func:`saved_cache` (``state``: None, a checkpoint without a cache: it fills again on the wire).
+    """Inverse of :func:`saved_cache`.
 
     Raises:
-        SfsimError: the saved micro-batches are missing or not the checkpoint's (one line)."""
-    if state is None or getattr(method, "cache", None) is None:
+        SfsimError: the saved micro-batches are missing or not the checkpoint's, or the checkpoint has none (written
+            before checkpoints saved the cache: the resumed run would send again what the servers held and train other
+            micro-batches than the interrupted one; one line)."""
+    if getattr(method, "cache", None) is None:
         return
+    if state is None:
+        raise SfsimError(f"--resume: the checkpoint in {out} does not hold the activation cache (it predates checkpoints "
+                         "that save it), so a resumed run would not replay what this one cached: start the run again")
     try:
         method.cache.restore(out, state, epoch)
     except (OSError, ValueError, KeyError, TypeError) as err:
