@@ -304,3 +304,23 @@ def _filled_ab(tmp_path) -> ActivationCache:
         for seed in range(3):
             cache.put(name, _mb(seed + (10 if name == "b" else 0)))
     return cache
+
+
+def test_a_resumed_device_arms_its_drop_timer_and_tells_every_server_of_its_legs():
+    """A resumed attempt gets no ``start`` in a cached epoch: the device arms its drop timer at once (due 0.05 s into
+    the attempt) and will tell every server of its legs; one that dropped before the attempt (its drop instant < 0)
+    arms nothing (a gone stamped before the attempt's clock would be refused by the wire, and its servers have it)."""
+    import queue
+
+    from trainer.transport.departure import Goodbye
+
+    box = queue.Queue()
+    presence = {"later": SimpleNamespace(churn="drop", leave=0.05), "before": SimpleNamespace(churn="drop", leave=-1.0)}
+    setup = SimpleNamespace(meter=SimpleNamespace(presence=presence, now=lambda: 0.0),
+                            transport=SimpleNamespace(inbox=SimpleNamespace(put=box.put)))
+    bye = Goodbye(setup)
+    bye.resumed("later", {0, 1})
+    bye.resumed("before", {1})
+    msg = box.get(timeout=5)
+    assert (msg.device, msg.kind) == ("later", "depart") and bye.sent_to == {"later": {0, 1}, "before": {1}}
+    assert bye.armed == {"later"}
