@@ -324,3 +324,23 @@ def test_a_resumed_device_arms_its_drop_timer_and_tells_every_server_of_its_legs
     msg = box.get(timeout=5)
     assert (msg.device, msg.kind) == ("later", "depart") and bye.sent_to == {"later": {0, 1}, "before": {1}}
     assert bye.armed == {"later"}
+
+
+def test_a_resumed_server_takes_a_due_drop_at_its_instant_without_waiting_for_a_gone():
+    """In a resumed attempt a device connects only to the servers of its legs from the checkpoint on: one that handed
+    over before cannot reach a server holding an earlier part of its cache. That server takes its drop instant when
+    due (the stamp its gone carries), without waiting; the device's own gone, stamped on the wire in whole
+    microseconds, is the same departure, not a second one."""
+    import time
+
+    from trainer.transport.departure import Departures
+    from trainer.transport.runtime import Message
+
+    inbox = SimpleNamespace(cv=_NoLock(), by_device={}, lost=set())
+    setup = SimpleNamespace(transport=SimpleNamespace(inbox=inbox, drops={"mover": 1.2345674}, lost={}))
+    deps = Departures(setup, lambda n: True, lambda n, why: None)
+    deps.resumed = True
+    t = time.monotonic()
+    assert not deps.gone("mover", 1.0) and deps.gone("mover", 1.5) and time.monotonic() - t < 1.0
+    assert deps.check(Message("mover", -1, kind="gone", epoch=0, at=1.234567)) is None
+    assert "a second gone" in deps.check(Message("mover", -1, kind="gone", epoch=0, at=1.2346))

@@ -142,6 +142,7 @@ def restore_cache(out: Path, method, state: dict | None, epoch: int, clock_s: fl
         raise SfsimError(f"--resume: the activation cache saved with the checkpoint in {out} cannot be read ({err}); "
                          "start the run again") from None
     method.departures.at.update({n: float(at) - clock_s for n, at in state["gone"].items()})
+    method.departures.resumed = True  # a drop due in this attempt: its instant (Departures.resumed)
 
 
 def _handovers(info: dict) -> list[dict]:

@@ -40,6 +40,7 @@ from trainer.transport.runtime import Message
 
 GONE_WAIT_S = 5.0  # at most this long a server waits for a gone the scenario says is due (then drops the device)
 POLL_S = 0.002  # how often a waiting server looks for it
+AT_RESOLUTION_S = 1e-6  # the wire's stamps are whole microseconds: two departures closer than this are one
 
 
 class Goodbye:
@@ -113,6 +114,10 @@ class Departures:
     def __init__(self, setup, knows: Callable[[str], bool], lose: Callable[[str, str], None]):
         self.setup, self.knows, self.lose = setup, knows, lose
         self.at: dict[str, float] = {}  # device -> its departure (the gone's stamp)
+        # a resumed attempt (trainer.run.resume.restore_cache): a device connects only to the servers of its legs from
+        # the checkpoint on, so one that handed over before it cannot reach a server holding an earlier part of its
+        # cache; a drop's gone is stamped with its drop instant, which that server takes when due, not waiting
+        self.resumed = False
 
     def read(self) -> None:
         """Take every ``gone`` that has come (none waits)."""
@@ -141,7 +146,7 @@ class Departures:
             return f"a gone without a departure instant (at {msg.at})"
         if not self.knows(n):
             return "a gone from a device that never sent to this server and is not held here"
-        if n in self.at and self.at[n] != msg.at:
+        if n in self.at and abs(self.at[n] - msg.at) > AT_RESOLUTION_S:  # (a resumed server may hold its drop instant)
             return f"a second gone (at {msg.at:.6f} s, after one at {self.at[n]:.6f} s)"
         return None
 
@@ -152,10 +157,10 @@ class Departures:
         if name not in self.at:
             tr = self.setup.transport
             drop = getattr(tr, "drops", {}).get(name, math.inf)
-            if drop < 0:  # dropped before this (resumed) attempt: its gone is stamped with its drop instant
-                self.at[name] = drop
-            elif now < drop:
+            if now < drop:
                 return False
+            if drop < 0 or self.resumed:  # its gone is stamped with its drop instant (which every process knows):
+                self.at[name] = drop  # before this attempt it was sent then; in it the device may reach only its own
         if name not in self.at:
             until = time.monotonic() + GONE_WAIT_S  # it normally comes one uplink latency after the drop instant
             while name not in self.at and time.monotonic() < until and name not in getattr(tr, "lost", {}):
