@@ -344,3 +344,18 @@ def test_a_resumed_server_takes_a_due_drop_at_its_instant_without_waiting_for_a_
     assert not deps.gone("mover", 1.0) and deps.gone("mover", 1.5) and time.monotonic() - t < 1.0
     assert deps.check(Message("mover", -1, kind="gone", epoch=0, at=1.234567)) is None
     assert "a second gone" in deps.check(Message("mover", -1, kind="gone", epoch=0, at=1.2346))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_mover_that_drops_in_the_cached_epoch_after_the_resume_is_replayed_by_neither_server(tiny_gpt2, tmp_path):
+    """drop21's fleet (mover sends 2 micro-batches to mec-a, hands over at 0.8 s, 2 to mec-b; 0.1 Mbps backhaul, so
+    epoch 2's replays are ~1 s apart) with mover dropping at 3.75 s, in epoch 2; killed before the end of epoch 2 and
+    resumed from the end of epoch 1. In the resumed attempt mover has no handover left (it connects to mec-b only) and
+    drops: mec-b hears its gone, mec-a takes its drop instant; neither replays it after it, as uninterrupted (24 of
+    its samples untrained, no device lost: mec-a used to wait 5 s for a gone that could not come and drop it)."""
+    from tests.test_cache_handover_drop_run import _fleet
+
+    ref, m = _killed_and_resumed(tiny_gpt2, tmp_path, _fleet(tmp_path), 2, server_order="fifo")
+    assert ref["samples_not_trained"] == {"mover": 24}
+    _same_end(ref, m, tmp_path / "ref", tmp_path / "cut")
