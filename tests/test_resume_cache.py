@@ -359,3 +359,20 @@ def test_a_mover_that_drops_in_the_cached_epoch_after_the_resume_is_replayed_by_
     ref, m = _killed_and_resumed(tiny_gpt2, tmp_path, _fleet(tmp_path), 2, server_order="fifo")
     assert ref["samples_not_trained"] == {"mover": 24}
     _same_end(ref, m, tmp_path / "ref", tmp_path / "cut")
+
+
+def test_a_saved_cache_with_a_garbled_record_refuses_to_resume_in_one_line(tmp_path):
+    from trainer.run.resume import restore_cache
+
+    out = tmp_path / "out"
+    cache = _filled(tmp_path)
+    state = cache.checkpoint(out)
+    path = max((out / SAVED).iterdir(), key=os.path.getsize)
+    raw = bytearray(path.read_bytes())
+    raw[8:20] = b"not a header"  # the first record's header
+    path.write_bytes(bytes(raw))
+    method = SimpleNamespace(cache=ActivationCache(memory=1e9, folder=tmp_path), departures=SimpleNamespace(at={}))
+    with pytest.raises(SfsimError, match=r"^--resume: the activation cache saved with the checkpoint in .* cannot be "
+                                         r"read \(.*\); start the run again$"):
+        restore_cache(out, method, {**state, "gone": {}}, 1, 0.0)
+    cache.close()

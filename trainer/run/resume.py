@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import sys
 import threading
 import time
@@ -138,7 +139,7 @@ def restore_cache(out: Path, method, state: dict | None, epoch: int, clock_s: fl
                          "that save it), so a resumed run would not replay what this one cached: start the run again")
     try:
         method.cache.restore(out, state, epoch)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error) as err:  # a torn or foreign file
         raise SfsimError(f"--resume: the activation cache saved with the checkpoint in {out} cannot be read ({err}); "
                          "start the run again") from None
     method.departures.at.update({n: float(at) - clock_s for n, at in state["gone"].items()})
