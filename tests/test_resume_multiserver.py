@@ -139,3 +139,65 @@ def test_a_server_stopped_before_its_commit_commits_on_resume(tmp_path):
     save_checkpoint(other, {"w": torch.ones(1)}, {}, {"epoch": 2})
     agree_across_servers(_Links(1, 1.0, 2.0), 0, 2, other, "mec-a")
     assert _epoch(other / "checkpoint.safetensors") == 2
+
+
+def test_servers_agree_over_their_real_backhaul_links_when_one_wrote_a_later_epoch(tmp_path):
+    """Over real backhaul links (``ServerLinks``, which read a vector's last values as a round's opening and instant):
+    server 1 committed epoch 1 and wrote epoch 2 (stopped in the barrier before its commit), server 0 committed epoch 1
+    and was stopped before writing 2. Both resume from epoch 1, on their own clocks near 0. (Its written epoch 2 used to
+    be read as the round's instant, 2 s ahead of server 1's clock: the resume ended 'the servers can no longer agree'.)"""
+    from tests.test_runtime_peer_fields import _linked
+    from trainer.methods.checkpoint import save_checkpoint
+    from trainer.run.resume import NEXT
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        save_checkpoint(folder, {"w": torch.zeros(1)}, {}, {"epoch": 1})
+    save_checkpoint(b, {"w": torch.ones(1)}, {}, {"epoch": 2}, name=NEXT)
+    s0, s1, _ = _linked()
+    s0.now = s1.now = lambda: 0.01
+    got = {}
+    t = threading.Thread(target=lambda: got.update(b=_catch(agree_across_servers, s1, 1, 2, b, "mec-b")))
+    t.start()
+    got["a"] = _catch(agree_across_servers, s0, 0, 2, a, "mec-a")
+    t.join(10)
+    assert got == {"a": None, "b": None}
+    assert (_epoch(a / "checkpoint.safetensors"), _epoch(b / "checkpoint.safetensors")) == (1, 1)
+
+
+def test_a_device_that_handed_over_loads_the_generation_of_the_server_that_asked_it(tmp_path):
+    """Each server counts its own steps: mec-b's checkpoint (epoch 1, its step 6) asked mover, mec-a's (its step 9)
+    did not. Killed after mover saved for mec-b's uncommitted epoch 2 (step 12): mover takes the generation of step 6
+    (it took the run folder's, mec-a's 9, found neither and loaded 12: 'the run was killed between the two writes')."""
+    from trainer.methods.checkpoint import (
+        load_device_state,
+        save_checkpoint,
+        save_device_state,
+        wanted_device_checkpoint,
+    )
+
+    save_checkpoint(tmp_path, {"w": torch.zeros(1)}, {}, {"epoch": 1, "device_checkpoint": 9, "devices": ["stay-a"]})
+    (tmp_path / "servers" / "mec-b").mkdir(parents=True)
+    save_checkpoint(tmp_path / "servers" / "mec-b", {"w": torch.zeros(1)}, {},
+                    {"epoch": 1, "device_checkpoint": 6, "devices": ["mover", "stay-b"]})
+    for ckpt in (6, 12):
+        save_device_state(tmp_path, "mover", {"a": torch.full((1,), float(ckpt))}, {}, ckpt)
+    assert (wanted_device_checkpoint(tmp_path, "mover"), wanted_device_checkpoint(tmp_path, "stay-a")) == (6, 9)
+    assert wanted_device_checkpoint(tmp_path) == 9  # no name: the run folder's (one server)
+    got, tensors = load_device_state(tmp_path, "mover", {}, wanted_device_checkpoint(tmp_path, "mover"))
+    assert got == 6 and tensors["a"].item() == 6.0
+
+
+def test_a_checkpoints_trace_is_committed_with_it(tmp_path):
+    """Several servers: a server stopped between its write and its commit keeps the committed checkpoint's trace (a
+    resumed run starts on its clock); one that commits on resume commits its trace too."""
+    from trainer.methods.checkpoint import save_checkpoint
+    from trainer.run.resume import NEXT, TRACE_FILE, TRACE_NEXT
+
+    save_checkpoint(tmp_path, {"w": torch.zeros(1)}, {}, {"epoch": 1})
+    (tmp_path / TRACE_FILE).write_text(json.dumps({"epoch": 1, "until_s": 2.0}))
+    save_checkpoint(tmp_path, {"w": torch.ones(1)}, {}, {"epoch": 2}, name=NEXT)
+    (tmp_path / TRACE_NEXT).write_text(json.dumps({"epoch": 2, "until_s": 4.0}))
+    agree_across_servers(_Links(0, 2.0), 1, 2, tmp_path, "mec-b")
+    assert json.loads((tmp_path / TRACE_FILE).read_text())["until_s"] == 4.0 and not (tmp_path / TRACE_NEXT).exists()

@@ -318,6 +318,59 @@ def _rogue(master: str, world: int, rank: int, log: str) -> None:
         os._exit(0)
 
 
+HALTED = "halted-before-a-checkpoint"
+"""Written in the run folder by :func:`_halting_server` when it halts."""
+
+
+def _halting_server(cfg_json: str, master: str, world: int, rank: int, log: str, nth: int = 2) -> None:
+    """The run's server, except that at its ``nth`` checkpoint it writes :data:`HALTED` instead and sleeps until killed
+    (a fault-injection role of ``launch_local``: its secret is in its environment, as a real role's)."""
+    from trainer.run import launch, runner
+    from trainer.transport import secure
+
+    real, calls = runner._checkpoint, []
+
+    def halting(out, *args, **kw):
+        calls.append(out)
+        if len(calls) == nth:
+            (Path(json.loads(cfg_json)["out"]) / HALTED).touch()
+            while True:
+                time.sleep(60)
+        return real(out, *args, **kw)
+
+    runner._checkpoint = halting
+    encrypt = "off" if secure.encrypt_default(multi_host=False) is False else "on"
+    launch._role_process(cfg_json, "server", rank, world, master, False, log, os.environ[secure.SECRET_FILE_ENV],
+                         encrypt)
+
+
+def _launch_halting(cfg, nth: int = 2):
+    """``sfsim run`` of ``cfg`` (local launch) with :func:`_halting_server` (halting at its ``nth`` checkpoint) as its
+    server (server 0 when there are several)."""
+    import dataclasses
+    import functools
+
+    from trainer.run.launch import launch_local
+
+    return launch_local(cfg, targets={0: functools.partial(_halting_server, json.dumps(dataclasses.asdict(cfg)),
+                                                           nth=nth)})
+
+
+def kill_halted(cfg, nth: int = 2) -> None:
+    """Run ``cfg`` until its server 0 halts at its ``nth`` checkpoint (before writing it), then SIGKILL every process:
+    a run stopped between two checkpoints, at the same point on any machine."""
+    out = Path(cfg.out)
+    t, box = _in_thread(_launch_halting, cfg, nth)
+    _wait_for(out / HALTED, timeout=180)
+    for pid in json.loads((out / "logs" / "pids.json").read_text()).values():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    t.join(60)
+    assert isinstance(box.get("error"), SfsimError), box
+
+
 @pytest.mark.parametrize("method", ["splitfrozen", "splitlora", "fedlora",
                                     *(pytest.param(m, marks=pytest.mark.slow) for m in ("splitfrozen-sequential", "cenlora"))])
 def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path, method):
@@ -327,9 +380,12 @@ def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path, method):
     kw = dict(epochs=2, train_samples=24, emulate="compute", checkpoint_every=2, method=method)
     ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))
     out = tmp_path / "cut"
-    t, box = _in_thread(run, _cfg(tiny_gpt2, out, **kw))
-    _wait_for(out / "checkpoint.safetensors")
-    time.sleep(0.3)
+    cut = _cfg(tiny_gpt2, out, **kw)
+    # killed where it means to, on any machine: the server halts instead of writing its second checkpoint, so the
+    # run is stopped after its first checkpoint and the steps after it are lost (a sleep let a quick run end first)
+    t, box = _in_thread(_launch_halting, cut)
+    _wait_for(out / HALTED)
+    assert (out / "checkpoint.safetensors").is_file() and not (out / "metrics.json").exists()
     for pid in json.loads((out / "logs" / "pids.json").read_text()).values():
         try:
             os.kill(pid, signal.SIGKILL)

@@ -165,17 +165,28 @@ def save_device_state(out: str | Path, device: str, tensors: dict[str, torch.Ten
     os.replace(tmp, path)
 
 
-def wanted_device_checkpoint(folder: str | Path) -> int | None:
+def wanted_device_checkpoint(folder: str | Path, device: str | None = None) -> int | None:
     """The device checkpoint id that the server's checkpoint in ``folder`` was written with (None: no readable
-    checkpoint there, as on a device's own host)."""
+    checkpoint there, as on a device's own host). With several servers (``folder/servers/<name>`` holds each other
+    server's), the id of the server that asked ``device`` to save (its checkpoint lists it): each server counts its
+    own steps, so a device that handed over must take the generation of the server holding it then."""
     from safetensors import safe_open
 
-    try:
-        with safe_open(str(Path(folder) / CHECKPOINT), framework="pt") as f:
-            want = json.loads(f.metadata()["progress"]).get("device_checkpoint")
-    except Exception:  # absent, torn or foreign: the device loads its latest state and the server checks it
-        return None
-    return want if isinstance(want, int) else None
+    found = None
+    for path in (Path(folder) / CHECKPOINT, *sorted((Path(folder) / "servers").glob(f"*/{CHECKPOINT}"))):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                progress = json.loads(f.metadata()["progress"])
+        except Exception:  # absent, torn or foreign: the device loads its latest state and the server checks it
+            continue
+        want = progress.get("device_checkpoint")
+        if not isinstance(want, int):
+            continue
+        if device is not None and device in (progress.get("devices") or ()):
+            return want
+        if found is None and path.parent == Path(folder):
+            found = want
+    return found
 
 
 def load_device_state(out: str | Path, device: str, optimizers: dict,

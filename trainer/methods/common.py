@@ -515,7 +515,7 @@ class Method:
         if not self.device_stateful:
             return -1
         like, opts = self.device_state(role)
-        want = want if want is not None else wanted_device_checkpoint(self.setup.out)
+        want = want if want is not None else wanted_device_checkpoint(self.setup.out, role.name)
         ckpt, tensors = load_device_state(self.setup.out, role.name, opts, want)
         with torch.no_grad():
             for k, v in tensors.items():

@@ -146,6 +146,13 @@ class SplitFrozen(Method, WaitingServer):
         if st["next"] >= len(st["batches"]):
             self._close_epoch(role.name, st)
 
+    def load_device_state(self, role: DeviceRole, want: int | None = None) -> int:
+        """``--resume`` on a device: no state (its prefix is frozen); with the cache, its drop timer now, as no
+        ``start`` comes in a cached epoch (``Goodbye.resumed``)."""
+        if self.cache is not None:
+            self.goodbye.resumed(role.name, {r for _, r, _ in self.legs.get(role.name, [])} or {None})
+        return super().load_device_state(role, want)
+
     def _rank(self, name: str) -> int | None:
         """The server rank holding device ``name`` now (None: no handovers, its one server)."""
         legs = self.legs.get(name)
@@ -154,7 +161,8 @@ class SplitFrozen(Method, WaitingServer):
     def _knows(self, name: str) -> bool:
         """Whether device ``name`` sent here (its cache holds or held a part) or is held here: its ``gone`` counts."""
         c = self.cache
-        return (c is not None and (name in c.digests or name in c.left)) or any(r.name == name for r in self.setup.devices)
+        return (c is not None and (name in c.digests or name in c.left)) or any(r.name == name for r in self.setup.devices) \
+            or name in self.visitors  # a resumed device tells every server of its legs (Goodbye.resumed)
 
     @staticmethod
     def _blocked(st: dict) -> bool:
@@ -431,16 +439,21 @@ class SplitFrozen(Method, WaitingServer):
         refilled from what the devices send this epoch (False)."""
         if self.cache is None:
             return False
-        if self.cache.filled_in is not None and self.cache.filled_in < epoch:  # departed by now: nothing this epoch
-            stop_at_epoch_start(self.departures, self.cache, [*live, *self.cache.digests], self.setup.meter.now())
-        replay = self.cache.replays(epoch, self.lost, [*self.legs, *self.setup.samples])
+        self.cache.by_rows |= Legs(self.legs).moving()  # (kept by a checkpoint: a resumed run's handovers may be past)
+        replay = self.cache.resumed_replays(epoch)  # resumed in this epoch: its replays as they were (no new start)
         if replay is None:
-            self.cache.fill(epoch, resumed=any(done.values()))
-            return False
-        for n in (n for n in live if n in self.cache.left):  # a device that left trains nothing more
-            self.not_trained[n] = self.not_trained.get(n, 0) + max(
-                self.setup.samples.get(n, 0) - done.get(n, 0) * self.setup.micro_batch, 0)
-        if self.sync is not None and Legs(self.legs).moving():  # its weight: the samples it replays (hold_weight)
+            if self.cache.filled_in is not None and self.cache.filled_in < epoch:  # departed by now: nothing this epoch
+                stop_at_epoch_start(self.departures, self.cache, [*live, *self.cache.digests], self.setup.meter.now())
+            # in the scenario's order (a resumed run whose handovers are past has no legs: setup.cuts names every device)
+            replay = self.cache.replays(epoch, self.lost, [*self.legs, *self.setup.cuts, *self.setup.samples])
+            if replay is None:
+                self.cache.fill(epoch, resumed=any(done.values()))
+                return False
+            for n in (n for n in live if n in self.cache.left):  # a device that left trains nothing more
+                self.not_trained[n] = self.not_trained.get(n, 0) + max(
+                    self.setup.samples.get(n, 0) - done.get(n, 0) * self.setup.micro_batch, 0)
+        self.cache.replaying = (epoch, replay)  # a checkpoint in this epoch records them (trainer.run.resume)
+        if self.sync is not None and self.cache.by_rows:  # its weight: the samples it replays (hold_weight)
             self.sync.weight = float(sum(self.cache.rows(n) for n in replay))
         self._replay(epoch, on_step, replay, done)
         return True
@@ -464,6 +477,7 @@ class SplitFrozen(Method, WaitingServer):
                 continue
             if self._departed(name):  # no replay from its departure on: its untrained samples, here
                 self.not_trained[name] = self.not_trained.get(name, 0) + self.cache.rows_at(name, perm[name][j])
+                self.advance(name)  # done with: a run resumed after this point does not count it again
                 continue
             loss, n = self._train(Message(name, j, self.cache.get(name, perm[name][j]), epoch=epoch))
             self.advance(name)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import sys
 import threading
 import time
@@ -76,6 +77,10 @@ NEXT = "checkpoint.next.safetensors"
 TRACE_FILE = "checkpoint_trace.json"
 """Beside the checkpoint: the run's trace events up to it, which a resumed run's ``trace.json`` starts with."""
 
+TRACE_NEXT = "checkpoint_trace.next.json"
+"""Several servers: :data:`TRACE_FILE` of a checkpoint written but not yet committed (server 0's gives the run's
+clock a resumed run starts from, so it must be the committed checkpoint's)."""
+
 
 # -- the checkpoint: a consistent point of the server and the stateful devices ------------------------------
 def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals: list, info: dict,
@@ -91,12 +96,15 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
         method.save_devices(ckpt)
     totals = carried(info["base_totals"], setup.meter, elapsed_s, info.get("device_reports"))
     totals["handovers"] = _handovers(info)
-    _save_trace(out, setup, info, epoch, ckpt)
+    trace = _save_trace(out, setup, info, epoch, ckpt, TRACE_FILE if method.sync is None else TRACE_NEXT)
     extra, meta = method.server_extra()
     tensors = {**full_state(setup.lm.model, setup.head), **{f"x.{k}": v for k, v in extra.items()}}
     progress = {"epoch": epoch, "cursor": method.cursor, "losses": losses, "evals": evals, "scores": info["scores"],
                 "lost": method.lost, "not_trained": method.not_trained, "stream": method.server_stream, "extra": meta,
-                "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals}
+                "device_checkpoint": ckpt if method.device_stateful else None, "totals": totals,
+                "devices": method.live() if method.device_stateful else None}  # those it asked to save (several servers)
+    if getattr(method, "cache", None) is not None:  # SplitFrozen's activation cache and who departed (saved_cache)
+        progress["cache"] = saved_cache(out, method, float(info.get("clock_s", 0.0)))
     if method.sync is not None:  # several servers: the backhaul's counters (sync every N steps counts across epochs)
         progress["sync"] = {"steps": method.sync.steps, "rounds": method.sync.rounds, "bytes": method.sync.bytes}
     if method.sync is None:
@@ -105,7 +113,37 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
     # several servers: write, wait until every server has written, then commit (agree_across_servers)
     written = save_checkpoint(out, tensors, method.optimizers(), progress, name=NEXT)
     method.sync.group.all_reduce(torch.zeros(1))  # a barrier over the backhaul links
+    os.replace(trace, Path(out) / TRACE_FILE)  # its trace first: a committed checkpoint's is never an older one's
     os.replace(written, Path(out) / CHECKPOINT)
+
+
+def saved_cache(out: Path, method, clock_s: float) -> dict:
+    """The activation cache at a checkpoint (``trainer.transport.cache``: its micro-batches saved beside it) and the
+    departures its server has read (each device's ``gone`` stamp on the run's clock: ``clock_s`` is the run's at this
+    attempt's 0), so that a resumed run replays what the interrupted one would have (:func:`restore_cache`)."""
+    method.departures.read()  # every gone that has come counts: the resumed attempt will not be sent it again
+    return {**method.cache.checkpoint(out), "gone": {n: at + clock_s for n, at in method.departures.at.items()}}
+
+
+def restore_cache(out: Path, method, state: dict | None, epoch: int, clock_s: float) -> None:
+    """Inverse of :func:`saved_cache`.
+
+    Raises:
+        SfsimError: the saved micro-batches are missing or not the checkpoint's, or the checkpoint has none (written
+            before checkpoints saved the cache: the resumed run would send again what the servers held and train other
+            micro-batches than the interrupted one; one line)."""
+    if getattr(method, "cache", None) is None:
+        return
+    if state is None:
+        raise SfsimError(f"--resume: the checkpoint in {out} does not hold the activation cache (it predates checkpoints "
+                         "that save it), so a resumed run would not replay what this one cached: start the run again")
+    try:
+        method.cache.restore(out, state, epoch)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error) as err:  # a torn or foreign file
+        raise SfsimError(f"--resume: the activation cache saved with the checkpoint in {out} cannot be read ({err}); "
+                         "start the run again") from None
+    method.departures.at.update({n: float(at) - clock_s for n, at in state["gone"].items()})
+    method.departures.resumed = True  # a drop due in this attempt: its instant (Departures.resumed)
 
 
 def _handovers(info: dict) -> list[dict]:
@@ -257,13 +295,15 @@ def whole_trace(info: dict, events: list[TraceEvent], lane: str) -> list[TraceEv
     return merge_attempts(before["events"], events, before["until_s"], lane)
 
 
-def _save_trace(out: Path, setup: Setup, info: dict, epoch: int, ckpt: int) -> None:
-    """Write the run's events up to this checkpoint beside it (:data:`TRACE_FILE`), for a resumed run's trace."""
+def _save_trace(out: Path, setup: Setup, info: dict, epoch: int, ckpt: int, name: str = TRACE_FILE) -> Path:
+    """Write the run's events up to this checkpoint beside it (``name``: :data:`TRACE_FILE`, or :data:`TRACE_NEXT`
+    until several servers commit), for a resumed run's trace; return its path."""
     events = whole_trace(info, _attempt_events(setup, info), setup.server)
     before = info.get("trace_before")
     until = max([setup.meter.now() + (before["until_s"] if before else 0.0)] + [e.end for e in events])
-    write_atomic(Path(out) / TRACE_FILE, json.dumps({"epoch": epoch, "steps": ckpt, "until_s": until,
-                                                     "events": [list(e) for e in events]}))
+    write_atomic(Path(out) / name, json.dumps({"epoch": epoch, "steps": ckpt, "until_s": until,
+                                               "events": [list(e) for e in events]}))
+    return Path(out) / name
 
 
 def _load_trace(out: Path, progress: dict) -> dict | None:
@@ -297,6 +337,7 @@ def _restore(out: Path, setup: Setup, method, losses: list, evals: list, info: d
     if method.sync is not None and "sync" in progress:
         method.sync.steps, method.sync.rounds, method.sync.bytes = (int(progress["sync"][k]) for k in
                                                                      ("steps", "rounds", "bytes"))
+    restore_cache(out, method, progress.get("cache"), progress["epoch"], float(info.get("clock_s", 0.0)))
     method.resume_from = {"epoch": progress["epoch"], "cursor": progress["cursor"],
                           "device_checkpoint": progress["device_checkpoint"]}
     return progress["epoch"]
@@ -405,7 +446,9 @@ def agree_across_servers(links, index: int, n_servers: int, out: Path, name: str
     Anything else (a run stopped while the servers were writing) is refused in one line.
     """
     mine = [(_progress(Path(out) / f) or {}).get("epoch", -1) for f in (CHECKPOINT, NEXT)]
-    held = torch.zeros(2 * n_servers, dtype=torch.float32)  # (committed, written) epoch of each server
+    # (committed, written) epoch of each server, then a round vector's last two values, 0: it opens no round and its
+    # instant is 0 (ServerLinks.all_reduce reads them as those; a server's epoch there stalled the resume)
+    held = torch.zeros(2 * n_servers + 2, dtype=torch.float32)
     held[2 * index:2 * index + 2] = torch.tensor([float(e) for e in mine])
     links.all_reduce(held)
     pairs = [(int(held[2 * j]), int(held[2 * j + 1])) for j in range(n_servers)]
@@ -414,6 +457,8 @@ def agree_across_servers(links, index: int, n_servers: int, out: Path, name: str
         return
     if last >= 0 and all(last in pair for pair in pairs):
         if mine[0] != last:
+            if (Path(out) / TRACE_NEXT).is_file():
+                os.replace(Path(out) / TRACE_NEXT, Path(out) / TRACE_FILE)
             os.replace(Path(out) / NEXT, Path(out) / CHECKPOINT)
         return
     said = ", ".join(f"server {j}: {'none' if c < 0 else f'epoch {c}'}" for j, (c, _) in enumerate(pairs))

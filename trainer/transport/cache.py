@@ -12,6 +12,13 @@ the cache is filled in leaves what it sent to the old server cached there and se
 each later epoch every server replays its own cache (:meth:`ActivationCache.replays`), whatever server holds the
 device by then (it sends nothing more); the simulator's pools do the same (``sfsim.engine.cacheparts``).
 
+A checkpoint saves what the cache holds (:meth:`ActivationCache.checkpoint`): each device's micro-batches are appended
+to its own file under ``OUT/activation-cache`` (each once: a micro-batch is saved at the first checkpoint after it
+came), and the checkpoint records how many of each are its own, what was replayed so far, who departed, and the
+replays of the epoch it was taken in. ``--resume`` reads them back (:meth:`ActivationCache.restore`), so a run
+stopped in or after the epoch that fills the cache goes on replaying what the interrupted run received, with the
+same replays left (issue 21): the devices do not send again what the servers already hold.
+
 Micro-batches are kept whole (their composition is the first epoch's; later epochs replay them in a
 fresh order, see ``trainer.methods.splitfrozen``): a sample's activations depend on its batch's
 padding for left-padded decoders, whose positions count from the first column, so re-batching
@@ -21,6 +28,10 @@ samples would train on inputs no device computes.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -29,6 +40,13 @@ import torch
 
 #: The tensors of a cached micro-batch, in the order they are stored.
 FIELDS = ("hidden", "attention_mask", "labels")
+
+SAVED = "activation-cache"
+"""The folder under a server's output where checkpoints save its cache (one file per device, appended to)."""
+
+_DTYPES = {str(t).removeprefix("torch."): t for t in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                                                      torch.uint8, torch.int8, torch.int32, torch.int64, torch.bool)}
+_LEN = struct.Struct("<Q")  # a saved micro-batch: its header's length, the header (JSON), then its tensors' bytes
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -62,13 +80,22 @@ class ActivationCache:
         self.filled_in: int | None = None  # the epoch sent here from its start that fills the cache (:meth:`fill`)
         self.digests: dict[str, list[str]] = {}  # device -> :func:`digest` of each micro-batch put, in order
         self.reads: dict[str, list[str]] = {}  # device -> :func:`digest` of each micro-batch read back (replayed)
+        self.saved: dict[str, tuple[int, int]] = {}  # device -> (micro-batches, bytes) in its file under SAVED
+        self.replaying: tuple[int, dict[str, int]] | None = None  # (epoch, its replays): set by the method
+        self.restored: tuple[int, dict[str, int]] | None = None  # a checkpoint's replaying, until that epoch resumes
+        self.by_rows = False  # several servers, handovers: a server weighs its replays' samples in the averages
+        self._refill: int | None = None  # the epoch whose part a checkpoint restored (:meth:`fill` keeps it)
 
     def fill(self, epoch: int, resumed: bool) -> None:
         """Epoch ``epoch`` comes from the wire: forget every entry and keep what arrives; it fills the cache unless
         the epoch was ``resumed`` mid-way (then the next epoch is sent whole again)."""
+        if self._refill == epoch:  # its part up to the checkpoint is restored: the rest comes now
+            self._refill, self.filled_in = None, epoch
+            return
         for device in list(self._entries):
             self.clear(device)
         self.filled_in = None if resumed else epoch
+        self.saved = {}  # the next checkpoint saves this fill afresh
 
     def replays(self, epoch: int, lost=(), order=()) -> dict[str, int] | None:
         """Device -> micro-batches this server replays in ``epoch``: every device it cached in an earlier epoch
@@ -150,6 +177,65 @@ class ActivationCache:
         return {"devices": {n: {"held": self.digests.get(n, []), "replayed": self.reads.get(n, [])} for n in names},
                 "in_memory_bytes": int(self.in_memory_bytes), "file_bytes": int(self.file_bytes)}
 
+    def resumed_replays(self, epoch: int) -> dict[str, int] | None:
+        """The replays of ``epoch`` as they were when the checkpoint this run resumed from was taken in it (so the
+        epoch goes on with the same devices: those departed before it opened replay nothing, as they did not), once;
+        None: the epoch opens afresh."""
+        got, self.restored = self.restored, None
+        return got[1] if got is not None and got[0] == epoch else None
+
+    def checkpoint(self, out: str | Path) -> dict:
+        """Save what is not saved yet under ``out/SAVED`` (appended, each micro-batch once) and return the state a
+        checkpoint records (:meth:`restore` reads both back)."""
+        folder = Path(out) / SAVED
+        if not self.saved:
+            shutil.rmtree(folder, ignore_errors=True)  # another fill's (or nothing): this one starts afresh
+        folder.mkdir(parents=True, exist_ok=True)
+        for device in self._entries:
+            k, size = self.saved.get(device, (0, 0))
+            if k >= self.count(device):
+                continue
+            with open(folder / _name(device), "r+b" if size else "wb") as f:
+                f.truncate(size)  # anything after the last checkpoint's part is not its
+                f.seek(size)
+                for j in range(k, self.count(device)):
+                    size += _write(f, self._read(device, j), self.digests[device][j])
+                f.flush()
+                os.fsync(f.fileno())
+            self.saved[device] = (self.count(device), size)
+        return {"filled_in": self.filled_in, "saved": {n: list(v) for n, v in self.saved.items() if v[0]},
+                "held": {n: self.count(n) for n in self._entries}, "left": sorted(self.left),
+                "reads": self.reads, "replaying": None if self.replaying is None else list(self.replaying),
+                "by_rows": self.by_rows}
+
+    def restore(self, out: str | Path, state: dict, epoch: int) -> None:
+        """Take back what a checkpoint of ``epoch`` recorded (:meth:`checkpoint`): the micro-batches each device had
+        here then (from ``out/SAVED``; beyond its memory they go to file as :meth:`put` puts them), who departed,
+        what was replayed, and that epoch's replays when it was taken in it.
+
+        Raises:
+            ValueError: a saved file is missing or shorter than the checkpoint says (one line)."""
+        folder = Path(out) / SAVED
+        for device, n in state["held"].items():
+            k, size = state["saved"].get(device, (0, 0))
+            if n != k:
+                raise ValueError(f"the checkpoint holds {n} micro-batches of {device} but saved {k}")
+            path = folder / _name(device)
+            if n and (not path.is_file() or path.stat().st_size < size):
+                raise ValueError(f"{path} is missing or shorter than the checkpoint's {size} bytes")
+            with open(path, "rb") if n else open(os.devnull, "rb") as f:
+                for _ in range(n):
+                    tensors, want = _read_saved(f)
+                    self.put(device, tensors)
+                    if self.digests[device][-1] != want:
+                        raise ValueError(f"{path}: a micro-batch of {device} is not what was saved (digest)")
+            if n:
+                self.saved[device] = (k, size)
+        self.filled_in, self.left = state["filled_in"], set(state["left"])
+        self.reads, self.by_rows = {n: list(v) for n, v in state["reads"].items()}, bool(state["by_rows"])
+        self.restored = None if state["replaying"] is None else (int(state["replaying"][0]), state["replaying"][1])
+        self._refill = epoch if self.filled_in == epoch else None  # stopped in the epoch that fills it
+
     def _read(self, device: str, j: int) -> dict[str, torch.Tensor]:
         e = self._entries[device][j]
         if isinstance(e, dict):
@@ -167,7 +253,7 @@ class ActivationCache:
         if self._tmp is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._tmp = tempfile.TemporaryDirectory(prefix="activation-cache-", dir=self.folder)
-        return Path(self._tmp.name) / f"{len(device)}-{device.encode().hex()}.bin"  # any device name is a safe file name
+        return Path(self._tmp.name) / _name(device)
 
     def close(self) -> None:
         """Drop every entry and delete the spill folder."""
@@ -177,3 +263,33 @@ class ActivationCache:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def _name(device: str) -> str:
+    """A device's file name (any device name gives a safe one)."""
+    return f"{len(device)}-{device.encode().hex()}.bin"
+
+
+def _write(f, tensors: dict[str, torch.Tensor], dig: str) -> int:
+    """Append one micro-batch to a saved file: header length, header (its digest, each field's dtype and shape),
+    then each field's bytes; return the bytes written."""
+    parts = [tensors[k].detach().contiguous() for k in FIELDS]
+    head = json.dumps({"digest": dig, "fields": [[str(t.dtype).removeprefix("torch."), list(t.shape)]
+                                                 for t in parts]}).encode()
+    f.write(_LEN.pack(len(head)) + head)
+    for t in parts:
+        f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return _LEN.size + len(head) + sum(t.nbytes for t in parts)
+
+
+def _read_saved(f) -> tuple[dict[str, torch.Tensor], str]:
+    """The next micro-batch of a saved file and the digest saved with it."""
+    (n,) = _LEN.unpack(f.read(_LEN.size))
+    head = json.loads(f.read(n))
+    out = {}
+    for k, (dtype, shape) in zip(FIELDS, head["fields"], strict=True):
+        dt = _DTYPES[dtype]
+        size = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dt).element_size()
+        raw = torch.frombuffer(bytearray(f.read(size)), dtype=torch.uint8) if size else torch.empty(0, dtype=torch.uint8)
+        out[k] = raw.view(dt).reshape(shape)
+    return out, head["digest"]

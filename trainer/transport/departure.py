@@ -40,6 +40,7 @@ from trainer.transport.runtime import Message
 
 GONE_WAIT_S = 5.0  # at most this long a server waits for a gone the scenario says is due (then drops the device)
 POLL_S = 0.002  # how often a waiting server looks for it
+AT_RESOLUTION_S = 1e-6  # the wire's stamps are whole microseconds: two departures closer than this are one
 
 
 class Goodbye:
@@ -60,10 +61,12 @@ class Goodbye:
         self.sent_to.setdefault(name, set()).add(rank)
 
     def arm(self, name: str, epoch: int) -> None:
-        """Once per device: a timer at its drop instant puts a local ``depart`` in its inbox (:meth:`say` then)."""
+        """Once per device: a timer at its drop instant puts a local ``depart`` in its inbox (:meth:`say` then). None
+        for a device that dropped before this attempt (a resumed run): its servers have its ``gone`` from the
+        checkpoint, or take its drop instant (:meth:`Departures.gone`)."""
         presence = self.setup.meter.presence.get(name)
         inbox = getattr(self.setup.transport, "inbox", None)
-        if name in self.armed or presence is None or presence.churn != "drop" or inbox is None:
+        if name in self.armed or presence is None or presence.churn != "drop" or inbox is None or presence.leave < 0:
             return
         self.armed.add(name)
         if presence.leave < math.inf:
@@ -71,6 +74,14 @@ class Goodbye:
                                     (Message(name, -1, kind="depart", epoch=epoch),))
             timer.daemon = True
             timer.start()
+
+    def resumed(self, name: str, ranks: set[int | None]) -> None:
+        """A resumed attempt (``--resume``), cache on: device ``name`` sent its cached micro-batches in an earlier
+        attempt, to servers among ``ranks`` (every server of its legs; None: its only server), and gets no ``start``
+        in a cached epoch: its timer is armed now and its ``gone`` goes to each of them (they accept it from a
+        device with a leg there)."""
+        self.sent_to.setdefault(name, set()).update(ranks)
+        self.arm(name, 0)  # the gone's epoch is not read: its stamp says when
 
     def drop_instant(self, name: str) -> float:
         """The device's drop instant on this attempt's clock (``inf``: none)."""
@@ -103,6 +114,10 @@ class Departures:
     def __init__(self, setup, knows: Callable[[str], bool], lose: Callable[[str, str], None]):
         self.setup, self.knows, self.lose = setup, knows, lose
         self.at: dict[str, float] = {}  # device -> its departure (the gone's stamp)
+        # a resumed attempt (trainer.run.resume.restore_cache): a device connects only to the servers of its legs from
+        # the checkpoint on, so one that handed over before it cannot reach a server holding an earlier part of its
+        # cache; a drop's gone is stamped with its drop instant, which that server takes when due, not waiting
+        self.resumed = False
 
     def read(self) -> None:
         """Take every ``gone`` that has come (none waits)."""
@@ -131,7 +146,7 @@ class Departures:
             return f"a gone without a departure instant (at {msg.at})"
         if not self.knows(n):
             return "a gone from a device that never sent to this server and is not held here"
-        if n in self.at and self.at[n] != msg.at:
+        if n in self.at and abs(self.at[n] - msg.at) > AT_RESOLUTION_S:  # (a resumed server may hold its drop instant)
             return f"a second gone (at {msg.at:.6f} s, after one at {self.at[n]:.6f} s)"
         return None
 
@@ -141,8 +156,12 @@ class Departures:
         self.read()
         if name not in self.at:
             tr = self.setup.transport
-            if now < getattr(tr, "drops", {}).get(name, math.inf):
+            drop = getattr(tr, "drops", {}).get(name, math.inf)
+            if now < drop:
                 return False
+            if drop < 0 or self.resumed:  # its gone is stamped with its drop instant (which every process knows):
+                self.at[name] = drop  # before this attempt it was sent then; in it the device may reach only its own
+        if name not in self.at:
             until = time.monotonic() + GONE_WAIT_S  # it normally comes one uplink latency after the drop instant
             while name not in self.at and time.monotonic() < until and name not in getattr(tr, "lost", {}):
                 time.sleep(POLL_S)
