@@ -164,6 +164,8 @@ def moving_job(seed: int, availability: bool, **kw):
 
 def check_moves(seeds, availability: bool, **kw) -> int:
     """SplitLoRA with handovers, fast (the joint loop) against SimPy per seed; returns how many fleets handed over."""
+    from sfsim.fast import Unreplayable
+    from sfsim.fast.splitmoves import RELEASE
     from sfsim.schedules.splitlora.moves import hands_over
 
     ran = 0
@@ -178,7 +180,11 @@ def check_moves(seeds, availability: bool, **kw) -> int:
             with pytest.raises(RuntimeError, match="did not finish"):
                 fast_figures(b, cfg, "splitlora")
             continue
-        got = fast_figures(b, cfg, "splitlora")
+        try:
+            got = fast_figures(b, cfg, "splitlora")
+        except Unreplayable as err:  # an idle client released at its server's next look (issue 21): SimPy's
+            assert str(err) == RELEASE, seed
+            continue
         assert (want, motions(a)) == (got, motions(b)), f"seed {seed} cfg={cfg}"
         ran += 1
     return ran

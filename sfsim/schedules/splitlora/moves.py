@@ -91,9 +91,8 @@ class Moves:
         srv = self.servers[c.home]
         if c.i in self.lost or c.next >= c.d.n or c in srv.out or srv.leave(c) > self.engine.env.now or srv.closing:
             return
-        if srv.stepping and c in srv.left:
-            if c not in srv.deferred:
-                srv.deferred.append(c)
+        if c in srv.left:  # counted in its epoch: released when it next looks at the client (InTime.look_at)
+            srv.look_at(c)
             return
         srv.hand_over(c, self.engine.env.now)
 
