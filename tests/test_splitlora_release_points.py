@@ -76,30 +76,38 @@ def test_a_client_idle_on_a_full_quota_is_released_at_its_servers_next_look_as_t
     assert m["lost_devices"] == {} and m["missing_reports"] == [] and m["dropped_peers"] == {}
 
 
-def test_the_simulator_releases_a_client_idle_on_a_full_quota_at_its_servers_next_look(tmp_path):
+SIM_ONLY = {  # stay-b's speed: mover's uplink sends (start s, micro-batch; -1: its adapters), the run's makespan
+    "20 MFLOPS": ([(91.388, 0), (464.124, 1), (632.879, 2), (1304.65, -1), (1397.026, 3), (1474.398, -1)],
+                 1475.3924919943188),
+    "10 MFLOPS": ([(91.388, 0), (610.201, 1), (778.956, 2), (1304.65, -1), (1397.026, 3), (1474.398, -1)],
+                  1475.3924919943188)}
+
+
+@pytest.mark.parametrize("stay_b", list(SIM_ONLY))
+def test_the_simulator_releases_a_client_idle_on_a_full_quota_at_its_servers_next_look(tmp_path, stay_b):
     """The same fleet in the simulator alone, on the scenario's own times (gpt2, cut 1): mec-a serves mover's micro-batch 0
     at ~98 s and waits for stay-a's (~372 s) with mover idle, its quota full; mover's handover at 300 s. Released after
-    stay-a's serve and its round (~372 s), mover's ``join`` reaches mec-b after stay-b's micro-batch 1 (read at ~266 s):
-    mec-b's FedAvg round at ~373 s averages stay-b alone, and mover sends its micro-batch 1 at 464.124 s. Moved at 300 s
-    (before the fix) it uploaded its adapters to mec-b at 371.94 s for that round (three adapter uploads, not two);
-    released at the look but counted in that round, its micro-batch 1 went at 464.321 s; moved at 300 s and not counted,
-    at 463.328 s. SplitLoRA sync with handovers runs on SimPy (auto says so in one line)."""
+    stay-a's serve and its round (~372 s), mover's ``join`` reaches mec-b after the last micro-batch mec-b read in its
+    segment, so mec-b's FedAvg round then averages stay-b alone (mover's adapters go up only at the epoch's end).
+    Before the fix (moved at 300 s) mover uploaded its adapters to mec-b for that round (at 371.94 s with stay-b at
+    20 MFLOPS, 518.81 s at 10) and sent its micro-batch 1 at 464.32 s / 751.64 s; with the look but without
+    ``_read_join``, at 10 MFLOPS it still went into that round (518.81 s) and sent micro-batch 1 at 751.64 s.
+    SplitLoRA sync with handovers runs on SimPy (auto says so in one line)."""
     import sfsim
     from sfsim.scenario.config import load_scenario
 
+    data = quota_fleet("300 s")
+    data["devices"][2]["flops"] = stay_b
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(quota_fleet("300 s")))
+    path.write_text(yaml.safe_dump(data))
     auto = sfsim.simulate(load_scenario(path), "splitlora", splits=1, engine="auto")
     assert (auto.engine, auto.engine_note) == ("simpy", "splitlora's backhaul sync with handovers between servers is "
                                                         "replayed by the SimPy engine only")
     res = sfsim.simulate(load_scenario(path), "splitlora", splits=1, trace=True, engine="simpy")
-    assert res.makespan_s == auto.makespan_s
     assert [(h["from"], h["to"], h["sent_before"]) for h in res.handovers] == [("mec-a", "mec-b", 1)]
     sends = [(round(e.start, 3), e.mb) for e in res.events if e.lane == "link:mover" and e.op == "send"]
-    assert sends == [(91.388, 0), (464.124, 1), (632.879, 2), (1304.65, -1), (1397.026, 3), (1474.398, -1)]
-    assert server_lane(res.events, "mec-b")[:5] == [("F", "stay-b", 0), ("step", "", -1), ("F", "stay-b", 1),
-                                                    ("step", "", -1), ("aggregate", "", -1)]
-    assert res.sync_rounds == 4 and res.makespan_s == 1475.3924919943188
+    assert (sends, res.makespan_s) == SIM_ONLY[stay_b] and auto.makespan_s == res.makespan_s
+    assert res.sync_rounds == 4
 
 
 def unsynced_fleet(at: str = "1.0 s") -> dict:
