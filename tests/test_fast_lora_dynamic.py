@@ -162,11 +162,14 @@ def moving_job(seed: int, availability: bool, **kw):
     return job, random_cfg(rng, **kw)
 
 
-def check_moves(seeds, availability: bool, **kw) -> int:
-    """SplitLoRA with handovers, fast (the joint loop) against SimPy per seed; returns how many fleets handed over."""
+def check_moves(seeds, availability: bool, **kw) -> tuple[int, int]:
+    """SplitLoRA with handovers, fast (the joint loop) against SimPy per seed; returns how many fleets handed over and
+    were equal, and how many the fast path refused (an idle client released at its server's next look: SimPy's)."""
+    from sfsim.fast import Unreplayable
+    from sfsim.fast.splitmoves import RELEASE
     from sfsim.schedules.splitlora.moves import hands_over
 
-    ran = 0
+    ran = refused = 0
     for seed in seeds:
         (a, cfg), (b, _) = moving_job(seed, availability, **kw), moving_job(seed, availability, **kw)
         if not hands_over(a.network.motions):
@@ -178,10 +181,15 @@ def check_moves(seeds, availability: bool, **kw) -> int:
             with pytest.raises(RuntimeError, match="did not finish"):
                 fast_figures(b, cfg, "splitlora")
             continue
-        got = fast_figures(b, cfg, "splitlora")
+        try:
+            got = fast_figures(b, cfg, "splitlora")
+        except Unreplayable as err:  # an idle client released at its server's next look (issue 21): SimPy's
+            assert str(err) == RELEASE, seed
+            refused += 1
+            continue
         assert (want, motions(a)) == (got, motions(b)), f"seed {seed} cfg={cfg}"
         ran += 1
-    return ran
+    return ran, refused
 
 
 @pytest.mark.parametrize("availability", [False, True])
@@ -190,7 +198,8 @@ def check_moves(seeds, availability: bool, **kw) -> int:
 def test_splitlora_handovers(availability, order, policy, seeds):
     """SplitLoRA with handovers between 2-4 servers (1-3 legs per device), with and without availability:
     the fast path's joint loop equals the SimPy engine's (which takes every client order and policy alike)."""
-    assert check_moves(seeds, availability, client_order=order, policy=policy) >= 0.6 * len(seeds)
+    equal, refused = check_moves(seeds, availability, client_order=order, policy=policy)
+    assert equal + refused >= 0.6 * len(seeds) and equal >= 0.4 * len(seeds)  # seeds 100-299, fifo: 112 equal, 71 refused
 
 
 def test_lazy_rates_drawn_further(monkeypatch):
@@ -201,7 +210,7 @@ def test_lazy_rates_drawn_further(monkeypatch):
     monkeypatch.setattr(splitlora, "GUESS", 0.0)
     assert check_dynamic("splitlora", range(40), False) == 40
     assert check_dynamic("fedlora", range(40), True, True) == 40
-    assert check_moves(range(40), True) >= 24
+    assert sum(check_moves(range(40), True)) >= 24
 
 
 FIGURES_NET = ("uplink_send_s", "downlink_recv_s", "handovers", "samples_not_trained", "micro_batches")

@@ -271,11 +271,16 @@ def _may_join(J, K, k, e):
 
 @njit
 def _tick(J, K, Q, CNT, now, c):
-    """``Moves.tick``: a handover's instant; the client leaves its server now if it is idle there."""
+    """``Moves.tick``: a handover's instant; the client leaves its server now if it is idle there and not counted in
+    its epoch. One counted there is released when the server next looks at it (``InTime.look_at``), which this loop
+    does not replay: error 5 (the SimPy engine replays the run)."""
     CI, N, R = K[3], K[5], K[6]
     k = J[14][c, _HOME]
     if R[2][sl._LOST, c] or CI[sl._NEXT, c] >= N[sl._N, c] or J[12][k, c] or _leave(J, R, k, c) > now \
             or J[0][k, _CLOSING]:  # in its epoch's last rounds: its next epoch releases the client
+        return
+    if J[8][k, c]:
+        CNT[_ERR] = 5
         return
     _hand_over(J, K, Q, CNT, now, k, c, now, 0)
 

@@ -357,13 +357,17 @@ def _event(J, K, Q, CNT, now, kind, a, b):
             _resume(J, K, Q, CNT, now, k)
 
 
+RELEASE = ("splitlora handover: an idle client whose leg ends while its server counts it in its epoch is released when "
+           "the server next looks at it (the runtime's release), which the SimPy engine replays only")
+
+
 @njit
 def run(J, K, soft, epochs):
     """The joint run: the handovers' soft timers ``soft`` (time, client), then every server's process; ``epochs``: the
     run's, each closed with its round (0: no rounds, the epochs run back to back).
 
     Returns ``(makespan, error)``: error 0; 1 or 2 where the SimPy run would fail or the history is
-    too short; 3 when a server's loop did not finish; -1 when a rate was asked past what was drawn.
+    too short; 3 when a server's loop did not finish; 5 a release the loop does not replay (RELEASE); -1 when a rate was asked past what was drawn.
     """
     S = J[0].shape[0]
     Q, CNT = start(soft, _SOFT, np.arange(S), _INIT, 8)
@@ -465,6 +469,8 @@ def replay(job, cfg) -> tuple[dict, dict, float, Closed | None]:
     if err in (1, 3):
         raise RuntimeError("splitlora handover: a server's loop did not finish" if err == 3 else
                            f"splitlora handover: the fast path's joint loop failed ({err})")
+    if err == 5:
+        raise Unreplayable(RELEASE)
     if err:
         what = "a micro-batch served outside its server's epoch count" if err == 2 else "a client out without an arrival"
         raise Unreplayable(f"splitlora handover: {what} ({err}; a joiner with a micro-batch on its way, issue 19), a "

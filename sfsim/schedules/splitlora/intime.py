@@ -207,7 +207,7 @@ class InTime:
         while self.left:
             yield from self._segment_in_time((every - self.steps % every) * acc)
             yield from self._server_step()  # a partial window at the segment's end
-            if self.steps % every == 0 and self.left:
+            if self.steps % every == 0 and any(self._read_join(c) for c in self.left):
                 yield from self._round()
         yield from self._round()
 
@@ -233,7 +233,9 @@ class InTime:
                 continue
             self.out.remove(c)
             skipped, moved = c.arrival == -math.inf, len(c.history)
+            self.read = self.engine.env.now  # the runtime's server reads its messages in arrival order: a join by now too
             yield from self._serve(c)
+            self.look = max(self.engine.env.now, self.free)  # the runtime looks at every client once this serve ends
             # handed over while the step after it waited on the others' rounds (sync): gone, or back here already
             # (A -> B -> A), counted anew by ``join`` (busy: with a micro-batch on its way here; idle: pending)
             gone = c not in self.left or len(c.history) != moved
@@ -267,8 +269,17 @@ class InTime:
         for c in self.deferred:
             if c.home == self.k and c not in self.out and c.i not in self.lost and c.next < c.d.n and c in self.left \
                     and self.leave(c) <= now:
-                self.hand_over(c, now)
+                self.hand_over(c, max(now, self.free))
         self.deferred = []
+
+    def look_at(self, c) -> None:
+        """Client ``c``'s leg here ends now while it is idle here and counted in this epoch: the runtime's server
+        ``release``-s it when it next looks at it (``may_issue``): at the end of the serve it is in (:attr:`look`), else
+        after its next serve, or at its next segment's start (:meth:`_release_deferred`)."""
+        if self.look > self.engine.env.now:
+            self.hand_over(c, self.look)
+        elif c not in self.deferred:
+            self.deferred.append(c)
 
     def _fill(self) -> None:
         """Send ``fwd`` to clients that joined mid-segment, while the segment has room."""
@@ -307,11 +318,19 @@ class InTime:
                 return
         self.out.append(c)
 
+    def _read_join(self, c) -> bool:
+        """Whether this server has read client ``c``'s ``join`` (one held from the start: yes). With ``training.sync`` the
+        runtime's server reads its messages in arrival order only while it waits for a micro-batch: a ``join`` that
+        arrives after the last one it read in a segment is read in its next segment, so that visitor is not in a
+        FedAvg round between (nor does it make one due). Without ``training.sync`` a joiner counts from its handover (the
+        fast path's joint loop replays that)."""
+        return self.sync is None or self.sync.rounds.every is None or c.joined <= self.read
+
     def _round(self):
         """FedAvg over the clients held when ``sync`` goes out (see module)."""
         while (yield from self.until(self.free)):
             pass
-        self.clients = [c for c in self.moves.clients if self.moves.holder(c, self.free) == self.k]
+        self.clients = [c for c in self.moves.clients if self.moves.holder(c, self.free) == self.k and self._read_join(c)]
         if self.clients:
             # a member may have a micro-batch on its way to its next server already: keep its arrival
             flying = {c: c.arrival for c in self.clients if c.arrival is not None}

@@ -18,11 +18,14 @@ Rules, for a client whose handover at ``at`` moves it from server A to server B:
   served by A, its gradient coming down over the leg holding when the gradient starts.
 * **Holding.** A holds the client until ``at``, or, when a micro-batch of it is out at A then, until A
   has served it; at that instant the client joins B (``since``). A client whose micro-batches were all
-  sent does not move: nothing of it is left to train, and it stays in A's FedAvg group. With ``training.sync``, an idle
-  client whose ``at`` falls while A is in a step and its backhaul round stays A's until the step ends (the runtime's
-  A reads and sends nothing in the round, and its ``release`` goes when it next looks at the client: after the step,
-  or at its next segment's start); a FedAvg round between takes it, and one whose legs took it back to A by then
-  never leaves (issue 21).
+  sent does not move: nothing of it is left to train, and it stays in A's FedAvg group. An idle client that A counts
+  in its epoch (A waits for another's micro-batch with the segment's quota full, or is in a step and its backhaul
+  round, or between segments) stays A's until A next looks at it, as the runtime's ``may_issue``: at the end of the
+  serve A is in, else after A's next serve, or at A's next segment's start; A's ``release`` goes then (issue 21,
+  :meth:`~sfsim.schedules.splitlora.intime.InTime.look_at`). A FedAvg round between takes it, and one whose legs took
+  it back to A by then never leaves. With ``training.sync`` B reads a visitor's ``join`` only while it waits for a
+  micro-batch: a ``join`` that arrives after the last micro-batch B read in a segment is not in B's FedAvg round
+  between (:meth:`~sfsim.schedules.splitlora.intime.InTime._read_join`).
 * **Epochs.** A server's epoch trains, for each client it holds, the rest of that client's own epoch;
   a client that joins mid-epoch brings the rest of its current epoch into B's current epoch (its next
   epochs go into B's next ones). A server with nothing left waits while a client may still join it.
@@ -85,15 +88,13 @@ class Moves:
         return c.history[k][1]
 
     def tick(self, c) -> None:
-        """A handover's instant: the client leaves its server now if it is idle there, unless that server is in a step
-        and its backhaul round with the client counted in its epoch: the runtime's server reads nothing then, and
-        ``release``-s the client when it next looks at it, after the step (``InTime._release_deferred``)."""
+        """A handover's instant: the client leaves its server now if it is idle there and not counted in the server's
+        epoch; one counted there the runtime's server ``release``-s when it next looks at it (``InTime.look_at``)."""
         srv = self.servers[c.home]
         if c.i in self.lost or c.next >= c.d.n or c in srv.out or srv.leave(c) > self.engine.env.now or srv.closing:
             return
-        if srv.stepping and c in srv.left:
-            if c not in srv.deferred:
-                srv.deferred.append(c)
+        if c in srv.left:  # counted in its epoch: released when it next looks at the client (InTime.look_at)
+            srv.look_at(c)
             return
         srv.hand_over(c, self.engine.env.now)
 

@@ -94,7 +94,9 @@ class Server(InTime):
         self.closing = False  # in the epoch's last backhaul rounds (a handover due meanwhile waits: run_in_time)
         self.serving = False  # in a segment of run_in_time (a joiner with a micro-batch on its way here counts in it)
         self.stepping = False  # in a step and its backhaul round (the runtime's server reads nothing meanwhile)
-        self.deferred: list = []  # idle clients whose leg here ended meanwhile: released after the step (Moves.tick)
+        self.deferred: list = []  # idle clients whose leg here ended: released at its next look (Moves.tick)
+        self.read = 0.0  # when it last read a micro-batch: the joins that arrived by then are read too (InTime._round)
+        self.look = 0.0  # when the runtime's server looks at every client after the serve it is in (InTime.look_at)
         self.wake = None
         self.finished = False
         self.free = self.end = self.busy = 0.0  # server free at; last instant of the run; busy seconds
