@@ -9,8 +9,6 @@ its samples untrained).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sfsim.errors import SfsimError
+from tests.test_runtime import kill_run
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -96,11 +95,7 @@ def test_a_run_with_handovers_stopped_and_resumed_ends_as_an_uninterrupted_run(t
     while min(_epoch(out / "checkpoint.safetensors"), _epoch(out / "servers" / "mec-b" / "checkpoint.safetensors")) < 1:
         assert time.monotonic() < end and t.is_alive(), "no epoch-1 checkpoint on both servers"
         time.sleep(0.02)
-    for pid in json.loads((out / "logs" / "pids.json").read_text()).values():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_run(out)
     t.join(60)
     assert isinstance(box["result"], SfsimError), box  # stopped in epoch 1, not finished
     m = run(load_run_config(str(out)), resume=True)

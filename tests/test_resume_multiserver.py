@@ -7,8 +7,6 @@ the closing sync round) and a resumed run restores each server's; the servers mu
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sfsim.errors import SfsimError
+from tests.test_runtime import kill_run
 from trainer.run.resume import agree_across_servers, checkpoint_totals
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -60,11 +59,7 @@ def _stop_after_epoch_1(run, cfg, out: Path) -> None:
     while min(_epoch(out / "checkpoint.safetensors"), _epoch(out / "servers" / "mec-b" / "checkpoint.safetensors")) < 1:
         assert time.monotonic() < end and t.is_alive(), "no epoch-1 checkpoint on both servers"
         time.sleep(0.02)
-    for pid in json.loads((out / "logs" / "pids.json").read_text()).values():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_run(out)
     t.join(60)
     assert isinstance(box["result"], SfsimError), box  # stopped in epoch 2, not finished
 

@@ -204,6 +204,15 @@ def _wait_for(path: Path, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def kill_run(out: Path) -> None:
+    """SIGKILL every process of the run in ``out`` (its ``logs/pids.json``): a crash, no clean-up."""
+    for pid in json.loads((out / "logs" / "pids.json").read_text()).values():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]
@@ -362,11 +371,7 @@ def kill_halted(cfg, nth: int = 2) -> None:
     out = Path(cfg.out)
     t, box = _in_thread(_launch_halting, cfg, nth)
     _wait_for(out / HALTED, timeout=180)
-    for pid in json.loads((out / "logs" / "pids.json").read_text()).values():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_run(out)
     t.join(60)
     assert isinstance(box.get("error"), SfsimError), box
 
@@ -386,11 +391,7 @@ def test_kill_and_resume_matches_uninterrupted(tiny_gpt2, tmp_path, method):
     t, box = _in_thread(_launch_halting, cut)
     _wait_for(out / HALTED)
     assert (out / "checkpoint.safetensors").is_file() and not (out / "metrics.json").exists()
-    for pid in json.loads((out / "logs" / "pids.json").read_text()).values():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_run(out)
     t.join(60)
     assert isinstance(box.get("error"), SfsimError)
     assert not (out / "metrics.json").exists() or json.loads((out / "metrics.json").read_text())["eval_history"] \
