@@ -91,7 +91,9 @@ def test_closing_rounds_change_the_run():
         _, plain = replay(job, cfg, schedule="fedlora")
         longer += makespan > plain
         differ += makespan != close_epochs(spec, {n: plain for n, _, _ in spec.servers}, plain)[1]
-    assert longer >= 90 and differ >= 90  # 94 and 99 when written
+    # 94 and 99 when written; 100 and 82 since a FedLoRA round starts with its download (fed21): a post-step
+    # closing round then coincides with the in-run one on more fleets
+    assert longer >= 90 and differ >= 75
     job, cfg = closing_job(3)
     job.devices = [replace(d, n=0) for d in job.devices]  # no FedAvg slot: SimPy's EpochClose has none to wait on
     assert uncovered(None, "fedlora", cfg, job) == ("fedlora's closing backhaul rounds when the devices' epochs are "

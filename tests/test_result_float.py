@@ -1,6 +1,6 @@
-"""A run in which every device leaves before it trains (FedLoRA, drop churn at once): the SimPy engine's clock never
-moves from its int 0, and the result still reads ``0.0`` as the fast path's does, so ``auto`` and ``simpy`` write the
-same JSON."""
+"""A run in which every device leaves before it trains (FedLoRA, drop churn at once): the result's figures are floats
+on both engines, so ``auto`` and ``simpy`` write the same JSON. (Written when SimPy's clock stayed at its int 0 here;
+since a FedLoRA round starts with the adapter's download (fed21), the devices' downloads move it to 0.096 s.)"""
 
 import sfsim
 from sfsim.scenario.config import scenario_from_dict
@@ -20,5 +20,5 @@ def test_a_run_that_trains_nothing_writes_the_same_json_on_both_engines():
     sc = scenario_from_dict(FLEET, source="fresh.yaml")
     slow, fast = (sfsim.simulate(sc, "fedlora", engine=e) for e in ("simpy", "auto"))
     assert (slow.micro_batches, slow.samples_not_trained) == (0, {"t0-0": 40, "t0-1": 40, "t0-2": 40})
-    assert type(slow.makespan_s) is float and slow.makespan_s == 0.0
+    assert type(slow.makespan_s) is float and slow.makespan_s == 0.09635616
     assert slow.to_json().replace('"simpy"', '"fast"') == fast.to_json()
