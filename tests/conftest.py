@@ -20,6 +20,25 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def tiny_profiles():
+    """Latency profiles of a tiny random GPT-2 (2 blocks, width 32) measured once a session, as ``sfsim profile`` does:
+    ``(server, device)``, the server's on a 2 x 2 grid (its ``first_step`` and ``bookkeeping`` included), the
+    device's on one shape. Deep-copy before changing them: several tests read them (a measurement is ~15 s)."""
+    import torch
+
+    from trainer.model.loading import tiny_model
+    from trainer.validate.profile import ProfileSpec, profile_model
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    lm = tiny_model("gpt2", n_layers=2, hidden=32, seed=2)
+    server = profile_model(lm, ProfileSpec([2, 4], [8, 16], warmup=0, repeats=1, role="server"), model="tiny")
+    device = profile_model(lm, ProfileSpec([2], [8], warmup=0, repeats=1), model="tiny")
+    torch.set_num_threads(before)
+    return server, device
+
+
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
     """A tiny random GPT-2 (4 blocks, width 32) saved as a local HF folder; its path."""

@@ -5,6 +5,7 @@ micro-batch, its optimizer step), so SimPy and the fast path charge it alike; no
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import shutil
 from pathlib import Path
@@ -132,15 +133,11 @@ def test_a_missing_key_is_one_line(tmp_path):
     assert str(err.value) == f"{prof}: bookkeeping.step: required key is missing"
 
 
-@pytest.mark.usefixtures("one_torch_thread")
-def test_a_server_profile_measures_it(tmp_path):
-    from trainer.model.loading import tiny_model
+def test_a_server_profile_measures_it(tmp_path, tiny_profiles):
     from trainer.validate.machine import is_stale
-    from trainer.validate.profile import ProfileSpec, profile_model, write_profile
+    from trainer.validate.profile import write_profile
 
-    lm = tiny_model("gpt2", n_layers=2, hidden=32, seed=2)
-    server = profile_model(lm, ProfileSpec([2, 4], [8, 16], warmup=0, repeats=1, role="server"), model="tiny")
-    device = profile_model(lm, ProfileSpec([2], [8], warmup=0, repeats=1), model="tiny")
+    server, device = copy.deepcopy(tiny_profiles)
     kept = server["bookkeeping"]
     assert set(kept) == {"micro_batch", "step"} and kept["micro_batch"] > 0 and kept["step"] > 0
     assert kept["micro_batch"] < 0.05 and kept["step"] < 0.05  # bookkeeping, not a micro-batch's compute

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -139,15 +140,11 @@ def test_simulate_says_when_a_server_profile_has_no_warm_up(tmp_path):
     assert warm.exit_code == 0 and "first_step" not in warm.output.replace("first_step)", ""), warm.output
 
 
-@pytest.mark.usefixtures("one_torch_thread")
-def test_a_server_profile_measures_its_first_step(tmp_path):
-    from trainer.model.loading import tiny_model
+def test_a_server_profile_measures_its_first_step(tmp_path, tiny_profiles):
     from trainer.validate.machine import is_stale
-    from trainer.validate.profile import ProfileSpec, profile_model, write_profile
+    from trainer.validate.profile import write_profile
 
-    lm = tiny_model("gpt2", n_layers=2, hidden=32, seed=2)
-    server = profile_model(lm, ProfileSpec([2, 4], [8, 16], warmup=0, repeats=1, role="server"), model="tiny")
-    device = profile_model(lm, ProfileSpec([2], [8], warmup=0, repeats=1), model="tiny")
+    server, device = copy.deepcopy(tiny_profiles)
     step = server["first_step"]
     assert (step["micro_batch"], step["seq_len"]) == (4, 16)  # the grid's largest shape
     assert step["cold_s"] > 0 and step["steady_s"] > 0
