@@ -36,7 +36,7 @@ from sfsim.network.legs import online, span
 from sfsim.schedules import fedlora as fl
 from sfsim.schedules import fedsync as fs
 
-_U, _DONE, _STEPS, _DOWNS, _TOTAL = range(5)  # DI: per device its uploads, micro-batches, steps, downloads, rounds
+_U, _DONE, _STEPS, _DOWNS = range(4)  # DI: per device its uploads, micro-batches, steps, downloads
 _FREE, _BUSY = range(2)  # S: the server's lane free at, its busy seconds
 _JOINT, _EVERY = range(2)  # Y: the sync knobs
 
@@ -271,8 +271,7 @@ class _Loop:
         self.members = [i for i, d in enumerate(job.devices) if d.server == k]
         self.mine = [job.devices[i] for i in self.members]
         self.D, self.N = fed.layout(self.mine)
-        self.DI = np.zeros((5, len(self.mine)), np.int64)
-        self.DI[_TOTAL] = [fl.count(d.n, d.per_epoch, per) for d in self.mine]
+        self.DI = np.zeros((4, len(self.mine)), np.int64)
         self.S, self.X = np.zeros(2), np.zeros(3)
         self.Y = np.array([joint, job.sync.every], np.int64)
         knobs = (per, int(cfg.accumulate), float(job.servers[k].aggregate), int(job.sync.epochs), slots, float(wait))
