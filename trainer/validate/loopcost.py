@@ -22,9 +22,8 @@ waits for a core stay out; its contention for the caches does not):
   per-step callback (the progress bar, disabled as in ``sfsim validate`` and ``--quiet``; a ``steps.csv`` row
   written and flushed by :class:`trainer.run.steplog.StepLog`).
 
-Not in it: a method's per-micro-batch ``training_mode`` walk (SplitFrozen's and SplitLoRA's servers still walk every
-module before each micro-batch, 0.3-0.4 ms on the tiny GPT-2; CenLoRA does it once an epoch: pointless work the
-runtime should drop rather than the model charge), and the transport's receive and credit.
+Not in it: the ``training_mode`` walk over every module (every method's server does it once an epoch, not per
+micro-batch: tests/test_cenlora_modes.py, tests/test_server_modes.py), and the transport's receive and credit.
 """
 
 from __future__ import annotations
