@@ -35,3 +35,36 @@ def test_the_shards_go_up_unshaped_and_are_counted(tiny_gpt2, tmp_path):
     assert {e.device for e in sends} == {"big", "small-0", "small-1"}
     assert first_f - min(e.start for e in sends) < 2.5
     assert m["uplink_bytes_by_device"]["big"] > 12_000 * 0.5 and min(m["uplink_bytes_by_device"].values()) > 0
+
+
+class _Recorder:
+    """A transport that only records what a device sends up."""
+
+    arrival_order = False
+
+    def __init__(self):
+        self.up = []
+
+    def send_up(self, msg, *_):
+        self.up.append((msg.device, msg.kind, msg.mb, msg.aux, sorted(msg.tensors)))
+
+
+def test_a_distributed_device_sends_its_shard_with_its_hello(tiny_gpt2, tmp_path):
+    """No round trip before the first forward: a distributed device (``trainer.run.launch._device`` calls ``hello``)
+    sends its shard right after its hello; the server's ``start`` then finds it already there, and the device sends
+    nothing more. A device never said hello to (in process) still sends it on ``start``, once."""
+    from tests.test_multiserver import _cfg
+    from trainer.run.runner import build
+    from trainer.transport.runtime import Message
+
+    b = build(_cfg(tiny_gpt2, tmp_path / "o", devices=str(FIXTURES / "runtime_tiny.yaml"), method="cenlora"))
+    method, (big, small, _) = b.method, b.setup.devices
+    rec = b.setup.transport = _Recorder()
+    method.hello(big, -1)
+    assert rec.up == [("big", "hello", -1, 16, []),
+                      ("big", "shard", -1, 0, ["attention_mask", "input_ids", "labels"])]
+    method.handle(big, Message("big", -1, kind="start"))
+    assert len(rec.up) == 2
+    method.handle(small, Message("small-0", -1, kind="start"))
+    method.handle(small, Message("small-0", -1, kind="start"))
+    assert rec.up[2:] == [("small-0", "shard", -1, 0, ["attention_mask", "input_ids", "labels"])]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sfsim.errors import SfsimError
+from trainer.methods.modes import trainable_params, training_mode  # noqa: F401  (the methods import them from here)
 from trainer.model.lora import add_lora, load_lora_state_dict, lora_state_dict
 from trainer.run.measure import Meter
 from trainer.transport.runtime import DeviceRole, Message, PeerLost, Transport
@@ -277,39 +278,6 @@ def inject_lora(setup: Setup, blocks) -> None:
         setup.head.requires_grad_(True)
 
 
-def training_mode(*modules: nn.Module | None) -> None:
-    """Put model parts in the one training mode every method uses: the pretrained network's own dropout off,
-    dropout only on the LoRA inputs (the scenario's ``lora.dropout``).
-
-    Every block then computes the same function whichever side runs it and whichever method trains:
-    SplitFrozen's frozen device prefix must run without dropout (its activations are then fixed and
-    cacheable), so SplitLoRA's client part, FedLoRA's and CenLoRA's whole models and every server part
-    run their frozen weights the same way. Attention and hidden-state dropout read their module's
-    ``training`` flag, so the whole part goes to eval mode and only peft's ``lora_dropout`` modules
-    back to training mode.
-    """
-    for m in modules:
-        if m is None:
-            continue
-        m.eval()
-        for name, sub in m.named_modules():
-            if name.rpartition(".")[2] == "lora_dropout":
-                sub.train()
-
-
-def trainable_params(*modules: nn.Module | None) -> list[nn.Parameter]:
-    """Parameters with ``requires_grad`` of the given modules, each once."""
-    seen, out = set(), []
-    for m in modules:
-        if m is None:
-            continue
-        for p in m.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out
-
-
 def adamw(params: list[nn.Parameter], setup: Setup) -> torch.optim.AdamW:
     """The optimizer every method uses."""
     return torch.optim.AdamW(params, lr=setup.lr, weight_decay=setup.weight_decay)
@@ -478,6 +446,10 @@ class Method:
     def device_handle(self, role: DeviceRole, msg: Message) -> None:
         """What device ``role`` does with a message from the server."""
         raise NotImplementedError
+
+    def hello(self, role: DeviceRole, checkpoint: int) -> None:
+        """A distributed device's first message to its server (its checkpoint number and samples), at start-up."""
+        self.setup.transport.send_up(Message(role.name, checkpoint, kind="hello", aux=role.n_samples))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The server-side optimizers a checkpoint saves (name -> optimizer)."""

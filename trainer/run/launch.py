@@ -249,7 +249,7 @@ def _device(cfg, built: runner.Built, tr: DistTransport, name: str, offset: floa
     torch.manual_seed(role_seed(cfg.seed, name))  # this device's RNG, as the in-process run gives it
     ckpt = method.load_device_state(role) if resume else -1
     method.checkpoint_report = lambda: report_blob(_report(name, setup.meter, tr, offset, method))
-    tr.send_up(Message(name, ckpt, kind="hello", aux=role.n_samples))
+    method.hello(role, ckpt)  # CenLoRA's device sends its shard with it (the data placed before training)
     try:
         while True:
             msg = tr.recv_down(name)
