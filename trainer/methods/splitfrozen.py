@@ -263,9 +263,7 @@ class SplitFrozen(Method, WaitingServer):
             tr.moves_ahead = True
         live = [n for n in counts if n not in self.lost]
         self._seen, self._ahead = {n: done.get(n, 0) for n in live}, {}
-        # once an epoch, not per micro-batch (as CenLoRA): nothing in an epoch changes the server parts' modes (the
-        # evaluation between epochs does), and the walk over every module was 0.3-0.5 ms of each micro-batch
-        training_mode(*(srv for _, srv in self.parts.values()))
+        training_mode(*(srv for _, srv in self.parts.values()))  # once an epoch: only evaluation changes the modes
         if self._from_cache(epoch, on_step, counts, done, live):
             return
         credits = 1 if self.sequential else s.buffer
