@@ -31,7 +31,7 @@ on a quiet machine (``SHORT``: ``int8``, ``cached``, ``epochs2-cenlora``; named,
 moves with the load) run ``--repeats`` times each (default 3, odd), and each one's row is the run whose *measured*
 total is the median of those runs, with its own prediction beside it (predictions are computed per run, from that
 run's server share, and are never adjusted to the measurement). The measured totals of such short runs move more between back-to-back runs (fixed jitter: the
-server's first-step warm-up, 5-16 ms; process and link start-up; CenLoRA's shard hand-over, 4-5 ms) than the model's
+server's first-step warm-up, 5-16 ms; process and link start-up) than the model's
 error; they cannot be made longer with the fixture's 40 training rows. Each repeated row keeps every run's
 ``measured_runs_s`` and ``predicted_runs_s``. A run that fell behind its emulation (trainer.run.emulation) is not a
 candidate; if every run of a case fell behind, the first one is kept, marked NOT COMPARABLE.
@@ -214,12 +214,16 @@ def main() -> None:
                       "error": rep["total"]["error"], "load": rep["header"]["load_average_1min"],
                       "emulation_note": rep["emulation_note"],
                       **{k: st[k] for k in ("codec", "sync", "epoch_end") if k in st},
-                      **{k: rep[k] for k in ("measured_runs_s", "predicted_runs_s") if k in rep}}
+                      **{k: rep[k] for k in ("measured_runs_s", "predicted_runs_s") if k in rep},
+                      "server_ops": rep.get("server_cpu")}  # the server ops' compute against core waits
         behind = f"  NOT COMPARABLE: {rep['emulation_note']}" if rep["emulation_note"] else ""
         runs = (f"  median of {len(reps)} runs measuring {', '.join(f'{m:.3f}' for m in rep['measured_runs_s'])} s"
                 if len(reps) > 1 else "")
+        ops = rep.get("server_cpu")
+        cpu = (f"  server ops {ops['predicted_s']:.3f} s predicted, {ops['measured_s']:.3f} s measured, "
+               f"{ops['cpu_s']:.3f} s CPU" if ops else "")
         print(f"{name:9} predicted {rows[name]['predicted_s']:7.3f} s  measured {rows[name]['measured_s']:7.3f} s  "
-              f"error {100 * rows[name]['error']:+6.1f}%  load {rows[name]['load']}{behind}{runs}", flush=True)
+              f"error {100 * rows[name]['error']:+6.1f}%  load {rows[name]['load']}{behind}{runs}{cpu}", flush=True)
     summary = summarise(rows)
     med = {**summary, "runs": summary["in_median"]}
     (out / "table.json").write_text(json.dumps(summary, indent=1))

@@ -204,6 +204,8 @@ class Meter:
         flops: role name (device name or ``"server"``) -> FLOPs counted.
         uplink_bytes / downlink_bytes: device name -> bytes sent on that device's link.
         phase_s: phase name (e.g. ``"device_forward"``, ``"server_B"``) -> seconds.
+        server_cpu_s: a server phase (ops on :attr:`server_lane`) -> the computing thread's CPU seconds in it: with one
+            torch thread on a CPU, ``phase_s`` minus it is the time the ops waited for a core (``sfsim validate``).
         events: trace events (lanes and ops as in :mod:`sfsim.outputs.trace`), times from the meter's start.
         count_flops: when False, compute is timed but FLOPs are not counted (faster).
         fit_shapes: give new sequence lengths their exact count from counted ones (:class:`ShapeFit`).
@@ -221,6 +223,7 @@ class Meter:
         self.uplink_bytes: dict[str, int] = defaultdict(int)
         self.downlink_bytes: dict[str, int] = defaultdict(int)
         self.phase_s: dict[str, float] = defaultdict(float)
+        self.server_cpu_s: dict[str, float] = defaultdict(float)
         self.events: list[TraceEvent] = []
         self._cache: dict[tuple, int] = {}
         self._fit = ShapeFit()
@@ -255,7 +258,7 @@ class Meter:
             online = presence.wait(lane or role)
             if online > asked:  # it slept: how late it woke
                 self.lag.record(lane or role, self.now() - online)
-        start = self.now()
+        start, cpu = self.now(), time.thread_time()
         stretched = (lane or role) in self.stretch  # counted as the simulator counts (flop_counter(emulated))
         scope = role if role == self.server_lane or not self.share_devices else "device"
         cache_key = None if key is None else (f"{scope}@emulated" if stretched else scope, op, *key)
@@ -285,6 +288,8 @@ class Meter:
             yield
         if self.count_flops:
             self.flops[role] += flops
+        if (lane or role) == self.server_lane:
+            self.server_cpu_s[phase] += time.thread_time() - cpu
         self._settle(lane or role, op, phase, mb, device, presence, start, flops)
 
     def _settle(self, lane: str, op: str, phase: str, mb: int, device: str, presence, start: float,
@@ -342,6 +347,7 @@ class Meter:
             "uplink_bytes_by_device": {d: int(self.uplink_bytes.get(d, 0)) for d in devices},
             "downlink_bytes_by_device": {d: int(self.downlink_bytes.get(d, 0)) for d in devices},
             "phase_s": {k: round(v, 6) for k, v in sorted(self.phase_s.items())},
+            "server_cpu_s": {k: round(v, 6) for k, v in sorted(self.server_cpu_s.items())},
             "peak_rss_bytes": peak_rss_bytes(),
             "cpu_s": round(cpu_seconds() - self.cpu0, 3),
             "peak_memory_note": "process peak RSS (ru_maxrss); all roles share one process in-process",

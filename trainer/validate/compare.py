@@ -48,6 +48,7 @@ from sfsim.units import parse_quantity
 from trainer.run.emulation import note, section
 from trainer.run.launch import run
 from trainer.run.runner import RunConfig
+from trainer.validate.corewait import server_cpu
 from trainer.validate.machine import check_devices, check_emulation, server_profile, sim_model
 from trainer.validate.profile import LoadSampler, load_factor
 from trainer.validate.stagerows import codec_measured, codec_predicted
@@ -151,6 +152,7 @@ def run_validation(vc: ValidateConfig, say=print) -> dict:
     report = compare(predicted, measured, list(metrics["server_flops"]),  # every server's lane
                      {"codec": (codec, codec_measured(metrics))})
     report["header"] = header(vc, source, native, host, load, list(metrics["device_flops"]))
+    report["server_cpu"] = server_cpu(report, metrics, rc.threads)  # compute against core waits (trainer.validate.corewait)
     report.update(method=metrics["method"], server_order=vc.server_order, client_order=metrics.get("client_order"),
                   accumulate=metrics["accumulate"], emulate=vc.emulate,
                   simulator_policy=POLICY_OF_ORDER[vc.server_order], config=dataclasses.asdict(vc),

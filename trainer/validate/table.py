@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from sfsim.outputs.trace import TraceEvent
 from sfsim.units import format_amount
+from trainer.validate.corewait import format_server_cpu
 from trainer.validate.stagerows import is_sync
 
 MINOR = 0.02  # a stage under this share of the measured span is flagged minor
@@ -165,4 +166,4 @@ def format_report(report: dict) -> str:
     for name, row in [("total", report["total"]), *report["stages"].items()]:
         e = "not modelled" if row.get("modelled") is False else "" if row["error"] is None else f"{100 * row['error']:+7.1f}%"
         lines.append(f"{name:16} {row['predicted_s']:12.3f} {row['measured_s']:11.3f} {e:>8}")
-    return "\n".join(lines)
+    return "\n".join(lines + format_server_cpu(report.get("server_cpu")))
