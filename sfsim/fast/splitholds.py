@@ -17,9 +17,9 @@ from sfsim.fast.simq import NORMAL, push
 
 _INIT, _SOFT, _TIMER, _WAKE, _COND, _FINAL, _EXIT, _AT, _SUCC, _READY, _BACK, _REV = range(12)  # event kinds
 (_TOP, _INTER, _SEG, _SEG_WAKE, _SEG_END, _ROUND, _ROUND_WAKE, _DONE_PC, _EPOCH_PC, _COUNTED, _FINISH, _FJOIN, _FBACK,
- _SEG_MOVE, _LEAVING) = range(15)  # a server's program counter
+ _SEG_MOVE, _LEAVING, _VISIT) = range(16)  # a server's program counter
 (_PC, _RET, _ISSUED, _QUOTA, _SERVED, _CHOSEN, _WAKEP, _WAIT, _TOKEN, _TRIG, _HEAD, _TAIL, _NLEFT, _NOUT,
- _NPEND, _GEN, _FINISHED, _AT_EPOCH, _CLOSING, _SERVING) = range(20)  # SJ: int per server
+ _NPEND, _GEN, _FINISHED, _AT_EPOCH, _CLOSING, _SERVING, _EP) = range(21)  # SJ: int per server (_EP: the pass's epoch)
 _NO_WAIT, _COND_WAIT, _IDLE_WAIT = range(3)  # SJ[_WAIT]
 _HOME, _HOLD, _NHIST = range(3)  # JC: int per client
 _TOKENS, _NSTREAM, _ERR, _RJOINS, _SYNCED, _EPOCHS = range(2, 8)  # CNT, after sfsim.fast.simq's EID and NSOFT

@@ -33,6 +33,7 @@ from sfsim.fast.splitholds import (
     _COND,
     _COND_WAIT,
     _DONE_PC,
+    _EP,
     _EPOCHS,
     _ERR,
     _EXIT,
@@ -72,6 +73,7 @@ from sfsim.fast.splitholds import (
     _TOKENS,
     _TOP,
     _TRIG,
+    _VISIT,
     _WAIT,
     _WAKE,
     _WAKEP,
@@ -80,6 +82,7 @@ from sfsim.fast.splitholds import (
     _drop,
     _hand_over,
     _holder,
+    _in_epoch,
     _leave,
     _left_del,
     _left_list,
@@ -116,7 +119,7 @@ def _give(J, K, Q, CNT, now, k, c):
     sl._issue(SF[k], C, CI, D, N, R, c, t)
     _lost(J, R, Q, CNT, now)
     per = N[sl._PER_EPOCH, c] if N[sl._PER_EPOCH, c] else N[sl._N, c]
-    if CNT[_SYNCED] and CI[sl._NEXT, c] % per == 0:  # its epoch's last: no more visits
+    if CI[sl._NEXT, c] % per == 0:  # its epoch's last: no more visits (a server may close its epoch)
         _changed(J, Q, CNT, now)
     if C[sl._ARRIVAL, c] != -math.inf:
         sent = C[sl._SENT_AT, c]
@@ -243,7 +246,7 @@ def _top(J, K, Q, CNT, now, k):
             if v > 0:
                 _left_set(J, k, c, v)
     if SJ[k, _NLEFT]:
-        SJ[k, _PC] = _INTER
+        SJ[k, _EP], SJ[k, _PC] = _epoch_of(J, K, k), _INTER
         return False
     if not _may_join(J, K, k, -1):
         SJ[k, _FINISHED], SJ[k, _PC] = 1, _DONE_PC
@@ -252,6 +255,50 @@ def _top(J, K, Q, CNT, now, k):
     CNT[_TOKENS] += 1  # wait until something changes
     SJ[k, _TOKEN], SJ[k, _WAKEP], SJ[k, _WAIT] = CNT[_TOKENS], 1, _IDLE_WAIT
     return True
+
+
+@njit
+def _epoch_of(J, K, k):
+    """``Server._epoch_of``: the epoch of the pass over ``left`` (no rounds), its clients' earliest."""
+    CI, N = K[3], K[5]
+    e, c = -1, J[0][k, _HEAD]
+    while c >= 0:
+        per = N[sl._PER_EPOCH, c] if N[sl._PER_EPOCH, c] else N[sl._N, c]
+        v = (CI[sl._MB, c] if J[12][k, c] else CI[sl._NEXT, c]) // per
+        e = v if e < 0 else min(e, v)
+        c = J[6][k, c]
+    return e
+
+
+@njit
+def _visit(J, K, Q, CNT, now, k):
+    """``Server._visitor``: the clients are done with the pass's epoch; the runtime keeps it open while a visitor may
+    still come in it (no FedAvg round before). With the closing rounds (:mod:`sfsim.fast.splitclose`) that wait is not
+    replayed: error 6 (OPEN) where it would differ from closing now. True when the process waits."""
+    SF, N, R = K[0], K[5], K[6]
+    SJ, JC, SINCE, INO = J[0], J[14], J[2], J[12]
+    e = SJ[k, _AT_EPOCH] if CNT[_SYNCED] else SJ[k, _EP]
+    for c in range(N.shape[1]):
+        if JC[c, _HOME] == k and (INO[k, c] or max(SF[k, sl._SFREE], SINCE[c]) < _leave(J, R, k, c)) \
+                and _in_epoch(J, K, k, c, e):
+            v = _rest(J, K, k, c) + INO[k, c]
+            if v > 0:
+                if CNT[_SYNCED]:
+                    CNT[_ERR] = 6
+                    return True
+                _left_set(J, k, c, v)
+    if SJ[k, _NLEFT]:
+        SJ[k, _PC] = _INTER
+        return False
+    if _may_join(J, K, k, e):
+        if CNT[_SYNCED]:
+            CNT[_ERR] = 6
+            return True
+        CNT[_TOKENS] += 1  # wait until something changes
+        SJ[k, _TOKEN], SJ[k, _WAKEP], SJ[k, _WAIT] = CNT[_TOKENS], 1, _IDLE_WAIT
+        return True
+    SJ[k, _RET], SJ[k, _PC] = _TOP, _ROUND
+    return False
 
 
 @njit
@@ -286,12 +333,15 @@ def _resume(J, K, Q, CNT, now, k):
         if pc == _TOP:
             if _top(J, K, Q, CNT, now, k):
                 return
-        elif pc == _INTER:  # _interleaved_in_time: segments while clients have work, then the closing round
+        elif pc == _INTER:  # _interleaved_in_time: segments while clients have work (visitors: _visit), then the round
             if SJ[k, _NLEFT]:
                 _segment(J, K, Q, CNT, now, k, buf)
                 SJ[k, _PC] = _SEG
             else:
-                SJ[k, _RET], SJ[k, _PC] = _TOP, _ROUND
+                SJ[k, _PC] = _VISIT
+        elif pc == _VISIT:
+            if _visit(J, K, Q, CNT, now, k):
+                return
         elif pc == _SEG:
             if _seg(J, K, Q, CNT, now, k, buf):
                 return
@@ -357,6 +407,8 @@ def _event(J, K, Q, CNT, now, kind, a, b):
             _resume(J, K, Q, CNT, now, k)
 
 
+OPEN = ("splitlora handover: a server whose clients are done keeps its epoch open for a visitor that may still join it, "
+        "with each epoch's closing round, which the SimPy engine replays only")
 RELEASE = ("splitlora handover: an idle client whose leg ends while its server counts it in its epoch is released when "
            "the server next looks at it (the runtime's release), which the SimPy engine replays only")
 
@@ -367,7 +419,8 @@ def run(J, K, soft, epochs):
     run's, each closed with its round (0: no rounds, the epochs run back to back).
 
     Returns ``(makespan, error)``: error 0; 1 or 2 where the SimPy run would fail or the history is
-    too short; 3 when a server's loop did not finish; 5 a release the loop does not replay (RELEASE); -1 when a rate was asked past what was drawn.
+    too short; 3 when a server's loop did not finish; 5 a release the loop does not replay (RELEASE); 6 an open epoch
+    with closing rounds (OPEN); -1 when a rate was asked past what was drawn.
     """
     S = J[0].shape[0]
     Q, CNT = start(soft, _SOFT, np.arange(S), _INIT, 8)
@@ -396,7 +449,7 @@ def _state(job, cfg, clients: list[int], horizon: float) -> tuple:
     C = np.zeros((8, m))
     C[sl._ARRIVAL] = np.nan  # nothing out
     K = (SF, SI, C, np.zeros((6, m), np.int64), D, N, R)
-    SJ = np.zeros((S, 20), np.int64)
+    SJ = np.zeros((S, 21), np.int64)
     SJ[:, _HEAD] = SJ[:, _TAIL] = -1
     H = HISTORY * max((len(motions[i].legs) for i in clients), default=1)
     JC, HT, HS = np.zeros((m, 3), np.int64), np.zeros((m, H)), np.zeros((m, H), np.int64)
@@ -471,6 +524,8 @@ def replay(job, cfg) -> tuple[dict, dict, float, Closed | None]:
                            f"splitlora handover: the fast path's joint loop failed ({err})")
     if err == 5:
         raise Unreplayable(RELEASE)
+    if err == 6:
+        raise Unreplayable(OPEN)
     if err:
         what = "a micro-batch served outside its server's epoch count" if err == 2 else "a client out without an arrival"
         raise Unreplayable(f"splitlora handover: {what} ({err}; a joiner with a micro-batch on its way, issue 19), a "
