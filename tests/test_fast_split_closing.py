@@ -14,7 +14,7 @@ import pytest
 
 from sfsim.errors import SfsimError
 from sfsim.fast import Unreplayable, replay, uncovered
-from sfsim.fast.splitmoves import RELEASE
+from sfsim.fast.splitmoves import OPEN
 from sfsim.schedules.splitlora.moves import hands_over
 from tests.test_fast_lora_dynamic import motions
 from tests.test_fast_sync import _figures, moving_pair, simpy_figures
@@ -49,8 +49,8 @@ def check(seeds, availability: bool) -> tuple[int, int]:
 @pytest.mark.parametrize("availability", [False, True])
 @pytest.mark.parametrize("seeds", [range(300), pytest.param(range(300, 3300), marks=pytest.mark.slow)])
 def test_splitlora_handover_closing_rounds_equal(availability, seeds):
-    """Equal wherever the fast path replays; it refuses the fleets where an idle client's leg ends while its server
-    counts it in its epoch (issue 21: released at its server's next look, ``InTime.look_at``; SimPy replays them)."""
+    """Equal wherever the fast path replays; it refuses the fleets where a server whose clients are done keeps its
+    epoch open for a visitor (issue 21: ``InTime._visitor`` with the closing rounds, OPEN; SimPy replays them)."""
     ran, refused = check(seeds, availability)
     assert ran >= 0.7 * len(seeds) and refused <= 0.5 * ran
     print(f"availability {availability}: {ran} fleets handed over, {refused} refused")
@@ -84,8 +84,8 @@ def test_splitlora_fleets_simpy_crashed_on_run_fast(availability, seed, makespan
     assert want["makespan"] == makespan
     try:
         rec, got = replay(b, cfg, schedule="splitlora")
-    except Unreplayable as err:  # an idle client released at its server's next look (issue 21): SimPy's
-        assert str(err) == RELEASE
+    except Unreplayable as err:  # a server keeping its epoch open for a visitor with closing rounds (issue 21): SimPy's
+        assert str(err) == OPEN
         return
     assert (_figures(rec, got), motions(b)) == (want, motions(a))
 

@@ -47,6 +47,7 @@ from sfsim.fast.splitholds import (
     _INIT,
     _INTER,
     _ISSUED,
+    _LOOK,
     _MOVING,
     _NHIST,
     _NLEFT,
@@ -74,11 +75,13 @@ from sfsim.fast.splitholds import (
     _TOP,
     _TRIG,
     _VISIT,
+    _VISIT_T,
     _WAIT,
     _WAKE,
     _WAKEP,
     HISTORY,
     _changed,
+    _deferred,
     _drop,
     _hand_over,
     _holder,
@@ -92,6 +95,7 @@ from sfsim.fast.splitholds import (
     _out_add,
     _out_remove,
     _pend_remove,
+    _release_deferred,
     _rest,
     _tick,
     _uni,
@@ -164,6 +168,7 @@ def _turn(J, K, Q, CNT, now, k, c, buf):
         STREAM[0, CNT[_NSTREAM]], STREAM[1, CNT[_NSTREAM]] = k, c
         CNT[_NSTREAM] += 1
     C[sl._ARRIVAL, c] = np.nan
+    J[20][k, _LOOK] = max(now, SF[k, sl._SFREE])  # the runtime looks at every client once this serve ends
     _lost(J, R, Q, CNT, now)
     if not J[8][k, c]:
         CNT[_ERR] = 2  # SimPy's left[c] -= 1 would raise
@@ -176,9 +181,13 @@ def _turn(J, K, Q, CNT, now, k, c, buf):
     if CI[sl._NEXT, c] >= N[sl._N, c]:
         _changed(J, Q, CNT, now)  # no more work of it: servers waiting for it may end
     elif not R[2][sl._LOST, c] and _leave(J, R, k, c) <= now:
+        stepped = _deferred(J, k, c)
         _hand_over(J, K, Q, CNT, now, k, c, now, 0)  # its handover passed while a micro-batch was out here
+        if stepped and J[14][c, _HOME] == k and SJ[k, _ISSUED] < SJ[k, _QUOTA] and _uni(J, k, c):
+            _give(J, K, Q, CNT, now, k, c)  # its legs took it back here meanwhile: it stays
     elif SJ[k, _ISSUED] < SJ[k, _QUOTA] and _uni(J, k, c):
         _give(J, K, Q, CNT, now, k, c)
+    _release_deferred(J, K, Q, CNT, now, k)  # the runtime looks at every client after each micro-batch
     _fill(J, K, Q, CNT, now, k, buf)
 
 
@@ -194,6 +203,8 @@ def _segment(J, K, Q, CNT, now, k, buf):
     for q in range(n):
         c = buf[q]
         J[9][k, c], J[10][k, c] = J[5][k, c] - J[12][k, c], J[0][k, _GEN]
+    _release_deferred(J, K, Q, CNT, now, k)  # the runtime's first look at each client releases before any fwd
+    n = _left_list(J, k, buf)
     for q in range(n):
         c = buf[q]
         if SJ[k, _ISSUED] < SJ[k, _QUOTA] and _uni(J, k, c) and not J[12][k, c]:
@@ -294,11 +305,24 @@ def _visit(J, K, Q, CNT, now, k):
         if CNT[_SYNCED]:
             CNT[_ERR] = 6
             return True
+        due = splitclose._leaving(J, K, k, e)  # one held here idle, uncounted, leaves first: wait for its instant
+        if due < math.inf:
+            if not _until(J, Q, CNT, now, k, due, _VISIT_T):
+                _release_left(J, K, Q, CNT, now, k, e)
+            return SJ[k, _PC] == _VISIT_T
         CNT[_TOKENS] += 1  # wait until something changes
         SJ[k, _TOKEN], SJ[k, _WAKEP], SJ[k, _WAIT] = CNT[_TOKENS], 1, _IDLE_WAIT
         return True
     SJ[k, _RET], SJ[k, _PC] = _TOP, _ROUND
     return False
+
+
+@njit
+def _release_left(J, K, Q, CNT, now, k, e):
+    """``Server._release_left``: hand over the held idle clients (epoch ``e``) whose leg at ``k`` has ended."""
+    for c in range(K[5].shape[1]):
+        if splitclose._held_idle(J, K, k, c, e) and _leave(J, K[6], k, c) <= now:
+            _hand_over(J, K, Q, CNT, now, k, c, now, 0)
 
 
 @njit
@@ -342,6 +366,10 @@ def _resume(J, K, Q, CNT, now, k):
         elif pc == _VISIT:
             if _visit(J, K, Q, CNT, now, k):
                 return
+        elif pc == _VISIT_T:  # the wait for a held idle client's handover: its instant (woken early: decide again)
+            if now >= TW[k]:
+                _release_left(J, K, Q, CNT, now, k, SJ[k, _EP])
+            SJ[k, _PC] = _VISIT
         elif pc == _SEG:
             if _seg(J, K, Q, CNT, now, k, buf):
                 return
@@ -409,8 +437,6 @@ def _event(J, K, Q, CNT, now, kind, a, b):
 
 OPEN = ("splitlora handover: a server whose clients are done keeps its epoch open for a visitor that may still join it, "
         "with each epoch's closing round, which the SimPy engine replays only")
-RELEASE = ("splitlora handover: an idle client whose leg ends while its server counts it in its epoch is released when "
-           "the server next looks at it (the runtime's release), which the SimPy engine replays only")
 
 
 @njit
@@ -419,8 +445,8 @@ def run(J, K, soft, epochs):
     run's, each closed with its round (0: no rounds, the epochs run back to back).
 
     Returns ``(makespan, error)``: error 0; 1 or 2 where the SimPy run would fail or the history is
-    too short; 3 when a server's loop did not finish; 5 a release the loop does not replay (RELEASE); 6 an open epoch
-    with closing rounds (OPEN); -1 when a rate was asked past what was drawn.
+    too short; 3 when a server's loop did not finish; 6 an open epoch with closing rounds (OPEN); -1 when a rate was
+    asked past what was drawn.
     """
     S = J[0].shape[0]
     Q, CNT = start(soft, _SOFT, np.arange(S), _INIT, 8)
@@ -449,7 +475,7 @@ def _state(job, cfg, clients: list[int], horizon: float) -> tuple:
     C = np.zeros((8, m))
     C[sl._ARRIVAL] = np.nan  # nothing out
     K = (SF, SI, C, np.zeros((6, m), np.int64), D, N, R)
-    SJ = np.zeros((S, 21), np.int64)
+    SJ = np.zeros((S, 22), np.int64)
     SJ[:, _HEAD] = SJ[:, _TAIL] = -1
     H = HISTORY * max((len(motions[i].legs) for i in clients), default=1)
     JC, HT, HS = np.zeros((m, 3), np.int64), np.zeros((m, H)), np.zeros((m, H), np.int64)
@@ -463,7 +489,7 @@ def _state(job, cfg, clients: list[int], horizon: float) -> tuple:
          np.full((S, max(1, m)), -1, np.int64), np.full((S, max(1, m)), -1, np.int64), per.copy(), per.copy(),
          np.full((S, max(1, m)), -1, np.int64), per.copy(), per.copy(), per.copy(), JC, HT, HS,
          np.zeros(R[3].shape[1], np.int64), np.zeros((2, max(1, int(N[sl._N].sum()))), np.int32),  # (server, client) per mb
-         np.zeros(m), np.zeros((S, 3)), per.copy(), _backhaul(job), np.zeros(S, np.int64))
+         np.zeros(m), np.zeros((S, 4)), per.copy(), _backhaul(job), np.zeros(S, np.int64), per.copy())
     return K, J, np.array(soft, np.float64).reshape(-1, 2).T.copy()
 
 
@@ -522,8 +548,6 @@ def replay(job, cfg) -> tuple[dict, dict, float, Closed | None]:
     if err in (1, 3):
         raise RuntimeError("splitlora handover: a server's loop did not finish" if err == 3 else
                            f"splitlora handover: the fast path's joint loop failed ({err})")
-    if err == 5:
-        raise Unreplayable(RELEASE)
     if err == 6:
         raise Unreplayable(OPEN)
     if err:

@@ -178,6 +178,13 @@ class InTime:
                 return True
             if not self.moves.may_join(self.k, e):
                 return False
+            if (due := self._leaving(e)) is not None:  # one held here idle, uncounted, leaves first: a timer to its
+                if self.sync is not None:  # handover's instant (the soft ticks alone do not keep the run going)
+                    yield from self._idle_until(due)
+                    self._release_left(e)
+                elif not (yield from self.until(due)):
+                    self._release_left(e)
+                continue
             self.wake = env.event()
             if self.sync is not None:
                 yield from self.sync.idle(self.wake)
