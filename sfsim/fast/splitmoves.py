@@ -8,7 +8,10 @@ starts, the handovers' soft timers, each wait's timer, a poke's wake-up, the con
 each process's last timer and its end), so servers decide at the same instants in the same order and
 every figure is the same float. The primitives are :mod:`sfsim.fast.splitops`', on each client's legs; the state
 (each server's lists, who holds each client) is :mod:`sfsim.fast.splitholds`'; with backhaul links and no
-``training.sync`` each epoch ends with its closing round (:mod:`sfsim.fast.splitclose`).
+``training.sync`` each epoch ends with its closing round (:mod:`sfsim.fast.splitclose`). An idle client released at
+its server's next look (``InTime.look_at``: :func:`~sfsim.fast.splitholds._look_at`) and a server keeping its epoch
+open for a visitor (``InTime._visitor``: :func:`_visit`) are replayed; with the closing rounds such an open epoch is
+not, and the run goes to SimPy (:data:`OPEN`).
 
 Memory: per client a few numbers, its legs and its server history; per server and client its
 place in that server's lists (``servers x clients``); and the order of each server's stream (one
