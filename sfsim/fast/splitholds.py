@@ -17,13 +17,15 @@ from sfsim.fast.simq import NORMAL, push
 
 _INIT, _SOFT, _TIMER, _WAKE, _COND, _FINAL, _EXIT, _AT, _SUCC, _READY, _BACK, _REV = range(12)  # event kinds
 (_TOP, _INTER, _SEG, _SEG_WAKE, _SEG_END, _ROUND, _ROUND_WAKE, _DONE_PC, _EPOCH_PC, _COUNTED, _FINISH, _FJOIN, _FBACK,
- _SEG_MOVE, _LEAVING) = range(15)  # a server's program counter
+ _SEG_MOVE, _LEAVING, _VISIT, _VISIT_T) = range(17)  # a server's program counter
 (_PC, _RET, _ISSUED, _QUOTA, _SERVED, _CHOSEN, _WAKEP, _WAIT, _TOKEN, _TRIG, _HEAD, _TAIL, _NLEFT, _NOUT,
- _NPEND, _GEN, _FINISHED, _AT_EPOCH, _CLOSING, _SERVING) = range(20)  # SJ: int per server
+ _NPEND, _GEN, _FINISHED, _AT_EPOCH, _CLOSING, _SERVING, _EP, _NDEF) = range(22)  # SJ: int per server (_EP: the
+# pass's epoch; _NDEF: how many clients its ``deferred`` list holds, J[24])
 _NO_WAIT, _COND_WAIT, _IDLE_WAIT = range(3)  # SJ[_WAIT]
 _HOME, _HOLD, _NHIST = range(3)  # JC: int per client
 _TOKENS, _NSTREAM, _ERR, _RJOINS, _SYNCED, _EPOCHS = range(2, 8)  # CNT, after sfsim.fast.simq's EID and NSOFT
-_MOVING, _BH_FREE, _ARRIVE = range(3)  # SX: float per server (a mover's join due; its backhaul lane; its round's arrival)
+_MOVING, _BH_FREE, _ARRIVE, _LOOK = range(4)  # SX: float per server (a mover's join due; its backhaul lane; its round's
+# arrival; when it looks at every client after the serve it is in: InTime.look)
 _BH_BW, _BH_LAT, _BH_BYTES = range(3)  # BH: float per server (its backhaul link, the closing round's bytes)
 HISTORY = 4
 """History slots per leg of a client (who held it since when); a run that needs more fails."""
@@ -270,17 +272,54 @@ def _may_join(J, K, k, e):
 
 
 @njit
+def _look_at(J, K, Q, CNT, now, k, c):
+    """``InTime.look_at``: ``c``'s leg at ``k`` ends now while it is idle there and counted in its epoch: released at
+    the end of the serve ``k`` is in, else deferred to ``k``'s next look (:func:`_release_deferred`)."""
+    SJ, DEF = J[0], J[24]
+    if J[20][k, _LOOK] > now:
+        _hand_over(J, K, Q, CNT, now, k, c, J[20][k, _LOOK], 0)
+        return
+    for q in range(SJ[k, _NDEF]):
+        if DEF[k, q] == c:
+            return
+    DEF[k, SJ[k, _NDEF]] = c
+    SJ[k, _NDEF] += 1
+
+
+@njit
+def _deferred(J, k, c):
+    """Whether ``c`` is in server ``k``'s ``deferred`` list."""
+    for q in range(J[0][k, _NDEF]):
+        if J[24][k, q] == c:
+            return True
+    return False
+
+
+@njit
+def _release_deferred(J, K, Q, CNT, now, k):
+    """``InTime._release_deferred``: release now the deferred idle clients whose leg at ``k`` has ended (one whose legs
+    took it back here stays); the list empties."""
+    SF, CI, N, R = K[0], K[3], K[5], K[6]
+    SJ, DEF = J[0], J[24]
+    for q in range(SJ[k, _NDEF]):
+        c = DEF[k, q]
+        if J[14][c, _HOME] == k and not J[12][k, c] and not R[2][sl._LOST, c] and CI[sl._NEXT, c] < N[sl._N, c] \
+                and J[8][k, c] and _leave(J, R, k, c) <= now:
+            _hand_over(J, K, Q, CNT, now, k, c, max(now, SF[k, sl._SFREE]), 0)
+    SJ[k, _NDEF] = 0
+
+
+@njit
 def _tick(J, K, Q, CNT, now, c):
     """``Moves.tick``: a handover's instant; the client leaves its server now if it is idle there and not counted in
-    its epoch. One counted there is released when the server next looks at it (``InTime.look_at``), which this loop
-    does not replay: error 5 (the SimPy engine replays the run)."""
+    its epoch. One counted there is released when the server next looks at it (:func:`_look_at`)."""
     CI, N, R = K[3], K[5], K[6]
     k = J[14][c, _HOME]
     if R[2][sl._LOST, c] or CI[sl._NEXT, c] >= N[sl._N, c] or J[12][k, c] or _leave(J, R, k, c) > now \
             or J[0][k, _CLOSING]:  # in its epoch's last rounds: its next epoch releases the client
         return
     if J[8][k, c]:
-        CNT[_ERR] = 5
+        _look_at(J, K, Q, CNT, now, k, c)
         return
     _hand_over(J, K, Q, CNT, now, k, c, now, 0)
 

@@ -8,7 +8,10 @@ starts, the handovers' soft timers, each wait's timer, a poke's wake-up, the con
 each process's last timer and its end), so servers decide at the same instants in the same order and
 every figure is the same float. The primitives are :mod:`sfsim.fast.splitops`', on each client's legs; the state
 (each server's lists, who holds each client) is :mod:`sfsim.fast.splitholds`'; with backhaul links and no
-``training.sync`` each epoch ends with its closing round (:mod:`sfsim.fast.splitclose`).
+``training.sync`` each epoch ends with its closing round (:mod:`sfsim.fast.splitclose`). An idle client released at
+its server's next look (``InTime.look_at``: :func:`~sfsim.fast.splitholds._look_at`) and a server keeping its epoch
+open for a visitor (``InTime._visitor``: :func:`_visit`) are replayed; with the closing rounds such an open epoch is
+not, and the run goes to SimPy (:data:`OPEN`).
 
 Memory: per client a few numbers, its legs and its server history; per server and client its
 place in that server's lists (``servers x clients``); and the order of each server's stream (one
@@ -33,6 +36,7 @@ from sfsim.fast.splitholds import (
     _COND,
     _COND_WAIT,
     _DONE_PC,
+    _EP,
     _EPOCHS,
     _ERR,
     _EXIT,
@@ -46,6 +50,7 @@ from sfsim.fast.splitholds import (
     _INIT,
     _INTER,
     _ISSUED,
+    _LOOK,
     _MOVING,
     _NHIST,
     _NLEFT,
@@ -72,14 +77,18 @@ from sfsim.fast.splitholds import (
     _TOKENS,
     _TOP,
     _TRIG,
+    _VISIT,
+    _VISIT_T,
     _WAIT,
     _WAKE,
     _WAKEP,
     HISTORY,
     _changed,
+    _deferred,
     _drop,
     _hand_over,
     _holder,
+    _in_epoch,
     _leave,
     _left_del,
     _left_list,
@@ -89,6 +98,7 @@ from sfsim.fast.splitholds import (
     _out_add,
     _out_remove,
     _pend_remove,
+    _release_deferred,
     _rest,
     _tick,
     _uni,
@@ -116,7 +126,7 @@ def _give(J, K, Q, CNT, now, k, c):
     sl._issue(SF[k], C, CI, D, N, R, c, t)
     _lost(J, R, Q, CNT, now)
     per = N[sl._PER_EPOCH, c] if N[sl._PER_EPOCH, c] else N[sl._N, c]
-    if CNT[_SYNCED] and CI[sl._NEXT, c] % per == 0:  # its epoch's last: no more visits
+    if CI[sl._NEXT, c] % per == 0:  # its epoch's last: no more visits (a server may close its epoch)
         _changed(J, Q, CNT, now)
     if C[sl._ARRIVAL, c] != -math.inf:
         sent = C[sl._SENT_AT, c]
@@ -161,6 +171,7 @@ def _turn(J, K, Q, CNT, now, k, c, buf):
         STREAM[0, CNT[_NSTREAM]], STREAM[1, CNT[_NSTREAM]] = k, c
         CNT[_NSTREAM] += 1
     C[sl._ARRIVAL, c] = np.nan
+    J[20][k, _LOOK] = max(now, SF[k, sl._SFREE])  # the runtime looks at every client once this serve ends
     _lost(J, R, Q, CNT, now)
     if not J[8][k, c]:
         CNT[_ERR] = 2  # SimPy's left[c] -= 1 would raise
@@ -173,9 +184,13 @@ def _turn(J, K, Q, CNT, now, k, c, buf):
     if CI[sl._NEXT, c] >= N[sl._N, c]:
         _changed(J, Q, CNT, now)  # no more work of it: servers waiting for it may end
     elif not R[2][sl._LOST, c] and _leave(J, R, k, c) <= now:
+        stepped = _deferred(J, k, c)
         _hand_over(J, K, Q, CNT, now, k, c, now, 0)  # its handover passed while a micro-batch was out here
+        if stepped and J[14][c, _HOME] == k and SJ[k, _ISSUED] < SJ[k, _QUOTA] and _uni(J, k, c):
+            _give(J, K, Q, CNT, now, k, c)  # its legs took it back here meanwhile: it stays
     elif SJ[k, _ISSUED] < SJ[k, _QUOTA] and _uni(J, k, c):
         _give(J, K, Q, CNT, now, k, c)
+    _release_deferred(J, K, Q, CNT, now, k)  # the runtime looks at every client after each micro-batch
     _fill(J, K, Q, CNT, now, k, buf)
 
 
@@ -191,6 +206,8 @@ def _segment(J, K, Q, CNT, now, k, buf):
     for q in range(n):
         c = buf[q]
         J[9][k, c], J[10][k, c] = J[5][k, c] - J[12][k, c], J[0][k, _GEN]
+    _release_deferred(J, K, Q, CNT, now, k)  # the runtime's first look at each client releases before any fwd
+    n = _left_list(J, k, buf)
     for q in range(n):
         c = buf[q]
         if SJ[k, _ISSUED] < SJ[k, _QUOTA] and _uni(J, k, c) and not J[12][k, c]:
@@ -243,7 +260,7 @@ def _top(J, K, Q, CNT, now, k):
             if v > 0:
                 _left_set(J, k, c, v)
     if SJ[k, _NLEFT]:
-        SJ[k, _PC] = _INTER
+        SJ[k, _EP], SJ[k, _PC] = _epoch_of(J, K, k), _INTER
         return False
     if not _may_join(J, K, k, -1):
         SJ[k, _FINISHED], SJ[k, _PC] = 1, _DONE_PC
@@ -252,6 +269,63 @@ def _top(J, K, Q, CNT, now, k):
     CNT[_TOKENS] += 1  # wait until something changes
     SJ[k, _TOKEN], SJ[k, _WAKEP], SJ[k, _WAIT] = CNT[_TOKENS], 1, _IDLE_WAIT
     return True
+
+
+@njit
+def _epoch_of(J, K, k):
+    """``Server._epoch_of``: the epoch of the pass over ``left`` (no rounds), its clients' earliest."""
+    CI, N = K[3], K[5]
+    e, c = -1, J[0][k, _HEAD]
+    while c >= 0:
+        per = N[sl._PER_EPOCH, c] if N[sl._PER_EPOCH, c] else N[sl._N, c]
+        v = (CI[sl._MB, c] if J[12][k, c] else CI[sl._NEXT, c]) // per
+        e = v if e < 0 else min(e, v)
+        c = J[6][k, c]
+    return e
+
+
+@njit
+def _visit(J, K, Q, CNT, now, k):
+    """``Server._visitor``: the clients are done with the pass's epoch; the runtime keeps it open while a visitor may
+    still come in it (no FedAvg round before). With the closing rounds (:mod:`sfsim.fast.splitclose`) that wait is not
+    replayed: error 6 (OPEN) where it would differ from closing now. True when the process waits."""
+    SF, N, R = K[0], K[5], K[6]
+    SJ, JC, SINCE, INO = J[0], J[14], J[2], J[12]
+    e = SJ[k, _AT_EPOCH] if CNT[_SYNCED] else SJ[k, _EP]
+    for c in range(N.shape[1]):
+        if JC[c, _HOME] == k and (INO[k, c] or max(SF[k, sl._SFREE], SINCE[c]) < _leave(J, R, k, c)) \
+                and _in_epoch(J, K, k, c, e):
+            v = _rest(J, K, k, c) + INO[k, c]
+            if v > 0:
+                if CNT[_SYNCED]:
+                    CNT[_ERR] = 6
+                    return True
+                _left_set(J, k, c, v)
+    if SJ[k, _NLEFT]:
+        SJ[k, _PC] = _INTER
+        return False
+    if _may_join(J, K, k, e):
+        if CNT[_SYNCED]:
+            CNT[_ERR] = 6
+            return True
+        due = splitclose._leaving(J, K, k, e)  # one held here idle, uncounted, leaves first: wait for its instant
+        if due < math.inf:
+            if not _until(J, Q, CNT, now, k, due, _VISIT_T):
+                _release_left(J, K, Q, CNT, now, k, e)
+            return SJ[k, _PC] == _VISIT_T
+        CNT[_TOKENS] += 1  # wait until something changes
+        SJ[k, _TOKEN], SJ[k, _WAKEP], SJ[k, _WAIT] = CNT[_TOKENS], 1, _IDLE_WAIT
+        return True
+    SJ[k, _RET], SJ[k, _PC] = _TOP, _ROUND
+    return False
+
+
+@njit
+def _release_left(J, K, Q, CNT, now, k, e):
+    """``Server._release_left``: hand over the held idle clients (epoch ``e``) whose leg at ``k`` has ended."""
+    for c in range(K[5].shape[1]):
+        if splitclose._held_idle(J, K, k, c, e) and _leave(J, K[6], k, c) <= now:
+            _hand_over(J, K, Q, CNT, now, k, c, now, 0)
 
 
 @njit
@@ -286,12 +360,19 @@ def _resume(J, K, Q, CNT, now, k):
         if pc == _TOP:
             if _top(J, K, Q, CNT, now, k):
                 return
-        elif pc == _INTER:  # _interleaved_in_time: segments while clients have work, then the closing round
+        elif pc == _INTER:  # _interleaved_in_time: segments while clients have work (visitors: _visit), then the round
             if SJ[k, _NLEFT]:
                 _segment(J, K, Q, CNT, now, k, buf)
                 SJ[k, _PC] = _SEG
             else:
-                SJ[k, _RET], SJ[k, _PC] = _TOP, _ROUND
+                SJ[k, _PC] = _VISIT
+        elif pc == _VISIT:
+            if _visit(J, K, Q, CNT, now, k):
+                return
+        elif pc == _VISIT_T:  # the wait for a held idle client's handover: its instant (woken early: decide again)
+            if now >= TW[k]:
+                _release_left(J, K, Q, CNT, now, k, SJ[k, _EP])
+            SJ[k, _PC] = _VISIT
         elif pc == _SEG:
             if _seg(J, K, Q, CNT, now, k, buf):
                 return
@@ -357,8 +438,8 @@ def _event(J, K, Q, CNT, now, kind, a, b):
             _resume(J, K, Q, CNT, now, k)
 
 
-RELEASE = ("splitlora handover: an idle client whose leg ends while its server counts it in its epoch is released when "
-           "the server next looks at it (the runtime's release), which the SimPy engine replays only")
+OPEN = ("splitlora handover: a server whose clients are done keeps its epoch open for a visitor that may still join it, "
+        "with each epoch's closing round, which the SimPy engine replays only")
 
 
 @njit
@@ -367,7 +448,8 @@ def run(J, K, soft, epochs):
     run's, each closed with its round (0: no rounds, the epochs run back to back).
 
     Returns ``(makespan, error)``: error 0; 1 or 2 where the SimPy run would fail or the history is
-    too short; 3 when a server's loop did not finish; 5 a release the loop does not replay (RELEASE); -1 when a rate was asked past what was drawn.
+    too short; 3 when a server's loop did not finish; 6 an open epoch with closing rounds (OPEN); -1 when a rate was
+    asked past what was drawn.
     """
     S = J[0].shape[0]
     Q, CNT = start(soft, _SOFT, np.arange(S), _INIT, 8)
@@ -396,7 +478,7 @@ def _state(job, cfg, clients: list[int], horizon: float) -> tuple:
     C = np.zeros((8, m))
     C[sl._ARRIVAL] = np.nan  # nothing out
     K = (SF, SI, C, np.zeros((6, m), np.int64), D, N, R)
-    SJ = np.zeros((S, 20), np.int64)
+    SJ = np.zeros((S, 22), np.int64)
     SJ[:, _HEAD] = SJ[:, _TAIL] = -1
     H = HISTORY * max((len(motions[i].legs) for i in clients), default=1)
     JC, HT, HS = np.zeros((m, 3), np.int64), np.zeros((m, H)), np.zeros((m, H), np.int64)
@@ -410,7 +492,7 @@ def _state(job, cfg, clients: list[int], horizon: float) -> tuple:
          np.full((S, max(1, m)), -1, np.int64), np.full((S, max(1, m)), -1, np.int64), per.copy(), per.copy(),
          np.full((S, max(1, m)), -1, np.int64), per.copy(), per.copy(), per.copy(), JC, HT, HS,
          np.zeros(R[3].shape[1], np.int64), np.zeros((2, max(1, int(N[sl._N].sum()))), np.int32),  # (server, client) per mb
-         np.zeros(m), np.zeros((S, 3)), per.copy(), _backhaul(job), np.zeros(S, np.int64))
+         np.zeros(m), np.zeros((S, 4)), per.copy(), _backhaul(job), np.zeros(S, np.int64), per.copy())
     return K, J, np.array(soft, np.float64).reshape(-1, 2).T.copy()
 
 
@@ -469,8 +551,8 @@ def replay(job, cfg) -> tuple[dict, dict, float, Closed | None]:
     if err in (1, 3):
         raise RuntimeError("splitlora handover: a server's loop did not finish" if err == 3 else
                            f"splitlora handover: the fast path's joint loop failed ({err})")
-    if err == 5:
-        raise Unreplayable(RELEASE)
+    if err == 6:
+        raise Unreplayable(OPEN)
     if err:
         what = "a micro-batch served outside its server's epoch count" if err == 2 else "a client out without an arrival"
         raise Unreplayable(f"splitlora handover: {what} ({err}; a joiner with a micro-batch on its way, issue 19), a "

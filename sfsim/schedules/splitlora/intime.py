@@ -108,19 +108,11 @@ class InTime:
             if e:
                 self._release_due()
             while True:
-                counts = {}
-                for c in self.moves.clients:
-                    if c.home == self.k and (c in self.out or max(self.free, c.since) < self.leave(c)) \
-                            and self._in_epoch(c, e) and (k := self.rest(c) + (c in self.out)) > 0:
-                        counts[c] = k
+                counts = self._counts(e)
                 if counts:
-                    if self.sync is not None:  # visitors only, not there yet: it answers rounds until the first joins
-                        yield from self._idle_until(min((max(c.since, c.joined) for c in counts
-                                                         if self.motions[c.i].start < math.inf),
-                                                        default=0.0))  # one never online: the runtime's leaves at once
-                        if not self._recount(counts):
-                            continue
-                    yield from self._interleaved_in_time(counts)
+                    if not (yield from self._joined(counts)):
+                        continue
+                    yield from self._interleaved_in_time(counts, self._epoch_of(counts) if e is None else e)
                     continue
                 if not self.moves.may_join(self.k, e):
                     if self.sync is None or (due := self._leaving(e)) is None:
@@ -145,6 +137,60 @@ class InTime:
         self.engine.server_busy[self.srv.name] = self.busy
         self.finished = True
         yield self.engine.at(max(self.end, env.now))
+
+    def _counts(self, e: int | None) -> dict:
+        """The clients this loop holds with work left in epoch ``e`` (None: their current one), and how many
+        micro-batches each (one on its way here included); one whose leg here ends before this server is free is not."""
+        counts = {}
+        for c in self.moves.clients:
+            if c.home == self.k and (c in self.out or max(self.free, c.since) < self.leave(c)) \
+                    and self._in_epoch(c, e) and (k := self.rest(c) + (c in self.out)) > 0:
+                counts[c] = k
+        return counts
+
+    def _epoch_of(self, counts: dict) -> int:
+        """Without backhaul rounds (no epoch barrier): the epoch this loop's pass over ``counts`` trains, its clients'
+        earliest (a visitor joining mid-pass brings the rest of its own)."""
+        return min((c.mb if c in self.out else c.next) // (c.d.per_epoch or c.d.n) for c in counts)
+
+    def _joined(self, counts: dict):
+        """With backhaul rounds, visitors only and not there yet: answer the rounds until the first one's ``join``
+        arrives, then :meth:`_recount`. True when ``counts`` (changed in place) still has a client to train."""
+        if self.sync is None:
+            return True
+        yield from self._idle_until(min((max(c.since, c.joined) for c in counts if self.motions[c.i].start < math.inf),
+                                        default=0.0))  # one never online: the runtime's leaves at once
+        return bool(self._recount(counts))
+
+    def _visitor(self, e: int):
+        """This loop's clients are done with epoch ``e``: the runtime's server keeps its epoch open while a visitor may
+        still come in it (``while sum(left.values()) > 0 or waiting``, ``trainer.methods.splitlora``): it waits, with
+        ``training.sync`` answering the others' rounds, and makes no FedAvg round before the visitor has joined and
+        trained (issue 21). True when one joined (:attr:`left` holds its rest of ``e``); False when none may come any
+        more (every visitor's epoch ``e`` is over elsewhere): the epoch's FedAvg round closes it then."""
+        env = self.engine.env
+        while True:
+            counts = self._counts(e)
+            if counts:
+                if not (yield from self._joined(counts)):
+                    continue
+                self.left = dict(counts)
+                return True
+            if not self.moves.may_join(self.k, e):
+                return False
+            if (due := self._leaving(e)) is not None:  # one held here idle, uncounted, leaves first: a timer to its
+                if self.sync is not None:  # handover's instant (the soft ticks alone do not keep the run going)
+                    yield from self._idle_until(due)
+                    self._release_left(e)
+                elif not (yield from self.until(due)):
+                    self._release_left(e)
+                continue
+            self.wake = env.event()
+            if self.sync is not None:
+                yield from self.sync.idle(self.wake)
+            else:
+                yield self.wake
+            self.wake = None
 
     def _recount(self, counts: dict) -> dict:
         """After the wait for a visitor's ``join``: a client that left meanwhile is no longer counted, and one that joined
@@ -201,7 +247,8 @@ class InTime:
             self.engine.succeed_at(joined, t)
             yield from self.sync.idle(joined)
 
-    def _interleaved_in_time(self, counts):
+    def _interleaved_in_time(self, counts, e: int):
+        """Epoch ``e``'s segments over ``counts`` and the visitors that join it, then its FedAvg round."""
         every, acc = self.cfg.fedavg_every, self.cfg.accumulate
         self.left = dict(counts)
         while self.left:
@@ -209,6 +256,8 @@ class InTime:
             yield from self._server_step()  # a partial window at the segment's end
             if self.steps % every == 0 and any(self._read_join(c) for c in self.left):
                 yield from self._round()
+            if not self.left:
+                yield from self._visitor(e)
         yield from self._round()
 
     def _segment_in_time(self, quota: int):
@@ -304,7 +353,7 @@ class InTime:
         self.unissued[c] -= 1
         self.issued += 1
         self._issue(c, t)
-        if self.sync is not None and c.next % (c.d.per_epoch or c.d.n) == 0:  # its epoch's last: no more visits
+        if c.next % (c.d.per_epoch or c.d.n) == 0:  # its epoch's last: no more visits (a server may close its epoch)
             self.moves.changed()
         if c.arrival != -math.inf:
             m = self.motions[c.i]

@@ -28,7 +28,10 @@ Rules, for a client whose handover at ``at`` moves it from server A to server B:
   between (:meth:`~sfsim.schedules.splitlora.intime.InTime._read_join`).
 * **Epochs.** A server's epoch trains, for each client it holds, the rest of that client's own epoch;
   a client that joins mid-epoch brings the rest of its current epoch into B's current epoch (its next
-  epochs go into B's next ones). A server with nothing left waits while a client may still join it.
+  epochs go into B's next ones). A server with nothing left waits while a client may still join it, and a server
+  whose clients are done with an epoch keeps it open while a visitor may still come in it (its epoch not over
+  elsewhere), as the runtime's ``while sum(left.values()) > 0 or waiting``: no FedAvg round closes its clients' part
+  before the visitor has joined and trained (issue 21, :meth:`~sfsim.schedules.splitlora.intime.InTime._visitor`).
   B sends a joining client its first ``fwd`` once it is free and the segment has room (``issued <
   quota``), never before ``since``. With backhaul rounds (each epoch ends with them, a barrier) B counts a
   visitor only while it holds it: one that left while B waited for its ``join`` is not counted, and B does
