@@ -109,12 +109,13 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
         progress["sync"] = {"steps": method.sync.steps, "rounds": method.sync.rounds, "bytes": method.sync.bytes}
     if method.sync is None:
         save_checkpoint(out, tensors, method.optimizers(), progress)
-        return
-    # several servers: write, wait until every server has written, then commit (agree_across_servers)
-    written = save_checkpoint(out, tensors, method.optimizers(), progress, name=NEXT)
-    method.sync.group.all_reduce(torch.zeros(1))  # a barrier over the backhaul links
-    os.replace(trace, Path(out) / TRACE_FILE)  # its trace first: a committed checkpoint's is never an older one's
-    os.replace(written, Path(out) / CHECKPOINT)
+    else:  # several servers: write, wait until every server has written, then commit (agree_across_servers)
+        written = save_checkpoint(out, tensors, method.optimizers(), progress, name=NEXT)
+        method.sync.group.all_reduce(torch.zeros(1))  # a barrier over the backhaul links
+        os.replace(trace, Path(out) / TRACE_FILE)  # its trace first: a committed checkpoint's is never an older one's
+        os.replace(written, Path(out) / CHECKPOINT)
+    if getattr(method, "cache", None) is not None:  # the cache's files the last checkpoint alone counted on
+        method.cache.committed()
 
 
 def saved_cache(out: Path, method, clock_s: float) -> dict:
