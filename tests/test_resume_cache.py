@@ -204,7 +204,10 @@ def test_one_server_killed_mid_cached_epoch_after_a_drop_resumes_as_uninterrupte
     """Checkpoints every 2 steps; killed before the 6th (step 10: epoch 1 has 7 steps, epoch 2 replays 6 micro-batches),
     resumed from step 8, mid epoch 2, whose cache holds d2's micro-batch though d2 dropped at 1.0 s. The resumed run
     replays epoch 2's rest from the saved cache (no device sends again), d2 never again: 2 x 4 of its samples untrained,
-    as uninterrupted (without the saved cache and its departures: 12, epoch 2 sent again, other adapters)."""
+    as uninterrupted (without the saved cache and its departures: 12, epoch 2 sent again, other adapters). It is also
+    the real run of ``Goodbye.arm``'s ``leave < 0`` guard: d2 dropped before the resumed attempt, and without the guard
+    its timer fires at once and sends a gone stamped before the attempt's clock; the resumed run then counted 4 of its
+    samples untrained, not 8 (2 of 2 runs without the guard, session 12)."""
     ref, m = _killed_and_resumed(tiny_gpt2, tmp_path, _one_server(tmp_path), 6, checkpoint_every=2,
                                  server_order="round-robin")
     assert ref["samples_not_trained"] == {"d2": 8}
