@@ -1,6 +1,6 @@
 """Two servers stopped inside a checkpoint's commit (issue 21's narrow race): every server has written its
-checkpoint of an epoch's end and passed the barrier; server 0 is stopped at its 2nd checkpoint just before its own rename ("before")
-or just after it ("after"), and every process is killed.
+checkpoint of an epoch's end and passed the barrier; server 0 is stopped at its 2nd checkpoint just before its own
+rename ("before") or just after it ("after"), and every process is killed.
 
 Server 0 commits first and the others after a second barrier (``trainer.run.resume._checkpoint``), because a
 resumed run takes the run's clock from server 0's committed trace and each device's generation from the committed
