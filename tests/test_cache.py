@@ -9,6 +9,7 @@ import torch
 
 from sfsim.errors import SfsimError
 from trainer.methods.splitfrozen import SplitFrozen
+from trainer.transport import cachefile
 from trainer.transport.cache import ActivationCache
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -30,8 +31,10 @@ def test_cache_spills_to_a_memory_mapped_file_past_its_bound(tmp_path):
     for i in range(5):
         got, want = cache.get("dev/a", i), _mb(i)
         assert all(torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in want)
-    spill = list(tmp_path.glob("activation-cache-*/*.bin"))
-    assert len(spill) == 1 and spill[0].stat().st_size == 3 * one
+    spill = list(tmp_path.glob("activation-cache-*/*.bin"))  # one log, every micro-batch in order (the first 2 too)
+    assert len(spill) == 1
+    with open(spill[0], "rb") as f:
+        assert [cachefile.read(f)[1] for _ in range(5)] == cache.digests["dev/a"] and f.tell() == spill[0].stat().st_size
     cache.clear("dev/a")
     assert cache.count("dev/a") == 0 and cache.in_memory_bytes == 0
     cache.close()

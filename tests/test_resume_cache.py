@@ -162,8 +162,9 @@ def _adapter(out) -> dict[str, torch.Tensor]:
     return {**load_file(out / "adapter" / "adapter_model.safetensors"), **load_file(out / "adapter" / "head.safetensors")}
 
 
-def _killed_and_resumed(tiny_gpt2, tmp_path, data: dict, nth: int, **over) -> tuple[dict, dict]:
-    """The uninterrupted run of ``data`` and the same run killed before server 0's ``nth`` checkpoint, then resumed."""
+def _killed_and_resumed(tiny_gpt2, tmp_path, data: dict, nth: int, killed=None, **over) -> tuple[dict, dict]:
+    """The uninterrupted run of ``data`` and the same run killed before server 0's ``nth`` checkpoint (``killed`` is
+    called with its output folder then), then resumed."""
     import yaml
 
     from tests.test_multiserver import _cfg
@@ -176,6 +177,8 @@ def _killed_and_resumed(tiny_gpt2, tmp_path, data: dict, nth: int, **over) -> tu
     kw = dict(devices=path, train_samples=sum(d["samples"] for d in data["devices"]), epochs=3, emulate="all", **over)
     ref = run(_cfg(tiny_gpt2, tmp_path / "ref", **kw))
     kill_halted(_cfg(tiny_gpt2, tmp_path / "cut", **kw), nth)
+    if killed is not None:
+        killed(tmp_path / "cut")
     return ref, run(load_run_config(str(tmp_path / "cut")), resume=True)
 
 
@@ -201,7 +204,10 @@ def test_one_server_killed_mid_cached_epoch_after_a_drop_resumes_as_uninterrupte
     """Checkpoints every 2 steps; killed before the 6th (step 10: epoch 1 has 7 steps, epoch 2 replays 6 micro-batches),
     resumed from step 8, mid epoch 2, whose cache holds d2's micro-batch though d2 dropped at 1.0 s. The resumed run
     replays epoch 2's rest from the saved cache (no device sends again), d2 never again: 2 x 4 of its samples untrained,
-    as uninterrupted (without the saved cache and its departures: 12, epoch 2 sent again, other adapters)."""
+    as uninterrupted (without the saved cache and its departures: 12, epoch 2 sent again, other adapters). It is also
+    the real run of ``Goodbye.arm``'s ``leave < 0`` guard: d2 dropped before the resumed attempt, and without the guard
+    its timer fires at once and sends a gone stamped before the attempt's clock; the resumed run then counted 4 of its
+    samples untrained, not 8 (2 of 2 runs without the guard, session 12)."""
     ref, m = _killed_and_resumed(tiny_gpt2, tmp_path, _one_server(tmp_path), 6, checkpoint_every=2,
                                  server_order="round-robin")
     assert ref["samples_not_trained"] == {"d2": 8}
@@ -376,3 +382,119 @@ def test_a_saved_cache_with_a_garbled_record_refuses_to_resume_in_one_line(tmp_p
                                          r"read \(.*\); start the run again$"):
         restore_cache(out, method, {**state, "gone": {}}, 1, 0.0)
     cache.close()
+
+
+# -- one copy on disk: the files the cache spills to are the checkpoint's -----------------------------------------
+def _big(seed: int) -> dict[str, torch.Tensor]:
+    """A micro-batch whose tensors (8 KiB) outweigh a record's header many times over."""
+    g = torch.Generator().manual_seed(seed)
+    return {"hidden": torch.randn(4, 16, 32, generator=g), "attention_mask": torch.ones(4, 16, dtype=torch.uint8),
+            "labels": torch.randint(0, 2, (4,), generator=g)}
+
+
+def _record_bytes(mbs) -> int:
+    """The bytes of ``mbs`` as records of a cache file (each one's tensors once, and its header)."""
+    import io
+
+    from trainer.transport import cachefile
+
+    return sum(cachefile.write(io.BytesIO(), 0, mb, digest(mb))[1] for mb in mbs)
+
+
+def _bytes_under(folder) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_checkpoint_keeps_one_copy_of_the_cache_on_disk(tmp_path):
+    """Two micro-batches fit in memory, four spill: after a checkpoint the bytes under OUT are each of the six once as
+    a record (its tensors and its header), not a spill file plus a saved copy (which held the four spilled twice).
+    A record put after the checkpoint (the run killed before the next) is cut off by the restore, and the resumed
+    cache appends to the same file: one copy again at its checkpoint, every micro-batch bit for bit."""
+    out = tmp_path / "out"
+    mbs = [_big(s) for s in range(8)]
+    one = sum(t.nbytes for t in mbs[0].values())
+    cache = ActivationCache(memory=2 * one, folder=out)
+    cache.fill(0, resumed=False)
+    for j, mb in enumerate(mbs[:6]):
+        cache.put("ab"[j % 2], mb)
+    assert cache.file_bytes == 4 * one
+    state = cache.checkpoint(out)
+    assert _bytes_under(out) == _record_bytes(mbs[:6]) < 6 * one * 1.05
+    assert sum(size for _, size in state["saved"].values()) == _record_bytes(mbs[:6])
+    assert [digest(cache.get("ab"[j % 2], j // 2)) for j in range(6)] == [digest(mb) for mb in mbs[:6]]
+    cache.put("a", mbs[6])  # after the checkpoint: not its
+    assert _bytes_under(out) == _record_bytes(mbs[:7])
+    back = ActivationCache(memory=one, folder=out)
+    back.restore(out, state, 0)  # killed in epoch 0, which fills the cache
+    assert _bytes_under(out) == _record_bytes(mbs[:6]) and back.count("a") == 3 and back.count("b") == 3
+    back.fill(0, resumed=True)  # the resumed epoch 0 keeps its restored part and fills on
+    back.put("b", mbs[7])
+    again = back.checkpoint(out)
+    assert _bytes_under(out) == _record_bytes(mbs[:6] + mbs[7:])
+    final = ActivationCache(memory=0, folder=out)
+    final.restore(out, again, 1)
+    assert final.replays(1) == {"a": 3, "b": 4}
+    assert [digest(final.get("b", j)) for j in range(4)] == [digest(mb) for mb in (mbs[1], mbs[3], mbs[5], mbs[7])]
+
+
+def test_a_new_fill_writes_new_files_and_the_last_checkpoints_stay_until_a_later_one(tmp_path):
+    """A fill after a checkpoint (an epoch sent whole again) writes new files: a kill before the next checkpoint
+    commits still finds the last one's records; they are deleted once it is committed (nothing counts on them)."""
+    out = tmp_path / "out"
+    cache = ActivationCache(memory=0, folder=out)
+    cache.fill(0, resumed=False)
+    cache.put("a", _big(0))
+    first = cache.checkpoint(out)
+    cache.fill(1, resumed=False)
+    cache.put("a", _big(1))
+    assert _bytes_under(out) == _record_bytes([_big(0), _big(1)])
+    back = ActivationCache(memory=0, folder=out)
+    back.restore(out, first, 0)
+    assert digest(back.get("a", 0)) == digest(_big(0))
+    cache.checkpoint(out)
+    assert _bytes_under(out) == _record_bytes([_big(0), _big(1)])  # the last one's, until this one is committed
+    cache.committed()
+    assert _bytes_under(out) == _record_bytes([_big(1)])
+
+
+def test_a_saved_record_whose_bytes_changed_refuses_to_resume_in_one_line(tmp_path):
+    from trainer.run.resume import restore_cache
+
+    out = tmp_path / "out"
+    cache = ActivationCache(memory=0, folder=out)
+    cache.fill(0, resumed=False)
+    cache.put("a", _big(0))
+    state = cache.checkpoint(out)
+    (path,) = (out / SAVED).iterdir()
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1  # the last label's byte: the same length, another micro-batch
+    path.write_bytes(bytes(raw))
+    method = SimpleNamespace(cache=ActivationCache(memory=1e9, folder=out), departures=SimpleNamespace(at={}))
+    with pytest.raises(SfsimError, match=r"^--resume: the activation cache saved with the checkpoint in .* cannot be "
+                                         r"read \(.*micro-batch 0 of a is not what was saved \(digest\)\); start the "
+                                         r"run again$"):
+        restore_cache(out, method, {**state, "gone": {}}, 1, 0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_killed_cached_run_holds_its_cache_once_on_disk_and_resumes_from_it(tiny_gpt2, tmp_path):
+    """The one-server fleet above with no cache memory (every micro-batch on file), killed before its 6th checkpoint
+    (mid epoch 2, the second cached one): the bytes under OUT's cache folders are the committed checkpoint's records
+    and nothing else (the spill folder, left by the kill, held every micro-batch a second time), and the resumed run,
+    reading its micro-batches from those files, ends as the uninterrupted one."""
+    from safetensors import safe_open
+
+    def one_copy(out):
+        with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
+            import json
+
+            saved = json.loads(f.metadata()["progress"])["cache"]["saved"]
+        cached = [p for p in out.rglob("*") if p.is_file() and any(q.name.startswith(SAVED) for q in p.parents)]
+        assert sum(p.stat().st_size for p in cached) == sum(size for _, size in saved.values()) > 0
+        assert {p.parent.name for p in cached} == {SAVED}
+
+    ref, m = _killed_and_resumed(tiny_gpt2, tmp_path, _one_server(tmp_path), 6, killed=one_copy, checkpoint_every=2,
+                                 server_order="round-robin", cache_memory="0 B")
+    assert ref["activation_cache"]["in_memory_bytes"] == 0 and ref["activation_cache"]["file_bytes"] > 0
+    _same_end(ref, m, tmp_path / "ref", tmp_path / "cut")

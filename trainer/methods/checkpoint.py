@@ -78,6 +78,9 @@ def load_adapter(folder: str | Path, lm) -> tuple[torch.nn.Module | None, dict]:
 # -- resumable training checkpoints -------------------------------------------------------------------
 CHECKPOINT = "checkpoint.safetensors"
 
+NEXT = "checkpoint.next.safetensors"
+"""Several servers: a server's checkpoint written but not yet committed (``trainer.run.resume.agree_across_servers``)."""
+
 
 def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimizers: dict, progress: dict,
                     name: str = CHECKPOINT) -> Path:
@@ -170,14 +173,11 @@ def wanted_device_checkpoint(folder: str | Path, device: str | None = None) -> i
     checkpoint there, as on a device's own host). With several servers (``folder/servers/<name>`` holds each other
     server's), the id of the server that asked ``device`` to save (its checkpoint lists it): each server counts its
     own steps, so a device that handed over must take the generation of the server holding it then."""
-    from safetensors import safe_open
 
     found = None
-    for path in (Path(folder) / CHECKPOINT, *sorted((Path(folder) / "servers").glob(f"*/{CHECKPOINT}"))):
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                progress = json.loads(f.metadata()["progress"])
-        except Exception:  # absent, torn or foreign: the device loads its latest state and the server checks it
+    for path in cut_files(folder):
+        progress = _progress(path)
+        if progress is None:  # absent, torn or foreign: the device loads its latest state and the server checks it
             continue
         want = progress.get("device_checkpoint")
         if not isinstance(want, int):
@@ -187,6 +187,40 @@ def wanted_device_checkpoint(folder: str | Path, device: str | None = None) -> i
         if found is None and path.parent == Path(folder):
             found = want
     return found
+
+
+def cut_files(folder: str | Path) -> list[Path]:
+    """The checkpoint files of the run in ``folder`` that are one cut of it: server 0's committed checkpoint and each
+    other server's (``folder/servers/<name>``) of the same epoch, committed or only written (:data:`NEXT`).
+
+    Server 0's commit is the run's (``trainer.run.resume._checkpoint``): every server has written its checkpoint before
+    it and the others commit only after it, so a run stopped between the two has server 0's epoch written at every
+    server, and ``agree_across_servers`` commits it there on resume; read before that (server 0 takes the run's clock
+    and devices their generation at the rendezvous), a server's committed checkpoint is the epoch before."""
+    main = Path(folder) / CHECKPOINT
+    epoch = (_progress(main) or {}).get("epoch")
+    found = [main]
+    servers = Path(folder) / "servers"
+    for sub in sorted(p for p in servers.iterdir() if p.is_dir()) if servers.is_dir() else ():
+        path = sub / CHECKPOINT
+        if epoch is not None and (_progress(path) or {}).get("epoch") != epoch and \
+                (_progress(sub / NEXT) or {}).get("epoch") == epoch:
+            path = sub / NEXT
+        found.append(path)
+    return found
+
+
+def _progress(path: Path) -> dict | None:
+    """The progress record of the checkpoint file ``path`` (None: absent, torn or foreign)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["progress"])
+    except Exception:  # noqa: BLE001 - a torn checkpoint is reported by the restore itself, in one line
+        return None
 
 
 def load_device_state(out: str | Path, device: str, optimizers: dict,

@@ -51,7 +51,7 @@ from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent, merge_attempts
 from sfsim.scenario.schema import write_atomic
 from trainer.methods import Setup
-from trainer.methods.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from trainer.methods.checkpoint import CHECKPOINT, NEXT, cut_files, load_checkpoint, save_checkpoint
 from trainer.methods.common import full_state, load_full_state
 from trainer.transport import dynamics
 from trainer.transport.distributed import DistTransport, parse_report
@@ -70,9 +70,6 @@ _COUNTERS = ("flops", "uplink_bytes", "downlink_bytes")
 
 REPORT_S = 4
 """A device has this many peer timeouts to answer a checkpoint with its report (it may have queued work first)."""
-
-NEXT = "checkpoint.next.safetensors"
-"""Several servers: a server's checkpoint written but not yet committed (:func:`agree_across_servers`)."""
 
 TRACE_FILE = "checkpoint_trace.json"
 """Beside the checkpoint: the run's trace events up to it, which a resumed run's ``trace.json`` starts with."""
@@ -109,12 +106,15 @@ def _checkpoint(out: Path, setup: Setup, method, epoch: int, losses: list, evals
         progress["sync"] = {"steps": method.sync.steps, "rounds": method.sync.rounds, "bytes": method.sync.bytes}
     if method.sync is None:
         save_checkpoint(out, tensors, method.optimizers(), progress)
-        return
-    # several servers: write, wait until every server has written, then commit (agree_across_servers)
-    written = save_checkpoint(out, tensors, method.optimizers(), progress, name=NEXT)
-    method.sync.group.all_reduce(torch.zeros(1))  # a barrier over the backhaul links
-    os.replace(trace, Path(out) / TRACE_FILE)  # its trace first: a committed checkpoint's is never an older one's
-    os.replace(written, Path(out) / CHECKPOINT)
+    else:  # several servers: write; once every server has, server 0 commits (the run's commit), then the others
+        written = save_checkpoint(out, tensors, method.optimizers(), progress, name=NEXT)
+        for turn in (0, 1):
+            method.sync.group.all_reduce(torch.zeros(1))  # a barrier over the backhaul links
+            if (method.sync.index == 0) == (turn == 0):
+                os.replace(trace, Path(out) / TRACE_FILE)  # its trace first: a committed checkpoint's is its own
+                os.replace(written, Path(out) / CHECKPOINT)
+    if getattr(method, "cache", None) is not None:  # the cache's files the last checkpoint alone counted on
+        method.cache.committed()
 
 
 def saved_cache(out: Path, method, clock_s: float) -> dict:
@@ -414,8 +414,7 @@ def checkpoint_totals(out: str | Path) -> dict | None:
     With several servers, every server's checkpoint (``OUT/servers/<name>``) adds its own roles' counters;
     ``wall_s`` is the longest. Read before a resumed run overwrites the checkpoints with its own.
     """
-    paths = [Path(out) / CHECKPOINT, *sorted((Path(out) / "servers").glob(f"*/{CHECKPOINT}"))]
-    parts = [t for t in ((_progress(p) or {}).get("totals") for p in paths) if t]
+    parts = [t for t in ((_progress(p) or {}).get("totals") for p in cut_files(out)) if t]  # server 0's epoch
     if not parts:
         return None
     merged = {"wall_s": max(float(t.get("wall_s", 0.0)) for t in parts)}
@@ -439,11 +438,17 @@ def agree_across_servers(links, index: int, n_servers: int, out: Path, name: str
 
     The servers checkpoint only at the end of an epoch (:func:`trainer.run.runner.train_server`), after its
     closing sync round: no micro-batch is in flight and every server holds the same adapters, so the
-    checkpoints of one epoch are one consistent cut of the run. Each server writes its checkpoint as
-    :data:`NEXT`, waits until every server has written its own, then renames it to the checkpoint (a
-    commit). A run stopped between two servers' commits is recovered here: once any server committed
-    epoch E, every server holds E committed or written, and those that had not committed commit now.
-    Anything else (a run stopped while the servers were writing) is refused in one line.
+    checkpoints of one epoch are one consistent cut of the run, one logical model. Each server writes its
+    checkpoint as :data:`NEXT` and waits until every server has written its own; then server 0 renames its own to
+    the checkpoint (the run's commit) and, after a second barrier, the others rename theirs. Server 0 commits first
+    because a resumed run reads its checkpoint before this agreement: its trace gives every process the run's clock
+    and its checkpoint each device the generation to load (``cut_files``); were another server's commit first, a
+    run stopped between that commit and server 0's would resume the model of epoch E on epoch E-1's clock and
+    device states (or refuse). So a run stopped before server 0's commit resumes from epoch E-1 at every server (a
+    written E is left, and overwritten by the next checkpoint), and one stopped after it holds E committed or
+    written at every server: those that had not committed commit now. Anything else (a run stopped while the
+    servers were writing, or server 0 behind a committed epoch, which only another commit order leaves) is refused
+    in one line.
     """
     mine = [(_progress(Path(out) / f) or {}).get("epoch", -1) for f in (CHECKPOINT, NEXT)]
     # (committed, written) epoch of each server, then a round vector's last two values, 0: it opens no round and its
@@ -455,7 +460,7 @@ def agree_across_servers(links, index: int, n_servers: int, out: Path, name: str
     last = max(c for c, _ in pairs)
     if all(c == last for c, _ in pairs):
         return
-    if last >= 0 and all(last in pair for pair in pairs):
+    if last >= 0 and all(last in pair for pair in pairs) and pairs[0][0] == last:
         if mine[0] != last:
             if (Path(out) / TRACE_NEXT).is_file():
                 os.replace(Path(out) / TRACE_NEXT, Path(out) / TRACE_FILE)

@@ -232,4 +232,5 @@ def departed(scenario, names: list[str], now: Callable[[], float], origin: float
             return False
         return t >= p.leave if p.churn == "drop" else next_online(p.avail, t) == math.inf
 
+    gone.joins = {n: p.join for n, p in ps.items() if p.churn == "drop"}  # no download reaches one before its join
     return gone
