@@ -20,7 +20,7 @@ from sfsim.schedules import splitfrozen as sf
 from tests.test_fast_sync_epochs import random_job as synced_job
 from tests.test_fast_sync_frozen import compare
 
-WHY = "the epoch-end wait (training.eval_samples, several epochs) without backhaul rounds"
+WHY = "several epochs opened one at a time without backhaul rounds"
 
 
 class _Evaluated:

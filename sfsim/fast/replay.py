@@ -84,12 +84,12 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         why = fedlora.wait_uncovered(job)  # constant or varying links: each server's wait between its epochs
         if why is not None:
             return why
-    if (name in SPLITFROZEN and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1
-            and not _synced(job) and whole_epochs(job) > 1):  # no backhaul rounds: epochs opened for the wait alone
-        why = synced.covers_alone(job, cfg.policy) if job.sync is None else (
-            "the epoch-end wait (training.eval_samples, several epochs) with each epoch's closing round after the run")
-        if why is not None:
-            return f"{why} is replayed by the SimPy engine only"
+    if name in SPLITFROZEN and not _synced(job) and whole_epochs(job) > 1:  # no backhaul rounds: one epoch at a time
+        what = "several epochs opened one at a time"  # the single-server kernel's (sfsim.fast.opening): static only
+        if job.sync is not None:
+            return f"{what} with each epoch's closing round after the run is replayed by the SimPy engine only"
+        if getattr(getattr(job, "network", None), "views", None) is not None:  # their EpochBooks: SimPy only
+            return f"{what} with moving devices is replayed by the SimPy engine only"
     if name not in COVERED:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
@@ -187,8 +187,8 @@ def _splitfrozen(job, cfg, sequential: bool, epoch_end: dict[str, float]) -> tup
         outs, busy, up, closed = synced.replay_job(job, cfg, sequential, epoch_end)
         if job.sync.epochs > 1:  # each server waits at the end of each epoch but the last (WorkerLoop._epoch_end)
             rec.epoch_end_waited = {s.name for s in job.servers if epoch_end.get(s.name, 0.0) > 0}
-    elif epoch_end and job.sync is None and not dyn and (epochs := whole_epochs(job)) > 1:  # the wait alone, no rounds
-        outs, busy, up, _ = synced.replay_job(job, cfg, sequential, epoch_end, epochs)
+    elif job.sync is None and not dyn and (epochs := whole_epochs(job)) > 1:  # one epoch at a time, no rounds
+        outs, busy, up = splitfrozen.replay_job(job, cfg, sequential, epochs, epoch_end)
         rec.epoch_end_waited = {s.name for s in job.servers if epoch_end.get(s.name, 0.0) > 0}
     elif dyn:
         outs, busy, up = dynamic.replay_job(job, cfg, sequential)

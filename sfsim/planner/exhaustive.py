@@ -83,8 +83,8 @@ class Catalogue:
                 self.why = self.why or uncovered(scenario, schedule, self.cfg, job)
                 row.append(layout(job.devices))
             rows.append(row)
-        if getattr(scenario.training, "eval_samples", None) is not None and scenario.training.epochs > 1:
-            self.why = "the epoch-end wait, which a server's replay alone leaves out"
+        if scenario.training.epochs > 1:  # each epoch trained out before the next's start (and its epoch-end wait)
+            self.why = "several epochs opened one at a time, which a server's replay alone leaves out"
         elif self.cfg.policy in PACED:
             self.why = "the paced policies replay one device order per server"
         elif self.cfg.policy == "pool":

@@ -45,7 +45,7 @@ class ServerSim:
         schedule: ``splitfrozen`` or ``splitfrozen-sequential``.
 
     ``why`` is None when the fast path replays the fleet's servers one by one, else the reason it
-    cannot (the dynamic network, the paced and ``pool`` policies, backhaul sync): then there is no
+    cannot (the dynamic network, the paced and ``pool`` policies, backhaul sync, several epochs): then there is no
     yardstick and the caller keeps to whole replays. ``closing``: each epoch's closing backhaul round
     follows the servers' ends (several servers with backhaul links), so the run's makespan is more
     than the largest server's.
@@ -74,8 +74,8 @@ class ServerSim:
             return f"the {self.cfg.policy} policy orders each server's devices by name or seed"
         if self.scenario.training.sync is not None:
             return "backhaul sync"
-        if getattr(self.scenario.training, "eval_samples", None) is not None and self.scenario.training.epochs > 1:
-            return "the epoch-end wait, which a server's replay alone leaves out"
+        if self.scenario.training.epochs > 1:  # each epoch trained out before the next's start (and its epoch-end wait)
+            return "several epochs opened one at a time, which a server's replay alone leaves out"
         self._rows(0)
         return self._why_job
 
