@@ -24,6 +24,7 @@ from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
 from sfsim.planner.search import least_loaded, per_device_load, to_groups
 from sfsim.schedules import ReplayConfig, ReplaySetup, get
+from sfsim.schedules.splitfrozen import whole_epochs
 
 BUDGET = 1_000_000
 """What the search by server replays (:func:`improve`) may spend, in micro-batch
@@ -45,7 +46,7 @@ class ServerSim:
         schedule: ``splitfrozen`` or ``splitfrozen-sequential``.
 
     ``why`` is None when the fast path replays the fleet's servers one by one, else the reason it
-    cannot (the dynamic network, the paced and ``pool`` policies, backhaul sync, several epochs): then there is no
+    cannot (the dynamic network, the paced and ``pool`` policies, backhaul sync): then there is no
     yardstick and the caller keeps to whole replays. ``closing``: each epoch's closing backhaul round
     follows the servers' ends (several servers with backhaul links), so the run's makespan is more
     than the largest server's.
@@ -74,8 +75,8 @@ class ServerSim:
             return f"the {self.cfg.policy} policy orders each server's devices by name or seed"
         if self.scenario.training.sync is not None:
             return "backhaul sync"
-        if self.scenario.training.epochs > 1:  # each epoch trained out before the next's start (and its epoch-end wait)
-            return "several epochs opened one at a time, which a server's replay alone leaves out"
+        if getattr(self.scenario.training, "eval_samples", None) is not None and self.scenario.training.epochs > 1:
+            return "the epoch-end wait, which a server's replay alone leaves out"
         self._rows(0)
         return self._why_job
 
@@ -100,6 +101,7 @@ class ServerSim:
             if not self.rows:
                 self._why_job = uncovered(sc, self.schedule, self.cfg, job)
                 self.servers = job.servers
+                self.epochs = whole_epochs(job)  # opened one at a time, as simulate() does (sfsim.fast.opening)
                 self.closing = job.sync is not None  # each epoch's closing backhaul round follows the servers
             D, N = layout(job.devices)
             shape = (len(self.table.types), len(self.table.servers))
@@ -125,7 +127,8 @@ class ServerSim:
             cols_n.append(np.repeat(N[:, t, j][:, None], n, axis=1))
         D, N = np.ascontiguousarray(np.hstack(cols_d)), np.ascontiguousarray(np.hstack(cols_n))
         self.runs += 1  # the fast path's own server replay (the kernel simulate() runs; no device names needed)
-        return replay([None] * D.shape[1], self.servers[j], self.cfg, self.sequential, (D, N))["makespan"]
+        return replay([None] * D.shape[1], self.servers[j], self.cfg, self.sequential, (D, N),
+                      epochs=self.epochs)["makespan"]
 
     def makespan_below(self, groups: list[Group], bound: float) -> float | None:
         """The largest server makespan under ``groups`` when it is below ``bound``, else None.
