@@ -495,9 +495,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
         pool: the ``pool`` policy's random words, devices' activation bytes and (capacity, senders'
             limit, credits they may hold) (:mod:`sfsim.fast.pool`).
         steps: room for the end times of every optimizer step (for backhaul sync; empty: not kept).
-        epochs: more than 1: the server opens its devices' ``epochs`` equal epochs one at a time, each after its last
-            worker ended the one before and ``wait`` seconds (its epoch-end wait), static devices only
-            (:mod:`sfsim.fast.opening`; the SimPy pool's ``by_epochs``).
+        epochs, wait: static devices' equal epochs opened one at a time, ``wait`` s apart (:mod:`sfsim.fast.opening`).
     """
     m = N.shape[1]
     S = np.zeros(S_SLOTS, np.int64)
@@ -534,17 +532,14 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
         for j in range(m):
             if N[_SENT, j] > 0 and (Y[0][j] >= 0) == first:
                 _schedule(events, S, 0.0, _URGENT, j * 8 + _START)
-    W = np.zeros((7, count), np.int64)
-    WF = np.zeros((3, count))
+    W, WF = np.zeros((7, count), np.int64), np.zeros((3, count))
     M, T, counts, touched = mixing.fresh(measured.sum(), m)
     mix = (M, T, share, counts, touched)
     makespan = _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, np.zeros((count, wcap), np.int64),
                      np.zeros((count, wcap), np.int64), credits, np.zeros(m, np.bool_), np.zeros(m), mix,
-                     np.zeros(count, np.int64),
-                     np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), order, np.zeros(m, np.int64),
-                     np.zeros(m, np.int64),
-                     np.zeros(m), np.zeros(m), np.zeros(m), Y, RP, stream, EP, np.zeros((2, max(m, 1)), np.int64),
-                     wait)
+                     np.zeros(count, np.int64), np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), order,
+                     np.zeros(m, np.int64), np.zeros(m, np.int64), np.zeros(m), np.zeros(m), np.zeros(m), Y, RP,
+                     stream, EP, np.zeros((2, max(m, 1)), np.int64), wait)
     return _results(S, F, M, T, makespan, total, RP)
 
 
