@@ -142,18 +142,16 @@ def test_random_synced_fleets_over_epochs_equal_on_the_fast_path():
     assert outcomes.count("equal") >= 90, {o: outcomes.count(o) for o in set(outcomes)}
 
 
-@pytest.mark.xfail(strict=True, reason="one server without an epoch-end wait (no training.eval_samples) and no "
-                   "backhaul rounds: the simulator runs the epochs back to back, no epoch start to gate on")
-def test_without_an_epoch_end_wait_a_later_epoch_still_waits_for_its_start():
+@pytest.mark.parametrize("sequential", [False, True])
+def test_without_an_epoch_end_wait_a_later_epoch_still_waits_for_its_start(sequential):
     """The runtime's server always trains its epoch out before it sends the next epoch's ``start``
     (``trainer.run.runner``: one ``train_epoch`` per epoch), so a device's epoch 2 starts at the epoch's end plus
     its downlink latency (plus the evaluation, whose size the scenario does not know without ``eval_samples``). The
-    simulator opens epochs one at a time only for an epoch-end wait or backhaul rounds
-    (:func:`sfsim.schedules.splitfrozen.run`: ``by_epochs``); otherwise a device forwards epoch 2 as soon as its
-    credits allow, before its server has ended epoch 1 (here the near device at 0.25 s, while the server ends
-    epoch 1 at 0.755 s)."""
+    simulator opens the epochs of every multi-epoch run one at a time (:func:`sfsim.schedules.splitfrozen.run`:
+    ``by_epochs``), with no wait between them here; before issue 21's fix it did so only for an epoch-end wait or
+    backhaul rounds, and the near device forwarded epoch 2 at 0.25 s, before its server ended epoch 1 at 0.755 s."""
     engine = Engine(trace=True)
-    sf.run(engine, _pair(), CFG)
+    sf.run(engine, _pair(), CFG, sequential=sequential)
     engine.run()
     ended = max(e.start + e.dur for e in engine.events if e.lane == "s0" and e.mb in (0, 1))
     assert _forwards(engine, 2) == {"near": ended + 0.005, "far": ended + 1.0}

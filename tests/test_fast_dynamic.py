@@ -150,8 +150,9 @@ def check(seed: int, ties: bool) -> str:
 def test_random_dynamic_fleets_equal(ties):
     outcomes = [check(seed, ties) for seed in range(600)]
     # cached jobs whose device may drop go to SimPy (its pool stops their replays at the drop, sfsim.engine.cacheparts;
-    # a scenario's availability with the cache always did): 315 and 297 equal at ece04c5, 350+ before that rule
-    assert outcomes.count("equal") >= 280
+    # a scenario's availability with the cache always did): 315 and 297 equal at ece04c5, 350+ before that rule;
+    # moving devices over several epochs go to SimPy too since issue 21 (one epoch at a time, EpochBooks): 264 and 261
+    assert outcomes.count("equal") >= 250
 
 
 @pytest.mark.slow

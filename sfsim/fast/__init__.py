@@ -26,10 +26,11 @@ for every schedule (:mod:`sfsim.fast.closing`; FedLoRA's in :mod:`sfsim.fast.fed
 handovers or availability, :mod:`sfsim.fast.fedmoves`); SplitFrozen's backhaul sync (``training.sync``)
 (:mod:`sfsim.fast.synced`), over several epochs too with static devices, each server opening one epoch at a time
 after its epoch-end rounds (so too without ``training.sync``, its closing round at each epoch's end,
-:func:`sfsim.schedules.splitfrozen.closes_per_epoch`; so too without backhaul rounds, for the epoch-end wait
-alone: :func:`sfsim.fast.synced.covers_alone`). Not covered (the SimPy engine replays them): traces and
+:func:`sfsim.schedules.splitfrozen.closes_per_epoch`); without backhaul rounds every multi-epoch SplitFrozen run with
+static devices, each server opening one epoch at a time after the one before (and its epoch-end wait) in the
+single-server kernel (:mod:`sfsim.fast.opening`). Not covered (the SimPy engine replays them): traces and
 Gantt charts; backhaul sync for the baselines; SplitFrozen's with several workers a server, a paced policy, cached
-activations, or moving devices over several epochs; SplitFrozen with a paced policy and
+activations, or moving devices over several epochs (with or without backhaul rounds); SplitFrozen with a paced policy and
 availability or handovers, or with handovers and cached activations.
 """
 

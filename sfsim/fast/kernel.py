@@ -137,6 +137,7 @@ from sfsim.fast.events import (  # noqa: F401 (slots and codes: re-exported for 
 from sfsim.fast.heap import pop, push
 from sfsim.fast.jit import inline, njit
 from sfsim.fast.moving import moving, soft_timer
+from sfsim.fast.opening import by_epochs, ended, gate, go, open_epoch
 from sfsim.fast.rates import no_rates, stuck
 
 
@@ -400,12 +401,14 @@ def _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credit
 
 @no_refcounts
 def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready, mix,
-          idle, ring_a, ring_b, paced, PK, nn, f_start, link_free, ready, Y, RP, stream):
+          idle, ring_a, ring_b, paced, PK, nn, f_start, link_free, ready, Y, RP, stream, EP, GQ, wait):
     """Process events until only soft timers are left; returns the time of the last other event (the makespan).
 
     Soft timers before ``F[_SOFT_UNTIL]`` run even then (the run goes on elsewhere, :func:`replay_dynamic`), and
     so do those of a server with micro-batches left (``Engine.hold_open``: a drop deadline is all it waits for).
+    ``EP``, ``GQ``, ``wait``: its epochs opened one at a time (:mod:`sfsim.fast.opening`; one epoch: never).
     """
+    m, count = N.shape[1], W.shape[1]
     now = last = 0.0
     sequential = S[_FLAGS] & _SEQUENTIAL
     claim_returns = not (sequential and (S[_FLAGS] & _PER_DEVICE))
@@ -423,6 +426,8 @@ def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits,
         if kind == _WORKER:
             _worker(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits, dev_wait, dev_ready,
                     mix, idle, ring_a, ring_b, paced, PK, stream, j, now)
+            if ended(events, S, EP, wait, count, m, now):  # its last worker ended the epoch: the next one opens
+                open_epoch(events, pending, S, F, N, P, W, WF, EP, now)
         elif kind == _ALARM:
             if key >> _CODE_BITS == S[_ALARM_ID]:  # else superseded by an earlier alarm
                 F[_ALARM_AT] = np.inf
@@ -435,16 +440,23 @@ def _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, QD, QK, credits,
                     S[_SHOLD] -= 1
                 change(S, P, j, 0, -1)
             _schedule(events, S, now, _NORMAL, j * 8 + _RESUMED)
+        elif j >= m:  # the epoch's start (GO), or the end of its epoch-end wait (WAITED)
+            if j == m:
+                go(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free,
+                   ready, GQ, EP, now)
+            else:
+                open_epoch(events, pending, S, F, N, P, W, WF, EP, now)
         elif DY[j] >= 0:
             moving(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free,
                    ready, idle, Y, RP, j, kind, now)
             if stuck(RP):  # a rate was asked past what was drawn: the caller draws further and replays
                 break
         elif sequential:
-            _sequential(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, j, kind, now)
-        else:
-            _pipelined(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free,
-                       ready, j, kind, now)
+            if _sequential(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, j, kind, now):
+                gate(GQ, EP, N, nn, j)  # its next micro-batch is of an epoch not open yet
+        elif _pipelined(events, pending, waiters, S, F, D, N, P, credits, dev_wait, dev_ready, nn, f_start, link_free,
+                        ready, j, kind, now):
+            gate(GQ, EP, N, nn, j)
     return last
 
 
@@ -465,12 +477,12 @@ def replay_server(D, N, count, step_s, buffer, accumulate, flags, policy, flight
     pool = (np.zeros(0, np.int64), np.zeros(m), np.zeros(3, np.int64))
     # soft_room as an int64, not the literal 0: the same specialisation as the Python callers' (one compile)
     return replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, flight, paced, Y, RP,
-                          np.zeros(0, np.int64), np.int64(0), -np.inf, pool, np.zeros(0))
+                          np.zeros(0, np.int64), np.int64(0), -np.inf, pool, np.zeros(0), np.int64(1), 0.0)
 
 
 @njit
 def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, flight, paced, Y, RP, stream,
-                   soft_room, soft_until, pool, steps):
+                   soft_room, soft_until, pool, steps, epochs, wait):
     """:func:`replay_server` with devices of the dynamic network (:mod:`sfsim.fast.moving`).
 
     Args:
@@ -483,6 +495,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
         pool: the ``pool`` policy's random words, devices' activation bytes and (capacity, senders'
             limit, credits they may hold) (:mod:`sfsim.fast.pool`).
         steps: room for the end times of every optimizer step (for backhaul sync; empty: not kept).
+        epochs, wait: static devices' equal epochs opened one at a time, ``wait`` s apart (:mod:`sfsim.fast.opening`).
     """
     m = N.shape[1]
     S = np.zeros(S_SLOTS, np.int64)
@@ -502,6 +515,7 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
         credits[:] = 1 if flags & _SEQUENTIAL else buffer
     P = np.zeros((3, m), np.int64)
     _policy_start(S, N, P, paced, pool)
+    EP = by_epochs(S, N, P, epochs)
     order = (paced[0], paced[1], paced[2], paced[3], np.zeros((2, min(S[_PCAP], total) + 1), np.int64),
              pool[0], pool[1], steps)
     share = measured / measured.sum() if measured.sum() else np.zeros(m)
@@ -518,16 +532,14 @@ def replay_dynamic(D, N, count, step_s, buffer, accumulate, flags, policy, fligh
         for j in range(m):
             if N[_SENT, j] > 0 and (Y[0][j] >= 0) == first:
                 _schedule(events, S, 0.0, _URGENT, j * 8 + _START)
-    W = np.zeros((7, count), np.int64)
-    WF = np.zeros((3, count))
+    W, WF = np.zeros((7, count), np.int64), np.zeros((3, count))
     M, T, counts, touched = mixing.fresh(measured.sum(), m)
     mix = (M, T, share, counts, touched)
     makespan = _loop(events, pending, waiters, prop, S, F, D, N, P, W, WF, np.zeros((count, wcap), np.int64),
                      np.zeros((count, wcap), np.int64), credits, np.zeros(m, np.bool_), np.zeros(m), mix,
-                     np.zeros(count, np.int64),
-                     np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), order, np.zeros(m, np.int64),
-                     np.zeros(m, np.int64),
-                     np.zeros(m), np.zeros(m), np.zeros(m), Y, RP, stream)
+                     np.zeros(count, np.int64), np.zeros(S[_CAP], np.int64), np.zeros(S[_CAP], np.int64), order,
+                     np.zeros(m, np.int64), np.zeros(m, np.int64), np.zeros(m), np.zeros(m), np.zeros(m), Y, RP,
+                     stream, EP, np.zeros((2, max(m, 1)), np.int64), wait)
     return _results(S, F, M, T, makespan, total, RP)
 
 

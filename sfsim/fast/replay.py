@@ -32,6 +32,7 @@ from sfsim.fast import (
 )
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.network.backhaul import Closed, close_epochs
+from sfsim.schedules.network import cached_moves
 from sfsim.schedules.splitfrozen import closes_per_epoch, whole_epochs
 from sfsim.schedules.splitlora.moves import hands_over
 
@@ -84,12 +85,10 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         why = fedlora.wait_uncovered(job)  # constant or varying links: each server's wait between its epochs
         if why is not None:
             return why
-    if (name in SPLITFROZEN and getattr(tr, "eval_samples", None) is not None and tr.epochs > 1
-            and not _synced(job) and whole_epochs(job) > 1):  # no backhaul rounds: epochs opened for the wait alone
-        why = synced.covers_alone(job, cfg.policy) if job.sync is None else (
-            "the epoch-end wait (training.eval_samples, several epochs) with each epoch's closing round after the run")
-        if why is not None:
-            return f"{why} is replayed by the SimPy engine only"
+    if name in SPLITFROZEN and not _synced(job) and whole_epochs(job) > 1:  # no backhaul rounds: one epoch at a time
+        what = "several epochs opened one at a time"  # the single-server kernel's (sfsim.fast.opening): static only
+        if job.sync is not None:
+            return f"{what} with each epoch's closing round after the run is replayed by the SimPy engine only"
     if name not in COVERED:
         return f"the fast path covers {', '.join(COVERED)} only"
     net = getattr(job, "network", None)
@@ -114,6 +113,8 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         why = "availability with cached activations"  # a device that leaves drops its replays: SimPy's pool only
     if why is not None:  # first, as for the other schedules: --schedule all then says one reason for all
         return f"the dynamic network's {why} is replayed by the SimPy engine only"
+    if why_dyn is not None and _moving_epochs(tr, job):
+        return "several epochs opened one at a time with moving devices is replayed by the SimPy engine only"
     if _synced(job):  # training.sync, or each epoch's closing round over several epochs: its rounds
         why = synced.covers(job, cfg.policy)
         if why is not None:
@@ -123,6 +124,16 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     if crowded is not None:
         return f"server {crowded} has {per_server.most_common(1)[0][1]:,} devices; the fast path takes < {MAX_DEVICES:,}"
     return None
+
+
+def _moving_epochs(tr, job) -> bool:
+    """Whether SimPy opens the epochs of a job with moving devices one at a time (their EpochBooks: SimPy only):
+    several epochs without backhaul rounds, unless the activation cache meets them with no epoch-end wait and no
+    device across servers (:func:`sfsim.schedules.splitfrozen.run` then runs them back to back)."""
+    if job.sync is not None or whole_epochs(job) < 2:
+        return False
+    waits = getattr(tr, "eval_samples", None) is not None
+    return waits or cached_moves(job, job.network.moving) or not any(d.sent < d.n for d in job.devices)
 
 
 def _cached_leaving(scenario, job) -> bool:
@@ -187,8 +198,8 @@ def _splitfrozen(job, cfg, sequential: bool, epoch_end: dict[str, float]) -> tup
         outs, busy, up, closed = synced.replay_job(job, cfg, sequential, epoch_end)
         if job.sync.epochs > 1:  # each server waits at the end of each epoch but the last (WorkerLoop._epoch_end)
             rec.epoch_end_waited = {s.name for s in job.servers if epoch_end.get(s.name, 0.0) > 0}
-    elif epoch_end and job.sync is None and not dyn and (epochs := whole_epochs(job)) > 1:  # the wait alone, no rounds
-        outs, busy, up, _ = synced.replay_job(job, cfg, sequential, epoch_end, epochs)
+    elif job.sync is None and not dyn and (epochs := whole_epochs(job)) > 1:  # one epoch at a time, no rounds
+        outs, busy, up = splitfrozen.replay_job(job, cfg, sequential, epochs, epoch_end)
         rec.epoch_end_waited = {s.name for s in job.servers if epoch_end.get(s.name, 0.0) > 0}
     elif dyn:
         outs, busy, up = dynamic.replay_job(job, cfg, sequential)

@@ -100,11 +100,12 @@ def paced_segments(devices: list, kind: str) -> tuple[np.ndarray, ...]:
 
 
 def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = None,
-           flight: float | None = None) -> dict[str, float]:
+           flight: float | None = None, epochs: int = 1, wait: float = 0.0) -> dict[str, float]:
     """Replay one SplitFrozen server (a :class:`ServerTimes`) and its ``devices`` (all of them send to it).
 
     ``rows``: their :func:`layout`, when the caller has it already; ``flight``: the pool's bound on
-    how soon a push arrives (None: :func:`min_flight`).
+    how soon a push arrives (None: :func:`min_flight`). ``epochs`` > 1: the server opens its devices' equal epochs
+    one at a time, each after the one before and its epoch-end ``wait`` (:mod:`sfsim.fast.opening`).
 
     Returns:
         ``makespan``, ``busy``, ``wait``, ``end``, ``mixing`` (None without micro-batches) and
@@ -119,7 +120,8 @@ def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = No
     Y = (np.full(m, -1, np.int64), np.zeros((1, 2), np.int64), np.zeros((1, 4)), np.zeros(1),
          np.zeros((1, 3), np.int64), np.zeros(m, np.int64))
     RP = no_rates()
-    out = run(D, N, server, cfg, sequential, devices, paced, flight, Y, RP, np.zeros(0, np.int64), 0, -np.inf)
+    out = run(D, N, server, cfg, sequential, devices, paced, flight, Y, RP, np.zeros(0, np.int64), 0, -np.inf,
+              epochs=epochs, wait=wait)
     if out[OUT_OVERFLOW]:
         raise RuntimeError("fast path: an event heap ran out of room (a bug: use engine simpy)")
     if out[OUT_UNCLAIMED]:  # the SimPy engine fails the same way (a lost wake-up, or a deadlock)
@@ -130,10 +132,12 @@ def replay(devices: list, server, cfg, sequential: bool, rows: tuple | None = No
             "total": int(out[OUT_TOTAL]), "peak": float(out[OUT_PEAK])}
 
 
-def run(D, N, server, cfg, sequential: bool, devices: list, paced: tuple, flight: float | None, *dynamic) -> np.ndarray:
+def run(D, N, server, cfg, sequential: bool, devices: list, paced: tuple, flight: float | None, *dynamic,
+        epochs: int = 1, wait: float = 0.0) -> np.ndarray:
     """:func:`sfsim.fast.kernel.replay_dynamic` of one server.
 
-    ``dynamic``: its ``Y, RP, stream, soft_room, soft_until`` (:mod:`sfsim.fast.moving`). The kernel's room
+    ``dynamic``: its ``Y, RP, stream, soft_room, soft_until`` (:mod:`sfsim.fast.moving`); ``epochs``, ``wait``: its
+    epochs opened one at a time (static devices only, :mod:`sfsim.fast.opening`). The kernel's room
     for optimizer steps' end times is left empty (no caller keeps them). The ``pool`` policy's generator
     runs in the kernel (:mod:`sfsim.fast.pool`), so no run is replayed again for more random words.
     """
@@ -141,7 +145,7 @@ def run(D, N, server, cfg, sequential: bool, devices: list, paced: tuple, flight
         flight = min_flight(D, N)
     return replay_dynamic(D, N, int(server.count), float(server.step), int(cfg.buffer), int(cfg.accumulate),
                           flags_for(cfg, sequential), POLICY_CODES[cfg.policy], flight, paced, *dynamic,
-                          pool_args(devices, N, cfg, sequential), np.zeros(0))
+                          pool_args(devices, N, cfg, sequential), np.zeros(0), np.int64(epochs), float(wait))
 
 
 def pool_args(devices: list, N: np.ndarray, cfg, sequential: bool) -> tuple:
@@ -164,8 +168,12 @@ def pool_args(devices: list, N: np.ndarray, cfg, sequential: bool) -> tuple:
     return pool.state(cfg.seed), act, np.array([capacity, limit, total], np.int64)
 
 
-def replay_job(job, cfg, sequential: bool) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:
+def replay_job(job, cfg, sequential: bool, epochs: int = 1, waits: dict[str, float] | None = None
+               ) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:
     """Replay every server of a SplitFrozen ``job``: one :func:`replay` result per server, in order.
+
+    ``epochs`` > 1 (no backhaul rounds: :func:`sfsim.schedules.splitfrozen.whole_epochs`): each server opens them one
+    at a time, after its epoch-end wait in ``waits`` (server name -> seconds).
 
     Servers share nothing without backhaul sync, so on a big run (:data:`THREADED_FROM` micro-batches)
     they are replayed on threads, one per CPU core (the kernel releases the GIL); the figures are the
@@ -186,7 +194,8 @@ def replay_job(job, cfg, sequential: bool) -> tuple[list[dict[str, float]], np.n
         sel = np.flatnonzero(where == k)
         mine = [devices[i] for i in sel] if cfg.policy in PACED or cfg.policy == "pool" else [None] * len(sel)
         return replay(mine, job.servers[k], cfg, sequential, (np.ascontiguousarray(D[:, sel]),
-                                                               np.ascontiguousarray(N[:, sel])))
+                                                               np.ascontiguousarray(N[:, sel])),
+                      epochs=epochs, wait=(waits or {}).get(job.servers[k].name, 0.0))
 
     ks = range(len(job.servers))
     threads = min(len(job.servers), _cores())

@@ -9,9 +9,9 @@ micro-batch, one worker a server; devices of the dynamic network as handovers re
 (:func:`sfsim.fast.handover.covers`) over one epoch. Over several epochs the servers open one epoch at a time after
 its rounds (:func:`sfsim.fast.rounds.open_epoch`) and the devices wait for each (:data:`sfsim.fast.devices.EPOCHS`);
 with the activation cache a server replays each later epoch from its start (:func:`sfsim.fast.joint._replays`).
-Without backhaul rounds (one server, or no backhaul) the same loop replays the epoch-end wait
-(``training.eval_samples``) over several epochs: each server opens its next epoch when its last worker ends, after
-its wait (:func:`covers_alone`, :func:`sfsim.fast.rounds.alone`).
+Without backhaul rounds (one server, or no backhaul) the same loop can replay the epochs opened one at a time, each
+after the one before and its epoch-end wait (:func:`covers_alone`, :func:`sfsim.fast.rounds.alone`); ``simulate``
+replays those runs in the single-server kernel instead (:mod:`sfsim.fast.opening`: any policy, several workers).
 """
 
 from __future__ import annotations
@@ -79,9 +79,10 @@ def covers(job, policy: str) -> str | None:
 
 def covers_alone(job, policy: str) -> str | None:
     """None when :func:`replay_job` replays a static ``job`` without backhaul rounds whose servers open their epochs
-    one at a time for the epoch-end wait alone (``training.eval_samples``, several epochs: one server, or no
-    backhaul; the SimPy pool's ``by_epochs`` from :func:`sfsim.schedules.splitfrozen.run`), else why not (one line)."""
-    what = "the epoch-end wait (training.eval_samples, several epochs) without backhaul rounds"
+    one at a time (several epochs: one server, or no backhaul; the runtime's server trains each epoch out, then its
+    epoch-end wait when ``training.eval_samples`` is set, then sends each device the next epoch's ``start``; the
+    SimPy pool's ``by_epochs`` from :func:`sfsim.schedules.splitfrozen.run`), else why not (one line)."""
+    what = "several epochs opened one at a time without backhaul rounds"
     if getattr(getattr(job, "network", None), "views", None) is not None:  # their EpochBooks: SimPy only
         return f"{what} with moving devices"
     if policy not in ("fifo", "round-robin", "proportional", "pool"):

@@ -19,10 +19,11 @@ import numpy as np
 from sfsim.engine.policies import PACED
 from sfsim.fast.kernel import replay_server
 from sfsim.fast.replay import uncovered
-from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout, min_flight
+from sfsim.fast.splitfrozen import POLICY_CODES, flags_for, layout, min_flight, replay
 from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
 from sfsim.schedules import ReplayConfig, ReplaySetup, get
+from sfsim.schedules.splitfrozen import whole_epochs
 
 EXHAUSTIVE_PLANS = 20_000
 """Most plans the planner replays all of (about a second on a few devices): beyond, it searches."""
@@ -83,8 +84,11 @@ class Catalogue:
                 self.why = self.why or uncovered(scenario, schedule, self.cfg, job)
                 row.append(layout(job.devices))
             rows.append(row)
+        self.epochs = whole_epochs(job)  # opened one at a time, as simulate() does (sfsim.fast.opening)
         if getattr(scenario.training, "eval_samples", None) is not None and scenario.training.epochs > 1:
             self.why = "the epoch-end wait, which a server's replay alone leaves out"
+        elif self.epochs > 1 and job.sync is not None:
+            self.why = "each epoch's closing backhaul round, which a server's replay alone leaves out"
         elif self.cfg.policy in PACED:
             self.why = "the paced policies replay one device order per server"
         elif self.cfg.policy == "pool":
@@ -107,6 +111,10 @@ class Catalogue:
             sel = jj == j
             D = np.ascontiguousarray(self.D[ki[sel], j, :, dev[sel]].T)
             N = np.ascontiguousarray(self.N[ki[sel], j, :, dev[sel]].T)
+            if self.epochs > 1:  # the epochs one at a time: simulate()'s own server replay
+                out = max(out, replay([None] * D.shape[1], st, cfg, self.schedule == "splitfrozen-sequential", (D, N),
+                                      epochs=self.epochs)["makespan"])
+                continue
             res = replay_server(D, N, int(st.count), float(st.step), int(cfg.buffer), int(cfg.accumulate),
                                 self.flags, POLICY_CODES[cfg.policy], min_flight(D, N), empty)
             out = max(out, float(res[0]))

@@ -24,6 +24,7 @@ from sfsim.planner.fluid import Group
 from sfsim.planner.model import StageTable
 from sfsim.planner.search import least_loaded, per_device_load, to_groups
 from sfsim.schedules import ReplayConfig, ReplaySetup, get
+from sfsim.schedules.splitfrozen import whole_epochs
 
 BUDGET = 1_000_000
 """What the search by server replays (:func:`improve`) may spend, in micro-batch
@@ -100,6 +101,7 @@ class ServerSim:
             if not self.rows:
                 self._why_job = uncovered(sc, self.schedule, self.cfg, job)
                 self.servers = job.servers
+                self.epochs = whole_epochs(job)  # opened one at a time, as simulate() does (sfsim.fast.opening)
                 self.closing = job.sync is not None  # each epoch's closing backhaul round follows the servers
             D, N = layout(job.devices)
             shape = (len(self.table.types), len(self.table.servers))
@@ -125,7 +127,8 @@ class ServerSim:
             cols_n.append(np.repeat(N[:, t, j][:, None], n, axis=1))
         D, N = np.ascontiguousarray(np.hstack(cols_d)), np.ascontiguousarray(np.hstack(cols_n))
         self.runs += 1  # the fast path's own server replay (the kernel simulate() runs; no device names needed)
-        return replay([None] * D.shape[1], self.servers[j], self.cfg, self.sequential, (D, N))["makespan"]
+        return replay([None] * D.shape[1], self.servers[j], self.cfg, self.sequential, (D, N),
+                      epochs=self.epochs)["makespan"]
 
     def makespan_below(self, groups: list[Group], bound: float) -> float | None:
         """The largest server makespan under ``groups`` when it is below ``bound``, else None.

@@ -129,9 +129,11 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:
             pool.by_epochs(job.sync.epochs, legs)
-    elif (engine.epoch_end or cached_moves(job, moving)) and engine.sync is None and (epochs := whole_epochs(job)) > 1:
+    elif engine.sync is None and (epochs := whole_epochs(job)) > 1 and (
+            engine.epoch_end or cached_moves(job, moving) or not (moving and any(d.sent < d.n for d in job.devices))):
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
-        for pool in pools:  # no rounds: the epochs are opened one at a time for the epoch-end wait or the cache alone
+        for pool in pools:  # no rounds: each epoch still ends before the next opens (the runtime's train_epoch)
+            # (not yet with moving devices beside the activation cache and no wait: its books lose micro-batches)
             pool.by_epochs(epochs, legs)
     departures = watch_departures(pools, job, moving, cfg.policy)  # the cache: no replay of a device from its drop on
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
@@ -160,8 +162,10 @@ def by_epochs(job: Job, synced: bool) -> bool:
 
 def whole_epochs(job: Job) -> int:
     """The epochs of every device, sent in full or, with the activation cache, the first sent and the others
-    replayed from the server's cache (1 for devices of unequal epoch counts): :func:`run` opens them one at a time
-    for the servers' epoch-end wait (:mod:`sfsim.cost.epochend`)."""
+    replayed from the server's cache (1 for devices of unequal epoch counts): :func:`run` opens them one at a time,
+    as the runtime's server trains each epoch out, then waits its epoch-end wait (:mod:`sfsim.cost.epochend`; none
+    without ``training.eval_samples``), then sends each device the next epoch's ``start`` (:func:`_started`). The
+    cached epochs need no ``start``: the server replays each from its opening (``WorkerLoop._next_epoch``)."""
     counts = {d.n // d.per_epoch if d.per_epoch and d.sent in (d.n, d.per_epoch) and d.n % d.per_epoch == 0 else 0
               for d in job.devices if d.n}
     return counts.pop() if len(counts) == 1 else 1
