@@ -189,3 +189,25 @@ def test_simulate_says_which_schedules_leave_backhaul_sync_out():
                                      "--schedule", "all", "--split", "2", "--set", "training.sync=null"])
     assert plain.exit_code == 0, plain.output
     assert "backhaul rounds out" not in plain.output and "closes the backhaul rounds" not in plain.output
+
+
+def test_simulate_takes_a_comma_list_of_schedules(tmp_path):
+    """``--schedule splitfrozen,fedlora`` compares just those two (each with the options it has), in the order given,
+    with the same figures as ``all``'s rows; a bad name in the list is the one-line error of a bad single name."""
+    import json
+
+    from sfsim.cli import main as cli
+
+    scen = str(FIXTURES / "runtime_two_servers.yaml")
+    two = CliRunner().invoke(cli, ["simulate", "--devices", scen, "--schedule", "fedlora, splitfrozen", "--split", "2",
+                                   "--json", str(tmp_path / "two.json")])
+    every = CliRunner().invoke(cli, ["simulate", "--devices", scen, "--schedule", "all", "--split", "2",
+                                     "--json", str(tmp_path / "all.json")])
+    assert two.exit_code == 0 and every.exit_code == 0, two.output + every.output
+    rows = [ln.split()[0] for ln in two.output.splitlines() if ln.split() and ln.split()[0] in
+            ("splitfrozen", "fedlora", "splitlora", "cenlora", "splitfrozen-sequential")]
+    assert rows == ["fedlora", "splitfrozen"]
+    picked, whole = (json.loads((tmp_path / f).read_text()) for f in ("two.json", "all.json"))
+    assert list(picked) == ["fedlora", "splitfrozen"] and all(picked[k] == whole[k] for k in picked)
+    bad = CliRunner().invoke(cli, ["simulate", "--devices", scen, "--schedule", "splitfrozen,bogus"])
+    assert bad.exit_code == 2 and "unknown schedule/method 'bogus'" in bad.output

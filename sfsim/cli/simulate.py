@@ -50,8 +50,8 @@ def suffixed(path: str, name: str) -> Path:
 @click.option("--devices", "scenario", required=True, type=click.Path(dir_okay=False),
               help="scenario YAML (e.g. profiles/edge.yaml)")
 @click.option("--schedule", default="splitfrozen", show_default=True,
-              help=f"one of {', '.join(METHODS)} (or centralized), or 'all' for a comparison table "
-                   "(each schedule then takes only the options it has: fedlora and cenlora no cut)")
+              help=f"one of {', '.join(METHODS)} (or centralized), a comma list of them, or 'all', for a "
+                   "comparison table (each schedule then takes only the options it has: fedlora and cenlora no cut)")
 @click.option("--split", "split", default=None, help="cut for every device (3) or DEVICE=K,... pairs")
 @click.option("--plan", "plan", default=None, type=click.Path(dir_okay=False),
               help="plan file from 'sfsim plan' (cuts, LoRA start, assignment)")
@@ -77,13 +77,13 @@ def simulate(scenario, schedule, split, plan, lora_start, policy, client_order, 
     """Simulate split fine-tuning on a scenario and print a summary (or a comparison table)."""
     sc = load_scenario_with(scenario, parse_sets(sets))
     warn(sc.warnings)
-    names = list(METHODS) if schedule == "all" else [canonical(schedule)]
+    names = list(METHODS) if schedule == "all" else list(dict.fromkeys(canonical(s.strip()) for s in schedule.split(",")))
     if gantt_out:
         gantt_format(gantt_out)  # a bad suffix fails before the simulation, not after
     given = dict(splits=parse_split(split), plan=plan, lora_start=lora_start, policy=policy, client_order=client_order)
     if len(names) == 1:
         check_options(names[0], **given)  # an option the schedule would ignore is an error
-    else:  # 'all': each schedule takes the options it has (--client-order: splitlora's)
+    else:  # 'all' or a list: each schedule takes the options it has (--client-order: splitlora's)
         check_options("splitfrozen", **{k: v for k, v in given.items() if k != "client_order"})
     results, refused, panels = _run_all(sc, names, given, scenario, trace_out, gantt_out, engine)
     if gantt_out:
