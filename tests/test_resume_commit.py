@@ -103,6 +103,6 @@ def test_two_servers_stopped_in_server_0s_commit_resume_as_one_model(tiny_gpt2, 
 
 
 def _epoch(path: Path) -> int:
-    from trainer.methods.checkpoint import _progress
+    from trainer.methods.checkpoint import read_progress
 
-    return (_progress(path) or {}).get("epoch", -1)
+    return (read_progress(path) or {}).get("epoch", -1)

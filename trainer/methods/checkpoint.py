@@ -176,7 +176,7 @@ def wanted_device_checkpoint(folder: str | Path, device: str | None = None) -> i
 
     found = None
     for path in cut_files(folder):
-        progress = _progress(path)
+        progress = read_progress(path)
         if progress is None:  # absent, torn or foreign: the device loads its latest state and the server checks it
             continue
         want = progress.get("device_checkpoint")
@@ -198,19 +198,19 @@ def cut_files(folder: str | Path) -> list[Path]:
     server, and ``agree_across_servers`` commits it there on resume; read before that (server 0 takes the run's clock
     and devices their generation at the rendezvous), a server's committed checkpoint is the epoch before."""
     main = Path(folder) / CHECKPOINT
-    epoch = (_progress(main) or {}).get("epoch")
+    epoch = (read_progress(main) or {}).get("epoch")
     found = [main]
     servers = Path(folder) / "servers"
     for sub in sorted(p for p in servers.iterdir() if p.is_dir()) if servers.is_dir() else ():
         path = sub / CHECKPOINT
-        if epoch is not None and (_progress(path) or {}).get("epoch") != epoch and \
-                (_progress(sub / NEXT) or {}).get("epoch") == epoch:
+        if epoch is not None and (read_progress(path) or {}).get("epoch") != epoch and \
+                (read_progress(sub / NEXT) or {}).get("epoch") == epoch:
             path = sub / NEXT
         found.append(path)
     return found
 
 
-def _progress(path: Path) -> dict | None:
+def read_progress(path: Path) -> dict | None:
     """The progress record of the checkpoint file ``path`` (None: absent, torn or foreign)."""
     from safetensors import safe_open
 

@@ -45,13 +45,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from sfsim.errors import SfsimError
 from sfsim.outputs.trace import TraceEvent, merge_attempts
 from sfsim.scenario.schema import write_atomic
 from trainer.methods import Setup
-from trainer.methods.checkpoint import CHECKPOINT, NEXT, cut_files, load_checkpoint, save_checkpoint
+from trainer.methods.checkpoint import (
+    CHECKPOINT,
+    NEXT,
+    cut_files,
+    load_checkpoint,
+    read_progress,
+    save_checkpoint,
+)
 from trainer.methods.common import full_state, load_full_state
 from trainer.transport import dynamics
 from trainer.transport.distributed import DistTransport, parse_report
@@ -397,16 +403,6 @@ def contradictions(recorded: dict, given: dict) -> list[str]:
     return out
 
 
-def _progress(path: Path) -> dict | None:
-    """The progress record of the checkpoint file ``path`` (None: absent or unreadable)."""
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["progress"])
-    except Exception:  # noqa: BLE001 - a torn checkpoint is reported by the restore itself, in one line
-        return None
-
 
 def checkpoint_totals(out: str | Path) -> dict | None:
     """The totals carried by the run's checkpoints (None: no checkpoint or none recorded).
@@ -414,7 +410,7 @@ def checkpoint_totals(out: str | Path) -> dict | None:
     With several servers, every server's checkpoint (``OUT/servers/<name>``) adds its own roles' counters;
     ``wall_s`` is the longest. Read before a resumed run overwrites the checkpoints with its own.
     """
-    parts = [t for t in ((_progress(p) or {}).get("totals") for p in cut_files(out)) if t]  # server 0's epoch
+    parts = [t for t in ((read_progress(p) or {}).get("totals") for p in cut_files(out)) if t]  # server 0's epoch
     if not parts:
         return None
     merged = {"wall_s": max(float(t.get("wall_s", 0.0)) for t in parts)}
@@ -450,7 +446,7 @@ def agree_across_servers(links, index: int, n_servers: int, out: Path, name: str
     servers were writing, or server 0 behind a committed epoch, which only another commit order leaves) is refused
     in one line.
     """
-    mine = [(_progress(Path(out) / f) or {}).get("epoch", -1) for f in (CHECKPOINT, NEXT)]
+    mine = [(read_progress(Path(out) / f) or {}).get("epoch", -1) for f in (CHECKPOINT, NEXT)]
     # (committed, written) epoch of each server, then a round vector's last two values, 0: it opens no round and its
     # instant is 0 (ServerLinks.all_reduce reads them as those; a server's epoch there stalled the resume)
     held = torch.zeros(2 * n_servers + 2, dtype=torch.float32)
