@@ -8,7 +8,9 @@ in the next epoch (a hang, or a peer-timeout loss). It is never read, because th
 (``trainer.run.launch``: without ``training.sync``, ``every`` None), ``Method.train_epoch`` ends with
 ``finish_sync`` (``ServerSync.finish`` / ``fed_finish``), a round over every server, and it returns only once every
 server has left its epoch (the last step where it reads a ``join``: ``SplitLoRA._segment``, ``FedLoRA._collect``).
-A device enters epoch e+1 only on its server's ``start`` of e+1, sent after that round; so a join it sends in
+(A resumable method's epoch-end checkpoint adds two more barriers over the same links, ``trainer.run.resume``:
+the closing round is the one every multi-server run has.) A device enters epoch e+1 only on its server's ``start`` of
+e+1, sent after that round; so a join it sends in
 e+1 waits, unread (a server takes only the kinds it asks for), in the new server's inbox until that server's
 own epoch e+1. A waiting server answers no round without ``training.sync`` (``idle``: nothing opens one), so a slow
 server cannot be lured through its closing round early either. A peer's join naming an epoch the run does not have

@@ -201,7 +201,10 @@ class Visits:
 
     def joined(self, msg: Message, epoch: int) -> int:
         """A ``join`` of this epoch: the visitor's micro-batches still to come here (0: it will not come);
-        a ``join`` left over from an earlier epoch counts for nothing."""
+        a ``join`` left over from an earlier epoch counts for nothing. None from a later epoch is read here: the
+        servers close every epoch together (the closing round of ``ServerSync.finish``, ``training.sync`` or not), a
+        device starts its next epoch only after its server's, and a server reads only the kinds it asks for, so such a
+        join waits unread for this server's next epoch (tests/test_join_later_epoch.py)."""
         if msg.epoch != epoch:
             return 0
         name = msg.device
