@@ -184,3 +184,37 @@ def test_one_epoch_is_unchanged():
     engine, makespan = _simulate(job)
     assert makespan == pytest.approx(0.755, abs=1e-12)
     assert replay(job, CFG)[1] == makespan
+
+
+@pytest.mark.parametrize("seed", [146, 381])
+@pytest.mark.parametrize("wait_s", [0.0, 0.1])
+def test_moving_devices_beside_the_cache_open_their_epochs_one_at_a_time(seed, wait_s):
+    """Moving devices (a varying uplink) sharing a server with cached devices, over several epochs (issue 21): the
+    epochs open one at a time, with or without an epoch-end wait, and every micro-batch is trained exactly once (the
+    server's cached epochs used to count an uncached mover's sends of every epoch as cache replays: 'never processed').
+    """
+    from tests.test_fast_dynamic import _Scenario, random_job
+
+    job, cfg, sequential = random_job(seed)
+    assert job.network.moving and any(d.sent < d.n for d in job.devices) and sf.whole_epochs(job) > 1
+    engine = Engine(trace=True)
+    engine.epoch_end = {s.name: wait_s for s in job.servers}
+    sf.run(engine, job, cfg, sequential=sequential)
+    engine.run()
+    names = {s.name for s in job.servers}
+    ops = [e for e in engine.events if e.lane.split(":")[0].split("/")[0] in names]
+    moving = job.network.moving
+    dropped = {i: moving[i].sent for i, d in enumerate(job.devices)  # drop churn: what it never sent is lost
+               if i in moving and moving[i].churn == "drop" and d.sent == d.n}
+    assert sorted((e.device, e.mb) for e in ops if e.op == "F") == \
+        sorted((d.name, n) for i, d in enumerate(job.devices) for n in range(dropped.get(i, d.n)))
+    per = {d.name: d.per_epoch for d in job.devices}
+    for server in names:  # one epoch at a time: a server starts no micro-batch of an epoch before its last one ended
+        mine = [e for e in ops if e.lane.startswith(server) and e.device]
+        for k in range(1, sf.whole_epochs(job)):
+            ends = [e.start + e.dur for e in mine if e.mb // per[e.device] == k - 1]
+            starts = [e.start for e in mine if e.mb // per[e.device] == k]
+            assert not ends or not starts or max(ends) <= min(starts) + 1e-9
+    why = {146: "several epochs opened one at a time with moving devices",  # the fast path: SimPy, one line
+           381: "the dynamic network's availability with cached activations"}[seed]
+    assert uncovered(_Scenario(), "splitfrozen", cfg, job) == f"{why} is replayed by the SimPy engine only"

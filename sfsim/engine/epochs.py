@@ -37,11 +37,13 @@ class EpochBooks:
     def _may_come(self, i: int) -> bool:
         return self.index in self.legs.get(i, ())[self.taken.get(i, 0) + 1:]
 
-    def open(self) -> int:
-        """A new epoch: its count of micro-batches and places."""
+    def open(self, replayed: frozenset[int] = frozenset()) -> int:
+        """A new epoch: its count of micro-batches and places, of the devices that send in it (not ``replayed``: the
+        activation cache's devices in a cached epoch send nothing and come nowhere; their servers count their replays,
+        :meth:`sfsim.engine.worker.WorkerLoop._cached_count`)."""
         self.place = {i: 1 for i in sorted(self.legs) if i not in self.held and i not in self.gone and self.per[i]
-                      and self._may_come(i)}
-        return sum(self.per[i] for i in self.held - self.gone) + len(self.place)
+                      and i not in replayed and self._may_come(i)}
+        return sum(self.per[i] for i in self.held - self.gone - replayed) + len(self.place)
 
     def moved(self, i: int, k: int, leg: int) -> int:
         """Device ``i`` left for another server (its leg ``leg``) with ``k`` micro-batches of the epoch unsent; a place

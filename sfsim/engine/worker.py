@@ -84,15 +84,15 @@ class WorkerLoop:
         return sum(t // self.epochs for t in self.totals)
 
     def _cached_count(self) -> int:
-        """A cached epoch with :class:`~sfsim.engine.epochs.EpochBooks`: no device sends or comes (no places); this
-        server replays its own cache, a device that moves or may leave its part (:class:`CacheParts`, all of its
+        """A cached epoch with :class:`~sfsim.engine.epochs.EpochBooks`: no cached device sends or comes (no places);
+        this server replays its own cache, a device that moves or may leave its part (:class:`CacheParts`, all of its
         epoch when it stayed), one that never moves its whole epoch, one gone for good nothing. At the first such
-        epoch each mover's total here becomes its part in every epoch (what this server's stream holds)."""
+        epoch each mover's total here becomes its part in every epoch (what this server's stream holds). The devices
+        beside them that are not cached send this epoch as any other (the books' count: held, places)."""
         books, parts = self.books, self.cache_parts
-        books.place = {}
-        count = 0
+        count = books.open(frozenset(i for i, d in enumerate(self.devices) if d.sent < d.n))
         for i, d in enumerate(self.devices):
-            if self._gone(i):
+            if d.sent == d.n or self._gone(i):  # not cached: counted by the books above
                 continue
             if i in books.legs:
                 count += parts.count(i)

@@ -32,7 +32,6 @@ from sfsim.fast import (
 )
 from sfsim.fast.kernel import MAX_DEVICES
 from sfsim.network.backhaul import Closed, close_epochs
-from sfsim.schedules.network import cached_moves
 from sfsim.schedules.splitfrozen import closes_per_epoch, whole_epochs
 from sfsim.schedules.splitlora.moves import hands_over
 
@@ -113,7 +112,7 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
         why = "availability with cached activations"  # a device that leaves drops its replays: SimPy's pool only
     if why is not None:  # first, as for the other schedules: --schedule all then says one reason for all
         return f"the dynamic network's {why} is replayed by the SimPy engine only"
-    if why_dyn is not None and _moving_epochs(tr, job):
+    if why_dyn is not None and _moving_epochs(job):
         return "several epochs opened one at a time with moving devices is replayed by the SimPy engine only"
     if _synced(job):  # training.sync, or each epoch's closing round over several epochs: its rounds
         why = synced.covers(job, cfg.policy)
@@ -126,14 +125,11 @@ def uncovered(scenario, name: str, cfg, job, trace: bool = False) -> str | None:
     return None
 
 
-def _moving_epochs(tr, job) -> bool:
+def _moving_epochs(job) -> bool:
     """Whether SimPy opens the epochs of a job with moving devices one at a time (their EpochBooks: SimPy only):
-    several epochs without backhaul rounds, unless the activation cache meets them with no epoch-end wait and no
-    device across servers (:func:`sfsim.schedules.splitfrozen.run` then runs them back to back)."""
-    if job.sync is not None or whole_epochs(job) < 2:
-        return False
-    waits = getattr(tr, "eval_samples", None) is not None
-    return waits or cached_moves(job, job.network.moving) or not any(d.sent < d.n for d in job.devices)
+    several epochs without backhaul rounds (:func:`sfsim.schedules.splitfrozen.run`), beside the activation cache or
+    not, with or without an epoch-end wait."""
+    return job.sync is None and whole_epochs(job) >= 2
 
 
 def _cached_leaving(scenario, job) -> bool:

@@ -119,14 +119,6 @@ def watch_departures(pools, job, moving, policy: str = "fifo") -> Departures | N
     return departures
 
 
-def cached_moves(job, moving) -> bool:
-    """Whether the activation cache meets a device whose legs go to several servers: each server's cached epochs
-    replay its part of that device's first epoch, so the servers run one epoch at a time
-    (:meth:`sfsim.engine.worker.WorkerLoop.by_epochs`, :mod:`sfsim.engine.cacheparts`)."""
-    return (any(d.sent < d.n for d in job.devices)
-            and any(len({leg.server for leg in m.legs}) > 1 for m in (moving or {}).values()))
-
-
 @dataclass
 class Untouched:
     """The dynamic network of a job it does not apply to (cenlora): nothing moves; the result says why."""

@@ -63,7 +63,7 @@ from sfsim.network.backhaul import PoolRounds, sync_spec
 from sfsim.network.legs import Motion, online, record_online, span
 from sfsim.schedules.common import Job, ReplayConfig, ReplaySetup, link_seconds
 from sfsim.schedules.frozennet import Network, closing_barrier, motions, network, pool_views  # noqa: F401 - re-exported
-from sfsim.schedules.network import cached_moves, trace_moves, watch_departures
+from sfsim.schedules.network import trace_moves, watch_departures
 
 
 def build(setup: ReplaySetup, cache: bool = False) -> Job:
@@ -129,11 +129,9 @@ def run(engine: Engine, job: Job, cfg: ReplayConfig, sequential: bool = False) -
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:
             pool.by_epochs(job.sync.epochs, legs)
-    elif engine.sync is None and (epochs := whole_epochs(job)) > 1 and (
-            engine.epoch_end or cached_moves(job, moving) or not (moving and any(d.sent < d.n for d in job.devices))):
+    elif engine.sync is None and (epochs := whole_epochs(job)) > 1:
         legs = {i: [leg.server for leg in m.legs] for i, m in moving.items()} if moving else None
         for pool in pools:  # no rounds: each epoch still ends before the next opens (the runtime's train_epoch)
-            # (not yet with moving devices beside the activation cache and no wait: its books lose micro-batches)
             pool.by_epochs(epochs, legs)
     departures = watch_departures(pools, job, moving, cfg.policy)  # the cache: no replay of a device from its drop on
     for i, m in moving.items():  # their busy time and bytes are known when the run ends
@@ -280,7 +278,7 @@ def _deliver(pool: ServerPool, i: int, d: DeviceTimes, n: int, at: float, moving
         pool.send(at, i, n)
     else:
         pool.arrives(n // d.per_epoch, at, i, n)
-    if moving and pool.cache_parts is not None:
+    if moving and pool.cache_parts is not None and n < d.sent < d.n:  # a cached device's first epoch only
         pool.cache_parts.add(i, n)
 
 
