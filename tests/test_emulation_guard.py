@@ -35,7 +35,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch) -> FakeClock:
     c = FakeClock()
-    fake = SimpleNamespace(perf_counter=c.perf_counter, sleep=c.sleep)
+    fake = SimpleNamespace(perf_counter=c.perf_counter, sleep=c.sleep, thread_time=lambda: 0.0)  # no CPU: the meter's server_cpu_s
     monkeypatch.setattr("trainer.run.measure.time", fake)
     monkeypatch.setattr("trainer.run.emulation.time", fake)
     return c
