@@ -345,9 +345,8 @@ class DistTransport:
         lane = p if self.is_server else -1  # a device has one uplink, whichever server its leg goes to
         if link is not None:
             start = max(now, self._free[lane])
-            join = getattr(self.departed, "joins", {}).get(msg.device, math.inf) if self.is_server else math.inf
-            if msg.tensors and join < math.inf:  # a dropping device not online yet takes it once it is (never: gone)
-                start = max(start, join)
+            if self.is_server and msg.tensors:  # a dropping device not online yet takes it once it is
+                start = max(start, getattr(self.departed, "joins", {}).get(msg.device, start))
             end = link.end(start, msg.nbytes)
         if self.presence is not None and msg.kind in ("act", "adapter") and (end == math.inf or end > self.presence.leave):
             raise DeviceLeft(self.names[self.rank - self.servers], "gone before its send would end")

@@ -232,5 +232,6 @@ def departed(scenario, names: list[str], now: Callable[[], float], origin: float
             return False
         return t >= p.leave if p.churn == "drop" else next_online(p.avail, t) == math.inf
 
-    gone.joins = {n: p.join for n, p in ps.items() if p.churn == "drop"}  # no download reaches one before its join
+    # no download reaches a dropping device before its join (one never online is gone from 0: no join to wait for)
+    gone.joins = {n: p.join for n, p in ps.items() if p.churn == "drop" and p.join < math.inf}
     return gone
